@@ -1,0 +1,68 @@
+"""The agent interface: one method that edits a worktree and describes what it did.
+
+An agent gets a `Context` whose `workdir` is a git worktree at the current best commit. It edits
+files there (only `task.editable` ones will be accepted) and returns a `Proposal` with a
+one-line description. The harness reads what changed from git, so an agent never commits,
+never runs the experiment and never decides. `observe` is told every finished trial (the
+sealed holdout figure removed), whichever agent made it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from autoresearch.records import Trial
+from autoresearch.task import Task
+
+
+class AgentError(Exception):
+    """The agent could not make a proposal (the trial is recorded as agent_error)."""
+
+
+@dataclass(frozen=True)
+class Context:
+    task: Task
+    workdir: Path
+    number: int
+    best: Trial
+    history: tuple[Trial, ...]
+    log_path: Path
+    ledger_dir: Path
+    time_limit: float | None = None  # seconds this proposal may take
+
+    def log(self, text: str) -> None:
+        with open(self.log_path, "a", encoding="utf-8", errors="replace") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+
+
+@dataclass(frozen=True)
+class Proposal:
+    description: str
+    model: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Agent(Protocol):
+    name: str
+
+    def propose(self, ctx: Context) -> Proposal:
+        """Edit ctx.workdir and describe the change; raise AgentError on failure."""
+        ...
+
+    def observe(self, trial: Trial) -> None:
+        """Learn the outcome of a finished trial."""
+        ...
+
+
+class BaseAgent:
+    """Defaults for the optional parts of the protocol."""
+
+    name = "agent"
+
+    def observe(self, trial: Trial) -> None:
+        return None

@@ -1,0 +1,290 @@
+"""The command line: parse, call the library, print. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoresearch import __version__
+from autoresearch.errors import AutoresearchError, UsageError
+
+EXIT_INTERRUPTED = 130
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, as for a bad task file
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def default_tag() -> str:
+    return time.strftime("%b%d").lower()
+
+
+def _add_agent_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agent", default=None, help="search (default), llm, hybrid, cli, or a preset: claude, codex, aider, gemini, opencode")
+    p.add_argument("--agent-cmd", default=None, help="for --agent cli: the command, e.g. 'my-agent --prompt {prompt_file}'")
+    p.add_argument("--agent-timeout", type=_positive_float, default=None, help="seconds one proposal may take")
+    p.add_argument("--model", default=None, help="for LLM agents: PROVIDER/NAME, e.g. openai/gpt-4.1 or anthropic/claude-sonnet-4-5")
+    p.add_argument("--base-url", default=None, help="an OpenAI-compatible server's URL")
+    p.add_argument("--sampler", default="tpe", choices=["tpe", "random", "cmaes", "gp"], help="the search agent's Optuna sampler")
+    p.add_argument("--llm-share", type=float, default=0.3, help="for --agent hybrid: the LLM's share of trials")
+    p.add_argument("--max-cost", type=_positive_float, default=None, help="stop when the LLM cost reaches this many USD")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="autoresearch", description="Autonomous experiment loops: an agent edits, the harness runs, measures, keeps or rewinds, and records.")
+    parser.add_argument("--version", action="version", version=f"autoresearch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    p = sub.add_parser("init", help="scaffold a task repository from a template")
+    p.add_argument("dir")
+    p.add_argument("--template", default="blank", help="cpu-gpt, nanochat or blank")
+    p.add_argument("--data", default=None, help="a folder of text (or parquet) files instead of the default corpus")
+
+    p = sub.add_parser("run", help="the loop; resumes a tag that exists")
+    p.add_argument("dir", nargs="?", default=".")
+    p.add_argument("--tag", default=None, help="the run's name (branch autoresearch/TAG); default: today's date, e.g. nov26")
+    p.add_argument("--trials", type=_positive_int, default=None, help="new trials in this invocation (the baseline not counted)")
+    p.add_argument("--hours", type=_positive_float, default=None, help="stop starting trials after this many hours")
+    p.add_argument("--workers", type=_positive_int, default=1, help="trials in flight at once")
+    p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3 (one per trial)")
+    p.add_argument("--gpus-per-trial", type=_positive_int, default=1)
+    p.add_argument("--agent-concurrency", type=_positive_int, default=None, help="proposals prepared in parallel")
+    p.add_argument("--backend", default="local", choices=["local", "ray"])
+    p.add_argument("--ray-address", default=None)
+    p.add_argument("--trial-resources", default=None, help="for --backend ray, e.g. gpu=1,cpu=8")
+    p.add_argument("--sandbox", action="store_true", help="run experiments with no network and writes confined to the trial's folders (bubblewrap)")
+    p.add_argument("--seed", type=int, default=0, help="AUTORESEARCH_SEED of a trial's first run")
+    p.add_argument("--keep-runs", action="store_true", help="keep every trial's run folder (default: only the best's)")
+    p.add_argument("--mlflow", default=None, help="log each trial to MLflow at this tracking URI")
+    _add_agent_args(p)
+
+    p = sub.add_parser("trial", help="judge the working tree's uncommitted change as the next trial")
+    p.add_argument("dir", nargs="?", default=".")
+    p.add_argument("-m", "--message", required=True, help="what the change is")
+    p.add_argument("--tag", default=None)
+    p.add_argument("--no-rewind", action="store_true", help="leave the working tree as it is after the verdict")
+
+    p = sub.add_parser("status", help="table of trials and the best so far")
+    p.add_argument("dir", nargs="?", default=".")
+    p.add_argument("--tag", default=None)
+    p.add_argument("--last", type=_positive_int, default=None, help="only the last N trials")
+
+    p = sub.add_parser("show", help="one trial: description, figures, diff, log tail")
+    p.add_argument("number", type=_positive_int)
+    p.add_argument("dir", nargs="?", default=".")
+    p.add_argument("--tag", default=None)
+
+    p = sub.add_parser("report", help="progress.png and a self-contained report.html")
+    p.add_argument("dir", nargs="?", default=".")
+    p.add_argument("--tag", default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--results", default=None, help="a results.tsv in autoresearch's format instead of a tag")
+    p.add_argument("--mlflow", default=None)
+
+    p = sub.add_parser("demo", help="the embedded default: a cpu-gpt task, its baseline and N trials, a report")
+    p.add_argument("dir", nargs="?", default=None)
+    p.add_argument("--trials", type=_positive_int, default=None)
+    p.add_argument("--budget", type=_positive_float, default=None, help="seconds of training per trial")
+    _add_agent_args(p)
+
+    p = sub.add_parser("space", help="the search space the search agent finds")
+    p.add_argument("dir", nargs="?", default=".")
+
+    sub.add_parser("agents", help="every agent and preset, and whether what it needs is here")
+
+    p = sub.add_parser("serve", help="a live report page on 127.0.0.1 that follows a running loop")
+    p.add_argument("dir", nargs="?", default=".")
+    p.add_argument("--tag", default=None)
+    p.add_argument("--port", type=int, default=8765)
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# commands
+
+
+def _events(task):  # noqa: ANN001, ANN202
+    try:
+        from autoresearch.report.live import make_events
+    except ImportError:
+        from autoresearch.events import PlainEvents
+
+        return PlainEvents(task.metric.name, task.metric.minimize)
+    return make_events(task)
+
+
+def _agent_options(args: argparse.Namespace, task) -> "AgentOptions":  # noqa: ANN001
+    from autoresearch.agents.registry import AgentOptions
+
+    cfg = task.agent
+    return AgentOptions(
+        name=args.agent or cfg.get("kind") or "search", command=args.agent_cmd or cfg.get("cmd"),
+        timeout=args.agent_timeout or cfg.get("timeout"), model=args.model or cfg.get("model"),
+        base_url=args.base_url or cfg.get("base_url"), sampler=args.sampler or cfg.get("sampler", "tpe"),
+        seed=getattr(args, "seed", 0), llm_share=args.llm_share if args.llm_share != 0.3 else cfg.get("llm_share", 0.3),
+    )
+
+
+class _Stopper:
+    """Ctrl-C (or SIGTERM) once: stop cleanly; twice: stop now."""
+
+    def __init__(self, loop) -> None:  # noqa: ANN001
+        self.loop = loop
+        self.hits = 0
+
+    def __call__(self, signum, frame) -> None:  # noqa: ANN001
+        self.hits += 1
+        if self.hits == 1:
+            print("\nautoresearch: stopping: the trial in flight is killed and recorded (Ctrl-C again to quit at once)",
+                  file=sys.stderr, flush=True)
+            self.loop.stop()
+        else:
+            raise KeyboardInterrupt
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from autoresearch.agents.registry import build_agent
+    from autoresearch.ledger import check_tag
+    from autoresearch.loop import Loop, Options
+    from autoresearch.session import open_session
+    from autoresearch.task import load_task
+
+    if args.workers != 1 or args.backend != "local":
+        from autoresearch import scale  # noqa: F401 - raises a clear error where not built
+
+    task = load_task(args.dir)
+    tag = check_tag(args.tag or default_tag())
+    agent = build_agent(_agent_options(args, task), task)
+    session = open_session(task, tag)
+    events = _events(task)
+    gpus = tuple(g for g in (args.gpus or "").split(",") if g.strip())
+    loop = Loop(session, agent, Options(trials=args.trials, hours=args.hours, seed=args.seed,
+                                        agent_timeout=args.agent_timeout, gpus=gpus,
+                                        sandbox=args.sandbox, keep_runs=args.keep_runs,
+                                        max_cost=args.max_cost), events)
+    stopper = _Stopper(loop)
+    old = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        events.message(f"autoresearch: tag {tag} on branch autoresearch/{tag} "
+                       f"({'resumed' if session.resumed else 'new'}), agent {agent.name}, "
+                       f"ledger {session.dir}")
+        best = loop.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        events.close()
+        session.close()
+    from autoresearch.views import status_text
+
+    print(status_text(task.root, tag, limit=20))
+    print(f"best: trial {best.number} on branch autoresearch/{tag} ({best.short}); "
+          f"results: {session.dir / 'results.tsv'}")
+    return EXIT_INTERRUPTED if loop.cancel.is_set() else 0
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    from autoresearch.drive import run_working_tree_trial
+    from autoresearch.ledger import check_tag, list_tags
+    from autoresearch.records import Status
+    from autoresearch.task import load_task
+
+    task = load_task(args.dir)
+    tags = list_tags(task.root)
+    tag = check_tag(args.tag or (max(tags, key=lambda t: (task.root / ".autoresearch" / t / "ledger.sqlite").stat().st_mtime) if tags else default_tag()))
+    trial, best = run_working_tree_trial(task, tag, args.message, rewind=not args.no_rewind,
+                                         events=_events(task))
+    metric = task.metric.name
+    figs = "  ".join(f"{k}: {v:.6g}" for k, v in trial.figures.items() if k != task.metric.holdout)
+    print(f"trial {trial.number}: {trial.status.value}" + (f" ({trial.reason})" if trial.reason else ""))
+    if figs:
+        print(figs)
+    print(f"best: trial {best.number}, {metric} {best.metric:.6g}")
+    return 0 if trial.status in (Status.KEEP, Status.DISCARD, Status.DUPLICATE) else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from autoresearch.views import status_text
+
+    print(status_text(Path(args.dir).resolve(), args.tag, args.last))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from autoresearch.views import show_text
+
+    print(show_text(Path(args.dir).resolve(), args.number, args.tag))
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from autoresearch.scaffold import init
+
+    dest = init(args.dir, args.template, args.data)
+    print(f"created {args.template} task in {dest}; next: autoresearch run {dest} --tag {default_tag()}")
+    return 0
+
+
+def _optional(module: str, func: str):  # noqa: ANN202
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(f"autoresearch.{module}"), func)
+    except ImportError as e:
+        raise AutoresearchError(f"this command is not available in this build ({e})") from None
+
+
+COMMANDS = {
+    "run": cmd_run, "trial": cmd_trial, "status": cmd_status, "show": cmd_show, "init": cmd_init,
+    "report": lambda a: _optional("report.cli", "cmd_report")(a),
+    "demo": lambda a: _optional("demo", "cmd_demo")(a),
+    "space": lambda a: _optional("agents.search", "cmd_space")(a),
+    "agents": lambda a: _optional("agents.presets", "cmd_agents")(a),
+    "serve": lambda a: _optional("report.serve", "cmd_serve")(a),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except AutoresearchError as e:
+        print(f"autoresearch: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("autoresearch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

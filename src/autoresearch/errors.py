@@ -1,0 +1,19 @@
+"""Errors a user can cause carry one clear sentence and an exit code; anything else is our bug."""
+
+from __future__ import annotations
+
+
+class AutoresearchError(Exception):
+    """A failure the user should read as one line (exit code 1)."""
+
+    exit_code = 1
+
+
+class UsageError(AutoresearchError):
+    """Bad usage or a bad task file (exit code 2)."""
+
+    exit_code = 2
+
+
+class TaskError(UsageError):
+    """The task file is invalid; the message names the key."""

@@ -1,0 +1,94 @@
+"""What the loop tells the person watching it. `Events` is the interface; `PlainEvents` prints
+one line per event (for pipes, CI and nohup); the rich live view implements the same methods."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Protocol, TextIO
+
+from autoresearch.prompt import fmt
+from autoresearch.records import Trial
+
+
+class Events(Protocol):
+    def message(self, text: str) -> None: ...
+    def trial_started(self, number: int, index: int, total: int | None) -> None: ...
+    def phase(self, number: int, phase: str, budget: float | None = None) -> None: ...
+    def trial_finished(self, trial: Trial, best: Trial, baseline: Trial | None, cost: float) -> None: ...
+    def close(self) -> None: ...
+
+
+class NullEvents:
+    def message(self, text: str) -> None: ...
+    def trial_started(self, number: int, index: int, total: int | None) -> None: ...
+    def phase(self, number: int, phase: str, budget: float | None = None) -> None: ...
+    def trial_finished(self, trial: Trial, best: Trial, baseline: Trial | None, cost: float) -> None: ...
+    def close(self) -> None: ...
+
+
+def gain_text(best: Trial, baseline: Trial | None, minimize: bool) -> str:
+    if baseline is None or baseline.metric is None or best.metric is None or baseline.number == best.number:
+        return ""
+    delta = best.metric - baseline.metric
+    pct = 100 * delta / abs(baseline.metric) if baseline.metric else 0.0
+    return f" ({delta:+.6g}, {pct:+.2f}% vs baseline)"
+
+
+class PlainEvents:
+    """Plain lines; while an experiment runs, a line every `tick` seconds with the elapsed time
+    against the budget."""
+
+    def __init__(self, metric: str, minimize: bool, out: TextIO | None = None, tick: float = 30.0) -> None:
+        self.metric = metric
+        self.minimize = minimize
+        self.out = out or sys.stdout
+        self.tick = tick
+        self._lock = threading.Lock()
+        self._running: dict[int, tuple[float, float | None, str]] = {}
+        self._labels: dict[int, str] = {}
+        self._best = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._ticker, daemon=True)
+        self._thread.start()
+
+    def _print(self, text: str) -> None:
+        with self._lock:
+            print(text, file=self.out, flush=True)
+
+    def message(self, text: str) -> None:
+        self._print(text)
+
+    def trial_started(self, number: int, index: int, total: int | None) -> None:
+        label = "baseline" if number == 0 and index == 0 else f"{index}/{total}" if total else f"{index}"
+        self._labels[number] = label
+        self._print(f"[trial {number}] ({label}) started{self._best}")
+
+    def phase(self, number: int, phase: str, budget: float | None = None) -> None:
+        if phase in ("running", "evaluating", "confirming"):
+            self._running[number] = (time.monotonic(), budget, phase)
+        else:
+            self._running.pop(number, None)
+        self._print(f"[trial {number}] {phase}" + (f" (budget {budget:g} s)" if budget else ""))
+
+    def trial_finished(self, trial: Trial, best: Trial, baseline: Trial | None, cost: float) -> None:
+        self._running.pop(trial.number, None)
+        why = f" - {trial.reason}" if trial.reason and trial.status.value != "keep" else ""
+        self._best = f"; best {self.metric} {fmt(best.metric)} (trial {best.number})"
+        money = f"; cost ${cost:.2f}" if cost else ""
+        self._print(f"[trial {trial.number}] {trial.status.value} {self.metric}={fmt(trial.metric)} "
+                    f"in {trial.run_seconds:.1f}s: {trial.description}{why}\n"
+                    f"  best {self.metric} {fmt(best.metric)} (trial {best.number})"
+                    f"{gain_text(best, baseline, self.minimize)}{money}")
+
+    def _ticker(self) -> None:
+        while not self._stop.wait(self.tick):
+            for number, (start, budget, phase) in list(self._running.items()):
+                elapsed = time.monotonic() - start
+                of = f" / {budget:g} s budget" if budget else ""
+                self._print(f"[trial {number}] {phase} {elapsed:.0f} s{of}{self._best}")
+
+    def close(self) -> None:
+        self._stop.set()
+

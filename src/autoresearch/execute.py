@@ -1,0 +1,122 @@
+"""One measurement of a trial: the experiment, then (optionally) the evaluator.
+
+This is what a backend runs wherever the code is (a local worktree, a Ray worker's folder).
+It returns raw outputs; the driver extracts figures and decides. Guarantees: protected files
+are read-only during the experiment and hash-checked after it; the evaluator runs in a fresh
+process after the tree has been restored to the trial's commit (`restore`), so neither the
+experiment's prints nor its changes to files can reach the figures of record.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoresearch import guard
+from autoresearch.process import read_tail, run_command
+
+SECRET_ENV = re.compile(r"(API_KEY|_TOKEN|SECRET|PASSWORD|ACCESS_KEY)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ExecSpec:
+    number: int
+    workdir: Path
+    run_dir: Path
+    log_path: Path
+    command: str
+    timeout: float
+    env: dict[str, str]
+    protected: dict[str, str] = field(default_factory=dict)  # path -> expected sha256
+    evaluate: str | None = None
+    owner: str = ""
+    wrap: list[str] | None = None  # a sandbox prefix (argv) for both commands
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    outcome: str  # ok | crash | timeout | cancelled | tampered | eval_failed
+    returncode: int | None
+    seconds: float
+    output: str
+    eval_output: str | None = None
+    eval_seconds: float = 0.0
+    tampered: tuple[str, ...] = ()
+
+
+def experiment_env(base: dict[str, str], extra: dict[str, str], bin_dir: Path | None) -> dict[str, str]:
+    """The environment of an experiment: ours minus anything that looks like a secret, plus
+    the AUTORESEARCH_* variables, with `python` on PATH being this interpreter."""
+    env = {k: v for k, v in base.items() if not SECRET_ENV.search(k)}
+    env.update(extra)
+    if bin_dir is not None:
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def python_shim(directory: Path) -> Path:
+    """A folder holding `python` and `python3` pointing at this interpreter."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("python", "python3"):
+        link = directory / name
+        if not (link.is_symlink() and os.readlink(link) == sys.executable):
+            tmp = directory / f".{name}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(sys.executable)
+            os.replace(tmp, link)
+    return directory
+
+
+def _wrapped(spec: ExecSpec, command: str) -> str | list[str]:
+    return [*spec.wrap, "/bin/bash", "-c", command] if spec.wrap else command
+
+
+def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
+            cancel: threading.Event | None = None) -> ExecResult:
+    if spec.run_dir.exists():
+        shutil.rmtree(spec.run_dir, ignore_errors=True)
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    env = {**spec.env, "AUTORESEARCH_RUN_DIR": str(spec.run_dir)}
+    protected = list(spec.protected)
+    guard.set_readonly(spec.workdir, protected, True)
+    try:
+        proc = run_command(_wrapped(spec, spec.command), spec.workdir, env, spec.timeout,
+                           spec.log_path, cancel=cancel, owner=spec.owner)
+    finally:
+        guard.set_readonly(spec.workdir, protected, False)
+    output = read_tail(spec.log_path)
+    tampered = tuple(guard.changed_files(spec.protected, spec.workdir))
+    if proc.cancelled:
+        return ExecResult("cancelled", proc.returncode, proc.seconds, output, tampered=tampered)
+    if tampered:
+        return ExecResult("tampered", proc.returncode, proc.seconds, output, tampered=tampered)
+    if proc.timed_out:
+        return ExecResult("timeout", proc.returncode, proc.seconds, output)
+    if proc.returncode != 0:
+        return ExecResult("crash", proc.returncode, proc.seconds, output)
+    if not spec.evaluate:
+        return ExecResult("ok", 0, proc.seconds, output)
+    # The evaluator: a fresh process on the trial's committed files and what the run left.
+    if restore is not None:
+        restore()
+    eval_log = spec.log_path.with_name(spec.log_path.stem + ".eval.log")
+    ev = run_command(_wrapped(spec, spec.evaluate), spec.workdir, env, spec.timeout, eval_log,
+                     cancel=cancel, owner=spec.owner)
+    eval_output = read_tail(eval_log)
+    with open(spec.log_path, "a", encoding="utf-8", errors="replace") as log:
+        log.write(f"\n=== evaluate: {spec.evaluate} (exit {ev.returncode}, {ev.seconds:.1f}s) ===\n")
+        log.write(eval_output)
+    if ev.cancelled:
+        return ExecResult("cancelled", ev.returncode, proc.seconds, output, eval_output, ev.seconds)
+    outcome = "ok" if ev.returncode == 0 and not ev.timed_out else "eval_failed"
+    tampered = tuple(guard.changed_files(spec.protected, spec.workdir))
+    if tampered:
+        outcome = "tampered"
+    return ExecResult(outcome, ev.returncode, proc.seconds, output, eval_output, ev.seconds, tampered)

@@ -1,0 +1,210 @@
+"""The few git operations the harness needs, as a thin subprocess wrapper.
+
+Every call disables hooks and fsmonitor, so that nothing an agent writes into `.git` can run
+code through our own git commands. Worktrees are addressed with explicit GIT_DIR and
+GIT_WORK_TREE and a private index, so an agent that rewrites a worktree's `.git` file, index or
+HEAD cannot redirect or fool the harness.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoresearch.errors import AutoresearchError, UsageError
+
+SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "gc.auto=0",
+        "-c", "core.quotePath=false", "-c", "advice.detachedHead=false"]
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "autoresearch", "GIT_AUTHOR_EMAIL": "autoresearch@localhost",
+    "GIT_COMMITTER_NAME": "autoresearch", "GIT_COMMITTER_EMAIL": "autoresearch@localhost",
+}
+
+
+class GitError(AutoresearchError):
+    pass
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A git worktree the harness owns: its folder, its git dir and a private index."""
+
+    path: Path
+    gitdir: Path
+    index: Path
+
+
+@dataclass(frozen=True)
+class Change:
+    """One path changed by a trial, from `git diff-tree --raw`."""
+
+    status: str  # A, M, D, T
+    path: str
+    old_mode: str
+    new_mode: str
+    new_blob: str
+
+
+class Git:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        self._env.update(IDENTITY)
+        self._env["GIT_TERMINAL_PROMPT"] = "0"
+        self.git_dir = Path(self.run("rev-parse", "--absolute-git-dir"))
+        self.common_dir = Path(self.run("rev-parse", "--git-common-dir", cwd=self.root))
+        if not self.common_dir.is_absolute():
+            self.common_dir = (self.root / self.common_dir).resolve()
+
+    @classmethod
+    def open(cls, root: Path) -> Git:
+        root = Path(root).resolve()
+        try:
+            top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root,
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        except FileNotFoundError:
+            raise UsageError("git is not installed (it is needed for every trial)") from None
+        except subprocess.CalledProcessError:
+            raise UsageError(f"{root} is not a git repository (run `git init` or `autoresearch init`)") from None
+        if Path(top).resolve() != root:
+            raise UsageError(f"{root} is not the root of its git repository ({top} is)")
+        return cls(root)
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def run(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            input: str | None = None, check: bool = True) -> str:
+        full_env = self._env if env is None else {**self._env, **env}
+        proc = subprocess.run(["git", *SAFE, *args], cwd=cwd or self.root, env=full_env,
+                              input=input, capture_output=True, text=True,
+                              errors="surrogateescape")
+        if check and proc.returncode != 0:
+            raise GitError(f"git {' '.join(args[:3])} failed: {proc.stderr.strip()[:500]}")
+        return proc.stdout.strip() if check else proc.stdout
+
+    def wt_env(self, ws: Workspace) -> dict[str, str]:
+        return {"GIT_DIR": str(ws.gitdir), "GIT_WORK_TREE": str(ws.path),
+                "GIT_INDEX_FILE": str(ws.index)}
+
+    # -- the repository -----------------------------------------------------------------
+
+    def head(self) -> str:
+        return self.run("rev-parse", "HEAD")
+
+    def has_commits(self) -> bool:
+        return self.run("rev-parse", "--verify", "-q", "HEAD", check=False).strip() != ""
+
+    def current_branch(self) -> str | None:
+        out = self.run("symbolic-ref", "-q", "--short", "HEAD", check=False).strip()
+        return out or None
+
+    def dirty_paths(self) -> list[str]:
+        out = self.run("status", "--porcelain", "-z", "-unormal")
+        return [entry[3:] for entry in out.split("\0") if entry]
+
+    def rev(self, ref: str) -> str | None:
+        out = self.run("rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False).strip()
+        return out or None
+
+    def refs(self, prefix: str) -> dict[str, str]:
+        out = self.run("for-each-ref", "--format=%(refname) %(objectname)", prefix)
+        return dict(line.split(" ", 1) for line in out.splitlines() if line)
+
+    def update_refs(self, updates: dict[str, str], verify: dict[str, str | None] | None = None) -> None:
+        """Update several refs in one transaction; `verify` maps ref -> expected value
+        (None: must not exist). Raises GitError if any expectation fails."""
+        verify = verify or {}
+        lines = ["start"]
+        for ref, old in verify.items():
+            if ref not in updates:
+                lines.append(f"verify {ref} {old or '0' * 40}")
+        for ref, new in updates.items():
+            lines.append(f"update {ref} {new}" + (f" {verify[ref] or '0' * 40}" if ref in verify else ""))
+        lines += ["prepare", "commit"]
+        self.run("update-ref", "--stdin", input="\n".join(lines) + "\n")
+
+    def tree_of(self, commit: str) -> str:
+        return self.run("rev-parse", f"{commit}^{{tree}}")
+
+    def show_file(self, commit: str, path: str) -> str | None:
+        out = subprocess.run(["git", *SAFE, "show", f"{commit}:{path}"], cwd=self.root,
+                             env=self._env, capture_output=True, text=True, errors="replace")
+        return out.stdout if out.returncode == 0 else None
+
+    def diff(self, a: str, b: str, stat: bool = False) -> str:
+        args = ["diff", "--no-color", "--no-ext-diff", a, b]
+        if stat:
+            args.insert(1, "--stat")
+        return self.run(*args, check=False)
+
+    def exclude(self, pattern: str) -> None:
+        """Ignore `pattern` through .git/info/exclude (the user's files are not touched)."""
+        path = self.common_dir / "info" / "exclude"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = path.read_text() if path.exists() else ""
+        if pattern not in text.splitlines():
+            with path.open("a") as f:
+                f.write(("" if text.endswith("\n") or not text else "\n") + pattern + "\n")
+
+    # -- worktrees ----------------------------------------------------------------------
+
+    def add_worktree(self, path: Path, commit: str) -> Workspace:
+        """A new worktree at `path` checked out at `commit` (an old one there is replaced)."""
+        self.run("worktree", "prune")
+        if path.exists():
+            self.remove_worktree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.run("worktree", "add", "--detach", "--force", str(path), commit)
+        pointer = (path / ".git").read_text().strip()
+        gitdir = Path(pointer.removeprefix("gitdir:").strip())
+        index = path.parent / f".{path.name}.index"
+        ws = Workspace(path=path, gitdir=gitdir if gitdir.is_absolute() else (path / gitdir).resolve(),
+                       index=index)
+        self.reset_worktree(ws, commit)
+        return ws
+
+    def remove_worktree(self, path: Path) -> None:
+        self.run("worktree", "remove", "--force", "--force", str(path), check=False)
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        self.run("worktree", "prune", check=False)
+
+    def reset_worktree(self, ws: Workspace, commit: str) -> None:
+        """Make the worktree exactly `commit`: tracked files restored, everything else removed."""
+        env = self.wt_env(ws)
+        for stale in (ws.index.with_name(ws.index.name + ".lock"), ws.gitdir / "HEAD.lock"):
+            stale.unlink(missing_ok=True)
+        self.run("reset", "-q", "--hard", commit, env=env, cwd=ws.path)
+        self.run("clean", "-q", "-ffdx", env=env, cwd=ws.path)
+
+    def snapshot(self, ws: Workspace, parent: str, message: str) -> tuple[str, list[Change], str]:
+        """Commit the worktree's content as a child of `parent` (no hooks, HEAD untouched) and
+        return the commit, what changed against the parent, and the tree."""
+        env = self.wt_env(ws)
+        self.run("add", "-A", ".", env=env, cwd=ws.path)
+        tree = self.run("write-tree", env=env, cwd=ws.path)
+        commit = self.run("commit-tree", tree, "-p", parent, "-F", "-", env=env, cwd=ws.path,
+                          input=message)
+        raw = self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", parent, commit)
+        return commit, parse_raw(raw), tree
+
+
+def parse_raw(raw: str) -> list[Change]:
+    """Parse `git diff-tree -r -z --raw` output."""
+    parts = raw.split("\0")
+    changes: list[Change] = []
+    i = 0
+    while i < len(parts) - 1:
+        meta = parts[i]
+        if not meta.startswith(":"):
+            i += 1
+            continue
+        old_mode, new_mode, _old_blob, new_blob, status = meta[1:].split(" ")
+        changes.append(Change(status=status[0], path=parts[i + 1], old_mode=old_mode,
+                              new_mode=new_mode, new_blob=new_blob))
+        i += 2
+    return changes

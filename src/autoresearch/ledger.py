@@ -1,0 +1,282 @@
+"""The durable record of a tag: `.autoresearch/<tag>/`.
+
+Guarantees:
+- `ledger.sqlite` (SQLite, WAL, synchronous=FULL) holds every trial; each state change is one
+  transaction, so a kill at any instant leaves either the old or the new state, never a torn one.
+  Several threads of one loop share it through a lock; other processes may read it at any time.
+- `results.tsv` is regenerated from the ledger after every finished trial, written to a
+  temporary file, fsync'd and renamed over the old one: a reader never sees a torn row, and the
+  file always agrees with the ledger.
+- `lock` is held (flock) by the one loop working on the tag; the OS releases it on any death.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.records import Status, Trial
+
+LEDGER_DIR = ".autoresearch"
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trials (
+    number INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    parent TEXT, commit_sha TEXT, metric REAL,
+    figures TEXT NOT NULL DEFAULT '{}', repeats TEXT NOT NULL DEFAULT '[]',
+    reason TEXT NOT NULL DEFAULT '', agent TEXT NOT NULL DEFAULT '', model TEXT NOT NULL DEFAULT '',
+    tokens_in INTEGER NOT NULL DEFAULT 0, tokens_out INTEGER NOT NULL DEFAULT 0,
+    cost REAL NOT NULL DEFAULT 0, seed INTEGER NOT NULL DEFAULT 0,
+    started REAL NOT NULL DEFAULT 0, ended REAL NOT NULL DEFAULT 0,
+    run_seconds REAL NOT NULL DEFAULT 0, log_path TEXT NOT NULL DEFAULT '',
+    flags TEXT NOT NULL DEFAULT '[]', extra TEXT NOT NULL DEFAULT '{}',
+    seq INTEGER
+);
+"""
+COLUMNS = ["number", "status", "description", "parent", "commit_sha", "metric", "figures",
+           "repeats", "reason", "agent", "model", "tokens_in", "tokens_out", "cost", "seed",
+           "started", "ended", "run_seconds", "log_path", "flags", "extra", "seq"]
+
+
+def clean_text(text: str, limit: int = 200) -> str:
+    """One printable line: terminal escapes removed, tabs/newlines/control characters turned
+    into spaces, cut to `limit` characters."""
+    text = _ANSI.sub("", text)
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return " ".join(text.split())[:limit]
+
+
+def check_tag(tag: str) -> str:
+    if not TAG_RE.match(tag) or ".." in tag or tag.endswith(".lock") or tag.endswith("."):
+        raise UsageError(f"--tag {tag!r} is not a valid tag (letters, digits, '.', '_' and '-', at most 64)")
+    return tag
+
+
+def tag_dir(root: Path, tag: str) -> Path:
+    return Path(root) / LEDGER_DIR / check_tag(tag)
+
+
+def list_tags(root: Path) -> list[str]:
+    base = Path(root) / LEDGER_DIR
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if (p / "ledger.sqlite").exists())
+
+
+def _row_to_trial(row: sqlite3.Row) -> Trial:
+    return Trial(
+        number=row["number"], status=Status(row["status"]), description=row["description"],
+        parent=row["parent"], commit=row["commit_sha"], metric=row["metric"],
+        figures=json.loads(row["figures"]), repeats=json.loads(row["repeats"]),
+        reason=row["reason"], agent=row["agent"], model=row["model"],
+        tokens_in=row["tokens_in"], tokens_out=row["tokens_out"], cost=row["cost"],
+        seed=row["seed"], started=row["started"], ended=row["ended"],
+        run_seconds=row["run_seconds"], log_path=row["log_path"],
+        flags=json.loads(row["flags"]), extra=json.loads(row["extra"]),
+    )
+
+
+class Ledger:
+    """The record of one tag. Open with `Ledger.open(root, tag, metric_name)`."""
+
+    def __init__(self, directory: Path, metric_name: str, readonly: bool = False) -> None:
+        self.dir = Path(directory)
+        self.metric_name = metric_name
+        self._lock = threading.RLock()
+        self._lock_fd: int | None = None
+        if readonly:
+            uri = f"file:{self.dir / 'ledger.sqlite'}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
+        else:
+            for sub in ("logs", "agent", "runs"):
+                (self.dir / sub).mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.dir / "ledger.sqlite", check_same_thread=False,
+                                       timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        self._db.row_factory = sqlite3.Row
+
+    @classmethod
+    def open(cls, root: Path, tag: str, metric_name: str) -> Ledger:
+        directory = tag_dir(root, tag)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            return cls(directory, metric_name)
+        except (OSError, sqlite3.OperationalError) as e:
+            raise AutoresearchError(f"cannot open the ledger in {directory}: {e}") from None
+
+    @classmethod
+    def read(cls, root: Path, tag: str) -> Ledger:
+        directory = tag_dir(root, tag)
+        if not (directory / "ledger.sqlite").exists():
+            known = ", ".join(list_tags(root)) or "none"
+            raise UsageError(f"no tag {tag!r} in {root} (tags: {known})")
+        led = cls(directory, "", readonly=True)
+        led.metric_name = led.get_meta("metric_name") or "metric"
+        return led
+
+    # -- the tag's single-writer lock ---------------------------------------------------
+
+    def acquire(self) -> None:
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(f"another autoresearch loop is running on tag {self.dir.name!r}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    # -- meta ---------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # -- trials -------------------------------------------------------------------------
+
+    def begin(self, trial: Trial) -> None:
+        """Record a trial as running (before anything of it happens)."""
+        self._write(trial, insert=True)
+
+    def update(self, trial: Trial) -> None:
+        """Record new facts about a running trial (its commit, say)."""
+        self._write(trial)
+
+    def finish(self, trial: Trial) -> None:
+        """Record a trial's final state and rewrite results.tsv."""
+        assert trial.status.finished
+        self._write(trial, final=True)
+        self.export_tsv()
+
+    def _write(self, trial: Trial, insert: bool = False, final: bool = False) -> None:
+        values = {
+            "number": trial.number, "status": trial.status.value,
+            "description": trial.description, "parent": trial.parent, "commit_sha": trial.commit,
+            "metric": trial.metric, "figures": json.dumps(trial.figures),
+            "repeats": json.dumps(trial.repeats), "reason": trial.reason, "agent": trial.agent,
+            "model": trial.model, "tokens_in": trial.tokens_in, "tokens_out": trial.tokens_out,
+            "cost": trial.cost, "seed": trial.seed, "started": trial.started,
+            "ended": trial.ended, "run_seconds": trial.run_seconds, "log_path": trial.log_path,
+            "flags": json.dumps(trial.flags), "extra": json.dumps(trial.extra),
+        }
+        cols = list(values)
+        with self._lock:
+            try:
+                if insert:
+                    sql = f"INSERT INTO trials ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                    self._db.execute(sql, [values[c] for c in cols])
+                else:
+                    sets = ", ".join(f"{c}=?" for c in cols[1:])
+                    if final:
+                        sets += ", seq=(SELECT COALESCE(MAX(seq), 0) + 1 FROM trials)"
+                    self._db.execute(f"UPDATE trials SET {sets} WHERE number=?",
+                                     [values[c] for c in cols[1:]] + [trial.number])
+            except sqlite3.IntegrityError:
+                raise AutoresearchError(f"trial {trial.number} is already in the ledger") from None
+            except sqlite3.OperationalError as e:
+                raise AutoresearchError(f"cannot write the ledger {self.dir / 'ledger.sqlite'}: {e}") from None
+
+    def trials(self) -> list[Trial]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM trials ORDER BY number").fetchall()
+        return [_row_to_trial(r) for r in rows]
+
+    def get(self, number: int) -> Trial | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM trials WHERE number=?", (number,)).fetchone()
+        return _row_to_trial(row) if row else None
+
+    def next_number(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(MAX(number), -1) + 1 FROM trials").fetchone()
+        return int(row[0])
+
+    def best(self) -> Trial | None:
+        """The kept trial decided last: every keep beats the best of its moment."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM trials WHERE status='keep' ORDER BY seq DESC LIMIT 1").fetchone()
+        return _row_to_trial(row) if row else None
+
+    def running(self) -> list[Trial]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM trials WHERE status='running'").fetchall()
+        return [_row_to_trial(r) for r in rows]
+
+    def iter_finished(self) -> Iterator[Trial]:
+        for t in self.trials():
+            if t.status.finished:
+                yield t
+
+    # -- results.tsv --------------------------------------------------------------------
+
+    def tsv_text(self) -> str:
+        lines = [f"commit\t{self.metric_name}\tmemory_gb\tstatus\tdescription"]
+        for t in self.iter_finished():
+            if not t.commit:
+                continue
+            lines.append(tsv_row(t))
+        return "\n".join(lines) + "\n"
+
+    def export_tsv(self) -> None:
+        path = self.dir / "results.tsv"
+        tmp = path.with_suffix(".tsv.tmp")
+        data = self.tsv_text().encode()
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def tsv_row(t: Trial) -> str:
+    """One row of autoresearch's results.tsv for a finished trial."""
+    metric = t.metric if t.metric is not None and t.status in (Status.KEEP, Status.DISCARD, Status.DUPLICATE) else None
+    peak = t.figures.get("peak_vram_mb")
+    memory = peak / 1024 if isinstance(peak, (int, float)) and peak == peak and metric is not None else 0.0
+    desc = clean_text(t.description) or "(no description)"
+    return f"{t.short}\t{metric if metric is not None else 0.0:.6f}\t{memory:.1f}\t{t.status.tsv}\t{desc}"
+
+
+def now() -> float:
+    return time.time()
+
+
+def dump_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)

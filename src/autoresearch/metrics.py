@@ -1,0 +1,98 @@
+"""Extract figures from an experiment's output or a JSON file it wrote.
+
+The default rule: the last line matching `^<name>:\\s*<number>`. A figure that is present but
+NaN or infinite is returned as such: the caller treats it as a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from autoresearch.task import MetricSpec
+
+NUMBER = r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf(?:inity)?)"
+REJECT_LINE = re.compile(r"^autoresearch_reject:[ \t]*(.*)$", re.MULTILINE)
+
+
+class MetricError(Exception):
+    """The metric could not be read; the message says why."""
+
+
+def parse_number(text: str) -> float:
+    return float(text.strip().lower())
+
+
+def figure_from_text(output: str, name: str, pattern: str | None = None) -> float | None:
+    """The value of `name` in `output` by the default rule, or by `pattern` (one group)."""
+    if pattern is not None:
+        regex = re.compile(pattern, re.MULTILINE)
+    else:
+        regex = re.compile(rf"^{re.escape(name)}:[ \t]*({NUMBER})[ \t]*\r?$", re.MULTILINE | re.IGNORECASE)
+    matches = regex.findall(output)
+    if not matches:
+        return None
+    try:
+        return parse_number(matches[-1])
+    except ValueError:
+        return None
+
+
+def figures_from_file(path: Path, names: list[str]) -> dict[str, float]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MetricError(f"metric file {path.name} was not written") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MetricError(f"metric file {path.name} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise MetricError(f"metric file {path.name} must hold a JSON object")
+    out: dict[str, float] = {}
+    for name in names:
+        value = data.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+        elif isinstance(value, str):
+            try:
+                out[name] = parse_number(value)
+            except ValueError:
+                pass
+    return out
+
+
+def extract(spec: MetricSpec, output: str, run_dir: Path | None = None,
+            workdir: Path | None = None, names: list[str] | None = None) -> dict[str, float]:
+    """Every figure of `spec` (the metric, the record figures and the holdout, or `names`)
+    that can be found. Missing ones are left out; NaN and inf are kept as they are."""
+    wanted = names if names is not None else [spec.name, *spec.record] + ([spec.holdout] if spec.holdout else [])
+    if spec.file:
+        for base in (run_dir, workdir):
+            if base is not None and (base / spec.file).exists():
+                return figures_from_file(base / spec.file, wanted)
+        raise MetricError(f"metric file {spec.file} was not written")
+    out: dict[str, float] = {}
+    for name in wanted:
+        value = figure_from_text(output, name, spec.pattern if name == spec.name else None)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def metric_problem(spec: MetricSpec, figures: dict[str, float]) -> str | None:
+    """Why the figures are not a valid measurement, or None."""
+    value = figures.get(spec.name)
+    if value is None:
+        return f"no '{spec.name}' figure in the output"
+    if not math.isfinite(value):
+        return f"'{spec.name}' is {value}"
+    return None
+
+
+def reject_reason(output: str) -> str | None:
+    """An `autoresearch_reject: why` line from an evaluator (e.g. a failed causality probe)."""
+    found = REJECT_LINE.findall(output)
+    if not found:
+        return None
+    return found[-1].strip() or "rejected by the evaluator"

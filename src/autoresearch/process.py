@@ -1,0 +1,138 @@
+"""Run one command as its own process group, with a hard timeout that kills the whole group.
+
+Every process we start carries AUTORESEARCH_OWNER=<token> in its environment, so that anything
+that escaped the group (a `setsid` daemon, a double fork) is still found and killed through
+/proc. The direct child also dies with us (PR_SET_PDEATHSIG) if the harness is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+OWNER_VAR = "AUTORESEARCH_OWNER"
+GRACE_SECONDS = 2.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ProcResult:
+    returncode: int | None
+    seconds: float
+    timed_out: bool = False
+    cancelled: bool = False
+
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - not Linux
+    _LIBC = None
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: only a call into an already loaded library.
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_owned(token: str, sig: int = signal.SIGKILL) -> int:
+    """Kill every process whose environment carries AUTORESEARCH_OWNER starting with `token`.
+    Returns how many were signalled."""
+    needle = f"{OWNER_VAR}={token}".encode()
+    me = os.getpid()
+    count = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if any(item.startswith(needle) for item in env.split(b"\0")):
+            try:
+                os.kill(int(entry.name), sig)
+                count += 1
+            except OSError:
+                pass
+    return count
+
+
+def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeout: float,
+                log_path: Path, cancel: threading.Event | None = None,
+                append: bool = False, owner: str = "") -> ProcResult:
+    """Run `command` (a shell string or an argv list) with output to `log_path`.
+
+    The command gets its own session; at `timeout` seconds (or when `cancel` is set) its group
+    gets SIGTERM, then SIGKILL after a grace period, and any process carrying `owner` in its
+    environment is killed too. Children left behind by a command that exited are killed as well.
+    """
+    env = dict(env)
+    if owner:
+        env[OWNER_VAR] = owner
+    start = time.monotonic()
+    with open(log_path, "ab" if append else "wb") as log:
+        proc = subprocess.Popen(
+            command, shell=isinstance(command, str), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent, executable="/bin/bash" if isinstance(command, str) else None,
+        )
+    timed_out = cancelled = False
+    deadline = start + timeout
+    while True:
+        wait = min(0.1 if cancel is not None else deadline - time.monotonic(), deadline - time.monotonic())
+        try:
+            proc.wait(timeout=max(wait, 0.0))
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if cancel is not None and cancel.is_set():
+            cancelled = True
+        elif time.monotonic() >= deadline:
+            timed_out = True
+        else:
+            continue
+        _kill_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+        break
+    _kill_group(proc.pid, signal.SIGKILL)  # whatever is left of the group, always
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if owner and (timed_out or cancelled or proc.returncode != 0):
+        kill_owned(owner)
+    return ProcResult(returncode=proc.returncode, seconds=time.monotonic() - start,
+                      timed_out=timed_out, cancelled=cancelled)
+
+
+def read_tail(path: Path, max_bytes: int = 32 * 1024 * 1024) -> str:
+    """The end of a log (all of it when small), decoded leniently."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if size > max_bytes:
+                f.seek(size - max_bytes)
+            data = f.read()
+    except OSError:
+        return ""
+    return data.decode("utf-8", errors="replace")
+
+
+def last_lines(text: str, n: int = 30) -> str:
+    return "\n".join(text.rstrip("\n").splitlines()[-n:])

@@ -1,0 +1,60 @@
+"""What an agent is told: program.md, the task, the history of trials, the best result.
+
+The sealed holdout figure never appears here (the loop strips it from every trial an agent sees).
+"""
+
+from __future__ import annotations
+
+from autoresearch.agents.base import Context
+from autoresearch.records import Status, Trial
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def history_lines(trials: tuple[Trial, ...] | list[Trial], metric: str, limit_chars: int = 12000) -> list[str]:
+    """A compact line per finished trial, newest last. When the lines outgrow `limit_chars`,
+    the kept trials and the 40 most recent stay and the rest are counted."""
+    pairs = []
+    for t in trials:
+        if not t.status.finished:
+            continue
+        figs = ", ".join(f"{k}={fmt(v)}" for k, v in t.figures.items() if k != metric)
+        why = f" [{t.reason[:160]}]" if t.reason and t.status is not Status.KEEP else ""
+        pairs.append((t, f"#{t.number} {t.status.value:<11} {metric}={fmt(t.metric)}  {t.description}"
+                      + (f"  ({figs})" if figs else "") + why))
+    if sum(len(line) + 1 for _, line in pairs) <= limit_chars:
+        return [line for _, line in pairs]
+    old, recent = pairs[:-40], pairs[-40:]
+    kept = [line for t, line in old if t.status is Status.KEEP]
+    return kept + [f"... {len(old) - len(kept)} older trials omitted ..."] + [line for _, line in recent]
+
+
+def build_prompt(ctx: Context) -> str:
+    task = ctx.task
+    m = task.metric
+    best = ctx.best
+    direction = "lower is better" if m.minimize else "higher is better"
+    parts = [
+        "# Research program\n", task.program_text(ctx.workdir).strip(), "\n",
+        "# The task\n",
+        f"- You may change only these paths (globs): {', '.join(task.editable)}",
+        f"- Never change: {', '.join(task.always_protected + task.protected)}",
+        f"- The experiment command: `{task.command}`, run by the harness with a time budget of "
+        f"{task.time_budget:g} s (AUTORESEARCH_TIME_BUDGET); hard timeout {task.timeout:g} s.",
+        f"- The metric: {m.name} ({direction}).",
+        "- Do not run git commands, do not commit: the harness commits, runs, measures and decides.",
+        "- Finish by stating, in one line, what you changed and why.",
+        "",
+        f"# The best result so far: trial #{best.number}, {m.name} = {fmt(best.metric)}"
+        f" ({best.description})",
+        "The working directory holds that code.\n",
+        "# Every trial so far (number, status, metric, description)",
+        *history_lines(ctx.history, m.name),
+        "",
+        f"# Now: trial #{ctx.number}",
+        "Propose one new change that you expect to improve the metric. Do not repeat a trial "
+        "from the history.",
+    ]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,142 @@
+"""Opening a tag: the clean-repo check, the branch, the ledger, resume, worktrees and setup.
+
+On resume, whatever a killed loop left is repaired before anything runs: trials recorded as
+running become `interrupted` (with their commit if it was made), experiment processes it left
+are killed, stale git lock files of ours are removed, missing trial refs are recreated from the
+ledger, and the branch is set to the best kept trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.gitrepo import Git, Workspace
+from autoresearch.ledger import LEDGER_DIR, Ledger, tag_dir
+from autoresearch.process import kill_owned, last_lines, read_tail, run_command
+from autoresearch.records import Status, Trial
+from autoresearch.task import Task
+
+
+def branch_ref(tag: str) -> str:
+    return f"refs/heads/autoresearch/{tag}"
+
+
+def trial_ref(tag: str, number: int) -> str:
+    return f"refs/autoresearch/{tag}/trials/{number}"
+
+
+@dataclass
+class Session:
+    task: Task
+    git: Git
+    ledger: Ledger
+    tag: str
+    base: str
+    resumed: bool
+    user_head: str | None
+
+    @property
+    def dir(self) -> Path:
+        return self.ledger.dir
+
+    @property
+    def owner(self) -> str:
+        return str(self.dir)
+
+    def workspace(self, slot: int, commit: str) -> Workspace:
+        return self.git.add_worktree(self.dir / "worktrees" / f"w{slot}", commit)
+
+    def close(self) -> None:
+        kill_owned(self.owner)
+        self.ledger.close()
+
+
+def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
+    """Create or resume the tag's branch and ledger and take the tag's lock."""
+    git = Git.open(task.root)
+    if not git.has_commits():
+        raise UsageError(f"{task.root} has no commits yet: commit the task first")
+    git.exclude(f"/{LEDGER_DIR}/")
+    exists = (tag_dir(task.root, tag) / "ledger.sqlite").exists()
+    branch = branch_ref(tag)
+    if not exists:
+        dirty = [p for p in git.dirty_paths() if not p.startswith(f"{LEDGER_DIR}/")]
+        if dirty and not allow_dirty:
+            shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
+            raise UsageError(f"the repository has uncommitted changes ({shown}): commit or stash them first")
+        if git.rev(branch):
+            raise UsageError(f"branch autoresearch/{tag} exists but has no ledger: choose another --tag")
+    ledger = Ledger.open(task.root, tag, task.metric.name)
+    ledger.acquire()
+    try:
+        if not exists or ledger.get_meta("base") is None:
+            base = git.head()
+            git.update_refs({branch: base}, verify={branch: None})
+            ledger.set_meta("metric_name", task.metric.name)
+            ledger.set_meta("goal", task.metric.goal)
+            ledger.set_meta("created", str(time.time()))
+            ledger.set_meta("user_branch", git.current_branch() or "")
+            ledger.set_meta("base", base)
+        base = ledger.get_meta("base") or git.head()
+        session = Session(task=task, git=git, ledger=ledger, tag=tag, base=base, resumed=exists,
+                          user_head=git.rev("HEAD"))
+        if exists:
+            repair(session)
+        ledger.export_tsv()
+    except BaseException:
+        ledger.close()
+        raise
+    return session
+
+
+def repair(s: Session) -> list[Trial]:
+    """Make a killed loop's leftovers consistent; returns the trials marked interrupted."""
+    kill_owned(s.owner)
+    refs_dir = s.git.common_dir / "refs" / "autoresearch" / s.tag
+    for stale in [*refs_dir.rglob("*.lock"), s.git.common_dir / "refs" / "heads" / "autoresearch" / f"{s.tag}.lock"]:
+        stale.unlink(missing_ok=True)
+    existing = s.git.refs(f"refs/autoresearch/{s.tag}/")
+    interrupted = []
+    for t in s.ledger.running():
+        commit = t.commit or existing.get(trial_ref(s.tag, t.number))
+        t = t.with_(status=Status.INTERRUPTED, commit=commit, ended=time.time(),
+                    reason=t.reason or "the loop stopped while this trial was in flight")
+        s.ledger.finish(t)
+        interrupted.append(t)
+    missing = {trial_ref(s.tag, t.number): t.commit for t in s.ledger.trials()
+               if t.commit and existing.get(trial_ref(s.tag, t.number)) != t.commit}
+    if missing:
+        s.git.update_refs({r: c for r, c in missing.items() if c})
+    best = s.ledger.best()
+    target = best.commit if best and best.commit else s.base
+    if s.git.rev(branch_ref(s.tag)) != target:
+        s.git.update_refs({branch_ref(s.tag): target})
+    shutil.rmtree(s.dir / "worktrees", ignore_errors=True)
+    s.git.run("worktree", "prune", check=False)
+    return interrupted
+
+
+def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | None = None) -> None:
+    """Run the task's setup command once in a worktree; a failure stops the loop (exit 1)."""
+    if not s.task.setup:
+        return
+    log = s.dir / "logs" / "setup.log"
+    command: str | list[str] = [*wrap, "/bin/bash", "-c", s.task.setup] if wrap else s.task.setup
+    result = run_command(command, ws.path, env, 6 * 3600, log, owner=s.owner)
+    if result.returncode != 0:
+        tail = last_lines(read_tail(log), 15)
+        raise AutoresearchError(f"setup command `{s.task.setup}` failed (exit {result.returncode}); "
+                                f"log {log}:\n{tail}")
+
+
+def write_summary(s: Session, data: dict[str, object]) -> None:
+    path = s.dir / "session.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)

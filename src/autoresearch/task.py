@@ -1,0 +1,283 @@
+"""Load and validate `autoresearch.toml` into a frozen `Task`.
+
+Every error a user can make in the task file becomes a `TaskError` whose message is one line
+naming the key (exit code 2); nothing here raises anything else for bad input.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoresearch.errors import TaskError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+TASK_FILE = "autoresearch.toml"
+
+TOP_KEYS = {
+    "name", "program", "editable", "protected", "setup", "command", "time_budget",
+    "timeout", "evaluate", "metric", "acceptance", "agent",
+}
+METRIC_KEYS = {"name", "goal", "pattern", "file", "record", "holdout"}
+ACCEPTANCE_KEYS = {"min_delta", "baseline_runs", "confirm"}
+AGENT_KEYS = {"kind", "model", "base_url", "cmd", "timeout", "sampler", "llm_share"}
+SKIP_DIRS = {".git", ".autoresearch", "__pycache__", ".venv", "node_modules"}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    goal: str = "minimize"
+    pattern: str | None = None
+    file: str | None = None
+    record: tuple[str, ...] = ()
+    holdout: str | None = None
+
+    @property
+    def minimize(self) -> bool:
+        return self.goal == "minimize"
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    min_delta: float | str = 0.0  # a number, or "auto": twice the measured noise
+    baseline_runs: int = 1
+    confirm: int = 0
+
+
+@dataclass(frozen=True)
+class Task:
+    root: Path
+    name: str
+    command: str
+    metric: MetricSpec
+    editable: tuple[str, ...]
+    program: str = "program.md"
+    protected: tuple[str, ...] = ()
+    setup: str | None = None
+    evaluate: str | None = None
+    time_budget: float = 300.0
+    timeout: float = 660.0
+    acceptance: Acceptance = field(default_factory=Acceptance)
+    agent: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def always_protected(self) -> tuple[str, ...]:
+        """The task file and the program: protected whatever the task file says."""
+        return (TASK_FILE, self.program)
+
+    def is_editable(self, path: str) -> bool:
+        return any(glob_match(path, g) for g in self.editable) and not self.is_protected(path)
+
+    def is_protected(self, path: str) -> bool:
+        return path in self.always_protected or any(glob_match(path, g) for g in self.protected)
+
+    def protected_files(self, root: Path | None = None) -> list[str]:
+        """Relative paths of every protected file that exists under `root` (the task root)."""
+        files = list_files(root or self.root)
+        return sorted(p for p in files if self.is_protected(p))
+
+    def program_text(self, root: Path | None = None) -> str:
+        return ((root or self.root) / self.program).read_text(errors="replace")
+
+
+def glob_match(path: str, pattern: str) -> bool:
+    """A task-file glob: fnmatch over the posix relative path (`*` crosses folders), and a
+    folder name (`models/` or `models`) matches everything under it."""
+    pattern = pattern.strip().lstrip("./") if pattern.startswith("./") else pattern.strip()
+    if fnmatch.fnmatchcase(path, pattern):
+        return True
+    if pattern.endswith("/**"):
+        pattern = pattern[:-3]
+    return path.startswith(pattern.rstrip("/") + "/")
+
+
+def list_files(root: Path) -> list[str]:
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+        rel = os.path.relpath(dirpath, root)
+        for f in filenames:
+            out.append(f if rel == "." else f"{rel}/{f}".replace(os.sep, "/"))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# validation helpers: each raises TaskError naming the key
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            near = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+            hint = f" (did you mean '{near[0]}'?)" if near else f" (known keys: {', '.join(sorted(allowed))})"
+            raise TaskError(f"{TASK_FILE}: unknown key '{where}{key}'{hint}")
+
+
+def _typename(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _get_str(table: dict[str, Any], key: str, where: str, default: str | None = None,
+             required: bool = False) -> str | None:
+    if key not in table:
+        if required:
+            raise TaskError(f"{TASK_FILE}: missing required key '{where}{key}'")
+        return default
+    value = table[key]
+    if not isinstance(value, str):
+        raise TaskError(f"{TASK_FILE}: '{where}{key}' must be a string, got {_typename(value)}")
+    if required and not value.strip():
+        raise TaskError(f"{TASK_FILE}: '{where}{key}' must not be empty")
+    return value
+
+
+def _get_number(table: dict[str, Any], key: str, where: str, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TaskError(f"{TASK_FILE}: '{where}{key}' must be a number, got {_typename(value)}")
+    if not math.isfinite(value) or value <= 0:
+        raise TaskError(f"{TASK_FILE}: '{where}{key}' must be a positive number of seconds, got {value}")
+    return float(value)
+
+
+def _get_int(table: dict[str, Any], key: str, where: str, default: int, minimum: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TaskError(f"{TASK_FILE}: '{where}{key}' must be an integer, got {_typename(value)}")
+    if value < minimum:
+        raise TaskError(f"{TASK_FILE}: '{where}{key}' must be at least {minimum}, got {value}")
+    return value
+
+
+def _get_list(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise TaskError(f"{TASK_FILE}: '{where}{key}' must be a list of strings, got {_typename(value)}")
+    return tuple(value)
+
+
+def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise TaskError(f"{TASK_FILE}: '{key}' must be a table ([{key}]), got {_typename(value)}")
+    return value
+
+
+# ---------------------------------------------------------------------------
+
+
+def _load_metric(data: dict[str, Any]) -> MetricSpec:
+    if "metric" not in data:
+        raise TaskError(f"{TASK_FILE}: missing required table [metric] (with 'name' and 'goal')")
+    table = _table(data, "metric")
+    _check_keys(table, METRIC_KEYS, "metric.")
+    name = _get_str(table, "name", "metric.", required=True)
+    assert name is not None
+    if not re.fullmatch(r"[A-Za-z_][\w.\-]*", name):
+        raise TaskError(f"{TASK_FILE}: 'metric.name' must be an identifier such as val_bpb, got {name!r}")
+    goal = _get_str(table, "goal", "metric.", required=True)
+    if goal not in ("minimize", "maximize"):
+        raise TaskError(f"{TASK_FILE}: 'metric.goal' must be \"minimize\" or \"maximize\", got {goal!r}")
+    pattern = _get_str(table, "pattern", "metric.")
+    if pattern is not None:
+        try:
+            groups = re.compile(pattern, re.MULTILINE).groups
+        except re.error as e:
+            raise TaskError(f"{TASK_FILE}: 'metric.pattern' is not a valid regular expression: {e}") from None
+        if groups != 1:
+            raise TaskError(f"{TASK_FILE}: 'metric.pattern' must have exactly one group, it has {groups}")
+    file = _get_str(table, "file", "metric.")
+    if pattern is not None and file is not None:
+        raise TaskError(f"{TASK_FILE}: 'metric.pattern' and 'metric.file' cannot both be set")
+    holdout = _get_str(table, "holdout", "metric.")
+    if holdout is not None and holdout == name:
+        raise TaskError(f"{TASK_FILE}: 'metric.holdout' must differ from 'metric.name'")
+    return MetricSpec(name=name, goal=goal, pattern=pattern, file=file,
+                      record=_get_list(table, "record", "metric."), holdout=holdout)
+
+
+def _load_acceptance(data: dict[str, Any]) -> Acceptance:
+    table = _table(data, "acceptance")
+    _check_keys(table, ACCEPTANCE_KEYS, "acceptance.")
+    min_delta = table.get("min_delta", 0.0)
+    if isinstance(min_delta, str):
+        if min_delta != "auto":
+            raise TaskError(f"{TASK_FILE}: 'acceptance.min_delta' must be a number or \"auto\", got {min_delta!r}")
+    elif isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)):
+        raise TaskError(f"{TASK_FILE}: 'acceptance.min_delta' must be a number or \"auto\", got {_typename(min_delta)}")
+    elif not math.isfinite(min_delta) or min_delta < 0:
+        raise TaskError(f"{TASK_FILE}: 'acceptance.min_delta' must be >= 0, got {min_delta}")
+    else:
+        min_delta = float(min_delta)
+    return Acceptance(
+        min_delta=min_delta,
+        baseline_runs=_get_int(table, "baseline_runs", "acceptance.", 1, 1),
+        confirm=_get_int(table, "confirm", "acceptance.", 0, 0),
+    )
+
+
+def load_task(root: str | os.PathLike[str]) -> Task:
+    """Read and validate `<root>/autoresearch.toml`."""
+    root = Path(root).resolve()
+    path = root / TASK_FILE
+    if not path.is_file():
+        raise TaskError(f"no {TASK_FILE} in {root} (create one with `autoresearch init`)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise TaskError(f"{TASK_FILE}: invalid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise TaskError(f"{TASK_FILE}: not UTF-8 text") from None
+    _check_keys(data, TOP_KEYS, "")
+    command = _get_str(data, "command", "", required=True)
+    assert command is not None
+    program = _get_str(data, "program", "", default="program.md") or "program.md"
+    if not (root / program).is_file():
+        raise TaskError(f"{TASK_FILE}: 'program' file {program!r} not found in {root}")
+    time_budget = _get_number(data, "time_budget", "", 300.0)
+    timeout = _get_number(data, "timeout", "", 2 * time_budget + 60)
+    metric = _load_metric(data)
+    acceptance = _load_acceptance(data)
+    agent = _table(data, "agent")
+    _check_keys(agent, AGENT_KEYS, "agent.")
+    if "editable" not in data:
+        raise TaskError(f"{TASK_FILE}: missing required key 'editable' (globs of the files an agent may change)")
+    editable = _get_list(data, "editable", "")
+    if not editable:
+        raise TaskError(f"{TASK_FILE}: 'editable' must list at least one glob")
+    protected = _get_list(data, "protected", "")
+    task = Task(
+        root=root, name=_get_str(data, "name", "", default=root.name) or root.name,
+        command=command, metric=metric, editable=editable, program=program,
+        protected=protected, setup=_get_str(data, "setup", ""),
+        evaluate=_get_str(data, "evaluate", ""), time_budget=time_budget, timeout=timeout,
+        acceptance=acceptance, agent=agent,
+    )
+    _check_paths(task)
+    return task
+
+
+def _check_paths(task: Task) -> None:
+    files = list_files(task.root)
+    for glob in task.editable:
+        matched = [f for f in files if glob_match(f, glob)]
+        if not matched:
+            raise TaskError(f"{TASK_FILE}: 'editable' glob {glob!r} matches no file")
+        for f in matched:
+            if f in task.always_protected:
+                raise TaskError(f"{TASK_FILE}: {f!r} is matched by 'editable' but is always protected")
+            if any(glob_match(f, p) for p in task.protected):
+                raise TaskError(f"{TASK_FILE}: {f!r} is both editable and protected")
