@@ -31,6 +31,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    value = _positive_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -71,13 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default=None, help="the run's name (branch autoresearch/TAG); default: today's date, e.g. nov26")
     p.add_argument("--trials", type=_positive_int, default=None, help="new trials in this invocation (the baseline not counted)")
     p.add_argument("--hours", type=_positive_float, default=None, help="stop starting trials after this many hours")
-    p.add_argument("--workers", type=_positive_int, default=1, help="trials in flight at once")
-    p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3 (one per trial)")
-    p.add_argument("--gpus-per-trial", type=_positive_int, default=1)
-    p.add_argument("--agent-concurrency", type=_positive_int, default=None, help="proposals prepared in parallel")
-    p.add_argument("--backend", default="local", choices=["local", "ray"])
-    p.add_argument("--ray-address", default=None)
-    p.add_argument("--trial-resources", default=None, help="for --backend ray, e.g. gpu=1,cpu=8")
+    p.add_argument("--workers", type=_at_least_one, default=None, help="trials in flight at once (default: one per GPU group of --gpus; on Ray, what the cluster holds; else 1)")
+    p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3 (each trial in flight gets its own, via CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--gpus-per-trial", type=_at_least_one, default=1, help="GPUs pinned for each trial (default 1)")
+    p.add_argument("--agent-concurrency", type=_positive_int, default=None, help="proposals the agent prepares while trials run (0: ask only when a worker is free; default 0 for one worker, 1 for more)")
+    p.add_argument("--backend", default="local", choices=["local", "ray"], help="where experiments run: this machine, or Ray tasks on a cluster")
+    p.add_argument("--ray-address", default=None, help="the Ray cluster, e.g. 10.0.0.1:6379 (implies --backend ray; default: RAY_ADDRESS, the local `ray start` cluster, or a new local instance)")
+    p.add_argument("--trial-resources", default=None, help="for --backend ray: what each trial asks for, e.g. gpu=1,cpu=8,memory=32G (default: gpu=1 when the cluster has GPUs, else cpu=1)")
     p.add_argument("--sandbox", action="store_true", help="run experiments with no network and writes confined to the trial's folders (bubblewrap)")
     p.add_argument("--seed", type=int, default=0, help="AUTORESEARCH_SEED of a trial's first run")
     p.add_argument("--keep-runs", action="store_true", help="keep every trial's run folder (default: only the best's)")
@@ -161,7 +168,7 @@ class _Stopper:
     def __call__(self, signum, frame) -> None:  # noqa: ANN001
         self.hits += 1
         if self.hits == 1:
-            print("\nautoresearch: stopping: the trial in flight is killed and recorded (Ctrl-C again to quit at once)",
+            print("\nautoresearch: stopping: the trials in flight are killed and recorded (Ctrl-C again to quit at once)",
                   file=sys.stderr, flush=True)
             self.loop.stop()
         else:
@@ -170,29 +177,43 @@ class _Stopper:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from autoresearch.agents.registry import build_agent
+    from autoresearch.backends import open_backend
     from autoresearch.ledger import check_tag
     from autoresearch.loop import Loop, Options
     from autoresearch.session import open_session
     from autoresearch.task import load_task
 
-    if args.workers != 1 or args.backend != "local":
-        from autoresearch import scale  # noqa: F401 - raises a clear error where not built
-
     task = load_task(args.dir)
     tag = check_tag(args.tag or default_tag())
     agent = build_agent(_agent_options(args, task), task)
-    session = open_session(task, tag)
+    gpus = tuple(g.strip() for g in (args.gpus or "").split(",") if g.strip())
+    resources = None
+    if args.trial_resources is not None:
+        from autoresearch.backends.ray import parse_resources
+
+        resources = parse_resources(args.trial_resources)
+    backend = open_backend(task, "ray" if args.ray_address else args.backend, gpus=gpus,
+                           gpus_per_trial=args.gpus_per_trial, workers=args.workers,
+                           ray_address=args.ray_address, resources=resources, sandbox=args.sandbox)
+    try:
+        session = open_session(task, tag)
+    except BaseException:
+        backend.close()
+        raise
     events = _events(task)
-    gpus = tuple(g for g in (args.gpus or "").split(",") if g.strip())
     loop = Loop(session, agent, Options(trials=args.trials, hours=args.hours, seed=args.seed,
                                         agent_timeout=args.agent_timeout, gpus=gpus,
                                         sandbox=args.sandbox, keep_runs=args.keep_runs,
-                                        max_cost=args.max_cost), events)
+                                        max_cost=args.max_cost, workers=args.workers,
+                                        gpus_per_trial=args.gpus_per_trial,
+                                        agent_concurrency=args.agent_concurrency), events, backend)
     stopper = _Stopper(loop)
     old = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        scale = (f", {len(loop.slots)} workers" if len(loop.slots) > 1 else "") + \
+            (f", backend {backend.name}" if backend.name != "local" else "")
         events.message(f"autoresearch: tag {tag} on branch autoresearch/{tag} "
-                       f"({'resumed' if session.resumed else 'new'}), agent {agent.name}, "
+                       f"({'resumed' if session.resumed else 'new'}), agent {agent.name}{scale}, "
                        f"ledger {session.dir}")
         best = loop.run()
     finally:
@@ -200,6 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             signal.signal(s, h)
         events.close()
         session.close()
+        backend.close()
     from autoresearch.views import status_text
 
     print(status_text(task.root, tag, limit=20))

@@ -41,7 +41,7 @@ class ExecSpec:
 
 @dataclass(frozen=True)
 class ExecResult:
-    outcome: str  # ok | crash | timeout | cancelled | tampered | eval_failed
+    outcome: str  # ok | crash | timeout | cancelled | tampered | eval_failed | lost (a remote worker died)
     returncode: int | None
     seconds: float
     output: str

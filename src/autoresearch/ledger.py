@@ -19,7 +19,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +166,14 @@ class Ledger:
     def begin(self, trial: Trial) -> None:
         """Record a trial as running (before anything of it happens)."""
         self._write(trial, insert=True)
+
+    def begin_next(self, make: Callable[[int], Trial]) -> Trial:
+        """Record `make(n)` as running under the next free number n, atomically: concurrent
+        callers never get the same number and none is skipped."""
+        with self._lock:
+            trial = make(self.next_number())
+            self._write(trial, insert=True)
+        return trial
 
     def update(self, trial: Trial) -> None:
         """Record new facts about a running trial (its commit, say)."""

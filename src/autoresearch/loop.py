@@ -4,22 +4,37 @@ Guarantees (with the ledger's): every trial is recorded as running before anythi
 happens and as finished after its fate is known; its commit is reachable under
 refs/autoresearch/<tag>/trials/<n> whatever that fate; the branch moves only on keep, after the
 ledger says keep (a kill in between is repaired on resume); the user's checkout is never used.
+
+Concurrency: W slots measure W trials at once, each trial in its own worktree (with its own GPUs
+when given). With agent concurrency K > 0 up to K proposals are prepared while the slots run
+(pipelining), so that a slot that frees up starts the next trial at once; with K = 0 a slot asks
+the agent when it frees up. A trial starts from the best commit of the moment its proposal
+begins; when it finishes it is kept only if it beats the best of that later moment (decisions
+are taken one at a time under `lock`), and then its whole tree becomes the new best. Calls to one
+agent are serialised unless it declares `concurrent = True`; the agent is told of finished trials
+before its next proposal. W = 1 and K = 0 is the plain sequential loop, in the calling thread.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import shutil
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from autoresearch import decide, guard
 from autoresearch.agents.base import Agent, AgentError, Context
+from autoresearch.backends import Backend
+from autoresearch.backends.local import LocalBackend
 from autoresearch.errors import AutoresearchError
 from autoresearch.events import Events, NullEvents
-from autoresearch.execute import ExecResult, ExecSpec, execute, experiment_env, python_shim
+from autoresearch.execute import ExecResult, ExecSpec, experiment_env, python_shim
 from autoresearch.gitrepo import GitError, Workspace
 from autoresearch.ledger import clean_text
 from autoresearch.metrics import MetricError, extract, metric_problem, reject_reason
@@ -38,6 +53,17 @@ class Options:
     sandbox: bool = False
     keep_runs: bool = False
     max_cost: float | None = None
+    workers: int | None = None  # trials in flight; None: one per GPU group, or what Ray holds
+    gpus_per_trial: int = 1
+    agent_concurrency: int | None = None  # proposals prepared ahead; None: 0 for one worker, else 1
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a trial is measured: its worktree and the GPUs pinned for it."""
+
+    ws: Workspace
+    gpus: tuple[str, ...] = ()
 
 
 @dataclass
@@ -59,7 +85,7 @@ def visible(trial: Trial, holdout: str | None) -> Trial:
 
 class Loop:
     def __init__(self, session: Session, agent: Agent, options: Options | None = None,
-                 events: Events | None = None) -> None:
+                 events: Events | None = None, backend: Backend | None = None) -> None:
         self.s = session
         self.task = session.task
         self.agent = agent
@@ -73,6 +99,16 @@ class Loop:
             from autoresearch.sandbox import sandbox_prefix
 
             self.wrap = sandbox_prefix(self.s)
+        self.backend: Backend = backend or LocalBackend(self.opt.gpus, self.opt.gpus_per_trial)
+        self.slots = self.backend.slots(self.opt.workers)  # the GPUs of each trial in flight
+        ahead = self.opt.agent_concurrency
+        self.ahead = ahead if ahead is not None else (0 if len(self.slots) == 1 else 1)
+        self.lock = threading.RLock()  # the best, the trees, the count: one decision at a time
+        self.agent_lock: contextlib.AbstractContextManager[object] = (
+            contextlib.nullcontext() if getattr(agent, "concurrent", False) else threading.Lock())
+        self.untold: list[Trial] = []  # finished trials the agent is yet to observe
+        self.lost: dict[int, list[str]] = {}  # trial -> the remote workers lost under it
+        self.done = 0
         self.trees: dict[str, int] = {}
         self.best: Trial | None = session.ledger.best()
         self.baseline: Trial | None = session.ledger.get(0)
@@ -89,19 +125,23 @@ class Loop:
             if t.status.finished:
                 self.agent.observe(visible(t, self.task.metric.holdout))
         self._index_trees(history)
-        run_setup(self.s, ws, self._env(0, self.opt.seed), self.wrap)
+        if not self.backend.remote:  # a remote backend sets up each node where the code runs
+            run_setup(self.s, ws, self._env(0, self.opt.seed, self.slots[0]), self.wrap)
         if self.best is None:
-            self.best = self._baseline(ws)
-        done = 0
-        while not self._should_stop(done):
-            number = self.s.ledger.next_number()
-            done += 1
-            self.events.trial_started(number, done, self.opt.trials)
-            self._trial(ws, number)
+            self.best = self._baseline(Place(ws, self.slots[0]))
+        assert self.best.commit
+        trees = [ws] + [self.s.workspace(i, self.best.commit)
+                        for i in range(1, len(self.slots) + self.ahead)]
+        if self.ahead == 0:
+            self._together([partial(self._serve, Place(w, g)) for w, g in zip(trees, self.slots, strict=True)])
+        else:
+            self._pipeline(trees)
+        with self.agent_lock:
+            self._tell_agent()
         return self.best
 
     def stop(self) -> None:
-        """Ask the loop to stop (Ctrl-C): the in-flight experiment is killed and recorded."""
+        """Ask the loop to stop (Ctrl-C): the experiments in flight are killed and recorded."""
         self.cancel.set()
 
     def _should_stop(self, done: int) -> bool:
@@ -120,9 +160,87 @@ class Loop:
     def total_cost(self) -> float:
         return sum(t.cost for t in self.s.ledger.trials())
 
+    # -- keeping the slots busy ---------------------------------------------------------------
+
+    def _serve(self, at: Place) -> None:
+        """A slot without proposals ahead: ask the agent when free, measure; until the end."""
+        while (t := self._prepare(at.ws)) is not None:
+            if not t.status.finished:
+                self._run(at, t)
+
+    def _pipeline(self, trees: list[Workspace]) -> None:
+        """K proposers fill a queue of ready trials (each holding a worktree) while the slots
+        measure them; the last proposer to stop closes the queue."""
+        free: queue.Queue[Workspace] = queue.Queue()
+        for w in trees:
+            free.put(w)
+        ready: queue.Queue[tuple[Trial, Workspace] | None] = queue.Queue()
+        proposers = [self.ahead]
+
+        def propose() -> None:
+            try:
+                while True:
+                    ws = free.get()
+                    try:
+                        t = self._prepare(ws)
+                    except BaseException:
+                        free.put(ws)
+                        raise
+                    if t is None or t.status.finished:
+                        free.put(ws)
+                    if t is None:
+                        return
+                    if not t.status.finished:
+                        ready.put((t, ws))
+            finally:
+                with self.lock:
+                    proposers[0] -= 1
+                    if proposers[0] == 0:
+                        for _ in self.slots:
+                            ready.put(None)
+
+        def serve(gpus: tuple[str, ...]) -> None:
+            while (item := ready.get()) is not None:
+                try:
+                    self._run(Place(item[1], gpus), item[0])
+                finally:
+                    free.put(item[1])
+
+        try:
+            self._together([propose] * self.ahead + [partial(serve, g) for g in self.slots])
+        finally:  # a thread failed: what was left ready is recorded as interrupted
+            while not ready.empty():
+                item = ready.get_nowait()
+                if item is not None:
+                    self._finish(item[0].with_(status=Status.INTERRUPTED, reason="the loop stopped before it ran"))
+
+    def _together(self, jobs: list[Callable[[], None]]) -> None:
+        """Run the jobs at once, one thread each (one job runs in this thread). The first
+        error stops the loop and is raised when every thread has ended."""
+        if len(jobs) == 1:
+            jobs[0]()
+            return
+        errors: list[BaseException] = []
+
+        def guarded(job: Callable[[], None]) -> None:
+            try:
+                job()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+                errors.append(e)
+                self.cancel.set()
+
+        threads = [threading.Thread(target=guarded, args=(job,), daemon=True, name=f"autoresearch-{i}")
+                   for i, job in enumerate(jobs)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if errors:
+            raise errors[0]
+
     # -- the baseline ---------------------------------------------------------------------
 
-    def _baseline(self, ws: Workspace) -> Trial:
+    def _baseline(self, at: Place) -> Trial:
         number = self.s.ledger.next_number()
         commit = self.s.base
         self.events.trial_started(number, 0, self.opt.trials)
@@ -132,7 +250,7 @@ class Loop:
         self.s.ledger.begin(t)
         self.s.git.update_refs({trial_ref(self.s.tag, number): commit})
         runs = self.task.acceptance.baseline_runs
-        m = self._measure_repeats(ws, t, commit, runs, first_seed=self.opt.seed)
+        m = self._measure_repeats(at, t, commit, runs, first_seed=self.opt.seed)
         if m.status is not None:
             self._finish(t.with_(status=m.status, reason=m.reason, run_seconds=m.seconds, figures=m.figures))
             if m.status is Status.INTERRUPTED:
@@ -150,62 +268,89 @@ class Loop:
 
     # -- one trial ------------------------------------------------------------------------
 
-    def _trial(self, ws: Workspace, number: int) -> Trial:
-        assert self.best is not None and self.best.commit
-        parent = self.best
-        t = Trial(number=number, status=Status.RUNNING, parent=parent.commit, agent=self.agent.name,
-                  started=time.time(), seed=self.opt.seed, log_path=str(self._log(number)))
-        self.s.ledger.begin(t)
-        self.s.git.reset_worktree(ws, parent.commit)
-        self.events.phase(number, "agent")
-        history = tuple(visible(x, self.task.metric.holdout) for x in self.s.ledger.trials())
-        ctx = Context(task=self.task, workdir=ws.path, number=number,
-                      best=visible(parent, self.task.metric.holdout), history=history,
-                      log_path=self.s.dir / "agent" / f"{number}.log", ledger_dir=self.s.dir,
-                      time_limit=self.opt.agent_timeout)
-        error = ""
-        try:
-            proposal = self.agent.propose(ctx)
-            t = t.with_(description=clean_text(proposal.description) or "(no description)",
-                        model=proposal.model, tokens_in=proposal.tokens_in,
-                        tokens_out=proposal.tokens_out, cost=proposal.cost,
-                        extra=dict(proposal.extra))
-        except AgentError as e:
-            error = clean_text(str(e), 500) or "agent error"
-            t = t.with_(description=f"agent error: {error}"[:200])
-        except Exception as e:  # a bug in an agent must not kill a two-day loop
-            import traceback
+    def _open(self) -> tuple[Trial, Trial] | None:
+        """Record the next trial as running, child of the best of this moment; returns it and
+        that best, or None when the loop should stop."""
+        with self.lock:
+            if self._should_stop(self.done):
+                return None
+            self.done += 1
+            parent = self.best
+            assert parent is not None and parent.commit
+            t = self.s.ledger.begin_next(lambda n: Trial(
+                number=n, status=Status.RUNNING, parent=parent.commit, agent=self.agent.name,
+                started=time.time(), seed=self.opt.seed, log_path=str(self._log(n))))
+            self.events.trial_started(t.number, self.done, self.opt.trials)
+        return t, parent
 
-            ctx.log(traceback.format_exc())
-            error = clean_text(f"{type(e).__name__}: {e}", 500)
-            t = t.with_(description=f"agent error: {error}"[:200])
-        commit, changes, tree = self.s.git.snapshot(ws, parent.commit, t.description)
-        self.s.git.update_refs({trial_ref(self.s.tag, number): commit})
+    def _prepare(self, ws: Workspace) -> Trial | None:
+        """Open a trial and have the agent change the best code in `ws`; commit the change.
+        None when the loop should stop; the trial still running when it is to be measured,
+        finished when it is not (agent error, rejected, duplicate)."""
+        with self.agent_lock:
+            opened = self._open()
+            if opened is None:
+                return None
+            t, parent = opened
+            self.s.git.reset_worktree(ws, parent.commit or "")
+            self.events.phase(t.number, "agent")
+            self._tell_agent()
+            history = tuple(visible(x, self.task.metric.holdout) for x in self.s.ledger.trials())
+            ctx = Context(task=self.task, workdir=ws.path, number=t.number,
+                          best=visible(parent, self.task.metric.holdout), history=history,
+                          log_path=self.s.dir / "agent" / f"{t.number}.log", ledger_dir=self.s.dir,
+                          time_limit=self.opt.agent_timeout)
+            error = ""
+            try:
+                proposal = self.agent.propose(ctx)
+                t = t.with_(description=clean_text(proposal.description) or "(no description)",
+                            model=proposal.model, tokens_in=proposal.tokens_in,
+                            tokens_out=proposal.tokens_out, cost=proposal.cost,
+                            extra=dict(proposal.extra))
+            except AgentError as e:
+                error = clean_text(str(e), 500) or "agent error"
+                t = t.with_(description=f"agent error: {error}"[:200])
+            except Exception as e:  # a bug in an agent must not kill a two-day loop
+                import traceback
+
+                ctx.log(traceback.format_exc())
+                error = clean_text(f"{type(e).__name__}: {e}", 500)
+                t = t.with_(description=f"agent error: {error}"[:200])
+        commit, changes, tree = self.s.git.snapshot(ws, parent.commit or "", t.description)
+        self.s.git.update_refs({trial_ref(self.s.tag, t.number): commit})
         t = t.with_(commit=commit)
         self.s.ledger.update(t)
         if error:
             return self._finish(t.with_(status=Status.AGENT_ERROR, reason=error))
-        if self.cancel.is_set():
-            return self._finish(t.with_(status=Status.INTERRUPTED, reason="stopped before the experiment"))
-        reason = guard.check_changes(self.task, changes, ws.path) or self.gitguard.check_and_restore()
+        with self.lock:
+            reason = guard.check_changes(self.task, changes, ws.path) or self.gitguard.check_and_restore()
+            same = self.trees.get(tree)
+            if not reason and same is None:
+                self.trees[tree] = t.number
         if reason:
             return self._finish(t.with_(status=Status.REJECTED, reason=reason))
-        if tree in self.trees:
-            return self._finish(t.with_(status=Status.DUPLICATE,
-                                        reason=f"same code as trial {self.trees[tree]}"))
-        self.trees[tree] = number
-        m = self._measure_repeats(ws, t, commit, 1, first_seed=self.opt.seed)
+        if same is not None:
+            return self._finish(t.with_(status=Status.DUPLICATE, reason=f"same code as trial {same}"))
+        return t
+
+    def _run(self, at: Place, t: Trial) -> Trial:
+        """Measure a prepared trial, decide on it and record it."""
+        commit = t.commit or ""
+        if self.cancel.is_set():
+            return self._finish(t.with_(status=Status.INTERRUPTED, reason="stopped before the experiment"))
+        m = self._measure_repeats(at, t, commit, 1, first_seed=self.opt.seed)
         if m.status is None:
-            m = self._decide(ws, t, commit, m)
+            m = self._decide(at, t, commit, m)
         t = t.with_(status=m.status or Status.DISCARD, figures=m.figures,
                     repeats=m.repeats if len(m.repeats) > 1 else [],
                     reason=m.reason, run_seconds=m.seconds, metric=m.figures.get(self.task.metric.name))
-        tamper = self.gitguard.check_and_restore()
+        with self.lock:
+            tamper = self.gitguard.check_and_restore()
         if tamper:
             t = t.with_(status=Status.REJECTED, reason=tamper)
         return self._finish(t)
 
-    def _decide(self, ws: Workspace, t: Trial, commit: str, m: Measurement) -> Measurement:
+    def _decide(self, at: Place, t: Trial, commit: str, m: Measurement) -> Measurement:
         assert self.best is not None and self.best.metric is not None
         name = self.task.metric.name
         minimize = self.task.metric.minimize
@@ -217,7 +362,7 @@ class Loop:
         if confirm == 0:
             return Measurement(Status.KEEP, m.figures, "", m.seconds, m.repeats)
         self.events.phase(t.number, "confirming", self.task.time_budget)
-        more = self._measure_repeats(ws, t, commit, confirm, first_seed=self.opt.seed + 1, offset=1)
+        more = self._measure_repeats(at, t, commit, confirm, first_seed=self.opt.seed + 1, offset=1)
         if more.status is not None:
             return Measurement(more.status, m.figures, f"confirmation run failed: {more.reason}",
                                m.seconds + more.seconds)
@@ -244,7 +389,7 @@ class Loop:
 
     # -- measuring --------------------------------------------------------------------------
 
-    def _measure_repeats(self, ws: Workspace, t: Trial, commit: str, runs: int, first_seed: int,
+    def _measure_repeats(self, at: Place, t: Trial, commit: str, runs: int, first_seed: int,
                          offset: int = 0) -> Measurement:
         """Run the experiment `runs` times (seeds first_seed, first_seed+1, ...); figures are the
         means, each run's figures under '__repeats__'."""
@@ -252,7 +397,7 @@ class Loop:
         seconds = 0.0
         for i in range(runs):
             self.events.phase(t.number, "running", self.task.time_budget)
-            m = self._measure_once(ws, t, commit, first_seed + i, offset + i)
+            m = self._measure_once(at, t, commit, first_seed + i, offset + i)
             seconds += m.seconds
             if m.status is not None:
                 m.seconds = seconds
@@ -260,27 +405,43 @@ class Loop:
             repeats.append(m.figures)
         return Measurement(None, mean_figures(repeats), "", seconds, repeats)
 
-    def _measure_once(self, ws: Workspace, t: Trial, commit: str, seed: int, index: int) -> Measurement:
+    def _measure_once(self, at: Place, t: Trial, commit: str, seed: int, index: int) -> Measurement:
         n = t.number
         suffix = "" if index == 0 else f".{index}"
         spec = ExecSpec(
-            number=n, workdir=ws.path, run_dir=self.s.dir / "runs" / f"{n}{suffix}",
+            number=n, workdir=at.ws.path, run_dir=self.s.dir / "runs" / f"{n}{suffix}",
             log_path=self._log(n, suffix), command=self.task.command,
-            timeout=self.task.timeout, env=self._env(n, seed), protected=self.protected,
+            timeout=self.task.timeout, env=self._env(n, seed, at.gpus), protected=self.protected,
             evaluate=self.task.evaluate, owner=f"{self.s.owner}:{n}", wrap=self.wrap,
         )
+        restore = partial(self.s.git.reset_worktree, at.ws, commit)
         try:
-            result = execute(spec, restore=lambda: self.s.git.reset_worktree(ws, commit),
-                             cancel=self.cancel)
-            return self._judge(result, spec.run_dir, ws.path)
+            result = self.backend.run(spec, restore, self.cancel)
+            if result.outcome == "lost":  # a remote worker died under it: recorded, run once more
+                first = result.output
+                self._note_lost(t, first)
+                result = self.backend.run(spec, restore, self.cancel)
+                with open(spec.log_path, "a", encoding="utf-8") as log:
+                    log.write(f"\n=== autoresearch: second attempt; the worker of the first was lost: "
+                              f"{first[:200]} ===\n")
+            return self._judge(result, spec.run_dir, at.ws.path)
         finally:
-            self.s.git.reset_worktree(ws, commit)
+            restore()
+
+    def _note_lost(self, t: Trial, why: str) -> None:
+        with self.lock:
+            lost = self.lost.setdefault(t.number, [])
+            lost.append(why)
+            self.s.ledger.update(t.with_(extra={**t.extra, "lost_workers": list(lost)}))
+        self.events.message(f"[trial {t.number}] its worker was lost ({why[:200]}); re-queued once")
 
     def _judge(self, r: ExecResult, run_dir: Path, workdir: Path) -> Measurement:
         spec = self.task.metric
         tail = last_lines(r.output, 5)
         if r.outcome == "cancelled":
             return Measurement(Status.INTERRUPTED, reason="stopped while the experiment ran", seconds=r.seconds)
+        if r.outcome == "lost":
+            return Measurement(Status.CRASH, reason=f"its worker was lost twice: {r.output[-300:]}", seconds=r.seconds)
         if r.outcome == "tampered":
             return Measurement(Status.REJECTED, reason=f"the experiment changed protected file(s): "
                                f"{', '.join(r.tampered)}", seconds=r.seconds)
@@ -314,23 +475,43 @@ class Loop:
     # -- recording --------------------------------------------------------------------------
 
     def _finish(self, t: Trial) -> Trial:
-        t = t.with_(ended=time.time())
-        self.s.ledger.finish(t)
-        if t.status is Status.KEEP:
-            old = self.best.commit if self.best else None
-            verify = {branch_ref(self.s.tag): old} if old else None
-            try:
-                self.s.git.update_refs({branch_ref(self.s.tag): t.commit or ""}, verify=verify)
-            except GitError:  # someone moved the branch: the ledger is the truth
-                self.s.git.update_refs({branch_ref(self.s.tag): t.commit or ""})
-            if self.best and not self.opt.keep_runs:
-                shutil.rmtree(self.s.dir / "runs" / str(self.best.number), ignore_errors=True)
-            self.best = t
-        elif not self.opt.keep_runs:
-            shutil.rmtree(self.s.dir / "runs" / str(t.number), ignore_errors=True)
-        self.agent.observe(visible(t, self.task.metric.holdout))
-        self.events.trial_finished(t, self.best or t, self.baseline, self.total_cost())
+        with self.lock:  # one decision at a time: a keep must beat the best of this moment
+            t = self._still_better(t).with_(ended=time.time())
+            if t.number in self.lost:
+                t = t.with_(extra={**t.extra, "lost_workers": self.lost.pop(t.number)})
+            self.s.ledger.finish(t)
+            if t.status is Status.KEEP:
+                old = self.best.commit if self.best else None
+                verify = {branch_ref(self.s.tag): old} if old else None
+                try:
+                    self.s.git.update_refs({branch_ref(self.s.tag): t.commit or ""}, verify=verify)
+                except GitError:  # someone moved the branch: the ledger is the truth
+                    self.s.git.update_refs({branch_ref(self.s.tag): t.commit or ""})
+                if self.best and not self.opt.keep_runs:
+                    shutil.rmtree(self.s.dir / "runs" / str(self.best.number), ignore_errors=True)
+                self.best = t
+            elif not self.opt.keep_runs:
+                shutil.rmtree(self.s.dir / "runs" / str(t.number), ignore_errors=True)
+            self.untold.append(visible(t, self.task.metric.holdout))
+            self.events.trial_finished(t, self.best or t, self.baseline, self.total_cost())
         return t
+
+    def _still_better(self, t: Trial) -> Trial:
+        """A keep decided while other trials ran must still beat the best of now."""
+        if t.status is not Status.KEEP or self.best is None or t.metric is None or self.best.metric is None:
+            return t
+        bar = decide.threshold(self.task.acceptance.min_delta, self.noise())
+        if decide.better(t.metric, self.best.metric, self.task.metric.minimize, bar):
+            return t
+        return t.with_(status=Status.DISCARD, reason=f"{self._why_not(t.metric, bar)} "
+                       f"(trial {self.best.number} was kept while it ran)")
+
+    def _tell_agent(self) -> None:
+        """Tell the agent of the trials finished since its last proposal (agent lock held)."""
+        with self.lock:
+            told, self.untold = self.untold, []
+        for t in told:
+            self.agent.observe(t)
 
     def _index_trees(self, history: list[Trial]) -> None:
         commits = [t.commit for t in history if t.commit and t.status not in (Status.REJECTED, Status.AGENT_ERROR)]
@@ -343,14 +524,14 @@ class Loop:
     def _log(self, number: int, suffix: str = "") -> Path:
         return self.s.dir / "logs" / f"{number}{suffix}.log"
 
-    def _env(self, number: int, seed: int) -> dict[str, str]:
+    def _env(self, number: int, seed: int, gpus: tuple[str, ...] = ()) -> dict[str, str]:
         import os
 
         extra = {"AUTORESEARCH_TIME_BUDGET": f"{self.task.time_budget:g}",
                  "AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_TRIAL": str(number),
                  "AUTORESEARCH_TAG": self.s.tag}
-        if self.opt.gpus:
-            extra["CUDA_VISIBLE_DEVICES"] = ",".join(self.opt.gpus)
+        if gpus:
+            extra["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         return experiment_env(dict(os.environ), extra, self.bin_dir)
 
 

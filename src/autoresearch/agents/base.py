@@ -63,6 +63,9 @@ class BaseAgent:
     """Defaults for the optional parts of the protocol."""
 
     name = "agent"
+    # True: propose() may run in several threads at once (each on its own worktree); otherwise
+    # the loop serialises calls to one agent (--agent-concurrency then only queues proposals).
+    concurrent = False
 
     def observe(self, trial: Trial) -> None:
         return None

@@ -30,6 +30,8 @@ def description_from(desc_file_text: str | None, output: str) -> str:
 class CommandAgent(BaseAgent):
     """`--agent cli --agent-cmd CMD`: any program that edits files in its working directory."""
 
+    concurrent = True  # one process per proposal, each in its own worktree with its own files
+
     def __init__(self, command: str, timeout: float = DEFAULT_TIMEOUT, name: str = "cli",
                  env: dict[str, str] | None = None) -> None:
         if not command.strip():

@@ -1,0 +1,53 @@
+"""The local backend: the experiment runs in the trial's own worktree on this machine.
+
+With `--gpus 0,1,2,3` each slot (trial in flight) gets its own group of `--gpus-per-trial`
+ids, exported as CUDA_VISIBLE_DEVICES to that slot's experiments only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+from autoresearch.errors import UsageError
+from autoresearch.execute import ExecResult, ExecSpec, execute
+
+
+def gpu_groups(gpus: Sequence[str], per_trial: int = 1, workers: int | None = None) -> list[tuple[str, ...]]:
+    """The GPUs of each slot: `gpus` cut into groups of `per_trial`, one group per worker
+    (all the groups when `workers` is None; no GPU pinned when `gpus` is empty)."""
+    if per_trial < 1:
+        raise UsageError(f"--gpus-per-trial must be at least 1, got {per_trial}")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    if not gpus:
+        return [()] * (workers or 1)
+    if len(set(gpus)) != len(gpus):
+        raise UsageError(f"--gpus lists a GPU twice: {','.join(gpus)}")
+    groups = [tuple(gpus[i:i + per_trial]) for i in range(0, len(gpus) - per_trial + 1, per_trial)]
+    if not groups:
+        raise UsageError(f"--gpus-per-trial {per_trial} is more than the {len(gpus)} GPU(s) of --gpus")
+    if workers is None:
+        return groups
+    if workers > len(groups):
+        raise UsageError(f"--workers {workers} with --gpus-per-trial {per_trial} needs "
+                         f"{workers * per_trial} GPUs; --gpus lists {len(gpus)}")
+    return groups[:workers]
+
+
+class LocalBackend:
+    name = "local"
+    remote = False
+
+    def __init__(self, gpus: Sequence[str] = (), gpus_per_trial: int = 1) -> None:
+        self.gpus = tuple(gpus)
+        self.gpus_per_trial = gpus_per_trial
+
+    def slots(self, workers: int | None) -> list[tuple[str, ...]]:
+        return gpu_groups(self.gpus, self.gpus_per_trial, workers)
+
+    def run(self, spec: ExecSpec, restore: Callable[[], None], cancel: threading.Event) -> ExecResult:
+        return execute(spec, restore=restore, cancel=cancel)
+
+    def close(self) -> None:
+        return None

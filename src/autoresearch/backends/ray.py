@@ -1,0 +1,296 @@
+"""`--backend ray`: each measurement is a Ray task, placed by the cluster where its resources are.
+
+The trial's code travels as a gzipped tarball of its worktree at the trial's commit; on the
+worker it is unpacked into a temporary folder and measured by `autoresearch.execute` (the
+evaluator's restore re-extracts it). The task's `setup` runs once per node before the first
+experiment there. The experiment's environment is the worker's own (secrets removed) plus the
+AUTORESEARCH_* variables; Ray sets CUDA_VISIBLE_DEVICES to the GPUs it granted. The log, the
+evaluator's log and the metric file (when the task names one) come back and are written where
+the local backend would have written them; other artifacts of the run stay on the worker and are
+deleted there.
+
+A worker or node that dies under a task comes back as outcome "lost" (the loop records it and
+runs the trial once more); Ray's own retries are off so that this happens once, visibly.
+Ctrl-C cancels every task in flight: politely first (the task kills its experiment's processes),
+then by force. The ledger, the agent and git stay with the driver. Ray is imported lazily.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import logging
+import os
+import platform
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.execute import ExecResult, ExecSpec, execute, experiment_env, python_shim
+from autoresearch.process import GRACE_SECONDS, kill_owned, last_lines, read_tail, run_command
+from autoresearch.task import Task
+
+INSTALL_HINT = "pip install 'autoresearch[ray]'"
+# Errors that mean the worker or its node died under the task, not that the trial failed.
+LOST = {"WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError", "ObjectLostError",
+        "OwnerDiedError", "ObjectReconstructionFailedError", "OutOfMemoryError"}
+RAY_NAMES = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
+UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+MAX_LOG_BYTES = 64 * 2**20
+SETUP_TIMEOUT = 6 * 3600.0
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(f"--backend ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+def parse_resources(text: str) -> dict[str, float]:
+    """`gpu=1,cpu=8,memory=32G,my_accel=1` -> {'gpu': 1.0, 'cpu': 8.0, 'memory': 34359738368.0,
+    'my_accel': 1.0}; cpu, gpu and memory are Ray's, any other name a custom resource."""
+    out: dict[str, float] = {}
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = (s.strip() for s in item.partition("="))
+        name = name.lower() if name.lower() in RAY_NAMES else name
+        scale = 1
+        if name == "memory" and value[-1:].lower() in UNITS:
+            scale, value = UNITS[value[-1].lower()], value[:-1]
+        try:
+            amount = float(value) * scale
+        except ValueError:
+            amount = -1.0
+        if not sep or not name or not amount >= 0:
+            raise UsageError(f"--trial-resources: expected NAME=AMOUNT, got {item!r} (e.g. gpu=1,cpu=8)")
+        out[name] = amount
+    return out
+
+
+def describe(resources: dict[str, float]) -> str:
+    return ",".join(f"{k}={v:g}" if k != "memory" else f"memory={v / 2**30:.3g}G" for k, v in resources.items())
+
+
+# ---------------------------------------------------------------------------
+# what runs on the worker
+
+
+@dataclass(frozen=True)
+class Returned:
+    result: ExecResult
+    log: bytes
+    eval_log: bytes | None
+    metric: bytes | None
+    node: str
+
+
+def pack(workdir: Path) -> bytes:
+    """A gzipped tarball of a worktree's files (its `.git` pointer left out)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        for entry in sorted(workdir.iterdir()):
+            if entry.name != ".git":
+                tar.add(entry, arcname=entry.name)
+    return buf.getvalue()
+
+
+def unpack(code: bytes, workdir: Path) -> None:
+    """Make `workdir` exactly the tarball's content."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(code), mode="r:gz") as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(workdir, filter="data")
+        else:  # pragma: no cover - Python < 3.10.12
+            tar.extractall(workdir)
+
+
+def _tail_bytes(path: Path) -> bytes:
+    return read_tail(path, MAX_LOG_BYTES).encode() if path.exists() else b""
+
+
+def _setup_once(setup: str, key: str, spec: ExecSpec) -> ExecResult | None:
+    """Run the task's setup on this node unless it ran here already; a failure as a crash."""
+    marks = Path(tempfile.gettempdir()) / "autoresearch-setup"
+    marks.mkdir(exist_ok=True)
+    with open(marks / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two trials starting on one node: one setup
+        if (marks / f"{key}.done").exists():
+            return None
+        r = run_command(setup, spec.workdir, spec.env, SETUP_TIMEOUT, spec.log_path, owner=spec.owner)
+        if r.returncode == 0:
+            (marks / f"{key}.done").touch()
+            return None
+    out = read_tail(spec.log_path)
+    return ExecResult("crash", r.returncode, r.seconds,
+                      f"setup `{setup}` failed on {platform.node()}:\n{last_lines(out, 10)}")
+
+
+def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: str,
+                   metric_file: str | None) -> Returned:
+    """Runs on a Ray worker: unpack the code, set up once per node, measure with execute()."""
+    root = Path(tempfile.mkdtemp(prefix=f"autoresearch-{spec.number}-"))
+    try:
+        workdir = root / "code"
+        unpack(code, workdir)
+        (root / "logs").mkdir()
+        extra = {k: v for k, v in spec.env.items() if k.startswith("AUTORESEARCH_")}
+        env = experiment_env(dict(os.environ), extra, python_shim(root / "bin"))
+        local = replace(spec, workdir=workdir, run_dir=root / "run", env=env,
+                        log_path=root / "logs" / spec.log_path.name)
+        result = _setup_once(setup, setup_key, local) if setup else None
+        if result is None:
+            try:  # a cancel event makes execute poll, so that a polite ray.cancel lands at once
+                result = execute(local, restore=lambda: unpack(code, workdir), cancel=threading.Event())
+            except KeyboardInterrupt:  # ray.cancel(force=False): take the experiment with us
+                kill_owned(spec.owner)
+                raise
+        metric = None
+        for base in (local.run_dir,) + (() if spec.evaluate else (workdir,)):
+            if metric_file and (base / metric_file).is_file():
+                metric = (base / metric_file).read_bytes()
+                break
+        eval_log = local.log_path.with_name(local.log_path.stem + ".eval.log")
+        return Returned(result, _tail_bytes(local.log_path),
+                        _tail_bytes(eval_log) if eval_log.exists() else None, metric, platform.node())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# the driver's side
+
+
+class RayBackend:
+    """Trials as Ray tasks. `address` None: `ray.init()` (RAY_ADDRESS, the cluster `ray start`
+    made on this machine, or a new local instance); `resources` None: one GPU per trial
+    (`gpus_per_trial`) when the cluster has GPUs, else one CPU."""
+
+    name = "ray"
+    remote = True
+
+    def __init__(self, task: Task, address: str | None = None,
+                 resources: dict[str, float] | None = None, gpus_per_trial: int = 1) -> None:
+        ray = import_ray()
+        self.ray = ray
+        self.setup = task.setup
+        self.setup_key = hashlib.sha256(f"{task.root}\0{task.setup}".encode()).hexdigest()[:16]
+        self.metric_file = task.metric.file
+        self.started = False
+        if not ray.is_initialized():
+            import autoresearch
+
+            package = str(Path(autoresearch.__file__).parent)
+            try:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                         runtime_env={"py_modules": [package]})
+            except Exception as e:  # noqa: BLE001 - Ray raises many kinds; one line for the user
+                raise AutoresearchError(f"cannot connect to Ray at {address or 'the default address'}: "
+                                        f"{last_lines(str(e), 1)[:300]}") from None
+            self.started = True
+        totals = ray.cluster_resources()
+        self.request = dict(resources) if resources else (
+            {"gpu": float(gpus_per_trial), "cpu": 1.0} if totals.get("GPU", 0) > 0 else {"cpu": 1.0})
+        self._check_fits()
+        options: dict[str, Any] = {"num_cpus": self.request.get("cpu", 1.0),
+                                   "num_gpus": self.request.get("gpu", 0.0),
+                                   "max_retries": 0, "retry_exceptions": False}
+        if "memory" in self.request:
+            options["memory"] = int(self.request["memory"])
+        custom = {k: v for k, v in self.request.items() if k not in RAY_NAMES}
+        if custom:
+            options["resources"] = custom
+        self._task = ray.remote(measure_remote).options(**options)
+        self._lock = threading.Lock()
+        self._inflight: set[Any] = set()
+        self._watched: set[int] = set()
+
+    def _need(self) -> dict[str, float]:
+        return {RAY_NAMES.get(k, k): v for k, v in self.request.items() if v > 0}
+
+    def _check_fits(self) -> None:
+        nodes = [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
+        need = self._need()
+        if any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
+            return
+        have = "; ".join(", ".join(f"{k} {node.get(k, 0):g}" for k in need) for node in nodes[:3])
+        raise UsageError(f"--trial-resources {describe(self.request)}: no node of the Ray cluster "
+                         f"has that much (nodes: {have or 'none'})")
+
+    def slots(self, workers: int | None) -> list[tuple[str, ...]]:
+        """`workers` trials in flight; by default as many as the cluster holds at once."""
+        if workers is None:
+            totals = self.ray.cluster_resources()
+            workers = max(1, min(int(totals.get(k, 0) // v) for k, v in self._need().items()))
+        return [()] * workers
+
+    def run(self, spec: ExecSpec, restore: Callable[[], None], cancel: threading.Event) -> ExecResult:
+        restore()
+        code = pack(spec.workdir)
+        self._watch(cancel)
+        start = time.monotonic()
+        ref = self._task.remote(spec, code, self.setup, self.setup_key, self.metric_file)
+        with self._lock:
+            self._inflight.add(ref)
+        if cancel.is_set():
+            self.ray.cancel(ref, force=True)
+        try:
+            back: Returned = self.ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - sorted below: cancelled, lost, or failed
+            return self._failed(spec, e, cancel, time.monotonic() - start)
+        finally:
+            with self._lock:
+                self._inflight.discard(ref)
+        spec.log_path.write_bytes(back.log)
+        if back.eval_log is not None:
+            spec.log_path.with_name(spec.log_path.stem + ".eval.log").write_bytes(back.eval_log)
+        shutil.rmtree(spec.run_dir, ignore_errors=True)
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        if back.metric is not None and self.metric_file:
+            (spec.run_dir / self.metric_file).parent.mkdir(parents=True, exist_ok=True)
+            (spec.run_dir / self.metric_file).write_bytes(back.metric)
+        return back.result
+
+    def _failed(self, spec: ExecSpec, e: Exception, cancel: threading.Event, seconds: float) -> ExecResult:
+        if cancel.is_set():
+            return ExecResult("cancelled", None, seconds, "")
+        why = f"{type(e).__name__}: {last_lines(str(e), 2)}"[:400]
+        spec.log_path.write_text(f"the Ray task did not complete: {why}\n")
+        if type(e).__name__ in LOST:
+            return ExecResult("lost", None, seconds, why)
+        return ExecResult("crash", None, seconds, f"the Ray task failed: {why}")
+
+    def _watch(self, cancel: threading.Event) -> None:
+        with self._lock:
+            if id(cancel) in self._watched:
+                return
+            self._watched.add(id(cancel))
+        threading.Thread(target=self._cancel_on, args=(cancel,), daemon=True).start()
+
+    def _cancel_on(self, cancel: threading.Event) -> None:
+        cancel.wait()
+        with self._lock:
+            refs = list(self._inflight)
+        for ref in refs:  # politely: the task kills its experiment's processes and ends
+            self.ray.cancel(ref)
+        deadline = time.monotonic() + GRACE_SECONDS + 1
+        while time.monotonic() < deadline and any(r in self._inflight for r in refs):
+            time.sleep(0.05)
+        for ref in refs:
+            if ref in self._inflight:
+                self.ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
