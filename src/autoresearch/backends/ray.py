@@ -193,8 +193,9 @@ class RayBackend:
 
             package = str(Path(autoresearch.__file__).parent)
             try:
+                # no dashboard for a local instance started here (ignored for a cluster)
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                         runtime_env={"py_modules": [package]})
+                         include_dashboard=False, runtime_env={"py_modules": [package]})
             except Exception as e:  # noqa: BLE001 - Ray raises many kinds; one line for the user
                 raise AutoresearchError(f"cannot connect to Ray at {address or 'the default address'}: "
                                         f"{last_lines(str(e), 1)[:300]}") from None
@@ -203,6 +204,8 @@ class RayBackend:
         self.request = dict(resources) if resources else (
             {"gpu": float(gpus_per_trial), "cpu": 1.0} if totals.get("GPU", 0) > 0 else {"cpu": 1.0})
         self._check_fits()
+        # max_calls=0: keep workers across GPU tasks (Ray restarts them by default); the GPU
+        # memory belongs to the experiment's process, which has exited by then.
         options: dict[str, Any] = {"num_cpus": self.request.get("cpu", 1.0),
                                    "num_gpus": self.request.get("gpu", 0.0),
                                    "max_retries": 0, "retry_exceptions": False}
@@ -211,7 +214,7 @@ class RayBackend:
         custom = {k: v for k, v in self.request.items() if k not in RAY_NAMES}
         if custom:
             options["resources"] = custom
-        self._task = ray.remote(measure_remote).options(**options)
+        self._task = ray.remote(max_calls=0)(measure_remote).options(**options)
         self._lock = threading.Lock()
         self._inflight: set[Any] = set()
         self._watched: set[int] = set()

@@ -1,0 +1,362 @@
+"""Several trials in flight on one machine: real git, real experiments, a scripted agent.
+
+Experiments and the agent append timestamps to a stamps file ($AR_STAMPS), from which the tests
+read what ran when and with which GPUs; the ledger and git are checked as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cli, git, make_task, script_agent
+
+from autoresearch.agents.base import BaseAgent, Context, Proposal
+from autoresearch.decide import better
+from autoresearch.ledger import Ledger
+from autoresearch.loop import Loop, Options
+from autoresearch.records import Status
+from autoresearch.session import open_session
+from autoresearch.task import load_task
+
+EXPERIMENT = """\
+import os, time
+X = 10.0
+S = 0.2
+t0 = time.time()
+def stamp(text):
+    with open(os.environ["AR_STAMPS"], "a") as f:
+        f.write(text + "\\n")
+stamp(f"start {os.environ['AUTORESEARCH_TRIAL']} {os.getpid()}")
+time.sleep(S)
+stamp(f"exp {os.environ['AUTORESEARCH_TRIAL']} {t0} {time.time()} {os.environ.get('CUDA_VISIBLE_DEVICES', '-')}")
+print(f"loss: {X}")
+"""
+
+# trial n -> "X S" (an empty line: the agent changes nothing, a rejected trial)
+AGENT = """\
+n=$AUTORESEARCH_TRIAL
+t0=$EPOCHREALTIME
+sleep "${{AR_AGENT_SLEEP:-0}}"
+xs=$(python -c "import sys; print({table}.get(int(sys.argv[1]), '%d.5 0.2' % (20 + int(sys.argv[1]))))" $n)
+if [ -n "$xs" ]; then
+  set -- $xs
+  sed -i "s/^X = .*/X = $1/; s/^S = .*/S = $2/" exp.py
+fi
+echo "agent $n $t0 $EPOCHREALTIME" >> "$AR_STAMPS"
+echo "X S = $xs"
+"""
+
+
+def setup_run(tmp_path: Path, table: dict[int, str]) -> tuple[Path, str, dict[str, str]]:
+    root = make_task(tmp_path / "task", experiment=EXPERIMENT)
+    agent = script_agent(tmp_path / "agent.sh", AGENT.format(table=repr(table)))
+    stamps = tmp_path / "stamps"
+    stamps.touch()
+    return root, agent, {"AR_STAMPS": str(stamps)}
+
+
+def read_stamps(env: dict[str, str]) -> tuple[dict[int, tuple[float, float, str]], dict[int, tuple[float, float]]]:
+    """Experiments (trial -> start, end, CUDA_VISIBLE_DEVICES; last run of each) and agent calls."""
+    exps: dict[int, tuple[float, float, str]] = {}
+    agents: dict[int, tuple[float, float]] = {}
+    for line in Path(env["AR_STAMPS"]).read_text().splitlines():
+        kind, n, *rest = line.split()
+        if kind == "exp":
+            exps[int(n)] = (float(rest[0]), float(rest[1]), rest[2])
+        elif kind == "agent":
+            agents[int(n)] = (float(rest[0]), float(rest[1]))
+    return exps, agents
+
+
+def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def keeps_in_finish_order(root: Path, tag: str) -> list[int]:
+    db = sqlite3.connect(f"file:{root / '.autoresearch' / tag / 'ledger.sqlite'}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in db.execute("SELECT number FROM trials WHERE status='keep' ORDER BY seq")]
+    finally:
+        db.close()
+
+
+def check_ledger_and_git(root: Path, tag: str, trials: int) -> list:
+    """No lost or duplicated numbers, a ref for every trial, branch = best, and every decision
+    taken against the best of the moment the trial finished."""
+    led = Ledger.read(root, tag)
+    try:
+        rows = led.trials()
+        best = led.best()
+        db = led._db  # read-only: the finish order
+        order = [r[0] for r in db.execute("SELECT number FROM trials ORDER BY seq")]
+    finally:
+        led.close()
+    assert [t.number for t in rows] == list(range(trials + 1))
+    assert all(t.status.finished for t in rows)
+    refs = git(root, "for-each-ref", "--format=%(refname) %(objectname)", f"refs/autoresearch/{tag}/")
+    refs_map = dict(line.split() for line in refs.splitlines())
+    for t in rows:
+        assert refs_map[f"refs/autoresearch/{tag}/trials/{t.number}"] == t.commit
+    assert best is not None and git(root, "rev-parse", f"autoresearch/{tag}") == best.commit
+    by_number = {t.number: t for t in rows}
+    current = None
+    for n in order:
+        t = by_number[n]
+        if t.metric is None or t.status not in (Status.KEEP, Status.DISCARD):
+            continue
+        if current is None:
+            assert t.status is Status.KEEP  # the baseline
+        elif t.status is Status.KEEP:
+            assert better(t.metric, current, minimize=True), t
+        else:
+            assert not better(t.metric, current, minimize=True), t
+        if t.status is Status.KEEP:
+            current = t.metric
+    tsv = (root / ".autoresearch" / tag / "results.tsv").read_text().splitlines()
+    assert len(tsv) == trials + 2
+    return rows
+
+
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ahead", ["0", "1"])
+def test_a_stale_trial_that_beats_the_later_best_is_kept_whole(tmp_path: Path, ahead: str) -> None:
+    # trial 1 is slow and starts from the baseline; 2 and 4 are kept while it runs; 1 finishes
+    # last, beats the best of that moment (2.0) and its own tree becomes the best.
+    root, agent, env = setup_run(tmp_path, {1: "1.0 3", 2: "3.0 0.1", 3: "4.0 0.1", 4: "2.0 0.1"})
+    base = git(root, "rev-parse", "HEAD")
+    r = cli("run", str(root), "--tag", "w2", "--agent", "cli", "--agent-cmd", agent, "--trials", "4",
+            "--workers", "2", "--agent-concurrency", ahead, env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    rows = check_ledger_and_git(root, "w2", 4)
+    status = {t.number: t.status for t in rows}
+    assert status == {0: Status.KEEP, 1: Status.KEEP, 2: Status.KEEP, 3: Status.DISCARD, 4: Status.KEEP}
+    assert keeps_in_finish_order(root, "w2") == [0, 2, 4, 1]
+    one = rows[1]
+    assert one.parent == base and git(root, "rev-parse", f"{one.commit}^") == base
+    assert git(root, "rev-parse", "autoresearch/w2^{tree}") == git(root, "rev-parse", f"{one.commit}^{{tree}}")
+    assert "X = 1.0" in git(root, "show", "autoresearch/w2:exp.py")
+    assert rows[4].parent == rows[2].commit  # started from the best of its moment
+    exps, _ = read_stamps(env)
+    assert overlap(exps[1][:2], exps[2][:2]) and overlap(exps[1][:2], exps[4][:2])
+
+
+def test_four_workers_keep_every_number_and_ref(tmp_path: Path) -> None:
+    table = {n: f"{(n * 7) % 11 + 1}.0 0.3" for n in range(1, 15)}
+    table[5] = table[10] = ""  # no change: rejected, still a trial
+    root, agent, env = setup_run(tmp_path, table)
+    r = cli("run", str(root), "--tag", "w4", "--agent", "cli", "--agent-cmd", agent, "--trials", "14",
+            "--workers", "4", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    rows = check_ledger_and_git(root, "w4", 14)
+    assert {rows[5].status, rows[10].status} == {Status.REJECTED}
+    exps, _ = read_stamps(env)
+    spans = [exps[n][:2] for n in exps]
+    most = max(sum(overlap(a, b) for b in spans) for a in spans)  # itself included
+    assert 2 <= most <= 4
+    assert len(list((root / ".autoresearch" / "w4" / "worktrees").glob("w*"))) == 5  # 4 + 1 ahead
+
+
+def test_gpus_are_pinned_per_trial_in_flight(tmp_path: Path) -> None:
+    root, agent, env = setup_run(tmp_path, {n: f"{n}.0 0.8" for n in range(1, 7)})
+    r = cli("run", str(root), "--tag", "g", "--agent", "cli", "--agent-cmd", agent, "--trials", "5",
+            "--gpus", "0,1,2,3", "--gpus-per-trial", "2", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "2 workers" in r.stdout
+    exps, _ = read_stamps(env)
+    assert exps[0][2] == "0,1"
+    assert {e[2] for e in exps.values()} == {"0,1", "2,3"}
+    for a in exps:
+        for b in exps:
+            if a < b and overlap(exps[a][:2], exps[b][:2]):
+                assert exps[a][2] != exps[b][2]
+    assert any(overlap(exps[a][:2], exps[b][:2]) for a in exps for b in exps if a < b)
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--workers", "3", "--gpus", "0,1"], "--workers 3"),
+    (["--gpus", "0", "--gpus-per-trial", "2"], "--gpus-per-trial 2"),
+    (["--workers", "0"], "--workers"),
+    (["--trial-resources", "gpu=1"], "--trial-resources"),
+    (["--backend", "ray", "--trial-resources", "gpu=lots"], "--trial-resources"),
+])
+def test_bad_scale_flags_are_one_line_and_exit_2(tmp_path: Path, flags: list[str], needle: str) -> None:
+    root = make_task(tmp_path / "task")
+    r = cli("run", str(root), "--tag", "bad", "--agent", "cli", "--agent-cmd", "true", "--trials", "1", *flags)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (root / ".autoresearch" / "bad").exists()
+
+
+@pytest.mark.parametrize("ahead", [None, "1"])
+def test_the_agent_prepares_the_next_trial_while_one_runs(tmp_path: Path, ahead: str | None) -> None:
+    root, agent, env = setup_run(tmp_path, {n: f"{n}.0 1.0" for n in range(1, 5)})
+    env["AR_AGENT_SLEEP"] = "0.5"
+    more = ["--agent-concurrency", ahead] if ahead else []
+    r = cli("run", str(root), "--tag", "p", "--agent", "cli", "--agent-cmd", agent, "--trials", "3",
+            *more, env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    rows = check_ledger_and_git(root, "p", 3)
+    exps, agents = read_stamps(env)
+    during = [n for n in agents if any(overlap(agents[n], e[:2]) for e in exps.values())]
+    # the ledger says it too: trial n+1 opened before trial n ended
+    early = [t.number for t in rows[2:] if t.started < rows[t.number - 1].ended]
+    if ahead:
+        assert during and early
+    else:  # one worker and no proposals ahead: the plain sequential loop
+        assert not during and not early
+
+
+def test_a_concurrent_agent_proposes_in_parallel(tmp_path: Path) -> None:
+    root, agent, env = setup_run(tmp_path, {n: f"{n}.0 0.2" for n in range(1, 5)})
+    env["AR_AGENT_SLEEP"] = "1"
+    r = cli("run", str(root), "--tag", "c", "--agent", "cli", "--agent-cmd", agent, "--trials", "4",
+            "--agent-concurrency", "2", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    check_ledger_and_git(root, "c", 4)
+    _, agents = read_stamps(env)
+    assert any(overlap(agents[a], agents[b]) for a in agents for b in agents if a < b)
+
+
+class SlowAgent(BaseAgent):
+    """A Python agent that is not thread-safe (concurrent = False): it records its calls."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, float]] = []
+        self.seen: list[int] = []
+        self.inside = 0
+        self.clash = False
+
+    def propose(self, ctx: Context) -> Proposal:
+        self.inside += 1
+        self.clash |= self.inside > 1
+        start = time.time()
+        time.sleep(0.2)
+        path = ctx.workdir / "exp.py"
+        path.write_text(path.read_text().replace("X = 10.0", f"X = {20 + ctx.number}.0"))
+        self.inside -= 1
+        self.calls.append((start, time.time()))
+        return Proposal(description=f"X = {20 + ctx.number}")
+
+    def observe(self, trial) -> None:  # noqa: ANN001
+        self.inside += 1
+        self.clash |= self.inside > 1
+        self.seen.append(trial.number)
+        self.inside -= 1
+
+
+def test_an_agent_that_is_not_concurrent_is_called_one_at_a_time(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    root = make_task(tmp_path / "task", experiment=EXPERIMENT)
+    monkeypatch.setenv("AR_STAMPS", str(tmp_path / "stamps"))
+    session = open_session(load_task(root), "lib")
+    agent = SlowAgent()
+    try:
+        loop = Loop(session, agent, Options(trials=6, workers=2, agent_concurrency=3))
+        best = loop.run()
+    finally:
+        session.close()
+    assert best.number == 0
+    assert not agent.clash and len(agent.calls) == 6
+    assert sorted(agent.seen) == list(range(7))  # told of every trial, the last ones at the end
+    rows = check_ledger_and_git(root, "lib", 6)
+    assert all(t.status is Status.DISCARD for t in rows[1:])
+
+
+def _popen_run(root: Path, agent: str, env: dict[str, str], *flags: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(root), "--tag", "x",
+                             "--agent", "cli", "--agent-cmd", agent, *flags],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _wait_for_starts(env: dict[str, str], count: int, timeout: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = [int(line.split()[2]) for line in Path(env["AR_STAMPS"]).read_text().splitlines()
+                if line.startswith("start ") and line.split()[1] != "0"]
+        if len(pids) >= count:
+            return pids
+        time.sleep(0.05)
+    raise AssertionError("experiments did not start")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_ctrl_c_stops_every_trial_in_flight_and_resume_goes_on(tmp_path: Path) -> None:
+    table = {n: f"{20 + n}.0 60" for n in range(1, 4)}  # at most 3 open: 2 running, 1 ready
+    table.update({n: f"{20 + n}.0 0.1" for n in range(4, 9)})
+    root, agent, env = setup_run(tmp_path, table)
+    proc = _popen_run(root, agent, env, "--trials", "6", "--workers", "2")
+    pids = _wait_for_starts(env, 2)
+    time.sleep(0.3)  # the agent has a proposal ready by now
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert not any(_alive(p) for p in pids)
+    led = Ledger.read(root, "x")
+    try:
+        rows = led.trials()
+    finally:
+        led.close()
+    assert all(t.status.finished for t in rows)
+    assert 3 <= len(rows) <= 4 and all(t.status is Status.INTERRUPTED for t in rows[1:])
+    r = cli("run", str(root), "--tag", "x", "--agent", "cli", "--agent-cmd", agent, "--trials", "1",
+            "--workers", "2", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = check_ledger_and_git(root, "x", len(rows))
+    assert rows[-1].status is Status.DISCARD
+
+
+def test_a_killed_loop_with_trials_in_flight_resumes(tmp_path: Path) -> None:
+    table = {n: f"{20 + n}.0 60" for n in range(1, 4)}
+    table.update({n: f"{20 + n}.0 0.1" for n in range(4, 9)})
+    root, agent, env = setup_run(tmp_path, table)
+    proc = _popen_run(root, agent, env, "--trials", "6", "--workers", "2")
+    pids = _wait_for_starts(env, 2)
+    proc.kill()
+    proc.communicate(timeout=30)
+    r = cli("run", str(root), "--tag", "x", "--agent", "cli", "--agent-cmd", agent, "--trials", "2",
+            "--workers", "2", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not any(_alive(p) for p in pids)
+    led = Ledger.read(root, "x")
+    try:
+        rows = led.trials()
+    finally:
+        led.close()
+    assert [t.number for t in rows] == list(range(len(rows)))
+    assert all(t.status.finished for t in rows)
+    assert [t.status for t in rows[-2:]] == [Status.DISCARD, Status.DISCARD]
+    killed = [t for t in rows if t.status is Status.INTERRUPTED]
+    assert len(killed) >= 2 and all(t.commit for t in killed[:2])
+    refs = git(root, "for-each-ref", "--format=%(refname)", "refs/autoresearch/x/")
+    assert all(f"refs/autoresearch/x/trials/{t.number}" in refs for t in rows if t.commit)
+
+
+def test_backend_ray_without_ray_is_one_line_with_the_install_hint(tmp_path: Path) -> None:
+    root = make_task(tmp_path / "task")
+    shadow = tmp_path / "no-ray" / "ray"  # a `ray` that cannot be imported, first on the path
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
+    env = {"PYTHONPATH": f"{tmp_path / 'no-ray'}{os.pathsep}{os.environ['PYTHONPATH']}"}
+    r = cli("run", str(root), "--tag", "r", "--agent", "cli", "--agent-cmd", "true", "--backend", "ray", env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("autoresearch: error: --backend ray needs Ray, which is not installed: "
+                                "pip install 'autoresearch[ray]'")
+    assert not (root / ".autoresearch" / "r").exists()

@@ -1,0 +1,221 @@
+"""--backend ray on a real local Ray instance: `ray start --head` on 127.0.0.1 (one per module,
+declaring 2 logical GPUs so that Ray's own GPU assignment is exercised), and `ray.init()` with no
+address. Experiments report where they ran in their output, which comes back in the driver's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import cli, make_task, script_agent
+from test_scale import check_ledger_and_git
+
+from autoresearch.ledger import Ledger
+from autoresearch.records import Status
+
+pytest.importorskip("ray")
+
+EXPERIMENT = """\
+import os, time
+X = 10.0
+S = 0.3
+t0 = time.time()
+print(f"cwd: {os.getcwd()}")
+print(f"gpus: {os.environ.get('CUDA_VISIBLE_DEVICES')}")
+spot = os.path.join(os.environ["AR_SPOT"], os.environ["AUTORESEARCH_TAG"])
+os.makedirs(spot, exist_ok=True)
+n = os.environ["AUTORESEARCH_TRIAL"]
+with open(os.path.join(spot, f"{n}.{os.getpid()}.pid"), "w") as f:
+    f.write(str(os.getppid()))
+if os.environ.get("AUTORESEARCH_TAG") == "lost" and n == "1" and not os.path.exists(os.path.join(spot, "again")):
+    open(os.path.join(spot, "again"), "w").close()
+    time.sleep(60)  # the test kills this experiment's Ray worker meanwhile
+time.sleep(S)
+print(f"span: {t0} {time.time()}")
+print(f"loss: {X}")
+"""
+
+AGENT = """\
+sed -i "s/^X = .*/X = $((20 - AUTORESEARCH_TRIAL)).0/; s/^S = .*/S = ${AR_S:-0.3}/" exp.py
+echo "X = $((20 - AUTORESEARCH_TRIAL))"
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
+    """A Ray head on 127.0.0.1 (4 CPUs, 2 logical GPUs), private to this module, stopped by pid."""
+    tmp = Path(tempfile.mkdtemp(prefix="arr-", dir="/tmp"))  # short: Ray's socket paths
+    (tmp / "spot").mkdir()
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=str(tmp), AR_SPOT=str(tmp / "spot"))
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    log = open(tmp / "head.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=4", "--num-gpus=2", "--include-dashboard=false",
+                             "--disable-usage-stats", "--block"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while "--block" not in (tmp / "head.log").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp / "head.log").read_text()
+        time.sleep(0.2)
+    try:
+        yield f"127.0.0.1:{port}", env
+    finally:
+        proc.terminate()  # `ray start --block` stops the processes it started
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _task(tmp_path: Path, toml_extra: str = "", files: dict[str, str] | None = None) -> tuple[Path, str]:
+    root = make_task(tmp_path / "task", toml_extra=toml_extra, experiment=EXPERIMENT, files=files)
+    return root, script_agent(tmp_path / "agent.sh", AGENT)
+
+
+def _rows(root: Path, tag: str) -> list:
+    led = Ledger.read(root, tag)
+    try:
+        return led.trials()
+    finally:
+        led.close()
+
+
+def _figure(log: str, name: str) -> str:
+    return [line.split(": ", 1)[1] for line in log.splitlines() if line.startswith(f"{name}: ")][-1]
+
+
+def test_trials_run_as_ray_tasks_on_a_cluster_address(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    address, env = ray_head
+    root, agent = _task(tmp_path, toml_extra="setup = 'echo x >> \"$AR_SPOT/setup-$AUTORESEARCH_TAG\"'\n")
+    r = cli("run", str(root), "--tag", "addr", "--agent", "cli", "--agent-cmd", agent, "--trials", "4",
+            "--ray-address", address, env={**env, "AR_S": "1.5"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 workers, backend ray" in r.stdout  # one GPU per trial by default; the cluster has 2
+    rows = check_ledger_and_git(root, "addr", 4)
+    assert [t.metric for t in rows] == [10.0, 19.0, 18.0, 17.0, 16.0]
+    spans = []
+    for t in rows:  # each log came back into the driver's ledger
+        log = (root / ".autoresearch" / "addr" / "logs" / f"{t.number}.log").read_text()
+        assert not _figure(log, "cwd").startswith(str(root))  # it ran from the shipped code
+        assert _figure(log, "gpus") in ("0", "1")  # the GPU Ray granted
+        spans.append(tuple(float(x) for x in _figure(log, "span").split()))
+    assert any(a[0] < b[1] and b[0] < a[1] for a in spans for b in spans if a != b)
+    assert (Path(env["AR_SPOT"]) / "setup-addr").read_text() == "x\n"  # once on the node
+
+
+def test_a_killed_ray_worker_is_recorded_and_the_trial_requeued_once(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    address, env = ray_head
+    root, agent = _task(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(root), "--tag", "lost",
+                             "--agent", "cli", "--agent-cmd", agent, "--trials", "2",
+                             "--ray-address", address, "--workers", "1", "--trial-resources", "cpu=1"],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    spot = Path(env["AR_SPOT"]) / "lost"
+    deadline = time.monotonic() + 120
+    while not (spot / "again").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    pidfile = next(spot.glob("1.*.pid"))
+    worker = int(pidfile.read_text())
+    assert b"ray::" in Path(f"/proc/{worker}/cmdline").read_bytes()  # a Ray worker process
+    os.kill(worker, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    assert "its worker was lost" in out and "re-queued once" in out
+    rows = check_ledger_and_git(root, "lost", 2)
+    one = rows[1]
+    assert one.status is Status.DISCARD and one.metric == 19.0
+    assert len(one.extra["lost_workers"]) == 1 and "WorkerCrashedError" in one.extra["lost_workers"][0]
+    assert "second attempt" in (root / ".autoresearch" / "lost" / "logs" / "1.log").read_text()
+    assert len(list(spot.glob("1.*.pid"))) == 2  # it ran twice, trial 2 once
+    assert len(list(spot.glob("2.*.pid"))) == 1
+
+
+EVALUATE = """\
+import json, os
+out = json.load(open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "out.json")))
+json.dump({"loss": out["x"] * 2}, open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "metrics.json"), "w"))
+"""
+
+
+def test_an_evaluator_and_a_metric_file_work_on_ray(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    address, env = ray_head
+    experiment = EXPERIMENT.replace('print(f"loss: {X}")', 'import json\n'
+                                    'json.dump({"x": X}, open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "out.json"), "w"))')
+    root = make_task(tmp_path / "task", experiment=experiment, files={"evaluate.py": EVALUATE},
+                     toml_extra='evaluate = "python evaluate.py"\n[metric]\nname = "loss"\ngoal = "minimize"\n'
+                                'file = "metrics.json"\n')
+    agent = script_agent(tmp_path / "agent.sh", AGENT)
+    r = cli("run", str(root), "--tag", "evl", "--agent", "cli", "--agent-cmd", agent, "--trials", "2",
+            "--ray-address", address, "--trial-resources", "cpu=1,gpu=0", "--workers", "2", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = check_ledger_and_git(root, "evl", 2)
+    assert [t.metric for t in rows] == [20.0, 38.0, 36.0]
+    runs = root / ".autoresearch" / "evl" / "runs"
+    assert json.loads((runs / "0" / "metrics.json").read_text()) == {"loss": 20.0}  # the best's
+    assert "=== evaluate" in (root / ".autoresearch" / "evl" / "logs" / "1.log").read_text()
+
+
+def test_ctrl_c_cancels_the_ray_tasks_in_flight(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    address, env = ray_head
+    root, agent = _task(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(root), "--tag", "stop",
+                             "--agent", "cli", "--agent-cmd", agent, "--trials", "4",
+                             "--ray-address", address],
+                            env={**os.environ, **env, "AR_S": "60"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    spot = Path(env["AR_SPOT"]) / "stop"
+    deadline = time.monotonic() + 120
+    while len([p for p in spot.glob("*.pid") if not p.name.startswith("0.")]) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    experiments = [int(p.name.split(".")[1]) for p in spot.glob("*.pid") if not p.name.startswith("0.")]
+    time.sleep(0.5)
+    stopped = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert time.monotonic() - stopped < 20
+    for pid in experiments:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(") ")[1][:1]
+    rows = _rows(root, "stop")
+    assert rows[0].status is Status.KEEP
+    assert len(rows) >= 3 and all(t.status is Status.INTERRUPTED for t in rows[1:])
+
+
+@pytest.mark.slow
+def test_ray_init_without_an_address_starts_a_local_instance(tmp_path: Path) -> None:
+    root, agent = _task(tmp_path)
+    tmp = Path(tempfile.mkdtemp(prefix="arl-", dir="/tmp"))
+    env = {"RAY_TMPDIR": str(tmp), "AR_SPOT": str(tmp), "RAY_ADDRESS": ""}
+    try:
+        r = cli("run", str(root), "--tag", "local", "--agent", "cli", "--agent-cmd", agent, "--trials", "2",
+                "--backend", "ray", "--workers", "2", env=env)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = check_ledger_and_git(root, "local", 2)
+    log = (root / ".autoresearch" / "local" / "logs" / "1.log").read_text()
+    assert _figure(log, "loss") == "19.0" and not _figure(log, "cwd").startswith(str(root))
+    assert rows[1].status is Status.DISCARD
