@@ -6,10 +6,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import cli, make_task
 
 from autoresearch.errors import TaskError
 from autoresearch.task import load_task
-from conftest import cli, make_task
 
 GOOD = textwrap.dedent("""\
     name = "t"

@@ -152,10 +152,11 @@ class Loop:
     def _trial(self, ws: Workspace, number: int) -> Trial:
         assert self.best is not None and self.best.commit
         parent = self.best
+        parent_commit: str = self.best.commit
         t = Trial(number=number, status=Status.RUNNING, parent=parent.commit, agent=self.agent.name,
                   started=time.time(), seed=self.opt.seed, log_path=str(self._log(number)))
         self.s.ledger.begin(t)
-        self.s.git.reset_worktree(ws, parent.commit)
+        self.s.git.reset_worktree(ws, parent_commit)
         self.events.phase(number, "agent")
         history = tuple(visible(x, self.task.metric.holdout) for x in self.s.ledger.trials())
         ctx = Context(task=self.task, workdir=ws.path, number=number,
@@ -178,7 +179,7 @@ class Loop:
             ctx.log(traceback.format_exc())
             error = clean_text(f"{type(e).__name__}: {e}", 500)
             t = t.with_(description=f"agent error: {error}"[:200])
-        commit, changes, tree = self.s.git.snapshot(ws, parent.commit, t.description)
+        commit, changes, tree = self.s.git.snapshot(ws, parent_commit, t.description)
         t = t.with_(commit=commit)
         self.s.ledger.update(t)  # its ref is made with the verdict; resume remakes it from here
         if error:
@@ -228,13 +229,13 @@ class Loop:
                            + self._why_not(figures[name], bar), seconds, repeats)
 
     def _why_not(self, value: float, bar: float) -> str:
-        assert self.best is not None
-        rel = "above" if self.task.metric.minimize else "below"
-        tie = value == self.best.metric
-        if tie:
-            return f"equal to the best ({self.best.metric:.6g})"
-        return (f"{value:.6g} vs best {self.best.metric:.6g}" + (f" (bar {bar:.3g})" if bar else "")
-                + ("" if not decide.better(self.best.metric, value, self.task.metric.minimize) else f", {rel} the best"))
+        assert self.best is not None and self.best.metric is not None
+        best = self.best.metric
+        if value == best:
+            return f"equal to the best ({best:.6g})"
+        if decide.better(best, value, self.task.metric.minimize):
+            return f"{value:.6g}, worse than the best {best:.6g}"
+        return f"{value:.6g} vs best {best:.6g}: better by less than the bar {bar:.3g}"
 
     def noise(self) -> float:
         raw = self.s.ledger.get_meta("noise")

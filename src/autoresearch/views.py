@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from autoresearch.errors import UsageError
 from autoresearch.events import gain_text
 from autoresearch.gitrepo import Git
 from autoresearch.ledger import Ledger, list_tags
 from autoresearch.process import last_lines, read_tail
 from autoresearch.prompt import fmt
 from autoresearch.records import Trial
-from autoresearch.errors import UsageError
 
 
 def pick_tag(root: Path, tag: str | None) -> str:
