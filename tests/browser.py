@@ -21,7 +21,7 @@ from typing import Any
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-default-apps", "--mute-audio", "--hide-scrollbars",
-         "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>"]
+         "--proxy-server=http://127.0.0.1:9"]
 
 
 def _high(fd: int) -> int:
@@ -42,11 +42,15 @@ def find_chromium() -> str | None:
 class Browser:
     """One headless Chromium with one page. Use as a context manager."""
 
-    def __init__(self, binary: str, width: int = 1300, height: int = 900) -> None:
+    def __init__(self, binary: str, width: int = 1300, height: int = 900,
+                 loopback: bool = False) -> None:
+        """`loopback`: let the page reach 127.0.0.1 (a local server); else even that goes to
+        the proxy that goes nowhere."""
         self.profile = tempfile.mkdtemp(prefix="ar-chromium-")
         cmd_r, self._cmd_w = (_high(fd) for fd in os.pipe())
         self._out_r, out_w = (_high(fd) for fd in os.pipe())
-        args = [binary, *FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-pipe",
+        args = [binary, *FLAGS, *([] if loopback else ["--proxy-bypass-list=<-loopback>"]),
+                f"--user-data-dir={self.profile}", "--remote-debugging-pipe",
                 f"--window-size={width},{height}"]
         self.proc = subprocess.Popen(
             ["bash", "-c", f'exec "$@" 3<&{cmd_r} 4>&{out_w} {cmd_r}<&- {out_w}>&-', "chromium", *args],

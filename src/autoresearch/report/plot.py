@@ -36,11 +36,10 @@ def _limits(study: Study, values: list[float]) -> tuple[float, float] | None:
         return None
     lo, hi = min(kept), max(kept)
     span = (hi - lo) or abs(hi) * 0.05 or 1.0
+    # room for labels on the better side; on the worse side no further than the data go
     if study.minimize:
-        lo, hi = lo - 0.2 * span - study.noise, hi + 0.8 * span + study.noise
-    else:
-        lo, hi = lo - 0.8 * span - study.noise, hi + 0.2 * span + study.noise
-    return max(lo, min(values)), min(hi, max(values))
+        return lo - 0.3 * span - study.noise, min(hi + 0.8 * span + study.noise, max(values))
+    return max(lo - 0.8 * span - study.noise, min(values)), hi + 0.3 * span + study.noise
 
 
 def progress_png(study: Study, dpi: int = 110) -> bytes:
@@ -51,21 +50,21 @@ def progress_png(study: Study, dpi: int = 110) -> bytes:
     fig = Figure(figsize=(12, 6), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    measured = [t for t in study.finished if t.metric is not None]
-    values = [t.metric for t in measured if t.metric is not None]
+    faint = [(t.number, t.metric) for t in study.finished
+             if t.metric is not None and t.status is not Status.KEEP]
+    values = [v for _, v in faint] + [v for _, v in study.running_best()]
     limits = _limits(study, values) if values else None
 
     def clip(v: float) -> float:
         return min(max(v, limits[0]), limits[1]) if limits else v
 
-    faint = [t for t in measured if t.status is not Status.KEEP]
-    inside = [t for t in faint if clip(t.metric) == t.metric]  # type: ignore[arg-type]
-    outside = [t for t in faint if t not in inside]
-    ax.scatter([t.number for t in inside], [t.metric for t in inside], s=16, color=FAINT,
+    inside = [(n, v) for n, v in faint if clip(v) == v]
+    outside = [(n, clip(v)) for n, v in faint if clip(v) != v]
+    ax.scatter([n for n, _ in inside], [v for _, v in inside], s=16, color=FAINT,
                alpha=0.45, label="discarded", zorder=2)
     if outside:
-        ax.scatter([t.number for t in outside], [clip(t.metric) for t in outside],  # type: ignore[arg-type]
-                   s=22, color=FAINT, alpha=0.45, marker="^" if study.minimize else "v",
+        ax.scatter([n for n, _ in outside], [v for _, v in outside], s=22, color=FAINT,
+                   alpha=0.45, marker="^" if study.minimize else "v",
                    label="discarded (off the scale)", zorder=2)
     _draw_best(ax, study)
     crashed = [t for t in study.finished if t.metric is None]
@@ -107,13 +106,16 @@ def _draw_best(ax, study: Study) -> None:  # noqa: ANN001
                edgecolor="black", linewidth=0.6, label="kept", zorder=4)
     by_number = {t.number: t for t in study.finished}
     for n, v in points:
-        right = n > 0.7 * last  # labels near the right edge run leftwards
+        right = n > 0.7 * last
 
         text = clean_text(by_number[n].description, LABEL_CHARS + 1)
         if len(text) > LABEL_CHARS:
             text = text[:LABEL_CHARS - 1] + "…"
-        ax.annotate(_literal(text), (n, v), xytext=(-5 if right else 5, 7 if study.minimize else -7),
+        # away from the discards (worse side) and, near the right edge, on the better side,
+        # where no point can be: nothing beats the best so far, later keeps lie further right
+        up = study.minimize != right
+        ax.annotate(_literal(text), (n, v), xytext=(-6 if right else 5, 7 if up else -7),
                     textcoords="offset points", fontsize=8, color="#145a32",
-                    rotation=-25 if right else 25, rotation_mode="anchor",
-                    ha="right" if right else "left", va="bottom" if study.minimize else "top",
-                    zorder=5)
+                    rotation=25 if study.minimize else -25,
+                    rotation_mode="anchor", ha="right" if right else "left",
+                    va="bottom" if up else "top", zorder=5)

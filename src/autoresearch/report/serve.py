@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import threading
 import time
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -35,6 +37,8 @@ class LiveReport:
         try:
             return load_study(self.root, self.tag, details=details, diff_cache=self._diffs)
         except UsageError:  # the loop has not created the tag yet
+            return None
+        except sqlite3.Error:  # the loop is creating the ledger right now: not ready yet
             return None
 
     def state(self) -> dict[str, object]:
@@ -69,8 +73,16 @@ class Handler(BaseHTTPRequestHandler):
     server: Server
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server spelling
-        path = self.path.split("?", 1)[0]
-        live = self.server.live
+        try:
+            self._get(self.path.split("?", 1)[0], self.server.live)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the page went away mid-answer
+        except Exception as e:  # a bug must not take the page down: report it, answer, go on
+            traceback.print_exc()
+            self._send(503, "text/plain; charset=utf-8",
+                       f"the report could not be built just now ({type(e).__name__}: {e})".encode())
+
+    def _get(self, path: str, live: LiveReport) -> None:
         if path in ("/", "/index.html", "/report.html"):
             self._send(200, "text/html; charset=utf-8", live.build()[1])
         elif path == "/state.json":
@@ -98,14 +110,13 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, live: LiveReport, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, live: LiveReport, port: int) -> None:
         self.live = live
-        super().__init__((host, port), Handler)
+        super().__init__(("127.0.0.1", port), Handler)
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://127.0.0.1:{self.server_port}/"
 
 
 def make_server(root: str | Path, tag: str | None, port: int = 8765) -> Server:

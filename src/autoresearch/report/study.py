@@ -179,8 +179,8 @@ def _add_details(study: Study, root: Path, cache: dict[tuple[str, str], str] | N
 
 def infer_minimize(metrics: list[float]) -> bool:
     """The goal of a results.tsv, from its kept rows: each keep improved on the one before."""
-    ups = sum(b > a for a, b in zip(metrics, metrics[1:]))
-    downs = sum(b < a for a, b in zip(metrics, metrics[1:]))
+    ups = sum(b > a for a, b in zip(metrics, metrics[1:], strict=False))
+    downs = sum(b < a for a, b in zip(metrics, metrics[1:], strict=False))
     return downs >= ups
 
 
