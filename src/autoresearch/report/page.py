@@ -15,6 +15,7 @@ from autoresearch.report.plot import title
 from autoresearch.report.study import Study, plain
 
 DIFF_LINES = 400
+LINE_CHARS = 2000
 TAILS_SHOWN = 30
 
 CSS = """
@@ -223,6 +224,7 @@ def diff_html(diff: str) -> str:
     more = len(lines) - DIFF_LINES
     out = []
     for line in lines[:DIFF_LINES]:
+        line = line if len(line) <= LINE_CHARS else line[:LINE_CHARS] + " …"
         cls = ("f" if line.startswith(("diff --git", "+++", "---", "index ")) else
                "a" if line.startswith("+") else "r" if line.startswith("-") else
                "h" if line.startswith("@@") else "")

@@ -103,10 +103,11 @@ class Study:
         return sum(t.tokens_in for t in self.trials), sum(t.tokens_out for t in self.trials)
 
     def version(self) -> str:
-        """Changes whenever a trial starts, moves on or finishes (for live pages)."""
+        """Changes whenever a trial starts or finishes (for live pages)."""
         import hashlib
 
-        key = repr([(t.number, t.status.value, t.commit, t.metric) for t in self.trials])
+        # not the phase of a running trial: the page shows that from state.json, no reload
+        key = repr([(t.number, t.status.value, t.metric) for t in self.trials])
         return hashlib.sha1(f"{key}{self.noise}".encode()).hexdigest()[:16]
 
 
