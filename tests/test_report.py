@@ -390,6 +390,16 @@ def test_report_mlflow_logs_a_finished_tag_after_the_fact(ran, tmp_path: Path) -
     assert "+X = 1.5" in diff.read_text()
 
 
+@pytest.mark.slow
+def test_run_with_an_unusable_mlflow_uri_stops_before_the_tag_is_made(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    repo = new_task(tmp_path / "task")
+    result = run_loop(repo, 1, "--mlflow", "bogus://nowhere")
+    assert result.returncode == 2 and "--mlflow bogus://nowhere" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (repo / ".autoresearch").exists()
+
+
 # ---------------------------------------------------------------------------
 # autoresearch.load
 

@@ -182,12 +182,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     task = load_task(args.dir)
     tag = check_tag(args.tag or default_tag())
     agent = build_agent(_agent_options(args, task), task)
-    session = open_session(task, tag)
     events = _events(task)
-    if args.mlflow:  # each finished trial also becomes an MLflow run
+    if args.mlflow:  # each finished trial also becomes an MLflow run (checked before the tag is made)
         from autoresearch.report.mlflow_log import mlflow_events
 
         events = mlflow_events(events, args.mlflow, task, tag)
+    session = open_session(task, tag)
     gpus = tuple(g for g in (args.gpus or "").split(",") if g.strip())
     loop = Loop(session, agent, Options(trials=args.trials, hours=args.hours, seed=args.seed,
                                         agent_timeout=args.agent_timeout, gpus=gpus,
