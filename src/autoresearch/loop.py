@@ -18,12 +18,10 @@ before its next proposal. W = 1 and K = 0 is the plain sequential loop, in the c
 from __future__ import annotations
 
 import contextlib
-import queue
 import shutil
 import statistics
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -38,6 +36,7 @@ from autoresearch.execute import ExecResult, ExecSpec, experiment_env, python_sh
 from autoresearch.gitrepo import GitError, Workspace
 from autoresearch.ledger import clean_text
 from autoresearch.metrics import MetricError, extract, metric_problem, reject_reason
+from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import last_lines
 from autoresearch.records import Status, Trial
 from autoresearch.session import Session, branch_ref, run_setup, trial_ref
@@ -56,14 +55,6 @@ class Options:
     workers: int | None = None  # trials in flight; None: one per GPU group, or what Ray holds
     gpus_per_trial: int = 1
     agent_concurrency: int | None = None  # proposals prepared ahead; None: 0 for one worker, else 1
-
-
-@dataclass(frozen=True)
-class Place:
-    """Where a trial is measured: its worktree and the GPUs pinned for it."""
-
-    ws: Workspace
-    gpus: tuple[str, ...] = ()
 
 
 @dataclass
@@ -133,9 +124,10 @@ class Loop:
         trees = [ws] + [self.s.workspace(i, self.best.commit)
                         for i in range(1, len(self.slots) + self.ahead)]
         if self.ahead == 0:
-            self._together([partial(self._serve, Place(w, g)) for w, g in zip(trees, self.slots, strict=True)])
+            together([partial(self._serve, Place(w, g)) for w, g in zip(trees, self.slots, strict=True)],
+                     self.cancel)
         else:
-            self._pipeline(trees)
+            pipeline(self, trees)
         with self.agent_lock:
             self._tell_agent()
         return self.best
@@ -160,83 +152,12 @@ class Loop:
     def total_cost(self) -> float:
         return sum(t.cost for t in self.s.ledger.trials())
 
-    # -- keeping the slots busy ---------------------------------------------------------------
-
     def _serve(self, at: Place) -> None:
-        """A slot without proposals ahead: ask the agent when free, measure; until the end."""
+        """A slot without proposals ahead (pool.py has those): ask the agent when free,
+        measure; until the loop stops."""
         while (t := self._prepare(at.ws)) is not None:
             if not t.status.finished:
                 self._run(at, t)
-
-    def _pipeline(self, trees: list[Workspace]) -> None:
-        """K proposers fill a queue of ready trials (each holding a worktree) while the slots
-        measure them; the last proposer to stop closes the queue."""
-        free: queue.Queue[Workspace] = queue.Queue()
-        for w in trees:
-            free.put(w)
-        ready: queue.Queue[tuple[Trial, Workspace] | None] = queue.Queue()
-        proposers = [self.ahead]
-
-        def propose() -> None:
-            try:
-                while True:
-                    ws = free.get()
-                    try:
-                        t = self._prepare(ws)
-                    except BaseException:
-                        free.put(ws)
-                        raise
-                    if t is None or t.status.finished:
-                        free.put(ws)
-                    if t is None:
-                        return
-                    if not t.status.finished:
-                        ready.put((t, ws))
-            finally:
-                with self.lock:
-                    proposers[0] -= 1
-                    if proposers[0] == 0:
-                        for _ in self.slots:
-                            ready.put(None)
-
-        def serve(gpus: tuple[str, ...]) -> None:
-            while (item := ready.get()) is not None:
-                try:
-                    self._run(Place(item[1], gpus), item[0])
-                finally:
-                    free.put(item[1])
-
-        try:
-            self._together([propose] * self.ahead + [partial(serve, g) for g in self.slots])
-        finally:  # a thread failed: what was left ready is recorded as interrupted
-            while not ready.empty():
-                item = ready.get_nowait()
-                if item is not None:
-                    self._finish(item[0].with_(status=Status.INTERRUPTED, reason="the loop stopped before it ran"))
-
-    def _together(self, jobs: list[Callable[[], None]]) -> None:
-        """Run the jobs at once, one thread each (one job runs in this thread). The first
-        error stops the loop and is raised when every thread has ended."""
-        if len(jobs) == 1:
-            jobs[0]()
-            return
-        errors: list[BaseException] = []
-
-        def guarded(job: Callable[[], None]) -> None:
-            try:
-                job()
-            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
-                errors.append(e)
-                self.cancel.set()
-
-        threads = [threading.Thread(target=guarded, args=(job,), daemon=True, name=f"autoresearch-{i}")
-                   for i, job in enumerate(jobs)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        if errors:
-            raise errors[0]
 
     # -- the baseline ---------------------------------------------------------------------
 

@@ -1,0 +1,107 @@
+"""Keeping the slots busy: the threads of a loop with several trials in flight.
+
+A slot measures one trial at a time, with its own GPUs; a worktree belongs to one trial from
+its proposal to its verdict. Without proposals ahead each slot asks the agent when it is free
+(`Loop._serve`); with K ahead, `pipeline` runs K proposers that fill a queue of ready trials,
+which the slots take the moment they free up.
+
+Guarantees: a trial is opened (recorded as running) only once a worktree is free for it, so at
+most W + K trials are open at once; every opened trial is finished before `pipeline` returns (one
+left ready by a failed thread is recorded as interrupted); the first error of any thread stops
+the loop and is raised in the calling thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+from autoresearch.gitrepo import Workspace
+from autoresearch.records import Status, Trial
+
+if TYPE_CHECKING:
+    from autoresearch.loop import Loop
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a trial is measured: its worktree and the GPUs pinned for it."""
+
+    ws: Workspace
+    gpus: tuple[str, ...] = ()
+
+
+def pipeline(loop: Loop, trees: list[Workspace]) -> None:
+    """`loop.ahead` proposers and one thread per slot; the last proposer to stop closes the
+    queue of ready trials."""
+    free: queue.Queue[Workspace] = queue.Queue()
+    for w in trees:
+        free.put(w)
+    ready: queue.Queue[tuple[Trial, Workspace] | None] = queue.Queue()
+    proposers = [loop.ahead]
+
+    def propose() -> None:
+        try:
+            while True:
+                ws = free.get()
+                try:
+                    t = loop._prepare(ws)
+                except BaseException:
+                    free.put(ws)
+                    raise
+                if t is None or t.status.finished:
+                    free.put(ws)
+                if t is None:
+                    return
+                if not t.status.finished:
+                    ready.put((t, ws))
+        finally:
+            with loop.lock:
+                proposers[0] -= 1
+                if proposers[0] == 0:
+                    for _ in loop.slots:
+                        ready.put(None)
+
+    def serve(gpus: tuple[str, ...]) -> None:
+        while (item := ready.get()) is not None:
+            try:
+                loop._run(Place(item[1], gpus), item[0])
+            finally:
+                free.put(item[1])
+
+    try:
+        together([propose] * loop.ahead + [partial(serve, g) for g in loop.slots], loop.cancel)
+    finally:
+        while not ready.empty():
+            item = ready.get_nowait()
+            if item is not None:
+                loop._finish(item[0].with_(status=Status.INTERRUPTED, reason="the loop stopped before it ran"))
+
+
+def together(jobs: list[Callable[[], None]], cancel: threading.Event) -> None:
+    """Run the jobs at once, one thread each (a single job runs in this thread). The first
+    error sets `cancel` and is raised when every thread has ended."""
+    if len(jobs) == 1:
+        jobs[0]()
+        return
+    errors: list[BaseException] = []
+
+    def guarded(job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+            errors.append(e)
+            cancel.set()
+
+    threads = [threading.Thread(target=guarded, args=(job,), daemon=True, name=f"autoresearch-{i}")
+               for i, job in enumerate(jobs)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
