@@ -174,7 +174,9 @@ def test_an_evaluator_and_a_metric_file_work_on_ray(ray_head, tmp_path: Path) ->
     assert [t.metric for t in rows] == [20.0, 38.0, 36.0]
     runs = root / ".autoresearch" / "evl" / "runs"
     assert json.loads((runs / "0" / "metrics.json").read_text()) == {"loss": 20.0}  # the best's
-    assert "=== evaluate" in (root / ".autoresearch" / "evl" / "logs" / "1.log").read_text()
+    log = (root / ".autoresearch" / "evl" / "logs" / "1.log").read_text()
+    assert "=== evaluate" in log
+    assert _figure(log, "gpus") == ""  # gpu=0: it sees no GPU of the node
 
 
 def test_ctrl_c_cancels_the_ray_tasks_in_flight(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
@@ -203,6 +205,17 @@ def test_ctrl_c_cancels_the_ray_tasks_in_flight(ray_head, tmp_path: Path) -> Non
     assert rows[0].status is Status.KEEP
     assert len(rows) >= 3 and all(t.status is Status.INTERRUPTED for t in rows[1:])
 
+
+
+def test_a_request_no_node_can_meet_is_one_line_and_exit_2(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    address, env = ray_head
+    root, agent = _task(tmp_path)
+    r = cli("run", str(root), "--tag", "big", "--agent", "cli", "--agent-cmd", agent, "--trials", "1",
+            "--ray-address", address, "--trial-resources", "gpu=4,cpu=1", env=env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines() == ["autoresearch: error: --trial-resources gpu=4,cpu=1: no node of "
+                                             "the Ray cluster has that much (nodes: GPU 2, CPU 4)"]
+    assert not (root / ".autoresearch" / "big").exists()
 
 @pytest.mark.slow
 def test_ray_init_without_an_address_starts_a_local_instance(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ The trial's code travels as a gzipped tarball of its worktree at the trial's com
 worker it is unpacked into a temporary folder and measured by `autoresearch.execute` (the
 evaluator's restore re-extracts it). The task's `setup` runs once per node before the first
 experiment there. The experiment's environment is the worker's own (secrets removed) plus the
-AUTORESEARCH_* variables; Ray sets CUDA_VISIBLE_DEVICES to the GPUs it granted. The log, the
+AUTORESEARCH_* variables; CUDA_VISIBLE_DEVICES is the GPUs Ray granted (empty for none). The log, the
 evaluator's log and the metric file (when the task names one) come back and are written where
 the local backend would have written them; other artifacts of the run stay on the worker and are
 deleted there.
@@ -28,6 +28,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -145,8 +146,11 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
         workdir = root / "code"
         unpack(code, workdir)
         (root / "logs").mkdir()
-        extra = {k: v for k, v in spec.env.items() if k.startswith("AUTORESEARCH_")}
-        env = experiment_env(dict(os.environ), extra, python_shim(root / "bin"))
+        env = experiment_env(dict(os.environ), spec.env, python_shim(root / "bin"))
+        import ray
+
+        if not ray.get_gpu_ids():  # granted no GPU: it sees none (whatever Ray's default becomes)
+            env["CUDA_VISIBLE_DEVICES"] = ""
         local = replace(spec, workdir=workdir, run_dir=root / "run", env=env,
                         log_path=root / "logs" / spec.log_path.name)
         result = _setup_once(setup, setup_key, local) if setup else None
@@ -193,7 +197,9 @@ class RayBackend:
 
             package = str(Path(autoresearch.__file__).parent)
             try:
-                # no dashboard for a local instance started here (ignored for a cluster)
+                # no dashboard for a local instance started here (ignored for a cluster); Ray's
+                # notice about its future GPU default is moot: a trial granted none sees none
+                warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", category=FutureWarning)
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                          include_dashboard=False, runtime_env={"py_modules": [package]})
             except Exception as e:  # noqa: BLE001 - Ray raises many kinds; one line for the user
@@ -203,7 +209,11 @@ class RayBackend:
         totals = ray.cluster_resources()
         self.request = dict(resources) if resources else (
             {"gpu": float(gpus_per_trial), "cpu": 1.0} if totals.get("GPU", 0) > 0 else {"cpu": 1.0})
-        self._check_fits()
+        try:
+            self._check_fits()
+        except UsageError:
+            self.close()
+            raise
         # max_calls=0: keep workers across GPU tasks (Ray restarts them by default); the GPU
         # memory belongs to the experiment's process, which has exited by then.
         options: dict[str, Any] = {"num_cpus": self.request.get("cpu", 1.0),
@@ -241,6 +251,8 @@ class RayBackend:
     def run(self, spec: ExecSpec, restore: Callable[[], None], cancel: threading.Event) -> ExecResult:
         restore()
         code = pack(spec.workdir)
+        # only our variables travel: the worker's own environment is the experiment's base
+        spec = replace(spec, env={k: v for k, v in spec.env.items() if k.startswith("AUTORESEARCH_")})
         self._watch(cancel)
         start = time.monotonic()
         ref = self._task.remote(spec, code, self.setup, self.setup_key, self.metric_file)
