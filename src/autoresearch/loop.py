@@ -255,9 +255,15 @@ class Loop:
 
     def _run(self, at: Place, t: Trial) -> Trial:
         """Measure a prepared trial, decide on it and record it."""
+        return self._finish(self._verdict(at, t))
+
+    def _verdict(self, at: Place, t: Trial) -> Trial:
+        """A prepared trial measured and decided, not yet recorded. Deciding against a best
+        that a pending record is about to improve is safe: the best only gets better, so a
+        discard stays one, and `_finish` checks a keep again."""
         commit = t.commit or ""
         if self.cancel.is_set():
-            return self._finish(t.with_(status=Status.INTERRUPTED, reason="stopped before the experiment"))
+            return t.with_(status=Status.INTERRUPTED, reason="stopped before the experiment")
         m = self._measure_repeats(at, t, commit, 1, first_seed=self.opt.seed)
         if m.status is None:
             m = self._decide(at, t, commit, m)
@@ -268,7 +274,7 @@ class Loop:
             tamper = self.gitguard.check_and_restore()
         if tamper:
             t = t.with_(status=Status.REJECTED, reason=tamper)
-        return self._finish(t)
+        return t
 
     def _decide(self, at: Place, t: Trial, commit: str, m: Measurement) -> Measurement:
         assert self.best is not None and self.best.metric is not None

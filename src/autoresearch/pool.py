@@ -3,7 +3,8 @@
 A slot measures one trial at a time, with its own GPUs; a worktree belongs to one trial from
 its proposal to its verdict. Without proposals ahead each slot asks the agent when it is free
 (`Loop._serve`); with K ahead, `pipeline` runs K proposers that fill a queue of ready trials,
-which the slots take the moment they free up.
+which the slots take the moment they free up; one recorder thread writes the verdicts (ledger,
+refs, branch) in the order the trials ended, so that a slot does not wait for the fsyncs either.
 
 Guarantees: a trial is opened (recorded as running) only once a worktree is free for it, so at
 most W + K trials are open at once; every opened trial is finished before `pipeline` returns (one
@@ -67,19 +68,35 @@ def pipeline(loop: Loop, trees: list[Workspace]) -> None:
                         ready.put(None)
 
     def serve(gpus: tuple[str, ...]) -> None:
-        while (item := ready.get()) is not None:
-            try:
-                loop._run(Place(item[1], gpus), item[0])
-            finally:
-                free.put(item[1])
+        try:
+            while (item := ready.get()) is not None:
+                try:
+                    verdict = loop._verdict(Place(item[1], gpus), item[0])
+                finally:
+                    free.put(item[1])
+                done.put(verdict)  # recorded by `record`: this slot starts its next trial now
+        finally:
+            with loop.lock:
+                servers[0] -= 1
+                if servers[0] == 0:
+                    done.put(None)
 
+    def record() -> None:  # one thread: ledger, refs and branch, in the order trials ended
+        while (t := done.get()) is not None:
+            loop._finish(t)
+
+    done: queue.Queue[Trial | None] = queue.Queue()
+    servers = [len(loop.slots)]
     try:
-        together([propose] * loop.ahead + [partial(serve, g) for g in loop.slots], loop.cancel)
+        together([propose] * loop.ahead + [partial(serve, g) for g in loop.slots] + [record], loop.cancel)
     finally:
-        while not ready.empty():
-            item = ready.get_nowait()
-            if item is not None:
-                loop._finish(item[0].with_(status=Status.INTERRUPTED, reason="the loop stopped before it ran"))
+        for left in (done, ready):
+            while not left.empty():
+                item = left.get_nowait()
+                if isinstance(item, Trial):  # decided, the recorder gone
+                    loop._finish(item)
+                elif item is not None:
+                    loop._finish(item[0].with_(status=Status.INTERRUPTED, reason="the loop stopped before it ran"))
 
 
 def together(jobs: list[Callable[[], None]], cancel: threading.Event) -> None:
