@@ -272,6 +272,37 @@ def test_an_agent_that_is_not_concurrent_is_called_one_at_a_time(tmp_path: Path,
     assert all(t.status is Status.DISCARD for t in rows[1:])
 
 
+
+class ExitingAgent(SlowAgent):
+    """Leaves the process (SystemExit is not an agent error) on its fourth proposal."""
+
+    def propose(self, ctx: Context) -> Proposal:
+        if ctx.number == 4:
+            raise SystemExit(3)
+        return super().propose(ctx)
+
+
+def test_a_thread_that_dies_stops_the_loop_without_hanging(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    root = make_task(tmp_path / "task", experiment=EXPERIMENT.replace("S = 0.2", "S = 1.0"))
+    monkeypatch.setenv("AR_STAMPS", str(tmp_path / "stamps"))
+    session = open_session(load_task(root), "die")
+    start = time.monotonic()
+    try:
+        loop = Loop(session, ExitingAgent(), Options(trials=8, workers=2, agent_concurrency=1))
+        with pytest.raises(SystemExit):
+            loop.run()
+    finally:
+        session.close()
+    assert time.monotonic() - start < 30
+    led = Ledger.read(root, "die")
+    try:
+        rows = {t.number: t for t in led.trials()}
+    finally:
+        led.close()
+    assert rows[4].status is Status.RUNNING  # as a kill would leave it: resume repairs it
+    assert all(t.status.finished for n, t in rows.items() if n != 4)
+
+
 def _popen_run(root: Path, agent: str, env: dict[str, str], *flags: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(root), "--tag", "x",
                              "--agent", "cli", "--agent-cmd", agent, *flags],

@@ -47,8 +47,7 @@ def pipeline(loop: Loop, trees: list[Workspace]) -> None:
 
     def propose() -> None:
         try:
-            while True:
-                ws = free.get()
+            while (ws := take(free, loop.cancel)) is not None:
                 try:
                     t = loop._prepare(ws)
                 except BaseException:
@@ -72,31 +71,47 @@ def pipeline(loop: Loop, trees: list[Workspace]) -> None:
             while (item := ready.get()) is not None:
                 try:
                     verdict = loop._verdict(Place(item[1], gpus), item[0])
-                finally:
+                except BaseException:
                     free.put(item[1])
-                done.put(verdict)  # recorded by `record`: this slot starts its next trial now
+                    raise
+                done.put((verdict, item[1]))  # recorded by `record`; this slot goes on at once
         finally:
             with loop.lock:
                 servers[0] -= 1
                 if servers[0] == 0:
                     done.put(None)
 
-    def record() -> None:  # one thread: ledger, refs and branch, in the order trials ended
-        while (t := done.get()) is not None:
-            loop._finish(t)
+    def record() -> None:
+        """One thread writes the verdicts (ledger, refs, branch) in the order trials ended; the
+        worktree is freed after, so that the next proposal starts from the best it made."""
+        while (item := done.get()) is not None:
+            try:
+                loop._finish(item[0])
+            finally:
+                free.put(item[1])
 
-    done: queue.Queue[Trial | None] = queue.Queue()
+    done: queue.Queue[tuple[Trial, Workspace] | None] = queue.Queue()
     servers = [len(loop.slots)]
     try:
         together([propose] * loop.ahead + [partial(serve, g) for g in loop.slots] + [record], loop.cancel)
-    finally:
+    finally:  # a thread failed: record what it left, decided or not
         for left in (done, ready):
             while not left.empty():
                 item = left.get_nowait()
-                if isinstance(item, Trial):  # decided, the recorder gone
-                    loop._finish(item)
-                elif item is not None:
-                    loop._finish(item[0].with_(status=Status.INTERRUPTED, reason="the loop stopped before it ran"))
+                if item is not None:
+                    t = item[0] if item[0].status.finished else item[0].with_(
+                        status=Status.INTERRUPTED, reason="the loop stopped before it ran")
+                    loop._finish(t)
+
+
+def take(free: queue.Queue[Workspace], cancel: threading.Event) -> Workspace | None:
+    """A free worktree; None once the loop is stopped (a failed thread may never free one)."""
+    while True:
+        try:
+            return free.get(timeout=0.2)
+        except queue.Empty:
+            if cancel.is_set():
+                return None
 
 
 def together(jobs: list[Callable[[], None]], cancel: threading.Event) -> None:
