@@ -148,6 +148,8 @@ def test_a_killed_ray_worker_is_recorded_and_the_trial_requeued_once(ray_head, t
     assert one.status is Status.DISCARD and one.metric == 19.0
     assert len(one.extra["lost_workers"]) == 1 and "WorkerCrashedError" in one.extra["lost_workers"][0]
     assert "second attempt" in (root / ".autoresearch" / "lost" / "logs" / "1.log").read_text()
+    shown = cli("show", "1", str(root), "--tag", "lost").stdout
+    assert "lost worker (the trial was run again): WorkerCrashedError" in shown
     assert len(list(spot.glob("1.*.pid"))) == 2  # it ran twice, trial 2 once
     assert len(list(spot.glob("2.*.pid"))) == 1
 

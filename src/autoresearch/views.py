@@ -80,6 +80,8 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
     lines.append(f"run: {t.run_seconds:.1f} s, seed {t.seed}")
     if t.flags:
         lines.append(f"audit flags: {'; '.join(t.flags)}")
+    for lost in t.extra.get("lost_workers", []):
+        lines.append(f"lost worker (the trial was run again): {lost}")
     if t.commit and t.parent:
         lines += ["", "diff against its parent:", Git(root).diff(t.parent, t.commit)]
     log = Path(t.log_path) if t.log_path else None
