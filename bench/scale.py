@@ -103,7 +103,7 @@ def by_slot(stamps: list[tuple[str, float, float, int]]) -> dict[str, list[tuple
 
 def gaps(stamps: list[tuple[str, float, float, int]]) -> list[float]:
     """Per slot: from one experiment's end to the next one's start."""
-    return [b[0] - a[1] for runs in by_slot(stamps).values() for a, b in zip(runs, runs[1:])]
+    return [b[0] - a[1] for runs in by_slot(stamps).values() for a, b in zip(runs, runs[1:], strict=False)]
 
 
 def busy(stamps: list[tuple[str, float, float, int]]) -> list[float]:
