@@ -444,7 +444,9 @@ def train_batches(batch_size: int, seq_len: int, device: torch.device, seed: int
     """Endless (inputs, targets) pairs of random windows of the training streams. Sampled with
     replacement, so there is no epoch to track; BOS marks where a window crosses documents."""
     load_split("val")  # fails clearly when nothing is prepared
-    shards = [np.load(p, mmap_mode="r") for p in sorted(DATA_DIR.glob("train_*.npy"))]
+    shards = [
+        np.load(p, mmap_mode="r", allow_pickle=False) for p in sorted(DATA_DIR.glob("train_*.npy"))
+    ]
     shards = [s for s in shards if len(s) > seq_len]
     if not shards:
         raise PrepareError(f"the training text in {DATA_DIR} is shorter than one sequence")
@@ -521,7 +523,9 @@ def evaluate_bpb(model: torch.nn.Module, split: str = "val", batch_size: int = 8
     neither sum. Bytes, unlike tokens, do not depend on the vocabulary, so tokenizers compare."""
     device = next(model.parameters()).device
     tokens, T = load_split(split), MAX_SEQ_LEN
-    token_bytes = torch.from_numpy(np.load(DATA_DIR / "token_bytes.npy")).to(device)
+    token_bytes = torch.from_numpy(np.load(DATA_DIR / "token_bytes.npy", allow_pickle=False)).to(
+        device
+    )
     rows = (min(EVAL_TOKENS, len(tokens) - 1)) // T
     if rows < 1:
         raise PrepareError(f"the {split} split holds fewer than {T + 1} tokens")

@@ -332,7 +332,8 @@ class Muon(torch.optim.Optimizer):
             buf.lerp_(grads, 1 - beta)
             update = orthogonalize(grads.lerp_(buf, beta))  # Nesterov: look one step ahead
             rows, cols = params[0].shape
-            # tall matrices have fewer unit directions per row: give them a larger step
+            # orthogonal tall matrices have smaller entries (rms 1/sqrt(rows)): bring them up to
+            # the 1/sqrt(cols) of wide ones, so every matrix moves by the same rms per input
             scale = lr * max(1.0, rows / cols) ** 0.5
             torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
             torch._foreach_add_(params, list(update.unbind(0)), alpha=-scale)
@@ -381,8 +382,9 @@ def set_schedule(optimizers: list[torch.optim.Optimizer], progress: float, step:
     for group in (g for opt in optimizers for g in opt.param_groups):
         group["lr"] = group["initial_lr"] * lr_multiplier(progress)
     # lighter momentum over the first 300 steps, while the weights still move the most
-    for group in optimizers[1].param_groups:
-        group["momentum"] = MUON_MOMENTUM - 0.1 * max(0.0, 1 - step / 300)
+    for opt in optimizers:
+        for group in opt.param_groups if isinstance(opt, Muon) else []:
+            group["momentum"] = MUON_MOMENTUM - 0.1 * max(0.0, 1 - step / 300)
 
 
 # ----------------------------------------------------------------------------
