@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli, git, make_task
-from fakes.llm_server import Fault, FakeLLM, Say
+from fakes.llm_server import FakeLLM, Fault, Say
 
 from autoresearch.agents.base import Context
 from autoresearch.agents.llm import condensed_history

@@ -22,14 +22,23 @@ import os
 import re
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
 from autoresearch.agents.prices import PRICES, cost, load_overrides, price_of
 from autoresearch.agents.providers import (
-    Chat, ConfigError, Endpoint, LLMError, Reply, RetryPolicy, call_with_retries, make_chat,
-    redact, resolve,
+    Chat,
+    ConfigError,
+    Endpoint,
+    LLMError,
+    Reply,
+    RetryPolicy,
+    call_with_retries,
+    make_chat,
+    redact,
+    resolve,
 )
 from autoresearch.agents.tools import SPECS, Tools, cut
 from autoresearch.errors import UsageError
@@ -60,7 +69,7 @@ class Limits:
     context_chars: int = 120_000  # about 30k tokens
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Limits:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Limits:
         env = os.environ if env is None else env
         lim = cls()
         lim.steps = int(env.get("AUTORESEARCH_LLM_STEPS", lim.steps))

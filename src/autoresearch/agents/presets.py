@@ -295,10 +295,11 @@ def agents_text() -> str:
     out = [f"{'agent':<{w[0]}}  {'what':<{w[1]}}  {'needs':<{w[2]}}  here"]
     out += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}}  {d}" for a, b, c, d in rows]
     out += ["", "LLM providers for --model PROVIDER/NAME (llm, hybrid):"]
-    for name, p in PROVIDERS.items():
-        need = p.key_env or "no key (local server)"
-        state = "" if not p.key_env else ("  set" if os.environ.get(p.key_env) else "  not set")
-        out.append(f"  {name:<10} {p.sdk:<9} {need}{state}" + (f"  default URL {p.base_url}" if p.base_url else ""))
+    for name, prov in PROVIDERS.items():
+        need = prov.key_env or "no key (local server)"
+        state = "" if not prov.key_env else ("  set" if os.environ.get(prov.key_env) else "  not set")
+        out.append(f"  {name:<10} {prov.sdk:<9} {need}{state}"
+                   + (f"  default URL {prov.base_url}" if prov.base_url else ""))
     out += ["", "Preset commands (copy one into --agent cli --agent-cmd '...' to adjust it):"]
     for p in PRESETS.values():
         cmd, env, note = p.command("PROVIDER/MODEL" if p.name in ("aider", "opencode") else "MODEL", None, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 PRICES: dict[str, tuple[float, float]] = {
@@ -30,7 +31,7 @@ PRICES: dict[str, tuple[float, float]] = {
 }
 
 
-def load_overrides(env: dict[str, str] | None = None) -> dict[str, tuple[float, float]]:
+def load_overrides(env: Mapping[str, str] | None = None) -> dict[str, tuple[float, float]]:
     """Prices from the JSON file in AUTORESEARCH_PRICES (ValueError names the file if it is bad)."""
     env = os.environ if env is None else env
     path = env.get("AUTORESEARCH_PRICES")

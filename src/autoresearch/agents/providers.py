@@ -22,7 +22,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,7 +74,7 @@ class Endpoint:
         return f"{self.provider}/{self.name}"
 
 
-def resolve(model: str | None, base_url: str | None, env: dict[str, str] | None = None) -> Endpoint:
+def resolve(model: str | None, base_url: str | None, env: Mapping[str, str] | None = None) -> Endpoint:
     """`--model PROVIDER/NAME [--base-url URL]` -> an Endpoint with its key from the environment."""
     env = os.environ if env is None else env
     if not model or not model.strip():
@@ -116,7 +116,7 @@ KEY_SHAPES = re.compile(
 KEY_ENV = re.compile(r"(API_KEY|_TOKEN|SECRET)$")
 
 
-def secrets(env: dict[str, str] | None = None) -> list[str]:
+def secrets(env: Mapping[str, str] | None = None) -> list[str]:
     """Every value of a key-like environment variable (long enough to be a secret)."""
     env = os.environ if env is None else env
     return sorted({v for k, v in env.items() if KEY_ENV.search(k) and len(v) >= 8}, key=len, reverse=True)
@@ -223,7 +223,7 @@ class RetryPolicy:
     sleep: Callable[[float], None] = time.sleep
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> RetryPolicy:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RetryPolicy:
         env = os.environ if env is None else env
         p = cls()
         p.attempts = max(1, int(env.get("AUTORESEARCH_LLM_RETRIES", p.attempts - 1)) + 1)
@@ -369,7 +369,7 @@ class AnthropicChat:
         if isinstance(r, (str, bytes)) or getattr(r, "content", None) is None:
             raise Transient("malformed reply from the API (no content)")
         text = "".join(getattr(b, "text", "") for b in r.content if getattr(b, "type", "") == "text")
-        calls = [ToolCall(b.id, b.name, dict(b.input) if isinstance(b.input, dict) else {})
+        calls = [ToolCall(getattr(b, "id", ""), getattr(b, "name", ""), dict(getattr(b, "input", None) or {}))
                  for b in r.content if getattr(b, "type", "") == "tool_use"]
         u = r.usage
         read = getattr(u, "cache_read_input_tokens", 0) or 0
