@@ -228,7 +228,7 @@ def test_resume_learns_from_every_trial_in_the_ledger(tmp_path):
     worst = max(t.metric for t in trials[:3])
     assert study[3].value == pytest.approx(worst)  # a crash is told as the worst so far
     assert [s.value for s in study[:3]] == pytest.approx([t.metric for t in trials[:3]])
-    for t, s in zip(trials[4:], study[4:]):
+    for t, s in zip(trials[4:], study[4:], strict=True):
         after = constants_at(repo, t.commit)
         assert s.params["WIDTH"] == after["WIDTH"] and s.params["USE_BIAS"] == after["USE_BIAS"]
 
@@ -306,3 +306,29 @@ def test_task_file_example_in_docstring_is_valid():
     examples = [line.strip() for line in (mod.__doc__ or "").splitlines() if "# search:" in line]
     s = space_of({"x.py": textwrap.dedent("\n".join(examples)).encode() + b"\n"})
     assert {p.name for p in s.params} == {"LR", "DEPTH", "HEAD_DIM", "OPTIMIZER"}
+
+
+# ---------------------------------------------------------------------------------------------
+# autoresearch demo
+
+
+def test_demo_sets_the_budget_and_keeps_the_rest_of_the_task_file():
+    from autoresearch.demo import set_budget
+
+    toml = 'name = "cpu-gpt"\ntime_budget = 60                # seconds\ntimeout = 180   # hard\n'
+    assert set_budget(toml, 20) == 'name = "cpu-gpt"\ntime_budget = 20                # seconds\ntimeout = 100   # hard\n'
+
+
+@pytest.mark.slow
+def test_demo_runs_the_loop_on_cpu_gpt(tmp_path):
+    pytest.importorskip("torch")
+    r = cli("demo", str(tmp_path / "demo"), "--trials", "2", "--budget", "3", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
+    trials = Ledger.read(tmp_path / "demo", "demo").trials()
+    assert len(trials) == 3 and trials[0].status is Status.KEEP and trials[0].metric > 0
+    assert all(t.agent == "search" for t in trials[1:])
+    assert "val_bpb" in r.stdout and ("report: " in r.stdout or "results: " in r.stdout)
+    assert git(tmp_path / "demo", "status", "--porcelain") == ""
+    again = cli("demo", str(tmp_path / "demo"), "--trials", "1", timeout=900)  # resumes the tag
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(Ledger.read(tmp_path / "demo", "demo").trials()) == 4

@@ -28,7 +28,6 @@ import hashlib
 import random
 import threading
 import warnings
-from pathlib import Path
 from typing import Any
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
@@ -63,8 +62,9 @@ def make_sampler(name: str, seed: int, x0: dict[str, Any]) -> Any:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
-        common = {"seed": seed, "n_startup_trials": 0, "warn_independent_sampling": False,
-                  "independent_sampler": optuna.samplers.RandomSampler(seed=seed)}
+        common: dict[str, Any] = {
+            "seed": seed, "n_startup_trials": 0, "warn_independent_sampling": False,
+            "independent_sampler": optuna.samplers.RandomSampler(seed=seed)}
         # start from the baseline, not the middle of the space; x0 and sigma0 are deprecated
         # since Optuna 4.9 (to go in 6.0), hence the fallback to the default start
         with warnings.catch_warnings():
@@ -134,7 +134,8 @@ class SearchAgent(BaseAgent):
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             x0 = {p.key: p.sampled(p.value) for p in self.space.params
                   if p.kind in ("int", "float") and p.sampled(p.value) is not None}
-            direction = "minimize" if self.task.metric.minimize else "maximize"
+            direction = (optuna.study.StudyDirection.MINIMIZE if self.task.metric.minimize
+                         else optuna.study.StudyDirection.MAXIMIZE)
             self.study = optuna.create_study(direction=direction,
                                              sampler=make_sampler(self.sampler, self.seed, x0))
         return self.study
@@ -301,7 +302,7 @@ def space_table(space: Space) -> str:
         rows.append((p.key, f"{p.path}:{p.line}", " ".join(p.text.split())[:24], p.range_text,
                      p.scale_text + ("" if p.annotated else ", inferred")))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
     for where, why in space.skipped:
         lines.append(f"not searched: {where} {why}")
     return "\n".join(lines)

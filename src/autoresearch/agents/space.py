@@ -59,7 +59,8 @@ _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
 
 def number_of(node: ast.AST) -> int | float:
     """The value of a numeric literal expression (`3`, `-1e-3`, `2**19`, `3e-4 * 2`)."""
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
+            and not isinstance(node.value, bool):
         return node.value
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
         value = number_of(node.operand)
@@ -286,7 +287,7 @@ def scan_file(data: bytes, path: str) -> FileScan:
     for line in data.splitlines(keepends=True):
         starts.append(starts[-1] + len(line))
     seen: dict[str, int] = {}
-    found: list[tuple[str, ast.AST]] = []
+    found: list[tuple[str, ast.expr]] = []
     for stmt in tree.body:
         targets: list[ast.expr] = []
         if isinstance(stmt, ast.Assign):
@@ -405,13 +406,13 @@ class Param:
             if base and v > 0 and base ** round(math.log(v, base)) == v:
                 return v, f"{base}**{round(math.log(v, base))}"
             return v, format_value(v, template)
-        v = self.sign * float(x)
+        f = self.sign * float(x)
         sci = "e" in template.lower() and "**" not in template
         digits = self.digits
-        text = format_float(v, digits, sci)
-        while self.step and abs(float(text) - v) > self.step * 1e-3 and digits < 15:
+        text = format_float(f, digits, sci)
+        while self.step and abs(float(text) - f) > self.step * 1e-3 and digits < 15:
             digits += 1
-            text = format_float(v, digits, sci)
+            text = format_float(f, digits, sci)
         return float(text), text
 
     @property
@@ -479,7 +480,8 @@ def infer(const: Constant) -> dict[str, Any]:
                 "sign": -1 if v < 0 else 1}
     if v is NotLiteral:
         raise ValueError("not a literal")
-    what = {str: "a string", tuple: "a tuple", list: "a list", dict: "a dict"}.get(type(v), type(v).__name__)
+    kinds: dict[type, str] = {str: "a string", tuple: "a tuple", list: "a list", dict: "a dict"}
+    what = kinds.get(type(v), type(v).__name__)
     raise ValueError(f"{what}: annotate it (`# search: A | B`) to search it")
 
 
