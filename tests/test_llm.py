@@ -349,7 +349,7 @@ def test_hybrid_shares_trials_and_both_see_all(tmp_path: Path) -> None:
     assert len(t) == 5
     assert [x.extra.get("proposer") for x in t[1:]] == ["search", "llm", "search", "llm"]
     assert all(x.agent == "hybrid" for x in t[1:])
-    assert [x.model for x in t[1:]] == ["", "openai/gpt-4.1", "", "openai/gpt-4.1"]
+    assert [x.model for x in t[1:]] == ["optuna-tpe", "openai/gpt-4.1", "optuna-tpe", "openai/gpt-4.1"]
     assert len(requests) == 4  # two LLM proposals of two calls each
     # the LLM's second proposal saw the search's trial 3 in its history
     prompt = requests[2]["body"]["messages"][1]["content"]
@@ -421,33 +421,59 @@ def test_claude_preset_works_as_root_or_not(tmp_path: Path, sandbox: str | None)
     assert (t[1].tokens_in, t[1].tokens_out, t[1].cost) == (1500, 200, pytest.approx(0.0123))
 
 
-@pytest.mark.skipif(shutil.which("aider") is None, reason="aider is not installed (pip install aider-chat)")
-def test_real_aider_through_the_preset(tmp_path: Path) -> None:
-    """A real coding agent: aider, driven by the `aider` preset, talks to the fake OpenAI server;
-    its whole-file edit is evaluated by the loop and kept."""
-    repo = make_task(tmp_path / "task")
+def aider_reply(repo: Path):  # noqa: ANN201
+    """The fake model's answer to aider: the edit in aider's whole-file or diff format."""
 
     def reply(body: dict) -> Say:
         system = " ".join(str(m.get("content")) for m in body.get("messages", []) if m.get("role") == "system")
-        new = textwrap.dedent((repo / "exp.py").read_text()).replace("X = 3.0", "X = 1.0")
+        new = (repo / "exp.py").read_text().replace("X = 3.0", "X = 1.0")
         if "SEARCH/REPLACE" in system:  # aider's diff format
             return Say("exp.py\n```python\n<<<<<<< SEARCH\nX = 3.0\n=======\nX = 1.0\n>>>>>>> REPLACE\n```\n\n"
                        "Set X to 1.0, where the loss is lowest.", tokens_in=1200, tokens_out=80)
         return Say(f"exp.py\n```python\n{new}```\n\nSet X to 1.0, where the loss is lowest.",
                    tokens_in=1200, tokens_out=80)
 
-    with FakeLLM("openai", default=reply) as fake:
+    return reply
+
+
+needs_aider = pytest.mark.skipif(shutil.which("aider") is None, reason="aider is not installed (pip install aider-chat)")
+
+
+@needs_aider
+def test_real_aider_through_the_preset(tmp_path: Path) -> None:
+    """A real coding agent: aider, driven by the `aider` preset, talks to the fake OpenAI server;
+    its whole-file edit is evaluated by the loop and kept."""
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", default=aider_reply(repo)) as fake:
         r = cli("run", str(repo), "--tag", "t", "--agent", "aider", "--model", "openai/fake-model",
                 "--base-url", fake.url, "--trials", "1", env={"OPENAI_API_KEY": KEY}, timeout=240)
         requests = list(fake.requests)
     assert r.returncode == 0, r.stderr + r.stdout
     t = ledger(repo)
     assert [x.status for x in t] == [Status.KEEP, Status.KEEP], t[1].reason
-    assert t[1].metric == pytest.approx(2.0) and t[1].agent == "aider"
+    assert t[1].metric == pytest.approx(2.0) and t[1].agent == "aider" and t[1].model == "openai/fake-model"
     assert t[1].description == "Set X to 1.0, where the loss is lowest."
     assert (t[1].tokens_in, t[1].tokens_out) == (1200, 80)
     assert "X = 1.0" in branch_file(repo)
     assert any("Minimise loss." in json.dumps(q["body"]) for q in requests)  # our prompt reached it
+    assert git(repo, "status", "--porcelain") == ""  # aider left nothing in the user's checkout
+
+
+@needs_aider
+@pytest.mark.slow
+def test_real_aider_failure_is_an_agent_error_and_its_key_is_redacted(tmp_path: Path) -> None:
+    """The server answers 401 quoting the key; aider prints it and exits 0. The trial is an
+    agent_error, the key is redacted from the agent log, and the next trial goes on."""
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", [Fault("401")], default=aider_reply(repo)) as fake:
+        r = cli("run", str(repo), "--tag", "t", "--agent", "aider", "--model", "openai/fake-model",
+                "--base-url", fake.url, "--trials", "2", env={"OPENAI_API_KEY": KEY}, timeout=240)
+    assert r.returncode == 0, r.stderr + r.stdout
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP], t[2].reason
+    assert "AuthenticationError" in t[1].reason and "[redacted]" in t[1].reason
+    assert "[redacted]" in (repo / ".autoresearch" / "t" / "agent" / "1.log").read_text()
     for path in (repo / ".autoresearch").rglob("*"):
         if path.is_file():
             assert KEY not in path.read_bytes().decode("latin-1"), path
+    assert KEY not in r.stdout + r.stderr

@@ -29,6 +29,7 @@ from typing import Any
 
 from autoresearch.agents.base import AgentError, Context, Proposal
 from autoresearch.agents.cli import DEFAULT_TIMEOUT, CommandAgent, description_from
+from autoresearch.agents.providers import redact
 from autoresearch.errors import UsageError
 from autoresearch.task import Task, list_files
 
@@ -61,6 +62,7 @@ def claude_command(model: str | None, base_url: str | None, task: Task | None) -
     else:
         perms = "--dangerously-skip-permissions"
     name = _strip(model, "anthropic", "claude")
+    env["DISABLE_AUTOUPDATER"] = "1"
     if base_url:
         env["ANTHROPIC_BASE_URL"] = base_url
     cmd = f"claude -p --output-format json {perms}" + (f" --model {shlex.quote(name)}" if name else "")
@@ -93,12 +95,16 @@ def aider_command(model: str | None, base_url: str | None, task: Task | None) ->
 def gemini_command(model: str | None, base_url: str | None, task: Task | None) -> tuple[str, dict[str, str], str]:
     name = _strip(model, "gemini", "google")
     cmd = "gemini --approval-mode yolo" + (f" -m {shlex.quote(name)}" if name else "")
-    return cmd + " -p 'Carry out the task described above.' < {prompt_file}", {}, ""
+    # headless gemini refuses yolo in a folder it was never told to trust (each trial's
+    # worktree is new): this variable trusts the working folder for the run
+    env = {"GEMINI_CLI_TRUST_WORKSPACE": "true"}
+    return cmd + " -p 'Carry out the task described above.' < {prompt_file}", env, ""
 
 
 def opencode_command(model: str | None, base_url: str | None, task: Task | None) -> tuple[str, dict[str, str], str]:
     cmd = "opencode run" + (f" -m {shlex.quote(model)}" if model else "")
-    return cmd + ' "$(cat {prompt_file})"', {"OPENCODE_PERMISSION": '{"*": "allow"}'}, ""
+    env = {"OPENCODE_PERMISSION": '{"*": "allow"}', "OPENCODE_DISABLE_AUTOUPDATE": "1"}
+    return cmd + ' "$(cat {prompt_file})"', env, ""
 
 
 # ---------------------------------------------------------------------------
@@ -178,6 +184,7 @@ class Preset:
     command: Callable[[str | None, str | None, Task | None], tuple[str, dict[str, str], str]]
     result: Callable[[str], dict[str, Any]] | None = None
     hints: tuple[tuple[str, str], ...] = ()  # (text in the output, what to tell the user)
+    fatal: tuple[str, ...] = ()  # output that means failure even with exit code 0
 
 
 ROOT_HINT = ("Claude Code refuses to skip permissions as root: run autoresearch as a normal user, "
@@ -194,7 +201,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
              "inside a disposable container"),)),
     Preset("aider", "aider", "aider (--message-file, whole/diff edits)",
            ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENROUTER_API_KEY", "GEMINI_API_KEY", "DEEPSEEK_API_KEY"),
-           "a key for the --model you give", aider_command, aider_result),
+           "a key for the --model you give", aider_command, aider_result,
+           fatal=("litellm.AuthenticationError", "litellm.NotFoundError", "litellm.BadRequestError",
+                  "litellm.PermissionDeniedError", "not able to authenticate you")),
     Preset("gemini", "gemini", "Gemini CLI (gemini -p)", ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
            "gemini (Google login, once, interactively)", gemini_command),
     Preset("opencode", "opencode", "opencode (opencode run)",
@@ -215,20 +224,36 @@ class PresetAgent(CommandAgent):
         try:
             proposal = super().propose(ctx)
         except AgentError as e:
-            output = _read_from(ctx.log_path, start)
-            for needle, hint in self.preset.hints:
-                if needle in output:
-                    raise AgentError(f"{e}; {hint}") from None
-            raise
+            output = _redact_log(ctx.log_path, start)
+            hint = next((h for needle, h in self.preset.hints if needle in output), "")
+            raise AgentError(redact(f"{e}; {hint}" if hint else str(e))) from None
+        output = _redact_log(ctx.log_path, start)
+        failed = next((f for f in self.preset.fatal if f in output), None)
+        if failed:
+            lines = output.splitlines()
+            i = next(i for i, x in enumerate(lines) if failed in x)
+            raise AgentError(f"{self.preset.name} failed: " + " ".join(x.strip() for x in lines[i:i + 3])[:300])
         if self.preset.result is None:
-            return Proposal(proposal.description, model=self.model)
-        output = _read_from(ctx.log_path, start)
+            return Proposal(redact(proposal.description), model=self.model)
         info = self.preset.result(output)
         desc_file = ctx.log_path.with_suffix(".description")
         text = desc_file.read_text(errors="replace") if desc_file.exists() else None
         description = description_from(text, info.get("text", "")) or proposal.description
-        return Proposal(description, model=self.model, tokens_in=info.get("tokens_in", 0),
+        return Proposal(redact(description), model=self.model, tokens_in=info.get("tokens_in", 0),
                         tokens_out=info.get("tokens_out", 0), cost=info.get("cost", 0.0))
+
+
+def _redact_log(path: Path, offset: int) -> str:
+    """What the tool wrote to its log from `offset`, with keys redacted in the file too (a tool
+    may print its key in an error message)."""
+    text = _read_from(path, offset)
+    clean = redact(text)
+    if clean != text:
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            f.truncate()
+            f.write(clean.encode("utf-8"))
+    return clean
 
 
 def _read_from(path: Path, offset: int) -> str:

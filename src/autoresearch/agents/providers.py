@@ -122,11 +122,32 @@ def secrets(env: Mapping[str, str] | None = None) -> list[str]:
     return sorted({v for k, v in env.items() if KEY_ENV.search(k) and len(v) >= 8}, key=len, reverse=True)
 
 
+_PATTERNS: dict[tuple[str, ...], re.Pattern[str]] = {}
+
+
+def _secret_pattern(values: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One regex for every secret, tolerant of line breaks and spaces inside it (a tool that
+    wraps its output at 80 columns may split a quoted key), and of a leading fragment of 12+
+    characters (providers quote keys cut short: 'sk-proj-abcd1234****')."""
+    if not values:
+        return None
+    if values not in _PATTERNS:
+        alts = []
+        for v in values:
+            alts.append(r"\s*".join(map(re.escape, v)))
+            if len(v) > 20:
+                alts.append(r"\s*".join(map(re.escape, v[:12])) + r"[A-Za-z0-9_\-*.]*")
+        _PATTERNS[values] = re.compile("|".join(alts))
+    return _PATTERNS[values]
+
+
 def redact(text: str, extra: tuple[str, ...] = ()) -> str:
-    for s in (*extra, *secrets()):
-        if s and len(s) >= 8:
-            text = text.replace(s, "[redacted]")
-            text = text.replace(s[:12], "[redacted]") if len(s) > 20 else text
+    """`text` with every key from the environment (and anything shaped like a key) replaced
+    by [redacted]."""
+    values = tuple(sorted({v for v in (*extra, *secrets()) if v and len(v) >= 8}, key=len, reverse=True))
+    pattern = _secret_pattern(values)
+    if pattern is not None:
+        text = pattern.sub("[redacted]", text)
     return KEY_SHAPES.sub("[redacted]", text)
 
 
