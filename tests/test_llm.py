@@ -74,6 +74,7 @@ def test_llm_makes_an_edit_that_is_kept(tmp_path: Path, kind: str) -> None:
     with FakeLLM(kind, good_edit()) as fake:
         r = run_llm(repo, fake)
     assert r.returncode == 0, r.stderr + r.stdout
+    assert fake.invalid == []
     t = ledger(repo)
     assert [x.status for x in t] == [Status.KEEP, Status.KEEP]
     assert t[1].metric == pytest.approx(2.0) and t[0].metric == pytest.approx(6.0)
@@ -211,15 +212,58 @@ def test_permanent_errors_are_not_retried(tmp_path: Path) -> None:
     assert len(fake.requests) == 4
 
 
-def test_step_limit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("limit,env,spent", [
+    ("step limit (3)", {"AUTORESEARCH_LLM_STEPS": "3"}, 3000),
+    ("token limit (3500)", {"AUTORESEARCH_LLM_MAX_TOKENS": "3500"}, 4000),
+])
+def test_proposal_limits(tmp_path: Path, limit: str, env: dict[str, str], spent: int) -> None:
     repo = make_task(tmp_path / "task")
-    reading = Say("", [("list_files", {})])
-    with FakeLLM("openai", [reading] * 3 + good_edit()) as fake:
-        r = run_llm(repo, fake, trials=2, env={"AUTORESEARCH_LLM_STEPS": "3"})
+    reading = Say("", [("list_files", {})], tokens_in=1000, tokens_out=0)
+    script = [reading] * (spent // 1000) + good_edit()
+    with FakeLLM("openai", script) as fake:
+        r = run_llm(repo, fake, trials=2, env=env)
     assert r.returncode == 0, r.stderr
     t = ledger(repo)
     assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP]
-    assert "step limit (3)" in t[1].reason and t[1].tokens_in == 3000
+    assert limit in t[1].reason and t[1].tokens_in == spent
+
+
+def test_wall_time_limit(tmp_path: Path) -> None:
+    """--agent-timeout bounds a proposal whatever the server does (here: it hangs, again and again)."""
+    repo = make_task(tmp_path / "task")
+    hang = Fault("hang", seconds=6)
+    with FakeLLM("openai", [Say("", [("list_files", {})]), hang] + good_edit()) as fake:
+        r = run_llm(repo, fake, "--agent-timeout", "2.5", trials=2,
+                    env={"AUTORESEARCH_LLM_RETRIES": "10", "AUTORESEARCH_LLM_TIMEOUT": "30"})
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP], t[1].reason
+    assert "after 1 attempt" in t[1].reason and "time limit" in t[1].reason
+    assert t[1].ended - t[1].started < 5 and t[1].tokens_in == 1000
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_model_that_talks_instead_of_editing_is_nudged(tmp_path: Path, kind: str) -> None:
+    """A reply with no tool call, and a finish before any edit, get a reminder; the conversation
+    stays valid for the API (the fake refuses what the real API would)."""
+    repo = make_task(tmp_path / "task")
+    script = [Say("I would lower X."), Say("", [("finish", {"description": "nothing yet"})]), *good_edit()]
+    with FakeLLM(kind, script) as fake:
+        r = run_llm(repo, fake)
+    assert r.returncode == 0, r.stderr
+    assert fake.invalid == []
+    assert [x.status for x in ledger(repo)] == [Status.KEEP, Status.KEEP]
+    assert "No file has changed yet" in json.dumps(fake.requests[-1]["body"])
+
+
+def test_model_that_never_edits_is_an_agent_error(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", [Say("Thinking.")] * 3 + good_edit()) as fake:
+        r = run_llm(repo, fake, trials=2)
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP]
+    assert "did not change any file" in t[1].reason
 
 
 # ---------------------------------------------------------------------------

@@ -12,6 +12,8 @@ takes the next step of `script`; when the script runs out, `default` (if set) an
 - a callable taking the request's JSON and returning a step (for replies that depend on what
   the client sent, e.g. aider's edit format).
 
+Requests are checked as the real APIs check them (roles in order, every tool call answered by
+its id, nothing else in between); a bad one gets a 400 and its reason goes to `invalid`.
 Every request is kept in `requests` (path, headers, body, arrival time) for assertions about
 what was sent.
 """
@@ -54,6 +56,7 @@ class FakeLLM:
         self.default = default
         self.model = model
         self.requests: list[dict[str, Any]] = []
+        self.invalid: list[str] = []  # requests refused as malformed (400), and why
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -106,6 +109,10 @@ class FakeLLM:
                 with fake.lock:
                     fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
                                           "time": time.monotonic()})
+                problem = check_openai(body) if fake.kind == "openai" else check_anthropic(body)
+                if problem and self.path.endswith(("/chat/completions", "/messages")):
+                    fake.invalid.append(problem)
+                    return self._send(400, error_body(fake.kind, "invalid_request_error", problem))
                 step = fake.next_step(body)
                 if isinstance(step, Fault):
                     return self._fault(step)
@@ -190,3 +197,49 @@ def anthropic_reply(step: Say, model: str) -> dict[str, Any]:
             "model": model, "content": content, "stop_reason": "tool_use" if step.calls else "end_turn",
             "stop_sequence": None,
             "usage": {"input_tokens": step.tokens_in, "output_tokens": step.tokens_out}}
+
+
+def check_openai(body: dict[str, Any]) -> str:
+    """Why the real chat-completions API would refuse this request ('' if it would not)."""
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs or not body.get("model"):
+        return "messages and model are required"
+    pending: set[str] = set()
+    for i, m in enumerate(msgs):
+        role = m.get("role")
+        if role == "tool":
+            if m.get("tool_call_id") not in pending:
+                return f"messages[{i}]: a tool message must answer a preceding tool_call"
+            pending.discard(m["tool_call_id"])
+            continue
+        if pending:
+            return f"messages[{i}]: tool_calls {sorted(pending)} were not answered"
+        if role not in ("system", "user", "assistant", "developer"):
+            return f"messages[{i}]: bad role {role!r}"
+        if role == "assistant":
+            pending = {c["id"] for c in m.get("tool_calls") or []}
+    return ""
+
+
+def check_anthropic(body: dict[str, Any]) -> str:
+    """Why the real messages API would refuse this request ('' if it would not)."""
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs or not body.get("model") or not body.get("max_tokens"):
+        return "messages, model and max_tokens are required"
+    expect, pending = "user", set()
+    for i, m in enumerate(msgs):
+        if m.get("role") != expect:
+            return f"messages[{i}]: roles must alternate user/assistant, starting with user"
+        blocks = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
+        if expect == "user":
+            results = [b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"]
+            if set(results) != pending:
+                return f"messages[{i}]: tool_use ids {sorted(pending)} need tool_result blocks"
+            if results and blocks[0].get("type") != "tool_result":
+                return f"messages[{i}]: tool_result blocks must come first"
+        else:
+            pending = {b["id"] for b in blocks if b.get("type") == "tool_use"}
+            if any(b.get("type") == "text" and not b.get("text") for b in blocks):
+                return f"messages[{i}]: text content blocks must be non-empty"
+        expect = "assistant" if expect == "user" else "user"
+    return "" if expect == "assistant" else "the last message must be from the user"

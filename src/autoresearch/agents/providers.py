@@ -263,10 +263,12 @@ def call_with_retries(fn: Callable[[float], Reply], policy: RetryPolicy, deadlin
                       log: Callable[[str], None]) -> Reply:
     """Call fn(timeout) until it succeeds, a permanent error, the attempts or the deadline run out."""
     last = ""
+    tried = 0
     for attempt in range(policy.attempts):
         left = deadline - time.monotonic()
         if left <= 0.5:
             break
+        tried += 1
         try:
             return fn(min(policy.request_timeout, left))
         except Exception as e:  # noqa: BLE001 - the SDKs raise many kinds; classify sorts them
@@ -284,7 +286,7 @@ def call_with_retries(fn: Callable[[float], Reply], policy: RetryPolicy, deadlin
                 break
             log(f"[api] {last}; retry {attempt + 1}/{policy.attempts - 1} in {wait:.2f} s")
             policy.sleep(wait)
-    raise LLMError(f"the API call failed after {policy.attempts} attempt(s): {last or 'out of time'}")
+    raise LLMError(f"the API call failed after {tried} attempt(s): {last or 'no time left'}")
 
 
 # ---------------------------------------------------------------------------
