@@ -521,3 +521,70 @@ def test_real_aider_failure_is_an_agent_error_and_its_key_is_redacted(tmp_path: 
         if path.is_file():
             assert KEY not in path.read_bytes().decode("latin-1"), path
     assert KEY not in r.stdout + r.stderr
+
+
+@pytest.mark.skipif(shutil.which("claude") is None, reason="Claude Code is not installed (npm i -g @anthropic-ai/claude-code)")
+def test_real_claude_code_through_the_preset(tmp_path: Path) -> None:
+    """A real Claude Code, driven by the `claude` preset (as root: acceptEdits and file tools
+    only), talks to the fake Anthropic server: it reads exp.py, edits it with its Edit tool, and
+    the loop keeps the change; Claude Code's own token count and cost go into the ledger."""
+    import re
+
+    repo = make_task(tmp_path / "task")
+
+    def reply(body: dict) -> Say:
+        system = body.get("system") or ""
+        text = system if isinstance(system, str) else " ".join(b.get("text", "") for b in system)
+        cwd = re.search(r"Primary working directory: (\S+)", text)
+        target = f"{cwd[1] if cwd else '.'}/exp.py"
+        said = json.dumps(body.get("messages"))
+        if "tool_result" not in said:
+            return Say("", [("Read", {"file_path": target})], tokens_in=2000, tokens_out=50)
+        if "old_string" not in said:
+            return Say("", [("Edit", {"file_path": target, "old_string": "X = 3.0", "new_string": "X = 1.0"})],
+                       tokens_in=2500, tokens_out=60)
+        return Say("I edited exp.py.\nSet X to 1.0, where the loss is lowest.", tokens_in=2600, tokens_out=20)
+
+    with FakeLLM("anthropic", default=reply) as fake:
+        r = cli("run", str(repo), "--tag", "t", "--agent", "claude", "--model", "anthropic/claude-sonnet-4-5",
+                "--base-url", fake.url, "--trials", "1",
+                env={"ANTHROPIC_API_KEY": KEY, "IS_SANDBOX": "", "HOME": str(tmp_path / "home")}, timeout=240)
+        requests = list(fake.requests)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert fake.invalid == []
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.KEEP], (t[1].reason, (repo / ".autoresearch/t/agent/1.log").read_text()[-3000:])
+    assert t[1].description == "Set X to 1.0, where the loss is lowest." and t[1].agent == "claude"
+    assert t[1].tokens_in >= 7100 and t[1].tokens_out >= 130 and t[1].cost > 0
+    assert "X = 1.0" in branch_file(repo)
+    assert any("Minimise loss." in json.dumps(q["body"]) for q in requests)
+    for path in (repo / ".autoresearch").rglob("*"):
+        if path.is_file():
+            assert KEY not in path.read_bytes().decode("latin-1"), path
+
+
+HELP = {"claude": ["claude", "--help"], "codex": ["codex", "exec", "--help"], "aider": ["aider", "--help"],
+        "gemini": ["gemini", "--help"], "opencode": ["opencode", "run", "--help"]}
+
+
+@pytest.mark.parametrize("name", sorted(HELP))
+def test_preset_flags_exist_in_the_installed_tool(tmp_path: Path, name: str) -> None:
+    """Every flag a preset passes is one the installed tool knows (skipped where it is absent)."""
+    import re
+
+    from autoresearch.agents.presets import PRESETS
+
+    if shutil.which(HELP[name][0]) is None:
+        pytest.skip(f"{HELP[name][0]} is not installed")
+    out = subprocess.run(HELP[name], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "NO_COLOR": "1"})
+    help_text = out.stdout + out.stderr
+    task = load_task(make_task(tmp_path / "task"))
+    for root in (False, True):
+        os.environ["IS_SANDBOX"] = "" if root else "1"
+        try:
+            command, _, _ = PRESETS[name].command("provider/model", "http://127.0.0.1:1/v1", task)
+        finally:
+            os.environ.pop("IS_SANDBOX", None)
+        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]+|-[a-zA-Z])(?=[\s=]|$)", command):
+            assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text), f"{name}: {flag} not in its --help"

@@ -1,7 +1,8 @@
 """Fake LLM APIs for tests: real HTTP servers on 127.0.0.1 with scripted replies and faults.
 
 `FakeLLM(kind)` serves the OpenAI chat-completions API (kind="openai": POST /v1/chat/completions,
-GET /v1/models) or the Anthropic messages API (kind="anthropic": POST /v1/messages). Each request
+GET /v1/models) or the Anthropic messages API (kind="anthropic": POST /v1/messages), as JSON or,
+when the request asks for it, as a stream of server-sent events. Each request
 takes the next step of `script`; when the script runs out, `default` (if set) answers. A step is:
 
 - a `Say(text, calls, tokens_in, tokens_out)`: an assistant reply, with tool calls
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 
 @dataclass
@@ -109,14 +111,17 @@ class FakeLLM:
                 with fake.lock:
                     fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
                                           "time": time.monotonic()})
+                path = urlsplit(self.path).path
                 problem = check_openai(body) if fake.kind == "openai" else check_anthropic(body)
-                if problem and self.path.endswith(("/chat/completions", "/messages")):
+                if problem and path.endswith(("/chat/completions", "/messages")):
                     fake.invalid.append(problem)
                     return self._send(400, error_body(fake.kind, "invalid_request_error", problem))
                 step = fake.next_step(body)
                 if isinstance(step, Fault):
                     return self._fault(step)
                 if fake.kind == "anthropic":
+                    if body.get("stream"):
+                        return self._raw(200, anthropic_stream(step, fake.model), "text/event-stream")
                     return self._send(200, anthropic_reply(step, fake.model))
                 if body.get("stream"):
                     return self._stream(step, fake.model)
@@ -228,6 +233,8 @@ def check_anthropic(body: dict[str, Any]) -> str:
         return "messages, model and max_tokens are required"
     expect, pending = "user", set()
     for i, m in enumerate(msgs):
+        if m.get("role") == "system":  # Claude Code interleaves system notes; they do not count
+            continue
         if m.get("role") != expect:
             return f"messages[{i}]: roles must alternate user/assistant, starting with user"
         blocks = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
@@ -243,3 +250,25 @@ def check_anthropic(body: dict[str, Any]) -> str:
                 return f"messages[{i}]: text content blocks must be non-empty"
         expect = "assistant" if expect == "user" else "user"
     return "" if expect == "assistant" else "the last message must be from the user"
+
+
+def anthropic_stream(step: Say, model: str) -> bytes:
+    """The reply as the messages API streams it (server-sent events)."""
+    msg = anthropic_reply(step, model)
+    events: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": {
+        **msg, "content": [], "stop_reason": None,
+        "usage": {"input_tokens": step.tokens_in, "output_tokens": 1}}})]
+    for i, block in enumerate(msg["content"]):
+        if block["type"] == "text":
+            start, delta = {"type": "text", "text": ""}, {"type": "text_delta", "text": block["text"]}
+        else:
+            start = {**block, "input": {}}
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+        events += [("content_block_start", {"type": "content_block_start", "index": i, "content_block": start}),
+                   ("content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta}),
+                   ("content_block_stop", {"type": "content_block_stop", "index": i})]
+    events += [("message_delta", {"type": "message_delta", "delta": {"stop_reason": msg["stop_reason"],
+                                                                    "stop_sequence": None},
+                                  "usage": {"output_tokens": step.tokens_out}}),
+               ("message_stop", {"type": "message_stop"})]
+    return b"".join(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events)
