@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -405,13 +404,18 @@ def test_hybrid_shares_trials_and_both_see_all(tmp_path: Path) -> None:
 
 
 def test_agents_lists_everything() -> None:
-    r = cli("agents")
+    r = cli("agents", env={"OPENAI_API_KEY": ""})
     assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines()
+            if line and not line.startswith(" ") and len(line.split()) > 1}
     for name in ["search", "llm", "hybrid", "cli", "claude", "codex", "aider", "gemini", "opencode"]:
-        assert any(line.startswith(name + " ") for line in r.stdout.splitlines()), name
-    assert "OPENAI_API_KEY" in r.stdout and "ANTHROPIC_API_KEY" in r.stdout
-    aider_line = next(line for line in r.stdout.splitlines() if line.startswith("aider "))
-    assert aider_line.rstrip().endswith("not on PATH") == (shutil.which("aider") is None)
+        assert name in rows, name
+    for tool in ["claude", "codex", "aider", "gemini", "opencode"]:
+        assert rows[tool] == ("yes" if shutil.which(tool) else "no"), tool
+    assert rows["search"] == "yes" and rows["cli"] == "yes"
+    assert "OPENAI_API_KEY (not set)" in r.stdout and "ANTHROPIC_API_KEY" in r.stdout
+    with_key = cli("agents", env={"OPENAI_API_KEY": KEY})
+    assert "OPENAI_API_KEY (set)" in with_key.stdout and KEY not in with_key.stdout
     assert "--dangerously-skip-permissions" in r.stdout or "acceptEdits" in r.stdout
 
 

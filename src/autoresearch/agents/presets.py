@@ -292,47 +292,47 @@ def _have_module(name: str) -> bool:
 
 def _keys(names: tuple[str, ...]) -> str:
     found = [k for k in names if os.environ.get(k)]
-    return ("key: " + ", ".join(found)) if found else "no key set"
+    return ("set: " + ", ".join(found)) if found else "none set"
 
 
 def agents_text() -> str:
+    """What `autoresearch agents` prints: every agent and preset, what it needs, whether it is here."""
     from autoresearch.agents.providers import PROVIDERS
 
-    rows: list[tuple[str, str, str, str]] = []
     search_ok = _have_module("optuna") and _have_module("autoresearch.agents.search")
     sdks = [m for m in ("openai", "anthropic") if _have_module(m)]
     keys = [p.key_env for p in PROVIDERS.values() if p.key_env and os.environ.get(p.key_env)]
-    llm_ok = bool(sdks)
-    rows.append(("search", "built-in: Optuna over the UPPER_CASE constants (no LLM)", "optuna",
-                 "yes" if search_ok else "no: the search agent or optuna is missing"))
-    rows.append(("llm", "built-in tool-using agent over an LLM API",
-                 "--model PROVIDER/NAME, the SDK, the provider's key",
-                 (f"SDKs: {', '.join(sdks) or 'none'}; keys set: {', '.join(keys) or 'none'}") if llm_ok
-                 else "no: pip install 'autoresearch[llm]'"))
-    rows.append(("hybrid", "search on constants + llm on structure (--llm-share)", "as search and llm",
-                 "yes" if search_ok and llm_ok else "no: needs both search and llm"))
-    rows.append(("cli", "any coding-agent command, once per trial", "--agent-cmd '... {prompt_file} ...'", "yes"))
+    rows: list[tuple[str, bool, str, str]] = [
+        ("search", search_ok, "built-in: Optuna over the UPPER_CASE numeric constants, no LLM",
+         "optuna" + ("" if search_ok else " and the search agent (missing here)")),
+        ("llm", bool(sdks), "built-in tool-using agent over an LLM API",
+         f"--model PROVIDER/NAME and that provider's key (keys set: {', '.join(keys) or 'none'}); "
+         + (f"SDKs here: {', '.join(sdks)}" if sdks else "pip install 'autoresearch[llm]'")),
+        ("hybrid", search_ok and bool(sdks), "search on the constants + llm on structure (--llm-share)",
+         "as search and llm"),
+        ("cli", True, "any coding-agent command, once per trial", "--agent-cmd '... {prompt_file} ...'"),
+    ]
     for p in PRESETS.values():
-        where = shutil.which(p.binary)
-        status = (f"yes ({_keys(p.keys)}, or {p.login})" if where else f"no: `{p.binary}` not on PATH")
-        rows.append((p.name, p.what, f"`{p.binary}`; {' or '.join(p.keys)} or {p.login}", status))
-    w = [max(len(r[i]) for r in rows) for i in range(3)]
-    out = [f"{'agent':<{w[0]}}  {'what':<{w[1]}}  {'needs':<{w[2]}}  here"]
-    out += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}}  {d}" for a, b, c, d in rows]
+        here = shutil.which(p.binary) is not None
+        rows.append((p.name, here, p.what, f"`{p.binary}` on PATH{'' if here else ' (not found)'}; "
+                     f"{' or '.join(p.keys)} ({_keys(p.keys)}) or {p.login}"))
+    w = max(len(r[0]) for r in rows)
+    out = [f"{'agent':<{w}}  here  what (and what it needs)"]
+    for name, ok, what, needs in rows:
+        out += [f"{name:<{w}}  {'yes' if ok else 'no':<4}  {what}", f"{'':<{w}}        needs: {needs}"]
     out += ["", "LLM providers for --model PROVIDER/NAME (llm, hybrid):"]
     for name, prov in PROVIDERS.items():
-        need = prov.key_env or "no key (local server)"
-        state = "" if not prov.key_env else ("  set" if os.environ.get(prov.key_env) else "  not set")
-        out.append(f"  {name:<10} {prov.sdk:<9} {need}{state}"
-                   + (f"  default URL {prov.base_url}" if prov.base_url else ""))
+        key = (f"{prov.key_env} ({'set' if os.environ.get(prov.key_env) else 'not set'})" if prov.key_env
+               else "no key (a local server)")
+        out.append(f"  {name:<10} {key:<28} {prov.base_url or ''}")
     out += ["", "Preset commands (copy one into --agent cli --agent-cmd '...' to adjust it):"]
     for p in PRESETS.values():
         cmd, env, note = p.command("PROVIDER/MODEL" if p.name in ("aider", "opencode") else "MODEL", None, None)
         prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        out.append(f"  {p.name:<9} {(prefix + ' ') if prefix else ''}{cmd}")
+        out.append(f"  {p.name}: {(prefix + ' ') if prefix else ''}{cmd}")
         if note:
-            out.append(f"  {'':<9} ({note})")
-    out += ["", "Keys are read from the environment only and never written to the ledger, logs or reports."]
+            out.append(f"    note: {note}")
+    out += ["", "Keys are read from the environment only, and never written to the ledger, logs or reports."]
     return "\n".join(out)
 
 
