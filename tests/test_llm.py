@@ -153,6 +153,11 @@ def test_holdout_is_sealed_from_logs(tmp_path: Path) -> None:
     tools = Tools(dataclasses.replace(ctx, task=task))
     out = tools.call("read_log", {"trial": 0})
     assert "loss: 6.0" in out and "test_loss" not in out and "1.5" not in out
+    crashed = Trial(number=1, status=Status.CRASH, description="bigger model",
+                    reason="the evaluator failed: test_loss: 1.5 then nan")
+    tools = Tools(dataclasses.replace(ctx, task=task, history=(ctx.best, crashed)))
+    out = tools.call("read_history", {})
+    assert "#1 crash" in out and "bigger model" in out and "1.5" not in out
 
 
 def test_forbidden_tool_calls_do_not_stop_the_trial(tmp_path: Path) -> None:

@@ -19,10 +19,9 @@ Guarantees:
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +39,7 @@ from autoresearch.agents.providers import (
     redact,
     resolve,
 )
-from autoresearch.agents.tools import SPECS, Tools, cut
+from autoresearch.agents.tools import SPECS, Tools, cut, sealed
 from autoresearch.errors import UsageError
 from autoresearch.prompt import build_prompt, history_lines
 from autoresearch.records import Status, Trial
@@ -93,13 +92,6 @@ class Spend:
 
 # ---------------------------------------------------------------------------
 # memory: what the model is shown
-
-
-def sealed(text: str, holdout: str | None) -> str:
-    """The holdout figure's values blanked out of a text (e.g. a crash reason)."""
-    if not holdout:
-        return text
-    return re.sub(rf"(?i)({re.escape(holdout)}\s*[:=]?\s*)[-+0-9.eE]+(?:nan|inf)?", r"\1[sealed]", text)
 
 
 def condensed_history(trials: tuple[Trial, ...] | list[Trial], metric: str, budget: int) -> list[str]:
@@ -195,62 +187,65 @@ class LLMAgent(BaseAgent):
         seconds = ctx.time_limit or self.limits.seconds
         deadline = time.monotonic() + seconds
         spend = Spend()
-        tools = Tools(ctx)
-        messages: list[dict[str, Any]] = [{"role": "user", "content": first_message(ctx, self.limits.context_chars, self.role)}]
         log = self._logger(ctx)
         log(f"# trial {ctx.number}: {self.endpoint.label} via {self.endpoint.base_url or self.endpoint.provider}"
             f" (limits: {self.limits.steps} steps, {self.limits.tokens} tokens, {seconds:g} s)")
         if self.price is None:
             log(f"[cost] no price known for {self.endpoint.name}: cost recorded as 0 (set AUTORESEARCH_PRICES)")
-        log("## prompt\n" + messages[0]["content"])
-        nudges = 0
         try:
-            for step in range(1, self.limits.steps + 1):
-                elide(messages, self.limits.context_chars)
-                reply = call_with_retries(
-                    lambda timeout: self.chat.complete(SYSTEM, messages, SPECS, self.limits.reply_tokens, timeout),
-                    self.policy, deadline, log)
-                spend.add(reply, self.price)
-                log(f"## step {step} (tokens in {reply.tokens_in}, out {reply.tokens_out}; "
-                    f"total ${spend.cost:.4f})" + (f"\n{reply.text}" if reply.text else ""))
-                messages.append({"role": "assistant", "content": reply.text, "tool_calls": reply.tool_calls})
-                if reply.tool_calls:
-                    messages.append({"role": "tool", "results": [self._run(tools, c, log) for c in reply.tool_calls]})
-                if tools.finished is not None and (tools.changed or nudges >= 2):
-                    return self._proposal(tools.finished, spend)
-                if tools.finished is not None or not reply.tool_calls:
-                    if tools.changed and not reply.tool_calls:
-                        return self._proposal(last_line(reply.text) or "(no description)", spend)
-                    nudges += 1
-                    if nudges > 2:
-                        raise AgentError("the model did not change any file")
-                    tools.finished = None
-                    messages.append({"role": "user", "content": "No file has changed yet. Use "
-                                     "edit_file or write_file to make your change, then call finish."})
-                if spend.tokens_in + spend.tokens_out >= self.limits.tokens:
-                    raise AgentError(f"the token limit ({self.limits.tokens}) was reached before finish")
-                if time.monotonic() >= deadline:
-                    raise AgentError(f"the time limit ({seconds:g} s) was reached before finish")
-            raise AgentError(f"the step limit ({self.limits.steps}) was reached before finish")
+            description = self._converse(ctx, spend, deadline, log)
         except (AgentError, LLMError) as e:
             message = redact(str(e))
             log(f"## failed: {message}")
             raise AgentError(message, model=self.endpoint.label, tokens_in=spend.tokens_in,
                              tokens_out=spend.tokens_out, cost=spend.cost) from None
+        extra = {} if self.price is not None else {"price": "unknown"}
+        return Proposal(description=description, model=self.endpoint.label, tokens_in=spend.tokens_in,
+                        tokens_out=spend.tokens_out, cost=spend.cost, extra=extra)
 
-    def _run(self, tools: Tools, call: Any, log: Any) -> dict[str, str]:
+    def _converse(self, ctx: Context, spend: Spend, deadline: float, log: Callable[[str], None]) -> str:
+        """Model calls and tool runs until the model finishes; returns the description."""
+        tools = Tools(ctx)
+        messages: list[dict[str, Any]] = [
+            {"role": "user", "content": first_message(ctx, self.limits.context_chars, self.role)}]
+        log("## prompt\n" + messages[0]["content"])
+        nudges = 0
+        for step in range(1, self.limits.steps + 1):
+            elide(messages, self.limits.context_chars)
+            reply = call_with_retries(
+                lambda timeout: self.chat.complete(SYSTEM, messages, SPECS, self.limits.reply_tokens, timeout),
+                self.policy, deadline, log)
+            spend.add(reply, self.price)
+            log(f"## step {step} (tokens in {reply.tokens_in}, out {reply.tokens_out}; "
+                f"total ${spend.cost:.4f})" + (f"\n{reply.text}" if reply.text else ""))
+            messages.append({"role": "assistant", "content": reply.text, "tool_calls": reply.tool_calls})
+            if reply.tool_calls:
+                messages.append({"role": "tool", "results": [self._run(tools, c, log) for c in reply.tool_calls]})
+            if tools.finished is not None and (tools.changed or nudges >= 2):
+                return tools.finished
+            if tools.changed and not reply.tool_calls:  # it edited, then said what it did
+                return last_line(reply.text) or "(no description)"
+            if tools.finished is not None or not reply.tool_calls:  # talk, or finish, with no edit
+                nudges += 1
+                if nudges > 2:
+                    raise AgentError("the model did not change any file")
+                tools.finished = None
+                messages.append({"role": "user", "content": "No file has changed yet. Use "
+                                 "edit_file or write_file to make your change, then call finish."})
+            if spend.tokens_in + spend.tokens_out >= self.limits.tokens:
+                raise AgentError(f"the token limit ({self.limits.tokens}) was reached before finish")
+            if time.monotonic() >= deadline:
+                raise AgentError("the time limit was reached before finish")
+        raise AgentError(f"the step limit ({self.limits.steps}) was reached before finish")
+
+    def _run(self, tools: Tools, call: Any, log: Callable[[str], None]) -> dict[str, str]:
         out = f"error: {call.error}" if call.error else tools.call(call.name, call.arguments)
         shown = ", ".join(f"{k}={cut(str(v), 300)!r}" for k, v in call.arguments.items())
         log(f"-> {call.name}({shown})\n{cut(out, 2000)}")
         return {"id": call.id, "content": out}
 
-    def _proposal(self, description: str, spend: Spend) -> Proposal:
-        extra = {} if self.price is not None else {"price": "unknown"}
-        return Proposal(description=description, model=self.endpoint.label, tokens_in=spend.tokens_in,
-                        tokens_out=spend.tokens_out, cost=spend.cost, extra=extra)
-
     @staticmethod
-    def _logger(ctx: Context):  # noqa: ANN205
+    def _logger(ctx: Context) -> Callable[[str], None]:
         def log(text: str) -> None:
             ctx.log(redact(text))
         return log

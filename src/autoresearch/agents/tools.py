@@ -70,8 +70,15 @@ def cut(text: str, limit: int = MAX_OUTPUT) -> str:
     return text[:limit] + f"\n[... {len(text) - limit} more characters cut; ask for a narrower range]"
 
 
+def sealed(text: str, holdout: str | None) -> str:
+    """The holdout figure's values blanked out of a text (e.g. a crash reason in the history)."""
+    if not holdout:
+        return text
+    return re.sub(rf"(?i)({re.escape(holdout)}\s*[:=]?\s*)[-+0-9.eE]+(?:nan|inf)?", r"\1[sealed]", text)
+
+
 def seal(text: str, holdout: str | None) -> str:
-    """Remove every line that mentions the sealed holdout figure."""
+    """Remove every line that mentions the sealed holdout figure (for logs)."""
     if not holdout:
         return text
     pat = re.compile(re.escape(holdout), re.IGNORECASE)
@@ -214,7 +221,7 @@ class Tools:
         if last:
             trials = trials[-int(last):]
         lines = history_lines(trials, self.ctx.task.metric.name, limit_chars=MAX_OUTPUT)
-        return seal("\n".join(lines), self.holdout) or "no finished trials yet"
+        return sealed("\n".join(lines), self.holdout) or "no finished trials yet"
 
     def read_log(self, trial: int, lines: int = 60) -> str:
         n = int(trial)
