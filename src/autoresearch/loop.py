@@ -172,7 +172,8 @@ class Loop:
                         extra=dict(proposal.extra))
         except AgentError as e:
             error = clean_text(str(e), 500) or "agent error"
-            t = t.with_(description=f"agent error: {error}"[:200])
+            t = t.with_(description=f"agent error: {error}"[:200], model=e.model,
+                        tokens_in=e.tokens_in, tokens_out=e.tokens_out, cost=e.cost)
         except Exception as e:  # a bug in an agent must not kill a two-day loop
             import traceback
 
