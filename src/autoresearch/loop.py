@@ -8,6 +8,7 @@ ledger says keep (a kill in between is repaired on resume); the user's checkout 
 
 from __future__ import annotations
 
+import re
 import shutil
 import statistics
 import threading
@@ -50,11 +51,14 @@ class Measurement:
 
 
 def visible(trial: Trial, holdout: str | None) -> Trial:
-    """The trial as an agent may see it: the sealed holdout figure removed."""
+    """The trial as an agent may see it: the sealed holdout figure removed, also from the
+    reason (which can quote an evaluator's output)."""
     if not holdout:
         return trial
+    sealed = re.compile(rf"{re.escape(holdout)}\s*[:=]\s*\S+")
     return trial.with_(figures={k: v for k, v in trial.figures.items() if k != holdout},
-                       repeats=[{k: v for k, v in r.items() if k != holdout} for r in trial.repeats])
+                       repeats=[{k: v for k, v in r.items() if k != holdout} for r in trial.repeats],
+                       reason=sealed.sub(f"{holdout}: [sealed]", trial.reason))
 
 
 class Loop:
