@@ -4,16 +4,22 @@ The command template may use {prompt_file}, {description_file}, {workdir} and {t
 shell-quoted. The environment carries AUTORESEARCH_PROMPT_FILE, AUTORESEARCH_TRIAL and
 AUTORESEARCH_DESCRIPTION_FILE. The description is the description file's content if the agent
 wrote one, else the last non-empty line of its output, cut to 200 characters.
+
+When the task has a sealed holdout, the command runs under bubblewrap with every ledger folder
+hidden but its worktree, its prompt folder and the agent-visible logs (sandbox.seal_agent);
+without a working bwrap it runs as it is and a warning says the holdout is not sealed.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import sys
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
-from autoresearch.prompt import build_prompt
 from autoresearch.process import last_lines, read_tail, run_command
+from autoresearch.prompt import build_prompt
+from autoresearch.sandbox import seal_agent
 
 DEFAULT_TIMEOUT = 1800.0
 
@@ -38,6 +44,7 @@ class CommandAgent(BaseAgent):
         self.timeout = timeout
         self.name = name
         self.extra_env = env or {}
+        self._warned = False
 
     def propose(self, ctx: Context) -> Proposal:
         prompt_file = ctx.log_path.with_suffix(".prompt.md")
@@ -56,7 +63,12 @@ class CommandAgent(BaseAgent):
                "AUTORESEARCH_DESCRIPTION_FILE": str(desc_file)}
         timeout = min(self.timeout, ctx.time_limit or self.timeout)
         ctx.log(f"$ {command}")
-        result = run_command(command, ctx.workdir, env, timeout, ctx.log_path, append=True,
+        prefix, warning = seal_agent(ctx.task, ctx.workdir, ctx.ledger_dir, prompt_file.parent)
+        if warning and not self._warned:
+            self._warned = True
+            print(f"autoresearch: {warning}", file=sys.stderr, flush=True)
+        argv: str | list[str] = [*prefix, "/bin/bash", "-c", command] if prefix else command
+        result = run_command(argv, ctx.workdir, env, timeout, ctx.log_path, append=True,
                              owner=f"agent:{ctx.ledger_dir}:{ctx.number}")
         output = read_tail(ctx.log_path)
         if result.timed_out:
