@@ -30,10 +30,9 @@ from autoresearch.task import Task
 MAX_FLAGS = 20
 SPLIT = re.compile(r"(?i)(?:^|[^a-z])(val|valid|validation|test|tests|holdout|heldout|eval)(?:[^a-z]|$)")
 STRING = re.compile(r"""(?:[rbfu]{0,2})("[^"\n]*"|'[^'\n]*')""", re.IGNORECASE)
-IO = re.compile(r"\b(open|load|loads|loadtxt|fromfile|memmap|read_parquet|read_csv|read_json|"
-                r"read_text|read_bytes|Path|glob|iglob|listdir|scandir|iterdir|walk|ParquetFile|"
-                r"load_dataset|load_from_disk|dataloader|DataLoader|get_batch|make_dataloader|"
-                r"iter_batches)\b|\bsplit\s*=")
+IO = re.compile(r"\b\w*(open|load|loader|read|batch|batches|data|dataset|shard|shards|split|"
+                r"memmap|fromfile|glob|listdir|scandir|iterdir|walk|Path|ParquetFile)\w*\s*\(|"
+                r"\bsplit\s*=", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

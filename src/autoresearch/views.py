@@ -71,10 +71,10 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
         lines.append(noise)
     if best is not None:
         base = trials[0] if trials else None
-        held = f", {holdout} = {with_spread(best, holdout, best.figures.get(holdout))}" if holdout else ""
+        sealed = f", {holdout} = {with_spread(best, holdout, best.figures.get(holdout))}" if holdout else ""
         lines.append(f"best: trial {best.number} ({best.short}) {metric} = "
                      f"{with_spread(best, metric, best.metric)}{gain_text(best, base, goal == 'minimize')}"
-                     f"{held} — {best.description}")
+                     f"{sealed} — {best.description}")
     flagged = [t.number for t in trials if t.flags]
     if flagged:
         lines.append(f"audit: trial{'s' if len(flagged) > 1 else ''} {', '.join(map(str, flagged))} "
