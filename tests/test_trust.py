@@ -153,8 +153,11 @@ print(f"loss: {loss}")
 
 
 def eval_task(tmp_path: Path, experiment: str = EXPERIMENT, evaluator: str = EVALUATOR,
-              extra: str = "") -> Path:
-    return make_task(tmp_path / "task", experiment=experiment, toml_extra=extra + EVAL_TASK,
+              holdout: bool = True) -> Path:
+    """A task whose evaluator prints the loss and a holdout (read as one unless `holdout` is
+    False: then nothing is sealed and the ledger is not hidden from the experiment)."""
+    toml = EVAL_TASK if holdout else EVAL_TASK.replace('holdout = "test_loss"\n', "")
+    return make_task(tmp_path / "task", experiment=experiment, toml_extra=toml,
                      files={"prepare.py": evaluator})
 
 
@@ -252,6 +255,40 @@ def test_a_cli_agent_cannot_read_the_holdout(tmp_path: Path) -> None:
             assert s.encode() not in dumps, s  # ...where the agent looked
 
 
+EXFILTRATE = """\
+cat >> exp.py <<'EOF'
+# print every sealed thing this code can reach, for the agent to read in the log
+import glob
+for path in ["../../ledger.sqlite", "../../ledger.sqlite-wal", *glob.glob("../../sealed/*"),
+             *glob.glob("../../runs/*/*"), *glob.glob("/proc/[0-9]*/root" + os.getcwd() + "/../../sealed/*")]:
+    try:
+        print(path, open(path, "rb").read().decode("latin-1"))
+    except OSError as e:
+        print(path, "refused:", e)
+EOF
+sed -i "s/^X = .*/X = $((3 - AUTORESEARCH_TRIAL)).0/" exp.py
+echo "read the ledger"
+"""
+
+
+def test_code_an_agent_writes_cannot_read_the_holdout_either(tmp_path: Path) -> None:
+    """Without --sandbox too, a task with a holdout runs its experiments with the ledger hidden
+    (where bubblewrap works), so the experiment cannot print the holdout into its log."""
+    from autoresearch import sandbox
+
+    if sandbox.problem():
+        pytest.skip(f"the seal needs bubblewrap: {sandbox.problem()}")
+    root = eval_task(tmp_path)
+    run(root, script_agent(tmp_path / "agent.sh", EXFILTRATE), 2)
+    ts = trials(root)
+    assert [t.status for t in ts] == [Status.KEEP] * 3
+    logs = "\n".join(p.read_text() for p in (root / ".autoresearch" / "t" / "logs").iterdir())
+    assert "../../ledger.sqlite refused" in logs
+    for t in ts:
+        for s in holdout_strings(t):
+            assert s not in logs, s
+
+
 # ---------------------------------------------------------------------------
 # the evaluator is the only source of the figures of record
 
@@ -293,8 +330,16 @@ if os.path.exists(os.path.join(run, "result.json")):
     assert t.status is Status.CRASH and "metrics.json was not written" in t.reason
 
 
-def test_an_experiment_that_changes_a_protected_file_is_rejected(tmp_path: Path) -> None:
-    root = eval_task(tmp_path)
+@pytest.mark.parametrize("holdout", [False, True], ids=["hash-check", "sealed"])
+def test_an_experiment_that_changes_a_protected_file_is_rejected(tmp_path: Path, holdout: bool) -> None:
+    """Unsealed, the file is read-only by mode (root ignores that) and hash-checked after the
+    run: rejected. Sealed (a task with a holdout, where bwrap works), the file is bound
+    read-only: the write itself fails, and the run with it."""
+    from autoresearch import sandbox
+
+    if holdout and sandbox.problem():
+        pytest.skip(f"the seal needs bubblewrap: {sandbox.problem()}")
+    root = eval_task(tmp_path, holdout=holdout)
     agent = script_agent(tmp_path / "agent.sh", """\
         cat >> exp.py <<'EOF'
         os.chmod("prepare.py", 0o644)
@@ -305,8 +350,12 @@ def test_an_experiment_that_changes_a_protected_file_is_rejected(tmp_path: Path)
         """)
     run(root, agent, 1)
     t = trials(root)[1]
-    assert t.status is Status.REJECTED and "prepare.py" in t.reason
+    if holdout:
+        assert t.status is Status.CRASH and "Read-only file system" in t.reason, t.reason
+    else:
+        assert t.status is Status.REJECTED and "changed protected file(s): prepare.py" in t.reason
     assert "loss: -100" not in (root / "prepare.py").read_text()
+    assert t.metric is None
 
 
 SHADOW = '''\
@@ -335,7 +384,9 @@ SLOW_EVALUATOR = "import time\ntime.sleep(1.5)\n" + EVALUATOR
 
 @pytest.mark.parametrize("trick", [SHADOW, DAEMON], ids=["shadow-module", "daemon"])
 def test_files_the_run_leaves_cannot_reach_the_evaluator(tmp_path: Path, trick: str) -> None:
-    root = eval_task(tmp_path, evaluator=SLOW_EVALUATOR)
+    """Unsealed (no holdout): the tree is restored before the evaluator, and what the run left
+    running is killed first."""
+    root = eval_task(tmp_path, evaluator=SLOW_EVALUATOR, holdout=False)
     agent = script_agent(tmp_path / "agent.sh", "sed -i 's/^X = .*/X = 2.5/' exp.py\n" + trick)
     run(root, agent, 1)
     t = trials(root)[1]

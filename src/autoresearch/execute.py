@@ -8,8 +8,9 @@ restored to the trial's commit (`restore`) and the protected files re-checked, w
 file the experiment wrote removed, so neither the experiment's prints nor its changes to files
 can reach the figures of record. The evaluator's whole output goes to `eval_log` (sealed: never
 shown to an agent); the experiment's log gets a copy with the holdout's lines redacted.
-With `sandbox`, both commands run under bubblewrap (see sandbox.py), built here from the
-spec's own paths so that it holds wherever the trial runs.
+With `sandbox`, both commands run under bubblewrap (see sandbox.py); with `seal` (a task with
+a holdout) they run with the ledger hidden where bwrap works. Both are built here from the
+spec's own paths so that they hold wherever the trial runs.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ExecSpec:
     owner: str = ""
     wrap: list[str] | None = None  # a fixed prefix (argv) for both commands
     sandbox: bool = False  # run both commands under bubblewrap (sandbox.experiment_prefix)
+    seal: bool = False  # else hide the `hidden` folders from both where bwrap works (sandbox.seal_prefix)
     hidden: tuple[Path, ...] = ()  # folders the sandbox hides (the ledgers)
     readable: tuple[Path, ...] = ()  # folders the sandbox keeps readable under /tmp or hidden ones
     holdout: str | None = None  # the sealed figure: its lines never reach log_path
@@ -87,14 +89,19 @@ def python_shim(directory: Path) -> Path:
 
 
 def _wrapped(spec: ExecSpec, command: str) -> str | list[str]:
+    from autoresearch import sandbox
+
     prefix = spec.wrap
     if spec.sandbox:
-        from autoresearch import sandbox
-
         prefix = sandbox.experiment_prefix(
             spec.workdir, spec.run_dir, hidden=spec.hidden,
             readable=[*spec.readable, *sandbox.python_paths(spec.env)],
             protected=list(spec.protected), bwrap=sandbox.require())
+    elif spec.seal and sandbox.problem() is None:
+        prefix = sandbox.seal_prefix(
+            spec.workdir, hidden=spec.hidden, writable=[spec.run_dir],
+            readable=[p for p in spec.readable if any(h in p.parents for h in spec.hidden)]
+            + [spec.workdir / p for p in spec.protected], bwrap=sandbox.bwrap_path() or "bwrap")
     return [*prefix, "/bin/bash", "-c", command] if prefix else command
 
 

@@ -68,10 +68,12 @@ class Loop:
         self.cancel = threading.Event()
         self.bin_dir = python_shim(session.dir.parent / "bin")
         self.gitguard = guard.GitGuard(session.git.common_dir)
-        if self.opt.sandbox:  # built per trial in execute(); here only: can it be built?
-            from autoresearch.sandbox import require
+        from autoresearch.sandbox import require, seal_warning
 
+        if self.opt.sandbox:  # built per trial in execute(); here only: can it be built?
             require()
+        elif seal_warning(self.task):
+            self.events.message(seal_warning(self.task))
         self.trees: dict[str, int] = {}
         self.best: Trial | None = session.ledger.best()
         self.baseline: Trial | None = session.ledger.get(0)
@@ -271,6 +273,7 @@ class Loop:
             log_path=self._log(n, suffix), command=self.task.command,
             timeout=self.task.timeout, env=self._env(n, seed), protected=self.protected,
             evaluate=self.task.evaluate, owner=f"{self.s.owner}:{n}", sandbox=self.opt.sandbox,
+            seal=bool(self.task.metric.holdout),
             hidden=(self.s.dir.parent,), readable=(self.task.root, self.bin_dir),
             holdout=self.task.metric.holdout, eval_file=self.task.metric.file,
             eval_log=self.s.dir / "sealed" / f"{n}{suffix}.eval.log",

@@ -1,5 +1,4 @@
-"""Bubblewrap sandboxes: one for experiments (`--sandbox`), one that seals the ledger from
-CLI agents.
+"""Bubblewrap wrappers: the experiment sandbox (`--sandbox`) and the seal of the ledger.
 
 The experiment sandbox (`experiment_prefix`) gives a command no network (its own network
 namespace: only a loopback nobody listens on), no capabilities (root included: a root process
@@ -15,11 +14,17 @@ the filesystem:
   worktree read-only even to root;
 - /proc of its own, a minimal /dev, and the GPU device nodes (/dev/nvidia*) when present.
 
-The agent seal (`agent_prefix`) keeps an agent's ordinary world (network, home, /tmp, devices)
-and hides only the ledger folders, except its worktree, its own prompt folder (writable) and
-the agent-visible logs and results.tsv (read-only).
+The seal (`seal_prefix`) keeps a process's ordinary world (network, home, /tmp, devices) and
+takes only the ledger folders out of its sight, but for the folders it works in. It is what
+makes the holdout sealed: when a task has one, every process an agent controls runs sealed
+while bubblewrap works here: the CLI agent itself (`seal_agent`: its worktree, its prompt
+folder, and the agent-visible logs and results.tsv stay) and the experiment and evaluator
+(execute.py: the worktree and run folder stay), so that code an agent wrote cannot read the
+holdout and print it where the agent will look. Both also get their own PID namespace and no
+capabilities.
 
-Both need a working `bwrap`; `require()` says clearly why not (exit 2).
+Both need a working `bwrap`; `require()` says clearly why not (exit 2 for `--sandbox`);
+`seal_warning()` says when a holdout cannot be sealed here.
 """
 
 from __future__ import annotations
@@ -154,18 +159,18 @@ def experiment_prefix(workdir: Path, run_dir: Path, *, hidden: Iterable[Path] = 
 
 
 # ---------------------------------------------------------------------------
-# the agent seal
+# the seal
 
 
-def agent_prefix(workdir: Path, *, hidden: Iterable[Path], writable: Iterable[Path] = (),
-                 readable: Iterable[Path] = (), bwrap: str = "bwrap") -> list[str]:
-    """The argv prefix that runs an agent with the `hidden` folders out of its sight, except
+def seal_prefix(workdir: Path, *, hidden: Iterable[Path], writable: Iterable[Path] = (),
+                readable: Iterable[Path] = (), bwrap: str = "bwrap") -> list[str]:
+    """The argv prefix that runs a command with the `hidden` folders out of its sight, except
     its worktree and `writable` folders (read-write) and `readable` paths (read-only)."""
     workdir = workdir.resolve()
     hidden = [h.resolve() for h in hidden]
     ops: list[tuple[Path, str]] = [(h, "--tmpfs") for h in hidden]
-    ops += [(p.resolve(), "--ro-bind") for p in readable if p.exists()]
     ops += [(workdir, "--bind")] + [(p.resolve(), "--bind") for p in writable if p.exists()]
+    ops += [(p.resolve(), "--ro-bind") for p in readable if p.exists()]
     argv = [bwrap, "--die-with-parent", "--unshare-pid", "--cap-drop", "ALL",
             "--bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc"]
     argv += _mounts(ops)
@@ -174,16 +179,19 @@ def agent_prefix(workdir: Path, *, hidden: Iterable[Path], writable: Iterable[Pa
     return argv + ["--chdir", str(workdir)]
 
 
-def seal_agent(task: object, workdir: Path, ledger_dir: Path, own_dir: Path) -> tuple[list[str], str]:
-    """(prefix, warning) for running a CLI agent of `task`: the prefix hides every ledger from
-    it when the task has a holdout to seal and bubblewrap works; otherwise the prefix is empty
-    and the warning says why the holdout is not sealed ('' when there is nothing to seal)."""
-    if not task.metric.holdout:  # type: ignore[attr-defined]
-        return [], ""
-    why = problem()
-    if why:
-        return [], (f"warning: the holdout is not sealed from this agent process ({why}); "
-                    f"it could read {ledger_dir}")
-    return agent_prefix(workdir, hidden=[ledger_dir.parent], writable=[own_dir],
-                        readable=[ledger_dir / "logs", ledger_dir / "results.tsv"],
-                        bwrap=bwrap_path() or "bwrap"), ""
+def seal_agent(task: object, workdir: Path, ledger_dir: Path, own_dir: Path) -> list[str]:
+    """The prefix for a CLI agent of `task`: every ledger hidden from it but its worktree, its
+    own prompt folder and the agent-visible logs and results.tsv. Empty when the task has no
+    holdout to seal or bubblewrap cannot run here (see `seal_warning`)."""
+    if not task.metric.holdout or problem():  # type: ignore[attr-defined]
+        return []
+    return seal_prefix(workdir, hidden=[ledger_dir.parent], writable=[own_dir],
+                       readable=[ledger_dir / "logs", ledger_dir / "results.tsv"],
+                       bwrap=bwrap_path() or "bwrap")
+
+
+def seal_warning(task: object) -> str:
+    """Why `task`'s holdout cannot be sealed here ('' when it can, or there is none)."""
+    why = problem() if task.metric.holdout else None  # type: ignore[attr-defined]
+    return (f"warning: the holdout is not sealed: agents and the code they write could read "
+            f"the ledger ({why})") if why else ""

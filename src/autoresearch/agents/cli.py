@@ -7,14 +7,13 @@ wrote one, else the last non-empty line of its output, cut to 200 characters.
 
 When the task has a sealed holdout, the command runs under bubblewrap with every ledger folder
 hidden but its worktree, its prompt folder and the agent-visible logs (sandbox.seal_agent);
-without a working bwrap it runs as it is and a warning says the holdout is not sealed.
+without a working bwrap it runs as it is (the loop warns that the holdout is not sealed).
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import sys
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
 from autoresearch.process import last_lines, read_tail, run_command
@@ -44,7 +43,6 @@ class CommandAgent(BaseAgent):
         self.timeout = timeout
         self.name = name
         self.extra_env = env or {}
-        self._warned = False
 
     def propose(self, ctx: Context) -> Proposal:
         prompt_file = ctx.log_path.with_suffix(".prompt.md")
@@ -63,10 +61,7 @@ class CommandAgent(BaseAgent):
                "AUTORESEARCH_DESCRIPTION_FILE": str(desc_file)}
         timeout = min(self.timeout, ctx.time_limit or self.timeout)
         ctx.log(f"$ {command}")
-        prefix, warning = seal_agent(ctx.task, ctx.workdir, ctx.ledger_dir, prompt_file.parent)
-        if warning and not self._warned:
-            self._warned = True
-            print(f"autoresearch: {warning}", file=sys.stderr, flush=True)
+        prefix = seal_agent(ctx.task, ctx.workdir, ctx.ledger_dir, prompt_file.parent)
         argv: str | list[str] = [*prefix, "/bin/bash", "-c", command] if prefix else command
         result = run_command(argv, ctx.workdir, env, timeout, ctx.log_path, append=True,
                              owner=f"agent:{ctx.ledger_dir}:{ctx.number}")
