@@ -86,6 +86,8 @@ def test_repeats_noise_and_confirm_end_to_end(tmp_path: Path) -> None:
     assert "noise: sd" in status and "pooled over 9 repeated runs" in status
     show = cli("show", "2", str(root)).stdout
     assert re.search(r"loss: 0\.9 ± 0\.01 \(mean ± sd of 3 runs\)", show), show
+    # only the best's first run folder is kept
+    assert sorted(p.name for p in (root / ".autoresearch" / "t" / "runs").iterdir()) == ["2"]
 
 
 NOISY = """\

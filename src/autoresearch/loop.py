@@ -329,6 +329,9 @@ class Loop:
         if t.status is Status.KEEP and t.parent and t.commit:
             t = t.with_(flags=audit.audit_trial(self.s.git, self.task, t.parent, t.commit))
         self.s.ledger.finish(t)
+        if not self.opt.keep_runs:  # a repeated run's folder (runs/<n>.<i>): its figures are recorded
+            for extra_run in (self.s.dir / "runs").glob(f"{t.number}.*"):
+                shutil.rmtree(extra_run, ignore_errors=True)
         if t.status is Status.KEEP:
             old = self.best.commit if self.best else None
             verify = {branch_ref(self.s.tag): old} if old else None

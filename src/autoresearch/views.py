@@ -114,4 +114,7 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
     log = Path(t.log_path) if t.log_path else None
     if log and log.exists():
         lines += ["", f"log tail ({log}):", last_lines(read_tail(log), 20)]
+        sealed = log.parent.parent / "sealed" / f"{t.number}.eval.log"
+        if sealed.exists():
+            lines.append(f"(the evaluator's whole output, holdout included: {sealed})")
     return "\n".join(lines)
