@@ -8,6 +8,10 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from autoresearch.agents.registry import AgentOptions
 from pathlib import Path
 
 from autoresearch import __version__
@@ -17,7 +21,7 @@ EXIT_INTERRUPTED = 130
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, as for a bad task file
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]  # one line and exit 2, as for a bad task file
         raise UsageError(f"{self.prog}: {message}")
 
 
@@ -139,7 +143,7 @@ def _events(task):  # noqa: ANN001, ANN202
     return make_events(task)
 
 
-def _agent_options(args: argparse.Namespace, task) -> "AgentOptions":  # noqa: ANN001
+def _agent_options(args: argparse.Namespace, task) -> AgentOptions:  # noqa: ANN001
     from autoresearch.agents.registry import AgentOptions
 
     cfg = task.agent
@@ -176,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from autoresearch.task import load_task
 
     if args.workers != 1 or args.backend != "local":
-        from autoresearch import scale  # noqa: F401 - raises a clear error where not built
+        raise UsageError("--workers > 1 and --backend ray are not available in this build yet")
 
     task = load_task(args.dir)
     tag = check_tag(args.tag or default_tag())
