@@ -224,3 +224,31 @@ def test_gpu_device_nodes_are_passed_through(tmp_path: Path) -> None:
         i = argv.index(str(p))
         assert argv[i - 1] == "--dev-bind" and argv[i + 1] == str(p)
     assert "--unshare-net" in argv and argv[argv.index("--cap-drop") + 1] == "ALL"
+
+
+def broken_bwrap(tmp_path: Path) -> dict[str, str]:
+    """PATH with a `bwrap` first that fails as it does where user namespaces are not allowed."""
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "bwrap").write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    (fake / "bwrap").chmod(0o755)
+    return {"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_a_bwrap_that_cannot_work_here_is_a_clear_usage_error(tmp_path: Path) -> None:
+    root = task(tmp_path)
+    r = cli("run", str(root), "--tag", "t", "--trials", "1", "--sandbox", env=broken_bwrap(tmp_path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "bubblewrap cannot create a sandbox here (bwrap: No permissions" in r.stderr
+
+
+def test_a_holdout_that_cannot_be_sealed_here_is_said_and_the_loop_goes_on(tmp_path: Path) -> None:
+    toml = EVALUATED + 'holdout = "test_loss"\n'
+    root = make_task(tmp_path / "task", experiment=EXPERIMENT, toml_extra=toml,
+                     files={"prepare.py": EVALUATOR + 'print("test_loss: 1.5")\n'})
+    agent = script_agent(tmp_path / "agent.sh", "sed -i 's/^X = .*/X = 2.0/' exp.py\necho 'X 2'\n")
+    r = cli("run", str(root), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1",
+            env=broken_bwrap(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "warning: the holdout is not sealed" in r.stdout
+    assert [t.status for t in trials(root)] == [Status.KEEP, Status.KEEP]

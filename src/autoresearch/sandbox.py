@@ -50,16 +50,21 @@ def bwrap_path() -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _probe(bwrap: str) -> str | None:
-    """None when `bwrap` can build our sandbox here, else why not."""
-    argv = [bwrap, "--unshare-net", "--unshare-pid", "--die-with-parent", "--cap-drop", "ALL",
-            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "true"]
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return str(e)
-    if out.returncode == 0:
-        return None
-    return (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
+    """None when `bwrap` can build both our wrappers here, else why not."""
+    probes = [
+        [bwrap, "--unshare-net", "--unshare-pid", "--die-with-parent", "--cap-drop", "ALL",
+         "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "true"],
+        [bwrap, "--die-with-parent", "--unshare-pid", "--cap-drop", "ALL", "--bind", "/", "/",
+         "--dev-bind", "/dev", "/dev", "--proc", "/proc", "true"],
+    ]
+    for argv in probes:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return str(e)
+        if out.returncode != 0:
+            return (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
+    return None
 
 
 def problem() -> str | None:
