@@ -114,7 +114,7 @@ def main() -> None:
         loop = Loop(session, InstantAgent(), Options(trials=args.trials))
         loop.run()
         session.close()
-    gaps = [b[0] - a[1] for a, b in zip(clock.spans, clock.spans[1:])]
+    gaps = [b[0] - a[1] for a, b in zip(clock.spans, clock.spans[1:], strict=False)]
     parts = clock.buckets[2:]  # buckets[i] is the gap before experiment i; skip the baseline's
     exp = [e - s for s, e in clock.spans]
     ms = lambda x: f"{1000 * x:7.2f} ms"  # noqa: E731
@@ -124,7 +124,7 @@ def main() -> None:
     for name in ("git", "ledger", "agent"):
         values = [p.get(name, 0.0) for p in parts]
         print(f"  {name:<8} median {ms(statistics.median(values))}")
-    other = [g - sum(p.values()) for g, p in zip(gaps, parts)]
+    other = [g - sum(p.values()) for g, p in zip(gaps, parts, strict=False)]
     print(f"  {'other':<8} median {ms(statistics.median(other))}  (hashing, guard, python)")
     print(f"experiment process (fork/exec/wait of `echo`): median {ms(statistics.median(exp))}")
 

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--results", default=None, help="a results.tsv in autoresearch's format instead of a tag")
-    p.add_argument("--mlflow", default=None)
+    p.add_argument("--goal", default=None, choices=["minimize", "maximize"], help="with --results: the metric's goal (default: inferred from the kept rows)")
+    p.add_argument("--mlflow", default=None, help="also log each trial to MLflow at this tracking URI")
 
     p = sub.add_parser("demo", help="the embedded default: a cpu-gpt task, its baseline and N trials, a report")
     p.add_argument("dir", nargs="?", default=None)
@@ -189,8 +190,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         require()
     agent = build_agent(_agent_options(args, task), task)
-    session = open_session(task, tag)
     events = _events(task)
+    if args.mlflow:  # each finished trial also becomes an MLflow run (checked before the tag is made)
+        from autoresearch.report.mlflow_log import mlflow_events
+
+        events = mlflow_events(events, args.mlflow, task, tag)
+    session = open_session(task, tag)
     gpus = tuple(g for g in (args.gpus or "").split(",") if g.strip())
     loop = Loop(session, agent, Options(trials=args.trials, hours=args.hours, seed=args.seed,
                                         agent_timeout=args.agent_timeout, gpus=gpus,

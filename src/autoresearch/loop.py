@@ -353,7 +353,7 @@ class Loop:
         if not commits:
             return
         out = self.s.git.run("show", "-s", "--format=%T", *commits, check=False)
-        for t, tree in zip([t for t in history if t.commit in commits], out.split()):
+        for t, tree in zip([t for t in history if t.commit in commits], out.split(), strict=False):
             self.trees.setdefault(tree, t.number)
 
     def _log(self, number: int, suffix: str = "") -> Path:
