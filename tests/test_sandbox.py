@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, make_task, script_agent
+from conftest import cli, git, make_task, script_agent
 
 from autoresearch import sandbox
 from autoresearch.ledger import Ledger
@@ -252,3 +252,35 @@ def test_a_holdout_that_cannot_be_sealed_here_is_said_and_the_loop_goes_on(tmp_p
     assert r.returncode == 0, r.stderr
     assert "warning: the holdout is not sealed" in r.stdout
     assert [t.status for t in trials(root)] == [Status.KEEP, Status.KEEP]
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@needs_bwrap
+def test_the_nanochat_template_in_the_sandbox_and_its_probe(tmp_path: Path) -> None:
+    """The real nanochat template (its CPU smoke configuration) through the loop under
+    --sandbox: the baseline trains and is scored, holdout included; a trial that lets attention
+    see the future is rejected by the template's causality probe."""
+    for module in ("torch", "pyarrow", "tokenizers", "safetensors", "numpy"):
+        pytest.importorskip(module)
+    task_dir = tmp_path / "task"
+    r = cli("init", str(task_dir), "--template", "nanochat")
+    assert r.returncode == 0, r.stderr
+    toml = (task_dir / "autoresearch.toml").read_text()
+    toml = toml.replace("time_budget = 300", "time_budget = 8").replace("timeout = 600", "timeout = 300")
+    (task_dir / "autoresearch.toml").write_text(toml)
+    # the data cache inside the task (ignored by git): the sandbox's /tmp is private
+    with open(task_dir / ".gitignore", "a") as f:
+        f.write("cache/\n")
+    git(task_dir, "commit", "-qam", "a tiny budget")
+    agent = script_agent(tmp_path / "agent.sh", """\
+        sed -i 's/is_causal=True/is_causal=False/' train.py
+        echo "attention over the whole sequence"
+        """)
+    env = {"AUTORESEARCH_SMOKE": "1", "AUTORESEARCH_CACHE": str(task_dir / "cache")}
+    r = cli("run", str(task_dir), "--tag", "t", "--agent", "cli", "--agent-cmd", agent,
+            "--trials", "1", "--sandbox", env=env, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    base, peek = trials(task_dir)
+    assert base.status is Status.KEEP and base.metric and base.figures["test_bpb"] > 0
+    assert peek.status is Status.REJECTED and "not causal" in peek.reason, peek.reason
