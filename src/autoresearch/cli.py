@@ -185,6 +185,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     task = load_task(args.dir)
     tag = check_tag(args.tag or default_tag())
+    if args.sandbox:  # before the tag's branch and ledger are made
+        from autoresearch.sandbox import require
+
+        require()
     agent = build_agent(_agent_options(args, task), task)
     events = _events(task)
     if args.mlflow:  # each finished trial also becomes an MLflow run (checked before the tag is made)

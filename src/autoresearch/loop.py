@@ -16,14 +16,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoresearch import decide, guard
+from autoresearch import audit, decide, guard
 from autoresearch.agents.base import Agent, AgentError, Context
 from autoresearch.errors import AutoresearchError
 from autoresearch.events import Events, NullEvents
 from autoresearch.execute import ExecResult, ExecSpec, execute, experiment_env, python_shim
 from autoresearch.gitrepo import GitError, Workspace
 from autoresearch.ledger import clean_text
-from autoresearch.metrics import MetricError, extract, metric_problem, reject_reason
+from autoresearch.metrics import MetricError, extract, metric_problem, redact, reject_reason
 from autoresearch.process import last_lines
 from autoresearch.records import Status, Trial
 from autoresearch.session import Session, branch_ref, run_setup, trial_ref
@@ -72,11 +72,12 @@ class Loop:
         self.cancel = threading.Event()
         self.bin_dir = python_shim(session.dir.parent / "bin")
         self.gitguard = guard.GitGuard(session.git.common_dir)
-        self.wrap: list[str] | None = None
-        if self.opt.sandbox:
-            from autoresearch.sandbox import sandbox_prefix
+        from autoresearch.sandbox import require, seal_warning
 
-            self.wrap = sandbox_prefix(self.s)
+        if self.opt.sandbox:  # built per trial in execute(); here only: can it be built?
+            require()
+        elif seal_warning(self.task):
+            self.events.message(seal_warning(self.task))
         self.trees: dict[str, int] = {}
         self.best: Trial | None = session.ledger.best()
         self.baseline: Trial | None = session.ledger.get(0)
@@ -93,7 +94,7 @@ class Loop:
             if t.status.finished:
                 self.agent.observe(visible(t, self.task.metric.holdout))
         self._index_trees(history)
-        run_setup(self.s, ws, self._env(0, self.opt.seed), self.wrap)
+        run_setup(self.s, ws, self._env(0, self.opt.seed))  # the task's own code: not sandboxed
         if self.best is None:
             self.best = self._baseline(ws)
         done = 0
@@ -243,8 +244,12 @@ class Loop:
         return f"{value:.6g} vs best {best:.6g}: better by less than the bar {bar:.3g}"
 
     def noise(self) -> float:
+        """Run-to-run noise: pooled over the baseline's runs and every confirmed candidate's."""
+        name = self.task.metric.name
+        groups = [[r[name] for r in t.repeats if name in r] for t in self.s.ledger.trials()]
+        pooled = decide.pooled_noise([g for g in groups if len(g) > 1])
         raw = self.s.ledger.get_meta("noise")
-        return float(raw) if raw else 0.0
+        return pooled if pooled or not raw else float(raw)
 
     # -- measuring --------------------------------------------------------------------------
 
@@ -271,7 +276,11 @@ class Loop:
             number=n, workdir=ws.path, run_dir=self.s.dir / "runs" / f"{n}{suffix}",
             log_path=self._log(n, suffix), command=self.task.command,
             timeout=self.task.timeout, env=self._env(n, seed), protected=self.protected,
-            evaluate=self.task.evaluate, owner=f"{self.s.owner}:{n}", wrap=self.wrap,
+            evaluate=self.task.evaluate, owner=f"{self.s.owner}:{n}", sandbox=self.opt.sandbox,
+            seal=bool(self.task.metric.holdout),
+            hidden=(self.s.dir.parent,), readable=(self.task.root, self.bin_dir),
+            holdout=self.task.metric.holdout, eval_file=self.task.metric.file,
+            eval_log=self.s.dir / "sealed" / f"{n}{suffix}.eval.log",
         )
         result = execute(spec, restore=lambda: self.s.git.reset_worktree(ws, commit), cancel=self.cancel)
         return self._judge(result, spec.run_dir, ws.path)
@@ -290,13 +299,15 @@ class Loop:
         if r.outcome == "crash":
             return Measurement(Status.CRASH, reason=f"exit code {r.returncode}: {tail[-400:]}", seconds=r.seconds)
         if r.outcome == "eval_failed":
+            tail = redact(last_lines(r.eval_output or "", 5), spec.holdout)
             return Measurement(Status.CRASH, reason=f"the evaluator failed (exit {r.returncode}): "
-                               f"{last_lines(r.eval_output or '', 5)[-400:]}", seconds=r.seconds)
+                               f"{tail[-400:]}", seconds=r.seconds)
         try:
             if r.eval_output is not None:
                 why = reject_reason(r.eval_output)
                 if why:
-                    return Measurement(Status.REJECTED, reason=f"evaluator: {why}", seconds=r.seconds)
+                    return Measurement(Status.REJECTED, reason=f"evaluator: {redact(why, spec.holdout)}",
+                                       seconds=r.seconds)
                 figures = extract(spec, r.eval_output, run_dir, None)
                 record_only = [n for n in spec.record if n not in figures]
                 if record_only and not spec.file:
@@ -317,7 +328,12 @@ class Loop:
         """Record the verdict, then make the refs say it: the trial's ref always, the branch
         on keep (checked against the best it should still point to)."""
         t = t.with_(ended=time.time())
+        if t.status is Status.KEEP and t.parent and t.commit:
+            t = t.with_(flags=audit.audit_trial(self.s.git, self.task, t.parent, t.commit))
         self.s.ledger.finish(t)
+        if not self.opt.keep_runs:  # a repeated run's folder (runs/<n>.<i>): its figures are recorded
+            for extra_run in (self.s.dir / "runs").glob(f"{t.number}.*"):
+                shutil.rmtree(extra_run, ignore_errors=True)
         refs = {trial_ref(self.s.tag, t.number): t.commit} if t.commit else {}
         if t.status is Status.KEEP and t.commit:
             refs[branch_ref(self.s.tag)] = t.commit
