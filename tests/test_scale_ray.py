@@ -27,12 +27,17 @@ from autoresearch.records import Status
 pytest.importorskip("ray")
 
 EXPERIMENT = """\
-import os, time
+import os, socket, time
 X = 10.0
 S = 0.3
 t0 = time.time()
 print(f"cwd: {os.getcwd()}")
 print(f"gpus: {os.environ.get('CUDA_VISIBLE_DEVICES')}")
+try:  # the Ray head listens there: reachable unless the experiment has no network
+    socket.create_connection(("127.0.0.1", int(os.environ["AR_PORT"])), timeout=2).close()
+    print("net: yes")
+except OSError:
+    print("net: no")
 spot = os.path.join(os.environ["AR_SPOT"], os.environ["AUTORESEARCH_TAG"])
 os.makedirs(spot, exist_ok=True)
 n = os.environ["AUTORESEARCH_TRIAL"]
@@ -65,7 +70,7 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
     (tmp / "spot").mkdir()
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=str(tmp), AR_SPOT=str(tmp / "spot"))
+    env.update(RAY_TMPDIR=str(tmp), AR_SPOT=str(tmp / "spot"), AR_PORT=str(port))
     ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     log = open(tmp / "head.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
@@ -119,6 +124,7 @@ def test_trials_run_as_ray_tasks_on_a_cluster_address(ray_head, tmp_path: Path) 
         log = (root / ".autoresearch" / "addr" / "logs" / f"{t.number}.log").read_text()
         assert not _figure(log, "cwd").startswith(str(root))  # it ran from the shipped code
         assert _figure(log, "gpus") in ("0", "1")  # the GPU Ray granted
+        assert _figure(log, "net") == "yes"
         spans.append(tuple(float(x) for x in _figure(log, "span").split()))
     assert any(a[0] < b[1] and b[0] < a[1] for a in spans for b in spans if a != b)
     assert (Path(env["AR_SPOT"]) / "setup-addr").read_text() == "x\n"  # once on the node
@@ -178,6 +184,7 @@ def test_an_evaluator_and_a_metric_file_work_on_ray(ray_head, tmp_path: Path) ->
     assert json.loads((runs / "0" / "metrics.json").read_text()) == {"loss": 20.0}  # the best's
     log = (root / ".autoresearch" / "evl" / "logs" / "1.log").read_text()
     assert "=== evaluate" in log
+    assert (root / ".autoresearch" / "evl" / "sealed" / "1.eval.log").exists()  # back, sealed
     assert _figure(log, "gpus") == ""  # gpu=0: it sees no GPU of the node
 
 
@@ -208,6 +215,21 @@ def test_ctrl_c_cancels_the_ray_tasks_in_flight(ray_head, tmp_path: Path) -> Non
     assert len(rows) >= 3 and all(t.status is Status.INTERRUPTED for t in rows[1:])
 
 
+
+
+def test_sandbox_on_a_ray_worker(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    from autoresearch.sandbox import problem
+
+    if problem():
+        pytest.skip(problem() or "")
+    address, env = ray_head
+    root, agent = _task(tmp_path)
+    r = cli("run", str(root), "--tag", "box", "--agent", "cli", "--agent-cmd", agent, "--trials", "1",
+            "--ray-address", address, "--trial-resources", "cpu=1", "--sandbox", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for n in (0, 1):
+        log = (root / ".autoresearch" / "box" / "logs" / f"{n}.log").read_text()
+        assert _figure(log, "net") == "no" and _figure(log, "loss") == ("10.0", "19.0")[n]
 
 def test_a_request_no_node_can_meet_is_one_line_and_exit_2(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
     address, env = ray_head

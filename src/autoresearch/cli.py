@@ -190,6 +190,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     task = load_task(args.dir)
     tag = check_tag(args.tag or default_tag())
+    if args.sandbox:  # before the tag's branch and ledger are made
+        from autoresearch.sandbox import require
+
+        require()
     agent = build_agent(_agent_options(args, task), task)
     gpus = tuple(g.strip() for g in (args.gpus or "").split(",") if g.strip())
     resources = None
@@ -199,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         resources = parse_resources(args.trial_resources)
     backend = open_backend(task, "ray" if args.ray_address else args.backend, gpus=gpus,
                            gpus_per_trial=args.gpus_per_trial, workers=args.workers,
-                           ray_address=args.ray_address, resources=resources, sandbox=args.sandbox)
+                           ray_address=args.ray_address, resources=resources)
     try:
         events = _events(task)
         if args.mlflow:  # each finished trial also becomes an MLflow run (checked before the tag is made)

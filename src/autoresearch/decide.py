@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 
@@ -16,6 +17,18 @@ def better(value: float, best: float, minimize: bool, min_delta: float = 0.0) ->
 def noise(values: Sequence[float]) -> float:
     """Run-to-run noise of a metric: the sample standard deviation of repeated runs (0 if one)."""
     return statistics.stdev(values) if len(values) >= 2 else 0.0
+
+
+def pooled_noise(groups: Sequence[Sequence[float]]) -> float:
+    """Run-to-run noise from several sets of repeated runs (each of one code at several seeds):
+    the pooled standard deviation sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1)); 0 with no repeats.
+    Pooling gives the estimate more degrees of freedom than the baseline's runs alone, so that
+    an unluckily small first estimate does not leave the bar near zero for long."""
+    used = [g for g in groups if len(g) >= 2]
+    dof = sum(len(g) - 1 for g in used)
+    if dof == 0:
+        return 0.0
+    return math.sqrt(sum((len(g) - 1) * statistics.variance(g) for g in used) / dof)
 
 
 def threshold(min_delta: float | str, measured_noise: float) -> float:

@@ -2,9 +2,15 @@
 
 This is what a backend runs wherever the code is (a local worktree, a Ray worker's folder).
 It returns raw outputs; the driver extracts figures and decides. Guarantees: protected files
-are read-only during the experiment and hash-checked after it; the evaluator runs in a fresh
-process after the tree has been restored to the trial's commit (`restore`), so neither the
-experiment's prints nor its changes to files can reach the figures of record.
+are read-only during the experiment and hash-checked after it; whatever the experiment left
+running is killed when it ends; the evaluator runs in a fresh process after the tree has been
+restored to the trial's commit (`restore`) and the protected files re-checked, with any metric
+file the experiment wrote removed, so neither the experiment's prints nor its changes to files
+can reach the figures of record. The evaluator's whole output goes to `eval_log` (sealed: never
+shown to an agent); the experiment's log gets a copy with the holdout's lines redacted.
+With `sandbox`, both commands run under bubblewrap (see sandbox.py); with `seal` (a task with
+a holdout) they run with the ledger hidden where bwrap works. Both are built here from the
+spec's own paths so that they hold wherever the trial runs.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoresearch import guard
-from autoresearch.process import read_tail, run_command
+from autoresearch.metrics import redact
+from autoresearch.process import kill_owned, read_tail, run_command
 
 SECRET_ENV = re.compile(r"(API_KEY|_TOKEN|SECRET|PASSWORD|ACCESS_KEY)", re.IGNORECASE)
 
@@ -36,7 +43,14 @@ class ExecSpec:
     protected: dict[str, str] = field(default_factory=dict)  # path -> expected sha256
     evaluate: str | None = None
     owner: str = ""
-    wrap: list[str] | None = None  # a sandbox prefix (argv) for both commands
+    wrap: list[str] | None = None  # a fixed prefix (argv) for both commands
+    sandbox: bool = False  # run both commands under bubblewrap (sandbox.experiment_prefix)
+    seal: bool = False  # else hide the `hidden` folders from both where bwrap works (sandbox.seal_prefix)
+    hidden: tuple[Path, ...] = ()  # folders the sandbox hides (the ledgers)
+    readable: tuple[Path, ...] = ()  # folders the sandbox keeps readable under /tmp or hidden ones
+    holdout: str | None = None  # the sealed figure: its lines never reach log_path
+    eval_log: Path | None = None  # the evaluator's whole output (default: next to log_path)
+    eval_file: str | None = None  # a metric file only the evaluator may write into run_dir
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,20 @@ def python_shim(directory: Path) -> Path:
 
 
 def _wrapped(spec: ExecSpec, command: str) -> str | list[str]:
-    return [*spec.wrap, "/bin/bash", "-c", command] if spec.wrap else command
+    from autoresearch import sandbox
+
+    prefix = spec.wrap
+    if spec.sandbox:
+        prefix = sandbox.experiment_prefix(
+            spec.workdir, spec.run_dir, hidden=spec.hidden,
+            readable=[*spec.readable, *sandbox.python_paths(spec.env)],
+            protected=list(spec.protected), bwrap=sandbox.require())
+    elif spec.seal and sandbox.problem() is None:
+        prefix = sandbox.seal_prefix(
+            spec.workdir, hidden=spec.hidden, writable=[spec.run_dir],
+            readable=[p for p in spec.readable if any(h in p.parents for h in spec.hidden)]
+            + [spec.workdir / p for p in spec.protected], bwrap=sandbox.bwrap_path() or "bwrap")
+    return [*prefix, "/bin/bash", "-c", command] if prefix else command
 
 
 def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
@@ -91,6 +118,8 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
                            spec.log_path, cancel=cancel, owner=spec.owner)
     finally:
         guard.set_readonly(spec.workdir, protected, False)
+    if spec.owner:  # a daemon it left must not touch the tree while the evaluator runs
+        kill_owned(spec.owner)
     output = read_tail(spec.log_path)
     tampered = tuple(guard.changed_files(spec.protected, spec.workdir))
     if proc.cancelled:
@@ -106,13 +135,19 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
     # The evaluator: a fresh process on the trial's committed files and what the run left.
     if restore is not None:
         restore()
-    eval_log = spec.log_path.with_name(spec.log_path.stem + ".eval.log")
+    tampered = tuple(guard.changed_files(spec.protected, spec.workdir))
+    if tampered:  # the restored tree is not the committed one (the object store was altered)
+        return ExecResult("tampered", proc.returncode, proc.seconds, output, tampered=tampered)
+    if spec.eval_file:
+        (spec.run_dir / spec.eval_file).unlink(missing_ok=True)
+    eval_log = spec.eval_log or spec.log_path.with_name(spec.log_path.stem + ".eval.log")
+    eval_log.parent.mkdir(parents=True, exist_ok=True)
     ev = run_command(_wrapped(spec, spec.evaluate), spec.workdir, env, spec.timeout, eval_log,
                      cancel=cancel, owner=spec.owner)
     eval_output = read_tail(eval_log)
     with open(spec.log_path, "a", encoding="utf-8", errors="replace") as log:
         log.write(f"\n=== evaluate: {spec.evaluate} (exit {ev.returncode}, {ev.seconds:.1f}s) ===\n")
-        log.write(eval_output)
+        log.write(redact(eval_output, spec.holdout))
     if ev.cancelled:
         return ExecResult("cancelled", ev.returncode, proc.seconds, output, eval_output, ev.seconds)
     outcome = "ok" if ev.returncode == 0 and not ev.timed_out else "eval_failed"

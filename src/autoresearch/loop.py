@@ -18,6 +18,7 @@ before its next proposal. W = 1 and K = 0 is the plain sequential loop, in the c
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import statistics
 import threading
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from autoresearch import decide, guard
+from autoresearch import audit, decide, guard
 from autoresearch.agents.base import Agent, AgentError, Context
 from autoresearch.backends import Backend
 from autoresearch.backends.local import LocalBackend
@@ -35,7 +36,7 @@ from autoresearch.events import Events, NullEvents
 from autoresearch.execute import ExecResult, ExecSpec, experiment_env, python_shim
 from autoresearch.gitrepo import GitError, Workspace
 from autoresearch.ledger import clean_text
-from autoresearch.metrics import MetricError, extract, metric_problem, reject_reason
+from autoresearch.metrics import MetricError, extract, metric_problem, redact, reject_reason
 from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import last_lines
 from autoresearch.records import Status, Trial
@@ -67,11 +68,14 @@ class Measurement:
 
 
 def visible(trial: Trial, holdout: str | None) -> Trial:
-    """The trial as an agent may see it: the sealed holdout figure removed."""
+    """The trial as an agent may see it: the sealed holdout figure removed, also from the
+    reason (which can quote an evaluator's output)."""
     if not holdout:
         return trial
+    sealed = re.compile(rf"{re.escape(holdout)}\s*[:=]\s*\S+")
     return trial.with_(figures={k: v for k, v in trial.figures.items() if k != holdout},
-                       repeats=[{k: v for k, v in r.items() if k != holdout} for r in trial.repeats])
+                       repeats=[{k: v for k, v in r.items() if k != holdout} for r in trial.repeats],
+                       reason=sealed.sub(f"{holdout}: [sealed]", trial.reason))
 
 
 class Loop:
@@ -85,11 +89,12 @@ class Loop:
         self.cancel = threading.Event()
         self.bin_dir = python_shim(session.dir.parent / "bin")
         self.gitguard = guard.GitGuard(session.git.common_dir)
-        self.wrap: list[str] | None = None
-        if self.opt.sandbox:
-            from autoresearch.sandbox import sandbox_prefix
+        from autoresearch.sandbox import require, seal_warning
 
-            self.wrap = sandbox_prefix(self.s)
+        if self.opt.sandbox and not (backend and backend.remote):  # built per trial in execute();
+            require()  # here only: can it be built? (a remote worker's bwrap is checked there)
+        elif seal_warning(self.task):
+            self.events.message(seal_warning(self.task))
         self.backend: Backend = backend or LocalBackend(self.opt.gpus, self.opt.gpus_per_trial)
         self.slots = self.backend.slots(self.opt.workers)  # the GPUs of each trial in flight
         ahead = self.opt.agent_concurrency
@@ -117,7 +122,7 @@ class Loop:
                 self.agent.observe(visible(t, self.task.metric.holdout))
         self._index_trees(history)
         if not self.backend.remote:  # a remote backend sets up each node where the code runs
-            run_setup(self.s, ws, self._env(0, self.opt.seed, self.slots[0]), self.wrap)
+            run_setup(self.s, ws, self._env(0, self.opt.seed, self.slots[0]))  # the task's own code: not sandboxed
         if self.best is None:
             self.best = self._baseline(Place(ws, self.slots[0]))
         assert self.best.commit
@@ -230,7 +235,8 @@ class Loop:
                             extra=dict(proposal.extra))
             except AgentError as e:
                 error = clean_text(str(e), 500) or "agent error"
-                t = t.with_(description=f"agent error: {error}"[:200])
+                t = t.with_(description=f"agent error: {error}"[:200], model=e.model,
+                            tokens_in=e.tokens_in, tokens_out=e.tokens_out, cost=e.cost)
             except Exception as e:  # a bug in an agent must not kill a two-day loop
                 import traceback
 
@@ -310,8 +316,12 @@ class Loop:
         return f"{value:.6g} vs best {best:.6g}: better by less than the bar {bar:.3g}"
 
     def noise(self) -> float:
+        """Run-to-run noise: pooled over the baseline's runs and every confirmed candidate's."""
+        name = self.task.metric.name
+        groups = [[r[name] for r in t.repeats if name in r] for t in self.s.ledger.trials()]
+        pooled = decide.pooled_noise([g for g in groups if len(g) > 1])
         raw = self.s.ledger.get_meta("noise")
-        return float(raw) if raw else 0.0
+        return pooled if pooled or not raw else float(raw)
 
     # -- measuring --------------------------------------------------------------------------
 
@@ -338,7 +348,11 @@ class Loop:
             number=n, workdir=at.ws.path, run_dir=self.s.dir / "runs" / f"{n}{suffix}",
             log_path=self._log(n, suffix), command=self.task.command,
             timeout=self.task.timeout, env=self._env(n, seed, at.gpus), protected=self.protected,
-            evaluate=self.task.evaluate, owner=f"{self.s.owner}:{n}", wrap=self.wrap,
+            evaluate=self.task.evaluate, owner=f"{self.s.owner}:{n}", sandbox=self.opt.sandbox,
+            seal=bool(self.task.metric.holdout),
+            hidden=(self.s.dir.parent,), readable=(self.task.root, self.bin_dir),
+            holdout=self.task.metric.holdout, eval_file=self.task.metric.file,
+            eval_log=self.s.dir / "sealed" / f"{n}{suffix}.eval.log",
         )
         restore = partial(self.s.git.reset_worktree, at.ws, commit)
         result = self.backend.run(spec, restore, self.cancel)
@@ -374,13 +388,15 @@ class Loop:
         if r.outcome == "crash":
             return Measurement(Status.CRASH, reason=f"exit code {r.returncode}: {tail[-400:]}", seconds=r.seconds)
         if r.outcome == "eval_failed":
+            tail = redact(last_lines(r.eval_output or "", 5), spec.holdout)
             return Measurement(Status.CRASH, reason=f"the evaluator failed (exit {r.returncode}): "
-                               f"{last_lines(r.eval_output or '', 5)[-400:]}", seconds=r.seconds)
+                               f"{tail[-400:]}", seconds=r.seconds)
         try:
             if r.eval_output is not None:
                 why = reject_reason(r.eval_output)
                 if why:
-                    return Measurement(Status.REJECTED, reason=f"evaluator: {why}", seconds=r.seconds)
+                    return Measurement(Status.REJECTED, reason=f"evaluator: {redact(why, spec.holdout)}",
+                                       seconds=r.seconds)
                 figures = extract(spec, r.eval_output, run_dir, None)
                 record_only = [n for n in spec.record if n not in figures]
                 if record_only and not spec.file:
@@ -404,7 +420,12 @@ class Loop:
             t = self._still_better(t).with_(ended=time.time())
             if t.number in self.lost:
                 t = t.with_(extra={**t.extra, "lost_workers": self.lost.pop(t.number)})
+            if t.status is Status.KEEP and t.parent and t.commit:
+                t = t.with_(flags=audit.audit_trial(self.s.git, self.task, t.parent, t.commit))
             self.s.ledger.finish(t)
+            if not self.opt.keep_runs:  # a repeated run's folder (runs/<n>.<i>): its figures are recorded
+                for extra_run in (self.s.dir / "runs").glob(f"{t.number}.*"):
+                    shutil.rmtree(extra_run, ignore_errors=True)
             refs = {trial_ref(self.s.tag, t.number): t.commit} if t.commit else {}
             if t.status is Status.KEEP and t.commit:
                 refs[branch_ref(self.s.tag)] = t.commit

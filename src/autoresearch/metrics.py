@@ -90,6 +90,16 @@ def metric_problem(spec: MetricSpec, figures: dict[str, float]) -> str | None:
     return None
 
 
+def redact(text: str, holdout: str | None) -> str:
+    """`text` with every line that names the sealed holdout figure replaced by a marker (an
+    evaluator prints it as `NAME: value`; what agents may read must not carry it)."""
+    if not holdout:
+        return text
+    needle = holdout.lower()
+    return "".join(f"[{holdout}: sealed]\n" if needle in line.lower() else line
+                   for line in text.splitlines(keepends=True))
+
+
 def reject_reason(output: str) -> str | None:
     """An `autoresearch_reject: why` line from an evaluator (e.g. a failed causality probe)."""
     found = REJECT_LINE.findall(output)

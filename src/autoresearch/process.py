@@ -49,9 +49,11 @@ def _kill_group(pgid: int, sig: int) -> None:
 
 
 def kill_owned(token: str, sig: int = signal.SIGKILL) -> int:
-    """Kill every process whose environment carries AUTORESEARCH_OWNER starting with `token`.
-    Returns how many were signalled."""
+    """Kill every process whose environment carries AUTORESEARCH_OWNER=`token` or a token
+    under it (`token:...`; so trial 1's token does not match trial 10's). Returns how many
+    were signalled."""
     needle = f"{OWNER_VAR}={token}".encode()
+    child = needle + b":"
     me = os.getpid()
     count = 0
     for entry in os.scandir("/proc"):
@@ -62,7 +64,7 @@ def kill_owned(token: str, sig: int = signal.SIGKILL) -> int:
                 env = f.read()
         except OSError:
             continue
-        if any(item.startswith(needle) for item in env.split(b"\0")):
+        if any(item == needle or item.startswith(child) for item in env.split(b"\0")):
             try:
                 os.kill(int(entry.name), sig)
                 count += 1

@@ -31,7 +31,8 @@ def history_lines(trials: tuple[Trial, ...] | list[Trial], metric: str, limit_ch
     return kept + [f"... {len(old) - len(kept)} older trials omitted ..."] + [line for _, line in recent]
 
 
-def build_prompt(ctx: Context) -> str:
+def build_prompt(ctx: Context, history: list[str] | None = None) -> str:
+    """The prompt; `history` replaces the default history lines (e.g. condensed to a budget)."""
     task = ctx.task
     m = task.metric
     best = ctx.best
@@ -51,7 +52,7 @@ def build_prompt(ctx: Context) -> str:
         f" ({best.description})",
         "The working directory holds that code.\n",
         "# Every trial so far (number, status, metric, description)",
-        *history_lines(ctx.history, m.name),
+        *(history if history is not None else history_lines(ctx.history, m.name)),
         "",
         f"# Now: trial #{ctx.number}",
         "Propose one new change that you expect to improve the metric. Do not repeat a trial "

@@ -84,6 +84,8 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
             ledger.set_meta("user_branch", git.current_branch() or "")
             ledger.set_meta("base", base)
         base = ledger.get_meta("base") or git.head()
+        ledger.set_meta("holdout", task.metric.holdout or "")  # for the views: the sealed figure
+        ledger.set_meta("min_delta", str(task.acceptance.min_delta))
         session = Session(task=task, git=git, ledger=ledger, tag=tag, base=base, resumed=exists,
                           user_head=git.rev("HEAD"))
         if exists:

@@ -205,8 +205,12 @@ def _load_metric(data: dict[str, Any]) -> MetricSpec:
     holdout = _get_str(table, "holdout", "metric.")
     if holdout is not None and holdout == name:
         raise TaskError(f"{TASK_FILE}: 'metric.holdout' must differ from 'metric.name'")
-    return MetricSpec(name=name, goal=goal, pattern=pattern, file=file,
-                      record=_get_list(table, "record", "metric."), holdout=holdout)
+    record = _get_list(table, "record", "metric.")
+    for figure in (name, holdout):
+        if figure in record:
+            raise TaskError(f"{TASK_FILE}: 'metric.record' must not list {figure!r}: it is the "
+                            f"{'metric' if figure == name else 'holdout'}")
+    return MetricSpec(name=name, goal=goal, pattern=pattern, file=file, record=record, holdout=holdout)
 
 
 def _load_acceptance(data: dict[str, Any]) -> Acceptance:
@@ -222,11 +226,15 @@ def _load_acceptance(data: dict[str, Any]) -> Acceptance:
         raise TaskError(f"{TASK_FILE}: 'acceptance.min_delta' must be >= 0, got {min_delta}")
     else:
         min_delta = float(min_delta)
-    return Acceptance(
+    acceptance = Acceptance(
         min_delta=min_delta,
         baseline_runs=_get_int(table, "baseline_runs", "acceptance.", 1, 1),
         confirm=_get_int(table, "confirm", "acceptance.", 0, 0),
     )
+    if acceptance.min_delta == "auto" and acceptance.baseline_runs < 2:
+        raise TaskError(f"{TASK_FILE}: 'acceptance.min_delta' = \"auto\" needs "
+                        "'acceptance.baseline_runs' >= 2 (the noise is measured on repeated baselines)")
+    return acceptance
 
 
 def load_task(root: str | os.PathLike[str]) -> Task:
@@ -259,11 +267,15 @@ def load_task(root: str | os.PathLike[str]) -> Task:
     if not editable:
         raise TaskError(f"{TASK_FILE}: 'editable' must list at least one glob")
     protected = _get_list(data, "protected", "")
+    evaluate = _get_str(data, "evaluate", "")
+    if metric.holdout and not (evaluate or "").strip():
+        raise TaskError(f"{TASK_FILE}: 'metric.holdout' needs 'evaluate': the sealed figure is "
+                        "read only from the evaluate command's output")
     task = Task(
         root=root, name=_get_str(data, "name", "", default=root.name) or root.name,
         command=command, metric=metric, editable=editable, program=program,
         protected=protected, setup=_get_str(data, "setup", ""),
-        evaluate=_get_str(data, "evaluate", ""), time_budget=time_budget, timeout=timeout,
+        evaluate=evaluate, time_budget=time_budget, timeout=timeout,
         acceptance=acceptance, agent=agent,
     )
     _check_paths(task)

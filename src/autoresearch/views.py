@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from autoresearch.decide import pooled_noise
 from autoresearch.errors import UsageError
 from autoresearch.events import gain_text
 from autoresearch.gitrepo import Git
@@ -29,6 +30,17 @@ def with_spread(t: Trial, name: str, value: float | None) -> str:
     return fmt(value) + (f" ± {spread:.2g}" if spread is not None else "")
 
 
+def noise_text(trials: list[Trial], metric: str, min_delta: str | None) -> str:
+    """'noise: sd X over N repeated runs (bar Y)' where repeats exist, else ''."""
+    groups = [[r[metric] for r in t.repeats if metric in r] for t in trials]
+    groups = [g for g in groups if len(g) > 1]
+    if not groups:
+        return ""
+    noise = pooled_noise(groups)
+    bar = f"; min_delta auto: bar {2 * noise:.3g}" if min_delta == "auto" else ""
+    return f"noise: sd {noise:.3g} of {metric}, pooled over {sum(map(len, groups))} repeated runs{bar}"
+
+
 def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     tag = pick_tag(root, tag)
     led = Ledger.read(root, tag)
@@ -36,23 +48,37 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
         trials = led.trials()
         best = led.best()
         goal = led.get_meta("goal") or "minimize"
+        holdout = led.get_meta("holdout") or ""
+        min_delta = led.get_meta("min_delta")
     finally:
         led.close()
     metric = led.metric_name
     shown = trials[-limit:] if limit else trials
-    rows = [("#", "commit", "status", metric, "seconds", "description")]
+    rows = [("#", "commit", "status", metric, *([holdout] if holdout else []), "seconds", "description")]
     for t in shown:
+        note = f"  [{t.reason}]" if t.reason and t.status.value != "keep" else ""
+        note += f"  [audit: {len(t.flags)} flag{'s' if len(t.flags) > 1 else ''}]" if t.flags else ""
+        held = [with_spread(t, holdout, t.figures.get(holdout))] if holdout else []
         rows.append((str(t.number), t.short or "-", t.status.value, with_spread(t, metric, t.metric),
-                     f"{t.run_seconds:.1f}", (t.description + (f"  [{t.reason}]" if t.reason and t.status.value != "keep" else ""))[:100]))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+                     *held, f"{t.run_seconds:.1f}", (t.description + note)[:120]))
+    n = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
     lines = [f"tag {tag}: {len(trials)} trials, {sum(t.status.value == 'keep' for t in trials)} kept"]
     for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=False)) + "  " + r[5])
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:n], widths, strict=True)) + "  " + r[n])
+    noise = noise_text(trials, metric, min_delta)
+    if noise:
+        lines.append(noise)
     if best is not None:
         base = trials[0] if trials else None
+        sealed = f", {holdout} = {with_spread(best, holdout, best.figures.get(holdout))}" if holdout else ""
         lines.append(f"best: trial {best.number} ({best.short}) {metric} = "
                      f"{with_spread(best, metric, best.metric)}{gain_text(best, base, goal == 'minimize')}"
-                     f" — {best.description}")
+                     f"{sealed} — {best.description}")
+    flagged = [t.number for t in trials if t.flags]
+    if flagged:
+        lines.append(f"audit: trial{'s' if len(flagged) > 1 else ''} {', '.join(map(str, flagged))} "
+                     "touched the measurement (see `autoresearch show N`)")
     return "\n".join(lines)
 
 
@@ -61,25 +87,28 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
     led = Ledger.read(root, tag)
     try:
         t = led.get(number)
+        holdout = led.get_meta("holdout") or ""
     finally:
         led.close()
     if t is None:
         raise UsageError(f"no trial {number} in tag {tag!r}")
     metric = led.metric_name
+    runs = f" (mean ± sd of {len(t.repeats)} runs)" if len(t.repeats) > 1 else ""
     lines = [f"trial {t.number} of tag {tag}: {t.status.value}",
              f"description: {t.description}",
              f"commit: {t.commit or '-'}  parent: {t.parent or '-'}",
-             f"{metric}: {with_spread(t, metric, t.metric)}"]
+             f"{metric}: {with_spread(t, metric, t.metric)}{runs}"]
     for k, v in t.figures.items():
         if k != metric:
-            lines.append(f"{k}: {with_spread(t, k, v)}")
+            lines.append(f"{k}: {with_spread(t, k, v)}" + ("  (holdout, sealed from agents)" if k == holdout else ""))
     if t.reason:
         lines.append(f"reason: {t.reason}")
     lines.append(f"agent: {t.agent}" + (f" ({t.model})" if t.model else "")
                  + (f", tokens {t.tokens_in}+{t.tokens_out}, cost ${t.cost:.4f}" if t.tokens_in else ""))
     lines.append(f"run: {t.run_seconds:.1f} s, seed {t.seed}")
     if t.flags:
-        lines.append(f"audit flags: {'; '.join(t.flags)}")
+        lines.append(f"audit: {len(t.flags)} change(s) that touch the measurement:")
+        lines += [f"  {f}" for f in t.flags]
     for lost in t.extra.get("lost_workers", []):
         lines.append(f"lost worker (the trial was run again): {lost}")
     if t.commit and t.parent:
@@ -87,4 +116,7 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
     log = Path(t.log_path) if t.log_path else None
     if log and log.exists():
         lines += ["", f"log tail ({log}):", last_lines(read_tail(log), 20)]
+        sealed = log.parent.parent / "sealed" / f"{t.number}.eval.log"
+        if sealed.exists():
+            lines.append(f"(the evaluator's whole output, holdout included: {sealed})")
     return "\n".join(lines)

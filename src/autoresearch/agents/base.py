@@ -18,7 +18,16 @@ from autoresearch.task import Task
 
 
 class AgentError(Exception):
-    """The agent could not make a proposal (the trial is recorded as agent_error)."""
+    """The agent could not make a proposal (the trial is recorded as agent_error). What it
+    spent on the way (an LLM's tokens and cost) is recorded too."""
+
+    def __init__(self, message: str, *, model: str = "", tokens_in: int = 0, tokens_out: int = 0,
+                 cost: float = 0.0) -> None:
+        super().__init__(message)
+        self.model = model
+        self.tokens_in = tokens_in
+        self.tokens_out = tokens_out
+        self.cost = cost
 
 
 @dataclass(frozen=True)

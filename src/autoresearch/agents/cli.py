@@ -4,6 +4,10 @@ The command template may use {prompt_file}, {description_file}, {workdir} and {t
 shell-quoted. The environment carries AUTORESEARCH_PROMPT_FILE, AUTORESEARCH_TRIAL and
 AUTORESEARCH_DESCRIPTION_FILE. The description is the description file's content if the agent
 wrote one, else the last non-empty line of its output, cut to 200 characters.
+
+When the task has a sealed holdout, the command runs under bubblewrap with every ledger folder
+hidden but its worktree, its prompt folder and the agent-visible logs (sandbox.seal_agent);
+without a working bwrap it runs as it is (the loop warns that the holdout is not sealed).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import shlex
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
 from autoresearch.process import last_lines, read_tail, run_command
 from autoresearch.prompt import build_prompt
+from autoresearch.sandbox import seal_agent
 
 DEFAULT_TIMEOUT = 1800.0
 
@@ -58,7 +63,9 @@ class CommandAgent(BaseAgent):
                "AUTORESEARCH_DESCRIPTION_FILE": str(desc_file)}
         timeout = min(self.timeout, ctx.time_limit or self.timeout)
         ctx.log(f"$ {command}")
-        result = run_command(command, ctx.workdir, env, timeout, ctx.log_path, append=True,
+        prefix = seal_agent(ctx.task, ctx.workdir, ctx.ledger_dir, prompt_file.parent)
+        argv: str | list[str] = [*prefix, "/bin/bash", "-c", command] if prefix else command
+        result = run_command(argv, ctx.workdir, env, timeout, ctx.log_path, append=True,
                              owner=f"agent:{ctx.ledger_dir}:{ctx.number}")
         output = read_tail(ctx.log_path)
         if result.timed_out:

@@ -35,11 +35,9 @@ def build_agent(opts: AgentOptions, task: Task) -> Agent:
         if not opts.command:
             raise UsageError("--agent cli needs --agent-cmd 'COMMAND {prompt_file}'")
         return CommandAgent(opts.command, timeout=opts.timeout or DEFAULT_TIMEOUT)
-    try:
-        from autoresearch.agents import presets
-    except ImportError:
-        presets = None  # type: ignore[assignment]
-    if presets is not None and name in presets.PRESETS:
+    from autoresearch.agents import presets
+
+    if name in presets.PRESETS:
         return presets.build(name, opts, task)
     if name == "search":
         try:
@@ -48,9 +46,7 @@ def build_agent(opts: AgentOptions, task: Task) -> Agent:
             raise UsageError(f"--agent search is not available: {e}") from None
         return SearchAgent(task, sampler=opts.sampler, seed=opts.seed)
     if name in ("llm", "hybrid"):
-        try:
-            from autoresearch.agents import llm
-        except ImportError as e:
-            raise UsageError(f"--agent {name} is not available: {e}") from None
+        from autoresearch.agents import llm
+
         return llm.build(name, opts, task)
     raise UsageError(f"--agent {name!r} is not an agent (see `autoresearch agents`)")

@@ -21,7 +21,7 @@ from autoresearch.task import Task
 
 class Backend(Protocol):
     name: str
-    remote: bool  # the experiment runs elsewhere: the driver neither runs setup nor sandboxes
+    remote: bool  # the experiment runs elsewhere: the driver does not run the task's setup
 
     def slots(self, workers: int | None) -> list[tuple[str, ...]]:
         """One entry per trial in flight: the GPU ids pinned for it (empty: none pinned)."""
@@ -36,14 +36,12 @@ class Backend(Protocol):
 
 def open_backend(task: Task, kind: str = "local", *, gpus: Sequence[str] = (), gpus_per_trial: int = 1,
                  workers: int | None = None, ray_address: str | None = None,
-                 resources: dict[str, float] | None = None, sandbox: bool = False) -> Backend:
+                 resources: dict[str, float] | None = None) -> Backend:
     """The backend `kind` ("local" or "ray"), its flags checked before anything starts (a bad
     combination is a UsageError naming the flag)."""
     if kind == "ray":
         if gpus:
             raise UsageError("--gpus is for --backend local; on Ray ask with --trial-resources gpu=N")
-        if sandbox:
-            raise UsageError("--sandbox is not available with --backend ray (it confines local runs)")
         from autoresearch.backends.ray import RayBackend
 
         return RayBackend(task, ray_address, resources, gpus_per_trial)

@@ -2,7 +2,8 @@
 
 The trial's code travels as a gzipped tarball of its worktree at the trial's commit; on the
 worker it is unpacked into a temporary folder and measured by `autoresearch.execute` (the
-evaluator's restore re-extracts it). The task's `setup` runs once per node before the first
+evaluator's restore re-extracts it); `--sandbox` and the holdout's seal are built there, by
+execute, with the worker's bubblewrap. The task's `setup` runs once per node before the first
 experiment there. The experiment's environment is the worker's own (secrets removed) plus the
 AUTORESEARCH_* variables; CUDA_VISIBLE_DEVICES is the GPUs Ray granted (empty for none). The log, the
 evaluator's log and the metric file (when the task names one) come back and are written where
@@ -117,6 +118,10 @@ def unpack(code: bytes, workdir: Path) -> None:
             tar.extractall(workdir)
 
 
+def _eval_log(spec: ExecSpec) -> Path:
+    return spec.eval_log or spec.log_path.with_name(spec.log_path.stem + ".eval.log")
+
+
 def _tail_bytes(path: Path) -> bytes:
     return read_tail(path, MAX_LOG_BYTES).encode() if path.exists() else b""
 
@@ -151,8 +156,13 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
 
         if not ray.get_gpu_ids():  # granted no GPU: it sees none (whatever Ray's default becomes)
             env["CUDA_VISIBLE_DEVICES"] = ""
+        # the driver's paths made local: the ledger folders are hidden where they exist (a
+        # worker on the driver's machine), the python shim stays readable under a sandbox
         local = replace(spec, workdir=workdir, run_dir=root / "run", env=env,
-                        log_path=root / "logs" / spec.log_path.name)
+                        log_path=root / "logs" / spec.log_path.name,
+                        eval_log=root / "sealed" / _eval_log(spec).name,
+                        hidden=tuple(h for h in spec.hidden if h.exists()),
+                        readable=(root / "bin", *(p for p in spec.readable if p.exists())))
         result = _setup_once(setup, setup_key, local) if setup else None
         if result is None:
             try:  # a cancel event makes execute poll, so that a polite ray.cancel lands at once
@@ -165,7 +175,7 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
             if metric_file and (base / metric_file).is_file():
                 metric = (base / metric_file).read_bytes()
                 break
-        eval_log = local.log_path.with_name(local.log_path.stem + ".eval.log")
+        eval_log = _eval_log(local)
         return Returned(result, _tail_bytes(local.log_path),
                         _tail_bytes(eval_log) if eval_log.exists() else None, metric, platform.node())
     finally:
@@ -268,8 +278,9 @@ class RayBackend:
             with self._lock:
                 self._inflight.discard(ref)
         spec.log_path.write_bytes(back.log)
-        if back.eval_log is not None:
-            spec.log_path.with_name(spec.log_path.stem + ".eval.log").write_bytes(back.eval_log)
+        if back.eval_log is not None:  # the evaluator's whole output: sealed on the driver too
+            _eval_log(spec).parent.mkdir(parents=True, exist_ok=True)
+            _eval_log(spec).write_bytes(back.eval_log)
         shutil.rmtree(spec.run_dir, ignore_errors=True)
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         if back.metric is not None and self.metric_file:

@@ -1,0 +1,292 @@
+"""`--agent llm`: a tool-using agent over an LLM API (OpenAI-compatible servers and Anthropic).
+
+One proposal is a short conversation: the model gets program.md, the task, a condensed history
+of every trial and the best code, then calls tools (agents/tools.py) to read and edit the
+worktree until it calls `finish` with a one-line description. The harness then commits, runs and
+judges, as for any agent.
+
+Guarantees:
+- Limits per proposal: steps (model calls), tokens (in + out) and wall time (--agent-timeout,
+  default 15 minutes). Reaching one, or an API failure that outlives its retries, raises
+  AgentError (the loop records agent_error and goes on) carrying the tokens and cost spent, so
+  the ledger and --max-cost see every dollar.
+- Tokens and cost of each proposal go into the ledger (prices: agents/prices.py).
+- The conversation is written to agent/<n>.log with keys redacted; keys are never logged.
+- The conversation stays under a context budget: the history is condensed to fit, and old tool
+  outputs are elided as the conversation grows.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
+from autoresearch.agents.prices import PRICES, cost, load_overrides, price_of
+from autoresearch.agents.providers import (
+    Chat,
+    ConfigError,
+    Endpoint,
+    LLMError,
+    Reply,
+    RetryPolicy,
+    call_with_retries,
+    make_chat,
+    redact,
+    resolve,
+)
+from autoresearch.agents.tools import SPECS, Tools, cut, sealed
+from autoresearch.errors import UsageError
+from autoresearch.prompt import build_prompt, history_lines
+from autoresearch.records import Status, Trial
+from autoresearch.task import Task, list_files
+
+SYSTEM = """You are a research engineer working in an automated experiment loop. Each turn of the \
+loop you make ONE change to the editable files that you expect to improve the metric; the \
+harness then commits it, runs the experiment under a fixed time budget, measures the metric and \
+keeps the change only if the metric improved. You never run the experiment, git or a shell.
+
+Work with the tools: read the code (read_file, grep, list_files), look at past trials \
+(read_history, read_log), make your change with edit_file (exact search/replace) or write_file, \
+then call finish with a one-line description of what you changed and why. Make one coherent \
+change per trial; do not repeat a change from the history; keep the code runnable within the \
+time budget; change only editable files."""
+
+
+@dataclass
+class Limits:
+    """Per-proposal limits and the context budget; environment overrides for each."""
+
+    steps: int = 40
+    tokens: int = 400_000  # input + output over the whole proposal
+    reply_tokens: int = 8192  # one reply
+    seconds: float = 900.0
+    context_chars: int = 120_000  # about 30k tokens
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Limits:
+        env = os.environ if env is None else env
+        lim = cls()
+        lim.steps = int(env.get("AUTORESEARCH_LLM_STEPS", lim.steps))
+        lim.tokens = int(env.get("AUTORESEARCH_LLM_MAX_TOKENS", lim.tokens))
+        lim.reply_tokens = int(env.get("AUTORESEARCH_LLM_REPLY_TOKENS", lim.reply_tokens))
+        lim.context_chars = int(env.get("AUTORESEARCH_LLM_CONTEXT", lim.context_chars))
+        return lim
+
+
+@dataclass
+class Spend:
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+
+    def add(self, reply: Reply, price: tuple[float, float] | None) -> None:
+        self.tokens_in += reply.tokens_in
+        self.tokens_out += reply.tokens_out
+        self.cost += cost(price, reply.tokens_in, reply.tokens_out, reply.cache_read, reply.cache_write)
+
+
+# ---------------------------------------------------------------------------
+# memory: what the model is shown
+
+
+def condensed_history(trials: tuple[Trial, ...] | list[Trial], metric: str, budget: int) -> list[str]:
+    """history_lines, shrunk until it fits `budget` characters: all the trials when they fit;
+    else the kept ones and the 40 most recent; else a count by status, the last kept ones and
+    fewer recent ones."""
+    lines = history_lines(trials, metric, limit_chars=budget)
+    if sum(len(x) + 1 for x in lines) <= budget:
+        return lines
+    done = [t for t in trials if t.status.finished]
+    counts: dict[str, int] = {}
+    for t in done:
+        counts[t.status.value] = counts.get(t.status.value, 0) + 1
+    head = f"{len(done)} trials so far: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    for recent, kept_n in ((20, 20), (10, 10), (5, 5), (3, 3)):
+        kept = [t for t in done if t.status is Status.KEEP][-kept_n:]
+        tail = done[-recent:]
+        chosen = sorted({t.number: t for t in kept + tail}.values(), key=lambda t: t.number)
+        body = history_lines(chosen, metric, limit_chars=10**9)
+        out = [head, f"(shown: the last {len(kept)} kept and the {len(tail)} most recent; "
+               "read_history for more)", *body]
+        if sum(len(x) + 1 for x in out) <= budget:
+            return out
+    return [head, *[line[:200] for line in body[-3:]]]
+
+
+def best_code(ctx: Context, budget: int) -> str:
+    """The editable files of the best trial (the worktree), as much as fits `budget`."""
+    files = sorted(f for f in list_files(ctx.workdir) if ctx.task.is_editable(f))
+    parts, left, skipped = [], budget, []
+    for f in files:
+        try:
+            text = (ctx.workdir / f).read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        if len(text) + 100 > left:
+            skipped.append(f)
+            continue
+        parts.append(f"## {f}\n```\n{text}\n```")
+        left -= len(text) + 100
+    if skipped:
+        parts.append("Not shown (too long; use read_file): " + ", ".join(skipped))
+    return "\n\n".join(parts) if parts else "(no editable file exists yet)"
+
+
+def first_message(ctx: Context, budget: int, role: str = "") -> str:
+    holdout = ctx.task.metric.holdout
+    history = [sealed(x, holdout) for x in condensed_history(ctx.history, ctx.task.metric.name, budget // 4)]
+    prompt = build_prompt(ctx, history=history)
+    code = best_code(ctx, budget // 2)
+    return (prompt + (f"\n# Your role\n{role}\n" if role else "")
+            + "\n# The best code so far (the editable files)\n" + code
+            + "\n\nMake your change with the tools, then call finish.")
+
+
+def elide(messages: list[dict[str, Any]], budget: int) -> None:
+    """Replace old tool outputs with a stub while the conversation is over `budget` chars."""
+    def size() -> int:
+        return sum(len(str(m.get("content", ""))) + sum(len(r["content"]) for r in m.get("results", []))
+                   for m in messages)
+    tool_msgs = [m for m in messages if m["role"] == "tool"][:-2]
+    for m in tool_msgs:
+        if size() <= budget:
+            return
+        for r in m["results"]:
+            if len(r["content"]) > 200:
+                r["content"] = f"[output elided to save context ({len(r['content'])} chars); call the tool again if needed]"
+
+
+# ---------------------------------------------------------------------------
+# the agent
+
+
+class LLMAgent(BaseAgent):
+    """Proposes changes by a tool-using conversation with an LLM."""
+
+    name = "llm"
+
+    def __init__(self, endpoint: Endpoint, chat: Chat, limits: Limits | None = None,
+                 policy: RetryPolicy | None = None, prices: dict[str, tuple[float, float]] | None = None,
+                 role: str = "") -> None:
+        self.endpoint = endpoint
+        self.chat = chat
+        self.limits = limits or Limits()
+        self.policy = policy or RetryPolicy()
+        table = {**PRICES, **(prices or {})}
+        self.price = (0.0, 0.0) if endpoint.local else price_of(endpoint.name, table)
+        if self.price is None:  # the full spec too, for an override such as "openrouter/x/y"
+            self.price = table.get(endpoint.label)
+        self.role = role
+
+    def propose(self, ctx: Context) -> Proposal:
+        seconds = ctx.time_limit or self.limits.seconds
+        deadline = time.monotonic() + seconds
+        spend = Spend()
+        log = self._logger(ctx)
+        log(f"# trial {ctx.number}: {self.endpoint.label} via {self.endpoint.base_url or self.endpoint.provider}"
+            f" (limits: {self.limits.steps} steps, {self.limits.tokens} tokens, {seconds:g} s)")
+        if self.price is None:
+            log(f"[cost] no price known for {self.endpoint.name}: cost recorded as 0 (set AUTORESEARCH_PRICES)")
+        try:
+            description = self._converse(ctx, spend, deadline, log)
+        except (AgentError, LLMError) as e:
+            message = redact(str(e))
+            log(f"## failed: {message}")
+            raise AgentError(message, model=self.endpoint.label, tokens_in=spend.tokens_in,
+                             tokens_out=spend.tokens_out, cost=spend.cost) from None
+        extra = {} if self.price is not None else {"price": "unknown"}
+        return Proposal(description=description, model=self.endpoint.label, tokens_in=spend.tokens_in,
+                        tokens_out=spend.tokens_out, cost=spend.cost, extra=extra)
+
+    def _converse(self, ctx: Context, spend: Spend, deadline: float, log: Callable[[str], None]) -> str:
+        """Model calls and tool runs until the model finishes; returns the description."""
+        tools = Tools(ctx)
+        messages: list[dict[str, Any]] = [
+            {"role": "user", "content": first_message(ctx, self.limits.context_chars, self.role)}]
+        log("## prompt\n" + messages[0]["content"])
+        nudges = 0
+        for step in range(1, self.limits.steps + 1):
+            elide(messages, self.limits.context_chars)
+            reply = call_with_retries(
+                lambda timeout: self.chat.complete(SYSTEM, messages, SPECS, self.limits.reply_tokens, timeout),
+                self.policy, deadline, log)
+            spend.add(reply, self.price)
+            log(f"## step {step} (tokens in {reply.tokens_in}, out {reply.tokens_out}; "
+                f"total ${spend.cost:.4f})" + (f"\n{reply.text}" if reply.text else ""))
+            messages.append({"role": "assistant", "content": reply.text, "tool_calls": reply.tool_calls})
+            if reply.tool_calls:
+                messages.append({"role": "tool", "results": [self._run(tools, c, log) for c in reply.tool_calls]})
+            if tools.finished is not None and (tools.changed or nudges >= 2):
+                return tools.finished
+            if tools.changed and not reply.tool_calls:  # it edited, then said what it did
+                return last_line(reply.text) or "(no description)"
+            if tools.finished is not None or not reply.tool_calls:  # talk, or finish, with no edit
+                nudges += 1
+                if nudges > 2:
+                    raise AgentError("the model did not change any file")
+                tools.finished = None
+                messages.append({"role": "user", "content": "No file has changed yet. Use "
+                                 "edit_file or write_file to make your change, then call finish."})
+            if spend.tokens_in + spend.tokens_out >= self.limits.tokens:
+                raise AgentError(f"the token limit ({self.limits.tokens}) was reached before finish")
+            if time.monotonic() >= deadline:
+                raise AgentError("the time limit was reached before finish")
+        raise AgentError(f"the step limit ({self.limits.steps}) was reached before finish")
+
+    def _run(self, tools: Tools, call: Any, log: Callable[[str], None]) -> dict[str, str]:
+        out = f"error: {call.error}" if call.error else tools.call(call.name, call.arguments)
+        shown = ", ".join(f"{k}={cut(str(v), 300)!r}" for k, v in call.arguments.items())
+        log(f"-> {call.name}({shown})\n{cut(out, 2000)}")
+        return {"id": call.id, "content": out}
+
+    @staticmethod
+    def _logger(ctx: Context) -> Callable[[str], None]:
+        def log(text: str) -> None:
+            ctx.log(redact(text))
+        return log
+
+
+def last_line(text: str) -> str:
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+# ---------------------------------------------------------------------------
+# construction from the command line
+
+
+def make_llm(opts: Any, role: str = "") -> LLMAgent:
+    """An LLMAgent from AgentOptions (--model, --base-url, --agent-timeout); UsageError if the
+    model, the key, the SDK or the price file is wrong."""
+    try:
+        endpoint = resolve(opts.model, opts.base_url)
+        chat = make_chat(endpoint)
+        prices = load_overrides()
+        limits = Limits.from_env()
+        policy = RetryPolicy.from_env()
+    except (ConfigError, ValueError) as e:
+        raise UsageError(redact(str(e))) from None
+    if opts.timeout:
+        limits.seconds = float(opts.timeout)
+    agent = LLMAgent(endpoint, chat, limits, policy, prices, role)
+    if agent.price is None:
+        print(f"autoresearch: no price known for {endpoint.label}; its cost is recorded as 0 "
+              "(give one in a JSON file named by AUTORESEARCH_PRICES)", file=sys.stderr)
+    return agent
+
+
+def build(name: str, opts: Any, task: Task) -> Any:
+    """The registry's entry point for --agent llm and --agent hybrid."""
+    if name == "hybrid":
+        from autoresearch.agents.hybrid import make_hybrid
+
+        return make_hybrid(opts, task)
+    return make_llm(opts)
+
+
+__all__ = ["LLMAgent", "Limits", "build", "make_llm", "condensed_history"]

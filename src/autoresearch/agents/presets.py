@@ -1,0 +1,341 @@
+"""Presets: coding-agent CLIs run non-interactively once per trial, through the CLI agent contract.
+
+Each preset is a `CommandAgent` with a command line known to work headless: the prompt from the
+harness on stdin or from its file, every permission prompt pre-answered (the agent runs in a
+throwaway git worktree; the harness guards what it may change), no commits of its own. Where
+the tool reports what it spent (Claude Code's JSON result, aider's "Tokens:/Cost:" lines) the
+tokens and cost go into the ledger. `autoresearch agents` prints each command, so that it can be
+copied into `--agent cli --agent-cmd '...'` and adjusted.
+
+Running as root: Claude Code refuses --dangerously-skip-permissions (and bypassPermissions) for
+uid 0 unless IS_SANDBOX=1 says the machine is a disposable sandbox. As root without IS_SANDBOX
+the claude preset falls back to `--permission-mode acceptEdits` with the file tools only (it can
+read and edit, not run commands), which is all a proposal needs. Set IS_SANDBOX=1 only in a
+container or VM you can throw away, or run autoresearch as a normal user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoresearch.agents.base import AgentError, Context, Proposal
+from autoresearch.agents.cli import DEFAULT_TIMEOUT, CommandAgent, description_from
+from autoresearch.agents.providers import redact
+from autoresearch.errors import UsageError
+from autoresearch.task import Task, list_files
+
+CLAUDE_FILE_TOOLS = "Read,Edit,MultiEdit,Write,Glob,Grep,LS"
+
+
+def is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _strip(model: str | None, *prefixes: str) -> str | None:
+    if not model:
+        return None
+    head, sep, rest = model.partition("/")
+    return rest if sep and head in prefixes else model
+
+
+# ---------------------------------------------------------------------------
+# each tool's command line
+
+
+def claude_command(model: str | None, base_url: str | None, task: Task | None) -> tuple[str, dict[str, str], str]:
+    env: dict[str, str] = {}
+    note = ""
+    if is_root() and os.environ.get("IS_SANDBOX") != "1":
+        perms = f"--permission-mode acceptEdits --allowedTools {CLAUDE_FILE_TOOLS}"
+        note = ("running as root: Claude Code refuses --dangerously-skip-permissions here, so the "
+                "claude preset lets it read and edit files only (no shell). Run as a normal user, "
+                "or set IS_SANDBOX=1 if this is a disposable container/VM, to give it a shell.")
+    else:
+        perms = "--dangerously-skip-permissions"
+    name = _strip(model, "anthropic", "claude")
+    env["DISABLE_AUTOUPDATER"] = "1"
+    if base_url:
+        env["ANTHROPIC_BASE_URL"] = base_url
+    cmd = f"claude -p --output-format json {perms}" + (f" --model {shlex.quote(name)}" if name else "")
+    return cmd + " < {prompt_file}", env, note
+
+
+def codex_command(model: str | None, base_url: str | None, task: Task | None) -> tuple[str, dict[str, str], str]:
+    name = _strip(model, "openai")
+    env = {"OPENAI_BASE_URL": base_url} if base_url else {}
+    cmd = "codex exec --skip-git-repo-check --sandbox workspace-write" + (f" -m {shlex.quote(name)}" if name else "")
+    return cmd + " - < {prompt_file}", env, ""
+
+
+def aider_command(model: str | None, base_url: str | None, task: Task | None) -> tuple[str, dict[str, str], str]:
+    files = sorted(f for f in list_files(task.root) if task.is_editable(f)) if task else []
+    parts = ["aider", "--message-file {prompt_file}", "--yes-always", "--no-auto-commits",
+             "--no-dirty-commits", "--no-gitignore", "--no-check-update", "--no-show-release-notes",
+             "--no-analytics", "--no-pretty", "--no-stream", "--no-fancy-input", "--no-detect-urls",
+             "--no-suggest-shell-commands", "--no-show-model-warnings", "--map-tokens 0",
+             "--chat-history-file /dev/null", "--input-history-file /dev/null"]
+    if model:
+        parts.append(f"--model {shlex.quote(model)}")
+    if base_url:
+        parts.append(f"--openai-api-base {shlex.quote(base_url)}")
+    parts += [shlex.quote(f) for f in files]
+    # litellm would fetch a price list from GitHub at start; the packaged copy is enough
+    return " ".join(parts), {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}, ""
+
+
+def gemini_command(model: str | None, base_url: str | None, task: Task | None) -> tuple[str, dict[str, str], str]:
+    name = _strip(model, "gemini", "google")
+    cmd = "gemini --approval-mode yolo" + (f" -m {shlex.quote(name)}" if name else "")
+    # headless gemini refuses yolo in a folder it was never told to trust (each trial's
+    # worktree is new): this variable trusts the working folder for the run
+    env = {"GEMINI_CLI_TRUST_WORKSPACE": "true"}
+    return cmd + " -p 'Carry out the task described above.' < {prompt_file}", env, ""
+
+
+def opencode_command(model: str | None, base_url: str | None, task: Task | None) -> tuple[str, dict[str, str], str]:
+    cmd = "opencode run" + (f" -m {shlex.quote(model)}" if model else "")
+    env = {"OPENCODE_PERMISSION": '{"*": "allow"}', "OPENCODE_DISABLE_AUTOUPDATE": "1"}
+    return cmd + ' "$(cat {prompt_file})"', env, ""
+
+
+# ---------------------------------------------------------------------------
+# what each tool reports about itself
+
+
+def claude_result(output: str) -> dict[str, Any]:
+    """From `--output-format json`: the final text, tokens and the cost Claude Code reports."""
+    for line in reversed(output.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{") and '"result"' in line:
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if data.get("is_error"):
+                raise AgentError(f"claude: {str(data.get('result', 'error'))[:300]}")
+            u = data.get("usage") or {}
+            tin = sum(int(u.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens",
+                                                   "cache_creation_input_tokens"))
+            return {"text": str(data.get("result") or ""), "tokens_in": tin,
+                    "tokens_out": int(u.get("output_tokens") or 0),
+                    "cost": float(data.get("total_cost_usd") or data.get("cost_usd") or 0.0)}
+    return {}
+
+
+AIDER_NOISE = re.compile(r"^(Aider v|Model:|Main model|Weak model|Editor model|Git repo|Repo-map|Added |"
+                         r"Tokens:|Cost:|Applied edit|Commit |Did not apply|Only \d+ reflections|"
+                         r"Warning|https?://|HTTPSConnectionPool|litellm|Can't initialize|Use /help|"
+                         r"Note:|You can skip|Scanning repo|Initial repo scan|Creating empty file|"
+                         r"Summariz|Update git|Dropping|Files in chat|Please answer|The LLM did not)")
+_K = {"": 1, "k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6}
+
+
+def _count(num: str, suffix: str) -> int:
+    return int(float(num) * _K.get(suffix, 1))
+
+
+def aider_result(output: str) -> dict[str, Any]:
+    """aider prints `Tokens: 1.2k sent, 310 received. Cost: $0.01 message, $0.02 session.` per
+    call; the description is the last line of prose outside code blocks and aider's own notes."""
+    tin = tout = 0
+    cost = 0.0
+    for m in re.finditer(r"Tokens: ([\d.]+)([kKmM]?) sent(?:, ([\d.]+)([kKmM]?) cache write)?"
+                         r"(?:, ([\d.]+)([kKmM]?) cache hit)?, ([\d.]+)([kKmM]?) received", output):
+        tin += _count(m[1], m[2]) + (_count(m[3], m[4]) if m[3] else 0) + (_count(m[5], m[6]) if m[5] else 0)
+        tout += _count(m[7], m[8])
+    sessions = re.findall(r"\$([\d.]+) session", output)
+    if sessions:
+        cost = float(sessions[-1])
+    lines = output.splitlines()
+    prose: list[str] = []
+    fenced = False
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if s.startswith("```"):
+            fenced = not fenced
+            continue
+        nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        if fenced or not s or AIDER_NOISE.match(s) or nxt.startswith("```") or s.startswith(("<<<<<<<", "=======", ">>>>>>>")):
+            continue
+        prose.append(s)
+    return {"text": prose[-1] if prose else "", "tokens_in": tin, "tokens_out": tout, "cost": cost}
+
+
+# ---------------------------------------------------------------------------
+# the presets
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    binary: str
+    what: str
+    keys: tuple[str, ...]  # any of these environment variables, or the tool's own saved login
+    login: str  # how to log in instead of a key
+    command: Callable[[str | None, str | None, Task | None], tuple[str, dict[str, str], str]]
+    result: Callable[[str], dict[str, Any]] | None = None
+    hints: tuple[tuple[str, str], ...] = ()  # (text in the output, what to tell the user)
+    fatal: tuple[str, ...] = ()  # output that means failure even with exit code 0
+
+
+ROOT_HINT = ("Claude Code refuses to skip permissions as root: run autoresearch as a normal user, "
+             "or set IS_SANDBOX=1 if this machine is a disposable container/VM")
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("claude", "claude", "Claude Code (claude -p)", ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"),
+           "claude login (or claude setup-token)", claude_command, claude_result,
+           (("root/sudo privileges", ROOT_HINT),)),
+    Preset("codex", "codex", "OpenAI Codex CLI (codex exec)", ("OPENAI_API_KEY", "CODEX_API_KEY"), "codex login",
+           codex_command, None,
+           (("landlock", "codex's sandbox cannot start here; use --agent cli with "
+             "'codex exec --skip-git-repo-check --dangerously-bypass-approvals-and-sandbox - < {prompt_file}' "
+             "inside a disposable container"),)),
+    Preset("aider", "aider", "aider (--message-file, whole/diff edits)",
+           ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENROUTER_API_KEY", "GEMINI_API_KEY", "DEEPSEEK_API_KEY"),
+           "a key for the --model you give", aider_command, aider_result,
+           fatal=("litellm.AuthenticationError", "litellm.NotFoundError", "litellm.BadRequestError",
+                  "litellm.PermissionDeniedError", "not able to authenticate you")),
+    Preset("gemini", "gemini", "Gemini CLI (gemini -p)", ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+           "gemini (Google login, once, interactively)", gemini_command),
+    Preset("opencode", "opencode", "opencode (opencode run)",
+           ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENROUTER_API_KEY"), "opencode auth login", opencode_command),
+]}
+
+
+class PresetAgent(CommandAgent):
+    """A CommandAgent that also reads what the tool reports (description, tokens, cost)."""
+
+    def __init__(self, preset: Preset, command: str, env: dict[str, str], timeout: float, model: str | None) -> None:
+        super().__init__(command, timeout=timeout, name=preset.name, env=env)
+        self.preset = preset
+        self.model = model or ""
+
+    def propose(self, ctx: Context) -> Proposal:
+        start = ctx.log_path.stat().st_size if ctx.log_path.exists() else 0
+        try:
+            proposal = super().propose(ctx)
+        except AgentError as e:
+            output = _redact_log(ctx.log_path, start)
+            hint = next((h for needle, h in self.preset.hints if needle in output), "")
+            raise AgentError(redact(f"{e}; {hint}" if hint else str(e))) from None
+        output = _redact_log(ctx.log_path, start)
+        failed = next((f for f in self.preset.fatal if f in output), None)
+        if failed:
+            lines = output.splitlines()
+            i = next(i for i, x in enumerate(lines) if failed in x)
+            raise AgentError(f"{self.preset.name} failed: " + " ".join(x.strip() for x in lines[i:i + 3])[:300])
+        if self.preset.result is None:
+            return Proposal(redact(proposal.description), model=self.model)
+        info = self.preset.result(output)
+        desc_file = ctx.log_path.with_suffix(".description")
+        text = desc_file.read_text(errors="replace") if desc_file.exists() else None
+        description = description_from(text, info.get("text", "")) or proposal.description
+        return Proposal(redact(description), model=self.model, tokens_in=info.get("tokens_in", 0),
+                        tokens_out=info.get("tokens_out", 0), cost=info.get("cost", 0.0))
+
+
+def _redact_log(path: Path, offset: int) -> str:
+    """What the tool wrote to its log from `offset`, with keys redacted in the file too (a tool
+    may print its key in an error message)."""
+    text = _read_from(path, offset)
+    clean = redact(text)
+    if clean != text:
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            f.truncate()
+            f.write(clean.encode("utf-8"))
+    return clean
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def build(name: str, opts: Any, task: Task) -> PresetAgent:
+    """The registry's entry point: --agent claude|codex|aider|gemini|opencode."""
+    preset = PRESETS[name]
+    if shutil.which(preset.binary) is None:
+        raise UsageError(f"--agent {name} needs the `{preset.binary}` command on PATH "
+                         "(see `autoresearch agents`)")
+    command, env, note = preset.command(opts.model, opts.base_url, task)
+    if note:
+        print(f"autoresearch: {note}", file=sys.stderr)
+    return PresetAgent(preset, command, env, opts.timeout or DEFAULT_TIMEOUT, opts.model)
+
+
+# ---------------------------------------------------------------------------
+# `autoresearch agents`
+
+
+def _have_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _keys(names: tuple[str, ...]) -> str:
+    found = [k for k in names if os.environ.get(k)]
+    return ("set: " + ", ".join(found)) if found else "none set"
+
+
+def agents_text() -> str:
+    """What `autoresearch agents` prints: every agent and preset, what it needs, whether it is here."""
+    from autoresearch.agents.providers import PROVIDERS
+
+    search_ok = _have_module("optuna") and _have_module("autoresearch.agents.search")
+    sdks = [m for m in ("openai", "anthropic") if _have_module(m)]
+    keys = [p.key_env for p in PROVIDERS.values() if p.key_env and os.environ.get(p.key_env)]
+    rows: list[tuple[str, bool, str, str]] = [
+        ("search", search_ok, "built-in: Optuna over the UPPER_CASE numeric constants, no LLM",
+         "optuna" + ("" if search_ok else " and the search agent (missing here)")),
+        ("llm", bool(sdks), "built-in tool-using agent over an LLM API",
+         f"--model PROVIDER/NAME and that provider's key (keys set: {', '.join(keys) or 'none'}); "
+         + (f"SDKs here: {', '.join(sdks)}" if sdks else "pip install 'autoresearch[llm]'")),
+        ("hybrid", search_ok and bool(sdks), "search on the constants + llm on structure (--llm-share)",
+         "as search and llm"),
+        ("cli", True, "any coding-agent command, once per trial", "--agent-cmd '... {prompt_file} ...'"),
+    ]
+    for p in PRESETS.values():
+        here = shutil.which(p.binary) is not None
+        rows.append((p.name, here, p.what, f"`{p.binary}` on PATH{'' if here else ' (not found)'}; "
+                     f"{' or '.join(p.keys)} ({_keys(p.keys)}) or {p.login}"))
+    w = max(len(r[0]) for r in rows)
+    out = [f"{'agent':<{w}}  here  what (and what it needs)"]
+    for name, ok, what, needs in rows:
+        out += [f"{name:<{w}}  {'yes' if ok else 'no':<4}  {what}", f"{'':<{w}}        needs: {needs}"]
+    out += ["", "LLM providers for --model PROVIDER/NAME (llm, hybrid):"]
+    for name, prov in PROVIDERS.items():
+        key = (f"{prov.key_env} ({'set' if os.environ.get(prov.key_env) else 'not set'})" if prov.key_env
+               else "no key (a local server)")
+        out.append(f"  {name:<10} {key:<28} {prov.base_url or ''}")
+    out += ["", "Preset commands (copy one into --agent cli --agent-cmd '...' to adjust it):"]
+    for p in PRESETS.values():
+        cmd, env, note = p.command("PROVIDER/MODEL" if p.name in ("aider", "opencode") else "MODEL", None, None)
+        prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        out.append(f"  {p.name}: {(prefix + ' ') if prefix else ''}{cmd}")
+        if note:
+            out.append(f"    note: {note}")
+    out += ["", "Keys are read from the environment only, and never written to the ledger, logs or reports."]
+    return "\n".join(out)
+
+
+def cmd_agents(args: Any) -> int:
+    print(agents_text())
+    return 0

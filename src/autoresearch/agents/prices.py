@@ -1,0 +1,74 @@
+"""What an LLM call costs: USD per million tokens (input, output) for common models.
+
+The table is a convenience, not a bill: providers change prices. Override or extend it with a
+JSON file named by AUTORESEARCH_PRICES, e.g. {"gpt-4.1": [2.0, 8.0], "my-model": {"input": 0.5,
+"output": 1.5}} (USD per million tokens). A model is matched by its exact name, then by the
+longest known prefix (so dated snapshots such as claude-sonnet-4-5-20250929 find their family).
+Local servers (vllm/, ollama/, llamacpp/) cost nothing. An unknown model costs 0 and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+PRICES: dict[str, tuple[float, float]] = {
+    # OpenAI
+    "gpt-5": (1.25, 10.0), "gpt-5-mini": (0.25, 2.0), "gpt-5-nano": (0.05, 0.40),
+    "gpt-4.1": (2.0, 8.0), "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4o": (2.50, 10.0), "gpt-4o-mini": (0.15, 0.60),
+    "o3": (2.0, 8.0), "o3-mini": (1.10, 4.40), "o4-mini": (1.10, 4.40), "o1": (15.0, 60.0),
+    # Anthropic
+    "claude-opus-4-5": (5.0, 25.0), "claude-opus-4-1": (15.0, 75.0), "claude-opus-4": (15.0, 75.0),
+    "claude-sonnet-4-5": (3.0, 15.0), "claude-sonnet-4": (3.0, 15.0), "claude-3-7-sonnet": (3.0, 15.0),
+    "claude-3-5-sonnet": (3.0, 15.0), "claude-haiku-4-5": (1.0, 5.0), "claude-3-5-haiku": (0.80, 4.0),
+    # Google, DeepSeek, others reached through OpenAI-compatible endpoints
+    "gemini-2.5-pro": (1.25, 10.0), "gemini-2.5-flash": (0.30, 2.50), "gemini-2.0-flash": (0.10, 0.40),
+    "deepseek-chat": (0.27, 1.10), "deepseek-reasoner": (0.55, 2.19),
+    "grok-4": (3.0, 15.0), "mistral-large": (2.0, 6.0), "codestral": (0.30, 0.90),
+}
+
+
+def load_overrides(env: Mapping[str, str] | None = None) -> dict[str, tuple[float, float]]:
+    """Prices from the JSON file in AUTORESEARCH_PRICES (ValueError names the file if it is bad)."""
+    env = os.environ if env is None else env
+    path = env.get("AUTORESEARCH_PRICES")
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+        out = {}
+        for name, v in data.items():
+            pair = (v["input"], v["output"]) if isinstance(v, dict) else tuple(v)
+            out[str(name)] = (float(pair[0]), float(pair[1]))
+        return out
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ValueError(f"AUTORESEARCH_PRICES={path}: expected a JSON object of "
+                         f'"model": [input, output] USD per million tokens ({e})') from None
+
+
+def normalise(name: str) -> str:
+    """openrouter's anthropic/claude-sonnet-4.5 -> claude-sonnet-4-5."""
+    name = name.lower().rsplit("/", 1)[-1].split(":", 1)[0]
+    return name.replace(".", "-") if name.startswith("claude") else name
+
+
+def price_of(model: str, table: dict[str, tuple[float, float]]) -> tuple[float, float] | None:
+    """(input, output) USD per million tokens, or None when the model is not in the table."""
+    for key in (model, model.rsplit("/", 1)[-1], normalise(model)):
+        if key in table:
+            return table[key]
+    name = normalise(model)
+    best = max((k for k in table if name.startswith(k)), key=len, default=None)
+    return table[best] if best else None
+
+
+def cost(price: tuple[float, float] | None, tokens_in: int, tokens_out: int,
+         cache_read: int = 0, cache_write: int = 0) -> float:
+    """USD for one call; cached input reads at 10%, cache writes at 125% of the input price."""
+    if price is None:
+        return 0.0
+    plain = max(0, tokens_in - cache_read - cache_write)
+    return (price[0] * (plain + 0.1 * cache_read + 1.25 * cache_write) + price[1] * tokens_out) / 1e6

@@ -1,0 +1,327 @@
+"""`--agent search`: an Optuna sampler over the task's constants, no LLM.
+
+Each proposal starts from the best code (the trial's worktree), lets the sampler choose new
+values for a few constants (one to three; CMA-ES moves every number at once, as it is built
+to), and rewrites only those values' text. Optuna is driven by ask/tell: the other constants
+are enqueued as fixed parameters, so every Optuna trial holds exactly the configuration that
+ran. Outcomes told to Optuna:
+
+    keep / discard        the metric (the study's direction is the task's goal)
+    crash / timeout       the worst metric seen so far, so the sampler learns to avoid the
+                          region (FAIL while nothing has been measured yet)
+    anything else         FAIL, which every sampler ignores
+
+The study lives in memory. It is rebuilt whenever the loop starts: the loop shows the agent
+every finished trial, and for each one this agent did not propose itself it reads the
+constants at the trial's commit and adds them as a completed trial. So a resumed loop, or a
+search that follows an LLM agent or a person, learns from every earlier trial.
+
+The space's ranges are fixed once, from the baseline's code (the first trial it is shown),
+so they do not drift with the best; constants that appear later are added with ranges inferred
+from their first value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import threading
+import warnings
+from typing import Any
+
+from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
+from autoresearch.agents.space import (
+    Constant,
+    NotLiteral,
+    Param,
+    Space,
+    apply_edits,
+    editable_sources,
+    scan_files,
+    short,
+    space_of,
+)
+from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.records import Status, Trial
+from autoresearch.task import Task
+
+SAMPLERS = ("tpe", "random", "cmaes", "gp")
+STARTUP_TRIALS = 5  # TPE and GP sample at random until this many trials are complete
+TRIES = 30  # asks before giving up on finding a configuration not tried yet
+FEW = (1, 2, 3)  # how many constants a proposal changes, and how often
+FEW_WEIGHTS = (0.5, 0.3, 0.2)
+CMA_SIGMA = 0.15  # CMA-ES's initial step, as a share of each (normalised) range
+
+
+def make_sampler(name: str, seed: int, x0: dict[str, Any]) -> Any:
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS, constant_liar=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        common: dict[str, Any] = {
+            "seed": seed, "n_startup_trials": 0, "warn_independent_sampling": False,
+            "independent_sampler": optuna.samplers.RandomSampler(seed=seed)}
+        # start from the baseline, not the middle of the space; x0 and sigma0 are deprecated
+        # since Optuna 4.9 (to go in 6.0), hence the fallback to the default start
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            try:
+                return optuna.samplers.CmaEsSampler(x0=x0 or None, sigma0=CMA_SIGMA, **common)
+            except TypeError:
+                return optuna.samplers.CmaEsSampler(**common)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
+    raise UsageError(f"--sampler {name!r} is not a sampler (choose from {', '.join(SAMPLERS)})")
+
+
+def check_sampler(name: str) -> None:
+    if name not in SAMPLERS:
+        raise UsageError(f"--sampler {name!r} is not a sampler (choose from {', '.join(SAMPLERS)})")
+    need = {"cmaes": "cmaes", "gp": "scipy"}.get(name)
+    if need:
+        import importlib.util
+
+        if importlib.util.find_spec(need) is None:
+            raise UsageError(f"--sampler {name} needs the {need} package: pip install {need}")
+        if name == "gp" and importlib.util.find_spec("torch") is None:
+            raise UsageError("--sampler gp needs PyTorch: pip install torch")
+
+
+def digest(files: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(path.encode() + b"\0" + files[path] + b"\0")
+    return h.hexdigest()
+
+
+class SearchAgent(BaseAgent):
+    """Optuna ask/tell over the UPPER_CASE constants of the editable files."""
+
+    name = "search"
+
+    def __init__(self, task: Task, sampler: str = "tpe", seed: int = 0,
+                 changes: int | str | None = None) -> None:
+        """`changes`: constants changed per proposal: a number, "all", or None (one to three;
+        every number for CMA-ES)."""
+        check_sampler(sampler)
+        self.task = task
+        self.sampler = sampler
+        self.seed = seed
+        self.changes = changes if changes is not None else ("all" if sampler == "cmaes" else None)
+        self.rng = random.Random(seed)
+        self.space = space_of(editable_sources(task.root, task))
+        if not self.space.params:
+            raise UsageError(f"--agent search found no constants to tune in {task.root} "
+                             f"(see `autoresearch space {task.root}`)")
+        self.study: Any = None
+        self.pending: dict[int, Any] = {}  # loop trial number -> the Optuna trial it ran
+        self.seen: set[str] = set()  # digests of the editable files of every trial
+        self.worst: float | None = None
+        self._lock = threading.Lock()
+        self._git: Any = None
+
+    # -- the study ----------------------------------------------------------------------------
+
+    def _study(self) -> Any:
+        if self.study is None:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            x0 = {p.key: p.sampled(p.value) for p in self.space.params
+                  if p.kind in ("int", "float") and p.sampled(p.value) is not None}
+            direction = (optuna.study.StudyDirection.MINIMIZE if self.task.metric.minimize
+                         else optuna.study.StudyDirection.MAXIMIZE)
+            self.study = optuna.create_study(direction=direction,
+                                             sampler=make_sampler(self.sampler, self.seed, x0))
+        return self.study
+
+    def _tell(self, otrial: Any, trial: Trial) -> None:
+        import optuna
+
+        value = self._value(trial)
+        if value is None:
+            self._study().tell(otrial, state=optuna.trial.TrialState.FAIL)
+        else:
+            self._study().tell(otrial, value)
+
+    def _value(self, trial: Trial) -> float | None:
+        """What Optuna is told for a finished trial (None: FAIL)."""
+        if trial.status in (Status.KEEP, Status.DISCARD) and trial.metric is not None:
+            worse = max if self.task.metric.minimize else min
+            self.worst = trial.metric if self.worst is None else worse(self.worst, trial.metric)
+            return float(trial.metric)
+        if trial.status in (Status.CRASH, Status.TIMEOUT):
+            return self.worst
+        return None
+
+    # -- learning from the ledger -------------------------------------------------------------
+
+    def observe(self, trial: Trial) -> None:
+        with self._lock:
+            otrial = self.pending.pop(trial.number, None)
+            if otrial is not None:
+                self._tell(otrial, trial)
+                return
+            if not trial.commit:
+                return
+            files = self._files_at(trial.commit)
+            self.seen.add(digest(files))
+            if trial.number == 0 and self.study is None and files:
+                rebuilt = space_of(files)  # ranges from the baseline's own code
+                if rebuilt.params:
+                    self.space = rebuilt
+            value = self._value(trial)
+            if value is None:
+                return
+            self._add_completed(files, value)
+
+    def _files_at(self, commit: str) -> dict[str, bytes]:
+        if self._git is None:
+            from autoresearch.gitrepo import Git
+
+            self._git = Git(self.task.root)
+        out = {}
+        for path in self.space.files:
+            text = self._git.show_file(commit, path)
+            if text is not None:
+                out[path] = text.encode("utf-8")
+        return out
+
+    def _add_completed(self, files: dict[str, bytes], value: float) -> None:
+        import optuna
+
+        scans = scan_files(files)
+        self.space.add(scans)
+        params, dists = {}, {}
+        for path, scan in scans.items():
+            for c in scan.constants:
+                p = self.space.find(path, c.name)
+                x = p.sampled(c.value) if p is not None and c.value is not NotLiteral else None
+                if p is not None and x is not None:
+                    params[p.key], dists[p.key] = x, p.distribution()
+        if not params:
+            return
+        self._study().add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+
+    # -- proposing ----------------------------------------------------------------------------
+
+    def propose(self, ctx: Context) -> Proposal:
+        with self._lock:
+            return self._propose(ctx)
+
+    def _propose(self, ctx: Context) -> Proposal:
+        import optuna
+
+        files = editable_sources(ctx.workdir, self.task)
+        scans = scan_files(files)
+        new = self.space.add(scans)
+        if new:
+            ctx.log(f"new constants in the space: {', '.join(p.key for p in new)}")
+        current: dict[str, tuple[Param, Constant]] = {}
+        for path, scan in scans.items():
+            for c in scan.constants:
+                p = self.space.find(path, c.name)
+                if p is not None:
+                    current[p.key] = (p, c)
+        if not current:
+            raise AgentError("none of the searched constants is in the best code any more")
+        study = self._study()
+        for attempt in range(1, TRIES + 1):
+            free = self._choose([p for p, _ in current.values()])
+            fixed = {k: p.sampled(c.value) for k, (p, c) in current.items() if k not in free}
+            fixed = {k: x for k, x in fixed.items() if x is not None}
+            dists = {k: p.distribution() for k, (p, _) in current.items() if k in free or k in fixed}
+            study.enqueue_trial(fixed)
+            otrial = study.ask(dists)
+            edits, changes = self._edits(otrial.params, current, free)
+            new_files = {path: apply_edits(data, edits.get(path, [])) for path, data in files.items()}
+            key = digest(new_files)
+            if changes and key not in self.seen:
+                break
+            study.tell(otrial, state=optuna.trial.TrialState.FAIL)
+            ctx.log(f"try {attempt}: {'nothing changed' if not changes else 'tried already'}, asking again")
+        else:
+            raise AgentError(f"the {self.sampler} sampler found no untried change in {TRIES} tries "
+                             "(the space may be exhausted; widen it with `# search:` comments)")
+        for path, data in new_files.items():
+            if data != files[path]:
+                (ctx.workdir / path).write_bytes(data)
+        self.seen.add(key)
+        self.pending[ctx.number] = otrial
+        description = ", ".join(f"{self._label(p)} {_old_text(c)} -> {text}" for p, c, text in changes)
+        ctx.log(f"{self.sampler} (optuna trial {otrial.number}): {description}")
+        return Proposal(description=description, model=f"optuna-{self.sampler}",
+                        extra={"search": {p.key: text for p, _, text in changes}})
+
+    def _choose(self, params: list[Param]) -> set[str]:
+        """The constants this proposal may change."""
+        keys = [p.key for p in params]
+        if self.changes == "all":
+            numbers = {p.key for p in params if p.kind in ("int", "float")}
+            others = {p.key for p in params if p.key not in numbers and self.rng.random() < 1 / len(params)}
+            return (numbers | others) or {self.rng.choice(keys)}
+        n = int(self.changes) if self.changes else self.rng.choices(FEW, FEW_WEIGHTS)[0]
+        return set(self.rng.sample(keys, min(n, len(keys))))
+
+    def _edits(self, sampled: dict[str, Any], current: dict[str, tuple[Param, Constant]],
+               free: set[str]) -> tuple[dict[str, list[tuple[int, int, str]]], list[tuple[Param, Constant, str]]]:
+        """The text edits (per file) that write the sampled values of the free constants, and
+        the constants that really change."""
+        by_path: dict[str, list[tuple[int, int, str]]] = {}
+        changes = []
+        for key in sorted(free, key=lambda k: (current[k][1].path, current[k][1].line)):
+            p, c = current[key]
+            value, text = p.render(sampled[key], c.text)
+            if value == c.value and isinstance(value, bool) == isinstance(c.value, bool):
+                continue  # e.g. an int that rounds back to its value
+            by_path.setdefault(c.path, []).append((c.start, c.end, text))
+            changes.append((p, c, text))
+        return by_path, changes
+
+    def _label(self, p: Param) -> str:
+        return p.key
+
+
+def _old_text(c: Constant) -> str:
+    text = " ".join(c.text.split())
+    return text if len(text) <= 16 else short(c.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# `autoresearch space`
+
+
+def space_table(space: Space) -> str:
+    rows = [("name", "where", "value", "range", "scale")]
+    for p in space.params:
+        rows.append((p.key, f"{p.path}:{p.line}", " ".join(p.text.split())[:24], p.range_text,
+                     p.scale_text + ("" if p.annotated else ", inferred")))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
+    for where, why in space.skipped:
+        lines.append(f"not searched: {where} {why}")
+    return "\n".join(lines)
+
+
+def cmd_space(args: argparse.Namespace) -> int:
+    from autoresearch.task import load_task
+
+    task = load_task(args.dir)
+    space = space_of(editable_sources(task.root, task))
+    if not space.params:
+        files = ", ".join(space.files) or "none"
+        for where, why in space.skipped:
+            print(f"not searched: {where} {why}")
+        raise AutoresearchError(f"no constants to search in the editable Python files of {task.root} "
+                                f"({files}): the search agent tunes module-level UPPER_CASE numbers "
+                                "and booleans, or constants with a `# search:` comment")
+    print(space_table(space))
+    print(f"{len(space.params)} constants in {', '.join(space.files)}; set a range with "
+          "`# search: LOW..HIGH [log] [int]`, leave one out with `# search: off`")
+    return 0
+

@@ -1,0 +1,584 @@
+"""The search space of a task: the UPPER_CASE constants at module level of its editable files.
+
+A constant is searched when its value is a number, a boolean or a simple literal expression of
+numbers (`2**19`, `3e-4 * 2`, `-0.5`). Strings, tuples and the like are left alone unless a
+comment gives their choices. The range comes from a trailing comment:
+
+    LR = 3e-3        # search: 3e-4..3e-2 log
+    DEPTH = 4        # search: 2..8 int         (text after the options is free)
+    HEAD_DIM = 32    # search: 16..64 step 16
+    OPTIMIZER = "adamw"  # search: "adamw" | "sgd"
+    SEED = 42        # search: off
+
+and is otherwise inferred from the value (see `infer`):
+
+    positive float v      log   v/4 .. 4v
+    positive int v        log   max(1, v//2) .. 2v          (an int stays an int)
+    B**E (ints, B >= 2)   the exponent, E-1 .. E+1           (2**19 -> 2**18 .. 2**20)
+    negative v            the same range for |v|, sign kept
+    0.0                   linear 0 .. 1
+    0                     linear 0 .. 2
+    True / False          both
+
+Nothing here imports Optuna except `Param.distribution`. Rewriting is by exact byte spans from
+`ast`, so a file changes only where a value's text is replaced: formatting, comments and line
+endings stay byte for byte.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import math
+import operator
+import re
+import tokenize
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from autoresearch.task import Task, list_files
+
+NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+OFF_WORDS = {"off", "no", "skip", "fixed", "none"}
+OPTION_WORDS = {"log", "linear", "int", "float", "step"}
+
+
+class NotLiteral(ValueError):
+    """A value that is not a literal the search may read or write."""
+
+
+# ---------------------------------------------------------------------------------------------
+# literal values
+
+
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+           ast.Pow: operator.pow}
+
+
+def number_of(node: ast.AST) -> int | float:
+    """The value of a numeric literal expression (`3`, `-1e-3`, `2**19`, `3e-4 * 2`)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
+            and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        value = number_of(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left, right = number_of(node.left), number_of(node.right)
+        if isinstance(node.op, ast.Pow) and (abs(right) > 256 or abs(left) > 1e6):
+            raise NotLiteral("too large a power")
+        try:
+            result = _BINOPS[type(node.op)](left, right)
+        except (ArithmeticError, ValueError) as e:
+            raise NotLiteral(str(e)) from None
+        if isinstance(result, complex) or not math.isfinite(result):
+            raise NotLiteral("not a finite real number")
+        return result
+    raise NotLiteral("not a numeric literal")
+
+
+def value_of(node: ast.AST) -> Any:
+    """A constant's value: a number (or numeric expression), a boolean, or any Python literal."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+        return node.value
+    try:
+        return number_of(node)
+    except NotLiteral:
+        pass
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise NotLiteral("not a literal") from None
+
+
+def value_of_text(text: str) -> Any:
+    return value_of(ast.parse(text.strip(), mode="eval").body)
+
+
+def power_form(node: ast.AST) -> int | None:
+    """The base B of a constant written `B**E` with whole numbers, B >= 2 (else None)."""
+    if (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow)
+            and isinstance(node.left, ast.Constant) and type(node.left.value) is int
+            and isinstance(node.right, ast.Constant) and type(node.right.value) is int
+            and node.left.value >= 2 and node.right.value >= 1):
+        return node.left.value
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# formatting values as compact literals
+
+
+def _short_exponent(text: str) -> str:
+    return re.sub(r"e([+-]?)0*(\d)", lambda m: "e" + m.group(1).replace("+", "") + m.group(2), text)
+
+
+def format_float(value: float, digits: int = 3, sci: bool = False) -> str:
+    """`value` rounded to `digits` significant digits as a short float literal (always with a
+    '.' or an exponent, so it stays a float)."""
+    if value == 0:
+        return "0.0"
+    rounded = float(f"{value:.{digits}g}")
+    if sci:
+        mantissa, exp = f"{rounded:.{digits - 1}e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
+        return f"{mantissa}e{int(exp)}"
+    text = _short_exponent(repr(rounded))
+    return text
+
+
+def format_value(value: Any, template: str = "") -> str:
+    """A value as source text in the style of `template` (the text it replaces)."""
+    if isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, int):
+        return f"{value:_}" if "_" in template and not template.lstrip("-+").startswith("0x") else str(value)
+    if isinstance(value, float):
+        return format_float(value, sci="e" in template.lower() and "**" not in template)
+    if isinstance(value, str) and template.strip().startswith('"') and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return repr(value)
+
+
+def short(value: Any, digits: int = 4) -> str:
+    """A value for a description or a table: compact, never long."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        return format_float(value, digits)
+    text = repr(value) if not isinstance(value, int) or isinstance(value, bool) else str(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# annotations: `# search: ...`
+
+
+@dataclass(frozen=True)
+class Annotation:
+    off: bool = False
+    low: float | None = None
+    high: float | None = None
+    log: bool | None = None
+    kind: str | None = None  # "int" or "float" when stated
+    step: float | None = None
+    choices: tuple[str, ...] = ()
+    warning: str = ""
+
+
+def parse_annotation(comment: str) -> Annotation | None:
+    """The `search:` part of a comment (None if there is none); raises ValueError when it is
+    malformed, with a message fit for the user."""
+    m = re.search(r"\bsearch:\s*(.*)$", comment)
+    if not m:
+        return None
+    spec = m.group(1).strip()
+    word = spec.split(maxsplit=1)[0].lower() if spec else ""
+    if word.rstrip(".,;") in OFF_WORDS:
+        return Annotation(off=True)
+    if "|" in spec and ".." not in spec.split("|", 1)[0]:
+        return Annotation(choices=_choices(spec))
+    r = re.match(r"(?P<lo>\S+?)\s*\.\.\s*(?P<hi>[^\s]+)(?P<rest>.*)$", spec)
+    if not r:
+        raise ValueError(f"expected `search: LOW..HIGH [log] [int] [step S]` or `search: A | B`, got {spec!r}")
+    try:
+        low, high = float(value_of_text(r.group("lo"))), float(value_of_text(r.group("hi")))
+    except (NotLiteral, SyntaxError, TypeError, ValueError):
+        raise ValueError(f"the range {r.group('lo')}..{r.group('hi')} is not two numbers") from None
+    if not low < high:
+        raise ValueError(f"the range {r.group('lo')}..{r.group('hi')} is empty (LOW must be < HIGH)")
+    log: bool | None = None
+    kind = None
+    step = None
+    warning = ""
+    words = r.group("rest").split()
+    i = 0
+    while i < len(words):
+        w = words[i].lower().rstrip(",;")
+        if not w[:1].isalpha():
+            break  # free text after the options
+        if w in ("log", "linear"):
+            log = w == "log"
+        elif w in ("int", "float"):
+            kind = w
+        elif w == "step" and i + 1 < len(words):
+            try:
+                step = float(value_of_text(words[i + 1]))
+            except (NotLiteral, SyntaxError, TypeError, ValueError):
+                raise ValueError(f"`step {words[i + 1]}` is not a number") from None
+            if not step > 0:
+                raise ValueError(f"`step {words[i + 1]}` must be > 0")
+            i += 1
+        else:
+            warning = f"unknown option {words[i]!r} ignored (known: log, linear, int, float, step S)"
+            break
+        i += 1
+    if log and low <= 0:
+        raise ValueError(f"a log range must be positive, got {r.group('lo')}..{r.group('hi')}")
+    if log and step is not None:
+        raise ValueError("`log` and `step` cannot be combined")
+    return Annotation(low=low, high=high, log=log, kind=kind, step=step, warning=warning)
+
+
+def _choices(spec: str) -> tuple[str, ...]:
+    out = []
+    for part in spec.split("|"):
+        text = part.strip()
+        if not text:
+            raise ValueError(f"an empty choice in {spec!r}")
+        try:
+            value_of_text(text)
+        except (NotLiteral, SyntaxError, TypeError, ValueError, MemoryError, RecursionError):
+            if not re.fullmatch(r"[\w.\-]+", text):
+                raise ValueError(f"the choice {text!r} is not a Python literal") from None
+            text = repr(text)  # a bare word is a string
+        out.append(text)
+    if len(set(out)) < 2:
+        raise ValueError(f"give at least two different choices, got {spec!r}")
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# constants in a file
+
+
+@dataclass(frozen=True)
+class Constant:
+    """One UPPER_CASE module-level assignment: where its value's text is and what it is."""
+
+    name: str
+    path: str
+    line: int
+    start: int  # byte offsets of the value's text in the file
+    end: int
+    text: str
+    value: Any
+    comment: str
+    power_base: int | None = None
+
+
+@dataclass
+class FileScan:
+    constants: list[Constant] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, why)
+
+
+def _comments(data: bytes) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for tok in tokenize.tokenize(io.BytesIO(data).readline):
+        if tok.type == tokenize.COMMENT:
+            out[tok.start[0]] = tok.string
+    return out
+
+
+def scan_file(data: bytes, path: str) -> FileScan:
+    """Every module-level UPPER_CASE constant of a Python file (names assigned more than once
+    are skipped: which assignment counts would be a guess)."""
+    scan = FileScan()
+    try:
+        text = data.decode("utf-8")
+        tree = ast.parse(data)
+        comments = _comments(data)
+    except (UnicodeDecodeError, SyntaxError, tokenize.TokenError, ValueError) as e:
+        scan.skipped.append((path, f"cannot parse the file: {e}"))
+        return scan
+    del text
+    starts = [0]
+    for line in data.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    seen: dict[str, int] = {}
+    found: list[tuple[str, ast.expr]] = []
+    for stmt in tree.body:
+        targets: list[ast.expr] = []
+        if isinstance(stmt, ast.Assign):
+            targets = stmt.targets
+        elif isinstance(stmt, (ast.AnnAssign, ast.AugAssign)):
+            targets = [stmt.target]
+        names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+        for n in names:
+            seen[n] = seen.get(n, 0) + 1
+        if (isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None
+                and len(targets) == 1 and isinstance(targets[0], ast.Name)
+                and NAME_RE.match(targets[0].id)):
+            found.append((targets[0].id, stmt.value))
+    for name, node in found:
+        where = f"{path}:{node.lineno}"
+        if seen[name] > 1:
+            scan.skipped.append((where, f"{name}: assigned more than once"))
+            continue
+        end_line = node.end_lineno or node.lineno
+        start = starts[node.lineno - 1] + node.col_offset
+        end = starts[end_line - 1] + (node.end_col_offset or 0)
+        try:
+            value = value_of(node)
+        except NotLiteral:
+            value = NotLiteral
+        scan.constants.append(Constant(
+            name=name, path=path, line=node.lineno, start=start, end=end,
+            text=data[start:end].decode("utf-8"), value=value,
+            comment=comments.get(end_line, ""), power_base=power_form(node)))
+    return scan
+
+
+def apply_edits(data: bytes, edits: list[tuple[int, int, str]]) -> bytes:
+    """Replace byte spans (start, end) of `data` by new texts; nothing else changes."""
+    out = data
+    for start, end, text in sorted(edits, reverse=True):
+        out = out[:start] + text.encode("utf-8") + out[end:]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters: a constant with a range
+
+
+@dataclass(frozen=True)
+class Param:
+    """A searched constant. Optuna samples in the distribution's terms (`sampled`); `render`
+    turns a sampled value into the file's value and its source text."""
+
+    key: str  # the Optuna parameter name: NAME, or path:NAME when two files share the name
+    name: str
+    path: str
+    line: int
+    kind: str  # "float", "int", "bool" or "choice"
+    low: float = 0.0
+    high: float = 1.0
+    log: bool = False
+    step: float | None = None
+    choices: tuple[str, ...] = ()  # source texts, for kind "choice"
+    sign: int = 1  # -1: the range is over |value| of a negative constant
+    base: int | None = None  # searched over the exponent E of base**E
+    annotated: bool = False
+    value: Any = None
+    text: str = ""
+    digits: int = 3  # significant digits written for a float
+
+    def distribution(self) -> Any:
+        from optuna import distributions as d
+
+        if self.kind == "bool":
+            return d.CategoricalDistribution((False, True))
+        if self.kind == "choice":
+            return d.CategoricalDistribution(self.choices)
+        if self.kind == "int":
+            return d.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return d.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+    def sampled(self, value: Any) -> Any:
+        """A file value in the distribution's terms, clipped to the range (None when it cannot
+        be represented: a string for a number, a sign change, a value not among the choices)."""
+        if self.kind == "bool":
+            return value if isinstance(value, bool) else None
+        if self.kind == "choice":
+            for text in self.choices:
+                v = value_of_text(text)
+                if type(v) is type(value) and v == value:
+                    return text
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        x = value * self.sign
+        if self.base is not None:
+            if x <= 0:
+                return None
+            x = round(math.log(x) / math.log(self.base))
+        elif self.sign < 0 and x <= 0:
+            return None
+        x = min(max(x, self.low), self.high)
+        if self.step:
+            x = self.low + round((x - self.low) / self.step) * self.step
+            x = min(x, self.high)
+        return int(round(x)) if self.kind == "int" else float(x)
+
+    def render(self, x: Any, template: str = "") -> tuple[Any, str]:
+        """The file value and source text for a sampled value `x`."""
+        if self.kind == "bool":
+            return bool(x), repr(bool(x))
+        if self.kind == "choice":
+            return value_of_text(x), str(x)
+        if self.kind == "int":
+            n = int(x)
+            if self.base is not None:
+                return self.sign * self.base**n, ("-" if self.sign < 0 else "") + f"{self.base}**{n}"
+            v = self.sign * n
+            base = power_base_of(template)
+            if base and v > 0 and base ** round(math.log(v, base)) == v:
+                return v, f"{base}**{round(math.log(v, base))}"
+            return v, format_value(v, template)
+        f = self.sign * float(x)
+        sci = "e" in template.lower() and "**" not in template
+        digits = self.digits
+        text = format_float(f, digits, sci)
+        while self.step and abs(float(text) - f) > self.step * 1e-3 and digits < 15:
+            digits += 1
+            text = format_float(f, digits, sci)
+        return float(text), text
+
+    @property
+    def range_text(self) -> str:
+        if self.kind == "bool":
+            return "False|True"
+        if self.kind == "choice":
+            return "|".join(self.choices)
+        lo, hi = ((-self.high, -self.low) if self.sign < 0 else (self.low, self.high))
+        if self.base is not None:
+            sign = "-" if self.sign < 0 else ""
+            return f"{sign}{self.base}**{int(self.low)}..{sign}{self.base}**{int(self.high)}"
+        if self.kind == "int":
+            return f"{int(lo)}..{int(hi)}" + (f" step {int(self.step)}" if self.step and self.step != 1 else "")
+        return f"{short(lo)}..{short(hi)}" + (f" step {short(self.step)}" if self.step else "")
+
+    @property
+    def scale_text(self) -> str:
+        if self.kind in ("bool", "choice"):
+            return self.kind
+        scale = "log" if self.log else "linear"
+        if self.base is not None:
+            scale = f"powers of {self.base}"
+        return f"{scale} {self.kind}"
+
+
+def power_base_of(text: str) -> int | None:
+    try:
+        return power_form(ast.parse(text.strip(), mode="eval").body)
+    except SyntaxError:
+        return None
+
+
+def _float_digits(low: float, high: float, log: bool) -> int:
+    """Significant digits that resolve about 1/200 of a linear range (3 for a log range)."""
+    digits = 3
+    if log or high <= low:
+        return digits
+    top = max(abs(low), abs(high))
+    while digits < 8 and 10 ** (math.floor(math.log10(top)) - digits + 1) > (high - low) / 200:
+        digits += 1
+    return digits
+
+
+def infer(const: Constant) -> dict[str, Any]:
+    """The range of a constant with no annotation (see the module docstring); raises
+    ValueError when its value is not a number or a boolean."""
+    v = const.value
+    if isinstance(v, bool):
+        return {"kind": "bool"}
+    if isinstance(v, int):
+        if const.power_base is not None:
+            e = round(math.log(v, const.power_base))
+            return {"kind": "int", "base": const.power_base, "low": max(0, e - 1), "high": e + 1}
+        if v == 0:
+            return {"kind": "int", "low": 0, "high": 2}
+        m = abs(v)
+        low = max(1, m // 2)
+        return {"kind": "int", "low": low, "high": max(2 * m, low + 1), "log": True,
+                "sign": -1 if v < 0 else 1}
+    if isinstance(v, float):
+        if v == 0:
+            return {"kind": "float", "low": 0.0, "high": 1.0}
+        return {"kind": "float", "low": abs(v) / 4, "high": abs(v) * 4, "log": True,
+                "sign": -1 if v < 0 else 1}
+    if v is NotLiteral:
+        raise ValueError("not a literal")
+    kinds: dict[type, str] = {str: "a string", tuple: "a tuple", list: "a list", dict: "a dict"}
+    what = kinds.get(type(v), type(v).__name__)
+    raise ValueError(f"{what}: annotate it (`# search: A | B`) to search it")
+
+
+def from_annotation(const: Constant, ann: Annotation) -> dict[str, Any]:
+    if ann.choices:
+        return {"kind": "choice", "choices": ann.choices}
+    v = const.value
+    if v is NotLiteral or isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError("a range needs a number (give choices with `# search: A | B`)")
+    assert ann.low is not None and ann.high is not None
+    kind = ann.kind or ("int" if isinstance(v, int) and ann.low == int(ann.low)
+                        and ann.high == int(ann.high) else "float")
+    low, high, step = ann.low, ann.high, ann.step
+    if kind == "int":
+        low, high = float(math.ceil(low)), float(math.floor(high))
+        step = float(max(1, round(step))) if step else None
+        if not low < high:
+            raise ValueError(f"no two whole numbers in {ann.low:g}..{ann.high:g}")
+    if step:
+        high = low + math.floor((high - low) / step + 1e-9) * step
+    return {"kind": kind, "low": low, "high": high, "log": bool(ann.log), "step": step}
+
+
+def make_param(const: Constant, key: str) -> Param:
+    """The parameter for a constant; raises ValueError (the reason) when it is not searched."""
+    try:
+        ann = parse_annotation(const.comment)
+    except ValueError as e:
+        raise ValueError(f"bad `# search:` comment: {e}") from None
+    if ann is not None and ann.off:
+        raise ValueError("`# search: off`")
+    spec = from_annotation(const, ann) if ann is not None else infer(const)
+    p = Param(key=key, name=const.name, path=const.path, line=const.line, annotated=ann is not None,
+              value=const.value, text=const.text, **spec)
+    if p.kind == "float":
+        p = replace(p, digits=_float_digits(p.low, p.high, p.log))
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# the space of a task
+
+
+@dataclass
+class Space:
+    params: list[Param] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file:line, why)
+    files: list[str] = field(default_factory=list)
+
+    def find(self, path: str, name: str) -> Param | None:
+        for p in self.params:
+            if p.path == path and p.name == name:
+                return p
+        return None
+
+    def add(self, scans: dict[str, FileScan]) -> list[Param]:
+        """Add the constants of `scans` that are not in the space yet; returns the new ones."""
+        names: dict[str, int] = {}
+        for scan in scans.values():
+            for c in scan.constants:
+                names[c.name] = names.get(c.name, 0) + 1
+        keys = {p.key for p in self.params}
+        new = []
+        for path, scan in scans.items():
+            if path not in self.files:
+                self.files.append(path)
+            for c in scan.constants:
+                if self.find(path, c.name) is not None:
+                    continue
+                key = c.name if names[c.name] == 1 and c.name not in keys else f"{path}:{c.name}"
+                try:
+                    p = make_param(c, key)
+                except ValueError as e:
+                    if c.value is not NotLiteral or c.comment.find("search:") >= 0:
+                        self.skipped.append((f"{c.path}:{c.line}", f"{c.name}: {e}"))
+                    continue
+                self.params.append(p)
+                keys.add(key)
+                new.append(p)
+            self.skipped.extend(s for s in scan.skipped if s not in self.skipped)
+        return new
+
+
+def editable_sources(root: Path, task: Task) -> dict[str, bytes]:
+    """The editable Python files under `root` (a task root or a trial's worktree)."""
+    out = {}
+    for rel in sorted(list_files(root)):
+        if rel.endswith(".py") and task.is_editable(rel):
+            out[rel] = (root / rel).read_bytes()
+    return out
+
+
+def scan_files(files: dict[str, bytes]) -> dict[str, FileScan]:
+    return {path: scan_file(data, path) for path, data in files.items()}
+
+
+def space_of(files: dict[str, bytes]) -> Space:
+    space = Space()
+    space.add(scan_files(files))
+    return space

@@ -1,0 +1,240 @@
+"""The LLM agent's tools: list, read, grep, edit, write, the trial history, a trial's log tail.
+
+Guarantees: every path is resolved (symlinks included) and must stay inside the trial's
+worktree; `.git` and `.autoresearch` are never read or listed; only `task.editable` paths (never
+protected ones) are written, and never through a symlink. The history and logs an agent reads
+have the sealed holdout figure removed. A tool never raises on bad input: it returns an error
+text the model can act on. Outputs are cut to a size that keeps the conversation small.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoresearch.agents.base import Context
+from autoresearch.process import read_tail
+from autoresearch.prompt import history_lines
+from autoresearch.task import SKIP_DIRS
+
+MAX_OUTPUT = 16000
+HIDDEN = {".git", ".autoresearch"}
+
+
+class ToolError(Exception):
+    """A bad tool call; the message goes back to the model."""
+
+
+def _schema(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": required}
+
+
+_S = {"type": "string"}
+_I = {"type": "integer"}
+
+SPECS: list[dict[str, Any]] = [
+    {"name": "list_files", "description": "List the files under a folder of the repository "
+     "(default: all). Editable files are marked with *.",
+     "parameters": _schema({"path": {**_S, "description": "a folder, relative to the repository root"}}, [])},
+    {"name": "read_file", "description": "Read a text file with line numbers, optionally only "
+     "lines start..end (1-based, inclusive).",
+     "parameters": _schema({"path": _S, "start": _I, "end": _I}, ["path"])},
+    {"name": "grep", "description": "Search the repository's files for a regular expression; "
+     "returns file:line: text for each match (at most 100).",
+     "parameters": _schema({"pattern": _S, "path": {**_S, "description": "a file or folder (default: all)"}},
+                           ["pattern"])},
+    {"name": "edit_file", "description": "Replace an exact piece of text in an editable file. "
+     "`search` must occur exactly once (include enough surrounding lines); whitespace counts.",
+     "parameters": _schema({"path": _S, "search": _S, "replace": _S}, ["path", "search", "replace"])},
+    {"name": "write_file", "description": "Write a whole editable file (creates or replaces it).",
+     "parameters": _schema({"path": _S, "content": _S}, ["path", "content"])},
+    {"name": "read_history", "description": "The trials so far: number, status, metric, "
+     "description, other figures and why failed ones failed. `last` limits to the most recent.",
+     "parameters": _schema({"last": _I}, [])},
+    {"name": "read_log", "description": "The last lines of a past trial's experiment output "
+     "(e.g. to see why it crashed).",
+     "parameters": _schema({"trial": _I, "lines": _I}, ["trial"])},
+    {"name": "finish", "description": "Call when your change is complete: a one-line description "
+     "of what you changed and why (it becomes the commit message).",
+     "parameters": _schema({"description": _S}, ["description"])},
+]
+
+
+def cut(text: str, limit: int = MAX_OUTPUT) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[... {len(text) - limit} more characters cut; ask for a narrower range]"
+
+
+def sealed(text: str, holdout: str | None) -> str:
+    """The holdout figure's values blanked out of a text (e.g. a crash reason in the history)."""
+    if not holdout:
+        return text
+    return re.sub(rf"(?i)({re.escape(holdout)}\s*[:=]?\s*)[-+0-9.eE]+(?:nan|inf)?", r"\1[sealed]", text)
+
+
+def seal(text: str, holdout: str | None) -> str:
+    """Remove every line that mentions the sealed holdout figure (for logs)."""
+    if not holdout:
+        return text
+    pat = re.compile(re.escape(holdout), re.IGNORECASE)
+    return "\n".join(line for line in text.splitlines() if not pat.search(line))
+
+
+@dataclass
+class Tools:
+    """The tools bound to one proposal's context."""
+
+    ctx: Context
+    changed: set[str] = field(default_factory=set)
+    finished: str | None = None
+
+    def __post_init__(self) -> None:
+        self.root = Path(os.path.realpath(self.ctx.workdir))
+        self.holdout = self.ctx.task.metric.holdout
+        self.handlers: dict[str, Callable[..., str]] = {
+            "list_files": self.list_files, "read_file": self.read_file, "grep": self.grep,
+            "edit_file": self.edit_file, "write_file": self.write_file,
+            "read_history": self.read_history, "read_log": self.read_log, "finish": self.finish,
+        }
+
+    def call(self, name: str, args: dict[str, Any]) -> str:
+        fn = self.handlers.get(name)
+        if fn is None:
+            return f"error: no tool named {name!r}; tools: {', '.join(self.handlers)}"
+        try:
+            return cut(fn(**args))
+        except ToolError as e:
+            return f"error: {e}"
+        except TypeError as e:
+            return f"error: bad arguments for {name}: {e}"
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def resolve(self, path: str | None, must_exist: bool = True) -> tuple[Path, str]:
+        """(absolute real path, posix path relative to the root), or ToolError if it escapes."""
+        raw = (path or ".").strip()
+        if raw.startswith("/"):
+            try:
+                raw = str(Path(raw).relative_to(self.ctx.workdir))
+            except ValueError:
+                raise ToolError(f"{path}: use a path relative to the repository root") from None
+        real = Path(os.path.realpath(self.root / raw))
+        if real != self.root and self.root not in real.parents:
+            raise ToolError(f"{path}: outside the repository")
+        rel = real.relative_to(self.root).as_posix() if real != self.root else "."
+        if any(part in HIDDEN for part in Path(rel).parts):
+            raise ToolError(f"{path}: not readable")
+        if must_exist and not real.exists():
+            raise ToolError(f"{path}: no such file or folder")
+        return real, rel
+
+    def walk(self, top: Path) -> list[str]:
+        out = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and d not in HIDDEN)
+            for f in sorted(filenames):
+                full = Path(dirpath) / f
+                real = Path(os.path.realpath(full))
+                if self.root in real.parents:
+                    out.append(full.relative_to(self.root).as_posix())
+        return out
+
+    # -- the tools ---------------------------------------------------------------------------
+
+    def list_files(self, path: str = ".") -> str:
+        real, _ = self.resolve(path)
+        files = self.walk(real) if real.is_dir() else [real.relative_to(self.root).as_posix()]
+        lines = [("* " if self.ctx.task.is_editable(f) else "  ") + f for f in files[:500]]
+        more = f"\n[... {len(files) - 500} more]" if len(files) > 500 else ""
+        return "\n".join(lines) + more + "\n(* = editable)"
+
+    def read_file(self, path: str, start: int | None = None, end: int | None = None) -> str:
+        real, rel = self.resolve(path)
+        if real.is_dir():
+            raise ToolError(f"{path} is a folder; use list_files")
+        text = real.read_text(errors="replace")
+        lines = text.splitlines()
+        a = max(1, int(start or 1))
+        b = min(len(lines), int(end or len(lines)))
+        body = "\n".join(f"{i:5d}  {lines[i - 1]}" for i in range(a, b + 1))
+        return f"{rel} (lines {a}-{b} of {len(lines)})\n{body}"
+
+    def grep(self, pattern: str, path: str = ".") -> str:
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise ToolError(f"bad regular expression: {e}") from None
+        real, _ = self.resolve(path)
+        files = self.walk(real) if real.is_dir() else [real.relative_to(self.root).as_posix()]
+        hits: list[str] = []
+        for f in files:
+            try:
+                text = (self.root / f).read_text()
+            except (UnicodeDecodeError, OSError):
+                continue
+            for i, line in enumerate(text.splitlines(), 1):
+                if regex.search(line):
+                    hits.append(f"{f}:{i}: {line[:300]}")
+                    if len(hits) >= 100:
+                        return "\n".join(hits) + "\n[... more matches cut]"
+        return "\n".join(hits) or "no matches"
+
+    def _writable(self, path: str) -> tuple[Path, str]:
+        real, rel = self.resolve(path, must_exist=False)
+        if (self.root / path).is_symlink() or real.is_dir():
+            raise ToolError(f"{path}: not a regular file")
+        if not self.ctx.task.is_editable(rel):
+            raise ToolError(f"{rel} is not editable; you may change only: "
+                            f"{', '.join(self.ctx.task.editable)} (never {', '.join(self.ctx.task.always_protected + self.ctx.task.protected)})")
+        return real, rel
+
+    def edit_file(self, path: str, search: str, replace: str) -> str:
+        real, rel = self._writable(path)
+        if not real.exists():
+            raise ToolError(f"{rel} does not exist; use write_file to create it")
+        text = real.read_text()
+        count = text.count(search) if search else 0
+        if count == 0:
+            raise ToolError(f"the search text was not found in {rel}; read the file and copy the "
+                            "lines exactly (whitespace counts)")
+        if count > 1:
+            raise ToolError(f"the search text occurs {count} times in {rel}; include more "
+                            "surrounding lines so that it occurs once")
+        real.write_text(text.replace(search, replace, 1))
+        self.changed.add(rel)
+        return f"edited {rel}"
+
+    def write_file(self, path: str, content: str) -> str:
+        real, rel = self._writable(path)
+        real.parent.mkdir(parents=True, exist_ok=True)
+        real.write_text(content)
+        self.changed.add(rel)
+        return f"wrote {rel} ({len(content.splitlines())} lines)"
+
+    def read_history(self, last: int | None = None) -> str:
+        trials = list(self.ctx.history)
+        if last:
+            trials = trials[-int(last):]
+        lines = history_lines(trials, self.ctx.task.metric.name, limit_chars=MAX_OUTPUT)
+        return sealed("\n".join(lines), self.holdout) or "no finished trials yet"
+
+    def read_log(self, trial: int, lines: int = 60) -> str:
+        n = int(trial)
+        if n not in {t.number for t in self.ctx.history}:
+            raise ToolError(f"there is no finished trial {n}")
+        log = self.ctx.ledger_dir / "logs" / f"{n}.log"
+        text = read_tail(log, 256 * 1024)
+        if not text:
+            return f"trial {n} left no experiment log (it was not run)"
+        text = text.split("\n=== evaluate:", 1)[0]  # the evaluator's output is not the agent's
+        tail = "\n".join(text.splitlines()[-max(1, min(int(lines), 400)):])
+        return seal(tail, self.holdout)
+
+    def finish(self, description: str) -> str:
+        self.finished = " ".join(str(description).split())[:200] or "(no description)"
+        return "finished"

@@ -1,0 +1,167 @@
+"""`autoresearch demo`: the embedded default, the whole loop on a laptop with no LLM and no GPU.
+
+It creates the cpu-gpt task in a new folder (a byte-level GPT trained on the local Python
+standard library), sets the time budget of one trial, and runs the baseline and N trials with
+the search agent (or the LLM agent when a model is given), through the same loop as
+`autoresearch run`, under the tag `demo`. Run again on the same folder, it resumes that tag.
+The defaults finish in about five minutes on two cores and usually keep an improvement: a
+shorter budget than the template's 60 s moves the optimum of its constants, which were tuned
+for 60 s, and the search finds some of that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoresearch.errors import UsageError
+
+TAG = "demo"
+TEMPLATE = "cpu-gpt"
+DEFAULT_TRIALS = 8
+DEFAULT_BUDGET = 20.0  # seconds of training per trial
+OVERHEAD = 12.0  # seconds a trial takes beyond its budget on two cores (start, evaluation)
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    root: Path
+    tag: str
+    baseline: float | None
+    best: float | None
+    best_number: int
+    best_description: str
+    kept: int
+    trials: int
+    interrupted: bool
+
+
+def default_dir() -> Path:
+    return Path.cwd() / f"autoresearch-demo-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def set_budget(toml: str, budget: float) -> str:
+    """The task file's text with `time_budget` set to `budget` and `timeout` to leave room for
+    starting, evaluating and a slow machine (other lines, comments included, untouched)."""
+    timeout = 2 * budget + 60
+    text, n = re.subn(r"^(time_budget\s*=\s*)[0-9.eE+_-]+", rf"\g<1>{budget:g}", toml, count=1, flags=re.M)
+    if n == 0:
+        raise UsageError("the cpu-gpt task file has no time_budget line")
+    text, n = re.subn(r"^(timeout\s*=\s*)[0-9.eE+_-]+", rf"\g<1>{timeout:g}", text, count=1, flags=re.M)
+    return text
+
+
+def create(directory: Path, budget: float) -> Path:
+    """A new cpu-gpt task in `directory`, its budget set, committed (clean, as `run` needs)."""
+    from autoresearch.gitrepo import Git
+    from autoresearch.scaffold import init
+
+    root = init(directory, TEMPLATE)
+    toml = root / "autoresearch.toml"
+    text = set_budget(toml.read_text(), budget)
+    if text != toml.read_text():
+        toml.write_text(text)
+        git = Git(root)
+        git.run("commit", "-q", "-am", f"demo: a time budget of {budget:g} s per trial")
+    return root
+
+
+def existing_budget(root: Path, budget: float | None) -> None:
+    from autoresearch.task import load_task
+
+    task = load_task(root)
+    if budget is not None and abs(task.time_budget - budget) > 1e-9:
+        raise UsageError(f"{root} was set up with --budget {task.time_budget:g}; to change it, "
+                         "start the demo in a new folder")
+
+
+def summary(root: Path, tag: str, interrupted: bool) -> DemoResult:
+    from autoresearch.ledger import Ledger
+    from autoresearch.records import Status
+
+    led = Ledger.read(root, tag)
+    try:
+        trials = led.trials()
+        best = led.best()
+    finally:
+        led.close()
+    base = trials[0] if trials else None
+    return DemoResult(
+        root=root, tag=tag, baseline=base.metric if base else None,
+        best=best.metric if best else None, best_number=best.number if best else 0,
+        best_description=best.description if best else "", trials=max(0, len(trials) - 1),
+        kept=sum(t.status is Status.KEEP for t in trials[1:]), interrupted=interrupted)
+
+
+def report(root: Path, tag: str) -> str:
+    """Where the results are: report.html when the report module is installed."""
+    results = root / ".autoresearch" / tag / "results.tsv"
+    try:
+        from autoresearch.report import build_report
+    except ImportError:
+        return f"results: {results}"
+    try:
+        return f"report: {build_report(root, tag)}\nresults: {results}"
+    except Exception as e:  # a failed report must not hide the results
+        return f"results: {results} (the report failed: {type(e).__name__}: {e})"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from autoresearch.agents.registry import build_agent
+    from autoresearch.cli import EXIT_INTERRUPTED, _agent_options, _events, _Stopper
+    from autoresearch.loop import Loop, Options
+    from autoresearch.session import open_session
+    from autoresearch.task import load_task
+    from autoresearch.views import status_text
+
+    trials = DEFAULT_TRIALS if args.trials is None else args.trials
+    directory = Path(args.dir).resolve() if args.dir else default_dir()
+    if (directory / "autoresearch.toml").is_file():
+        existing_budget(directory, args.budget)
+        root = directory
+        print(f"autoresearch demo: going on in {root} (tag {TAG})")
+    else:
+        budget = DEFAULT_BUDGET if args.budget is None else args.budget
+        print(f"autoresearch demo: creating the {TEMPLATE} task in {directory} ...", flush=True)
+        root = create(directory, budget)
+    task = load_task(root)
+    opts = _agent_options(args, task)
+    if args.agent is None and opts.model and not task.agent.get("kind"):
+        opts.name = "llm"  # a model was given: the LLM agent is the configured one
+    agent = build_agent(opts, task)
+    minutes = (trials + 1) * (task.time_budget + OVERHEAD) / 60
+    print(f"the baseline and {trials} trials of {task.time_budget:g} s each with the {agent.name} "
+          f"agent: about {minutes:.0f} min (plus building the corpus once)", flush=True)
+    session = open_session(task, TAG)
+    events = _events(task)
+    loop = Loop(session, agent, Options(trials=trials), events)
+    stopper = _Stopper(loop)
+    old = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        loop.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        events.close()
+        session.close()
+    result = summary(root, TAG, loop.cancel.is_set())
+    print(status_text(root, TAG))
+    print(outcome_line(result, task.metric.name, task.metric.minimize))
+    print(report(root, TAG))
+    print(f"go on with: autoresearch run {root} --tag {TAG} --trials 20")
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def outcome_line(r: DemoResult, metric: str, minimize: bool) -> str:
+    if r.baseline is None or r.best is None:
+        return "no baseline was measured"
+    if r.best_number == 0 or r.best == r.baseline:
+        return f"no trial beat the baseline ({metric} {r.baseline:.6g}) in {r.trials} trials"
+    gain = (r.baseline - r.best) if minimize else (r.best - r.baseline)
+    return (f"{metric}: baseline {r.baseline:.6g} -> best {r.best:.6g} "
+            f"({100 * gain / abs(r.baseline):.2f}% better, {r.kept} kept of {r.trials} trials; "
+            f"best: trial {r.best_number}, {r.best_description})")

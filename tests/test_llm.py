@@ -1,0 +1,599 @@
+"""LLM agents end to end: the built-in llm agent against fake OpenAI and Anthropic servers (real
+HTTP on 127.0.0.1), its tools' confinement, retries and faults, cost and --max-cost, keys kept
+out of every file, duplicates, the hybrid, the presets (a real aider; a stand-in claude), and
+`autoresearch agents`.
+
+The loop runs for real (`python -m autoresearch run ...` in a subprocess); tests look at what a
+user would: the ledger, git refs, the files, the exit code and the output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import cli, git, make_task
+from fakes.llm_server import FakeLLM, Fault, Say
+
+from autoresearch.agents.base import Context
+from autoresearch.agents.llm import condensed_history
+from autoresearch.agents.tools import Tools
+from autoresearch.ledger import Ledger
+from autoresearch.records import Status, Trial
+from autoresearch.task import load_task
+
+KEY = "sk-test-Z9q8W7e6R5t4Y3u2I1o0"  # a fake key; it must appear nowhere
+FAST = {"AUTORESEARCH_LLM_BACKOFF": "0.01", "AUTORESEARCH_LLM_BACKOFF_MAX": "0.05",
+        "AUTORESEARCH_LLM_RETRIES": "2", "AUTORESEARCH_LLM_TIMEOUT": "1"}
+
+
+def good_edit(value: str = "1.0", old: str = "3.0") -> list[Say]:
+    """A model that reads exp.py, edits X, and finishes."""
+    return [
+        Say("Let me look at the code.", [("read_file", {"path": "exp.py"})]),
+        Say("", [("edit_file", {"path": "exp.py", "search": f"X = {old}", "replace": f"X = {value}"})]),
+        Say("", [("finish", {"description": f"set X to {value} to bring the loss down"})]),
+    ]
+
+
+def run_llm(repo: Path, fake: FakeLLM, *extra: str, trials: int = 1, env: dict[str, str] | None = None,
+            model: str | None = None) -> subprocess.CompletedProcess[str]:
+    if model is None:
+        model = "openai/gpt-4.1" if fake.kind == "openai" else "anthropic/claude-sonnet-4-5"
+    keyvar = "OPENAI_API_KEY" if fake.kind == "openai" else "ANTHROPIC_API_KEY"
+    return cli("run", str(repo), "--tag", "t", "--agent", "llm", "--model", model, "--base-url", fake.url,
+               "--trials", str(trials), *extra, env={keyvar: KEY, **FAST, **(env or {})}, timeout=120)
+
+
+def ledger(repo: Path, tag: str = "t") -> list[Trial]:
+    lg = Ledger.read(repo, tag)
+    try:
+        return lg.trials()
+    finally:
+        lg.close()
+
+
+def branch_file(repo: Path, name: str = "exp.py", tag: str = "t") -> str:
+    return git(repo, "show", f"autoresearch/{tag}:{name}")
+
+
+# ---------------------------------------------------------------------------
+# a real edit, evaluated and kept, over each API
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_llm_makes_an_edit_that_is_kept(tmp_path: Path, kind: str) -> None:
+    repo = make_task(tmp_path / "task")
+    with FakeLLM(kind, good_edit()) as fake:
+        r = run_llm(repo, fake)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert fake.invalid == []
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.KEEP]
+    assert t[1].metric == pytest.approx(2.0) and t[0].metric == pytest.approx(6.0)
+    assert t[1].description == "set X to 1.0 to bring the loss down"
+    assert t[1].model == ("openai/gpt-4.1" if kind == "openai" else "anthropic/claude-sonnet-4-5")
+    assert (t[1].tokens_in, t[1].tokens_out) == (3000, 300)
+    assert t[1].cost == pytest.approx(3000 * 2 / 1e6 + 300 * 8 / 1e6 if kind == "openai" else 3000 * 3 / 1e6 + 300 * 15 / 1e6)
+    assert "X = 1.0" in branch_file(repo)
+    assert git(repo, "rev-parse", "autoresearch/t") == git(repo, "rev-parse", "refs/autoresearch/t/trials/1")
+    # the conversation went round-trip: the second request carries the first tool's result
+    second = json.dumps(fake.requests[1]["body"])
+    assert "X = 3.0" in second and ("tool_result" in second if kind == "anthropic" else '"role": "tool"' in second)
+    first = json.dumps(fake.requests[0]["body"])
+    assert "Minimise loss." in first  # program.md is in the prompt
+    log = (repo / ".autoresearch" / "t" / "agent" / "1.log").read_text()
+    assert "edit_file" in log and "edited exp.py" in log
+
+
+def test_model_sees_history_and_best_code(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", good_edit("2.0") + good_edit("1.5", old="2.0")) as fake:
+        r = run_llm(repo, fake, trials=2)
+    assert r.returncode == 0, r.stderr
+    prompt = fake.requests[3]["body"]["messages"][1]["content"]  # trial 2's first request
+    assert "#1 keep" in prompt and "set X to 2.0" in prompt  # the history
+    assert "X = 2.0" in prompt  # the best code (trial 1 kept)
+    assert [x.status for x in ledger(repo)] == [Status.KEEP, Status.KEEP, Status.KEEP]
+
+
+# ---------------------------------------------------------------------------
+# tools stay inside the worktree and the editable files
+
+
+def _ctx(tmp_path: Path) -> Context:
+    repo = make_task(tmp_path / "task", files={"sub/notes.txt": "hello\n"})
+    task = load_task(repo)
+    ledger_dir = tmp_path / "ledger"
+    (ledger_dir / "logs").mkdir(parents=True)
+    (ledger_dir / "logs" / "0.log").write_text("loss: 6.0\ntest_loss: 1.5\n")
+    best = Trial(number=0, status=Status.KEEP, description="baseline", metric=6.0)
+    return Context(task=task, workdir=repo, number=1, best=best, history=(best,),
+                   log_path=ledger_dir / "agent.log", ledger_dir=ledger_dir)
+
+
+def test_tools_are_confined(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret\n")
+    (ctx.workdir / "link.txt").symlink_to(secret)
+    (ctx.workdir / "linkdir").symlink_to(tmp_path)
+    tools = Tools(ctx)
+    for path in ["../secret.txt", str(secret), "link.txt", "linkdir/secret.txt", ".git/config",
+                 "sub/../../secret.txt"]:
+        out = tools.call("read_file", {"path": path})
+        assert out.startswith("error:") and "top secret" not in out, (path, out)
+    assert "top secret" not in tools.call("grep", {"pattern": "secret"})
+    assert "secret.txt" not in tools.call("list_files", {})
+    assert ".git" not in tools.call("list_files", {})
+    assert "error" in tools.call("list_files", {"path": ".."})
+    # writes: only editable files, never protected ones, never through a link
+    for path, content in [("prepare.py", "DATA = 'x'\n"), ("program.md", "x"), ("autoresearch.toml", "x"),
+                          ("new.py", "x"), ("../escape.py", "x"), ("link.txt", "x")]:
+        assert tools.call("write_file", {"path": path, "content": content}).startswith("error:"), path
+    assert tools.call("edit_file", {"path": "prepare.py", "search": "fixed", "replace": "x"}).startswith("error:")
+    assert (ctx.workdir / "prepare.py").read_text() == "DATA = 'fixed'\n"
+    assert secret.read_text() == "top secret\n" and not (tmp_path / "escape.py").exists()
+    # what is allowed works, and the holdout never shows
+    assert tools.call("edit_file", {"path": "exp.py", "search": "X = 3.0", "replace": "X = 1.0"}) == "edited exp.py"
+    assert "not found" in tools.call("edit_file", {"path": "exp.py", "search": "X = 3.0", "replace": "X = 1.0"})
+    assert tools.call("read_file", {"path": "exp.py", "start": 3, "end": 3}).endswith("\n    3  Y = 2")
+    assert "hello" in tools.call("read_file", {"path": "sub/notes.txt"})
+
+
+def test_holdout_is_sealed_from_logs(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    task = dataclasses.replace(ctx.task, metric=dataclasses.replace(ctx.task.metric, holdout="test_loss"))
+    tools = Tools(dataclasses.replace(ctx, task=task))
+    out = tools.call("read_log", {"trial": 0})
+    assert "loss: 6.0" in out and "test_loss" not in out and "1.5" not in out
+    crashed = Trial(number=1, status=Status.CRASH, description="bigger model",
+                    reason="the evaluator failed: test_loss: 1.5 then nan")
+    tools = Tools(dataclasses.replace(ctx, task=task, history=(ctx.best, crashed)))
+    out = tools.call("read_history", {})
+    assert "#1 crash" in out and "bigger model" in out and "1.5" not in out
+
+
+def test_forbidden_tool_calls_do_not_stop_the_trial(tmp_path: Path) -> None:
+    """A model that tries to escape gets errors back, and its legitimate edit is still kept."""
+    repo = make_task(tmp_path / "task")
+    script = [Say("", [("read_file", {"path": "../../ledger.sqlite"}),
+                       ("write_file", {"path": "prepare.py", "content": "DATA = 'cheat'\n"}),
+                       ("read_file", {"path": ".git/HEAD"})])] + good_edit()[1:]
+    with FakeLLM("openai", script) as fake:
+        r = run_llm(repo, fake)
+    assert r.returncode == 0, r.stderr
+    assert [x.status for x in ledger(repo)] == [Status.KEEP, Status.KEEP]
+    assert branch_file(repo, "prepare.py") == "DATA = 'fixed'"
+    results = [m["content"] for m in fake.requests[1]["body"]["messages"] if m["role"] == "tool"]
+    assert len(results) == 3 and all(x.startswith("error:") for x in results)
+
+
+# ---------------------------------------------------------------------------
+# faults: retried, then agent_error, and the loop goes on
+
+
+@pytest.mark.parametrize("kind,fault", [
+    ("openai", Fault("429", retry_after=0.3)), ("openai", Fault("500")), ("openai", Fault("hang", seconds=3)),
+    ("openai", Fault("malformed")), ("openai", Fault("bad-shape")),
+    ("anthropic", Fault("429", retry_after=0.3)), ("anthropic", Fault("malformed")),
+])
+def test_faults_are_retried_then_recorded(tmp_path: Path, kind: str, fault: Fault) -> None:
+    repo = make_task(tmp_path / "task")
+    # trial 1: one good step, then the fault on every attempt (3) -> agent_error with its spend;
+    # trial 2: the fault once, then a good proposal -> kept.
+    script = [Say("", [("read_file", {"path": "exp.py"})]), fault, fault, fault, fault, *good_edit()]
+    with FakeLLM(kind, script) as fake:
+        r = run_llm(repo, fake, trials=2)
+        times = [q["time"] for q in fake.requests]
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP]
+    assert "after 3 attempt" in t[1].reason
+    assert t[1].tokens_in == 1000 and t[1].cost > 0  # what the failed proposal spent is recorded
+    assert not (repo / ".autoresearch" / "t" / "logs" / "1.log").exists()  # not run
+    assert "X = 1.0" in branch_file(repo)
+    log = (repo / ".autoresearch" / "t" / "agent" / "2.log").read_text()
+    assert "retry 1/2" in log
+    if fault.retry_after:
+        assert times[5] - times[4] >= 0.3  # retry-after respected
+
+
+def test_permanent_errors_are_not_retried(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", [Fault("401"), *good_edit()]) as fake:
+        r = run_llm(repo, fake, trials=2)
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP]
+    assert "401" in t[1].reason and "check the API key" in t[1].reason
+    assert len(fake.requests) == 4
+
+
+@pytest.mark.parametrize("limit,env,spent", [
+    ("step limit (3)", {"AUTORESEARCH_LLM_STEPS": "3"}, 3000),
+    ("token limit (3500)", {"AUTORESEARCH_LLM_MAX_TOKENS": "3500"}, 4000),
+])
+def test_proposal_limits(tmp_path: Path, limit: str, env: dict[str, str], spent: int) -> None:
+    repo = make_task(tmp_path / "task")
+    reading = Say("", [("list_files", {})], tokens_in=1000, tokens_out=0)
+    script = [reading] * (spent // 1000) + good_edit()
+    with FakeLLM("openai", script) as fake:
+        r = run_llm(repo, fake, trials=2, env=env)
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP]
+    assert limit in t[1].reason and t[1].tokens_in == spent
+
+
+def test_wall_time_limit(tmp_path: Path) -> None:
+    """--agent-timeout bounds a proposal whatever the server does (here: it hangs, again and again)."""
+    repo = make_task(tmp_path / "task")
+    hang = Fault("hang", seconds=6)
+    with FakeLLM("openai", [Say("", [("list_files", {})]), hang] + good_edit()) as fake:
+        r = run_llm(repo, fake, "--agent-timeout", "2.5", trials=2,
+                    env={"AUTORESEARCH_LLM_RETRIES": "10", "AUTORESEARCH_LLM_TIMEOUT": "30"})
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP], t[1].reason
+    assert "after 1 attempt" in t[1].reason and "time limit" in t[1].reason
+    assert t[1].ended - t[1].started < 5 and t[1].tokens_in == 1000
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_model_that_talks_instead_of_editing_is_nudged(tmp_path: Path, kind: str) -> None:
+    """A reply with no tool call, and a finish before any edit, get a reminder; the conversation
+    stays valid for the API (the fake refuses what the real API would)."""
+    repo = make_task(tmp_path / "task")
+    script = [Say("I would lower X."), Say("", [("finish", {"description": "nothing yet"})]), *good_edit()]
+    with FakeLLM(kind, script) as fake:
+        r = run_llm(repo, fake)
+    assert r.returncode == 0, r.stderr
+    assert fake.invalid == []
+    assert [x.status for x in ledger(repo)] == [Status.KEEP, Status.KEEP]
+    assert "No file has changed yet" in json.dumps(fake.requests[-1]["body"])
+
+
+def test_model_that_never_edits_is_an_agent_error(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", [Say("Thinking.")] * 3 + good_edit()) as fake:
+        r = run_llm(repo, fake, trials=2)
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP]
+    assert "did not change any file" in t[1].reason
+
+
+# ---------------------------------------------------------------------------
+# cost and --max-cost
+
+
+def test_max_cost_stops_the_loop(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"fake-model": [1000.0, 1000.0]}))  # $1.1 per 1000+100 tokens
+    script = good_edit("2.0") + good_edit("1.5", old="2.0") + good_edit("1.0", old="1.5")
+    with FakeLLM("openai", script) as fake:
+        r = run_llm(repo, fake, "--max-cost", "5", trials=5, model="openai/fake-model",
+                    env={"AUTORESEARCH_PRICES": str(prices)})
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert len(t) == 3  # baseline + 2 trials: $3.3 after one, $6.6 after two >= $5
+    assert [x.cost for x in t[1:]] == [pytest.approx(3.3), pytest.approx(3.3)]
+    assert "--max-cost" in r.stdout + r.stderr
+
+
+def test_unknown_price_is_said_and_zero(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", good_edit()) as fake:
+        r = run_llm(repo, fake, model="openai/some-new-model")
+    assert r.returncode == 0, r.stderr
+    assert "no price known for openai/some-new-model" in r.stderr
+    t = ledger(repo)
+    assert t[1].cost == 0.0 and t[1].tokens_in == 3000 and t[1].extra.get("price") == "unknown"
+
+
+# ---------------------------------------------------------------------------
+# keys appear nowhere
+
+
+def test_keys_appear_nowhere(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    # the provider's 401 quotes the key back, as real ones do; the model also echoes text
+    with FakeLLM("openai", [Fault("401"), *good_edit()]) as fake:
+        r = run_llm(repo, fake, trials=2)
+        headers = {k.lower(): v for k, v in fake.requests[0]["headers"].items()}
+        assert headers["authorization"] == f"Bearer {KEY}"  # the key was used, and sent only there
+    assert r.returncode == 0, r.stderr
+    shown = [cli("status", str(repo), "--tag", "t"), cli("show", "1", str(repo), "--tag", "t"),
+             cli("show", "2", str(repo), "--tag", "t")]
+    texts = [r.stdout, r.stderr] + [s.stdout + s.stderr for s in shown]
+    texts.append(git(repo, "log", "--all", "-p"))
+    for path in (repo / ".autoresearch").rglob("*"):
+        if path.is_file():
+            texts.append(path.read_bytes().decode("latin-1"))
+    assert len(texts) > 8
+    for text in texts:
+        assert KEY not in text and KEY[:12] not in text
+    assert "[redacted]" in (repo / ".autoresearch" / "t" / "agent" / "1.log").read_text()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--agent", "llm"], "--model PROVIDER/NAME"),
+    (["--agent", "llm", "--model", "openai/gpt-4.1"], "OPENAI_API_KEY"),
+    (["--agent", "llm", "--model", "anthropic/claude-sonnet-4-5"], "ANTHROPIC_API_KEY"),
+    (["--agent", "llm", "--model", "nosuch/x"], "unknown provider"),
+    (["--agent", "hybrid", "--model", "openai/gpt-4.1", "--llm-share", "1.5"], "--llm-share"),
+])
+def test_bad_llm_usage_is_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    repo = make_task(tmp_path / "task")
+    env = {"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": ""}
+    if "--llm-share" in args:
+        env["OPENAI_API_KEY"] = KEY
+    r = cli("run", str(repo), "--tag", "t", "--trials", "1", *args, env=env)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr and KEY not in r.stderr
+
+
+# ---------------------------------------------------------------------------
+# duplicates
+
+
+def test_duplicate_proposal_is_not_run(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", good_edit("5.0") + good_edit("5.0")) as fake:
+        r = run_llm(repo, fake, trials=2)
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.DISCARD, Status.DUPLICATE]
+    assert "trial 1" in t[2].reason
+    assert not (repo / ".autoresearch" / "t" / "logs" / "2.log").exists()
+
+
+# ---------------------------------------------------------------------------
+# memory: the history is condensed to fit
+
+
+def test_history_is_condensed_to_the_budget() -> None:
+    trials = [Trial(number=0, status=Status.KEEP, description="baseline", metric=10.0)]
+    for n in range(1, 600):
+        status = Status.KEEP if n % 50 == 0 else Status.DISCARD
+        trials.append(Trial(number=n, status=status, description=f"change number {n} " + "x" * 60,
+                            metric=10.0 - n / 1000))
+    lines = condensed_history(trials, "loss", 4000)
+    text = "\n".join(lines)
+    assert len(text) <= 4000
+    assert "600 trials so far" in text and "#599" in text and "#550 keep" in text
+    small = condensed_history(trials[:5], "loss", 4000)
+    assert len(small) == 5
+
+
+# ---------------------------------------------------------------------------
+# the hybrid
+
+
+def test_hybrid_shares_trials_and_both_see_all(tmp_path: Path) -> None:
+    pytest.importorskip("autoresearch.agents.search")
+    repo = make_task(tmp_path / "task")
+    def structural(old: str, new: str) -> list[Say]:
+        return [Say("", [("edit_file", {"path": "exp.py", "search": old, "replace": new})]),
+                Say("", [("finish", {"description": f"structural: {new}"})])]
+
+    script = structural('print("training...")', 'print("training!")') + \
+        structural("peak_vram_mb: 2048.0", "peak_vram_mb: 1024.0")
+    with FakeLLM("openai", script) as fake:
+        r = cli("run", str(repo), "--tag", "t", "--agent", "hybrid", "--model", "openai/gpt-4.1",
+                "--base-url", fake.url, "--llm-share", "0.5", "--trials", "4",
+                env={"OPENAI_API_KEY": KEY, **FAST}, timeout=180)
+        requests = list(fake.requests)
+    assert r.returncode == 0, r.stderr + r.stdout
+    t = ledger(repo)
+    assert len(t) == 5
+    assert [x.extra.get("proposer") for x in t[1:]] == ["search", "llm", "search", "llm"]
+    assert all(x.agent == "hybrid" for x in t[1:])
+    assert [x.model for x in t[1:]] == ["optuna-tpe", "openai/gpt-4.1", "optuna-tpe", "openai/gpt-4.1"]
+    assert len(requests) == 4  # two LLM proposals of two calls each
+    # the LLM's second proposal saw the search's trial 3 in its history
+    prompt = requests[2]["body"]["messages"][1]["content"]
+    assert f"#3 {t[3].status.value}" in prompt and t[3].description in prompt
+
+
+# ---------------------------------------------------------------------------
+# presets and `autoresearch agents`
+
+
+def test_agents_lists_everything() -> None:
+    r = cli("agents", env={"OPENAI_API_KEY": ""})
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines()
+            if line and not line.startswith(" ") and len(line.split()) > 1}
+    for name in ["search", "llm", "hybrid", "cli", "claude", "codex", "aider", "gemini", "opencode"]:
+        assert name in rows, name
+    for tool in ["claude", "codex", "aider", "gemini", "opencode"]:
+        assert rows[tool] == ("yes" if shutil.which(tool) else "no"), tool
+    assert rows["search"] == "yes" and rows["cli"] == "yes"
+    assert "OPENAI_API_KEY (not set)" in r.stdout and "ANTHROPIC_API_KEY" in r.stdout
+    with_key = cli("agents", env={"OPENAI_API_KEY": KEY})
+    assert "OPENAI_API_KEY (set)" in with_key.stdout and KEY not in with_key.stdout
+    assert "--dangerously-skip-permissions" in r.stdout or "acceptEdits" in r.stdout
+
+
+FAKE_CLAUDE = """\
+#!{python}
+# A stand-in for Claude Code: refuses to skip permissions as root without IS_SANDBOX=1 (as the
+# real one does), records its argv, reads the prompt from stdin, edits exp.py, prints a JSON result.
+import json, os, sys
+argv = sys.argv[1:]
+open(os.environ["CLAUDE_ARGV_FILE"], "a").write(json.dumps(argv) + "\\n")
+if ("--dangerously-skip-permissions" in argv and os.geteuid() == 0
+        and os.environ.get("IS_SANDBOX") != "1"):
+    print("--dangerously-skip-permissions cannot be used with root/sudo privileges for security reasons")
+    sys.exit(1)
+prompt = sys.stdin.read()
+assert "-p" in argv and "Minimise loss." in prompt
+src = open("exp.py").read().replace("X = 3.0", "X = 1.0")
+open("exp.py", "w").write(src)
+print(json.dumps({{"type": "result", "subtype": "success", "is_error": False,
+                  "result": "I looked at exp.py.\\nSet X to 1.0, the minimum of the loss.",
+                  "total_cost_usd": 0.0123, "usage": {{"input_tokens": 1500, "output_tokens": 200}}}}))
+"""
+
+
+@pytest.mark.parametrize("sandbox", [None, "1"])
+def test_claude_preset_works_as_root_or_not(tmp_path: Path, sandbox: str | None) -> None:
+    repo = make_task(tmp_path / "task")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "claude").write_text(FAKE_CLAUDE.format(python=sys.executable))
+    (bindir / "claude").chmod(0o755)
+    argv_file = tmp_path / "argv.jsonl"
+    env = {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "CLAUDE_ARGV_FILE": str(argv_file)}
+    if sandbox:
+        env["IS_SANDBOX"] = sandbox
+    else:
+        env["IS_SANDBOX"] = ""
+    r = cli("run", str(repo), "--tag", "t", "--agent", "claude", "--model", "anthropic/claude-sonnet-4-5",
+            "--trials", "1", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    argv = json.loads(argv_file.read_text().splitlines()[0])
+    assert argv[:3] == ["-p", "--output-format", "json"] and "claude-sonnet-4-5" in argv
+    if os.geteuid() == 0 and not sandbox:
+        assert "acceptEdits" in argv and "--dangerously-skip-permissions" not in argv
+        assert "running as root" in r.stderr
+    else:
+        assert "--dangerously-skip-permissions" in argv
+    t = ledger(repo)
+    assert t[1].status is Status.KEEP and t[1].agent == "claude"
+    assert t[1].description == "Set X to 1.0, the minimum of the loss."
+    assert (t[1].tokens_in, t[1].tokens_out, t[1].cost) == (1500, 200, pytest.approx(0.0123))
+
+
+def aider_reply(repo: Path):  # noqa: ANN201
+    """The fake model's answer to aider: the edit in aider's whole-file or diff format."""
+
+    def reply(body: dict) -> Say:
+        system = " ".join(str(m.get("content")) for m in body.get("messages", []) if m.get("role") == "system")
+        new = (repo / "exp.py").read_text().replace("X = 3.0", "X = 1.0")
+        if "SEARCH/REPLACE" in system:  # aider's diff format
+            return Say("exp.py\n```python\n<<<<<<< SEARCH\nX = 3.0\n=======\nX = 1.0\n>>>>>>> REPLACE\n```\n\n"
+                       "Set X to 1.0, where the loss is lowest.", tokens_in=1200, tokens_out=80)
+        return Say(f"exp.py\n```python\n{new}```\n\nSet X to 1.0, where the loss is lowest.",
+                   tokens_in=1200, tokens_out=80)
+
+    return reply
+
+
+needs_aider = pytest.mark.skipif(shutil.which("aider") is None, reason="aider is not installed (pip install aider-chat)")
+
+
+@needs_aider
+def test_real_aider_through_the_preset(tmp_path: Path) -> None:
+    """A real coding agent: aider, driven by the `aider` preset, talks to the fake OpenAI server;
+    its whole-file edit is evaluated by the loop and kept."""
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", default=aider_reply(repo)) as fake:
+        r = cli("run", str(repo), "--tag", "t", "--agent", "aider", "--model", "openai/fake-model",
+                "--base-url", fake.url, "--trials", "1", env={"OPENAI_API_KEY": KEY}, timeout=240)
+        requests = list(fake.requests)
+    assert r.returncode == 0, r.stderr + r.stdout
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.KEEP], t[1].reason
+    assert t[1].metric == pytest.approx(2.0) and t[1].agent == "aider" and t[1].model == "openai/fake-model"
+    assert t[1].description == "Set X to 1.0, where the loss is lowest."
+    assert (t[1].tokens_in, t[1].tokens_out) == (1200, 80)
+    assert "X = 1.0" in branch_file(repo)
+    assert any("Minimise loss." in json.dumps(q["body"]) for q in requests)  # our prompt reached it
+    assert git(repo, "status", "--porcelain") == ""  # aider left nothing in the user's checkout
+
+
+@needs_aider
+@pytest.mark.slow
+def test_real_aider_failure_is_an_agent_error_and_its_key_is_redacted(tmp_path: Path) -> None:
+    """The server answers 401 quoting the key; aider prints it and exits 0. The trial is an
+    agent_error, the key is redacted from the agent log, and the next trial goes on."""
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", [Fault("401")], default=aider_reply(repo)) as fake:
+        r = cli("run", str(repo), "--tag", "t", "--agent", "aider", "--model", "openai/fake-model",
+                "--base-url", fake.url, "--trials", "2", env={"OPENAI_API_KEY": KEY}, timeout=240)
+    assert r.returncode == 0, r.stderr + r.stdout
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP], t[2].reason
+    assert "AuthenticationError" in t[1].reason and "[redacted]" in t[1].reason
+    assert "[redacted]" in (repo / ".autoresearch" / "t" / "agent" / "1.log").read_text()
+    for path in (repo / ".autoresearch").rglob("*"):
+        if path.is_file():
+            assert KEY not in path.read_bytes().decode("latin-1"), path
+    assert KEY not in r.stdout + r.stderr
+
+
+@pytest.mark.skipif(shutil.which("claude") is None, reason="Claude Code is not installed (npm i -g @anthropic-ai/claude-code)")
+def test_real_claude_code_through_the_preset(tmp_path: Path) -> None:
+    """A real Claude Code, driven by the `claude` preset (as root: acceptEdits and file tools
+    only), talks to the fake Anthropic server: it reads exp.py, edits it with its Edit tool, and
+    the loop keeps the change; Claude Code's own token count and cost go into the ledger."""
+    import re
+
+    repo = make_task(tmp_path / "task")
+
+    def reply(body: dict) -> Say:
+        system = body.get("system") or ""
+        text = system if isinstance(system, str) else " ".join(b.get("text", "") for b in system)
+        cwd = re.search(r"Primary working directory: (\S+)", text)
+        target = f"{cwd[1] if cwd else '.'}/exp.py"
+        said = json.dumps(body.get("messages"))
+        if "tool_result" not in said:
+            return Say("", [("Read", {"file_path": target})], tokens_in=2000, tokens_out=50)
+        if "old_string" not in said:
+            return Say("", [("Edit", {"file_path": target, "old_string": "X = 3.0", "new_string": "X = 1.0"})],
+                       tokens_in=2500, tokens_out=60)
+        return Say("I edited exp.py.\nSet X to 1.0, where the loss is lowest.", tokens_in=2600, tokens_out=20)
+
+    with FakeLLM("anthropic", default=reply) as fake:
+        r = cli("run", str(repo), "--tag", "t", "--agent", "claude", "--model", "anthropic/claude-sonnet-4-5",
+                "--base-url", fake.url, "--trials", "1",
+                env={"ANTHROPIC_API_KEY": KEY, "IS_SANDBOX": "", "HOME": str(tmp_path / "home")}, timeout=240)
+        requests = list(fake.requests)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert fake.invalid == []
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.KEEP], (t[1].reason, (repo / ".autoresearch/t/agent/1.log").read_text()[-3000:])
+    assert t[1].description == "Set X to 1.0, where the loss is lowest." and t[1].agent == "claude"
+    assert t[1].tokens_in >= 7100 and t[1].tokens_out >= 130 and t[1].cost > 0
+    assert "X = 1.0" in branch_file(repo)
+    assert any("Minimise loss." in json.dumps(q["body"]) for q in requests)
+    for path in (repo / ".autoresearch").rglob("*"):
+        if path.is_file():
+            assert KEY not in path.read_bytes().decode("latin-1"), path
+
+
+HELP = {"claude": ["claude", "--help"], "codex": ["codex", "exec", "--help"], "aider": ["aider", "--help"],
+        "gemini": ["gemini", "--help"], "opencode": ["opencode", "run", "--help"]}
+
+
+@pytest.mark.parametrize("name", sorted(HELP))
+def test_preset_flags_exist_in_the_installed_tool(tmp_path: Path, name: str) -> None:
+    """Every flag a preset passes is one the installed tool knows (skipped where it is absent)."""
+    import re
+
+    from autoresearch.agents.presets import PRESETS
+
+    if shutil.which(HELP[name][0]) is None:
+        pytest.skip(f"{HELP[name][0]} is not installed")
+    out = subprocess.run(HELP[name], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "NO_COLOR": "1"})
+    help_text = out.stdout + out.stderr
+    task = load_task(make_task(tmp_path / "task"))
+    for root in (False, True):
+        os.environ["IS_SANDBOX"] = "" if root else "1"
+        try:
+            command, _, _ = PRESETS[name].command("provider/model", "http://127.0.0.1:1/v1", task)
+        finally:
+            os.environ.pop("IS_SANDBOX", None)
+        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]+|-[a-zA-Z])(?=[\s=]|$)", command):
+            assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text), f"{name}: {flag} not in its --help"
