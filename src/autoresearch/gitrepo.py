@@ -152,9 +152,9 @@ class Git:
 
     def add_worktree(self, path: Path, commit: str) -> Workspace:
         """A new worktree at `path` checked out at `commit` (an old one there is replaced)."""
-        self.run("worktree", "prune")
-        if path.exists():
-            self.remove_worktree(path)
+        # Also when the folder is gone: a `git worktree add` killed midway leaves its registration
+        # locked ("initializing"), and a locked, missing worktree blocks every later add.
+        self.remove_worktree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.run("worktree", "add", "--detach", "--force", str(path), commit)
         pointer = (path / ".git").read_text().strip()
