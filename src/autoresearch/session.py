@@ -54,6 +54,7 @@ class Session:
 
     def close(self) -> None:
         kill_owned(self.owner)
+        kill_owned(f"agent:{self.owner}")
         self.ledger.close()
 
 
@@ -98,6 +99,7 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
 def repair(s: Session) -> list[Trial]:
     """Make a killed loop's leftovers consistent; returns the trials marked interrupted."""
     kill_owned(s.owner)
+    kill_owned(f"agent:{s.owner}")  # the agents' processes carry agent:<ledger dir>:<n>
     refs_dir = s.git.common_dir / "refs" / "autoresearch" / s.tag
     for stale in [*refs_dir.rglob("*.lock"), s.git.common_dir / "refs" / "heads" / "autoresearch" / f"{s.tag}.lock"]:
         stale.unlink(missing_ok=True)
