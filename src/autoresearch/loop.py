@@ -67,7 +67,7 @@ class Loop:
         self.events: Events = events or NullEvents()
         self.cancel = threading.Event()
         self.bin_dir = python_shim(session.dir.parent / "bin")
-        self.gitguard = guard.GitGuard(session.git.common_dir)
+        self.gitguard = guard.GitGuard(session.git.common_dir, session.tag)
         self.wrap: list[str] | None = None
         if self.opt.sandbox:
             from autoresearch.sandbox import sandbox_prefix
@@ -157,6 +157,7 @@ class Loop:
                   started=time.time(), seed=self.opt.seed, log_path=str(self._log(number)))
         self.s.ledger.begin(t)
         self.s.git.reset_worktree(ws, parent_commit)
+        self.gitguard.refresh()
         self.events.phase(number, "agent")
         history = tuple(visible(x, self.task.metric.holdout) for x in self.s.ledger.trials())
         ctx = Context(task=self.task, workdir=ws.path, number=number,
