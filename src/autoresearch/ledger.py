@@ -182,7 +182,9 @@ class Ledger:
             "number": trial.number, "status": trial.status.value,
             "description": trial.description, "parent": trial.parent, "commit_sha": trial.commit,
             "metric": trial.metric, "figures": json.dumps(trial.figures),
-            "repeats": json.dumps(trial.repeats), "reason": trial.reason, "agent": trial.agent,
+            "repeats": json.dumps(trial.repeats), "agent": trial.agent,
+            # one printable line: a reason may quote an experiment's output (escapes, binary)
+            "reason": clean_text(trial.reason, 2000),
             "model": trial.model, "tokens_in": trial.tokens_in, "tokens_out": trial.tokens_out,
             "cost": trial.cost, "seed": trial.seed, "started": trial.started,
             "ended": trial.ended, "run_seconds": trial.run_seconds, "log_path": trial.log_path,

@@ -274,7 +274,7 @@ class Loop:
 
     def _judge(self, r: ExecResult, run_dir: Path, workdir: Path) -> Measurement:
         spec = self.task.metric
-        tail = last_lines(r.output, 5)
+        tail = clean_text(last_lines(r.output, 5), 1000)  # printed live: no escapes, one line
         if r.outcome == "cancelled":
             return Measurement(Status.INTERRUPTED, reason="stopped while the experiment ran", seconds=r.seconds)
         if r.outcome == "tampered":
