@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import re
 import sqlite3
@@ -268,9 +269,14 @@ class Ledger:
 def tsv_row(t: Trial) -> str:
     """One row of autoresearch's results.tsv for a finished trial."""
     metric = t.metric if t.metric is not None and t.status in (Status.KEEP, Status.DISCARD, Status.DUPLICATE) else None
+    if metric is not None and not math.isfinite(metric):
+        metric = None
     peak = t.figures.get("peak_vram_mb")
-    memory = peak / 1024 if isinstance(peak, (int, float)) and peak == peak and metric is not None else 0.0
-    desc = clean_text(t.description) or "(no description)"
+    ok = isinstance(peak, (int, float)) and not isinstance(peak, bool) and math.isfinite(peak) and peak > 0
+    memory = peak / 1024 if ok and metric is not None else 0.0
+    # No double quote: csv readers (pandas' read_csv too) take a field that starts with one for a
+    # quoted field and swallow every row after it up to the next quote.
+    desc = clean_text(t.description).replace('"', "'") or "(no description)"
     return f"{t.short}\t{metric if metric is not None else 0.0:.6f}\t{memory:.1f}\t{t.status.tsv}\t{desc}"
 
 
