@@ -78,14 +78,14 @@ class Git:
     # -- plumbing -----------------------------------------------------------------------
 
     def run(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            input: str | None = None, check: bool = True) -> str:
+            input: str | None = None, check: bool = True, strip: bool = True) -> str:
         full_env = self._env if env is None else {**self._env, **env}
         proc = subprocess.run(["git", *SAFE, *args], cwd=cwd or self.root, env=full_env,
                               input=input, capture_output=True, text=True,
                               errors="surrogateescape")
         if check and proc.returncode != 0:
             raise GitError(f"git {' '.join(args[:3])} failed: {proc.stderr.strip()[:500]}")
-        return proc.stdout.strip() if check else proc.stdout
+        return proc.stdout.strip() if check and strip else proc.stdout
 
     def wt_env(self, ws: Workspace) -> dict[str, str]:
         return {"GIT_DIR": str(ws.gitdir), "GIT_WORK_TREE": str(ws.path),
@@ -104,7 +104,7 @@ class Git:
         return out or None
 
     def dirty_paths(self) -> list[str]:
-        out = self.run("status", "--porcelain", "-z", "-unormal")
+        out = self.run("status", "--porcelain", "-z", "-unormal", strip=False)  # ' M path': keep the space
         return [entry[3:] for entry in out.split("\0") if entry]
 
     def rev(self, ref: str) -> str | None:
