@@ -8,6 +8,7 @@ Guarantees:
   temporary file, fsync'd and renamed over the old one: a reader never sees a torn row, and the
   file always agrees with the ledger.
 - `lock` is held (flock) by the one loop working on the tag; the OS releases it on any death.
+  `results.lock` serialises the rewrites of results.tsv among threads and processes.
 """
 
 from __future__ import annotations
@@ -251,19 +252,26 @@ class Ledger:
         return "\n".join(lines) + "\n"
 
     def export_tsv(self) -> None:
+        """Rewrite results.tsv from the ledger (atomically). Writers take turns (a thread lock
+        and a lock file), and each reads the ledger in its turn, so the last one to write leaves
+        the latest state, whichever threads or processes finish trials at once."""
         path = self.dir / "results.tsv"
-        tmp = path.with_suffix(".tsv.tmp")
-        data = self.tsv_text().encode()
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with self._lock, open(self.dir / "results.lock", "a+b") as turn:
+            fcntl.flock(turn, fcntl.LOCK_EX)
+            for stale in self.dir.glob("results.tsv*.tmp"):  # left by a killed writer
+                stale.unlink(missing_ok=True)
+            tmp = path.with_name(f"results.tsv.{os.getpid()}.tmp")
+            data = self.tsv_text().encode()
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            dir_fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
 
 def tsv_row(t: Trial) -> str:
