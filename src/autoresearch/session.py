@@ -77,13 +77,15 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
     ledger.acquire()
     try:
         if not exists or ledger.get_meta("base") is None:
+            # The ledger first, the branch last: a first run stopped in between (killed, disk
+            # full) left a branch without a base, and every later run refused the tag.
             base = git.head()
-            git.update_refs({branch: base}, verify={branch: None})
             ledger.set_meta("metric_name", task.metric.name)
             ledger.set_meta("goal", task.metric.goal)
             ledger.set_meta("created", str(time.time()))
             ledger.set_meta("user_branch", git.current_branch() or "")
             ledger.set_meta("base", base)
+            git.update_refs({branch: base}, verify=None if exists else {branch: None})
         base = ledger.get_meta("base") or git.head()
         session = Session(task=task, git=git, ledger=ledger, tag=tag, base=base, resumed=exists,
                           user_head=git.rev("HEAD"))
