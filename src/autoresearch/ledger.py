@@ -13,6 +13,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
@@ -135,7 +136,10 @@ class Ledger:
     # -- the tag's single-writer lock ---------------------------------------------------
 
     def acquire(self) -> None:
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise AutoresearchError(f"cannot take the lock {self.dir / 'lock'}: {e.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -161,7 +165,10 @@ class Ledger:
 
     def set_meta(self, key: str, value: str) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+            try:
+                self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+            except sqlite3.OperationalError as e:
+                raise AutoresearchError(f"cannot write the ledger {self.dir / 'ledger.sqlite'}: {e}") from None
 
     # -- trials -------------------------------------------------------------------------
 
@@ -251,22 +258,35 @@ class Ledger:
             lines.append(tsv_row(t))
         return "\n".join(lines) + "\n"
 
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        try:
+            turn = open(self.dir / "results.lock", "a+b")
+        except OSError as e:
+            raise AutoresearchError(f"cannot write in {self.dir}: {e.strerror}") from None
+        with turn:
+            fcntl.flock(turn, fcntl.LOCK_EX)
+            yield
+
     def export_tsv(self) -> None:
         """Rewrite results.tsv from the ledger (atomically). Writers take turns (a thread lock
         and a lock file), and each reads the ledger in its turn, so the last one to write leaves
         the latest state, whichever threads or processes finish trials at once."""
         path = self.dir / "results.tsv"
-        with self._lock, open(self.dir / "results.lock", "a+b") as turn:
-            fcntl.flock(turn, fcntl.LOCK_EX)
+        with self._lock, self._turn():
             for stale in self.dir.glob("results.tsv*.tmp"):  # left by a killed writer
                 stale.unlink(missing_ok=True)
             tmp = path.with_name(f"results.tsv.{os.getpid()}.tmp")
             data = self.tsv_text().encode()
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except OSError as e:  # disk full, read-only: the old results.tsv stays whole
+                tmp.unlink(missing_ok=True)
+                raise AutoresearchError(f"cannot write {path}: {e.strerror}") from None
             dir_fd = os.open(self.dir, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
