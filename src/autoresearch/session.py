@@ -107,7 +107,12 @@ def repair(s: Session) -> list[Trial]:
         stale.unlink(missing_ok=True)
     existing = s.git.refs(f"refs/autoresearch/{s.tag}/")
     interrupted = []
-    for t in s.ledger.running():
+    running = s.ledger.running()
+    runs = s.dir / "runs"
+    for t in running:  # first, as they may be what filled the disk: the in-flight run folders
+        for path in [*runs.glob(str(t.number)), *runs.glob(f"{t.number}.*")]:
+            shutil.rmtree(path, ignore_errors=True)
+    for t in running:
         commit = t.commit or existing.get(trial_ref(s.tag, t.number))
         t = t.with_(status=Status.INTERRUPTED, commit=commit, ended=time.time(),
                     reason=t.reason or "the loop stopped while this trial was in flight")
