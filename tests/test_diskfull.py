@@ -184,3 +184,23 @@ def test_file_size_limit_stops_the_loop_cleanly(tmp_path: Path, kib: int) -> Non
     r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
     assert r.returncode == 0, r.stderr
     whole(repo, "t")
+
+
+def test_an_experiment_that_fills_the_disk_through_its_run_folder(tmp_path: Path, tmpfs) -> None:  # noqa: ANN001
+    """The run folder is where an experiment may write: bounded by the disk only. A trial that
+    fills the disk fails; its folder is removed (when the loop records it, or on resume if the
+    loop had to stop), so the next trials have room again."""
+    exp = ("import os\nX = 3.0\nif os.environ['AUTORESEARCH_TRIAL'] == '2':\n"
+           "    f = open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'junk'), 'wb')\n"
+           "    try:\n        while True: f.write(b'0' * 65536); f.flush()\n    except OSError: pass\n"
+           "print(f'loss: {X}')\n")
+    repo = make_task(tmp_path / "r", experiment=exp)
+    tmpfs(repo / ".autoresearch", "3m")
+    agent = agent_for(tmp_path)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "3")
+    if r.returncode != 0:
+        one_clear_line(r, "disk is full", "No space left")
+        r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    whole(repo, "t")
+    assert not (repo / ".autoresearch/t/runs/2").exists()
