@@ -60,3 +60,28 @@ def test_fake_metric_line_after_the_real_one_is_ignored_with_an_evaluator(tmp_pa
     db.close()
     assert (status, metric) == ("keep", pytest.approx(1.0))  # the evaluator's figure, not -1000
     assert git(repo, "rev-parse", "autoresearch/t") == commit
+
+
+def test_agent_that_deletes_refs_and_prunes_the_objects(task_repo: Path, tmp_path: Path) -> None:
+    """The worst an agent can do to the record through git: delete every trial ref and prune
+    the commits. The trial is rejected, the loop goes on, and the tag still resumes (the lost
+    commits stay listed in the ledger)."""
+    agent = script_agent(tmp_path / "a.sh", """\
+        sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then sed -i "s/^Y = .*/Y = 9/" exp.py; fi
+        if [ "$AUTORESEARCH_TRIAL" = 3 ]; then
+          for r in $(git for-each-ref --format='%(refname)' refs/autoresearch/); do git update-ref -d "$r"; done
+          git reflog expire --expire=now --all && git gc -q --prune=now
+        fi
+        echo "trial $AUTORESEARCH_TRIAL"
+        """)
+    r = cli("run", str(task_repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "4")
+    assert r.returncode == 0, r.stderr
+    db = sqlite3.connect(task_repo / ".autoresearch/t/ledger.sqlite")
+    rows = db.execute("SELECT number, status, reason FROM trials ORDER BY number").fetchall()
+    db.close()
+    assert rows[1][1] == "discard" and rows[3][1] == "rejected" and "refs" in rows[3][2]
+    assert rows[4][1] == "keep"
+    r = cli("run", str(task_repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert cli("status", str(task_repo), "--tag", "t").returncode == 0

@@ -128,6 +128,13 @@ class Git:
         lines += ["prepare", "commit"]
         self.run("update-ref", "--stdin", input="\n".join(lines) + "\n")
 
+    def present(self, shas: set[str]) -> set[str]:
+        """The objects among `shas` that the repository has (some may have been pruned)."""
+        if not shas:
+            return set()
+        out = self.run("cat-file", "--batch-check=%(objectname)", input="".join(f"{s}\n" for s in shas))
+        return {line for line in out.splitlines() if line in shas}  # a gone one reads '<sha> missing'
+
     def tree_of(self, commit: str) -> str:
         return self.run("rev-parse", f"{commit}^{{tree}}")
 

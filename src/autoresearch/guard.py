@@ -159,8 +159,11 @@ class GitGuard:
     def _restore_refs(self) -> list[str]:
         now = self._read_refs()
         lost = sorted(r for r, sha in self._refs.items() if now.get(r) != sha)
+        for ref in lost:  # one by one: a ref whose commit was pruned cannot come back
+            self._git("update-ref", ref, self._refs[ref])
         if lost:
-            # (if the agent also pruned the objects, this fails and resume reports the gap)
-            self._git("update-ref", "--stdin", input="".join(f"update {r} {self._refs[r]}\n" for r in lost))
-        self._refs = {**now, **{r: self._refs[r] for r in lost}}
+            now = self._read_refs()
+            gone = [r for r in lost if now.get(r) != self._refs[r]]
+            lost = [r if r not in gone else f"{r} (its commit is gone)" for r in lost]
+        self._refs = now
         return lost

@@ -120,8 +120,9 @@ def repair(s: Session) -> list[Trial]:
         interrupted.append(t)
     missing = {trial_ref(s.tag, t.number): t.commit for t in s.ledger.trials()
                if t.commit and existing.get(trial_ref(s.tag, t.number)) != t.commit}
-    if missing:
-        s.git.update_refs({r: c for r, c in missing.items() if c})
+    if missing:  # (a commit pruned by someone running git gc cannot come back; it stays listed)
+        present = s.git.present({c for c in missing.values() if c})
+        s.git.update_refs({r: c for r, c in missing.items() if c in present})
     best = s.ledger.best()
     target = best.commit if best and best.commit else s.base
     if s.git.rev(branch_ref(s.tag)) != target:
