@@ -1,6 +1,6 @@
 """Eight writers on one ledger at once: threads sharing one Ledger (the workers of one loop),
 and separate processes each opening it. Nothing is lost, nothing is torn, and results.tsv is
-exactly what the ledger holds when the last writer is done. The default run writes 64 trials;
+exactly what the ledger holds when the last writer is done. The default run writes 40 trials;
 the slow one (pytest -m slow) 500: each trial is three fsync'd commits and an fsync'd rewrite of
 results.tsv, about 27 ms on the reference machine, and the writers take turns."""
 
@@ -51,7 +51,7 @@ def check(directory: Path, total: int) -> None:
         led.close()
 
 
-SIZES = [64, pytest.param(500, marks=pytest.mark.slow)]
+SIZES = [40, pytest.param(500, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("total", SIZES)

@@ -163,7 +163,7 @@ def test_ledger_folder_read_only(tmp_path: Path) -> None:
     whole(repo, "t")
 
 
-@pytest.mark.parametrize("kib", [40, 160])
+@pytest.mark.parametrize("kib", [40, pytest.param(160, marks=pytest.mark.slow)])
 def test_file_size_limit_stops_the_loop_cleanly(tmp_path: Path, kib: int) -> None:
     """RLIMIT_FSIZE (any user, no mount): no file of the loop may grow past the limit, so a
     write fails at the first run's start (40 KiB) or after some trials (160 KiB, the ledger's
