@@ -56,6 +56,8 @@ class Git:
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
         self._env.update(IDENTITY)
         self._env["GIT_TERMINAL_PROMPT"] = "0"
+        # `git status` on the user's checkout must not rewrite (or, killed, leave a lock on) its index
+        self._env["GIT_OPTIONAL_LOCKS"] = "0"
         self.git_dir = Path(self.run("rev-parse", "--absolute-git-dir"))
         self.common_dir = Path(self.run("rev-parse", "--git-common-dir", cwd=self.root))
         if not self.common_dir.is_absolute():
