@@ -297,6 +297,9 @@ def state(repo: Path) -> dict[str, str]:
     return out
 
 
+GLOBAL_CHECKS = 3  # the loop goes on, the user's checkout, the run folders
+
+
 @dataclass(frozen=True)
 class Outcome:
     name: str
@@ -373,10 +376,12 @@ def tally(results: list[Outcome]) -> str:
         lines.append(f"  {mark:6} {o.name:{width}}  {detail[:110]}")
         if o.why is not None and o.known_gap:
             lines.append(f"  {'':6} {'':{width}}  known gap: {o.known_gap}")
-    caught = sum(o.why is None for o in results)
-    gaps = sum(o.why is not None and bool(o.known_gap) for o in results)
-    lines.append(f"adversarial behaviours caught: {caught} of {len(results)}"
-                 + (f" ({gaps} known gap{'s' if gaps > 1 else ''})" if gaps else ""))
+    behaviours, checks = results[:-GLOBAL_CHECKS], results[-GLOBAL_CHECKS:]
+    caught = sum(o.why is None for o in behaviours)
+    gaps = sum(o.why is not None and bool(o.known_gap) for o in behaviours)
+    lines.append(f"adversarial behaviours caught: {caught} of {len(behaviours)}"
+                 + (f" ({gaps} known gap{'s' if gaps > 1 else ''})" if gaps else "")
+                 + f"; loop-wide checks passed: {sum(o.why is None for o in checks)} of {len(checks)}")
     return "\n".join(lines)
 
 

@@ -68,7 +68,7 @@ def main() -> int:
         with ThreadPoolExecutor(max_workers=2) as pool:
             procs = list(pool.map(lambda c: run(c[1]), todo))
     clear_count = 0
-    for (label, _, needle), proc in zip(todo, procs):
+    for (label, _, needle), proc in zip(todo, procs, strict=True):
         why = clear(proc, needle)
         clear_count += why is None
         if why is not None or verbose:

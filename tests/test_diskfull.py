@@ -23,7 +23,6 @@ import pytest
 from conftest import cli, git, make_task, script_agent
 
 
-
 def owned(folder: Path) -> list[int]:
     """Live processes started by the loop of this ledger folder (their AUTORESEARCH_OWNER)."""
     needle = f"AUTORESEARCH_OWNER={folder}".encode()

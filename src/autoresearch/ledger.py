@@ -300,8 +300,10 @@ def tsv_row(t: Trial) -> str:
     if metric is not None and not math.isfinite(metric):
         metric = None
     peak = t.figures.get("peak_vram_mb")
-    ok = isinstance(peak, (int, float)) and not isinstance(peak, bool) and math.isfinite(peak) and peak > 0
-    memory = peak / 1024 if ok and metric is not None else 0.0
+    memory = 0.0
+    if isinstance(peak, (int, float)) and not isinstance(peak, bool) and math.isfinite(peak) and peak > 0 \
+            and metric is not None:
+        memory = peak / 1024
     # No double quote: csv readers (pandas' read_csv too) take a field that starts with one for a
     # quoted field and swallow every row after it up to the next quote.
     desc = clean_text(t.description).replace('"', "'") or "(no description)"
