@@ -60,7 +60,7 @@ def clean_text(text: str, limit: int = 200) -> str:
     into spaces, cut to `limit` characters."""
     text = _ANSI.sub("", text)
     text = "".join(ch if ch.isprintable() else " " for ch in text)
-    return " ".join(text.split())[:limit]
+    return " ".join(text.split())[:limit].rstrip()
 
 
 def check_tag(tag: str) -> str:
@@ -177,8 +177,9 @@ class Ledger:
         self._write(trial, insert=True)
 
     def update(self, trial: Trial) -> None:
-        """Record new facts about a running trial (its commit, say)."""
-        self._write(trial)
+        """Record new facts about a running trial (its commit, say). A trial already finished
+        is left as it is: a late update must not turn its verdict back into `running`."""
+        self._write(trial, only_running=True)
 
     def finish(self, trial: Trial) -> None:
         """Record a trial's final state and rewrite results.tsv."""
@@ -186,7 +187,7 @@ class Ledger:
         self._write(trial, final=True)
         self.export_tsv()
 
-    def _write(self, trial: Trial, insert: bool = False, final: bool = False) -> None:
+    def _write(self, trial: Trial, insert: bool = False, final: bool = False, only_running: bool = False) -> None:
         values = {
             "number": trial.number, "status": trial.status.value,
             "description": trial.description, "parent": trial.parent, "commit_sha": trial.commit,
@@ -209,7 +210,8 @@ class Ledger:
                     sets = ", ".join(f"{c}=?" for c in cols[1:])
                     if final:
                         sets += ", seq=(SELECT COALESCE(MAX(seq), 0) + 1 FROM trials)"
-                    self._db.execute(f"UPDATE trials SET {sets} WHERE number=?",
+                    where = "number=? AND status='running'" if only_running else "number=?"
+                    self._db.execute(f"UPDATE trials SET {sets} WHERE {where}",
                                      [values[c] for c in cols[1:]] + [trial.number])
             except sqlite3.IntegrityError:
                 raise AutoresearchError(f"trial {trial.number} is already in the ledger") from None
