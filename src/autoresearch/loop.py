@@ -71,7 +71,7 @@ class Loop:
         self.events: Events = events or NullEvents()
         self.cancel = threading.Event()
         self.bin_dir = python_shim(session.dir.parent / "bin")
-        self.gitguard = guard.GitGuard(session.git.common_dir)
+        self.gitguard = guard.GitGuard(session.git.common_dir, session.tag)
         from autoresearch.sandbox import require, seal_warning
 
         if self.opt.sandbox:  # built per trial in execute(); here only: can it be built?
@@ -162,6 +162,7 @@ class Loop:
                   started=time.time(), seed=self.opt.seed, log_path=str(self._log(number)))
         self.s.ledger.begin(t)
         self.s.git.reset_worktree(ws, parent_commit)
+        self.gitguard.refresh()
         self.events.phase(number, "agent")
         history = tuple(visible(x, self.task.metric.holdout) for x in self.s.ledger.trials())
         ctx = Context(task=self.task, workdir=ws.path, number=number,
@@ -287,7 +288,7 @@ class Loop:
 
     def _judge(self, r: ExecResult, run_dir: Path, workdir: Path) -> Measurement:
         spec = self.task.metric
-        tail = last_lines(r.output, 5)
+        tail = clean_text(last_lines(r.output, 5), 1000)  # printed live: no escapes, one line
         if r.outcome == "cancelled":
             return Measurement(Status.INTERRUPTED, reason="stopped while the experiment ran", seconds=r.seconds)
         if r.outcome == "tampered":
