@@ -189,7 +189,6 @@ def test_agent_running_git_in_worktree_cannot_move_the_branch(task_repo: Path, t
         sed -i 's/^X = 3.0/X = 1.0/' exp.py
         git -c user.name=a -c user.email=a@a commit -qam "agent commits itself" || true
         git branch -f autoresearch/t HEAD 2>/dev/null || true
-        git update-ref -d refs/autoresearch/t/trials/0 || true
         echo committed
         """)
     r = run(task_repo, agent, trials=1)
@@ -199,6 +198,18 @@ def test_agent_running_git_in_worktree_cannot_move_the_branch(task_repo: Path, t
     # the trial's code is judged against the parent whatever HEAD the agent left
     assert git(task_repo, "rev-parse", "autoresearch/t") == rows[1][2]
     assert git(task_repo, "rev-parse", f"{rows[1][2]}^") == rows[0][2]
+
+
+def test_agent_deleting_trial_refs_is_rejected_and_the_refs_restored(task_repo: Path, tmp_path: Path) -> None:
+    agent = script_agent(tmp_path / "a.sh", """\
+        sed -i "s/^X = .*/X = 1.$AUTORESEARCH_TRIAL/" exp.py
+        if [ "$AUTORESEARCH_TRIAL" = 2 ]; then git update-ref -d refs/autoresearch/t/trials/1; fi
+        echo "trial $AUTORESEARCH_TRIAL"
+        """)
+    assert run(task_repo, agent, trials=2).returncode == 0
+    rows = ledger_rows(task_repo, "t")
+    assert rows[2][1] == "rejected" and "refs/autoresearch/t/trials/1" in rows[2][5]
+    assert git(task_repo, "rev-parse", "refs/autoresearch/t/trials/1") == rows[1][2]
 
 
 def test_clean_repo_required(task_repo: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -18,6 +19,8 @@ from autoresearch import __version__
 from autoresearch.errors import AutoresearchError, UsageError
 
 EXIT_INTERRUPTED = 130
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+                      errno.EIO, errno.EMFILE, errno.ENFILE}
 
 
 class Parser(argparse.ArgumentParser):
@@ -317,6 +320,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autoresearch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        # the machine, not our code: a full disk, a read-only or unwritable folder
+        where = f": {e.filename}" if e.filename else ""
+        print(f"autoresearch: error: {e.strerror}{where}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         os._exit(0)
 

@@ -23,6 +23,9 @@ IDENTITY = {
 }
 
 
+MAX_FILE_BYTES = 20 * 1024 * 1024  # a bigger file in a trial is rejected, and never stored
+
+
 class GitError(AutoresearchError):
     pass
 
@@ -53,6 +56,8 @@ class Git:
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
         self._env.update(IDENTITY)
         self._env["GIT_TERMINAL_PROMPT"] = "0"
+        # `git status` on the user's checkout must not rewrite (or, killed, leave a lock on) its index
+        self._env["GIT_OPTIONAL_LOCKS"] = "0"
         self.git_dir = Path(self.run("rev-parse", "--absolute-git-dir"))
         self.common_dir = Path(self.run("rev-parse", "--git-common-dir", cwd=self.root))
         if not self.common_dir.is_absolute():
@@ -75,14 +80,14 @@ class Git:
     # -- plumbing -----------------------------------------------------------------------
 
     def run(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            input: str | None = None, check: bool = True) -> str:
+            input: str | None = None, check: bool = True, strip: bool = True) -> str:
         full_env = self._env if env is None else {**self._env, **env}
         proc = subprocess.run(["git", *SAFE, *args], cwd=cwd or self.root, env=full_env,
                               input=input, capture_output=True, text=True,
                               errors="surrogateescape")
         if check and proc.returncode != 0:
             raise GitError(f"git {' '.join(args[:3])} failed: {proc.stderr.strip()[:500]}")
-        return proc.stdout.strip() if check else proc.stdout
+        return proc.stdout.strip() if check and strip else proc.stdout
 
     def wt_env(self, ws: Workspace) -> dict[str, str]:
         return {"GIT_DIR": str(ws.gitdir), "GIT_WORK_TREE": str(ws.path),
@@ -101,7 +106,7 @@ class Git:
         return out or None
 
     def dirty_paths(self) -> list[str]:
-        out = self.run("status", "--porcelain", "-z", "-unormal")
+        out = self.run("status", "--porcelain", "-z", "-unormal", strip=False)  # ' M path': keep the space
         return [entry[3:] for entry in out.split("\0") if entry]
 
     def rev(self, ref: str) -> str | None:
@@ -124,6 +129,13 @@ class Git:
             lines.append(f"update {ref} {new}" + (f" {verify[ref] or '0' * 40}" if ref in verify else ""))
         lines += ["prepare", "commit"]
         self.run("update-ref", "--stdin", input="\n".join(lines) + "\n")
+
+    def present(self, shas: set[str]) -> set[str]:
+        """The objects among `shas` that the repository has (some may have been pruned)."""
+        if not shas:
+            return set()
+        out = self.run("cat-file", "--batch-check=%(objectname)", input="".join(f"{s}\n" for s in shas))
+        return {line for line in out.splitlines() if line in shas}  # a gone one reads '<sha> missing'
 
     def tree_of(self, commit: str) -> str:
         return self.run("rev-parse", f"{commit}^{{tree}}")
@@ -152,9 +164,9 @@ class Git:
 
     def add_worktree(self, path: Path, commit: str) -> Workspace:
         """A new worktree at `path` checked out at `commit` (an old one there is replaced)."""
-        self.run("worktree", "prune")
-        if path.exists():
-            self.remove_worktree(path)
+        # Also when the folder is gone: a `git worktree add` killed midway leaves its registration
+        # locked ("initializing"), and a locked, missing worktree blocks every later add.
+        self.remove_worktree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.run("worktree", "add", "--detach", "--force", str(path), commit)
         pointer = (path / ".git").read_text().strip()
@@ -173,24 +185,68 @@ class Git:
             shutil.rmtree(path, ignore_errors=True)
         self.run("worktree", "prune", check=False)
 
+    def ensure_worktree(self, ws: Workspace, commit: str) -> None:
+        """Bring back a worktree that something (an agent running git) removed or unlinked."""
+        if not (ws.gitdir / "HEAD").is_file() or not ws.path.is_dir():
+            again = self.add_worktree(ws.path, commit)
+            if again.gitdir != ws.gitdir:
+                raise GitError(f"cannot recreate the worktree {ws.path} (now {again.gitdir})")
+        pointer = ws.path / ".git"
+        if pointer.is_symlink() or not pointer.is_file() or pointer.read_text().strip() != f"gitdir: {ws.gitdir}":
+            if pointer.is_dir() and not pointer.is_symlink():
+                import shutil
+
+                shutil.rmtree(pointer)
+            else:
+                pointer.unlink(missing_ok=True)
+            pointer.write_text(f"gitdir: {ws.gitdir}\n")
+
     def reset_worktree(self, ws: Workspace, commit: str) -> None:
         """Make the worktree exactly `commit`: tracked files restored, everything else removed."""
+        self.ensure_worktree(ws, commit)
         env = self.wt_env(ws)
         for stale in (ws.index.with_name(ws.index.name + ".lock"), ws.gitdir / "HEAD.lock"):
             stale.unlink(missing_ok=True)
         self.run("reset", "-q", "--hard", commit, env=env, cwd=ws.path)
         self.run("clean", "-q", "-ffdx", env=env, cwd=ws.path)
 
-    def snapshot(self, ws: Workspace, parent: str, message: str) -> tuple[str, list[Change], str]:
+    def snapshot(self, ws: Workspace, parent: str, message: str,
+                 max_file_bytes: int = MAX_FILE_BYTES) -> tuple[str, list[Change], str]:
         """Commit the worktree's content as a child of `parent` (no hooks, HEAD untouched) and
-        return the commit, what changed against the parent, and the tree."""
+        return the commit, what changed against the parent, and the tree.
+
+        A file over `max_file_bytes` is committed as a short stand-in (the guard rejects the
+        trial from the size on disk), so an agent cannot fill .git. Afterwards the worktree is
+        exactly the commit: files git was told to ignore (a self-ignoring .gitignore, an entry
+        in info/exclude) are removed, so the experiment runs only what the commit holds."""
+        self.ensure_worktree(ws, parent)
         env = self.wt_env(ws)
-        self.run("add", "-A", ".", env=env, cwd=ws.path)
+        big = self._oversized(ws, max_file_bytes)
+        self.run("add", "-A", "--", ".", *[f":(exclude,literal){p}" for p in big], env=env, cwd=ws.path)
+        for path, size in big.items():
+            note = f"autoresearch: {path} was {size} bytes, over the {max_file_bytes}-byte limit; not stored\n"
+            blob = self.run("hash-object", "-w", "--stdin", input=note)
+            self.run("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env, cwd=ws.path)
         tree = self.run("write-tree", env=env, cwd=ws.path)
         commit = self.run("commit-tree", tree, "-p", parent, "-F", "-", env=env, cwd=ws.path,
                           input=message)
+        self.run("clean", "-q", "-ffdX", env=env, cwd=ws.path)
         raw = self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", parent, commit)
         return commit, parse_raw(raw), tree
+
+    def _oversized(self, ws: Workspace, limit: int) -> dict[str, int]:
+        """Changed or new files of the worktree bigger than `limit` bytes."""
+        out = self.run("ls-files", "-z", "-m", "-o", "--exclude-standard", env=self.wt_env(ws),
+                       cwd=ws.path, check=False)
+        big = {}
+        for rel in dict.fromkeys(p for p in out.split("\0") if p):
+            try:
+                st = os.lstat(ws.path / rel)
+            except OSError:
+                continue
+            if st.st_size > limit and not os.path.islink(ws.path / rel):
+                big[rel] = st.st_size
+        return big
 
 
 def parse_raw(raw: str) -> list[Change]:

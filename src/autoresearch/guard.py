@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from pathlib import Path
 
-from autoresearch.gitrepo import Change
+from autoresearch.gitrepo import MAX_FILE_BYTES, SAFE, Change
 from autoresearch.task import Task
 
-MAX_FILE_BYTES = 20 * 1024 * 1024
+__all__ = ["MAX_FILE_BYTES", "GitGuard", "changed_files", "check_changes", "hash_files", "set_readonly"]
 SYMLINK, SUBMODULE = "120000", "160000"
 
 
@@ -80,14 +81,27 @@ def set_readonly(root: Path, paths: list[str], readonly: bool) -> None:
 
 
 class GitGuard:
-    """Fingerprints the repository's git config and hooks; restores them if a trial changed them."""
+    """Fingerprints the repository's git metadata (config, hooks, info/exclude, attributes,
+    grafts, alternates) and the loop's own trial refs; `check_and_restore` puts back whatever a
+    trial changed and says what it was.
 
-    def __init__(self, common_dir: Path) -> None:
+    Trial refs (refs/autoresearch/<tag>/trials/<n>) may only be added (the loop adds one per
+    trial); one deleted or moved is restored. The tag's branch is not watched here: the loop
+    sets it from the ledger when it records a verdict. The user's own refs are not watched
+    either: the user may be committing or fetching while the loop runs (only --sandbox keeps
+    an agent from writing to them)."""
+
+    METADATA = ("config", "config.worktree", "info/attributes", "info/exclude", "info/grafts",
+                "info/sparse-checkout", "objects/info/alternates")
+
+    def __init__(self, common_dir: Path, tag: str | None = None) -> None:
         self.common_dir = common_dir
+        self.own = f"refs/autoresearch/{tag}/" if tag else None
         self._saved = self._read()
+        self._refs = self._read_refs()
 
     def _files(self) -> list[Path]:
-        files = [self.common_dir / "config", self.common_dir / "info" / "attributes"]
+        files = [self.common_dir / name for name in self.METADATA]
         hooks = self.common_dir / "hooks"
         if hooks.is_dir():
             files += sorted(p for p in hooks.iterdir() if not p.name.endswith(".sample"))
@@ -102,10 +116,36 @@ class GitGuard:
                 out[f] = None
         return out
 
+    def _git(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        return subprocess.run(["git", *SAFE, f"--git-dir={self.common_dir}", *args], env=env,
+                              input=input, capture_output=True, text=True, errors="surrogateescape")
+
+    def _read_refs(self) -> dict[str, str]:
+        if not self.own:
+            return {}
+        out = self._git("for-each-ref", "--format=%(refname) %(objectname)", self.own).stdout
+        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
     def check_and_restore(self) -> str | None:
+        problems = []
+        files = self._restore_files()
+        if files:
+            problems.append(f"modified the repository's git metadata ({', '.join(files)}); restored")
+        refs = self._restore_refs()
+        if refs:
+            problems.append(f"deleted or moved the loop's refs ({', '.join(refs[:5])}"
+                            f"{' ...' if len(refs) > 5 else ''}); restored")
+        return "; ".join(problems) or None
+
+    def refresh(self) -> None:
+        """Take in the refs the loop added since the last check (call before each proposal)."""
+        self._restore_refs()
+
+    def _restore_files(self) -> list[str]:
         now = self._read()
         if now == self._saved:
-            return None
+            return []
         changed = sorted(str(p.relative_to(self.common_dir)) for p in set(now) | set(self._saved)
                          if now.get(p) != self._saved.get(p))
         for path in set(now) | set(self._saved):
@@ -114,4 +154,16 @@ class GitGuard:
                 path.unlink(missing_ok=True)
             elif now.get(path) != old:
                 path.write_bytes(old)
-        return f"modified the repository's git metadata ({', '.join(changed)}); restored"
+        return changed
+
+    def _restore_refs(self) -> list[str]:
+        now = self._read_refs()
+        lost = sorted(r for r, sha in self._refs.items() if now.get(r) != sha)
+        for ref in lost:  # one by one: a ref whose commit was pruned cannot come back
+            self._git("update-ref", ref, self._refs[ref])
+        if lost:
+            now = self._read_refs()
+            gone = [r for r in lost if now.get(r) != self._refs[r]]
+            lost = [r if r not in gone else f"{r} (its commit is gone)" for r in lost]
+        self._refs = now
+        return lost

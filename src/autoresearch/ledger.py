@@ -8,12 +8,15 @@ Guarantees:
   temporary file, fsync'd and renamed over the old one: a reader never sees a torn row, and the
   file always agrees with the ledger.
 - `lock` is held (flock) by the one loop working on the tag; the OS releases it on any death.
+  `results.lock` serialises the rewrites of results.tsv among threads and processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import math
 import os
 import re
 import sqlite3
@@ -57,7 +60,7 @@ def clean_text(text: str, limit: int = 200) -> str:
     into spaces, cut to `limit` characters."""
     text = _ANSI.sub("", text)
     text = "".join(ch if ch.isprintable() else " " for ch in text)
-    return " ".join(text.split())[:limit]
+    return " ".join(text.split())[:limit].rstrip()
 
 
 def check_tag(tag: str) -> str:
@@ -142,7 +145,10 @@ class Ledger:
     # -- the tag's single-writer lock ---------------------------------------------------
 
     def acquire(self) -> None:
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise AutoresearchError(f"cannot take the lock {self.dir / 'lock'}: {e.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -168,7 +174,10 @@ class Ledger:
 
     def set_meta(self, key: str, value: str) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+            try:
+                self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+            except sqlite3.OperationalError as e:
+                raise AutoresearchError(f"cannot write the ledger {self.dir / 'ledger.sqlite'}: {e}") from None
 
     # -- trials -------------------------------------------------------------------------
 
@@ -185,8 +194,9 @@ class Ledger:
         return trial
 
     def update(self, trial: Trial) -> None:
-        """Record new facts about a running trial (its commit, say)."""
-        self._write(trial)
+        """Record new facts about a running trial (its commit, say). A trial already finished
+        is left as it is: a late update must not turn its verdict back into `running`."""
+        self._write(trial, only_running=True)
 
     def finish(self, trial: Trial) -> None:
         """Record a trial's final state and rewrite results.tsv."""
@@ -194,12 +204,14 @@ class Ledger:
         self._write(trial, final=True)
         self.export_tsv()
 
-    def _write(self, trial: Trial, insert: bool = False, final: bool = False) -> None:
+    def _write(self, trial: Trial, insert: bool = False, final: bool = False, only_running: bool = False) -> None:
         values = {
             "number": trial.number, "status": trial.status.value,
             "description": trial.description, "parent": trial.parent, "commit_sha": trial.commit,
             "metric": trial.metric, "figures": json.dumps(trial.figures),
-            "repeats": json.dumps(trial.repeats), "reason": trial.reason, "agent": trial.agent,
+            "repeats": json.dumps(trial.repeats), "agent": trial.agent,
+            # one printable line: a reason may quote an experiment's output (escapes, binary)
+            "reason": clean_text(trial.reason, 2000),
             "model": trial.model, "tokens_in": trial.tokens_in, "tokens_out": trial.tokens_out,
             "cost": trial.cost, "seed": trial.seed, "started": trial.started,
             "ended": trial.ended, "run_seconds": trial.run_seconds, "log_path": trial.log_path,
@@ -215,7 +227,8 @@ class Ledger:
                     sets = ", ".join(f"{c}=?" for c in cols[1:])
                     if final:
                         sets += ", seq=(SELECT COALESCE(MAX(seq), 0) + 1 FROM trials)"
-                    self._db.execute(f"UPDATE trials SET {sets} WHERE number=?",
+                    where = "number=? AND status='running'" if only_running else "number=?"
+                    self._db.execute(f"UPDATE trials SET {sets} WHERE {where}",
                                      [values[c] for c in cols[1:]] + [trial.number])
             except sqlite3.IntegrityError:
                 raise AutoresearchError(f"trial {trial.number} is already in the ledger") from None
@@ -264,28 +277,55 @@ class Ledger:
             lines.append(tsv_row(t))
         return "\n".join(lines) + "\n"
 
-    def export_tsv(self) -> None:
-        path = self.dir / "results.tsv"
-        tmp = path.with_suffix(".tsv.tmp")
-        data = self.tsv_text().encode()
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            turn = open(self.dir / "results.lock", "a+b")
+        except OSError as e:
+            raise AutoresearchError(f"cannot write in {self.dir}: {e.strerror}") from None
+        with turn:
+            fcntl.flock(turn, fcntl.LOCK_EX)
+            yield
+
+    def export_tsv(self) -> None:
+        """Rewrite results.tsv from the ledger (atomically). Writers take turns (a thread lock
+        and a lock file), and each reads the ledger in its turn, so the last one to write leaves
+        the latest state, whichever threads or processes finish trials at once."""
+        path = self.dir / "results.tsv"
+        with self._lock, self._turn():
+            for stale in self.dir.glob("results.tsv*.tmp"):  # left by a killed writer
+                stale.unlink(missing_ok=True)
+            tmp = path.with_name(f"results.tsv.{os.getpid()}.tmp")
+            data = self.tsv_text().encode()
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except OSError as e:  # disk full, read-only: the old results.tsv stays whole
+                tmp.unlink(missing_ok=True)
+                raise AutoresearchError(f"cannot write {path}: {e.strerror}") from None
+            dir_fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
 
 def tsv_row(t: Trial) -> str:
     """One row of autoresearch's results.tsv for a finished trial."""
     metric = t.metric if t.metric is not None and t.status in (Status.KEEP, Status.DISCARD, Status.DUPLICATE) else None
+    if metric is not None and not math.isfinite(metric):
+        metric = None
     peak = t.figures.get("peak_vram_mb")
-    memory = peak / 1024 if isinstance(peak, (int, float)) and peak == peak and metric is not None else 0.0
-    desc = clean_text(t.description) or "(no description)"
+    memory = 0.0
+    if isinstance(peak, (int, float)) and not isinstance(peak, bool) and math.isfinite(peak) and peak > 0 \
+            and metric is not None:
+        memory = peak / 1024
+    # No double quote: csv readers (pandas' read_csv too) take a field that starts with one for a
+    # quoted field and swallow every row after it up to the next quote.
+    desc = clean_text(t.description).replace('"', "'") or "(no description)"
     return f"{t.short}\t{metric if metric is not None else 0.0:.6f}\t{memory:.1f}\t{t.status.tsv}\t{desc}"
 
 

@@ -88,7 +88,7 @@ class Loop:
         self.events: Events = events or NullEvents()
         self.cancel = threading.Event()
         self.bin_dir = python_shim(session.dir.parent / "bin")
-        self.gitguard = guard.GitGuard(session.git.common_dir)
+        self.gitguard = guard.GitGuard(session.git.common_dir, session.tag)
         from autoresearch.sandbox import require, seal_warning
 
         if self.opt.sandbox and not (backend and backend.remote):  # built per trial in execute();
@@ -219,6 +219,8 @@ class Loop:
             t, parent = opened
             parent_commit = t.parent or ""
             self.s.git.reset_worktree(ws, parent_commit)
+            with self.lock:
+                self.gitguard.refresh()
             self.events.phase(t.number, "agent")
             self._tell_agent()
             history = tuple(visible(x, self.task.metric.holdout) for x in self.s.ledger.trials())
@@ -374,7 +376,7 @@ class Loop:
 
     def _judge(self, r: ExecResult, run_dir: Path, workdir: Path) -> Measurement:
         spec = self.task.metric
-        tail = last_lines(r.output, 5)
+        tail = clean_text(last_lines(r.output, 5), 1000)  # printed live: no escapes, one line
         if r.outcome == "cancelled":
             return Measurement(Status.INTERRUPTED, reason="stopped while the experiment ran", seconds=r.seconds)
         if r.outcome == "lost":

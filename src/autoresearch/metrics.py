@@ -27,10 +27,13 @@ def parse_number(text: str) -> float:
 
 def figure_from_text(output: str, name: str, pattern: str | None = None) -> float | None:
     """The value of `name` in `output` by the default rule, or by `pattern` (one group)."""
+    # A carriage return ends a line as on a terminal: a progress bar closed with '\r' (tqdm's
+    # leave=False) is followed on the same raw line by the summary the experiment prints next.
+    output = output.replace("\r\n", "\n").replace("\r", "\n")
     if pattern is not None:
         regex = re.compile(pattern, re.MULTILINE)
     else:
-        regex = re.compile(rf"^{re.escape(name)}:[ \t]*({NUMBER})[ \t]*\r?$", re.MULTILINE | re.IGNORECASE)
+        regex = re.compile(rf"^{re.escape(name)}:[ \t]*({NUMBER})[ \t]*$", re.MULTILINE | re.IGNORECASE)
     matches = regex.findall(output)
     if not matches:
         return None

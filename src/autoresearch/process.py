@@ -49,11 +49,11 @@ def _kill_group(pgid: int, sig: int) -> None:
 
 
 def kill_owned(token: str, sig: int = signal.SIGKILL) -> int:
-    """Kill every process whose environment carries AUTORESEARCH_OWNER=`token` or a token
-    under it (`token:...`; so trial 1's token does not match trial 10's). Returns how many
-    were signalled."""
+    """Kill every process whose environment carries AUTORESEARCH_OWNER=`token` or a token under
+    it (`token:...`): the owner of tag t is not a prefix of tag t2's, nor trial 1 of trial 12.
+    Returns how many were signalled."""
     needle = f"{OWNER_VAR}={token}".encode()
-    child = needle + b":"
+    under = needle + b":"
     me = os.getpid()
     count = 0
     for entry in os.scandir("/proc"):
@@ -64,7 +64,7 @@ def kill_owned(token: str, sig: int = signal.SIGKILL) -> int:
                 env = f.read()
         except OSError:
             continue
-        if any(item == needle or item.startswith(child) for item in env.split(b"\0")):
+        if any(item == needle or item.startswith(under) for item in env.split(b"\0")):
             try:
                 os.kill(int(entry.name), sig)
                 count += 1
@@ -117,7 +117,7 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
     if proc.poll() is None:
         proc.kill()
         proc.wait()
-    if owner and (timed_out or cancelled or proc.returncode != 0):
+    if owner:  # what escaped the group (setsid, double fork), whatever the exit status
         kill_owned(owner)
     return ProcResult(returncode=proc.returncode, seconds=time.monotonic() - start,
                       timed_out=timed_out, cancelled=cancelled)

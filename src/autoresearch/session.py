@@ -54,6 +54,7 @@ class Session:
 
     def close(self) -> None:
         kill_owned(self.owner)
+        kill_owned(f"agent:{self.owner}")
         self.ledger.close()
 
 
@@ -76,13 +77,15 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
     ledger.acquire()
     try:
         if not exists or ledger.get_meta("base") is None:
+            # The ledger first, the branch last: a first run stopped in between (killed, disk
+            # full) left a branch without a base, and every later run refused the tag.
             base = git.head()
-            git.update_refs({branch: base}, verify={branch: None})
             ledger.set_meta("metric_name", task.metric.name)
             ledger.set_meta("goal", task.metric.goal)
             ledger.set_meta("created", str(time.time()))
             ledger.set_meta("user_branch", git.current_branch() or "")
             ledger.set_meta("base", base)
+            git.update_refs({branch: base}, verify=None if exists else {branch: None})
         base = ledger.get_meta("base") or git.head()
         ledger.set_meta("holdout", task.metric.holdout or "")  # for the views: the sealed figure
         ledger.set_meta("min_delta", str(task.acceptance.min_delta))
@@ -100,12 +103,18 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
 def repair(s: Session) -> list[Trial]:
     """Make a killed loop's leftovers consistent; returns the trials marked interrupted."""
     kill_owned(s.owner)
+    kill_owned(f"agent:{s.owner}")  # the agents' processes carry agent:<ledger dir>:<n>
     refs_dir = s.git.common_dir / "refs" / "autoresearch" / s.tag
     for stale in [*refs_dir.rglob("*.lock"), s.git.common_dir / "refs" / "heads" / "autoresearch" / f"{s.tag}.lock"]:
         stale.unlink(missing_ok=True)
     existing = s.git.refs(f"refs/autoresearch/{s.tag}/")
     interrupted = []
-    for t in s.ledger.running():
+    running = s.ledger.running()
+    runs = s.dir / "runs"
+    for t in running:  # first, as they may be what filled the disk: the in-flight run folders
+        for path in [*runs.glob(str(t.number)), *runs.glob(f"{t.number}.*")]:
+            shutil.rmtree(path, ignore_errors=True)
+    for t in running:
         commit = t.commit or existing.get(trial_ref(s.tag, t.number))
         t = t.with_(status=Status.INTERRUPTED, commit=commit, ended=time.time(),
                     reason=t.reason or "the loop stopped while this trial was in flight")
@@ -113,8 +122,9 @@ def repair(s: Session) -> list[Trial]:
         interrupted.append(t)
     missing = {trial_ref(s.tag, t.number): t.commit for t in s.ledger.trials()
                if t.commit and existing.get(trial_ref(s.tag, t.number)) != t.commit}
-    if missing:
-        s.git.update_refs({r: c for r, c in missing.items() if c})
+    if missing:  # (a commit pruned by someone running git gc cannot come back; it stays listed)
+        present = s.git.present({c for c in missing.values() if c})
+        s.git.update_refs({r: c for r, c in missing.items() if c in present})
     best = s.ledger.best()
     target = best.commit if best and best.commit else s.base
     if s.git.rev(branch_ref(s.tag)) != target:

@@ -164,8 +164,12 @@ def _get_int(table: dict[str, Any], key: str, where: str, default: int, minimum:
 
 def _get_list(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
     value = table.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+    if not isinstance(value, list):
         raise TaskError(f"{TASK_FILE}: '{where}{key}' must be a list of strings, got {_typename(value)}")
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            got = "an empty string" if isinstance(item, str) else _typename(item)
+            raise TaskError(f"{TASK_FILE}: '{where}{key}' must be a list of non-empty strings, it holds {got}")
     return tuple(value)
 
 
@@ -213,6 +217,19 @@ def _load_metric(data: dict[str, Any]) -> MetricSpec:
     return MetricSpec(name=name, goal=goal, pattern=pattern, file=file, record=record, holdout=holdout)
 
 
+def _load_agent(data: dict[str, Any]) -> dict[str, Any]:
+    table = _table(data, "agent")
+    _check_keys(table, AGENT_KEYS, "agent.")
+    for key in ("kind", "model", "base_url", "cmd", "sampler"):
+        _get_str(table, key, "agent.")
+    if "timeout" in table:
+        _get_number(table, "timeout", "agent.", 0.0)
+    share = table.get("llm_share", 0.0)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise TaskError(f"{TASK_FILE}: 'agent.llm_share' must be a number from 0 to 1, got {share!r}")
+    return table
+
+
 def _load_acceptance(data: dict[str, Any]) -> Acceptance:
     table = _table(data, "acceptance")
     _check_keys(table, ACCEPTANCE_KEYS, "acceptance.")
@@ -244,7 +261,7 @@ def load_task(root: str | os.PathLike[str]) -> Task:
     if not path.is_file():
         raise TaskError(f"no {TASK_FILE} in {root} (create one with `autoresearch init`)")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is fine
     except tomllib.TOMLDecodeError as e:
         raise TaskError(f"{TASK_FILE}: invalid TOML: {e}") from None
     except UnicodeDecodeError:
@@ -253,14 +270,15 @@ def load_task(root: str | os.PathLike[str]) -> Task:
     command = _get_str(data, "command", "", required=True)
     assert command is not None
     program = _get_str(data, "program", "", default="program.md") or "program.md"
+    if Path(program).is_absolute() or ".." in Path(program).parts:
+        raise TaskError(f"{TASK_FILE}: 'program' must be a path inside the task repository, got {program!r}")
     if not (root / program).is_file():
         raise TaskError(f"{TASK_FILE}: 'program' file {program!r} not found in {root}")
     time_budget = _get_number(data, "time_budget", "", 300.0)
     timeout = _get_number(data, "timeout", "", 2 * time_budget + 60)
     metric = _load_metric(data)
     acceptance = _load_acceptance(data)
-    agent = _table(data, "agent")
-    _check_keys(agent, AGENT_KEYS, "agent.")
+    agent = _load_agent(data)
     if "editable" not in data:
         raise TaskError(f"{TASK_FILE}: missing required key 'editable' (globs of the files an agent may change)")
     editable = _get_list(data, "editable", "")

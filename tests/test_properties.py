@@ -1,0 +1,272 @@
+"""Property-based tests (hypothesis): metric extraction, the results.tsv writer, and the
+ledger's replay and resume after a kill at any point of a random sequence of writes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import make_task
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from autoresearch.ledger import Ledger, clean_text, tsv_row
+from autoresearch.metrics import MetricError, extract, figure_from_text, figures_from_file
+from autoresearch.records import Status, Trial
+from autoresearch.session import open_session, trial_ref
+from autoresearch.task import MetricSpec, load_task
+
+# AUTORESEARCH_PROPERTY_SCALE=10 runs ten times more examples of each property (default 1)
+SCALE = float(os.environ.get("AUTORESEARCH_PROPERTY_SCALE", "1"))
+
+
+def examples(n: int) -> int:
+    return max(1, int(n * SCALE))
+
+
+NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.\-]{0,15}", fullmatch=True)
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
+ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True)
+# text with everything that can hurt a line-based format: controls, escapes, odd line breaks
+NASTY = st.lists(st.one_of(
+    st.characters(),
+    st.sampled_from(["\t", "\n", "\r", "\x1b", "\x1b[31m", "\x1b]0;t\x07", "\x07", "\x00", "\x0b", "\x0c",
+                     "\x1c", "\x85", "\u2028", "\u2029", "\x9b", "\ufeff", '"', "  "]),
+), max_size=60).map("".join)
+
+
+# ---------------------------------------------------------------------------
+# metric extraction
+
+
+def metric_line(name: str, value: float, style: int) -> str:
+    text = [repr(value), f"{value:.6g}", f"{value:e}", f"{value:.3f}"][style % 4]
+    sep = [": ", ":", ":\t", ":   "][style // 4 % 4]
+    end = ["", " ", "\t", "\r"][style // 16 % 4]
+    return f"{name}{sep}{text}{end}"
+
+
+def near_miss(name: str, value: float, kind: int) -> str:
+    """Lines that look like the metric but are not it by the default rule."""
+    return [f" {name}: {value}", f"val_{name}: {value}", f"{name}_ema: {value}", f"{name} : {value}",
+            f"{name}: {value} (best)", f"# {name}: {value}", f"{name}= {value}", f"{name}: ~{value}"][kind % 8]
+
+
+LINE_TEXT = st.text(st.characters(blacklist_characters="\r\n"))
+
+
+@given(name=NAMES, junk=st.lists(LINE_TEXT, max_size=8),
+       values=st.lists(st.tuples(FINITE, st.integers(0, 63)), min_size=1, max_size=5),
+       misses=st.lists(st.tuples(FINITE, st.integers(0, 7)), max_size=4), rnd=st.randoms())
+@settings(max_examples=examples(150), deadline=None)
+def test_the_last_exact_metric_line_wins(name: str, junk: list[str], values: list[tuple[float, int]],
+                                         misses: list[tuple[float, int]], rnd) -> None:  # noqa: ANN001
+    lines: list[tuple[str, float | None]] = [("#" + j, None) for j in junk]  # never the metric
+    lines += [(near_miss(name, v, k), None) for v, k in misses]
+    rnd.shuffle(lines)
+    for v, style in values:
+        text = metric_line(name, v, style)
+        lines.insert(rnd.randint(0, len(lines)), (text, float(text.split(":", 1)[1].strip())))
+    expected = [value for _, value in lines if value is not None][-1]
+    assert figure_from_text("\n".join(text for text, _ in lines), name) == expected
+
+
+@given(name=NAMES, value=FINITE, progress=st.lists(st.text(st.characters(blacklist_characters="\r\n",
+                                                                       blacklist_categories=["Cs"])), max_size=4))
+@settings(max_examples=examples(60), deadline=None)
+def test_a_metric_line_after_carriage_return_progress_is_read(name: str, value: float, progress: list[str]) -> None:
+    """tqdm(leave=False) ends with '\\r': the next print shares the raw line but is a line on screen."""
+    output = "training\n" + "".join(f"\r{p}" for p in progress) + f"\r{name}: {value!r}\n"
+    assert figure_from_text(output, name) == value
+
+
+@given(name=NAMES, output=NASTY)
+@settings(max_examples=examples(150), deadline=None)
+def test_extraction_never_raises_on_any_output(name: str, output: str) -> None:
+    spec = MetricSpec(name=name, record=("peak_vram_mb", "num_steps"), holdout="test_" + name)
+    figures = extract(spec, output)
+    assert all(isinstance(v, float) for v in figures.values())
+    assert set(figures) <= {name, "peak_vram_mb", "num_steps", "test_" + name}
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | FINITE | st.integers() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                           max_leaves=6)
+
+
+@given(data=st.one_of(st.dictionaries(st.sampled_from(["loss", "mem", "x"]), JSON_VALUES), JSON_VALUES),
+       raw=st.one_of(st.none(), st.binary(max_size=40)))
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_metric_file_gives_floats_or_one_clear_error(tmp_path: Path, data: object, raw: bytes | None) -> None:
+    path = tmp_path / "m.json"
+    path.write_bytes(raw if raw is not None else json.dumps(data).encode())
+    try:
+        figures = figures_from_file(path, ["loss", "mem"])
+    except MetricError as e:
+        assert "\n" not in str(e) and "m.json" in str(e)
+        return
+    assert all(isinstance(v, float) for v in figures.values())
+    if isinstance(data, dict) and raw is None:
+        for k, v in figures.items():
+            src = data[k]
+            assert not isinstance(src, bool)
+            if isinstance(src, (int, float)):
+                assert v == float(src)
+
+
+# ---------------------------------------------------------------------------
+# results.tsv rows
+
+
+TRIALS = st.builds(
+    Trial,
+    number=st.integers(0, 10**6),
+    status=st.sampled_from([s for s in Status if s is not Status.RUNNING]),
+    description=NASTY,
+    commit=st.from_regex(r"[0-9a-f]{40}", fullmatch=True),
+    metric=st.one_of(st.none(), ANY_FLOAT),
+    figures=st.dictionaries(st.sampled_from(["peak_vram_mb", "loss", "x"]), ANY_FLOAT, max_size=3),
+)
+
+
+@given(t=TRIALS)
+@settings(max_examples=examples(80), deadline=None)
+def test_a_tsv_row_is_always_five_clean_fields(t: Trial) -> None:
+    row = tsv_row(t)
+    assert len(row.splitlines()) == 1 and row == row.strip("\n")
+    fields = row.split("\t")
+    assert len(fields) == 5
+    assert all(ch.isprintable() for f in fields for ch in f), repr(row)
+    commit, metric, memory, status, description = fields
+    assert commit == t.commit[:7]
+    assert status in ("keep", "discard", "crash")
+    whole, _, decimals = metric.lstrip("-").partition(".")
+    assert whole.isdigit() and len(decimals) == 6 and decimals.isdigit(), metric
+    whole, _, decimals = memory.partition(".")
+    assert whole.isdigit() and len(decimals) == 1 and decimals.isdigit(), memory
+    assert description and description == description.strip() and "  " not in description
+    assert '"' not in description  # a leading quote makes csv/pandas swallow the rows after it
+    assert len(description) <= 200
+
+
+@given(text=NASTY, limit=st.integers(1, 300))
+@settings(max_examples=examples(100), deadline=None)
+def test_clean_text_is_one_printable_line_and_idempotent(text: str, limit: int) -> None:
+    out = clean_text(text, limit)
+    assert len(out) <= limit and all(ch.isprintable() for ch in out) and "\x1b" not in out
+    assert clean_text(out, limit) == out
+
+
+# ---------------------------------------------------------------------------
+# the ledger: replay and resume after a kill at any point
+
+
+OPS = st.lists(st.tuples(st.sampled_from(["begin", "update", "finish"]), st.integers(0, 7),
+                         st.sampled_from(["keep", "discard", "crash", "timeout", "rejected"]),
+                         FINITE, NASTY.map(lambda s: s[:40])), min_size=1, max_size=30)
+
+WRITER = textwrap.dedent("""\
+    import json, sys
+    from autoresearch.ledger import Ledger
+    from autoresearch.records import Status, Trial
+    from autoresearch.errors import AutoresearchError
+    led = Ledger(sys.argv[1], "loss")
+    commit = sys.argv[2]
+    for op, n, status, metric, desc in json.load(sys.stdin):
+        t = Trial(number=n, status=Status.RUNNING, description=desc, commit=commit, agent="p")
+        try:
+            if op == "begin":
+                led.begin(t)
+            elif op == "update":
+                led.update(t.with_(reason="updated"))
+            else:
+                led.finish(t.with_(status=Status(status), metric=metric))
+        except AutoresearchError:
+            print("refused", op, n, flush=True)
+            continue
+        print("done", op, n, status, flush=True)
+    print("end", flush=True)
+    """)
+
+
+TAGS = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_task(tmp_path_factory.mktemp("props") / "repo")
+
+
+def expected_state(acked: list[list[str]]) -> dict[int, str]:
+    """What the acknowledged writes say each trial's status is (the model)."""
+    state: dict[int, str] = {}
+    for op, n, *rest in acked:
+        n = int(n)
+        if op == "begin":
+            state[n] = "running"
+        elif op == "finish" and n in state:
+            state[n] = rest[0]
+    return state
+
+
+@given(ops=OPS, kill_after=st.integers(0, 40), delay=st.floats(0, 0.004))
+@settings(max_examples=examples(8), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_ledger_resumes_consistently_after_a_sigkill_anywhere(repo: Path, ops: list, kill_after: int,
+                                                              delay: float) -> None:
+    """A writer process applies random begin/update/finish calls and is SIGKILLed after
+    `kill_after` acknowledgements (plus a random delay, so the kill lands inside a write);
+    then the tag is resumed: every acknowledged write is there, nothing is running, refs and
+    results.tsv agree with the ledger."""
+    import time
+
+    tag = f"p{next(TAGS)}"
+    task = load_task(repo)
+    directory = repo / ".autoresearch" / tag
+    directory.mkdir(parents=True)
+    Ledger(directory, "loss").close()  # a tag whose ledger exists: the next open is a resume
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(directory), commit], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(ops))
+    proc.stdin.close()
+    acked: list[list[str]] = []
+    for line in proc.stdout:
+        words = line.split()
+        if words[0] == "done":
+            acked.append(words[1:])
+        if words[0] == "end" or len(acked) >= kill_after:
+            break
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+
+    session = open_session(task, tag)  # resume: repair
+    try:
+        trials = {t.number: t for t in session.ledger.trials()}
+        for n, status in expected_state(acked).items():
+            assert n in trials, f"acknowledged trial {n} lost"
+            got = trials[n].status.value
+            assert got == status or (status == "running" and got in ("interrupted", "keep", "discard", "crash",
+                                                                      "timeout", "rejected")), (n, status, got)
+        assert not session.ledger.running()
+        refs = session.git.refs(f"refs/autoresearch/{tag}/")
+        for t in trials.values():
+            assert refs.get(trial_ref(tag, t.number)) == t.commit
+        tsv = (directory / "results.tsv").read_text()
+        assert tsv == session.ledger.tsv_text()
+        assert all(line.count("\t") == 4 for line in tsv.splitlines())
+    finally:
+        session.close()
+    db = sqlite3.connect(directory / "ledger.sqlite")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
