@@ -34,7 +34,7 @@ t0 = time.time()
 print(f"cwd: {os.getcwd()}")
 print(f"gpus: {os.environ.get('CUDA_VISIBLE_DEVICES')}")
 try:  # the Ray head listens there: reachable unless the experiment has no network
-    socket.create_connection(("127.0.0.1", int(os.environ["AR_PORT"])), timeout=2).close()
+    socket.create_connection(("127.0.0.1", int(os.environ.get("AR_PORT", "1"))), timeout=2).close()
     print("net: yes")
 except OSError:
     print("net: no")
