@@ -87,12 +87,12 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
             ledger.set_meta("base", base)
             git.update_refs({branch: base}, verify=None if exists else {branch: None})
         base = ledger.get_meta("base") or git.head()
-        ledger.set_meta("holdout", task.metric.holdout or "")  # for the views: the sealed figure
-        ledger.set_meta("min_delta", str(task.acceptance.min_delta))
         session = Session(task=task, git=git, ledger=ledger, tag=tag, base=base, resumed=exists,
                           user_head=git.rev("HEAD"))
         if exists:
-            repair(session)
+            repair(session)  # first: it frees what a stopped loop left (a full run folder, say)
+        ledger.set_meta("holdout", task.metric.holdout or "")  # for the views: the sealed figure
+        ledger.set_meta("min_delta", str(task.acceptance.min_delta))
         ledger.export_tsv()
     except BaseException:
         ledger.close()
