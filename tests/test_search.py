@@ -3,6 +3,7 @@ resume from the ledger, and `autoresearch space` / `autoresearch demo`."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 import textwrap
@@ -204,7 +205,7 @@ def test_resume_learns_from_every_trial_in_the_ledger(tmp_path):
         n=$AUTORESEARCH_TRIAL
         if [ "$n" = 1 ]; then sed -i 's/^LR = .*/LR = 0.1/' exp.py; fi
         if [ "$n" = 2 ]; then sed -i 's/^WIDTH = 12 /WIDTH = 30 /' exp.py; fi
-        if [ "$n" = 3 ]; then sed -i 's/^import math, os, random/import math, os, random; raise SystemExit(3)/' exp.py; fi
+        if [ "$n" = 3 ]; then sed -i 's/^WIDTH = 30 /WIDTH = 60 /; s/^import math, os, random/&; raise SystemExit(3)/' exp.py; fi
         echo "hand edit $n"
         """)
     r = cli("run", str(repo), "--tag", "mix", "--trials", "3", "--agent", "cli", "--agent-cmd", agent)
@@ -218,19 +219,27 @@ def test_resume_learns_from_every_trial_in_the_ledger(tmp_path):
         agent_ = SearchAgent(task, seed=1)
         Loop(session, agent_, Options(trials=0)).run()  # observes the ledger, runs nothing
         trials = session.ledger.trials()
+        if importlib.util.find_spec("cmaes"):  # CMA-ES gets whole configurations
+            cma = SearchAgent(task, sampler="cmaes")
+            Loop(session, cma, Options(trials=0)).run()
+            assert [len(t.params) for t in cma.study.trials] == [4] * 6
     finally:
         session.close()
     assert [t.status for t in trials] == [Status.KEEP, Status.KEEP, Status.KEEP, Status.CRASH,
                                           trials[4].status, trials[5].status]
     study = agent_.study.trials
     assert len(study) == 6  # every finished trial, whichever agent made it
-    assert study[1].params["LR"] == pytest.approx(0.1) and study[2].params["WIDTH"] == 30
+    # the baseline with every constant, then what each trial changed
+    assert study[0].params == {"LR": 0.2, "WIDTH": 12, "MOMENTUM": 0.3, "USE_BIAS": False}
+    assert study[1].params == {"LR": 0.1} and study[2].params == {"WIDTH": 30}
+    assert study[3].params == {"WIDTH": 60}
     worst = max(t.metric for t in trials[:3])
     assert study[3].value == pytest.approx(worst)  # a crash is told as the worst so far
     assert [s.value for s in study[:3]] == pytest.approx([t.metric for t in trials[:3]])
     for t, s in zip(trials[4:], study[4:], strict=True):
-        after = constants_at(repo, t.commit)
-        assert s.params["WIDTH"] == after["WIDTH"] and s.params["USE_BIAS"] == after["USE_BIAS"]
+        before, after = constants_at(repo, t.parent), constants_at(repo, t.commit)
+        assert s.params == pytest.approx({k: v for k, v in after.items() if v != before[k]})
+        assert s.value == pytest.approx(t.metric)
 
 
 @pytest.mark.parametrize("sampler", ["random", "cmaes", "gp"])

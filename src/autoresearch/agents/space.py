@@ -415,6 +415,16 @@ class Param:
             text = format_float(f, digits, sci)
         return float(text), text
 
+    def move(self, old: Any, new: Any) -> float:
+        """How far a change goes, as a share of the range (on the log scale for a log range);
+        1.0 for any change of a boolean or a choice or from a value outside the range."""
+        a, b = self.sampled(old), self.sampled(new)
+        if self.kind in ("bool", "choice") or a is None or b is None:
+            return 0.0 if old == new else 1.0
+        if self.log:
+            return abs(math.log(b) - math.log(a)) / (math.log(self.high) - math.log(self.low))
+        return abs(b - a) / (self.high - self.low)
+
     @property
     def range_text(self) -> str:
         if self.kind == "bool":
@@ -530,6 +540,9 @@ class Space:
     params: list[Param] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file:line, why)
     files: list[str] = field(default_factory=list)
+
+    def get(self, key: str) -> Param:
+        return next(p for p in self.params if p.key == key)
 
     def find(self, path: str, name: str) -> Param | None:
         for p in self.params:
