@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import cli, git, make_task, script_agent
 
+from autoresearch.agents.constants import apply_edits, scan_file
 from autoresearch.agents.search import SearchAgent
-from autoresearch.agents.space import apply_edits, scan_file, space_of
+from autoresearch.agents.space import space_of
 from autoresearch.ledger import Ledger
 from autoresearch.loop import Loop, Options
 from autoresearch.records import Status

@@ -41,16 +41,8 @@ import warnings
 from typing import Any
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
-from autoresearch.agents.space import (
-    Constant,
-    Param,
-    Space,
-    apply_edits,
-    editable_sources,
-    scan_files,
-    short,
-    space_of,
-)
+from autoresearch.agents.constants import Constant, apply_edits, short
+from autoresearch.agents.space import Param, Space, editable_sources, scan_files, space_of
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.records import Status, Trial
 from autoresearch.task import Task
@@ -60,8 +52,8 @@ STARTUP_TRIALS = 5  # TPE and GP sample at random until this many trials are com
 TRIES = 30  # asks before giving up on finding a configuration not tried yet
 FEW = (1, 2, 3)  # how many constants a proposal changes, and how often
 FEW_WEIGHTS = (0.5, 0.3, 0.2)
-CMA_SIGMA = 0.15
-MIN_MOVE = 0.1  # a float moves at least this share of its (log) range, or it is left alone  # CMA-ES's initial step, as a share of each (normalised) range
+CMA_SIGMA = 0.15  # CMA-ES's initial step, as a share of each (normalised) range
+MIN_MOVE = 0.1  # a float moves at least this share of its (log) range, or it is left alone
 
 
 def make_sampler(name: str, seed: int, x0: dict[str, Any]) -> Any:
