@@ -141,6 +141,16 @@ def test_rewriting_changes_only_the_literals():
     assert rescanned["LR"] == 1.2e-4 and rescanned["DEPTH"] == 10 and rescanned["OTHER"] == 2
 
 
+def test_long_descriptions_fit_the_ledger():
+    from autoresearch.agents.search import describe
+
+    assert describe([("A", "1", "2"), ("B", "0.1", "0.13")]) == "A 1 -> 2, B 0.1 -> 0.13"
+    many = [(f"CONSTANT_{i}", "0.00123", "0.00456") for i in range(15)]
+    text = describe(many)
+    assert len(text) <= 200 and text.startswith("CONSTANT_0=0.00456, CONSTANT_1=0.00456")
+    assert re.search(r"\(\+\d+ more\)$", text)
+
+
 def test_same_name_in_two_files_is_kept_apart():
     s = space_of({"a.py": b"LR = 0.1\n", "b.py": b"LR = 0.2\nWD = 0.1\n"})
     assert sorted(p.key for p in s.params) == ["WD", "a.py:LR", "b.py:LR"]

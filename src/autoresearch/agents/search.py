@@ -263,8 +263,9 @@ class SearchAgent(BaseAgent):
                 (ctx.workdir / path).write_bytes(data)
         self.seen.add(key)
         self.pending[ctx.number] = otrial
-        description = ", ".join(f"{p.key} {_old_text(c)} -> {text}" for p, c, text in changes)
-        ctx.log(f"{self.sampler} (optuna trial {otrial.number}): {description}")
+        description = describe([(p.key, _old_text(c), text) for p, c, text in changes])
+        ctx.log(f"{self.sampler} (optuna trial {otrial.number}): "
+                + ", ".join(f"{p.key} {_old_text(c)} -> {text}" for p, c, text in changes))
         return Proposal(description=description, model=f"optuna-{self.sampler}",
                         extra={"search": {p.key: text for p, _, text in changes}})
 
@@ -294,6 +295,20 @@ class SearchAgent(BaseAgent):
             by_path.setdefault(c.path, []).append((c.start, c.end, text))
             changes.append((p, c, text))
         return by_path, changes
+
+
+def describe(changes: list[tuple[str, str, str]], limit: int = 200) -> str:
+    """`A 1 -> 2, B 0.1 -> 0.13` in at most `limit` characters (the ledger's): without the old
+    values when that is too long, then the first changes and how many more."""
+    full = ", ".join(f"{k} {old} -> {new}" for k, old, new in changes)
+    if len(full) <= limit:
+        return full
+    parts = [f"{k}={new}" for k, _, new in changes]
+    for n in range(len(parts), 0, -1):
+        text = ", ".join(parts[:n]) + (f" (+{len(parts) - n} more)" if n < len(parts) else "")
+        if len(text) <= limit:
+            return text
+    return parts[0][:limit]
 
 
 def _old_text(c: Constant) -> str:
