@@ -42,6 +42,7 @@ STEPS = 50  # search: 10..400 int  (free text after the options)
 HEADS = 32  # search: 16..64 step 16
 SEED = 42  # search: off
 BAD = 5  # search: 9..1
+TYPO = 5  # search: 1..9 lgo
 TWICE = 1
 TWICE = 2
 DERIVED = DEPTH * 2
@@ -71,13 +72,14 @@ def test_space_reads_numbers_expressions_booleans_and_annotations():
     assert names == ["LR", "DEPTH", "ONE", "ZERO_INT", "ZERO", "NEG", "BATCH", "EXPR", "FLAG",
                      "MODE", "TUNED", "STEPS", "HEADS", "TYPED"]
     lines = {p.name: p.line for p in s.params}
-    assert lines["LR"] == 4 and lines["TYPED"] == 24
+    assert lines["LR"] == 4 and lines["TYPED"] == 25
     assert param("BATCH").value == 2**19 and math.isclose(param("EXPR").value, 6e-4)
     skipped = "\n".join(f"{w} {why}" for w, why in s.skipped)
     assert "m.py:13 NAME: a string" in skipped  # strings and tuples are left alone ...
     assert "m.py:14 SHAPE: a tuple" in skipped
     assert "SEED: `# search: off`" in skipped
     assert "BAD: bad `# search:` comment" in skipped and "empty" in skipped
+    assert "TYPO: bad `# search:` comment: unknown option 'lgo' (did you mean 'log'?)" in skipped
     assert "TWICE: assigned more than once" in skipped
     assert "DERIVED" not in skipped and "lower" not in skipped and "INNER" not in skipped
 

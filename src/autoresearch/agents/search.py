@@ -136,8 +136,7 @@ class SearchAgent(BaseAgent):
         if self.study is None:
             import optuna
 
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            optuna.logging.set_verbosity(optuna.logging.ERROR)  # not "greenlet is unavailable"
             x0 = {p.key: p.sampled(p.value) for p in self.space.params
                   if p.kind in ("int", "float") and p.sampled(p.value) is not None}
             direction = (optuna.study.StudyDirection.MINIMIZE if self.task.metric.minimize

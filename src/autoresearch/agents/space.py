@@ -26,6 +26,7 @@ text is `autoresearch.agents.constants`'s.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,7 @@ from autoresearch.agents.constants import (
 from autoresearch.task import Task, list_files
 
 OFF_WORDS = {"off", "no", "skip", "fixed", "none"}
+OPTIONS = ["log", "linear", "int", "float", "step"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,7 +63,6 @@ class Annotation:
     kind: str | None = None  # "int" or "float" when stated
     step: float | None = None
     choices: tuple[str, ...] = ()
-    warning: str = ""
 
 
 def parse_annotation(comment: str) -> Annotation | None:
@@ -88,7 +89,6 @@ def parse_annotation(comment: str) -> Annotation | None:
     log: bool | None = None
     kind = None
     step = None
-    warning = ""
     words = r.group("rest").split()
     i = 0
     while i < len(words):
@@ -107,15 +107,17 @@ def parse_annotation(comment: str) -> Annotation | None:
             if not step > 0:
                 raise ValueError(f"`step {words[i + 1]}` must be > 0")
             i += 1
+        elif difflib.get_close_matches(w, OPTIONS, n=1, cutoff=0.6):
+            near = difflib.get_close_matches(w, OPTIONS, n=1, cutoff=0.6)[0]
+            raise ValueError(f"unknown option {words[i]!r} (did you mean {near!r}?)")
         else:
-            warning = f"unknown option {words[i]!r} ignored (known: log, linear, int, float, step S)"
-            break
+            break  # free text
         i += 1
     if log and low <= 0:
         raise ValueError(f"a log range must be positive, got {r.group('lo')}..{r.group('hi')}")
     if log and step is not None:
         raise ValueError("`log` and `step` cannot be combined")
-    return Annotation(low=low, high=high, log=log, kind=kind, step=step, warning=warning)
+    return Annotation(low=low, high=high, log=log, kind=kind, step=step)
 
 
 def _choices(spec: str) -> tuple[str, ...]:
