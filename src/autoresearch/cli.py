@@ -8,6 +8,10 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from autoresearch.agents.registry import AgentOptions
 from pathlib import Path
 
 from autoresearch import __version__
@@ -17,7 +21,7 @@ EXIT_INTERRUPTED = 130
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, as for a bad task file
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]  # one line and exit 2, as for a bad task file
         raise UsageError(f"{self.prog}: {message}")
 
 
@@ -105,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--results", default=None, help="a results.tsv in autoresearch's format instead of a tag")
-    p.add_argument("--mlflow", default=None)
+    p.add_argument("--goal", default=None, choices=["minimize", "maximize"], help="with --results: the metric's goal (default: inferred from the kept rows)")
+    p.add_argument("--mlflow", default=None, help="also log each trial to MLflow at this tracking URI")
 
     p = sub.add_parser("demo", help="the embedded default: a cpu-gpt task, its baseline and N trials, a report")
     p.add_argument("dir", nargs="?", default=None)
@@ -139,7 +144,7 @@ def _events(task):  # noqa: ANN001, ANN202
     return make_events(task)
 
 
-def _agent_options(args: argparse.Namespace, task) -> "AgentOptions":  # noqa: ANN001
+def _agent_options(args: argparse.Namespace, task) -> AgentOptions:  # noqa: ANN001
     from autoresearch.agents.registry import AgentOptions
 
     cfg = task.agent
@@ -176,13 +181,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from autoresearch.task import load_task
 
     if args.workers != 1 or args.backend != "local":
-        from autoresearch import scale  # noqa: F401 - raises a clear error where not built
+        raise UsageError("--workers > 1 and --backend ray are not available in this build yet")
 
     task = load_task(args.dir)
     tag = check_tag(args.tag or default_tag())
     agent = build_agent(_agent_options(args, task), task)
-    session = open_session(task, tag)
     events = _events(task)
+    if args.mlflow:  # each finished trial also becomes an MLflow run (checked before the tag is made)
+        from autoresearch.report.mlflow_log import mlflow_events
+
+        events = mlflow_events(events, args.mlflow, task, tag)
+    session = open_session(task, tag)
     gpus = tuple(g for g in (args.gpus or "").split(",") if g.strip())
     loop = Loop(session, agent, Options(trials=args.trials, hours=args.hours, seed=args.seed,
                                         agent_timeout=args.agent_timeout, gpus=gpus,

@@ -127,6 +127,15 @@ class Ledger:
             known = ", ".join(list_tags(root)) or "none"
             raise UsageError(f"no tag {tag!r} in {root} (tags: {known})")
         led = cls(directory, "", readonly=True)
+        try:
+            ready = led._db.execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('meta', 'trials')").fetchone()[0] == 2
+        except sqlite3.DatabaseError as e:
+            led.close()
+            raise AutoresearchError(f"cannot read the ledger of tag {tag!r}: {e}") from None
+        if not ready:
+            led.close()
+            raise AutoresearchError(f"tag {tag!r} is still being created; try again in a moment")
         led.metric_name = led.get_meta("metric_name") or "metric"
         return led
 

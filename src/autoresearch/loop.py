@@ -130,7 +130,6 @@ class Loop:
                   commit=commit, agent="baseline", started=time.time(), seed=self.opt.seed,
                   log_path=str(self._log(number)))
         self.s.ledger.begin(t)
-        self.s.git.update_refs({trial_ref(self.s.tag, number): commit})
         runs = self.task.acceptance.baseline_runs
         m = self._measure_repeats(ws, t, commit, runs, first_seed=self.opt.seed)
         if m.status is not None:
@@ -153,10 +152,11 @@ class Loop:
     def _trial(self, ws: Workspace, number: int) -> Trial:
         assert self.best is not None and self.best.commit
         parent = self.best
+        parent_commit: str = self.best.commit
         t = Trial(number=number, status=Status.RUNNING, parent=parent.commit, agent=self.agent.name,
                   started=time.time(), seed=self.opt.seed, log_path=str(self._log(number)))
         self.s.ledger.begin(t)
-        self.s.git.reset_worktree(ws, parent.commit)
+        self.s.git.reset_worktree(ws, parent_commit)
         self.events.phase(number, "agent")
         history = tuple(visible(x, self.task.metric.holdout) for x in self.s.ledger.trials())
         ctx = Context(task=self.task, workdir=ws.path, number=number,
@@ -179,10 +179,9 @@ class Loop:
             ctx.log(traceback.format_exc())
             error = clean_text(f"{type(e).__name__}: {e}", 500)
             t = t.with_(description=f"agent error: {error}"[:200])
-        commit, changes, tree = self.s.git.snapshot(ws, parent.commit, t.description)
-        self.s.git.update_refs({trial_ref(self.s.tag, number): commit})
+        commit, changes, tree = self.s.git.snapshot(ws, parent_commit, t.description)
         t = t.with_(commit=commit)
-        self.s.ledger.update(t)
+        self.s.ledger.update(t)  # its ref is made with the verdict; resume remakes it from here
         if error:
             return self._finish(t.with_(status=Status.AGENT_ERROR, reason=error))
         if self.cancel.is_set():
@@ -230,13 +229,13 @@ class Loop:
                            + self._why_not(figures[name], bar), seconds, repeats)
 
     def _why_not(self, value: float, bar: float) -> str:
-        assert self.best is not None
-        rel = "above" if self.task.metric.minimize else "below"
-        tie = value == self.best.metric
-        if tie:
-            return f"equal to the best ({self.best.metric:.6g})"
-        return (f"{value:.6g} vs best {self.best.metric:.6g}" + (f" (bar {bar:.3g})" if bar else "")
-                + ("" if not decide.better(self.best.metric, value, self.task.metric.minimize) else f", {rel} the best"))
+        assert self.best is not None and self.best.metric is not None
+        best = self.best.metric
+        if value == best:
+            return f"equal to the best ({best:.6g})"
+        if decide.better(best, value, self.task.metric.minimize):
+            return f"{value:.6g}, worse than the best {best:.6g}"
+        return f"{value:.6g} vs best {best:.6g}: better by less than the bar {bar:.3g}"
 
     def noise(self) -> float:
         raw = self.s.ledger.get_meta("noise")
@@ -269,12 +268,8 @@ class Loop:
             timeout=self.task.timeout, env=self._env(n, seed), protected=self.protected,
             evaluate=self.task.evaluate, owner=f"{self.s.owner}:{n}", wrap=self.wrap,
         )
-        try:
-            result = execute(spec, restore=lambda: self.s.git.reset_worktree(ws, commit),
-                             cancel=self.cancel)
-            return self._judge(result, spec.run_dir, ws.path)
-        finally:
-            self.s.git.reset_worktree(ws, commit)
+        result = execute(spec, restore=lambda: self.s.git.reset_worktree(ws, commit), cancel=self.cancel)
+        return self._judge(result, spec.run_dir, ws.path)
 
     def _judge(self, r: ExecResult, run_dir: Path, workdir: Path) -> Measurement:
         spec = self.task.metric
@@ -314,15 +309,20 @@ class Loop:
     # -- recording --------------------------------------------------------------------------
 
     def _finish(self, t: Trial) -> Trial:
+        """Record the verdict, then make the refs say it: the trial's ref always, the branch
+        on keep (checked against the best it should still point to)."""
         t = t.with_(ended=time.time())
         self.s.ledger.finish(t)
-        if t.status is Status.KEEP:
-            old = self.best.commit if self.best else None
-            verify = {branch_ref(self.s.tag): old} if old else None
+        refs = {trial_ref(self.s.tag, t.number): t.commit} if t.commit else {}
+        if t.status is Status.KEEP and t.commit:
+            refs[branch_ref(self.s.tag)] = t.commit
+        old = self.best.commit if self.best else None
+        if refs:
             try:
-                self.s.git.update_refs({branch_ref(self.s.tag): t.commit or ""}, verify=verify)
-            except GitError:  # someone moved the branch: the ledger is the truth
-                self.s.git.update_refs({branch_ref(self.s.tag): t.commit or ""})
+                self.s.git.update_refs(refs, verify={branch_ref(self.s.tag): old} if old else None)
+            except GitError:  # something moved the branch (an experiment running git): the ledger is the truth
+                self.s.git.update_refs({**refs, branch_ref(self.s.tag): (t.commit if t.status is Status.KEEP else old) or ""})
+        if t.status is Status.KEEP:
             if self.best and not self.opt.keep_runs:
                 shutil.rmtree(self.s.dir / "runs" / str(self.best.number), ignore_errors=True)
             self.best = t
@@ -337,7 +337,7 @@ class Loop:
         if not commits:
             return
         out = self.s.git.run("show", "-s", "--format=%T", *commits, check=False)
-        for t, tree in zip([t for t in history if t.commit in commits], out.split()):
+        for t, tree in zip([t for t in history if t.commit in commits], out.split(), strict=False):
             self.trees.setdefault(tree, t.number)
 
     def _log(self, number: int, suffix: str = "") -> Path:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from autoresearch.errors import UsageError
 from autoresearch.events import gain_text
 from autoresearch.gitrepo import Git
 from autoresearch.ledger import Ledger, list_tags
 from autoresearch.process import last_lines, read_tail
 from autoresearch.prompt import fmt
 from autoresearch.records import Trial
-from autoresearch.errors import UsageError
 
 
 def pick_tag(root: Path, tag: str | None) -> str:
@@ -47,7 +47,7 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = [f"tag {tag}: {len(trials)} trials, {sum(t.status.value == 'keep' for t in trials)} kept"]
     for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=False)) + "  " + r[5])
     if best is not None:
         base = trials[0] if trials else None
         lines.append(f"best: trial {best.number} ({best.short}) {metric} = "

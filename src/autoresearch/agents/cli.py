@@ -12,8 +12,8 @@ import os
 import shlex
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
-from autoresearch.prompt import build_prompt
 from autoresearch.process import last_lines, read_tail, run_command
+from autoresearch.prompt import build_prompt
 
 DEFAULT_TIMEOUT = 1800.0
 

@@ -1,0 +1,195 @@
+"""The live terminal view of `run` (rich): the trials in flight with their phase and elapsed time
+against the budget, the best so far with its gain over the baseline, the last trials, the cost.
+
+`make_events(task)` returns it when stdout is a terminal, and the plain-line `PlainEvents`
+otherwise (CI, nohup, pipes). Every method may be called from any thread: the state is guarded
+by one lock, and rich redraws from its own thread under the same lock. The sealed holdout figure
+is not shown here (the terminal may be read by an agent driving the loop).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from autoresearch.events import Events, PlainEvents, gain_text
+from autoresearch.ledger import clean_text
+from autoresearch.prompt import fmt
+from autoresearch.records import Status, Trial
+
+PHASES = {"agent": "agent thinking", "running": "experiment running",
+          "evaluating": "evaluating", "confirming": "confirming (re-run)"}
+STYLES = {Status.KEEP: "bold green", Status.DISCARD: "dim", Status.DUPLICATE: "dim",
+          Status.CRASH: "bold red", Status.TIMEOUT: "bold red", Status.REJECTED: "yellow",
+          Status.AGENT_ERROR: "yellow", Status.INTERRUPTED: "yellow"}
+
+
+def make_events(task) -> Events:  # noqa: ANN001 - a Task
+    """The rich live view on a terminal, plain lines anywhere else."""
+    if not sys.stdout.isatty() or os.environ.get("TERM") == "dumb":
+        return PlainEvents(task.metric.name, task.metric.minimize)
+    return LiveEvents(task.name, task.metric.name, task.metric.minimize, holdout=task.metric.holdout)
+
+
+@dataclass
+class Flight:
+    label: str
+    phase: str = "starting"
+    since: float = 0.0  # monotonic start of the phase
+    budget: float | None = None
+    started: float = 0.0  # monotonic start of the trial
+
+
+class LiveEvents:
+    """A rich Live display fed by the loop's events."""
+
+    def __init__(self, task_name: str, metric: str, minimize: bool, holdout: str | None = None,
+                 console: Console | None = None, last: int = 8, refresh: float = 2.0) -> None:
+        self.task_name = task_name
+        self.metric = metric
+        self.minimize = minimize
+        self.holdout = holdout
+        self.console = console or Console()
+        self._lock = threading.RLock()
+        self._flight: dict[int, Flight] = {}
+        self._recent: deque[Trial] = deque(maxlen=last)
+        self._best: Trial | None = None
+        self._baseline: Trial | None = None
+        self._cost = 0.0
+        self._done = 0
+        self._kept = 0
+        self._total: int | None = None
+        self._index = 0
+        self._t0 = time.monotonic()
+        self._live = Live(console=self.console, get_renderable=self.render,
+                          refresh_per_second=refresh, transient=False)
+        self._state = "new"  # new -> live -> closed
+
+    # -- the Events interface ---------------------------------------------------------------
+
+    def message(self, text: str) -> None:
+        self._ensure_started()
+        self.console.print(Text(clean_text(text, 2000)), soft_wrap=True)
+
+    def trial_started(self, number: int, index: int, total: int | None) -> None:
+        label = "baseline" if index == 0 else f"{index}/{total}" if total else str(index)
+        now = time.monotonic()
+        with self._lock:
+            self._total = total
+            self._index = max(self._index, index)
+            self._flight[number] = Flight(label, since=now, started=now)
+        self._ensure_started()
+
+    def phase(self, number: int, phase: str, budget: float | None = None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            flight = self._flight.setdefault(number, Flight(str(number), started=now))
+            flight.phase, flight.since, flight.budget = phase, now, budget
+        self._ensure_started()
+
+    def trial_finished(self, trial: Trial, best: Trial, baseline: Trial | None, cost: float) -> None:
+        with self._lock:
+            self._flight.pop(trial.number, None)
+            self._recent.append(trial)
+            self._best, self._baseline, self._cost = best, baseline, cost
+            self._done += 1
+            self._kept += trial.status is Status.KEEP and trial.number != (baseline.number if baseline else 0)
+        self._ensure_started()
+        self._live.refresh()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._state != "live":
+                self._state = "closed"
+                return
+            self._state = "closed"
+        self._live.stop()
+
+    def _ensure_started(self) -> None:
+        with self._lock:
+            if self._state != "new":
+                return
+            self._state = "live"
+        self._live.start()
+
+    # -- drawing --------------------------------------------------------------------------
+
+    def render(self) -> RenderableType:
+        with self._lock:
+            parts: list[RenderableType] = [self._header()]
+            if self._flight:
+                parts.append(self._flights())
+            if self._best is not None:
+                parts.append(self._best_line())
+            if self._recent:
+                parts.append(self._recent_table())
+            return Group(*parts)
+
+    def _header(self) -> Text:
+        of = f" of {self._total}" if self._total else ""
+        goal = "lower" if self.minimize else "higher"
+        text = Text.assemble(("autoresearch", "bold"), f" · {self.task_name} · {self.metric} ({goal} is better)"
+                             f" · trial {self._index}{of} · {_clock(time.monotonic() - self._t0)} elapsed")
+        return text
+
+    def _flights(self) -> Table:
+        table = Table.grid(padding=(0, 2))
+        now = time.monotonic()
+        for number, f in sorted(self._flight.items()):
+            elapsed = now - f.since
+            name = PHASES.get(f.phase, f.phase)
+            if f.budget and f.phase in ("running", "evaluating", "confirming"):
+                bar: RenderableType = ProgressBar(total=f.budget, completed=min(elapsed, f.budget), width=30)
+                clock = f"{elapsed:.0f} s / {f.budget:g} s budget" + (" (over)" if elapsed > f.budget else "")
+            else:
+                bar, clock = Text(""), f"{elapsed:.0f} s"
+            table.add_row(Text(f"▶ trial {number}", style="bold cyan"), Text(f"({f.label})", style="dim"),
+                          Text(name), bar, Text(clock))
+        return table
+
+    def _best_line(self) -> Text:
+        best = self._best
+        assert best is not None
+        line = Text.assemble("best ", (f"{self.metric} {fmt(best.metric)}", "bold green"),
+                             f" (trial {best.number})",
+                             (gain_text(best, self._baseline, self.minimize), "green"))
+        if self._baseline is not None and self._baseline.number != best.number:
+            line.append(f" · baseline {fmt(self._baseline.metric)}")
+        line.append(f" · {self._kept} kept of {self._done} finished")
+        line.append(f" · cost ${self._cost:.2f}" if self._cost else " · cost $0")
+        return line
+
+    def _recent_table(self) -> Table:
+        names: list[str] = []
+        for t in self._recent:
+            names += [k for k in t.figures if k not in names and k not in (self.metric, self.holdout)]
+        names = names[:3]
+        table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold dim")
+        for head, justify in [("#", "right"), ("status", "left"), (self.metric, "right"),
+                              *((n, "right") for n in names), ("s", "right"), ("description", "left")]:
+            table.add_column(head, justify=justify, no_wrap=head != "description",  # type: ignore[arg-type]
+                             overflow="ellipsis")
+        for t in self._recent:
+            why = f"  [{clean_text(t.reason, 80)}]" if t.reason and t.status is not Status.KEEP else ""
+            table.add_row(str(t.number), Text(t.status.value, style=STYLES.get(t.status, "")),
+                          fmt(t.metric), *(fmt(t.figures.get(n)) for n in names),
+                          f"{t.run_seconds:.1f}",
+                          Text(clean_text(t.description, 120) + why, overflow="ellipsis", no_wrap=True))
+        return table
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -1,0 +1,329 @@
+"""report.html: one self-contained page (inline CSS and JS, the plot as a data: URL) that loads
+nothing from the network. Every piece of agent-provided text is escaped; a Content-Security-
+Policy forbids the page any fetch but (for the live page) its own server's.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from html import escape
+
+from autoresearch.ledger import clean_text
+from autoresearch.records import Status, Trial
+from autoresearch.report.plot import title
+from autoresearch.report.study import Study, plain
+
+DIFF_LINES = 400
+LINE_CHARS = 2000
+TAILS_SHOWN = 30
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d2125;background:#f6f7f9}
+main{max-width:1280px;margin:0 auto;padding:18px 24px 60px}
+h1{font-size:22px;margin:6px 0 2px}h2{font-size:18px;margin:28px 0 10px;border-bottom:1px solid #dde;padding-bottom:4px}
+h3{font-size:15px;margin:18px 0 6px}.sub{color:#667;font-size:12px;word-break:break-all}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:10px}
+.card{background:#fff;border:1px solid #e1e4e8;border-radius:8px;padding:9px 12px}
+.card b{display:block;font-size:12px;color:#667;font-weight:600}.card span{font-size:17px}
+.card small{display:block;color:#667;overflow-wrap:anywhere}
+img.plot{width:100%;max-width:1320px;background:#fff;border:1px solid #e1e4e8;border-radius:8px}
+.scroll{overflow-x:auto;background:#fff;border:1px solid #e1e4e8;border-radius:8px}
+table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{padding:4px 8px;border-bottom:1px solid #eef;text-align:left;vertical-align:top;white-space:nowrap}
+td.d{white-space:normal;min-width:260px;overflow-wrap:anywhere}
+th{background:#f0f2f5;cursor:pointer;user-select:none;position:sticky;top:0}
+th[data-dir=asc]::after{content:" \\25B2"}th[data-dir=desc]::after{content:" \\25BC"}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+.st{font-weight:600}.keep{color:#1a7f37}.discard,.duplicate{color:#777}.crash,.timeout{color:#c62828}
+.rejected,.agent_error,.interrupted,.running{color:#b26a00}
+tr.row-keep td{background:#f1faf3}.why{color:#777;font-size:12px}
+.good{color:#1a7f37}.bad{color:#c62828}
+pre{background:#fff;border:1px solid #e1e4e8;border-radius:8px;padding:8px 10px;overflow-x:auto;
+font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;margin:6px 0}
+pre .a{color:#116329;background:#e6ffec}pre .r{color:#82071e;background:#ffebe9}pre .h{color:#8250df}pre .f{font-weight:700}
+#live{position:sticky;top:0;z-index:2;background:#fff8e1;border:1px solid #f0d98c;border-radius:8px;padding:6px 12px;margin:8px 0}
+"""
+
+SORT_JS = """
+document.querySelectorAll('table.sortable').forEach(function(table){
+  table.querySelectorAll('th').forEach(function(th, i){
+    th.addEventListener('click', function(){
+      var asc = th.dataset.dir !== 'asc';
+      table.querySelectorAll('th').forEach(function(h){ delete h.dataset.dir; });
+      th.dataset.dir = asc ? 'asc' : 'desc';
+      var body = table.tBodies[0];
+      var key = function(row){
+        var c = row.cells[i]; var v = c.hasAttribute('data-v') ? c.getAttribute('data-v') : c.textContent;
+        if (v === '') return null; var x = Number(v); return isNaN(x) ? v.toLowerCase() : x;
+      };
+      var rows = Array.prototype.slice.call(body.rows).map(function(r){ return [key(r), r]; });
+      rows.sort(function(a, b){
+        if (a[0] === null || b[0] === null) return (a[0] === null) - (b[0] === null);
+        var c = (typeof a[0] === typeof b[0]) ? (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)
+                                              : (typeof a[0] === 'number' ? -1 : 1);
+        return asc ? c : -c;
+      });
+      rows.forEach(function(p){ body.appendChild(p[1]); });
+    });
+  });
+});
+"""
+
+LIVE_JS = """
+(function(){
+  var version = document.body.dataset.version, box = document.getElementById('live');
+  function say(text){ box.textContent = text; }
+  function poll(){
+    fetch('state.json', {cache: 'no-store'}).then(function(r){ return r.json(); }).then(function(s){
+      if (s.version !== version) { location.reload(); return; }
+      var parts = s.running.map(function(t){
+        return 'trial ' + t.number + ': ' + t.phase + ' for ' + Math.round(s.now - t.started) + ' s';
+      });
+      say((parts.length ? 'in flight: ' + parts.join('; ') : 'no trial in flight') +
+          ' \\u00b7 updated ' + new Date(s.now * 1000).toLocaleTimeString());
+      setTimeout(poll, 2000);
+    }).catch(function(){ say('the server is not answering; retrying'); setTimeout(poll, 5000); });
+  }
+  poll();
+})();
+"""
+
+
+def num(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def with_spread(t: Trial, name: str, value: float | None) -> str:
+    spread = t.spread(name)
+    return num(value) + (f" ± {spread:.2g}" if spread is not None and value is not None else "")
+
+
+def gain_html(study: Study, t: Trial, ref: Trial | None) -> str:
+    g = study.gain(t, ref)
+    if g is None or ref is None:
+        return ""
+    delta, pct = g
+    cls = "good" if study.improved(delta) else "bad" if delta else ""
+    return f'<span class="{cls}">{delta:+.6g} ({pct:+.2f}%)</span>'
+
+
+def figure_names(study: Study) -> list[str]:
+    names: list[str] = []
+    for t in study.trials:
+        for k in t.figures:
+            if k not in names and k not in (study.metric, study.holdout):
+                names.append(k)
+    return names
+
+
+# ---------------------------------------------------------------------------
+# sections
+
+
+def _card(label: str, value: str, note: str = "") -> str:
+    return (f'<div class="card"><b>{escape(label)}</b><span>{value}</span>'
+            + (f"<small>{note}</small>" if note else "") + "</div>")
+
+
+def summary(study: Study) -> str:
+    fin = study.finished
+    counts: dict[str, int] = {}
+    for t in fin:
+        counts[t.status.value] = counts.get(t.status.value, 0) + 1
+    base, best = study.baseline, study.best
+    cards = [_card("trials", str(len(fin)), escape(", ".join(f"{n} {s}" for s, n in counts.items()))),
+             _card("kept improvements", str(len(study.kept)))]
+    if base is not None:
+        cards.append(_card(f"baseline {study.metric}", escape(with_spread(base, study.metric, base.metric))))
+    if best is not None:
+        cards.append(_card(f"best {study.metric}", escape(with_spread(best, study.metric, best.metric)),
+                           f"trial {best.number}: {escape(clean_text(best.description, 120))}"))
+        if base is not None and best is not base:
+            cards.append(_card("gain over the baseline", gain_html(study, best, base)))
+        if study.holdout and study.holdout in best.figures:
+            cards.append(_card(f"holdout {study.holdout} of the best", escape(num(best.figures[study.holdout])),
+                               "sealed: never shown to an agent"))
+    if study.noise > 0:
+        runs = len(base.repeats) if base is not None and base.repeats else 0
+        cards.append(_card("noise (run-to-run σ)", escape(f"{study.noise:.3g}"),
+                           (f"from {runs} baseline runs; " if runs else "") + "shaded on the plot"))
+    seconds = sum(t.run_seconds for t in fin)
+    if seconds:
+        cards.append(_card("experiment time", escape(_duration(seconds))))
+    starts = [t.started for t in study.trials if t.started]
+    ends = [t.ended for t in fin if t.ended]
+    if starts and ends:
+        cards.append(_card("wall time", escape(_duration(max(ends) - min(starts))),
+                           escape(time.strftime("%Y-%m-%d %H:%M", time.localtime(min(starts)))) + " →"))
+    tin, tout = study.tokens
+    if study.cost or tin or tout:
+        cards.append(_card("cost", escape(f"${study.cost:.2f}"), escape(f"{tin:,} tokens in, {tout:,} out")))
+    agents = sorted({t.agent + (f" ({t.model})" if t.model else "") for t in fin if t.agent and t.agent != "baseline"})
+    if agents:
+        cards.append(_card("agents", escape(", ".join(agents))))
+    return '<div class="cards">' + "".join(cards) + "</div>"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _cell(text: str, sort: str | float | None = None, cls: str = "") -> str:
+    attrs = "" if sort is None else f' data-v="{escape(str(sort))}"'
+    if cls:
+        attrs += f' class="{cls}"'
+    return f"<td{attrs}>{text}</td>"
+
+
+def table(study: Study) -> str:
+    names = figure_names(study)
+    heads = ["#", "status", study.metric]
+    if study.holdout:
+        heads.append(study.holdout + " (holdout)")
+    heads += ["Δ vs parent", *names, "seconds", "agent", "tokens", "cost", "commit", "description"]
+    rows = []
+    for t in study.trials:
+        ok = t.status is Status.KEEP
+        parent = study.parent(t)
+        delta = study.gain(t, parent) if ok else None
+        cells = [_cell(str(t.number), t.number, "n"),
+                 _cell(f'<span class="st {t.status.value}">{t.status.value}</span>', t.status.value),
+                 _cell(escape(with_spread(t, study.metric, t.metric)), num(t.metric), "n")]
+        if study.holdout:
+            h = t.figures.get(study.holdout) if ok else None
+            cells.append(_cell(escape(num(h)), num(h), "n"))
+        cells.append(_cell(gain_html(study, t, parent) if ok else "", num(delta[0]) if delta else "", "n"))
+        for k in names:
+            v = t.figures.get(k)
+            cells.append(_cell(escape(with_spread(t, k, v)), num(v), "n"))
+        cells += [_cell(f"{t.run_seconds:.1f}" if t.run_seconds else "", f"{t.run_seconds:.3f}", "n"),
+                  _cell(escape(t.agent + (f" ({t.model})" if t.model else ""))),
+                  _cell(f"{t.tokens_in + t.tokens_out:,}" if t.tokens_in or t.tokens_out else "",
+                        t.tokens_in + t.tokens_out, "n"),
+                  _cell(f"${t.cost:.4f}" if t.cost else "", f"{t.cost:.6f}", "n"),
+                  _cell(f"<code>{escape(t.short)}</code>", t.short)]
+        why = plain(t.reason).strip()
+        desc = escape(clean_text(t.description, 300))
+        if why and not ok:
+            desc += f'<br><span class="why">{escape(clean_text(why, 300))}</span>'
+        cells.append(f'<td class="d">{desc}</td>')
+        rows.append(f'<tr class="row-{t.status.value}">{"".join(cells)}</tr>')
+    head = "".join(f"<th>{escape(h)}</th>" for h in heads)
+    return (f'<div class="scroll"><table id="trials" class="sortable"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def diff_html(diff: str) -> str:
+    lines = plain(diff).splitlines()
+    more = len(lines) - DIFF_LINES
+    out = []
+    for line in lines[:DIFF_LINES]:
+        line = line if len(line) <= LINE_CHARS else line[:LINE_CHARS] + " …"
+        cls = ("f" if line.startswith(("diff --git", "+++", "---", "index ")) else
+               "a" if line.startswith("+") else "r" if line.startswith("-") else
+               "h" if line.startswith("@@") else "")
+        out.append(f'<span class="{cls}">{escape(line)}</span>' if cls else escape(line))
+    if more > 0:
+        out.append(f"… {more} more lines")
+    return "<pre class=\"diff\">" + "\n".join(out) + "</pre>"
+
+
+def kept_section(study: Study) -> str:
+    if not study.kept:
+        return "<p>No trial has beaten the baseline yet.</p>"
+    parts = []
+    base = study.baseline
+    for t in study.kept:
+        parent = study.parent(t)
+        figs = ", ".join(f"{k} {with_spread(t, k, v)}" for k, v in t.figures.items()
+                         if k not in (study.metric, study.holdout))
+        holdout = (f" · holdout {escape(study.holdout)} {escape(num(t.figures[study.holdout]))}"
+                   if study.holdout and study.holdout in t.figures else "")
+        vs_parent = (f"{gain_html(study, t, parent)} against trial {parent.number}" if parent else "")
+        vs_base = (f" · {gain_html(study, t, base)} against the baseline"
+                   if base is not None and parent is not base else "")
+        diff = study.diffs.get(t.number)
+        parts.append(
+            f'<section class="kept" id="trial-{t.number}"><h3>trial {t.number} · '
+            f"<code>{escape(t.short)}</code> · {escape(clean_text(t.description, 300))}</h3>"
+            f"<div>{escape(study.metric)} {escape(with_spread(t, study.metric, t.metric))}{holdout} · "
+            f"{vs_parent}{vs_base}</div>"
+            + (f'<div class="why">{escape(figs)}</div>' if figs else "")
+            + (diff_html(diff) if diff else '<div class="why">(no diff available)</div>')
+            + "</section>")
+    return "".join(parts)
+
+
+def crash_section(study: Study) -> str:
+    crashed = [t for t in study.finished if t.status in (Status.CRASH, Status.TIMEOUT)]
+    if not crashed:
+        return ""
+    parts = []
+    for t in crashed[-TAILS_SHOWN:]:
+        tail = study.tails.get(t.number) or plain(t.reason)
+        parts.append(f'<section class="failed" id="trial-{t.number}"><h3>trial {t.number} · '
+                     f'<span class="st {t.status.value}">{t.status.value}</span> · '
+                     f"{escape(clean_text(t.description, 300))}</h3>"
+                     + (f"<pre>{escape(tail)}</pre>" if tail.strip() else "") + "</section>")
+    more = len(crashed) - TAILS_SHOWN
+    note = f"<p>(the last {TAILS_SHOWN} of {len(crashed)})</p>" if more > 0 else ""
+    return f"<h2>Crashes: log tails</h2>{note}{''.join(parts)}"
+
+
+# ---------------------------------------------------------------------------
+# the page
+
+
+def render(study: Study, png: bytes, live: bool = False) -> str:
+    """The whole page. `live` adds a banner that polls state.json and reloads on change."""
+    csp = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+           + ("; connect-src 'self'" if live else "") + "; base-uri 'none'; form-action 'none'")
+    image = base64.b64encode(png).decode("ascii")
+    generated = time.strftime("%Y-%m-%d %H:%M:%S")
+    goal = "lower is better" if study.minimize else "higher is better"
+    running = "".join(f"<li>trial {t.number} in flight</li>" for t in study.running)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title(study))} · {escape(study.name)}</title>
+<style>{CSS}</style></head>
+<body data-version="{escape(study.version())}"><main>
+<h1>autoresearch · {escape(study.name)}</h1>
+<div class="sub">{escape(study.source)} · {escape(study.metric)} ({goal}) · generated {generated}</div>
+{'<div id="live">connecting…</div>' if live else ''}
+<h2>Summary</h2>
+{summary(study)}
+{f'<ul>{running}</ul>' if running and not live else ''}
+<h2>Progress</h2>
+<img class="plot" id="progress" alt="{escape(title(study))}" src="data:image/png;base64,{image}">
+<h2>Trials</h2>
+<p class="sub">Click a column to sort.</p>
+{table(study)}
+<h2>Kept trials: what changed and what it gained</h2>
+{kept_section(study)}
+{crash_section(study)}
+</main>
+<script>{SORT_JS}</script>
+{f'<script>{LIVE_JS}</script>' if live else ''}
+</body></html>
+"""
+
+
+def waiting_page(tag: str) -> str:
+    """The live page before the loop has created its tag."""
+    csp = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<title>autoresearch · waiting for tag {escape(tag)}</title><style>{CSS}</style></head>
+<body data-version="waiting"><main><h1>autoresearch · waiting for tag {escape(tag)}</h1>
+<div id="live">connecting…</div><p>This page reloads itself when the loop has started.</p>
+</main><script>{LIVE_JS}</script></body></html>
+"""

@@ -1,0 +1,148 @@
+"""`autoresearch serve`: the report as a live page on 127.0.0.1 that follows a running loop.
+
+The page polls `/state.json` (a few hundred bytes: a version string and the trials in flight)
+every two seconds and reloads itself when the version changes. The ledger is opened read-only
+for every request, so the server never gets in the loop's way; a tag that does not exist yet is
+waited for. Endpoints: `/` (the page), `/state.json`, `/progress.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from autoresearch.errors import UsageError
+from autoresearch.report.study import Study, load_study
+
+WAITING = "waiting"
+
+
+class LiveReport:
+    """What the server shows, rebuilt only when the ledger has changed."""
+
+    def __init__(self, root: Path, tag: str) -> None:
+        self.root = root
+        self.tag = tag
+        self._lock = threading.Lock()
+        self._diffs: dict[tuple[str, str], str] = {}
+        self._built: tuple[str, bytes, bytes] | None = None  # version, page, png
+
+    def _study(self, details: bool) -> Study | None:
+        try:
+            return load_study(self.root, self.tag, details=details, diff_cache=self._diffs)
+        except UsageError:  # the loop has not created the tag yet
+            return None
+        except sqlite3.Error:  # the loop is creating the ledger right now: not ready yet
+            return None
+
+    def state(self) -> dict[str, object]:
+        study = self._study(details=False)
+        now = time.time()
+        if study is None:
+            return {"version": WAITING, "now": now, "running": [], "trials": 0}
+        best = study.best
+        return {"version": study.version(), "now": now, "trials": len(study.finished),
+                "kept": len(study.kept), "metric": study.metric,
+                "best": None if best is None else {"number": best.number, "value": best.metric},
+                "running": [{"number": t.number, "started": t.started,
+                             "phase": "experiment running" if t.commit else "agent thinking"}
+                            for t in study.running]}
+
+    def build(self) -> tuple[str, bytes, bytes]:
+        from autoresearch.report.page import render, waiting_page
+        from autoresearch.report.plot import progress_png
+
+        with self._lock:
+            study = self._study(details=True)
+            if study is None:
+                return WAITING, waiting_page(self.tag).encode(), b""
+            version = study.version()
+            if self._built is None or self._built[0] != version:
+                png = progress_png(study)
+                self._built = (version, render(study, png, live=True).encode(), png)
+            return self._built
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server spelling
+        try:
+            self._get(self.path.split("?", 1)[0], self.server.live)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the page went away mid-answer
+        except Exception as e:  # a bug must not take the page down: report it, answer, go on
+            traceback.print_exc()
+            self._send(503, "text/plain; charset=utf-8",
+                       f"the report could not be built just now ({type(e).__name__}: {e})".encode())
+
+    def _get(self, path: str, live: LiveReport) -> None:
+        if path in ("/", "/index.html", "/report.html"):
+            self._send(200, "text/html; charset=utf-8", live.build()[1])
+        elif path == "/state.json":
+            self._send(200, "application/json", json.dumps(live.state()).encode())
+        elif path == "/progress.png":
+            png = live.build()[2]
+            self._send(200 if png else 404, "image/png" if png else "text/plain",
+                       png or b"no trials yet")
+        else:
+            self._send(404, "text/plain", b"not found")
+
+    def _send(self, code: int, kind: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet: one page polls a lot
+        pass
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, live: LiveReport, port: int) -> None:
+        self.live = live
+        super().__init__(("127.0.0.1", port), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}/"
+
+
+def make_server(root: str | Path, tag: str | None, port: int = 8765) -> Server:
+    """A server (not yet serving) for `tag` in `root`; `tag` None: the most recent tag."""
+    from autoresearch.ledger import check_tag
+    from autoresearch.views import pick_tag
+
+    root = Path(root).resolve()
+    tag = check_tag(tag) if tag else pick_tag(root, None)
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port} is not a port number (0..65535; 0 picks a free one)")
+    try:
+        return Server(LiveReport(root, tag), port)
+    except OSError as e:
+        raise UsageError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({e.strerror}); "
+                         "choose another port, or --port 0 for any free one") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    server = make_server(args.dir, args.tag, args.port)
+    print(f"serving tag {server.live.tag} of {server.live.root} at {server.url} (Ctrl-C to stop)",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

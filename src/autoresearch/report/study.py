@@ -1,0 +1,249 @@
+"""A `Study`: everything a report shows about one tag, read from its ledger or from any
+results.tsv in autoresearch's format. Reading never writes: the ledger is opened read-only, so
+a report or a live page may be built while a loop is writing it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoresearch.errors import UsageError
+from autoresearch.ledger import Ledger, clean_text
+from autoresearch.process import last_lines, read_tail
+from autoresearch.records import Status, Trial
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.")
+FAILED = (Status.CRASH, Status.TIMEOUT)
+TSV_STATUS = {"keep": Status.KEEP, "discard": Status.DISCARD, "crash": Status.CRASH}
+
+
+def plain(text: str) -> str:
+    """Multi-line text safe to show: terminal escapes and control characters removed, tabs and
+    line breaks kept."""
+    text = _ANSI.sub("", text.replace("\r\n", "\n"))
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in text)
+
+
+@dataclass
+class Study:
+    """The trials of one tag (or one results.tsv) and what a report needs beside them."""
+
+    name: str
+    source: str
+    metric: str
+    minimize: bool
+    trials: list[Trial]
+    noise: float = 0.0
+    holdout: str | None = None
+    diffs: dict[int, str] = field(default_factory=dict)  # kept trial -> diff against its parent
+    tails: dict[int, str] = field(default_factory=dict)  # crashed trial -> its log's last lines
+    task_name: str = ""
+    tag: str = ""
+    root: str | None = None  # the git repository holding the trials' commits, when known
+
+    @property
+    def finished(self) -> list[Trial]:
+        return [t for t in self.trials if t.status.finished]
+
+    @property
+    def running(self) -> list[Trial]:
+        return [t for t in self.trials if not t.status.finished]
+
+    @property
+    def baseline(self) -> Trial | None:
+        return next((t for t in self.finished if t.status is Status.KEEP), None)
+
+    @property
+    def kept(self) -> list[Trial]:
+        """Kept trials other than the baseline: the improvements."""
+        base = self.baseline
+        return [t for t in self.finished if t.status is Status.KEEP and t is not base]
+
+    @property
+    def best(self) -> Trial | None:
+        keeps = [t for t in self.finished if t.status is Status.KEEP and t.metric is not None]
+        if not keeps:
+            return None
+        # every keep beat the best of its moment, so the best figure is the latest best
+        return min(keeps, key=lambda t: (t.metric if self.minimize else -t.metric, -t.number))  # type: ignore[operator]
+
+    def parent(self, t: Trial) -> Trial | None:
+        """The kept trial `t` started from (None for the baseline or an unknown parent)."""
+        if not t.parent:
+            return None
+        return next((p for p in self.finished if p.commit == t.parent and p.status is Status.KEEP
+                     and p.number != t.number), None)
+
+    def gain(self, t: Trial, ref: Trial | None) -> tuple[float, float] | None:
+        """`t`'s change of the metric against `ref`: (delta, percent); None when unknown."""
+        if ref is None or t.metric is None or ref.metric is None or ref is t:
+            return None
+        delta = t.metric - ref.metric
+        return delta, (100 * delta / abs(ref.metric) if ref.metric else 0.0)
+
+    def improved(self, delta: float) -> bool:
+        return delta < 0 if self.minimize else delta > 0
+
+    def running_best(self) -> list[tuple[int, float]]:
+        """(trial number, best so far) at every kept trial, in trial order."""
+        points: list[tuple[int, float]] = []
+        for t in self.finished:
+            if t.status is Status.KEEP and t.metric is not None:
+                points.append((t.number, t.metric))
+        return points
+
+    @property
+    def cost(self) -> float:
+        return sum(t.cost for t in self.trials)
+
+    @property
+    def tokens(self) -> tuple[int, int]:
+        return sum(t.tokens_in for t in self.trials), sum(t.tokens_out for t in self.trials)
+
+    def version(self) -> str:
+        """Changes whenever a trial starts or finishes (for live pages)."""
+        import hashlib
+
+        # not the phase of a running trial: the page shows that from state.json, no reload
+        key = repr([(t.number, t.status.value, t.metric) for t in self.trials])
+        return hashlib.sha1(f"{key}{self.noise}".encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------
+# from a ledger
+
+
+def _task_info(root: Path) -> tuple[str | None, str | None]:
+    """The task's name and holdout figure, when its task file can be read."""
+    try:
+        from autoresearch.task import load_task
+
+        task = load_task(root)
+    except Exception:  # a report must not need a valid task file
+        return None, None
+    return task.name, task.metric.holdout
+
+
+def _git(root: Path):  # noqa: ANN202
+    from autoresearch.gitrepo import Git
+
+    try:
+        return Git.open(root)
+    except Exception:
+        return None
+
+
+def load_study(root: str | Path, tag: str | None, details: bool = True,
+               diff_cache: dict[tuple[str, str], str] | None = None) -> Study:
+    """The study of a tag from its ledger (read-only). With `details`, the diffs of kept trials
+    against their parents and the log tails of crashed trials are read too."""
+    from autoresearch.views import pick_tag
+
+    root = Path(root).resolve()
+    tag = pick_tag(root, tag)
+    led = Ledger.read(root, tag)
+    try:
+        trials = led.trials()
+        minimize = (led.get_meta("goal") or "minimize") == "minimize"
+        noise = float(led.get_meta("noise") or 0.0)
+    finally:
+        led.close()
+    name, holdout = _task_info(root)
+    study = Study(name=f"{name or root.name} · tag {tag}", source=str(root / ".autoresearch" / tag),
+                  metric=led.metric_name, minimize=minimize, trials=trials, noise=noise,
+                  holdout=holdout, task_name=name or root.name, tag=tag, root=str(root))
+    if details:
+        _add_details(study, root, diff_cache)
+    return study
+
+
+def _add_details(study: Study, root: Path, cache: dict[tuple[str, str], str] | None) -> None:
+    git = _git(root)
+    cache = {} if cache is None else cache
+    for t in study.finished:
+        if t.status is Status.KEEP and t.parent and t.commit and git is not None:
+            key = (t.parent, t.commit)
+            if key not in cache:
+                cache[key] = git.diff(t.parent, t.commit)
+            study.diffs[t.number] = cache[key]
+        if t.status in FAILED and t.log_path:
+            tail = last_lines(read_tail(Path(t.log_path), 256 * 1024), 30)
+            if tail:
+                study.tails[t.number] = plain(tail)
+
+
+# ---------------------------------------------------------------------------
+# from a results.tsv
+
+
+def infer_minimize(metrics: list[float]) -> bool:
+    """The goal of a results.tsv, from its kept rows: each keep improved on the one before."""
+    ups = sum(b > a for a, b in zip(metrics, metrics[1:], strict=False))
+    downs = sum(b < a for a, b in zip(metrics, metrics[1:], strict=False))
+    return downs >= ups
+
+
+def parse_results(text: str, where: str) -> tuple[str, list[Trial]]:
+    """The metric name and the trials of a results.tsv (commit, metric, memory_gb, status,
+    description); a bad file raises UsageError naming the line."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise UsageError(f"{where} is empty: expected autoresearch's results.tsv")
+    head = lines[0].split("\t")
+    if len(head) < 5 or head[0].strip() != "commit" or head[2].strip() != "memory_gb" \
+            or head[3].strip() != "status":
+        raise UsageError(f"{where}: line 1 is not autoresearch's header "
+                         "(commit, <metric>, memory_gb, status, description, tab-separated)")
+    metric = clean_text(head[1]) or "metric"
+    trials: list[Trial] = []
+    best_commit: str | None = None
+    for i, line in enumerate(lines[1:], start=2):
+        cells = line.split("\t", 4)
+        if len(cells) < 4:
+            raise UsageError(f"{where}: line {i} has {len(cells)} columns, expected 5")
+        commit, value, memory, status_text = (c.strip() for c in cells[:4])
+        status = TSV_STATUS.get(status_text.lower())
+        if status is None:
+            raise UsageError(f"{where}: line {i}: status {status_text!r} is not keep, discard or crash")
+        try:
+            number, mem = float(value), float(memory or 0)
+        except ValueError:
+            raise UsageError(f"{where}: line {i}: {value!r} or {memory!r} is not a number") from None
+        measured = status is not Status.CRASH
+        figures = {metric: number, "memory_gb": mem} if measured else {}
+        trials.append(Trial(number=len(trials), status=status, commit=commit or None,
+                            description=cells[4].strip() if len(cells) > 4 else "",
+                            parent=best_commit if trials else None,
+                            metric=number if measured else None, figures=figures))
+        if status is Status.KEEP:
+            best_commit = commit or best_commit
+    return metric, trials
+
+
+def load_results(path: str | Path, root: str | Path | None = None,
+                 goal: str | None = None) -> Study:
+    """The study of a results.tsv in autoresearch's format. When `root` is the git repository
+    the commits live in, the diffs of kept trials are read from it."""
+    path = Path(path)
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        raise UsageError(f"--results {path}: cannot read it ({e.strerror})") from None
+    metric, trials = parse_results(text, str(path))
+    if goal not in (None, "minimize", "maximize"):
+        raise UsageError(f"--goal {goal!r} must be minimize or maximize")
+    kept = [t.metric for t in trials if t.status is Status.KEEP and t.metric is not None]
+    minimize = goal == "minimize" if goal else infer_minimize(kept)
+    study = Study(name=path.name, source=str(path.resolve()), metric=metric, minimize=minimize,
+                  trials=trials, task_name=path.resolve().parent.name, tag=path.stem)
+    git = _git(Path(root).resolve()) if root is not None else None
+    if git is not None:
+        study.root = str(git.root)
+        for t in study.kept:
+            a = git.rev(t.parent or "") if t.parent else None
+            b = git.rev(t.commit or "") if t.commit else None
+            if a and b:
+                study.diffs[t.number] = git.diff(a, b)
+    return study

@@ -1,0 +1,656 @@
+"""
+Data, tokenizer, clock and scoring of the nanochat task. Protected: the agent never edits it.
+
+    python prepare.py                 download the shards, train the tokenizer, tokenize (idempotent)
+    python prepare.py --data DIR      the same from local .txt or .parquet files (a `text` column)
+    python prepare.py --evaluate      score the checkpoint train.py left in AUTORESEARCH_RUN_DIR
+
+Guarantees: a shard is renamed into the cache only once it is complete and readable, so a killed
+download resumes where it stopped; every cached file is parquet, JSON or numpy (no pickle); the
+score is computed here, from the checkpoint, by code the agent cannot change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import hashlib
+import http.client
+import importlib.util
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import sys
+import sysconfig
+import time
+import urllib.request
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+# ----------------------------------------------------------------------------
+# Fixed by the task: changing any of these changes what val_bpb means
+
+SMOKE = os.environ.get("AUTORESEARCH_SMOKE") == "1"  # tiny data and model, for CI
+MAX_SEQ_LEN = 128 if SMOKE else 2048
+VOCAB_SIZE = 512 if SMOKE else 8192
+# 40 x 524,288 tokens; a CPU or a small card may lower it (figures then compare only among themselves)
+EVAL_TOKENS = int(os.environ.get("AUTORESEARCH_EVAL_TOKENS") or (8192 if SMOKE else 40 * 524_288))
+TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or (10 if SMOKE else 300))
+UNTIMED_STEPS = 2 if SMOKE else 10  # the first steps compile kernels: they run off the clock
+RUN_DIR = Path(os.environ.get("AUTORESEARCH_RUN_DIR") or "run")
+BOS = "<|bos|>"  # starts every document; the only special token
+
+# ----------------------------------------------------------------------------
+# Where the text comes from
+
+# fineweb-edu, shuffled and cut into ~250M-character parquet shards numbered 0..1822
+BASE_URL = os.environ.get("AUTORESEARCH_DATA_URL") or (
+    "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
+)
+MAX_SHARD = 1822
+VAL_SHARD = MAX_SHARD  # pinned, so every run is scored on the same text
+TEST_SHARD = MAX_SHARD - 1  # the sealed holdout: never shown to an agent
+NUM_TRAIN_SHARDS = 10  # ~600M tokens, more than 300 s on an H100 consumes
+HOLDOUT_TOKENS = 40 * 524_288 + 1  # kept from each of the val and test shards
+TOKENIZER_CHARS = 500_000_000  # training text the BPE sees; plenty for 8192 tokens
+DOC_CHARS = 10_000  # per document, for the BPE only: long documents would dominate the counts
+# GPT-4's split pattern with numbers cut at 2 digits, kinder to a small vocabulary
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+
+CACHE = Path(os.environ.get("AUTORESEARCH_CACHE") or Path.home() / ".cache" / "autoresearch")
+SHARD_DIR = CACHE / "nanochat" / "shards"  # raw downloads, shared by every preparation
+
+
+def data_dir_for(data: Path | None) -> Path:
+    """Where the tokenizer and token streams of a source live: one folder per source, so tasks
+    with different data can share the cache."""
+    if SMOKE:
+        return CACHE / "nanochat" / "smoke"
+    if data is None:
+        return CACHE / "nanochat" / "prepared"
+    digest = hashlib.sha1(str(data.resolve()).encode()).hexdigest()[:12]
+    return CACHE / "nanochat" / f"local-{digest}"
+
+
+def task_data(task_file: Path = Path("autoresearch.toml")) -> Path | None:
+    """The --data folder on the setup line of the task file, if any: train.py and the
+    evaluation then read what setup prepared, whatever other tasks prepared since."""
+    found = task_file.exists() and re.search(
+        r"^setup\s*=\s*([\"'])(.*)\1", task_file.read_text(), re.M
+    )
+    words = shlex.split(found[2]) if found else []
+    return Path(words[words.index("--data") + 1]) if "--data" in words[:-1] else None
+
+
+DATA_DIR = data_dir_for(task_data())
+
+if SMOKE:  # tiny tensors: a second thread costs more than it gives, most of all on a busy CI box
+    torch.set_num_threads(1)
+
+
+class PrepareError(Exception):
+    """A problem the user can fix (no data, no checkpoint); printed as one line."""
+
+
+# ----------------------------------------------------------------------------
+# Download: parallel, retried with backoff, resumed with HTTP ranges, renamed into place
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.parquet"
+
+
+def download_shards(
+    indices: Iterable[int],
+    dest: Path = SHARD_DIR,
+    base_url: str = BASE_URL,
+    workers: int = 8,
+    attempts: int = 5,
+    backoff: float = 1.0,
+) -> list[Path]:
+    """Fetch the shards not yet complete in `dest`; returns their paths in order."""
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def one(i: int) -> Path:
+        return download_file(
+            f"{base_url.rstrip('/')}/{shard_name(i)}", dest / shard_name(i), attempts, backoff
+        )
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(one, indices))
+
+
+def download_file(url: str, path: Path, attempts: int = 5, backoff: float = 1.0) -> Path:
+    if path.exists():  # only a complete, readable file is ever renamed to this name
+        return path
+    part = path.with_name(path.name + ".part")
+    for attempt in range(1, attempts + 1):
+        try:
+            fetch(url, part)
+            pq.read_metadata(part)  # a truncated parquet file has no footer
+            os.replace(part, path)
+            return path
+        except (OSError, http.client.HTTPException, pa.ArrowException) as e:
+            code = getattr(e, "code", None)
+            if code in (400, 401, 403, 404, 410):  # asking again will not help
+                raise PrepareError(f"could not download {url}: {e}") from e
+            if isinstance(e, pa.ArrowException) or code == 416:
+                part.unlink(missing_ok=True)  # corrupt, or a range past its end: start over
+            if attempt == attempts:
+                raise PrepareError(
+                    f"could not download {url} after {attempts} attempts: {e}"
+                ) from e
+            wait = backoff * 2 ** (attempt - 1)
+            print(f"  {path.name}: {e}; retrying in {wait:.1f}s", flush=True)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def fetch(url: str, part: Path) -> None:
+    """Append the rest of `url` to `part`, asking only for the bytes it lacks."""
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        if response.status != 206:
+            have = 0  # the server sent the whole file
+        length = response.headers.get("Content-Length")
+        with open(part, "ab" if have else "wb") as f:
+            shutil.copyfileobj(response, f, 1 << 20)
+            got = f.tell() - have
+    # http.client does not complain when a connection closes early; count the bytes ourselves
+    if length is not None and got < int(length):
+        raise OSError(f"connection closed after {got} of {length} bytes")
+
+
+# ----------------------------------------------------------------------------
+# Documents from parquet shards, local folders, or (smoke) the Python standard library
+
+
+def parquet_documents(path: Path) -> Iterator[str]:
+    for batch in pq.ParquetFile(path).iter_batches(columns=["text"], batch_size=1024):
+        yield from (t for t in batch.column(0).to_pylist() if t)
+
+
+def local_documents(root: Path, piece: int = 1_000_000) -> list[str]:
+    """Every .txt and .parquet file under `root`, in name order, long texts cut at line ends."""
+    files = sorted(p for p in root.rglob("*") if p.suffix in (".txt", ".parquet") and p.is_file())
+    if not files:
+        raise PrepareError(f"--data {root}: no .txt or .parquet files found")
+    docs: list[str] = []
+    for f in files:
+        texts = (
+            parquet_documents(f) if f.suffix == ".parquet" else [f.read_text("utf-8", "replace")]
+        )
+        for text in texts:
+            while len(text) > piece:
+                cut = text.rfind("\n", 0, piece) + 1 or piece
+                docs.append(text[:cut])
+                text = text[cut:]
+            if text.strip():
+                docs.append(text)
+    return docs
+
+
+def smoke_documents(target: int = 600_000, cap: int = 30_000) -> list[str]:
+    """A few hundred KB of real text found on every machine: the standard library's modules
+    (at most `cap` characters of each, so that no one module fills a split)."""
+    docs, size = [], 0
+    for f in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-z]*.py")):
+        docs.append(f.read_text("utf-8", "replace")[:cap])
+        size += len(docs[-1])
+        if size >= target:
+            return docs
+    words = "the a model learns to predict next token from every byte of text it sees".split()
+    rng = np.random.default_rng(0)  # no sources shipped: filler that is at least learnable
+    return [" ".join(rng.choice(words, 200)) + ".\n" for _ in range(target // 1000)]
+
+
+def split_documents(docs: list[str], fraction: float = 0.1, cap: int = 100_000_000):
+    """Train, val and test by documents: the last tenth (at most `cap` characters) is val, the
+    tenth before it is test, so the held-out text is never seen by the tokenizer or the model."""
+    want = min(cap, int(fraction * sum(map(len, docs))))
+    held: list[list[str]] = []
+    end = len(docs)
+    for _ in range(2):
+        start, size = end, 0
+        while start > 1 and size < want:
+            start -= 1
+            size += len(docs[start])
+        held.append(docs[start:end])
+        end = start
+    if not docs[:end] or not all(held):
+        raise PrepareError(
+            f"too little text to split into train, val and test ({len(docs)} documents)"
+        )
+    return docs[:end], held[0], held[1]
+
+
+# ----------------------------------------------------------------------------
+# Tokenizer: byte-level BPE, so every token stands for definite raw bytes
+
+
+@functools.cache
+def byte_alphabet() -> dict[str, int]:
+    """The printable stand-in of each raw byte in byte-level BPE vocabularies (GPT-2's scheme):
+    printable Latin-1 bytes stand for themselves, the other 68 move to code points 256 and up."""
+    kept = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = {chr(b): b for b in kept}
+    moved = [b for b in range(256) if b not in table.values()]
+    table.update({chr(256 + n): b for n, b in enumerate(moved)})
+    assert set(table) == set(pre_tokenizers.ByteLevel.alphabet())
+    return table
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def token_raw_bytes(tok: HFTokenizer, token_id: int) -> bytes:
+    """The bytes a token stands for. Decoding to text instead would turn a token that holds part
+    of a UTF-8 character into U+FFFD, three bytes whatever the token's real length."""
+    alphabet = byte_alphabet()
+    return bytes(alphabet[c] for c in tok.id_to_token(token_id))
+
+
+def token_byte_counts(tok: HFTokenizer, size: int) -> np.ndarray:
+    """Raw byte length of every id below `size`; 0 for BOS and unused ids, which then count
+    neither bytes nor loss in bits per byte."""
+    counts = np.zeros(size, dtype=np.int32)
+    for i in range(tok.get_vocab_size()):
+        if tok.id_to_token(i) != BOS:
+            counts[i] = len(token_raw_bytes(tok, i))
+    return counts
+
+
+class Tokenizer:
+    """The trained tokenizer, for code that reads or writes text (samples, inspection)."""
+
+    def __init__(self, data_dir: Path = DATA_DIR):
+        self.hf = HFTokenizer.from_file(str(data_dir / "tokenizer.json"))
+        self.bos_id = self.hf.token_to_id(BOS)
+        self.vocab_size = VOCAB_SIZE
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(ids, skip_special_tokens=False)
+
+
+def batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def tokenize(tok: HFTokenizer, docs: Iterable[str], limit: int | None = None) -> np.ndarray:
+    """One uint16 stream, each document preceded by BOS; stops once `limit` tokens are in."""
+    bos = tok.token_to_id(BOS)
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # fast: no offsets kept
+    chunks, total = [], 0
+    for batch in batched(docs, 1024):  # the Rust side spreads a batch over every core
+        for enc in encode(batch, add_special_tokens=False):
+            chunks.append(np.array([bos, *enc.ids], dtype=np.uint16))
+            total += len(chunks[-1])
+        if limit is not None and total >= limit:
+            break
+    stream = np.concatenate(chunks) if chunks else np.zeros(0, np.uint16)
+    return stream[:limit]
+
+
+# ----------------------------------------------------------------------------
+# Preparation: everything lands in DATA_DIR, meta.json last, so its presence means complete
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def documents(part: Path | list[str]) -> Iterator[str]:
+    """A part of a split is either one parquet shard or a list of documents held in memory."""
+    return parquet_documents(part) if isinstance(part, Path) else iter(part)
+
+
+def tokenizer_text(parts: list) -> Iterator[str]:
+    left = TOKENIZER_CHARS
+    for part in parts:
+        for doc in documents(part):
+            yield doc[:DOC_CHARS]
+            left -= min(len(doc), DOC_CHARS)
+            if left <= 0:
+                return
+
+
+def gather(data: Path | None, num_shards: int, workers: int) -> tuple[list, list, list]:
+    """(train parts, val part, test part) of the chosen source."""
+    if SMOKE:
+        train, val, test = split_documents(smoke_documents())
+        return [train], val, test
+    if data is not None:
+        if not data.is_dir():
+            raise PrepareError(f"--data {data}: not a folder")
+        train, val, test = split_documents(local_documents(data))
+        return [train], val, test
+    indices = [*range(num_shards), VAL_SHARD, TEST_SHARD]
+    print(f"downloading {len(indices)} shards from {BASE_URL} to {SHARD_DIR}", flush=True)
+    paths = download_shards(indices, SHARD_DIR, BASE_URL, workers)
+    return paths[:-2], paths[-2], paths[-1]
+
+
+def source_key(data: Path | None, num_shards: int) -> str:
+    if SMOKE:
+        return "smoke"
+    if data is None:
+        return f"{BASE_URL} x {num_shards}"
+    files = [p.stat() for p in data.rglob("*") if p.suffix in (".txt", ".parquet")]
+    size, latest = sum(s.st_size for s in files), max((s.st_mtime for s in files), default=0)
+    return f"{data.resolve()} ({len(files)} files, {size} bytes, {latest:.0f})"
+
+
+def prepare(data: Path | None = None, num_shards: int = NUM_TRAIN_SHARDS, workers: int = 8) -> None:
+    """Fill the source's data folder with its tokenizer and token streams, unless already done."""
+    out = data_dir_for(data)
+    if out != DATA_DIR:
+        print(
+            f"note: autoresearch.toml's setup line names other data; train.py will read {DATA_DIR}"
+        )
+    key, meta_path = source_key(data, num_shards), out / "meta.json"
+    if meta_path.exists() and json.loads(meta_path.read_text()).get("source") == key:
+        print(f"data ready in {out}")
+        return
+    start = time.time()
+    train, val, test = gather(data, num_shards, workers)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.iterdir():  # prepared before with other settings: start clean
+        old.unlink()
+    tok = train_tokenizer(tokenizer_text(train), VOCAB_SIZE)
+    tok.save(str(out / "tokenizer.json"))
+    save_array(out / "token_bytes.npy", token_byte_counts(tok, VOCAB_SIZE))
+    print(f"tokenizer: {tok.get_vocab_size()} tokens ({time.time() - start:.0f}s)", flush=True)
+    counts = {}
+    for n, part in enumerate(train):
+        save_array(out / f"train_{n:05d}.npy", stream := tokenize(tok, documents(part)))
+        counts[f"train_{n:05d}"] = len(stream)
+        print(
+            f"  train part {n}: {len(stream) / 1e6:.1f}M tokens ({time.time() - start:.0f}s)",
+            flush=True,
+        )
+    for name, part in (("val", val), ("test", test)):
+        save_array(out / f"{name}.npy", stream := tokenize(tok, documents(part), HOLDOUT_TOKENS))
+        counts[name] = len(stream)
+    meta = {"source": key, "vocab_size": VOCAB_SIZE, "seq_len": MAX_SEQ_LEN, "tokens": counts}
+    (out / "meta.json.tmp").write_text(json.dumps(meta, indent=1))
+    os.replace(out / "meta.json.tmp", meta_path)
+    train_tokens = sum(v for k, v in counts.items() if k.startswith("train"))
+    if min(counts["val"], counts["test"]) <= EVAL_TOKENS:
+        print(
+            f"note: the held-out splits hold fewer than EVAL_TOKENS ({EVAL_TOKENS}) tokens; "
+            "scores use what there is"
+        )
+    print(
+        f"prepared {train_tokens / 1e6:.1f}M training tokens, {counts['val']} val, "
+        f"{counts['test']} test in {out} ({time.time() - start:.0f}s)"
+    )
+
+
+# ----------------------------------------------------------------------------
+# What train.py reads: token streams, batches, the device, the GPU's peak
+
+
+def load_split(name: str) -> np.ndarray:
+    if not (DATA_DIR / "meta.json").exists():
+        raise PrepareError(f"no prepared data in {DATA_DIR}: run `python prepare.py` first")
+    return np.load(DATA_DIR / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+
+
+def train_batches(batch_size: int, seq_len: int, device: torch.device, seed: int = 0):
+    """Endless (inputs, targets) pairs of random windows of the training streams. Sampled with
+    replacement, so there is no epoch to track; BOS marks where a window crosses documents."""
+    load_split("val")  # fails clearly when nothing is prepared
+    shards = [
+        np.load(p, mmap_mode="r", allow_pickle=False) for p in sorted(DATA_DIR.glob("train_*.npy"))
+    ]
+    shards = [s for s in shards if len(s) > seq_len]
+    if not shards:
+        raise PrepareError(f"the training text in {DATA_DIR} is shorter than one sequence")
+    starts_below = np.array([len(s) - seq_len for s in shards])
+    weights = starts_below / starts_below.sum()
+    rng = np.random.default_rng(seed)
+    pin = device.type == "cuda"
+    while True:
+        which = rng.choice(len(shards), size=batch_size, p=weights)
+        starts = rng.integers(0, starts_below[which])
+        rows = np.stack(
+            [shards[w][s : s + seq_len + 1] for w, s in zip(which, starts, strict=True)]
+        )
+        batch = torch.from_numpy(rows.astype(np.int64))
+        batch = (batch.pin_memory() if pin else batch).to(device, non_blocking=pin)
+        yield batch[:, :-1], batch[:, 1:]
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 matmuls on CUDA; elsewhere float32, which CPUs and MPS run at least as well."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# Dense bf16 tensor-core FLOP/s with fp32 accumulation, from the vendors' data sheets (the
+# sparsity figures are twice these). First match on the device name wins.
+GPU_PEAK_FLOPS = [
+    (r"\bH200\b.*\bNVL\b", 835e12),
+    (r"\bG?H200\b", 989e12),
+    (r"\bH100\b.*\bNVL\b", 835e12),
+    (r"\bH100\b.*\bPCIe\b", 756e12),
+    (r"\bH100\b", 989e12),
+    (r"\bB200\b", 2250e12),
+    (r"\bA100\b", 312e12),
+    (r"\bA10\b", 125e12),
+    (r"\bL40S\b", 362e12),
+    (r"\bL40\b", 181e12),
+    (r"\bL4\b", 121e12),
+    (r"RTX 4090", 165e12),
+    (r"RTX 3090 Ti", 80e12),
+    (r"RTX 3090", 71e12),
+    (r"RTX A6000", 155e12),
+]
+
+
+def peak_flops(device: torch.device) -> tuple[float | None, str]:
+    """(peak FLOP/s or None when unknown, the device's name); AUTORESEARCH_PEAK_TFLOPS overrides."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    if os.environ.get("AUTORESEARCH_PEAK_TFLOPS"):
+        return float(os.environ["AUTORESEARCH_PEAK_TFLOPS"]) * 1e12, name
+    for pattern, flops in GPU_PEAK_FLOPS if device.type == "cuda" else []:
+        if re.search(pattern, name):
+            return flops, name
+    return None, name
+
+
+# ----------------------------------------------------------------------------
+# Scoring: bits per byte on held-out text, and a check that the model cannot peek
+
+
+@torch.no_grad()
+def evaluate_bpb(model: torch.nn.Module, split: str = "val", batch_size: int = 8) -> float:
+    """Bits per byte on the first EVAL_TOKENS of a held-out split: the summed loss in nats of every
+    predicted token over ln 2 times their summed raw bytes. Tokens of 0 bytes (BOS) count in
+    neither sum. Bytes, unlike tokens, do not depend on the vocabulary, so tokenizers compare."""
+    device = next(model.parameters()).device
+    tokens, T = load_split(split), MAX_SEQ_LEN
+    token_bytes = torch.from_numpy(np.load(DATA_DIR / "token_bytes.npy", allow_pickle=False)).to(
+        device
+    )
+    rows = (min(EVAL_TOKENS, len(tokens) - 1)) // T
+    if rows < 1:
+        raise PrepareError(f"the {split} split holds fewer than {T + 1} tokens")
+    model.eval()
+    nats, nbytes = 0.0, 0  # summed in float64 on the host: MPS has no float64
+    for row in range(0, rows, batch_size):
+        n = min(batch_size, rows - row)
+        chunk = torch.from_numpy(tokens[row * T : (row + n) * T + 1].astype(np.int64)).to(device)
+        x, y = chunk[:-1].view(n, T), chunk[1:].view(n, T)
+        with autocast(device):
+            logits = model(x)
+        if logits.shape[:2] != (n, T) or logits.shape[2] < VOCAB_SIZE:
+            raise PrepareError(
+                f"forward(idx) must return logits (B, T, {VOCAB_SIZE}); got {tuple(logits.shape)}"
+            )
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+        counted = token_bytes[y.flatten()]
+        nats += (loss * (counted > 0)).sum().item()
+        nbytes += counted.sum().item()
+    return nats / (math.log(2) * nbytes)
+
+
+@torch.no_grad()
+def causality_problem(model: torch.nn.Module, tol: float = 1e-3) -> str | None:
+    """What lets the logits at a position see later tokens or other rows of the batch (the
+    answers it is scored on), or None. Identical kernels on identical shapes give identical
+    values, so an honest model differs by exactly 0; `tol` only absorbs nondeterministic kernels."""
+    device, T = next(model.parameters()).device, MAX_SEQ_LEN
+    base = torch.from_numpy(load_split("val")[: 2 * T].astype(np.int64)).view(2, T)
+    gen = torch.Generator().manual_seed(0)
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        with autocast(device):
+            return model(x.to(device)).float()
+
+    ref = logits(base)
+    limit = tol * (1 + ref.abs().max().item())
+    for t in (0, T // 3, T // 2, T - 2):
+        x = base.clone()
+        x[:, t + 1 :] = torch.randint(VOCAB_SIZE, (2, T - t - 1), generator=gen)
+        diff = (logits(x)[:, : t + 1] - ref[:, : t + 1]).abs().max().item()
+        if not diff <= limit:
+            return f"logits at positions <= {t} moved by {diff:.3g} when only later tokens changed"
+    x = base.clone()
+    x[1] = torch.randint(VOCAB_SIZE, (T,), generator=gen)
+    diff = (logits(x)[0] - ref[0]).abs().max().item()
+    if not diff <= limit:
+        return (
+            f"logits of one sequence moved by {diff:.3g} when another sequence of the batch changed"
+        )
+    return None
+
+
+def import_train(path: Path):
+    """train.py as a module: it trains only under __main__, so importing it builds nothing."""
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location("train", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# informational figures train.py leaves in summary.json, echoed under the scores
+ECHOED = {
+    "training_seconds": ".1f",
+    "peak_vram_mb": ".1f",
+    "mfu_percent": ".2f",
+    "total_tokens_M": ".1f",
+    "num_steps": "d",
+    "num_params_M": ".1f",
+    "depth": "d",
+}
+
+
+def evaluate_checkpoint(run_dir: Path = RUN_DIR) -> int:
+    """Rebuild the model train.py saved, refuse it if it can peek, print val_bpb and test_bpb."""
+    config_path, weights = run_dir / "model_config.json", run_dir / "model.safetensors"
+    if not (config_path.exists() and weights.exists()):
+        raise PrepareError(
+            f"no checkpoint in {run_dir}: train.py saves model.safetensors and model_config.json there"
+        )
+    config = json.loads(config_path.read_text())
+    model = import_train(Path.cwd() / "train.py").build_model(config)
+    load_model(model, str(weights))  # strict: every tensor must match
+    model.to(default_device())
+    problem = causality_problem(model)
+    if problem:
+        print(f"autoresearch_reject: model is not causal: {problem}")
+        return 0
+    batch_size = int(config.get("device_batch_size", 8))
+    scores = {split: evaluate_bpb(model, split, batch_size) for split in ("val", "test")}
+    print("---")
+    for split, bpb in scores.items():
+        print(f"{split + '_bpb:':<18}{bpb:.6f}")
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    for name, fmt in ECHOED.items():
+        if isinstance(value := summary.get(name), (int, float)):
+            print(f"{name + ':':<18}{int(value) if fmt == 'd' else value:{fmt}}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Data and scoring of the nanochat task.")
+    parser.add_argument(
+        "--evaluate", action="store_true", help="score the checkpoint in AUTORESEARCH_RUN_DIR"
+    )
+    parser.add_argument(
+        "--data", type=Path, help="local .txt / .parquet files instead of downloading"
+    )
+    parser.add_argument(
+        "--num-shards", type=int, default=NUM_TRAIN_SHARDS, help="training shards to download"
+    )
+    parser.add_argument("--workers", type=int, default=8, help="parallel downloads")
+    args = parser.parse_args()
+    try:
+        if args.evaluate:
+            return evaluate_checkpoint(RUN_DIR)
+        prepare(args.data, args.num_shards, args.workers)
+        return 0
+    except PrepareError as e:
+        print(f"prepare.py: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""The loop end to end with scripted agents: real git, real subprocesses, real timeouts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cli, git, make_task, script_agent
+
+
+def ledger_rows(repo: Path, tag: str) -> list[tuple]:
+    db = sqlite3.connect(repo / ".autoresearch" / tag / "ledger.sqlite")
+    try:
+        return db.execute("SELECT number, status, commit_sha, metric, description, reason FROM trials ORDER BY number").fetchall()
+    finally:
+        db.close()
+
+
+def run(repo: Path, agent: str, *extra: str, tag: str = "t", trials: int = 1) -> subprocess.CompletedProcess[str]:
+    return cli("run", str(repo), "--tag", tag, "--agent", "cli", "--agent-cmd", agent,
+               "--trials", str(trials), *extra)
+
+
+def test_improvement_is_kept_and_branch_moves(task_repo: Path, tmp_path: Path) -> None:
+    agent = script_agent(tmp_path / "a.sh", """\
+        sed -i 's/^X = 3.0/X = 1.5/' exp.py
+        echo "X 3.0 -> 1.5"
+        """)
+    user_head = git(task_repo, "rev-parse", "HEAD")
+    r = run(task_repo, agent)
+    assert r.returncode == 0, r.stderr
+    rows = ledger_rows(task_repo, "t")
+    assert [(n, s) for n, s, *_ in rows] == [(0, "keep"), (1, "keep")]
+    assert rows[0][3] == pytest.approx(6.0) and rows[1][3] == pytest.approx(2.25)
+    assert rows[1][4] == "X 3.0 -> 1.5"
+    assert git(task_repo, "rev-parse", "autoresearch/t") == rows[1][2]
+    assert git(task_repo, "rev-parse", "refs/autoresearch/t/trials/1") == rows[1][2]
+    assert git(task_repo, "rev-parse", "refs/autoresearch/t/trials/0") == user_head
+    # the user's branch and checkout are untouched
+    assert git(task_repo, "rev-parse", "HEAD") == user_head
+    assert git(task_repo, "status", "--porcelain") == ""
+    assert "X = 3.0" in (task_repo / "exp.py").read_text()
+    assert git(task_repo, "log", "-1", "--format=%s", rows[1][2]) == "X 3.0 -> 1.5"
+
+
+def test_results_tsv_byte_for_byte(task_repo: Path, tmp_path: Path) -> None:
+    agent = script_agent(tmp_path / "a.sh", """\
+        n=$AUTORESEARCH_TRIAL
+        case $n in
+          1) sed -i 's/^X = 3.0/X = 2.0/' exp.py; echo "X to 2" ;;
+          2) sed -i 's/^X = .*/X = 9.0/' exp.py; echo "X to 9	with a tab" ;;
+          3) echo 'raise SystemExit(3)' >> exp.py; echo "crash it" ;;
+        esac
+        """)
+    assert run(task_repo, agent, trials=3).returncode == 0
+    rows = ledger_rows(task_repo, "t")
+    c = [r[2][:7] for r in rows]
+    expected = ("commit\tloss\tmemory_gb\tstatus\tdescription\n"
+                f"{c[0]}\t6.000000\t2.0\tkeep\tbaseline\n"
+                f"{c[1]}\t3.000000\t2.0\tkeep\tX to 2\n"
+                f"{c[2]}\t66.000000\t2.0\tdiscard\tX to 9 with a tab\n"
+                f"{c[3]}\t0.000000\t0.0\tcrash\tcrash it\n")
+    assert (task_repo / ".autoresearch/t/results.tsv").read_text() == expected
+    assert git(task_repo, "rev-parse", "autoresearch/t") == rows[1][2]
+
+
+def test_regression_is_discarded(task_repo: Path, tmp_path: Path) -> None:
+    agent = script_agent(tmp_path / "a.sh", "sed -i 's/^Y = 2/Y = 5/' exp.py\necho worse\n")
+    assert run(task_repo, agent).returncode == 0
+    rows = ledger_rows(task_repo, "t")
+    assert rows[1][1] == "discard" and rows[1][3] == pytest.approx(9.0)
+    assert git(task_repo, "rev-parse", "autoresearch/t") == rows[0][2]
+    assert git(task_repo, "rev-parse", "refs/autoresearch/t/trials/1") == rows[1][2]
+
+
+def test_tie_is_discarded(task_repo: Path, tmp_path: Path) -> None:
+    agent = script_agent(tmp_path / "a.sh", "echo '# a comment' >> exp.py\necho comment\n")
+    assert run(task_repo, agent).returncode == 0
+    assert ledger_rows(task_repo, "t")[1][1] == "discard"
+
+
+@pytest.mark.parametrize("body,status,needle", [
+    ("echo 'raise SystemExit(1)' >> exp.py", "crash", "exit code 1"),
+    ("sed -i 's/print(f\"loss: {loss}\")//' exp.py", "crash", "no 'loss' figure"),
+    ("echo 'print(\"loss: nan\")' >> exp.py", "crash", "'loss' is nan"),
+    ("echo 'print(\"loss: inf\")' >> exp.py", "crash", "'loss' is inf"),
+    ("echo 'import time; time.sleep(60)' >> exp.py", "timeout", "timeout"),
+])
+def test_failures_are_recorded_and_loop_goes_on(tmp_path: Path, body: str, status: str, needle: str) -> None:
+    repo = make_task(tmp_path / "r", toml_extra="")
+    agent = script_agent(tmp_path / "a.sh", f"""\
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then {body}; else sed -i 's/^X = 3.0/X = 1.0/' exp.py; fi
+        echo "trial $AUTORESEARCH_TRIAL"
+        """)
+    (repo / "autoresearch.toml").write_text((repo / "autoresearch.toml").read_text().replace("timeout = 10", "timeout = 2"))
+    git(repo, "commit", "-qam", "short timeout")
+    r = run(repo, agent, trials=2)
+    assert r.returncode == 0, r.stderr
+    rows = ledger_rows(repo, "t")
+    assert rows[1][1] == status and needle in rows[1][5]
+    assert rows[2][1] == "keep"
+    assert (repo / ".autoresearch/t/logs/1.log").exists()
+
+
+def test_timeout_kills_children_that_ignore_sigterm(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    stubborn = f"""\
+import os, signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import signal, time\\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\\nwhile True: time.sleep(0.1)"])
+open({str(pidfile)!r}, "w").write(str(child.pid))
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+time.sleep(100)
+"""
+    repo = make_task(tmp_path / "r", files={"stubborn.py": stubborn})
+    (repo / "autoresearch.toml").write_text((repo / "autoresearch.toml").read_text()
+                                            .replace("timeout = 10", "timeout = 1.5")
+                                            .replace('editable = ["exp.py"]', 'editable = ["exp.py", "stubborn.py"]'))
+    git(repo, "commit", "-qam", "t")
+    agent = script_agent(tmp_path / "a.sh", "echo 'import stubborn' >> exp.py\necho stubborn\n")
+    started = time.monotonic()
+    assert run(repo, agent).returncode == 0
+    assert time.monotonic() - started < 30
+    assert ledger_rows(repo, "t")[1][1] == "timeout"
+    pid = int(pidfile.read_text())
+    time.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("echo 'DATA = 1' >> prepare.py; echo x >> exp.py", "protected file prepare.py"),
+    ("echo '# hi' >> program.md", "protected file program.md"),
+    ("echo 'x = 1' >> autoresearch.toml", "protected file autoresearch.toml"),
+    ("echo new > other.py", "created other.py, outside the editable scope"),
+    ("mkdir -p sub && echo new > sub/f.txt", "outside the editable scope"),
+    ("true", "empty change"),
+    ("rm exp.py", "deleted exp.py"),
+    ("rm exp.py && ln -s /etc/passwd exp.py", "symbolic link"),
+])
+def test_guard_rejects_and_rewinds(task_repo: Path, tmp_path: Path, body: str, needle: str) -> None:
+    agent = script_agent(tmp_path / "a.sh", f"{body}\necho sneaky\n")
+    assert run(task_repo, agent).returncode == 0
+    rows = ledger_rows(task_repo, "t")
+    assert rows[1][1] == "rejected" and needle in rows[1][5], rows[1]
+    assert git(task_repo, "rev-parse", "autoresearch/t") == rows[0][2]
+    assert git(task_repo, "rev-parse", "refs/autoresearch/t/trials/1") == rows[1][2]
+    assert not (task_repo / ".autoresearch/t/logs/1.log").exists()  # never run
+
+
+def test_protected_file_changed_by_the_experiment_is_rejected(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "r")
+    agent = script_agent(tmp_path / "a.sh", """\
+        cat >> exp.py <<'PY'
+import os
+os.chmod("prepare.py", 0o644)
+open("prepare.py", "a").write("DATA = 'cheat'\\n")
+print("loss: 0.0")
+PY
+        echo cheat
+        """)
+    assert run(repo, agent).returncode == 0
+    rows = ledger_rows(repo, "t")
+    assert rows[1][1] == "rejected" and "prepare.py" in rows[1][5]
+    assert git(repo, "rev-parse", "autoresearch/t") == rows[0][2]
+
+
+def test_git_metadata_tampering_is_rejected_and_restored(task_repo: Path, tmp_path: Path) -> None:
+    agent = script_agent(tmp_path / "a.sh", """\
+        gitdir=$(git rev-parse --git-common-dir)
+        printf '#!/bin/sh\\necho pwned\\n' > "$gitdir/hooks/pre-commit"
+        git config core.fsmonitor 'touch /tmp/pwned'
+        sed -i 's/^X = 3.0/X = 1.0/' exp.py
+        echo tamper
+        """)
+    assert run(task_repo, agent).returncode == 0
+    rows = ledger_rows(task_repo, "t")
+    assert rows[1][1] == "rejected" and "git metadata" in rows[1][5]
+    assert not (task_repo / ".git/hooks/pre-commit").exists()
+    assert "fsmonitor" not in (task_repo / ".git/config").read_text()
+
+
+def test_agent_running_git_in_worktree_cannot_move_the_branch(task_repo: Path, tmp_path: Path) -> None:
+    agent = script_agent(tmp_path / "a.sh", """\
+        sed -i 's/^X = 3.0/X = 1.0/' exp.py
+        git -c user.name=a -c user.email=a@a commit -qam "agent commits itself" || true
+        git branch -f autoresearch/t HEAD 2>/dev/null || true
+        git update-ref -d refs/autoresearch/t/trials/0 || true
+        echo committed
+        """)
+    r = run(task_repo, agent, trials=1)
+    assert r.returncode == 0, r.stderr
+    rows = ledger_rows(task_repo, "t")
+    assert rows[1][1] == "keep"
+    # the trial's code is judged against the parent whatever HEAD the agent left
+    assert git(task_repo, "rev-parse", "autoresearch/t") == rows[1][2]
+    assert git(task_repo, "rev-parse", f"{rows[1][2]}^") == rows[0][2]
+
+
+def test_clean_repo_required(task_repo: Path, tmp_path: Path) -> None:
+    (task_repo / "exp.py").write_text("dirty\n")
+    r = run(task_repo, "true")
+    assert r.returncode == 2 and "uncommitted changes" in r.stderr
+
+
+def test_kill_during_trial_then_resume(task_repo: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    agent = script_agent(tmp_path / "a.sh", f"""\
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then
+          echo 'import time; open("{marker}", "w").write("1"); time.sleep(60)' >> exp.py
+        else
+          sed -i 's/^X = 3.0/X = 2.0/' exp.py
+        fi
+        echo "trial $AUTORESEARCH_TRIAL"
+        """)
+    (task_repo / "autoresearch.toml").write_text((task_repo / "autoresearch.toml").read_text().replace("timeout = 10", "timeout = 120"))
+    git(task_repo, "commit", "-qam", "long timeout")
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(task_repo), "--tag", "t",
+                             "--agent", "cli", "--agent-cmd", agent, "--trials", "3"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.3)
+    # the experiment died with the loop (or is killed on resume): check after resume
+    r = run(task_repo, agent, trials=1)
+    assert r.returncode == 0, r.stderr
+    rows = ledger_rows(task_repo, "t")
+    assert [(n, s) for n, s, *_ in rows] == [(0, "keep"), (1, "interrupted"), (2, "keep")]
+    assert rows[1][2] is not None
+    assert git(task_repo, "rev-parse", "refs/autoresearch/t/trials/1") == rows[1][2]
+    assert git(task_repo, "rev-parse", "autoresearch/t") == rows[2][2]
+    tsv = (task_repo / ".autoresearch/t/results.tsv").read_text().splitlines()
+    assert len(tsv) == 4 and tsv[2].split("\t")[3] == "crash"
+    out = subprocess.run(["pgrep", "-f", str(marker)], capture_output=True, text=True).stdout
+    assert out.strip() == ""
+
+
+def test_ctrl_c_stops_cleanly(task_repo: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    agent = script_agent(tmp_path / "a.sh", f"""\
+        echo 'import time; open("{marker}", "w").write("1"); time.sleep(60)' >> exp.py
+        echo slow
+        """)
+    (task_repo / "autoresearch.toml").write_text((task_repo / "autoresearch.toml").read_text().replace("timeout = 10", "timeout = 120"))
+    git(task_repo, "commit", "-qam", "long timeout")
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(task_repo), "--tag", "t",
+                             "--agent", "cli", "--agent-cmd", agent, "--trials", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    rows = ledger_rows(task_repo, "t")
+    assert [(n, s) for n, s, *_ in rows] == [(0, "keep"), (1, "interrupted")]
+    assert "Traceback" not in err
+
+
+def test_status_and_show(task_repo: Path, tmp_path: Path) -> None:
+    agent = script_agent(tmp_path / "a.sh", "sed -i 's/^X = 3.0/X = 2.0/' exp.py\necho 'X to 2'\n")
+    assert run(task_repo, agent).returncode == 0
+    r = cli("status", str(task_repo), "--tag", "t")
+    assert r.returncode == 0 and "X to 2" in r.stdout and "best: trial 1" in r.stdout
+    r = cli("show", "1", str(task_repo))
+    assert r.returncode == 0
+    assert "-X = 3.0" in r.stdout and "+X = 2.0" in r.stdout and "loss: 3" in r.stdout
+    assert cli("show", "9", str(task_repo)).returncode == 2
+
+
+def test_agent_contract_env_prompt_and_description_file(task_repo: Path, tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    agent = script_agent(tmp_path / "a.sh", f"""\
+        cp "$AUTORESEARCH_PROMPT_FILE" {seen}
+        test "$1" = "$AUTORESEARCH_PROMPT_FILE"
+        sed -i 's/^X = 3.0/X = 2.5/' exp.py
+        echo "from the file" > "$AUTORESEARCH_DESCRIPTION_FILE"
+        echo "not this line"
+        """)
+    assert run(task_repo, agent + " {prompt_file}", trials=1).returncode == 0
+    prompt = seen.read_text()
+    assert "Minimise loss." in prompt and "#0 keep" in prompt and "exp.py" in prompt
+    assert ledger_rows(task_repo, "t")[1][4] == "from the file"
+
+
+def test_agent_failure_and_agent_timeout(task_repo: Path, tmp_path: Path) -> None:
+    agent = script_agent(tmp_path / "a.sh", """\
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then exit 7; fi
+        sleep 30
+        """)
+    r = run(task_repo, agent, "--agent-timeout", "1", trials=2)
+    assert r.returncode == 0, r.stderr
+    rows = ledger_rows(task_repo, "t")
+    assert rows[1][1] == "agent_error" and "exited with 7" in rows[1][5]
+    assert rows[2][1] == "agent_error" and "timed out" in rows[2][5]
+
+
+def test_trial_command_for_a_self_driving_agent(task_repo: Path) -> None:
+    (task_repo / "exp.py").write_text((task_repo / "exp.py").read_text().replace("X = 3.0", "X = 1.0"))
+    r = cli("trial", "-m", "X to 1", str(task_repo), "--tag", "self")
+    assert r.returncode == 0, r.stderr
+    assert "trial 1: keep" in r.stdout
+    assert "X = 1.0" in (task_repo / "exp.py").read_text()  # kept: stays
+    (task_repo / "exp.py").write_text((task_repo / "exp.py").read_text().replace("Y = 2", "Y = 7"))
+    r = cli("trial", "-m", "Y to 7", str(task_repo), "--tag", "self")
+    assert r.returncode == 0 and "trial 2: discard" in r.stdout
+    text = (task_repo / "exp.py").read_text()
+    assert "Y = 2" in text and "X = 1.0" in text  # rewound to the best
+    (task_repo / "prepare.py").write_text("DATA = 'x'\n")
+    r = cli("trial", "-m", "cheat", str(task_repo), "--tag", "self")
+    assert r.returncode == 1 and "rejected" in r.stdout
+
+
+def test_hours_limit(task_repo: Path, tmp_path: Path) -> None:
+    agent = script_agent(tmp_path / "a.sh", "echo \"# $RANDOM$RANDOM\" >> exp.py\necho noise\n")
+    r = cli("run", str(task_repo), "--tag", "h", "--agent", "cli", "--agent-cmd", agent, "--hours", "0.0003")
+    assert r.returncode == 0, r.stderr
+    assert "--hours" in r.stdout
+    assert 1 <= len(ledger_rows(task_repo, "h")) < 50
+
+
+def test_metric_from_json_file_and_pattern(tmp_path: Path) -> None:
+    exp = "import json, os\njson.dump({'acc': 0.5, 'mem': 3}, open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'm.json'), 'w'))\n"
+    repo = make_task(tmp_path / "j", experiment=exp, toml_extra='[metric]\nname = "acc"\ngoal = "maximize"\nfile = "m.json"\nrecord = ["mem"]\n')
+    assert cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "0").returncode == 0
+    assert ledger_rows(repo, "t")[0][3] == 0.5
+    exp2 = "print('final accuracy=0.75 (best)')\n"
+    repo2 = make_task(tmp_path / "p", experiment=exp2, toml_extra='[metric]\nname = "acc"\ngoal = "maximize"\npattern = "accuracy=([0-9.]+)"\n')
+    assert cli("run", str(repo2), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "0").returncode == 0
+    assert ledger_rows(repo2, "t")[0][3] == 0.75
+
+
+def test_experiment_env(tmp_path: Path) -> None:
+    exp = ("import os\nfor k in ['AUTORESEARCH_TIME_BUDGET','AUTORESEARCH_SEED','AUTORESEARCH_TRIAL']:\n"
+           "    print(k, os.environ[k])\nassert os.path.isdir(os.environ['AUTORESEARCH_RUN_DIR'])\n"
+           "assert 'OPENAI_API_KEY' not in os.environ\nprint('loss: 1')\n")
+    repo = make_task(tmp_path / "e", experiment=exp)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "0",
+            env={"OPENAI_API_KEY": "sk-secret"})
+    assert r.returncode == 0, r.stderr
+    log = (repo / ".autoresearch/t/logs/0.log").read_text()
+    assert "AUTORESEARCH_TIME_BUDGET 5" in log and "AUTORESEARCH_TRIAL 0" in log
+
+
+def test_baseline_crash_is_exit_1(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "b", experiment="raise SystemExit('boom')\n")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "1")
+    assert r.returncode == 1 and "baseline" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_second_loop_on_same_tag_is_refused(task_repo: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "m"
+    agent = script_agent(tmp_path / "a.sh", f"touch {marker}; sleep 20; echo x >> exp.py; echo x\n")
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(task_repo), "--tag", "t",
+                             "--agent", "cli", "--agent-cmd", agent, "--trials", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = run(task_repo, "true")
+        assert r.returncode == 2 and "another autoresearch loop" in r.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    os.environ.pop("X", None)

@@ -1,0 +1,523 @@
+"""Reports: the page in a real headless Chromium, progress.png, report --results, serve over real
+HTTP while a loop writes the ledger, MLflow in a local file store, load(), the live view.
+
+Every ledger here comes from a real loop (a scripted CLI agent editing a real git repository).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from browser import Browser, find_chromium
+from conftest import cli, make_task, script_agent
+
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+NASTY = "X=1.5 <script>alert(1)</script>\t\x1b[31mred\x1b[0m & <b>bold</b>"
+
+EXPERIMENT = """\
+import os
+X = 3.0
+Y = 2
+seed = int(os.environ.get("AUTORESEARCH_SEED", "0"))
+loss = (X - 1.0) ** 2 + Y + 0.01 * (seed % 3)
+open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "loss.txt"), "w").write(str(loss))
+print("training...")
+print("peak_vram_mb: 2048.0")
+"""
+
+CHECK = """\
+import os
+loss = float(open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "loss.txt")).read())
+print(f"loss: {loss}")
+print(f"test_loss: {loss * 1.1}")
+"""
+
+TASK_EXTRA = """\
+evaluate = "python check.py"
+
+[metric]
+name = "loss"
+goal = "minimize"
+record = ["peak_vram_mb"]
+holdout = "test_loss"
+
+[acceptance]
+baseline_runs = 2
+"""
+
+AGENT = r"""
+case "$AUTORESEARCH_TRIAL" in
+  1) sed -i 's/^X = .*/X = 2.0/' exp.py; echo "lower X to 2.0" ;;
+  2) sed -i 's/^X = .*/X = 5.0/' exp.py; echo "raise X to 5" ;;
+  3) echo 'raise SystemExit("boom: out of memory")' >> exp.py; echo "crash it" ;;
+  *) sed -i 's/^X = .*/X = 1.5/' exp.py; printf '%s' "$NASTY" > "$AUTORESEARCH_DESCRIPTION_FILE" ;;
+esac
+"""
+
+
+def new_task(path: Path) -> Path:
+    return make_task(path, toml_extra=TASK_EXTRA, experiment=EXPERIMENT,
+                     files={"check.py": CHECK})
+
+
+def run_loop(repo: Path, trials: int, *extra: str, agent: str = AGENT,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    script = script_agent(repo.parent / f"agent-{repo.name}.sh", agent)
+    return cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", script,
+               "--trials", str(trials), *extra, env={"NASTY": NASTY, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """A task repository whose tag `t` holds a baseline (two runs: noise), a keep, a discard,
+    a crash and a keep with a hostile description."""
+    repo = new_task(tmp_path_factory.mktemp("ledger") / "task")
+    result = run_loop(repo, 4)
+    assert result.returncode == 0, result.stderr + result.stdout
+    return repo, result
+
+
+@pytest.fixture(scope="module")
+def report(ran, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo, _ = ran
+    out = tmp_path_factory.mktemp("report")
+    result = cli("report", str(repo), "--tag", "t", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert str(out / "report.html") in result.stdout
+    return out
+
+
+def png_pixels(path: Path):  # noqa: ANN201
+    from matplotlib.image import imread
+
+    return imread(path)
+
+
+def assert_not_blank(path: Path, min_w: int, min_h: int) -> None:
+    pixels = png_pixels(path)
+    h, w = pixels.shape[:2]
+    assert w >= min_w and h >= min_h, (w, h)
+    rgb = pixels[..., :3].reshape(-1, 3)
+    colours = {tuple(p) for p in (rgb[:: max(1, len(rgb) // 20000)] * 255).astype(int).tolist()}
+    assert len(colours) > 20, "the image is (nearly) one colour"
+    assert rgb.std() > 0.02
+
+
+# ---------------------------------------------------------------------------
+# progress.png and report.html
+
+
+def test_progress_png_has_its_size_and_is_not_blank(report: Path) -> None:
+    path = report / "progress.png"
+    assert path.stat().st_size > 20_000
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_not_blank(path, 1000, 500)
+
+
+def test_report_html_is_self_contained_and_escapes_agent_text(report: Path) -> None:
+    page = (report / "report.html").read_text()
+    assert "5 experiments, 2 kept improvements" in page
+    assert 'src="data:image/png;base64,' in page
+    # nothing that could load from anywhere: no src/href/url() but data: and in-page anchors
+    assert not re.findall(r"""(?:src|href)\s*=\s*(?!["']?(?:data:|#))""", page)
+    assert "url(" not in page and "@import" not in page
+    # hostile description: escaped, escape codes and tabs gone
+    assert "<script>alert" not in page and "<b>bold</b>" not in page
+    assert "X=1.5 &lt;script&gt;alert(1)&lt;/script&gt; red &amp; &lt;b&gt;bold&lt;/b&gt;" in page
+    assert "\x1b" not in page and "\t" not in page.split("<script>")[0]
+    # kept trials with their diffs and gains, the crash with its log tail
+    assert "+X = 2.0" in page and "-X = 3.0" in page
+    assert "against trial 1" in page and "against the baseline" in page
+    assert "boom: out of memory" in page
+    # the noise band, figures as mean ± spread, the holdout beside the metric of kept trials
+    assert "noise (run-to-run σ)" in page
+    assert "6.005 ± 0.0071" in page
+    assert "test_loss (holdout)" in page and "holdout test_loss 3.3" in page
+
+
+def test_build_report_is_a_library_call(ran, tmp_path: Path) -> None:
+    from autoresearch.report import build_report
+
+    repo, _ = ran
+    page = build_report(repo, "t", tmp_path / "r")
+    assert page == tmp_path / "r" / "report.html" and page.exists()
+    assert (tmp_path / "r" / "progress.png").exists()
+    default = build_report(repo, None)  # the most recent tag, into the ledger's folder
+    assert default == repo / ".autoresearch" / "t" / "report" / "report.html"
+
+
+def test_report_page_in_headless_chromium(report: Path, tmp_path: Path) -> None:
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    with Browser(binary) as browser:
+        browser.open((report / "report.html").as_uri())
+        assert browser.eval("document.getElementById('progress').naturalWidth") >= 1000
+        assert browser.eval("document.getElementById('progress').complete") is True
+        rows = "Array.from(document.querySelectorAll('#trials tbody tr')).map(r => r.cells[0].textContent)"
+        assert browser.eval(rows) == ["0", "1", "2", "3", "4"]
+        # sortable: click the metric column; the crash (no figure) goes last either way
+        browser.eval("document.querySelectorAll('#trials th')[2].click()")
+        assert browser.eval(rows) == ["4", "1", "0", "2", "3"]
+        browser.eval("document.querySelectorAll('#trials th')[2].click()")
+        assert browser.eval(rows) == ["2", "0", "1", "4", "3"]
+        assert browser.eval("document.querySelectorAll('script').length") == 1  # ours only
+        shot = tmp_path / "report-screenshot.png"
+        browser.screenshot(shot)
+        assert_not_blank(shot, 1000, 1200)
+        browser.settle()
+        assert browser.network_requests() == []
+        # the check is real: a page that does reach out is caught
+        leak = tmp_path / "leak.html"
+        leak.write_text('<img src="http://203.0.113.9/pixel.png">'
+                        '<script>fetch("https://example.invalid/x").catch(() => 0)</script>')
+        browser.open(leak.as_uri())
+        assert set(browser.network_requests()) >= {"http://203.0.113.9/pixel.png",
+                                                    "https://example.invalid/x"}
+
+
+# ---------------------------------------------------------------------------
+# report --results
+
+
+RESULTS = """\
+commit\tval_bpb\tmemory_gb\tstatus\tdescription
+a1b2c3d\t0.997900\t44.0\tkeep\tbaseline
+b2c3d4e\t0.993200\t44.2\tkeep\tincrease LR to 0.04
+c3d4e5f\t1.005000\t44.0\tdiscard\tswitch to GeLU activation
+d4e5f6g\t0.000000\t0.0\tcrash\tdouble model width (OOM)
+e5f6g7h\t0.991000\t44.1\tkeep\tlonger warmup <i>(x2)</i>\tand a tab
+f6g7h8i\t0.998000\t44.0\tdiscard\tremove value embeddings
+"""
+
+
+def test_report_from_a_hand_written_results_tsv(tmp_path: Path) -> None:
+    tsv = tmp_path / "results.tsv"
+    tsv.write_text(RESULTS)
+    result = cli("report", "--results", str(tsv), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert "6 experiments, 2 kept improvements" in page
+    assert "val_bpb (lower is better)" in page
+    assert "switch to GeLU activation" in page and "&lt;i&gt;(x2)&lt;/i&gt;" in page
+    assert "-0.0022 (-0.22%)" in page  # trial 4 against trial 1
+    assert_not_blank(tmp_path / "progress.png", 1000, 500)
+
+
+def test_report_results_with_goal_and_diffs_from_the_repository(ran, tmp_path: Path) -> None:
+    repo, _ = ran
+    tsv = repo / ".autoresearch" / "t" / "results.tsv"
+    result = cli("report", str(repo), "--results", str(tsv), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert "+X = 2.0" in page  # the commits are in the repository: diffs of kept trials
+    flipped = tmp_path / "max.tsv"
+    flipped.write_text(RESULTS)
+    result = cli("report", "--results", str(flipped), "--goal", "maximize", "--out", str(tmp_path / "m"))
+    assert result.returncode == 0 and "higher is better" in (tmp_path / "m" / "report.html").read_text()
+
+
+def test_report_results_rejects_a_bad_file_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\nabc\t1.0\t2.0\tmaybe\tx\n")
+    result = cli("report", "--results", str(bad), "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "line 2" in result.stderr and "'maybe'" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------
+# serve
+
+
+def get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.read()
+
+
+def test_serve_follows_a_running_loop(tmp_path: Path) -> None:
+    repo = new_task(tmp_path / "task")
+    errors = tmp_path / "serve.err"
+    with open(errors, "w") as err:
+        server = subprocess.Popen([sys.executable, "-m", "autoresearch", "serve", str(repo),
+                                   "--tag", "t", "--port", "0"], stdout=subprocess.PIPE,
+                                  stderr=err, text=True)
+    try:
+        line = server.stdout.readline()  # type: ignore[union-attr]
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url, line + errors.read_text()
+        base = url.group(0)
+        state = json.loads(get(base + "state.json")[1])
+        assert state["version"] == "waiting"
+        assert b"waiting for tag t" in get(base)[1]
+        slow = "sleep 1.5\n" + AGENT
+        loop = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t",
+                                 "--agent", "cli", "--agent-cmd",
+                                 script_agent(tmp_path / "slow.sh", slow), "--trials", "2"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "NASTY": NASTY})
+        seen_counts, seen_running, versions = set(), [], set()
+        deadline = time.monotonic() + 120
+        while loop.poll() is None and time.monotonic() < deadline:
+            state = json.loads(get(base + "state.json")[1])
+            seen_counts.add(state["trials"])
+            seen_running += [r["phase"] for r in state["running"]]
+            versions.add(state["version"])
+            if state["trials"] == 1:
+                status, page = get(base)
+                assert status == 200 and b"data:image/png;base64," in page
+            time.sleep(0.2)
+        assert loop.wait(timeout=60) == 0, loop.stderr.read()  # type: ignore[union-attr]
+        state = json.loads(get(base + "state.json")[1])
+        assert state["trials"] == 3 and state["running"] == [] and state["kept"] == 1
+        assert "agent thinking" in seen_running
+        assert len(seen_counts) >= 2 and len(versions) >= 3  # it followed the ledger as it grew
+        status, page = get(base)
+        html = page.decode()
+        assert status == 200 and "3 experiments, 1 kept improvement" in html
+        assert html.count('<tr class="row-') == 3 and "state.json" in html
+        assert f'data-version="{state["version"]}"' in html
+        status, png = get(base + "progress.png")
+        assert status == 200 and png[:4] == b"\x89PNG"
+        assert errors.read_text() == ""
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_serve_live_page_in_chromium_polls_only_its_own_server(ran, tmp_path: Path) -> None:
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    repo, _ = ran
+    server = subprocess.Popen([sys.executable, "-m", "autoresearch", "serve", str(repo), "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        base = re.search(r"http://\S+/", server.stdout.readline()).group(0)  # type: ignore[union-attr]
+        with Browser(binary, loopback=True) as browser:
+            browser.open(base)
+            time.sleep(2.5)  # at least one poll
+            browser.settle()
+            assert "no trial in flight" in browser.eval("document.getElementById('live').textContent")
+            assert browser.eval("document.querySelectorAll('#trials tbody tr').length") == 5
+            assert browser.requests and all(u.startswith(base) or u.startswith("data:")
+                                            for u in browser.requests), browser.requests
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_serve_refuses_a_port_in_use(ran) -> None:
+    import socket
+
+    repo, _ = ran
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        result = cli("serve", str(repo), "--port", str(s.getsockname()[1]), timeout=30)
+    assert result.returncode == 2 and "--port" in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# MLflow
+
+
+def mlflow_runs(store: Path, experiment: str) -> dict[str, object]:
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=str(store))
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    return {r.data.tags["autoresearch.trial"]: (client, r) for r in client.search_runs([exp.experiment_id])}
+
+
+def test_mlflow_run_and_report_log_every_trial_to_a_local_file_store(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    repo = new_task(tmp_path / "task")
+    store = tmp_path / "mlruns"
+    result = run_loop(repo, 3, "--mlflow", str(store))
+    assert result.returncode == 0, result.stderr + result.stdout
+    runs = mlflow_runs(store, "autoresearch/t/t")
+    assert sorted(runs) == ["0", "1", "2", "3"]
+    client, one = runs["1"]  # type: ignore[misc]
+    assert one.data.metrics["loss"] == pytest.approx(3.0)
+    assert one.data.metrics["test_loss"] == pytest.approx(3.3)
+    assert one.data.params["status"] == "keep" and one.info.status == "FINISHED"
+    assert one.data.tags["mlflow.note.content"] == "lower X to 2.0"
+    diff = Path(client.download_artifacts(one.info.run_id, "diff.patch", str(tmp_path)))
+    assert "+X = 2.0" in diff.read_text()
+    _, base = runs["0"]  # type: ignore[misc]
+    assert base.data.metrics["loss_spread"] == pytest.approx(0.00707, rel=0.01)
+    _, crash = runs["3"]  # type: ignore[misc]
+    assert crash.info.status == "FAILED" and crash.data.params["status"] == "crash"
+    # after the fact (what `report --mlflow` does): nothing new in the same store, all in a new one
+    from autoresearch.report.mlflow_log import export_study
+    from autoresearch.report.study import load_study
+
+    assert export_study(load_study(repo, "t"), str(store)) == 0
+    fresh = tmp_path / "fresh"
+    assert export_study(load_study(repo, "t"), f"file://{fresh}") == 4
+    assert sorted(mlflow_runs(fresh, "autoresearch/t/t")) == ["0", "1", "2", "3"]
+
+
+@pytest.mark.slow
+def test_report_mlflow_logs_a_finished_tag_after_the_fact(ran, tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    repo, _ = ran
+    store = tmp_path / "mlruns"
+    first = cli("report", str(repo), "--mlflow", str(store), "--out", str(tmp_path / "r"))
+    assert first.returncode == 0 and "5 new run(s)" in first.stdout, first.stderr
+    again = cli("report", str(repo), "--mlflow", str(store), "--out", str(tmp_path / "r"))
+    assert again.returncode == 0 and "0 new run(s)" in again.stdout, again.stderr
+    runs = mlflow_runs(store, "autoresearch/t/t")
+    client, kept = runs["4"]  # type: ignore[misc]
+    assert kept.data.tags["mlflow.note.content"].startswith("X=1.5 <script>alert(1)</script> red")
+    assert kept.data.params["status"] == "keep" and kept.data.metrics["loss"] == pytest.approx(2.25)
+    diff = Path(client.download_artifacts(kept.info.run_id, "diff.patch", str(tmp_path)))
+    assert "+X = 1.5" in diff.read_text()
+
+
+@pytest.mark.slow
+def test_run_with_an_unusable_mlflow_uri_stops_before_the_tag_is_made(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    repo = new_task(tmp_path / "task")
+    result = run_loop(repo, 1, "--mlflow", "bogus://nowhere")
+    assert result.returncode == 2 and "--mlflow bogus://nowhere" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (repo / ".autoresearch").exists()
+
+
+# ---------------------------------------------------------------------------
+# autoresearch.load
+
+
+def test_load_returns_the_trials_as_a_dataframe(ran) -> None:
+    import autoresearch
+
+    repo, _ = ran
+    df = autoresearch.load(str(repo), "t")
+    assert list(df.index) == [0, 1, 2, 3, 4]
+    assert list(df["status"]) == ["keep", "keep", "discard", "crash", "keep"]
+    assert df.loc[1, "loss"] == pytest.approx(3.0) and df.loc[1, "test_loss"] == pytest.approx(3.3)
+    assert df.loc[0, "loss"] == pytest.approx(6.005) and df.loc[0, "loss_spread"] == pytest.approx(0.00707, rel=0.01)
+    assert df["loss"].isna().tolist() == [False, False, False, True, False]
+    assert list(df["best_so_far"]) == pytest.approx([6.005, 3.0, 3.0, 3.0, 2.25])
+    assert df.attrs["metric"] == "loss" and df.attrs["goal"] == "minimize" and df.attrs["noise"] > 0
+    assert str(df["started"].dtype).startswith("datetime64")
+    tsv = autoresearch.load(str(repo / ".autoresearch" / "t" / "results.tsv"))
+    assert list(tsv["status"]) == ["keep", "keep", "discard", "crash", "keep"]
+
+
+# ---------------------------------------------------------------------------
+# the live view
+
+
+def test_live_view_prints_plain_lines_when_not_a_terminal(ran) -> None:
+    _, result = ran
+    out = result.stdout
+    assert "\x1b[" not in out
+    assert "[trial 1] (1/4) started" in out and "[trial 1] keep loss=3" in out
+    assert "best loss 2.25 (trial 4)" in out
+
+
+def test_make_events_picks_plain_lines_off_a_terminal(ran) -> None:
+    from autoresearch.events import PlainEvents
+    from autoresearch.report.live import make_events
+    from autoresearch.task import load_task
+
+    repo, _ = ran
+    events = make_events(load_task(repo))  # pytest's stdout is not a terminal
+    try:
+        assert isinstance(events, PlainEvents)
+    finally:
+        events.close()
+
+
+def run_in_terminal(args: list[str], env: dict[str, str], timeout: float = 120) -> tuple[int, str]:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave,
+                            env={**os.environ, **env, "TERM": "xterm-256color", "COLUMNS": "140"})
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 1 << 16)
+            except OSError:  # the terminal closed: the program ended
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(timeout=30), out.decode(errors="replace")
+
+
+def test_live_view_on_a_terminal_shows_flights_best_and_last_trials(tmp_path: Path) -> None:
+    repo = new_task(tmp_path / "task")
+    script = script_agent(tmp_path / "agent.sh", "sleep 0.6\n" + AGENT)
+    code, out = run_in_terminal([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t",
+                                 "--agent", "cli", "--agent-cmd", script, "--trials", "2"],
+                                {"NASTY": NASTY})
+    assert code == 0, out
+    assert "\x1b[" in out  # drawn, not printed
+    text = ANSI.sub("", out)
+    assert "agent thinking" in text and "▶ trial" in text
+    assert "best loss 3 (trial 1) (-3.005" in text
+    assert "kept of" in text and "raise X to 5" in text
+
+
+def test_live_events_are_thread_safe(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from autoresearch.records import Status, Trial
+    from autoresearch.report.live import LiveEvents
+
+    buf = io.StringIO()
+    events = LiveEvents("demo", "loss", True, holdout="test_loss",
+                        console=Console(file=buf, force_terminal=True, width=120), refresh=50)
+    base = Trial(0, Status.KEEP, "baseline", metric=6.0, figures={"loss": 6.0, "test_loss": 7.0})
+    events.trial_started(0, 0, 40)
+    events.trial_finished(base, base, None, 0.0)
+    errors: list[BaseException] = []
+
+    def worker(first: int) -> None:
+        try:
+            for n in range(first, first + 10):
+                events.trial_started(n, n, 40)
+                events.phase(n, "agent")
+                events.phase(n, "running", 5.0)
+                events.message(f"[bold]note[/bold] {n}")
+                t = Trial(n, Status.DISCARD, f"<try> [red]{n}[/red]\t\x1b[2J", metric=6.5,
+                          figures={"loss": 6.5, "test_loss": 9.9}, cost=0.01)
+                events.trial_finished(t, base, base, 0.01 * n)
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(1 + 10 * i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    events.close()
+    assert not errors
+    text = ANSI.sub("", buf.getvalue())
+    assert "41 finished" in text and "[red]" in text  # agent text shown literally, not as markup
+    assert "9.9" not in text  # the sealed holdout figure is not on the terminal
+    assert "\x1b[2J" not in buf.getvalue()

@@ -1,0 +1,112 @@
+"""Every malformed task file is one clear line naming the key, exit 2, no traceback."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import cli, make_task
+
+from autoresearch.errors import TaskError
+from autoresearch.task import load_task
+
+GOOD = textwrap.dedent("""\
+    name = "t"
+    program = "program.md"
+    editable = ["exp.py"]
+    protected = ["prepare.py"]
+    setup = "true"
+    command = "python exp.py"
+    evaluate = "python prepare.py"
+    time_budget = 5
+    timeout = 10
+    [metric]
+    name = "loss"
+    goal = "minimize"
+    record = ["peak_vram_mb"]
+    holdout = "test_loss"
+    [acceptance]
+    min_delta = "auto"
+    baseline_runs = 3
+    confirm = 2
+    """)
+
+BAD = [
+    ("invalid TOML", GOOD.replace('name = "t"', 'name = "t'), "invalid TOML"),
+    ("unknown key", GOOD.replace("command =", "comand = 'x'\ncommand ="), "did you mean 'command'"),
+    ("unknown metric key", GOOD.replace('goal = "minimize"', 'goal = "minimize"\ngaol = 1'), "metric.gaol"),
+    ("unknown acceptance key", GOOD.replace("confirm = 2", "confirms = 2"), "did you mean 'confirm'"),
+    ("budget wrong type", GOOD.replace("time_budget = 5", 'time_budget = "five"'), "'time_budget' must be a number"),
+    ("budget bool", GOOD.replace("time_budget = 5", "time_budget = true"), "'time_budget' must be a number"),
+    ("budget zero", GOOD.replace("time_budget = 5", "time_budget = 0"), "'time_budget' must be a positive"),
+    ("timeout negative", GOOD.replace("timeout = 10", "timeout = -1"), "'timeout' must be a positive"),
+    ("missing command", GOOD.replace('command = "python exp.py"\n', ""), "'command'"),
+    ("empty command", GOOD.replace('command = "python exp.py"', 'command = " "'), "'command' must not be empty"),
+    ("command not string", GOOD.replace('command = "python exp.py"', "command = 3"), "'command' must be a string"),
+    ("missing metric", GOOD.split("[metric]")[0], "[metric]"),
+    ("missing metric name", GOOD.replace('name = "loss"\n', ""), "'metric.name'"),
+    ("goal", GOOD.replace('goal = "minimize"', 'goal = "min"'), "'metric.goal' must be"),
+    ("missing goal", GOOD.replace('goal = "minimize"\n', ""), "'metric.goal'"),
+    ("editable no match", GOOD.replace('editable = ["exp.py"]', 'editable = ["trian.py"]'), "'trian.py' matches no file"),
+    ("editable not list", GOOD.replace('editable = ["exp.py"]', 'editable = "exp.py"'), "'editable' must be a list"),
+    ("editable empty", GOOD.replace('editable = ["exp.py"]', "editable = []"), "at least one"),
+    ("missing editable", GOOD.replace('editable = ["exp.py"]\n', ""), "'editable'"),
+    ("both", GOOD.replace('protected = ["prepare.py"]', 'protected = ["exp.py"]'), "both editable and protected"),
+    ("editable task file", GOOD.replace('editable = ["exp.py"]', 'editable = ["exp.py", "*.toml"]'), "always protected"),
+    ("missing program", GOOD.replace('program = "program.md"', 'program = "nope.md"'), "'program' file 'nope.md' not found"),
+    ("min_delta word", GOOD.replace('min_delta = "auto"', 'min_delta = "big"'), "'acceptance.min_delta'"),
+    ("min_delta negative", GOOD.replace('min_delta = "auto"', "min_delta = -0.1"), "'acceptance.min_delta' must be >= 0"),
+    ("baseline_runs zero", GOOD.replace("baseline_runs = 3", "baseline_runs = 0"), "'acceptance.baseline_runs' must be at least 1"),
+    ("confirm float", GOOD.replace("confirm = 2", "confirm = 1.5"), "'acceptance.confirm' must be an integer"),
+    ("pattern groups", GOOD.replace('goal = "minimize"', 'goal = "minimize"\npattern = "loss=\\\\d+"'), "exactly one group"),
+    ("pattern invalid", GOOD.replace('goal = "minimize"', 'goal = "minimize"\npattern = "(["'), "not a valid regular expression"),
+    ("record not list", GOOD.replace('record = ["peak_vram_mb"]', 'record = "peak_vram_mb"'), "'metric.record' must be a list"),
+    ("metric not table", GOOD.split("[metric]")[0] + 'metric = "loss"\n', "'metric' must be a table"),
+    ("holdout same", GOOD.replace('holdout = "test_loss"', 'holdout = "loss"'), "must differ"),
+]
+
+
+@pytest.mark.parametrize("label,text,needle", BAD, ids=[b[0] for b in BAD])
+def test_bad_task_file_is_one_clear_line(tmp_path: Path, label: str, text: str, needle: str) -> None:
+    repo = make_task(tmp_path / "r", toml=text)
+    with pytest.raises(TaskError) as e:
+        load_task(repo)
+    assert needle in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_task_file_exit_code_and_no_traceback(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "r", toml=GOOD.replace("time_budget = 5", "time_budget = -5"))
+    r = cli("run", str(repo), "--tag", "x", "--agent", "cli", "--agent-cmd", "true")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "time_budget" in r.stderr
+
+
+def test_good_task_file_loads(tmp_path: Path) -> None:
+    task = load_task(make_task(tmp_path / "r", toml=GOOD))
+    assert task.acceptance.min_delta == "auto" and task.acceptance.confirm == 2
+    assert task.metric.holdout == "test_loss" and task.is_protected("autoresearch.toml")
+    assert task.is_editable("exp.py") and not task.is_editable("prepare.py")
+
+
+def test_missing_task_file(tmp_path: Path) -> None:
+    r = cli("run", str(tmp_path), "--tag", "x")
+    assert r.returncode == 2 and "no autoresearch.toml" in r.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "--trials", "-3"], "--trials"),
+    (["run", "--trials", "many"], "--trials"),
+    (["run", "--hours", "0"], "--hours"),
+    (["run", "--tag", "bad tag!"], "--tag"),
+    (["run", "--agent", "nope"], "--agent"),
+    (["run", "--agent", "cli"], "--agent-cmd"),
+    (["nosuchcommand"], "invalid choice"),
+    (["init", "x", "--template", "nope"], "--template"),
+])
+def test_bad_flags(task_repo: Path, args: list[str], needle: str) -> None:
+    r = cli(*args, cwd=task_repo)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
