@@ -338,7 +338,7 @@ def test_demo_sets_the_budget_and_keeps_the_rest_of_the_task_file():
     from autoresearch.demo import set_budget
 
     toml = 'name = "cpu-gpt"\ntime_budget = 60                # seconds\ntimeout = 180   # hard\n'
-    assert set_budget(toml, 20) == 'name = "cpu-gpt"\ntime_budget = 20                # seconds\ntimeout = 100   # hard\n'
+    assert set_budget(toml, 20) == 'name = "cpu-gpt"\ntime_budget = 20                # seconds\ntimeout = 140   # hard\n'
 
 
 @pytest.mark.slow
