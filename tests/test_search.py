@@ -3,6 +3,7 @@ resume from the ledger, and `autoresearch space` / `autoresearch demo`."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 import textwrap
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import cli, git, make_task, script_agent
 
+from autoresearch.agents.constants import apply_edits, scan_file
 from autoresearch.agents.search import SearchAgent
-from autoresearch.agents.space import apply_edits, scan_file, space_of
+from autoresearch.agents.space import space_of
 from autoresearch.ledger import Ledger
 from autoresearch.loop import Loop, Options
 from autoresearch.records import Status
@@ -40,6 +42,7 @@ STEPS = 50  # search: 10..400 int  (free text after the options)
 HEADS = 32  # search: 16..64 step 16
 SEED = 42  # search: off
 BAD = 5  # search: 9..1
+TYPO = 5  # search: 1..9 lgo
 TWICE = 1
 TWICE = 2
 DERIVED = DEPTH * 2
@@ -69,13 +72,14 @@ def test_space_reads_numbers_expressions_booleans_and_annotations():
     assert names == ["LR", "DEPTH", "ONE", "ZERO_INT", "ZERO", "NEG", "BATCH", "EXPR", "FLAG",
                      "MODE", "TUNED", "STEPS", "HEADS", "TYPED"]
     lines = {p.name: p.line for p in s.params}
-    assert lines["LR"] == 4 and lines["TYPED"] == 24
+    assert lines["LR"] == 4 and lines["TYPED"] == 25
     assert param("BATCH").value == 2**19 and math.isclose(param("EXPR").value, 6e-4)
     skipped = "\n".join(f"{w} {why}" for w, why in s.skipped)
     assert "m.py:13 NAME: a string" in skipped  # strings and tuples are left alone ...
     assert "m.py:14 SHAPE: a tuple" in skipped
     assert "SEED: `# search: off`" in skipped
     assert "BAD: bad `# search:` comment" in skipped and "empty" in skipped
+    assert "TYPO: bad `# search:` comment: unknown option 'lgo' (did you mean 'log'?)" in skipped
     assert "TWICE: assigned more than once" in skipped
     assert "DERIVED" not in skipped and "lower" not in skipped and "INNER" not in skipped
 
@@ -137,6 +141,16 @@ def test_rewriting_changes_only_the_literals():
     assert out == data.replace(b"3e-4 ", b"1.2e-4 ").replace(b"(8)", b"(10)").replace(b"-0.5;", b"-0.75;")
     rescanned = {c.name: c.value for c in scan_file(out, "t.py").constants}
     assert rescanned["LR"] == 1.2e-4 and rescanned["DEPTH"] == 10 and rescanned["OTHER"] == 2
+
+
+def test_long_descriptions_fit_the_ledger():
+    from autoresearch.agents.search import describe
+
+    assert describe([("A", "1", "2"), ("B", "0.1", "0.13")]) == "A 1 -> 2, B 0.1 -> 0.13"
+    many = [(f"CONSTANT_{i}", "0.00123", "0.00456") for i in range(15)]
+    text = describe(many)
+    assert len(text) <= 200 and text.startswith("CONSTANT_0=0.00456, CONSTANT_1=0.00456")
+    assert re.search(r"\(\+\d+ more\)$", text)
 
 
 def test_same_name_in_two_files_is_kept_apart():
@@ -204,7 +218,7 @@ def test_resume_learns_from_every_trial_in_the_ledger(tmp_path):
         n=$AUTORESEARCH_TRIAL
         if [ "$n" = 1 ]; then sed -i 's/^LR = .*/LR = 0.1/' exp.py; fi
         if [ "$n" = 2 ]; then sed -i 's/^WIDTH = 12 /WIDTH = 30 /' exp.py; fi
-        if [ "$n" = 3 ]; then sed -i 's/^import math, os, random/import math, os, random; raise SystemExit(3)/' exp.py; fi
+        if [ "$n" = 3 ]; then sed -i 's/^WIDTH = 30 /WIDTH = 60 /; s/^import math, os, random/&; raise SystemExit(3)/' exp.py; fi
         echo "hand edit $n"
         """)
     r = cli("run", str(repo), "--tag", "mix", "--trials", "3", "--agent", "cli", "--agent-cmd", agent)
@@ -218,19 +232,27 @@ def test_resume_learns_from_every_trial_in_the_ledger(tmp_path):
         agent_ = SearchAgent(task, seed=1)
         Loop(session, agent_, Options(trials=0)).run()  # observes the ledger, runs nothing
         trials = session.ledger.trials()
+        if importlib.util.find_spec("cmaes"):  # CMA-ES gets whole configurations
+            cma = SearchAgent(task, sampler="cmaes")
+            Loop(session, cma, Options(trials=0)).run()
+            assert [len(t.params) for t in cma.study.trials] == [4] * 6
     finally:
         session.close()
     assert [t.status for t in trials] == [Status.KEEP, Status.KEEP, Status.KEEP, Status.CRASH,
                                           trials[4].status, trials[5].status]
     study = agent_.study.trials
     assert len(study) == 6  # every finished trial, whichever agent made it
-    assert study[1].params["LR"] == pytest.approx(0.1) and study[2].params["WIDTH"] == 30
+    # the baseline with every constant, then what each trial changed
+    assert study[0].params == {"LR": 0.2, "WIDTH": 12, "MOMENTUM": 0.3, "USE_BIAS": False}
+    assert study[1].params == {"LR": 0.1} and study[2].params == {"WIDTH": 30}
+    assert study[3].params == {"WIDTH": 60}
     worst = max(t.metric for t in trials[:3])
     assert study[3].value == pytest.approx(worst)  # a crash is told as the worst so far
     assert [s.value for s in study[:3]] == pytest.approx([t.metric for t in trials[:3]])
     for t, s in zip(trials[4:], study[4:], strict=True):
-        after = constants_at(repo, t.commit)
-        assert s.params["WIDTH"] == after["WIDTH"] and s.params["USE_BIAS"] == after["USE_BIAS"]
+        before, after = constants_at(repo, t.parent), constants_at(repo, t.commit)
+        assert s.params == pytest.approx({k: v for k, v in after.items() if v != before[k]})
+        assert s.value == pytest.approx(t.metric)
 
 
 @pytest.mark.parametrize("sampler", ["random", "cmaes", "gp"])
@@ -316,7 +338,7 @@ def test_demo_sets_the_budget_and_keeps_the_rest_of_the_task_file():
     from autoresearch.demo import set_budget
 
     toml = 'name = "cpu-gpt"\ntime_budget = 60                # seconds\ntimeout = 180   # hard\n'
-    assert set_budget(toml, 20) == 'name = "cpu-gpt"\ntime_budget = 20                # seconds\ntimeout = 100   # hard\n'
+    assert set_budget(toml, 20) == 'name = "cpu-gpt"\ntime_budget = 20                # seconds\ntimeout = 140   # hard\n'
 
 
 @pytest.mark.slow

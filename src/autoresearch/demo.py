@@ -47,7 +47,7 @@ def default_dir() -> Path:
 def set_budget(toml: str, budget: float) -> str:
     """The task file's text with `time_budget` set to `budget` and `timeout` to leave room for
     starting, evaluating and a slow machine (other lines, comments included, untouched)."""
-    timeout = 2 * budget + 60
+    timeout = max(4 * budget, budget + 120)
     text, n = re.subn(r"^(time_budget\s*=\s*)[0-9.eE+_-]+", rf"\g<1>{budget:g}", toml, count=1, flags=re.M)
     if n == 0:
         raise UsageError("the cpu-gpt task file has no time_budget line")

@@ -1,24 +1,34 @@
 """`--agent search`: an Optuna sampler over the task's constants, no LLM.
 
-Each proposal starts from the best code (the trial's worktree), lets the sampler choose new
-values for a few constants (one to three; CMA-ES moves every number at once, as it is built
-to), and rewrites only those values' text. Optuna is driven by ask/tell: the other constants
-are enqueued as fixed parameters, so every Optuna trial holds exactly the configuration that
-ran. Outcomes told to Optuna:
+Each proposal starts from the best code (the trial's worktree), asks the sampler (Optuna
+ask/tell) for new values of a few constants, one to three chosen at random, and rewrites only
+those values' text. A float that would move less than a tenth of its (log) range is left
+alone: a step too small to measure wastes a trial. CMA-ES instead moves every number at once,
+as it is built to. What each Optuna trial holds:
+
+    tpe, random    the constants the trial changed: TPE models each constant on its own,
+                   from the trials that moved it, so copies of the best's values would only
+                   pull its samples back to where it already is (measured in bench/search.py)
+    cmaes, gp      the whole configuration (the rest enqueued as fixed parameters): they model
+                   the joint space and need every constant in every trial
+
+Outcomes told to Optuna:
 
     keep / discard        the metric (the study's direction is the task's goal)
     crash / timeout       the worst metric seen so far, so the sampler learns to avoid the
                           region (FAIL while nothing has been measured yet)
     anything else         FAIL, which every sampler ignores
 
-The study lives in memory. It is rebuilt whenever the loop starts: the loop shows the agent
+The study lives in memory and is rebuilt whenever the loop starts: the loop shows the agent
 every finished trial, and for each one this agent did not propose itself it reads the
-constants at the trial's commit and adds them as a completed trial. So a resumed loop, or a
-search that follows an LLM agent or a person, learns from every earlier trial.
+constants at the trial's commit (and its parent's) and adds them as a completed trial. So a
+resumed loop, or a search that follows an LLM agent or a person, learns from every earlier
+trial. A value outside its range is clipped to it; one that cannot be represented (a string
+where a number was, a sign change) is left out of that trial.
 
-The space's ranges are fixed once, from the baseline's code (the first trial it is shown),
-so they do not drift with the best; constants that appear later are added with ranges inferred
-from their first value.
+The ranges are fixed once, from the baseline's code (the first trial the agent is shown), so
+they do not drift with the best; constants that appear later are added with ranges inferred
+from their first value. Proposals never repeat the code of an earlier trial.
 """
 
 from __future__ import annotations
@@ -31,17 +41,8 @@ import warnings
 from typing import Any
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
-from autoresearch.agents.space import (
-    Constant,
-    NotLiteral,
-    Param,
-    Space,
-    apply_edits,
-    editable_sources,
-    scan_files,
-    short,
-    space_of,
-)
+from autoresearch.agents.constants import Constant, apply_edits, short
+from autoresearch.agents.space import Param, Space, editable_sources, scan_files, space_of
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.records import Status, Trial
 from autoresearch.task import Task
@@ -52,6 +53,7 @@ TRIES = 30  # asks before giving up on finding a configuration not tried yet
 FEW = (1, 2, 3)  # how many constants a proposal changes, and how often
 FEW_WEIGHTS = (0.5, 0.3, 0.2)
 CMA_SIGMA = 0.15  # CMA-ES's initial step, as a share of each (normalised) range
+MIN_MOVE = 0.1  # a float moves at least this share of its (log) range, or it is left alone
 
 
 def make_sampler(name: str, seed: int, x0: dict[str, Any]) -> Any:
@@ -105,13 +107,16 @@ class SearchAgent(BaseAgent):
 
     def __init__(self, task: Task, sampler: str = "tpe", seed: int = 0,
                  changes: int | str | None = None) -> None:
-        """`changes`: constants changed per proposal: a number, "all", or None (one to three;
-        every number for CMA-ES)."""
+        """`changes`: the constants a proposal may change: a number, "all", or None (one to
+        three; every number for CMA-ES)."""
         check_sampler(sampler)
         self.task = task
         self.sampler = sampler
         self.seed = seed
         self.changes = changes if changes is not None else ("all" if sampler == "cmaes" else None)
+        # CMA-ES and GP model the joint space: they need whole configurations in every trial;
+        # TPE and random learn per constant, from the trials that changed it
+        self.record_all = sampler in ("cmaes", "gp")
         self.rng = random.Random(seed)
         self.space = space_of(editable_sources(task.root, task))
         if not self.space.params:
@@ -121,6 +126,7 @@ class SearchAgent(BaseAgent):
         self.pending: dict[int, Any] = {}  # loop trial number -> the Optuna trial it ran
         self.seen: set[str] = set()  # digests of the editable files of every trial
         self.worst: float | None = None
+        self._values: dict[str, dict[str, Any]] = {}  # commit -> its constants, as sampled
         self._lock = threading.Lock()
         self._git: Any = None
 
@@ -130,8 +136,7 @@ class SearchAgent(BaseAgent):
         if self.study is None:
             import optuna
 
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            optuna.logging.set_verbosity(optuna.logging.ERROR)  # not "greenlet is unavailable"
             x0 = {p.key: p.sampled(p.value) for p in self.space.params
                   if p.kind in ("int", "float") and p.sampled(p.value) is not None}
             direction = (optuna.study.StudyDirection.MINIMIZE if self.task.metric.minimize
@@ -139,15 +144,6 @@ class SearchAgent(BaseAgent):
             self.study = optuna.create_study(direction=direction,
                                              sampler=make_sampler(self.sampler, self.seed, x0))
         return self.study
-
-    def _tell(self, otrial: Any, trial: Trial) -> None:
-        import optuna
-
-        value = self._value(trial)
-        if value is None:
-            self._study().tell(otrial, state=optuna.trial.TrialState.FAIL)
-        else:
-            self._study().tell(otrial, value)
 
     def _value(self, trial: Trial) -> float | None:
         """What Optuna is told for a finished trial (None: FAIL)."""
@@ -162,23 +158,33 @@ class SearchAgent(BaseAgent):
     # -- learning from the ledger -------------------------------------------------------------
 
     def observe(self, trial: Trial) -> None:
+        import optuna
+
         with self._lock:
             otrial = self.pending.pop(trial.number, None)
+            value = self._value(trial)
             if otrial is not None:
-                self._tell(otrial, trial)
+                if value is None:
+                    self._study().tell(otrial, state=optuna.trial.TrialState.FAIL)
+                else:
+                    self._study().tell(otrial, value)
                 return
             if not trial.commit:
                 return
-            files = self._files_at(trial.commit)
-            self.seen.add(digest(files))
-            if trial.number == 0 and self.study is None and files:
-                rebuilt = space_of(files)  # ranges from the baseline's own code
-                if rebuilt.params:
-                    self.space = rebuilt
-            value = self._value(trial)
+            if trial.number == 0 and self.study is None:
+                baseline = space_of(self._files_at(trial.commit))  # ranges from the baseline's code
+                if baseline.params:
+                    self.space = baseline
+            values = self._values_at(trial.commit)
             if value is None:
                 return
-            self._add_completed(files, value)
+            if trial.parent and not self.record_all:
+                before = self._values_at(trial.parent)
+                values = {k: x for k, x in values.items() if before.get(k) != x}
+            if values:
+                dists = {k: self.space.get(k).distribution() for k in values}
+                self._study().add_trial(optuna.trial.create_trial(params=values, distributions=dists,
+                                                                  value=value))
 
     def _files_at(self, commit: str) -> dict[str, bytes]:
         if self._git is None:
@@ -192,21 +198,22 @@ class SearchAgent(BaseAgent):
                 out[path] = text.encode("utf-8")
         return out
 
-    def _add_completed(self, files: dict[str, bytes], value: float) -> None:
-        import optuna
-
-        scans = scan_files(files)
-        self.space.add(scans)
-        params, dists = {}, {}
-        for path, scan in scans.items():
-            for c in scan.constants:
-                p = self.space.find(path, c.name)
-                x = p.sampled(c.value) if p is not None and c.value is not NotLiteral else None
-                if p is not None and x is not None:
-                    params[p.key], dists[p.key] = x, p.distribution()
-        if not params:
-            return
-        self._study().add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    def _values_at(self, commit: str) -> dict[str, Any]:
+        """The searched constants at a commit, in the sampler's terms (clipped to the ranges)."""
+        if commit not in self._values:
+            files = self._files_at(commit)
+            self.seen.add(digest(files))
+            scans = scan_files(files)
+            self.space.add(scans)
+            values = {}
+            for path, scan in scans.items():
+                for c in scan.constants:
+                    p = self.space.find(path, c.name)
+                    x = p.sampled(c.value) if p is not None else None
+                    if p is not None and x is not None:
+                        values[p.key] = x
+            self._values[commit] = values
+        return self._values[commit]
 
     # -- proposing ----------------------------------------------------------------------------
 
@@ -233,11 +240,13 @@ class SearchAgent(BaseAgent):
         study = self._study()
         for attempt in range(1, TRIES + 1):
             free = self._choose([p for p, _ in current.values()])
-            fixed = {k: p.sampled(c.value) for k, (p, c) in current.items() if k not in free}
-            fixed = {k: x for k, x in fixed.items() if x is not None}
-            dists = {k: p.distribution() for k, (p, _) in current.items() if k in free or k in fixed}
-            study.enqueue_trial(fixed)
-            otrial = study.ask(dists)
+            fixed = {}
+            if self.record_all:  # the others enter the trial at their current values
+                fixed = {k: p.sampled(c.value) for k, (p, c) in current.items() if k not in free}
+                fixed = {k: x for k, x in fixed.items() if x is not None}
+                study.enqueue_trial(fixed)
+            otrial = study.ask({k: p.distribution() for k, (p, _) in current.items()
+                                if k in free or k in fixed})
             edits, changes = self._edits(otrial.params, current, free)
             new_files = {path: apply_edits(data, edits.get(path, [])) for path, data in files.items()}
             key = digest(new_files)
@@ -253,8 +262,9 @@ class SearchAgent(BaseAgent):
                 (ctx.workdir / path).write_bytes(data)
         self.seen.add(key)
         self.pending[ctx.number] = otrial
-        description = ", ".join(f"{self._label(p)} {_old_text(c)} -> {text}" for p, c, text in changes)
-        ctx.log(f"{self.sampler} (optuna trial {otrial.number}): {description}")
+        description = describe([(p.key, _old_text(c), text) for p, c, text in changes])
+        ctx.log(f"{self.sampler} (optuna trial {otrial.number}): "
+                + ", ".join(f"{p.key} {_old_text(c)} -> {text}" for p, c, text in changes))
         return Proposal(description=description, model=f"optuna-{self.sampler}",
                         extra={"search": {p.key: text for p, _, text in changes}})
 
@@ -279,12 +289,25 @@ class SearchAgent(BaseAgent):
             value, text = p.render(sampled[key], c.text)
             if value == c.value and isinstance(value, bool) == isinstance(c.value, bool):
                 continue  # e.g. an int that rounds back to its value
+            if p.kind == "float" and not self.record_all and p.move(c.value, value) < MIN_MOVE:
+                continue  # too small a step to measure; CMA-ES and GP take their own steps
             by_path.setdefault(c.path, []).append((c.start, c.end, text))
             changes.append((p, c, text))
         return by_path, changes
 
-    def _label(self, p: Param) -> str:
-        return p.key
+
+def describe(changes: list[tuple[str, str, str]], limit: int = 200) -> str:
+    """`A 1 -> 2, B 0.1 -> 0.13` in at most `limit` characters (the ledger's): without the old
+    values when that is too long, then the first changes and how many more."""
+    full = ", ".join(f"{k} {old} -> {new}" for k, old, new in changes)
+    if len(full) <= limit:
+        return full
+    parts = [f"{k}={new}" for k, _, new in changes]
+    for n in range(len(parts), 0, -1):
+        text = ", ".join(parts[:n]) + (f" (+{len(parts) - n} more)" if n < len(parts) else "")
+        if len(text) <= limit:
+            return text
+    return parts[0][:limit]
 
 
 def _old_text(c: Constant) -> str:

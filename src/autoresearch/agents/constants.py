@@ -1,0 +1,227 @@
+"""UPPER_CASE constants in Python source: where each value's text is, what it is, and how to
+write a new one back.
+
+Reading is by `ast` (values) and `tokenize` (trailing comments); writing replaces exact byte
+spans, so a file changes only where a value's text is replaced: formatting, comments and line
+endings stay byte for byte. Only literal values are read: numbers, booleans, simple expressions
+of numbers (`2**19`, `3e-4 * 2`, `-0.5`) and other Python literals (strings, tuples); nothing
+is ever evaluated beyond that.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import math
+import operator
+import re
+import tokenize
+from dataclasses import dataclass, field
+from typing import Any
+
+NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+class NotLiteral(ValueError):
+    """A value that is not a literal the search may read or write."""
+
+
+# ---------------------------------------------------------------------------------------------
+# literal values
+
+
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+           ast.Pow: operator.pow}
+
+
+def number_of(node: ast.AST) -> int | float:
+    """The value of a numeric literal expression (`3`, `-1e-3`, `2**19`, `3e-4 * 2`)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
+            and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        value = number_of(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left, right = number_of(node.left), number_of(node.right)
+        if isinstance(node.op, ast.Pow) and (abs(right) > 256 or abs(left) > 1e6):
+            raise NotLiteral("too large a power")
+        try:
+            result = _BINOPS[type(node.op)](left, right)
+        except (ArithmeticError, ValueError) as e:
+            raise NotLiteral(str(e)) from None
+        if isinstance(result, complex) or not math.isfinite(result):
+            raise NotLiteral("not a finite real number")
+        return result
+    raise NotLiteral("not a numeric literal")
+
+
+def value_of(node: ast.AST) -> Any:
+    """A constant's value: a number (or numeric expression), a boolean, or any Python literal."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+        return node.value
+    try:
+        return number_of(node)
+    except NotLiteral:
+        pass
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise NotLiteral("not a literal") from None
+
+
+def value_of_text(text: str) -> Any:
+    return value_of(ast.parse(text.strip(), mode="eval").body)
+
+
+def power_form(node: ast.AST) -> int | None:
+    """The base B of a constant written `B**E` with whole numbers, B >= 2 (else None)."""
+    if (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow)
+            and isinstance(node.left, ast.Constant) and type(node.left.value) is int
+            and isinstance(node.right, ast.Constant) and type(node.right.value) is int
+            and node.left.value >= 2 and node.right.value >= 1):
+        return node.left.value
+    return None
+
+
+def power_base_of(text: str) -> int | None:
+    try:
+        return power_form(ast.parse(text.strip(), mode="eval").body)
+    except SyntaxError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# formatting values as compact literals
+
+
+def _short_exponent(text: str) -> str:
+    return re.sub(r"e([+-]?)0*(\d)", lambda m: "e" + m.group(1).replace("+", "") + m.group(2), text)
+
+
+def format_float(value: float, digits: int = 3, sci: bool = False) -> str:
+    """`value` rounded to `digits` significant digits as a short float literal (always with a
+    '.' or an exponent, so it stays a float)."""
+    if value == 0:
+        return "0.0"
+    rounded = float(f"{value:.{digits}g}")
+    if sci:
+        mantissa, exp = f"{rounded:.{digits - 1}e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
+        return f"{mantissa}e{int(exp)}"
+    text = _short_exponent(repr(rounded))
+    return text
+
+
+def format_value(value: Any, template: str = "") -> str:
+    """A value as source text in the style of `template` (the text it replaces)."""
+    if isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, int):
+        return f"{value:_}" if "_" in template and not template.lstrip("-+").startswith("0x") else str(value)
+    if isinstance(value, float):
+        return format_float(value, sci="e" in template.lower() and "**" not in template)
+    if isinstance(value, str) and template.strip().startswith('"') and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return repr(value)
+
+
+def short(value: Any, digits: int = 4) -> str:
+    """A value for a description or a table: compact, never long."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        return format_float(value, digits)
+    text = repr(value) if not isinstance(value, int) or isinstance(value, bool) else str(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# constants in a file
+
+
+@dataclass(frozen=True)
+class Constant:
+    """One UPPER_CASE module-level assignment: where its value's text is and what it is."""
+
+    name: str
+    path: str
+    line: int
+    start: int  # byte offsets of the value's text in the file
+    end: int
+    text: str
+    value: Any
+    comment: str
+    power_base: int | None = None
+
+
+@dataclass
+class FileScan:
+    constants: list[Constant] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, why)
+
+
+def _comments(data: bytes) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for tok in tokenize.tokenize(io.BytesIO(data).readline):
+        if tok.type == tokenize.COMMENT:
+            out[tok.start[0]] = tok.string
+    return out
+
+
+def scan_file(data: bytes, path: str) -> FileScan:
+    """Every module-level UPPER_CASE constant of a Python file (names assigned more than once
+    are skipped: which assignment counts would be a guess)."""
+    scan = FileScan()
+    try:
+        text = data.decode("utf-8")
+        tree = ast.parse(data)
+        comments = _comments(data)
+    except (UnicodeDecodeError, SyntaxError, tokenize.TokenError, ValueError) as e:
+        scan.skipped.append((path, f"cannot parse the file: {e}"))
+        return scan
+    del text
+    starts = [0]
+    for line in data.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    seen: dict[str, int] = {}
+    found: list[tuple[str, ast.expr]] = []
+    for stmt in tree.body:
+        targets: list[ast.expr] = []
+        if isinstance(stmt, ast.Assign):
+            targets = stmt.targets
+        elif isinstance(stmt, (ast.AnnAssign, ast.AugAssign)):
+            targets = [stmt.target]
+        names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+        for n in names:
+            seen[n] = seen.get(n, 0) + 1
+        if (isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None
+                and len(targets) == 1 and isinstance(targets[0], ast.Name)
+                and NAME_RE.match(targets[0].id)):
+            found.append((targets[0].id, stmt.value))
+    for name, node in found:
+        where = f"{path}:{node.lineno}"
+        if seen[name] > 1:
+            scan.skipped.append((where, f"{name}: assigned more than once"))
+            continue
+        end_line = node.end_lineno or node.lineno
+        start = starts[node.lineno - 1] + node.col_offset
+        end = starts[end_line - 1] + (node.end_col_offset or 0)
+        try:
+            value = value_of(node)
+        except NotLiteral:
+            value = NotLiteral
+        scan.constants.append(Constant(
+            name=name, path=path, line=node.lineno, start=start, end=end,
+            text=data[start:end].decode("utf-8"), value=value,
+            comment=comments.get(end_line, ""), power_base=power_form(node)))
+    return scan
+
+
+def apply_edits(data: bytes, edits: list[tuple[int, int, str]]) -> bytes:
+    """Replace byte spans (start, end) of `data` by new texts; nothing else changes."""
+    out = data
+    for start, end, text in sorted(edits, reverse=True):
+        out = out[:start] + text.encode("utf-8") + out[end:]
+    return out
+
+
