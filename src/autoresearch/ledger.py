@@ -55,6 +55,10 @@ COLUMNS = ["number", "status", "description", "parent", "commit_sha", "metric", 
            "started", "ended", "run_seconds", "log_path", "flags", "extra", "seq"]
 
 
+class LedgerNotReady(AutoresearchError):
+    """The tag's ledger is being created by a loop right now."""
+
+
 def clean_text(text: str, limit: int = 200) -> str:
     """One printable line: terminal escapes removed, tabs/newlines/control characters turned
     into spaces, cut to `limit` characters."""
@@ -138,7 +142,7 @@ class Ledger:
             raise AutoresearchError(f"cannot read the ledger of tag {tag!r}: {e}") from None
         if not ready:
             led.close()
-            raise AutoresearchError(f"tag {tag!r} is still being created; try again in a moment")
+            raise LedgerNotReady(f"tag {tag!r} is still being created; try again in a moment")
         led.metric_name = led.get_meta("metric_name") or "metric"
         return led
 

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from autoresearch.errors import UsageError
+from autoresearch.ledger import LedgerNotReady
 from autoresearch.report.study import Study, load_study
 
 WAITING = "waiting"
@@ -38,7 +39,7 @@ class LiveReport:
             return load_study(self.root, self.tag, details=details, diff_cache=self._diffs)
         except UsageError:  # the loop has not created the tag yet
             return None
-        except sqlite3.Error:  # the loop is creating the ledger right now: not ready yet
+        except (sqlite3.Error, LedgerNotReady):  # the loop is creating the ledger right now
             return None
 
     def state(self) -> dict[str, object]:
