@@ -122,10 +122,35 @@ class GitGuard:
                               input=input, capture_output=True, text=True, errors="surrogateescape")
 
     def _read_refs(self) -> dict[str, str]:
+        """The loop's refs and what they point to. Read from the files backend's loose refs and
+        packed-refs directly (this runs several times per trial; a git process each time cost
+        more than the rest of the harness); through git for a reftable repository."""
         if not self.own:
             return {}
-        out = self._git("for-each-ref", "--format=%(refname) %(objectname)", self.own).stdout
-        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+        if (self.common_dir / "reftable").exists():
+            out = self._git("for-each-ref", "--format=%(refname) %(objectname)", self.own).stdout
+            return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+        refs: dict[str, str] = {}
+        try:
+            packed = (self.common_dir / "packed-refs").read_text(errors="replace")
+        except OSError:
+            packed = ""
+        for line in packed.splitlines():
+            sha, _, name = line.partition(" ")
+            if line[:1] not in ("#", "^", "") and name.startswith(self.own):
+                refs[name] = sha
+        for dirpath, _dirs, files in os.walk(self.common_dir / self.own):
+            for f in files:
+                if f.endswith(".lock"):
+                    continue
+                path = os.path.join(dirpath, f)
+                try:
+                    with open(path, errors="replace") as fh:
+                        value = fh.read().strip()
+                except OSError:
+                    continue
+                refs[os.path.relpath(path, self.common_dir).replace(os.sep, "/")] = value
+        return refs
 
     def check_and_restore(self) -> str | None:
         problems = []
