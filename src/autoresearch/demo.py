@@ -22,9 +22,9 @@ from autoresearch.errors import UsageError
 
 TAG = "demo"
 TEMPLATE = "cpu-gpt"
-DEFAULT_TRIALS = 8
+DEFAULT_TRIALS = 6
 DEFAULT_BUDGET = 20.0  # seconds of training per trial
-OVERHEAD = 12.0  # seconds a trial takes beyond its budget on two cores (start, evaluation)
+OVERHEAD = 23.0  # seconds a trial takes beyond its budget on two idle cores (start, evaluation)
 
 
 @dataclass(frozen=True)
