@@ -34,7 +34,8 @@ def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[str, float]:
 
 
 def figures(output: str) -> dict[str, float]:
-    block = output[output.rfind("\n---\n") :]
+    start = output.rfind("\n---\n")
+    block = output[start:] if start >= 0 else output
     return {k: float(v) for k, v in re.findall(r"^(\w+):\s+([-\d.eE+]+)\s*$", block, re.M)}
 
 
