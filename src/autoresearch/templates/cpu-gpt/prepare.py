@@ -55,11 +55,18 @@ HELDOUT_FRACTION = 0.1  # share of the corpus's bytes given to each of val and t
 # Test suites are most of the stdlib's bytes and dominated by fixtures; codec tables and the
 # pydoc topic dump are generated text. What is left (~9 MB) is hand-written library code, far
 # more than a 60 s CPU run can read once.
-SKIP_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__", "encodings", "pydoc_data"}
+SKIP_DIRS = {
+    "site-packages",
+    "test",
+    "tests",
+    "idle_test",
+    "__pycache__",
+    "encodings",
+    "pydoc_data",
+}
 CAUSALITY_TOLERANCE = 1e-3  # max logit change (relative to the logit scale) at positions <= t
 REJECT_LINE = (
-    "autoresearch_reject: model is not causal "
-    "(prediction at position t depends on tokens after t)"
+    "autoresearch_reject: model is not causal (prediction at position t depends on tokens after t)"
 )
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
@@ -95,7 +102,9 @@ def list_files(source: Path | None) -> list[tuple[str, Path]]:
     """(relative posix path, path) of every corpus file, sorted by relative path."""
     if source is None:
         base = Path(sysconfig.get_paths()["stdlib"])
-        paths = [p for p in base.rglob("*.py") if not SKIP_DIRS & set(p.relative_to(base).parts[:-1])]
+        paths = [
+            p for p in base.rglob("*.py") if not SKIP_DIRS & set(p.relative_to(base).parts[:-1])
+        ]
     else:
         if not source.is_dir():
             raise SystemExit(f"error: data folder {source} does not exist")
@@ -187,7 +196,9 @@ def read_manifest(folder: Path) -> dict:
         manifest = json.loads(path.read_text())
         manifest["splits"][SPLITS[0]]  # noqa: B018 (shape check)
     except (ValueError, KeyError, TypeError):
-        raise SystemExit(f"error: {path} is damaged: delete {folder} and run `python prepare.py`") from None
+        raise SystemExit(
+            f"error: {path} is damaged: delete {folder} and run `python prepare.py`"
+        ) from None
     return manifest
 
 
@@ -322,7 +333,9 @@ def evaluate(data_dir: str | None = None) -> int:
     weights, config_path = run_dir / "model.safetensors", run_dir / "model_config.json"
     for path in (weights, config_path):
         if not path.is_file():
-            print(f"error: no checkpoint: {path} is missing (train.py saves it at the end of a run)")
+            print(
+                f"error: no checkpoint: {path} is missing (train.py saves it at the end of a run)"
+            )
             return 1
     torch.manual_seed(0)
     torch.set_flush_denormal(True)  # subnormal floats are very slow on x86 CPUs
@@ -355,7 +368,9 @@ def evaluate(data_dir: str | None = None) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-    parser.add_argument("--data", metavar="DIR", help="a folder of text files instead of the stdlib")
+    parser.add_argument(
+        "--data", metavar="DIR", help="a folder of text files instead of the stdlib"
+    )
     parser.add_argument("--evaluate", action="store_true", help="score the run folder's checkpoint")
     args = parser.parse_args()
     if args.evaluate:
