@@ -1,0 +1,179 @@
+"""The cpu-gpt template as the harness uses it: setup, one short training run, the evaluation of
+record, and the guards (a tampered cache, a model that looks ahead, a missing checkpoint).
+
+Everything runs as real subprocesses on a small folder of text, with the cache in tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("safetensors")
+
+pytestmark = pytest.mark.torch
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "src" / "autoresearch" / "templates" / "cpu-gpt"
+REJECT = "autoresearch_reject: model is not causal"
+SUMMARY_KEYS = [
+    "val_bpb",
+    "training_seconds",
+    "total_seconds",
+    "peak_vram_mb",
+    "num_steps",
+    "num_params_M",
+    "depth",
+]
+
+
+def write_corpus(folder: Path) -> None:
+    """About 120 KB of deterministic, code-like text in 40 files."""
+    for i in range(40):
+        lines = [f"# module {i}\n"]
+        for j in range(60):
+            lines.append(f"def f_{i}_{j}(x, y={j}):\n    return x * {i} + y - {(i * j) % 7}\n\n")
+        (folder / f"mod_{i:02d}.py").write_text("".join(lines))
+    (folder / "blob.bin").write_bytes(bytes(range(256)) * 4)  # binary: must be skipped
+
+
+def run(task: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=task, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def figures(output: str) -> dict[str, float]:
+    return {k: float(v) for k, v in re.findall(r"^(\w+):\s+([-\d.eE+]+)\s*$", output, re.M)}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A task folder after setup (run twice) and a 3-second training run."""
+    root = tmp_path_factory.mktemp("cpu_gpt")
+    task, data = root / "task", root / "data"
+    shutil.copytree(TEMPLATE, task, ignore=shutil.ignore_patterns("__pycache__", "run"))
+    data.mkdir()
+    write_corpus(data)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
+    env.update(
+        AUTORESEARCH_CACHE=str(root / "cache"),
+        AUTORESEARCH_DATA_DIR=str(data),
+        AUTORESEARCH_RUN_DIR=str(root / "run"),
+        AUTORESEARCH_TIME_BUDGET="3",
+        AUTORESEARCH_SEED="0",
+    )
+    setups = [run(task, env, "prepare.py", "--data", str(data)) for _ in range(2)]
+    training = run(task, env, "train.py")
+    return task, env, root, setups, training
+
+
+def test_setup_is_idempotent(trained):
+    task, env, root, setups, _ = trained
+    assert [s.returncode for s in setups] == [0, 0], setups[0].stderr + setups[1].stderr
+    assert "building" in setups[0].stdout and "building" not in setups[1].stdout
+    (cache,) = (root / "cache" / "cpu-gpt").iterdir()
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert set(manifest["splits"]) == {"train", "val", "test"}
+    assert sum(s["files"] for s in manifest["splits"].values()) == 40  # blob.bin skipped
+
+
+def test_training_prints_the_summary_block_and_saves_a_checkpoint(trained):
+    _, _, root, _, training = trained
+    assert training.returncode == 0, training.stderr
+    block = training.stdout[training.stdout.rindex("\n---\n") :]
+    found = figures(block)
+    assert all(key in found for key in SUMMARY_KEYS), block
+    assert 0 < found["val_bpb"] < 8.5
+    assert found["training_seconds"] >= 3 and found["total_seconds"] >= found["training_seconds"]
+    assert found["num_steps"] >= 1 and found["depth"] >= 1
+    for name in ("model.safetensors", "model_config.json", "summary.json"):
+        assert (root / "run" / name).is_file()
+
+
+def test_evaluate_reports_val_and_test_bpb(trained):
+    task, env, _, _, training = trained
+    result = run(task, env, "prepare.py", "--evaluate")
+    assert result.returncode == 0, result.stderr
+    found = figures(result.stdout)
+    assert 0 < found["test_bpb"] < 8.5
+    assert found["val_bpb"] == pytest.approx(figures(training.stdout)["val_bpb"], abs=1e-4)
+    assert found["num_steps"] == figures(training.stdout)["num_steps"]
+    assert REJECT not in result.stdout
+
+
+def test_a_missing_checkpoint_is_an_error(trained, tmp_path):
+    task, env, _, _, _ = trained
+    result = run(task, {**env, "AUTORESEARCH_RUN_DIR": str(tmp_path)}, "prepare.py", "--evaluate")
+    assert result.returncode != 0
+    assert "model.safetensors" in result.stdout + result.stderr
+
+
+def test_a_tampered_cache_is_detected(trained, tmp_path):
+    task, env, root, _, _ = trained
+    shutil.copytree(root / "cache", tmp_path / "cache")
+    (split,) = (tmp_path / "cache" / "cpu-gpt").glob("*/val.bin")
+    data = bytearray(split.read_bytes())
+    data[100] ^= 1
+    split.write_bytes(bytes(data))
+    env = {**env, "AUTORESEARCH_CACHE": str(tmp_path / "cache")}
+    for args in (["prepare.py"], ["prepare.py", "--evaluate"]):
+        result = run(task, env, *args)
+        assert result.returncode != 0
+        assert "sha256" in result.stderr and "Delete the folder" in result.stderr
+
+
+def test_a_model_that_reads_ahead_is_rejected(trained, tmp_path):
+    task, env, _, _, _ = trained
+    cheat = tmp_path / "task"
+    shutil.copytree(task, cheat, ignore=shutil.ignore_patterns("__pycache__"))
+    source = (cheat / "train.py").read_text()
+    source = source.replace("is_causal=True", "is_causal=False")
+    # random output layers, so that one training step is enough for the leak to show
+    source = source.replace(
+        "nn.init.zeros_(block.attn.proj.weight)",
+        "nn.init.normal_(block.attn.proj.weight, std=dim**-0.5)",
+    )
+    source = source.replace(
+        "nn.init.zeros_(self.lm_head.weight)", "nn.init.normal_(self.lm_head.weight, std=dim**-0.5)"
+    )
+    assert source.count("is_causal=False") == 1
+    (cheat / "train.py").write_text(source)
+    env = {**env, "AUTORESEARCH_RUN_DIR": str(tmp_path / "run"), "AUTORESEARCH_TIME_BUDGET": "1"}
+    assert run(cheat, env, "train.py").returncode == 0
+    result = run(cheat, env, "prepare.py", "--evaluate")
+    assert result.returncode == 0, result.stderr
+    assert REJECT in result.stdout
+    assert "val_bpb" not in result.stdout
+
+
+def test_the_stdlib_corpus_is_deterministic(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
+    manifests = []
+    for name in ("a", "b"):
+        env["AUTORESEARCH_CACHE"] = str(tmp_path / name)
+        result = run(tmp_path, env, str(TEMPLATE / "prepare.py"))
+        assert result.returncode == 0, result.stderr
+        (manifest,) = (tmp_path / name / "cpu-gpt").glob("stdlib-*/manifest.json")
+        manifests.append(json.loads(manifest.read_text())["splits"])
+    assert manifests[0] == manifests[1]
+    assert all(info["bytes"] > 2**17 for info in manifests[0].values())
+
+
+def test_the_template_has_its_files_and_stands_alone():
+    names = {p.name for p in TEMPLATE.iterdir()}
+    assert {"autoresearch.toml", "program.md", "prepare.py", "train.py", ".gitignore"} <= names
+    assert {".autoresearch/", "__pycache__/"} <= set((TEMPLATE / ".gitignore").read_text().split())
+    task_file = (TEMPLATE / "autoresearch.toml").read_text()
+    assert 'evaluate = "python prepare.py --evaluate"' in task_file
+    assert 'holdout = "test_bpb"' in task_file
+    for script in ("prepare.py", "train.py"):  # copied into a repo that has no autoresearch
+        imported = re.findall(r"^(?:from|import) (\w+)", (TEMPLATE / script).read_text(), re.M)
+        assert "autoresearch" not in imported
