@@ -34,8 +34,7 @@ def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[str, float]:
 
 
 def figures(output: str) -> dict[str, float]:
-    start = output.rfind("\n---\n")
-    block = output[start:] if start >= 0 else output
+    block = output[("\n" + output).rfind("\n---\n") :]
     return {k: float(v) for k, v in re.findall(r"^(\w+):\s+([-\d.eE+]+)\s*$", block, re.M)}
 
 
@@ -52,8 +51,11 @@ def main() -> None:
         task = Path(tmp) / "task"
         shutil.copytree(TEMPLATE, task, ignore=shutil.ignore_patterns("__pycache__", "run"))
         env = {k: v for k, v in os.environ.items() if k != "AUTORESEARCH_DATA_DIR"}
-        env.update(AUTORESEARCH_TIME_BUDGET=str(args.budget), AUTORESEARCH_SEED=str(args.seed),
-                   AUTORESEARCH_RUN_DIR=str(Path(tmp) / "run"))  # fmt: skip
+        env.update(
+            AUTORESEARCH_TIME_BUDGET=str(args.budget),
+            AUTORESEARCH_SEED=str(args.seed),
+            AUTORESEARCH_RUN_DIR=str(Path(tmp) / "run"),
+        )
         if args.data:
             env["AUTORESEARCH_DATA_DIR"] = str(Path(args.data).resolve())
 
@@ -78,10 +80,13 @@ def main() -> None:
         ("total_seconds", f"{trained['total_seconds']:.1f} (train.py's own clock)"),
         ("train.py wall", f"{train_s:.1f} s (with interpreter start)"),
         ("evaluate wall", f"{eval_s:.1f} s"),
-        ("training share", f"{training_s / trained['total_seconds']:.1%} of total_seconds, "
-                           f"{training_s / (train_s + eval_s):.1%} of train + evaluate wall"),
+        (
+            "training share",
+            f"{training_s / trained['total_seconds']:.1%} of total_seconds, "
+            f"{training_s / (train_s + eval_s):.1%} of train + evaluate wall",
+        ),
         ("load average", f"{load_before:.1f} before, {load_after:.1f} after"),
-    ]  # fmt: skip
+    ]
     for name, value in rows:
         print(f"{name + ':':<22}{value}")
     if max(load_before, load_after) > (cores or 1) + 0.5:

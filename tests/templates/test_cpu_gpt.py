@@ -23,8 +23,15 @@ pytestmark = pytest.mark.torch
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "src" / "autoresearch" / "templates" / "cpu-gpt"
 REJECT = "autoresearch_reject: model is not causal"
-SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "num_steps",
-                "num_params_M", "depth"]  # fmt: skip
+SUMMARY_KEYS = [
+    "val_bpb",
+    "training_seconds",
+    "total_seconds",
+    "peak_vram_mb",
+    "num_steps",
+    "num_params_M",
+    "depth",
+]
 
 
 def write_corpus(folder: Path) -> None:
@@ -38,8 +45,9 @@ def write_corpus(folder: Path) -> None:
 
 
 def run(task: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=task, env=env, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, *args], cwd=task, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def figures(output: str) -> dict[str, float]:
@@ -55,9 +63,13 @@ def trained(tmp_path_factory):
     data.mkdir()
     write_corpus(data)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
-    env.update(AUTORESEARCH_CACHE=str(root / "cache"), AUTORESEARCH_DATA_DIR=str(data),
-               AUTORESEARCH_RUN_DIR=str(root / "run"), AUTORESEARCH_TIME_BUDGET="3",
-               AUTORESEARCH_SEED="0")  # fmt: skip
+    env.update(
+        AUTORESEARCH_CACHE=str(root / "cache"),
+        AUTORESEARCH_DATA_DIR=str(data),
+        AUTORESEARCH_RUN_DIR=str(root / "run"),
+        AUTORESEARCH_TIME_BUDGET="3",
+        AUTORESEARCH_SEED="0",
+    )
     setups = [run(task, env, "prepare.py", "--data", str(data)) for _ in range(2)]
     training = run(task, env, "train.py")
     return task, env, root, setups, training
@@ -125,10 +137,13 @@ def test_a_model_that_reads_ahead_is_rejected(trained, tmp_path):
     source = (cheat / "train.py").read_text()
     source = source.replace("is_causal=True", "is_causal=False")
     # random output layers, so that one training step is enough for the leak to show
-    source = source.replace("nn.init.zeros_(block.attn.proj.weight)",
-                            "nn.init.normal_(block.attn.proj.weight, std=dim**-0.5)")  # fmt: skip
-    source = source.replace("nn.init.zeros_(self.lm_head.weight)",
-                            "nn.init.normal_(self.lm_head.weight, std=dim**-0.5)")  # fmt: skip
+    source = source.replace(
+        "nn.init.zeros_(block.attn.proj.weight)",
+        "nn.init.normal_(block.attn.proj.weight, std=dim**-0.5)",
+    )
+    source = source.replace(
+        "nn.init.zeros_(self.lm_head.weight)", "nn.init.normal_(self.lm_head.weight, std=dim**-0.5)"
+    )
     assert source.count("is_causal=False") == 1
     (cheat / "train.py").write_text(source)
     env = {**env, "AUTORESEARCH_RUN_DIR": str(tmp_path / "run"), "AUTORESEARCH_TIME_BUDGET": "1"}
@@ -150,3 +165,15 @@ def test_the_stdlib_corpus_is_deterministic(tmp_path):
         manifests.append(json.loads(manifest.read_text())["splits"])
     assert manifests[0] == manifests[1]
     assert all(info["bytes"] > 2**17 for info in manifests[0].values())
+
+
+def test_the_template_has_its_files_and_stands_alone():
+    names = {p.name for p in TEMPLATE.iterdir()}
+    assert {"autoresearch.toml", "program.md", "prepare.py", "train.py", ".gitignore"} <= names
+    assert {".autoresearch/", "__pycache__/"} <= set((TEMPLATE / ".gitignore").read_text().split())
+    task_file = (TEMPLATE / "autoresearch.toml").read_text()
+    assert 'evaluate = "python prepare.py --evaluate"' in task_file
+    assert 'holdout = "test_bpb"' in task_file
+    for script in ("prepare.py", "train.py"):  # copied into a repo that has no autoresearch
+        imported = re.findall(r"^(?:from|import) (\w+)", (TEMPLATE / script).read_text(), re.M)
+        assert "autoresearch" not in imported

@@ -12,11 +12,12 @@ lists them in, and no file is seen in two splits. Each split is one raw uint8 ar
 to a JSON manifest holding its sha256; every load checks the hash, so a cache that was changed
 after it was built is an error, never a silently different benchmark.
 
-The cache lives outside the repository, under ${AUTORESEARCH_CACHE:-~/.cache/autoresearch}/cpu-gpt/,
-in one folder per data source, because trials run in other git worktrees of the repository.
-Train, val and test keep working from there; the harness passes AUTORESEARCH_DATA_DIR to every
-step, so setup, training and evaluation agree on the source. Running `--data DIR` by hand builds
-that cache; export AUTORESEARCH_DATA_DIR=DIR for train.py and --evaluate to use it.
+The cache lives outside the repository, because trials run in other git worktrees of it:
+${AUTORESEARCH_CACHE:-~/.cache/autoresearch}/cpu-gpt/<source>/, one folder per data source (the
+Python version for the stdlib, the absolute path for a folder). Every step finds the source the
+same way: --data DIR, else the environment variable AUTORESEARCH_DATA_DIR, else the stdlib. To
+run the loop on your own text, export AUTORESEARCH_DATA_DIR=/absolute/path before starting it,
+so that setup, train.py and --evaluate all see it.
 
 The evaluation is fixed: val_bpb is the cross-entropy, in bits per byte, of the model on
 EVAL_BYTES bytes of the val split, cut into non-overlapping windows of CONTEXT_LEN bytes spread
@@ -357,8 +358,13 @@ def evaluate(data_dir: str | None = None) -> int:
     print("---")
     print(f"val_bpb:          {val_bpb:.6f}")
     print(f"test_bpb:         {test_bpb:.6f}")
-    for key, digits in [("training_seconds", 1), ("peak_vram_mb", 1), ("num_steps", 0),
-                        ("num_params_M", 2), ("depth", 0)]:  # fmt: skip
+    for key, digits in [
+        ("training_seconds", 1),
+        ("peak_vram_mb", 1),
+        ("num_steps", 0),
+        ("num_params_M", 2),
+        ("depth", 0),
+    ]:
         value = summary.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             print(f"{key + ':':<18}{value:.{digits}f}")
