@@ -107,8 +107,6 @@ def list_files(source: Path | None) -> list[tuple[str, Path]]:
             p for p in base.rglob("*.py") if not SKIP_DIRS & set(p.relative_to(base).parts[:-1])
         ]
     else:
-        if not source.is_dir():
-            raise SystemExit(f"error: data folder {source} does not exist")
         base = source
         paths = []
         for p in source.rglob("*"):
@@ -206,6 +204,8 @@ def read_manifest(folder: Path) -> dict:
 def prepare(data_dir: str | None = None) -> Path:
     """Build the cache for the data source unless an up-to-date one exists; verify it."""
     source = data_source(data_dir)
+    if source is not None and not source.is_dir():
+        raise SystemExit(f"error: the data folder {source} does not exist")
     folder = cache_dir(source)
     folder.parent.mkdir(parents=True, exist_ok=True)
     manifest_path = folder / MANIFEST
