@@ -202,6 +202,8 @@ class RayBackend:
         self.setup_key = hashlib.sha256(f"{task.root}\0{task.setup}".encode()).hexdigest()[:16]
         self.metric_file = task.metric.file
         self.started = False
+        self._watchers: list[threading.Thread] = []
+        self._closing = threading.Event()
         if not ray.is_initialized():
             import autoresearch
 
@@ -302,10 +304,14 @@ class RayBackend:
             if id(cancel) in self._watched:
                 return
             self._watched.add(id(cancel))
-        threading.Thread(target=self._cancel_on, args=(cancel,), daemon=True).start()
+            watcher = threading.Thread(target=self._cancel_on, args=(cancel,), daemon=True)
+            self._watchers.append(watcher)
+        watcher.start()
 
     def _cancel_on(self, cancel: threading.Event) -> None:
-        cancel.wait()
+        while not cancel.wait(0.1):
+            if self._closing.is_set():
+                return
         with self._lock:
             refs = list(self._inflight)
         for ref in refs:  # politely: the task kills its experiment's processes and ends
@@ -318,5 +324,10 @@ class RayBackend:
                 self.ray.cancel(ref, force=True)
 
     def close(self) -> None:
+        # The cancel watchers finish first: a Ray call made after ray.shutdown() makes Ray's
+        # core worker end the whole process (exit status 1), losing the loop's last words.
+        self._closing.set()
+        for watcher in self._watchers:
+            watcher.join(timeout=GRACE_SECONDS + 5)
         if self.started:
             self.ray.shutdown()
