@@ -54,6 +54,7 @@ class Clock:
         self.buckets: list[dict[str, float]] = []
         self.current: dict[str, float] = defaultdict(float)
         self.depth = 0
+        self.git_calls: dict[str, list[float]] = defaultdict(list)  # git subcommand -> seconds
 
     def wrap(self, owner, name: str, bucket: str) -> None:  # noqa: ANN001
         original = getattr(owner, name)
@@ -66,7 +67,10 @@ class Clock:
             try:
                 return original(*args, **kwargs)
             finally:
-                self.current[bucket] += time.perf_counter() - t0
+                took = time.perf_counter() - t0
+                self.current[bucket] += took
+                if bucket == "git" and len(self.spans) > 1:  # after the baseline
+                    self.git_calls[str(args[1])].append(took)
                 self.depth -= 1
 
         setattr(owner, name, timed)
@@ -126,6 +130,10 @@ def main() -> None:
         print(f"  {name:<8} median {ms(statistics.median(values))}")
     other = [g - sum(p.values()) for g, p in zip(gaps, parts, strict=False)]
     print(f"  {'other':<8} median {ms(statistics.median(other))}  (hashing, guard, python)")
+    trials = max(1, len(parts))
+    calls = sorted(clock.git_calls.items(), key=lambda kv: -sum(kv[1]))
+    print("  git by command (calls per trial x median): " + ", ".join(
+        f"{name} {len(times) / trials:.2g} x {1000 * statistics.median(times):.1f} ms" for name, times in calls))
     print(f"experiment process (fork/exec/wait of `echo`): median {ms(statistics.median(exp))}")
 
 

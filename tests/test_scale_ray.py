@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -69,8 +70,12 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
     tmp = Path(tempfile.mkdtemp(prefix="arr-", dir="/tmp"))  # short: Ray's socket paths
     (tmp / "spot").mkdir()
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
     env.update(RAY_TMPDIR=str(tmp), AR_SPOT=str(tmp / "spot"), AR_PORT=str(port))
+    # Token authentication (Ray >= 2.52; on by default from 2.59 for local clusters), with a token
+    # of this module's own: the head and every driver use it, whatever ~/.ray/auth_token holds
+    # (one written there by an earlier local instance must not lock the tests out).
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     log = open(tmp / "head.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
@@ -245,7 +250,8 @@ def test_a_request_no_node_can_meet_is_one_line_and_exit_2(ray_head, tmp_path: P
 def test_ray_init_without_an_address_starts_a_local_instance(tmp_path: Path) -> None:
     root, agent = _task(tmp_path)
     tmp = Path(tempfile.mkdtemp(prefix="arl-", dir="/tmp"))
-    env = {"RAY_TMPDIR": str(tmp), "AR_SPOT": str(tmp), "RAY_ADDRESS": ""}
+    # HOME too: Ray (>= 2.59) writes a token for a local instance to ~/.ray/auth_token
+    env = {"RAY_TMPDIR": str(tmp), "AR_SPOT": str(tmp), "RAY_ADDRESS": "", "HOME": str(tmp)}
     try:
         r = cli("run", str(root), "--tag", "local", "--agent", "cli", "--agent-cmd", agent, "--trials", "2",
                 "--backend", "ray", "--workers", "2", env=env)

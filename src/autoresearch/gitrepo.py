@@ -221,7 +221,7 @@ class Git:
         in info/exclude) are removed, so the experiment runs only what the commit holds."""
         self.ensure_worktree(ws, parent)
         env = self.wt_env(ws)
-        big = self._oversized(ws, max_file_bytes)
+        big, ignored = self._untracked(ws, max_file_bytes)
         self.run("add", "-A", "--", ".", *[f":(exclude,literal){p}" for p in big], env=env, cwd=ws.path)
         for path, size in big.items():
             note = f"autoresearch: {path} was {size} bytes, over the {max_file_bytes}-byte limit; not stored\n"
@@ -230,23 +230,35 @@ class Git:
         tree = self.run("write-tree", env=env, cwd=ws.path)
         commit = self.run("commit-tree", tree, "-p", parent, "-F", "-", env=env, cwd=ws.path,
                           input=message)
-        self.run("clean", "-q", "-ffdX", env=env, cwd=ws.path)
+        if ignored:  # the tree was reset and cleaned before the agent: only it can have made these
+            self.run("clean", "-q", "-ffdX", env=env, cwd=ws.path)
         raw = self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", parent, commit)
         return commit, parse_raw(raw), tree
 
-    def _oversized(self, ws: Workspace, limit: int) -> dict[str, int]:
-        """Changed or new files of the worktree bigger than `limit` bytes."""
-        out = self.run("ls-files", "-z", "-m", "-o", "--exclude-standard", env=self.wt_env(ws),
-                       cwd=ws.path, check=False)
-        big = {}
-        for rel in dict.fromkeys(p for p in out.split("\0") if p):
-            try:
-                st = os.lstat(ws.path / rel)
-            except OSError:
+    def _untracked(self, ws: Workspace, limit: int) -> tuple[dict[str, int], bool]:
+        """Changed or new files of the worktree bigger than `limit` bytes, and whether git is
+        told to ignore anything there; one `git status`."""
+        try:
+            out = self.run("status", "--porcelain=v1", "-z", "-uall", "--ignored=matching",
+                           "--no-renames", env=self.wt_env(ws), cwd=ws.path, strip=False)
+        except GitError:  # then add's own error says why; clean to be sure
+            return {}, True
+        big: dict[str, int] = {}
+        ignored = False
+        for entry in out.split("\0"):
+            code, rel = entry[:2], entry[3:]
+            if not rel:
                 continue
-            if st.st_size > limit and not os.path.islink(ws.path / rel):
-                big[rel] = st.st_size
-        return big
+            if code == "!!":
+                ignored = True
+            elif code == "??" or code[1] not in " D":
+                try:
+                    st = os.lstat(ws.path / rel)
+                except OSError:
+                    continue
+                if st.st_size > limit and not os.path.islink(ws.path / rel):
+                    big[rel] = st.st_size
+        return big, ignored
 
 
 def parse_raw(raw: str) -> list[Change]:

@@ -97,6 +97,7 @@ class GitGuard:
     def __init__(self, common_dir: Path, tag: str | None = None) -> None:
         self.common_dir = common_dir
         self.own = f"refs/autoresearch/{tag}/" if tag else None
+        self._loose: dict[str, tuple[tuple[int, int, int], str]] = {}  # path -> (stat key, value)
         self._saved = self._read()
         self._refs = self._read_refs()
 
@@ -139,17 +140,26 @@ class GitGuard:
             sha, _, name = line.partition(" ")
             if line[:1] not in ("#", "^", "") and name.startswith(self.own):
                 refs[name] = sha
+        seen: dict[str, tuple[tuple[int, int, int], str]] = {}
         for dirpath, _dirs, files in os.walk(self.common_dir / self.own):
             for f in files:
                 if f.endswith(".lock"):
                     continue
                 path = os.path.join(dirpath, f)
-                try:
-                    with open(path, errors="replace") as fh:
-                        value = fh.read().strip()
+                try:  # a file whose inode, ctime and size are unchanged holds what it held
+                    st = os.stat(path)
+                    key = (st.st_ino, st.st_ctime_ns, st.st_size)
+                    cached = self._loose.get(path)
+                    if cached and cached[0] == key:
+                        value = cached[1]
+                    else:
+                        with open(path, errors="replace") as fh:
+                            value = fh.read().strip()
                 except OSError:
                     continue
+                seen[path] = (key, value)
                 refs[os.path.relpath(path, self.common_dir).replace(os.sep, "/")] = value
+        self._loose = seen
         return refs
 
     def check_and_restore(self) -> str | None:

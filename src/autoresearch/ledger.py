@@ -249,6 +249,12 @@ class Ledger:
             row = self._db.execute("SELECT * FROM trials WHERE number=?", (number,)).fetchone()
         return _row_to_trial(row) if row else None
 
+    def total_cost(self) -> float:
+        """The cost of every trial so far, in USD."""
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(SUM(cost), 0) FROM trials").fetchone()
+        return float(row[0])
+
     def next_number(self) -> int:
         with self._lock:
             row = self._db.execute("SELECT COALESCE(MAX(number), -1) + 1 FROM trials").fetchone()

@@ -155,7 +155,7 @@ class Loop:
         return False
 
     def total_cost(self) -> float:
-        return sum(t.cost for t in self.s.ledger.trials())
+        return self.s.ledger.total_cost()
 
     def _serve(self, at: Place) -> None:
         """A slot without proposals ahead (pool.py has those): ask the agent when free,

@@ -215,8 +215,10 @@ class RayBackend:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                          include_dashboard=False, runtime_env={"py_modules": [package]})
             except Exception as e:  # noqa: BLE001 - Ray raises many kinds; one line for the user
+                hint = (" (a cluster with token authentication also needs its token here: "
+                        "RAY_AUTH_TOKEN, or ~/.ray/auth_token from `ray get-auth-token`)") if address else ""
                 raise AutoresearchError(f"cannot connect to Ray at {address or 'the default address'}: "
-                                        f"{last_lines(str(e), 1)[:300]}") from None
+                                        f"{last_lines(str(e), 1)[:300]}{hint}") from None
             self.started = True
         totals = ray.cluster_resources()
         self.request = dict(resources) if resources else (
