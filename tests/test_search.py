@@ -354,3 +354,16 @@ def test_demo_runs_the_loop_on_cpu_gpt(tmp_path):
     again = cli("demo", str(tmp_path / "demo"), "--trials", "1", timeout=900)  # resumes the tag
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(Ledger.read(tmp_path / "demo", "demo").trials()) == 4
+
+
+def test_demo_without_torch_is_one_line_and_exit_2_before_anything_is_made(tmp_path: Path) -> None:
+    """Without PyTorch every trial of the demo's task would crash: it says so at once instead."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; from autoresearch.cli import main; "
+            f"sys.exit(main(['demo', {str(tmp_path / 'demo')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "PyTorch" in r.stderr and "pip install torch" in r.stderr
+    assert not (tmp_path / "demo").exists()

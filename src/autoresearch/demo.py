@@ -4,7 +4,7 @@ It creates the cpu-gpt task in a new folder (a byte-level GPT trained on the loc
 standard library), sets the time budget of one trial, and runs the baseline and N trials with
 the search agent (or the LLM agent when a model is given), through the same loop as
 `autoresearch run`, under the tag `demo`. Run again on the same folder, it resumes that tag.
-The defaults finish in about five minutes on two cores and usually keep an improvement: a
+The defaults finish within five minutes on two cores and usually keep an improvement: a
 shorter budget than the template's 60 s moves the optimum of its constants, which were tuned
 for 60 s, and the search finds some of that.
 """
@@ -110,6 +110,15 @@ def report(root: Path, tag: str) -> str:
         return f"results: {results} (the report failed: {type(e).__name__}: {e})"
 
 
+def require_torch() -> None:
+    """The demo's task trains a small GPT: without PyTorch every trial would crash; say so first."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise UsageError("the demo trains a small GPT with PyTorch, which is not installed: "
+                         "pip install torch (the CPU build is enough)")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from autoresearch.agents.registry import build_agent
     from autoresearch.cli import EXIT_INTERRUPTED, _agent_options, _events, _Stopper
@@ -118,6 +127,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from autoresearch.task import load_task
     from autoresearch.views import status_text
 
+    require_torch()
     trials = DEFAULT_TRIALS if args.trials is None else args.trials
     directory = Path(args.dir).resolve() if args.dir else default_dir()
     if (directory / "autoresearch.toml").is_file():
