@@ -221,7 +221,7 @@ class Git:
         in info/exclude) are removed, so the experiment runs only what the commit holds."""
         self.ensure_worktree(ws, parent)
         env = self.wt_env(ws)
-        big, ignored = self._untracked(ws, max_file_bytes)
+        big, ignored = self._scan_worktree(ws, max_file_bytes)
         self.run("add", "-A", "--", ".", *[f":(exclude,literal){p}" for p in big], env=env, cwd=ws.path)
         for path, size in big.items():
             note = f"autoresearch: {path} was {size} bytes, over the {max_file_bytes}-byte limit; not stored\n"
@@ -235,7 +235,7 @@ class Git:
         raw = self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", parent, commit)
         return commit, parse_raw(raw), tree
 
-    def _untracked(self, ws: Workspace, limit: int) -> tuple[dict[str, int], bool]:
+    def _scan_worktree(self, ws: Workspace, limit: int) -> tuple[dict[str, int], bool]:
         """Changed or new files of the worktree bigger than `limit` bytes, and whether git is
         told to ignore anything there; one `git status`."""
         try:
