@@ -14,7 +14,7 @@ from pathlib import Path
 
 from autoresearch.agents.base import BaseAgent, Context, Proposal
 from autoresearch.events import Events
-from autoresearch.gitrepo import Git
+from autoresearch.gitrepo import Git, status_entries
 from autoresearch.loop import Loop, Options
 from autoresearch.records import Trial
 from autoresearch.session import open_session
@@ -24,12 +24,9 @@ from autoresearch.task import Task
 def working_changes(git: Git, task: Task) -> list[str]:
     """Paths of the user's working tree that differ from HEAD: tracked ones, and untracked
     ones the task would consider (editable or protected)."""
-    out = git.run("status", "--porcelain", "-z", "-uall", check=False)
+    out = git.run("status", "--porcelain", "-z", "-uall", "--no-renames", check=False, strip=False)
     paths = []
-    for entry in out.split("\0"):
-        if len(entry) < 4:
-            continue
-        code, path = entry[:2], entry[3:]
+    for code, path in status_entries(out):
         if path.startswith(".autoresearch/"):
             continue
         if code == "??" and not (task.is_editable(path) or task.is_protected(path)):

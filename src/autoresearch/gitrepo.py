@@ -107,7 +107,7 @@ class Git:
 
     def dirty_paths(self) -> list[str]:
         out = self.run("status", "--porcelain", "-z", "-unormal", strip=False)  # ' M path': keep the space
-        return [entry[3:] for entry in out.split("\0") if entry]
+        return [path for _code, path in status_entries(out)]
 
     def rev(self, ref: str) -> str | None:
         out = self.run("rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False).strip()
@@ -245,10 +245,7 @@ class Git:
             return {}, True
         big: dict[str, int] = {}
         ignored = False
-        for entry in out.split("\0"):
-            code, rel = entry[:2], entry[3:]
-            if not rel:
-                continue
+        for code, rel in status_entries(out):
             if code == "!!":
                 ignored = True
             elif code == "??" or code[1] not in " D":
@@ -259,6 +256,11 @@ class Git:
                 if st.st_size > limit and not os.path.islink(ws.path / rel):
                     big[rel] = st.st_size
         return big, ignored
+
+
+def status_entries(out: str) -> list[tuple[str, str]]:
+    """(XY code, path) of each entry of `git status --porcelain -z` (renames off: one path each)."""
+    return [(entry[:2], entry[3:]) for entry in out.split("\0") if len(entry) > 3]
 
 
 def parse_raw(raw: str) -> list[Change]:
