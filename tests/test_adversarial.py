@@ -3,6 +3,7 @@ rewound, nothing of it reaches the branch, and the loop goes on. One real loop r
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -85,3 +86,34 @@ def test_agent_that_deletes_refs_and_prunes_the_objects(task_repo: Path, tmp_pat
     r = cli("run", str(task_repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
     assert r.returncode == 0, r.stderr
     assert cli("status", str(task_repo), "--tag", "t").returncode == 0
+
+
+def test_changes_to_the_users_refs_are_noted_not_held_against_the_trial(task_repo: Path, tmp_path: Path) -> None:
+    """The user's branches and tags are watched, not guarded: a commit on the user's branch
+    and a tag made while a trial runs (by the user, or by the agent: the harness cannot tell)
+    are noted on that trial for a human to look at; the trial is judged on its merits and
+    nothing the user did is undone."""
+    agent = script_agent(tmp_path / "a.sh", f"""\
+        sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
+        if [ "$AUTORESEARCH_TRIAL" = 2 ]; then
+          git -C {task_repo} -c user.name=u -c user.email=u@u commit -q --allow-empty -m "the user's own work"
+          git -C {task_repo} tag v-user
+        fi
+        echo "trial $AUTORESEARCH_TRIAL"
+        """)
+    r = cli("run", str(task_repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "3")
+    assert r.returncode == 0, r.stderr
+    db = sqlite3.connect(task_repo / ".autoresearch/t/ledger.sqlite")
+    rows = {n: (status, json.loads(flags)) for n, status, flags in
+            db.execute("SELECT number, status, flags FROM trials ORDER BY number")}
+    db.close()
+    assert [rows[n][0] for n in (1, 2, 3)] == ["keep", "keep", "keep"]
+    assert rows[1][1] == [] and rows[3][1] == []
+    (note,) = rows[2][1]
+    assert "moved refs/heads/main" in note and "created refs/tags/v-user" in note
+    assert git(task_repo, "log", "-1", "--format=%s", "main") == "the user's own work"
+    assert "[audit: 1 flag]" in cli("status", str(task_repo), "--tag", "t").stdout
+    assert "created refs/tags/v-user" in cli("show", "2", str(task_repo), "--tag", "t").stdout
+    r = cli("report", str(task_repo), "--tag", "t", "--out", str(tmp_path / "report"))
+    assert r.returncode == 0, r.stderr
+    assert "created refs/tags/v-user" in (tmp_path / "report" / "report.html").read_text()

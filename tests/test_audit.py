@@ -159,6 +159,6 @@ def test_flags_of_a_kept_trial_reach_the_ledger_and_the_views(tmp_path: Path) ->
                            'os.path.exists("val.bin") else ""']
     assert ts[3].flags == []  # only kept trials are audited
     status = cli("status", str(root)).stdout
-    assert "[audit: 1 flag]" in status and "audit: trial 2 touched the measurement" in status
+    assert "[audit: 1 flag]" in status and "audit: trial 2 flagged" in status
     show = cli("show", "2", str(root)).stdout
-    assert "audit: 1 change(s) that touch the measurement:" in show and "reads evaluation data" in show
+    assert "audit: 1 flag(s), for a human to look at:" in show and "reads evaluation data" in show

@@ -87,9 +87,10 @@ class GitGuard:
 
     Trial refs (refs/autoresearch/<tag>/trials/<n>) may only be added (the loop adds one per
     trial); one deleted or moved is restored. The tag's branch is not watched here: the loop
-    sets it from the ledger when it records a verdict. The user's own refs are not watched
-    either: the user may be committing or fetching while the loop runs (only --sandbox keeps
-    an agent from writing to them)."""
+    sets it from the ledger when it records a verdict. The user's own branches and tags
+    (refs/heads, refs/tags) are watched but never restored nor held against a trial: the user
+    may be committing or fetching while the loop runs. `user_ref_changes` says what changed in
+    them since the last look, and the loop notes it on the trial that was running then."""
 
     METADATA = ("config", "config.worktree", "info/attributes", "info/exclude", "info/grafts",
                 "info/sparse-checkout", "objects/info/alternates")
@@ -100,6 +101,7 @@ class GitGuard:
         self._loose: dict[str, tuple[tuple[int, int, int], str]] = {}  # path -> (stat key, value)
         self._saved = self._read()
         self._refs = self._read_refs()
+        self._user = self._read_user_refs()
 
     def _files(self) -> list[Path]:
         files = [self.common_dir / name for name in self.METADATA]
@@ -123,14 +125,24 @@ class GitGuard:
                               input=input, capture_output=True, text=True, errors="surrogateescape")
 
     def _read_refs(self) -> dict[str, str]:
-        """The loop's refs and what they point to. Read from the files backend's loose refs and
-        packed-refs directly (this runs several times per trial; a git process each time cost
-        more than the rest of the harness); through git for a reftable repository."""
-        if not self.own:
-            return {}
+        """The loop's refs and what they point to."""
+        return self._scan((self.own,), ()) if self.own else {}
+
+    USER = ("refs/heads/", "refs/tags/")
+    NOT_USER = ("refs/heads/autoresearch/",)  # the loops' branches, moved by the loops
+
+    def _read_user_refs(self) -> dict[str, str]:
+        """The user's branches and tags (not the loops' own branches) and what they point to."""
+        return self._scan(self.USER, self.NOT_USER) if self.own else {}
+
+    def _scan(self, prefixes: tuple[str, ...], skip: tuple[str, ...]) -> dict[str, str]:
+        """Refs under `prefixes` (less those under `skip`). Read from the files backend's loose
+        refs and packed-refs directly (this runs several times per trial; a git process each
+        time cost more than the rest of the harness); through git for a reftable repository."""
         if (self.common_dir / "reftable").exists():
-            out = self._git("for-each-ref", "--format=%(refname) %(objectname)", self.own).stdout
-            return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+            out = self._git("for-each-ref", "--format=%(refname) %(objectname)", *prefixes).stdout
+            pairs = (line.split(" ", 1) for line in out.splitlines() if " " in line)
+            return {name: sha for name, sha in pairs if not name.startswith(skip)}
         refs: dict[str, str] = {}
         try:
             packed = (self.common_dir / "packed-refs").read_text(errors="replace")
@@ -138,29 +150,51 @@ class GitGuard:
             packed = ""
         for line in packed.splitlines():
             sha, _, name = line.partition(" ")
-            if line[:1] not in ("#", "^", "") and name.startswith(self.own):
+            if line[:1] not in ("#", "^", "") and name.startswith(prefixes) and not name.startswith(skip):
                 refs[name] = sha
-        seen: dict[str, tuple[tuple[int, int, int], str]] = {}
-        for dirpath, _dirs, files in os.walk(self.common_dir / self.own):
-            for f in files:
-                if f.endswith(".lock"):
-                    continue
-                path = os.path.join(dirpath, f)
-                try:  # a file whose inode, ctime and size are unchanged holds what it held
-                    st = os.stat(path)
-                    key = (st.st_ino, st.st_ctime_ns, st.st_size)
-                    cached = self._loose.get(path)
-                    if cached and cached[0] == key:
-                        value = cached[1]
-                    else:
-                        with open(path, errors="replace") as fh:
-                            value = fh.read().strip()
-                except OSError:
-                    continue
-                seen[path] = (key, value)
-                refs[os.path.relpath(path, self.common_dir).replace(os.sep, "/")] = value
-        self._loose = seen
+        for prefix in prefixes:
+            for dirpath, _dirs, files in os.walk(self.common_dir / prefix):
+                for f in files:
+                    if f.endswith(".lock"):
+                        continue
+                    path = os.path.join(dirpath, f)
+                    name = os.path.relpath(path, self.common_dir).replace(os.sep, "/")
+                    if name.startswith(skip):
+                        continue
+                    try:  # a file whose inode, ctime and size are unchanged holds what it held
+                        st = os.stat(path)
+                        key = (st.st_ino, st.st_ctime_ns, st.st_size)
+                        cached = self._loose.get(path)
+                        if cached and cached[0] == key:
+                            value = cached[1]
+                        else:
+                            with open(path, errors="replace") as fh:
+                                value = fh.read().strip()
+                            self._loose[path] = (key, value)
+                    except OSError:
+                        continue
+                    refs[name] = value
         return refs
+
+    def user_ref_changes(self) -> list[str]:
+        """What changed in the user's branches and tags since the last look, one line each
+        (created, moved, deleted); nothing is undone."""
+        if not self.own:
+            return []
+        now = self._read_user_refs()
+        before, self._user = self._user, now
+        out = []
+        for name in sorted(set(before) | set(now)):
+            old, new = before.get(name, ""), now.get(name, "")
+            if old == new:
+                continue
+            if not old:
+                out.append(f"created {name} at {new[:7]}")
+            elif not new:
+                out.append(f"deleted {name} (was {old[:7]})")
+            else:
+                out.append(f"moved {name} from {old[:7]} to {new[:7]}")
+        return out
 
     def check_and_restore(self) -> str | None:
         problems = []

@@ -252,6 +252,7 @@ class Loop:
             return self._finish(t.with_(status=Status.AGENT_ERROR, reason=error))
         with self.lock:
             reason = guard.check_changes(self.task, changes, ws.path) or self.gitguard.check_and_restore()
+            t = self._note_user_refs(t, "agent")
             same = self.trees.get(tree)
             if not reason and same is None:
                 self.trees[tree] = t.number
@@ -280,9 +281,21 @@ class Loop:
                     reason=m.reason, run_seconds=m.seconds, metric=m.figures.get(self.task.metric.name))
         with self.lock:
             tamper = self.gitguard.check_and_restore()
+            t = self._note_user_refs(t, "experiment")
         if tamper:
             t = t.with_(status=Status.REJECTED, reason=tamper)
         return t
+
+    def _note_user_refs(self, t: Trial, phase: str) -> Trial:
+        """Note on the trial what changed in the user's branches and tags while its agent or
+        its experiment ran. Not held against it (the user may have committed meanwhile) and not
+        undone; shown by `status`, `show` and the report with the audit's flags."""
+        changes = self.gitguard.user_ref_changes()
+        if not changes:
+            return t
+        others = " (or by the user, or a trial running beside it)"
+        note = f"your repository's refs changed while its {phase} ran{others}: {'; '.join(changes)[:300]}"
+        return t.with_(flags=[*t.flags, note])
 
     def _decide(self, at: Place, t: Trial, commit: str, m: Measurement) -> Measurement:
         assert self.best is not None and self.best.metric is not None
@@ -423,7 +436,7 @@ class Loop:
             if t.number in self.lost:
                 t = t.with_(extra={**t.extra, "lost_workers": self.lost.pop(t.number)})
             if t.status is Status.KEEP and t.parent and t.commit:
-                t = t.with_(flags=audit.audit_trial(self.s.git, self.task, t.parent, t.commit))
+                t = t.with_(flags=[*t.flags, *audit.audit_trial(self.s.git, self.task, t.parent, t.commit)])
             self.s.ledger.finish(t)
             if not self.opt.keep_runs:  # a repeated run's folder (runs/<n>.<i>): its figures are recorded
                 for extra_run in (self.s.dir / "runs").glob(f"{t.number}.*"):

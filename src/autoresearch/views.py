@@ -78,7 +78,7 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     flagged = [t.number for t in trials if t.flags]
     if flagged:
         lines.append(f"audit: trial{'s' if len(flagged) > 1 else ''} {', '.join(map(str, flagged))} "
-                     "touched the measurement (see `autoresearch show N`)")
+                     "flagged (see `autoresearch show N`)")
     return "\n".join(lines)
 
 
@@ -107,7 +107,7 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
                  + (f", tokens {t.tokens_in}+{t.tokens_out}, cost ${t.cost:.4f}" if t.tokens_in else ""))
     lines.append(f"run: {t.run_seconds:.1f} s, seed {t.seed}")
     if t.flags:
-        lines.append(f"audit: {len(t.flags)} change(s) that touch the measurement:")
+        lines.append(f"audit: {len(t.flags)} flag(s), for a human to look at:")
         lines += [f"  {f}" for f in t.flags]
     for lost in t.extra.get("lost_workers", []):
         lines.append(f"lost worker (the trial was run again): {lost}")

@@ -37,7 +37,7 @@ th[data-dir=asc]::after{content:" \\25B2"}th[data-dir=desc]::after{content:" \\2
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 .st{font-weight:600}.keep{color:#1a7f37}.discard,.duplicate{color:#777}.crash,.timeout{color:#c62828}
 .rejected,.agent_error,.interrupted,.running{color:#b26a00}
-tr.row-keep td{background:#f1faf3}.why{color:#777;font-size:12px}
+tr.row-keep td{background:#f1faf3}.why{color:#777;font-size:12px}.flag{color:#a15c00;font-size:12px}
 .good{color:#1a7f37}.bad{color:#c62828}
 pre{background:#fff;border:1px solid #e1e4e8;border-radius:8px;padding:8px 10px;overflow-x:auto;
 font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;margin:6px 0}
@@ -212,6 +212,8 @@ def table(study: Study) -> str:
         desc = escape(clean_text(t.description, 300))
         if why and not ok:
             desc += f'<br><span class="why">{escape(clean_text(why, 300))}</span>'
+        for flag in t.flags:
+            desc += f'<br><span class="flag">audit: {escape(clean_text(flag, 300))}</span>'
         cells.append(f'<td class="d">{desc}</td>')
         rows.append(f'<tr class="row-{t.status.value}">{"".join(cells)}</tr>')
     head = "".join(f"<th>{escape(h)}</th>" for h in heads)
@@ -255,6 +257,7 @@ def kept_section(study: Study) -> str:
             f"<div>{escape(study.metric)} {escape(with_spread(t, study.metric, t.metric))}{holdout} · "
             f"{vs_parent}{vs_base}</div>"
             + (f'<div class="why">{escape(figs)}</div>' if figs else "")
+            + "".join(f'<div class="flag">audit: {escape(clean_text(f, 300))}</div>' for f in t.flags)
             + (diff_html(diff) if diff else '<div class="why">(no diff available)</div>')
             + "</section>")
     return "".join(parts)
