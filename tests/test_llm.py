@@ -572,6 +572,45 @@ def test_real_claude_code_through_the_preset(tmp_path: Path) -> None:
             assert KEY not in path.read_bytes().decode("latin-1"), path
 
 
+@pytest.mark.skipif(shutil.which("opencode") is None, reason="opencode is not installed (npm i -g opencode-ai)")
+def test_real_opencode_through_the_preset(tmp_path: Path) -> None:
+    """A real opencode, driven by the `opencode` preset with `--base-url`, talks to the fake
+    OpenAI server (streamed chat completions with tool calls): it writes exp.py with its write
+    tool, the loop keeps the change, and opencode's own token counts go into the ledger."""
+    import re
+
+    repo = make_task(tmp_path / "task")
+
+    def reply(body: dict) -> Say:
+        messages = body.get("messages") or []
+        if not body.get("tools"):  # opencode first asks for a title for its session
+            return Say("a title", tokens_in=10, tokens_out=3)
+        system = json.dumps(messages[0].get("content")) if messages else ""
+        cwd = re.search(r"Working directory: (\S+?)(?:\\n|\s)", system)
+        if messages[-1].get("role") != "tool":
+            source = (repo / "exp.py").read_text().replace("X = 3.0", "X = 1.0")
+            return Say("", [("write", {"filePath": f"{cwd[1] if cwd else '.'}/exp.py", "content": source})],
+                       tokens_in=3000, tokens_out=200)
+        return Say("I rewrote exp.py.\nSet X to 1.0, where the loss is lowest.", tokens_in=3300, tokens_out=20)
+
+    with FakeLLM("openai", default=reply) as fake:
+        r = cli("run", str(repo), "--tag", "t", "--agent", "opencode", "--model", "openai/fake-model",
+                "--base-url", fake.url, "--trials", "1",
+                env={"OPENAI_API_KEY": KEY, "HOME": str(tmp_path / "home")}, timeout=300)
+        requests = list(fake.requests)
+    assert r.returncode == 0, r.stderr + r.stdout
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.KEEP], (t[1].reason, (repo / ".autoresearch/t/agent/1.log").read_text()[-3000:])
+    assert t[1].description == "Set X to 1.0, where the loss is lowest." and t[1].agent == "opencode"
+    assert (t[1].tokens_in, t[1].tokens_out) == (6300, 220)
+    assert "X = 1.0" in branch_file(repo)
+    assert any("Minimise loss." in json.dumps(q["body"]) for q in requests)  # the prompt, read from stdin
+    assert all(q["headers"].get("Authorization") == f"Bearer {KEY}" for q in requests)
+    for path in (repo / ".autoresearch").rglob("*"):
+        if path.is_file():
+            assert KEY not in path.read_bytes().decode("latin-1"), path
+
+
 HELP = {"claude": ["claude", "--help"], "codex": ["codex", "exec", "--help"], "aider": ["aider", "--help"],
         "gemini": ["gemini", "--help"], "opencode": ["opencode", "run", "--help"]}
 

@@ -161,14 +161,20 @@ class FakeLLM:
                     pass
 
             def _stream(self, step: Say, model: str) -> None:
-                chunks = [{"id": "c1", "object": "chat.completion.chunk", "created": int(time.time()),
-                           "model": model, "choices": [{"index": 0, "delta": {"role": "assistant",
-                                                                                "content": step.text},
-                                                        "finish_reason": None}]},
-                          {"id": "c1", "object": "chat.completion.chunk", "created": int(time.time()),
-                           "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                           "usage": {"prompt_tokens": step.tokens_in, "completion_tokens": step.tokens_out,
-                                     "total_tokens": step.tokens_in + step.tokens_out}}]
+                def chunk(delta: dict[str, Any], finish: str | None = None, **more: Any) -> dict[str, Any]:
+                    return {"id": "c1", "object": "chat.completion.chunk", "created": int(time.time()),
+                            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                            **more}
+                chunks = [chunk({"role": "assistant", "content": step.text})]
+                for i, (name, args) in enumerate(step.calls):  # a call's arguments arrive in two pieces
+                    text = json.dumps(args)
+                    chunks.append(chunk({"tool_calls": [{"index": i, "id": f"call_{uuid.uuid4().hex[:8]}",
+                                                         "type": "function",
+                                                         "function": {"name": name, "arguments": text[:5]}}]}))
+                    chunks.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": text[5:]}}]}))
+                chunks.append(chunk({}, "tool_calls" if step.calls else "stop",
+                                    usage={"prompt_tokens": step.tokens_in, "completion_tokens": step.tokens_out,
+                                           "total_tokens": step.tokens_in + step.tokens_out}))
                 data = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
                 self._raw(200, data, "text/event-stream")
 

@@ -3,8 +3,8 @@
 Each preset is a `CommandAgent` with a command line known to work headless: the prompt from the
 harness on stdin or from its file, every permission prompt pre-answered (the agent runs in a
 throwaway git worktree; the harness guards what it may change), no commits of its own. Where
-the tool reports what it spent (Claude Code's JSON result, aider's "Tokens:/Cost:" lines) the
-tokens and cost go into the ledger. `autoresearch agents` prints each command, so that it can be
+the tool reports what it spent (Claude Code's JSON result, opencode's JSON events, aider's
+"Tokens:/Cost:" lines) the tokens and cost go into the ledger. `autoresearch agents` prints each command, so that it can be
 copied into `--agent cli --agent-cmd '...'` and adjusted.
 
 Running as root: Claude Code refuses --dangerously-skip-permissions (and bypassPermissions) for
@@ -102,9 +102,18 @@ def gemini_command(model: str | None, base_url: str | None, task: Task | None) -
 
 
 def opencode_command(model: str | None, base_url: str | None, task: Task | None) -> tuple[str, dict[str, str], str]:
-    cmd = "opencode run" + (f" -m {shlex.quote(model)}" if model else "")
     env = {"OPENCODE_PERMISSION": '{"*": "allow"}', "OPENCODE_DISABLE_AUTOUPDATE": "1"}
-    return cmd + ' "$(cat {prompt_file})"', env, ""
+    if base_url:  # an OpenAI-compatible server: a provider of its own, declared through the environment
+        name = _strip(model, "openai")
+        if not name:
+            raise UsageError("--agent opencode with --base-url needs --model openai/NAME (the model the server serves)")
+        env["OPENCODE_CONFIG_CONTENT"] = json.dumps({"provider": {"autoresearch": {
+            "npm": "@ai-sdk/openai-compatible", "name": "autoresearch --base-url",
+            "options": {"baseURL": base_url, "apiKey": "{env:OPENAI_API_KEY}"}, "models": {name: {}}}}})
+        model = f"autoresearch/{name}"
+    cmd = "opencode run --format json" + (f" -m {shlex.quote(model)}" if model else "")
+    # the prompt on stdin (opencode reads it as the message): an argument is capped at 128 KiB
+    return cmd + " < {prompt_file}", env, ""
 
 
 # ---------------------------------------------------------------------------
@@ -129,6 +138,40 @@ def claude_result(output: str) -> dict[str, Any]:
                     "tokens_out": int(u.get("output_tokens") or 0),
                     "cost": float(data.get("total_cost_usd") or data.get("cost_usd") or 0.0)}
     return {}
+
+
+def opencode_result(output: str) -> dict[str, Any]:
+    """From `--format json` (one event per line): the last text part, and the tokens and cost
+    of every step (`step_finish`). An `error` event is the agent failing."""
+    tin = tout = 0
+    cost = 0.0
+    text = ""
+    for line in output.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        part = event.get("part") if isinstance(event.get("part"), dict) else {}
+        kind = event.get("type")
+        if kind == "error":
+            err = event.get("error") or part or event
+            data = err.get("data") if isinstance(err, dict) else None
+            message = (data or {}).get("message") if isinstance(data, dict) else None
+            raise AgentError(f"opencode: {str(message or err)[:300]}")
+        if kind == "text" and str(part.get("text") or "").strip():
+            text = str(part["text"])
+        elif kind == "step_finish":
+            tokens = part.get("tokens") or {}
+            cache = tokens.get("cache") or {}
+            tin += int(tokens.get("input") or 0) + int(cache.get("read") or 0) + int(cache.get("write") or 0)
+            tout += int(tokens.get("output") or 0) + int(tokens.get("reasoning") or 0)
+            cost += float(part.get("cost") or 0.0)
+    return {"text": text, "tokens_in": tin, "tokens_out": tout, "cost": cost}
 
 
 AIDER_NOISE = re.compile(r"^(Aider v|Model:|Main model|Weak model|Editor model|Git repo|Repo-map|Added |"
@@ -207,7 +250,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("gemini", "gemini", "Gemini CLI (gemini -p)", ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
            "gemini (Google login, once, interactively)", gemini_command),
     Preset("opencode", "opencode", "opencode (opencode run)",
-           ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENROUTER_API_KEY"), "opencode auth login", opencode_command),
+           ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENROUTER_API_KEY"), "opencode auth login", opencode_command,
+           opencode_result),
 ]}
 
 
