@@ -156,7 +156,7 @@ def opencode_result(output: str) -> dict[str, Any]:
             continue
         if not isinstance(event, dict):
             continue
-        part = event.get("part") if isinstance(event.get("part"), dict) else {}
+        part: dict[str, Any] = event["part"] if isinstance(event.get("part"), dict) else {}
         kind = event.get("type")
         if kind == "error":
             err = event.get("error") or part or event
