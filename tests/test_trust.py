@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, make_task, script_agent
+from conftest import cli, git, make_task, script_agent
 
 from autoresearch.ledger import Ledger
 from autoresearch.loop import visible
@@ -571,3 +571,101 @@ def test_a_predictor_that_peeks_ahead_is_rejected(tmp_path: Path) -> None:
     base, peek = trials(root)
     assert base.status is Status.KEEP
     assert peek.status is Status.REJECTED and "depends on later tokens" in peek.reason
+
+
+# ---------------------------------------------------------------------------
+# the evaluator's own failures, files and output
+
+
+def test_an_evaluator_past_the_timeout_is_a_timeout_and_its_output_explains_the_verdict(tmp_path: Path) -> None:
+    """An evaluator that hangs is killed at the timeout and the trial says so (status timeout);
+    a missing figure is explained with the evaluator's output, not the run's own print."""
+    evaluator = """\
+import json, os, time
+run = os.environ["AUTORESEARCH_RUN_DIR"]
+loss = json.load(open(os.path.join(run, "result.json")))["loss"]
+if loss < 0.1:
+    time.sleep(60)
+if loss < 4.0:
+    print("evaluated, no figure")
+print(f"loss: {loss}")
+"""
+    root = make_task(tmp_path / "task", experiment=EXPERIMENT, files={"prepare.py": evaluator},
+                     toml_extra='evaluate = "python prepare.py"\n' + METRIC)
+    toml = (root / "autoresearch.toml").read_text().replace("timeout = 10", "timeout = 3")
+    (root / "autoresearch.toml").write_text(toml)
+    git(root, "commit", "-qam", "timeout 3")
+    agent = script_agent(tmp_path / "agent.sh", """\
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then sed -i 's/^X = .*/X = 1.5/' exp.py; fi
+        if [ "$AUTORESEARCH_TRIAL" = 2 ]; then sed -i 's/^X = .*/X = 1.1/' exp.py; fi
+        echo "move X"
+        """)
+    r = run(root, agent, 2)
+    assert "timeout (3 s) is not above time_budget (5 s)" in r.stdout + r.stderr
+    base, first, second = trials(root)
+    assert base.status is Status.KEEP
+    assert first.status is Status.KEEP  # 0.25: printed last by the evaluator
+    assert second.status is Status.TIMEOUT and "the evaluator was killed after the 3 s timeout" in second.reason
+
+
+def test_a_missing_figure_is_explained_with_the_evaluators_output(tmp_path: Path) -> None:
+    evaluator = 'print("evaluated, val: 1.0")\n'
+    root = make_task(tmp_path / "task", experiment='print("loss: 0.5")\n', files={"prepare.py": evaluator},
+                     toml_extra='evaluate = "python prepare.py"\n' + METRIC)
+    r = cli("run", str(root), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "0")
+    assert r.returncode == 1
+    assert "no 'loss' figure in the output; last output: evaluated, val: 1.0" in r.stderr, r.stderr
+    assert "loss: 0.5" not in r.stderr.split("last output:")[1]
+
+
+def test_an_evaluator_may_write_the_metric_file_in_its_working_folder(tmp_path: Path) -> None:
+    """`file = "metrics.json"` with an evaluator: read from $AUTORESEARCH_RUN_DIR or the folder
+    the evaluator ran in, and only what the evaluator wrote (the run's own copy is removed)."""
+    evaluator = """\
+import json, os
+loss = json.load(open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "result.json")))["loss"]
+if loss != 0.25:
+    json.dump({"loss": loss}, open("metrics.json", "w"))
+"""
+    root = make_task(tmp_path / "task", experiment=EXPERIMENT, files={"prepare.py": evaluator},
+                     toml_extra='evaluate = "python prepare.py"\n' + METRIC + 'file = "metrics.json"\n')
+    agent = script_agent(tmp_path / "agent.sh", """\
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then sed -i 's/^X = .*/X = 2.0/' exp.py; fi
+        if [ "$AUTORESEARCH_TRIAL" = 2 ]; then
+          sed -i 's/^X = .*/X = 1.5/' exp.py
+          echo 'json.dump({"loss": -1.0}, open("metrics.json", "w"))' >> exp.py
+        fi
+        echo "move X"
+        """)
+    run(root, agent, 2)
+    base, first, second = trials(root)
+    assert (base.metric, first.metric, first.status) == (4.0, 1.0, Status.KEEP)
+    assert second.status is Status.CRASH and "metrics.json was not written" in second.reason
+    assert "$AUTORESEARCH_RUN_DIR or the working folder" in second.reason
+
+
+def test_memory_gb_comes_from_peak_vram_mb_without_record(tmp_path: Path) -> None:
+    """results.tsv's memory_gb is read from `peak_vram_mb:` as autoresearch prints it, whether or
+    not the task lists it under `record`."""
+    root = make_task(tmp_path / "task", experiment='print("loss: 2.0")\nprint("peak_vram_mb: 45000.7")\n',
+                     toml_extra=METRIC)
+    r = cli("run", str(root), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "0")
+    assert r.returncode == 0, r.stderr
+    row = (root / ".autoresearch/t/results.tsv").read_text().splitlines()[1].split("\t")
+    assert row[1:4] == ["2.000000", "43.9", "keep"]
+
+
+@pytest.mark.parametrize("goal, old, new", [("maximize", 0.3, 0.4), ("maximize", 0.4, 0.5),
+                                           ("minimize", 0.5, 0.4), ("minimize", 0.4, 0.3)])
+def test_a_gain_equal_to_min_delta_is_not_more_than_it(tmp_path: Path, goal: str, old: float, new: float) -> None:
+    """min_delta = 0.1: 0.3 -> 0.4 and 0.4 -> 0.5 both gain exactly the bar (whatever the float
+    subtraction says: 0.10000000000000003 and 0.09999999999999998), so neither is kept."""
+    root = make_task(tmp_path / "task", experiment=f"X = {old}\nprint(f'loss: {{X}}')\n",
+                     toml_extra=f'[acceptance]\nmin_delta = 0.1\n[metric]\nname = "loss"\ngoal = "{goal}"\n')
+    agent = script_agent(tmp_path / "agent.sh", f"""\
+        sed -i 's/^X = .*/X = {new}/' exp.py
+        echo "move X"
+        """)
+    run(root, agent, 1)
+    t = trials(root)
+    assert [x.status for x in t] == [Status.KEEP, Status.DISCARD], t[1].reason

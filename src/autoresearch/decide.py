@@ -11,7 +11,9 @@ def better(value: float, best: float, minimize: bool, min_delta: float = 0.0) ->
     """True iff `value` beats `best` by strictly more than `min_delta` in the goal's direction.
     Ties are not improvements."""
     gain = (best - value) if minimize else (value - best)
-    return gain > min_delta
+    # a gain equal to the bar is not more than it, however the subtraction rounds
+    # (0.4 - 0.3 = 0.10000000000000003, 0.5 - 0.4 = 0.09999999999999998)
+    return gain > min_delta and not (min_delta > 0 and math.isclose(gain, min_delta, rel_tol=1e-9))
 
 
 def noise(values: Sequence[float]) -> float:

@@ -55,7 +55,7 @@ class ExecSpec:
 
 @dataclass(frozen=True)
 class ExecResult:
-    outcome: str  # ok | crash | timeout | cancelled | tampered | eval_failed | lost (a remote worker died)
+    outcome: str  # ok | crash | timeout | cancelled | tampered | eval_failed | eval_timeout | lost (a remote worker died)
     returncode: int | None
     seconds: float
     output: str
@@ -138,8 +138,10 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
     tampered = tuple(guard.changed_files(spec.protected, spec.workdir))
     if tampered:  # the restored tree is not the committed one (the object store was altered)
         return ExecResult("tampered", proc.returncode, proc.seconds, output, tampered=tampered)
-    if spec.eval_file:
+    if spec.eval_file:  # the evaluator's to write, in the run folder or its working folder
         (spec.run_dir / spec.eval_file).unlink(missing_ok=True)
+        if spec.eval_file not in spec.protected:
+            (spec.workdir / spec.eval_file).unlink(missing_ok=True)
     eval_log = spec.eval_log or spec.log_path.with_name(spec.log_path.stem + ".eval.log")
     eval_log.parent.mkdir(parents=True, exist_ok=True)
     ev = run_command(_wrapped(spec, spec.evaluate), spec.workdir, env, spec.timeout, eval_log,
@@ -150,7 +152,7 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
         log.write(redact(eval_output, spec.holdout))
     if ev.cancelled:
         return ExecResult("cancelled", ev.returncode, proc.seconds, output, eval_output, ev.seconds)
-    outcome = "ok" if ev.returncode == 0 and not ev.timed_out else "eval_failed"
+    outcome = "eval_timeout" if ev.timed_out else "ok" if ev.returncode == 0 else "eval_failed"
     tampered = tuple(guard.changed_files(spec.protected, spec.workdir))
     if tampered:
         outcome = "tampered"

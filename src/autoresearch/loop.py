@@ -36,7 +36,7 @@ from autoresearch.events import Events, NullEvents
 from autoresearch.execute import ExecResult, ExecSpec, experiment_env, python_shim
 from autoresearch.gitrepo import GitError, Workspace
 from autoresearch.ledger import clean_text
-from autoresearch.metrics import MetricError, extract, metric_problem, redact, reject_reason
+from autoresearch.metrics import MEMORY, MetricError, extract, metric_problem, redact, reject_reason
 from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import last_lines
 from autoresearch.records import Status, Trial
@@ -95,6 +95,10 @@ class Loop:
             require()  # here only: can it be built? (a remote worker's bwrap is checked there)
         elif seal_warning(self.task):
             self.events.message(seal_warning(self.task))
+        if self.task.timeout <= self.task.time_budget:
+            self.events.message(f"autoresearch: warning: timeout ({self.task.timeout:g} s) is not above time_budget "
+                                f"({self.task.time_budget:g} s): an experiment that uses its budget will be killed "
+                                "(the timeout should leave room for start-up and evaluation)")
         self.backend: Backend = backend or LocalBackend(self.opt.gpus, self.opt.gpus_per_trial)
         self.slots = self.backend.slots(self.opt.workers)  # the GPUs of each trial in flight
         ahead = self.opt.agent_concurrency
@@ -402,8 +406,12 @@ class Loop:
                                f"last output: {tail[-300:]}", seconds=r.seconds)
         if r.outcome == "crash":
             return Measurement(Status.CRASH, reason=f"exit code {r.returncode}: {tail[-400:]}", seconds=r.seconds)
+        if r.eval_output is not None:  # what the verdict rests on: the evaluator's output
+            tail = clean_text(redact(last_lines(r.eval_output, 5), spec.holdout), 1000)
+        if r.outcome == "eval_timeout":
+            return Measurement(Status.TIMEOUT, reason=f"the evaluator was killed after the {self.task.timeout:g} s "
+                               f"timeout; last output: {tail[-300:]}", seconds=r.seconds)
         if r.outcome == "eval_failed":
-            tail = redact(last_lines(r.eval_output or "", 5), spec.holdout)
             return Measurement(Status.CRASH, reason=f"the evaluator failed (exit {r.returncode}): "
                                f"{tail[-400:]}", seconds=r.seconds)
         try:
@@ -412,8 +420,8 @@ class Loop:
                 if why:
                     return Measurement(Status.REJECTED, reason=f"evaluator: {redact(why, spec.holdout)}",
                                        seconds=r.seconds)
-                figures = extract(spec, r.eval_output, run_dir, None)
-                record_only = [n for n in spec.record if n not in figures]
+                figures = extract(spec, r.eval_output, run_dir, workdir)
+                record_only = [n for n in dict.fromkeys([*spec.record, MEMORY]) if n not in figures]
                 if record_only and not spec.file:
                     figures.update(extract(spec, r.output, names=record_only))
             else:

@@ -1,7 +1,9 @@
 """Extract figures from an experiment's output or a JSON file it wrote.
 
-The default rule: the last line matching `^<name>:\\s*<number>`. A figure that is present but
-NaN or infinite is returned as such: the caller treats it as a crash.
+The default rule: the last line matching `^<name>:\\s*<number>`, as autoresearch's `grep
+"^val_bpb:"` reads it: the name as written (case matters), anything after the number ignored
+(`val_loss: 0.93 (best so far)`, `acc: 95.3%`; not `0.5abc`). A figure that is present but NaN or infinite is
+returned as such: the caller treats it as a crash.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 
 from autoresearch.task import MetricSpec
 
-NUMBER = r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf(?:inity)?)"
+NUMBER = r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|(?i:nan|inf(?:inity)?))"
+MEMORY = "peak_vram_mb"  # always read when printed: results.tsv's memory_gb comes from it
 REJECT_LINE = re.compile(r"^autoresearch_reject:[ \t]*(.*)$", re.MULTILINE)
 
 
@@ -33,7 +36,7 @@ def figure_from_text(output: str, name: str, pattern: str | None = None) -> floa
     if pattern is not None:
         regex = re.compile(pattern, re.MULTILINE)
     else:
-        regex = re.compile(rf"^{re.escape(name)}:[ \t]*({NUMBER})[ \t]*$", re.MULTILINE | re.IGNORECASE)
+        regex = re.compile(rf"^{re.escape(name)}:[ \t]*({NUMBER})(?![\w.])", re.MULTILINE)
     matches = regex.findall(output)
     if not matches:
         return None
@@ -69,12 +72,17 @@ def extract(spec: MetricSpec, output: str, run_dir: Path | None = None,
             workdir: Path | None = None, names: list[str] | None = None) -> dict[str, float]:
     """Every figure of `spec` (the metric, the record figures and the holdout, or `names`)
     that can be found. Missing ones are left out; NaN and inf are kept as they are."""
-    wanted = names if names is not None else [spec.name, *spec.record] + ([spec.holdout] if spec.holdout else [])
+    if names is None:
+        names = [spec.name, *spec.record] + ([spec.holdout] if spec.holdout else [])
+        names += [MEMORY] if MEMORY not in names else []
+    wanted = names
     if spec.file:
         for base in (run_dir, workdir):
             if base is not None and (base / spec.file).exists():
                 return figures_from_file(base / spec.file, wanted)
-        raise MetricError(f"metric file {spec.file} was not written")
+        where = " or ".join(w for w, base in (("$AUTORESEARCH_RUN_DIR", run_dir), ("the working folder", workdir))
+                            if base is not None)
+        raise MetricError(f"metric file {spec.file} was not written (looked in {where or 'no folder'})")
     out: dict[str, float] = {}
     for name in wanted:
         value = figure_from_text(output, name, spec.pattern if name == spec.name else None)
