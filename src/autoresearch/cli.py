@@ -158,8 +158,12 @@ def _agent_options(args: argparse.Namespace, task) -> AgentOptions:  # noqa: ANN
     from autoresearch.agents.registry import AgentOptions
 
     cfg = task.agent
+    name = args.agent or ("cli" if args.agent_cmd else None) or cfg.get("kind") or "search"
+    if args.agent_cmd and name != "cli":
+        raise UsageError(f"--agent-cmd is the command of --agent cli, not of --agent {name} "
+                         "(drop --agent, or copy the preset's command from `autoresearch agents` into --agent-cmd)")
     return AgentOptions(
-        name=args.agent or cfg.get("kind") or "search", command=args.agent_cmd or cfg.get("cmd"),
+        name=name, command=args.agent_cmd or cfg.get("cmd"),
         timeout=args.agent_timeout or cfg.get("timeout"), model=args.model or cfg.get("model"),
         base_url=args.base_url or cfg.get("base_url"), sampler=args.sampler or cfg.get("sampler", "tpe"),
         seed=getattr(args, "seed", 0), llm_share=args.llm_share if args.llm_share != 0.3 else cfg.get("llm_share", 0.3),

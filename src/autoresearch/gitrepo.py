@@ -207,6 +207,13 @@ class Git:
         env = self.wt_env(ws)
         for stale in (ws.index.with_name(ws.index.name + ".lock"), ws.gitdir / "HEAD.lock"):
             stale.unlink(missing_ok=True)
+        head = ws.gitdir / "HEAD"
+        try:  # an agent's `git checkout BRANCH` attached the worktree: detach it, or the reset moves BRANCH
+            attached = head.read_text().startswith("ref:")
+        except OSError:
+            attached = False
+        if attached:
+            self.run("update-ref", "--no-deref", "HEAD", commit, env=env, cwd=ws.path)
         self.run("reset", "-q", "--hard", commit, env=env, cwd=ws.path)
         self.run("clean", "-q", "-ffdx", env=env, cwd=ws.path)
 

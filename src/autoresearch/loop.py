@@ -29,6 +29,7 @@ from pathlib import Path
 
 from autoresearch import audit, decide, guard
 from autoresearch.agents.base import Agent, AgentError, Context
+from autoresearch.agents.providers import redact as redact_keys
 from autoresearch.backends import Backend
 from autoresearch.backends.local import LocalBackend
 from autoresearch.errors import AutoresearchError
@@ -114,6 +115,9 @@ class Loop:
         self.baseline: Trial | None = session.ledger.get(0)
         self.protected: dict[str, str] = {}
         self.started = time.monotonic()
+        self.agent_errors = 0  # agent errors in a row
+        self.fatal_errors = 0  # unrecoverable ones (AgentError.fatal) in a row
+        self.failure = ""  # why the loop stopped itself (exit 1)
 
     # -- the whole loop -------------------------------------------------------------------
 
@@ -139,6 +143,8 @@ class Loop:
             pipeline(self, trees)
         with self.agent_lock:
             self._tell_agent()
+        if self.failure:
+            raise AutoresearchError(self.failure)
         return self.best
 
     def stop(self) -> None:
@@ -231,16 +237,18 @@ class Loop:
             ctx = Context(task=self.task, workdir=ws.path, number=t.number,
                           best=visible(parent, self.task.metric.holdout), history=history,
                           log_path=self.s.dir / "agent" / f"{t.number}.log", ledger_dir=self.s.dir,
-                          time_limit=self.opt.agent_timeout)
+                          time_limit=self.opt.agent_timeout, cancel=self.cancel)
             error = ""
+            fatal = False
             try:
                 proposal = self.agent.propose(ctx)
-                t = t.with_(description=clean_text(proposal.description) or "(no description)",
+                t = t.with_(description=clean_text(redact_keys(proposal.description)) or "(no description)",
                             model=proposal.model, tokens_in=proposal.tokens_in,
                             tokens_out=proposal.tokens_out, cost=proposal.cost,
                             extra=dict(proposal.extra))
             except AgentError as e:
-                error = clean_text(str(e), 500) or "agent error"
+                error = clean_text(redact_keys(str(e)), 500) or "agent error"
+                fatal = e.fatal
                 t = t.with_(description=f"agent error: {error}"[:200], model=e.model,
                             tokens_in=e.tokens_in, tokens_out=e.tokens_out, cost=e.cost)
             except Exception as e:  # a bug in an agent must not kill a two-day loop
@@ -252,8 +260,13 @@ class Loop:
         commit, changes, tree = self.s.git.snapshot(ws, parent_commit, t.description)
         t = t.with_(commit=commit)
         self.s.ledger.update(t)  # its ref is made with the verdict; resume remakes it from here
+        if error and self.cancel.is_set():
+            return self._finish(t.with_(status=Status.INTERRUPTED, reason="stopped while the agent ran"))
         if error:
-            return self._finish(t.with_(status=Status.AGENT_ERROR, reason=error))
+            t = self._finish(t.with_(status=Status.AGENT_ERROR, reason=error))
+            self._after_agent_error(error, fatal)
+            return t
+        self.agent_errors = 0
         with self.lock:
             reason = guard.check_changes(self.task, changes, ws.path) or self.gitguard.check_and_restore()
             t = self._note_user_refs(t, "agent")
@@ -289,6 +302,28 @@ class Loop:
         if tamper:
             t = t.with_(status=Status.REJECTED, reason=tamper)
         return t
+
+    FATAL_REPEATS = 3  # the same unrecoverable agent error this many times in a row stops the loop
+
+    def _after_agent_error(self, error: str, fatal: bool) -> None:
+        """An agent that keeps failing must not spin out thousands of trials: a failure that will
+        recur (a bad key, an unknown model, a command that is not there) stops the loop after
+        FATAL_REPEATS in a row (exit 1); any other waits 1, 2, 4 ... up to 300 s before the next
+        proposal, from the second in a row, so a network outage overnight costs little."""
+        with self.lock:
+            self.agent_errors += 1
+            self.fatal_errors = self.fatal_errors + 1 if fatal else 0
+            n = self.agent_errors
+            if self.fatal_errors >= self.FATAL_REPEATS and not self.failure:
+                self.failure = (f"the agent failed {self.fatal_errors} times in a row with an error that will not "
+                                f"go away by itself: {error[:300]}")
+                self.events.message(f"autoresearch: stopping: {self.failure}")
+                self.cancel.set()
+                return
+        if n >= 2 and not fatal:
+            wait = min(2.0 ** (n - 2), 300.0)
+            self.events.message(f"the agent failed {n} times in a row: waiting {wait:g} s before the next proposal")
+            self.cancel.wait(wait)
 
     def _note_user_refs(self, t: Trial, phase: str) -> Trial:
         """Note on the trial what changed in the user's branches and tags while its agent or
@@ -486,7 +521,9 @@ class Loop:
             self.agent.observe(t)
 
     def _index_trees(self, history: list[Trial]) -> None:
-        commits = [t.commit for t in history if t.commit and t.status not in (Status.REJECTED, Status.AGENT_ERROR)]
+        # code that was never measured (rejected, agent error, stopped) may be proposed again
+        unmeasured = (Status.REJECTED, Status.AGENT_ERROR, Status.INTERRUPTED, Status.RUNNING)
+        commits = [t.commit for t in history if t.commit and t.status not in unmeasured]
         if not commits:
             return
         out = self.s.git.run("show", "-s", "--format=%T", *commits, check=False)

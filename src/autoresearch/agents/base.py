@@ -9,6 +9,7 @@ sealed holdout figure removed), whichever agent made it.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,8 +23,9 @@ class AgentError(Exception):
     spent on the way (an LLM's tokens and cost) is recorded too."""
 
     def __init__(self, message: str, *, model: str = "", tokens_in: int = 0, tokens_out: int = 0,
-                 cost: float = 0.0) -> None:
+                 cost: float = 0.0, fatal: bool = False) -> None:
         super().__init__(message)
+        self.fatal = fatal  # will fail the same way next time (a bad key, model or command)
         self.model = model
         self.tokens_in = tokens_in
         self.tokens_out = tokens_out
@@ -40,6 +42,7 @@ class Context:
     log_path: Path
     ledger_dir: Path
     time_limit: float | None = None  # seconds this proposal may take
+    cancel: threading.Event | None = None  # set when the loop is stopping: give up at once
 
     def log(self, text: str) -> None:
         with open(self.log_path, "a", encoding="utf-8", errors="replace") as f:

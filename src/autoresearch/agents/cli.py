@@ -1,7 +1,7 @@
 """An external coding agent run once per trial in the trial's worktree.
 
 The command template may use {prompt_file}, {description_file}, {workdir} and {trial}; they are
-shell-quoted. The environment carries AUTORESEARCH_PROMPT_FILE, AUTORESEARCH_TRIAL and
+shell-quoted (any other brace is the shell's: `${HOME}`, awk's '{print}'). The environment carries AUTORESEARCH_PROMPT_FILE, AUTORESEARCH_TRIAL and
 AUTORESEARCH_DESCRIPTION_FILE. The description is the description file's content if the agent
 wrote one, else the last non-empty line of its output, cut to 200 characters.
 
@@ -13,6 +13,7 @@ without a working bwrap it runs as it is (the loop warns that the holdout is not
 from __future__ import annotations
 
 import os
+import re
 import shlex
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
@@ -30,6 +31,15 @@ def description_from(desc_file_text: str | None, output: str) -> str:
         if line.strip():
             return line.strip()[:200]
     return ""
+
+
+PLACEHOLDER = re.compile(r"\{(prompt_file|description_file|workdir|trial)\}")
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """`template` with {prompt_file}, {description_file}, {workdir} and {trial} replaced by their
+    shell-quoted values; every other brace is left as written (`${HOME}`, awk's '{print}', JSON)."""
+    return PLACEHOLDER.sub(lambda m: shlex.quote(values[m[1]]), template)
 
 
 class CommandAgent(BaseAgent):
@@ -53,11 +63,7 @@ class CommandAgent(BaseAgent):
         desc_file.unlink(missing_ok=True)
         values = {"prompt_file": str(prompt_file), "description_file": str(desc_file),
                   "workdir": str(ctx.workdir), "trial": str(ctx.number)}
-        try:
-            command = self.command.format_map({k: shlex.quote(v) for k, v in values.items()})
-        except (KeyError, IndexError, ValueError) as e:
-            raise AgentError(f"--agent-cmd has a bad placeholder ({e}); use {{prompt_file}}, "
-                             "{description_file}, {workdir} or {trial}") from None
+        command = fill(self.command, values)
         env = {**os.environ, **self.extra_env, "AUTORESEARCH_PROMPT_FILE": str(prompt_file),
                "AUTORESEARCH_TRIAL": str(ctx.number),
                "AUTORESEARCH_DESCRIPTION_FILE": str(desc_file)}
@@ -66,12 +72,14 @@ class CommandAgent(BaseAgent):
         prefix = seal_agent(ctx.task, ctx.workdir, ctx.ledger_dir, prompt_file.parent)
         argv: str | list[str] = [*prefix, "/bin/bash", "-c", command] if prefix else command
         result = run_command(argv, ctx.workdir, env, timeout, ctx.log_path, append=True,
-                             owner=f"agent:{ctx.ledger_dir}:{ctx.number}")
+                             owner=f"agent:{ctx.ledger_dir}:{ctx.number}", cancel=ctx.cancel)
         output = read_tail(ctx.log_path)
+        if result.cancelled:
+            raise AgentError("stopped while the agent ran")
         if result.timed_out:
             raise AgentError(f"the agent command timed out after {timeout:g} s")
-        if result.returncode != 0:
+        if result.returncode != 0:  # 126/127: the shell could not run it (not found, not executable)
             raise AgentError(f"the agent command exited with {result.returncode}: "
-                             f"{last_lines(output, 3)[-300:]}")
+                             f"{last_lines(output, 3)[-300:]}", fatal=result.returncode in (126, 127))
         text = desc_file.read_text(errors="replace") if desc_file.exists() else None
         return Proposal(description=description_from(text, output.split("$ " + command, 1)[-1]))

@@ -182,6 +182,7 @@ class LLMAgent(BaseAgent):
         if self.price is None:  # the full spec too, for an override such as "openrouter/x/y"
             self.price = table.get(endpoint.label)
         self.role = role
+        self.no_usage = False
 
     def propose(self, ctx: Context) -> Proposal:
         seconds = ctx.time_limit or self.limits.seconds
@@ -198,7 +199,8 @@ class LLMAgent(BaseAgent):
             message = redact(str(e))
             log(f"## failed: {message}")
             raise AgentError(message, model=self.endpoint.label, tokens_in=spend.tokens_in,
-                             tokens_out=spend.tokens_out, cost=spend.cost) from None
+                             tokens_out=spend.tokens_out, cost=spend.cost,
+                             fatal=getattr(e, "fatal", False)) from None
         extra = {} if self.price is not None else {"price": "unknown"}
         return Proposal(description=description, model=self.endpoint.label, tokens_in=spend.tokens_in,
                         tokens_out=spend.tokens_out, cost=spend.cost, extra=extra)
@@ -214,8 +216,14 @@ class LLMAgent(BaseAgent):
             elide(messages, self.limits.context_chars)
             reply = call_with_retries(
                 lambda timeout: self.chat.complete(SYSTEM, messages, SPECS, self.limits.reply_tokens, timeout),
-                self.policy, deadline, log)
+                self.policy, deadline, log, ctx.cancel)
             spend.add(reply, self.price)
+            if reply.tokens_in == 0 and reply.tokens_out == 0 and not self.no_usage:
+                self.no_usage = True  # said once per loop: the ledger's tokens and cost are 0 from here
+                said = (f"{self.endpoint.label} reported no token usage: tokens and cost are "
+                        "recorded as 0, and --max-cost cannot stop the loop")
+                log(f"[usage] {said}")
+                print(f"autoresearch: warning: {said}", file=sys.stderr, flush=True)
             log(f"## step {step} (tokens in {reply.tokens_in}, out {reply.tokens_out}; "
                 f"total ${spend.cost:.4f})" + (f"\n{reply.text}" if reply.text else ""))
             messages.append({"role": "assistant", "content": reply.text, "tool_calls": reply.tool_calls})

@@ -20,11 +20,13 @@ import json
 import os
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 # ---------------------------------------------------------------------------
 # providers: --model PROVIDER/NAME
@@ -94,6 +96,13 @@ def resolve(model: str | None, base_url: str | None, env: Mapping[str, str] | No
                               f"{', '.join(PROVIDERS)}); any OpenAI-compatible server works with --base-url")
         prefix, name = "openai", model.strip()
     p = PROVIDERS[prefix]
+    if base_url:
+        parts = urlsplit(base_url.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"--base-url {base_url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
+        base_url = base_url.strip()
+        if p.sdk == "anthropic":  # the Anthropic SDK adds /v1/messages itself
+            base_url = re.sub(r"/v1/?$", "", base_url.rstrip("/"))
     url = base_url or p.base_url
     key = env.get(p.key_env, "") if p.key_env else ""
     if p.key_env and not key:
@@ -175,7 +184,12 @@ class Reply:
 
 
 class LLMError(Exception):
-    """The API call failed for good (after retries, or at once for a permanent error)."""
+    """The API call failed for good (after retries, or at once for a permanent error). `fatal`:
+    it will fail the same way next time (401, 403, 404: the key or the model name)."""
+
+    def __init__(self, message: str, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.fatal = fatal
 
 
 class Transient(Exception):
@@ -228,7 +242,7 @@ def classify(e: Exception) -> Exception:
         return Transient(f"HTTP {status}: {text}", retry_after(getattr(response, "headers", None)))
     hint = {401: " (check the API key variable)", 403: " (the key lacks access to this model?)",
             404: " (is the model name right?)"}.get(status, "")
-    return LLMError(f"HTTP {status}{hint}: {text}")
+    return LLMError(f"HTTP {status}{hint}: {text}", fatal=status in (401, 403, 404))
 
 
 @dataclass
@@ -259,18 +273,46 @@ class RetryPolicy:
         return max(backoff, server_wait) if server_wait is not None else backoff
 
 
+def _call(fn: Callable[[float], Reply], timeout: float, cancel: threading.Event | None) -> Reply:
+    """fn(timeout), given up at once when `cancel` is set (the request is left to finish in a
+    daemon thread; nothing it returns is used)."""
+    if cancel is None:
+        return fn(timeout)
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box["reply"] = fn(timeout)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller as it is
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, daemon=True, name="autoresearch-llm-call").start()
+    while not done.wait(0.1):
+        if cancel.is_set():
+            raise LLMError("stopped while waiting for the model")
+    if "error" in box:
+        raise box["error"]
+    return box["reply"]  # type: ignore[no-any-return]
+
+
 def call_with_retries(fn: Callable[[float], Reply], policy: RetryPolicy, deadline: float,
-                      log: Callable[[str], None]) -> Reply:
-    """Call fn(timeout) until it succeeds, a permanent error, the attempts or the deadline run out."""
+                      log: Callable[[str], None], cancel: threading.Event | None = None) -> Reply:
+    """Call fn(timeout) until it succeeds, a permanent error, the attempts or the deadline run
+    out, or `cancel` is set."""
     last = ""
     tried = 0
     for attempt in range(policy.attempts):
         left = deadline - time.monotonic()
         if left <= 0.5:
             break
+        if cancel is not None and cancel.is_set():
+            raise LLMError("stopped before calling the model")
         tried += 1
         try:
-            return fn(min(policy.request_timeout, left))
+            return _call(fn, min(policy.request_timeout, left), cancel)
         except Exception as e:  # noqa: BLE001 - the SDKs raise many kinds; classify sorts them
             err = e if isinstance(e, (Transient, LLMError)) else classify(e)
             if isinstance(err, LLMError):
@@ -285,7 +327,11 @@ def call_with_retries(fn: Callable[[float], Reply], policy: RetryPolicy, deadlin
                 last += f"; the retry (in {wait:.1f} s) would pass the time limit"
                 break
             log(f"[api] {last}; retry {attempt + 1}/{policy.attempts - 1} in {wait:.2f} s")
-            policy.sleep(wait)
+            if cancel is not None and policy.sleep is time.sleep:
+                if cancel.wait(wait):
+                    raise LLMError("stopped while waiting to retry") from None
+            else:
+                policy.sleep(wait)
     raise LLMError(f"the API call failed after {tried} attempt(s): {last or 'no time left'}")
 
 

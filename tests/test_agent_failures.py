@@ -1,0 +1,144 @@
+"""An agent that fails, hangs, is stopped, or does odd things with git and braces: the loop
+stops it on Ctrl-C, does not spin on an error that will recur, and never holds code that was
+not measured against a later trial."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cli, git, make_task, script_agent
+from fakes.llm_server import FakeLLM, Fault, Say
+
+KEY = "sk-test-Q1w2E3r4T5y6U7i8O9p0"
+
+
+def rows(repo: Path, tag: str = "t") -> list[tuple]:
+    db = sqlite3.connect(repo / ".autoresearch" / tag / "ledger.sqlite")
+    try:
+        return db.execute("SELECT number, status, reason, description FROM trials ORDER BY number").fetchall()
+    finally:
+        db.close()
+
+
+def test_ctrl_c_kills_a_running_agent_and_its_code_can_be_proposed_again(tmp_path: Path) -> None:
+    """SIGINT while a CLI agent runs: the agent is killed at once (not waited for), the trial is
+    interrupted, exit 130. On resume the same change is measured, not called a duplicate of
+    the interrupted trial."""
+    repo = make_task(tmp_path / "task")
+    marker = tmp_path / "agent-started"
+    slow = script_agent(tmp_path / "slow.sh", f"""\
+        sed -i 's/^X = .*/X = 2.0/' exp.py
+        touch {marker}
+        sleep 60
+        """)
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t",
+                             "--agent", "cli", "--agent-cmd", slow, "--trials", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stopped = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - stopped < 10  # not the agent's 60 s
+    assert [(n, s) for n, s, *_ in rows(repo)] == [(0, "keep"), (1, "interrupted")]
+    quick = script_agent(tmp_path / "quick.sh", "sed -i 's/^X = .*/X = 2.0/' exp.py\necho 'X to 2'\n")
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", quick, "--trials", "1")  # --agent-cmd: cli implied
+    assert r.returncode == 0, r.stderr
+    assert rows(repo)[2][1] == "keep", rows(repo)
+
+
+def test_a_command_that_is_not_there_stops_the_loop_instead_of_spinning(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "no-such-agent-xyz {prompt_file}",
+            "--hours", "1", timeout=120)
+    assert r.returncode == 1
+    assert "the agent failed 3 times in a row" in r.stderr and "127" in r.stderr
+    assert [s for _, s, *_ in rows(repo)] == ["keep", "agent_error", "agent_error", "agent_error"]
+
+
+def test_braces_other_than_the_placeholders_are_the_shells(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    cmd = ("echo \"${HOME:+home}\" > /dev/null; sed -i 's/^X = .*/X = 2.0/' exp.py; "
+           "echo '{\"json\": 1}' | awk '{print \"set X from\", $0}'; test -f {prompt_file}")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", cmd, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert rows(repo)[1][1:] == ("keep", "", 'set X from {"json": 1}')
+
+
+def test_agent_cmd_with_another_agent_is_a_usage_error(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "search", "--agent-cmd", "true", "--trials", "1")
+    assert r.returncode == 2 and "--agent-cmd is the command of --agent cli" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_an_agent_that_checks_out_a_branch_does_not_move_it(tmp_path: Path) -> None:
+    """`git checkout -b` (or of the loop's own branch) in the worktree attaches it; the harness
+    detaches it before its reset, so no branch moves but by the loop's decisions."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", """\
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then git checkout -q -b agent-branch; fi
+        if [ "$AUTORESEARCH_TRIAL" = 2 ]; then git checkout -q autoresearch/t; fi
+        sed -i "s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/" exp.py
+        echo "X to 2.$AUTORESEARCH_TRIAL"
+        """)
+    base = git(repo, "rev-parse", "HEAD")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "3")
+    assert r.returncode == 0, r.stderr
+    assert git(repo, "rev-parse", "agent-branch") == base
+    best = [n for n, s, *_ in rows(repo) if s == "keep"][-1]
+    assert git(repo, "rev-parse", "autoresearch/t") == git(repo, "rev-parse", f"refs/autoresearch/t/trials/{best}")
+    assert "[autoresearch/t]" not in git(repo, "worktree", "list")
+
+
+def test_a_key_in_the_models_description_is_redacted(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    script = [Say("", [("edit_file", {"path": "exp.py", "search": "X = 3.0", "replace": "X = 2.0"})]),
+              Say("", [("finish", {"description": f"X to 2 (key {KEY})"})])]
+    with FakeLLM("openai", script) as fake:
+        r = cli("run", str(repo), "--tag", "t", "--agent", "llm", "--model", "openai/m", "--base-url", fake.url,
+                "--trials", "1", env={"OPENAI_API_KEY": KEY})
+    assert r.returncode == 0, r.stderr
+    assert rows(repo)[1][1] == "keep"
+    assert KEY not in rows(repo)[1][3] and KEY not in r.stdout + r.stderr
+    assert KEY not in (repo / ".autoresearch/t/results.tsv").read_text()
+    assert KEY not in git(repo, "log", "-1", "--format=%B", "refs/autoresearch/t/trials/1")
+
+
+def test_a_bad_key_stops_the_llm_loop(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", [], default=Fault("401")) as fake:
+        r = cli("run", str(repo), "--tag", "t", "--agent", "llm", "--model", "openai/m", "--base-url", fake.url,
+                env={"OPENAI_API_KEY": KEY}, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert "HTTP 401" in r.stderr and KEY not in r.stderr
+    assert [s for _, s, *_ in rows(repo)] == ["keep", "agent_error", "agent_error", "agent_error"]
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://x/v1", "http://"])
+def test_a_base_url_that_is_not_http_is_a_usage_error(tmp_path: Path, url: str) -> None:
+    repo = make_task(tmp_path / "task")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "llm", "--model", "openai/m", "--base-url", url,
+            "--trials", "1", env={"OPENAI_API_KEY": KEY})
+    assert r.returncode == 2 and "--base-url" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_anthropic_base_url_may_end_in_v1(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    script = [Say("", [("edit_file", {"path": "exp.py", "search": "X = 3.0", "replace": "X = 2.0"})]),
+              Say("", [("finish", {"description": "X to 2"})])]
+    with FakeLLM("anthropic", script) as fake:
+        r = cli("run", str(repo), "--tag", "t", "--agent", "llm", "--model", "anthropic/claude-x",
+                "--base-url", fake.url + "/v1",
+                "--trials", "1", env={"ANTHROPIC_API_KEY": KEY})
+        paths = [q["path"] for q in fake.requests]
+    assert r.returncode == 0, r.stderr
+    assert rows(repo)[1][1] == "keep" and all(p.startswith("/v1/messages") for p in paths), paths
