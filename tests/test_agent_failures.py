@@ -142,3 +142,25 @@ def test_an_anthropic_base_url_may_end_in_v1(tmp_path: Path) -> None:
         paths = [q["path"] for q in fake.requests]
     assert r.returncode == 0, r.stderr
     assert rows(repo)[1][1] == "keep" and all(p.startswith("/v1/messages") for p in paths), paths
+
+
+def test_trial_lays_the_change_over_the_best_and_keeps_the_users_other_work(tmp_path: Path) -> None:
+    """`autoresearch trial` after a run moved the best: the user's edit (from their HEAD) is laid
+    over the best code, not the whole file of their older copy; a rejected trial does not erase
+    the user's uncommitted work outside the editable scope."""
+    repo = make_task(tmp_path / "task", files={"notes.txt": "notes v1\n"})
+    agent = script_agent(tmp_path / "a.sh", "sed -i 's/^X = .*/X = 2.0/' exp.py\necho 'X to 2'\n")
+    assert cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1").returncode == 0
+    exp = repo / "exp.py"
+    exp.write_text(exp.read_text().replace("Y = 2", "Y = 1"))  # the user's tree still has X = 3.0
+    r = cli("trial", "-m", "Y to 1", str(repo), "--tag", "t")
+    assert r.returncode == 0, r.stderr
+    assert rows(repo)[2][1] == "keep"
+    best = git(repo, "show", "autoresearch/t:exp.py")
+    assert "X = 2.0" in best and "Y = 1" in best
+    with open(repo / "notes.txt", "a") as f:
+        f.write("my unsaved work\n")
+    exp.write_text(exp.read_text().replace("Y = 1", "Y = 0"))
+    r = cli("trial", "-m", "Y to 0 and notes", str(repo), "--tag", "t")
+    assert rows(repo)[3][1] == "rejected" and "notes.txt" in rows(repo)[3][2]
+    assert (repo / "notes.txt").read_text() == "notes v1\nmy unsaved work\n"

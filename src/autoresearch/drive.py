@@ -3,16 +3,18 @@
 For an agent that drives itself (program.md style): it edits the editable files in the task
 repository, runs `autoresearch trial -m "what I changed"`, and reads the verdict. The change is
 laid over the tag's best commit in the harness's own worktree and judged like any trial. The
-changed files are then set to the best code in the user's working tree (so a discarded change
-is rewound and a kept one stays), unless rewind=False.
+changed editable files are then set to the best code in the user's working tree (so a discarded
+change is rewound and a kept one stays), unless rewind=False; changes outside the editable scope
+(which make the trial rejected) are left as they are.
 """
 
 from __future__ import annotations
 
+import difflib
 import shutil
 from pathlib import Path
 
-from autoresearch.agents.base import BaseAgent, Context, Proposal
+from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
 from autoresearch.events import Events
 from autoresearch.gitrepo import Git, status_entries
 from autoresearch.loop import Loop, Options
@@ -35,6 +37,43 @@ def working_changes(git: Git, task: Task) -> list[str]:
     return paths
 
 
+def distance(a: str, b: str) -> int:
+    """How many lines differ between two texts (replaced, added or removed)."""
+    x, y = a.splitlines(), b.splitlines()
+    return sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2
+               in difflib.SequenceMatcher(None, x, y, autojunk=False).get_opcodes() if tag != "equal")
+
+
+def merge3(base: str, ours: str, theirs: str) -> str | None:
+    """Both edits of `base` in one text, line by line: `ours` and `theirs` may change lines next
+    to each other (the constants at the top of a file), not the same ones differently. None on a
+    conflict."""
+    b, o, t = base.splitlines(keepends=True), ours.splitlines(keepends=True), theirs.splitlines(keepends=True)
+
+    def edits(new: list[str]) -> list[tuple[int, int, list[str]]]:
+        out = []
+        for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, b, new, autojunk=False).get_opcodes():
+            if tag == "replace" and i2 - i1 == j2 - j1:  # line for line: each line its own edit
+                out += [(i1 + k, i1 + k + 1, [new[j1 + k]]) for k in range(i2 - i1) if b[i1 + k] != new[j1 + k]]
+            elif tag != "equal":
+                out.append((i1, i2, new[j1:j2]))
+        return out
+
+    changes = sorted(edits(o) + edits(t), key=lambda e: (e[0], e[1]))
+    out: list[str] = []
+    at = 0
+    last: tuple[int, int, list[str]] | None = None
+    for i1, i2, lines in changes:
+        if last is not None and (i1, i2, lines) == last:
+            continue  # the same edit on both sides
+        if i1 < at or (last is not None and i1 == last[0] and (i1 == i2 or last[0] == last[1])):
+            return None  # overlapping edits, or two insertions at one place
+        out += b[at:i1] + lines
+        at = i2
+        last = (i1, i2, lines)
+    return "".join(out + b[at:])
+
+
 class WorkingTreeAgent(BaseAgent):
     """Copies the user's changed files into the trial's worktree."""
 
@@ -46,9 +85,13 @@ class WorkingTreeAgent(BaseAgent):
         self.description = description
 
     def propose(self, ctx: Context) -> Proposal:
+        git = Git(self.root)
         for rel in self.paths:
             src, dst = self.root / rel, ctx.workdir / rel
-            if src.is_symlink() or src.exists():
+            merged = self._laid_over(git, rel, src, dst)
+            if merged is not None:
+                dst.write_bytes(merged)
+            elif src.is_symlink() or src.exists():
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 if dst.exists() or dst.is_symlink():
                     dst.unlink()
@@ -57,6 +100,25 @@ class WorkingTreeAgent(BaseAgent):
                 dst.unlink()
         ctx.log(f"working-tree change: {', '.join(self.paths) or '(none)'}")
         return Proposal(description=self.description)
+
+    @staticmethod
+    def _laid_over(git: Git, rel: str, src: Path, dst: Path) -> bytes | None:
+        """The user's edit of `rel` (HEAD -> working tree) laid over the best code (`dst`) by a
+        three-way merge; None where there is nothing to merge (the file is new, deleted, or the
+        best code is what the user started from: then the working file is the change)."""
+        if src.is_symlink() or not src.is_file() or dst.is_symlink() or not dst.is_file():
+            return None
+        base = git.show_file("HEAD", rel)
+        if base is None or base.encode() == dst.read_bytes():
+            return None
+        best, working = dst.read_text(errors="replace"), src.read_text(errors="replace")
+        if distance(working, best) <= distance(working, base):
+            return None  # the working file is the best code edited (a trial rewound it there): as it is
+        merged = merge3(base, best, working)
+        if merged is None:
+            raise AgentError(f"your change to {rel} conflicts with the tag's best code; take the best code "
+                             f"first (`git checkout autoresearch/<tag> -- {rel}`), then make the change again")
+        return merged.encode()
 
 
 def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool = True,
@@ -72,6 +134,8 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         assert trial is not None
         if rewind and best.commit:
             for rel in paths:
+                if not task.is_editable(rel):  # the user's own work outside the scope stays as it is
+                    continue
                 content = session.git.show_file(best.commit, rel)
                 target = task.root / rel
                 if content is None:
