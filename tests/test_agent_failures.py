@@ -164,3 +164,37 @@ def test_trial_lays_the_change_over_the_best_and_keeps_the_users_other_work(tmp_
     r = cli("trial", "-m", "Y to 0 and notes", str(repo), "--tag", "t")
     assert rows(repo)[3][1] == "rejected" and "notes.txt" in rows(repo)[3][2]
     assert (repo / "notes.txt").read_text() == "notes v1\nmy unsaved work\n"
+
+
+def test_small_usability_fixes(tmp_path: Path) -> None:
+    """`show N` of an agent error shows what the agent printed; `[agent] sampler` is read (and
+    checked); `src/**/*.py` matches src/new.py; `./` globs keep their dots; `run` refuses to
+    move the branch the user has checked out; a path that cannot be used is one line, exit 2."""
+    repo = make_task(tmp_path / "task", files={".cfg.py": "V = 1\n"},
+                     toml_extra='[agent]\nsampler = "random"\n')
+    toml = (repo / "autoresearch.toml").read_text().replace('editable = ["exp.py"]',
+                                                           'editable = ["exp.py", "src/**/*.py", "./.cfg.py"]')
+    (repo / "autoresearch.toml").write_text(toml)
+    git(repo, "commit", "-qam", "globs")
+    agent = script_agent(tmp_path / "a.sh", """\
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then echo "the agent says why" >&2; exit 3; fi
+        mkdir -p src && echo 'Z = 1' > src/new.py && sed -i 's/^X = .*/X = 2.0/' exp.py && echo 'V = 2' > .cfg.py
+        echo "a new module"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    assert [s for _, s, *_ in rows(repo)] == ["keep", "agent_error", "keep"], rows(repo)
+    shown = cli("show", "1", str(repo), "--tag", "t").stdout
+    assert "agent log tail" in shown and "the agent says why" in shown
+    r = cli("space", str(repo))
+    assert r.returncode == 0
+    (repo / "autoresearch.toml").write_text(toml.replace('sampler = "random"', 'sampler = "foo"'))
+    git(repo, "commit", "-qam", "bad sampler")
+    r = cli("run", str(repo), "--tag", "u", "--trials", "1")
+    assert r.returncode == 2 and "'agent.sampler' must be one of" in r.stderr
+    git(repo, "checkout", "-q", "autoresearch/t")
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 2 and "you have autoresearch/t checked out" in r.stderr
+    (tmp_path / "afile").write_text("x")
+    r = cli("report", str(repo), "--tag", "t", "--out", str(tmp_path / "afile"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr

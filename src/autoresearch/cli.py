@@ -19,6 +19,7 @@ from autoresearch import __version__
 from autoresearch.errors import AutoresearchError, UsageError
 
 EXIT_INTERRUPTED = 130
+PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG}
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
                       errno.EIO, errno.EMFILE, errno.ENFILE}
 
@@ -65,8 +66,10 @@ def _add_agent_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent-timeout", type=_positive_float, default=None, help="seconds one proposal may take")
     p.add_argument("--model", default=None, help="for LLM agents: PROVIDER/NAME, e.g. openai/gpt-4.1 or anthropic/claude-sonnet-4-5")
     p.add_argument("--base-url", default=None, help="an OpenAI-compatible server's URL")
-    p.add_argument("--sampler", default="tpe", choices=["tpe", "random", "cmaes", "gp"], help="the search agent's Optuna sampler")
-    p.add_argument("--llm-share", type=float, default=0.3, help="for --agent hybrid: the LLM's share of trials")
+    p.add_argument("--sampler", default=None, choices=["tpe", "random", "cmaes", "gp"],
+                   help="the search agent's Optuna sampler (default: [agent] sampler, else tpe)")
+    p.add_argument("--llm-share", type=float, default=None,
+                   help="for --agent hybrid: the LLM's share of trials (default: [agent] llm_share, else 0.3)")
     p.add_argument("--max-cost", type=_positive_float, default=None, help="stop when the LLM cost reaches this many USD")
 
 
@@ -166,7 +169,8 @@ def _agent_options(args: argparse.Namespace, task) -> AgentOptions:  # noqa: ANN
         name=name, command=args.agent_cmd or cfg.get("cmd"),
         timeout=args.agent_timeout or cfg.get("timeout"), model=args.model or cfg.get("model"),
         base_url=args.base_url or cfg.get("base_url"), sampler=args.sampler or cfg.get("sampler", "tpe"),
-        seed=getattr(args, "seed", 0), llm_share=args.llm_share if args.llm_share != 0.3 else cfg.get("llm_share", 0.3),
+        seed=getattr(args, "seed", 0),
+        llm_share=args.llm_share if args.llm_share is not None else cfg.get("llm_share", 0.3),
     )
 
 
@@ -325,12 +329,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("autoresearch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as e:
-        if e.errno not in ENVIRONMENT_ERRNOS:
+        if e.errno not in ENVIRONMENT_ERRNOS and e.errno not in PATH_ERRNOS:
             raise
-        # the machine, not our code: a full disk, a read-only or unwritable folder
+        # the machine, not our code: a full disk, a read-only or unwritable folder; or a path
+        # given that cannot be used (a file where a folder is wanted, a folder that cannot exist)
         where = f": {e.filename}" if e.filename else ""
         print(f"autoresearch: error: {e.strerror}{where}", file=sys.stderr)
-        return 1
+        return 2 if e.errno in PATH_ERRNOS else 1
     except BrokenPipeError:
         os._exit(0)
 

@@ -82,9 +82,11 @@ class Git:
     def run(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
             input: str | None = None, check: bool = True, strip: bool = True) -> str:
         full_env = self._env if env is None else {**self._env, **env}
+        # its own session: a Ctrl-C at the terminal goes to the loop, which stops cleanly, not
+        # to the git command it is running (which would fail the run with exit 1)
         proc = subprocess.run(["git", *SAFE, *args], cwd=cwd or self.root, env=full_env,
                               input=input, capture_output=True, text=True,
-                              errors="surrogateescape")
+                              errors="surrogateescape", start_new_session=True)
         if check and proc.returncode != 0:
             raise GitError(f"git {' '.join(args[:3])} failed: {proc.stderr.strip()[:500]}")
         return proc.stdout.strip() if check and strip else proc.stdout
@@ -142,7 +144,8 @@ class Git:
 
     def show_file(self, commit: str, path: str) -> str | None:
         out = subprocess.run(["git", *SAFE, "show", f"{commit}:{path}"], cwd=self.root,
-                             env=self._env, capture_output=True, text=True, errors="replace")
+                             env=self._env, capture_output=True, text=True, errors="replace",
+                             start_new_session=True)
         return out.stdout if out.returncode == 0 else None
 
     def diff(self, a: str, b: str, stat: bool = False) -> str:

@@ -88,7 +88,7 @@ class GitGuard:
     Trial refs (refs/autoresearch/<tag>/trials/<n>) may only be added (the loop adds one per
     trial); one deleted or moved is restored. The tag's branch is not watched here: the loop
     sets it from the ledger when it records a verdict. The user's own branches and tags
-    (refs/heads, refs/tags) are watched but never restored nor held against a trial: the user
+    (refs/heads, refs/tags, refs/stash) are watched but never restored nor held against a trial: the user
     may be committing or fetching while the loop runs. `user_ref_changes` says what changed in
     them since the last look, and the loop notes it on the trial that was running then."""
 
@@ -122,13 +122,14 @@ class GitGuard:
     def _git(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
         return subprocess.run(["git", *SAFE, f"--git-dir={self.common_dir}", *args], env=env,
-                              input=input, capture_output=True, text=True, errors="surrogateescape")
+                              input=input, capture_output=True, text=True, errors="surrogateescape",
+                              start_new_session=True)
 
     def _read_refs(self) -> dict[str, str]:
         """The loop's refs and what they point to."""
         return self._scan((self.own,), ()) if self.own else {}
 
-    USER = ("refs/heads/", "refs/tags/")
+    USER = ("refs/heads/", "refs/tags/", "refs/stash")
     NOT_USER = ("refs/heads/autoresearch/",)  # the loops' branches, moved by the loops
 
     def _read_user_refs(self) -> dict[str, str]:
@@ -153,27 +154,25 @@ class GitGuard:
             if line[:1] not in ("#", "^", "") and name.startswith(prefixes) and not name.startswith(skip):
                 refs[name] = sha
         for prefix in prefixes:
-            for dirpath, _dirs, files in os.walk(self.common_dir / prefix):
-                for f in files:
-                    if f.endswith(".lock"):
-                        continue
-                    path = os.path.join(dirpath, f)
-                    name = os.path.relpath(path, self.common_dir).replace(os.sep, "/")
-                    if name.startswith(skip):
-                        continue
-                    try:  # a file whose inode, ctime and size are unchanged holds what it held
-                        st = os.stat(path)
-                        key = (st.st_ino, st.st_ctime_ns, st.st_size)
-                        cached = self._loose.get(path)
-                        if cached and cached[0] == key:
-                            value = cached[1]
-                        else:
-                            with open(path, errors="replace") as fh:
-                                value = fh.read().strip()
-                            self._loose[path] = (key, value)
-                    except OSError:
-                        continue
-                    refs[name] = value
+            top = self.common_dir / prefix
+            paths = [str(top)] if top.is_file() else [os.path.join(d, f) for d, _, fs in os.walk(top) for f in fs]
+            for path in paths:
+                name = os.path.relpath(path, self.common_dir).replace(os.sep, "/")
+                if path.endswith(".lock") or name.startswith(skip):
+                    continue
+                try:  # a file whose inode, ctime and size are unchanged holds what it held
+                    st = os.stat(path)
+                    key = (st.st_ino, st.st_ctime_ns, st.st_size)
+                    cached = self._loose.get(path)
+                    if cached and cached[0] == key:
+                        value = cached[1]
+                    else:
+                        with open(path, errors="replace") as fh:
+                            value = fh.read().strip()
+                        self._loose[path] = (key, value)
+                except OSError:
+                    continue
+                refs[name] = value
         return refs
 
     def user_ref_changes(self) -> list[str]:

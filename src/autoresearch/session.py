@@ -66,6 +66,9 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
     git.exclude(f"/{LEDGER_DIR}/")
     exists = (tag_dir(task.root, tag) / "ledger.sqlite").exists()
     branch = branch_ref(tag)
+    if not allow_dirty and git.run("symbolic-ref", "-q", "HEAD", check=False).strip() == branch:
+        raise UsageError(f"you have autoresearch/{tag} checked out, and the loop moves it: check out "
+                         "another branch first (e.g. `git checkout main`)")
     if not exists:
         dirty = [p for p in git.dirty_paths() if not p.startswith(f"{LEDGER_DIR}/")]
         if dirty and not allow_dirty:

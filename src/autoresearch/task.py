@@ -32,6 +32,7 @@ TOP_KEYS = {
 METRIC_KEYS = {"name", "goal", "pattern", "file", "record", "holdout"}
 ACCEPTANCE_KEYS = {"min_delta", "baseline_runs", "confirm"}
 AGENT_KEYS = {"kind", "model", "base_url", "cmd", "timeout", "sampler", "llm_share"}
+SAMPLERS = ("tpe", "random", "cmaes", "gp")
 SKIP_DIRS = {".git", ".autoresearch", "__pycache__", ".venv", "node_modules"}
 
 
@@ -95,9 +96,13 @@ class Task:
 def glob_match(path: str, pattern: str) -> bool:
     """A task-file glob: fnmatch over the posix relative path (`*` crosses folders), and a
     folder name (`models/` or `models`) matches everything under it."""
-    pattern = pattern.strip().lstrip("./") if pattern.startswith("./") else pattern.strip()
+    pattern = pattern.strip()
+    while pattern.startswith("./"):
+        pattern = pattern[2:]
     if fnmatch.fnmatchcase(path, pattern):
         return True
+    if "**/" in pattern and fnmatch.fnmatchcase(path, pattern.replace("**/", "")):
+        return True  # `src/**/*.py` also matches src/new.py (zero folders), as in git and pathlib
     if pattern.endswith("/**"):
         pattern = pattern[:-3]
     return path.startswith(pattern.rstrip("/") + "/")
@@ -224,6 +229,8 @@ def _load_agent(data: dict[str, Any]) -> dict[str, Any]:
         _get_str(table, key, "agent.")
     if "timeout" in table:
         _get_number(table, "timeout", "agent.", 0.0)
+    if table.get("sampler", "tpe") not in SAMPLERS:
+        raise TaskError(f"{TASK_FILE}: 'agent.sampler' must be one of {', '.join(SAMPLERS)}, got {table['sampler']!r}")
     share = table.get("llm_share", 0.0)
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
         raise TaskError(f"{TASK_FILE}: 'agent.llm_share' must be a number from 0 to 1, got {share!r}")
@@ -304,7 +311,8 @@ def _check_paths(task: Task) -> None:
     files = list_files(task.root)
     for glob in task.editable:
         matched = [f for f in files if glob_match(f, glob)]
-        if not matched:
+        wild = any(c in glob for c in "*?[")  # a wildcard may name files yet to be made, not all of them
+        if not matched and (not wild or len(task.editable) == 1):
             raise TaskError(f"{TASK_FILE}: 'editable' glob {glob!r} matches no file")
         for f in matched:
             if f in task.always_protected:

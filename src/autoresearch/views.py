@@ -8,7 +8,7 @@ from autoresearch.decide import pooled_noise
 from autoresearch.errors import UsageError
 from autoresearch.events import gain_text
 from autoresearch.gitrepo import Git
-from autoresearch.ledger import Ledger, list_tags
+from autoresearch.ledger import Ledger, list_tags, tag_dir
 from autoresearch.process import last_lines, read_tail
 from autoresearch.prompt import fmt
 from autoresearch.records import Trial
@@ -119,4 +119,7 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
         sealed = log.parent.parent / "sealed" / f"{t.number}.eval.log"
         if sealed.exists():
             lines.append(f"(the evaluator's whole output, holdout included: {sealed})")
+    agent_log = tag_dir(root, tag) / "agent" / f"{t.number}.log"
+    if agent_log.exists() and not (log and log.exists()):  # not run: what the agent did is the story
+        lines += ["", f"agent log tail ({agent_log}):", last_lines(read_tail(agent_log), 20)]
     return "\n".join(lines)
