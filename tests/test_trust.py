@@ -669,3 +669,50 @@ def test_a_gain_equal_to_min_delta_is_not_more_than_it(tmp_path: Path, goal: str
     run(root, agent, 1)
     t = trials(root)
     assert [x.status for x in t] == [Status.KEEP, Status.DISCARD], t[1].reason
+
+
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["plain", "sandbox"])
+def test_what_setup_writes_in_the_repository_reaches_every_trial_and_the_evaluator(tmp_path: Path, sandboxed: bool) -> None:
+    """setup writes data/ (git-ignored) inside the repository: every trial's experiment and
+    evaluation find it, not only the baseline; a trial that does not touch it is not rejected
+    for it; on resume an idempotent setup finds its output where it left it."""
+    prep = """\
+import os, sys
+if sys.argv[1:] == ["--evaluate"]:
+    data = open("data/d.txt").read().strip()
+    loss = float(open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "loss.txt")).read())
+    print(f"loss: {loss}")
+    print(f"data: {len(data)}")
+else:
+    if not os.path.exists("data/d.txt"):
+        os.makedirs("data", exist_ok=True)
+        open("data/d.txt", "w").write("x" * 10)
+        with open(os.path.join(os.environ["MADE"], "made.log"), "a") as f:
+            f.write("made\\n")
+"""
+    exp = """\
+import os
+X = 3.0
+n = len(open("data/d.txt").read().strip())
+open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "loss.txt"), "w").write(str((X - 1.0) ** 2 + n))
+"""
+    root = make_task(tmp_path / "task", experiment=exp, files={"prepare.py": prep, ".gitignore": "data/\n"},
+                     toml_extra='setup = "python prepare.py"\nevaluate = "python prepare.py --evaluate"\n'
+                                '[acceptance]\nbaseline_runs = 2\n' + METRIC + 'record = ["data"]\n')
+    agent = script_agent(tmp_path / "agent.sh", LOWER_X)
+    env = {"MADE": str(tmp_path)}
+    if sandboxed:
+        from autoresearch import sandbox
+
+        if sandbox.problem() is not None:
+            pytest.skip(f"bubblewrap cannot run here: {sandbox.problem()}")
+    flags = ["--sandbox"] if sandboxed else []
+    r = cli("run", str(root), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2", *flags, env=env)
+    assert r.returncode == 0, r.stderr
+    r = cli("run", str(root), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1", *flags, env=env)
+    assert r.returncode == 0, r.stderr
+    done = trials(root)
+    assert [t.status for t in done] == [Status.KEEP, Status.KEEP, Status.KEEP, Status.DISCARD], [t.reason for t in done]
+    assert [t.figures.get("data") for t in done] == [10.0] * 4
+    assert (tmp_path / "made.log").read_text() == "made\n"  # made once, found again on resume
+    assert not (root / "data").exists()  # and the user's checkout untouched

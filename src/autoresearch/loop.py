@@ -41,7 +41,7 @@ from autoresearch.metrics import MEMORY, MetricError, extract, metric_problem, r
 from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import last_lines
 from autoresearch.records import Status, Trial
-from autoresearch.session import Session, branch_ref, run_setup, trial_ref
+from autoresearch.session import Session, SetupOutput, branch_ref, run_setup, trial_ref
 
 
 @dataclass
@@ -118,6 +118,7 @@ class Loop:
         self.agent_errors = 0  # agent errors in a row
         self.fatal_errors = 0  # unrecoverable ones (AgentError.fatal) in a row
         self.failure = ""  # why the loop stopped itself (exit 1)
+        self.setup = SetupOutput(session.dir / "setup")  # what setup made, linked into each trial
 
     # -- the whole loop -------------------------------------------------------------------
 
@@ -130,7 +131,10 @@ class Loop:
                 self.agent.observe(visible(t, self.task.metric.holdout))
         self._index_trees(history)
         if not self.backend.remote:  # a remote backend sets up each node where the code runs
-            run_setup(self.s, ws, self._env(0, self.opt.seed, self.slots[0]))  # the task's own code: not sandboxed
+            self.setup = run_setup(self.s, ws, self._env(0, self.opt.seed, self.slots[0]))  # the task's own code: not sandboxed
+            if self.setup.changed:
+                self.events.message(f"autoresearch: warning: setup changed tracked files ({', '.join(self.setup.changed[:5])}); "
+                                    "trials run the committed code, so those changes are not kept")
         if self.best is None:
             self.best = self._baseline(Place(ws, self.slots[0]))
         assert self.best.commit
@@ -404,11 +408,16 @@ class Loop:
             timeout=self.task.timeout, env=self._env(n, seed, at.gpus), protected=self.protected,
             evaluate=self.task.evaluate, owner=f"{self.s.owner}:{n}", sandbox=self.opt.sandbox,
             seal=bool(self.task.metric.holdout),
-            hidden=(self.s.dir.parent,), readable=(self.task.root, self.bin_dir),
+            hidden=(self.s.dir.parent,), readable=(self.task.root, self.bin_dir, self.setup.store),
             holdout=self.task.metric.holdout, eval_file=self.task.metric.file,
             eval_log=self.s.dir / "sealed" / f"{n}{suffix}.eval.log",
         )
-        restore = partial(self.s.git.reset_worktree, at.ws, commit)
+        def restore() -> None:  # the committed tree, and what setup made, for the evaluator
+            self.s.git.reset_worktree(at.ws, commit)
+            self.setup.link_into(at.ws.path)
+
+        if not self.backend.remote:
+            self.setup.link_into(at.ws.path)
         result = self.backend.run(spec, restore, self.cancel)
         if result.outcome == "lost":  # a remote worker died under it: recorded, run once more
             first = result.output

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError, UsageError
-from autoresearch.gitrepo import Git, Workspace
+from autoresearch.gitrepo import Git, Workspace, status_entries
 from autoresearch.ledger import LEDGER_DIR, Ledger, tag_dir
 from autoresearch.process import kill_owned, last_lines, read_tail, run_command
 from autoresearch.records import Status, Trial
@@ -137,10 +137,43 @@ def repair(s: Session) -> list[Trial]:
     return interrupted
 
 
-def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | None = None) -> None:
-    """Run the task's setup command once in a worktree; a failure stops the loop (exit 1)."""
+@dataclass(frozen=True)
+class SetupOutput:
+    """What the setup command left in its worktree, kept in the tag's `setup/` folder and linked
+    into every trial's worktree before each experiment and evaluation (trials start from clean
+    worktrees, which would otherwise lose it)."""
+
+    store: Path
+    entries: tuple[str, ...] = ()  # worktree-relative files and folders
+    changed: tuple[str, ...] = ()  # tracked files setup changed: not kept (trials run the commit)
+
+    def link_into(self, workdir: Path) -> None:
+        for rel in self.entries:
+            link = workdir / rel
+            if os.path.lexists(link):
+                continue
+            try:
+                link.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(self.store / rel, link)
+            except OSError:
+                continue
+
+
+def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | None = None) -> SetupOutput:
+    """Run the task's setup command once in a worktree; a failure stops the loop (exit 1).
+    What it writes inside the worktree (untracked or ignored files) is moved to the tag's
+    `setup/` folder, to be linked into each trial's worktree."""
+    store, manifest = s.dir / "setup", s.dir / "setup.json"
     if not s.task.setup:
-        return
+        return SetupOutput(store)
+    try:  # an earlier run's output goes back in place first: an idempotent setup finds it made
+        before = [str(e) for e in json.loads(manifest.read_text())]
+    except (OSError, ValueError, TypeError):
+        before = []
+    for rel in before:
+        if (store / rel).exists() and not os.path.lexists(ws.path / rel) and ".." not in Path(rel).parts:
+            (ws.path / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(store / rel), str(ws.path / rel))
     log = s.dir / "logs" / "setup.log"
     command: str | list[str] = [*wrap, "/bin/bash", "-c", s.task.setup] if wrap else s.task.setup
     result = run_command(command, ws.path, env, 6 * 3600, log, owner=s.owner)
@@ -148,6 +181,20 @@ def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | 
         tail = last_lines(read_tail(log), 15)
         raise AutoresearchError(f"setup command `{s.task.setup}` failed (exit {result.returncode}); "
                                 f"log {log}:\n{tail}")
+    out = s.git.run("status", "--porcelain=v1", "-z", "--untracked-files=normal", "--ignored=traditional",
+                    "--no-renames", env=s.git.wt_env(ws), cwd=ws.path, strip=False, check=False)
+    entries: list[str] = []
+    changed: list[str] = []
+    for code, path in status_entries(out):
+        (entries if code in ("??", "!!") else changed).append(path.rstrip("/"))
+    shutil.rmtree(store, ignore_errors=True)
+    for rel in entries:
+        store.joinpath(rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(ws.path / rel), str(store / rel))
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries))
+    os.replace(tmp, manifest)
+    return SetupOutput(store, tuple(entries), tuple(changed))
 
 
 def write_summary(s: Session, data: dict[str, object]) -> None:
