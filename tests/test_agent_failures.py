@@ -198,3 +198,31 @@ def test_small_usability_fixes(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     r = cli("report", str(repo), "--tag", "t", "--out", str(tmp_path / "afile"))
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_a_trial_killed_while_its_agent_ran_is_a_commit_and_status_says_no_loop_runs(tmp_path: Path) -> None:
+    """kill -9 while the agent runs: `status` says the trial's loop is gone; on resume the trial
+    is interrupted and, like every trial, a commit under refs/autoresearch/t/trials/<n> with a
+    results.tsv row."""
+    import os
+
+    repo = make_task(tmp_path / "task")
+    marker = tmp_path / "agent-started"
+    slow = script_agent(tmp_path / "slow.sh", f"touch {marker}\nsleep 60\n")
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t",
+                             "--agent", "cli", "--agent-cmd", slow, "--trials", "3"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    shown = cli("status", str(repo), "--tag", "t").stdout
+    assert "running" in shown and "no loop is running" in shown
+    quick = script_agent(tmp_path / "quick.sh", "sed -i 's/^X = .*/X = 2.0/' exp.py\necho 'X to 2'\n")
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", quick, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert [s for _, s, *_ in rows(repo)] == ["keep", "interrupted", "keep"]
+    assert git(repo, "rev-parse", "refs/autoresearch/t/trials/1^{tree}") == git(repo, "rev-parse", "refs/autoresearch/t/trials/0^{tree}")
+    tsv = (repo / ".autoresearch/t/results.tsv").read_text().splitlines()
+    assert len(tsv) == 4 and tsv[2].split("\t")[3] == "crash"

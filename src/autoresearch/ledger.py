@@ -148,6 +148,23 @@ class Ledger:
 
     # -- the tag's single-writer lock ---------------------------------------------------
 
+    @staticmethod
+    def loop_running(folder: Path) -> bool:
+        """Whether a loop holds the tag in `folder` now (its lock is taken)."""
+        try:
+            fd = os.open(folder / "lock", os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)  # (closing drops a lock taken here)
+        return False
+
     def acquire(self) -> None:
         try:
             fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError, UsageError
-from autoresearch.gitrepo import Git, Workspace, status_entries
+from autoresearch.gitrepo import Git, GitError, Workspace, status_entries
 from autoresearch.ledger import LEDGER_DIR, Ledger, tag_dir
 from autoresearch.process import kill_owned, last_lines, read_tail, run_command
 from autoresearch.records import Status, Trial
@@ -119,6 +119,13 @@ def repair(s: Session) -> list[Trial]:
             shutil.rmtree(path, ignore_errors=True)
     for t in running:
         commit = t.commit or existing.get(trial_ref(s.tag, t.number))
+        if not commit and t.parent:  # stopped before its change was committed: a commit of the parent's
+            try:                       # code, so that every trial is a commit whatever its fate
+                commit = s.git.run("commit-tree", s.git.tree_of(t.parent), "-p", t.parent, "-F", "-",
+                                   input=f"{t.description or f'trial {t.number}'}\n\n"
+                                         "(stopped before the agent's change was committed)\n")
+            except GitError:
+                commit = None
         t = t.with_(status=Status.INTERRUPTED, commit=commit, ended=time.time(),
                     reason=t.reason or "the loop stopped while this trial was in flight")
         s.ledger.finish(t)

@@ -55,8 +55,11 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     metric = led.metric_name
     shown = trials[-limit:] if limit else trials
     rows = [("#", "commit", "status", metric, *([holdout] if holdout else []), "seconds", "description")]
+    alive = Ledger.loop_running(tag_dir(root, tag)) if any(t.status.value == "running" for t in shown) else True
     for t in shown:
         note = f"  [{t.reason}]" if t.reason and t.status.value != "keep" else ""
+        if t.status.value == "running" and not alive:
+            note += "  [no loop is running: `run --tag` records it as interrupted and goes on]"
         note += f"  [audit: {len(t.flags)} flag{'s' if len(t.flags) > 1 else ''}]" if t.flags else ""
         held = [with_spread(t, holdout, t.figures.get(holdout))] if holdout else []
         rows.append((str(t.number), t.short or "-", t.status.value, with_spread(t, metric, t.metric),
