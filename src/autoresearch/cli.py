@@ -40,7 +40,10 @@ def _positive_int(text: str) -> int:
 
 
 def _at_least_one(text: str) -> int:
-    value = _positive_int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -200,13 +203,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from autoresearch.task import load_task
 
     task = load_task(args.dir)
-    tag = check_tag(args.tag or default_tag())
+    tag = check_tag(default_tag() if args.tag is None else args.tag)
     if args.sandbox:  # before the tag's branch and ledger are made
         from autoresearch.sandbox import require
 
         require()
     agent = build_agent(_agent_options(args, task), task)
     gpus = tuple(g.strip() for g in (args.gpus or "").split(",") if g.strip())
+    bad = [g for g in gpus if not (g.isdigit() or g.startswith(("GPU-", "MIG-")))]
+    if bad or (args.gpus is not None and not gpus):
+        raise UsageError(f"--gpus takes GPU ids separated by commas (e.g. 0,1 or GPU-<uuid>), got {args.gpus!r}")
     resources = None
     if args.trial_resources is not None:
         from autoresearch.backends.ray import parse_resources
@@ -262,7 +268,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
     task = load_task(args.dir)
     tags = list_tags(task.root)
-    tag = check_tag(args.tag or (max(tags, key=lambda t: (task.root / ".autoresearch" / t / "ledger.sqlite").stat().st_mtime) if tags else default_tag()))
+    tag = check_tag(args.tag if args.tag is not None else (max(tags, key=lambda t: (task.root / ".autoresearch" / t / "ledger.sqlite").stat().st_mtime) if tags else default_tag()))
     trial, best = run_working_tree_trial(task, tag, args.message, rewind=not args.no_rewind,
                                          events=_events(task))
     metric = task.metric.name

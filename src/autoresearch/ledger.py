@@ -353,7 +353,10 @@ def tsv_row(t: Trial) -> str:
     # No double quote: csv readers (pandas' read_csv too) take a field that starts with one for a
     # quoted field and swallow every row after it up to the next quote.
     desc = clean_text(t.description).replace('"', "'") or "(no description)"
-    return f"{t.short}\t{metric if metric is not None else 0.0:.6f}\t{memory:.1f}\t{t.status.tsv}\t{desc}"
+    text = f"{metric if metric is not None else 0.0:.6f}"
+    if text == "-0.000000":  # a tiny negative figure rounds to zero, not to minus zero
+        text = "0.000000"
+    return f"{t.short}\t{text}\t{memory:.1f}\t{t.status.tsv}\t{desc}"
 
 
 def now() -> float:

@@ -33,6 +33,7 @@ METRIC_KEYS = {"name", "goal", "pattern", "file", "record", "holdout"}
 ACCEPTANCE_KEYS = {"min_delta", "baseline_runs", "confirm"}
 AGENT_KEYS = {"kind", "model", "base_url", "cmd", "timeout", "sampler", "llm_share"}
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
+AGENT_KINDS = ("search", "llm", "hybrid", "cli", "claude", "codex", "aider", "gemini", "opencode")
 SKIP_DIRS = {".git", ".autoresearch", "__pycache__", ".venv", "node_modules"}
 
 
@@ -209,6 +210,9 @@ def _load_metric(data: dict[str, Any]) -> MetricSpec:
         if groups != 1:
             raise TaskError(f"{TASK_FILE}: 'metric.pattern' must have exactly one group, it has {groups}")
     file = _get_str(table, "file", "metric.")
+    if file is not None and (not file.strip() or Path(file).is_absolute() or ".." in Path(file).parts):
+        raise TaskError(f"{TASK_FILE}: 'metric.file' must be a path inside the run or working folder "
+                        f"(e.g. \"metrics.json\"), got {file!r}")
     if pattern is not None and file is not None:
         raise TaskError(f"{TASK_FILE}: 'metric.pattern' and 'metric.file' cannot both be set")
     holdout = _get_str(table, "holdout", "metric.")
@@ -229,6 +233,12 @@ def _load_agent(data: dict[str, Any]) -> dict[str, Any]:
         _get_str(table, key, "agent.")
     if "timeout" in table:
         _get_number(table, "timeout", "agent.", 0.0)
+    kind = table.get("kind")
+    if kind is not None and kind not in AGENT_KINDS:
+        raise TaskError(f"{TASK_FILE}: 'agent.kind' must be one of {', '.join(AGENT_KINDS)}, got {kind!r}")
+    if kind == "cli" and not table.get("cmd"):
+        raise TaskError(f"{TASK_FILE}: 'agent.kind' is \"cli\" but 'agent.cmd' is not set (the command, "
+                        "with {prompt_file})")
     if table.get("sampler", "tpe") not in SAMPLERS:
         raise TaskError(f"{TASK_FILE}: 'agent.sampler' must be one of {', '.join(SAMPLERS)}, got {table['sampler']!r}")
     share = table.get("llm_share", 0.0)

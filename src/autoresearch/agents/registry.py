@@ -33,7 +33,7 @@ def build_agent(opts: AgentOptions, task: Task) -> Agent:
         from autoresearch.agents.cli import DEFAULT_TIMEOUT, CommandAgent
 
         if not opts.command:
-            raise UsageError("--agent cli needs --agent-cmd 'COMMAND {prompt_file}'")
+            raise UsageError("--agent cli needs --agent-cmd 'COMMAND {prompt_file}' (or [agent] cmd in autoresearch.toml)")
         return CommandAgent(opts.command, timeout=opts.timeout or DEFAULT_TIMEOUT)
     from autoresearch.agents import presets
 
