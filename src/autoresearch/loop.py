@@ -18,6 +18,7 @@ before its next proposal. W = 1 and K = 0 is the plain sequential loop, in the c
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import statistics
@@ -42,6 +43,7 @@ from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import last_lines
 from autoresearch.records import Status, Trial
 from autoresearch.session import Session, SetupOutput, branch_ref, run_setup, trial_ref
+from autoresearch.task import list_files
 
 
 @dataclass
@@ -119,6 +121,9 @@ class Loop:
         self.fatal_errors = 0  # unrecoverable ones (AgentError.fatal) in a row
         self.failure = ""  # why the loop stopped itself (exit 1)
         self.setup = SetupOutput(session.dir / "setup")  # what setup made, linked into each trial
+        root_files = list_files(self.task.root)
+        self.checkout_files = [p for p in root_files if self.task.is_editable(p) or self.task.is_protected(p)]
+        self.checkout = self._checkout_fingerprint()  # watched like the user's refs, never touched
 
     # -- the whole loop -------------------------------------------------------------------
 
@@ -329,15 +334,34 @@ class Loop:
             self.events.message(f"the agent failed {n} times in a row: waiting {wait:g} s before the next proposal")
             self.cancel.wait(wait)
 
+    def _checkout_fingerprint(self) -> dict[str, tuple[int, int, int]]:
+        """(mtime, ctime, size) of the user's own copies of the task's files (editable, protected,
+        the task file and the program): what an agent that lost its way in the folders would
+        write to."""
+        out = {}
+        for rel in self.checkout_files:
+            try:
+                st = os.stat(self.task.root / rel)
+                out[rel] = (st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+            except OSError:
+                out[rel] = (0, 0, -1)
+        return out
+
+    def _checkout_changes(self) -> list[str]:
+        now = self._checkout_fingerprint()
+        changed = sorted(p for p in now if now[p] != self.checkout.get(p))
+        self.checkout = now
+        return [f"changed {p} in your checkout" for p in changed]
+
     def _note_user_refs(self, t: Trial, phase: str) -> Trial:
         """Note on the trial what changed in the user's branches and tags while its agent or
         its experiment ran. Not held against it (the user may have committed meanwhile) and not
         undone; shown by `status`, `show` and the report with the audit's flags."""
-        changes = self.gitguard.user_ref_changes()
+        changes = self.gitguard.user_ref_changes() + self._checkout_changes()
         if not changes:
             return t
         others = " (or by the user, or a trial running beside it)"
-        note = f"your repository's refs changed while its {phase} ran{others}: {'; '.join(changes)[:300]}"
+        note = f"your repository changed while its {phase} ran{others}: {'; '.join(changes)[:300]}"
         return t.with_(flags=[*t.flags, note])
 
     def _decide(self, at: Place, t: Trial, commit: str, m: Measurement) -> Measurement:
