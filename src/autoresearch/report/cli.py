@@ -24,7 +24,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"mlflow: {logged} new run(s) in experiment "
               f"{experiment_name(study.task_name, study.tag)!r} at {args.mlflow}")
     page = write_report(study, out)
-    print(f"{len(study.finished)} trials, {len(study.kept)} kept improvements")
+    k = len(study.kept)
+    print(f"{len(study.finished)} trials (the baseline included), {k} kept improvement{'s' * (k != 1)} over it")
     print(f"plot:   {out / 'progress.png'}")
     print(f"report: {page}")
     return 0
