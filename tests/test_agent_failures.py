@@ -226,3 +226,23 @@ def test_a_trial_killed_while_its_agent_ran_is_a_commit_and_status_says_no_loop_
     assert git(repo, "rev-parse", "refs/autoresearch/t/trials/1^{tree}") == git(repo, "rev-parse", "refs/autoresearch/t/trials/0^{tree}")
     tsv = (repo / ".autoresearch/t/results.tsv").read_text().splitlines()
     assert len(tsv) == 4 and tsv[2].split("\t")[3] == "crash"
+
+
+def test_a_duplicate_carries_the_figures_of_the_code_it_repeats(tmp_path: Path) -> None:
+    """A duplicate is not run again; results.tsv gives it the metric of the trial it repeats (a
+    discard), not 0.000000, which a tool would read as a score."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", "sed -i 's/^Y = .*/Y = 5/' exp.py\necho 'Y to 5'\n")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    assert [s for _, s, *_ in rows(repo)] == ["keep", "discard", "duplicate"]
+    tsv = [line.split("\t") for line in (repo / ".autoresearch/t/results.tsv").read_text().splitlines()]
+    assert tsv[3][1] == tsv[2][1] != "0.000000" and tsv[3][3] == "discard"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400"])
+def test_report_results_with_a_metric_that_is_not_finite_is_one_line(tmp_path: Path, value: str) -> None:
+    tsv = tmp_path / "results.tsv"
+    tsv.write_text(f"commit\tacc\tmemory_gb\tstatus\tdescription\na1b2c3d\t{value}\t1.0\tkeep\tbaseline\n")
+    r = cli("report", "--results", str(tsv), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "not a finite number" in r.stderr and "Traceback" not in r.stderr

@@ -285,7 +285,9 @@ class Loop:
         if reason:
             return self._finish(t.with_(status=Status.REJECTED, reason=reason))
         if same is not None:
-            return self._finish(t.with_(status=Status.DUPLICATE, reason=f"same code as trial {same}"))
+            first = self.s.ledger.get(same)  # its figures are the first one's: the same code, not run again
+            copied = {"metric": first.metric, "figures": dict(first.figures)} if first and first.metric is not None else {}
+            return self._finish(t.with_(status=Status.DUPLICATE, reason=f"same code as trial {same}", **copied))
         return t
 
     def _run(self, at: Place, t: Trial) -> Trial:
@@ -437,6 +439,7 @@ class Loop:
             eval_log=self.s.dir / "sealed" / f"{n}{suffix}.eval.log",
         )
         def restore() -> None:  # the committed tree, and what setup made, for the evaluator
+            self.events.phase(n, "evaluating")  # (no budget: the evaluator has its own timeout)
             self.s.git.reset_worktree(at.ws, commit)
             self.setup.link_into(at.ws.path)
 

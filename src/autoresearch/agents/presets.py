@@ -71,9 +71,16 @@ def claude_command(model: str | None, base_url: str | None, task: Task | None) -
 
 def codex_command(model: str | None, base_url: str | None, task: Task | None) -> tuple[str, dict[str, str], str]:
     name = _strip(model, "openai")
-    env = {"OPENAI_BASE_URL": base_url} if base_url else {}
-    cmd = "codex exec --skip-git-repo-check --sandbox workspace-write" + (f" -m {shlex.quote(name)}" if name else "")
-    return cmd + " - < {prompt_file}", env, ""
+    cmd = "codex exec --json --skip-git-repo-check --sandbox workspace-write" + (f" -m {shlex.quote(name)}" if name else "")
+    if base_url:
+        # codex 0.171 ignores OPENAI_BASE_URL: the server becomes a model provider of its own,
+        # declared with -c (TOML), spoken to over the Responses API with OPENAI_API_KEY (if set)
+        provider = {"name": "autoresearch", "base_url": base_url, "wire_api": "responses"}
+        if os.environ.get("OPENAI_API_KEY"):
+            provider["env_key"] = "OPENAI_API_KEY"
+        table = "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in provider.items()) + "}"
+        cmd += f" -c model_provider=autoresearch -c {shlex.quote('model_providers.autoresearch=' + table)}"
+    return cmd + " - < {prompt_file}", {}, ""
 
 
 def aider_command(model: str | None, base_url: str | None, task: Task | None) -> tuple[str, dict[str, str], str]:
@@ -92,12 +99,37 @@ def aider_command(model: str | None, base_url: str | None, task: Task | None) ->
     return " ".join(parts), {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}, ""
 
 
+GEMINI_BASE_URL_SETTINGS = {"security": {"auth": {"selectedType": "gemini-api-key"}}}
+
+
+def gemini_home() -> Path:
+    """The Gemini CLI home (GEMINI_CLI_HOME) the gemini preset uses with --base-url."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "autoresearch" / "gemini-home"
+
+
 def gemini_command(model: str | None, base_url: str | None, task: Task | None) -> tuple[str, dict[str, str], str]:
     name = _strip(model, "gemini", "google")
-    cmd = "gemini --approval-mode yolo" + (f" -m {shlex.quote(name)}" if name else "")
+    cmd = "gemini --approval-mode yolo --output-format json" + (f" -m {shlex.quote(name)}" if name else "")
     # headless gemini refuses yolo in a folder it was never told to trust (each trial's
     # worktree is new): this variable trusts the working folder for the run
     env = {"GEMINI_CLI_TRUST_WORKSPACE": "true"}
+    if base_url:
+        # GOOGLE_GEMINI_BASE_URL alone makes gemini 0.61 pick its "gateway" auth, which headless
+        # mode refuses ("Invalid auth method selected"); a settings file that selects the API-key
+        # auth makes it send GEMINI_API_KEY to that URL. A system settings file is skipped under a
+        # world-writable folder (/tmp), so the settings live in a Gemini home of their own.
+        home = gemini_home()
+        settings = home / ".gemini" / "settings.json"
+        text = json.dumps(GEMINI_BASE_URL_SETTINGS, indent=2) + "\n"
+        try:
+            if not settings.is_file() or settings.read_text() != text:
+                settings.parent.mkdir(parents=True, exist_ok=True)
+                settings.write_text(text)
+        except OSError as e:
+            raise UsageError(f"--agent gemini --base-url: cannot write {settings}: {e}") from None
+        root = base_url.rstrip("/")
+        env.update({"GOOGLE_GEMINI_BASE_URL": root.removesuffix("/v1beta"), "GEMINI_CLI_HOME": str(home)})
     return cmd + " -p 'Carry out the task described above.' < {prompt_file}", env, ""
 
 
@@ -174,6 +206,74 @@ def opencode_result(output: str) -> dict[str, Any]:
     return {"text": text, "tokens_in": tin, "tokens_out": tout, "cost": cost}
 
 
+CODEX_NO_HELPER = "Refusing to create helper binaries under temporary dir"
+CODEX_HELPER_HINT = ("codex did not set up its sandbox helper, which it refuses to do when its home "
+                     "(CODEX_HOME, else ~/.codex) is under the temporary folder ($TMPDIR, else /tmp): "
+                     "set CODEX_HOME or TMPDIR elsewhere")
+
+
+def codex_result(output: str) -> dict[str, Any]:
+    """From `codex exec --json` (one event per line): the last agent message, and the tokens of
+    every turn (`turn.completed`; input counts the cached tokens, output the reasoning ones). A
+    `turn.failed` event is the agent failing; `error` events before it are retries. Without its
+    sandbox helper every command and patch fails while codex exits 0: that is a failure too."""
+    tin = tout = 0
+    text = ""
+    changed = False
+    for line in output.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        kind = event.get("type")
+        item: dict[str, Any] = event["item"] if isinstance(event.get("item"), dict) else {}
+        if kind == "turn.failed":
+            err = event.get("error")
+            raise AgentError(f"codex: {str(err.get('message') if isinstance(err, dict) else err)[:300]}")
+        if kind == "item.completed" and item.get("type") == "agent_message" and str(item.get("text") or "").strip():
+            text = str(item["text"])
+        elif kind == "item.completed" and item.get("type") == "file_change":
+            changed = changed or item.get("status") == "completed"
+        elif kind == "turn.completed":
+            usage = event.get("usage") or {}
+            tin += int(usage.get("input_tokens") or 0)
+            tout += int(usage.get("output_tokens") or 0)
+    if CODEX_NO_HELPER in output and not changed:
+        raise AgentError(f"codex: its sandbox could not start (\"{CODEX_NO_HELPER}\"); {CODEX_HELPER_HINT}")
+    return {"text": text, "tokens_in": tin, "tokens_out": tout, "cost": 0.0}
+
+
+def gemini_result(output: str) -> dict[str, Any]:
+    """From `--output-format json` (one JSON document, printed at the end among stderr lines): the
+    response, and the tokens of every model (prompt counts the cached tokens; out is candidates
+    and thoughts). An `error` document is the agent failing."""
+    decoder = json.JSONDecoder()
+    starts = [m.start() for m in re.finditer(r"^\{", output, re.M)]
+    for start in reversed(starts):
+        try:
+            data, _ = decoder.raw_decode(output, start)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(data, dict) or not ({"response", "error", "stats"} & set(data)):
+            continue
+        if data.get("error"):
+            err = data["error"]
+            raise AgentError(f"gemini: {str(err.get('message') if isinstance(err, dict) else err)[:300]}")
+        tin = tout = 0
+        models = (data.get("stats") or {}).get("models") or {}
+        for stats in models.values():
+            tokens = (stats or {}).get("tokens") or {}
+            tin += int(tokens.get("prompt") or 0)
+            tout += int(tokens.get("candidates") or 0) + int(tokens.get("thoughts") or 0)
+        return {"text": str(data.get("response") or ""), "tokens_in": tin, "tokens_out": tout, "cost": 0.0}
+    return {}
+
+
 AIDER_NOISE = re.compile(r"^(Aider v|Model:|Main model|Weak model|Editor model|Git repo|Repo-map|Added |"
                          r"Tokens:|Cost:|Applied edit|Commit |Did not apply|Only \d+ reflections|"
                          r"Warning|https?://|HTTPSConnectionPool|litellm|Can't initialize|Use /help|"
@@ -233,22 +333,25 @@ class Preset:
 ROOT_HINT = ("Claude Code refuses to skip permissions as root: run autoresearch as a normal user, "
              "or set IS_SANDBOX=1 if this machine is a disposable container/VM")
 
+CODEX_SANDBOX_HINT = ("codex's sandbox cannot start here; use --agent cli with "
+                      "'codex exec --skip-git-repo-check --dangerously-bypass-approvals-and-sandbox - < {prompt_file}' "
+                      "inside a disposable container")
+
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("claude", "claude", "Claude Code (claude -p)", ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"),
            "claude login (or claude setup-token)", claude_command, claude_result,
            (("root/sudo privileges", ROOT_HINT),)),
     Preset("codex", "codex", "OpenAI Codex CLI (codex exec)", ("OPENAI_API_KEY", "CODEX_API_KEY"), "codex login",
-           codex_command, None,
-           (("landlock", "codex's sandbox cannot start here; use --agent cli with "
-             "'codex exec --skip-git-repo-check --dangerously-bypass-approvals-and-sandbox - < {prompt_file}' "
-             "inside a disposable container"),)),
+           codex_command, codex_result,
+           ((CODEX_NO_HELPER, CODEX_HELPER_HINT), ("landlock", CODEX_SANDBOX_HINT),
+            ("bwrap:", CODEX_SANDBOX_HINT))),
     Preset("aider", "aider", "aider (--message-file, whole/diff edits)",
            ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENROUTER_API_KEY", "GEMINI_API_KEY", "DEEPSEEK_API_KEY"),
            "a key for the --model you give", aider_command, aider_result,
            fatal=("litellm.AuthenticationError", "litellm.NotFoundError", "litellm.BadRequestError",
                   "litellm.PermissionDeniedError", "not able to authenticate you")),
     Preset("gemini", "gemini", "Gemini CLI (gemini -p)", ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
-           "gemini (Google login, once, interactively)", gemini_command),
+           "gemini (Google login, once, interactively)", gemini_command, gemini_result),
     Preset("opencode", "opencode", "opencode (opencode run)",
            ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENROUTER_API_KEY"), "opencode auth login", opencode_command,
            opencode_result),

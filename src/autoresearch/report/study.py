@@ -5,6 +5,7 @@ a report or a live page may be built while a loop is writing it.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,16 +203,20 @@ def parse_results(text: str, where: str) -> tuple[str, list[Trial]]:
     for i, line in enumerate(lines[1:], start=2):
         cells = line.split("\t", 4)
         if len(cells) < 4:
-            raise UsageError(f"{where}: line {i} has {len(cells)} columns, expected 5")
+            raise UsageError(f"{where}: line {i} has {len(cells)} columns, expected 5 "
+                             "(commit, metric, memory_gb, status, description; tab-separated)")
         commit, value, memory, status_text = (c.strip() for c in cells[:4])
         status = TSV_STATUS.get(status_text.lower())
         if status is None:
-            raise UsageError(f"{where}: line {i}: status {status_text!r} is not keep, discard or crash")
+            cols = "" if len(cells) == 5 else f" (the line has {len(cells)} columns, expected 5)"
+            raise UsageError(f"{where}: line {i}: status {status_text!r} is not keep, discard or crash{cols}")
         try:
             number, mem = float(value), float(memory or 0)
         except ValueError:
             raise UsageError(f"{where}: line {i}: {value!r} or {memory!r} is not a number") from None
         measured = status is not Status.CRASH
+        if measured and not math.isfinite(number):
+            raise UsageError(f"{where}: line {i}: the metric {value!r} of a {status_text} row is not a finite number")
         figures = {metric: number, "memory_gb": mem} if measured else {}
         trials.append(Trial(number=len(trials), status=status, commit=commit or None,
                             description=cells[4].strip() if len(cells) > 4 else "",
