@@ -1,9 +1,12 @@
 """Fake LLM APIs for tests: real HTTP servers on 127.0.0.1 with scripted replies and faults.
 
 `FakeLLM(kind)` serves the OpenAI chat-completions API (kind="openai": POST /v1/chat/completions,
-GET /v1/models) or the Anthropic messages API (kind="anthropic": POST /v1/messages), as JSON or,
-when the request asks for it, as a stream of server-sent events. Each request
-takes the next step of `script`; when the script runs out, `default` (if set) answers. A step is:
+GET /v1/models), the Anthropic messages API (kind="anthropic": POST /v1/messages), the OpenAI
+Responses API (kind="responses": POST /v1/responses, what Codex CLI speaks) or Google's Generative
+Language API (kind="gemini": POST /v1beta/models/NAME:generateContent and :streamGenerateContent,
+what Gemini CLI speaks), as JSON or, when the request asks for it, as a stream of server-sent
+events. Each request takes the next step of `script`; when the script runs out, `default` (if
+set) answers. A step is:
 
 - a `Say(text, calls, tokens_in, tokens_out)`: an assistant reply, with tool calls
   `[(name, {args}), ...]`;
@@ -14,7 +17,8 @@ takes the next step of `script`; when the script runs out, `default` (if set) an
   the client sent, e.g. aider's edit format).
 
 Requests are checked as the real APIs check them (roles in order, every tool call answered by
-its id, nothing else in between); a bad one gets a 400 and its reason goes to `invalid`.
+its id or, for Gemini, by a function response in the next turn); a bad one gets a 400 and its
+reason goes to `invalid`. The protocol code here is written from the APIs' public documentation.
 Every request is kept in `requests` (path, headers, body, arrival time) for assertions about
 what was sent.
 """
@@ -76,9 +80,11 @@ class FakeLLM:
 
     @property
     def url(self) -> str:
+        """The base URL a client is given: .../v1 for the OpenAI APIs; the bare root for Anthropic
+        and Gemini (their SDKs add /v1 and /v1beta themselves)."""
         host, port = self.server.server_address[:2]
         root = f"http://{host}:{port}"
-        return root + "/v1" if self.kind == "openai" else root
+        return root + "/v1" if self.kind in ("openai", "responses") else root
 
     def next_step(self, body: dict[str, Any]) -> Say | Fault:
         with self.lock:
@@ -112,8 +118,11 @@ class FakeLLM:
                     fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
                                           "time": time.monotonic()})
                 path = urlsplit(self.path).path
-                problem = check_openai(body) if fake.kind == "openai" else check_anthropic(body)
-                if problem and path.endswith(("/chat/completions", "/messages")):
+                if fake.kind == "gemini" and path.endswith(":countTokens"):  # not a model turn
+                    return self._send(200, {"totalTokens": len(raw) // 4})
+                problem = CHECKS[fake.kind](body)
+                if problem and path.endswith(("/chat/completions", "/messages", "/responses",
+                                              ":generateContent", ":streamGenerateContent")):
                     fake.invalid.append(problem)
                     return self._send(400, error_body(fake.kind, "invalid_request_error", problem))
                 step = fake.next_step(body)
@@ -123,6 +132,16 @@ class FakeLLM:
                     if body.get("stream"):
                         return self._raw(200, anthropic_stream(step, fake.model), "text/event-stream")
                     return self._send(200, anthropic_reply(step, fake.model))
+                if fake.kind == "responses":
+                    if body.get("stream"):
+                        return self._raw(200, responses_stream(step, body.get("model") or fake.model),
+                                         "text/event-stream")
+                    return self._send(200, responses_reply(step, body.get("model") or fake.model))
+                if fake.kind == "gemini":
+                    model = path.rsplit("/", 1)[-1].split(":")[0] or fake.model
+                    if path.endswith(":streamGenerateContent"):
+                        return self._raw(200, gemini_stream(step, model), "text/event-stream")
+                    return self._send(200, gemini_reply(step, model))
                 if body.get("stream"):
                     return self._stream(step, fake.model)
                 return self._send(200, openai_reply(step, fake.model))
@@ -136,7 +155,8 @@ class FakeLLM:
                 if f.kind == "bad-shape":
                     return self._send(200, {"id": "x", "object": "surprise"})
                 if f.kind == "401":
-                    key = self.headers.get("authorization", "") or self.headers.get("x-api-key", "")
+                    key = (self.headers.get("authorization", "") or self.headers.get("x-api-key", "")
+                           or self.headers.get("x-goog-api-key", ""))
                     key = key.removeprefix("Bearer ").strip()
                     return self._send(401, error_body(fake.kind, "authentication_error",
                                                       f"Incorrect API key provided: {key}"))
@@ -181,9 +201,16 @@ class FakeLLM:
         return Handler
 
 
+GOOGLE_STATUS = {"invalid_request_error": (400, "INVALID_ARGUMENT"), "authentication_error": (401, "UNAUTHENTICATED"),
+                 "rate_limit_error": (429, "RESOURCE_EXHAUSTED"), "api_error": (500, "INTERNAL")}
+
+
 def error_body(kind: str, etype: str, message: str) -> dict[str, Any]:
     if kind == "anthropic":
         return {"type": "error", "error": {"type": etype, "message": message}}
+    if kind == "gemini":  # google.rpc.Status
+        code, status = GOOGLE_STATUS.get(etype, (500, "INTERNAL"))
+        return {"error": {"code": code, "message": message, "status": status}}
     return {"error": {"message": message, "type": etype, "code": None}}
 
 
@@ -278,3 +305,177 @@ def anthropic_stream(step: Say, model: str) -> bytes:
                                   "usage": {"output_tokens": step.tokens_out}}),
                ("message_stop", {"type": "message_stop"})]
     return b"".join(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events)
+
+
+
+# ---------------------------------------------------------------------------
+# the OpenAI Responses API (POST /v1/responses)
+
+
+def _responses_items(step: Say) -> list[dict[str, Any]]:
+    """The reply's output items: a message with the text (if any), then one function_call per call."""
+    items: list[dict[str, Any]] = []
+    if step.text:
+        items.append({"type": "message", "id": f"msg_{uuid.uuid4().hex[:12]}", "status": "completed",
+                      "role": "assistant",
+                      "content": [{"type": "output_text", "text": step.text, "annotations": []}]})
+    for name, args in step.calls:
+        items.append({"type": "function_call", "id": f"fc_{uuid.uuid4().hex[:12]}",
+                      "call_id": f"call_{uuid.uuid4().hex[:12]}", "name": name,
+                      "arguments": json.dumps(args), "status": "completed"})
+    return items
+
+
+def _responses_usage(step: Say) -> dict[str, Any]:
+    return {"input_tokens": step.tokens_in, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": step.tokens_out, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": step.tokens_in + step.tokens_out}
+
+
+def responses_reply(step: Say, model: str, items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The response object, as POST /v1/responses returns it (and response.completed carries it)."""
+    return {"id": f"resp_{uuid.uuid4().hex[:12]}", "object": "response", "created_at": int(time.time()),
+            "status": "completed", "model": model, "error": None, "incomplete_details": None,
+            "output": _responses_items(step) if items is None else items, "parallel_tool_calls": True,
+            "usage": _responses_usage(step)}
+
+
+def responses_stream(step: Say, model: str) -> bytes:
+    """The reply as the Responses API streams it: typed server-sent events, each output item
+    added, filled by deltas (text in two pieces, a call's arguments in two pieces) and done,
+    then response.completed with the whole response and its usage."""
+    items = _responses_items(step)
+    final = responses_reply(step, model, items)
+    start = {**final, "status": "in_progress", "output": [], "usage": None}
+    events: list[dict[str, Any]] = [{"type": "response.created", "response": start},
+                                    {"type": "response.in_progress", "response": start}]
+    for i, item in enumerate(items):
+        if item["type"] == "message":
+            text = item["content"][0]["text"]
+            where = {"item_id": item["id"], "output_index": i, "content_index": 0}
+            empty = {"type": "output_text", "text": "", "annotations": []}
+            events += [{"type": "response.output_item.added", "output_index": i,
+                        "item": {**item, "status": "in_progress", "content": []}},
+                       {"type": "response.content_part.added", **where, "part": empty},
+                       {"type": "response.output_text.delta", **where, "delta": text[:5]},
+                       {"type": "response.output_text.delta", **where, "delta": text[5:]},
+                       {"type": "response.output_text.done", **where, "text": text},
+                       {"type": "response.content_part.done", **where, "part": item["content"][0]},
+                       {"type": "response.output_item.done", "output_index": i, "item": item}]
+        else:
+            args = item["arguments"]
+            where = {"item_id": item["id"], "output_index": i}
+            events += [{"type": "response.output_item.added", "output_index": i,
+                        "item": {**item, "arguments": "", "status": "in_progress"}},
+                       {"type": "response.function_call_arguments.delta", **where, "delta": args[:5]},
+                       {"type": "response.function_call_arguments.delta", **where, "delta": args[5:]},
+                       {"type": "response.function_call_arguments.done", **where, "arguments": args},
+                       {"type": "response.output_item.done", "output_index": i, "item": item}]
+    events.append({"type": "response.completed", "response": final})
+    return b"".join(f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': n})}\n\n".encode()
+                    for n, e in enumerate(events))
+
+
+CALLS = {"function_call": "function_call_output", "custom_tool_call": "custom_tool_call_output",
+         "local_shell_call": "local_shell_call_output"}
+
+
+def check_responses(body: dict[str, Any]) -> str:
+    """Why the real Responses API would refuse this request ('' if it would not): a model and an
+    input are required; every tool call is answered by an output with its call_id, and every
+    output answers a call made before it."""
+    items = body.get("input")
+    if not body.get("model") or not (isinstance(items, str) and items or isinstance(items, list) and items):
+        return "model and input are required"
+    if isinstance(items, str):
+        return ""
+    made: dict[str, str] = {}
+    answered: set[str] = set()
+    for i, item in enumerate(items):
+        kind = item.get("type", "message")
+        if kind == "message" and item.get("role") not in ("user", "assistant", "system", "developer"):
+            return f"input[{i}]: bad role {item.get('role')!r}"
+        if kind in CALLS:
+            if not item.get("call_id"):
+                return f"input[{i}]: a {kind} needs a call_id"
+            made[item["call_id"]] = kind
+        elif kind in CALLS.values():
+            if CALLS.get(made.get(item.get("call_id", ""), "")) != kind:
+                return f"input[{i}]: no tool call found for {kind} with call_id {item.get('call_id')}"
+            answered.add(item["call_id"])
+    missing = sorted(set(made) - answered)
+    return f"No tool output found for function call {missing[0]}." if missing else ""
+
+
+# ---------------------------------------------------------------------------
+# Google's Generative Language API (POST /v1beta/models/NAME:generateContent, :streamGenerateContent)
+
+
+def _gemini_usage(step: Say) -> dict[str, Any]:
+    return {"promptTokenCount": step.tokens_in, "candidatesTokenCount": step.tokens_out,
+            "totalTokenCount": step.tokens_in + step.tokens_out}
+
+
+def gemini_reply(step: Say, model: str) -> dict[str, Any]:
+    """A GenerateContentResponse: one candidate whose parts are the text and the function calls."""
+    parts: list[dict[str, Any]] = [{"text": step.text}] if step.text else []
+    parts += [{"functionCall": {"name": n, "args": a}} for n, a in step.calls]
+    return {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": _gemini_usage(step), "modelVersion": model,
+            "responseId": uuid.uuid4().hex[:16]}
+
+
+def gemini_stream(step: Say, model: str) -> bytes:
+    """The reply as :streamGenerateContent?alt=sse sends it: GenerateContentResponse chunks as
+    `data:` events (the text in two pieces, then the calls), the last one with finishReason and
+    the usage."""
+    whole = gemini_reply(step, model)
+    parts = whole["candidates"][0]["content"]["parts"]
+    pieces: list[list[dict[str, Any]]] = []
+    if step.text:
+        pieces += [[{"text": step.text[:5]}], [{"text": step.text[5:]}]]
+    calls = [p for p in parts if "functionCall" in p]
+    if calls:
+        pieces.append(calls)
+    pieces = pieces or [[{"text": ""}]]
+    chunks = []
+    for n, piece in enumerate(pieces):
+        last = n == len(pieces) - 1
+        candidate: dict[str, Any] = {"content": {"role": "model", "parts": piece}, "index": 0}
+        if last:
+            candidate["finishReason"] = "STOP"
+        chunks.append({"candidates": [candidate], "modelVersion": model, "responseId": whole["responseId"],
+                       "usageMetadata": _gemini_usage(step) if last else
+                       {"promptTokenCount": step.tokens_in, "totalTokenCount": step.tokens_in}})
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\r\n\r\n" for c in chunks)
+
+
+def check_gemini(body: dict[str, Any]) -> str:
+    """Why the real Generative Language API would refuse this request ('' if it would not): roles
+    are user or model, every turn has parts, and a model turn's function calls are answered by
+    the same number of function responses, with the same names, in the next (user) turn."""
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        return "* GenerateContentRequest.contents: contents is not specified"
+    pending: list[str] = []
+    for i, c in enumerate(contents):
+        role, parts = c.get("role", "user"), c.get("parts")
+        if role not in ("user", "model"):
+            return f"contents[{i}]: please use a valid role: user, model"
+        if not isinstance(parts, list) or not parts:
+            return f"contents[{i}].parts: contents.parts must not be empty"
+        answers = [(p["functionResponse"].get("name"), p["functionResponse"].get("id"))
+                   for p in parts if isinstance(p.get("functionResponse"), dict)]
+        if pending or answers:
+            if role != "user" or len(answers) != len(pending):
+                return ("Please ensure that the number of function response parts is equal to the number "
+                        f"of function call parts of the function call turn (contents[{i}])")
+            if sorted(map(str, answers)) != sorted(map(str, pending)):
+                return f"contents[{i}]: function responses {answers} do not answer the calls {pending}"
+        pending = [(p["functionCall"].get("name"), p["functionCall"].get("id")) for p in parts
+                   if role == "model" and isinstance(p.get("functionCall"), dict)]
+    return ""
+
+
+CHECKS = {"openai": check_openai, "anthropic": check_anthropic, "responses": check_responses,
+          "gemini": check_gemini}

@@ -3,8 +3,9 @@
 Each preset is a `CommandAgent` with a command line known to work headless: the prompt from the
 harness on stdin or from its file, every permission prompt pre-answered (the agent runs in a
 throwaway git worktree; the harness guards what it may change), no commits of its own. Where
-the tool reports what it spent (Claude Code's JSON result, opencode's JSON events, aider's
-"Tokens:/Cost:" lines) the tokens and cost go into the ledger. `autoresearch agents` prints each command, so that it can be
+the tool reports what it spent (Claude Code's JSON result, opencode's and codex's JSON events,
+gemini's JSON report, aider's "Tokens:/Cost:" lines) the tokens (and the cost, where the tool
+gives one) go into the ledger. `autoresearch agents` prints each command, so that it can be
 copied into `--agent cli --agent-cmd '...'` and adjusted.
 
 Running as root: Claude Code refuses --dangerously-skip-permissions (and bypassPermissions) for
