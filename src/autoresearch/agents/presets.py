@@ -472,7 +472,8 @@ def agents_text() -> str:
     for name, prov in PROVIDERS.items():
         key = (f"{prov.key_env} ({'set' if os.environ.get(prov.key_env) else 'not set'})" if prov.key_env
                else "no key (a local server)")
-        out.append(f"  {name:<10} {key:<28} {prov.base_url or ''}")
+        default = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}.get(name, "")
+        out.append(f"  {name:<10} {key:<28} {prov.base_url or default}")
     out += ["", "Preset commands (copy one into --agent cli --agent-cmd '...' to adjust it):"]
     for p in PRESETS.values():
         cmd, env, note = p.command("PROVIDER/MODEL" if p.name in ("aider", "opencode") else "MODEL", None, None)
