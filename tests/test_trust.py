@@ -716,3 +716,17 @@ open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "loss.txt"), "w").write(st
     assert [t.figures.get("data") for t in done] == [10.0] * 4
     assert (tmp_path / "made.log").read_text() == "made\n"  # made once, found again on resume
     assert not (root / "data").exists()  # and the user's checkout untouched
+
+
+def test_the_harness_own_variables_reach_the_experiment_and_secrets_do_not(tmp_path: Path) -> None:
+    """Keys and tokens are kept from experiments (they run code an agent wrote), but an
+    AUTORESEARCH_* setting such as AUTORESEARCH_EVAL_TOKENS is the task's own and passes."""
+    exp = ("import os\nprint('loss: 1.0')\n"
+           "print('eval tokens', os.environ.get('AUTORESEARCH_EVAL_TOKENS'))\n"
+           "print('key', os.environ.get('SOME_API_KEY'), os.environ.get('GH_TOKEN'))\n")
+    root = make_task(tmp_path / "task", experiment=exp, toml_extra=METRIC)
+    r = cli("run", str(root), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "0",
+            env={"AUTORESEARCH_EVAL_TOKENS": "1048576", "SOME_API_KEY": "sk-x", "GH_TOKEN": "ghp_x"})
+    assert r.returncode == 0, r.stderr
+    log = (root / ".autoresearch/t/logs/0.log").read_text()
+    assert "eval tokens 1048576" in log and "key None None" in log

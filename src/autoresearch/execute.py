@@ -67,7 +67,7 @@ class ExecResult:
 def experiment_env(base: dict[str, str], extra: dict[str, str], bin_dir: Path | None) -> dict[str, str]:
     """The environment of an experiment: ours minus anything that looks like a secret, plus
     the AUTORESEARCH_* variables, with `python` on PATH being this interpreter."""
-    env = {k: v for k, v in base.items() if not SECRET_ENV.search(k)}
+    env = {k: v for k, v in base.items() if k.startswith("AUTORESEARCH_") or not SECRET_ENV.search(k)}
     env.update(extra)
     if bin_dir is not None:
         env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
@@ -144,7 +144,9 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
             (spec.workdir / spec.eval_file).unlink(missing_ok=True)
     eval_log = spec.eval_log or spec.log_path.with_name(spec.log_path.stem + ".eval.log")
     eval_log.parent.mkdir(parents=True, exist_ok=True)
-    ev = run_command(_wrapped(spec, spec.evaluate), spec.workdir, env, spec.timeout, eval_log,
+    # the experiment's wall time, measured here: an evaluator may hold it against the time budget
+    eval_env = {**env, "AUTORESEARCH_EXPERIMENT_SECONDS": f"{proc.seconds:.3f}"}
+    ev = run_command(_wrapped(spec, spec.evaluate), spec.workdir, eval_env, spec.timeout, eval_log,
                      cancel=cancel, owner=spec.owner)
     eval_output = read_tail(eval_log)
     with open(spec.log_path, "a", encoding="utf-8", errors="replace") as log:

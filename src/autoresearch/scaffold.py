@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from importlib import resources
@@ -47,8 +48,9 @@ def init(directory: str | os.PathLike[str], template: str = "blank", data: str |
     if data is not None:
         toml = dest / "autoresearch.toml"
         text = toml.read_text()
-        text, n = re.subn(r'^setup\s*=\s*"python prepare.py"', f'setup = "python prepare.py --data {data_dir}"',
-                          text, count=1, flags=re.MULTILINE)
+        value = f"python prepare.py --data {shlex.quote(str(data_dir))}"
+        line = 'setup = "' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        text, n = re.subn(r'^setup\s*=\s*"python prepare.py"', lambda _: line, text, count=1, flags=re.MULTILINE)
         if n == 0:
             raise UsageError(f"the {template} template has no setup line to take --data")
         toml.write_text(text)

@@ -109,6 +109,41 @@ def test_evaluate_reports_val_and_test_bpb(trained):
     assert REJECT not in result.stdout
 
 
+def test_a_run_over_the_time_budget_is_rejected(trained, tmp_path):
+    """The evaluator holds the run to the budget: training longer than train.py was given (as
+    it reports), or an experiment whose wall time (the harness's measure) is far over it."""
+    task, env, root, _, _ = trained
+    run_dir = tmp_path / "run"
+    shutil.copytree(root / "run", run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    json.dump({**summary, "training_seconds": 7.5}, open(run_dir / "summary.json", "w"))
+    over = run(task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir)}, "prepare.py", "--evaluate")
+    assert "autoresearch_reject: trained 7.5 s, over the 3 s time budget" in over.stdout
+    json.dump(summary, open(run_dir / "summary.json", "w"))
+    slow = run(task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir), "AUTORESEARCH_EXPERIMENT_SECONDS": "40"},
+               "prepare.py", "--evaluate")
+    assert "autoresearch_reject: the experiment ran 40 s" in slow.stdout
+    fine = run(task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir), "AUTORESEARCH_EXPERIMENT_SECONDS": "20"},
+               "prepare.py", "--evaluate")
+    assert "autoresearch_reject" not in fine.stdout and "val_bpb:" in fine.stdout
+
+
+def test_the_data_folder_of_the_setup_line_is_the_one_used(tmp_path):
+    """`autoresearch init --data "a folder with spaces"`: setup, training and the evaluation all
+    read that folder (from the task file's setup line), not the standard library."""
+    data = tmp_path / "my data"
+    data.mkdir()
+    write_corpus(data)
+    repo = tmp_path / "repo"
+    made = subprocess.run([sys.executable, "-m", "autoresearch", "init", str(repo), "--template", "cpu-gpt",
+                           "--data", str(data)], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
+    env["AUTORESEARCH_CACHE"] = str(tmp_path / "cache")
+    probe = run(repo, env, "-c", "import prepare; print(prepare.data_source())")
+    assert probe.stdout.strip() == str(data.resolve()), probe.stderr
+
+
 def test_a_missing_checkpoint_is_an_error(trained, tmp_path):
     task, env, _, _, _ = trained
     result = run(task, {**env, "AUTORESEARCH_RUN_DIR": str(tmp_path)}, "prepare.py", "--evaluate")

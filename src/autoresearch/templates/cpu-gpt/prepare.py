@@ -36,6 +36,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import shutil
 import sys
 import sysconfig
@@ -78,9 +79,31 @@ FORMAT_VERSION = 1
 
 
 def data_source(data_dir: str | None = None) -> Path | None:
-    """The folder of text files to use, or None for the standard library."""
-    chosen = data_dir or os.environ.get("AUTORESEARCH_DATA_DIR") or None
+    """The folder of text files to use, or None for the standard library: --data, else
+    AUTORESEARCH_DATA_DIR, else the --data of the task file's setup line."""
+    chosen = data_dir or os.environ.get("AUTORESEARCH_DATA_DIR") or task_data() or None
     return Path(chosen).expanduser().resolve() if chosen else None
+
+
+def task_data(task_file: Path = Path("autoresearch.toml")) -> Path | None:
+    """The --data folder on the setup line of the task file (`autoresearch init --data` writes
+    it there), if any: training and the evaluation then read what setup prepared."""
+    try:
+        text = task_file.read_text()
+    except OSError:
+        return None
+    try:
+        import tomllib
+        setup = tomllib.loads(text).get("setup") or ""
+    except Exception:  # Python 3.10 (no tomllib) or a task file being edited: the plain line
+        found = re.search(r"^setup\s*=\s*([\"'])(.*)\1", text, re.M)
+        setup = found[2] if found else ""
+    try:
+        words = shlex.split(str(setup))
+    except ValueError:
+        return None
+    return Path(words[words.index("--data") + 1]) if "--data" in words[:-1] else None
+
 
 
 def _sha256(data: bytes) -> str:
@@ -324,6 +347,22 @@ def import_train(path: Path):
     return module
 
 
+def over_budget(summary: dict) -> str | None:
+    """Why the run broke the fixed time budget, or None: training longer than the budget (as
+    train.py reports it), or an experiment whose wall time (measured by the harness) is more
+    than the budget plus room for start-up and the final evaluation."""
+    budget = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or 60)
+    claimed = summary.get("training_seconds")
+    if isinstance(claimed, (int, float)) and claimed > budget * 1.05 + 1:
+        return f"trained {claimed:.1f} s, over the {budget:g} s time budget"
+    wall = os.environ.get("AUTORESEARCH_EXPERIMENT_SECONDS")
+    allowed = budget * 1.5 + 30
+    if wall and float(wall) > allowed:
+        return (f"the experiment ran {float(wall):.0f} s, more than the {budget:g} s time budget allows "
+                f"({allowed:.0f} s with start-up and evaluation)")
+    return None
+
+
 def evaluate(data_dir: str | None = None) -> int:
     """The figures of record, from the checkpoint in AUTORESEARCH_RUN_DIR (default ./run)."""
     import torch
@@ -346,13 +385,17 @@ def evaluate(data_dir: str | None = None) -> int:
     load_model(model, str(weights), strict=True, device="cpu")
     model.to(device).eval()
 
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    over = over_budget(summary)
+    if over:
+        print(f"autoresearch_reject: {over}")
+        return 0
     if not is_causal(model, load_split("val", data_dir)):
         print(REJECT_LINE)
         return 0
     val_bpb = evaluate_bpb(model, "val", data_dir)
     test_bpb = evaluate_bpb(model, "test", data_dir)
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     # the parameter count comes from the model itself; the rest is what train.py reported
     summary["num_params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
     print("---")

@@ -50,6 +50,8 @@ VOCAB_SIZE = 512 if SMOKE else 8192
 # 40 x 524,288 tokens; a CPU or a small card may lower it (figures then compare only among themselves)
 EVAL_TOKENS = int(os.environ.get("AUTORESEARCH_EVAL_TOKENS") or (8192 if SMOKE else 40 * 524_288))
 TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or (10 if SMOKE else 300))
+if SMOKE:  # the smoke model is tiny: 10 s trains it, whatever budget the task file gives the real one
+    TIME_BUDGET = min(TIME_BUDGET, 10.0)
 UNTIMED_STEPS = 2 if SMOKE else 10  # the first steps compile kernels: they run off the clock
 RUN_DIR = Path(os.environ.get("AUTORESEARCH_RUN_DIR") or "run")
 BOS = "<|bos|>"  # starts every document; the only special token
@@ -87,12 +89,22 @@ def data_dir_for(data: Path | None) -> Path:
 
 
 def task_data(task_file: Path = Path("autoresearch.toml")) -> Path | None:
-    """The --data folder on the setup line of the task file, if any: train.py and the
-    evaluation then read what setup prepared, whatever other tasks prepared since."""
-    found = task_file.exists() and re.search(
-        r"^setup\s*=\s*([\"'])(.*)\1", task_file.read_text(), re.M
-    )
-    words = shlex.split(found[2]) if found else []
+    """The --data folder on the setup line of the task file (`autoresearch init --data` writes
+    it there), if any: training and the evaluation then read what setup prepared."""
+    try:
+        text = task_file.read_text()
+    except OSError:
+        return None
+    try:
+        import tomllib
+        setup = tomllib.loads(text).get("setup") or ""
+    except Exception:  # Python 3.10 (no tomllib) or a task file being edited: the plain line
+        found = re.search(r"^setup\s*=\s*([\"'])(.*)\1", text, re.M)
+        setup = found[2] if found else ""
+    try:
+        words = shlex.split(str(setup))
+    except ValueError:
+        return None
     return Path(words[words.index("--data") + 1]) if "--data" in words[:-1] else None
 
 
@@ -612,6 +624,12 @@ def evaluate_checkpoint(run_dir: Path = RUN_DIR) -> int:
     model = import_train(Path.cwd() / "train.py").build_model(config)
     load_model(model, str(weights))  # strict: every tensor must match
     model.to(default_device())
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    claimed = summary.get("training_seconds")
+    if isinstance(claimed, (int, float)) and claimed > TIME_BUDGET * 1.05 + 1:
+        print(f"autoresearch_reject: trained {claimed:.1f} s, over the {TIME_BUDGET:g} s time budget")
+        return 0
     problem = causality_problem(model)
     if problem:
         print(f"autoresearch_reject: model is not causal: {problem}")
@@ -621,8 +639,6 @@ def evaluate_checkpoint(run_dir: Path = RUN_DIR) -> int:
     print("---")
     for split, bpb in scores.items():
         print(f"{split + '_bpb:':<18}{bpb:.6f}")
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     for name, fmt in ECHOED.items():
         if isinstance(value := summary.get(name), (int, float)):
             print(f"{name + ':':<18}{int(value) if fmt == 'd' else value:{fmt}}")

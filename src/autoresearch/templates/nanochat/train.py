@@ -76,10 +76,10 @@ FINAL_LR_FRAC = 0.0  # search: 0..0.2
 # ----------------------------------------------------------------------------
 # Fixed by the machine, not searched: memory decides these, learning does not
 
-DEVICE_BATCH_SIZE = 128  # sequences per forward pass; halve it when memory runs out
-HEAD_DIM = 128
-VE_GATE_CHANNELS = 32  # leading channels of x that set each head's share of the value embedding
-LOG_EVERY = 25
+DEVICE_BATCH_SIZE = 128  # search: off  (sequences per forward pass; halve it when memory runs out)
+HEAD_DIM = 128  # search: off
+VE_GATE_CHANNELS = 32  # search: off  (leading channels of x that set each head's share of the value embedding)
+LOG_EVERY = 25  # search: off
 SEED = int(os.environ.get("AUTORESEARCH_SEED") or 42)
 
 if SMOKE:  # AUTORESEARCH_SMOKE=1: a model that trains in seconds on two CPU cores
