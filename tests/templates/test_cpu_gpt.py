@@ -212,3 +212,19 @@ def test_the_template_has_its_files_and_stands_alone():
     for script in ("prepare.py", "train.py"):  # copied into a repo that has no autoresearch
         imported = re.findall(r"^(?:from|import) (\w+)", (TEMPLATE / script).read_text(), re.M)
         assert "autoresearch" not in imported
+
+
+def test_one_big_file_trains_and_the_small_ones_are_held_out(tmp_path):
+    """A folder with one dominant file: it goes to train (not all of the text to test), and
+    val and test each get files."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cpu_gpt_prepare", TEMPLATE / "prepare.py")
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    (tmp_path / "big.txt").write_text("a" * 1_150_000)
+    for i in range(9):
+        (tmp_path / f"small{i}.txt").write_text("b" * 11_000)
+    splits = prepare.assign_splits(prepare.list_files(tmp_path))
+    assert [rel for rel, _ in splits["train"]] == ["big.txt"]
+    assert splits["val"] and splits["test"]

@@ -156,16 +156,25 @@ def fingerprint(files: list[tuple[str, Path]]) -> str:
 def assign_splits(files: list[tuple[str, Path]]) -> dict[str, list[tuple[str, Path]]]:
     """Deterministic split by file: walk the files in the order of the hash of their relative
     path; the first ones go to test until it holds HELDOUT_FRACTION of the bytes, the next to
-    val likewise, the rest to train. Unlike a hash threshold, this gives non-empty held-out
+    val likewise, the rest (and any file over twice that share) to train. Unlike a hash threshold, this gives non-empty held-out
     splits even for a folder of a handful of files."""
     sizes = {rel: path.stat().st_size for rel, path in files}
     target = max(HELDOUT_FRACTION * sum(sizes.values()), CONTEXT_LEN + 1)
     splits: dict[str, list[tuple[str, Path]]] = {name: [] for name in SPLITS}
     held = dict.fromkeys(SPLITS, 0)
     for rel, path in sorted(files, key=lambda f: _sha256(f[0].encode())):
-        name = next((s for s in ("test", "val") if held[s] < target), "train")
+        # a file over twice a held-out share trains: one big file must not take all the text
+        fits = sizes[rel] <= 2 * target
+        name = next((s for s in ("test", "val") if held[s] < target and fits), "train")
         splits[name].append((rel, path))
         held[name] += sizes[rel]
+    for name in ("test", "val"):  # still empty (big files): a small file from a split that has several
+        donors = [d for d in SPLITS if d != name and len(splits[d]) > 1]
+        if not splits[name] and donors:
+            donor = max(donors, key=lambda d: len(splits[d]))
+            smallest = min(splits[donor], key=lambda f: sizes[f[0]])
+            splits[donor].remove(smallest)
+            splits[name].append(smallest)
     for name in SPLITS:
         splits[name].sort()
     return splits

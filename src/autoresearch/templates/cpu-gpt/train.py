@@ -183,7 +183,7 @@ def build_model(config: dict) -> nn.Module:
 def lr_multiplier(progress: float) -> float:
     """Learning-rate factor at a point of the time budget (0 = start, 1 = end)."""
     if progress < WARMUP_RATIO:
-        return (progress + 1e-3) / WARMUP_RATIO
+        return min(1.0, (progress + 1e-3) / WARMUP_RATIO)
     if progress < 1.0 - WARMDOWN_RATIO:
         return 1.0
     cooldown = max(1.0 - progress, 0.0) / max(WARMDOWN_RATIO, 1e-6)
