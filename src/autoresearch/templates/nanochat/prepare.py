@@ -197,16 +197,22 @@ def parquet_documents(path: Path) -> Iterator[str]:
         yield from (t for t in batch.column(0).to_pylist() if t)
 
 
-def local_documents(root: Path, piece: int = 1_000_000) -> list[str]:
-    """Every .txt and .parquet file under `root`, in name order, long texts cut at line ends."""
+def local_documents(root: Path, piece: int | None = None) -> list[str]:
+    """Every .txt and .parquet file under `root`, in name order, long texts cut at line ends into
+    pieces of about a hundredth of all the text (10 KB to 1 MB), so that the held-out tenths
+    come out near a tenth each even from one big file."""
     files = sorted(p for p in root.rglob("*") if p.suffix in (".txt", ".parquet") and p.is_file())
     if not files:
         raise PrepareError(f"--data {root}: no .txt or .parquet files found")
+    all_texts = [
+        parquet_documents(f) if f.suffix == ".parquet" else [f.read_text("utf-8", "replace")]
+        for f in files
+    ]
+    if piece is None:
+        total = sum(len(t) for texts in all_texts for t in texts)
+        piece = max(10_000, min(1_000_000, total // 100))
     docs: list[str] = []
-    for f in files:
-        texts = (
-            parquet_documents(f) if f.suffix == ".parquet" else [f.read_text("utf-8", "replace")]
-        )
+    for texts in all_texts:
         for text in texts:
             while len(text) > piece:
                 cut = text.rfind("\n", 0, piece) + 1 or piece
