@@ -126,6 +126,8 @@ def make_server(root: str | Path, tag: str | None, port: int = 8765) -> Server:
     from autoresearch.views import pick_tag
 
     root = Path(root).resolve()
+    if not (root / "autoresearch.toml").is_file():
+        raise UsageError(f"{root} has no autoresearch.toml: give the task repository the loop runs in")
     tag = check_tag(tag) if tag else pick_tag(root, None)
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port} is not a port number (0..65535; 0 picks a free one)")
