@@ -246,3 +246,16 @@ def test_report_results_with_a_metric_that_is_not_finite_is_one_line(tmp_path: P
     tsv.write_text(f"commit\tacc\tmemory_gb\tstatus\tdescription\na1b2c3d\t{value}\t1.0\tkeep\tbaseline\n")
     r = cli("report", "--results", str(tsv), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "not a finite number" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_agent_that_keeps_failing_is_paused_not_stopped(tmp_path: Path) -> None:
+    """Failures that may pass (exit 1: a network outage, a flaky tool) go on, with a pause that
+    grows from the fourth in a row; the loop is not stopped for them."""
+    repo = make_task(tmp_path / "task")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "echo flaky >&2; exit 1",
+            "--trials", "5", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [s for _, s, *_ in rows(repo)] == ["keep"] + ["agent_error"] * 5
+    out = r.stdout + r.stderr
+    assert "failed 4 times in a row: waiting 0.5 s" in out and "failed 5 times in a row: waiting 1 s" in out
+    assert "failed 3 times in a row: waiting" not in out

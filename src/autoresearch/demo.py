@@ -144,7 +144,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         opts.name = "llm"  # a model was given: the LLM agent is the configured one
     agent = build_agent(opts, task)
     minutes = (trials + 1) * (task.time_budget + OVERHEAD) / 60
-    print(f"the baseline and {trials} trials of {task.time_budget:g} s each with the {agent.name} "
+    print(f"the baseline and {trials} trial{'s' * (trials != 1)} of {task.time_budget:g} s each with the {agent.name} "
           f"agent: about {minutes:.0f} min (plus building the corpus once)", flush=True)
     session = open_session(task, TAG)
     events = _events(task)
@@ -170,8 +170,8 @@ def outcome_line(r: DemoResult, metric: str, minimize: bool) -> str:
     if r.baseline is None or r.best is None:
         return "no baseline was measured"
     if r.best_number == 0 or r.best == r.baseline:
-        return f"no trial beat the baseline ({metric} {r.baseline:.6g}) in {r.trials} trials"
+        return f"no trial beat the baseline ({metric} {r.baseline:.6g}) in {r.trials} trial{'s' * (r.trials != 1)}"
     gain = (r.baseline - r.best) if minimize else (r.best - r.baseline)
     return (f"{metric}: baseline {r.baseline:.6g} -> best {r.best:.6g} "
-            f"({100 * gain / abs(r.baseline):.2f}% better, {r.kept} kept of {r.trials} trials; "
+            f"({100 * gain / abs(r.baseline):.2f}% better, {r.kept} kept of {r.trials} trial{'s' * (r.trials != 1)}; "
             f"best: trial {r.best_number}, {r.best_description})")

@@ -319,8 +319,9 @@ class Loop:
     def _after_agent_error(self, error: str, fatal: bool) -> None:
         """An agent that keeps failing must not spin out thousands of trials: a failure that will
         recur (a bad key, an unknown model, a command that is not there) stops the loop after
-        FATAL_REPEATS in a row (exit 1); any other waits 1, 2, 4 ... up to 300 s before the next
-        proposal, from the second in a row, so a network outage overnight costs little."""
+        FATAL_REPEATS in a row (exit 1); from the fourth failure in a row, any other waits 0.5, 1,
+        2 ... up to 60 s before the next proposal, so a network outage overnight makes a few
+        dozen failed trials an hour, not thousands."""
         with self.lock:
             self.agent_errors += 1
             self.fatal_errors = self.fatal_errors + 1 if fatal else 0
@@ -331,8 +332,8 @@ class Loop:
                 self.events.message(f"autoresearch: stopping: {self.failure}")
                 self.cancel.set()
                 return
-        if n >= 2 and not fatal:
-            wait = min(2.0 ** (n - 2), 300.0)
+        if n >= 4 and not fatal:
+            wait = min(0.5 * 2.0 ** (n - 4), 60.0)
             self.events.message(f"the agent failed {n} times in a row: waiting {wait:g} s before the next proposal")
             self.cancel.wait(wait)
 

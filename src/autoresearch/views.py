@@ -66,7 +66,7 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
                      *held, f"{t.run_seconds:.1f}", (t.description + note)[:120]))
     n = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
-    lines = [f"tag {tag}: {len(trials)} trials, {sum(t.status.value == 'keep' for t in trials)} kept"]
+    lines = [f"tag {tag}: {len(trials)} trial{'s' * (len(trials) != 1)}, {sum(t.status.value == 'keep' for t in trials)} kept"]
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:n], widths, strict=True)) + "  " + r[n])
     noise = noise_text(trials, metric, min_delta)

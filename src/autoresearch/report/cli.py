@@ -25,7 +25,7 @@ def cmd_report(args: argparse.Namespace) -> int:
               f"{experiment_name(study.task_name, study.tag)!r} at {args.mlflow}")
     page = write_report(study, out)
     k = len(study.kept)
-    print(f"{len(study.finished)} trials (the baseline included), {k} kept improvement{'s' * (k != 1)} over it")
+    print(f"{len(study.finished)} trial{'s' * (len(study.finished) != 1)} (the baseline included), {k} kept improvement{'s' * (k != 1)} over it")
     print(f"plot:   {out / 'progress.png'}")
     print(f"report: {page}")
     return 0
