@@ -365,6 +365,7 @@ def test_baseline_crash_is_exit_1(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "b", experiment="raise SystemExit('boom')\n")
     r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "1")
     assert r.returncode == 1 and "baseline" in r.stderr and "Traceback" not in r.stderr
+    assert "start a new --tag" in r.stderr
 
 
 def test_second_loop_on_same_tag_is_refused(task_repo: Path, tmp_path: Path) -> None:

@@ -200,7 +200,8 @@ class Loop:
             if m.status is Status.INTERRUPTED:
                 raise KeyboardInterrupt
             raise AutoresearchError(f"the baseline (trial {number}) failed: {m.reason}; "
-                                    f"see {self._log(number)}")
+                                    f"see {self._log(number)} (tag {self.s.tag} stays on the code it started "
+                                    f"from, {self.s.base[:7]}: fix it, commit, and start a new --tag)")
         noise = decide.noise([r[self.task.metric.name] for r in m.repeats])
         self.s.ledger.set_meta("noise", repr(noise))
         t = t.with_(status=Status.KEEP, figures=m.figures, repeats=m.repeats if runs > 1 else [],
