@@ -136,7 +136,12 @@ class Loop:
                 self.agent.observe(visible(t, self.task.metric.holdout))
         self._index_trees(history)
         if not self.backend.remote:  # a remote backend sets up each node where the code runs
+            if self.task.setup:
+                self.events.message(f"setup: `{self.task.setup}` (its output: {self.s.dir / 'logs' / 'setup.log'})")
+            began = time.monotonic()
             self.setup = run_setup(self.s, ws, self._env(0, self.opt.seed, self.slots[0]))  # the task's own code: not sandboxed
+            if self.task.setup:
+                self.events.message(f"setup done in {time.monotonic() - began:.1f} s")
             if self.setup.changed:
                 self.events.message(f"autoresearch: warning: setup changed tracked files ({', '.join(self.setup.changed[:5])}); "
                                     "trials run the committed code, so those changes are not kept")
