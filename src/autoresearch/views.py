@@ -62,7 +62,9 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
             note += "  [no loop is running: `run --tag` records it as interrupted and goes on]"
         note += f"  [audit: {len(t.flags)} flag{'s' if len(t.flags) > 1 else ''}]" if t.flags else ""
         held = [with_spread(t, holdout, t.figures.get(holdout))] if holdout else []
-        rows.append((str(t.number), t.short or "-", t.status.value, with_spread(t, metric, t.metric),
+        measured = t.status.value in ("keep", "discard", "duplicate")  # a crash's figure is in its reason
+        rows.append((str(t.number), t.short or "-", t.status.value,
+                     with_spread(t, metric, t.metric) if measured else "-",
                      *held, f"{t.run_seconds:.1f}", (t.description + note)[:120]))
     n = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
