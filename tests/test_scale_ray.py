@@ -262,3 +262,16 @@ def test_ray_init_without_an_address_starts_a_local_instance(tmp_path: Path) -> 
     log = (root / ".autoresearch" / "local" / "logs" / "1.log").read_text()
     assert _figure(log, "loss") == "19.0" and not _figure(log, "cwd").startswith(str(root))
     assert rows[1].status is Status.DISCARD
+
+
+def test_a_ray_address_nothing_answers_at_is_refused_at_once(tmp_path: Path) -> None:
+    """Ray would retry for minutes, deaf to Ctrl-C: autoresearch refuses the address first."""
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = make_task(tmp_path / "task")
+    began = time.monotonic()
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "1",
+            "--ray-address", f"127.0.0.1:{port}", timeout=120)
+    assert r.returncode == 2 and f"--ray-address 127.0.0.1:{port}: nothing answers" in r.stderr, r.stderr
+    assert time.monotonic() - began < 30

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3 (each trial in flight gets its own, via CUDA_VISIBLE_DEVICES)")
     p.add_argument("--gpus-per-trial", type=_at_least_one, default=1, help="GPUs pinned for each trial (default 1)")
     p.add_argument("--agent-concurrency", type=_positive_int, default=None, help="proposals the agent prepares while trials run (0: ask only when a worker is free; default 0 for one worker, 1 for more)")
-    p.add_argument("--backend", default="local", choices=["local", "ray"], help="where experiments run: this machine, or Ray tasks on a cluster")
+    p.add_argument("--backend", default=None, choices=["local", "ray"], help="where experiments run: this machine (default), or Ray tasks on a cluster")
     p.add_argument("--ray-address", default=None, help="the Ray cluster, e.g. 10.0.0.1:6379 (implies --backend ray; default: RAY_ADDRESS, the local `ray start` cluster, or a new local instance)")
     p.add_argument("--trial-resources", default=None, help="for --backend ray: what each trial asks for, e.g. gpu=1,cpu=8,memory=32G (default: gpu=1 when the cluster has GPUs, else cpu=1)")
     p.add_argument("--sandbox", action="store_true", help="run experiments with no network and writes confined to the trial's folders (bubblewrap)")
@@ -218,7 +218,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from autoresearch.backends.ray import parse_resources
 
         resources = parse_resources(args.trial_resources)
-    backend = open_backend(task, "ray" if args.ray_address else args.backend, gpus=gpus,
+    if args.ray_address and args.backend == "local":
+        raise UsageError("--ray-address is for --backend ray, not --backend local")
+    backend = open_backend(task, "ray" if args.ray_address else (args.backend or "local"), gpus=gpus,
                            gpus_per_trial=args.gpus_per_trial, workers=args.workers,
                            ray_address=args.ray_address, resources=resources)
     try:

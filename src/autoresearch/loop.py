@@ -308,6 +308,10 @@ class Loop:
         if self.cancel.is_set():
             return t.with_(status=Status.INTERRUPTED, reason="stopped before the experiment")
         m = self._measure_repeats(at, t, commit, 1, first_seed=self.opt.seed)
+        if self.cancel.is_set() and m.status is not Status.INTERRUPTED:
+            # stopped while it ran: a remote experiment may finish in the moment its cancel takes
+            # to land (Ray's polite cancel); what was in flight at Ctrl-C is recorded as stopped
+            m = Measurement(Status.INTERRUPTED, m.figures, "stopped while the experiment ran", m.seconds)
         if m.status is None:
             m = self._decide(at, t, commit, m)
         t = t.with_(status=m.status or Status.DISCARD, figures=m.figures,
@@ -446,7 +450,8 @@ class Loop:
             eval_log=self.s.dir / "sealed" / f"{n}{suffix}.eval.log",
         )
         def restore() -> None:  # the committed tree, and what setup made, for the evaluator
-            self.events.phase(n, "evaluating")  # (no budget: the evaluator has its own timeout)
+            if self.task.evaluate:  # (no budget: the evaluator has its own timeout)
+                self.events.phase(n, "evaluating")
             self.s.git.reset_worktree(at.ws, commit)
             self.setup.link_into(at.ws.path)
 

@@ -21,12 +21,17 @@ def gpu_groups(gpus: Sequence[str], per_trial: int = 1, workers: int | None = No
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     if not gpus:
+        if per_trial != 1:
+            raise UsageError(f"--gpus-per-trial {per_trial} needs --gpus (the GPU ids to share out, e.g. --gpus 0,1,2,3)")
         return [()] * (workers or 1)
     if len(set(gpus)) != len(gpus):
         raise UsageError(f"--gpus lists a GPU twice: {','.join(gpus)}")
     groups = [tuple(gpus[i:i + per_trial]) for i in range(0, len(gpus) - per_trial + 1, per_trial)]
     if not groups:
         raise UsageError(f"--gpus-per-trial {per_trial} is more than the {len(gpus)} GPU(s) of --gpus")
+    if len(gpus) % per_trial:
+        raise UsageError(f"--gpus lists {len(gpus)} GPUs, not a multiple of --gpus-per-trial {per_trial}: "
+                         f"{','.join(gpus[len(groups) * per_trial:])} would stay idle")
     if workers is None:
         return groups
     if workers > len(groups):

@@ -25,6 +25,7 @@ import logging
 import os
 import platform
 import shutil
+import socket
 import tarfile
 import tempfile
 import threading
@@ -186,6 +187,22 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
 # the driver's side
 
 
+def reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse at once (exit 2) an address nothing listens on: Ray itself would retry for minutes,
+    deaf to Ctrl-C."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--ray-address {address!r} is not HOST:PORT (e.g. 127.0.0.1:6379, or ray://HOST:10001)")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UsageError(f"--ray-address {address}: nothing answers at {host}:{port} "
+                         f"({e.strerror or e}); is the cluster up (`ray status`)?") from None
+
+
 class RayBackend:
     """Trials as Ray tasks. `address` None: `ray.init()` (RAY_ADDRESS, the cluster `ray start`
     made on this machine, or a new local instance); `resources` None: one GPU per trial
@@ -207,6 +224,11 @@ class RayBackend:
         if not ray.is_initialized():
             import autoresearch
 
+            if address:
+                reachable(address)
+            if os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_MODE"):
+                os.environ["RAY_AUTH_MODE"] = "token"  # a token given is a token to use (Ray >= 2.59)
+
             package = str(Path(autoresearch.__file__).parent)
             try:
                 # no dashboard for a local instance started here (ignored for a cluster); Ray's
@@ -215,12 +237,15 @@ class RayBackend:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                          include_dashboard=False, runtime_env={"py_modules": [package]})
             except Exception as e:  # noqa: BLE001 - Ray raises many kinds; one line for the user
-                hint = (" (a cluster with token authentication also needs its token here: "
-                        "RAY_AUTH_TOKEN, or ~/.ray/auth_token from `ray get-auth-token`)") if address else ""
+                hint = (" (a cluster with token authentication also needs RAY_AUTH_MODE=token and its token "
+                        "here: RAY_AUTH_TOKEN, or ~/.ray/auth_token from `ray get-auth-token`)") if address else ""
                 raise AutoresearchError(f"cannot connect to Ray at {address or 'the default address'}: "
                                         f"{last_lines(str(e), 1)[:300]}{hint}") from None
             self.started = True
         totals = ray.cluster_resources()
+        if gpus_per_trial != 1 and not resources and totals.get("GPU", 0) <= 0:
+            self.close()
+            raise UsageError(f"--gpus-per-trial {gpus_per_trial}: the Ray cluster has no GPU")
         self.request = dict(resources) if resources else (
             {"gpu": float(gpus_per_trial), "cpu": 1.0} if totals.get("GPU", 0) > 0 else {"cpu": 1.0})
         try:
