@@ -259,3 +259,13 @@ def test_an_agent_that_keeps_failing_is_paused_not_stopped(tmp_path: Path) -> No
     out = r.stdout + r.stderr
     assert "failed 4 times in a row: waiting 0.5 s" in out and "failed 5 times in a row: waiting 1 s" in out
     assert "failed 3 times in a row: waiting" not in out
+
+
+def test_a_protected_glob_that_matches_nothing_is_named(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    toml = (repo / "autoresearch.toml").read_text().replace('protected = ["prepare.py"]', 'protected = ["prepare.py", "prepar.py"]')
+    (repo / "autoresearch.toml").write_text(toml)
+    git(repo, "commit", "-qam", "typo")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "0")
+    assert r.returncode == 0, r.stderr
+    assert "'protected' glob 'prepar.py' matches no file" in r.stdout + r.stderr

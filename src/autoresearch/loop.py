@@ -43,7 +43,7 @@ from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import last_lines
 from autoresearch.records import Status, Trial
 from autoresearch.session import Session, SetupOutput, branch_ref, run_setup, trial_ref
-from autoresearch.task import list_files
+from autoresearch.task import glob_match, list_files
 
 
 @dataclass
@@ -123,6 +123,10 @@ class Loop:
         self.setup = SetupOutput(session.dir / "setup")  # what setup made, linked into each trial
         root_files = list_files(self.task.root)
         self.checkout_files = [p for p in root_files if self.task.is_editable(p) or self.task.is_protected(p)]
+        for pattern in self.task.protected:  # a typo here leaves the real file unprotected
+            if not any(glob_match(p, pattern) for p in root_files):
+                self.events.message(f"autoresearch: warning: 'protected' glob {pattern!r} matches no file "
+                                    "(a trial that makes or changes a file it names is still rejected)")
         self.checkout = self._checkout_fingerprint()  # watched like the user's refs, never touched
 
     # -- the whole loop -------------------------------------------------------------------
