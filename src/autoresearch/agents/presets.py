@@ -23,7 +23,7 @@ import re
 import shlex
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,12 +173,8 @@ def claude_result(output: str) -> dict[str, Any]:
     return {}
 
 
-def opencode_result(output: str) -> dict[str, Any]:
-    """From `--format json` (one event per line): the last text part, and the tokens and cost
-    of every step (`step_finish`). An `error` event is the agent failing."""
-    tin = tout = 0
-    cost = 0.0
-    text = ""
+def json_events(output: str) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a tool's one-event-per-line output, other lines skipped."""
     for line in output.splitlines():
         line = line.strip()
         if not line.startswith("{"):
@@ -187,8 +183,17 @@ def opencode_result(output: str) -> dict[str, Any]:
             event = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if not isinstance(event, dict):
-            continue
+        if isinstance(event, dict):
+            yield event
+
+
+def opencode_result(output: str) -> dict[str, Any]:
+    """From `--format json` (one event per line): the last text part, and the tokens and cost
+    of every step (`step_finish`). An `error` event is the agent failing."""
+    tin = tout = 0
+    cost = 0.0
+    text = ""
+    for event in json_events(output):
         part: dict[str, Any] = event["part"] if isinstance(event.get("part"), dict) else {}
         kind = event.get("type")
         if kind == "error":
@@ -221,16 +226,7 @@ def codex_result(output: str) -> dict[str, Any]:
     tin = tout = 0
     text = ""
     changed = False
-    for line in output.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(event, dict):
-            continue
+    for event in json_events(output):
         kind = event.get("type")
         item: dict[str, Any] = event["item"] if isinstance(event.get("item"), dict) else {}
         if kind == "turn.failed":
