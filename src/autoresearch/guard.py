@@ -89,19 +89,24 @@ class GitGuard:
     trial); one deleted or moved is restored. The tag's branch is not watched here: the loop
     sets it from the ledger when it records a verdict. The user's own branches and tags
     (refs/heads, refs/tags, refs/stash) are watched but never restored nor held against a trial: the user
-    may be committing or fetching while the loop runs. `user_ref_changes` says what changed in
-    them since the last look, and the loop notes it on the trial that was running then."""
+    may be committing or fetching while the loop runs. The user's own copies of the task's files
+    (`checkout_files` under `checkout`) are watched the same way, by their stat. `user_changes`
+    says what changed since the last look, and the loop notes it on the trial running then."""
 
     METADATA = ("config", "config.worktree", "info/attributes", "info/exclude", "info/grafts",
                 "info/sparse-checkout", "objects/info/alternates")
 
-    def __init__(self, common_dir: Path, tag: str | None = None) -> None:
+    def __init__(self, common_dir: Path, tag: str | None = None, checkout: Path | None = None,
+                 checkout_files: list[str] | None = None) -> None:
         self.common_dir = common_dir
         self.own = f"refs/autoresearch/{tag}/" if tag else None
         self._loose: dict[str, tuple[tuple[int, int, int], str]] = {}  # path -> (stat key, value)
         self._saved = self._read()
         self._refs = self._read_refs()
         self._user = self._read_user_refs()
+        # the user's own copies of the task's files: what an agent lost in the folders writes to
+        self.checkout, self.checkout_files = checkout, checkout_files or []
+        self._stats = self._checkout_stats()
 
     def _files(self) -> list[Path]:
         files = [self.common_dir / name for name in self.METADATA]
@@ -174,6 +179,24 @@ class GitGuard:
                     continue
                 refs[name] = value
         return refs
+
+    def _checkout_stats(self) -> dict[str, tuple[int, int, int]]:
+        out = {}
+        for rel in self.checkout_files if self.checkout else []:
+            try:
+                st = os.stat(self.checkout / rel)  # type: ignore[operator]
+                out[rel] = (st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+            except OSError:
+                out[rel] = (0, 0, -1)
+        return out
+
+    def user_changes(self) -> list[str]:
+        """What changed in the user's refs and checkout since the last look, one line each;
+        nothing is undone."""
+        now = self._checkout_stats()
+        changed = sorted(p for p in now if now[p] != self._stats.get(p))
+        self._stats = now
+        return self.user_ref_changes() + [f"changed {p} in your checkout" for p in changed]
 
     def user_ref_changes(self) -> list[str]:
         """What changed in the user's branches and tags since the last look, one line each

@@ -18,7 +18,6 @@ before its next proposal. W = 1 and K = 0 is the plain sequential loop, in the c
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import statistics
@@ -91,7 +90,6 @@ class Loop:
         self.events: Events = events or NullEvents()
         self.cancel = threading.Event()
         self.bin_dir = python_shim(session.dir.parent / "bin")
-        self.gitguard = guard.GitGuard(session.git.common_dir, session.tag)
         from autoresearch.sandbox import require, seal_warning
 
         if self.opt.sandbox and not (backend and backend.remote):  # built per trial in execute();
@@ -122,12 +120,13 @@ class Loop:
         self.failure = ""  # why the loop stopped itself (exit 1)
         self.setup = SetupOutput(session.dir / "setup")  # what setup made, linked into each trial
         root_files = list_files(self.task.root)
-        self.checkout_files = [p for p in root_files if self.task.is_editable(p) or self.task.is_protected(p)]
         for pattern in self.task.protected:  # a typo here leaves the real file unprotected
             if not any(glob_match(p, pattern) for p in root_files):
                 self.events.message(f"autoresearch: warning: 'protected' glob {pattern!r} matches no file "
                                     "(a trial that makes or changes a file it names is still rejected)")
-        self.checkout = self._checkout_fingerprint()  # watched like the user's refs, never touched
+        self.gitguard = guard.GitGuard(  # the user's refs and copies of the task's files are watched too
+            session.git.common_dir, session.tag, checkout=self.task.root,
+            checkout_files=[p for p in root_files if self.task.is_editable(p) or self.task.is_protected(p)])
 
     # -- the whole loop -------------------------------------------------------------------
 
@@ -288,7 +287,7 @@ class Loop:
         self.agent_errors = 0
         with self.lock:
             reason = guard.check_changes(self.task, changes, ws.path) or self.gitguard.check_and_restore()
-            t = self._note_user_refs(t, "agent")
+            t = self._note_user_changes(t, "agent")
             same = self.trees.get(tree)
             if not reason and same is None:
                 self.trees[tree] = t.number
@@ -323,7 +322,7 @@ class Loop:
                     reason=m.reason, run_seconds=m.seconds, metric=m.figures.get(self.task.metric.name))
         with self.lock:
             tamper = self.gitguard.check_and_restore()
-            t = self._note_user_refs(t, "experiment")
+            t = self._note_user_changes(t, "experiment")
         if tamper:
             t = t.with_(status=Status.REJECTED, reason=tamper)
         return t
@@ -351,30 +350,11 @@ class Loop:
             self.events.message(f"the agent failed {n} times in a row: waiting {wait:g} s before the next proposal")
             self.cancel.wait(wait)
 
-    def _checkout_fingerprint(self) -> dict[str, tuple[int, int, int]]:
-        """(mtime, ctime, size) of the user's own copies of the task's files (editable, protected,
-        the task file and the program): what an agent that lost its way in the folders would
-        write to."""
-        out = {}
-        for rel in self.checkout_files:
-            try:
-                st = os.stat(self.task.root / rel)
-                out[rel] = (st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-            except OSError:
-                out[rel] = (0, 0, -1)
-        return out
-
-    def _checkout_changes(self) -> list[str]:
-        now = self._checkout_fingerprint()
-        changed = sorted(p for p in now if now[p] != self.checkout.get(p))
-        self.checkout = now
-        return [f"changed {p} in your checkout" for p in changed]
-
-    def _note_user_refs(self, t: Trial, phase: str) -> Trial:
-        """Note on the trial what changed in the user's branches and tags while its agent or
-        its experiment ran. Not held against it (the user may have committed meanwhile) and not
+    def _note_user_changes(self, t: Trial, phase: str) -> Trial:
+        """Note on the trial what changed in the user's refs and checkout while its agent or its
+        experiment ran. Not held against it (the user may have committed meanwhile) and not
         undone; shown by `status`, `show` and the report with the audit's flags."""
-        changes = self.gitguard.user_ref_changes() + self._checkout_changes()
+        changes = self.gitguard.user_changes()
         if not changes:
             return t
         others = " (or by the user, or a trial running beside it)"
