@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,13 @@ def make_task(root: Path, toml_extra: str = "", experiment: str = EXPERIMENT, fi
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "task")
     return root
+
+
+def wait_for(path: Path, seconds: float = 60) -> None:
+    """Until `path` exists (a marker a running agent or experiment writes), at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def script_agent(path: Path, body: str) -> str:

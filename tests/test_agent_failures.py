@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, git, make_task, script_agent
+from conftest import cli, git, make_task, script_agent, wait_for
 from fakes.llm_server import FakeLLM, Fault, Say
 
 KEY = "sk-test-Q1w2E3r4T5y6U7i8O9p0"
@@ -40,9 +40,7 @@ def test_ctrl_c_kills_a_running_agent_and_its_code_can_be_proposed_again(tmp_pat
     proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t",
                              "--agent", "cli", "--agent-cmd", slow, "--trials", "3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(marker)
     stopped = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
@@ -212,9 +210,7 @@ def test_a_trial_killed_while_its_agent_ran_is_a_commit_and_status_says_no_loop_
     proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t",
                              "--agent", "cli", "--agent-cmd", slow, "--trials", "3"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(marker)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     shown = cli("status", str(repo), "--tag", "t").stdout

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, git, make_task, script_agent
+from conftest import cli, git, make_task, script_agent, wait_for
 
 
 def ledger_rows(repo: Path, tag: str) -> list[tuple]:
@@ -233,9 +233,7 @@ def test_kill_during_trial_then_resume(task_repo: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(task_repo), "--tag", "t",
                              "--agent", "cli", "--agent-cmd", agent, "--trials", "3"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(marker)
     assert marker.exists()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -265,9 +263,7 @@ def test_ctrl_c_stops_cleanly(task_repo: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(task_repo), "--tag", "t",
                              "--agent", "cli", "--agent-cmd", agent, "--trials", "5"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(marker)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -375,9 +371,7 @@ def test_second_loop_on_same_tag_is_refused(task_repo: Path, tmp_path: Path) -> 
                              "--agent", "cli", "--agent-cmd", agent, "--trials", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(marker, 30)
         r = run(task_repo, "true")
         assert r.returncode == 2 and "another autoresearch loop" in r.stderr
     finally:
