@@ -353,12 +353,11 @@ def tsv_row(t: Trial) -> str:
     # No double quote: csv readers (pandas' read_csv too) take a field that starts with one for a
     # quoted field and swallow every row after it up to the next quote.
     desc = clean_text(t.description).replace('"', "'") or "(no description)"
-    if t.status is Status.DUPLICATE and metric is None:  # a repeat of code that crashed
-        return f"{t.short}\t0.000000\t0.0\tcrash\t{clean_text(t.description).replace(chr(34), chr(39)) or '(no description)'}"
+    status = "crash" if t.status is Status.DUPLICATE and metric is None else t.status.tsv  # a repeat of a crash
     text = f"{metric if metric is not None else 0.0:.6f}"
     if text == "-0.000000":  # a tiny negative figure rounds to zero, not to minus zero
         text = "0.000000"
-    return f"{t.short}\t{text}\t{memory:.1f}\t{t.status.tsv}\t{desc}"
+    return f"{t.short}\t{text}\t{memory:.1f}\t{status}\t{desc}"
 
 
 def now() -> float:
