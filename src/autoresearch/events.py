@@ -74,8 +74,7 @@ class PlainEvents:
 
     def trial_finished(self, trial: Trial, best: Trial, baseline: Trial | None, cost: float) -> None:
         self._running.pop(trial.number, None)
-        why = (f" - {trial.reason}" if trial.reason and trial.status.value != "keep"
-               and trial.reason[:60] not in trial.description else "")  # an agent error is its own description
+        why = f" - {trial.why}" if trial.why else ""
         self._best = f"; best {self.metric} {fmt(best.metric)} (trial {best.number})"
         money = f"; cost ${cost:.2f}" if cost else ""
         self._print(f"[trial {trial.number}] {trial.status.value} {self.metric}={fmt(trial.metric)} "

@@ -71,6 +71,14 @@ class Trial:
     def short(self) -> str:
         return (self.commit or "")[:7]
 
+    @property
+    def why(self) -> str:
+        """The reason to show beside the description: none for a keep, nor when the description
+        already says it (an agent error's description is its reason)."""
+        if not self.reason or self.status is Status.KEEP or self.reason[:60] in self.description:
+            return ""
+        return self.reason
+
     def spread(self, name: str) -> float | None:
         """The standard deviation of a figure over the trial's repeats (None when run once)."""
         values = [r[name] for r in self.repeats if name in r]

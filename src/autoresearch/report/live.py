@@ -180,8 +180,7 @@ class LiveEvents:
             table.add_column(head, justify=justify, no_wrap=head != "description",  # type: ignore[arg-type]
                              overflow="ellipsis")
         for t in self._recent:
-            why = (f"  [{clean_text(t.reason, 80)}]" if t.reason and t.status is not Status.KEEP
-                   and t.reason[:60] not in t.description else "")
+            why = f"  [{clean_text(t.why, 80)}]" if t.why else ""
             table.add_row(str(t.number), Text(t.status.value, style=STYLES.get(t.status, "")),
                           fmt(t.metric), *(fmt(t.figures.get(n)) for n in names),
                           f"{t.run_seconds:.1f}",
