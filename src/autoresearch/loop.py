@@ -39,9 +39,17 @@ from autoresearch.gitrepo import GitError, Workspace
 from autoresearch.ledger import clean_text
 from autoresearch.metrics import MEMORY, MetricError, extract, metric_problem, redact, reject_reason
 from autoresearch.pool import Place, pipeline, together
-from autoresearch.process import last_lines
+from autoresearch.process import last_lines, read_tail
 from autoresearch.records import Status, Trial
-from autoresearch.session import Session, SetupOutput, branch_ref, run_setup, trial_ref
+from autoresearch.session import (
+    Session,
+    SetupOutput,
+    branch_ref,
+    missing_hint,
+    run_setup,
+    shared_links,
+    trial_ref,
+)
 from autoresearch.task import glob_match, list_files
 
 
@@ -118,12 +126,19 @@ class Loop:
         self.agent_errors = 0  # agent errors in a row
         self.fatal_errors = 0  # unrecoverable ones (AgentError.fatal) in a row
         self.failure = ""  # why the loop stopped itself (exit 1)
-        self.setup = SetupOutput(session.dir / "setup")  # what setup made, linked into each trial
+        self.setup = SetupOutput(session.dir / "setup", shared=shared_links(self.task))  # linked into each trial
         root_files = list_files(self.task.root)
         for pattern in self.task.protected:  # a typo here leaves the real file unprotected
             if not any(glob_match(p, pattern) for p in root_files):
                 self.events.message(f"autoresearch: warning: 'protected' glob {pattern!r} matches no file "
                                     "(a trial that makes or changes a file it names is still rejected)")
+        for rel in self.task.shared:
+            if not any(rel == r for r, _ in self.setup.shared):
+                self.events.message(f"autoresearch: warning: 'shared' path {rel!r} is not in your checkout; "
+                                    "trials will not see it")
+        if self.task.shared and self.backend.remote:
+            self.events.message("autoresearch: warning: 'shared' paths are linked for the local backend only; "
+                                "on Ray, make them on each node (in `setup`, or at the same absolute path)")
         self.gitguard = guard.GitGuard(  # the user's refs and copies of the task's files are watched too
             session.git.common_dir, session.tag, checkout=self.task.root,
             checkout_files=[p for p in root_files if self.task.is_editable(p) or self.task.is_protected(p)])
@@ -207,7 +222,8 @@ class Loop:
             self._finish(t.with_(status=m.status, reason=m.reason, run_seconds=m.seconds, figures=m.figures))
             if m.status is Status.INTERRUPTED:
                 raise KeyboardInterrupt
-            raise AutoresearchError(f"the baseline (trial {number}) failed: {m.reason}; "
+            hint = missing_hint(self.s, read_tail(self._log(number)))
+            raise AutoresearchError(f"the baseline (trial {number}) failed: {m.reason}{hint}; "
                                     f"see {self._log(number)} (tag {self.s.tag} stays on the code it started "
                                     f"from, {self.s.base[:7]}: fix it, commit, and start a new --tag)")
         noise = decide.noise([r[self.task.metric.name] for r in m.repeats])
@@ -429,7 +445,8 @@ class Loop:
             timeout=self.task.timeout, env=self._env(n, seed, at.gpus), protected=self.protected,
             evaluate=self.task.evaluate, owner=f"{self.s.owner}:{n}", sandbox=self.opt.sandbox,
             seal=bool(self.task.metric.holdout),
-            hidden=(self.s.dir.parent,), readable=(self.task.root, self.bin_dir, self.setup.store),
+            hidden=(self.s.dir.parent,),
+            readable=(self.task.root, self.bin_dir, self.setup.store, *(t.resolve() for _, t in self.setup.shared)),
             holdout=self.task.metric.holdout, eval_file=self.task.metric.file,
             eval_log=self.s.dir / "sealed" / f"{n}{suffix}.eval.log",
         )

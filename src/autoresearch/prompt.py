@@ -37,8 +37,9 @@ def build_prompt(ctx: Context, history: list[str] | None = None) -> str:
     m = task.metric
     best = ctx.best
     direction = "lower is better" if m.minimize else "higher is better"
+    program = task.program_text(ctx.workdir).strip() or f"(no {task.program}: improve the metric)"
     parts = [
-        "# Research program\n", task.program_text(ctx.workdir).strip(), "\n",
+        "# Research program\n", program, "\n",
         "# The task\n",
         f"- You may change only these paths (globs): {', '.join(task.editable)}",
         f"- Never change: {', '.join(task.always_protected + task.protected)}",

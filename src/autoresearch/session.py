@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from autoresearch.gitrepo import Git, GitError, Workspace, status_entries
 from autoresearch.ledger import LEDGER_DIR, Ledger, tag_dir
 from autoresearch.process import kill_owned, last_lines, read_tail, run_command
 from autoresearch.records import Status, Trial
-from autoresearch.task import Task
+from autoresearch.task import TASK_FILE, Task
 
 
 def branch_ref(tag: str) -> str:
@@ -146,33 +147,61 @@ def repair(s: Session) -> list[Trial]:
 
 @dataclass(frozen=True)
 class SetupOutput:
-    """What the setup command left in its worktree, kept in the tag's `setup/` folder and linked
-    into every trial's worktree before each experiment and evaluation (trials start from clean
-    worktrees, which would otherwise lose it)."""
+    """What the setup command left in its worktree, kept in the tag's `setup/` folder, and the
+    task's `shared` paths of the user's checkout (git-ignored data, a virtual environment):
+    linked into every trial's worktree before each experiment and evaluation (trials start from
+    clean worktrees of a commit, which hold neither)."""
 
     store: Path
     entries: tuple[str, ...] = ()  # worktree-relative files and folders
     changed: tuple[str, ...] = ()  # tracked files setup changed: not kept (trials run the commit)
+    shared: tuple[tuple[str, Path], ...] = ()  # (worktree-relative path, the user's copy)
+
+    def links(self) -> list[tuple[str, Path]]:
+        return [(rel, self.store / rel) for rel in self.entries] + list(self.shared)
 
     def link_into(self, workdir: Path) -> None:
-        for rel in self.entries:
+        for rel, target in self.links():
             link = workdir / rel
             if os.path.lexists(link):
                 continue
             try:
                 link.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(self.store / rel, link)
+                os.symlink(target, link)
             except OSError:
                 continue
+
+
+def shared_links(task: Task) -> tuple[tuple[str, Path], ...]:
+    """The task's `shared` paths that exist in the user's checkout."""
+    return tuple((rel, task.root / rel) for rel in task.shared if os.path.lexists(task.root / rel))
+
+
+def missing_hint(s: Session, output: str) -> str:
+    """When a failed run names a path the user's checkout has but git ignores (data, a virtual
+    environment), say why the trial could not see it; else ''."""
+    out = s.git.run("status", "--porcelain=v1", "-z", "--untracked-files=normal", "--ignored=traditional",
+                    "--no-renames", strip=False, check=False)
+    for code, path in status_entries(out):
+        rel = path.rstrip("/")
+        if code not in ("??", "!!") or rel in s.task.shared or rel.split("/")[0] == ".autoresearch":
+            continue
+        if re.search(rf"(?<![\w.-]){re.escape(rel)}(?![\w.-])", output):
+            return (f" -- {rel!r} is in your checkout but not in git, and trials run in clean worktrees "
+                    f"of the commit: add `shared = [\"{rel}\"]` to {TASK_FILE} (linked into every trial), "
+                    "or make it in `setup`")
+    return ""
 
 
 def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | None = None) -> SetupOutput:
     """Run the task's setup command once in a worktree; a failure stops the loop (exit 1).
     What it writes inside the worktree (untracked or ignored files) is moved to the tag's
-    `setup/` folder, to be linked into each trial's worktree."""
+    `setup/` folder, to be linked into each trial's worktree. The `shared` paths are linked in
+    before it runs, so a setup that checks for its data finds what the user already has."""
     store, manifest = s.dir / "setup", s.dir / "setup.json"
+    shared = shared_links(s.task)
     if not s.task.setup:
-        return SetupOutput(store)
+        return SetupOutput(store, shared=shared)
     try:  # an earlier run's output goes back in place first: an idempotent setup finds it made
         before = [str(e) for e in json.loads(manifest.read_text())]
     except (OSError, ValueError, TypeError):
@@ -181,6 +210,7 @@ def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | 
         if (store / rel).exists() and not os.path.lexists(ws.path / rel) and ".." not in Path(rel).parts:
             (ws.path / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(store / rel), str(ws.path / rel))
+    SetupOutput(store, shared=shared).link_into(ws.path)
     log = s.dir / "logs" / "setup.log"
     command: str | list[str] = [*wrap, "/bin/bash", "-c", s.task.setup] if wrap else s.task.setup
     result = run_command(command, ws.path, env, 6 * 3600, log, owner=s.owner)
@@ -188,6 +218,9 @@ def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | 
         tail = last_lines(read_tail(log), 15)
         raise AutoresearchError(f"setup command `{s.task.setup}` failed (exit {result.returncode}); "
                                 f"log {log}:\n{tail}")
+    for rel, _ in shared:  # the links are not setup's output
+        if os.path.islink(ws.path / rel):
+            os.unlink(ws.path / rel)
     out = s.git.run("status", "--porcelain=v1", "-z", "--untracked-files=normal", "--ignored=traditional",
                     "--no-renames", env=s.git.wt_env(ws), cwd=ws.path, strip=False, check=False)
     entries: list[str] = []
@@ -201,7 +234,7 @@ def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | 
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text(json.dumps(entries))
     os.replace(tmp, manifest)
-    return SetupOutput(store, tuple(entries), tuple(changed))
+    return SetupOutput(store, tuple(entries), tuple(changed), shared)
 
 
 def write_summary(s: Session, data: dict[str, object]) -> None:

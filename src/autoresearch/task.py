@@ -27,7 +27,7 @@ TASK_FILE = "autoresearch.toml"
 
 TOP_KEYS = {
     "name", "program", "editable", "protected", "setup", "command", "time_budget",
-    "timeout", "evaluate", "metric", "acceptance", "agent",
+    "timeout", "evaluate", "metric", "acceptance", "agent", "shared",
 }
 METRIC_KEYS = {"name", "goal", "pattern", "file", "record", "holdout"}
 ACCEPTANCE_KEYS = {"min_delta", "baseline_runs", "confirm"}
@@ -73,6 +73,7 @@ class Task:
     timeout: float = 660.0
     acceptance: Acceptance = field(default_factory=Acceptance)
     agent: dict[str, Any] = field(default_factory=dict)
+    shared: tuple[str, ...] = ()  # paths of the user's checkout (git-ignored data) linked into trials
 
     @property
     def always_protected(self) -> tuple[str, ...]:
@@ -91,7 +92,11 @@ class Task:
         return sorted(p for p in files if self.is_protected(p))
 
     def program_text(self, root: Path | None = None) -> str:
-        return ((root or self.root) / self.program).read_text(errors="replace")
+        """The research program; empty when the task file names none and program.md is absent."""
+        try:
+            return ((root or self.root) / self.program).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
 
 def glob_match(path: str, pattern: str) -> bool:
@@ -289,7 +294,7 @@ def load_task(root: str | os.PathLike[str]) -> Task:
     program = _get_str(data, "program", "", default="program.md") or "program.md"
     if Path(program).is_absolute() or ".." in Path(program).parts:
         raise TaskError(f"{TASK_FILE}: 'program' must be a path inside the task repository, got {program!r}")
-    if not (root / program).is_file():
+    if "program" in data and not (root / program).is_file():  # unnamed, program.md may be absent
         raise TaskError(f"{TASK_FILE}: 'program' file {program!r} not found in {root}")
     time_budget = _get_number(data, "time_budget", "", 300.0)
     timeout = _get_number(data, "timeout", "", 2 * time_budget + 60)
@@ -302,6 +307,7 @@ def load_task(root: str | os.PathLike[str]) -> Task:
     if not editable:
         raise TaskError(f"{TASK_FILE}: 'editable' must list at least one glob")
     protected = _get_list(data, "protected", "")
+    shared = tuple(_shared_path(p) for p in _get_list(data, "shared", ""))
     evaluate = _get_str(data, "evaluate", "")
     if metric.holdout and not (evaluate or "").strip():
         raise TaskError(f"{TASK_FILE}: 'metric.holdout' needs 'evaluate': the sealed figure is "
@@ -311,10 +317,23 @@ def load_task(root: str | os.PathLike[str]) -> Task:
         command=command, metric=metric, editable=editable, program=program,
         protected=protected, setup=_get_str(data, "setup", ""),
         evaluate=evaluate, time_budget=time_budget, timeout=timeout,
-        acceptance=acceptance, agent=agent,
+        acceptance=acceptance, agent=agent, shared=shared,
     )
     _check_paths(task)
     return task
+
+
+def _shared_path(raw: str) -> str:
+    """One `shared` entry: a relative path inside the repository, in git's spelling."""
+    path = Path(raw.strip())
+    rel = path.as_posix().rstrip("/")
+    if path.is_absolute() or ".." in path.parts or rel in ("", "."):
+        raise TaskError(f"{TASK_FILE}: 'shared' entries must be paths inside the task repository, got {raw!r}")
+    if any(c in rel for c in "*?["):
+        raise TaskError(f"{TASK_FILE}: 'shared' entries are paths, not globs: {raw!r}")
+    if rel.split("/")[0] in (".git", ".autoresearch"):
+        raise TaskError(f"{TASK_FILE}: 'shared' cannot name {rel.split('/')[0]}")
+    return rel.removeprefix("./")
 
 
 def _check_paths(task: Task) -> None:
@@ -329,3 +348,10 @@ def _check_paths(task: Task) -> None:
                 raise TaskError(f"{TASK_FILE}: {f!r} is matched by 'editable' but is always protected")
             if any(glob_match(f, p) for p in task.protected):
                 raise TaskError(f"{TASK_FILE}: {f!r} is both editable and protected")
+    for rel in task.shared:  # a link to the user's copy: an agent's edit there would escape the record
+        inside = [f for f in files if f == rel or f.startswith(rel + "/")] or [rel]
+        bad = next((f for f in inside if task.is_editable(f) or task.is_protected(f)), None)
+        if bad is not None:
+            raise TaskError(f"{TASK_FILE}: 'shared' entry {rel!r} holds {bad!r}, which is "
+                            f"{'editable' if task.is_editable(bad) else 'protected'}; shared paths are "
+                            "for files outside the code (git-ignored data, a virtual environment)")

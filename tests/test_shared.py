@@ -1,0 +1,110 @@
+"""`shared`: paths of the user's checkout that git does not hold (data, a virtual environment),
+linked into every trial's worktree; and the hint a baseline that misses one gets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import cli, git, make_task, script_agent
+
+from autoresearch.ledger import Ledger
+from autoresearch.records import Status, Trial
+from autoresearch.task import TaskError, load_task
+
+READS_DATA = """\
+import os
+X = 3.0
+n = float(open("data/n.txt").read())
+print(f"loss: {(X - 1.0) ** 2 + n}")
+"""
+METRIC = '[metric]\nname = "loss"\ngoal = "minimize"\n'
+LOWER_X = "sed -i 's/^X = .*/X = 2.0/' exp.py\necho 'X to 2'\n"
+
+
+def _repo(tmp_path: Path, extra: str = "", experiment: str = READS_DATA) -> Path:
+    root = make_task(tmp_path / "task", experiment=experiment, files={".gitignore": "data/\n"},
+                     toml_extra=extra + METRIC)
+    (root / "data").mkdir()
+    (root / "data" / "n.txt").write_text("5")
+    return root
+
+
+def _trials(root: Path, tag: str = "t") -> list[Trial]:
+    led = Ledger.read(root, tag)
+    try:
+        return led.trials()
+    finally:
+        led.close()
+
+
+def test_without_shared_the_baseline_failure_names_the_ignored_folder_and_the_fix(tmp_path: Path) -> None:
+    root = _repo(tmp_path)
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1")
+    assert r.returncode == 1
+    assert "'data' is in your checkout but not in git" in r.stderr
+    assert 'shared = ["data"]' in r.stderr
+
+
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["plain", "sandbox"])
+def test_shared_data_reaches_the_baseline_every_trial_and_setup(tmp_path: Path, sandboxed: bool) -> None:
+    """The experiment and setup read data/ through the link; the user's checkout stays clean and
+    its data unchanged; under --sandbox a write through the link fails (read-only)."""
+    if sandboxed:
+        from autoresearch import sandbox
+
+        if sandbox.problem() is not None:
+            pytest.skip(f"bubblewrap cannot run here: {sandbox.problem()}")
+    exp = READS_DATA + (
+        "try:\n    open('data/n.txt', 'w').write('0')\n    print('wrote: 1')\n"
+        "except OSError:\n    print('wrote: 0')\n")
+    root = _repo(tmp_path, 'shared = ["data"]\nsetup = "test -f data/n.txt"\n', experiment=exp)
+    agent = script_agent(tmp_path / "agent.sh", LOWER_X)
+    flags = ["--sandbox"] if sandboxed else []
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "1", *flags)
+    assert r.returncode == 0, r.stderr
+    done = _trials(root)
+    assert [t.status for t in done] == [Status.KEEP, Status.KEEP], [t.reason for t in done]
+    if sandboxed:
+        assert (root / "data" / "n.txt").read_text() == "5"  # read-only under the sandbox
+        assert [t.metric for t in done] == [9.0, 6.0]
+        assert "wrote: 0" in (root / ".autoresearch/t/logs/1.log").read_text()
+    else:  # plain: the link is the user's folder (as documented), so a write lands there
+        assert (root / "data" / "n.txt").read_text() == "0"
+    assert git(root, "status", "--porcelain") == ""
+    assert not (root / ".autoresearch/t/setup/data").exists()  # a link is not setup's output
+
+
+def test_a_shared_path_missing_from_the_checkout_is_a_warning(tmp_path: Path) -> None:
+    root = make_task(tmp_path / "task", toml_extra='shared = ["cache"]\n')
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "0")
+    assert r.returncode == 0, r.stderr
+    assert "'shared' path 'cache' is not in your checkout" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("value, message", [
+    ('["/abs/data"]', "paths inside the task repository"),
+    ('["../up"]', "paths inside the task repository"),
+    ('["data/*"]', "not globs"),
+    ('[".git"]', "cannot name .git"),
+    ('["exp.py"]', "'exp.py', which is editable"),
+    ('["."]', "paths inside the task repository"),
+    ('"data"', "must be a list of strings"),
+])
+def test_bad_shared_entries_are_refused(tmp_path: Path, value: str, message: str) -> None:
+    root = make_task(tmp_path / "task", toml_extra=f"shared = {value}\n")
+    with pytest.raises(TaskError, match=message.replace("*", r"\*").replace(".", r"\.")):
+        load_task(root)
+
+
+def test_a_program_file_is_needed_only_when_the_task_file_names_one(tmp_path: Path) -> None:
+    root = make_task(tmp_path / "task")
+    git(root, "rm", "-q", "program.md")
+    git(root, "commit", "-q", "-m", "no program")
+    task = load_task(root)
+    assert task.program_text() == ""
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    named = make_task(tmp_path / "named", toml_extra='program = "notes.md"\n')
+    with pytest.raises(TaskError, match="'program' file 'notes.md' not found"):
+        load_task(named)
