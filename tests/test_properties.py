@@ -270,3 +270,78 @@ def test_ledger_resumes_consistently_after_a_sigkill_anywhere(repo: Path, ops: l
     db = sqlite3.connect(directory / "ledger.sqlite")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()
+
+
+# -- the snapshot's change list ----------------------------------------------------------------
+
+EDITS = st.lists(st.tuples(
+    st.sampled_from(["write", "append", "delete", "chmod", "symlink", "mkdir_file", "big", "ignored",
+                     "commit_head", "gitignore_self", "nested_repo"]),
+    st.sampled_from(["exp.py", "prepare.py", "new.txt", "sub/a.py", "sub/deep/b.txt", "odd name é.txt"]),
+), min_size=0, max_size=6)
+
+
+def _apply(ws_path: Path, env: dict[str, str], op: str, name: str) -> None:
+    path = ws_path / name
+    if op in ("write", "append", "mkdir_file", "ignored", "big"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            path.unlink()
+    if op == "write" or op == "mkdir_file":
+        path.write_text(f"x = {len(name)}\n")
+    elif op == "append":
+        with open(path, "a") as f:
+            f.write("# more\n")
+    elif op == "delete":
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+    elif op == "chmod" and path.is_file() and not path.is_symlink():
+        path.chmod(path.stat().st_mode ^ 0o111)
+    elif op == "symlink":
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to("exp.py")
+    elif op == "big":
+        path.write_bytes(b"0" * 5000)
+    elif op == "ignored":
+        with open(ws_path / ".gitignore", "a") as f:
+            f.write(f"/{name}\n")
+        path.write_text("ignored\n")
+    elif op == "gitignore_self":
+        (ws_path / ".gitignore").write_text(".gitignore\n*.txt\n")
+    elif op == "commit_head":  # an agent that commits in its worktree (HEAD moves)
+        subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@a", "commit", "-qam", "agent", "--allow-empty"],
+                       cwd=ws_path, capture_output=True)
+    elif op == "nested_repo":
+        sub = ws_path / "vendored"
+        sub.mkdir(exist_ok=True)
+        subprocess.run(["git", "init", "-q"], cwd=sub, capture_output=True)
+        (sub / "f").write_text("f\n")
+        subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@a", "add", "f"], cwd=sub, capture_output=True)
+        subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@a", "commit", "-qm", "v"], cwd=sub,
+                       capture_output=True)
+
+
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=EDITS)
+def test_the_snapshot_change_list_is_what_git_diff_tree_says(tmp_path_factory: pytest.TempPathFactory,
+                                                              edits: list[tuple[str, str]]) -> None:
+    """The change list comes from one `git status` after `add` (no diff-tree) when it can; on
+    any mix of edits, big files, ignored files, links, modes, a nested repository and an agent's
+    own commit, it is exactly what `git diff-tree` between the parent and the commit says."""
+    from autoresearch.gitrepo import Git, parse_raw
+
+    root = make_task(tmp_path_factory.mktemp("snap") / "task", files={"sub/a.py": "A = 1\n"})
+    git = Git.open(root)
+    parent = git.head()
+    ws = git.add_worktree(root / ".autoresearch" / "w", parent)
+    for op, name in edits:
+        _apply(ws.path, git.wt_env(ws), op, name)
+    commit, changes, tree = git.snapshot(ws, parent, "m", max_file_bytes=1000)
+    truth = parse_raw(git.run("diff-tree", "-r", "-z", "--raw", "--no-renames", parent, commit))
+    key = lambda c: (c.path, c.status, c.old_mode, c.new_mode, c.new_blob)  # noqa: E731
+    assert sorted(map(key, changes)) == sorted(map(key, truth))
+    assert git.tree_of(commit) == tree
+    status = git.run("status", "--porcelain", "-uall", "--ignored", env=git.wt_env(ws), cwd=ws.path)
+    assert all(not line.startswith("!!") for line in status.splitlines()), status

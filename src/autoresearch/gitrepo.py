@@ -228,44 +228,106 @@ class Git:
         A file over `max_file_bytes` is committed as a short stand-in (the guard rejects the
         trial from the size on disk), so an agent cannot fill .git. Afterwards the worktree is
         exactly the commit: files git was told to ignore (a self-ignoring .gitignore, an entry
-        in info/exclude) are removed, so the experiment runs only what the commit holds."""
+        in info/exclude) are removed, so the experiment runs only what the commit holds.
+
+        Four git processes: `add`, one `status` (what changed against HEAD, what is ignored,
+        which big files were left out), `write-tree`, `commit-tree`. The status is taken as the
+        change against `parent` only when the worktree's HEAD is `parent` and its file was not
+        rewritten meanwhile; otherwise (an agent moved HEAD) `diff-tree` says it."""
         self.ensure_worktree(ws, parent)
         env = self.wt_env(ws)
-        big, ignored = self._scan_worktree(ws, max_file_bytes)
-        self.run("add", "-A", "--", ".", *[f":(exclude,literal){p}" for p in big], env=env, cwd=ws.path)
-        for path, size in big.items():
-            note = f"autoresearch: {path} was {size} bytes, over the {max_file_bytes}-byte limit; not stored\n"
+        big = big_files(ws.path, max_file_bytes)
+        skip = list(big)
+        if big:  # `add` refuses a pathspec, even an excluding one, that names an ignored file
+            said = self.run("check-ignore", "-z", "--stdin", env=env, cwd=ws.path, input="\0".join(big) + "\0",
+                            check=False, strip=False).split("\0")
+            skip = [p for p in big if p not in said]
+        head_before = _head_state(ws)
+        self.run("add", "-A", "--", ".", *[f":(exclude,literal){p}" for p in skip], env=env, cwd=ws.path)
+        try:
+            out = self.run("status", "--porcelain=v2", "-z", "-uall", "--ignored=matching", "--no-renames",
+                           env=env, cwd=ws.path, strip=False)
+        except GitError:
+            out = None
+        changes, left_out, ignored = parse_status_v2(out or "", set(big))
+        for path in left_out:
+            note = f"autoresearch: {path} was {big[path]} bytes, over the {max_file_bytes}-byte limit; not stored\n"
             blob = self.run("hash-object", "-w", "--stdin", input=note)
             self.run("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env, cwd=ws.path)
         tree = self.run("write-tree", env=env, cwd=ws.path)
         commit = self.run("commit-tree", tree, "-p", parent, "-F", "-", env=env, cwd=ws.path,
                           input=message)
-        if ignored:  # the tree was reset and cleaned before the agent: only it can have made these
+        if ignored or out is None:  # the tree was reset and cleaned before the agent: only it made these
             self.run("clean", "-q", "-ffdX", env=env, cwd=ws.path)
-        raw = self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", parent, commit)
-        return commit, parse_raw(raw), tree
+        exact = out is not None and not left_out and all(c.status != "U" for c in changes)
+        if not exact or head_before[0] != parent or _head_state(ws) != head_before:
+            changes = parse_raw(self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", parent, commit))
+        return commit, changes, tree
 
-    def _scan_worktree(self, ws: Workspace, limit: int) -> tuple[dict[str, int], bool]:
-        """Changed or new files of the worktree bigger than `limit` bytes, and whether git is
-        told to ignore anything there; one `git status`."""
+
+def big_files(root: Path, limit: int) -> dict[str, int]:
+    """Files (not links) under `root` bigger than `limit` bytes, outside .git; worktree-relative.
+    A walk of the worktree, which holds the commit and what the agent made: a few files."""
+    found: dict[str, int] = {}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
         try:
-            out = self.run("status", "--porcelain=v1", "-z", "-uall", "--ignored=matching",
-                           "--no-renames", env=self.wt_env(ws), cwd=ws.path, strip=False)
-        except GitError:  # then add's own error says why; clean to be sure
-            return {}, True
-        big: dict[str, int] = {}
-        ignored = False
-        for code, rel in status_entries(out):
-            if code == "!!":
-                ignored = True
-            elif code == "??" or code[1] not in " D":
-                try:
-                    st = os.lstat(ws.path / rel)
-                except OSError:
-                    continue
-                if st.st_size > limit and not os.path.islink(ws.path / rel):
-                    big[rel] = st.st_size
-        return big, ignored
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if not (folder == root and entry.name == ".git"):
+                        stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    size = entry.stat(follow_symlinks=False).st_size
+                    if size > limit:
+                        found[os.path.relpath(entry.path, root).replace(os.sep, "/")] = size
+            except OSError:
+                continue
+    return found
+
+
+def _head_state(ws: Workspace) -> tuple[str, int, int]:
+    """The worktree's HEAD (a commit when detached) and its file's identity: git rewrites HEAD by
+    renaming a new file over it, so an unchanged inode and ctime mean an untouched HEAD."""
+    head = ws.gitdir / "HEAD"
+    try:
+        st = os.stat(head)
+        return head.read_text(errors="replace").strip(), st.st_ino, st.st_ctime_ns
+    except OSError:
+        return "", 0, 0
+
+
+def parse_status_v2(out: str, big: set[str]) -> tuple[list[Change], list[str], bool]:
+    """`git status --porcelain=v2 -z --no-renames -uall --ignored` after `add -A`: the staged
+    changes against HEAD, the big files left out of `add` that differ from HEAD (to be stored as
+    stand-ins), and whether anything is ignored."""
+    changes: list[Change] = []
+    left_out: list[str] = []
+    ignored = False
+    for entry in out.split("\0"):
+        if entry.startswith("1 "):
+            fields = entry.split(" ", 8)
+            if len(fields) < 9:
+                continue
+            xy, mode_head, mode_index, blob_index, path = fields[1], fields[3], fields[4], fields[7], fields[8]
+            if xy[0] != ".":
+                changes.append(Change(status=xy[0], path=path, old_mode=mode_head, new_mode=mode_index,
+                                      new_blob=blob_index))
+            if xy[1] != "." and path in big:
+                left_out.append(path)
+        elif entry.startswith("? "):
+            if entry[2:] in big:
+                left_out.append(entry[2:])
+        elif entry.startswith("! "):
+            ignored = True
+        elif entry.startswith("u "):  # an unmerged entry after `add -A`: let diff-tree say it
+            changes.append(Change(status="U", path=entry.split(" ", 10)[-1], old_mode="", new_mode="",
+                                  new_blob=""))
+    return changes, left_out, ignored
 
 
 def status_entries(out: str) -> list[tuple[str, str]]:
