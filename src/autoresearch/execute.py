@@ -20,7 +20,7 @@ import re
 import shutil
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,15 +75,28 @@ def experiment_env(base: dict[str, str], extra: dict[str, str], bin_dir: Path | 
     return env
 
 
+def active_environment(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The virtualenv or conda environment the user has activated, when autoresearch itself
+    runs elsewhere (installed with pipx, say): experiments then run its `python`, as the user's
+    shell would; else None."""
+    for var in ("VIRTUAL_ENV", "CONDA_PREFIX"):
+        prefix = (os.environ if environ is None else environ).get(var)
+        if prefix and (Path(prefix) / "bin" / "python").exists() \
+                and Path(prefix).resolve() != Path(sys.prefix).resolve():
+            return Path(prefix)
+    return None
+
+
 def python_shim(directory: Path) -> Path:
     """A folder holding `python` and `python3` pointing at this interpreter."""
+    target = sys.executable
     directory.mkdir(parents=True, exist_ok=True)
     for name in ("python", "python3"):
         link = directory / name
-        if not (link.is_symlink() and os.readlink(link) == sys.executable):
+        if not (link.is_symlink() and os.readlink(link) == target):
             tmp = directory / f".{name}.{os.getpid()}"
             tmp.unlink(missing_ok=True)
-            tmp.symlink_to(sys.executable)
+            tmp.symlink_to(target)
             os.replace(tmp, link)
     return directory
 

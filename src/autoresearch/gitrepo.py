@@ -9,7 +9,9 @@ HEAD cannot redirect or fool the harness.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +89,12 @@ class Git:
         proc = subprocess.run(["git", *SAFE, *args], cwd=cwd or self.root, env=full_env,
                               input=input, capture_output=True, text=True,
                               errors="surrogateescape", start_new_session=True)
+        if (proc.returncode != 0 and "smudge filter lfs failed" in proc.stderr
+                and "GIT_LFS_SKIP_SMUDGE" not in self._env):  # LFS pointers without their objects
+            self._env["GIT_LFS_SKIP_SMUDGE"] = "1"
+            sys.stderr.write("autoresearch: warning: git-lfs cannot fetch the large files of this repository, so "
+                             "trial worktrees hold LFS pointer files, as a checkout without them does\n")
+            return self.run(*args, cwd=cwd, env=env, input=input, check=check, strip=strip)
         if check and proc.returncode != 0:
             raise GitError(f"git {' '.join(args[:3])} failed: {proc.stderr.strip()[:500]}")
         return proc.stdout.strip() if check and strip else proc.stdout
@@ -183,8 +191,6 @@ class Git:
     def remove_worktree(self, path: Path) -> None:
         self.run("worktree", "remove", "--force", "--force", str(path), check=False)
         if path.exists():
-            import shutil
-
             shutil.rmtree(path, ignore_errors=True)
         self.run("worktree", "prune", check=False)
 
@@ -197,8 +203,6 @@ class Git:
         pointer = ws.path / ".git"
         if pointer.is_symlink() or not pointer.is_file() or pointer.read_text().strip() != f"gitdir: {ws.gitdir}":
             if pointer.is_dir() and not pointer.is_symlink():
-                import shutil
-
                 shutil.rmtree(pointer)
             else:
                 pointer.unlink(missing_ok=True)
@@ -219,6 +223,8 @@ class Git:
             self.run("update-ref", "--no-deref", "HEAD", commit, env=env, cwd=ws.path)
         self.run("reset", "-q", "--hard", commit, env=env, cwd=ws.path)
         self.run("clean", "-q", "-ffdx", env=env, cwd=ws.path)
+        publish(ws)
+
 
     def snapshot(self, ws: Workspace, parent: str, message: str,
                  max_file_bytes: int = MAX_FILE_BYTES) -> tuple[str, list[Change], str]:
@@ -262,7 +268,24 @@ class Git:
         exact = out is not None and not left_out and all(c.status != "U" for c in changes)
         if not exact or head_before[0] != parent or _head_state(ws) != head_before:
             changes = parse_raw(self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", parent, commit))
+        publish(ws, commit)
         return commit, changes, tree
+
+
+def publish(ws: Workspace, commit: str | None = None) -> None:
+    """Show git commands run in the worktree (the agent's, the experiment's) what the harness
+    made: HEAD at `commit` (detached) and the harness's index, so that `git rev-parse HEAD` names
+    the trial's commit and `git status` is clean. One-way: the harness never reads them back."""
+    try:
+        if commit:
+            tmp = ws.gitdir / "HEAD.autoresearch"
+            tmp.write_text(commit + "\n")
+            os.replace(tmp, ws.gitdir / "HEAD")
+        tmp = ws.gitdir / "index.autoresearch"
+        shutil.copyfile(ws.index, tmp)
+        os.replace(tmp, ws.gitdir / "index")
+    except OSError:  # a worktree an agent took apart: the next reset remakes it
+        pass
 
 
 def big_files(root: Path, limit: int) -> dict[str, int]:

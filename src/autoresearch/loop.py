@@ -21,6 +21,7 @@ import contextlib
 import re
 import shutil
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,13 @@ from autoresearch.backends import Backend
 from autoresearch.backends.local import LocalBackend
 from autoresearch.errors import AutoresearchError
 from autoresearch.events import Events, NullEvents
-from autoresearch.execute import ExecResult, ExecSpec, experiment_env, python_shim
+from autoresearch.execute import (
+    ExecResult,
+    ExecSpec,
+    active_environment,
+    experiment_env,
+    python_shim,
+)
 from autoresearch.gitrepo import GitError, Workspace
 from autoresearch.ledger import clean_text
 from autoresearch.metrics import MEMORY, MetricError, extract, metric_problem, redact, reject_reason
@@ -97,7 +104,13 @@ class Loop:
         self.opt = options or Options()
         self.events: Events = events or NullEvents()
         self.cancel = threading.Event()
-        self.bin_dir = python_shim(session.dir.parent / "bin")
+        active = active_environment()
+        if active is None:
+            self.bin_dir = python_shim(session.dir.parent / "bin")
+        else:  # the user's activated environment is what `python` means to them
+            self.bin_dir = active / "bin"  # (a link to its python would not find its pyvenv.cfg)
+            self.events.message(f"autoresearch: experiments run `python` from your active environment {active} "
+                                f"(autoresearch itself runs on {sys.executable})")
         from autoresearch.sandbox import require, seal_warning
 
         if self.opt.sandbox and not (backend and backend.remote):  # built per trial in execute();

@@ -65,6 +65,7 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
     if not git.has_commits():
         raise UsageError(f"{task.root} has no commits yet: commit the task first")
     git.exclude(f"/{LEDGER_DIR}/")
+    shield(git, task.root / LEDGER_DIR)
     exists = (tag_dir(task.root, tag) / "ledger.sqlite").exists()
     branch = branch_ref(tag)
     if not allow_dirty and git.run("symbolic-ref", "-q", "HEAD", check=False).strip() == branch:
@@ -76,10 +77,20 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
             shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
             raise UsageError(f"the repository has uncommitted changes ({shown}): commit or stash them first")
         if git.rev(branch):
-            raise UsageError(f"branch autoresearch/{tag} exists but has no ledger: choose another --tag")
+            raise UsageError(f"branch autoresearch/{tag} exists but {tag_dir(task.root, tag)} holds no ledger (deleted, "
+                             f"e.g. by `git clean -ffdx`; its trial commits are still under refs/autoresearch/{tag}/): "
+                             f"choose another --tag, or free this one with `git branch -D autoresearch/{tag}`")
+        clash = ["autoresearch"] if git.rev("refs/heads/autoresearch") else [
+            r.removeprefix("refs/heads/") for r in git.refs(f"refs/heads/autoresearch/{tag}/")]
+        if clash:
+            raise UsageError(f"git cannot make branch autoresearch/{tag} beside the existing branch "
+                             f"{clash[0]}: rename that branch, or choose another --tag")
     ledger = Ledger.open(task.root, tag, task.metric.name)
     ledger.acquire()
     try:
+        if exists:
+            check_measurement(ledger, task, tag)
+        ledger.set_meta("measurement", json.dumps(task.measurement(), sort_keys=True))
         if not exists or ledger.get_meta("base") is None:
             # The ledger first, the branch last: a first run stopped in between (killed, disk
             # full) left a branch without a base, and every later run refused the tag.
@@ -102,6 +113,33 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
         ledger.close()
         raise
     return session
+
+
+def shield(git: Git, folder: Path) -> None:
+    """Make the ledger folder an (empty) git repository of its own: `git clean -fdx`, a common
+    `make clean`, skips a nested repository (only `-ffdx` removes one), so the record survives."""
+    if not (folder / ".git").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        git.run("init", "-q", "--template=", str(folder), check=False)
+
+
+def check_measurement(ledger: Ledger, task: Task, tag: str) -> None:
+    """Refuse to resume a tag whose task file now measures trials differently (another goal,
+    metric, command, budget...): its new trials would be compared with old ones as equals."""
+    try:
+        pinned = json.loads(ledger.get_meta("measurement") or "{}")
+    except ValueError:
+        pinned = {}
+    if not pinned:  # a ledger from before the pin: what it did record
+        pinned = {k: v for k, v in (("metric.name", ledger.get_meta("metric_name")),
+                                    ("metric.goal", ledger.get_meta("goal"))) if v}
+    now = task.measurement()
+    changed = [f"{k}: {pinned[k]!r} -> {now.get(k)!r}" for k in sorted(pinned) if k in now and pinned[k] != now[k]]
+    if changed:
+        shown = "; ".join(changed[:3]) + (" ..." if len(changed) > 3 else "")
+        raise UsageError(f"{TASK_FILE} changed since tag {tag} started ({shown}): a tag's trials are compared "
+                         "with each other, so they must be measured alike; start a new --tag, or put the "
+                         "task file back")
 
 
 def repair(s: Session) -> list[Trial]:

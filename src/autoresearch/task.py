@@ -80,6 +80,16 @@ class Task:
         """The task file and the program: protected whatever the task file says."""
         return (TASK_FILE, self.program)
 
+    def measurement(self) -> dict[str, Any]:
+        """What defines how a trial is measured: a tag's trials are compared with each other, so
+        these keys are pinned when the tag starts (the program, the agent, the scope, timeouts
+        and acceptance repeats may change between runs of a tag)."""
+        m = self.metric
+        return {"command": self.command, "evaluate": self.evaluate, "setup": self.setup,
+                "time_budget": self.time_budget, "metric.name": m.name, "metric.goal": m.goal,
+                "metric.pattern": m.pattern, "metric.file": m.file,
+                "acceptance.min_delta": self.acceptance.min_delta}
+
     def is_editable(self, path: str) -> bool:
         return any(glob_match(path, g) for g in self.editable) and not self.is_protected(path)
 

@@ -1,0 +1,105 @@
+"""What a user adopting the tool on an existing repository runs into: a task file edited between
+runs of a tag, git inside a trial, an activated virtualenv, `git clean`, a branch named
+`autoresearch`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import cli, git, make_task, script_agent
+
+from autoresearch.ledger import Ledger
+from autoresearch.records import Trial
+
+LOWER_X = "sed -i 's/^X = .*/X = 2.0/' exp.py\necho 'X to 2'\n"
+
+
+def _trials(root: Path, tag: str = "t") -> list[Trial]:
+    led = Ledger.read(root, tag)
+    try:
+        return led.trials()
+    finally:
+        led.close()
+
+
+def test_resuming_a_tag_whose_task_file_now_measures_differently_is_refused(tmp_path: Path) -> None:
+    root = make_task(tmp_path / "task")
+    assert cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1").returncode == 0
+    toml = root / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('goal = "minimize"', 'goal = "maximize"'))
+    git(root, "commit", "-qam", "maximize now")
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1")
+    assert r.returncode == 2
+    assert "changed since tag t started (metric.goal: 'minimize' -> 'maximize')" in r.stderr
+    assert len(_trials(root)) == 2  # nothing ran
+    r = cli("run", str(root), "--tag", "t2", "--agent", "search", "--trials", "1")  # a new tag is fine
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_program_and_the_timeout_may_change_between_runs_of_a_tag(tmp_path: Path) -> None:
+    root = make_task(tmp_path / "task")
+    assert cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1").returncode == 0
+    (root / "program.md").write_text("# program\nNow try smaller X.\n")
+    toml = root / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace("timeout = 10", "timeout = 30"))
+    git(root, "commit", "-qam", "new direction")
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert len(_trials(root)) == 3
+
+
+def test_git_in_an_experiment_sees_the_trial_commit_and_a_clean_tree(tmp_path: Path) -> None:
+    """Experiments log the commit (wandb, MLflow) or refuse a dirty tree: inside a trial HEAD is
+    the trial's own commit and `git status` shows nothing but what the run made."""
+    exp = ("import subprocess\nX = 3.0\n"
+           "head = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout.strip()\n"
+           "st = subprocess.run(['git', 'status', '--porcelain'], capture_output=True, text=True).stdout.strip()\n"
+           "print('head', head)\nprint('status [' + st + ']')\nprint(f'loss: {X}')\n")
+    root = make_task(tmp_path / "task", experiment=exp)
+    agent = script_agent(tmp_path / "agent.sh", "sed -i \"s/^X = .*/X = $AUTORESEARCH_TRIAL.5/\" exp.py\necho move X\n")
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    for t in _trials(root):
+        log = Path(t.log_path or "").read_text()
+        assert f"head {t.commit}" in log, log
+        assert "status []" in log, log
+
+
+def test_an_activated_virtualenv_is_the_python_of_experiments(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    exp = "import sys\nX = 3.0\nprint('prefix', sys.prefix)\nprint(f'loss: {X}')\n"
+    root = make_task(tmp_path / "task", experiment=exp)
+    env = {"VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "0", env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"run `python` from your active environment {venv}" in r.stdout + r.stderr
+    assert f"prefix {venv}" in (root / ".autoresearch/t/logs/0.log").read_text()
+    r = cli("run", str(root), "--tag", "u", "--agent", "search", "--trials", "0")  # none active: ours
+    assert f"prefix {sys.prefix}" in (root / ".autoresearch/u/logs/0.log").read_text()
+
+
+def test_git_clean_fdx_leaves_the_record(tmp_path: Path) -> None:
+    root = make_task(tmp_path / "task")
+    assert cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1").returncode == 0
+    subprocess.run(["git", "clean", "-fdx", "-q"], cwd=root, check=True)
+    assert (root / ".autoresearch/t/results.tsv").exists()
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert [t.number for t in _trials(root)] == [0, 1, 2]
+    subprocess.run(["git", "clean", "-ffdx", "-q"], cwd=root, check=True)  # the double force does remove it
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1")
+    assert r.returncode == 2 and "git branch -D autoresearch/t" in r.stderr
+
+
+def test_a_branch_named_autoresearch_is_one_clear_line(tmp_path: Path) -> None:
+    root = make_task(tmp_path / "task")
+    git(root, "branch", "autoresearch")
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1")
+    assert r.returncode == 2
+    assert "beside the existing branch autoresearch: rename that branch" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (root / ".autoresearch/t/ledger.sqlite").exists()
