@@ -279,6 +279,10 @@ def test_an_exhausted_space_is_an_agent_error_not_a_repeat(tmp_path):
     trials = Ledger.read(repo, "s").trials()
     assert trials[1].status is Status.KEEP and trials[1].description == "FLAG False -> True"
     assert trials[2].status is Status.AGENT_ERROR and "no untried change" in trials[2].reason
+    # it will not change: three in a row stop the loop (exit 1), not a night of agent errors
+    r = cli("run", str(repo), "--tag", "s", "--trials", "20")
+    assert r.returncode == 1 and "failed 3 times in a row" in r.stderr, r.stderr
+    assert len(Ledger.read(repo, "s").trials()) == 6  # 3 more in this run
 
 
 def test_bad_sampler_and_empty_space_are_clear_errors(tmp_path):

@@ -236,7 +236,7 @@ class SearchAgent(BaseAgent):
                 if p is not None:
                     current[p.key] = (p, c)
         if not current:
-            raise AgentError("none of the searched constants is in the best code any more")
+            raise AgentError("none of the searched constants is in the best code any more", fatal=True)
         study = self._study()
         for attempt in range(1, TRIES + 1):
             free = self._choose([p for p, _ in current.values()])
@@ -256,7 +256,7 @@ class SearchAgent(BaseAgent):
             ctx.log(f"try {attempt}: {'nothing changed' if not changes else 'tried already'}, asking again")
         else:
             raise AgentError(f"the {self.sampler} sampler found no untried change in {TRIES} tries "
-                             "(the space may be exhausted; widen it with `# search:` comments)")
+                             "(the space may be exhausted; widen it with `# search:` comments)", fatal=True)
         for path, data in new_files.items():
             if data != files[path]:
                 (ctx.workdir / path).write_bytes(data)
