@@ -4,6 +4,12 @@ The default rule: the last line matching `^<name>:\\s*<number>`, as autoresearch
 "^val_bpb:"` reads it: the name as written (case matters), anything after the number ignored
 (`val_loss: 0.93 (best so far)`, `acc: 95.3%`; not `0.5abc`). A figure that is present but NaN or infinite is
 returned as such: the caller treats it as a crash.
+
+The output is read as a terminal shows it: a carriage return ends a line, and escape sequences
+(SGR colours from loguru, colorlog or FORCE_COLOR, other CSI codes, OSC titles and links) are
+removed before matching, for every figure and a custom `pattern` alike. A line that only nearly
+matches (indented, behind a logging prefix, `name = value`, another case) is not the metric; when
+the metric is missing, the crash reason quotes the last such line so the user sees what to change.
 """
 
 from __future__ import annotations
@@ -18,32 +24,73 @@ from autoresearch.task import MetricSpec
 NUMBER = r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|(?i:nan|inf(?:inity)?))"
 MEMORY = "peak_vram_mb"  # always read when printed: results.tsv's memory_gb comes from it
 REJECT_LINE = re.compile(r"^autoresearch_reject:[ \t]*(.*)$", re.MULTILINE)
+# What a terminal draws as nothing: CSI (colours, cursor moves), OSC and the other string
+# commands up to BEL or ST (never past a line end, so a broken one cannot swallow the metric
+# line), two- and three-byte escapes (`tput sgr0` writes ESC ( B), and a stray ESC.
+ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[\]PX^_][^\x07\x1b\n]*(?:\x07|\x1b\\)?|\x1b[ -/]*[0-~]|\x1b")
+EXCERPT = 60  # characters of a near-miss line quoted in the crash reason
 
 
 class MetricError(Exception):
     """The metric could not be read; the message says why."""
 
 
+class Figures(dict[str, float]):
+    """The figures found, by name. `near_miss` is the last line that looked like the metric but
+    did not start with its name (quoted in the crash reason when the metric is missing)."""
+
+    near_miss: str | None = None
+
+
 def parse_number(text: str) -> float:
     return float(text.strip().lower())
 
 
-def figure_from_text(output: str, name: str, pattern: str | None = None) -> float | None:
-    """The value of `name` in `output` by the default rule, or by `pattern` (one group)."""
+def screen(output: str) -> str:
+    """`output` as a terminal shows it, one line per line on screen."""
     # A carriage return ends a line as on a terminal: a progress bar closed with '\r' (tqdm's
     # leave=False) is followed on the same raw line by the summary the experiment prints next.
-    output = output.replace("\r\n", "\n").replace("\r", "\n")
+    return ESCAPE.sub("", output).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def figure_from_text(output: str, name: str, pattern: str | None = None) -> float | None:
+    """The value of `name` in `output` by the default rule, or by `pattern` (one group)."""
+    return _figure(screen(output), name, pattern)
+
+
+def _figure(text: str, name: str, pattern: str | None) -> float | None:
     if pattern is not None:
         regex = re.compile(pattern, re.MULTILINE)
     else:
         regex = re.compile(rf"^{re.escape(name)}:[ \t]*({NUMBER})(?![\w.])", re.MULTILINE)
-    matches = regex.findall(output)
+    matches = regex.findall(text)
     if not matches:
         return None
     try:
         return parse_number(matches[-1])
     except ValueError:
         return None
+
+
+def near_miss(output: str, name: str, holdout: str | None = None) -> str | None:
+    """The last line of `output` that gives `name` a number but is not the metric line by the
+    default rule (`  name: 1`, `INFO:root:name: 1`, `name = 1`, `{'name': 1}`, `NAME: 1`), as a
+    short excerpt; None if there is none, or if the excerpt would show the `holdout` figure."""
+    exact = rf"{re.escape(name)}:[ \t]*{NUMBER}(?![\w.])"
+    regex = re.compile(rf"^(?!{exact})([^\n]*?)((?<![\w.\-])(?i:{re.escape(name)})['\"]?"
+                       rf"(?:[ \t]*[:=][ \t]*|[ \t]+){NUMBER}(?![\w.]))([^\n]*)", re.MULTILINE)
+    found = list(regex.finditer(screen(output)))
+    if not found:
+        return None
+    prefix, figure, rest = found[-1].groups()
+    line = (prefix + figure + rest).rstrip()
+    if len(line) > EXCERPT:  # keep what precedes the name (what the user must change), drop the rest
+        room = max(EXCERPT - len(figure), 0)
+        line = (prefix if len(prefix) <= room else "..." + prefix[len(prefix) - room:]) + figure[:EXCERPT] + "..."
+    line = "".join(ch if ch.isprintable() else " " for ch in line)
+    if holdout and holdout.lower() in line.lower():
+        return None
+    return line
 
 
 def figures_from_file(path: Path, names: list[str]) -> dict[str, float]:
@@ -83,18 +130,26 @@ def extract(spec: MetricSpec, output: str, run_dir: Path | None = None,
         where = " or ".join(w for w, base in (("$AUTORESEARCH_RUN_DIR", run_dir), ("the working folder", workdir))
                             if base is not None)
         raise MetricError(f"metric file {spec.file} was not written (looked in {where or 'no folder'})")
-    out: dict[str, float] = {}
+    text = screen(output)  # once for all names: the output can be long
+    out = Figures()
     for name in wanted:
-        value = figure_from_text(output, name, spec.pattern if name == spec.name else None)
+        value = _figure(text, name, spec.pattern if name == spec.name else None)
         if value is not None:
             out[name] = value
+    if spec.name in wanted and spec.name not in out and spec.pattern is None:
+        out.near_miss = near_miss(output, spec.name, spec.holdout)
     return out
 
 
 def metric_problem(spec: MetricSpec, figures: dict[str, float]) -> str | None:
-    """Why the figures are not a valid measurement, or None."""
+    """Why the figures are not a valid measurement, or None. A missing metric names the line
+    that nearly matched when `figures` came from `extract` (a `Figures`)."""
     value = figures.get(spec.name)
     if value is None:
+        miss = getattr(figures, "near_miss", None)
+        if miss:
+            return (f"no '{spec.name}' figure in the output: a line holds '{miss}', but the metric line "
+                    f"must start with '{spec.name}:' (or set metric.pattern)")
         return f"no '{spec.name}' figure in the output"
     if not math.isfinite(value):
         return f"'{spec.name}' is {value}"
