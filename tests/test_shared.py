@@ -108,3 +108,26 @@ def test_a_program_file_is_needed_only_when_the_task_file_names_one(tmp_path: Pa
     named = make_task(tmp_path / "named", toml_extra='program = "notes.md"\n')
     with pytest.raises(TaskError, match="'program' file 'notes.md' not found"):
         load_task(named)
+
+
+def test_a_submodule_is_empty_in_trials_unless_shared(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "helper.py").write_text("OFFSET = 0.5\n")
+    git(lib, "init", "-q")
+    git(lib, "add", "-A")
+    git(lib, "commit", "-qm", "lib")
+    exp = "import sys\nsys.path.insert(0, 'vendor/lib')\nfrom helper import OFFSET\nX = 3.0\nprint(f'loss: {X + OFFSET}')\n"
+    root = make_task(tmp_path / "task", experiment=exp)
+    git(root, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "vendor/lib")
+    git(root, "commit", "-qm", "submodule")
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1")
+    assert r.returncode == 1
+    assert 'trial worktrees hold submodules empty ("vendor/lib")' in r.stderr, r.stderr
+    toml = root / "autoresearch.toml"
+    toml.write_text('shared = ["vendor/lib"]\n' + toml.read_text())
+    git(root, "commit", "-qam", "share it")
+    r = cli("run", str(root), "--tag", "t2", "--agent", "search", "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert [t.metric for t in _trials(root, "t2")][0] == 3.5
+    assert git(root, "status", "--porcelain") == ""

@@ -199,8 +199,11 @@ class SetupOutput:
         return [(rel, self.store / rel) for rel in self.entries] + list(self.shared)
 
     def link_into(self, workdir: Path) -> None:
+        shared = {rel for rel, _ in self.shared}
         for rel, target in self.links():
             link = workdir / rel
+            if rel in shared and link.is_dir() and not link.is_symlink() and not any(link.iterdir()):
+                link.rmdir()  # a submodule's empty folder: the user's checked-out copy takes its place
             if os.path.lexists(link):
                 continue
             try:
@@ -216,18 +219,27 @@ def shared_links(task: Task) -> tuple[tuple[str, Path], ...]:
 
 
 def missing_hint(s: Session, output: str) -> str:
-    """When a failed run names a path the user's checkout has but git ignores (data, a virtual
-    environment), say why the trial could not see it; else ''."""
+    """Why a failed baseline may not have found what it needs: a path the user's checkout has
+    but git does not (ignored data, a virtualenv) named in its output, or a submodule (trial
+    worktrees hold submodules empty); else ''."""
     out = s.git.run("status", "--porcelain=v1", "-z", "--untracked-files=normal", "--ignored=traditional",
                     "--no-renames", strip=False, check=False)
     for code, path in status_entries(out):
         rel = path.rstrip("/")
-        if code not in ("??", "!!") or rel in s.task.shared or rel.split("/")[0] == ".autoresearch":
+        if code not in ("??", "!!") or rel in s.task.shared or rel.split("/")[0] == LEDGER_DIR:
             continue
         if re.search(rf"(?<![\w.-]){re.escape(rel)}(?![\w.-])", output):
             return (f" -- {rel!r} is in your checkout but not in git, and trials run in clean worktrees "
                     f"of the commit: add `shared = [\"{rel}\"]` to {TASK_FILE} (linked into every trial), "
                     "or make it in `setup`")
+    staged = s.git.run("ls-files", "-s", "-z", strip=False, check=False)
+    modules = [e.split("\t", 1)[1] for e in staged.split("\0") if e.startswith("160000 ") and "\t" in e]
+    modules = [m for m in modules if m not in s.task.shared and (s.task.root / m).is_dir()
+               and any((s.task.root / m).iterdir())]  # checked out by the user
+    if modules:
+        listed = ", ".join(f'"{m}"' for m in modules[:5])
+        return (f" -- trial worktrees hold submodules empty ({listed[:200]}): add `shared = [{listed}]` to "
+                f"{TASK_FILE} to link your checked-out copies into every trial")
     return ""
 
 
