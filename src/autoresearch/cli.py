@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
+import re
+import shlex
 import signal
 import sys
 import time
@@ -17,6 +20,12 @@ from pathlib import Path
 
 from autoresearch import __version__
 from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.task import TASK_FILE
+
+TASK_DIR_HELP = (f"the task repository (default: the nearest folder holding {TASK_FILE}, from the "
+                 "current one up to its git repository's root)")
+# Git.open's refusal of a task file below the repository's root, which main() explains
+NOT_ROOT = re.compile(r"(?P<dir>.+) is not the root of its git repository \((?P<top>.+) is\)")
 
 EXIT_INTERRUPTED = 130
 PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG}
@@ -63,6 +72,40 @@ def default_tag() -> str:
     return time.strftime("%b%d").lower()
 
 
+def find_task_dir(start: Path | None = None) -> Path:
+    """The folder of the task, as git finds .git: `start` (the current folder) if it holds
+    autoresearch.toml, else the nearest parent that does, looking no further up than the git
+    repository's root; `start` itself when none does (its error then names it)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / TASK_FILE).is_file():
+            return folder
+        if (folder / ".git").exists():
+            break
+    return here
+
+
+def explain(error: AutoresearchError) -> str:
+    """The error's line, with what to do where that is not plain from it."""
+    m = NOT_ROOT.fullmatch(str(error))
+    if m is None:
+        return str(error)
+    sub = Path(os.path.relpath(m["dir"], m["top"])).as_posix()
+    editable, command = "train.py", "python train.py"
+    try:
+        from autoresearch.task import load_task
+
+        task = load_task(m["dir"])
+        editable, command = task.editable[0], task.command
+    except AutoresearchError:
+        pass
+    cd = f"cd {shlex.quote(sub)} && {command}"
+    return (f"{error}; {TASK_FILE} belongs at the repository's root: move it to {m['top']} with its "
+            f"paths written from there (editable = [{json.dumps(f'{sub}/{editable}', ensure_ascii=False)}], "
+            f"program and protected likewise) and its commands run in {sub} "
+            f"(command = {json.dumps(cd, ensure_ascii=False)})")
+
+
 def _add_agent_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", default=None, help="search (default), llm, hybrid, cli, or a preset: claude, codex, aider, gemini, opencode")
     p.add_argument("--agent-cmd", default=None, help="for --agent cli: the command, e.g. 'my-agent --prompt {prompt_file}'")
@@ -87,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="a folder of data instead of the default corpus: text files (cpu-gpt, nanochat) or parquet files with a 'text' column (nanochat)")
 
     p = sub.add_parser("run", help="the loop; resumes a tag that exists")
-    p.add_argument("dir", nargs="?", default=".")
+    p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
     p.add_argument("--tag", default=None, help="the run's name (branch autoresearch/TAG); default: today's date, e.g. nov26")
     p.add_argument("--trials", type=_positive_int, default=None, help="new trials in this invocation (the baseline not counted)")
     p.add_argument("--hours", type=_positive_float, default=None, help="stop starting trials after this many hours")
@@ -105,23 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_agent_args(p)
 
     p = sub.add_parser("trial", help="judge the working tree's uncommitted change as the next trial")
-    p.add_argument("dir", nargs="?", default=".")
+    p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
     p.add_argument("-m", "--message", required=True, help="what the change is")
     p.add_argument("--tag", default=None)
     p.add_argument("--no-rewind", action="store_true", help="leave the working tree as it is after the verdict")
 
     p = sub.add_parser("status", help="table of trials and the best so far")
-    p.add_argument("dir", nargs="?", default=".")
+    p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
     p.add_argument("--tag", default=None)
     p.add_argument("--last", type=_positive_int, default=None, help="only the last N trials")
 
     p = sub.add_parser("show", help="one trial: description, figures, diff, log tail")
     p.add_argument("number", type=_positive_int)
-    p.add_argument("dir", nargs="?", default=".")
+    p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
     p.add_argument("--tag", default=None)
 
     p = sub.add_parser("report", help="progress.png and a self-contained report.html")
-    p.add_argument("dir", nargs="?", default=".")
+    p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
     p.add_argument("--tag", default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--results", default=None, help="a results.tsv in autoresearch's format instead of a tag")
@@ -135,12 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_agent_args(p)
 
     p = sub.add_parser("space", help="the search space the search agent finds")
-    p.add_argument("dir", nargs="?", default=".")
+    p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
 
     sub.add_parser("agents", help="every agent and preset, and whether what it needs is here")
 
     p = sub.add_parser("serve", help="a live report page on 127.0.0.1 that follows a running loop")
-    p.add_argument("dir", nargs="?", default=".")
+    p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
     p.add_argument("--tag", default=None)
     p.add_argument("--port", type=int, default=8765)
     return parser
@@ -297,9 +340,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from autoresearch.scaffold import init
+    from autoresearch.scaffold import enclosing_repository, init
 
+    outer = enclosing_repository(args.dir)
     dest = init(args.dir, args.template, args.data)
+    if outer is not None:
+        rel = Path(os.path.relpath(dest, outer)).as_posix()
+        print(f"autoresearch: warning: {dest} is inside the git repository {outer}, so it is now a "
+              f"repository of its own nested in that one, which does not track its files "
+              f"(add `{rel}/` to {outer}/.gitignore, or move the task out)", file=sys.stderr)
     print(f"created {args.template} task in {dest}; next: autoresearch run {dest} --tag {default_tag()}")
     return 0
 
@@ -313,11 +362,12 @@ def _optional(module: str, func: str):  # noqa: ANN202
         raise AutoresearchError(f"this command is not available in this build ({e})") from None
 
 
+TASK_COMMANDS = {"run", "trial", "status", "show", "report", "space", "serve"}
 COMMANDS = {
     "run": cmd_run, "trial": cmd_trial, "status": cmd_status, "show": cmd_show, "init": cmd_init,
     "report": lambda a: _optional("report.cli", "cmd_report")(a),
     "demo": lambda a: _optional("demo", "cmd_demo")(a),
-    "space": lambda a: _optional("agents.search", "cmd_space")(a),
+    "space": lambda a: _optional("agents.space", "cmd_space")(a),
     "agents": lambda a: _optional("agents.presets", "cmd_agents")(a),
     "serve": lambda a: _optional("report.serve", "cmd_serve")(a),
 }
@@ -329,9 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
+        if args.command in TASK_COMMANDS and args.dir is None:
+            args.dir = str(find_task_dir())
         return COMMANDS[args.command](args)
     except AutoresearchError as e:
-        print(f"autoresearch: error: {e}", file=sys.stderr)
+        print(f"autoresearch: error: {explain(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("autoresearch: interrupted", file=sys.stderr)

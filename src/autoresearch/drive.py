@@ -11,6 +11,7 @@ change is rewound and a kept one stays), unless rewind=False; changes outside th
 from __future__ import annotations
 
 import difflib
+import shlex
 import shutil
 from pathlib import Path
 
@@ -79,8 +80,9 @@ class WorkingTreeAgent(BaseAgent):
 
     name = "self"
 
-    def __init__(self, root: Path, paths: list[str], description: str) -> None:
+    def __init__(self, root: Path, paths: list[str], description: str, tag: str) -> None:
         self.root = root
+        self.tag = tag
         self.paths = paths
         self.description = description
 
@@ -101,8 +103,7 @@ class WorkingTreeAgent(BaseAgent):
         ctx.log(f"working-tree change: {', '.join(self.paths) or '(none)'}")
         return Proposal(description=self.description)
 
-    @staticmethod
-    def _laid_over(git: Git, rel: str, src: Path, dst: Path) -> bytes | None:
+    def _laid_over(self, git: Git, rel: str, src: Path, dst: Path) -> bytes | None:
         """The user's edit of `rel` (HEAD -> working tree) laid over the best code (`dst`) by a
         three-way merge; None where there is nothing to merge (the file is new, deleted, or the
         best code is what the user started from: then the working file is the change)."""
@@ -116,8 +117,9 @@ class WorkingTreeAgent(BaseAgent):
             return None  # the working file is the best code edited (a trial rewound it there): as it is
         merged = merge3(base, best, working)
         if merged is None:
+            take = f"git -C {shlex.quote(str(git.root))} checkout autoresearch/{self.tag} -- {shlex.quote(rel)}"
             raise AgentError(f"your change to {rel} conflicts with the tag's best code; take the best code "
-                             f"first (`git checkout autoresearch/<tag> -- {rel}`), then make the change again")
+                             f"first (`{take}`), then make the change again")
         return merged.encode()
 
 
@@ -127,7 +129,7 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
     session = open_session(task, tag, allow_dirty=True)
     try:
         paths = working_changes(session.git, task)
-        loop = Loop(session, WorkingTreeAgent(task.root, paths, description),
+        loop = Loop(session, WorkingTreeAgent(task.root, paths, description, tag),
                     Options(trials=1, seed=seed), events)
         best = loop.run()
         trial = session.ledger.get(session.ledger.next_number() - 1)

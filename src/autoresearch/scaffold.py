@@ -25,6 +25,21 @@ def template_dir(name: str) -> Path:
     return path
 
 
+def enclosing_repository(directory: str | os.PathLike[str]) -> Path | None:
+    """The root of the git repository `directory` (which may not exist yet) lies in, if any:
+    `init` would make a repository nested in that one."""
+    here = Path(directory).resolve()
+    while not here.is_dir() and here != here.parent:
+        here = here.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    try:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, env=env,
+                             capture_output=True, text=True)
+    except FileNotFoundError:  # no git: `init` says so
+        return None
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
+
+
 def init(directory: str | os.PathLike[str], template: str = "blank", data: str | None = None) -> Path:
     """Create a task repository in `directory` (new or empty) from `template`, committed."""
     src = template_dir(template)

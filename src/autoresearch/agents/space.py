@@ -26,6 +26,7 @@ text is `autoresearch.agents.constants`'s.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import math
 import re
@@ -44,7 +45,8 @@ from autoresearch.agents.constants import (
     short,
     value_of_text,
 )
-from autoresearch.task import Task, list_files
+from autoresearch.errors import AutoresearchError
+from autoresearch.task import Task, list_files, load_task
 
 OFF_WORDS = {"off", "no", "skip", "fixed", "none"}
 OPTIONS = ["log", "linear", "int", "float", "step"]
@@ -347,6 +349,11 @@ class Space:
     def get(self, key: str) -> Param:
         return next(p for p in self.params if p.key == key)
 
+    @property
+    def searched_files(self) -> list[str]:
+        """The files that hold a searched constant (`files` is every file scanned)."""
+        return [f for f in self.files if any(p.path == f for p in self.params)]
+
     def find(self, path: str, name: str) -> Param | None:
         for p in self.params:
             if p.path == path and p.name == name:
@@ -398,3 +405,35 @@ def space_of(files: dict[str, bytes]) -> Space:
     space = Space()
     space.add(scan_files(files))
     return space
+
+
+# ---------------------------------------------------------------------------------------------
+# `autoresearch space`
+
+
+def space_table(space: Space) -> str:
+    rows = [("name", "where", "value", "range", "scale")]
+    for p in space.params:
+        rows.append((p.key, f"{p.path}:{p.line}", " ".join(p.text.split())[:24], p.range_text,
+                     p.scale_text + ("" if p.annotated else ", inferred")))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
+    for where, why in space.skipped:
+        lines.append(f"not searched: {where} {why}")
+    return "\n".join(lines)
+
+
+def cmd_space(args: argparse.Namespace) -> int:
+    task = load_task(args.dir)
+    space = space_of(editable_sources(task.root, task))
+    if not space.params:
+        files = ", ".join(space.files) or "none"
+        for where, why in space.skipped:
+            print(f"not searched: {where} {why}")
+        raise AutoresearchError(f"no constants to search in the editable Python files of {task.root} "
+                                f"({files}): the search agent tunes module-level UPPER_CASE numbers "
+                                "and booleans, or constants with a `# search:` comment")
+    print(space_table(space))
+    print(f"{len(space.params)} constants in {', '.join(space.searched_files)}; set a range with "
+          "`# search: LOW..HIGH [log] [int]`, leave one out with `# search: off`")
+    return 0

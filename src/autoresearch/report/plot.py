@@ -7,6 +7,7 @@ Drawn with matplotlib's object API (no pyplot), so it is safe in a server thread
 from __future__ import annotations
 
 import io
+import warnings
 
 from autoresearch.ledger import clean_text
 from autoresearch.records import Status
@@ -16,6 +17,9 @@ KEPT = "#1a9850"
 FAINT = "#9a9a9a"
 CRASHED = "#d73027"
 LABEL_CHARS = 48
+# a description in a script the font lacks (CJK, ...) is drawn as boxes, and matplotlib warns once
+# per character; the report is right all the same, so those warnings are noise on the terminal
+MISSING_GLYPH = r"Glyph \d+ .*missing from (current )?font"
 
 
 def _literal(text: str) -> str:
@@ -44,6 +48,12 @@ def _limits(study: Study, values: list[float]) -> tuple[float, float] | None:
 
 def progress_png(study: Study, dpi: int = 110) -> bytes:
     """The progress plot as PNG bytes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=MISSING_GLYPH, category=UserWarning)
+        return _draw(study, dpi)
+
+
+def _draw(study: Study, dpi: int) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

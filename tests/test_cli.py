@@ -1,0 +1,117 @@
+"""The command line where the user stands: from a subfolder of the task repository, with a task
+file below the root, with `init` inside another repository; and the words of a few messages
+(the trial conflict's command, the space's files, the report's quiet terminal)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from conftest import cli, git, make_task, script_agent
+
+
+def test_commands_find_the_task_file_above_the_current_folder(tmp_path: Path) -> None:
+    """Without DIR, each command looks up from the current folder to the git root, as git looks
+    for .git; an explicit DIR is used as given."""
+    repo = make_task(tmp_path / "task", files={"sub/deep/notes.txt": "notes\n"})
+    deep = repo / "sub" / "deep"
+    r = cli("run", "--tag", "t", "--trials", "1", cwd=deep)
+    assert r.returncode == 0, r.stderr
+    assert (repo / ".autoresearch" / "t" / "results.tsv").is_file() and not (deep / ".autoresearch").exists()
+    for args in (["status"], ["show", "1"], ["space"], ["report"]):
+        r = cli(*args, cwd=deep)
+        assert r.returncode == 0, (args, r.stderr)
+    assert "baseline" in cli("status", cwd=deep).stdout
+    assert (repo / ".autoresearch" / "t" / "report" / "report.html").is_file()
+    (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("Y = 2", "Y = 1"))
+    r = cli("trial", "-m", "Y to 1", cwd=deep)
+    assert r.returncode == 0, r.stderr
+    assert "trial 2: keep" in r.stdout.splitlines()
+
+    r = cli("status", ".", cwd=deep)  # given, so not looked for
+    assert r.returncode == 2 and f"no autoresearch runs in {deep}" in r.stderr
+
+
+def test_the_look_up_stops_at_the_git_root(tmp_path: Path) -> None:
+    make_task(tmp_path / "above")  # a task file above the repository is not the repository's
+    shutil.copy(tmp_path / "above" / "autoresearch.toml", tmp_path / "autoresearch.toml")
+    plain = tmp_path / "plain"
+    (plain / "sub").mkdir(parents=True)
+    git(plain, "init", "-q")
+    r = cli("space", cwd=plain / "sub")
+    assert r.returncode == 2 and f"no autoresearch.toml in {plain / 'sub'}" in r.stderr
+
+
+def test_a_task_file_below_the_git_root_is_refused_with_the_layout_that_works(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(make_task(tmp_path / "t"), repo / "sub", ignore=shutil.ignore_patterns(".git"))
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "task in sub/")
+    r = cli("run", str(repo / "sub"), "--tag", "t", "--trials", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{repo / 'sub'} is not the root of its git repository ({repo} is)" in r.stderr
+    assert f"move it to {repo}" in r.stderr
+    assert 'editable = ["sub/exp.py"]' in r.stderr and 'command = "cd sub && python exp.py"' in r.stderr
+    assert r.stderr.count("\n") == 1
+
+    # what it says, done, works
+    toml = (repo / "sub" / "autoresearch.toml").read_text()
+    toml = 'program = "sub/program.md"\n' + (
+        toml.replace('["exp.py"]', '["sub/exp.py"]').replace('["prepare.py"]', '["sub/prepare.py"]')
+        .replace('"python exp.py"', '"cd sub && python exp.py"'))
+    (repo / "autoresearch.toml").write_text(toml)
+    git(repo, "rm", "-q", "sub/autoresearch.toml")
+    git(repo, "add", "autoresearch.toml")
+    git(repo, "commit", "-qm", "task file at the root")
+    r = cli("run", "--tag", "t", "--trials", "1", cwd=repo / "sub")
+    assert r.returncode == 0, r.stderr
+
+
+def test_init_inside_a_repository_warns_of_the_nested_repository(tmp_path: Path) -> None:
+    outer = make_task(tmp_path / "outer")
+    r = cli("init", str(outer / "inner"))
+    assert r.returncode == 0, r.stderr
+    warning = r.stderr.strip()
+    assert warning.startswith("autoresearch: warning:") and "\n" not in warning
+    assert f"inside the git repository {outer}" in warning and "`inner/`" in warning
+    assert (outer / "inner" / ".git").is_dir()
+    assert "?? inner/" in git(outer, "status", "--porcelain")
+
+    r = cli("init", str(tmp_path / "alone"))
+    assert r.returncode == 0 and r.stderr == ""
+
+
+def test_trial_conflict_names_the_tag(tmp_path: Path) -> None:
+    """The conflict's advice is a command that can be pasted: the real tag, from any folder."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", "sed -i 's/^X = .*/X = 2.0/; s/^Y = .*/Y = 1/' exp.py\necho 'X and Y'\n")
+    r = cli("run", str(repo), "--tag", "mytag", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = 3.0", "X = 9.0"))
+    r = cli("trial", "-m", "X to 9", str(repo), "--tag", "mytag")
+    assert r.returncode == 1
+    assert f"`git -C {repo} checkout autoresearch/mytag -- exp.py`" in r.stdout, r.stdout
+    assert "<tag>" not in r.stdout
+
+
+def test_report_has_no_font_warnings_for_descriptions_the_font_lacks(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", "sed -i 's/^X = .*/X = 2.0/' exp.py\necho '学习率 日本語 X to 2'\n")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    r = cli("report", str(repo), "--tag", "t")
+    assert r.returncode == 0, r.stderr
+    assert "Glyph" not in r.stderr and "Warning" not in r.stderr, r.stderr
+    assert (repo / ".autoresearch" / "t" / "report" / "progress.png").stat().st_size > 0
+
+
+def test_space_names_only_the_files_that_hold_constants(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task", files={"pkg/__init__.py": "", "pkg/config.py": "LR = 0.1\n",
+                                               "pkg/util.py": "def f():\n    return 1\n"})
+    toml = (repo / "autoresearch.toml").read_text().replace('["exp.py"]', '["exp.py", "pkg/*.py"]')
+    (repo / "autoresearch.toml").write_text(toml)
+    git(repo, "commit", "-qam", "pkg")
+    r = cli("space", str(repo))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1].startswith("3 constants in exp.py, pkg/config.py;"), r.stdout
