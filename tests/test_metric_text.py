@@ -114,7 +114,7 @@ def test_output_without_escapes_is_read_as_before(name: str, pieces: list[str]) 
 
 
 def problem(output: str, spec: MetricSpec = SPEC) -> str | None:
-    return metric_problem(spec, extract(spec, output))
+    return metric_problem(spec, extract(spec, output), output)
 
 
 def python_logging(message: str) -> str:
@@ -167,7 +167,7 @@ def test_lines_for_other_figures_are_not_near_misses(output: str) -> None:
 def test_a_found_or_nan_metric_is_unchanged_by_near_misses() -> None:
     assert problem("INFO:root:val_loss: 0.7\nval_loss: 0.58\n") is None
     assert problem("INFO:root:val_loss: 0.7\nval_loss: nan\n") == "'val_loss' is nan"
-    assert metric_problem(SPEC, {}) == "no 'val_loss' figure in the output"  # figures not from extract
+    assert metric_problem(SPEC, {}) == "no 'val_loss' figure in the output"  # no output given
 
 
 def test_a_near_miss_that_shows_the_sealed_holdout_is_not_quoted() -> None:
@@ -223,3 +223,9 @@ def test_a_logged_metric_crashes_with_the_line_named_end_to_end(tmp_path: Path) 
     base = baseline(root)
     assert base.status is Status.CRASH and "a line holds 'INFO:root:loss: 4.0'" in base.reason
 
+
+
+def test_a_coloured_reject_line_from_an_evaluator_is_read() -> None:
+    from autoresearch.metrics import reject_reason
+
+    assert reject_reason("\x1b[31mautoresearch_reject: trained too long\x1b[0m\n") == "trained too long"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from autoresearch import guard
 from autoresearch.metrics import redact
-from autoresearch.process import kill_owned, read_tail, run_command
+from autoresearch.process import read_tail, run_command
 
 SECRET_ENV = re.compile(r"(API_KEY|_TOKEN|SECRET|PASSWORD|ACCESS_KEY)", re.IGNORECASE)
 
@@ -129,10 +129,8 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
     try:
         proc = run_command(_wrapped(spec, spec.command), spec.workdir, env, spec.timeout,
                            spec.log_path, cancel=cancel, owner=spec.owner)
-    finally:
+    finally:  # (run_command has killed what it left: no daemon touches the tree while the evaluator runs)
         guard.set_readonly(spec.workdir, protected, False)
-    if spec.owner:  # a daemon it left must not touch the tree while the evaluator runs
-        kill_owned(spec.owner)
     output = read_tail(spec.log_path)
     tampered = tuple(guard.changed_files(spec.protected, spec.workdir))
     if proc.cancelled:

@@ -526,7 +526,7 @@ class Loop:
                 figures.pop(spec.holdout or "", None)
         except MetricError as e:
             return Measurement(Status.CRASH, reason=str(e), seconds=r.seconds)
-        problem = metric_problem(spec, figures)
+        problem = metric_problem(spec, figures, r.eval_output if r.eval_output is not None else r.output)
         if problem:
             return Measurement(Status.CRASH, figures, f"{problem}; last output: {tail[-300:]}", r.seconds)
         return Measurement(None, figures, "", r.seconds)

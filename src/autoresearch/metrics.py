@@ -35,13 +35,6 @@ class MetricError(Exception):
     """The metric could not be read; the message says why."""
 
 
-class Figures(dict[str, float]):
-    """The figures found, by name. `near_miss` is the last line that looked like the metric but
-    did not start with its name (quoted in the crash reason when the metric is missing)."""
-
-    near_miss: str | None = None
-
-
 def parse_number(text: str) -> float:
     return float(text.strip().lower())
 
@@ -131,22 +124,20 @@ def extract(spec: MetricSpec, output: str, run_dir: Path | None = None,
                             if base is not None)
         raise MetricError(f"metric file {spec.file} was not written (looked in {where or 'no folder'})")
     text = screen(output)  # once for all names: the output can be long
-    out = Figures()
+    out: dict[str, float] = {}
     for name in wanted:
         value = _figure(text, name, spec.pattern if name == spec.name else None)
         if value is not None:
             out[name] = value
-    if spec.name in wanted and spec.name not in out and spec.pattern is None:
-        out.near_miss = near_miss(output, spec.name, spec.holdout)
     return out
 
 
-def metric_problem(spec: MetricSpec, figures: dict[str, float]) -> str | None:
-    """Why the figures are not a valid measurement, or None. A missing metric names the line
-    that nearly matched when `figures` came from `extract` (a `Figures`)."""
+def metric_problem(spec: MetricSpec, figures: dict[str, float], output: str | None = None) -> str | None:
+    """Why the figures are not a valid measurement, or None. A missing metric names the line of
+    `output` (what the figures were read from) that nearly matched."""
     value = figures.get(spec.name)
     if value is None:
-        miss = getattr(figures, "near_miss", None)
+        miss = near_miss(output, spec.name, spec.holdout) if output and not spec.pattern and not spec.file else None
         if miss:
             return (f"no '{spec.name}' figure in the output: a line holds '{miss}', but the metric line "
                     f"must start with '{spec.name}:' (or set metric.pattern)")
@@ -168,7 +159,7 @@ def redact(text: str, holdout: str | None) -> str:
 
 def reject_reason(output: str) -> str | None:
     """An `autoresearch_reject: why` line from an evaluator (e.g. a failed causality probe)."""
-    found = REJECT_LINE.findall(output)
+    found = REJECT_LINE.findall(screen(output))
     if not found:
         return None
     return found[-1].strip() or "rejected by the evaluator"

@@ -13,11 +13,13 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 OWNER_VAR = "AUTORESEARCH_OWNER"
 GRACE_SECONDS = 2.0
+SHORT_SECONDS = 5.0  # a command this short cannot have seen the pids wrap around
 _PR_SET_PDEATHSIG = 1
 
 
@@ -48,16 +50,39 @@ def _kill_group(pgid: int, sig: int) -> None:
         pass
 
 
-def kill_owned(token: str, sig: int = signal.SIGKILL) -> int:
+def _last_pid() -> int | None:
+    """The pid most recently handed out (in our pid namespace), from /proc/loadavg."""
+    try:
+        with open("/proc/loadavg") as f:
+            return int(f.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _born_after(first: int | None) -> Callable[[int], bool]:
+    """A test for "this pid was handed out after `first`": pids are handed out in increasing
+    order, wrapping at pid_max, so what a process started at `first` made lies between it and
+    the last pid. Only for a short span (see run_command): a long one may wrap past it."""
+    last = _last_pid() if first is not None else None
+    if first is None or last is None:
+        return lambda pid: True
+    if last >= first:
+        return lambda pid: first <= pid <= last
+    return lambda pid: pid >= first or pid <= last
+
+
+def kill_owned(token: str, sig: int = signal.SIGKILL, first_pid: int | None = None) -> int:
     """Kill every process whose environment carries AUTORESEARCH_OWNER=`token` or a token under
     it (`token:...`): the owner of tag t is not a prefix of tag t2's, nor trial 1 of trial 12.
-    Returns how many were signalled."""
+    With `first_pid`, only processes born since that pid are looked at. Returns how many were
+    signalled."""
     needle = f"{OWNER_VAR}={token}".encode()
     under = needle + b":"
     me = os.getpid()
+    born = _born_after(first_pid)
     count = 0
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == me:
+        if not entry.name.isdigit() or int(entry.name) == me or not born(int(entry.name)):
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as f:
@@ -117,8 +142,10 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
     if proc.poll() is None:
         proc.kill()
         proc.wait()
-    if owner:  # what escaped the group (setsid, double fork), whatever the exit status
-        kill_owned(owner)
+    if owner:  # what escaped the group (setsid, double fork), whatever the exit status; after a
+        # short command only the pids handed out since it started can be its (a long one may
+        # have seen the pids wrap around, and a full look costs little beside it)
+        kill_owned(owner, first_pid=proc.pid if time.monotonic() - start < SHORT_SECONDS else None)
     return ProcResult(returncode=proc.returncode, seconds=time.monotonic() - start,
                       timed_out=timed_out, cancelled=cancelled)
 

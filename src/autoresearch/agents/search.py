@@ -33,7 +33,6 @@ from their first value. Proposals never repeat the code of an earlier trial.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import random
 import threading
@@ -42,8 +41,8 @@ from typing import Any
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
 from autoresearch.agents.constants import Constant, apply_edits, short
-from autoresearch.agents.space import Param, Space, editable_sources, scan_files, space_of
-from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.agents.space import Param, editable_sources, scan_files, space_of
+from autoresearch.errors import UsageError
 from autoresearch.records import Status, Trial
 from autoresearch.task import Task
 
@@ -313,38 +312,3 @@ def describe(changes: list[tuple[str, str, str]], limit: int = 200) -> str:
 def _old_text(c: Constant) -> str:
     text = " ".join(c.text.split())
     return text if len(text) <= 16 else short(c.value)
-
-
-# ---------------------------------------------------------------------------------------------
-# `autoresearch space`
-
-
-def space_table(space: Space) -> str:
-    rows = [("name", "where", "value", "range", "scale")]
-    for p in space.params:
-        rows.append((p.key, f"{p.path}:{p.line}", " ".join(p.text.split())[:24], p.range_text,
-                     p.scale_text + ("" if p.annotated else ", inferred")))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
-    for where, why in space.skipped:
-        lines.append(f"not searched: {where} {why}")
-    return "\n".join(lines)
-
-
-def cmd_space(args: argparse.Namespace) -> int:
-    from autoresearch.task import load_task
-
-    task = load_task(args.dir)
-    space = space_of(editable_sources(task.root, task))
-    if not space.params:
-        files = ", ".join(space.files) or "none"
-        for where, why in space.skipped:
-            print(f"not searched: {where} {why}")
-        raise AutoresearchError(f"no constants to search in the editable Python files of {task.root} "
-                                f"({files}): the search agent tunes module-level UPPER_CASE numbers "
-                                "and booleans, or constants with a `# search:` comment")
-    print(space_table(space))
-    print(f"{len(space.params)} constants in {', '.join(space.files)}; set a range with "
-          "`# search: LOW..HIGH [log] [int]`, leave one out with `# search: off`")
-    return 0
-
