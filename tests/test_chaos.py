@@ -36,6 +36,7 @@ def test_worktree_add_killed_midway_does_not_block_the_next_run(task_repo: Path,
                "--trials", "0").returncode == 0
     # What `git worktree add` leaves when it is killed before it finishes: its registration
     # locked as "initializing"; repair then removes the folder.
+    git(task_repo, "worktree", "add", "-q", "--detach", str(task_repo / ".autoresearch/t/worktrees/w0"), "HEAD")
     admin = task_repo / ".git" / "worktrees" / "w0"
     assert admin.is_dir()
     (admin / "locked").write_text("initializing")

@@ -54,9 +54,15 @@ class Session:
         return self.git.add_worktree(self.dir / "worktrees" / f"w{slot}", commit)
 
     def close(self) -> None:
+        """Stop what the loop started and take its worktrees away (every trial is a commit: a
+        worktree holds nothing else once the loop is over)."""
         kill_owned(self.owner)
         kill_owned(f"agent:{self.owner}")
-        self.ledger.close()
+        try:
+            shutil.rmtree(self.dir / "worktrees", ignore_errors=True)
+            self.git.run("worktree", "prune", check=False)
+        finally:
+            self.ledger.close()
 
 
 def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
@@ -75,7 +81,8 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
         dirty = [p for p in git.dirty_paths() if not p.startswith(f"{LEDGER_DIR}/")]
         if dirty and not allow_dirty:
             shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
-            raise UsageError(f"the repository has uncommitted changes ({shown}): commit or stash them first")
+            raise UsageError(f"the repository has uncommitted changes ({shown}): commit or stash them first "
+                             "(trials run the committed code; output folders belong in .gitignore)")
         if git.rev(branch):
             raise UsageError(f"branch autoresearch/{tag} exists but {tag_dir(task.root, tag)} holds no ledger (deleted, "
                              f"e.g. by `git clean -ffdx`; its trial commits are still under refs/autoresearch/{tag}/): "
