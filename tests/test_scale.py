@@ -213,6 +213,7 @@ def test_the_agent_prepares_the_next_trial_while_one_runs(tmp_path: Path, ahead:
     early = [t.number for t in rows[2:] if t.started < rows[t.number - 1].ended]
     if ahead:
         assert during and early
+        assert "] queued" in r.stdout  # a proposal waiting for the slot is not shown as running
     else:  # one worker and no proposals ahead: the plain sequential loop
         assert not during and not early
 

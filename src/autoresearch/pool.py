@@ -58,6 +58,7 @@ def pipeline(loop: Loop, trees: list[Workspace]) -> None:
                 if t is None:
                     return
                 if not t.status.finished:
+                    loop.events.phase(t.number, "queued")  # proposed; waits for a free slot
                     ready.put((t, ws))
         finally:
             with loop.lock:
