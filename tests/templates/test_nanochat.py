@@ -387,3 +387,20 @@ def build_model(config):
     out = run(["prepare.py", "--evaluate"], task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir)})
     assert "autoresearch_reject: model is not causal" in out
     assert "val_bpb" not in out
+
+
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H200", 989), ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 NVL", 835),
+    ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA A40", 150), ("NVIDIA L40S", 362), ("NVIDIA L4", 121),
+    ("NVIDIA GeForce RTX 5090", 209), ("NVIDIA GeForce RTX 4090", 165), ("NVIDIA RTX 6000 Ada Generation", 364),
+    ("NVIDIA RTX A6000", 155), ("NVIDIA A10G", None), ("Some Future GPU", None),
+])
+def test_the_peak_of_each_gpu_name(name: str, tflops: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MFU is against the detected GPU's own peak; an unknown one has none (MFU 0, with a note),
+    not the H100's."""
+    prepare = load_prepare()
+    monkeypatch.delenv("AUTORESEARCH_PEAK_TFLOPS", raising=False)
+    monkeypatch.setattr(prepare.torch.cuda, "get_device_name", lambda device: name)
+    peak, seen = prepare.peak_flops(torch.device("cuda", 0))
+    assert seen == name
+    assert (None if peak is None else round(peak / 1e12)) == tflops
