@@ -97,7 +97,24 @@ def test_inferred_ranges():
     batch = param("BATCH")
     assert (batch.base, batch.low, batch.high) == (2, 18, 20) and batch.range_text == "2**18..2**20"
     assert param("FLAG").kind == "bool"
-    assert math.isclose(param("TYPED").high, 1.0)
+    assert math.isclose(param("TYPED").high, 0.625)  # (1 + v) / 2: a fraction stays below 1
+
+
+def test_inferred_ranges_keep_what_ml_constants_mean():
+    """A momentum or beta near 1 moves by its distance to 1; a rate or a fraction stays below
+    1; a width that is a power of two stays one; a seed is not tuned unless annotated."""
+    s = space_of({"m.py": b"MOMENTUM = 0.9\nBETA2 = 0.999\nDROPOUT = 0.5\nN_EMBD = 128\nN_HEAD = 4\n"
+                          b"SEED = 1337\nDATA_SEED = 3  # search: 1..9\nLR = 3e-4  # SEARCH: 1e-4..1e-3 logarithmic\n"})
+    p = {x.name: x for x in s.params}
+    assert (round(p["MOMENTUM"].low, 6), round(p["MOMENTUM"].high, 6), p["MOMENTUM"].log) == (0.6, 0.975, False)
+    assert (round(p["BETA2"].low, 6), round(p["BETA2"].high, 6)) == (0.996, 0.99975)
+    assert (p["DROPOUT"].low, p["DROPOUT"].high) == (0.125, 0.75)
+    assert p["N_EMBD"].range_text == "32..512" and p["N_EMBD"].scale_text == "powers of 2 int"
+    assert p["N_EMBD"].render(8)[1] == "256" and p["N_EMBD"].sampled(128) == 7
+    assert (p["N_HEAD"].low, p["N_HEAD"].high) == (2, 8)
+    assert "SEED" not in p and "DATA_SEED" in p
+    assert any("SEED: a seed" in f"{w} {why}" for w, why in s.skipped)
+    assert (p["LR"].low, p["LR"].high, p["LR"].log, p["LR"].annotated) == (1e-4, 1e-3, True, True)
 
 
 def test_annotated_ranges():
@@ -371,3 +388,30 @@ def test_demo_without_torch_is_one_line_and_exit_2_before_anything_is_made(tmp_p
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().count("\n") == 0 and "PyTorch" in r.stderr and "pip install torch" in r.stderr
     assert not (tmp_path / "demo").exists()
+
+
+def test_tpe_on_a_small_space_keeps_finding_untried_changes(tmp_path):
+    """TPE keeps asking for the best's own values once it has a favourite; after a few such
+    asks the free constants are drawn at random, so a space far from used up never ends the
+    run as "exhausted" (it used to stop a 48-point space after 18 trials)."""
+    exp = ("A = 1  # search: 1..4\nB = 1  # search: 1..6\nFLAG = False\n"
+           "print(f'loss: {(A - 3) ** 2 + (B - 5) ** 2 + FLAG}')\n")
+    repo = make_task(tmp_path / "t", experiment=exp)
+    r = cli("run", str(repo), "--tag", "s", "--trials", "30")
+    assert r.returncode == 0, r.stderr[-2000:]
+    trials = Ledger.read(repo, "s").trials()
+    assert sum(t.status is Status.AGENT_ERROR for t in trials) == 0, [t.reason for t in trials if t.reason]
+    assert min(t.metric for t in trials if t.metric is not None) == 0.0  # the optimum, A=3 B=5 FLAG=False
+
+
+def test_a_resumed_run_does_not_replay_the_first_runs_proposals(tmp_path):
+    exp = "X = 1.0  # search: 0.1..10 log\nY = 1.0  # search: 0.1..10 log\nprint(f'loss: {(X - 2) ** 2 + (Y - 3) ** 2}')\n"
+    repo = make_task(tmp_path / "t", experiment=exp)
+    for _ in range(3):
+        r = cli("run", str(repo), "--tag", "s", "--trials", "4", "--sampler", "random")
+        assert r.returncode == 0, r.stderr[-2000:]
+    trials = Ledger.read(repo, "s").trials()[1:]
+    assert len(trials) == 12 and not [t for t in trials if t.status is Status.DUPLICATE]
+    # each run draws from a stream of its own: none asks again for what an earlier run tried
+    logs = "".join((repo / ".autoresearch/s/agent" / f"{t.number}.log").read_text() for t in trials)
+    assert "tried already" not in logs

@@ -313,7 +313,7 @@ class Loop:
             t = self._finish(t.with_(status=Status.AGENT_ERROR, reason=error))
             self._after_agent_error(error, fatal)
             return t
-        self.agent_errors = 0
+        self.agent_errors = self.fatal_errors = 0
         with self.lock:
             reason = guard.check_changes(self.task, changes, ws.path) or self.gitguard.check_and_restore()
             t = self._note_user_changes(t, "agent")

@@ -34,6 +34,7 @@ from their first value. Proposals never repeat the code of an earlier trial.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import threading
 import warnings
@@ -49,6 +50,7 @@ from autoresearch.task import Task
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 STARTUP_TRIALS = 5  # TPE and GP sample at random until this many trials are complete
 TRIES = 30  # asks before giving up on finding a configuration not tried yet
+STALLED = 5  # after this many asks that changed nothing new, the free constants are drawn at random
 FEW = (1, 2, 3)  # how many constants a proposal changes, and how often
 FEW_WEIGHTS = (0.5, 0.3, 0.2)
 CMA_SIGMA = 0.15  # CMA-ES's initial step, as a share of each (normalised) range
@@ -77,6 +79,23 @@ def make_sampler(name: str, seed: int, x0: dict[str, Any]) -> Any:
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
     raise UsageError(f"--sampler {name!r} is not a sampler (choose from {', '.join(SAMPLERS)})")
+
+
+def draw(dist: Any, rng: random.Random) -> Any:
+    """A value of an Optuna distribution drawn uniformly (on its log scale when it has one)."""
+    from optuna import distributions as d
+
+    if isinstance(dist, d.CategoricalDistribution):
+        return rng.choice(dist.choices)
+    low, high = dist.low, dist.high
+    if dist.log:
+        x = math.exp(rng.uniform(math.log(low), math.log(high)))
+    elif dist.step:
+        x = low + rng.randint(0, int(round((high - low) / dist.step))) * dist.step
+    else:
+        x = rng.uniform(low, high)
+    x = min(max(x, low), high)
+    return int(round(x)) if isinstance(dist, d.IntDistribution) else float(x)
 
 
 def check_sampler(name: str) -> None:
@@ -128,8 +147,21 @@ class SearchAgent(BaseAgent):
         self._values: dict[str, dict[str, Any]] = {}  # commit -> its constants, as sampled
         self._lock = threading.Lock()
         self._git: Any = None
+        self._resumed = False
 
     # -- the study ----------------------------------------------------------------------------
+
+    def _resume(self, number: int, x0: dict[str, Any]) -> None:
+        """At the first proposal of this run: a resumed run (its first trial is not 1) draws
+        from a random stream of its own, not the first run's again, and CMA-ES starts from the
+        best code's values, not the baseline's."""
+        self._resumed = True
+        if number <= 1:
+            return
+        seed = self.seed * 1_000_003 + number
+        self.rng = random.Random(seed)
+        self._study().sampler = make_sampler(self.sampler, seed, {k: x for k, x in x0.items()
+                                                                   if x is not None and not isinstance(x, (bool, str))})
 
     def _study(self) -> Any:
         if self.study is None:
@@ -237,12 +269,17 @@ class SearchAgent(BaseAgent):
         if not current:
             raise AgentError("none of the searched constants is in the best code any more", fatal=True)
         study = self._study()
+        if not self._resumed:
+            self._resume(ctx.number, {k: p.sampled(c.value) for k, (p, c) in current.items()})
         for attempt in range(1, TRIES + 1):
             free = self._choose([p for p, _ in current.values()])
             fixed = {}
             if self.record_all:  # the others enter the trial at their current values
                 fixed = {k: p.sampled(c.value) for k, (p, c) in current.items() if k not in free}
                 fixed = {k: x for k, x in fixed.items() if x is not None}
+            if attempt > STALLED:  # the sampler keeps to what is tried (the best's own values, often)
+                fixed.update({k: draw(current[k][0].distribution(), self.rng) for k in free})
+            if fixed:
                 study.enqueue_trial(fixed)
             otrial = study.ask({k: p.distribution() for k, (p, _) in current.items()
                                 if k in free or k in fixed})

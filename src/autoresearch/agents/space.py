@@ -10,10 +10,15 @@ comment gives their choices. The range comes from a trailing comment:
     OPTIMIZER = "adamw"  # search: "adamw" | "sgd"
     SEED = 42        # search: off
 
-and is otherwise inferred from the value (see `infer`):
+and is otherwise inferred from the value (see `infer`); a seed (`SEED`, `*_SEED`) is searched
+only when annotated:
 
-    positive float v      log   v/4 .. 4v
-    positive int v        log   max(1, v//2) .. 2v          (an int stays an int)
+    float v, 0 < v <= 0.5 log   v/4 .. min(4v, (1+v)/2)      (a rate or fraction stays below 1)
+    float v, 0.5 < v < 1  linear, 1-v over (1-v)/4 .. 4(1-v) (momentum 0.9 -> 0.6 .. 0.975,
+                                                            beta2 0.999 -> 0.996 .. 0.99975)
+    other positive float  log   v/4 .. 4v
+    int v >= 16, a power of 2  the powers of 2 from v/4 to 4v  (128 -> 32, 64, 128, 256, 512)
+    other positive int v  log   max(1, v//2) .. 2v          (an int stays an int)
     B**E (ints, B >= 2)   the exponent, E-1 .. E+1           (2**19 -> 2**18 .. 2**20)
     negative v            the same range for |v|, sign kept
     0.0                   linear 0 .. 1
@@ -70,7 +75,7 @@ class Annotation:
 def parse_annotation(comment: str) -> Annotation | None:
     """The `search:` part of a comment (None if there is none); raises ValueError when it is
     malformed, with a message fit for the user."""
-    m = re.search(r"\bsearch:\s*(.*)$", comment)
+    m = re.search(r"\bsearch:\s*(.*)$", comment, re.IGNORECASE)
     if not m:
         return None
     spec = m.group(1).strip()
@@ -97,8 +102,8 @@ def parse_annotation(comment: str) -> Annotation | None:
         w = words[i].lower().rstrip(",;")
         if not w[:1].isalpha():
             break  # free text after the options
-        if w in ("log", "linear"):
-            log = w == "log"
+        if w in ("log", "linear", "logarithmic", "log-scale", "lin"):
+            log = w.startswith("log")
         elif w in ("int", "float"):
             kind = w
         elif w == "step" and i + 1 < len(words):
@@ -161,6 +166,7 @@ class Param:
     choices: tuple[str, ...] = ()  # source texts, for kind "choice"
     sign: int = 1  # -1: the range is over |value| of a negative constant
     base: int | None = None  # searched over the exponent E of base**E
+    plain: bool = False  # with `base`: written as the number (128), not as base**E
     annotated: bool = False
     value: Any = None
     text: str = ""
@@ -212,6 +218,8 @@ class Param:
         if self.kind == "int":
             n = int(x)
             if self.base is not None:
+                if self.plain:
+                    return self.sign * self.base**n, format_value(self.sign * self.base**n, template)
                 return self.sign * self.base**n, ("-" if self.sign < 0 else "") + f"{self.base}**{n}"
             v = self.sign * n
             base = power_base_of(template)
@@ -246,6 +254,8 @@ class Param:
         lo, hi = ((-self.high, -self.low) if self.sign < 0 else (self.low, self.high))
         if self.base is not None:
             sign = "-" if self.sign < 0 else ""
+            if self.plain:
+                return f"{sign}{self.base ** int(self.low)}..{sign}{self.base ** int(self.high)}"
             return f"{sign}{self.base}**{int(self.low)}..{sign}{self.base}**{int(self.high)}"
         if self.kind == "int":
             return f"{int(lo)}..{int(hi)}" + (f" step {int(self.step)}" if self.step and self.step != 1 else "")
@@ -285,12 +295,21 @@ def infer(const: Constant) -> dict[str, Any]:
         if v == 0:
             return {"kind": "int", "low": 0, "high": 2}
         m = abs(v)
+        if m >= 16 and m & (m - 1) == 0:  # a power of two (a width, a batch): it stays one
+            e = m.bit_length() - 1
+            return {"kind": "int", "base": 2, "plain": True, "low": max(0, e - 2), "high": e + 2,
+                    "sign": -1 if v < 0 else 1}
         low = max(1, m // 2)
         return {"kind": "int", "low": low, "high": max(2 * m, low + 1), "log": True,
                 "sign": -1 if v < 0 else 1}
     if isinstance(v, float):
         if v == 0:
             return {"kind": "float", "low": 0.0, "high": 1.0}
+        if 0.5 < v < 1:  # near 1 (a momentum, a beta, a decay): what matters is 1 - v
+            gap = 1 - v
+            return {"kind": "float", "low": max(v / 4, 1 - 4 * gap), "high": 1 - gap / 4}
+        if 0 < v <= 0.5:  # a rate, a fraction, a probability: kept below 1
+            return {"kind": "float", "low": v / 4, "high": min(4 * v, (1 + v) / 2), "log": True}
         return {"kind": "float", "low": abs(v) / 4, "high": abs(v) * 4, "log": True,
                 "sign": -1 if v < 0 else 1}
     if v is NotLiteral:
@@ -328,6 +347,8 @@ def make_param(const: Constant, key: str) -> Param:
         raise ValueError(f"bad `# search:` comment: {e}") from None
     if ann is not None and ann.off:
         raise ValueError("`# search: off`")
+    if ann is None and (const.name == "SEED" or const.name.endswith("_SEED")):
+        raise ValueError("a seed: tuning it fits the noise (annotate it to search it anyway)")
     spec = from_annotation(const, ann) if ann is not None else infer(const)
     p = Param(key=key, name=const.name, path=const.path, line=const.line, annotated=ann is not None,
               value=const.value, text=const.text, **spec)
