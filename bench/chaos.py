@@ -54,7 +54,7 @@ TAG = "chaos"
 PHASES = ("startup", "worktree", "agent", "commit", "experiment", "record", "random")
 GIT_ENV = {"GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@u", "GIT_COMMITTER_NAME": "u",
            "GIT_COMMITTER_EMAIL": "u@u"}
-FINISHED_LINE = re.compile(r"^\[trial (\d+)\] (keep|discard|crash|timeout|rejected|agent_error|"
+FINISHED_LINE = re.compile(r"^(?:\d\d:\d\d:\d\d )?\[trial (\d+)\] (keep|discard|crash|timeout|rejected|agent_error|"
                            r"interrupted|duplicate) ", re.MULTILINE)
 TSV_ROW = re.compile(r"^[0-9a-f]{7}\t-?\d+\.\d{6}\t\d+\.\d\t(keep|discard|crash)\t[^\t\n]+$")
 

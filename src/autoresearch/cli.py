@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -220,8 +221,16 @@ def _agent_options(args: argparse.Namespace, task) -> AgentOptions:  # noqa: ANN
     )
 
 
+def stop_signals() -> list[signal.Signals]:
+    """The signals that stop a loop cleanly: Ctrl-C, SIGTERM (docker stop, systemd, SLURM) and
+    SIGHUP (the terminal closed), unless it is ignored (`nohup`: the loop goes on)."""
+    return [signal.SIGINT, signal.SIGTERM] + (
+        [] if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else [signal.SIGHUP])
+
+
 class _Stopper:
-    """Ctrl-C (or SIGTERM) once: stop cleanly; twice: stop now."""
+    """Ctrl-C (or SIGTERM, or SIGHUP: the terminal closed) once: stop cleanly; twice: stop now.
+    (Under `nohup`, SIGHUP is ignored before we start, and the loop goes on.)"""
 
     def __init__(self, loop) -> None:  # noqa: ANN001
         self.loop = loop
@@ -230,8 +239,9 @@ class _Stopper:
     def __call__(self, signum, frame) -> None:  # noqa: ANN001
         self.hits += 1
         if self.hits == 1:
-            print("\nautoresearch: stopping: the trials in flight are killed and recorded (Ctrl-C again to quit at once)",
-                  file=sys.stderr, flush=True)
+            with contextlib.suppress(OSError, ValueError):  # (a terminal that went away)
+                print("\nautoresearch: stopping: the trials in flight are killed and recorded "
+                      "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
             self.loop.stop()
         else:
             raise KeyboardInterrupt
@@ -283,7 +293,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                         gpus_per_trial=args.gpus_per_trial,
                                         agent_concurrency=args.agent_concurrency), events, backend)
     stopper = _Stopper(loop)
-    old = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, stopper) for s in stop_signals()}
     try:
         scale = (f", {len(loop.slots)} workers" if len(loop.slots) > 1 else "") + \
             (f", backend {backend.name}" if backend.name != "local" else "")

@@ -121,7 +121,7 @@ def require_torch() -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from autoresearch.agents.registry import build_agent
-    from autoresearch.cli import EXIT_INTERRUPTED, _agent_options, _events, _Stopper
+    from autoresearch.cli import EXIT_INTERRUPTED, _agent_options, _events, _Stopper, stop_signals
     from autoresearch.loop import Loop, Options
     from autoresearch.session import open_session
     from autoresearch.task import load_task
@@ -150,7 +150,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     events = _events(task)
     loop = Loop(session, agent, Options(trials=trials), events)
     stopper = _Stopper(loop)
-    old = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, stopper) for s in stop_signals()}
     try:
         loop.run()
     finally:

@@ -54,8 +54,13 @@ class PlainEvents:
         self._thread.start()
 
     def _print(self, text: str) -> None:
+        """One event, stamped with the time of day (a night's log read in the morning). A
+        terminal that went away (SIGHUP, a closed pipe) is not a reason to fail the loop."""
         with self._lock:
-            print(text, file=self.out, flush=True)
+            try:
+                print(time.strftime("%H:%M:%S ") + text, file=self.out, flush=True)
+            except (OSError, ValueError):
+                pass
 
     def message(self, text: str) -> None:
         self._print(text)

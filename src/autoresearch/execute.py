@@ -26,7 +26,7 @@ from pathlib import Path
 
 from autoresearch import guard
 from autoresearch.metrics import redact
-from autoresearch.process import read_tail, run_command
+from autoresearch.process import read_tail, run_command, trim_log
 
 SECRET_ENV = re.compile(r"(API_KEY|_TOKEN|SECRET|PASSWORD|ACCESS_KEY)", re.IGNORECASE)
 
@@ -131,6 +131,7 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
                            spec.log_path, cancel=cancel, owner=spec.owner)
     finally:  # (run_command has killed what it left: no daemon touches the tree while the evaluator runs)
         guard.set_readonly(spec.workdir, protected, False)
+    trim_log(spec.log_path)
     output = read_tail(spec.log_path)
     tampered = tuple(guard.changed_files(spec.protected, spec.workdir))
     if proc.cancelled:
@@ -159,6 +160,7 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
     eval_env = {**env, "AUTORESEARCH_EXPERIMENT_SECONDS": f"{proc.seconds:.3f}"}
     ev = run_command(_wrapped(spec, spec.evaluate), spec.workdir, eval_env, spec.timeout, eval_log,
                      cancel=cancel, owner=spec.owner)
+    trim_log(eval_log)
     eval_output = read_tail(eval_log)
     with open(spec.log_path, "a", encoding="utf-8", errors="replace") as log:
         log.write(f"\n=== evaluate: {spec.evaluate} (exit {ev.returncode}, {ev.seconds:.1f}s) ===\n")

@@ -170,7 +170,8 @@ class Loop:
             if self.task.setup:
                 self.events.message(f"setup: `{self.task.setup}` (its output: {self.s.dir / 'logs' / 'setup.log'})")
             began = time.monotonic()
-            self.setup = run_setup(self.s, ws, self._env(0, self.opt.seed, self.slots[0]))  # the task's own code: not sandboxed
+            self.setup = run_setup(self.s, ws, self._env(0, self.opt.seed, self.slots[0]),  # the task's own
+                                   cancel=self.cancel)                                   # code: no sandbox
             if self.task.setup:
                 self.events.message(f"setup done in {time.monotonic() - began:.1f} s")
             if self.setup.changed:

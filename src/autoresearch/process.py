@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -148,6 +149,33 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
         kill_owned(owner, first_pid=proc.pid if time.monotonic() - start < SHORT_SECONDS else None)
     return ProcResult(returncode=proc.returncode, seconds=time.monotonic() - start,
                       timed_out=timed_out, cancelled=cancelled)
+
+
+LOG_LIMIT = 32 * 1024 * 1024  # bytes of an experiment's output kept: 700 trials stay under 23 GB
+LOG_HEAD = 1024 * 1024  # of which the start (the configuration it printed); the rest is the end
+
+
+def trim_log(path: Path, limit: int = LOG_LIMIT, head: int = LOG_HEAD) -> int:
+    """Cut a log longer than `limit` bytes to its first `head` bytes, a line that says how much
+    was left out, and its last bytes; returns the bytes left out (0: nothing done). The metric
+    lines are at the end, where the summary is printed."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return 0
+    if size <= limit:
+        return 0
+    tail = limit - head
+    dropped = size - head - tail
+    tmp = path.with_name(path.name + ".trim")
+    with open(path, "rb") as src, open(tmp, "wb") as out:
+        out.write(src.read(head))
+        out.write(f"\n=== autoresearch: {dropped} bytes of output left out here (a log keeps "
+                  f"{limit // 2**20} MB: its first {head // 2**20} MB and its end) ===\n".encode())
+        src.seek(size - tail)
+        shutil.copyfileobj(src, out, 1024 * 1024)
+    os.replace(tmp, path)
+    return dropped
 
 
 def read_tail(path: Path, max_bytes: int = 32 * 1024 * 1024) -> str:

@@ -8,10 +8,13 @@ ledger, and the branch is set to the best kept trial.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from autoresearch.ledger import LEDGER_DIR, Ledger, tag_dir
 from autoresearch.process import kill_owned, last_lines, read_tail, run_command
 from autoresearch.records import Status, Trial
 from autoresearch.task import TASK_FILE, Task
+from autoresearch.watchdog import start as start_watchdog
 
 
 def branch_ref(tag: str) -> str:
@@ -41,6 +45,8 @@ class Session:
     base: str
     resumed: bool
     user_head: str | None
+    watchdog: subprocess.Popen[bytes] | None = None
+    lifeline: int | None = None  # the watchdog's pipe: closed when the loop ends (or dies)
 
     @property
     def dir(self) -> Path:
@@ -62,7 +68,16 @@ class Session:
             shutil.rmtree(self.dir / "worktrees", ignore_errors=True)
             self.git.run("worktree", "prune", check=False)
         finally:
+            self.stop_watchdog()  # before the tag's lock goes: it must not outlast it
             self.ledger.close()
+
+    def stop_watchdog(self) -> None:
+        if self.lifeline is not None:
+            os.close(self.lifeline)  # the watchdog finds nothing left, and exits
+            self.lifeline = None
+        if self.watchdog is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.watchdog.wait(timeout=5)
 
 
 def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
@@ -116,6 +131,8 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
         ledger.set_meta("holdout", task.metric.holdout or "")  # for the views: the sealed figure
         ledger.set_meta("min_delta", str(task.acceptance.min_delta))
         ledger.export_tsv()
+        # last: from here on the caller closes the session, which stops the watchdog
+        session.watchdog, session.lifeline = start_watchdog([session.owner, f"agent:{session.owner}"])
     except BaseException:
         ledger.close()
         raise
@@ -250,7 +267,8 @@ def missing_hint(s: Session, output: str) -> str:
     return ""
 
 
-def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | None = None) -> SetupOutput:
+def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | None = None,
+              cancel: threading.Event | None = None) -> SetupOutput:
     """Run the task's setup command once in a worktree; a failure stops the loop (exit 1).
     What it writes inside the worktree (untracked or ignored files) is moved to the tag's
     `setup/` folder, to be linked into each trial's worktree. The `shared` paths are linked in
@@ -270,7 +288,9 @@ def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | 
     SetupOutput(store, shared=shared).link_into(ws.path)
     log = s.dir / "logs" / "setup.log"
     command: str | list[str] = [*wrap, "/bin/bash", "-c", s.task.setup] if wrap else s.task.setup
-    result = run_command(command, ws.path, env, 6 * 3600, log, owner=s.owner)
+    result = run_command(command, ws.path, env, 6 * 3600, log, owner=s.owner, cancel=cancel)
+    if result.cancelled:  # Ctrl-C or SIGTERM while it ran: stop now, not after it and a baseline
+        raise KeyboardInterrupt
     if result.returncode != 0:
         tail = last_lines(read_tail(log), 15)
         raise AutoresearchError(f"setup command `{s.task.setup}` failed (exit {result.returncode}); "

@@ -1,0 +1,123 @@
+"""Left alone for the night: how the loop stops (SIGTERM during setup, a closed terminal, nohup),
+what its log says, and that experiments do not outlive a loop killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import make_task, script_agent, wait_for
+
+from autoresearch.ledger import Ledger
+from autoresearch.records import Status, Trial
+
+
+def _trials(root: Path, tag: str = "t") -> list[Trial]:
+    led = Ledger.read(root, tag)
+    try:
+        return led.trials()
+    finally:
+        led.close()
+
+
+def _start(root: Path, *args: str, preexec=None) -> subprocess.Popen[str]:  # noqa: ANN001
+    return subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(root), "--tag", "t", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec)
+
+
+def test_sigterm_during_setup_stops_at_once(tmp_path: Path) -> None:
+    marker = tmp_path / "setup-started"
+    root = make_task(tmp_path / "task", toml_extra=f'setup = "touch {marker}; sleep 30"\n')
+    proc = _start(root, "--agent", "search", "--trials", "1")
+    wait_for(marker, 30)
+    began = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert time.monotonic() - began < 10, out  # not after the 30 s setup and a baseline
+    assert not _trials(root)  # no baseline ran
+
+
+def test_a_closed_terminal_stops_the_loop_cleanly_and_nohup_keeps_it(tmp_path: Path) -> None:
+    marker = tmp_path / "running"
+    exp = f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(3)\nX = 3.0\nprint(f'loss: {{X}}')\n"
+    root = make_task(tmp_path / "task", experiment=exp)
+    proc = _start(root, "--agent", "search", "--trials", "1")
+    wait_for(marker, 30)
+    proc.send_signal(signal.SIGHUP)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert [t.status for t in _trials(root)] == [Status.INTERRUPTED]
+    marker.unlink()
+    ignore = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)  # noqa: E731 - what nohup does
+    proc = _start(root, "--agent", "search", "--trials", "1", preexec=ignore)
+    wait_for(marker, 30)
+    proc.send_signal(signal.SIGHUP)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out  # under nohup the hangup changes nothing
+    assert Status.INTERRUPTED not in [t.status for t in _trials(root)[1:]]
+
+
+def test_plain_output_lines_carry_the_time_of_day(tmp_path: Path) -> None:
+    root = make_task(tmp_path / "task")
+    proc = _start(root, "--agent", "search", "--trials", "1")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    trial_lines = [line for line in out.splitlines() if "[trial" in line]
+    assert trial_lines and all(re.match(r"\d\d:\d\d:\d\d \[trial \d+\]", line) for line in trial_lines), out
+
+
+def test_an_experiment_does_not_outlive_a_loop_killed_with_sigkill(tmp_path: Path) -> None:
+    """The experiment's shell dies with the loop (PDEATHSIG), but what it started does not: the
+    loop's watchdog kills it when the loop is gone, not at the next resume."""
+    pidfile = tmp_path / "pid"
+    exp = "X = 3.0\nprint(f'loss: {X}')\n"
+    root = make_task(tmp_path / "task", experiment=exp,
+                     toml_extra='setup = ""\n')
+    toml = root / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('command = "python exp.py"',
+                                             f'command = "sh -c \'echo $$ > {pidfile}; exec sleep 60\'; python exp.py"')
+                    .replace("timeout = 10", "timeout = 120").replace("time_budget = 5", "time_budget = 100"))
+    subprocess.run(["git", "commit", "-qam", "slow"], cwd=root, check=True)
+    proc = _start(root, "--agent-cmd", script_agent(tmp_path / "a.sh", "echo nothing\n"), "--trials", "1")
+    wait_for(pidfile, 30)
+    time.sleep(0.3)
+    sleeper = int(pidfile.read_text())
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(sleeper):
+            time.sleep(0.1)
+        assert not _alive(sleeper), "the experiment's child outlived the loop"
+    finally:
+        if _alive(sleeper):
+            os.kill(sleeper, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_flood_of_output_is_kept_to_the_log_limit_with_its_end(tmp_path: Path) -> None:
+    """An experiment that prints 40 MB: the log keeps 32 MB (its start and its end, with a line
+    saying what was left out), and the metric at the end is read."""
+    exp = ("import sys\nX = 3.0\nline = 'x' * 1023 + '\\n'\nfor _ in range(40 * 1024):\n    sys.stdout.write(line)\n"
+           "print(f'loss: {X}')\n")
+    root = make_task(tmp_path / "task", experiment=exp, toml_extra="")
+    proc = _start(root, "--agent", "search", "--trials", "0")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    log = root / ".autoresearch/t/logs/0.log"
+    assert log.stat().st_size <= 32 * 1024 * 1024 + 200
+    text = log.read_bytes()
+    assert b"bytes of output left out here" in text and text.rstrip().endswith(b"loss: 3.0")
+    assert _trials(root)[0].metric == 3.0
