@@ -265,3 +265,14 @@ def test_a_protected_glob_that_matches_nothing_is_named(tmp_path: Path) -> None:
     r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "0")
     assert r.returncode == 0, r.stderr
     assert "'protected' glob 'prepar.py' matches no file" in r.stdout + r.stderr
+
+
+def test_a_flag_the_agent_does_not_use_is_named_and_model_alone_means_llm(tmp_path: Path) -> None:
+    root = make_task(tmp_path / "task")
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--model", "openai/x", "--llm-share", "0.5",
+            "--trials", "0")
+    assert r.returncode == 0, r.stderr
+    assert "--model is not used by --agent search" in r.stderr and "--llm-share is not used" in r.stderr
+    r = cli("run", str(root), "--tag", "u", "--model", "openai/x", "--base-url", "http://127.0.0.1:9/v1",
+            "--trials", "0", env={"OPENAI_API_KEY": "sk-test"})
+    assert "agent llm" in r.stdout, r.stdout + r.stderr

@@ -208,10 +208,17 @@ def _agent_options(args: argparse.Namespace, task) -> AgentOptions:  # noqa: ANN
     from autoresearch.agents.registry import AgentOptions
 
     cfg = task.agent
-    name = args.agent or ("cli" if args.agent_cmd else None) or cfg.get("kind") or "search"
+    # --agent-cmd alone means the cli agent, and --model alone the llm agent
+    name = args.agent or ("cli" if args.agent_cmd else None) or cfg.get("kind") or \
+        ("llm" if getattr(args, "model", None) else "search")
     if args.agent_cmd and name != "cli":
         raise UsageError(f"--agent-cmd is the command of --agent cli, not of --agent {name} "
                          "(drop --agent, or copy the preset's command from `autoresearch agents` into --agent-cmd)")
+    used = {"search": {"sampler"}, "llm": {"model", "base_url"}, "hybrid": {"model", "base_url", "sampler", "llm_share"},
+            "cli": set()}.get(name, {"model", "base_url"})  # (a preset takes a model and a server)
+    for flag in ("model", "base_url", "sampler", "llm_share"):
+        if getattr(args, flag, None) is not None and flag not in used:
+            print(f"autoresearch: warning: --{flag.replace('_', '-')} is not used by --agent {name}", file=sys.stderr)
     return AgentOptions(
         name=name, command=args.agent_cmd or cfg.get("cmd"),
         timeout=args.agent_timeout or cfg.get("timeout"), model=args.model or cfg.get("model"),
