@@ -1,15 +1,18 @@
 """Reports: the page in a real headless Chromium, progress.png, report --results, serve over real
 HTTP while a loop writes the ledger, MLflow in a local file store, load(), the live view.
 
-Every ledger here comes from a real loop (a scripted CLI agent editing a real git repository).
+Every ledger here comes from a real loop (a scripted CLI agent editing a real git repository),
+but the long run's: 400 trials written to a real ledger the way the loop writes them.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import pty
+import random
 import re
 import select
 import subprocess
@@ -186,6 +189,146 @@ def test_report_page_in_headless_chromium(report: Path, tmp_path: Path) -> None:
         browser.open(leak.as_uri())
         assert set(browser.network_requests()) >= {"http://203.0.113.9/pixel.png",
                                                     "https://example.invalid/x"}
+
+
+def test_a_short_run_keeps_a_linear_axis_and_labels_every_keep(ran) -> None:
+    from autoresearch.report.plot import progress_figure
+    from autoresearch.report.study import load_study
+
+    repo, _ = ran
+    fig = progress_figure(load_study(repo, "t", details=False))
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "linear"  # 6.005 to 2.25: not even half a decade
+    assert sorted(int(a.xy[0]) for a in ax.texts) == [0, 1, 4]
+    assert not fig.texts  # no "labelled: k of n" note when every keep has its label
+
+
+# ---------------------------------------------------------------------------
+# a long run: 400 trials, the loss down 3.7 decades, keeps clustered early
+
+
+LONG = 400
+WORDS = ["raise the learning rate to 0.04 and shorten the warmup to 200 steps", "QK norm",
+         "swap GeLU for ReLU squared in every MLP block", "halve the batch, double the steps",
+         "add value embeddings to every second layer", "muon for the matrices, AdamW for the rest"]
+
+
+def write_long_run(root: Path) -> dict[str, list[int]]:
+    """LONG trials written to a real ledger as the loop writes them (begin, then finish): the
+    loss from 5.8 to 0.0012 over 23 keeps, 18 of them in trials 3-122; discards up to a decade
+    worse and a few far off; a crash every 23 trials; four trials interrupted, one of them
+    after its experiment had printed a figure. Returns the trial numbers by status."""
+    from autoresearch.ledger import Ledger
+    from autoresearch.records import Status, Trial
+
+    rnd = random.Random(7)
+    keeps = sorted(rnd.sample(range(3, 123), 18) + rnd.sample(range(130, LONG - 1), 5))
+    factor = (0.0012 / 5.8) ** (1 / len(keeps))
+    stopped = [57, 200, 333, LONG - 1]
+    crashed = [i for i in range(23, LONG, 23) if i not in keeps and i not in stopped]
+    led = Ledger.open(root, "long", "loss")
+    led.set_meta("metric_name", "loss")
+    led.set_meta("goal", "minimize")
+    best = 5.8
+    for i in range(LONG):
+        status, metric = Status.DISCARD, best * 10 ** rnd.uniform(0.05, 1.0) * (1000 if i % 97 == 50 else 1)
+        if i == 0:
+            status, metric = Status.KEEP, best
+        elif i in keeps:
+            best *= factor
+            status, metric = Status.KEEP, best
+        elif i in crashed:
+            status, metric = Status.CRASH, None
+        elif i in stopped:
+            status, metric = Status.INTERRUPTED, best * 2 if i == 200 else None
+        words = "baseline" if i == 0 else f"{rnd.choice(WORDS)} (try {i}), because the last one " * 2
+        t = Trial(i, Status.RUNNING, words, started=time.time())
+        led.begin(t)
+        led.finish(t.with_(status=status, metric=metric,
+                           figures={} if metric is None else {"loss": metric}))
+    led.close()
+    return {"keep": [0, *keeps], "crash": crashed, "interrupted": stopped}
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    from autoresearch.report.plot import progress_figure
+    from autoresearch.report.study import load_study
+
+    repo = new_task(tmp_path_factory.mktemp("long") / "task")
+    numbers = write_long_run(repo)
+    study = load_study(repo, "long")
+    fig = progress_figure(study)
+    fig.canvas.draw()  # the positions as saved
+    return repo, numbers, study, fig
+
+
+def test_a_long_run_that_drops_decades_gets_a_log_axis(long_run) -> None:
+    _, numbers, study, fig = long_run
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    lo, hi = ax.get_ylim()
+    kept = [v for _, v in study.running_best()]
+    assert len(kept) == 24 and kept[0] == 5.8 and kept[-1] == pytest.approx(0.0012)
+    assert lo < min(kept) and max(kept) < hi < 100 * max(kept)
+    # the keeps in the cluster are apart on the axis: a tenth of a decade is 30+ pixels
+    ys = ax.transData.transform([(0, v) for v in kept])[:, 1]
+    assert min(a - b for a, b in zip(ys, ys[1:], strict=False)) > 10
+    assert "log scale" in ax.get_ylabel()
+    # the far discards are pinned to the top edge, drawn apart
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "discarded (off the scale)" in legend
+
+
+def test_a_long_run_labels_some_keeps_and_no_two_overlap(long_run) -> None:
+    from matplotlib.text import Text
+
+    from autoresearch.report.plot import LABEL_CHARS, MAX_LABELS
+
+    _, numbers, study, fig = long_run
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    labels = [a for a in ax.texts if a.get_text()]
+    assert 10 <= len(labels) <= MAX_LABELS
+    assert all(len(a.get_text()) <= LABEL_CHARS for a in labels)
+    assert all(a.get_text().endswith("…") for a in labels if a.get_text() != "baseline")
+    # the box of the text itself (an annotation's own extent includes its leader line)
+    boxes = [Text.get_window_extent(a, renderer) for a in labels]
+    frame = ax.get_window_extent(renderer)
+    for box in boxes:
+        assert frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+    for a, b in itertools.combinations(boxes, 2):
+        assert not a.overlaps(b), (a, b)
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not any(box.overlaps(legend) for box in boxes)
+    at = {int(a.xy[0]) for a in labels}
+    assert at <= set(numbers["keep"])
+    assert {0, numbers["keep"][-1]} <= at  # the baseline and the best
+    assert len(at & set(range(3, 123))) >= 4  # the crowded start has labels too, a few
+    note = " ".join(t.get_text() for t in fig.texts)
+    assert f"labelled: {len(labels)} of 24 kept trials" in note
+
+
+def test_interrupted_trials_are_not_drawn_or_counted_as_crashes(long_run) -> None:
+    _, numbers, study, fig = long_run
+    ax = fig.axes[0]
+    marks = {c.get_label(): sorted(int(x) for x in c.get_offsets()[:, 0]) for c in ax.collections}
+    crashes = marks.pop("crashed / no figure")
+    stopped = [xs for label, xs in marks.items() if label.startswith("interrupted")]
+    assert crashes == numbers["crash"] and stopped == [numbers["interrupted"]]
+    # the interrupted trial that had printed a figure is no discarded dot either
+    assert 200 not in marks["discarded"] and 200 in stopped[0]
+    experiments = LONG - len(numbers["interrupted"])
+    assert ax.get_title() == f"{experiments} experiments, 23 kept improvements, 4 interrupted"
+
+
+def test_report_of_a_long_run_from_the_cli(long_run, tmp_path: Path) -> None:
+    repo, numbers, _, _ = long_run
+    result = cli("report", str(repo), "--tag", "long", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no matplotlib warnings on the terminal
+    assert "396 experiments, 23 kept improvements, 4 interrupted" in (tmp_path / "report.html").read_text()
+    assert_not_blank(tmp_path / "progress.png", 1000, 500)
 
 
 # ---------------------------------------------------------------------------

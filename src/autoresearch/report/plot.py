@@ -1,5 +1,15 @@
 """progress.png: every trial a dot, discarded ones faint, kept ones on the running-best step
-line and labelled with their descriptions; crashed trials as crosses along the bottom.
+line; crashed trials as crosses along the bottom, interrupted ones (the loop was stopped while
+they ran: not a verdict on the change) as ticks beside them, outside the title's count.
+
+Readable at any length of run:
+- the y axis is logarithmic when the kept figures are all positive and span more than
+  LOG_DECADES decades (a loss from 5.8 to 0.0012); otherwise linear, cropped to the kept trials,
+  with discards far off pinned to the edge as triangles;
+- at most MAX_LABELS kept trials are labelled: the best, the baseline, then the biggest steps of
+  the running best; each label goes to the first free spot near its point (the better side of
+  the step line first, where no trial can be) and is left out when none is free, so no two
+  labels overlap; descriptions are cut to LABEL_CHARS.
 
 Drawn with matplotlib's object API (no pyplot), so it is safe in a server thread.
 """
@@ -7,7 +17,9 @@ Drawn with matplotlib's object API (no pyplot), so it is safe in a server thread
 from __future__ import annotations
 
 import io
+import math
 import warnings
+from typing import Any
 
 from autoresearch.ledger import clean_text
 from autoresearch.records import Status
@@ -16,7 +28,11 @@ from autoresearch.report.study import Study
 KEPT = "#1a9850"
 FAINT = "#9a9a9a"
 CRASHED = "#d73027"
-LABEL_CHARS = 48
+STOPPED = "#b26a00"
+LABEL_CHARS = 40
+MAX_LABELS = 16
+LOG_DECADES = 1.5
+FONT = 8  # points, of the labels
 # a description in a script the font lacks (CJK, ...) is drawn as boxes, and matplotlib warns once
 # per character; the report is right all the same, so those warnings are noise on the terminal
 MISSING_GLYPH = r"Glyph \d+ .*missing from (current )?font"
@@ -28,79 +44,131 @@ def _literal(text: str) -> str:
 
 
 def title(study: Study) -> str:
-    n = len(study.finished)
+    """'N experiments, K kept improvements[, I interrupted]': N counts the finished trials but
+    the interrupted ones (the baseline included), K the keeps after the baseline."""
+    stopped = sum(t.status is Status.INTERRUPTED for t in study.finished)
+    n = len(study.finished) - stopped
     k = len(study.kept)
-    return f"{n} experiment{'s' * (n != 1)}, {k} kept improvement{'s' * (k != 1)}"
+    text = f"{n} experiment{'s' * (n != 1)}, {k} kept improvement{'s' * (k != 1)}"
+    return text + (f", {stopped} interrupted" if stopped else "")
 
 
-def _limits(study: Study, values: list[float]) -> tuple[float, float] | None:
+def log_scale(study: Study) -> bool:
+    """Whether the y axis is logarithmic: the kept figures are all positive and span more than
+    LOG_DECADES decades."""
+    kept = [v for _, v in study.running_best()]
+    return bool(kept) and min(kept) > 0 and math.log10(max(kept) / min(kept)) > LOG_DECADES
+
+
+def _limits(study: Study, values: list[float], log: bool) -> tuple[float, float] | None:
     """A y-range that shows the kept trials well; discards far off are pinned to its edge."""
     kept = [v for _, v in study.running_best()]
     if not kept:
         return None
-    lo, hi = min(kept), max(kept)
+    f = math.log10 if log else float
+    seen = [f(v) for v in values if v > 0 or not log]
+    lo, hi = f(min(kept)), f(max(kept))
     span = (hi - lo) or abs(hi) * 0.05 or 1.0
+    noise = 0.0 if log else study.noise
+    worse = 0.3 if log else 0.8  # a decade of discards above the baseline says nothing more
     # room for labels on the better side; on the worse side no further than the data go
     if study.minimize:
-        return lo - 0.3 * span - study.noise, min(hi + 0.8 * span + study.noise, max(values))
-    return max(lo - 0.8 * span - study.noise, min(values)), hi + 0.3 * span + study.noise
+        a, b = lo - 0.3 * span - noise, min(hi + worse * span + noise, max(seen))
+    else:
+        a, b = max(lo - worse * span - noise, min(seen)), hi + 0.3 * span + noise
+    pad = (b - a) * 0.06 or 0.5
+    a, b = a - pad, b + pad
+    return (10 ** a, 10 ** b) if log else (a, b)
 
 
 def progress_png(study: Study, dpi: int = 110) -> bytes:
     """The progress plot as PNG bytes."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=MISSING_GLYPH, category=UserWarning)
-        return _draw(study, dpi)
+        fig = progress_figure(study, dpi)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
-def _draw(study: Study, dpi: int) -> bytes:
+def progress_figure(study: Study, dpi: int = 110) -> Any:
+    """The progress plot as a matplotlib Figure (an Agg canvas attached), laid out and labelled."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     fig = Figure(figsize=(12, 6), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    faint = [(t.number, t.metric) for t in study.finished
-             if t.metric is not None and t.status is not Status.KEEP]
-    values = [v for _, v in faint] + [v for _, v in study.running_best()]
-    limits = _limits(study, values) if values else None
-
-    def clip(v: float) -> float:
-        return min(max(v, limits[0]), limits[1]) if limits else v
-
-    inside = [(n, v) for n, v in faint if clip(v) == v]
-    outside = [(n, clip(v)) for n, v in faint if clip(v) != v]
-    ax.scatter([n for n, _ in inside], [v for _, v in inside], s=16, color=FAINT,
-               alpha=0.45, label="discarded", zorder=2)
-    if outside:
-        ax.scatter([n for n, _ in outside], [v for _, v in outside], s=22, color=FAINT,
-                   alpha=0.45, marker="^" if study.minimize else "v",
-                   label="discarded (off the scale)", zorder=2)
+    log = log_scale(study)
+    if log:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    limits = _draw_points(ax, study, log)
     _draw_best(ax, study)
-    crashed = [t for t in study.finished if t.metric is None]
-    if crashed:
-        ax.scatter([t.number for t in crashed], [0.02] * len(crashed), marker="x", s=24,
-                   color=CRASHED, alpha=0.7, transform=ax.get_xaxis_transform(),
-                   label="crashed / no figure", zorder=2)
+    _draw_unmeasured(ax, study)
     if limits:
-        pad = (limits[1] - limits[0]) * 0.06 or 0.5
-        ax.set_ylim(limits[0] - pad, limits[1] + pad)
+        ax.set_ylim(*limits)
     last = max((t.number for t in study.finished), default=1)
     ax.set_xlim(-0.5 - last * 0.02, last + 0.5 + last * 0.02)
     ax.set_title(title(study), fontsize=14)
     ax.set_xlabel("trial")
-    ax.set_ylabel(f"{_literal(study.metric)} ({'lower' if study.minimize else 'higher'} is better)")
+    better = "lower" if study.minimize else "higher"
+    ax.set_ylabel(f"{_literal(study.metric)} ({better} is better{', log scale' * log})")
     ax.grid(alpha=0.25)
     if study.finished:
-        ax.legend(loc="best", fontsize=9,
+        # the corner the running best moves away from: empty on a long run
+        ax.legend(loc="upper right" if study.minimize else "lower right", fontsize=9,
                   framealpha=0.85)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    keeps = len(study.running_best())
+    placed = _label_keeps(fig, ax, study, log)
+    if placed < keeps:
+        fig.text(0.995, 0.005, f"labelled: {placed} of {keeps} kept trials (the best, the baseline, "
+                 "then the biggest gains; all in report.html)", ha="right", va="bottom",
+                 fontsize=8, color="#666666")
+    return fig
 
 
-def _draw_best(ax, study: Study) -> None:  # noqa: ANN001
+def _draw_points(ax: Any, study: Study, log: bool) -> tuple[float, float] | None:
+    """The discarded trials (faint); returns the y-range, outside which they sit on its edge."""
+    faint = [(t.number, t.metric) for t in study.finished if t.metric is not None
+             and t.status not in (Status.KEEP, Status.INTERRUPTED)]
+    values = [v for _, v in faint] + [v for _, v in study.running_best()]
+    limits = _limits(study, values, log) if values else None
+    lo, hi = limits or (-math.inf, math.inf)
+    inside = [(n, v) for n, v in faint if lo <= v <= hi]
+    if inside:
+        ax.scatter([n for n, _ in inside], [v for _, v in inside], s=16, color=FAINT,
+                   alpha=0.45, label="discarded", zorder=2)
+    above = [n for n, v in faint if v > hi]
+    below = [n for n, v in faint if v < lo]
+    # pinned a little inside the edge (the range is padded by 6% of itself beyond the data)
+    edge = (lambda a, b: a * (b / a) ** 0.03) if log else (lambda a, b: a + (b - a) * 0.03)
+    label = "discarded (off the scale)"
+    for ns, y, marker in ((above, edge(hi, lo), "^"), (below, edge(lo, hi), "v")):
+        if ns:
+            ax.scatter(ns, [y] * len(ns), s=22, color=FAINT, alpha=0.45, marker=marker,
+                       label=label, zorder=2)
+            label = "_"  # one legend entry for both edges
+    return limits
+
+
+def _draw_unmeasured(ax: Any, study: Study) -> None:
+    """Crashed trials as crosses along the bottom; interrupted ones as ticks, apart."""
+    stopped = [t.number for t in study.finished if t.status is Status.INTERRUPTED]
+    crashed = [t.number for t in study.finished
+               if t.metric is None and t.status is not Status.INTERRUPTED]
+    along = ax.get_xaxis_transform()
+    if crashed:
+        ax.scatter(crashed, [0.02] * len(crashed), marker="x", s=24, color=CRASHED, alpha=0.7,
+                   transform=along, label="crashed / no figure", zorder=2)
+    if stopped:
+        ax.scatter(stopped, [0.02] * len(stopped), marker="|", s=60, color=STOPPED, alpha=0.8,
+                   transform=along, label="interrupted (the loop stopped; not a crash)", zorder=2)
+
+
+def _draw_best(ax: Any, study: Study) -> None:
     points = study.running_best()
     if not points:
         return
@@ -114,18 +182,113 @@ def _draw_best(ax, study: Study) -> None:  # noqa: ANN001
                         label=f"± noise ({study.noise:.3g})", zorder=1)
     ax.scatter([n for n, _ in points], [v for _, v in points], s=46, color=KEPT,
                edgecolor="black", linewidth=0.6, label="kept", zorder=4)
-    by_number = {t.number: t for t in study.finished}
-    for n, v in points:
-        right = n > 0.7 * last
 
-        text = clean_text(by_number[n].description, LABEL_CHARS + 1)
-        if len(text) > LABEL_CHARS:
-            text = text[:LABEL_CHARS - 1] + "…"
-        # away from the discards (worse side) and, near the right edge, on the better side,
-        # where no point can be: nothing beats the best so far, later keeps lie further right
-        up = study.minimize != right
-        ax.annotate(_literal(text), (n, v), xytext=(-6 if right else 5, 7 if up else -7),
-                    textcoords="offset points", fontsize=8, color="#145a32",
-                    rotation=25 if study.minimize else -25,
-                    rotation_mode="anchor", ha="right" if right else "left",
-                    va="bottom" if up else "top", zorder=5)
+
+# ---------------------------------------------------------------------------
+# labels
+
+
+def _short(text: str) -> str:
+    text = clean_text(text, 4 * LABEL_CHARS)
+    if len(text) <= LABEL_CHARS:
+        return text
+    cut = text[:LABEL_CHARS - 1]
+    word = cut.rsplit(" ", 1)[0]
+    return (word if len(word) > LABEL_CHARS // 2 else cut).rstrip(" ,;:-") + "…"
+
+
+def _by_priority(study: Study, log: bool) -> list[tuple[int, float]]:
+    """The kept trials, the ones most worth a label first: the best (the last keep), the
+    baseline, then by the size of their step of the running best (in decades on a log axis)."""
+    points = study.running_best()
+    f = math.log10 if log else float
+
+    def weight(i: int) -> float:
+        if i in (0, len(points) - 1):
+            return math.inf
+        return abs(f(points[i][1]) - f(points[i - 1][1]))
+
+    order = sorted(range(len(points)), key=lambda i: (-weight(i), -i))
+    return [points[i] for i in order]
+
+
+def _spots(minimize: bool) -> list[tuple[float, float, str, str]]:
+    """Offsets (points) and alignments to try, nearest first: the better side (below the step
+    line when minimizing), left of the point before right, then stacked further off; the worse
+    side last, where the discards are."""
+    sign = -1 if minimize else 1
+    better, worse = ("top", "bottom") if minimize else ("bottom", "top")
+    spots: list[tuple[float, float, str, str]] = []
+    for k in range(7):
+        dy = sign * (5 + 11 * k)
+        spots += [(-5.0, dy, "right", better), (5.0, dy, "left", better)]
+    for k in range(3):
+        dy = -sign * (5 + 11 * k)
+        spots += [(-5.0, dy, "right", worse), (5.0, dy, "left", worse)]
+    return spots
+
+
+def _label_keeps(fig: Any, ax: Any, study: Study, log: bool) -> int:
+    """Label kept trials where a label overlaps no other label, the legend or a kept point;
+    returns how many were labelled. Call once the axes are laid out (positions are final)."""
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    taken: list[Any] = []
+    legend = ax.get_legend()
+    if legend is not None:
+        taken.append(legend.get_window_extent(renderer))
+    r = 3.5 * fig.dpi / 72  # a kept marker's radius in pixels
+    points = study.running_best()
+    for x, y in ax.transData.transform(points) if points else []:
+        taken.append(Bbox.from_extents(x - r, y - r, x + r, y + r))
+    by_number = {t.number: t for t in study.finished}
+    probe = ax.text(0, 0, "", fontsize=FONT)
+    chosen = _by_priority(study, log)[: 3 * MAX_LABELS]
+    tried: set[int] = set()
+    labelled: list[int] = []
+    # first spread out (a cluster of keeps gets a few labels, not all), then fill up
+    for gap in (max((t.number for t in study.finished), default=0) / (2 * MAX_LABELS), 0):
+        for n, v in chosen:
+            if len(labelled) == MAX_LABELS or n in tried or any(abs(n - m) < gap for m in labelled):
+                continue
+            tried.add(n)
+            text = _literal(_short(by_number[n].description))
+            spot = _free_spot(fig, ax, probe, text, (n, v), study.minimize, taken)
+            if spot is not None:
+                _place(ax, text, (n, v), *spot)
+                labelled.append(n)
+    probe.remove()
+    return len(labelled)
+
+
+def _free_spot(fig: Any, ax: Any, probe: Any, text: str, xy: tuple[float, float], minimize: bool,
+               taken: list[Any]) -> tuple[tuple[float, float], str, str] | None:
+    """The first spot where `text` stays inside the axes and overlaps nothing in `taken`
+    (its box is added to `taken`), or None."""
+    from matplotlib.transforms import ScaledTranslation
+
+    frame = ax.get_window_extent()
+    probe.set_text(text)
+    probe.set_position(xy)
+    for dx, dy, ha, va in _spots(minimize):
+        probe.set_transform(ax.transData + ScaledTranslation(dx / 72, dy / 72, fig.dpi_scale_trans))
+        probe.set_horizontalalignment(ha)
+        probe.set_verticalalignment(va)
+        box = probe.get_window_extent().padded(2)
+        if frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1) \
+                and not any(box.overlaps(o) for o in taken):
+            taken.append(box)
+            return (dx, dy), ha, va
+    return None
+
+
+def _place(ax: Any, text: str, xy: tuple[float, float], offset: tuple[float, float],
+           ha: str, va: str) -> None:
+    # a label stacked away from its point gets a thin line to it
+    far = abs(offset[1]) > 6
+    ax.annotate(text, xy, xytext=offset, textcoords="offset points", fontsize=FONT,
+                color="#145a32", ha=ha, va=va, zorder=5, annotation_clip=False,
+                bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
+                arrowprops={"arrowstyle": "-", "color": "#145a32", "lw": 0.5, "alpha": 0.6,
+                            "shrinkA": 0, "shrinkB": 3} if far else None)
