@@ -345,3 +345,68 @@ def test_the_snapshot_change_list_is_what_git_diff_tree_says(tmp_path_factory: p
     assert git.tree_of(commit) == tree
     status = git.run("status", "--porcelain", "-uall", "--ignored", env=git.wt_env(ws), cwd=ws.path)
     assert all(not line.startswith("!!") for line in status.splitlines()), status
+
+
+JUNK = st.lists(st.tuples(
+    st.sampled_from(["file", "dir_file", "pycache", "link_out", "link_dir_out", "readonly_dir", "modify", "delete",
+                     "replace_dir_with_file"]),
+    st.sampled_from(["exp.py", "prepare.py", "out.txt", "sub/a.py", "runs/x/y.bin", "sub"]),
+), min_size=0, max_size=6)
+
+
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(junk=JUNK, back=st.booleans())
+def test_a_reset_worktree_holds_exactly_the_commit(tmp_path_factory: pytest.TempPathFactory,
+                                                   junk: list[tuple[str, str]], back: bool) -> None:
+    """Whatever an experiment leaves (files, folders, links out of the worktree, a read-only
+    folder, edits), resetting the worktree to a commit leaves exactly that commit's files, with
+    or without a git clean process, and nothing outside the worktree is touched."""
+    from autoresearch.gitrepo import Git, walk
+
+    base = tmp_path_factory.mktemp("reset")
+    outside = base / "outside"
+    (outside / "d").mkdir(parents=True)
+    (outside / "keep.txt").write_text("keep\n")
+    (outside / "d" / "f").write_text("f\n")
+    root = make_task(base / "task", files={"sub/a.py": "A = 1\n"})
+    git = Git.open(root)
+    parent = git.head()
+    ws = git.add_worktree(root / ".autoresearch" / "w", parent)
+    (ws.path / "exp.py").write_text("X = 9\n")
+    commit, _, _ = git.snapshot(ws, parent, "m")
+    for op, name in junk:
+        path = ws.path / name
+        if op in ("file", "dir_file", "modify"):
+            if path.is_symlink() or path.is_dir() or any(p.is_symlink() for p in path.parents):
+                continue  # (the test's own writes stay in the worktree)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("junk\n")
+        elif op == "pycache":
+            (ws.path / "__pycache__").mkdir(exist_ok=True)
+            (ws.path / "__pycache__" / "exp.cpython-311.pyc").write_bytes(b"\0")
+        elif op == "link_out" and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.symlink_to(outside / "keep.txt")
+        elif op == "link_dir_out" and not os.path.lexists(ws.path / "lnk"):
+            (ws.path / "lnk").symlink_to(outside / "d")
+        elif op == "readonly_dir":
+            (ws.path / "ro").mkdir(exist_ok=True)
+            (ws.path / "ro" / "f").write_text("x\n")
+            (ws.path / "ro").chmod(0o555)
+        elif op == "delete" and path.is_file():
+            path.unlink()
+        elif op == "replace_dir_with_file" and path.is_dir() and not path.is_symlink():
+            import shutil
+
+            shutil.rmtree(path)
+            path.write_text("now a file\n")
+    target = commit if back else parent
+    try:
+        git.reset_worktree(ws, target)
+    finally:
+        if (ws.path / "ro").exists():
+            (ws.path / "ro").chmod(0o755)
+    files = {rel for rel, (is_dir, _) in walk(ws.path).items() if not is_dir}
+    tracked = set(git.run("ls-tree", "-r", "--name-only", target).splitlines())
+    assert files == tracked
+    assert (outside / "keep.txt").read_text() == "keep\n" and (outside / "d" / "f").read_text() == "f\n"

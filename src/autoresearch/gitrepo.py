@@ -60,6 +60,7 @@ class Git:
         self._env["GIT_TERMINAL_PROMPT"] = "0"
         # `git status` on the user's checkout must not rewrite (or, killed, leave a lock on) its index
         self._env["GIT_OPTIONAL_LOCKS"] = "0"
+        self._known: dict[Path, tuple[str, set[str]]] = {}  # worktree -> (commit, what it held then)
         self.git_dir = Path(self.run("rev-parse", "--absolute-git-dir"))
         self.common_dir = Path(self.run("rev-parse", "--git-common-dir", cwd=self.root))
         if not self.common_dir.is_absolute():
@@ -140,6 +141,47 @@ class Git:
         lines += ["prepare", "commit"]
         self.run("update-ref", "--stdin", input="\n".join(lines) + "\n")
 
+    def read_ref(self, ref: str) -> str | None:
+        """A ref's value read from the files backend directly (a loose ref, else packed-refs);
+        None when it is not there or cannot be read that way (a reftable repository, a
+        symbolic ref): ask git then."""
+        if (self.common_dir / "reftable").exists():
+            return None
+        try:
+            value = (self.common_dir / ref).read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            try:
+                packed = (self.common_dir / "packed-refs").read_text(errors="replace")
+            except OSError:
+                return None
+            return next((line[:40] for line in packed.splitlines() if line.endswith(" " + ref)), None)
+        except OSError:
+            return None
+        return value if len(value) in (40, 64) and all(c in "0123456789abcdef" for c in value) else None
+
+    def write_new_ref(self, ref: str, value: str) -> bool:
+        """Write the harness's own ref `ref` (a trial's, which nothing else writes) the way git
+        writes a loose ref: a `.lock` file created exclusively, then renamed over the ref. Saves
+        a git process per trial; False (nothing written) where git must do it: a reftable
+        repository, a lock held, a path in the way."""
+        if (self.common_dir / "reftable").exists() or not ref.startswith("refs/autoresearch/"):
+            return False
+        path = self.common_dir / ref
+        lock = path.with_name(path.name + ".lock")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError:
+            return False
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(value + "\n")
+            os.replace(lock, path)
+        except OSError:
+            lock.unlink(missing_ok=True)
+            return False
+        return True
+
     def present(self, shas: set[str]) -> set[str]:
         """The objects among `shas` that the repository has (some may have been pruned)."""
         if not shas:
@@ -178,6 +220,7 @@ class Git:
         # Also when the folder is gone: a `git worktree add` killed midway leaves its registration
         # locked ("initializing"), and a locked, missing worktree blocks every later add.
         self.remove_worktree(path)
+        self._known.pop(path, None)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.run("worktree", "add", "--detach", "--force", str(path), commit)
         pointer = (path / ".git").read_text().strip()
@@ -221,8 +264,13 @@ class Git:
             attached = False
         if attached:
             self.run("update-ref", "--no-deref", "HEAD", commit, env=env, cwd=ws.path)
+        known = self._known.get(ws.path)
+        cleaned = known is not None and remove_unknown(ws.path, known[1])  # first: relative to its commit
         self.run("reset", "-q", "--hard", commit, env=env, cwd=ws.path)
-        self.run("clean", "-q", "-ffdx", env=env, cwd=ws.path)
+        if not cleaned:
+            self.run("clean", "-q", "-ffdx", env=env, cwd=ws.path)
+        if known is None or known[0] != commit:  # (back at that commit, the same files: still true)
+            self._known.pop(ws.path, None)
         publish(ws)
 
 
@@ -242,7 +290,8 @@ class Git:
         rewritten meanwhile; otherwise (an agent moved HEAD) `diff-tree` says it."""
         self.ensure_worktree(ws, parent)
         env = self.wt_env(ws)
-        big = big_files(ws.path, max_file_bytes)
+        entries = walk(ws.path)
+        big = {rel: size for rel, (is_dir, size) in entries.items() if not is_dir and size > max_file_bytes}
         skip = list(big)
         if big:  # `add` refuses a pathspec, even an excluding one, that names an ignored file
             said = self.run("check-ignore", "-z", "--stdin", env=env, cwd=ws.path, input="\0".join(big) + "\0",
@@ -265,6 +314,9 @@ class Git:
                           input=message)
         if ignored or out is None:  # the tree was reset and cleaned before the agent: only it made these
             self.run("clean", "-q", "-ffdX", env=env, cwd=ws.path)
+            self._known.pop(ws.path, None)
+        else:  # what the worktree holds now is the commit: anything else, later, is to be cleaned
+            self._known[ws.path] = (commit, set(entries))
         exact = out is not None and not left_out and all(c.status != "U" for c in changes)
         if not exact or head_before[0] != parent or _head_state(ws) != head_before:
             changes = parse_raw(self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", parent, commit))
@@ -288,10 +340,10 @@ def publish(ws: Workspace, commit: str | None = None) -> None:
         pass
 
 
-def big_files(root: Path, limit: int) -> dict[str, int]:
-    """Files (not links) under `root` bigger than `limit` bytes, outside .git; worktree-relative.
-    A walk of the worktree, which holds the commit and what the agent made: a few files."""
-    found: dict[str, int] = {}
+def walk(root: Path) -> dict[str, tuple[bool, int]]:
+    """Everything under `root` but .git, worktree-relative: path -> (a folder, size). Links are
+    entries, never followed. The worktree holds the commit and what was made there: a few files."""
+    found: dict[str, tuple[bool, int]] = {}
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -300,17 +352,45 @@ def big_files(root: Path, limit: int) -> dict[str, int]:
         except OSError:
             continue
         for entry in entries:
+            if folder == root and entry.name == ".git":
+                continue
+            rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    if not (folder == root and entry.name == ".git"):
-                        stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    size = entry.stat(follow_symlinks=False).st_size
-                    if size > limit:
-                        found[os.path.relpath(entry.path, root).replace(os.sep, "/")] = size
+                    stack.append(Path(entry.path))
+                    found[rel] = (True, 0)
+                else:
+                    found[rel] = (False, entry.stat(follow_symlinks=False).st_size
+                                  if entry.is_file(follow_symlinks=False) else 0)
             except OSError:
                 continue
     return found
+
+
+def remove_unknown(root: Path, known: set[str]) -> bool:
+    """Delete what is under `root` (but .git) and not in `known` (what the worktree held when its
+    commit was made): `git clean -ffdx` without the process. False when something could not be
+    removed (a read-only folder, say): then git must clean."""
+    ok = True
+
+    def failed(*_: object) -> None:
+        nonlocal ok
+        ok = False
+
+    for rel, (is_dir, _size) in sorted(walk(root).items(), key=lambda item: item[0].count("/")):
+        if rel in known or not os.path.lexists(root / rel):  # (or gone with its folder)
+            continue
+        path = root / rel
+        if is_dir:
+            shutil.rmtree(path, onerror=failed)
+        else:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                ok = False
+    return ok
 
 
 def _head_state(ws: Workspace) -> tuple[str, int, int]:

@@ -551,6 +551,10 @@ class Loop:
             if t.status is Status.KEEP and t.commit:
                 refs[branch_ref(self.s.tag)] = t.commit
             old = self.best.commit if self.best else None
+            quick = (len(refs) == 1 and t.status is not Status.KEEP and old is not None  # the trial's ref alone,
+                     and self.s.git.read_ref(branch_ref(self.s.tag)) == old)            # the branch where it was
+            if quick and self.s.git.write_new_ref(trial_ref(self.s.tag, t.number), refs[trial_ref(self.s.tag, t.number)] or ""):
+                refs = {}
             if refs:
                 try:
                     self.s.git.update_refs(refs, verify={branch_ref(self.s.tag): old} if old else None)
