@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from autoresearch.gitrepo import MAX_FILE_BYTES, SAFE, Change
@@ -66,6 +67,23 @@ def changed_files(expected: dict[str, str], root: Path) -> list[str]:
     """The protected files whose content differs from `expected`."""
     now = hash_files(root, list(expected))
     return [p for p, h in expected.items() if now.get(p) != h]
+
+
+def _loose_refs(path: str, name: str) -> Iterator[tuple[str, str]]:
+    """(file, ref name) of each loose ref at or under `path` (the ref `name`)."""
+    try:
+        entries = os.scandir(path)
+    except NotADirectoryError:
+        yield path, name
+        return
+    except OSError:
+        return
+    with entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _loose_refs(entry.path, f"{name}/{entry.name}")
+            else:
+                yield entry.path, f"{name}/{entry.name}"
 
 
 def set_readonly(root: Path, paths: list[str], readonly: bool) -> None:
@@ -159,10 +177,7 @@ class GitGuard:
             if line[:1] not in ("#", "^", "") and name.startswith(prefixes) and not name.startswith(skip):
                 refs[name] = sha
         for prefix in prefixes:
-            top = self.common_dir / prefix
-            paths = [str(top)] if top.is_file() else [os.path.join(d, f) for d, _, fs in os.walk(top) for f in fs]
-            for path in paths:
-                name = os.path.relpath(path, self.common_dir).replace(os.sep, "/")
+            for path, name in _loose_refs(str(self.common_dir / prefix), prefix.rstrip("/")):
                 if path.endswith(".lock") or name.startswith(skip):
                     continue
                 try:  # a file whose inode, ctime and size are unchanged holds what it held

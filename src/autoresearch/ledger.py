@@ -105,6 +105,7 @@ class Ledger:
         self.metric_name = metric_name
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
+        self._decoded: dict[int, tuple[tuple[object, ...], Trial]] = {}  # number -> (its row, the trial)
         if readonly:
             uri = f"file:{self.dir / 'ledger.sqlite'}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
@@ -259,12 +260,23 @@ class Ledger:
     def trials(self) -> list[Trial]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM trials ORDER BY number").fetchall()
-        return [_row_to_trial(r) for r in rows]
+        return [self._trial(r) for r in rows]
+
+    def _trial(self, row: sqlite3.Row) -> Trial:
+        """The trial of a row, decoded once per version of the row (the loop reads the whole
+        history several times a trial; decoding its JSON columns each time grew with it)."""
+        key = tuple(row)
+        hit = self._decoded.get(row["number"])
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        trial = _row_to_trial(row)
+        self._decoded[row["number"]] = (key, trial)
+        return trial
 
     def get(self, number: int) -> Trial | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM trials WHERE number=?", (number,)).fetchone()
-        return _row_to_trial(row) if row else None
+        return self._trial(row) if row else None
 
     def total_cost(self) -> float:
         """The cost of every trial so far, in USD."""
@@ -282,12 +294,12 @@ class Ledger:
         with self._lock:
             row = self._db.execute(
                 "SELECT * FROM trials WHERE status='keep' ORDER BY seq DESC LIMIT 1").fetchone()
-        return _row_to_trial(row) if row else None
+        return self._trial(row) if row else None
 
     def running(self) -> list[Trial]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM trials WHERE status='running'").fetchall()
-        return [_row_to_trial(r) for r in rows]
+        return [self._trial(r) for r in rows]
 
     def iter_finished(self) -> Iterator[Trial]:
         for t in self.trials():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -99,6 +100,37 @@ def kill_owned(token: str, sig: int = signal.SIGKILL, first_pid: int | None = No
     return count
 
 
+class ExitWaiter:
+    """wait(seconds) -> whether the process has exited (and is reaped). Through a pidfd where
+    Linux has one, which wakes the moment the process ends: Popen.wait(timeout) polls with
+    growing sleeps, and returned up to milliseconds late on every experiment."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        try:
+            self.fd: int | None = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            self.fd = None
+
+    def wait(self, seconds: float) -> bool:
+        if self.fd is None:
+            try:
+                self.proc.wait(timeout=seconds)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        if not select.select([self.fd], [], [], seconds)[0]:
+            return False
+        self.close()
+        self.proc.wait()
+        return True
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeout: float,
                 log_path: Path, cancel: threading.Event | None = None,
                 append: bool = False, owner: str = "") -> ProcResult:
@@ -120,13 +152,11 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
         )
     timed_out = cancelled = False
     deadline = start + timeout
+    exited = ExitWaiter(proc)
     while True:
         wait = min(0.1 if cancel is not None else deadline - time.monotonic(), deadline - time.monotonic())
-        try:
-            proc.wait(timeout=max(wait, 0.0))
+        if exited.wait(max(wait, 0.0)):
             break
-        except subprocess.TimeoutExpired:
-            pass
         if cancel is not None and cancel.is_set():
             cancelled = True
         elif time.monotonic() >= deadline:
@@ -139,6 +169,7 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
         except subprocess.TimeoutExpired:
             pass
         break
+    exited.close()
     _kill_group(proc.pid, signal.SIGKILL)  # whatever is left of the group, always
     if proc.poll() is None:
         proc.kill()
