@@ -173,6 +173,8 @@ def test_gpus_are_pinned_per_trial_in_flight(tmp_path: Path) -> None:
             "--gpus", "0,1,2,3", "--gpus-per-trial", "2", env=env)
     assert r.returncode == 0, r.stderr + r.stdout
     assert "2 workers" in r.stdout
+    if not list(Path("/dev").glob("nvidia[0-9]*")):  # said, not refused: the ids are still pinned
+        assert "no NVIDIA GPU is visible on this machine" in r.stderr
     exps, _ = read_stamps(env)
     assert exps[0][2] == "0,1"
     assert {e[2] for e in exps.values()} == {"0,1", "2,3"}

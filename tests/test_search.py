@@ -415,3 +415,15 @@ def test_a_resumed_run_does_not_replay_the_first_runs_proposals(tmp_path):
     # each run draws from a stream of its own: none asks again for what an earlier run tried
     logs = "".join((repo / ".autoresearch/s/agent" / f"{t.number}.log").read_text() for t in trials)
     assert "tried already" not in logs
+
+
+def test_space_names_what_it_cannot_search_and_values_off_their_range(tmp_path):
+    from autoresearch.agents.space import space_table
+
+    table = space_table(space_of({"m.py": b"BETA1, BETA2 = 0.9, 0.95\nA = B = 5\nLO = 0.1  # search: 0.2..0.5\n"
+                                          b"OPT = 5  # search: 1 | 10\nLR = 0.1\n"}))
+    assert "not searched: m.py:1 BETA1, BETA2: unpacked together (write one constant per line" in table
+    assert "not searched: m.py:2 A, B: chained" in table
+    assert "note: m.py:3 LO = 0.1 is outside its `# search:` range 0.2..0.5" in table
+    assert "note: m.py:4 OPT = 5 is not among its `# search:` choices" in table
+    assert "LR" in table and "note: m.py:5" not in table

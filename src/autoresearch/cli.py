@@ -273,6 +273,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     bad = [g for g in gpus if not (g.isdigit() or g.startswith(("GPU-", "MIG-")))]
     if bad or (args.gpus is not None and not gpus):
         raise UsageError(f"--gpus takes GPU ids separated by commas (e.g. 0,1 or GPU-<uuid>), got {args.gpus!r}")
+    if gpus and args.backend != "ray" and not args.ray_address and not any(Path("/dev").glob("nvidia[0-9]*")):
+        print(f"autoresearch: warning: --gpus {args.gpus}, but no NVIDIA GPU is visible on this machine "
+              "(CUDA_VISIBLE_DEVICES is set for each trial all the same)", file=sys.stderr)
     resources = None
     if args.trial_resources is not None:
         from autoresearch.backends.ray import parse_resources

@@ -198,6 +198,11 @@ def scan_file(data: bytes, path: str) -> FileScan:
                 and len(targets) == 1 and isinstance(targets[0], ast.Name)
                 and NAME_RE.match(targets[0].id)):
             found.append((targets[0].id, stmt.value))
+        elif isinstance(stmt, ast.Assign) and any(NAME_RE.match(n) for n in names):
+            shown = ", ".join(n for n in names if NAME_RE.match(n))
+            how = "unpacked together" if any(isinstance(t, (ast.Tuple, ast.List)) for t in targets) else "chained"
+            scan.skipped.append((f"{path}:{stmt.lineno}", f"{shown}: {how} (write one constant per line "
+                                                           "to search it)"))
     for name, node in found:
         where = f"{path}:{node.lineno}"
         if seen[name] > 1:

@@ -441,7 +441,20 @@ def space_table(space: Space) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
     for where, why in space.skipped:
         lines.append(f"not searched: {where} {why}")
+    for p in space.params:
+        if p.annotated and p.kind != "bool" and _outside(p):
+            what = ("not among its `# search:` choices" if p.kind == "choice" else
+                    f"outside its `# search:` range {p.range_text}; the search knows it as the nearest value inside")
+            lines.append(f"note: {p.path}:{p.line} {p.name} = {' '.join(p.text.split())[:24]} is {what}")
     return "\n".join(lines)
+
+
+def _outside(p: Param) -> bool:
+    if p.kind == "choice":
+        return p.sampled(p.value) is None
+    if isinstance(p.value, bool) or not isinstance(p.value, (int, float)) or p.base is not None:
+        return False
+    return not p.low <= p.value * p.sign <= p.high
 
 
 def cmd_space(args: argparse.Namespace) -> int:
