@@ -103,3 +103,15 @@ def test_a_branch_named_autoresearch_is_one_clear_line(tmp_path: Path) -> None:
     assert "beside the existing branch autoresearch: rename that branch" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (root / ".autoresearch/t/ledger.sqlite").exists()
+
+
+def test_a_repository_made_inside_the_worktree_is_rejected_and_the_loop_goes_on(tmp_path: Path) -> None:
+    """`git init vendor` with no commit made `git add` fail and stopped the loop; a repository
+    inside the worktree is a submodule the guard rejects, and none of it survives the trial."""
+    root = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", "git init -q vendor\necho x > vendor/f\n" + LOWER_X)
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    done = _trials(root)
+    assert [t.status.value for t in done] == ["keep", "rejected", "rejected"], [t.reason for t in done]
+    assert all("vendor" in t.reason for t in done[1:])

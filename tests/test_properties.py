@@ -341,7 +341,9 @@ def test_the_snapshot_change_list_is_what_git_diff_tree_says(tmp_path_factory: p
     commit, changes, tree = git.snapshot(ws, parent, "m", max_file_bytes=1000)
     truth = parse_raw(git.run("diff-tree", "-r", "-z", "--raw", "--no-renames", parent, commit))
     key = lambda c: (c.path, c.status, c.old_mode, c.new_mode, c.new_blob)  # noqa: E731
-    assert sorted(map(key, changes)) == sorted(map(key, truth))
+    nested = [("vendored", "A", "000000", "160000", "")] if (ws.path / "vendored" / ".git").exists() else []
+    assert sorted(map(key, changes)) == sorted([*map(key, truth), *nested])  # a repository inside: a submodule
+    assert not any(c.path.startswith("vendored") for c in truth)  # never committed
     assert git.tree_of(commit) == tree
     status = git.run("status", "--porcelain", "-uall", "--ignored", env=git.wt_env(ws), cwd=ws.path)
     assert all(not line.startswith("!!") for line in status.splitlines()), status
@@ -355,9 +357,11 @@ JUNK = st.lists(st.tuples(
 
 
 @settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(junk=JUNK, back=st.booleans())
+@given(junk=JUNK, back=st.booleans(),
+       before=st.lists(st.sampled_from(["nested_repo", "dot_git_folder", "empty_dir"]), max_size=3))
 def test_a_reset_worktree_holds_exactly_the_commit(tmp_path_factory: pytest.TempPathFactory,
-                                                   junk: list[tuple[str, str]], back: bool) -> None:
+                                                   junk: list[tuple[str, str]], back: bool,
+                                                   before: list[str]) -> None:
     """Whatever an experiment leaves (files, folders, links out of the worktree, a read-only
     folder, edits), resetting the worktree to a commit leaves exactly that commit's files, with
     or without a git clean process, and nothing outside the worktree is touched."""
@@ -373,18 +377,27 @@ def test_a_reset_worktree_holds_exactly_the_commit(tmp_path_factory: pytest.Temp
     parent = git.head()
     ws = git.add_worktree(root / ".autoresearch" / "w", parent)
     (ws.path / "exp.py").write_text("X = 9\n")
+    for what in before:  # what an agent may leave that git never commits
+        if what == "nested_repo":
+            subprocess.run(["git", "init", "-q", str(ws.path / "vendor")], check=True)
+            (ws.path / "vendor" / "v.txt").write_text("v\n")
+        elif what == "dot_git_folder":
+            (ws.path / "x" / ".git").mkdir(parents=True, exist_ok=True)
+            (ws.path / "x" / ".git" / "hidden").write_text("state\n")
+        else:
+            (ws.path / "empty" / "deeper").mkdir(parents=True, exist_ok=True)
     commit, _, _ = git.snapshot(ws, parent, "m")
     for op, name in junk:
         path = ws.path / name
         if op in ("file", "dir_file", "modify"):
-            if path.is_symlink() or path.is_dir() or any(p.is_symlink() for p in path.parents):
-                continue  # (the test's own writes stay in the worktree)
+            if path.is_symlink() or path.is_dir() or any(p.is_symlink() or p.is_file() for p in path.parents):
+                continue  # (the test's own writes stay in the worktree, and need folders)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("junk\n")
         elif op == "pycache":
             (ws.path / "__pycache__").mkdir(exist_ok=True)
             (ws.path / "__pycache__" / "exp.cpython-311.pyc").write_bytes(b"\0")
-        elif op == "link_out" and not path.exists():
+        elif op == "link_out" and not os.path.lexists(path) and not any(p.is_file() for p in path.parents):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.symlink_to(outside / "keep.txt")
         elif op == "link_dir_out" and not os.path.lexists(ws.path / "lnk"):
@@ -406,7 +419,9 @@ def test_a_reset_worktree_holds_exactly_the_commit(tmp_path_factory: pytest.Temp
     finally:
         if (ws.path / "ro").exists():
             (ws.path / "ro").chmod(0o755)
-    files = {rel for rel, (is_dir, _) in walk(ws.path).items() if not is_dir}
+    left = walk(ws.path)
+    files = {rel for rel, (is_dir, _) in left.items() if not is_dir}
     tracked = set(git.run("ls-tree", "-r", "--name-only", target).splitlines())
     assert files == tracked
+    assert not [rel for rel in left if rel.endswith("/.git") or "/.git/" in rel or rel.startswith("empty")]
     assert (outside / "keep.txt").read_text() == "keep\n" and (outside / "d" / "f").read_text() == "f\n"

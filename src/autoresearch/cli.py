@@ -195,13 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _events(task):  # noqa: ANN001, ANN202
+    from autoresearch.events import PlainEvents, Steady
+
     try:
         from autoresearch.report.live import make_events
     except ImportError:
-        from autoresearch.events import PlainEvents
-
-        return PlainEvents(task.metric.name, task.metric.minimize)
-    return make_events(task)
+        return Steady(PlainEvents(task.metric.name, task.metric.minimize))
+    return Steady(make_events(task))
 
 
 def _agent_options(args: argparse.Namespace, task) -> AgentOptions:  # noqa: ANN001
@@ -273,9 +273,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     bad = [g for g in gpus if not (g.isdigit() or g.startswith(("GPU-", "MIG-")))]
     if bad or (args.gpus is not None and not gpus):
         raise UsageError(f"--gpus takes GPU ids separated by commas (e.g. 0,1 or GPU-<uuid>), got {args.gpus!r}")
-    if gpus and args.backend != "ray" and not args.ray_address and not any(Path("/dev").glob("nvidia[0-9]*")):
-        print(f"autoresearch: warning: --gpus {args.gpus}, but no NVIDIA GPU is visible on this machine "
-              "(CUDA_VISIBLE_DEVICES is set for each trial all the same)", file=sys.stderr)
     resources = None
     if args.trial_resources is not None:
         from autoresearch.backends.ray import parse_resources
@@ -286,6 +283,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     backend = open_backend(task, "ray" if args.ray_address else (args.backend or "local"), gpus=gpus,
                            gpus_per_trial=args.gpus_per_trial, workers=args.workers,
                            ray_address=args.ray_address, resources=resources)
+    if gpus and args.backend != "ray" and not args.ray_address and not any(Path("/dev").glob("nvidia[0-9]*")):
+        print(f"autoresearch: warning: --gpus {args.gpus}, but no NVIDIA GPU is visible on this machine "
+              "(CUDA_VISIBLE_DEVICES is set for each trial all the same)", file=sys.stderr)
     try:
         events = _events(task)
         if args.mlflow:  # each finished trial also becomes an MLflow run (checked before the tag is made)

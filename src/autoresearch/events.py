@@ -28,6 +28,38 @@ class NullEvents:
     def close(self) -> None: ...
 
 
+class Steady:
+    """Events that never fail the loop: a terminal that went away (SIGHUP, a closed ssh session:
+    EIO) or a closed pipe must not stop the recording of a trial."""
+
+    def __init__(self, inner: Events) -> None:
+        self.inner = inner
+
+    def _call(self, name: str, *args: object) -> None:
+        try:
+            getattr(self.inner, name)(*args)
+        except (OSError, ValueError):
+            pass
+
+    def message(self, text: str) -> None:
+        self._call("message", text)
+
+    def trial_started(self, number: int, index: int, total: int | None) -> None:
+        self._call("trial_started", number, index, total)
+
+    def phase(self, number: int, phase: str, budget: float | None = None) -> None:
+        self._call("phase", number, phase, budget)
+
+    def trial_finished(self, trial: Trial, best: Trial, baseline: Trial | None, cost: float) -> None:
+        self._call("trial_finished", trial, best, baseline, cost)
+
+    def close(self) -> None:
+        self._call("close")
+
+    def __getattr__(self, name: str) -> object:  # what else a view offers (the MLflow wrapper's)
+        return getattr(self.inner, name)
+
+
 def gain_text(best: Trial, baseline: Trial | None, minimize: bool) -> str:
     if baseline is None or baseline.metric is None or best.metric is None or baseline.number == best.number:
         return ""

@@ -92,7 +92,7 @@ class Git:
                               errors="surrogateescape", start_new_session=True)
         if (proc.returncode != 0 and "smudge filter lfs failed" in proc.stderr
                 and "GIT_LFS_SKIP_SMUDGE" not in self._env):  # LFS pointers without their objects
-            self._env["GIT_LFS_SKIP_SMUDGE"] = "1"
+            self._env = {**self._env, "GIT_LFS_SKIP_SMUDGE": "1"}  # (a new dict: other threads read it)
             sys.stderr.write("autoresearch: warning: git-lfs cannot fetch the large files of this repository, so "
                              "trial worktrees hold LFS pointer files, as a checkout without them does\n")
             return self.run(*args, cwd=cwd, env=env, input=input, check=check, strip=strip)
@@ -274,6 +274,11 @@ class Git:
         publish(ws)
 
 
+    def _is_gitlink(self, ws: Workspace, path: str) -> bool:
+        """Whether `path` is a submodule the commit already holds (checked out by the agent)."""
+        out = self.run("ls-files", "-s", "--", path, env=self.wt_env(ws), cwd=ws.path, check=False)
+        return out.startswith("160000 ")
+
     def snapshot(self, ws: Workspace, parent: str, message: str,
                  max_file_bytes: int = MAX_FILE_BYTES) -> tuple[str, list[Change], str]:
         """Commit the worktree's content as a child of `parent` (no hooks, HEAD untouched) and
@@ -292,11 +297,15 @@ class Git:
         env = self.wt_env(ws)
         entries = walk(ws.path)
         big = {rel: size for rel, (is_dir, size) in entries.items() if not is_dir and size > max_file_bytes}
-        skip = list(big)
-        if big:  # `add` refuses a pathspec, even an excluding one, that names an ignored file
-            said = self.run("check-ignore", "-z", "--stdin", env=env, cwd=ws.path, input="\0".join(big) + "\0",
+        # a repository made inside the worktree: `add` would fail on one with no commit, and
+        # record another as a gitlink; left out, it is reported as a submodule (the guard rejects it)
+        nested = sorted({rel[:-5] for rel in entries if rel.endswith("/.git")})
+        skip = [*big, *nested]
+        if skip:  # `add` refuses a pathspec, even an excluding one, that names an ignored file
+            said = self.run("check-ignore", "-z", "--stdin", env=env, cwd=ws.path, input="\0".join(skip) + "\0",
                             check=False, strip=False).split("\0")
-            skip = [p for p in big if p not in said]
+            skip = [p for p in skip if p not in said]
+            nested = [p for p in nested if p in skip and not self._is_gitlink(ws, p)]
         head_before = _head_state(ws)
         self.run("add", "-A", "--", ".", *[f":(exclude,literal){p}" for p in skip], env=env, cwd=ws.path)
         try:
@@ -315,11 +324,19 @@ class Git:
         if ignored or out is None:  # the tree was reset and cleaned before the agent: only it made these
             self.run("clean", "-q", "-ffdX", env=env, cwd=ws.path)
             self._known.pop(ws.path, None)
-        else:  # what the worktree holds now is the commit: anything else, later, is to be cleaned
-            self._known[ws.path] = (commit, set(entries))
+        elif not any(rel.endswith("/.git") or "/.git/" in rel for rel in entries):
+            # what the worktree holds now is the commit (its files and their folders): anything
+            # else, later, is to be cleaned; a repository inside it (not committed, a gitlink at
+            # most) is left to git clean
+            files = {rel for rel, (is_dir, _) in entries.items() if not is_dir}
+            self._known[ws.path] = (commit, files | {rel.rsplit("/", i)[0] for rel in files
+                                                     for i in range(1, rel.count("/") + 1)})
+        else:
+            self._known.pop(ws.path, None)
         exact = out is not None and not left_out and all(c.status != "U" for c in changes)
         if not exact or head_before[0] != parent or _head_state(ws) != head_before:
             changes = parse_raw(self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", parent, commit))
+        changes += [Change(status="A", path=p, old_mode="000000", new_mode="160000", new_blob="") for p in nested]
         publish(ws, commit)
         return commit, changes, tree
 
@@ -382,7 +399,10 @@ def remove_unknown(root: Path, known: set[str]) -> bool:
             continue
         path = root / rel
         if is_dir:
-            shutil.rmtree(path, onerror=failed)
+            if sys.version_info >= (3, 12):
+                shutil.rmtree(path, onexc=failed)
+            else:
+                shutil.rmtree(path, onerror=failed)
         else:
             try:
                 path.unlink()

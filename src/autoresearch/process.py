@@ -119,7 +119,9 @@ class ExitWaiter:
                 return True
             except subprocess.TimeoutExpired:
                 return False
-        if not select.select([self.fd], [], [], seconds)[0]:
+        poller = select.poll()  # (select.select cannot watch a descriptor past 1023)
+        poller.register(self.fd, select.POLLIN)
+        if not poller.poll(seconds * 1000):
             return False
         self.close()
         self.proc.wait()
@@ -150,36 +152,40 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=_die_with_parent, executable="/bin/bash" if isinstance(command, str) else None,
         )
-    timed_out = cancelled = False
-    deadline = start + timeout
     exited = ExitWaiter(proc)
-    while True:
-        wait = min(0.1 if cancel is not None else deadline - time.monotonic(), deadline - time.monotonic())
-        if exited.wait(max(wait, 0.0)):
-            break
-        if cancel is not None and cancel.is_set():
-            cancelled = True
-        elif time.monotonic() >= deadline:
-            timed_out = True
-        else:
-            continue
-        _kill_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            pass
-        break
-    exited.close()
-    _kill_group(proc.pid, signal.SIGKILL)  # whatever is left of the group, always
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    try:
+        how = _wait_or_stop(proc, exited, start + timeout, cancel)
+    finally:
+        exited.close()
+        _kill_group(proc.pid, signal.SIGKILL)  # whatever is left of the group, always
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     if owner:  # what escaped the group (setsid, double fork), whatever the exit status; after a
         # short command only the pids handed out since it started can be its (a long one may
         # have seen the pids wrap around, and a full look costs little beside it)
         kill_owned(owner, first_pid=proc.pid if time.monotonic() - start < SHORT_SECONDS else None)
     return ProcResult(returncode=proc.returncode, seconds=time.monotonic() - start,
-                      timed_out=timed_out, cancelled=cancelled)
+                      timed_out=how == "timeout", cancelled=how == "cancelled")
+
+
+def _wait_or_stop(proc: subprocess.Popen[bytes], exited: ExitWaiter, deadline: float,
+                  cancel: threading.Event | None) -> str:
+    """Wait for `proc` until `deadline` or `cancel`; then SIGTERM its group and give it a grace
+    period. Returns "exited", "timeout" or "cancelled"."""
+    while True:
+        left = deadline - time.monotonic()
+        if exited.wait(max(min(0.1, left) if cancel is not None else left, 0.0)):
+            return "exited"
+        if cancel is not None and cancel.is_set():
+            how = "cancelled"
+        elif time.monotonic() >= deadline:
+            how = "timeout"
+        else:
+            continue
+        _kill_group(proc.pid, signal.SIGTERM)
+        exited.wait(GRACE_SECONDS)
+        return how
 
 
 LOG_LIMIT = 32 * 1024 * 1024  # bytes of an experiment's output kept: 700 trials stay under 23 GB

@@ -242,10 +242,15 @@ def shared_links(task: Task) -> tuple[tuple[str, Path], ...]:
     return tuple((rel, task.root / rel) for rel in task.shared if os.path.lexists(task.root / rel))
 
 
+MISSING = re.compile(r"no such file|not found|does not exist|no module named|cannot open|can't open", re.IGNORECASE)
+
+
 def missing_hint(s: Session, output: str) -> str:
     """Why a failed baseline may not have found what it needs: a path the user's checkout has
     but git does not (ignored data, a virtualenv) named in its output, or a submodule (trial
     worktrees hold submodules empty); else ''."""
+    if not MISSING.search(output):  # only a run that looked for something and did not find it
+        return ""
     out = s.git.run("status", "--porcelain=v1", "-z", "--untracked-files=normal", "--ignored=traditional",
                     "--no-renames", strip=False, check=False)
     for code, path in status_entries(out):

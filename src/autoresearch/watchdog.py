@@ -25,8 +25,8 @@ def start(tokens: list[str]) -> tuple[subprocess.Popen[bytes], int]:
     read, write = os.pipe()  # not inherited by anything else the loop starts (PEP 446)
     try:
         proc = subprocess.Popen([sys.executable, "-m", "autoresearch.watchdog", *tokens], stdin=read,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)  # not stopped by a Ctrl-C meant for the loop
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",  # (no
+                                start_new_session=True)  # task file shadows a module; no Ctrl-C for it)
     except BaseException:
         os.close(write)
         raise
