@@ -408,6 +408,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autoresearch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `autoresearch show 3 | head`: the reader has what it wanted
+        with contextlib.suppress(OSError):
+            sys.stderr.flush()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except OSError as e:
         if e.errno not in ENVIRONMENT_ERRNOS and e.errno not in PATH_ERRNOS:
             raise
@@ -416,8 +421,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"autoresearch: error: {e.strerror}{where}", file=sys.stderr)
         return 2 if e.errno in PATH_ERRNOS else 1
-    except BrokenPipeError:
-        os._exit(0)
 
 
 if __name__ == "__main__":
