@@ -87,6 +87,17 @@ def active_environment(environ: Mapping[str, str] | None = None) -> Path | None:
     return None
 
 
+def python_bin(shim: Path) -> tuple[Path, str]:
+    """The folder put first on an experiment's PATH for `python`, and what to tell the user:
+    the user's activated environment's own bin (a link to its python would not find its
+    pyvenv.cfg), else a folder whose `python` is the interpreter running autoresearch."""
+    active = active_environment()
+    if active is None:
+        return python_shim(shim), ""
+    return active / "bin", (f"autoresearch: experiments run `python` from your active environment {active} "
+                            f"(autoresearch itself runs on {sys.executable})")
+
+
 def python_shim(directory: Path) -> Path:
     """A folder holding `python` and `python3` pointing at this interpreter."""
     target = sys.executable

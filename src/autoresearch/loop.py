@@ -20,11 +20,9 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-import statistics
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -35,18 +33,12 @@ from autoresearch.backends import Backend
 from autoresearch.backends.local import LocalBackend
 from autoresearch.errors import AutoresearchError
 from autoresearch.events import Events, NullEvents
-from autoresearch.execute import (
-    ExecResult,
-    ExecSpec,
-    active_environment,
-    experiment_env,
-    python_shim,
-)
+from autoresearch.execute import ExecSpec, experiment_env, python_bin
 from autoresearch.gitrepo import GitError, Workspace
+from autoresearch.judge import Measurement, judge, mean_figures
 from autoresearch.ledger import clean_text
-from autoresearch.metrics import MEMORY, MetricError, extract, metric_problem, redact, reject_reason
 from autoresearch.pool import Place, pipeline, together
-from autoresearch.process import last_lines, read_tail
+from autoresearch.process import read_tail
 from autoresearch.records import Status, Trial
 from autoresearch.session import (
     Session,
@@ -57,7 +49,7 @@ from autoresearch.session import (
     shared_links,
     trial_ref,
 )
-from autoresearch.task import glob_match, list_files
+from autoresearch.task import list_files, task_warnings
 
 
 @dataclass
@@ -73,15 +65,6 @@ class Options:
     workers: int | None = None  # trials in flight; None: one per GPU group, or what Ray holds
     gpus_per_trial: int = 1
     agent_concurrency: int | None = None  # proposals prepared ahead; None: 0 for one worker, else 1
-
-
-@dataclass
-class Measurement:
-    status: Status | None  # None: a valid measurement
-    figures: dict[str, float] = field(default_factory=dict)
-    reason: str = ""
-    seconds: float = 0.0
-    repeats: list[dict[str, float]] = field(default_factory=list)
 
 
 def visible(trial: Trial, holdout: str | None) -> Trial:
@@ -104,23 +87,15 @@ class Loop:
         self.opt = options or Options()
         self.events: Events = events or NullEvents()
         self.cancel = threading.Event()
-        active = active_environment()
-        if active is None:
-            self.bin_dir = python_shim(session.dir.parent / "bin")
-        else:  # the user's activated environment is what `python` means to them
-            self.bin_dir = active / "bin"  # (a link to its python would not find its pyvenv.cfg)
-            self.events.message(f"autoresearch: experiments run `python` from your active environment {active} "
-                                f"(autoresearch itself runs on {sys.executable})")
+        self.bin_dir, note = python_bin(session.dir.parent / "bin")
+        if note:
+            self.events.message(note)
         from autoresearch.sandbox import require, seal_warning
 
         if self.opt.sandbox and not (backend and backend.remote):  # built per trial in execute();
             require()  # here only: can it be built? (a remote worker's bwrap is checked there)
         elif seal_warning(self.task):
             self.events.message(seal_warning(self.task))
-        if self.task.timeout <= self.task.time_budget:
-            self.events.message(f"autoresearch: warning: timeout ({self.task.timeout:g} s) is not above time_budget "
-                                f"({self.task.time_budget:g} s): an experiment that uses its budget will be killed "
-                                "(the timeout should leave room for start-up and evaluation)")
         self.backend: Backend = backend or LocalBackend(self.opt.gpus, self.opt.gpus_per_trial)
         self.slots = self.backend.slots(self.opt.workers)  # the GPUs of each trial in flight
         ahead = self.opt.agent_concurrency
@@ -141,17 +116,8 @@ class Loop:
         self.failure = ""  # why the loop stopped itself (exit 1)
         self.setup = SetupOutput(session.dir / "setup", shared=shared_links(self.task))  # linked into each trial
         root_files = list_files(self.task.root)
-        for pattern in self.task.protected:  # a typo here leaves the real file unprotected
-            if not any(glob_match(p, pattern) for p in root_files):
-                self.events.message(f"autoresearch: warning: 'protected' glob {pattern!r} matches no file "
-                                    "(a trial that makes or changes a file it names is still rejected)")
-        for rel in self.task.shared:
-            if not any(rel == r for r, _ in self.setup.shared):
-                self.events.message(f"autoresearch: warning: 'shared' path {rel!r} is not in your checkout; "
-                                    "trials will not see it")
-        if self.task.shared and self.backend.remote:
-            self.events.message("autoresearch: warning: 'shared' paths are linked for the local backend only; "
-                                "on Ray, make them on each node (in `setup`, or at the same absolute path)")
+        for warning in task_warnings(self.task, root_files, {r for r, _ in self.setup.shared}, self.backend.remote):
+            self.events.message(f"autoresearch: warning: {warning}")
         self.gitguard = guard.GitGuard(  # the user's refs and copies of the task's files are watched too
             session.git.common_dir, session.tag, checkout=self.task.root,
             checkout_files=[p for p in root_files if self.task.is_editable(p) or self.task.is_protected(p)])
@@ -286,25 +252,7 @@ class Loop:
                           best=visible(parent, self.task.metric.holdout), history=history,
                           log_path=self.s.dir / "agent" / f"{t.number}.log", ledger_dir=self.s.dir,
                           time_limit=self.opt.agent_timeout, cancel=self.cancel)
-            error = ""
-            fatal = False
-            try:
-                proposal = self.agent.propose(ctx)
-                t = t.with_(description=clean_text(redact_keys(proposal.description)) or "(no description)",
-                            model=proposal.model, tokens_in=proposal.tokens_in,
-                            tokens_out=proposal.tokens_out, cost=proposal.cost,
-                            extra=dict(proposal.extra))
-            except AgentError as e:
-                error = clean_text(redact_keys(str(e)), 500) or "agent error"
-                fatal = e.fatal
-                t = t.with_(description=f"agent error: {error}"[:200], model=e.model,
-                            tokens_in=e.tokens_in, tokens_out=e.tokens_out, cost=e.cost)
-            except Exception as e:  # a bug in an agent must not kill a two-day loop
-                import traceback
-
-                ctx.log(traceback.format_exc())
-                error = clean_text(f"{type(e).__name__}: {e}", 500)
-                t = t.with_(description=f"agent error: {error}"[:200])
+            t, error, fatal = self._ask_agent(ctx, t)
         commit, changes, tree = self.s.git.snapshot(ws, parent_commit, t.description)
         t = t.with_(commit=commit)
         self.s.ledger.update(t)  # its ref is made with the verdict; resume remakes it from here
@@ -328,6 +276,25 @@ class Loop:
             copied = {"metric": first.metric, "figures": dict(first.figures)} if first and first.metric is not None else {}
             return self._finish(t.with_(status=Status.DUPLICATE, reason=f"same code as trial {same}", **copied))
         return t
+
+    def _ask_agent(self, ctx: Context, t: Trial) -> tuple[Trial, str, bool]:
+        """The agent's proposal made in ctx.workdir: the trial with its description, model and
+        spending, the error ('' when none) and whether that error will recur."""
+        try:
+            proposal = self.agent.propose(ctx)
+        except AgentError as e:
+            error = clean_text(redact_keys(str(e)), 500) or "agent error"
+            return (t.with_(description=f"agent error: {error}"[:200], model=e.model, tokens_in=e.tokens_in,
+                            tokens_out=e.tokens_out, cost=e.cost), error, e.fatal)
+        except Exception as e:  # a bug in an agent must not kill a two-day loop
+            import traceback
+
+            ctx.log(traceback.format_exc())
+            error = clean_text(f"{type(e).__name__}: {e}", 500)
+            return t.with_(description=f"agent error: {error}"[:200]), error, False
+        return (t.with_(description=clean_text(redact_keys(proposal.description)) or "(no description)",
+                        model=proposal.model, tokens_in=proposal.tokens_in, tokens_out=proposal.tokens_out,
+                        cost=proposal.cost, extra=dict(proposal.extra)), "", False)
 
     def _run(self, at: Place, t: Trial) -> Trial:
         """Measure a prepared trial, decide on it and record it."""
@@ -480,7 +447,7 @@ class Loop:
             with open(spec.log_path, "a", encoding="utf-8") as log:
                 log.write(f"\n=== autoresearch: second attempt; the worker of the first was lost: "
                           f"{first[:200]} ===\n")
-        return self._judge(result, spec.run_dir, at.ws.path)
+        return judge(self.task, result, spec.run_dir, at.ws.path)
 
     def _note_lost(self, t: Trial, why: str) -> None:
         with self.lock:
@@ -488,49 +455,6 @@ class Loop:
             lost.append(why)
             self.s.ledger.update(t.with_(extra={**t.extra, "lost_workers": list(lost)}))
         self.events.message(f"[trial {t.number}] its worker was lost ({why[:200]}); re-queued once")
-
-    def _judge(self, r: ExecResult, run_dir: Path, workdir: Path) -> Measurement:
-        spec = self.task.metric
-        tail = clean_text(last_lines(r.output, 5), 1000)  # printed live: no escapes, one line
-        if r.outcome == "cancelled":
-            return Measurement(Status.INTERRUPTED, reason="stopped while the experiment ran", seconds=r.seconds)
-        if r.outcome == "lost":
-            return Measurement(Status.CRASH, reason=f"its worker was lost twice: {r.output[-300:]}", seconds=r.seconds)
-        if r.outcome == "tampered":
-            return Measurement(Status.REJECTED, reason=f"the experiment changed protected file(s): "
-                               f"{', '.join(r.tampered)}", seconds=r.seconds)
-        if r.outcome == "timeout":
-            return Measurement(Status.TIMEOUT, reason=f"killed after the {self.task.timeout:g} s timeout; "
-                               f"last output: {tail[-300:]}", seconds=r.seconds)
-        if r.outcome == "crash":
-            return Measurement(Status.CRASH, reason=f"exit code {r.returncode}: {tail[-400:]}", seconds=r.seconds)
-        if r.eval_output is not None:  # what the verdict rests on: the evaluator's output
-            tail = clean_text(redact(last_lines(r.eval_output, 5), spec.holdout), 1000)
-        if r.outcome == "eval_timeout":
-            return Measurement(Status.TIMEOUT, reason=f"the evaluator was killed after the {self.task.timeout:g} s "
-                               f"timeout; last output: {tail[-300:]}", seconds=r.seconds)
-        if r.outcome == "eval_failed":
-            return Measurement(Status.CRASH, reason=f"the evaluator failed (exit {r.returncode}): "
-                               f"{tail[-400:]}", seconds=r.seconds)
-        try:
-            if r.eval_output is not None:
-                why = reject_reason(r.eval_output)
-                if why:
-                    return Measurement(Status.REJECTED, reason=f"evaluator: {redact(why, spec.holdout)}",
-                                       seconds=r.seconds)
-                figures = extract(spec, r.eval_output, run_dir, workdir)
-                record_only = [n for n in dict.fromkeys([*spec.record, MEMORY]) if n not in figures]
-                if record_only and not spec.file:
-                    figures.update(extract(spec, r.output, names=record_only))
-            else:
-                figures = extract(spec, r.output, run_dir, workdir)
-                figures.pop(spec.holdout or "", None)
-        except MetricError as e:
-            return Measurement(Status.CRASH, reason=str(e), seconds=r.seconds)
-        problem = metric_problem(spec, figures, r.eval_output if r.eval_output is not None else r.output)
-        if problem:
-            return Measurement(Status.CRASH, figures, f"{problem}; last output: {tail[-300:]}", r.seconds)
-        return Measurement(None, figures, "", r.seconds)
 
     # -- recording --------------------------------------------------------------------------
 
@@ -609,8 +533,3 @@ class Loop:
         if gpus:
             extra["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         return experiment_env(dict(os.environ), extra, self.bin_dir)
-
-
-def mean_figures(repeats: list[dict[str, float]]) -> dict[str, float]:
-    names = {k for r in repeats for k in r}
-    return {k: statistics.fmean([r[k] for r in repeats if k in r]) for k in sorted(names)}

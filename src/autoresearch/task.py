@@ -333,6 +333,25 @@ def load_task(root: str | os.PathLike[str]) -> Task:
     return task
 
 
+def task_warnings(task: Task, files: list[str], shared_found: set[str], remote: bool) -> list[str]:
+    """What in a valid task file is likely a mistake, said when a loop starts."""
+    out = []
+    if task.timeout <= task.time_budget:
+        out.append(f"timeout ({task.timeout:g} s) is not above time_budget ({task.time_budget:g} s): an "
+                   "experiment that uses its budget will be killed (the timeout should leave room for "
+                   "start-up and evaluation)")
+    for pattern in task.protected:  # a typo here leaves the real file unprotected
+        if not any(glob_match(p, pattern) for p in files):
+            out.append(f"'protected' glob {pattern!r} matches no file (a trial that makes or changes a "
+                       "file it names is still rejected)")
+    out += [f"'shared' path {rel!r} is not in your checkout; trials will not see it"
+            for rel in task.shared if rel not in shared_found]
+    if task.shared and remote:
+        out.append("'shared' paths are linked for the local backend only; on Ray, make them on each node "
+                   "(in `setup`, or at the same absolute path)")
+    return out
+
+
 def _shared_path(raw: str) -> str:
     """One `shared` entry: a relative path inside the repository, in git's spelling."""
     path = Path(raw.strip())

@@ -1,0 +1,75 @@
+"""What a run means: the measurement a trial's experiment (and evaluator) gives, or why it
+gives none (a crash, a timeout, a rejection by the evaluator)."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoresearch.execute import ExecResult
+from autoresearch.ledger import clean_text
+from autoresearch.metrics import MEMORY, MetricError, extract, metric_problem, redact, reject_reason
+from autoresearch.process import last_lines
+from autoresearch.records import Status
+from autoresearch.task import Task
+
+
+@dataclass
+class Measurement:
+    status: Status | None  # None: a valid measurement
+    figures: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+    seconds: float = 0.0
+    repeats: list[dict[str, float]] = field(default_factory=list)
+
+
+def judge(task: Task, r: ExecResult, run_dir: Path, workdir: Path) -> Measurement:
+    """What an experiment's result means: a valid measurement (status None) and its figures, or
+    the status and reason of a run that is not one."""
+    spec = task.metric
+    tail = clean_text(last_lines(r.output, 5), 1000)  # printed live: no escapes, one line
+    if r.outcome == "cancelled":
+        return Measurement(Status.INTERRUPTED, reason="stopped while the experiment ran", seconds=r.seconds)
+    if r.outcome == "lost":
+        return Measurement(Status.CRASH, reason=f"its worker was lost twice: {r.output[-300:]}", seconds=r.seconds)
+    if r.outcome == "tampered":
+        return Measurement(Status.REJECTED, reason=f"the experiment changed protected file(s): "
+                           f"{', '.join(r.tampered)}", seconds=r.seconds)
+    if r.outcome == "timeout":
+        return Measurement(Status.TIMEOUT, reason=f"killed after the {task.timeout:g} s timeout; "
+                           f"last output: {tail[-300:]}", seconds=r.seconds)
+    if r.outcome == "crash":
+        return Measurement(Status.CRASH, reason=f"exit code {r.returncode}: {tail[-400:]}", seconds=r.seconds)
+    if r.eval_output is not None:  # what the verdict rests on: the evaluator's output
+        tail = clean_text(redact(last_lines(r.eval_output, 5), spec.holdout), 1000)
+    if r.outcome == "eval_timeout":
+        return Measurement(Status.TIMEOUT, reason=f"the evaluator was killed after the {task.timeout:g} s "
+                           f"timeout; last output: {tail[-300:]}", seconds=r.seconds)
+    if r.outcome == "eval_failed":
+        return Measurement(Status.CRASH, reason=f"the evaluator failed (exit {r.returncode}): "
+                           f"{tail[-400:]}", seconds=r.seconds)
+    try:
+        if r.eval_output is not None:
+            why = reject_reason(r.eval_output)
+            if why:
+                return Measurement(Status.REJECTED, reason=f"evaluator: {redact(why, spec.holdout)}",
+                                   seconds=r.seconds)
+            figures = extract(spec, r.eval_output, run_dir, workdir)
+            record_only = [n for n in dict.fromkeys([*spec.record, MEMORY]) if n not in figures]
+            if record_only and not spec.file:
+                figures.update(extract(spec, r.output, names=record_only))
+        else:
+            figures = extract(spec, r.output, run_dir, workdir)
+            figures.pop(spec.holdout or "", None)
+    except MetricError as e:
+        return Measurement(Status.CRASH, reason=str(e), seconds=r.seconds)
+    problem = metric_problem(spec, figures, r.eval_output if r.eval_output is not None else r.output)
+    if problem:
+        return Measurement(Status.CRASH, figures, f"{problem}; last output: {tail[-300:]}", r.seconds)
+    return Measurement(None, figures, "", r.seconds)
+
+
+def mean_figures(repeats: list[dict[str, float]]) -> dict[str, float]:
+    names = {k for r in repeats for k in r}
+    return {k: statistics.fmean([r[k] for r in repeats if k in r]) for k in sorted(names)}
