@@ -394,5 +394,5 @@ def test_backend_ray_without_ray_is_one_line_with_the_install_hint(tmp_path: Pat
     r = cli("run", str(root), "--tag", "r", "--agent", "cli", "--agent-cmd", "true", "--backend", "ray", env=env)
     assert r.returncode == 2
     assert r.stderr.strip() == ("autoresearch: error: --backend ray needs Ray, which is not installed: "
-                                "pip install 'autoresearch[ray]'")
+                                "pip install -e '.[ray]' (in the autoresearch checkout)")
     assert not (root / ".autoresearch" / "r").exists()

@@ -19,7 +19,7 @@ def load_frame(directory: str | os.PathLike[str] = ".", tag: str | None = None) 
     except ImportError:
         from autoresearch.errors import UsageError
 
-        raise UsageError("autoresearch.load needs pandas: pip install 'autoresearch[data]'") from None
+        raise UsageError("autoresearch.load needs pandas: pip install -e '.[data]' (in the autoresearch checkout)") from None
     from autoresearch.report.study import load_results, load_study
 
     path = Path(directory)

@@ -451,7 +451,7 @@ def agents_text() -> str:
          "optuna" + ("" if search_ok else " and the search agent (missing here)")),
         ("llm", bool(sdks), "built-in tool-using agent over an LLM API",
          f"--model PROVIDER/NAME and that provider's key (keys set: {', '.join(keys) or 'none'}); "
-         + (f"SDKs here: {', '.join(sdks)}" if sdks else "pip install 'autoresearch[llm]'")),
+         + (f"SDKs here: {', '.join(sdks)}" if sdks else "pip install -e '.[llm]' (in the autoresearch checkout)")),
         ("hybrid", search_ok and bool(sdks), "search on the constants + llm on structure (--llm-share)",
          "as search and llm"),
         ("cli", True, "any coding-agent command, once per trial", "--agent-cmd '... {prompt_file} ...'"),

@@ -452,4 +452,4 @@ def make_chat(endpoint: Endpoint) -> Chat:
         return AnthropicChat(endpoint) if endpoint.sdk == "anthropic" else OpenAIChat(endpoint)
     except ImportError:
         raise ConfigError(f"--model {endpoint.label} needs the `{endpoint.sdk}` package: "
-                          "pip install 'autoresearch[llm]'") from None
+                          "pip install -e '.[llm]' (in the autoresearch checkout)") from None

@@ -41,7 +41,7 @@ from autoresearch.execute import ExecResult, ExecSpec, execute, experiment_env, 
 from autoresearch.process import GRACE_SECONDS, kill_owned, last_lines, read_tail, run_command
 from autoresearch.task import Task
 
-INSTALL_HINT = "pip install 'autoresearch[ray]'"
+INSTALL_HINT = "pip install -e '.[ray]' (in the autoresearch checkout)"
 # Errors that mean the worker or its node died under the task, not that the trial failed.
 LOST = {"WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError", "ObjectLostError",
         "OwnerDiedError", "ObjectReconstructionFailedError", "OutOfMemoryError"}

@@ -6,7 +6,7 @@ finishes (the loop is not changed); `export_study` logs a finished tag or result
 fact (`report --mlflow URI`). Trials already in the experiment (same number and commit) are
 skipped, so exporting twice logs nothing new. A failure to log never stops the loop.
 
-mlflow is imported lazily (`pip install 'autoresearch[mlflow]'`, mlflow-skinny suffices).
+mlflow is imported lazily (`pip install -e '.[mlflow]' (in the autoresearch checkout)`, mlflow-skinny suffices).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class MlflowSink:
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
-            raise UsageError("--mlflow needs mlflow: pip install 'autoresearch[mlflow]' "
+            raise UsageError("--mlflow needs mlflow: pip install -e '.[mlflow]' (in the autoresearch checkout) "
                              "(mlflow-skinny suffices)") from None
         self.uri = uri
         self._lock = threading.Lock()
