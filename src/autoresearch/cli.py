@@ -254,9 +254,36 @@ class _Stopper:
             raise KeyboardInterrupt
 
 
+def _gpu_ids(text: str | None) -> tuple[str, ...]:
+    gpus = tuple(g.strip() for g in (text or "").split(",") if g.strip())
+    bad = [g for g in gpus if not (g.isdigit() or g.startswith(("GPU-", "MIG-")))]
+    if bad or (text is not None and not gpus):
+        raise UsageError(f"--gpus takes GPU ids separated by commas (e.g. 0,1 or GPU-<uuid>), got {text!r}")
+    return gpus
+
+
+def _backend(args: argparse.Namespace, task, gpus: tuple[str, ...]):  # noqa: ANN001, ANN202
+    """The backend `run`'s flags ask for, checked (a bad flag is exit 2 before anything is made)."""
+    from autoresearch.backends import open_backend
+
+    resources = None
+    if args.trial_resources is not None:
+        from autoresearch.backends.ray import parse_resources
+
+        resources = parse_resources(args.trial_resources)
+    if args.ray_address and args.backend == "local":
+        raise UsageError("--ray-address is for --backend ray, not --backend local")
+    backend = open_backend(task, "ray" if args.ray_address else (args.backend or "local"), gpus=gpus,
+                           gpus_per_trial=args.gpus_per_trial, workers=args.workers,
+                           ray_address=args.ray_address, resources=resources)
+    if gpus and backend.name == "local" and not any(Path("/dev").glob("nvidia[0-9]*")):
+        print(f"autoresearch: warning: --gpus {args.gpus}, but no NVIDIA GPU is visible on this machine "
+              "(CUDA_VISIBLE_DEVICES is set for each trial all the same)", file=sys.stderr)
+    return backend
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from autoresearch.agents.registry import build_agent
-    from autoresearch.backends import open_backend
     from autoresearch.ledger import check_tag
     from autoresearch.loop import Loop, Options
     from autoresearch.session import open_session
@@ -269,23 +296,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         require()
     agent = build_agent(_agent_options(args, task), task)
-    gpus = tuple(g.strip() for g in (args.gpus or "").split(",") if g.strip())
-    bad = [g for g in gpus if not (g.isdigit() or g.startswith(("GPU-", "MIG-")))]
-    if bad or (args.gpus is not None and not gpus):
-        raise UsageError(f"--gpus takes GPU ids separated by commas (e.g. 0,1 or GPU-<uuid>), got {args.gpus!r}")
-    resources = None
-    if args.trial_resources is not None:
-        from autoresearch.backends.ray import parse_resources
-
-        resources = parse_resources(args.trial_resources)
-    if args.ray_address and args.backend == "local":
-        raise UsageError("--ray-address is for --backend ray, not --backend local")
-    backend = open_backend(task, "ray" if args.ray_address else (args.backend or "local"), gpus=gpus,
-                           gpus_per_trial=args.gpus_per_trial, workers=args.workers,
-                           ray_address=args.ray_address, resources=resources)
-    if gpus and args.backend != "ray" and not args.ray_address and not any(Path("/dev").glob("nvidia[0-9]*")):
-        print(f"autoresearch: warning: --gpus {args.gpus}, but no NVIDIA GPU is visible on this machine "
-              "(CUDA_VISIBLE_DEVICES is set for each trial all the same)", file=sys.stderr)
+    gpus = _gpu_ids(args.gpus)
+    backend = _backend(args, task, gpus)
     try:
         events = _events(task)
         if args.mlflow:  # each finished trial also becomes an MLflow run (checked before the tag is made)

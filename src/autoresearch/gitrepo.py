@@ -274,6 +274,34 @@ class Git:
         publish(ws)
 
 
+    def _left_out(self, ws: Workspace, entries: dict[str, tuple[bool, int]],
+                  limit: int) -> tuple[dict[str, int], list[str], list[str]]:
+        """What `add` must leave out: the files over `limit` bytes (stored as stand-ins) and the
+        repositories made inside the worktree (`add` fails on one with no commit and records
+        another as a gitlink; left out, each is reported as a submodule, which the guard
+        rejects). Returns the big files with their sizes, the pathspecs to exclude, and the
+        new repositories."""
+        big = {rel: size for rel, (is_dir, size) in entries.items() if not is_dir and size > limit}
+        nested = sorted({rel[:-5] for rel in entries if rel.endswith("/.git")})
+        skip = [*big, *nested]
+        if skip:  # `add` refuses a pathspec, even an excluding one, that names an ignored file
+            said = self.run("check-ignore", "-z", "--stdin", env=self.wt_env(ws), cwd=ws.path,
+                            input="\0".join(skip) + "\0", check=False, strip=False).split("\0")
+            skip = [p for p in skip if p not in said]
+            nested = [p for p in nested if p in skip and not self._is_gitlink(ws, p)]
+        return big, skip, nested
+
+    def _remember(self, ws: Workspace, commit: str, entries: dict[str, tuple[bool, int]] | None) -> None:
+        """What the worktree holds now that it is `commit` (its files and their folders), so that
+        the next reset cleans the rest without a git process; nothing (git cleans) when ignored
+        files were there or a repository sits inside it."""
+        if entries is None or any(rel.endswith("/.git") or "/.git/" in rel for rel in entries):
+            self._known.pop(ws.path, None)
+            return
+        files = {rel for rel, (is_dir, _) in entries.items() if not is_dir}
+        self._known[ws.path] = (commit, files | {rel.rsplit("/", i)[0] for rel in files
+                                                 for i in range(1, rel.count("/") + 1)})
+
     def _is_gitlink(self, ws: Workspace, path: str) -> bool:
         """Whether `path` is a submodule the commit already holds (checked out by the agent)."""
         out = self.run("ls-files", "-s", "--", path, env=self.wt_env(ws), cwd=ws.path, check=False)
@@ -296,16 +324,7 @@ class Git:
         self.ensure_worktree(ws, parent)
         env = self.wt_env(ws)
         entries = walk(ws.path)
-        big = {rel: size for rel, (is_dir, size) in entries.items() if not is_dir and size > max_file_bytes}
-        # a repository made inside the worktree: `add` would fail on one with no commit, and
-        # record another as a gitlink; left out, it is reported as a submodule (the guard rejects it)
-        nested = sorted({rel[:-5] for rel in entries if rel.endswith("/.git")})
-        skip = [*big, *nested]
-        if skip:  # `add` refuses a pathspec, even an excluding one, that names an ignored file
-            said = self.run("check-ignore", "-z", "--stdin", env=env, cwd=ws.path, input="\0".join(skip) + "\0",
-                            check=False, strip=False).split("\0")
-            skip = [p for p in skip if p not in said]
-            nested = [p for p in nested if p in skip and not self._is_gitlink(ws, p)]
+        big, skip, nested = self._left_out(ws, entries, max_file_bytes)
         head_before = _head_state(ws)
         self.run("add", "-A", "--", ".", *[f":(exclude,literal){p}" for p in skip], env=env, cwd=ws.path)
         try:
@@ -323,16 +342,7 @@ class Git:
                           input=message)
         if ignored or out is None:  # the tree was reset and cleaned before the agent: only it made these
             self.run("clean", "-q", "-ffdX", env=env, cwd=ws.path)
-            self._known.pop(ws.path, None)
-        elif not any(rel.endswith("/.git") or "/.git/" in rel for rel in entries):
-            # what the worktree holds now is the commit (its files and their folders): anything
-            # else, later, is to be cleaned; a repository inside it (not committed, a gitlink at
-            # most) is left to git clean
-            files = {rel for rel, (is_dir, _) in entries.items() if not is_dir}
-            self._known[ws.path] = (commit, files | {rel.rsplit("/", i)[0] for rel in files
-                                                     for i in range(1, rel.count("/") + 1)})
-        else:
-            self._known.pop(ws.path, None)
+        self._remember(ws, commit, None if ignored or out is None else entries)
         exact = out is not None and not left_out and all(c.status != "U" for c in changes)
         if not exact or head_before[0] != parent or _head_state(ws) != head_before:
             changes = parse_raw(self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", parent, commit))
