@@ -8,6 +8,7 @@ HEAD cannot redirect or fool the harness.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -198,6 +199,9 @@ class Git:
                              start_new_session=True)
         return out.stdout if out.returncode == 0 else None
 
+    def blob_reader(self) -> BlobReader:
+        return BlobReader(self)
+
     def diff(self, a: str, b: str, stat: bool = False) -> str:
         args = ["diff", "--no-color", "--no-ext-diff", a, b]
         if stat:
@@ -365,6 +369,45 @@ def publish(ws: Workspace, commit: str | None = None) -> None:
         os.replace(tmp, ws.gitdir / "index")
     except OSError:  # a worktree an agent took apart: the next reset remakes it
         pass
+
+
+class BlobReader:
+    """Files of many commits through one `git cat-file --batch` process (a resumed search reads
+    the editable files of every earlier trial: one `git show` each took seconds)."""
+
+    def __init__(self, git: Git) -> None:
+        self.git = git
+        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            ["git", *SAFE, "cat-file", "--batch"], cwd=git.root, env=git._env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def read(self, commit: str, path: str) -> bytes | None:
+        """The file `path` at `commit`, or None when the commit has no such file."""
+        if self.proc is None or "\n" in path:
+            text = self.git.show_file(commit, path)
+            return None if text is None else text.encode("utf-8")
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(f"{commit}:{path}\n".encode())
+            self.proc.stdin.flush()
+            header = self.proc.stdout.readline().split()
+            if len(header) != 3:  # "<name> missing" (or ambiguous)
+                return None
+            data = self.proc.stdout.read(int(header[2]))
+            self.proc.stdout.read(1)  # the newline after the content
+        except (OSError, ValueError):  # the reader died: one `git show` a file from now on
+            self.close()
+            return self.read(commit, path)
+        return data if header[1] == b"blob" else None
+
+    def close(self) -> None:
+        if self.proc is not None:
+            proc, self.proc = self.proc, None
+            with contextlib.suppress(OSError):
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
 
 
 def walk(root: Path) -> dict[str, tuple[bool, int]]:

@@ -221,12 +221,12 @@ class SearchAgent(BaseAgent):
         if self._git is None:
             from autoresearch.gitrepo import Git
 
-            self._git = Git(self.task.root)
+            self._git = Git(self.task.root).blob_reader()
         out = {}
         for path in self.space.files:
-            text = self._git.show_file(commit, path)
-            if text is not None:
-                out[path] = text.encode("utf-8")
+            data = self._git.read(commit, path)
+            if data is not None:
+                out[path] = data
         return out
 
     def _values_at(self, commit: str) -> dict[str, Any]:
