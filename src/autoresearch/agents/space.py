@@ -254,9 +254,9 @@ class Param:
         lo, hi = ((-self.high, -self.low) if self.sign < 0 else (self.low, self.high))
         if self.base is not None:
             sign = "-" if self.sign < 0 else ""
-            if self.plain:
-                return f"{sign}{self.base ** int(self.low)}..{sign}{self.base ** int(self.high)}"
-            return f"{sign}{self.base}**{int(self.low)}..{sign}{self.base}**{int(self.high)}"
+            ends = [f"{sign}{self.base ** int(e)}" if self.plain else f"{sign}{self.base}**{int(e)}"
+                    for e in (self.low, self.high)]
+            return "..".join(reversed(ends) if self.sign < 0 else ends)
         if self.kind == "int":
             return f"{int(lo)}..{int(hi)}" + (f" step {int(self.step)}" if self.step and self.step != 1 else "")
         return f"{short(lo)}..{short(hi)}" + (f" step {short(self.step)}" if self.step else "")
