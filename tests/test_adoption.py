@@ -115,3 +115,20 @@ def test_a_repository_made_inside_the_worktree_is_rejected_and_the_loop_goes_on(
     done = _trials(root)
     assert [t.status.value for t in done] == ["keep", "rejected", "rejected"], [t.reason for t in done]
     assert all("vendor" in t.reason for t in done[1:])
+
+
+def test_an_agent_that_pops_the_users_stash_is_rejected_and_told_how_to_restore_it(tmp_path: Path) -> None:
+    """Worktrees share refs/stash with the user's repository: an agent's `git stash; ...; git
+    stash pop` before it changed anything pops the user's own stash into its trial."""
+    root = make_task(tmp_path / "task")
+    (root / "exp.py").write_text((root / "exp.py").read_text().replace("X = 3.0", "X = 1.5"))
+    git(root, "stash", "-q")
+    agent = script_agent(tmp_path / "a.sh", "git stash -q || true\ngit stash pop -q || true\necho 'popped'\n")
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    t = _trials(root)[1]
+    assert t.status.value == "rejected" and "git's stash changed while the agent ran" in t.reason
+    assert any("git stash store -m restored" in f for f in t.flags), t.flags
+    restore = next(f for f in t.flags if "git stash store" in f).split("git stash store -m restored ")[1].rstrip(")")
+    git(root, "stash", "store", "-m", "restored", restore)
+    assert git(root, "stash", "list")  # the user's work is back

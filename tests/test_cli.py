@@ -89,10 +89,27 @@ def test_trial_conflict_names_the_tag(tmp_path: Path) -> None:
     r = cli("run", str(repo), "--tag", "mytag", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
     assert r.returncode == 0, r.stderr
     (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = 3.0", "X = 9.0"))
+    (repo / "exp.py").write_text((repo / "exp.py").read_text() + "# an hour of work\n")
+    edited = (repo / "exp.py").read_text()
+    git(repo, "add", "exp.py")
     r = cli("trial", "-m", "X to 9", str(repo), "--tag", "mytag")
     assert r.returncode == 1
     assert f"`git -C {repo} checkout autoresearch/mytag -- exp.py`" in r.stdout, r.stdout
     assert "<tag>" not in r.stdout
+    assert (repo / "exp.py").read_text() == edited  # never judged: left as it is, nothing lost
+
+
+def test_trial_unstages_what_it_rewinds_and_refuses_the_tag_branch_checked_out(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = 3.0", "X = 9.0"))
+    git(repo, "add", "exp.py")
+    r = cli("trial", "-m", "X to 9 (worse)", str(repo), "--tag", "t")
+    assert "discard" in r.stdout, r.stdout + r.stderr
+    assert git(repo, "status", "--porcelain") == ""  # rewound and unstaged: a commit now holds nothing
+    git(repo, "checkout", "-q", "autoresearch/t")
+    (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = 3.0", "X = 2.0"))
+    r = cli("trial", "-m", "X to 2", str(repo), "--tag", "t")
+    assert r.returncode == 2 and "you have autoresearch/t checked out" in r.stderr, r.stderr
 
 
 def test_report_has_no_font_warnings_for_descriptions_the_font_lacks(tmp_path: Path) -> None:

@@ -475,6 +475,25 @@ def test_claude_preset_works_as_root_or_not(tmp_path: Path, sandbox: str | None)
     assert (t[1].tokens_in, t[1].tokens_out, t[1].cost) == (1500, 200, pytest.approx(0.0123))
 
 
+def test_a_presets_command_copied_into_agent_cli_keeps_what_the_preset_reads(tmp_path: Path) -> None:
+    """`autoresearch agents` says to copy a preset's command into --agent-cmd to adjust it: the
+    tool's JSON report is still read (description, tokens, cost), not taken as the description."""
+    repo = make_task(tmp_path / "task")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "claude").write_text(FAKE_CLAUDE.format(python=sys.executable))
+    (bindir / "claude").chmod(0o755)
+    env = {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "CLAUDE_ARGV_FILE": str(tmp_path / "argv.jsonl"),
+           "IS_SANDBOX": "1"}
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd",
+            "DISABLE_AUTOUPDATER=1 claude -p --output-format json --permission-mode acceptEdits < {prompt_file}",
+            "--trials", "1", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    t = ledger(repo)
+    assert t[1].description == "Set X to 1.0, the minimum of the loss."
+    assert (t[1].tokens_in, t[1].tokens_out, t[1].cost) == (1500, 200, pytest.approx(0.0123))
+
+
 def aider_reply(repo: Path):  # noqa: ANN201
     """The fake model's answer to aider: the edit in aider's whole-file or diff format."""
 

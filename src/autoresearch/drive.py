@@ -16,10 +16,11 @@ import shutil
 from pathlib import Path
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
+from autoresearch.errors import UsageError
 from autoresearch.events import Events
 from autoresearch.gitrepo import Git, status_entries
 from autoresearch.loop import Loop, Options
-from autoresearch.records import Trial
+from autoresearch.records import Status, Trial
 from autoresearch.session import open_session
 from autoresearch.task import Task
 
@@ -118,14 +119,19 @@ class WorkingTreeAgent(BaseAgent):
         merged = merge3(base, best, working)
         if merged is None:
             take = f"git -C {shlex.quote(str(git.root))} checkout autoresearch/{self.tag} -- {shlex.quote(rel)}"
-            raise AgentError(f"your change to {rel} conflicts with the tag's best code; take the best code "
-                             f"first (`{take}`), then make the change again")
+            raise AgentError(f"your change to {rel} conflicts with the tag's best code (it is left as it is "
+                             f"in your working tree); take the best code (`{take}`, which overwrites the "
+                             "file: keep a copy of your edit first), then make the change again")
         return merged.encode()
 
 
 def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool = True,
                            events: Events | None = None, seed: int = 0) -> tuple[Trial, Trial]:
     """Judge the working tree's change; returns (the trial, the best after it)."""
+    git = Git.open(task.root)
+    if git.run("symbolic-ref", "-q", "HEAD", check=False).strip() == f"refs/heads/autoresearch/{tag}":
+        raise UsageError(f"you have autoresearch/{tag} checked out, and a kept trial moves it under your "
+                         "working tree: check out another branch first (e.g. `git checkout main`)")
     session = open_session(task, tag, allow_dirty=True)
     try:
         paths = working_changes(session.git, task)
@@ -134,17 +140,30 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         best = loop.run()
         trial = session.ledger.get(session.ledger.next_number() - 1)
         assert trial is not None
-        if rewind and best.commit:
-            for rel in paths:
-                if not task.is_editable(rel):  # the user's own work outside the scope stays as it is
-                    continue
-                content = session.git.show_file(best.commit, rel)
-                target = task.root / rel
-                if content is None:
-                    if target.exists() and task.is_editable(rel):
-                        target.unlink()
-                else:
-                    target.write_text(content)
+        # a change that was never judged (it conflicted, or the trial was stopped) stays as it is:
+        # no commit holds it; a judged one is in the trial's commit, and is rewound to the best
+        if rewind and best.commit and trial.status not in (Status.AGENT_ERROR, Status.INTERRUPTED):
+            rewind_to(session.git, task, best.commit, paths)
         return trial, best
     finally:
         session.close()
+
+
+def rewind_to(git: Git, task: Task, commit: str, paths: list[str]) -> None:
+    """Set the user's editable files among `paths` to `commit`'s (deleting those it lacks), and
+    unstage them: what git would commit next is then what the checkout's HEAD holds, never a
+    discarded change left in the index."""
+    done = []
+    for rel in paths:
+        if not task.is_editable(rel):  # the user's own work outside the scope stays as it is
+            continue
+        content = git.show_file(commit, rel)
+        target = task.root / rel
+        if content is None:
+            if target.exists() or target.is_symlink():
+                target.unlink()
+        else:
+            target.write_text(content)
+        done.append(rel)
+    if done:
+        git.run("reset", "-q", "--", *done, check=False)

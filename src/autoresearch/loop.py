@@ -266,6 +266,9 @@ class Loop:
         with self.lock:
             reason = guard.check_changes(self.task, changes, ws.path) or self.gitguard.check_and_restore()
             t = self._note_user_changes(t, "agent")
+            if not reason and any("refs/stash" in flag for flag in t.flags):
+                reason = ("git's stash changed while the agent ran: it is shared with your repository and "
+                          "with other trials, so the change may hold work that is not the agent's")
             same = self.trees.get(tree)
             if not reason and same is None:
                 self.trees[tree] = t.number
@@ -356,6 +359,9 @@ class Loop:
             return t
         others = " (or by the user, or a trial running beside it)"
         note = f"your repository changed while its {phase} ran{others}: {'; '.join(changes)[:300]}"
+        lost = [c.rsplit("(was ", 1)[1].rstrip(")") for c in changes if c.startswith("deleted refs/stash")]
+        if lost:  # a popped stash is a dangling commit: say how to put it back
+            note += f" (to put the stash back: git stash store -m restored {lost[0]})"
         return t.with_(flags=[*t.flags, note])
 
     def _decide(self, at: Place, t: Trial, commit: str, m: Measurement) -> Measurement:

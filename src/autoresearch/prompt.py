@@ -43,6 +43,8 @@ def build_prompt(ctx: Context, history: list[str] | None = None) -> str:
         "# The task\n",
         f"- You may change only these paths (globs): {', '.join(task.editable)}",
         f"- Never change: {', '.join(task.always_protected + task.protected)}",
+        "- Any other file you create or change (notes, logs, caches, a test run's output) makes the trial "
+        "rejected: remove scratch files before you finish.",
         f"- The experiment command: `{task.command}`, run by the harness with a time budget of "
         f"{task.time_budget:g} s (AUTORESEARCH_TIME_BUDGET); hard timeout {task.timeout:g} s.",
         f"- The metric: {m.name} ({direction}).",

@@ -409,6 +409,21 @@ def _read_from(path: Path, offset: int) -> str:
         return ""
 
 
+def reader_for(command: str) -> Preset | None:
+    """The preset whose tool an `--agent cli` command runs (its program, after any VAR=value
+    and `env`), so that a preset's command copied and adjusted keeps what the preset reads from
+    the tool's output: the description, tokens and cost."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    words = [w for w in words if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", w)]
+    while words and (words[0] in ("env", "exec", "nice", "nohup") or words[0].startswith("-")):
+        words = words[1:]
+    program = Path(words[0]).name if words else ""
+    return next((p for p in PRESETS.values() if p.binary == program and p.result is not None), None)
+
+
 def build(name: str, opts: Any, task: Task) -> PresetAgent:
     """The registry's entry point: --agent claude|codex|aider|gemini|opencode."""
     preset = PRESETS[name]
@@ -470,7 +485,7 @@ def agents_text() -> str:
                else "no key (a local server)")
         default = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}.get(name, "")
         out.append(f"  {name:<10} {key:<28} {prov.base_url or default}")
-    out += ["", "Preset commands (copy one into --agent cli --agent-cmd '...' to adjust it):"]
+    out += ["", "Preset commands (copy one into --agent-cmd '...' to adjust it; the tool's report is still read):"]
     for p in PRESETS.values():
         cmd, env, note = p.command("PROVIDER/MODEL" if p.name in ("aider", "opencode") else "MODEL", None, None)
         prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())

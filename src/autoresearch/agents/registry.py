@@ -34,6 +34,11 @@ def build_agent(opts: AgentOptions, task: Task) -> Agent:
 
         if not opts.command:
             raise UsageError("--agent cli needs --agent-cmd 'COMMAND {prompt_file}' (or [agent] cmd in autoresearch.toml)")
+        from autoresearch.agents.presets import PresetAgent, reader_for
+
+        preset = reader_for(opts.command)  # a preset's command, adjusted: its output is read the same way
+        if preset is not None:
+            return PresetAgent(preset, opts.command, {}, opts.timeout or DEFAULT_TIMEOUT, opts.model)
         return CommandAgent(opts.command, timeout=opts.timeout or DEFAULT_TIMEOUT)
     from autoresearch.agents import presets
 
