@@ -351,6 +351,9 @@ def cmd_trial(args: argparse.Namespace) -> int:
     metric = task.metric.name
     figs = "  ".join(f"{k}: {v:.6g}" for k, v in trial.figures.items() if k != task.metric.holdout)
     print(f"trial {trial.number}: {trial.status.value}" + (f" ({trial.reason})" if trial.reason else ""))
+    if trial.status is Status.REJECTED and trial.reason.startswith("empty change"):
+        print("(trial judges the working tree's uncommitted change; a change you committed can be "
+              "uncommitted with `git reset --soft HEAD~1`)")
     if figs:
         print(figs)
     print(f"best: trial {best.number}, {metric} {best.metric:.6g}")
