@@ -121,3 +121,25 @@ def test_a_flood_of_output_is_kept_to_the_log_limit_with_its_end(tmp_path: Path)
     text = log.read_bytes()
     assert b"bytes of output left out here" in text and text.rstrip().endswith(b"loss: 3.0")
     assert _trials(root)[0].metric == 3.0
+
+
+def test_status_says_how_and_when_the_last_run_ended(tmp_path: Path) -> None:
+    """In the morning: did it finish its trials, run out of hours, get stopped, or fail?"""
+    from conftest import cli
+
+    root = make_task(tmp_path / "task")
+    assert cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "2").returncode == 0
+    assert re.search(r"last run: ended \w+ \d+ \d\d:\d\d after 2 trials: --trials 2 done",
+                     cli("status", str(root), "--tag", "t").stdout)
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", "no-such-agent-command {prompt_file}", "--trials", "9")
+    assert r.returncode == 1
+    out = cli("status", str(root), "--tag", "t").stdout
+    assert "last run: ended" in out and "after 3 trials: stopped: the agent failed 3 times in a row" in out, out
+    marker = tmp_path / "running"
+    exp = f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(5)\nX = 3.0\nprint(f'loss: {{X}}')\n"
+    other = make_task(tmp_path / "other", experiment=exp)
+    proc = _start(other, "--agent", "search", "--trials", "3")
+    wait_for(marker, 30)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert "stopped by a signal" in cli("status", str(other), "--tag", "t").stdout

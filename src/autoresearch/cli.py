@@ -228,6 +228,15 @@ def _agent_options(args: argparse.Namespace, task) -> AgentOptions:  # noqa: ANN
     )
 
 
+def ended_by(error: BaseException) -> str:
+    """Why a run that raised `error` ended, in a few words for `status`."""
+    if isinstance(error, KeyboardInterrupt):
+        return "stopped by a signal"
+    if isinstance(error, AutoresearchError):
+        return f"stopped: {error}"[:300]
+    return f"crashed: {type(error).__name__}: {error}"[:300]
+
+
 def stop_signals() -> list[signal.Signals]:
     """The signals that stop a loop cleanly: Ctrl-C, SIGTERM (docker stop, systemd, SLURM) and
     SIGHUP (the terminal closed), unless it is ignored (`nohup`: the loop goes on)."""
@@ -323,6 +332,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                        f"({'resumed' if session.resumed else 'new'}), agent {agent.name}{scale}, "
                        f"ledger {session.dir}")
         best = loop.run()
+    except BaseException as e:
+        loop.record_end(ended_by(e))
+        raise
+    else:
+        loop.record_end()
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -121,7 +121,14 @@ def require_torch() -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from autoresearch.agents.registry import build_agent
-    from autoresearch.cli import EXIT_INTERRUPTED, _agent_options, _events, _Stopper, stop_signals
+    from autoresearch.cli import (
+        EXIT_INTERRUPTED,
+        _agent_options,
+        _events,
+        _Stopper,
+        ended_by,
+        stop_signals,
+    )
     from autoresearch.loop import Loop, Options
     from autoresearch.session import open_session
     from autoresearch.task import load_task
@@ -153,6 +160,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     old = {s: signal.signal(s, stopper) for s in stop_signals()}
     try:
         loop.run()
+    except BaseException as e:
+        loop.record_end(ended_by(e))
+        raise
+    else:
+        loop.record_end()
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -18,6 +18,7 @@ before its next proposal. W = 1 and K = 0 is the plain sequential loop, in the c
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import threading
@@ -114,6 +115,7 @@ class Loop:
         self.agent_errors = 0  # agent errors in a row
         self.fatal_errors = 0  # unrecoverable ones (AgentError.fatal) in a row
         self.failure = ""  # why the loop stopped itself (exit 1)
+        self.ended = ""  # why it stopped, whatever the reason
         self.setup = SetupOutput(session.dir / "setup", shared=shared_links(self.task))  # linked into each trial
         root_files = list_files(self.task.root)
         for warning in task_warnings(self.task, root_files, {r for r, _ in self.setup.shared}, self.backend.remote):
@@ -159,20 +161,31 @@ class Loop:
             raise AutoresearchError(self.failure)
         return self.best
 
+    def record_end(self, why: str = "") -> None:
+        """Keep in the ledger how this run ended (when, why, how many trials), for `status`."""
+        why = why or self.failure or self.ended or "ended"
+        with contextlib.suppress(Exception):  # (a full disk must not hide the real error)
+            self.s.ledger.set_meta("last_run", json.dumps({"ended": time.time(), "why": why, "trials": self.done}))
+
     def stop(self) -> None:
         """Ask the loop to stop (Ctrl-C): the experiments in flight are killed and recorded."""
         self.cancel.set()
 
     def _should_stop(self, done: int) -> bool:
+        """Whether to open no more trials; `ended` says why (kept in the ledger for `status`)."""
         if self.cancel.is_set():
+            self.ended = self.ended or "stopped by a signal (Ctrl-C, SIGTERM or SIGHUP)"
             return True
         if self.opt.trials is not None and done >= self.opt.trials:
+            self.ended = f"--trials {self.opt.trials} done"
             return True
         if self.opt.hours is not None and time.monotonic() - self.started >= self.opt.hours * 3600:
-            self.events.message(f"--hours {self.opt.hours:g} reached: stopping")
+            self.ended = f"--hours {self.opt.hours:g} reached"
+            self.events.message(f"{self.ended}: stopping")
             return True
         if self.opt.max_cost is not None and self.total_cost() >= self.opt.max_cost:
-            self.events.message(f"--max-cost ${self.opt.max_cost:g} reached (${self.total_cost():.2f}): stopping")
+            self.ended = f"--max-cost ${self.opt.max_cost:g} reached (${self.total_cost():.2f})"
+            self.events.message(f"{self.ended}: stopping")
             return True
         return False
 

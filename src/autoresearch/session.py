@@ -317,10 +317,3 @@ def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | 
     tmp.write_text(json.dumps(entries))
     os.replace(tmp, manifest)
     return SetupOutput(store, tuple(entries), tuple(changed), shared)
-
-
-def write_summary(s: Session, data: dict[str, object]) -> None:
-    path = s.dir / "session.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)

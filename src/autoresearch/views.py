@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 from autoresearch.decide import pooled_noise
@@ -41,6 +43,17 @@ def noise_text(trials: list[Trial], metric: str, min_delta: str | None) -> str:
     return f"noise: sd {noise:.3g} of {metric}, pooled over {sum(map(len, groups))} repeated runs{bar}"
 
 
+def last_run_text(raw: str | None) -> str:
+    """`last run: ended Nov 30 00:12 after 400 trials: --trials 400 done`, or ''."""
+    try:
+        info = json.loads(raw or "")
+        when = time.strftime("%b %d %H:%M", time.localtime(float(info["ended"])))
+        n = int(info.get("trials", 0))
+        return f"last run: ended {when} after {n} trial{'s' * (n != 1)}: {info.get('why', '')}"
+    except (ValueError, TypeError, KeyError):
+        return ""
+
+
 def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     tag = pick_tag(root, tag)
     led = Ledger.read(root, tag)
@@ -50,6 +63,7 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
         goal = led.get_meta("goal") or "minimize"
         holdout = led.get_meta("holdout") or ""
         min_delta = led.get_meta("min_delta")
+        last_run = led.get_meta("last_run")
     finally:
         led.close()
     metric = led.metric_name
@@ -69,6 +83,9 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     n = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
     lines = [f"tag {tag}: {len(trials)} trial{'s' * (len(trials) != 1)}, {sum(t.status.value == 'keep' for t in trials)} kept"]
+    ended = last_run_text(last_run)
+    if ended:
+        lines.append(ended)
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:n], widths, strict=True)) + "  " + r[n])
     noise = noise_text(trials, metric, min_delta)
