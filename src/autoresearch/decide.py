@@ -16,6 +16,15 @@ def better(value: float, best: float, minimize: bool, min_delta: float = 0.0) ->
     return gain > min_delta and not (min_delta > 0 and math.isclose(gain, min_delta, rel_tol=1e-9))
 
 
+def why_not(value: float, best: float, bar: float, minimize: bool) -> str:
+    """Why `value` is not kept against `best`, in a few words."""
+    if value == best:
+        return f"equal to the best ({best:.6g})"
+    if better(best, value, minimize):
+        return f"{value:.6g}, worse than the best {best:.6g}"
+    return f"{value:.6g} vs best {best:.6g}: better by less than the bar {bar:.3g}"
+
+
 def noise(values: Sequence[float]) -> float:
     """Run-to-run noise of a metric: the sample standard deviation of repeated runs (0 if one)."""
     return statistics.stdev(values) if len(values) >= 2 else 0.0

@@ -213,6 +213,22 @@ class GitGuard:
         self._stats = now
         return self.user_ref_changes() + [f"changed {p} in your checkout" for p in changed]
 
+    def note(self, phase: str) -> str:
+        """What changed in the user's refs and checkout since the last look, as a note for the
+        trial whose agent or experiment (`phase`) ran meanwhile ('' if nothing). Not held against
+        it (the user may have committed meanwhile) and not undone; shown by `status`, `show` and
+        the report with the audit's flags. A popped stash is a dangling commit: the note says
+        how to put it back."""
+        changes = self.user_changes()
+        if not changes:
+            return ""
+        others = " (or by the user, or a trial running beside it)"
+        note = f"your repository changed while its {phase} ran{others}: {'; '.join(changes)[:300]}"
+        lost = [c.rsplit("(was ", 1)[1].rstrip(")") for c in changes if c.startswith("deleted refs/stash")]
+        if lost:
+            note += f" (to put the stash back: git stash store -m restored {lost[0]})"
+        return note
+
     def user_ref_changes(self) -> list[str]:
         """What changed in the user's branches and tags since the last look, one line each
         (created, moved, deleted); nothing is undone."""

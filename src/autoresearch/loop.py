@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
 import threading
 import time
@@ -35,20 +34,20 @@ from autoresearch.backends.local import LocalBackend
 from autoresearch.errors import AutoresearchError
 from autoresearch.events import Events, NullEvents
 from autoresearch.execute import ExecSpec, experiment_env, python_bin
-from autoresearch.gitrepo import GitError, Workspace
+from autoresearch.gitrepo import Workspace
 from autoresearch.judge import Measurement, judge, mean_figures
 from autoresearch.ledger import clean_text
 from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import read_tail
+from autoresearch.prompt import visible
 from autoresearch.records import Status, Trial
 from autoresearch.session import (
     Session,
     SetupOutput,
-    branch_ref,
     missing_hint,
     run_setup,
     shared_links,
-    trial_ref,
+    write_refs,
 )
 from autoresearch.task import list_files, task_warnings
 
@@ -66,17 +65,6 @@ class Options:
     workers: int | None = None  # trials in flight; None: one per GPU group, or what Ray holds
     gpus_per_trial: int = 1
     agent_concurrency: int | None = None  # proposals prepared ahead; None: 0 for one worker, else 1
-
-
-def visible(trial: Trial, holdout: str | None) -> Trial:
-    """The trial as an agent may see it: the sealed holdout figure removed, also from the
-    reason (which can quote an evaluator's output)."""
-    if not holdout:
-        return trial
-    sealed = re.compile(rf"{re.escape(holdout)}\s*[:=]\s*\S+")
-    return trial.with_(figures={k: v for k, v in trial.figures.items() if k != holdout},
-                       repeats=[{k: v for k, v in r.items() if k != holdout} for r in trial.repeats],
-                       reason=sealed.sub(f"{holdout}: [sealed]", trial.reason))
 
 
 class Loop:
@@ -364,18 +352,10 @@ class Loop:
             self.cancel.wait(wait)
 
     def _note_user_changes(self, t: Trial, phase: str) -> Trial:
-        """Note on the trial what changed in the user's refs and checkout while its agent or its
-        experiment ran. Not held against it (the user may have committed meanwhile) and not
-        undone; shown by `status`, `show` and the report with the audit's flags."""
-        changes = self.gitguard.user_changes()
-        if not changes:
-            return t
-        others = " (or by the user, or a trial running beside it)"
-        note = f"your repository changed while its {phase} ran{others}: {'; '.join(changes)[:300]}"
-        lost = [c.rsplit("(was ", 1)[1].rstrip(")") for c in changes if c.startswith("deleted refs/stash")]
-        if lost:  # a popped stash is a dangling commit: say how to put it back
-            note += f" (to put the stash back: git stash store -m restored {lost[0]})"
-        return t.with_(flags=[*t.flags, note])
+        """Note on the trial what changed in the user's refs and checkout while its `phase` ran
+        (see GitGuard.note): not undone, and only a change of the stash is held against it."""
+        note = self.gitguard.note(phase)
+        return t.with_(flags=[*t.flags, note]) if note else t
 
     def _decide(self, at: Place, t: Trial, commit: str, m: Measurement) -> Measurement:
         assert self.best is not None and self.best.metric is not None
@@ -383,7 +363,7 @@ class Loop:
         minimize = self.task.metric.minimize
         bar = decide.threshold(self.task.acceptance.min_delta, self.noise())
         if not decide.better(m.figures[name], self.best.metric, minimize, bar):
-            return Measurement(Status.DISCARD, m.figures, self._why_not(m.figures[name], bar),
+            return Measurement(Status.DISCARD, m.figures, decide.why_not(m.figures[name], self.best.metric, bar, minimize),
                                m.seconds, m.repeats)
         confirm = self.task.acceptance.confirm
         if confirm == 0:
@@ -399,16 +379,7 @@ class Loop:
         if decide.better(figures[name], self.best.metric, minimize, bar):
             return Measurement(Status.KEEP, figures, "", seconds, repeats)
         return Measurement(Status.DISCARD, figures, f"did not hold up over {len(repeats)} runs: "
-                           + self._why_not(figures[name], bar), seconds, repeats)
-
-    def _why_not(self, value: float, bar: float) -> str:
-        assert self.best is not None and self.best.metric is not None
-        best = self.best.metric
-        if value == best:
-            return f"equal to the best ({best:.6g})"
-        if decide.better(best, value, self.task.metric.minimize):
-            return f"{value:.6g}, worse than the best {best:.6g}"
-        return f"{value:.6g} vs best {best:.6g}: better by less than the bar {bar:.3g}"
+                           + decide.why_not(figures[name], self.best.metric, bar, minimize), seconds, repeats)
 
     def noise(self) -> float:
         """Run-to-run noise: pooled over the baseline's runs and every confirmed candidate's."""
@@ -490,19 +461,7 @@ class Loop:
             if not self.opt.keep_runs:  # a repeated run's folder (runs/<n>.<i>): its figures are recorded
                 for extra_run in (self.s.dir / "runs").glob(f"{t.number}.*"):
                     shutil.rmtree(extra_run, ignore_errors=True)
-            refs = {trial_ref(self.s.tag, t.number): t.commit} if t.commit else {}
-            if t.status is Status.KEEP and t.commit:
-                refs[branch_ref(self.s.tag)] = t.commit
-            old = self.best.commit if self.best else None
-            quick = (len(refs) == 1 and t.status is not Status.KEEP and old is not None  # the trial's ref alone,
-                     and self.s.git.read_ref(branch_ref(self.s.tag)) == old)            # the branch where it was
-            if quick and self.s.git.write_new_ref(trial_ref(self.s.tag, t.number), refs[trial_ref(self.s.tag, t.number)] or ""):
-                refs = {}
-            if refs:
-                try:
-                    self.s.git.update_refs(refs, verify={branch_ref(self.s.tag): old} if old else None)
-                except GitError:  # something moved the branch (an experiment running git): the ledger is the truth
-                    self.s.git.update_refs({**refs, branch_ref(self.s.tag): (t.commit if t.status is Status.KEEP else old) or ""})
+            write_refs(self.s, t, self.best.commit if self.best else None)
             if t.status is Status.KEEP:
                 if self.best and not self.opt.keep_runs:
                     shutil.rmtree(self.s.dir / "runs" / str(self.best.number), ignore_errors=True)
@@ -520,7 +479,7 @@ class Loop:
         bar = decide.threshold(self.task.acceptance.min_delta, self.noise())
         if decide.better(t.metric, self.best.metric, self.task.metric.minimize, bar):
             return t
-        return t.with_(status=Status.DISCARD, reason=f"{self._why_not(t.metric, bar)} "
+        return t.with_(status=Status.DISCARD, reason=f"{decide.why_not(t.metric, self.best.metric, bar, self.task.metric.minimize)} "
                        f"(trial {self.best.number} was kept while it ran)")
 
     def _tell_agent(self) -> None:

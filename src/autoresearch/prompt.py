@@ -5,8 +5,21 @@ The sealed holdout figure never appears here (the loop strips it from every tria
 
 from __future__ import annotations
 
+import re
+
 from autoresearch.agents.base import Context
 from autoresearch.records import Status, Trial
+
+
+def visible(trial: Trial, holdout: str | None) -> Trial:
+    """The trial as an agent may see it: the sealed holdout figure removed, also from the
+    reason (which can quote an evaluator's output)."""
+    if not holdout:
+        return trial
+    sealed = re.compile(rf"{re.escape(holdout)}\s*[:=]\s*\S+")
+    return trial.with_(figures={k: v for k, v in trial.figures.items() if k != holdout},
+                       repeats=[{k: v for k, v in r.items() if k != holdout} for r in trial.repeats],
+                       reason=sealed.sub(f"{holdout}: [sealed]", trial.reason))
 
 
 def fmt(value: float | None) -> str:

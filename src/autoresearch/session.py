@@ -139,6 +139,24 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
     return session
 
 
+def write_refs(s: Session, t: Trial, best: str | None) -> None:
+    """Make the refs say a recorded verdict: the trial's ref always, the tag's branch on keep
+    (checked against `best`, where it should still point). A discarded trial's ref alone, with
+    the branch where it was, is written without a git process."""
+    if not t.commit:
+        return
+    kept = t.status is Status.KEEP
+    branch = branch_ref(s.tag)
+    if not kept and best is not None and s.git.read_ref(branch) == best \
+            and s.git.write_new_ref(trial_ref(s.tag, t.number), t.commit):
+        return
+    refs = {trial_ref(s.tag, t.number): t.commit, **({branch: t.commit} if kept else {})}
+    try:
+        s.git.update_refs(refs, verify={branch: best} if best else None)
+    except GitError:  # something moved the branch (an experiment running git): the ledger is the truth
+        s.git.update_refs({**refs, branch: (t.commit if kept else best) or ""})
+
+
 def shield(git: Git, folder: Path) -> None:
     """Make the ledger folder an (empty) git repository of its own: `git clean -fdx`, a common
     `make clean`, skips a nested repository (only `-ffdx` removes one), so the record survives."""
