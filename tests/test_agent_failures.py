@@ -249,12 +249,13 @@ def test_an_agent_that_keeps_failing_is_paused_not_stopped(tmp_path: Path) -> No
     grows from the fourth in a row; the loop is not stopped for them."""
     repo = make_task(tmp_path / "task")
     r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "echo flaky >&2; exit 1",
-            "--trials", "5", timeout=120)
+            "--trials", "6", timeout=120)
     assert r.returncode == 0, r.stderr
-    assert [s for _, s, *_ in rows(repo)] == ["keep"] + ["agent_error"] * 5
+    assert [s for _, s, *_ in rows(repo)] == ["keep"] + ["agent_error"] * 6
     out = r.stdout + r.stderr
     assert "failed 4 times in a row: waiting 0.5 s" in out and "failed 5 times in a row: waiting 1 s" in out
     assert "failed 3 times in a row: waiting" not in out
+    assert "failed 6 times in a row: waiting" not in out  # the last trial: no next proposal to wait for
 
 
 def test_a_protected_glob_that_matches_nothing_is_named(tmp_path: Path) -> None:

@@ -132,3 +132,31 @@ def test_space_names_only_the_files_that_hold_constants(tmp_path: Path) -> None:
     r = cli("space", str(repo))
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1].startswith("3 constants in exp.py, pkg/config.py;"), r.stdout
+
+
+def test_a_cli_agent_gets_the_time_budget_and_how_to_finish(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    seen = tmp_path / "seen"
+    agent = script_agent(tmp_path / "a.sh", f"""\
+        echo "budget=$AUTORESEARCH_TIME_BUDGET" > {seen}
+        cat "$AUTORESEARCH_PROMPT_FILE" >> {seen}
+        echo boom >&2
+        exit 3
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    text = seen.read_text()
+    assert "budget=5" in text and "AUTORESEARCH_DESCRIPTION_FILE" in text
+    assert "git show refs/autoresearch/t/trials/N" in text
+    out = cli("status", str(repo), "--tag", "t").stdout
+    assert "exited with 3: boom" in out, out  # the agent's own words first, not its command line
+
+
+def test_trial_says_where_a_rewound_change_went(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = 3.0", "X = 9.0"))
+    r = cli("trial", "-m", "X to 9 (worse)", str(repo), "--tag", "t")
+    assert "trial 1: discard" in r.stdout and "(tag t)" in r.stdout, r.stdout
+    assert "git checkout refs/autoresearch/t/trials/1 -- FILE" in r.stdout
+    git(repo, "checkout", "refs/autoresearch/t/trials/1", "--", "exp.py")
+    assert "X = 9.0" in (repo / "exp.py").read_text()

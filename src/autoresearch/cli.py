@@ -365,12 +365,17 @@ def cmd_trial(args: argparse.Namespace) -> int:
     metric = task.metric.name
     figs = "  ".join(f"{k}: {v:.6g}" for k, v in trial.figures.items() if k != task.metric.holdout)
     print(f"trial {trial.number}: {trial.status.value}" + (f" ({trial.reason})" if trial.reason else ""))
+    rewound = not args.no_rewind and trial.commit and trial.status not in (
+        Status.KEEP, Status.AGENT_ERROR, Status.INTERRUPTED, Status.DUPLICATE)
+    if rewound and not trial.reason.startswith("empty change"):
+        print(f"(your change was rewound; it is kept in trial {trial.number}'s commit: "
+              f"`git checkout refs/autoresearch/{tag}/trials/{trial.number} -- FILE` brings a file back)")
     if trial.status is Status.REJECTED and trial.reason.startswith("empty change"):
         print("(trial judges the working tree's uncommitted change; a change you committed can be "
               "uncommitted with `git reset --soft HEAD~1`)")
     if figs:
         print(figs)
-    print(f"best: trial {best.number}, {metric} {best.metric:.6g}")
+    print(f"best: trial {best.number}, {metric} {best.metric:.6g} (tag {tag})")
     return 0 if trial.status in (Status.KEEP, Status.DISCARD, Status.DUPLICATE) else 1
 
 

@@ -346,7 +346,8 @@ class Loop:
                 self.events.message(f"autoresearch: stopping: {self.failure}")
                 self.cancel.set()
                 return
-        if n >= 4 and not fatal:
+        last = self.opt.trials is not None and self.done >= self.opt.trials  # no next proposal to wait for
+        if n >= 4 and not fatal and not last:
             wait = min(0.5 * 2.0 ** (n - 4), 60.0)
             self.events.message(f"the agent failed {n} times in a row: waiting {wait:g} s before the next proposal")
             self.cancel.wait(wait)

@@ -59,27 +59,34 @@ class CommandAgent(BaseAgent):
     def propose(self, ctx: Context) -> Proposal:
         prompt_file = ctx.log_path.with_suffix(".prompt.md")
         desc_file = ctx.log_path.with_suffix(".description")
-        prompt_file.write_text(build_prompt(ctx))
+        tag = ctx.ledger_dir.name
+        prompt_file.write_text(build_prompt(ctx) + (
+            "\n\n# How to finish\n"
+            "- Write one line saying what you changed and why into the file named by "
+            "$AUTORESEARCH_DESCRIPTION_FILE (else your last line of output is taken).\n"
+            f"- To see what an earlier trial changed: `git show refs/autoresearch/{tag}/trials/N`.\n"
+            "- $AUTORESEARCH_TIME_BUDGET holds the experiment's time budget, if you test your change.\n"))
         desc_file.unlink(missing_ok=True)
         values = {"prompt_file": str(prompt_file), "description_file": str(desc_file),
                   "workdir": str(ctx.workdir), "trial": str(ctx.number)}
         command = fill(self.command, values)
         env = {**os.environ, **self.extra_env, "AUTORESEARCH_PROMPT_FILE": str(prompt_file),
                "AUTORESEARCH_TRIAL": str(ctx.number),
-               "AUTORESEARCH_DESCRIPTION_FILE": str(desc_file)}
+               "AUTORESEARCH_DESCRIPTION_FILE": str(desc_file),
+               "AUTORESEARCH_TIME_BUDGET": f"{ctx.task.time_budget:g}"}
         timeout = min(self.timeout, ctx.time_limit or self.timeout)
         ctx.log(f"$ {command}")
         prefix = seal_agent(ctx.task, ctx.workdir, ctx.ledger_dir, prompt_file.parent)
         argv: str | list[str] = [*prefix, "/bin/bash", "-c", command] if prefix else command
         result = run_command(argv, ctx.workdir, env, timeout, ctx.log_path, append=True,
                              owner=f"agent:{ctx.ledger_dir}:{ctx.number}", cancel=ctx.cancel)
-        output = read_tail(ctx.log_path)
+        output = read_tail(ctx.log_path).split("$ " + command, 1)[-1]  # what the command printed
         if result.cancelled:
             raise AgentError("stopped while the agent ran")
         if result.timed_out:
             raise AgentError(f"the agent command timed out after {timeout:g} s")
         if result.returncode != 0:  # 126/127: the shell could not run it (not found, not executable)
             raise AgentError(f"the agent command exited with {result.returncode}: "
-                             f"{last_lines(output, 3)[-300:]}", fatal=result.returncode in (126, 127))
+                             f"{last_lines(output, 3)[-300:] or '(no output)'}", fatal=result.returncode in (126, 127))
         text = desc_file.read_text(errors="replace") if desc_file.exists() else None
-        return Proposal(description=description_from(text, output.split("$ " + command, 1)[-1]))
+        return Proposal(description=description_from(text, output))
