@@ -84,6 +84,12 @@ def test_an_honest_change_is_not_flagged(repo: Path) -> None:
     assert flags_for(repo, TRAIN.replace("LR = 0.01", "LR = 0.02  # a bigger step")) == []
 
 
+def test_a_file_rewritten_with_other_line_endings_is_not_flagged(repo: Path) -> None:
+    """A whole-file CRLF rewrite (an editor on Windows) with one honest change: only that line counts."""
+    text = TRAIN.replace("LR = 0.01", "LR = 0.02").replace("\n", "\r\n")
+    assert flags_for(repo, text) == []
+
+
 CASES = {
     "reads evaluation data": [
         'x = open(os.path.join(os.path.dirname(TRAIN_FILE), "val.bin"), "rb").read()',
