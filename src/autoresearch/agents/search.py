@@ -273,12 +273,14 @@ class SearchAgent(BaseAgent):
             self._resume(ctx.number, {k: p.sampled(c.value) for k, (p, c) in current.items()})
         for attempt in range(1, TRIES + 1):
             free = self._choose([p for p, _ in current.values()])
+            if attempt > 3 * STALLED:  # the best's neighbours are all tried: draw from the whole space
+                free = set(current)
             fixed = {}
             if self.record_all:  # the others enter the trial at their current values
                 fixed = {k: p.sampled(c.value) for k, (p, c) in current.items() if k not in free}
                 fixed = {k: x for k, x in fixed.items() if x is not None}
             if attempt > STALLED:  # the sampler keeps to what is tried (the best's own values, often)
-                fixed.update({k: draw(current[k][0].distribution(), self.rng) for k in free})
+                fixed.update({k: draw(current[k][0].distribution(), self.rng) for k in sorted(free)})
             if fixed:
                 study.enqueue_trial(fixed)
             otrial = study.ask({k: p.distribution() for k, (p, _) in current.items()
