@@ -74,6 +74,17 @@ def make_task(root: Path, toml_extra: str = "", experiment: str = EXPERIMENT, fi
     return root
 
 
+def trials(root: Path, tag: str = "t") -> list:
+    """Every trial of a tag, read from its ledger."""
+    from autoresearch.ledger import Ledger
+
+    led = Ledger.read(root, tag)
+    try:
+        return led.trials()
+    finally:
+        led.close()
+
+
 def wait_for(path: Path, seconds: float = 60) -> None:
     """Until `path` exists (a marker a running agent or experiment writes), at most `seconds`."""
     deadline = time.monotonic() + seconds

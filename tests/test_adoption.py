@@ -9,20 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import cli, git, make_task, script_agent
-
-from autoresearch.ledger import Ledger
-from autoresearch.records import Trial
+from conftest import cli, git, make_task, script_agent, trials
 
 LOWER_X = "sed -i 's/^X = .*/X = 2.0/' exp.py\necho 'X to 2'\n"
 
 
-def _trials(root: Path, tag: str = "t") -> list[Trial]:
-    led = Ledger.read(root, tag)
-    try:
-        return led.trials()
-    finally:
-        led.close()
 
 
 def test_resuming_a_tag_whose_task_file_now_measures_differently_is_refused(tmp_path: Path) -> None:
@@ -34,7 +25,7 @@ def test_resuming_a_tag_whose_task_file_now_measures_differently_is_refused(tmp_
     r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1")
     assert r.returncode == 2
     assert "changed since tag t started (metric.goal: 'minimize' -> 'maximize')" in r.stderr
-    assert len(_trials(root)) == 2  # nothing ran
+    assert len(trials(root)) == 2  # nothing ran
     r = cli("run", str(root), "--tag", "t2", "--agent", "search", "--trials", "1")  # a new tag is fine
     assert r.returncode == 0, r.stderr
 
@@ -48,7 +39,7 @@ def test_the_program_and_the_timeout_may_change_between_runs_of_a_tag(tmp_path: 
     git(root, "commit", "-qam", "new direction")
     r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1")
     assert r.returncode == 0, r.stderr
-    assert len(_trials(root)) == 3
+    assert len(trials(root)) == 3
 
 
 def test_git_in_an_experiment_sees_the_trial_commit_and_a_clean_tree(tmp_path: Path) -> None:
@@ -62,7 +53,7 @@ def test_git_in_an_experiment_sees_the_trial_commit_and_a_clean_tree(tmp_path: P
     agent = script_agent(tmp_path / "agent.sh", "sed -i \"s/^X = .*/X = $AUTORESEARCH_TRIAL.5/\" exp.py\necho move X\n")
     r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "2")
     assert r.returncode == 0, r.stderr
-    for t in _trials(root):
+    for t in trials(root):
         log = Path(t.log_path or "").read_text()
         assert f"head {t.commit}" in log, log
         assert "status []" in log, log
@@ -89,7 +80,7 @@ def test_git_clean_fdx_leaves_the_record(tmp_path: Path) -> None:
     assert (root / ".autoresearch/t/results.tsv").exists()
     r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1")
     assert r.returncode == 0, r.stderr
-    assert [t.number for t in _trials(root)] == [0, 1, 2]
+    assert [t.number for t in trials(root)] == [0, 1, 2]
     subprocess.run(["git", "clean", "-ffdx", "-q"], cwd=root, check=True)  # the double force does remove it
     r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1")
     assert r.returncode == 2 and "git branch -D autoresearch/t" in r.stderr
@@ -112,7 +103,7 @@ def test_a_repository_made_inside_the_worktree_is_rejected_and_the_loop_goes_on(
     agent = script_agent(tmp_path / "a.sh", "git init -q vendor\necho x > vendor/f\n" + LOWER_X)
     r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "2")
     assert r.returncode == 0, r.stderr
-    done = _trials(root)
+    done = trials(root)
     assert [t.status.value for t in done] == ["keep", "rejected", "rejected"], [t.reason for t in done]
     assert all("vendor" in t.reason for t in done[1:])
 
@@ -126,7 +117,7 @@ def test_an_agent_that_pops_the_users_stash_is_rejected_and_told_how_to_restore_
     agent = script_agent(tmp_path / "a.sh", "git stash -q || true\ngit stash pop -q || true\necho 'popped'\n")
     r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "1")
     assert r.returncode == 0, r.stderr
-    t = _trials(root)[1]
+    t = trials(root)[1]
     assert t.status.value == "rejected" and "git's stash changed while the agent ran" in t.reason
     assert any("git stash store -m restored" in f for f in t.flags), t.flags
     restore = next(f for f in t.flags if "git stash store" in f).split("git stash store -m restored ")[1].rstrip(")")

@@ -446,15 +446,20 @@ print(json.dumps({{"type": "result", "subtype": "success", "is_error": False,
 """
 
 
-@pytest.mark.parametrize("sandbox", [None, "1"])
-def test_claude_preset_works_as_root_or_not(tmp_path: Path, sandbox: str | None) -> None:
-    repo = make_task(tmp_path / "task")
+def fake_claude(tmp_path: Path) -> dict[str, str]:
+    """FAKE_CLAUDE as `claude` first on PATH, recording its argv in tmp_path/argv.jsonl."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "claude").write_text(FAKE_CLAUDE.format(python=sys.executable))
     (bindir / "claude").chmod(0o755)
+    return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "CLAUDE_ARGV_FILE": str(tmp_path / "argv.jsonl")}
+
+
+@pytest.mark.parametrize("sandbox", [None, "1"])
+def test_claude_preset_works_as_root_or_not(tmp_path: Path, sandbox: str | None) -> None:
+    repo = make_task(tmp_path / "task")
     argv_file = tmp_path / "argv.jsonl"
-    env = {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "CLAUDE_ARGV_FILE": str(argv_file)}
+    env = fake_claude(tmp_path)
     if sandbox:
         env["IS_SANDBOX"] = sandbox
     else:
@@ -479,12 +484,7 @@ def test_a_presets_command_copied_into_agent_cli_keeps_what_the_preset_reads(tmp
     """`autoresearch agents` says to copy a preset's command into --agent-cmd to adjust it: the
     tool's JSON report is still read (description, tokens, cost), not taken as the description."""
     repo = make_task(tmp_path / "task")
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "claude").write_text(FAKE_CLAUDE.format(python=sys.executable))
-    (bindir / "claude").chmod(0o755)
-    env = {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "CLAUDE_ARGV_FILE": str(tmp_path / "argv.jsonl"),
-           "IS_SANDBOX": "1"}
+    env = {**fake_claude(tmp_path), "IS_SANDBOX": "1"}
     r = cli("run", str(repo), "--tag", "t", "--agent-cmd",
             "DISABLE_AUTOUPDATER=1 claude -p --output-format json --permission-mode acceptEdits < {prompt_file}",
             "--trials", "1", env=env)

@@ -365,7 +365,8 @@ def test_a_reset_worktree_holds_exactly_the_commit(tmp_path_factory: pytest.Temp
     """Whatever an experiment leaves (files, folders, links out of the worktree, a read-only
     folder, edits), resetting the worktree to a commit leaves exactly that commit's files, with
     or without a git clean process, and nothing outside the worktree is touched."""
-    from autoresearch.gitrepo import Git, walk
+    from autoresearch.filetree import walk
+    from autoresearch.gitrepo import Git
 
     base = tmp_path_factory.mktemp("reset")
     outside = base / "outside"

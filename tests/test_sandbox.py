@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, git, make_task, script_agent
+from conftest import cli, git, make_task, script_agent, trials
 
 from autoresearch import sandbox
-from autoresearch.ledger import Ledger
-from autoresearch.records import Status, Trial
+from autoresearch.records import Status
 
 needs_bwrap = pytest.mark.skipif(sandbox.problem() is not None,
                                  reason=f"--sandbox cannot run here: {sandbox.problem()}")
@@ -41,12 +40,6 @@ print("trained")
 """
 
 
-def trials(root: Path) -> list[Trial]:
-    led = Ledger.read(root, "t")
-    try:
-        return led.trials()
-    finally:
-        led.close()
 
 
 def task(tmp_path: Path) -> Path:

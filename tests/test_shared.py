@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import cli, git, make_task, script_agent
+from conftest import cli, git, make_task, script_agent, trials
 
-from autoresearch.ledger import Ledger
-from autoresearch.records import Status, Trial
+from autoresearch.records import Status
 from autoresearch.task import TaskError, load_task
 
 READS_DATA = """\
@@ -30,12 +29,6 @@ def _repo(tmp_path: Path, extra: str = "", experiment: str = READS_DATA) -> Path
     return root
 
 
-def _trials(root: Path, tag: str = "t") -> list[Trial]:
-    led = Ledger.read(root, tag)
-    try:
-        return led.trials()
-    finally:
-        led.close()
 
 
 def test_without_shared_the_baseline_failure_names_the_ignored_folder_and_the_fix(tmp_path: Path) -> None:
@@ -63,7 +56,7 @@ def test_shared_data_reaches_the_baseline_every_trial_and_setup(tmp_path: Path, 
     flags = ["--sandbox"] if sandboxed else []
     r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "1", *flags)
     assert r.returncode == 0, r.stderr
-    done = _trials(root)
+    done = trials(root)
     assert [t.status for t in done] == [Status.KEEP, Status.KEEP], [t.reason for t in done]
     if sandboxed:
         assert (root / "data" / "n.txt").read_text() == "5"  # read-only under the sandbox
@@ -129,5 +122,5 @@ def test_a_submodule_is_empty_in_trials_unless_shared(tmp_path: Path) -> None:
     git(root, "commit", "-qam", "share it")
     r = cli("run", str(root), "--tag", "t2", "--agent", "search", "--trials", "1")
     assert r.returncode == 0, r.stderr
-    assert [t.metric for t in _trials(root, "t2")][0] == 3.5
+    assert [t.metric for t in trials(root, "t2")][0] == 3.5
     assert git(root, "status", "--porcelain") == ""

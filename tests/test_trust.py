@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, git, make_task, script_agent
+from conftest import cli, git, make_task, script_agent, trials
 
-from autoresearch.ledger import Ledger
 from autoresearch.loop import visible
 from autoresearch.process import kill_owned
 from autoresearch.records import Status, Trial
@@ -22,12 +21,6 @@ from autoresearch.records import Status, Trial
 METRIC = '\n[metric]\nname = "loss"\ngoal = "minimize"\n'
 
 
-def trials(root: Path, tag: str = "t") -> list[Trial]:
-    led = Ledger.read(root, tag)
-    try:
-        return led.trials()
-    finally:
-        led.close()
 
 
 def run(root: Path, agent: str, trials_: int, *extra: str, tag: str = "t") -> subprocess.CompletedProcess[str]:

@@ -11,18 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import make_task, script_agent, wait_for
+from conftest import make_task, script_agent, trials, wait_for
 
-from autoresearch.ledger import Ledger
-from autoresearch.records import Status, Trial
-
-
-def _trials(root: Path, tag: str = "t") -> list[Trial]:
-    led = Ledger.read(root, tag)
-    try:
-        return led.trials()
-    finally:
-        led.close()
+from autoresearch.records import Status
 
 
 def _start(root: Path, *args: str, preexec=None) -> subprocess.Popen[str]:  # noqa: ANN001
@@ -40,7 +31,7 @@ def test_sigterm_during_setup_stops_at_once(tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130, out
     assert time.monotonic() - began < 10, out  # not after the 30 s setup and a baseline
-    assert not _trials(root)  # no baseline ran
+    assert not trials(root)  # no baseline ran
 
 
 def test_a_closed_terminal_stops_the_loop_cleanly_and_nohup_keeps_it(tmp_path: Path) -> None:
@@ -52,7 +43,7 @@ def test_a_closed_terminal_stops_the_loop_cleanly_and_nohup_keeps_it(tmp_path: P
     proc.send_signal(signal.SIGHUP)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130, out
-    assert [t.status for t in _trials(root)] == [Status.INTERRUPTED]
+    assert [t.status for t in trials(root)] == [Status.INTERRUPTED]
     marker.unlink()
     ignore = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)  # noqa: E731 - what nohup does
     proc = _start(root, "--agent", "search", "--trials", "1", preexec=ignore)
@@ -60,7 +51,7 @@ def test_a_closed_terminal_stops_the_loop_cleanly_and_nohup_keeps_it(tmp_path: P
     proc.send_signal(signal.SIGHUP)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out  # under nohup the hangup changes nothing
-    assert Status.INTERRUPTED not in [t.status for t in _trials(root)[1:]]
+    assert Status.INTERRUPTED not in [t.status for t in trials(root)[1:]]
 
 
 def test_plain_output_lines_carry_the_time_of_day(tmp_path: Path) -> None:
@@ -120,7 +111,7 @@ def test_a_flood_of_output_is_kept_to_the_log_limit_with_its_end(tmp_path: Path)
     assert log.stat().st_size <= 32 * 1024 * 1024 + 200
     text = log.read_bytes()
     assert b"bytes of output left out here" in text and text.rstrip().endswith(b"loss: 3.0")
-    assert _trials(root)[0].metric == 3.0
+    assert trials(root)[0].metric == 3.0
 
 
 def test_status_says_how_and_when_the_last_run_ended(tmp_path: Path) -> None:

@@ -1,0 +1,66 @@
+"""A worktree's files seen and cleaned without git: one walk of the folder (no links followed),
+and the removal of what a commit does not hold, the work of `git clean -ffdx` without its
+process on every trial."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+
+def walk(root: Path) -> dict[str, tuple[bool, int]]:
+    """Everything under `root` but .git, worktree-relative: path -> (a folder, size). Links are
+    entries, never followed. The worktree holds the commit and what was made there: a few files."""
+    found: dict[str, tuple[bool, int]] = {}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if folder == root and entry.name == ".git":
+                continue
+            rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                    found[rel] = (True, 0)
+                else:
+                    found[rel] = (False, entry.stat(follow_symlinks=False).st_size
+                                  if entry.is_file(follow_symlinks=False) else 0)
+            except OSError:
+                continue
+    return found
+
+
+def remove_unknown(root: Path, known: set[str]) -> bool:
+    """Delete what is under `root` (but .git) and not in `known` (what the worktree held when its
+    commit was made): `git clean -ffdx` without the process. False when something could not be
+    removed (a read-only folder, say): then git must clean."""
+    ok = True
+
+    def failed(*_: object) -> None:
+        nonlocal ok
+        ok = False
+
+    for rel, (is_dir, _size) in sorted(walk(root).items(), key=lambda item: item[0].count("/")):
+        if rel in known or not os.path.lexists(root / rel):  # (or gone with its folder)
+            continue
+        path = root / rel
+        if is_dir:
+            if sys.version_info >= (3, 12):
+                shutil.rmtree(path, onexc=failed)
+            else:
+                shutil.rmtree(path, onerror=failed)
+        else:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                ok = False
+    return ok
