@@ -111,6 +111,7 @@ class Loop:
         self.gitguard = guard.GitGuard(  # the user's refs and copies of the task's files are watched too
             session.git.common_dir, session.tag, checkout=self.task.root,
             checkout_files=[p for p in root_files if self.task.is_editable(p) or self.task.is_protected(p)])
+        session.ledger.watch()  # and the record: the loop is its only writer
 
     # -- the whole loop -------------------------------------------------------------------
 
@@ -265,7 +266,8 @@ class Loop:
             return t
         self.agent_errors = self.fatal_errors = 0
         with self.lock:
-            reason = guard.check_changes(self.task, changes, ws.path) or self.gitguard.check_and_restore()
+            reason = (guard.check_changes(self.task, changes, ws.path) or self.gitguard.check_and_restore()
+                      or self._record_restored("agent"))
             t = self._note_user_changes(t, "agent")
             if not reason and any("refs/stash" in flag for flag in t.flags):
                 reason = ("git's stash changed while the agent ran: it is shared with your repository and "
@@ -322,7 +324,7 @@ class Loop:
                     repeats=m.repeats if len(m.repeats) > 1 else [],
                     reason=m.reason, run_seconds=m.seconds, metric=m.figures.get(self.task.metric.name))
         with self.lock:
-            tamper = self.gitguard.check_and_restore()
+            tamper = self.gitguard.check_and_restore() or self._record_restored("experiment")
             t = self._note_user_changes(t, "experiment")
         if tamper:
             t = t.with_(status=Status.REJECTED, reason=tamper)
@@ -351,6 +353,16 @@ class Loop:
             wait = min(0.5 * 2.0 ** (n - 4), 60.0)
             self.events.message(f"the agent failed {n} times in a row: waiting {wait:g} s before the next proposal")
             self.cancel.wait(wait)
+
+    def _record_restored(self, phase: str) -> str | None:
+        """Why the trial is rejected when the ledger was changed behind the loop while its
+        `phase` ran (put back as the loop wrote it), None when it was not."""
+        found = self.s.ledger.check_and_restore()
+        if not found:
+            return None
+        why = f"{'; '.join(found)} while the {phase} ran; restored"
+        self.events.message(f"autoresearch: warning: something {why}")
+        return why
 
     def _note_user_changes(self, t: Trial, phase: str) -> Trial:
         """Note on the trial what changed in the user's refs and checkout while its `phase` ran
