@@ -182,8 +182,8 @@ def test_holdout_is_recorded_and_shown_but_never_reaches_an_agent(tmp_path: Path
     # what an agent is given or may read holds no holdout figure: the prompts, the history it
     # observes, results.tsv, the experiment logs and its own logs
     tag = root / ".autoresearch" / "t"
-    seen = [p for sub in ("agent", "logs") for p in (tag / sub).iterdir()] + [tag / "results.tsv"]
-    assert any(p.name.endswith(".prompt.md") for p in seen)
+    seen = [p for sub in ("agent", "logs") for p in (tag / sub).rglob("*") if p.is_file()] + [tag / "results.tsv"]
+    assert any(p.name == "prompt.md" for p in seen)
     text = "\n".join(p.read_text() for p in seen)
     text += "\n".join(repr(visible(t, "test_loss")) for t in ts)
     for t in ts:

@@ -64,3 +64,35 @@ def remove_unknown(root: Path, known: set[str]) -> bool:
             except OSError:
                 ok = False
     return ok
+
+
+def fresh_dir(path: Path) -> Path:
+    """An empty folder at `path`, whatever stood there (a link is removed, not followed)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)  # (rmtree does not follow links inside)
+    path.mkdir(parents=True)
+    return path
+
+
+def write_new(path: Path, text: str) -> None:
+    """Write `text` to a file that must not exist yet (never through a link someone put there)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def read_plain(path: Path, limit: int = 1 << 16) -> str | None:
+    """The first `limit` bytes of a regular file, None when there is none at `path`: a link, a
+    FIFO or a device is not read (what an untrusted program left there may point anywhere)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read(limit).decode("utf-8", errors="replace")

@@ -62,6 +62,9 @@ class Git:
         self._env["GIT_TERMINAL_PROMPT"] = "0"
         # `git status` on the user's checkout must not rewrite (or, killed, leave a lock on) its index
         self._env["GIT_OPTIONAL_LOCKS"] = "0"
+        # what a commit really holds: a refs/replace/ ref (which an agent may make) must not make
+        # the harness diff, audit or check out other content than the experiment ran
+        self._env["GIT_NO_REPLACE_OBJECTS"] = "1"
         self._known: dict[Path, tuple[str, set[str]]] = {}  # worktree -> (commit, what it held then)
         self.git_dir = Path(self.run("rev-parse", "--absolute-git-dir"))
         self.common_dir = Path(self.run("rev-parse", "--git-common-dir", cwd=self.root))

@@ -122,9 +122,11 @@ class GitGuard:
         self._saved = self._read()
         self._refs = self._read_refs()
         self._user = self._read_user_refs()
+        self._replace = self._scan(("refs/replace/",), ())  # the user's own are left alone
         # the user's own copies of the task's files: what an agent lost in the folders writes to
         self.checkout, self.checkout_files = checkout, checkout_files or []
         self._stats = self._checkout_stats()
+        self._head = self._checkout_head()
 
     def _files(self) -> list[Path]:
         files = [self.common_dir / name for name in self.METADATA]
@@ -144,6 +146,7 @@ class GitGuard:
 
     def _git(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        env["GIT_NO_REPLACE_OBJECTS"] = "1"
         return subprocess.run(["git", *SAFE, f"--git-dir={self.common_dir}", *args], env=env,
                               input=input, capture_output=True, text=True, errors="surrogateescape",
                               start_new_session=True)
@@ -152,7 +155,7 @@ class GitGuard:
         """The loop's refs and what they point to."""
         return self._scan((self.own,), ()) if self.own else {}
 
-    USER = ("refs/heads/", "refs/tags/", "refs/stash")
+    USER = ("refs/heads/", "refs/tags/", "refs/stash", "refs/notes/")
     NOT_USER = ("refs/heads/autoresearch/",)  # the loops' branches, moved by the loops
 
     def _read_user_refs(self) -> dict[str, str]:
@@ -205,13 +208,23 @@ class GitGuard:
                 out[rel] = (0, 0, -1)
         return out
 
+    def _checkout_head(self) -> str:
+        """What the user's checkout has checked out (its HEAD file: a branch, or a commit)."""
+        try:
+            return (self.checkout / ".git" / "HEAD").read_text(errors="replace").strip() if self.checkout else ""
+        except OSError:  # (a checkout that is itself a linked worktree: .git is a file)
+            return ""
+
     def user_changes(self) -> list[str]:
         """What changed in the user's refs and checkout since the last look, one line each;
         nothing is undone."""
         now = self._checkout_stats()
         changed = sorted(p for p in now if now[p] != self._stats.get(p))
         self._stats = now
-        return self.user_ref_changes() + [f"changed {p} in your checkout" for p in changed]
+        head, self._head = self._head, self._checkout_head()
+        moved = [f"your checkout's HEAD went from {head.removeprefix('ref: ')[:40]} to "
+                 f"{self._head.removeprefix('ref: ')[:40]}"] if head != self._head else []
+        return self.user_ref_changes() + moved + [f"changed {p} in your checkout" for p in changed]
 
     def note(self, phase: str) -> str:
         """What changed in the user's refs and checkout since the last look, as a note for the
@@ -258,6 +271,10 @@ class GitGuard:
         if refs:
             problems.append(f"deleted or moved the loop's refs ({', '.join(refs[:5])}"
                             f"{' ...' if len(refs) > 5 else ''}); restored")
+        replaced = self._restore_replace_refs()
+        if replaced:
+            problems.append(f"made git replace refs ({', '.join(replaced[:3])}{' ...' if len(replaced) > 3 else ''}), "
+                            "which make git show other content than a commit holds; removed")
         return "; ".join(problems) or None
 
     def refresh(self) -> None:
@@ -277,6 +294,18 @@ class GitGuard:
             elif now.get(path) != old:
                 path.write_bytes(old)
         return changed
+
+    def _restore_replace_refs(self) -> list[str]:
+        """refs/replace/ made or moved since the start (`git replace`: every git command would
+        show the replacement where the object is named, in diffs, merges and checkouts)."""
+        now = self._scan(("refs/replace/",), ())
+        made = sorted(r for r, sha in now.items() if self._replace.get(r) != sha)
+        for ref in made:
+            if ref in self._replace:
+                self._git("update-ref", ref, self._replace[ref])
+            else:
+                self._git("update-ref", "-d", ref)
+        return made
 
     def _restore_refs(self) -> list[str]:
         now = self._read_refs()

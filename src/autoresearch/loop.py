@@ -24,29 +24,28 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 from autoresearch import audit, decide, guard
 from autoresearch.agents.base import Agent, AgentError, Context
 from autoresearch.agents.providers import redact as redact_keys
 from autoresearch.backends import Backend
 from autoresearch.backends.local import LocalBackend
+from autoresearch.envguard import EnvGuard, site_dirs
 from autoresearch.errors import AutoresearchError
 from autoresearch.events import Events, NullEvents
-from autoresearch.execute import ExecSpec, experiment_env, python_bin
+from autoresearch.execute import python_bin
 from autoresearch.gitrepo import Workspace
-from autoresearch.judge import Measurement, judge, mean_figures
+from autoresearch.judge import Measurement, mean_figures
 from autoresearch.ledger import clean_text
+from autoresearch.measure import Measurer
 from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import read_tail
 from autoresearch.prompt import visible
 from autoresearch.records import Status, Trial
 from autoresearch.session import (
     Session,
-    SetupOutput,
     missing_hint,
     run_setup,
-    shared_links,
     write_refs,
 )
 from autoresearch.task import list_files, task_warnings
@@ -93,31 +92,32 @@ class Loop:
         self.agent_lock: contextlib.AbstractContextManager[object] = (
             contextlib.nullcontext() if getattr(agent, "concurrent", False) else threading.Lock())
         self.untold: list[Trial] = []  # finished trials the agent is yet to observe
-        self.lost: dict[int, list[str]] = {}  # trial -> the remote workers lost under it
         self.done = 0
         self.trees: dict[str, int] = {}
         self.best: Trial | None = session.ledger.best()
         self.baseline: Trial | None = session.ledger.get(0)
-        self.protected: dict[str, str] = {}
         self.started = time.monotonic()
         self.agent_errors = 0  # agent errors in a row
         self.fatal_errors = 0  # unrecoverable ones (AgentError.fatal) in a row
         self.failure = ""  # why the loop stopped itself (exit 1)
         self.ended = ""  # why it stopped, whatever the reason
-        self.setup = SetupOutput(session.dir / "setup", shared=shared_links(self.task))  # linked into each trial
+        self.measure = Measurer(session, self.backend, self.events, self.cancel, self.bin_dir, self.opt.sandbox)
         root_files = list_files(self.task.root)
-        for warning in task_warnings(self.task, root_files, {r for r, _ in self.setup.shared}, self.backend.remote):
+        for warning in task_warnings(self.task, root_files, {r for r, _ in self.measure.setup.shared}, self.backend.remote):
             self.events.message(f"autoresearch: warning: {warning}")
         self.gitguard = guard.GitGuard(  # the user's refs and copies of the task's files are watched too
             session.git.common_dir, session.tag, checkout=self.task.root,
             checkout_files=[p for p in root_files if self.task.is_editable(p) or self.task.is_protected(p)])
         session.ledger.watch()  # and the record: the loop is its only writer
+        shim = self.bin_dir == session.dir.parent / "bin"  # (else the user's active environment's)
+        self.envguard = EnvGuard(self.bin_dir, shim, [] if self.backend.remote else
+                                 site_dirs(self.bin_dir, self.measure.env(0, self.opt.seed)))
 
     # -- the whole loop -------------------------------------------------------------------
 
     def run(self) -> Trial:
         ws = self.s.workspace(0, self.best.commit if self.best and self.best.commit else self.s.base)
-        self.protected = guard.hash_files(ws.path, self.task.protected_files(ws.path))
+        self.measure.protected = guard.hash_files(ws.path, self.task.protected_files(ws.path))
         history = self.s.ledger.trials()
         for t in history:
             if t.status.finished:
@@ -127,12 +127,13 @@ class Loop:
             if self.task.setup:
                 self.events.message(f"setup: `{self.task.setup}` (its output: {self.s.dir / 'logs' / 'setup.log'})")
             began = time.monotonic()
-            self.setup = run_setup(self.s, ws, self._env(0, self.opt.seed, self.slots[0]),  # the task's own
+            setup = run_setup(self.s, ws, self.measure.env(0, self.opt.seed, self.slots[0]),  # the task's own
                                    cancel=self.cancel)                                   # code: no sandbox
             if self.task.setup:
                 self.events.message(f"setup done in {time.monotonic() - began:.1f} s")
-            if self.setup.changed:
-                self.events.message(f"autoresearch: warning: setup changed tracked files ({', '.join(self.setup.changed[:5])}); "
+            self.measure.setup = setup
+            if setup.changed:
+                self.events.message(f"autoresearch: warning: setup changed tracked files ({', '.join(setup.changed[:5])}); "
                                     "trials run the committed code, so those changes are not kept")
         if self.best is None:
             self.best = self._baseline(Place(ws, self.slots[0]))
@@ -196,17 +197,17 @@ class Loop:
         self.events.trial_started(number, 0, self.opt.trials)
         t = Trial(number=number, status=Status.RUNNING, description="baseline", parent=None,
                   commit=commit, agent="baseline", started=time.time(), seed=self.opt.seed,
-                  log_path=str(self._log(number)))
+                  log_path=str(self.measure.log(number)))
         self.s.ledger.begin(t)
         runs = self.task.acceptance.baseline_runs
-        m = self._measure_repeats(at, t, commit, runs, first_seed=self.opt.seed)
+        m = self.measure.repeats(at, t, commit, runs, first_seed=self.opt.seed)
         if m.status is not None:
             self._finish(t.with_(status=m.status, reason=m.reason, run_seconds=m.seconds, figures=m.figures))
             if m.status is Status.INTERRUPTED:
                 raise KeyboardInterrupt
-            hint = missing_hint(self.s, read_tail(self._log(number)))
+            hint = missing_hint(self.s, read_tail(self.measure.log(number)))
             raise AutoresearchError(f"the baseline (trial {number}) failed: {m.reason}{hint}; "
-                                    f"see {self._log(number)} (tag {self.s.tag} stays on the code it started "
+                                    f"see {self.measure.log(number)} (tag {self.s.tag} stays on the code it started "
                                     f"from, {self.s.base[:7]}: fix it, commit, and start a new --tag)")
         noise = decide.noise([r[self.task.metric.name] for r in m.repeats])
         self.s.ledger.set_meta("noise", repr(noise))
@@ -230,7 +231,7 @@ class Loop:
             assert parent is not None and parent.commit
             t = self.s.ledger.begin_next(lambda n: Trial(
                 number=n, status=Status.RUNNING, parent=parent.commit, agent=self.agent.name,
-                started=time.time(), seed=self.opt.seed, log_path=str(self._log(n))))
+                started=time.time(), seed=self.opt.seed, log_path=str(self.measure.log(n))))
             self.events.trial_started(t.number, self.done, self.opt.trials)
         return t, parent
 
@@ -266,8 +267,7 @@ class Loop:
             return t
         self.agent_errors = self.fatal_errors = 0
         with self.lock:
-            reason = (guard.check_changes(self.task, changes, ws.path) or self.gitguard.check_and_restore()
-                      or self._record_restored("agent"))
+            reason = guard.check_changes(self.task, changes, ws.path) or self._tampering(t.number, "agent")
             t = self._note_user_changes(t, "agent")
             if not reason and any("refs/stash" in flag for flag in t.flags):
                 reason = ("git's stash changed while the agent ran: it is shared with your repository and "
@@ -313,7 +313,7 @@ class Loop:
         commit = t.commit or ""
         if self.cancel.is_set():
             return t.with_(status=Status.INTERRUPTED, reason="stopped before the experiment")
-        m = self._measure_repeats(at, t, commit, 1, first_seed=self.opt.seed)
+        m = self.measure.repeats(at, t, commit, 1, first_seed=self.opt.seed)
         if self.cancel.is_set() and m.status is not Status.INTERRUPTED:
             # stopped while it ran: a remote experiment may finish in the moment its cancel takes
             # to land (Ray's polite cancel); what was in flight at Ctrl-C is recorded as stopped
@@ -324,7 +324,7 @@ class Loop:
                     repeats=m.repeats if len(m.repeats) > 1 else [],
                     reason=m.reason, run_seconds=m.seconds, metric=m.figures.get(self.task.metric.name))
         with self.lock:
-            tamper = self.gitguard.check_and_restore() or self._record_restored("experiment")
+            tamper = self._tampering(t.number, "experiment")
             t = self._note_user_changes(t, "experiment")
         if tamper:
             t = t.with_(status=Status.REJECTED, reason=tamper)
@@ -354,14 +354,16 @@ class Loop:
             self.events.message(f"the agent failed {n} times in a row: waiting {wait:g} s before the next proposal")
             self.cancel.wait(wait)
 
-    def _record_restored(self, phase: str) -> str | None:
-        """Why the trial is rejected when the ledger was changed behind the loop while its
-        `phase` ran (put back as the loop wrote it), None when it was not."""
-        found = self.s.ledger.check_and_restore()
+    def _tampering(self, number: int, phase: str) -> str | None:
+        """What trial `number`'s agent or experiment (`phase`) changed that it must not (git's
+        metadata and the loop's refs, the record, the python experiments run), put back where
+        it can be; None when nothing was. Every guard looks, whatever the others found."""
+        found = [why for why in (self.gitguard.check_and_restore(), self.envguard.check_and_restore(),
+                                 "; ".join(self.s.ledger.check_and_restore()) or None) if why]
         if not found:
             return None
-        why = f"{'; '.join(found)} while the {phase} ran; restored"
-        self.events.message(f"autoresearch: warning: something {why}")
+        why = "; ".join(found)
+        self.events.message(f"autoresearch: warning: while trial {number}'s {phase} ran, something {why}")
         return why
 
     def _note_user_changes(self, t: Trial, phase: str) -> Trial:
@@ -382,7 +384,7 @@ class Loop:
         if confirm == 0:
             return Measurement(Status.KEEP, m.figures, "", m.seconds, m.repeats)
         self.events.phase(t.number, "confirming", self.task.time_budget)
-        more = self._measure_repeats(at, t, commit, confirm, first_seed=self.opt.seed + 1, offset=1)
+        more = self.measure.repeats(at, t, commit, confirm, first_seed=self.opt.seed + 1, offset=1)
         if more.status is not None:
             return Measurement(more.status, m.figures, f"confirmation run failed: {more.reason}",
                                m.seconds + more.seconds)
@@ -402,63 +404,6 @@ class Loop:
         raw = self.s.ledger.get_meta("noise")
         return pooled if pooled or not raw else float(raw)
 
-    # -- measuring --------------------------------------------------------------------------
-
-    def _measure_repeats(self, at: Place, t: Trial, commit: str, runs: int, first_seed: int,
-                         offset: int = 0) -> Measurement:
-        """Run the experiment `runs` times (seeds first_seed, first_seed+1, ...); figures are the
-        means, each run's figures under '__repeats__'."""
-        repeats: list[dict[str, float]] = []
-        seconds = 0.0
-        for i in range(runs):
-            self.events.phase(t.number, "running", self.task.time_budget)
-            m = self._measure_once(at, t, commit, first_seed + i, offset + i)
-            seconds += m.seconds
-            if m.status is not None:
-                m.seconds = seconds
-                return m
-            repeats.append(m.figures)
-        return Measurement(None, mean_figures(repeats), "", seconds, repeats)
-
-    def _measure_once(self, at: Place, t: Trial, commit: str, seed: int, index: int) -> Measurement:
-        n = t.number
-        suffix = "" if index == 0 else f".{index}"
-        spec = ExecSpec(
-            number=n, workdir=at.ws.path, run_dir=self.s.dir / "runs" / f"{n}{suffix}",
-            log_path=self._log(n, suffix), command=self.task.command,
-            timeout=self.task.timeout, env=self._env(n, seed, at.gpus), protected=self.protected,
-            evaluate=self.task.evaluate, owner=f"{self.s.owner}:{n}", sandbox=self.opt.sandbox,
-            seal=bool(self.task.metric.holdout),
-            hidden=(self.s.dir.parent,),
-            readable=(self.task.root, self.bin_dir, self.setup.store, *(t.resolve() for _, t in self.setup.shared)),
-            holdout=self.task.metric.holdout, eval_file=self.task.metric.file,
-            eval_log=self.s.dir / "sealed" / f"{n}{suffix}.eval.log",
-        )
-        def restore() -> None:  # the committed tree, and what setup made, for the evaluator
-            if self.task.evaluate:  # (no budget: the evaluator has its own timeout)
-                self.events.phase(n, "evaluating")
-            self.s.git.reset_worktree(at.ws, commit)
-            self.setup.link_into(at.ws.path)
-
-        if not self.backend.remote:
-            self.setup.link_into(at.ws.path)
-        result = self.backend.run(spec, restore, self.cancel)
-        if result.outcome == "lost":  # a remote worker died under it: recorded, run once more
-            first = result.output
-            self._note_lost(t, first)
-            result = self.backend.run(spec, restore, self.cancel)
-            with open(spec.log_path, "a", encoding="utf-8") as log:
-                log.write(f"\n=== autoresearch: second attempt; the worker of the first was lost: "
-                          f"{first[:200]} ===\n")
-        return judge(self.task, result, spec.run_dir, at.ws.path)
-
-    def _note_lost(self, t: Trial, why: str) -> None:
-        with self.lock:
-            lost = self.lost.setdefault(t.number, [])
-            lost.append(why)
-            self.s.ledger.update(t.with_(extra={**t.extra, "lost_workers": list(lost)}))
-        self.events.message(f"[trial {t.number}] its worker was lost ({why[:200]}); re-queued once")
-
     # -- recording --------------------------------------------------------------------------
 
     def _finish(self, t: Trial) -> Trial:
@@ -466,8 +411,9 @@ class Loop:
         on keep (checked against the best it should still point to)."""
         with self.lock:  # one decision at a time: a keep must beat the best of this moment
             t = self._still_better(t).with_(ended=time.time())
-            if t.number in self.lost:
-                t = t.with_(extra={**t.extra, "lost_workers": self.lost.pop(t.number)})
+            lost = self.measure.take_lost(t.number)
+            if lost:
+                t = t.with_(extra={**t.extra, "lost_workers": lost})
             if t.status is Status.KEEP and t.parent and t.commit:
                 t = t.with_(flags=[*t.flags, *audit.audit_trial(self.s.git, self.task, t.parent, t.commit)])
             self.s.ledger.finish(t)
@@ -511,16 +457,3 @@ class Loop:
         out = self.s.git.run("show", "-s", "--format=%T", *commits, check=False)
         for t, tree in zip([t for t in history if t.commit in commits], out.split(), strict=False):
             self.trees.setdefault(tree, t.number)
-
-    def _log(self, number: int, suffix: str = "") -> Path:
-        return self.s.dir / "logs" / f"{number}{suffix}.log"
-
-    def _env(self, number: int, seed: int, gpus: tuple[str, ...] = ()) -> dict[str, str]:
-        import os
-
-        extra = {"AUTORESEARCH_TIME_BUDGET": f"{self.task.time_budget:g}",
-                 "AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_TRIAL": str(number),
-                 "AUTORESEARCH_TAG": self.s.tag}
-        if gpus:
-            extra["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        return experiment_env(dict(os.environ), extra, self.bin_dir)

@@ -15,13 +15,21 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from pathlib import Path
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
+from autoresearch.filetree import fresh_dir, read_plain, write_new
 from autoresearch.process import last_lines, read_tail, run_command
 from autoresearch.prompt import build_prompt
 from autoresearch.sandbox import seal_agent
 
 DEFAULT_TIMEOUT = 1800.0
+
+
+def own_dir(ctx: Context) -> Path:
+    """The agent's own folder for trial n, `agent/<n>/`: its prompt.md and the description file
+    (the only place a sealed agent may write outside its worktree)."""
+    return ctx.log_path.parent / str(ctx.number)
 
 
 def description_from(desc_file_text: str | None, output: str) -> str:
@@ -57,16 +65,15 @@ class CommandAgent(BaseAgent):
         self.extra_env = env or {}
 
     def propose(self, ctx: Context) -> Proposal:
-        prompt_file = ctx.log_path.with_suffix(".prompt.md")
-        desc_file = ctx.log_path.with_suffix(".description")
+        own = fresh_dir(own_dir(ctx))  # made anew: nothing an earlier agent planted there
+        prompt_file, desc_file = own / "prompt.md", own / "description"
         tag = ctx.ledger_dir.name
-        prompt_file.write_text(build_prompt(ctx) + (
+        write_new(prompt_file, build_prompt(ctx) + (
             "\n\n# How to finish\n"
             "- Write one line saying what you changed and why into the file named by "
             "$AUTORESEARCH_DESCRIPTION_FILE (else your last line of output is taken).\n"
             f"- To see what an earlier trial changed: `git show refs/autoresearch/{tag}/trials/N`.\n"
             "- $AUTORESEARCH_TIME_BUDGET holds the experiment's time budget, if you test your change.\n"))
-        desc_file.unlink(missing_ok=True)
         values = {"prompt_file": str(prompt_file), "description_file": str(desc_file),
                   "workdir": str(ctx.workdir), "trial": str(ctx.number)}
         command = fill(self.command, values)
@@ -76,7 +83,7 @@ class CommandAgent(BaseAgent):
                "AUTORESEARCH_TIME_BUDGET": f"{ctx.task.time_budget:g}"}
         timeout = min(self.timeout, ctx.time_limit or self.timeout)
         ctx.log(f"$ {command}")
-        prefix = seal_agent(ctx.task, ctx.workdir, ctx.ledger_dir, prompt_file.parent)
+        prefix = seal_agent(ctx.task, ctx.workdir, ctx.ledger_dir, own)
         argv: str | list[str] = [*prefix, "/bin/bash", "-c", command] if prefix else command
         result = run_command(argv, ctx.workdir, env, timeout, ctx.log_path, append=True,
                              owner=f"agent:{ctx.ledger_dir}:{ctx.number}", cancel=ctx.cancel)
@@ -88,5 +95,4 @@ class CommandAgent(BaseAgent):
         if result.returncode != 0:  # 126/127: the shell could not run it (not found, not executable)
             raise AgentError(f"the agent command exited with {result.returncode}: "
                              f"{last_lines(output, 3)[-300:] or '(no output)'}", fatal=result.returncode in (126, 127))
-        text = desc_file.read_text(errors="replace") if desc_file.exists() else None
-        return Proposal(description=description_from(text, output))
+        return Proposal(description=description_from(read_plain(desc_file), output))

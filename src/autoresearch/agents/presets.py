@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch.agents.base import AgentError, Context, Proposal
-from autoresearch.agents.cli import DEFAULT_TIMEOUT, CommandAgent, description_from
+from autoresearch.agents.cli import DEFAULT_TIMEOUT, CommandAgent, description_from, own_dir
 from autoresearch.agents.providers import redact
 from autoresearch.errors import UsageError
+from autoresearch.filetree import read_plain
 from autoresearch.task import Task, list_files
 
 CLAUDE_FILE_TOOLS = "Read,Edit,MultiEdit,Write,Glob,Grep,LS"
@@ -380,8 +381,7 @@ class PresetAgent(CommandAgent):
         if self.preset.result is None:
             return Proposal(redact(proposal.description), model=self.model)
         info = self.preset.result(output)
-        desc_file = ctx.log_path.with_suffix(".description")
-        text = desc_file.read_text(errors="replace") if desc_file.exists() else None
+        text = read_plain(own_dir(ctx) / "description")
         description = description_from(text, info.get("text", "")) or proposal.description
         return Proposal(redact(description), model=self.model, tokens_in=info.get("tokens_in", 0),
                         tokens_out=info.get("tokens_out", 0), cost=info.get("cost", 0.0))

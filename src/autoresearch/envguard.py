@@ -1,0 +1,111 @@
+"""What decides the Python code an experiment runs besides the trial's own files: the `python`
+on its PATH, and the site folders of that interpreter, whose `*.pth` files, `sitecustomize` and
+`usercustomize` run at every start (the evaluator's too). An agent that plants one there fakes
+the evaluation without a line in its diff, so the loop looks at them after every agent call and
+every experiment (one listing of each site folder: about a millisecond).
+
+Put back: the python links autoresearch made, and the startup files (a `.pth`, sitecustomize,
+usercustomize) as they were. Reported and not undone: any other change in a site folder (a
+package installed or removed), which may be the user's own `pip install`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from autoresearch.execute import python_shim
+
+_SITE_DIRS = ("import json, site, sys; "
+              "print(json.dumps([*site.getsitepackages(), site.getusersitepackages()]))")
+
+
+def _startup(name: str) -> bool:
+    return name.endswith(".pth") or name.split(".")[0] in ("sitecustomize", "usercustomize")
+
+
+def site_dirs(bin_dir: Path, env: dict[str, str]) -> list[Path]:
+    """The site folders of the `python` in `bin_dir` (this interpreter's when it cannot say)."""
+    python = bin_dir / "python"
+    try:
+        out = subprocess.run([str(python), "-c", _SITE_DIRS], env=env, capture_output=True, text=True,
+                             timeout=60, start_new_session=True)
+        return [Path(p) for p in json.loads(out.stdout)]
+    except (OSError, ValueError, subprocess.SubprocessError):
+        import site
+
+        return [Path(p) for p in [*site.getsitepackages(), site.getusersitepackages()]]
+
+
+class EnvGuard:
+    def __init__(self, bin_dir: Path, shim: bool, dirs: list[Path]) -> None:
+        self.bin_dir = bin_dir
+        self.shim = shim  # bin_dir is autoresearch's own (links to this interpreter)
+        self.dirs = dirs
+        self._saved = self._read()
+
+    def _read(self) -> dict[str, tuple[object, ...]]:
+        """Each site folder's entries: a startup file by its content, another file by its size
+        and mtime, a folder by its being there (its mtime moves when Python first writes its
+        __pycache__); a site folder that is not there as one entry."""
+        out: dict[str, tuple[object, ...]] = {}
+        for d in self.dirs:
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                out[str(d)] = ("missing",)
+                continue
+            for e in entries:
+                if e.name == "__pycache__":
+                    continue
+                try:
+                    if _startup(e.name) and e.is_file(follow_symlinks=False):
+                        out[e.path] = ("file", Path(e.path).read_bytes())
+                    elif e.is_dir(follow_symlinks=False):
+                        out[e.path] = ("dir",)
+                    else:
+                        st = e.stat(follow_symlinks=False)
+                        out[e.path] = ("entry", st.st_mode, st.st_size, st.st_mtime_ns)
+                except OSError:
+                    continue
+        return out
+
+    def _shim_broken(self) -> bool:
+        if not self.shim:
+            return False
+        for name in ("python", "python3"):
+            link = self.bin_dir / name
+            if not (link.is_symlink() and os.readlink(link) == sys.executable):
+                return True
+        return False
+
+    def check_and_restore(self) -> str | None:
+        """What changed since the last look (None: nothing), the startup files and the python
+        links put back."""
+        problems = []
+        if self._shim_broken():
+            python_shim(self.bin_dir)
+            problems.append(f"changed the experiments' python ({self.bin_dir / 'python'}); restored")
+        now = self._read()
+        if now != self._saved:
+            changed = sorted(p for p in set(now) | set(self._saved) if now.get(p) != self._saved.get(p))
+            hooks = [p for p in changed if _startup(Path(p).name)]
+            for p in hooks:
+                old = self._saved.get(p)
+                if old is None:
+                    Path(p).unlink(missing_ok=True)
+                elif old[0] == "file":
+                    Path(p).write_bytes(old[1])  # type: ignore[arg-type]
+            if hooks:
+                problems.append(f"changed Python startup files ({', '.join(Path(p).name for p in hooks[:3])} "
+                                f"in {Path(hooks[0]).parent}); restored")
+            others = [p for p in changed if p not in hooks]
+            if others:
+                problems.append(f"changed the Python packages experiments import ({', '.join(Path(p).name for p in others[:3])}"
+                                f"{' ...' if len(others) > 3 else ''} in {Path(others[0]).parent}); not undone")
+            self._saved = self._read()
+        return "; ".join(problems) or None
+

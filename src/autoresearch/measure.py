@@ -1,0 +1,110 @@
+"""Measuring a trial: its experiment (then its evaluator) run in the trial's worktree on the
+loop's backend, once per seed, and judged into figures.
+
+What a measurement needs besides the trial is fixed for a loop: the task, the hashes of the
+protected files, what setup made (linked into every worktree), the interpreter shim, the
+backend. A remote worker that dies under a trial costs it one more attempt, noted in `lost`
+(the loop puts it in the trial's record).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from autoresearch.backends import Backend
+from autoresearch.events import Events
+from autoresearch.execute import ExecSpec, experiment_env
+from autoresearch.judge import Measurement, judge, mean_figures
+from autoresearch.pool import Place
+from autoresearch.records import Trial
+from autoresearch.session import Session, SetupOutput, shared_links
+
+
+class Measurer:
+    def __init__(self, session: Session, backend: Backend, events: Events, cancel: threading.Event,
+                 bin_dir: Path, sandbox: bool) -> None:
+        self.s = session
+        self.task = session.task
+        self.backend = backend
+        self.events = events
+        self.cancel = cancel
+        self.bin_dir = bin_dir
+        self.sandbox = sandbox
+        self.protected: dict[str, str] = {}  # path -> sha256, taken from the starting code
+        self.setup = SetupOutput(session.dir / "setup", shared=shared_links(self.task))  # linked into each trial
+        self.lost: dict[int, list[str]] = {}  # trial -> the remote workers lost under it
+        self._lost_lock = threading.Lock()
+
+    def log(self, number: int, suffix: str = "") -> Path:
+        return self.s.dir / "logs" / f"{number}{suffix}.log"
+
+    def env(self, number: int, seed: int, gpus: tuple[str, ...] = ()) -> dict[str, str]:
+        extra = {"AUTORESEARCH_TIME_BUDGET": f"{self.task.time_budget:g}",
+                 "AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_TRIAL": str(number),
+                 "AUTORESEARCH_TAG": self.s.tag}
+        if gpus:
+            extra["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        return experiment_env(dict(os.environ), extra, self.bin_dir)
+
+    def repeats(self, at: Place, t: Trial, commit: str, runs: int, first_seed: int,
+                offset: int = 0) -> Measurement:
+        """Run the experiment `runs` times (seeds first_seed, first_seed+1, ...); figures are the
+        means, each run's own in `repeats`. Stops at the first run that fails."""
+        repeats: list[dict[str, float]] = []
+        seconds = 0.0
+        for i in range(runs):
+            self.events.phase(t.number, "running", self.task.time_budget)
+            m = self.once(at, t, commit, first_seed + i, offset + i)
+            seconds += m.seconds
+            if m.status is not None:
+                m.seconds = seconds
+                return m
+            repeats.append(m.figures)
+        return Measurement(None, mean_figures(repeats), "", seconds, repeats)
+
+    def once(self, at: Place, t: Trial, commit: str, seed: int, index: int) -> Measurement:
+        n = t.number
+        suffix = "" if index == 0 else f".{index}"
+        spec = ExecSpec(
+            number=n, workdir=at.ws.path, run_dir=self.s.dir / "runs" / f"{n}{suffix}",
+            log_path=self.log(n, suffix), command=self.task.command,
+            timeout=self.task.timeout, env=self.env(n, seed, at.gpus), protected=self.protected,
+            evaluate=self.task.evaluate, owner=f"{self.s.owner}:{n}", sandbox=self.sandbox,
+            seal=bool(self.task.metric.holdout),
+            hidden=(self.s.dir.parent,),
+            readable=(self.task.root, self.bin_dir, self.setup.store, *(p.resolve() for _, p in self.setup.shared)),
+            holdout=self.task.metric.holdout, eval_file=self.task.metric.file,
+            eval_log=self.s.dir / "sealed" / f"{n}{suffix}.eval.log",
+        )
+
+        def restore() -> None:  # the committed tree, and what setup made, for the evaluator
+            if self.task.evaluate:  # (no budget: the evaluator has its own timeout)
+                self.events.phase(n, "evaluating")
+            self.s.git.reset_worktree(at.ws, commit)
+            self.setup.link_into(at.ws.path)
+
+        if not self.backend.remote:
+            self.setup.link_into(at.ws.path)
+        result = self.backend.run(spec, restore, self.cancel)
+        if result.outcome == "lost":  # a remote worker died under it: recorded, run once more
+            first = result.output
+            self._note_lost(t, first)
+            result = self.backend.run(spec, restore, self.cancel)
+            with open(spec.log_path, "a", encoding="utf-8") as log:
+                log.write(f"\n=== autoresearch: second attempt; the worker of the first was lost: "
+                          f"{first[:200]} ===\n")
+        return judge(self.task, result, spec.run_dir, at.ws.path)
+
+    def _note_lost(self, t: Trial, why: str) -> None:
+        with self._lost_lock:
+            lost = self.lost.setdefault(t.number, [])
+            lost.append(why)
+            self.s.ledger.update(t.with_(extra={**t.extra, "lost_workers": list(lost)}))
+        self.events.message(f"[trial {t.number}] its worker was lost ({why[:200]}); re-queued once")
+
+    def take_lost(self, number: int) -> list[str]:
+        """The workers lost under trial `number` (forgotten here: the trial records them)."""
+        with self._lost_lock:
+            return self.lost.pop(number, [])
