@@ -243,7 +243,8 @@ def test_wall_time_limit(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     t = ledger(repo)
     assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP], t[1].reason
-    assert "after 1 attempt" in t[1].reason and "time limit" in t[1].reason
+    assert "the agent's time limit (--agent-timeout 2.5 s) was reached" in t[1].reason, t[1].reason
+    assert "after 1 attempt" in t[1].reason
     assert t[1].ended - t[1].started < 5 and t[1].tokens_in == 1000
 
 
@@ -340,6 +341,189 @@ def test_bad_llm_usage_is_one_line_exit_2(tmp_path: Path, args: list[str], needl
     r = cli("run", str(repo), "--tag", "t", "--trials", "1", *args, env=env)
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr and KEY not in r.stderr
+
+
+# ---------------------------------------------------------------------------
+# what the audit of --agent llm found: bad tool arguments, lost spend, a key in an edit, a 400
+# that recurs, bad settings, the time limit's wording, the log's size
+
+
+def test_tool_arguments_of_the_wrong_type_are_errors_for_the_model(tmp_path: Path) -> None:
+    """A wrongly typed, missing or unknown argument is an error text naming it, never an
+    exception; numbers sent as text are taken."""
+    tools = Tools(_ctx(tmp_path))
+    bad = [("read_file", {"path": "exp.py", "start": "abc"}, "`start` must be a whole number"),
+           ("read_file", {"path": ["a"]}, "`path` must be a string, got an array"),
+           ("read_file", {"path": None}, "read_file needs `path`"),
+           ("read_file", {}, "read_file needs `path`"),
+           ("read_file", {"path": "exp.py", "end": True}, "`end` must be a whole number"),
+           ("list_files", {"path": 123}, "`path` must be a string, got a number"),
+           ("grep", {"pattern": {"x": 1}}, "`pattern` must be a string, got an object"),
+           ("edit_file", {"path": "exp.py", "search": "X = 3.0", "replace": 1.0}, "`replace` must be a string"),
+           ("write_file", {"path": "exp.py"}, "write_file needs `content`"),
+           ("read_log", {"trial": "x"}, "`trial` must be a whole number"),
+           ("read_log", {"trial": 0, "lines": [1]}, "`lines` must be a whole number"),
+           ("read_history", {"last": "all"}, "`last` must be a whole number"),
+           ("read_history", {"last": 0}, "`last` must be 1 or more"),
+           ("finish", {"description": ["a", "b"]}, "`description` must be a string"),
+           ("read_file", {"path": "exp.py", "lines": 3}, "read_file takes no argument named lines"),
+           ("read_file", {"path": "exp\x00.py"}, "NUL"),
+           ("nosuch", {}, "no tool named 'nosuch'")]
+    for name, args, needle in bad:
+        out = tools.call(name, args)
+        assert out.startswith("error:") and needle in out, (name, args, out)
+    assert (tools.ctx.workdir / "exp.py").read_text().count("X = 3.0") == 1 and tools.finished is None
+    assert tools.call("read_file", {"path": "exp.py", "start": "3", "end": 3.0}).endswith("\n    3  Y = 2")
+    assert "none in 50..60" in tools.call("read_file", {"path": "exp.py", "start": 50, "end": 60})
+    assert "#0 keep" in tools.call("read_history", {"last": "1"})
+    assert "loss: 6.0" in tools.call("read_log", {"trial": "0", "lines": None})
+
+
+def test_an_unexpected_failure_in_a_tool_is_an_error_for_the_model(tmp_path: Path) -> None:
+    """A tool that fails in a way nobody checked for (here: read_file on a socket, which the
+    system refuses to open) answers an error text and logs the traceback."""
+    import socket
+
+    ctx = _ctx(tmp_path)
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(ctx.workdir / "agent.sock"))
+        out = Tools(ctx).call("read_file", {"path": "agent.sock"})
+    finally:
+        sock.close()
+    assert out.startswith("error: read_file failed (OSError") and "try another way" in out, out
+    assert "Traceback" in ctx.log_path.read_text()
+
+
+def test_a_worktrees_git_file_is_never_listed(tmp_path: Path) -> None:
+    """In a trial's worktree `.git` is a file (gitdir: ...): list_files and grep skip it too."""
+    ctx = _ctx(tmp_path)
+    wt = tmp_path / "wt"
+    git(ctx.workdir, "worktree", "add", "-q", "--detach", str(wt))
+    tools = Tools(dataclasses.replace(ctx, workdir=wt))
+    listed = tools.call("list_files", {})
+    assert "exp.py" in listed and ".git" not in listed, listed
+    assert tools.call("grep", {"pattern": "gitdir"}) == "no matches"
+    assert tools.call("read_file", {"path": ".git"}).startswith("error:")
+
+
+def test_bad_tool_arguments_do_not_end_the_proposal(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    script = [Say("", [("read_file", {"path": "exp.py", "start": "abc"}), ("list_files", {"path": 123}),
+                       ("read_history", {"last": "all"}), ("read_log", {"trial": "x"}),
+                       ("read_file", {"path": None})])] + good_edit()[1:]
+    with FakeLLM("openai", script) as fake:
+        r = run_llm(repo, fake)
+    assert r.returncode == 0, r.stderr
+    assert [x.status for x in ledger(repo)] == [Status.KEEP, Status.KEEP]
+    results = [m["content"] for m in fake.requests[1]["body"]["messages"] if m["role"] == "tool"]
+    assert len(results) == 5 and all(x.startswith("error:") for x in results), results
+
+
+def test_an_unexpected_failure_keeps_the_spend(tmp_path: Path) -> None:
+    """A proposal that fails with an exception nobody planned for (here: its agent log cannot be
+    written any more, as on a full disk) is an agent_error that still records the model, the
+    tokens and the cost spent; the loop goes on."""
+    repo = make_task(tmp_path / "task")
+    log = repo / ".autoresearch" / "t" / "agent" / "1.log"
+
+    def break_the_log(body: dict) -> Say:
+        log.unlink()
+        log.mkdir()  # appending to it now fails (IsADirectoryError)
+        return Say("", [("list_files", {})])
+
+    script = [Say("", [("read_file", {"path": "exp.py"})]), break_the_log, *good_edit()]
+    with FakeLLM("openai", script) as fake:
+        r = run_llm(repo, fake, trials=2)
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP], t[1].reason
+    assert "IsADirectoryError" in t[1].reason
+    assert (t[1].model, t[1].tokens_in, t[1].tokens_out) == ("openai/gpt-4.1", 2000, 200)
+    assert t[1].cost == pytest.approx(2000 * 2 / 1e6 + 200 * 8 / 1e6)
+
+
+def test_an_edit_that_writes_a_key_is_refused(tmp_path: Path) -> None:
+    """The model cannot put a key into a committed file: not the agent's own key, not another
+    provider's key variable, even one that does not look like a key, nor one split over lines."""
+    repo = make_task(tmp_path / "task")
+    other = "plainvalue0000with0no0key0shape"
+    script = [Say("", [("edit_file", {"path": "exp.py", "search": "X = 3.0", "replace": f'X = 3.0\nKEY = "{KEY}"'}),
+                       ("write_file", {"path": "exp.py", "content": f"TOKEN = '{other}'\n"}),
+                       ("edit_file", {"path": "exp.py", "search": "X = 3.0",
+                                      "replace": f'X = 3.0\nK = ("{KEY[:10]}"\n     "{KEY[10:]}")'})]),
+              *good_edit()[1:]]
+    with FakeLLM("openai", script) as fake:
+        r = run_llm(repo, fake, env={"ANTHROPIC_API_KEY": other})
+    assert r.returncode == 0, r.stderr
+    results = [m["content"] for m in fake.requests[1]["body"]["messages"] if m["role"] == "tool"]
+    assert len(results) == 3 and all("holds an API key" in x for x in results), results
+    assert [x.status for x in ledger(repo)] == [Status.KEEP, Status.KEEP]
+    history = git(repo, "log", "--all", "-p")
+    assert "X = 1.0" in history and KEY[:10] not in history and other not in history
+
+
+@pytest.mark.parametrize("kind,status,message", [
+    ("openai", "400", "registry.ollama.ai/library/gemma:2b does not support tools"),
+    ("openai", "422", "nosuch/model is not a valid model ID"),
+    ("anthropic", "400", "prompt is too long: 250000 tokens > 200000 maximum"),
+])
+def test_a_refused_request_is_fatal_and_quoted(tmp_path: Path, kind: str, status: str, message: str) -> None:
+    """A 400 or 422 will recur: not retried, and three in a row stop the loop (exit 1) with
+    the server's words, instead of failing every trial and exiting 0."""
+    repo = make_task(tmp_path / "task")
+    with FakeLLM(kind, default=Fault(status, message=message)) as fake:
+        r = run_llm(repo, fake, trials=6)
+    assert r.returncode == 1, r.stderr + r.stdout
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP] + [Status.AGENT_ERROR] * 3
+    assert all(f"HTTP {status}" in x.reason and message in x.reason for x in t[1:]), t[1].reason
+    assert len(fake.requests) == 3  # none retried
+    assert "3 times in a row" in r.stderr + r.stdout and message in r.stderr + r.stdout
+
+
+@pytest.mark.parametrize("var,value,needle", [
+    ("AUTORESEARCH_LLM_STEPS", "abc", "a whole number >= 1, got 'abc'"),
+    ("AUTORESEARCH_LLM_STEPS", "0", "a whole number >= 1"),
+    ("AUTORESEARCH_LLM_MAX_TOKENS", "-5", "a whole number >= 1"),
+    ("AUTORESEARCH_LLM_REPLY_TOKENS", "0", "a whole number >= 1"),
+    ("AUTORESEARCH_LLM_CONTEXT", "10k", "a whole number >= 1000"),
+    ("AUTORESEARCH_LLM_RETRIES", "-1", "a whole number >= 0"),
+    ("AUTORESEARCH_LLM_TIMEOUT", "nan", "a number > 0"),
+    ("AUTORESEARCH_LLM_TIMEOUT", "0", "a number > 0"),
+    ("AUTORESEARCH_LLM_BACKOFF", "fast", "a number >= 0"),
+    ("AUTORESEARCH_LLM_BACKOFF_MAX", "-1", "a number >= 0"),
+])
+def test_bad_llm_settings_are_one_line_exit_2(tmp_path: Path, var: str, value: str, needle: str) -> None:
+    repo = make_task(tmp_path / "task")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "llm", "--model", "openai/gpt-4.1", "--trials", "1",
+            env={"OPENAI_API_KEY": KEY, var: value})
+    assert r.returncode == 2, r.stderr + r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{var} must be {needle}" in lines[0], r.stderr
+    assert not (repo / ".autoresearch").exists()
+
+
+def test_llm_flags_with_another_agent_are_named(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    for agent in (["--agent", "search"], ["--agent", "cli", "--agent-cmd", "true"]):
+        r = cli("run", str(repo), "--tag", agent[1], *agent, "--model", "openai/x",
+                "--base-url", "http://127.0.0.1:9/v1", "--trials", "0")
+        assert r.returncode == 0, r.stderr
+        assert f"--model is not used by --agent {agent[1]}" in r.stderr, r.stderr
+        assert f"--base-url is not used by --agent {agent[1]}" in r.stderr, r.stderr
+
+
+def test_a_long_reply_is_cut_in_the_agent_log(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    chatter = "I think " * 20_000  # 160 000 characters
+    script = [Say(chatter, [("read_file", {"path": "exp.py"})]), *good_edit()[1:]]
+    with FakeLLM("openai", script) as fake:
+        r = run_llm(repo, fake)
+    assert r.returncode == 0, r.stderr
+    log = (repo / ".autoresearch" / "t" / "agent" / "1.log").read_text()
+    assert "more characters not logged" in log and len(log) < 60_000, len(log)
+    assert [x.status for x in ledger(repo)] == [Status.KEEP, Status.KEEP]
 
 
 # ---------------------------------------------------------------------------

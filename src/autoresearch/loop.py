@@ -27,7 +27,7 @@ from functools import partial
 
 from autoresearch import audit, decide, guard
 from autoresearch.agents.base import Agent, AgentError, Context
-from autoresearch.agents.providers import redact as redact_keys
+from autoresearch.agents.secrets import redact as redact_keys
 from autoresearch.backends import Backend
 from autoresearch.backends.local import LocalBackend
 from autoresearch.envguard import EnvGuard, site_dirs

@@ -1,8 +1,11 @@
 """Run one command as its own process group, with a hard timeout that kills the whole group.
 
-Every process we start carries AUTORESEARCH_OWNER=<token> in its environment, so that anything
-that escaped the group (a `setsid` daemon, a double fork) is still found and killed through
-/proc. The direct child also dies with us (PR_SET_PDEATHSIG) if the harness is SIGKILLed.
+The command runs under reaper.py, a child subreaper: whatever it leaves behind (a `setsid`
+daemon, a double fork, one started with `env -i`) comes back to the reaper when its parent
+dies, and is killed when the command ends. Every process we start also carries
+AUTORESEARCH_OWNER=<token> in its environment, so that what escaped both (the harness killed
+before the reaper could act) is still found through /proc. The reaper dies with us
+(PR_SET_PDEATHSIG) if the harness is SIGKILLed, and the command with the reaper.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 OWNER_VAR = "AUTORESEARCH_OWNER"
+REAPER = Path(__file__).with_name("reaper.py")  # run under it: see reaper.py
 GRACE_SECONDS = 2.0
 SHORT_SECONDS = 5.0  # a command this short cannot have seen the pids wrap around
 _PR_SET_PDEATHSIG = 1
@@ -145,12 +150,14 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
     env = dict(env)
     if owner:
         env[OWNER_VAR] = owner
+    argv = ["/bin/bash", "-c", command] if isinstance(command, str) else list(command)
+    if REAPER.exists() and sys.executable:  # nothing it starts outlives it, marked or not
+        argv = [sys.executable, "-I", "-S", str(REAPER), *argv]
     start = time.monotonic()
     with open(log_path, "ab" if append else "wb") as log:
         proc = subprocess.Popen(
-            command, shell=isinstance(command, str), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent, executable="/bin/bash" if isinstance(command, str) else None,
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
         )
     exited = ExitWaiter(proc)
     try:

@@ -11,7 +11,8 @@ set) answers. A step is:
 - a `Say(text, calls, tokens_in, tokens_out)`: an assistant reply, with tool calls
   `[(name, {args}), ...]`;
 - a `Fault(kind, ...)`: "429" (with retry-after), "500", "401" (whose message quotes the key
-  the client sent, as some providers do), "hang" (sleeps `seconds` before answering),
+  the client sent, as some providers do), "400" or "422" (a refusal whose reason is `message`,
+  e.g. Ollama's "does not support tools"), "hang" (sleeps `seconds` before answering),
   "malformed" (a 200 whose body is not JSON), "bad-shape" (JSON without choices/content);
 - a callable taking the request's JSON and returning a step (for replies that depend on what
   the client sent, e.g. aider's edit format).
@@ -46,9 +47,10 @@ class Say:
 
 @dataclass
 class Fault:
-    kind: str  # 429 | 500 | 401 | hang | malformed | bad-shape
+    kind: str  # 429 | 500 | 401 | 400 | 422 | hang | malformed | bad-shape
     retry_after: float | None = None
     seconds: float = 5.0
+    message: str = ""  # the error's message (default: "scripted <status>")
 
 
 Step = Say | Fault | Callable[[dict[str, Any]], "Say | Fault"]
@@ -162,8 +164,9 @@ class FakeLLM:
                                                       f"Incorrect API key provided: {key}"))
                 status = int(f.kind)
                 headers = {"retry-after": f"{f.retry_after:g}"} if f.retry_after is not None else {}
-                kind = "rate_limit_error" if status == 429 else "api_error"
-                self._send(status, error_body(fake.kind, kind, f"scripted {status}"), headers)
+                kind = {429: "rate_limit_error", 400: "invalid_request_error",
+                        422: "invalid_request_error"}.get(status, "api_error")
+                self._send(status, error_body(fake.kind, kind, f.message or f"scripted {status}"), headers)
 
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 self._raw(status, json.dumps(payload).encode(), "application/json", headers)

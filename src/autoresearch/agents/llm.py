@@ -7,11 +7,14 @@ judges, as for any agent.
 
 Guarantees:
 - Limits per proposal: steps (model calls), tokens (in + out) and wall time (--agent-timeout,
-  default 15 minutes). Reaching one, or an API failure that outlives its retries, raises
-  AgentError (the loop records agent_error and goes on) carrying the tokens and cost spent, so
-  the ledger and --max-cost see every dollar.
+  default 15 minutes). Reaching one, an API failure that outlives its retries, or any other
+  failure (a bug included) raises AgentError (the loop records agent_error and goes on) carrying
+  the model, tokens and cost spent, so the ledger and --max-cost see every dollar. A refusal that
+  will recur (a bad key or model, HTTP 400) is fatal: three in a row stop the loop.
+- A bad AUTORESEARCH_LLM_* setting is a UsageError (exit 2) that names it.
 - Tokens and cost of each proposal go into the ledger (prices: agents/prices.py).
-- The conversation is written to agent/<n>.log with keys redacted; keys are never logged.
+- The conversation is written to agent/<n>.log with keys redacted (each message cut to
+  LOG_CHARS); keys are never logged. The tools refuse an edit that would write a key.
 - The conversation stays under a context budget: the history is condensed to fit, and old tool
   outputs are elided as the conversation grows.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,14 +36,16 @@ from autoresearch.agents.providers import (
     ConfigError,
     Endpoint,
     LLMError,
+    OutOfTime,
     Reply,
     RetryPolicy,
     call_with_retries,
     make_chat,
-    redact,
     resolve,
+    setting,
 )
-from autoresearch.agents.tools import SPECS, Tools, cut, sealed
+from autoresearch.agents.secrets import key_values, redact
+from autoresearch.agents.tools import SPECS, Tools, sealed
 from autoresearch.errors import UsageError
 from autoresearch.prompt import build_prompt, history_lines
 from autoresearch.records import Status, Trial
@@ -57,6 +63,9 @@ change per trial; do not repeat a change from the history; keep the code runnabl
 time budget; change only editable files."""
 
 
+LOG_CHARS = 8000  # of one message in agent/<n>.log (the model's text; the first prompt is bounded by the context)
+
+
 @dataclass
 class Limits:
     """Per-proposal limits and the context budget; environment overrides for each."""
@@ -69,12 +78,13 @@ class Limits:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Limits:
+        """The limits with the environment's overrides; ValueError names a bad variable."""
         env = os.environ if env is None else env
         lim = cls()
-        lim.steps = int(env.get("AUTORESEARCH_LLM_STEPS", lim.steps))
-        lim.tokens = int(env.get("AUTORESEARCH_LLM_MAX_TOKENS", lim.tokens))
-        lim.reply_tokens = int(env.get("AUTORESEARCH_LLM_REPLY_TOKENS", lim.reply_tokens))
-        lim.context_chars = int(env.get("AUTORESEARCH_LLM_CONTEXT", lim.context_chars))
+        lim.steps = int(setting(env, "AUTORESEARCH_LLM_STEPS", lim.steps, 1, whole=True))
+        lim.tokens = int(setting(env, "AUTORESEARCH_LLM_MAX_TOKENS", lim.tokens, 1, whole=True))
+        lim.reply_tokens = int(setting(env, "AUTORESEARCH_LLM_REPLY_TOKENS", lim.reply_tokens, 1, whole=True))
+        lim.context_chars = int(setting(env, "AUTORESEARCH_LLM_CONTEXT", lim.context_chars, 1000, whole=True))
         return lim
 
 
@@ -186,37 +196,44 @@ class LLMAgent(BaseAgent):
 
     def propose(self, ctx: Context) -> Proposal:
         seconds = ctx.time_limit or self.limits.seconds
-        deadline = time.monotonic() + seconds
         spend = Spend()
         log = self._logger(ctx)
-        log(f"# trial {ctx.number}: {self.endpoint.label} via {self.endpoint.base_url or self.endpoint.provider}"
-            f" (limits: {self.limits.steps} steps, {self.limits.tokens} tokens, {seconds:g} s)")
-        if self.price is None:
-            log(f"[cost] no price known for {self.endpoint.name}: cost recorded as 0 (set AUTORESEARCH_PRICES)")
         try:
-            description = self._converse(ctx, spend, deadline, log)
+            log(f"# trial {ctx.number}: {self.endpoint.label} via {self.endpoint.base_url or self.endpoint.provider}"
+                f" (limits: {self.limits.steps} steps, {self.limits.tokens} tokens, {seconds:g} s)")
+            if self.price is None:
+                log(f"[cost] no price known for {self.endpoint.name}: cost recorded as 0 (set AUTORESEARCH_PRICES)")
+            description = self._converse(ctx, spend, seconds, log)
         except (AgentError, LLMError) as e:
-            message = redact(str(e))
-            log(f"## failed: {message}")
-            raise AgentError(message, model=self.endpoint.label, tokens_in=spend.tokens_in,
-                             tokens_out=spend.tokens_out, cost=spend.cost,
-                             fatal=getattr(e, "fatal", False)) from None
-        extra = {} if self.price is not None else {"price": "unknown"}
-        return Proposal(description=description, model=self.endpoint.label, tokens_in=spend.tokens_in,
-                        tokens_out=spend.tokens_out, cost=spend.cost, extra=extra)
+            message, fatal = redact(str(e)), bool(getattr(e, "fatal", False))
+        except Exception as e:  # noqa: BLE001 - a bug (or a full disk) must not lose what was spent
+            message, fatal = redact(f"{type(e).__name__}: {e}"), False
+            _quietly(log, "## unexpected error\n" + traceback.format_exc())
+        else:
+            extra = {} if self.price is not None else {"price": "unknown"}
+            return Proposal(description=description, model=self.endpoint.label, tokens_in=spend.tokens_in,
+                            tokens_out=spend.tokens_out, cost=spend.cost, extra=extra)
+        _quietly(log, f"## failed: {message}")
+        raise AgentError(message, model=self.endpoint.label, tokens_in=spend.tokens_in,
+                         tokens_out=spend.tokens_out, cost=spend.cost, fatal=fatal)
 
-    def _converse(self, ctx: Context, spend: Spend, deadline: float, log: Callable[[str], None]) -> str:
+    def _converse(self, ctx: Context, spend: Spend, seconds: float, log: Callable[[str], None]) -> str:
         """Model calls and tool runs until the model finishes; returns the description."""
-        tools = Tools(ctx)
+        deadline = time.monotonic() + seconds
+        out_of_time = f"the agent's time limit (--agent-timeout {seconds:g} s) was reached"
+        tools = Tools(ctx, keys=key_values((self.endpoint.key,)), log=log)
         messages: list[dict[str, Any]] = [
             {"role": "user", "content": first_message(ctx, self.limits.context_chars, self.role)}]
         log("## prompt\n" + messages[0]["content"])
         nudges = 0
         for step in range(1, self.limits.steps + 1):
             elide(messages, self.limits.context_chars)
-            reply = call_with_retries(
-                lambda timeout: self.chat.complete(SYSTEM, messages, SPECS, self.limits.reply_tokens, timeout),
-                self.policy, deadline, log, ctx.cancel)
+            try:
+                reply = call_with_retries(
+                    lambda timeout: self.chat.complete(SYSTEM, messages, SPECS, self.limits.reply_tokens, timeout),
+                    self.policy, deadline, log, ctx.cancel)
+            except OutOfTime as e:
+                raise AgentError(f"{out_of_time} while waiting for the model ({e})") from None
             spend.add(reply, self.price)
             if reply.tokens_in == 0 and reply.tokens_out == 0 and not self.no_usage:
                 self.no_usage = True  # said once per loop: the ledger's tokens and cost are 0 from here
@@ -225,7 +242,7 @@ class LLMAgent(BaseAgent):
                 log(f"[usage] {said}")
                 print(f"autoresearch: warning: {said}", file=sys.stderr, flush=True)
             log(f"## step {step} (tokens in {reply.tokens_in}, out {reply.tokens_out}; "
-                f"total ${spend.cost:.4f})" + (f"\n{reply.text}" if reply.text else ""))
+                f"total ${spend.cost:.4f})" + (f"\n{log_cut(reply.text)}" if reply.text else ""))
             messages.append({"role": "assistant", "content": reply.text, "tool_calls": reply.tool_calls})
             if reply.tool_calls:
                 messages.append({"role": "tool", "results": [self._run(tools, c, log) for c in reply.tool_calls]})
@@ -243,13 +260,14 @@ class LLMAgent(BaseAgent):
             if spend.tokens_in + spend.tokens_out >= self.limits.tokens:
                 raise AgentError(f"the token limit ({self.limits.tokens}) was reached before finish")
             if time.monotonic() >= deadline:
-                raise AgentError("the time limit was reached before finish")
+                raise AgentError(f"{out_of_time} before finish")
         raise AgentError(f"the step limit ({self.limits.steps}) was reached before finish")
 
     def _run(self, tools: Tools, call: Any, log: Callable[[str], None]) -> dict[str, str]:
         out = f"error: {call.error}" if call.error else tools.call(call.name, call.arguments)
-        shown = ", ".join(f"{k}={cut(str(v), 300)!r}" for k, v in call.arguments.items())
-        log(f"-> {call.name}({shown})\n{cut(out, 2000)}")
+        args = call.arguments if isinstance(call.arguments, dict) else {"": call.arguments}
+        shown = ", ".join(f"{k}={log_cut(str(v), 300)!r}" for k, v in args.items())
+        log(f"-> {call.name}({shown})\n{log_cut(out, 2000)}")
         return {"id": call.id, "content": out}
 
     @staticmethod
@@ -257,6 +275,21 @@ class LLMAgent(BaseAgent):
         def log(text: str) -> None:
             ctx.log(redact(text))
         return log
+
+
+def log_cut(text: str, limit: int = LOG_CHARS) -> str:
+    """`text` as much as the agent log keeps of one message, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[... {len(text) - limit} more characters not logged]"
+
+
+def _quietly(log: Callable[[str], None], text: str) -> None:
+    """log(text), unless the log cannot be written (a full disk): a failure is being reported."""
+    try:
+        log(text)
+    except OSError:
+        pass
 
 
 def last_line(text: str) -> str:

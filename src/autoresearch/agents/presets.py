@@ -30,7 +30,7 @@ from typing import Any
 
 from autoresearch.agents.base import AgentError, Context, Proposal
 from autoresearch.agents.cli import DEFAULT_TIMEOUT, CommandAgent, description_from, own_dir
-from autoresearch.agents.providers import redact
+from autoresearch.agents.secrets import redact
 from autoresearch.errors import UsageError
 from autoresearch.filetree import read_plain
 from autoresearch.task import Task, list_files

@@ -10,13 +10,17 @@ Guarantees:
   or raise, including providers' error messages that quote a key.
 - Transient failures (429, 408/409, 5xx, timeouts, connection errors, a malformed body) are
   retried with exponential backoff and full jitter, honouring retry-after, within the caller's
-  deadline; other failures (401, 400, 404 ...) are not. What still fails raises `LLMError`.
+  deadline; other failures (401, 400, 404 ...) are not. What still fails raises `LLMError`
+  (`OutOfTime` when the caller's deadline, not the attempts, ended it). A refusal that will recur
+  (400, 401, 403, 404, 422) is `fatal`, and quotes the server's message.
+- The number settings (AUTORESEARCH_LLM_*) are checked: a bad one is a ValueError naming it.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import math
 import os
 import random
 import re
@@ -27,6 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
+
+from autoresearch.agents.secrets import redact
 
 # ---------------------------------------------------------------------------
 # providers: --model PROVIDER/NAME
@@ -117,50 +123,6 @@ def resolve(model: str | None, base_url: str | None, env: Mapping[str, str] | No
 
 
 # ---------------------------------------------------------------------------
-# redaction: no key in any log, error or ledger row
-
-KEY_SHAPES = re.compile(
-    r"(sk-ant-[A-Za-z0-9_\-*.]{6,}|sk-(?:proj-|or-v1-)?[A-Za-z0-9_\-*.]{6,}|AIza[0-9A-Za-z_\-]{20,}"
-    r"|gsk_[A-Za-z0-9]{10,}|xai-[A-Za-z0-9]{10,}|(?i:bearer)\s+[A-Za-z0-9_\-.=]{8,})")
-KEY_ENV = re.compile(r"(API_KEY|_TOKEN|SECRET)$")
-
-
-def secrets(env: Mapping[str, str] | None = None) -> list[str]:
-    """Every value of a key-like environment variable (long enough to be a secret)."""
-    env = os.environ if env is None else env
-    return sorted({v for k, v in env.items() if KEY_ENV.search(k) and len(v) >= 8}, key=len, reverse=True)
-
-
-_PATTERNS: dict[tuple[str, ...], re.Pattern[str]] = {}
-
-
-def _secret_pattern(values: tuple[str, ...]) -> re.Pattern[str] | None:
-    """One regex for every secret, tolerant of line breaks and spaces inside it (a tool that
-    wraps its output at 80 columns may split a quoted key), and of a leading fragment of 12+
-    characters (providers quote keys cut short: 'sk-proj-abcd1234****')."""
-    if not values:
-        return None
-    if values not in _PATTERNS:
-        alts = []
-        for v in values:
-            alts.append(r"\s*".join(map(re.escape, v)))
-            if len(v) > 20:
-                alts.append(r"\s*".join(map(re.escape, v[:12])) + r"[A-Za-z0-9_\-*.]*")
-        _PATTERNS[values] = re.compile("|".join(alts))
-    return _PATTERNS[values]
-
-
-def redact(text: str, extra: tuple[str, ...] = ()) -> str:
-    """`text` with every key from the environment (and anything shaped like a key) replaced
-    by [redacted]."""
-    values = tuple(sorted({v for v in (*extra, *secrets()) if v and len(v) >= 8}, key=len, reverse=True))
-    pattern = _secret_pattern(values)
-    if pattern is not None:
-        text = pattern.sub("[redacted]", text)
-    return KEY_SHAPES.sub("[redacted]", text)
-
-
-# ---------------------------------------------------------------------------
 # one reply, and the neutral message form
 
 
@@ -190,6 +152,10 @@ class LLMError(Exception):
     def __init__(self, message: str, fatal: bool = False) -> None:
         super().__init__(message)
         self.fatal = fatal
+
+
+class OutOfTime(LLMError):
+    """The caller's deadline came before a reply: no time was left for a (further) attempt."""
 
 
 class Transient(Exception):
@@ -240,9 +206,33 @@ def classify(e: Exception) -> Exception:
         return LLMError(text)
     if status in (408, 409, 425, 429) or status >= 500:
         return Transient(f"HTTP {status}: {text}", retry_after(getattr(response, "headers", None)))
+    if status in (400, 422):  # the request itself is refused: the next one will be too
+        said = redact(server_message(e))[:400]
+        return LLMError(f"HTTP {status}: the server refused the request: {said!r} (it would refuse it "
+                        "again: check the model name, that the model supports tool calls, and its context "
+                        "length)", fatal=True)
     hint = {401: " (check the API key variable)", 403: " (the key lacks access to this model?)",
             404: " (is the model name right?)"}.get(status, "")
     return LLMError(f"HTTP {status}{hint}: {text}", fatal=status in (401, 403, 404))
+
+
+def server_message(e: Exception) -> str:
+    """The server's own words in an SDK's HTTP error: body.error.message (OpenAI-compatible
+    servers, Anthropic), body.message or body.error (a bare string), else the SDK's message."""
+    body = getattr(e, "body", None)
+    for _ in range(3):
+        if isinstance(body, dict):
+            inner = body.get("error", body.get("message"))
+            if isinstance(inner, str):
+                return inner
+            if inner is None or inner is body:
+                break
+            body = inner
+        else:
+            break
+    if isinstance(body, str) and body.strip():
+        return body.strip()
+    return str(getattr(e, "message", None) or e)
 
 
 @dataclass
@@ -259,18 +249,37 @@ class RetryPolicy:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RetryPolicy:
+        """The policy with the environment's overrides; ValueError names a bad variable."""
         env = os.environ if env is None else env
         p = cls()
-        p.attempts = max(1, int(env.get("AUTORESEARCH_LLM_RETRIES", p.attempts - 1)) + 1)
-        p.base = float(env.get("AUTORESEARCH_LLM_BACKOFF", p.base))
-        p.cap = float(env.get("AUTORESEARCH_LLM_BACKOFF_MAX", p.cap))
-        p.request_timeout = float(env.get("AUTORESEARCH_LLM_TIMEOUT", p.request_timeout))
+        p.attempts = int(setting(env, "AUTORESEARCH_LLM_RETRIES", p.attempts - 1, 0, whole=True)) + 1
+        p.base = setting(env, "AUTORESEARCH_LLM_BACKOFF", p.base, 0)
+        p.cap = setting(env, "AUTORESEARCH_LLM_BACKOFF_MAX", p.cap, 0)
+        p.request_timeout = setting(env, "AUTORESEARCH_LLM_TIMEOUT", p.request_timeout, 0, above=True)
         return p
 
     def delay(self, attempt: int, server_wait: float | None) -> float:
         """Full jitter on base x 2^attempt (capped), and never less than the server's retry-after."""
         backoff = random.uniform(0, min(self.cap, self.base * 2 ** attempt))
         return max(backoff, server_wait) if server_wait is not None else backoff
+
+
+def setting(env: Mapping[str, str], name: str, default: float, least: float, *, whole: bool = False,
+            above: bool = False) -> float:
+    """The number in environment variable `name` (`default` when unset or blank): a whole number
+    if `whole`, and >= `least` (> `least` if `above`); ValueError naming the variable if not."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    bound = f"{'>' if above else '>='} {least:g}"
+    what = f"a whole number {bound}" if whole else f"a number {bound}"
+    try:
+        value = float(int(raw)) if whole else float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from None
+    if not math.isfinite(value) or value < least or (above and value == least):
+        raise ValueError(f"{name} must be {what}, got {raw!r}")
+    return value
 
 
 def _call(fn: Callable[[float], Reply], timeout: float, cancel: threading.Event | None) -> Reply:
@@ -301,13 +310,13 @@ def _call(fn: Callable[[float], Reply], timeout: float, cancel: threading.Event 
 def call_with_retries(fn: Callable[[float], Reply], policy: RetryPolicy, deadline: float,
                       log: Callable[[str], None], cancel: threading.Event | None = None) -> Reply:
     """Call fn(timeout) until it succeeds, a permanent error, the attempts or the deadline run
-    out, or `cancel` is set."""
+    out (OutOfTime), or `cancel` is set."""
     last = ""
     tried = 0
     for attempt in range(policy.attempts):
         left = deadline - time.monotonic()
         if left <= 0.5:
-            break
+            raise OutOfTime(f"after {tried} attempt(s){'; the last: ' + last if last else ''}")
         if cancel is not None and cancel.is_set():
             raise LLMError("stopped before calling the model")
         tried += 1
@@ -323,16 +332,15 @@ def call_with_retries(fn: Callable[[float], Reply], policy: RetryPolicy, deadlin
             if attempt + 1 >= policy.attempts:
                 break
             if time.monotonic() + wait >= deadline:
-                log(f"[api] {last}; the retry (in {wait:.1f} s) would pass the time limit")
-                last += f"; the retry (in {wait:.1f} s) would pass the time limit"
-                break
+                log(f"[api] {last}; the retry (in {wait:.1f} s) would pass the agent's time limit")
+                raise OutOfTime(f"after {tried} attempt(s); the last: {last}") from None
             log(f"[api] {last}; retry {attempt + 1}/{policy.attempts - 1} in {wait:.2f} s")
             if cancel is not None and policy.sleep is time.sleep:
                 if cancel.wait(wait):
                     raise LLMError("stopped while waiting to retry") from None
             else:
                 policy.sleep(wait)
-    raise LLMError(f"the API call failed after {tried} attempt(s): {last or 'no time left'}")
+    raise LLMError(f"the API call failed after {tried} attempt(s): {last}")
 
 
 # ---------------------------------------------------------------------------

@@ -2,21 +2,27 @@
 
 Guarantees: every path is resolved (symlinks included) and must stay inside the trial's
 worktree; `.git` and `.autoresearch` are never read or listed; only `task.editable` paths (never
-protected ones) are written, and never through a symlink. The history and logs an agent reads
-have the sealed holdout figure removed. A tool never raises on bad input: it returns an error
-text the model can act on. Outputs are cut to a size that keeps the conversation small.
+protected ones) are written, and never through a symlink; an edit whose text holds an API key
+(one the agent was given, or any key variable's value) is refused, so no key reaches a commit.
+The history and logs an agent reads have the sealed holdout figure removed. A tool never raises
+on bad input: arguments are checked against the tool's schema (types, required ones), and what
+is wrong comes back as an error text the model can act on; an unexpected failure inside a tool
+is logged and comes back the same way. Outputs are cut to a size that keeps the conversation
+small.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autoresearch.agents.base import Context
+from autoresearch.agents.secrets import key_values, keys_in, redact
 from autoresearch.process import read_tail
 from autoresearch.prompt import history_lines
 from autoresearch.task import SKIP_DIRS
@@ -64,6 +70,52 @@ SPECS: list[dict[str, Any]] = [
 ]
 
 
+SPEC_BY_NAME = {spec["name"]: spec for spec in SPECS}
+JSON_TYPES = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string",
+              list: "an array", dict: "an object"}
+
+
+def _kind(value: Any) -> str:
+    return JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _whole(name: str, value: Any) -> int:
+    """An integer argument: a JSON integer, or a number or string that is one ("12", 12.0)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d{1,12}\s*", value):
+        return int(value)
+    raise ToolError(f"`{name}` must be a whole number, got {_kind(value)} {cut(repr(value), 60)}")
+
+
+def checked(name: str, args: Any) -> dict[str, Any]:
+    """`args` for tool `name` checked against its schema: no unknown names, the required ones
+    present (null counts as absent), strings as strings, integers as integers."""
+    params = SPEC_BY_NAME[name]["parameters"]
+    props, required = params["properties"], params["required"]
+    if not isinstance(args, dict):
+        raise ToolError(f"the arguments of {name} must be an object, got {_kind(args)}")
+    unknown = sorted(str(k) for k in args if k not in props)
+    if unknown:
+        raise ToolError(f"{name} takes no argument named {', '.join(unknown)} (it takes: "
+                        f"{', '.join(props) or 'none'})")
+    out: dict[str, Any] = {}
+    for key, schema in props.items():
+        value = args.get(key)
+        if value is None:
+            if key in required:
+                raise ToolError(f"{name} needs `{key}` ({'a string' if schema['type'] == 'string' else 'a whole number'})")
+            continue
+        if schema["type"] == "integer":
+            value = _whole(key, value)
+        elif not isinstance(value, str):
+            raise ToolError(f"`{key}` must be a string, got {_kind(value)} {cut(repr(value), 60)}")
+        out[key] = value
+    return out
+
+
 def cut(text: str, limit: int = MAX_OUTPUT) -> str:
     if len(text) <= limit:
         return text
@@ -90,10 +142,13 @@ class Tools:
     """The tools bound to one proposal's context."""
 
     ctx: Context
+    keys: tuple[str, ...] = ()  # the agent's own keys; every key variable's value is added
+    log: Callable[[str], None] | None = None  # where an unexpected failure is told (default: ctx.log)
     changed: set[str] = field(default_factory=set)
     finished: str | None = None
 
     def __post_init__(self) -> None:
+        self.keys = key_values(self.keys)
         self.root = Path(os.path.realpath(self.ctx.workdir))
         self.holdout = self.ctx.task.metric.holdout
         self.handlers: dict[str, Callable[..., str]] = {
@@ -107,17 +162,24 @@ class Tools:
         if fn is None:
             return f"error: no tool named {name!r}; tools: {', '.join(self.handlers)}"
         try:
-            return cut(fn(**args))
+            return cut(fn(**checked(name, args)))
         except ToolError as e:
             return f"error: {e}"
-        except TypeError as e:
-            return f"error: bad arguments for {name}: {e}"
+        except Exception as e:  # noqa: BLE001 - our bug, or the machine's: the model is told, the trial goes on
+            said = redact(f"{type(e).__name__}: {e}")[:500]
+            try:
+                (self.log or self.ctx.log)(redact(f"[tool] {name} failed unexpectedly\n{traceback.format_exc()}"))
+            except OSError:
+                pass
+            return f"error: {name} failed ({said}); try another way"
 
     # -- paths -------------------------------------------------------------------------------
 
     def resolve(self, path: str | None, must_exist: bool = True) -> tuple[Path, str]:
         """(absolute real path, posix path relative to the root), or ToolError if it escapes."""
         raw = (path or ".").strip()
+        if "\0" in raw:
+            raise ToolError(f"{path!r}: a path may not hold a NUL character")
         if raw.startswith("/"):
             try:
                 raw = str(Path(raw).relative_to(self.ctx.workdir))
@@ -138,6 +200,8 @@ class Tools:
         for dirpath, dirnames, filenames in os.walk(top):
             dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and d not in HIDDEN)
             for f in sorted(filenames):
+                if f in HIDDEN:  # a worktree's .git is a file
+                    continue
                 full = Path(dirpath) / f
                 real = Path(os.path.realpath(full))
                 if self.root in real.parents:
@@ -159,8 +223,10 @@ class Tools:
             raise ToolError(f"{path} is a folder; use list_files")
         text = real.read_text(errors="replace")
         lines = text.splitlines()
-        a = max(1, int(start or 1))
-        b = min(len(lines), int(end or len(lines)))
+        a = max(1, start or 1)
+        b = min(len(lines), end or len(lines))
+        if a > b:
+            return f"{rel} has {len(lines)} lines: none in {a}..{end or len(lines)}"
         body = "\n".join(f"{i:5d}  {lines[i - 1]}" for i in range(a, b + 1))
         return f"{rel} (lines {a}-{b} of {len(lines)})\n{body}"
 
@@ -193,11 +259,27 @@ class Tools:
                             f"{', '.join(self.ctx.task.editable)} (never {', '.join(self.ctx.task.always_protected + self.ctx.task.protected)})")
         return real, rel
 
+    def _no_key(self, rel: str, old: str, new: str) -> None:
+        """Refuse a write that puts a key into a file (one already there is the user's own)."""
+        if keys_in(rel, self.keys) or keys_in(new, self.keys) > keys_in(old, self.keys):
+            raise ToolError("the text holds an API key, which must never be written into a file "
+                            "(it would be committed); read the key from the environment instead")
+
+    @staticmethod
+    def _encoded(text: str) -> bytes:
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ToolError(f"the text cannot be written as UTF-8 ({e.reason} at character {e.start})") from None
+
     def edit_file(self, path: str, search: str, replace: str) -> str:
         real, rel = self._writable(path)
         if not real.exists():
             raise ToolError(f"{rel} does not exist; use write_file to create it")
-        text = real.read_text()
+        try:
+            text = real.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ToolError(f"{rel} is not a UTF-8 text file; use write_file to replace it whole") from None
         count = text.count(search) if search else 0
         if count == 0:
             raise ToolError(f"the search text was not found in {rel}; read the file and copy the "
@@ -205,26 +287,36 @@ class Tools:
         if count > 1:
             raise ToolError(f"the search text occurs {count} times in {rel}; include more "
                             "surrounding lines so that it occurs once")
-        real.write_text(text.replace(search, replace, 1))
+        after = text.replace(search, replace, 1)
+        self._no_key(rel, text, after)
+        real.write_bytes(self._encoded(after))
         self.changed.add(rel)
         return f"edited {rel}"
 
     def write_file(self, path: str, content: str) -> str:
         real, rel = self._writable(path)
+        try:
+            before = real.read_text(encoding="utf-8", errors="replace") if real.is_file() else ""
+        except OSError:
+            before = ""
+        self._no_key(rel, before, content)
+        data = self._encoded(content)
         real.parent.mkdir(parents=True, exist_ok=True)
-        real.write_text(content)
+        real.write_bytes(data)
         self.changed.add(rel)
         return f"wrote {rel} ({len(content.splitlines())} lines)"
 
     def read_history(self, last: int | None = None) -> str:
         trials = list(self.ctx.history)
-        if last:
-            trials = trials[-int(last):]
+        if last is not None:
+            if last < 1:
+                raise ToolError(f"`last` must be 1 or more, got {last}")
+            trials = trials[-last:]
         lines = history_lines(trials, self.ctx.task.metric.name, limit_chars=MAX_OUTPUT)
         return sealed("\n".join(lines), self.holdout) or "no finished trials yet"
 
     def read_log(self, trial: int, lines: int = 60) -> str:
-        n = int(trial)
+        n = trial
         if n not in {t.number for t in self.ctx.history}:
             raise ToolError(f"there is no finished trial {n}")
         log = self.ctx.ledger_dir / "logs" / f"{n}.log"
@@ -232,9 +324,9 @@ class Tools:
         if not text:
             return f"trial {n} left no experiment log (it was not run)"
         text = text.split("\n=== evaluate:", 1)[0]  # the evaluator's output is not the agent's
-        tail = "\n".join(text.splitlines()[-max(1, min(int(lines), 400)):])
+        tail = "\n".join(text.splitlines()[-max(1, min(lines, 400)):])
         return seal(tail, self.holdout)
 
     def finish(self, description: str) -> str:
-        self.finished = " ".join(str(description).split())[:200] or "(no description)"
+        self.finished = " ".join(description.split())[:200] or "(no description)"
         return "finished"

@@ -1,0 +1,75 @@
+"""API keys kept out of every log, error, ledger row and file the agents write.
+
+`redact()` scrubs the keys in the environment (every provider's key variable, every *_API_KEY,
+*_TOKEN and *SECRET value of 8+ characters, the key an agent was given) and anything shaped like
+a key; `keys_in()` counts the keys in a text an agent is about to write, also wrapped over lines,
+cut short or pieced together from quoted parts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+KEY_SHAPES = re.compile(
+    r"(sk-ant-[A-Za-z0-9_\-*.]{6,}|sk-(?:proj-|or-v1-)?[A-Za-z0-9_\-*.]{6,}|AIza[0-9A-Za-z_\-]{20,}"
+    r"|gsk_[A-Za-z0-9]{10,}|xai-[A-Za-z0-9]{10,}|(?i:bearer)\s+[A-Za-z0-9_\-.=]{8,})")
+KEY_ENV = re.compile(r"(API_KEY|_TOKEN|SECRET)$")
+
+
+def secrets(env: Mapping[str, str] | None = None) -> list[str]:
+    """Every value of a key-like environment variable (long enough to be a secret)."""
+    env = os.environ if env is None else env
+    return sorted({v for k, v in env.items() if KEY_ENV.search(k) and len(v) >= 8}, key=len, reverse=True)
+
+
+_PATTERNS: dict[tuple[str, ...], re.Pattern[str]] = {}
+
+
+def _secret_pattern(values: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One regex for every secret, tolerant of line breaks and spaces inside it (a tool that
+    wraps its output at 80 columns may split a quoted key), and of a leading fragment of 12+
+    characters (providers quote keys cut short: 'sk-proj-abcd1234****')."""
+    if not values:
+        return None
+    if values not in _PATTERNS:
+        alts = []
+        for v in values:
+            alts.append(r"\s*".join(map(re.escape, v)))
+            if len(v) > 20:
+                alts.append(r"\s*".join(map(re.escape, v[:12])) + r"[A-Za-z0-9_\-*.]*")
+        _PATTERNS[values] = re.compile("|".join(alts))
+    return _PATTERNS[values]
+
+
+def key_values(extra: tuple[str, ...] = (), env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The secret values to keep out of files and logs: `extra` (the keys an agent was given),
+    every provider's key variable and every key-like environment variable (8+ characters)."""
+    env = os.environ if env is None else env
+    from autoresearch.agents.providers import PROVIDERS
+
+    named = [env.get(p.key_env, "") for p in PROVIDERS.values() if p.key_env]
+    values = {v for v in (*extra, *named, *secrets(env)) if v and len(v) >= 8 and v != "not-needed"}
+    return tuple(sorted(values, key=len, reverse=True))
+
+
+def keys_in(text: str, keys: tuple[str, ...]) -> int:
+    """How many times `text` holds one of `keys`: as it is, wrapped over lines, its first 12+
+    characters, or (a key of 16+ letters and digits) pieced together from quoted parts, the
+    letters and digits alone compared."""
+    pattern = _secret_pattern(tuple(sorted(set(keys), key=len, reverse=True)))
+    plain = pattern.findall(text) if pattern is not None else []
+    bare = re.sub(r"[^A-Za-z0-9]", "", text)
+    pieced = sum(bare.count(k) for k in {re.sub(r"[^A-Za-z0-9]", "", v) for v in keys} if len(k) >= 16)
+    return max(len(plain), pieced)
+
+
+def redact(text: str, extra: tuple[str, ...] = ()) -> str:
+    """`text` with every key from the environment (and anything shaped like a key) replaced
+    by [redacted]."""
+    values = tuple(sorted({v for v in (*extra, *secrets()) if v and len(v) >= 8}, key=len, reverse=True))
+    pattern = _secret_pattern(values)
+    if pattern is not None:
+        text = pattern.sub("[redacted]", text)
+    return KEY_SHAPES.sub("[redacted]", text)
