@@ -48,6 +48,7 @@ def test_git_in_an_experiment_sees_the_trial_commit_and_a_clean_tree(tmp_path: P
     exp = ("import subprocess\nX = 3.0\n"
            "head = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout.strip()\n"
            "st = subprocess.run(['git', 'status', '--porcelain'], capture_output=True, text=True).stdout.strip()\n"
+           "import os\nprint('env', os.environ.get('AUTORESEARCH_COMMIT'))\n"
            "print('head', head)\nprint('status [' + st + ']')\nprint(f'loss: {X}')\n")
     root = make_task(tmp_path / "task", experiment=exp)
     agent = script_agent(tmp_path / "agent.sh", "sed -i \"s/^X = .*/X = $AUTORESEARCH_TRIAL.5/\" exp.py\necho move X\n")
@@ -56,6 +57,7 @@ def test_git_in_an_experiment_sees_the_trial_commit_and_a_clean_tree(tmp_path: P
     for t in trials(root):
         log = Path(t.log_path or "").read_text()
         assert f"head {t.commit}" in log, log
+        assert f"env {t.commit}" in log, log  # AUTORESEARCH_COMMIT: the same, where git is not (Ray)
         assert "status []" in log, log
 
 

@@ -273,6 +273,47 @@ def test_ray_init_without_an_address_starts_a_local_instance(tmp_path: Path) -> 
     assert rows[1].status is Status.DISCARD
 
 
+def _marked(token: str) -> list[int]:
+    """The processes whose environment carries AUTORESEARCH_OWNER=`token`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"AUTORESEARCH_OWNER={token}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_sigkilled_loop_leaves_no_ray_instance_of_its_own(tmp_path: Path) -> None:
+    """The instance `ray.init()` started for the loop carries its mark; the watchdog stops it."""
+    root, agent = _task(tmp_path)
+    tmp = Path(tempfile.mkdtemp(prefix="ark-", dir="/tmp"))
+    env = {**os.environ, "RAY_TMPDIR": str(tmp), "AR_SPOT": str(tmp), "RAY_ADDRESS": "", "HOME": str(tmp)}
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(root), "--tag", "kill", "--agent",
+                             "cli", "--agent-cmd", agent, "--trials", "500", "--backend", "ray"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    token = f"ray:{root / '.autoresearch' / 'kill'}"
+    try:
+        deadline = time.monotonic() + 120
+        while not (root / ".autoresearch" / "kill" / "logs" / "2.log").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        assert _marked(token)  # Ray's processes, started by the loop
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while _marked(token) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _marked(token)
+    finally:
+        proc.kill()
+        for pid in _marked(token):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def test_a_ray_address_nothing_answers_at_is_refused_at_once(tmp_path: Path) -> None:
     """Ray would retry for minutes, deaf to Ctrl-C: autoresearch refuses the address first."""
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there

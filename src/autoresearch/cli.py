@@ -271,9 +271,10 @@ def _gpu_ids(text: str | None) -> tuple[str, ...]:
     return gpus
 
 
-def _backend(args: argparse.Namespace, task, gpus: tuple[str, ...]):  # noqa: ANN001, ANN202
+def _backend(args: argparse.Namespace, task, gpus: tuple[str, ...], tag: str):  # noqa: ANN001, ANN202
     """The backend `run`'s flags ask for, checked (a bad flag is exit 2 before anything is made)."""
     from autoresearch.backends import open_backend
+    from autoresearch.ledger import tag_dir
 
     resources = None
     if args.trial_resources is not None:
@@ -284,7 +285,7 @@ def _backend(args: argparse.Namespace, task, gpus: tuple[str, ...]):  # noqa: AN
         raise UsageError("--ray-address is for --backend ray, not --backend local")
     backend = open_backend(task, "ray" if args.ray_address else (args.backend or "local"), gpus=gpus,
                            gpus_per_trial=args.gpus_per_trial, workers=args.workers,
-                           ray_address=args.ray_address, resources=resources)
+                           ray_address=args.ray_address, resources=resources, owner=str(tag_dir(task.root, tag)))
     if gpus and backend.name == "local" and not any(Path("/dev").glob("nvidia[0-9]*")):
         print(f"autoresearch: warning: --gpus {args.gpus}, but no NVIDIA GPU is visible on this machine "
               "(CUDA_VISIBLE_DEVICES is set for each trial all the same)", file=sys.stderr)
@@ -306,7 +307,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         require()
     agent = build_agent(_agent_options(args, task), task)
     gpus = _gpu_ids(args.gpus)
-    backend = _backend(args, task, gpus)
+    backend = _backend(args, task, gpus, tag)
     try:
         events = _events(task)
         if args.mlflow:  # each finished trial also becomes an MLflow run (checked before the tag is made)
@@ -341,8 +342,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         for s, h in old.items():
             signal.signal(s, h)
         events.close()
-        session.close()
-        backend.close()
+        try:
+            backend.close()  # first: a Ray instance started here ends before the watchdog is let go
+        finally:
+            session.close()
     from autoresearch.views import status_text
 
     print(status_text(task.root, tag, limit=20))

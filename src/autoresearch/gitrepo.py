@@ -102,7 +102,8 @@ class Git:
                              "trial worktrees hold LFS pointer files, as a checkout without them does\n")
             return self.run(*args, cwd=cwd, env=env, input=input, check=check, strip=strip)
         if check and proc.returncode != 0:
-            raise GitError(f"git {' '.join(args[:3])} failed: {proc.stderr.strip()[:500]}")
+            how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            raise GitError(f"git {' '.join(args[:4])} failed ({how}): {proc.stderr.strip()[:500] or '(no message)'}")
         return proc.stdout.strip() if check and strip else proc.stdout
 
     def wt_env(self, ws: Workspace) -> dict[str, str]:

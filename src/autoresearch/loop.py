@@ -34,7 +34,7 @@ from autoresearch.envguard import EnvGuard, site_dirs
 from autoresearch.errors import AutoresearchError
 from autoresearch.events import Events, NullEvents
 from autoresearch.execute import python_bin
-from autoresearch.gitrepo import Workspace
+from autoresearch.gitrepo import GitError, Workspace
 from autoresearch.judge import Measurement, mean_figures
 from autoresearch.ledger import clean_text
 from autoresearch.measure import Measurer
@@ -153,7 +153,8 @@ class Loop:
 
     def record_end(self, why: str = "") -> None:
         """Keep in the ledger how this run ended (when, why, how many trials), for `status`."""
-        why = why or self.failure or self.ended or "ended"
+        stopped = "stopped by a signal (Ctrl-C, SIGTERM or SIGHUP)" if self.cancel.is_set() else ""
+        why = why or self.failure or self.ended or stopped or "ended"
         with contextlib.suppress(Exception):  # (a full disk must not hide the real error)
             self.s.ledger.set_meta("last_run", json.dumps({"ended": time.time(), "why": why, "trials": self.done}))
 
@@ -201,6 +202,8 @@ class Loop:
         self.s.ledger.begin(t)
         runs = self.task.acceptance.baseline_runs
         m = self.measure.repeats(at, t, commit, runs, first_seed=self.opt.seed)
+        if self.cancel.is_set() and m.status is not Status.INTERRUPTED:  # (Ray: it came back after the stop)
+            m = Measurement(Status.INTERRUPTED, m.figures, "stopped while the baseline ran", m.seconds)
         if m.status is not None:
             self._finish(t.with_(status=m.status, reason=m.reason, run_seconds=m.seconds, figures=m.figures))
             if m.status is Status.INTERRUPTED:
@@ -256,7 +259,12 @@ class Loop:
                           log_path=self.s.dir / "agent" / f"{t.number}.log", ledger_dir=self.s.dir,
                           time_limit=self.opt.agent_timeout, cancel=self.cancel)
             t, error, fatal = self._ask_agent(ctx, t)
-        commit, changes, tree = self.s.git.snapshot(ws, parent_commit, t.description)
+        try:
+            commit, changes, tree = self.s.git.snapshot(ws, parent_commit, t.description)
+        except GitError:
+            if not self.cancel.is_set():
+                raise
+            return self._finish(t.with_(status=Status.INTERRUPTED, reason="stopped while its change was committed"))
         t = t.with_(commit=commit)
         self.s.ledger.update(t)  # its ref is made with the verdict; resume remakes it from here
         if error and self.cancel.is_set():

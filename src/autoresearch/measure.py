@@ -40,10 +40,12 @@ class Measurer:
     def log(self, number: int, suffix: str = "") -> Path:
         return self.s.dir / "logs" / f"{number}{suffix}.log"
 
-    def env(self, number: int, seed: int, gpus: tuple[str, ...] = ()) -> dict[str, str]:
+    def env(self, number: int, seed: int, gpus: tuple[str, ...] = (), commit: str = "") -> dict[str, str]:
         extra = {"AUTORESEARCH_TIME_BUDGET": f"{self.task.time_budget:g}",
                  "AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_TRIAL": str(number),
                  "AUTORESEARCH_TAG": self.s.tag}
+        if commit:  # (on Ray the code travels without .git: this is how a run there knows it)
+            extra["AUTORESEARCH_COMMIT"] = commit
         if gpus:
             extra["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         return experiment_env(dict(os.environ), extra, self.bin_dir)
@@ -70,7 +72,7 @@ class Measurer:
         spec = ExecSpec(
             number=n, workdir=at.ws.path, run_dir=self.s.dir / "runs" / f"{n}{suffix}",
             log_path=self.log(n, suffix), command=self.task.command,
-            timeout=self.task.timeout, env=self.env(n, seed, at.gpus), protected=self.protected,
+            timeout=self.task.timeout, env=self.env(n, seed, at.gpus, commit), protected=self.protected,
             evaluate=self.task.evaluate, owner=f"{self.s.owner}:{n}", sandbox=self.sandbox,
             seal=bool(self.task.metric.holdout),
             hidden=(self.s.dir.parent,),

@@ -132,7 +132,7 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
         ledger.set_meta("min_delta", str(task.acceptance.min_delta))
         ledger.export_tsv()
         # last: from here on the caller closes the session, which stops the watchdog
-        session.watchdog, session.lifeline = start_watchdog([session.owner, f"agent:{session.owner}"])
+        session.watchdog, session.lifeline = start_watchdog([session.owner, f"agent:{session.owner}", f"ray:{session.owner}"])
     except BaseException:
         ledger.close()
         raise

@@ -36,7 +36,7 @@ class Backend(Protocol):
 
 def open_backend(task: Task, kind: str = "local", *, gpus: Sequence[str] = (), gpus_per_trial: int = 1,
                  workers: int | None = None, ray_address: str | None = None,
-                 resources: dict[str, float] | None = None) -> Backend:
+                 resources: dict[str, float] | None = None, owner: str = "") -> Backend:
     """The backend `kind` ("local" or "ray"), its flags checked before anything starts (a bad
     combination is a UsageError naming the flag)."""
     if kind == "ray":
@@ -44,7 +44,7 @@ def open_backend(task: Task, kind: str = "local", *, gpus: Sequence[str] = (), g
             raise UsageError("--gpus is for --backend local; on Ray ask with --trial-resources gpu=N")
         from autoresearch.backends.ray import RayBackend
 
-        return RayBackend(task, ray_address, resources, gpus_per_trial)
+        return RayBackend(task, ray_address, resources, gpus_per_trial, owner)
     if kind != "local":
         raise UsageError(f"--backend {kind!r} is not a backend (local or ray)")
     if resources:

@@ -18,6 +18,7 @@ then by force. The ledger, the agent and git stay with the driver. Ray is import
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -31,14 +32,21 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.execute import ExecResult, ExecSpec, execute, experiment_env, python_shim
-from autoresearch.process import GRACE_SECONDS, kill_owned, last_lines, read_tail, run_command
+from autoresearch.process import (
+    GRACE_SECONDS,
+    OWNER_VAR,
+    kill_owned,
+    last_lines,
+    read_tail,
+    run_command,
+)
 from autoresearch.task import Task
 
 INSTALL_HINT = "pip install -e '.[ray]' (in the autoresearch checkout)"
@@ -144,10 +152,24 @@ def _setup_once(setup: str, key: str, spec: ExecSpec) -> ExecResult | None:
                       f"setup `{setup}` failed on {platform.node()}:\n{last_lines(out, 10)}")
 
 
+def sweep_stale() -> None:
+    """Remove the folders of tasks whose worker is gone (a driver SIGKILLed takes its tasks'
+    workers with it, before they could clean up): a run folder may hold checkpoints."""
+    for folder in Path(tempfile.gettempdir()).glob("autoresearch-*-*"):
+        try:
+            pid = int((folder / "pid").read_text())
+        except (OSError, ValueError):
+            continue  # not one of ours, or one being made now
+        if not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: str,
                    metric_file: str | None) -> Returned:
     """Runs on a Ray worker: unpack the code, set up once per node, measure with execute()."""
+    sweep_stale()
     root = Path(tempfile.mkdtemp(prefix=f"autoresearch-{spec.number}-"))
+    (root / "pid").write_text(str(os.getpid()))  # while this worker lives, the folder is in use
     try:
         workdir = root / "code"
         unpack(code, workdir)
@@ -203,6 +225,24 @@ def reachable(address: str, timeout: float = 5.0) -> None:
                          f"({e.strerror or e}); is the cluster up (`ray status`)?") from None
 
 
+@contextlib.contextmanager
+def _marked(token: str) -> Iterator[None]:
+    """This process's environment carries OWNER_VAR=`token` for a while (what it starts meanwhile
+    inherits it)."""
+    if not token:
+        yield
+        return
+    old = os.environ.get(OWNER_VAR)
+    os.environ[OWNER_VAR] = token
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(OWNER_VAR, None)
+        else:
+            os.environ[OWNER_VAR] = old
+
+
 class RayBackend:
     """Trials as Ray tasks. `address` None: `ray.init()` (RAY_ADDRESS, the cluster `ray start`
     made on this machine, or a new local instance); `resources` None: one GPU per trial
@@ -212,7 +252,7 @@ class RayBackend:
     remote = True
 
     def __init__(self, task: Task, address: str | None = None,
-                 resources: dict[str, float] | None = None, gpus_per_trial: int = 1) -> None:
+                 resources: dict[str, float] | None = None, gpus_per_trial: int = 1, owner: str = "") -> None:
         ray = import_ray()
         self.ray = ray
         self.setup = task.setup
@@ -234,8 +274,11 @@ class RayBackend:
                 # no dashboard for a local instance started here (ignored for a cluster); Ray's
                 # notice about its future GPU default is moot: a trial granted none sees none
                 warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", category=FutureWarning)
-                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                         include_dashboard=False, runtime_env={"py_modules": [package]})
+                # a local instance started here carries the loop's mark, so that the watchdog
+                # stops it if the loop is SIGKILLed (Ray's own agents outlive their driver)
+                with _marked(f"ray:{owner}" if owner else ""):
+                    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                             include_dashboard=False, runtime_env={"py_modules": [package]})
             except Exception as e:  # noqa: BLE001 - Ray raises many kinds; one line for the user
                 hint = (" (a cluster with token authentication also needs RAY_AUTH_MODE=token and its token "
                         "here: RAY_AUTH_TOKEN, or ~/.ray/auth_token from `ray get-auth-token`)") if address else ""
@@ -319,6 +362,8 @@ class RayBackend:
 
     def _failed(self, spec: ExecSpec, e: Exception, cancel: threading.Event, seconds: float) -> ExecResult:
         if cancel.is_set():
+            with open(spec.log_path, "a", encoding="utf-8") as log:
+                log.write("=== autoresearch: stopped on the Ray worker; its output did not come back ===\n")
             return ExecResult("cancelled", None, seconds, "")
         why = f"{type(e).__name__}: {last_lines(str(e), 2)}"[:400]
         spec.log_path.write_text(f"the Ray task did not complete: {why}\n")
