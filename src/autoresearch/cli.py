@@ -425,7 +425,7 @@ COMMANDS = {
     "report": lambda a: _optional("report.cli", "cmd_report")(a),
     "demo": lambda a: _optional("demo", "cmd_demo")(a),
     "space": lambda a: _optional("agents.space", "cmd_space")(a),
-    "agents": lambda a: _optional("agents.presets", "cmd_agents")(a),
+    "agents": lambda a: _optional("agents.listing", "cmd_agents")(a),
     "serve": lambda a: _optional("report.serve", "cmd_serve")(a),
 }
 

@@ -24,10 +24,8 @@ import os
 import re
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.records import Status, Trial
@@ -492,13 +490,3 @@ def tsv_row(t: Trial) -> str:
     if text == "-0.000000":  # a tiny negative figure rounds to zero, not to minus zero
         text = "0.000000"
     return f"{t.short}\t{text}\t{memory:.1f}\t{status}\t{desc}"
-
-
-def now() -> float:
-    return time.time()
-
-
-def dump_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
