@@ -1,6 +1,7 @@
 """What decides the Python code an experiment runs besides the trial's own files: the `python`
-on its PATH, and the site folders of that interpreter, whose `*.pth` files, `sitecustomize` and
-`usercustomize` run at every start (the evaluator's too). An agent that plants one there fakes
+on its PATH (the link and the interpreter it runs), and the site folders and standard library
+folder of that interpreter, whose `*.pth` files, `sitecustomize` and `usercustomize` run at
+every start (the evaluator's too). An agent that plants one there fakes
 the evaluation without a line in its diff, so the loop looks at them after every agent call and
 every experiment (one listing of each site folder: about a millisecond).
 
@@ -19,8 +20,9 @@ from pathlib import Path
 
 from autoresearch.execute import python_shim
 
-_SITE_DIRS = ("import json, site, sys; "
-              "print(json.dumps([*site.getsitepackages(), site.getusersitepackages()]))")
+_SITE_DIRS = ("import json, os, site, sys, sysconfig; "
+              "print(json.dumps([*site.getsitepackages(), site.getusersitepackages(), "
+              "sysconfig.get_paths()['stdlib'], os.path.realpath(sys.executable)]))")
 
 
 def _startup(name: str) -> bool:
@@ -28,7 +30,9 @@ def _startup(name: str) -> bool:
 
 
 def site_dirs(bin_dir: Path, env: dict[str, str]) -> list[Path]:
-    """The site folders of the `python` in `bin_dir` (this interpreter's when it cannot say)."""
+    """The site folders of the `python` in `bin_dir` and its standard library's folder (a
+    sitecustomize there runs at every start too), then the interpreter itself; this
+    interpreter's when that one cannot say."""
     python = bin_dir / "python"
     try:
         out = subprocess.run([str(python), "-c", _SITE_DIRS], env=env, capture_output=True, text=True,
@@ -36,8 +40,10 @@ def site_dirs(bin_dir: Path, env: dict[str, str]) -> list[Path]:
         return [Path(p) for p in json.loads(out.stdout)]
     except (OSError, ValueError, subprocess.SubprocessError):
         import site
+        import sysconfig
 
-        return [Path(p) for p in [*site.getsitepackages(), site.getusersitepackages()]]
+        return [Path(p) for p in [*site.getsitepackages(), site.getusersitepackages(),
+                                  sysconfig.get_paths()["stdlib"], os.path.realpath(sys.executable)]]
 
 
 class EnvGuard:
@@ -53,6 +59,10 @@ class EnvGuard:
         __pycache__); a site folder that is not there as one entry."""
         out: dict[str, tuple[object, ...]] = {}
         for d in self.dirs:
+            if d.is_file():  # the interpreter
+                st = d.stat()
+                out[str(d)] = ("entry", st.st_mode, st.st_size, st.st_mtime_ns)
+                continue
             try:
                 entries = list(os.scandir(d))
             except OSError:

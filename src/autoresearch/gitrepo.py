@@ -34,6 +34,27 @@ class GitError(AutoresearchError):
     pass
 
 
+# What the harness's git keeps of the user's global and system configuration, read once when a
+# loop starts: git-lfs's filter, the repositories marked safe, line endings and the global
+# ignore file. Nothing else (no other filter driver, no include, no global attributes file): an
+# agent may rewrite those files, and the harness's git runs outside any seal.
+KEPT_CONFIG = (r"^(safe\.directory|filter\.lfs\..*|lfs\..*|"
+               r"core\.(autocrlf|eol|safecrlf|excludesfile|longpaths|symlinks|precomposeunicode))$")
+
+
+def user_config(env: dict[str, str]) -> list[str]:
+    """`-c key=value` arguments for the KEPT_CONFIG entries of the global and system config."""
+    args = ["-c", "core.attributesFile=" + os.devnull]
+    for scope in ("--system", "--global"):
+        out = subprocess.run(["git", "config", scope, "-z", "--get-regexp", KEPT_CONFIG], env=env,
+                             capture_output=True, text=True, errors="surrogateescape", start_new_session=True)
+        for item in out.stdout.split("\0"):
+            key, sep, value = item.partition("\n")
+            if key and sep:
+                args += ["-c", f"{key}={value}"]
+    return args
+
+
 @dataclass(frozen=True)
 class Workspace:
     """A git worktree the harness owns: its folder, its git dir and a private index."""
@@ -65,6 +86,10 @@ class Git:
         # what a commit really holds: a refs/replace/ ref (which an agent may make) must not make
         # the harness diff, audit or check out other content than the experiment ran
         self._env["GIT_NO_REPLACE_OBJECTS"] = "1"
+        self._config = user_config(self._env)  # read now, before any agent ran
+        # nor may a filter driver an agent writes into the global or system config (or a global
+        # attributes file) run in the harness's `git add`, outside any seal
+        self._env.update(GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
         self._known: dict[Path, tuple[str, set[str]]] = {}  # worktree -> (commit, what it held then)
         self.git_dir = Path(self.run("rev-parse", "--absolute-git-dir"))
         self.common_dir = Path(self.run("rev-parse", "--git-common-dir", cwd=self.root))
@@ -92,7 +117,7 @@ class Git:
         full_env = self._env if env is None else {**self._env, **env}
         # its own session: a Ctrl-C at the terminal goes to the loop, which stops cleanly, not
         # to the git command it is running (which would fail the run with exit 1)
-        proc = subprocess.run(["git", *SAFE, *args], cwd=cwd or self.root, env=full_env,
+        proc = subprocess.run(["git", *SAFE, *self._config, *args], cwd=cwd or self.root, env=full_env,
                               input=input, capture_output=True, text=True,
                               errors="surrogateescape", start_new_session=True)
         if (proc.returncode != 0 and "smudge filter lfs failed" in proc.stderr
@@ -199,7 +224,7 @@ class Git:
         return self.run("rev-parse", f"{commit}^{{tree}}")
 
     def show_file(self, commit: str, path: str) -> str | None:
-        out = subprocess.run(["git", *SAFE, "show", f"{commit}:{path}"], cwd=self.root,
+        out = subprocess.run(["git", *SAFE, *self._config, "show", f"{commit}:{path}"], cwd=self.root,
                              env=self._env, capture_output=True, text=True, errors="replace",
                              start_new_session=True)
         return out.stdout if out.returncode == 0 else None

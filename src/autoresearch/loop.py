@@ -259,6 +259,8 @@ class Loop:
                           log_path=self.s.dir / "agent" / f"{t.number}.log", ledger_dir=self.s.dir,
                           time_limit=self.opt.agent_timeout, cancel=self.cancel)
             t, error, fatal = self._ask_agent(ctx, t)
+        with self.lock:  # before git reads the worktree: a filter driver, a hook put in place is gone
+            tamper = self._tampering(t.number, "agent")
         try:
             commit, changes, tree = self.s.git.snapshot(ws, parent_commit, t.description)
         except GitError:
@@ -275,7 +277,7 @@ class Loop:
             return t
         self.agent_errors = self.fatal_errors = 0
         with self.lock:
-            reason = guard.check_changes(self.task, changes, ws.path) or self._tampering(t.number, "agent")
+            reason = guard.check_changes(self.task, changes, ws.path) or tamper
             t = self._note_user_changes(t, "agent")
             if not reason and any("refs/stash" in flag for flag in t.flags):
                 reason = ("git's stash changed while the agent ran: it is shared with your repository and "
