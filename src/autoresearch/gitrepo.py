@@ -408,7 +408,7 @@ class BlobReader:
     def __init__(self, git: Git) -> None:
         self.git = git
         self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            ["git", *SAFE, "cat-file", "--batch"], cwd=git.root, env=git._env, stdin=subprocess.PIPE,
+            ["git", *SAFE, *git._config, "cat-file", "--batch"], cwd=git.root, env=git._env, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def read(self, commit: str, path: str) -> bytes | None:

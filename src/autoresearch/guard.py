@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from autoresearch.gitrepo import MAX_FILE_BYTES, SAFE, Change
+from autoresearch.gitrepo import MAX_FILE_BYTES, SAFE, Change, Git
 from autoresearch.task import Task
 
-__all__ = ["MAX_FILE_BYTES", "GitGuard", "changed_files", "check_changes", "hash_files", "set_readonly"]
+__all__ = ["MAX_FILE_BYTES", "GitGuard", "ObjectWatch", "changed_files", "check_changes", "forged_blobs", "hash_files", "set_readonly", "task_blobs"]
 SYMLINK, SUBMODULE = "120000", "160000"
 
 
@@ -318,3 +318,90 @@ class GitGuard:
             lost = [r if r not in gone else f"{r} (its commit is gone)" for r in lost]
         self._refs = now
         return lost
+
+
+def task_blobs(git: Git, commit: str, wanted: Callable[[str], bool]) -> list[tuple[str, str, bytes]]:
+    """The files of `commit` that are `wanted`, as (path, object name, content) read from the
+    object store (one `ls-tree` and one `cat-file --batch`)."""
+    listing = git.run("ls-tree", "-r", "-z", "--full-tree", commit, strip=False)
+    names = []
+    for item in listing.split("\0"):
+        meta, _, path = item.partition("\t")
+        fields = meta.split()
+        if len(fields) == 3 and fields[1] == "blob" and wanted(path):
+            names.append((path, fields[2]))
+    if not names:
+        return []
+    out = subprocess.run(["git", *SAFE, *git._config, "cat-file", "--batch"], cwd=git.root, env=git._env,
+                         input="".join(f"{sha}\n" for _, sha in names).encode(), capture_output=True,
+                         start_new_session=True).stdout
+    blobs, pos = [], 0
+    for path, sha in names:
+        end = out.find(b"\n", pos)
+        header = out[pos:end].split()
+        if len(header) != 3:  # missing: nothing to read
+            pos = end + 1
+            continue
+        size = int(header[2])
+        blobs.append((path, sha, out[end + 1:end + 1 + size]))
+        pos = end + 1 + size + 1
+    return blobs
+
+
+def _object_name(sha: str, content: bytes) -> str:
+    return hashlib.new("sha1" if len(sha) == 40 else "sha256", b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def forged_blobs(common_dir: Path, blobs: list[tuple[str, str, bytes]]) -> list[str]:
+    """The paths among `blobs` whose object does not hash to its name: an object file rewritten
+    in .git/objects, so that git shows other content than was committed and measured (git does
+    not check this when it reads an object; `git fsck` does). Each such loose object is removed:
+    a missing object is safer than a lying one (the same content added again is written anew)."""
+    bad = []
+    for path, sha, content in blobs:
+        if _object_name(sha, content) != sha:
+            bad.append(path)
+            (common_dir / "objects" / sha[:2] / sha[2:]).unlink(missing_ok=True)
+    return bad
+
+
+class ObjectWatch:
+    """The objects of the best code's task files, by the identity of their loose files (a
+    rewrite changes its ctime), with their content: one rewritten is written back."""
+
+    def __init__(self, common_dir: Path) -> None:
+        self.common_dir = common_dir
+        self._saved: dict[str, tuple[str, bytes, tuple[int, int] | None]] = {}
+
+    def _stat(self, sha: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.common_dir / "objects" / sha[:2] / sha[2:])
+            return st.st_ino, st.st_ctime_ns
+        except OSError:
+            return None  # packed (or gone)
+
+    def remember(self, blobs: list[tuple[str, str, bytes]]) -> None:
+        self._saved = {sha: (path, content, self._stat(sha)) for path, sha, content in blobs}
+
+    def check_and_restore(self) -> str | None:
+        import zlib
+
+        rewritten = []
+        for sha, (path, content, seen) in self._saved.items():
+            now = self._stat(sha)
+            if now == seen:
+                continue
+            obj = self.common_dir / "objects" / sha[:2] / sha[2:]
+            try:
+                data = zlib.decompress(obj.read_bytes()) if now is not None else None
+            except (OSError, zlib.error):
+                data = None
+            if data != b"blob %d\0" % len(content) + content:
+                rewritten.append(path)
+                obj.parent.mkdir(parents=True, exist_ok=True)
+                tmp = obj.with_name(obj.name + ".restore")
+                tmp.write_bytes(zlib.compress(b"blob %d\0" % len(content) + content))
+                os.replace(tmp, obj)
+            self._saved[sha] = (path, content, self._stat(sha))
+        return (f"rewrote the git objects of the best code's {', '.join(rewritten[:3])} in .git/objects; "
+                "restored") if rewritten else None

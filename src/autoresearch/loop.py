@@ -109,14 +109,31 @@ class Loop:
             session.git.common_dir, session.tag, checkout=self.task.root,
             checkout_files=[p for p in root_files if self.task.is_editable(p) or self.task.is_protected(p)])
         session.ledger.watch()  # and the record: the loop is its only writer
+        self.objects = guard.ObjectWatch(session.git.common_dir)  # and the best code's git objects
         shim = self.bin_dir == session.dir.parent / "bin"  # (else the user's active environment's)
         self.envguard = EnvGuard(self.bin_dir, shim, [] if self.backend.remote else
                                  site_dirs(self.bin_dir, self.measure.env(0, self.opt.seed)))
 
     # -- the whole loop -------------------------------------------------------------------
 
+    def _forged(self, commit: str) -> str:
+        """Why `commit`'s task files cannot be trusted ('' when they can): an object of theirs in
+        .git/objects does not hold what its name says (see guard.forged_blobs). When they can,
+        they are the objects watched from now on (the best code's)."""
+        blobs = guard.task_blobs(self.s.git, commit, lambda p: self.task.is_editable(p) or self.task.is_protected(p))
+        forged = guard.forged_blobs(self.s.git.common_dir, blobs)
+        if forged:
+            return (f"the git object store was altered: {', '.join(forged[:5])} in commit {commit[:7]} do not hold "
+                    f"what their object names say (an object file in .git/objects was rewritten; removed)")
+        self.objects.remember(blobs)
+        return ""
+
     def run(self) -> Trial:
-        ws = self.s.workspace(0, self.best.commit if self.best and self.best.commit else self.s.base)
+        start = self.best.commit if self.best and self.best.commit else self.s.base
+        forged = self._forged(start)
+        if forged:
+            raise AutoresearchError(f"{forged}: the code it would start from is not the code it names")
+        ws = self.s.workspace(0, start)
         self.measure.protected = guard.hash_files(ws.path, self.task.protected_files(ws.path))
         history = self.s.ledger.trials()
         for t in history:
@@ -147,6 +164,9 @@ class Loop:
             pipeline(self, trees)
         with self.agent_lock:
             self._tell_agent()
+        rewritten = self.objects.check_and_restore()
+        if rewritten:
+            self.events.message(f"autoresearch: warning: something {rewritten}")
         if self.failure:
             raise AutoresearchError(self.failure)
         return self.best
@@ -369,6 +389,7 @@ class Loop:
         metadata and the loop's refs, the record, the python experiments run), put back where
         it can be; None when nothing was. Every guard looks, whatever the others found."""
         found = [why for why in (self.gitguard.check_and_restore(), self.envguard.check_and_restore(),
+                                 self.objects.check_and_restore(),
                                  "; ".join(self.s.ledger.check_and_restore()) or None) if why]
         if not found:
             return None
@@ -421,6 +442,10 @@ class Loop:
         on keep (checked against the best it should still point to)."""
         with self.lock:  # one decision at a time: a keep must beat the best of this moment
             t = self._still_better(t).with_(ended=time.time())
+            if t.status is Status.KEEP and t.parent and t.commit:  # (a baseline is checked in run())
+                forged = self._forged(t.commit)
+                if forged:
+                    t = t.with_(status=Status.REJECTED, reason=forged)
             lost = self.measure.take_lost(t.number)
             if lost:
                 t = t.with_(extra={**t.extra, "lost_workers": lost})
