@@ -213,6 +213,14 @@ def branch_objects_true(repo: Path, w: Path, row: Row) -> str | None:
     return None if again.decode().strip() == name else "the branch's exp.py object holds other content than its name says"
 
 
+def show_warns(number: int) -> Callable[[Path, Path, Row], str | None]:
+    def check(repo: Path, w: Path, row: Row) -> str | None:
+        out = subprocess.run([sys.executable, "-m", "autoresearch", "show", str(number), str(repo), "--tag", TAG],
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)}).stdout
+        return None if "was changed after the trial was recorded" in out else f"`show {number}` does not say its log was changed"
+    return check
+
+
 def not_written(name: str) -> Callable[[Path, Path, Row], str | None]:
     def check(repo: Path, w: Path, row: Row) -> str | None:
         return f"{name} was written: the filter ran" if (w / name).exists() else None
@@ -407,6 +415,9 @@ def behaviours() -> list[Behaviour]:
         "python3 - <<'PY'\n" + forge +
         "forge('exp.py', subprocess.run(['git', 'rev-parse', 'HEAD:exp.py'], capture_output=True, text=True).stdout.strip())\nPY\n{improve}",
         REJECTED, "rewrote the git objects of the best code's exp.py", branch_objects_true)
+    add("rewrite the log of an earlier trial (show would print a forged tail)",
+        ledger + "{improve}\necho 'loss: 0.0001 (forged)' > \"$L/logs/1.log\"",
+        HONEST, "", show_warns(1))
     add("experiment that puts a forged copy of the ledger in its place",
         "{improve}\ncat >> exp.py <<'PY'\nimport sqlite3, subprocess\n"
         "root = subprocess.run(['git', 'rev-parse', '--path-format=absolute', '--git-common-dir'], capture_output=True, text=True).stdout.strip()\n"

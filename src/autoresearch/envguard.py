@@ -119,3 +119,37 @@ class EnvGuard:
             self._saved = self._read()
         return "; ".join(problems) or None
 
+
+
+class TreeWatch:
+    """The files under a folder by their size, mtime and inode (what setup made: the data the
+    evaluator reads). Nothing is put back: there is no copy. A file changed or removed means the
+    evaluation data of every later trial is not what the earlier ones were measured on."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+        self._saved = self._read()
+
+    def _read(self) -> dict[str, tuple[int, int, int]]:
+        out: dict[str, tuple[int, int, int]] = {}
+        if self.root is None or not self.root.is_dir():
+            return out
+        for folder, _, files in os.walk(self.root):  # (links are not followed)
+            for name in files:
+                path = os.path.join(folder, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                out[os.path.relpath(path, self.root)] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        return out
+
+    def check(self) -> str | None:
+        """What was changed or removed of the files there at the start (files added since, such
+        as a cache an experiment makes next to its data, are not looked at)."""
+        now = self._read()
+        changed = sorted(p for p in self._saved if now.get(p) != self._saved[p])
+        if not changed:
+            return None
+        self._saved = {p: now[p] for p in self._saved if p in now}
+        return f"changed what setup made ({', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} in {self.root})"

@@ -30,7 +30,7 @@ from autoresearch.agents.base import Agent, AgentError, Context
 from autoresearch.agents.secrets import redact as redact_keys
 from autoresearch.backends import Backend
 from autoresearch.backends.local import LocalBackend
-from autoresearch.envguard import EnvGuard, site_dirs
+from autoresearch.envguard import EnvGuard, TreeWatch, site_dirs
 from autoresearch.errors import AutoresearchError
 from autoresearch.events import Events, NullEvents
 from autoresearch.execute import python_bin
@@ -39,7 +39,7 @@ from autoresearch.judge import Measurement, mean_figures
 from autoresearch.ledger import clean_text
 from autoresearch.measure import Measurer
 from autoresearch.pool import Place, pipeline, together
-from autoresearch.process import read_tail
+from autoresearch.process import log_digests, read_tail
 from autoresearch.prompt import visible
 from autoresearch.records import Status, Trial
 from autoresearch.session import (
@@ -111,6 +111,7 @@ class Loop:
         session.ledger.watch()  # and the record: the loop is its only writer
         self.objects = guard.ObjectWatch(session.git.common_dir)  # and the best code's git objects
         shim = self.bin_dir == session.dir.parent / "bin"  # (else the user's active environment's)
+        self.setup_watch = TreeWatch(None)  # what setup made, once it ran
         self.envguard = EnvGuard(self.bin_dir, shim, [] if self.backend.remote else
                                  site_dirs(self.bin_dir, self.measure.env(0, self.opt.seed)))
 
@@ -148,6 +149,7 @@ class Loop:
                                    cancel=self.cancel)                                   # code: no sandbox
             if self.task.setup:
                 self.events.message(f"setup done in {time.monotonic() - began:.1f} s")
+            self.setup_watch = TreeWatch(setup.store if setup.entries else None)
             self.measure.setup = setup
             if setup.changed:
                 self.events.message(f"autoresearch: warning: setup changed tracked files ({', '.join(setup.changed[:5])}); "
@@ -391,6 +393,15 @@ class Loop:
         found = [why for why in (self.gitguard.check_and_restore(), self.envguard.check_and_restore(),
                                  self.objects.check_and_restore(),
                                  "; ".join(self.s.ledger.check_and_restore()) or None) if why]
+        data = self.setup_watch.check()
+        if data:  # no copy to put back: every later trial would be measured on other data
+            found.append(data)
+            with self.lock:
+                if not self.failure:
+                    self.failure = (f"trial {number}'s {phase} {data}: the evaluation data is no longer what "
+                                    f"earlier trials were measured on; delete {self.setup_watch.root} and run "
+                                    "again (setup makes it anew)")
+                    self.cancel.set()
         if not found:
             return None
         why = "; ".join(found)
@@ -442,6 +453,9 @@ class Loop:
         on keep (checked against the best it should still point to)."""
         with self.lock:  # one decision at a time: a keep must beat the best of this moment
             t = self._still_better(t).with_(ended=time.time())
+            log = self.measure.log(t.number)  # `show` says when a log no longer holds what was recorded
+            seal = {log.name: "", **log_digests(log, self.s.dir / "sealed" / f"{t.number}.eval.log")}
+            t = t.with_(extra={**t.extra, "log_sha256": seal})  # ("": there was none)
             if t.status is Status.KEEP and t.parent and t.commit:  # (a baseline is checked in run())
                 forged = self._forged(t.commit)
                 if forged:

@@ -237,3 +237,21 @@ def read_tail(path: Path, max_bytes: int = 32 * 1024 * 1024) -> str:
 
 def last_lines(text: str, n: int = 30) -> str:
     return "\n".join(text.rstrip("\n").splitlines()[-n:])
+
+
+def log_digests(*paths: Path) -> dict[str, str]:
+    """sha256 of each log that is there, by file name: kept in the record, so that a log
+    changed afterwards (by an agent of a later trial, say) shows as changed."""
+    import hashlib
+
+    out = {}
+    for path in paths:
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        except OSError:
+            continue
+        out[path.name] = digest.hexdigest()
+    return out

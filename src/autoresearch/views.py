@@ -11,7 +11,7 @@ from autoresearch.errors import UsageError
 from autoresearch.events import gain_text
 from autoresearch.gitrepo import Git
 from autoresearch.ledger import Ledger, list_tags, tag_dir
-from autoresearch.process import last_lines, read_tail
+from autoresearch.process import last_lines, log_digests, read_tail
 from autoresearch.prompt import fmt
 from autoresearch.records import Trial
 
@@ -137,10 +137,16 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
         lines += ["", "diff against its parent:", Git(root).diff(t.parent, t.commit)]
     log = Path(t.log_path) if t.log_path else None
     if log and log.exists():
-        lines += ["", f"log tail ({log}):", last_lines(read_tail(log), 20)]
         sealed = log.parent.parent / "sealed" / f"{t.number}.eval.log"
+        recorded = t.extra.get("log_sha256") or {}  # ("": there was none when it was recorded)
+        changed = [name for name, now in log_digests(log, sealed).items()
+                   if isinstance(recorded, dict) and recorded.get(name, now) != now]
+        lines += ["", f"log tail ({log}):", last_lines(read_tail(log), 20)]
         if sealed.exists():
             lines.append(f"(the evaluator's whole output, holdout included: {sealed})")
+        for name in changed:
+            lines.append(f"warning: {name} was changed after the trial was recorded: it is not the output "
+                         "the verdict was read from")
     agent_log = tag_dir(root, tag) / "agent" / f"{t.number}.log"
     if agent_log.exists() and not (log and log.exists()):  # not run: what the agent did is the story
         lines += ["", f"agent log tail ({agent_log}):", last_lines(read_tail(agent_log), 20)]

@@ -189,6 +189,22 @@ def test_a_model_that_reads_ahead_is_rejected(trained, tmp_path):
     assert "val_bpb" not in result.stdout
 
 
+@pytest.mark.parametrize("patch", [
+    # train.py's module-level code reaches into the evaluator that imports it (red team, round 2)
+    'setattr(sys.modules["__main__"], "evaluate_" + "bpb", lambda *a, **k: 0.5)',
+    'import torch.nn.functional as _F\n_F.cross_entropy = lambda *a, **k: _F.mse_loss(a[0][:, :1], a[0][:, :1])',
+])
+def test_train_py_that_replaces_the_evaluators_code_is_rejected(trained, tmp_path, patch):
+    task, env, root, _, _ = trained
+    cheat = tmp_path / "task"
+    shutil.copytree(task, cheat, ignore=shutil.ignore_patterns("__pycache__"))
+    (cheat / "train.py").write_text((cheat / "train.py").read_text() + "\nimport sys\n" + patch + "\n")
+    result = run(cheat, {**env, "AUTORESEARCH_RUN_DIR": str(root / "run")}, "prepare.py", "--evaluate")
+    assert result.returncode == 0, result.stderr
+    assert "autoresearch_reject: train.py replaced what the evaluation runs" in result.stdout, result.stdout
+    assert "val_bpb" not in result.stdout
+
+
 def test_the_stdlib_corpus_is_deterministic(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
     manifests = []

@@ -389,6 +389,38 @@ def build_model(config):
     assert "val_bpb" not in out
 
 
+def test_a_train_py_that_replaces_the_evaluators_code_is_rejected(smoke, tmp_path):
+    """Its module-level code runs in the evaluator's process (the model is needed there)."""
+    _, _, env = smoke
+    task = tmp_path / "task"
+    task.mkdir()
+    shutil.copy(TEMPLATE / "prepare.py", task)
+    (task / "train.py").write_text("""
+import sys
+import torch.nn as nn
+
+setattr(sys.modules["__main__"], "evaluate_" + "bpb", lambda *a, **k: 0.5)
+
+class Fair(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.emb = nn.Embedding(config["vocab_size"], config["vocab_size"])
+
+    def forward(self, idx):
+        return self.emb(idx)
+
+def build_model(config):
+    return Fair(config)
+""")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_file({"emb.weight": torch.randn(512, 512)}, str(run_dir / "model.safetensors"))
+    (run_dir / "model_config.json").write_text(json.dumps({"vocab_size": 512}))
+    out = run(["prepare.py", "--evaluate"], task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir)})
+    assert "autoresearch_reject: train.py replaced what the evaluation runs: evaluate_bpb" in out, out
+    assert "val_bpb" not in out
+
+
 @pytest.mark.parametrize("name, tflops", [
     ("NVIDIA H200", 989), ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 NVL", 835),
     ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA A40", 150), ("NVIDIA L40S", 362), ("NVIDIA L4", 121),

@@ -347,6 +347,29 @@ def is_causal(model, data: np.ndarray, cuts: int = 4) -> bool:
     )
 
 
+def evaluator_state() -> dict:
+    """What the evaluation runs besides the model: this file's functions and settings, and the
+    torch and numpy calls it makes. train.py is imported into this process (its model is needed),
+    so its module-level code could replace one of them; `replaced` says which it did."""
+    import torch
+    import torch.nn.functional as F
+
+    mine = {k: v for k, v in vars(sys.modules[__name__]).items()
+            if not k.startswith("__") and not isinstance(v, type(sys))}
+    theirs = {"F.cross_entropy": F.cross_entropy, "F.log_softmax": F.log_softmax,
+              "torch.from_numpy": torch.from_numpy, "torch.no_grad": torch.no_grad,
+              "torch.stack": torch.stack, "np.arange": np.arange, "math.log": math.log,
+              **{f"Tensor.{n}": getattr(torch.Tensor, n) for n in
+                 ("item", "float", "reshape", "abs", "max", "sum", "to", "__getitem__", "__sub__")}}
+    return {**mine, **theirs}
+
+
+def replaced(before: dict) -> list[str]:
+    """The names in `before` (an evaluator_state) that now stand for something else."""
+    now = evaluator_state()
+    return sorted(k for k, v in before.items() if not (now.get(k) is v or (not callable(v) and now.get(k) == v)))
+
+
 def import_train(path: Path):
     """train.py as a module; its training sits under `if __name__ == "__main__"`."""
     sys.path.insert(0, str(path.parent))
@@ -389,6 +412,7 @@ def evaluate(data_dir: str | None = None) -> int:
     torch.manual_seed(0)
     torch.set_flush_denormal(True)  # subnormal floats are very slow on x86 CPUs
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    before = evaluator_state()
     train = import_train(Path.cwd() / "train.py")
     model = train.build_model(json.loads(config_path.read_text()))
     load_model(model, str(weights), strict=True, device="cpu")
@@ -405,6 +429,10 @@ def evaluate(data_dir: str | None = None) -> int:
         return 0
     val_bpb = evaluate_bpb(model, "val", data_dir)
     test_bpb = evaluate_bpb(model, "test", data_dir)
+    changed = replaced(before)
+    if changed:
+        print(f"autoresearch_reject: train.py replaced what the evaluation runs: {', '.join(changed[:5])}")
+        return 0
     # the parameter count comes from the model itself; the rest is what train.py reported
     summary["num_params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
     print("---")

@@ -600,6 +600,29 @@ def causality_problem(model: torch.nn.Module, tol: float = 1e-3) -> str | None:
     return None
 
 
+def evaluator_state() -> dict:
+    """What the evaluation runs besides the model: this file's functions and settings, and the
+    torch and numpy calls it makes. train.py is imported into this process (its model is needed),
+    so its module-level code could replace one of them; `replaced` says which it did."""
+    import torch
+    import torch.nn.functional as F
+
+    mine = {k: v for k, v in vars(sys.modules[__name__]).items()
+            if not k.startswith("__") and not isinstance(v, type(sys))}
+    theirs = {"F.cross_entropy": F.cross_entropy, "F.log_softmax": F.log_softmax,
+              "torch.from_numpy": torch.from_numpy, "torch.no_grad": torch.no_grad,
+              "torch.stack": torch.stack, "np.arange": np.arange, "math.log": math.log,
+              **{f"Tensor.{n}": getattr(torch.Tensor, n) for n in
+                 ("item", "float", "reshape", "abs", "max", "sum", "to", "__getitem__", "__sub__")}}
+    return {**mine, **theirs}
+
+
+def replaced(before: dict) -> list[str]:
+    """The names in `before` (an evaluator_state) that now stand for something else."""
+    now = evaluator_state()
+    return sorted(k for k, v in before.items() if not (now.get(k) is v or (not callable(v) and now.get(k) == v)))
+
+
 def import_train(path: Path):
     """train.py as a module: it trains only under __main__, so importing it builds nothing."""
     sys.path.insert(0, str(path.parent))
@@ -630,6 +653,7 @@ def evaluate_checkpoint(run_dir: Path = RUN_DIR) -> int:
             f"no checkpoint in {run_dir}: train.py saves model.safetensors and model_config.json there"
         )
     config = json.loads(config_path.read_text())
+    before = evaluator_state()
     model = import_train(Path.cwd() / "train.py").build_model(config)
     load_model(model, str(weights))  # strict: every tensor must match
     model.to(default_device())
@@ -645,6 +669,10 @@ def evaluate_checkpoint(run_dir: Path = RUN_DIR) -> int:
         return 0
     batch_size = int(config.get("device_batch_size", 8))
     scores = {split: evaluate_bpb(model, split, batch_size) for split in ("val", "test")}
+    changed = replaced(before)
+    if changed:
+        print(f"autoresearch_reject: train.py replaced what the evaluation runs: {', '.join(changed[:5])}")
+        return 0
     print("---")
     for split, bpb in scores.items():
         print(f"{split + '_bpb:':<18}{bpb:.6f}")
