@@ -380,6 +380,11 @@ class ObjectWatch:
         except OSError:
             return None  # packed (or gone)
 
+    def _git_has(self, sha: str) -> bool:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        return subprocess.run(["git", *SAFE, f"--git-dir={self.common_dir}", "cat-file", "-e", sha], env=env,
+                              capture_output=True, start_new_session=True).returncode == 0
+
     def remember(self, blobs: list[tuple[str, str, bytes]]) -> None:
         self._saved = {sha: (path, content, self._stat(sha)) for path, sha, content in blobs}
 
@@ -392,6 +397,9 @@ class ObjectWatch:
             if now == seen:
                 continue
             obj = self.common_dir / "objects" / sha[:2] / sha[2:]
+            if now is None and self._git_has(sha):  # packed (`git gc`, by you or your IDE)
+                self._saved[sha] = (path, content, None)
+                continue
             try:
                 data = zlib.decompress(obj.read_bytes()) if now is not None else None
             except (OSError, zlib.error):
