@@ -11,6 +11,8 @@ from pathlib import Path
 
 from conftest import cli, git, make_task, script_agent, trials
 
+from autoresearch.records import Status
+
 LOWER_X = "sed -i 's/^X = .*/X = 2.0/' exp.py\necho 'X to 2'\n"
 
 
@@ -125,3 +127,34 @@ def test_an_agent_that_pops_the_users_stash_is_rejected_and_told_how_to_restore_
     restore = next(f for f in t.flags if "git stash store" in f).split("git stash store -m restored ")[1].rstrip(")")
     git(root, "stash", "store", "-m", "restored", restore)
     assert git(root, "stash", "list")  # the user's work is back
+
+
+def test_a_package_setup_installs_or_you_install_meanwhile_is_left_alone(tmp_path: Path) -> None:
+    """A `.pth` that comes with a *.dist-info (what `pip install -e` writes) is a package
+    installed, by setup or by you while the loop runs: kept, and noted on the trial running then.
+    One that comes alone (planted) is removed and its trial rejected."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    lib = tmp_path / "mylib"
+    lib.mkdir()
+    (lib / "mylib.py").write_text("OFFSET = 0.0\n")
+    install = (f"mkdir -p {site}/mylib-0.1.dist-info && echo {lib} > {site}/__editable__.mylib-0.1.pth")
+    exp = "import mylib\nX = 3.0\nprint(f'loss: {X + mylib.OFFSET}')\n"
+    root = make_task(tmp_path / "task", experiment=exp, toml_extra=f'setup = "{install}"\n')
+    agent = script_agent(tmp_path / "agent.sh", f"""\
+        sed -i "s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/" exp.py
+        if [ "$AUTORESEARCH_TRIAL" = 2 ]; then mkdir -p {site}/other-1.0.dist-info; echo {lib} > {site}/other.pth; fi
+        if [ "$AUTORESEARCH_TRIAL" = 3 ]; then echo {lib} > {site}/planted.pth; fi
+        echo lower X
+        """)
+    env = {"VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "4", env=env)
+    assert r.returncode == 0, r.stderr
+    ts = trials(root)
+    assert ts[0].status is Status.KEEP and ts[1].status is not Status.REJECTED
+    assert (site / "__editable__.mylib-0.1.pth").exists() and (site / "other.pth").exists()
+    assert ts[2].status is not Status.REJECTED and any("pip install" in f for f in ts[2].flags), ts[2].flags
+    assert ts[3].status is Status.REJECTED and "planted.pth" in ts[3].reason
+    assert not (site / "planted.pth").exists()
+    assert ts[4].status is not Status.REJECTED

@@ -126,19 +126,19 @@ def test_a_submodule_is_empty_in_trials_unless_shared(tmp_path: Path) -> None:
     assert git(root, "status", "--porcelain") == ""
 
 
-def test_an_experiment_that_changes_what_setup_made_stops_the_loop(tmp_path: Path) -> None:
+def test_an_experiment_that_changes_what_setup_made_is_noted_on_it(tmp_path: Path) -> None:
     """setup's output is linked into every trial: an experiment that writes through the link
-    changes the evaluation data of every later trial (red team, round 2). A file added next to
-    it (a cache) is fine."""
+    changes the evaluation data of later trials (red team, round 2). There is no copy to put
+    back, and a database rewrites its lock file on open, so the trial is flagged for a human;
+    a file added next to it (a cache) or Python's bytecode cache is not noted at all."""
     experiment = READS_DATA + "open('data/cache.txt', 'w').write('ok')\n"
     root = make_task(tmp_path / "task", experiment=experiment, files={".gitignore": "data/\n"},
                      toml_extra='setup = "mkdir -p data && echo 5 > data/n.txt"\n' + METRIC)
     agent = script_agent(tmp_path / "agent.sh", LOWER_X + "if [ \"$AUTORESEARCH_TRIAL\" = 2 ]; then "
                          "echo \"open('data/n.txt', 'w').write('-100')\" >> exp.py; fi\n")
-    r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "5")
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "changed what setup made (data/n.txt" in r.stderr and "delete" in r.stderr
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "3")
+    assert r.returncode == 0, r.stdout + r.stderr
     ts = trials(root)
-    assert ts[1].status is Status.KEEP  # the cache it wrote is not held against it
-    assert ts[2].status is Status.REJECTED and "changed what setup made" in ts[2].reason
-    assert len(ts) == 3  # no trial ran on the changed data
+    assert not any("setup made" in f for f in ts[1].flags)  # the cache it wrote is not noted
+    assert any("changed what setup made (data/n.txt" in f for f in ts[2].flags), ts[2].flags
+    assert "[audit:" in cli("status", str(root)).stdout

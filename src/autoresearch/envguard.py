@@ -92,49 +92,70 @@ class EnvGuard:
                 return True
         return False
 
-    def check_and_restore(self) -> str | None:
-        """What changed since the last look (None: nothing), the startup files and the python
-        links put back."""
-        problems = []
+    def refresh(self) -> None:
+        """Take the site folders as they are now for the starting point (after setup, which may
+        `pip install -e .`)."""
+        self._saved = self._read()
+
+    def check_and_restore(self) -> tuple[str | None, str | None]:
+        """What changed since the last look: (why the trial is rejected, a note for it); None
+        when nothing. Put back: the python links, and a startup file (`.pth`, sitecustomize)
+        that came or changed on its own. A package installed or removed meanwhile (a new or
+        gone *.dist-info beside it: your own `pip install`, say) is noted, not undone."""
+        problems, notes = [], []
         if self._shim_broken():
             python_shim(self.bin_dir)
             problems.append(f"changed the experiments' python ({self.bin_dir / 'python'}); restored")
         now = self._read()
         if now != self._saved:
             changed = sorted(p for p in set(now) | set(self._saved) if now.get(p) != self._saved.get(p))
-            hooks = [p for p in changed if _startup(Path(p).name)]
+            installs = {str(Path(p).parent) for p in changed if p.endswith((".dist-info", ".egg-info", ".egg-link"))}
+            hooks = [p for p in changed if _startup(Path(p).name) and str(Path(p).parent) not in installs]
+            failed = []
             for p in hooks:
                 old = self._saved.get(p)
-                if old is None:
-                    Path(p).unlink(missing_ok=True)
-                elif old[0] == "file":
-                    Path(p).write_bytes(old[1])  # type: ignore[arg-type]
+                try:
+                    if old is None:
+                        Path(p).unlink(missing_ok=True)
+                    elif old[0] == "file":
+                        Path(p).write_bytes(old[1])  # type: ignore[arg-type]
+                except OSError as e:
+                    failed.append(f"{Path(p).name}: {e.strerror}")
             if hooks:
                 problems.append(f"changed Python startup files ({', '.join(Path(p).name for p in hooks[:3])} "
-                                f"in {Path(hooks[0]).parent}); restored")
+                                f"in {Path(hooks[0]).parent}); "
+                                + (f"could not restore ({'; '.join(failed)})" if failed else "restored"))
             others = [p for p in changed if p not in hooks]
             if others:
-                problems.append(f"changed the Python packages experiments import ({', '.join(Path(p).name for p in others[:3])}"
-                                f"{' ...' if len(others) > 3 else ''} in {Path(others[0]).parent}); not undone")
+                notes.append(f"the Python packages experiments import changed ({', '.join(Path(p).name for p in others[:3])}"
+                             f"{' ...' if len(others) > 3 else ''} in {Path(others[0]).parent}): a `pip install`?")
             self._saved = self._read()
-        return "; ".join(problems) or None
-
+        return "; ".join(problems) or None, "; ".join(notes) or None
 
 
 class TreeWatch:
     """The files under a folder by their size, mtime and inode (what setup made: the data the
     evaluator reads). Nothing is put back: there is no copy. A file changed or removed means the
-    evaluation data of every later trial is not what the earlier ones were measured on."""
+    evaluation data of later trials may not be what earlier ones were measured on: noted on the
+    trial, not held against it (a database that rewrites its lock file on open does it too).
+    Python's bytecode caches are left out; a folder of more than LIMIT files is not watched."""
+
+    LIMIT = 20_000
 
     def __init__(self, root: Path | None) -> None:
         self.root = root
         self._saved = self._read()
+        if len(self._saved) > self.LIMIT:
+            self.root, self._saved = None, {}
 
     def _read(self) -> dict[str, tuple[int, int, int]]:
         out: dict[str, tuple[int, int, int]] = {}
         if self.root is None or not self.root.is_dir():
             return out
-        for folder, _, files in os.walk(self.root):  # (links are not followed)
+        for folder, dirs, files in os.walk(self.root):  # (links are not followed)
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            if len(out) > self.LIMIT:
+                break
             for name in files:
                 path = os.path.join(folder, name)
                 try:

@@ -112,6 +112,7 @@ class Loop:
         self.objects = guard.ObjectWatch(session.git.common_dir)  # and the best code's git objects
         shim = self.bin_dir == session.dir.parent / "bin"  # (else the user's active environment's)
         self.setup_watch = TreeWatch(None)  # what setup made, once it ran
+        self.pending_notes: list[str] = []  # for the next trial noted (see _note_user_changes)
         self.envguard = EnvGuard(self.bin_dir, shim, [] if self.backend.remote else
                                  site_dirs(self.bin_dir, self.measure.env(0, self.opt.seed)))
 
@@ -150,6 +151,7 @@ class Loop:
             if self.task.setup:
                 self.events.message(f"setup done in {time.monotonic() - began:.1f} s")
             self.setup_watch = TreeWatch(setup.store if setup.entries else None)
+            self.envguard.refresh()  # (setup may have installed the task's package)
             self.measure.setup = setup
             if setup.changed:
                 self.events.message(f"autoresearch: warning: setup changed tracked files ({', '.join(setup.changed[:5])}); "
@@ -388,20 +390,13 @@ class Loop:
 
     def _tampering(self, number: int, phase: str) -> str | None:
         """What trial `number`'s agent or experiment (`phase`) changed that it must not (git's
-        metadata and the loop's refs, the record, the python experiments run), put back where
-        it can be; None when nothing was. Every guard looks, whatever the others found."""
-        found = [why for why in (self.gitguard.check_and_restore(), self.envguard.check_and_restore(),
-                                 self.objects.check_and_restore(),
+        metadata and the loop's refs, the record, the python experiments run, the best code's
+        git objects), put back where it can be; None when nothing was. Every guard looks,
+        whatever the others found. What may be the user's doing is kept for `_note_user_changes`."""
+        env_problem, env_note = self.envguard.check_and_restore()
+        found = [why for why in (self.gitguard.check_and_restore(), env_problem, self.objects.check_and_restore(),
                                  "; ".join(self.s.ledger.check_and_restore()) or None) if why]
-        data = self.setup_watch.check()
-        if data:  # no copy to put back: every later trial would be measured on other data
-            found.append(data)
-            with self.lock:
-                if not self.failure:
-                    self.failure = (f"trial {number}'s {phase} {data}: the evaluation data is no longer what "
-                                    f"earlier trials were measured on; delete {self.setup_watch.root} and run "
-                                    "again (setup makes it anew)")
-                    self.cancel.set()
+        self.pending_notes += [n for n in (env_note, self.setup_watch.check()) if n]
         if not found:
             return None
         why = "; ".join(found)
@@ -410,9 +405,12 @@ class Loop:
 
     def _note_user_changes(self, t: Trial, phase: str) -> Trial:
         """Note on the trial what changed in the user's refs and checkout while its `phase` ran
-        (see GitGuard.note): not undone, and only a change of the stash is held against it."""
-        note = self.gitguard.note(phase)
-        return t.with_(flags=[*t.flags, note]) if note else t
+        (see GitGuard.note), and what changed in the Python packages or in what setup made: not
+        undone, and only a change of the stash is held against it."""
+        notes = [n for n in (self.gitguard.note(phase),) if n] + \
+            [f"while its {phase} ran (or beside it): {n}" for n in self.pending_notes]
+        self.pending_notes = []
+        return t.with_(flags=[*t.flags, *notes]) if notes else t
 
     def _decide(self, at: Place, t: Trial, commit: str, m: Measurement) -> Measurement:
         assert self.best is not None and self.best.metric is not None

@@ -151,7 +151,7 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
     if owner:
         env[OWNER_VAR] = owner
     argv = ["/bin/bash", "-c", command] if isinstance(command, str) else list(command)
-    if REAPER.exists() and sys.executable:  # nothing it starts outlives it, marked or not
+    if sys.platform.startswith("linux") and REAPER.exists() and sys.executable:  # nothing it starts outlives it
         argv = [sys.executable, "-I", "-S", str(REAPER), *argv]
     start = time.monotonic()
     with open(log_path, "ab" if append else "wb") as log:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import select
 import signal
 import sys
@@ -67,7 +68,8 @@ def reap_all(limit: float = 5.0) -> None:
 
 def wait_child(pid: int, stopped: list[float], wakeup: int) -> int:
     """The child's wait status; after a SIGTERM to this process (which writes to `wakeup`),
-    kill it GRACE seconds later."""
+    kill it GRACE seconds later. Orphans that end meanwhile are reaped as they go (a long run
+    that starts `cmd &` each step must not pile up zombies)."""
     try:
         fd: int | None = os.pidfd_open(pid)
     except (AttributeError, OSError):
@@ -78,20 +80,26 @@ def wait_child(pid: int, stopped: list[float], wakeup: int) -> int:
         poller.register(fd, select.POLLIN)
     killed = False
     while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            if fd is not None:
-                os.close(fd)
-            return status
-        wait: float | None = None if fd is not None else 0.01
+        while True:  # whatever has ended: the child, or orphans handed over to us
+            try:
+                done, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                done, status = 0, 0
+            if done == pid:
+                if fd is not None:
+                    os.close(fd)
+                return status
+            if not done:
+                break
+        wait = 1.0 if fd is not None else 0.01  # (orphans' ends wake nobody: look each second)
         if stopped and not killed:
             left = stopped[0] + GRACE - time.monotonic()
             if left <= 0:
                 os.kill(pid, signal.SIGKILL)
                 killed = True
             else:
-                wait = left if wait is None else min(wait, left)
-        for ready, _ in poller.poll(None if wait is None else wait * 1000):
+                wait = min(wait, left)
+        for ready, _ in poller.poll(wait * 1000):
             if ready == wakeup:
                 with contextlib.suppress(OSError):
                     os.read(wakeup, 64)
@@ -101,16 +109,23 @@ def main(argv: list[str]) -> None:
     if not argv:
         sys.exit("usage: reaper.py COMMAND [ARGS...]")
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    prctl = getattr(libc, "prctl", None)  # (Linux only)
+    if prctl is None or prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         os.execvp(argv[0], argv)
     stopped: list[float] = []
-    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    r, w = os.pipe()
+    for end in (r, w):
+        os.set_blocking(end, False)
     signal.set_wakeup_fd(w)  # a SIGTERM wakes the wait below
     signal.signal(signal.SIGTERM, lambda *_: stopped.append(time.monotonic()) if not stopped else None)
     pid = os.fork()
     if pid == 0:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with this process
+        os.close(r)
+        os.close(w)
+        # as a shell would start it: Python ignores SIGPIPE and SIGXFSZ, and exec keeps that
+        for default in (signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(default, signal.SIG_DFL)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with this process
         try:
             os.execvp(argv[0], argv)
         except OSError as e:
@@ -118,10 +133,11 @@ def main(argv: list[str]) -> None:
             os._exit(127 if isinstance(e, FileNotFoundError) else 126)
     status = wait_child(pid, stopped, r)
     reap_all()
-    if os.WIFSIGNALED(status):
+    if os.WIFSIGNALED(status):  # end the same way, so the caller sees the child's signal
         sig = os.WTERMSIG(status)
-        with contextlib.suppress(OSError, ValueError):  # (SIGKILL has no handler to reset)
-            signal.signal(sig, signal.SIG_DFL)
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # (the child dumped core, if any: not us too)
+            signal.signal(sig, signal.SIG_DFL)  # (SIGKILL has no handler to reset)
         os.kill(os.getpid(), sig)
         os._exit(128 + sig)  # a signal whose default is not to end a process
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
