@@ -132,8 +132,10 @@ class Git:
         return proc.stdout.strip() if check and strip else proc.stdout
 
     def wt_env(self, ws: Workspace) -> dict[str, str]:
+        # the common dir named, not read from the worktree's `commondir` file, which an agent
+        # can point at a folder of its own (with a config whose filter the harness's git would run)
         return {"GIT_DIR": str(ws.gitdir), "GIT_WORK_TREE": str(ws.path),
-                "GIT_INDEX_FILE": str(ws.index)}
+                "GIT_INDEX_FILE": str(ws.index), "GIT_COMMON_DIR": str(self.common_dir)}
 
     # -- the repository -----------------------------------------------------------------
 
@@ -284,6 +286,11 @@ class Git:
             else:
                 pointer.unlink(missing_ok=True)
             pointer.write_text(f"gitdir: {ws.gitdir}\n")
+        common = ws.gitdir / "commondir"  # git's own value; an agent may have pointed it elsewhere
+        with contextlib.suppress(OSError):
+            if common.read_text().strip() not in ("../..", str(self.common_dir)):
+                common.unlink()
+                common.write_text("../..\n")
 
     def reset_worktree(self, ws: Workspace, commit: str) -> None:
         """Make the worktree exactly `commit`: tracked files restored, everything else removed."""

@@ -91,6 +91,8 @@ def figures_from_file(path: Path, names: list[str]) -> dict[str, float]:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise MetricError(f"metric file {path.name} was not written") from None
+    except OSError as e:  # a folder, a FIFO, unreadable: the trial's fault, not the loop's
+        raise MetricError(f"metric file {path.name} cannot be read: {e.strerror}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MetricError(f"metric file {path.name} is not valid JSON: {e}") from None
     if not isinstance(data, dict):

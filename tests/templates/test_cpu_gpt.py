@@ -205,6 +205,48 @@ def test_train_py_that_replaces_the_evaluators_code_is_rejected(trained, tmp_pat
     assert "val_bpb" not in result.stdout
 
 
+@pytest.mark.parametrize("patch", [
+    'import atexit\natexit.register(lambda: print("val_bpb:          0.100000"))',
+    'import threading, time\nthreading.Thread(target=lambda: (time.sleep(3), print("val_bpb: 0.1")), daemon=False).start()',
+    'class _W:\n    def __init__(self, s): self.s = s\n    def write(self, t): return self.s.write(t.replace("val_bpb:", "val_bpb: 0.1 #"))\n'
+    '    def flush(self): self.s.flush()\nsys.stdout = _W(sys.stdout)',
+])
+def test_what_train_py_prints_cannot_follow_or_rewrite_the_figures(trained, tmp_path, patch):
+    """Red team, round 3: an atexit handler or a thread printing a figure after the evaluator's,
+    or a sys.stdout that rewrites them: the evaluator writes its figures last, to the file
+    descriptor, and exits."""
+    task, env, root, _, _ = trained
+    honest = figures(run(task, {**env, "AUTORESEARCH_RUN_DIR": str(root / "run")}, "prepare.py", "--evaluate").stdout)
+    cheat = tmp_path / "task"
+    shutil.copytree(task, cheat, ignore=shutil.ignore_patterns("__pycache__"))
+    (cheat / "train.py").write_text((cheat / "train.py").read_text() + "\nimport sys\n" + patch + "\n")
+    result = run(cheat, {**env, "AUTORESEARCH_RUN_DIR": str(root / "run")}, "prepare.py", "--evaluate")
+    assert result.returncode == 0, result.stderr
+    assert figures(result.stdout)["val_bpb"] == honest["val_bpb"], result.stdout
+    assert "0.1" not in result.stdout.split("---")[-1].split("val_bpb:")[-1].split()[0]
+
+
+def test_a_model_that_returns_a_tensor_subclass_is_refused(trained, tmp_path):
+    """A subclass's __torch_function__ could halve the loss the evaluator computes."""
+    task, env, root, _, _ = trained
+    cheat = tmp_path / "task"
+    shutil.copytree(task, cheat, ignore=shutil.ignore_patterns("__pycache__"))
+    (cheat / "train.py").write_text((cheat / "train.py").read_text() + """
+class _Half(torch.Tensor):
+    pass
+
+_build = build_model
+def build_model(config):
+    model = _build(config)
+    forward = model.forward
+    model.forward = lambda idx: forward(idx).as_subclass(_Half)
+    return model
+""")
+    result = run(cheat, {**env, "AUTORESEARCH_RUN_DIR": str(root / "run")}, "prepare.py", "--evaluate")
+    assert "not a plain torch.Tensor" in result.stdout + result.stderr
+    assert "val_bpb" not in result.stdout
+
+
 def test_the_stdlib_corpus_is_deterministic(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
     manifests = []
