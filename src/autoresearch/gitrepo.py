@@ -35,24 +35,59 @@ class GitError(AutoresearchError):
 
 
 # What the harness's git keeps of the user's global and system configuration, read once when a
-# loop starts: git-lfs's filter, the repositories marked safe, line endings and the global
-# ignore file. Nothing else (no other filter driver, no include, no global attributes file): an
-# agent may rewrite those files, and the harness's git runs outside any seal.
+# loop starts (includes followed): git-lfs's filter, the repositories marked safe, line endings
+# and the global ignore file. Nothing else (no other filter driver, no global attributes file):
+# an agent may rewrite those files, even for a later run, and the harness's git runs outside any
+# seal. The kept entries are written to a private file that stands in for the global config
+# (a file, not `-c`: git before 2.38 reads safe.directory from the config files only).
 KEPT_CONFIG = (r"^(safe\.directory|filter\.lfs\..*|lfs\..*|"
                r"core\.(autocrlf|eol|safecrlf|excludesfile|longpaths|symlinks|precomposeunicode))$")
 
 
-def user_config(env: dict[str, str]) -> list[str]:
-    """`-c key=value` arguments for the KEPT_CONFIG entries of the global and system config."""
-    args = ["-c", "core.attributesFile=" + os.devnull]
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+
+
+def kept_config(env: dict[str, str]) -> str:
+    """The KEPT_CONFIG entries of the system and global config, as a config file's text."""
+    lines = ["[core]", f"\tattributesFile = {_quote(os.devnull)}"]
     for scope in ("--system", "--global"):
-        out = subprocess.run(["git", "config", scope, "-z", "--get-regexp", KEPT_CONFIG], env=env,
+        out = subprocess.run(["git", "config", scope, "--includes", "-z", "--get-regexp", KEPT_CONFIG], env=env,
                              capture_output=True, text=True, errors="surrogateescape", start_new_session=True)
         for item in out.stdout.split("\0"):
             key, sep, value = item.partition("\n")
-            if key and sep:
-                args += ["-c", f"{key}={value}"]
-    return args
+            if not (key and sep) or key.count(".") < 1:
+                continue
+            section, _, name = key.rpartition(".")
+            head, _, sub = section.partition(".")
+            lines.append(f"[{head}" + (f" {_quote(sub)}" if sub else "") + "]")
+            lines.append(f"\t{name} = {_quote(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def private_file(text: str, prefix: str) -> Path:
+    """A file holding `text`, in this user's cache folder (one per content: kept, as a killed
+    loop cannot remove it), else a new temporary one removed when this process ends."""
+    import hashlib
+    import tempfile
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autoresearch"
+    path = cache / f"{prefix}{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    try:
+        if not (path.is_file() and not path.is_symlink() and path.read_text() == text):
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        return path
+    except OSError:
+        import atexit
+
+        fd, name = tempfile.mkstemp(prefix=prefix)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        atexit.register(lambda: Path(name).unlink(missing_ok=True))
+        return Path(name)
 
 
 @dataclass(frozen=True)
@@ -86,10 +121,11 @@ class Git:
         # what a commit really holds: a refs/replace/ ref (which an agent may make) must not make
         # the harness diff, audit or check out other content than the experiment ran
         self._env["GIT_NO_REPLACE_OBJECTS"] = "1"
-        self._config = user_config(self._env)  # read now, before any agent ran
         # nor may a filter driver an agent writes into the global or system config (or a global
         # attributes file) run in the harness's `git add`, outside any seal
-        self._env.update(GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
+        self.config_file = private_file(kept_config(self._env), "autoresearch-gitconfig-")  # read now,
+        self._env.update(GIT_CONFIG_GLOBAL=str(self.config_file), GIT_CONFIG_NOSYSTEM="1")  # before any agent ran
+        self._config: list[str] = []  # (-c settings for every git command: none)
         self._known: dict[Path, tuple[str, set[str]]] = {}  # worktree -> (commit, what it held then)
         self.git_dir = Path(self.run("rev-parse", "--absolute-git-dir"))
         self.common_dir = Path(self.run("rev-parse", "--git-common-dir", cwd=self.root))

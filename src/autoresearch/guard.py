@@ -115,8 +115,9 @@ class GitGuard:
                 "info/sparse-checkout", "objects/info/alternates")
 
     def __init__(self, common_dir: Path, tag: str | None = None, checkout: Path | None = None,
-                 checkout_files: list[str] | None = None) -> None:
+                 checkout_files: list[str] | None = None, extra: tuple[Path, ...] = ()) -> None:
         self.common_dir = common_dir
+        self.extra = extra  # more files the harness's git reads (its private global config)
         self.own = f"refs/autoresearch/{tag}/" if tag else None
         self._loose: dict[str, tuple[tuple[int, int, int], str]] = {}  # path -> (stat key, value)
         self._saved = self._read()
@@ -129,7 +130,7 @@ class GitGuard:
         self._head = self._checkout_head()
 
     def _files(self) -> list[Path]:
-        files = [self.common_dir / name for name in self.METADATA]
+        files = [self.common_dir / name for name in self.METADATA] + list(self.extra)
         hooks = self.common_dir / "hooks"
         if hooks.is_dir():
             files += sorted(p for p in hooks.iterdir() if not p.name.endswith(".sample"))
@@ -285,7 +286,8 @@ class GitGuard:
         now = self._read()
         if now == self._saved:
             return []
-        changed = sorted(str(p.relative_to(self.common_dir)) for p in set(now) | set(self._saved)
+        changed = sorted((str(p.relative_to(self.common_dir)) if p.is_relative_to(self.common_dir) else p.name)
+                         for p in set(now) | set(self._saved)
                          if now.get(p) != self._saved.get(p))
         for path in set(now) | set(self._saved):
             old = self._saved.get(path)

@@ -107,7 +107,8 @@ class Loop:
             self.events.message(f"autoresearch: warning: {warning}")
         self.gitguard = guard.GitGuard(  # the user's refs and copies of the task's files are watched too
             session.git.common_dir, session.tag, checkout=self.task.root,
-            checkout_files=[p for p in root_files if self.task.is_editable(p) or self.task.is_protected(p)])
+            checkout_files=[p for p in root_files if self.task.is_editable(p) or self.task.is_protected(p)],
+            extra=(session.git.config_file,))
         session.ledger.watch()  # and the record: the loop is its only writer
         self.objects = guard.ObjectWatch(session.git.common_dir)  # and the best code's git objects
         shim = self.bin_dir == session.dir.parent / "bin"  # (else the user's active environment's)
