@@ -18,8 +18,10 @@ before its next proposal. W = 1 and K = 0 is the plain sequential loop, in the c
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -75,7 +77,10 @@ class Loop:
         self.opt = options or Options()
         self.events: Events = events or NullEvents()
         self.cancel = threading.Event()
-        self.bin_dir, note = python_bin(session.dir.parent / "bin")
+        # one shim folder per interpreter: two loops of one repository run by different Pythons
+        # must not relink each other's `python`
+        shim_dir = session.dir.parent / "bin" / hashlib.sha256(sys.executable.encode()).hexdigest()[:8]
+        self.bin_dir, note = python_bin(shim_dir)
         if note:
             self.events.message(note)
         from autoresearch.sandbox import require, seal_warning
@@ -111,7 +116,7 @@ class Loop:
             extra=(session.git.config_file,))
         session.ledger.watch()  # and the record: the loop is its only writer
         self.objects = guard.ObjectWatch(session.git.common_dir)  # and the best code's git objects
-        shim = self.bin_dir == session.dir.parent / "bin"  # (else the user's active environment's)
+        shim = self.bin_dir == shim_dir  # (else the user's active environment's)
         self.setup_watch = TreeWatch(None)  # what setup made, once it ran
         self.pending_notes: list[str] = []  # for the next trial noted (see _note_user_changes)
         self.envguard = EnvGuard(self.bin_dir, shim, [] if self.backend.remote else
