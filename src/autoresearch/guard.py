@@ -374,6 +374,7 @@ class ObjectWatch:
     def __init__(self, common_dir: Path) -> None:
         self.common_dir = common_dir
         self._saved: dict[str, tuple[str, bytes, tuple[int, int] | None]] = {}
+        self._packs: dict[str, tuple[int, int]] = {}
 
     def _stat(self, sha: str) -> tuple[int, int] | None:
         try:
@@ -389,6 +390,46 @@ class ObjectWatch:
 
     def remember(self, blobs: list[tuple[str, str, bytes]]) -> None:
         self._saved = {sha: (path, content, self._stat(sha)) for path, sha, content in blobs}
+        self._packs = self._pack_files()
+
+    def _pack_files(self) -> dict[str, tuple[int, int]]:
+        try:
+            return {e.name: (e.stat().st_ino, e.stat().st_ctime_ns)
+                    for e in os.scandir(self.common_dir / "objects" / "pack") if e.name.endswith(".idx")}
+        except OSError:
+            return {}
+
+    def _forged_packs(self) -> list[str]:
+        """Packs made or changed since the last look that give one of the watched objects other
+        content (git reads packs before loose objects); each is removed. A `git gc` of yours
+        makes packs too, with the same content: those stay."""
+        now = self._pack_files()
+        fresh = [name for name, ident in now.items() if self._packs.get(name) != ident]
+        self._packs = now
+        if not fresh or not self._saved:
+            return []
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        env["GIT_NO_REPLACE_OBJECTS"] = "1"
+        forged = []
+        for name in fresh:
+            idx = self.common_dir / "objects" / "pack" / name
+            try:
+                with open(idx, "rb") as f:
+                    listed = subprocess.run(["git", "show-index"], stdin=f, capture_output=True, env=env,
+                                            text=True, start_new_session=True).stdout
+            except OSError:
+                continue
+            held = {line.split()[1] for line in listed.splitlines() if len(line.split()) >= 2}
+            for sha in held & set(self._saved):
+                path, content, _ = self._saved[sha]
+                packed = _read_packed(idx.with_suffix(".pack"), sha, env)
+                if packed is not None and packed != content:
+                    forged.append(path)
+                    for suffix in (".idx", ".pack", ".rev", ".bitmap", ".keep"):
+                        idx.with_suffix(suffix).unlink(missing_ok=True)
+                    break
+        self._packs = self._pack_files()
+        return forged
 
     def check_and_restore(self) -> str | None:
         import zlib
@@ -413,5 +454,28 @@ class ObjectWatch:
                 tmp.write_bytes(zlib.compress(b"blob %d\0" % len(content) + content))
                 os.replace(tmp, obj)
             self._saved[sha] = (path, content, self._stat(sha))
+        packed = self._forged_packs()
+        if packed:
+            rewritten += [f"{p} (in a pack, removed)" for p in packed]
         return (f"rewrote the git objects of the best code's {', '.join(rewritten[:3])} in .git/objects; "
                 "restored") if rewritten else None
+
+
+def _read_packed(pack: Path, sha: str, env: dict[str, str]) -> bytes | None:
+    """The content a pack file gives object `sha`, read from that pack alone (a repository of
+    its own pointing at it), None when it cannot be read."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="autoresearch-pack-") as tmp:
+        alone = Path(tmp) / "git"
+        (alone / "objects" / "pack").mkdir(parents=True)
+        (alone / "refs").mkdir()
+        (alone / "HEAD").write_text("ref: refs/heads/x\n")
+        for suffix in (".pack", ".idx"):
+            try:
+                os.symlink(pack.with_suffix(suffix), alone / "objects" / "pack" / pack.with_suffix(suffix).name)
+            except OSError:
+                return None
+        out = subprocess.run(["git", f"--git-dir={alone}", "cat-file", "blob", sha], capture_output=True, env=env,
+                             start_new_session=True)
+        return out.stdout if out.returncode == 0 else None
