@@ -72,6 +72,8 @@ def fresh_dir(path: Path) -> Path:
         path.unlink()
     elif path.exists():
         shutil.rmtree(path, ignore_errors=True)  # (rmtree does not follow links inside)
+        if path.exists():  # something in it could not be removed: set it aside
+            path.rename(path.with_name(f"{path.name}.old.{os.getpid()}.{len(list(path.parent.iterdir()))}"))
     path.mkdir(parents=True)
     return path
 

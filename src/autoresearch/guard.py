@@ -325,12 +325,13 @@ class GitGuard:
 def task_blobs(git: Git, commit: str, wanted: Callable[[str], bool]) -> list[tuple[str, str, bytes]]:
     """The files of `commit` that are `wanted`, as (path, object name, content) read from the
     object store (one `ls-tree` and one `cat-file --batch`)."""
-    listing = git.run("ls-tree", "-r", "-z", "--full-tree", commit, strip=False)
+    listing = git.run("ls-tree", "-r", "-z", "-l", "--full-tree", commit, strip=False)
     names = []
     for item in listing.split("\0"):
         meta, _, path = item.partition("\t")
-        fields = meta.split()
-        if len(fields) == 3 and fields[1] == "blob" and wanted(path):
+        fields = meta.split()  # mode, type, name, size
+        if len(fields) == 4 and fields[1] == "blob" and fields[3].isdigit() and int(fields[3]) <= MAX_FILE_BYTES \
+                and wanted(path):  # (a big data file in git is not held in memory for this)
             names.append((path, fields[2]))
     if not names:
         return []

@@ -157,10 +157,11 @@ def sweep_stale() -> None:
     workers with it, before they could clean up): a run folder may hold checkpoints."""
     for folder in Path(tempfile.gettempdir()).glob("autoresearch-*-*"):
         try:
-            pid = int((folder / "pid").read_text())
+            host, pid = (folder / "pid").read_text().split()
         except (OSError, ValueError):
             continue  # not one of ours, or one being made now
-        if not Path(f"/proc/{pid}").exists():
+        # (a /tmp shared by containers: another one's pids are not ours to look up)
+        if host == platform.node() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -169,7 +170,7 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
     """Runs on a Ray worker: unpack the code, set up once per node, measure with execute()."""
     sweep_stale()
     root = Path(tempfile.mkdtemp(prefix=f"autoresearch-{spec.number}-"))
-    (root / "pid").write_text(str(os.getpid()))  # while this worker lives, the folder is in use
+    (root / "pid").write_text(f"{platform.node()} {os.getpid()}")  # while this worker lives, it is in use
     try:
         workdir = root / "code"
         unpack(code, workdir)
