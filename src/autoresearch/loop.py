@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-from autoresearch import audit, decide, guard
+from autoresearch import audit, decide, guard, objects
 from autoresearch.agents.base import Agent, AgentError, Context
 from autoresearch.agents.secrets import redact as redact_keys
 from autoresearch.backends import Backend
@@ -115,7 +115,7 @@ class Loop:
             checkout_files=[p for p in root_files if self.task.is_editable(p) or self.task.is_protected(p)],
             extra=(session.git.config_file,))
         session.ledger.watch()  # and the record: the loop is its only writer
-        self.objects = guard.ObjectWatch(session.git.common_dir)  # and the best code's git objects
+        self.objects = objects.ObjectWatch(session.git.common_dir)  # and the best code's git objects
         shim = self.bin_dir == shim_dir  # (else the user's active environment's)
         self.setup_watch = TreeWatch(None)  # what setup made, once it ran
         self.pending_notes: list[str] = []  # for the next trial noted (see _note_user_changes)
@@ -128,8 +128,8 @@ class Loop:
         """Why `commit`'s task files cannot be trusted ('' when they can): an object of theirs in
         .git/objects does not hold what its name says (see guard.forged_blobs). When they can,
         they are the objects watched from now on (the best code's)."""
-        blobs = guard.task_blobs(self.s.git, commit, lambda p: self.task.is_editable(p) or self.task.is_protected(p))
-        forged = guard.forged_blobs(self.s.git.common_dir, blobs)
+        blobs = objects.task_blobs(self.s.git, commit, lambda p: self.task.is_editable(p) or self.task.is_protected(p))
+        forged = objects.forged_blobs(self.s.git.common_dir, blobs)
         if forged:
             return (f"the git object store was altered: {', '.join(forged[:5])} in commit {commit[:7]} do not hold "
                     f"what their object names say (an object file in .git/objects was rewritten; removed)")
