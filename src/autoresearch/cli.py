@@ -244,6 +244,10 @@ def stop_signals() -> list[signal.Signals]:
         [] if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else [signal.SIGHUP])
 
 
+def _interrupt(signum, frame) -> None:  # noqa: ANN001
+    raise KeyboardInterrupt
+
+
 class _Stopper:
     """Ctrl-C (or SIGTERM, or SIGHUP: the terminal closed) once: stop cleanly; twice: stop now.
     (Under `nohup`, SIGHUP is ignored before we start, and the loop goes on.)"""
@@ -307,6 +311,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         require()
     agent = build_agent(_agent_options(args, task), task)
     gpus = _gpu_ids(args.gpus)
+    originals = {s: signal.getsignal(s) for s in stop_signals()}
+    for s in originals:  # until the loop's own handler: SIGTERM or SIGHUP while Ray connects, say
+        if s != signal.SIGINT:
+            signal.signal(s, _interrupt)
     backend = _backend(args, task, gpus, tag)
     try:
         events = _events(task)
@@ -325,7 +333,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                         gpus_per_trial=args.gpus_per_trial,
                                         agent_concurrency=args.agent_concurrency), events, backend)
     stopper = _Stopper(loop)
-    old = {s: signal.signal(s, stopper) for s in stop_signals()}
+    for s in originals:
+        signal.signal(s, stopper)
     try:
         scale = (f", {len(loop.slots)} workers" if len(loop.slots) > 1 else "") + \
             (f", backend {backend.name}" if backend.name != "local" else "")
@@ -339,7 +348,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         loop.record_end()
     finally:
-        for s, h in old.items():
+        for s, h in originals.items():
             signal.signal(s, h)
         events.close()
         try:
