@@ -406,6 +406,8 @@ class Loop:
         if not found:
             return None
         why = "; ".join(found)
+        if len(self.slots) + self.ahead > 1:  # the guards cannot tell which of the trials in flight did it
+            why += " (by this trial, or one running beside it)"
         self.events.message(f"autoresearch: warning: while trial {number}'s {phase} ran, something {why}")
         return why
 
