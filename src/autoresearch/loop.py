@@ -115,7 +115,7 @@ class Loop:
             checkout_files=[p for p in root_files if self.task.is_editable(p) or self.task.is_protected(p)],
             extra=(session.git.config_file,))
         session.ledger.watch()  # and the record: the loop is its only writer
-        self.objects = objects.ObjectWatch(session.git.common_dir)  # and the best code's git objects
+        self.objects = objects.ObjectWatch(session.git)  # and the best code's git objects
         shim = self.bin_dir == shim_dir  # (else the user's active environment's)
         self.setup_watch = TreeWatch(None)  # what setup made, once it ran
         self.pending_notes: list[str] = []  # for the next trial noted (see _note_user_changes)
@@ -126,7 +126,7 @@ class Loop:
 
     def _forged(self, commit: str) -> str:
         """Why `commit`'s task files cannot be trusted ('' when they can): an object of theirs in
-        .git/objects does not hold what its name says (see guard.forged_blobs). When they can,
+        .git/objects does not hold what its name says (see objects.forged_blobs). When they can,
         they are the objects watched from now on (the best code's)."""
         blobs = objects.task_blobs(self.s.git, commit, lambda p: self.task.is_editable(p) or self.task.is_protected(p))
         forged = objects.forged_blobs(self.s.git.common_dir, blobs)

@@ -47,8 +47,17 @@ def task_blobs(git: Git, commit: str, wanted: Callable[[str], bool]) -> list[tup
     return blobs
 
 
+def _raw(content: bytes) -> bytes:
+    """A blob as git stores it (before compression), the bytes its name is the hash of."""
+    return b"blob %d\0" % len(content) + content
+
+
+def _loose(common_dir: Path, sha: str) -> Path:
+    return common_dir / "objects" / sha[:2] / sha[2:]
+
+
 def _object_name(sha: str, content: bytes) -> str:
-    return hashlib.new("sha1" if len(sha) == 40 else "sha256", b"blob %d\0" % len(content) + content).hexdigest()
+    return hashlib.new("sha1" if len(sha) == 40 else "sha256", _raw(content)).hexdigest()
 
 
 def forged_blobs(common_dir: Path, blobs: list[tuple[str, str, bytes]]) -> list[str]:
@@ -60,7 +69,7 @@ def forged_blobs(common_dir: Path, blobs: list[tuple[str, str, bytes]]) -> list[
     for path, sha, content in blobs:
         if _object_name(sha, content) != sha:
             bad.append(path)
-            (common_dir / "objects" / sha[:2] / sha[2:]).unlink(missing_ok=True)
+            _loose(common_dir, sha).unlink(missing_ok=True)
     return bad
 
 
@@ -68,21 +77,21 @@ class ObjectWatch:
     """The objects of the best code's task files, by the identity of their loose files (a
     rewrite changes its ctime), with their content: one rewritten is written back."""
 
-    def __init__(self, common_dir: Path) -> None:
-        self.common_dir = common_dir
+    def __init__(self, git: Git) -> None:
+        self.common_dir = git.common_dir
+        self._env = git._env  # (the harness's: no replace refs, no user config)
         self._saved: dict[str, tuple[str, bytes, tuple[int, int] | None]] = {}
         self._packs: dict[str, tuple[int, int]] = {}
 
     def _stat(self, sha: str) -> tuple[int, int] | None:
         try:
-            st = os.stat(self.common_dir / "objects" / sha[:2] / sha[2:])
+            st = os.stat(_loose(self.common_dir, sha))
             return st.st_ino, st.st_ctime_ns
         except OSError:
             return None  # packed (or gone)
 
     def _git_has(self, sha: str) -> bool:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-        return subprocess.run(["git", *SAFE, f"--git-dir={self.common_dir}", "cat-file", "-e", sha], env=env,
+        return subprocess.run(["git", *SAFE, f"--git-dir={self.common_dir}", "cat-file", "-e", sha], env=self._env,
                               capture_output=True, start_new_session=True).returncode == 0
 
     def remember(self, blobs: list[tuple[str, str, bytes]]) -> None:
@@ -105,21 +114,19 @@ class ObjectWatch:
         self._packs = now
         if not fresh or not self._saved:
             return []
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-        env["GIT_NO_REPLACE_OBJECTS"] = "1"
         forged = []
         for name in fresh:
             idx = self.common_dir / "objects" / "pack" / name
             try:
                 with open(idx, "rb") as f:
-                    listed = subprocess.run(["git", "show-index"], stdin=f, capture_output=True, env=env,
+                    listed = subprocess.run(["git", "show-index"], stdin=f, capture_output=True, env=self._env,
                                             text=True, start_new_session=True).stdout
             except OSError:
                 continue
             held = {line.split()[1] for line in listed.splitlines() if len(line.split()) >= 2}
             for sha in held & set(self._saved):
                 path, content, _ = self._saved[sha]
-                packed = _read_packed(idx.with_suffix(".pack"), sha, env)
+                packed = _read_packed(idx.with_suffix(".pack"), sha, self._env)
                 if packed is not None and packed != content:
                     forged.append(path)
                     for suffix in (".idx", ".pack", ".rev", ".bitmap", ".keep"):
@@ -136,7 +143,7 @@ class ObjectWatch:
             now = self._stat(sha)
             if now == seen:
                 continue
-            obj = self.common_dir / "objects" / sha[:2] / sha[2:]
+            obj = _loose(self.common_dir, sha)
             if now is None and self._git_has(sha):  # packed (`git gc`, by you or your IDE)
                 self._saved[sha] = (path, content, None)
                 continue
@@ -144,11 +151,11 @@ class ObjectWatch:
                 data = zlib.decompress(obj.read_bytes()) if now is not None else None
             except (OSError, zlib.error):
                 data = None
-            if data != b"blob %d\0" % len(content) + content:
+            if data != _raw(content):
                 rewritten.append(path)
                 obj.parent.mkdir(parents=True, exist_ok=True)
                 tmp = obj.with_name(obj.name + ".restore")
-                tmp.write_bytes(zlib.compress(b"blob %d\0" % len(content) + content))
+                tmp.write_bytes(zlib.compress(_raw(content)))
                 os.replace(tmp, obj)
             self._saved[sha] = (path, content, self._stat(sha))
         packed = self._forged_packs()
