@@ -27,12 +27,12 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-from autoresearch import audit, decide, guard, objects
+from autoresearch import audit, decide, guard
 from autoresearch.agents.base import Agent, AgentError, Context
 from autoresearch.agents.secrets import redact as redact_keys
 from autoresearch.backends import Backend
 from autoresearch.backends.local import LocalBackend
-from autoresearch.envguard import EnvGuard, TreeWatch, site_dirs
+from autoresearch.envguard import site_dirs
 from autoresearch.errors import AutoresearchError
 from autoresearch.events import Events, NullEvents
 from autoresearch.execute import python_bin
@@ -51,6 +51,7 @@ from autoresearch.session import (
     write_refs,
 )
 from autoresearch.task import list_files, task_warnings
+from autoresearch.watch import Watch
 
 
 @dataclass
@@ -110,35 +111,16 @@ class Loop:
         root_files = list_files(self.task.root)
         for warning in task_warnings(self.task, root_files, {r for r, _ in self.measure.setup.shared}, self.backend.remote):
             self.events.message(f"autoresearch: warning: {warning}")
-        self.gitguard = guard.GitGuard(  # the user's refs and copies of the task's files are watched too
-            session.git.common_dir, session.tag, checkout=self.task.root,
-            checkout_files=[p for p in root_files if self.task.is_editable(p) or self.task.is_protected(p)],
-            extra=(session.git.config_file,))
-        session.ledger.watch()  # and the record: the loop is its only writer
-        self.objects = objects.ObjectWatch(session.git)  # and the best code's git objects
         shim = self.bin_dir == shim_dir  # (else the user's active environment's)
-        self.setup_watch = TreeWatch(None)  # what setup made, once it ran
-        self.pending_notes: list[str] = []  # for the next trial noted (see _note_user_changes)
-        self.envguard = EnvGuard(self.bin_dir, shim, [] if self.backend.remote else
-                                 site_dirs(self.bin_dir, self.measure.env(0, self.opt.seed)))
+        self.watch = Watch(session, self.events, root_files, self.bin_dir, shim,
+                           [] if self.backend.remote else site_dirs(self.bin_dir, self.measure.env(0, self.opt.seed)),
+                           several=len(self.slots) + self.ahead > 1)
 
     # -- the whole loop -------------------------------------------------------------------
 
-    def _forged(self, commit: str) -> str:
-        """Why `commit`'s task files cannot be trusted ('' when they can): an object of theirs in
-        .git/objects does not hold what its name says (see objects.forged_blobs). When they can,
-        they are the objects watched from now on (the best code's)."""
-        blobs = objects.task_blobs(self.s.git, commit, lambda p: self.task.is_editable(p) or self.task.is_protected(p))
-        forged = objects.forged_blobs(self.s.git.common_dir, blobs)
-        if forged:
-            return (f"the git object store was altered: {', '.join(forged[:5])} in commit {commit[:7]} do not hold "
-                    f"what their object names say (an object file in .git/objects was rewritten; removed)")
-        self.objects.remember(blobs)
-        return ""
-
     def run(self) -> Trial:
         start = self.best.commit if self.best and self.best.commit else self.s.base
-        forged = self._forged(start)
+        forged = self.watch.forged(start)
         if forged:
             raise AutoresearchError(f"{forged}: the code it would start from is not the code it names")
         ws = self.s.workspace(0, start)
@@ -156,8 +138,7 @@ class Loop:
                                    cancel=self.cancel)                                   # code: no sandbox
             if self.task.setup:
                 self.events.message(f"setup done in {time.monotonic() - began:.1f} s")
-            self.setup_watch = TreeWatch(setup.store if setup.entries else None)
-            self.envguard.refresh()  # (setup may have installed the task's package)
+            self.watch.after_setup(setup)
             self.measure.setup = setup
             if setup.changed:
                 self.events.message(f"autoresearch: warning: setup changed tracked files ({', '.join(setup.changed[:5])}); "
@@ -174,9 +155,7 @@ class Loop:
             pipeline(self, trees)
         with self.agent_lock:
             self._tell_agent()
-        rewritten = self.objects.check_and_restore()
-        if rewritten:
-            self.events.message(f"autoresearch: warning: something {rewritten}")
+        self.watch.at_end()
         if self.failure:
             raise AutoresearchError(self.failure)
         return self.best
@@ -280,7 +259,7 @@ class Loop:
             parent_commit = t.parent or ""
             self.s.git.reset_worktree(ws, parent_commit)
             with self.lock:
-                self.gitguard.refresh()
+                self.watch.git.refresh()
             self.events.phase(t.number, "agent")
             self._tell_agent()
             history = tuple(visible(x, self.task.metric.holdout) for x in self.s.ledger.trials())
@@ -290,7 +269,7 @@ class Loop:
                           time_limit=self.opt.agent_timeout, cancel=self.cancel)
             t, error, fatal = self._ask_agent(ctx, t)
         with self.lock:  # before git reads the worktree: a filter driver, a hook put in place is gone
-            tamper = self._tampering(t.number, "agent")
+            tamper = self.watch.tampering(t.number, "agent")
         try:
             commit, changes, tree = self.s.git.snapshot(ws, parent_commit, t.description)
         except GitError:
@@ -308,7 +287,7 @@ class Loop:
         self.agent_errors = self.fatal_errors = 0
         with self.lock:
             reason = guard.check_changes(self.task, changes, ws.path) or tamper
-            t = self._note_user_changes(t, "agent")
+            t = self.watch.note(t, "agent")
             if not reason and any("refs/stash" in flag for flag in t.flags):
                 reason = ("git's stash changed while the agent ran: it is shared with your repository and "
                           "with other trials, so the change may hold work that is not the agent's")
@@ -364,8 +343,8 @@ class Loop:
                     repeats=m.repeats if len(m.repeats) > 1 else [],
                     reason=m.reason, run_seconds=m.seconds, metric=m.figures.get(self.task.metric.name))
         with self.lock:
-            tamper = self._tampering(t.number, "experiment")
-            t = self._note_user_changes(t, "experiment")
+            tamper = self.watch.tampering(t.number, "experiment")
+            t = self.watch.note(t, "experiment")
         if tamper:
             t = t.with_(status=Status.REJECTED, reason=tamper)
         return t
@@ -393,32 +372,6 @@ class Loop:
             wait = min(0.5 * 2.0 ** (n - 4), 60.0)
             self.events.message(f"the agent failed {n} times in a row: waiting {wait:g} s before the next proposal")
             self.cancel.wait(wait)
-
-    def _tampering(self, number: int, phase: str) -> str | None:
-        """What trial `number`'s agent or experiment (`phase`) changed that it must not (git's
-        metadata and the loop's refs, the record, the python experiments run, the best code's
-        git objects), put back where it can be; None when nothing was. Every guard looks,
-        whatever the others found. What may be the user's doing is kept for `_note_user_changes`."""
-        env_problem, env_note = self.envguard.check_and_restore()
-        found = [why for why in (self.gitguard.check_and_restore(), env_problem, self.objects.check_and_restore(),
-                                 "; ".join(self.s.ledger.check_and_restore()) or None) if why]
-        self.pending_notes += [n for n in (env_note, self.setup_watch.check()) if n]
-        if not found:
-            return None
-        why = "; ".join(found)
-        if len(self.slots) + self.ahead > 1:  # the guards cannot tell which of the trials in flight did it
-            why += " (by this trial, or one running beside it)"
-        self.events.message(f"autoresearch: warning: while trial {number}'s {phase} ran, something {why}")
-        return why
-
-    def _note_user_changes(self, t: Trial, phase: str) -> Trial:
-        """Note on the trial what changed in the user's refs and checkout while its `phase` ran
-        (see GitGuard.note), and what changed in the Python packages or in what setup made: not
-        undone, and only a change of the stash is held against it."""
-        notes = [n for n in (self.gitguard.note(phase),) if n] + \
-            [f"while its {phase} ran (or beside it): {n}" for n in self.pending_notes]
-        self.pending_notes = []
-        return t.with_(flags=[*t.flags, *notes]) if notes else t
 
     def _decide(self, at: Place, t: Trial, commit: str, m: Measurement) -> Measurement:
         assert self.best is not None and self.best.metric is not None
@@ -463,7 +416,7 @@ class Loop:
             seal = {log.name: "", **log_digests(log, self.s.dir / "sealed" / f"{t.number}.eval.log")}
             t = t.with_(extra={**t.extra, "log_sha256": seal})  # ("": there was none)
             if t.status is Status.KEEP and t.parent and t.commit:  # (a baseline is checked in run())
-                forged = self._forged(t.commit)
+                forged = self.watch.forged(t.commit)
                 if forged:
                     t = t.with_(status=Status.REJECTED, reason=forged)
             lost = self.measure.take_lost(t.number)

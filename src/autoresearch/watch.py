@@ -1,0 +1,85 @@
+"""Everything an agent or an experiment must not change, looked at after each of them runs.
+
+One `Watch` per loop holds the guards: git's metadata and the loop's refs (guard.GitGuard), the
+record (Ledger.check_and_restore), the python experiments run (envguard.EnvGuard), the best
+code's git objects (objects.ObjectWatch) and what setup made (envguard.TreeWatch). `tampering`
+asks every one of them, puts back what can be put back and says why the trial is rejected;
+what may be the user's own doing (a commit, a `pip install`) is kept for `note`, which puts it
+on the trial as a flag for a human. The loop calls both under its decision lock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autoresearch import guard, objects
+from autoresearch.envguard import EnvGuard, TreeWatch
+from autoresearch.events import Events
+from autoresearch.records import Trial
+from autoresearch.session import Session, SetupOutput
+
+
+class Watch:
+    def __init__(self, session: Session, events: Events, root_files: list[str], bin_dir: Path, shim: bool,
+                 site: list[Path], several: bool) -> None:
+        self.s = session
+        self.task = session.task
+        self.events = events
+        self.several = several  # trials run side by side: a finding may be a neighbour's doing
+        self.git = guard.GitGuard(  # the user's refs and copies of the task's files are watched too
+            session.git.common_dir, session.tag, checkout=self.task.root,
+            checkout_files=[p for p in root_files if self.task.is_editable(p) or self.task.is_protected(p)],
+            extra=(session.git.config_file,))
+        session.ledger.watch()  # the record: the loop is its only writer
+        self.objects = objects.ObjectWatch(session.git)  # the best code's git objects
+        self.env = EnvGuard(bin_dir, shim, site)
+        self.setup = TreeWatch(None)  # what setup made, once it ran
+        self.pending: list[str] = []  # notes for the next trial noted
+
+    def after_setup(self, setup: SetupOutput) -> None:
+        self.setup = TreeWatch(setup.store if setup.entries else None)
+        self.env.refresh()  # (setup may have installed the task's package)
+
+    def forged(self, commit: str) -> str:
+        """Why `commit`'s task files cannot be trusted ('' when they can): an object of theirs in
+        .git/objects does not hold what its name says (see objects.forged_blobs). When they can,
+        they are the objects watched from now on (the best code's)."""
+        blobs = objects.task_blobs(self.s.git, commit, lambda p: self.task.is_editable(p) or self.task.is_protected(p))
+        forged = objects.forged_blobs(self.s.git.common_dir, blobs)
+        if forged:
+            return (f"the git object store was altered: {', '.join(forged[:5])} in commit {commit[:7]} do not hold "
+                    f"what their object names say (an object file in .git/objects was rewritten; removed)")
+        self.objects.remember(blobs)
+        return ""
+
+    def tampering(self, number: int, phase: str) -> str | None:
+        """What trial `number`'s agent or experiment (`phase`) changed that it must not (git's
+        metadata and the loop's refs, the record, the python experiments run, the best code's
+        git objects), put back where it can be; None when nothing was. Every guard looks,
+        whatever the others found. What may be the user's doing is kept for `note`."""
+        env_problem, env_note = self.env.check_and_restore()
+        found = [why for why in (self.git.check_and_restore(), env_problem, self.objects.check_and_restore(),
+                                 "; ".join(self.s.ledger.check_and_restore()) or None) if why]
+        self.pending += [n for n in (env_note, self.setup.check()) if n]
+        if not found:
+            return None
+        why = "; ".join(found)
+        if self.several:  # the guards cannot tell which of the trials in flight did it
+            why += " (by this trial, or one running beside it)"
+        self.events.message(f"autoresearch: warning: while trial {number}'s {phase} ran, something {why}")
+        return why
+
+    def note(self, t: Trial, phase: str) -> Trial:
+        """Note on the trial what changed in the user's refs and checkout while its `phase` ran
+        (see GitGuard.note), and what changed in the Python packages or in what setup made: not
+        undone, and not held against it (the loop holds a change of the stash against it)."""
+        notes = [n for n in (self.git.note(phase),) if n] + \
+            [f"while its {phase} ran (or beside it): {n}" for n in self.pending]
+        self.pending = []
+        return t.with_(flags=[*t.flags, *notes]) if notes else t
+
+    def at_end(self) -> None:
+        """The best code's objects, once more as the loop ends."""
+        rewritten = self.objects.check_and_restore()
+        if rewritten:
+            self.events.message(f"autoresearch: warning: something {rewritten}")
