@@ -18,6 +18,7 @@ from pathlib import Path
 
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.filetree import remove_unknown, walk
+from autoresearch.gitconfig import kept_config, private_file
 
 SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "gc.auto=0",
         "-c", "core.quotePath=false", "-c", "advice.detachedHead=false"]
@@ -32,62 +33,6 @@ MAX_FILE_BYTES = 20 * 1024 * 1024  # a bigger file in a trial is rejected, and n
 
 class GitError(AutoresearchError):
     pass
-
-
-# What the harness's git keeps of the user's global and system configuration, read once when a
-# loop starts (includes followed): git-lfs's filter, the repositories marked safe, line endings
-# and the global ignore file. Nothing else (no other filter driver, no global attributes file):
-# an agent may rewrite those files, even for a later run, and the harness's git runs outside any
-# seal. The kept entries are written to a private file that stands in for the global config
-# (a file, not `-c`: git before 2.38 reads safe.directory from the config files only).
-KEPT_CONFIG = (r"^(safe\.directory|filter\.lfs\..*|lfs\..*|"
-               r"core\.(autocrlf|eol|safecrlf|excludesfile|longpaths|symlinks|precomposeunicode))$")
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
-
-
-def kept_config(env: dict[str, str]) -> str:
-    """The KEPT_CONFIG entries of the system and global config, as a config file's text."""
-    lines = ["[core]", f"\tattributesFile = {_quote(os.devnull)}"]
-    for scope in ("--system", "--global"):
-        out = subprocess.run(["git", "config", scope, "--includes", "-z", "--get-regexp", KEPT_CONFIG], env=env,
-                             capture_output=True, text=True, errors="surrogateescape", start_new_session=True)
-        for item in out.stdout.split("\0"):
-            key, sep, value = item.partition("\n")
-            if not (key and sep) or key.count(".") < 1:
-                continue
-            section, _, name = key.rpartition(".")
-            head, _, sub = section.partition(".")
-            lines.append(f"[{head}" + (f" {_quote(sub)}" if sub else "") + "]")
-            lines.append(f"\t{name} = {_quote(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def private_file(text: str, prefix: str) -> Path:
-    """A file holding `text`, in this user's cache folder (one per content: kept, as a killed
-    loop cannot remove it), else a new temporary one removed when this process ends."""
-    import hashlib
-    import tempfile
-
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autoresearch"
-    path = cache / f"{prefix}{hashlib.sha256(text.encode()).hexdigest()[:16]}"
-    try:
-        if not (path.is_file() and not path.is_symlink() and path.read_text() == text):
-            cache.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
-        return path
-    except OSError:
-        import atexit
-
-        fd, name = tempfile.mkstemp(prefix=prefix)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        atexit.register(lambda: Path(name).unlink(missing_ok=True))
-        return Path(name)
 
 
 @dataclass(frozen=True)
@@ -125,7 +70,6 @@ class Git:
         # attributes file) run in the harness's `git add`, outside any seal
         self.config_file = private_file(kept_config(self._env), "autoresearch-gitconfig-")  # read now,
         self._env.update(GIT_CONFIG_GLOBAL=str(self.config_file), GIT_CONFIG_NOSYSTEM="1")  # before any agent ran
-        self._config: list[str] = []  # (-c settings for every git command: none)
         self._known: dict[Path, tuple[str, set[str]]] = {}  # worktree -> (commit, what it held then)
         self.git_dir = Path(self.run("rev-parse", "--absolute-git-dir"))
         self.common_dir = Path(self.run("rev-parse", "--git-common-dir", cwd=self.root))
@@ -153,7 +97,7 @@ class Git:
         full_env = self._env if env is None else {**self._env, **env}
         # its own session: a Ctrl-C at the terminal goes to the loop, which stops cleanly, not
         # to the git command it is running (which would fail the run with exit 1)
-        proc = subprocess.run(["git", *SAFE, *self._config, *args], cwd=cwd or self.root, env=full_env,
+        proc = subprocess.run(["git", *SAFE, *args], cwd=cwd or self.root, env=full_env,
                               input=input, capture_output=True, text=True,
                               errors="surrogateescape", start_new_session=True)
         if (proc.returncode != 0 and "smudge filter lfs failed" in proc.stderr
@@ -262,7 +206,7 @@ class Git:
         return self.run("rev-parse", f"{commit}^{{tree}}")
 
     def show_file(self, commit: str, path: str) -> str | None:
-        out = subprocess.run(["git", *SAFE, *self._config, "show", f"{commit}:{path}"], cwd=self.root,
+        out = subprocess.run(["git", *SAFE, "show", f"{commit}:{path}"], cwd=self.root,
                              env=self._env, capture_output=True, text=True, errors="replace",
                              start_new_session=True)
         return out.stdout if out.returncode == 0 else None
@@ -451,7 +395,7 @@ class BlobReader:
     def __init__(self, git: Git) -> None:
         self.git = git
         self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            ["git", *SAFE, *git._config, "cat-file", "--batch"], cwd=git.root, env=git._env, stdin=subprocess.PIPE,
+            ["git", *SAFE, "cat-file", "--batch"], cwd=git.root, env=git._env, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def read(self, commit: str, path: str) -> bytes | None:

@@ -31,7 +31,7 @@ def task_blobs(git: Git, commit: str, wanted: Callable[[str], bool]) -> list[tup
             names.append((path, fields[2]))
     if not names:
         return []
-    out = subprocess.run(["git", *SAFE, *git._config, "cat-file", "--batch"], cwd=git.root, env=git._env,
+    out = subprocess.run(["git", *SAFE, "cat-file", "--batch"], cwd=git.root, env=git._env,
                          input="".join(f"{sha}\n" for _, sha in names).encode(), capture_output=True,
                          start_new_session=True).stdout
     blobs, pos = [], 0
