@@ -54,6 +54,16 @@ def figures(output: str) -> dict[str, float]:
     return {k: float(v) for k, v in re.findall(r"^(\w+):\s+([-\d.eE+]+)\s*$", output, re.M)}
 
 
+def evaluate_with(trained, tmp_path: Path, extra: str) -> subprocess.CompletedProcess:
+    """`prepare.py --evaluate` of the trained checkpoint, with `extra` appended to a copy of
+    train.py (its module-level code runs in the evaluator's process)."""
+    task, env, root, _, _ = trained
+    copy = tmp_path / "task"
+    shutil.copytree(task, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "train.py").write_text((copy / "train.py").read_text() + "\n" + extra + "\n")
+    return run(copy, {**env, "AUTORESEARCH_RUN_DIR": str(root / "run")}, "prepare.py", "--evaluate")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A task folder after setup (run twice) and a 3-second training run."""
@@ -195,11 +205,7 @@ def test_a_model_that_reads_ahead_is_rejected(trained, tmp_path):
     'import torch.nn.functional as _F\n_F.cross_entropy = lambda *a, **k: _F.mse_loss(a[0][:, :1], a[0][:, :1])',
 ])
 def test_train_py_that_replaces_the_evaluators_code_is_rejected(trained, tmp_path, patch):
-    task, env, root, _, _ = trained
-    cheat = tmp_path / "task"
-    shutil.copytree(task, cheat, ignore=shutil.ignore_patterns("__pycache__"))
-    (cheat / "train.py").write_text((cheat / "train.py").read_text() + "\nimport sys\n" + patch + "\n")
-    result = run(cheat, {**env, "AUTORESEARCH_RUN_DIR": str(root / "run")}, "prepare.py", "--evaluate")
+    result = evaluate_with(trained, tmp_path, "import sys\n" + patch)
     assert result.returncode == 0, result.stderr
     assert "autoresearch_reject: train.py replaced what the evaluation runs" in result.stdout, result.stdout
     assert "val_bpb" not in result.stdout
@@ -215,12 +221,8 @@ def test_what_train_py_prints_cannot_follow_or_rewrite_the_figures(trained, tmp_
     """Red team, round 3: an atexit handler or a thread printing a figure after the evaluator's,
     or a sys.stdout that rewrites them: the evaluator writes its figures last, to the file
     descriptor, and exits."""
-    task, env, root, _, _ = trained
-    honest = figures(run(task, {**env, "AUTORESEARCH_RUN_DIR": str(root / "run")}, "prepare.py", "--evaluate").stdout)
-    cheat = tmp_path / "task"
-    shutil.copytree(task, cheat, ignore=shutil.ignore_patterns("__pycache__"))
-    (cheat / "train.py").write_text((cheat / "train.py").read_text() + "\nimport sys\n" + patch + "\n")
-    result = run(cheat, {**env, "AUTORESEARCH_RUN_DIR": str(root / "run")}, "prepare.py", "--evaluate")
+    honest = figures(evaluate_with(trained, tmp_path / "honest", "").stdout)
+    result = evaluate_with(trained, tmp_path, "import sys\n" + patch)
     assert result.returncode == 0, result.stderr
     assert figures(result.stdout)["val_bpb"] == honest["val_bpb"], result.stdout
     assert "0.1" not in result.stdout.split("---")[-1].split("val_bpb:")[-1].split()[0]
@@ -228,10 +230,7 @@ def test_what_train_py_prints_cannot_follow_or_rewrite_the_figures(trained, tmp_
 
 def test_a_model_that_returns_a_tensor_subclass_is_refused(trained, tmp_path):
     """A subclass's __torch_function__ could halve the loss the evaluator computes."""
-    task, env, root, _, _ = trained
-    cheat = tmp_path / "task"
-    shutil.copytree(task, cheat, ignore=shutil.ignore_patterns("__pycache__"))
-    (cheat / "train.py").write_text((cheat / "train.py").read_text() + """
+    result = evaluate_with(trained, tmp_path, """
 class _Half(torch.Tensor):
     pass
 
@@ -242,7 +241,6 @@ def build_model(config):
     model.forward = lambda idx: forward(idx).as_subclass(_Half)
     return model
 """)
-    result = run(cheat, {**env, "AUTORESEARCH_RUN_DIR": str(root / "run")}, "prepare.py", "--evaluate")
     assert "not a plain torch.Tensor" in result.stdout + result.stderr
     assert "val_bpb" not in result.stdout
 

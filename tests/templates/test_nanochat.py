@@ -353,6 +353,34 @@ def test_smoke_run_prints_the_summary_and_evaluates_the_checkpoint(smoke):
     assert_nothing_pickled(root / "run")
 
 
+def score_embedding_model(env: dict, tmp_path: Path, preamble: str, forward: str) -> str:
+    """What `prepare.py --evaluate` prints for a train.py whose model is one random embedding
+    table (512 x 512) with `forward` as the body of its forward(idx), `preamble` above it."""
+    task = tmp_path / "task"
+    task.mkdir()
+    shutil.copy(TEMPLATE / "prepare.py", task)
+    (task / "train.py").write_text(f"""
+import torch.nn as nn
+{preamble}
+
+class Model(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.emb = nn.Embedding(config["vocab_size"], config["vocab_size"])
+
+    def forward(self, idx):
+        {forward}
+
+def build_model(config):
+    return Model(config)
+""")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_file({"emb.weight": torch.randn(512, 512)}, str(run_dir / "model.safetensors"))
+    (run_dir / "model_config.json").write_text(json.dumps({"vocab_size": 512}))
+    return run(["prepare.py", "--evaluate"], task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir)})
+
+
 CHEATS = {
     "reads the next token": "logits + self.emb(idx.roll(-1, dims=1))",
     "reads another row": "logits + self.emb(idx.roll(1, dims=0))",
@@ -361,62 +389,15 @@ CHEATS = {
 
 @pytest.mark.parametrize("cheat", CHEATS)
 def test_a_model_that_sees_the_answers_is_rejected(smoke, tmp_path, cheat):
-    _, _, env = smoke
-    task = tmp_path / "task"
-    task.mkdir()
-    shutil.copy(TEMPLATE / "prepare.py", task)
-    (task / "train.py").write_text(f"""
-import torch.nn as nn
-
-class Cheat(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.emb = nn.Embedding(config["vocab_size"], config["vocab_size"])
-
-    def forward(self, idx):
-        logits = self.emb(idx)
-        return {CHEATS[cheat]}
-
-def build_model(config):
-    return Cheat(config)
-""")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    save_file({"emb.weight": torch.randn(512, 512)}, str(run_dir / "model.safetensors"))
-    (run_dir / "model_config.json").write_text(json.dumps({"vocab_size": 512}))
-    out = run(["prepare.py", "--evaluate"], task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir)})
+    out = score_embedding_model(smoke[2], tmp_path, "", f"logits = self.emb(idx)\n        return {CHEATS[cheat]}")
     assert "autoresearch_reject: model is not causal" in out
     assert "val_bpb" not in out
 
 
 def test_a_train_py_that_replaces_the_evaluators_code_is_rejected(smoke, tmp_path):
     """Its module-level code runs in the evaluator's process (the model is needed there)."""
-    _, _, env = smoke
-    task = tmp_path / "task"
-    task.mkdir()
-    shutil.copy(TEMPLATE / "prepare.py", task)
-    (task / "train.py").write_text("""
-import sys
-import torch.nn as nn
-
-setattr(sys.modules["__main__"], "evaluate_" + "bpb", lambda *a, **k: 0.5)
-
-class Fair(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.emb = nn.Embedding(config["vocab_size"], config["vocab_size"])
-
-    def forward(self, idx):
-        return self.emb(idx)
-
-def build_model(config):
-    return Fair(config)
-""")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    save_file({"emb.weight": torch.randn(512, 512)}, str(run_dir / "model.safetensors"))
-    (run_dir / "model_config.json").write_text(json.dumps({"vocab_size": 512}))
-    out = run(["prepare.py", "--evaluate"], task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir)})
+    patch = 'import sys\nsetattr(sys.modules["__main__"], "evaluate_" + "bpb", lambda *a, **k: 0.5)'
+    out = score_embedding_model(smoke[2], tmp_path, patch, "return self.emb(idx)")
     assert "autoresearch_reject: train.py replaced what the evaluation runs: evaluate_bpb" in out, out
     assert "val_bpb" not in out
 
