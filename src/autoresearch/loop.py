@@ -410,11 +410,11 @@ class Loop:
     def _finish(self, t: Trial) -> Trial:
         """Record the verdict, then make the refs say it: the trial's ref always, the branch
         on keep (checked against the best it should still point to)."""
+        log = self.measure.log(t.number)  # `show` says when a log no longer holds what was recorded
+        seal = {log.name: "", **log_digests(log, self.s.dir / "sealed" / f"{t.number}.eval.log")}
+        t = t.with_(extra={**t.extra, "log_sha256": seal})  # ("": there was none; hashed before the lock)
         with self.lock:  # one decision at a time: a keep must beat the best of this moment
             t = self._still_better(t).with_(ended=time.time())
-            log = self.measure.log(t.number)  # `show` says when a log no longer holds what was recorded
-            seal = {log.name: "", **log_digests(log, self.s.dir / "sealed" / f"{t.number}.eval.log")}
-            t = t.with_(extra={**t.extra, "log_sha256": seal})  # ("": there was none)
             if t.status is Status.KEEP and t.parent and t.commit:  # (a baseline is checked in run())
                 forged = self.watch.forged(t.commit)
                 if forged:
