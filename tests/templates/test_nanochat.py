@@ -174,7 +174,7 @@ def shard_server(tmp_path):
 # Download
 
 
-def test_download_retries_resumes_and_skips_complete_shards(tmp_path, shard_server):
+def test_download_retries_resumes_and_skips_complete_shards(tmp_path, shard_server, capfd):
     prepare = load_prepare()
     dest = tmp_path / "shards"
     served = shard_server.root
@@ -182,14 +182,26 @@ def test_download_retries_resumes_and_skips_complete_shards(tmp_path, shard_serv
     def get(indices):
         return prepare.download_shards(indices, dest, shard_server.url, workers=2, backoff=0.01)
 
-    shard_server.fail["shard_00001.parquet"] = "500"
-    get([0, 1])
+    for i in (0, 1, 1821, 1822):  # retried at once by four threads: their notes stay whole lines
+        shard_server.fail[f"shard_{i:05d}.parquet"] = "500"
+    capfd.readouterr()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads swap often, as on a busy machine: half lines would show
+    try:
+        prepare.download_shards([0, 1, 1821, 1822], dest, shard_server.url, workers=4, backoff=0.01)
+    finally:
+        sys.setswitchinterval(switch)
     assert shard_server.requests("shard_00001.parquet") == [(None, "500"), (None, None)]
+    notes = capfd.readouterr().out.splitlines()
+    assert sorted(notes) == [
+        f"  shard_{i:05d}.parquet: HTTP Error 500: Internal Server Error; retrying in 0.0s"
+        for i in (0, 1, 1821, 1822)
+    ]
 
     # a second run fetches only what is missing; a cut connection resumes from its last byte
     shard_server.fail["shard_00002.parquet"] = "cut"
     get([0, 1, 2])
-    assert shard_server.requests("shard_00000.parquet") == [(None, None)]
+    assert shard_server.requests("shard_00000.parquet") == [(None, "500"), (None, None)]
     first, again = shard_server.requests("shard_00002.parquet")
     half = (served / "shard_00002.parquet").stat().st_size // 2
     assert first == (None, "cut") and again == (f"bytes={half}-", None)
@@ -260,6 +272,37 @@ def test_prepare_from_a_local_folder_follows_the_task_file(tmp_path):
     assert_nothing_pickled(tmp_path / "cache")
 
 
+def test_local_parquet_files_are_read_alone_or_beside_text(tmp_path):
+    prepare = load_prepare()
+    only, mixed = tmp_path / "only", tmp_path / "mixed"
+    for folder in (only, mixed):
+        folder.mkdir()
+        write_shard(folder / "a.parquet", 5, docs=3000)
+    (mixed / "b.txt").write_text("Plain text, naïve and über.\n" * 100)
+    texts = pq.read_table(only / "a.parquet").column("text").to_pylist()
+    assert prepare.local_documents(only) == texts
+    assert prepare.local_documents(mixed) == [*texts, (mixed / "b.txt").read_text()]
+    train, val, test = prepare.split_documents(prepare.local_documents(only))
+    assert len(train) > len(val) > 0 and len(test) > 0
+
+
+def test_prepare_without_data_reads_the_folder_of_the_setup_line(tmp_path, shard_server):
+    """`autoresearch init --data FOLDER` (parquet files only), then `python prepare.py` by hand:
+    it prepares FOLDER, where train.py reads, and downloads nothing."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_shard(corpus / "docs.parquet", 3, docs=3000)
+    task, env = tmp_path / "task", task_env(tmp_path, AUTORESEARCH_DATA_URL=shard_server.url)
+    init = ["-m", "autoresearch", "init", str(task), "--template", "nanochat", "--data", str(corpus)]
+    run(init, tmp_path, env)
+    out = run(["prepare.py"], task, env)
+    assert f"--data {corpus}" in out and "prepared" in out and "names other data" not in out
+    assert shard_server.log == []
+    where = Path(run(["-c", "import prepare; print(prepare.DATA_DIR)"], task, env).strip())
+    assert where.name.startswith("local-")
+    assert json.loads((where / "meta.json").read_text())["tokens"]["val"] > 0
+
+
 # ----------------------------------------------------------------------------
 # Token bytes
 
@@ -317,6 +360,15 @@ def smoke(tmp_path_factory):
     shutil.copytree(TEMPLATE, task)
     run(["prepare.py"], task, env)
     return root, task, env
+
+
+def test_smoke_prepare_says_it_ignores_data(smoke, tmp_path):
+    _, task, env = smoke
+    args = [sys.executable, "prepare.py", "--data", str(tmp_path / "nowhere")]
+    proc = subprocess.run(args, cwd=task, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"--data {tmp_path / 'nowhere'} is ignored" in proc.stderr
+    assert "data ready" in proc.stdout
 
 
 def test_smoke_run_prints_the_summary_and_evaluates_the_checkpoint(smoke):
@@ -417,3 +469,29 @@ def test_the_peak_of_each_gpu_name(name: str, tflops: int | None, monkeypatch: p
     peak, seen = prepare.peak_flops(torch.device("cuda", 0))
     assert seen == name
     assert (None if peak is None else round(peak / 1e12)) == tflops
+
+
+def test_the_small_machine_settings_lie_inside_the_ranges_program_md_gives(tmp_path):
+    """Each row of program.md's table, applied to train.py as a user would (values and `# search:`
+    ranges): `autoresearch space` lists those ranges and finds no value outside them."""
+    table = re.findall(r"^\| (.+?) \| (.+?) \| (.+?) \|$", (TEMPLATE / "program.md").read_text(), re.M)
+    rows = [row for row in table if "DEPTH = " in row[1]]
+    assert [r[0].split()[0] for r in rows] == ["24", "8", "Apple"]
+    for machine, settings, ranges in rows:
+        task = tmp_path / machine.split()[0]
+        shutil.copytree(TEMPLATE, task)
+        source = (task / "train.py").read_text()
+        for name, value in re.findall(r"`([A-Z_]+) = (\d+)`", settings):
+            source, n = re.subn(rf"^{name} = \S+", f"{name} = {value}", source, flags=re.M)
+            assert n == 1, name
+        bounds = re.findall(r"`([A-Z_]+)` (\d+)\.\.(\d+)", ranges)
+        assert {"DEPTH", "TOTAL_BATCH_SIZE"} <= {name for name, _, _ in bounds}
+        for name, lo, hi in bounds:
+            ranged = rf"^({name} = \S+\s+# search: )\S+"
+            source, n = re.subn(ranged, rf"\g<1>{lo}..{hi}", source, flags=re.M)
+            assert n == 1, name
+        (task / "train.py").write_text(source)
+        listed = run(["-m", "autoresearch", "space", str(task)], tmp_path, task_env(tmp_path))
+        assert "outside" not in listed, (machine, listed)
+        for name, lo, hi in bounds:
+            assert re.search(rf"^{name}\s+train\.py:\d+\s+\S+\s+{lo}\.\.{hi}\s", listed, re.M), name

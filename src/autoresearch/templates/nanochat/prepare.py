@@ -2,7 +2,8 @@
 Data, tokenizer, clock and scoring of the nanochat task. Protected: the agent never edits it.
 
     python prepare.py                 download the shards, train the tokenizer, tokenize (idempotent)
-    python prepare.py --data DIR      the same from local .txt or .parquet files (a `text` column)
+    python prepare.py --data DIR      the same from local .txt or .parquet files (a `text` column);
+                                      without --data, the --data of the task file's setup line
     python prepare.py --evaluate      score the checkpoint train.py left in AUTORESEARCH_RUN_DIR
 
 Guarantees: a shard is renamed into the cache only once it is complete and readable, so a killed
@@ -26,6 +27,7 @@ import shlex
 import shutil
 import sys
 import sysconfig
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -118,6 +120,9 @@ class PrepareError(Exception):
     """A problem the user can fix (no data, no checkpoint); printed as one line."""
 
 
+PRINT_LOCK = threading.Lock()  # download threads print whole lines, never into each other's
+
+
 # ----------------------------------------------------------------------------
 # Download: parallel, retried with backoff, resumed with HTTP ranges, renamed into place
 
@@ -167,7 +172,8 @@ def download_file(url: str, path: Path, attempts: int = 5, backoff: float = 1.0)
                     f"could not download {url} after {attempts} attempts: {e}"
                 ) from e
             wait = backoff * 2 ** (attempt - 1)
-            print(f"  {path.name}: {e}; retrying in {wait:.1f}s", flush=True)
+            with PRINT_LOCK:
+                print(f"  {path.name}: {e}; retrying in {wait:.1f}s", flush=True)
             time.sleep(wait)
     raise AssertionError("unreachable")
 
@@ -204,8 +210,8 @@ def local_documents(root: Path, piece: int | None = None) -> list[str]:
     files = sorted(p for p in root.rglob("*") if p.suffix in (".txt", ".parquet") and p.is_file())
     if not files:
         raise PrepareError(f"--data {root}: no .txt or .parquet files found")
-    all_texts = [
-        parquet_documents(f) if f.suffix == ".parquet" else [f.read_text("utf-8", "replace")]
+    all_texts = [  # lists, not iterators: the total below reads them once before the real pass
+        list(parquet_documents(f)) if f.suffix == ".parquet" else [f.read_text("utf-8", "replace")]
         for f in files
     ]
     if piece is None:
@@ -704,17 +710,22 @@ def main() -> int:
         "--evaluate", action="store_true", help="score the checkpoint in AUTORESEARCH_RUN_DIR"
     )
     parser.add_argument(
-        "--data", type=Path, help="local .txt / .parquet files instead of downloading"
+        "--data", type=Path, help="local .txt / .parquet files; default: the setup line's --data"
     )
     parser.add_argument(
         "--num-shards", type=int, default=NUM_TRAIN_SHARDS, help="training shards to download"
     )
     parser.add_argument("--workers", type=int, default=8, help="parallel downloads")
     args = parser.parse_args()
+    data = args.data
+    if SMOKE and data is not None:
+        print(f"prepare.py: smoke mode makes its own data; --data {data} is ignored", file=sys.stderr)
+    elif data is None and not args.evaluate and (data := task_data()) is not None:
+        print(f"data: --data {data}, from the setup line of autoresearch.toml")
     try:
         if args.evaluate:
             return evaluate_checkpoint(RUN_DIR)
-        prepare(args.data, args.num_shards, args.workers)
+        prepare(data, args.num_shards, args.workers)
         return 0
     except PrepareError as e:
         print(f"prepare.py: {e}", file=sys.stderr)

@@ -43,6 +43,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 #   8 GB card:                             DEPTH = 4, DEVICE_BATCH_SIZE = 8, TOTAL_BATCH_SIZE = 65536
 #   Apple MPS or CPU:                      DEPTH = 2, DEVICE_BATCH_SIZE = 2, TOTAL_BATCH_SIZE = 16384,
 #     and AUTORESEARCH_EVAL_TOKENS=1048576 in the environment, or scoring outlasts training
+# and narrow the `# search:` ranges below to the ones program.md gives for that machine
 
 # the one size dial: width, heads and parameter count follow from it
 DEPTH = 8  # search: 2..16 int
