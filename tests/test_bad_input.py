@@ -49,13 +49,16 @@ TASK_CASES: list[tuple[str, str | bytes, str]] = [
     ("editable absolute path", swap('editable = ["exp.py"]', 'editable = ["/etc/passwd"]'), "'/etc/passwd' matches no file"),
     ("editable outside the repository", swap('editable = ["exp.py"]', 'editable = ["../exp.py"]'), "'../exp.py' matches no file"),
     ("editable everything", swap('editable = ["exp.py"]', 'editable = ["*"]'), "always protected"),
-    ("metric name with a space", swap('name = "loss"', 'name = "val loss"'), "'metric.name' must be an identifier"),
+    ("metric name with a space", swap('name = "loss"', 'name = "val loss"'), "'metric.name' must be a name such as val_bpb"),
     ("metric name empty", swap('name = "loss"', 'name = ""'), "'metric.name' must not be empty"),
     ("metric goal capitalised", swap('goal = "minimize"', 'goal = "Minimize"'), "'metric.goal' must be"),
     ("metric pattern and file", swap('goal = "minimize"', 'goal = "minimize"\npattern = "l=(.*)"\nfile = "m.json"'), "cannot both be set"),
     ("metric file not a string", swap('goal = "minimize"', 'goal = "minimize"\nfile = 3'), "'metric.file' must be a string"),
     ("metric holdout not a string", swap('holdout = "test_loss"', "holdout = 1"), "'metric.holdout' must be a string"),
     ("metric record holds a number", swap('record = ["peak_vram_mb"]', "record = [1]"), "'metric.record' must be a list"),
+    ("metric named like a results.tsv column", swap('name = "loss"', 'name = "status"'), "a column of results.tsv"),
+    ("metric record name with a space", swap('record = ["peak_vram_mb"]', 'record = ["a b"]'), "'metric.record' must be a name"),
+    ("metric record lists a figure twice", swap('record = ["peak_vram_mb"]', 'record = ["a", "a"]'), "lists a figure twice"),
     ("metric as an array of tables", GOOD.replace("[metric]", "[[metric]]"), "'metric' must be a table"),
     ("acceptance not a table", 'acceptance = "strict"\n' + GOOD.split("[acceptance]")[0], "'acceptance' must be a table"),
     ("baseline_runs a boolean", swap("baseline_runs = 3", "baseline_runs = true"), "'acceptance.baseline_runs' must be an integer"),
@@ -144,6 +147,12 @@ def _branch_without_ledger(tmp: Path) -> Path:
     return repo
 
 
+def _refs_without_ledger(tmp: Path) -> Path:
+    repo = _branch_without_ledger(tmp)
+    git(repo, "update-ref", "refs/autoresearch/x/trials/0", "HEAD")
+    return repo
+
+
 def _repo(tmp: Path) -> Path:
     return make_task(tmp / "repo")
 
@@ -151,6 +160,9 @@ def _repo(tmp: Path) -> Path:
 RUN = ["run", "{repo}", "--agent", "cli", "--agent-cmd", "true"]
 FLAG_CASES: list[tuple[str, list[str], str, Callable[[Path], Path]]] = [
     ("--trials not whole", [*RUN, "--trials", "1.5"], "--trials", _repo),
+    ("--model with a provider and no name", ["run", "{repo}", "--model", "openai/", "--base-url", "http://127.0.0.1:9/v1"],
+     "names no model after openai/", _repo),
+    ("--agent-cmd empty", ["run", "{repo}", "--agent-cmd", ""], "--agent-cmd is empty", _repo),
     ("--trials missing its value", [*RUN, "--trials"], "--trials", _repo),
     ("--hours not a number", [*RUN, "--hours", "abc"], "--hours", _repo),
     ("--hours nan", [*RUN, "--hours", "nan"], "--hours", _repo),
@@ -178,7 +190,9 @@ FLAG_CASES: list[tuple[str, list[str], str, Callable[[Path], Path]]] = [
     ("DIR is a subfolder of the repository", [*RUN, "--tag", "x"], "not the root of its git repository", _subfolder),
     ("repository without commits", [*RUN, "--tag", "x"], "no commits yet", _no_commits),
     ("repository with uncommitted changes", [*RUN, "--tag", "x"], "uncommitted changes (exp.py)", _dirty),
-    ("branch of the tag exists without a ledger", [*RUN, "--tag", "x"], "branch autoresearch/x exists", _branch_without_ledger),
+    ("a branch of the tag's name made by the user", [*RUN, "--tag", "x"], "a branch autoresearch/x already exists",
+     _branch_without_ledger),
+    ("the tag's ledger deleted, its refs left", [*RUN, "--tag", "x"], "holds no ledger", _refs_without_ledger),
     ("status of an unknown tag", ["status", "{repo}", "--tag", "nope"], "no tag 'nope'", _repo),
     ("status with no runs", ["status", "{repo}"], "no autoresearch runs", _repo),
     ("show a negative trial", ["show", "-1", "{repo}"], "show", _repo),

@@ -160,3 +160,51 @@ def test_trial_says_where_a_rewound_change_went(tmp_path: Path) -> None:
     assert "git checkout refs/autoresearch/t/trials/1 -- FILE" in r.stdout
     git(repo, "checkout", "refs/autoresearch/t/trials/1", "--", "exp.py")
     assert "X = 9.0" in (repo / "exp.py").read_text()
+
+
+def test_trial_knows_the_best_code_it_left_and_the_one_its_advice_stages(tmp_path: Path) -> None:
+    """After a kept trial the working file holds the best code; an edit of it that also takes out
+    a line the kept trial added looked nearer HEAD and was merged into a false conflict. Trial
+    now keeps a note of what it left; and the conflict's own advice (check out the best) works."""
+    repo = make_task(tmp_path / "task")
+    exp = repo / "exp.py"
+    exp.write_text(exp.read_text().replace("X = 3.0", "X = 2.0\nZ = 1"))  # a line added
+    r = cli("trial", "-m", "X to 2, Z", str(repo), "--tag", "t")
+    assert "trial 1: keep" in r.stdout, r.stdout + r.stderr
+    exp.write_text(exp.read_text().replace("X = 2.0\nZ = 1", "X = 1.5"))  # the line taken out
+    r = cli("trial", "-m", "X to 1.5, no Z", str(repo), "--tag", "t")
+    assert "trial 2: keep" in r.stdout, r.stdout + r.stderr
+    assert "Z = 1" not in git(repo, "show", "autoresearch/t:exp.py")
+    # the same edit without the note (a tag whose trials ran before there was one): the conflict,
+    # and then its advice, followed, is judged
+    (repo / ".autoresearch" / "t" / "working-tree.json").unlink()
+    exp.write_text(exp.read_text().replace("X = 1.5", "X = 1.0\nW = 2"))
+    assert "trial 3: keep" in cli("trial", "-m", "X to 1, W", str(repo), "--tag", "t").stdout
+    (repo / ".autoresearch" / "t" / "working-tree.json").unlink()
+    exp.write_text(exp.read_text().replace("X = 1.0\nW = 2", "X = 1.25"))
+    r = cli("trial", "-m", "X to 1.25", str(repo), "--tag", "t")
+    assert "trial 4: agent_error" in r.stdout and "conflicts" in r.stdout, r.stdout
+    git(repo, "checkout", "autoresearch/t", "--", "exp.py")
+    exp.write_text(exp.read_text().replace("X = 1.0\nW = 2", "X = 1.25"))
+    r = cli("trial", "-m", "X to 1.25", str(repo), "--tag", "t")
+    assert "trial 5: discard" in r.stdout, r.stdout + r.stderr
+    assert "W = 2" not in git(repo, "show", "refs/autoresearch/t/trials/5:exp.py")
+
+
+def test_trial_refuses_an_uncommitted_task_file_and_names_what_it_leaves(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    git(repo, "rm", "-q", "--cached", "autoresearch.toml")
+    git(repo, "commit", "-qm", "the task file untracked")
+    (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = 3.0", "X = 2.0"))
+    r = cli("trial", "-m", "X to 2", str(repo), "--tag", "t")
+    assert r.returncode == 2 and "autoresearch.toml is not committed" in r.stderr, r.stderr
+    assert "X = 2.0" in (repo / "exp.py").read_text()  # nothing rewound
+    git(repo, "add", "autoresearch.toml")
+    git(repo, "commit", "-qm", "the task file back")
+    with open(repo / "prepare.py", "a") as f:
+        f.write("# a protected file edited\n")
+    r = cli("trial", "-m", "X to 2", str(repo), "--tag", "t")
+    assert "trial 1: rejected" in r.stdout, r.stdout + r.stderr
+    assert "left as it is in your working tree, outside the editable files: prepare.py" in r.stdout
+    assert "`git checkout -- prepare.py`" in r.stdout
+    assert "a protected file edited" in (repo / "prepare.py").read_text()  # never erased

@@ -13,11 +13,8 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
-
-if TYPE_CHECKING:
-    from autoresearch.agents.registry import AgentOptions
 from pathlib import Path
+from typing import NoReturn
 
 from autoresearch import __version__
 from autoresearch.errors import AutoresearchError, UsageError
@@ -204,30 +201,6 @@ def _events(task):  # noqa: ANN001, ANN202
     return Steady(make_events(task))
 
 
-def _agent_options(args: argparse.Namespace, task) -> AgentOptions:  # noqa: ANN001
-    from autoresearch.agents.registry import AgentOptions
-
-    cfg = task.agent
-    # --agent-cmd alone means the cli agent, and --model alone the llm agent
-    name = args.agent or ("cli" if args.agent_cmd else None) or cfg.get("kind") or \
-        ("llm" if getattr(args, "model", None) else "search")
-    if args.agent_cmd and name != "cli":
-        raise UsageError(f"--agent-cmd is the command of --agent cli, not of --agent {name} "
-                         "(drop --agent, or copy the preset's command from `autoresearch agents` into --agent-cmd)")
-    used = {"search": {"sampler"}, "llm": {"model", "base_url"}, "hybrid": {"model", "base_url", "sampler", "llm_share"},
-            "cli": set()}.get(name, {"model", "base_url"})  # (a preset takes a model and a server)
-    for flag in ("model", "base_url", "sampler", "llm_share"):
-        if getattr(args, flag, None) is not None and flag not in used:
-            print(f"autoresearch: warning: --{flag.replace('_', '-')} is not used by --agent {name}", file=sys.stderr)
-    return AgentOptions(
-        name=name, command=args.agent_cmd or cfg.get("cmd"),
-        timeout=args.agent_timeout or cfg.get("timeout"), model=args.model or cfg.get("model"),
-        base_url=args.base_url or cfg.get("base_url"), sampler=args.sampler or cfg.get("sampler", "tpe"),
-        seed=getattr(args, "seed", 0),
-        llm_share=args.llm_share if args.llm_share is not None else cfg.get("llm_share", 0.3),
-    )
-
-
 def ended_by(error: BaseException) -> str:
     """Why a run that raised `error` ended, in a few words for `status`."""
     if isinstance(error, KeyboardInterrupt):
@@ -297,7 +270,8 @@ def _backend(args: argparse.Namespace, task, gpus: tuple[str, ...], tag: str):  
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from autoresearch.agents.registry import build_agent
+    from autoresearch.agents.registry import agent_options, build_agent, options_record
+    from autoresearch.agents.search import NoConstants, NothingToSearch
     from autoresearch.ledger import check_tag
     from autoresearch.loop import Loop, Options
     from autoresearch.session import open_session
@@ -309,7 +283,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         from autoresearch.sandbox import require
 
         require()
-    agent = build_agent(_agent_options(args, task), task)
+    opts = agent_options(args, task, tag)
+    try:
+        agent = build_agent(opts, task)
+    except NoConstants:
+        if args.trials != 0:
+            raise
+        agent = NothingToSearch()  # --trials 0: the baseline alone, which no agent proposes
     gpus = _gpu_ids(args.gpus)
     originals = {s: signal.getsignal(s) for s in stop_signals()}
     for s in originals:  # until the loop's own handler: SIGTERM or SIGHUP while Ray connects, say
@@ -323,6 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             events = mlflow_events(events, args.mlflow, task, tag)
         session = open_session(task, tag)
+        session.ledger.set_meta("agent_options", options_record(opts))
     except BaseException:
         backend.close()
         raise
@@ -364,7 +345,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
-    from autoresearch.drive import run_working_tree_trial
+    from autoresearch.drive import run_working_tree_trial, working_changes
+    from autoresearch.gitrepo import Git
     from autoresearch.ledger import check_tag, list_tags
     from autoresearch.records import Status
     from autoresearch.task import load_task
@@ -380,8 +362,14 @@ def cmd_trial(args: argparse.Namespace) -> int:
     rewound = not args.no_rewind and trial.commit and trial.status not in (
         Status.KEEP, Status.AGENT_ERROR, Status.INTERRUPTED, Status.DUPLICATE)
     if rewound and not trial.reason.startswith("empty change"):
-        print(f"(your change was rewound; it is kept in trial {trial.number}'s commit: "
+        print(f"(your change to the editable files was rewound; it is kept in trial {trial.number}'s commit: "
               f"`git checkout refs/autoresearch/{tag}/trials/{trial.number} -- FILE` brings a file back)")
+    if trial.status is Status.REJECTED:
+        left = [p for p in working_changes(Git(task.root), task) if not task.is_editable(p)]
+        if left:
+            shown = " ".join(shlex.quote(p) for p in left)
+            print(f"(left as it is in your working tree, outside the editable files: {', '.join(left)}; "
+                  f"every trial is rejected until it is undone: `git checkout -- {shown}`)")
     if trial.status is Status.REJECTED and trial.reason.startswith("empty change"):
         print("(trial judges the working tree's uncommitted change; a change you committed can be "
               "uncommitted with `git reset --soft HEAD~1`)")

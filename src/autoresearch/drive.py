@@ -11,6 +11,9 @@ change is rewound and a kept one stays), unless rewind=False; changes outside th
 from __future__ import annotations
 
 import difflib
+import json
+import os
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -81,11 +84,13 @@ class WorkingTreeAgent(BaseAgent):
 
     name = "self"
 
-    def __init__(self, root: Path, paths: list[str], description: str, tag: str) -> None:
+    def __init__(self, root: Path, paths: list[str], description: str, tag: str,
+                 left: dict[str, str] | None = None) -> None:
         self.root = root
         self.tag = tag
         self.paths = paths
         self.description = description
+        self.left = left or {}  # path -> the commit whose version of it a trial left in the tree
 
     def propose(self, ctx: Context) -> Proposal:
         git = Git(self.root)
@@ -105,18 +110,26 @@ class WorkingTreeAgent(BaseAgent):
         return Proposal(description=self.description)
 
     def _laid_over(self, git: Git, rel: str, src: Path, dst: Path) -> bytes | None:
-        """The user's edit of `rel` (HEAD -> working tree) laid over the best code (`dst`) by a
-        three-way merge; None where there is nothing to merge (the file is new, deleted, or the
+        """The user's edit of `rel` (from what they started from to the working tree) laid over
+        the best code (`dst`) by a three-way merge; None where there is nothing to merge (the file is new, deleted, or the
         best code is what the user started from: then the working file is the change)."""
         if src.is_symlink() or not src.is_file() or dst.is_symlink() or not dst.is_file():
             return None
-        base = git.show_file("HEAD", rel)
-        if base is None or base.encode() == dst.read_bytes():
+        head = git.show_file("HEAD", rel)
+        if head is None or head.encode() == dst.read_bytes():
             return None
         best, working = dst.read_text(errors="replace"), src.read_text(errors="replace")
-        if distance(working, best) <= distance(working, base):
-            return None  # the working file is the best code edited (a trial rewound it there): as it is
-        merged = merge3(base, best, working)
+        # What the user edited: the best code if it is staged (`git checkout autoresearch/T --
+        # FILE` stages it), else the best code an earlier `trial` left in the working tree (it
+        # keeps a note), else the checkout's HEAD or the best code, whichever is nearer.
+        start = best if git.show_file("", rel) == best else None
+        if start is None and rel in self.left:
+            start = git.show_file(self.left[rel], rel)
+        if start is None:
+            start = best if distance(working, best) <= distance(working, head) else head
+        if start == best:
+            return None  # the working file is the best code edited: as it is
+        merged = merge3(start, best, working)
         if merged is None:
             take = f"git -C {shlex.quote(str(git.root))} checkout autoresearch/{self.tag} -- {shlex.quote(rel)}"
             raise AgentError(f"your change to {rel} conflicts with the tag's best code (it is left as it is "
@@ -132,10 +145,18 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
     if git.run("symbolic-ref", "-q", "HEAD", check=False).strip() == f"refs/heads/autoresearch/{tag}":
         raise UsageError(f"you have autoresearch/{tag} checked out, and a kept trial moves it under your "
                          "working tree: check out another branch first (e.g. `git checkout main`)")
+    new = [p for p in working_changes(git, task) if task.is_protected(p) and git.show_file("HEAD", p) is None]
+    if new:
+        shown = " ".join(shlex.quote(p) for p in new)
+        raise UsageError(f"{', '.join(new)} {'is' if len(new) == 1 else 'are'} not committed, and trials run "
+                         f"from the committed task: commit first (`git add {shown} && git commit`)")
     session = open_session(task, tag, allow_dirty=True)
     try:
         paths = working_changes(session.git, task)
-        loop = Loop(session, WorkingTreeAgent(task.root, paths, description, tag),
+        note = session.dir / LEFT_NOTE
+        head = session.git.rev("HEAD")
+        left = read_left(note, head)
+        loop = Loop(session, WorkingTreeAgent(task.root, paths, description, tag, left),
                     Options(trials=1, seed=seed), events)
         best = loop.run()
         trial = session.ledger.get(session.ledger.next_number() - 1)
@@ -143,13 +164,43 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         # a change that was never judged (it conflicted, or the trial was stopped) stays as it is:
         # no commit holds it; a judged one is in the trial's commit, and is rewound to the best
         if rewind and best.commit and trial.status not in (Status.AGENT_ERROR, Status.INTERRUPTED):
-            rewind_to(session.git, task, best.commit, paths)
+            done = rewind_to(session.git, task, best.commit, paths)
+            write_left(note, head, {**left, **{rel: best.commit for rel in done}})
+        elif not rewind:
+            write_left(note, head, {rel: c for rel, c in left.items() if rel not in paths})
         return trial, best
     finally:
         session.close()
 
 
-def rewind_to(git: Git, task: Task, commit: str, paths: list[str]) -> None:
+LEFT_NOTE = "working-tree.json"  # in the tag's folder: what `trial` left in the user's files
+
+
+def read_left(note: Path, head: str | None) -> dict[str, str]:
+    """The note of which commit's version of each editable file `trial` last left in the user's
+    working tree (so that the next change is known to be an edit of that, not of HEAD); none
+    once the checkout's HEAD has moved."""
+    try:
+        data = json.loads(note.read_text())
+        files = data["files"] if data["head"] == head else {}
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}
+    if not isinstance(files, dict):
+        return {}
+    return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)
+            and re.fullmatch(r"[0-9a-f]{40,64}", v)}
+
+
+def write_left(note: Path, head: str | None, left: dict[str, str]) -> None:
+    tmp = note.with_name(note.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps({"head": head, "files": left}, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, note)
+    except OSError:
+        pass  # only a hint for the next trial: without it the nearer of HEAD and the best is taken
+
+
+def rewind_to(git: Git, task: Task, commit: str, paths: list[str]) -> list[str]:
     """Set the user's editable files among `paths` to `commit`'s (deleting those it lacks), and
     unstage them: what git would commit next is then what the checkout's HEAD holds, never a
     discarded change left in the index."""
@@ -167,3 +218,4 @@ def rewind_to(git: Git, task: Task, commit: str, paths: list[str]) -> None:
         done.append(rel)
     if done:
         git.run("reset", "-q", "--", *done, check=False)
+    return done

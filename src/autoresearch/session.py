@@ -98,6 +98,10 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
             shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
             raise UsageError(f"the repository has uncommitted changes ({shown}): commit or stash them first "
                              "(trials run the committed code; output folders belong in .gitignore)")
+        if git.rev(branch) and not git.refs(f"refs/autoresearch/{tag}/"):
+            raise UsageError(f"a branch autoresearch/{tag} already exists, and the loop works on a branch of "
+                             f"that name: choose another --tag, or rename your branch "
+                             f"(`git branch -m autoresearch/{tag} NEW-NAME`)")
         if git.rev(branch):
             raise UsageError(f"branch autoresearch/{tag} exists but {tag_dir(task.root, tag)} holds no ledger (deleted, "
                              f"e.g. by `git clean -ffdx`; its trial commits are still under refs/autoresearch/{tag}/): "
