@@ -158,3 +158,52 @@ def test_a_package_setup_installs_or_you_install_meanwhile_is_left_alone(tmp_pat
     assert ts[3].status is Status.REJECTED and "planted.pth" in ts[3].reason
     assert not (site / "planted.pth").exists()
     assert ts[4].status is not Status.REJECTED
+
+
+def test_a_resumed_tag_goes_on_with_its_agent_unless_run_names_one(tmp_path: Path) -> None:
+    """An overnight run with a CLI agent, stopped (a reboot) and resumed with `run --tag T`: it
+    used to go on with the search agent. A flag still chooses; an empty --agent-cmd is an error."""
+    root = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "agent.sh", LOWER_X)
+    assert cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "1").returncode == 0
+    r = cli("run", str(root), "--tag", "t", "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert f"tag t goes on with the agent it ran with: cli: {agent}" in r.stderr
+    assert [t.agent for t in trials(root)] == ["baseline", "cli", "cli"]
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1")
+    assert r.returncode == 0 and "goes on with" not in r.stderr
+    assert trials(root)[-1].agent == "search"
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", "  ", "--trials", "1")
+    assert r.returncode == 2 and r.stderr.strip() == "autoresearch: error: --agent-cmd is empty"
+
+
+def test_an_agent_table_with_a_model_or_a_command_and_no_kind_names_that_agent(tmp_path: Path) -> None:
+    from autoresearch.agents.registry import agent_options
+    from autoresearch.cli import build_parser
+    from autoresearch.task import load_task
+
+    for table, name in (('model = "openai/gpt-4.1"', "llm"), ('cmd = "true"', "cli"), ("", "search")):
+        root = make_task(tmp_path / name, toml_extra=f"[agent]\n{table}\n" if table else "")
+        args = build_parser().parse_args(["run", str(root)])
+        assert agent_options(args, load_task(root)).name == name
+
+
+def test_trials_0_runs_the_baseline_of_files_without_constants(tmp_path: Path) -> None:
+    root = make_task(tmp_path / "task", experiment="print('loss: 1.5')\n")
+    r = cli("run", str(root), "--tag", "t", "--trials", "0")
+    assert r.returncode == 0, r.stderr
+    assert [t.metric for t in trials(root)] == [1.5]
+    r = cli("run", str(root), "--tag", "t", "--trials", "1")
+    assert r.returncode == 2 and "found no constants to tune" in r.stderr
+
+
+def test_a_failed_repeat_of_the_baseline_names_its_own_run_and_log(tmp_path: Path) -> None:
+    root = make_task(tmp_path / "task", toml_extra="[acceptance]\nbaseline_runs = 3\n")
+    toml = root / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('command = "python exp.py"',
+                                             'command = \'test "$AUTORESEARCH_SEED" = 1 && exit 3; python exp.py\''))
+    git(root, "commit", "-qam", "seed 1 fails")
+    r = cli("run", str(root), "--tag", "t", "--trials", "1")
+    assert r.returncode == 1
+    assert "failed: run 2 of 3 (seed 1, log 0.1.log): exit code 3: (no output); see " in r.stderr, r.stderr
+    assert r.stderr.rstrip().split("; see ")[1].startswith(str(root / ".autoresearch" / "t" / "logs" / "0.1.log"))

@@ -1063,3 +1063,11 @@ def test_preset_flags_exist_in_the_installed_tool(tmp_path: Path, name: str, mon
             os.environ.pop("IS_SANDBOX", None)
         for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]+|-[a-zA-Z])(?=[\s=]|$)", command):
             assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text), f"{name}: {flag} not in its --help"
+
+
+def test_a_key_of_spaces_is_no_key() -> None:
+    from autoresearch.agents.providers import ConfigError, resolve
+
+    with pytest.raises(ConfigError, match="set ANTHROPIC_API_KEY in the environment"):
+        resolve("anthropic/claude-sonnet-4-5", None, {"ANTHROPIC_API_KEY": "  "})
+    assert resolve("openai/gpt-4.1", None, {"OPENAI_API_KEY": " sk-abc\n"}).key == "sk-abc"

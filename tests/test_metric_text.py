@@ -177,7 +177,28 @@ def test_a_near_miss_that_shows_the_sealed_holdout_is_not_quoted() -> None:
 
 def test_a_custom_pattern_gets_no_near_miss_hint() -> None:
     spec = MetricSpec(name="val_loss", pattern=r"^loss@val (\S+)")
-    assert problem("INFO:root:val_loss: 0.58\n", spec) == "no 'val_loss' figure in the output"
+    assert problem("INFO:root:val_loss: 0.58\n", spec) == "no 'val_loss' figure in the output: metric.pattern matched nothing"
+
+
+def test_a_number_with_a_comma_is_no_figure_and_the_reason_says_why() -> None:
+    """`val_loss: 1,5` (a decimal comma, or 1,000) was read as 1: now it is no figure, and the
+    reason names the comma; a comma after the number (`1, next`) still ends it."""
+    assert figure_from_text("val_loss: 1,5\n", "val_loss") is None
+    assert figure_from_text("val_loss: 1, steps 3\n", "val_loss") == 1.0
+    assert problem("val_loss: 1,5\n") == ("no 'val_loss' figure in the output: 'val_loss: 1,5' has a comma "
+                                          "in its number (print 1.5, 1000)")
+
+
+def test_a_pattern_that_captures_no_number_and_a_file_without_the_key_are_named() -> None:
+    spec = MetricSpec(name="accuracy", pattern=r"acc=(\S+)")
+    assert problem("acc=0.5, loss=3\n", spec) == ("no 'accuracy' figure in the output: metric.pattern "
+                                                  "captured '0.5,', which is not a number")
+    spec = MetricSpec(name="loss", file="metrics.json")
+    assert metric_problem(spec, {}, "loss: 0.01\n") == "no 'loss' figure: metric file metrics.json has no number under that key"
+
+
+def test_a_metric_name_may_hold_a_slash() -> None:
+    assert figure_from_text("eval/loss: 0.25\ntrain/loss: 0.5\n", "eval/loss") == 0.25
 
 
 # ---------------------------------------------------------------------------

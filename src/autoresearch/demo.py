@@ -120,10 +120,9 @@ def require_torch() -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from autoresearch.agents.registry import build_agent
+    from autoresearch.agents.registry import agent_options, build_agent, options_record
     from autoresearch.cli import (
         EXIT_INTERRUPTED,
-        _agent_options,
         _events,
         _Stopper,
         ended_by,
@@ -146,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"autoresearch demo: creating the {TEMPLATE} task in {directory} ...", flush=True)
         root = create(directory, budget)
     task = load_task(root)
-    opts = _agent_options(args, task)
+    opts = agent_options(args, task, TAG)
     if args.agent is None and opts.model and not task.agent.get("kind"):
         opts.name = "llm"  # a model was given: the LLM agent is the configured one
     agent = build_agent(opts, task)
@@ -154,6 +153,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"the baseline and {trials} trial{'s' * (trials != 1)} of {task.time_budget:g} s each with the {agent.name} "
           f"agent: about {minutes:.0f} min (plus building the corpus once)", flush=True)
     session = open_session(task, TAG)
+    session.ledger.set_meta("agent_options", options_record(opts))
     events = _events(task)
     loop = Loop(session, agent, Options(trials=trials), events)
     stopper = _Stopper(loop)

@@ -22,13 +22,14 @@ class Measurement:
     reason: str = ""
     seconds: float = 0.0
     repeats: list[dict[str, float]] = field(default_factory=list)
+    log: str = ""  # the log of the run that failed, when it is not the trial's first
 
 
 def judge(task: Task, r: ExecResult, run_dir: Path, workdir: Path) -> Measurement:
     """What an experiment's result means: a valid measurement (status None) and its figures, or
     the status and reason of a run that is not one."""
     spec = task.metric
-    tail = clean_text(last_lines(r.output, 5), 1000)  # printed live: no escapes, one line
+    tail = clean_text(last_lines(r.output, 5), 1000) or "(no output)"  # printed live: no escapes, one line
     if r.outcome == "cancelled":
         return Measurement(Status.INTERRUPTED, reason="stopped while the experiment ran", seconds=r.seconds)
     if r.outcome == "lost":
@@ -42,7 +43,7 @@ def judge(task: Task, r: ExecResult, run_dir: Path, workdir: Path) -> Measuremen
     if r.outcome == "crash":
         return Measurement(Status.CRASH, reason=f"exit code {r.returncode}: {tail[-400:]}", seconds=r.seconds)
     if r.eval_output is not None:  # what the verdict rests on: the evaluator's output
-        tail = clean_text(redact(last_lines(r.eval_output, 5), spec.holdout), 1000)
+        tail = clean_text(redact(last_lines(r.eval_output, 5), spec.holdout), 1000) or "(no output)"
     if r.outcome == "eval_timeout":
         return Measurement(Status.TIMEOUT, reason=f"the evaluator was killed after the {task.timeout:g} s "
                            f"timeout; last output: {tail[-300:]}", seconds=r.seconds)

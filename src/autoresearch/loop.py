@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 from autoresearch import audit, decide, guard
 from autoresearch.agents.base import Agent, AgentError, Context
@@ -217,9 +218,10 @@ class Loop:
             self._finish(t.with_(status=m.status, reason=m.reason, run_seconds=m.seconds, figures=m.figures))
             if m.status is Status.INTERRUPTED:
                 raise KeyboardInterrupt
-            hint = missing_hint(self.s, read_tail(self.measure.log(number)))
+            log = m.log or self.measure.log(number)
+            hint = missing_hint(self.s, read_tail(Path(log)))
             raise AutoresearchError(f"the baseline (trial {number}) failed: {m.reason}{hint}; "
-                                    f"see {self.measure.log(number)} (tag {self.s.tag} stays on the code it started "
+                                    f"see {log} (tag {self.s.tag} stays on the code it started "
                                     f"from, {self.s.base[:7]}: fix it, commit, and start a new --tag)")
         noise = decide.noise([r[self.task.metric.name] for r in m.repeats])
         self.s.ledger.set_meta("noise", repr(noise))

@@ -62,6 +62,10 @@ class Measurer:
             seconds += m.seconds
             if m.status is not None:
                 m.seconds = seconds
+                if runs > 1 or offset:  # which of them, and its own log
+                    index = offset + i
+                    m.log = str(self.log(t.number, f".{index}" if index else ""))
+                    m.reason = f"run {i + 1} of {runs} (seed {first_seed + i}, log {Path(m.log).name}): {m.reason}"
                 return m
             repeats.append(m.figures)
         return Measurement(None, mean_figures(repeats), "", seconds, repeats)

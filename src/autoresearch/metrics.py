@@ -22,6 +22,7 @@ from pathlib import Path
 from autoresearch.task import MetricSpec
 
 NUMBER = r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|(?i:nan|inf(?:inity)?))"
+END = r"(?![\w.]|,\d)"  # a number ends there: not `7ms`, `1.2.3`, nor a decimal comma (`1,5`)
 MEMORY = "peak_vram_mb"  # always read when printed: results.tsv's memory_gb comes from it
 REJECT_LINE = re.compile(r"^autoresearch_reject:[ \t]*(.*)$", re.MULTILINE)
 # What a terminal draws as nothing: CSI (colours, cursor moves), OSC and the other string
@@ -55,7 +56,7 @@ def _figure(text: str, name: str, pattern: str | None) -> float | None:
     if pattern is not None:
         regex = re.compile(pattern, re.MULTILINE)
     else:
-        regex = re.compile(rf"^{re.escape(name)}:[ \t]*({NUMBER})(?![\w.])", re.MULTILINE)
+        regex = re.compile(rf"^{re.escape(name)}:[ \t]*({NUMBER}){END}", re.MULTILINE)
     matches = regex.findall(text)
     if not matches:
         return None
@@ -69,7 +70,7 @@ def near_miss(output: str, name: str, holdout: str | None = None) -> str | None:
     """The last line of `output` that gives `name` a number but is not the metric line by the
     default rule (`  name: 1`, `INFO:root:name: 1`, `name = 1`, `{'name': 1}`, `NAME: 1`), as a
     short excerpt; None if there is none, or if the excerpt would show the `holdout` figure."""
-    exact = rf"{re.escape(name)}:[ \t]*{NUMBER}(?![\w.])"
+    exact = rf"{re.escape(name)}:[ \t]*{NUMBER}{END}"
     regex = re.compile(rf"^(?!{exact})([^\n]*?)((?<![\w.\-])(?i:{re.escape(name)})['\"]?"
                        rf"(?:[ \t]*[:=][ \t]*|[ \t]+){NUMBER}(?![\w.]))([^\n]*)", re.MULTILINE)
     found = list(regex.finditer(screen(output)))
@@ -138,6 +139,17 @@ def metric_problem(spec: MetricSpec, figures: dict[str, float], output: str | No
     """Why the figures are not a valid measurement, or None. A missing metric names the line of
     `output` (what the figures were read from) that nearly matched."""
     value = figures.get(spec.name)
+    if value is None and spec.file:
+        return f"no '{spec.name}' figure: metric file {spec.file} has no number under that key"
+    if value is None and spec.pattern and output:
+        found = re.findall(spec.pattern, screen(output), re.MULTILINE)
+        if found:
+            return (f"no '{spec.name}' figure in the output: metric.pattern captured "
+                    f"{str(found[-1])[:80]!r}, which is not a number")
+        return f"no '{spec.name}' figure in the output: metric.pattern matched nothing"
+    comma = re.findall(rf"^{re.escape(spec.name)}:[ \t]*[-+]?\d+,\d+", screen(output or ""), re.MULTILINE)
+    if value is None and comma:
+        return f"no '{spec.name}' figure in the output: '{comma[-1]}' has a comma in its number (print 1.5, 1000)"
     if value is None:
         miss = near_miss(output, spec.name, spec.holdout) if output and not spec.pattern and not spec.file else None
         if miss:

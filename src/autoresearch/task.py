@@ -204,6 +204,15 @@ def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
+TSV_COLUMNS = ("commit", "memory_gb", "status", "description")  # results.tsv's, beside the metric's
+
+
+def _check_figure_name(name: str, key: str) -> None:
+    if not re.fullmatch(r"[A-Za-z_][\w.\-/]*", name):
+        raise TaskError(f"{TASK_FILE}: '{key}' must be a name such as val_bpb or eval/loss "
+                        f"(letters, digits, _ . - /), got {name!r}")
+
+
 def _load_metric(data: dict[str, Any]) -> MetricSpec:
     if "metric" not in data:
         raise TaskError(f"{TASK_FILE}: missing required table [metric] (with 'name' and 'goal')")
@@ -211,8 +220,10 @@ def _load_metric(data: dict[str, Any]) -> MetricSpec:
     _check_keys(table, METRIC_KEYS, "metric.")
     name = _get_str(table, "name", "metric.", required=True)
     assert name is not None
-    if not re.fullmatch(r"[A-Za-z_][\w.\-]*", name):
-        raise TaskError(f"{TASK_FILE}: 'metric.name' must be an identifier such as val_bpb, got {name!r}")
+    _check_figure_name(name, "metric.name")
+    if name in TSV_COLUMNS:
+        raise TaskError(f"{TASK_FILE}: 'metric.name' must not be {name!r}, a column of results.tsv "
+                        f"({', '.join(TSV_COLUMNS)}): name the metric otherwise (and print it so)")
     goal = _get_str(table, "goal", "metric.", required=True)
     if goal not in ("minimize", "maximize"):
         raise TaskError(f"{TASK_FILE}: 'metric.goal' must be \"minimize\" or \"maximize\", got {goal!r}")
@@ -233,7 +244,13 @@ def _load_metric(data: dict[str, Any]) -> MetricSpec:
     holdout = _get_str(table, "holdout", "metric.")
     if holdout is not None and holdout == name:
         raise TaskError(f"{TASK_FILE}: 'metric.holdout' must differ from 'metric.name'")
+    if holdout is not None:
+        _check_figure_name(holdout, "metric.holdout")
     record = _get_list(table, "record", "metric.")
+    for extra in record:
+        _check_figure_name(extra, "metric.record")
+    if len(set(record)) != len(record):
+        raise TaskError(f"{TASK_FILE}: 'metric.record' lists a figure twice: {record}")
     for figure in (name, holdout):
         if figure in record:
             raise TaskError(f"{TASK_FILE}: 'metric.record' must not list {figure!r}: it is the "

@@ -126,7 +126,7 @@ def test_a_run_over_the_time_budget_is_rejected(trained, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(root / "run", run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    json.dump({**summary, "training_seconds": 7.5}, open(run_dir / "summary.json", "w"))
+    json.dump({**summary, "training_seconds": 7.5, "num_steps": 100}, open(run_dir / "summary.json", "w"))
     over = run(task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir)}, "prepare.py", "--evaluate")
     assert "autoresearch_reject: trained 7.5 s, over the 3 s time budget" in over.stdout
     json.dump(summary, open(run_dir / "summary.json", "w"))

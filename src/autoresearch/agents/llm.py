@@ -233,6 +233,9 @@ class LLMAgent(BaseAgent):
                     lambda timeout: self.chat.complete(SYSTEM, messages, SPECS, self.limits.reply_tokens, timeout),
                     self.policy, deadline, log, ctx.cancel)
             except OutOfTime as e:
+                if e.retry_in is not None:
+                    raise AgentError(f"the next try, in {e.retry_in:.1f} s, would pass the agent's time limit "
+                                     f"(--agent-timeout {seconds:g} s) ({e})") from None
                 raise AgentError(f"{out_of_time} while waiting for the model ({e})") from None
             spend.add(reply, self.price)
             if reply.tokens_in == 0 and reply.tokens_out == 0 and not self.no_usage:

@@ -90,6 +90,8 @@ def resolve(model: str | None, base_url: str | None, env: Mapping[str, str] | No
                           "anthropic/claude-sonnet-4-5, or ollama/qwen2.5-coder with --base-url")
     prefix, sep, name = model.strip().partition("/")
     prefix = ALIASES.get(prefix.lower(), prefix.lower())
+    if sep and not name.strip():
+        raise ConfigError(f"--model {model!r} names no model after {prefix}/ (e.g. openai/gpt-4.1)")
     if not sep or not name:
         if base_url:  # a bare name on an OpenAI-compatible server
             prefix, name = "openai", model.strip()
@@ -110,7 +112,7 @@ def resolve(model: str | None, base_url: str | None, env: Mapping[str, str] | No
         if p.sdk == "anthropic":  # the Anthropic SDK adds /v1/messages itself
             base_url = re.sub(r"/v1/?$", "", base_url.rstrip("/"))
     url = base_url or p.base_url
-    key = env.get(p.key_env, "") if p.key_env else ""
+    key = env.get(p.key_env, "").strip() if p.key_env else ""
     if p.key_env and not key:
         if base_url and p.sdk == "openai":
             key = "not-needed"  # a self-hosted OpenAI-compatible server usually takes any key
@@ -155,7 +157,12 @@ class LLMError(Exception):
 
 
 class OutOfTime(LLMError):
-    """The caller's deadline came before a reply: no time was left for a (further) attempt."""
+    """The caller's deadline came before a reply: no time was left for a (further) attempt, or
+    the retry it would take (`retry_in` seconds from now) would pass it."""
+
+    def __init__(self, message: str, retry_in: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
 
 
 class Transient(Exception):
@@ -333,7 +340,7 @@ def call_with_retries(fn: Callable[[float], Reply], policy: RetryPolicy, deadlin
                 break
             if time.monotonic() + wait >= deadline:
                 log(f"[api] {last}; the retry (in {wait:.1f} s) would pass the agent's time limit")
-                raise OutOfTime(f"after {tried} attempt(s); the last: {last}") from None
+                raise OutOfTime(f"after {tried} attempt(s); the last: {last}", retry_in=wait) from None
             log(f"[api] {last}; retry {attempt + 1}/{policy.attempts - 1} in {wait:.2f} s")
             if cancel is not None and policy.sleep is time.sleep:
                 if cancel.wait(wait):

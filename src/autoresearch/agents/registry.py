@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import sys
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autoresearch.agents.base import Agent
-from autoresearch.errors import UsageError
+from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.task import Task
 
 
@@ -24,6 +26,75 @@ class AgentOptions:
 
 
 AGENTS = ("search", "llm", "hybrid", "cli")
+SAVED = ("name", "command", "timeout", "model", "base_url", "sampler", "llm_share")  # in the ledger's meta
+FLAGS = ("agent", "agent_cmd", "agent_timeout", "model", "base_url", "sampler", "llm_share")
+
+
+def agent_options(args: Any, task: Task, tag: str | None = None) -> AgentOptions:
+    """The agent that run's flags and the task file's [agent] table name. With neither, a tag
+    that exists goes on with the agent it last ran with (so a resumed overnight run does not
+    fall back to the search agent); else the search agent."""
+    cfg = task.agent
+    if args.agent_cmd is not None and not args.agent_cmd.strip():
+        raise UsageError("--agent-cmd is empty")
+    if tag is not None and not cfg and all(getattr(args, f, None) is None for f in FLAGS):
+        saved = saved_options(task, tag)
+        if saved is not None:
+            what = saved.name + (f" ({saved.model})" if saved.model else "") + (
+                f": {saved.command}" if saved.command else "")
+            print(f"autoresearch: tag {tag} goes on with the agent it ran with: {what}", file=sys.stderr)
+            saved.seed = getattr(args, "seed", 0)
+            return saved
+    # --agent-cmd alone means the cli agent, and --model alone the llm agent (so in [agent])
+    name = args.agent or ("cli" if args.agent_cmd else None) or cfg.get("kind") or \
+        ("llm" if getattr(args, "model", None) else None) or ("cli" if cfg.get("cmd") else None) or \
+        ("llm" if cfg.get("model") else "search")
+    if args.agent_cmd and name != "cli":
+        raise UsageError(f"--agent-cmd is the command of --agent cli, not of --agent {name} "
+                         "(drop --agent, or copy the preset's command from `autoresearch agents` into --agent-cmd)")
+    used = {"search": {"sampler"}, "llm": {"model", "base_url"}, "hybrid": {"model", "base_url", "sampler", "llm_share"},
+            "cli": set()}.get(name, {"model", "base_url"})  # (a preset takes a model and a server)
+    for flag in ("model", "base_url", "sampler", "llm_share"):
+        if getattr(args, flag, None) is not None and flag not in used:
+            print(f"autoresearch: warning: --{flag.replace('_', '-')} is not used by --agent {name}", file=sys.stderr)
+    return AgentOptions(
+        name=name, command=args.agent_cmd or cfg.get("cmd"),
+        timeout=args.agent_timeout or cfg.get("timeout"), model=args.model or cfg.get("model"),
+        base_url=args.base_url or cfg.get("base_url"), sampler=args.sampler or cfg.get("sampler", "tpe"),
+        seed=getattr(args, "seed", 0),
+        llm_share=args.llm_share if args.llm_share is not None else cfg.get("llm_share", 0.3),
+    )
+
+
+def saved_options(task: Task, tag: str) -> AgentOptions | None:
+    """The agent options a tag's last run recorded (None for a new tag, or an old ledger)."""
+    from autoresearch.ledger import Ledger, tag_dir
+
+    if not (tag_dir(task.root, tag) / "ledger.sqlite").exists():
+        return None
+    try:
+        led = Ledger.read(task.root, tag)
+        try:
+            data = json.loads(led.get_meta("agent_options") or "null")
+        finally:
+            led.close()
+    except (AutoresearchError, ValueError):
+        return None
+    from autoresearch.agents.presets import PRESETS
+
+    if not isinstance(data, dict) or data.get("name") not in (*AGENTS, *PRESETS):
+        return None
+    return AgentOptions(**{k: data[k] for k in SAVED if k in data})
+
+
+def options_record(opts: AgentOptions) -> str:
+    """What the ledger keeps of the agent options; nothing when the command holds a key (keys
+    are never written anywhere: such a command must be given again to resume)."""
+    from autoresearch.agents.secrets import redact
+
+    if opts.command and redact(opts.command) != opts.command:
+        return "null"
+    return json.dumps({k: v for k, v in asdict(opts).items() if k in SAVED}, sort_keys=True)
 
 
 def build_agent(opts: AgentOptions, task: Task) -> Agent:

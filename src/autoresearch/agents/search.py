@@ -118,6 +118,19 @@ def digest(files: dict[str, bytes]) -> str:
     return h.hexdigest()
 
 
+
+class NoConstants(UsageError):
+    """The editable files have no constant to search over."""
+
+
+class NothingToSearch(BaseAgent):
+    """The search agent of `run --trials 0` on files with no constants: only the baseline runs."""
+
+    name = "search"
+
+    def propose(self, ctx: Context) -> Proposal:
+        raise AgentError("the editable files have no constants to search over", fatal=True)
+
 class SearchAgent(BaseAgent):
     """Optuna ask/tell over the UPPER_CASE constants of the editable files."""
 
@@ -138,7 +151,7 @@ class SearchAgent(BaseAgent):
         self.rng = random.Random(seed)
         self.space = space_of(editable_sources(task.root, task))
         if not self.space.params:
-            raise UsageError(f"--agent search found no constants to tune in {task.root} "
+            raise NoConstants(f"--agent search found no constants to tune in {task.root} "
                              f"(see `autoresearch space {task.root}`)")
         self.study: Any = None
         self.pending: dict[int, Any] = {}  # loop trial number -> the Optuna trial it ran
