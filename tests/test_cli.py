@@ -208,3 +208,37 @@ def test_trial_refuses_an_uncommitted_task_file_and_names_what_it_leaves(tmp_pat
     assert "left as it is in your working tree, outside the editable files: prepare.py" in r.stdout
     assert "`git checkout -- prepare.py`" in r.stdout
     assert "a protected file edited" in (repo / "prepare.py").read_text()  # never erased
+
+
+def test_demo_refuses_another_task_and_a_bad_flag_leaves_nothing(tmp_path: Path) -> None:
+    other = make_task(tmp_path / "other")
+    r = cli("demo", str(other), "--trials", "1")
+    assert r.returncode == 2 and "holds the task 't', not the demo's cpu-gpt task" in r.stderr, r.stderr
+    assert not (other / ".autoresearch").exists()
+    r = cli("demo", str(tmp_path / "new"), "--agent", "nosuch")
+    assert r.returncode == 2 and "'nosuch' is not an agent" in r.stderr
+    assert not (tmp_path / "new").exists()  # no half-made demo
+    (tmp_path / "empty").mkdir()
+    assert cli("demo", str(tmp_path / "empty"), "--agent", "nosuch").returncode == 2
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
+
+
+def test_a_crash_reason_names_files_of_the_trial_relative_and_show_names_what_is_empty(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", "sed -i 's/^X = .*/X = undefined_name/' exp.py\necho break X\n")
+    assert cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "1").returncode == 0
+    out = cli("status", str(repo), "--tag", "t").stdout
+    assert "NameError: name 'undefined_name' is not defined]" in out, out  # the end of a long reason stays
+    reason = next(x for x in cli("show", "1", str(repo), "--tag", "t").stdout.splitlines() if x.startswith("reason:"))
+    assert "File \"exp.py\", line 2" in reason and "worktrees" not in reason, reason
+    (repo / ".autoresearch" / "t" / "logs" / "1.log").unlink()
+    shown = cli("show", "1", str(repo), "--tag", "t").stdout
+    assert "logs/1.log is missing" in shown, shown
+
+
+def test_status_cuts_a_long_reason_visibly() -> None:
+    from autoresearch.views import clip
+
+    assert clip("short", 10) == "short"
+    long = "a description  [exit code 1: a long traceback goes here and on ValueError: bad]"
+    assert clip(long, 40) == "a description  [ ... on ValueError: bad]"

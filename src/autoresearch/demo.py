@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -71,9 +72,14 @@ def create(directory: Path, budget: float) -> Path:
 
 
 def existing_budget(root: Path, budget: float | None) -> None:
+    """`root` must hold the demo's task (made by an earlier demo, or `init --template cpu-gpt`),
+    set up with the same budget."""
     from autoresearch.task import load_task
 
     task = load_task(root)
+    if task.name != TEMPLATE:
+        raise UsageError(f"{root} holds the task {task.name!r}, not the demo's {TEMPLATE} task: "
+                         f"`autoresearch run {root}` runs it; the demo makes its own folder (give a new one)")
     if budget is not None and abs(task.time_budget - budget) > 1e-9:
         raise UsageError(f"{root} was set up with --budget {task.time_budget:g}; to change it, "
                          "start the demo in a new folder")
@@ -136,7 +142,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     require_torch()
     trials = DEFAULT_TRIALS if args.trials is None else args.trials
     directory = Path(args.dir).resolve() if args.dir else default_dir()
-    if (directory / "autoresearch.toml").is_file():
+    created, existed = not (directory / "autoresearch.toml").is_file(), directory.exists()
+    if not created:
         existing_budget(directory, args.budget)
         root = directory
         print(f"autoresearch demo: going on in {root} (tag {TAG})")
@@ -146,12 +153,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
         root = create(directory, budget)
     task = load_task(root)
     opts = agent_options(args, task, TAG)
-    if args.agent is None and opts.model and not task.agent.get("kind"):
-        opts.name = "llm"  # a model was given: the LLM agent is the configured one
-    agent = build_agent(opts, task)
-    minutes = (trials + 1) * (task.time_budget + OVERHEAD) / 60
-    print(f"the baseline and {trials} trial{'s' * (trials != 1)} of {task.time_budget:g} s each with the {agent.name} "
-          f"agent: about {minutes:.0f} min (plus building the corpus once)", flush=True)
+    try:
+        agent = build_agent(opts, task)
+    except UsageError:
+        if created:  # a bad flag leaves no half-made demo behind
+            for child in ([root] if not existed else list(root.iterdir())):
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink()
+        raise
+    resumed = (root / ".autoresearch" / TAG / "ledger.sqlite").exists()
+    minutes = (trials + (not resumed)) * (task.time_budget + OVERHEAD) / 60
+    what = f"{trials} more trial{'s' * (trials != 1)}" if resumed else \
+        f"the baseline and {trials} trial{'s' * (trials != 1)}"
+    print(f"{what} of {task.time_budget:g} s each with the {agent.name} agent: about {minutes:.0f} min"
+          + ("" if resumed else " (plus building the corpus once)"), flush=True)
     session = open_session(task, TAG)
     session.ledger.set_meta("agent_options", options_record(opts))
     events = _events(task)

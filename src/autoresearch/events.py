@@ -123,7 +123,8 @@ class PlainEvents:
         while not self._stop.wait(self.tick):
             for number, (start, budget, phase) in list(self._running.items()):
                 elapsed = time.monotonic() - start
-                of = f" / {budget:g} s budget" if budget else ""
+                # "29 s / 20 s budget" read as an overrun: start-up and evaluation are outside the budget
+                of = f" (time budget {budget:g} s)" if budget else ""
                 self._print(f"[trial {number}] {phase} {elapsed:.0f} s{of}{self._best}")
 
     def close(self) -> None:

@@ -3,6 +3,7 @@ gives none (a crash, a timeout, a rejection by the evaluator)."""
 
 from __future__ import annotations
 
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,9 @@ def judge(task: Task, r: ExecResult, run_dir: Path, workdir: Path) -> Measuremen
     """What an experiment's result means: a valid measurement (status None) and its figures, or
     the status and reason of a run that is not one."""
     spec = task.metric
-    tail = clean_text(last_lines(r.output, 5), 1000) or "(no output)"  # printed live: no escapes, one line
+    # printed live: no escapes, one line; paths in the trial's worktree relative (a traceback's
+    # `File "/.../.autoresearch/T/worktrees/w0/train.py"` would leave no room for the error)
+    tail = clean_text(last_lines(r.output, 5).replace(f"{workdir}{os.sep}", ""), 1000) or "(no output)"
     if r.outcome == "cancelled":
         return Measurement(Status.INTERRUPTED, reason="stopped while the experiment ran", seconds=r.seconds)
     if r.outcome == "lost":
@@ -43,7 +46,8 @@ def judge(task: Task, r: ExecResult, run_dir: Path, workdir: Path) -> Measuremen
     if r.outcome == "crash":
         return Measurement(Status.CRASH, reason=f"exit code {r.returncode}: {tail[-400:]}", seconds=r.seconds)
     if r.eval_output is not None:  # what the verdict rests on: the evaluator's output
-        tail = clean_text(redact(last_lines(r.eval_output, 5), spec.holdout), 1000) or "(no output)"
+        tail = clean_text(redact(last_lines(r.eval_output, 5), spec.holdout).replace(f"{workdir}{os.sep}", ""),
+                          1000) or "(no output)"
     if r.outcome == "eval_timeout":
         return Measurement(Status.TIMEOUT, reason=f"the evaluator was killed after the {task.timeout:g} s "
                            f"timeout; last output: {tail[-300:]}", seconds=r.seconds)

@@ -54,6 +54,15 @@ def last_run_text(raw: str | None) -> str:
         return ""
 
 
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters in the middle: its start (the description) and its end
+    (where a crash's reason has the error) stay."""
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 5
+    return text[:head].rstrip() + " ... " + text[len(text) - (limit - head - 5):].lstrip()
+
+
 def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     tag = pick_tag(root, tag)
     led = Ledger.read(root, tag)
@@ -79,7 +88,7 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
         measured = t.status.value in ("keep", "discard", "duplicate")  # a crash's figure is in its reason
         rows.append((str(t.number), t.short or "-", t.status.value,
                      with_spread(t, metric, t.metric) if measured else "-",
-                     *held, f"{t.run_seconds:.1f}", (t.description + note)[:120]))
+                     *held, f"{t.run_seconds:.1f}", clip(t.description + note, 160)))
     n = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
     lines = [f"tag {tag}: {len(trials)} trial{'s' * (len(trials) != 1)}, {sum(t.status.value == 'keep' for t in trials)} kept"]
@@ -134,14 +143,16 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
     for lost in t.extra.get("lost_workers", []):
         lines.append(f"lost worker (the trial was run again): {lost}")
     if t.commit and t.parent:
-        lines += ["", "diff against its parent:", Git(root).diff(t.parent, t.commit)]
+        lines += ["", "diff against its parent:", Git(root).diff(t.parent, t.commit).rstrip() or "(no change)"]
     log = Path(t.log_path) if t.log_path else None
+    if log and not log.exists() and t.status.value in ("keep", "discard", "crash", "timeout"):
+        lines += ["", f"log: {log} is missing (removed after the trial was recorded?)"]
     if log and log.exists():
         sealed = log.parent.parent / "sealed" / f"{t.number}.eval.log"
         recorded = t.extra.get("log_sha256") or {}  # ("": there was none when it was recorded)
         changed = [name for name, now in log_digests(log, sealed).items()
                    if isinstance(recorded, dict) and recorded.get(name, now) != now]
-        lines += ["", f"log tail ({log}):", last_lines(read_tail(log), 20)]
+        lines += ["", f"log tail ({log}):", last_lines(read_tail(log), 20).rstrip() or "(empty: the experiment printed nothing)"]
         if sealed.exists():
             lines.append(f"(the evaluator's whole output, holdout included: {sealed})")
         for name in changed:
@@ -149,5 +160,5 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
                          "the verdict was read from")
     agent_log = tag_dir(root, tag) / "agent" / f"{t.number}.log"
     if agent_log.exists() and not (log and log.exists()):  # not run: what the agent did is the story
-        lines += ["", f"agent log tail ({agent_log}):", last_lines(read_tail(agent_log), 20)]
+        lines += ["", f"agent log tail ({agent_log}):", last_lines(read_tail(agent_log), 20).rstrip() or "(empty)"]
     return "\n".join(lines)
