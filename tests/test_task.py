@@ -56,7 +56,7 @@ BAD = [
     ("editable task file", GOOD.replace('editable = ["exp.py"]', 'editable = ["exp.py", "*.toml"]'), "always protected"),
     ("missing program", GOOD.replace('program = "program.md"', 'program = "nope.md"'), "'program' file 'nope.md' not found"),
     ("min_delta word", GOOD.replace('min_delta = "auto"', 'min_delta = "big"'), "'acceptance.min_delta'"),
-    ("min_delta negative", GOOD.replace('min_delta = "auto"', "min_delta = -0.1"), "'acceptance.min_delta' must be >= 0"),
+    ("min_delta negative", GOOD.replace('min_delta = "auto"', "min_delta = -0.1"), "'acceptance.min_delta' must be a finite number >= 0"),
     ("baseline_runs zero", GOOD.replace("baseline_runs = 3", "baseline_runs = 0"), "'acceptance.baseline_runs' must be at least 1"),
     ("confirm float", GOOD.replace("confirm = 2", "confirm = 1.5"), "'acceptance.confirm' must be an integer"),
     ("pattern groups", GOOD.replace('goal = "minimize"', 'goal = "minimize"\npattern = "loss=\\\\d+"'), "exactly one group"),

@@ -289,7 +289,7 @@ def _load_acceptance(data: dict[str, Any]) -> Acceptance:
     elif isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)):
         raise TaskError(f"{TASK_FILE}: 'acceptance.min_delta' must be a number or \"auto\", got {_typename(min_delta)}")
     elif not math.isfinite(min_delta) or min_delta < 0:
-        raise TaskError(f"{TASK_FILE}: 'acceptance.min_delta' must be >= 0, got {min_delta}")
+        raise TaskError(f"{TASK_FILE}: 'acceptance.min_delta' must be a finite number >= 0 (or \"auto\"), got {min_delta}")
     else:
         min_delta = float(min_delta)
     acceptance = Acceptance(
