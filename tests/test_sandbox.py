@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -278,3 +279,17 @@ def test_the_nanochat_template_in_the_sandbox_and_its_probe(tmp_path: Path) -> N
     base, peek = trials(task_dir)
     assert base.status is Status.KEEP and base.metric and base.figures["test_bpb"] > 0
     assert peek.status is Status.REJECTED and "not causal" in peek.reason, peek.reason
+
+
+@needs_bwrap
+def test_data_that_setup_wrote_in_tmp_is_named_when_a_sandboxed_baseline_misses_it(tmp_path: Path) -> None:
+    cache = Path(tempfile.mkdtemp(prefix="autoresearch-cache-", dir="/tmp"))
+    try:
+        exp = f"import pathlib\nprint('loss:', pathlib.Path('{cache}/data.txt').read_text())\n"
+        root = make_task(tmp_path / "task", experiment=exp,
+                         toml_extra=f'setup = "echo 1.5 > {cache}/data.txt"\n')
+        r = cli("run", str(root), "--tag", "t", "--sandbox", "--trials", "0")
+        assert r.returncode == 1
+        assert "under --sandbox each experiment has a /tmp (and /dev/shm) of its own" in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)

@@ -219,7 +219,7 @@ class Loop:
             if m.status is Status.INTERRUPTED:
                 raise KeyboardInterrupt
             log = m.log or self.measure.log(number)
-            hint = missing_hint(self.s, read_tail(Path(log)))
+            hint = missing_hint(self.s, read_tail(Path(log)), self.opt.sandbox)
             raise AutoresearchError(f"the baseline (trial {number}) failed: {m.reason}{hint}; "
                                     f"see {log} (tag {self.s.tag} stays on the code it started "
                                     f"from, {self.s.base[:7]}: fix it, commit, and start a new --tag)")

@@ -267,12 +267,16 @@ def shared_links(task: Task) -> tuple[tuple[str, Path], ...]:
 MISSING = re.compile(r"no such file|not found|does not exist|no module named|cannot open|can't open", re.IGNORECASE)
 
 
-def missing_hint(s: Session, output: str) -> str:
+def missing_hint(s: Session, output: str, sandbox: bool = False) -> str:
     """Why a failed baseline may not have found what it needs: a path the user's checkout has
-    but git does not (ignored data, a virtualenv) named in its output, or a submodule (trial
-    worktrees hold submodules empty); else ''."""
+    but git does not (ignored data, a virtualenv) named in its output, a submodule (trial
+    worktrees hold submodules empty), or under --sandbox a path in /tmp (each experiment has its
+    own); else ''."""
     if not MISSING.search(output):  # only a run that looked for something and did not find it
         return ""
+    if sandbox and re.search(r"(?<![\w.])/(tmp|dev/shm)/", output):
+        return (" -- under --sandbox each experiment has a /tmp (and /dev/shm) of its own, empty: what "
+                "setup wrote there is not seen; keep data and caches out of /tmp (e.g. under your home)")
     out = s.git.run("status", "--porcelain=v1", "-z", "--untracked-files=normal", "--ignored=traditional",
                     "--no-renames", strip=False, check=False)
     for code, path in status_entries(out):
