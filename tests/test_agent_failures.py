@@ -277,3 +277,47 @@ def test_a_flag_the_agent_does_not_use_is_named_and_model_alone_means_llm(tmp_pa
     r = cli("run", str(root), "--tag", "u", "--model", "openai/x", "--base-url", "http://127.0.0.1:9/v1",
             "--trials", "0", env={"OPENAI_API_KEY": "sk-test"})
     assert "agent llm" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_placeholder_in_quotes_of_its_own_works_in_a_folder_with_a_space(tmp_path: Path) -> None:
+    """`cat "{prompt_file}"`, as many write it, stays one word when the path has a space (or a quote)."""
+    repo = make_task(tmp_path / "my task's folder")
+    cmd = ("grep -q Minimise \"{prompt_file}\" && sed -i 's/^X = .*/X = 2.0/' exp.py && "
+           "echo \"X to 2, trial \"{trial} > '{description_file}'")
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", cmd, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert rows(repo)[1][1:] == ("keep", "", "X to 2, trial 1")
+
+
+def test_fill_quotes_a_placeholder_once_whatever_quotes_surround_it() -> None:
+    from autoresearch.agents.cli import fill
+
+    path = "/tmp/a b/it's \"p\".md"
+    values = {"prompt_file": path, "description_file": "/d", "workdir": "/w", "trial": "3"}
+    for template in ['printf %s "{prompt_file}"', "printf %s '{prompt_file}'", "printf %s {prompt_file}",
+                     "printf %s 'x'{prompt_file}'y'", 'printf %s "$(printf %s {prompt_file})"']:
+        out = subprocess.run(["bash", "-c", fill(template, values)], capture_output=True, text=True).stdout
+        assert out == (f"x{path}y" if "'x'" in template else path), template
+    assert fill("echo \\\"{trial}\\\" '{\"json\": 1}'", values) == "echo \\\"3\\\" '{\"json\": 1}'"
+
+
+def test_an_agent_that_fails_after_writing_its_description_keeps_it(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", """\
+        sed -i 's/^X = .*/X = 2.0/' exp.py
+        echo "X to 2, a guess" > "$AUTORESEARCH_DESCRIPTION_FILE"
+        echo oops
+        exit 2
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    reason = "X to 2, a guess (the agent command exited with 2: oops)"
+    assert rows(repo)[1][1:] == ("agent_error", reason, f"agent error: {reason}")
+    assert git(repo, "log", "-1", "--format=%s", "refs/autoresearch/t/trials/1") == f"agent error: {reason}"
+
+
+def test_an_agent_command_of_spaces_in_the_task_file_is_a_usage_error(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task", toml_extra='[agent]\nkind = "cli"\ncmd = "  "\n')
+    r = cli("run", str(repo), "--tag", "t", "--trials", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == "autoresearch: error: the agent command is empty (--agent-cmd, or [agent] cmd in autoresearch.toml)"

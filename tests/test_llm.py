@@ -248,6 +248,16 @@ def test_wall_time_limit(tmp_path: Path) -> None:
     assert t[1].ended - t[1].started < 5 and t[1].tokens_in == 1000
 
 
+def test_a_retry_after_past_the_time_limit_is_said_as_such(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", [Fault("429", retry_after=100)] + good_edit()) as fake:
+        r = run_llm(repo, fake, "--agent-timeout", "8", trials=2)
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert t[1].status is Status.AGENT_ERROR and t[1].ended - t[1].started < 5
+    assert "the server asked to wait 100.0 s, past the agent's time limit (--agent-timeout 8 s)" in t[1].reason
+
+
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_model_that_talks_instead_of_editing_is_nudged(tmp_path: Path, kind: str) -> None:
     """A reply with no tool call, and a finish before any edit, get a reminder; the conversation
@@ -1071,3 +1081,107 @@ def test_a_key_of_spaces_is_no_key() -> None:
     with pytest.raises(ConfigError, match="set ANTHROPIC_API_KEY in the environment"):
         resolve("anthropic/claude-sonnet-4-5", None, {"ANTHROPIC_API_KEY": "  "})
     assert resolve("openai/gpt-4.1", None, {"OPENAI_API_KEY": " sk-abc\n"}).key == "sk-abc"
+
+
+# ---------------------------------------------------------------------------
+# a preset tool's own error report: readable, and fatal when the key or the model is wrong
+
+
+def fake_tool(tmp_path: Path, name: str, output: str, code: int) -> dict[str, str]:
+    """A stand-in for the tool `name`, first on PATH: prints `output`, exits with `code`."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    (bindir / name).write_text(f"#!{sys.executable}\nimport sys\nsys.stdout.write({output!r})\nsys.exit({code})\n")
+    (bindir / name).chmod(0o755)
+    return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "IS_SANDBOX": "1"}
+
+
+def claude_says(message: str, is_error: bool = True) -> str:
+    return json.dumps({"type": "result", "subtype": "success", "is_error": is_error, "result": message,
+                       "total_cost_usd": 0, "usage": {"input_tokens": 0, "output_tokens": 0}}) + "\n"
+
+
+def codex_says(message: str) -> str:
+    return "\n".join([json.dumps({"type": "thread.started", "thread_id": "t"}), json.dumps({"type": "turn.started"}),
+                      json.dumps({"type": "error", "message": f"Reconnecting... 1/5 ({message})"}),
+                      json.dumps({"type": "turn.failed", "error": {"message": message}})]) + "\n"
+
+
+GEMINI_401 = "YOLO mode is enabled.\nError when talking to Gemini API\n" + json.dumps({
+    "session_id": "s", "error": {"type": "Error", "code": 401, "message": json.dumps(
+        {"error": {"code": 401, "message": "Request had invalid credentials.", "status": "UNAUTHENTICATED"}})}},
+    indent=2) + "\n"
+OPENCODE_404 = json.dumps({"type": "error", "error": {"name": "APIError", "data": {
+    "message": "The model `nope` does not exist", "statusCode": 404, "isRetryable": False}}}) + "\n"
+AIDER_401 = ("Aider v0.86.2\nModel: openai/fake with whole edit format\n\n"
+             f"litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect \nAPI key provided: {KEY}\n"
+             "The API provider is not able to authenticate you. Check your API key.\n")
+
+
+@pytest.mark.parametrize(("tool", "output", "code", "reason"), [
+    ("claude", claude_says("Invalid API key · Please run /login"), 1, "claude: Invalid API key · Please run /login"),
+    ("claude", claude_says("Invalid API key · Please run /login"), 0, "claude: Invalid API key · Please run /login"),
+    ("codex", codex_says(f"unexpected status 401 Unauthorized: Incorrect API key provided: {KEY}"), 1,
+     "codex: unexpected status 401 Unauthorized: Incorrect API key provided: [redacted]"),
+    ("gemini", GEMINI_401, 1, "gemini: Request had invalid credentials. (HTTP 401)"),
+    ("opencode", OPENCODE_404, 1, "opencode: The model `nope` does not exist (HTTP 404)"),
+    ("aider", AIDER_401, 0, "aider: litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect "
+                            "API key provided: [redacted] The API provider is not able to authenticate you. Check your API key."),
+], ids=["claude-exit-1", "claude-exit-0", "codex", "gemini", "opencode", "aider"])
+def test_a_bad_key_or_model_reported_by_a_preset_tool_stops_the_loop(tmp_path: Path, tool: str, output: str,
+                                                                      code: int, reason: str) -> None:
+    """Whatever its exit code, the tool's own error report is the trial's reason (not its raw
+    JSON); one that says the key, the login or the model is wrong stops the loop after three."""
+    repo = make_task(tmp_path / "task")
+    r = cli("run", str(repo), "--tag", "t", "--agent", tool, "--hours", "1",
+            env=fake_tool(tmp_path, tool, output, code), timeout=120)
+    assert r.returncode == 1, r.stderr + r.stdout
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP] + [Status.AGENT_ERROR] * 3
+    assert [x.reason for x in t[1:]] == [reason] * 3
+    assert f"the agent failed 3 times in a row with an error that will not go away by itself: {reason}" in r.stderr
+    assert KEY not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(("tool", "output", "reason"), [
+    ("claude", claude_says('API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'),
+     'claude: API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'),
+    ("codex", codex_says("unexpected status 500 Internal Server Error: try again"),
+     "codex: unexpected status 500 Internal Server Error: try again"),
+    # what the agent read is not the tool's error report: 401 in its answer is not a bad key
+    ("claude", claude_says("notes.txt says: HTTP 401 Unauthorized, invalid api key", is_error=False),
+     "the agent command exited with 1: "),
+], ids=["claude-overloaded", "codex-500", "claude-401-in-its-answer"])
+def test_a_passing_failure_reported_by_a_preset_tool_does_not_stop_the_loop(tmp_path: Path, tool: str, output: str,
+                                                                          reason: str) -> None:
+    repo = make_task(tmp_path / "task")
+    r = cli("run", str(repo), "--tag", "t", "--agent", tool, "--trials", "3",
+            env=fake_tool(tmp_path, tool, output, 1), timeout=120)
+    assert r.returncode == 0, r.stderr + r.stdout
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP] + [Status.AGENT_ERROR] * 3
+    assert all(x.reason.startswith(reason) for x in t[1:]), t[1].reason
+    assert "will not go away by itself" not in r.stderr
+
+
+@pytest.mark.parametrize(("tool", "kind", "model", "key"), [
+    ("opencode", "openai", "openai/fake-model", "OPENAI_API_KEY"),
+    ("gemini", "gemini", "gemini/fake-model", "GEMINI_API_KEY"),
+])
+def test_a_real_tool_refused_for_its_key_stops_the_loop(tmp_path: Path, tool: str, kind: str, model: str, key: str) -> None:
+    """The real tool against a server that answers 401 quoting the key: the reason is the tool's
+    own message (key redacted), and three in a row stop the loop (skipped where it is absent)."""
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    repo = make_task(tmp_path / "task")
+    (tmp_path / "home").mkdir()
+    with FakeLLM(kind, [], default=Fault("401")) as fake:
+        r = cli("run", str(repo), "--tag", "t", "--agent", tool, "--model", model, "--base-url", fake.url,
+                "--hours", "1", env={key: KEY, "GOOGLE_API_KEY": "", "HOME": str(tmp_path / "home"),
+                                     "XDG_CACHE_HOME": str(tmp_path / "cache")}, timeout=240)
+    assert r.returncode == 1, r.stderr + r.stdout
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP] + [Status.AGENT_ERROR] * 3
+    assert t[1].reason == f"{tool}: Incorrect API key provided: [redacted] (HTTP 401)", t[1].reason
+    assert "3 times in a row" in r.stderr and KEY not in r.stderr + r.stdout
+    keys_nowhere(repo)

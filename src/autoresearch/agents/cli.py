@@ -1,9 +1,11 @@
 """An external coding agent run once per trial in the trial's worktree.
 
 The command template may use {prompt_file}, {description_file}, {workdir} and {trial}; they are
-shell-quoted (any other brace is the shell's: `${HOME}`, awk's '{print}'). The environment carries AUTORESEARCH_PROMPT_FILE, AUTORESEARCH_TRIAL and
-AUTORESEARCH_DESCRIPTION_FILE. The description is the description file's content if the agent
-wrote one, else the last non-empty line of its output, cut to 200 characters.
+shell-quoted, also when written in quotes ("{prompt_file}"); any other brace is the shell's
+(`${HOME}`, awk's '{print}'). The environment carries AUTORESEARCH_PROMPT_FILE, AUTORESEARCH_TRIAL
+and AUTORESEARCH_DESCRIPTION_FILE. The description is the description file's content if the
+agent wrote one, else the last non-empty line of its output, cut to 200 characters. A command
+that fails keeps the description it wrote in its error (the trial's commit message).
 
 When the task has a sealed holdout, the command runs under bubblewrap with every ledger folder
 hidden but its worktree, its prompt folder and the agent-visible logs (sandbox.seal_agent);
@@ -18,6 +20,7 @@ import shlex
 from pathlib import Path
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
+from autoresearch.errors import UsageError
 from autoresearch.filetree import fresh_dir, read_plain, write_new
 from autoresearch.process import last_lines, read_tail, run_command
 from autoresearch.prompt import build_prompt
@@ -42,12 +45,37 @@ def description_from(desc_file_text: str | None, output: str) -> str:
 
 
 PLACEHOLDER = re.compile(r"\{(prompt_file|description_file|workdir|trial)\}")
+# a command line in shell parts: a '...' string, a "..." string, a backslash escape, plain text
+SHELL_PART = re.compile(r"""'[^']*'|"(?:[^"\\]|\\.)*"|\\.|[^'"\\]+|.""", re.S)
+WRAPPED = re.compile(r"""(["'])\{(prompt_file|description_file|workdir|trial)\}\1""")
 
 
 def fill(template: str, values: dict[str, str]) -> str:
     """`template` with {prompt_file}, {description_file}, {workdir} and {trial} replaced by their
-    shell-quoted values; every other brace is left as written (`${HOME}`, awk's '{print}', JSON)."""
-    return PLACEHOLDER.sub(lambda m: shlex.quote(values[m[1]]), template)
+    shell-quoted values; every other brace is left as written (`${HOME}`, awk's '{print}', JSON).
+    A placeholder the user put in quotes of its own ("{prompt_file}") is replaced with them, so
+    a path with a space or a quote stays one word."""
+    def part(m: re.Match[str]) -> str:
+        whole = WRAPPED.fullmatch(m[0])
+        if whole:
+            return shlex.quote(values[whole[2]])
+        return PLACEHOLDER.sub(lambda p: shlex.quote(values[p[1]]), m[0])
+
+    return SHELL_PART.sub(part, template)
+
+
+def described(message: str, desc_file_text: str | None) -> str:
+    """An error `message` after the description the agent wrote, if it wrote one: the trial's
+    commit message then still says what the agent tried."""
+    description = description_from(desc_file_text, "")
+    return f"{description} ({message})" if description else message
+
+
+def exit_error(returncode: int, printed: str, desc_file_text: str | None) -> AgentError:
+    """A command that exited non-zero; 126/127 (the shell could not run it: not found, not
+    executable) will fail the same way next time."""
+    message = f"the agent command exited with {returncode}: {last_lines(printed, 3)[-300:] or '(no output)'}"
+    return AgentError(described(message, desc_file_text), fatal=returncode in (126, 127))
 
 
 class CommandAgent(BaseAgent):
@@ -58,13 +86,22 @@ class CommandAgent(BaseAgent):
     def __init__(self, command: str, timeout: float = DEFAULT_TIMEOUT, name: str = "cli",
                  env: dict[str, str] | None = None) -> None:
         if not command.strip():
-            raise AgentError("--agent-cmd is empty")
+            raise UsageError("the agent command is empty (--agent-cmd, or [agent] cmd in autoresearch.toml)")
         self.command = command
         self.timeout = timeout
         self.name = name
         self.extra_env = env or {}
 
     def propose(self, ctx: Context) -> Proposal:
+        printed, returncode = self.execute(ctx)
+        text = read_plain(own_dir(ctx) / "description")
+        if returncode != 0:
+            raise exit_error(returncode, printed, text)
+        return Proposal(description=description_from(text, printed))
+
+    def execute(self, ctx: Context) -> tuple[str, int]:
+        """Run the command for trial ctx.number: what it printed and its exit code. Raises
+        AgentError when it was stopped or timed out."""
         own = fresh_dir(own_dir(ctx))  # made anew: nothing an earlier agent planted there
         prompt_file, desc_file = own / "prompt.md", own / "description"
         tag = ctx.ledger_dir.name
@@ -87,12 +124,9 @@ class CommandAgent(BaseAgent):
         argv: str | list[str] = [*prefix, "/bin/bash", "-c", command] if prefix else command
         result = run_command(argv, ctx.workdir, env, timeout, ctx.log_path, append=True,
                              owner=f"agent:{ctx.ledger_dir}:{ctx.number}", cancel=ctx.cancel)
-        output = read_tail(ctx.log_path).split("$ " + command, 1)[-1]  # what the command printed
+        printed = read_tail(ctx.log_path).split("$ " + command, 1)[-1]
         if result.cancelled:
             raise AgentError("stopped while the agent ran")
         if result.timed_out:
             raise AgentError(f"the agent command timed out after {timeout:g} s")
-        if result.returncode != 0:  # 126/127: the shell could not run it (not found, not executable)
-            raise AgentError(f"the agent command exited with {result.returncode}: "
-                             f"{last_lines(output, 3)[-300:] or '(no output)'}", fatal=result.returncode in (126, 127))
-        return Proposal(description=description_from(read_plain(desc_file), output))
+        return printed, -1 if result.returncode is None else result.returncode

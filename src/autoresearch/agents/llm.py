@@ -234,7 +234,7 @@ class LLMAgent(BaseAgent):
                     self.policy, deadline, log, ctx.cancel)
             except OutOfTime as e:
                 if e.retry_in is not None:
-                    raise AgentError(f"the next try, in {e.retry_in:.1f} s, would pass the agent's time limit "
+                    raise AgentError(f"the server asked to wait {e.retry_in:.1f} s, past the agent's time limit "
                                      f"(--agent-timeout {seconds:g} s) ({e})") from None
                 raise AgentError(f"{out_of_time} while waiting for the model ({e})") from None
             spend.add(reply, self.price)

@@ -8,6 +8,10 @@ gemini's JSON report, aider's "Tokens:/Cost:" lines) the tokens (and the cost, w
 gives one) go into the ledger. `autoresearch agents` prints each command, so that it can be
 copied into `--agent cli --agent-cmd '...'` and adjusted.
 
+An error the tool reports about itself is the trial's reason, whatever the exit code; one that says
+the key, the login or the model is wrong is fatal (three in a row stop the loop). Only that report
+is read for it, never the rest of what the agent printed (a file it read may well say "401").
+
 Running as root: Claude Code refuses --dangerously-skip-permissions (and bypassPermissions) for
 uid 0 unless IS_SANDBOX=1 says the machine is a disposable sandbox. As root without IS_SANDBOX
 the claude preset falls back to `--permission-mode acceptEdits` with the file tools only (it can
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoresearch.agents import cli
 from autoresearch.agents.base import AgentError, Context, Proposal
 from autoresearch.agents.cli import DEFAULT_TIMEOUT, CommandAgent, description_from, own_dir
 from autoresearch.agents.secrets import redact
@@ -153,9 +158,27 @@ def opencode_command(model: str | None, base_url: str | None, task: Task | None)
 # ---------------------------------------------------------------------------
 # what each tool reports about itself
 
+# a tool's error report that says the key, the login or the model is wrong (HTTP 401/403/404)
+UNRECOVERABLE = re.compile(
+    r"\b40[134]\b|invalid[ _-]?(?:x-)?api[ _-]?key|incorrect api key|api key not valid|no api key|"
+    r"authenticat|unauthori[sz]ed|/login\b|not logged in|permission[ _]?denied|permission_error|"
+    r"forbidden|not_found_error|notfounderror|model_not_found|unknown model|invalid model|"
+    r"\bmodels?\b.{0,120}?\b(?:not found|does not exist|may not exist|is not supported)", re.I)
+
+
+def tool_error(tool: str, message: object, status: object = None, **spent: Any) -> AgentError:
+    """The error `tool` reported about itself (with the HTTP status it gives, if any), as the
+    trial's reason `tool: message`; fatal when it says the key, the login or the model is wrong."""
+    text = " ".join(str(message or "error").split())[:300]
+    if status and str(status) not in text:
+        text += f" (HTTP {status})"
+    fatal = str(status) in ("401", "403", "404") or bool(UNRECOVERABLE.search(text))
+    return AgentError(f"{tool}: {text}", fatal=fatal, **spent)
+
 
 def claude_result(output: str) -> dict[str, Any]:
-    """From `--output-format json`: the final text, tokens and the cost Claude Code reports."""
+    """From `--output-format json`: the final text, tokens and the cost Claude Code reports. An
+    `is_error` result (with `api_error_status`, in newer versions) is the agent failing."""
     for line in reversed(output.strip().splitlines()):
         line = line.strip()
         if line.startswith("{") and '"result"' in line:
@@ -163,14 +186,16 @@ def claude_result(output: str) -> dict[str, Any]:
                 data = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if data.get("is_error"):
-                raise AgentError(f"claude: {str(data.get('result', 'error'))[:300]}")
+            if not isinstance(data, dict):
+                continue
             u = data.get("usage") or {}
             tin = sum(int(u.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens",
                                                    "cache_creation_input_tokens"))
-            return {"text": str(data.get("result") or ""), "tokens_in": tin,
-                    "tokens_out": int(u.get("output_tokens") or 0),
-                    "cost": float(data.get("total_cost_usd") or data.get("cost_usd") or 0.0)}
+            spent = {"tokens_in": tin, "tokens_out": int(u.get("output_tokens") or 0),
+                     "cost": float(data.get("total_cost_usd") or data.get("cost_usd") or 0.0)}
+            if data.get("is_error"):
+                raise tool_error("claude", data.get("result") or data.get("subtype"), data.get("api_error_status"), **spent)
+            return {"text": str(data.get("result") or ""), **spent}
     return {}
 
 
@@ -200,8 +225,8 @@ def opencode_result(output: str) -> dict[str, Any]:
         if kind == "error":
             err = event.get("error") or part or event
             data = err.get("data") if isinstance(err, dict) else None
-            message = (data or {}).get("message") if isinstance(data, dict) else None
-            raise AgentError(f"opencode: {str(message or err)[:300]}")
+            data = data if isinstance(data, dict) else {}
+            raise tool_error("opencode", data.get("message") or err, data.get("statusCode"))
         if kind == "text" and str(part.get("text") or "").strip():
             text = str(part["text"])
         elif kind == "step_finish":
@@ -232,7 +257,7 @@ def codex_result(output: str) -> dict[str, Any]:
         item: dict[str, Any] = event["item"] if isinstance(event.get("item"), dict) else {}
         if kind == "turn.failed":
             err = event.get("error")
-            raise AgentError(f"codex: {str(err.get('message') if isinstance(err, dict) else err)[:300]}")
+            raise tool_error("codex", err.get("message") if isinstance(err, dict) else err)
         if kind == "item.completed" and item.get("type") == "agent_message" and str(item.get("text") or "").strip():
             text = str(item["text"])
         elif kind == "item.completed" and item.get("type") == "file_change":
@@ -260,8 +285,7 @@ def gemini_result(output: str) -> dict[str, Any]:
         if not isinstance(data, dict) or not ({"response", "error", "stats"} & set(data)):
             continue
         if data.get("error"):
-            err = data["error"]
-            raise AgentError(f"gemini: {str(err.get('message') if isinstance(err, dict) else err)[:300]}")
+            raise gemini_error(data["error"])
         tin = tout = 0
         models = (data.get("stats") or {}).get("models") or {}
         for stats in models.values():
@@ -270,6 +294,18 @@ def gemini_result(output: str) -> dict[str, Any]:
             tout += int(tokens.get("candidates") or 0) + int(tokens.get("thoughts") or 0)
         return {"text": str(data.get("response") or ""), "tokens_in": tin, "tokens_out": tout, "cost": 0.0}
     return {}
+
+
+def gemini_error(err: Any) -> AgentError:
+    """gemini's error report, whose message may be the API's own error document (JSON)."""
+    message, status = (err.get("message"), err.get("code")) if isinstance(err, dict) else (err, None)
+    try:
+        inner = json.loads(str(message)).get("error")
+    except (ValueError, AttributeError):
+        inner = None
+    if isinstance(inner, dict) and inner.get("message"):
+        message, status = inner["message"], inner.get("code") or status
+    return tool_error("gemini", message, status)
 
 
 AIDER_NOISE = re.compile(r"^(Aider v|Model:|Main model|Weak model|Editor model|Git repo|Repo-map|Added |"
@@ -325,7 +361,7 @@ class Preset:
     command: Callable[[str | None, str | None, Task | None], tuple[str, dict[str, str], str]]
     result: Callable[[str], dict[str, Any]] | None = None
     hints: tuple[tuple[str, str], ...] = ()  # (text in the output, what to tell the user)
-    fatal: tuple[str, ...] = ()  # output that means failure even with exit code 0
+    fatal: tuple[str, ...] = ()  # the start of the tool's error report: failure, even with exit code 0
 
 
 ROOT_HINT = ("Claude Code refuses to skip permissions as root: run autoresearch as a normal user, "
@@ -367,24 +403,37 @@ class PresetAgent(CommandAgent):
     def propose(self, ctx: Context) -> Proposal:
         start = ctx.log_path.stat().st_size if ctx.log_path.exists() else 0
         try:
-            proposal = super().propose(ctx)
-        except AgentError as e:
-            output = _redact_log(ctx.log_path, start)
-            hint = next((h for needle, h in self.preset.hints if needle in output), "")
-            raise AgentError(redact(f"{e}; {hint}" if hint else str(e))) from None
+            printed, returncode = self.execute(ctx)
+        except AgentError as e:  # stopped, or timed out
+            raise AgentError(redact(self.hinted(str(e), _redact_log(ctx.log_path, start))), model=self.model) from None
         output = _redact_log(ctx.log_path, start)
+        text = read_plain(own_dir(ctx) / "description")
+        try:  # the tool's own error report, whatever its exit code: the clearest reason there is
+            info = self.report(output)
+        except AgentError as e:
+            raise AgentError(redact(cli.described(str(e), text)), fatal=e.fatal, model=self.model,
+                             tokens_in=e.tokens_in, tokens_out=e.tokens_out, cost=e.cost) from None
+        if returncode != 0:
+            failed = cli.exit_error(returncode, redact(printed), text)
+            raise AgentError(redact(self.hinted(str(failed), output)), fatal=failed.fatal, model=self.model)
+        description = description_from(text, info.get("text", "")) or description_from(None, printed)
+        return Proposal(redact(description), model=self.model, tokens_in=info.get("tokens_in", 0),
+                        tokens_out=info.get("tokens_out", 0), cost=info.get("cost", 0.0))
+
+    def report(self, output: str) -> dict[str, Any]:
+        """What the tool reported: its text, tokens and cost; AgentError for an error it reported
+        (fatal when its message says the key, the login or the model is wrong)."""
         failed = next((f for f in self.preset.fatal if f in output), None)
         if failed:
             lines = output.splitlines()
             i = next(i for i, x in enumerate(lines) if failed in x)
-            raise AgentError(f"{self.preset.name} failed: " + " ".join(x.strip() for x in lines[i:i + 3])[:300])
-        if self.preset.result is None:
-            return Proposal(redact(proposal.description), model=self.model)
-        info = self.preset.result(output)
-        text = read_plain(own_dir(ctx) / "description")
-        description = description_from(text, info.get("text", "")) or proposal.description
-        return Proposal(redact(description), model=self.model, tokens_in=info.get("tokens_in", 0),
-                        tokens_out=info.get("tokens_out", 0), cost=info.get("cost", 0.0))
+            raise tool_error(self.preset.name, " ".join(x.strip() for x in lines[i:i + 3]))
+        return self.preset.result(output) if self.preset.result else {}
+
+    def hinted(self, message: str, output: str) -> str:
+        """`message` with what to do, when the output shows a problem the preset knows."""
+        hint = next((h for needle, h in self.preset.hints if needle in output), "")
+        return f"{message}; {hint}" if hint else message
 
 
 def _redact_log(path: Path, offset: int) -> str:

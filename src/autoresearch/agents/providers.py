@@ -340,7 +340,8 @@ def call_with_retries(fn: Callable[[float], Reply], policy: RetryPolicy, deadlin
                 break
             if time.monotonic() + wait >= deadline:
                 log(f"[api] {last}; the retry (in {wait:.1f} s) would pass the agent's time limit")
-                raise OutOfTime(f"after {tried} attempt(s); the last: {last}", retry_in=wait) from None
+                raise OutOfTime(f"after {tried} attempt(s); the last: {last}",
+                                retry_in=wait if err.wait is not None else None) from None  # the server's wait
             log(f"[api] {last}; retry {attempt + 1}/{policy.attempts - 1} in {wait:.2f} s")
             if cancel is not None and policy.sleep is time.sleep:
                 if cancel.wait(wait):
