@@ -669,3 +669,186 @@ def test_live_events_are_thread_safe(tmp_path: Path) -> None:
     assert "41 finished" in text and "[red]" in text  # agent text shown literally, not as markup
     assert "9.9" not in text  # the sealed holdout figure is not on the terminal
     assert "\x1b[2J" not in buf.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# the plot's legend and axes, the page's summary, report's flags, serve without a tag
+
+
+def write_trials(root: Path, tag: str, rows: list[tuple[str, float | None]], minimize: bool = True,
+                 last_running: bool = False):  # noqa: ANN201 - the Ledger, left open
+    """A ledger written the way the loop writes it, one trial per (status, metric) row, a
+    minute apart; with `last_running` the last row stays running. Returns the open Ledger."""
+    from autoresearch.ledger import Ledger
+    from autoresearch.records import Status, Trial
+
+    led = Ledger.open(root, tag, "loss")
+    led.set_meta("metric_name", "loss")
+    led.set_meta("goal", "minimize" if minimize else "maximize")
+    start = time.time() - 60 * len(rows)
+    for i, (status, metric) in enumerate(rows):
+        t = Trial(i, Status.RUNNING, "baseline" if i == 0 else f"try {i}", started=start + 60 * i)
+        led.begin(t)
+        if not (last_running and i == len(rows) - 1):
+            led.finish(t.with_(status=Status(status), metric=metric, ended=start + 60 * i + 50,
+                               figures={} if metric is None else {"loss": metric}))
+    return led
+
+
+def marker_boxes(fig, ax):  # noqa: ANN001, ANN201
+    """The display box of every marker drawn for a trial (scatter points)."""
+    import math
+
+    from matplotlib.collections import PathCollection
+    from matplotlib.transforms import Bbox
+
+    boxes = []
+    for c in ax.collections:
+        if not isinstance(c, PathCollection):
+            continue
+        r = math.sqrt(max(c.get_sizes())) / 2 * fig.dpi / 72
+        for x, y in c.get_offset_transform().transform(c.get_offsets()):
+            boxes.append((c.get_label(), Bbox.from_extents(x - r, y - r, x + r, y + r)))
+    return boxes
+
+
+@pytest.mark.parametrize("minimize", [True, False])
+def test_the_legend_covers_no_trial_even_when_outliers_are_pinned_to_the_edge(tmp_path: Path, minimize: bool) -> None:
+    """Trials far worse than the best sit on the plot's edge as triangles, on the side (and in
+    the corner) where the legend used to be: the legend is below the axes, clear of them all."""
+    from autoresearch.report.plot import progress_figure
+    from autoresearch.report.study import load_study
+
+    repo = new_task(tmp_path / "task")
+    sign = 1 if minimize else -1
+    far = [("discard", 5.8 + sign * 400 * (i + 1)) for i in range(6)]  # off the scale: pinned
+    rows = [("keep", 5.8), ("keep", 5.8 - sign * 4.5), ("crash", None), ("discard", 5.8 + sign),
+            *far, ("interrupted", None), ("discard", 1.3 - sign * 3)]
+    write_trials(repo, "t", rows, minimize=minimize).close()
+    fig = progress_figure(load_study(repo, "t", details=False))
+    fig.canvas.draw()
+    ax, renderer = fig.axes[0], fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    boxes = marker_boxes(fig, ax)
+    assert "discarded (off the scale)" in {label for label, _ in boxes}
+    assert len(boxes) == len(rows)  # every trial has its marker
+    for label, box in boxes:
+        assert not box.overlaps(legend), (label, box, legend)
+    assert legend.y1 < ax.get_window_extent(renderer).y0  # below the axes, not in a corner
+    assert legend.x1 <= fig.bbox.width and legend.y0 >= 0  # and inside the image
+
+
+def visible_ticks(ax, axis: str) -> list[float]:  # noqa: ANN001
+    lo, hi = ax.get_xlim() if axis == "x" else ax.get_ylim()
+    ticks = ax.get_xticks() if axis == "x" else ax.get_yticks()
+    return [t for t in ticks if lo <= t <= hi]
+
+
+def test_a_lone_trial_gets_whole_trial_numbers_and_a_range_around_its_figure(tmp_path: Path) -> None:
+    from autoresearch.report.plot import progress_figure
+    from autoresearch.report.study import load_study
+
+    repo = new_task(tmp_path / "task")
+    write_trials(repo, "one", [("keep", 5.8105)]).close()
+    write_trials(repo, "crashed", [("crash", None)]).close()
+    ax = progress_figure(load_study(repo, "one", details=False)).axes[0]
+    assert visible_ticks(ax, "x") == [0]
+    lo, hi = ax.get_ylim()
+    assert lo < 5.8105 < hi and (hi - 5.8105) == pytest.approx(5.8105 - lo)  # centred
+    assert 0.2 < hi - lo < 2  # about ±5%: neither ±0.04 nor ±6
+    fig = progress_figure(load_study(repo, "crashed", details=False))
+    ax = fig.axes[0]
+    assert visible_ticks(ax, "x") == [0] and list(ax.get_yticks()) == []
+    assert "no figure: the baseline (trial 0) crashed" in [t.get_text() for t in ax.texts]
+    long = progress_figure(write_long_and_load(tmp_path)).axes[0]
+    assert all(float(t).is_integer() for t in visible_ticks(long, "x"))
+
+
+def write_long_and_load(tmp_path: Path):  # noqa: ANN201
+    from autoresearch.report.study import load_study
+
+    repo = new_task(tmp_path / "long")
+    write_trials(repo, "t", [("keep", 3.0), ("discard", 3.5), ("keep", 2.0), ("discard", 2.4)]).close()
+    return load_study(repo, "t", details=False)
+
+
+def test_report_after_an_interrupted_baseline_says_what_the_title_says(tmp_path: Path) -> None:
+    repo = new_task(tmp_path / "task")
+    write_trials(repo, "t", [("interrupted", None)]).close()
+    result = cli("report", str(repo), "--tag", "t", "--out", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    assert "0 experiments, 0 kept improvements, 1 interrupted" in result.stdout.splitlines()[0]
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "0 experiments, 0 kept improvements, 1 interrupted" in page
+    assert "The baseline (trial 0) was interrupted before it gave a figure" in page
+    assert "No trial has beaten the baseline" not in page
+
+
+def test_a_crashed_baseline_is_named_on_the_page_not_waited_on(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task", experiment="raise SystemExit('boom before training')\n")
+    run = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "2")
+    assert run.returncode != 0 and "the baseline (trial 0) failed" in run.stderr
+    result = cli("report", str(repo), "--out", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "The baseline (trial 0) crashed before it gave a figure" in page
+    assert "No trial has beaten the baseline" not in page
+    assert "boom before training" in page  # its log tail
+    assert re.search(r"<b>baseline loss</b><span>none</span><small>trial 0 crashed", page)
+
+
+def test_wall_time_runs_from_the_first_start_to_the_last_end_or_says_running(tmp_path: Path, report: Path) -> None:
+    from autoresearch.report.page import summary
+    from autoresearch.report.study import load_study
+
+    page = (report / "report.html").read_text()
+    span = re.search(r"<b>wall time</b><span>[^<]+</span><small>([^<]+)</small>", page)
+    assert span and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d → (\d{4}-\d\d-\d\d )?\d\d:\d\d",
+                                 span.group(1)), span and span.group(1)
+    repo = new_task(tmp_path / "task")
+    led = write_trials(repo, "t", [("keep", 3.0), ("discard", 3.5), ("running", None)], last_running=True)
+    try:
+        led.acquire()  # the loop's lock: a loop runs on the tag
+        study = load_study(repo, "t", details=False)
+        assert study.looping
+        card = re.search(r"<b>wall time</b><span>([^<]+)</span><small>([^<]+)</small>", summary(study))
+        assert card and card.group(2).endswith("→ running") and card.group(1).startswith("3.")
+    finally:
+        led.close()
+    assert not load_study(repo, "t", details=False).looping  # the lock is gone with the loop
+
+
+def test_report_flags_that_cannot_be_used_are_one_line_errors_naming_them(ran, tmp_path: Path) -> None:
+    repo, _ = ran
+    (tmp_path / "afile").write_text("x")
+    tsv = repo / ".autoresearch" / "t" / "results.tsv"
+    cases = [(["report", str(repo), "--tag", "t", "--out", str(tmp_path / "afile")], "--out"),
+             (["report", str(tmp_path / "nowhere"), "--tag", "x"], "no such folder"),
+             (["report", str(repo), "--tag", "t", "--results", str(tsv)], "--tag t and --results"),
+             (["report", str(repo), "--tag", "t", "--goal", "maximize"], "--goal is for --results")]
+    for args, words in cases:
+        result = cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert (tmp_path / "afile").read_text() == "x" and not (tmp_path / "nowhere").exists()
+
+
+def test_serve_without_a_tag_waits_for_the_first_loop(tmp_path: Path) -> None:
+    repo = new_task(tmp_path / "task")
+    server = subprocess.Popen([sys.executable, "-m", "autoresearch", "serve", str(repo), "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()  # type: ignore[union-attr]
+        assert "no tag yet, waiting for the first loop" in line, line + server.stderr.read()  # type: ignore[union-attr]
+        base = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)  # type: ignore[union-attr]
+        assert json.loads(get(base + "state.json")[1])["version"] == "waiting"
+        assert b"waiting for the first loop" in get(base)[1]
+        result = run_loop(repo, 1)
+        assert result.returncode == 0, result.stderr
+        state = json.loads(get(base + "state.json")[1])
+        assert state["trials"] == 2 and state["version"] != "waiting"
+        assert "2 experiments, 1 kept improvement" in get(base)[1].decode()
+        assert server.poll() is None
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -240,7 +240,7 @@ def test_resume_learns_from_every_trial_in_the_ledger(tmp_path):
         """)
     r = cli("run", str(repo), "--tag", "mix", "--trials", "3", "--agent", "cli", "--agent-cmd", agent)
     assert r.returncode == 0, r.stderr + r.stdout
-    r = cli("run", str(repo), "--tag", "mix", "--trials", "2")  # the search agent resumes the tag
+    r = cli("run", str(repo), "--tag", "mix", "--trials", "2", "--agent", "search")  # the search agent resumes it
     assert r.returncode == 0, r.stderr + r.stdout
 
     task = load_task(repo)
@@ -428,3 +428,57 @@ def test_space_names_what_it_cannot_search_and_values_off_their_range(tmp_path):
     assert "note: m.py:3 LO = 0.1 is outside its `# search:` range 0.2..0.5" in table
     assert "note: m.py:4 OPT = 5 is not among its `# search:` choices" in table
     assert "LR" in table and "note: m.py:5" not in table
+
+
+AFTER_CODE = b'''"""A script whose constants are not all at the top."""
+import os
+try:
+    import numpy as np
+except ImportError:
+    np = None
+LR = 0.1
+print("warming up")  # code between the constants: they are still the top
+DEPTH = 4
+COMPUTED = DEPTH * 64
+B = 2.5  # search: 1..10 int
+D = 30  # search: 16..64 step 16
+E = 32  # search: 16..64 step 16
+F = 0.3  # search: 0..1 step 0.1
+H = 5  # search 1..10
+S = 5  # search : 1..10
+print(LR * DEPTH)
+POST = 5
+LATE = "x"  # search: a | b
+LATER = DEPTH * 2
+'''
+
+
+def test_space_names_constants_after_the_code_malformed_comments_and_values_off_their_grid(tmp_path):
+    from autoresearch.agents.space import space_table
+
+    s = space_of({"m.py": AFTER_CODE})
+    assert [p.name for p in s.params] == ["LR", "DEPTH", "B", "D", "E", "F", "S"]
+    table = space_table(s)
+    assert "not searched: m.py:18 POST: after the last statement that runs code (line 17)" in table
+    assert "not searched: m.py:19 LATE: after the last statement that runs code" in table
+    assert "not searched: m.py:15 H: bad `# search:` comment: `# search 1..10` lacks the colon " \
+           "(write `# search: 1..10`)" in table
+    assert "note: m.py:11 B = 2.5 is not a whole number" in table and "knows it as 2" in table
+    assert "note: m.py:12 D = 30 is off the steps of its `# search:` range 16..64 step 16; " \
+           "the search knows it as 32" in table
+    notes = [line for line in table.splitlines() if line.startswith("note:")]
+    assert len(notes) == 2  # E = 32 and F = 0.3 are on their grids
+    # computed values are never candidates, and the docs say they are not listed
+    assert "COMPUTED" not in table and "LATER" not in table
+    r = cli("space", str(make_task(tmp_path / "t", experiment=AFTER_CODE.decode())))
+    assert r.returncode == 0 and "exp.py:18 POST: after the last statement that runs code" in r.stdout
+
+
+def test_search_docs_state_the_precision_the_agent_writes():
+    """docs/search.md: three significant digits on a log scale, enough for 1/200 of a linear
+    range (four for 0..1, as `X 0.5 -> 0.02005` and `0.9749`)."""
+    x = space_of({"m.py": b"X = 0.5  # search: 0..1\nLR = 0.01  # search: 1e-3..1e-1 log\n"})
+    assert x.get("X").render(0.0200512)[1] == "0.02005" and x.get("X").render(0.974912)[1] == "0.9749"
+    assert x.get("LR").render(0.0123456)[1] == "0.0123"
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "search.md").read_text()
+    assert "`0..1`: four, so `0.9749` and `0.02005`" in " ".join(docs.split())

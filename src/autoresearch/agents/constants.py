@@ -168,9 +168,32 @@ def _comments(data: bytes) -> dict[int, str]:
     return out
 
 
+_DEFINES = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+            ast.Pass)
+
+
+def runs_code(stmt: ast.stmt) -> bool:
+    """Whether a module-level statement runs code: anything but an import, a def, a class, a
+    docstring, an assignment that calls nothing, or an `if`/`try` made of those."""
+    if isinstance(stmt, _DEFINES):
+        return False
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+        return any(isinstance(n, ast.Call) for n in ast.walk(stmt))
+    if isinstance(stmt, ast.Expr):
+        return not (isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str))
+    if isinstance(stmt, (ast.If, ast.Try)):
+        inner = [*stmt.body, *stmt.orelse, *getattr(stmt, "finalbody", [])]
+        inner += [s for h in getattr(stmt, "handlers", []) for s in h.body]
+        return any(runs_code(s) for s in inner)
+    return True
+
+
 def scan_file(data: bytes, path: str) -> FileScan:
-    """Every module-level UPPER_CASE constant of a Python file (names assigned more than once
-    are skipped: which assignment counts would be a guess)."""
+    """Every UPPER_CASE constant at module level of a Python file but those after its last
+    statement that runs code (nothing reads them once they are set: `POST = 5` after the final
+    print). Names assigned more than once are skipped (which assignment counts would be a
+    guess); so are constants after the code with a literal value or a `# search` comment, with
+    the reason."""
     scan = FileScan()
     try:
         text = data.decode("utf-8")
@@ -184,8 +207,9 @@ def scan_file(data: bytes, path: str) -> FileScan:
     for line in data.splitlines(keepends=True):
         starts.append(starts[-1] + len(line))
     seen: dict[str, int] = {}
-    found: list[tuple[str, ast.expr]] = []
-    for stmt in tree.body:
+    found: list[tuple[str, ast.expr, bool]] = []  # (name, value, after the last code)
+    last = max((i for i, stmt in enumerate(tree.body) if runs_code(stmt)), default=len(tree.body))
+    for i, stmt in enumerate(tree.body):
         targets: list[ast.expr] = []
         if isinstance(stmt, ast.Assign):
             targets = stmt.targets
@@ -197,13 +221,14 @@ def scan_file(data: bytes, path: str) -> FileScan:
         if (isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None
                 and len(targets) == 1 and isinstance(targets[0], ast.Name)
                 and NAME_RE.match(targets[0].id)):
-            found.append((targets[0].id, stmt.value))
+            found.append((targets[0].id, stmt.value, i > last))
         elif isinstance(stmt, ast.Assign) and any(NAME_RE.match(n) for n in names):
             shown = ", ".join(n for n in names if NAME_RE.match(n))
             how = "unpacked together" if any(isinstance(t, (ast.Tuple, ast.List)) for t in targets) else "chained"
             scan.skipped.append((f"{path}:{stmt.lineno}", f"{shown}: {how} (write one constant per line "
                                                            "to search it)"))
-    for name, node in found:
+    code_line = tree.body[last].lineno if last < len(tree.body) else 0
+    for name, node, after in found:
         where = f"{path}:{node.lineno}"
         if seen[name] > 1:
             scan.skipped.append((where, f"{name}: assigned more than once"))
@@ -215,10 +240,16 @@ def scan_file(data: bytes, path: str) -> FileScan:
             value = value_of(node)
         except NotLiteral:
             value = NotLiteral
+        comment = comments.get(end_line, "")
+        if after:
+            if value is not NotLiteral or re.search(r"\bsearch\b", comment, re.IGNORECASE):
+                scan.skipped.append((where, f"{name}: after the last statement that runs code "
+                                            f"(line {code_line}); move it up to search it"))
+            continue
         scan.constants.append(Constant(
             name=name, path=path, line=node.lineno, start=start, end=end,
             text=data[start:end].decode("utf-8"), value=value,
-            comment=comments.get(end_line, ""), power_base=power_form(node)))
+            comment=comment, power_base=power_form(node)))
     return scan
 
 

@@ -1,4 +1,5 @@
-"""The search space of a task: the UPPER_CASE constants at module level of its editable files.
+"""The search space of a task: the UPPER_CASE constants at the top of its editable files (module
+level, above the last statement that runs code: see `constants.scan_file`).
 
 A constant is searched when its value is a number, a boolean or a simple literal expression of
 numbers (`2**19`, `3e-4 * 2`, `-0.5`). Strings, tuples and the like are left alone unless a
@@ -55,6 +56,9 @@ from autoresearch.task import Task, list_files, load_task
 
 OFF_WORDS = {"off", "no", "skip", "fixed", "none"}
 OPTIONS = ["log", "linear", "int", "float", "step"]
+# `# search 1..10`, `# search= a | b`, `# search off`: meant as an annotation, the colon missing
+MALFORMED = re.compile(r"#\s*search\b\s*[=\-;,.]?\s*(?=\S+\s*(?:\.\.|\|)|(?:off|no|skip|fixed|none)\b)",
+                       re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,8 +79,12 @@ class Annotation:
 def parse_annotation(comment: str) -> Annotation | None:
     """The `search:` part of a comment (None if there is none); raises ValueError when it is
     malformed, with a message fit for the user."""
-    m = re.search(r"\bsearch:\s*(.*)$", comment, re.IGNORECASE)
+    m = re.search(r"\bsearch\s*:\s*(.*)$", comment, re.IGNORECASE)
     if not m:
+        bad = MALFORMED.match(comment.strip())
+        if bad:
+            fixed = "# search: " + comment.strip()[bad.end():]
+            raise ValueError(f"`{comment.strip()}` lacks the colon (write `{fixed}`)")
         return None
     spec = m.group(1).strip()
     word = spec.split(maxsplit=1)[0].lower() if spec else ""
@@ -399,7 +407,7 @@ class Space:
                 try:
                     p = make_param(c, key)
                 except ValueError as e:
-                    if c.value is not NotLiteral or c.comment.find("search:") >= 0:
+                    if c.value is not NotLiteral or re.search(r"\bsearch\b", c.comment, re.I):
                         self.skipped.append((f"{c.path}:{c.line}", f"{c.name}: {e}"))
                     continue
                 self.params.append(p)
@@ -442,19 +450,31 @@ def space_table(space: Space) -> str:
     for where, why in space.skipped:
         lines.append(f"not searched: {where} {why}")
     for p in space.params:
-        if p.annotated and p.kind != "bool" and _outside(p):
-            what = ("not among its `# search:` choices" if p.kind == "choice" else
-                    f"outside its `# search:` range {p.range_text}; the search knows it as the nearest value inside")
-            lines.append(f"note: {p.path}:{p.line} {p.name} = {' '.join(p.text.split())[:24]} is {what}")
+        note = _note(p)
+        if note:
+            lines.append(f"note: {p.path}:{p.line} {p.name} = {' '.join(p.text.split())[:24]} is {note}")
     return "\n".join(lines)
 
 
-def _outside(p: Param) -> bool:
+def _note(p: Param) -> str | None:
+    """Why the search knows an annotated constant's value otherwise than the file has it: off
+    its range, not among its choices, not a whole number for an int range, off its steps."""
+    if not p.annotated or p.kind == "bool":
+        return None
     if p.kind == "choice":
-        return p.sampled(p.value) is None
+        return "not among its `# search:` choices" if p.sampled(p.value) is None else None
     if isinstance(p.value, bool) or not isinstance(p.value, (int, float)) or p.base is not None:
-        return False
-    return not p.low <= p.value * p.sign <= p.high
+        return None
+    x, known = p.value * p.sign, p.sampled(p.value)
+    if not p.low <= x <= p.high:
+        return (f"outside its `# search:` range {p.range_text}; the search knows it as the nearest "
+                "value inside")
+    if known is None or abs(known - x) <= 1e-9 * max(1.0, abs(x)):
+        return None
+    what = (f"off the steps of its `# search:` range {p.range_text}"
+            if p.step and (p.kind == "float" or x == int(x)) else
+            f"not a whole number (its `# search:` range {p.range_text} is of ints)")
+    return f"{what}; the search knows it as {short(known * p.sign)}"
 
 
 def cmd_space(args: argparse.Namespace) -> int:

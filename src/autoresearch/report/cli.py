@@ -1,22 +1,48 @@
-"""`autoresearch report`: parse nothing, call the library, print where the files are."""
+"""`autoresearch report`: check the flags, call the library, print where the files are."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from autoresearch.errors import UsageError
+
+
+def _out_folder(out: str | None) -> Path | None:
+    """The --out folder, made now, so a bad one is named before any work is done."""
+    if out is None:
+        return None
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out}: is a file, not a folder (give a folder for "
+                         "progress.png and report.html)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot make the folder ({e.strerror})") from None
+    return path
+
 
 def cmd_report(args: argparse.Namespace) -> int:
     from autoresearch.report import write_report
+    from autoresearch.report.plot import title
     from autoresearch.report.study import load_results, load_study
 
     root = Path(args.dir).resolve()
+    if args.results and args.tag:
+        raise UsageError(f"--tag {args.tag} and --results cannot be combined: --results reports "
+                         "the results.tsv given, --tag a tag's ledger; give one of them")
+    if getattr(args, "goal", None) and not args.results:
+        raise UsageError("--goal is for --results only (a tag's ledger records its goal)")
+    if not root.is_dir():
+        raise UsageError(f"no such folder: {root}")
+    out = _out_folder(args.out)
     if args.results:
         study = load_results(args.results, root, getattr(args, "goal", None))
-        out = Path(args.out) if args.out else Path(args.results).resolve().parent
+        out = out or Path(args.results).resolve().parent
     else:
         study = load_study(root, args.tag)
-        out = Path(args.out) if args.out else Path(study.source) / "report"
+        out = out or Path(study.source) / "report"
     if args.mlflow:
         from autoresearch.report.mlflow_log import experiment_name, export_study
 
@@ -24,9 +50,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"mlflow: {logged} new run(s) in experiment "
               f"{experiment_name(study.task_name, study.tag)!r} at {args.mlflow}")
     page = write_report(study, out)
-    k = len(study.kept)
-    print(f"{len(study.finished)} trial{'s' * (len(study.finished) != 1)} (the baseline included), {k} kept improvement{'s' * (k != 1)} over it")
+    print(f"{title(study)} (the baseline included)")
     print(f"plot:   {out / 'progress.png'}")
     print(f"report: {page}")
     return 0
-

@@ -12,7 +12,7 @@ from html import escape
 from autoresearch.ledger import clean_text
 from autoresearch.records import Status, Trial
 from autoresearch.report.plot import title
-from autoresearch.report.study import Study, plain
+from autoresearch.report.study import Study, outcome, plain
 
 DIFF_LINES = 400
 LINE_CHARS = 2000
@@ -131,11 +131,14 @@ def summary(study: Study) -> str:
     counts: dict[str, int] = {}
     for t in fin:
         counts[t.status.value] = counts.get(t.status.value, 0) + 1
-    base, best = study.baseline, study.best
+    base, best, failed = study.baseline, study.best, study.failed_baseline
     cards = [_card("trials", str(len(fin)), escape(", ".join(f"{n} {s}" for s, n in counts.items()))),
              _card("kept improvements", str(len(study.kept)))]
     if base is not None:
         cards.append(_card(f"baseline {study.metric}", escape(with_spread(base, study.metric, base.metric))))
+    elif failed is not None:
+        cards.append(_card(f"baseline {study.metric}", "none",
+                           escape(f"trial {failed.number} {outcome(failed)}")))
     if best is not None:
         cards.append(_card(f"best {study.metric}", escape(with_spread(best, study.metric, best.metric)),
                            f"trial {best.number}: {escape(clean_text(best.description, 120))}"))
@@ -151,11 +154,7 @@ def summary(study: Study) -> str:
     seconds = sum(t.run_seconds for t in fin)
     if seconds:
         cards.append(_card("experiment time", escape(_duration(seconds))))
-    starts = [t.started for t in study.trials if t.started]
-    ends = [t.ended for t in fin if t.ended]
-    if starts and ends:
-        cards.append(_card("wall time", escape(_duration(max(ends) - min(starts))),
-                           escape(time.strftime("%Y-%m-%d %H:%M", time.localtime(min(starts)))) + " →"))
+    cards += _wall_time(study)
     tin, tout = study.tokens
     if study.cost or tin or tout:
         cards.append(_card("cost", escape(f"${study.cost:.2f}"), escape(f"{tin:,} tokens in, {tout:,} out")))
@@ -163,6 +162,24 @@ def summary(study: Study) -> str:
     if agents:
         cards.append(_card("agents", escape(", ".join(agents))))
     return '<div class="cards">' + "".join(cards) + "</div>"
+
+
+def _wall_time(study: Study) -> list[str]:
+    """From the first trial's start to the last one's end ('running' while a loop runs)."""
+    starts = [t.started for t in study.trials if t.started]
+    ends = [t.ended for t in study.finished if t.ended]
+    if not starts or not (ends or study.looping):
+        return []
+    first = min(starts)
+    last = time.time() if study.looping else max(ends)
+    day = time.strftime("%Y-%m-%d", time.localtime(first))
+
+    def when(t: float) -> str:
+        text = time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+        return text[len(day) + 1:] if text.startswith(day) else text
+
+    span = f"{day} {when(first)} → " + ("running" if study.looping else when(last))
+    return [_card("wall time", escape(_duration(last - first)), escape(span))]
 
 
 def _duration(seconds: float) -> str:
@@ -238,7 +255,7 @@ def diff_html(diff: str) -> str:
 
 def kept_section(study: Study) -> str:
     if not study.kept:
-        return "<p>No trial has beaten the baseline yet.</p>"
+        return f"<p>{escape(_no_keeps(study))}</p>"
     parts = []
     base = study.baseline
     for t in study.kept:
@@ -261,6 +278,19 @@ def kept_section(study: Study) -> str:
             + (diff_html(diff) if diff else '<div class="why">(no diff available)</div>')
             + "</section>")
     return "".join(parts)
+
+
+def _no_keeps(study: Study) -> str:
+    failed = study.failed_baseline
+    if failed is not None:
+        crashed = failed.status in (Status.CRASH, Status.TIMEOUT)
+        return (f"The baseline (trial {failed.number}) {outcome(failed)} before it gave a figure"
+                + (" (its log tail is below)" if crashed else "") + ", so no trial can be compared "
+                + ("to it: fix the task, commit, and start a new --tag." if crashed
+                   else "to it: run the loop again."))
+    if study.baseline is None:
+        return "No trial has finished yet."
+    return "No trial has beaten the baseline yet."
 
 
 def crash_section(study: Study) -> str:
@@ -319,14 +349,15 @@ def render(study: Study, png: bytes, live: bool = False) -> str:
 """
 
 
-def waiting_page(tag: str) -> str:
-    """The live page before the loop has created its tag."""
+def waiting_page(tag: str | None) -> str:
+    """The live page before the loop has created its tag (`tag` None: any first tag)."""
     csp = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"
+    what = f"tag {escape(tag)}" if tag else "the first loop"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{csp}">
-<title>autoresearch · waiting for tag {escape(tag)}</title><style>{CSS}</style></head>
-<body data-version="waiting"><main><h1>autoresearch · waiting for tag {escape(tag)}</h1>
+<title>autoresearch · waiting for {what}</title><style>{CSS}</style></head>
+<body data-version="waiting"><main><h1>autoresearch · waiting for {what}</h1>
 <div id="live">connecting…</div><p>This page reloads itself when the loop has started.</p>
 </main><script>{LIVE_JS}</script></body></html>
 """

@@ -9,7 +9,9 @@ Readable at any length of run:
 - at most MAX_LABELS kept trials are labelled: the best, the baseline, then the biggest steps of
   the running best; each label goes to the first free spot near its point (the better side of
   the step line first, where no trial can be) and is left out when none is free, so no two
-  labels overlap; descriptions are cut to LABEL_CHARS.
+  labels overlap; descriptions are cut to LABEL_CHARS;
+- the legend sits below the axes, where it can cover no trial; the x axis shows whole trial
+  numbers; a lone value gets a range around it, and with no figure at all the plot says why.
 
 Drawn with matplotlib's object API (no pyplot), so it is safe in a server thread.
 """
@@ -23,7 +25,7 @@ from typing import Any
 
 from autoresearch.ledger import clean_text
 from autoresearch.records import Status
-from autoresearch.report.study import Study
+from autoresearch.report.study import Study, outcome
 
 KEPT = "#1a9850"
 FAINT = "#9a9a9a"
@@ -36,6 +38,7 @@ FONT = 8  # points, of the labels
 # a description in a script the font lacks (CJK, ...) is drawn as boxes, and matplotlib warns once
 # per character; the report is right all the same, so those warnings are noise on the terminal
 MISSING_GLYPH = r"Glyph \d+ .*missing from (current )?font"
+NOTE = "labelled: {} of {} kept trials (the biggest gains; all in report.html)"
 
 
 def _literal(text: str) -> str:
@@ -46,9 +49,7 @@ def _literal(text: str) -> str:
 def title(study: Study) -> str:
     """'N experiments, K kept improvements[, I interrupted]': N counts the finished trials but
     the interrupted ones (the baseline included), K the keeps after the baseline."""
-    stopped = sum(t.status is Status.INTERRUPTED for t in study.finished)
-    n = len(study.finished) - stopped
-    k = len(study.kept)
+    n, k, stopped = study.tally()
     text = f"{n} experiment{'s' * (n != 1)}, {k} kept improvement{'s' * (k != 1)}"
     return text + (f", {stopped} interrupted" if stopped else "")
 
@@ -68,8 +69,11 @@ def _limits(study: Study, values: list[float], log: bool) -> tuple[float, float]
     f = math.log10 if log else float
     seen = [f(v) for v in values if v > 0 or not log]
     lo, hi = f(min(kept)), f(max(kept))
-    span = (hi - lo) or abs(hi) * 0.05 or 1.0
     noise = 0.0 if log else study.noise
+    if lo == hi == min(seen) == max(seen):  # one value (the baseline alone): centred, ±5%
+        half = abs(hi) * 0.05 or 0.5
+        return hi - half - noise, hi + half + noise
+    span = (hi - lo) or abs(hi) * 0.05 or 1.0
     worse = 0.3 if log else 0.8  # a decade of discards above the baseline says nothing more
     # room for labels on the better side; on the worse side no further than the data go
     if study.minimize:
@@ -95,7 +99,7 @@ def progress_figure(study: Study, dpi: int = 110) -> Any:
     """The progress plot as a matplotlib Figure (an Agg canvas attached), laid out and labelled."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     fig = Figure(figsize=(12, 6), dpi=dpi)
     FigureCanvasAgg(fig)
@@ -109,25 +113,60 @@ def progress_figure(study: Study, dpi: int = 110) -> Any:
     _draw_unmeasured(ax, study)
     if limits:
         ax.set_ylim(*limits)
-    last = max((t.number for t in study.finished), default=1)
+    elif not any(t.metric is not None for t in study.finished):
+        _nothing_measured(ax, study)
+    last = max((t.number for t in study.finished), default=0)
     ax.set_xlim(-0.5 - last * 0.02, last + 0.5 + last * 0.02)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # trial numbers
     ax.set_title(title(study), fontsize=14)
     ax.set_xlabel("trial")
     better = "lower" if study.minimize else "higher"
     ax.set_ylabel(f"{_literal(study.metric)} ({better} is better{', log scale' * log})")
     ax.grid(alpha=0.25)
-    if study.finished:
-        # the corner the running best moves away from: empty on a long run
-        ax.legend(loc="upper right" if study.minimize else "lower right", fontsize=9,
-                  framealpha=0.85)
-    fig.tight_layout()
     keeps = len(study.running_best())
+    note = fig.text(0.995, 0.005, NOTE.format(MAX_LABELS, 10 ** 4), ha="right", va="bottom",
+                    fontsize=8, color="#666666")
+    _layout(fig, ax, note if keeps else None)
     placed = _label_keeps(fig, ax, study, log)
     if placed < keeps:
-        fig.text(0.995, 0.005, f"labelled: {placed} of {keeps} kept trials (the best, the baseline, "
-                 "then the biggest gains; all in report.html)", ha="right", va="bottom",
-                 fontsize=8, color="#666666")
+        note.set_text(NOTE.format(placed, keeps))
+    else:
+        note.remove()
     return fig
+
+
+def _nothing_measured(ax: Any, study: Study) -> None:
+    """No trial has a figure: no y scale to show, and a line that says why."""
+    ax.set_ylim(0, 1)
+    ax.set_yticks([])
+    failed = study.failed_baseline
+    text = (f"no figure: the baseline (trial {failed.number}) {outcome(failed)}"
+            if failed is not None else "no trial has finished yet")
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=12,
+            color="#666666")
+
+
+def _layout(fig: Any, ax: Any, note: Any) -> None:
+    """The legend goes below the axes, in a strip at the bottom of the figure where no trial
+    can be drawn (left; the labels' `note`, when there may be one, right of it); the axes are
+    laid out above the strip. The legend gets as many columns as fit beside the note."""
+    renderer = fig.canvas.get_renderer()
+    margin = 0.005
+    strip = note.get_window_extent(renderer).y1 if note is not None else 0.0
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        room = fig.bbox.width * (1 - 3 * margin) - (note.get_window_extent(renderer).width
+                                                   if note is not None else 0.0)
+        for ncol in range(len(handles), 0, -1):
+            legend = ax.legend(handles, labels, loc="lower left", ncol=ncol, fontsize=9,
+                               bbox_to_anchor=(margin, margin), bbox_transform=fig.transFigure,
+                               borderaxespad=0, frameon=False, columnspacing=1.6)
+            box = legend.get_window_extent(renderer)
+            if box.width <= room:
+                break
+        legend.set_in_layout(False)  # placed by hand, not moved with the axes
+        strip = max(strip, box.y1)
+    fig.tight_layout(rect=(0, strip / fig.bbox.height + margin, 1, 1))
 
 
 def _draw_points(ax: Any, study: Study, log: bool) -> tuple[float, float] | None:

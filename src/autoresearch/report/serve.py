@@ -2,8 +2,9 @@
 
 The page polls `/state.json` (a few hundred bytes: a version string and the trials in flight)
 every two seconds and reloads itself when the version changes. The ledger is opened read-only
-for every request, so the server never gets in the loop's way; a tag that does not exist yet is
-waited for. Endpoints: `/` (the page), `/state.json`, `/progress.png`.
+for every request, so the server never gets in the loop's way. A tag that does not exist yet is
+waited for; with no tag given and none there yet, the first tag a loop creates is followed.
+Endpoints: `/` (the page), `/state.json`, `/progress.png`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from autoresearch.errors import UsageError
-from autoresearch.ledger import LedgerNotReady
+from autoresearch.ledger import LedgerNotReady, list_tags
 from autoresearch.report.study import Study, load_study
 
 WAITING = "waiting"
@@ -27,14 +28,20 @@ WAITING = "waiting"
 class LiveReport:
     """What the server shows, rebuilt only when the ledger has changed."""
 
-    def __init__(self, root: Path, tag: str) -> None:
+    def __init__(self, root: Path, tag: str | None) -> None:
         self.root = root
-        self.tag = tag
+        self.tag = tag  # None: the first tag a loop creates, once there is one
         self._lock = threading.Lock()
         self._diffs: dict[tuple[str, str], str] = {}
         self._built: tuple[str, bytes, bytes] | None = None  # version, page, png
 
     def _study(self, details: bool) -> Study | None:
+        if self.tag is None:
+            from autoresearch.views import pick_tag
+
+            if not list_tags(self.root):
+                return None
+            self.tag = pick_tag(self.root, None)  # followed from now on
         try:
             return load_study(self.root, self.tag, details=details, diff_cache=self._diffs)
         except UsageError:  # the loop has not created the tag yet
@@ -121,14 +128,15 @@ class Server(ThreadingHTTPServer):
 
 
 def make_server(root: str | Path, tag: str | None, port: int = 8765) -> Server:
-    """A server (not yet serving) for `tag` in `root`; `tag` None: the most recent tag."""
+    """A server (not yet serving) for `tag` in `root`; `tag` None: the most recent tag, or
+    the first one a loop creates when there is none yet."""
     from autoresearch.ledger import check_tag
     from autoresearch.views import pick_tag
 
     root = Path(root).resolve()
     if not (root / "autoresearch.toml").is_file():
         raise UsageError(f"{root} has no autoresearch.toml: give the task repository the loop runs in")
-    tag = check_tag(tag) if tag else pick_tag(root, None)
+    tag = check_tag(tag) if tag else (pick_tag(root, None) if list_tags(root) else None)
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port} is not a port number (0..65535; 0 picks a free one)")
     try:
@@ -140,8 +148,12 @@ def make_server(root: str | Path, tag: str | None, port: int = 8765) -> Server:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     server = make_server(args.dir, args.tag, args.port)
-    print(f"serving tag {server.live.tag} of {server.live.root} at {server.url} (Ctrl-C to stop)",
-          flush=True)
+    live = server.live
+    if live.tag is None:
+        print(f"serving {live.root} at {server.url}: no tag yet, waiting for the first loop to "
+              "start (Ctrl-C to stop)", flush=True)
+    else:
+        print(f"serving tag {live.tag} of {live.root} at {server.url} (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

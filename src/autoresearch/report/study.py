@@ -27,6 +27,13 @@ def plain(text: str) -> str:
     return "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in text)
 
 
+def outcome(t: Trial) -> str:
+    """How a trial without a figure ended, as a verb: 'crashed', 'timed out', 'was interrupted'."""
+    verbs = {Status.CRASH: "crashed", Status.TIMEOUT: "timed out",
+             Status.INTERRUPTED: "was interrupted", Status.REJECTED: "was rejected"}
+    return verbs.get(t.status, f"ended as {t.status.value}")
+
+
 @dataclass
 class Study:
     """The trials of one tag (or one results.tsv) and what a report needs beside them."""
@@ -43,6 +50,7 @@ class Study:
     task_name: str = ""
     tag: str = ""
     root: str | None = None  # the git repository holding the trials' commits, when known
+    looping: bool = False  # a loop holds the tag now (its lock is taken)
 
     @property
     def finished(self) -> list[Trial]:
@@ -55,6 +63,14 @@ class Study:
     @property
     def baseline(self) -> Trial | None:
         return next((t for t in self.finished if t.status is Status.KEEP), None)
+
+    @property
+    def failed_baseline(self) -> Trial | None:
+        """The baseline when it ended without a figure (crashed, timed out, interrupted):
+        then no trial is kept and nothing can be compared to it."""
+        if self.baseline is not None or not self.finished:
+            return None
+        return min(self.finished, key=lambda t: t.number)
 
     @property
     def kept(self) -> list[Trial]:
@@ -83,6 +99,13 @@ class Study:
             return None
         delta = t.metric - ref.metric
         return delta, (100 * delta / abs(ref.metric) if ref.metric else 0.0)
+
+    def tally(self) -> tuple[int, int, int]:
+        """(experiments, kept improvements, interrupted): the finished trials but the
+        interrupted ones (no verdict on their change; the baseline counts), the keeps after
+        the baseline, and the interrupted trials. The title, the page and `report` say these."""
+        stopped = sum(t.status is Status.INTERRUPTED for t in self.finished)
+        return len(self.finished) - stopped, len(self.kept), stopped
 
     def improved(self, delta: float) -> bool:
         return delta < 0 if self.minimize else delta > 0
@@ -143,6 +166,8 @@ def load_study(root: str | Path, tag: str | None, details: bool = True,
     from autoresearch.views import pick_tag
 
     root = Path(root).resolve()
+    if not root.is_dir():
+        raise UsageError(f"no such folder: {root}")
     tag = pick_tag(root, tag)
     led = Ledger.read(root, tag)
     try:
@@ -155,6 +180,7 @@ def load_study(root: str | Path, tag: str | None, details: bool = True,
     study = Study(name=f"{name or root.name} · tag {tag}", source=str(root / ".autoresearch" / tag),
                   metric=led.metric_name, minimize=minimize, trials=trials, noise=noise,
                   holdout=holdout, task_name=name or root.name, tag=tag, root=str(root))
+    study.looping = bool(study.running) and Ledger.loop_running(Path(study.source))
     if details:
         _add_details(study, root, diff_cache)
     return study
