@@ -207,11 +207,12 @@ def repair(s: Session) -> list[Trial]:
         if not commit and t.parent:  # stopped before its change was committed: a commit of the parent's
             try:                       # code, so that every trial is a commit whatever its fate
                 commit = s.git.run("commit-tree", s.git.tree_of(t.parent), "-p", t.parent, "-F", "-",
-                                   input=f"{t.description or f'trial {t.number}'}\n\n"
+                                   input=f"{t.description or f'trial {t.number}: stopped'}\n\n"
                                          "(stopped before the agent's change was committed)\n")
             except GitError:
                 commit = None
         t = t.with_(status=Status.INTERRUPTED, commit=commit, ended=time.time(),
+                    description=t.description or "(stopped before the agent described its change)",
                     reason=t.reason or "the loop stopped while this trial was in flight")
         s.ledger.finish(t)
         interrupted.append(t)
