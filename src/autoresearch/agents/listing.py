@@ -47,9 +47,9 @@ def agents_text() -> str:
         rows.append((p.name, here, p.what, f"`{p.binary}` on PATH{'' if here else ' (not found)'}; "
                      f"{' or '.join(p.keys)} ({_keys(p.keys)}) or {p.login}"))
     w = max(len(r[0]) for r in rows)
-    out = [f"{'agent':<{w}}  here  what (and what it needs)"]
+    out = [f"{'agent':<{w}}  installed  what (and what it needs)"]
     for name, ok, what, needs in rows:
-        out += [f"{name:<{w}}  {'yes' if ok else 'no':<4}  {what}", f"{'':<{w}}        needs: {needs}"]
+        out += [f"{name:<{w}}  {'yes' if ok else 'no':<9}  {what}", f"{'':<{w}}             needs: {needs}"]
     out += ["", "LLM providers for --model PROVIDER/NAME (llm, hybrid):"]
     for name, prov in PROVIDERS.items():
         key = (f"{prov.key_env} ({'set' if os.environ.get(prov.key_env) else 'not set'})" if prov.key_env
