@@ -1,0 +1,41 @@
+"""The hybrid agent (agents/hybrid.py): the search agent and the llm agent (against a fake
+OpenAI server on 127.0.0.1) share the trials, and each sees the other's in its history.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import cli, make_task
+from fakes.llm_server import FakeLLM, Say
+from llm_helpers import FAST, KEY, ledger
+
+# ---------------------------------------------------------------------------
+# the hybrid
+
+
+def test_hybrid_shares_trials_and_both_see_all(tmp_path: Path) -> None:
+    pytest.importorskip("autoresearch.agents.search")
+    repo = make_task(tmp_path / "task")
+    def structural(old: str, new: str) -> list[Say]:
+        return [Say("", [("edit_file", {"path": "exp.py", "search": old, "replace": new})]),
+                Say("", [("finish", {"description": f"structural: {new}"})])]
+
+    script = structural('print("training...")', 'print("training!")') + \
+        structural("peak_vram_mb: 2048.0", "peak_vram_mb: 1024.0")
+    with FakeLLM("openai", script) as fake:
+        r = cli("run", str(repo), "--tag", "t", "--agent", "hybrid", "--model", "openai/gpt-4.1",
+                "--base-url", fake.url, "--llm-share", "0.5", "--trials", "4",
+                env={"OPENAI_API_KEY": KEY, **FAST}, timeout=180)
+        requests = list(fake.requests)
+    assert r.returncode == 0, r.stderr + r.stdout
+    t = ledger(repo)
+    assert len(t) == 5
+    assert [x.extra.get("proposer") for x in t[1:]] == ["search", "llm", "search", "llm"]
+    assert all(x.agent == "hybrid" for x in t[1:])
+    assert [x.model for x in t[1:]] == ["optuna-tpe", "openai/gpt-4.1", "optuna-tpe", "openai/gpt-4.1"]
+    assert len(requests) == 4  # two LLM proposals of two calls each
+    # the LLM's second proposal saw the search's trial 3 in its history
+    prompt = requests[2]["body"]["messages"][1]["content"]
+    assert f"#3 {t[3].status.value}" in prompt and t[3].description in prompt

@@ -1,0 +1,123 @@
+"""The live view (report/live.py): plain lines when the output is not a terminal; on a real
+pseudo-terminal, a drawn view of the trials in flight, the best and the last trials; events
+that are thread-safe, show agent text literally and keep the holdout off the screen.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from conftest import script_agent
+from report_helpers import AGENT, NASTY, new_task
+
+pytest_plugins = ["report_helpers"]  # the `ran` fixture
+
+
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+def test_live_view_prints_plain_lines_when_not_a_terminal(ran) -> None:
+    _, result = ran
+    out = result.stdout
+    assert "\x1b[" not in out
+    assert "[trial 1] (1/4) started" in out and "[trial 1] keep loss=3" in out
+    assert "best loss 2.25 (trial 4)" in out
+
+
+def test_make_events_picks_plain_lines_off_a_terminal(ran) -> None:
+    from autoresearch.events import PlainEvents
+    from autoresearch.report.live import make_events
+    from autoresearch.task import load_task
+
+    repo, _ = ran
+    events = make_events(load_task(repo))  # pytest's stdout is not a terminal
+    try:
+        assert isinstance(events, PlainEvents)
+    finally:
+        events.close()
+
+
+def run_in_terminal(args: list[str], env: dict[str, str], timeout: float = 120) -> tuple[int, str]:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave,
+                            env={**os.environ, **env, "TERM": "xterm-256color", "COLUMNS": "140"})
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 1 << 16)
+            except OSError:  # the terminal closed: the program ended
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(timeout=30), out.decode(errors="replace")
+
+
+def test_live_view_on_a_terminal_shows_flights_best_and_last_trials(tmp_path: Path) -> None:
+    repo = new_task(tmp_path / "task")
+    script = script_agent(tmp_path / "agent.sh", "sleep 0.6\n" + AGENT)
+    code, out = run_in_terminal([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t",
+                                 "--agent", "cli", "--agent-cmd", script, "--trials", "2"],
+                                {"NASTY": NASTY})
+    assert code == 0, out
+    assert "\x1b[" in out  # drawn, not printed
+    text = ANSI.sub("", out)
+    assert "agent thinking" in text and "▶ trial" in text
+    assert "best loss 3 (trial 1) (-3.005" in text
+    assert "kept of" in text and "raise X to 5" in text
+
+
+def test_live_events_are_thread_safe(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from autoresearch.records import Status, Trial
+    from autoresearch.report.live import LiveEvents
+
+    buf = io.StringIO()
+    events = LiveEvents("demo", "loss", True, holdout="test_loss",
+                        console=Console(file=buf, force_terminal=True, width=120), refresh=50)
+    base = Trial(0, Status.KEEP, "baseline", metric=6.0, figures={"loss": 6.0, "test_loss": 7.0})
+    events.trial_started(0, 0, 40)
+    events.trial_finished(base, base, None, 0.0)
+    errors: list[BaseException] = []
+
+    def worker(first: int) -> None:
+        try:
+            for n in range(first, first + 10):
+                events.trial_started(n, n, 40)
+                events.phase(n, "agent")
+                events.phase(n, "running", 5.0)
+                events.message(f"[bold]note[/bold] {n}")
+                t = Trial(n, Status.DISCARD, f"<try> [red]{n}[/red]\t\x1b[2J", metric=6.5,
+                          figures={"loss": 6.5, "test_loss": 9.9}, cost=0.01)
+                events.trial_finished(t, base, base, 0.01 * n)
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(1 + 10 * i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    events.close()
+    assert not errors
+    text = ANSI.sub("", buf.getvalue())
+    assert "41 finished" in text and "[red]" in text  # agent text shown literally, not as markup
+    assert "9.9" not in text  # the sealed holdout figure is not on the terminal
+    assert "\x1b[2J" not in buf.getvalue()

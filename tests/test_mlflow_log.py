@@ -1,0 +1,81 @@
+"""MLflow (report/mlflow_log.py) in a local file store: `run --mlflow` logs every trial, and
+`report --mlflow` a finished tag after the fact, each run once; an unusable URI stops `run`
+before the tag is made.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import cli
+from report_helpers import new_task, run_loop
+
+pytest_plugins = ["report_helpers"]  # the `ran` fixture
+
+
+def mlflow_runs(store: Path, experiment: str) -> dict[str, object]:
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=str(store))
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    return {r.data.tags["autoresearch.trial"]: (client, r) for r in client.search_runs([exp.experiment_id])}
+
+
+def test_mlflow_run_and_report_log_every_trial_to_a_local_file_store(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    repo = new_task(tmp_path / "task")
+    store = tmp_path / "mlruns"
+    result = run_loop(repo, 3, "--mlflow", str(store))
+    assert result.returncode == 0, result.stderr + result.stdout
+    runs = mlflow_runs(store, "autoresearch/t/t")
+    assert sorted(runs) == ["0", "1", "2", "3"]
+    client, one = runs["1"]  # type: ignore[misc]
+    assert one.data.metrics["loss"] == pytest.approx(3.0)
+    assert one.data.metrics["test_loss"] == pytest.approx(3.3)
+    assert one.data.params["status"] == "keep" and one.info.status == "FINISHED"
+    assert one.data.tags["mlflow.note.content"] == "lower X to 2.0"
+    diff = Path(client.download_artifacts(one.info.run_id, "diff.patch", str(tmp_path)))
+    assert "+X = 2.0" in diff.read_text()
+    _, base = runs["0"]  # type: ignore[misc]
+    assert base.data.metrics["loss_spread"] == pytest.approx(0.00707, rel=0.01)
+    _, crash = runs["3"]  # type: ignore[misc]
+    assert crash.info.status == "FAILED" and crash.data.params["status"] == "crash"
+    # after the fact (what `report --mlflow` does): nothing new in the same store, all in a new one
+    from autoresearch.report.mlflow_log import export_study
+    from autoresearch.report.study import load_study
+
+    assert export_study(load_study(repo, "t"), str(store)) == 0
+    fresh = tmp_path / "fresh"
+    assert export_study(load_study(repo, "t"), f"file://{fresh}") == 4
+    assert sorted(mlflow_runs(fresh, "autoresearch/t/t")) == ["0", "1", "2", "3"]
+
+
+@pytest.mark.slow
+def test_report_mlflow_logs_a_finished_tag_after_the_fact(ran, tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    repo, _ = ran
+    store = tmp_path / "mlruns"
+    first = cli("report", str(repo), "--mlflow", str(store), "--out", str(tmp_path / "r"))
+    assert first.returncode == 0 and "5 new run(s)" in first.stdout, first.stderr
+    again = cli("report", str(repo), "--mlflow", str(store), "--out", str(tmp_path / "r"))
+    assert again.returncode == 0 and "0 new run(s)" in again.stdout, again.stderr
+    runs = mlflow_runs(store, "autoresearch/t/t")
+    client, kept = runs["4"]  # type: ignore[misc]
+    assert kept.data.tags["mlflow.note.content"].startswith("X=1.5 <script>alert(1)</script> red")
+    assert kept.data.params["status"] == "keep" and kept.data.metrics["loss"] == pytest.approx(2.25)
+    diff = Path(client.download_artifacts(kept.info.run_id, "diff.patch", str(tmp_path)))
+    assert "+X = 1.5" in diff.read_text()
+
+
+@pytest.mark.slow
+def test_run_with_an_unusable_mlflow_uri_stops_before_the_tag_is_made(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    repo = new_task(tmp_path / "task")
+    result = run_loop(repo, 1, "--mlflow", "bogus://nowhere")
+    assert result.returncode == 2 and "--mlflow bogus://nowhere" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (repo / ".autoresearch").exists()

@@ -1,0 +1,224 @@
+"""The CLI presets (agents/presets.py) and `autoresearch agents`: the listing, the claude preset
+with a stand-in claude (as root or not), a preset's command copied into --agent-cmd, the codex
+and gemini reports read, and a preset tool's own error report (from stand-in tools): readable,
+and fatal when the key or the model is wrong. (The presets with the real tools:
+test_presets_real.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import cli, make_task
+from llm_helpers import KEY, ledger
+
+from autoresearch.records import Status
+
+# ---------------------------------------------------------------------------
+# presets and `autoresearch agents`
+
+
+def test_agents_lists_everything() -> None:
+    r = cli("agents", env={"OPENAI_API_KEY": ""})
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines()
+            if line and not line.startswith(" ") and len(line.split()) > 1}
+    for name in ["search", "llm", "hybrid", "cli", "claude", "codex", "aider", "gemini", "opencode"]:
+        assert name in rows, name
+    for tool in ["claude", "codex", "aider", "gemini", "opencode"]:
+        assert rows[tool] == ("yes" if shutil.which(tool) else "no"), tool
+    assert rows["search"] == "yes" and rows["cli"] == "yes"
+    assert "OPENAI_API_KEY (not set)" in r.stdout and "ANTHROPIC_API_KEY" in r.stdout
+    with_key = cli("agents", env={"OPENAI_API_KEY": KEY})
+    assert "OPENAI_API_KEY (set)" in with_key.stdout and KEY not in with_key.stdout
+    assert "--dangerously-skip-permissions" in r.stdout or "acceptEdits" in r.stdout
+
+
+FAKE_CLAUDE = """\
+#!{python}
+# A stand-in for Claude Code: refuses to skip permissions as root without IS_SANDBOX=1 (as the
+# real one does), records its argv, reads the prompt from stdin, edits exp.py, prints a JSON result.
+import json, os, sys
+argv = sys.argv[1:]
+open(os.environ["CLAUDE_ARGV_FILE"], "a").write(json.dumps(argv) + "\\n")
+if ("--dangerously-skip-permissions" in argv and os.geteuid() == 0
+        and os.environ.get("IS_SANDBOX") != "1"):
+    print("--dangerously-skip-permissions cannot be used with root/sudo privileges for security reasons")
+    sys.exit(1)
+prompt = sys.stdin.read()
+assert "-p" in argv and "Minimise loss." in prompt
+src = open("exp.py").read().replace("X = 3.0", "X = 1.0")
+open("exp.py", "w").write(src)
+print(json.dumps({{"type": "result", "subtype": "success", "is_error": False,
+                  "result": "I looked at exp.py.\\nSet X to 1.0, the minimum of the loss.",
+                  "total_cost_usd": 0.0123, "usage": {{"input_tokens": 1500, "output_tokens": 200}}}}))
+"""
+
+
+def fake_claude(tmp_path: Path) -> dict[str, str]:
+    """FAKE_CLAUDE as `claude` first on PATH, recording its argv in tmp_path/argv.jsonl."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "claude").write_text(FAKE_CLAUDE.format(python=sys.executable))
+    (bindir / "claude").chmod(0o755)
+    return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "CLAUDE_ARGV_FILE": str(tmp_path / "argv.jsonl")}
+
+
+@pytest.mark.parametrize("sandbox", [None, "1"])
+def test_claude_preset_works_as_root_or_not(tmp_path: Path, sandbox: str | None) -> None:
+    repo = make_task(tmp_path / "task")
+    argv_file = tmp_path / "argv.jsonl"
+    env = fake_claude(tmp_path)
+    if sandbox:
+        env["IS_SANDBOX"] = sandbox
+    else:
+        env["IS_SANDBOX"] = ""
+    r = cli("run", str(repo), "--tag", "t", "--agent", "claude", "--model", "anthropic/claude-sonnet-4-5",
+            "--trials", "1", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    argv = json.loads(argv_file.read_text().splitlines()[0])
+    assert argv[:3] == ["-p", "--output-format", "json"] and "claude-sonnet-4-5" in argv
+    if os.geteuid() == 0 and not sandbox:
+        assert "acceptEdits" in argv and "--dangerously-skip-permissions" not in argv
+        assert "running as root" in r.stderr
+    else:
+        assert "--dangerously-skip-permissions" in argv
+    t = ledger(repo)
+    assert t[1].status is Status.KEEP and t[1].agent == "claude"
+    assert t[1].description == "Set X to 1.0, the minimum of the loss."
+    assert (t[1].tokens_in, t[1].tokens_out, t[1].cost) == (1500, 200, pytest.approx(0.0123))
+
+
+def test_a_presets_command_copied_into_agent_cli_keeps_what_the_preset_reads(tmp_path: Path) -> None:
+    """`autoresearch agents` says to copy a preset's command into --agent-cmd to adjust it: the
+    tool's JSON report is still read (description, tokens, cost), not taken as the description."""
+    repo = make_task(tmp_path / "task")
+    env = {**fake_claude(tmp_path), "IS_SANDBOX": "1"}
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd",
+            "DISABLE_AUTOUPDATER=1 claude -p --output-format json --permission-mode acceptEdits < {prompt_file}",
+            "--trials", "1", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    t = ledger(repo)
+    assert t[1].description == "Set X to 1.0, the minimum of the loss."
+    assert (t[1].tokens_in, t[1].tokens_out, t[1].cost) == (1500, 200, pytest.approx(0.0123))
+
+
+def test_codex_and_gemini_reports_are_read() -> None:
+    """What `codex exec --json` and `gemini --output-format json` print (as codex 0.171 and
+    gemini 0.61 print it, stderr lines mixed in): the last message, the tokens, and failures."""
+    from autoresearch.agents.base import AgentError
+    from autoresearch.agents.presets import codex_result, gemini_result
+
+    codex = "\n".join([
+        "WARNING: something on stderr",
+        json.dumps({"type": "thread.started", "thread_id": "t"}),
+        json.dumps({"type": "item.completed", "item": {"type": "error", "message": "Model metadata not found"}}),
+        json.dumps({"type": "item.completed", "item": {"type": "agent_message", "text": "Looking.\nFirst."}}),
+        json.dumps({"type": "item.completed", "item": {"type": "file_change", "status": "completed"}}),
+        json.dumps({"type": "item.completed", "item": {"type": "agent_message", "text": "Done.\nSet X to 1."}}),
+        json.dumps({"type": "turn.completed", "usage": {"input_tokens": 4300, "cached_input_tokens": 300,
+                                                         "output_tokens": 120, "reasoning_output_tokens": 20}}),
+    ])
+    assert codex_result(codex) == {"text": "Done.\nSet X to 1.", "tokens_in": 4300, "tokens_out": 120, "cost": 0.0}
+    failed = codex + "\n" + json.dumps({"type": "error", "message": "Reconnecting... 1/5"}) + "\n" + \
+        json.dumps({"type": "turn.failed", "error": {"message": "unexpected status 401 Unauthorized"}})
+    with pytest.raises(AgentError, match="codex: unexpected status 401"):
+        codex_result(failed)
+    report = {"session_id": "s", "response": "Edited.\nSet X to 1.",
+              "stats": {"models": {"m1": {"tokens": {"prompt": 6300, "candidates": 200, "thoughts": 20, "cached": 100}},
+                                   "m2": {"tokens": {"prompt": 10, "candidates": 5}}}}}
+    gemini = "YOLO mode is enabled.\n{not json\n" + json.dumps(report, indent=2) + "\nRipgrep is not available.\n"
+    assert gemini_result(gemini) == {"text": "Edited.\nSet X to 1.", "tokens_in": 6310, "tokens_out": 225, "cost": 0.0}
+    with pytest.raises(AgentError, match="gemini: quota"):
+        gemini_result(json.dumps({"session_id": "s", "error": {"type": "Error", "message": "quota", "code": 429}}, indent=2))
+    assert gemini_result("no json at all") == {}
+
+
+# ---------------------------------------------------------------------------
+# a preset tool's own error report: readable, and fatal when the key or the model is wrong
+
+
+def fake_tool(tmp_path: Path, name: str, output: str, code: int) -> dict[str, str]:
+    """A stand-in for the tool `name`, first on PATH: prints `output`, exits with `code`."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    (bindir / name).write_text(f"#!{sys.executable}\nimport sys\nsys.stdout.write({output!r})\nsys.exit({code})\n")
+    (bindir / name).chmod(0o755)
+    return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "IS_SANDBOX": "1"}
+
+
+def claude_says(message: str, is_error: bool = True) -> str:
+    return json.dumps({"type": "result", "subtype": "success", "is_error": is_error, "result": message,
+                       "total_cost_usd": 0, "usage": {"input_tokens": 0, "output_tokens": 0}}) + "\n"
+
+
+def codex_says(message: str) -> str:
+    return "\n".join([json.dumps({"type": "thread.started", "thread_id": "t"}), json.dumps({"type": "turn.started"}),
+                      json.dumps({"type": "error", "message": f"Reconnecting... 1/5 ({message})"}),
+                      json.dumps({"type": "turn.failed", "error": {"message": message}})]) + "\n"
+
+
+GEMINI_401 = "YOLO mode is enabled.\nError when talking to Gemini API\n" + json.dumps({
+    "session_id": "s", "error": {"type": "Error", "code": 401, "message": json.dumps(
+        {"error": {"code": 401, "message": "Request had invalid credentials.", "status": "UNAUTHENTICATED"}})}},
+    indent=2) + "\n"
+
+
+OPENCODE_404 = json.dumps({"type": "error", "error": {"name": "APIError", "data": {
+    "message": "The model `nope` does not exist", "statusCode": 404, "isRetryable": False}}}) + "\n"
+
+
+AIDER_401 = ("Aider v0.86.2\nModel: openai/fake with whole edit format\n\n"
+             f"litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect \nAPI key provided: {KEY}\n"
+             "The API provider is not able to authenticate you. Check your API key.\n")
+
+
+@pytest.mark.parametrize(("tool", "output", "code", "reason"), [
+    ("claude", claude_says("Invalid API key · Please run /login"), 1, "claude: Invalid API key · Please run /login"),
+    ("claude", claude_says("Invalid API key · Please run /login"), 0, "claude: Invalid API key · Please run /login"),
+    ("codex", codex_says(f"unexpected status 401 Unauthorized: Incorrect API key provided: {KEY}"), 1,
+     "codex: unexpected status 401 Unauthorized: Incorrect API key provided: [redacted]"),
+    ("gemini", GEMINI_401, 1, "gemini: Request had invalid credentials. (HTTP 401)"),
+    ("opencode", OPENCODE_404, 1, "opencode: The model `nope` does not exist (HTTP 404)"),
+    ("aider", AIDER_401, 0, "aider: litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect "
+                            "API key provided: [redacted] The API provider is not able to authenticate you. Check your API key."),
+], ids=["claude-exit-1", "claude-exit-0", "codex", "gemini", "opencode", "aider"])
+def test_a_bad_key_or_model_reported_by_a_preset_tool_stops_the_loop(tmp_path: Path, tool: str, output: str,
+                                                                      code: int, reason: str) -> None:
+    """Whatever its exit code, the tool's own error report is the trial's reason (not its raw
+    JSON); one that says the key, the login or the model is wrong stops the loop after three."""
+    repo = make_task(tmp_path / "task")
+    r = cli("run", str(repo), "--tag", "t", "--agent", tool, "--hours", "1",
+            env=fake_tool(tmp_path, tool, output, code), timeout=120)
+    assert r.returncode == 1, r.stderr + r.stdout
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP] + [Status.AGENT_ERROR] * 3
+    assert [x.reason for x in t[1:]] == [reason] * 3
+    assert f"the agent failed 3 times in a row with an error that will not go away by itself: {reason}" in r.stderr
+    assert KEY not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(("tool", "output", "reason"), [
+    ("claude", claude_says('API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'),
+     'claude: API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'),
+    ("codex", codex_says("unexpected status 500 Internal Server Error: try again"),
+     "codex: unexpected status 500 Internal Server Error: try again"),
+    # what the agent read is not the tool's error report: 401 in its answer is not a bad key
+    ("claude", claude_says("notes.txt says: HTTP 401 Unauthorized, invalid api key", is_error=False),
+     "the agent command exited with 1: "),
+], ids=["claude-overloaded", "codex-500", "claude-401-in-its-answer"])
+def test_a_passing_failure_reported_by_a_preset_tool_does_not_stop_the_loop(tmp_path: Path, tool: str, output: str,
+                                                                          reason: str) -> None:
+    repo = make_task(tmp_path / "task")
+    r = cli("run", str(repo), "--tag", "t", "--agent", tool, "--trials", "3",
+            env=fake_tool(tmp_path, tool, output, 1), timeout=120)
+    assert r.returncode == 0, r.stderr + r.stdout
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP] + [Status.AGENT_ERROR] * 3
+    assert all(x.reason.startswith(reason) for x in t[1:]), t[1].reason
+    assert "will not go away by itself" not in r.stderr

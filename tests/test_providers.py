@@ -1,0 +1,110 @@
+"""The llm agent's API clients (agents/providers.py), through the loop against fake OpenAI and
+Anthropic servers (real HTTP on 127.0.0.1): faults (429 with retry-after, 500, a hang, a
+malformed or misshapen reply) are retried, then an agent_error with its spend, and the loop goes
+on; a 401 is not retried; a 400 or 422 recurs, so three in a row stop the loop; bad
+AUTORESEARCH_LLM_* settings are one line and exit 2; a key of spaces is no key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import cli, make_task
+from fakes.llm_server import FakeLLM, Fault, Say
+from llm_helpers import KEY, branch_file, good_edit, ledger, run_llm
+
+from autoresearch.records import Status
+
+# ---------------------------------------------------------------------------
+# faults: retried, then agent_error, and the loop goes on
+
+
+@pytest.mark.parametrize("kind,fault", [
+    ("openai", Fault("429", retry_after=0.3)), ("openai", Fault("500")), ("openai", Fault("hang", seconds=3)),
+    ("openai", Fault("malformed")), ("openai", Fault("bad-shape")),
+    ("anthropic", Fault("429", retry_after=0.3)), ("anthropic", Fault("malformed")),
+])
+def test_faults_are_retried_then_recorded(tmp_path: Path, kind: str, fault: Fault) -> None:
+    repo = make_task(tmp_path / "task")
+    # trial 1: one good step, then the fault on every attempt (3) -> agent_error with its spend;
+    # trial 2: the fault once, then a good proposal -> kept.
+    script = [Say("", [("read_file", {"path": "exp.py"})]), fault, fault, fault, fault, *good_edit()]
+    with FakeLLM(kind, script) as fake:
+        r = run_llm(repo, fake, trials=2)
+        times = [q["time"] for q in fake.requests]
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP]
+    assert "after 3 attempt" in t[1].reason
+    assert t[1].tokens_in == 1000 and t[1].cost > 0  # what the failed proposal spent is recorded
+    assert not (repo / ".autoresearch" / "t" / "logs" / "1.log").exists()  # not run
+    assert "X = 1.0" in branch_file(repo)
+    log = (repo / ".autoresearch" / "t" / "agent" / "2.log").read_text()
+    assert "retry 1/2" in log
+    if fault.retry_after:
+        assert times[5] - times[4] >= 0.3  # retry-after respected
+
+
+def test_permanent_errors_are_not_retried(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", [Fault("401"), *good_edit()]) as fake:
+        r = run_llm(repo, fake, trials=2)
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP]
+    assert "401" in t[1].reason and "check the API key" in t[1].reason
+    assert len(fake.requests) == 4
+
+
+# ---------------------------------------------------------------------------
+# what the audit of --agent llm found: a 400 that recurs, bad settings; a key of spaces
+
+
+@pytest.mark.parametrize("kind,status,message", [
+    ("openai", "400", "registry.ollama.ai/library/gemma:2b does not support tools"),
+    ("openai", "422", "nosuch/model is not a valid model ID"),
+    ("anthropic", "400", "prompt is too long: 250000 tokens > 200000 maximum"),
+])
+def test_a_refused_request_is_fatal_and_quoted(tmp_path: Path, kind: str, status: str, message: str) -> None:
+    """A 400 or 422 will recur: not retried, and three in a row stop the loop (exit 1) with
+    the server's words, instead of failing every trial and exiting 0."""
+    repo = make_task(tmp_path / "task")
+    with FakeLLM(kind, default=Fault(status, message=message)) as fake:
+        r = run_llm(repo, fake, trials=6)
+    assert r.returncode == 1, r.stderr + r.stdout
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP] + [Status.AGENT_ERROR] * 3
+    assert all(f"HTTP {status}" in x.reason and message in x.reason for x in t[1:]), t[1].reason
+    assert len(fake.requests) == 3  # none retried
+    assert "3 times in a row" in r.stderr + r.stdout and message in r.stderr + r.stdout
+
+
+@pytest.mark.parametrize("var,value,needle", [
+    ("AUTORESEARCH_LLM_STEPS", "abc", "a whole number >= 1, got 'abc'"),
+    ("AUTORESEARCH_LLM_STEPS", "0", "a whole number >= 1"),
+    ("AUTORESEARCH_LLM_MAX_TOKENS", "-5", "a whole number >= 1"),
+    ("AUTORESEARCH_LLM_REPLY_TOKENS", "0", "a whole number >= 1"),
+    ("AUTORESEARCH_LLM_CONTEXT", "10k", "a whole number >= 1000"),
+    ("AUTORESEARCH_LLM_RETRIES", "-1", "a whole number >= 0"),
+    ("AUTORESEARCH_LLM_TIMEOUT", "nan", "a number > 0"),
+    ("AUTORESEARCH_LLM_TIMEOUT", "0", "a number > 0"),
+    ("AUTORESEARCH_LLM_BACKOFF", "fast", "a number >= 0"),
+    ("AUTORESEARCH_LLM_BACKOFF_MAX", "-1", "a number >= 0"),
+])
+def test_bad_llm_settings_are_one_line_exit_2(tmp_path: Path, var: str, value: str, needle: str) -> None:
+    repo = make_task(tmp_path / "task")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "llm", "--model", "openai/gpt-4.1", "--trials", "1",
+            env={"OPENAI_API_KEY": KEY, var: value})
+    assert r.returncode == 2, r.stderr + r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{var} must be {needle}" in lines[0], r.stderr
+    assert not (repo / ".autoresearch").exists()
+
+
+def test_a_key_of_spaces_is_no_key() -> None:
+    from autoresearch.agents.providers import ConfigError, resolve
+
+    with pytest.raises(ConfigError, match="set ANTHROPIC_API_KEY in the environment"):
+        resolve("anthropic/claude-sonnet-4-5", None, {"ANTHROPIC_API_KEY": "  "})
+    assert resolve("openai/gpt-4.1", None, {"OPENAI_API_KEY": " sk-abc\n"}).key == "sk-abc"

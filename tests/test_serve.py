@@ -1,0 +1,136 @@
+"""`autoresearch serve` (report/serve.py) over real HTTP: it follows a running loop as it writes
+the ledger, its live page in a real headless Chromium polls only its own server, it refuses a
+port in use and a folder that is not a task, and without a tag it waits for the first loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from browser import Browser, find_chromium
+from conftest import cli, script_agent
+from report_helpers import AGENT, NASTY, new_task, run_loop
+
+pytest_plugins = ["report_helpers"]  # the `ran` fixture
+
+
+def get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.read()
+
+
+def test_serve_follows_a_running_loop(tmp_path: Path) -> None:
+    repo = new_task(tmp_path / "task")
+    errors = tmp_path / "serve.err"
+    with open(errors, "w") as err:
+        server = subprocess.Popen([sys.executable, "-m", "autoresearch", "serve", str(repo),
+                                   "--tag", "t", "--port", "0"], stdout=subprocess.PIPE,
+                                  stderr=err, text=True)
+    try:
+        line = server.stdout.readline()  # type: ignore[union-attr]
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url, line + errors.read_text()
+        base = url.group(0)
+        state = json.loads(get(base + "state.json")[1])
+        assert state["version"] == "waiting"
+        assert b"waiting for tag t" in get(base)[1]
+        slow = "sleep 1.5\n" + AGENT
+        loop = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t",
+                                 "--agent", "cli", "--agent-cmd",
+                                 script_agent(tmp_path / "slow.sh", slow), "--trials", "2"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "NASTY": NASTY})
+        seen_counts, seen_running, versions = set(), [], set()
+        deadline = time.monotonic() + 120
+        while loop.poll() is None and time.monotonic() < deadline:
+            state = json.loads(get(base + "state.json")[1])
+            seen_counts.add(state["trials"])
+            seen_running += [r["phase"] for r in state["running"]]
+            versions.add(state["version"])
+            if state["trials"] == 1:
+                status, page = get(base)
+                assert status == 200 and b"data:image/png;base64," in page
+            time.sleep(0.2)
+        assert loop.wait(timeout=60) == 0, loop.stderr.read()  # type: ignore[union-attr]
+        state = json.loads(get(base + "state.json")[1])
+        assert state["trials"] == 3 and state["running"] == [] and state["kept"] == 1
+        assert "agent thinking" in seen_running
+        assert len(seen_counts) >= 2 and len(versions) >= 3  # it followed the ledger as it grew
+        status, page = get(base)
+        html = page.decode()
+        assert status == 200 and "3 experiments, 1 kept improvement" in html
+        assert html.count('<tr class="row-') == 3 and "state.json" in html
+        assert f'data-version="{state["version"]}"' in html
+        status, png = get(base + "progress.png")
+        assert status == 200 and png[:4] == b"\x89PNG"
+        assert errors.read_text() == ""
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_serve_live_page_in_chromium_polls_only_its_own_server(ran, tmp_path: Path) -> None:
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    repo, _ = ran
+    server = subprocess.Popen([sys.executable, "-m", "autoresearch", "serve", str(repo), "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        base = re.search(r"http://\S+/", server.stdout.readline()).group(0)  # type: ignore[union-attr]
+        with Browser(binary, loopback=True) as browser:
+            browser.open(base)
+            time.sleep(2.5)  # at least one poll
+            browser.settle()
+            assert "no trial in flight" in browser.eval("document.getElementById('live').textContent")
+            assert browser.eval("document.querySelectorAll('#trials tbody tr').length") == 5
+            assert browser.requests and all(u.startswith(base) or u.startswith("data:")
+                                            for u in browser.requests), browser.requests
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_serve_refuses_a_port_in_use(ran) -> None:
+    import socket
+
+    repo, _ = ran
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        result = cli("serve", str(repo), "--port", str(s.getsockname()[1]), timeout=30)
+    assert result.returncode == 2 and "--port" in result.stderr
+
+
+def test_serve_refuses_a_folder_that_is_not_a_task(tmp_path: Path) -> None:
+    result = cli("serve", str(tmp_path / "nowhere"), "--tag", "t", "--port", "0", timeout=30)
+    assert result.returncode == 2 and "no autoresearch.toml" in result.stderr
+
+
+def test_serve_without_a_tag_waits_for_the_first_loop(tmp_path: Path) -> None:
+    repo = new_task(tmp_path / "task")
+    server = subprocess.Popen([sys.executable, "-m", "autoresearch", "serve", str(repo), "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()  # type: ignore[union-attr]
+        assert "no tag yet, waiting for the first loop" in line, line + server.stderr.read()  # type: ignore[union-attr]
+        base = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)  # type: ignore[union-attr]
+        assert json.loads(get(base + "state.json")[1])["version"] == "waiting"
+        assert b"waiting for the first loop" in get(base)[1]
+        result = run_loop(repo, 1)
+        assert result.returncode == 0, result.stderr
+        state = json.loads(get(base + "state.json")[1])
+        assert state["trials"] == 2 and state["version"] != "waiting"
+        assert "2 experiments, 1 kept improvement" in get(base)[1].decode()
+        assert server.poll() is None
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

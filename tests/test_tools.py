@@ -1,0 +1,187 @@
+"""The llm agent's tools (agents/tools.py): they stay inside the worktree and the editable files
+(no path, link or .git gets out; protected files are never written), the holdout is sealed from
+the logs and the history they show, a wrong argument or an unexpected failure is an error text
+for the model (never the end of the proposal), and no API key is written into a file. Called
+directly on a task repository, and through the loop against a fake OpenAI server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from conftest import git, make_task
+from fakes.llm_server import FakeLLM, Say
+from llm_helpers import KEY, branch_file, good_edit, ledger, run_llm
+
+from autoresearch.agents.base import Context
+from autoresearch.agents.tools import Tools
+from autoresearch.records import Status, Trial
+from autoresearch.task import load_task
+
+# ---------------------------------------------------------------------------
+# tools stay inside the worktree and the editable files
+
+
+def _ctx(tmp_path: Path) -> Context:
+    repo = make_task(tmp_path / "task", files={"sub/notes.txt": "hello\n"})
+    task = load_task(repo)
+    ledger_dir = tmp_path / "ledger"
+    (ledger_dir / "logs").mkdir(parents=True)
+    (ledger_dir / "logs" / "0.log").write_text("loss: 6.0\ntest_loss: 1.5\n")
+    best = Trial(number=0, status=Status.KEEP, description="baseline", metric=6.0)
+    return Context(task=task, workdir=repo, number=1, best=best, history=(best,),
+                   log_path=ledger_dir / "agent.log", ledger_dir=ledger_dir)
+
+
+def test_tools_are_confined(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret\n")
+    (ctx.workdir / "link.txt").symlink_to(secret)
+    (ctx.workdir / "linkdir").symlink_to(tmp_path)
+    tools = Tools(ctx)
+    for path in ["../secret.txt", str(secret), "link.txt", "linkdir/secret.txt", ".git/config",
+                 "sub/../../secret.txt"]:
+        out = tools.call("read_file", {"path": path})
+        assert out.startswith("error:") and "top secret" not in out, (path, out)
+    assert "top secret" not in tools.call("grep", {"pattern": "secret"})
+    assert "secret.txt" not in tools.call("list_files", {})
+    assert ".git" not in tools.call("list_files", {})
+    assert "error" in tools.call("list_files", {"path": ".."})
+    # writes: only editable files, never protected ones, never through a link
+    for path, content in [("prepare.py", "DATA = 'x'\n"), ("program.md", "x"), ("autoresearch.toml", "x"),
+                          ("new.py", "x"), ("../escape.py", "x"), ("link.txt", "x")]:
+        assert tools.call("write_file", {"path": path, "content": content}).startswith("error:"), path
+    assert tools.call("edit_file", {"path": "prepare.py", "search": "fixed", "replace": "x"}).startswith("error:")
+    assert (ctx.workdir / "prepare.py").read_text() == "DATA = 'fixed'\n"
+    assert secret.read_text() == "top secret\n" and not (tmp_path / "escape.py").exists()
+    # what is allowed works, and the holdout never shows
+    assert tools.call("edit_file", {"path": "exp.py", "search": "X = 3.0", "replace": "X = 1.0"}) == "edited exp.py"
+    assert "not found" in tools.call("edit_file", {"path": "exp.py", "search": "X = 3.0", "replace": "X = 1.0"})
+    assert tools.call("read_file", {"path": "exp.py", "start": 3, "end": 3}).endswith("\n    3  Y = 2")
+    assert "hello" in tools.call("read_file", {"path": "sub/notes.txt"})
+
+
+def test_holdout_is_sealed_from_logs(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    task = dataclasses.replace(ctx.task, metric=dataclasses.replace(ctx.task.metric, holdout="test_loss"))
+    tools = Tools(dataclasses.replace(ctx, task=task))
+    out = tools.call("read_log", {"trial": 0})
+    assert "loss: 6.0" in out and "test_loss" not in out and "1.5" not in out
+    crashed = Trial(number=1, status=Status.CRASH, description="bigger model",
+                    reason="the evaluator failed: test_loss: 1.5 then nan")
+    tools = Tools(dataclasses.replace(ctx, task=task, history=(ctx.best, crashed)))
+    out = tools.call("read_history", {})
+    assert "#1 crash" in out and "bigger model" in out and "1.5" not in out
+
+
+def test_forbidden_tool_calls_do_not_stop_the_trial(tmp_path: Path) -> None:
+    """A model that tries to escape gets errors back, and its legitimate edit is still kept."""
+    repo = make_task(tmp_path / "task")
+    script = [Say("", [("read_file", {"path": "../../ledger.sqlite"}),
+                       ("write_file", {"path": "prepare.py", "content": "DATA = 'cheat'\n"}),
+                       ("read_file", {"path": ".git/HEAD"})])] + good_edit()[1:]
+    with FakeLLM("openai", script) as fake:
+        r = run_llm(repo, fake)
+    assert r.returncode == 0, r.stderr
+    assert [x.status for x in ledger(repo)] == [Status.KEEP, Status.KEEP]
+    assert branch_file(repo, "prepare.py") == "DATA = 'fixed'"
+    results = [m["content"] for m in fake.requests[1]["body"]["messages"] if m["role"] == "tool"]
+    assert len(results) == 3 and all(x.startswith("error:") for x in results)
+
+
+# ---------------------------------------------------------------------------
+# what the audit of --agent llm found: bad tool arguments, a key in an edit
+
+
+def test_tool_arguments_of_the_wrong_type_are_errors_for_the_model(tmp_path: Path) -> None:
+    """A wrongly typed, missing or unknown argument is an error text naming it, never an
+    exception; numbers sent as text are taken."""
+    tools = Tools(_ctx(tmp_path))
+    bad = [("read_file", {"path": "exp.py", "start": "abc"}, "`start` must be a whole number"),
+           ("read_file", {"path": ["a"]}, "`path` must be a string, got an array"),
+           ("read_file", {"path": None}, "read_file needs `path`"),
+           ("read_file", {}, "read_file needs `path`"),
+           ("read_file", {"path": "exp.py", "end": True}, "`end` must be a whole number"),
+           ("list_files", {"path": 123}, "`path` must be a string, got a number"),
+           ("grep", {"pattern": {"x": 1}}, "`pattern` must be a string, got an object"),
+           ("edit_file", {"path": "exp.py", "search": "X = 3.0", "replace": 1.0}, "`replace` must be a string"),
+           ("write_file", {"path": "exp.py"}, "write_file needs `content`"),
+           ("read_log", {"trial": "x"}, "`trial` must be a whole number"),
+           ("read_log", {"trial": 0, "lines": [1]}, "`lines` must be a whole number"),
+           ("read_history", {"last": "all"}, "`last` must be a whole number"),
+           ("read_history", {"last": 0}, "`last` must be 1 or more"),
+           ("finish", {"description": ["a", "b"]}, "`description` must be a string"),
+           ("read_file", {"path": "exp.py", "lines": 3}, "read_file takes no argument named lines"),
+           ("read_file", {"path": "exp\x00.py"}, "NUL"),
+           ("nosuch", {}, "no tool named 'nosuch'")]
+    for name, args, needle in bad:
+        out = tools.call(name, args)
+        assert out.startswith("error:") and needle in out, (name, args, out)
+    assert (tools.ctx.workdir / "exp.py").read_text().count("X = 3.0") == 1 and tools.finished is None
+    assert tools.call("read_file", {"path": "exp.py", "start": "3", "end": 3.0}).endswith("\n    3  Y = 2")
+    assert "none in 50..60" in tools.call("read_file", {"path": "exp.py", "start": 50, "end": 60})
+    assert "#0 keep" in tools.call("read_history", {"last": "1"})
+    assert "loss: 6.0" in tools.call("read_log", {"trial": "0", "lines": None})
+
+
+def test_an_unexpected_failure_in_a_tool_is_an_error_for_the_model(tmp_path: Path) -> None:
+    """A tool that fails in a way nobody checked for (here: read_file on a socket, which the
+    system refuses to open) answers an error text and logs the traceback."""
+    import socket
+
+    ctx = _ctx(tmp_path)
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(ctx.workdir / "agent.sock"))
+        out = Tools(ctx).call("read_file", {"path": "agent.sock"})
+    finally:
+        sock.close()
+    assert out.startswith("error: read_file failed (OSError") and "try another way" in out, out
+    assert "Traceback" in ctx.log_path.read_text()
+
+
+def test_a_worktrees_git_file_is_never_listed(tmp_path: Path) -> None:
+    """In a trial's worktree `.git` is a file (gitdir: ...): list_files and grep skip it too."""
+    ctx = _ctx(tmp_path)
+    wt = tmp_path / "wt"
+    git(ctx.workdir, "worktree", "add", "-q", "--detach", str(wt))
+    tools = Tools(dataclasses.replace(ctx, workdir=wt))
+    listed = tools.call("list_files", {})
+    assert "exp.py" in listed and ".git" not in listed, listed
+    assert tools.call("grep", {"pattern": "gitdir"}) == "no matches"
+    assert tools.call("read_file", {"path": ".git"}).startswith("error:")
+
+
+def test_bad_tool_arguments_do_not_end_the_proposal(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    script = [Say("", [("read_file", {"path": "exp.py", "start": "abc"}), ("list_files", {"path": 123}),
+                       ("read_history", {"last": "all"}), ("read_log", {"trial": "x"}),
+                       ("read_file", {"path": None})])] + good_edit()[1:]
+    with FakeLLM("openai", script) as fake:
+        r = run_llm(repo, fake)
+    assert r.returncode == 0, r.stderr
+    assert [x.status for x in ledger(repo)] == [Status.KEEP, Status.KEEP]
+    results = [m["content"] for m in fake.requests[1]["body"]["messages"] if m["role"] == "tool"]
+    assert len(results) == 5 and all(x.startswith("error:") for x in results), results
+
+
+def test_an_edit_that_writes_a_key_is_refused(tmp_path: Path) -> None:
+    """The model cannot put a key into a committed file: not the agent's own key, not another
+    provider's key variable, even one that does not look like a key, nor one split over lines."""
+    repo = make_task(tmp_path / "task")
+    other = "plainvalue0000with0no0key0shape"
+    script = [Say("", [("edit_file", {"path": "exp.py", "search": "X = 3.0", "replace": f'X = 3.0\nKEY = "{KEY}"'}),
+                       ("write_file", {"path": "exp.py", "content": f"TOKEN = '{other}'\n"}),
+                       ("edit_file", {"path": "exp.py", "search": "X = 3.0",
+                                      "replace": f'X = 3.0\nK = ("{KEY[:10]}"\n     "{KEY[10:]}")'})]),
+              *good_edit()[1:]]
+    with FakeLLM("openai", script) as fake:
+        r = run_llm(repo, fake, env={"ANTHROPIC_API_KEY": other})
+    assert r.returncode == 0, r.stderr
+    results = [m["content"] for m in fake.requests[1]["body"]["messages"] if m["role"] == "tool"]
+    assert len(results) == 3 and all("holds an API key" in x for x in results), results
+    assert [x.status for x in ledger(repo)] == [Status.KEEP, Status.KEEP]
+    history = git(repo, "log", "--all", "-p")
+    assert "X = 1.0" in history and KEY[:10] not in history and other not in history
