@@ -417,6 +417,15 @@ def check_invariants(c: Chaos) -> None:
             v.append(f"trial {t['number']} ({t['status']}) has no ref refs/autoresearch/{TAG}/trials/{t['number']}")
         if not t["commit_sha"] and t["status"] not in ("interrupted",):
             v.append(f"trial {t['number']} ({t['status']}) has no commit")
+    # a duplicate is the code of the measured trial it names, and carries that trial's figure
+    for t in rows:
+        same = re.match(r"same code as trial (\d+)", t["reason"] or "") if t["status"] == "duplicate" else None
+        first = by_number.get(int(same[1])) if same else None
+        if same and (first is None or first["status"] in ("interrupted", "rejected", "agent_error", "running")
+                     or first["metric"] != t["metric"]
+                     or git(repo, "rev-parse", f"{first['commit_sha']}^{{tree}}") != git(repo, "rev-parse", f"{t['commit_sha']}^{{tree}}")):
+            v.append(f"trial {t['number']} is recorded as a duplicate of trial {same[1]}, which is other code "
+                     "or has another figure")
     commits = [t["commit_sha"] for t in rows if t["commit_sha"]]
     parents = {}
     if commits:

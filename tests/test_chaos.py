@@ -101,3 +101,43 @@ def test_agent_processes_left_by_a_kill_are_killed_on_resume(task_repo: Path, tm
     finally:
         for pid in subprocess.run(["pgrep", "-f", f"^{marker}"], capture_output=True, text=True).stdout.split():
             os.kill(int(pid), signal.SIGKILL)
+
+
+def test_a_baseline_killed_and_retried_leaves_duplicates_matched_to_their_own_code(tmp_path: Path) -> None:
+    """A killed baseline and its retry share one commit; the trees of earlier trials were paired
+    with a list that had that commit once, so after the next resume every code was matched to
+    the trial after its own: new code called a duplicate, with another trial's figure."""
+    marker = tmp_path / "baseline-started"
+    exp = ("import os, pathlib, time\nVALUE = 1\n"
+           f"if os.environ['AUTORESEARCH_TRIAL'] == '0':\n    pathlib.Path({str(marker)!r}).touch()\n    time.sleep(60)\n"
+           "print(f'loss: {10 - VALUE}')\n")
+    repo = make_task(tmp_path / "task", experiment=exp)
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t", "--trials", "1",
+                             "--agent-cmd", "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    setter = script_agent(tmp_path / "set.sh", 'sed -i "s/^VALUE = .*/VALUE = $(cat ' + str(tmp_path / "v") + ')/" exp.py\n'
+                          'echo "VALUE to $(cat ' + str(tmp_path / "v") + ')"\n')
+    for value in ("3", "5", "3", "4", "4"):  # trials 4 and 6 repeat trials 2 and 5
+        (tmp_path / "v").write_text(value)
+        r = cli("run", str(repo), "--tag", "t", "--agent-cmd", setter, "--trials", "1")
+        assert r.returncode == 0, r.stderr
+    rows = trials_of(repo)
+    assert [(t.status.value, t.metric) for t in rows] == [
+        ("interrupted", None), ("keep", 9.0), ("keep", 7.0), ("keep", 5.0), ("duplicate", 7.0), ("discard", 6.0),
+        ("duplicate", 6.0)]
+    assert [rows[4].reason, rows[6].reason] == ["same code as trial 2", "same code as trial 5"]
+
+
+def trials_of(repo: Path) -> list:
+    from autoresearch.ledger import Ledger
+
+    led = Ledger.read(repo, "t")
+    try:
+        return led.trials()
+    finally:
+        led.close()

@@ -118,6 +118,7 @@ def _add_agent_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from autoresearch import demo
     parser = Parser(prog="autoresearch", description="Autonomous experiment loops: an agent edits, the harness runs, measures, keeps or rewinds, and records.")
     parser.add_argument("--version", action="version", version=f"autoresearch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
@@ -170,9 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow", default=None, help="also log each trial to MLflow at this tracking URI")
 
     p = sub.add_parser("demo", help="the embedded default: a cpu-gpt task, its baseline and N trials, a report")
-    p.add_argument("dir", nargs="?", default=None)
-    p.add_argument("--trials", type=_positive_int, default=None)
-    p.add_argument("--budget", type=_positive_float, default=None, help="seconds of training per trial")
+    p.add_argument("dir", nargs="?", default=None,
+                   help="a new folder for the task (default: ./autoresearch-demo-TIME); a demo's folder resumes it")
+    p.add_argument("--trials", type=_positive_int, default=None,
+                   help=f"trials after the baseline (default {demo.DEFAULT_TRIALS})")
+    p.add_argument("--budget", type=_positive_float, default=None,
+                   help=f"seconds of training per trial (default {demo.DEFAULT_BUDGET:g})")
     _add_agent_args(p)
 
     p = sub.add_parser("space", help="the search space the search agent finds")
@@ -182,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="a live report page on 127.0.0.1 that follows a running loop")
     p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
-    p.add_argument("--tag", default=None)
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--tag", default=None, help="the tag to follow (default: the latest; one not started yet is waited for)")
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 picks a free one)")
     return parser
 
 

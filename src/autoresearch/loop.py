@@ -461,9 +461,16 @@ class Loop:
     def _index_trees(self, history: list[Trial]) -> None:
         # code that was never measured (rejected, agent error, stopped) may be proposed again
         unmeasured = (Status.REJECTED, Status.AGENT_ERROR, Status.INTERRUPTED, Status.RUNNING)
-        commits = [t.commit for t in history if t.commit and t.status not in unmeasured]
+        measured = [t for t in history if t.commit and t.status not in unmeasured]
+        commits = list(dict.fromkeys(t.commit for t in measured if t.commit))  # once each, in order
         if not commits:
             return
-        out = self.s.git.run("show", "-s", "--format=%T", *commits, check=False)
-        for t, tree in zip([t for t in history if t.commit in commits], out.split(), strict=False):
-            self.trees.setdefault(tree, t.number)
+        # one line per argument, in order (a retried baseline shares its commit with the stopped
+        # one; pairing trials with a list of trees that skipped or merged one shifted every pair)
+        out = self.s.git.run("rev-parse", *(f"{c}^{{tree}}" for c in commits), check=False).split()
+        if len(out) != len(commits):  # a commit gone (pruned): look them up one by one
+            out = [self.s.git.run("rev-parse", "-q", "--verify", f"{c}^{{tree}}", check=False).strip() for c in commits]
+        tree_of = dict(zip(commits, out, strict=True))
+        for t in measured:
+            if tree_of.get(t.commit or ""):
+                self.trees.setdefault(tree_of[t.commit or ""], t.number)
