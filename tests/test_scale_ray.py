@@ -325,3 +325,23 @@ def test_a_ray_address_nothing_answers_at_is_refused_at_once(tmp_path: Path) -> 
             "--ray-address", f"127.0.0.1:{port}", timeout=120)
     assert r.returncode == 2 and f"--ray-address 127.0.0.1:{port}: nothing answers" in r.stderr, r.stderr
     assert time.monotonic() - began < 30
+
+
+def test_what_setup_makes_and_shared_paths_reach_every_trial_on_ray(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    """Setup writes git-ignored data inside the repository, and `shared` names a folder of the
+    user's checkout: on Ray every trial's code gets both linked, not the baseline alone (the
+    setup used to run in the first trial's own folder, deleted after it; a shared link made
+    the code's tarball refuse to unpack)."""
+    address, env = ray_head
+    exp = ("X = 3.0\nfrom pathlib import Path\n"
+           "base = float(Path('data/base.txt').read_text())\nextra = float(Path('mine/extra.txt').read_text())\n"
+           "print(f'loss: {X + base + extra}')\n")
+    root = make_task(tmp_path / "task", experiment=exp, files={".gitignore": "data/\nmine/\n"},
+                     toml_extra="setup = 'mkdir -p data && echo 1 > data/base.txt'\nshared = [\"mine\"]\n")
+    (root / "mine").mkdir()
+    (root / "mine" / "extra.txt").write_text("10\n")
+    agent = script_agent(tmp_path / "agent.sh", 'sed -i "s/^X = .*/X = $AUTORESEARCH_TRIAL.5/" exp.py\necho X\n')
+    r = cli("run", str(root), "--tag", "su", "--agent-cmd", agent, "--trials", "3", "--workers", "1",
+            "--ray-address", address, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [t.metric for t in _rows(root, "su")] == [14.0, 12.5, 13.5, 14.5]

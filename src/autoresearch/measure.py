@@ -89,7 +89,8 @@ class Measurer:
             if self.task.evaluate:  # (no budget: the evaluator has its own timeout)
                 self.events.phase(n, "evaluating")
             self.s.git.reset_worktree(at.ws, commit)
-            self.setup.link_into(at.ws.path)
+            if not self.backend.remote:  # (a remote node links its own: the code travels without links)
+                self.setup.link_into(at.ws.path)
 
         if not self.backend.remote:
             self.setup.link_into(at.ws.path)

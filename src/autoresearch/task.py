@@ -364,8 +364,8 @@ def task_warnings(task: Task, files: list[str], shared_found: set[str], remote: 
     out += [f"'shared' path {rel!r} is not in your checkout; trials will not see it"
             for rel in task.shared if rel not in shared_found]
     if task.shared and remote:
-        out.append("'shared' paths are linked for the local backend only; on Ray, make them on each node "
-                   "(in `setup`, or at the same absolute path)")
+        out.append("'shared' paths are linked on a Ray node only where it has them at the same absolute "
+                   f"path as here ({task.root}/...); elsewhere, make them in `setup`")
     return out
 
 

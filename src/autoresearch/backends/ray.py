@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import json
 import logging
 import os
 import platform
@@ -135,21 +136,51 @@ def _tail_bytes(path: Path) -> bytes:
     return read_tail(path, MAX_LOG_BYTES).encode() if path.exists() else b""
 
 
-def _setup_once(setup: str, key: str, spec: ExecSpec) -> ExecResult | None:
-    """Run the task's setup on this node unless it ran here already; a failure as a crash."""
+def _setup_once(setup: str, key: str, spec: ExecSpec, code: bytes) -> tuple[ExecResult | None, Path, list[str]]:
+    """Run the task's setup on this node unless it ran here already, in a folder of its own
+    that lasts (the code unpacked there, as locally in the loop's first worktree): returns a
+    failure as a crash (or None), that folder and what the setup made in it, to be linked into
+    every trial's code on this node as the local backend links it into every worktree."""
     marks = Path(tempfile.gettempdir()) / "autoresearch-setup"
     marks.mkdir(exist_ok=True)
+    home, made_file = marks / key, marks / f"{key}.made"
     with open(marks / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two trials starting on one node: one setup
-        if (marks / f"{key}.done").exists():
-            return None
-        r = run_command(setup, spec.workdir, spec.env, SETUP_TIMEOUT, spec.log_path, owner=spec.owner)
+        if (marks / f"{key}.done").exists() and made_file.exists():
+            return None, home, json.loads(made_file.read_text())
+        unpack(code, home)
+        before = set(_paths(home))
+        r = run_command(setup, home, spec.env, SETUP_TIMEOUT, spec.log_path, owner=spec.owner)
         if r.returncode == 0:
+            new = [rel for rel in _paths(home) if rel not in before]
+            fresh = set(new)
+            made = [rel for rel in new if Path(rel).parent.as_posix() not in fresh]  # a new folder, whole
+            made_file.write_text(json.dumps(made))
             (marks / f"{key}.done").touch()
-            return None
+            return None, home, made
     out = read_tail(spec.log_path)
     return ExecResult("crash", r.returncode, r.seconds,
-                      f"setup `{setup}` failed on {platform.node()}:\n{last_lines(out, 10)}")
+                      f"setup `{setup}` failed on {platform.node()}:\n{last_lines(out, 10)}"), home, []
+
+
+def _paths(folder: Path) -> list[str]:
+    """Every path under `folder`, relative, parents first (links not followed)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        rel = Path(dirpath).relative_to(folder)
+        out += [(rel / n).as_posix() for n in sorted(dirnames) + sorted(filenames)]
+    return out
+
+
+def _link(workdir: Path, links: list[tuple[str, Path]]) -> None:
+    """What setup made on this node, and the task's `shared` paths where this node has them at
+    the driver's absolute path, linked into the trial's code (what the code holds stays)."""
+    for rel, target in links:
+        at = workdir / rel
+        if os.path.lexists(at) or not os.path.lexists(target):
+            continue
+        at.parent.mkdir(parents=True, exist_ok=True)
+        at.symlink_to(target)
 
 
 def sweep_stale() -> None:
@@ -166,7 +197,7 @@ def sweep_stale() -> None:
 
 
 def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: str,
-                   metric_file: str | None) -> Returned:
+                   metric_file: str | None, shared: tuple[tuple[str, str], ...] = ()) -> Returned:
     """Runs on a Ray worker: unpack the code, set up once per node, measure with execute()."""
     sweep_stale()
     root = Path(tempfile.mkdtemp(prefix=f"autoresearch-{spec.number}-"))
@@ -187,10 +218,19 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
                         eval_log=root / "sealed" / _eval_log(spec).name,
                         hidden=tuple(h for h in spec.hidden if h.exists()),
                         readable=(root / "bin", *(p for p in spec.readable if p.exists())))
-        result = _setup_once(setup, setup_key, local) if setup else None
+        result, links = None, [(rel, Path(path)) for rel, path in shared]
+        if setup:
+            result, home, made = _setup_once(setup, setup_key, local, code)
+            links = [(rel, home / rel) for rel in made] + links
+        _link(workdir, links)
+
+        def restore() -> None:
+            unpack(code, workdir)
+            _link(workdir, links)
+
         if result is None:
             try:  # a cancel event makes execute poll, so that a polite ray.cancel lands at once
-                result = execute(local, restore=lambda: unpack(code, workdir), cancel=threading.Event())
+                result = execute(local, restore=restore, cancel=threading.Event())
             except KeyboardInterrupt:  # ray.cancel(force=False): take the experiment with us
                 kill_owned(spec.owner)
                 raise
@@ -259,6 +299,7 @@ class RayBackend:
         self.setup = task.setup
         self.setup_key = hashlib.sha256(f"{task.root}\0{task.setup}".encode()).hexdigest()[:16]
         self.metric_file = task.metric.file
+        self.shared = tuple((rel, str(task.root / rel)) for rel in task.shared)  # linked where a node has them
         self.started = False
         self._watchers: list[threading.Thread] = []
         self._closing = threading.Event()
@@ -338,7 +379,7 @@ class RayBackend:
         spec = replace(spec, env={k: v for k, v in spec.env.items() if k.startswith("AUTORESEARCH_")})
         self._watch(cancel)
         start = time.monotonic()
-        ref = self._task.remote(spec, code, self.setup, self.setup_key, self.metric_file)
+        ref = self._task.remote(spec, code, self.setup, self.setup_key, self.metric_file, self.shared)
         with self._lock:
             self._inflight.add(ref)
         if cancel.is_set():
