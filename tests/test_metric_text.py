@@ -250,3 +250,13 @@ def test_a_coloured_reject_line_from_an_evaluator_is_read() -> None:
     from autoresearch.metrics import reject_reason
 
     assert reject_reason("\x1b[31mautoresearch_reject: trained too long\x1b[0m\n") == "trained too long"
+
+
+def test_memory_gb_comes_from_the_printed_line_beside_a_metric_file(tmp_path: Path) -> None:
+    exp = ("import json, os\nprint('peak_vram_mb: 3072.0')\n"
+           "json.dump({'loss': 0.5}, open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'metrics.json'), 'w'))\n")
+    root = make_task(tmp_path / "task", experiment=exp,
+                     toml_extra='[metric]\nname = "loss"\ngoal = "minimize"\nfile = "metrics.json"\n')
+    assert cli("run", str(root), "--tag", "t", "--trials", "0").returncode == 0
+    row = (root / ".autoresearch" / "t" / "results.tsv").read_text().splitlines()[1].split("\t")
+    assert row[1:4] == ["0.500000", "3.0", "keep"]

@@ -396,3 +396,15 @@ def test_backend_ray_without_ray_is_one_line_with_the_install_hint(tmp_path: Pat
     assert r.stderr.strip() == ("autoresearch: error: --backend ray needs Ray, which is not installed: "
                                 "pip install -e '.[ray]' (in the autoresearch checkout)")
     assert not (root / ".autoresearch" / "r").exists()
+
+
+def test_a_trial_overtaken_while_it_ran_says_so(tmp_path: Path) -> None:
+    # trial 1 (slow) and trial 2 start from the baseline; 2 is kept while 1 runs; 1 beats its
+    # parent but not the best of its end, and its reason names the trial that overtook it
+    root, agent, env = setup_run(tmp_path, {1: "5.0 3", 2: "3.0 0.1"})
+    r = cli("run", str(root), "--tag", "o", "--agent-cmd", agent, "--trials", "2", "--workers", "2", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    rows = check_ledger_and_git(root, "o", 2)
+    assert [t.status for t in rows] == [Status.KEEP, Status.DISCARD, Status.KEEP]
+    assert rows[1].parent == rows[0].commit
+    assert rows[1].reason.endswith("(trial 2 was kept while it ran)"), rows[1].reason

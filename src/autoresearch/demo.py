@@ -95,7 +95,7 @@ def summary(root: Path, tag: str, interrupted: bool) -> DemoResult:
         best = led.best()
     finally:
         led.close()
-    base = trials[0] if trials else None
+    base = next((t for t in trials if t.agent == "baseline" and t.metric is not None), None)  # (a retried one)
     return DemoResult(
         root=root, tag=tag, baseline=base.metric if base else None,
         best=best.metric if best else None, best_number=best.number if best else 0,

@@ -64,8 +64,9 @@ def gain_text(best: Trial, baseline: Trial | None, minimize: bool) -> str:
     if baseline is None or baseline.metric is None or best.metric is None or baseline.number == best.number:
         return ""
     delta = best.metric - baseline.metric
-    pct = 100 * delta / abs(baseline.metric) if baseline.metric else 0.0
-    return f" ({delta:+.6g}, {pct:+.2f}% vs baseline)"
+    if not baseline.metric:  # a percentage of 0 means nothing
+        return f" ({delta:+.6g} vs baseline)"
+    return f" ({delta:+.6g}, {100 * delta / abs(baseline.metric):+.2f}% vs baseline)"
 
 
 class PlainEvents:
@@ -114,7 +115,8 @@ class PlainEvents:
         why = f" - {trial.why}" if trial.why else ""
         self._best = f"; best {self.metric} {fmt(best.metric)} (trial {best.number})"
         money = f"; cost ${cost:.2f}" if cost else ""
-        self._print(f"[trial {trial.number}] {trial.status.value} {self.metric}={fmt(trial.metric)} "
+        measured = trial.status.value in ("keep", "discard", "duplicate")  # as `status` shows it
+        self._print(f"[trial {trial.number}] {trial.status.value} {self.metric}={fmt(trial.metric if measured else None)} "
                     f"in {trial.run_seconds:.1f}s: {trial.description}{why}\n"
                     f"  best {self.metric} {fmt(best.metric)} (trial {best.number})"
                     f"{gain_text(best, baseline, self.minimize)}{money}")

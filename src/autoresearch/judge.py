@@ -10,7 +10,15 @@ from pathlib import Path
 
 from autoresearch.execute import ExecResult
 from autoresearch.ledger import clean_text
-from autoresearch.metrics import MEMORY, MetricError, extract, metric_problem, redact, reject_reason
+from autoresearch.metrics import (
+    MEMORY,
+    MetricError,
+    extract,
+    figure_from_text,
+    metric_problem,
+    redact,
+    reject_reason,
+)
 from autoresearch.process import last_lines
 from autoresearch.records import Status
 from autoresearch.task import Task
@@ -69,6 +77,12 @@ def judge(task: Task, r: ExecResult, run_dir: Path, workdir: Path) -> Measuremen
             figures.pop(spec.holdout or "", None)
     except MetricError as e:
         return Measurement(Status.CRASH, reason=str(e), seconds=r.seconds)
+    if MEMORY not in figures:  # results.tsv's memory_gb: from a printed line, also beside a metric file
+        for text in (r.eval_output, r.output):
+            memory = figure_from_text(text, MEMORY) if text else None
+            if memory is not None:
+                figures[MEMORY] = memory
+                break
     problem = metric_problem(spec, figures, r.eval_output if r.eval_output is not None else r.output)
     if problem:
         return Measurement(Status.CRASH, figures, f"{problem}; last output: {tail[-300:]}", r.seconds)

@@ -381,8 +381,9 @@ class Loop:
         minimize = self.task.metric.minimize
         bar = decide.threshold(self.task.acceptance.min_delta, self.noise())
         if not decide.better(m.figures[name], self.best.metric, minimize, bar):
-            return Measurement(Status.DISCARD, m.figures, decide.why_not(m.figures[name], self.best.metric, bar, minimize),
-                               m.seconds, m.repeats)
+            moved = f" (trial {self.best.number} was kept while it ran)" if self.best.commit != t.parent else ""
+            return Measurement(Status.DISCARD, m.figures, decide.why_not(m.figures[name], self.best.metric, bar, minimize)
+                               + moved, m.seconds, m.repeats)
         confirm = self.task.acceptance.confirm
         if confirm == 0:
             return Measurement(Status.KEEP, m.figures, "", m.seconds, m.repeats)

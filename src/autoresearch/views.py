@@ -101,7 +101,7 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     if noise:
         lines.append(noise)
     if best is not None:
-        base = trials[0] if trials else None
+        base = next((t for t in trials if t.agent == "baseline" and t.metric is not None), None)  # (a retried one)
         sealed = f", {holdout} = {with_spread(best, holdout, best.figures.get(holdout))}" if holdout else ""
         lines.append(f"best: trial {best.number} ({best.short}) {metric} = "
                      f"{with_spread(best, metric, best.metric)}{gain_text(best, base, goal == 'minimize')}"
