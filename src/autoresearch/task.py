@@ -151,6 +151,11 @@ def _typename(value: Any) -> str:
             list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
 
 
+def _nonblank(value: str | None) -> str | None:
+    """An optional command: one of blanks only is none."""
+    return value if value and value.strip() else None
+
+
 def _get_str(table: dict[str, Any], key: str, where: str, default: str | None = None,
              required: bool = False) -> str | None:
     if key not in table:
@@ -335,14 +340,14 @@ def load_task(root: str | os.PathLike[str]) -> Task:
         raise TaskError(f"{TASK_FILE}: 'editable' must list at least one glob")
     protected = _get_list(data, "protected", "")
     shared = tuple(_shared_path(p) for p in _get_list(data, "shared", ""))
-    evaluate = _get_str(data, "evaluate", "")
+    evaluate = _nonblank(_get_str(data, "evaluate", ""))
     if metric.holdout and not (evaluate or "").strip():
         raise TaskError(f"{TASK_FILE}: 'metric.holdout' needs 'evaluate': the sealed figure is "
                         "read only from the evaluate command's output")
     task = Task(
         root=root, name=_get_str(data, "name", "", default=root.name) or root.name,
         command=command, metric=metric, editable=editable, program=program,
-        protected=protected, setup=_get_str(data, "setup", ""),
+        protected=protected, setup=_nonblank(_get_str(data, "setup", "")),
         evaluate=evaluate, time_budget=time_budget, timeout=timeout,
         acceptance=acceptance, agent=agent, shared=shared,
     )
