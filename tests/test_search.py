@@ -127,6 +127,14 @@ def test_annotated_ranges():
     assert param("MODE").choices == ("'fast'", "'slow'")
 
 
+def test_text_may_follow_the_last_choice_as_it_may_follow_a_range():
+    s = space_of({"m.py": b'OPT = "adamw"   # search: adamw | sgd     (strings only with choices)\n'
+                          b'NAME = "a b"  # search: "a b" | "c d"  why\nBAD = 1  # search: 1 | (2, \n'})
+    p = {x.name: x for x in s.params}
+    assert p["OPT"].choices == ("'adamw'", "'sgd'") and p["NAME"].choices == ('"a b"', '"c d"')
+    assert "BAD" not in p
+
+
 def test_values_written_back_compactly():
     assert param("LR").render(0.0523417)[1] == "0.0523"
     assert param("TUNED").render(4.4567e-4, "3e-3")[1] == "4.46e-4"  # the style of the original

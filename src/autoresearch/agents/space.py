@@ -6,25 +6,13 @@ numbers (`2**19`, `3e-4 * 2`, `-0.5`). Strings, tuples and the like are left alo
 comment gives their choices. The range comes from a trailing comment:
 
     LR = 3e-3        # search: 3e-4..3e-2 log
-    DEPTH = 4        # search: 2..8 int         (text after the options is free)
+    DEPTH = 4        # search: 2..8 int         (text after the options is free, choices too)
     HEAD_DIM = 32    # search: 16..64 step 16
     OPTIMIZER = "adamw"  # search: "adamw" | "sgd"
     SEED = 42        # search: off
 
-and is otherwise inferred from the value (see `infer`); a seed (`SEED`, `*_SEED`) is searched
-only when annotated:
-
-    float v, 0 < v <= 0.5 log   v/4 .. min(4v, (1+v)/2)      (a rate or fraction stays below 1)
-    float v, 0.5 < v < 1  linear, 1-v over (1-v)/4 .. 4(1-v) (momentum 0.9 -> 0.6 .. 0.975,
-                                                            beta2 0.999 -> 0.996 .. 0.99975)
-    other positive float  log   v/4 .. 4v
-    int v >= 16, a power of 2  the powers of 2 from v/4 to 4v  (128 -> 32, 64, 128, 256, 512)
-    other positive int v  log   max(1, v//2) .. 2v          (an int stays an int)
-    B**E (ints, B >= 2)   the exponent, E-1 .. E+1           (2**19 -> 2**18 .. 2**20)
-    negative v            the same range for |v|, sign kept
-    0.0                   linear 0 .. 1
-    0                     linear 0 .. 2
-    True / False          both
+and is otherwise inferred from the value (`infer`; the rules, with examples, are in
+docs/search.md); a seed (`SEED`, `*_SEED`) is searched only when annotated.
 
 Nothing here imports Optuna except `Param.distribution`. Reading and writing the constants'
 text is `autoresearch.agents.constants`'s.
@@ -135,19 +123,29 @@ def parse_annotation(comment: str) -> Annotation | None:
     return Annotation(low=low, high=high, log=log, kind=kind, step=step)
 
 
+def _choice(text: str) -> str | None:
+    """One choice as Python source (a bare word is a string), or None."""
+    try:
+        value_of_text(text)
+        return text
+    except (NotLiteral, SyntaxError, TypeError, ValueError, MemoryError, RecursionError):
+        return repr(text) if re.fullmatch(r"[\w.\-]+", text) else None
+
+
 def _choices(spec: str) -> tuple[str, ...]:
     out = []
-    for part in spec.split("|"):
+    parts = spec.split("|")
+    for i, part in enumerate(parts):
         text = part.strip()
         if not text:
             raise ValueError(f"an empty choice in {spec!r}")
-        try:
-            value_of_text(text)
-        except (NotLiteral, SyntaxError, TypeError, ValueError, MemoryError, RecursionError):
-            if not re.fullmatch(r"[\w.\-]+", text):
-                raise ValueError(f"the choice {text!r} is not a Python literal") from None
-            text = repr(text)  # a bare word is a string
-        out.append(text)
+        choice = _choice(text)
+        if choice is None and i == len(parts) - 1:  # text may follow the last option: `a | b  (why)`
+            heads = (text[:m.start()] for m in reversed(list(re.finditer(r"\s+", text))))
+            choice = next((c for c in map(_choice, heads) if c is not None), None)
+        if choice is None:
+            raise ValueError(f"the choice {text!r} is not a Python literal")
+        out.append(choice)
     if len(set(out)) < 2:
         raise ValueError(f"give at least two different choices, got {spec!r}")
     return tuple(out)
