@@ -242,3 +242,19 @@ def test_status_cuts_a_long_reason_visibly() -> None:
     assert clip("short", 10) == "short"
     long = "a description  [exit code 1: a long traceback goes here and on ValueError: bad]"
     assert clip(long, 40) == "a description  [ ... on ValueError: bad]"
+
+
+def test_trial_after_the_user_took_heads_version_back_keeps_the_best(tmp_path: Path) -> None:
+    """`git checkout -- FILE` after a kept trial, then an edit: the edit of HEAD's version is laid
+    over the best (the note of what trial left must not make it the best edited, which dropped
+    the kept change)."""
+    repo = make_task(tmp_path / "task")
+    exp = repo / "exp.py"
+    exp.write_text(exp.read_text().replace("X = 3.0", "X = 1.0"))
+    assert "trial 1: keep" in cli("trial", "-m", "X to 1", str(repo), "--tag", "t").stdout
+    git(repo, "checkout", "--", "exp.py")
+    exp.write_text(exp.read_text().replace("Y = 2", "Y = 1"))
+    r = cli("trial", "-m", "Y to 1", str(repo), "--tag", "t")
+    assert "trial 2: keep" in r.stdout, r.stdout + r.stderr
+    code = git(repo, "show", "autoresearch/t:exp.py")
+    assert "X = 1.0" in code and "Y = 1" in code

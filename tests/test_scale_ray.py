@@ -24,6 +24,7 @@ from test_scale import check_ledger_and_git
 
 from autoresearch.ledger import Ledger
 from autoresearch.records import Status
+from autoresearch.sandbox import problem as sandbox_problem
 
 pytest.importorskip("ray")
 
@@ -327,12 +328,15 @@ def test_a_ray_address_nothing_answers_at_is_refused_at_once(tmp_path: Path) -> 
     assert time.monotonic() - began < 30
 
 
-def test_what_setup_makes_and_shared_paths_reach_every_trial_on_ray(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("sandbox", [False, True])
+def test_what_setup_makes_and_shared_paths_reach_every_trial_on_ray(ray_head, tmp_path: Path, sandbox: bool) -> None:  # noqa: ANN001
     """Setup writes git-ignored data inside the repository, and `shared` names a folder of the
     user's checkout: on Ray every trial's code gets both linked, not the baseline alone (the
     setup used to run in the first trial's own folder, deleted after it; a shared link made
     the code's tarball refuse to unpack)."""
     address, env = ray_head
+    if sandbox and sandbox_problem() is not None:
+        pytest.skip(f"no sandbox here: {sandbox_problem()}")
     exp = ("X = 3.0\nfrom pathlib import Path\n"
            "base = float(Path('data/base.txt').read_text())\nextra = float(Path('mine/extra.txt').read_text())\n"
            "print(f'loss: {X + base + extra}')\n")
@@ -342,6 +346,6 @@ def test_what_setup_makes_and_shared_paths_reach_every_trial_on_ray(ray_head, tm
     (root / "mine" / "extra.txt").write_text("10\n")
     agent = script_agent(tmp_path / "agent.sh", 'sed -i "s/^X = .*/X = $AUTORESEARCH_TRIAL.5/" exp.py\necho X\n')
     r = cli("run", str(root), "--tag", "su", "--agent-cmd", agent, "--trials", "3", "--workers", "1",
-            "--ray-address", address, env=env)
+            "--ray-address", address, *(["--sandbox"] if sandbox else []), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert [t.metric for t in _rows(root, "su")] == [14.0, 12.5, 13.5, 14.5]

@@ -111,31 +111,35 @@ class WorkingTreeAgent(BaseAgent):
 
     def _laid_over(self, git: Git, rel: str, src: Path, dst: Path) -> bytes | None:
         """The user's edit of `rel` (from what they started from to the working tree) laid over
-        the best code (`dst`) by a three-way merge; None where there is nothing to merge (the file is new, deleted, or the
-        best code is what the user started from: then the working file is the change)."""
+        the best code (`dst`) by a three-way merge; None where there is nothing to merge (the
+        file is new, deleted, or the best code is what the user started from: then the working
+        file is the change)."""
         if src.is_symlink() or not src.is_file() or dst.is_symlink() or not dst.is_file():
             return None
         head = git.show_file("HEAD", rel)
         if head is None or head.encode() == dst.read_bytes():
             return None
         best, working = dst.read_text(errors="replace"), src.read_text(errors="replace")
-        # What the user edited: the best code if it is staged (`git checkout autoresearch/T --
-        # FILE` stages it), else the best code an earlier `trial` left in the working tree (it
-        # keeps a note), else the checkout's HEAD or the best code, whichever is nearer.
-        start = best if git.show_file("", rel) == best else None
-        if start is None and rel in self.left:
-            start = git.show_file(self.left[rel], rel)
-        if start is None:
-            start = best if distance(working, best) <= distance(working, head) else head
-        if start == best:
-            return None  # the working file is the best code edited: as it is
-        merged = merge3(start, best, working)
-        if merged is None:
-            take = f"git -C {shlex.quote(str(git.root))} checkout autoresearch/{self.tag} -- {shlex.quote(rel)}"
-            raise AgentError(f"your change to {rel} conflicts with the tag's best code (it is left as it is "
-                             f"in your working tree); take the best code (`{take}`, which overwrites the "
-                             "file: keep a copy of your edit first), then make the change again")
-        return merged.encode()
+        if git.show_file("", rel) == best:  # staged: `git checkout autoresearch/T -- FILE`, then edited
+            return None
+        # What the user started from: the checkout's HEAD or the best code, whichever is nearer;
+        # where an earlier `trial` left a best code in the working tree (it keeps a note), that
+        # one too, tried where the nearer conflicts (an edit that also takes out a line the best
+        # added looks nearer HEAD; `git checkout -- FILE` after a trial leaves HEAD's version).
+        left = git.show_file(self.left[rel], rel) if rel in self.left else None
+        starts = sorted([best if left is None else left, head], key=lambda text: distance(working, text))
+        if left is None:
+            starts = starts[:1]
+        for start in starts:
+            if start == best:
+                return None  # the working file is the best code edited: as it is
+            merged = merge3(start, best, working)
+            if merged is not None:
+                return merged.encode()
+        take = f"git -C {shlex.quote(str(git.root))} checkout autoresearch/{self.tag} -- {shlex.quote(rel)}"
+        raise AgentError(f"your change to {rel} conflicts with the tag's best code (it is left as it is "
+                         f"in your working tree); take the best code (`{take}`, which overwrites the "
+                         "file: keep a copy of your edit first), then make the change again")
 
 
 def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool = True,

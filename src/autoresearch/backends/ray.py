@@ -146,8 +146,12 @@ def _setup_once(setup: str, key: str, spec: ExecSpec, code: bytes) -> tuple[Exec
     home, made_file = marks / key, marks / f"{key}.made"
     with open(marks / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two trials starting on one node: one setup
-        if (marks / f"{key}.done").exists() and made_file.exists():
-            return None, home, json.loads(made_file.read_text())
+        try:  # (a /tmp cleaner may have taken the folder: then set up again)
+            made = json.loads(made_file.read_text()) if (marks / f"{key}.done").exists() and home.is_dir() else None
+        except (OSError, ValueError):
+            made = None
+        if isinstance(made, list) and all(isinstance(m, str) for m in made):
+            return None, home, made
         unpack(code, home)
         before = set(_paths(home))
         r = run_command(setup, home, spec.env, SETUP_TIMEOUT, spec.log_path, owner=spec.owner)
@@ -177,10 +181,15 @@ def _link(workdir: Path, links: list[tuple[str, Path]]) -> None:
     the driver's absolute path, linked into the trial's code (what the code holds stays)."""
     for rel, target in links:
         at = workdir / rel
-        if os.path.lexists(at) or not os.path.lexists(target):
-            continue
-        at.parent.mkdir(parents=True, exist_ok=True)
-        at.symlink_to(target)
+        try:
+            if at.is_dir() and not at.is_symlink() and not any(at.iterdir()):
+                at.rmdir()  # a submodule's empty folder in the code: the node's copy instead
+            if os.path.lexists(at) or not os.path.lexists(target):
+                continue
+            at.parent.mkdir(parents=True, exist_ok=True)
+            at.symlink_to(target)
+        except OSError:
+            continue  # what the code holds there stays; the experiment says what it misses
 
 
 def sweep_stale() -> None:
@@ -223,6 +232,8 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
             result, home, made = _setup_once(setup, setup_key, local, code)
             links = [(rel, home / rel) for rel in made] + links
         _link(workdir, links)
+        # what the links point to stays visible under --sandbox (its /tmp is a private one)
+        local = replace(local, readable=(*local.readable, *(target for _, target in links if target.exists())))
 
         def restore() -> None:
             unpack(code, workdir)
