@@ -207,3 +207,15 @@ def test_a_failed_repeat_of_the_baseline_names_its_own_run_and_log(tmp_path: Pat
     assert r.returncode == 1
     assert "failed: run 2 of 3 (seed 1, log 0.1.log): exit code 3: (no output); see " in r.stderr, r.stderr
     assert r.stderr.rstrip().split("; see ")[1].startswith(str(root / ".autoresearch" / "t" / "logs" / "0.1.log"))
+
+
+def test_a_tag_whose_agent_command_held_a_key_asks_for_it_again(tmp_path: Path) -> None:
+    root = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "agent.sh", LOWER_X)
+    key = "sk-proj-" + "a1b2c3d4" * 5
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", f"MY_KEY={key} {agent}", "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert key not in (root / ".autoresearch" / "t" / "ledger.sqlite").read_bytes().decode("latin-1")
+    r = cli("run", str(root), "--tag", "t", "--trials", "1")
+    assert r.returncode == 2 and "holds a key, which is never recorded: give the agent's flags again" in r.stderr
+    assert len(trials(root)) == 2  # nothing ran with another agent

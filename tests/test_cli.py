@@ -258,3 +258,8 @@ def test_trial_after_the_user_took_heads_version_back_keeps_the_best(tmp_path: P
     assert "trial 2: keep" in r.stdout, r.stdout + r.stderr
     code = git(repo, "show", "autoresearch/t:exp.py")
     assert "X = 1.0" in code and "Y = 1" in code
+
+
+def test_demo_with_flags_that_cannot_go_together_leaves_nothing(tmp_path: Path) -> None:
+    r = cli("demo", str(tmp_path / "d"), "--agent", "search", "--agent-cmd", "foo")
+    assert r.returncode == 2 and not (tmp_path / "d").exists()

@@ -461,6 +461,13 @@ LATER = DEPTH * 2
 '''
 
 
+def test_a_config_module_of_assignments_is_searched_whole():
+    """An assignment is no code that ends the top, whatever it calls: a config module's
+    constants below `DATA_DIR = os.path.expanduser(...)` are read by whoever imports it."""
+    s = space_of({"config.py": b'import os\nDATA_DIR = os.path.expanduser("~/data")\nLR = 3e-4\nBATCH = 64\n'})
+    assert [p.name for p in s.params] == ["LR", "BATCH"]
+
+
 def test_space_names_constants_after_the_code_malformed_comments_and_values_off_their_grid(tmp_path):
     from autoresearch.agents.space import space_table
 

@@ -349,8 +349,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
-    from autoresearch.drive import run_working_tree_trial, working_changes
-    from autoresearch.gitrepo import Git
+    from autoresearch.drive import changed_outside, run_working_tree_trial
     from autoresearch.ledger import check_tag, list_tags
     from autoresearch.records import Status
     from autoresearch.task import load_task
@@ -369,7 +368,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
         print(f"(your change to the editable files was rewound; it is kept in trial {trial.number}'s commit: "
               f"`git checkout refs/autoresearch/{tag}/trials/{trial.number} -- FILE` brings a file back)")
     if trial.status is Status.REJECTED:
-        left = [p for p in working_changes(Git(task.root), task) if not task.is_editable(p)]
+        left = changed_outside(task)
         if left:
             shown = " ".join(shlex.quote(p) for p in left)
             print(f"(left as it is in your working tree, outside the editable files: {', '.join(left)}; "

@@ -87,7 +87,7 @@ def existing_budget(root: Path, budget: float | None) -> None:
 
 def summary(root: Path, tag: str, interrupted: bool) -> DemoResult:
     from autoresearch.ledger import Ledger
-    from autoresearch.records import Status
+    from autoresearch.records import Status, measured_baseline
 
     led = Ledger.read(root, tag)
     try:
@@ -95,7 +95,7 @@ def summary(root: Path, tag: str, interrupted: bool) -> DemoResult:
         best = led.best()
     finally:
         led.close()
-    base = next((t for t in trials if t.agent == "baseline" and t.metric is not None), None)  # (a retried one)
+    base = measured_baseline(trials)
     return DemoResult(
         root=root, tag=tag, baseline=base.metric if base else None,
         best=best.metric if best else None, best_number=best.number if best else 0,
@@ -152,8 +152,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"autoresearch demo: creating the {TEMPLATE} task in {directory} ...", flush=True)
         root = create(directory, budget)
     task = load_task(root)
-    opts = agent_options(args, task, TAG)
     try:
+        opts = agent_options(args, task, TAG)
         agent = build_agent(opts, task)
     except UsageError:
         if created:  # a bad flag leaves no half-made demo behind

@@ -42,6 +42,11 @@ def working_changes(git: Git, task: Task) -> list[str]:
     return paths
 
 
+def changed_outside(task: Task) -> list[str]:
+    """The user's changes outside the editable files (which make every trial rejected)."""
+    return [p for p in working_changes(Git(task.root), task) if not task.is_editable(p)]
+
+
 def distance(a: str, b: str) -> int:
     """How many lines differ between two texts (replaced, added or removed)."""
     x, y = a.splitlines(), b.splitlines()

@@ -85,3 +85,9 @@ class Trial:
         if len(values) < 2:
             return None
         return statistics.stdev(values)
+
+
+def measured_baseline(trials: list[Trial]) -> Trial | None:
+    """The baseline gains are measured from: the first one with a figure (a baseline stopped
+    and run again leaves an interrupted one before it)."""
+    return next((t for t in trials if t.agent == "baseline" and t.metric is not None), None)

@@ -13,7 +13,7 @@ from autoresearch.gitrepo import Git
 from autoresearch.ledger import Ledger, list_tags, tag_dir
 from autoresearch.process import last_lines, log_digests, read_tail
 from autoresearch.prompt import fmt
-from autoresearch.records import Trial
+from autoresearch.records import Trial, measured_baseline
 
 
 def pick_tag(root: Path, tag: str | None) -> str:
@@ -101,7 +101,7 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     if noise:
         lines.append(noise)
     if best is not None:
-        base = next((t for t in trials if t.agent == "baseline" and t.metric is not None), None)  # (a retried one)
+        base = measured_baseline(trials)
         sealed = f", {holdout} = {with_spread(best, holdout, best.figures.get(holdout))}" if holdout else ""
         lines.append(f"best: trial {best.number} ({best.short}) {metric} = "
                      f"{with_spread(best, metric, best.metric)}{gain_text(best, base, goal == 'minimize')}"

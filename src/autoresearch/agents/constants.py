@@ -174,11 +174,13 @@ _DEFINES = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, a
 
 def runs_code(stmt: ast.stmt) -> bool:
     """Whether a module-level statement runs code: anything but an import, a def, a class, a
-    docstring, an assignment that calls nothing, or an `if`/`try` made of those."""
+    docstring, an assignment, or an `if`/`try` made of those. (An assignment that calls
+    something, `DATA_DIR = os.path.expanduser(...)` in a config module, sets a value that
+    later code may read, as the constants below it are read by whoever imports the module.)"""
     if isinstance(stmt, _DEFINES):
         return False
     if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-        return any(isinstance(n, ast.Call) for n in ast.walk(stmt))
+        return False
     if isinstance(stmt, ast.Expr):
         return not (isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str))
     if isinstance(stmt, (ast.If, ast.Try)):

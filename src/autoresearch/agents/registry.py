@@ -84,16 +84,19 @@ def saved_options(task: Task, tag: str) -> AgentOptions | None:
 
     if not isinstance(data, dict) or data.get("name") not in (*AGENTS, *PRESETS):
         return None
+    if data.get("withheld"):
+        raise UsageError(f"tag {tag} ran with --agent {data['name']} and a command or server that holds a key, "
+                         "which is never recorded: give the agent's flags again to resume it")
     return AgentOptions(**{k: data[k] for k in SAVED if k in data})
 
 
 def options_record(opts: AgentOptions) -> str:
-    """What the ledger keeps of the agent options; nothing when the command holds a key (keys
-    are never written anywhere: such a command must be given again to resume)."""
+    """What the ledger keeps of the agent options; only the agent's name when its command or
+    server holds a key (keys are never written anywhere: such flags must be given again)."""
     from autoresearch.agents.secrets import redact
 
-    if opts.command and redact(opts.command) != opts.command:
-        return "null"
+    if any(v and redact(v) != v for v in (opts.command, opts.base_url, opts.model)):
+        return json.dumps({"name": opts.name, "withheld": True})
     return json.dumps({k: v for k, v in asdict(opts).items() if k in SAVED}, sort_keys=True)
 
 
