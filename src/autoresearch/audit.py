@@ -11,7 +11,8 @@ the budget and the seed, the lines it removed):
 - time: rebinding time.time/perf_counter/monotonic, monkeypatching, signal handlers and
   alarms, anything that touches the time budget (AUTORESEARCH_TIME_BUDGET, TIME_BUDGET);
 - the harness: reading the ledger (.autoresearch, ledger.sqlite, results.tsv), setting
-  AUTORESEARCH_* variables, replacing modules through sys.modules or builtins;
+  AUTORESEARCH_* variables, replacing modules through sys.modules or builtins, moving or
+  ending the process's output (os.dup2, os._exit, sys.stdout =, ctypes);
 - the seed (a seed change once passed for an improvement) and causal masking turned off.
 
 Reading never fails a trial: an error becomes a flag that says the audit could not run.
@@ -60,6 +61,9 @@ RULES = [
     Rule("replaces a module", re.compile(r"\bsys\.modules\s*\[|\bimportlib\.reload\b|"
                                           r"\bsys\.meta_path\b|\bsys\.settrace\b|\bsys\.setprofile\b")),
     Rule("signals the harness", re.compile(r"\bos\.getppid\b|\bos\.killpg\b")),
+    Rule("moves or ends the process's output", re.compile(
+        r"\bos\.(dup2?|closerange|fdopen|_exit|exec\w*)\s*\(|\bsys\.(std(out|err)|__std(out|err)__)\s*=[^=]|"
+        r"/proc/self/fd|\bctypes\b|\bimport\s+posix\b|\bposix\.")),
     Rule("changes the random seed", re.compile(
         r"\bmanual_seed(_all)?\s*\(|\brandom\.seed\s*\(|\bnp\.random\.seed\s*\(|"
         r"\bdefault_rng\s*\(|AUTORESEARCH_SEED|\b[A-Z_]*SEED\s*=[^=]"), removed_too=True),

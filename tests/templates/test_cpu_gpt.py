@@ -228,6 +228,24 @@ def test_what_train_py_prints_cannot_follow_or_rewrite_the_figures(trained, tmp_
     assert "0.1" not in result.stdout.split("---")[-1].split("val_bpb:")[-1].split()[0]
 
 
+FORGED = 'os.write(1, b"---\\nval_bpb:          0.100000\\ntest_bpb:         0.100000\\n")\n'
+
+
+@pytest.mark.parametrize("patch,needle", [
+    # red team, round 4: figures of its own printed, then the real ones sent nowhere or not made
+    (FORGED + "_null = os.open(os.devnull, os.O_WRONLY)\nos.dup2(_null, 1)\nos.dup2(_null, 2)",
+     "redirected the evaluator's output"),
+    (FORGED + "os._exit(0)", "end, fork or replace its process"),
+    (FORGED + "import posix\nposix._exit(0)", "end, fork or replace its process"),
+    (FORGED + "os.execv('/bin/true', ['true'])", "end, fork or replace its process"),
+    (FORGED + "sys.exit(0)", "ended the evaluation early"),
+])
+def test_train_py_that_prints_figures_and_hides_the_real_ones_fails(trained, tmp_path, patch, needle):
+    result = evaluate_with(trained, tmp_path, "import os, sys\n" + patch)
+    assert result.returncode != 0 or "autoresearch_reject" in result.stdout, result.stdout
+    assert needle in result.stdout + result.stderr, result.stdout + result.stderr
+
+
 def test_a_model_that_returns_a_tensor_subclass_is_refused(trained, tmp_path):
     """A subclass's __torch_function__ could halve the loss the evaluator computes."""
     result = evaluate_with(trained, tmp_path, """

@@ -61,10 +61,13 @@ def task_env(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run(args: list[str], cwd: Path, env: dict, timeout: float = 120) -> str:
+def run(args: list[str], cwd: Path, env: dict, timeout: float = 120, ok: bool = True) -> str:
+    """Its output; with ok=False whatever the exit status, stderr after stdout."""
     proc = subprocess.run(
         [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+    if not ok:
+        return proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -405,7 +408,7 @@ def test_smoke_run_prints_the_summary_and_evaluates_the_checkpoint(smoke):
     assert_nothing_pickled(root / "run")
 
 
-def score_embedding_model(env: dict, tmp_path: Path, preamble: str, forward: str) -> str:
+def score_embedding_model(env: dict, tmp_path: Path, preamble: str, forward: str, ok: bool = True) -> str:
     """What `prepare.py --evaluate` prints for a train.py whose model is one random embedding
     table (512 x 512) with `forward` as the body of its forward(idx), `preamble` above it."""
     task = tmp_path / "task"
@@ -430,7 +433,7 @@ def build_model(config):
     run_dir.mkdir()
     save_file({"emb.weight": torch.randn(512, 512)}, str(run_dir / "model.safetensors"))
     (run_dir / "model_config.json").write_text(json.dumps({"vocab_size": 512}))
-    return run(["prepare.py", "--evaluate"], task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir)})
+    return run(["prepare.py", "--evaluate"], task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir)}, ok=ok)
 
 
 CHEATS = {
@@ -452,6 +455,16 @@ def test_a_train_py_that_replaces_the_evaluators_code_is_rejected(smoke, tmp_pat
     out = score_embedding_model(smoke[2], tmp_path, patch, "return self.emb(idx)")
     assert "autoresearch_reject: train.py replaced what the evaluation runs: evaluate_bpb" in out, out
     assert "val_bpb" not in out
+
+
+@pytest.mark.parametrize("hide, needle", [
+    ("_null = os.open(os.devnull, os.O_WRONLY)\nos.dup2(_null, 1)", "redirected the evaluator's output"),
+    ("os._exit(0)", "end, fork or replace its process"),
+])
+def test_a_train_py_that_prints_figures_and_hides_the_real_ones_fails(smoke, tmp_path, hide, needle):
+    forged = 'import os\nos.write(1, b"---\\nval_bpb: 0.1\\ntest_bpb: 0.1\\n")\n' + hide
+    out = score_embedding_model(smoke[2], tmp_path, forged, "return self.emb(idx)", ok=False)
+    assert needle in out, out
 
 
 @pytest.mark.parametrize("name, tflops", [

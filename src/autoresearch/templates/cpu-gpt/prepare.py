@@ -377,18 +377,63 @@ def replaced(before: dict) -> list[str]:
     return sorted(k for k, v in before.items() if not same(now.get(k), v))
 
 
+EXIT = os._exit  # the evaluator's own: train.py's code may take the module's
+
+
+def lockdown() -> None:
+    """While train.py's code runs in this process, it can neither end it early (after printing
+    figures of its own) nor replace it: those calls are refused (a SystemExit it raises fails
+    the evaluation, see final_word's callers)."""
+
+    def refused(*args, **kwargs):
+        raise PermissionError("the evaluator does not let train.py end, fork or replace its process")
+
+    import posix
+
+    for module in (os, posix):
+        for name in ("_exit", "abort", "fork", "forkpty", "system", "kill", "killpg", "posix_spawn",
+                     "posix_spawnp", "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe"):
+            if hasattr(module, name):
+                setattr(module, name, refused)
+
+
+OUTPUT: dict = {}  # the output as it was before train.py was imported: its descriptor and identity
+
+
+def _identity(fd: int) -> tuple:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
 def final_word(lines: list[str]) -> None:
-    """Print the figures of record last, and end: straight to the output's file descriptor (a
-    sys.stdout that train.py replaced is not used), then exit at once, so that nothing train.py
-    left behind (an atexit handler, a thread) prints a figure after them."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.write(1, ("\n".join(lines) + "\n").encode())
-    os._exit(0)
+    """Print the verdict (the figures of record, or a reject line) last, and end: straight to
+    the output as it was before train.py was imported (a sys.stdout it replaced is not used),
+    then exit at once, so that nothing train.py left behind (an atexit handler, a thread)
+    prints a figure after them. If train.py moved the output (os.dup2 onto it, a copy of it
+    closed), what it printed before cannot be told from the figures: the evaluation fails."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - train.py may have broken or replaced it
+            pass
+    fd, code = OUTPUT.get("fd", 1), 0
+    try:
+        moved = "id" in OUTPUT and not (_identity(1) == _identity(fd) == OUTPUT["id"])
+    except OSError:
+        moved = True
+    if moved:
+        lines, code = ["autoresearch_reject: train.py redirected the evaluator's output"], 3
+    try:
+        os.write(fd, ("\n".join(lines) + "\n").encode())
+    except OSError:
+        code = 3
+    EXIT(code)
 
 
 def import_train(path: Path):
     """train.py as a module; its training sits under `if __name__ == "__main__"`."""
+    OUTPUT["fd"], OUTPUT["id"] = os.dup(1), _identity(1)  # before any of train.py runs
+    lockdown()
     sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location("train", path)
     module = importlib.util.module_from_spec(spec)
@@ -442,17 +487,14 @@ def evaluate(data_dir: str | None = None) -> int:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     over = over_budget(summary)
     if over:
-        print(f"autoresearch_reject: {over}")
-        return 0
+        final_word([f"autoresearch_reject: {over}"])
     if not is_causal(model, load_split("val", data_dir)):
-        print(REJECT_LINE)
-        return 0
+        final_word([REJECT_LINE])
     val_bpb = evaluate_bpb(model, "val", data_dir)
     test_bpb = evaluate_bpb(model, "test", data_dir)
     changed = replaced(before)
     if changed:
-        print(f"autoresearch_reject: train.py replaced what the evaluation runs: {', '.join(changed[:5])}")
-        return 0
+        final_word([f"autoresearch_reject: train.py replaced what the evaluation runs: {', '.join(changed[:5])}"])
     # the parameter count comes from the model itself; the rest is what train.py reported
     summary["num_params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
     lines = ["---", f"val_bpb:          {val_bpb:.6f}", f"test_bpb:         {test_bpb:.6f}"]
@@ -479,7 +521,12 @@ def main() -> int:
     parser.add_argument("--evaluate", action="store_true", help="score the run folder's checkpoint")
     args = parser.parse_args()
     if args.evaluate:
-        return evaluate(args.data)
+        try:
+            return evaluate(args.data)
+        except SystemExit as e:  # an exit with success is train.py's: its own figures may stand
+            if e.code in (0, None):
+                final_word(["autoresearch_reject: train.py ended the evaluation early"])
+            raise
     prepare(args.data)
     return 0
 

@@ -636,18 +636,63 @@ def replaced(before: dict) -> list[str]:
     return sorted(k for k, v in before.items() if not same(now.get(k), v))
 
 
+EXIT = os._exit  # the evaluator's own: train.py's code may take the module's
+
+
+def lockdown() -> None:
+    """While train.py's code runs in this process, it can neither end it early (after printing
+    figures of its own) nor replace it: those calls are refused (a SystemExit it raises fails
+    the evaluation, see final_word's callers)."""
+
+    def refused(*args, **kwargs):
+        raise PermissionError("the evaluator does not let train.py end, fork or replace its process")
+
+    import posix
+
+    for module in (os, posix):
+        for name in ("_exit", "abort", "fork", "forkpty", "system", "kill", "killpg", "posix_spawn",
+                     "posix_spawnp", "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe"):
+            if hasattr(module, name):
+                setattr(module, name, refused)
+
+
+OUTPUT: dict = {}  # the output as it was before train.py was imported: its descriptor and identity
+
+
+def _identity(fd: int) -> tuple:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
 def final_word(lines: list[str]) -> None:
-    """Print the figures of record last, and end: straight to the output's file descriptor (a
-    sys.stdout that train.py replaced is not used), then exit at once, so that nothing train.py
-    left behind (an atexit handler, a thread) prints a figure after them."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.write(1, ("\n".join(lines) + "\n").encode())
-    os._exit(0)
+    """Print the verdict (the figures of record, or a reject line) last, and end: straight to
+    the output as it was before train.py was imported (a sys.stdout it replaced is not used),
+    then exit at once, so that nothing train.py left behind (an atexit handler, a thread)
+    prints a figure after them. If train.py moved the output (os.dup2 onto it, a copy of it
+    closed), what it printed before cannot be told from the figures: the evaluation fails."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - train.py may have broken or replaced it
+            pass
+    fd, code = OUTPUT.get("fd", 1), 0
+    try:
+        moved = "id" in OUTPUT and not (_identity(1) == _identity(fd) == OUTPUT["id"])
+    except OSError:
+        moved = True
+    if moved:
+        lines, code = ["autoresearch_reject: train.py redirected the evaluator's output"], 3
+    try:
+        os.write(fd, ("\n".join(lines) + "\n").encode())
+    except OSError:
+        code = 3
+    EXIT(code)
 
 
 def import_train(path: Path):
     """train.py as a module: it trains only under __main__, so importing it builds nothing."""
+    OUTPUT["fd"], OUTPUT["id"] = os.dup(1), _identity(1)  # before any of train.py runs
+    lockdown()
     sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location("train", path)
     module = importlib.util.module_from_spec(spec)
@@ -684,18 +729,15 @@ def evaluate_checkpoint(run_dir: Path = RUN_DIR) -> int:
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     claimed = summary.get("training_seconds")
     if isinstance(claimed, (int, float)) and claimed > TIME_BUDGET * 1.05 + 1:
-        print(f"autoresearch_reject: trained {claimed:.1f} s, over the {TIME_BUDGET:g} s time budget")
-        return 0
+        final_word([f"autoresearch_reject: trained {claimed:.1f} s, over the {TIME_BUDGET:g} s time budget"])
     problem = causality_problem(model)
     if problem:
-        print(f"autoresearch_reject: model is not causal: {problem}")
-        return 0
+        final_word([f"autoresearch_reject: model is not causal: {problem}"])
     batch_size = int(config.get("device_batch_size", 8))
     scores = {split: evaluate_bpb(model, split, batch_size) for split in ("val", "test")}
     changed = replaced(before)
     if changed:
-        print(f"autoresearch_reject: train.py replaced what the evaluation runs: {', '.join(changed[:5])}")
-        return 0
+        final_word([f"autoresearch_reject: train.py replaced what the evaluation runs: {', '.join(changed[:5])}"])
     lines = ["---", *(f"{split + '_bpb:':<18}{bpb:.6f}" for split, bpb in scores.items())]
     for name, fmt in ECHOED.items():
         if isinstance(value := summary.get(name), (int, float)):
@@ -724,7 +766,12 @@ def main() -> int:
         print(f"data: --data {data}, from the setup line of autoresearch.toml")
     try:
         if args.evaluate:
-            return evaluate_checkpoint(RUN_DIR)
+            try:
+                return evaluate_checkpoint(RUN_DIR)
+            except SystemExit as e:  # an exit with success is train.py's: its own figures may stand
+                if e.code in (0, None):
+                    final_word(["autoresearch_reject: train.py ended the evaluation early"])
+                raise
         prepare(data, args.num_shards, args.workers)
         return 0
     except PrepareError as e:
