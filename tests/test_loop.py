@@ -378,3 +378,26 @@ def test_second_loop_on_same_tag_is_refused(task_repo: Path, tmp_path: Path) -> 
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
     os.environ.pop("X", None)
+
+
+def test_an_experiment_that_defeats_the_harness_and_forges_the_ledger_is_caught(tmp_path: Path) -> None:
+    """Red team, round 4: the experiment rewrites the ledger, then leaves a folder where the
+    metric file goes, so that the harness raised before its after-experiment check and the loop
+    died with the forgery in place. Now the trial is a crash, the check runs, the ledger is put
+    back and the loop goes on."""
+    exp = ("import os, sqlite3, sys\nX = 3.0\nrun = os.environ['AUTORESEARCH_RUN_DIR']\n"
+           "if 'AUTORESEARCH_EXPERIMENT_SECONDS' in os.environ:  # the evaluator\n"
+           "    open(os.path.join(run, 'm.json'), 'w').write('{\"loss\": %s}' % X)\n"
+           "elif os.environ['AUTORESEARCH_TRIAL'] == '1':\n"
+           "    db = os.path.join(os.environ['AR_LEDGER'], 'ledger.sqlite')\n"
+           "    c = sqlite3.connect(db); c.execute('UPDATE trials SET metric = 1e9 WHERE number = 0'); c.commit()\n"
+           "    os.makedirs(os.path.join(run, 'm.json'), exist_ok=True)\n")
+    root = make_task(tmp_path / "task", experiment=exp,
+                     toml_extra='evaluate = "python exp.py"\n[metric]\nname = "loss"\ngoal = "minimize"\nfile = "m.json"\n')
+    agent = script_agent(tmp_path / "a.sh", "sed -i 's/^X = .*/X = 2.0/' exp.py\necho X\n")
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "2",
+            env={"AR_LEDGER": str(root / ".autoresearch" / "t")})
+    assert r.returncode == 0, r.stderr
+    rows = (root / ".autoresearch" / "t" / "results.tsv").read_text().splitlines()
+    assert rows[1].split("\t")[1:4] == ["3.000000", "0.0", "keep"]  # the baseline as measured
+    assert rows[2].split("\t")[3] == "crash" and len(rows) == 4

@@ -9,13 +9,14 @@ backend. A remote worker that dies under a trial costs it one more attempt, note
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
 
 from autoresearch.backends import Backend
 from autoresearch.events import Events
-from autoresearch.execute import ExecSpec, experiment_env
+from autoresearch.execute import ExecResult, ExecSpec, experiment_env
 from autoresearch.judge import Measurement, judge, mean_figures
 from autoresearch.pool import Place
 from autoresearch.records import Trial
@@ -94,7 +95,12 @@ class Measurer:
 
         if not self.backend.remote:
             self.setup.link_into(at.ws.path)
-        result = self.backend.run(spec, restore, self.cancel)
+        try:
+            result = self.backend.run(spec, restore, self.cancel)
+        except OSError as e:  # what the experiment left defeats the harness (a folder where its log
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):  # or metric file goes): the trial's fault, not
+                raise  # the loop's; a full disk stops the loop (docs/reliability.md)
+            result = ExecResult("crash", None, 0.0, f"the harness could not handle what the experiment left: {e}")
         if result.outcome == "lost":  # a remote worker died under it: recorded, run once more
             first = result.output
             self._note_lost(t, first)
