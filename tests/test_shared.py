@@ -3,6 +3,7 @@ linked into every trial's worktree; and the hint a baseline that misses one gets
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,24 @@ def test_an_experiment_that_changes_what_setup_made_is_noted_on_it(tmp_path: Pat
     assert not any("setup made" in f for f in ts[1].flags)  # the cache it wrote is not noted
     assert any("changed what setup made (data/n.txt" in f for f in ts[2].flags), ts[2].flags
     assert "[audit:" in cli("status", str(root)).stdout
+
+
+def test_a_name_added_to_setup_json_is_not_linked_into_trials(tmp_path: Path) -> None:
+    """Red team, round 4: an agent plants json.py in the tag's setup/ folder and lists it in
+    setup.json; the next run moved it back as setup's output, and it shadowed the json module
+    of the protected evaluator in every trial. The list of setup's output is the ledger's."""
+    check = "import json\nprint('json from:', json.__file__)\nprint('loss: 1.0')\n"
+    root = make_task(tmp_path / "task", files={"check.py": check, ".gitignore": "data/\n"},
+                     toml_extra='setup = "mkdir -p data && echo 1 > data/x"\nevaluate = "python check.py"\n')
+    toml = root / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('protected = ["prepare.py"]', 'protected = ["prepare.py", "check.py"]'))
+    git(root, "commit", "-qam", "check.py protected")
+    assert cli("run", str(root), "--tag", "t", "--trials", "0").returncode == 0
+    tag = root / ".autoresearch" / "t"
+    (tag / "setup" / "json.py").write_text("print('loss: 0.000001')\n")
+    (tag / "setup.json").write_text(json.dumps(["data", "json.py"]))
+    agent = script_agent(tmp_path / "a.sh", "sed -i 's/^X = .*/X = 2.0/' exp.py\necho X\n")
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    log = (tag / "logs" / "1.log").read_text()
+    assert "loss: 0.000001" not in log and "worktrees" not in log.split("json from:")[1].split("\n")[0], log

@@ -309,8 +309,11 @@ def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | 
     shared = shared_links(s.task)
     if not s.task.setup:
         return SetupOutput(store, shared=shared)
-    try:  # an earlier run's output goes back in place first: an idempotent setup finds it made
-        before = [str(e) for e in json.loads(manifest.read_text())]
+    try:  # an earlier run's output goes back in place first: an idempotent setup finds it made.
+        # The list is the ledger's (watched while a loop runs: an agent that adds a name to
+        # setup.json, its copy for people, gets nothing of its own linked into every trial)
+        recorded = s.ledger.get_meta("setup_entries")
+        before = [str(e) for e in json.loads(recorded if recorded is not None else manifest.read_text())]
     except (OSError, ValueError, TypeError):
         before = []
     for rel in before:
@@ -340,6 +343,7 @@ def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | 
     for rel in entries:
         store.joinpath(rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(ws.path / rel), str(store / rel))
+    s.ledger.set_meta("setup_entries", json.dumps(entries))
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text(json.dumps(entries))
     os.replace(tmp, manifest)
