@@ -219,3 +219,16 @@ def test_a_tag_whose_agent_command_held_a_key_asks_for_it_again(tmp_path: Path) 
     r = cli("run", str(root), "--tag", "t", "--trials", "1")
     assert r.returncode == 2 and "holds a key, which is never recorded: give the agent's flags again" in r.stderr
     assert len(trials(root)) == 2  # nothing ran with another agent
+
+
+def test_a_resume_refuses_a_task_file_changed_and_not_committed(tmp_path: Path) -> None:
+    """Red team, round 4: an agent widened `editable` in your checkout's task file (noted on its
+    trial); the next resume read the task file from there and measured with the wider scope."""
+    root = make_task(tmp_path / "task")
+    assert cli("run", str(root), "--tag", "t", "--trials", "0").returncode == 0
+    toml = root / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('protected = ["prepare.py"]', "protected = []"))
+    r = cli("run", str(root), "--tag", "t", "--trials", "1")
+    assert r.returncode == 2 and "autoresearch.toml has uncommitted changes" in r.stderr, r.stderr
+    git(root, "commit", "-qam", "nothing protected now")
+    assert cli("run", str(root), "--tag", "t", "--trials", "0").returncode == 0

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import threading
@@ -92,6 +93,11 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
     if not allow_dirty and git.run("symbolic-ref", "-q", "HEAD", check=False).strip() == branch:
         raise UsageError(f"you have autoresearch/{tag} checked out, and the loop moves it: check out "
                          "another branch first (e.g. `git checkout main`)")
+    if exists and not allow_dirty:  # the task file is read from your checkout: what a resumed run
+        # measures by must be what is committed (an agent that widened `editable` there is noticed)
+        if TASK_FILE in git.dirty_paths():
+            raise UsageError(f"{TASK_FILE} has uncommitted changes: commit them to resume tag {tag} with them, "
+                             f"or undo them (`git -C {shlex.quote(str(task.root))} checkout -- {TASK_FILE}`)")
     if not exists:
         dirty = [p for p in git.dirty_paths() if not p.startswith(f"{LEDGER_DIR}/")]
         if dirty and not allow_dirty:
