@@ -401,3 +401,22 @@ def test_an_experiment_that_defeats_the_harness_and_forges_the_ledger_is_caught(
     rows = (root / ".autoresearch" / "t" / "results.tsv").read_text().splitlines()
     assert rows[1].split("\t")[1:4] == ["3.000000", "0.0", "keep"]  # the baseline as measured
     assert rows[2].split("\t")[3] == "crash" and len(rows) == 4
+
+
+def test_code_rejected_after_its_run_may_be_proposed_again(tmp_path: Path) -> None:
+    """Rejected for what its run did (here: it changed a protected file, on trial 1 only), the
+    code was never measured: the same code proposed again is run, not a duplicate of it."""
+    exp = ("import os\nX = 3.0\n"
+           "if os.environ['AUTORESEARCH_TRIAL'] == '1':\n    open('prepare.py', 'a').write('# changed\\n')\n"
+           "print(f'loss: {X}')\n")
+    root = make_task(tmp_path / "task", experiment=exp)
+    agent = script_agent(tmp_path / "a.sh", "sed -i 's/^X = .*/X = 2.0/' exp.py\necho X to 2\n")
+    assert cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "2").returncode == 0
+    from autoresearch.ledger import Ledger
+
+    led = Ledger.read(root, "t")
+    try:
+        statuses = [t.status.value for t in led.trials()]
+    finally:
+        led.close()
+    assert statuses == ["keep", "rejected", "keep"], statuses

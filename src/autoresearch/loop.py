@@ -428,6 +428,9 @@ class Loop:
             if t.status is Status.KEEP and t.parent and t.commit:
                 t = t.with_(flags=[*t.flags, *audit.audit_trial(self.s.git, self.task, t.parent, t.commit)])
             self.s.ledger.finish(t)
+            if t.status in (Status.REJECTED, Status.INTERRUPTED):  # never measured: may be proposed again
+                for tree in [k for k, n in self.trees.items() if n == t.number]:
+                    del self.trees[tree]
             if not self.opt.keep_runs:  # a repeated run's folder (runs/<n>.<i>): its figures are recorded
                 for extra_run in (self.s.dir / "runs").glob(f"{t.number}.*"):
                     shutil.rmtree(extra_run, ignore_errors=True)
