@@ -287,6 +287,7 @@ def _no_keeps(study: Study) -> str:
         return (f"The baseline (trial {failed.number}) {outcome(failed)} before it gave a figure"
                 + (" (its log tail is below)" if crashed else "") + ", so no trial can be compared "
                 + ("to it: fix the task, commit, and start a new --tag." if crashed
+                   else "to it yet: the running loop measures it again." if study.looping
                    else "to it: run the loop again."))
     if study.baseline is None:
         return "No trial has finished yet."
