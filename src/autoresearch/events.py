@@ -115,8 +115,8 @@ class PlainEvents:
         why = f" - {trial.why}" if trial.why else ""
         self._best = f"; best {self.metric} {fmt(best.metric)} (trial {best.number})"
         money = f"; cost ${cost:.2f}" if cost else ""
-        measured = trial.status.value in ("keep", "discard", "duplicate")  # as `status` shows it
-        self._print(f"[trial {trial.number}] {trial.status.value} {self.metric}={fmt(trial.metric if measured else None)} "
+        shown = trial.metric if trial.status.shows_figure else None  # as `status` shows it
+        self._print(f"[trial {trial.number}] {trial.status.value} {self.metric}={fmt(shown)} "
                     f"in {trial.run_seconds:.1f}s: {trial.description}{why}\n"
                     f"  best {self.metric} {fmt(best.metric)} (trial {best.number})"
                     f"{gain_text(best, baseline, self.minimize)}{money}")

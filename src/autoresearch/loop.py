@@ -54,6 +54,9 @@ from autoresearch.session import (
 from autoresearch.task import list_files, task_warnings
 from autoresearch.watch import Watch
 
+# code that was never measured (rejected, agent error, stopped) may be proposed again
+UNMEASURED = (Status.REJECTED, Status.AGENT_ERROR, Status.INTERRUPTED, Status.RUNNING)
+
 
 @dataclass
 class Options:
@@ -428,7 +431,7 @@ class Loop:
             if t.status is Status.KEEP and t.parent and t.commit:
                 t = t.with_(flags=[*t.flags, *audit.audit_trial(self.s.git, self.task, t.parent, t.commit)])
             self.s.ledger.finish(t)
-            if t.status in (Status.REJECTED, Status.INTERRUPTED):  # never measured: may be proposed again
+            if t.status in UNMEASURED:  # its code may be proposed again
                 for tree in [k for k, n in self.trees.items() if n == t.number]:
                     del self.trees[tree]
             if not self.opt.keep_runs:  # a repeated run's folder (runs/<n>.<i>): its figures are recorded
@@ -463,9 +466,7 @@ class Loop:
             self.agent.observe(t)
 
     def _index_trees(self, history: list[Trial]) -> None:
-        # code that was never measured (rejected, agent error, stopped) may be proposed again
-        unmeasured = (Status.REJECTED, Status.AGENT_ERROR, Status.INTERRUPTED, Status.RUNNING)
-        measured = [t for t in history if t.commit and t.status not in unmeasured]
+        measured = [t for t in history if t.commit and t.status not in UNMEASURED]
         commits = list(dict.fromkeys(t.commit for t in measured if t.commit))  # once each, in order
         if not commits:
             return

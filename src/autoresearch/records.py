@@ -28,6 +28,11 @@ class Status(str, enum.Enum):
         return self is not Status.RUNNING
 
     @property
+    def shows_figure(self) -> bool:
+        """Whether the trial's figure is a verdict on its code (a crash's is in its reason)."""
+        return self in (Status.KEEP, Status.DISCARD, Status.DUPLICATE)
+
+    @property
     def tsv(self) -> str:
         """The status as autoresearch's results.tsv spells it (keep, discard or crash)."""
         if self in (Status.KEEP, Status.DISCARD):

@@ -85,9 +85,8 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
             note += "  [no loop is running: `run --tag` records it as interrupted and goes on]"
         note += f"  [audit: {len(t.flags)} flag{'s' if len(t.flags) > 1 else ''}]" if t.flags else ""
         held = [with_spread(t, holdout, t.figures.get(holdout))] if holdout else []
-        measured = t.status.value in ("keep", "discard", "duplicate")  # a crash's figure is in its reason
         rows.append((str(t.number), t.short or "-", t.status.value,
-                     with_spread(t, metric, t.metric) if measured else "-",
+                     with_spread(t, metric, t.metric) if t.status.shows_figure else "-",
                      *held, f"{t.run_seconds:.1f}", clip(t.description + note, 160)))
     n = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
