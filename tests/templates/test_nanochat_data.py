@@ -1,0 +1,286 @@
+"""The nanochat template's data: shards downloaded with retries from a server on 127.0.0.1, local
+text and parquet folders, and the bytes each token stands for."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pa = pytest.importorskip("pyarrow")
+np = pytest.importorskip("numpy")
+pytest.importorskip("tokenizers")
+pytest.importorskip("safetensors")
+
+import pyarrow.parquet as pq  # noqa: E402
+from nanochat_helpers import TEMPLATE, assert_nothing_pickled, load_prepare, run, task_env  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+# A shard server on loopback that fails on demand
+
+
+class ShardServer:
+    """Serves the files of a folder with HTTP ranges. `fail[name]` spoils the first request for
+    that file: "500" answers an error, "cut" closes the connection halfway through the body."""
+
+    def __init__(self, root: Path):
+        self.root, self.fail, self.log = root, {}, []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                spoil = server.fail.pop(name, None)
+                server.log.append((name, self.headers.get("Range"), spoil))
+                if spoil == "500" or not (server.root / name).exists():
+                    self.send_error(500 if spoil else 404)
+                    return
+                data = (server.root / name).read_bytes()
+                start = int(re.match(r"bytes=(\d+)-", self.headers.get("Range") or "bytes=0-")[1])
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                self.wfile.write(body[: len(body) // 2] if spoil == "cut" else body)
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/data"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def requests(self, name: str) -> list:
+        return [(rng, spoil) for n, rng, spoil in self.log if n == name]
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def write_shard(path: Path, index: int, docs: int = 300) -> None:
+    """A parquet shard of varied text, some of it outside ASCII."""
+    rng = np.random.default_rng(index)
+    words = [
+        "the",
+        "model",
+        "learns",
+        "bytes",
+        "token",
+        "über",
+        "naïve",
+        "日本語",
+        "données",
+        "🙂",
+        "shard",
+        str(index),
+        "parquet",
+        "rotary",
+        "window",
+        "муон",
+    ]
+    texts = [" ".join(rng.choice(words, 40)) + "." for _ in range(docs)]
+    pq.write_table(pa.table({"text": texts, "id": list(range(docs))}), path)
+
+
+@pytest.fixture
+def shard_server(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    for i in (0, 1, 2, 3, 1821, 1822):
+        write_shard(served / f"shard_{i:05d}.parquet", i)
+    server = ShardServer(served)
+    yield server
+    server.close()
+
+
+# ----------------------------------------------------------------------------
+# Download
+
+
+def test_download_retries_resumes_and_skips_complete_shards(tmp_path, shard_server, capfd):
+    prepare = load_prepare()
+    dest = tmp_path / "shards"
+    served = shard_server.root
+
+    def get(indices):
+        return prepare.download_shards(indices, dest, shard_server.url, workers=2, backoff=0.01)
+
+    for i in (0, 1, 1821, 1822):  # retried at once by four threads: their notes stay whole lines
+        shard_server.fail[f"shard_{i:05d}.parquet"] = "500"
+    capfd.readouterr()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads swap often, as on a busy machine: half lines would show
+    try:
+        prepare.download_shards([0, 1, 1821, 1822], dest, shard_server.url, workers=4, backoff=0.01)
+    finally:
+        sys.setswitchinterval(switch)
+    assert shard_server.requests("shard_00001.parquet") == [(None, "500"), (None, None)]
+    notes = capfd.readouterr().out.splitlines()
+    assert sorted(notes) == [
+        f"  shard_{i:05d}.parquet: HTTP Error 500: Internal Server Error; retrying in 0.0s"
+        for i in (0, 1, 1821, 1822)
+    ]
+
+    # a second run fetches only what is missing; a cut connection resumes from its last byte
+    shard_server.fail["shard_00002.parquet"] = "cut"
+    get([0, 1, 2])
+    assert shard_server.requests("shard_00000.parquet") == [(None, "500"), (None, None)]
+    first, again = shard_server.requests("shard_00002.parquet")
+    half = (served / "shard_00002.parquet").stat().st_size // 2
+    assert first == (None, "cut") and again == (f"bytes={half}-", None)
+
+    # a partial file left by a killed run is continued, not restarted
+    data = (served / "shard_00003.parquet").read_bytes()
+    (dest / "shard_00003.parquet.part").write_bytes(data[:1000])
+    get([3])
+    assert shard_server.requests("shard_00003.parquet") == [("bytes=1000-", None)]
+
+    for i in (0, 1, 2, 3):
+        name = f"shard_{i:05d}.parquet"
+        assert (dest / name).read_bytes() == (served / name).read_bytes()
+    assert not list(dest.glob("*.part"))
+
+
+def test_download_gives_up_with_one_clear_error(tmp_path, shard_server):
+    prepare = load_prepare()
+    shard_server.fail["shard_00000.parquet"] = "500"
+    shard_server.fail["shard_00001.parquet"] = "500"
+    with pytest.raises(prepare.PrepareError, match="shard_00000.parquet after 1 attempts"):
+        prepare.download_shards([0], tmp_path, shard_server.url, attempts=1)
+    with pytest.raises(prepare.PrepareError, match="shard_00042.parquet: HTTP Error 404"):
+        prepare.download_shards([42], tmp_path, shard_server.url, attempts=3, backoff=0.01)
+    assert len(shard_server.requests("shard_00042.parquet")) == 1  # a 404 is not retried
+
+
+def test_prepare_from_served_shards_caches_nothing_pickled(tmp_path, shard_server):
+    task = tmp_path / "task"
+    shutil.copytree(TEMPLATE, task)
+    env = task_env(tmp_path, AUTORESEARCH_DATA_URL=shard_server.url)
+    out = run(["prepare.py", "--num-shards", "2", "--workers", "2"], task, env)
+    assert "prepared" in out
+    data = tmp_path / "cache" / "nanochat" / "prepared"
+    meta = json.loads((data / "meta.json").read_text())
+    assert set(meta["tokens"]) == {"train_00000", "train_00001", "val", "test"}
+    assert np.load(data / "token_bytes.npy").shape == (8192,)
+    assert_nothing_pickled(tmp_path / "cache")
+
+    served = len(shard_server.log)
+    assert "data ready" in run(["prepare.py", "--num-shards", "2"], task, env)  # idempotent
+    assert len(shard_server.log) == served
+
+
+def test_prepare_from_a_local_folder_follows_the_task_file(tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "more").mkdir(parents=True)
+    for i in range(3):
+        (corpus / f"notes_{i}.txt").write_text(f"Plain text number {i}, naïve and über.\n" * 400)
+    write_shard(corpus / "more" / "docs.parquet", 7, docs=200)
+    task = tmp_path / "task"
+    shutil.copytree(TEMPLATE, task)
+    toml = task / "autoresearch.toml"  # as `autoresearch init --data` writes it
+    toml.write_text(
+        toml.read_text().replace(
+            'setup = "python prepare.py"', f'setup = "python prepare.py --data {corpus}"'
+        )
+    )
+    env = task_env(tmp_path)
+    run(["prepare.py", "--data", str(corpus)], task, env)
+    where = run(["-c", "import prepare; print(prepare.DATA_DIR)"], task, env).strip()
+    assert Path(where).parent == tmp_path / "cache" / "nanochat" and Path(where).name.startswith(
+        "local-"
+    )
+    meta = json.loads((Path(where) / "meta.json").read_text())
+    assert meta["tokens"]["val"] > 0 and meta["tokens"]["test"] > 0
+    assert meta["tokens"]["train_00000"] > meta["tokens"]["val"]
+    assert_nothing_pickled(tmp_path / "cache")
+
+
+def test_local_parquet_files_are_read_alone_or_beside_text(tmp_path):
+    prepare = load_prepare()
+    only, mixed = tmp_path / "only", tmp_path / "mixed"
+    for folder in (only, mixed):
+        folder.mkdir()
+        write_shard(folder / "a.parquet", 5, docs=3000)
+    (mixed / "b.txt").write_text("Plain text, naïve and über.\n" * 100)
+    texts = pq.read_table(only / "a.parquet").column("text").to_pylist()
+    assert prepare.local_documents(only) == texts
+    assert prepare.local_documents(mixed) == [*texts, (mixed / "b.txt").read_text()]
+    train, val, test = prepare.split_documents(prepare.local_documents(only))
+    assert len(train) > len(val) > 0 and len(test) > 0
+
+
+def test_prepare_without_data_reads_the_folder_of_the_setup_line(tmp_path, shard_server):
+    """`autoresearch init --data FOLDER` (parquet files only), then `python prepare.py` by hand:
+    it prepares FOLDER, where train.py reads, and downloads nothing."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_shard(corpus / "docs.parquet", 3, docs=3000)
+    task, env = tmp_path / "task", task_env(tmp_path, AUTORESEARCH_DATA_URL=shard_server.url)
+    init = [
+        "-m",
+        "autoresearch",
+        "init",
+        str(task),
+        "--template",
+        "nanochat",
+        "--data",
+        str(corpus),
+    ]
+    run(init, tmp_path, env)
+    out = run(["prepare.py"], task, env)
+    assert f"--data {corpus}" in out and "prepared" in out and "names other data" not in out
+    assert shard_server.log == []
+    where = Path(run(["-c", "import prepare; print(prepare.DATA_DIR)"], task, env).strip())
+    assert where.name.startswith("local-")
+    assert json.loads((where / "meta.json").read_text())["tokens"]["val"] > 0
+
+
+# ----------------------------------------------------------------------------
+# Token bytes
+
+
+def test_token_bytes_count_raw_bytes_not_replacement_characters():
+    prepare = load_prepare()
+    text = "日本語のテキスト、données naïves über 🙂🙂 and plain ASCII words. " * 30
+    tok = prepare.train_tokenizer([text], vocab_size=320)
+    counts = prepare.token_byte_counts(tok, 320)
+
+    first_byte = "日".encode()[0]  # a lone lead byte: one raw byte, decoded it is U+FFFD
+    token = tok.token_to_id(next(c for c, b in prepare.byte_alphabet().items() if b == first_byte))
+    assert tok.decode([token]) == "\ufffd"
+    assert counts[token] == 1
+
+    partial = [
+        i
+        for i in range(tok.get_vocab_size())
+        if i != tok.token_to_id(prepare.BOS) and not _is_utf8(prepare.token_raw_bytes(tok, i))
+    ]
+    assert len(partial) > 10
+    for i in partial:  # e.g. b"\xafves", the end of "naïves": 4 bytes, not "\ufffdves" (6)
+        assert counts[i] == len(prepare.token_raw_bytes(tok, i))
+        assert counts[i] != len(tok.decode([i]).encode())
+    assert counts[tok.token_to_id(prepare.BOS)] == 0
+    assert counts[tok.get_vocab_size() :].sum() == 0  # ids the vocabulary did not fill
+
+    sample = "テキスト🙂 über naïve"
+    assert counts[tok.encode(sample).ids].sum() == len(sample.encode())
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
