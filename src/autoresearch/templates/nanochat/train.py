@@ -130,9 +130,7 @@ class Attention(nn.Module):
         self.v = nn.Linear(dim, n_head * head_dim, bias=False)
         self.proj = nn.Linear(n_head * head_dim, dim, bias=False)
         self.gate_channels = min(VE_GATE_CHANNELS, dim)
-        self.ve_gate = (
-            nn.Linear(self.gate_channels, n_head, bias=False) if value_embedding else None
-        )
+        self.ve_gate = nn.Linear(self.gate_channels, n_head, bias=False) if value_embedding else None
 
     def forward(self, x, ve, cos, sin, mask):
         B, T, _ = x.shape
@@ -185,13 +183,8 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(vocab, dim)
         # value embeddings: a second token table per chosen layer, mixed into its values; on
         # every other layer counting back from the last, which always has one
-        self.value_embeds = nn.ModuleDict(
-            {
-                str(i): nn.Embedding(vocab, self.n_head * self.head_dim)
-                for i in range(depth)
-                if (depth - 1 - i) % 2 == 0
-            }
-        )
+        ve_layers, width = range((depth - 1) % 2, depth, 2), self.n_head * self.head_dim
+        self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(vocab, width) for i in ve_layers})
         self.blocks = nn.ModuleList(
             Block(dim, self.n_head, self.head_dim, str(i) in self.value_embeds)
             for i in range(depth)
@@ -344,12 +337,10 @@ def make_optimizers(model: GPT, device: torch.device) -> list[torch.optim.Optimi
     """Muon for the matrices inside the blocks. AdamW for the embeddings and the output layer,
     whose rows are separate tokens rather than directions of one map, and for the scalars."""
     width_scale = (model.wte.embedding_dim / 768) ** -0.5
+    embeddings = [model.wte.weight, *model.value_embeds.parameters()]
     adam = torch.optim.AdamW(
         [
-            {
-                "params": [model.wte.weight, *model.value_embeds.parameters()],
-                "lr": EMBEDDING_LR * width_scale,
-            },
+            {"params": embeddings, "lr": EMBEDDING_LR * width_scale},
             {"params": [model.lm_head.weight], "lr": UNEMBEDDING_LR * width_scale},
             {"params": [model.x0_lambdas], "lr": SCALAR_LR},
             # the residual gains scale the whole stream: a hundredth of the step is plenty
@@ -437,8 +428,7 @@ def main() -> None:
     print(
         f"device {device_name}: {num_params / 1e6:.1f}M parameters, {DEPTH} layers of width "
         f"{config['model_dim']}, {tokens_per_step:,} tokens per step ({accumulation} x "
-        f"{DEVICE_BATCH_SIZE} x {MAX_SEQ_LEN}), {TIME_BUDGET:.0f}s budget",
-        flush=True,
+        f"{DEVICE_BATCH_SIZE} x {MAX_SEQ_LEN}), {TIME_BUDGET:.0f}s budget", flush=True
     )
 
     step, timed_steps, training_time = 0, 0, 0.0
@@ -478,10 +468,8 @@ def main() -> None:
 
     flops = model.flops_per_token() * tokens_per_step * timed_steps
     if peak is None:
-        print(
-            f"note: peak FLOP/s of {device_name} unknown, mfu_percent reported as 0 "
-            "(set AUTORESEARCH_PEAK_TFLOPS to give it)"
-        )
+        print(f"note: peak FLOP/s of {device_name} unknown, mfu_percent reported as 0 "
+              "(set AUTORESEARCH_PEAK_TFLOPS to give it)")
     summary = {
         "training_seconds": training_time,
         "peak_vram_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0,
