@@ -294,12 +294,21 @@ def test_a_placeholder_in_quotes_of_its_own_works_in_a_folder_with_a_space(tmp_p
 def test_fill_quotes_a_placeholder_once_whatever_quotes_surround_it() -> None:
     from autoresearch.agents.cli import fill
 
-    path = "/tmp/a b/it's \"p\".md"
+    path = "/tmp/a b/it's \"p\" $HOME `x` \\n.md"
     values = {"prompt_file": path, "description_file": "/d", "workdir": "/w", "trial": "3"}
-    for template in ['printf %s "{prompt_file}"', "printf %s '{prompt_file}'", "printf %s {prompt_file}",
-                     "printf %s 'x'{prompt_file}'y'", 'printf %s "$(printf %s {prompt_file})"']:
+    for template, printed in [
+        ('printf %s "{prompt_file}"', path),
+        ("printf %s '{prompt_file}'", path),
+        ("printf %s {prompt_file}", path),
+        ("printf %s 'x'{prompt_file}'y'", f"x{path}y"),
+        ('printf %s "$(printf %s {prompt_file})"', path),
+        ('printf %s "$(cat <<< "{prompt_file}")"', path),  # quotes inside a substitution
+        ('printf %s "$( (printf %s "{prompt_file}") )" "{trial}"', path + "3"),
+        ('printf %s "in: {prompt_file}, $((1 + 1))"', f"in: {path}, 2"),
+        ("printf %s 'in: {prompt_file}!'", f"in: {path}!"),
+    ]:
         out = subprocess.run(["bash", "-c", fill(template, values)], capture_output=True, text=True).stdout
-        assert out == (f"x{path}y" if "'x'" in template else path), template
+        assert out == printed, template
     assert fill("echo \\\"{trial}\\\" '{\"json\": 1}'", values) == "echo \\\"3\\\" '{\"json\": 1}'"
 
 

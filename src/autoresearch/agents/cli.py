@@ -1,8 +1,8 @@
 """An external coding agent run once per trial in the trial's worktree.
 
 The command template may use {prompt_file}, {description_file}, {workdir} and {trial}; they are
-shell-quoted, also when written in quotes ("{prompt_file}"); any other brace is the shell's
-(`${HOME}`, awk's '{print}'). The environment carries AUTORESEARCH_PROMPT_FILE, AUTORESEARCH_TRIAL
+quoted for where they stand (plain, in quotes of their own, inside a longer string or a "$(...)");
+any other brace is the shell's (`${HOME}`, awk's '{print}'). The environment carries AUTORESEARCH_PROMPT_FILE, AUTORESEARCH_TRIAL
 and AUTORESEARCH_DESCRIPTION_FILE. The description is the description file's content if the
 agent wrote one, else the last non-empty line of its output, cut to 200 characters. A command
 that fails keeps the description it wrote in its error (the trial's commit message).
@@ -45,23 +45,71 @@ def description_from(desc_file_text: str | None, output: str) -> str:
 
 
 PLACEHOLDER = re.compile(r"\{(prompt_file|description_file|workdir|trial)\}")
-# a command line in shell parts: a '...' string, a "..." string, a backslash escape, plain text
-SHELL_PART = re.compile(r"""'[^']*'|"(?:[^"\\]|\\.)*"|\\.|[^'"\\]+|.""", re.S)
 WRAPPED = re.compile(r"""(["'])\{(prompt_file|description_file|workdir|trial)\}\1""")
+
+
+def in_double_quotes(value: str) -> str:
+    return re.sub(r'([\\"$`])', r"\\\1", value)
+
+
+def in_single_quotes(value: str) -> str:
+    return value.replace("'", "'\\''")
 
 
 def fill(template: str, values: dict[str, str]) -> str:
     """`template` with {prompt_file}, {description_file}, {workdir} and {trial} replaced by their
-    shell-quoted values; every other brace is left as written (`${HOME}`, awk's '{print}', JSON).
-    A placeholder the user put in quotes of its own ("{prompt_file}") is replaced with them, so
-    a path with a space or a quote stays one word."""
-    def part(m: re.Match[str]) -> str:
-        whole = WRAPPED.fullmatch(m[0])
-        if whole:
-            return shlex.quote(values[whole[2]])
-        return PLACEHOLDER.sub(lambda p: shlex.quote(values[p[1]]), m[0])
-
-    return SHELL_PART.sub(part, template)
+    values, quoted for where each stands: shell-quoted in plain text and in quotes of its own
+    ("{prompt_file}", also inside "$(cat "{prompt_file}")"), escaped inside a longer "..." or
+    '...' string, so a path with a space or a quote stays one word. Every other brace is left as
+    written (`${HOME}`, awk's '{print}', JSON). Inside a string that another shell reads again
+    (`bash -c 'cat {prompt_file}'`) the value is that shell's plain text: use
+    "$AUTORESEARCH_PROMPT_FILE" there."""
+    out: list[str] = []
+    # what encloses the text read now: "" plain, '"' a double-quoted string; a command
+    # substitution $( ... ) inside either pushes a plain frame with its count of open parentheses
+    stack: list[list] = [["", 0]]
+    i, n = 0, len(template)
+    while i < n:
+        frame = stack[-1]
+        quoted = frame[0] == '"'
+        wrapped = WRAPPED.match(template, i)
+        placeholder = PLACEHOLDER.match(template, i)
+        ch = template[i]
+        if wrapped and not quoted:
+            out.append(shlex.quote(values[wrapped[2]]))
+            i = wrapped.end()
+        elif placeholder:
+            value = values[placeholder[1]]
+            out.append(in_double_quotes(value) if quoted else shlex.quote(value))
+            i = placeholder.end()
+        elif ch == "\\":
+            out.append(template[i:i + 2])
+            i += 2
+        elif template.startswith("$(", i):
+            stack.append(["", 0])
+            out.append("$(")
+            i += 2
+        elif ch == '"':
+            if quoted:
+                stack.pop()
+            else:
+                stack.append(['"', 0])
+            out.append(ch)
+            i += 1
+        elif ch == "'" and not quoted:
+            close = template.find("'", i + 1)
+            close = n if close < 0 else close
+            body = PLACEHOLDER.sub(lambda m: in_single_quotes(values[m[1]]), template[i + 1:close])
+            out.append("'" + body + template[close:close + 1])
+            i = close + 1
+        else:
+            if not quoted and len(stack) > 1 and ch in "()":
+                frame[1] += 1 if ch == "(" else -1
+                if frame[1] < 0:
+                    stack.pop()
+            out.append(ch)
+            i += 1
+    return "".join(out)
 
 
 def described(message: str, desc_file_text: str | None) -> str:
