@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from conftest import cli, git, make_task, script_agent
+from conftest import EXPERIMENT, cli, git, make_task, script_agent
 
 
 def test_commands_find_the_task_file_above_the_current_folder(tmp_path: Path) -> None:
@@ -175,12 +175,14 @@ def test_trial_knows_the_best_code_it_left_and_the_one_its_advice_stages(tmp_pat
     r = cli("trial", "-m", "X to 1.5, no Z", str(repo), "--tag", "t")
     assert "trial 2: keep" in r.stdout, r.stdout + r.stderr
     assert "Z = 1" not in git(repo, "show", "autoresearch/t:exp.py")
-    # the same edit without the note (a tag whose trials ran before there was one): the conflict,
-    # and then its advice, followed, is judged
+    # the same edit with neither the note nor the best staged (as an older `trial` left a tag):
+    # the conflict, and then its advice, followed, is judged
     (repo / ".autoresearch" / "t" / "working-tree.json").unlink()
+    git(repo, "reset", "-q", "--", "exp.py")
     exp.write_text(exp.read_text().replace("X = 1.5", "X = 1.0\nW = 2"))
     assert "trial 3: keep" in cli("trial", "-m", "X to 1, W", str(repo), "--tag", "t").stdout
     (repo / ".autoresearch" / "t" / "working-tree.json").unlink()
+    git(repo, "reset", "-q", "--", "exp.py")
     exp.write_text(exp.read_text().replace("X = 1.0\nW = 2", "X = 1.25"))
     r = cli("trial", "-m", "X to 1.25", str(repo), "--tag", "t")
     assert "trial 4: agent_error" in r.stdout and "conflicts" in r.stdout, r.stdout
@@ -263,3 +265,22 @@ def test_trial_after_the_user_took_heads_version_back_keeps_the_best(tmp_path: P
 def test_demo_with_flags_that_cannot_go_together_leaves_nothing(tmp_path: Path) -> None:
     r = cli("demo", str(tmp_path / "d"), "--agent", "search", "--agent-cmd", "foo")
     assert r.returncode == 2 and not (tmp_path / "d").exists()
+
+
+def test_trial_reads_an_edit_that_reverts_a_line_of_the_best_as_an_edit_of_the_best(tmp_path: Path) -> None:
+    """After a kept trial the best code is staged as well as written: an edit that takes back a
+    line the best changed (and changes another) looks nearer HEAD, yet it is the best edited."""
+    repo = make_task(tmp_path / "task", experiment=EXPERIMENT.replace("X = 3.0\n", "X = 3.0\nA = 0\nB = 0\n"))
+    exp = repo / "exp.py"
+    exp.write_text(exp.read_text().replace("Y = 2", "Y = 1"))
+    r = cli("trial", "-m", "Y to 1", str(repo), "--tag", "t")
+    assert "trial 1: keep" in r.stdout, r.stdout + r.stderr
+    assert git(repo, "diff") == "" and "Y = 1" in git(repo, "show", ":exp.py")  # staged
+    exp.write_text(exp.read_text().replace("Y = 1", "Y = 2").replace("X = 3.0", "X = 3.5"))
+    r = cli("trial", "-m", "Y back to 2, X to 3.5", str(repo), "--tag", "t")
+    assert "trial 2: discard (8.25," in r.stdout, r.stdout + r.stderr  # the revert is not lost
+    tried = git(repo, "show", "refs/autoresearch/t/trials/2:exp.py")
+    assert "X = 3.5" in tried and "Y = 2" in tried, tried
+    exp.write_text("an edit gone wrong\n")
+    git(repo, "checkout", "--", "exp.py")  # the best again, as the index holds it
+    assert "Y = 1" in exp.read_text() and "X = 3.0" in exp.read_text()

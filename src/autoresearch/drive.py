@@ -211,9 +211,10 @@ def write_left(note: Path, head: str | None, left: dict[str, str]) -> None:
 
 def rewind_to(git: Git, task: Task, commit: str, paths: list[str]) -> list[str]:
     """Set the user's editable files among `paths` to `commit`'s (deleting those it lacks), and
-    unstage them: what git would commit next is then what the checkout's HEAD holds, never a
-    discarded change left in the index."""
-    done = []
+    stage that: the index holds the best code, never a discarded change. `git diff` then shows
+    only the next edit, `git checkout -- FILE` brings the best back, and an edit that reverts a
+    line of the best is read as an edit of the best (a staged best is taken as the start)."""
+    done, gone = [], []
     for rel in paths:
         if not task.is_editable(rel):  # the user's own work outside the scope stays as it is
             continue
@@ -222,9 +223,12 @@ def rewind_to(git: Git, task: Task, commit: str, paths: list[str]) -> list[str]:
         if content is None:
             if target.exists() or target.is_symlink():
                 target.unlink()
+            gone.append(rel)
         else:
             target.write_text(content)
         done.append(rel)
-    if done:
-        git.run("reset", "-q", "--", *done, check=False)
+    if gone:
+        git.run("rm", "-q", "--cached", "--ignore-unmatch", "--", *gone, check=False)
+    if len(gone) < len(done):
+        git.run("add", "--", *[rel for rel in done if rel not in gone], check=False)
     return done
