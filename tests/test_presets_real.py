@@ -27,6 +27,18 @@ from autoresearch.task import load_task
 # the real tools through the presets
 
 
+def kept_by(repo: Path, agent: str):  # noqa: ANN201
+    """The trial the real tool made: kept after the baseline, with the fake model's description,
+    and its edit on the tag's branch."""
+    t = ledger(repo)
+    log = (repo / ".autoresearch/t/agent/1.log").read_text()
+    assert [x.status for x in t] == [Status.KEEP, Status.KEEP], (t[1].reason, log[-3000:])
+    assert t[1].description == "Set X to 1.0, where the loss is lowest." and t[1].agent == agent
+    assert "X = 1.0" in branch_file(repo)
+    return t[1]
+
+
+
 def aider_reply(repo: Path):  # noqa: ANN201
     """The fake model's answer to aider: the edit in aider's whole-file or diff format."""
 
@@ -55,12 +67,9 @@ def test_real_aider_through_the_preset(tmp_path: Path) -> None:
                 "--base-url", fake.url, "--trials", "1", env={"OPENAI_API_KEY": KEY}, timeout=240)
         requests = list(fake.requests)
     assert r.returncode == 0, r.stderr + r.stdout
-    t = ledger(repo)
-    assert [x.status for x in t] == [Status.KEEP, Status.KEEP], t[1].reason
-    assert t[1].metric == pytest.approx(2.0) and t[1].agent == "aider" and t[1].model == "openai/fake-model"
-    assert t[1].description == "Set X to 1.0, where the loss is lowest."
-    assert (t[1].tokens_in, t[1].tokens_out) == (1200, 80)
-    assert "X = 1.0" in branch_file(repo)
+    trial = kept_by(repo, "aider")
+    assert trial.metric == pytest.approx(2.0) and trial.model == "openai/fake-model"
+    assert (trial.tokens_in, trial.tokens_out) == (1200, 80)
     assert any("Minimise loss." in json.dumps(q["body"]) for q in requests)  # our prompt reached it
     assert git(repo, "status", "--porcelain") == ""  # aider left nothing in the user's checkout
 
@@ -114,11 +123,8 @@ def test_real_claude_code_through_the_preset(tmp_path: Path) -> None:
         requests = list(fake.requests)
     assert r.returncode == 0, r.stderr + r.stdout
     assert fake.invalid == []
-    t = ledger(repo)
-    assert [x.status for x in t] == [Status.KEEP, Status.KEEP], (t[1].reason, (repo / ".autoresearch/t/agent/1.log").read_text()[-3000:])
-    assert t[1].description == "Set X to 1.0, where the loss is lowest." and t[1].agent == "claude"
-    assert t[1].tokens_in >= 7100 and t[1].tokens_out >= 130 and t[1].cost > 0
-    assert "X = 1.0" in branch_file(repo)
+    trial = kept_by(repo, "claude")
+    assert trial.tokens_in >= 7100 and trial.tokens_out >= 130 and trial.cost > 0
     assert any("Minimise loss." in json.dumps(q["body"]) for q in requests)
     for path in (repo / ".autoresearch").rglob("*"):
         if path.is_file():
@@ -152,11 +158,8 @@ def test_real_opencode_through_the_preset(tmp_path: Path) -> None:
                 env={"OPENAI_API_KEY": KEY, "HOME": str(tmp_path / "home")}, timeout=300)
         requests = list(fake.requests)
     assert r.returncode == 0, r.stderr + r.stdout
-    t = ledger(repo)
-    assert [x.status for x in t] == [Status.KEEP, Status.KEEP], (t[1].reason, (repo / ".autoresearch/t/agent/1.log").read_text()[-3000:])
-    assert t[1].description == "Set X to 1.0, where the loss is lowest." and t[1].agent == "opencode"
-    assert (t[1].tokens_in, t[1].tokens_out) == (6300, 220)
-    assert "X = 1.0" in branch_file(repo)
+    trial = kept_by(repo, "opencode")
+    assert (trial.tokens_in, trial.tokens_out) == (6300, 220)
     assert any("Minimise loss." in json.dumps(q["body"]) for q in requests)  # the prompt, read from stdin
     assert all(q["headers"].get("Authorization") == f"Bearer {KEY}" for q in requests)
     for path in (repo / ".autoresearch").rglob("*"):
@@ -224,13 +227,8 @@ def test_real_codex_through_the_preset(tmp_path: Path) -> None:
         requests = list(fake.requests)
     assert r.returncode == 0, r.stderr + r.stdout
     assert fake.invalid == []
-    log = (repo / ".autoresearch/t/agent/1.log").read_text()
-    t = ledger(repo)
-    assert [x.status for x in t] == [Status.KEEP, Status.KEEP], (t[1].reason, log[-3000:])
-    assert t[1].description == "Set X to 1.0, where the loss is lowest." and t[1].agent == "codex"
-    assert t[1].model == "openai/fake-model"
-    assert (t[1].tokens_in, t[1].tokens_out) == (9400, 220)
-    assert "X = 1.0" in branch_file(repo)
+    trial = kept_by(repo, "codex")
+    assert trial.model == "openai/fake-model" and (trial.tokens_in, trial.tokens_out) == (9400, 220)
     assert [q["path"] for q in requests] == ["/v1/responses"] * 3  # HTTP to --base-url, nothing else
     assert all(q["body"].get("model") == "fake-model" and q["body"].get("stream") for q in requests)
     assert any("Minimise loss." in json.dumps(q["body"]) for q in requests)  # the prompt, read from stdin
@@ -291,12 +289,8 @@ def test_real_gemini_through_the_preset(tmp_path: Path) -> None:
         requests = list(fake.requests)
     assert r.returncode == 0, r.stderr + r.stdout
     assert fake.invalid == []
-    log = (repo / ".autoresearch/t/agent/1.log").read_text()
-    t = ledger(repo)
-    assert [x.status for x in t] == [Status.KEEP, Status.KEEP], (t[1].reason, log[-3000:])
-    assert t[1].description == "Set X to 1.0, where the loss is lowest." and t[1].agent == "gemini"
-    assert (t[1].tokens_in, t[1].tokens_out) == (6300, 220)
-    assert "X = 1.0" in branch_file(repo)
+    trial = kept_by(repo, "gemini")
+    assert (trial.tokens_in, trial.tokens_out) == (6300, 220)
     assert [urlsplit(q["path"]).path for q in requests] == ["/v1beta/models/fake-model:streamGenerateContent"] * 2
     assert any("Minimise loss." in json.dumps(q["body"]) for q in requests)  # the prompt, read from stdin
     assert all({k.lower(): v for k, v in q["headers"].items()}["x-goog-api-key"] == KEY for q in requests)
