@@ -244,6 +244,26 @@ class _Stopper:
             raise KeyboardInterrupt
 
 
+def run_until_stopped(loop, restore: dict | None = None):  # noqa: ANN001, ANN201
+    """loop.run() with Ctrl-C, SIGTERM and SIGHUP stopping it cleanly and how it ended recorded;
+    afterwards the signal handlers of `restore` (else those it found) are put back."""
+    old = restore or {s: signal.getsignal(s) for s in stop_signals()}
+    stopper = _Stopper(loop)
+    for s in old:
+        signal.signal(s, stopper)
+    try:
+        best = loop.run()
+    except BaseException as e:
+        loop.record_end(ended_by(e))
+        raise
+    else:
+        loop.record_end()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return best
+
+
 def _gpu_ids(text: str | None) -> tuple[str, ...]:
     gpus = tuple(g.strip() for g in (text or "").split(",") if g.strip())
     bad = [g for g in gpus if not (g.isdigit() or g.startswith(("GPU-", "MIG-")))]
@@ -317,24 +337,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                                         max_cost=args.max_cost, workers=args.workers,
                                         gpus_per_trial=args.gpus_per_trial,
                                         agent_concurrency=args.agent_concurrency), events, backend)
-    stopper = _Stopper(loop)
-    for s in originals:
-        signal.signal(s, stopper)
     try:
         scale = (f", {len(loop.slots)} workers" if len(loop.slots) > 1 else "") + \
             (f", backend {backend.name}" if backend.name != "local" else "")
         events.message(f"autoresearch: tag {tag} on branch autoresearch/{tag} "
                        f"({'resumed' if session.resumed else 'new'}), agent {agent.name}{scale}, "
                        f"ledger {session.dir}")
-        best = loop.run()
-    except BaseException as e:
-        loop.record_end(ended_by(e))
-        raise
-    else:
-        loop.record_end()
+        best = run_until_stopped(loop, originals)
     finally:
-        for s, h in originals.items():
-            signal.signal(s, h)
         events.close()
         try:
             backend.close()  # first: a Ray instance started here ends before the watchdog is let go

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,13 +126,7 @@ def require_torch() -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from autoresearch.agents.registry import agent_options, build_agent, options_record
-    from autoresearch.cli import (
-        EXIT_INTERRUPTED,
-        _events,
-        _Stopper,
-        ended_by,
-        stop_signals,
-    )
+    from autoresearch.cli import EXIT_INTERRUPTED, _events, run_until_stopped
     from autoresearch.loop import Loop, Options
     from autoresearch.session import open_session
     from autoresearch.task import load_task
@@ -173,18 +166,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     session.ledger.set_meta("agent_options", options_record(opts))
     events = _events(task)
     loop = Loop(session, agent, Options(trials=trials), events)
-    stopper = _Stopper(loop)
-    old = {s: signal.signal(s, stopper) for s in stop_signals()}
     try:
-        loop.run()
-    except BaseException as e:
-        loop.record_end(ended_by(e))
-        raise
-    else:
-        loop.record_end()
+        run_until_stopped(loop)
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         events.close()
         session.close()
     result = summary(root, TAG, loop.cancel.is_set())
