@@ -55,13 +55,14 @@ class ExecSpec:
 
 @dataclass(frozen=True)
 class ExecResult:
-    outcome: str  # ok | crash | timeout | cancelled | tampered | eval_failed | eval_timeout | lost (a remote worker died)
+    outcome: str  # ok | crash | timeout | cancelled | tampered | escaped | eval_failed | eval_timeout | lost (a remote worker died)
     returncode: int | None
     seconds: float
     output: str
     eval_output: str | None = None
     eval_seconds: float = 0.0
     tampered: tuple[str, ...] = ()
+    escaped: tuple[str, ...] = ()  # processes that outlived their killed reaper (process.sweep_escaped)
 
 
 def experiment_env(base: dict[str, str], extra: dict[str, str], bin_dir: Path | None) -> dict[str, str]:
@@ -147,6 +148,8 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
     tampered = tuple(guard.changed_files(spec.protected, spec.workdir))
     if proc.cancelled:
         return ExecResult("cancelled", proc.returncode, proc.seconds, output, tampered=tampered)
+    if proc.escaped:
+        return ExecResult("escaped", proc.returncode, proc.seconds, output, escaped=proc.escaped)
     if tampered:
         return ExecResult("tampered", proc.returncode, proc.seconds, output, tampered=tampered)
     if proc.timed_out:
@@ -178,6 +181,8 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
         log.write(redact(eval_output, spec.holdout))
     if ev.cancelled:
         return ExecResult("cancelled", ev.returncode, proc.seconds, output, eval_output, ev.seconds)
+    if ev.escaped:
+        return ExecResult("escaped", ev.returncode, proc.seconds, output, eval_output, ev.seconds, escaped=ev.escaped)
     outcome = "eval_timeout" if ev.timed_out else "ok" if ev.returncode == 0 else "eval_failed"
     tampered = tuple(guard.changed_files(spec.protected, spec.workdir))
     if tampered:

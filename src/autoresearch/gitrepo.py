@@ -19,6 +19,7 @@ from pathlib import Path
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.filetree import remove_unknown, walk
 from autoresearch.gitconfig import kept_config, private_file
+from autoresearch.gitstatus import Change, parse_raw, parse_status_v2, status_entries  # noqa: F401 (re-exported)
 
 SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "gc.auto=0",
         "-c", "core.quotePath=false", "-c", "advice.detachedHead=false"]
@@ -35,6 +36,10 @@ class GitError(AutoresearchError):
     pass
 
 
+class Refused(GitError):
+    """A change the harness will not commit (the message says why): its trial is rejected."""
+
+
 @dataclass(frozen=True)
 class Workspace:
     """A git worktree the harness owns: its folder, its git dir and a private index."""
@@ -42,17 +47,6 @@ class Workspace:
     path: Path
     gitdir: Path
     index: Path
-
-
-@dataclass(frozen=True)
-class Change:
-    """One path changed by a trial, from `git diff-tree --raw`."""
-
-    status: str  # A, M, D, T
-    path: str
-    old_mode: str
-    new_mode: str
-    new_blob: str
 
 
 class Git:
@@ -288,6 +282,15 @@ class Git:
         known = self._known.get(ws.path)
         cleaned = known is not None and remove_unknown(ws.path, known[1])  # first: relative to its commit
         self.run("reset", "-q", "--hard", commit, env=env, cwd=ws.path)
+        # `reset` trusts the index's stat of each file, which the agent or the experiment may
+        # have forged (the index is a file in the worktrees folder): rebuilt from the commit,
+        # every file is compared by content, and one that differs is written again
+        self.run("read-tree", commit, env=env, cwd=ws.path)
+        stale = [line[: -len(": needs update")] for line in self.run(
+            "update-index", "--refresh", env=env, cwd=ws.path, check=False).splitlines()
+            if line.endswith(": needs update")]
+        if stale:
+            self.run("checkout-index", "-f", "--", *stale, env=env, cwd=ws.path)
         if not cleaned:
             self.run("clean", "-q", "-ffdx", env=env, cwd=ws.path)
         if known is None or known[0] != commit:  # (back at that commit, the same files: still true)
@@ -323,6 +326,19 @@ class Git:
         self._known[ws.path] = (commit, files | {rel.rsplit("/", i)[0] for rel in files
                                                  for i in range(1, rel.count("/") + 1)})
 
+    def _same_attributes(self, parent: str, ws: Workspace, entries: dict[str, tuple[bool, int]]) -> None:
+        """Refuse a .gitattributes the parent does not hold, ignored or not: `add` reads it, and
+        an `ident`, `eol` or `working-tree-encoding` in it stores other bytes than the ones that
+        run (the commit and the diff would not be the code that was measured)."""
+        for rel, (is_dir, _) in entries.items():
+            if rel.rsplit("/", 1)[-1] != ".gitattributes":
+                continue
+            path = ws.path / rel
+            held = self.show_file(parent, rel)
+            if is_dir or path.is_symlink() or held is None or path.read_text(errors="replace") != held:
+                raise Refused(f"{rel}: a .gitattributes the best code does not hold, which changes what git "
+                              "stores (the commit would not be the code that runs)")
+
     def _is_gitlink(self, ws: Workspace, path: str) -> bool:
         """Whether `path` is a submodule the commit already holds (checked out by the agent)."""
         out = self.run("ls-files", "-s", "--", path, env=self.wt_env(ws), cwd=ws.path, check=False)
@@ -345,8 +361,12 @@ class Git:
         self.ensure_worktree(ws, parent)
         env = self.wt_env(ws)
         entries = walk(ws.path)
+        self._same_attributes(parent, ws, entries)
         big, skip, nested = self._left_out(ws, entries, max_file_bytes)
         head_before = _head_state(ws)
+        # an index with nothing to trust: the agent can write it (a flag like assume-unchanged,
+        # a stat forged to match), and `add` would keep old content for a file that changed
+        self.run("read-tree", parent, env=env, cwd=ws.path)
         self.run("add", "-A", "--", ".", *[f":(exclude,literal){p}" for p in skip], env=env, cwd=ws.path)
         try:
             out = self.run("status", "--porcelain=v2", "-z", "-uall", "--ignored=matching", "--no-renames",
@@ -436,54 +456,3 @@ def _head_state(ws: Workspace) -> tuple[str, int, int]:
         return head.read_text(errors="replace").strip(), st.st_ino, st.st_ctime_ns
     except OSError:
         return "", 0, 0
-
-
-def parse_status_v2(out: str, big: set[str]) -> tuple[list[Change], list[str], bool]:
-    """`git status --porcelain=v2 -z --no-renames -uall --ignored` after `add -A`: the staged
-    changes against HEAD, the big files left out of `add` that differ from HEAD (to be stored as
-    stand-ins), and whether anything is ignored."""
-    changes: list[Change] = []
-    left_out: list[str] = []
-    ignored = False
-    for entry in out.split("\0"):
-        if entry.startswith("1 "):
-            fields = entry.split(" ", 8)
-            if len(fields) < 9:
-                continue
-            xy, mode_head, mode_index, blob_index, path = fields[1], fields[3], fields[4], fields[7], fields[8]
-            if xy[0] != ".":
-                changes.append(Change(status=xy[0], path=path, old_mode=mode_head, new_mode=mode_index,
-                                      new_blob=blob_index))
-            if xy[1] != "." and path in big:
-                left_out.append(path)
-        elif entry.startswith("? "):
-            if entry[2:] in big:
-                left_out.append(entry[2:])
-        elif entry.startswith("! "):
-            ignored = True
-        elif entry.startswith("u "):  # an unmerged entry after `add -A`: let diff-tree say it
-            changes.append(Change(status="U", path=entry.split(" ", 10)[-1], old_mode="", new_mode="",
-                                  new_blob=""))
-    return changes, left_out, ignored
-
-
-def status_entries(out: str) -> list[tuple[str, str]]:
-    """(XY code, path) of each entry of `git status --porcelain -z` (renames off: one path each)."""
-    return [(entry[:2], entry[3:]) for entry in out.split("\0") if len(entry) > 3]
-
-
-def parse_raw(raw: str) -> list[Change]:
-    """Parse `git diff-tree -r -z --raw` output."""
-    parts = raw.split("\0")
-    changes: list[Change] = []
-    i = 0
-    while i < len(parts) - 1:
-        meta = parts[i]
-        if not meta.startswith(":"):
-            i += 1
-            continue
-        old_mode, new_mode, _old_blob, new_blob, status = meta[1:].split(" ")
-        changes.append(Change(status=status[0], path=parts[i + 1], old_mode=old_mode,
-                              new_mode=new_mode, new_blob=new_blob))
-        i += 2
-    return changes

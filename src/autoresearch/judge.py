@@ -45,6 +45,10 @@ def judge(task: Task, r: ExecResult, run_dir: Path, workdir: Path) -> Measuremen
         return Measurement(Status.INTERRUPTED, reason="stopped while the experiment ran", seconds=r.seconds)
     if r.outcome == "lost":
         return Measurement(Status.CRASH, reason=f"its worker was lost twice: {r.output[-300:]}", seconds=r.seconds)
+    if r.outcome == "escaped":
+        return Measurement(Status.REJECTED, reason="processes it started outlived the process that supervises "
+                           f"it, which something killed; they were killed, and no figure of this run is "
+                           f"trusted: {'; '.join(r.escaped)[:300]}", seconds=r.seconds)
     if r.outcome == "tampered":
         return Measurement(Status.REJECTED, reason=f"the experiment changed protected file(s): "
                            f"{', '.join(r.tampered)}", seconds=r.seconds)

@@ -37,12 +37,12 @@ from autoresearch.envguard import site_dirs
 from autoresearch.errors import AutoresearchError
 from autoresearch.events import Events, NullEvents
 from autoresearch.execute import python_bin
-from autoresearch.gitrepo import GitError, Workspace
+from autoresearch.gitrepo import GitError, Refused, Workspace
 from autoresearch.judge import Measurement, mean_figures
 from autoresearch.ledger import clean_text
 from autoresearch.measure import Measurer
 from autoresearch.pool import Place, pipeline, together
-from autoresearch.process import log_digests, read_tail
+from autoresearch.process import adopt_orphans, log_digests, read_tail
 from autoresearch.prompt import visible
 from autoresearch.records import Status, Trial
 from autoresearch.session import (
@@ -109,6 +109,7 @@ class Loop:
         self.started = time.monotonic()
         self.agent_errors = 0  # agent errors in a row
         self.fatal_errors = 0  # unrecoverable ones (AgentError.fatal) in a row
+        self.snapshot_errors = 0  # changes git could not commit, in a row
         self.failure = ""  # why the loop stopped itself (exit 1)
         self.ended = ""  # why it stopped, whatever the reason
         self.measure = Measurer(session, self.backend, self.events, self.cancel, self.bin_dir, self.opt.sandbox)
@@ -123,6 +124,7 @@ class Loop:
     # -- the whole loop -------------------------------------------------------------------
 
     def run(self) -> Trial:
+        adopt_orphans()  # what an experiment leaves after killing its reaper comes back here
         start = self.best.commit if self.best and self.best.commit else self.s.base
         forged = self.watch.forged(start)
         if forged:
@@ -277,10 +279,18 @@ class Loop:
             tamper = self.watch.tampering(t.number, "agent")
         try:
             commit, changes, tree = self.s.git.snapshot(ws, parent_commit, t.description)
-        except GitError:
-            if not self.cancel.is_set():
+        except Refused as e:
+            return self._finish(t.with_(status=Status.REJECTED, reason=str(e)))
+        except GitError as e:
+            if self.cancel.is_set():
+                return self._finish(t.with_(status=Status.INTERRUPTED, reason="stopped while its change was committed"))
+            self.snapshot_errors += 1  # a path git refuses (lib/.GIT/x.py) is the agent's; a disk that is
+            if self.snapshot_errors >= self.FATAL_REPEATS:  # full, or a broken repository, comes back
                 raise
-            return self._finish(t.with_(status=Status.INTERRUPTED, reason="stopped while its change was committed"))
+            said = next((line for line in str(e).splitlines() if line.strip()), str(e))
+            return self._finish(t.with_(status=Status.REJECTED, reason=clean_text(
+                f"git could not commit the change, so it was not run: {said}", 300)))
+        self.snapshot_errors = 0
         t = t.with_(commit=commit)
         self.s.ledger.update(t)  # its ref is made with the verdict; resume remakes it from here
         if error and self.cancel.is_set():

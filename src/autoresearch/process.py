@@ -6,12 +6,21 @@ dies, and is killed when the command ends. Every process we start also carries
 AUTORESEARCH_OWNER=<token> in its environment, so that what escaped both (the harness killed
 before the reaper could act) is still found through /proc. The reaper dies with us
 (PR_SET_PDEATHSIG) if the harness is SIGKILLed, and the command with the reaper.
+
+An experiment may kill its reaper (it runs as you) and leave a daemon that has neither the mark
+nor a reaper above it. Against that, the loop's process is a subreaper too (adopt_orphans):
+what a killed reaper leaves comes back to it, and every process a command starts carries a
+mark it cannot take off (a finite hard limit on real-time CPU time, which an unprivileged
+process may lower but never lift back to unlimited). After each command, what came back with
+the mark is killed and named (ProcResult.escaped): the trial is not trusted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import resource
 import select
 import shutil
 import signal
@@ -27,7 +36,14 @@ OWNER_VAR = "AUTORESEARCH_OWNER"
 REAPER = Path(__file__).with_name("reaper.py")  # run under it: see reaper.py
 GRACE_SECONDS = 2.0
 SHORT_SECONDS = 5.0  # a command this short cannot have seen the pids wrap around
-_PR_SET_PDEATHSIG = 1
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+# the mark of a command's processes: RLIMIT_RTTIME's hard limit (microseconds a real-time
+# scheduled process may run without blocking: 146,000 years, a limit nobody reaches)
+MARK = 2**62 - 20251130
+_RTTIME = getattr(resource, "RLIMIT_RTTIME", None)
+_LIVE: set[int] = set()  # the reapers of the commands running now: children of ours by right
+_LIVE_LOCK = threading.Lock()
+_adopting = False
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,7 @@ class ProcResult:
     seconds: float
     timed_out: bool = False
     cancelled: bool = False
+    escaped: tuple[str, ...] = ()  # processes that outlived a killed reaper (see sweep_escaped)
 
 
 try:
@@ -45,9 +62,81 @@ except OSError:  # pragma: no cover - not Linux
 
 
 def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: only a call into an already loaded library.
+    # Runs in the child between fork and exec: calls into already loaded modules only.
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _RTTIME is not None:
+        try:
+            resource.setrlimit(_RTTIME, (MARK, MARK))
+        except (OSError, ValueError):
+            pass
+
+
+def adopt_orphans() -> bool:
+    """Make this process a subreaper (Linux), so that what a killed reaper leaves comes back
+    here, where run_command finds it by its mark. Whether it is one."""
+    global _adopting
+    if not _adopting and _LIBC is not None and _RTTIME is not None and not _marked(os.getpid()):
+        # (a loop started from inside an experiment carries the mark: its own git would look stray)
+        _adopting = _LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return _adopting
+
+
+def _marked(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/limits") as f:
+            for line in f:
+                if line.startswith("Max realtime timeout"):
+                    return line.split()[4] != "unlimited"  # lowered or not: never lifted again
+    except (OSError, IndexError):
+        pass
+    return False
+
+
+def _children() -> list[int]:
+    """The processes whose parent is this process (any of its threads)."""
+    me, out = os.getpid(), []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == me:
+                        out.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def sweep_escaped(limit: float = 3.0) -> list[str]:
+    """Kill and reap the marked processes that came back to this subreaper (their reaper was
+    killed), and those they hand over in turn; each named as "pid N (command line)"."""
+    if not _adopting:
+        return []
+    found: list[str] = []
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with _LIVE_LOCK:
+            strays = [pid for pid in _children() if pid not in _LIVE and _marked(pid)]
+        if not strays:
+            break
+        for pid in strays:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    line = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                line = ""
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            found.append(f"pid {pid} ({line[:120] or '?'})")
+        for pid in strays:  # reaped as they die (a process stuck in the kernel: left as a zombie)
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        break
+                except ChildProcessError:
+                    break
+                time.sleep(0.005)
+    return found
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -154,11 +243,12 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
     if sys.platform.startswith("linux") and REAPER.exists() and sys.executable:  # nothing it starts outlives it
         argv = [sys.executable, "-I", "-S", str(REAPER), *argv]
     start = time.monotonic()
-    with open(log_path, "ab" if append else "wb") as log:
+    with open(log_path, "ab" if append else "wb") as log, _LIVE_LOCK:
         proc = subprocess.Popen(
             argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
         )
+        _LIVE.add(proc.pid)
     exited = ExitWaiter(proc)
     try:
         how = _wait_or_stop(proc, exited, start + timeout, cancel)
@@ -168,12 +258,15 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        with _LIVE_LOCK:
+            _LIVE.discard(proc.pid)
+    escaped = sweep_escaped()
     if owner:  # what escaped the group (setsid, double fork), whatever the exit status; after a
         # short command only the pids handed out since it started can be its (a long one may
         # have seen the pids wrap around, and a full look costs little beside it)
         kill_owned(owner, first_pid=proc.pid if time.monotonic() - start < SHORT_SECONDS else None)
     return ProcResult(returncode=proc.returncode, seconds=time.monotonic() - start,
-                      timed_out=how == "timeout", cancelled=how == "cancelled")
+                      timed_out=how == "timeout", cancelled=how == "cancelled", escaped=tuple(escaped))
 
 
 def _wait_or_stop(proc: subprocess.Popen[bytes], exited: ExitWaiter, deadline: float,

@@ -177,4 +177,7 @@ class CommandAgent(BaseAgent):
             raise AgentError("stopped while the agent ran")
         if result.timed_out:
             raise AgentError(f"the agent command timed out after {timeout:g} s")
+        if result.escaped:
+            raise AgentError("processes the agent started outlived the process that supervises it, which "
+                             f"something killed (they were killed): {'; '.join(result.escaped)[:300]}")
         return printed, -1 if result.returncode is None else result.returncode

@@ -1,0 +1,81 @@
+"""The harness's private index is a file an agent (or an experiment) can write: a flag in it
+(assume-unchanged) or a stat forged to match a changed file would make git skip that file, so
+that the commit, or the code a trial starts from, is not what the worktree holds. The snapshot
+and the reset trust no stat in it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import time
+from pathlib import Path
+
+from conftest import git, make_task
+
+from autoresearch.gitrepo import Git
+
+
+def forge_entry(index: Path, name: str, sha: str) -> None:
+    """Give `name`'s entry in a version-2 index another blob id, its stat kept; checksum fixed."""
+    data = bytearray(index.read_bytes()[:-20])
+    assert data[:4] == b"DIRC" and struct.unpack(">I", data[4:8])[0] == 2
+    count, pos = struct.unpack(">I", data[8:12])[0], 12
+    for _ in range(count):
+        flags = struct.unpack(">H", data[pos + 60:pos + 62])[0]
+        path = bytes(data[pos + 62:pos + 62 + (flags & 0xFFF)]).decode()
+        if path == name:
+            data[pos + 40:pos + 60] = bytes.fromhex(sha)
+            break
+        pos += (62 + len(path) + 8) // 8 * 8
+    else:
+        raise AssertionError(f"{name} not in the index")
+    index.write_bytes(bytes(data) + hashlib.sha1(data).digest())
+    later = time.time() + 5  # newer than every file: no entry is "racily clean", re-read by git
+    os.utime(index, (later, later))
+
+
+def forged_worktree(tmp_path: Path) -> tuple[Git, object, str, str]:
+    """A trial worktree whose exp.py says X = 9.0 while its index says the commit's X = 3.0, with
+    the stat of the changed file: git sees nothing to do."""
+    repo = make_task(tmp_path / "task")
+    g = Git(repo)
+    commit = g.head()
+    ws = g.add_worktree(tmp_path / "wt", commit)
+    env = g.wt_env(ws)
+    exp = ws.path / "exp.py"
+    exp.write_text(exp.read_text().replace("X = 3.0", "X = 9.0"))
+    g.run("add", "exp.py", env=env, cwd=ws.path)
+    forge_entry(ws.index, "exp.py", g.run("rev-parse", f"{commit}:exp.py"))
+    assert g.run("diff-files", "--name-only", env=env, cwd=ws.path) == ""  # the forgery holds
+    return g, ws, commit, exp.read_text()
+
+
+def test_a_forged_index_does_not_keep_a_changed_file_through_a_reset(tmp_path: Path) -> None:
+    g, ws, commit, changed = forged_worktree(tmp_path)
+    g.run("reset", "-q", "--hard", commit, env=g.wt_env(ws), cwd=ws.path)
+    assert "X = 9.0" in (ws.path / "exp.py").read_text()  # what a plain reset leaves
+    forge_entry(ws.index, "exp.py", g.run("rev-parse", f"{commit}:exp.py"))
+    g.reset_worktree(ws, commit)
+    assert (ws.path / "exp.py").read_text() == g.show_file(commit, "exp.py")
+
+
+def test_a_forged_index_does_not_hide_a_change_from_the_snapshot(tmp_path: Path) -> None:
+    g, ws, commit, changed = forged_worktree(tmp_path)
+    trial, changes, _ = g.snapshot(ws, commit, "X to 9")
+    assert g.show_file(trial, "exp.py") == changed
+    assert [c.path for c in changes] == ["exp.py"]
+
+
+def test_assume_unchanged_does_not_hide_a_change_from_the_snapshot(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    g = Git(repo)
+    commit = g.head()
+    ws = g.add_worktree(tmp_path / "wt", commit)
+    git(ws.path, "update-index", "--assume-unchanged", "exp.py")  # through the worktree's own .git
+    env = g.wt_env(ws)
+    g.run("update-index", "--assume-unchanged", "exp.py", env=env, cwd=ws.path)  # the private index
+    exp = ws.path / "exp.py"
+    exp.write_text(exp.read_text() + 'print("loss: -100")\n')
+    trial, changes, _ = g.snapshot(ws, commit, "hidden line")
+    assert 'print("loss: -100")' in g.show_file(trial, "exp.py")
