@@ -332,3 +332,19 @@ def test_an_agent_command_of_spaces_in_the_task_file_is_a_usage_error(tmp_path: 
     r = cli("run", str(repo), "--tag", "t", "--trials", "1")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip() == "autoresearch: error: the agent command is empty (--agent-cmd, or [agent] cmd in autoresearch.toml)"
+
+
+def test_a_chatty_agent_log_is_cut_to_its_start_and_end(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", """\
+        sed -i 's/^X = .*/X = 2.0/' exp.py
+        head -c 40000000 /dev/zero | tr '\\0' x | fold -w 1000
+        printf '\\nX to 2\\n'
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    log = repo / ".autoresearch" / "t" / "agent" / "1.log"
+    assert log.stat().st_size <= 33 * 2**20
+    text = log.read_text()
+    assert "bytes of output left out here" in text and text.rstrip().endswith("X to 2")
+    assert rows(repo)[1][1:] == ("keep", "", "X to 2")

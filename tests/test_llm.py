@@ -62,6 +62,25 @@ def test_model_sees_history_and_best_code(tmp_path: Path) -> None:
     assert [x.status for x in ledger(repo)] == [Status.KEEP, Status.KEEP, Status.KEEP]
 
 
+def test_the_prompt_shows_no_file_through_a_link_out_of_the_repository(tmp_path: Path) -> None:
+    """A committed link among the editable files that points outside: read_file refuses it, and
+    the best code in the prompt leaves it out too (it sent the outside file's content)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "creds.py").write_text('SECRET = "outside-file-content"\n')
+    repo = make_task(tmp_path / "task")
+    (repo / "creds.py").symlink_to(outside / "creds.py")
+    toml = repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('editable = ["exp.py"]', 'editable = ["exp.py", "creds.py"]'))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a link")
+    with FakeLLM("openai", good_edit()) as fake:
+        r = run_llm(repo, fake)
+    assert r.returncode == 0, r.stderr
+    sent = json.dumps([q["body"] for q in fake.requests])
+    assert "X = 3.0" in sent and "outside-file-content" not in sent
+
+
 # ---------------------------------------------------------------------------
 # limits: steps, tokens and wall time; a model that does not edit
 
@@ -183,6 +202,21 @@ def test_keys_appear_nowhere(tmp_path: Path) -> None:
     for text in texts:
         assert KEY not in text and KEY[:12] not in text
     assert "[redacted]" in (repo / ".autoresearch" / "t" / "agent" / "1.log").read_text()
+
+
+def test_a_key_in_quoted_pieces_leaves_no_piece_in_a_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model that writes the key in parts ('AUDITPLAIN' + 'KEY0987...'): every part of 8+
+    characters is scrubbed, not only the first (the rest of the key stayed in agent/<n>.log)."""
+    from autoresearch.agents.secrets import redact
+
+    key = "AUDITPLAINKEY0987654321zyxwvu"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    for text in ["""edit_file(replace="K = 'AUDITPLAIN' + 'KEY0987654321zyxwvu'")""",
+                 "'AUDITPLAINKEY' + '0987654321zyxwvu'", "x = 'AUDITPL' 'AINKEY09876' '54321zyxwvu'"]:
+        out = redact(text)
+        assert not any(key[i:i + 8] in out for i in range(len(key) - 7)), out
+        assert "[redacted]" in out
+    assert redact("AUDIT 0987 zyxwvu: short runs are no key") == "AUDIT 0987 zyxwvu: short runs are no key"
 
 
 @pytest.mark.parametrize("args,needle", [

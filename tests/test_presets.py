@@ -108,6 +108,17 @@ def test_a_presets_command_copied_into_agent_cli_keeps_what_the_preset_reads(tmp
     assert (t[1].tokens_in, t[1].tokens_out, t[1].cost) == (1500, 200, pytest.approx(0.0123))
 
 
+def test_aider_description_is_the_prose_not_a_file_name() -> None:
+    """aider prints the file's name, a blank line, then its code: the name was taken as the
+    description, as were the names in aider's list of the repository's files."""
+    from autoresearch.agents.presets import aider_result
+
+    out = ("Added exp.py to the chat.\n\n\nprepare.py\n\nprogram.md\nRaise X to 1.0, the minimum.\n\n\n\n"
+           "exp.py\n\n```diff\n-X = 3.0\n+X = 1.0\n```\n\n\nTokens: 1.0k sent, 100 received.\nApplied edit to exp.py\n")
+    assert aider_result(out)["text"] == "Raise X to 1.0, the minimum."
+    assert aider_result(out.replace("Raise X to 1.0, the minimum.\n", ""))["text"] == ""
+
+
 def test_codex_and_gemini_reports_are_read() -> None:
     """What `codex exec --json` and `gemini --output-format json` print (as codex 0.171 and
     gemini 0.61 print it, stderr lines mixed in): the last message, the tokens, and failures."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
 from autoresearch.errors import UsageError
 from autoresearch.filetree import fresh_dir, read_plain, write_new
-from autoresearch.process import last_lines, read_tail, run_command
+from autoresearch.process import last_lines, read_tail, run_command, trim_log
 from autoresearch.prompt import build_prompt
 from autoresearch.sandbox import seal_agent
 
@@ -172,6 +172,7 @@ class CommandAgent(BaseAgent):
         argv: str | list[str] = [*prefix, "/bin/bash", "-c", command] if prefix else command
         result = run_command(argv, ctx.workdir, env, timeout, ctx.log_path, append=True,
                              owner=f"agent:{ctx.ledger_dir}:{ctx.number}", cancel=ctx.cancel)
+        trim_log(ctx.log_path)  # a chatty agent's log keeps its start and its end, as an experiment's does
         printed = read_tail(ctx.log_path).split("$ " + command, 1)[-1]
         if result.cancelled:
             raise AgentError("stopped while the agent ran")

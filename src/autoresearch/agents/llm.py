@@ -131,9 +131,11 @@ def condensed_history(trials: tuple[Trial, ...] | list[Trial], metric: str, budg
 def best_code(ctx: Context, budget: int) -> str:
     """The editable files of the best trial (the worktree), as much as fits `budget`."""
     files = sorted(f for f in list_files(ctx.workdir) if ctx.task.is_editable(f))
-    parts, left, skipped = [], budget, []
+    parts, left, skipped, root = [], budget, [], ctx.workdir.resolve()
     for f in files:
         try:
+            if not (ctx.workdir / f).resolve().is_relative_to(root):  # a link out: read_file refuses it too
+                continue
             text = (ctx.workdir / f).read_text()
         except (UnicodeDecodeError, OSError):
             continue

@@ -320,6 +320,9 @@ def _count(num: str, suffix: str) -> int:
     return int(float(num) * _K.get(suffix, 1))
 
 
+BARE_FILE = re.compile(r"[\w.\-/]+\.\w{1,10}")  # `train.py`, `configs/base.yaml`: no description
+
+
 def aider_result(output: str) -> dict[str, Any]:
     """aider prints `Tokens: 1.2k sent, 310 received. Cost: $0.01 message, $0.02 session.` per
     call; the description is the last line of prose outside code blocks and aider's own notes."""
@@ -340,9 +343,10 @@ def aider_result(output: str) -> dict[str, Any]:
         if s.startswith("```"):
             fenced = not fenced
             continue
-        nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
-        if fenced or not s or AIDER_NOISE.match(s) or nxt.startswith("```") or s.startswith(("<<<<<<<", "=======", ">>>>>>>")):
-            continue
+        nxt = next((x.strip() for x in lines[i + 1:] if x.strip()), "")  # (aider puts a blank line between)
+        if (fenced or not s or AIDER_NOISE.match(s) or nxt.startswith("```") or BARE_FILE.fullmatch(s)
+                or s.startswith(("<<<<<<<", "=======", ">>>>>>>"))):
+            continue  # code, aider's notes, a file's name over its code or in aider's list of files
         prose.append(s)
     return {"text": prose[-1] if prose else "", "tokens_in": tin, "tokens_out": tout, "cost": cost}
 

@@ -24,7 +24,7 @@ def secrets(env: Mapping[str, str] | None = None) -> list[str]:
     return sorted({v for k, v in env.items() if KEY_ENV.search(k) and len(v) >= 8}, key=len, reverse=True)
 
 
-_PATTERNS: dict[tuple[str, ...], re.Pattern[str]] = {}
+_PATTERNS: dict[tuple[str, ...], re.Pattern[str]] = {}  # also ('pieces', key)
 
 
 def _secret_pattern(values: tuple[str, ...]) -> re.Pattern[str] | None:
@@ -65,11 +65,42 @@ def keys_in(text: str, keys: tuple[str, ...]) -> int:
     return max(len(plain), pieced)
 
 
+PIECE = 8  # a run this long of a key's characters, in order, is a piece of it
+
+
+def _pieces_pattern(value: str) -> re.Pattern[str]:
+    key = ("pieces", value)
+    if key not in _PATTERNS:  # (the cache is keyed by tuples of strings: this one cannot collide)
+        grams = sorted({value[i:i + PIECE] for i in range(len(value) - PIECE + 1)})
+        _PATTERNS[key] = re.compile("|".join(map(re.escape, grams)))
+    return _PATTERNS[key]
+
+
+def _without_pieces(text: str, value: str) -> str:
+    """`text` with every run of PIECE+ characters that stands in `value` in the same order
+    replaced: a key written in quoted parts ('sk-AUDITKEY' + '1234...') leaves no part behind."""
+    pattern, out, pos = _pieces_pattern(value), [], 0
+    while (m := pattern.search(text, pos)) is not None:
+        start, end = m.start(), m.end()
+        at = value.find(m[0])
+        while at >= 0 and value.find(text[start:end + 1], at) == at and end < len(text):
+            end += 1  # the run goes on as the key does
+        at = value.find(text[start:end])
+        while start > pos and at > 0 and text[start - 1] == value[at - 1]:
+            start, at = start - 1, at - 1
+        out += [text[pos:start], "[redacted]"]
+        pos = end
+    return "".join(out) + text[pos:]
+
+
 def redact(text: str, extra: tuple[str, ...] = ()) -> str:
     """`text` with every key from the environment (and anything shaped like a key) replaced
-    by [redacted]."""
+    by [redacted], and every piece of 8+ characters of a key of 16+."""
     values = tuple(sorted({v for v in (*extra, *secrets()) if v and len(v) >= 8}, key=len, reverse=True))
     pattern = _secret_pattern(values)
     if pattern is not None:
         text = pattern.sub("[redacted]", text)
+    for value in values:
+        if len(value) >= 2 * PIECE:
+            text = _without_pieces(text, value)
     return KEY_SHAPES.sub("[redacted]", text)
