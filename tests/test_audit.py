@@ -1,4 +1,4 @@
-"""The audit of kept trials: real diffs between real commits of a real git repository, and one
+"""The audit of the trials that ran: real diffs between real commits of a real git repository, and one
 loop through the CLI to see the flags reach the ledger and the views."""
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def test_scan_reads_any_unified_diff() -> None:
     assert scan(diff) == ["m.py:1 (removed): changes the random seed: SEED = 1"]
 
 
-def test_flags_of_a_kept_trial_reach_the_ledger_and_the_views(tmp_path: Path) -> None:
+def test_flags_of_the_trials_that_ran_reach_the_ledger_and_the_views(tmp_path: Path) -> None:
     exp = "import os\nX = 3.0\nprint(f'loss: {(X - 1) ** 2}')\n"
     root = make_task(tmp_path / "task", experiment=exp)
     agent = script_agent(tmp_path / "agent.sh", """\
@@ -165,8 +165,8 @@ def test_flags_of_a_kept_trial_reach_the_ledger_and_the_views(tmp_path: Path) ->
     assert ts[1].flags == []
     assert ts[2].flags == ['exp.py:4: reads evaluation data: data = open("val.bin").read() if '
                            'os.path.exists("val.bin") else ""']
-    assert ts[3].flags == []  # only kept trials are audited
-    status = cli("status", str(root)).stdout
-    assert "[audit: 1 flag]" in status and "audit: trial 2 flagged" in status
+    assert ts[3].flags == ['exp.py:5: reads evaluation data: signal_like = open("test.txt") if False else None']
+    status = cli("status", str(root)).stdout  # a discarded trial is audited too
+    assert "[audit: 1 flag]" in status and "audit: trials 2, 3 flagged" in status
     show = cli("show", "2", str(root)).stdout
     assert "audit: 1 flag(s), for a human to look at:" in show and "reads evaluation data" in show

@@ -1,7 +1,7 @@
-"""The audit: a kept trial's diff scanned for changes that touch the measurement.
+"""The audit: the diff of each trial that ran scanned for changes that touch the measurement.
 
 A flag is a pointer for a human ("look at train.py:42, it opens the validation split"), not a
-verdict: the trial stays kept, the flags go to the ledger (`Trial.flags`) and are shown by
+verdict: the trial keeps its status, the flags go to the ledger (`Trial.flags`) and are shown by
 `status`, `show` and the report. What is looked for, on the lines the trial added (and, for
 the budget and the seed, the lines it removed):
 

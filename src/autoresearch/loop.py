@@ -73,6 +73,9 @@ class Options:
     agent_concurrency: int | None = None  # proposals prepared ahead; None: 0 for one worker, else 1
 
 
+AUDITED = (Status.KEEP, Status.DISCARD, Status.CRASH, Status.TIMEOUT)  # the trials whose code ran
+
+
 class Loop:
     def __init__(self, session: Session, agent: Agent, options: Options | None = None,
                  events: Events | None = None, backend: Backend | None = None) -> None:
@@ -438,7 +441,8 @@ class Loop:
             lost = self.measure.take_lost(t.number)
             if lost:
                 t = t.with_(extra={**t.extra, "lost_workers": lost})
-            if t.status is Status.KEEP and t.parent and t.commit:
+            if t.status in AUDITED and t.parent and t.commit:  # a discarded trial too: code that
+                # probes the holdout's data, then is let go, is how an agent would learn it
                 t = t.with_(flags=[*t.flags, *audit.audit_trial(self.s.git, self.task, t.parent, t.commit)])
             self.s.ledger.finish(t)
             if t.status in UNMEASURED:  # its code may be proposed again
