@@ -261,7 +261,7 @@ def ran_as_committed(name: str) -> Callable[[Path, Path, Row], str | None]:
         ran = (w / name).read_text().strip()
         if held == ran:
             return None
-        differ = [f"{a!r} != {b!r}" for a, b in zip(held.splitlines(), ran.splitlines()) if a != b]
+        differ = [f"{a!r} != {b!r}" for a, b in zip(held.splitlines(), ran.splitlines(), strict=False) if a != b]
         return f"the commit does not hold the code that ran ({(differ or ['lengths differ'])[0][:120]})"
     return check
 

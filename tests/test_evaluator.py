@@ -43,6 +43,21 @@ def test_the_evaluators_figure_is_recorded_not_the_runs_claim(tmp_path: Path) ->
     assert "loss: -100.0" in (root / ".autoresearch" / "t" / "logs" / "1.log").read_text()
 
 
+def test_record_figures_and_memory_are_the_evaluators_too(tmp_path: Path) -> None:
+    """With `evaluate`, what the experiment prints counts for nothing: a `record` figure and
+    peak_vram_mb it alone prints are not recorded; the ones the evaluator prints are."""
+    experiment = EXPERIMENT + 'print("steps: 7")\nprint("peak_vram_mb: 4096")\n'
+    evaluator = EVALUATOR + 'print("tokens: 99")\n'
+    root = make_task(tmp_path / "task", experiment=experiment, files={"prepare.py": evaluator},
+                     toml_extra='evaluate = "python prepare.py"\n' + METRIC + 'record = ["steps", "tokens"]\n')
+    r = cli("run", str(root), "--tag", "t", "--trials", "0")
+    assert r.returncode == 0, r.stderr
+    (base,) = trials(root)
+    assert base.figures == {"loss": 4.0, "tokens": 99.0}
+    row = (root / ".autoresearch/t/results.tsv").read_text().splitlines()[1].split("\t")
+    assert row[1:4] == ["4.000000", "0.0", "keep"]
+
+
 def test_a_metric_file_is_the_evaluators_not_the_runs(tmp_path: Path) -> None:
     evaluator = """\
 import json, os

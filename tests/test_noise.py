@@ -72,6 +72,31 @@ def test_repeats_noise_and_confirm_end_to_end(tmp_path: Path) -> None:
     assert sorted(p.name for p in (root / ".autoresearch" / "t" / "runs").iterdir()) == ["2"]
 
 
+CACHING = """\
+import os
+X = 3.0
+seed = int(os.environ["AUTORESEARCH_SEED"])
+if os.path.exists("cache.txt"):  # state an earlier run left in the working folder
+    loss = float(open("cache.txt").read())
+else:
+    loss = X + 0.5 * seed
+    open("cache.txt", "w").write(str(loss))
+print(f"loss: {loss}")
+"""
+
+
+def test_each_repeat_starts_from_a_clean_worktree(tmp_path: Path) -> None:
+    """Without an evaluator, the second and third baseline runs found the first run's files in
+    the worktree: the noise was measured on runs that were not independent (sd 0)."""
+    root = make_task(tmp_path / "task", experiment=CACHING, toml_extra=(
+        '[acceptance]\nmin_delta = "auto"\nbaseline_runs = 3\n' + METRIC))
+    r = cli("run", str(root), "--tag", "t", "--trials", "0")
+    assert r.returncode == 0, r.stderr
+    (base,) = trials(root)
+    assert [x["loss"] for x in base.repeats] == [3.0, 3.5, 4.0]
+    assert base.extra["noise"] == pytest.approx(0.5)
+
+
 NOISY = """\
 import os, random
 SEED = int(os.environ["AUTORESEARCH_SEED"])

@@ -33,7 +33,8 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, err
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # type: ignore[override]  # one line and exit 2, as for a bad task file
-        raise UsageError(f"{self.prog}: {message}")
+        command = self.prog.partition(" ")[2]  # "autoresearch run" -> "run"; printed after "autoresearch: error:"
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def _positive_int(text: str) -> int:
@@ -442,7 +443,9 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:  # (argparse leaves them to the top parser, which does not know the command)
+            raise UsageError(f"{args.command + ': ' if args.command else ''}unrecognized arguments: {' '.join(extra)}")
         if args.command is None:
             build_parser().print_help()
             return 2

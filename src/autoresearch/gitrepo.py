@@ -286,11 +286,11 @@ class Git:
         # have forged (the index is a file in the worktrees folder): rebuilt from the commit,
         # every file is compared by content, and one that differs is written again
         self.run("read-tree", commit, env=env, cwd=ws.path)
-        stale = [line[: -len(": needs update")] for line in self.run(
-            "update-index", "--refresh", env=env, cwd=ws.path, check=False).splitlines()
-            if line.endswith(": needs update")]
-        if stale:
-            self.run("checkout-index", "-f", "--", *stale, env=env, cwd=ws.path)
+        self.run("update-index", "-q", "--refresh", env=env, cwd=ws.path, check=False)
+        differ = [p for p in self.run("diff-files", "--name-only", "-z", env=env, cwd=ws.path,
+                                      strip=False).split("\0") if p]
+        if differ:
+            self.run("checkout-index", "-f", "--", *differ, env=env, cwd=ws.path)
         if not cleaned:
             self.run("clean", "-q", "-ffdx", env=env, cwd=ws.path)
         if known is None or known[0] != commit:  # (back at that commit, the same files: still true)

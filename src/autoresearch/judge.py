@@ -72,21 +72,18 @@ def judge(task: Task, r: ExecResult, run_dir: Path, workdir: Path) -> Measuremen
             if why:
                 return Measurement(Status.REJECTED, reason=f"evaluator: {redact(why, spec.holdout)}",
                                    seconds=r.seconds)
-            figures = extract(spec, r.eval_output, run_dir, workdir)
-            record_only = [n for n in dict.fromkeys([*spec.record, MEMORY]) if n not in figures]
-            if record_only and not spec.file:
-                figures.update(extract(spec, r.output, names=record_only))
+            figures = extract(spec, r.eval_output, run_dir, workdir)  # its figures only: the
+            # experiment's own lines (a `record` figure, peak_vram_mb) are not the evaluator's word
         else:
             figures = extract(spec, r.output, run_dir, workdir)
             figures.pop(spec.holdout or "", None)
     except MetricError as e:
         return Measurement(Status.CRASH, reason=str(e), seconds=r.seconds)
     if MEMORY not in figures:  # results.tsv's memory_gb: from a printed line, also beside a metric file
-        for text in (r.eval_output, r.output):
-            memory = figure_from_text(text, MEMORY) if text else None
-            if memory is not None:
-                figures[MEMORY] = memory
-                break
+        text = r.eval_output if r.eval_output is not None else r.output
+        memory = figure_from_text(text, MEMORY) if text else None
+        if memory is not None:
+            figures[MEMORY] = memory
     problem = metric_problem(spec, figures, r.eval_output if r.eval_output is not None else r.output)
     if problem:
         return Measurement(Status.CRASH, figures, f"{problem}; last output: {tail[-300:]}", r.seconds)

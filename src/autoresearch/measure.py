@@ -94,6 +94,8 @@ class Measurer:
                 self.setup.link_into(at.ws.path)
 
         if not self.backend.remote:
+            if index:  # a repeat starts from the commit, as the first run did, not from what it left
+                self.s.git.reset_worktree(at.ws, commit)
             self.setup.link_into(at.ws.path)
         try:
             result = self.backend.run(spec, restore, self.cancel)
