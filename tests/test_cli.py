@@ -284,3 +284,36 @@ def test_trial_reads_an_edit_that_reverts_a_line_of_the_best_as_an_edit_of_the_b
     exp.write_text("an edit gone wrong\n")
     git(repo, "checkout", "--", "exp.py")  # the best again, as the index holds it
     assert "Y = 1" in exp.read_text() and "X = 3.0" in exp.read_text()
+
+
+def test_trial_gives_back_the_best_code_byte_for_byte(tmp_path: Path) -> None:
+    """An editable file with CRLF line ends and a Latin-1 byte: the rewind wrote it back decoded
+    (U+FFFD, LF) and staged that, and the next kept trial carried the damage into the best code."""
+    repo = make_task(tmp_path / "task", files={"lib.py": "HELP = 1\n"})
+    (repo / "lib.py").write_bytes(b"HELP = 1\r\n# caf\xe9\r\n")
+    toml = repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('editable = ["exp.py"]', 'editable = ["exp.py", "lib.py"]'))
+    git(repo, "commit", "-qam", "lib.py in bytes")
+    original = (repo / "lib.py").read_bytes()
+    (repo / "lib.py").write_bytes(original.replace(b"HELP = 1", b"HELP = 2"))
+    r = cli("trial", "-m", "HELP to 2", str(repo), "--tag", "t")
+    assert "trial 1: discard" in r.stdout, r.stdout + r.stderr
+    assert (repo / "lib.py").read_bytes() == original and git(repo, "status", "--porcelain") == ""
+    exp = repo / "exp.py"
+    exp.write_text(exp.read_text().replace("X = 3.0", "X = 2.0"))
+    r = cli("trial", "-m", "X to 2", str(repo), "--tag", "t")
+    assert "trial 2: keep" in r.stdout, r.stdout + r.stderr
+    assert git(repo, "diff", "--stat", "autoresearch/t~1", "autoresearch/t").count("|") == 1  # exp.py only
+    # an edit of a CRLF file laid over a best code that moved on (a three-way merge) keeps its bytes
+    (repo / "lib.py").write_bytes(original.replace(b"# caf", b"# the caf"))
+    git(repo, "reset", "-q", "--", "exp.py")  # the best no longer staged: lib.py is merged from HEAD
+    git(repo, "checkout", "-q", "--", "exp.py")
+    r = cli("trial", "-m", "a comment", str(repo), "--tag", "t", "--no-rewind")
+    assert "trial 3:" in r.stdout, r.stdout + r.stderr
+    assert git_bytes(repo, "refs/autoresearch/t/trials/3:lib.py") == original.replace(b"# caf", b"# the caf")
+
+
+def git_bytes(repo: Path, spec: str) -> bytes:
+    import subprocess
+
+    return subprocess.run(["git", "cat-file", "blob", spec], cwd=repo, capture_output=True, check=True).stdout

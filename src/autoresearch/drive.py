@@ -121,17 +121,19 @@ class WorkingTreeAgent(BaseAgent):
         file is the change)."""
         if src.is_symlink() or not src.is_file() or dst.is_symlink() or not dst.is_file():
             return None
-        head = git.show_file("HEAD", rel)
-        if head is None or head.encode() == dst.read_bytes():
+        head_bytes, best_bytes = git.show_bytes("HEAD", rel), dst.read_bytes()
+        if head_bytes is None or head_bytes == best_bytes:
             return None
-        best, working = dst.read_text(errors="replace"), src.read_text(errors="replace")
-        if git.show_file("", rel) == best:  # staged: `git checkout autoresearch/T -- FILE`, then edited
+        if git.show_bytes("", rel) == best_bytes:  # staged: `git checkout autoresearch/T -- FILE`, then edited
             return None
+        # (texts decoded so that every byte comes back as it was: CRLF, Latin-1, binary)
+        head, best, working = (x.decode("utf-8", "surrogateescape") for x in (head_bytes, best_bytes, src.read_bytes()))
         # What the user started from: the checkout's HEAD or the best code, whichever is nearer;
         # where an earlier `trial` left a best code in the working tree (it keeps a note), that
         # one too, tried where the nearer conflicts (an edit that also takes out a line the best
         # added looks nearer HEAD; `git checkout -- FILE` after a trial leaves HEAD's version).
-        left = git.show_file(self.left[rel], rel) if rel in self.left else None
+        held = git.show_bytes(self.left[rel], rel) if rel in self.left else None
+        left = None if held is None else held.decode("utf-8", "surrogateescape")
         starts = sorted([best if left is None else left, head], key=lambda text: distance(working, text))
         if left is None:
             starts = starts[:1]
@@ -140,7 +142,7 @@ class WorkingTreeAgent(BaseAgent):
                 return None  # the working file is the best code edited: as it is
             merged = merge3(start, best, working)
             if merged is not None:
-                return merged.encode()
+                return merged.encode("utf-8", "surrogateescape")
         take = f"git -C {shlex.quote(str(git.root))} checkout autoresearch/{self.tag} -- {shlex.quote(rel)}"
         raise AgentError(f"your change to {rel} conflicts with the tag's best code (it is left as it is "
                          f"in your working tree); take the best code (`{take}`, which overwrites the "
@@ -218,14 +220,14 @@ def rewind_to(git: Git, task: Task, commit: str, paths: list[str]) -> list[str]:
     for rel in paths:
         if not task.is_editable(rel):  # the user's own work outside the scope stays as it is
             continue
-        content = git.show_file(commit, rel)
+        content = git.show_bytes(commit, rel)
         target = task.root / rel
         if content is None:
             if target.exists() or target.is_symlink():
                 target.unlink()
             gone.append(rel)
         else:
-            target.write_text(content)
+            target.write_bytes(content)
         done.append(rel)
     if gone:
         git.run("rm", "-q", "--cached", "--ignore-unmatch", "--", *gone, check=False)

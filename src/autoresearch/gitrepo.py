@@ -205,6 +205,13 @@ class Git:
                              start_new_session=True)
         return out.stdout if out.returncode == 0 else None
 
+    def show_bytes(self, commit: str, path: str) -> bytes | None:
+        """`path` as `commit` (or, with commit "", the index) holds it, byte for byte: no newline
+        translation, no decoding (a Latin-1 byte or a CRLF must come back as it was)."""
+        out = subprocess.run(["git", *SAFE, "cat-file", "blob", f"{commit}:{path}"], cwd=self.root,
+                             env=self._env, capture_output=True, start_new_session=True)
+        return out.stdout if out.returncode == 0 else None
+
     def blob_reader(self) -> BlobReader:
         return BlobReader(self)
 
