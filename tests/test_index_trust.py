@@ -8,9 +8,11 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from conftest import git, make_task
 
 from autoresearch.gitrepo import Git
@@ -79,3 +81,35 @@ def test_assume_unchanged_does_not_hide_a_change_from_the_snapshot(tmp_path: Pat
     exp.write_text(exp.read_text() + 'print("loss: -100")\n')
     trial, changes, _ = g.snapshot(ws, commit, "hidden line")
     assert 'print("loss: -100")' in g.show_file(trial, "exp.py")
+
+
+def test_a_worktree_git_cannot_reset_is_made_writable_or_set_aside(tmp_path: Path) -> None:
+    """An experiment that takes write permission away (or, as root, makes a file immutable)
+    stopped the loop at the next reset. Permissions are given back; failing that, the worktree
+    is set aside and made anew."""
+    from autoresearch.filetree import writable
+
+    locked = tmp_path / "locked"
+    (locked / "sub").mkdir(parents=True)
+    (locked / "sub" / "f.py").write_text("x = 1\n")
+    os.chmod(locked / "sub" / "f.py", 0o444)
+    os.chmod(locked / "sub", 0o555)
+    writable(locked)
+    assert os.stat(locked / "sub").st_mode & 0o700 == 0o700
+    assert os.stat(locked / "sub" / "f.py").st_mode & 0o600 == 0o600
+
+    repo = make_task(tmp_path / "task")
+    g = Git(repo)
+    commit = g.head()
+    ws = g.add_worktree(tmp_path / "wt" / "w0", commit)
+    exp = ws.path / "exp.py"
+    exp.write_text("print('changed')\n")
+    if subprocess.run(["chattr", "+i", str(exp)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i needs root (CAP_LINUX_IMMUTABLE)")
+    try:
+        g.reset_worktree(ws, commit)
+        assert exp.read_text() == g.show_file(commit, "exp.py")
+        aside = list(ws.path.parent.glob(".w0.unusable-*"))
+        assert len(aside) == 1 and (aside[0] / "exp.py").read_text() == "print('changed')\n"
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(ws.path.parent)], capture_output=True)

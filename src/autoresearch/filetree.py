@@ -4,8 +4,10 @@ process on every trial."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -93,8 +95,21 @@ def read_plain(path: Path, limit: int = 1 << 16) -> str | None:
     except OSError:
         return None
     with os.fdopen(fd, "rb") as f:
-        import stat
-
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             return None
         return f.read(limit).decode("utf-8", errors="replace")
+
+
+def writable(root: Path) -> None:
+    """Give the owner read and write permission back on every folder and file under `root`
+    (links left alone), as an experiment may have taken it away."""
+    with contextlib.suppress(OSError):
+        os.chmod(root, os.stat(root).st_mode | stat.S_IRWXU)
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                need = stat.S_IRUSR | stat.S_IWUSR | (stat.S_IXUSR if stat.S_ISDIR(st.st_mode) else 0)
+                if not stat.S_ISLNK(st.st_mode) and st.st_mode & need != need:
+                    os.chmod(path, st.st_mode | need)

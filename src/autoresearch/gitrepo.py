@@ -13,11 +13,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError, UsageError
-from autoresearch.filetree import remove_unknown, walk
+from autoresearch.filetree import remove_unknown, walk, writable
 from autoresearch.gitconfig import kept_config, private_file
 from autoresearch.gitstatus import Change, parse_raw, parse_status_v2, status_entries  # noqa: F401 (re-exported)
 
@@ -274,7 +275,31 @@ class Git:
                 common.write_text("../..\n")
 
     def reset_worktree(self, ws: Workspace, commit: str) -> None:
-        """Make the worktree exactly `commit`: tracked files restored, everything else removed."""
+        """Make the worktree exactly `commit`: tracked files restored, everything else removed.
+        An experiment may have made it so that git cannot (a folder without write permission, a
+        file made immutable): permissions are given back and, failing that, the worktree is set
+        aside (a warning names it) and made anew in its place."""
+        try:
+            self._reset(ws, commit)
+            return
+        except GitError:
+            writable(ws.path)
+        try:
+            self._reset(ws, commit)
+        except GitError as e:
+            aside = ws.path.with_name(f".{ws.path.name}.unusable-{time.strftime('%Y%m%d-%H%M%S')}")
+            try:
+                os.rename(ws.path, aside)
+            except OSError:
+                raise e from None
+            sys.stderr.write(f"autoresearch: warning: git could not reset the worktree {ws.path} ({e}); it was "
+                             f"moved to {aside} (remove it when you can) and made anew\n")
+            self.run("worktree", "prune", check=False)
+            self._known.pop(ws.path, None)
+            self.add_worktree(ws.path, commit)
+            self._reset(ws, commit)
+
+    def _reset(self, ws: Workspace, commit: str) -> None:
         self.ensure_worktree(ws, commit)
         env = self.wt_env(ws)
         for stale in (ws.index.with_name(ws.index.name + ".lock"), ws.gitdir / "HEAD.lock"):
