@@ -186,7 +186,7 @@ def audit_trial(git: Git, task: Task, parent: str, commit: str) -> list[str]:
         for path in task.protected_files():
             if path.endswith(".py"):
                 evaluation |= evaluation_names(git.show_file(parent, path) or "")
-        diff = git.run("diff", "--no-color", "--no-ext-diff", "--ignore-cr-at-eol", "-U0", parent, commit,
+        diff = git.run("diff", "--no-color", "--no-ext-diff", "--no-textconv", "--ignore-cr-at-eol", "-U0", parent, commit,
                        check=False)  # (a file rewritten with other line endings changed nothing)
         names = [task.metric.name, *([task.metric.holdout] if task.metric.holdout else [])]
         return scan(diff, names, evaluation)

@@ -21,6 +21,7 @@ from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.filetree import remove_unknown, walk, writable
 from autoresearch.gitconfig import kept_config, private_file
 from autoresearch.gitstatus import Change, parse_raw, parse_status_v2, status_entries  # noqa: F401 (re-exported)
+from autoresearch.process import run_harness
 
 SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "gc.auto=0",
         "-c", "core.quotePath=false", "-c", "advice.detachedHead=false"]
@@ -30,6 +31,10 @@ IDENTITY = {
 }
 
 
+# the commands that may run a filter or diff driver the repository's config names: run marked
+# (process.run_harness), so that whatever such a driver leaves running is swept
+FILTERING = {"add", "status", "reset", "checkout-index", "update-index", "diff-files", "worktree",
+             "checkout", "read-tree", "stash", "diff"}
 MAX_FILE_BYTES = 20 * 1024 * 1024  # a bigger file in a trial is rejected, and never stored
 
 
@@ -92,9 +97,10 @@ class Git:
         full_env = self._env if env is None else {**self._env, **env}
         # its own session: a Ctrl-C at the terminal goes to the loop, which stops cleanly, not
         # to the git command it is running (which would fail the run with exit 1)
-        proc = subprocess.run(["git", *SAFE, *args], cwd=cwd or self.root, env=full_env,
-                              input=input, capture_output=True, text=True,
-                              errors="surrogateescape", start_new_session=True)
+        spawn = run_harness if args and args[0] in FILTERING else subprocess.run
+        proc = spawn(["git", *SAFE, *args], cwd=cwd or self.root, env=full_env,
+                     input=input, capture_output=True, text=True,
+                     errors="surrogateescape", start_new_session=True)
         if (proc.returncode != 0 and "smudge filter lfs failed" in proc.stderr
                 and "GIT_LFS_SKIP_SMUDGE" not in self._env):  # LFS pointers without their objects
             self._env = {**self._env, "GIT_LFS_SKIP_SMUDGE": "1"}  # (a new dict: other threads read it)
@@ -201,7 +207,7 @@ class Git:
         return self.run("rev-parse", f"{commit}^{{tree}}")
 
     def show_file(self, commit: str, path: str) -> str | None:
-        out = subprocess.run(["git", *SAFE, "show", f"{commit}:{path}"], cwd=self.root,
+        out = subprocess.run(["git", *SAFE, "cat-file", "blob", f"{commit}:{path}"], cwd=self.root,
                              env=self._env, capture_output=True, text=True, errors="replace",
                              start_new_session=True)
         return out.stdout if out.returncode == 0 else None
@@ -217,7 +223,7 @@ class Git:
         return BlobReader(self)
 
     def diff(self, a: str, b: str, stat: bool = False) -> str:
-        args = ["diff", "--no-color", "--no-ext-diff", a, b]
+        args = ["diff", "--no-color", "--no-ext-diff", "--no-textconv", a, b]
         if stat:
             args.insert(1, "--stat")
         return self.run(*args, check=False)

@@ -116,6 +116,7 @@ class Loop:
         self.failure = ""  # why the loop stopped itself (exit 1)
         self.ended = ""  # why it stopped, whatever the reason
         self.measure = Measurer(session, self.backend, self.events, self.cancel, self.bin_dir, self.opt.sandbox)
+        self.measure.beside = len(self.slots) + self.ahead > 1  # (an agent working ahead runs beside too)
         root_files = list_files(self.task.root)
         for warning in task_warnings(self.task, root_files, {r for r, _ in self.measure.setup.shared}, self.backend.remote):
             self.events.message(f"autoresearch: warning: {warning}")

@@ -19,6 +19,7 @@ from autoresearch.events import Events
 from autoresearch.execute import ExecResult, ExecSpec, experiment_env
 from autoresearch.judge import Measurement, judge, mean_figures
 from autoresearch.pool import Place
+from autoresearch.process import sweep_escaped
 from autoresearch.records import Trial
 from autoresearch.session import Session, SetupOutput, shared_links
 
@@ -35,6 +36,7 @@ class Measurer:
         self.sandbox = sandbox
         self.protected: dict[str, str] = {}  # path -> sha256, taken from the starting code
         self.setup = SetupOutput(session.dir / "setup", shared=shared_links(self.task))  # linked into each trial
+        self.beside = False  # other trials run beside these (--workers): their processes may write here
         self.lost: dict[int, list[str]] = {}  # trial -> the remote workers lost under it
         self._lost_lock = threading.Lock()
 
@@ -94,7 +96,14 @@ class Measurer:
                 self.setup.link_into(at.ws.path)
 
         if not self.backend.remote:
-            if index:  # a repeat starts from the commit, as the first run did, not from what it left
+            # what came back to the loop meanwhile (a driver git ran, planted by an experiment
+            # beside this one) goes first; then the worktree is made the commit again: a repeat
+            # must not find what the first run left, nor any run what a process beside it wrote
+            stray = sweep_escaped()
+            if stray:
+                self.events.message(f"autoresearch: warning: killed before trial {n} ran, left running by "
+                                    f"another command: {'; '.join(stray)[:300]}")
+            if index or stray or self.beside:  # (alone, the worktree is the commit the snapshot made)
                 self.s.git.reset_worktree(at.ws, commit)
             self.setup.link_into(at.ws.path)
         try:

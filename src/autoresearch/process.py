@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 OWNER_VAR = "AUTORESEARCH_OWNER"
 REAPER = Path(__file__).with_name("reaper.py")  # run under it: see reaper.py
@@ -105,6 +106,31 @@ def _children() -> list[int]:
             except (OSError, ValueError, IndexError):
                 continue
     return out
+
+
+PRLIMIT = shutil.which("prlimit")  # util-linux: sets the mark on a command it then runs, in its place
+
+
+def run_harness(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    """subprocess.run for a command of the harness's own that may run code the repository
+    names (git's filter drivers, set in a config an experiment beside it rewrote for an
+    instant): marked like a trial's processes while this process adopts orphans, so that what
+    such code leaves behind is swept; known while it runs, so that the sweep spares it."""
+    if not _adopting or PRLIMIT is None:
+        return subprocess.run(argv, **kwargs)
+    data = kwargs.pop("input", None)
+    kwargs.pop("capture_output", None)
+    with _LIVE_LOCK:
+        proc = subprocess.Popen([PRLIMIT, f"--rttime={MARK}:{MARK}", *argv], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.PIPE if data is not None else None,
+                                **kwargs)
+        _LIVE.add(proc.pid)
+    try:
+        out, err = proc.communicate(data)
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.discard(proc.pid)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def sweep_escaped(limit: float = 3.0) -> list[str]:

@@ -1,0 +1,85 @@
+"""Processes that outlive what started them. A command runs under reaper.py; one that kills its
+reaper hands what it left to the loop's process (a subreaper), where the mark every command's
+process carries (a hard RLIMIT_RTTIME it cannot lift) names it: it is killed and reported. The
+harness's own git carries the mark too, so what a filter driver it ran leaves is swept the same
+way. Real processes, a real git repository."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import git, make_task
+
+from autoresearch import process
+from autoresearch.gitrepo import Git
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="subreapers are Linux's")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def wait_for_file(path: Path, seconds: float = 5.0) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        time.sleep(0.02)
+    raise AssertionError(f"{path} was not written")
+
+
+def test_a_daemon_left_by_a_command_that_killed_its_reaper_is_killed_and_named(tmp_path: Path) -> None:
+    assert process.adopt_orphans()
+    pid_file = tmp_path / "daemon.pid"
+    script = tmp_path / "escape.py"
+    script.write_text(f"""\
+import os, subprocess, time
+subprocess.Popen(["env", "-i", "setsid", "/bin/sh", "-c", "echo $$ > {pid_file}; exec sleep 60"])
+time.sleep(0.3)
+p = os.getpid()
+while p > 1:
+    p = int(open(f"/proc/{{p}}/stat").read().rsplit(")", 1)[1].split()[1])
+    if b"reaper.py" in open(f"/proc/{{p}}/cmdline", "rb").read():
+        os.kill(p, 9)
+        break
+time.sleep(1)
+""")
+    result = process.run_command([sys.executable, str(script)], tmp_path, dict(os.environ), 30,
+                                 tmp_path / "log", owner="test-escape")
+    daemon = int(wait_for_file(pid_file))
+    assert result.escaped and any(f"pid {daemon} " in e and "sleep 60" in e for e in result.escaped), result
+    assert not alive(daemon)
+
+
+def test_what_a_filter_run_by_the_harness_git_leaves_is_swept(tmp_path: Path) -> None:
+    assert process.adopt_orphans()
+    if process.PRLIMIT is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    repo = make_task(tmp_path / "task")
+    pid_file = tmp_path / "filter-daemon.pid"
+    filt = tmp_path / "filter.sh"
+    filt.write_text(f"#!/bin/sh\nsetsid /bin/sh -c 'echo $$ > {pid_file}; exec sleep 60' </dev/null >/dev/null 2>&1 &\ncat\n")
+    filt.chmod(0o755)
+    git(repo, "config", "filter.z.clean", str(filt))  # what an experiment beside it could slip in
+    (repo / ".git" / "info" / "attributes").write_text("exp.py filter=z\n")
+    (repo / "exp.py").write_text((repo / "exp.py").read_text() + "# touched\n")
+    Git(repo).run("add", "exp.py")  # the harness's own git runs the filter
+    daemon = int(wait_for_file(pid_file))
+    deadline = time.monotonic() + 5
+    swept: list[str] = []
+    while alive(daemon) and time.monotonic() < deadline:
+        swept += process.sweep_escaped()
+        time.sleep(0.05)
+    assert any(f"pid {daemon} " in e for e in swept), swept
+    assert not alive(daemon)
+    assert subprocess.run(["git", "status"], cwd=repo, capture_output=True).returncode == 0
