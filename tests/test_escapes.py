@@ -83,3 +83,17 @@ def test_what_a_filter_run_by_the_harness_git_leaves_is_swept(tmp_path: Path) ->
     assert any(f"pid {daemon} " in e for e in swept), swept
     assert not alive(daemon)
     assert subprocess.run(["git", "status"], cwd=repo, capture_output=True).returncode == 0
+
+
+def test_the_loop_and_its_reapers_are_out_of_a_debuggers_reach(tmp_path: Path) -> None:
+    """PR_SET_DUMPABLE 0: where no Yama stops it, a process of the same user could attach a
+    debugger to the loop (or its watchdog, or a reaper) and make it run code of its own."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    process.adopt_orphans()
+    assert libc.prctl(3, 0, 0, 0, 0) == 0  # PR_GET_DUMPABLE
+    probe = tmp_path / "dumpable.py"  # a child's exec makes it dumpable again: its own code is its own
+    probe.write_text("import ctypes; print('dumpable', ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))\n")
+    process.run_command([sys.executable, str(probe)], tmp_path, dict(os.environ), 30, tmp_path / "log")
+    assert "dumpable 1" in (tmp_path / "log").read_text()

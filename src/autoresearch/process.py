@@ -37,7 +37,7 @@ OWNER_VAR = "AUTORESEARCH_OWNER"
 REAPER = Path(__file__).with_name("reaper.py")  # run under it: see reaper.py
 GRACE_SECONDS = 2.0
 SHORT_SECONDS = 5.0  # a command this short cannot have seen the pids wrap around
-_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER = 1, 4, 36
 # the mark of a command's processes: RLIMIT_RTTIME's hard limit (microseconds a real-time
 # scheduled process may run without blocking: 146,000 years, a limit nobody reaches)
 MARK = 2**62 - 20251130
@@ -73,9 +73,20 @@ def _die_with_parent() -> None:
             pass
 
 
+def undebuggable() -> None:
+    """Take this process out of reach of a debugger run as the same user (PR_SET_DUMPABLE 0):
+    where the kernel lets a process trace others of its user (no Yama), an experiment could
+    otherwise make the loop or its watchdog run code of its own. (Root with CAP_SYS_PTRACE
+    still can; docker's default set has no CAP_SYS_PTRACE.)"""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
 def adopt_orphans() -> bool:
     """Make this process a subreaper (Linux), so that what a killed reaper leaves comes back
-    here, where run_command finds it by its mark. Whether it is one."""
+    here, where run_command finds it by its mark, and out of a debugger's reach. Whether it is
+    a subreaper."""
+    undebuggable()
     global _adopting
     if not _adopting and _LIBC is not None and _RTTIME is not None and not _marked(os.getpid()):
         # (a loop started from inside an experiment carries the mark: its own git would look stray)

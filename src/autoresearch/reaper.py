@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
 GRACE = 1.5  # seconds; autoresearch.process.GRACE_SECONDS is 2
 
 
@@ -112,6 +112,7 @@ def main(argv: list[str]) -> None:
     prctl = getattr(libc, "prctl", None)  # (Linux only)
     if prctl is None or prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         os.execvp(argv[0], argv)
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no debugger of the command's makes it run code (the command's exec resets it)
     stopped: list[float] = []
     r, w = os.pipe()
     for end in (r, w):

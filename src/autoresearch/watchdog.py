@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 
-from autoresearch.process import kill_owned
+from autoresearch.process import kill_owned, undebuggable
 
 
 def start(tokens: list[str]) -> tuple[subprocess.Popen[bytes], int]:
@@ -36,6 +36,7 @@ def start(tokens: list[str]) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def main(tokens: list[str]) -> int:
+    undebuggable()  # an experiment must not make it start anything
     while True:
         try:
             if not os.read(0, 4096):
