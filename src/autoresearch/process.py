@@ -119,7 +119,9 @@ def _children() -> list[int]:
     return out
 
 
-PRLIMIT = shutil.which("prlimit")  # util-linux: sets the mark on a command it then runs, in its place
+# util-linux's, which sets the mark on a command it then runs in its place: the system's own
+# only (not one put earlier on PATH, which every git the harness runs would run first)
+PRLIMIT = next((p for p in ("/usr/bin/prlimit", "/bin/prlimit") if os.access(p, os.X_OK)), None)
 
 
 def run_harness(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
