@@ -38,8 +38,13 @@ def wait_for_file(path: Path, seconds: float = 5.0) -> str:
     raise AssertionError(f"{path} was not written")
 
 
+def adopting() -> None:
+    if not process.adopt_orphans():
+        pytest.skip("this process cannot be a subreaper (it carries a finite RLIMIT_RTTIME)")
+
+
 def test_a_daemon_left_by_a_command_that_killed_its_reaper_is_killed_and_named(tmp_path: Path) -> None:
-    assert process.adopt_orphans()
+    adopting()
     pid_file = tmp_path / "daemon.pid"
     script = tmp_path / "escape.py"
     script.write_text(f"""\
@@ -62,7 +67,7 @@ time.sleep(1)
 
 
 def test_what_a_filter_run_by_the_harness_git_leaves_is_swept(tmp_path: Path) -> None:
-    assert process.adopt_orphans()
+    adopting()
     if process.PRLIMIT is None:
         pytest.skip("prlimit (util-linux) is not installed")
     repo = make_task(tmp_path / "task")
@@ -78,22 +83,37 @@ def test_what_a_filter_run_by_the_harness_git_leaves_is_swept(tmp_path: Path) ->
     deadline = time.monotonic() + 5
     swept: list[str] = []
     while alive(daemon) and time.monotonic() < deadline:
-        swept += process.sweep_escaped()
+        swept += process.sweep_escaped(process.MARK)
         time.sleep(0.05)
     assert any(f"pid {daemon} " in e for e in swept), swept
     assert not alive(daemon)
     assert subprocess.run(["git", "status"], cwd=repo, capture_output=True).returncode == 0
 
 
-def test_the_loop_and_its_reapers_are_out_of_a_debuggers_reach(tmp_path: Path) -> None:
+def test_the_loop_is_out_of_a_debuggers_reach_and_its_commands_are_not(tmp_path: Path) -> None:
     """PR_SET_DUMPABLE 0: where no Yama stops it, a process of the same user could attach a
-    debugger to the loop (or its watchdog, or a reaper) and make it run code of its own."""
+    debugger to the loop (or its watchdog, or a reaper) and make it run code of its own. A
+    command's exec makes it dumpable again: its own code stays debuggable."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
     process.adopt_orphans()
     assert libc.prctl(3, 0, 0, 0, 0) == 0  # PR_GET_DUMPABLE
-    probe = tmp_path / "dumpable.py"  # a child's exec makes it dumpable again: its own code is its own
+    probe = tmp_path / "dumpable.py"
     probe.write_text("import ctypes; print('dumpable', ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))\n")
     process.run_command([sys.executable, str(probe)], tmp_path, dict(os.environ), 30, tmp_path / "log")
     assert "dumpable 1" in (tmp_path / "log").read_text()
+
+
+def test_a_timeout_is_a_timeout_whatever_its_reaper_had_no_time_to_kill(tmp_path: Path) -> None:
+    """At a timeout the harness stops the reaper itself: what the reaper had no time to kill
+    comes back to the loop, which kills it; the command is not said to have escaped."""
+    adopting()
+    script = tmp_path / "stubborn.sh"  # a deep chain that ignores SIGTERM: slow to kill
+    script.write_text("trap '' TERM\nif [ \"$1\" -gt 0 ]; then \"$0\" $(($1 - 1)) & fi\nsleep 30\n")
+    script.chmod(0o755)
+    result = process.run_command(["/bin/bash", "-c", f"trap '' TERM; {script} 150; sleep 30"], tmp_path,
+                                 dict(os.environ), 1, tmp_path / "log", owner="test-timeout")
+    assert result.timed_out and result.escaped == ()
+    left = subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout.split()
+    assert left == []

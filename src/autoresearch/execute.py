@@ -148,7 +148,7 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
     tampered = tuple(guard.changed_files(spec.protected, spec.workdir))
     if proc.cancelled:
         return ExecResult("cancelled", proc.returncode, proc.seconds, output, tampered=tampered)
-    if proc.escaped:
+    if proc.escaped and not proc.timed_out:
         return ExecResult("escaped", proc.returncode, proc.seconds, output, escaped=proc.escaped)
     if tampered:
         return ExecResult("tampered", proc.returncode, proc.seconds, output, tampered=tampered)
@@ -181,7 +181,7 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
         log.write(redact(eval_output, spec.holdout))
     if ev.cancelled:
         return ExecResult("cancelled", ev.returncode, proc.seconds, output, eval_output, ev.seconds)
-    if ev.escaped:
+    if ev.escaped and not ev.timed_out:
         return ExecResult("escaped", ev.returncode, proc.seconds, output, eval_output, ev.seconds, escaped=ev.escaped)
     outcome = "eval_timeout" if ev.timed_out else "ok" if ev.returncode == 0 else "eval_failed"
     tampered = tuple(guard.changed_files(spec.protected, spec.workdir))

@@ -19,7 +19,7 @@ from autoresearch.events import Events
 from autoresearch.execute import ExecResult, ExecSpec, experiment_env
 from autoresearch.judge import Measurement, judge, mean_figures
 from autoresearch.pool import Place
-from autoresearch.process import sweep_escaped
+from autoresearch.process import MARK, sweep_escaped
 from autoresearch.records import Trial
 from autoresearch.session import Session, SetupOutput, shared_links
 
@@ -99,7 +99,7 @@ class Measurer:
             # what came back to the loop meanwhile (a driver git ran, planted by an experiment
             # beside this one) goes first; then the worktree is made the commit again: a repeat
             # must not find what the first run left, nor any run what a process beside it wrote
-            stray = sweep_escaped()
+            stray = sweep_escaped(MARK)  # (the harness's git's, and unnamed ones)
             if stray:
                 self.events.message(f"autoresearch: warning: killed before trial {n} ran, left running by "
                                     f"another command: {'; '.join(stray)[:300]}")

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import itertools
 import os
 import resource
 import select
@@ -39,11 +41,14 @@ GRACE_SECONDS = 2.0
 SHORT_SECONDS = 5.0  # a command this short cannot have seen the pids wrap around
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER = 1, 4, 36
 # the mark of a command's processes: RLIMIT_RTTIME's hard limit (microseconds a real-time
-# scheduled process may run without blocking: 146,000 years, a limit nobody reaches)
+# scheduled process may run without blocking: 146,000 years, a limit nobody reaches). MARK for
+# the harness's own git; MARK - n for the n-th command, so that a stray names its command
 MARK = 2**62 - 20251130
 _RTTIME = getattr(resource, "RLIMIT_RTTIME", None)
 _LIVE: set[int] = set()  # the reapers of the commands running now: children of ours by right
 _LIVE_LOCK = threading.Lock()
+_FOUND: dict[int | None, list[str]] = {}  # strays killed, by their mark (None: one they lowered)
+_numbers = itertools.count(1)
 _adopting = False
 
 
@@ -62,13 +67,13 @@ except OSError:  # pragma: no cover - not Linux
     _LIBC = None
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(mark: int = MARK) -> None:
     # Runs in the child between fork and exec: calls into already loaded modules only.
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if _RTTIME is not None:
         try:
-            resource.setrlimit(_RTTIME, (MARK, MARK))
+            resource.setrlimit(_RTTIME, (mark, mark))
         except (OSError, ValueError):
             pass
 
@@ -94,15 +99,21 @@ def adopt_orphans() -> bool:
     return _adopting
 
 
-def _marked(pid: int) -> bool:
+def _mark_of(pid: int) -> int | None:
+    """The process's hard RLIMIT_RTTIME; None when unlimited (no mark) or unknown."""
     try:
         with open(f"/proc/{pid}/limits") as f:
             for line in f:
                 if line.startswith("Max realtime timeout"):
-                    return line.split()[4] != "unlimited"  # lowered or not: never lifted again
-    except (OSError, IndexError):
+                    hard = line.split()[4]
+                    return None if hard == "unlimited" else int(hard)
+    except (OSError, IndexError, ValueError):
         pass
-    return False
+    return None
+
+
+def _marked(pid: int) -> bool:
+    return _mark_of(pid) is not None  # lowered or not: never lifted back to unlimited
 
 
 def _children() -> list[int]:
@@ -146,19 +157,22 @@ def run_harness(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[A
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-def sweep_escaped(limit: float = 3.0) -> list[str]:
+def sweep_escaped(mine: int | None = None, limit: float = 3.0) -> list[str]:
     """Kill and reap the marked processes that came back to this subreaper (their reaper was
-    killed), and those they hand over in turn; each named as "pid N (command line)"."""
+    killed), and those they hand over in turn. Returns those of mark `mine` (found now or by
+    another thread's sweep), and those whose mark names no command (lowered), each named as
+    "pid N (command line)"; the others are kept for their own command to take."""
     if not _adopting:
         return []
-    found: list[str] = []
+    unnamed: list[str] = []
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         with _LIVE_LOCK:
-            strays = [pid for pid in _children() if pid not in _LIVE and _marked(pid)]
+            strays = [(pid, mark) for pid in _children() if pid not in _LIVE
+                      and (mark := _mark_of(pid)) is not None]
         if not strays:
             break
-        for pid in strays:
+        for pid, mark in strays:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     line = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -166,8 +180,13 @@ def sweep_escaped(limit: float = 3.0) -> list[str]:
                 line = ""
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            found.append(f"pid {pid} ({line[:120] or '?'})")
-        for pid in strays:  # reaped as they die (a process stuck in the kernel: left as a zombie)
+            said = f"pid {pid} ({line[:120] or '?'})"
+            if MARK - 2**40 < mark <= MARK:
+                with _LIVE_LOCK:
+                    _FOUND.setdefault(mark, []).append(said)
+            else:
+                unnamed.append(said)
+        for pid, _ in strays:  # reaped as they die (a process stuck in the kernel: left as a zombie)
             while time.monotonic() < deadline:
                 try:
                     if os.waitpid(pid, os.WNOHANG)[0]:
@@ -175,7 +194,8 @@ def sweep_escaped(limit: float = 3.0) -> list[str]:
                 except ChildProcessError:
                     break
                 time.sleep(0.005)
-    return found
+    with _LIVE_LOCK:
+        return _FOUND.pop(mine, []) + unnamed if mine is not None else unnamed
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -282,10 +302,11 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
     if sys.platform.startswith("linux") and REAPER.exists() and sys.executable:  # nothing it starts outlives it
         argv = [sys.executable, "-I", "-S", str(REAPER), *argv]
     start = time.monotonic()
+    mark = MARK - next(_numbers)
     with open(log_path, "ab" if append else "wb") as log, _LIVE_LOCK:
         proc = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=functools.partial(_die_with_parent, mark),
         )
         _LIVE.add(proc.pid)
     exited = ExitWaiter(proc)
@@ -299,7 +320,9 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
             proc.wait()
         with _LIVE_LOCK:
             _LIVE.discard(proc.pid)
-    escaped = sweep_escaped()
+    escaped = sweep_escaped(mark)
+    if how != "exited":  # the reaper was stopped by us, its cleanup cut short: what it left is ours to kill
+        escaped = []
     if owner:  # what escaped the group (setsid, double fork), whatever the exit status; after a
         # short command only the pids handed out since it started can be its (a long one may
         # have seen the pids wrap around, and a full look costs little beside it)
