@@ -348,3 +348,15 @@ def test_a_chatty_agent_log_is_cut_to_its_start_and_end(tmp_path: Path) -> None:
     text = log.read_text()
     assert "bytes of output left out here" in text and text.rstrip().endswith("X to 2")
     assert rows(repo)[1][1:] == ("keep", "", "X to 2")
+
+
+def test_paths_git_refuses_trial_after_trial_do_not_stop_the_loop(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", """\
+        mkdir -p lib/.GIT && echo 'x = 1' > lib/.GIT/x.py
+        echo "# $AUTORESEARCH_TRIAL" >> exp.py
+        echo "a try"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "4")
+    assert r.returncode == 0, r.stderr
+    assert [x[1] for x in rows(repo)][1:] == ["rejected"] * 4

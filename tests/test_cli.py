@@ -317,3 +317,16 @@ def git_bytes(repo: Path, spec: str) -> bytes:
     import subprocess
 
     return subprocess.run(["git", "cat-file", "blob", spec], cwd=repo, capture_output=True, check=True).stdout
+
+
+def test_trial_stages_the_files_it_names_not_files_their_names_match_as_globs(tmp_path: Path) -> None:
+    """`lib[1].py` is a glob that matches lib1.py: staged as a pathspec, the rewind deleted the
+    user's lib1.py from the index."""
+    repo = make_task(tmp_path / "task", files={"lib1.py": "A = 1\n"})
+    toml = repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('editable = ["exp.py"]', 'editable = ["exp.py", "lib*.py"]'))
+    git(repo, "commit", "-qam", "lib*.py editable")
+    (repo / "lib[1].py").write_text("B = 2\n")
+    r = cli("trial", "-m", "a new module", str(repo), "--tag", "t")
+    assert "trial 1: discard" in r.stdout, r.stdout + r.stderr
+    assert git(repo, "status", "--porcelain") == "" and (repo / "lib1.py").read_text() == "A = 1\n"

@@ -113,3 +113,18 @@ def test_a_worktree_git_cannot_reset_is_made_writable_or_set_aside(tmp_path: Pat
         assert len(aside) == 1 and (aside[0] / "exp.py").read_text() == "print('changed')\n"
     finally:
         subprocess.run(["chattr", "-R", "-i", str(ws.path.parent)], capture_output=True)
+
+
+def test_a_gitattributes_that_is_not_a_plain_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO named .gitattributes held the harness's read (and git's) forever."""
+    from autoresearch.gitrepo import Refused
+
+    repo = make_task(tmp_path / "task")
+    g = Git(repo)
+    commit = g.head()
+    ws = g.add_worktree(tmp_path / "wt", commit)
+    os.mkfifo(ws.path / ".gitattributes")
+    with pytest.raises(Refused, match=".gitattributes"):
+        g.snapshot(ws, commit, "a fifo")
+    g.reset_worktree(ws, commit)
+    assert not (ws.path / ".gitattributes").exists()

@@ -229,8 +229,9 @@ def rewind_to(git: Git, task: Task, commit: str, paths: list[str]) -> list[str]:
         else:
             target.write_bytes(content)
         done.append(rel)
+    literal = {"GIT_LITERAL_PATHSPECS": "1"}  # `lib[1].py` names that file, not a glob over lib1.py
     if gone:
-        git.run("rm", "-q", "--cached", "--ignore-unmatch", "--", *gone, check=False)
+        git.run("rm", "-q", "--cached", "--ignore-unmatch", "--", *gone, env=literal, check=False)
     if len(gone) < len(done):
-        git.run("add", "--", *[rel for rel in done if rel not in gone], check=False)
+        git.run("add", "--", *[rel for rel in done if rel not in gone], env=literal, check=False)
     return done

@@ -11,6 +11,8 @@ import stat
 import sys
 from pathlib import Path
 
+SPECIAL = -1  # walk()'s size of what is neither a file, a folder nor a link
+
 
 def walk(root: Path) -> dict[str, tuple[bool, int]]:
     """Everything under `root` but .git, worktree-relative: path -> (a folder, size). Links are
@@ -31,9 +33,10 @@ def walk(root: Path) -> dict[str, tuple[bool, int]]:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
                     found[rel] = (True, 0)
-                else:
-                    found[rel] = (False, entry.stat(follow_symlinks=False).st_size
-                                  if entry.is_file(follow_symlinks=False) else 0)
+                elif entry.is_file(follow_symlinks=False):
+                    found[rel] = (False, entry.stat(follow_symlinks=False).st_size)
+                else:  # a link: 0; a FIFO, socket or device: SPECIAL (a read of it may never end)
+                    found[rel] = (False, 0 if entry.is_symlink() else SPECIAL)
             except OSError:
                 continue
     return found
@@ -49,8 +52,8 @@ def remove_unknown(root: Path, known: set[str]) -> bool:
         nonlocal ok
         ok = False
 
-    for rel, (is_dir, _size) in sorted(walk(root).items(), key=lambda item: item[0].count("/")):
-        if rel in known or not os.path.lexists(root / rel):  # (or gone with its folder)
+    for rel, (is_dir, size) in sorted(walk(root).items(), key=lambda item: item[0].count("/")):
+        if (rel in known and size != SPECIAL) or not os.path.lexists(root / rel):  # (or gone with its folder)
             continue
         path = root / rel
         if is_dir:
@@ -66,6 +69,15 @@ def remove_unknown(root: Path, known: set[str]) -> bool:
             except OSError:
                 ok = False
     return ok
+
+
+def remove_specials(root: Path) -> None:
+    """Delete the FIFOs, sockets and devices under `root`: git would wait forever reading one
+    named .gitattributes (or one it is asked to add)."""
+    for rel, (_, size) in walk(root).items():
+        if size == SPECIAL:
+            with contextlib.suppress(OSError):
+                (root / rel).unlink()
 
 
 def fresh_dir(path: Path) -> Path:

@@ -11,17 +11,22 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoresearch.errors import AutoresearchError, UsageError
-from autoresearch.filetree import remove_unknown, walk, writable
+from autoresearch.filetree import SPECIAL, remove_specials, remove_unknown, walk, writable
 from autoresearch.gitconfig import kept_config, private_file
 from autoresearch.gitstatus import Change, parse_raw, parse_status_v2, status_entries  # noqa: F401 (re-exported)
 from autoresearch.process import run_harness
+
+if TYPE_CHECKING:
+    from autoresearch.objects import BlobReader
 
 SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "gc.auto=0",
         "-c", "core.quotePath=false", "-c", "advice.detachedHead=false"]
@@ -35,7 +40,9 @@ IDENTITY = {
 # (process.run_harness), so that whatever such a driver leaves running is swept
 FILTERING = {"add", "status", "reset", "checkout-index", "update-index", "diff-files", "worktree",
              "checkout", "read-tree", "stash", "diff"}
-MAX_FILE_BYTES = 20 * 1024 * 1024  # a bigger file in a trial is rejected, and never stored
+MAX_FILE_BYTES = 20 * 1024 * 1024
+# what `git add` says of a path it will not take (lib/.GIT/x.py, a name past a link)
+REFUSED_PATHS = ("invalid path", "unable to index file", "beyond a symbolic link", "does not have a commit checked out")  # a bigger file in a trial is rejected, and never stored
 
 
 class GitError(AutoresearchError):
@@ -220,6 +227,8 @@ class Git:
         return out.stdout if out.returncode == 0 else None
 
     def blob_reader(self) -> BlobReader:
+        from autoresearch.objects import BlobReader
+
         return BlobReader(self)
 
     def diff(self, a: str, b: str, stat: bool = False) -> str:
@@ -268,7 +277,11 @@ class Git:
             if again.gitdir != ws.gitdir:
                 raise GitError(f"cannot recreate the worktree {ws.path} (now {again.gitdir})")
         pointer = ws.path / ".git"
-        if pointer.is_symlink() or not pointer.is_file() or pointer.read_text().strip() != f"gitdir: {ws.gitdir}":
+        try:
+            held = pointer.read_text().strip() if pointer.is_file() and not pointer.is_symlink() else ""
+        except (OSError, UnicodeDecodeError):  # made unreadable: written anew
+            held = ""
+        if held != f"gitdir: {ws.gitdir}":
             if pointer.is_dir() and not pointer.is_symlink():
                 shutil.rmtree(pointer)
             else:
@@ -288,11 +301,11 @@ class Git:
         try:
             self._reset(ws, commit)
             return
-        except GitError:
+        except (GitError, OSError):  # (OSError: a `.git` pointer it cannot read)
             writable(ws.path)
         try:
             self._reset(ws, commit)
-        except GitError as e:
+        except (GitError, OSError) as e:
             aside = ws.path.with_name(f".{ws.path.name}.unusable-{time.strftime('%Y%m%d-%H%M%S')}")
             try:
                 os.rename(ws.path, aside)
@@ -319,6 +332,8 @@ class Git:
             self.run("update-ref", "--no-deref", "HEAD", commit, env=env, cwd=ws.path)
         known = self._known.get(ws.path)
         cleaned = known is not None and remove_unknown(ws.path, known[1])  # first: relative to its commit
+        if not cleaned:
+            remove_specials(ws.path)  # (a FIFO named .gitattributes holds git's read forever)
         self.run("reset", "-q", "--hard", commit, env=env, cwd=ws.path)
         # `reset` trusts the index's stat of each file, which the agent or the experiment may
         # have forged (the index is a file in the worktrees folder): rebuilt from the commit,
@@ -368,12 +383,17 @@ class Git:
         """Refuse a .gitattributes the parent does not hold, ignored or not: `add` reads it, and
         an `ident`, `eol` or `working-tree-encoding` in it stores other bytes than the ones that
         run (the commit and the diff would not be the code that was measured)."""
-        for rel, (is_dir, _) in entries.items():
+        for rel in entries:
             if rel.rsplit("/", 1)[-1] != ".gitattributes":
                 continue
             path = ws.path / rel
-            held = self.show_file(parent, rel)
-            if is_dir or path.is_symlink() or held is None or path.read_text(errors="replace") != held:
+            held = self.show_bytes(parent, rel)
+            try:  # (a regular file only: a FIFO would hold the read, and git's own, forever)
+                same = (held is not None and stat.S_ISREG(path.lstat().st_mode)  # (line ends as checked out)
+                        and path.read_bytes().replace(b"\r\n", b"\n") == held.replace(b"\r\n", b"\n"))
+            except OSError:
+                same = False
+            if not same:
                 raise Refused(f"{rel}: a .gitattributes the best code does not hold, which changes what git "
                               "stores (the commit would not be the code that runs)")
 
@@ -400,12 +420,20 @@ class Git:
         env = self.wt_env(ws)
         entries = walk(ws.path)
         self._same_attributes(parent, ws, entries)
+        special = sorted(rel for rel, (_, size) in entries.items() if size == SPECIAL)
+        if special:
+            raise Refused(f"{special[0]}: not a file, a folder or a link (a FIFO, a socket, a device): git cannot commit it")
         big, skip, nested = self._left_out(ws, entries, max_file_bytes)
         head_before = _head_state(ws)
         # an index with nothing to trust: the agent can write it (a flag like assume-unchanged,
         # a stat forged to match), and `add` would keep old content for a file that changed
         self.run("read-tree", parent, env=env, cwd=ws.path)
-        self.run("add", "-A", "--", ".", *[f":(exclude,literal){p}" for p in skip], env=env, cwd=ws.path)
+        try:
+            self.run("add", "-A", "--", ".", *[f":(exclude,literal){p}" for p in skip], env=env, cwd=ws.path)
+        except GitError as e:
+            if any(m in str(e) for m in REFUSED_PATHS):  # the change's own doing, not the disk's
+                raise Refused(f"git could not commit the change, so it was not run: {str(e)[:300]}") from None
+            raise
         try:
             out = self.run("status", "--porcelain=v2", "-z", "-uall", "--ignored=matching", "--no-renames",
                            env=env, cwd=ws.path, strip=False)
@@ -444,45 +472,6 @@ def publish(ws: Workspace, commit: str | None = None) -> None:
         os.replace(tmp, ws.gitdir / "index")
     except OSError:  # a worktree an agent took apart: the next reset remakes it
         pass
-
-
-class BlobReader:
-    """Files of many commits through one `git cat-file --batch` process (a resumed search reads
-    the editable files of every earlier trial: one `git show` each took seconds)."""
-
-    def __init__(self, git: Git) -> None:
-        self.git = git
-        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            ["git", *SAFE, "cat-file", "--batch"], cwd=git.root, env=git._env, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-
-    def read(self, commit: str, path: str) -> bytes | None:
-        """The file `path` at `commit`, or None when the commit has no such file."""
-        if self.proc is None or "\n" in path:
-            text = self.git.show_file(commit, path)
-            return None if text is None else text.encode("utf-8")
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        try:
-            self.proc.stdin.write(f"{commit}:{path}\n".encode())
-            self.proc.stdin.flush()
-            header = self.proc.stdout.readline().split()
-            if len(header) != 3:  # "<name> missing" (or ambiguous)
-                return None
-            data = self.proc.stdout.read(int(header[2]))
-            self.proc.stdout.read(1)  # the newline after the content
-        except (OSError, ValueError):  # the reader died: one `git show` a file from now on
-            self.close()
-            return self.read(commit, path)
-        return data if header[1] == b"blob" else None
-
-    def close(self) -> None:
-        if self.proc is not None:
-            proc, self.proc = self.proc, None
-            with contextlib.suppress(OSError):
-                if proc.stdin is not None:
-                    proc.stdin.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
 
 
 def _head_state(ws: Workspace) -> tuple[str, int, int]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import shutil
 import sys
 import threading
 import time
@@ -45,12 +44,7 @@ from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import adopt_orphans, log_digests, read_tail
 from autoresearch.prompt import visible
 from autoresearch.records import Status, Trial
-from autoresearch.session import (
-    Session,
-    missing_hint,
-    run_setup,
-    write_refs,
-)
+from autoresearch.session import Session, missing_hint, run_setup, write_refs
 from autoresearch.task import list_files, task_warnings
 from autoresearch.watch import Watch
 
@@ -128,7 +122,9 @@ class Loop:
     # -- the whole loop -------------------------------------------------------------------
 
     def run(self) -> Trial:
-        adopt_orphans()  # what an experiment leaves after killing its reaper comes back here
+        if not adopt_orphans() and sys.platform.startswith("linux") and not self.backend.remote:
+            self.events.message("autoresearch: warning: this process cannot be a subreaper (it carries a finite "
+                                "RLIMIT_RTTIME): what an experiment leaves after killing its reaper is not found")
         start = self.best.commit if self.best and self.best.commit else self.s.base
         forged = self.watch.forged(start)
         if forged:
@@ -281,28 +277,14 @@ class Loop:
             t, error, fatal = self._ask_agent(ctx, t)
         with self.lock:  # before git reads the worktree: a filter driver, a hook put in place is gone
             tamper = self.watch.tampering(t.number, "agent")
-        try:
-            commit, changes, tree = self.s.git.snapshot(ws, parent_commit, t.description)
-        except Refused as e:
-            return self._finish(t.with_(status=Status.REJECTED, reason=str(e)))
-        except GitError as e:
-            if self.cancel.is_set():
-                return self._finish(t.with_(status=Status.INTERRUPTED, reason="stopped while its change was committed"))
-            self.snapshot_errors += 1  # a path git refuses (lib/.GIT/x.py) is the agent's; a disk that is
-            if self.snapshot_errors >= self.FATAL_REPEATS:  # full, or a broken repository, comes back
-                raise
-            said = next((line for line in str(e).splitlines() if line.strip()), str(e))
-            return self._finish(t.with_(status=Status.REJECTED, reason=clean_text(
-                f"git could not commit the change, so it was not run: {said}", 300)))
-        self.snapshot_errors = 0
-        t = t.with_(commit=commit)
+        t, changes, tree = self._commit(ws, t, parent_commit, tamper, error, fatal)
+        if changes is None:  # finished: git could not commit the change
+            return t
         self.s.ledger.update(t)  # its ref is made with the verdict; resume remakes it from here
         if error and self.cancel.is_set():
             return self._finish(t.with_(status=Status.INTERRUPTED, reason="stopped while the agent ran"))
         if error:
-            t = self._finish(t.with_(status=Status.AGENT_ERROR, reason=error))
-            self._after_agent_error(error, fatal)
-            return t
+            return self._agent_failed(t, error, fatal)
         self.agent_errors = self.fatal_errors = 0
         with self.lock:
             reason = guard.check_changes(self.task, changes, ws.path) or tamper
@@ -320,6 +302,29 @@ class Loop:
             copied = {"metric": first.metric, "figures": dict(first.figures)} if first and first.metric is not None else {}
             return self._finish(t.with_(status=Status.DUPLICATE, reason=f"same code as trial {same}", **copied))
         return t
+
+    def _commit(self, ws: Workspace, t: Trial, parent: str, tamper: str | None, error: str,
+                fatal: bool) -> tuple[Trial, list | None, str]:
+        """(the trial with its commit, the changes, the tree), or (the trial finished, None, "")
+        when git could not commit the change: refused (lib/.GIT/x.py, a new .gitattributes), it
+        is rejected; another failure (a full disk) three times in a row stops the loop."""
+        try:
+            commit, changes, tree = self.s.git.snapshot(ws, parent, t.description)
+        except GitError as e:
+            if self.cancel.is_set():
+                return self._finish(t.with_(status=Status.INTERRUPTED, reason="stopped while its change was committed")), None, ""
+            with self.lock:
+                t = self.watch.note(t, "agent")
+            if error:  # the agent failed too: that is what the trial says
+                return self._agent_failed(t, error, fatal), None, ""
+            self.snapshot_errors += 0 if isinstance(e, Refused) else 1
+            if self.snapshot_errors >= self.FATAL_REPEATS:
+                raise
+            said = str(e).strip().splitlines()[0] if str(e).strip() else "git failed"
+            said = said if isinstance(e, Refused) else f"git could not commit the change, so it was not run: {said}"
+            return self._finish(t.with_(status=Status.REJECTED, reason=clean_text(tamper or said, 300))), None, ""
+        self.snapshot_errors = 0
+        return t.with_(commit=commit), changes, tree
 
     def _ask_agent(self, ctx: Context, t: Trial) -> tuple[Trial, str, bool]:
         """The agent's proposal made in ctx.workdir: the trial with its description, model and
@@ -370,12 +375,13 @@ class Loop:
 
     FATAL_REPEATS = 3  # the same unrecoverable agent error this many times in a row stops the loop
 
-    def _after_agent_error(self, error: str, fatal: bool) -> None:
-        """An agent that keeps failing must not spin out thousands of trials: a failure that will
-        recur (a bad key, an unknown model, a command that is not there) stops the loop after
-        FATAL_REPEATS in a row (exit 1); from the fourth failure in a row, any other waits 0.5, 1,
-        2 ... up to 60 s before the next proposal, so a network outage overnight makes a few
-        dozen failed trials an hour, not thousands."""
+    def _agent_failed(self, t: Trial, error: str, fatal: bool) -> Trial:
+        """Record `t` as an agent error. An agent that keeps failing must not spin out thousands
+        of trials: a failure that will recur (a bad key, an unknown model, a command that is not
+        there) stops the loop after FATAL_REPEATS in a row (exit 1); from the fourth failure in a
+        row, any other waits 0.5, 1, 2 ... up to 60 s before the next proposal, so a network
+        outage overnight makes a few dozen failed trials an hour, not thousands."""
+        t = self._finish(t.with_(status=Status.AGENT_ERROR, reason=error))
         with self.lock:
             self.agent_errors += 1
             self.fatal_errors = self.fatal_errors + 1 if fatal else 0
@@ -385,12 +391,13 @@ class Loop:
                                 f"go away by itself: {error[:300]}")
                 self.events.message(f"autoresearch: stopping: {self.failure}")
                 self.cancel.set()
-                return
+                return t
         last = self.opt.trials is not None and self.done >= self.opt.trials  # no next proposal to wait for
         if n >= 4 and not fatal and not last:
             wait = min(0.5 * 2.0 ** (n - 4), 60.0)
             self.events.message(f"the agent failed {n} times in a row: waiting {wait:g} s before the next proposal")
             self.cancel.wait(wait)
+        return t
 
     def _decide(self, at: Place, t: Trial, commit: str, m: Measurement) -> Measurement:
         assert self.best is not None and self.best.metric is not None
@@ -449,16 +456,11 @@ class Loop:
             if t.status in UNMEASURED:  # its code may be proposed again
                 for tree in [k for k, n in self.trees.items() if n == t.number]:
                     del self.trees[tree]
-            if not self.opt.keep_runs:  # a repeated run's folder (runs/<n>.<i>): its figures are recorded
-                for extra_run in (self.s.dir / "runs").glob(f"{t.number}.*"):
-                    shutil.rmtree(extra_run, ignore_errors=True)
             write_refs(self.s, t, self.best.commit if self.best else None)
+            if not self.opt.keep_runs:
+                self.measure.tidy_runs(t, self.best)
             if t.status is Status.KEEP:
-                if self.best and not self.opt.keep_runs:
-                    shutil.rmtree(self.s.dir / "runs" / str(self.best.number), ignore_errors=True)
                 self.best = t
-            elif not self.opt.keep_runs:
-                shutil.rmtree(self.s.dir / "runs" / str(t.number), ignore_errors=True)
             self.untold.append(visible(t, self.task.metric.holdout))
             self.events.trial_finished(t, self.best or t, self.baseline, self.total_cost())
         return t

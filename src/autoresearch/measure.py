@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from autoresearch.execute import ExecResult, ExecSpec, experiment_env
 from autoresearch.judge import Measurement, judge, mean_figures
 from autoresearch.pool import Place
 from autoresearch.process import MARK, sweep_escaped
-from autoresearch.records import Trial
+from autoresearch.records import Status, Trial
 from autoresearch.session import Session, SetupOutput, shared_links
 
 
@@ -39,6 +40,18 @@ class Measurer:
         self.beside = False  # other trials run beside these (--workers): their processes may write here
         self.lost: dict[int, list[str]] = {}  # trial -> the remote workers lost under it
         self._lost_lock = threading.Lock()
+
+    def tidy_runs(self, t: Trial, best: Trial | None) -> None:
+        """Keep the best trial's run folder only: a repeat's (runs/<n>.<i>) goes at once (its
+        figures are recorded), a trial's when it is not kept, the old best's when it is."""
+        runs = self.s.dir / "runs"
+        gone = list(runs.glob(f"{t.number}.*"))
+        if t.status is not Status.KEEP:
+            gone.append(runs / str(t.number))
+        elif best is not None:
+            gone.append(runs / str(best.number))
+        for folder in gone:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def log(self, number: int, suffix: str = "") -> Path:
         return self.s.dir / "logs" / f"{number}{suffix}.log"

@@ -4,11 +4,13 @@ content: git reads packs first) makes the branch show other code than was measur
 
 `task_blobs` reads a commit's task files from the store; `forged_blobs` says which of them do not
 hash to their names (and removes those loose objects); `ObjectWatch` keeps the best code's
-objects with their content and puts back what was rewritten.
+objects with their content and puts back what was rewritten. `BlobReader` reads files of many
+commits through one `git cat-file --batch`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -183,3 +185,41 @@ def _read_packed(pack: Path, sha: str, env: dict[str, str]) -> bytes | None:
         out = subprocess.run(["git", f"--git-dir={alone}", "cat-file", "blob", sha], capture_output=True, env=env,
                              start_new_session=True)
         return out.stdout if out.returncode == 0 else None
+
+
+class BlobReader:
+    """Files of many commits through one `git cat-file --batch` process (a resumed search reads
+    the editable files of every earlier trial: one `git show` each took seconds)."""
+
+    def __init__(self, git: Git) -> None:
+        self.git = git
+        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            ["git", *SAFE, "cat-file", "--batch"], cwd=git.root, env=git._env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def read(self, commit: str, path: str) -> bytes | None:
+        """The file `path` at `commit`, or None when the commit has no such file."""
+        if self.proc is None or "\n" in path:
+            return self.git.show_bytes(commit, path)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(f"{commit}:{path}\n".encode())
+            self.proc.stdin.flush()
+            header = self.proc.stdout.readline().split()
+            if len(header) != 3:  # "<name> missing" (or ambiguous)
+                return None
+            data = self.proc.stdout.read(int(header[2]))
+            self.proc.stdout.read(1)  # the newline after the content
+        except (OSError, ValueError):  # the reader died: one `git show` a file from now on
+            self.close()
+            return self.read(commit, path)
+        return data if header[1] == b"blob" else None
+
+    def close(self) -> None:
+        if self.proc is not None:
+            proc, self.proc = self.proc, None
+            with contextlib.suppress(OSError):
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
