@@ -9,6 +9,7 @@ HEAD cannot redirect or fool the harness.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import stat
@@ -30,11 +31,8 @@ if TYPE_CHECKING:
 
 SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "gc.auto=0",
         "-c", "core.quotePath=false", "-c", "advice.detachedHead=false"]
-IDENTITY = {
-    "GIT_AUTHOR_NAME": "autoresearch", "GIT_AUTHOR_EMAIL": "autoresearch@localhost",
-    "GIT_COMMITTER_NAME": "autoresearch", "GIT_COMMITTER_EMAIL": "autoresearch@localhost",
-}
-
+IDENTITY = {"GIT_AUTHOR_NAME": "autoresearch", "GIT_AUTHOR_EMAIL": "autoresearch@localhost",
+            "GIT_COMMITTER_NAME": "autoresearch", "GIT_COMMITTER_EMAIL": "autoresearch@localhost"}
 
 # the commands that may run a filter or diff driver the repository's config names: run marked
 # (process.run_harness), so that whatever such a driver leaves running is swept
@@ -78,6 +76,7 @@ class Git:
         self.config_file = private_file(kept_config(self._env), "autoresearch-gitconfig-")  # read now,
         self._env.update(GIT_CONFIG_GLOBAL=str(self.config_file), GIT_CONFIG_NOSYSTEM="1")  # before any agent ran
         self._known: dict[Path, tuple[str, set[str]]] = {}  # worktree -> (commit, what it held then)
+        self._indexes: dict[Path, str] = {}  # private index -> its sha256 as the harness's git left it
         self.git_dir = Path(self.run("rev-parse", "--absolute-git-dir"))
         self.common_dir = Path(self.run("rev-parse", "--git-common-dir", cwd=self.root))
         if not self.common_dir.is_absolute():
@@ -214,10 +213,9 @@ class Git:
         return self.run("rev-parse", f"{commit}^{{tree}}")
 
     def show_file(self, commit: str, path: str) -> str | None:
-        out = subprocess.run(["git", *SAFE, "cat-file", "blob", f"{commit}:{path}"], cwd=self.root,
-                             env=self._env, capture_output=True, text=True, errors="replace",
-                             start_new_session=True)
-        return out.stdout if out.returncode == 0 else None
+        """`path` at `commit` as text (newlines made \\n, undecodable bytes replaced)."""
+        data = self.show_bytes(commit, path)
+        return None if data is None else data.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
 
     def show_bytes(self, commit: str, path: str) -> bytes | None:
         """`path` as `commit` (or, with commit "", the index) holds it, byte for byte: no newline
@@ -334,20 +332,21 @@ class Git:
         cleaned = known is not None and remove_unknown(ws.path, known[1])  # first: relative to its commit
         if not cleaned:
             remove_specials(ws.path)  # (a FIFO named .gitattributes holds git's read forever)
+        trusted = self._index_untouched(ws)
         self.run("reset", "-q", "--hard", commit, env=env, cwd=ws.path)
-        # `reset` trusts the index's stat of each file, which the agent or the experiment may
-        # have forged (the index is a file in the worktrees folder): rebuilt from the commit,
-        # every file is compared by content, and one that differs is written again
-        self.run("read-tree", commit, env=env, cwd=ws.path)
-        self.run("update-index", "-q", "--refresh", env=env, cwd=ws.path, check=False)
-        differ = [p for p in self.run("diff-files", "--name-only", "-z", env=env, cwd=ws.path,
-                                      strip=False).split("\0") if p]
-        if differ:
-            self.run("checkout-index", "-f", "--", *differ, env=env, cwd=ws.path)
+        if not trusted:  # `reset` trusted the stat of each file in an index the agent or the
+            # experiment may have written (a stat forged to match, a flag): rebuilt from the
+            # commit, every file is compared by content, and one that differs is written again
+            self.run("read-tree", commit, env=env, cwd=ws.path)
+            self.run("update-index", "-q", "--refresh", env=env, cwd=ws.path, check=False)
+            differ = self.run("diff-files", "--name-only", "-z", env=env, cwd=ws.path, strip=False)
+            if differ.strip("\0"):
+                self.run("checkout-index", "-f", "-z", "--stdin", env=env, cwd=ws.path, input=differ)
         if not cleaned:
             self.run("clean", "-q", "-ffdx", env=env, cwd=ws.path)
         if known is None or known[0] != commit:  # (back at that commit, the same files: still true)
             self._known.pop(ws.path, None)
+        self._index_untouched(ws, left=True)
         publish(ws)
 
 
@@ -397,6 +396,18 @@ class Git:
                 raise Refused(f"{rel}: a .gitattributes the best code does not hold, which changes what git "
                               "stores (the commit would not be the code that runs)")
 
+    def _index_untouched(self, ws: Workspace, left: bool = False) -> bool:
+        """Whether the private index is as the harness's git left it (its sha256, kept in this
+        process where no agent reaches): then its stats are git's own, and can be trusted.
+        With `left`: it is, now (the harness's git just wrote it)."""
+        try:
+            sha = hashlib.sha256(ws.index.read_bytes()).hexdigest()
+        except OSError:
+            sha = ""
+        if left:
+            self._indexes[ws.index] = sha
+        return bool(sha) and self._indexes.get(ws.index) == sha
+
     def _is_gitlink(self, ws: Workspace, path: str) -> bool:
         """Whether `path` is a submodule the commit already holds (checked out by the agent)."""
         out = self.run("ls-files", "-s", "--", path, env=self.wt_env(ws), cwd=ws.path, check=False)
@@ -425,9 +436,10 @@ class Git:
             raise Refused(f"{special[0]}: not a file, a folder or a link (a FIFO, a socket, a device): git cannot commit it")
         big, skip, nested = self._left_out(ws, entries, max_file_bytes)
         head_before = _head_state(ws)
-        # an index with nothing to trust: the agent can write it (a flag like assume-unchanged,
-        # a stat forged to match), and `add` would keep old content for a file that changed
-        self.run("read-tree", parent, env=env, cwd=ws.path)
+        if not self._index_untouched(ws):  # the agent wrote it (a flag like assume-unchanged, a stat
+            # forged to match): `add` would keep old content for a file that changed; rebuilt
+            # from the parent with no stat, every file is read again
+            self.run("read-tree", parent, env=env, cwd=ws.path)
         try:
             self.run("add", "-A", "--", ".", *[f":(exclude,literal){p}" for p in skip], env=env, cwd=ws.path)
         except GitError as e:
@@ -454,6 +466,7 @@ class Git:
         if not exact or head_before[0] != parent or _head_state(ws) != head_before:
             changes = parse_raw(self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", parent, commit))
         changes += [Change(status="A", path=p, old_mode="000000", new_mode="160000", new_blob="") for p in nested]
+        self._index_untouched(ws, left=True)
         publish(ws, commit)
         return commit, changes, tree
 
