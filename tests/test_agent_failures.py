@@ -306,6 +306,8 @@ def test_fill_quotes_a_placeholder_once_whatever_quotes_surround_it() -> None:
         ('printf %s "$( (printf %s "{prompt_file}") )" "{trial}"', path + "3"),
         ('printf %s "in: {prompt_file}, $((1 + 1))"', f"in: {path}, 2"),
         ("printf %s 'in: {prompt_file}!'", f"in: {path}!"),
+        ('printf %s "`printf %s {prompt_file}`"', path),  # backticks: their text is read twice
+        ("printf %s \"`printf %s '{prompt_file}'`\"", path),
     ]:
         out = subprocess.run(["bash", "-c", fill(template, values)], capture_output=True, text=True).stdout
         assert out == printed, template

@@ -59,53 +59,52 @@ def in_single_quotes(value: str) -> str:
 def fill(template: str, values: dict[str, str]) -> str:
     """`template` with {prompt_file}, {description_file}, {workdir} and {trial} replaced by their
     values, quoted for where each stands: shell-quoted in plain text and in quotes of its own
-    ("{prompt_file}", also inside "$(cat "{prompt_file}")"), escaped inside a longer "..." or
-    '...' string, so a path with a space or a quote stays one word. Every other brace is left as
-    written (`${HOME}`, awk's '{print}', JSON). Inside a string that another shell reads again
-    (`bash -c 'cat {prompt_file}'`) the value is that shell's plain text: use
+    ("{prompt_file}", also inside "$(cat "{prompt_file}")" or backticks), escaped inside a longer
+    "..." or '...' string, so a path with a space or a quote stays one word. Every other brace is
+    left as written (`${HOME}`, awk's '{print}', JSON). Inside a string that another shell reads
+    again (`bash -c 'cat {prompt_file}'`) the value is that shell's plain text: use
     "$AUTORESEARCH_PROMPT_FILE" there."""
     out: list[str] = []
-    # what encloses the text read now: "" plain, '"' a double-quoted string; a command
-    # substitution $( ... ) inside either pushes a plain frame with its count of open parentheses
+    # what encloses the text read now: "" plain, '"' a "..." string, "(" a $( ... ) with its count
+    # of open parentheses, "`" a `...` substitution (whose text the shell reads twice)
     stack: list[list] = [["", 0]]
     i, n = 0, len(template)
+
+    def word(value: str, single: bool = False) -> str:
+        text = in_single_quotes(value) if single else in_double_quotes(value) if stack[-1][0] == '"' else shlex.quote(value)
+        return re.sub(r"([\\`$])", r"\\\1", text) if any(f[0] == "`" for f in stack) else text
+
     while i < n:
-        frame = stack[-1]
-        quoted = frame[0] == '"'
-        wrapped = WRAPPED.match(template, i)
-        placeholder = PLACEHOLDER.match(template, i)
-        ch = template[i]
-        if wrapped and not quoted:
-            out.append(shlex.quote(values[wrapped[2]]))
+        kind, ch = stack[-1][0], template[i]
+        wrapped, placeholder = WRAPPED.match(template, i), PLACEHOLDER.match(template, i)
+        if wrapped and kind != '"':
+            out.append(word(values[wrapped[2]]))
             i = wrapped.end()
         elif placeholder:
-            value = values[placeholder[1]]
-            out.append(in_double_quotes(value) if quoted else shlex.quote(value))
+            out.append(word(values[placeholder[1]]))
             i = placeholder.end()
-        elif ch == "\\":
+        elif ch == "\\" or template.startswith("$(", i):
+            if ch != "\\":
+                stack.append(["(", 0])
             out.append(template[i:i + 2])
             i += 2
-        elif template.startswith("$(", i):
-            stack.append(["", 0])
-            out.append("$(")
-            i += 2
-        elif ch == '"':
-            if quoted:
+        elif ch in '"`':
+            if kind == ch:
                 stack.pop()
             else:
-                stack.append(['"', 0])
+                stack.append([ch, 0])
             out.append(ch)
             i += 1
-        elif ch == "'" and not quoted:
+        elif ch == "'" and kind != '"':
             close = template.find("'", i + 1)
             close = n if close < 0 else close
-            body = PLACEHOLDER.sub(lambda m: in_single_quotes(values[m[1]]), template[i + 1:close])
+            body = PLACEHOLDER.sub(lambda m: word(values[m[1]], single=True), template[i + 1:close])
             out.append("'" + body + template[close:close + 1])
             i = close + 1
         else:
-            if not quoted and len(stack) > 1 and ch in "()":
-                frame[1] += 1 if ch == "(" else -1
-                if frame[1] < 0:
+            if kind == "(" and ch in "()":
+                stack[-1][1] += 1 if ch == "(" else -1
+                if stack[-1][1] < 0:
                     stack.pop()
             out.append(ch)
             i += 1
