@@ -335,15 +335,17 @@ def aider_result(output: str) -> dict[str, Any]:
     sessions = re.findall(r"\$([\d.]+) session", output)
     if sessions:
         cost = float(sessions[-1])
-    lines = output.splitlines()
+    lines = [line.strip() for line in output.splitlines()]
+    following, nxt = [""] * len(lines), ""  # each line's next non-blank one (aider puts a blank line between)
+    for i in range(len(lines) - 1, -1, -1):
+        following[i] = nxt
+        nxt = lines[i] or nxt
     prose: list[str] = []
     fenced = False
-    for i, line in enumerate(lines):
-        s = line.strip()
+    for s, nxt in zip(lines, following, strict=True):
         if s.startswith("```"):
             fenced = not fenced
             continue
-        nxt = next((x.strip() for x in lines[i + 1:] if x.strip()), "")  # (aider puts a blank line between)
         if (fenced or not s or AIDER_NOISE.match(s) or nxt.startswith("```") or BARE_FILE.fullmatch(s)
                 or s.startswith(("<<<<<<<", "=======", ">>>>>>>"))):
             continue  # code, aider's notes, a file's name over its code or in aider's list of files
