@@ -117,3 +117,4 @@ def test_a_timeout_is_a_timeout_whatever_its_reaper_had_no_time_to_kill(tmp_path
     assert result.timed_out and result.escaped == ()
     left = subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout.split()
     assert left == []
+

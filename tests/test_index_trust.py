@@ -128,3 +128,30 @@ def test_a_gitattributes_that_is_not_a_plain_file_is_refused_not_waited_on(tmp_p
         g.snapshot(ws, commit, "a fifo")
     g.reset_worktree(ws, commit)
     assert not (ws.path / ".gitattributes").exists()
+
+
+def test_a_change_in_the_second_git_saw_the_file_is_not_trusted_away(tmp_path: Path) -> None:
+    """git compares whole seconds: a file rewritten in the second its stat was taken, with its
+    size, inode and mtime kept, looks unchanged to a reset that trusts the index. The ctime's
+    nanoseconds (no process can set them) say it changed."""
+    repo = make_task(tmp_path / "task")
+    g = Git(repo)
+    commit = g.head()
+    ws = g.add_worktree(tmp_path / "wt", commit)
+    exp = ws.path / "exp.py"
+    for _ in range(5):
+        time.sleep(1.02 - time.time() % 1)  # early in a second
+        os.utime(exp, (1e9, 1e9))  # an old mtime: not "racily clean" for git
+        g.reset_worktree(ws, commit)  # the index and its stats as the harness's git leaves them
+        before = os.stat(exp)
+        data = exp.read_bytes()
+        with open(exp, "r+b") as f:  # in place: the same inode and size
+            f.write(data.replace(b"X = 3.0", b"X = 1.0"))
+        os.utime(exp, ns=(before.st_atime_ns, before.st_mtime_ns))
+        if os.stat(exp).st_ctime_ns // 10**9 == before.st_ctime_ns // 10**9:
+            break
+    else:
+        pytest.skip("could not change the file within the second of its stat")
+    assert not g._index_untouched(ws)  # (a git built to compare nanoseconds sees it too; others do not)
+    g.reset_worktree(ws, commit)
+    assert exp.read_text() == g.show_file(commit, "exp.py")

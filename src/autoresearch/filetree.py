@@ -71,6 +71,21 @@ def remove_unknown(root: Path, known: set[str]) -> bool:
     return ok
 
 
+def ctimes(root: Path) -> dict[str, int]:
+    """The ctime, in nanoseconds, of every regular file under `root` (but .git)."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        if dirpath == str(root) and ".git" in dirs:
+            dirs.remove(".git")
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode):
+                    out[os.path.relpath(path, root)] = st.st_ctime_ns
+    return out
+
+
 def remove_specials(root: Path) -> None:
     """Delete the FIFOs, sockets and devices under `root`: git would wait forever reading one
     named .gitattributes (or one it is asked to add)."""

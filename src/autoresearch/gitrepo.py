@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoresearch.errors import AutoresearchError, UsageError
-from autoresearch.filetree import SPECIAL, remove_specials, remove_unknown, walk, writable
+from autoresearch.filetree import SPECIAL, ctimes, remove_specials, remove_unknown, walk, writable
 from autoresearch.gitconfig import kept_config, private_file
 from autoresearch.gitstatus import Change, parse_raw, parse_status_v2, status_entries  # noqa: F401 (re-exported)
 from autoresearch.process import run_harness
@@ -76,7 +76,7 @@ class Git:
         self.config_file = private_file(kept_config(self._env), "autoresearch-gitconfig-")  # read now,
         self._env.update(GIT_CONFIG_GLOBAL=str(self.config_file), GIT_CONFIG_NOSYSTEM="1")  # before any agent ran
         self._known: dict[Path, tuple[str, set[str]]] = {}  # worktree -> (commit, what it held then)
-        self._indexes: dict[Path, str] = {}  # private index -> its sha256 as the harness's git left it
+        self._indexes: dict[Path, tuple[str, dict[str, int]]] = {}  # index -> (sha256, files' ctime ns)
         self.git_dir = Path(self.run("rev-parse", "--absolute-git-dir"))
         self.common_dir = Path(self.run("rev-parse", "--git-common-dir", cwd=self.root))
         if not self.common_dir.is_absolute():
@@ -397,16 +397,19 @@ class Git:
                               "stores (the commit would not be the code that runs)")
 
     def _index_untouched(self, ws: Workspace, left: bool = False) -> bool:
-        """Whether the private index is as the harness's git left it (its sha256, kept in this
-        process where no agent reaches): then its stats are git's own, and can be trusted.
-        With `left`: it is, now (the harness's git just wrote it)."""
+        """Whether git's stats in the private index can be trusted: it is as the harness's git
+        left it (`left`: it is, now), and no file changed in the second git saw it (git compares
+        whole seconds; the ctime's nanoseconds, which no process can set, tell)."""
         try:
             sha = hashlib.sha256(ws.index.read_bytes()).hexdigest()
-        except OSError:
+        except OSError:  # (gone: nothing to trust)
             sha = ""
+        now = ctimes(ws.path)
         if left:
-            self._indexes[ws.index] = sha
-        return bool(sha) and self._indexes.get(ws.index) == sha
+            self._indexes[ws.index] = (sha, now)
+        held, seen = self._indexes.get(ws.index, ("", {}))
+        same_second = any(rel in now and now[rel] != t and now[rel] // 10**9 == t // 10**9 for rel, t in seen.items())
+        return bool(sha) and held == sha and not same_second
 
     def _is_gitlink(self, ws: Workspace, path: str) -> bool:
         """Whether `path` is a submodule the commit already holds (checked out by the agent)."""

@@ -49,6 +49,7 @@ _LIVE: set[int] = set()  # the reapers of the commands running now: children of 
 _LIVE_LOCK = threading.Lock()
 _FOUND: dict[int | None, list[str]] = {}  # strays killed, by their mark (None: one they lowered)
 _numbers = itertools.count(1)
+_issued = 0  # the last command number handed out: a mark below MARK - _issued names no command
 _adopting = False
 
 
@@ -116,18 +117,48 @@ def _marked(pid: int) -> bool:
     return _mark_of(pid) is not None  # lowered or not: never lifted back to unlimited
 
 
-def _children() -> list[int]:
-    """The processes whose parent is this process (any of its threads)."""
-    me, out = os.getpid(), []
+def _parents() -> dict[int, int]:
+    """Every process's parent, from /proc."""
+    out = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
                 with open(f"/proc/{entry.name}/stat", "rb") as f:
-                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == me:
-                        out.append(int(entry.name))
+                    out[int(entry.name)] = int(f.read().rsplit(b")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
     return out
+
+
+def _children() -> list[int]:
+    """The processes whose parent is this process (any of its threads)."""
+    me = os.getpid()
+    return [pid for pid, parent in _parents().items() if parent == me]
+
+
+def freeze_and_kill(pids: list[int]) -> None:
+    """Kill `pids` and everything under them. All are stopped first, their descendants too,
+    until no new one appears: a process that forks when its parent dies (PR_SET_PDEATHSIG) or
+    that forks and exits in a loop cannot outrun a kill of one generation at a time."""
+    frozen: set[int] = set()
+    for _ in range(50):
+        parents = _parents()
+        family = set(pids) | frozen
+        grew = True
+        while grew:
+            more = {pid for pid, parent in parents.items() if parent in family} - family
+            family |= more
+            grew = bool(more)
+        new = family - frozen
+        if not new:
+            break
+        for pid in new:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+        frozen |= new
+    for pid in frozen:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 # util-linux's, which sets the mark on a command it then runs in its place: the system's own
@@ -178,14 +209,13 @@ def sweep_escaped(mine: int | None = None, limit: float = 3.0) -> list[str]:
                     line = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
             except OSError:
                 line = ""
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
             said = f"pid {pid} ({line[:120] or '?'})"
-            if MARK - 2**40 < mark <= MARK:
+            if MARK - _issued <= mark <= MARK:  # (one lowered past every command issued: unnamed)
                 with _LIVE_LOCK:
                     _FOUND.setdefault(mark, []).append(said)
             else:
                 unnamed.append(said)
+        freeze_and_kill([pid for pid, _ in strays])
         for pid, _ in strays:  # reaped as they die (a process stuck in the kernel: left as a zombie)
             while time.monotonic() < deadline:
                 try:
@@ -302,7 +332,10 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
     if sys.platform.startswith("linux") and REAPER.exists() and sys.executable:  # nothing it starts outlives it
         argv = [sys.executable, "-I", "-S", str(REAPER), *argv]
     start = time.monotonic()
-    mark = MARK - next(_numbers)
+    global _issued
+    with _LIVE_LOCK:
+        _issued = next(_numbers)
+        mark = MARK - _issued
     with open(log_path, "ab" if append else "wb") as log, _LIVE_LOCK:
         proc = subprocess.Popen(
             argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

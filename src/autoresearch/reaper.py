@@ -30,34 +30,48 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
 GRACE = 1.5  # seconds; autoresearch.process.GRACE_SECONDS is 2
 
 
-def children() -> list[int]:
-    """The processes whose parent is this one."""
-    try:
+def descendants() -> set[int]:
+    """Every process under this one, at any depth (from /proc's parent of each)."""
+    try:  # the usual end: no child left, no scan of /proc
         with open(f"/proc/self/task/{os.getpid()}/children") as f:
-            return [int(p) for p in f.read().split()]
+            if not f.read().split():
+                return set()
     except OSError:  # (a kernel without CONFIG_PROC_CHILDREN)
-        me, out = os.getpid(), []
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    with open(f"/proc/{name}/stat", "rb") as f:
-                        if int(f.read().rsplit(b")", 1)[1].split()[1]) == me:
-                            out.append(int(name))
-                except (OSError, ValueError, IndexError):
-                    continue
-        return out
+        pass
+    parents: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    parents[int(name)] = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, grew = {os.getpid()}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= more
+        grew = bool(more)
+    return found - {os.getpid()}
 
 
 def reap_all(limit: float = 5.0) -> None:
     """Kill and reap every process under this one, including those re-parented here while it
-    works (a killed parent hands its own children over)."""
+    works (a killed parent hands its own children over). All are stopped before any is killed,
+    until no new one appears: one that forks when its parent dies cannot outrun the kill."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        for pid in children():
-            try:
+        frozen: set[int] = set()
+        for _ in range(50):
+            new = descendants() - frozen
+            if not new:
+                break
+            for pid in new:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGSTOP)
+            frozen |= new
+        for pid in frozen:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
