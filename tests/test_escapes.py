@@ -62,7 +62,8 @@ time.sleep(1)
     result = process.run_command([sys.executable, str(script)], tmp_path, dict(os.environ), 30,
                                  tmp_path / "log", owner="test-escape")
     daemon = int(wait_for_file(pid_file))
-    assert result.escaped and any(f"pid {daemon} " in e and "sleep 60" in e for e in result.escaped), result
+    assert any(e.startswith(f"pid {daemon} ") for e in result.escaped), result  # (its command line, if it was
+    # caught between two execs, may read "?")
     assert not alive(daemon)
 
 
