@@ -132,20 +132,22 @@ def test_a_gitattributes_that_is_not_a_plain_file_is_refused_not_waited_on(tmp_p
 
 def test_a_change_in_the_second_git_saw_the_file_is_not_trusted_away(tmp_path: Path) -> None:
     """git compares whole seconds: a file rewritten in the second its stat was taken, with its
-    size, inode and mtime kept, looks unchanged to a reset that trusts the index. The ctime's
-    nanoseconds (no process can set them) say it changed."""
+    size, inode and an old mtime kept (so git does not take it for "racily clean"), looks
+    unchanged to a reset that trusts the index. The ctime's nanoseconds (no process can set
+    them) say it changed."""
     repo = make_task(tmp_path / "task")
     g = Git(repo)
     commit = g.head()
     ws = g.add_worktree(tmp_path / "wt", commit)
     exp = ws.path / "exp.py"
-    for _ in range(5):
+    for attempt in range(5):
         time.sleep(1.02 - time.time() % 1)  # early in a second
+        exp.write_text(exp.read_text().replace("Y = ", f"Y = {attempt} + "))  # the agent's change
         os.utime(exp, (1e9, 1e9))  # an old mtime: not "racily clean" for git
-        g.reset_worktree(ws, commit)  # the index and its stats as the harness's git leaves them
+        trial, _, _ = g.snapshot(ws, commit, "the agent's change")  # git takes the stat now
         before = os.stat(exp)
         data = exp.read_bytes()
-        with open(exp, "r+b") as f:  # in place: the same inode and size
+        with open(exp, "r+b") as f:  # the experiment: in place, the same inode and size
             f.write(data.replace(b"X = 3.0", b"X = 1.0"))
         os.utime(exp, ns=(before.st_atime_ns, before.st_mtime_ns))
         if os.stat(exp).st_ctime_ns // 10**9 == before.st_ctime_ns // 10**9:
@@ -153,5 +155,5 @@ def test_a_change_in_the_second_git_saw_the_file_is_not_trusted_away(tmp_path: P
     else:
         pytest.skip("could not change the file within the second of its stat")
     assert not g._index_untouched(ws)  # (a git built to compare nanoseconds sees it too; others do not)
-    g.reset_worktree(ws, commit)
-    assert exp.read_text() == g.show_file(commit, "exp.py")
+    g.reset_worktree(ws, trial)  # the evaluator's restore: the commit's file, not the changed one
+    assert exp.read_text() == g.show_file(trial, "exp.py")

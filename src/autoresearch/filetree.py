@@ -71,8 +71,8 @@ def remove_unknown(root: Path, known: set[str]) -> bool:
     return ok
 
 
-def ctimes(root: Path) -> dict[str, int]:
-    """The ctime, in nanoseconds, of every regular file under `root` (but .git)."""
+def ctimes(root: Path) -> dict[str, tuple[int, int]]:
+    """The ctime and mtime, in nanoseconds, of every regular file under `root` (but .git)."""
     out = {}
     for dirpath, dirs, files in os.walk(root):
         if dirpath == str(root) and ".git" in dirs:
@@ -82,7 +82,7 @@ def ctimes(root: Path) -> dict[str, int]:
             with contextlib.suppress(OSError):
                 st = os.lstat(path)
                 if stat.S_ISREG(st.st_mode):
-                    out[os.path.relpath(path, root)] = st.st_ctime_ns
+                    out[os.path.relpath(path, root)] = (st.st_ctime_ns, st.st_mtime_ns)
     return out
 
 

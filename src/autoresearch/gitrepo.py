@@ -34,13 +34,12 @@ SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "g
 IDENTITY = {"GIT_AUTHOR_NAME": "autoresearch", "GIT_AUTHOR_EMAIL": "autoresearch@localhost",
             "GIT_COMMITTER_NAME": "autoresearch", "GIT_COMMITTER_EMAIL": "autoresearch@localhost"}
 
-# the commands that may run a filter or diff driver the repository's config names: run marked
-# (process.run_harness), so that whatever such a driver leaves running is swept
+# what may run a filter or diff driver the config names: marked (run_harness), its leftovers swept
 FILTERING = {"add", "status", "reset", "checkout-index", "update-index", "diff-files", "worktree",
              "checkout", "read-tree", "stash", "diff"}
-MAX_FILE_BYTES = 20 * 1024 * 1024
+MAX_FILE_BYTES = 20 * 1024 * 1024  # a bigger file in a trial is rejected, and never stored
 # what `git add` says of a path it will not take (lib/.GIT/x.py, a name past a link)
-REFUSED_PATHS = ("invalid path", "unable to index file", "beyond a symbolic link", "does not have a commit checked out")  # a bigger file in a trial is rejected, and never stored
+REFUSED_PATHS = ("invalid path", "unable to index file", "beyond a symbolic link", "does not have a commit checked out")
 
 
 class GitError(AutoresearchError):
@@ -76,7 +75,7 @@ class Git:
         self.config_file = private_file(kept_config(self._env), "autoresearch-gitconfig-")  # read now,
         self._env.update(GIT_CONFIG_GLOBAL=str(self.config_file), GIT_CONFIG_NOSYSTEM="1")  # before any agent ran
         self._known: dict[Path, tuple[str, set[str]]] = {}  # worktree -> (commit, what it held then)
-        self._indexes: dict[Path, tuple[str, dict[str, int]]] = {}  # index -> (sha256, files' ctime ns)
+        self._indexes: dict[Path, tuple[str, dict[str, tuple[int, int]]]] = {}  # index -> (sha256, files' c/mtime ns)
         self.git_dir = Path(self.run("rev-parse", "--absolute-git-dir"))
         self.common_dir = Path(self.run("rev-parse", "--git-common-dir", cwd=self.root))
         if not self.common_dir.is_absolute():
@@ -264,8 +263,7 @@ class Git:
 
     def remove_worktree(self, path: Path) -> None:
         self.run("worktree", "remove", "--force", "--force", str(path), check=False)
-        if path.exists():
-            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)  # (what git left: nothing, or files it could not remove)
         self.run("worktree", "prune", check=False)
 
     def ensure_worktree(self, ws: Workspace, commit: str) -> None:
@@ -401,15 +399,16 @@ class Git:
         left it (`left`: it is, now), and no file changed in the second git saw it (git compares
         whole seconds; the ctime's nanoseconds, which no process can set, tell)."""
         try:
-            sha = hashlib.sha256(ws.index.read_bytes()).hexdigest()
+            sha, written = hashlib.sha256(ws.index.read_bytes()).hexdigest(), int(ws.index.stat().st_mtime)
         except OSError:  # (gone: nothing to trust)
-            sha = ""
+            sha, written = "", 0
         now = ctimes(ws.path)
         if left:
             self._indexes[ws.index] = (sha, now)
-        held, seen = self._indexes.get(ws.index, ("", {}))
-        same_second = any(rel in now and now[rel] != t and now[rel] // 10**9 == t // 10**9 for rel, t in seen.items())
-        return bool(sha) and held == sha and not same_second
+        held, seen = self._indexes.get(ws.index, ("", {}))  # (a file with an mtime of the index's second or later,
+        unseen = any(rel in now and now[rel] != (c, m) and now[rel][0] // 10**9 == c // 10**9 and m // 10**9 < written
+                     for rel, (c, m) in seen.items())  # git reads again itself: "racily clean")
+        return bool(sha) and held == sha and not unseen
 
     def _is_gitlink(self, ws: Workspace, path: str) -> bool:
         """Whether `path` is a submodule the commit already holds (checked out by the agent)."""
