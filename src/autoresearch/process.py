@@ -17,7 +17,6 @@ the mark is killed and named (ProcResult.escaped): the trial is not trusted.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import itertools
@@ -35,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoresearch.reaper import freeze_and_kill, parents
+
 OWNER_VAR = "AUTORESEARCH_OWNER"
 REAPER = Path(__file__).with_name("reaper.py")  # run under it: see reaper.py
 GRACE_SECONDS = 2.0
@@ -47,7 +48,7 @@ MARK = 2**62 - 20251130
 _RTTIME = getattr(resource, "RLIMIT_RTTIME", None)
 _LIVE: set[int] = set()  # the reapers of the commands running now: children of ours by right
 _LIVE_LOCK = threading.Lock()
-_FOUND: dict[int | None, list[str]] = {}  # strays killed, by their mark (None: one they lowered)
+_FOUND: dict[int, list[str]] = {}  # strays killed, by their mark, for their command to take
 _numbers = itertools.count(1)
 _issued = 0  # the last command number handed out: a mark below MARK - _issued names no command
 _adopting = False
@@ -117,48 +118,10 @@ def _marked(pid: int) -> bool:
     return _mark_of(pid) is not None  # lowered or not: never lifted back to unlimited
 
 
-def _parents() -> dict[int, int]:
-    """Every process's parent, from /proc."""
-    out = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as f:
-                    out[int(entry.name)] = int(f.read().rsplit(b")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    return out
-
-
 def _children() -> list[int]:
     """The processes whose parent is this process (any of its threads)."""
     me = os.getpid()
-    return [pid for pid, parent in _parents().items() if parent == me]
-
-
-def freeze_and_kill(pids: list[int]) -> None:
-    """Kill `pids` and everything under them. All are stopped first, their descendants too,
-    until no new one appears: a process that forks when its parent dies (PR_SET_PDEATHSIG) or
-    that forks and exits in a loop cannot outrun a kill of one generation at a time."""
-    frozen: set[int] = set()
-    for _ in range(50):
-        parents = _parents()
-        family = set(pids) | frozen
-        grew = True
-        while grew:
-            more = {pid for pid, parent in parents.items() if parent in family} - family
-            family |= more
-            grew = bool(more)
-        new = family - frozen
-        if not new:
-            break
-        for pid in new:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGSTOP)
-        frozen |= new
-    for pid in frozen:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+    return [pid for pid, parent in parents().items() if parent == me]
 
 
 # util-linux's, which sets the mark on a command it then runs in its place: the system's own
@@ -215,7 +178,7 @@ def sweep_escaped(mine: int | None = None, limit: float = 3.0) -> list[str]:
                     _FOUND.setdefault(mark, []).append(said)
             else:
                 unnamed.append(said)
-        freeze_and_kill([pid for pid, _ in strays])
+        freeze_and_kill({pid for pid, _ in strays})
         for pid, _ in strays:  # reaped as they die (a process stuck in the kernel: left as a zombie)
             while time.monotonic() < deadline:
                 try:

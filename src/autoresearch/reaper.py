@@ -30,48 +30,58 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
 GRACE = 1.5  # seconds; autoresearch.process.GRACE_SECONDS is 2
 
 
-def descendants() -> set[int]:
-    """Every process under this one, at any depth (from /proc's parent of each)."""
-    try:  # the usual end: no child left, no scan of /proc
-        with open(f"/proc/self/task/{os.getpid()}/children") as f:
-            if not f.read().split():
-                return set()
-    except OSError:  # (a kernel without CONFIG_PROC_CHILDREN)
-        pass
-    parents: dict[int, int] = {}
+def parents() -> dict[int, int]:
+    """Every process's parent, from /proc."""
+    out: dict[int, int] = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
                 with open(f"/proc/{name}/stat", "rb") as f:
-                    parents[int(name)] = int(f.read().rsplit(b")", 1)[1].split()[1])
+                    out[int(name)] = int(f.read().rsplit(b")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
-    found, grew = {os.getpid()}, True
-    while grew:
-        more = {pid for pid, parent in parents.items() if parent in found} - found
-        found |= more
-        grew = bool(more)
-    return found - {os.getpid()}
+    return out
+
+
+def freeze_and_kill(roots: set[int]) -> None:
+    """Kill everything under `roots`, at any depth, and the roots themselves but this process.
+    All are stopped first, until no new one appears: a process that forks when its parent dies
+    (PR_SET_PDEATHSIG), or forks and exits in a loop, cannot outrun a kill of one generation at
+    a time. (Also the loop's sweep of what a killed reaper left: autoresearch.process.)"""
+    me, frozen = os.getpid(), set[int]()
+    for _ in range(50):
+        links, family, grew = parents(), set(roots) | frozen, True
+        while grew:
+            more = {pid for pid, parent in links.items() if parent in family} - family
+            family |= more
+            grew = bool(more)
+        new = family - frozen - {me}
+        if not new:
+            break
+        for pid in new:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+        frozen |= new
+    for pid in frozen:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def has_children() -> bool:
+    try:  # (the usual end: no child left, no scan of /proc)
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            return bool(f.read().split())
+    except OSError:  # (a kernel without CONFIG_PROC_CHILDREN)
+        return True
 
 
 def reap_all(limit: float = 5.0) -> None:
     """Kill and reap every process under this one, including those re-parented here while it
-    works (a killed parent hands its own children over). All are stopped before any is killed,
-    until no new one appears: one that forks when its parent dies cannot outrun the kill."""
+    works (a killed parent hands its own children over), all stopped before any is killed."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        frozen: set[int] = set()
-        for _ in range(50):
-            new = descendants() - frozen
-            if not new:
-                break
-            for pid in new:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGSTOP)
-            frozen |= new
-        for pid in frozen:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        if has_children():
+            freeze_and_kill({os.getpid()})
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
