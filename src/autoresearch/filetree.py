@@ -71,18 +71,16 @@ def remove_unknown(root: Path, known: set[str]) -> bool:
     return ok
 
 
-def ctimes(root: Path) -> dict[str, tuple[int, int]]:
-    """The ctime and mtime, in nanoseconds, of every regular file under `root` (but .git)."""
+def ctimes(root: Path, entries: dict[str, tuple[bool, int]] | None = None) -> dict[str, tuple[int, int]]:
+    """The ctime and mtime, in nanoseconds, of every regular file walk() finds under `root`
+    (`entries`: what it found, when the caller has just walked there)."""
     out = {}
-    for dirpath, dirs, files in os.walk(root):
-        if dirpath == str(root) and ".git" in dirs:
-            dirs.remove(".git")
-        for name in files:
-            path = os.path.join(dirpath, name)
+    for rel, (is_dir, size) in (walk(root) if entries is None else entries).items():
+        if not is_dir and size != SPECIAL:
             with contextlib.suppress(OSError):
-                st = os.lstat(path)
-                if stat.S_ISREG(st.st_mode):
-                    out[os.path.relpath(path, root)] = (st.st_ctime_ns, st.st_mtime_ns)
+                st = os.lstat(root / rel)
+                if stat.S_ISREG(st.st_mode):  # (not a link)
+                    out[rel] = (st.st_ctime_ns, st.st_mtime_ns)
     return out
 
 

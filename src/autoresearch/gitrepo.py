@@ -394,7 +394,7 @@ class Git:
                 raise Refused(f"{rel}: a .gitattributes the best code does not hold, which changes what git "
                               "stores (the commit would not be the code that runs)")
 
-    def _index_untouched(self, ws: Workspace, left: bool = False) -> bool:
+    def _index_untouched(self, ws: Workspace, left: bool = False, entries: dict[str, tuple[bool, int]] | None = None) -> bool:
         """Whether git's stats in the private index can be trusted: it is as the harness's git
         left it (`left`: it is, now), and no file changed in the second git saw it (git compares
         whole seconds; the ctime's nanoseconds, which no process can set, tell)."""
@@ -402,7 +402,7 @@ class Git:
             sha, written = hashlib.sha256(ws.index.read_bytes()).hexdigest(), int(ws.index.stat().st_mtime)
         except OSError:  # (gone: nothing to trust)
             sha, written = "", 0
-        now = ctimes(ws.path)
+        now = ctimes(ws.path, entries)
         if left:
             self._indexes[ws.index] = (sha, now)
         held, seen = self._indexes.get(ws.index, ("", {}))  # (a file with an mtime of the index's second or later,
@@ -438,7 +438,7 @@ class Git:
             raise Refused(f"{special[0]}: not a file, a folder or a link (a FIFO, a socket, a device): git cannot commit it")
         big, skip, nested = self._left_out(ws, entries, max_file_bytes)
         head_before = _head_state(ws)
-        if not self._index_untouched(ws):  # the agent wrote it (a flag like assume-unchanged, a stat
+        if not self._index_untouched(ws, entries=entries):  # the agent wrote it (a flag like assume-unchanged, a stat
             # forged to match): `add` would keep old content for a file that changed; rebuilt
             # from the parent with no stat, every file is read again
             self.run("read-tree", parent, env=env, cwd=ws.path)
