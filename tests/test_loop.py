@@ -85,6 +85,17 @@ def test_tie_is_discarded(task_repo: Path, tmp_path: Path) -> None:
     assert ledger_rows(task_repo, "t")[1][1] == "discard"
 
 
+def test_a_change_back_to_the_baseline_code_is_a_duplicate_in_the_run_that_made_it(task_repo: Path, tmp_path: Path) -> None:
+    agent = script_agent(tmp_path / "a.sh", """\
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then sed -i 's/^X = 3.0/X = 1.5/' exp.py; echo better
+        else sed -i 's/^X = 1.5/X = 3.0/' exp.py; echo back; fi
+        """)
+    assert run(task_repo, agent, trials=2).returncode == 0
+    rows = ledger_rows(task_repo, "t")
+    assert [r[1] for r in rows] == ["keep", "keep", "duplicate"], rows
+    assert rows[2][5] == "same code as trial 0" and rows[2][3] == pytest.approx(6.0)
+
+
 @pytest.mark.parametrize("body,status,needle", [
     ("echo 'raise SystemExit(1)' >> exp.py", "crash", "exit code 1"),
     ("sed -i 's/print(f\"loss: {loss}\")//' exp.py", "crash", "no 'loss' figure"),
