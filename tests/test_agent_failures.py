@@ -60,6 +60,9 @@ def test_a_command_that_is_not_there_stops_the_loop_instead_of_spinning(tmp_path
     assert r.returncode == 1
     assert "the agent failed 3 times in a row" in r.stderr and "127" in r.stderr
     assert [s for _, s, *_ in rows(repo)] == ["keep", "agent_error", "agent_error", "agent_error"]
+    # said at the start too, before the baseline's minutes (a warning: a run is not refused on a guess)
+    said = r.stderr.index("'no-such-agent-xyz' is not found")
+    assert said < r.stderr.index("the agent failed 3 times"), r.stderr
 
 
 def test_braces_other_than_the_placeholders_are_the_shells(tmp_path: Path) -> None:

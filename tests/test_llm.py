@@ -142,12 +142,26 @@ def test_model_that_talks_instead_of_editing_is_nudged(tmp_path: Path, kind: str
 
 def test_model_that_never_edits_is_an_agent_error(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task")
-    with FakeLLM("openai", [Say("Thinking.")] * 3 + good_edit()) as fake:
+    look = Say("Let me look.", [("read_file", {"path": "exp.py"})])
+    with FakeLLM("openai", [look] + [Say("Thinking.")] * 3 + good_edit()) as fake:
         r = run_llm(repo, fake, trials=2)
     assert r.returncode == 0, r.stderr
     t = ledger(repo)
     assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP]
     assert "did not change any file" in t[1].reason
+
+
+def test_a_model_that_never_calls_a_tool_stops_the_loop(tmp_path: Path) -> None:
+    """Text only, no tool call ever (a server without tool calling): it will recur, so three
+    trials in a row stop the loop and say what to check."""
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", default=Say("I would lower X to 1.0.")) as fake:
+        r = run_llm(repo, fake, trials=6)
+    assert r.returncode == 1, r.stderr
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP] + [Status.AGENT_ERROR] * 3
+    assert "never called a tool: does it support tool calls?" in t[1].reason
+    assert "3 times in a row" in r.stderr + r.stdout
 
 
 # ---------------------------------------------------------------------------
@@ -169,14 +183,40 @@ def test_max_cost_stops_the_loop(tmp_path: Path) -> None:
     assert "--max-cost" in r.stdout + r.stderr
 
 
-def test_unknown_price_is_said_and_zero(tmp_path: Path) -> None:
+def test_unknown_price_is_said_and_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A remote server's model with no known price: said, recorded at cost 0 and marked. (The
+    endpoint names a remote URL; its chat client talks to the fake on 127.0.0.1.)"""
+    from types import SimpleNamespace
+
+    from autoresearch.agents.base import Context
+    from autoresearch.agents.llm import LLMAgent, make_llm
+    from autoresearch.agents.providers import RetryPolicy, make_chat, resolve
+    from autoresearch.task import load_task
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    remote = "https://models.example.com/v1"
+    make_llm(SimpleNamespace(model="openai/some-new-model", base_url=remote, timeout=None))
+    assert "no price known for openai/some-new-model" in capsys.readouterr().err
+    repo = make_task(tmp_path / "task")
+    best = Trial(number=0, status=Status.KEEP, description="baseline", metric=6.0)
+    ctx = Context(task=load_task(repo), workdir=repo, number=1, best=best, history=(best,),
+                  log_path=tmp_path / "agent.log", ledger_dir=tmp_path)
+    with FakeLLM("openai", good_edit()) as fake:
+        agent = LLMAgent(resolve("openai/some-new-model", remote), make_chat(resolve("openai/some-new-model", fake.url)),
+                         policy=RetryPolicy(attempts=1))
+        proposal = agent.propose(ctx)
+    assert proposal.cost == 0.0 and proposal.tokens_in == 3000 and proposal.extra.get("price") == "unknown"
+
+
+def test_a_model_served_on_this_machine_costs_nothing_unsaid(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task")
     with FakeLLM("openai", good_edit()) as fake:
         r = run_llm(repo, fake, model="openai/some-new-model")
     assert r.returncode == 0, r.stderr
-    assert "no price known for openai/some-new-model" in r.stderr
+    assert "no price known" not in r.stderr
     t = ledger(repo)
-    assert t[1].cost == 0.0 and t[1].tokens_in == 3000 and t[1].extra.get("price") == "unknown"
+    assert t[1].cost == 0.0 and t[1].tokens_in == 3000 and "price" not in t[1].extra
 
 
 # ---------------------------------------------------------------------------
@@ -225,12 +265,19 @@ def test_a_key_in_quoted_pieces_leaves_no_piece_in_a_log(monkeypatch: pytest.Mon
     (["--agent", "llm", "--model", "anthropic/claude-sonnet-4-5"], "ANTHROPIC_API_KEY"),
     (["--agent", "llm", "--model", "nosuch/x"], "unknown provider"),
     (["--agent", "hybrid", "--model", "openai/gpt-4.1", "--llm-share", "1.5"], "--llm-share"),
+    (["--agent", "llm", "--model", "openai/gpt-4.1", "--prices", '{"my-model": "cheap"}'],
+     """'my-model' is "cheap", not [input, output]"""),
 ])
 def test_bad_llm_usage_is_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
     repo = make_task(tmp_path / "task")
     env = {"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": ""}
-    if "--llm-share" in args:
+    if "--llm-share" in args or "--prices" in args:
         env["OPENAI_API_KEY"] = KEY
+    if "--prices" in args:  # (not a flag: the price file's variable)
+        at = args.index("--prices")
+        (tmp_path / "prices.json").write_text(args[at + 1])
+        env["AUTORESEARCH_PRICES"] = str(tmp_path / "prices.json")
+        args = args[:at]
     r = cli("run", str(repo), "--tag", "t", "--trials", "1", *args, env=env)
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr and KEY not in r.stderr

@@ -263,3 +263,35 @@ def test_memory_gb_comes_from_the_printed_line_beside_a_metric_file(tmp_path: Pa
     assert cli("run", str(root), "--tag", "t", "--trials", "0").returncode == 0
     row = (root / ".autoresearch" / "t" / "results.tsv").read_text().splitlines()[1].split("\t")
     assert row[1:4] == ["0.500000", "3.0", "keep"]
+
+
+def test_a_metric_file_written_in_a_subfolder_is_named_in_the_reason(tmp_path: Path) -> None:
+    """`command = "cd exp && python train.py"` writes exp/metrics.json; `file = "metrics.json"`
+    is read from the root: the reason names where it was written and the line to set."""
+    from autoresearch.metrics import MetricError
+
+    (tmp_path / "exp" / "clf").mkdir(parents=True)
+    (tmp_path / "exp" / "clf" / "metrics.json").write_text('{"acc": 0.9}')
+    spec = MetricSpec(name="acc", goal="maximize", file="metrics.json")
+    with pytest.raises(MetricError, match=r"exp/clf/metrics.json was written: set file = 'exp/clf/metrics.json'"):
+        extract(spec, "", run_dir=tmp_path / "run", workdir=tmp_path)
+    moved = MetricSpec(name="acc", goal="maximize", file="exp/clf/metrics.json")
+    assert extract(moved, "", run_dir=tmp_path / "run", workdir=tmp_path)["acc"] == pytest.approx(0.9)
+    (tmp_path / "exp" / "clf" / "metrics.json").unlink()
+    with pytest.raises(MetricError) as e:
+        extract(spec, "", run_dir=tmp_path / "run", workdir=tmp_path)
+    assert "set file" not in str(e.value)
+
+
+def test_a_record_figure_the_baseline_never_printed_is_warned_of(tmp_path: Path) -> None:
+    """`record` figures are read by the default rule (a `pattern` is the metric's): one the
+    baseline did not give is said once, not dropped in silence."""
+    toml = ('\n[metric]\nname = "loss"\ngoal = "minimize"\npattern = \'"loss": ([0-9.]+)\'\n'
+            'record = ["peak_vram_mb", "steps"]\n')
+    exp = 'import json\nprint(json.dumps({"loss": 6.0, "steps": 10}))\nprint("peak_vram_mb: 2048")\n'
+    root = make_task(tmp_path / "task", toml_extra=toml, experiment=exp)
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "0")
+    assert r.returncode == 0, r.stderr
+    said = [line for line in (r.stdout + r.stderr).splitlines() if "metric.record" in line]
+    assert len(said) == 1 and "gave no steps (metric.record)" in said[0], r.stdout + r.stderr
+    assert "the metric's `pattern` reads the metric only" in said[0]

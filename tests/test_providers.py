@@ -80,6 +80,38 @@ def test_a_refused_request_is_fatal_and_quoted(tmp_path: Path, kind: str, status
     assert "3 times in a row" in r.stderr + r.stdout and message in r.stderr + r.stdout
 
 
+@pytest.mark.parametrize("fault,needle", [
+    (Fault("429", code="insufficient_quota", message="You exceeded your current quota"), "out of credit or quota"),
+    (Fault("402", message="Insufficient Balance"), "out of credit or quota"),
+])
+def test_an_account_out_of_credit_stops_the_loop(tmp_path: Path, fault: Fault, needle: str) -> None:
+    """OpenAI's 429 insufficient_quota and a 402 will not pass with a retry: three in a row stop
+    the loop, instead of a night of agent errors (a plain 429 is retried: above)."""
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", default=fault) as fake:
+        r = run_llm(repo, fake, trials=6)
+    assert r.returncode == 1, r.stderr + r.stdout
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP] + [Status.AGENT_ERROR] * 3
+    assert needle in t[1].reason and fault.message in t[1].reason
+    assert len(fake.requests) == 3  # none retried
+
+
+def test_a_refusal_names_the_key_variable_and_the_url(tmp_path: Path) -> None:
+    """A 401 names the variable the key came from, a 404 the URL asked (a base URL without /v1
+    is the usual cause) and the server's own words, not the SDK's dump of the body."""
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", [Fault("401"), Fault("404", message="no route")]) as fake:
+        base = fake.url.removesuffix("/v1")
+        r = cli("run", str(repo), "--tag", "t", "--agent", "llm", "--model", "my-model", "--base-url", base,
+                "--trials", "2", env={"OPENAI_API_KEY": KEY, "AUTORESEARCH_LLM_BACKOFF": "0.01"}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert "check the API key in OPENAI_API_KEY" in t[1].reason and "Error code" not in t[1].reason
+    assert f"at {base}/chat/completions" in t[2].reason and "usually ends in /v1" in t[2].reason
+    assert t[2].reason.endswith(": no route"), t[2].reason
+
+
 @pytest.mark.parametrize("var,value,needle", [
     ("AUTORESEARCH_LLM_STEPS", "abc", "a whole number >= 1, got 'abc'"),
     ("AUTORESEARCH_LLM_STEPS", "0", "a whole number >= 1"),

@@ -299,7 +299,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from autoresearch.agents.search import NoConstants, NothingToSearch
     from autoresearch.ledger import check_tag
     from autoresearch.loop import Loop, Options
-    from autoresearch.session import open_session
+    from autoresearch.session import ahead_of_tag, open_session
     from autoresearch.task import load_task
 
     task = load_task(args.dir)
@@ -344,6 +344,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         events.message(f"autoresearch: tag {tag} on branch autoresearch/{tag} "
                        f"({'resumed' if session.resumed else 'new'}), agent {agent.name}{scale}, "
                        f"ledger {session.dir}")
+        if ahead_of_tag(session):
+            events.message(ahead_of_tag(session))
         best = run_until_stopped(loop, originals)
     finally:
         events.close()
@@ -384,9 +386,6 @@ def cmd_trial(args: argparse.Namespace) -> int:
             shown = " ".join(shlex.quote(p) for p in left)
             print(f"(left as it is in your working tree, outside the editable files: {', '.join(left)}; "
                   f"every trial is rejected until it is undone: `git checkout -- {shown}`)")
-    if trial.status is Status.REJECTED and trial.reason.startswith("empty change"):
-        print("(trial judges the working tree's uncommitted change; a change you committed can be "
-              "uncommitted with `git reset --soft HEAD~1`)")
     if figs:
         print(figs)
     print(f"best: trial {best.number}, {metric} {best.metric:.6g} (tag {tag})")

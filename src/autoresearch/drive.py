@@ -156,7 +156,12 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
     if git.run("symbolic-ref", "-q", "HEAD", check=False).strip() == f"refs/heads/autoresearch/{tag}":
         raise UsageError(f"you have autoresearch/{tag} checked out, and a kept trial moves it under your "
                          "working tree: check out another branch first (e.g. `git checkout main`)")
-    new = [p for p in working_changes(git, task) if task.is_protected(p) and git.show_file("HEAD", p) is None]
+    changed = working_changes(git, task)
+    if not changed:  # judged, it would be a rejected trial in the ledger: say it and record nothing
+        raise UsageError("nothing to judge: your working tree has no change to the editable files (trial "
+                         "judges the uncommitted change; a change you committed can be uncommitted with "
+                         "`git reset --soft HEAD~1`)")
+    new = [p for p in changed if task.is_protected(p) and git.show_file("HEAD", p) is None]
     if new:
         shown = " ".join(shlex.quote(p) for p in new)
         raise UsageError(f"{', '.join(new)} {'is' if len(new) == 1 else 'are'} not committed, and trials run "
@@ -167,6 +172,9 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         note = session.dir / LEFT_NOTE
         head = session.git.rev("HEAD")
         left = read_left(note, head)
+        if all(left.get(p) and as_left(session.git, task.root, p, left[p]) for p in paths):
+            raise UsageError("nothing to judge: your editable files are the best code, as the last "
+                             "`trial` left them (trial judges an uncommitted change to them)")
         loop = Loop(session, WorkingTreeAgent(task.root, paths, description, tag, left),
                     Options(trials=1, seed=seed), events)
         best = loop.run()
@@ -185,6 +193,17 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
 
 
 LEFT_NOTE = "working-tree.json"  # in the tag's folder: what `trial` left in the user's files
+
+
+def as_left(git: Git, root: Path, rel: str, commit: str) -> bool:
+    """Whether the user's `rel` is byte for byte what `commit` holds (absent where it has none)."""
+    try:
+        mine: bytes | None = (root / rel).read_bytes()
+    except FileNotFoundError:
+        mine = None
+    except OSError:
+        return False
+    return mine == git.show_bytes(commit, rel)
 
 
 def read_left(note: Path, head: str | None) -> dict[str, str]:

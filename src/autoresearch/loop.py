@@ -40,11 +40,12 @@ from autoresearch.gitrepo import GitError, Refused, Workspace
 from autoresearch.judge import Measurement, mean_figures
 from autoresearch.ledger import clean_text
 from autoresearch.measure import Measurer
+from autoresearch.metrics import unrecorded
 from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import adopt_orphans, log_digests, read_tail
 from autoresearch.prompt import visible
 from autoresearch.records import Status, Trial
-from autoresearch.session import Session, missing_hint, run_setup, write_refs
+from autoresearch.session import Session, missing_hint, run_setup, trees_of, write_refs
 from autoresearch.task import list_files, task_warnings
 from autoresearch.watch import Watch
 
@@ -228,6 +229,8 @@ class Loop:
             raise AutoresearchError(f"the baseline (trial {number}) failed: {m.reason}{hint}; "
                                     f"see {log} (tag {self.s.tag} stays on the code it started "
                                     f"from, {self.s.base[:7]}: fix it, commit, and start a new --tag)")
+        if unrecorded(self.task.metric, m.figures):
+            self.events.message(unrecorded(self.task.metric, m.figures))
         noise = decide.noise([r[self.task.metric.name] for r in m.repeats])
         self.s.ledger.set_meta("noise", repr(noise))
         t = t.with_(status=Status.KEEP, figures=m.figures, repeats=m.repeats if runs > 1 else [],
@@ -334,7 +337,8 @@ class Loop:
             proposal = self.agent.propose(ctx)
         except AgentError as e:
             error = clean_text(redact_keys(str(e)), 500) or "agent error"
-            return (t.with_(description=f"agent error: {error}"[:200], model=e.model, tokens_in=e.tokens_in,
+            said = "(stopped while the agent worked)" if self.cancel.is_set() else f"agent error: {error}"[:200]
+            return (t.with_(description=said, model=e.model, tokens_in=e.tokens_in,
                             tokens_out=e.tokens_out, cost=e.cost), error, e.fatal)
         except Exception as e:  # a bug in an agent must not kill a two-day loop
             import traceback
@@ -484,16 +488,5 @@ class Loop:
             self.agent.observe(t)
 
     def _index_trees(self, history: list[Trial]) -> None:
-        measured = [t for t in history if t.commit and t.status not in UNMEASURED]
-        commits = list(dict.fromkeys(t.commit for t in measured if t.commit))  # once each, in order
-        if not commits:
-            return
-        # one line per argument, in order (a retried baseline shares its commit with the stopped
-        # one; pairing trials with a list of trees that skipped or merged one shifted every pair)
-        out = self.s.git.run("rev-parse", *(f"{c}^{{tree}}" for c in commits), check=False).split()
-        if len(out) != len(commits):  # a commit gone (pruned): look them up one by one
-            out = [self.s.git.run("rev-parse", "-q", "--verify", f"{c}^{{tree}}", check=False).strip() for c in commits]
-        tree_of = dict(zip(commits, out, strict=True))
-        for t in measured:
-            if tree_of.get(t.commit or ""):
-                self.trees.setdefault(tree_of[t.commit or ""], t.number)
+        for tree, number in trees_of(self.s.git, [t for t in history if t.status not in UNMEASURED]).items():
+            self.trees.setdefault(tree, number)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -125,7 +126,9 @@ def extract(spec: MetricSpec, output: str, run_dir: Path | None = None,
                 return figures_from_file(base / spec.file, wanted)
         where = " or ".join(w for w, base in (("$AUTORESEARCH_RUN_DIR", run_dir), ("the working folder", workdir))
                             if base is not None)
-        raise MetricError(f"metric file {spec.file} was not written (looked in {where or 'no folder'})")
+        found = elsewhere(workdir, spec.file) if workdir is not None else ""
+        hint = f"; {found} was written: set file = {found!r} (a path from the repository's root)" if found else ""
+        raise MetricError(f"metric file {spec.file} was not written (looked in {where or 'no folder'}){hint}")
     text = screen(output)  # once for all names: the output can be long
     out: dict[str, float] = {}
     for name in wanted:
@@ -133,6 +136,31 @@ def extract(spec: MetricSpec, output: str, run_dir: Path | None = None,
         if value is not None:
             out[name] = value
     return out
+
+
+def elsewhere(workdir: Path, file: str, most: int = 20000) -> str:
+    """A file named like `file` somewhere else under `workdir` (its path from there), looked for
+    among the first `most` entries (.git and links to folders skipped); '' when none is."""
+    name, seen = Path(file).name, 0
+    for top, dirs, files in os.walk(workdir):
+        dirs[:] = sorted(d for d in dirs if d != ".git")
+        seen += len(dirs) + len(files)
+        if name in files and (Path(top) / name) != workdir / file:
+            return (Path(top) / name).relative_to(workdir).as_posix()
+        if seen > most:
+            break
+    return ""
+
+
+def unrecorded(spec: MetricSpec, figures: dict[str, float]) -> str:
+    """A warning when the baseline gave none of some `record` figures ('' when it gave all)."""
+    missing = [n for n in spec.record if n not in figures]
+    if not missing:
+        return ""
+    where = (f"keys of {spec.file}" if spec.file else
+             "lines `name: number` (the metric's `pattern` reads the metric only)")
+    return (f"autoresearch: warning: the baseline gave no {', '.join(missing)} (metric.record): "
+            f"record figures are read as {where}")
 
 
 def metric_problem(spec: MetricSpec, figures: dict[str, float], output: str | None = None) -> str | None:

@@ -167,6 +167,36 @@ def write_refs(s: Session, t: Trial, best: str | None) -> None:
         s.git.update_refs({**refs, branch: (t.commit if kept else best) or ""})
 
 
+def ahead_of_tag(s: Session) -> str:
+    """A note for a resumed tag when the user's HEAD holds commits its code does not (a fix
+    committed after the tag started): trials go on from the tag's best code, without them."""
+    if not s.resumed or not s.user_head:
+        return ""
+    n = s.git.run("rev-list", "--count", "--no-merges", f"{branch_ref(s.tag)}..{s.user_head}", check=False).strip()
+    if not n.isdigit() or int(n) == 0:
+        return ""
+    return (f"autoresearch: note: your HEAD has {n} commit{'s' * (n != '1')} that tag {s.tag} does not hold: "
+            "its trials go on from its own best code, without them (a new --tag starts from your HEAD)")
+
+
+def trees_of(git: Git, trials: list[Trial]) -> dict[str, int]:
+    """The tree of each trial's commit -> the first of `trials` with it (a commit gone is skipped)."""
+    commits = list(dict.fromkeys(t.commit for t in trials if t.commit))  # once each, in order
+    if not commits:
+        return {}
+    # one line per argument, in order (a retried baseline shares its commit with the stopped
+    # one; pairing trials with a list of trees that skipped or merged one shifted every pair)
+    out = git.run("rev-parse", *(f"{c}^{{tree}}" for c in commits), check=False).split()
+    if len(out) != len(commits):  # a commit gone (pruned): look them up one by one
+        out = [git.run("rev-parse", "-q", "--verify", f"{c}^{{tree}}", check=False).strip() for c in commits]
+    tree_of = dict(zip(commits, out, strict=True))
+    found: dict[str, int] = {}
+    for t in trials:
+        if tree_of.get(t.commit or ""):
+            found.setdefault(tree_of[t.commit or ""], t.number)
+    return found
+
+
 def shield(git: Git, folder: Path) -> None:
     """Make the ledger folder an (empty) git repository of its own: `git clean -fdx`, a common
     `make clean`, skips a nested repository (only `-ffdx` removes one), so the record survives."""

@@ -21,6 +21,9 @@ def pick_tag(root: Path, tag: str | None) -> str:
     if tag:
         return tag
     tags = list_tags(root)
+    if not tags and not (root / "autoresearch.toml").is_file():
+        raise UsageError(f"no autoresearch.toml in {root} or a folder above it in its git repository, "
+                         "and no runs here (give the task's folder: autoresearch status DIR)")
     if not tags:
         raise UsageError(f"no autoresearch runs in {root} (start one with `autoresearch run`)")
     base = root / ".autoresearch"
@@ -80,7 +83,8 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     rows = [("#", "commit", "status", metric, *([holdout] if holdout else []), "seconds", "description")]
     alive = Ledger.loop_running(tag_dir(root, tag)) if any(t.status.value == "running" for t in shown) else True
     for t in shown:
-        note = f"  [{t.reason}]" if t.reason and t.status.value != "keep" else ""
+        said = t.reason and t.description.startswith(f"agent error: {t.reason}"[:60])  # the reason is the description
+        note = f"  [{t.reason}]" if t.reason and t.status.value != "keep" and not said else ""
         if t.status.value == "running" and not alive:
             note += "  [no loop is running: `run --tag` records it as interrupted and goes on]"
         note += f"  [audit: {len(t.flags)} flag{'s' if len(t.flags) > 1 else ''}]" if t.flags else ""
@@ -90,7 +94,9 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
                      *held, f"{t.run_seconds:.1f}", clip(t.description + note, 160)))
     n = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
-    lines = [f"tag {tag}: {len(trials)} trial{'s' * (len(trials) != 1)}, {sum(t.status.value == 'keep' for t in trials)} kept"]
+    kept = max(0, sum(t.status.value == "keep" for t in trials) - 1)  # the first keep is the baseline
+    lines = [f"tag {tag}: {len(trials)} trial{'s' * (len(trials) != 1)} (the baseline included), "
+             f"{kept} kept improvement{'s' * (kept != 1)}"]
     ended = last_run_text(last_run)
     if ended:
         lines.append(ended)

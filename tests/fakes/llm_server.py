@@ -51,6 +51,7 @@ class Fault:
     retry_after: float | None = None
     seconds: float = 5.0
     message: str = ""  # the error's message (default: "scripted <status>")
+    code: str | None = None  # OpenAI's error.code (e.g. "insufficient_quota")
 
 
 Step = Say | Fault | Callable[[dict[str, Any]], "Say | Fault"]
@@ -166,7 +167,7 @@ class FakeLLM:
                 headers = {"retry-after": f"{f.retry_after:g}"} if f.retry_after is not None else {}
                 kind = {429: "rate_limit_error", 400: "invalid_request_error",
                         422: "invalid_request_error"}.get(status, "api_error")
-                self._send(status, error_body(fake.kind, kind, f.message or f"scripted {status}"), headers)
+                self._send(status, error_body(fake.kind, kind, f.message or f"scripted {status}", f.code), headers)
 
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 self._raw(status, json.dumps(payload).encode(), "application/json", headers)
@@ -208,13 +209,13 @@ GOOGLE_STATUS = {"invalid_request_error": (400, "INVALID_ARGUMENT"), "authentica
                  "rate_limit_error": (429, "RESOURCE_EXHAUSTED"), "api_error": (500, "INTERNAL")}
 
 
-def error_body(kind: str, etype: str, message: str) -> dict[str, Any]:
+def error_body(kind: str, etype: str, message: str, code: str | None = None) -> dict[str, Any]:
     if kind == "anthropic":
         return {"type": "error", "error": {"type": etype, "message": message}}
     if kind == "gemini":  # google.rpc.Status
         code, status = GOOGLE_STATUS.get(etype, (500, "INTERNAL"))
         return {"error": {"code": code, "message": message, "status": status}}
-    return {"error": {"message": message, "type": etype, "code": None}}
+    return {"error": {"message": message, "type": etype, "code": code}}
 
 
 def openai_reply(step: Say, model: str) -> dict[str, Any]:

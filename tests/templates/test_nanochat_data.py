@@ -4,8 +4,10 @@ text and parquet folders, and the bytes each token stands for."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -284,3 +286,26 @@ def _is_utf8(raw: bytes) -> bool:
         return True
     except UnicodeDecodeError:
         return False
+
+
+@pytest.mark.slow
+def test_the_gpu_bench_writes_its_figures_as_it_goes_and_prints_them_whatever_fails(tmp_path):
+    """bench/nanochat_gpu.py is run once, on a lent machine, with minutes to spare: in smoke form
+    here it must finish, write results.json and each stage's log to --out, and, given too little
+    time for a training run, still print its table (n/a) instead of dying on a missing figure."""
+    bench = Path(__file__).resolve().parents[2] / "bench" / "nanochat_gpu.py"
+    env = {**os.environ, "AUTORESEARCH_SMOKE": "1"}
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(bench), "--workdir", str(tmp_path / "w"), "--out", str(out),
+                        "--deadline", "400"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert all(results["stages"][s]["ok"] for s in ("prepare", "train", "evaluate")), results
+    assert results["figures"]["val_bpb"] > 0 and results["figures"]["test_bpb"] > 0
+    assert results["summary"]["num_steps"] > results["last_step"]["step"] - 25 > 0
+    assert {"prepare.log", "train.log", "evaluate.log", "summary.json"} <= {p.name for p in out.iterdir()}
+    assert re.search(r"^tokens_per_second:\s+[\d,]+$", r.stdout, re.M)
+    short = subprocess.run([sys.executable, str(bench), "--workdir", str(tmp_path / "w2"), "--out", str(tmp_path / "o2"),
+                            "--deadline", "60"], env=env, capture_output=True, text=True, timeout=300)
+    assert short.returncode == 1 and "no time left for a training run" in short.stdout
+    assert re.search(r"^val_bpb:\s+n/a$", short.stdout, re.M) and "prepare_seconds:" in short.stdout

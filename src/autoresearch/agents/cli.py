@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
@@ -125,6 +127,21 @@ def exit_error(returncode: int, printed: str, desc_file_text: str | None) -> Age
     return AgentError(described(message, desc_file_text), fatal=returncode in (126, 127))
 
 
+def missing_program(command: str, env: dict[str, str]) -> str:
+    """The program `command` starts with when bash would not find it ('' when it would, or when
+    that cannot be told before it runs: a path relative to the worktree, a template, a $VAR)."""
+    try:
+        words = shlex.split(command, comments=True)
+    except ValueError:
+        return ""
+    first = next((w for w in words if not re.fullmatch(r"[A-Za-z_]\w*=.*", w, re.DOTALL)), "")
+    if not first or re.search(r"[{}$`()<>|;&*?\[\]~]", first) or ("/" in first and not first.startswith("/")):
+        return ""
+    found = subprocess.run(["/bin/bash", "-c", 'type -t -- "$1"', "_", first], env=env,
+                           capture_output=True, text=True, check=False)
+    return "" if found.stdout.strip() else first
+
+
 class CommandAgent(BaseAgent):
     """`--agent cli --agent-cmd CMD`: any program that edits files in its working directory."""
 
@@ -138,6 +155,10 @@ class CommandAgent(BaseAgent):
         self.timeout = timeout
         self.name = name
         self.extra_env = env or {}
+        lost = missing_program(command, {**os.environ, **self.extra_env})
+        if lost:  # said now, not after a baseline of minutes and three failed proposals
+            print(f"autoresearch: warning: the agent command's {lost!r} is not found (PATH has no such "
+                  "program): every proposal will fail", file=sys.stderr, flush=True)
 
     def propose(self, ctx: Context) -> Proposal:
         printed, returncode = self.execute(ctx)

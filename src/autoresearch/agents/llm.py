@@ -28,6 +28,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
 from autoresearch.agents.prices import PRICES, cost, load_overrides, price_of
@@ -193,6 +194,8 @@ class LLMAgent(BaseAgent):
         self.price = (0.0, 0.0) if endpoint.local else price_of(endpoint.name, table)
         if self.price is None:  # the full spec too, for an override such as "openrouter/x/y"
             self.price = table.get(endpoint.label)
+        if self.price is None and on_this_machine(endpoint.base_url):  # a model served here costs nothing
+            self.price = (0.0, 0.0)
         self.role = role
         self.no_usage = False
 
@@ -233,7 +236,7 @@ class LLMAgent(BaseAgent):
             try:
                 reply = call_with_retries(
                     lambda timeout: self.chat.complete(SYSTEM, messages, SPECS, self.limits.reply_tokens, timeout),
-                    self.policy, deadline, log, ctx.cancel)
+                    self.policy, deadline, log, ctx.cancel, self.endpoint)
             except OutOfTime as e:
                 if e.retry_in is not None:
                     raise AgentError(f"the server asked to wait {e.retry_in:.1f} s, past the agent's time limit "
@@ -257,6 +260,10 @@ class LLMAgent(BaseAgent):
                 return last_line(reply.text) or "(no description)"
             if tools.finished is not None or not reply.tool_calls:  # talk, or finish, with no edit
                 nudges += 1
+                if nudges > 2 and not any(m.get("tool_calls") for m in messages):  # will recur
+                    raise AgentError("the model answered in text only and never called a tool: does it support "
+                                     "tool calls? (vLLM needs --enable-auto-tool-choice and a --tool-call-parser; "
+                                     "Ollama a model that lists tools)", fatal=True)
                 if nudges > 2:
                     raise AgentError("the model did not change any file")
                 tools.finished = None
@@ -280,6 +287,12 @@ class LLMAgent(BaseAgent):
         def log(text: str) -> None:
             ctx.log(redact(text))
         return log
+
+
+def on_this_machine(url: str | None) -> bool:
+    """Whether `url` is served on this machine (localhost, 127.x, ::1)."""
+    host = (urlsplit(url).hostname or "") if url else ""
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def log_cut(text: str, limit: int = LOG_CHARS) -> str:

@@ -41,7 +41,11 @@ def load_overrides(env: Mapping[str, str] | None = None) -> dict[str, tuple[floa
         data = json.loads(Path(path).read_text())
         out = {}
         for name, v in data.items():
-            pair = (v["input"], v["output"]) if isinstance(v, dict) else tuple(v)
+            pair = (v["input"], v["output"]) if isinstance(v, dict) else v
+            if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in pair)):
+                raise ValueError(f"{name!r} is {json.dumps(v)}, not [input, output] or "
+                                 '{"input": ..., "output": ...}')
             out[str(name)] = (float(pair[0]), float(pair[1]))
         return out
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:

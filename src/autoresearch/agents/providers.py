@@ -12,7 +12,8 @@ Guarantees:
   retried with exponential backoff and full jitter, honouring retry-after, within the caller's
   deadline; other failures (401, 400, 404 ...) are not. What still fails raises `LLMError`
   (`OutOfTime` when the caller's deadline, not the attempts, ended it). A refusal that will recur
-  (400, 401, 403, 404, 422) is `fatal`, and quotes the server's message.
+  (400, 401, 402, 403, 404, 422, and a 429 that says the account is out of quota) is `fatal`, and
+  quotes the server's message.
 - The number settings (AUTORESEARCH_LLM_*) are checked: a bad one is a ValueError naming it.
 """
 
@@ -198,29 +199,50 @@ def retry_after(headers: Any) -> float | None:
         return None
 
 
-def classify(e: Exception) -> Exception:
-    """An SDK exception -> Transient (retry) or LLMError (give up), message redacted."""
+def classify(e: Exception, endpoint: Endpoint | None = None) -> Exception:
+    """An SDK exception -> Transient (retry) or LLMError (give up), message redacted; with the
+    `endpoint`, a refusal names what to check (the key's variable, the URL asked)."""
     status = getattr(e, "status_code", None)
     response = getattr(e, "response", None)
     name = type(e).__name__
     body = getattr(e, "message", None) or str(e)
     text = redact(f"{name}: {body}")[:400]
+    url = redact(request_url(e))
     if isinstance(e, (json.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError)) and status is None:
         return Transient(f"malformed reply from the API ({text})")
     if status is None:
         if "Timeout" in name or "Connection" in name or "ResponseValidation" in name:
-            return Transient(text)
+            return Transient(text + (f" ({url})" if url and url not in text else ""))
         return LLMError(text)
+    said = redact(server_message(e))[:400]
+    if status == 402 or (status == 429 and "insufficient_quota" in f"{getattr(e, 'body', '')} {body}"):
+        return LLMError(f"HTTP {status}: the account is out of credit or quota: {said!r} (it will fail the "
+                        "same way until the account is topped up)", fatal=True)
     if status in (408, 409, 425, 429) or status >= 500:
         return Transient(f"HTTP {status}: {text}", retry_after(getattr(response, "headers", None)))
     if status in (400, 422):  # the request itself is refused: the next one will be too
-        said = redact(server_message(e))[:400]
         return LLMError(f"HTTP {status}: the server refused the request: {said!r} (it would refuse it "
                         "again: check the model name, that the model supports tool calls, and its context "
                         "length)", fatal=True)
-    hint = {401: " (check the API key variable)", 403: " (the key lacks access to this model?)",
-            404: " (is the model name right?)"}.get(status, "")
-    return LLMError(f"HTTP {status}{hint}: {text}", fatal=status in (401, 403, 404))
+    key = (endpoint.key_env or "OPENAI_API_KEY") if endpoint else ""
+    hint = {401: f" (check the API key{f' in {key}' if key else ' variable'})",
+            403: " (the key lacks access to this model?)",
+            404: f"{f' at {url}' if url else ''} (is the model name right?"
+                 f"{' an OpenAI-compatible base URL usually ends in /v1' if endpoint and endpoint.sdk == 'openai' and '/v1' not in url else ''})"
+            }.get(status, "")
+    return LLMError(f"HTTP {status}{hint}: {said}", fatal=status in (401, 403, 404))
+
+
+def request_url(e: Exception) -> str:
+    """The URL of the request an SDK error is about ('' when it does not say)."""
+    for holder in (getattr(e, "response", None), e):
+        try:  # httpx raises (not returns None) when a response has no request
+            request = getattr(holder, "request", None)
+            if request is not None and getattr(request, "url", None) is not None:
+                return str(request.url)
+        except Exception:  # noqa: BLE001,S112 - no URL to name
+            continue
+    return ""
 
 
 def server_message(e: Exception) -> str:
@@ -315,9 +337,10 @@ def _call(fn: Callable[[float], Reply], timeout: float, cancel: threading.Event 
 
 
 def call_with_retries(fn: Callable[[float], Reply], policy: RetryPolicy, deadline: float,
-                      log: Callable[[str], None], cancel: threading.Event | None = None) -> Reply:
+                      log: Callable[[str], None], cancel: threading.Event | None = None,
+                      endpoint: Endpoint | None = None) -> Reply:
     """Call fn(timeout) until it succeeds, a permanent error, the attempts or the deadline run
-    out (OutOfTime), or `cancel` is set."""
+    out (OutOfTime), or `cancel` is set. `endpoint` names what to check in a refusal."""
     last = ""
     tried = 0
     for attempt in range(policy.attempts):
@@ -330,7 +353,7 @@ def call_with_retries(fn: Callable[[float], Reply], policy: RetryPolicy, deadlin
         try:
             return _call(fn, min(policy.request_timeout, left), cancel)
         except Exception as e:  # noqa: BLE001 - the SDKs raise many kinds; classify sorts them
-            err = e if isinstance(e, (Transient, LLMError)) else classify(e)
+            err = e if isinstance(e, (Transient, LLMError)) else classify(e, endpoint)
             if isinstance(err, LLMError):
                 raise err from None
             last = str(err)

@@ -50,7 +50,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"mlflow: {logged} new run(s) in experiment "
               f"{experiment_name(study.task_name, study.tag)!r} at {args.mlflow}")
     page = write_report(study, out)
-    print(f"{title(study)} (the baseline included)")
+    print(title(study))  # as status says it: the baseline is an experiment, not an improvement
     print(f"plot:   {out / 'progress.png'}")
     print(f"report: {page}")
     return 0

@@ -554,6 +554,9 @@ def evaluate_bpb(model: torch.nn.Module, split: str = "val", batch_size: int = 8
         device
     )
     rows = (min(EVAL_TOKENS, len(tokens) - 1)) // T
+    # at most 32 rows a pass: 128 x 2048 x 8192 fp32 logits are 2^31 elements (8 GiB each, at the
+    # edge of 32-bit indexing) and the softcap and the loss make three more; the sums do not change
+    batch_size = max(1, min(batch_size, 32))
     if rows < 1:
         raise PrepareError(f"the {split} split holds fewer than {T + 1} tokens")
     model.eval()
