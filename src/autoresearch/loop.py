@@ -102,6 +102,7 @@ class Loop:
         self.untold: list[Trial] = []  # finished trials the agent is yet to observe
         self.done = 0
         self.trees: dict[str, int] = {}
+        self.repeated: list[list[float]] | None = None  # the metric's repeated runs, for noise()
         self.best: Trial | None = session.ledger.best()
         self.baseline: Trial | None = session.ledger.get(0)
         self.started = time.monotonic()
@@ -431,11 +432,14 @@ class Loop:
 
     def noise(self) -> float:
         """Run-to-run noise: pooled over the baseline's runs and every confirmed candidate's."""
-        name = self.task.metric.name
-        groups = [[r[name] for r in t.repeats if name in r] for t in self.s.ledger.trials()]
-        pooled = decide.pooled_noise([g for g in groups if len(g) > 1])
+        if self.repeated is None:  # read once; _finish adds each new trial's (not a ledger scan a trial)
+            self.repeated = [g for t in self.s.ledger.trials() if len(g := self._repeats(t)) > 1]
+        pooled = decide.pooled_noise(self.repeated)
         raw = self.s.ledger.get_meta("noise")
         return pooled if pooled or not raw else float(raw)
+
+    def _repeats(self, t: Trial) -> list[float]:
+        return [r[self.task.metric.name] for r in t.repeats if self.task.metric.name in r]
 
     # -- recording --------------------------------------------------------------------------
 
@@ -458,6 +462,8 @@ class Loop:
                 # probes the holdout's data, then is let go, is how an agent would learn it
                 t = t.with_(flags=[*t.flags, *audit.audit_trial(self.s.git, self.task, t.parent, t.commit)])
             self.s.ledger.finish(t)
+            if self.repeated is not None and len(self._repeats(t)) > 1:
+                self.repeated.append(self._repeats(t))
             if t.status in UNMEASURED:  # its code may be proposed again
                 for tree in [k for k, n in self.trees.items() if n == t.number]:
                     del self.trees[tree]
