@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "src" / "autoresearch" / "templates" / "nanochat"
-UNTIMED_STEPS = re.compile(r"^UNTIMED_STEPS\s*=\s*(\d+)", re.M)
+UNTIMED_STEPS = re.compile(r"^UNTIMED_STEPS\s*=\s*(?:\d+\s+if\s+SMOKE\s+else\s+)?(\d+)", re.M)
 FLEX_LINE = "flex = idx.is_cuda and torch.compiler.is_compiling()"
 SETUP_ALLOWANCE = 150.0  # seconds beyond the budget a training run needs: start, compile, eval
 EVALUATE_ALLOWANCE = 50.0
@@ -217,7 +217,7 @@ def main() -> int:
                 print(f"--- budget cut to {budget:.0f} s to fit --deadline", flush=True)
             env["AUTORESEARCH_TIME_BUDGET"] = f"{budget:.0f}"
             bench.save(budget=round(budget), attention=attempt)
-            trained, ok = bench.stage("train", ["train.py"], task, env, bench.left() - EVALUATE_ALLOWANCE / 2)
+            trained, ok = bench.stage(f"train-{attempt}", ["train.py"], task, env, bench.left() - EVALUATE_ALLOWANCE / 2)
             device = re.search(r"^device (.*?):", trained, re.M)
             if device and device[1] in ("cpu", "mps"):  # the band mask is all they run
                 bench.save(attention="sdpa")

@@ -33,6 +33,10 @@ def test_commands_find_the_task_file_above_the_current_folder(tmp_path: Path) ->
     r = cli("trial", "-m", "nothing", cwd=deep)  # the change was rewound: nothing to judge, nothing recorded
     assert r.returncode == 2 and "nothing to judge" in r.stderr, r.stderr
     assert "trial 3" not in cli("status", cwd=deep).stdout
+    (repo / "program.md").write_text("# program\nMinimise loss, and quickly.\n")  # not an editable file
+    r = cli("trial", "-m", "a program edit", cwd=deep)
+    assert r.returncode == 2 and "outside them: program.md" in r.stderr, r.stderr
+    assert "trial 3" not in cli("status", cwd=deep).stdout
 
 
 def test_the_look_up_stops_at_the_git_root(tmp_path: Path) -> None:
@@ -338,10 +342,13 @@ def test_trial_stages_the_files_it_names_not_files_their_names_match_as_globs(tm
 def test_resuming_a_tag_after_a_commit_of_your_own_says_the_tag_goes_on_without_it(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task")
     assert cli("run", str(repo), "--tag", "t", "--trials", "0").returncode == 0
+    (repo / "README.md").write_text("notes\n")
+    git(repo, "add", "README.md")
+    git(repo, "commit", "-qm", "notes: not a file of the task")
     again = cli("run", str(repo), "--tag", "t", "--trials", "0")
     assert again.returncode == 0 and "your HEAD has" not in again.stdout + again.stderr
     (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("Y = 2", "Y = 1"))
     git(repo, "commit", "-qam", "a fix of my own")
     r = cli("run", str(repo), "--tag", "t", "--trials", "0")
     assert r.returncode == 0, r.stderr
-    assert "your HEAD has 1 commit that tag t does not hold" in r.stdout + r.stderr
+    assert "your HEAD has 2 commits that tag t does not hold (exp.py differ)" in r.stdout + r.stderr

@@ -267,6 +267,8 @@ def test_a_key_in_quoted_pieces_leaves_no_piece_in_a_log(monkeypatch: pytest.Mon
     (["--agent", "hybrid", "--model", "openai/gpt-4.1", "--llm-share", "1.5"], "--llm-share"),
     (["--agent", "llm", "--model", "openai/gpt-4.1", "--prices", '{"my-model": "cheap"}'],
      """'my-model' is "cheap", not [input, output]"""),
+    (["--agent", "llm", "--model", "openai/gpt-4.1", "--prices", '{"m": [NaN, 1]}'], "'m' is [NaN, 1], not"),
+    (["--agent", "llm", "--model", "openai/gpt-4.1", "--prices", '{"m": {"input": 1}}'], "'m' is {\"input\": 1}, not"),
 ])
 def test_bad_llm_usage_is_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
     repo = make_task(tmp_path / "task")
@@ -363,3 +365,13 @@ def test_history_is_condensed_to_the_budget() -> None:
     assert "600 trials so far" in text and "#599" in text and "#550 keep" in text
     small = condensed_history(trials[:5], "loss", 4000)
     assert len(small) == 5
+
+
+def test_text_only_replies_from_a_model_that_has_used_tools_are_not_fatal(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", good_edit(), default=Say("I would lower X further.")) as fake:
+        r = run_llm(repo, fake, trials=4)
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.KEEP] + [Status.AGENT_ERROR] * 3
+    assert all("did not change any file" in x.reason for x in t[2:])

@@ -273,7 +273,7 @@ def test_a_metric_file_written_in_a_subfolder_is_named_in_the_reason(tmp_path: P
     (tmp_path / "exp" / "clf").mkdir(parents=True)
     (tmp_path / "exp" / "clf" / "metrics.json").write_text('{"acc": 0.9}')
     spec = MetricSpec(name="acc", goal="maximize", file="metrics.json")
-    with pytest.raises(MetricError, match=r"exp/clf/metrics.json was written: set file = 'exp/clf/metrics.json'"):
+    with pytest.raises(MetricError, match=r"a metrics.json at exp/clf/metrics.json: if the experiment writes it there, set file = 'exp/clf/metrics.json'"):
         extract(spec, "", run_dir=tmp_path / "run", workdir=tmp_path)
     moved = MetricSpec(name="acc", goal="maximize", file="exp/clf/metrics.json")
     assert extract(moved, "", run_dir=tmp_path / "run", workdir=tmp_path)["acc"] == pytest.approx(0.9)

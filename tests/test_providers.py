@@ -80,15 +80,18 @@ def test_a_refused_request_is_fatal_and_quoted(tmp_path: Path, kind: str, status
     assert "3 times in a row" in r.stderr + r.stdout and message in r.stderr + r.stdout
 
 
-@pytest.mark.parametrize("fault,needle", [
-    (Fault("429", code="insufficient_quota", message="You exceeded your current quota"), "out of credit or quota"),
-    (Fault("402", message="Insufficient Balance"), "out of credit or quota"),
+@pytest.mark.parametrize("kind,fault", [
+    ("openai", Fault("429", code="insufficient_quota", message="You exceeded your current quota")),
+    ("openai", Fault("402", message="Insufficient Balance")),
+    ("anthropic", Fault("400", message="Your credit balance is too low to access the Anthropic API")),
 ])
-def test_an_account_out_of_credit_stops_the_loop(tmp_path: Path, fault: Fault, needle: str) -> None:
-    """OpenAI's 429 insufficient_quota and a 402 will not pass with a retry: three in a row stop
-    the loop, instead of a night of agent errors (a plain 429 is retried: above)."""
+def test_an_account_out_of_credit_stops_the_loop(tmp_path: Path, kind: str, fault: Fault) -> None:
+    """OpenAI's 429 insufficient_quota, a 402 and Anthropic's 400 about the credit balance will
+    not pass with a retry: three in a row stop the loop and say so, instead of a night of agent
+    errors (a plain 429 is retried: above)."""
+    needle = "out of credit or quota"
     repo = make_task(tmp_path / "task")
-    with FakeLLM("openai", default=fault) as fake:
+    with FakeLLM(kind, default=fault) as fake:
         r = run_llm(repo, fake, trials=6)
     assert r.returncode == 1, r.stderr + r.stdout
     t = ledger(repo)

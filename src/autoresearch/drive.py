@@ -157,10 +157,11 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         raise UsageError(f"you have autoresearch/{tag} checked out, and a kept trial moves it under your "
                          "working tree: check out another branch first (e.g. `git checkout main`)")
     changed = working_changes(git, task)
-    if not changed:  # judged, it would be a rejected trial in the ledger: say it and record nothing
-        raise UsageError("nothing to judge: your working tree has no change to the editable files (trial "
-                         "judges the uncommitted change; a change you committed can be uncommitted with "
-                         "`git reset --soft HEAD~1`)")
+    if not any(task.is_editable(p) for p in changed):  # judged, it would be a rejected trial: say it, record nothing
+        said = f" (changed, outside them: {', '.join(changed[:5])})" if changed else ""
+        raise UsageError(f"nothing to judge: your working tree has no change to the editable files{said}; "
+                         "trial judges the uncommitted change to them (a change you committed can be "
+                         "uncommitted with `git reset --soft HEAD~1`)")
     new = [p for p in changed if task.is_protected(p) and git.show_file("HEAD", p) is None]
     if new:
         shown = " ".join(shlex.quote(p) for p in new)
@@ -172,9 +173,11 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         note = session.dir / LEFT_NOTE
         head = session.git.rev("HEAD")
         left = read_left(note, head)
-        if all(left.get(p) and as_left(session.git, task.root, p, left[p]) for p in paths):
-            raise UsageError("nothing to judge: your editable files are the best code, as the last "
-                             "`trial` left them (trial judges an uncommitted change to them)")
+        if all(p in left and as_left(session.git, task.root, p, left[p]) for p in paths if task.is_editable(p)):
+            outside = [p for p in paths if not task.is_editable(p)]
+            raise UsageError("nothing to judge: your editable files are the best code, as the last `trial` "
+                             "left them" + (f" (changed, outside them: {', '.join(outside[:5])})" if outside else "")
+                             + "; trial judges an uncommitted change to them")
         loop = Loop(session, WorkingTreeAgent(task.root, paths, description, tag, left),
                     Options(trials=1, seed=seed), events)
         best = loop.run()

@@ -231,7 +231,7 @@ class Loop:
                                     f"see {log} (tag {self.s.tag} stays on the code it started "
                                     f"from, {self.s.base[:7]}: fix it, commit, and start a new --tag)")
         if unrecorded(self.task.metric, m.figures):
-            self.events.message(unrecorded(self.task.metric, m.figures))
+            self.events.message(unrecorded(self.task.metric, m.figures, bool(self.task.evaluate)))
         noise = decide.noise([r[self.task.metric.name] for r in m.repeats])
         self.s.ledger.set_meta("noise", repr(noise))
         t = t.with_(status=Status.KEEP, figures=m.figures, repeats=m.repeats if runs > 1 else [],

@@ -127,7 +127,8 @@ def extract(spec: MetricSpec, output: str, run_dir: Path | None = None,
         where = " or ".join(w for w, base in (("$AUTORESEARCH_RUN_DIR", run_dir), ("the working folder", workdir))
                             if base is not None)
         found = elsewhere(workdir, spec.file) if workdir is not None else ""
-        hint = f"; {found} was written: set file = {found!r} (a path from the repository's root)" if found else ""
+        hint = (f"; there is a {Path(spec.file).name} at {found}: if the experiment writes it there, set "
+                f"file = {found!r} (a path from the repository's root)") if found else ""
         raise MetricError(f"metric file {spec.file} was not written (looked in {where or 'no folder'}){hint}")
     text = screen(output)  # once for all names: the output can be long
     out: dict[str, float] = {}
@@ -152,15 +153,16 @@ def elsewhere(workdir: Path, file: str, most: int = 20000) -> str:
     return ""
 
 
-def unrecorded(spec: MetricSpec, figures: dict[str, float]) -> str:
+def unrecorded(spec: MetricSpec, figures: dict[str, float], evaluated: bool = False) -> str:
     """A warning when the baseline gave none of some `record` figures ('' when it gave all)."""
     missing = [n for n in spec.record if n not in figures]
     if not missing:
         return ""
     where = (f"keys of {spec.file}" if spec.file else
              "lines `name: number` (the metric's `pattern` reads the metric only)")
+    source = " in the evaluator's output (with `evaluate`, the only one read)" if evaluated else ""
     return (f"autoresearch: warning: the baseline gave no {', '.join(missing)} (metric.record): "
-            f"record figures are read as {where}")
+            f"record figures are read as {where}{source}")
 
 
 def metric_problem(spec: MetricSpec, figures: dict[str, float], output: str | None = None) -> str | None:

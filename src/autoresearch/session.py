@@ -168,15 +168,23 @@ def write_refs(s: Session, t: Trial, best: str | None) -> None:
 
 
 def ahead_of_tag(s: Session) -> str:
-    """A note for a resumed tag when the user's HEAD holds commits its code does not (a fix
-    committed after the tag started): trials go on from the tag's best code, without them."""
+    """A note for a resumed tag when the user's HEAD holds commits that change the task's files
+    from what the tag holds (a fix committed after the tag started): trials go on from the tag's
+    best code, without them. A merge or squash of the tag itself, or a README edit, says nothing."""
     if not s.resumed or not s.user_head:
         return ""
-    n = s.git.run("rev-list", "--count", "--no-merges", f"{branch_ref(s.tag)}..{s.user_head}", check=False).strip()
+    branch = branch_ref(s.tag)
+    n = s.git.run("rev-list", "--count", "--no-merges", f"{branch}..{s.user_head}", check=False).strip()
     if not n.isdigit() or int(n) == 0:
         return ""
-    return (f"autoresearch: note: your HEAD has {n} commit{'s' * (n != '1')} that tag {s.tag} does not hold: "
-            "its trials go on from its own best code, without them (a new --tag starts from your HEAD)")
+    names = s.git.run("diff", "--name-only", "-z", "--no-renames", branch, s.user_head, check=False, strip=False)
+    files = [p for p in names.split("\0") if p and (s.task.is_editable(p) or s.task.is_protected(p))]
+    if not files:
+        return ""
+    shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return (f"autoresearch: note: your HEAD has {n} commit{'s' * (n != '1')} that tag {s.tag} does not hold "
+            f"({shown} differ): its trials go on from its own best code, without them (a new --tag "
+            "starts from your HEAD)")
 
 
 def trees_of(git: Git, trials: list[Trial]) -> dict[str, int]:

@@ -300,10 +300,10 @@ def test_the_gpu_bench_writes_its_figures_as_it_goes_and_prints_them_whatever_fa
                         "--deadline", "400"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert all(results["stages"][s]["ok"] for s in ("prepare", "train", "evaluate")), results
+    assert all(results["stages"][s]["ok"] for s in ("prepare", "train-flex", "evaluate")), results
     assert results["figures"]["val_bpb"] > 0 and results["figures"]["test_bpb"] > 0
     assert results["summary"]["num_steps"] > results["last_step"]["step"] - 25 > 0
-    assert {"prepare.log", "train.log", "evaluate.log", "summary.json"} <= {p.name for p in out.iterdir()}
+    assert {"prepare.log", "train-flex.log", "evaluate.log", "summary.json"} <= {p.name for p in out.iterdir()}
     assert re.search(r"^tokens_per_second:\s+[\d,]+$", r.stdout, re.M)
     short = subprocess.run([sys.executable, str(bench), "--workdir", str(tmp_path / "w2"), "--out", str(tmp_path / "o2"),
                             "--deadline", "60"], env=env, capture_output=True, text=True, timeout=300)

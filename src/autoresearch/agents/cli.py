@@ -137,8 +137,11 @@ def missing_program(command: str, env: dict[str, str]) -> str:
     first = next((w for w in words if not re.fullmatch(r"[A-Za-z_]\w*=.*", w, re.DOTALL)), "")
     if not first or re.search(r"[{}$`()<>|;&*?\[\]~]", first) or ("/" in first and not first.startswith("/")):
         return ""
-    found = subprocess.run(["/bin/bash", "-c", 'type -t -- "$1"', "_", first], env=env,
-                           capture_output=True, text=True, check=False)
+    try:
+        found = subprocess.run(["/bin/bash", "-c", 'type -t -- "$1"', "_", first], env=env,
+                               capture_output=True, text=True, check=False, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
     return "" if found.stdout.strip() else first
 
 
@@ -157,8 +160,9 @@ class CommandAgent(BaseAgent):
         self.extra_env = env or {}
         lost = missing_program(command, {**os.environ, **self.extra_env})
         if lost:  # said now, not after a baseline of minutes and three failed proposals
-            print(f"autoresearch: warning: the agent command's {lost!r} is not found (PATH has no such "
-                  "program): every proposal will fail", file=sys.stderr, flush=True)
+            print(f"autoresearch: warning: the agent command's {lost!r} is not found"
+                  f"{'' if lost.startswith('/') else ' (PATH has no such program)'}: every proposal will fail",
+                  file=sys.stderr, flush=True)
 
     def propose(self, ctx: Context) -> Proposal:
         printed, returncode = self.execute(ctx)

@@ -21,6 +21,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 import time
@@ -198,6 +199,7 @@ class LLMAgent(BaseAgent):
             self.price = (0.0, 0.0)
         self.role = role
         self.no_usage = False
+        self.tools_seen = False  # the model has called a tool once: text-only replies are not its nature
 
     def propose(self, ctx: Context) -> Proposal:
         seconds = ctx.time_limit or self.limits.seconds
@@ -252,6 +254,7 @@ class LLMAgent(BaseAgent):
             log(f"## step {step} (tokens in {reply.tokens_in}, out {reply.tokens_out}; "
                 f"total ${spend.cost:.4f})" + (f"\n{log_cut(reply.text)}" if reply.text else ""))
             messages.append({"role": "assistant", "content": reply.text, "tool_calls": reply.tool_calls})
+            self.tools_seen = self.tools_seen or bool(reply.tool_calls)
             if reply.tool_calls:
                 messages.append({"role": "tool", "results": [self._run(tools, c, log) for c in reply.tool_calls]})
             if tools.finished is not None and (tools.changed or nudges >= 2):
@@ -260,7 +263,7 @@ class LLMAgent(BaseAgent):
                 return last_line(reply.text) or "(no description)"
             if tools.finished is not None or not reply.tool_calls:  # talk, or finish, with no edit
                 nudges += 1
-                if nudges > 2 and not any(m.get("tool_calls") for m in messages):  # will recur
+                if nudges > 2 and not self.tools_seen:  # never a tool call from this model: will recur
                     raise AgentError("the model answered in text only and never called a tool: does it support "
                                      "tool calls? (vLLM needs --enable-auto-tool-choice and a --tool-call-parser; "
                                      "Ollama a model that lists tools)", fatal=True)
@@ -290,9 +293,16 @@ class LLMAgent(BaseAgent):
 
 
 def on_this_machine(url: str | None) -> bool:
-    """Whether `url` is served on this machine (localhost, 127.x, ::1)."""
+    """Whether `url` is served on this machine (localhost, a loopback address)."""
     host = (urlsplit(url).hostname or "") if url else ""
-    return host == "localhost" or host == "::1" or host.startswith("127.")
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 def log_cut(text: str, limit: int = LOG_CHARS) -> str:

@@ -10,6 +10,7 @@ Local servers (vllm/, ollama/, llamacpp/) cost nothing. An unknown model costs 0
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,11 +42,12 @@ def load_overrides(env: Mapping[str, str] | None = None) -> dict[str, tuple[floa
         data = json.loads(Path(path).read_text())
         out = {}
         for name, v in data.items():
-            pair = (v["input"], v["output"]) if isinstance(v, dict) else v
+            pair = (v.get("input"), v.get("output")) if isinstance(v, dict) else v
             if (not isinstance(pair, (list, tuple)) or len(pair) != 2
-                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in pair)):
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+                               for x in pair)):
                 raise ValueError(f"{name!r} is {json.dumps(v)}, not [input, output] or "
-                                 '{"input": ..., "output": ...}')
+                                 '{"input": ..., "output": ...} (USD per million tokens, 0 or more)')
             out[str(name)] = (float(pair[0]), float(pair[1]))
         return out
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:

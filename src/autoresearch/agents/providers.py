@@ -215,7 +215,8 @@ def classify(e: Exception, endpoint: Endpoint | None = None) -> Exception:
             return Transient(text + (f" ({url})" if url and url not in text else ""))
         return LLMError(text)
     said = redact(server_message(e))[:400]
-    if status == 402 or (status == 429 and "insufficient_quota" in f"{getattr(e, 'body', '')} {body}"):
+    if (status == 402 or (status == 429 and "insufficient_quota" in f"{getattr(e, 'body', '')} {body}")
+            or (status == 400 and "credit balance" in said.lower())):  # (Anthropic's is a 400)
         return LLMError(f"HTTP {status}: the account is out of credit or quota: {said!r} (it will fail the "
                         "same way until the account is topped up)", fatal=True)
     if status in (408, 409, 425, 429) or status >= 500:
@@ -228,7 +229,7 @@ def classify(e: Exception, endpoint: Endpoint | None = None) -> Exception:
     hint = {401: f" (check the API key{f' in {key}' if key else ' variable'})",
             403: " (the key lacks access to this model?)",
             404: f"{f' at {url}' if url else ''} (is the model name right?"
-                 f"{' an OpenAI-compatible base URL usually ends in /v1' if endpoint and endpoint.sdk == 'openai' and '/v1' not in url else ''})"
+                 f"{' an OpenAI-compatible base URL usually ends in /v1' if endpoint and endpoint.sdk == 'openai' and endpoint.base_url and '/v1' not in endpoint.base_url else ''})"
             }.get(status, "")
     return LLMError(f"HTTP {status}{hint}: {said}", fatal=status in (401, 403, 404))
 
