@@ -35,8 +35,8 @@ def test_commands_find_the_task_file_above_the_current_folder(tmp_path: Path) ->
     assert "trial 3" not in cli("status", cwd=deep).stdout
     (repo / "program.md").write_text("# program\nMinimise loss, and quickly.\n")  # not an editable file
     r = cli("trial", "-m", "a program edit", cwd=deep)
-    assert r.returncode == 2 and "outside them: program.md" in r.stderr, r.stderr
-    assert "trial 3" not in cli("status", cwd=deep).stdout
+    assert r.returncode == 1 and "trial 3: rejected" in r.stdout, r.stdout + r.stderr  # recorded: it is a verdict
+    assert "editable files was rewound" not in r.stdout and "git checkout -- program.md" in r.stdout
 
 
 def test_the_look_up_stops_at_the_git_root(tmp_path: Path) -> None:

@@ -362,7 +362,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
-    from autoresearch.drive import changed_outside, run_working_tree_trial
+    from autoresearch.drive import changed_outside, run_working_tree_trial, touched_editable
     from autoresearch.ledger import check_tag, list_tags
     from autoresearch.records import Status
     from autoresearch.task import load_task
@@ -377,7 +377,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
     print(f"trial {trial.number}: {trial.status.value}" + (f" ({trial.reason})" if trial.reason else ""))
     rewound = not args.no_rewind and trial.commit and trial.status not in (
         Status.KEEP, Status.AGENT_ERROR, Status.INTERRUPTED, Status.DUPLICATE)
-    if rewound and not trial.reason.startswith("empty change"):
+    if rewound and trial.commit and trial.parent and touched_editable(task, trial.commit, trial.parent):
         print(f"(your change to the editable files was rewound; it is kept in trial {trial.number}'s commit: "
               f"`git checkout refs/autoresearch/{tag}/trials/{trial.number} -- FILE` brings a file back)")
     if trial.status is Status.REJECTED:

@@ -42,6 +42,12 @@ def working_changes(git: Git, task: Task) -> list[str]:
     return paths
 
 
+def touched_editable(task: Task, commit: str, parent: str) -> bool:
+    """Whether the commit changed an editable file (a change only outside them leaves none to rewind)."""
+    names = Git(task.root).run("diff", "--name-only", "-z", "--no-renames", parent, commit, check=False, strip=False)
+    return any(task.is_editable(p) for p in names.split("\0") if p)
+
+
 def changed_outside(task: Task) -> list[str]:
     """The user's changes outside the editable files (which make every trial rejected)."""
     return [p for p in working_changes(Git(task.root), task) if not task.is_editable(p)]
@@ -157,11 +163,9 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         raise UsageError(f"you have autoresearch/{tag} checked out, and a kept trial moves it under your "
                          "working tree: check out another branch first (e.g. `git checkout main`)")
     changed = working_changes(git, task)
-    if not any(task.is_editable(p) for p in changed):  # judged, it would be a rejected trial: say it, record nothing
-        said = f" (changed, outside them: {', '.join(changed[:5])})" if changed else ""
-        raise UsageError(f"nothing to judge: your working tree has no change to the editable files{said}; "
-                         "trial judges the uncommitted change to them (a change you committed can be "
-                         "uncommitted with `git reset --soft HEAD~1`)")
+    if not changed:  # judged, it would be an empty change in the ledger: say it, record nothing
+        raise UsageError("nothing to judge: your working tree has no uncommitted change (a change you "
+                         "committed can be uncommitted with `git reset --soft HEAD~1`)")
     new = [p for p in changed if task.is_protected(p) and git.show_file("HEAD", p) is None]
     if new:
         shown = " ".join(shlex.quote(p) for p in new)
@@ -173,11 +177,9 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         note = session.dir / LEFT_NOTE
         head = session.git.rev("HEAD")
         left = read_left(note, head)
-        if all(p in left and as_left(session.git, task.root, p, left[p]) for p in paths if task.is_editable(p)):
-            outside = [p for p in paths if not task.is_editable(p)]
+        if all(task.is_editable(p) and p in left and as_left(session.git, task.root, p, left[p]) for p in paths):
             raise UsageError("nothing to judge: your editable files are the best code, as the last `trial` "
-                             "left them" + (f" (changed, outside them: {', '.join(outside[:5])})" if outside else "")
-                             + "; trial judges an uncommitted change to them")
+                             "left them; trial judges an uncommitted change to them")
         loop = Loop(session, WorkingTreeAgent(task.root, paths, description, tag, left),
                     Options(trials=1, seed=seed), events)
         best = loop.run()
