@@ -27,10 +27,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -114,10 +116,7 @@ class Bench:
         return "".join(lines), code == 0
 
 
-def _killer(proc: subprocess.Popen, limit: float):  # noqa: ANN202
-    import signal
-    import threading
-
+def _killer(proc: subprocess.Popen, limit: float) -> threading.Timer:
     def kill() -> None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -344,8 +344,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         events.message(f"autoresearch: tag {tag} on branch autoresearch/{tag} "
                        f"({'resumed' if session.resumed else 'new'}), agent {agent.name}{scale}, "
                        f"ledger {session.dir}")
-        if ahead_of_tag(session):
-            events.message(ahead_of_tag(session))
+        ahead = ahead_of_tag(session)
+        if ahead:
+            events.message(ahead)
         best = run_until_stopped(loop, originals)
     finally:
         events.close()

@@ -24,7 +24,7 @@ from autoresearch.events import Events
 from autoresearch.gitrepo import Git, status_entries
 from autoresearch.loop import Loop, Options
 from autoresearch.records import Status, Trial
-from autoresearch.session import open_session
+from autoresearch.session import differing_paths, open_session
 from autoresearch.task import Task
 
 
@@ -44,8 +44,7 @@ def working_changes(git: Git, task: Task) -> list[str]:
 
 def touched_editable(task: Task, commit: str, parent: str) -> bool:
     """Whether the commit changed an editable file (a change only outside them leaves none to rewind)."""
-    names = Git(task.root).run("diff", "--name-only", "-z", "--no-renames", parent, commit, check=False, strip=False)
-    return any(task.is_editable(p) for p in names.split("\0") if p)
+    return any(task.is_editable(p) for p in differing_paths(Git(task.root), parent, commit))
 
 
 def changed_outside(task: Task) -> list[str]:
@@ -173,7 +172,7 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
                          f"from the committed task: commit first (`git add {shown} && git commit`)")
     session = open_session(task, tag, allow_dirty=True)
     try:
-        paths = working_changes(session.git, task)
+        paths = changed
         note = session.dir / LEFT_NOTE
         head = session.git.rev("HEAD")
         left = read_left(note, head)

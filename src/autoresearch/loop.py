@@ -230,8 +230,9 @@ class Loop:
             raise AutoresearchError(f"the baseline (trial {number}) failed: {m.reason}{hint}; "
                                     f"see {log} (tag {self.s.tag} stays on the code it started "
                                     f"from, {self.s.base[:7]}: fix it, commit, and start a new --tag)")
-        if unrecorded(self.task.metric, m.figures):
-            self.events.message(unrecorded(self.task.metric, m.figures, bool(self.task.evaluate)))
+        missing = unrecorded(self.task.metric, m.figures, bool(self.task.evaluate))
+        if missing:
+            self.events.message(missing)
         noise = decide.noise([r[self.task.metric.name] for r in m.repeats])
         self.s.ledger.set_meta("noise", repr(noise))
         t = t.with_(status=Status.KEEP, figures=m.figures, repeats=m.repeats if runs > 1 else [],
@@ -462,8 +463,8 @@ class Loop:
                 # probes the holdout's data, then is let go, is how an agent would learn it
                 t = t.with_(flags=[*t.flags, *audit.audit_trial(self.s.git, self.task, t.parent, t.commit)])
             self.s.ledger.finish(t)
-            if self.repeated is not None and len(self._repeats(t)) > 1:
-                self.repeated.append(self._repeats(t))
+            if self.repeated is not None and len(runs := self._repeats(t)) > 1:
+                self.repeated.append(runs)
             if t.status in UNMEASURED:  # its code may be proposed again
                 for tree in [k for k, n in self.trees.items() if n == t.number]:
                     del self.trees[tree]

@@ -167,6 +167,12 @@ def write_refs(s: Session, t: Trial, best: str | None) -> None:
         s.git.update_refs({**refs, branch: (t.commit if kept else best) or ""})
 
 
+def differing_paths(git: Git, a: str, b: str) -> list[str]:
+    """The paths whose content differs between commits `a` and `b` (none when either is unknown)."""
+    names = git.run("diff", "--name-only", "-z", "--no-renames", a, b, check=False, strip=False)
+    return [p for p in names.split("\0") if p]
+
+
 def ahead_of_tag(s: Session) -> str:
     """A note for a resumed tag when the user's HEAD holds commits that change the task's files
     from what the tag holds (a fix committed after the tag started): trials go on from the tag's
@@ -177,8 +183,7 @@ def ahead_of_tag(s: Session) -> str:
     n = s.git.run("rev-list", "--count", "--no-merges", f"{branch}..{s.user_head}", check=False).strip()
     if not n.isdigit() or int(n) == 0:
         return ""
-    names = s.git.run("diff", "--name-only", "-z", "--no-renames", branch, s.user_head, check=False, strip=False)
-    files = [p for p in names.split("\0") if p and (s.task.is_editable(p) or s.task.is_protected(p))]
+    files = [p for p in differing_paths(s.git, branch, s.user_head) if s.task.is_editable(p) or s.task.is_protected(p)]
     if not files:
         return ""
     shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
