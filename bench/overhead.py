@@ -125,11 +125,18 @@ def main() -> None:
     print(f"trials: {args.trials} (+ baseline), instant agent, no-op experiment `echo`")
     print(f"harness overhead per trial (experiment end -> next start): median {ms(statistics.median(gaps))}, "
           f"p90 {ms(sorted(gaps)[int(0.9 * len(gaps))])}")
-    for name in ("git", "ledger", "agent"):
-        values = [p.get(name, 0.0) for p in parts]
-        print(f"  {name:<8} median {ms(statistics.median(values))}")
+    if len(gaps) >= 400:  # growth with the trial count: the first hundred against the last
+        first, last = statistics.median(gaps[:100]), statistics.median(gaps[-100:])
+        print(f"  trials 1-100 median {ms(first)}, trials {len(gaps) - 99}-{len(gaps)} median {ms(last)} "
+              f"(ratio {last / first:.2f})")
     other = [g - sum(p.values()) for g, p in zip(gaps, parts, strict=False)]
-    print(f"  {'other':<8} median {ms(statistics.median(other))}  (hashing, guard, python)")
+    columns = {name: [p.get(name, 0.0) for p in parts] for name in ("git", "ledger", "agent")}
+    columns["other"] = other
+    for name, values in columns.items():
+        growth = (f", trials 1-100 {ms(statistics.median(values[:100]))} -> last 100 "
+                  f"{ms(statistics.median(values[-100:]))}" if len(values) >= 400 else "")
+        print(f"  {name:<8} median {ms(statistics.median(values))}{growth}"
+              + ("  (hashing, guard, python)" if name == "other" else ""))
     trials = max(1, len(parts))
     calls = sorted(clock.git_calls.items(), key=lambda kv: -sum(kv[1]))
     print("  git by command (calls per trial x median): " + ", ".join(

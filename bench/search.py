@@ -8,6 +8,9 @@ synthetic: a noisy function of eight constants (floats on log and linear scales,
 boolean, one interaction) whose optimum is known, run through the real loop (real git
 repository, a subprocess per trial). For each sampler and seed: the best measured loss and
 the true (noise-free) loss of the kept best; mean and standard deviation over the seeds.
+`refused`: the sampler's asks per proposal that gave no measurable untried change. A sampler
+ending in `/refuse` refuses a float step under MIN_MOVE instead of widening it (the agent before
+widening), for comparison: `--samplers tpe,tpe/refuse`.
 A sampler may carry the agent's `changes` policy after a colon: `tpe:all` moves every constant
 at once, `random:all` is plain random search.
 
@@ -32,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 os.environ["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
 
-from autoresearch.agents.search import SearchAgent  # noqa: E402
+from autoresearch.agents import search as search_mod  # noqa: E402
+from autoresearch.agents.search import WIDEN, SearchAgent  # noqa: E402
 from autoresearch.ledger import Ledger  # noqa: E402
 from autoresearch.loop import Loop, Options  # noqa: E402
 from autoresearch.session import open_session  # noqa: E402
@@ -105,14 +109,17 @@ def synthetic_repo(root: Path) -> Path:
 
 def run(root: Path, sampler: str, seed: int, trials: int) -> dict[str, float]:
     """The real loop with the search agent; the baseline and best figures of the tag."""
+    sampler, refuse = sampler.removesuffix("/refuse"), sampler.endswith("/refuse")
     name, _, changes = sampler.partition(":")
     task = load_task(root)
     agent = SearchAgent(task, sampler=name, seed=seed, changes=changes or None)
     session = open_session(task, "bench")
+    search_mod.WIDEN = 0.0 if refuse else WIDEN  # 0: a step under MIN_MOVE is refused, as before widening
     try:
         Loop(session, agent, Options(trials=trials, seed=seed)).run()
     finally:
         session.close()
+        search_mod.WIDEN = WIDEN
     led = Ledger.read(root, "bench")
     try:
         rows = led.trials()
@@ -121,6 +128,7 @@ def run(root: Path, sampler: str, seed: int, trials: int) -> dict[str, float]:
         led.close()
     assert best is not None
     return {"baseline": rows[0].metric or 0.0, "best": best.metric or 0.0,
+            "refused": agent.refused / max(1, agent.asks - agent.refused),  # per proposal
             "best_true": best.figures.get("true_loss", best.metric or 0.0),
             "kept": sum(t.status.value == "keep" for t in rows[1:]),
             "failed": sum(t.status.value not in ("keep", "discard") for t in rows[1:])}
@@ -151,7 +159,7 @@ def bench_synthetic(args: argparse.Namespace) -> None:
             print(f"seed {seed} done ({time.monotonic() - start:.0f} s)", file=sys.stderr, flush=True)
     print(f"synthetic task, {args.trials} trials after the baseline, {args.seeds} seeds "
           f"(true optimum 1.0, noise sd 0.02), {time.monotonic() - start:.0f} s:")
-    table(results, ["baseline", "best", "best_true", "kept"])
+    table(results, ["baseline", "best", "best_true", "kept", "refused"])
 
 
 def bench_cpugpt(args: argparse.Namespace) -> None:

@@ -117,3 +117,42 @@ def test_changes_to_the_users_refs_are_noted_not_held_against_the_trial(task_rep
     r = cli("report", str(task_repo), "--tag", "t", "--out", str(tmp_path / "report"))
     assert r.returncode == 0, r.stderr
     assert "created refs/tags/v-user" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_packed_trial_refs_are_guarded_like_loose_ones(task_repo: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop packs its refs every PACK_EVERY trials (one file per trial ref made every look
+    at the refs grow with the run). Packing changes no ref, so no trial is held to account for
+    it; an agent that then rewrites a trial's packed ref in packed-refs is caught as it would be
+    for a loose one, and the ref is put back."""
+    from autoresearch import session as session_mod
+    from autoresearch.agents.cli import CommandAgent
+    from autoresearch.loop import Loop, Options
+    from autoresearch.session import open_session
+    from autoresearch.task import load_task
+
+    monkeypatch.setattr(session_mod, "PACK_EVERY", 2)
+    agent = script_agent(tmp_path / "a.sh", """\
+        sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
+        if [ "$AUTORESEARCH_TRIAL" = 5 ]; then
+          common=$(git rev-parse --git-common-dir)
+          one=$(git rev-parse refs/autoresearch/t/trials/1)
+          sed -i "s#^[0-9a-f]* refs/autoresearch/t/trials/2\\$#$one refs/autoresearch/t/trials/2#" "$common/packed-refs"
+        fi
+        echo "trial $AUTORESEARCH_TRIAL"
+        """)
+    session = open_session(load_task(task_repo), "t")
+    try:
+        Loop(session, CommandAgent(agent), Options(trials=6)).run()
+    finally:
+        session.close()
+    db = sqlite3.connect(task_repo / ".autoresearch/t/ledger.sqlite")
+    rows = db.execute("SELECT number, status, reason, commit_sha FROM trials ORDER BY number").fetchall()
+    db.close()
+    assert [r[1] for r in rows] == ["keep", "keep", "keep", "keep", "keep", "rejected", "keep"], rows
+    assert "deleted or moved the loop's refs (refs/autoresearch/t/trials/2)" in rows[5][2]
+    packed = (task_repo / ".git" / "packed-refs").read_text()
+    assert f"{rows[4][3]} refs/autoresearch/t/trials/4" in packed  # packed after trial 4
+    assert git(task_repo, "rev-parse", "refs/autoresearch/t/trials/2") == rows[2][3]  # put back
+    for number, *_, commit in rows:
+        assert git(task_repo, "rev-parse", f"refs/autoresearch/t/trials/{number}") == commit

@@ -135,3 +135,24 @@ def test_concurrent_writers_never_show_a_torn_results_tsv(tmp_path: Path, writer
     r.join()
     led.close()
     assert not seen
+
+
+def test_a_ledger_sees_what_another_connection_wrote(tmp_path: Path) -> None:
+    """`trials()` answers from what this Ledger read and wrote until another connection (a
+    process finishing trials beside it, a restore) writes: then it reads the database again."""
+    mine, other = Ledger(tmp_path, "loss"), Ledger(tmp_path, "loss")
+    try:
+        lifecycle(mine, 0)
+        assert [(t.number, t.status) for t in mine.trials()] == [(0, Status.KEEP)]
+        mine.begin(Trial(number=2, status=Status.RUNNING))  # begun out of order: still by number
+        lifecycle(other, 1)
+        assert [t.number for t in mine.trials()] == [0, 1, 2]
+        assert mine.trials()[1].status is STATUSES[1] and mine.trials()[2].status is Status.RUNNING
+        other._db.execute("UPDATE trials SET description='changed' WHERE number=0")
+        assert mine.trials()[0].description == "changed"
+        mine.finish(Trial(number=2, status=Status.CRASH, commit="2" * 40))
+        assert other.trials()[2].status is Status.CRASH and mine.trials()[2].status is Status.CRASH
+        assert (tmp_path / "results.tsv").read_text() == other.tsv_text() == mine.tsv_text()
+    finally:
+        mine.close()
+        other.close()

@@ -143,3 +143,61 @@ def test_a_key_of_spaces_is_no_key() -> None:
     with pytest.raises(ConfigError, match="set ANTHROPIC_API_KEY in the environment"):
         resolve("anthropic/claude-sonnet-4-5", None, {"ANTHROPIC_API_KEY": "  "})
     assert resolve("openai/gpt-4.1", None, {"OPENAI_API_KEY": " sk-abc\n"}).key == "sk-abc"
+
+
+# ---------------------------------------------------------------------------
+# before the loop: one free request, the list of models
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_refused_key_stops_run_before_the_baseline(tmp_path: Path, kind: str) -> None:
+    """A key the server refuses is said when `run` starts (exit 2), not at the first proposal
+    after the baseline's minutes; nothing is made and no model turn is paid for."""
+    repo = make_task(tmp_path / "task")
+    with FakeLLM(kind, good_edit(), key="sk-the-right-one-0123456789") as fake:
+        r = run_llm(repo, fake)
+    assert r.returncode == 2, r.stderr + r.stdout
+    keyvar = "OPENAI_API_KEY" if kind == "openai" else "ANTHROPIC_API_KEY"
+    assert f"refuses the API key in {keyvar} (HTTP 401: Incorrect API key provided: [redacted])" in r.stderr
+    assert "nothing was run" in r.stderr and KEY not in r.stderr + r.stdout
+    assert fake.listings == [KEY] and not fake.requests
+    assert not (repo / ".autoresearch").exists()
+    with FakeLLM(kind, good_edit(), key=KEY) as fake:  # the right key: one listing, then the loop
+        r = run_llm(repo, fake)
+    assert r.returncode == 0, r.stderr
+    assert fake.listings == [KEY] and "warning" not in r.stderr
+    assert [t.status for t in ledger(repo)] == [Status.KEEP, Status.KEEP]
+
+
+def test_a_model_the_server_does_not_list_and_a_server_not_up_are_warnings(tmp_path: Path) -> None:
+    import socket
+
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", good_edit(), listed=["qwen2.5-coder:7b", "llama3.1:8b"]) as fake:
+        r = run_llm(repo, fake, model="openai/qwen2.5-coda")
+    assert r.returncode == 0, r.stderr
+    assert (f"warning: {fake.url} lists 2 models, not 'qwen2.5-coda' (closest: qwen2.5-coder:7b): "
+            "check --model (the run goes on") in r.stderr
+    assert ledger(repo)[1].status is Status.KEEP
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    other = make_task(tmp_path / "other")
+    r = cli("run", str(other), "--tag", "t", "--agent", "llm", "--model", "some-model", "--base-url",
+            f"http://127.0.0.1:{port}/v1", "--trials", "1",
+            env={"AUTORESEARCH_LLM_RETRIES": "0", "AUTORESEARCH_LLM_TIMEOUT": "1"}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"warning: cannot reach http://127.0.0.1:{port}/v1 for --model openai/some-model" in r.stderr
+    assert "each proposal will try again" in r.stderr
+    assert [t.status for t in ledger(other)] == [Status.KEEP, Status.AGENT_ERROR]
+
+
+def test_a_listed_model_is_found_under_its_aliases() -> None:
+    from autoresearch.agents.preflight import listed
+
+    assert listed("gpt-4.1", ["gpt-4o", "gpt-4.1"])
+    assert listed("claude-sonnet-4-5", ["claude-sonnet-4-5-20250929"])  # Anthropic lists dated ids
+    assert listed("claude-3-5-sonnet-latest", ["claude-3-5-sonnet-20241022"])
+    assert listed("qwen2.5-coder", ["qwen2.5-coder:latest"])  # Ollama's tags
+    assert not listed("gpt-4.1-mnii", ["gpt-4.1-mini", "gpt-4.1"])
+    assert not listed("llama3", ["llama3.1:8b"])

@@ -497,3 +497,52 @@ def test_search_docs_state_the_precision_the_agent_writes():
     assert x.get("LR").render(0.0123456)[1] == "0.0123"
     docs = (Path(__file__).resolve().parents[1] / "docs" / "search.md").read_text()
     assert "`0..1`: four, so `0.9749` and `0.02005`" in " ".join(docs.split())
+
+
+def test_a_step_too_small_to_measure_is_widened_on_the_samplers_side(tmp_path):
+    """TPE near its favourite asks for steps under MIN_MOVE; they are widened to one that can
+    be measured, on the side the sampler went, and the study is told the value written (not
+    the one asked), so it learns from what ran."""
+    import threading
+
+    from autoresearch.agents.base import Context
+    from autoresearch.agents.search import MIN_MOVE, WIDEN
+    from autoresearch.records import Trial
+
+    exp = "LR = 0.01  # search: 0.001..0.1 log\nprint(f'loss: {LR}')\n"
+    repo = make_task(tmp_path / "t", experiment=exp)
+    task = load_task(repo)
+    for asked, side in ((0.0101, 1), (0.00995, -1)):
+        git(repo, "checkout", "-q", "--", "exp.py")
+        agent = SearchAgent(task, sampler="tpe", seed=0)
+        agent._study().enqueue_trial({"LR": asked})  # a step of 0.1 % of the log range
+        ctx = Context(task=task, workdir=repo, number=1, best=Trial(number=0, status=Status.KEEP),
+                      history=(), log_path=tmp_path / "agent.log", ledger_dir=tmp_path, cancel=threading.Event())
+        proposal = agent.propose(ctx)
+        written = scan_file((repo / "exp.py").read_bytes(), "exp.py").constants[0].value
+        move = (math.log(written) - math.log(0.01)) / math.log(100)
+        assert MIN_MOVE <= side * move <= WIDEN * MIN_MOVE + 0.01, (asked, written)
+        assert proposal.description == f"LR 0.01 -> {written:g}"
+        assert agent.pending[1].params["LR"] == pytest.approx(written)  # what Optuna will be told
+        assert agent.widened == 1 and agent.refused == 0
+    assert "widened to 10% of the range" in (tmp_path / "agent.log").read_text()
+
+
+def test_widen_keeps_to_the_range_and_the_grid():
+    import random
+
+    from autoresearch.agents.search import widen
+    from autoresearch.agents.space import Param
+
+    rng = random.Random(0)
+    linear = Param(key="D", name="D", path="e.py", line=1, kind="float", low=0.0, high=0.5)
+    assert widen(linear, 0.2, 0.21, rng) == pytest.approx(0.26)  # 1.2 x a tenth of 0.5, upward
+    assert widen(linear, 0.2, 0.19, rng) == pytest.approx(0.14)
+    assert widen(linear, 0.48, 0.49, rng) == pytest.approx(0.42)  # no room above: the other side
+    stepped = Param(key="S", name="S", path="e.py", line=1, kind="float", low=0.0, high=1.0, step=0.05)
+    assert widen(stepped, 0.5, 0.51, rng) == pytest.approx(0.65)  # 0.62 up to the grid's 0.65
+    assert widen(stepped, 0.5, 0.49, rng) == pytest.approx(0.35)
+    narrow = Param(key="N", name="N", path="e.py", line=1, kind="float", low=0.0, high=1.0)
+    assert widen(narrow, 0.5, 0.5, rng) in (pytest.approx(0.38), pytest.approx(0.62))  # no side: either
+    assert widen(Param(key="T", name="T", path="e.py", line=1, kind="float", low=0.0, high=0.1), 0.05, 0.051,
+                 rng) == pytest.approx(0.062)

@@ -120,6 +120,7 @@ class GitGuard:
         self.extra = extra  # more files the harness's git reads (its private global config)
         self.own = f"refs/autoresearch/{tag}/" if tag else None
         self._loose: dict[str, tuple[tuple[int, int, int], str]] = {}  # path -> (stat key, value)
+        self._packed_cache: tuple[tuple[int, int, int] | None, dict[str, str]] = (None, {})
         self._saved = self._read()
         self._refs = self._read_refs()
         self._user = self._read_user_refs()
@@ -171,15 +172,8 @@ class GitGuard:
             out = self._git("for-each-ref", "--format=%(refname) %(objectname)", *prefixes).stdout
             pairs = (line.split(" ", 1) for line in out.splitlines() if " " in line)
             return {name: sha for name, sha in pairs if not name.startswith(skip)}
-        refs: dict[str, str] = {}
-        try:
-            packed = (self.common_dir / "packed-refs").read_text(errors="replace")
-        except OSError:
-            packed = ""
-        for line in packed.splitlines():
-            sha, _, name = line.partition(" ")
-            if line[:1] not in ("#", "^", "") and name.startswith(prefixes) and not name.startswith(skip):
-                refs[name] = sha
+        refs = {name: sha for name, sha in self._packed().items()
+                if name.startswith(prefixes) and not name.startswith(skip)}
         for prefix in prefixes:
             for path, name in _loose_refs(str(self.common_dir / prefix), prefix.rstrip("/")):
                 if path.endswith(".lock") or name.startswith(skip):
@@ -198,6 +192,24 @@ class GitGuard:
                     continue
                 refs[name] = value
         return refs
+
+    def _packed(self) -> dict[str, str]:
+        """packed-refs, read again only when its inode, ctime or size moved (the loop packs
+        its trial refs there now and then: see `session.write_refs`)."""
+        path = self.common_dir / "packed-refs"
+        try:
+            st = os.stat(path)
+            key = (st.st_ino, st.st_ctime_ns, st.st_size)
+            if self._packed_cache[0] != key:
+                refs: dict[str, str] = {}
+                for line in path.read_text(errors="replace").splitlines():
+                    sha, _, name = line.partition(" ")
+                    if line[:1] not in ("#", "^", ""):
+                        refs[name] = sha
+                self._packed_cache = (key, refs)
+        except OSError:
+            self._packed_cache = (None, {})
+        return self._packed_cache[1]
 
     def _checkout_stats(self) -> dict[str, tuple[int, int, int]]:
         out = {}

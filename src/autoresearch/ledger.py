@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import os
 import re
 import sqlite3
@@ -28,11 +27,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError, UsageError
-from autoresearch.records import Status, Trial
+from autoresearch.records import Status, Trial, clean_text, tsv_row
 
 LEDGER_DIR = ".autoresearch"
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,14 +56,6 @@ COLUMNS = ["number", "status", "description", "parent", "commit_sha", "metric", 
 
 class LedgerNotReady(AutoresearchError):
     """The tag's ledger is being created by a loop right now."""
-
-
-def clean_text(text: str, limit: int = 200) -> str:
-    """One printable line: terminal escapes removed, tabs/newlines/control characters turned
-    into spaces, cut to `limit` characters."""
-    text = _ANSI.sub("", text)
-    text = "".join(ch if ch.isprintable() else " " for ch in text)
-    return " ".join(text.split())[:limit].rstrip()
 
 
 def check_tag(tag: str) -> str:
@@ -107,6 +97,11 @@ class Ledger:
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         self._decoded: dict[int, tuple[tuple[object, ...], Trial]] = {}  # number -> (its row, the trial)
+        # every trial, kept up to date with this connection's writes and read again whole only
+        # when another connection wrote (PRAGMA data_version); None: not read yet
+        self._all: dict[int, Trial] | None = None
+        self._all_version = 0
+        self._rows: dict[int, tuple[Trial, str]] = {}  # number -> (the trial, its results.tsv row)
         self._mine: dict[int, tuple[object, ...]] | None = None  # while watched: each row as written here
         self._meta_mine: dict[str, str] = {}
         self._tsv_mine: bytes | None = None
@@ -259,18 +254,36 @@ class Ledger:
                     where = "number=? AND status='running'" if only_running else "number=?"
                     written = self._db.execute(f"UPDATE trials SET {sets} WHERE {where}",
                                                [values[c] for c in cols[1:]] + [trial.number]).rowcount
-                if written and self._mine is not None:  # the row as it now stands (seq included)
+                if written and (self._mine is not None or self._all is not None):  # the row as it now
                     row = self._db.execute("SELECT * FROM trials WHERE number=?", (trial.number,)).fetchone()
-                    self._mine[trial.number] = tuple(row)
+                    if self._mine is not None:  # stands (seq included)
+                        self._mine[trial.number] = tuple(row)
+                    if self._all is not None:
+                        self._all[trial.number] = self._trial(row)
             except sqlite3.IntegrityError:
                 raise AutoresearchError(f"trial {trial.number} is already in the ledger") from None
             except sqlite3.OperationalError as e:
                 raise AutoresearchError(f"cannot write the ledger {self.dir / 'ledger.sqlite'}: {e}") from None
 
     def trials(self) -> list[Trial]:
+        """Every trial, by number. Read whole from the database the first time and after
+        another connection wrote to it; otherwise from what this Ledger read and wrote (the
+        loop reads the whole history several times a trial: a read of every row each time grew
+        with the ledger)."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM trials ORDER BY number").fetchall()
-        return [self._trial(r) for r in rows]
+            version = self._data_version()
+            if self._all is None or version != self._all_version:
+                rows = self._db.execute("SELECT * FROM trials ORDER BY number").fetchall()
+                self._all = {r["number"]: self._trial(r) for r in rows}
+                self._all_version = version
+            trials = list(self._all.values())
+        if any(a.number > b.number for a, b in zip(trials, trials[1:], strict=False)):  # begun out of order
+            trials.sort(key=lambda t: t.number)
+        return trials
+
+    def _forget(self) -> None:
+        """Read every trial from the database next time (after a restore wrote rows back)."""
+        self._all = None
 
     def _trial(self, row: sqlite3.Row) -> Trial:
         """The trial of a row, decoded once per version of the row (the loop reads the whole
@@ -393,6 +406,7 @@ class Ledger:
                 if k in self._meta_mine:
                     self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (k, self._meta_mine[k]))
             self._db.execute("COMMIT")
+            self._forget()
         except sqlite3.Error as e:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
@@ -424,6 +438,7 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.row_factory = sqlite3.Row
         self._file_id = self._identity()
+        self._forget()
 
     # -- results.tsv --------------------------------------------------------------------
 
@@ -432,7 +447,10 @@ class Ledger:
         for t in self.iter_finished():
             if not t.commit:
                 continue
-            lines.append(tsv_row(t))
+            cached = self._rows.get(t.number)
+            if cached is None or cached[0] is not t:  # (a row's trial is one object until it changes)
+                cached = self._rows[t.number] = (t, tsv_row(t))
+            lines.append(cached[1])
         return "\n".join(lines) + "\n"
 
     @contextlib.contextmanager
@@ -470,23 +488,3 @@ class Ledger:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-
-
-def tsv_row(t: Trial) -> str:
-    """One row of autoresearch's results.tsv for a finished trial."""
-    metric = t.metric if t.metric is not None and t.status in (Status.KEEP, Status.DISCARD, Status.DUPLICATE) else None
-    if metric is not None and not math.isfinite(metric):
-        metric = None
-    peak = t.figures.get("peak_vram_mb")
-    memory = 0.0
-    if isinstance(peak, (int, float)) and not isinstance(peak, bool) and math.isfinite(peak) and peak > 0 \
-            and metric is not None:
-        memory = peak / 1024
-    # No double quote: csv readers (pandas' read_csv too) take a field that starts with one for a
-    # quoted field and swallow every row after it up to the next quote.
-    desc = clean_text(t.description).replace('"', "'") or "(no description)"
-    status = "crash" if t.status is Status.DUPLICATE and metric is None else t.status.tsv  # a repeat of a crash
-    text = f"{metric if metric is not None else 0.0:.6f}"
-    if text == "-0.000000":  # a tiny negative figure rounds to zero, not to minus zero
-        text = "0.000000"
-    return f"{t.short}\t{text}\t{memory:.1f}\t{status}\t{desc}"

@@ -7,9 +7,13 @@ everything that reports, resumes or decides reads these.
 from __future__ import annotations
 
 import enum
+import math
+import re
 import statistics
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.")
 
 
 class Status(str, enum.Enum):
@@ -96,3 +100,31 @@ def measured_baseline(trials: list[Trial]) -> Trial | None:
     """The baseline gains are measured from: the first one with a figure (a baseline stopped
     and run again leaves an interrupted one before it)."""
     return next((t for t in trials if t.agent == "baseline" and t.metric is not None), None)
+
+
+def clean_text(text: str, limit: int = 200) -> str:
+    """One printable line: terminal escapes removed, tabs/newlines/control characters turned
+    into spaces, cut to `limit` characters."""
+    text = _ANSI.sub("", text)
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return " ".join(text.split())[:limit].rstrip()
+
+
+def tsv_row(t: Trial) -> str:
+    """One row of autoresearch's results.tsv for a finished trial."""
+    metric = t.metric if t.metric is not None and t.status in (Status.KEEP, Status.DISCARD, Status.DUPLICATE) else None
+    if metric is not None and not math.isfinite(metric):
+        metric = None
+    peak = t.figures.get("peak_vram_mb")
+    memory = 0.0
+    if isinstance(peak, (int, float)) and not isinstance(peak, bool) and math.isfinite(peak) and peak > 0 \
+            and metric is not None:
+        memory = peak / 1024
+    # No double quote: csv readers (pandas' read_csv too) take a field that starts with one for a
+    # quoted field and swallow every row after it up to the next quote.
+    desc = clean_text(t.description).replace('"', "'") or "(no description)"
+    status = "crash" if t.status is Status.DUPLICATE and metric is None else t.status.tsv  # a repeat of a crash
+    text = f"{metric if metric is not None else 0.0:.6f}"
+    if text == "-0.000000":  # a tiny negative figure rounds to zero, not to minus zero
+        text = "0.000000"
+    return f"{t.short}\t{text}\t{memory:.1f}\t{status}\t{desc}"

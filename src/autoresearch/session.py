@@ -28,6 +28,8 @@ from autoresearch.records import Status, Trial
 from autoresearch.task import TASK_FILE, Task
 from autoresearch.watchdog import start as start_watchdog
 
+PACK_EVERY = 100  # trials between packings of the refs (write_refs)
+
 
 def branch_ref(tag: str) -> str:
     return f"refs/heads/autoresearch/{tag}"
@@ -152,19 +154,25 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
 def write_refs(s: Session, t: Trial, best: str | None) -> None:
     """Make the refs say a recorded verdict: the trial's ref always, the tag's branch on keep
     (checked against `best`, where it should still point). A discarded trial's ref alone, with
-    the branch where it was, is written without a git process."""
+    the branch where it was, is written without a git process. Every PACK_EVERY trials the
+    refs are packed."""
     if not t.commit:
         return
     kept = t.status is Status.KEEP
     branch = branch_ref(s.tag)
-    if not kept and best is not None and s.git.read_ref(branch) == best \
-            and s.git.write_new_ref(trial_ref(s.tag, t.number), t.commit):
-        return
-    refs = {trial_ref(s.tag, t.number): t.commit, **({branch: t.commit} if kept else {})}
-    try:
-        s.git.update_refs(refs, verify={branch: best} if best else None)
-    except GitError:  # something moved the branch (an experiment running git): the ledger is the truth
-        s.git.update_refs({**refs, branch: (t.commit if kept else best) or ""})
+    quick = (not kept and best is not None and s.git.read_ref(branch) == best
+             and s.git.write_new_ref(trial_ref(s.tag, t.number), t.commit))
+    if not quick:
+        refs = {trial_ref(s.tag, t.number): t.commit, **({branch: t.commit} if kept else {})}
+        try:
+            s.git.update_refs(refs, verify={branch: best} if best else None)
+        except GitError:  # something moved the branch (an experiment running git): the ledger is the truth
+            s.git.update_refs({**refs, branch: (t.commit if kept else best) or ""})
+    if t.number % PACK_EVERY == 0:
+        # one file per trial ref made every look at the refs (the guard's, several a trial)
+        # grow with the run; packed, they are one file read again only when it changes. (`--all`:
+        # git before 2.42 cannot name the refs to pack; your branches are packed as git gc would.)
+        s.git.run("pack-refs", "--all", check=False)
 
 
 def differing_paths(git: Git, a: str, b: str) -> list[str]:

@@ -21,7 +21,8 @@ Requests are checked as the real APIs check them (roles in order, every tool cal
 its id or, for Gemini, by a function response in the next turn); a bad one gets a 400 and its
 reason goes to `invalid`. The protocol code here is written from the APIs' public documentation.
 Every request is kept in `requests` (path, headers, body, arrival time) for assertions about
-what was sent.
+what was sent; a GET of the model list (GET /v1/models, which lists `listed`) only in `listings`,
+as the key it sent. With `key`, any request with another key gets a 401, as the real APIs answer.
 """
 
 from __future__ import annotations
@@ -59,12 +60,17 @@ Step = Say | Fault | Callable[[dict[str, Any]], "Say | Fault"]
 
 class FakeLLM:
     def __init__(self, kind: str = "openai", script: list[Step] | None = None,
-                 default: Step | None = None, model: str = "fake-model") -> None:
+                 default: Step | None = None, model: str = "fake-model", key: str | None = None,
+                 listed: list[str] | None = None) -> None:
         self.kind = kind
         self.script = list(script or [])
         self.default = default
         self.model = model
+        self.key = key  # set: every request with another key gets a 401, as the real APIs answer
+        # what GET /v1/models lists (by default the model and the names the tests ask for)
+        self.listed = listed if listed is not None else [model, "gpt-4.1", "claude-sonnet-4-5-20250929"]
         self.requests: list[dict[str, Any]] = []
+        self.listings: list[str] = []  # each GET /v1/models: the key sent
         self.invalid: list[str] = []  # requests refused as malformed (400), and why
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -107,8 +113,20 @@ class FakeLLM:
             def log_message(self, *args: object) -> None:  # quiet
                 pass
 
-            def do_GET(self) -> None:  # /v1/models
-                self._send(200, {"object": "list", "data": [{"id": fake.model, "object": "model"}]})
+            def _sent_key(self) -> str:
+                key = (self.headers.get("authorization", "") or self.headers.get("x-api-key", "")
+                       or self.headers.get("x-goog-api-key", ""))
+                return key.removeprefix("Bearer ").strip()
+
+            def do_GET(self) -> None:  # /v1/models (OpenAI's shape; Anthropic's adds paging fields)
+                with fake.lock:
+                    fake.listings.append(self._sent_key())
+                if fake.key is not None and self._sent_key() != fake.key:
+                    return self._fault(Fault("401"))
+                data = [{"id": m, "object": "model", "type": "model", "display_name": m,
+                         "created_at": "2025-01-01T00:00:00Z", "created": 0, "owned_by": "fake"} for m in fake.listed]
+                self._send(200, {"object": "list", "data": data, "has_more": False,
+                                 "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
@@ -121,6 +139,8 @@ class FakeLLM:
                     fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
                                           "time": time.monotonic()})
                 path = urlsplit(self.path).path
+                if fake.key is not None and self._sent_key() != fake.key:
+                    return self._fault(Fault("401"))
                 if fake.kind == "gemini" and path.endswith(":countTokens"):  # not a model turn
                     return self._send(200, {"totalTokens": len(raw) // 4})
                 problem = CHECKS[fake.kind](body)
@@ -158,9 +178,7 @@ class FakeLLM:
                 if f.kind == "bad-shape":
                     return self._send(200, {"id": "x", "object": "surprise"})
                 if f.kind == "401":
-                    key = (self.headers.get("authorization", "") or self.headers.get("x-api-key", "")
-                           or self.headers.get("x-goog-api-key", ""))
-                    key = key.removeprefix("Bearer ").strip()
+                    key = self._sent_key()
                     return self._send(401, error_body(fake.kind, "authentication_error",
                                                       f"Incorrect API key provided: {key}"))
                 status = int(f.kind)

@@ -81,3 +81,8 @@ class BaseAgent:
 
     def observe(self, trial: Trial) -> None:
         return None
+
+    def preflight(self) -> list[str]:
+        """Checked once when `run` starts, before the baseline's minutes: warnings to print
+        (one line each); UsageError for what would fail every proposal."""
+        return []

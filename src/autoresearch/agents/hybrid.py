@@ -59,6 +59,10 @@ class HybridAgent(BaseAgent):
         self.search.observe(trial)
         self.llm.observe(trial)
 
+    def preflight(self) -> list[str]:
+        check = getattr(self.llm, "preflight", None)
+        return check() if check else []
+
 
 def _tagged(p: Proposal, who: str) -> Proposal:
     return Proposal(description=p.description, model=p.model, tokens_in=p.tokens_in,

@@ -201,6 +201,12 @@ class LLMAgent(BaseAgent):
         self.no_usage = False
         self.tools_seen = False  # the model has called a tool once: text-only replies are not its nature
 
+    def preflight(self) -> list[str]:
+        """One free request (the list of models): a refused key stops `run` before the baseline."""
+        from autoresearch.agents.preflight import check_endpoint
+
+        return check_endpoint(self.chat, self.endpoint)
+
     def propose(self, ctx: Context) -> Proposal:
         seconds = ctx.time_limit or self.limits.seconds
         spend = Spend()

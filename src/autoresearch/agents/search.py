@@ -38,6 +38,7 @@ import math
 import random
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
@@ -55,6 +56,7 @@ FEW = (1, 2, 3)  # how many constants a proposal changes, and how often
 FEW_WEIGHTS = (0.5, 0.3, 0.2)
 CMA_SIGMA = 0.15  # CMA-ES's initial step, as a share of each (normalised) range
 MIN_MOVE = 0.1  # a float moves at least this share of its (log) range, or it is left alone
+WIDEN = 1.2  # a step the sampler took under MIN_MOVE is widened to this many times it (rounding)
 
 
 def make_sampler(name: str, seed: int, x0: dict[str, Any]) -> Any:
@@ -96,6 +98,25 @@ def draw(dist: Any, rng: random.Random) -> Any:
         x = rng.uniform(low, high)
     x = min(max(x, low), high)
     return int(round(x)) if isinstance(dist, d.IntDistribution) else float(x)
+
+
+def widen(p: Param, a: Any, x: Any, rng: random.Random) -> float | None:
+    """For a float the sampler moved from `a` to `x`, too near to measure: the value WIDEN
+    times MIN_MOVE of the (log) range from `a` on x's side, or on the other where the range ends
+    first (a random side when x is a); on the step's grid. None when neither side has room."""
+    if a is None or not isinstance(x, (int, float)):
+        return None
+    to: Callable[[float], float] = math.log if p.log else float
+    back: Callable[[float], float] = math.exp if p.log else float
+    span = to(p.high) - to(p.low)
+    sides = [1, -1] if x > a else [-1, 1] if x < a else rng.sample([1, -1], 2)
+    for side in sides:
+        y = back(to(a) + side * WIDEN * MIN_MOVE * span)
+        if p.step:
+            y = p.low + (math.ceil if side > 0 else math.floor)((y - p.low) / p.step - 1e-9 * side) * p.step
+        if p.low <= y <= p.high:
+            return float(y)
+    return None
 
 
 def check_sampler(name: str) -> None:
@@ -161,6 +182,8 @@ class SearchAgent(BaseAgent):
         self._lock = threading.Lock()
         self._git: Any = None
         self._resumed = False
+        self.asks = self.refused = 0  # the sampler's asks, and those that gave no untried change
+        self.widened = 0  # proposals with a step widened to MIN_MOVE
 
     # -- the study ----------------------------------------------------------------------------
 
@@ -298,12 +321,22 @@ class SearchAgent(BaseAgent):
                 study.enqueue_trial(fixed)
             otrial = study.ask({k: p.distribution() for k, (p, _) in current.items()
                                 if k in free or k in fixed})
-            edits, changes = self._edits(otrial.params, current, free)
+            self.asks += 1
+            edits, changes, widened = self._edits(otrial.params, current, free)
             new_files = {path: apply_edits(data, edits.get(path, [])) for path, data in files.items()}
             key = digest(new_files)
             if changes and key not in self.seen:
+                if widened:  # the study learns from the values written, not the ones asked
+                    asked = otrial.distributions
+                    study.tell(otrial, state=optuna.trial.TrialState.FAIL)
+                    study.enqueue_trial({**otrial.params, **widened})
+                    otrial = study.ask(asked)
+                    self.widened += 1
+                    ctx.log(f"widened to {MIN_MOVE:.0%} of the range (the sampler's step was too small "
+                            f"to measure): {', '.join(sorted(widened))}")
                 break
             study.tell(otrial, state=optuna.trial.TrialState.FAIL)
+            self.refused += 1
             ctx.log(f"try {attempt}: {'nothing changed' if not changes else 'tried already'}, asking again")
         else:
             raise AgentError(f"the {self.sampler} sampler found no untried change in {TRIES} tries "
@@ -330,21 +363,32 @@ class SearchAgent(BaseAgent):
         return set(self.rng.sample(keys, min(n, len(keys))))
 
     def _edits(self, sampled: dict[str, Any], current: dict[str, tuple[Param, Constant]],
-               free: set[str]) -> tuple[dict[str, list[tuple[int, int, str]]], list[tuple[Param, Constant, str]]]:
-        """The text edits (per file) that write the sampled values of the free constants, and
-        the constants that really change."""
+               free: set[str]) -> tuple[dict[str, list[tuple[int, int, str]]], list[tuple[Param, Constant, str]],
+                                        dict[str, Any]]:
+        """The text edits (per file) that write the sampled values of the free constants, the
+        constants that really change, and the values that were widened (in the sampler's terms)."""
         by_path: dict[str, list[tuple[int, int, str]]] = {}
         changes = []
+        widened: dict[str, Any] = {}
         for key in sorted(free, key=lambda k: (current[k][1].path, current[k][1].line)):
             p, c = current[key]
             value, text = p.render(sampled[key], c.text)
             if value == c.value and isinstance(value, bool) == isinstance(c.value, bool):
                 continue  # e.g. an int that rounds back to its value
             if p.kind == "float" and not self.record_all and p.move(c.value, value) < MIN_MOVE:
-                continue  # too small a step to measure; CMA-ES and GP take their own steps
+                # too small a step to measure (CMA-ES and GP take their own steps): widened
+                # to one that is, on the side the sampler went (TPE near its best often asks
+                # for such steps; refused, its proposals would turn into random draws)
+                y = widen(p, p.sampled(c.value), sampled[key], self.rng)
+                if y is None:
+                    continue
+                value, text = p.render(y, c.text)
+                if value == c.value or p.move(c.value, value) < MIN_MOVE:
+                    continue
+                widened[key] = p.sampled(value)
             by_path.setdefault(c.path, []).append((c.start, c.end, text))
             changes.append((p, c, text))
-        return by_path, changes
+        return by_path, changes, widened
 
 
 def describe(changes: list[tuple[str, str, str]], limit: int = 200) -> str:
