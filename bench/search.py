@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
 
 from autoresearch.agents import search as search_mod  # noqa: E402
-from autoresearch.agents.search import WIDEN, SearchAgent  # noqa: E402
+from autoresearch.agents.search import SearchAgent, widen  # noqa: E402
 from autoresearch.ledger import Ledger  # noqa: E402
 from autoresearch.loop import Loop, Options  # noqa: E402
 from autoresearch.session import open_session  # noqa: E402
@@ -114,12 +114,13 @@ def run(root: Path, sampler: str, seed: int, trials: int) -> dict[str, float]:
     task = load_task(root)
     agent = SearchAgent(task, sampler=name, seed=seed, changes=changes or None)
     session = open_session(task, "bench")
-    search_mod.WIDEN = 0.0 if refuse else WIDEN  # 0: a step under MIN_MOVE is refused, as before widening
+    if refuse:  # a step under MIN_MOVE is refused, as before widening
+        search_mod.widen = lambda *args: None  # type: ignore[assignment]
     try:
         Loop(session, agent, Options(trials=trials, seed=seed)).run()
     finally:
         session.close()
-        search_mod.WIDEN = WIDEN
+        search_mod.widen = widen
     led = Ledger.read(root, "bench")
     try:
         rows = led.trials()

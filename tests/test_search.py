@@ -521,7 +521,7 @@ def test_a_step_too_small_to_measure_is_widened_on_the_samplers_side(tmp_path):
         proposal = agent.propose(ctx)
         written = scan_file((repo / "exp.py").read_bytes(), "exp.py").constants[0].value
         move = (math.log(written) - math.log(0.01)) / math.log(100)
-        assert MIN_MOVE <= side * move <= WIDEN * MIN_MOVE + 0.01, (asked, written)
+        assert MIN_MOVE <= side * move <= WIDEN * MIN_MOVE + 0.01, (asked, written)  # (+ rounding)
         assert proposal.description == f"LR 0.01 -> {written:g}"
         assert agent.pending[1].params["LR"] == pytest.approx(written)  # what Optuna will be told
         assert agent.widened == 1 and agent.refused == 0
@@ -534,15 +534,21 @@ def test_widen_keeps_to_the_range_and_the_grid():
     from autoresearch.agents.search import widen
     from autoresearch.agents.space import Param
 
-    rng = random.Random(0)
+    def draws(p: Param, a: float, x: float) -> list[float]:
+        rng = random.Random(0)
+        return [widen(p, a, x, rng) for _ in range(200)]
+
     linear = Param(key="D", name="D", path="e.py", line=1, kind="float", low=0.0, high=0.5)
-    assert widen(linear, 0.2, 0.21, rng) == pytest.approx(0.26)  # 1.2 x a tenth of 0.5, upward
-    assert widen(linear, 0.2, 0.19, rng) == pytest.approx(0.14)
-    assert widen(linear, 0.48, 0.49, rng) == pytest.approx(0.42)  # no room above: the other side
+    up = draws(linear, 0.2, 0.21)  # 1 to 2 tenths of the range (0.05 to 0.1), upward
+    assert 0.25 - 1e-9 <= min(up) and max(up) <= 0.3 + 1e-9 and len(set(up)) == 200
+    down = draws(linear, 0.2, 0.19)
+    assert 0.1 - 1e-9 <= min(down) and max(down) <= 0.15 + 1e-9
+    turned = draws(linear, 0.48, 0.49)  # no room above: the other side
+    assert 0.38 - 1e-9 <= min(turned) and max(turned) <= 0.43 + 1e-9
+    either = draws(linear, 0.25, 0.25)  # the sampler went nowhere: a side at random
+    assert min(either) < 0.25 < max(either)
     stepped = Param(key="S", name="S", path="e.py", line=1, kind="float", low=0.0, high=1.0, step=0.05)
-    assert widen(stepped, 0.5, 0.51, rng) == pytest.approx(0.65)  # 0.62 up to the grid's 0.65
-    assert widen(stepped, 0.5, 0.49, rng) == pytest.approx(0.35)
-    narrow = Param(key="N", name="N", path="e.py", line=1, kind="float", low=0.0, high=1.0)
-    assert widen(narrow, 0.5, 0.5, rng) in (pytest.approx(0.38), pytest.approx(0.62))  # no side: either
-    assert widen(Param(key="T", name="T", path="e.py", line=1, kind="float", low=0.0, high=0.1), 0.05, 0.051,
-                 rng) == pytest.approx(0.062)
+    assert {round(y, 9) for y in draws(stepped, 0.5, 0.51)} == {0.65, 0.7}  # 0.6 to 0.7, up to the grid
+    logs = Param(key="L", name="L", path="e.py", line=1, kind="float", low=1e-4, high=1e-2, log=True)
+    moves = [math.log10(y / 1e-3) / 2 for y in draws(logs, 1e-3, 1.01e-3)]  # shares of the log range
+    assert 0.1 - 1e-9 <= min(moves) and max(moves) <= 0.2 + 1e-9

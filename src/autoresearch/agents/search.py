@@ -2,9 +2,11 @@
 
 Each proposal starts from the best code (the trial's worktree), asks the sampler (Optuna
 ask/tell) for new values of a few constants, one to three chosen at random, and rewrites only
-those values' text. A float that would move less than a tenth of its (log) range is left
-alone: a step too small to measure wastes a trial. CMA-ES instead moves every number at once,
-as it is built to. What each Optuna trial holds:
+those values' text. A float moves at least a tenth of its (log) range: a step too small to
+measure wastes a trial, so a smaller one asked for is widened to between one and two tenths on
+the side the sampler went (TPE asks for such steps near its favourite; refused, they ended in
+random draws), and the study is told the value written. CMA-ES instead moves every number at
+once, as it is built to. What each Optuna trial holds:
 
     tpe, random    the constants the trial changed: TPE models each constant on its own,
                    from the trials that moved it, so copies of the best's values would only
@@ -56,7 +58,7 @@ FEW = (1, 2, 3)  # how many constants a proposal changes, and how often
 FEW_WEIGHTS = (0.5, 0.3, 0.2)
 CMA_SIGMA = 0.15  # CMA-ES's initial step, as a share of each (normalised) range
 MIN_MOVE = 0.1  # a float moves at least this share of its (log) range, or it is left alone
-WIDEN = 1.2  # a step the sampler took under MIN_MOVE is widened to this many times it (rounding)
+WIDEN = 2.0  # a step the sampler took under MIN_MOVE is widened to 1..WIDEN times MIN_MOVE
 
 
 def make_sampler(name: str, seed: int, x0: dict[str, Any]) -> Any:
@@ -101,17 +103,19 @@ def draw(dist: Any, rng: random.Random) -> Any:
 
 
 def widen(p: Param, a: Any, x: Any, rng: random.Random) -> float | None:
-    """For a float the sampler moved from `a` to `x`, too near to measure: the value WIDEN
-    times MIN_MOVE of the (log) range from `a` on x's side, or on the other where the range ends
-    first (a random side when x is a); on the step's grid. None when neither side has room."""
+    """For a float the sampler moved from `a` to `x`, too near to measure: a value 1 to WIDEN
+    times MIN_MOVE of the (log) range from `a` (at random) on x's side, or on the other where the
+    range ends first (a random side when x is a); on the step's grid. None when neither side has
+    room."""
     if a is None or not isinstance(x, (int, float)):
         return None
     to: Callable[[float], float] = math.log if p.log else float
     back: Callable[[float], float] = math.exp if p.log else float
     span = to(p.high) - to(p.low)
     sides = [1, -1] if x > a else [-1, 1] if x < a else rng.sample([1, -1], 2)
+    share = rng.uniform(1.0, WIDEN) * MIN_MOVE  # (not one fixed step: each would soon be tried)
     for side in sides:
-        y = back(to(a) + side * WIDEN * MIN_MOVE * span)
+        y = back(to(a) + side * share * span)
         if p.step:
             y = p.low + (math.ceil if side > 0 else math.floor)((y - p.low) / p.step - 1e-9 * side) * p.step
         if p.low <= y <= p.high:
