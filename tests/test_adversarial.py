@@ -156,3 +156,28 @@ def test_packed_trial_refs_are_guarded_like_loose_ones(task_repo: Path, tmp_path
     assert git(task_repo, "rev-parse", "refs/autoresearch/t/trials/2") == rows[2][3]  # put back
     for number, *_, commit in rows:
         assert git(task_repo, "rev-parse", f"refs/autoresearch/t/trials/{number}") == commit
+
+
+def test_refs_packed_while_the_guard_reads_them_are_not_taken_for_deleted(task_repo: Path) -> None:
+    """Another loop's packing, or your `git gc`, may run between the guard's read of the loose
+    refs and its read of packed-refs: git writes packed-refs before it deletes the loose files,
+    so the guard reads the loose ones first and misses none."""
+    import subprocess
+
+    from autoresearch.guard import GitGuard
+
+    head = git(task_repo, "rev-parse", "HEAD")
+    for n in range(3):
+        git(task_repo, "update-ref", f"refs/autoresearch/A/trials/{n}", head)
+    guard = GitGuard(task_repo / ".git", tag="A", checkout=task_repo, checkout_files=[])
+    read = guard._packed
+
+    def read_then_pack() -> dict[str, str]:
+        out = read()
+        subprocess.run(["git", "pack-refs", "--all"], cwd=task_repo, check=True)
+        return out
+
+    guard._packed = read_then_pack  # type: ignore[method-assign]
+    assert guard.check_and_restore() is None
+    assert guard.user_ref_changes() == []
+    assert not (task_repo / ".git/refs/autoresearch/A/trials/0").exists()  # packed meanwhile

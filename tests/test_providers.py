@@ -192,6 +192,18 @@ def test_a_model_the_server_does_not_list_and_a_server_not_up_are_warnings(tmp_p
     assert [t.status for t in ledger(other)] == [Status.KEEP, Status.AGENT_ERROR]
 
 
+def test_a_key_that_may_chat_but_not_list_models_is_not_refused(tmp_path: Path) -> None:
+    """OpenAI answers a restricted key's missing scope with a 401 too: that is a warning, and
+    the run goes on (the key may chat)."""
+    repo = make_task(tmp_path / "task")
+    scope = "You have insufficient permissions for this operation. Missing scopes: api.model.read."
+    with FakeLLM("openai", good_edit(), list_fault=Fault("401", message=scope)) as fake:
+        r = run_llm(repo, fake)
+    assert r.returncode == 0, r.stderr
+    assert f"warning: the key cannot list {fake.url}'s models ({scope}): it is not checked" in r.stderr
+    assert [t.status for t in ledger(repo)] == [Status.KEEP, Status.KEEP]
+
+
 def test_a_listed_model_is_found_under_its_aliases() -> None:
     from autoresearch.agents.preflight import listed
 

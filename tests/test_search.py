@@ -525,7 +525,16 @@ def test_a_step_too_small_to_measure_is_widened_on_the_samplers_side(tmp_path):
         assert proposal.description == f"LR 0.01 -> {written:g}"
         assert agent.pending[1].params["LR"] == pytest.approx(written)  # what Optuna will be told
         assert agent.widened == 1 and agent.refused == 0
-    assert "widened to 10% of the range" in (tmp_path / "agent.log").read_text()
+    assert "widened to 10%-20% of the range" in (tmp_path / "agent.log").read_text()
+    # a constant the sampler was free to move and left where it was is not told as a sample
+    exp2 = "LR = 0.01  # search: 0.001..0.1 log\nDEPTH = 4  # search: 2..8 int\nprint(f'loss: {LR}')\n"
+    repo2 = make_task(tmp_path / "t2", experiment=exp2)
+    agent = SearchAgent(load_task(repo2), sampler="tpe", seed=0, changes=2)
+    agent._study().enqueue_trial({"LR": 0.05, "DEPTH": 4})
+    ctx2 = Context(task=load_task(repo2), workdir=repo2, number=1, best=Trial(number=0, status=Status.KEEP),
+                   history=(), log_path=tmp_path / "agent2.log", ledger_dir=tmp_path, cancel=threading.Event())
+    assert agent.propose(ctx2).description == "LR 0.01 -> 0.05"
+    assert agent.pending[1].params == {"LR": pytest.approx(0.05)} and agent.widened == 0
 
 
 def test_widen_keeps_to_the_range_and_the_grid():

@@ -315,10 +315,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.trials != 0:
             raise
         agent = NothingToSearch()  # --trials 0: the baseline alone, which no agent proposes
+    gpus = _gpu_ids(args.gpus)
     if args.trials != 0:
         for warning in getattr(agent, "preflight", list)():  # a refused API key: exit 2 now, not after the baseline
             print(f"autoresearch: warning: {warning}", file=sys.stderr, flush=True)
-    gpus = _gpu_ids(args.gpus)
     originals = {s: signal.getsignal(s) for s in stop_signals()}
     for s in originals:  # until the loop's own handler: SIGTERM or SIGHUP while Ray connects, say
         if s != signal.SIGINT:

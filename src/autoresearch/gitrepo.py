@@ -173,7 +173,7 @@ class Git:
                 packed = (self.common_dir / "packed-refs").read_text(errors="replace")
             except OSError:
                 return None
-            return next((line[:40] for line in packed.splitlines() if line.endswith(" " + ref)), None)
+            return next((line.partition(" ")[0] for line in packed.splitlines() if line.endswith(" " + ref)), None)
         except OSError:
             return None
         return value if len(value) in (40, 64) and all(c in "0123456789abcdef" for c in value) else None

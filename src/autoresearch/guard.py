@@ -172,8 +172,10 @@ class GitGuard:
             out = self._git("for-each-ref", "--format=%(refname) %(objectname)", *prefixes).stdout
             pairs = (line.split(" ", 1) for line in out.splitlines() if " " in line)
             return {name: sha for name, sha in pairs if not name.startswith(skip)}
-        refs = {name: sha for name, sha in self._packed().items()
-                if name.startswith(prefixes) and not name.startswith(skip)}
+        # loose refs first, then packed-refs (as git reads them): `git pack-refs` (another loop's,
+        # your `git gc`) writes packed-refs before it deletes the loose files, so a ref packed
+        # between the two reads is in one of them; the other order could miss it
+        loose: dict[str, str] = {}
         for prefix in prefixes:
             for path, name in _loose_refs(str(self.common_dir / prefix), prefix.rstrip("/")):
                 if path.endswith(".lock") or name.startswith(skip):
@@ -190,7 +192,10 @@ class GitGuard:
                         self._loose[path] = (key, value)
                 except OSError:
                     continue
-                refs[name] = value
+                loose[name] = value
+        refs = {name: sha for name, sha in self._packed().items()
+                if name.startswith(prefixes) and not name.startswith(skip)}
+        refs.update(loose)
         return refs
 
     def _packed(self) -> dict[str, str]:

@@ -261,8 +261,10 @@ class Ledger:
                     if self._all is not None:
                         self._all[trial.number] = self._trial(row)
             except sqlite3.IntegrityError:
+                self._forget()  # (whether the write itself or the read after it failed)
                 raise AutoresearchError(f"trial {trial.number} is already in the ledger") from None
             except sqlite3.OperationalError as e:
+                self._forget()
                 raise AutoresearchError(f"cannot write the ledger {self.dir / 'ledger.sqlite'}: {e}") from None
 
     def trials(self) -> list[Trial]:

@@ -61,7 +61,7 @@ Step = Say | Fault | Callable[[dict[str, Any]], "Say | Fault"]
 class FakeLLM:
     def __init__(self, kind: str = "openai", script: list[Step] | None = None,
                  default: Step | None = None, model: str = "fake-model", key: str | None = None,
-                 listed: list[str] | None = None) -> None:
+                 listed: list[str] | None = None, list_fault: Fault | None = None) -> None:
         self.kind = kind
         self.script = list(script or [])
         self.default = default
@@ -69,6 +69,7 @@ class FakeLLM:
         self.key = key  # set: every request with another key gets a 401, as the real APIs answer
         # what GET /v1/models lists (by default the model and the names the tests ask for)
         self.listed = listed if listed is not None else [model, "gpt-4.1", "claude-sonnet-4-5-20250929"]
+        self.list_fault = list_fault  # what GET /v1/models answers instead of the list
         self.requests: list[dict[str, Any]] = []
         self.listings: list[str] = []  # each GET /v1/models: the key sent
         self.invalid: list[str] = []  # requests refused as malformed (400), and why
@@ -123,6 +124,8 @@ class FakeLLM:
                     fake.listings.append(self._sent_key())
                 if fake.key is not None and self._sent_key() != fake.key:
                     return self._fault(Fault("401"))
+                if fake.list_fault is not None:
+                    return self._fault(fake.list_fault)
                 data = [{"id": m, "object": "model", "type": "model", "display_name": m,
                          "created_at": "2025-01-01T00:00:00Z", "created": 0, "owned_by": "fake"} for m in fake.listed]
                 self._send(200, {"object": "list", "data": data, "has_more": False,
@@ -180,7 +183,7 @@ class FakeLLM:
                 if f.kind == "401":
                     key = self._sent_key()
                     return self._send(401, error_body(fake.kind, "authentication_error",
-                                                      f"Incorrect API key provided: {key}"))
+                                                      f.message or f"Incorrect API key provided: {key}"))
                 status = int(f.kind)
                 headers = {"retry-after": f"{f.retry_after:g}"} if f.retry_after is not None else {}
                 kind = {429: "rate_limit_error", 400: "invalid_request_error",

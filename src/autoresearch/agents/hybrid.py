@@ -61,7 +61,7 @@ class HybridAgent(BaseAgent):
 
     def preflight(self) -> list[str]:
         check = getattr(self.llm, "preflight", None)
-        return check() if check else []
+        return check() if check and self.share > 0 else []  # (--llm-share 0: the LLM is never asked)
 
 
 def _tagged(p: Proposal, who: str) -> Proposal:

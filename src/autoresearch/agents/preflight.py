@@ -5,7 +5,9 @@ minutes, by a user who has gone to bed. Listing models costs no tokens on any pr
 every OpenAI-compatible server (vLLM, Ollama, llama.cpp, LiteLLM, OpenRouter) and Anthropic
 answer it. What it can tell:
 
-    HTTP 401                  the key is refused: `run` stops before anything is made (exit 2)
+    HTTP 401                  the key is refused: `run` stops before anything is made (exit 2);
+                              but a 401 about a missing scope or permission (a restricted key
+                              that may chat but not list) is a warning
     no answer (connection)    a warning: each proposal will try again (a local server may be
                               started later)
     a list without the model  a warning naming the closest names (an alias the list leaves out
@@ -47,16 +49,19 @@ def check_endpoint(chat: Any, endpoint: Endpoint, timeout: float = TIMEOUT) -> l
         ids = [str(getattr(m, "id", "")) for m in (getattr(page, "data", None) or [])]
     except Exception as e:  # noqa: BLE001 - the SDKs raise many kinds; only two are told
         status = getattr(e, "status_code", None)
-        if status == 401:
+        said = redact(server_message(e))[:300]
+        if status == 401 and any(w in said.lower() for w in ("scope", "permission")):
+            return [f"the key cannot list {url}'s models ({said}): it is not checked before the baseline"]
+        if status == 401:  # (OpenAI answers a restricted key's missing scope with a 401 too: above)
             key = endpoint.key_env or "OPENAI_API_KEY"
             raise UsageError(f"--model {endpoint.label}: {url} refuses the API key in {key} "
-                             f"(HTTP 401: {redact(server_message(e))[:300]}); nothing was run") from None
+                             f"(HTTP 401: {said}); nothing was run") from None
         name = type(e).__name__
         if status is None and ("Connection" in name or "Timeout" in name):
             return [f"cannot reach {url} for --model {endpoint.label} ({redact(str(e))[:200]}); "
                     "each proposal will try again"]
         return []
-    ids = [i for i in ids if i]
+    ids = [i.removeprefix("models/") for i in ids if i]  # (Gemini's ids start with models/)
     if ids and not listed(endpoint.name, ids):
         close = difflib.get_close_matches(endpoint.name, ids, n=3, cutoff=0.5)
         return [f"{url} lists {len(ids)} model{'s' if len(ids) > 1 else ''}, not {endpoint.name!r}"

@@ -330,14 +330,18 @@ class SearchAgent(BaseAgent):
             new_files = {path: apply_edits(data, edits.get(path, [])) for path, data in files.items()}
             key = digest(new_files)
             if changes and key not in self.seen:
-                if widened:  # the study learns from the values written, not the ones asked
+                moved = {p.key for p, _, _ in changes}
+                if not self.record_all and (widened or set(otrial.params) - moved):
+                    # the study is told what was written: only the constants that moved (one the
+                    # sampler left where it was is no sample of it), at their widened values
                     asked = otrial.distributions
                     study.tell(otrial, state=optuna.trial.TrialState.FAIL)
-                    study.enqueue_trial({**otrial.params, **widened})
-                    otrial = study.ask(asked)
+                    study.enqueue_trial({k: widened.get(k, otrial.params[k]) for k in moved})
+                    otrial = study.ask({k: asked[k] for k in moved})
+                if widened:
                     self.widened += 1
-                    ctx.log(f"widened to {MIN_MOVE:.0%} of the range (the sampler's step was too small "
-                            f"to measure): {', '.join(sorted(widened))}")
+                    ctx.log(f"widened to {MIN_MOVE:.0%}-{WIDEN * MIN_MOVE:.0%} of the range (the sampler's "
+                            f"step was too small to measure): {', '.join(sorted(widened))}")
                 break
             study.tell(otrial, state=optuna.trial.TrialState.FAIL)
             self.refused += 1
