@@ -181,3 +181,25 @@ def test_refs_packed_while_the_guard_reads_them_are_not_taken_for_deleted(task_r
     assert guard.check_and_restore() is None
     assert guard.user_ref_changes() == []
     assert not (task_repo / ".git/refs/autoresearch/A/trials/0").exists()  # packed meanwhile
+
+
+def test_a_kill_while_git_packs_the_refs_leaves_no_lock_after_resume(task_repo: Path) -> None:
+    """A loop killed while `git pack-refs` ran leaves packed-refs.lock (git's locks are files):
+    the resume takes it away, knowing it by the mark the loop left; a lock made long after the
+    mark (another git's, running now) is left alone."""
+    import os
+    import time
+
+    r = cli("run", str(task_repo), "--tag", "t", "--trials", "0")
+    assert r.returncode == 0, r.stderr
+    lock, mark = task_repo / ".git/packed-refs.lock", task_repo / ".autoresearch/t/packing"
+    for lock_age, kept in ((0.0, False), (-60.0, True)):  # made with the mark; a minute after it
+        mark.write_text("killed while packing\n")
+        lock.write_text("")
+        now = time.time()
+        os.utime(mark, (now, now))
+        os.utime(lock, (now - lock_age, now - lock_age))
+        r = cli("run", str(task_repo), "--tag", "t", "--trials", "0")
+        assert r.returncode == 0, r.stderr
+        assert lock.exists() is kept and not mark.exists()
+        lock.unlink(missing_ok=True)

@@ -172,7 +172,11 @@ def write_refs(s: Session, t: Trial, best: str | None) -> None:
         # one file per trial ref made every look at the refs (the guard's, several a trial)
         # grow with the run; packed, they are one file read again only when it changes. (`--all`:
         # git before 2.42 cannot name the refs to pack; your branches are packed as git gc would.)
+        mark = s.dir / "packing"  # a kill while git packs leaves its packed-refs.lock: `repair` knows it
+        with contextlib.suppress(OSError):
+            mark.write_text(f"{time.time()}\n")
         s.git.run("pack-refs", "--all", check=False)
+        mark.unlink(missing_ok=True)
 
 
 def differing_paths(git: Git, a: str, b: str) -> list[str]:
@@ -252,6 +256,13 @@ def repair(s: Session) -> list[Trial]:
     refs_dir = s.git.common_dir / "refs" / "autoresearch" / s.tag
     for stale in [*refs_dir.rglob("*.lock"), s.git.common_dir / "refs" / "heads" / "autoresearch" / f"{s.tag}.lock"]:
         stale.unlink(missing_ok=True)
+    mark = s.dir / "packing"
+    if mark.exists():  # killed while git packed the refs: the lock it left (made within seconds of
+        with contextlib.suppress(OSError):  # the mark; one made later is another git's) goes
+            made, packing = (s.git.common_dir / "packed-refs.lock").stat().st_mtime, mark.stat().st_mtime
+            if packing - 1 <= made <= packing + 10:
+                (s.git.common_dir / "packed-refs.lock").unlink()
+        mark.unlink(missing_ok=True)
     existing = s.git.refs(f"refs/autoresearch/{s.tag}/")
     interrupted = []
     running = s.ledger.running()
