@@ -39,3 +39,21 @@ def test_hybrid_shares_trials_and_both_see_all(tmp_path: Path) -> None:
     # the LLM's second proposal saw the search's trial 3 in its history
     prompt = requests[2]["body"]["messages"][1]["content"]
     assert f"#3 {t[3].status.value}" in prompt and t[3].description in prompt
+
+
+def test_the_hybrids_key_is_checked_only_when_its_llm_has_trials(tmp_path: Path) -> None:
+    """The key of the hybrid's LLM is checked before the baseline like the llm agent's; with
+    --llm-share 0 the LLM is never asked, and its key is not checked."""
+    pytest.importorskip("autoresearch.agents.search")
+    repo = make_task(tmp_path / "task")
+    said = {}
+    with FakeLLM("openai", [], key="sk-the-right-one-0123456789") as fake:
+        for share, code in (("0.5", 2), ("0", 0)):
+            r = cli("run", str(repo), "--tag", "t", "--agent", "hybrid", "--model", "openai/gpt-4.1",
+                    "--base-url", fake.url, "--llm-share", share, "--trials", "2",
+                    env={"OPENAI_API_KEY": KEY, **FAST}, timeout=180)
+            assert r.returncode == code, r.stderr + r.stdout
+            said[share] = r.stderr
+        assert fake.listings == [KEY] and not fake.requests
+    assert "refuses the API key in OPENAI_API_KEY" in said["0.5"] and "refuses" not in said["0"]
+    assert [x.extra.get("proposer") for x in ledger(repo)[1:]] == ["search", "search"]
