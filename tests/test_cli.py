@@ -352,3 +352,29 @@ def test_resuming_a_tag_after_a_commit_of_your_own_says_the_tag_goes_on_without_
     r = cli("run", str(repo), "--tag", "t", "--trials", "0")
     assert r.returncode == 0, r.stderr
     assert "your HEAD has 2 commits that tag t does not hold (exp.py differ)" in r.stdout + r.stderr
+
+
+def test_the_templates_smoke_mode_is_pinned_with_the_tag(tmp_path: Path) -> None:
+    """AUTORESEARCH_SMOKE=1 makes a template tiny (its figures are no real run's): a tag started
+    in smoke mode is not resumed without it, nor the other way round; the run says it is on."""
+    repo = make_task(tmp_path / "task")
+    r = cli("run", str(repo), "--tag", "s", "--trials", "0", env={"AUTORESEARCH_SMOKE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "AUTORESEARCH_SMOKE is set: a template runs in smoke mode" in r.stdout + r.stderr
+    r = cli("run", str(repo), "--tag", "s", "--trials", "0", env={"AUTORESEARCH_SMOKE": ""})
+    assert r.returncode == 2 and ("tag s was started AUTORESEARCH_SMOKE=1 (the templates' smoke mode: tiny data "
+                                  "and model) and this run is without AUTORESEARCH_SMOKE") in r.stderr, r.stderr
+    assert cli("run", str(repo), "--tag", "s", "--trials", "0", env={"AUTORESEARCH_SMOKE": "1"}).returncode == 0
+    assert cli("run", str(repo), "--tag", "real", "--trials", "0", env={"AUTORESEARCH_SMOKE": ""}).returncode == 0
+    r = cli("run", str(repo), "--tag", "real", "--trials", "0", env={"AUTORESEARCH_SMOKE": "1"})
+    assert r.returncode == 2 and "tag real was started without AUTORESEARCH_SMOKE" in r.stderr
+
+
+def test_a_mistyped_agent_and_a_tag_git_refuses_say_what_to_write(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    r = cli("run", str(repo), "--agent", "serch", "--trials", "1")
+    assert r.returncode == 2 and "--agent 'serch' is not an agent (did you mean 'search'?)" in r.stderr
+    for tag in ("-x", "a..b", "x.lock"):
+        r = cli("run", str(repo), f"--tag={tag}", "--trials", "0")
+        assert r.returncode == 2 and "without '..' and not ending in '.' or '.lock'" in r.stderr, r.stderr
+    assert not (repo / ".autoresearch").exists()

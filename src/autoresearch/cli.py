@@ -350,6 +350,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         ahead = ahead_of_tag(session)
         if ahead:
             events.message(ahead)
+        if os.environ.get("AUTORESEARCH_SMOKE"):
+            events.message("autoresearch: AUTORESEARCH_SMOKE is set: a template runs in smoke mode (tiny data "
+                           "and model; it may override constants such as DEPTH), and the tag is pinned to it")
         best = run_until_stopped(loop, originals)
     finally:
         events.close()

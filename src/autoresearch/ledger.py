@@ -60,7 +60,9 @@ class LedgerNotReady(AutoresearchError):
 
 def check_tag(tag: str) -> str:
     if not TAG_RE.match(tag) or ".." in tag or tag.endswith(".lock") or tag.endswith("."):
-        raise UsageError(f"--tag {tag!r} is not a valid tag (letters, digits, '.', '_' and '-', at most 64)")
+        raise UsageError(f"--tag {tag!r} is not a valid tag: letters, digits, '.', '_' and '-', at most 64, "
+                         "starting with a letter or digit, without '..' and not ending in '.' or '.lock' "
+                         "(it names a git branch)")
     return tag
 
 

@@ -45,7 +45,8 @@ def init(directory: str | os.PathLike[str], template: str = "blank", data: str |
     src = template_dir(template)
     dest = Path(directory).resolve()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise UsageError(f"{dest} already exists and is not empty: choose a new folder")
+        raise UsageError(f"{dest} already exists and is not empty: choose a new folder (for a project of "
+                         "your own, write an autoresearch.toml in it instead: see the README's task file)")
     if data is not None:
         data_dir = Path(data).expanduser().resolve()
         if not data_dir.is_dir():

@@ -25,7 +25,7 @@ from autoresearch.gitrepo import Git, GitError, Workspace, status_entries
 from autoresearch.ledger import LEDGER_DIR, Ledger, tag_dir
 from autoresearch.process import kill_owned, last_lines, read_tail, run_command
 from autoresearch.records import Status, Trial
-from autoresearch.task import TASK_FILE, Task
+from autoresearch.task import SMOKE, TASK_FILE, Task
 from autoresearch.watchdog import start as start_watchdog
 
 PACK_EVERY = 100  # trials between packings of the refs (write_refs)
@@ -105,7 +105,8 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
         if dirty and not allow_dirty:
             shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
             raise UsageError(f"the repository has uncommitted changes ({shown}): commit or stash them first "
-                             "(trials run the committed code; output folders belong in .gitignore)")
+                             "(`git stash -u` takes untracked files too; trials run the committed code; output "
+                             "folders belong in .gitignore)")
         if git.rev(branch) and not git.refs(f"refs/autoresearch/{tag}/"):
             raise UsageError(f"a branch autoresearch/{tag} already exists, and the loop works on a branch of "
                              f"that name: choose another --tag, or rename your branch "
@@ -241,6 +242,10 @@ def check_measurement(ledger: Ledger, task: Task, tag: str) -> None:
         pinned = {k: v for k, v in (("metric.name", ledger.get_meta("metric_name")),
                                     ("metric.goal", ledger.get_meta("goal"))) if v}
     now = task.measurement()
+    if SMOKE in pinned and pinned[SMOKE] != now[SMOKE]:
+        was, now_ = (f"{SMOKE}={v}" if v else f"without {SMOKE}" for v in (pinned[SMOKE], now[SMOKE]))
+        raise UsageError(f"tag {tag} was started {was} (the templates' smoke mode: tiny data and model) and "
+                         f"this run is {now_}: their figures cannot be compared; start a new --tag")
     changed = [f"{k}: {pinned[k]!r} -> {now.get(k)!r}" for k in sorted(pinned) if k in now and pinned[k] != now[k]]
     if changed:
         shown = "; ".join(changed[:3]) + (" ..." if len(changed) > 3 else "")

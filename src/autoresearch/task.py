@@ -24,6 +24,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 TASK_FILE = "autoresearch.toml"
+SMOKE = "AUTORESEARCH_SMOKE"  # the templates' smoke mode: pinned with a tag like the task file's measurement
 
 TOP_KEYS = {
     "name", "program", "editable", "protected", "setup", "command", "time_budget",
@@ -88,7 +89,9 @@ class Task:
         return {"command": self.command, "evaluate": self.evaluate, "setup": self.setup,
                 "time_budget": self.time_budget, "metric.name": m.name, "metric.goal": m.goal,
                 "metric.pattern": m.pattern, "metric.file": m.file,
-                "acceptance.min_delta": self.acceptance.min_delta}
+                "acceptance.min_delta": self.acceptance.min_delta,
+                # the templates' smoke mode (tiny data and model): its figures are no real run's
+                SMOKE: os.environ.get(SMOKE, "")}
 
     def is_editable(self, path: str) -> bool:
         return any(glob_match(path, g) for g in self.editable) and not self.is_protected(path)

@@ -23,7 +23,8 @@ def pick_tag(root: Path, tag: str | None) -> str:
     tags = list_tags(root)
     if not tags and not (root / "autoresearch.toml").is_file():
         raise UsageError(f"no autoresearch.toml in {root} or a folder above it in its git repository, "
-                         "and no runs here (give the task's folder: autoresearch status DIR)")
+                         "and no runs here (give the task's folder as DIR, e.g. `autoresearch status DIR`, "
+                         "`autoresearch report DIR`)")
     if not tags:
         raise UsageError(f"no autoresearch runs in {root} (start one with `autoresearch run`)")
     base = root / ".autoresearch"

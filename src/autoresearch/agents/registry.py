@@ -128,4 +128,9 @@ def build_agent(opts: AgentOptions, task: Task) -> Agent:
         from autoresearch.agents import llm
 
         return llm.build(name, opts, task)
-    raise UsageError(f"--agent {name!r} is not an agent (see `autoresearch agents`)")
+    import difflib
+
+    known = ["search", "llm", "hybrid", "cli", *presets.PRESETS]
+    close = difflib.get_close_matches(name, known, n=1)
+    raise UsageError(f"--agent {name!r} is not an agent{f' (did you mean {close[0]!r}?)' if close else ''}: "
+                     f"{', '.join(known)} (see `autoresearch agents`)")
