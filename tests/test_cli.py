@@ -378,3 +378,20 @@ def test_a_mistyped_agent_and_a_tag_git_refuses_say_what_to_write(tmp_path: Path
         r = cli("run", str(repo), f"--tag={tag}", "--trials", "0")
         assert r.returncode == 2 and "without '..' and not ending in '.' or '.lock'" in r.stderr, r.stderr
     assert not (repo / ".autoresearch").exists()
+
+
+def test_a_tag_whose_setup_failed_before_any_trial_takes_the_fixed_task_file(tmp_path: Path) -> None:
+    """A first run whose setup fails records no trial: nothing is measured yet, so the tag is
+    resumed with the fixed task file (its setup pinned anew), not refused as a changed one."""
+    repo = make_task(tmp_path / "task", toml_extra='setup = "false"\n')
+    r = cli("run", str(repo), "--tag", "d", "--trials", "0")
+    assert r.returncode == 1 and "setup command `false` failed" in r.stderr, r.stderr
+    toml = repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('setup = "false"', 'setup = "true"'))
+    git(repo, "commit", "-qam", "fix setup")
+    r = cli("run", str(repo), "--tag", "d", "--trials", "0")
+    assert r.returncode == 0, r.stderr
+    toml.write_text(toml.read_text().replace('setup = "true"', 'setup = "echo again"'))
+    git(repo, "commit", "-qam", "change setup after a trial")
+    r = cli("run", str(repo), "--tag", "d", "--trials", "0")
+    assert r.returncode == 2 and "(setup: 'true' -> 'echo again')" in r.stderr, r.stderr

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="scaffold a task repository from a template")
     p.add_argument("dir")
-    p.add_argument("--template", default="blank", help="cpu-gpt, nanochat or blank")
+    p.add_argument("--template", default="blank", help="blank (the default), cpu-gpt or nanochat")
     p.add_argument("--data", default=None, help="a folder of data instead of the default corpus: text files (cpu-gpt, nanochat) or parquet files with a 'text' column (nanochat)")
 
     p = sub.add_parser("run", help="the loop; resumes a tag that exists")

@@ -233,7 +233,10 @@ def shield(git: Git, folder: Path) -> None:
 
 def check_measurement(ledger: Ledger, task: Task, tag: str) -> None:
     """Refuse to resume a tag whose task file now measures trials differently (another goal,
-    metric, command, budget...): its new trials would be compared with old ones as equals."""
+    metric, command, budget...): its new trials would be compared with old ones as equals. A
+    tag with no trial yet (its setup failed, say) takes the task file as it is now."""
+    if not ledger.trials():
+        return
     try:
         pinned = json.loads(ledger.get_meta("measurement") or "{}")
     except ValueError:

@@ -82,7 +82,8 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     metric = led.metric_name
     shown = trials[-limit:] if limit else trials
     rows = [("#", "commit", "status", metric, *([holdout] if holdout else []), "seconds", "description")]
-    alive = Ledger.loop_running(tag_dir(root, tag)) if any(t.status.value == "running" for t in shown) else True
+    running = [t.number for t in trials if t.status.value == "running"]
+    alive = Ledger.loop_running(tag_dir(root, tag)) if running else True
     for t in shown:
         said = t.reason and t.description.startswith(f"agent error: {t.reason}"[:60])  # the reason is the description
         note = f"  [{t.reason}]" if t.reason and t.status.value != "keep" and not said else ""
@@ -99,6 +100,9 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     lines = [f"tag {tag}: {len(trials)} trial{'s' * (len(trials) != 1)} (the baseline included), "
              f"{kept} kept improvement{'s' * (kept != 1)}"]
     ended = last_run_text(last_run)
+    if not alive:  # (a SIGKILL, a machine that went down: nothing could record the end)
+        ended = (f"last run: stopped without a word (killed, or the machine went down) while trial "
+                 f"{', '.join(map(str, running))} ran; `autoresearch run --tag {tag}` resumes")
     if ended:
         lines.append(ended)
     for r in rows:
