@@ -382,7 +382,8 @@ def test_a_mistyped_agent_and_a_tag_git_refuses_say_what_to_write(tmp_path: Path
 
 def test_a_tag_whose_setup_failed_before_any_trial_takes_the_fixed_task_file(tmp_path: Path) -> None:
     """A first run whose setup fails records no trial: nothing is measured yet, so the tag is
-    resumed with the fixed task file (its setup pinned anew), not refused as a changed one."""
+    resumed with the fixed task file (its setup pinned anew), not refused as a changed one, and
+    starts again from the commit of the fix."""
     repo = make_task(tmp_path / "task", toml_extra='setup = "false"\n')
     r = cli("run", str(repo), "--tag", "d", "--trials", "0")
     assert r.returncode == 1 and "setup command `false` failed" in r.stderr, r.stderr
@@ -391,6 +392,7 @@ def test_a_tag_whose_setup_failed_before_any_trial_takes_the_fixed_task_file(tmp
     git(repo, "commit", "-qam", "fix setup")
     r = cli("run", str(repo), "--tag", "d", "--trials", "0")
     assert r.returncode == 0, r.stderr
+    assert git(repo, "rev-parse", "autoresearch/d") == git(repo, "rev-parse", "HEAD")  # from the fix
     toml.write_text(toml.read_text().replace('setup = "true"', 'setup = "echo again"'))
     git(repo, "commit", "-qam", "change setup after a trial")
     r = cli("run", str(repo), "--tag", "d", "--trials", "0")

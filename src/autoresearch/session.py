@@ -126,9 +126,10 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
         if exists:
             check_measurement(ledger, task, tag)
         ledger.set_meta("measurement", json.dumps(task.measurement(), sort_keys=True))
-        if not exists or ledger.get_meta("base") is None:
+        if not exists or ledger.get_meta("base") is None or not ledger.trials():
             # The ledger first, the branch last: a first run stopped in between (killed, disk
-            # full) left a branch without a base, and every later run refused the tag.
+            # full) left a branch without a base, and every later run refused the tag. A tag
+            # with no trial yet (its setup failed) starts again from your HEAD, with your fix.
             base = git.head()
             ledger.set_meta("metric_name", task.metric.name)
             ledger.set_meta("goal", task.metric.goal)

@@ -57,7 +57,7 @@ STALLED = 5  # after this many asks that changed nothing new, the free constants
 FEW = (1, 2, 3)  # how many constants a proposal changes, and how often
 FEW_WEIGHTS = (0.5, 0.3, 0.2)
 CMA_SIGMA = 0.15  # CMA-ES's initial step, as a share of each (normalised) range
-MIN_MOVE = 0.1  # a float moves at least this share of its (log) range, or it is left alone
+MIN_MOVE = 0.1  # a float moves at least this share of its (log) range (a smaller step is widened)
 WIDEN = 2.0  # a step the sampler took under MIN_MOVE is widened to 1..WIDEN times MIN_MOVE
 
 
@@ -187,7 +187,7 @@ class SearchAgent(BaseAgent):
         self._git: Any = None
         self._resumed = False
         self.asks = self.refused = 0  # the sampler's asks, and those that gave no untried change
-        self.widened = 0  # proposals with a step widened to MIN_MOVE
+        self.widened = 0  # proposals with a step widened past MIN_MOVE
 
     # -- the study ----------------------------------------------------------------------------
 
