@@ -184,21 +184,22 @@ def test_refs_packed_while_the_guard_reads_them_are_not_taken_for_deleted(task_r
 
 
 def test_a_kill_while_git_packs_the_refs_leaves_no_lock_after_resume(task_repo: Path) -> None:
-    """A loop killed while `git pack-refs` ran leaves packed-refs.lock (git's locks are files):
-    the resume takes it away, knowing it by the mark the loop left; a lock made long after the
-    mark (another git's, running now) is left alone."""
+    """A machine that went down while `git pack-refs` ran leaves packed-refs.lock (git's locks
+    are files): the resume takes it away, knowing it by the mark the loop left. A lock made long
+    after the mark (another git's), or made just now (it may be live), is left alone."""
     import os
     import time
 
     r = cli("run", str(task_repo), "--tag", "t", "--trials", "0")
     assert r.returncode == 0, r.stderr
     lock, mark = task_repo / ".git/packed-refs.lock", task_repo / ".autoresearch/t/packing"
-    for lock_age, kept in ((0.0, False), (-60.0, True)):  # made with the mark; a minute after it
-        mark.write_text("killed while packing\n")
+    now = time.time()
+    # (the mark's time, the lock's time, whether the lock stays)
+    for marked, made, kept in ((now - 60, now - 60, False), (now - 60, now - 30, True), (now, now, True)):
+        mark.write_text("stopped while packing\n")
         lock.write_text("")
-        now = time.time()
-        os.utime(mark, (now, now))
-        os.utime(lock, (now - lock_age, now - lock_age))
+        os.utime(mark, (marked, marked))
+        os.utime(lock, (made, made))
         r = cli("run", str(task_repo), "--tag", "t", "--trials", "0")
         assert r.returncode == 0, r.stderr
         assert lock.exists() is kept and not mark.exists()

@@ -366,6 +366,8 @@ def test_the_templates_smoke_mode_is_pinned_with_the_tag(tmp_path: Path) -> None
                                   "and model) and this run is without AUTORESEARCH_SMOKE") in r.stderr, r.stderr
     assert cli("run", str(repo), "--tag", "s", "--trials", "0", env={"AUTORESEARCH_SMOKE": "1"}).returncode == 0
     assert cli("run", str(repo), "--tag", "real", "--trials", "0", env={"AUTORESEARCH_SMOKE": ""}).returncode == 0
+    r = cli("run", str(repo), "--tag", "real", "--trials", "0", env={"AUTORESEARCH_SMOKE": "0"})  # as templates read it:
+    assert r.returncode == 0 and "smoke mode" not in r.stdout + r.stderr, r.stderr  # not smoke mode
     r = cli("run", str(repo), "--tag", "real", "--trials", "0", env={"AUTORESEARCH_SMOKE": "1"})
     assert r.returncode == 2 and "tag real was started without AUTORESEARCH_SMOKE" in r.stderr
 
@@ -383,15 +385,25 @@ def test_a_mistyped_agent_and_a_tag_git_refuses_say_what_to_write(tmp_path: Path
 def test_a_tag_whose_setup_failed_before_any_trial_takes_the_fixed_task_file(tmp_path: Path) -> None:
     """A first run whose setup fails records no trial: nothing is measured yet, so the tag is
     resumed with the fixed task file (its setup pinned anew), not refused as a changed one, and
-    starts again from the commit of the fix."""
+    starts again from the commit of the fix: a fix not committed is refused as for a new tag, and
+    a branch with commits the tag did not make is not moved."""
     repo = make_task(tmp_path / "task", toml_extra='setup = "false"\n')
     r = cli("run", str(repo), "--tag", "d", "--trials", "0")
     assert r.returncode == 1 and "setup command `false` failed" in r.stderr, r.stderr
     toml = repo / "autoresearch.toml"
     toml.write_text(toml.read_text().replace('setup = "false"', 'setup = "true"'))
     git(repo, "commit", "-qam", "fix setup")
+    (repo / "notes.txt").write_text("not committed\n")
+    r = cli("run", str(repo), "--tag", "d", "--trials", "0")
+    assert r.returncode == 2 and "uncommitted changes (notes.txt)" in r.stderr, r.stderr
+    (repo / "notes.txt").unlink()
+    git(repo, "branch", "-f", "autoresearch/d", "HEAD")  # a commit of yours on the tag's branch
+    r = cli("run", str(repo), "--tag", "d", "--trials", "0")
+    assert r.returncode == 2 and "branch autoresearch/d has commits the tag did not make" in r.stderr, r.stderr
+    git(repo, "branch", "-D", "autoresearch/d")
     r = cli("run", str(repo), "--tag", "d", "--trials", "0")
     assert r.returncode == 0, r.stderr
+    assert "(started again from your HEAD: it had no trial)" in r.stdout + r.stderr
     assert git(repo, "rev-parse", "autoresearch/d") == git(repo, "rev-parse", "HEAD")  # from the fix
     toml.write_text(toml.read_text().replace('setup = "true"', 'setup = "echo again"'))
     git(repo, "commit", "-qam", "change setup after a trial")

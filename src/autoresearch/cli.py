@@ -300,7 +300,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from autoresearch.ledger import check_tag
     from autoresearch.loop import Loop, Options
     from autoresearch.session import ahead_of_tag, open_session
-    from autoresearch.task import load_task
+    from autoresearch.task import load_task, smoke
 
     task = load_task(args.dir)
     tag = check_tag(default_tag() if args.tag is None else args.tag)
@@ -344,13 +344,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         scale = (f", {len(loop.slots)} workers" if len(loop.slots) > 1 else "") + \
             (f", backend {backend.name}" if backend.name != "local" else "")
-        events.message(f"autoresearch: tag {tag} on branch autoresearch/{tag} "
-                       f"({'resumed' if session.resumed else 'new'}), agent {agent.name}{scale}, "
+        state = ("started again from your HEAD: it had no trial" if session.restarted
+                 else "resumed" if session.resumed else "new")
+        events.message(f"autoresearch: tag {tag} on branch autoresearch/{tag} ({state}), agent {agent.name}{scale}, "
                        f"ledger {session.dir}")
         ahead = ahead_of_tag(session)
         if ahead:
             events.message(ahead)
-        if os.environ.get("AUTORESEARCH_SMOKE"):
+        if smoke():
             events.message("autoresearch: AUTORESEARCH_SMOKE is set: a template runs in smoke mode (tiny data "
                            "and model; it may override constants such as DEPTH), and the tag is pinned to it")
         best = run_until_stopped(loop, originals)

@@ -50,6 +50,7 @@ class Session:
     user_head: str | None
     watchdog: subprocess.Popen[bytes] | None = None
     lifeline: int | None = None  # the watchdog's pipe: closed when the loop ends (or dies)
+    restarted: bool = False  # a tag with no trial yet, started again from HEAD
 
     @property
     def dir(self) -> Path:
@@ -100,13 +101,16 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
         if TASK_FILE in git.dirty_paths():
             raise UsageError(f"{TASK_FILE} has uncommitted changes: commit them to resume tag {tag} with them, "
                              f"or undo them (`git -C {shlex.quote(str(task.root))} checkout -- {TASK_FILE}`)")
-    if not exists:
+    def refuse_dirty() -> None:
         dirty = [p for p in git.dirty_paths() if not p.startswith(f"{LEDGER_DIR}/")]
         if dirty and not allow_dirty:
             shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
             raise UsageError(f"the repository has uncommitted changes ({shown}): commit or stash them first "
                              "(`git stash -u` takes untracked files too; trials run the committed code; output "
                              "folders belong in .gitignore)")
+
+    if not exists:
+        refuse_dirty()
         if git.rev(branch) and not git.refs(f"refs/autoresearch/{tag}/"):
             raise UsageError(f"a branch autoresearch/{tag} already exists, and the loop works on a branch of "
                              f"that name: choose another --tag, or rename your branch "
@@ -126,20 +130,34 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
         if exists:
             check_measurement(ledger, task, tag)
         ledger.set_meta("measurement", json.dumps(task.measurement(), sort_keys=True))
-        if not exists or ledger.get_meta("base") is None or not ledger.trials():
+        restarted = exists and not ledger.trials()
+        if not exists or ledger.get_meta("base") is None or restarted:
             # The ledger first, the branch last: a first run stopped in between (killed, disk
             # full) left a branch without a base, and every later run refused the tag. A tag
             # with no trial yet (its setup failed) starts again from your HEAD, with your fix.
+            if restarted:
+                refuse_dirty()  # (a fix not committed would be left out)
+            old, at = ledger.get_meta("base"), git.rev(branch)
             base = git.head()
             ledger.set_meta("metric_name", task.metric.name)
             ledger.set_meta("goal", task.metric.goal)
             ledger.set_meta("created", str(time.time()))
             ledger.set_meta("user_branch", git.current_branch() or "")
             ledger.set_meta("base", base)
-            git.update_refs({branch: base}, verify=None if exists else {branch: None})
+            verify: dict[str, str | None] | None = ({branch: None} if not exists or at is None
+                                                    else {branch: old} if old else None)
+            try:
+                git.update_refs({branch: base}, verify=verify)
+            except GitError:
+                if not (exists and at):
+                    raise
+                raise UsageError(f"branch autoresearch/{tag} has commits the tag did not make (it is at {at[:7]}, "
+                                 f"not at {(old or '')[:7]} where the tag started): the tag has no trial yet and "
+                                 "would start again from your HEAD; merge that branch into yours, or delete it "
+                                 f"(`git branch -D autoresearch/{tag}`), then run again") from None
         base = ledger.get_meta("base") or git.head()
         session = Session(task=task, git=git, ledger=ledger, tag=tag, base=base, resumed=exists,
-                          user_head=git.rev("HEAD"))
+                          user_head=git.rev("HEAD"), restarted=restarted)
         if exists:
             repair(session)  # first: it frees what a stopped loop left (a full run folder, say)
         ledger.set_meta("holdout", task.metric.holdout or "")  # for the views: the sealed figure
@@ -266,10 +284,13 @@ def repair(s: Session) -> list[Trial]:
     for stale in [*refs_dir.rglob("*.lock"), s.git.common_dir / "refs" / "heads" / "autoresearch" / f"{s.tag}.lock"]:
         stale.unlink(missing_ok=True)
     mark = s.dir / "packing"
-    if mark.exists():  # killed while git packed the refs: the lock it left (made within seconds of
-        with contextlib.suppress(OSError):  # the mark; one made later is another git's) goes
+    if mark.exists():  # stopped while git packed the refs. A SIGKILL of the loop spares git (its own
+        # session), which ends and takes its lock away; a machine that went down leaves the lock.
+        # Taken away: a lock made with the mark, seconds old (git holds one for milliseconds);
+        # one made later, or just now, may be another git's
+        with contextlib.suppress(OSError):
             made, packing = (s.git.common_dir / "packed-refs.lock").stat().st_mtime, mark.stat().st_mtime
-            if packing - 1 <= made <= packing + 10:
+            if packing - 1 <= made <= packing + 2 and time.time() - made > 5:
                 (s.git.common_dir / "packed-refs.lock").unlink()
         mark.unlink(missing_ok=True)
     existing = s.git.refs(f"refs/autoresearch/{s.tag}/")

@@ -26,6 +26,11 @@ else:  # pragma: no cover - exercised on 3.10 only
 TASK_FILE = "autoresearch.toml"
 SMOKE = "AUTORESEARCH_SMOKE"  # the templates' smoke mode: pinned with a tag like the task file's measurement
 
+
+def smoke() -> str:
+    """"1" when the templates run in smoke mode (AUTORESEARCH_SMOKE=1, as they read it), else ""."""
+    return "1" if os.environ.get(SMOKE, "").strip() == "1" else ""
+
 TOP_KEYS = {
     "name", "program", "editable", "protected", "setup", "command", "time_budget",
     "timeout", "evaluate", "metric", "acceptance", "agent", "shared",
@@ -91,7 +96,7 @@ class Task:
                 "metric.pattern": m.pattern, "metric.file": m.file,
                 "acceptance.min_delta": self.acceptance.min_delta,
                 # the templates' smoke mode (tiny data and model): its figures are no real run's
-                SMOKE: os.environ.get(SMOKE, "")}
+                SMOKE: smoke()}
 
     def is_editable(self, path: str) -> bool:
         return any(glob_match(path, g) for g in self.editable) and not self.is_protected(path)

@@ -101,8 +101,9 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
              f"{kept} kept improvement{'s' * (kept != 1)}"]
     ended = last_run_text(last_run)
     if not alive:  # (a SIGKILL, a machine that went down: nothing could record the end)
-        ended = (f"last run: stopped without a word (killed, or the machine went down) while trial "
-                 f"{', '.join(map(str, running))} ran; `autoresearch run --tag {tag}` resumes")
+        ended = (f"last run: stopped without a word (killed, or the machine went down) while trial"
+                 f"{'s' if len(running) > 1 else ''} {', '.join(map(str, running))} ran; "
+                 f"`autoresearch run --tag {tag}` resumes")
     if ended:
         lines.append(ended)
     for r in rows:
