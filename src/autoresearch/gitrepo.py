@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.filetree import SPECIAL, ctimes, remove_specials, remove_unknown, walk, writable
 from autoresearch.gitconfig import kept_config, private_file
-from autoresearch.gitstatus import Change, parse_raw, parse_status_v2, status_entries  # noqa: F401 (re-exported)
+from autoresearch.gitstatus import Change, packed_refs, parse_raw, parse_status_v2, status_entries  # noqa: F401
 from autoresearch.process import run_harness
 
 if TYPE_CHECKING:
@@ -169,11 +169,9 @@ class Git:
         try:
             value = (self.common_dir / ref).read_text().strip()
         except (FileNotFoundError, NotADirectoryError):
-            try:
-                packed = (self.common_dir / "packed-refs").read_text(errors="replace")
-            except OSError:
-                return None
-            return next((line.partition(" ")[0] for line in packed.splitlines() if line.endswith(" " + ref)), None)
+            with contextlib.suppress(OSError):
+                return packed_refs((self.common_dir / "packed-refs").read_text(errors="replace")).get(ref)
+            return None
         except OSError:
             return None
         return value if len(value) in (40, 64) and all(c in "0123456789abcdef" for c in value) else None

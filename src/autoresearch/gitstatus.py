@@ -1,5 +1,5 @@
 """What git prints, read: `status --porcelain` (v1 and v2) and `diff-tree --raw`, as the changes
-of a trial."""
+of a trial; and the files backend's packed-refs."""
 
 from __future__ import annotations
 
@@ -66,3 +66,13 @@ def parse_raw(raw: str) -> list[Change]:
                               new_mode=new_mode, new_blob=new_blob))
         i += 2
     return changes
+
+
+def packed_refs(text: str) -> dict[str, str]:
+    """packed-refs: ref name -> object id (its header and peeled `^` lines left out)."""
+    refs: dict[str, str] = {}
+    for line in text.splitlines():
+        if line[:1] not in ("#", "^", ""):
+            oid, _, name = line.partition(" ")
+            refs[name] = oid
+    return refs

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from autoresearch.gitrepo import MAX_FILE_BYTES, SAFE, Change
+from autoresearch.gitstatus import packed_refs
 from autoresearch.task import Task
 
 __all__ = ["MAX_FILE_BYTES", "GitGuard", "changed_files", "check_changes", "hash_files", "set_readonly"]
@@ -206,12 +207,7 @@ class GitGuard:
             st = os.stat(path)
             key = (st.st_ino, st.st_ctime_ns, st.st_size)
             if self._packed_cache[0] != key:
-                refs: dict[str, str] = {}
-                for line in path.read_text(errors="replace").splitlines():
-                    sha, _, name = line.partition(" ")
-                    if line[:1] not in ("#", "^", ""):
-                        refs[name] = sha
-                self._packed_cache = (key, refs)
+                self._packed_cache = (key, packed_refs(path.read_text(errors="replace")))
         except OSError:
             self._packed_cache = (None, {})
         return self._packed_cache[1]

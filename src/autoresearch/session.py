@@ -127,10 +127,10 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
     ledger = Ledger.open(task.root, tag, task.metric.name)
     ledger.acquire()
     try:
-        if exists:
+        restarted = exists and not ledger.trials()  # (a tag with no trial takes the task file as it is)
+        if exists and not restarted:
             check_measurement(ledger, task, tag)
         ledger.set_meta("measurement", json.dumps(task.measurement(), sort_keys=True))
-        restarted = exists and not ledger.trials()
         if not exists or ledger.get_meta("base") is None or restarted:
             # The ledger first, the branch last: a first run stopped in between (killed, disk
             # full) left a branch without a base, and every later run refused the tag. A tag
@@ -252,10 +252,7 @@ def shield(git: Git, folder: Path) -> None:
 
 def check_measurement(ledger: Ledger, task: Task, tag: str) -> None:
     """Refuse to resume a tag whose task file now measures trials differently (another goal,
-    metric, command, budget...): its new trials would be compared with old ones as equals. A
-    tag with no trial yet (its setup failed, say) takes the task file as it is now."""
-    if not ledger.trials():
-        return
+    metric, command, budget...): its new trials would be compared with old ones as equals."""
     try:
         pinned = json.loads(ledger.get_meta("measurement") or "{}")
     except ValueError:
@@ -288,10 +285,11 @@ def repair(s: Session) -> list[Trial]:
         # session), which ends and takes its lock away; a machine that went down leaves the lock.
         # Taken away: a lock made with the mark, seconds old (git holds one for milliseconds);
         # one made later, or just now, may be another git's
+        lock = s.git.common_dir / "packed-refs.lock"
         with contextlib.suppress(OSError):
-            made, packing = (s.git.common_dir / "packed-refs.lock").stat().st_mtime, mark.stat().st_mtime
+            made, packing = lock.stat().st_mtime, mark.stat().st_mtime
             if packing - 1 <= made <= packing + 2 and time.time() - made > 5:
-                (s.git.common_dir / "packed-refs.lock").unlink()
+                lock.unlink()
         mark.unlink(missing_ok=True)
     existing = s.git.refs(f"refs/autoresearch/{s.tag}/")
     interrupted = []

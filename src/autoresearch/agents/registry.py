@@ -130,7 +130,7 @@ def build_agent(opts: AgentOptions, task: Task) -> Agent:
         return llm.build(name, opts, task)
     import difflib
 
-    known = ["search", "llm", "hybrid", "cli", *presets.PRESETS]
+    known = [*AGENTS, *presets.PRESETS]
     close = difflib.get_close_matches(name, known, n=1)
     raise UsageError(f"--agent {name!r} is not an agent{f' (did you mean {close[0]!r}?)' if close else ''}: "
                      f"{', '.join(known)} (see `autoresearch agents`)")
