@@ -15,6 +15,7 @@ from conftest import cli, git, make_task, script_agent
 from autoresearch.agents.constants import apply_edits, scan_file
 from autoresearch.agents.search import SearchAgent
 from autoresearch.agents.space import space_of
+from autoresearch.gitrepo import Git
 from autoresearch.ledger import Ledger
 from autoresearch.loop import Loop, Options
 from autoresearch.records import Status
@@ -342,6 +343,31 @@ def test_space_command_without_constants_says_so(tmp_path):
     assert "no constants to search" in r.stderr and "exp.py" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_space_command_with_a_tag_shows_the_best_code_beside_its_baseline(tmp_path):
+    repo = make_task(tmp_path / "t", experiment="X = 5  # search: 0..10 int\nY = 3  # search: 0..10 int\n"
+                     "print(f'loss: {abs(X - 8) + abs(Y - 3)}')\n")
+    r = cli("run", str(repo), "--tag", "s", "--trials", "12", "--seed", "1")
+    assert r.returncode == 0, r.stderr + r.stdout
+    best = Ledger.read(repo, "s").best()
+    assert best is not None and best.number > 0  # the search kept something
+    r = cli("space", str(repo), "--tag", "s")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert f"trial {best.number}" in lines[0] and best.commit[:7] in lines[0]
+    assert lines[1].split() == ["name", "where", "value", "baseline", "range", "scale"]
+    rows = {line.split()[0]: line.split() for line in lines[2:4]}
+    kept = dict(line.split(" = ") for line in Git(repo).show_file(best.commit, "exp.py").splitlines()[:2])
+    for name in ("X", "Y"):  # the values of the best code, the baseline's where they moved
+        assert rows[name][2] == kept[name].split()[0]
+        assert rows[name][3] == ("=" if rows[name][2] == {"X": "5", "Y": "3"}[name] else {"X": "5", "Y": "3"}[name])
+    assert rows["X"][3] == "5" and "moved from the baseline" in lines[-1]
+    # the checkout is untouched: without --tag, its values
+    plain = cli("space", str(repo)).stdout.splitlines()
+    assert plain[1].split()[:3] == ["X", "exp.py:1", "5"]
+    r = cli("space", str(repo), "--tag", "nope")
+    assert r.returncode == 2 and "--tag nope" in r.stderr and "s" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_space_command_on_the_blank_template(tmp_path):
     assert cli("init", str(tmp_path / "b"), "--template", "blank").returncode == 0
     r = cli("space", str(tmp_path / "b"))
@@ -427,7 +453,7 @@ def test_a_resumed_run_does_not_replay_the_first_runs_proposals(tmp_path):
 
 
 def test_space_names_what_it_cannot_search_and_values_off_their_range(tmp_path):
-    from autoresearch.agents.space import space_table
+    from autoresearch.agents.spaceview import space_table
 
     table = space_table(space_of({"m.py": b"BETA1, BETA2 = 0.9, 0.95\nA = B = 5\nLO = 0.1  # search: 0.2..0.5\n"
                                           b"OPT = 5  # search: 1 | 10\nLR = 0.1\n"}))
@@ -469,7 +495,7 @@ def test_a_config_module_of_assignments_is_searched_whole():
 
 
 def test_space_names_constants_after_the_code_malformed_comments_and_values_off_their_grid(tmp_path):
-    from autoresearch.agents.space import space_table
+    from autoresearch.agents.spaceview import space_table
 
     s = space_of({"m.py": AFTER_CODE})
     assert [p.name for p in s.params] == ["LR", "DEPTH", "B", "D", "E", "F", "S"]

@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("space", help="the search space the search agent finds")
     p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
+    p.add_argument("--tag", default=None,
+                   help="show the values of this run's best code beside its baseline's (default: the checkout's)")
 
     sub.add_parser("agents", help="every agent and preset, and whether what it needs is here")
 
@@ -442,7 +444,7 @@ COMMANDS = {
     "run": cmd_run, "trial": cmd_trial, "status": cmd_status, "show": cmd_show, "init": cmd_init,
     "report": lambda a: _optional("report.cli", "cmd_report")(a),
     "demo": lambda a: _optional("demo", "cmd_demo")(a),
-    "space": lambda a: _optional("agents.space", "cmd_space")(a),
+    "space": lambda a: _optional("agents.spaceview", "cmd_space")(a),
     "agents": lambda a: _optional("agents.listing", "cmd_agents")(a),
     "serve": lambda a: _optional("report.serve", "cmd_serve")(a),
 }

@@ -20,7 +20,6 @@ text is `autoresearch.agents.constants`'s.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import math
 import re
@@ -39,8 +38,7 @@ from autoresearch.agents.constants import (
     short,
     value_of_text,
 )
-from autoresearch.errors import AutoresearchError
-from autoresearch.task import Task, list_files, load_task
+from autoresearch.task import Task, list_files
 
 OFF_WORDS = {"off", "no", "skip", "fixed", "none"}
 OPTIONS = ["log", "linear", "int", "float", "step"]
@@ -432,60 +430,3 @@ def space_of(files: dict[str, bytes]) -> Space:
     space = Space()
     space.add(scan_files(files))
     return space
-
-
-# ---------------------------------------------------------------------------------------------
-# `autoresearch space`
-
-
-def space_table(space: Space) -> str:
-    rows = [("name", "where", "value", "range", "scale")]
-    for p in space.params:
-        rows.append((p.key, f"{p.path}:{p.line}", " ".join(p.text.split())[:24], p.range_text,
-                     p.scale_text + ("" if p.annotated else ", inferred")))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
-    for where, why in space.skipped:
-        lines.append(f"not searched: {where} {why}")
-    for p in space.params:
-        note = _note(p)
-        if note:
-            lines.append(f"note: {p.path}:{p.line} {p.name} = {' '.join(p.text.split())[:24]} is {note}")
-    return "\n".join(lines)
-
-
-def _note(p: Param) -> str | None:
-    """Why the search knows an annotated constant's value otherwise than the file has it: off
-    its range, not among its choices, not a whole number for an int range, off its steps."""
-    if not p.annotated or p.kind == "bool":
-        return None
-    if p.kind == "choice":
-        return "not among its `# search:` choices" if p.sampled(p.value) is None else None
-    if isinstance(p.value, bool) or not isinstance(p.value, (int, float)) or p.base is not None:
-        return None
-    x, known = p.value * p.sign, p.sampled(p.value)
-    if not p.low <= x <= p.high:
-        return (f"outside its `# search:` range {p.range_text}; the search knows it as the nearest "
-                "value inside")
-    if known is None or abs(known - x) <= 1e-9 * max(1.0, abs(x)):
-        return None
-    what = (f"off the steps of its `# search:` range {p.range_text}"
-            if p.step and (p.kind == "float" or x == int(x)) else
-            f"not a whole number (its `# search:` range {p.range_text} is of ints)")
-    return f"{what}; the search knows it as {short(known * p.sign)}"
-
-
-def cmd_space(args: argparse.Namespace) -> int:
-    task = load_task(args.dir)
-    space = space_of(editable_sources(task.root, task))
-    if not space.params:
-        files = ", ".join(space.files) or "none"
-        for where, why in space.skipped:
-            print(f"not searched: {where} {why}")
-        raise AutoresearchError(f"no constants to search in the editable Python files of {task.root} "
-                                f"({files}): the search agent tunes module-level UPPER_CASE numbers "
-                                "and booleans, or constants with a `# search:` comment")
-    print(space_table(space))
-    print(f"{len(space.params)} constants in {', '.join(space.searched_files)}; set a range with "
-          "`# search: LOW..HIGH [log] [int]`, leave one out with `# search: off`")
-    return 0
