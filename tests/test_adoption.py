@@ -170,9 +170,21 @@ def test_a_resumed_tag_goes_on_with_its_agent_unless_run_names_one(tmp_path: Pat
     assert r.returncode == 0, r.stderr
     assert f"tag t goes on with the agent it ran with: cli: {agent}" in r.stderr
     assert [t.agent for t in trials(root)] == ["baseline", "cli", "cli"]
+    # a new agent timeout alone changes the timeout, not the agent (it used to switch to search)
+    r = cli("run", str(root), "--tag", "t", "--trials", "1", "--agent-timeout", "600")
+    assert r.returncode == 0, r.stderr
+    assert f"goes on with the agent it ran with: cli: {agent} (now with --agent-timeout 600" in r.stderr
+    assert [t.agent for t in trials(root)] == ["baseline", "cli", "cli", "cli"]
+    # a flag the cli agent does not take is an error, not a quiet switch to the search agent
+    r = cli("run", str(root), "--tag", "t", "--trials", "1", "--sampler", "random")
+    assert r.returncode == 2 and "--sampler: not taken by --agent cli" in r.stderr and "--agent" in r.stderr
+    assert len(trials(root)) == 4
     r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1")
     assert r.returncode == 0 and "goes on with" not in r.stderr
     assert trials(root)[-1].agent == "search"
+    # now the search agent: --sampler changes its sampler and keeps it
+    r = cli("run", str(root), "--tag", "t", "--trials", "1", "--sampler", "random")
+    assert r.returncode == 0 and "goes on with the agent it ran with: search (now with --sampler random)" in r.stderr
     r = cli("run", str(root), "--tag", "t", "--agent-cmd", "  ", "--trials", "1")
     assert r.returncode == 2 and r.stderr.strip() == "autoresearch: error: --agent-cmd is empty"
 

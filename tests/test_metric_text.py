@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import cli, make_task
+from conftest import cli, make_task, script_agent
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
@@ -295,3 +295,25 @@ def test_a_record_figure_the_baseline_never_printed_is_warned_of(tmp_path: Path)
     said = [line for line in (r.stdout + r.stderr).splitlines() if "metric.record" in line]
     assert len(said) == 1 and "gave no steps (metric.record)" in said[0], r.stdout + r.stderr
     assert "the metric's `pattern` reads the metric only" in said[0]
+
+
+def test_a_committed_metric_file_the_run_did_not_write_is_no_result(tmp_path: Path) -> None:
+    """Without an evaluator, a metrics.json the repository commits (a result of yesterday's run)
+    was read as the result of an experiment that wrote none: a broken run kept as a huge gain.
+    Only a file the run wrote counts; one it rewrites with the same figure counts too."""
+    exp = ("import json\nV = 0\nW = 1\nif W:\n    json.dump({'score': 1.0 + W}, open('metrics.json', 'w'))\n")
+    root = make_task(tmp_path / "task", experiment=exp, files={"metrics.json": '{"score": 100.0}'},
+                     toml_extra='[metric]\nname = "score"\ngoal = "maximize"\nfile = "metrics.json"\n')
+    agent = script_agent(tmp_path / "agent.sh", "sed -i -e 's/^W = .*/W = '$(((AUTORESEARCH_TRIAL + 1) % 2))'/' "
+                         "-e 's/^V = .*/V = '$AUTORESEARCH_TRIAL'/' exp.py\n"
+                         "echo W\n")
+    r = cli("run", str(root), "--tag", "t", "--trials", "2", "--agent-cmd", agent)
+    assert r.returncode == 0, r.stderr
+    ts = Ledger.read(root, "t").trials()
+    assert ts[0].status is Status.KEEP and ts[0].metric == 2.0
+    assert ts[1].status is Status.CRASH and ts[1].metric is None  # W = 0: nothing written
+    assert "metric file metrics.json was not written" in ts[1].reason
+    assert "was there before the experiment ran" in ts[1].reason
+    assert ts[2].status is Status.DISCARD and ts[2].metric == 2.0  # W = 1 again: written, the same figure
+    row = (root / ".autoresearch" / "t" / "results.tsv").read_text().splitlines()[2].split("\t")
+    assert row[1:4] == ["0.000000", "0.0", "crash"]

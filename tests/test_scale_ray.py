@@ -203,6 +203,22 @@ def test_an_evaluator_and_a_metric_file_work_on_ray(ray_head, tmp_path: Path) ->
     assert _figure(log, "gpus") == ""  # gpu=0: it sees no GPU of the node
 
 
+def test_a_committed_metric_file_a_ray_run_did_not_write_is_no_result(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    """The remote run wrote no metrics.json: the driver's worktree still has the committed one,
+    which is not this run's result (it was read as one)."""
+    address, env = ray_head
+    exp = "import json\nW = 1\nif W:\n    json.dump({'loss': 5.0}, open('metrics.json', 'w'))\n"
+    root = make_task(tmp_path / "task", experiment=exp, files={"metrics.json": '{"loss": 0.001}'},
+                     toml_extra='[metric]\nname = "loss"\ngoal = "minimize"\nfile = "metrics.json"\n')
+    agent = script_agent(tmp_path / "agent.sh", "sed -i 's/^W = .*/W = 0/' exp.py\necho W 0\n")
+    r = cli("run", str(root), "--tag", "stale", "--agent-cmd", agent, "--trials", "1",
+            "--ray-address", address, "--trial-resources", "cpu=1,gpu=0", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ts = Ledger.read(root, "stale").trials()
+    assert ts[0].status is Status.KEEP and ts[0].metric == 5.0
+    assert ts[1].status is Status.CRASH and "was there before the experiment ran" in ts[1].reason
+
+
 def test_ctrl_c_cancels_the_ray_tasks_in_flight(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
     address, env = ray_head
     root, agent = _task(tmp_path)

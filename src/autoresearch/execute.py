@@ -63,6 +63,7 @@ class ExecResult:
     eval_seconds: float = 0.0
     tampered: tuple[str, ...] = ()
     escaped: tuple[str, ...] = ()  # processes that outlived their killed reaper (process.sweep_escaped)
+    stale: str = ""  # the metric file the working folder had before the run and still had, unwritten
 
 
 def experiment_env(base: dict[str, str], extra: dict[str, str], bin_dir: Path | None) -> dict[str, str]:
@@ -130,6 +131,15 @@ def _wrapped(spec: ExecSpec, command: str) -> str | list[str]:
     return [*prefix, "/bin/bash", "-c", command] if prefix else command
 
 
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """What changes when a file is written or replaced (None: there is none)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
+
+
 def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
             cancel: threading.Event | None = None) -> ExecResult:
     if spec.run_dir.exists():
@@ -137,6 +147,11 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     env = {**spec.env, "AUTORESEARCH_RUN_DIR": str(spec.run_dir)}
     protected = list(spec.protected)
+    # without an evaluator, the metric file in the working folder counts only when this run wrote
+    # it: one the commit has (or an earlier step left) is not this code's result
+    metric = spec.workdir / spec.eval_file if spec.eval_file and not spec.evaluate \
+        and spec.eval_file not in spec.protected else None
+    before = _identity(metric) if metric is not None else None
     guard.set_readonly(spec.workdir, protected, True)
     try:
         proc = run_command(_wrapped(spec, spec.command), spec.workdir, env, spec.timeout,
@@ -157,7 +172,11 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
     if proc.returncode != 0:
         return ExecResult("crash", proc.returncode, proc.seconds, output)
     if not spec.evaluate:
-        return ExecResult("ok", 0, proc.seconds, output)
+        stale = ""
+        if metric is not None and before is not None and _identity(metric) == before:
+            metric.unlink(missing_ok=True)
+            stale = spec.eval_file or ""
+        return ExecResult("ok", 0, proc.seconds, output, stale=stale)
     # The evaluator: a fresh process on the trial's committed files and what the run left.
     if restore is not None:
         restore()

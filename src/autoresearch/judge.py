@@ -78,7 +78,9 @@ def judge(task: Task, r: ExecResult, run_dir: Path, workdir: Path) -> Measuremen
             figures = extract(spec, r.output, run_dir, workdir)
             figures.pop(spec.holdout or "", None)
     except MetricError as e:
-        return Measurement(Status.CRASH, reason=str(e), seconds=r.seconds)
+        why = str(e) + (f"; the {r.stale} in the working folder was there before the experiment ran and "
+                        "it did not write it (the committed one is not this run's result)" if r.stale else "")
+        return Measurement(Status.CRASH, reason=why, seconds=r.seconds)
     if MEMORY not in figures:  # results.tsv's memory_gb: from a printed line, also beside a metric file
         text = r.eval_output if r.eval_output is not None else r.output
         memory = figure_from_text(text, MEMORY) if text else None

@@ -28,6 +28,9 @@ class AgentOptions:
 AGENTS = ("search", "llm", "hybrid", "cli")
 SAVED = ("name", "command", "timeout", "model", "base_url", "sampler", "llm_share")  # in the ledger's meta
 FLAGS = ("agent", "agent_cmd", "agent_timeout", "model", "base_url", "sampler", "llm_share")
+# the flags each agent takes beyond --agent-timeout (a preset: a model and a server)
+USED = {"search": {"sampler"}, "llm": {"model", "base_url"}, "hybrid": {"model", "base_url", "sampler", "llm_share"},
+        "cli": set()}
 
 
 def agent_options(args: Any, task: Task, tag: str | None = None) -> AgentOptions:
@@ -37,13 +40,9 @@ def agent_options(args: Any, task: Task, tag: str | None = None) -> AgentOptions
     cfg = task.agent
     if args.agent_cmd is not None and not args.agent_cmd.strip():
         raise UsageError("--agent-cmd is empty")
-    if tag is not None and not cfg and all(getattr(args, f, None) is None for f in FLAGS):
+    if tag is not None and not cfg and args.agent is None and args.agent_cmd is None:
         saved = saved_options(task, tag)
-        if saved is not None:
-            what = saved.name + (f" ({saved.model})" if saved.model else "") + (
-                f": {saved.command}" if saved.command else "")
-            print(f"autoresearch: tag {tag} goes on with the agent it ran with: {what}", file=sys.stderr)
-            saved.seed = getattr(args, "seed", 0)
+        if saved is not None and _resumable(saved, args, tag):
             return saved
     # --agent-cmd alone means the cli agent, and --model alone the llm agent (so in [agent])
     name = args.agent or ("cli" if args.agent_cmd else None) or cfg.get("kind") or \
@@ -52,8 +51,7 @@ def agent_options(args: Any, task: Task, tag: str | None = None) -> AgentOptions
     if args.agent_cmd and name != "cli":
         raise UsageError(f"--agent-cmd is the command of --agent cli, not of --agent {name} "
                          "(drop --agent, or copy the preset's command from `autoresearch agents` into --agent-cmd)")
-    used = {"search": {"sampler"}, "llm": {"model", "base_url"}, "hybrid": {"model", "base_url", "sampler", "llm_share"},
-            "cli": set()}.get(name, {"model", "base_url"})  # (a preset takes a model and a server)
+    used = USED.get(name, {"model", "base_url"})  # (a preset takes a model and a server)
     for flag in ("model", "base_url", "sampler", "llm_share"):
         if getattr(args, flag, None) is not None and flag not in used:
             print(f"autoresearch: warning: --{flag.replace('_', '-')} is not used by --agent {name}", file=sys.stderr)
@@ -64,6 +62,34 @@ def agent_options(args: Any, task: Task, tag: str | None = None) -> AgentOptions
         seed=getattr(args, "seed", 0),
         llm_share=args.llm_share if args.llm_share is not None else cfg.get("llm_share", 0.3),
     )
+
+
+def _resumable(saved: AgentOptions, args: Any, tag: str) -> bool:
+    """Whether a resumed tag goes on with `saved`, the agent it ran with, when run names no
+    agent: its flags that the saved agent takes (--agent-timeout, a new --model, ...) change
+    it; --model for an agent without one chooses the llm agent, as it does for a new tag; a flag
+    the saved agent does not take is an error (it would have switched to the search agent)."""
+    given = [f for f in FLAGS[2:] if getattr(args, f, None) is not None]
+    takes = USED.get(saved.name, {"model", "base_url"}) | {"agent_timeout"}
+    if "model" in given and "model" not in takes:
+        return False
+    odd = [f for f in given if f not in takes]
+    if odd:
+        flags = ", ".join(f"--{f.replace('_', '-')}" for f in odd)
+        raise UsageError(f"{flags}: not taken by --agent {saved.name}, the agent tag {tag} ran with; to change "
+                         "the agent, name it with --agent")
+    changed = []
+    for flag, attr in (("agent_timeout", "timeout"), ("model", "model"), ("base_url", "base_url"),
+                       ("sampler", "sampler"), ("llm_share", "llm_share")):
+        if flag in given:
+            setattr(saved, attr, getattr(args, flag))
+            changed.append(f"--{flag.replace('_', '-')} {getattr(args, flag)}")
+    what = saved.name + (f" ({saved.model})" if saved.model else "") + (
+        f": {saved.command}" if saved.command else "")
+    print(f"autoresearch: tag {tag} goes on with the agent it ran with: {what}"
+          + (f" (now with {', '.join(changed)})" if changed else ""), file=sys.stderr)
+    saved.seed = getattr(args, "seed", 0)
+    return True
 
 
 def saved_options(task: Task, tag: str) -> AgentOptions | None:
