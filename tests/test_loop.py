@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import cli, git, make_task, script_agent, wait_for
 
+from autoresearch.ledger import Ledger
+
 
 def ledger_rows(repo: Path, tag: str) -> list[tuple]:
     db = sqlite3.connect(repo / ".autoresearch" / tag / "ledger.sqlite")
@@ -209,6 +211,31 @@ def test_agent_running_git_in_worktree_cannot_move_the_branch(task_repo: Path, t
     # the trial's code is judged against the parent whatever HEAD the agent left
     assert git(task_repo, "rev-parse", "autoresearch/t") == rows[1][2]
     assert git(task_repo, "rev-parse", f"{rows[1][2]}^") == rows[0][2]
+    # the branch was put back at once (not left on the agent's commit while the trial ran), and noted
+    trial = Ledger.read(task_repo, "t").get(1)
+    assert any("tag's branch refs/heads/autoresearch/t (put back)" in f for f in trial.flags), trial.flags
+
+
+def test_an_agent_planting_a_later_trials_ref_is_rejected_and_the_ref_removed(task_repo: Path, tmp_path: Path) -> None:
+    """A trial ref made ahead of its trial was taken for the loop's own: when the trial came, its
+    real commit was put back to the planted one (unreachable, lost to `git gc`); a branch deleted
+    by an agent stayed deleted, or forged, until the next verdict."""
+    agent = script_agent(tmp_path / "a.sh", """\
+        sed -i "s/^X = .*/X = 1.$AUTORESEARCH_TRIAL/" exp.py
+        root=$(git rev-list --max-parents=0 HEAD)
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then git update-ref refs/autoresearch/t/trials/3 "$root"; fi
+        if [ "$AUTORESEARCH_TRIAL" = 2 ]; then git update-ref -d refs/heads/autoresearch/t; fi
+        echo "trial $AUTORESEARCH_TRIAL"
+        """)
+    assert run(task_repo, agent, trials=4).returncode == 0
+    rows = ledger_rows(task_repo, "t")
+    assert rows[1][1] == "rejected" and "made refs where only the loop writes (refs/autoresearch/t/trials/3)" in rows[1][5]
+    for n in range(5):  # every trial's ref is its own commit
+        assert git(task_repo, "rev-parse", f"refs/autoresearch/t/trials/{n}") == rows[n][2]
+    assert rows[2][1] == "keep"  # the branch deleted: put back, noted, not held against the trial
+    assert any("tag's branch" in f for f in Ledger.read(task_repo, "t").get(2).flags)
+    best = Ledger.read(task_repo, "t").best()
+    assert best is not None and git(task_repo, "rev-parse", "autoresearch/t") == best.commit
 
 
 def test_agent_deleting_trial_refs_is_rejected_and_the_refs_restored(task_repo: Path, tmp_path: Path) -> None:

@@ -104,9 +104,10 @@ class GitGuard:
     grafts, alternates) and the loop's own trial refs; `check_and_restore` puts back whatever a
     trial changed and says what it was.
 
-    Trial refs (refs/autoresearch/<tag>/trials/<n>) may only be added (the loop adds one per
-    trial); one deleted or moved is restored. The tag's branch is not watched here: the loop
-    sets it from the ledger when it records a verdict. The user's own branches and tags
+    The loop's refs (refs/autoresearch/<tag>/..., and the tag's branch) change only when the loop
+    records a verdict, which tells the guard what it wrote (`took`). Any other change is put back:
+    one deleted or moved is restored, one made (a trial ref planted ahead of its trial, which
+    the loop would then have taken for its own) is removed. The user's own branches and tags
     (refs/heads, refs/tags, refs/stash) are watched but never restored nor held against a trial: the user
     may be committing or fetching while the loop runs. The user's own copies of the task's files
     (`checkout_files` under `checkout`) are watched the same way, by their stat. `user_changes`
@@ -120,6 +121,8 @@ class GitGuard:
         self.common_dir = common_dir
         self.extra = extra  # more files the harness's git reads (its private global config)
         self.own = f"refs/autoresearch/{tag}/" if tag else None
+        self.branch = f"refs/heads/autoresearch/{tag}" if tag else None
+        self._notes: list[str] = []  # what was put back that is not held against a trial
         self._loose: dict[str, tuple[tuple[int, int, int], str]] = {}  # path -> (stat key, value)
         self._packed_cache: tuple[tuple[int, int, int] | None, dict[str, str]] = (None, {})
         self._saved = self._read()
@@ -155,8 +158,12 @@ class GitGuard:
                               start_new_session=True)
 
     def _read_refs(self) -> dict[str, str]:
-        """The loop's refs and what they point to."""
-        return self._scan((self.own,), ()) if self.own else {}
+        """The loop's refs (its trial refs, its branch) and what they point to."""
+        if not self.own or not self.branch:
+            return {}
+        refs = self._scan((self.own,), ())
+        refs.update((k, v) for k, v in self._scan((self.branch,), ()).items() if k == self.branch)
+        return refs
 
     USER = ("refs/heads/", "refs/tags/", "refs/stash", "refs/notes/")
     NOT_USER = ("refs/heads/autoresearch/",)  # the loops' branches, moved by the loops
@@ -243,10 +250,10 @@ class GitGuard:
     def note(self, phase: str) -> str:
         """What changed in the user's refs and checkout since the last look, as a note for the
         trial whose agent or experiment (`phase`) ran meanwhile ('' if nothing). Not held against
-        it (the user may have committed meanwhile) and not undone; shown by `status`, `show` and
+        it (the user may have committed meanwhile) and not undone (but the tag's branch, put back); shown by `status`, `show` and
         the report with the audit's flags. A popped stash is a dangling commit: the note says
         how to put it back."""
-        changes = self.user_changes()
+        changes, self._notes = self._notes + self.user_changes(), []
         if not changes:
             return ""
         others = " (or by the user, or a trial running beside it)"
@@ -281,19 +288,31 @@ class GitGuard:
         files = self._restore_files()
         if files:
             problems.append(f"modified the repository's git metadata ({', '.join(files)}); restored")
-        refs = self._restore_refs()
+        refs, made = self._restore_refs()
+        branch = [r for r in refs + made if r.split(" ")[0] == self.branch]
+        if branch:  # (the measurement is of the harness's commit: put back and noted, not held against it)
+            refs, made = [r for r in refs if r not in branch], [r for r in made if r not in branch]
+            self._notes.append(f"moved or deleted the tag's branch {self.branch} (put back)")
         if refs:
             problems.append(f"deleted or moved the loop's refs ({', '.join(refs[:5])}"
                             f"{' ...' if len(refs) > 5 else ''}); restored")
+        if made:
+            problems.append(f"made refs where only the loop writes ({', '.join(made[:5])}"
+                            f"{' ...' if len(made) > 5 else ''}); removed")
         replaced = self._restore_replace_refs()
         if replaced:
             problems.append(f"made git replace refs ({', '.join(replaced[:3])}{' ...' if len(replaced) > 3 else ''}), "
                             "which make git show other content than a commit holds; removed")
         return "; ".join(problems) or None
 
-    def refresh(self) -> None:
-        """Take in the refs the loop added since the last check (call before each proposal)."""
-        self._restore_refs()
+    def took(self, refs: dict[str, str]) -> None:
+        """The loop wrote `refs` (name -> commit; '' deleted): what they hold from now on. Call
+        in the same hold of the loop's lock as the write, before any check."""
+        for name, sha in refs.items():
+            if sha:
+                self._refs[name] = sha
+            else:
+                self._refs.pop(name, None)
 
     # settings of the repository's config that no git command of the harness reads, which your
     # `git push -u`, `git remote add` or an IDE write while a trial runs: taken as they are
@@ -350,14 +369,18 @@ class GitGuard:
                 self._git("update-ref", "-d", ref)
         return made
 
-    def _restore_refs(self) -> list[str]:
+    def _restore_refs(self) -> tuple[list[str], list[str]]:
+        """(the loop's refs deleted or moved, restored; refs made in its place, removed)."""
         now = self._read_refs()
         lost = sorted(r for r, sha in self._refs.items() if now.get(r) != sha)
+        made = sorted(r for r in now if r not in self._refs)
         for ref in lost:  # one by one: a ref whose commit was pruned cannot come back
             self._git("update-ref", ref, self._refs[ref])
-        if lost:
+        for ref in made:
+            self._git("update-ref", "-d", ref, now[ref])
+        if lost or made:
             now = self._read_refs()
             gone = [r for r in lost if now.get(r) != self._refs[r]]
             lost = [r if r not in gone else f"{r} (its commit is gone)" for r in lost]
-        self._refs = now
-        return lost
+        self._refs = {r: sha for r, sha in now.items() if r in self._refs}
+        return lost, made

@@ -271,8 +271,6 @@ class Loop:
             t, parent = opened
             parent_commit = t.parent or ""
             self.s.git.reset_worktree(ws, parent_commit)
-            with self.lock:
-                self.watch.git.refresh()
             self.events.phase(t.number, "agent")
             self._tell_agent()
             history = tuple(visible(x, self.task.metric.holdout) for x in self.s.ledger.trials())
@@ -468,7 +466,7 @@ class Loop:
             if t.status in UNMEASURED:  # its code may be proposed again
                 for tree in [k for k, n in self.trees.items() if n == t.number]:
                     del self.trees[tree]
-            write_refs(self.s, t, self.best.commit if self.best else None)
+            self.watch.git.took(write_refs(self.s, t, self.best.commit if self.best else None))
             if not self.opt.keep_runs:
                 self.measure.tidy_runs(t, self.best)
             if t.status is Status.KEEP:

@@ -171,23 +171,24 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
     return session
 
 
-def write_refs(s: Session, t: Trial, best: str | None) -> None:
+def write_refs(s: Session, t: Trial, best: str | None) -> dict[str, str]:
     """Make the refs say a recorded verdict: the trial's ref always, the tag's branch on keep
     (checked against `best`, where it should still point). A discarded trial's ref alone, with
     the branch where it was, is written without a git process. Every PACK_EVERY trials the
-    refs are packed."""
+    refs are packed. Returns the refs written (name -> commit, '' for one deleted)."""
     if not t.commit:
-        return
+        return {}
     kept = t.status is Status.KEEP
     branch = branch_ref(s.tag)
     quick = (not kept and best is not None and s.git.read_ref(branch) == best
              and s.git.write_new_ref(trial_ref(s.tag, t.number), t.commit))
+    refs = {trial_ref(s.tag, t.number): t.commit, **({branch: t.commit} if kept else {})}
     if not quick:
-        refs = {trial_ref(s.tag, t.number): t.commit, **({branch: t.commit} if kept else {})}
         try:
             s.git.update_refs(refs, verify={branch: best} if best else None)
         except GitError:  # something moved the branch (an experiment running git): the ledger is the truth
-            s.git.update_refs({**refs, branch: (t.commit if kept else best) or ""})
+            refs = {**refs, branch: (t.commit if kept else best) or ""}
+            s.git.update_refs(refs)
     if t.number % PACK_EVERY == 0:
         # one file per trial ref made every look at the refs (the guard's, several a trial)
         # grow with the run; packed, they are one file read again only when it changes. (`--all`:
@@ -197,6 +198,7 @@ def write_refs(s: Session, t: Trial, best: str | None) -> None:
             mark.write_text(f"{time.time()}\n")
         s.git.run("pack-refs", "--all", check=False)
         mark.unlink(missing_ok=True)
+    return refs
 
 
 def differing_paths(git: Git, a: str, b: str) -> list[str]:
