@@ -408,3 +408,47 @@ def test_a_trial_overtaken_while_it_ran_says_so(tmp_path: Path) -> None:
     assert [t.status for t in rows] == [Status.KEEP, Status.DISCARD, Status.KEEP]
     assert rows[1].parent == rows[0].commit
     assert rows[1].reason.endswith("(trial 2 was kept while it ran)"), rows[1].reason
+
+
+SIBLING_EXPERIMENT = """\
+import time
+X = 10.0
+time.sleep(0.8)
+import helper
+print(f"loss: {X + helper.B}")
+"""
+
+SIBLING_AGENT = """\
+sed -i "s/^X = .*/X = 1$AUTORESEARCH_TRIAL.0/" exp.py
+if [ $((AUTORESEARCH_TRIAL % 2)) = 0 ]; then  # an even trial's agent writes into the other worktrees
+  end=$((SECONDS + 3))
+  while [ $SECONDS -lt $end ]; do
+    for wt in "$(dirname "$PWD")"/*/; do
+      [ "$wt" = "$PWD/" ] || [ ! -f "$wt/helper.py" ] || echo "B = -1000.0" > "$wt/helper.py"
+    done
+    sleep 0.05
+  done
+fi
+echo "X = 1$AUTORESEARCH_TRIAL"
+"""
+
+
+def test_code_written_by_a_trial_beside_it_while_it_runs_is_not_measured(tmp_path: Path) -> None:
+    """With --workers 2, one trial's agent wrote helper.py into the other trial's worktree while
+    its experiment ran: the other trial was kept with a forged score (its commit, run again,
+    scores worse than the baseline). A change to the trial's editable files while it runs is
+    now a rejection."""
+    root = make_task(tmp_path / "task", experiment=SIBLING_EXPERIMENT, files={"helper.py": "B = 0.0\n"},
+                     toml_extra='\n[metric]\nname = "loss"\ngoal = "minimize"\n')
+    toml = (root / "autoresearch.toml").read_text().replace('editable = ["exp.py"]', 'editable = ["exp.py", "helper.py"]')
+    (root / "autoresearch.toml").write_text(toml)
+    git(root, "commit", "-qam", "helper editable")
+    agent = script_agent(tmp_path / "agent.sh", SIBLING_AGENT)
+    r = cli("run", str(root), "--tag", "w", "--agent-cmd", agent, "--trials", "6", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    trials = Ledger.read(root, "w").trials()
+    assert all(t.metric is None or t.metric > 0 for t in trials if t.status is Status.KEEP), \
+        [(t.number, t.status, t.metric) for t in trials]  # nothing forged was kept
+    drifted = [t for t in trials if "changed while it ran (helper.py" in t.reason]
+    assert drifted and all(t.status is Status.REJECTED for t in drifted)
+    assert all(t.metric is None or t.metric > 0 for t in trials)  # no forged figure recorded at all

@@ -15,6 +15,7 @@ spec's own paths so that they hold wherever the trial runs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -51,11 +52,14 @@ class ExecSpec:
     holdout: str | None = None  # the sealed figure: its lines never reach log_path
     eval_log: Path | None = None  # the evaluator's whole output (default: next to log_path)
     eval_file: str | None = None  # a metric file only the evaluator may write into run_dir
+    # trials side by side: the editable files of the commit (path -> git object name), which
+    # must not change while its commands run (another trial's agent or experiment could write here)
+    watched: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ExecResult:
-    outcome: str  # ok | crash | timeout | cancelled | tampered | escaped | eval_failed | eval_timeout | lost (a remote worker died)
+    outcome: str  # ok | crash | timeout | cancelled | tampered | drifted | escaped | eval_failed | eval_timeout | lost (a remote worker died)
     returncode: int | None
     seconds: float
     output: str
@@ -153,6 +157,7 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
         and spec.eval_file not in spec.protected else None
     before = _identity(metric) if metric is not None else None
     guard.set_readonly(spec.workdir, protected, True)
+    seen = _identities(spec.workdir, spec.watched)
     try:
         proc = run_command(_wrapped(spec, spec.command), spec.workdir, env, spec.timeout,
                            spec.log_path, cancel=cancel, owner=spec.owner)
@@ -171,6 +176,9 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
         return ExecResult("timeout", proc.returncode, proc.seconds, output)
     if proc.returncode != 0:
         return ExecResult("crash", proc.returncode, proc.seconds, output)
+    drifted = _drifted(spec.workdir, spec.watched, seen)
+    if drifted:
+        return ExecResult("drifted", proc.returncode, proc.seconds, output, tampered=drifted)
     if not spec.evaluate:
         stale = ""
         if metric is not None and before is not None and _identity(metric) == before:
@@ -191,6 +199,7 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
     eval_log.parent.mkdir(parents=True, exist_ok=True)
     # the experiment's wall time, measured here: an evaluator may hold it against the time budget
     eval_env = {**env, "AUTORESEARCH_EXPERIMENT_SECONDS": f"{proc.seconds:.3f}"}
+    seen = _identities(spec.workdir, spec.watched)
     ev = run_command(_wrapped(spec, spec.evaluate), spec.workdir, eval_env, spec.timeout, eval_log,
                      cancel=cancel, owner=spec.owner)
     trim_log(eval_log)
@@ -206,4 +215,27 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
     tampered = tuple(guard.changed_files(spec.protected, spec.workdir))
     if tampered:
         outcome = "tampered"
+    elif outcome == "ok" and (drifted := _drifted(spec.workdir, spec.watched, seen)):
+        outcome, tampered = "drifted", drifted
     return ExecResult(outcome, ev.returncode, proc.seconds, output, eval_output, ev.seconds, tampered)
+
+
+def _identities(root: Path, paths: dict[str, str]) -> dict[str, tuple[int, int, int, int] | None]:
+    return {rel: _identity(root / rel) for rel in paths}
+
+
+def _drifted(root: Path, watched: dict[str, str], seen: dict[str, tuple[int, int, int, int] | None]) -> tuple[str, ...]:
+    """The watched files written while a command ran: their content no longer the commit's, or
+    rewritten (back to it, maybe after another trial's code was run from them)."""
+    out = []
+    for rel, name in watched.items():
+        if _identity(root / rel) == seen.get(rel):
+            continue
+        try:
+            data = (root / rel).read_bytes()
+        except OSError:
+            out.append(f"{rel} (removed)")
+            continue
+        same = hashlib.new("sha1" if len(name) == 40 else "sha256", b"blob %d\0" % len(data) + data).hexdigest() == name
+        out.append(f"{rel} (rewritten, the same content at the end)" if same else rel)
+    return tuple(out)

@@ -52,6 +52,10 @@ def judge(task: Task, r: ExecResult, run_dir: Path, workdir: Path) -> Measuremen
     if r.outcome == "tampered":
         return Measurement(Status.REJECTED, reason=f"the experiment changed protected file(s): "
                            f"{', '.join(r.tampered)}", seconds=r.seconds)
+    if r.outcome == "drifted":
+        return Measurement(Status.REJECTED, reason=f"the trial's code changed while it ran ({', '.join(r.tampered)[:300]}): "
+                           "by its own experiment, or by a trial running beside it (its agent or experiment); "
+                           "the figures are not of the trial's commit", seconds=r.seconds)
     if r.outcome == "timeout":
         return Measurement(Status.TIMEOUT, reason=f"killed after the {task.timeout:g} s timeout; "
                            f"last output: {tail[-300:]}", seconds=r.seconds)

@@ -99,6 +99,7 @@ class Measurer:
             readable=(self.task.root, self.bin_dir, self.setup.store, *(p.resolve() for _, p in self.setup.shared)),
             holdout=self.task.metric.holdout, eval_file=self.task.metric.file,
             eval_log=self.s.dir / "sealed" / f"{n}{suffix}.eval.log",
+            watched=self._editable_blobs(commit) if self.beside and not self.backend.remote else {},
         )
 
         def restore() -> None:  # the committed tree, and what setup made, for the evaluator
@@ -133,6 +134,18 @@ class Measurer:
                 log.write(f"\n=== autoresearch: second attempt; the worker of the first was lost: "
                           f"{first[:200]} ===\n")
         return judge(self.task, result, spec.run_dir, at.ws.path)
+
+    def _editable_blobs(self, commit: str) -> dict[str, str]:
+        """The editable files of `commit` (path -> git object name), less the metric file."""
+        listing = self.s.git.run("ls-tree", "-r", "-z", "--full-tree", commit, strip=False, check=False)
+        out = {}
+        for item in listing.split("\0"):
+            meta, _, path = item.partition("\t")
+            fields = meta.split()  # mode, type, name
+            if len(fields) == 3 and fields[1] == "blob" and fields[0] != "120000" and self.task.is_editable(path) \
+                    and path != self.task.metric.file:
+                out[path] = fields[2]
+        return out
 
     def _note_lost(self, t: Trial, why: str) -> None:
         with self._lost_lock:
