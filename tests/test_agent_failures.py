@@ -334,6 +334,42 @@ def test_an_agent_that_fails_after_writing_its_description_keeps_it(tmp_path: Pa
     assert git(repo, "log", "-1", "--format=%s", "refs/autoresearch/t/trials/1") == f"agent error: {reason}"
 
 
+def test_an_agent_that_times_out_or_fails_keeps_what_it_said(tmp_path: Path) -> None:
+    """A description written before the agent timed out was thrown away; a failed agent's
+    output was quoted from its first lines, not its last (the contract's rule for output)."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", """\
+        sed -i "s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/" exp.py
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then echo "slow: X up" > "$AUTORESEARCH_DESCRIPTION_FILE"; sleep 30; fi
+        printf 'starting\\nthinking\\nthe last word\\n\\n'
+        exit 3
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--agent-timeout", "2", "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    got = rows(repo)
+    assert got[1][1:3] == ("agent_error", "slow: X up (the agent command timed out after 2 s)")
+    assert got[2][1:3] == ("agent_error", "the agent command exited with 3: the last word")
+
+
+def test_keys_an_agent_prints_are_kept_out_of_its_log(tmp_path: Path) -> None:
+    """`env` in a plain --agent cli command wrote every key of the environment into agent/N.log
+    (a preset's log was scrubbed, a plain command's was not)."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", """\
+        sed -i 's/^X = .*/X = 2.0/' exp.py
+        env | grep -E 'KEY|TOKEN' || true
+        echo "tried $HF_TOKEN"
+        """)
+    secrets = {"OPENAI_API_KEY": KEY, "HF_TOKEN": "hf_AuditSecret789abcdefgh"}
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "1", env=secrets)
+    assert r.returncode == 0, r.stderr
+    log = (repo / ".autoresearch" / "t" / "agent" / "1.log").read_text()
+    assert "OPENAI_API_KEY=[redacted]" in log and "HF_TOKEN=[redacted]" in log
+    for value in secrets.values():
+        assert value not in log and value not in str(rows(repo))
+    assert rows(repo)[1][3] == "tried [redacted]"
+
+
 def test_an_agent_command_of_spaces_in_the_task_file_is_a_usage_error(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task", toml_extra='[agent]\nkind = "cli"\ncmd = "  "\n')
     r = cli("run", str(repo), "--tag", "t", "--trials", "1")

@@ -22,9 +22,10 @@ import sys
 from pathlib import Path
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
+from autoresearch.agents.secrets import redact
 from autoresearch.errors import UsageError
 from autoresearch.filetree import fresh_dir, read_plain, write_new
-from autoresearch.process import last_lines, read_tail, run_command, trim_log
+from autoresearch.process import read_tail, run_command, trim_log
 from autoresearch.prompt import build_prompt
 from autoresearch.sandbox import seal_agent
 
@@ -123,7 +124,7 @@ def described(message: str, desc_file_text: str | None) -> str:
 def exit_error(returncode: int, printed: str, desc_file_text: str | None) -> AgentError:
     """A command that exited non-zero; 126/127 (the shell could not run it: not found, not
     executable) will fail the same way next time."""
-    message = f"the agent command exited with {returncode}: {last_lines(printed, 3)[-300:] or '(no output)'}"
+    message = f"the agent command exited with {returncode}: {description_from(None, printed)[:300] or '(no output)'}"
     return AgentError(described(message, desc_file_text), fatal=returncode in (126, 127))
 
 
@@ -169,7 +170,7 @@ class CommandAgent(BaseAgent):
         text = read_plain(own_dir(ctx) / "description")
         if returncode != 0:
             raise exit_error(returncode, printed, text)
-        return Proposal(description=description_from(text, printed))
+        return Proposal(description=redact(description_from(text, printed)))
 
     def execute(self, ctx: Context) -> tuple[str, int]:
         """Run the command for trial ctx.number: what it printed and its exit code. Raises
@@ -191,18 +192,43 @@ class CommandAgent(BaseAgent):
                "AUTORESEARCH_DESCRIPTION_FILE": str(desc_file),
                "AUTORESEARCH_TIME_BUDGET": f"{ctx.task.time_budget:g}"}
         timeout = min(self.timeout, ctx.time_limit or self.timeout)
+        start = ctx.log_path.stat().st_size if ctx.log_path.exists() else 0
         ctx.log(f"$ {command}")
         prefix = seal_agent(ctx.task, ctx.workdir, ctx.ledger_dir, own)
         argv: str | list[str] = [*prefix, "/bin/bash", "-c", command] if prefix else command
         result = run_command(argv, ctx.workdir, env, timeout, ctx.log_path, append=True,
                              owner=f"agent:{ctx.ledger_dir}:{ctx.number}", cancel=ctx.cancel)
         trim_log(ctx.log_path)  # a chatty agent's log keeps its start and its end, as an experiment's does
+        # keys the agent printed (its environment has them: `env`, a tool's config dump) go no further
+        redact_log(ctx.log_path, min(start, ctx.log_path.stat().st_size if ctx.log_path.exists() else 0))
         printed = read_tail(ctx.log_path).split("$ " + command, 1)[-1]
         if result.cancelled:
-            raise AgentError("stopped while the agent ran")
-        if result.timed_out:
-            raise AgentError(f"the agent command timed out after {timeout:g} s")
+            raise AgentError(described("stopped while the agent ran", read_plain(desc_file)))
+        if result.timed_out:  # what it said it tried, if it wrote it, stays the trial's description
+            raise AgentError(described(f"the agent command timed out after {timeout:g} s", read_plain(desc_file)))
         if result.escaped:
             raise AgentError("processes the agent started outlived the process that supervises it, which "
                              f"something killed (they were killed): {'; '.join(result.escaped)[:300]}")
         return printed, -1 if result.returncode is None else result.returncode
+
+
+def redact_log(path: Path, offset: int) -> str:
+    """What the tool wrote to its log from `offset`, with keys redacted in the file too (a tool
+    may print its key in an error message)."""
+    text = _read_from(path, offset)
+    clean = redact(text)
+    if clean != text:
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            f.truncate()
+            f.write(clean.encode("utf-8"))
+    return clean
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""

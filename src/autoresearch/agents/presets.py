@@ -411,8 +411,8 @@ class PresetAgent(CommandAgent):
         try:
             printed, returncode = self.execute(ctx)
         except AgentError as e:  # stopped, or timed out
-            raise AgentError(redact(self.hinted(str(e), _redact_log(ctx.log_path, start))), model=self.model) from None
-        output = _redact_log(ctx.log_path, start)
+            raise AgentError(redact(self.hinted(str(e), cli.redact_log(ctx.log_path, start))), model=self.model) from None
+        output = cli.redact_log(ctx.log_path, start)
         text = read_plain(own_dir(ctx) / "description")
         try:  # the tool's own error report, whatever its exit code: the clearest reason there is
             info = self.report(output)
@@ -440,28 +440,6 @@ class PresetAgent(CommandAgent):
         """`message` with what to do, when the output shows a problem the preset knows."""
         hint = next((h for needle, h in self.preset.hints if needle in output), "")
         return f"{message}; {hint}" if hint else message
-
-
-def _redact_log(path: Path, offset: int) -> str:
-    """What the tool wrote to its log from `offset`, with keys redacted in the file too (a tool
-    may print its key in an error message)."""
-    text = _read_from(path, offset)
-    clean = redact(text)
-    if clean != text:
-        with open(path, "r+b") as f:
-            f.seek(offset)
-            f.truncate()
-            f.write(clean.encode("utf-8"))
-    return clean
-
-
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
 
 
 def reader_for(command: str) -> Preset | None:
