@@ -243,6 +243,25 @@ def test_a_duplicate_carries_the_figures_of_the_code_it_repeats(tmp_path: Path) 
     assert tsv[3][1] == tsv[2][1] != "0.000000" and tsv[3][3] == "discard"
 
 
+def test_an_infinite_metric_is_no_score_shown_to_the_next_agent(tmp_path: Path) -> None:
+    """A run printing `loss: -inf` is a crash; the next agent's history said `loss=-inf` (for a
+    task that minimises, the best score ever) while a NaN crash said `loss=-`."""
+    repo = make_task(tmp_path / "task", experiment="X = 3.0\nprint(f'loss: {X * float(\"inf\") if X < 0 else X}')\n")
+    agent = script_agent(tmp_path / "a.sh", """\
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then sed -i 's/^X = .*/X = -1.0/' exp.py; else sed -i 's/^X = .*/X = 2.0/' exp.py; fi
+        cp "$AUTORESEARCH_PROMPT_FILE" "$AUTORESEARCH_PROMPT_FILE.seen"
+        echo "X $AUTORESEARCH_TRIAL"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    assert [s for _, s, *_ in rows(repo)] == ["keep", "crash", "keep"]
+    seen = (repo / ".autoresearch/t/agent/2/prompt.md.seen").read_text()
+    line = next(x for x in seen.splitlines() if x.startswith("#1 "))
+    assert "loss=-  " in line and "inf" not in line.split("[")[0], line
+    shown = cli("show", "1", str(repo)).stdout
+    assert shown.splitlines()[3] == "loss: -", shown  # the figure of record; the reason and log say -inf
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "1e400"])
 def test_report_results_with_a_metric_that_is_not_finite_is_one_line(tmp_path: Path, value: str) -> None:
     tsv = tmp_path / "results.tsv"

@@ -169,6 +169,17 @@ def test_trial_says_where_a_rewound_change_went(tmp_path: Path) -> None:
     assert "X = 9.0" in (repo / "exp.py").read_text()
 
 
+def test_trial_of_code_that_crashed_before_exits_1_as_the_crash_did(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task", experiment="X = 3.0\nassert X < 5\nprint(f'loss: {X}')\n")
+    for expected in ("crash", "duplicate"):
+        (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = 3.0", "X = 9.0"))
+        r = cli("trial", "-m", "X to 9 (it asserts)", str(repo), "--tag", "t")
+        assert f"\ntrial 1: {expected}" in r.stdout or f"\ntrial 2: {expected}" in r.stdout, r.stdout
+        assert r.returncode == 1, (r.returncode, r.stdout)
+    row = (repo / ".autoresearch/t/results.tsv").read_text().splitlines()[-1].split("\t")
+    assert row[1] == "0.000000" and row[3] == "crash"
+
+
 def test_trial_knows_the_best_code_it_left_and_the_one_its_advice_stages(tmp_path: Path) -> None:
     """After a kept trial the working file holds the best code; an edit of it that also takes out
     a line the kept trial added looked nearer HEAD and was merged into a false conflict. Trial

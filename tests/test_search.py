@@ -339,7 +339,7 @@ def test_space_command_lists_each_constant(tmp_path):
 def test_space_command_without_constants_says_so(tmp_path):
     repo = make_task(tmp_path / "t", experiment="print('loss: 1.0')\n")
     r = cli("space", str(repo))
-    assert r.returncode == 1
+    assert r.returncode == 2  # as `run --agent search` on it: the task gives the search nothing
     assert "no constants to search" in r.stderr and "exp.py" in r.stderr and "Traceback" not in r.stderr
 
 

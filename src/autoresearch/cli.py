@@ -399,7 +399,10 @@ def cmd_trial(args: argparse.Namespace) -> int:
     if figs:
         print(figs)
     print(f"best: trial {best.number}, {metric} {best.metric:.6g} (tag {tag})")
-    return 0 if trial.status in (Status.KEEP, Status.DISCARD, Status.DUPLICATE) else 1
+    # (a duplicate of a crash is a crash: results.tsv says so, and so does the exit code)
+    measured = trial.status in (Status.KEEP, Status.DISCARD) or (trial.status is Status.DUPLICATE
+                                                                and trial.metric is not None)
+    return 0 if measured else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:

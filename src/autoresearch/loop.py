@@ -44,7 +44,7 @@ from autoresearch.metrics import unrecorded
 from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import adopt_orphans, log_digests, read_tail
 from autoresearch.prompt import visible
-from autoresearch.records import Status, Trial
+from autoresearch.records import Status, Trial, finite
 from autoresearch.session import Session, missing_hint, run_setup, trees_of, write_refs
 from autoresearch.task import list_files, task_warnings
 from autoresearch.watch import Watch
@@ -370,7 +370,7 @@ class Loop:
             m = self._decide(at, t, commit, m)
         t = t.with_(status=m.status or Status.DISCARD, figures=m.figures,
                     repeats=m.repeats if len(m.repeats) > 1 else [],
-                    reason=m.reason, run_seconds=m.seconds, metric=m.figures.get(self.task.metric.name))
+                    reason=m.reason, run_seconds=m.seconds, metric=finite(m.figures.get(self.task.metric.name)))
         with self.lock:
             tamper = self.watch.tampering(t.number, "experiment")
             t = self.watch.note(t, "experiment")

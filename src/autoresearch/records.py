@@ -128,3 +128,8 @@ def tsv_row(t: Trial) -> str:
     if text == "-0.000000":  # a tiny negative figure rounds to zero, not to minus zero
         text = "0.000000"
     return f"{t.short}\t{text}\t{memory:.1f}\t{status}\t{desc}"
+
+
+def finite(value: float | None) -> float | None:
+    """The metric of record: none when the run gave NaN or inf (a crash; its figures keep it)."""
+    return value if value is not None and math.isfinite(value) else None

@@ -8,7 +8,7 @@ import argparse
 
 from autoresearch.agents.constants import short
 from autoresearch.agents.space import Param, Space, editable_sources, space_of
-from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.errors import UsageError
 from autoresearch.task import Task, load_task
 
 
@@ -64,7 +64,7 @@ def cmd_space(args: argparse.Namespace) -> int:
         files = ", ".join(space.files) or "none"
         for where, why in space.skipped:
             print(f"not searched: {where} {why}")
-        raise AutoresearchError(f"no constants to search in the editable Python files of {task.root} "
+        raise UsageError(f"no constants to search in the editable Python files of {task.root} "
                                 f"({files}): the search agent tunes module-level UPPER_CASE numbers "
                                 "and booleans, or constants with a `# search:` comment")
     print(space_table(space))
@@ -97,7 +97,7 @@ def _tag_space(task: Task, tag: str) -> int:
 
     space = space_of(files(best.commit))
     if not space.params:
-        raise AutoresearchError(f"no constants to search in the editable Python files of the best "
+        raise UsageError(f"no constants to search in the editable Python files of the best "
                                 f"code of tag {tag} (trial {best.number}, {best.commit[:7]})")
     baseline = {p.key: " ".join(p.text.split())[:24] for p in space_of(files(base.commit)).params}
     moved = sum(1 for p in space.params if baseline.get(p.key) != " ".join(p.text.split())[:24])
