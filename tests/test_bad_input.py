@@ -48,7 +48,7 @@ TASK_CASES: list[tuple[str, str | bytes, str]] = [
     ("editable holds an empty string", swap('editable = ["exp.py"]', 'editable = ["exp.py", ""]'), "it holds an empty string"),
     ("editable absolute path", swap('editable = ["exp.py"]', 'editable = ["/etc/passwd"]'), "'/etc/passwd' matches no file"),
     ("editable outside the repository", swap('editable = ["exp.py"]', 'editable = ["../exp.py"]'), "'../exp.py' matches no file"),
-    ("editable everything", swap('editable = ["exp.py"]', 'editable = ["*"]'), "always protected"),
+    ("editable only the task file", swap('editable = ["exp.py"]', 'editable = ["*.toml"]'), "matches only protected files"),
     ("metric name with a space", swap('name = "loss"', 'name = "val loss"'), "'metric.name' must be a name such as val_bpb"),
     ("metric name empty", swap('name = "loss"', 'name = ""'), "'metric.name' must not be empty"),
     ("metric goal capitalised", swap('goal = "minimize"', 'goal = "Minimize"'), "'metric.goal' must be"),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import cli, make_task
+from conftest import cli, git, make_task, script_agent
 
 from autoresearch.errors import TaskError
+from autoresearch.ledger import Ledger
+from autoresearch.records import Status
 from autoresearch.task import load_task
 
 GOOD = textwrap.dedent("""\
@@ -53,7 +56,9 @@ BAD = [
     ("editable empty", GOOD.replace('editable = ["exp.py"]', "editable = []"), "at least one"),
     ("missing editable", GOOD.replace('editable = ["exp.py"]\n', ""), "'editable'"),
     ("both", GOOD.replace('protected = ["prepare.py"]', 'protected = ["exp.py"]'), "both editable and protected"),
-    ("editable task file", GOOD.replace('editable = ["exp.py"]', 'editable = ["exp.py", "*.toml"]'), "always protected"),
+    ("editable task file", GOOD.replace('editable = ["exp.py"]', 'editable = ["exp.py", "autoresearch.toml"]'), "always protected"),
+    ("editable glob of protected files", GOOD.replace('editable = ["exp.py"]', 'editable = ["*.toml"]'),
+     "'*.toml' matches only protected files (autoresearch.toml;"),
     ("missing program", GOOD.replace('program = "program.md"', 'program = "nope.md"'), "'program' file 'nope.md' not found"),
     ("min_delta word", GOOD.replace('min_delta = "auto"', 'min_delta = "big"'), "'acceptance.min_delta'"),
     ("min_delta negative", GOOD.replace('min_delta = "auto"', "min_delta = -0.1"), "'acceptance.min_delta' must be a finite number >= 0"),
@@ -89,6 +94,26 @@ def test_good_task_file_loads(tmp_path: Path) -> None:
     assert task.acceptance.min_delta == "auto" and task.acceptance.confirm == 2
     assert task.metric.holdout == "test_loss" and task.is_protected("autoresearch.toml")
     assert task.is_editable("exp.py") and not task.is_editable("prepare.py")
+
+
+@pytest.mark.parametrize("globs", [["*"], ["*.py", "*.md"]])
+def test_a_wide_editable_glob_leaves_the_protected_files_out(tmp_path: Path, globs: list[str]) -> None:
+    """`editable = ["*.py"]` beside `protected = ["prepare.py"]` (or `["*"]`, which also names the
+    task file and the program) was refused; the protected files are now left out of it."""
+    root = make_task(tmp_path / "r")
+    toml = (root / "autoresearch.toml").read_text()
+    (root / "autoresearch.toml").write_text(toml.replace('editable = ["exp.py"]', "editable = " + json.dumps(globs)))
+    git(root, "commit", "-qam", "wide editable")
+    task = load_task(root)
+    assert task.is_editable("exp.py") and task.is_editable("new.py")
+    assert not any(task.is_editable(p) for p in ("prepare.py", "autoresearch.toml", "program.md"))
+    agent = script_agent(tmp_path / "a.sh", "sed -i \"s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/\" exp.py\n"
+                         "if [ $AUTORESEARCH_TRIAL = 2 ]; then echo 'DATA = 1' > prepare.py; fi\necho X\n")
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    ts = Ledger.read(root, "t").trials()
+    assert ts[1].status is not Status.REJECTED, ts[1].reason
+    assert ts[2].status is Status.REJECTED and "prepare.py" in ts[2].reason
 
 
 def test_missing_task_file(tmp_path: Path) -> None:

@@ -402,6 +402,12 @@ def _check_paths(task: Task) -> None:
         wild = any(c in glob for c in "*?[")  # a wildcard may name files yet to be made, not all of them
         if not matched and (not wild or len(task.editable) == 1):
             raise TaskError(f"{TASK_FILE}: 'editable' glob {glob!r} matches no file")
+        if wild:  # `*.py` beside `protected = ["prepare.py"]`: the protected files are left out of it
+            if matched and len(task.editable) == 1 and all(task.is_protected(f) for f in matched):
+                raise TaskError(f"{TASK_FILE}: 'editable' glob {glob!r} matches only protected files "
+                                f"({', '.join(matched[:3])}{', ...' if len(matched) > 3 else ''}; the task file and "
+                                "the program are always protected)")
+            continue
         for f in matched:
             if f in task.always_protected:
                 raise TaskError(f"{TASK_FILE}: {f!r} is matched by 'editable' but is always protected")
