@@ -458,3 +458,25 @@ def test_code_rejected_after_its_run_may_be_proposed_again(tmp_path: Path) -> No
     finally:
         led.close()
     assert statuses == ["keep", "rejected", "keep"], statuses
+
+
+def test_an_editable_file_git_ignores_is_named_when_it_is_left_out(tmp_path: Path) -> None:
+    """A new editable file that .gitignore matches is not committed, so the experiment does not
+    find it: the trial crashed with no word on why. The trial now says what was left out."""
+    repo = make_task(tmp_path / "task", experiment="import os\nX = 3.0\nif os.path.exists('gen.py'):\n"
+                     "    import gen\nprint(f'loss: {X}')\n", files={".gitignore": "gen*.py\n__pycache__/\n"})
+    toml = (repo / "autoresearch.toml").read_text().replace('editable = ["exp.py"]', 'editable = ["*.py"]')
+    (repo / "autoresearch.toml").write_text(toml)
+    git(repo, "commit", "-qam", "editable globs")
+    agent = script_agent(tmp_path / "a.sh", """\
+        echo "Y = 1" > gen.py
+        mkdir -p __pycache__ && echo x > __pycache__/gen.cpython-311.pyc
+        sed -i 's/^X = .*/X = 2.0/' exp.py
+        echo "X to 2 with gen.py"
+        """)
+    assert run(repo, agent, trials=1).returncode == 0
+    trial = Ledger.read(repo, "t").get(1)
+    assert trial is not None and trial.status.value == "keep"  # it ran without gen.py
+    assert any(f.startswith("left out of the commit, and so of the run: gen.py (editable, but ignored") for f in trial.flags), trial.flags
+    assert not any("pycache" in f for f in trial.flags)
+    assert "left out of the commit" in cli("show", "1", str(repo)).stdout

@@ -76,6 +76,7 @@ class Git:
         self._env.update(GIT_CONFIG_GLOBAL=str(self.config_file), GIT_CONFIG_NOSYSTEM="1")  # before any agent ran
         self._known: dict[Path, tuple[str, set[str]]] = {}  # worktree -> (commit, what it held then)
         self._indexes: dict[Path, tuple[str, dict[str, tuple[int, int]]]] = {}  # index -> (sha256, files' c/mtime ns)
+        self.ignored: dict[Path, list[str]] = {}  # worktree -> the ignored files its last snapshot found
         self.git_dir = Path(self.run("rev-parse", "--absolute-git-dir"))
         self.common_dir = Path(self.run("rev-parse", "--git-common-dir", cwd=self.root))
         if not self.common_dir.is_absolute():
@@ -462,6 +463,7 @@ class Git:
         if ignored or out is None:  # the tree was reset and cleaned before the agent: only it made these
             self.run("clean", "-q", "-ffdX", env=env, cwd=ws.path)
         self._remember(ws, commit, None if ignored or out is None else entries)
+        self.ignored[ws.path] = ignored  # (removed: the agent's files git was told to ignore)
         exact = out is not None and not left_out and all(c.status != "U" for c in changes)
         if not exact or head_before[0] != parent or _head_state(ws) != head_before:
             changes = parse_raw(self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", parent, commit))

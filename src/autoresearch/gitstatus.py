@@ -17,13 +17,13 @@ class Change:
     new_blob: str
 
 
-def parse_status_v2(out: str, big: set[str]) -> tuple[list[Change], list[str], bool]:
+def parse_status_v2(out: str, big: set[str]) -> tuple[list[Change], list[str], list[str]]:
     """`git status --porcelain=v2 -z --no-renames -uall --ignored` after `add -A`: the staged
     changes against HEAD, the big files left out of `add` that differ from HEAD (to be stored as
-    stand-ins), and whether anything is ignored."""
+    stand-ins), and what is ignored."""
     changes: list[Change] = []
     left_out: list[str] = []
-    ignored = False
+    ignored: list[str] = []
     for entry in out.split("\0"):
         if entry.startswith("1 "):
             fields = entry.split(" ", 8)
@@ -39,7 +39,7 @@ def parse_status_v2(out: str, big: set[str]) -> tuple[list[Change], list[str], b
             if entry[2:] in big:
                 left_out.append(entry[2:])
         elif entry.startswith("! "):
-            ignored = True
+            ignored.append(entry[2:])
         elif entry.startswith("u "):  # an unmerged entry after `add -A`: let diff-tree say it
             changes.append(Change(status="U", path=entry.split(" ", 10)[-1], old_mode="", new_mode="",
                                   new_blob=""))

@@ -49,6 +49,15 @@ def check_changes(task: Task, changes: list[Change], workdir: Path,
     return None
 
 
+def ignored_editable(task: Task, ignored: list[str]) -> str:
+    """A note naming the editable files git was told to ignore (.gitignore, info/exclude), which
+    the commit leaves out and the experiment will not find ('' if none; caches are not named)."""
+    left = [p for p in ignored if task.is_editable(p) and "__pycache__/" not in p
+            and not p.endswith((".pyc", ".pyo", "/"))]
+    return (f"left out of the commit, and so of the run: {', '.join(left[:3])}{' ...' if len(left) > 3 else ''} "
+            "(editable, but ignored by .gitignore or info/exclude)") if left else ""
+
+
 def hash_files(root: Path, paths: list[str]) -> dict[str, str]:
     """sha256 of each path under root ('missing' or 'symlink' where it is not a plain file)."""
     out: dict[str, str] = {}

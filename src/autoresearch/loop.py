@@ -328,7 +328,8 @@ class Loop:
             said = said if isinstance(e, Refused) else f"git could not commit the change, so it was not run: {said}"
             return self._finish(t.with_(status=Status.REJECTED, reason=clean_text(tamper or said, 300))), None, ""
         self.snapshot_errors = 0
-        return t.with_(commit=commit), changes, tree
+        left = guard.ignored_editable(self.task, self.s.git.ignored.get(ws.path, []))
+        return t.with_(commit=commit, flags=[*t.flags, left] if left else t.flags), changes, tree
 
     def _ask_agent(self, ctx: Context, t: Trial) -> tuple[Trial, str, bool]:
         """The agent's proposal made in ctx.workdir: the trial with its description, model and
