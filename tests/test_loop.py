@@ -460,6 +460,35 @@ def test_code_rejected_after_its_run_may_be_proposed_again(tmp_path: Path) -> No
     assert statuses == ["keep", "rejected", "keep"], statuses
 
 
+def test_symbolic_and_broken_refs_an_agent_makes_are_undone_without_touching_your_branch(tmp_path: Path) -> None:
+    """A symbolic ref planted where the loop writes was deleted through (git follows it: your
+    branch), or not at all (every later trial rejected); the tag's branch made symbolic had
+    the loop move your branch with each keep."""
+    repo = make_task(tmp_path / "task")
+    git(repo, "branch", "other")
+    other = git(repo, "rev-parse", "other")
+    agent = script_agent(tmp_path / "a.sh", """\
+        sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
+        common=$(git rev-parse --git-common-dir)
+        case $AUTORESEARCH_TRIAL in
+          1) git symbolic-ref refs/autoresearch/t/evil refs/heads/other ;;
+          2) echo garbage > "$common/refs/autoresearch/t/broken" ;;
+          3) git symbolic-ref refs/heads/autoresearch/t refs/heads/other ;;
+        esac
+        echo "trial $AUTORESEARCH_TRIAL"
+        """)
+    assert run(repo, agent, trials=5).returncode == 0
+    rows = ledger_rows(repo, "t")
+    assert rows[1][1] == "rejected" and "refs/autoresearch/t/evil" in rows[1][5] and "could not" not in rows[1][5]
+    assert rows[2][1] == "rejected" and "refs/autoresearch/t/broken" in rows[2][5] and "could not" not in rows[2][5]
+    assert [r[1] for r in rows[3:]] == ["keep", "keep", "keep"], rows  # honest after, and not held against 3
+    assert git(repo, "rev-parse", "other") == other  # your branch never moved
+    assert git(repo, "rev-parse", "autoresearch/t") == rows[5][2]
+    assert subprocess.run(["git", "symbolic-ref", "-q", "refs/heads/autoresearch/t"], cwd=repo).returncode != 0
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/autoresearch/t/").split()
+    assert sorted(refs) == sorted(f"refs/autoresearch/t/trials/{n}" for n in range(6))
+
+
 def test_an_editable_file_git_ignores_is_named_when_it_is_left_out(tmp_path: Path) -> None:
     """A new editable file that .gitignore matches is not committed, so the experiment does not
     find it: the trial crashed with no word on why. The trial now says what was left out."""

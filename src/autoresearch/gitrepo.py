@@ -156,8 +156,8 @@ class Git:
         for ref, old in verify.items():
             if ref not in updates:
                 lines.append(f"verify {ref} {old or '0' * 40}")
-        for ref, new in updates.items():
-            lines.append(f"update {ref} {new}" + (f" {verify[ref] or '0' * 40}" if ref in verify else ""))
+        for ref, new in updates.items():  # (no-deref: a ref an agent made symbolic is itself rewritten)
+            lines += ["option no-deref", f"update {ref} {new}" + (f" {verify[ref] or '0' * 40}" if ref in verify else "")]
         lines += ["prepare", "commit"]
         self.run("update-ref", "--stdin", input="\n".join(lines) + "\n")
 

@@ -378,18 +378,30 @@ class GitGuard:
                 self._git("update-ref", "-d", ref)
         return made
 
+    def _put(self, ref: str, sha: str | None) -> None:
+        """Set the loop's `ref` to `sha` (None: delete it), whatever an agent made of it: a file
+        git cannot read as a ref (which git refuses to touch) is removed first."""
+        args = ("update-ref", "--no-deref", *((ref, sha) if sha else ("-d", ref)))
+        if self._git(*args).returncode != 0 and not (self.common_dir / "reftable").exists():
+            (self.common_dir / ref).unlink(missing_ok=True)
+            if sha:
+                self._git(*args)
+
     def _restore_refs(self) -> tuple[list[str], list[str]]:
         """(the loop's refs deleted or moved, restored; refs made in its place, removed)."""
         now = self._read_refs()
         lost = sorted(r for r, sha in self._refs.items() if now.get(r) != sha)
         made = sorted(r for r in now if r not in self._refs)
-        for ref in lost:  # one by one: a ref whose commit was pruned cannot come back
-            self._git("update-ref", ref, self._refs[ref])
+        # one by one (a ref whose commit was pruned cannot come back), each ref itself: one made
+        # symbolic would have git write, or delete, the ref it points to (a branch of yours)
+        for ref in lost:
+            self._put(ref, self._refs[ref])
         for ref in made:
-            self._git("update-ref", "-d", ref, now[ref])
+            self._put(ref, None)
         if lost or made:
             now = self._read_refs()
             gone = [r for r in lost if now.get(r) != self._refs[r]]
             lost = [r if r not in gone else f"{r} (its commit is gone)" for r in lost]
+            made = [r if r not in now else f"{r} (could not be removed)" for r in made]
         self._refs = {r: sha for r, sha in now.items() if r in self._refs}
         return lost, made
