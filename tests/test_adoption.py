@@ -230,7 +230,27 @@ def test_a_tag_whose_agent_command_held_a_key_asks_for_it_again(tmp_path: Path) 
     assert key not in (root / ".autoresearch" / "t" / "ledger.sqlite").read_bytes().decode("latin-1")
     r = cli("run", str(root), "--tag", "t", "--trials", "1")
     assert r.returncode == 2 and "holds a key, which is never recorded: give the agent's flags again" in r.stderr
+    r = cli("run", str(root), "--tag", "t", "--trials", "1", "--agent-timeout", "60")  # not the agent's flags
+    assert r.returncode == 2 and "give the agent's flags again" in r.stderr
     assert len(trials(root)) == 2  # nothing ran with another agent
+
+
+def test_a_tag_whose_server_held_a_key_resumes_with_its_flags_given_again(tmp_path: Path) -> None:
+    from autoresearch.agents.registry import agent_options
+    from autoresearch.cli import build_parser
+    from autoresearch.ledger import Ledger
+    from autoresearch.task import load_task
+
+    root = make_task(tmp_path / "task")
+    assert cli("run", str(root), "--tag", "t", "--trials", "0").returncode == 0
+    led = Ledger.open(root, "t", "loss")
+    led.set_meta("agent_options", '{"name": "llm", "withheld": true}')  # as a --base-url with a key leaves it
+    led.close()
+    task = load_task(root)
+    args = build_parser().parse_args(["run", str(root), "--tag", "t", "--model", "openai/m",
+                                      "--base-url", "http://127.0.0.1:9/v1"])
+    opts = agent_options(args, task, "t")
+    assert opts.name == "llm" and opts.model == "openai/m" and opts.base_url == "http://127.0.0.1:9/v1"
 
 
 def test_a_resume_refuses_a_task_file_changed_and_not_committed(tmp_path: Path) -> None:

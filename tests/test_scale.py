@@ -22,6 +22,7 @@ from autoresearch.decide import better
 from autoresearch.ledger import Ledger
 from autoresearch.loop import Loop, Options
 from autoresearch.records import Status
+from autoresearch.sandbox import problem as sandbox_problem
 from autoresearch.session import open_session
 from autoresearch.task import load_task
 
@@ -315,23 +316,34 @@ def _popen_run(root: Path, agent: str, env: dict[str, str], *flags: str) -> subp
                             text=True)
 
 
-def _wait_for_starts(env: dict[str, str], count: int, timeout: float = 60) -> list[int]:
+def _wait_for_starts(env: dict[str, str], count: int, timeout: float = 60) -> list[tuple[str, str]]:
+    """(stamps file, trial number) of the first `count` experiments to start after the baseline
+    (their pids are no use: with --workers they run sealed, in PID namespaces of their own)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = [int(line.split()[2]) for line in Path(env["AR_STAMPS"]).read_text().splitlines()
-                if line.startswith("start ") and line.split()[1] != "0"]
-        if len(pids) >= count:
-            return pids
+        started = [(env["AR_STAMPS"], line.split()[1]) for line in Path(env["AR_STAMPS"]).read_text().splitlines()
+                   if line.startswith("start ") and line.split()[1] != "0"]
+        if len(started) >= count:
+            return started
         time.sleep(0.05)
     raise AssertionError("experiments did not start")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
+def _alive(experiment: tuple[str, str]) -> bool:
+    """Whether a process of that experiment still runs: one with its stamps file and trial
+    number in its environment, not a zombie."""
+    stamps, trial = experiment
+    wanted = (f"AR_STAMPS={stamps}".encode(), f"AUTORESEARCH_TRIAL={trial}".encode())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            if all(w in environ for w in wanted) and (proc / "stat").read_text().split(") ")[1][0] != "Z":
+                return True
+        except (OSError, IndexError):
+            continue
+    return False
 
 
 def test_ctrl_c_stops_every_trial_in_flight_and_resume_goes_on(tmp_path: Path) -> None:
@@ -341,6 +353,7 @@ def test_ctrl_c_stops_every_trial_in_flight_and_resume_goes_on(tmp_path: Path) -
     proc = _popen_run(root, agent, env, "--trials", "6", "--workers", "2")
     pids = _wait_for_starts(env, 2)
     time.sleep(0.3)  # the agent has a proposal ready by now
+    assert all(_alive(p) for p in pids)  # (what is looked for below is there to be found)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
@@ -365,6 +378,7 @@ def test_a_killed_loop_with_trials_in_flight_resumes(tmp_path: Path) -> None:
     root, agent, env = setup_run(tmp_path, table)
     proc = _popen_run(root, agent, env, "--trials", "6", "--workers", "2")
     pids = _wait_for_starts(env, 2)
+    assert all(_alive(p) for p in pids)
     proc.kill()
     proc.communicate(timeout=30)
     r = cli("run", str(root), "--tag", "x", "--agent", "cli", "--agent-cmd", agent, "--trials", "2",
@@ -433,22 +447,37 @@ echo "X = 1$AUTORESEARCH_TRIAL"
 """
 
 
-def test_code_written_by_a_trial_beside_it_while_it_runs_is_not_measured(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bwrap", ["working", "broken"])
+def test_code_written_by_a_trial_beside_it_while_it_runs_is_not_measured(tmp_path: Path, bwrap: str) -> None:
     """With --workers 2, one trial's agent wrote helper.py into the other trial's worktree while
     its experiment ran: the other trial was kept with a forged score (its commit, run again,
-    scores worse than the baseline). A change to the trial's editable files while it runs is
-    now a rejection."""
+    scores worse than the baseline). Where bubblewrap works, agents and experiments side by
+    side are sealed from each other's worktrees, and nothing is forged; where it does not, a
+    change to a trial's editable files while it runs rejects the trial."""
+    if bwrap == "working" and sandbox_problem():
+        pytest.skip(f"bubblewrap cannot run here: {sandbox_problem()}")
+    env = {}
+    if bwrap == "broken":  # as where user namespaces are not allowed
+        fake = tmp_path / "fakebin"
+        fake.mkdir()
+        (fake / "bwrap").write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+        (fake / "bwrap").chmod(0o755)
+        env["PATH"] = f"{fake}{os.pathsep}{os.environ['PATH']}"
     root = make_task(tmp_path / "task", experiment=SIBLING_EXPERIMENT, files={"helper.py": "B = 0.0\n"},
                      toml_extra='\n[metric]\nname = "loss"\ngoal = "minimize"\n')
     toml = (root / "autoresearch.toml").read_text().replace('editable = ["exp.py"]', 'editable = ["exp.py", "helper.py"]')
     (root / "autoresearch.toml").write_text(toml)
     git(root, "commit", "-qam", "helper editable")
     agent = script_agent(tmp_path / "agent.sh", SIBLING_AGENT)
-    r = cli("run", str(root), "--tag", "w", "--agent-cmd", agent, "--trials", "6", "--workers", "2")
+    r = cli("run", str(root), "--tag", "w", "--agent-cmd", agent, "--trials", "6", "--workers", "2", env=env)
     assert r.returncode == 0, r.stderr
     trials = Ledger.read(root, "w").trials()
-    assert all(t.metric is None or t.metric > 0 for t in trials if t.status is Status.KEEP), \
-        [(t.number, t.status, t.metric) for t in trials]  # nothing forged was kept
+    assert all(t.metric is None or t.metric > 0 for t in trials), \
+        [(t.number, t.status, t.metric) for t in trials]  # no forged figure recorded, none kept
     drifted = [t for t in trials if "changed while it ran (helper.py" in t.reason]
-    assert drifted and all(t.status is Status.REJECTED for t in drifted)
-    assert all(t.metric is None or t.metric > 0 for t in trials)  # no forged figure recorded at all
+    assert all(t.status is Status.REJECTED for t in drifted)
+    if bwrap == "working":
+        assert not drifted and [t.metric for t in trials] == [10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0]
+        assert "not sealed" not in r.stdout + r.stderr
+    else:
+        assert drifted and "trials side by side are not sealed from each other" in r.stdout + r.stderr

@@ -157,7 +157,7 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
         and spec.eval_file not in spec.protected else None
     before = _identity(metric) if metric is not None else None
     guard.set_readonly(spec.workdir, protected, True)
-    seen = _identities(spec.workdir, spec.watched)
+    seen, early = _identities(spec.workdir, spec.watched), _not_commit(spec.workdir, spec.watched)
     try:
         proc = run_command(_wrapped(spec, spec.command), spec.workdir, env, spec.timeout,
                            spec.log_path, cancel=cancel, owner=spec.owner)
@@ -172,13 +172,13 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
         return ExecResult("escaped", proc.returncode, proc.seconds, output, escaped=proc.escaped)
     if tampered:
         return ExecResult("tampered", proc.returncode, proc.seconds, output, tampered=tampered)
+    drifted = early or _drifted(spec.workdir, spec.watched, seen)  # (a run made to fail is no crash of its code)
+    if drifted:
+        return ExecResult("drifted", proc.returncode, proc.seconds, output, tampered=drifted)
     if proc.timed_out:
         return ExecResult("timeout", proc.returncode, proc.seconds, output)
     if proc.returncode != 0:
         return ExecResult("crash", proc.returncode, proc.seconds, output)
-    drifted = _drifted(spec.workdir, spec.watched, seen)
-    if drifted:
-        return ExecResult("drifted", proc.returncode, proc.seconds, output, tampered=drifted)
     if not spec.evaluate:
         stale = ""
         if metric is not None and before is not None and _identity(metric) == before:
@@ -199,7 +199,7 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
     eval_log.parent.mkdir(parents=True, exist_ok=True)
     # the experiment's wall time, measured here: an evaluator may hold it against the time budget
     eval_env = {**env, "AUTORESEARCH_EXPERIMENT_SECONDS": f"{proc.seconds:.3f}"}
-    seen = _identities(spec.workdir, spec.watched)
+    seen, early = _identities(spec.workdir, spec.watched), _not_commit(spec.workdir, spec.watched)
     ev = run_command(_wrapped(spec, spec.evaluate), spec.workdir, eval_env, spec.timeout, eval_log,
                      cancel=cancel, owner=spec.owner)
     trim_log(eval_log)
@@ -215,13 +215,27 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
     tampered = tuple(guard.changed_files(spec.protected, spec.workdir))
     if tampered:
         outcome = "tampered"
-    elif outcome == "ok" and (drifted := _drifted(spec.workdir, spec.watched, seen)):
+    elif drifted := early or _drifted(spec.workdir, spec.watched, seen):
         outcome, tampered = "drifted", drifted
     return ExecResult(outcome, ev.returncode, proc.seconds, output, eval_output, ev.seconds, tampered)
 
 
 def _identities(root: Path, paths: dict[str, str]) -> dict[str, tuple[int, int, int, int] | None]:
     return {rel: _identity(root / rel) for rel in paths}
+
+
+def _same(path: Path, name: str) -> bool | None:
+    """Whether `path` holds the git object `name`'s content (None: it cannot be read)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return hashlib.new("sha1" if len(name) == 40 else "sha256", b"blob %d\0" % len(data) + data).hexdigest() == name
+
+
+def _not_commit(root: Path, watched: dict[str, str]) -> tuple[str, ...]:
+    """The watched files that are not the commit's as a command starts (written meanwhile)."""
+    return tuple(rel for rel, name in watched.items() if not _same(root / rel, name))
 
 
 def _drifted(root: Path, watched: dict[str, str], seen: dict[str, tuple[int, int, int, int] | None]) -> tuple[str, ...]:
@@ -231,11 +245,7 @@ def _drifted(root: Path, watched: dict[str, str], seen: dict[str, tuple[int, int
     for rel, name in watched.items():
         if _identity(root / rel) == seen.get(rel):
             continue
-        try:
-            data = (root / rel).read_bytes()
-        except OSError:
-            out.append(f"{rel} (removed)")
-            continue
-        same = hashlib.new("sha1" if len(name) == 40 else "sha256", b"blob %d\0" % len(data) + data).hexdigest() == name
-        out.append(f"{rel} (rewritten, the same content at the end)" if same else rel)
+        same = _same(root / rel, name)
+        out.append(f"{rel} (removed)" if same is None else f"{rel} (rewritten, the same content at the end)"
+                   if same else rel)
     return tuple(out)

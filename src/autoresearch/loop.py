@@ -90,8 +90,6 @@ class Loop:
 
         if self.opt.sandbox and not (backend and backend.remote):  # built per trial in execute();
             require()  # here only: can it be built? (a remote worker's bwrap is checked there)
-        elif seal_warning(self.task):
-            self.events.message(seal_warning(self.task))
         self.backend: Backend = backend or LocalBackend(self.opt.gpus, self.opt.gpus_per_trial)
         self.slots = self.backend.slots(self.opt.workers)  # the GPUs of each trial in flight
         ahead = self.opt.agent_concurrency
@@ -113,6 +111,8 @@ class Loop:
         self.ended = ""  # why it stopped, whatever the reason
         self.measure = Measurer(session, self.backend, self.events, self.cancel, self.bin_dir, self.opt.sandbox)
         self.measure.beside = len(self.slots) + self.ahead > 1  # (an agent working ahead runs beside too)
+        if not self.opt.sandbox and seal_warning(self.task, self.measure.beside and not self.backend.remote):
+            self.events.message(seal_warning(self.task, self.measure.beside and not self.backend.remote))
         root_files = list_files(self.task.root)
         for warning in task_warnings(self.task, root_files, {r for r, _ in self.measure.setup.shared}, self.backend.remote):
             self.events.message(f"autoresearch: warning: {warning}")
@@ -277,7 +277,7 @@ class Loop:
             ctx = Context(task=self.task, workdir=ws.path, number=t.number,
                           best=visible(parent, self.task.metric.holdout), history=history,
                           log_path=self.s.dir / "agent" / f"{t.number}.log", ledger_dir=self.s.dir,
-                          time_limit=self.opt.agent_timeout, cancel=self.cancel)
+                          time_limit=self.opt.agent_timeout, cancel=self.cancel, beside=self.measure.beside)
             t, error, fatal = self._ask_agent(ctx, t)
         with self.lock:  # before git reads the worktree: a filter driver, a hook put in place is gone
             tamper = self.watch.tampering(t.number, "agent")

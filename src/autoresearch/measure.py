@@ -22,6 +22,7 @@ from autoresearch.judge import Measurement, judge, mean_figures
 from autoresearch.pool import Place
 from autoresearch.process import MARK, sweep_escaped
 from autoresearch.records import Status, Trial
+from autoresearch.sandbox import problem as sandbox_problem
 from autoresearch.session import Session, SetupOutput, shared_links
 
 
@@ -94,12 +95,14 @@ class Measurer:
             log_path=self.log(n, suffix), command=self.task.command,
             timeout=self.task.timeout, env=self.env(n, seed, at.gpus, commit), protected=self.protected,
             evaluate=self.task.evaluate, owner=f"{self.s.owner}:{n}", sandbox=self.sandbox,
-            seal=bool(self.task.metric.holdout),
+            seal=bool(self.task.metric.holdout) or (self.beside and not self.backend.remote),  # (sealed from
+            # the other worktrees; a Ray worker's are elsewhere)
             hidden=(self.s.dir.parent,),
             readable=(self.task.root, self.bin_dir, self.setup.store, *(p.resolve() for _, p in self.setup.shared)),
             holdout=self.task.metric.holdout, eval_file=self.task.metric.file,
             eval_log=self.s.dir / "sealed" / f"{n}{suffix}.eval.log",
-            watched=self._editable_blobs(commit) if self.beside and not self.backend.remote else {},
+            watched=self._editable_blobs(commit) if self.beside and not self.backend.remote and not self.sandbox
+            and sandbox_problem() is not None else {},  # (unsealed: what is left is to see a write)
         )
 
         def restore() -> None:  # the committed tree, and what setup made, for the evaluator

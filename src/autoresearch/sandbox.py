@@ -184,19 +184,26 @@ def seal_prefix(workdir: Path, *, hidden: Iterable[Path], writable: Iterable[Pat
     return argv + ["--chdir", str(workdir)]
 
 
-def seal_agent(task: object, workdir: Path, ledger_dir: Path, own_dir: Path) -> list[str]:
+def seal_agent(task: object, workdir: Path, ledger_dir: Path, own_dir: Path, beside: bool = False) -> list[str]:
     """The prefix for a CLI agent of `task`: every ledger hidden from it but its worktree, its
-    own prompt folder and the agent-visible logs and results.tsv. Empty when the task has no
-    holdout to seal or bubblewrap cannot run here (see `seal_warning`)."""
-    if not task.metric.holdout or problem():  # type: ignore[attr-defined]
+    own prompt folder and the agent-visible logs and results.tsv (so, with trials `beside` it,
+    the worktrees of the others too). Empty when the task has no holdout to seal and no trial
+    runs beside it, or bubblewrap cannot run here (see `seal_warning`)."""
+    if not (task.metric.holdout or beside) or problem():  # type: ignore[attr-defined]
         return []
     return seal_prefix(workdir, hidden=[ledger_dir.parent], writable=[own_dir],
                        readable=[ledger_dir / "logs", ledger_dir / "results.tsv"],
                        bwrap=bwrap_path() or "bwrap")
 
 
-def seal_warning(task: object) -> str:
-    """Why `task`'s holdout cannot be sealed here ('' when it can, or there is none)."""
-    why = problem() if task.metric.holdout else None  # type: ignore[attr-defined]
-    return (f"warning: the holdout is not sealed: agents and the code they write could read "
-            f"the ledger ({why})") if why else ""
+def seal_warning(task: object, beside: bool = False) -> str:
+    """Why `task`'s holdout, or trials run `beside` each other, cannot be sealed here ('' when
+    they can, or there is nothing to seal)."""
+    why = problem() if task.metric.holdout or beside else None  # type: ignore[attr-defined]
+    if not why:
+        return ""
+    what = [*(["the holdout is not sealed: agents and the code they write could read the ledger"]
+              if task.metric.holdout else []),  # type: ignore[attr-defined]
+            *(["trials side by side are not sealed from each other: an agent or experiment could write into "
+               "another trial's worktree (a change to its editable files while it runs rejects it)"] if beside else [])]
+    return f"warning: {'; '.join(what)} ({why})"

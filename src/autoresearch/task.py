@@ -254,6 +254,7 @@ def _load_metric(data: dict[str, Any]) -> MetricSpec:
                         f"(e.g. \"metrics.json\"), got {file!r}")
     if pattern is not None and file is not None:
         raise TaskError(f"{TASK_FILE}: 'metric.pattern' and 'metric.file' cannot both be set")
+    file = Path(file).as_posix() if file is not None else None  # ("./metrics.json" is metrics.json)
     holdout = _get_str(table, "holdout", "metric.")
     if holdout is not None and holdout == name:
         raise TaskError(f"{TASK_FILE}: 'metric.holdout' must differ from 'metric.name'")

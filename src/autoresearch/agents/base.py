@@ -43,6 +43,7 @@ class Context:
     ledger_dir: Path
     time_limit: float | None = None  # seconds this proposal may take
     cancel: threading.Event | None = None  # set when the loop is stopping: give up at once
+    beside: bool = False  # other trials run beside this one (a CLI agent is sealed from their worktrees)
 
     def log(self, text: str) -> None:
         with open(self.log_path, "a", encoding="utf-8", errors="replace") as f:

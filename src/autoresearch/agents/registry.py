@@ -41,7 +41,12 @@ def agent_options(args: Any, task: Task, tag: str | None = None) -> AgentOptions
     if args.agent_cmd is not None and not args.agent_cmd.strip():
         raise UsageError("--agent-cmd is empty")
     if tag is not None and not cfg and args.agent is None and args.agent_cmd is None:
-        saved = saved_options(task, tag)
+        try:
+            saved = saved_options(task, tag)
+        except UsageError:  # its agent's flags held a key: given again (--model, --base-url) they choose
+            if getattr(args, "model", None) is None and getattr(args, "base_url", None) is None:
+                raise
+            saved = None
         if saved is not None and _resumable(saved, args, tag):
             return saved
     # --agent-cmd alone means the cli agent, and --model alone the llm agent (so in [agent])
