@@ -383,6 +383,23 @@ def test_the_templates_smoke_mode_is_pinned_with_the_tag(tmp_path: Path) -> None
     assert r.returncode == 2 and "tag real was started without AUTORESEARCH_SMOKE" in r.stderr
 
 
+def test_what_the_templates_score_is_pinned_with_the_tag(tmp_path: Path) -> None:
+    """AUTORESEARCH_EVAL_TOKENS (nanochat's evaluation size) and AUTORESEARCH_DATA_DIR change
+    what is scored: a tag resumed in a shell that forgot the export compared unlike figures."""
+    repo = make_task(tmp_path / "task")
+    unset = {"AUTORESEARCH_EVAL_TOKENS": "", "AUTORESEARCH_DATA_DIR": ""}
+    r = cli("run", str(repo), "--tag", "e", "--trials", "0", env={**unset, "AUTORESEARCH_EVAL_TOKENS": "1048576"})
+    assert r.returncode == 0, r.stderr
+    r = cli("run", str(repo), "--tag", "e", "--trials", "0", env=unset)
+    assert r.returncode == 2 and ("tag e was started with AUTORESEARCH_EVAL_TOKENS=1048576 and this run has "
+                                  "AUTORESEARCH_EVAL_TOKENS unset") in r.stderr, r.stderr
+    r = cli("run", str(repo), "--tag", "e", "--trials", "0", env={**unset, "AUTORESEARCH_EVAL_TOKENS": "1048576",
+                                                                   "AUTORESEARCH_DATA_DIR": str(tmp_path)})
+    assert r.returncode == 2 and "AUTORESEARCH_DATA_DIR=" in r.stderr
+    assert cli("run", str(repo), "--tag", "e", "--trials", "0",
+               env={**unset, "AUTORESEARCH_EVAL_TOKENS": " 1048576 "}).returncode == 0
+
+
 def test_a_mistyped_agent_and_a_tag_git_refuses_say_what_to_write(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task")
     r = cli("run", str(repo), "--agent", "serch", "--trials", "1")

@@ -25,7 +25,7 @@ from autoresearch.gitrepo import Git, GitError, Workspace, status_entries
 from autoresearch.ledger import LEDGER_DIR, Ledger, tag_dir
 from autoresearch.process import kill_owned, last_lines, read_tail, run_command
 from autoresearch.records import Status, Trial
-from autoresearch.task import SMOKE, TASK_FILE, Task
+from autoresearch.task import PINNED_ENV, SMOKE, TASK_FILE, Task
 from autoresearch.watchdog import start as start_watchdog
 
 PACK_EVERY = 100  # trials between packings of the refs (write_refs)
@@ -267,7 +267,14 @@ def check_measurement(ledger: Ledger, task: Task, tag: str) -> None:
         was, now_ = (f"{SMOKE}={v}" if v else f"without {SMOKE}" for v in (pinned[SMOKE], now[SMOKE]))
         raise UsageError(f"tag {tag} was started {was} (the templates' smoke mode: tiny data and model) and "
                          f"this run is {now_}: their figures cannot be compared; start a new --tag")
-    changed = [f"{k}: {pinned[k]!r} -> {now.get(k)!r}" for k in sorted(pinned) if k in now and pinned[k] != now[k]]
+    for k in PINNED_ENV:
+        if k in pinned and pinned[k] != now[k]:
+            was, now_ = (f"{k}={v}" if v else f"{k} unset" for v in (pinned[k], now[k]))
+            raise UsageError(f"tag {tag} was started with {was} and this run has {now_}: the templates read it to "
+                             f"choose what is scored, so the figures cannot be compared; set it as it was, or "
+                             "start a new --tag")
+    changed = [f"{k}: {pinned[k]!r} -> {now.get(k)!r}" for k in sorted(pinned)
+               if k in now and pinned[k] != now[k] and k not in PINNED_ENV]
     if changed:
         shown = "; ".join(changed[:3]) + (" ..." if len(changed) > 3 else "")
         raise UsageError(f"{TASK_FILE} changed since tag {tag} started ({shown}): a tag's trials are compared "

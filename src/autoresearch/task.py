@@ -27,6 +27,11 @@ TASK_FILE = "autoresearch.toml"
 SMOKE = "AUTORESEARCH_SMOKE"  # the templates' smoke mode: pinned with a tag like the task file's measurement
 
 
+# read by the templates' prepare.py to choose what is scored (how many tokens, which text):
+# pinned with a tag too, as they are set when it starts ("" when unset)
+PINNED_ENV = ("AUTORESEARCH_EVAL_TOKENS", "AUTORESEARCH_DATA_DIR")
+
+
 def smoke() -> str:
     """"1" when the templates run in smoke mode (AUTORESEARCH_SMOKE=1, as they read it), else ""."""
     return "1" if os.environ.get(SMOKE, "").strip() == "1" else ""
@@ -96,7 +101,7 @@ class Task:
                 "metric.pattern": m.pattern, "metric.file": m.file,
                 "acceptance.min_delta": self.acceptance.min_delta,
                 # the templates' smoke mode (tiny data and model): its figures are no real run's
-                SMOKE: smoke()}
+                SMOKE: smoke(), **{k: os.environ.get(k, "").strip() for k in PINNED_ENV}}
 
     def is_editable(self, path: str) -> bool:
         return any(glob_match(path, g) for g in self.editable) and not self.is_protected(path)
