@@ -355,7 +355,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             events.message(ahead)
         if smoke():
             events.message("autoresearch: AUTORESEARCH_SMOKE is set: a template runs in smoke mode (tiny data "
-                           "and model; it may override constants such as DEPTH), and the tag is pinned to it")
+                           "and model; it may override constants such as DEPTH, and nanochat trains 10 s "
+                           "whatever the budget shown), and the tag is pinned to it")
         best = run_until_stopped(loop, originals)
     finally:
         events.close()
