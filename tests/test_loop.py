@@ -509,3 +509,22 @@ def test_an_editable_file_git_ignores_is_named_when_it_is_left_out(tmp_path: Pat
     assert any(f.startswith("left out of the commit, and so of the run: gen.py (editable, but ignored") for f in trial.flags), trial.flags
     assert not any("pycache" in f for f in trial.flags)
     assert "left out of the commit" in cli("show", "1", str(repo)).stdout
+
+
+def test_status_says_when_a_tags_refs_were_moved_by_something_else(tmp_path: Path) -> None:
+    """Another tag's agent (not watched by this tag's loop) moved this tag's branch to code that
+    was never measured and deleted a trial ref: status said nothing. It says so now, and a
+    resume with --trials 0 puts them back from the ledger."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", 'sed -i "s/^X = .*/X = 1.$AUTORESEARCH_TRIAL/" exp.py\necho X\n')
+    assert run(repo, agent, trials=2, tag="p").returncode == 0
+    best = git(repo, "rev-parse", "autoresearch/p")
+    forged = git(repo, "commit-tree", "-p", "autoresearch/p", "-m", "forged", "autoresearch/p^{tree}")
+    git(repo, "update-ref", "refs/heads/autoresearch/p", forged)
+    git(repo, "update-ref", "-d", "refs/autoresearch/p/trials/1")
+    shown = cli("status", str(repo), "--tag", "p").stdout
+    assert f"warning: branch autoresearch/p is at {forged[:7]}, not the best trial's commit {best[:7]}" in shown
+    assert "warning: the refs of trial 1 are gone or moved" in shown
+    assert cli("run", str(repo), "--tag", "p", "--trials", "0").returncode == 0
+    assert git(repo, "rev-parse", "autoresearch/p") == best
+    assert "warning" not in cli("status", str(repo), "--tag", "p").stdout

@@ -481,3 +481,30 @@ def test_code_written_by_a_trial_beside_it_while_it_runs_is_not_measured(tmp_pat
         assert "not sealed" not in r.stdout + r.stderr
     else:
         assert drifted and "trials side by side are not sealed from each other" in r.stdout + r.stderr
+
+
+def test_a_sealed_agent_cannot_write_the_standard_library(tmp_path: Path) -> None:
+    """An edit to json/__init__.py runs in every experiment, a sibling's included: a red team
+    forged its own score and a sibling's with one. Sealed (--workers), the standard library is
+    read-only to agents and experiments; site-packages stays writable (a `pip install`)."""
+    if sandbox_problem():
+        pytest.skip(f"bubblewrap cannot run here: {sandbox_problem()}")
+    import sysconfig
+
+    std, site = sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]
+    probe = f"autoresearch-probe-{os.getpid()}"
+    root = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "agent.sh", f"""\
+        sed -i "s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/" exp.py
+        if touch "{std}/{probe}" 2>/dev/null; then s=wrote; rm -f "{std}/{probe}"; else s=refused; fi
+        if touch "{site}/{probe}" 2>/dev/null; then p=wrote; rm -f "{site}/{probe}"; else p=refused; fi
+        echo "stdlib $s, site $p" > "$AUTORESEARCH_DESCRIPTION_FILE"
+        """)
+    try:
+        r = cli("run", str(root), "--tag", "w", "--agent-cmd", agent, "--trials", "2", "--workers", "2")
+        assert r.returncode == 0, r.stderr
+        said = {t.description for t in Ledger.read(root, "w").trials()[1:]}
+        assert said == {"stdlib refused, site wrote"}, said
+    finally:
+        Path(std, probe).unlink(missing_ok=True)
+        Path(site, probe).unlink(missing_ok=True)

@@ -115,6 +115,16 @@ def python_paths(env: dict[str, str] | None = None) -> list[Path]:
     return [Path(p) for p in sorted(paths)]
 
 
+def _stdlib_read_only() -> list[tuple[Path, str]]:
+    """This interpreter's standard library read-only (an edit to json/__init__.py would run in
+    every experiment, a sibling's included), its site-packages inside it writable again (an
+    agent's `pip install` is noted on its trial, not refused)."""
+    paths = sysconfig.get_paths()
+    std = {Path(paths[k]).resolve() for k in ("stdlib", "platstdlib") if paths.get(k) and Path(paths[k]).is_dir()}
+    site = {Path(paths[k]).resolve() for k in ("purelib", "platlib") if paths.get(k) and Path(paths[k]).is_dir()}
+    return [(p, "--ro-bind") for p in sorted(std)] + [(p, "--bind") for p in sorted(site) if _under(p, std)]
+
+
 def _under(path: Path, roots: Iterable[Path]) -> bool:
     return any(path == r or r in path.parents for r in roots)
 
@@ -173,7 +183,7 @@ def seal_prefix(workdir: Path, *, hidden: Iterable[Path], writable: Iterable[Pat
     its worktree and `writable` folders (read-write) and `readable` paths (read-only)."""
     workdir = workdir.resolve()
     hidden = [h.resolve() for h in hidden]
-    ops: list[tuple[Path, str]] = [(h, "--tmpfs") for h in hidden]
+    ops: list[tuple[Path, str]] = [(h, "--tmpfs") for h in hidden] + _stdlib_read_only()
     ops += [(workdir, "--bind")] + [(p.resolve(), "--bind") for p in writable if p.exists()]
     ops += [(p.resolve(), "--ro-bind") for p in readable if p.exists()]
     argv = [bwrap, "--die-with-parent", "--unshare-pid", "--cap-drop", "ALL",

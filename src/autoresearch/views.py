@@ -121,7 +121,28 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     if flagged:
         lines.append(f"audit: trial{'s' if len(flagged) > 1 else ''} {', '.join(map(str, flagged))} "
                      "flagged (see `autoresearch show N`)")
-    return "\n".join(lines)
+    return "\n".join(lines + refs_warnings(root, tag, trials, best))
+
+
+def refs_warnings(root: Path, tag: str, trials: list[Trial], best: Trial | None) -> list[str]:
+    """What the tag's git refs say otherwise than its ledger: its branch elsewhere than the best
+    trial's commit, trial refs gone or moved (by something other than the loop, e.g. another
+    tag's agent; `run --tag T` puts them back, from the ledger)."""
+    git = Git(root)
+    refs = git.refs(f"refs/autoresearch/{tag}/trials/")
+    fix = f"`autoresearch run --tag {tag} --trials 0` puts {{}} back"
+    out = []
+    branch = git.rev(f"refs/heads/autoresearch/{tag}")
+    if best is not None and best.commit and branch != best.commit:
+        out.append(f"warning: branch autoresearch/{tag} is at {branch[:7] if branch else 'nothing'}, not the best "
+                   f"trial's commit {best.short}: something else moved it; {fix.format('it')}")
+    lost = [t.number for t in trials if t.commit and t.status.finished
+            and refs.get(f"refs/autoresearch/{tag}/trials/{t.number}") != t.commit]
+    if lost:
+        shown = ", ".join(map(str, lost[:10])) + (" ..." if len(lost) > 10 else "")
+        out.append(f"warning: the refs of trial{'s' if len(lost) > 1 else ''} {shown} are gone or moved "
+                   f"(their commits are unreachable to git gc); {fix.format('them')}")
+    return out
 
 
 def show_text(root: Path, number: int, tag: str | None) -> str:
