@@ -15,7 +15,6 @@ spec's own paths so that they hold wherever the trial runs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from autoresearch import guard
 from autoresearch.metrics import redact
+from autoresearch.objects import object_name
 from autoresearch.process import read_tail, run_command, trim_log
 
 SECRET_ENV = re.compile(r"(API_KEY|_TOKEN|SECRET|PASSWORD|ACCESS_KEY)", re.IGNORECASE)
@@ -230,7 +230,7 @@ def _same(path: Path, name: str) -> bool | None:
         data = path.read_bytes()
     except OSError:
         return None
-    return hashlib.new("sha1" if len(name) == 40 else "sha256", b"blob %d\0" % len(data) + data).hexdigest() == name
+    return object_name(name, data) == name
 
 
 def _not_commit(root: Path, watched: dict[str, str]) -> tuple[str, ...]:

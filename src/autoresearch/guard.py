@@ -257,10 +257,10 @@ class GitGuard:
         return self.user_ref_changes() + moved + [f"changed {p} in your checkout" for p in changed]
 
     def note(self, phase: str) -> str:
-        """What changed in the user's refs and checkout since the last look, as a note for the
-        trial whose agent or experiment (`phase`) ran meanwhile ('' if nothing). Not held against
-        it (the user may have committed meanwhile) and not undone (but the tag's branch, put back); shown by `status`, `show` and
-        the report with the audit's flags. A popped stash is a dangling commit: the note says
+        """What changed in the user's refs and checkout since the last look, and the tag's branch
+        put back, as a note for the trial whose agent or experiment (`phase`) ran meanwhile (''
+        if nothing). Not held against it (the user may have committed meanwhile) and, but for the
+        branch, not undone; shown by `status`, `show` and the report with the audit's flags. A popped stash is a dangling commit: the note says
         how to put it back."""
         changes, self._notes = self._notes + self.user_changes(), []
         if not changes:

@@ -19,6 +19,7 @@ from autoresearch.backends import Backend
 from autoresearch.events import Events
 from autoresearch.execute import ExecResult, ExecSpec, experiment_env
 from autoresearch.judge import Measurement, judge, mean_figures
+from autoresearch.objects import tree_blobs
 from autoresearch.pool import Place
 from autoresearch.process import MARK, sweep_escaped
 from autoresearch.records import Status, Trial
@@ -140,15 +141,8 @@ class Measurer:
 
     def _editable_blobs(self, commit: str) -> dict[str, str]:
         """The editable files of `commit` (path -> git object name), less the metric file."""
-        listing = self.s.git.run("ls-tree", "-r", "-z", "--full-tree", commit, strip=False, check=False)
-        out = {}
-        for item in listing.split("\0"):
-            meta, _, path = item.partition("\t")
-            fields = meta.split()  # mode, type, name
-            if len(fields) == 3 and fields[1] == "blob" and fields[0] != "120000" and self.task.is_editable(path) \
-                    and path != self.task.metric.file:
-                out[path] = fields[2]
-        return out
+        return {path: sha for path, mode, sha, _ in tree_blobs(self.s.git, commit, check=False)
+                if mode != "120000" and self.task.is_editable(path) and path != self.task.metric.file}
 
     def _note_lost(self, t: Trial, why: str) -> None:
         with self._lost_lock:

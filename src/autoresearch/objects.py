@@ -20,17 +20,23 @@ from pathlib import Path
 from autoresearch.gitrepo import MAX_FILE_BYTES, SAFE, Git
 
 
-def task_blobs(git: Git, commit: str, wanted: Callable[[str], bool]) -> list[tuple[str, str, bytes]]:
-    """The files of `commit` that are `wanted`, as (path, object name, content) read from the
-    object store (one `ls-tree` and one `cat-file --batch`)."""
-    listing = git.run("ls-tree", "-r", "-z", "-l", "--full-tree", commit, strip=False)
-    names = []
+def tree_blobs(git: Git, commit: str, check: bool = True) -> list[tuple[str, str, str, int]]:
+    """The files of `commit`: (path, mode, object name, size) of each blob (one `ls-tree`)."""
+    listing = git.run("ls-tree", "-r", "-z", "-l", "--full-tree", commit, strip=False, check=check)
+    out = []
     for item in listing.split("\0"):
         meta, _, path = item.partition("\t")
         fields = meta.split()  # mode, type, name, size
-        if len(fields) == 4 and fields[1] == "blob" and fields[3].isdigit() and int(fields[3]) <= MAX_FILE_BYTES \
-                and wanted(path):  # (a big data file in git is not held in memory for this)
-            names.append((path, fields[2]))
+        if len(fields) == 4 and fields[1] == "blob" and fields[3].isdigit():
+            out.append((path, fields[0], fields[2], int(fields[3])))
+    return out
+
+
+def task_blobs(git: Git, commit: str, wanted: Callable[[str], bool]) -> list[tuple[str, str, bytes]]:
+    """The files of `commit` that are `wanted`, as (path, object name, content) read from the
+    object store (one `ls-tree` and one `cat-file --batch`)."""
+    names = [(path, sha) for path, _, sha, size in tree_blobs(git, commit)
+             if size <= MAX_FILE_BYTES and wanted(path)]  # (a big data file in git is not held in memory for this)
     if not names:
         return []
     out = subprocess.run(["git", *SAFE, "cat-file", "--batch"], cwd=git.root, env=git._env,
@@ -58,7 +64,8 @@ def _loose(common_dir: Path, sha: str) -> Path:
     return common_dir / "objects" / sha[:2] / sha[2:]
 
 
-def _object_name(sha: str, content: bytes) -> str:
+def object_name(sha: str, content: bytes) -> str:
+    """The name git gives `content` as a blob, in the hash of `sha` (sha1, or sha256)."""
     return hashlib.new("sha1" if len(sha) == 40 else "sha256", _raw(content)).hexdigest()
 
 
@@ -69,7 +76,7 @@ def forged_blobs(common_dir: Path, blobs: list[tuple[str, str, bytes]]) -> list[
     a missing object is safer than a lying one (the same content added again is written anew)."""
     bad = []
     for path, sha, content in blobs:
-        if _object_name(sha, content) != sha:
+        if object_name(sha, content) != sha:
             bad.append(path)
             _loose(common_dir, sha).unlink(missing_ok=True)
     return bad

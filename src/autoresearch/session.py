@@ -282,6 +282,13 @@ def check_measurement(ledger: Ledger, task: Task, tag: str) -> None:
                          "task file back")
 
 
+def missing_refs(tag: str, trials: list[Trial], existing: dict[str, str]) -> dict[str, str]:
+    """The trial refs of `tag` that do not hold their trial's commit, as `existing` (the tag's
+    refs) has them: ref -> the commit it should hold."""
+    return {trial_ref(tag, t.number): t.commit for t in trials
+            if t.commit and existing.get(trial_ref(tag, t.number)) != t.commit}
+
+
 def repair(s: Session) -> list[Trial]:
     """Make a killed loop's leftovers consistent; returns the trials marked interrupted."""
     kill_owned(s.owner)
@@ -321,8 +328,7 @@ def repair(s: Session) -> list[Trial]:
                     reason=t.reason or "the loop stopped while this trial was in flight")
         s.ledger.finish(t)
         interrupted.append(t)
-    missing = {trial_ref(s.tag, t.number): t.commit for t in s.ledger.trials()
-               if t.commit and existing.get(trial_ref(s.tag, t.number)) != t.commit}
+    missing = missing_refs(s.tag, s.ledger.trials(), existing)
     if missing:  # (a commit pruned by someone running git gc cannot come back; it stays listed)
         present = s.git.present({c for c in missing.values() if c})
         s.git.update_refs({r: c for r, c in missing.items() if c in present})

@@ -128,16 +128,17 @@ def refs_warnings(root: Path, tag: str, trials: list[Trial], best: Trial | None)
     """What the tag's git refs say otherwise than its ledger: its branch elsewhere than the best
     trial's commit, trial refs gone or moved (by something other than the loop, e.g. another
     tag's agent; `run --tag T` puts them back, from the ledger)."""
+    from autoresearch.session import branch_ref, missing_refs, trial_ref
+
     git = Git(root)
-    refs = git.refs(f"refs/autoresearch/{tag}/trials/")
     fix = f"`autoresearch run --tag {tag} --trials 0` puts {{}} back"
     out = []
-    branch = git.rev(f"refs/heads/autoresearch/{tag}")
+    branch = git.rev(branch_ref(tag))
     if best is not None and best.commit and branch != best.commit:
         out.append(f"warning: branch autoresearch/{tag} is at {branch[:7] if branch else 'nothing'}, not the best "
                    f"trial's commit {best.short}: something else moved it; {fix.format('it')}")
-    lost = [t.number for t in trials if t.commit and t.status.finished
-            and refs.get(f"refs/autoresearch/{tag}/trials/{t.number}") != t.commit]
+    missing = missing_refs(tag, [t for t in trials if t.status.finished], git.refs(f"refs/autoresearch/{tag}/"))
+    lost = [t.number for t in trials if trial_ref(tag, t.number) in missing]
     if lost:
         shown = ", ".join(map(str, lost[:10])) + (" ..." if len(lost) > 10 else "")
         out.append(f"warning: the refs of trial{'s' if len(lost) > 1 else ''} {shown} are gone or moved "

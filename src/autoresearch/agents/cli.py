@@ -212,20 +212,19 @@ class CommandAgent(BaseAgent):
         return printed, -1 if result.returncode is None else result.returncode
 
 
-def redact_log(path: Path, offset: int) -> str:
-    """What the tool wrote to its log from `offset`, with keys redacted in the file too (a tool
-    may print its key in an error message)."""
-    text = _read_from(path, offset)
+def redact_log(path: Path, offset: int) -> None:
+    """Redact the keys in what the agent wrote to its log from `offset` (a tool may print its key
+    in an error message, an agent its environment)."""
+    text = read_from(path, offset)
     clean = redact(text)
     if clean != text:
         with open(path, "r+b") as f:
             f.seek(offset)
             f.truncate()
             f.write(clean.encode("utf-8"))
-    return clean
 
 
-def _read_from(path: Path, offset: int) -> str:
+def read_from(path: Path, offset: int) -> str:
     try:
         with open(path, "rb") as f:
             f.seek(offset)

@@ -411,8 +411,8 @@ class PresetAgent(CommandAgent):
         try:
             printed, returncode = self.execute(ctx)
         except AgentError as e:  # stopped, or timed out
-            raise AgentError(redact(self.hinted(str(e), cli.redact_log(ctx.log_path, start))), model=self.model) from None
-        output = cli.redact_log(ctx.log_path, start)
+            raise AgentError(redact(self.hinted(str(e), cli.read_from(ctx.log_path, start))), model=self.model) from None
+        output = cli.read_from(ctx.log_path, start)  # (execute redacted the keys in it)
         text = read_plain(own_dir(ctx) / "description")
         try:  # the tool's own error report, whatever its exit code: the clearest reason there is
             info = self.report(output)

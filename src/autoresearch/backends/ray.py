@@ -411,9 +411,8 @@ class RayBackend:
         if back.metric is not None and self.metric_file:
             (spec.run_dir / self.metric_file).parent.mkdir(parents=True, exist_ok=True)
             (spec.run_dir / self.metric_file).write_bytes(back.metric)
-        elif self.metric_file and not spec.evaluate and self.metric_file not in spec.protected:
-            # the run wrote none: the one this worktree has (the commit's) is not its result
-            (spec.workdir / self.metric_file).unlink(missing_ok=True)
+        if back.result.stale:  # the run wrote none: the one this worktree has (the commit's) is not its result
+            (spec.workdir / back.result.stale).unlink(missing_ok=True)
         return back.result
 
     def _failed(self, spec: ExecSpec, e: Exception, cancel: threading.Event, seconds: float) -> ExecResult:
