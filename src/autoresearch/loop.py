@@ -111,8 +111,9 @@ class Loop:
         self.ended = ""  # why it stopped, whatever the reason
         self.measure = Measurer(session, self.backend, self.events, self.cancel, self.bin_dir, self.opt.sandbox)
         self.measure.beside = len(self.slots) + self.ahead > 1  # (an agent working ahead runs beside too)
-        if not self.opt.sandbox and seal_warning(self.task, self.measure.beside and not self.backend.remote):
-            self.events.message(seal_warning(self.task, self.measure.beside and not self.backend.remote))
+        unsealed = "" if self.opt.sandbox else seal_warning(self.task, self.measure.beside and not self.backend.remote)
+        if unsealed:
+            self.events.message(unsealed)
         root_files = list_files(self.task.root)
         for warning in task_warnings(self.task, root_files, {r for r, _ in self.measure.setup.shared}, self.backend.remote):
             self.events.message(f"autoresearch: warning: {warning}")
