@@ -375,3 +375,26 @@ def test_text_only_replies_from_a_model_that_has_used_tools_are_not_fatal(tmp_pa
     t = ledger(repo)
     assert [x.status for x in t] == [Status.KEEP, Status.KEEP] + [Status.AGENT_ERROR] * 3
     assert all("did not change any file" in x.reason for x in t[2:])
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_big_write_is_not_sent_again_on_every_step(tmp_path: Path, kind: str) -> None:
+    """A whole file the model wrote rides in its own tool call, which every later request
+    repeats; past the context budget an old call's big argument is stubbed, as old tool
+    outputs are, so a long conversation does not pay for it again and again."""
+    from conftest import EXPERIMENT
+
+    pad = "# " + "padding " * 8000 + "\n"  # about 64 KB
+    repo = make_task(tmp_path / "task")
+    script = [Say("", [("write_file", {"path": "exp.py", "content": EXPERIMENT.replace("X = 3.0", "X = 1.0") + pad})]),
+              *[Say("", [("read_file", {"path": "prepare.py"})]) for _ in range(4)],
+              Say("", [("finish", {"description": "set X to 1.0, with a long comment"})])]
+    with FakeLLM(kind, script) as fake:
+        r = run_llm(repo, fake, env={"AUTORESEARCH_LLM_CONTEXT": "20000"})
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert ledger(repo)[1].status == Status.KEEP
+    assert pad.strip() in branch_file(repo)  # the file itself is whole
+    sizes = [len(json.dumps(q["body"])) for q in fake.requests if q["body"].get("messages")]
+    assert len(sizes) == 6, sizes
+    assert sizes[1] > 64_000  # the next step still shows the model its own call
+    assert max(sizes[4:]) < 40_000, sizes  # later ones no longer carry it

@@ -162,17 +162,26 @@ def first_message(ctx: Context, budget: int, role: str = "") -> str:
 
 
 def elide(messages: list[dict[str, Any]], budget: int) -> None:
-    """Replace old tool outputs with a stub while the conversation is over `budget` chars."""
+    """While the conversation is over `budget` chars, replace old tool outputs with a stub, then
+    the long arguments of old tool calls (a whole file written, which every request repeats);
+    the last two of each are kept whole."""
     def size() -> int:
         return sum(len(str(m.get("content", ""))) + sum(len(r["content"]) for r in m.get("results", []))
+                   + sum(len(str(v)) for c in m.get("tool_calls") or [] for v in c.arguments.values())
                    for m in messages)
-    tool_msgs = [m for m in messages if m["role"] == "tool"][:-2]
-    for m in tool_msgs:
-        if size() <= budget:
-            return
+    for m in [m for m in messages if m["role"] == "tool"][:-2]:
         for r in m["results"]:
+            if size() <= budget:
+                return
             if len(r["content"]) > 200:
                 r["content"] = f"[output elided to save context ({len(r['content'])} chars); call the tool again if needed]"
+    for m in [m for m in messages if m.get("tool_calls")][:-2]:
+        for c in m["tool_calls"]:
+            for k, v in c.arguments.items():
+                if size() <= budget:
+                    return
+                if isinstance(v, str) and len(v) > 200:
+                    c.arguments[k] = f"[elided to save context ({len(v)} chars); read the file for what it holds now]"
 
 
 # ---------------------------------------------------------------------------
