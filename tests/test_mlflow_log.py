@@ -79,3 +79,17 @@ def test_run_with_an_unusable_mlflow_uri_stops_before_the_tag_is_made(tmp_path: 
     assert result.returncode == 2 and "--mlflow bogus://nowhere" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not (repo / ".autoresearch").exists()
+
+
+def test_a_store_inside_the_repository_does_not_make_it_dirty(tmp_path: Path) -> None:
+    """The README's `--mlflow ./mlruns`, run from the task's folder: the store made there is
+    ignored through .git/info/exclude, so the next run (a resume, another tag) still starts."""
+    pytest.importorskip("mlflow")
+    from conftest import git, make_task
+
+    repo = make_task(tmp_path / "task")
+    for tag, uri in (("a", "./mlruns"), ("a", "./mlruns"), ("b", "file:./mlruns")):
+        r = cli("run", "--tag", tag, "--trials", "1", "--mlflow", uri, cwd=repo, timeout=120)
+        assert r.returncode == 0, r.stderr
+    assert sorted(mlflow_runs(repo / "mlruns", "autoresearch/t/a")) == ["0", "1", "2"]  # (resumed)
+    assert git(repo, "status", "--porcelain") == ""

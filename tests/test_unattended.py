@@ -134,3 +134,20 @@ def test_status_says_how_and_when_the_last_run_ended(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
     assert "stopped by a signal" in cli("status", str(other), "--tag", "t").stdout
+
+
+def test_status_keeps_the_end_of_a_long_reason_and_last_0_shows_no_trial(tmp_path: Path) -> None:
+    """A failed baseline's reason names its log and what to do at its end: a long one (a deep
+    path) is cut in the middle for `status`, never at the end; `--last 0` lists no trial."""
+    from conftest import cli
+
+    root = make_task(tmp_path / ("deep-folder-" * 15) / ("deeper-" * 20) / "task", experiment="X = 3.0\nprint('no figure here')\n")
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1")
+    assert r.returncode == 1
+    out = cli("status", str(root), "--tag", "t").stdout
+    ended = next(line for line in out.splitlines() if line.startswith("last run:"))
+    assert ended.endswith("fix it, commit, and start a new --tag)"), ended
+    assert " ... " in ended and len(ended) < 600
+    brief = cli("status", str(root), "--tag", "t", "--last", "0").stdout
+    assert "tag t: 1 trial" in brief
+    assert not any(line.startswith("0 ") for line in brief.splitlines()), brief

@@ -47,6 +47,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def _at_least_one(text: str) -> int:
     try:
         value = int(text)
@@ -113,7 +130,7 @@ def _add_agent_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", default=None, help="an OpenAI-compatible server's URL")
     p.add_argument("--sampler", default=None, choices=["tpe", "random", "cmaes", "gp"],
                    help="the search agent's Optuna sampler (default: [agent] sampler, else tpe)")
-    p.add_argument("--llm-share", type=float, default=None,
+    p.add_argument("--llm-share", type=_share, default=None,
                    help="for --agent hybrid: the LLM's share of trials (default: [agent] llm_share, else 0.3)")
     p.add_argument("--max-cost", type=_positive_float, default=None, help="stop when the LLM cost reaches this many USD")
 
@@ -142,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, help="the Ray cluster, e.g. 10.0.0.1:6379 (implies --backend ray; default: RAY_ADDRESS, the local `ray start` cluster, or a new local instance)")
     p.add_argument("--trial-resources", default=None, help="for --backend ray: what each trial asks for, e.g. gpu=1,cpu=8,memory=32G (default: gpu=1 when the cluster has GPUs, else cpu=1)")
     p.add_argument("--sandbox", action="store_true", help="run experiments with no network and writes confined to the trial's folders (bubblewrap)")
-    p.add_argument("--seed", type=int, default=0, help="AUTORESEARCH_SEED of a trial's first run")
+    p.add_argument("--seed", type=int, default=0, help="seeds the search agent's sampler, and is AUTORESEARCH_SEED of a trial's first run (default 0)")
     p.add_argument("--keep-runs", action="store_true", help="keep every trial's run folder (default: only the best's)")
     p.add_argument("--mlflow", default=None, help="log each trial to MLflow at this tracking URI")
     _add_agent_args(p)
@@ -190,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="a live report page on 127.0.0.1 that follows a running loop")
     p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
     p.add_argument("--tag", default=None, help="the tag to follow (default: the latest; one not started yet is waited for)")
-    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 picks a free one)")
+    p.add_argument("--port", type=_port, default=8765, help="port on 127.0.0.1 (default 8765; 0 picks a free one)")
     return parser
 
 
@@ -209,12 +226,15 @@ def _events(task):  # noqa: ANN001, ANN202
 
 
 def ended_by(error: BaseException) -> str:
-    """Why a run that raised `error` ended, in a few words for `status`."""
+    """Why a run that raised `error` ended, in a few words for `status` (a long reason is cut in
+    the middle: its end names the log and what to do)."""
+    from autoresearch.views import clip
+
     if isinstance(error, KeyboardInterrupt):
         return "stopped by a signal"
     if isinstance(error, AutoresearchError):
-        return f"stopped: {error}"[:300]
-    return f"crashed: {type(error).__name__}: {error}"[:300]
+        return clip(f"stopped: {error}", 500)
+    return clip(f"crashed: {type(error).__name__}: {error}", 500)
 
 
 def stop_signals() -> list[signal.Signals]:

@@ -160,7 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     minutes = (trials + (not resumed)) * (task.time_budget + OVERHEAD) / 60
     what = f"{trials} more trial{'s' * (trials != 1)}" if resumed else \
         f"the baseline and {trials} trial{'s' * (trials != 1)}"
-    print(f"{what} of {task.time_budget:g} s each with the {agent.name} agent: about {minutes:.0f} min"
+    print(f"{what} of {task.time_budget:g} s each with the {agent.name} agent: about {max(minutes, 1):.0f} min"
           + ("" if resumed else " (plus building the corpus once)"), flush=True)
     session = open_session(task, TAG)
     session.ledger.set_meta("agent_options", options_record(opts))

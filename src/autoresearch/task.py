@@ -286,7 +286,9 @@ def _load_agent(data: dict[str, Any]) -> dict[str, Any]:
         _get_number(table, "timeout", "agent.", 0.0)
     kind = table.get("kind")
     if kind is not None and kind not in AGENT_KINDS:
-        raise TaskError(f"{TASK_FILE}: 'agent.kind' must be one of {', '.join(AGENT_KINDS)}, got {kind!r}")
+        near = difflib.get_close_matches(str(kind), AGENT_KINDS, n=1, cutoff=0.6)
+        raise TaskError(f"{TASK_FILE}: 'agent.kind' must be one of {', '.join(AGENT_KINDS)}, got {kind!r}"
+                        + (f" (did you mean '{near[0]}'?)" if near else ""))
     if kind == "cli" and not table.get("cmd"):
         raise TaskError(f"{TASK_FILE}: 'agent.kind' is \"cli\" but 'agent.cmd' is not set (the command, "
                         "with {prompt_file})")
@@ -326,6 +328,8 @@ def load_task(root: str | os.PathLike[str]) -> Task:
     """Read and validate `<root>/autoresearch.toml`."""
     root = Path(root).resolve()
     path = root / TASK_FILE
+    if not root.is_dir():
+        raise TaskError(f"no such folder: {root}")
     if not path.is_file():
         raise TaskError(f"no {TASK_FILE} in {root} (create one with `autoresearch init`)")
     try:

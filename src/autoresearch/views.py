@@ -80,7 +80,7 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     finally:
         led.close()
     metric = led.metric_name
-    shown = trials[-limit:] if limit else trials
+    shown = trials if limit is None else trials[len(trials) - limit:] if limit else []
     rows = [("#", "commit", "status", metric, *([holdout] if holdout else []), "seconds", "description")]
     running = [t.number for t in trials if t.status.value == "running"]
     alive = Ledger.loop_running(tag_dir(root, tag)) if running else True

@@ -68,7 +68,7 @@ def cmd_space(args: argparse.Namespace) -> int:
                                 f"({files}): the search agent tunes module-level UPPER_CASE numbers "
                                 "and booleans, or constants with a `# search:` comment")
     print(space_table(space))
-    print(f"{len(space.params)} constants in {', '.join(space.searched_files)}; set a range with "
+    print(f"{len(space.params)} constant{'s' * (len(space.params) != 1)} in {', '.join(space.searched_files)}; set a range with "
           "`# search: LOW..HIGH [log] [int]`, leave one out with `# search: off`")
     return 0
 
@@ -104,5 +104,5 @@ def _tag_space(task: Task, tag: str) -> int:
     print(f"tag {tag}: the best code (trial {best.number}, {best.commit[:7]}, {led.metric_name} "
           f"{best.metric:.6g}) beside its baseline (trial 0, {base.commit[:7]}); '=' unchanged")
     print(space_table(space, baseline))
-    print(f"{len(space.params)} constants in {', '.join(space.searched_files)}, {moved} moved from the baseline")
+    print(f"{len(space.params)} constant{'s' * (len(space.params) != 1)} in {', '.join(space.searched_files)}, {moved} moved from the baseline")
     return 0

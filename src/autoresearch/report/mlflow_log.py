@@ -16,6 +16,7 @@ import re
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from autoresearch.errors import UsageError
 from autoresearch.ledger import clean_text
@@ -34,6 +35,33 @@ def _is_local_store(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file:")
 
 
+def local_store(uri: str) -> Path | None:
+    """The folder or file a tracking URI on this machine writes (a path, file:, sqlite:///)."""
+    if "://" not in uri and not uri.startswith("file:"):
+        return Path(uri)
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        return Path(unquote(parts.path))
+    if parts.scheme == "sqlite" and parts.path not in ("", "/", "/:memory:"):
+        return Path(unquote(parts.path[1:]))
+    return None
+
+
+def keep_out_of_git(uri: str, root: Path | str | None) -> None:
+    """A store inside the task's repository is ignored through .git/info/exclude: made there, it
+    would leave the repository dirty, and the next `run` would refuse to start."""
+    path = local_store(uri)
+    git = _git(root) if path is not None and root is not None else None
+    if git is None or path is None:
+        return
+    try:
+        rel = (Path.cwd() / path).resolve().relative_to(git.root.resolve())
+    except ValueError:
+        return
+    if rel.parts and rel.parts[0] != ".git":
+        git.exclude("/" + rel.as_posix())
+
+
 def _metric_name(name: str) -> str:
     return _NAME.sub("_", name) or "_"
 
@@ -49,7 +77,8 @@ def run_status(status: Status) -> str:
 class MlflowSink:
     """One MLflow experiment at one tracking URI; `log` records a finished trial once."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, root: Path | str | None = None) -> None:
+        keep_out_of_git(uri, root)
         if _is_local_store(uri):
             # MLflow keeps its file store behind an opt-in; the user asked for this store.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -130,7 +159,7 @@ class MlflowSink:
 
 def export_study(study: Any, uri: str) -> int:
     """Log every finished trial of a Study not logged before; returns how many were new."""
-    sink = MlflowSink(uri, experiment_name(study.task_name, study.tag))
+    sink = MlflowSink(uri, experiment_name(study.task_name, study.tag), study.root)
     git = _git(study.root)
     new = 0
     for t in study.finished:
@@ -142,7 +171,7 @@ def export_study(study: Any, uri: str) -> int:
     return new
 
 
-def _git(root: str | None):  # noqa: ANN202
+def _git(root: Path | str | None):  # noqa: ANN202
     if not root:
         return None
     from autoresearch.gitrepo import Git
@@ -204,5 +233,5 @@ class MlflowEvents:
 
 def mlflow_events(inner: Any, uri: str, task: Any, tag: str) -> MlflowEvents:
     """Wrap the Events of `run` so that every finished trial is logged to MLflow at `uri`."""
-    sink = MlflowSink(uri, experiment_name(task.name, tag))
+    sink = MlflowSink(uri, experiment_name(task.name, tag), task.root)
     return MlflowEvents(inner, sink, task.metric.name, tag, task.root)
