@@ -447,7 +447,7 @@ echo "X = 1$AUTORESEARCH_TRIAL"
 """
 
 
-@pytest.mark.parametrize("bwrap", ["working", "broken"])
+@pytest.mark.parametrize("bwrap", ["working", pytest.param("broken", marks=pytest.mark.slow)])
 def test_code_written_by_a_trial_beside_it_while_it_runs_is_not_measured(tmp_path: Path, bwrap: str) -> None:
     """With --workers 2, one trial's agent wrote helper.py into the other trial's worktree while
     its experiment ran: the other trial was kept with a forged score (its commit, run again,

@@ -213,9 +213,11 @@ def test_train_py_that_replaces_the_evaluators_code_is_rejected(trained, tmp_pat
 
 @pytest.mark.parametrize("patch", [
     'import atexit\natexit.register(lambda: print("val_bpb:          0.100000"))',
-    'import threading, time\nthreading.Thread(target=lambda: (time.sleep(3), print("val_bpb: 0.1")), daemon=False).start()',
-    'class _W:\n    def __init__(self, s): self.s = s\n    def write(self, t): return self.s.write(t.replace("val_bpb:", "val_bpb: 0.1 #"))\n'
-    '    def flush(self): self.s.flush()\nsys.stdout = _W(sys.stdout)',
+    pytest.param('import threading, time\nthreading.Thread(target=lambda: (time.sleep(3), print("val_bpb: 0.1")), '
+                 'daemon=False).start()', marks=pytest.mark.slow),
+    pytest.param('class _W:\n    def __init__(self, s): self.s = s\n    def write(self, t): return self.s.write(t.replace('
+                 '"val_bpb:", "val_bpb: 0.1 #"))\n    def flush(self): self.s.flush()\nsys.stdout = _W(sys.stdout)',
+                 marks=pytest.mark.slow),
 ])
 def test_what_train_py_prints_cannot_follow_or_rewrite_the_figures(trained, tmp_path, patch):
     """Red team, round 3: an atexit handler or a thread printing a figure after the evaluator's,
