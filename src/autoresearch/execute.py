@@ -27,7 +27,7 @@ from pathlib import Path
 from autoresearch import guard
 from autoresearch.metrics import redact
 from autoresearch.objects import object_name
-from autoresearch.process import read_tail, run_command, trim_log
+from autoresearch.process import ProcResult, read_tail, run_command, trim_log
 
 SECRET_ENV = re.compile(r"(API_KEY|_TOKEN|SECRET|PASSWORD|ACCESS_KEY)", re.IGNORECASE)
 
@@ -185,7 +185,12 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
             metric.unlink(missing_ok=True)
             stale = spec.eval_file or ""
         return ExecResult("ok", 0, proc.seconds, output, stale=stale)
-    # The evaluator: a fresh process on the trial's committed files and what the run left.
+    return _evaluate(spec, spec.evaluate, env, proc, output, restore, cancel)
+
+
+def _evaluate(spec: ExecSpec, command: str, env: dict[str, str], proc: ProcResult, output: str,
+              restore: Callable[[], None] | None, cancel: threading.Event | None) -> ExecResult:
+    """The evaluator: a fresh process on the trial's committed files and what the run left."""
     if restore is not None:
         restore()
     tampered = tuple(guard.changed_files(spec.protected, spec.workdir))
@@ -200,12 +205,12 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
     # the experiment's wall time, measured here: an evaluator may hold it against the time budget
     eval_env = {**env, "AUTORESEARCH_EXPERIMENT_SECONDS": f"{proc.seconds:.3f}"}
     seen, early = _identities(spec.workdir, spec.watched), _not_commit(spec.workdir, spec.watched)
-    ev = run_command(_wrapped(spec, spec.evaluate), spec.workdir, eval_env, spec.timeout, eval_log,
+    ev = run_command(_wrapped(spec, command), spec.workdir, eval_env, spec.timeout, eval_log,
                      cancel=cancel, owner=spec.owner)
     trim_log(eval_log)
     eval_output = read_tail(eval_log)
     with open(spec.log_path, "a", encoding="utf-8", errors="replace") as log:
-        log.write(f"\n=== evaluate: {spec.evaluate} (exit {ev.returncode}, {ev.seconds:.1f}s) ===\n")
+        log.write(f"\n=== evaluate: {command} (exit {ev.returncode}, {ev.seconds:.1f}s) ===\n")
         log.write(redact(eval_output, spec.holdout))
     if ev.cancelled:
         return ExecResult("cancelled", ev.returncode, proc.seconds, output, eval_output, ev.seconds)

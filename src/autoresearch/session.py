@@ -92,38 +92,10 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
     git.exclude(f"/{LEDGER_DIR}/")
     shield(git, task.root / LEDGER_DIR)
     exists = (tag_dir(task.root, tag) / "ledger.sqlite").exists()
-    branch = branch_ref(tag)
-    if not allow_dirty and git.run("symbolic-ref", "-q", "HEAD", check=False).strip() == branch:
-        raise UsageError(f"you have autoresearch/{tag} checked out, and the loop moves it: check out "
-                         "another branch first (e.g. `git checkout main`)")
-    if exists and not allow_dirty:  # the task file is read from your checkout: what a resumed run
-        # measures by must be what is committed (an agent that widened `editable` there is noticed)
-        if TASK_FILE in git.dirty_paths():
-            raise UsageError(f"{TASK_FILE} has uncommitted changes: commit them to resume tag {tag} with them, "
-                             f"or undo them (`git -C {shlex.quote(str(task.root))} checkout -- {TASK_FILE}`)")
-    def refuse_dirty() -> None:
-        dirty = [p for p in git.dirty_paths() if not p.startswith(f"{LEDGER_DIR}/")]
-        if dirty and not allow_dirty:
-            shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
-            raise UsageError(f"the repository has uncommitted changes ({shown}): commit or stash them first "
-                             "(`git stash -u` takes untracked files too; trials run the committed code; output "
-                             "folders belong in .gitignore)")
-
+    _check_checkout(git, tag, exists, allow_dirty)
     if not exists:
-        refuse_dirty()
-        if git.rev(branch) and not git.refs(f"refs/autoresearch/{tag}/"):
-            raise UsageError(f"a branch autoresearch/{tag} already exists, and the loop works on a branch of "
-                             f"that name: choose another --tag, or rename your branch "
-                             f"(`git branch -m autoresearch/{tag} NEW-NAME`)")
-        if git.rev(branch):
-            raise UsageError(f"branch autoresearch/{tag} exists but {tag_dir(task.root, tag)} holds no ledger (deleted, "
-                             f"e.g. by `git clean -ffdx`; its trial commits are still under refs/autoresearch/{tag}/): "
-                             f"choose another --tag, or free this one with `git branch -D autoresearch/{tag}`")
-        clash = ["autoresearch"] if git.rev("refs/heads/autoresearch") else [
-            r.removeprefix("refs/heads/") for r in git.refs(f"refs/heads/autoresearch/{tag}/")]
-        if clash:
-            raise UsageError(f"git cannot make branch autoresearch/{tag} beside the existing branch "
-                             f"{clash[0]}: rename that branch, or choose another --tag")
+        _refuse_dirty(git, allow_dirty)
+        _check_new_tag(git, task, tag)
     ledger = Ledger.open(task.root, tag, task.metric.name)
     ledger.acquire()
     try:
@@ -132,29 +104,9 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
             check_measurement(ledger, task, tag)
         ledger.set_meta("measurement", json.dumps(task.measurement(), sort_keys=True))
         if not exists or ledger.get_meta("base") is None or restarted:
-            # The ledger first, the branch last: a first run stopped in between (killed, disk
-            # full) left a branch without a base, and every later run refused the tag. A tag
-            # with no trial yet (its setup failed) starts again from your HEAD, with your fix.
             if restarted:
-                refuse_dirty()  # (a fix not committed would be left out)
-            old, at = ledger.get_meta("base"), git.rev(branch)
-            base = git.head()
-            ledger.set_meta("metric_name", task.metric.name)
-            ledger.set_meta("goal", task.metric.goal)
-            ledger.set_meta("created", str(time.time()))
-            ledger.set_meta("user_branch", git.current_branch() or "")
-            ledger.set_meta("base", base)
-            verify: dict[str, str | None] | None = ({branch: None} if not exists or at is None
-                                                    else {branch: old} if old else None)
-            try:
-                git.update_refs({branch: base}, verify=verify)
-            except GitError:
-                if not (exists and at):
-                    raise
-                raise UsageError(f"branch autoresearch/{tag} has commits the tag did not make (it is at {at[:7]}, "
-                                 f"not at {(old or '')[:7]} where the tag started): the tag has no trial yet and "
-                                 "would start again from your HEAD; merge that branch into yours, or delete it "
-                                 f"(`git branch -D autoresearch/{tag}`), then run again") from None
+                _refuse_dirty(git, allow_dirty)  # (a fix not committed would be left out)
+            _start_tag(git, ledger, task, tag, exists)
         base = ledger.get_meta("base") or git.head()
         session = Session(task=task, git=git, ledger=ledger, tag=tag, base=base, resumed=exists,
                           user_head=git.rev("HEAD"), restarted=restarted)
@@ -169,6 +121,74 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
         ledger.close()
         raise
     return session
+
+
+def _check_checkout(git: Git, tag: str, exists: bool, allow_dirty: bool) -> None:
+    """The tag's branch is not checked out, and a resumed tag's task file is the committed one."""
+    if allow_dirty:
+        return
+    if git.run("symbolic-ref", "-q", "HEAD", check=False).strip() == branch_ref(tag):
+        raise UsageError(f"you have autoresearch/{tag} checked out, and the loop moves it: check out "
+                         "another branch first (e.g. `git checkout main`)")
+    # the task file is read from your checkout: what a resumed run measures by must be what is
+    # committed (an agent that widened `editable` there is noticed)
+    if exists and TASK_FILE in git.dirty_paths():
+        raise UsageError(f"{TASK_FILE} has uncommitted changes: commit them to resume tag {tag} with them, "
+                         f"or undo them (`git -C {shlex.quote(str(git.root))} checkout -- {TASK_FILE}`)")
+
+
+def _refuse_dirty(git: Git, allow_dirty: bool) -> None:
+    dirty = [p for p in git.dirty_paths() if not p.startswith(f"{LEDGER_DIR}/")]
+    if dirty and not allow_dirty:
+        shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
+        raise UsageError(f"the repository has uncommitted changes ({shown}): commit or stash them first "
+                         "(`git stash -u` takes untracked files too; trials run the committed code; output "
+                         "folders belong in .gitignore)")
+
+
+def _check_new_tag(git: Git, task: Task, tag: str) -> None:
+    """A new tag's branch name is free (no branch of the user's, no branch it would clash with)."""
+    branch = branch_ref(tag)
+    if git.rev(branch) and not git.refs(f"refs/autoresearch/{tag}/"):
+        raise UsageError(f"a branch autoresearch/{tag} already exists, and the loop works on a branch of "
+                         f"that name: choose another --tag, or rename your branch "
+                         f"(`git branch -m autoresearch/{tag} NEW-NAME`)")
+    if git.rev(branch):
+        raise UsageError(f"branch autoresearch/{tag} exists but {tag_dir(task.root, tag)} holds no ledger (deleted, "
+                         f"e.g. by `git clean -ffdx`; its trial commits are still under refs/autoresearch/{tag}/): "
+                         f"choose another --tag, or free this one with `git branch -D autoresearch/{tag}`")
+    clash = ["autoresearch"] if git.rev("refs/heads/autoresearch") else [
+        r.removeprefix("refs/heads/") for r in git.refs(f"refs/heads/autoresearch/{tag}/")]
+    if clash:
+        raise UsageError(f"git cannot make branch autoresearch/{tag} beside the existing branch "
+                         f"{clash[0]}: rename that branch, or choose another --tag")
+
+
+def _start_tag(git: Git, ledger: Ledger, task: Task, tag: str, exists: bool) -> None:
+    """Record the tag's start in the ledger, then make its branch at your HEAD.
+
+    The ledger first, the branch last: a first run stopped in between (killed, disk full) left a
+    branch without a base, and every later run refused the tag. A tag with no trial yet (its
+    setup failed) starts again from your HEAD, with your fix."""
+    branch = branch_ref(tag)
+    old, at = ledger.get_meta("base"), git.rev(branch)
+    base = git.head()
+    ledger.set_meta("metric_name", task.metric.name)
+    ledger.set_meta("goal", task.metric.goal)
+    ledger.set_meta("created", str(time.time()))
+    ledger.set_meta("user_branch", git.current_branch() or "")
+    ledger.set_meta("base", base)
+    verify: dict[str, str | None] | None = ({branch: None} if not exists or at is None
+                                            else {branch: old} if old else None)
+    try:
+        git.update_refs({branch: base}, verify=verify)
+    except GitError:
+        if not (exists and at):
+            raise
+        raise UsageError(f"branch autoresearch/{tag} has commits the tag did not make (it is at {at[:7]}, "
+                         f"not at {(old or '')[:7]} where the tag started): the tag has no trial yet and "
+                         "would start again from your HEAD; merge that branch into yours, or delete it "
+                         f"(`git branch -D autoresearch/{tag}`), then run again") from None
 
 
 def write_refs(s: Session, t: Trial, best: str | None) -> dict[str, str]:
