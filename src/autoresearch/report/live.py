@@ -54,7 +54,7 @@ class LiveEvents:
     """A rich Live display fed by the loop's events."""
 
     def __init__(self, task_name: str, metric: str, minimize: bool, holdout: str | None = None,
-                 console: Console | None = None, last: int = 8, refresh: float = 2.0) -> None:
+                 console: Console | None = None, last: int = 8, refresh: float = 1.0) -> None:
         self.task_name = task_name
         self.metric = metric
         self.minimize = minimize
