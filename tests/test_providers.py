@@ -46,6 +46,18 @@ def test_faults_are_retried_then_recorded(tmp_path: Path, kind: str, fault: Faul
         assert times[5] - times[4] >= 0.3  # retry-after respected
 
 
+def test_a_reply_with_no_choices_is_retried_and_its_tokens_counted(tmp_path: Path) -> None:
+    """A router's reply with no choices but a usage block (an upstream failure, billed all the
+    same) is retried, and the tokens it reports count toward the trial's spend and --max-cost."""
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", [Fault("no-choices"), *good_edit()]) as fake:
+        r = run_llm(repo, fake)
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert t[1].status == Status.KEEP
+    assert (t[1].tokens_in, t[1].tokens_out) == (500 + 3 * 1000, 7 + 3 * 100)
+
+
 def test_permanent_errors_are_not_retried(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task")
     with FakeLLM("openai", [Fault("401"), *good_edit()]) as fake:

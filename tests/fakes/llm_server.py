@@ -48,7 +48,7 @@ class Say:
 
 @dataclass
 class Fault:
-    kind: str  # 429 | 500 | 401 | 400 | 422 | hang | malformed | bad-shape
+    kind: str  # 429 | 500 | 401 | 400 | 422 | hang | malformed | bad-shape | no-choices
     retry_after: float | None = None
     seconds: float = 5.0
     message: str = ""  # the error's message (default: "scripted <status>")
@@ -180,6 +180,10 @@ class FakeLLM:
                     return self._raw(200, b'{"id": "x", "choices": [ {"message": ', "application/json")
                 if f.kind == "bad-shape":
                     return self._send(200, {"id": "x", "object": "surprise"})
+                if f.kind == "no-choices":  # (an upstream failure behind a router, billed all the same)
+                    return self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": fake.model,
+                                            "choices": [], "usage": {"prompt_tokens": 500, "completion_tokens": 7,
+                                                                     "total_tokens": 507}})
                 if f.kind == "401":
                     key = self._sent_key()
                     return self._send(401, error_body(fake.kind, "authentication_error",

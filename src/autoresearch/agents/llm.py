@@ -253,7 +253,8 @@ class LLMAgent(BaseAgent):
             try:
                 reply = call_with_retries(
                     lambda timeout: self.chat.complete(SYSTEM, messages, SPECS, self.limits.reply_tokens, timeout),
-                    self.policy, deadline, log, ctx.cancel, self.endpoint)
+                    self.policy, deadline, log, ctx.cancel, self.endpoint,
+                    spent=lambda i, o: spend.add(Reply("", [], i, o), self.price))
             except OutOfTime as e:
                 if e.retry_in is not None:
                     raise AgentError(f"the server asked to wait {e.retry_in:.1f} s, past the agent's time limit "

@@ -167,11 +167,12 @@ class OutOfTime(LLMError):
 
 
 class Transient(Exception):
-    """A failure worth retrying; `wait` is the server's retry-after in seconds, if any."""
+    """A failure worth retrying; `wait`: the server's retry-after (s), `spent`: tokens billed."""
 
-    def __init__(self, message: str, wait: float | None = None) -> None:
+    def __init__(self, message: str, wait: float | None = None, spent: tuple[int, int] = (0, 0)) -> None:
         super().__init__(message)
         self.wait = wait
+        self.spent = spent
 
 
 class Chat(Protocol):
@@ -184,11 +185,9 @@ def retry_after(headers: Any) -> float | None:
     if headers is None:
         return None
     try:
-        ms = headers.get("retry-after-ms")
-        if ms:
+        if ms := headers.get("retry-after-ms"):
             return max(0.0, float(ms) / 1000)
-        raw = headers.get("retry-after")
-        if not raw:
+        if not (raw := headers.get("retry-after")):
             return None
         try:
             return max(0.0, float(raw))
@@ -339,9 +338,11 @@ def _call(fn: Callable[[float], Reply], timeout: float, cancel: threading.Event 
 
 def call_with_retries(fn: Callable[[float], Reply], policy: RetryPolicy, deadline: float,
                       log: Callable[[str], None], cancel: threading.Event | None = None,
-                      endpoint: Endpoint | None = None) -> Reply:
-    """Call fn(timeout) until it succeeds, a permanent error, the attempts or the deadline run
-    out (OutOfTime), or `cancel` is set. `endpoint` names what to check in a refusal."""
+                      endpoint: Endpoint | None = None,
+                      spent: Callable[[int, int], None] | None = None) -> Reply:
+    """Call fn(timeout) until it succeeds, a permanent error, the attempts or the deadline run out
+    (OutOfTime), or `cancel` is set; `endpoint` names what to check in a refusal, `spent` hears
+    of the tokens a failed reply was billed for."""
     last = ""
     tried = 0
     for attempt in range(policy.attempts):
@@ -359,6 +360,8 @@ def call_with_retries(fn: Callable[[float], Reply], policy: RetryPolicy, deadlin
                 raise err from None
             last = str(err)
             assert isinstance(err, Transient)
+            if spent is not None and any(err.spent):
+                spent(*err.spent)
             wait = policy.delay(attempt, err.wait)
             if attempt + 1 >= policy.attempts:
                 break
@@ -412,7 +415,9 @@ class OpenAIChat:
             model=self.model, messages=_openai_messages(system, messages), tools=specs,  # type: ignore[arg-type]
             max_completion_tokens=max_tokens, timeout=timeout)
         if isinstance(r, (str, bytes)) or not getattr(r, "choices", None):
-            raise Transient("malformed reply from the API (no choices)")
+            u = None if isinstance(r, (str, bytes)) else getattr(r, "usage", None)  # (billed all the same)
+            raise Transient("malformed reply from the API (no choices)", spent=(
+                getattr(u, "prompt_tokens", 0) or 0, getattr(u, "completion_tokens", 0) or 0))
         msg = r.choices[0].message
         calls = []
         for c in msg.tool_calls or []:
