@@ -12,6 +12,7 @@ or is written to a real ledger the way the loop writes it.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,34 @@ def test_wall_time_runs_from_the_first_start_to_the_last_end_or_says_running(tmp
     finally:
         led.close()
     assert not load_study(repo, "t", details=False).looping  # the lock is gone with the loop
+
+
+def test_wall_time_leaves_out_the_hours_between_two_runs(tmp_path: Path) -> None:
+    """Run in the evening, killed in trial 2, resumed the next morning: the card counts the time
+    trials ran, not the night; the kill-to-resume span of the interrupted trial is not counted."""
+    from autoresearch.ledger import Ledger
+    from autoresearch.records import Status, Trial
+    from autoresearch.report.page import summary
+    from autoresearch.report.study import load_study
+
+    repo = new_task(tmp_path / "task")
+    led = Ledger.open(repo, "t", "loss")
+    led.set_meta("metric_name", "loss")
+    day = 3600 * 24
+    t0 = time.time() - day
+    rows = [(0, 60, Status.KEEP), (60, 60, Status.DISCARD), (120, 30, Status.INTERRUPTED),
+            (day - 600, 60, Status.DISCARD), (day - 540, 60, Status.KEEP)]
+    for i, (at, took, status) in enumerate(rows):
+        t = Trial(i, Status.RUNNING, f"try {i}", started=t0 + at)
+        led.begin(t)
+        ended = t0 + (day - 610 if status is Status.INTERRUPTED else at + took)  # (recorded on resume)
+        led.finish(t.with_(status=status, metric=3.0, figures={"loss": 3.0}, ended=ended, run_seconds=took))
+    led.close()
+    card = re.search(r"<b>wall time</b><span>([^<]+)</span><small>([^<]+)</small>",
+                     summary(load_study(repo, "t", details=False)))
+    assert card, summary(load_study(repo, "t", details=False))
+    assert card.group(1) == "4.5 min", card.groups()  # 150 s + 120 s
+    assert card.group(2).endswith("; 23.8 h with no loop running left out"), card.groups()
 
 
 def test_report_flags_that_cannot_be_used_are_one_line_errors_naming_them(ran, tmp_path: Path) -> None:

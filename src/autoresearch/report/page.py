@@ -17,6 +17,7 @@ from autoresearch.report.study import Study, outcome, plain
 DIFF_LINES = 400
 LINE_CHARS = 2000
 TAILS_SHOWN = 30
+GAP = 300.0  # seconds with no trial running: longer is time between two invocations of the loop
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d2125;background:#f6f7f9}
@@ -165,13 +166,24 @@ def summary(study: Study) -> str:
 
 
 def _wall_time(study: Study) -> list[str]:
-    """From the first trial's start to the last one's end ('running' while a loop runs)."""
-    starts = [t.started for t in study.trials if t.started]
-    ends = [t.ended for t in study.finished if t.ended]
-    if not starts or not (ends or study.looping):
+    """The time trials were running, from the first one's start to the last one's end ('running'
+    while a loop runs); a gap of over GAP seconds with no trial (the loop was not running
+    between two invocations) is left out, and said."""
+    now = time.time()
+
+    def end(t: Trial) -> float:  # (an interrupted trial's `ended` is when a later run recorded it)
+        return t.started + t.run_seconds if t.status is Status.INTERRUPTED else t.ended or now
+
+    spans = sorted((t.started, end(t)) for t in study.trials
+                   if t.started and (t.ended or t.status is Status.RUNNING and study.looping))
+    if not spans:
         return []
-    first = min(starts)
-    last = time.time() if study.looping else max(ends)
+    first, last = spans[0][0], max(b for _, b in spans)
+    idle, reach = 0.0, first
+    for a, b in spans:
+        if a - reach > GAP:
+            idle += a - reach
+        reach = max(reach, b)
     day = time.strftime("%Y-%m-%d", time.localtime(first))
 
     def when(t: float) -> str:
@@ -179,7 +191,9 @@ def _wall_time(study: Study) -> list[str]:
         return text[len(day) + 1:] if text.startswith(day) else text
 
     span = f"{day} {when(first)} → " + ("running" if study.looping else when(last))
-    return [_card("wall time", escape(_duration(last - first)), escape(span))]
+    if idle:
+        span += f"; {_duration(idle)} with no loop running left out"
+    return [_card("wall time", escape(_duration(last - first - idle)), escape(span))]
 
 
 def _duration(seconds: float) -> str:
