@@ -191,7 +191,8 @@ def test_unknown_price_is_said_and_zero(tmp_path: Path, capsys: pytest.CaptureFi
 
     from autoresearch.agents.base import Context
     from autoresearch.agents.llm import LLMAgent, make_llm
-    from autoresearch.agents.providers import RetryPolicy, make_chat, resolve
+    from autoresearch.agents.providers import make_chat, resolve
+    from autoresearch.agents.retry import RetryPolicy
     from autoresearch.task import load_task
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)

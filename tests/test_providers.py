@@ -56,6 +56,13 @@ def test_a_reply_with_no_choices_is_retried_and_its_tokens_counted(tmp_path: Pat
     t = ledger(repo)
     assert t[1].status == Status.KEEP
     assert (t[1].tokens_in, t[1].tokens_out) == (500 + 3 * 1000, 7 + 3 * 100)
+    # counts that are not numbers are no counts (0), and the reply is retried all the same
+    odd = make_task(tmp_path / "odd")
+    with FakeLLM("openai", [Fault("no-choices-odd"), *good_edit()]) as fake:
+        r = run_llm(odd, fake)
+    assert r.returncode == 0, r.stderr
+    t = ledger(odd)
+    assert t[1].status == Status.KEEP and (t[1].tokens_in, t[1].tokens_out) == (3 * 1000, 3 * 100)
 
 
 def test_permanent_errors_are_not_retried(tmp_path: Path) -> None:

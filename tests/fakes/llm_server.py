@@ -48,7 +48,7 @@ class Say:
 
 @dataclass
 class Fault:
-    kind: str  # 429 | 500 | 401 | 400 | 422 | hang | malformed | bad-shape | no-choices
+    kind: str  # 429 | 500 | 401 | 400 | 422 | hang | malformed | bad-shape | no-choices(-odd)
     retry_after: float | None = None
     seconds: float = 5.0
     message: str = ""  # the error's message (default: "scripted <status>")
@@ -180,10 +180,11 @@ class FakeLLM:
                     return self._raw(200, b'{"id": "x", "choices": [ {"message": ', "application/json")
                 if f.kind == "bad-shape":
                     return self._send(200, {"id": "x", "object": "surprise"})
-                if f.kind == "no-choices":  # (an upstream failure behind a router, billed all the same)
+                if f.kind in ("no-choices", "no-choices-odd"):  # (a router's upstream failure, billed all the same)
+                    usage = ({"prompt_tokens": 500, "completion_tokens": 7, "total_tokens": 507} if f.kind == "no-choices"
+                             else {"prompt_tokens": "500", "completion_tokens": [7], "total_tokens": -1})
                     return self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": fake.model,
-                                            "choices": [], "usage": {"prompt_tokens": 500, "completion_tokens": 7,
-                                                                     "total_tokens": 507}})
+                                            "choices": [], "usage": usage})
                 if f.kind == "401":
                     key = self._sent_key()
                     return self._send(401, error_body(fake.kind, "authentication_error",

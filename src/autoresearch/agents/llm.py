@@ -16,7 +16,8 @@ Guarantees:
 - The conversation is written to agent/<n>.log with keys redacted (each message cut to
   LOG_CHARS); keys are never logged. The tools refuse an edit that would write a key.
 - The conversation stays under a context budget: the history is condensed to fit, and old tool
-  outputs are elided as the conversation grows.
+  outputs, then the long arguments of old tool calls (a whole file written), are elided as the
+  conversation grows.
 """
 
 from __future__ import annotations
@@ -40,12 +41,10 @@ from autoresearch.agents.providers import (
     LLMError,
     OutOfTime,
     Reply,
-    RetryPolicy,
-    call_with_retries,
     make_chat,
     resolve,
-    setting,
 )
+from autoresearch.agents.retry import RetryPolicy, call_with_retries, setting
 from autoresearch.agents.secrets import key_values, redact
 from autoresearch.agents.tools import SPECS, Tools, sealed
 from autoresearch.errors import UsageError
@@ -181,7 +180,7 @@ def elide(messages: list[dict[str, Any]], budget: int) -> None:
                 if size() <= budget:
                     return
                 if isinstance(v, str) and len(v) > 200:
-                    c.arguments[k] = f"[elided to save context ({len(v)} chars); read the file for what it holds now]"
+                    c.arguments[k] = f"[elided to save context ({len(v)} chars)]"
 
 
 # ---------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from autoresearch.agents.providers import Endpoint, server_message
+from autoresearch.agents.providers import Endpoint
+from autoresearch.agents.retry import server_message
 from autoresearch.agents.secrets import redact
 from autoresearch.errors import UsageError
 
