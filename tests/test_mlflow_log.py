@@ -93,3 +93,22 @@ def test_a_store_inside_the_repository_does_not_make_it_dirty(tmp_path: Path) ->
         assert r.returncode == 0, r.stderr
     assert sorted(mlflow_runs(repo / "mlruns", "autoresearch/t/a")) == ["0", "1", "2"]  # (resumed)
     assert git(repo, "status", "--porcelain") == ""
+
+
+def test_every_local_store_kind_is_kept_out_of_git_literally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder with gitignore's special characters in its name, a file: URI, a sqlite database
+    (and the ./mlruns where MLflow puts its artifacts) are excluded as the paths they are; a
+    server or a Databricks workspace writes nothing here and adds no line."""
+    from conftest import git, make_task
+
+    from autoresearch.report.mlflow_log import keep_out_of_git
+
+    repo = make_task(tmp_path / "task")
+    monkeypatch.chdir(repo)
+    uris = ["st [1]", "file:./x y", "sqlite:///mlflow.db", "databricks", "http://127.0.0.1:5000", str(tmp_path / "out")]
+    for uri in uris:
+        keep_out_of_git(uri, repo)
+    for name in ("st [1]/a", "x y/b", "mlruns/c", "mlflow.db", "st 1/kept", "databricks/kept"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("x")
+    assert sorted(git(repo, "status", "--porcelain", "-uall").splitlines()) == ['?? "st 1/kept"', "?? databricks/kept"]

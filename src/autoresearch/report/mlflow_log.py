@@ -35,31 +35,35 @@ def _is_local_store(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file:")
 
 
-def local_store(uri: str) -> Path | None:
-    """The folder or file a tracking URI on this machine writes (a path, file:, sqlite:///)."""
+def local_stores(uri: str) -> list[Path]:
+    """The folders and files a tracking URI on this machine writes: a path or file: URI; a
+    sqlite:/// database and the artifacts MLflow puts in ./mlruns beside it."""
+    if uri.startswith("databricks"):  # (MLflow's own words for a remote workspace, not paths)
+        return []
     if "://" not in uri and not uri.startswith("file:"):
-        return Path(uri)
+        return [Path(uri)]
     parts = urlsplit(uri)
     if parts.scheme == "file":
-        return Path(unquote(parts.path))
+        return [Path(unquote(parts.path))]
     if parts.scheme == "sqlite" and parts.path not in ("", "/", "/:memory:"):
-        return Path(unquote(parts.path[1:]))
-    return None
+        return [Path(unquote(parts.path[1:])), Path("mlruns")]
+    return []
 
 
 def keep_out_of_git(uri: str, root: Path | str | None) -> None:
     """A store inside the task's repository is ignored through .git/info/exclude: made there, it
     would leave the repository dirty, and the next `run` would refuse to start."""
-    path = local_store(uri)
-    git = _git(root) if path is not None and root is not None else None
-    if git is None or path is None:
+    paths = local_stores(uri)
+    git = _git(root) if paths and root is not None else None
+    if git is None:
         return
-    try:
-        rel = (Path.cwd() / path).resolve().relative_to(git.root.resolve())
-    except ValueError:
-        return
-    if rel.parts and rel.parts[0] != ".git":
-        git.exclude("/" + rel.as_posix())
+    for path in paths:
+        try:
+            rel = (Path.cwd() / path).resolve().relative_to(git.root.resolve())
+        except ValueError:
+            continue
+        if rel.parts and rel.parts[0] != ".git":  # (a literal path: gitignore's special characters escaped)
+            git.exclude("/" + re.sub(r"([\\*?\[\]!# ])", r"\\\1", rel.as_posix()))
 
 
 def _metric_name(name: str) -> str:
@@ -78,7 +82,6 @@ class MlflowSink:
     """One MLflow experiment at one tracking URI; `log` records a finished trial once."""
 
     def __init__(self, uri: str, experiment: str, root: Path | str | None = None) -> None:
-        keep_out_of_git(uri, root)
         if _is_local_store(uri):
             # MLflow keeps its file store behind an opt-in; the user asked for this store.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -87,6 +90,7 @@ class MlflowSink:
         except ImportError:
             raise UsageError("--mlflow needs mlflow: pip install -e '.[mlflow]' (in the autoresearch checkout) "
                              "(mlflow-skinny suffices)") from None
+        keep_out_of_git(uri, root)
         self.uri = uri
         self._lock = threading.Lock()
         try:
