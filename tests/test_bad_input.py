@@ -183,7 +183,7 @@ FLAG_CASES: list[tuple[str, list[str], str, Callable[[Path], Path]]] = [
     ("--llm-share above 1 (with an agent that does not use it)", ["run", "{repo}", "--llm-share", "2"],
      "--llm-share: must be between 0 and 1", _repo),
     ("serve --port not a number", ["serve", "{repo}", "--port", "abc"], "--port: expected a whole number", _repo),
-    ("serve --port too high", ["serve", "{repo}", "--port", "70000"], "--port: a port is at most 65535", _repo),
+    ("serve --port too high", ["serve", "{repo}", "--port", "70000"], "--port: must be >= 0 and <= 65535, got 70000", _repo),
     ("--tag with a slash", [*RUN, "--tag", "a/b"], "--tag", _repo),
     ("--tag ..", [*RUN, "--tag", "a..b"], "--tag", _repo),
     ("--tag ending in .lock", [*RUN, "--tag", "x.lock"], "--tag", _repo),
