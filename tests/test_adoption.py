@@ -264,3 +264,26 @@ def test_a_resume_refuses_a_task_file_changed_and_not_committed(tmp_path: Path) 
     assert r.returncode == 2 and "autoresearch.toml has uncommitted changes" in r.stderr, r.stderr
     git(root, "commit", "-qam", "nothing protected now")
     assert cli("run", str(root), "--tag", "t", "--trials", "0").returncode == 0
+
+
+def test_your_own_stash_while_a_built_in_agent_works_is_noted_not_held_against_the_trial(tmp_path: Path) -> None:
+    """The built-in agents run no git: a `git stash` / `git stash pop` of yours while one
+    proposes is yours, so the trial is noted (an audit flag) and run, not rejected."""
+    from fakes.llm_server import FakeLLM, Say
+    from llm_helpers import good_edit, run_llm
+
+    root = make_task(tmp_path / "task")
+
+    def stash(_body: object) -> Say:  # the user, in their checkout, while the model is asked
+        (root / "NOTES.md").write_text("my notes\n")
+        git(root, "stash", "-q", "-u")
+        return Say("Let me look at the code.", [("read_file", {"path": "exp.py"})])
+
+    with FakeLLM("openai", [stash, *good_edit()[1:]]) as fake:
+        r = run_llm(root, fake)
+    assert r.returncode == 0, r.stderr
+    t = trials(root)[1]
+    assert t.status == Status.KEEP, t.reason
+    assert any("refs/stash" in f for f in t.flags), t.flags
+    git(root, "stash", "pop", "-q")
+    assert (root / "NOTES.md").read_text() == "my notes\n"

@@ -7,11 +7,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, git, make_task, script_agent, wait_for
+from conftest import cli, git, make_task, script_agent, trials, wait_for
 
 from autoresearch.ledger import Ledger
 
@@ -528,3 +529,43 @@ def test_status_says_when_a_tags_refs_were_moved_by_something_else(tmp_path: Pat
     assert cli("run", str(repo), "--tag", "p", "--trials", "0").returncode == 0
     assert git(repo, "rev-parse", "autoresearch/p") == best
     assert "warning" not in cli("status", str(repo), "--tag", "p").stdout
+
+
+def test_status_says_when_a_trials_commit_is_gone_and_cannot_be_put_back(tmp_path: Path) -> None:
+    """A discarded trial's ref deleted and its commit pruned: status says the commit is gone, not
+    that a resume puts it back (it cannot)."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", 'sed -i "s/^X = .*/X = 1.$AUTORESEARCH_TRIAL/" exp.py\necho X\n')
+    assert run(repo, agent, trials=2, tag="p").returncode == 0
+    assert [t.status.value for t in trials(repo, "p")] == ["keep", "keep", "discard"]
+    gone = trials(repo, "p")[2].commit
+    git(repo, "update-ref", "-d", "refs/autoresearch/p/trials/2")
+    git(repo, "reflog", "expire", "--expire=now", "--all")
+    git(repo, "prune", "--expire=now")
+    assert subprocess.run(["git", "cat-file", "-e", gone], cwd=repo).returncode != 0
+    shown = cli("status", str(repo), "--tag", "p").stdout
+    assert "warning: the commits of trial 2 are gone from git's objects" in shown, shown
+    assert "refs of trial 2" not in shown
+
+
+def test_a_trials_ref_holds_its_commit_while_it_runs(tmp_path: Path) -> None:
+    """The trial's ref is made when its commit is, not at the verdict: a `git prune` (or `git gc
+    --prune=now`) while the experiment runs finds the commit held, and cannot take it."""
+    exp = textwrap.dedent("""\
+        import os, subprocess
+        X = 3.0
+        def git(*a):
+            return subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
+        ref = git("rev-parse", "--verify", "-q", "refs/autoresearch/t/trials/" + os.environ["AUTORESEARCH_TRIAL"])
+        print("held:", int(ref == git("rev-parse", "HEAD")))
+        git("prune", "--expire=now")
+        print(f"loss: {X}")
+        """)
+    root = make_task(tmp_path / "task", experiment=exp)
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    done = trials(root)
+    assert [t.status.value for t in done][0] == "keep" and all(t.metric is not None for t in done), done
+    for t in done[1:]:
+        assert "held: 1" in (root / f".autoresearch/t/logs/{t.number}.log").read_text()
+        assert git(root, "cat-file", "-t", t.commit) == "commit"

@@ -151,3 +151,23 @@ def test_status_keeps_the_end_of_a_long_reason_and_last_0_shows_no_trial(tmp_pat
     brief = cli("status", str(root), "--tag", "t", "--last", "0").stdout
     assert "tag t: 1 trial" in brief
     assert not any(line.startswith("0 ") for line in brief.splitlines()), brief
+
+
+def test_status_gives_the_error_that_stopped_a_run_that_left_a_trial_in_flight(tmp_path: Path) -> None:
+    """A run that stopped on an error with a trial still open recorded why: status gives that
+    error (and the trial left in flight), not 'stopped without a word'."""
+    import json
+    import time
+
+    from conftest import cli
+    from report_helpers import new_task, write_trials
+
+    root = new_task(tmp_path / "task")
+    led = write_trials(root, "t", [("keep", 3.0), ("discard", 3.5), ("running", None)], last_running=True)
+    led.set_meta("last_run", json.dumps({"ended": time.time(), "trials": 2,
+                                         "why": "stopped: git worktree add --detach --force failed (exit 128)"}))
+    led.close()
+    out = cli("status", str(root), "--tag", "t").stdout
+    assert "last run: ended" in out and "stopped: git worktree add --detach --force failed" in out, out
+    assert "(trial 2 left in flight: `autoresearch run --tag t` records it as interrupted)" in out, out
+    assert "without a word" not in out

@@ -45,7 +45,7 @@ from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import adopt_orphans, log_digests, read_tail
 from autoresearch.prompt import visible
 from autoresearch.records import Status, Trial, finite
-from autoresearch.session import Session, missing_hint, run_setup, trees_of, write_refs
+from autoresearch.session import Session, hold_ref, missing_hint, run_setup, trees_of, write_refs
 from autoresearch.task import list_files, task_warnings
 from autoresearch.watch import Watch
 
@@ -111,8 +111,7 @@ class Loop:
         self.ended = ""  # why it stopped, whatever the reason
         self.measure = Measurer(session, self.backend, self.events, self.cancel, self.bin_dir, self.opt.sandbox)
         self.measure.beside = len(self.slots) + self.ahead > 1  # (an agent working ahead runs beside too)
-        unsealed = "" if self.opt.sandbox else seal_warning(self.task, self.measure.beside and not self.backend.remote)
-        if unsealed:
+        if unsealed := "" if self.opt.sandbox else seal_warning(self.task, self.measure.beside and not self.backend.remote):
             self.events.message(unsealed)
         root_files = list_files(self.task.root)
         for warning in task_warnings(self.task, root_files, {r for r, _ in self.measure.setup.shared}, self.backend.remote):
@@ -129,8 +128,7 @@ class Loop:
             self.events.message("autoresearch: warning: this process cannot be a subreaper (it carries a finite "
                                 "RLIMIT_RTTIME): what an experiment leaves after killing its reaper is not found")
         start = self.best.commit if self.best and self.best.commit else self.s.base
-        forged = self.watch.forged(start)
-        if forged:
+        if forged := self.watch.forged(start):
             raise AutoresearchError(f"{forged}: the code it would start from is not the code it names")
         ws = self.s.workspace(0, start)
         self.measure.protected = guard.hash_files(ws.path, self.task.protected_files(ws.path))
@@ -285,7 +283,9 @@ class Loop:
         t, changes, tree = self._commit(ws, t, parent_commit, tamper, error, fatal)
         if changes is None:  # finished: git could not commit the change
             return t
-        self.s.ledger.update(t)  # its ref is made with the verdict; resume remakes it from here
+        self.s.ledger.update(t)  # (and its ref now, not at the verdict: a `git prune` must not take it)
+        with self.lock:
+            self.watch.git.took(hold_ref(self.s, t))
         if error and self.cancel.is_set():
             return self._finish(t.with_(status=Status.INTERRUPTED, reason="stopped while the agent ran"))
         if error:
@@ -294,7 +294,7 @@ class Loop:
         with self.lock:
             reason = guard.check_changes(self.task, changes, ws.path) or tamper
             t = self.watch.note(t, "agent")
-            if not reason and any("refs/stash" in flag for flag in t.flags):
+            if not reason and getattr(self.agent, "runs_commands", True) and any("refs/stash" in f for f in t.flags):
                 reason = ("git's stash changed while the agent ran: it is shared with your repository and "
                           "with other trials, so the change may hold work that is not the agent's")
             same = self.trees.get(tree)

@@ -221,6 +221,16 @@ def write_refs(s: Session, t: Trial, best: str | None) -> dict[str, str]:
     return refs
 
 
+def hold_ref(s: Session, t: Trial) -> dict[str, str]:
+    """The trial's ref, made as soon as its commit is: a `git prune` or `git gc --prune=now`
+    while it runs (unsafe beside git processes, git's manual says) must not take a commit that
+    no ref holds yet. Returns the refs written, for the guard."""
+    ref = trial_ref(s.tag, t.number)
+    if t.commit and not s.git.write_new_ref(ref, t.commit):
+        s.git.update_refs({ref: t.commit})
+    return {ref: t.commit} if t.commit else {}
+
+
 def differing_paths(git: Git, a: str, b: str) -> list[str]:
     """The paths whose content differs between commits `a` and `b` (none when either is unknown)."""
     names = git.run("diff", "--name-only", "-z", "--no-renames", a, b, check=False, strip=False)

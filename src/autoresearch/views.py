@@ -58,6 +58,14 @@ def last_run_text(raw: str | None) -> str:
         return ""
 
 
+def ended_at(raw: str | None) -> float:
+    """When the last run recorded its end (0 when it did not)."""
+    try:
+        return float(json.loads(raw or "")["ended"])
+    except (ValueError, TypeError, KeyError):
+        return 0.0
+
+
 def clip(text: str, limit: int) -> str:
     """`text` cut to `limit` characters in the middle: its start (the description) and its end
     (where a crash's reason has the error) stay."""
@@ -100,9 +108,11 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     lines = [f"tag {tag}: {len(trials)} trial{'s' * (len(trials) != 1)} (the baseline included), "
              f"{kept} kept improvement{'s' * (kept != 1)}"]
     ended = last_run_text(last_run)
-    if not alive:  # (a SIGKILL, a machine that went down: nothing could record the end)
-        ended = (f"last run: stopped without a word (killed, or the machine went down) while trial"
-                 f"{'s' if len(running) > 1 else ''} {', '.join(map(str, running))} ran; "
+    flying = f"trial{'s' if len(running) > 1 else ''} {', '.join(map(str, running))}"
+    if not alive and ended_at(last_run) > max(t.started for t in trials if t.status.value == "running"):
+        ended += f" ({flying} left in flight: `autoresearch run --tag {tag}` records {'them' if len(running) > 1 else 'it'} as interrupted)"
+    elif not alive:  # (a SIGKILL, a machine that went down: nothing could record the end)
+        ended = (f"last run: stopped without a word (killed, or the machine went down) while {flying} ran; "
                  f"`autoresearch run --tag {tag}` resumes")
     if ended:
         lines.append(ended)
@@ -138,11 +148,18 @@ def refs_warnings(root: Path, tag: str, trials: list[Trial], best: Trial | None)
         out.append(f"warning: branch autoresearch/{tag} is at {branch[:7] if branch else 'nothing'}, not the best "
                    f"trial's commit {best.short}: something else moved it; {fix.format('it')}")
     missing = missing_refs(tag, [t for t in trials if t.status.finished], git.refs(f"refs/autoresearch/{tag}/"))
-    lost = [t.number for t in trials if trial_ref(tag, t.number) in missing]
+    there = git.present(set(missing.values()))
+    lost = [t.number for t in trials if missing.get(trial_ref(tag, t.number)) in there]
+    gone = [t.number for t in trials if trial_ref(tag, t.number) in missing and t.number not in lost]
+
+    def listed(numbers: list[int]) -> str:
+        return f"trial{'s' if len(numbers) > 1 else ''} " + ", ".join(map(str, numbers[:10])) + (" ..." if len(numbers) > 10 else "")
     if lost:
-        shown = ", ".join(map(str, lost[:10])) + (" ..." if len(lost) > 10 else "")
-        out.append(f"warning: the refs of trial{'s' if len(lost) > 1 else ''} {shown} are gone or moved "
-                   f"(their commits are unreachable to git gc); {fix.format('them')}")
+        out.append(f"warning: the refs of {listed(lost)} are gone or moved (their commits are unreachable "
+                   f"to git gc); {fix.format('them')}")
+    if gone:  # (taken by a `git prune` before their refs were made: nothing can put them back)
+        out.append(f"warning: the commits of {listed(gone)} are gone from git's objects (a `git prune` or "
+                   "`git gc --prune=now` while the loop ran?): the ledger keeps their record, not their code")
     return out
 
 

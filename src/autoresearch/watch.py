@@ -72,7 +72,8 @@ class Watch:
     def note(self, t: Trial, phase: str) -> Trial:
         """Note on the trial what changed in the user's refs and checkout while its `phase` ran
         (see GitGuard.note), and what changed in the Python packages or in what setup made: not
-        undone, and not held against it (the loop holds a change of the stash against it)."""
+        undone, and not held against it (the loop holds a change of the stash against an agent that
+        runs programs of its own)."""
         notes = [n for n in (self.git.note(phase),) if n] + \
             [f"while its {phase} ran (or beside it): {n}" for n in self.pending]
         self.pending = []

@@ -79,6 +79,9 @@ class BaseAgent:
     # True: propose() may run in several threads at once (each on its own worktree); otherwise
     # the loop serialises calls to one agent (--agent-concurrency then only queues proposals).
     concurrent = False
+    # True: the agent runs programs of its own in the worktree, which can run git (a change of
+    # git's shared stash while it worked may then be its doing); the built-in agents run none
+    runs_commands = False
 
     def observe(self, trial: Trial) -> None:
         return None

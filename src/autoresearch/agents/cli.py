@@ -150,6 +150,7 @@ class CommandAgent(BaseAgent):
     """`--agent cli --agent-cmd CMD`: any program that edits files in its working directory."""
 
     concurrent = True  # one process per proposal, each in its own worktree with its own files
+    runs_commands = True
 
     def __init__(self, command: str, timeout: float = DEFAULT_TIMEOUT, name: str = "cli",
                  env: dict[str, str] | None = None) -> None:
