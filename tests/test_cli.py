@@ -217,7 +217,8 @@ def test_trial_refuses_an_uncommitted_task_file_and_names_what_it_leaves(tmp_pat
     git(repo, "commit", "-qm", "the task file untracked")
     (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = 3.0", "X = 2.0"))
     r = cli("trial", "-m", "X to 2", str(repo), "--tag", "t")
-    assert r.returncode == 2 and "autoresearch.toml is not committed" in r.stderr, r.stderr
+    assert r.returncode == 2 and "autoresearch.toml is protected and not committed" in r.stderr, r.stderr
+    assert "git commit -m 'add autoresearch.toml' -- autoresearch.toml`)" in r.stderr and "new --tag" not in r.stderr
     assert "X = 2.0" in (repo / "exp.py").read_text()  # nothing rewound
     git(repo, "add", "autoresearch.toml")
     git(repo, "commit", "-qm", "the task file back")

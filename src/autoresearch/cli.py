@@ -391,12 +391,12 @@ def cmd_trial(args: argparse.Namespace) -> int:
     tags = list_tags(task.root)
     tag = check_tag(args.tag if args.tag is not None else (max(tags, key=lambda t: (task.root / ".autoresearch" / t / "ledger.sqlite").stat().st_mtime) if tags else default_tag()))
     trial, best = run_working_tree_trial(task, tag, args.message, rewind=not args.no_rewind,
-                                         events=_events(task))
+                                         events=_events(task), runner=run_until_stopped)
     metric = task.metric.name
     figs = "  ".join(f"{k}: {v:.6g}" for k, v in trial.figures.items() if k != task.metric.holdout)
     print(f"trial {trial.number}: {trial.status.value}" + (f" ({trial.reason})" if trial.reason else ""))
     rewound = not args.no_rewind and trial.commit and trial.status not in (
-        Status.KEEP, Status.AGENT_ERROR, Status.INTERRUPTED, Status.DUPLICATE)
+        Status.KEEP, Status.AGENT_ERROR, Status.INTERRUPTED)
     if rewound and trial.commit and trial.parent and touched_editable(task, trial.commit, trial.parent):
         print(f"(your change to the editable files was rewound; it is kept in trial {trial.number}'s commit: "
               f"`git checkout refs/autoresearch/{tag}/trials/{trial.number} -- FILE` brings a file back)")
@@ -412,7 +412,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
     # (a duplicate of a crash is a crash: results.tsv says so, and so does the exit code)
     measured = trial.status in (Status.KEEP, Status.DISCARD) or (trial.status is Status.DUPLICATE
                                                                 and trial.metric is not None)
-    return 0 if measured else 1
+    return 0 if measured else EXIT_INTERRUPTED if trial.status is Status.INTERRUPTED else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:

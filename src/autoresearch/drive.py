@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
@@ -24,7 +25,7 @@ from autoresearch.events import Events
 from autoresearch.gitrepo import Git, status_entries
 from autoresearch.loop import Loop, Options
 from autoresearch.records import Status, Trial
-from autoresearch.session import differing_paths, open_session
+from autoresearch.session import ahead_of_tag, differing_paths, open_session
 from autoresearch.task import Task
 
 
@@ -38,6 +39,8 @@ def working_changes(git: Git, task: Task) -> list[str]:
             continue
         if code == "??" and not (task.is_editable(path) or task.is_protected(path)):
             continue
+        if code == "??" and ("__pycache__" in path.split("/") or path.endswith((".pyc", ".pyo"))):
+            continue  # (python's bytecode of a run of yours, not a change)
         paths.append(path)
     return paths
 
@@ -101,12 +104,14 @@ class WorkingTreeAgent(BaseAgent):
         self.paths = paths
         self.description = description
         self.left = left or {}  # path -> the commit whose version of it a trial left in the tree
+        self.started: dict[str, str] = {}  # path -> the commit whose version the user edited ('': none)
+        self.whole: set[str] = set()  # the paths taken as they are: an edit of the best code
 
     def propose(self, ctx: Context) -> Proposal:
         git = Git(self.root)
         for rel in self.paths:
             src, dst = self.root / rel, ctx.workdir / rel
-            merged = self._laid_over(git, rel, src, dst)
+            merged = self._laid_over(git, rel, src, dst, ctx.best.commit or "")
             if merged is not None:
                 dst.write_bytes(merged)
             elif src.is_symlink() or src.exists():
@@ -119,33 +124,41 @@ class WorkingTreeAgent(BaseAgent):
         ctx.log(f"working-tree change: {', '.join(self.paths) or '(none)'}")
         return Proposal(description=self.description)
 
-    def _laid_over(self, git: Git, rel: str, src: Path, dst: Path) -> bytes | None:
+    def _laid_over(self, git: Git, rel: str, src: Path, dst: Path, parent: str) -> bytes | None:
         """The user's edit of `rel` (from what they started from to the working tree) laid over
-        the best code (`dst`) by a three-way merge; None where there is nothing to merge (the
-        file is new, deleted, or the best code is what the user started from: then the working
-        file is the change)."""
+        the best code (`dst`, `parent`'s) by a three-way merge; None where there is nothing to
+        merge (the file is new, deleted, or the best code is what the user started from: then the
+        working file is the change). What it started from is kept in `started`."""
+        self.started[rel] = ""
         if src.is_symlink() or not src.is_file() or dst.is_symlink() or not dst.is_file():
             return None
         head_bytes, best_bytes = git.show_bytes("HEAD", rel), dst.read_bytes()
-        if head_bytes is None or head_bytes == best_bytes:
-            return None
-        if git.show_bytes("", rel) == best_bytes:  # staged: `git checkout autoresearch/T -- FILE`, then edited
+        held = git.show_bytes(self.left[rel], rel) if rel in self.left else None
+        if head_bytes is None and held is None:
+            return None  # (a file your HEAD lacks and no trial left: new, the change as it is)
+        if head_bytes == best_bytes or git.show_bytes("", rel) == best_bytes:  # (staged: `git checkout
+            self.started[rel] = parent  # autoresearch/T -- FILE`, then edited)
+            self.whole.add(rel)
             return None
         # (texts decoded so that every byte comes back as it was: CRLF, Latin-1, binary)
-        head, best, working = (x.decode("utf-8", "surrogateescape") for x in (head_bytes, best_bytes, src.read_bytes()))
+        head, best, left, working = (None if x is None else x.decode("utf-8", "surrogateescape")
+                                     for x in (head_bytes, best_bytes, held, src.read_bytes()))
         # What the user started from: the checkout's HEAD or the best code, whichever is nearer;
         # where an earlier `trial` left a best code in the working tree (it keeps a note), that
         # one too, tried where the nearer conflicts (an edit that also takes out a line the best
         # added looks nearer HEAD; `git checkout -- FILE` after a trial leaves HEAD's version).
-        held = git.show_bytes(self.left[rel], rel) if rel in self.left else None
-        left = None if held is None else held.decode("utf-8", "surrogateescape")
-        starts = sorted([best if left is None else left, head], key=lambda text: distance(working, text))
+        # A file your HEAD lacks (an earlier trial added it) started from what a trial left.
+        starts = sorted([x for x in ((best, parent) if left is None else (left, self.left[rel]),
+                                     (head, git.rev("HEAD") or "")) if x[0] is not None],
+                        key=lambda x: distance(working or "", x[0] or ""))
         if left is None:
             starts = starts[:1]
-        for start in starts:
+        for start, commit in starts:
+            self.started[rel] = commit
             if start == best:
+                self.whole.add(rel)
                 return None  # the working file is the best code edited: as it is
-            merged = merge3(start, best, working)
+            merged = merge3(start or "", best or "", working or "")
             if merged is not None:
                 return merged.encode("utf-8", "surrogateescape")
         take = f"git -C {shlex.quote(str(git.root))} checkout autoresearch/{self.tag} -- {shlex.quote(rel)}"
@@ -155,8 +168,10 @@ class WorkingTreeAgent(BaseAgent):
 
 
 def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool = True,
-                           events: Events | None = None, seed: int = 0) -> tuple[Trial, Trial]:
-    """Judge the working tree's change; returns (the trial, the best after it)."""
+                           events: Events | None = None, seed: int = 0,
+                           runner: Callable[[Loop], Trial] = Loop.run) -> tuple[Trial, Trial]:
+    """Judge the working tree's change; returns (the trial, the best after it). `runner` runs
+    the loop (the command line's stops it cleanly on Ctrl-C, recording the trial as interrupted)."""
     git = Git.open(task.root)
     if git.run("symbolic-ref", "-q", "HEAD", check=False).strip() == f"refs/heads/autoresearch/{tag}":
         raise UsageError(f"you have autoresearch/{tag} checked out, and a kept trial moves it under your "
@@ -168,8 +183,11 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
     new = [p for p in changed if task.is_protected(p) and git.show_file("HEAD", p) is None]
     if new:
         shown = " ".join(shlex.quote(p) for p in new)
-        raise UsageError(f"{', '.join(new)} {'is' if len(new) == 1 else 'are'} not committed, and trials run "
-                         f"from the committed task: commit first (`git add {shown} && git commit`)")
+        raise UsageError(f"{', '.join(new)} {'is' if len(new) == 1 else 'are'} protected and not committed, and "
+                         f"a tag's trials run its own commits: commit {'it' if len(new) == 1 else 'them'} alone "
+                         f"(`git add {shown} && git commit -m 'add {' '.join(new)}' -- {shown}`)"
+                         + (", then start a new --tag, whose baseline is your HEAD"
+                            if (task.root / ".autoresearch" / tag / "ledger.sqlite").exists() else ""))
     session = open_session(task, tag, allow_dirty=True)
     try:
         paths = changed
@@ -179,9 +197,11 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         if all(task.is_editable(p) and p in left and as_left(session.git, task.root, p, left[p]) for p in paths):
             raise UsageError("nothing to judge: your editable files are the best code, as the last `trial` "
                              "left them; trial judges an uncommitted change to them")
-        loop = Loop(session, WorkingTreeAgent(task.root, paths, description, tag, left),
-                    Options(trials=1, seed=seed), events)
-        best = loop.run()
+        agent = WorkingTreeAgent(task.root, paths, description, tag, left)
+        loop = Loop(session, agent, Options(trials=1, seed=seed), events)
+        if ahead := ahead_of_tag(session):  # (a commit of yours since the tag began: not in its trials)
+            loop.events.message(ahead)
+        best = runner(loop)
         trial = session.ledger.get(session.ledger.next_number() - 1)
         assert trial is not None
         # a change that was never judged (it conflicted, or the trial was stopped) stays as it is:
@@ -189,8 +209,13 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         if rewind and best.commit and trial.status not in (Status.AGENT_ERROR, Status.INTERRUPTED):
             done = rewind_to(session.git, task, best.commit, paths)
             write_left(note, head, {**left, **{rel: best.commit for rel in done}})
-        elif not rewind:
-            write_left(note, head, {rel: c for rel, c in left.items() if rel not in paths})
+        elif not rewind and trial.commit and trial.status not in (Status.AGENT_ERROR, Status.INTERRUPTED):
+            # the next trial's merge needs what your files go on from: what they started from (a
+            # discarded change is yours to go on with); a file kept as it was, or new, is the trial's
+            kept = trial.status is Status.KEEP
+            started = {rel: trial.commit if not c or (kept and rel in agent.whole) else c
+                       for rel, c in agent.started.items() if task.is_editable(rel)}
+            write_left(note, head, {**left, **started})
         return trial, best
     finally:
         session.close()

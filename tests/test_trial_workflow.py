@@ -1,0 +1,128 @@
+"""`autoresearch trial` driven for many steps, as a coding agent following program.md does,
+mixed with `run` loops on the same tag: what the user's files started from is what their change
+is laid over, so the loop's kept work is never put back by a stale copy in the working tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import cli, git, make_task, script_agent
+
+TWO_FILES = """\
+from helper import Y
+X = 3.0
+loss = (X - 1.0) ** 2 + (Y - 1.0) ** 2
+print(f"loss: {loss}")
+"""
+
+
+def trial(repo: Path, message: str, *extra: str) -> str:
+    r = cli("trial", "-m", message, str(repo), "--tag", "t", *extra)
+    assert r.returncode in (0, 1), r.stderr
+    return r.stdout
+
+
+def set_line(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, (old, text)
+    path.write_text(text.replace(old, new))
+
+
+def test_a_file_your_head_lacks_is_not_put_back_over_what_the_loop_kept(tmp_path: Path) -> None:
+    """helper.py came with trial 1 (your HEAD lacks it); a `run` loop then improved it; a trial
+    of an edit of exp.py alone keeps the loop's helper.py, not the old copy in your tree."""
+    repo = make_task(tmp_path / "task", toml_extra="", experiment="X = 3.0\nloss = (X - 1.0) ** 2 + 2\nprint(f'loss: {loss}')\n")
+    set_line(repo / "autoresearch.toml", 'editable = ["exp.py"]', 'editable = ["exp.py", "helper.py"]')
+    git(repo, "commit", "-qam", "helper.py may be edited")
+    (repo / "helper.py").write_text("Y = 1.5\n")
+    (repo / "exp.py").write_text(TWO_FILES)
+    assert "trial 1: keep" in trial(repo, "add helper.py")  # 4.25 against 6
+    agent = script_agent(tmp_path / "a.sh", 'sed -i "s/^Y = .*/Y = 1.0/" helper.py\necho Y to 1.0\n')
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert git(repo, "show", "autoresearch/t:helper.py") == "Y = 1.0"
+    set_line(repo / "exp.py", "X = 3.0", "X = 2.0")
+    out = trial(repo, "X to 2.0")
+    assert "trial 3: keep" in out, out  # 1.0 (with the loop's Y), not 1.25 (the old copy's)
+    assert git(repo, "show", "autoresearch/t:helper.py") == "Y = 1.0"
+    assert (repo / "helper.py").read_text() == "Y = 1.0\n"  # your tree is the best code again
+
+
+def test_no_rewind_goes_on_from_your_own_file_over_what_the_loop_kept_since(tmp_path: Path) -> None:
+    """`--no-rewind` on a kept trial, a `run` loop then changes another line, and you edit the
+    line you kept again: your edit is laid over the loop's best (no revert, no conflict)."""
+    repo = make_task(tmp_path / "task")
+    exp = repo / "exp.py"
+    set_line(exp, "X = 3.0", "X = 2.0")
+    assert "trial 1: keep" in trial(repo, "X to 2.0", "--no-rewind")  # 3.0 against 6.0
+    agent = script_agent(tmp_path / "a.sh", 'sed -i "s/^Y = .*/Y = 1/" exp.py\necho Y to 1\n')
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    set_line(exp, "X = 2.0", "X = 1.5")  # your file: X = 2.0 (kept), Y = 2 (the loop made it 1)
+    out = trial(repo, "X to 1.5")
+    assert "trial 3: keep" in out, out  # (1.5 - 1)^2 + 1 = 1.25 against 2.0
+    code = git(repo, "show", "autoresearch/t:exp.py")
+    assert "X = 1.5" in code and "Y = 1" in code, code
+
+
+def test_bytecode_of_a_run_of_yours_is_not_part_of_the_change(tmp_path: Path) -> None:
+    """An editable folder without a .gitignore: the __pycache__ a run of yours left there is not
+    laid into the trial, nor kept on the tag's branch."""
+    repo = make_task(tmp_path / "task", files={"model/net.py": "W = 3.0\n"},
+                     experiment="from model.net import W\nprint(f'loss: {W}')\n")
+    set_line(repo / "autoresearch.toml", 'editable = ["exp.py"]', 'editable = ["exp.py", "model"]')
+    git(repo, "commit", "-qam", "the model folder may be edited")
+    cache = repo / "model" / "__pycache__" / "net.cpython-311.pyc"
+    cache.parent.mkdir()
+    cache.write_bytes(b"\x00bytecode")
+    set_line(repo / "model" / "net.py", "W = 3.0", "W = 2.0")
+    assert "trial 1: keep" in trial(repo, "W to 2.0")
+    assert "__pycache__" not in git(repo, "ls-tree", "-r", "--name-only", "autoresearch/t")
+    assert "__pycache__" not in git(repo, "diff", "--cached", "--name-only")
+
+
+def test_a_duplicate_says_your_change_was_rewound_and_a_new_protected_file_is_explained(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    exp = repo / "exp.py"
+    set_line(exp, "X = 3.0", "X = 4.0")
+    assert "trial 1: discard" in trial(repo, "X to 4.0")
+    set_line(exp, "X = 3.0", "X = 4.0")
+    out = trial(repo, "X to 4.0 again")
+    assert "trial 2: duplicate" in out and "your change to the editable files was rewound" in out, out
+    assert "X = 3.0" in exp.read_text()
+    set_line(repo / "autoresearch.toml", 'protected = ["prepare.py"]', 'protected = ["prepare.py", "data/*.txt"]')
+    git(repo, "commit", "-qam", "data is protected")
+    (repo / "data").mkdir()
+    (repo / "data" / "b.txt").write_text("2\n")
+    set_line(exp, "X = 3.0", "X = 2.0")
+    r = cli("trial", "-m", "with new data", str(repo), "--tag", "t")
+    assert r.returncode == 2 and "git commit -m 'add data/b.txt' -- data/b.txt" in r.stderr, r.stderr
+    assert "then start a new --tag" in r.stderr
+
+
+def test_ctrl_c_during_a_trial_records_it_as_interrupted_and_exits_130(tmp_path: Path) -> None:
+    """SIGINT while the experiment runs: the trial is recorded as interrupted at once (status
+    does not say the loop was killed), the change stays in your tree, and the exit is 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import trials, wait_for
+
+    marker = tmp_path / "running"
+    exp = (f"import os, pathlib, time\nX = 3.0\nif os.environ['AUTORESEARCH_TRIAL'] != '0':\n"
+           f"    pathlib.Path({str(marker)!r}).touch()\n    time.sleep(30)\nprint(f'loss: {{X}}')\n")
+    repo = make_task(tmp_path / "task", experiment=exp)
+    assert cli("run", str(repo), "--tag", "t", "--trials", "0").returncode == 0
+    set_line(repo / "exp.py", "X = 3.0", "X = 2.0")
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "trial", "-m", "X to 2", str(repo), "--tag", "t"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    wait_for(marker, 30)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert [t.status.value for t in trials(repo)] == ["keep", "interrupted"], out
+    assert "X = 2.0" in (repo / "exp.py").read_text()  # not judged: left as it is
+    status = cli("status", str(repo), "--tag", "t").stdout
+    assert "without a word" not in status and "stopped by a signal" in status, status
