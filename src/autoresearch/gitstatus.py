@@ -69,10 +69,11 @@ def parse_raw(raw: str) -> list[Change]:
 
 
 def packed_refs(text: str) -> dict[str, str]:
-    """packed-refs: ref name -> object id (its header and peeled `^` lines left out)."""
+    """packed-refs: ref name -> object id (its header and peeled `^` lines left out). A name
+    listed twice (git never writes that; its binary search may find either line) maps to ''."""
     refs: dict[str, str] = {}
     for line in text.splitlines():
         if line[:1] not in ("#", "^", ""):
             oid, _, name = line.partition(" ")
-            refs[name] = oid
+            refs[name] = "" if name in refs and refs[name] != oid else oid
     return refs

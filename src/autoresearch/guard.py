@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +78,16 @@ def changed_files(expected: dict[str, str], root: Path) -> list[str]:
     """The protected files whose content differs from `expected`."""
     now = hash_files(root, list(expected))
     return [p for p, h in expected.items() if now.get(p) != h]
+
+
+LOCK_AGE = 2.0  # seconds: a lock file older than this under the loop's refs is no git's at work
+
+
+def _age(path: str) -> float:
+    try:
+        return time.time() - os.lstat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 def _loose_refs(path: str, name: str) -> Iterator[tuple[str, str]]:
@@ -172,14 +183,26 @@ class GitGuard:
             return {}
         refs = self._scan((self.own,), ())
         refs.update((k, v) for k, v in self._scan((self.branch,), ()).items() if k == self.branch)
+        # a lock file there is made only while a git writes (the loop, under the lock this check
+        # holds; another loop's `git pack-refs`, for milliseconds): one seconds old was planted
+        refs.update((name, "lock") for path, name in _loose_refs(str(self.common_dir / self.own), self.own.rstrip("/"))
+                    if path.endswith(".lock") and _age(path) > LOCK_AGE)
         return refs
 
     USER = ("refs/heads/", "refs/tags/", "refs/stash", "refs/notes/")
     NOT_USER = ("refs/heads/autoresearch/",)  # the loops' branches, moved by the loops
 
     def _read_user_refs(self) -> dict[str, str]:
-        """The user's branches and tags (not the loops' own branches) and what they point to."""
-        return self._scan(self.USER, self.NOT_USER) if self.own else {}
+        """The user's branches and tags (not the loops' own branches) and what they point to; and
+        the stash's list (its reflog, which `git stash pop` reads: an entry swapped there moves no ref)."""
+        if not self.own:
+            return {}
+        refs = self._scan(self.USER, self.NOT_USER)
+        try:
+            refs["logs/refs/stash"] = hashlib.sha1((self.common_dir / "logs/refs/stash").read_bytes()).hexdigest()
+        except OSError:
+            pass
+        return refs
 
     def _scan(self, prefixes: tuple[str, ...], skip: tuple[str, ...]) -> dict[str, str]:
         """Refs under `prefixes` (less those under `skip`). Read from the files backend's loose
@@ -382,10 +405,24 @@ class GitGuard:
         """Set the loop's `ref` to `sha` (None: delete it), whatever an agent made of it: a file
         git cannot read as a ref (which git refuses to touch) is removed first."""
         args = ("update-ref", "--no-deref", *((ref, sha) if sha else ("-d", ref)))
+        if not (self.common_dir / "reftable").exists():
+            self._clear_way(ref)
         if self._git(*args).returncode != 0 and not (self.common_dir / "reftable").exists():
-            (self.common_dir / ref).unlink(missing_ok=True)
+            path = self.common_dir / ref
+            if path.is_symlink() or not path.is_dir():  # (a folder there holds refs: left alone)
+                path.unlink(missing_ok=True)
             if sha:
                 self._git(*args)
+
+    def _clear_way(self, ref: str) -> None:
+        """Under the loop's own folders of refs, a file or a link where a folder of `ref` goes
+        (git would write through a link, to a folder the scan cannot see) is removed."""
+        parts = ref.split("/")
+        start = 3 if ref.startswith(("refs/autoresearch/", "refs/heads/autoresearch/")) else len(parts)
+        for i in range(start, len(parts)):
+            folder = self.common_dir.joinpath(*parts[:i])
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                folder.unlink()
 
     def _restore_refs(self) -> tuple[list[str], list[str]]:
         """(the loop's refs deleted or moved, restored; refs made in its place, removed)."""
@@ -394,10 +431,10 @@ class GitGuard:
         made = sorted(r for r in now if r not in self._refs)
         # one by one (a ref whose commit was pruned cannot come back), each ref itself: one made
         # symbolic would have git write, or delete, the ref it points to (a branch of yours)
+        for ref in made:  # first: one may stand where a folder of the others goes
+            self._put(ref, None)
         for ref in lost:
             self._put(ref, self._refs[ref])
-        for ref in made:
-            self._put(ref, None)
         if lost or made:
             now = self._read_refs()
             gone = [r for r in lost if now.get(r) != self._refs[r]]

@@ -227,7 +227,15 @@ def hold_ref(s: Session, t: Trial) -> dict[str, str]:
     no ref holds yet. Returns the refs written, for the guard."""
     ref = trial_ref(s.tag, t.number)
     if t.commit and not s.git.write_new_ref(ref, t.commit):
-        s.git.update_refs({ref: t.commit})
+        try:
+            s.git.update_refs({ref: t.commit})
+        except GitError:  # a lock planted for this ref (the guard finds one seconds old): not a
+            time.sleep(0.5)  # git's at work, so taken away, and the ref written
+            (s.git.common_dir / f"{ref}.lock").unlink(missing_ok=True)
+            try:
+                s.git.update_refs({ref: t.commit})
+            except GitError:  # (something else in the way, which the guard clears: the verdict writes it)
+                return {}
     return {ref: t.commit} if t.commit else {}
 
 
@@ -345,7 +353,7 @@ def repair(s: Session) -> list[Trial]:
         for path in [*runs.glob(str(t.number)), *runs.glob(f"{t.number}.*")]:
             shutil.rmtree(path, ignore_errors=True)
     for t in running:
-        commit = t.commit or existing.get(trial_ref(s.tag, t.number))
+        commit = t.commit  # (not its ref: the loop writes one only once the ledger has the commit)
         if not commit and t.parent:  # stopped before its change was committed: a commit of the parent's
             try:                       # code, so that every trial is a commit whatever its fate
                 commit = s.git.run("commit-tree", s.git.tree_of(t.parent), "-p", t.parent, "-F", "-",

@@ -1,0 +1,144 @@
+"""An agent at the loop's own refs in ways git allows but never does itself (found by a red
+team): a trial ref listed twice in packed-refs, the trials folder replaced by a file or by a link
+to a folder outside the repository, a lock planted for a later trial's ref, a ref planted for a
+trial that a kill then leaves in flight, and the stash's list swapped. Each is caught on the
+trial that did it (rejected), put back, and the loop goes on."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from conftest import cli, git, make_task, script_agent, trials
+
+from autoresearch.ledger import Ledger
+from autoresearch.records import Status, Trial
+
+# each trial lowers X a little (an honest change); trial 2 also does the deed
+AGENT = """\
+sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
+GD=$(git rev-parse --git-common-dir)
+if [ "$AUTORESEARCH_TRIAL" = 2 ]; then
+{deed}
+fi
+echo "X to 2.$((9 - AUTORESEARCH_TRIAL))"
+"""
+
+
+def run_with(tmp_path: Path, deed: str, trials_: int = 4) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", AGENT.replace("{deed}", deed))
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", str(trials_))
+    return repo, r
+
+
+def assert_caught(repo: Path, r: subprocess.CompletedProcess[str], why: str) -> None:
+    assert r.returncode == 0, r.stderr
+    done = trials(repo)
+    assert [t.status for t in done] == [Status.KEEP, Status.KEEP, Status.REJECTED, Status.KEEP, Status.KEEP], \
+        [(t.status.value, t.reason) for t in done]
+    assert why in done[2].reason, done[2].reason
+    for t in done:  # every ref is the ledger's commit, as git itself resolves it
+        assert git(repo, "rev-parse", f"refs/autoresearch/t/trials/{t.number}") == t.commit
+    assert git(repo, "rev-parse", "autoresearch/t") == done[-1].commit
+    assert "warning" not in cli("status", str(repo), "--tag", "t").stdout
+
+
+def test_a_trial_ref_listed_twice_in_packed_refs_is_caught(tmp_path: Path) -> None:
+    """git's binary search may find the forged line; the guard read the other one."""
+    deed = """\
+  git pack-refs --all
+  FAKE=$(git commit-tree -p refs/autoresearch/t/trials/1 -m forged "refs/autoresearch/t/trials/1^{tree}")
+  python3 - "$GD/packed-refs" "$FAKE" <<'PY'
+import sys
+path, fake = sys.argv[1], sys.argv[2]
+lines = open(path).read().splitlines(keepends=True)
+at = next(i for i, l in enumerate(lines) if l.endswith(" refs/autoresearch/t/trials/1\\n"))
+lines.insert(at, f"{fake} refs/autoresearch/t/trials/1\\n")
+open(path, "w").write("".join(lines))
+PY
+"""
+    repo, r = run_with(tmp_path, deed)
+    assert_caught(repo, r, "deleted or moved the loop's refs")
+
+
+def test_the_trials_folder_replaced_by_a_file_is_put_back(tmp_path: Path) -> None:
+    deed = """\
+  rm -rf "$GD/refs/autoresearch/t/trials"
+  mkdir -p "$GD/refs/autoresearch/t"
+  git rev-parse HEAD > "$GD/refs/autoresearch/t/trials"
+"""
+    repo, r = run_with(tmp_path, deed)
+    assert_caught(repo, r, "made refs where only the loop writes (refs/autoresearch/t/trials)")
+
+
+def test_the_trials_folder_linked_outside_the_repository_is_put_back(tmp_path: Path) -> None:
+    outside = tmp_path / "evil"
+    deed = f"""\
+  cp -r "$GD/refs/autoresearch/t/trials" {outside}
+  rm -rf "$GD/refs/autoresearch/t/trials"
+  ln -s {outside} "$GD/refs/autoresearch/t/trials"
+"""
+    repo, r = run_with(tmp_path, deed)
+    assert_caught(repo, r, "deleted or moved the loop's refs")
+    assert not (repo / ".git/refs/autoresearch/t/trials").is_symlink()
+
+
+def test_a_lock_planted_for_a_later_trials_ref_neither_stops_the_loop_nor_goes_unnoticed(tmp_path: Path) -> None:
+    deed = """\
+  : > "$GD/refs/autoresearch/t/trials/4.lock"
+  sleep 3
+"""
+    repo, r = run_with(tmp_path, deed)
+    assert_caught(repo, r, "made refs where only the loop writes")
+    assert not (repo / ".git/refs/autoresearch/t/trials/4.lock").exists()
+
+
+def test_a_swapped_entry_in_the_stash_list_is_held_against_a_cli_agent(tmp_path: Path) -> None:
+    """`git stash pop` reads the stash's reflog: an entry swapped there moves no ref."""
+    repo = make_task(tmp_path / "task")
+    (repo / "notes.txt").write_text("mine\n")
+    git(repo, "add", "notes.txt")
+    git(repo, "stash", "-q")
+    git(repo, "stash", "list")
+    deed = """\
+  REAL=$(git rev-parse stash@{0})
+  FAKE=$(git commit-tree -p "$REAL^1" -p "$REAL^2" -m "WIP forged" "$REAL^{tree}")
+  sed -i "s/^\\([0-9a-f]*\\) $REAL/\\1 $FAKE/" "$GD/logs/refs/stash"
+"""
+    agent = script_agent(tmp_path / "a.sh", AGENT.replace("{deed}", deed))
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "3")
+    assert r.returncode == 0, r.stderr
+    done = trials(repo)
+    assert [t.status for t in done] == [Status.KEEP, Status.KEEP, Status.REJECTED, Status.KEEP], \
+        [(t.status.value, t.reason) for t in done]
+    assert "git's stash changed while the agent ran" in done[2].reason
+    assert any("logs/refs/stash" in f for f in done[2].flags), done[2].flags
+
+
+def test_a_ref_planted_for_a_trial_a_kill_left_in_flight_is_not_taken_as_its_commit(tmp_path: Path) -> None:
+    """The loop writes a trial's ref only once the ledger holds its commit: a ref for a trial in
+    flight without one (planted by its agent, then the loop killed) is not the trial's."""
+    repo, r = run_with(tmp_path, "", trials_=1)
+    assert r.returncode == 0, r.stderr
+    best = git(repo, "rev-parse", "autoresearch/t")
+    forged = git(repo, "commit-tree", "-p", best, "-m", "forged", f"{best}^{{tree}}")
+    led = Ledger.open(repo, "t", "loss")
+    led.begin(Trial(2, Status.RUNNING, "", parent=best, started=1.0))
+    led.close()
+    git(repo, "update-ref", "refs/autoresearch/t/trials/2", forged)
+    r = cli("run", str(repo), "--tag", "t", "--trials", "0")
+    assert r.returncode == 0, r.stderr
+    t = trials(repo)[2]
+    assert t.status is Status.INTERRUPTED and t.commit and t.commit != forged
+    assert git(repo, "rev-parse", "refs/autoresearch/t/trials/2") == t.commit
+    assert git(repo, "rev-parse", f"{t.commit}^{{tree}}") == git(repo, "rev-parse", f"{best}^{{tree}}")
+
+
+def test_an_mlflow_path_with_a_line_break_is_refused(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    r = cli("run", "--tag", "t", "--trials", "0", "--mlflow", "mlruns\nexp.py", cwd=repo)
+    if "needs mlflow" in r.stderr:
+        return  # (mlflow not installed: refused before any path is looked at)
+    assert r.returncode == 2 and "a path with a line break" in r.stderr, r.stderr
+    assert "exp.py" not in (repo / ".git/info/exclude").read_text()
