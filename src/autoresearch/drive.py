@@ -202,6 +202,8 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         if ahead := ahead_of_tag(session):  # (a commit of yours since the tag began: not in its trials)
             loop.events.message(ahead)
         best = runner(loop)
+        if not loop.cancel.is_set():  # (for `status`: not "--trials 1 done")
+            loop.record_end("`autoresearch trial` judged a change")
         trial = session.ledger.get(session.ledger.next_number() - 1)
         assert trial is not None
         # a change that was never judged (it conflicted, or the trial was stopped) stays as it is:
