@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import cli, git, make_task, script_agent, trials
 
 from autoresearch.ledger import Ledger
@@ -84,14 +85,32 @@ def test_the_trials_folder_linked_outside_the_repository_is_put_back(tmp_path: P
     assert not (repo / ".git/refs/autoresearch/t/trials").is_symlink()
 
 
-def test_a_lock_planted_for_a_later_trials_ref_neither_stops_the_loop_nor_goes_unnoticed(tmp_path: Path) -> None:
-    deed = """\
-  : > "$GD/refs/autoresearch/t/trials/4.lock"
-  sleep 3
-"""
-    repo, r = run_with(tmp_path, deed)
+@pytest.mark.parametrize("deed", [
+    ': > "$GD/refs/autoresearch/t/trials/4.lock"',  # for no ref: planted, however new
+    'mkdir "$GD/refs/autoresearch/t/trials/4.lock"',  # a folder
+    ': > "$GD/refs/autoresearch/t/trials/1.lock"\n  sleep 3',  # beside a ref: planted once seconds old
+])
+def test_a_lock_planted_for_the_loops_refs_neither_stops_the_loop_nor_goes_unnoticed(tmp_path: Path, deed: str) -> None:
+    repo, r = run_with(tmp_path, "  " + deed)
     assert_caught(repo, r, "made refs where only the loop writes")
-    assert not (repo / ".git/refs/autoresearch/t/trials/4.lock").exists()
+    assert not list((repo / ".git/refs/autoresearch/t/trials").glob("*.lock"))
+
+
+def test_the_loops_refs_folder_linked_to_your_branches_is_cleared_and_your_branches_stay(tmp_path: Path) -> None:
+    """refs/autoresearch made a link to refs/heads: the loop's refs would be written as your
+    branches, and your branches read as refs the loop did not make (and removed)."""
+    outside = tmp_path / "moved"
+    deed = f"""\
+  mv "$GD/refs/autoresearch" {outside}
+  ln -s "$GD/refs/heads" "$GD/refs/autoresearch"
+"""
+    repo = make_task(tmp_path / "task")
+    git(repo, "branch", "t/feature")
+    agent = script_agent(tmp_path / "a.sh", AGENT.replace("{deed}", deed))
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "4")
+    assert_caught(repo, r, "deleted or moved the loop's refs")
+    assert git(repo, "rev-parse", "t/feature") == git(repo, "rev-parse", "main")
+    assert not (repo / ".git/refs/autoresearch").is_symlink()
 
 
 def test_a_swapped_entry_in_the_stash_list_is_held_against_a_cli_agent(tmp_path: Path) -> None:

@@ -126,3 +126,42 @@ def test_ctrl_c_during_a_trial_records_it_as_interrupted_and_exits_130(tmp_path:
     assert "X = 2.0" in (repo / "exp.py").read_text()  # not judged: left as it is
     status = cli("status", str(repo), "--tag", "t").stdout
     assert "without a word" not in status and "stopped by a signal" in status, status
+
+
+def test_a_stop_before_the_trial_opens_judges_nothing_and_leaves_your_files(tmp_path: Path) -> None:
+    """Ctrl-C between setup and the trial's opening: the last trial in the ledger (an earlier
+    keep) was taken as this one, and its rewind overwrote your edit. Now nothing is judged."""
+    import pytest
+
+    from autoresearch.drive import run_working_tree_trial
+    from autoresearch.loop import Loop
+    from autoresearch.task import load_task
+
+    repo = make_task(tmp_path / "task")
+    set_line(repo / "exp.py", "X = 3.0", "X = 2.0")
+    assert "trial 1: keep" in trial(repo, "X to 2")
+    set_line(repo / "exp.py", "X = 2.0", "X = 1.5")
+
+    def stopped_first(loop: Loop):  # noqa: ANN202 - Ctrl-C lands before the loop opens a trial
+        loop.stop()
+        return loop.run()
+
+    with pytest.raises(KeyboardInterrupt):
+        run_working_tree_trial(load_task(repo), "t", "X to 1.5", runner=stopped_first)
+    assert "X = 1.5" in (repo / "exp.py").read_text()
+    assert len(__import__("conftest").trials(repo)) == 2  # nothing recorded
+
+
+def test_a_new_file_of_a_rejected_no_rewind_trial_is_judged_again(tmp_path: Path) -> None:
+    """--no-rewind, rejected (a protected file edited too), with a new editable file: once the
+    protected edit is undone, the next trial judges the new file, not "nothing to judge"."""
+    repo = make_task(tmp_path / "task")
+    set_line(repo / "autoresearch.toml", 'editable = ["exp.py"]', 'editable = ["exp.py", "extra.py"]')
+    git(repo, "commit", "-qam", "extra.py may be added")
+    (repo / "extra.py").write_text("Z = 1\n")
+    with open(repo / "prepare.py", "a") as f:
+        f.write("# edited\n")
+    assert "trial 1: rejected" in trial(repo, "add extra.py", "--no-rewind")
+    git(repo, "checkout", "--", "prepare.py")
+    out = trial(repo, "add extra.py")
+    assert "trial 2:" in out and "nothing to judge" not in out, out

@@ -201,11 +201,13 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         loop = Loop(session, agent, Options(trials=1, seed=seed), events)
         if ahead := ahead_of_tag(session):  # (a commit of yours since the tag began: not in its trials)
             loop.events.message(ahead)
+        number = session.ledger.next_number()
         best = runner(loop)
-        if not loop.cancel.is_set():  # (for `status`: not "--trials 1 done")
-            loop.record_end("`autoresearch trial` judged a change")
         trial = session.ledger.get(session.ledger.next_number() - 1)
-        assert trial is not None
+        if trial is None or trial.number < number or trial.agent != agent.name:  # (a baseline, at most)
+            raise KeyboardInterrupt  # stopped before the trial was opened: nothing judged, nothing rewound
+        if not loop.cancel.is_set():  # (for `status`: not "--trials 1 done")
+            loop.record_end("an `autoresearch trial` call")
         # a change that was never judged (it conflicted, or the trial was stopped) stays as it is:
         # no commit holds it; a judged one is in the trial's commit, and is rewound to the best
         if rewind and best.commit and trial.status not in (Status.AGENT_ERROR, Status.INTERRUPTED):
@@ -214,9 +216,9 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         elif not rewind and trial.commit and trial.status not in (Status.AGENT_ERROR, Status.INTERRUPTED):
             # the next trial's merge needs what your files go on from: what they started from (a
             # discarded change is yours to go on with); a file kept as it was, or new, is the trial's
-            kept = trial.status is Status.KEEP
-            started = {rel: trial.commit if not c or (kept and rel in agent.whole) else c
-                       for rel, c in agent.started.items() if task.is_editable(rel)}
+            kept = trial.status is Status.KEEP  # (a new file not kept: taken whole next time too)
+            started = {rel: trial.commit if kept and (not c or rel in agent.whole) else c
+                       for rel, c in agent.started.items() if task.is_editable(rel) and (c or kept)}
             write_left(note, head, {**left, **started})
         return trial, best
     finally:

@@ -138,3 +138,11 @@ def writable(root: Path) -> None:
                 need = stat.S_IRUSR | stat.S_IWUSR | (stat.S_IXUSR if stat.S_ISDIR(st.st_mode) else 0)
                 if not stat.S_ISLNK(st.st_mode) and st.st_mode & need != need:
                     os.chmod(path, st.st_mode | need)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, a link or a folder, whichever stands at `path` (nothing if none does)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

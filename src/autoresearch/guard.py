@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from autoresearch.filetree import remove_path
 from autoresearch.gitrepo import MAX_FILE_BYTES, SAFE, Change
 from autoresearch.gitstatus import packed_refs
 from autoresearch.task import Task
@@ -181,12 +182,20 @@ class GitGuard:
         """The loop's refs (its trial refs, its branch) and what they point to."""
         if not self.own or not self.branch:
             return {}
+        if not (self.common_dir / "reftable").exists():  # a link or a file where the loop's folders
+            self._clear_way(self.own + "-")  # of refs go (git, and this scan, would follow a link)
         refs = self._scan((self.own,), ())
         refs.update((k, v) for k, v in self._scan((self.branch,), ()).items() if k == self.branch)
-        # a lock file there is made only while a git writes (the loop, under the lock this check
-        # holds; another loop's `git pack-refs`, for milliseconds): one seconds old was planted
-        refs.update((name, "lock") for path, name in _loose_refs(str(self.common_dir / self.own), self.own.rstrip("/"))
-                    if path.endswith(".lock") and _age(path) > LOCK_AGE)
+        # a lock there is made only while a git writes (the loop, under the lock this check holds;
+        # another loop's `git pack-refs`, for milliseconds, beside a ref that exists): one for no
+        # ref, or seconds old, or a folder, was planted (it would stop the loop's next write)
+        locks = [(os.path.join(top, n), os.path.join(top, n)[len(str(self.common_dir)) + 1:])
+                 for top, dirs, files in os.walk(self.common_dir / self.own) for n in dirs + files if n.endswith(".lock")]
+        branch_lock = self.common_dir / f"{self.branch}.lock"
+        if branch_lock.exists() or branch_lock.is_symlink():
+            locks.append((str(branch_lock), f"{self.branch}.lock"))
+        refs.update((name, "lock") for path, name in locks
+                    if name[:-5] not in refs or _age(path) > LOCK_AGE or os.path.isdir(path))
         return refs
 
     USER = ("refs/heads/", "refs/tags/", "refs/stash", "refs/notes/")
@@ -418,7 +427,8 @@ class GitGuard:
         """Under the loop's own folders of refs, a file or a link where a folder of `ref` goes
         (git would write through a link, to a folder the scan cannot see) is removed."""
         parts = ref.split("/")
-        start = 3 if ref.startswith(("refs/autoresearch/", "refs/heads/autoresearch/")) else len(parts)
+        start = 2 if ref.startswith("refs/autoresearch/") else 3 if ref.startswith("refs/heads/autoresearch/") \
+            else len(parts)
         for i in range(start, len(parts)):
             folder = self.common_dir.joinpath(*parts[:i])
             if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
@@ -432,7 +442,10 @@ class GitGuard:
         # one by one (a ref whose commit was pruned cannot come back), each ref itself: one made
         # symbolic would have git write, or delete, the ref it points to (a branch of yours)
         for ref in made:  # first: one may stand where a folder of the others goes
-            self._put(ref, None)
+            if ref.endswith(".lock"):  # (no ref: git cannot delete it)
+                remove_path(self.common_dir / ref)
+            else:
+                self._put(ref, None)
         for ref in lost:
             self._put(ref, self._refs[ref])
         if lost or made:

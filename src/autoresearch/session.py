@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.filetree import remove_path
 from autoresearch.gitrepo import Git, GitError, Workspace, status_entries
 from autoresearch.ledger import LEDGER_DIR, Ledger, tag_dir
 from autoresearch.process import kill_owned, last_lines, read_tail, run_command
@@ -231,7 +232,7 @@ def hold_ref(s: Session, t: Trial) -> dict[str, str]:
             s.git.update_refs({ref: t.commit})
         except GitError:  # a lock planted for this ref (the guard finds one seconds old): not a
             time.sleep(0.5)  # git's at work, so taken away, and the ref written
-            (s.git.common_dir / f"{ref}.lock").unlink(missing_ok=True)
+            remove_path(s.git.common_dir / f"{ref}.lock")
             try:
                 s.git.update_refs({ref: t.commit})
             except GitError:  # (something else in the way, which the guard clears: the verdict writes it)
@@ -333,7 +334,7 @@ def repair(s: Session) -> list[Trial]:
     kill_owned(f"agent:{s.owner}")  # the agents' processes carry agent:<ledger dir>:<n>
     refs_dir = s.git.common_dir / "refs" / "autoresearch" / s.tag
     for stale in [*refs_dir.rglob("*.lock"), s.git.common_dir / "refs" / "heads" / "autoresearch" / f"{s.tag}.lock"]:
-        stale.unlink(missing_ok=True)
+        remove_path(stale)
     mark = s.dir / "packing"
     if mark.exists():  # stopped while git packed the refs. A SIGKILL of the loop spares git (its own
         # session), which ends and takes its lock away; a machine that went down leaves the lock.
