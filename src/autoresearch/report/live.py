@@ -96,6 +96,7 @@ class LiveEvents:
             flight = self._flight.setdefault(number, Flight(str(number), started=now))
             flight.phase, flight.since, flight.budget = phase, now, budget
         self._ensure_started()
+        self._live.refresh()  # (each phase drawn at least once: the view redraws once a second)
 
     def trial_finished(self, trial: Trial, best: Trial, baseline: Trial | None, cost: float) -> None:
         with self._lock:
