@@ -387,6 +387,7 @@ def test_preset_flags_exist_in_the_installed_tool(tmp_path: Path, name: str, mon
 # a real tool's own error report: fatal when the key is wrong
 
 
+@pytest.mark.slow  # (about 20 s: each tool starts several times; CI runs the slow tests too)
 @pytest.mark.parametrize(("tool", "kind", "model", "key"), [
     ("opencode", "openai", "openai/fake-model", "OPENAI_API_KEY"),
     ("gemini", "gemini", "gemini/fake-model", "GEMINI_API_KEY"),

@@ -125,6 +125,7 @@ def _figure(log: str, name: str) -> str:
     return [line.split(": ", 1)[1] for line in log.splitlines() if line.startswith(f"{name}: ")][-1]
 
 
+@pytest.mark.slow  # (a Ray head of its own: about 15 s; CI runs the slow tests too)
 def test_trials_run_as_ray_tasks_on_a_cluster_address(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
     address, env = ray_head
     root, agent = _task(tmp_path, toml_extra="setup = 'echo x >> \"$AR_SPOT/setup-$AUTORESEARCH_TAG\"'\n")
