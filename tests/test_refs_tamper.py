@@ -138,7 +138,7 @@ def test_a_swapped_entry_in_the_stash_list_is_held_against_a_cli_agent(tmp_path:
 def test_a_ref_planted_for_a_trial_a_kill_left_in_flight_is_not_taken_as_its_commit(tmp_path: Path) -> None:
     """The loop writes a trial's ref only once the ledger holds its commit: a ref for a trial in
     flight without one (planted by its agent, then the loop killed) is not the trial's."""
-    repo, r = run_with(tmp_path, "", trials_=1)
+    repo, r = run_with(tmp_path, "  true", trials_=1)
     assert r.returncode == 0, r.stderr
     best = git(repo, "rev-parse", "autoresearch/t")
     forged = git(repo, "commit-tree", "-p", best, "-m", "forged", f"{best}^{{tree}}")
@@ -161,3 +161,21 @@ def test_an_mlflow_path_with_a_line_break_is_refused(tmp_path: Path) -> None:
         return  # (mlflow not installed: refused before any path is looked at)
     assert r.returncode == 2 and "a path with a line break" in r.stderr, r.stderr
     assert "exp.py" not in (repo / ".git/info/exclude").read_text()
+
+
+def test_a_trial_ref_listed_twice_while_no_loop_watched_is_warned_of_and_repaired(tmp_path: Path) -> None:
+    """Another tag's agent (a loop watches only its own tag) lists trial 1 twice in packed-refs:
+    `status` warns, and `run --trials 0` writes the ref again, so git resolves the ledger's commit."""
+    repo, r = run_with(tmp_path, "  true", trials_=2)
+    assert r.returncode == 0, r.stderr
+    real = trials(repo)[1].commit
+    forged = git(repo, "commit-tree", "-p", real, "-m", "forged", f"{real}^{{tree}}")
+    git(repo, "pack-refs", "--all")
+    packed = repo / ".git" / "packed-refs"
+    lines = packed.read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.endswith(" refs/autoresearch/t/trials/1\n"))
+    packed.write_text("".join(lines[:at] + [f"{forged} refs/autoresearch/t/trials/1\n"] + lines[at:]))
+    assert "warning: the refs of trial 1 are gone or moved" in cli("status", str(repo), "--tag", "t").stdout
+    assert cli("run", str(repo), "--tag", "t", "--trials", "0").returncode == 0
+    assert git(repo, "rev-parse", "refs/autoresearch/t/trials/1") == real
+    assert "warning" not in cli("status", str(repo), "--tag", "t").stdout

@@ -145,8 +145,8 @@ class Git:
         return out or None
 
     def refs(self, prefix: str) -> dict[str, str]:
-        out = self.run("for-each-ref", "--format=%(refname) %(objectname)", prefix)
-        return dict(line.split(" ", 1) for line in out.splitlines() if line)
+        from autoresearch.gitstatus import listed_refs  # ('' for a name listed twice: forged)
+        return listed_refs(self.run("for-each-ref", "--format=%(refname) %(objectname)", prefix))
 
     def update_refs(self, updates: dict[str, str], verify: dict[str, str | None] | None = None) -> None:
         """Update several refs in one transaction; `verify` maps ref -> expected value

@@ -77,3 +77,12 @@ def packed_refs(text: str) -> dict[str, str]:
             oid, _, name = line.partition(" ")
             refs[name] = "" if name in refs and refs[name] != oid else oid
     return refs
+
+
+def listed_refs(text: str) -> dict[str, str]:
+    """`for-each-ref` lines `name sha` -> {name: sha}; '' for a name listed twice with two
+    values (a forged packed-refs line: git's binary search may resolve either)."""
+    refs: dict[str, str] = {}
+    for name, _, sha in (line.partition(" ") for line in text.splitlines() if line):
+        refs[name] = "" if refs.get(name, sha) != sha else sha
+    return refs

@@ -447,6 +447,8 @@ class GitGuard:
             else:
                 self._put(ref, None)
         for ref in lost:
+            for _ in range(4 if now.get(ref) == "" else 0):  # listed twice in packed-refs (forged):
+                self._git("update-ref", "--no-deref", "-d", ref)  # a delete takes one line
             self._put(ref, self._refs[ref])
         if lost or made:
             now = self._read_refs()
