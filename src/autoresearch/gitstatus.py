@@ -3,6 +3,7 @@ of a trial; and the files backend's packed-refs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -69,20 +70,20 @@ def parse_raw(raw: str) -> list[Change]:
 
 
 def packed_refs(text: str) -> dict[str, str]:
-    """packed-refs: ref name -> object id (its header and peeled `^` lines left out). A name
-    listed twice (git never writes that; its binary search may find either line) maps to ''."""
-    refs: dict[str, str] = {}
-    for line in text.splitlines():
-        if line[:1] not in ("#", "^", ""):
-            oid, _, name = line.partition(" ")
-            refs[name] = "" if name in refs and refs[name] != oid else oid
-    return refs
+    """packed-refs: ref name -> object id (its header and peeled `^` lines left out)."""
+    return _once((name, oid) for oid, _, name in (line.partition(" ") for line in text.splitlines()
+                                                 if line[:1] not in ("#", "^", "")))
 
 
 def listed_refs(text: str) -> dict[str, str]:
-    """`for-each-ref` lines `name sha` -> {name: sha}; '' for a name listed twice with two
-    values (a forged packed-refs line: git's binary search may resolve either)."""
+    """`for-each-ref` lines `name sha` -> {name: sha}."""
+    return _once((name, sha) for name, _, sha in (line.partition(" ") for line in text.splitlines() if line))
+
+
+def _once(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """{name: object id}; '' for a name listed twice with two values (git never writes that: a
+    forged packed-refs line, which git's binary search may resolve either way)."""
     refs: dict[str, str] = {}
-    for name, _, sha in (line.partition(" ") for line in text.splitlines() if line):
+    for name, sha in pairs:
         refs[name] = "" if refs.get(name, sha) != sha else sha
     return refs
