@@ -65,11 +65,42 @@ def test_repeats_noise_and_confirm_end_to_end(tmp_path: Path) -> None:
     # mean +- spread where repeats exist
     status = cli("status", str(root)).stdout
     assert re.search(r"1 ± 0\.01\b", status), status
-    assert "noise: sd" in status and "pooled over 9 repeated runs" in status
+    # (the baseline's runs and the kept trial's: not the discarded one's)
+    assert "noise: sd" in status and "pooled over 6 repeated runs" in status
     show = cli("show", "2", str(root)).stdout
     assert re.search(r"loss: 0\.9 ± 0\.01 \(mean ± sd of 3 runs\)", show), show
     # only the best's first run folder is kept
     assert sorted(p.name for p in (root / ".autoresearch" / "t" / "runs").iterdir()) == ["2"]
+
+
+WILD = """\
+import os
+SEED = int(os.environ["AUTORESEARCH_SEED"])
+WILD = 0.0
+BONUS = 0.0
+loss = 1.0 + {0: 0.0, 1: 0.01, 2: -0.01}.get(SEED, 0.0) - BONUS
+loss += -WILD if SEED == 0 else WILD  # swings from seed to seed: far better on seed 0 only
+print(f"loss: {loss}")
+"""
+
+
+def test_a_discarded_trials_spread_does_not_raise_the_bar(tmp_path: Path) -> None:
+    """A change that made the metric swing from seed to seed (0.5, 1.51, 1.49) was pooled into
+    the noise: the bar rose from 0.02 to 0.8, and a real gain of 0.1 was then discarded."""
+    root = make_task(tmp_path / "task", experiment=WILD, toml_extra=(
+        '[acceptance]\nmin_delta = "auto"\nbaseline_runs = 3\nconfirm = 2\n' + METRIC))
+    agent = script_agent(tmp_path / "agent.sh", """\
+        case $AUTORESEARCH_TRIAL in
+          1) sed -i 's/^WILD = .*/WILD = 0.5/' exp.py; echo "unstable" ;;
+          2) sed -i 's/^BONUS = .*/BONUS = 0.1/' exp.py; echo "really better" ;;
+        esac
+        """)
+    run(root, agent, 2)
+    _, wild, real = trials(root)
+    assert wild.status is Status.DISCARD and len(wild.repeats) == 3
+    assert real.status is Status.KEEP, real.reason
+    status = cli("status", str(root)).stdout
+    assert "pooled over 6 repeated runs; min_delta auto: bar 0.02" in status, status
 
 
 CACHING = """\

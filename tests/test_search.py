@@ -305,10 +305,15 @@ def test_an_exhausted_space_is_an_agent_error_not_a_repeat(tmp_path):
     trials = Ledger.read(repo, "s").trials()
     assert trials[1].status is Status.KEEP and trials[1].description == "FLAG False -> True"
     assert trials[2].status is Status.AGENT_ERROR and "no untried change" in trials[2].reason
-    # it will not change: three in a row stop the loop (exit 1), not a night of agent errors
+    # it will not change: three in a row end the loop, not a night of agent errors; the search
+    # is done, not failed (exit 0, as at the end of --trials)
     r = cli("run", str(repo), "--tag", "s", "--trials", "20")
-    assert r.returncode == 1 and "failed 3 times in a row" in r.stderr, r.stderr
+    assert r.returncode == 0, r.stderr
+    assert "the agent has nothing left to propose (3 times in a row)" in r.stdout + r.stderr, r.stdout
     assert len(Ledger.read(repo, "s").trials()) == 6  # 3 more in this run
+    status = cli("status", str(repo)).stdout
+    last = next(line for line in status.splitlines() if line.startswith("last run"))
+    assert "ended" in last and "nothing left to propose" in last and "error" not in last, status
 
 
 def test_bad_sampler_and_empty_space_are_clear_errors(tmp_path):

@@ -46,6 +46,7 @@ from autoresearch.process import adopt_orphans, log_digests, read_tail
 from autoresearch.prompt import visible
 from autoresearch.records import Status, Trial, finite
 from autoresearch.session import Session, hold_ref, missing_hint, run_setup, trees_of, write_refs
+from autoresearch.streak import DONE, FATAL, FATAL_REPEATS, RECOVERABLE, Streak
 from autoresearch.task import list_files, task_warnings
 from autoresearch.watch import Watch
 
@@ -104,8 +105,7 @@ class Loop:
         self.best: Trial | None = session.ledger.best()
         self.baseline: Trial | None = session.ledger.get(0)
         self.started = time.monotonic()
-        self.agent_errors = 0  # agent errors in a row
-        self.fatal_errors = 0  # unrecoverable ones (AgentError.fatal) in a row
+        self.streak = Streak()  # agent errors in a row
         self.snapshot_errors = 0  # changes git could not commit, in a row
         self.failure = ""  # why the loop stopped itself (exit 1)
         self.ended = ""  # why it stopped, whatever the reason
@@ -182,6 +182,8 @@ class Loop:
         """Whether to open no more trials; `ended` says why (kept in the ledger for `status`)."""
         if self.cancel.is_set():
             self.ended = self.ended or "stopped by a signal (Ctrl-C, SIGTERM or SIGHUP)"
+            return True
+        if self.ended:  # (the agent has nothing left to propose)
             return True
         if self.opt.trials is not None and done >= self.opt.trials:
             self.ended = f"--trials {self.opt.trials} done"
@@ -290,7 +292,7 @@ class Loop:
             return self._finish(t.with_(status=Status.INTERRUPTED, reason="stopped while the agent ran"))
         if error:
             return self._agent_failed(t, error, fatal)
-        self.agent_errors = self.fatal_errors = 0
+        self.streak.ok()
         with self.lock:
             reason = guard.check_changes(self.task, changes, ws.path) or tamper
             t = self.watch.note(t, "agent")
@@ -309,7 +311,7 @@ class Loop:
         return t
 
     def _commit(self, ws: Workspace, t: Trial, parent: str, tamper: str | None, error: str,
-                fatal: bool) -> tuple[Trial, list | None, str]:
+                fatal: str) -> tuple[Trial, list | None, str]:
         """(the trial with its commit, the changes, the tree), or (the trial finished, None, "")
         when git could not commit the change: refused (lib/.GIT/x.py, a new .gitattributes), it
         is rejected; another failure (a full disk) three times in a row stops the loop."""
@@ -323,7 +325,7 @@ class Loop:
             if error:  # the agent failed too: that is what the trial says
                 return self._agent_failed(t, error, fatal), None, ""
             self.snapshot_errors += 0 if isinstance(e, Refused) else 1
-            if self.snapshot_errors >= self.FATAL_REPEATS:
+            if self.snapshot_errors >= FATAL_REPEATS:
                 raise
             said = str(e).strip().splitlines()[0] if str(e).strip() else "git failed"
             said = said if isinstance(e, Refused) else f"git could not commit the change, so it was not run: {said}"
@@ -332,25 +334,25 @@ class Loop:
         left = guard.ignored_editable(self.task, self.s.git.ignored.get(ws.path, []))
         return t.with_(commit=commit, flags=[*t.flags, left] if left else t.flags), changes, tree
 
-    def _ask_agent(self, ctx: Context, t: Trial) -> tuple[Trial, str, bool]:
+    def _ask_agent(self, ctx: Context, t: Trial) -> tuple[Trial, str, str]:
         """The agent's proposal made in ctx.workdir: the trial with its description, model and
-        spending, the error ('' when none) and whether that error will recur."""
+        spending, the error ('' when none) and whether that error will recur (a `streak` kind)."""
         try:
             proposal = self.agent.propose(ctx)
         except AgentError as e:
             error = clean_text(redact_keys(str(e)), 500) or "agent error"
             said = "(stopped while the agent worked)" if self.cancel.is_set() else f"agent error: {error}"[:200]
             return (t.with_(description=said, model=e.model, tokens_in=e.tokens_in,
-                            tokens_out=e.tokens_out, cost=e.cost), error, e.fatal)
+                            tokens_out=e.tokens_out, cost=e.cost), error, DONE if e.done else FATAL if e.fatal else RECOVERABLE)
         except Exception as e:  # a bug in an agent must not kill a two-day loop
             import traceback
 
             ctx.log(traceback.format_exc())
             error = clean_text(f"{type(e).__name__}: {e}", 500)
-            return t.with_(description=f"agent error: {error}"[:200]), error, False
+            return t.with_(description=f"agent error: {error}"[:200]), error, RECOVERABLE
         return (t.with_(description=clean_text(redact_keys(proposal.description)) or "(no description)",
                         model=proposal.model, tokens_in=proposal.tokens_in, tokens_out=proposal.tokens_out,
-                        cost=proposal.cost, extra=dict(proposal.extra)), "", False)
+                        cost=proposal.cost, extra=dict(proposal.extra)), "", RECOVERABLE)
 
     def _run(self, at: Place, t: Trial) -> Trial:
         """Measure a prepared trial, decide on it and record it."""
@@ -380,28 +382,23 @@ class Loop:
             t = t.with_(status=Status.REJECTED, reason=tamper)
         return t
 
-    FATAL_REPEATS = 3  # the same unrecoverable agent error this many times in a row stops the loop
-
-    def _agent_failed(self, t: Trial, error: str, fatal: bool) -> Trial:
-        """Record `t` as an agent error. An agent that keeps failing must not spin out thousands
-        of trials: a failure that will recur (a bad key, an unknown model, a command that is not
-        there) stops the loop after FATAL_REPEATS in a row (exit 1); from the fourth failure in a
-        row, any other waits 0.5, 1, 2 ... up to 60 s before the next proposal, so a network
-        outage overnight makes a few dozen failed trials an hour, not thousands."""
+    def _agent_failed(self, t: Trial, error: str, kind: str) -> Trial:
+        """Record `t` as an agent error; stop, end or wait as the `streak` of failures says."""
         t = self._finish(t.with_(status=Status.AGENT_ERROR, reason=error))
         with self.lock:
-            self.agent_errors += 1
-            self.fatal_errors = self.fatal_errors + 1 if fatal else 0
-            n = self.agent_errors
-            if self.fatal_errors >= self.FATAL_REPEATS and not self.failure:
-                self.failure = (f"the agent failed {self.fatal_errors} times in a row with an error that will not "
+            stop, n = self.streak.failed(kind), self.streak.errors
+            if stop == DONE and not self.ended:  # a finished search: the loop ends as it would at --trials
+                self.ended = f"the agent has nothing left to propose ({FATAL_REPEATS} times in a row): {error[:300]}"
+                self.events.message(f"autoresearch: stopping: {self.ended}")
+            if stop == FATAL and not self.failure:
+                self.failure = (f"the agent failed {FATAL_REPEATS} times in a row with an error that will not "
                                 f"go away by itself: {error[:300]}")
                 self.events.message(f"autoresearch: stopping: {self.failure}")
                 self.cancel.set()
+            if stop:
                 return t
         last = self.opt.trials is not None and self.done >= self.opt.trials  # no next proposal to wait for
-        if n >= 4 and not fatal and not last:
-            wait = min(0.5 * 2.0 ** (n - 4), 60.0)
+        if (wait := self.streak.wait()) and not last:
             self.events.message(f"the agent failed {n} times in a row: waiting {wait:g} s before the next proposal")
             self.cancel.wait(wait)
         return t
@@ -432,9 +429,10 @@ class Loop:
                            + decide.why_not(figures[name], self.best.metric, bar, minimize), seconds, repeats)
 
     def noise(self) -> float:
-        """Run-to-run noise: pooled over the baseline's runs and every confirmed candidate's."""
-        if self.repeated is None:  # read once; _finish adds each new trial's (not a ledger scan a trial)
-            self.repeated = [g for t in self.s.ledger.trials() if len(g := self._repeats(t)) > 1]
+        """Run-to-run noise: pooled over the repeated runs of the baseline and of each kept trial
+        (not a discarded one's: a change that made the metric swing would raise every later bar)."""
+        if self.repeated is None:  # read once; _finish adds each kept trial's (not a ledger scan a trial)
+            self.repeated = [g for t in self.s.ledger.trials() if t.status is Status.KEEP and len(g := self._repeats(t)) > 1]
         pooled = decide.pooled_noise(self.repeated)
         raw = self.s.ledger.get_meta("noise")
         return pooled if pooled or not raw else float(raw)
@@ -463,7 +461,7 @@ class Loop:
                 # probes the holdout's data, then is let go, is how an agent would learn it
                 t = t.with_(flags=[*t.flags, *audit.audit_trial(self.s.git, self.task, t.parent, t.commit)])
             self.s.ledger.finish(t)
-            if self.repeated is not None and len(runs := self._repeats(t)) > 1:
+            if self.repeated is not None and t.status is Status.KEEP and len(runs := self._repeats(t)) > 1:
                 self.repeated.append(runs)
             if t.status in UNMEASURED:  # its code may be proposed again
                 for tree in [k for k, n in self.trees.items() if n == t.number]:

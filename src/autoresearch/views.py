@@ -13,7 +13,7 @@ from autoresearch.gitrepo import Git
 from autoresearch.ledger import Ledger, list_tags, tag_dir
 from autoresearch.process import last_lines, log_digests, read_tail
 from autoresearch.prompt import fmt
-from autoresearch.records import Trial, measured_baseline
+from autoresearch.records import Status, Trial, measured_baseline
 
 
 def pick_tag(root: Path, tag: str | None) -> str:
@@ -38,7 +38,7 @@ def with_spread(t: Trial, name: str, value: float | None) -> str:
 
 def noise_text(trials: list[Trial], metric: str, min_delta: str | None) -> str:
     """'noise: sd X over N repeated runs (bar Y)' where repeats exist, else ''."""
-    groups = [[r[metric] for r in t.repeats if metric in r] for t in trials]
+    groups = [[r[metric] for r in t.repeats if metric in r] for t in trials if t.status is Status.KEEP]
     groups = [g for g in groups if len(g) > 1]
     if not groups:
         return ""

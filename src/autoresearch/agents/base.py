@@ -23,9 +23,10 @@ class AgentError(Exception):
     spent on the way (an LLM's tokens and cost) is recorded too."""
 
     def __init__(self, message: str, *, model: str = "", tokens_in: int = 0, tokens_out: int = 0,
-                 cost: float = 0.0, fatal: bool = False) -> None:
+                 cost: float = 0.0, fatal: bool = False, done: bool = False) -> None:
         super().__init__(message)
-        self.fatal = fatal  # will fail the same way next time (a bad key, model or command)
+        self.fatal = fatal or done  # will fail the same way next time (a bad key, model or command)
+        self.done = done  # it has nothing left to propose (a search space tried through)
         self.model = model
         self.tokens_in = tokens_in
         self.tokens_out = tokens_out

@@ -348,7 +348,7 @@ class SearchAgent(BaseAgent):
             ctx.log(f"try {attempt}: {'nothing changed' if not changes else 'tried already'}, asking again")
         else:
             raise AgentError(f"the {self.sampler} sampler found no untried change in {TRIES} tries "
-                             "(the space may be exhausted; widen it with `# search:` comments)", fatal=True)
+                             "(the space may be exhausted; widen it with `# search:` comments)", done=True)
         for path, data in new_files.items():
             if data != files[path]:
                 (ctx.workdir / path).write_bytes(data)

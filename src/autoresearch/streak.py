@@ -1,0 +1,45 @@
+"""Agent failures in a row, and what they call for. An agent that keeps failing must not spin
+out thousands of trials overnight:
+
+- a failure that will recur (a bad key, an unknown model, a command that is not there:
+  `AgentError(fatal=True)`) FATAL_REPEATS times in a row stops the loop (exit 1);
+- an agent with nothing left to propose (a search space tried through: `AgentError(done=True)`)
+  FATAL_REPEATS times in a row ends the loop as finished (exit 0);
+- from the fourth failure in a row, any other waits 0.5, 1, 2 ... up to 60 s before the next
+  proposal, so that a network outage overnight makes a few dozen failed trials an hour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FATAL_REPEATS = 3
+
+# what an agent's failure says of the next proposal
+RECOVERABLE, FATAL, DONE = "", "fatal", "done"
+
+
+@dataclass
+class Streak:
+    errors: int = 0  # agent errors in a row
+    same: int = 0  # failures of one unrecoverable kind (FATAL or DONE) in a row
+    kind: str = RECOVERABLE
+
+    def ok(self) -> None:
+        self.errors = self.same = 0
+        self.kind = RECOVERABLE
+
+    def failed(self, kind: str) -> str:
+        """Count a failure of `kind`: FATAL or DONE when that kind has now come FATAL_REPEATS
+        times in a row (the loop is to stop), else RECOVERABLE."""
+        self.errors += 1
+        if kind == RECOVERABLE:
+            self.same = 0
+        else:
+            self.same = self.same + 1 if kind == self.kind else 1
+        self.kind = kind
+        return kind if self.same >= FATAL_REPEATS else RECOVERABLE
+
+    def wait(self) -> float:
+        """Seconds to wait before the next proposal."""
+        return min(0.5 * 2.0 ** (self.errors - 4), 60.0) if self.errors >= 4 and self.kind == RECOVERABLE else 0.0
