@@ -7,7 +7,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from conftest import EXPERIMENT, cli, git, make_task, script_agent
+from conftest import EXPERIMENT, cli, git, make_task, script_agent, trials
+
+from autoresearch.records import Status
 
 
 def test_commands_find_the_task_file_above_the_current_folder(tmp_path: Path) -> None:
@@ -363,7 +365,24 @@ def test_resuming_a_tag_after_a_commit_of_your_own_says_the_tag_goes_on_without_
     git(repo, "commit", "-qam", "a fix of my own")
     r = cli("run", str(repo), "--tag", "t", "--trials", "0")
     assert r.returncode == 0, r.stderr
-    assert "your HEAD has 2 commits that tag t does not hold (exp.py differ)" in r.stdout + r.stderr
+    assert "your HEAD has 2 commits that tag t does not hold (exp.py differs)" in r.stdout + r.stderr
+
+
+def test_the_note_names_only_the_files_your_commits_changed(tmp_path: Path) -> None:
+    """The tag's kept trial changed exp.py, your commit only the task file: the note said
+    "autoresearch.toml, exp.py differ", as if you had changed exp.py."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "agent.sh", """\
+        sed -i 's/^Y = 2/Y = 1/' exp.py; echo "Y down"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--trials", "1", "--agent", "cli", "--agent-cmd", agent)
+    assert r.returncode == 0 and trials(repo)[1].status is Status.KEEP, r.stdout + r.stderr
+    toml = repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace("timeout = 10", "timeout = 12"))
+    git(repo, "commit", "-qam", "a longer timeout")
+    r = cli("run", str(repo), "--tag", "t", "--trials", "0")
+    assert r.returncode == 0, r.stderr
+    assert "your HEAD has 1 commit that tag t does not hold (autoresearch.toml differs)" in r.stdout + r.stderr
 
 
 def test_the_templates_smoke_mode_is_pinned_with_the_tag(tmp_path: Path) -> None:

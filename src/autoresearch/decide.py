@@ -22,7 +22,7 @@ def why_not(value: float, best: float, bar: float, minimize: bool) -> str:
         return f"equal to the best ({best:.6g})"
     if better(best, value, minimize):
         return f"{value:.6g}, worse than the best {best:.6g}"
-    return f"{value:.6g} vs best {best:.6g}: better by less than the bar {bar:.3g}"
+    return f"{value:.6g} vs best {best:.6g}: better by no more than the bar {bar:.3g}"
 
 
 def noise(values: Sequence[float]) -> float:

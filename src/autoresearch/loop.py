@@ -45,7 +45,8 @@ from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import adopt_orphans, log_digests, read_tail
 from autoresearch.prompt import visible
 from autoresearch.records import Status, Trial, finite
-from autoresearch.session import Session, hold_ref, missing_hint, run_setup, trees_of, write_refs
+from autoresearch.session import Session, hold_ref, trees_of, write_refs
+from autoresearch.setupstep import missing_hint, run_setup
 from autoresearch.streak import DONE, FATAL, FATAL_REPEATS, RECOVERABLE, Streak
 from autoresearch.task import list_files, task_warnings
 from autoresearch.watch import Watch

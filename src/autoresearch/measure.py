@@ -24,7 +24,8 @@ from autoresearch.pool import Place
 from autoresearch.process import MARK, sweep_escaped
 from autoresearch.records import Status, Trial
 from autoresearch.sandbox import problem as sandbox_problem
-from autoresearch.session import Session, SetupOutput, shared_links
+from autoresearch.session import Session
+from autoresearch.setupstep import SetupOutput, shared_links
 
 
 class Measurer:

@@ -16,7 +16,8 @@ from autoresearch import guard, objects
 from autoresearch.envguard import EnvGuard, TreeWatch
 from autoresearch.events import Events
 from autoresearch.records import Trial
-from autoresearch.session import Session, SetupOutput
+from autoresearch.session import Session
+from autoresearch.setupstep import SetupOutput
 
 
 class Watch:
