@@ -146,7 +146,7 @@ def test_status_keeps_the_end_of_a_long_reason_and_last_0_shows_no_trial(tmp_pat
     assert r.returncode == 1
     out = cli("status", str(root), "--tag", "t").stdout
     ended = next(line for line in out.splitlines() if line.startswith("last run:"))
-    assert ended.endswith("fix it, commit, and start a new --tag)"), ended
+    assert ended.endswith("commit a fix and start a new --tag; if the machine was (a package, a file), run the same command again)"), ended
     assert " ... " in ended and len(ended) < 600
     brief = cli("status", str(root), "--tag", "t", "--last", "0").stdout
     assert "tag t: 1 trial" in brief

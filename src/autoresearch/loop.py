@@ -231,7 +231,8 @@ class Loop:
             hint = missing_hint(self.s, read_tail(Path(log)), self.opt.sandbox)
             raise AutoresearchError(f"the baseline (trial {number}) failed: {m.reason}{hint}; "
                                     f"see {log} (tag {self.s.tag} stays on the code it started "
-                                    f"from, {self.s.base[:7]}: fix it, commit, and start a new --tag)")
+                                    f"from, {self.s.base[:7]}: if the code is at fault, commit a fix and start a new --tag; if "
+                                    "the machine was (a package, a file), run the same command again)")
         missing = unrecorded(self.task.metric, m.figures, bool(self.task.evaluate))
         if missing:
             self.events.message(missing)
