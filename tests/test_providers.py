@@ -46,6 +46,51 @@ def test_faults_are_retried_then_recorded(tmp_path: Path, kind: str, fault: Faul
         assert times[5] - times[4] >= 0.3  # retry-after respected
 
 
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_reply_that_trickles_in_is_given_up_at_the_request_timeout(tmp_path: Path, kind: str) -> None:
+    """A 200 whose body comes a byte at a time (a keep-alive proxy) passed every limit: each
+    read was quick, so the SDK's timeout never came, and --agent-timeout was not looked at."""
+    repo = make_task(tmp_path / "task")
+    with FakeLLM(kind, [Fault("trickle", seconds=40), *good_edit()]) as fake:
+        r = run_llm(repo, fake, "--agent-timeout", "20", env={"AUTORESEARCH_LLM_TIMEOUT": "2"})
+    assert r.returncode == 0, r.stderr
+    (t,) = ledger(repo)[1:]
+    assert t.status is Status.KEEP, t.reason  # given up after 2 s (+ grace), retried, and answered
+    assert t.ended - t.started < 15
+    log = (repo / ".autoresearch" / "t" / "agent" / "1.log").read_text()
+    assert "no whole reply in 2 s" in log, log
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_tool_arguments_off_the_spec_are_read_not_thrown_away(tmp_path: Path, kind: str) -> None:
+    """OpenAI-compatible servers that send a call's arguments as an object (not a JSON string),
+    or an Anthropic input sent as a JSON string: the whole billed reply was thrown away as
+    malformed, retried 6 times, and recorded with 0 tokens."""
+    repo = make_task(tmp_path / "task")
+    script = [Say(s.text, s.calls, odd_args=True) for s in good_edit()]
+    with FakeLLM(kind, script) as fake:
+        r = run_llm(repo, fake)
+    assert r.returncode == 0, r.stderr
+    (t,) = ledger(repo)[1:]
+    assert t.status is Status.KEEP and t.tokens_in == 3000, t.reason
+    assert "X = 1.0" in branch_file(repo)
+
+
+@pytest.mark.parametrize("kind,stop", [("openai", "length"), ("anthropic", "max_tokens")])
+def test_a_reply_cut_at_the_token_limit_is_named_not_taken_for_a_model_without_tools(
+        tmp_path: Path, kind: str, stop: str) -> None:
+    repo = make_task(tmp_path / "task")
+    cut = Say("Let me think this through step by step. First", stop=stop)
+    with FakeLLM(kind, [cut, cut, cut, *good_edit()]) as fake:
+        r = run_llm(repo, fake, trials=2)
+        told = [m for q in fake.requests for m in q["body"].get("messages", []) if m.get("role") == "user"]
+    assert r.returncode == 0, r.stdout + r.stderr  # not "does it support tool calls?": three in a row
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP]
+    assert "cut at the reply's token limit" in t[1].reason and "support tool calls" not in t[1].reason, t[1].reason
+    assert any("cut" in str(m.get("content")) for m in told)  # the model is told why
+
+
 def test_a_reply_with_no_choices_is_retried_and_its_tokens_counted(tmp_path: Path) -> None:
     """A router's reply with no choices but a usage block (an upstream failure, billed all the
     same) is retried, and the tokens it reports count toward the trial's spend and --max-cost."""

@@ -13,6 +13,8 @@ set) answers. A step is:
 - a `Fault(kind, ...)`: "429" (with retry-after), "500", "401" (whose message quotes the key
   the client sent, as some providers do), "400" or "422" (a refusal whose reason is `message`,
   e.g. Ollama's "does not support tools"), "hang" (sleeps `seconds` before answering),
+  "trickle" (a 200 whose body comes one space every 0.5 s for `seconds`, as a keep-alive proxy
+  may send: every read is quick, the reply never whole),
   "malformed" (a 200 whose body is not JSON), "bad-shape" (JSON without choices/content);
 - a callable taking the request's JSON and returning a step (for replies that depend on what
   the client sent, e.g. aider's edit format).
@@ -44,11 +46,14 @@ class Say:
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     tokens_in: int = 1000
     tokens_out: int = 100
+    stop: str = ""  # the reply's finish_reason / stop_reason (default: the usual one)
+    odd_args: bool = False  # tool arguments sent as servers off the spec do: OpenAI's as an
+    # object, not a JSON string; Anthropic's input as a JSON string, not an object
 
 
 @dataclass
 class Fault:
-    kind: str  # 429 | 500 | 401 | 400 | 422 | hang | malformed | bad-shape | no-choices(-odd)
+    kind: str  # 429 | 500 | 401 | 400 | 422 | hang | trickle | malformed | bad-shape | no-choices(-odd)
     retry_after: float | None = None
     seconds: float = 5.0
     message: str = ""  # the error's message (default: "scripted <status>")
@@ -176,6 +181,20 @@ class FakeLLM:
                 if f.kind == "hang":
                     time.sleep(f.seconds)
                     return self._send(500, error_body(fake.kind, "api_error", "slow"))
+                if f.kind == "trickle":
+                    try:
+                        self.send_response(200)
+                        self.send_header("content-type", "application/json")
+                        self.send_header("content-length", "100000")
+                        self.end_headers()
+                        until = time.monotonic() + f.seconds
+                        while time.monotonic() < until:
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            time.sleep(0.5)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    return None
                 if f.kind == "malformed":
                     return self._raw(200, b'{"id": "x", "choices": [ {"message": ', "application/json")
                 if f.kind == "bad-shape":
@@ -246,23 +265,24 @@ def error_body(kind: str, etype: str, message: str, code: str | None = None) -> 
 
 def openai_reply(step: Say, model: str) -> dict[str, Any]:
     calls = [{"id": f"call_{uuid.uuid4().hex[:8]}", "type": "function",
-              "function": {"name": n, "arguments": json.dumps(a)}} for n, a in step.calls]
+              "function": {"name": n, "arguments": a if step.odd_args else json.dumps(a)}} for n, a in step.calls]
     message: dict[str, Any] = {"role": "assistant", "content": step.text or None}
     if calls:
         message["tool_calls"] = calls
     return {"id": f"chatcmpl-{uuid.uuid4().hex[:8]}", "object": "chat.completion",
             "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
+            "choices": [{"index": 0, "message": message,
+                         "finish_reason": step.stop or ("tool_calls" if calls else "stop")}],
             "usage": {"prompt_tokens": step.tokens_in, "completion_tokens": step.tokens_out,
                       "total_tokens": step.tokens_in + step.tokens_out}}
 
 
 def anthropic_reply(step: Say, model: str) -> dict[str, Any]:
     content: list[dict[str, Any]] = [{"type": "text", "text": step.text}] if step.text else []
-    content += [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:8]}", "name": n, "input": a}
-                for n, a in step.calls]
-    return {"id": f"msg_{uuid.uuid4().hex[:8]}", "type": "message", "role": "assistant",
-            "model": model, "content": content, "stop_reason": "tool_use" if step.calls else "end_turn",
+    content += [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:8]}", "name": n,
+                 "input": json.dumps(a) if step.odd_args else a} for n, a in step.calls]
+    return {"id": f"msg_{uuid.uuid4().hex[:8]}", "type": "message", "role": "assistant", "model": model,
+            "content": content, "stop_reason": step.stop or ("tool_use" if step.calls else "end_turn"),
             "stop_sequence": None,
             "usage": {"input_tokens": step.tokens_in, "output_tokens": step.tokens_out}}
 

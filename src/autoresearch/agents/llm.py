@@ -67,6 +67,9 @@ time budget; change only editable files."""
 LOG_CHARS = 8000  # of one message in agent/<n>.log (the model's text; the first prompt is bounded by the context)
 
 
+CUT = ("length", "max_tokens")  # a reply's stop reason when it reached the reply's token limit
+
+
 @dataclass
 class Limits:
     """Per-proposal limits and the context budget; environment overrides for each."""
@@ -278,6 +281,10 @@ class LLMAgent(BaseAgent):
                 return last_line(reply.text) or "(no description)"
             if tools.finished is not None or not reply.tool_calls:  # talk, or finish, with no edit
                 nudges += 1
+                cut = reply.stop in CUT and not reply.tool_calls
+                if nudges > 2 and cut:  # (not a model without tools: one that thinks at length)
+                    raise AgentError(f"the model's reply was cut at the reply's token limit ({self.limits.reply_tokens}; "
+                                     "AUTORESEARCH_LLM_REPLY_TOKENS) before it called a tool, three times")
                 if nudges > 2 and not self.tools_seen:  # never a tool call from this model: will recur
                     raise AgentError("the model answered in text only and never called a tool: does it support "
                                      "tool calls? (vLLM needs --enable-auto-tool-choice and a --tool-call-parser; "
@@ -285,7 +292,8 @@ class LLMAgent(BaseAgent):
                 if nudges > 2:
                     raise AgentError("the model did not change any file")
                 tools.finished = None
-                messages.append({"role": "user", "content": "No file has changed yet. Use "
+                messages.append({"role": "user", "content": ("Your reply was cut at the token limit: think "
+                                 "less aloud. " if cut else "No file has changed yet. ") + "Use "
                                  "edit_file or write_file to make your change, then call finish."})
             if spend.tokens_in + spend.tokens_out >= self.limits.tokens:
                 raise AgentError(f"the token limit ({self.limits.tokens}) was reached before finish")

@@ -172,6 +172,28 @@ def count(usage: Any, name: str) -> int:
     return int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) and 0 <= n < math.inf else 0
 
 
+def arguments(raw: Any) -> tuple[dict[str, Any], str]:
+    """A tool call's arguments as a dict, and what is wrong with them ('' when nothing): a JSON
+    object as text (the APIs' spec), or an object already (servers off the spec send one)."""
+    if isinstance(raw, dict):
+        return raw, ""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return {}, ""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            return {}, f"arguments are not valid JSON: {e}"
+        if isinstance(raw, dict):
+            return raw, ""
+    return {}, f"arguments must be a JSON object of the tool's parameters, not {type(raw).__name__}"
+
+
+def malformed(e: Exception, spent: tuple[int, int]) -> Transient:
+    """A reply we could not read, retried, with the tokens it was billed for."""
+    return Transient(f"malformed reply from the API ({type(e).__name__}: {e})"[:400], spent=spent)
+
+
 class Chat(Protocol):
     def complete(self, system: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
                  max_tokens: int, timeout: float) -> Reply: ...
@@ -217,21 +239,19 @@ class OpenAIChat:
             u = None if isinstance(r, (str, bytes)) else getattr(r, "usage", None)  # (billed all the same)
             raise Transient("malformed reply from the API (no choices)",
                             spent=(count(u, "prompt_tokens"), count(u, "completion_tokens")))
-        msg = r.choices[0].message
-        calls = []
-        for c in msg.tool_calls or []:
-            fn = getattr(c, "function", None)
-            if fn is None:
-                continue
-            try:
-                args = json.loads(fn.arguments or "{}")
-                calls.append(ToolCall(c.id or uuid.uuid4().hex[:12], fn.name, args if isinstance(args, dict) else {}))
-            except json.JSONDecodeError as e:
-                calls.append(ToolCall(c.id or uuid.uuid4().hex[:12], fn.name, {}, f"arguments are not valid JSON: {e}"))
         usage = getattr(r, "usage", None)
         # cached prompt tokens are billed at full price here: an over-estimate, never an under-
-        return Reply(msg.content or "", calls, count(usage, "prompt_tokens"), count(usage, "completion_tokens"),
-                     stop=r.choices[0].finish_reason or "")
+        spent = (count(usage, "prompt_tokens"), count(usage, "completion_tokens"))
+        try:
+            msg = r.choices[0].message
+            calls = []
+            for c in msg.tool_calls or []:
+                fn = getattr(c, "function", None)
+                if fn is not None:
+                    calls.append(ToolCall(c.id or uuid.uuid4().hex[:12], str(fn.name), *arguments(fn.arguments)))
+            return Reply(str(msg.content or ""), calls, *spent, stop=str(r.choices[0].finish_reason or ""))
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError) as e:
+            raise malformed(e, spent) from None
 
 
 # ---------------------------------------------------------------------------
@@ -284,10 +304,13 @@ class AnthropicChat:
         spent = (count(u, "input_tokens") + read + write, count(u, "output_tokens"))
         if isinstance(r, (str, bytes)) or getattr(r, "content", None) is None:
             raise Transient("malformed reply from the API (no content)", spent=spent)
-        text = "".join(getattr(b, "text", "") for b in r.content if getattr(b, "type", "") == "text")
-        calls = [ToolCall(getattr(b, "id", ""), getattr(b, "name", ""), dict(getattr(b, "input", None) or {}))
-                 for b in r.content if getattr(b, "type", "") == "tool_use"]
-        return Reply(text, calls, *spent, cache_read=read, cache_write=write, stop=r.stop_reason or "")
+        try:
+            text = "".join(str(getattr(b, "text", "")) for b in r.content if getattr(b, "type", "") == "text")
+            calls = [ToolCall(str(getattr(b, "id", "")), str(getattr(b, "name", "")), *arguments(getattr(b, "input", None)))
+                     for b in r.content if getattr(b, "type", "") == "tool_use"]
+        except (AttributeError, TypeError, ValueError) as e:
+            raise malformed(e, spent) from None
+        return Reply(text, calls, *spent, cache_read=read, cache_write=write, stop=str(r.stop_reason or ""))
 
 
 def make_chat(endpoint: Endpoint) -> Chat:

@@ -155,11 +155,14 @@ def setting(env: Mapping[str, str], name: str, default: float, least: float, *, 
     return value
 
 
+GRACE = 2.0  # seconds past a request's timeout before its thread is left behind
+
+
 def _call(fn: Callable[[float], Reply], timeout: float, cancel: threading.Event | None) -> Reply:
-    """fn(timeout), given up at once when `cancel` is set (the request is left to finish in a
-    daemon thread; nothing it returns is used)."""
-    if cancel is None:
-        return fn(timeout)
+    """fn(timeout) in a daemon thread, given up at once when `cancel` is set, and as Transient
+    when no whole reply came in `timeout` (+ GRACE) seconds: the SDKs' timeout bounds each read,
+    so a server (a proxy's keep-alive) that sends a byte now and then would hold a request past
+    every limit. A request given up is left to end in its thread; nothing it returns is used."""
     box: dict[str, Any] = {}
     done = threading.Event()
 
@@ -172,9 +175,12 @@ def _call(fn: Callable[[float], Reply], timeout: float, cancel: threading.Event 
             done.set()
 
     threading.Thread(target=work, daemon=True, name="autoresearch-llm-call").start()
+    until = time.monotonic() + timeout + GRACE
     while not done.wait(0.1):
-        if cancel.is_set():
+        if cancel is not None and cancel.is_set():
             raise LLMError("stopped while waiting for the model")
+        if time.monotonic() >= until:
+            raise Transient(f"no whole reply in {timeout:g} s (the server kept the request open)")
     if "error" in box:
         raise box["error"]
     return box["reply"]  # type: ignore[no-any-return]
