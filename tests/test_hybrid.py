@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli, make_task
-from fakes.llm_server import FakeLLM, Say
+from fakes.llm_server import FakeLLM, Fault, Say
 from llm_helpers import FAST, KEY, ledger
 
 # ---------------------------------------------------------------------------
@@ -57,3 +57,20 @@ def test_the_hybrids_key_is_checked_only_when_its_llm_has_trials(tmp_path: Path)
         assert fake.listings == [KEY] and not fake.requests
     assert "refuses the API key in OPENAI_API_KEY" in said["0.5"] and "refuses" not in said["0"]
     assert [x.extra.get("proposer") for x in ledger(repo)[1:]] == ["search", "search"]
+
+
+def test_an_llm_error_that_will_recur_stops_the_hybrid_as_it_stops_the_llm_agent(tmp_path: Path) -> None:
+    """A wrong model name (a 404 on every chat request): the search's trials between the LLM's
+    reset the count of errors in a row, so the hybrid never stopped; 30% of a night's trials
+    were agent errors, and the run ended with exit 0."""
+    pytest.importorskip("autoresearch.agents.search")
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", [], default=Fault("404", message="model gpt-4.1 not found")) as fake:
+        r = cli("run", str(repo), "--tag", "t", "--agent", "hybrid", "--model", "openai/gpt-4.1",
+                "--base-url", fake.url, "--llm-share", "0.5", "--trials", "10",
+                env={"OPENAI_API_KEY": KEY, **FAST}, timeout=180)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "failed 3 times in a row" in r.stderr and "not found" in r.stderr, r.stderr
+    t = ledger(repo)
+    assert [x.extra.get("proposer") for x in t[1:]] == ["search", None, None, None], [x.extra for x in t]
+    assert [x.status.value for x in t[2:]] == ["agent_error"] * 3

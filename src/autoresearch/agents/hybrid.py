@@ -4,8 +4,10 @@ The LLM gets `--llm-share` of the trials (default 0.3), spread evenly: trial k g
 when that keeps its count closest to share x k (so 0.3 gives 3 of every 10, never 3 in a row at
 the start). Both agents observe every finished trial, whichever of them proposed it, so the
 search learns from the LLM's results and the LLM sees the search's in its history. If the search
-agent has nothing to propose (no constants found) the LLM takes the trial. The proposer is
-recorded in the trial's `extra` as `proposer`.
+agent has nothing to propose (no constants found) the LLM takes the trial. After an LLM error
+that will recur (a bad key or model name, an account out of credit) the LLM takes the next trial
+too, so that three in a row stop the loop as they do `--agent llm` (the search's trials in
+between would hide them all night). The proposer is recorded in the trial's `extra` as `proposer`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class HybridAgent(BaseAgent):
         self.share = share
         self.proposals = 0
         self.llm_proposals = 0
+        self.llm_failing = False  # its last proposal failed in a way that will recur
 
     def pick(self) -> str:
         """'llm' or 'search' for the next proposal (deterministic, evenly spread)."""
@@ -42,7 +45,7 @@ class HybridAgent(BaseAgent):
         return "llm" if self.llm_proposals + 1 <= self.share * k + 1e-9 else "search"
 
     def propose(self, ctx: Context) -> Proposal:
-        who = self.pick()
+        who = "llm" if self.llm_failing and self.share > 0 else self.pick()
         self.proposals += 1
         if who == "search":
             try:
@@ -53,7 +56,13 @@ class HybridAgent(BaseAgent):
                     raise
                 ctx.log(f"[hybrid] the search agent has nothing to propose ({e}); the LLM takes this trial")
         self.llm_proposals += 1
-        return _tagged(self.llm.propose(ctx), "llm")
+        try:
+            p = self.llm.propose(ctx)
+        except AgentError as e:
+            self.llm_failing = e.fatal
+            raise
+        self.llm_failing = False
+        return _tagged(p, "llm")
 
     def observe(self, trial: Trial) -> None:
         self.search.observe(trial)
