@@ -185,3 +185,27 @@ def test_an_edit_that_writes_a_key_is_refused(tmp_path: Path) -> None:
     assert [x.status for x in ledger(repo)] == [Status.KEEP, Status.KEEP]
     history = git(repo, "log", "--all", "-p")
     assert "X = 1.0" in history and KEY[:10] not in history and other not in history
+
+
+def test_a_pattern_that_backtracks_without_end_is_an_error_not_a_frozen_loop(tmp_path: Path, monkeypatch) -> None:
+    """(x+x+)+y over a line of x's takes Python's `re` hours, and `re` holds the interpreter:
+    the agent's time limit and a SIGTERM went unheard. grep runs it in a child with a limit."""
+    import time
+
+    from autoresearch.agents import tools as tools_module
+
+    monkeypatch.setattr(tools_module, "GREP_SECONDS", 1.5)
+    ctx = _ctx(tmp_path)
+    (ctx.workdir / "sub" / "x.txt").write_text("x" * 60 + "\n")
+    tools = Tools(ctx)
+    start = time.monotonic()
+    out = tools.call("grep", {"pattern": "(x+x+)+y", "path": "sub"})
+    assert out.startswith("error: the pattern took more than 1.5 s") and time.monotonic() - start < 10, out
+    # a plain pattern still finds its lines, with the file and line number; many are cut at 100
+    assert tools.call("grep", {"pattern": "hel+o"}) == "sub/notes.txt:1: hello"
+    (ctx.workdir / "sub" / "many.txt").write_text("match\n" * 150)
+    many = tools.call("grep", {"pattern": "^match$", "path": "sub/many.txt"})
+    assert many.count("\n") == 100 and many.endswith("[... more matches cut]"), many[-200:]
+    # the child imports nothing of the worktree's (a json.py or re.py there is not run)
+    (ctx.workdir / "re.py").write_text("raise SystemExit('the worktree was imported')\n")
+    assert tools.call("grep", {"pattern": "hello"}) == "sub/notes.txt:1: hello"

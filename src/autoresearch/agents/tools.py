@@ -8,13 +8,17 @@ The history and logs an agent reads have the sealed holdout figure removed. A to
 on bad input: arguments are checked against the tool's schema (types, required ones), and what
 is wrong comes back as an error text the model can act on; an unexpected failure inside a tool
 is logged and comes back the same way. Outputs are cut to a size that keeps the conversation
-small.
+small. `grep` runs its pattern in a child process with a time limit: a pattern that backtracks
+without end ((x+x+)+y) would hold the loop, and Python's `re` cannot be interrupted.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +33,28 @@ from autoresearch.task import SKIP_DIRS
 
 MAX_OUTPUT = 16000
 HIDDEN = {".git", ".autoresearch"}
+GREP_SECONDS = 10.0
+GREP_HITS = 100
+# the search, in a child (python -I: no module of the worktree's is imported by it)
+GREP = """
+import json, re, sys
+job = json.load(sys.stdin)
+regex, hits = re.compile(job["pattern"]), []
+for f in job["files"]:
+    try:
+        with open(job["root"] + "/" + f, encoding="utf-8") as fh:
+            text = fh.read()
+    except (UnicodeDecodeError, OSError):
+        continue
+    for i, line in enumerate(text.splitlines(), 1):
+        if regex.search(line):
+            hits.append(f"{f}:{i}: {line[:300]}")
+            if len(hits) > job["most"]:
+                break
+    if len(hits) > job["most"]:
+        break
+json.dump(hits, sys.stdout)
+"""
 
 
 class ToolError(Exception):
@@ -237,18 +263,18 @@ class Tools:
             raise ToolError(f"bad regular expression: {e}") from None
         real, _ = self.resolve(path)
         files = self.walk(real) if real.is_dir() else [real.relative_to(self.root).as_posix()]
-        hits: list[str] = []
-        for f in files:
-            try:
-                text = (self.root / f).read_text()
-            except (UnicodeDecodeError, OSError):
-                continue
-            for i, line in enumerate(text.splitlines(), 1):
-                if regex.search(line):
-                    hits.append(f"{f}:{i}: {line[:300]}")
-                    if len(hits) >= 100:
-                        return "\n".join(hits) + "\n[... more matches cut]"
-        return "\n".join(hits) or "no matches"
+        job = json.dumps({"pattern": regex.pattern, "root": str(self.root), "files": files, "most": GREP_HITS})
+        try:
+            done = subprocess.run([sys.executable, "-I", "-c", GREP], input=job, capture_output=True,
+                                  text=True, timeout=GREP_SECONDS, cwd="/")
+            hits = [str(h) for h in json.loads(done.stdout)]
+        except subprocess.TimeoutExpired:
+            raise ToolError(f"the pattern took more than {GREP_SECONDS:g} s over {len(files)} file(s): nested "
+                            "repeats such as (x+)+ backtrack without end; try a simpler one") from None
+        except ValueError:
+            raise ToolError(f"grep failed: {done.stderr.strip()[-300:]}") from None
+        more = "\n[... more matches cut]" if len(hits) > GREP_HITS else ""
+        return "\n".join(hits[:GREP_HITS]) + more if hits else "no matches"
 
     def _writable(self, path: str) -> tuple[Path, str]:
         real, rel = self.resolve(path, must_exist=False)
