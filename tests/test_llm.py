@@ -210,6 +210,25 @@ def test_unknown_price_is_said_and_zero(tmp_path: Path, capsys: pytest.CaptureFi
     assert proposal.cost == 0.0 and proposal.tokens_in == 3000 and proposal.extra.get("price") == "unknown"
 
 
+def test_local_providers_are_priced_by_your_table_and_pro_models_by_their_own() -> None:
+    """vllm/my-local named in AUTORESEARCH_PRICES was recorded at $0 (a local provider was
+    always free); o3-pro took o3's price by prefix, a tenth of its own."""
+    from autoresearch.agents.llm import LLMAgent
+    from autoresearch.agents.providers import make_chat, resolve
+
+    chat = make_chat(resolve("openai/x", "http://127.0.0.1:9/v1"))
+
+    def price(model: str, prices: dict | None = None, base_url: str | None = None) -> tuple | None:
+        return LLMAgent(resolve(model, base_url, {"OPENAI_API_KEY": KEY}), chat, prices=prices).price
+
+    assert price("vllm/my-local", {"my-local": (0.5, 1.5)}) == (0.5, 1.5)
+    assert price("vllm/my-local") == (0.0, 0.0)
+    assert price("ollama/mistral-large") == (0.0, 0.0)  # not Mistral's API price by prefix
+    assert price("ollama/mistral-large", {"mistral-large": (1.0, 1.0)}) == (1.0, 1.0)
+    assert price("openai/o3-pro") == (20.0, 80.0) and price("openai/o3-pro-2025-06-10") == (20.0, 80.0)
+    assert price("openai/o3") == (2.0, 8.0) and price("openai/gpt-5-pro") == (15.0, 120.0)
+
+
 def test_a_model_served_on_this_machine_costs_nothing_unsaid(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task")
     with FakeLLM("openai", good_edit()) as fake:
@@ -243,6 +262,25 @@ def test_keys_appear_nowhere(tmp_path: Path) -> None:
     for text in texts:
         assert KEY not in text and KEY[:12] not in text
     assert "[redacted]" in (repo / ".autoresearch" / "t" / "agent" / "1.log").read_text()
+
+
+def test_credentials_in_the_base_url_appear_nowhere(tmp_path: Path) -> None:
+    """--base-url http://user:secret@host/v1: the secret was kept in the ledger (the options a
+    resume reuses) and written in the agent's log."""
+    repo = make_task(tmp_path / "task")
+    secret = "URLSECRETVALUE99"
+    with FakeLLM("openai", good_edit()) as fake:
+        url = fake.url.replace("http://", f"http://tok:{secret}@")
+        r = cli("run", str(repo), "--tag", "t", "--agent", "llm", "--model", "openai/gpt-4.1", "--base-url", url,
+                "--trials", "1", env={"OPENAI_API_KEY": KEY}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert ledger(repo)[1].status is Status.KEEP
+    texts = [r.stdout + r.stderr, git(repo, "log", "--all", "-p")]
+    texts += [p.read_bytes().decode("latin-1") for p in (repo / ".autoresearch").rglob("*") if p.is_file()]
+    assert not [t for t in texts if secret in t]
+    assert "http://[redacted]@127.0.0.1" in (repo / ".autoresearch" / "t" / "agent" / "1.log").read_text()
+    again = cli("run", str(repo), "--tag", "t", "--trials", "1")  # not resumed on a URL without them
+    assert again.returncode == 2 and "give the agent's flags again" in again.stderr, again.stderr
 
 
 def test_a_key_in_quoted_pieces_leaves_no_piece_in_a_log(monkeypatch: pytest.MonkeyPatch) -> None:

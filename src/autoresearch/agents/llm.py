@@ -203,11 +203,13 @@ class LLMAgent(BaseAgent):
         self.limits = limits or Limits()
         self.policy = policy or RetryPolicy()
         table = {**PRICES, **(prices or {})}
-        self.price = (0.0, 0.0) if endpoint.local else price_of(endpoint.name, table)
-        if self.price is None:  # the full spec too, for an override such as "openrouter/x/y"
+        # a local provider's model is priced only by your own table (ollama's mistral-large is
+        # not Mistral's API); another provider's, by the common table too
+        self.price = price_of(endpoint.name, (prices or {}) if endpoint.local else table)
+        if self.price is None and not endpoint.local:  # the full spec too, for an override such as "openrouter/x/y"
             self.price = table.get(endpoint.label)
-        if self.price is None and on_this_machine(endpoint.base_url):  # a model served here costs nothing
-            self.price = (0.0, 0.0)
+        if self.price is None and (endpoint.local or on_this_machine(endpoint.base_url)):
+            self.price = (0.0, 0.0)  # a model served on a machine of yours costs nothing
         self.role = role
         self.no_usage = False
         self.tools_seen = False  # the model has called a tool once: text-only replies are not its nature

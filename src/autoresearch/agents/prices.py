@@ -4,7 +4,9 @@ The table is a convenience, not a bill: providers change prices. Override or ext
 JSON file named by AUTORESEARCH_PRICES, e.g. {"gpt-4.1": [2.0, 8.0], "my-model": {"input": 0.5,
 "output": 1.5}} (USD per million tokens). A model is matched by its exact name, then by the
 longest known prefix (so dated snapshots such as claude-sonnet-4-5-20250929 find their family).
-Local servers (vllm/, ollama/, llamacpp/) cost nothing. An unknown model costs 0 and says so.
+The local providers (vllm/, ollama/, llamacpp/) cost nothing unless the AUTORESEARCH_PRICES file
+names the model; another provider's model at a base URL on this machine, unless the table does.
+An unknown model costs 0 and says so.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ PRICES: dict[str, tuple[float, float]] = {
     "gpt-4.1": (2.0, 8.0), "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1-nano": (0.10, 0.40),
     "gpt-4o": (2.50, 10.0), "gpt-4o-mini": (0.15, 0.60),
     "o3": (2.0, 8.0), "o3-mini": (1.10, 4.40), "o4-mini": (1.10, 4.40), "o1": (15.0, 60.0),
+    # the -pro models are priced apart (10x and more): never their family's price by prefix
+    "o1-pro": (150.0, 600.0), "o3-pro": (20.0, 80.0), "gpt-5-pro": (15.0, 120.0),
     # Anthropic
     "claude-opus-4-5": (5.0, 25.0), "claude-opus-4-1": (15.0, 75.0), "claude-opus-4": (15.0, 75.0),
     "claude-sonnet-4-5": (3.0, 15.0), "claude-sonnet-4": (3.0, 15.0), "claude-3-7-sonnet": (3.0, 15.0),

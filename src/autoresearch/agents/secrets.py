@@ -1,8 +1,8 @@
 """API keys kept out of every log, error, ledger row and file the agents write.
 
 `redact()` scrubs the keys in the environment (every provider's key variable, every *_API_KEY,
-*_TOKEN and *SECRET value of 8+ characters, the key an agent was given) and anything shaped like
-a key; `keys_in()` counts the keys in a text an agent is about to write, also wrapped over lines,
+*_TOKEN and *SECRET value of 8+ characters, the key an agent was given), anything shaped like
+a key and the credentials in a URL (http://user:password@host); `keys_in()` counts the keys in a text an agent is about to write, also wrapped over lines,
 cut short or pieced together from quoted parts.
 """
 
@@ -16,6 +16,7 @@ KEY_SHAPES = re.compile(
     r"(sk-ant-[A-Za-z0-9_\-*.]{6,}|sk-(?:proj-|or-v1-)?[A-Za-z0-9_\-*.]{6,}|AIza[0-9A-Za-z_\-]{20,}"
     r"|gsk_[A-Za-z0-9]{10,}|xai-[A-Za-z0-9]{10,}|(?i:bearer)\s+[A-Za-z0-9_\-.=]{8,})")
 KEY_ENV = re.compile(r"(API_KEY|_TOKEN|SECRET)$")
+URL_CREDENTIALS = re.compile(r"(?<=://)[^\s/@]+(?=@)")  # http://user:password@host
 
 
 def secrets(env: Mapping[str, str] | None = None) -> list[str]:
@@ -103,4 +104,4 @@ def redact(text: str, extra: tuple[str, ...] = ()) -> str:
     for value in values:
         if len(value) >= 2 * PIECE:
             text = _without_pieces(text, value)
-    return KEY_SHAPES.sub("[redacted]", text)
+    return URL_CREDENTIALS.sub("[redacted]", KEY_SHAPES.sub("[redacted]", text))
