@@ -36,7 +36,7 @@ def test_serve_follows_a_running_loop(tmp_path: Path) -> None:
                                   stderr=err, text=True)
     try:
         line = server.stdout.readline()  # type: ignore[union-attr]
-        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        url = re.search(r"http://127\.0\.0\.1:\d+/[\w-]{16}/", line)
         assert url, line + errors.read_text()
         base = url.group(0)
         state = json.loads(get(base + "state.json")[1])
@@ -122,7 +122,7 @@ def test_serve_without_a_tag_waits_for_the_first_loop(tmp_path: Path) -> None:
     try:
         line = server.stdout.readline()  # type: ignore[union-attr]
         assert "no tag yet, waiting for the first loop" in line, line + server.stderr.read()  # type: ignore[union-attr]
-        base = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)  # type: ignore[union-attr]
+        base = re.search(r"http://127\.0\.0\.1:\d+/[\w-]{16}/", line).group(0)  # type: ignore[union-attr]
         assert json.loads(get(base + "state.json")[1])["version"] == "waiting"
         assert b"waiting for the first loop" in get(base)[1]
         result = run_loop(repo, 1)
@@ -130,7 +130,48 @@ def test_serve_without_a_tag_waits_for_the_first_loop(tmp_path: Path) -> None:
         state = json.loads(get(base + "state.json")[1])
         assert state["trials"] == 2 and state["version"] != "waiting"
         assert "2 experiments, 1 kept improvement" in get(base)[1].decode()
+        # a tag a later loop creates is followed (it stayed on the first)
+        result = run_loop(repo, 1, "--tag", "u")
+        assert result.returncode == 0, result.stderr
+        assert "tag u" in get(base)[1].decode() and json.loads(get(base + "state.json")[1])["trials"] == 2
         assert server.poll() is None
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def request(url: str, method: str = "GET", host: str | None = None) -> tuple[int, bytes]:
+    import urllib.error
+
+    req = urllib.request.Request(url, method=method, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_serve_answers_only_its_key_and_its_own_host(ran) -> None:
+    """The page holds the sealed holdout figures: an agent on this machine fetched them from
+    127.0.0.1 (a sealed one too: it keeps the network), and a web page could through DNS
+    rebinding (any Host was served). HEAD is answered, as uptime checks ask."""
+    repo, _ = ran
+    server = subprocess.Popen([sys.executable, "-m", "autoresearch", "serve", str(repo), "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        base = re.search(r"http://127\.0\.0\.1:(\d+)/[\w-]{16}/", server.stdout.readline())  # type: ignore[arg-type, union-attr]
+        assert base
+        url, port = base.group(0), base.group(1)
+        assert request(url)[0] == 200 and request(url + "state.json")[0] == 200
+        assert request(f"http://localhost:{port}/{url.rsplit('/', 2)[1]}/")[0] == 200
+        root = f"http://127.0.0.1:{port}/"
+        assert request(url + "../state.json")[0] == 404
+        for bare in (root, root + "state.json", root + "progress.png", url[:-2] + "/"):
+            code, body = request(bare)
+            assert code == 403 and b"test_loss" not in body and b"the address" in body, (bare, body)
+        code, body = request(url, host=f"attacker.example:{port}")
+        assert code == 403 and b"test_loss" not in body
+        assert request(url, method="HEAD") == (200, b"")
     finally:
         server.terminate()
         server.wait(timeout=10)

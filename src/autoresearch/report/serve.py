@@ -3,14 +3,20 @@
 The page polls `/state.json` (a few hundred bytes: a version string and the trials in flight)
 every two seconds and reloads itself when the version changes. The ledger is opened read-only
 for every request, so the server never gets in the loop's way. A tag that does not exist yet is
-waited for; with no tag given and none there yet, the first tag a loop creates is followed.
-Endpoints: `/` (the page), `/state.json`, `/progress.png`.
+waited for; with no tag given, the most recent one is followed, and then each new tag a loop
+creates. Endpoints, under `/<key>/`: `` (the page), `state.json`, `progress.png`.
+
+The page shows what no agent may see (the sealed holdout figures) and the code of every trial,
+on a port any process of this machine can reach, an agent's included: every address holds a
+random key, printed by `serve` only, and a request for another Host than 127.0.0.1 or localhost
+(a web page's DNS rebinding) is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -19,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from autoresearch.errors import UsageError
-from autoresearch.ledger import LedgerNotReady, list_tags
+from autoresearch.ledger import LedgerNotReady, list_tags, tag_dir
 from autoresearch.report.study import Study, load_study
 
 WAITING = "waiting"
@@ -28,26 +34,35 @@ WAITING = "waiting"
 class LiveReport:
     """What the server shows, rebuilt only when the ledger has changed."""
 
-    def __init__(self, root: Path, tag: str | None) -> None:
+    def __init__(self, root: Path, tag: str | None, follow: bool = False) -> None:
         self.root = root
         self.tag = tag  # None: the first tag a loop creates, once there is one
+        self.follow = follow  # go on to each new tag a loop creates
+        self.known = set(list_tags(root)) if root.is_dir() else set()
         self._lock = threading.Lock()
         self._diffs: dict[tuple[str, str], str] = {}
         self._built: tuple[str, bytes, bytes] | None = None  # version, page, png
 
     def _study(self, details: bool) -> Study | None:
-        if self.tag is None:
-            from autoresearch.views import pick_tag
-
-            if not list_tags(self.root):
+        if self.tag is None or self.follow:
+            tags = set(list_tags(self.root))
+            new, self.known = tags - self.known, tags
+            if self.tag is None and not tags:
                 return None
-            self.tag = pick_tag(self.root, None)  # followed from now on
+            if self.tag is None or new:  # (not the most recently written: two loops would flip it)
+                self.tag = max(new or tags, key=self._written)
         try:
             return load_study(self.root, self.tag, details=details, diff_cache=self._diffs)
         except UsageError:  # the loop has not created the tag yet
             return None
         except (sqlite3.Error, LedgerNotReady):  # the loop is creating the ledger right now
             return None
+
+    def _written(self, tag: str) -> float:
+        try:
+            return (tag_dir(self.root, tag) / "ledger.sqlite").stat().st_mtime
+        except OSError:
+            return 0.0
 
     def state(self) -> dict[str, object]:
         study = self._study(details=False)
@@ -82,13 +97,25 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server spelling
         try:
-            self._get(self.path.split("?", 1)[0], self.server.live)
+            host = (self.headers.get("Host") or "").rsplit(":", 1)[0].lower()
+            if host not in ("", "127.0.0.1", "localhost"):
+                return self._send(403, "text/plain; charset=utf-8", b"only 127.0.0.1 or localhost is served")
+            path = self.path.split("?", 1)[0]
+            key = f"/{self.server.key}/"
+            if not path.startswith(key):
+                return self._send(403, "text/plain; charset=utf-8",
+                                  b"open the address `autoresearch serve` printed: it holds a key, so that "
+                                  b"only you read this page (an agent on this machine may not)")
+            self._get("/" + path[len(key):], self.server.live)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the page went away mid-answer
         except Exception as e:  # a bug must not take the page down: report it, answer, go on
             traceback.print_exc()
             self._send(503, "text/plain; charset=utf-8",
                        f"the report could not be built just now ({type(e).__name__}: {e})".encode())
+
+    def do_HEAD(self) -> None:  # noqa: N802 - an uptime check's request: GET's headers, no body
+        self.do_GET()
 
     def _get(self, path: str, live: LiveReport) -> None:
         if path in ("/", "/index.html", "/report.html"):
@@ -109,7 +136,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:  # quiet: one page polls a lot
         pass
@@ -120,11 +148,12 @@ class Server(ThreadingHTTPServer):
 
     def __init__(self, live: LiveReport, port: int) -> None:
         self.live = live
+        self.key = secrets.token_urlsafe(12)
         super().__init__(("127.0.0.1", port), Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_port}/"
+        return f"http://127.0.0.1:{self.server_port}/{self.key}/"
 
 
 def make_server(root: str | Path, tag: str | None, port: int = 8765) -> Server:
@@ -136,11 +165,12 @@ def make_server(root: str | Path, tag: str | None, port: int = 8765) -> Server:
     root = Path(root).resolve()
     if not (root / "autoresearch.toml").is_file():
         raise UsageError(f"{root} has no autoresearch.toml: give the task repository the loop runs in")
+    given = bool(tag)
     tag = check_tag(tag) if tag else (pick_tag(root, None) if list_tags(root) else None)
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port} is not a port number (0..65535; 0 picks a free one)")
     try:
-        return Server(LiveReport(root, tag), port)
+        return Server(LiveReport(root, tag, follow=not given), port)
     except OSError as e:
         raise UsageError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({e.strerror}); "
                          "choose another port, or --port 0 for any free one") from None

@@ -132,7 +132,7 @@ class Study:
 
         # not the phase of a running trial: the page shows that from state.json, no reload
         key = repr([(t.number, t.status.value, t.metric) for t in self.trials])
-        return hashlib.sha1(f"{key}{self.noise}".encode()).hexdigest()[:16]
+        return hashlib.sha1(f"{self.tag}{key}{self.noise}".encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------
