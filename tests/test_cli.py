@@ -457,3 +457,22 @@ def test_a_tag_whose_setup_failed_before_any_trial_takes_the_fixed_task_file(tmp
     git(repo, "commit", "-qam", "change setup after a trial")
     r = cli("run", str(repo), "--tag", "d", "--trials", "0")
     assert r.returncode == 2 and "(setup: 'true' -> 'echo again')" in r.stderr, r.stderr
+
+
+def test_show_keeps_terminal_escapes_of_the_log_and_the_diff_off_the_terminal(tmp_path: Path) -> None:
+    """An experiment's output and an agent's diff went to the terminal as they were: a window
+    title set, the screen cleared, the clipboard written (OSC 52). A trial number past SQLite's
+    integers was a traceback."""
+    hostile = "\\x1b]0;PWNED\\x07\\x1b[2J\\x1b]52;c;cHduZWQ=\\x07"
+    repo = make_task(tmp_path / "task", experiment=EXPERIMENT + f'print("{hostile}esc-test")\n')
+    agent = script_agent(tmp_path / "agent.sh", """\
+        printf '# \\033]0;FROM-DIFF\\007\\n' >> exp.py
+        echo "a comment"
+        """)
+    assert cli("run", str(repo), "--tag", "t", "--trials", "1", "--agent", "cli", "--agent-cmd", agent).returncode == 0
+    out = cli("show", "1", str(repo)).stdout
+    assert "esc-test" in out
+    assert "\x1b" not in out and "\x07" not in out, repr(out)
+    assert "# " in out.split("diff against its parent:")[1]
+    r = cli("show", "99999999999999999999", str(repo))
+    assert r.returncode == 2 and "no trial 99999999999999999999" in r.stderr and "Traceback" not in r.stderr

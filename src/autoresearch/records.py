@@ -110,6 +110,14 @@ def clean_text(text: str, limit: int = 200) -> str:
     return " ".join(text.split())[:limit].rstrip()
 
 
+def printable(text: str) -> str:
+    """Text for a terminal, its lines kept: terminal escapes removed (an experiment's or an
+    agent's output could set the window title, clear the screen or write the clipboard),
+    carriage returns made line breaks, other control characters made spaces."""
+    text = _ANSI.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in text)
+
+
 def tsv_row(t: Trial) -> str:
     """One row of autoresearch's results.tsv for a finished trial."""
     metric = t.metric if t.metric is not None and t.status in (Status.KEEP, Status.DISCARD, Status.DUPLICATE) else None

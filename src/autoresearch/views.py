@@ -13,7 +13,7 @@ from autoresearch.gitrepo import Git
 from autoresearch.ledger import Ledger, list_tags, tag_dir
 from autoresearch.process import last_lines, log_digests, read_tail
 from autoresearch.prompt import fmt
-from autoresearch.records import Status, Trial, measured_baseline
+from autoresearch.records import Status, Trial, measured_baseline, printable
 
 
 def pick_tag(root: Path, tag: str | None) -> str:
@@ -165,6 +165,8 @@ def refs_warnings(root: Path, tag: str, trials: list[Trial], best: Trial | None)
 
 def show_text(root: Path, number: int, tag: str | None) -> str:
     tag = pick_tag(root, tag)
+    if not 0 <= number < 2 ** 63:  # (sqlite's integers)
+        raise UsageError(f"no trial {number} in tag {tag!r}")
     led = Ledger.read(root, tag)
     try:
         t = led.get(number)
@@ -211,4 +213,4 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
     agent_log = tag_dir(root, tag) / "agent" / f"{t.number}.log"
     if agent_log.exists() and not (log and log.exists()):  # not run: what the agent did is the story
         lines += ["", f"agent log tail ({agent_log}):", last_lines(read_tail(agent_log), 20).rstrip() or "(empty)"]
-    return "\n".join(lines)
+    return printable("\n".join(lines))  # (the diff and the logs are the agent's and its code's words)
