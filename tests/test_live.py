@@ -83,6 +83,23 @@ def test_live_view_on_a_terminal_shows_flights_best_and_last_trials(tmp_path: Pa
     assert "kept of" in text and "raise X to 5" in text
 
 
+def test_a_resumed_tag_shows_its_best_before_the_first_new_trial_ends(tmp_path: Path) -> None:
+    """On resume the view showed no best (nor baseline) until a new trial finished: minutes, on
+    a real budget."""
+    repo = new_task(tmp_path / "task")
+    first = script_agent(tmp_path / "agent.sh", AGENT)
+    code, _ = run_in_terminal([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t",
+                               "--agent", "cli", "--agent-cmd", first, "--trials", "1"], {"NASTY": NASTY})
+    assert code == 0
+    slow = script_agent(tmp_path / "slow.sh", "sleep 2\necho '# later' >> exp.py\necho 'a second try'\n")
+    code, out = run_in_terminal([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t",
+                                 "--agent", "cli", "--agent-cmd", slow, "--trials", "1"], {"NASTY": NASTY})
+    assert code == 0, out
+    text = ANSI.sub("", out)
+    thinking = text[text.index("agent thinking"):text.index("experiment running")]  # the frames then
+    assert "best loss 3 (trial 1) (-3.005" in thinking, text
+
+
 def test_live_events_are_thread_safe(tmp_path: Path) -> None:
     from rich.console import Console
 

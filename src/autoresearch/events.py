@@ -17,6 +17,7 @@ class Events(Protocol):
     def trial_started(self, number: int, index: int, total: int | None) -> None: ...
     def phase(self, number: int, phase: str, budget: float | None = None) -> None: ...
     def trial_finished(self, trial: Trial, best: Trial, baseline: Trial | None, cost: float) -> None: ...
+    def going_on(self, best: Trial, baseline: Trial | None, cost: float) -> None: ...  # a resumed tag's best
     def close(self) -> None: ...
 
 
@@ -25,6 +26,7 @@ class NullEvents:
     def trial_started(self, number: int, index: int, total: int | None) -> None: ...
     def phase(self, number: int, phase: str, budget: float | None = None) -> None: ...
     def trial_finished(self, trial: Trial, best: Trial, baseline: Trial | None, cost: float) -> None: ...
+    def going_on(self, best: Trial, baseline: Trial | None, cost: float) -> None: ...
     def close(self) -> None: ...
 
 
@@ -52,6 +54,9 @@ class Steady:
 
     def trial_finished(self, trial: Trial, best: Trial, baseline: Trial | None, cost: float) -> None:
         self._call("trial_finished", trial, best, baseline, cost)
+
+    def going_on(self, best: Trial, baseline: Trial | None, cost: float) -> None:
+        self._call("going_on", best, baseline, cost)
 
     def close(self) -> None:
         self._call("close")
@@ -120,6 +125,9 @@ class PlainEvents:
                     f"in {trial.run_seconds:.1f}s: {trial.description}{why}\n"
                     f"  best {self.metric} {fmt(best.metric)} (trial {best.number})"
                     f"{gain_text(best, baseline, self.minimize)}{money}")
+
+    def going_on(self, best: Trial, baseline: Trial | None, cost: float) -> None:
+        self._best = f"; best {self.metric} {fmt(best.metric)} (trial {best.number})"
 
     def _ticker(self) -> None:
         while not self._stop.wait(self.tick):

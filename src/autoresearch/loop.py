@@ -142,8 +142,7 @@ class Loop:
             if self.task.setup:
                 self.events.message(f"setup: `{self.task.setup}` (its output: {self.s.dir / 'logs' / 'setup.log'})")
             began = time.monotonic()
-            setup = run_setup(self.s, ws, self.measure.env(0, self.opt.seed, self.slots[0]),  # the task's own
-                                   cancel=self.cancel)                                   # code: no sandbox
+            setup = run_setup(self.s, ws, self.measure.env(0, self.opt.seed, self.slots[0]), cancel=self.cancel)  # (no sandbox)
             if self.task.setup:
                 self.events.message(f"setup done in {time.monotonic() - began:.1f} s")
             self.watch.after_setup(setup)
@@ -153,6 +152,8 @@ class Loop:
                                     "trials run the committed code, so those changes are not kept")
         if self.best is None:
             self.best = self._baseline(Place(ws, self.slots[0]))
+        else:
+            self.events.going_on(self.best, self.baseline, self.total_cost())
         assert self.best.commit
         trees = [ws] + [self.s.workspace(i, self.best.commit)
                         for i in range(1, len(self.slots) + self.ahead)]

@@ -108,6 +108,10 @@ class LiveEvents:
         self._ensure_started()
         self._live.refresh()
 
+    def going_on(self, best: Trial, baseline: Trial | None, cost: float) -> None:
+        with self._lock:  # (a resumed tag: its best is shown before the first new trial ends)
+            self._best, self._baseline, self._cost = best, baseline, cost
+
     def close(self) -> None:
         with self._lock:
             if self._state != "live":

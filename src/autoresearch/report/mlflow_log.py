@@ -218,6 +218,9 @@ class MlflowEvents:
                 self.inner.message(f"mlflow: could not log trial {trial.number} "
                                    f"({type(e).__name__}: {clean_text(str(e), 200)}); the loop goes on")
 
+    def going_on(self, best: Trial, baseline: Trial | None, cost: float) -> None:
+        self.inner.going_on(best, baseline, cost)
+
     def _diff(self, t: Trial) -> str | None:
         if not (t.parent and t.commit) or t.status in (Status.AGENT_ERROR,):
             return None
