@@ -476,3 +476,35 @@ def test_show_keeps_terminal_escapes_of_the_log_and_the_diff_off_the_terminal(tm
     assert "# " in out.split("diff against its parent:")[1]
     r = cli("show", "99999999999999999999", str(repo))
     assert r.returncode == 2 and "no trial 99999999999999999999" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_status_while_a_loop_runs_says_so_not_how_the_last_run_ended(tmp_path: Path) -> None:
+    """`status` beside a running loop gave the previous invocation's end ("last run: ended ...
+    --trials 1 done") as if nothing ran, and counted the trial in flight as one of the trials."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    repo = make_task(tmp_path / "task")
+    assert cli("run", str(repo), "--tag", "t", "--trials", "0").returncode == 0
+    marker = tmp_path / "thinking"
+    agent = script_agent(tmp_path / "agent.sh", f"""\
+        touch {marker}
+        sleep 4
+        sed -i 's/^Y = 2/Y = 1/' exp.py; echo "Y down"
+        """)
+    loop = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t", "--trials", "1",
+                             "--agent", "cli", "--agent-cmd", agent], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        out = cli("status", str(repo)).stdout
+        assert "tag t: 1 trial (the baseline included), 0 kept improvements, 1 in flight" in out, out
+        assert "a loop is running on this tag now (trial 1 in flight)" in out and "last run" not in out, out
+    finally:
+        assert loop.wait(timeout=60) == 0
+    out = cli("status", str(repo)).stdout
+    assert "last run: ended" in out and "running on this tag" not in out, out

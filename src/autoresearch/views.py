@@ -91,7 +91,7 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     shown = trials if limit is None else trials[len(trials) - limit:] if limit else []
     rows = [("#", "commit", "status", metric, *([holdout] if holdout else []), "seconds", "description")]
     running = [t.number for t in trials if t.status.value == "running"]
-    alive = Ledger.loop_running(tag_dir(root, tag)) if running else True
+    alive = Ledger.loop_running(tag_dir(root, tag))
     for t in shown:
         said = t.reason and t.description.startswith(f"agent error: {t.reason}"[:60])  # the reason is the description
         note = f"  [{t.reason}]" if t.reason and t.status.value != "keep" and not said else ""
@@ -105,13 +105,18 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     n = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
     kept = max(0, sum(t.status.value == "keep" for t in trials) - 1)  # the first keep is the baseline
-    lines = [f"tag {tag}: {len(trials)} trial{'s' * (len(trials) != 1)} (the baseline included), "
-             f"{kept} kept improvement{'s' * (kept != 1)}"]
+    done = len(trials) - len(running)
+    lines = [f"tag {tag}: {done} trial{'s' * (done != 1)} (the baseline included), "
+             f"{kept} kept improvement{'s' * (kept != 1)}" + (f", {len(running)} in flight" if running else "")]
     ended = last_run_text(last_run)
     flying = f"trial{'s' if len(running) > 1 else ''} {', '.join(map(str, running))}"
-    if not alive and ended_at(last_run) > max(t.started for t in trials if t.status.value == "running"):
+    if alive:  # (the last run's end is an earlier invocation's)
+        ended = "a loop is running on this tag now" + (f" ({flying} in flight)" if running else "")
+    elif not running:
+        pass
+    elif ended_at(last_run) > max(t.started for t in trials if t.status.value == "running"):
         ended += f" ({flying} left in flight: `autoresearch run --tag {tag}` records {'them' if len(running) > 1 else 'it'} as interrupted)"
-    elif not alive:  # (a SIGKILL, a machine that went down: nothing could record the end)
+    else:  # (a SIGKILL, a machine that went down: nothing could record the end)
         ended = (f"last run: stopped without a word (killed, or the machine went down) while {flying} ran; "
                  f"`autoresearch run --tag {tag}` resumes")
     if ended:
