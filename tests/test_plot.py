@@ -247,3 +247,21 @@ def write_long_and_load(tmp_path: Path):  # noqa: ANN201
     repo = new_task(tmp_path / "long")
     write_trials(repo, "t", [("keep", 3.0), ("discard", 3.5), ("keep", 2.0), ("discard", 2.4)]).close()
     return load_study(repo, "t", details=False)
+
+
+def test_no_discard_in_range_is_drawn_beyond_the_pins_of_those_off_the_scale(tmp_path: Path) -> None:
+    """The pins sat 3% inside the edge, and discards in the range's outer 3% were drawn beyond
+    them: a trial above a pin reads as worse than the one far off."""
+    from autoresearch.report.plot import progress_figure
+    from autoresearch.report.study import load_study
+
+    repo = new_task(tmp_path / "task")
+    rows = [("keep", 5.8), ("keep", 1.3), *[("discard", 5.8 + 0.1 * k) for k in range(1, 120)],
+            ("discard", 4000.0), ("discard", 9000.0)]
+    write_trials(repo, "t", rows, minimize=True).close()
+    fig = progress_figure(load_study(repo, "t", details=False))
+    ax = fig.axes[0]
+    drawn = {c.get_label(): c.get_offsets()[:, 1] for c in ax.collections if c.get_label() in
+             ("discarded", "discarded (off the scale)")}
+    assert len(drawn) == 2, drawn.keys()
+    assert max(drawn["discarded"]) < min(drawn["discarded (off the scale)"]) <= ax.get_ylim()[1]

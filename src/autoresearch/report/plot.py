@@ -176,6 +176,11 @@ def _draw_points(ax: Any, study: Study, log: bool) -> tuple[float, float] | None
     values = [v for _, v in faint] + [v for _, v in study.running_best()]
     limits = _limits(study, values, log) if values else None
     lo, hi = limits or (-math.inf, math.inf)
+    # what lies in the outer 5% of the range is pinned too: the pins sit 3% inside the edge,
+    # and a point drawn above the pin of a point far off would read as the worse of the two
+    near = (lambda a, b: a * (b / a) ** 0.05) if log else (lambda a, b: a + (b - a) * 0.05)
+    if limits:
+        lo, hi = near(lo, hi), near(hi, lo)
     inside = [(n, v) for n, v in faint if lo <= v <= hi]
     if inside:
         ax.scatter([n for n, _ in inside], [v for _, v in inside], s=16, color=FAINT,
@@ -185,7 +190,8 @@ def _draw_points(ax: Any, study: Study, log: bool) -> tuple[float, float] | None
     # pinned a little inside the edge (the range is padded by 6% of itself beyond the data)
     edge = (lambda a, b: a * (b / a) ** 0.03) if log else (lambda a, b: a + (b - a) * 0.03)
     label = "discarded (off the scale)"
-    for ns, y, marker in ((above, edge(hi, lo), "^"), (below, edge(lo, hi), "v")):
+    bottom, top = limits or (lo, hi)
+    for ns, y, marker in ((above, edge(top, bottom), "^"), (below, edge(bottom, top), "v")):
         if ns:
             ax.scatter(ns, [y] * len(ns), s=22, color=FAINT, alpha=0.45, marker=marker,
                        label=label, zorder=2)
