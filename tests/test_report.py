@@ -247,3 +247,13 @@ def test_report_flags_that_cannot_be_used_are_one_line_errors_naming_them(ran, t
         assert result.returncode == 2, (args, result.stderr)
         assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert (tmp_path / "afile").read_text() == "x" and not (tmp_path / "nowhere").exists()
+
+
+def test_the_report_of_a_run_stopped_before_any_trial_says_why(tmp_path: Path) -> None:
+    """A setup that failed: the page and the plot said only "No trial has finished yet"."""
+    repo = make_task(tmp_path / "task", toml_extra='setup = "echo setting up; exit 3"\n')
+    assert cli("run", str(repo), "--tag", "z", "--trials", "1").returncode == 1
+    r = cli("report", str(repo), "--tag", "z", "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "No trial has finished: the last run ended with" in html and "exit 3" in html, html[:3000]

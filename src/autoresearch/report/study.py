@@ -5,6 +5,8 @@ a report or a live page may be built while a loop is writing it.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -51,6 +53,7 @@ class Study:
     tag: str = ""
     root: str | None = None  # the git repository holding the trials' commits, when known
     looping: bool = False  # a loop holds the tag now (its lock is taken)
+    ended: str = ""  # why the last run ended, as it recorded it ('' when it did not)
 
     @property
     def finished(self) -> list[Trial]:
@@ -174,6 +177,7 @@ def load_study(root: str | Path, tag: str | None, details: bool = True,
         trials = led.trials()
         minimize = (led.get_meta("goal") or "minimize") == "minimize"
         noise = float(led.get_meta("noise") or 0.0)
+        last_run = led.get_meta("last_run")
     finally:
         led.close()
     name, holdout = _task_info(root)
@@ -181,6 +185,8 @@ def load_study(root: str | Path, tag: str | None, details: bool = True,
                   metric=led.metric_name, minimize=minimize, trials=trials, noise=noise,
                   holdout=holdout, task_name=name or root.name, tag=tag, root=str(root))
     study.looping = bool(study.running) and Ledger.loop_running(Path(study.source))
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        study.ended = str(json.loads(last_run or "{}").get("why") or "")
     if details:
         _add_details(study, root, diff_cache)
     return study
