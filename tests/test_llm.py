@@ -126,7 +126,7 @@ def test_a_retry_after_past_the_time_limit_is_said_as_such(tmp_path: Path) -> No
     assert "the server asked to wait 100.0 s, past the agent's time limit (--agent-timeout 8 s)" in t[1].reason
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("kind", ["openai", pytest.param("anthropic", marks=pytest.mark.slow)])
 def test_model_that_talks_instead_of_editing_is_nudged(tmp_path: Path, kind: str) -> None:
     """A reply with no tool call, and a finish before any edit, get a reminder; the conversation
     stays valid for the API (the fake refuses what the real API would)."""

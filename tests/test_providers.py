@@ -21,9 +21,10 @@ from autoresearch.records import Status
 
 
 @pytest.mark.parametrize("kind,fault", [
-    ("openai", Fault("429", retry_after=0.3)), ("openai", Fault("500")), ("openai", Fault("hang", seconds=3)),
-    ("openai", Fault("malformed")), ("openai", Fault("bad-shape")),
-    ("anthropic", Fault("429", retry_after=0.3)), ("anthropic", Fault("malformed")),
+    ("openai", Fault("429", retry_after=0.3)), ("openai", Fault("500")),
+    pytest.param("openai", Fault("hang", seconds=3), marks=pytest.mark.slow),
+    ("openai", Fault("malformed")), pytest.param("openai", Fault("bad-shape"), marks=pytest.mark.slow),
+    ("anthropic", Fault("429", retry_after=0.3)), pytest.param("anthropic", Fault("malformed"), marks=pytest.mark.slow),
 ])
 def test_faults_are_retried_then_recorded(tmp_path: Path, kind: str, fault: Fault) -> None:
     repo = make_task(tmp_path / "task")
@@ -46,7 +47,7 @@ def test_faults_are_retried_then_recorded(tmp_path: Path, kind: str, fault: Faul
         assert times[5] - times[4] >= 0.3  # retry-after respected
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("kind", ["openai", pytest.param("anthropic", marks=pytest.mark.slow)])
 def test_a_reply_that_trickles_in_is_given_up_at_the_request_timeout(tmp_path: Path, kind: str) -> None:
     """A 200 whose body comes a byte at a time (a keep-alive proxy) passed every limit: each
     read was quick, so the SDK's timeout never came, and --agent-timeout was not looked at."""
@@ -76,7 +77,7 @@ def test_tool_arguments_off_the_spec_are_read_not_thrown_away(tmp_path: Path, ki
     assert "X = 1.0" in branch_file(repo)
 
 
-@pytest.mark.parametrize("kind,stop", [("openai", "length"), ("anthropic", "max_tokens")])
+@pytest.mark.parametrize("kind,stop", [("openai", "length"), pytest.param("anthropic", "max_tokens", marks=pytest.mark.slow)])
 def test_a_reply_cut_at_the_token_limit_is_named_not_taken_for_a_model_without_tools(
         tmp_path: Path, kind: str, stop: str) -> None:
     repo = make_task(tmp_path / "task")

@@ -281,7 +281,8 @@ def test_resume_learns_from_every_trial_in_the_ledger(tmp_path):
         assert s.value == pytest.approx(t.metric)
 
 
-@pytest.mark.parametrize("sampler", ["random", "cmaes", "gp"])
+@pytest.mark.parametrize("sampler", ["random", pytest.param("cmaes", marks=pytest.mark.slow),
+                                     pytest.param("gp", marks=pytest.mark.slow)])
 def test_other_samplers_run(tmp_path, sampler):
     if sampler == "cmaes":
         pytest.importorskip("cmaes")
