@@ -221,6 +221,26 @@ def test_the_agent_prepares_the_next_trial_while_one_runs(tmp_path: Path, ahead:
         assert not during and not early
 
 
+def test_no_experiment_starts_past_hours_not_even_one_prepared_ahead(tmp_path: Path) -> None:
+    """--hours with proposals prepared ahead: every proposal queued by the deadline was run after
+    it (2.8 x the limit with --agent-concurrency 6 on 2 workers)."""
+    root, agent, env = setup_run(tmp_path, {n: f"{n}.0 1.5" for n in range(1, 40)})
+    r = cli("run", str(root), "--tag", "h", "--agent", "cli", "--agent-cmd", agent, "--hours", "0.001",
+            "--agent-concurrency", "4", env=env)  # (3.6 s)
+    assert r.returncode == 0, r.stderr + r.stdout
+    led = Ledger.read(root, "h")
+    n = len(led.trials()) - 1
+    led.close()
+    rows = check_ledger_and_git(root, "h", n)
+    skipped = [t for t in rows if t.status is Status.INTERRUPTED]
+    assert skipped and all("not run: --hours 0.001 was reached while it waited for a slot" in t.reason
+                           for t in skipped), [(t.status, t.reason) for t in rows]
+    exps, _ = read_stamps(env)
+    first = min(t.started for t in rows)
+    assert all(start - first < 3.6 + 1.0 for start, _, _ in exps.values()), exps  # (the baseline's start-up)
+    assert not any(t.number in exps for t in skipped)
+
+
 def test_a_concurrent_agent_proposes_in_parallel(tmp_path: Path) -> None:
     root, agent, env = setup_run(tmp_path, {n: f"{n}.0 0.2" for n in range(1, 5)})
     env["AR_AGENT_SLEEP"] = "1"

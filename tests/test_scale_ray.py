@@ -57,6 +57,10 @@ with open(os.path.join(spot, f"{n}.{os.getpid()}.pid"), "w") as f:
 if os.environ.get("AUTORESEARCH_TAG") == "lost" and n == "1" and not os.path.exists(os.path.join(spot, "again")):
     open(os.path.join(spot, "again"), "w").close()
     time.sleep(60)  # the test kills this experiment's Ray worker meanwhile
+if os.environ.get("AUTORESEARCH_TAG") == "dead" and n != "0":  # every worker lost, as on a dead node
+    import signal
+    os.kill(worker, signal.SIGKILL)
+    time.sleep(30)
 time.sleep(S)
 print(f"span: {t0} {time.time()}")
 print(f"loss: {X}")
@@ -174,6 +178,23 @@ def test_a_killed_ray_worker_is_recorded_and_the_trial_requeued_once(ray_head, t
     assert "lost worker (the trial was run again): WorkerCrashedError" in shown
     assert len(list(spot.glob("1.*.pid"))) == 2  # it ran twice, trial 2 once
     assert len(list(spot.glob("2.*.pid"))) == 1
+
+
+@pytest.mark.slow  # (CI runs the slow tests too)
+def test_workers_lost_trial_after_trial_stop_the_loop(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    """A node gone under a live head: every trial lost its worker twice, in a second, and the loop
+    went on proposing, committing and losing them (53 crash trials in 65 s, all night)."""
+    address, env = ray_head
+    root, agent = _task(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "autoresearch", "run", str(root), "--tag", "dead", "--agent", "cli",
+                        "--agent-cmd", agent, "--trials", "20", "--ray-address", address, "--workers", "1",
+                        "--trial-resources", "cpu=1"], env={**os.environ, **env}, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "the Ray workers of 3 trials in a row were lost, each twice" in r.stderr, r.stdout + r.stderr
+    rows = _rows(root, "dead")
+    assert [t.status for t in rows] == [Status.KEEP] + [Status.CRASH] * 3, [(t.status, t.reason) for t in rows]
+    assert all(len(t.extra["lost_workers"]) == 1 for t in rows[1:])
 
 
 EVALUATE = """\

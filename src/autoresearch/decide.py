@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+
+from autoresearch.records import Status, Trial
 
 
 def better(value: float, best: float, minimize: bool, min_delta: float = 0.0) -> bool:
@@ -47,3 +49,11 @@ def threshold(min_delta: float | str, measured_noise: float) -> float:
     if min_delta == "auto":
         return 2.0 * measured_noise
     return float(min_delta)
+
+
+def noise_groups(trials: Iterable[Trial], metric: str) -> list[list[float]]:
+    """The repeated runs the noise is pooled over: the baseline's and each kept trial's (the code
+    later trials are measured against), not a discarded one's: a change that made the metric
+    swing from seed to seed would raise the bar for the rest of the tag."""
+    groups = [[r[metric] for r in t.repeats if metric in r] for t in trials if t.status is Status.KEEP]
+    return [g for g in groups if len(g) > 1]

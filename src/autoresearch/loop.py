@@ -23,7 +23,6 @@ import json
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from autoresearch.judge import Measurement, mean_figures
 from autoresearch.ledger import clean_text
 from autoresearch.measure import Measurer
 from autoresearch.metrics import unrecorded
+from autoresearch.options import Options
 from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import adopt_orphans, log_digests, read_tail
 from autoresearch.prompt import visible
@@ -53,21 +53,6 @@ from autoresearch.watch import Watch
 
 # code that was never measured (rejected, agent error, stopped) may be proposed again
 UNMEASURED = (Status.REJECTED, Status.AGENT_ERROR, Status.INTERRUPTED, Status.RUNNING)
-
-
-@dataclass
-class Options:
-    trials: int | None = None  # new trials in this invocation (the baseline not counted)
-    hours: float | None = None
-    seed: int = 0
-    agent_timeout: float | None = None
-    gpus: tuple[str, ...] = ()
-    sandbox: bool = False
-    keep_runs: bool = False
-    max_cost: float | None = None
-    workers: int | None = None  # trials in flight; None: one per GPU group, or what Ray holds
-    gpus_per_trial: int = 1
-    agent_concurrency: int | None = None  # proposals prepared ahead; None: 0 for one worker, else 1
 
 
 AUDITED = (Status.KEEP, Status.DISCARD, Status.CRASH, Status.TIMEOUT)  # the trials whose code ran
@@ -112,6 +97,7 @@ class Loop:
         self.ended = ""  # why it stopped, whatever the reason
         self.measure = Measurer(session, self.backend, self.events, self.cancel, self.bin_dir, self.opt.sandbox)
         self.measure.beside = len(self.slots) + self.ahead > 1  # (an agent working ahead runs beside too)
+        self.measure.fail = partial(self._fail, at_once=False)
         if unsealed := "" if self.opt.sandbox else seal_warning(self.task, self.measure.beside and not self.backend.remote):
             self.events.message(unsealed)
         root_files = list_files(self.task.root)
@@ -185,12 +171,12 @@ class Loop:
         if self.cancel.is_set():
             self.ended = self.ended or "stopped by a signal (Ctrl-C, SIGTERM or SIGHUP)"
             return True
-        if self.ended:  # (the agent has nothing left to propose)
+        if self.ended or self.failure:  # (the agent has nothing left to propose; a failure that recurs)
             return True
         if self.opt.trials is not None and done >= self.opt.trials:
             self.ended = f"--trials {self.opt.trials} done"
             return True
-        if self.opt.hours is not None and time.monotonic() - self.started >= self.opt.hours * 3600:
+        if self._past_hours():
             self.ended = f"--hours {self.opt.hours:g} reached"
             self.events.message(f"{self.ended}: stopping")
             return True
@@ -199,6 +185,9 @@ class Loop:
             self.events.message(f"{self.ended}: stopping")
             return True
         return False
+
+    def _past_hours(self) -> bool:
+        return self.opt.hours is not None and time.monotonic() - self.started >= self.opt.hours * 3600
 
     def total_cost(self) -> float:
         return self.s.ledger.total_cost()
@@ -368,6 +357,9 @@ class Loop:
         commit = t.commit or ""
         if self.cancel.is_set():
             return t.with_(status=Status.INTERRUPTED, reason="stopped before the experiment")
+        if self.ahead and self._past_hours():  # prepared ahead: no experiment starts past the deadline
+            return t.with_(status=Status.INTERRUPTED, reason=f"not run: --hours {self.opt.hours:g} was reached "
+                           "while it waited for a slot")
         m = self.measure.repeats(at, t, commit, 1, first_seed=self.opt.seed)
         if self.cancel.is_set() and m.status is not Status.INTERRUPTED:
             # stopped while it ran: a remote experiment may finish in the moment its cancel takes
@@ -393,11 +385,9 @@ class Loop:
             if stop == DONE and not self.ended:  # a finished search: the loop ends as it would at --trials
                 self.ended = f"the agent has nothing left to propose ({FATAL_REPEATS} times in a row): {error[:300]}"
                 self.events.message(f"autoresearch: stopping: {self.ended}")
-            if stop == FATAL and not self.failure:
-                self.failure = (f"the agent failed {FATAL_REPEATS} times in a row with an error that will not "
-                                f"go away by itself: {error[:300]}")
-                self.events.message(f"autoresearch: stopping: {self.failure}")
-                self.cancel.set()
+            if stop == FATAL:
+                self._fail(f"the agent failed {FATAL_REPEATS} times in a row with an error that will not "
+                           f"go away by itself: {error[:300]}")
             if stop:
                 return t
         last = self.opt.trials is not None and self.done >= self.opt.trials  # no next proposal to wait for
@@ -405,6 +395,16 @@ class Loop:
             self.events.message(f"the agent failed {n} times in a row: waiting {wait:g} s before the next proposal")
             self.cancel.wait(wait)
         return t
+
+    def _fail(self, why: str, at_once: bool = True) -> None:
+        """Stop the loop for a failure that will recur (exit 1): `at_once`, what is in flight is
+        stopped; else it ends as it would. The first failure is what the loop says."""
+        with self.lock:
+            if not self.failure:
+                self.failure = why
+                self.events.message(f"autoresearch: stopping: {why}")
+                if at_once:
+                    self.cancel.set()
 
     def _decide(self, at: Place, t: Trial, commit: str, m: Measurement) -> Measurement:
         assert self.best is not None and self.best.metric is not None
@@ -432,16 +432,12 @@ class Loop:
                            + decide.why_not(figures[name], self.best.metric, bar, minimize), seconds, repeats)
 
     def noise(self) -> float:
-        """Run-to-run noise: pooled over the repeated runs of the baseline and of each kept trial
-        (not a discarded one's: a change that made the metric swing would raise every later bar)."""
+        """Run-to-run noise, pooled over the runs of decide.noise_groups (else the baseline's)."""
         if self.repeated is None:  # read once; _finish adds each kept trial's (not a ledger scan a trial)
-            self.repeated = [g for t in self.s.ledger.trials() if t.status is Status.KEEP and len(g := self._repeats(t)) > 1]
+            self.repeated = decide.noise_groups(self.s.ledger.trials(), self.task.metric.name)
         pooled = decide.pooled_noise(self.repeated)
         raw = self.s.ledger.get_meta("noise")
         return pooled if pooled or not raw else float(raw)
-
-    def _repeats(self, t: Trial) -> list[float]:
-        return [r[self.task.metric.name] for r in t.repeats if self.task.metric.name in r]
 
     # -- recording --------------------------------------------------------------------------
 
@@ -464,8 +460,8 @@ class Loop:
                 # probes the holdout's data, then is let go, is how an agent would learn it
                 t = t.with_(flags=[*t.flags, *audit.audit_trial(self.s.git, self.task, t.parent, t.commit)])
             self.s.ledger.finish(t)
-            if self.repeated is not None and t.status is Status.KEEP and len(runs := self._repeats(t)) > 1:
-                self.repeated.append(runs)
+            if self.repeated is not None:
+                self.repeated += decide.noise_groups([t], self.task.metric.name)
             if t.status in UNMEASURED:  # its code may be proposed again
                 for tree in [k for k, n in self.trees.items() if n == t.number]:
                     del self.trees[tree]

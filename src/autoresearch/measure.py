@@ -13,6 +13,7 @@ import errno
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from autoresearch.backends import Backend
@@ -26,6 +27,8 @@ from autoresearch.records import Status, Trial
 from autoresearch.sandbox import problem as sandbox_problem
 from autoresearch.session import Session
 from autoresearch.setupstep import SetupOutput, shared_links
+
+LOST_REPEATS = 3  # trials in a row that lost their worker twice: the loop stops
 
 
 class Measurer:
@@ -43,6 +46,8 @@ class Measurer:
         self.beside = False  # other trials run beside these (--workers): their processes may write here
         self.lost: dict[int, list[str]] = {}  # trial -> the remote workers lost under it
         self._lost_lock = threading.Lock()
+        self.lost_twice = 0  # trials in a row whose second attempt lost its worker too
+        self.fail: Callable[[str], None] = lambda why: None  # stops the loop (exit 1): the Loop's
 
     def tidy_runs(self, t: Trial, best: Trial | None) -> None:
         """Keep the best trial's run folder only: a repeat's (runs/<n>.<i>) goes at once (its
@@ -138,6 +143,13 @@ class Measurer:
             with open(spec.log_path, "a", encoding="utf-8") as log:
                 log.write(f"\n=== autoresearch: second attempt; the worker of the first was lost: "
                           f"{first[:200]} ===\n")
+            with self._lost_lock:  # a cluster whose nodes are gone loses every trial in a second:
+                self.lost_twice = self.lost_twice + 1 if result.outcome == "lost" else 0  # (not all night)
+                if self.lost_twice >= LOST_REPEATS:
+                    self.fail(f"the Ray workers of {self.lost_twice} trials in a row were lost, each twice: "
+                              f"has the cluster lost its nodes (`ray status`)? The last: {result.output[:200]}")
+        elif result.outcome != "lost" and not self.cancel.is_set():
+            self.lost_twice = 0
         return judge(self.task, result, spec.run_dir, at.ws.path)
 
     def _editable_blobs(self, commit: str) -> dict[str, str]:

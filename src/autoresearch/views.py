@@ -6,14 +6,14 @@ import json
 import time
 from pathlib import Path
 
-from autoresearch.decide import pooled_noise
+from autoresearch.decide import noise_groups, pooled_noise
 from autoresearch.errors import UsageError
 from autoresearch.events import gain_text
 from autoresearch.gitrepo import Git
 from autoresearch.ledger import Ledger, list_tags, tag_dir
 from autoresearch.process import last_lines, log_digests, read_tail
 from autoresearch.prompt import fmt
-from autoresearch.records import Status, Trial, measured_baseline, printable
+from autoresearch.records import Trial, measured_baseline, printable
 
 
 def pick_tag(root: Path, tag: str | None) -> str:
@@ -38,8 +38,7 @@ def with_spread(t: Trial, name: str, value: float | None) -> str:
 
 def noise_text(trials: list[Trial], metric: str, min_delta: str | None) -> str:
     """'noise: sd X over N repeated runs (bar Y)' where repeats exist, else ''."""
-    groups = [[r[metric] for r in t.repeats if metric in r] for t in trials if t.status is Status.KEEP]
-    groups = [g for g in groups if len(g) > 1]
+    groups = noise_groups(trials, metric)
     if not groups:
         return ""
     noise = pooled_noise(groups)
