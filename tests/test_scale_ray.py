@@ -364,6 +364,33 @@ def test_a_ray_address_nothing_answers_at_is_refused_at_once(tmp_path: Path) -> 
             "--ray-address", f"127.0.0.1:{port}", timeout=120)
     assert r.returncode == 2 and f"--ray-address 127.0.0.1:{port}: nothing answers" in r.stderr, r.stderr
     assert time.monotonic() - began < 30
+    # the address ray.init() would take: RAY_ADDRESS (it waited for minutes), and the last cluster
+    # `ray start` made, gone without `ray stop` (over 5 minutes)
+    began = time.monotonic()
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "1",
+            "--backend", "ray", env={"RAY_ADDRESS": f"127.0.0.1:{port}"}, timeout=120)
+    assert r.returncode == 2 and f"RAY_ADDRESS 127.0.0.1:{port}: nothing answers" in r.stderr, r.stderr
+    assert time.monotonic() - began < 30
+
+
+@pytest.mark.slow  # (a local Ray instance: about 15 s)
+def test_a_cluster_gone_without_ray_stop_is_passed_by(tmp_path: Path) -> None:
+    """A head that died without `ray stop` leaves its address in ray_current_cluster, where
+    ray.init() with no address looks first: it tried it for over 5 minutes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stale = Path(tempfile.mkdtemp(prefix="arr-", dir="/tmp"))  # short: Ray's socket paths
+    try:
+        (stale / "ray").mkdir()
+        (stale / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}\n")
+        repo = make_task(tmp_path / "task")
+        r = cli("run", str(repo), "--tag", "t", "--trials", "0", "--backend", "ray",
+                env={"RAY_TMPDIR": str(stale)}, timeout=240)
+        assert r.returncode == 0, r.stderr
+        assert f"the Ray cluster last started on this machine (127.0.0.1:{port}) is gone" in r.stderr
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 @pytest.mark.parametrize("sandbox", [False, True])

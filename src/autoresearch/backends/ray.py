@@ -28,6 +28,7 @@ import os
 import platform
 import shutil
 import socket
+import sys
 import tarfile
 import tempfile
 import threading
@@ -261,20 +262,39 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
 # the driver's side
 
 
-def reachable(address: str, timeout: float = 5.0) -> None:
+def reachable(address: str, timeout: float = 5.0, given: str = "--ray-address") -> None:
     """Refuse at once (exit 2) an address nothing listens on: Ray itself would retry for minutes,
-    deaf to Ctrl-C."""
+    deaf to Ctrl-C. `given`: where the address came from, for the message."""
     if address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
-        raise UsageError(f"--ray-address {address!r} is not HOST:PORT (e.g. 127.0.0.1:6379, or ray://HOST:10001)")
+        raise UsageError(f"{given} {address!r} is not HOST:PORT (e.g. 127.0.0.1:6379, or ray://HOST:10001)")
     try:
         socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
     except OSError as e:
-        raise UsageError(f"--ray-address {address}: nothing answers at {host}:{port} "
+        raise UsageError(f"{given} {address}: nothing answers at {host}:{port} "
                          f"({e.strerror or e}); is the cluster up (`ray status`)?") from None
+
+
+def default_address() -> str | None:
+    """What `ray.init()` with no address would use: RAY_ADDRESS (checked: exit 2 when nothing
+    answers), else the cluster `ray start` last made on this machine; "local" (a new instance)
+    when that one is gone without `ray stop` (Ray would try it for minutes), else None."""
+    if env := os.environ.get("RAY_ADDRESS", "").strip():
+        reachable(env, given="RAY_ADDRESS")
+        return None
+    try:
+        last = (Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "ray_current_cluster").read_text().strip()
+        reachable(last, timeout=2.0)
+    except OSError:
+        return None
+    except UsageError:  # (a head that died without `ray stop` leaves its address there)
+        print(f"autoresearch: the Ray cluster last started on this machine ({last}) is gone: starting a "
+              "local instance", file=sys.stderr)
+        return "local"
+    return None
 
 
 @contextlib.contextmanager
@@ -319,6 +339,8 @@ class RayBackend:
 
             if address:
                 reachable(address)
+            else:
+                address = default_address()
             if os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_MODE"):
                 os.environ["RAY_AUTH_MODE"] = "token"  # a token given is a token to use (Ray >= 2.59)
 
