@@ -225,6 +225,7 @@ def test_local_providers_are_priced_by_your_table_and_pro_models_by_their_own() 
     assert price("vllm/my-local") == (0.0, 0.0)
     assert price("ollama/mistral-large") == (0.0, 0.0)  # not Mistral's API price by prefix
     assert price("ollama/mistral-large", {"mistral-large": (1.0, 1.0)}) == (1.0, 1.0)
+    assert price("vllm/my-local", {"vllm/my-local": (0.5, 1.5)}) == (0.5, 1.5)  # the full spec too
     assert price("openai/o3-pro") == (20.0, 80.0) and price("openai/o3-pro-2025-06-10") == (20.0, 80.0)
     assert price("openai/o3") == (2.0, 8.0) and price("openai/gpt-5-pro") == (15.0, 120.0)
 
@@ -296,6 +297,10 @@ def test_a_key_in_quoted_pieces_leaves_no_piece_in_a_log(monkeypatch: pytest.Mon
         assert not any(key[i:i + 8] in out for i in range(len(key) - 7)), out
         assert "[redacted]" in out
     assert redact("AUDIT 0987 zyxwvu: short runs are no key") == "AUDIT 0987 zyxwvu: short runs are no key"
+    for text in ("ssh://git@github.com/x.git", "http://h/?q=a@b", "mailto:me@example.com"):
+        assert redact(text) == text  # a user name alone, an address: no credential
+    for text in ("http://tok:hunter2@127.0.0.1/v1", "https://ghp0123456789abcdefXYZ@github.com/x"):
+        assert "hunter2" not in redact(text) and "ghp0123" not in redact(text) and "[redacted]@" in redact(text)
 
 
 @pytest.mark.parametrize("args,needle", [

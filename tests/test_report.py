@@ -250,8 +250,9 @@ def test_report_flags_that_cannot_be_used_are_one_line_errors_naming_them(ran, t
 
 
 def test_the_report_of_a_run_stopped_before_any_trial_says_why(tmp_path: Path) -> None:
-    """A setup that failed: the page and the plot said only "No trial has finished yet"."""
-    repo = make_task(tmp_path / "task", toml_extra='setup = "echo setting up; exit 3"\n')
+    """A setup that failed: the page and the plot said only "No trial has finished yet". (Its
+    reason holds `$...$`, which matplotlib reads as mathematics unless told otherwise.)"""
+    repo = make_task(tmp_path / "task", toml_extra="setup = \"echo 'cost $5 \\\\frac{a}{ $'; exit 3\"\n")
     assert cli("run", str(repo), "--tag", "z", "--trials", "1").returncode == 1
     r = cli("report", str(repo), "--tag", "z", "--out", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr

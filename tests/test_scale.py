@@ -233,7 +233,7 @@ def test_no_experiment_starts_past_hours_not_even_one_prepared_ahead(tmp_path: P
     led.close()
     rows = check_ledger_and_git(root, "h", n)
     skipped = [t for t in rows if t.status is Status.INTERRUPTED]
-    assert skipped and all("not run: --hours 0.001 was reached while it waited for a slot" in t.reason
+    assert skipped and all("not run: --hours 0.001 was reached before its experiment" in t.reason
                            for t in skipped), [(t.status, t.reason) for t in rows]
     exps, _ = read_stamps(env)
     first = min(t.started for t in rows)

@@ -191,7 +191,7 @@ def test_workers_lost_trial_after_trial_stop_the_loop(ray_head, tmp_path: Path) 
                         "--trial-resources", "cpu=1"], env={**os.environ, **env}, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "the Ray workers of 3 trials in a row were lost, each twice" in r.stderr, r.stdout + r.stderr
+    assert "the Ray workers of 3 runs in a row were lost, each run twice" in r.stderr, r.stdout + r.stderr
     rows = _rows(root, "dead")
     assert [t.status for t in rows] == [Status.KEEP] + [Status.CRASH] * 3, [(t.status, t.reason) for t in rows]
     assert all(len(t.extra["lost_workers"]) == 1 for t in rows[1:])

@@ -166,6 +166,7 @@ def test_serve_answers_only_its_key_and_its_own_host(ran) -> None:
         assert request(f"http://localhost:{port}/{url.rsplit('/', 2)[1]}/")[0] == 200
         root = f"http://127.0.0.1:{port}/"
         assert request(url + "../state.json")[0] == 404
+        assert request(url[:-1])[0] == 200  # (redirected to the address with its slash)
         for bare in (root, root + "state.json", root + "progress.png", url[:-2] + "/"):
             code, body = request(bare)
             assert code == 403 and b"test_loss" not in body and b"the address" in body, (bare, body)

@@ -206,6 +206,8 @@ def test_a_pattern_that_backtracks_without_end_is_an_error_not_a_frozen_loop(tmp
     (ctx.workdir / "sub" / "many.txt").write_text("match\n" * 150)
     many = tools.call("grep", {"pattern": "^match$", "path": "sub/many.txt"})
     assert many.count("\n") == 100 and many.endswith("[... more matches cut]"), many[-200:]
-    # the child imports nothing of the worktree's (a json.py or re.py there is not run)
+    # the child imports nothing of the worktree's, nor what PYTHONPATH names (the experiments'
+    # environment may: a json.py or re.py there is not run)
     (ctx.workdir / "re.py").write_text("raise SystemExit('the worktree was imported')\n")
+    monkeypatch.setenv("PYTHONPATH", str(ctx.workdir))
     assert tools.call("grep", {"pattern": "hello"}) == "sub/notes.txt:1: hello"

@@ -23,6 +23,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -159,8 +160,8 @@ class Ledger:
             fd = os.open(folder / "lock", os.O_RDONLY)
         except OSError:
             return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:  # shared: two readers asking at once do not take each other for a loop
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
         except OSError:
@@ -174,11 +175,15 @@ class Ledger:
             fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise AutoresearchError(f"cannot take the lock {self.dir / 'lock'}: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UsageError(f"another autoresearch loop is running on tag {self.dir.name!r}") from None
+        for wait in (0.05, 0.1, 0.2, 0):  # (a `status` looking at the lock holds it for microseconds)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait:
+                    os.close(fd)
+                    raise UsageError(f"another autoresearch loop is running on tag {self.dir.name!r}") from None
+                time.sleep(wait)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd

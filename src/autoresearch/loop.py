@@ -139,7 +139,8 @@ class Loop:
         if self.best is None:
             self.best = self._baseline(Place(ws, self.slots[0]))
         else:
-            self.events.going_on(self.best, self.baseline, self.total_cost())
+            if going_on := getattr(self.events, "going_on", None):  # (an Events of a library user's may lack it)
+                going_on(self.best, self.baseline, self.total_cost())
         assert self.best.commit
         trees = [ws] + [self.s.workspace(i, self.best.commit)
                         for i in range(1, len(self.slots) + self.ahead)]
@@ -357,9 +358,11 @@ class Loop:
         commit = t.commit or ""
         if self.cancel.is_set():
             return t.with_(status=Status.INTERRUPTED, reason="stopped before the experiment")
+        if self.failure:  # (a failure that stops the loop, not what is in flight: a proposal ahead waits)
+            return t.with_(status=Status.INTERRUPTED, reason="not run: the loop was stopping")
         if self.ahead and self._past_hours():  # prepared ahead: no experiment starts past the deadline
             return t.with_(status=Status.INTERRUPTED, reason=f"not run: --hours {self.opt.hours:g} was reached "
-                           "while it waited for a slot")
+                           "before its experiment")
         m = self.measure.repeats(at, t, commit, 1, first_seed=self.opt.seed)
         if self.cancel.is_set() and m.status is not Status.INTERRUPTED:
             # stopped while it ran: a remote experiment may finish in the moment its cancel takes

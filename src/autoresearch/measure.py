@@ -145,11 +145,13 @@ class Measurer:
                           f"{first[:200]} ===\n")
             with self._lost_lock:  # a cluster whose nodes are gone loses every trial in a second:
                 self.lost_twice = self.lost_twice + 1 if result.outcome == "lost" else 0  # (not all night)
-                if self.lost_twice >= LOST_REPEATS:
-                    self.fail(f"the Ray workers of {self.lost_twice} trials in a row were lost, each twice: "
-                              f"has the cluster lost its nodes (`ray status`)? The last: {result.output[:200]}")
+                n = self.lost_twice
+            if n >= LOST_REPEATS:  # (outside the lock: the loop's, taken in there, is held around take_lost)
+                self.fail(f"the Ray workers of {n} runs in a row were lost, each run twice: has the "
+                          f"cluster lost its nodes (`ray status`)? The last: {result.output[:200]}")
         elif result.outcome != "lost" and not self.cancel.is_set():
-            self.lost_twice = 0
+            with self._lost_lock:
+                self.lost_twice = 0
         return judge(self.task, result, spec.run_dir, at.ws.path)
 
     def _editable_blobs(self, commit: str) -> dict[str, str]:

@@ -205,9 +205,10 @@ class LLMAgent(BaseAgent):
         table = {**PRICES, **(prices or {})}
         # a local provider's model is priced only by your own table (ollama's mistral-large is
         # not Mistral's API); another provider's, by the common table too
-        self.price = price_of(endpoint.name, (prices or {}) if endpoint.local else table)
-        if self.price is None and not endpoint.local:  # the full spec too, for an override such as "openrouter/x/y"
-            self.price = table.get(endpoint.label)
+        own = (prices or {}) if endpoint.local else table
+        self.price = price_of(endpoint.name, own)
+        if self.price is None:  # the full spec too, for an override such as "openrouter/x/y"
+            self.price = own.get(endpoint.label)
         if self.price is None and (endpoint.local or on_this_machine(endpoint.base_url)):
             self.price = (0.0, 0.0)  # a model served on a machine of yours costs nothing
         self.role = role
@@ -251,7 +252,7 @@ class LLMAgent(BaseAgent):
         messages: list[dict[str, Any]] = [
             {"role": "user", "content": first_message(ctx, self.limits.context_chars, self.role)}]
         log("## prompt\n" + messages[0]["content"])
-        nudges = 0
+        nudges, was_cut = 0, False
         for step in range(1, self.limits.steps + 1):
             elide(messages, self.limits.context_chars)
             try:
@@ -284,9 +285,10 @@ class LLMAgent(BaseAgent):
             if tools.finished is not None or not reply.tool_calls:  # talk, or finish, with no edit
                 nudges += 1
                 cut = reply.stop in CUT and not reply.tool_calls
-                if nudges > 2 and cut:  # (not a model without tools: one that thinks at length)
-                    raise AgentError(f"the model's reply was cut at the reply's token limit ({self.limits.reply_tokens}; "
-                                     "AUTORESEARCH_LLM_REPLY_TOKENS) before it called a tool, three times")
+                was_cut = was_cut or cut
+                if nudges > 2 and was_cut:  # (not a model without tools: one that thinks at length)
+                    raise AgentError(f"the model changed no file, and its replies were cut at the reply's token limit "
+                                     f"({self.limits.reply_tokens}; AUTORESEARCH_LLM_REPLY_TOKENS)")
                 if nudges > 2 and not self.tools_seen:  # never a tool call from this model: will recur
                     raise AgentError("the model answered in text only and never called a tool: does it support "
                                      "tool calls? (vLLM needs --enable-auto-tool-choice and a --tool-call-parser; "

@@ -16,7 +16,8 @@ KEY_SHAPES = re.compile(
     r"(sk-ant-[A-Za-z0-9_\-*.]{6,}|sk-(?:proj-|or-v1-)?[A-Za-z0-9_\-*.]{6,}|AIza[0-9A-Za-z_\-]{20,}"
     r"|gsk_[A-Za-z0-9]{10,}|xai-[A-Za-z0-9]{10,}|(?i:bearer)\s+[A-Za-z0-9_\-.=]{8,})")
 KEY_ENV = re.compile(r"(API_KEY|_TOKEN|SECRET)$")
-URL_CREDENTIALS = re.compile(r"(?<=://)[^\s/@]+(?=@)")  # http://user:password@host
+# http://user:password@host, https://<token>@host (not ssh://git@host: a user name alone)
+URL_CREDENTIALS = re.compile(r"(?<=://)(?:[^\s/@?#:]+:[^\s/@?#]+|[^\s/@?#:]{16,})(?=@)")
 
 
 def secrets(env: Mapping[str, str] | None = None) -> list[str]:

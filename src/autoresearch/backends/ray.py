@@ -282,11 +282,12 @@ def default_address() -> str | None:
     """What `ray.init()` with no address would use: RAY_ADDRESS (checked: exit 2 when nothing
     answers), else the cluster `ray start` last made on this machine; "local" (a new instance)
     when that one is gone without `ray stop` (Ray would try it for minutes), else None."""
-    if env := os.environ.get("RAY_ADDRESS", "").strip():
+    if (env := os.environ.get("RAY_ADDRESS", "").strip()) and env != "auto":
         reachable(env, given="RAY_ADDRESS")
         return None
+    linux = os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None  # (where Ray looks)
     try:
-        last = (Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "ray_current_cluster").read_text().strip()
+        last = (Path(os.environ.get("RAY_TMPDIR") or linux or "/tmp") / "ray" / "ray_current_cluster").read_text().strip()
         reachable(last, timeout=2.0)
     except OSError:
         return None

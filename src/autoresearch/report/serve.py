@@ -15,6 +15,7 @@ random key, printed by `serve` only, and a request for another Host than 127.0.0
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import secrets
 import sqlite3
@@ -65,7 +66,8 @@ class LiveReport:
             return 0.0
 
     def state(self) -> dict[str, object]:
-        study = self._study(details=False)
+        with self._lock:
+            study = self._study(details=False)
         now = time.time()
         if study is None:
             return {"version": WAITING, "now": now, "running": [], "trials": 0}
@@ -101,12 +103,14 @@ class Handler(BaseHTTPRequestHandler):
             if host not in ("", "127.0.0.1", "localhost"):
                 return self._send(403, "text/plain; charset=utf-8", b"only 127.0.0.1 or localhost is served")
             path = self.path.split("?", 1)[0]
-            key = f"/{self.server.key}/"
-            if not path.startswith(key):
+            _, key, *rest = path.split("/", 2) + [""] * (path.count("/") < 2)
+            if not hmac.compare_digest(key.encode(), self.server.key.encode()):
                 return self._send(403, "text/plain; charset=utf-8",
                                   b"open the address `autoresearch serve` printed: it holds a key, so that "
                                   b"only you read this page (an agent on this machine may not)")
-            self._get("/" + path[len(key):], self.server.live)
+            if path.count("/") < 2:  # /<key>: the page's relative addresses need the slash
+                return self._send(301, "text/plain", b"", {"Location": f"/{key}/"})
+            self._get("/" + rest[0], self.server.live)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the page went away mid-answer
         except Exception as e:  # a bug must not take the page down: report it, answer, go on
@@ -129,8 +133,11 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, "text/plain", b"not found")
 
-    def _send(self, code: int, kind: str, body: bytes) -> None:
+    def _send(self, code: int, kind: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(code)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
