@@ -101,6 +101,9 @@ def test_a_discarded_trials_spread_does_not_raise_the_bar(tmp_path: Path) -> Non
     assert real.status is Status.KEEP, real.reason
     status = cli("status", str(root)).stdout
     assert "pooled over 6 repeated runs; min_delta auto: bar 0.02" in status, status
+    assert cli("report", str(root), "--out", str(tmp_path / "r")).returncode == 0  # the report says the same
+    assert re.search(r"noise \(run-to-run σ\)</b><span>0\.01</span><small>pooled over 6 repeated runs",
+                     (tmp_path / "r" / "report.html").read_text())
 
 
 CACHING = """\

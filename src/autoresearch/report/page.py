@@ -9,6 +9,7 @@ import base64
 import time
 from html import escape
 
+from autoresearch.decide import noise_groups
 from autoresearch.ledger import clean_text
 from autoresearch.records import Status, Trial
 from autoresearch.report.plot import title
@@ -149,9 +150,9 @@ def summary(study: Study) -> str:
             cards.append(_card(f"holdout {study.holdout} of the best", escape(num(best.figures[study.holdout])),
                                "sealed: never shown to an agent"))
     if study.noise > 0:
-        runs = len(base.repeats) if base is not None and base.repeats else 0
+        runs = sum(map(len, noise_groups(study.trials, study.metric)))  # (as the loop pools it)
         cards.append(_card("noise (run-to-run σ)", escape(f"{study.noise:.3g}"),
-                           (f"from {runs} baseline runs; " if runs else "") + "shaded on the plot"))
+                           (f"pooled over {runs} repeated runs; " if runs else "") + "shaded on the plot"))
     seconds = sum(t.run_seconds for t in fin)
     if seconds:
         cards.append(_card("experiment time", escape(_duration(seconds))))

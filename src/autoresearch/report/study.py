@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoresearch.decide import noise_groups, pooled_noise
 from autoresearch.errors import UsageError
 from autoresearch.ledger import Ledger, clean_text
 from autoresearch.process import last_lines, read_tail
@@ -176,7 +177,8 @@ def load_study(root: str | Path, tag: str | None, details: bool = True,
     try:
         trials = led.trials()
         minimize = (led.get_meta("goal") or "minimize") == "minimize"
-        noise = float(led.get_meta("noise") or 0.0)
+        # as the loop's bar has it: pooled over the baseline's and the kept trials' repeated runs
+        noise = pooled_noise(noise_groups(trials, led.metric_name)) or float(led.get_meta("noise") or 0.0)
         last_run = led.get_meta("last_run")
     finally:
         led.close()
