@@ -491,7 +491,7 @@ def test_status_while_a_loop_runs_says_so_not_how_the_last_run_ended(tmp_path: P
     marker = tmp_path / "thinking"
     agent = script_agent(tmp_path / "agent.sh", f"""\
         touch {marker}
-        sleep 4
+        sleep 2
         sed -i 's/^Y = 2/Y = 1/' exp.py; echo "Y down"
         """)
     loop = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t", "--trials", "1",

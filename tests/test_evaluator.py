@@ -135,7 +135,7 @@ echo "plant json later"
 SLOW_EVALUATOR = "import time\ntime.sleep(1.5)\n" + EVALUATOR
 
 
-@pytest.mark.parametrize("trick", [SHADOW, DAEMON], ids=["shadow-module", "daemon"])
+@pytest.mark.parametrize("trick", [SHADOW, pytest.param(DAEMON, marks=pytest.mark.slow)], ids=["shadow-module", "daemon"])
 def test_files_the_run_leaves_cannot_reach_the_evaluator(tmp_path: Path, trick: str) -> None:
     """Unsealed (no holdout): the tree is restored before the evaluator, and what the run left
     running is killed first."""

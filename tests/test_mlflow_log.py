@@ -81,6 +81,7 @@ def test_run_with_an_unusable_mlflow_uri_stops_before_the_tag_is_made(tmp_path: 
     assert not (repo / ".autoresearch").exists()
 
 
+@pytest.mark.slow  # (CI runs the slow tests too)
 def test_a_store_inside_the_repository_does_not_make_it_dirty(tmp_path: Path) -> None:
     """The README's `--mlflow ./mlruns`, run from the task's folder: the store made there is
     ignored through .git/info/exclude, so the next run (a resume, another tag) still starts."""

@@ -132,6 +132,7 @@ def test_real_claude_code_through_the_preset(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("opencode") is None, reason="opencode is not installed (npm i -g opencode-ai)")
+@pytest.mark.slow  # (CI runs the slow tests too)
 def test_real_opencode_through_the_preset(tmp_path: Path) -> None:
     """A real opencode, driven by the `opencode` preset with `--base-url`, talks to the fake
     OpenAI server (streamed chat completions with tool calls): it writes exp.py with its write

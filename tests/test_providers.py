@@ -214,7 +214,7 @@ def test_a_key_of_spaces_is_no_key() -> None:
 # before the loop: one free request, the list of models
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("kind", ["openai", pytest.param("anthropic", marks=pytest.mark.slow)])
 def test_a_refused_key_stops_run_before_the_baseline(tmp_path: Path, kind: str) -> None:
     """A key the server refuses is said when `run` starts (exit 2), not at the first proposal
     after the baseline's minutes; nothing is made and no model turn is paid for."""

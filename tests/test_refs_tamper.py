@@ -88,7 +88,7 @@ def test_the_trials_folder_linked_outside_the_repository_is_put_back(tmp_path: P
 @pytest.mark.parametrize("deed", [
     ': > "$GD/refs/autoresearch/t/trials/4.lock"',  # for no ref: planted, however new
     'mkdir "$GD/refs/autoresearch/t/trials/4.lock"',  # a folder
-    ': > "$GD/refs/autoresearch/t/trials/1.lock"\n  sleep 3',  # beside a ref: planted once seconds old
+    pytest.param(': > "$GD/refs/autoresearch/t/trials/1.lock"\n  sleep 3', marks=pytest.mark.slow),  # beside a ref: once seconds old
 ])
 def test_a_lock_planted_for_the_loops_refs_neither_stops_the_loop_nor_goes_unnoticed(tmp_path: Path, deed: str) -> None:
     repo, r = run_with(tmp_path, "  " + deed)

@@ -128,7 +128,7 @@ def check_ledger_and_git(root: Path, tag: str, trials: int) -> list:
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ahead", ["0", "1"])
+@pytest.mark.parametrize("ahead", [pytest.param("0", marks=pytest.mark.slow), "1"])
 def test_a_stale_trial_that_beats_the_later_best_is_kept_whole(tmp_path: Path, ahead: str) -> None:
     # trial 1 is slow and starts from the baseline; 2 and 4 are kept while it runs; 1 finishes
     # last, beats the best of that moment (2.0) and its own tree becomes the best.
@@ -201,7 +201,7 @@ def test_bad_scale_flags_are_one_line_and_exit_2(tmp_path: Path, flags: list[str
     assert not (root / ".autoresearch" / "bad").exists()
 
 
-@pytest.mark.parametrize("ahead", [None, "1"])
+@pytest.mark.parametrize("ahead", [pytest.param(None, marks=pytest.mark.slow), "1"])
 def test_the_agent_prepares_the_next_trial_while_one_runs(tmp_path: Path, ahead: str | None) -> None:
     root, agent, env = setup_run(tmp_path, {n: f"{n}.0 1.0" for n in range(1, 5)})
     env["AR_AGENT_SLEEP"] = "0.5"
@@ -467,7 +467,8 @@ echo "X = 1$AUTORESEARCH_TRIAL"
 """
 
 
-@pytest.mark.parametrize("bwrap", ["working", pytest.param("broken", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("bwrap", [pytest.param("working", marks=pytest.mark.slow),
+                                   pytest.param("broken", marks=pytest.mark.slow)])
 def test_code_written_by_a_trial_beside_it_while_it_runs_is_not_measured(tmp_path: Path, bwrap: str) -> None:
     """With --workers 2, one trial's agent wrote helper.py into the other trial's worktree while
     its experiment ran: the other trial was kept with a forged score (its commit, run again,

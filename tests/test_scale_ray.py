@@ -204,6 +204,7 @@ json.dump({"loss": out["x"] * 2}, open(os.path.join(os.environ["AUTORESEARCH_RUN
 """
 
 
+@pytest.mark.slow  # (CI runs the slow tests too)
 def test_an_evaluator_and_a_metric_file_work_on_ray(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
     address, env = ray_head
     experiment = EXPERIMENT.replace('print(f"loss: {X}")', 'import json\n'
@@ -225,6 +226,7 @@ def test_an_evaluator_and_a_metric_file_work_on_ray(ray_head, tmp_path: Path) ->
     assert _figure(log, "gpus") == ""  # gpu=0: it sees no GPU of the node
 
 
+@pytest.mark.slow  # (CI runs the slow tests too)
 def test_a_committed_metric_file_a_ray_run_did_not_write_is_no_result(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
     """The remote run wrote no metrics.json: the driver's worktree still has the committed one,
     which is not this run's result (it was read as one)."""
@@ -270,6 +272,7 @@ def test_ctrl_c_cancels_the_ray_tasks_in_flight(ray_head, tmp_path: Path) -> Non
 
 
 
+@pytest.mark.slow  # (CI runs the slow tests too)
 def test_sandbox_on_a_ray_worker(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
     from autoresearch.sandbox import problem
 
@@ -393,7 +396,7 @@ def test_a_cluster_gone_without_ray_stop_is_passed_by(tmp_path: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-@pytest.mark.parametrize("sandbox", [False, True])
+@pytest.mark.parametrize("sandbox", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_what_setup_makes_and_shared_paths_reach_every_trial_on_ray(ray_head, tmp_path: Path, sandbox: bool) -> None:  # noqa: ANN001
     """Setup writes git-ignored data inside the repository, and `shared` names a folder of the
     user's checkout: on Ray every trial's code gets both linked, not the baseline alone (the

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import make_task, script_agent, trials, wait_for
 
 from autoresearch.records import Status
@@ -34,6 +35,7 @@ def test_sigterm_during_setup_stops_at_once(tmp_path: Path) -> None:
     assert not trials(root)  # no baseline ran
 
 
+@pytest.mark.slow  # (CI runs the slow tests too)
 def test_a_closed_terminal_stops_the_loop_cleanly_and_nohup_keeps_it(tmp_path: Path) -> None:
     marker = tmp_path / "running"
     exp = f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(3)\nX = 3.0\nprint(f'loss: {{X}}')\n"
