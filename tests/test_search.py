@@ -593,3 +593,20 @@ def test_widen_keeps_to_the_range_and_the_grid():
     logs = Param(key="L", name="L", path="e.py", line=1, kind="float", low=1e-4, high=1e-2, log=True)
     moves = [math.log10(y / 1e-3) / 2 for y in draws(logs, 1e-3, 1.01e-3)]  # shares of the log range
     assert 0.1 - 1e-9 <= min(moves) and max(moves) <= 0.2 + 1e-9
+
+
+def test_an_exhausted_space_waits_for_the_trials_in_flight_before_it_ends_the_loop(tmp_path):
+    """With a proposal prepared ahead, the search found nothing untried three times while trial 1
+    still ran, and the loop ended: a keep of trial 1 could have opened changes not yet tried.
+    It now asks again once the trials in flight have ended, and ends only then (exit 0)."""
+    repo = make_task(tmp_path / "t", experiment=(
+        "import time\nFLAG = False\nif FLAG:\n    time.sleep(3)\nprint(f'loss: {1.0 if FLAG else 2.0}')\n"))
+    r = cli("run", str(repo), "--tag", "s", "--trials", "20", "--agent-concurrency", "1")
+    assert r.returncode == 0, r.stderr + r.stdout
+    trials = Ledger.read(repo, "s").trials()
+    one = trials[1]
+    assert one.status is Status.KEEP and one.description == "FLAG False -> True"
+    errors = [t for t in trials if t.status is Status.AGENT_ERROR]
+    assert all("no untried change" in t.reason for t in errors)
+    assert errors[-1].started >= one.ended  # asked again after trial 1 ended, before the loop ended
+    assert "nothing left to propose" in r.stdout + r.stderr

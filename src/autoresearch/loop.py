@@ -44,18 +44,12 @@ from autoresearch.options import Options
 from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import adopt_orphans, log_digests, read_tail
 from autoresearch.prompt import visible
-from autoresearch.records import Status, Trial, finite
+from autoresearch.records import AUDITED, UNMEASURED, Status, Trial, finite
 from autoresearch.session import Session, hold_ref, trees_of, write_refs
 from autoresearch.setupstep import missing_hint, run_setup
 from autoresearch.streak import DONE, FATAL, FATAL_REPEATS, RECOVERABLE, Streak
 from autoresearch.task import list_files, task_warnings
 from autoresearch.watch import Watch
-
-# code that was never measured (rejected, agent error, stopped) may be proposed again
-UNMEASURED = (Status.REJECTED, Status.AGENT_ERROR, Status.INTERRUPTED, Status.RUNNING)
-
-
-AUDITED = (Status.KEEP, Status.DISCARD, Status.CRASH, Status.TIMEOUT)  # the trials whose code ran
 
 
 class Loop:
@@ -67,8 +61,7 @@ class Loop:
         self.opt = options or Options()
         self.events: Events = events or NullEvents()
         self.cancel = threading.Event()
-        # one shim folder per interpreter: two loops of one repository run by different Pythons
-        # must not relink each other's `python`
+        # one shim folder per interpreter (two loops run by different Pythons: each its `python`)
         shim_dir = session.dir.parent / "bin" / hashlib.sha256(sys.executable.encode()).hexdigest()[:8]
         self.bin_dir, note = python_bin(shim_dir)
         if note:
@@ -385,19 +378,26 @@ class Loop:
         t = self._finish(t.with_(status=Status.AGENT_ERROR, reason=error))
         with self.lock:
             stop, n = self.streak.failed(kind), self.streak.errors
-            if stop == DONE and not self.ended:  # a finished search: the loop ends as it would at --trials
+            if busy := stop == DONE and self._in_flight(t.number):  # one may yet be kept, and the best
+                self.streak.same -= 1  # it makes have changes untried: asked again once they end
+            elif stop == DONE and not self.ended:  # a finished search: the loop ends as it would at --trials
                 self.ended = f"the agent has nothing left to propose ({FATAL_REPEATS} times in a row): {error[:300]}"
                 self.events.message(f"autoresearch: stopping: {self.ended}")
             if stop == FATAL:
                 self._fail(f"the agent failed {FATAL_REPEATS} times in a row with an error that will not "
                            f"go away by itself: {error[:300]}")
-            if stop:
+            if stop and not busy:
                 return t
+        while busy and self._in_flight(t.number) and not self.cancel.wait(0.5):
+            continue
         last = self.opt.trials is not None and self.done >= self.opt.trials  # no next proposal to wait for
         if (wait := self.streak.wait()) and not last:
             self.events.message(f"the agent failed {n} times in a row: waiting {wait:g} s before the next proposal")
             self.cancel.wait(wait)
         return t
+
+    def _in_flight(self, but: int) -> bool:
+        return any(x.status is Status.RUNNING and x.number != but for x in self.s.ledger.trials())
 
     def _fail(self, why: str, at_once: bool = True) -> None:
         """Stop the loop for a failure that will recur (exit 1): `at_once`, what is in flight is

@@ -96,6 +96,11 @@ class Trial:
         return statistics.stdev(values)
 
 
+# code that was never measured (rejected, agent error, stopped) may be proposed again
+UNMEASURED = (Status.REJECTED, Status.AGENT_ERROR, Status.INTERRUPTED, Status.RUNNING)
+AUDITED = (Status.KEEP, Status.DISCARD, Status.CRASH, Status.TIMEOUT)  # the trials whose code ran
+
+
 def measured_baseline(trials: list[Trial]) -> Trial | None:
     """The baseline gains are measured from: the first one with a figure (a baseline stopped
     and run again leaves an interrupted one before it)."""
