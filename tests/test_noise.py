@@ -35,17 +35,20 @@ print(f"seed_seen: {SEED}")
 """
 
 
+def run_edits(tmp_path: Path, experiment: str, edits: list[tuple[str, str]], extra: str = "") -> Path:
+    """A task measured with baseline_runs = 3, min_delta = "auto" and confirm = 2, run for one
+    trial per edit: trial n sets constant = value as edits[n - 1] says (its description: the
+    constant's name)."""
+    root = make_task(tmp_path / "task", experiment=experiment, toml_extra=(
+        '[acceptance]\nmin_delta = "auto"\nbaseline_runs = 3\nconfirm = 2\n' + METRIC + extra))
+    cases = "".join(f"  {n}) sed -i 's/^{name} = .*/{name} = {value}/' exp.py; echo \"{name}\" ;;\n"
+                    for n, (name, value) in enumerate(edits, 1))
+    run(root, script_agent(tmp_path / "agent.sh", f"case $AUTORESEARCH_TRIAL in\n{cases}esac\n"), len(edits))
+    return root
+
+
 def test_repeats_noise_and_confirm_end_to_end(tmp_path: Path) -> None:
-    root = make_task(tmp_path / "task", experiment=SEEDED, toml_extra=(
-        '[acceptance]\nmin_delta = "auto"\nbaseline_runs = 3\nconfirm = 2\n'
-        + METRIC + 'record = ["seed_seen"]\n'))
-    agent = script_agent(tmp_path / "agent.sh", """\
-        case $AUTORESEARCH_TRIAL in
-          1) sed -i 's/^LUCKY = .*/LUCKY = 0.05/' exp.py; echo "lucky on one seed" ;;
-          2) sed -i 's/^BONUS = .*/BONUS = 0.1/' exp.py; echo "really better" ;;
-        esac
-        """)
-    run(root, agent, 2)
+    root = run_edits(tmp_path, SEEDED, [("LUCKY", "0.05"), ("BONUS", "0.1")], 'record = ["seed_seen"]\n')
     base, lucky, real = trials(root)
     # the baseline: three runs with seeds 0, 1, 2; the noise is their spread
     assert [r["seed_seen"] for r in base.repeats] == [0.0, 1.0, 2.0]
@@ -87,15 +90,7 @@ print(f"loss: {loss}")
 def test_a_discarded_trials_spread_does_not_raise_the_bar(tmp_path: Path) -> None:
     """A change that made the metric swing from seed to seed (0.5, 1.51, 1.49) was pooled into
     the noise: the bar rose from 0.02 to 0.8, and a real gain of 0.1 was then discarded."""
-    root = make_task(tmp_path / "task", experiment=WILD, toml_extra=(
-        '[acceptance]\nmin_delta = "auto"\nbaseline_runs = 3\nconfirm = 2\n' + METRIC))
-    agent = script_agent(tmp_path / "agent.sh", """\
-        case $AUTORESEARCH_TRIAL in
-          1) sed -i 's/^WILD = .*/WILD = 0.5/' exp.py; echo "unstable" ;;
-          2) sed -i 's/^BONUS = .*/BONUS = 0.1/' exp.py; echo "really better" ;;
-        esac
-        """)
-    run(root, agent, 2)
+    root = run_edits(tmp_path, WILD, [("WILD", "0.5"), ("BONUS", "0.1")])
     _, wild, real = trials(root)
     assert wild.status is Status.DISCARD and len(wild.repeats) == 3
     assert real.status is Status.KEEP, real.reason

@@ -386,10 +386,11 @@ def cmd_trial(args: argparse.Namespace) -> int:
     from autoresearch.ledger import check_tag, list_tags
     from autoresearch.records import Status
     from autoresearch.task import load_task
+    from autoresearch.views import last_used
 
     task = load_task(args.dir)
     tags = list_tags(task.root)
-    tag = check_tag(args.tag if args.tag is not None else (max(tags, key=lambda t: (task.root / ".autoresearch" / t / "ledger.sqlite").stat().st_mtime) if tags else default_tag()))
+    tag = check_tag(args.tag if args.tag is not None else (last_used(task.root, tags) if tags else default_tag()))
     trial, best = run_working_tree_trial(task, tag, args.message, rewind=not args.no_rewind,
                                          events=_events(task), runner=run_until_stopped)
     metric = task.metric.name

@@ -210,10 +210,11 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
             loop.record_end("an `autoresearch trial` call")
         # a change that was never judged (it conflicted, or the trial was stopped) stays as it is:
         # no commit holds it; a judged one is in the trial's commit, and is rewound to the best
-        if rewind and best.commit and trial.status not in (Status.AGENT_ERROR, Status.INTERRUPTED):
+        judged = trial.status not in (Status.AGENT_ERROR, Status.INTERRUPTED)
+        if rewind and best.commit and judged:
             done = rewind_to(session.git, task, best.commit, paths)
             write_left(note, head, {**left, **{rel: best.commit for rel in done}})
-        elif not rewind and trial.commit and trial.status not in (Status.AGENT_ERROR, Status.INTERRUPTED):
+        elif not rewind and trial.commit and judged:
             # the next trial's merge needs what your files go on from: what they started from (a
             # discarded change is yours to go on with); a file kept as it was, or new, is the trial's
             kept = trial.status is Status.KEEP  # (a new file not kept: taken whole next time too)

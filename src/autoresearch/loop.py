@@ -379,7 +379,7 @@ class Loop:
         with self.lock:
             stop, n = self.streak.failed(kind), self.streak.errors
             if busy := stop == DONE and self._in_flight(t.number):  # one may yet be kept, and the best
-                self.streak.same -= 1  # it makes have changes untried: asked again once they end
+                self.streak.hold()  # it makes have changes untried: asked again once they end
             elif stop == DONE and not self.ended:  # a finished search: the loop ends as it would at --trials
                 self.ended = f"the agent has nothing left to propose ({FATAL_REPEATS} times in a row): {error[:300]}"
                 self.events.message(f"autoresearch: stopping: {self.ended}")

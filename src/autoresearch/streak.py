@@ -40,6 +40,10 @@ class Streak:
         self.kind = kind
         return kind if self.same >= FATAL_REPEATS else RECOVERABLE
 
+    def hold(self) -> None:
+        """The failure just counted is not one of the row yet (it may not recur: asked again)."""
+        self.same = max(0, self.same - 1)
+
     def wait(self) -> float:
         """Seconds to wait before the next proposal."""
         return min(0.5 * 2.0 ** (self.errors - 4), 60.0) if self.errors >= 4 and self.kind == RECOVERABLE else 0.0

@@ -27,8 +27,17 @@ def pick_tag(root: Path, tag: str | None) -> str:
                          "`autoresearch report DIR`)")
     if not tags:
         raise UsageError(f"no autoresearch runs in {root} (start one with `autoresearch run`)")
-    base = root / ".autoresearch"
-    return max(tags, key=lambda t: (base / t / "ledger.sqlite").stat().st_mtime)
+    return last_used(root, tags)
+
+
+def last_used(root: Path, tags: list[str] | set[str]) -> str:
+    """Of `tags`, the one whose ledger was written last."""
+    def written(tag: str) -> float:
+        try:
+            return (tag_dir(root, tag) / "ledger.sqlite").stat().st_mtime
+        except OSError:  # (gone since it was listed)
+            return 0.0
+    return max(tags, key=written)
 
 
 def with_spread(t: Trial, name: str, value: float | None) -> str:

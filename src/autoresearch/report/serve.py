@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from autoresearch.errors import UsageError
-from autoresearch.ledger import LedgerNotReady, list_tags, tag_dir
+from autoresearch.ledger import LedgerNotReady, list_tags
 from autoresearch.report.study import Study, load_study
 
 WAITING = "waiting"
@@ -46,24 +46,20 @@ class LiveReport:
 
     def _study(self, details: bool) -> Study | None:
         if self.tag is None or self.follow:
+            from autoresearch.views import last_used
+
             tags = set(list_tags(self.root))
             new, self.known = tags - self.known, tags
             if self.tag is None and not tags:
                 return None
             if self.tag is None or new:  # (not the most recently written: two loops would flip it)
-                self.tag = max(new or tags, key=self._written)
+                self.tag = last_used(self.root, new or tags)
         try:
             return load_study(self.root, self.tag, details=details, diff_cache=self._diffs)
         except UsageError:  # the loop has not created the tag yet
             return None
         except (sqlite3.Error, LedgerNotReady):  # the loop is creating the ledger right now
             return None
-
-    def _written(self, tag: str) -> float:
-        try:
-            return (tag_dir(self.root, tag) / "ledger.sqlite").stat().st_mtime
-        except OSError:
-            return 0.0
 
     def state(self) -> dict[str, object]:
         with self._lock:
