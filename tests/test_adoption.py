@@ -77,6 +77,25 @@ def test_an_activated_virtualenv_is_the_python_of_experiments(tmp_path: Path) ->
     assert f"prefix {sys.prefix}" in (root / ".autoresearch/u/logs/0.log").read_text()
 
 
+def test_the_virtualenv_autoresearch_runs_in_is_the_python_of_experiments(tmp_path: Path) -> None:
+    """Installed in a virtualenv (activated, or its python named): experiments import what is
+    installed there (a link to its python would lose the virtualenv: no pyvenv.cfg beside it)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "autoresearch_src.pth").write_text(str(Path(__file__).resolve().parents[1] / "src") + "\n")
+    (site / "only_in_venv.py").write_text("MARK = 'from the venv'\n")
+    exp = "import only_in_venv\nX = 3.0\nprint(only_in_venv.MARK)\nprint(f'loss: {X}')\n"
+    root = make_task(tmp_path / "task", experiment=exp)
+    base = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    for tag, env in (("named", base), ("activated", {**base, "VIRTUAL_ENV": str(venv),
+                                                     "PATH": f"{venv / 'bin'}{os.pathsep}{base['PATH']}"})):
+        r = subprocess.run([str(venv / "bin" / "python"), "-m", "autoresearch", "run", str(root), "--tag", tag,
+                            "--agent", "search", "--trials", "0"], env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "from the venv" in (root / f".autoresearch/{tag}/logs/0.log").read_text()
+
+
 def test_git_clean_fdx_leaves_the_record(tmp_path: Path) -> None:
     root = make_task(tmp_path / "task")
     assert cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1").returncode == 0

@@ -55,6 +55,19 @@ def test_holdout_is_recorded_and_shown_but_never_reaches_an_agent(tmp_path: Path
     assert "test_loss: " in (tag / "sealed" / "1.eval.log").read_text()
 
 
+def test_a_description_that_carries_the_holdout_figure_is_sealed_in_the_record(tmp_path: Path) -> None:
+    """An agent that found the figure (a leak outside the seal: a file in /tmp its experiment
+    wrote) and put it in its description: the history every later agent reads holds
+    `[test_loss: sealed]` instead; the rest of the description stays."""
+    root = eval_task(tmp_path)
+    agent = script_agent(tmp_path / "agent.sh", 'sed -i "s/^X = .*/X = 2.0/" exp.py\n'
+                         'echo "lower X; saw test_loss: 1.4242917 and TEST_LOSS=1e-3" > "$AUTORESEARCH_DESCRIPTION_FILE"\n')
+    run(root, agent, 1)
+    (_, t) = trials(root)
+    assert t.description == "lower X; saw [test_loss: sealed] and [test_loss: sealed]", t.description
+    assert "1.4242917" not in (root / ".autoresearch" / "t" / "results.tsv").read_text()
+
+
 def test_a_failing_evaluator_does_not_leak_the_holdout_through_the_reason(tmp_path: Path) -> None:
     failing = EVALUATOR + "raise SystemExit(3 if loss == 1.0 else 0)\n"  # fails for X = 2
     root = eval_task(tmp_path, evaluator=failing)

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import cli, make_task, script_agent
+from conftest import cli, make_task, script_agent, trials
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
@@ -317,3 +317,24 @@ def test_a_committed_metric_file_the_run_did_not_write_is_no_result(tmp_path: Pa
     assert ts[2].status is Status.DISCARD and ts[2].metric == 2.0  # W = 1 again: written, the same figure
     row = (root / ".autoresearch" / "t" / "results.tsv").read_text().splitlines()[2].split("\t")
     assert row[1:4] == ["0.000000", "0.0", "crash"]
+
+
+def test_a_metric_file_that_is_a_fifo_a_device_or_a_huge_number_is_a_crash_not_a_stuck_loop(tmp_path: Path) -> None:
+    """metrics.json made a FIFO (an open waits for a writer forever), a link to /dev/zero (a read
+    never ends) or a 5000-digit integer (Python refuses to convert it): each trial is a crash
+    with its reason, and the loop goes on to the next."""
+    exp = ("import json, os\nHOW = 'ok'\nout = os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'metrics.json')\n"
+           "if HOW == 'fifo': os.mkfifo(out)\n"
+           "elif HOW == 'zero': os.symlink('/dev/zero', out)\n"
+           "elif HOW == 'huge': open(out, 'w').write('{\"loss\": ' + '9' * 5000 + '}')\n"
+           "else: json.dump({'loss': 3.0}, open(out, 'w'))\n")
+    root = make_task(tmp_path / "task", experiment=exp,
+                     toml_extra='[metric]\nname = "loss"\ngoal = "minimize"\nfile = "metrics.json"\n')
+    agent = script_agent(tmp_path / "a.sh", 'how=(x fifo zero huge)\nh=${how[$AUTORESEARCH_TRIAL]}\n'
+                         'sed -i "s/^HOW = .*/HOW = \'$h\'/" exp.py\necho "metric file $h"\n')
+    r = cli("run", str(root), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "3", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = trials(root)
+    assert [t.status.value for t in rows] == ["keep", "crash", "crash", "crash"], [t.reason for t in rows]
+    assert "not a regular file" in rows[1].reason and "not a regular file" in rows[2].reason
+    assert "not valid JSON" in rows[3].reason

@@ -529,3 +529,14 @@ def test_a_sealed_agent_cannot_write_the_standard_library(tmp_path: Path) -> Non
     finally:
         Path(std, probe).unlink(missing_ok=True)
         Path(site, probe).unlink(missing_ok=True)
+
+
+def test_gpus_left_idle_by_fewer_workers_are_named() -> None:
+    """`--workers 2 --gpus 0,1,2` runs on 0 and 1: said at start, not left for the user to find."""
+    from autoresearch.backends.local import gpu_warnings
+
+    (idle, *_) = gpu_warnings(("0", "1", "2"), 1, 2)
+    assert "uses 2 of its 3 GPUs; 2 stay idle" in idle
+    assert "stay idle" in gpu_warnings(("0", "1", "2", "3"), 2, 1)[0]
+    assert not [n for n in gpu_warnings(("0", "1", "2", "3"), 2, None) if "idle" in n]
+    assert not [n for n in gpu_warnings(("0", "1"), 1, 2) if "idle" in n]

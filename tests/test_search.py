@@ -610,3 +610,32 @@ def test_an_exhausted_space_waits_for_the_trials_in_flight_before_it_ends_the_lo
     assert all("no untried change" in t.reason for t in errors)
     assert errors[-1].started >= one.ended  # asked again after trial 1 ended, before the loop ended
     assert "nothing left to propose" in r.stdout + r.stderr
+
+
+def test_a_file_that_starts_with_a_byte_order_mark_is_searched_and_edited_in_place():
+    """A Windows editor's BOM: the first constant's value is read and rewritten where it stands
+    (it was read as '' and the edit turned `A = 3` into `A2 = 3`)."""
+    data = b"\xef\xbb\xbfA = 3  # search: 1..9\nLR = 0.01\nprint(A, LR)\n"
+    (a, lr) = scan_file(data, "cfg.py").constants
+    assert (a.text, lr.text) == ("3", "0.01")
+    edited = apply_edits(data, [(a.start, a.end, "7"), (lr.start, lr.end, "0.02")])
+    assert edited == b"\xef\xbb\xbfA = 7  # search: 1..9\nLR = 0.02\nprint(A, LR)\n"
+
+
+def test_a_linked_editable_file_is_not_searched(tmp_path):
+    """src/cfg.py, a link committed to a file outside the repository: an edit would go through
+    it, where git sees nothing (two trials of one commit, the first's value left behind)."""
+    outside = tmp_path / "outside_cfg.py"
+    outside.write_text("Y = 2\n")
+    root = make_task(tmp_path / "task", experiment="import cfg\nX = 3.0\nprint(f'loss: {X + cfg.Y}')\n")
+    (root / "cfg.py").symlink_to(outside)
+    (root / "autoresearch.toml").write_text((root / "autoresearch.toml").read_text().replace(
+        'editable = ["exp.py"]', 'editable = ["exp.py", "cfg.py"]'))
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "cfg.py, a link")
+    listed = cli("space", str(root))
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.splitlines()[1:-1]] == ["X"], listed.stdout
+    r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    assert outside.read_text() == "Y = 2\n"

@@ -4,6 +4,7 @@ is laid over, so the loop's kept work is never put back by a stale copy in the w
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from conftest import cli, git, make_task, script_agent
@@ -165,3 +166,24 @@ def test_a_new_file_of_a_rejected_no_rewind_trial_is_judged_again(tmp_path: Path
     git(repo, "checkout", "--", "prepare.py")
     out = trial(repo, "add extra.py")
     assert "trial 2:" in out and "nothing to judge" not in out, out
+
+
+def test_a_rewind_replaces_a_link_in_your_tree_and_never_writes_through_it(tmp_path: Path) -> None:
+    """exp.py made a link (to a file of yours outside, or to the protected file) or a hard link:
+    the trial is rejected and exp.py becomes the best code again, a file of its own; what the
+    link pointed at keeps its content."""
+    repo = make_task(tmp_path / "task", experiment="X = 3.0\nprint(f'loss: {X}')\n")
+    assert cli("run", str(repo), "--tag", "t", "--agent", "search", "--trials", "0").returncode == 0
+    victim = tmp_path / "victim.txt"
+    makes = [(lambda p: p.symlink_to(victim), "rejected"), (lambda p: p.symlink_to("prepare.py"), "rejected"),
+             (lambda p: os.link(victim, p), "crash")]  # (a hard link is a file: its text is the change)
+    for n, (make, status) in enumerate(makes, start=1):
+        victim.write_text("precious\n")
+        (repo / "exp.py").unlink()
+        make(repo / "exp.py")
+        out = trial(repo, f"link {n}")
+        assert f"trial {n}: {status}" in out, out
+        assert victim.read_text() == "precious\n"
+        assert (repo / "prepare.py").read_text() == "DATA = 'fixed'\n"
+        assert not (repo / "exp.py").is_symlink() and (repo / "exp.py").stat().st_nlink == 1
+        assert (repo / "exp.py").read_text() == "X = 3.0\nprint(f'loss: {X}')\n"

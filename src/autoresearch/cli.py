@@ -287,6 +287,7 @@ def _gpu_ids(text: str | None) -> tuple[str, ...]:
 def _backend(args: argparse.Namespace, task, gpus: tuple[str, ...], tag: str):  # noqa: ANN001, ANN202
     """The backend `run`'s flags ask for, checked (a bad flag is exit 2 before anything is made)."""
     from autoresearch.backends import open_backend
+    from autoresearch.backends.local import gpu_warnings
     from autoresearch.ledger import tag_dir
 
     resources = None
@@ -299,9 +300,8 @@ def _backend(args: argparse.Namespace, task, gpus: tuple[str, ...], tag: str):  
     backend = open_backend(task, "ray" if args.ray_address else (args.backend or "local"), gpus=gpus,
                            gpus_per_trial=args.gpus_per_trial, workers=args.workers,
                            ray_address=args.ray_address, resources=resources, owner=str(tag_dir(task.root, tag)))
-    if gpus and backend.name == "local" and not any(Path("/dev").glob("nvidia[0-9]*")):
-        print(f"autoresearch: warning: --gpus {args.gpus}, but no NVIDIA GPU is visible on this machine "
-              "(CUDA_VISIBLE_DEVICES is set for each trial all the same)", file=sys.stderr)
+    for note in gpu_warnings(gpus, args.gpus_per_trial, args.workers) if backend.name == "local" else []:
+        print(f"autoresearch: warning: {note}", file=sys.stderr)
     return backend
 
 

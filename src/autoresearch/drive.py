@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -264,6 +265,24 @@ def write_left(note: Path, head: str | None, left: dict[str, str]) -> None:
         pass  # only a hint for the next trial: without it the nearer of HEAD and the best is taken
 
 
+def put_file(target: Path, content: bytes) -> None:
+    """`content` at `target`, a file of its own: a link there (symbolic, or a hard link that other
+    names share) is replaced, never written through (it may point at anything of yours)."""
+    try:
+        st = target.lstat()
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+        target.write_bytes(content)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.autoresearch-{os.getpid()}")
+    tmp.write_bytes(content)
+    if st is not None and stat.S_ISREG(st.st_mode):
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+    os.replace(tmp, target)
+
+
 def rewind_to(git: Git, task: Task, commit: str, paths: list[str]) -> list[str]:
     """Set the user's editable files among `paths` to `commit`'s (deleting those it lacks), and
     stage that: the index holds the best code, never a discarded change. `git diff` then shows
@@ -275,12 +294,14 @@ def rewind_to(git: Git, task: Task, commit: str, paths: list[str]) -> list[str]:
             continue
         content = git.show_bytes(commit, rel)
         target = task.root / rel
+        if target.is_dir() and not target.is_symlink():  # a folder of yours where the file was: yours
+            continue
         if content is None:
             if target.exists() or target.is_symlink():
                 target.unlink()
             gone.append(rel)
         else:
-            target.write_bytes(content)
+            put_file(target, content)
         done.append(rel)
     literal = {"GIT_LITERAL_PATHSPECS": "1"}  # `lib[1].py` names that file, not a glob over lib1.py
     if gone:

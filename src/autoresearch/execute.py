@@ -96,8 +96,11 @@ def active_environment(environ: Mapping[str, str] | None = None) -> Path | None:
 def python_bin(shim: Path) -> tuple[Path, str]:
     """The folder put first on an experiment's PATH for `python`, and what to tell the user:
     the user's activated environment's own bin (a link to its python would not find its
-    pyvenv.cfg), else a folder whose `python` is the interpreter running autoresearch."""
+    pyvenv.cfg), else the bin of the virtualenv autoresearch runs in, else a folder whose
+    `python` is the interpreter running autoresearch."""
     active = active_environment()
+    if active is None and sys.prefix != sys.base_prefix:  # autoresearch's own virtualenv: its bin,
+        return Path(sys.executable).parent, ""           # as activated (its pyvenv.cfg is found)
     if active is None:
         return python_shim(shim), ""
     return active / "bin", (f"autoresearch: experiments run `python` from your active environment {active} "

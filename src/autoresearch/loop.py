@@ -39,7 +39,7 @@ from autoresearch.gitrepo import GitError, Refused, Workspace
 from autoresearch.judge import Measurement, mean_figures
 from autoresearch.ledger import clean_text
 from autoresearch.measure import Measurer
-from autoresearch.metrics import unrecorded
+from autoresearch.metrics import unrecorded, unsealed_mention
 from autoresearch.options import Options
 from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import adopt_orphans, log_digests, read_tail
@@ -336,7 +336,8 @@ class Loop:
             ctx.log(traceback.format_exc())
             error = clean_text(f"{type(e).__name__}: {e}", 500)
             return t.with_(description=f"agent error: {error}"[:200]), error, RECOVERABLE
-        return (t.with_(description=clean_text(redact_keys(proposal.description)) or "(no description)",
+        described = unsealed_mention(redact_keys(proposal.description), self.task.metric.holdout)
+        return (t.with_(description=clean_text(described) or "(no description)",
                         model=proposal.model, tokens_in=proposal.tokens_in, tokens_out=proposal.tokens_out,
                         cost=proposal.cost, extra=dict(proposal.extra)), "", RECOVERABLE)
 

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import stat
 from pathlib import Path
 
 from autoresearch.task import MetricSpec
@@ -88,15 +89,40 @@ def near_miss(output: str, name: str, holdout: str | None = None) -> str | None:
     return line
 
 
-def figures_from_file(path: Path, names: list[str]) -> dict[str, float]:
+METRIC_FILE_BYTES = 16 << 20  # a metric file is a few figures; more is not one
+
+
+def read_metric_file(path: Path) -> str:
+    """The text of a regular file of at most METRIC_FILE_BYTES, read without waiting: a FIFO (an
+    open would wait for a writer forever), a device (/dev/zero never ends) or a folder is an error
+    of the trial's, not a hang of the loop."""
     try:
-        data = json.loads(path.read_text())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise MetricError(f"metric file {path.name} was not written") from None
-    except OSError as e:  # a folder, a FIFO, unreadable: the trial's fault, not the loop's
+    except OSError as e:
         raise MetricError(f"metric file {path.name} cannot be read: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MetricError(f"metric file {path.name} is not valid JSON: {e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise MetricError(f"metric file {path.name} is not a regular file")
+        if st.st_size > METRIC_FILE_BYTES:
+            raise MetricError(f"metric file {path.name} holds {st.st_size} bytes (at most {METRIC_FILE_BYTES})")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(METRIC_FILE_BYTES + 1).decode()
+    except OSError as e:
+        raise MetricError(f"metric file {path.name} cannot be read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def figures_from_file(path: Path, names: list[str]) -> dict[str, float]:
+    try:
+        data = json.loads(read_metric_file(path))
+    except (ValueError, UnicodeDecodeError) as e:  # (a 5000-digit integer is a ValueError too)
+        raise MetricError(f"metric file {path.name} is not valid JSON: {str(e)[:200]}") from None
+    except RecursionError:
+        raise MetricError(f"metric file {path.name} nests too deep") from None
     if not isinstance(data, dict):
         raise MetricError(f"metric file {path.name} must hold a JSON object")
     out: dict[str, float] = {}
@@ -199,6 +225,16 @@ def redact(text: str, holdout: str | None) -> str:
     needle = holdout.lower()
     return "".join(f"[{holdout}: sealed]\n" if needle in line.lower() else line
                    for line in text.splitlines(keepends=True))
+
+
+def unsealed_mention(text: str, holdout: str | None) -> str:
+    """`text` (a description: one line that must stay readable) with the holdout's name and the
+    number after it sealed: an agent that found the figure somewhere must not put it in the
+    history every later agent reads."""
+    if not holdout:
+        return text
+    return re.sub(rf"{re.escape(holdout)}[^\w.+-]{{0,3}}[-+]?[\d.]*(?:[eE][-+]?\d+)?", f"[{holdout}: sealed]",
+                  text, flags=re.IGNORECASE)
 
 
 def reject_reason(output: str) -> str | None:

@@ -30,8 +30,14 @@ SUMMARY_KEYS = [
 ]
 
 
-def load_prepare():
-    spec = importlib.util.spec_from_file_location("nanochat_prepare", TEMPLATE / "prepare.py")
+def load_prepare(name: str = "prepare"):
+    """The template's prepare.py (or corpus.py) as a module; the modules it imports from beside
+    it are found as they are when it runs (the cpu-gpt template's prepare.py is not in the way:
+    this one is loaded under another name, and evalguard.py is the same file in both)."""
+    if str(TEMPLATE) not in sys.path:
+        sys.path.insert(0, str(TEMPLATE))
+    sys.modules.pop("corpus", None)
+    spec = importlib.util.spec_from_file_location(f"nanochat_{name}", TEMPLATE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -241,11 +241,41 @@ FORGED = 'os.write(1, b"---\\nval_bpb:          0.100000\\ntest_bpb:         0.1
     (FORGED + "import posix\nposix._exit(0)", "end, fork or replace its process"),
     (FORGED + "os.execv('/bin/true', ['true'])", "end, fork or replace its process"),
     (FORGED + "sys.exit(0)", "ended the evaluation early"),
+    # round 5: what the verdict itself runs, replaced by attribute (builtins, os, the evaluator)
+    (FORGED + "os.write = lambda fd, data: len(data)\n"
+     "setattr(sys.modules['__main__'], 'evaluate_' + 'bpb', lambda *a, **k: 0.1)", "replaced what the evaluation runs"),
 ])
 def test_train_py_that_prints_figures_and_hides_the_real_ones_fails(trained, tmp_path, patch, needle):
     result = evaluate_with(trained, tmp_path, "import os, sys\n" + patch)
     assert result.returncode != 0 or "autoresearch_reject" in result.stdout, result.stdout
     assert needle in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+PEEKS_WHEN = {  # red team, round 5: a model that tells the probe from the scoring
+    "the batch is the scoring's size": "not torch.is_grad_enabled() and idx.shape[0] == 16",
+    "it has been called more than the fixed probe's times": "_calls.append(1) or len(_calls) > 6",
+}
+
+
+@pytest.mark.parametrize("when", PEEKS_WHEN)
+def test_a_model_that_peeks_only_when_it_thinks_it_is_scored_is_rejected(trained, tmp_path, when):
+    """The fixed probe runs first, on batches of its own shape: a few scored batches, drawn at
+    random, are probed again with a call of the same shape."""
+    result = evaluate_with(trained, tmp_path, f"""
+_calls = []
+_forward = GPT.forward
+def _peeking(self, idx):
+    out = _forward(self, idx)
+    if {PEEKS_WHEN[when]}:
+        bonus = torch.zeros_like(out)
+        bonus[:, :-1].scatter_(2, idx[:, 1:].unsqueeze(-1), 40.0)
+        out = out + bonus
+    return out
+GPT.forward = _peeking
+""")
+    assert result.returncode == 0, result.stderr
+    assert REJECT in result.stdout, result.stdout
+    assert "val_bpb" not in result.stdout
 
 
 def test_a_model_that_returns_a_tensor_subclass_is_refused(trained, tmp_path):
@@ -280,21 +310,23 @@ def test_the_stdlib_corpus_is_deterministic(tmp_path):
 
 def test_the_template_has_its_files_and_stands_alone():
     names = {p.name for p in TEMPLATE.iterdir()}
-    assert {"autoresearch.toml", "program.md", "prepare.py", "train.py", ".gitignore"} <= names
+    assert {"autoresearch.toml", "program.md", "prepare.py", "evalguard.py", "train.py", ".gitignore"} <= names
     assert {".autoresearch/", "__pycache__/"} <= set((TEMPLATE / ".gitignore").read_text().split())
     task_file = (TEMPLATE / "autoresearch.toml").read_text()
     assert 'evaluate = "python prepare.py --evaluate"' in task_file
     assert 'holdout = "test_bpb"' in task_file
-    for script in ("prepare.py", "train.py"):  # copied into a repo that has no autoresearch
+    assert 'protected = ["prepare.py", "evalguard.py"]' in task_file
+    for script in ("prepare.py", "evalguard.py", "train.py"):  # copied into a repo that has no autoresearch
         imported = re.findall(r"^(?:from|import) (\w+)", (TEMPLATE / script).read_text(), re.M)
         assert "autoresearch" not in imported
 
 
-def test_one_big_file_trains_and_the_small_ones_are_held_out(tmp_path):
+def test_one_big_file_trains_and_the_small_ones_are_held_out(tmp_path, monkeypatch):
     """A folder with one dominant file: it goes to train (not all of the text to test), and
     val and test each get files."""
     import importlib.util
 
+    monkeypatch.syspath_prepend(str(TEMPLATE))  # prepare.py imports evalguard.py beside it
     spec = importlib.util.spec_from_file_location("cpu_gpt_prepare", TEMPLATE / "prepare.py")
     prepare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(prepare)

@@ -29,6 +29,8 @@ from nanochat_helpers import (  # noqa: E402
 )
 from safetensors.torch import save_file  # noqa: E402
 
+from autoresearch.task import tomllib as task_toml  # noqa: E402  (tomli on Python 3.10)
+
 pytestmark = pytest.mark.torch
 
 
@@ -90,7 +92,8 @@ def score_embedding_model(
     table (512 x 512) with `forward` as the body of its forward(idx), `preamble` above it."""
     task = tmp_path / "task"
     task.mkdir()
-    shutil.copy(TEMPLATE / "prepare.py", task)
+    for protected in ("prepare.py", "corpus.py", "evalguard.py"):
+        shutil.copy(TEMPLATE / protected, task)
     (task / "train.py").write_text(f"""
 import torch.nn as nn
 {preamble}
@@ -130,14 +133,29 @@ def test_a_model_that_sees_the_answers_is_rejected(smoke, tmp_path, cheat):
     assert "val_bpb" not in out
 
 
-def test_a_train_py_that_replaces_the_evaluators_code_is_rejected(smoke, tmp_path):
+REPLACED = {
+    "the evaluator's function": ('import sys\nsetattr(sys.modules["__main__"], "evaluate_" + "bpb", '
+                                 'lambda *a, **k: 0.5)', "evaluate_bpb"),
+    # red team, round 5: below the functions the evaluator names, and what it reads from disk
+    "torch's own loss under F.cross_entropy": ("import torch\n_ce = torch._C._nn.cross_entropy_loss\n"
+                                               "setattr(torch._C._nn, 'cross_entropy_loss', lambda *a, **k: _ce(*a, **k) * 0.5)",
+                                               "torch._C._nn.cross_entropy_loss"),
+    "np.load scaling the byte counts": ("import numpy as np\n_load = np.load\nsetattr(np, 'lo' + 'ad', lambda f, *a, **k: "
+                                        "_load(f, *a, **k) * (4 if str(f).endswith('token_bytes.npy') else 1))", "np.load"),
+    "os.write as well, so that the reject is not written": (
+        'import os, sys\nos.write(1, b"---\\nval_bpb: 0.1\\n")\nos.write = lambda fd, data: len(data)\n'
+        'setattr(sys.modules["__main__"], "evaluate_" + "bpb", lambda *a, **k: 0.5)', "evaluate_bpb"),
+}
+
+
+@pytest.mark.parametrize("what", REPLACED)
+def test_a_train_py_that_replaces_what_the_evaluation_runs_is_rejected(smoke, tmp_path, what):
     """Its module-level code runs in the evaluator's process (the model is needed there)."""
-    patch = 'import sys\nsetattr(sys.modules["__main__"], "evaluate_" + "bpb", lambda *a, **k: 0.5)'
+    patch, name = REPLACED[what]
     out = score_embedding_model(smoke[2], tmp_path, patch, "return self.emb(idx)")
-    assert "autoresearch_reject: train.py replaced what the evaluation runs: evaluate_bpb" in out, (
-        out
-    )
-    assert "val_bpb" not in out
+    assert "autoresearch_reject: train.py replaced what the evaluation runs" in out, out
+    assert name in out.split("replaced what the evaluation runs")[1], out
+    assert "val_bpb: 0.1" not in out.splitlines()[-1], out
 
 
 @pytest.mark.parametrize(
@@ -216,3 +234,16 @@ def test_the_small_machine_settings_lie_inside_the_ranges_program_md_gives(tmp_p
         assert "outside" not in listed, (machine, listed)
         for name, lo, hi in bounds:
             assert re.search(rf"^{name}\s+train\.py:\d+\s+\S+\s+{lo}\.\.{hi}\s", listed, re.M), name
+
+
+def test_the_evaluators_guard_is_one_file_in_both_templates_and_protected():
+    """evalguard.py keeps train.py's code from writing the figures; both ML templates ship the
+    same file, and each task file protects every module its evaluation runs."""
+    cpu_gpt = TEMPLATE.parent / "cpu-gpt"
+    assert (TEMPLATE / "evalguard.py").read_bytes() == (cpu_gpt / "evalguard.py").read_bytes()
+    for folder, modules in ((TEMPLATE, ["prepare.py", "corpus.py", "evalguard.py"]),
+                            (cpu_gpt, ["prepare.py", "evalguard.py"])):
+        task_file = task_toml.loads((folder / "autoresearch.toml").read_text())
+        assert task_file["protected"] == modules
+        imported = {m for f in modules for m in re.findall(r"^from (\w+) import", (folder / f).read_text(), re.M)}
+        assert {m + ".py" for m in imported if (folder / f"{m}.py").exists()} <= set(modules)

@@ -112,12 +112,12 @@ def shard_server(tmp_path):
 
 
 def test_download_retries_resumes_and_skips_complete_shards(tmp_path, shard_server, capfd):
-    prepare = load_prepare()
+    corpus = load_prepare("corpus")
     dest = tmp_path / "shards"
     served = shard_server.root
 
     def get(indices):
-        return prepare.download_shards(indices, dest, shard_server.url, workers=2, backoff=0.01)
+        return corpus.download_shards(indices, dest, shard_server.url, workers=2, backoff=0.01)
 
     for i in (0, 1, 1821, 1822):  # retried at once by four threads: their notes stay whole lines
         shard_server.fail[f"shard_{i:05d}.parquet"] = "500"
@@ -125,7 +125,7 @@ def test_download_retries_resumes_and_skips_complete_shards(tmp_path, shard_serv
     switch = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # threads swap often, as on a busy machine: half lines would show
     try:
-        prepare.download_shards([0, 1, 1821, 1822], dest, shard_server.url, workers=4, backoff=0.01)
+        corpus.download_shards([0, 1, 1821, 1822], dest, shard_server.url, workers=4, backoff=0.01)
     finally:
         sys.setswitchinterval(switch)
     assert shard_server.requests("shard_00001.parquet") == [(None, "500"), (None, None)]
@@ -156,13 +156,13 @@ def test_download_retries_resumes_and_skips_complete_shards(tmp_path, shard_serv
 
 
 def test_download_gives_up_with_one_clear_error(tmp_path, shard_server):
-    prepare = load_prepare()
+    corpus = load_prepare("corpus")
     shard_server.fail["shard_00000.parquet"] = "500"
     shard_server.fail["shard_00001.parquet"] = "500"
-    with pytest.raises(prepare.PrepareError, match="shard_00000.parquet after 1 attempts"):
-        prepare.download_shards([0], tmp_path, shard_server.url, attempts=1)
-    with pytest.raises(prepare.PrepareError, match="shard_00042.parquet: HTTP Error 404"):
-        prepare.download_shards([42], tmp_path, shard_server.url, attempts=3, backoff=0.01)
+    with pytest.raises(corpus.PrepareError, match="shard_00000.parquet after 1 attempts"):
+        corpus.download_shards([0], tmp_path, shard_server.url, attempts=1)
+    with pytest.raises(corpus.PrepareError, match="shard_00042.parquet: HTTP Error 404"):
+        corpus.download_shards([42], tmp_path, shard_server.url, attempts=3, backoff=0.01)
     assert len(shard_server.requests("shard_00042.parquet")) == 1  # a 404 is not retried
 
 
@@ -210,16 +210,16 @@ def test_prepare_from_a_local_folder_follows_the_task_file(tmp_path):
 
 
 def test_local_parquet_files_are_read_alone_or_beside_text(tmp_path):
-    prepare = load_prepare()
+    corpus = load_prepare("corpus")
     only, mixed = tmp_path / "only", tmp_path / "mixed"
     for folder in (only, mixed):
         folder.mkdir()
         write_shard(folder / "a.parquet", 5, docs=3000)
     (mixed / "b.txt").write_text("Plain text, naïve and über.\n" * 100)
     texts = pq.read_table(only / "a.parquet").column("text").to_pylist()
-    assert prepare.local_documents(only) == texts
-    assert prepare.local_documents(mixed) == [*texts, (mixed / "b.txt").read_text()]
-    train, val, test = prepare.split_documents(prepare.local_documents(only))
+    assert corpus.local_documents(only) == texts
+    assert corpus.local_documents(mixed) == [*texts, (mixed / "b.txt").read_text()]
+    train, val, test = corpus.split_documents(corpus.local_documents(only))
     assert len(train) > len(val) > 0 and len(test) > 0
 
 
@@ -254,26 +254,26 @@ def test_prepare_without_data_reads_the_folder_of_the_setup_line(tmp_path, shard
 
 
 def test_token_bytes_count_raw_bytes_not_replacement_characters():
-    prepare = load_prepare()
+    corpus = load_prepare("corpus")
     text = "日本語のテキスト、données naïves über 🙂🙂 and plain ASCII words. " * 30
-    tok = prepare.train_tokenizer([text], vocab_size=320)
-    counts = prepare.token_byte_counts(tok, 320)
+    tok = corpus.train_tokenizer([text], vocab_size=320)
+    counts = corpus.token_byte_counts(tok, 320)
 
     first_byte = "日".encode()[0]  # a lone lead byte: one raw byte, decoded it is U+FFFD
-    token = tok.token_to_id(next(c for c, b in prepare.byte_alphabet().items() if b == first_byte))
+    token = tok.token_to_id(next(c for c, b in corpus.byte_alphabet().items() if b == first_byte))
     assert tok.decode([token]) == "\ufffd"
     assert counts[token] == 1
 
     partial = [
         i
         for i in range(tok.get_vocab_size())
-        if i != tok.token_to_id(prepare.BOS) and not _is_utf8(prepare.token_raw_bytes(tok, i))
+        if i != tok.token_to_id(corpus.BOS) and not _is_utf8(corpus.token_raw_bytes(tok, i))
     ]
     assert len(partial) > 10
     for i in partial:  # e.g. b"\xafves", the end of "naïves": 4 bytes, not "\ufffdves" (6)
-        assert counts[i] == len(prepare.token_raw_bytes(tok, i))
+        assert counts[i] == len(corpus.token_raw_bytes(tok, i))
         assert counts[i] != len(tok.decode([i]).encode())
-    assert counts[tok.token_to_id(prepare.BOS)] == 0
+    assert counts[tok.token_to_id(corpus.BOS)] == 0
     assert counts[tok.get_vocab_size() :].sum() == 0  # ids the vocabulary did not fill
 
     sample = "テキスト🙂 über naïve"

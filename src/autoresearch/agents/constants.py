@@ -205,8 +205,9 @@ def scan_file(data: bytes, path: str) -> FileScan:
         scan.skipped.append((path, f"cannot parse the file: {e}"))
         return scan
     del text
-    starts = [0]
-    for line in data.splitlines(keepends=True):
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # (a Windows editor's): ast's offsets leave it out
+    starts = [bom]
+    for line in data[bom:].splitlines(keepends=True):
         starts.append(starts[-1] + len(line))
     seen: dict[str, int] = {}
     found: list[tuple[str, ast.expr, bool]] = []  # (name, value, after the last code)

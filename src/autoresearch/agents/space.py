@@ -417,8 +417,8 @@ def editable_sources(root: Path, task: Task) -> dict[str, bytes]:
     """The editable Python files under `root` (a task root or a trial's worktree)."""
     out = {}
     for rel in sorted(list_files(root)):
-        if rel.endswith(".py") and task.is_editable(rel):
-            out[rel] = (root / rel).read_bytes()
+        if rel.endswith(".py") and task.is_editable(rel) and not (root / rel).is_symlink():  # (a link's
+            out[rel] = (root / rel).read_bytes()  # target may lie outside: git would not see the edit)
     return out
 
 

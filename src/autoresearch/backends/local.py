@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from autoresearch.errors import UsageError
 from autoresearch.execute import ExecResult, ExecSpec, execute
@@ -38,6 +39,20 @@ def gpu_groups(gpus: Sequence[str], per_trial: int = 1, workers: int | None = No
         raise UsageError(f"--workers {workers} with --gpus-per-trial {per_trial} needs "
                          f"{workers * per_trial} GPUs; --gpus lists {len(gpus)}")
     return groups[:workers]
+
+
+def gpu_warnings(gpus: Sequence[str], per_trial: int = 1, workers: int | None = None) -> list[str]:
+    """What a user may not have meant by `--gpus`: GPUs it lists that no slot uses (with fewer
+    `--workers` than groups), or none visible on this machine (ids are passed on all the same)."""
+    notes = []
+    used = sum(map(len, gpu_groups(gpus, per_trial, workers)))
+    if used < len(gpus):
+        notes.append(f"--workers {workers} with --gpus {','.join(gpus)} uses {used} of its {len(gpus)} GPUs; "
+                     f"{','.join(gpus[used:])} stay idle (drop --workers to use them all)")
+    if gpus and not any(Path("/dev").glob("nvidia[0-9]*")):
+        notes.append(f"--gpus {','.join(gpus)}, but no NVIDIA GPU is visible on this machine "
+                     "(CUDA_VISIBLE_DEVICES is set for each trial all the same)")
+    return notes
 
 
 class LocalBackend:

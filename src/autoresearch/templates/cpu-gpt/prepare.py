@@ -23,14 +23,15 @@ The evaluation is fixed: val_bpb is the cross-entropy, in bits per byte, of the 
 EVAL_BYTES bytes of the val split, cut into non-overlapping windows of CONTEXT_LEN bytes spread
 evenly over the split. test_bpb is the same on the test split, the sealed holdout. The model
 comes from train.py's build_model() and the checkpoint it saved; before it is scored, a probe
-checks that its predictions do not look at future bytes. No pickle is used anywhere.
+checks that its predictions do not look at future bytes; evalguard.py (protected too) keeps
+train.py's code, which runs in the evaluating process, from changing the figures it prints.
+No pickle is used anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -45,6 +46,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from evalguard import EARLY, Peeked, check_causal, import_train, probe_points
 
 # ---------------------------------------------------------------------------------------------
 # Constants of the benchmark. Changing any of them changes what val_bpb means.
@@ -70,6 +72,10 @@ CAUSALITY_TOLERANCE = 1e-3  # max logit change (relative to the logit scale) at 
 REJECT_LINE = (
     "autoresearch_reject: model is not causal (prediction at position t depends on tokens after t)"
 )
+# read when this file is loaded, before train.py's code can change the environment
+TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or 60)
+EXPERIMENT_SECONDS = float(os.environ["AUTORESEARCH_EXPERIMENT_SECONDS"]) if os.environ.get(
+    "AUTORESEARCH_EXPERIMENT_SECONDS") else None  # the experiment's wall time, given to the evaluator
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -285,11 +291,12 @@ def eval_windows(data: np.ndarray) -> np.ndarray:
     return np.arange(count, dtype=np.int64) * stride
 
 
-def evaluate_bpb(model, split: str = "val", data_dir: str | None = None) -> float:
+def evaluate_bpb(model, split: str = "val", data_dir: str | None = None, probes: int = 0) -> float:
     """Bits per byte of model on the fixed windows of a split: total cross-entropy in nats over
     (ln 2 x number of predicted bytes). Each window of CONTEXT_LEN + 1 bytes predicts its last
     CONTEXT_LEN bytes from the ones before them. The loss is computed here from the logits, so
-    train.py cannot change how it is counted."""
+    train.py cannot change how it is counted. With `probes`, that many scored batches, drawn at
+    random, are checked for peeking (evalguard.check_causal raises Peeked)."""
     import torch  # here, not at the top: setup needs no torch and starts faster without it
     import torch.nn.functional as F
 
@@ -300,6 +307,7 @@ def evaluate_bpb(model, split: str = "val", data_dir: str | None = None) -> floa
     model.eval()
     total_nats = 0.0
     offsets = np.arange(CONTEXT_LEN + 1)
+    probed = {i * EVAL_BATCH for i in probe_points(-(-len(starts) // EVAL_BATCH), probes)} if probes else set()
     with torch.no_grad():
         for i in range(0, len(starts), EVAL_BATCH):
             chunk = data[starts[i : i + EVAL_BATCH, None] + offsets].astype(np.int64)
@@ -314,6 +322,11 @@ def evaluate_bpb(model, split: str = "val", data_dir: str | None = None) -> floa
                 )
             flat = logits.float().reshape(-1, VOCAB_SIZE)
             total_nats += F.cross_entropy(flat, batch[:, 1:].reshape(-1), reduction="sum").item()
+            if i in probed:  # other windows of the split, as many: real text, the same shape
+                elsewhere = starts[(np.arange(i, i + len(chunk)) + len(starts) // 2) % len(starts)]
+                other = torch.from_numpy(data[elsewhere[:, None] + offsets[:-1]].astype(np.int64)).to(device)
+                check_causal(lambda x: model(x).float(), batch[:, :-1], logits.float(), other,
+                             CAUSALITY_TOLERANCE)
     model.train(was_training)
     return total_nats / (math.log(2) * len(starts) * CONTEXT_LEN)
 
@@ -349,113 +362,20 @@ def is_causal(model, data: np.ndarray, cuts: int = 4) -> bool:
     )
 
 
-def evaluator_state() -> dict:
-    """What the evaluation runs besides the model: this file's functions and settings, and the
-    torch and numpy calls it makes. train.py is imported into this process (its model is needed),
-    so its module-level code could replace one of them; `replaced` says which it did."""
-    import torch
-    import torch.nn.functional as F
-
-    mine = {k: v for k, v in vars(sys.modules[__name__]).items()
-            if not k.startswith("__") and not isinstance(v, type(sys))}
-    theirs = {"F.cross_entropy": F.cross_entropy, "F.log_softmax": F.log_softmax,
-              "torch.from_numpy": torch.from_numpy, "torch.no_grad": torch.no_grad,
-              "torch.stack": torch.stack, "np.arange": np.arange, "math.log": math.log,
-              **{f"Tensor.{n}": getattr(torch.Tensor, n) for n in
-                 ("item", "float", "reshape", "abs", "max", "sum", "to", "__getitem__", "__sub__")}}
-    return {**mine, **theirs}
-
-
-def replaced(before: dict) -> list[str]:
-    """The names in `before` (an evaluator_state) that now stand for something else."""
-    now = evaluator_state()
-
-    def same(a, b) -> bool:
-        plain = (int, float, str, bytes, bool, tuple, type(None))
-        return a is b or (type(a) is type(b) and isinstance(a, plain) and (a == b or (a != a and b != b)))
-
-    return sorted(k for k, v in before.items() if not same(now.get(k), v))
-
-
-EXIT = os._exit  # the evaluator's own: train.py's code may take the module's
-
-
-def lockdown() -> None:
-    """While train.py's code runs in this process, it can neither end it early (after printing
-    figures of its own) nor replace it: those calls are refused (a SystemExit it raises fails
-    the evaluation, see final_word's callers)."""
-
-    def refused(*args, **kwargs):
-        raise PermissionError("the evaluator does not let train.py end, fork or replace its process")
-
-    import posix
-
-    for module in (os, posix):
-        for name in ("_exit", "abort", "fork", "forkpty", "system", "kill", "killpg", "posix_spawn",
-                     "posix_spawnp", "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe"):
-            if hasattr(module, name):
-                setattr(module, name, refused)
-
-
-OUTPUT: dict = {}  # the output as it was before train.py was imported: its descriptor and identity
-
-
-def _identity(fd: int) -> tuple:
-    st = os.fstat(fd)
-    return st.st_dev, st.st_ino
-
-
-def final_word(lines: list[str]) -> None:
-    """Print the verdict (the figures of record, or a reject line) last, and end: straight to
-    the output as it was before train.py was imported (a sys.stdout it replaced is not used),
-    then exit at once, so that nothing train.py left behind (an atexit handler, a thread)
-    prints a figure after them. If train.py moved the output (os.dup2 onto it, a copy of it
-    closed), what it printed before cannot be told from the figures: the evaluation fails."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - train.py may have broken or replaced it
-            pass
-    fd, code = OUTPUT.get("fd", 1), 0
-    try:
-        moved = "id" in OUTPUT and not (_identity(1) == _identity(fd) == OUTPUT["id"])
-    except OSError:
-        moved = True
-    if moved:
-        lines, code = ["autoresearch_reject: train.py redirected the evaluator's output"], 3
-    try:
-        os.write(fd, ("\n".join(lines) + "\n").encode())
-    except OSError:
-        code = 3
-    EXIT(code)
-
-
-def import_train(path: Path):
-    """train.py as a module; its training sits under `if __name__ == "__main__"`."""
-    OUTPUT["fd"], OUTPUT["id"] = os.dup(1), _identity(1)  # before any of train.py runs
-    lockdown()
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location("train", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def over_budget(summary: dict) -> str | None:
     """Why the run broke the fixed time budget, or None: training longer than the budget (as
     train.py reports it), or an experiment whose wall time (measured by the harness) is more
     than the budget plus room for start-up and the final evaluation."""
-    budget = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or 60)
+    budget = TIME_BUDGET
     claimed = summary.get("training_seconds")
     steps = summary.get("num_steps")
     # training stops at the first step that ends past the budget: one (mean) step over is allowed
     step = claimed / steps if isinstance(claimed, (int, float)) and isinstance(steps, int) and steps > 0 else 0.0
     if isinstance(claimed, (int, float)) and claimed > budget * 1.05 + 1 + step:
         return f"trained {claimed:.1f} s, over the {budget:g} s time budget"
-    wall = os.environ.get("AUTORESEARCH_EXPERIMENT_SECONDS")
-    allowed = budget * 1.5 + 30
-    if wall and float(wall) > allowed:
-        return (f"the experiment ran {float(wall):.0f} s, more than the {budget:g} s time budget allows "
+    wall, allowed = EXPERIMENT_SECONDS, budget * 1.5 + 30
+    if wall is not None and wall > allowed:
+        return (f"the experiment ran {wall:.0f} s, more than the {budget:g} s time budget allows "
                 f"({allowed:.0f} s with start-up and evaluation)")
     return None
 
@@ -463,7 +383,6 @@ def over_budget(summary: dict) -> str | None:
 def evaluate(data_dir: str | None = None) -> int:
     """The figures of record, from the checkpoint in AUTORESEARCH_RUN_DIR (default ./run)."""
     import torch
-    from safetensors.torch import load_model
 
     t0 = time.time()
     run_dir = Path(os.environ.get("AUTORESEARCH_RUN_DIR") or "run")
@@ -476,25 +395,39 @@ def evaluate(data_dir: str | None = None) -> int:
             return 1
     torch.manual_seed(0)
     torch.set_flush_denormal(True)  # subnormal floats are very slow on x86 CPUs
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    before = evaluator_state()
-    train = import_train(Path.cwd() / "train.py")
-    model = train.build_model(json.loads(config_path.read_text()))
-    load_model(model, str(weights), strict=True, device="cpu")
-    model.to(device).eval()
+    train, verdict = import_train(Path.cwd() / "train.py", sys.modules[__name__])
+    try:
+        lines = score(train, run_dir, data_dir)
+    except SystemExit as e:  # with success, train.py's own: figures it printed may stand
+        if e.code not in (0, None):
+            raise  # an error (a changed cache, ...): the evaluation fails
+        lines = [EARLY]
+    lines.append(f"eval_seconds:     {time.time() - t0:.1f}")
+    verdict(lines)
 
+
+def score(train, run_dir: Path, data_dir: str | None) -> list[str]:
+    """The summary block of the checkpoint in `run_dir`, or a reject line. train.py's code runs
+    here (its model), so this ends in the caller's verdict, never by itself."""
+    import torch
+    from safetensors.torch import load_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = train.build_model(json.loads((run_dir / "model_config.json").read_text()))
+    load_model(model, str(run_dir / "model.safetensors"), strict=True, device="cpu")
+    model.to(device).eval()
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     over = over_budget(summary)
     if over:
-        final_word([f"autoresearch_reject: {over}"])
+        return [f"autoresearch_reject: {over}"]
     if not is_causal(model, load_split("val", data_dir)):
-        final_word([REJECT_LINE])
-    val_bpb = evaluate_bpb(model, "val", data_dir)
-    test_bpb = evaluate_bpb(model, "test", data_dir)
-    changed = replaced(before)
-    if changed:
-        final_word([f"autoresearch_reject: train.py replaced what the evaluation runs: {', '.join(changed[:5])}"])
+        return [REJECT_LINE]
+    try:  # a few scored batches of each split probed again, indistinguishable from the rest
+        val_bpb = evaluate_bpb(model, "val", data_dir, probes=4)
+        test_bpb = evaluate_bpb(model, "test", data_dir, probes=4)
+    except Peeked as e:
+        return [f"{REJECT_LINE}: {e}"]
     # the parameter count comes from the model itself; the rest is what train.py reported
     summary["num_params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
     lines = ["---", f"val_bpb:          {val_bpb:.6f}", f"test_bpb:         {test_bpb:.6f}"]
@@ -508,9 +441,7 @@ def evaluate(data_dir: str | None = None) -> int:
         value = summary.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             lines.append(f"{key + ':':<18}{value:.{digits}f}")
-    lines.append(f"eval_seconds:     {time.time() - t0:.1f}")
-    final_word(lines)
-    return 0
+    return lines
 
 
 def main() -> int:
@@ -521,12 +452,7 @@ def main() -> int:
     parser.add_argument("--evaluate", action="store_true", help="score the run folder's checkpoint")
     args = parser.parse_args()
     if args.evaluate:
-        try:
-            return evaluate(args.data)
-        except SystemExit as e:  # an exit with success is train.py's: its own figures may stand
-            if e.code in (0, None):
-                final_word(["autoresearch_reject: train.py ended the evaluation early"])
-            raise
+        return evaluate(args.data)
     prepare(args.data)
     return 0
 

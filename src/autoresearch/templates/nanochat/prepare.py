@@ -1,5 +1,7 @@
 """
-Data, tokenizer, clock and scoring of the nanochat task. Protected: the agent never edits it.
+Data, tokenizer, clock and scoring of the nanochat task. Protected: the agent never edits it,
+nor the two modules it runs, corpus.py (download, documents, tokenizer training) and evalguard.py
+(what keeps train.py's code, imported here to rebuild the model, from writing the figures).
 
     python prepare.py                 download the shards, train the tokenizer, tokenize (idempotent)
     python prepare.py --data DIR      the same from local .txt or .parquet files (a `text` column);
@@ -15,32 +17,35 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import hashlib
-import http.client
-import importlib.util
 import json
 import math
 import os
 import re
 import shlex
-import shutil
 import sys
-import sysconfig
-import threading
 import time
-import urllib.request
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+from corpus import (
+    BOS,
+    PrepareError,
+    documents,
+    download_shards,
+    local_documents,
+    save_array,
+    smoke_documents,
+    split_documents,
+    token_byte_counts,
+    tokenize,
+    train_tokenizer,
+)
+from evalguard import EARLY, import_train
 from safetensors.torch import load_model
-from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 # ----------------------------------------------------------------------------
@@ -55,8 +60,11 @@ TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or (10 if SMOKE e
 if SMOKE:  # the smoke model is tiny: 10 s trains it, whatever budget the task file gives the real one
     TIME_BUDGET = min(TIME_BUDGET, 10.0)
 UNTIMED_STEPS = 2 if SMOKE else 10  # the first steps compile kernels: they run off the clock
+# the experiment's wall time, which the harness gives the evaluator: read when this file is loaded,
+# before train.py's code (imported to rebuild the model) can change the environment
+EXPERIMENT_SECONDS = float(os.environ["AUTORESEARCH_EXPERIMENT_SECONDS"]) if os.environ.get(
+    "AUTORESEARCH_EXPERIMENT_SECONDS") else None
 RUN_DIR = Path(os.environ.get("AUTORESEARCH_RUN_DIR") or "run")
-BOS = "<|bos|>"  # starts every document; the only special token
 
 # ----------------------------------------------------------------------------
 # Where the text comes from
@@ -72,8 +80,6 @@ NUM_TRAIN_SHARDS = 10  # ~600M tokens, more than 300 s on an H100 consumes
 HOLDOUT_TOKENS = 40 * 524_288 + 1  # kept from each of the val and test shards
 TOKENIZER_CHARS = 500_000_000  # training text the BPE sees; plenty for 8192 tokens
 DOC_CHARS = 10_000  # per document, for the BPE only: long documents would dominate the counts
-# GPT-4's split pattern with numbers cut at 2 digits, kinder to a small vocabulary
-SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 
 CACHE = Path(os.environ.get("AUTORESEARCH_CACHE") or Path.home() / ".cache" / "autoresearch")
 SHARD_DIR = CACHE / "nanochat" / "shards"  # raw downloads, shared by every preparation
@@ -116,260 +122,8 @@ if SMOKE:  # tiny tensors: a second thread costs more than it gives, most of all
     torch.set_num_threads(1)
 
 
-class PrepareError(Exception):
-    """A problem the user can fix (no data, no checkpoint); printed as one line."""
-
-
-PRINT_LOCK = threading.Lock()  # download threads print whole lines, never into each other's
-
-
-# ----------------------------------------------------------------------------
-# Download: parallel, retried with backoff, resumed with HTTP ranges, renamed into place
-
-
-def shard_name(index: int) -> str:
-    return f"shard_{index:05d}.parquet"
-
-
-def download_shards(
-    indices: Iterable[int],
-    dest: Path = SHARD_DIR,
-    base_url: str = BASE_URL,
-    workers: int = 8,
-    attempts: int = 5,
-    backoff: float = 1.0,
-) -> list[Path]:
-    """Fetch the shards not yet complete in `dest`; returns their paths in order."""
-    dest.mkdir(parents=True, exist_ok=True)
-
-    def one(i: int) -> Path:
-        return download_file(
-            f"{base_url.rstrip('/')}/{shard_name(i)}", dest / shard_name(i), attempts, backoff
-        )
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(one, indices))
-
-
-def download_file(url: str, path: Path, attempts: int = 5, backoff: float = 1.0) -> Path:
-    if path.exists():  # only a complete, readable file is ever renamed to this name
-        return path
-    part = path.with_name(path.name + ".part")
-    for attempt in range(1, attempts + 1):
-        try:
-            fetch(url, part)
-            pq.read_metadata(part)  # a truncated parquet file has no footer
-            os.replace(part, path)
-            return path
-        except (OSError, http.client.HTTPException, pa.ArrowException) as e:
-            code = getattr(e, "code", None)
-            if code in (400, 401, 403, 404, 410):  # asking again will not help
-                raise PrepareError(f"could not download {url}: {e}") from e
-            if isinstance(e, pa.ArrowException) or code == 416:
-                part.unlink(missing_ok=True)  # corrupt, or a range past its end: start over
-            if attempt == attempts:
-                raise PrepareError(
-                    f"could not download {url} after {attempts} attempts: {e}"
-                ) from e
-            wait = backoff * 2 ** (attempt - 1)
-            with PRINT_LOCK:
-                print(f"  {path.name}: {e}; retrying in {wait:.1f}s", flush=True)
-            time.sleep(wait)
-    raise AssertionError("unreachable")
-
-
-def fetch(url: str, part: Path) -> None:
-    """Append the rest of `url` to `part`, asking only for the bytes it lacks."""
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        if response.status != 206:
-            have = 0  # the server sent the whole file
-        length = response.headers.get("Content-Length")
-        with open(part, "ab" if have else "wb") as f:
-            shutil.copyfileobj(response, f, 1 << 20)
-            got = f.tell() - have
-    # http.client does not complain when a connection closes early; count the bytes ourselves
-    if length is not None and got < int(length):
-        raise OSError(f"connection closed after {got} of {length} bytes")
-
-
-# ----------------------------------------------------------------------------
-# Documents from parquet shards, local folders, or (smoke) the Python standard library
-
-
-def parquet_documents(path: Path) -> Iterator[str]:
-    for batch in pq.ParquetFile(path).iter_batches(columns=["text"], batch_size=1024):
-        yield from (t for t in batch.column(0).to_pylist() if t)
-
-
-def local_documents(root: Path, piece: int | None = None) -> list[str]:
-    """Every .txt and .parquet file under `root`, in name order, long texts cut at line ends into
-    pieces of about a hundredth of all the text (10 KB to 1 MB), so that the held-out tenths
-    come out near a tenth each even from one big file."""
-    files = sorted(p for p in root.rglob("*") if p.suffix in (".txt", ".parquet") and p.is_file())
-    if not files:
-        raise PrepareError(f"--data {root}: no .txt or .parquet files found")
-    all_texts = [  # lists, not iterators: the total below reads them once before the real pass
-        list(parquet_documents(f)) if f.suffix == ".parquet" else [f.read_text("utf-8", "replace")]
-        for f in files
-    ]
-    if piece is None:
-        total = sum(len(t) for texts in all_texts for t in texts)
-        piece = max(10_000, min(1_000_000, total // 100))
-    docs: list[str] = []
-    for texts in all_texts:
-        for text in texts:
-            while len(text) > piece:
-                cut = text.rfind("\n", 0, piece) + 1 or piece
-                docs.append(text[:cut])
-                text = text[cut:]
-            if text.strip():
-                docs.append(text)
-    return docs
-
-
-def smoke_documents(target: int = 600_000, cap: int = 30_000) -> list[str]:
-    """A few hundred KB of real text found on every machine: the standard library's modules
-    (at most `cap` characters of each, so that no one module fills a split)."""
-    docs, size = [], 0
-    for f in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-z]*.py")):
-        docs.append(f.read_text("utf-8", "replace")[:cap])
-        size += len(docs[-1])
-        if size >= target:
-            return docs
-    words = "the a model learns to predict next token from every byte of text it sees".split()
-    rng = np.random.default_rng(0)  # no sources shipped: filler that is at least learnable
-    return [" ".join(rng.choice(words, 200)) + ".\n" for _ in range(target // 1000)]
-
-
-def split_documents(docs: list[str], fraction: float = 0.1, cap: int = 100_000_000):
-    """Train, val and test by documents: the last tenth (at most `cap` characters) is val, the
-    tenth before it is test, so the held-out text is never seen by the tokenizer or the model."""
-    want = min(cap, int(fraction * sum(map(len, docs))))
-    held: list[list[str]] = []
-    end = len(docs)
-    for _ in range(2):
-        start, size = end, 0
-        while start > 1 and size < want:
-            start -= 1
-            size += len(docs[start])
-        held.append(docs[start:end])
-        end = start
-    if not docs[:end] or not all(held):
-        raise PrepareError(
-            f"too little text to split into train, val and test ({len(docs)} documents)"
-        )
-    return docs[:end], held[0], held[1]
-
-
-# ----------------------------------------------------------------------------
-# Tokenizer: byte-level BPE, so every token stands for definite raw bytes
-
-
-@functools.cache
-def byte_alphabet() -> dict[str, int]:
-    """The printable stand-in of each raw byte in byte-level BPE vocabularies (GPT-2's scheme):
-    printable Latin-1 bytes stand for themselves, the other 68 move to code points 256 and up."""
-    kept = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    table = {chr(b): b for b in kept}
-    moved = [b for b in range(256) if b not in table.values()]
-    table.update({chr(256 + n): b for n, b in enumerate(moved)})
-    assert set(table) == set(pre_tokenizers.ByteLevel.alphabet())
-    return table
-
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
-    tok = HFTokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[BOS],
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    return tok
-
-
-def token_raw_bytes(tok: HFTokenizer, token_id: int) -> bytes:
-    """The bytes a token stands for. Decoding to text instead would turn a token that holds part
-    of a UTF-8 character into U+FFFD, three bytes whatever the token's real length."""
-    alphabet = byte_alphabet()
-    return bytes(alphabet[c] for c in tok.id_to_token(token_id))
-
-
-def token_byte_counts(tok: HFTokenizer, size: int) -> np.ndarray:
-    """Raw byte length of every id below `size`; 0 for BOS and unused ids, which then count
-    neither bytes nor loss in bits per byte."""
-    counts = np.zeros(size, dtype=np.int32)
-    for i in range(tok.get_vocab_size()):
-        if tok.id_to_token(i) != BOS:
-            counts[i] = len(token_raw_bytes(tok, i))
-    return counts
-
-
-class Tokenizer:
-    """The trained tokenizer, for code that reads or writes text (samples, inspection)."""
-
-    def __init__(self, data_dir: Path = DATA_DIR):
-        self.hf = HFTokenizer.from_file(str(data_dir / "tokenizer.json"))
-        self.bos_id = self.hf.token_to_id(BOS)
-        self.vocab_size = VOCAB_SIZE
-
-    def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self.hf.decode(ids, skip_special_tokens=False)
-
-
-def batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def tokenize(tok: HFTokenizer, docs: Iterable[str], limit: int | None = None) -> np.ndarray:
-    """One uint16 stream, each document preceded by BOS; stops once `limit` tokens are in."""
-    bos = tok.token_to_id(BOS)
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # fast: no offsets kept
-    chunks, total = [], 0
-    for batch in batched(docs, 1024):  # the Rust side spreads a batch over every core
-        for enc in encode(batch, add_special_tokens=False):
-            chunks.append(np.array([bos, *enc.ids], dtype=np.uint16))
-            total += len(chunks[-1])
-        if limit is not None and total >= limit:
-            break
-    stream = np.concatenate(chunks) if chunks else np.zeros(0, np.uint16)
-    return stream[:limit]
-
-
 # ----------------------------------------------------------------------------
 # Preparation: everything lands in DATA_DIR, meta.json last, so its presence means complete
-
-
-def save_array(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def documents(part: Path | list[str]) -> Iterator[str]:
-    """A part of a split is either one parquet shard or a list of documents held in memory."""
-    return parquet_documents(part) if isinstance(part, Path) else iter(part)
 
 
 def tokenizer_text(parts: list) -> Iterator[str]:
@@ -455,7 +209,7 @@ def prepare(data: Path | None = None, num_shards: int = NUM_TRAIN_SHARDS, worker
 
 
 # ----------------------------------------------------------------------------
-# What train.py reads: token streams, batches, the device, the GPU's peak
+# What train.py reads: token streams, batches, the tokenizer, the device, the GPU's peak
 
 
 def load_split(name: str) -> np.ndarray:
@@ -487,6 +241,21 @@ def train_batches(batch_size: int, seq_len: int, device: torch.device, seed: int
         batch = torch.from_numpy(rows.astype(np.int64))
         batch = (batch.pin_memory() if pin else batch).to(device, non_blocking=pin)
         yield batch[:, :-1], batch[:, 1:]
+
+
+class Tokenizer:
+    """The trained tokenizer, for code that reads or writes text (samples, inspection)."""
+
+    def __init__(self, data_dir: Path = DATA_DIR):
+        self.hf = HFTokenizer.from_file(str(data_dir / "tokenizer.json"))
+        self.bos_id = self.hf.token_to_id(BOS)
+        self.vocab_size = VOCAB_SIZE
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(ids, skip_special_tokens=False)
 
 
 def default_device() -> torch.device:
@@ -611,99 +380,6 @@ def causality_problem(model: torch.nn.Module, tol: float = 1e-3) -> str | None:
     return None
 
 
-def evaluator_state() -> dict:
-    """What the evaluation runs besides the model: this file's functions and settings, and the
-    torch and numpy calls it makes. train.py is imported into this process (its model is needed),
-    so its module-level code could replace one of them; `replaced` says which it did."""
-    import torch
-    import torch.nn.functional as F
-
-    mine = {k: v for k, v in vars(sys.modules[__name__]).items()
-            if not k.startswith("__") and not isinstance(v, type(sys))}
-    theirs = {"F.cross_entropy": F.cross_entropy, "F.log_softmax": F.log_softmax,
-              "torch.from_numpy": torch.from_numpy, "torch.no_grad": torch.no_grad,
-              "torch.stack": torch.stack, "np.arange": np.arange, "math.log": math.log,
-              **{f"Tensor.{n}": getattr(torch.Tensor, n) for n in
-                 ("item", "float", "reshape", "abs", "max", "sum", "to", "__getitem__", "__sub__")}}
-    return {**mine, **theirs}
-
-
-def replaced(before: dict) -> list[str]:
-    """The names in `before` (an evaluator_state) that now stand for something else."""
-    now = evaluator_state()
-
-    def same(a, b) -> bool:
-        plain = (int, float, str, bytes, bool, tuple, type(None))
-        return a is b or (type(a) is type(b) and isinstance(a, plain) and (a == b or (a != a and b != b)))
-
-    return sorted(k for k, v in before.items() if not same(now.get(k), v))
-
-
-EXIT = os._exit  # the evaluator's own: train.py's code may take the module's
-
-
-def lockdown() -> None:
-    """While train.py's code runs in this process, it can neither end it early (after printing
-    figures of its own) nor replace it: those calls are refused (a SystemExit it raises fails
-    the evaluation, see final_word's callers)."""
-
-    def refused(*args, **kwargs):
-        raise PermissionError("the evaluator does not let train.py end, fork or replace its process")
-
-    import posix
-
-    for module in (os, posix):
-        for name in ("_exit", "abort", "fork", "forkpty", "system", "kill", "killpg", "posix_spawn",
-                     "posix_spawnp", "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe"):
-            if hasattr(module, name):
-                setattr(module, name, refused)
-
-
-OUTPUT: dict = {}  # the output as it was before train.py was imported: its descriptor and identity
-
-
-def _identity(fd: int) -> tuple:
-    st = os.fstat(fd)
-    return st.st_dev, st.st_ino
-
-
-def final_word(lines: list[str]) -> None:
-    """Print the verdict (the figures of record, or a reject line) last, and end: straight to
-    the output as it was before train.py was imported (a sys.stdout it replaced is not used),
-    then exit at once, so that nothing train.py left behind (an atexit handler, a thread)
-    prints a figure after them. If train.py moved the output (os.dup2 onto it, a copy of it
-    closed), what it printed before cannot be told from the figures: the evaluation fails."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - train.py may have broken or replaced it
-            pass
-    fd, code = OUTPUT.get("fd", 1), 0
-    try:
-        moved = "id" in OUTPUT and not (_identity(1) == _identity(fd) == OUTPUT["id"])
-    except OSError:
-        moved = True
-    if moved:
-        lines, code = ["autoresearch_reject: train.py redirected the evaluator's output"], 3
-    try:
-        os.write(fd, ("\n".join(lines) + "\n").encode())
-    except OSError:
-        code = 3
-    EXIT(code)
-
-
-def import_train(path: Path):
-    """train.py as a module: it trains only under __main__, so importing it builds nothing."""
-    OUTPUT["fd"], OUTPUT["id"] = os.dup(1), _identity(1)  # before any of train.py runs
-    lockdown()
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location("train", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 # informational figures train.py leaves in summary.json, echoed under the scores
 ECHOED = {
     "training_seconds": ".1f",
@@ -717,36 +393,47 @@ ECHOED = {
 
 
 def evaluate_checkpoint(run_dir: Path = RUN_DIR) -> int:
-    """Rebuild the model train.py saved, refuse it if it can peek, print val_bpb and test_bpb."""
+    """Rebuild the model train.py saved, refuse it if it can peek, print val_bpb and test_bpb.
+    train.py's code runs in this process from here on: evalguard.py's verdict has the last word."""
     config_path, weights = run_dir / "model_config.json", run_dir / "model.safetensors"
     if not (config_path.exists() and weights.exists()):
         raise PrepareError(
             f"no checkpoint in {run_dir}: train.py saves model.safetensors and model_config.json there"
         )
-    config = json.loads(config_path.read_text())
-    before = evaluator_state()
-    model = import_train(Path.cwd() / "train.py").build_model(config)
-    load_model(model, str(weights))  # strict: every tensor must match
+    train, verdict = import_train(Path.cwd() / "train.py", sys.modules[__name__])
+    try:
+        lines = score(train, run_dir, json.loads(config_path.read_text()))
+    except SystemExit as e:  # with success, train.py's own: figures it printed may stand
+        if e.code not in (0, None):
+            raise
+        lines = [EARLY]
+    verdict(lines)
+
+
+def score(train, run_dir: Path, config: dict) -> list[str]:
+    """The summary block of the checkpoint in `run_dir`, or a reject line."""
+    model = train.build_model(config)
+    load_model(model, str(run_dir / "model.safetensors"))  # strict: every tensor must match
     model.to(default_device())
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     claimed = summary.get("training_seconds")
     if isinstance(claimed, (int, float)) and claimed > TIME_BUDGET * 1.05 + 1:
-        final_word([f"autoresearch_reject: trained {claimed:.1f} s, over the {TIME_BUDGET:g} s time budget"])
+        return [f"autoresearch_reject: trained {claimed:.1f} s, over the {TIME_BUDGET:g} s time budget"]
+    allowed = TIME_BUDGET * 1.25 + 240  # + start-up, the untimed compiling steps, the final evaluation
+    if EXPERIMENT_SECONDS is not None and EXPERIMENT_SECONDS > allowed:
+        return [f"autoresearch_reject: the experiment ran {EXPERIMENT_SECONDS:.0f} s, more than the "
+                f"{TIME_BUDGET:g} s time budget allows ({allowed:.0f} s with start-up and evaluation)"]
     problem = causality_problem(model)
     if problem:
-        final_word([f"autoresearch_reject: model is not causal: {problem}"])
+        return [f"autoresearch_reject: model is not causal: {problem}"]
     batch_size = int(config.get("device_batch_size", 8))
     scores = {split: evaluate_bpb(model, split, batch_size) for split in ("val", "test")}
-    changed = replaced(before)
-    if changed:
-        final_word([f"autoresearch_reject: train.py replaced what the evaluation runs: {', '.join(changed[:5])}"])
     lines = ["---", *(f"{split + '_bpb:':<18}{bpb:.6f}" for split, bpb in scores.items())]
     for name, fmt in ECHOED.items():
         if isinstance(value := summary.get(name), (int, float)):
             lines.append(f"{name + ':':<18}{int(value) if fmt == 'd' else value:{fmt}}")
-    final_word(lines)
-    return 0
+    return lines
 
 
 def main() -> int:
@@ -769,12 +456,7 @@ def main() -> int:
         print(f"data: --data {data}, from the setup line of autoresearch.toml")
     try:
         if args.evaluate:
-            try:
-                return evaluate_checkpoint(RUN_DIR)
-            except SystemExit as e:  # an exit with success is train.py's: its own figures may stand
-                if e.code in (0, None):
-                    final_word(["autoresearch_reject: train.py ended the evaluation early"])
-                raise
+            return evaluate_checkpoint(RUN_DIR)
         prepare(data, args.num_shards, args.workers)
         return 0
     except PrepareError as e:
