@@ -121,13 +121,18 @@ def build_model(config):
 CHEATS = {
     "reads the next token": "logits + self.emb(idx.roll(-1, dims=1))",
     "reads another row": "logits + self.emb(idx.roll(1, dims=0))",
+    # red team, round 5: only where it takes the call for the scoring's, not the fixed probe's
+    "reads the next token in batches of the scoring's size":
+        "logits + self.emb(idx.roll(-1, dims=1)) if idx.shape[0] == 8 else logits",
+    "reads the next token once the fixed probe's calls are over":
+        "logits + self.emb(idx.roll(-1, dims=1)) if (CALLS.append(1) or len(CALLS)) > 6 else logits",
 }
 
 
 @pytest.mark.parametrize("cheat", CHEATS)
 def test_a_model_that_sees_the_answers_is_rejected(smoke, tmp_path, cheat):
     out = score_embedding_model(
-        smoke[2], tmp_path, "", f"logits = self.emb(idx)\n        return {CHEATS[cheat]}"
+        smoke[2], tmp_path, "CALLS = []", f"logits = self.emb(idx)\n        return {CHEATS[cheat]}"
     )
     assert "autoresearch_reject: model is not causal" in out
     assert "val_bpb" not in out

@@ -44,7 +44,7 @@ from corpus import (
     tokenize,
     train_tokenizer,
 )
-from evalguard import EARLY, import_train
+from evalguard import EARLY, Peeked, check_causal, import_train, probe_points
 from safetensors.torch import load_model
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -313,10 +313,12 @@ def peak_flops(device: torch.device) -> tuple[float | None, str]:
 
 
 @torch.no_grad()
-def evaluate_bpb(model: torch.nn.Module, split: str = "val", batch_size: int = 8) -> float:
+def evaluate_bpb(model: torch.nn.Module, split: str = "val", batch_size: int = 8, probes: int = 0) -> float:
     """Bits per byte on the first EVAL_TOKENS of a held-out split: the summed loss in nats of every
     predicted token over ln 2 times their summed raw bytes. Tokens of 0 bytes (BOS) count in
-    neither sum. Bytes, unlike tokens, do not depend on the vocabulary, so tokenizers compare."""
+    neither sum. Bytes, unlike tokens, do not depend on the vocabulary, so tokenizers compare.
+    With `probes`, that many scored batches, drawn at random, are checked for peeking
+    (evalguard.check_causal raises Peeked)."""
     device = next(model.parameters()).device
     tokens, T = load_split(split), MAX_SEQ_LEN
     token_bytes = torch.from_numpy(np.load(DATA_DIR / "token_bytes.npy", allow_pickle=False)).to(
@@ -330,12 +332,17 @@ def evaluate_bpb(model: torch.nn.Module, split: str = "val", batch_size: int = 8
         raise PrepareError(f"the {split} split holds fewer than {T + 1} tokens")
     model.eval()
     nats, nbytes = 0.0, 0  # summed in float64 on the host: MPS has no float64
+    probed = {i * batch_size for i in probe_points(-(-rows // batch_size), probes)} if probes else set()
+
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
+        with autocast(device):
+            return model(x)
+
     for row in range(0, rows, batch_size):
         n = min(batch_size, rows - row)
         chunk = torch.from_numpy(tokens[row * T : (row + n) * T + 1].astype(np.int64)).to(device)
         x, y = chunk[:-1].view(n, T), chunk[1:].view(n, T)
-        with autocast(device):
-            logits = model(x)
+        logits = logits_of(x)
         if type(logits) is not torch.Tensor:  # a subclass could redefine the loss computed below
             raise PrepareError(f"forward(idx) must return a plain torch.Tensor; got {type(logits).__name__}")
         if logits.shape[:2] != (n, T) or logits.shape[2] < VOCAB_SIZE:
@@ -346,6 +353,10 @@ def evaluate_bpb(model: torch.nn.Module, split: str = "val", batch_size: int = 8
         counted = token_bytes[y.flatten()]
         nats += (loss * (counted > 0)).sum().item()
         nbytes += counted.sum().item()
+        if row in probed:  # as many rows from the other half of the split: real text, the same shape
+            other = (row + rows // 2) % max(1, rows - n + 1)
+            elsewhere = torch.from_numpy(tokens[other * T : (other + n) * T].astype(np.int64)).to(device)
+            check_causal(lambda z: logits_of(z).float(), x, logits.float(), elsewhere.view(n, T))
     return nats / (math.log(2) * nbytes)
 
 
@@ -428,7 +439,10 @@ def score(train, run_dir: Path, config: dict) -> list[str]:
     if problem:
         return [f"autoresearch_reject: model is not causal: {problem}"]
     batch_size = int(config.get("device_batch_size", 8))
-    scores = {split: evaluate_bpb(model, split, batch_size) for split in ("val", "test")}
+    try:  # a few scored batches of each split probed again, indistinguishable from the rest
+        scores = {split: evaluate_bpb(model, split, batch_size, probes=4) for split in ("val", "test")}
+    except Peeked as e:
+        return [f"autoresearch_reject: model is not causal: {e}"]
     lines = ["---", *(f"{split + '_bpb:':<18}{bpb:.6f}" for split, bpb in scores.items())]
     for name, fmt in ECHOED.items():
         if isinstance(value := summary.get(name), (int, float)):
