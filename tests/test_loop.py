@@ -15,6 +15,7 @@ import pytest
 from conftest import cli, git, make_task, script_agent, trials, wait_for
 
 from autoresearch.ledger import Ledger
+from autoresearch.records import Status
 
 
 def ledger_rows(repo: Path, tag: str) -> list[tuple]:
@@ -569,3 +570,31 @@ def test_a_trials_ref_holds_its_commit_while_it_runs(tmp_path: Path) -> None:
     for t in done[1:]:
         assert "held: 1" in (root / f".autoresearch/t/logs/{t.number}.log").read_text()
         assert git(root, "cat-file", "-t", t.commit) == "commit"
+
+
+def test_a_change_git_cannot_commit_is_still_a_trial_commit_with_its_ref_and_row(tmp_path: Path) -> None:
+    """A FIFO, or a path git refuses (lib/.GIT/x.py), beside an edit: the trial is rejected and,
+    as every trial, has a commit (of its parent's code, saying why), its ref and its
+    results.tsv row; two such trials of one parent are two commits."""
+    root = make_task(tmp_path / "task", toml_extra="", experiment="X = 3.0\nprint(f'loss: {X}')\n")
+    (root / "autoresearch.toml").write_text((root / "autoresearch.toml").read_text().replace(
+        'editable = ["exp.py"]', 'editable = ["exp.py", "lib/**"]'))
+    git(root, "commit", "-qam", "lib/ editable")
+    agent = script_agent(tmp_path / "a.sh", 'sed -i "s/^X = .*/X = 2.0/" exp.py\n'
+                         'if [ "$AUTORESEARCH_TRIAL" = 1 ]; then mkdir -p lib && mkfifo lib/pipe; '
+                         'else mkdir -p lib/.GIT && echo "x = 1" > lib/.GIT/x.py; fi\necho "X to 2 and a bad path"\n')
+    r = cli("run", str(root), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = trials(root)
+    assert [t.status for t in rows] == [Status.KEEP, Status.REJECTED, Status.REJECTED], [t.reason for t in rows]
+    base = rows[0].commit
+    for t in rows[1:]:
+        assert t.commit and t.commit != base
+        assert git(root, "rev-parse", f"refs/autoresearch/t/trials/{t.number}") == t.commit
+        assert git(root, "rev-parse", f"{t.commit}^") == base
+        assert git(root, "rev-parse", f"{t.commit}^{{tree}}") == git(root, "rev-parse", f"{base}^{{tree}}")
+        message = git(root, "log", "-1", "--format=%B", t.commit)
+        assert message.startswith("X to 2 and a bad path") and f"Autoresearch-Trial: t/{t.number}" in message
+        assert ("FIFO" if t.number == 1 else ".GIT") in message  # why its own change is not in it
+    tsv = (root / ".autoresearch" / "t" / "results.tsv").read_text().splitlines()[1:]
+    assert [line.split("\t")[0] for line in tsv] == [t.commit[:7] for t in rows]

@@ -121,7 +121,7 @@ def test_serve_without_a_tag_waits_for_the_first_loop(tmp_path: Path) -> None:
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline()  # type: ignore[union-attr]
-        assert "no tag yet, waiting for the first loop" in line, line + server.stderr.read()  # type: ignore[union-attr]
+        assert "(no tag yet: waiting for the first loop" in line, line + server.stderr.read()  # type: ignore[union-attr]
         base = re.search(r"http://127\.0\.0\.1:\d+/[\w-]{16}/", line).group(0)  # type: ignore[union-attr]
         assert json.loads(get(base + "state.json")[1])["version"] == "waiting"
         assert b"waiting for the first loop" in get(base)[1]

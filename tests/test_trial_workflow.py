@@ -187,3 +187,44 @@ def test_a_rewind_replaces_a_link_in_your_tree_and_never_writes_through_it(tmp_p
         assert (repo / "prepare.py").read_text() == "DATA = 'fixed'\n"
         assert not (repo / "exp.py").is_symlink() and (repo / "exp.py").stat().st_nlink == 1
         assert (repo / "exp.py").read_text() == "X = 3.0\nprint(f'loss: {X}')\n"
+
+
+def test_a_file_you_made_a_folder_is_a_trial_rewound_like_any_other(tmp_path: Path) -> None:
+    """lib/a.py (editable) replaced by a folder lib/a.py/ holding a file (editable too: `*` crosses
+    folders): the trial is that change (it was an agent error, and the folder's file was lost
+    from everywhere); discarded, it is rewound: lib/a.py is the file again, and the folder's
+    file is in the trial's commit."""
+    repo = make_task(tmp_path / "task", experiment="X = 3.0\nprint(f'loss: {X}')\n",
+                     files={"lib/a.py": "B = 1\n"})
+    set_line(repo / "autoresearch.toml", 'editable = ["exp.py"]', 'editable = ["exp.py", "lib/*"]')
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "lib/ editable")
+    assert cli("run", str(repo), "--tag", "t", "--agent", "search", "--trials", "0").returncode == 0
+    (repo / "lib" / "a.py").unlink()
+    (repo / "lib" / "a.py").mkdir()
+    (repo / "lib" / "a.py" / "inner.py").write_text("B = 2\n")
+    out = trial(repo, "lib/a.py made a folder")
+    assert "trial 1: agent_error" not in out and "trial 1:" in out, out
+    assert git(repo, "ls-tree", "-r", "--name-only", "refs/autoresearch/t/trials/1").split() == \
+        ["autoresearch.toml", "exp.py", "lib/a.py/inner.py", "prepare.py", "program.md"]
+    assert "trial 1: discard" in out, out
+    assert git(repo, "show", "refs/autoresearch/t/trials/1:lib/a.py/inner.py") == "B = 2"
+    assert (repo / "lib" / "a.py").read_text() == "B = 1\n"
+
+
+def test_trials_in_a_checkout_with_crlf_line_ends_go_on(tmp_path: Path) -> None:
+    """core.autocrlf: your files have CRLF line ends, git's have LF; after a first trial rewound
+    exp.py, each next edit is an edit (it was a conflict with the best code, every time)."""
+    repo = make_task(tmp_path / "task", experiment="X = 3.0\nY = 2.0\nprint(f'loss: {X + Y}')\n")
+    git(repo, "config", "core.autocrlf", "true")
+    (repo / "exp.py").unlink()
+    git(repo, "checkout", "--", "exp.py")
+    assert b"\r\n" in (repo / "exp.py").read_bytes()
+    assert cli("run", str(repo), "--tag", "t", "--agent", "search", "--trials", "0").returncode == 0
+    for n, (old, new) in enumerate([("X = 3.0", "X = 2.0"), ("Y = 2.0", "Y = 1.0"), ("X = 2.0", "X = 1.0")], start=1):
+        text = (repo / "exp.py").read_bytes().decode()
+        assert old in text, text
+        (repo / "exp.py").write_bytes(text.replace(old, new).encode())
+        out = trial(repo, f"{old} -> {new}")
+        assert f"trial {n}: keep" in out, out
+    assert git(repo, "show", "autoresearch/t:exp.py").splitlines()[:2] == ["X = 1.0", "Y = 1.0"]

@@ -22,8 +22,8 @@ from autoresearch.task import TASK_FILE
 
 TASK_DIR_HELP = (f"the task repository (default: the nearest folder holding {TASK_FILE}, from the "
                  "current one up to its git repository's root)")
-# Git.open's refusal of a task file below the repository's root, which main() explains
-NOT_ROOT = re.compile(r"(?P<dir>.+) is not the root of its git repository \((?P<top>.+) is\)")
+TAG_HELP = "the run's name (default: the tag whose ledger was written last)"
+NOT_ROOT = re.compile(r"(?P<dir>.+) is not the root of its git repository \((?P<top>.+) is\)")  # Git.open's: explained
 
 EXIT_INTERRUPTED = 130
 PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG}
@@ -114,7 +114,7 @@ def explain(error: AutoresearchError) -> str:
 def _add_agent_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", default=None, help="search (default), llm, hybrid, cli, or a preset: claude, codex, aider, gemini, opencode")
     p.add_argument("--agent-cmd", default=None, help="for --agent cli: the command, e.g. 'my-agent --prompt {prompt_file}'")
-    p.add_argument("--agent-timeout", type=_positive_float, default=None, help="seconds one proposal may take")
+    p.add_argument("--agent-timeout", type=_positive_float, default=None, help="seconds one proposal may take (default: 900 for llm, 1800 for cli and the presets)")
     p.add_argument("--model", default=None, help="for LLM agents: PROVIDER/NAME, e.g. openai/gpt-4.1 or anthropic/claude-sonnet-4-5")
     p.add_argument("--base-url", default=None, help="an OpenAI-compatible server's URL")
     p.add_argument("--sampler", default=None, choices=["tpe", "random", "cmaes", "gp"],
@@ -156,23 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trial", help="judge the working tree's uncommitted change as the next trial")
     p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
     p.add_argument("-m", "--message", required=True, help="what the change is")
-    p.add_argument("--tag", default=None)
+    p.add_argument("--tag", default=None, help=TAG_HELP)
     p.add_argument("--no-rewind", action="store_true", help="leave the working tree as it is after the verdict")
 
     p = sub.add_parser("status", help="table of trials and the best so far")
     p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
-    p.add_argument("--tag", default=None)
+    p.add_argument("--tag", default=None, help=TAG_HELP)
     p.add_argument("--last", type=_positive_int, default=None, help="only the last N trials")
 
     p = sub.add_parser("show", help="one trial: description, figures, diff, log tail")
     p.add_argument("number", type=_positive_int)
     p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
-    p.add_argument("--tag", default=None)
+    p.add_argument("--tag", default=None, help=TAG_HELP)
 
     p = sub.add_parser("report", help="progress.png and a self-contained report.html")
     p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
-    p.add_argument("--tag", default=None)
-    p.add_argument("--out", default=None)
+    p.add_argument("--tag", default=None, help=TAG_HELP)
+    p.add_argument("--out", default=None, help="the folder to write (default: DIR/.autoresearch/TAG/report)")
     p.add_argument("--results", default=None, help="a results.tsv in autoresearch's format instead of a tag")
     p.add_argument("--goal", default=None, choices=["minimize", "maximize"], help="with --results: the metric's goal (default: inferred from the kept rows)")
     p.add_argument("--mlflow", default=None, help="also log each trial to MLflow at this tracking URI")

@@ -10,6 +10,7 @@ change is rewound and a kept one stays), unless rewind=False; changes outside th
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -113,14 +114,15 @@ class WorkingTreeAgent(BaseAgent):
         for rel in self.paths:
             src, dst = self.root / rel, ctx.workdir / rel
             merged = self._laid_over(git, rel, src, dst, ctx.best.commit or "")
+            folder = src.is_dir() and not src.is_symlink()  # a file made a folder: its files are paths of their own
             if merged is not None:
                 dst.write_bytes(merged)
-            elif src.is_symlink() or src.exists():
+            elif not folder and (src.is_symlink() or src.exists()):
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 if dst.exists() or dst.is_symlink():
                     dst.unlink()
                 shutil.copy2(src, dst, follow_symlinks=False)
-            elif dst.exists():
+            elif dst.is_symlink() or dst.is_file():
                 dst.unlink()
         ctx.log(f"working-tree change: {', '.join(self.paths) or '(none)'}")
         return Proposal(description=self.description)
@@ -133,8 +135,12 @@ class WorkingTreeAgent(BaseAgent):
         self.started[rel] = ""
         if src.is_symlink() or not src.is_file() or dst.is_symlink() or not dst.is_file():
             return None
-        head_bytes, best_bytes = git.show_bytes("HEAD", rel), dst.read_bytes()
+        # git's own bytes of each version (the worktrees' may have other line ends: core.autocrlf)
+        head_bytes, best_bytes = git.show_bytes("HEAD", rel), git.show_bytes(parent, rel) or dst.read_bytes()
         held = git.show_bytes(self.left[rel], rel) if rel in self.left else None
+        working_bytes = src.read_bytes()
+        if b"\r\n" in working_bytes and not any(b"\r" in x for x in (head_bytes, best_bytes, held) if x):
+            working_bytes = working_bytes.replace(b"\r\n", b"\n")  # CRLF in your checkout only
         if head_bytes is None and held is None:
             return None  # (a file your HEAD lacks and no trial left: new, the change as it is)
         if head_bytes == best_bytes or git.show_bytes("", rel) == best_bytes:  # (staged: `git checkout
@@ -143,7 +149,7 @@ class WorkingTreeAgent(BaseAgent):
             return None
         # (texts decoded so that every byte comes back as it was: CRLF, Latin-1, binary)
         head, best, left, working = (None if x is None else x.decode("utf-8", "surrogateescape")
-                                     for x in (head_bytes, best_bytes, held, src.read_bytes()))
+                                     for x in (head_bytes, best_bytes, held, working_bytes))
         # What the user started from: the checkout's HEAD or the best code, whichever is nearer;
         # where an earlier `trial` left a best code in the working tree (it keeps a note), that
         # one too, tried where the nearer conflicts (an edit that also takes out a line the best
@@ -289,13 +295,16 @@ def rewind_to(git: Git, task: Task, commit: str, paths: list[str]) -> list[str]:
     only the next edit, `git checkout -- FILE` brings the best back, and an edit that reverts a
     line of the best is read as an edit of the best (a staged best is taken as the start)."""
     done, gone = [], []
-    for rel in paths:
+    for rel in sorted(paths, reverse=True):  # a folder's files before it: one made of a file may then be empty
         if not task.is_editable(rel):  # the user's own work outside the scope stays as it is
             continue
         content = git.show_bytes(commit, rel)
         target = task.root / rel
-        if target.is_dir() and not target.is_symlink():  # a folder of yours where the file was: yours
-            continue
+        if target.is_dir() and not target.is_symlink():  # a folder where the file was: taken away
+            with contextlib.suppress(OSError):  # when empty (its files rewound), else left as it is
+                target.rmdir()
+            if target.is_dir():
+                continue
         if content is None:
             if target.exists() or target.is_symlink():
                 target.unlink()

@@ -45,7 +45,7 @@ from autoresearch.pool import Place, pipeline, together
 from autoresearch.process import adopt_orphans, log_digests, read_tail
 from autoresearch.prompt import visible
 from autoresearch.records import AUDITED, UNMEASURED, Status, Trial, finite
-from autoresearch.session import Session, hold_ref, trees_of, write_refs
+from autoresearch.session import Session, hold_ref, stand_in, trees_of, trial_message, write_refs
 from autoresearch.setupstep import missing_hint, run_setup
 from autoresearch.streak import DONE, FATAL, FATAL_REPEATS, RECOVERABLE, Streak
 from autoresearch.task import list_files, task_warnings
@@ -302,19 +302,19 @@ class Loop:
         when git could not commit the change: refused (lib/.GIT/x.py, a new .gitattributes), it
         is rejected; another failure (a full disk) three times in a row stops the loop."""
         try:
-            commit, changes, tree = self.s.git.snapshot(ws, parent, t.description)
+            commit, changes, tree = self.s.git.snapshot(ws, parent, trial_message(self.s, t))
         except GitError as e:
             if self.cancel.is_set():
                 return self._finish(t.with_(status=Status.INTERRUPTED, reason="stopped while its change was committed")), None, ""
-            with self.lock:
-                t = self.watch.note(t, "agent")
+            said = str(e).strip().splitlines()[0] if str(e).strip() else "git failed"
+            said = said if isinstance(e, Refused) else f"git could not commit the change, so it was not run: {said}"
+            with self.lock:  # a commit of the parent's code stands for it: every trial is a commit
+                t = self.watch.note(t, "agent").with_(commit=stand_in(self.s, t, parent, f"({said[:300]})"))
             if error:  # the agent failed too: that is what the trial says
                 return self._agent_failed(t, error, fatal), None, ""
             self.snapshot_errors += 0 if isinstance(e, Refused) else 1
             if self.snapshot_errors >= FATAL_REPEATS:
                 raise
-            said = str(e).strip().splitlines()[0] if str(e).strip() else "git failed"
-            said = said if isinstance(e, Refused) else f"git could not commit the change, so it was not run: {said}"
             return self._finish(t.with_(status=Status.REJECTED, reason=clean_text(tamper or said, 300))), None, ""
         self.snapshot_errors = 0
         left = guard.ignored_editable(self.task, self.s.git.ignored.get(ws.path, []))

@@ -221,6 +221,21 @@ def write_refs(s: Session, t: Trial, best: str | None) -> dict[str, str]:
     return refs
 
 
+def trial_message(s: Session, t: Trial, note: str = "") -> str:
+    """A trial commit's message: the description, a note, and a trailer naming the trial (two
+    trials of the same code from the same parent in one second are two commits, not one)."""
+    return f"{t.description or f'trial {t.number}'}\n\n{note + chr(10) * 2 if note else ''}Autoresearch-Trial: {s.tag}/{t.number}\n"
+
+
+def stand_in(s: Session, t: Trial, parent: str, note: str) -> str | None:
+    """A commit of `parent`'s code for trial `t`, whose own change could not be committed (a path
+    git refuses, a loop stopped first): every trial is a commit whatever its fate."""
+    try:
+        return s.git.run("commit-tree", s.git.tree_of(parent), "-p", parent, "-F", "-", input=trial_message(s, t, note))
+    except GitError:
+        return None
+
+
 def hold_ref(s: Session, t: Trial) -> dict[str, str]:
     """The trial's ref, made as soon as its commit is: a `git prune` while it runs must not take
     a commit that no ref holds yet. Returns the refs written, for the guard."""
@@ -356,12 +371,8 @@ def repair(s: Session) -> list[Trial]:
     for t in running:
         commit = t.commit  # (not its ref: the loop writes one only once the ledger has the commit)
         if not commit and t.parent:  # stopped before its change was committed: a commit of the parent's
-            try:                       # code, so that every trial is a commit whatever its fate
-                commit = s.git.run("commit-tree", s.git.tree_of(t.parent), "-p", t.parent, "-F", "-",
-                                   input=f"{t.description or f'trial {t.number}: stopped'}\n\n"
-                                         "(stopped before the agent's change was committed)\n")
-            except GitError:
-                commit = None
+            commit = stand_in(s, t.with_(description=t.description or f"trial {t.number}: stopped"), t.parent,
+                              "(stopped before the agent's change was committed)")
         t = t.with_(status=Status.INTERRUPTED, commit=commit, ended=time.time(),
                     description=t.description or "(stopped before the agent described its change)",
                     reason=t.reason or "the loop stopped while this trial was in flight")

@@ -130,9 +130,17 @@ def test_a_run_over_the_time_budget_is_rejected(trained, tmp_path):
     over = run(task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir)}, "prepare.py", "--evaluate")
     assert "autoresearch_reject: trained 7.5 s, over the 3 s time budget" in over.stdout
     json.dump(summary, open(run_dir / "summary.json", "w"))
-    slow = run(task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir), "AUTORESEARCH_EXPERIMENT_SECONDS": "40"},
+    slow = run(task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir), "AUTORESEARCH_EXPERIMENT_SECONDS": "70"},
                "prepare.py", "--evaluate")
-    assert "autoresearch_reject: the experiment ran 40 s" in slow.stdout
+    assert "autoresearch_reject: the experiment ran 70 s" in slow.stdout
+    # red team, round 5: train.py's code takes the wall time out of the environment first
+    hidden = tmp_path / "hidden"
+    shutil.copytree(task, hidden, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(hidden / "train.py", "a") as f:
+        f.write('\nos.environ.pop("AUTORESEARCH" + "_EXPERIMENT_SECONDS", None)\n')
+    slow = run(hidden, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir), "AUTORESEARCH_EXPERIMENT_SECONDS": "70"},
+               "prepare.py", "--evaluate")
+    assert "autoresearch_reject: the experiment ran 70 s" in slow.stdout, slow.stdout
     fine = run(task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir), "AUTORESEARCH_EXPERIMENT_SECONDS": "20"},
                "prepare.py", "--evaluate")
     assert "autoresearch_reject" not in fine.stdout and "val_bpb:" in fine.stdout

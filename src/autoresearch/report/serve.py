@@ -183,8 +183,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = make_server(args.dir, args.tag, args.port)
     live = server.live
     if live.tag is None:
-        print(f"serving {live.root} at {server.url}: no tag yet, waiting for the first loop to "
-              "start (Ctrl-C to stop)", flush=True)
+        print(f"serving {live.root} at {server.url} (no tag yet: waiting for the first loop to "
+              "start; Ctrl-C to stop)", flush=True)
     else:
         print(f"serving tag {live.tag} of {live.root} at {server.url} (Ctrl-C to stop)", flush=True)
     try:

@@ -373,7 +373,8 @@ def over_budget(summary: dict) -> str | None:
     step = claimed / steps if isinstance(claimed, (int, float)) and isinstance(steps, int) and steps > 0 else 0.0
     if isinstance(claimed, (int, float)) and claimed > budget * 1.05 + 1 + step:
         return f"trained {claimed:.1f} s, over the {budget:g} s time budget"
-    wall, allowed = EXPERIMENT_SECONDS, budget * 1.5 + 30
+    wall, allowed = EXPERIMENT_SECONDS, budget * 1.5 + 60  # (start-up and train.py's own evaluation
+    # take 10-40 s on 2 busy cores: a short budget must not make an honest run a reject)
     if wall is not None and wall > allowed:
         return (f"the experiment ran {wall:.0f} s, more than the {budget:g} s time budget allows "
                 f"({allowed:.0f} s with start-up and evaluation)")
