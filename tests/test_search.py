@@ -312,6 +312,10 @@ def test_an_exhausted_space_is_an_agent_error_not_a_repeat(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "the agent has nothing left to propose (3 times in a row)" in r.stdout + r.stderr, r.stdout
     assert len(Ledger.read(repo, "s").trials()) == 6  # 3 more in this run
+    # each its own commit and results.tsv row (they were one commit: same tree, parent, message
+    # and second), so that tools keyed on the commit read six rows
+    hashes = [line.split("\t")[0] for line in (repo / ".autoresearch/s/results.tsv").read_text().splitlines()[1:]]
+    assert len(hashes) == 6 and len(set(hashes)) == 6, hashes
     status = cli("status", str(repo)).stdout
     last = next(line for line in status.splitlines() if line.startswith("last run"))
     assert "ended" in last and "nothing left to propose" in last and "error" not in last, status
