@@ -218,6 +218,7 @@ def test_a_trial_killed_while_its_agent_ran_is_a_commit_and_status_says_no_loop_
     proc.wait(timeout=30)
     shown = cli("status", str(repo), "--tag", "t").stdout
     assert "running" in shown and "no loop is running" in shown
+    assert "running  [no loop is running" in cli("show", "1", str(repo), "--tag", "t").stdout.splitlines()[0]
     assert ("last run: stopped without a word (killed, or the machine went down) while trial 1 ran; "
             "`autoresearch run --tag t` resumes") in shown
     quick = script_agent(tmp_path / "quick.sh", "sed -i 's/^X = .*/X = 2.0/' exp.py\necho 'X to 2'\n")

@@ -598,3 +598,23 @@ def test_a_change_git_cannot_commit_is_still_a_trial_commit_with_its_ref_and_row
         assert ("FIFO" if t.number == 1 else ".GIT") in message  # why its own change is not in it
     tsv = (root / ".autoresearch" / "t" / "results.tsv").read_text().splitlines()[1:]
     assert [line.split("\t")[0] for line in tsv] == [t.commit[:7] for t in rows]
+
+
+def test_a_second_run_on_a_tag_a_loop_is_running_on_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Resumed without --agent it said first which agent the tag goes on with, then refused."""
+    repo = make_task(tmp_path / "task")
+    marker = tmp_path / "agent-started"
+    slow = script_agent(tmp_path / "slow.sh", f"touch {marker}\nsleep 30\n")
+    assert cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "0").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t", "--agent-cmd",
+                             slow, "--trials", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        wait_for(marker)
+        for extra in ([], ["--agent", "search"]):
+            r = cli("run", str(repo), "--tag", "t", "--trials", "1", *extra)
+            assert r.returncode == 2 and r.stdout == "", r.stdout
+            assert r.stderr.strip() == "autoresearch: error: another autoresearch loop is running on tag 't'", r.stderr
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

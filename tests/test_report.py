@@ -176,6 +176,7 @@ def test_a_crashed_baseline_is_named_on_the_page_not_waited_on(tmp_path: Path) -
     repo = make_task(tmp_path / "task", experiment="raise SystemExit('boom before training')\n")
     run = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "2")
     assert run.returncode != 0 and "the baseline (trial 0) failed" in run.stderr
+    assert "no best loss yet (trial 0 has none)" in run.stdout and "best loss -" not in run.stdout, run.stdout
     result = cli("report", str(repo), "--out", str(tmp_path / "r"))
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "r" / "report.html").read_text()

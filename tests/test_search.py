@@ -434,6 +434,15 @@ def test_demo_without_torch_is_one_line_and_exit_2_before_anything_is_made(tmp_p
     assert not (tmp_path / "demo").exists()
 
 
+def test_demo_into_a_folder_of_other_things_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """It said it was creating the task there, then refused."""
+    (tmp_path / "notes.txt").write_text("mine\n")
+    r = cli("demo", str(tmp_path))
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    assert r.stderr.strip().count("\n") == 0 and "holds no demo" in r.stderr, r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 def test_tpe_on_a_small_space_keeps_finding_untried_changes(tmp_path):
     """TPE keeps asking for the best's own values once it has a favourite; after a few such
     asks the free constants are drawn at random, so a space far from used up never ends the

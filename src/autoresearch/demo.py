@@ -142,6 +142,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"autoresearch demo: going on in {root} (tag {TAG})")
     else:
         budget = DEFAULT_BUDGET if args.budget is None else args.budget
+        if existed and (not directory.is_dir() or any(directory.iterdir())):
+            raise UsageError(f"{directory} already exists and holds no demo (no autoresearch.toml): "
+                             "choose a new folder, or an empty one")
         print(f"autoresearch demo: creating the {TEMPLATE} task in {directory} ...", flush=True)
         root = create(directory, budget)
     task = load_task(root)

@@ -118,16 +118,20 @@ class PlainEvents:
     def trial_finished(self, trial: Trial, best: Trial, baseline: Trial | None, cost: float) -> None:
         self._running.pop(trial.number, None)
         why = f" - {trial.why}" if trial.why else ""
-        self._best = f"; best {self.metric} {fmt(best.metric)} (trial {best.number})"
+        self._best = f"; {self._best_of(best)}"
         money = f"; cost ${cost:.2f}" if cost else ""
         shown = trial.metric if trial.status.shows_figure else None  # as `status` shows it
         self._print(f"[trial {trial.number}] {trial.status.value} {self.metric}={fmt(shown)} "
                     f"in {trial.run_seconds:.1f}s: {trial.description}{why}\n"
-                    f"  best {self.metric} {fmt(best.metric)} (trial {best.number})"
-                    f"{gain_text(best, baseline, self.minimize)}{money}")
+                    f"  {self._best_of(best)}{gain_text(best, baseline, self.minimize)}{money}")
+
+    def _best_of(self, best: Trial) -> str:
+        if best.metric is None:  # a baseline that failed: nothing to beat yet
+            return f"no best {self.metric} yet (trial {best.number} has none)"
+        return f"best {self.metric} {fmt(best.metric)} (trial {best.number})"
 
     def going_on(self, best: Trial, baseline: Trial | None, cost: float) -> None:
-        self._best = f"; best {self.metric} {fmt(best.metric)} (trial {best.number})"
+        self._best = f"; {self._best_of(best)}"
 
     def _ticker(self) -> None:
         while not self._stop.wait(self.tick):

@@ -190,7 +190,9 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
         raise UsageError(f"no trial {number} in tag {tag!r}")
     metric = led.metric_name
     runs = f" (mean ± sd of {len(t.repeats)} runs)" if len(t.repeats) > 1 else ""
-    lines = [f"trial {t.number} of tag {tag}: {t.status.value}",
+    stale = t.status.value == "running" and not Ledger.loop_running(tag_dir(root, tag))
+    lines = [f"trial {t.number} of tag {tag}: {t.status.value}" + ("  [no loop is running: `run --tag` records "
+                                                                  "it as interrupted and goes on]" if stale else ""),
              f"description: {t.description}",
              f"commit: {t.commit or '-'}  parent: {t.parent or '-'}",
              f"{metric}: {with_spread(t, metric, t.metric)}{runs}"]

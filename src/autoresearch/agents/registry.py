@@ -41,6 +41,10 @@ def agent_options(args: Any, task: Task, tag: str | None = None) -> AgentOptions
     if args.agent_cmd is not None and not args.agent_cmd.strip():
         raise UsageError("--agent-cmd is empty")
     if tag is not None and not cfg and args.agent is None and args.agent_cmd is None:
+        from autoresearch.ledger import Ledger, tag_dir
+
+        if Ledger.loop_running(tag_dir(task.root, tag)):  # said first, as the only line
+            raise UsageError(f"another autoresearch loop is running on tag {tag!r}")
         try:
             saved = saved_options(task, tag)
         except UsageError:  # its agent's flags held a key: given again (--model, --base-url) they choose
