@@ -608,6 +608,9 @@ def tally(results: list[Outcome]) -> str:
 
 
 def main() -> int:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__.strip() + "\n\n-v prints every case's outcome.")
+        return 0
     with tempfile.TemporaryDirectory(prefix="adversarial-") as tmp:
         results, output = run_catalogue(Path(tmp))
     if "-v" in sys.argv:

@@ -62,6 +62,9 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
 
 
 def main() -> int:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__.strip() + "\n\n-v prints every case's outcome.")
+        return 0
     verbose = "-v" in sys.argv
     with tempfile.TemporaryDirectory(prefix="bad-input-") as tmp:
         todo = cases(Path(tmp))
