@@ -125,6 +125,13 @@ def test_a_submodule_is_empty_in_trials_unless_shared(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert [t.metric for t in trials(root, "t2")][0] == 3.5
     assert git(root, "status", "--porcelain") == ""
+    # a submodule's file named editable: said at once (the baseline failed, saying to share the
+    # folder, which was then refused for holding an editable file)
+    toml.write_text(toml.read_text().replace('editable = ["exp.py"]', 'editable = ["exp.py", "vendor/lib/helper.py"]'))
+    git(root, "commit", "-qam", "the submodule's file editable")
+    r = cli("run", str(root), "--tag", "t3", "--agent", "search", "--trials", "1")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "'vendor/lib/helper.py', a file of the git submodule 'vendor/lib'" in r.stderr, r.stderr
 
 
 def test_an_experiment_that_changes_what_setup_made_is_noted_on_it(tmp_path: Path) -> None:

@@ -405,10 +405,26 @@ def _shared_path(raw: str) -> str:
     return rel.removeprefix("./")
 
 
+def submodule_paths(root: Path) -> list[str]:
+    """The paths .gitmodules names: a commit of this repository holds a submodule's commit, not
+    its files, so none of them can be a trial's change."""
+    try:
+        text = (root / ".gitmodules").read_text(errors="replace")
+    except OSError:
+        return []
+    return [m.strip().strip('"').rstrip("/") for m in re.findall(r"^\s*path\s*=\s*(.+)$", text, re.M)]
+
+
 def _check_paths(task: Task) -> None:
     files = list_files(task.root)
+    subs = submodule_paths(task.root)
     for glob in task.editable:
         matched = [f for f in files if glob_match(f, glob)]
+        inside = next(((f, m) for f in matched for m in subs if f.startswith(m + "/")), None)
+        if inside and not any(c in glob for c in "*?["):
+            raise TaskError(f"{TASK_FILE}: 'editable' names {inside[0]!r}, a file of the git submodule "
+                            f"{inside[1]!r}: a trial's commit cannot hold a submodule's files (make them "
+                            "part of this repository to let an agent edit them)")
         wild = any(c in glob for c in "*?[")  # a wildcard may name files yet to be made, not all of them
         if not matched and (not wild or len(task.editable) == 1):
             raise TaskError(f"{TASK_FILE}: 'editable' glob {glob!r} matches no file")
