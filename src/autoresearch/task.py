@@ -420,10 +420,10 @@ def _check_paths(task: Task) -> None:
     subs = submodule_paths(task.root)
     for glob in task.editable:
         matched = [f for f in files if glob_match(f, glob)]
-        inside = next(((f, m) for f in matched for m in subs if f.startswith(m + "/")), None)
-        if inside and not any(c in glob for c in "*?["):
-            raise TaskError(f"{TASK_FILE}: 'editable' names {inside[0]!r}, a file of the git submodule "
-                            f"{inside[1]!r}: a trial's commit cannot hold a submodule's files (make them "
+        in_sub = next(((f, m) for f in matched for m in subs if f.startswith(m + "/")), None)
+        if in_sub and not any(c in glob for c in "*?["):
+            raise TaskError(f"{TASK_FILE}: 'editable' names {in_sub[0]!r}, a file of the git submodule "
+                            f"{in_sub[1]!r}: a trial's commit cannot hold a submodule's files (make them "
                             "part of this repository to let an agent edit them)")
         wild = any(c in glob for c in "*?[")  # a wildcard may name files yet to be made, not all of them
         if not matched and (not wild or len(task.editable) == 1):
