@@ -618,3 +618,17 @@ def test_a_second_run_on_a_tag_a_loop_is_running_on_is_one_line_and_exit_2(tmp_p
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_what_the_baseline_writes_into_your_checkout_is_noted_on_the_baseline(tmp_path: Path) -> None:
+    """Noted on trial 1 it was, as 'changed while its agent ran': the wrong trial and phase."""
+    root = tmp_path / "task"
+    exp = (f"import os\nX = 3.0\nif os.environ['AUTORESEARCH_TRIAL'] == '0':\n"
+           f"    open({str(root / 'exp.py')!r}, 'a').write('# written by the baseline\\n')\nprint(f'loss: {{X}}')\n")
+    make_task(root, experiment=exp)
+    r = cli("run", str(root), "--tag", "t", "--agent", "cli", "--agent-cmd", "sed -i 's/^X = .*/X = 2.0/' exp.py",
+            "--trials", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    base, first = trials(root)
+    assert any("changed exp.py in your checkout" in f for f in base.flags), base.flags
+    assert not any("exp.py" in f for f in first.flags), first.flags

@@ -207,6 +207,8 @@ class Loop:
         m = self.measure.repeats(at, t, commit, runs, first_seed=self.opt.seed)
         if self.cancel.is_set() and m.status is not Status.INTERRUPTED:  # (Ray: it came back after the stop)
             m = Measurement(Status.INTERRUPTED, m.figures, "stopped while the baseline ran", m.seconds)
+        with self.lock:  # what its experiment did to your checkout is noted on it, not on trial 1
+            t = self.watch.note(t, "experiment")
         if m.status is not None:
             self._finish(t.with_(status=m.status, reason=m.reason, run_seconds=m.seconds, figures=m.figures))
             if m.status is Status.INTERRUPTED:
@@ -359,8 +361,7 @@ class Loop:
                            "before its experiment")
         m = self.measure.repeats(at, t, commit, 1, first_seed=self.opt.seed)
         if self.cancel.is_set() and m.status is not Status.INTERRUPTED:
-            # stopped while it ran: a remote experiment may finish in the moment its cancel takes
-            # to land (Ray's polite cancel); what was in flight at Ctrl-C is recorded as stopped
+            # stopped while it ran (a remote one may finish as its cancel lands): recorded as stopped
             m = Measurement(Status.INTERRUPTED, m.figures, "stopped while the experiment ran", m.seconds)
         if m.status is None:
             m = self._decide(at, t, commit, m)
@@ -460,8 +461,7 @@ class Loop:
             lost = self.measure.take_lost(t.number)
             if lost:
                 t = t.with_(extra={**t.extra, "lost_workers": lost})
-            if t.status in AUDITED and t.parent and t.commit:  # a discarded trial too: code that
-                # probes the holdout's data, then is let go, is how an agent would learn it
+            if t.status in AUDITED and t.parent and t.commit:  # discarded too: how an agent would learn the holdout
                 t = t.with_(flags=[*t.flags, *audit.audit_trial(self.s.git, self.task, t.parent, t.commit)])
             self.s.ledger.finish(t)
             if self.repeated is not None:
