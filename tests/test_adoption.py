@@ -96,6 +96,20 @@ def test_the_virtualenv_autoresearch_runs_in_is_the_python_of_experiments(tmp_pa
         assert "from the venv" in (root / f".autoresearch/{tag}/logs/0.log").read_text()
 
 
+def test_a_virtualenv_pipx_or_uv_tool_made_is_not_the_python_of_experiments(tmp_path: Path, monkeypatch) -> None:
+    """It holds autoresearch alone (no torch): experiments keep the interpreter it was made from."""
+    from autoresearch.execute import python_bin, tool_environment
+
+    for prefix, tool in (("/home/u/.local/pipx/venvs/autoresearch", True), ("/home/u/.local/share/uv/tools/autoresearch", True),
+                         ("/home/u/project/.venv", False)):
+        monkeypatch.setattr(sys, "prefix", prefix)
+        monkeypatch.setattr(sys, "base_prefix", "/usr")
+        monkeypatch.delenv("VIRTUAL_ENV", raising=False)
+        monkeypatch.delenv("CONDA_PREFIX", raising=False)
+        assert tool_environment() is tool
+        assert (python_bin(tmp_path / "shim")[0] == tmp_path / "shim") is tool
+
+
 def test_git_clean_fdx_leaves_the_record(tmp_path: Path) -> None:
     root = make_task(tmp_path / "task")
     assert cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "1").returncode == 0

@@ -61,10 +61,12 @@ def test_a_description_that_carries_the_holdout_figure_is_sealed_in_the_record(t
     `[test_loss: sealed]` instead; the rest of the description stays."""
     root = eval_task(tmp_path)
     agent = script_agent(tmp_path / "agent.sh", 'sed -i "s/^X = .*/X = 2.0/" exp.py\n'
-                         'echo "lower X; saw test_loss: 1.4242917 and TEST_LOSS=1e-3" > "$AUTORESEARCH_DESCRIPTION_FILE"\n')
+                         'echo "lower X; saw test_loss was 1.4242917 and TEST_LOSS=1e-3; less test_loss overfitting" '
+                         '> "$AUTORESEARCH_DESCRIPTION_FILE"\n')
     run(root, agent, 1)
     (_, t) = trials(root)
-    assert t.description == "lower X; saw [test_loss: sealed] and [test_loss: sealed]", t.description
+    assert t.description == ("lower X; saw [test_loss: sealed] and [test_loss: sealed]; less test_loss "
+                             "overfitting"), t.description
     assert "1.4242917" not in (root / ".autoresearch" / "t" / "results.tsv").read_text()
 
 

@@ -203,6 +203,8 @@ def test_a_file_you_made_a_folder_is_a_trial_rewound_like_any_other(tmp_path: Pa
     (repo / "lib" / "a.py").unlink()
     (repo / "lib" / "a.py").mkdir()
     (repo / "lib" / "a.py" / "inner.py").write_text("B = 2\n")
+    (repo / "lib" / "a.py" / "__pycache__").mkdir()  # (python run once in it)
+    (repo / "lib" / "a.py" / "__pycache__" / "inner.cpython-311.pyc").write_bytes(b"\x00")
     out = trial(repo, "lib/a.py made a folder")
     assert "trial 1: agent_error" not in out and "trial 1:" in out, out
     assert git(repo, "ls-tree", "-r", "--name-only", "refs/autoresearch/t/trials/1").split() == \

@@ -301,7 +301,11 @@ def rewind_to(git: Git, task: Task, commit: str, paths: list[str]) -> list[str]:
         content = git.show_bytes(commit, rel)
         target = task.root / rel
         if target.is_dir() and not target.is_symlink():  # a folder where the file was: taken away
-            with contextlib.suppress(OSError):  # when empty (its files rewound), else left as it is
+            for cache in target.rglob("__pycache__"):  # when empty but for python's bytecode (its
+                shutil.rmtree(cache, ignore_errors=True)  # files rewound), else left as it is
+            with contextlib.suppress(OSError):
+                for folder in sorted((d for d in target.rglob("*") if d.is_dir()), reverse=True):
+                    folder.rmdir()
                 target.rmdir()
             if target.is_dir():
                 continue

@@ -93,14 +93,22 @@ def active_environment(environ: Mapping[str, str] | None = None) -> Path | None:
     return None
 
 
+def tool_environment() -> bool:
+    """Whether autoresearch runs in a virtualenv of its own that pipx or `uv tool` made: it holds
+    the tool alone, not the task's packages (torch...), so experiments keep the interpreter it
+    was made from, with that one's site-packages."""
+    parts = Path(sys.prefix).parts
+    return "pipx" in parts or any(a == "uv" and b == "tools" for a, b in zip(parts, parts[1:], strict=False))
+
+
 def python_bin(shim: Path) -> tuple[Path, str]:
     """The folder put first on an experiment's PATH for `python`, and what to tell the user:
     the user's activated environment's own bin (a link to its python would not find its
     pyvenv.cfg), else the bin of the virtualenv autoresearch runs in, else a folder whose
     `python` is the interpreter running autoresearch."""
     active = active_environment()
-    if active is None and sys.prefix != sys.base_prefix:  # autoresearch's own virtualenv: its bin,
-        return Path(sys.executable).parent, ""           # as activated (its pyvenv.cfg is found)
+    if active is None and sys.prefix != sys.base_prefix and not tool_environment():  # autoresearch's own
+        return Path(sys.executable).parent, ""  # virtualenv: its bin, as activated (its pyvenv.cfg is found)
     if active is None:
         return python_shim(shim), ""
     return active / "bin", (f"autoresearch: experiments run `python` from your active environment {active} "

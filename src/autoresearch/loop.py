@@ -328,7 +328,7 @@ class Loop:
         try:
             proposal = self.agent.propose(ctx)
         except AgentError as e:
-            error = clean_text(redact_keys(str(e)), 500) or "agent error"
+            error = clean_text(unsealed_mention(redact_keys(str(e)), self.task.metric.holdout), 500) or "agent error"
             said = "(stopped while the agent worked)" if self.cancel.is_set() else f"agent error: {error}"[:200]
             return (t.with_(description=said, model=e.model, tokens_in=e.tokens_in,
                             tokens_out=e.tokens_out, cost=e.cost), error, DONE if e.done else FATAL if e.fatal else RECOVERABLE)

@@ -233,8 +233,9 @@ def unsealed_mention(text: str, holdout: str | None) -> str:
     history every later agent reads."""
     if not holdout:
         return text
-    return re.sub(rf"{re.escape(holdout)}[^\w.+-]{{0,3}}[-+]?[\d.]*(?:[eE][-+]?\d+)?", f"[{holdout}: sealed]",
-                  text, flags=re.IGNORECASE)
+    number = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+    said = rf"{re.escape(holdout)}(?:\W{{0,3}}(?:is|was|of|at|now|became|=|:|->|to)?)?\W{{0,3}}{number}"
+    return re.sub(said, f"[{holdout}: sealed]", text, flags=re.IGNORECASE)
 
 
 def reject_reason(output: str) -> str | None:

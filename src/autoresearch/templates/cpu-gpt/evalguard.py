@@ -17,7 +17,7 @@ what keeps that code from writing them:
         when train.py's code replaced anything the scoring runs or moved the output;
     probe_points(n), check_causal(...)
         probes a few of the scored batches, drawn after train.py's code ran, for a model that
-        peeks at later tokens or other rows: one more call each, of the same shape.
+        peeks at later tokens or other rows: two more calls each, of the same shape.
 
 Everything the verdict runs is bound when import_train starts, before any of train.py's code:
 rebinding a module's attribute afterwards (this module's, os's, builtins') does not reach it.
@@ -28,6 +28,7 @@ anything in a process; the figures of record therefore also rest on the harness'
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -49,9 +50,15 @@ EARLY = "autoresearch_reject: train.py ended the evaluation early"
 def sealed(modules: tuple[ModuleType, ...]) -> Callable[[list[str]], NoReturn]:
     """The verdict of an evaluation, with all it uses bound now (see the module's docstring)."""
     import builtins
+    import hashlib
+    import json
+    import pathlib
 
     import torch
     import torch.nn.functional as F
+
+    with contextlib.suppress(Exception):  # loaded now, not by an honest train.py's torch.compile
+        import torch._dynamo  # noqa: F401  (its first import rebinds torch.manual_seed)
 
     write, fstat, dup, end, stdout, stderr = os.write, os.fstat, os.dup, EXIT, sys.stdout, sys.stderr
     vars_, sorted_, callable_, isinstance_, type_ = vars, sorted, callable, isinstance, type
@@ -66,15 +73,21 @@ def sealed(modules: tuple[ModuleType, ...]) -> Callable[[list[str]], NoReturn]:
         ("F", F), ("torch.nn._reduction", sys.modules.get("torch.nn._reduction")),
         ("torch.overrides", sys.modules.get("torch.overrides")), ("np", np), ("ndarray", np.ndarray),
         ("numpy.lib.format", sys.modules.get("numpy.lib.format")), ("math", math), ("os", os),
-        ("random", random), ("SystemRandom", random.SystemRandom), ("Random", random.Random))
+        ("random", random), ("SystemRandom", random.SystemRandom), ("Random", random.Random),
+        ("Path", pathlib.Path), ("PurePath", pathlib.PurePath), ("PosixPath", pathlib.PosixPath),
+        ("json", json), ("hashlib", hashlib), ("sys", sys))
         if space is not None] + [("np.load's module", np.load.__globals__)]
+    function_modes, dispatch_modes = torch._C._len_torch_function_stack, torch._C._len_torch_dispatch_stack
+
     def state() -> dict:
         mine = {f"{'' if m is modules[0] else m.__name__ + '.'}{k}": v
                 for m in watched for k, v in vars_(m).items()
                 if not k.startswith("__") and not isinstance_(v, ModuleType)}
         theirs = {f"{name}.{k}": v for name, space in spaces for k, v in space.items()
                   if callable_(v) and not isinstance_(v, ModuleType)}
-        return {**mine, **theirs}
+        # a torch function or dispatch mode entered (it sees every torch call, the loss's too)
+        modes = {"torch function modes": function_modes(), "torch dispatch modes": dispatch_modes()}
+        return {**mine, **theirs, **modes}
 
     def same(a, b) -> bool:
         return a is b or (type_(a) is type_(b) and isinstance_(a, plain) and (a == b or (a != a and b != b)))
@@ -128,22 +141,21 @@ def probe_points(batches: int, count: int = 4) -> set[int]:
 def check_causal(logits_of: Callable, x, ref, other, tol: float = 1e-3) -> None:
     """Raise Peeked if the model peeks, judged on a batch it was just scored on: `x` (B, T) the
     tokens, `ref` the float logits it gave, `other` (B, T) real tokens from elsewhere in the
-    split. One more call of the same shape, indistinguishable from a scored one: either every
-    row's tokens after a random position t replaced (the logits up to t must not move), or every
-    row but a random one replaced (that row's logits must not move). Identical kernels on
+    split. Two more calls of the same shape: every row but a random one replaced (that row's
+    logits must not move), and every row's tokens after a random position t replaced (the logits
+    up to t must not move). Identical kernels on
     identical shapes give identical values, so an honest model moves by exactly 0; `tol` only
     absorbs nondeterministic kernels."""
     rng = random.SystemRandom()
     rows, length = x.shape[0], x.shape[1]
     limit = tol * (1 + ref.abs().max().item())
-    if rows > 1 and rng.random() < 0.5:
+    if rows > 1:
         r = rng.randrange(rows)
         mixed = other.clone()
         mixed[r] = x[r]
         diff = (logits_of(mixed)[r] - ref[r]).abs().max().item()
         if not diff <= limit:
             raise Peeked(f"logits of one sequence moved by {diff:.3g} when the other sequences of its batch changed")
-        return
     t = rng.randrange(length - 1)
     spliced = x.clone()
     spliced[:, t + 1:] = other[:, t + 1:]
@@ -153,15 +165,24 @@ def check_causal(logits_of: Callable, x, ref, other, tol: float = 1e-3) -> None:
 
 
 def lockdown() -> None:
-    """Refuse the calls that end, fork or replace the process, for as long as it lives."""
+    """Refuse the calls that end, fork or replace the process, and those that would let code
+    watch and rewrite the evaluator's frames as they run (a tracer, a profiler), for as long as
+    it lives."""
 
     def refused(*args, **kwargs):
-        raise PermissionError("the evaluator does not let train.py end, fork or replace its process")
+        raise PermissionError("the evaluator does not let train.py end, fork or replace its process, "
+                              "or trace it")
 
     import posix
+    import threading
 
     for module in (os, posix):
         for name in REFUSED:
+            if hasattr(module, name):
+                setattr(module, name, refused)
+    for module, names in ((sys, ("settrace", "setprofile")),  # (not sys.monitoring: torch.compile may use it)
+                          (threading, ("settrace", "setprofile", "settrace_all_threads", "setprofile_all_threads"))):
+        for name in names:
             if hasattr(module, name):
                 setattr(module, name, refused)
 

@@ -312,7 +312,7 @@ def evaluate_bpb(model, split: str = "val", data_dir: str | None = None, probes:
         for i in range(0, len(starts), EVAL_BATCH):
             chunk = data[starts[i : i + EVAL_BATCH, None] + offsets].astype(np.int64)
             batch = torch.from_numpy(chunk).to(device)
-            logits = model(batch[:, :-1])
+            logits = model(batch[:, :-1].clone())  # a copy: a view's ._base holds the answers
             if type(logits) is not torch.Tensor:  # a subclass could redefine the loss below
                 raise SystemExit(f"error: model returned a {type(logits).__name__}, not a plain torch.Tensor")
             if tuple(logits.shape) != (len(chunk), CONTEXT_LEN, VOCAB_SIZE):
@@ -325,7 +325,7 @@ def evaluate_bpb(model, split: str = "val", data_dir: str | None = None, probes:
             if i in probed:  # other windows of the split, as many: real text, the same shape
                 elsewhere = starts[(np.arange(i, i + len(chunk)) + len(starts) // 2) % len(starts)]
                 other = torch.from_numpy(data[elsewhere[:, None] + offsets[:-1]].astype(np.int64)).to(device)
-                check_causal(lambda x: model(x).float(), batch[:, :-1], logits.float(), other,
+                check_causal(lambda x: model(x).float(), batch[:, :-1].clone(), logits.float(), other,
                              CAUSALITY_TOLERANCE)
     model.train(was_training)
     return total_nats / (math.log(2) * len(starts) * CONTEXT_LEN)
