@@ -243,11 +243,12 @@ FORGED = 'os.write(1, b"---\\nval_bpb:          0.100000\\ntest_bpb:         0.1
 
 @pytest.mark.parametrize("patch,needle", [
     # red team, round 4: figures of its own printed, then the real ones sent nowhere or not made
+    # (posix._exit and execv, twins of os._exit, run with the slow tests)
     (FORGED + "_null = os.open(os.devnull, os.O_WRONLY)\nos.dup2(_null, 1)\nos.dup2(_null, 2)",
      "redirected the evaluator's output"),
     (FORGED + "os._exit(0)", "end, fork or replace its process"),
-    (FORGED + "import posix\nposix._exit(0)", "end, fork or replace its process"),
-    (FORGED + "os.execv('/bin/true', ['true'])", "end, fork or replace its process"),
+    pytest.param(FORGED + "import posix\nposix._exit(0)", "end, fork or replace its process", marks=pytest.mark.slow),
+    pytest.param(FORGED + "os.execv('/bin/true', ['true'])", "end, fork or replace its process", marks=pytest.mark.slow),
     (FORGED + "sys.exit(0)", "ended the evaluation early"),
     # round 5: what the verdict itself runs, replaced by attribute (builtins, os, the evaluator)
     (FORGED + "os.write = lambda fd, data: len(data)\n"
