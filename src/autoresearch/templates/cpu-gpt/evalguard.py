@@ -7,10 +7,12 @@ what keeps that code from writing them:
 
     train, verdict = import_train(path, prepare_module)
         imports train.py with the process locked (it can neither end the process early, after
-        printing figures of its own, nor fork or exec), after noting the output and what the
-        scoring runs: the given modules' functions and settings, this module's, builtins, and
-        every function of torch (down to torch._C._nn, where torch.nn.functional calls in),
-        numpy (and np.load's own module), math and os, and every method of a tensor or array;
+        printing figures of its own, fork or exec, nor set a tracer or a profiler), after noting
+        the output and what the scoring runs: the given modules' functions and settings, this
+        module's, builtins, every function of torch (down to torch._C._nn, where
+        torch.nn.functional calls in), numpy (and np.load's own module), math, os, random,
+        pathlib, json, hashlib and sys, every method of a tensor or array, and how many torch
+        function and dispatch modes are entered;
     verdict(lines)
         prints the figures of record (or a reject line) last, straight to the output as it was
         before train.py ran, and ends the process at once. The figures become a reject line
@@ -21,9 +23,10 @@ what keeps that code from writing them:
 
 Everything the verdict runs is bound when import_train starts, before any of train.py's code:
 rebinding a module's attribute afterwards (this module's, os's, builtins') does not reach it.
-What reaches past attributes (ctypes, frames, the garbage collector's referrers) can change
-anything in a process; the figures of record therefore also rest on the harness's own checks
-(the hash of every protected file, the sealed holdout), not on this module alone.
+What reaches past attributes (ctypes, frames, the garbage collector's referrers, torch's
+dispatcher) can change anything in a process; the figures of record therefore also rest on the
+harness's own checks (the hash of every protected file, the sealed holdout), not on this module
+alone. docs/trust.md lists what is known to get past it.
 """
 
 from __future__ import annotations
