@@ -250,11 +250,19 @@ def test_the_small_machine_settings_lie_inside_the_ranges_program_md_gives(tmp_p
             assert re.search(rf"^{name}\s+train\.py:\d+\s+\S+\s+{lo}\.\.{hi}\s", listed, re.M), name
 
 
-def test_the_evaluators_guard_is_one_file_in_both_templates_and_protected():
+def test_the_evaluators_guard_is_one_file_in_both_templates_and_protected(tmp_path):
     """evalguard.py keeps train.py's code from writing the figures; both ML templates ship the
-    same file, and each task file protects every module its evaluation runs."""
+    same file (one source: nanochat's is a link to cpu-gpt's), a new task gets it as a file of
+    its own, and each task file protects every module its evaluation runs."""
+    from autoresearch.scaffold import init
+
     cpu_gpt = TEMPLATE.parent / "cpu-gpt"
-    assert (TEMPLATE / "evalguard.py").read_bytes() == (cpu_gpt / "evalguard.py").read_bytes()
+    for name in ("cpu-gpt", "nanochat"):
+        made = init(tmp_path / name, template=name) / "evalguard.py"
+        assert not made.is_symlink() and made.read_bytes() == (cpu_gpt / "evalguard.py").read_bytes()
+        listed = subprocess.run(["git", "ls-files", "-s", "evalguard.py"], cwd=made.parent,
+                                capture_output=True, text=True, check=True).stdout
+        assert listed.startswith("100644 "), listed  # committed as a file, not a link
     for folder, modules in ((TEMPLATE, ["prepare.py", "corpus.py", "evalguard.py"]),
                             (cpu_gpt, ["prepare.py", "evalguard.py"])):
         task_file = task_toml.loads((folder / "autoresearch.toml").read_text())
