@@ -112,17 +112,30 @@ def write_new(path: Path, text: str) -> None:
         f.write(text)
 
 
+class NotRegular(OSError):
+    """What read_regular found at the path is a FIFO, a device, a socket or a folder."""
+
+
+def read_regular(path: Path, limit: int, follow: bool = False) -> tuple[bytes, int]:
+    """The first `limit` bytes of the regular file at `path`, and its size. It is opened without
+    waiting (a FIFO would wait for a writer forever) and, unless `follow`, without following a
+    link (ELOOP); anything but a regular file raises NotRegular, without a read (/dev/zero never
+    ends). OSError for all else, FileNotFoundError where nothing is there."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegular(f"{path} is not a regular file")
+        return f.read(limit), st.st_size
+
+
 def read_plain(path: Path, limit: int = 1 << 16) -> str | None:
     """The first `limit` bytes of a regular file, None when there is none at `path`: a link, a
     FIFO or a device is not read (what an untrusted program left there may point anywhere)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        return read_regular(path, limit)[0].decode("utf-8", errors="replace")
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
-        return f.read(limit).decode("utf-8", errors="replace")
 
 
 def writable(root: Path) -> None:

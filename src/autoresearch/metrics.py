@@ -18,9 +18,9 @@ import json
 import math
 import os
 import re
-import stat
 from pathlib import Path
 
+from autoresearch.filetree import NotRegular, read_regular
 from autoresearch.task import MetricSpec
 
 NUMBER = r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|(?i:nan|inf(?:inity)?))"
@@ -93,27 +93,20 @@ METRIC_FILE_BYTES = 16 << 20  # a metric file is a few figures; more is not one
 
 
 def read_metric_file(path: Path) -> str:
-    """The text of a regular file of at most METRIC_FILE_BYTES, read without waiting: a FIFO (an
-    open would wait for a writer forever), a device (/dev/zero never ends) or a folder is an error
-    of the trial's, not a hang of the loop."""
+    """The text of a regular file of at most METRIC_FILE_BYTES (a link to one is followed), read
+    without waiting: a FIFO, a device (/dev/zero never ends) or a folder is an error of the
+    trial's, not a hang of the loop."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        data, size = read_regular(path, METRIC_FILE_BYTES + 1, follow=True)
     except FileNotFoundError:
         raise MetricError(f"metric file {path.name} was not written") from None
+    except NotRegular:
+        raise MetricError(f"metric file {path.name} is not a regular file") from None
     except OSError as e:
         raise MetricError(f"metric file {path.name} cannot be read: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise MetricError(f"metric file {path.name} is not a regular file")
-        if st.st_size > METRIC_FILE_BYTES:
-            raise MetricError(f"metric file {path.name} holds {st.st_size} bytes (at most {METRIC_FILE_BYTES})")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(METRIC_FILE_BYTES + 1).decode()
-    except OSError as e:
-        raise MetricError(f"metric file {path.name} cannot be read: {e.strerror}") from None
-    finally:
-        os.close(fd)
+    if size > METRIC_FILE_BYTES or len(data) > METRIC_FILE_BYTES:
+        raise MetricError(f"metric file {path.name} holds {max(size, len(data))} bytes (at most {METRIC_FILE_BYTES})")
+    return data.decode()
 
 
 def figures_from_file(path: Path, names: list[str]) -> dict[str, float]:
