@@ -15,5 +15,12 @@ class UsageError(AutoresearchError):
     exit_code = 2
 
 
+class LoopBusy(UsageError):
+    """A second `run` on a tag while a loop holds its lock: said as the only line."""
+
+    def __init__(self, tag: str) -> None:
+        super().__init__(f"another autoresearch loop is running on tag {tag!r}")
+
+
 class TaskError(UsageError):
     """The task file is invalid; the message names the key."""

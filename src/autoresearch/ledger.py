@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.errors import AutoresearchError, LoopBusy, UsageError
 from autoresearch.records import Status, Trial, clean_text, tsv_row
 
 LEDGER_DIR = ".autoresearch"
@@ -182,7 +182,7 @@ class Ledger:
             except BlockingIOError:
                 if not wait:
                     os.close(fd)
-                    raise UsageError(f"another autoresearch loop is running on tag {self.dir.name!r}") from None
+                    raise LoopBusy(self.dir.name) from None
                 time.sleep(wait)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

@@ -15,6 +15,8 @@ from autoresearch.process import last_lines, log_digests, read_tail
 from autoresearch.prompt import fmt
 from autoresearch.records import Trial, measured_baseline, printable
 
+STALE = "  [no loop is running: `run --tag` records it as interrupted and goes on]"  # a trial left running
+
 
 def pick_tag(root: Path, tag: str | None) -> str:
     """The tag asked for, or the most recently used one."""
@@ -104,7 +106,7 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
         said = t.reason and t.description.startswith(f"agent error: {t.reason}"[:60])  # the reason is the description
         note = f"  [{t.reason}]" if t.reason and t.status.value != "keep" and not said else ""
         if t.status.value == "running" and not alive:
-            note += "  [no loop is running: `run --tag` records it as interrupted and goes on]"
+            note += STALE
         note += f"  [audit: {len(t.flags)} flag{'s' if len(t.flags) > 1 else ''}]" if t.flags else ""
         held = [with_spread(t, holdout, t.figures.get(holdout))] if holdout else []
         rows.append((str(t.number), t.short or "-", t.status.value,
@@ -191,8 +193,7 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
     metric = led.metric_name
     runs = f" (mean ± sd of {len(t.repeats)} runs)" if len(t.repeats) > 1 else ""
     stale = t.status.value == "running" and not Ledger.loop_running(tag_dir(root, tag))
-    lines = [f"trial {t.number} of tag {tag}: {t.status.value}" + ("  [no loop is running: `run --tag` records "
-                                                                  "it as interrupted and goes on]" if stale else ""),
+    lines = [f"trial {t.number} of tag {tag}: {t.status.value}" + (STALE if stale else ""),
              f"description: {t.description}",
              f"commit: {t.commit or '-'}  parent: {t.parent or '-'}",
              f"{metric}: {with_spread(t, metric, t.metric)}{runs}"]

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autoresearch.agents.base import Agent
-from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.errors import AutoresearchError, LoopBusy, UsageError
 from autoresearch.task import Task
 
 
@@ -44,7 +44,7 @@ def agent_options(args: Any, task: Task, tag: str | None = None) -> AgentOptions
         from autoresearch.ledger import Ledger, tag_dir
 
         if Ledger.loop_running(tag_dir(task.root, tag)):  # said first, as the only line
-            raise UsageError(f"another autoresearch loop is running on tag {tag!r}")
+            raise LoopBusy(tag)
         try:
             saved = saved_options(task, tag)
         except UsageError:  # its agent's flags held a key: given again (--model, --base-url) they choose
