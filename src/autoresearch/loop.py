@@ -83,7 +83,7 @@ class Loop:
         self.repeated: list[list[float]] | None = None  # the metric's repeated runs, for noise()
         self.best: Trial | None = session.ledger.best()
         self.baseline: Trial | None = session.ledger.get(0)
-        self.started = time.monotonic()
+        self.deadline = time.monotonic() + (self.opt.hours * 3600 if self.opt.hours is not None else float("inf"))
         self.streak = Streak()  # agent errors in a row
         self.snapshot_errors = 0  # changes git could not commit, in a row
         self.failure = ""  # why the loop stopped itself (exit 1)
@@ -170,7 +170,7 @@ class Loop:
         if self.opt.trials is not None and done >= self.opt.trials:
             self.ended = f"--trials {self.opt.trials} done"
             return True
-        if self._past_hours():
+        if time.monotonic() >= self.deadline:
             self.ended = f"--hours {self.opt.hours:g} reached"
             self.events.message(f"{self.ended}: stopping")
             return True
@@ -179,9 +179,6 @@ class Loop:
             self.events.message(f"{self.ended}: stopping")
             return True
         return False
-
-    def _past_hours(self) -> bool:
-        return self.opt.hours is not None and time.monotonic() - self.started >= self.opt.hours * 3600
 
     def total_cost(self) -> float:
         return self.s.ledger.total_cost()
@@ -328,7 +325,7 @@ class Loop:
         try:
             proposal = self.agent.propose(ctx)
         except AgentError as e:
-            error = clean_text(unsealed_mention(redact_keys(str(e)), self.task.metric.holdout), 500) or "agent error"
+            error = self._agents_words(str(e), 500) or "agent error"
             said = "(stopped while the agent worked)" if self.cancel.is_set() else f"agent error: {error}"[:200]
             return (t.with_(description=said, model=e.model, tokens_in=e.tokens_in,
                             tokens_out=e.tokens_out, cost=e.cost), error, DONE if e.done else FATAL if e.fatal else RECOVERABLE)
@@ -338,10 +335,13 @@ class Loop:
             ctx.log(traceback.format_exc())
             error = clean_text(f"{type(e).__name__}: {e}", 500)
             return t.with_(description=f"agent error: {error}"[:200]), error, RECOVERABLE
-        described = unsealed_mention(redact_keys(proposal.description), self.task.metric.holdout)
-        return (t.with_(description=clean_text(described) or "(no description)",
+        return (t.with_(description=self._agents_words(proposal.description) or "(no description)",
                         model=proposal.model, tokens_in=proposal.tokens_in, tokens_out=proposal.tokens_out,
                         cost=proposal.cost, extra=dict(proposal.extra)), "", RECOVERABLE)
+
+    def _agents_words(self, text: str, limit: int = 200) -> str:
+        """What an agent said, as the record keeps it: keys redacted, the held-out figure sealed."""
+        return clean_text(unsealed_mention(redact_keys(text), self.task.metric.holdout), limit)
 
     def _run(self, at: Place, t: Trial) -> Trial:
         """Measure a prepared trial, decide on it and record it."""
@@ -356,7 +356,7 @@ class Loop:
             return t.with_(status=Status.INTERRUPTED, reason="stopped before the experiment")
         if self.failure:  # (a failure that stops the loop, not what is in flight: a proposal ahead waits)
             return t.with_(status=Status.INTERRUPTED, reason="not run: the loop was stopping")
-        if self.ahead and self._past_hours():  # prepared ahead: no experiment starts past the deadline
+        if self.ahead and time.monotonic() >= self.deadline:  # prepared ahead: no experiment starts past the deadline
             return t.with_(status=Status.INTERRUPTED, reason=f"not run: --hours {self.opt.hours:g} was reached "
                            "before its experiment")
         m = self.measure.repeats(at, t, commit, 1, first_seed=self.opt.seed)
