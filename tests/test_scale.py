@@ -540,3 +540,15 @@ def test_gpus_left_idle_by_fewer_workers_are_named() -> None:
     assert "stay idle" in gpu_warnings(("0", "1", "2", "3"), 2, 1)[0]
     assert not [n for n in gpu_warnings(("0", "1", "2", "3"), 2, None) if "idle" in n]
     assert not [n for n in gpu_warnings(("0", "1"), 1, 2) if "idle" in n]
+
+
+def test_several_workers_without_gpus_on_a_gpu_machine_are_told_to_share_them_out() -> None:
+    """`--workers 4` alone on a machine with 4 GPUs would put all four trials on GPU 0."""
+    from autoresearch.backends.local import gpu_warnings
+
+    (shared,) = gpu_warnings((), 1, 4, visible=8)
+    assert "--workers 4 without --gpus" in shared and "8 GPUs" in shared and "--gpus 0,1,2,3 " in shared
+    assert "give --gpus 0 --workers 1 for one each" in gpu_warnings((), 1, 2, visible=1)[0]
+    assert gpu_warnings((), 1, 4, visible=0) == []  # a CPU machine: nothing to share out
+    assert gpu_warnings((), 1, 1, visible=8) == gpu_warnings((), 1, None, visible=8) == []
+    assert not [n for n in gpu_warnings(("0", "1"), 1, 2, visible=8) if "without --gpus" in n]

@@ -41,15 +41,32 @@ def gpu_groups(gpus: Sequence[str], per_trial: int = 1, workers: int | None = No
     return groups[:workers]
 
 
-def gpu_warnings(gpus: Sequence[str], per_trial: int = 1, workers: int | None = None) -> list[str]:
+def visible_gpus() -> int:
+    """How many NVIDIA GPUs this machine shows (its /dev/nvidia<N> devices)."""
+    return len(list(Path("/dev").glob("nvidia[0-9]*")))
+
+
+def gpu_warnings(gpus: Sequence[str], per_trial: int = 1, workers: int | None = None,
+                 visible: int | None = None) -> list[str]:
     """What a user may not have meant by `--gpus`: GPUs it lists that no slot uses (with fewer
-    `--workers` than groups), or none visible on this machine (ids are passed on all the same)."""
+    `--workers` than groups), or none visible on this machine (ids are passed on all the same);
+    or, without it, several trials in flight on a machine with GPUs: each sees them all, and
+    PyTorch puts every one of them on the first."""
+    visible = visible_gpus() if visible is None else visible
+    if not gpus:
+        if (workers or 1) > 1 and visible:
+            n = min(workers or 1, visible)
+            fix = f"--gpus {','.join(map(str, range(n)))}" + (f" --workers {n}" if n < (workers or 1) else "")
+            return [f"--workers {workers} without --gpus: the {workers} trials in flight share this machine's "
+                    f"{visible} GPU{'s' if visible > 1 else ''} (each sees every one, and PyTorch puts each "
+                    f"on the first); give {fix} for one each"]
+        return []
     notes = []
     used = sum(map(len, gpu_groups(gpus, per_trial, workers)))
     if used < len(gpus):
         notes.append(f"--workers {workers} with --gpus {','.join(gpus)} uses {used} of its {len(gpus)} GPUs; "
                      f"{','.join(gpus[used:])} stay idle (drop --workers to use them all)")
-    if gpus and not any(Path("/dev").glob("nvidia[0-9]*")):
+    if not visible:
         notes.append(f"--gpus {','.join(gpus)}, but no NVIDIA GPU is visible on this machine "
                      "(CUDA_VISIBLE_DEVICES is set for each trial all the same)")
     return notes
