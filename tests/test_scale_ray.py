@@ -5,6 +5,7 @@ address. Experiments report where they ran in their output, which comes back in 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -57,6 +58,9 @@ with open(os.path.join(spot, f"{n}.{os.getpid()}.pid"), "w") as f:
 if os.environ.get("AUTORESEARCH_TAG") == "lost" and n == "1" and not os.path.exists(os.path.join(spot, "again")):
     open(os.path.join(spot, "again"), "w").close()
     time.sleep(60)  # the test kills this experiment's Ray worker meanwhile
+if os.environ.get("AUTORESEARCH_TAG") == "headless" and n == "2":
+    open(os.path.join(spot, "again"), "w").close()
+    time.sleep(60)  # the test stops the whole cluster meanwhile
 if os.environ.get("AUTORESEARCH_TAG") == "dead" and n != "0":  # every worker lost, as on a dead node
     import signal
     os.kill(worker, signal.SIGKILL)
@@ -81,6 +85,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
     """A Ray head on 127.0.0.1 (4 CPUs, 2 logical GPUs), private to this module, stopped by pid."""
+    with _head() as (address, env, _):
+        yield address, env
+
+
+@contextlib.contextmanager
+def _head() -> Iterator[tuple[str, dict[str, str], subprocess.Popen]]:
     tmp = Path(tempfile.mkdtemp(prefix="arr-", dir="/tmp"))  # short: Ray's socket paths
     (tmp / "spot").mkdir()
     port = _free_port()
@@ -101,7 +111,7 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
         assert proc.poll() is None and time.monotonic() < deadline, (tmp / "head.log").read_text()
         time.sleep(0.2)
     try:
-        yield f"127.0.0.1:{port}", env
+        yield f"127.0.0.1:{port}", env, proc
     finally:
         proc.terminate()  # `ray start --block` stops the processes it started
         try:
@@ -178,6 +188,38 @@ def test_a_killed_ray_worker_is_recorded_and_the_trial_requeued_once(ray_head, t
     assert "lost worker (the trial was run again): WorkerCrashedError" in shown
     assert len(list(spot.glob("1.*.pid"))) == 2  # it ran twice, trial 2 once
     assert len(list(spot.glob("2.*.pid"))) == 1
+
+
+@pytest.mark.slow  # (a Ray head of its own, stopped under the loop: about 30 s)
+def test_a_cluster_whose_head_goes_away_ends_the_loop_in_its_own_words(tmp_path: Path) -> None:
+    """The head killed mid-trial: Ray ends a driver whose head is gone a minute later (exit
+    1, a line of Ray's), after it had run the lost trial a second time into the void. The loop
+    sees the head gone, records what was in flight as interrupted, and says so itself at once."""
+    with _head() as (address, env, head):
+        root, agent = _task(tmp_path)
+        proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(root), "--tag", "headless",
+                                 "--agent", "cli", "--agent-cmd", agent, "--trials", "5", "--ray-address", address,
+                                 "--workers", "1", "--trial-resources", "cpu=1"],
+                                env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        spot = Path(env["AR_SPOT"]) / "headless"
+        deadline = time.monotonic() + 120
+        while not (spot / "again").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(head.pid, signal.SIGKILL)  # its machine gone: the head's processes, not the module's
+        stopped = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+        runs = len(list(spot.glob("2.*.pid")))  # (the head's folder goes with it)
+    assert proc.returncode == 1, out + err
+    assert time.monotonic() - stopped < 30, err  # (Ray's own end comes 60 s after its head's)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("autoresearch: error: the Ray cluster's head") and "nothing answers" in last, err
+    assert "`run --tag` goes on once the cluster is back" in last
+    rows = _rows(root, "headless")
+    assert [t.status for t in rows[:3]] == [Status.KEEP, Status.DISCARD, Status.INTERRUPTED], rows
+    assert rows[2].reason == "the Ray cluster's head went away while it ran"
+    assert "lost_workers" not in rows[2].extra  # not run a second time
+    assert not [t for t in rows if t.status is Status.RUNNING] and runs == 1
 
 
 @pytest.mark.slow  # (CI runs the slow tests too)

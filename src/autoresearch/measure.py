@@ -29,6 +29,7 @@ from autoresearch.session import Session
 from autoresearch.setupstep import SetupOutput, shared_links
 
 LOST_REPEATS = 3  # trials in a row that lost their worker twice: the loop stops
+HEAD_GONE = "the Ray cluster's head went away while it ran"
 
 
 class Measurer:
@@ -136,23 +137,33 @@ class Measurer:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):  # or metric file goes): the trial's fault, not
                 raise  # the loop's; a full disk stops the loop (docs/reliability.md)
             result = ExecResult("crash", None, 0.0, f"the harness could not handle what the experiment left: {e}")
-        if result.outcome == "lost":  # a remote worker died under it: recorded, run once more
-            first = result.output
+        if result.outcome == "lost" and not self._head_gone():  # a remote worker died under it:
+            first = result.output  # recorded, run once more
             self._note_lost(t, first)
             result = self.backend.run(spec, restore, self.cancel)
             with open(spec.log_path, "a", encoding="utf-8") as log:
                 log.write(f"\n=== autoresearch: second attempt; the worker of the first was lost: "
                           f"{first[:200]} ===\n")
+            if result.outcome == "lost" and self._head_gone():
+                return Measurement(Status.INTERRUPTED, reason=HEAD_GONE, seconds=result.seconds)
             with self._lost_lock:  # a cluster whose nodes are gone loses every trial in a second:
                 self.lost_twice = self.lost_twice + 1 if result.outcome == "lost" else 0  # (not all night)
                 n = self.lost_twice
             if n >= LOST_REPEATS:  # (outside the lock: the loop's, taken in there, is held around take_lost)
                 self.fail(f"the Ray workers of {n} runs in a row were lost, each run twice: has the "
                           f"cluster lost its nodes (`ray status`)? The last: {result.output[:200]}")
-        elif result.outcome != "lost" and not self.cancel.is_set():
+        elif result.outcome == "lost":
+            return Measurement(Status.INTERRUPTED, reason=HEAD_GONE, seconds=result.seconds)
+        elif not self.cancel.is_set():
             with self._lost_lock:
                 self.lost_twice = 0
         return judge(self.task, result, spec.run_dir, at.ws.path)
+
+    def _head_gone(self) -> bool:
+        """Whether the remote cluster's head is gone (the backend says why): the loop stops."""
+        if gone := getattr(self.backend, "gone", ""):
+            self.fail(gone)
+        return bool(gone)
 
     def _editable_blobs(self, commit: str) -> dict[str, str]:
         """The editable files of `commit` (path -> git object name), less the metric file."""

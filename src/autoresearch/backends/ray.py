@@ -333,6 +333,7 @@ class RayBackend:
         self.metric_file = task.metric.file
         self.shared = tuple((rel, str(task.root / rel)) for rel in task.shared)  # linked where a node has them
         self.started = False
+        self.gone = ""  # why the cluster's head is taken to be gone (then no task is sent)
         self._watchers: list[threading.Thread] = []
         self._closing = threading.Event()
         if not ray.is_initialized():
@@ -361,6 +362,7 @@ class RayBackend:
                 raise AutoresearchError(f"cannot connect to Ray at {address or 'the default address'}: "
                                         f"{last_lines(str(e), 1)[:300]}{hint}") from None
             self.started = True
+        self.gcs = ray.get_runtime_context().gcs_address  # (HOST:PORT of the head)
         totals = ray.cluster_resources()
         if gpus_per_trial != 1 and not resources and totals.get("GPU", 0) <= 0:
             self.close()
@@ -407,6 +409,9 @@ class RayBackend:
         return [()] * workers
 
     def run(self, spec: ExecSpec, restore: Callable[[], None], cancel: threading.Event) -> ExecResult:
+        if self.gone:  # (a call to Ray would wait for the head until Ray ends this process)
+            spec.log_path.write_text(f"not sent to Ray: {self.gone}\n")
+            return ExecResult("lost", None, 0.0, self.gone)
         restore()
         code = pack(spec.workdir)
         # only our variables travel: the worker's own environment is the experiment's base
@@ -446,8 +451,22 @@ class RayBackend:
         why = f"{type(e).__name__}: {last_lines(str(e), 2)}"[:400]
         spec.log_path.write_text(f"the Ray task did not complete: {why}\n")
         if type(e).__name__ in LOST:
-            return ExecResult("lost", None, seconds, why)
+            return ExecResult("lost", None, seconds, self._head_gone() or why)
         return ExecResult("crash", None, seconds, f"the Ray task failed: {why}")
+
+    def _head_gone(self) -> str:
+        """Why the cluster's head is gone ('' while it answers). Ray ends a driver whose head is
+        gone a minute later (exit 1, a line of its own): the loop ends first, in its own words.
+        Asked three times over 2 s: a node may be seen dead just before its head is."""
+        for wait in (1.0, 1.0, 0.0):
+            try:
+                reachable(self.gcs, timeout=2.0, given="the Ray cluster's head")
+            except UsageError as e:
+                self.gone = self.gone or (f"{e} The trials in flight are recorded as interrupted; "
+                                          "`run --tag` goes on once the cluster is back")
+                return self.gone
+            time.sleep(wait)
+        return ""
 
     def _watch(self, cancel: threading.Event) -> None:
         with self._lock:
