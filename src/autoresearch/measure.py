@@ -152,7 +152,7 @@ class Measurer:
             if n >= LOST_REPEATS:  # (outside the lock: the loop's, taken in there, is held around take_lost)
                 self.fail(f"the Ray workers of {n} runs in a row were lost, each run twice: has the "
                           f"cluster lost its nodes (`ray status`)? The last: {result.output[:200]}")
-        elif result.outcome == "lost":
+        elif result.outcome == "lost":  # (and the head is gone)
             return Measurement(Status.INTERRUPTED, reason=HEAD_GONE, seconds=result.seconds)
         elif not self.cancel.is_set():
             with self._lost_lock:
