@@ -18,6 +18,13 @@ from typing import NoReturn
 
 from autoresearch import __version__
 from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.foreground import (
+    EXIT_INTERRUPTED,
+    events_for,
+    raise_interrupt,
+    run_until_stopped,
+    stop_signals,
+)
 from autoresearch.task import TASK_FILE
 
 TASK_DIR_HELP = (f"the task repository (default: the nearest folder holding {TASK_FILE}, from the "
@@ -25,7 +32,6 @@ TASK_DIR_HELP = (f"the task repository (default: the nearest folder holding {TAS
 TAG_HELP = "the run's name (default: the tag whose ledger was written last)"
 NOT_ROOT = re.compile(r"(?P<dir>.+) is not the root of its git repository \((?P<top>.+) is\)")  # Git.open's: explained
 
-EXIT_INTERRUPTED = 130
 PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG}
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
                       errno.EIO, errno.EMFILE, errno.ENFILE}
@@ -204,78 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
 # commands
 
 
-def _events(task):  # noqa: ANN001, ANN202
-    from autoresearch.events import PlainEvents, Steady
-
-    try:
-        from autoresearch.report.live import make_events
-    except ImportError:
-        return Steady(PlainEvents(task.metric.name, task.metric.minimize))
-    return Steady(make_events(task))
-
-
-def ended_by(error: BaseException) -> str:
-    """Why a run that raised `error` ended, in a few words for `status` (a long reason is cut in
-    the middle: its end names the log and what to do)."""
-    from autoresearch.views import clip
-
-    if isinstance(error, KeyboardInterrupt):
-        return "stopped by a signal"
-    if isinstance(error, AutoresearchError):
-        return clip(f"stopped: {error}", 500)
-    return clip(f"crashed: {type(error).__name__}: {error}", 500)
-
-
-def stop_signals() -> list[signal.Signals]:
-    """The signals that stop a loop cleanly: Ctrl-C, SIGTERM (docker stop, systemd, SLURM) and
-    SIGHUP (the terminal closed), unless it is ignored (`nohup`: the loop goes on)."""
-    return [signal.SIGINT, signal.SIGTERM] + (
-        [] if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else [signal.SIGHUP])
-
-
-def _interrupt(signum, frame) -> None:  # noqa: ANN001
-    raise KeyboardInterrupt
-
-
-class _Stopper:
-    """Ctrl-C (or SIGTERM, or SIGHUP: the terminal closed) once: stop cleanly; twice: stop now.
-    (Under `nohup`, SIGHUP is ignored before we start, and the loop goes on.)"""
-
-    def __init__(self, loop) -> None:  # noqa: ANN001
-        self.loop = loop
-        self.hits = 0
-
-    def __call__(self, signum, frame) -> None:  # noqa: ANN001
-        self.hits += 1
-        if self.hits == 1:
-            with contextlib.suppress(OSError, ValueError):  # (a terminal that went away)
-                print("\nautoresearch: stopping: the trials in flight are killed and recorded "
-                      "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
-            self.loop.stop()
-        else:
-            raise KeyboardInterrupt
-
-
-def run_until_stopped(loop, restore: dict | None = None):  # noqa: ANN001, ANN201
-    """loop.run() with Ctrl-C, SIGTERM and SIGHUP stopping it cleanly and how it ended recorded;
-    afterwards the signal handlers of `restore` (else those it found) are put back."""
-    old = restore or {s: signal.getsignal(s) for s in stop_signals()}
-    stopper = _Stopper(loop)
-    for s in old:
-        signal.signal(s, stopper)
-    try:
-        best = loop.run()
-    except BaseException as e:
-        loop.record_end(ended_by(e))
-        raise
-    else:
-        loop.record_end()
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    return best
-
-
 def _gpu_ids(text: str | None) -> tuple[str, ...]:
     gpus = tuple(g.strip() for g in (text or "").split(",") if g.strip())
     bad = [g for g in gpus if not (g.isdigit() or g.startswith(("GPU-", "MIG-")))]
@@ -333,10 +267,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     originals = {s: signal.getsignal(s) for s in stop_signals()}
     for s in originals:  # until the loop's own handler: SIGTERM or SIGHUP while Ray connects, say
         if s != signal.SIGINT:
-            signal.signal(s, _interrupt)
+            signal.signal(s, raise_interrupt)
     backend = _backend(args, task, gpus, tag)
     try:
-        events = _events(task)
+        events = events_for(task)
         if args.mlflow:  # each finished trial also becomes an MLflow run (checked before the tag is made)
             from autoresearch.report.mlflow_log import mlflow_events
 
@@ -392,7 +326,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
     tags = list_tags(task.root)
     tag = check_tag(args.tag if args.tag is not None else (last_used(task.root, tags) if tags else default_tag()))
     trial, best = run_working_tree_trial(task, tag, args.message, rewind=not args.no_rewind,
-                                         events=_events(task), runner=run_until_stopped)
+                                         events=events_for(task), runner=run_until_stopped)
     metric = task.metric.name
     figs = "  ".join(f"{k}: {v:.6g}" for k, v in trial.figures.items() if k != task.metric.holdout)
     print(f"trial {trial.number}: {trial.status.value}" + (f" ({trial.reason})" if trial.reason else ""))

@@ -126,7 +126,7 @@ def require_torch() -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from autoresearch.agents.registry import agent_options, build_agent, options_record
-    from autoresearch.cli import EXIT_INTERRUPTED, _events, run_until_stopped
+    from autoresearch.foreground import EXIT_INTERRUPTED, events_for, run_until_stopped
     from autoresearch.loop import Loop, Options
     from autoresearch.session import open_session
     from autoresearch.task import load_task
@@ -167,7 +167,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           + ("" if resumed else " (plus building the corpus once)"), flush=True)
     session = open_session(task, TAG)
     session.ledger.set_meta("agent_options", options_record(opts))
-    events = _events(task)
+    events = events_for(task)
     loop = Loop(session, agent, Options(trials=trials), events)
     try:
         run_until_stopped(loop)
