@@ -58,7 +58,7 @@ with open(os.path.join(spot, f"{n}.{os.getpid()}.pid"), "w") as f:
 if os.environ.get("AUTORESEARCH_TAG") == "lost" and n == "1" and not os.path.exists(os.path.join(spot, "again")):
     open(os.path.join(spot, "again"), "w").close()
     time.sleep(60)  # the test kills this experiment's Ray worker meanwhile
-if os.environ.get("AUTORESEARCH_TAG") == "headless" and n == "2":
+if os.environ.get("AUTORESEARCH_TAG") in ("headless", "farhead") and n == "2":
     open(os.path.join(spot, "again"), "w").close()
     time.sleep(60)  # the test stops the whole cluster meanwhile
 if os.environ.get("AUTORESEARCH_TAG") == "dead" and n != "0":  # every worker lost, as on a dead node
@@ -100,16 +100,8 @@ def _head() -> Iterator[tuple[str, dict[str, str], subprocess.Popen]]:
     # of this module's own: the head and every driver use it, whatever ~/.ray/auth_token holds
     # (one written there by an earlier local instance must not lock the tests out).
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
-    log = open(tmp / "head.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                             "--num-cpus=4", "--num-gpus=2", "--include-dashboard=false",
-                             "--disable-usage-stats", "--block"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while "--block" not in (tmp / "head.log").read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, (tmp / "head.log").read_text()
-        time.sleep(0.2)
+    proc = _ray_start(env, tmp / "head.log", "--head", f"--port={port}", "--num-cpus=4", "--num-gpus=2",
+                      "--include-dashboard=false")
     try:
         yield f"127.0.0.1:{port}", env, proc
     finally:
@@ -118,8 +110,20 @@ def _head() -> Iterator[tuple[str, dict[str, str], subprocess.Popen]]:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ray_start(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
+    """`ray start ARGS --block` on 127.0.0.1 in a session of its own, once it is up."""
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([ray_bin, "start", *args, "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                                 "--block"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while "--block" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    return proc
 
 
 def _task(tmp_path: Path, toml_extra: str = "", files: dict[str, str] | None = None) -> tuple[Path, str]:
@@ -220,6 +224,40 @@ def test_a_cluster_whose_head_goes_away_ends_the_loop_in_its_own_words(tmp_path:
     assert rows[2].reason == "the Ray cluster's head went away while it ran"
     assert "lost_workers" not in rows[2].extra  # not run a second time
     assert not [t for t in rows if t.status is Status.RUNNING] and runs == 1
+
+
+@pytest.mark.slow  # (a head and a node of its own: about 45 s)
+def test_a_head_gone_under_a_trial_on_another_node_is_found_by_the_heartbeat(tmp_path: Path) -> None:
+    """The trial on a node of its own, the head killed: no worker is lost that the driver hears
+    of, and Ray waited on the task until it ended the driver a minute later, with a line of its
+    own. The backend asks every 10 s, while a task is out, whether the head still answers."""
+    with _head() as (address, env, head):
+        node = _ray_start(env, Path(env["RAY_TMPDIR"]) / "node.log", f"--address={address}",
+                          "--num-cpus=2", '--resources={"far": 2}')
+        try:
+            root, agent = _task(tmp_path)
+            proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(root), "--tag", "farhead",
+                                     "--agent", "cli", "--agent-cmd", agent, "--trials", "5", "--ray-address",
+                                     address, "--workers", "1", "--trial-resources", "far=1,cpu=1"],
+                                    env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+            spot = Path(env["AR_SPOT"]) / "farhead"
+            deadline = time.monotonic() + 120
+            while not (spot / "again").exists():
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.05)
+            os.killpg(head.pid, signal.SIGKILL)
+            stopped = time.monotonic()
+            out, err = proc.communicate(timeout=120)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+    assert proc.returncode == 1, out + err
+    assert time.monotonic() - stopped < 40, err  # (Ray's own end comes 60 s after its head's)
+    assert err.strip().splitlines()[-1].startswith("autoresearch: error: the Ray cluster's head"), err
+    rows = _rows(root, "farhead")
+    assert [t.status for t in rows] == [Status.KEEP, Status.DISCARD, Status.INTERRUPTED], rows
+    assert rows[2].reason == "the Ray cluster's head went away while it ran"
 
 
 @pytest.mark.slow  # (CI runs the slow tests too)

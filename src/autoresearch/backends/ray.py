@@ -54,7 +54,12 @@ from autoresearch.task import Task
 INSTALL_HINT = "pip install -e '.[ray]' (in the autoresearch checkout)"
 # Errors that mean the worker or its node died under the task, not that the trial failed.
 LOST = {"WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError", "ObjectLostError",
-        "OwnerDiedError", "ObjectReconstructionFailedError", "OutOfMemoryError"}
+        "OwnerDiedError", "ObjectReconstructionFailedError", "OutOfMemoryError", "HeadGone"}
+HEARTBEAT = 10.0  # seconds between asks, while a task is out, whether the cluster's head answers
+
+
+class HeadGone(Exception):
+    """The cluster's head stopped answering while a task was out (the message says how)."""
 RAY_NAMES = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
 UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 MAX_LOG_BYTES = 64 * 2**20
@@ -424,6 +429,9 @@ class RayBackend:
         if cancel.is_set():
             self.ray.cancel(ref, force=True)
         try:
+            while not self.ray.wait([ref], timeout=HEARTBEAT)[0]:  # Ray would wait for a head that
+                if self._head_gone(until_it_answers=True):  # is gone until it ends this process
+                    raise HeadGone(self.gone)
             back: Returned = self.ray.get(ref)
         except Exception as e:  # noqa: BLE001 - sorted below: cancelled, lost, or failed
             return self._failed(spec, e, cancel, time.monotonic() - start)
@@ -454,19 +462,29 @@ class RayBackend:
             return ExecResult("lost", None, seconds, self._head_gone() or why)
         return ExecResult("crash", None, seconds, f"the Ray task failed: {why}")
 
-    def _head_gone(self) -> str:
+    def _head_gone(self, until_it_answers: bool = False) -> str:
         """Why the cluster's head is gone ('' while it answers). Ray ends a driver whose head is
         gone a minute later (exit 1, a line of its own): the loop ends first, in its own words.
-        Asked three times over 2 s: a node may be seen dead just before its head is."""
-        for wait in (1.0, 1.0, 0.0):
+        Gone: nothing answers at its address twice in a row, 1 s apart (once is a blip). Asked
+        four times over 3 s (a node may be seen dead just before its head is), or, for the
+        heartbeat, until it answers."""
+        failed = 0
+        for probe in range(4):
+            if self.gone:
+                break
             try:
                 reachable(self.gcs, timeout=2.0, given="the Ray cluster's head")
+                failed = 0
+                if until_it_answers:
+                    break
             except UsageError as e:
-                self.gone = self.gone or (f"{e} The trials in flight are recorded as interrupted; "
-                                          "`run --tag` goes on once the cluster is back")
-                return self.gone
-            time.sleep(wait)
-        return ""
+                failed += 1
+                if failed == 2:
+                    self.gone = (f"{e} The trials in flight are recorded as interrupted; `run --tag` "
+                                 "goes on once the cluster is back")
+            if probe < 3 and not self.gone:
+                time.sleep(1.0)
+        return self.gone
 
     def _watch(self, cancel: threading.Event) -> None:
         with self._lock:
