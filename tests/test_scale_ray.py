@@ -226,6 +226,17 @@ def test_a_cluster_whose_head_goes_away_ends_the_loop_in_its_own_words(tmp_path:
     assert not [t for t in rows if t.status is Status.RUNNING] and runs == 1
 
 
+def test_the_head_is_asked_where_the_driver_reaches_it() -> None:
+    """Through Ray Client the head's own GCS address may be a private one the driver cannot
+    reach: the heartbeat asks the client address, or it would find a live head gone."""
+    from autoresearch.backends.ray import head_address
+
+    assert head_address("ray://10.0.0.1:10001", "192.168.1.5:6379") == "10.0.0.1:10001"
+    assert head_address("ray://head.example:10001/", "192.168.1.5:6379") == "head.example:10001"
+    for given in ("10.0.0.1:6379", None, "auto", "local"):
+        assert head_address(given, "10.0.0.1:6379") == "10.0.0.1:6379"
+
+
 @pytest.mark.slow  # (a head and a node of its own: about 45 s)
 def test_a_head_gone_under_a_trial_on_another_node_is_found_by_the_heartbeat(tmp_path: Path) -> None:
     """The trial on a node of its own, the head killed: no worker is lost that the driver hears

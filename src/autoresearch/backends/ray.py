@@ -60,6 +60,14 @@ HEARTBEAT = 10.0  # seconds between asks, while a task is out, whether the clust
 
 class HeadGone(Exception):
     """The cluster's head stopped answering while a task was out (the message says how)."""
+
+
+def head_address(address: str | None, gcs: str) -> str:
+    """Where to ask whether the cluster's head answers: a Ray Client address (ray://HOST:PORT)
+    itself, as the head's own address may not be reachable from the client; else the GCS's."""
+    if address and address.startswith("ray://"):
+        return address.split("://", 1)[1].rstrip("/")
+    return gcs
 RAY_NAMES = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
 UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 MAX_LOG_BYTES = 64 * 2**20
@@ -367,7 +375,11 @@ class RayBackend:
                 raise AutoresearchError(f"cannot connect to Ray at {address or 'the default address'}: "
                                         f"{last_lines(str(e), 1)[:300]}{hint}") from None
             self.started = True
-        self.gcs = ray.get_runtime_context().gcs_address  # (HOST:PORT of the head)
+        try:
+            gcs = "" if (address or "").startswith("ray://") else ray.get_runtime_context().gcs_address
+        except Exception:  # noqa: BLE001 - (no address to ask: the head is not watched)
+            gcs = ""
+        self.head = head_address(address, gcs)
         totals = ray.cluster_resources()
         if gpus_per_trial != 1 and not resources and totals.get("GPU", 0) <= 0:
             self.close()
@@ -469,11 +481,11 @@ class RayBackend:
         four times over 3 s (a node may be seen dead just before its head is), or, for the
         heartbeat, until it answers."""
         failed = 0
-        for probe in range(4):
+        for probe in range(4 if self.head else 0):
             if self.gone:
                 break
             try:
-                reachable(self.gcs, timeout=2.0, given="the Ray cluster's head")
+                reachable(self.head, timeout=2.0, given="the Ray cluster's head")
                 failed = 0
                 if until_it_answers:
                     break
