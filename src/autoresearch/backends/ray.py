@@ -56,6 +56,10 @@ INSTALL_HINT = "pip install -e '.[ray]' (in the autoresearch checkout)"
 LOST = {"WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError", "ObjectLostError",
         "OwnerDiedError", "ObjectReconstructionFailedError", "OutOfMemoryError", "HeadGone"}
 HEARTBEAT = 10.0  # seconds between asks, while a task is out, whether the cluster's head answers
+RAY_NAMES = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
+UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+MAX_LOG_BYTES = 64 * 2**20
+SETUP_TIMEOUT = 6 * 3600.0
 
 
 class HeadGone(Exception):
@@ -68,10 +72,6 @@ def head_address(address: str | None, gcs: str) -> str:
     if address and address.startswith("ray://"):
         return address.split("://", 1)[1].rstrip("/")
     return gcs
-RAY_NAMES = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
-UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-MAX_LOG_BYTES = 64 * 2**20
-SETUP_TIMEOUT = 6 * 3600.0
 
 
 def import_ray() -> Any:
