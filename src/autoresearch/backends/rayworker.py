@@ -1,0 +1,184 @@
+"""What a Ray task of `--backend ray` runs on its worker: the trial's code unpacked into a
+temporary folder, the task's setup once per node, the measurement by `autoresearch.execute`, and
+what comes back to the driver (backends/ray.py, which sends it)."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import platform
+import shutil
+import tarfile
+import tempfile
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from autoresearch.execute import ExecResult, ExecSpec, execute, experiment_env, python_shim
+from autoresearch.process import kill_owned, last_lines, read_tail, run_command
+
+MAX_LOG_BYTES = 64 * 2**20
+SETUP_TIMEOUT = 6 * 3600.0
+
+
+@dataclass(frozen=True)
+class Returned:
+    result: ExecResult
+    log: bytes
+    eval_log: bytes | None
+    metric: bytes | None
+    node: str
+
+
+def pack(workdir: Path) -> bytes:
+    """A gzipped tarball of a worktree's files (its `.git` pointer left out)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        for entry in sorted(workdir.iterdir()):
+            if entry.name != ".git":
+                tar.add(entry, arcname=entry.name)
+    return buf.getvalue()
+
+
+def unpack(code: bytes, workdir: Path) -> None:
+    """Make `workdir` exactly the tarball's content."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(code), mode="r:gz") as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(workdir, filter="data")
+        else:  # pragma: no cover - Python < 3.10.12
+            tar.extractall(workdir)
+
+
+def eval_log_path(spec: ExecSpec) -> Path:
+    return spec.eval_log or spec.log_path.with_name(spec.log_path.stem + ".eval.log")
+
+
+def _tail_bytes(path: Path) -> bytes:
+    return read_tail(path, MAX_LOG_BYTES).encode() if path.exists() else b""
+
+
+def _setup_once(setup: str, key: str, spec: ExecSpec, code: bytes) -> tuple[ExecResult | None, Path, list[str]]:
+    """Run the task's setup on this node unless it ran here already, in a folder of its own
+    that lasts (the code unpacked there, as locally in the loop's first worktree): returns a
+    failure as a crash (or None), that folder and what the setup made in it, to be linked into
+    every trial's code on this node as the local backend links it into every worktree."""
+    marks = Path(tempfile.gettempdir()) / "autoresearch-setup"
+    marks.mkdir(exist_ok=True)
+    home, made_file = marks / key, marks / f"{key}.made"
+    with open(marks / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two trials starting on one node: one setup
+        try:  # (a /tmp cleaner may have taken the folder: then set up again)
+            made = json.loads(made_file.read_text()) if (marks / f"{key}.done").exists() and home.is_dir() else None
+        except (OSError, ValueError):
+            made = None
+        if isinstance(made, list) and all(isinstance(m, str) for m in made):
+            return None, home, made
+        unpack(code, home)
+        before = set(_paths(home))
+        r = run_command(setup, home, spec.env, SETUP_TIMEOUT, spec.log_path, owner=spec.owner)
+        if r.returncode == 0:
+            new = [rel for rel in _paths(home) if rel not in before]
+            fresh = set(new)
+            made = [rel for rel in new if Path(rel).parent.as_posix() not in fresh]  # a new folder, whole
+            made_file.write_text(json.dumps(made))
+            (marks / f"{key}.done").touch()
+            return None, home, made
+    out = read_tail(spec.log_path)
+    return ExecResult("crash", r.returncode, r.seconds,
+                      f"setup `{setup}` failed on {platform.node()}:\n{last_lines(out, 10)}"), home, []
+
+
+def _paths(folder: Path) -> list[str]:
+    """Every path under `folder`, relative, parents first (links not followed)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        rel = Path(dirpath).relative_to(folder)
+        out += [(rel / n).as_posix() for n in sorted(dirnames) + sorted(filenames)]
+    return out
+
+
+def _link(workdir: Path, links: list[tuple[str, Path]]) -> None:
+    """What setup made on this node, and the task's `shared` paths where this node has them at
+    the driver's absolute path, linked into the trial's code (what the code holds stays)."""
+    for rel, target in links:
+        at = workdir / rel
+        try:
+            if at.is_dir() and not at.is_symlink() and not any(at.iterdir()):
+                at.rmdir()  # a submodule's empty folder in the code: the node's copy instead
+            if os.path.lexists(at) or not os.path.lexists(target):
+                continue
+            at.parent.mkdir(parents=True, exist_ok=True)
+            at.symlink_to(target)
+        except OSError:
+            continue  # what the code holds there stays; the experiment says what it misses
+
+
+def sweep_stale() -> None:
+    """Remove the folders of tasks whose worker is gone (a driver SIGKILLed takes its tasks'
+    workers with it, before they could clean up): a run folder may hold checkpoints."""
+    for folder in Path(tempfile.gettempdir()).glob("autoresearch-*-*"):
+        try:
+            host, pid = (folder / "pid").read_text().split()
+        except (OSError, ValueError):
+            continue  # not one of ours, or one being made now
+        # (a /tmp shared by containers: another one's pids are not ours to look up)
+        if host == platform.node() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: str,
+                   metric_file: str | None, shared: tuple[tuple[str, str], ...] = ()) -> Returned:
+    """Runs on a Ray worker: unpack the code, set up once per node, measure with execute()."""
+    sweep_stale()
+    root = Path(tempfile.mkdtemp(prefix=f"autoresearch-{spec.number}-"))
+    (root / "pid").write_text(f"{platform.node()} {os.getpid()}")  # while this worker lives, it is in use
+    try:
+        workdir = root / "code"
+        unpack(code, workdir)
+        (root / "logs").mkdir()
+        env = experiment_env(dict(os.environ), spec.env, python_shim(root / "bin"))
+        import ray
+
+        if not ray.get_gpu_ids():  # granted no GPU: it sees none (whatever Ray's default becomes)
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        # the driver's paths made local: the ledger folders are hidden where they exist (a
+        # worker on the driver's machine), the python shim stays readable under a sandbox
+        local = replace(spec, workdir=workdir, run_dir=root / "run", env=env,
+                        log_path=root / "logs" / spec.log_path.name,
+                        eval_log=root / "sealed" / eval_log_path(spec).name,
+                        hidden=tuple(h for h in spec.hidden if h.exists()),
+                        readable=(root / "bin", *(p for p in spec.readable if p.exists())))
+        result, links = None, [(rel, Path(path)) for rel, path in shared]
+        if setup:
+            result, home, made = _setup_once(setup, setup_key, local, code)
+            links = [(rel, home / rel) for rel in made] + links
+        _link(workdir, links)
+        # what the links point to stays visible under --sandbox (its /tmp is a private one)
+        local = replace(local, readable=(*local.readable, *(target for _, target in links if target.exists())))
+
+        def restore() -> None:
+            unpack(code, workdir)
+            _link(workdir, links)
+
+        if result is None:
+            try:  # a cancel event makes execute poll, so that a polite ray.cancel lands at once
+                result = execute(local, restore=restore, cancel=threading.Event())
+            except KeyboardInterrupt:  # ray.cancel(force=False): take the experiment with us
+                kill_owned(spec.owner)
+                raise
+        metric = None
+        for base in (local.run_dir,) + (() if spec.evaluate else (workdir,)):
+            if metric_file and (base / metric_file).is_file():
+                metric = (base / metric_file).read_bytes()
+                break
+        eval_log = eval_log_path(local)
+        return Returned(result, _tail_bytes(local.log_path),
+                        _tail_bytes(eval_log) if eval_log.exists() else None, metric, platform.node())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
