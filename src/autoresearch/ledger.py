@@ -10,8 +10,8 @@ Guarantees:
 - `lock` is held (flock) by the one loop working on the tag; the OS releases it on any death.
   `results.lock` serialises the rewrites of results.tsv among threads and processes.
 - The loop is the only writer of a tag it holds. Once it calls `watch`, `check_and_restore`
-  finds what anyone else (an agent, the code it wrote) changed in the record (rows, meta,
-  results.tsv, the file itself removed or replaced) and puts back what the loop wrote.
+  finds what anyone else (an agent, the code it wrote) changed in the record and puts back
+  what the loop wrote (ledgerwatch.py).
 """
 
 from __future__ import annotations
@@ -26,9 +26,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoresearch.errors import AutoresearchError, LoopBusy, UsageError
 from autoresearch.records import Status, Trial, clean_text, tsv_row
+
+if TYPE_CHECKING:
+    from autoresearch.ledgerwatch import Watched
 
 LEDGER_DIR = ".autoresearch"
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -53,6 +57,14 @@ CREATE TABLE IF NOT EXISTS trials (
 COLUMNS = ["number", "status", "description", "parent", "commit_sha", "metric", "figures",
            "repeats", "reason", "agent", "model", "tokens_in", "tokens_out", "cost", "seed",
            "started", "ended", "run_seconds", "log_path", "flags", "extra", "seq"]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection that writes: WAL, and every commit synced to disk."""
+    db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
 
 
 class LedgerNotReady(AutoresearchError):
@@ -105,23 +117,19 @@ class Ledger:
         self._all: dict[int, Trial] | None = None
         self._all_version = 0
         self._rows: dict[int, tuple[Trial, str]] = {}  # number -> (the trial, its results.tsv row)
-        self._mine: dict[int, tuple[object, ...]] | None = None  # while watched: each row as written here
-        self._meta_mine: dict[str, str] = {}
-        self._tsv_mine: bytes | None = None
-        self._file_id: tuple[int, int] | None = None
-        self._version = 0  # PRAGMA data_version when last checked: it moves only on others' writes
+        self._watched: Watched | None = None  # from `watch` on: the record as this Ledger wrote it
         if readonly:
             uri = f"file:{self.dir / 'ledger.sqlite'}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
         else:
-            for sub in ("logs", "agent", "runs"):
-                (self.dir / sub).mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.dir / "ledger.sqlite", check_same_thread=False,
-                                       timeout=30, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self.make_folders()
+            self._db = connect(self.dir / "ledger.sqlite")
             self._db.executescript(SCHEMA)
         self._db.row_factory = sqlite3.Row
+
+    def make_folders(self) -> None:
+        for sub in ("logs", "agent", "runs"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
 
     @classmethod
     def open(cls, root: Path, tag: str, metric_name: str) -> Ledger:
@@ -206,7 +214,8 @@ class Ledger:
         with self._lock:
             try:
                 self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
-                self._meta_mine[key] = value
+                if self._watched is not None:
+                    self._watched.meta[key] = value
             except sqlite3.OperationalError as e:
                 raise AutoresearchError(f"cannot write the ledger {self.dir / 'ledger.sqlite'}: {e}") from None
 
@@ -261,10 +270,10 @@ class Ledger:
                     where = "number=? AND status='running'" if only_running else "number=?"
                     written = self._db.execute(f"UPDATE trials SET {sets} WHERE {where}",
                                                [values[c] for c in cols[1:]] + [trial.number]).rowcount
-                if written and (self._mine is not None or self._all is not None):  # the row as it now
+                if written and (self._watched is not None or self._all is not None):  # the row as it
                     row = self._db.execute("SELECT * FROM trials WHERE number=?", (trial.number,)).fetchone()
-                    if self._mine is not None:  # stands (seq included)
-                        self._mine[trial.number] = tuple(row)
+                    if self._watched is not None:  # now stands (seq included)
+                        self._watched.rows[trial.number] = tuple(row)
                     if self._all is not None:
                         self._all[trial.number] = self._trial(row)
             except sqlite3.IntegrityError:
@@ -342,112 +351,21 @@ class Ledger:
 
     def watch(self) -> None:
         """Take the record as it stands for the loop's own; from now on every write here is
-        remembered, and `check_and_restore` undoes any other."""
+        remembered, and `check_and_restore` undoes any other (ledgerwatch.Watched)."""
+        from autoresearch.ledgerwatch import Watched
         with self._lock:
-            self._mine = {r["number"]: tuple(r) for r in self._db.execute("SELECT * FROM trials")}
-            self._meta_mine = {k: v for k, v in self._db.execute("SELECT key, value FROM meta")}
-            self._file_id = self._identity()
-            self._version = self._data_version()
-            with contextlib.suppress(OSError):
-                self._tsv_mine = (self.dir / "results.tsv").read_bytes()
+            self._watched = Watched(self)
+
+    def check_and_restore(self) -> list[str]:
+        """What anyone but this Ledger changed in the record since `watch`, put back (one
+        phrase each; empty when nothing was)."""
+        if self._watched is None:
+            return []
+        with self._lock:
+            return self._watched.check_and_restore()
 
     def _data_version(self) -> int:
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
-
-    def _identity(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.dir / "ledger.sqlite")
-        except OSError:
-            return None
-        return st.st_dev, st.st_ino
-
-    def check_and_restore(self) -> list[str]:
-        """What was changed in the record since `watch` by anyone but this Ledger (one phrase
-        each; empty when nothing was), put back as this Ledger wrote it: the database file when
-        it was removed or replaced (the loop's open connection still holds every row), the
-        trials' rows and the meta, and results.tsv."""
-        if self._mine is None:
-            return []
-        found: list[str] = []
-        with self._lock:
-            if self._identity() != self._file_id:
-                found.append("removed or replaced ledger.sqlite")
-                self._reinstate()
-            changed: list[int] = []
-            keys: list[str] = []
-            if found or self._data_version() != self._version:  # another connection wrote
-                rows = {r["number"]: tuple(r) for r in self._db.execute("SELECT * FROM trials")}
-                meta = {k: v for k, v in self._db.execute("SELECT key, value FROM meta")}
-                changed = sorted(n for n in set(rows) | set(self._mine) if rows.get(n) != self._mine.get(n))
-                keys = sorted(k for k in set(meta) | set(self._meta_mine) if meta.get(k) != self._meta_mine.get(k))
-            if changed:
-                shown = ", ".join(map(str, changed[:8])) + (" ..." if len(changed) > 8 else "")
-                found.append(f"changed the ledger's record of trial{'s' if len(changed) > 1 else ''} {shown}")
-            if keys:
-                found.append(f"changed the ledger's settings ({', '.join(keys[:5])})")
-            if changed or keys:
-                self._put_back(changed, keys)
-            self._version = self._data_version()
-            try:
-                tsv = (self.dir / "results.tsv").read_bytes()
-            except OSError:
-                tsv = None
-            if self._tsv_mine is not None and (changed or tsv != self._tsv_mine):
-                if tsv != self._tsv_mine:
-                    found.append("changed results.tsv")
-                for sub in ("logs", "agent", "runs"):
-                    (self.dir / sub).mkdir(parents=True, exist_ok=True)
-                self.export_tsv()
-        return found
-
-    def _put_back(self, numbers: list[int], keys: list[str]) -> None:
-        assert self._mine is not None
-        cols = [d[0] for d in self._db.execute("SELECT * FROM trials LIMIT 0").description]
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            for n in numbers:
-                self._db.execute("DELETE FROM trials WHERE number=?", (n,))
-                if n in self._mine:
-                    self._db.execute(f"INSERT INTO trials ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                                     self._mine[n])
-            for k in keys:
-                self._db.execute("DELETE FROM meta WHERE key=?", (k,))
-                if k in self._meta_mine:
-                    self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (k, self._meta_mine[k]))
-            self._db.execute("COMMIT")
-            self._forget()
-        except sqlite3.Error as e:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-            raise AutoresearchError(f"cannot restore the ledger {self.dir / 'ledger.sqlite'}: {e}") from None
-
-    def _reinstate(self) -> None:
-        """ledger.sqlite removed or replaced under the loop: its open connection still reads
-        the loop's database; copy that to a new file, keep what was put in its place beside it
-        (ledger.sqlite.replaced), and go on with the copy."""
-        path = self.dir / "ledger.sqlite"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fresh = path.with_name("ledger.sqlite.restoring")
-        fresh.unlink(missing_ok=True)
-        try:
-            copy = sqlite3.connect(fresh)
-            with copy:
-                self._db.backup(copy)
-            copy.close()
-            self._db.close()  # (its -wal and -shm, still under their names, go with it)
-            for suffix in ("", "-wal", "-shm"):  # what stands there now is not the loop's
-                stray = path.with_name(path.name + suffix)
-                if stray.exists():
-                    os.replace(stray, path.with_name(f"ledger.sqlite.replaced{suffix}"))
-            os.replace(fresh, path)
-        except (OSError, sqlite3.Error) as e:
-            raise AutoresearchError(f"cannot restore the ledger {path}: {e}") from None
-        self._db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.row_factory = sqlite3.Row
-        self._file_id = self._identity()
-        self._forget()
 
     # -- results.tsv --------------------------------------------------------------------
 
@@ -488,7 +406,8 @@ class Ledger:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, path)
-                self._tsv_mine = data
+                if self._watched is not None:
+                    self._watched.tsv = data
             except OSError as e:  # disk full, read-only: the old results.tsv stays whole
                 tmp.unlink(missing_ok=True)
                 raise AutoresearchError(f"cannot write {path}: {e.strerror}") from None

@@ -1,0 +1,126 @@
+"""The record as the loop wrote it, and what anyone else changed in it.
+
+The loop is the only writer of a tag it holds, but the code of a trial and a CLI agent run as
+the same user, beside the ledger. From `Ledger.watch` on, `Watched` remembers every row, meta
+value and results.tsv the loop wrote; `check_and_restore` finds any other change (rows, meta,
+results.tsv, the database file itself removed or replaced), names it, and puts back what the
+loop wrote. The caller holds the ledger's lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from typing import TYPE_CHECKING
+
+from autoresearch.errors import AutoresearchError
+
+if TYPE_CHECKING:
+    from autoresearch.ledger import Ledger
+
+
+class Watched:
+    def __init__(self, ledger: Ledger) -> None:
+        self.led = ledger
+        db = ledger._db
+        self.rows: dict[int, tuple[object, ...]] = {r["number"]: tuple(r) for r in db.execute("SELECT * FROM trials")}
+        self.meta: dict[str, str] = {k: v for k, v in db.execute("SELECT key, value FROM meta")}
+        self.file_id = self._identity()
+        self.version = ledger._data_version()  # it moves only on other connections' writes
+        self.tsv: bytes | None = None
+        with contextlib.suppress(OSError):
+            self.tsv = (ledger.dir / "results.tsv").read_bytes()
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.led.dir / "ledger.sqlite")
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def check_and_restore(self) -> list[str]:
+        """What was changed in the record since the watch began by anyone but the loop (one
+        phrase each; empty when nothing was), put back as the loop wrote it: the database file
+        when it was removed or replaced (the loop's open connection still holds every row), the
+        trials' rows and the meta, and results.tsv."""
+        led = self.led
+        found: list[str] = []
+        if self._identity() != self.file_id:
+            found.append("removed or replaced ledger.sqlite")
+            self._reinstate()
+        changed: list[int] = []
+        keys: list[str] = []
+        if found or led._data_version() != self.version:  # another connection wrote
+            rows = {r["number"]: tuple(r) for r in led._db.execute("SELECT * FROM trials")}
+            meta = {k: v for k, v in led._db.execute("SELECT key, value FROM meta")}
+            changed = sorted(n for n in set(rows) | set(self.rows) if rows.get(n) != self.rows.get(n))
+            keys = sorted(k for k in set(meta) | set(self.meta) if meta.get(k) != self.meta.get(k))
+        if changed:
+            shown = ", ".join(map(str, changed[:8])) + (" ..." if len(changed) > 8 else "")
+            found.append(f"changed the ledger's record of trial{'s' if len(changed) > 1 else ''} {shown}")
+        if keys:
+            found.append(f"changed the ledger's settings ({', '.join(keys[:5])})")
+        if changed or keys:
+            self._put_back(changed, keys)
+        self.version = led._data_version()
+        try:
+            tsv = (led.dir / "results.tsv").read_bytes()
+        except OSError:
+            tsv = None
+        if self.tsv is not None and (changed or tsv != self.tsv):
+            if tsv != self.tsv:
+                found.append("changed results.tsv")
+            led.make_folders()
+            led.export_tsv()
+        return found
+
+    def _put_back(self, numbers: list[int], keys: list[str]) -> None:
+        db = self.led._db
+        cols = [d[0] for d in db.execute("SELECT * FROM trials LIMIT 0").description]
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for n in numbers:
+                db.execute("DELETE FROM trials WHERE number=?", (n,))
+                if n in self.rows:
+                    db.execute(f"INSERT INTO trials ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                               self.rows[n])
+            for k in keys:
+                db.execute("DELETE FROM meta WHERE key=?", (k,))
+                if k in self.meta:
+                    db.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (k, self.meta[k]))
+            db.execute("COMMIT")
+            self.led._forget()
+        except sqlite3.Error as e:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise AutoresearchError(f"cannot restore the ledger {self.led.dir / 'ledger.sqlite'}: {e}") from None
+
+    def _reinstate(self) -> None:
+        """ledger.sqlite removed or replaced under the loop: its open connection still reads
+        the loop's database; copy that to a new file, keep what was put in its place beside it
+        (ledger.sqlite.replaced), and go on with the copy."""
+        from autoresearch.ledger import connect
+
+        led = self.led
+        path = led.dir / "ledger.sqlite"
+        led.dir.mkdir(parents=True, exist_ok=True)
+        fresh = path.with_name("ledger.sqlite.restoring")
+        fresh.unlink(missing_ok=True)
+        try:
+            copy = sqlite3.connect(fresh)
+            with copy:
+                led._db.backup(copy)
+            copy.close()
+            led._db.close()  # (its -wal and -shm, still under their names, go with it)
+            for suffix in ("", "-wal", "-shm"):  # what stands there now is not the loop's
+                stray = path.with_name(path.name + suffix)
+                if stray.exists():
+                    os.replace(stray, path.with_name(f"ledger.sqlite.replaced{suffix}"))
+            os.replace(fresh, path)
+        except (OSError, sqlite3.Error) as e:
+            raise AutoresearchError(f"cannot restore the ledger {path}: {e}") from None
+        led._db = connect(path)
+        led._db.row_factory = sqlite3.Row
+        self.file_id = self._identity()
+        led._forget()
