@@ -154,6 +154,6 @@ def test_a_change_in_the_second_git_saw_the_file_is_not_trusted_away(tmp_path: P
             break
     else:
         pytest.skip("could not change the file within the second of its stat")
-    assert not g._index_untouched(ws)  # (a git built to compare nanoseconds sees it too; others do not)
+    assert not g.index_untouched(ws)  # (a git built to compare nanoseconds sees it too; others do not)
     g.reset_worktree(ws, trial)  # the evaluator's restore: the commit's file, not the changed one
     assert exp.read_text() == g.show_file(trial, "exp.py")

@@ -333,7 +333,8 @@ def test_the_snapshot_change_list_is_what_git_diff_tree_says(tmp_path_factory: p
     """The change list comes from one `git status` after `add` (no diff-tree) when it can; on
     any mix of edits, big files, ignored files, links, modes, a nested repository and an agent's
     own commit, it is exactly what `git diff-tree` between the parent and the commit says."""
-    from autoresearch.gitrepo import Git, parse_raw
+    from autoresearch.gitrepo import Git
+    from autoresearch.gitstatus import parse_raw
 
     root = make_task(tmp_path_factory.mktemp("snap") / "task", files={"sub/a.py": "A = 1\n"})
     git = Git.open(root)

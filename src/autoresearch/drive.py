@@ -24,7 +24,8 @@ from pathlib import Path
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
 from autoresearch.errors import UsageError
 from autoresearch.events import Events
-from autoresearch.gitrepo import Git, status_entries
+from autoresearch.gitrepo import Git
+from autoresearch.gitstatus import status_entries
 from autoresearch.loop import Loop, Options
 from autoresearch.records import Status, Trial
 from autoresearch.session import ahead_of_tag, differing_paths, open_session

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import time
@@ -21,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoresearch.errors import AutoresearchError, UsageError
-from autoresearch.filetree import SPECIAL, ctimes, remove_specials, remove_unknown, walk, writable
+from autoresearch.filetree import ctimes, remove_specials, remove_unknown, writable
 from autoresearch.gitconfig import kept_config, private_file
-from autoresearch.gitstatus import Change, packed_refs, parse_raw, parse_status_v2, status_entries  # noqa: F401
+from autoresearch.gitstatus import Change, packed_refs, status_entries
 from autoresearch.process import run_harness
 
 if TYPE_CHECKING:
@@ -329,7 +328,7 @@ class Git:
         cleaned = known is not None and remove_unknown(ws.path, known[1])  # first: relative to its commit
         if not cleaned:
             remove_specials(ws.path)  # (a FIFO named .gitattributes holds git's read forever)
-        trusted = self._index_untouched(ws)
+        trusted = self.index_untouched(ws)
         self.run("reset", "-q", "--hard", commit, env=env, cwd=ws.path)
         if not trusted:  # `reset` trusted the stat of each file in an index the agent or the
             # experiment may have written (a stat forged to match, a flag): rebuilt from the
@@ -343,28 +342,11 @@ class Git:
             self.run("clean", "-q", "-ffdx", env=env, cwd=ws.path)
         if known is None or known[0] != commit:  # (back at that commit, the same files: still true)
             self._known.pop(ws.path, None)
-        self._index_untouched(ws, left=True)
+        self.index_untouched(ws, left=True)
         publish(ws)
 
 
-    def _left_out(self, ws: Workspace, entries: dict[str, tuple[bool, int]],
-                  limit: int) -> tuple[dict[str, int], list[str], list[str]]:
-        """What `add` must leave out: the files over `limit` bytes (stored as stand-ins) and the
-        repositories made inside the worktree (`add` fails on one with no commit and records
-        another as a gitlink; left out, each is reported as a submodule, which the guard
-        rejects). Returns the big files with their sizes, the pathspecs to exclude, and the
-        new repositories."""
-        big = {rel: size for rel, (is_dir, size) in entries.items() if not is_dir and size > limit}
-        nested = sorted({rel[:-5] for rel in entries if rel.endswith("/.git")})
-        skip = [*big, *nested]
-        if skip:  # `add` refuses a pathspec, even an excluding one, that names an ignored file
-            said = self.run("check-ignore", "-z", "--stdin", env=self.wt_env(ws), cwd=ws.path,
-                            input="\0".join(skip) + "\0", check=False, strip=False).split("\0")
-            skip = [p for p in skip if p not in said]
-            nested = [p for p in nested if p in skip and not self._is_gitlink(ws, p)]
-        return big, skip, nested
-
-    def _remember(self, ws: Workspace, commit: str, entries: dict[str, tuple[bool, int]] | None) -> None:
+    def remember(self, ws: Workspace, commit: str, entries: dict[str, tuple[bool, int]] | None) -> None:
         """What the worktree holds now that it is `commit` (its files and their folders), so that
         the next reset cleans the rest without a git process; nothing (git cleans) when ignored
         files were there or a repository sits inside it."""
@@ -375,25 +357,7 @@ class Git:
         self._known[ws.path] = (commit, files | {rel.rsplit("/", i)[0] for rel in files
                                                  for i in range(1, rel.count("/") + 1)})
 
-    def _same_attributes(self, parent: str, ws: Workspace, entries: dict[str, tuple[bool, int]]) -> None:
-        """Refuse a .gitattributes the parent does not hold, ignored or not: `add` reads it, and
-        an `ident`, `eol` or `working-tree-encoding` in it stores other bytes than the ones that
-        run (the commit and the diff would not be the code that was measured)."""
-        for rel in entries:
-            if rel.rsplit("/", 1)[-1] != ".gitattributes":
-                continue
-            path = ws.path / rel
-            held = self.show_bytes(parent, rel)
-            try:  # (a regular file only: a FIFO would hold the read, and git's own, forever)
-                same = (held is not None and stat.S_ISREG(path.lstat().st_mode)  # (line ends as checked out)
-                        and path.read_bytes().replace(b"\r\n", b"\n") == held.replace(b"\r\n", b"\n"))
-            except OSError:
-                same = False
-            if not same:
-                raise Refused(f"{rel}: a .gitattributes the best code does not hold, which changes what git "
-                              "stores (the commit would not be the code that runs)")
-
-    def _index_untouched(self, ws: Workspace, left: bool = False, entries: dict[str, tuple[bool, int]] | None = None) -> bool:
+    def index_untouched(self, ws: Workspace, left: bool = False, entries: dict[str, tuple[bool, int]] | None = None) -> bool:
         """Whether git's stats in the private index can be trusted: it is as the harness's git
         left it (`left`: it is, now), and no file changed in the second git saw it (git compares
         whole seconds; the ctime's nanoseconds, which no process can set, tell)."""
@@ -409,68 +373,11 @@ class Git:
                      for rel, (c, m) in seen.items())  # git reads again itself: "racily clean")
         return bool(sha) and held == sha and not unseen
 
-    def _is_gitlink(self, ws: Workspace, path: str) -> bool:
-        """Whether `path` is a submodule the commit already holds (checked out by the agent)."""
-        out = self.run("ls-files", "-s", "--", path, env=self.wt_env(ws), cwd=ws.path, check=False)
-        return out.startswith("160000 ")
-
     def snapshot(self, ws: Workspace, parent: str, message: str,
                  max_file_bytes: int = MAX_FILE_BYTES) -> tuple[str, list[Change], str]:
-        """Commit the worktree's content as a child of `parent` (no hooks, HEAD untouched) and
-        return the commit, what changed against the parent, and the tree.
-
-        A file over `max_file_bytes` is committed as a short stand-in (the guard rejects the
-        trial from the size on disk), so an agent cannot fill .git. Afterwards the worktree is
-        exactly the commit: files git was told to ignore (a self-ignoring .gitignore, an entry
-        in info/exclude) are removed, so the experiment runs only what the commit holds.
-
-        Four git processes: `add`, one `status` (what changed against HEAD, what is ignored,
-        which big files were left out), `write-tree`, `commit-tree`. The status is taken as the
-        change against `parent` only when the worktree's HEAD is `parent` and its file was not
-        rewritten meanwhile; otherwise (an agent moved HEAD) `diff-tree` says it."""
-        self.ensure_worktree(ws, parent)
-        env = self.wt_env(ws)
-        entries = walk(ws.path)
-        self._same_attributes(parent, ws, entries)
-        special = sorted(rel for rel, (_, size) in entries.items() if size == SPECIAL)
-        if special:
-            raise Refused(f"{special[0]}: not a file, a folder or a link (a FIFO, a socket, a device): git cannot commit it")
-        big, skip, nested = self._left_out(ws, entries, max_file_bytes)
-        head_before = _head_state(ws)
-        if not self._index_untouched(ws, entries=entries):  # the agent wrote it (a flag like assume-unchanged, a stat
-            # forged to match): `add` would keep old content for a file that changed; rebuilt
-            # from the parent with no stat, every file is read again
-            self.run("read-tree", parent, env=env, cwd=ws.path)
-        try:
-            self.run("add", "-A", "--", ".", *[f":(exclude,literal){p}" for p in skip], env=env, cwd=ws.path)
-        except GitError as e:
-            if any(m in str(e) for m in REFUSED_PATHS):  # the change's own doing, not the disk's
-                raise Refused(f"git could not commit the change, so it was not run: {str(e)[:300]}") from None
-            raise
-        try:
-            out = self.run("status", "--porcelain=v2", "-z", "-uall", "--ignored=matching", "--no-renames",
-                           env=env, cwd=ws.path, strip=False)
-        except GitError:
-            out = None
-        changes, left_out, ignored = parse_status_v2(out or "", set(big))
-        for path in left_out:
-            note = f"autoresearch: {path} was {big[path]} bytes, over the {max_file_bytes}-byte limit; not stored\n"
-            blob = self.run("hash-object", "-w", "--stdin", input=note)
-            self.run("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env, cwd=ws.path)
-        tree = self.run("write-tree", env=env, cwd=ws.path)
-        commit = self.run("commit-tree", tree, "-p", parent, "-F", "-", env=env, cwd=ws.path,
-                          input=message)
-        if ignored or out is None:  # the tree was reset and cleaned before the agent: only it made these
-            self.run("clean", "-q", "-ffdX", env=env, cwd=ws.path)
-        self._remember(ws, commit, None if ignored or out is None else entries)
-        self.ignored[ws.path] = ignored  # (removed: the agent's files git was told to ignore)
-        exact = out is not None and not left_out and all(c.status != "U" for c in changes)
-        if not exact or head_before[0] != parent or _head_state(ws) != head_before:
-            changes = parse_raw(self.run("diff-tree", "-r", "-z", "--raw", "--no-renames", parent, commit))
-        changes += [Change(status="A", path=p, old_mode="000000", new_mode="160000", new_blob="") for p in nested]
-        self._index_untouched(ws, left=True)
-        publish(ws, commit)
-        return commit, changes, tree
+        """Commit the worktree's content as a child of `parent` (snapshot.take says how)."""
+        from autoresearch.snapshot import take
+        return take(self, ws, parent, message, max_file_bytes)
 
 
 def publish(ws: Workspace, commit: str | None = None) -> None:
@@ -487,14 +394,3 @@ def publish(ws: Workspace, commit: str | None = None) -> None:
         os.replace(tmp, ws.gitdir / "index")
     except OSError:  # a worktree an agent took apart: the next reset remakes it
         pass
-
-
-def _head_state(ws: Workspace) -> tuple[str, int, int]:
-    """The worktree's HEAD (a commit when detached) and its file's identity: git rewrites HEAD by
-    renaming a new file over it, so an unchanged inode and ctime mean an untouched HEAD."""
-    head = ws.gitdir / "HEAD"
-    try:
-        st = os.stat(head)
-        return head.read_text(errors="replace").strip(), st.st_ino, st.st_ctime_ns
-    except OSError:
-        return "", 0, 0

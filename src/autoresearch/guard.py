@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from autoresearch.filetree import remove_path
-from autoresearch.gitrepo import MAX_FILE_BYTES, SAFE, Change
-from autoresearch.gitstatus import packed_refs
+from autoresearch.gitrepo import MAX_FILE_BYTES, SAFE
+from autoresearch.gitstatus import Change, packed_refs
 from autoresearch.task import Task
 
 __all__ = ["MAX_FILE_BYTES", "GitGuard", "changed_files", "check_changes", "hash_files", "set_readonly"]

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.gitrepo import Workspace, status_entries
+from autoresearch.gitrepo import Workspace
+from autoresearch.gitstatus import status_entries
 from autoresearch.ledger import LEDGER_DIR
 from autoresearch.process import last_lines, read_tail, run_command
 from autoresearch.session import Session
