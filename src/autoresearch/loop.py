@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 
 from autoresearch import audit, decide, guard
+from autoresearch.accept import Acceptance
 from autoresearch.agents.base import Agent, AgentError, Context
 from autoresearch.agents.secrets import redact as redact_keys
 from autoresearch.backends import Backend
@@ -36,7 +37,7 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.events import Events, NullEvents
 from autoresearch.execute import python_bin
 from autoresearch.gitrepo import GitError, Refused, Workspace
-from autoresearch.judge import Measurement, mean_figures
+from autoresearch.judge import Measurement
 from autoresearch.ledger import clean_text
 from autoresearch.measure import Measurer
 from autoresearch.metrics import unrecorded, unsealed_mention
@@ -80,7 +81,6 @@ class Loop:
         self.untold: list[Trial] = []  # finished trials the agent is yet to observe
         self.done = 0
         self.trees: dict[str, int] = {}
-        self.repeated: list[list[float]] | None = None  # the metric's repeated runs, for noise()
         self.best: Trial | None = session.ledger.best()
         self.baseline: Trial | None = session.ledger.get(0)
         self.deadline = time.monotonic() + (self.opt.hours * 3600 if self.opt.hours is not None else float("inf"))
@@ -91,6 +91,7 @@ class Loop:
         self.measure = Measurer(session, self.backend, self.events, self.cancel, self.bin_dir, self.opt.sandbox)
         self.measure.beside = len(self.slots) + self.ahead > 1  # (an agent working ahead runs beside too)
         self.measure.fail = partial(self._fail, at_once=False)
+        self.accept = Acceptance(self.task, session.ledger, self.measure, self.events)
         if unsealed := "" if self.opt.sandbox else seal_warning(self.task, self.measure.beside and not self.backend.remote):
             self.events.message(unsealed)
         root_files = list_files(self.task.root)
@@ -364,7 +365,8 @@ class Loop:
             # stopped while it ran (a remote one may finish as its cancel lands): recorded as stopped
             m = Measurement(Status.INTERRUPTED, m.figures, "stopped while the experiment ran", m.seconds)
         if m.status is None:
-            m = self._decide(at, t, commit, m)
+            assert self.best is not None
+            m = self.accept.judge(at, t, commit, m, self.best, self.opt.seed)
         t = t.with_(status=m.status or Status.DISCARD, figures=m.figures,
                     repeats=m.repeats if len(m.repeats) > 1 else [],
                     reason=m.reason, run_seconds=m.seconds, metric=finite(m.figures.get(self.task.metric.name)))
@@ -411,39 +413,6 @@ class Loop:
                 if at_once:
                     self.cancel.set()
 
-    def _decide(self, at: Place, t: Trial, commit: str, m: Measurement) -> Measurement:
-        assert self.best is not None and self.best.metric is not None
-        name = self.task.metric.name
-        minimize = self.task.metric.minimize
-        bar = decide.threshold(self.task.acceptance.min_delta, self.noise())
-        if not decide.better(m.figures[name], self.best.metric, minimize, bar):
-            moved = f" (trial {self.best.number} was kept while it ran)" if self.best.commit != t.parent else ""
-            return Measurement(Status.DISCARD, m.figures, decide.why_not(m.figures[name], self.best.metric, bar, minimize)
-                               + moved, m.seconds, m.repeats)
-        confirm = self.task.acceptance.confirm
-        if confirm == 0:
-            return Measurement(Status.KEEP, m.figures, "", m.seconds, m.repeats)
-        self.events.phase(t.number, "confirming", self.task.time_budget)
-        more = self.measure.repeats(at, t, commit, confirm, first_seed=self.opt.seed + 1, offset=1)
-        if more.status is not None:
-            return Measurement(more.status, m.figures, f"confirmation run failed: {more.reason}",
-                               m.seconds + more.seconds)
-        repeats = m.repeats + more.repeats
-        figures = mean_figures(repeats)
-        seconds = m.seconds + more.seconds
-        if decide.better(figures[name], self.best.metric, minimize, bar):
-            return Measurement(Status.KEEP, figures, "", seconds, repeats)
-        return Measurement(Status.DISCARD, figures, f"did not hold up over {len(repeats)} runs: "
-                           + decide.why_not(figures[name], self.best.metric, bar, minimize), seconds, repeats)
-
-    def noise(self) -> float:
-        """Run-to-run noise, pooled over the runs of decide.noise_groups (else the baseline's)."""
-        if self.repeated is None:  # read once; _finish adds each kept trial's (not a ledger scan a trial)
-            self.repeated = decide.noise_groups(self.s.ledger.trials(), self.task.metric.name)
-        pooled = decide.pooled_noise(self.repeated)
-        raw = self.s.ledger.get_meta("noise")
-        return pooled if pooled or not raw else float(raw)
-
     # -- recording --------------------------------------------------------------------------
 
     def _finish(self, t: Trial) -> Trial:
@@ -453,7 +422,7 @@ class Loop:
         seal = {log.name: "", **log_digests(log, self.s.dir / "sealed" / f"{t.number}.eval.log")}
         t = t.with_(extra={**t.extra, "log_sha256": seal})  # ("": there was none; hashed before the lock)
         with self.lock:  # one decision at a time: a keep must beat the best of this moment
-            t = self._still_better(t).with_(ended=time.time())
+            t = self.accept.still_better(t, self.best).with_(ended=time.time())
             if t.status is Status.KEEP and t.parent and t.commit:  # (a baseline is checked in run())
                 forged = self.watch.forged(t.commit)
                 if forged:
@@ -464,8 +433,7 @@ class Loop:
             if t.status in AUDITED and t.parent and t.commit:  # discarded too: how an agent would learn the holdout
                 t = t.with_(flags=[*t.flags, *audit.audit_trial(self.s.git, self.task, t.parent, t.commit)])
             self.s.ledger.finish(t)
-            if self.repeated is not None:
-                self.repeated += decide.noise_groups([t], self.task.metric.name)
+            self.accept.recorded(t)
             if t.status in UNMEASURED:  # its code may be proposed again
                 for tree in [k for k, n in self.trees.items() if n == t.number]:
                     del self.trees[tree]
@@ -477,16 +445,6 @@ class Loop:
             self.untold.append(visible(t, self.task.metric.holdout))
             self.events.trial_finished(t, self.best or t, self.baseline, self.total_cost())
         return t
-
-    def _still_better(self, t: Trial) -> Trial:
-        """A keep decided while other trials ran must still beat the best of now."""
-        if t.status is not Status.KEEP or self.best is None or t.metric is None or self.best.metric is None:
-            return t
-        bar = decide.threshold(self.task.acceptance.min_delta, self.noise())
-        if decide.better(t.metric, self.best.metric, self.task.metric.minimize, bar):
-            return t
-        return t.with_(status=Status.DISCARD, reason=f"{decide.why_not(t.metric, self.best.metric, bar, self.task.metric.minimize)} "
-                       f"(trial {self.best.number} was kept while it ran)")
 
     def _tell_agent(self) -> None:
         """Tell the agent of the trials finished since its last proposal (agent lock held)."""
