@@ -4,6 +4,7 @@ not measured against a later trial."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -242,6 +243,55 @@ def test_a_duplicate_carries_the_figures_of_the_code_it_repeats(tmp_path: Path) 
     assert [s for _, s, *_ in rows(repo)] == ["keep", "discard", "duplicate"]
     tsv = [line.split("\t") for line in (repo / ".autoresearch/t/results.tsv").read_text().splitlines()]
     assert tsv[3][1] == tsv[2][1] != "0.000000" and tsv[3][3] == "discard"
+
+
+SLOW_EXPERIMENT = "import os, time\nX = 3.0\ntime.sleep(float(os.environ.get('EXP_SLEEP', '0')))\nprint(f'loss: {X}')\n"
+
+
+def test_a_duplicate_of_a_trial_in_flight_waits_for_its_figures(tmp_path: Path) -> None:
+    """Prepared ahead while the trial it repeats still ran, a duplicate was recorded at once,
+    with no figures: results.tsv called it a crash with 0.000000. It now waits for the first
+    one's verdict and carries its figures."""
+    repo = make_task(tmp_path / "task", experiment=SLOW_EXPERIMENT)
+    agent = script_agent(tmp_path / "a.sh", "sed -i 's/^X = .*/X = 2.0/' exp.py\necho 'X to 2'\n")
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--agent-concurrency", "1", "--trials", "2",
+            env={"EXP_SLEEP": "3"})
+    assert r.returncode == 0, r.stderr
+    assert [(n, s) for n, s, *_ in rows(repo)] == [(0, "keep"), (1, "keep"), (2, "duplicate")]
+    tsv = [line.split("\t") for line in (repo / ".autoresearch/t/results.tsv").read_text().splitlines()]
+    assert tsv[3][1:4] == tsv[2][1:3] + ["discard"] and tsv[2][1] == "2.000000", tsv
+    assert "same code as trial 1, in flight: waiting for its figures" in r.stdout
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["as-recorded", "a-duplicate-recorded-by-an-older-version"])
+def test_the_repeat_of_a_trial_stopped_in_flight_is_run_after_a_resume(tmp_path: Path, legacy: bool) -> None:
+    """Stopped while the trial it repeats ran, a repeat is interrupted too, and the code is run
+    on resume. A ledger of an older version holds such a repeat as a duplicate with no figures;
+    it no longer makes every later proposal of that code a duplicate that is never run."""
+    repo = make_task(tmp_path / "task", experiment=SLOW_EXPERIMENT)
+    marker = tmp_path / "second"
+    agent = script_agent(tmp_path / "a.sh", f"""\
+        sed -i 's/^X = .*/X = 2.0/' exp.py
+        if [ "$AUTORESEARCH_TRIAL" = 2 ]; then touch {marker}; fi
+        echo 'X to 2'
+        """)
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t", "--agent-cmd", agent,
+                             "--agent-concurrency", "1", "--trials", "3"], env={**os.environ, "EXP_SLEEP": "8"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(marker)
+    time.sleep(1.5)  # (its change committed and found to be trial 1's code)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert [s for _, s, *_ in rows(repo)] == ["keep", "interrupted", "interrupted"]
+    if legacy:
+        db = sqlite3.connect(repo / ".autoresearch/t/ledger.sqlite")
+        with db:
+            db.execute("UPDATE trials SET status='duplicate', reason='same code as trial 1' WHERE number=2")
+        db.close()
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "1", env={"EXP_SLEEP": "0"})
+    assert r.returncode == 0, r.stderr
+    assert rows(repo)[3][1] == "keep", rows(repo)
 
 
 def test_an_infinite_metric_is_no_score_shown_to_the_next_agent(tmp_path: Path) -> None:

@@ -291,10 +291,29 @@ class Loop:
         if reason:
             return self._finish(t.with_(status=Status.REJECTED, reason=reason))
         if same is not None:
-            first = self.s.ledger.get(same)  # its figures are the first one's: the same code, not run again
-            copied = {"metric": first.metric, "figures": dict(first.figures)} if first and first.metric is not None else {}
-            return self._finish(t.with_(status=Status.DUPLICATE, reason=f"same code as trial {same}", **copied))
+            return self._repeat(t, tree, same)
         return t
+
+    def _repeat(self, t: Trial, tree: str, same: int) -> Trial:
+        """`t` is the same code as trial `same`: a duplicate with its figures, not run again.
+        While `same` is in flight this waits for its verdict; one that was not measured
+        (interrupted, rejected) leaves the code to `t`, which is then run."""
+        first = self.s.ledger.get(same)
+        if first is not None and first.status is Status.RUNNING:
+            self.events.phase(t.number, f"same code as trial {same}, in flight: waiting for its figures")
+            while (first := self.s.ledger.get(same)) is not None and first.status is Status.RUNNING:
+                if self.cancel.wait(0.2):
+                    return self._finish(t.with_(status=Status.INTERRUPTED,
+                                                reason=f"stopped while it waited for trial {same} (the same code)"))
+        if first is None or first.status in UNMEASURED:
+            with self.lock:
+                if self.trees.get(tree) is None:  # (its entry went with the first's verdict)
+                    self.trees[tree] = t.number
+                    return t
+                same = self.trees[tree]  # another proposal took the code meanwhile
+            return self._repeat(t, tree, same)
+        copied = {"metric": first.metric, "figures": dict(first.figures)} if first.metric is not None else {}
+        return self._finish(t.with_(status=Status.DUPLICATE, reason=f"same code as trial {same}", **copied))
 
     def _commit(self, ws: Workspace, t: Trial, parent: str, tamper: str | None, error: str,
                 fatal: str) -> tuple[Trial, list | None, str]:
@@ -454,5 +473,7 @@ class Loop:
             self.agent.observe(t)
 
     def _index_trees(self, history: list[Trial]) -> None:
-        for tree, number in trees_of(self.s.git, [t for t in history if t.status not in UNMEASURED]).items():
+        """The code of each measured trial (a duplicate's is its first's, which stands for it)."""
+        measured = [t for t in history if t.status not in UNMEASURED and t.status is not Status.DUPLICATE]
+        for tree, number in trees_of(self.s.git, measured).items():
             self.trees.setdefault(tree, number)
