@@ -4,10 +4,14 @@ file below the root, with `init` inside another repository; and the words of a f
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
-from conftest import EXPERIMENT, cli, git, make_task, script_agent, trials
+from conftest import EXPERIMENT, cli, git, make_task, script_agent, trials, wait_for
 
 from autoresearch.records import Status
 
@@ -508,3 +512,31 @@ def test_status_while_a_loop_runs_says_so_not_how_the_last_run_ended(tmp_path: P
         assert loop.wait(timeout=60) == 0
     out = cli("status", str(repo)).stdout
     assert "last run: ended" in out and "running on this tag" not in out, out
+
+
+def test_the_default_tag_is_the_one_a_running_or_killed_loop_writes(tmp_path: Path) -> None:
+    """Without --tag, status and trial take the most recently used tag. It was read from
+    ledger.sqlite's mtime, which SQLite leaves alone while a loop runs (its writes go to the
+    -wal file until a clean end): the tag of a loop running now, or killed, was not the default,
+    and `trial` judged your change against another tag's best."""
+    exp = ("import os, time\nX = 3.0\nif os.environ['AUTORESEARCH_TRIAL'] == '2':\n"
+           f"    open({str(tmp_path / 'running')!r}, 'w').close()\n    time.sleep(60)\nprint(f'loss: {{X}}')\n")
+    repo = make_task(tmp_path / "task", experiment=exp)
+    agent = script_agent(tmp_path / "a.sh", "sed -i \"s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/\" exp.py\necho X\n")
+    for tag in ("bbb", "aaa"):
+        assert cli("run", str(repo), "--tag", tag, "--agent-cmd", agent, "--trials", "1").returncode == 0
+    assert cli("status", str(repo)).stdout.startswith("tag aaa")
+    loop = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "bbb",
+                             "--agent-cmd", agent, "--trials", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(tmp_path / "running")
+        assert (tmp_path / "running").exists()
+        assert cli("status", str(repo)).stdout.startswith("tag bbb")
+        (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = 3.0", "X = 1.5"))
+        r = cli("trial", str(repo), "-m", "mine")
+        assert r.returncode == 2 and "bbb" in r.stderr, (r.stdout, r.stderr)  # its loop holds it: refused
+    finally:
+        os.killpg(loop.pid, signal.SIGKILL)
+        loop.wait()
+    assert cli("status", str(repo)).stdout.startswith("tag bbb")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -33,12 +34,17 @@ def pick_tag(root: Path, tag: str | None) -> str:
 
 
 def last_used(root: Path, tags: list[str] | set[str]) -> str:
-    """Of `tags`, the one whose ledger was written last."""
+    """Of `tags`, the one whose ledger was written last, or whose loop started last. SQLite
+    writes a running loop's transactions to ledger.sqlite-wal, and copies them into
+    ledger.sqlite only at a checkpoint (a clean end): a loop that runs, or was killed, changed
+    the -wal file; a loop starting writes its pid in the lock."""
     def written(tag: str) -> float:
-        try:
-            return (tag_dir(root, tag) / "ledger.sqlite").stat().st_mtime
-        except OSError:  # (gone since it was listed)
-            return 0.0
+        folder = tag_dir(root, tag)
+        times = [0.0]
+        for name in ("ledger.sqlite", "ledger.sqlite-wal", "lock"):
+            with contextlib.suppress(OSError):  # (gone since it was listed; no -wal after a clean end)
+                times.append((folder / name).stat().st_mtime)
+        return max(times)
     return max(tags, key=written)
 
 
