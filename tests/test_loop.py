@@ -632,3 +632,28 @@ def test_what_the_baseline_writes_into_your_checkout_is_noted_on_the_baseline(tm
     base, first = trials(root)
     assert any("changed exp.py in your checkout" in f for f in base.flags), base.flags
     assert not any("exp.py" in f for f in first.flags), first.flags
+
+
+def test_a_repository_of_sha256_ids_runs_keeps_resumes_and_takes_a_trial(tmp_path: Path) -> None:
+    """`git init --object-format=sha256`: the branch's creation verified it against a null id
+    of 40 zeros, which git refuses there, so every run failed before its baseline."""
+    root = tmp_path / "task"
+    root.mkdir()
+    git(root, "init", "-q", "--object-format=sha256")
+    repo = make_task(root)
+    assert len(git(repo, "rev-parse", "HEAD")) == 64
+    agent = script_agent(tmp_path / "a.sh", """\
+        sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
+        echo "X down"
+        """)
+    r = run(repo, agent, trials=2)
+    assert r.returncode == 0, r.stderr
+    r = run(repo, agent, trials=1)  # resumed
+    assert r.returncode == 0, r.stderr
+    rows = ledger_rows(repo, "t")
+    assert [s for _, s, *_ in rows] == ["keep", "keep", "keep", "keep"]
+    assert git(repo, "rev-parse", "autoresearch/t") == rows[-1][2] and len(rows[-1][2]) == 64
+    assert [git(repo, "rev-parse", f"refs/autoresearch/t/trials/{n}") for n in range(4)] == [r[2] for r in rows]
+    (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("Y = 2", "Y = 1"))
+    r = cli("trial", str(repo), "-m", "Y to 1")
+    assert r.returncode == 0 and "keep" in r.stdout, (r.stdout, r.stderr)

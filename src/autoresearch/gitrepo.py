@@ -77,6 +77,8 @@ class Git:
         self._indexes: dict[Path, tuple[str, dict[str, tuple[int, int]]]] = {}  # index -> (sha256, files' c/mtime ns)
         self.ignored: dict[Path, list[str]] = {}  # worktree -> the ignored files its last snapshot found
         self.git_dir = Path(self.run("rev-parse", "--absolute-git-dir"))
+        # a ref that must not exist is verified against the null id, as long as the repository's ids
+        self.null_id = "0" * (64 if self.run("rev-parse", "--show-object-format", check=False).strip() == "sha256" else 40)
         self.common_dir = Path(self.run("rev-parse", "--git-common-dir", cwd=self.root))
         if not self.common_dir.is_absolute():
             self.common_dir = (self.root / self.common_dir).resolve()
@@ -154,9 +156,9 @@ class Git:
         lines = ["start"]
         for ref, old in verify.items():
             if ref not in updates:
-                lines.append(f"verify {ref} {old or '0' * 40}")
+                lines.append(f"verify {ref} {old or self.null_id}")
         for ref, new in updates.items():  # (no-deref: a ref an agent made symbolic is itself rewritten)
-            lines += ["option no-deref", f"update {ref} {new}" + (f" {verify[ref] or '0' * 40}" if ref in verify else "")]
+            lines += ["option no-deref", f"update {ref} {new}" + (f" {verify[ref] or self.null_id}" if ref in verify else "")]
         lines += ["prepare", "commit"]
         self.run("update-ref", "--stdin", input="\n".join(lines) + "\n")
 
