@@ -370,11 +370,10 @@ def repair(s: Session) -> list[Trial]:
             shutil.rmtree(path, ignore_errors=True)
     for t in running:
         commit = t.commit  # (not its ref: the loop writes one only once the ledger has the commit)
+        t = t.with_(description=t.description or "(stopped before the agent described its change)")
         if not commit and t.parent:  # stopped before its change was committed: a commit of the parent's
-            commit = stand_in(s, t.with_(description=t.description or f"trial {t.number}: stopped"), t.parent,
-                              "(stopped before the agent's change was committed)")
+            commit = stand_in(s, t, t.parent, "(stopped before the agent's change was committed)")
         t = t.with_(status=Status.INTERRUPTED, commit=commit, ended=time.time(),
-                    description=t.description or "(stopped before the agent described its change)",
                     reason=t.reason or "the loop stopped while this trial was in flight")
         s.ledger.finish(t)
         interrupted.append(t)
