@@ -155,6 +155,30 @@ def test_files_the_run_leaves_cannot_reach_the_evaluator(tmp_path: Path, trick: 
     assert out.stdout.strip() == "loss: -100.0"
 
 
+@pytest.mark.parametrize("planted", ["json.py", "json/__init__.py", "fancystats.py"])
+def test_a_module_the_agent_commits_cannot_stand_in_for_one_the_evaluator_imports(tmp_path: Path, planted: str) -> None:
+    """With the whole root editable (`*.py`), an agent committed json.py beside the protected
+    evaluator, which imported it in place of Python's json: a worse change was kept with the
+    agent's figure. A new file named as a standard-library module, or as one a protected file
+    imports (here an optional one), is rejected; the same change without it is measured."""
+    optional = "try:\n    import fancystats\nexcept ImportError:\n    fancystats = None\n"
+    root = make_task(tmp_path / "task", experiment=EXPERIMENT, files={"prepare.py": optional + EVALUATOR},
+                     toml_extra='evaluate = "python prepare.py"\n' + METRIC)
+    toml = root / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('editable = ["exp.py"]', 'editable = ["*.py", "*/*.py"]'))
+    git(root, "commit", "-q", "-am", "the whole root editable")
+    fake = 'def load(f, *a, **k):\n    return {"loss": -100.0}\ndef dump(o, f, *a, **k):\n    f.write(repr(o))\n'
+    agent = script_agent(tmp_path / "agent.sh", f"""\
+        sed -i 's/^X = .*/X = 5.0/' exp.py
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then mkdir -p "$(dirname {planted})"; printf '{fake}' > {planted}; fi
+        echo "worse X"
+        """)
+    run(root, agent, 2)
+    one, two = trials(root)[1:]
+    assert one.status is Status.REJECTED and f"added {planted}, which Python would import in place of" in one.reason, one
+    assert two.status is Status.DISCARD and two.metric == pytest.approx(16.0), two  # measured, honestly
+
+
 def test_kill_owned_matches_a_trial_not_its_namesakes() -> None:
     procs = {owner: subprocess.Popen(["sleep", "30"], env={**os.environ, "AUTORESEARCH_OWNER": owner})
              for owner in ("/x/t:1", "/x/t:10", "/x/t:1:agent")}

@@ -18,6 +18,7 @@ from pathlib import Path
 from autoresearch.filetree import remove_path
 from autoresearch.gitrepo import MAX_FILE_BYTES, SAFE
 from autoresearch.gitstatus import Change, packed_refs
+from autoresearch.shadow import shadowing
 from autoresearch.task import Task
 
 __all__ = ["MAX_FILE_BYTES", "GitGuard", "changed_files", "check_changes", "hash_files", "set_readonly"]
@@ -48,7 +49,7 @@ def check_changes(task: Task, changes: list[Change], workdir: Path,
                 size = 0
             if size > max_file_bytes:
                 return f"{ch.path} is {size / 2**20:.1f} MiB (limit {max_file_bytes / 2**20:.0f} MiB)"
-    return None
+    return shadowing(task, changes, workdir)
 
 
 def ignored_editable(task: Task, ignored: list[str]) -> str:

@@ -1,0 +1,77 @@
+"""A new file that Python would import in place of a module the protected code uses.
+
+Python looks for a module first in the folder of the script it runs (or the working folder,
+for `python -m` and `-c`), before the standard library and the installed packages. A trial that
+adds `json.py` beside a protected `prepare.py` therefore has the evaluator, which runs from the
+protected files, import the agent's code as `json`: the figures of record would be the agent's.
+Such a file is refused when the trial's change adds it, in the task's root or in the folder of
+a protected Python file, under the name of a standard-library module or of a module a protected
+file imports. A file already there at the baseline is the task author's, and stays.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.machinery
+import sys
+from pathlib import Path
+
+from autoresearch.gitstatus import Change
+from autoresearch.task import Task
+
+# what an import finds in a folder: a.py, a.pyc, a.cpython-311-x86_64-linux-gnu.so, a.abi3.so, a.so
+SUFFIXES = sorted(importlib.machinery.all_suffixes(), key=len, reverse=True)
+
+
+def module_of(path: str) -> tuple[str, str] | None:
+    """(the folder, the module name) of a file an import would take, or None: `pkg/json.py` is
+    json in pkg; `json/__init__.py` is json in the root."""
+    folder, _, name = path.rpartition("/")
+    for suffix in SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            stem = name[: -len(suffix)]
+            if stem == "__init__":
+                if not folder:
+                    return None
+                parent, _, package = folder.rpartition("/")
+                return parent, package
+            return (folder, stem) if stem.isidentifier() else None
+    return None
+
+
+def imported(root: Path, files: list[str]) -> set[str]:
+    """The top-level modules the Python files import (absolute imports; unreadable files skipped)."""
+    names: set[str] = set()
+    for rel in files:
+        try:
+            tree = ast.parse((root / rel).read_bytes())
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
+    """Why a file the change adds would be imported in place of another module, or None."""
+    added = [(c.path, m) for c in changes if c.status == "A" and (m := module_of(c.path))]
+    if not added:
+        return None
+    python = [p for p in task.protected_files(workdir) if p.endswith(".py")]
+    folders = {""} | {p.rpartition("/")[0] for p in python}
+    used = imported(workdir, python)
+    for path, (folder, name) in added:
+        if folder not in folders:
+            continue
+        if name in sys.stdlib_module_names:
+            whose = f"Python's own {name}"
+        elif name in used:
+            whose = f"the {name} the protected files import"
+        else:
+            continue
+        return (f"added {path}, which Python would import in place of {whose} (the protected code and "
+                "the evaluator run from this folder, so they would run the agent's file): name it otherwise")
+    return None
