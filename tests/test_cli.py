@@ -34,6 +34,10 @@ def test_commands_find_the_task_file_above_the_current_folder(tmp_path: Path) ->
     assert r.returncode == 0, r.stderr
     assert "trial 2: keep" in r.stdout.splitlines()
 
+    for args in (["show", "1", "--tag", "t", str(repo)], ["show", "1", str(repo), "--tag", "t"],
+                 ["show", "--tag", "t", "1", str(repo)]):  # DIR after the flag: it was "unrecognized"
+        r = cli(*args, cwd=tmp_path)
+        assert r.returncode == 0 and r.stdout.startswith("trial 1 of tag t"), (args, r.stderr)
     r = cli("status", ".", cwd=deep)  # given, so not looked for
     assert r.returncode == 2 and f"no autoresearch.toml in {deep}" in r.stderr
     r = cli("trial", "-m", "nothing", cwd=deep)  # the change was rewound: nothing to judge, nothing recorded

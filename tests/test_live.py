@@ -138,3 +138,34 @@ def test_live_events_are_thread_safe(tmp_path: Path) -> None:
     assert "41 finished" in text and "[red]" in text  # agent text shown literally, not as markup
     assert "9.9" not in text  # the sealed holdout figure is not on the terminal
     assert "\x1b[2J" not in buf.getvalue()
+
+
+def test_plain_lines_tick_through_the_setup_and_the_agent_and_name_each_repeated_run(tmp_path: Path) -> None:
+    """In a pipe or a nohup log, only an experiment's phases ticked: a setup or an agent at work
+    for half an hour left the log silent. And three runs of one trial printed three identical
+    `running` lines."""
+    from conftest import make_task
+
+    from autoresearch.agents.cli import CommandAgent
+    from autoresearch.events import PlainEvents
+    from autoresearch.loop import Loop
+    from autoresearch.options import Options
+    from autoresearch.session import open_session
+    from autoresearch.task import load_task
+
+    root = make_task(tmp_path / "task", toml_extra='setup = "sleep 1.2"\n\n[acceptance]\nbaseline_runs = 3\n')
+    agent = script_agent(tmp_path / "a.sh", "sleep 1.2\nsed -i 's/^X = .*/X = 2.0/' exp.py\necho X to 2\n")
+    out = io.StringIO()
+    events = PlainEvents("loss", True, out=out, tick=0.25)
+    session = open_session(load_task(root), "t")
+    try:
+        Loop(session, CommandAgent(agent), Options(trials=1), events=events).run()
+    finally:
+        session.close()
+        events.close()
+    lines = [line.split(" ", 1)[1] for line in out.getvalue().splitlines()]
+    assert any(re.fullmatch(r"setup: \d+ s", line) for line in lines), lines
+    assert any(re.fullmatch(r"\[trial 1\] agent \d+ s.*", line) for line in lines), lines
+    runs = [line for line in lines if line.startswith("[trial 0] running") and line.endswith("(budget 5 s)")]
+    assert runs == [f"[trial 0] running (run {i + 1} of 3, seed {i}) (budget 5 s)" for i in range(3)], runs
+    assert "[trial 1] running (budget 5 s)" in lines  # one run: no count

@@ -79,6 +79,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:  # (what numpy's and Optuna's samplers take)
+        raise argparse.ArgumentTypeError(f"must be between 0 and {2**32 - 1}, got {text}")
+    return value
+
+
 def default_tag() -> str:
     return time.strftime("%b%d").lower()
 
@@ -154,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, help="the Ray cluster, e.g. 10.0.0.1:6379 (implies --backend ray; default: RAY_ADDRESS, the local `ray start` cluster, or a new local instance)")
     p.add_argument("--trial-resources", default=None, help="for --backend ray: what each trial asks for, e.g. gpu=1,cpu=8,memory=32G (default: gpu=1 when the cluster has GPUs, else cpu=1)")
     p.add_argument("--sandbox", action="store_true", help="run experiments with no network and writes confined to the trial's folders (bubblewrap)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the search agent's sampler, and is AUTORESEARCH_SEED of a trial's first run (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seeds the search agent's sampler, and is AUTORESEARCH_SEED of a trial's first run (default 0)")
     p.add_argument("--keep-runs", action="store_true", help="keep every trial's run folder (default: only the best's)")
     p.add_argument("--mlflow", default=None, help="log each trial to MLflow at this tracking URI")
     _add_agent_args(p)
@@ -401,11 +411,18 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, extra = build_parser().parse_known_args(argv)
-        if extra:  # (argparse leaves them to the top parser, which does not know the command)
-            raise UsageError(f"{args.command + ': ' if args.command else ''}unrecognized arguments: {' '.join(extra)}")
+        if extra and args.command is None:
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
         if args.command is None:
             build_parser().print_help()
             return 2
+        if args.command in TASK_COMMANDS and extra and args.dir is None and len(extra) == 1 and not extra[0].startswith("-"):
+            args.dir, extra = extra[0], []  # `show 3 --tag T DIR`: argparse takes DIR with N or not at all
+        if extra:  # (argparse leaves them to the top parser, which does not know the command)
+            raise UsageError(f"{args.command}: unrecognized arguments: {' '.join(extra)}")
+        for flag in ("tag", "out", "results"):  # an empty value is no value: not "the latest tag", not "here"
+            if getattr(args, flag, None) == "":
+                raise UsageError(f"--{flag} is empty: give a {'tag' if flag == 'tag' else 'path'}")
         if args.command in TASK_COMMANDS and args.dir is None:
             args.dir = str(find_task_dir())
         return COMMANDS[args.command](args)

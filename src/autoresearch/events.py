@@ -11,6 +11,13 @@ from typing import Protocol, TextIO
 from autoresearch.prompt import fmt
 from autoresearch.records import Trial
 
+TIMED = ("running", "evaluating", "confirming")  # the phases an experiment's time runs in
+
+
+def phase_kind(phase: str) -> str:
+    """A phase's name without its detail: "running (run 2 of 3, seed 1)" is "running"."""
+    return phase.split(" (", 1)[0]
+
 
 class Events(Protocol):
     def message(self, text: str) -> None: ...
@@ -75,8 +82,8 @@ def gain_text(best: Trial, baseline: Trial | None, minimize: bool) -> str:
 
 
 class PlainEvents:
-    """Plain lines; while an experiment runs, a line every `tick` seconds with the elapsed time
-    against the budget."""
+    """Plain lines; while an experiment runs, an agent works or the task's setup runs, a line
+    every `tick` seconds with the elapsed time (against the budget, for an experiment)."""
 
     def __init__(self, metric: str, minimize: bool, out: TextIO | None = None, tick: float = 30.0) -> None:
         self.metric = metric
@@ -86,6 +93,7 @@ class PlainEvents:
         self._lock = threading.Lock()
         self._running: dict[int, tuple[float, float | None, str]] = {}
         self._labels: dict[int, str] = {}
+        self._busy: tuple[str, float] | None = None  # work outside any trial (the setup), since when
         self._best = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._ticker, daemon=True)
@@ -109,7 +117,7 @@ class PlainEvents:
         self._print(f"[trial {number}] ({label}) started{self._best}")
 
     def phase(self, number: int, phase: str, budget: float | None = None) -> None:
-        if phase in ("running", "evaluating", "confirming"):
+        if phase_kind(phase) in (*TIMED, "agent"):
             self._running[number] = (time.monotonic(), budget, phase)
         else:
             self._running.pop(number, None)
@@ -135,11 +143,17 @@ class PlainEvents:
 
     def _ticker(self) -> None:
         while not self._stop.wait(self.tick):
+            if busy := self._busy:
+                self._print(f"{busy[0]}: {time.monotonic() - busy[1]:.0f} s")
             for number, (start, budget, phase) in list(self._running.items()):
                 elapsed = time.monotonic() - start
                 # "29 s / 20 s budget" read as an overrun: start-up and evaluation are outside the budget
                 of = f" (time budget {budget:g} s)" if budget else ""
                 self._print(f"[trial {number}] {phase} {elapsed:.0f} s{of}{self._best}")
+
+    def busy(self, what: str | None) -> None:
+        """Work outside any trial (the setup) started, or (None) ended: ticked like a phase."""
+        self._busy = (what, time.monotonic()) if what else None
 
     def close(self) -> None:
         self._stop.set()

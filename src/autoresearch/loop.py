@@ -122,7 +122,14 @@ class Loop:
             if self.task.setup:
                 self.events.message(f"setup: `{self.task.setup}` (its output: {self.s.dir / 'logs' / 'setup.log'})")
             began = time.monotonic()
-            setup = run_setup(self.s, ws, self.measure.env(0, self.opt.seed, self.slots[0]), cancel=self.cancel)  # (no sandbox)
+            busy = getattr(self.events, "busy", None) if self.task.setup else None  # (a view may not tick)
+            if busy:
+                busy("setup")
+            try:
+                setup = run_setup(self.s, ws, self.measure.env(0, self.opt.seed, self.slots[0]), cancel=self.cancel)  # (no sandbox)
+            finally:
+                if busy:
+                    busy(None)
             if self.task.setup:
                 self.events.message(f"setup done in {time.monotonic() - began:.1f} s")
             self.watch.after_setup(setup)

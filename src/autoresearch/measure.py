@@ -82,7 +82,8 @@ class Measurer:
         repeats: list[dict[str, float]] = []
         seconds = 0.0
         for i in range(runs):
-            self.events.phase(t.number, "running", self.task.time_budget)
+            which = f" (run {offset + i + 1} of {offset + runs}, seed {first_seed + i})" if runs > 1 or offset else ""
+            self.events.phase(t.number, f"running{which}", self.task.time_budget)
             m = self.once(at, t, commit, first_seed + i, offset + i)
             seconds += m.seconds
             if m.status is not None:

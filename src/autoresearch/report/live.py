@@ -22,7 +22,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from autoresearch.events import Events, PlainEvents, gain_text
+from autoresearch.events import TIMED, Events, PlainEvents, gain_text, phase_kind
 from autoresearch.ledger import clean_text
 from autoresearch.prompt import fmt
 from autoresearch.records import Status, Trial
@@ -152,8 +152,9 @@ class LiveEvents:
         now = time.monotonic()
         for number, f in sorted(self._flight.items()):
             elapsed = now - f.since
-            name = PHASES.get(f.phase, f.phase)
-            if f.budget and f.phase in ("running", "evaluating", "confirming"):
+            kind = phase_kind(f.phase)
+            name = PHASES.get(kind, kind) + f.phase[len(kind):]
+            if f.budget and kind in TIMED:
                 bar: RenderableType = ProgressBar(total=f.budget, completed=min(elapsed, f.budget), width=30)
                 clock = f"{elapsed:.0f} s / {f.budget:g} s budget" + (" (over)" if elapsed > f.budget else "")
             else:
