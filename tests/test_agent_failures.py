@@ -245,6 +245,31 @@ def test_a_duplicate_carries_the_figures_of_the_code_it_repeats(tmp_path: Path) 
     assert tsv[3][1] == tsv[2][1] != "0.000000" and tsv[3][3] == "discard"
 
 
+@pytest.mark.parametrize("written", ['echo "K = \\"$OPENAI_API_KEY\\"" >> exp.py',
+                                     'echo "K = \\"${OPENAI_API_KEY:0:14}\\" \\"${OPENAI_API_KEY:14}\\"" >> exp.py'],
+                         ids=["whole", "in-two-quoted-parts"])
+def test_a_cli_agent_that_writes_its_key_into_the_code_is_rejected_before_git_stores_it(tmp_path: Path, written: str) -> None:
+    """A CLI agent copied $OPENAI_API_KEY into the code: the trial was kept, so the key stood in
+    the tag's branch and the experiment's log. Now the change is refused before `git add`: no git
+    object, log, ledger row or results.tsv holds the key, and the loop goes on."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", f"""\
+        sed -i "s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/" exp.py
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then {written}; echo 'print(K)' >> exp.py; fi
+        echo "X down"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "2", env={"OPENAI_API_KEY": KEY})
+    assert r.returncode == 0, r.stderr
+    got = rows(repo)
+    assert [s for _, s, *_ in got] == ["keep", "rejected", "keep"], got
+    assert "exp.py holds an API key from the environment" in got[1][2]
+    objects = subprocess.run(["git", "cat-file", "--batch-all-objects", "--batch"], cwd=repo, capture_output=True).stdout
+    assert KEY.encode() not in objects and b"Q1w2E3r4T5y6U7i8O9p0" not in objects
+    for path in (repo / ".autoresearch").rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
 SLOW_EXPERIMENT = "import os, time\nX = 3.0\ntime.sleep(float(os.environ.get('EXP_SLEEP', '0')))\nprint(f'loss: {X}')\n"
 
 

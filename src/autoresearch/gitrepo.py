@@ -359,6 +359,12 @@ class Git:
         self._known[ws.path] = (commit, files | {rel.rsplit("/", i)[0] for rel in files
                                                  for i in range(1, rel.count("/") + 1)})
 
+    def touched(self, ws: Workspace, entries: dict[str, tuple[bool, int]]) -> list[str]:
+        """The regular files written since the harness last left the worktree (a ctime no
+        process can set back): every one, when it has not left it yet."""
+        seen = self._indexes.get(ws.index, ("", {}))[1]
+        return [rel for rel, stamp in ctimes(ws.path, entries).items() if seen.get(rel) != stamp]
+
     def index_untouched(self, ws: Workspace, left: bool = False, entries: dict[str, tuple[bool, int]] | None = None) -> bool:
         """Whether git's stats in the private index can be trusted: it is as the harness's git
         left it (`left`: it is, now), and no file changed in the second git saw it (git compares

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import stat
 
-from autoresearch.filetree import SPECIAL, walk
+from autoresearch.agents.secrets import key_values, keys_in
+from autoresearch.filetree import SPECIAL, read_regular, walk
 from autoresearch.gitrepo import (
     MAX_FILE_BYTES,
     REFUSED_PATHS,
@@ -45,6 +46,7 @@ def take(git: Git, ws: Workspace, parent: str, message: str,
     special = sorted(rel for rel, (_, size) in entries.items() if size == SPECIAL)
     if special:
         raise Refused(f"{special[0]}: not a file, a folder or a link (a FIFO, a socket, a device): git cannot commit it")
+    _no_keys(git, ws, parent, entries, max_file_bytes)
     big, skip, nested = _left_out(git, ws, entries, max_file_bytes)
     head_before = _head_state(ws)
     if not git.index_untouched(ws, entries=entries):  # the agent wrote it (a flag like assume-unchanged, a stat
@@ -80,6 +82,25 @@ def take(git: Git, ws: Workspace, parent: str, message: str,
     git.index_untouched(ws, left=True)
     publish(ws, commit)
     return commit, changes, tree
+
+
+def _no_keys(git: Git, ws: Workspace, parent: str, entries: dict[str, tuple[bool, int]], limit: int) -> None:
+    """Refuse, before git stores anything, a file written since the last reset that holds more
+    API keys from the environment than the parent's (a key an agent copied from its own
+    environment into the code): the trial's commit, kept under its ref, would hold it."""
+    keys = key_values()
+    if not keys:
+        return
+    for rel in git.touched(ws, entries):
+        if entries[rel][1] > limit:  # (stored as a stand-in, not as it is)
+            continue
+        try:
+            text = read_regular(ws.path / rel, limit)[0].decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        if keys_in(text, keys) > keys_in((git.show_bytes(parent, rel) or b"").decode("utf-8", errors="replace"), keys):
+            raise Refused(f"{rel} holds an API key from the environment; a key must never be committed (the "
+                          "code should read it from the environment), so the change was not")
 
 
 def _left_out(git: Git, ws: Workspace, entries: dict[str, tuple[bool, int]],
