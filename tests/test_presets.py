@@ -180,6 +180,11 @@ GEMINI_401 = "YOLO mode is enabled.\nError when talking to Gemini API\n" + json.
     indent=2) + "\n"
 
 
+GEMINI_NO_AUTH = "YOLO mode is enabled.\n" + json.dumps({"session_id": "s", "error": {
+    "type": "Error", "code": 41, "message": "Please set an Auth method in your /h/.gemini/settings.json or specify one "
+    "of the following environment variables before running: GEMINI_API_KEY, GOOGLE_GENAI_USE_VERTEXAI"}}, indent=2) + "\n"
+
+
 OPENCODE_404 = json.dumps({"type": "error", "error": {"name": "APIError", "data": {
     "message": "The model `nope` does not exist", "statusCode": 404, "isRetryable": False}}}) + "\n"
 
@@ -195,16 +200,20 @@ AIDER_401 = ("Aider v0.86.2\nModel: openai/fake with whole edit format\n\n"
     ("codex", codex_says(f"unexpected status 401 Unauthorized: Incorrect API key provided: {KEY}"), 1,
      "codex: unexpected status 401 Unauthorized: Incorrect API key provided: [redacted]"),
     ("gemini", GEMINI_401, 1, "gemini: Request had invalid credentials. (HTTP 401)"),
+    ("gemini", GEMINI_NO_AUTH, 41, "gemini: Please set an Auth method in your /h/.gemini/settings.json or specify one "
+                                   "of the following environment variables before running: GEMINI_API_KEY, "
+                                   "GOOGLE_GENAI_USE_VERTEXAI"),
     ("opencode", OPENCODE_404, 1, "opencode: The model `nope` does not exist (HTTP 404)"),
     ("aider", AIDER_401, 0, "aider: litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect "
                             "API key provided: [redacted] The API provider is not able to authenticate you. Check your API key."),
-], ids=["claude-exit-1", "claude-exit-0", "codex", "gemini", "opencode", "aider"])
+], ids=["claude-exit-1", "claude-exit-0", "codex", "gemini", "gemini-no-auth", "opencode", "aider"])
 def test_a_bad_key_or_model_reported_by_a_preset_tool_stops_the_loop(tmp_path: Path, tool: str, output: str,
                                                                       code: int, reason: str) -> None:
     """Whatever its exit code, the tool's own error report is the trial's reason (not its raw
     JSON); one that says the key, the login or the model is wrong stops the loop after three."""
     repo = make_task(tmp_path / "task")
-    r = cli("run", str(repo), "--tag", "t", "--agent", tool, "--hours", "1",
+    model = ["--model", "openai/fake"] if tool == "aider" else []  # (aider refuses to start with neither model nor key)
+    r = cli("run", str(repo), "--tag", "t", "--agent", tool, *model, "--hours", "1",
             env=fake_tool(tmp_path, tool, output, code), timeout=120)
     assert r.returncode == 1, r.stderr + r.stdout
     t = ledger(repo)
@@ -233,3 +242,23 @@ def test_a_passing_failure_reported_by_a_preset_tool_does_not_stop_the_loop(tmp_
     assert [x.status for x in t] == [Status.KEEP] + [Status.AGENT_ERROR] * 3
     assert all(x.reason.startswith(reason) for x in t[1:]), t[1].reason
     assert "will not go away by itself" not in r.stderr
+
+
+def test_aider_with_no_model_and_no_key_is_refused_before_it_waits_on_a_browser_login(tmp_path: Path) -> None:
+    """aider, given no model and finding no key, offers an OpenRouter login in a browser; the
+    preset's --yes-always took the offer, and each trial waited five minutes for it to fail.
+    Now the run is refused at once (exit 2, one line); a --model, a key or a config is enough."""
+    repo = make_task(tmp_path / "task")
+    (tmp_path / "home").mkdir()
+    env = {**fake_tool(tmp_path, "aider", "Applied edit to exp.py\n", 0), "HOME": str(tmp_path / "home"),
+           **{k: "" for k in ("OPENROUTER_API_KEY", "ANTHROPIC_API_KEY", "DEEPSEEK_API_KEY", "OPENAI_API_KEY",
+                              "GEMINI_API_KEY", "VERTEXAI_PROJECT", "AIDER_MODEL")}}
+    r = cli("run", str(repo), "--tag", "t", "--agent", "aider", "--trials", "1", env=env, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--agent aider without --model finds none of the keys" in r.stderr and not (repo / ".autoresearch").exists()
+    for given in ({"ANTHROPIC_API_KEY": "sk-ant-test-0123456789"}, {"AIDER_MODEL": "openai/x"}):
+        r = cli("run", str(repo), "--tag", "t", "--agent", "aider", "--trials", "1", env={**env, **given}, cwd=tmp_path)
+        assert "finds none of the keys" not in r.stderr, r.stderr
+    (tmp_path / "home" / ".aider.conf.yml").write_text("model: openai/x\n")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "aider", "--trials", "1", env=env, cwd=tmp_path)
+    assert "finds none of the keys" not in r.stderr, r.stderr

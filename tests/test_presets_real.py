@@ -95,10 +95,12 @@ def test_real_aider_failure_is_an_agent_error_and_its_key_is_redacted(tmp_path: 
 
 
 @pytest.mark.skipif(shutil.which("claude") is None, reason="Claude Code is not installed (npm i -g @anthropic-ai/claude-code)")
-def test_real_claude_code_through_the_preset(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", ["", "/v1"], ids=["root", "root-with-v1"])
+def test_real_claude_code_through_the_preset(tmp_path: Path, suffix: str) -> None:
     """A real Claude Code, driven by the `claude` preset (as root: acceptEdits and file tools
     only), talks to the fake Anthropic server: it reads exp.py, edits it with its Edit tool, and
-    the loop keeps the change; Claude Code's own token count and cost go into the ledger."""
+    the loop keeps the change; Claude Code's own token count and cost go into the ledger. A
+    --base-url ending in /v1, which the llm agent takes, no longer has it ask /v1/v1/messages."""
     import re
 
     repo = make_task(tmp_path / "task")
@@ -118,7 +120,7 @@ def test_real_claude_code_through_the_preset(tmp_path: Path) -> None:
 
     with FakeLLM("anthropic", default=reply) as fake:
         r = cli("run", str(repo), "--tag", "t", "--agent", "claude", "--model", "anthropic/claude-sonnet-4-5",
-                "--base-url", fake.url, "--trials", "1",
+                "--base-url", fake.url + suffix, "--trials", "1",
                 env={"ANTHROPIC_API_KEY": KEY, "IS_SANDBOX": "", "HOME": str(tmp_path / "home")}, timeout=240)
         requests = list(fake.requests)
     assert r.returncode == 0, r.stderr + r.stdout
@@ -126,6 +128,7 @@ def test_real_claude_code_through_the_preset(tmp_path: Path) -> None:
     trial = kept_by(repo, "claude")
     assert trial.tokens_in >= 7100 and trial.tokens_out >= 130 and trial.cost > 0
     assert any("Minimise loss." in json.dumps(q["body"]) for q in requests)
+    assert {q["path"].split("?")[0] for q in requests} == {"/v1/messages"}, [q["path"] for q in requests]
     for path in (repo / ".autoresearch").rglob("*"):
         if path.is_file():
             assert KEY not in path.read_bytes().decode("latin-1"), path

@@ -70,8 +70,8 @@ def claude_command(model: str | None, base_url: str | None, task: Task | None) -
         perms = "--dangerously-skip-permissions"
     name = _strip(model, "anthropic", "claude")
     env["DISABLE_AUTOUPDATER"] = "1"
-    if base_url:
-        env["ANTHROPIC_BASE_URL"] = base_url
+    if base_url:  # Claude Code adds /v1/messages itself (the llm agent takes the URL with /v1 or without)
+        env["ANTHROPIC_BASE_URL"] = re.sub(r"/v1/?$", "", base_url.rstrip("/")) or base_url
     cmd = f"claude -p --output-format json {perms}" + (f" --model {shlex.quote(name)}" if name else "")
     return cmd + " < {prompt_file}", env, note
 
@@ -90,7 +90,22 @@ def codex_command(model: str | None, base_url: str | None, task: Task | None) ->
     return cmd + " - < {prompt_file}", {}, ""
 
 
+# the keys by which aider picks a model when none is given (aider/onboarding.py), and the files
+# that may give it one (its config, or a .env it loads keys from)
+AIDER_DEFAULT_KEYS = ("OPENROUTER_API_KEY", "ANTHROPIC_API_KEY", "DEEPSEEK_API_KEY", "OPENAI_API_KEY",
+                      "GEMINI_API_KEY", "VERTEXAI_PROJECT", "AIDER_MODEL")
+AIDER_FILES = (".aider.conf.yml", ".env")
+
+
 def aider_command(model: str | None, base_url: str | None, task: Task | None) -> tuple[str, dict[str, str], str]:
+    folders = [Path.home(), Path.cwd()] + ([task.root] if task else [])
+    if not model and not any(os.environ.get(k) for k in AIDER_DEFAULT_KEYS) and not any(
+            (folder / name).exists() for folder in folders for name in AIDER_FILES):
+        # (with --yes-always, aider would take its offer of an OpenRouter login in a browser and
+        # wait five minutes for it, on every trial)
+        raise UsageError("--agent aider without --model finds none of the keys aider picks a model by "
+                         f"({', '.join(k for k in AIDER_DEFAULT_KEYS if k.endswith('_KEY'))}): give --model "
+                         "PROVIDER/NAME (with its key), or set one of them")
     files = sorted(f for f in list_files(task.root) if task.is_editable(f)) if task else []
     parts = ["aider", "--message-file {prompt_file}", "--yes-always", "--no-auto-commits",
              "--no-dirty-commits", "--no-gitignore", "--no-check-update", "--no-show-release-notes",
@@ -162,6 +177,7 @@ def opencode_command(model: str | None, base_url: str | None, task: Task | None)
 UNRECOVERABLE = re.compile(
     r"\b40[134]\b|invalid[ _-]?(?:x-)?api[ _-]?key|incorrect api key|api key not valid|no api key|"
     r"authenticat|unauthori[sz]ed|/login\b|not logged in|permission[ _]?denied|permission_error|"
+    r"set an auth method|"
     r"forbidden|not_found_error|notfounderror|model_not_found|unknown model|invalid model|"
     r"\bmodels?\b.{0,120}?\b(?:not found|does not exist|may not exist|is not supported)", re.I)
 
@@ -305,6 +321,8 @@ def gemini_error(err: Any) -> AgentError:
         inner = None
     if isinstance(inner, dict) and inner.get("message"):
         message, status = inner["message"], inner.get("code") or status
+    if not (isinstance(status, int) and 100 <= status < 600):  # (41: its exit code, no HTTP status)
+        status = None
     return tool_error("gemini", message, status)
 
 
@@ -389,7 +407,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENROUTER_API_KEY", "GEMINI_API_KEY", "DEEPSEEK_API_KEY"),
            "a key for the --model you give", aider_command, aider_result,
            fatal=("litellm.AuthenticationError", "litellm.NotFoundError", "litellm.BadRequestError",
-                  "litellm.PermissionDeniedError", "not able to authenticate you")),
+                  "litellm.PermissionDeniedError", "not able to authenticate you",
+                  "OpenRouter authentication did not complete")),
     Preset("gemini", "gemini", "Gemini CLI (gemini -p)", ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
            "gemini (Google login, once, interactively)", gemini_command, gemini_result),
     Preset("opencode", "opencode", "opencode (opencode run)",
