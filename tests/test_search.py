@@ -652,3 +652,59 @@ def test_a_linked_editable_file_is_not_searched(tmp_path):
     r = cli("run", str(root), "--tag", "t", "--agent", "search", "--trials", "2")
     assert r.returncode == 0, r.stderr
     assert outside.read_text() == "Y = 2\n"
+
+
+def test_constants_too_large_or_too_small_for_a_range_are_left_out_not_a_crash(tmp_path: Path) -> None:
+    """EPS = 5e-324 was given the log range 0.0..2e-323, and the sampler refused it after the
+    baseline (a traceback, trial 1 left running); A = 1e308 got 2.5e307..inf, and every trial an
+    OverflowError; `# search: 0..1e400` a traceback in `space`. Each is now left out, with why."""
+    exp = ("EPS = 5e-324\nA = 1e308\nB = 12345678901234567890\nC = 1.0  # search: 0..1e400\n"
+           "LR = 0.01\nprint(f'loss: {LR}')\n")
+    repo = make_task(tmp_path / "task", experiment=exp)
+    r = cli("space", str(repo))
+    assert r.returncode == 0, r.stderr
+    for line in ("EPS: 5e-324 is too small to infer a range from", "A: 1e+308 is too large to infer a range from",
+                 "B: 12345678901234567890 is too large", "C: bad `# search:` comment: the range 0..1e400 is not finite"):
+        assert line in r.stdout, r.stdout
+    r = cli("run", str(repo), "--tag", "t", "--trials", "3")
+    assert r.returncode == 0, r.stderr
+    led = Ledger.read(repo, "t")
+    try:
+        assert all(t.status is not Status.AGENT_ERROR and t.status.finished for t in led.trials())
+    finally:
+        led.close()
+
+
+def test_an_agent_that_fails_to_take_in_a_trial_does_not_end_the_loop(tmp_path: Path) -> None:
+    """`observe` is the agent's code too: an error there ended a long loop with a traceback."""
+    from autoresearch.agents.base import BaseAgent, Context, Proposal
+
+    class Forgetful(BaseAgent):
+        name = "forgetful"
+
+        def propose(self, ctx: Context) -> Proposal:
+            path = ctx.workdir / "exp.py"
+            path.write_text(re.sub(r"(?m)^X = .*$", f"X = 2.{ctx.number}", path.read_text()))
+            return Proposal(description=f"X = 2.{ctx.number}")
+
+        def observe(self, trial) -> None:  # noqa: ANN001
+            raise RuntimeError("cannot learn")
+
+    repo = make_task(tmp_path / "task")
+    said: list[str] = []
+
+    class Told:
+        def __getattr__(self, name: str):  # noqa: ANN204 - every event ignored but messages
+            return (lambda text: said.append(text)) if name == "message" else (lambda *a, **k: None)
+
+    session = open_session(load_task(repo), "t")
+    try:
+        Loop(session, Forgetful(), Options(trials=3), events=Told()).run()  # type: ignore[arg-type]
+    finally:
+        session.close()
+    led = Ledger.read(repo, "t")
+    try:
+        assert [t.status for t in led.trials()] == [Status.KEEP, Status.KEEP, Status.DISCARD, Status.DISCARD]
+    finally:
+        led.close()
+    assert sum("the agent could not take in trial" in m and "RuntimeError: cannot learn" in m for m in said) == 1, said

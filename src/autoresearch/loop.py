@@ -86,6 +86,7 @@ class Loop:
         self.deadline = time.monotonic() + (self.opt.hours * 3600 if self.opt.hours is not None else float("inf"))
         self.streak = Streak()  # agent errors in a row
         self.snapshot_errors = 0  # changes git could not commit, in a row
+        self.observe_failed = False  # (said once)
         self.failure = ""  # why the loop stopped itself (exit 1)
         self.ended = ""  # why it stopped, whatever the reason
         self.measure = Measurer(session, self.backend, self.events, self.cancel, self.bin_dir, self.opt.sandbox)
@@ -116,7 +117,7 @@ class Loop:
         history = self.s.ledger.trials()
         for t in history:
             if t.status.finished:
-                self.agent.observe(visible(t, self.task.metric.holdout))
+                self._observe(visible(t, self.task.metric.holdout))
         self._index_trees(history)
         if not self.backend.remote:  # a remote backend sets up each node where the code runs
             if self.task.setup:
@@ -477,7 +478,17 @@ class Loop:
         with self.lock:
             told, self.untold = self.untold, []
         for t in told:
+            self._observe(t)
+
+    def _observe(self, t: Trial) -> None:
+        """Tell the agent of a finished trial: a bug in an agent must not kill a two-day loop."""
+        try:
             self.agent.observe(t)
+        except Exception as e:  # noqa: BLE001 - said once; its proposals say the rest
+            if not self.observe_failed:
+                self.observe_failed = True
+                self.events.message(f"autoresearch: warning: the agent could not take in trial {t.number}: "
+                                    f"{clean_text(f'{type(e).__name__}: {e}', 300)} (it goes on without it)")
 
     def _index_trees(self, history: list[Trial]) -> None:
         """The code of each measured trial (a duplicate's is its first's, which stands for it)."""

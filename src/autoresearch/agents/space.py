@@ -85,6 +85,8 @@ def parse_annotation(comment: str) -> Annotation | None:
         low, high = float(value_of_text(r.group("lo"))), float(value_of_text(r.group("hi")))
     except (NotLiteral, SyntaxError, TypeError, ValueError):
         raise ValueError(f"the range {r.group('lo')}..{r.group('hi')} is not two numbers") from None
+    if not (math.isfinite(low) and math.isfinite(high)) or max(abs(low), abs(high)) >= 1e300:
+        raise ValueError(f"the range {r.group('lo')}..{r.group('hi')} is not finite")
     if not low < high:
         raise ValueError(f"the range {r.group('lo')}..{r.group('hi')} is empty (LOW must be < HIGH)")
     log: bool | None = None
@@ -288,7 +290,20 @@ def _float_digits(low: float, high: float, log: bool) -> int:
 
 def infer(const: Constant) -> dict[str, Any]:
     """The range of a constant with no annotation (see the module docstring); raises
-    ValueError when its value is not a number or a boolean."""
+    ValueError when its value is not a number or a boolean, or is too large or too small for a
+    range to be inferred from it (1e308 * 4 is inf; 5e-324 / 4 is 0)."""
+    found = _inferred(const)
+    low, high = found.get("low"), found.get("high")
+    if found["kind"] in ("int", "float") and "base" not in found and low is not None and high is not None:
+        limit = 2.0**53 if found["kind"] == "int" else 1e300
+        if not (math.isfinite(low) and math.isfinite(high) and low < high and max(abs(low), abs(high)) < limit
+                and (not found.get("log") or low > 0)):
+            raise ValueError(f"{const.value!r} is too {'large' if abs(const.value) > 1 else 'small'} to infer a range "
+                             "from: annotate it (`# search: LO..HI`)")
+    return found
+
+
+def _inferred(const: Constant) -> dict[str, Any]:
     v = const.value
     if isinstance(v, bool):
         return {"kind": "bool"}
