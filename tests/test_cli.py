@@ -99,6 +99,17 @@ def test_init_inside_a_repository_warns_of_the_nested_repository(tmp_path: Path)
     assert r.returncode == 0 and r.stderr == ""
 
 
+def test_the_demo_inside_a_repository_warns_of_the_nested_repository(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """The demo made the same nested repository as `init` without a word, and the outer
+    repository's own loops were then refused as dirty."""
+    from autoresearch.demo import create
+
+    outer = make_task(tmp_path / "outer")
+    create(outer / "demo", 5)
+    warning = capsys.readouterr().err.strip()
+    assert f"inside the git repository {outer}" in warning and "`demo/`" in warning, warning
+
+
 def test_trial_conflict_names_the_tag(tmp_path: Path) -> None:
     """The conflict's advice is a command that can be pasted: the real tag, from any folder."""
     repo = make_task(tmp_path / "task")
@@ -544,3 +555,30 @@ def test_the_default_tag_is_the_one_a_running_or_killed_loop_writes(tmp_path: Pa
         os.killpg(loop.pid, signal.SIGKILL)
         loop.wait()
     assert cli("status", str(repo)).stdout.startswith("tag bbb")
+
+
+def test_init_with_a_git_config_that_signs_commits_and_a_git_that_fails(tmp_path: Path) -> None:
+    """A user's git config that signs commits with a signer that fails made `init` (and the
+    demo) end in a traceback, leaving a folder with files and no commit that blocked a retry.
+    The template's commit is not signed; a git that still fails is one line, and nothing is left."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[commit]\n\tgpgsign = true\n[gpg]\n\tprogram = /bin/false\n")
+    r = cli("init", str(tmp_path / "signed"), "--template", "blank", env={"HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    assert git(tmp_path / "signed", "log", "--format=%s") == "autoresearch init --template blank"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    real = shutil.which("git")
+    (bindir / "git").write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = commit ] && {{ echo "fatal: disk on fire" >&2; exit 128; }}; done\n'
+                                f'exec {real} "$@"\n')
+    (bindir / "git").chmod(0o755)
+    failing = {"HOME": str(home), "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    for folder in (tmp_path / "new", tmp_path / "empty"):
+        if folder.name == "empty":
+            folder.mkdir()
+        r = cli("init", str(folder), "--template", "blank", env=failing)
+        assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert "git commit failed" in r.stderr and "disk on fire" in r.stderr
+        assert (folder.exists() and not any(folder.iterdir())) if folder.name == "empty" else not folder.exists()
+        assert cli("init", str(folder), "--template", "blank", env={"HOME": str(home)}).returncode == 0  # the retry

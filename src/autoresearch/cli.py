@@ -375,15 +375,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from autoresearch.scaffold import enclosing_repository, init
+    from autoresearch.scaffold import init_here
 
-    outer = enclosing_repository(args.dir)
-    dest = init(args.dir, args.template, args.data)
-    if outer is not None:
-        rel = Path(os.path.relpath(dest, outer)).as_posix()
-        print(f"autoresearch: warning: {dest} is inside the git repository {outer}, so it is now a "
-              f"repository of its own nested in that one, which does not track its files "
-              f"(add `{rel}/` to {outer}/.gitignore, or move the task out)", file=sys.stderr)
+    dest = init_here(args.dir, args.template, args.data)
     print(f"created {args.template} task in {dest}; next: autoresearch run {dest} --tag {default_tag()}")
     return 0
 

@@ -58,9 +58,9 @@ def set_budget(toml: str, budget: float) -> str:
 def create(directory: Path, budget: float) -> Path:
     """A new cpu-gpt task in `directory`, its budget set, committed (clean, as `run` needs)."""
     from autoresearch.gitrepo import Git
-    from autoresearch.scaffold import init
+    from autoresearch.scaffold import init_here
 
-    root = init(directory, TEMPLATE)
+    root = init_here(directory, TEMPLATE)
     toml = root / "autoresearch.toml"
     text = set_budget(toml.read_text(), budget)
     if text != toml.read_text():

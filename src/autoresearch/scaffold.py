@@ -7,10 +7,11 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
-from autoresearch.errors import UsageError
+from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.gitrepo import IDENTITY
 
 TEMPLATES = ("cpu-gpt", "nanochat", "blank")
@@ -53,7 +54,35 @@ def init(directory: str | os.PathLike[str], template: str = "blank", data: str |
             raise UsageError(f"--data {data!r} is not a folder")
         if template == "blank":
             raise UsageError("--data applies to the cpu-gpt and nanochat templates only")
+    existed = dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        _fill(dest, src, template, data_dir if data is not None else None)
+    except BaseException:  # (a failed git, a full disk, Ctrl-C): nothing half made is left to block a retry
+        if existed:
+            for item in dest.iterdir():
+                shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        else:
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return dest
+
+
+def init_here(directory: str | os.PathLike[str], template: str = "blank", data: str | None = None) -> Path:
+    """`init`, with a warning on stderr when the new task lands inside another git repository
+    (which then lists it as untracked, so that repository's own loops find it dirty)."""
+    outer = enclosing_repository(directory)
+    dest = init(directory, template, data)
+    if outer is not None:
+        rel = Path(os.path.relpath(dest, outer)).as_posix()
+        print(f"autoresearch: warning: {dest} is inside the git repository {outer}, so it is now a "
+              f"repository of its own nested in that one, which does not track its files "
+              f"(add `{rel}/` to {outer}/.gitignore, or move the task out)", file=sys.stderr)
+    return dest
+
+
+def _fill(dest: Path, src: Path, template: str, data_dir: Path | None) -> None:
+    """The template's files copied into `dest`, `--data` set in its task file, and committed."""
     for item in sorted(src.iterdir()):
         if item.name in ("__pycache__",) or item.name.endswith(".pyc"):
             continue
@@ -61,7 +90,7 @@ def init(directory: str | os.PathLike[str], template: str = "blank", data: str |
             shutil.copytree(item, dest / item.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(item, dest / item.name)
-    if data is not None:
+    if data_dir is not None:
         toml = dest / "autoresearch.toml"
         text = toml.read_text()
         value = f"python prepare.py --data {shlex.quote(str(data_dir))}"
@@ -71,7 +100,14 @@ def init(directory: str | os.PathLike[str], template: str = "blank", data: str |
             raise UsageError(f"the {template} template has no setup line to take --data")
         toml.write_text(text)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("GIT_")}, **IDENTITY}
+    # your git config may sign commits (with a key that asks for a passphrase, or fails): the
+    # template's first commit is the harness's, as its trial commits are, and is not signed
+    unsigned = ["-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main", "-c", "core.hooksPath=/dev/null"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", f"autoresearch init --template {template}"]):
-        subprocess.run(["git", "-c", "init.defaultBranch=main", "-c", "core.hooksPath=/dev/null", *args],
-                       cwd=dest, env=env, check=True, capture_output=True)
-    return dest
+        try:
+            subprocess.run(["git", *unsigned, *args], cwd=dest, env=env, check=True, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise UsageError("git is not installed (a task is a git repository)") from None
+        except subprocess.CalledProcessError as e:
+            said = " ".join((e.stderr or "").split())[:300] or "(no message)"
+            raise AutoresearchError(f"git {args[0]} failed in {dest} (exit {e.returncode}): {said}") from None
