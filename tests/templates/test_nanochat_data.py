@@ -309,3 +309,36 @@ def test_the_gpu_bench_writes_its_figures_as_it_goes_and_prints_them_whatever_fa
                             "--deadline", "60"], env=env, capture_output=True, text=True, timeout=300)
     assert short.returncode == 1 and "no time left for a training run" in short.stdout
     assert re.search(r"^val_bpb:\s+n/a$", short.stdout, re.M) and "prepare_seconds:" in short.stdout
+
+
+def test_local_data_of_any_text_kind_and_a_parquet_file_without_text_said_clearly(tmp_path):
+    """`--data` took .txt and .parquet only (a folder of .md notes was accepted by init, then
+    failed at setup), and a parquet file without a `text` column ended in pyarrow's IndexError."""
+    corpus = load_prepare("corpus")
+    folder = tmp_path / "notes"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.md").write_text("# Notes\nSome markdown.\n")
+    (folder / "sub" / "b.py").write_text("print('code is text too')\n")
+    (folder / "c.bin").write_bytes(b"\x00\x01binary")
+    (folder / ".hidden.txt").write_text("left out\n")
+    assert corpus.local_documents(folder) == ["# Notes\nSome markdown.\n", "print('code is text too')\n"]
+    pq.write_table(pa.table({"content": ["x" * 50] * 3}), folder / "d.parquet")
+    with pytest.raises(corpus.PrepareError, match=r"d\.parquet: no 'text' column \(its columns: content\)"):
+        corpus.local_documents(folder)
+    (folder / "d.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(corpus.PrepareError, match=r"d\.parquet: cannot be read as parquet"):
+        corpus.local_documents(folder)
+
+
+def test_held_out_splits_too_small_to_score_are_refused_at_setup(tmp_path):
+    """Setup accepted val and test splits shorter than one sequence (a note only); every trial
+    then trained for its whole budget and crashed in evaluation. Now setup fails, and says why."""
+    corpus = tmp_path / "small"
+    corpus.mkdir()
+    for i in range(30):
+        (corpus / f"f{i:02d}.txt").write_text(f"Note {i}: a short text, not enough to score on.\n" * 40)
+    task = tmp_path / "task"
+    shutil.copytree(TEMPLATE, task)
+    out = run(["prepare.py", "--data", str(corpus)], task, task_env(tmp_path), timeout=300, ok=False)
+    assert "scoring needs more than MAX_SEQ_LEN (2048) in each: add more text" in out, out
+    assert not list((tmp_path / "cache").rglob("meta.json"))  # not taken for prepared next time

@@ -3,7 +3,7 @@ The text and the tokenizer of the nanochat task. Protected, like prepare.py, whi
 
 Download: parquet shards fetched by parallel workers, retried with backoff, resumed with HTTP
 ranges, and renamed into place only once complete and readable, so a killed download resumes
-where it stopped. Documents: from parquet shards, a local folder of .txt / .parquet files, or
+where it stopped. Documents: from parquet shards, a local folder of text and .parquet files, or
 (smoke) the Python standard library; split into train, val and test by documents. Tokenizer: a
 byte-level BPE, so every token stands for definite raw bytes, which is what bits per byte
 counts. Every file written is parquet, JSON or numpy (no pickle), renamed into place.
@@ -117,17 +117,35 @@ def fetch(url: str, part: Path) -> None:
 
 
 def parquet_documents(path: Path) -> Iterator[str]:
-    for batch in pq.ParquetFile(path).iter_batches(columns=["text"], batch_size=1024):
-        yield from (t for t in batch.column(0).to_pylist() if t)
+    """The documents of a parquet file's `text` column."""
+    try:
+        shard = pq.ParquetFile(path)
+    except Exception as e:  # (pyarrow's own errors: not a parquet file, a truncated one)
+        raise PrepareError(f"{path}: cannot be read as parquet ({e})") from None
+    names = shard.schema_arrow.names
+    if "text" not in names:
+        raise PrepareError(f"{path}: no 'text' column (its columns: {', '.join(names) or 'none'})")
+    for batch in shard.iter_batches(columns=["text"], batch_size=1024):
+        yield from (t for t in batch.column(0).to_pylist() if isinstance(t, str) and t)
+
+
+def is_text(path: Path) -> bool:
+    """A file of text: not hidden, with no NUL byte in its first 8 KB."""
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return b"\0" not in f.read(8192)
 
 
 def local_documents(root: Path, piece: int | None = None) -> list[str]:
-    """Every .txt and .parquet file under `root`, in name order, long texts cut at line ends into
+    """Every .parquet file and every text file (.txt, .md, source code: any file with no NUL
+    byte) under `root`, in name order, hidden ones left out, long texts cut at line ends into
     pieces of about a hundredth of all the text (10 KB to 1 MB), so that the held-out tenths
     come out near a tenth each even from one big file."""
-    files = sorted(p for p in root.rglob("*") if p.suffix in (".txt", ".parquet") and p.is_file())
+    files = sorted(p for p in root.rglob("*") if not any(part.startswith(".") for part in p.relative_to(root).parts)
+                   and (p.suffix == ".parquet" and p.is_file() or p.suffix != ".parquet" and is_text(p)))
     if not files:
-        raise PrepareError(f"--data {root}: no .txt or .parquet files found")
+        raise PrepareError(f"--data {root}: no text or .parquet files found")
     all_texts = [  # lists, not iterators: the total below reads them once before the real pass
         list(parquet_documents(f)) if f.suffix == ".parquet" else [f.read_text("utf-8", "replace")]
         for f in files

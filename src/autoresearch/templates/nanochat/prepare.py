@@ -4,7 +4,7 @@ nor the two modules it runs, corpus.py (download, documents, tokenizer training)
 (what keeps train.py's code, imported here to rebuild the model, from writing the figures).
 
     python prepare.py                 download the shards, train the tokenizer, tokenize (idempotent)
-    python prepare.py --data DIR      the same from local .txt or .parquet files (a `text` column);
+    python prepare.py --data DIR      the same from local text files or .parquet (a `text` column);
                                       without --data, the --data of the task file's setup line
     python prepare.py --evaluate      score the checkpoint train.py left in AUTORESEARCH_RUN_DIR
 
@@ -157,7 +157,11 @@ def source_key(data: Path | None, num_shards: int) -> str:
         return "smoke"
     if data is None:
         return f"{BASE_URL} x {num_shards}"
-    files = [p.stat() for p in data.rglob("*") if p.suffix in (".txt", ".parquet")]
+    files = [  # (what corpus.local_documents reads: every file not hidden)
+        p.stat()
+        for p in data.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(data).parts)
+    ]
     size, latest = sum(s.st_size for s in files), max((s.st_mtime for s in files), default=0)
     return f"{data.resolve()} ({len(files)} files, {size} bytes, {latest:.0f})"
 
@@ -193,6 +197,11 @@ def prepare(data: Path | None = None, num_shards: int = NUM_TRAIN_SHARDS, worker
     for name, part in (("val", val), ("test", test)):
         save_array(out / f"{name}.npy", stream := tokenize(tok, documents(part), HOLDOUT_TOKENS))
         counts[name] = len(stream)
+    if min(counts["val"], counts["test"]) <= MAX_SEQ_LEN:  # (not marked prepared: a retry builds again)
+        raise PrepareError(
+            f"the held-out splits hold {counts['val']} (val) and {counts['test']} (test) tokens; "
+            f"scoring needs more than MAX_SEQ_LEN ({MAX_SEQ_LEN}) in each: add more text"
+        )
     meta = {"source": key, "vocab_size": VOCAB_SIZE, "seq_len": MAX_SEQ_LEN, "tokens": counts}
     (out / "meta.json.tmp").write_text(json.dumps(meta, indent=1))
     os.replace(out / "meta.json.tmp", meta_path)
@@ -456,7 +465,7 @@ def main() -> int:
         "--evaluate", action="store_true", help="score the checkpoint in AUTORESEARCH_RUN_DIR"
     )
     parser.add_argument(
-        "--data", type=Path, help="local .txt / .parquet files; default: the setup line's --data"
+        "--data", type=Path, help="local text files (.txt, .md, ...) or .parquet; default: the setup line's --data"
     )
     parser.add_argument(
         "--num-shards", type=int, default=NUM_TRAIN_SHARDS, help="training shards to download"
