@@ -147,6 +147,22 @@ def test_report_results_with_goal_and_diffs_from_the_repository(ran, tmp_path: P
     assert result.returncode == 0 and "higher is better" in (tmp_path / "m" / "report.html").read_text()
 
 
+@pytest.mark.parametrize(("rows", "said"), [
+    ("a\t0.70\t0.0\tkeep\tbaseline\nb\t0.65\t0.0\tdiscard\tworse\n", "higher is better"),
+    ("a\t0.70\t0.0\tkeep\tbaseline\nb\t0.75\t0.0\tdiscard\tworse\n", "lower is better"),
+    ("a\t0.70\t0.0\tkeep\tbaseline\nb\t0.00\t0.0\tcrash\tbroke\n", "lower is better"),
+], ids=["a-discard-below-the-baseline", "a-discard-above-it", "no-word"])
+def test_report_results_reads_the_goal_from_its_discards_too(tmp_path: Path, rows: str, said: str) -> None:
+    """With only the baseline kept, the goal was taken as minimize whatever the discards showed
+    (an accuracy of 0.70 kept over 0.65 discarded was drawn as "lower is better"), and silently."""
+    tsv = tmp_path / "results.tsv"
+    tsv.write_text("commit\taccuracy\tmemory_gb\tstatus\tdescription\n" + rows)
+    result = cli("report", "--results", str(tsv), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"accuracy ({said})" in (tmp_path / "report.html").read_text()
+    assert ("do not show whether a lower or a higher accuracy is better" in result.stderr) == ("crash" in rows)
+
+
 def test_report_results_rejects_a_bad_file_in_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.tsv"
     bad.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\nabc\t1.0\t2.0\tmaybe\tx\n")

@@ -176,3 +176,30 @@ def test_serve_answers_only_its_key_and_its_own_host(ran) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_serve_says_when_a_trial_is_being_evaluated(tmp_path: Path) -> None:
+    """The page said "experiment running" through a trial's evaluation, while the terminal said
+    "evaluating": it now reads the phase from the loop's logs (it runs in another process)."""
+    from trust_helpers import EVALUATOR, LOWER_X, eval_task
+
+    repo = eval_task(tmp_path, evaluator="import time\ntime.sleep(2.5)\n" + EVALUATOR)
+    server = subprocess.Popen([sys.executable, "-m", "autoresearch", "serve", str(repo), "--tag", "t", "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = server.stdout.readline()  # type: ignore[union-attr]
+        url = re.search(r"http://127\.0\.0\.1:\d+/[\w-]{16}/", line)
+        assert url, line
+        loop = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t", "--agent-cmd",
+                                 script_agent(tmp_path / "a.sh", LOWER_X), "--trials", "1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        seen: set[str] = set()
+        deadline = time.monotonic() + 120
+        while loop.poll() is None and time.monotonic() < deadline:
+            seen |= {r["phase"] for r in json.loads(get(url.group(0) + "state.json")[1])["running"]}
+            time.sleep(0.2)
+        assert loop.wait(timeout=60) == 0, loop.stderr.read()  # type: ignore[union-attr]
+        assert "evaluating" in seen, seen
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -27,9 +27,25 @@ from pathlib import Path
 
 from autoresearch.errors import UsageError
 from autoresearch.ledger import LedgerNotReady, list_tags
+from autoresearch.records import Trial
 from autoresearch.report.study import Study, load_study
 
 WAITING = "waiting"
+
+
+def _phase(folder: Path, t: Trial) -> str:
+    """What a running trial is doing, as the loop's files show it (this page runs in another
+    process): no commit yet, its agent; an evaluator's log newer than the run's, its evaluation."""
+    if not t.commit:
+        return "agent thinking"
+
+    def newest(pattern: str) -> float:
+        return max((p.stat().st_mtime for p in folder.glob(pattern) if p.is_file()), default=0.0)
+
+    evaluated = max(newest(f"sealed/{t.number}.eval.log"), newest(f"sealed/{t.number}.*.eval.log"))
+    if evaluated and evaluated >= max(newest(f"logs/{t.number}.log"), newest(f"logs/{t.number}.*.log")):
+        return "evaluating"
+    return "experiment running"
 
 
 class LiveReport:
@@ -71,8 +87,7 @@ class LiveReport:
         return {"version": study.version(), "now": now, "trials": len(study.finished),
                 "kept": len(study.kept), "metric": study.metric,
                 "best": None if best is None else {"number": best.number, "value": best.metric},
-                "running": [{"number": t.number, "started": t.started,
-                             "phase": "experiment running" if t.commit else "agent thinking"}
+                "running": [{"number": t.number, "started": t.started, "phase": _phase(Path(study.source), t)}
                             for t in study.running]}
 
     def build(self) -> tuple[str, bytes, bytes]:

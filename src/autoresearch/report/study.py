@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,11 +214,24 @@ def _add_details(study: Study, root: Path, cache: dict[tuple[str, str], str] | N
 # from a results.tsv
 
 
-def infer_minimize(metrics: list[float]) -> bool:
-    """The goal of a results.tsv, from its kept rows: each keep improved on the one before."""
-    ups = sum(b > a for a, b in zip(metrics, metrics[1:], strict=False))
-    downs = sum(b < a for a, b in zip(metrics, metrics[1:], strict=False))
-    return downs >= ups
+def infer_minimize(trials: list[Trial]) -> bool | None:
+    """The goal of a results.tsv, from its rows in order: each keep improved on the best before
+    it, and a discard did not (a discard above the best says lower is better). None when the
+    rows do not say (a baseline alone, discards equal to it)."""
+    lower = higher = 0
+    best: float | None = None
+    for t in trials:
+        if t.metric is None or t.status not in (Status.KEEP, Status.DISCARD):
+            continue
+        if best is not None and t.metric != best:
+            better_if_higher = t.metric > best
+            if t.status is Status.KEEP:
+                higher, lower = higher + better_if_higher, lower + (not better_if_higher)
+            else:  # no better than the best: the other way is better
+                lower, higher = lower + better_if_higher, higher + (not better_if_higher)
+        if t.status is Status.KEEP:
+            best = t.metric
+    return None if lower == higher else lower > higher
 
 
 def parse_results(text: str, where: str) -> tuple[str, list[Trial]]:
@@ -273,8 +287,11 @@ def load_results(path: str | Path, root: str | Path | None = None,
     metric, trials = parse_results(text, str(path))
     if goal not in (None, "minimize", "maximize"):
         raise UsageError(f"--goal {goal!r} must be minimize or maximize")
-    kept = [t.metric for t in trials if t.status is Status.KEEP and t.metric is not None]
-    minimize = goal == "minimize" if goal else infer_minimize(kept)
+    minimize = goal == "minimize" if goal else infer_minimize(trials)
+    if minimize is None:
+        minimize = True
+        print(f"autoresearch: note: the rows of {path} do not show whether a lower or a higher {metric} is "
+              "better: taken as lower (give --goal maximize if higher is)", file=sys.stderr)
     study = Study(name=path.name, source=str(path.resolve()), metric=metric, minimize=minimize,
                   trials=trials, task_name=path.resolve().parent.name, tag=path.stem)
     git = _git(Path(root).resolve()) if root is not None else None
