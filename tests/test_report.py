@@ -275,3 +275,23 @@ def test_the_report_of_a_run_stopped_before_any_trial_says_why(tmp_path: Path) -
     assert r.returncode == 0, r.stderr
     html = (tmp_path / "out" / "report.html").read_text()
     assert "No trial has finished: the last run ended with" in html and "exit 3" in html, html[:3000]
+
+
+def test_a_refused_report_leaves_no_out_folder(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    r = cli("report", str(repo), "--tag", "nope", "--out", str(tmp_path / "new" / "out"))
+    assert r.returncode == 2 and "no tag 'nope'" in r.stderr, r.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_agent_errors_reason_is_shown_once(tmp_path: Path) -> None:
+    """An agent error's description is its reason: the page's row said it twice."""
+    repo = make_task(tmp_path / "task")
+    agent = tmp_path / "a.sh"
+    agent.write_text("#!/bin/sh\necho 'the model is tired today' >&2\nexit 3\n")
+    agent.chmod(0o755)
+    assert cli("run", str(repo), "--tag", "t", "--agent-cmd", str(agent), "--trials", "1").returncode == 0
+    r = cli("report", str(repo), "--tag", "t", "--out", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    row = next(x for x in (tmp_path / "r" / "report.html").read_text().split("<tr ") if x.startswith('class="row-agent_error"'))
+    assert row.count("the model is tired today") == 1, row

@@ -9,17 +9,22 @@ from autoresearch.errors import UsageError
 
 
 def _out_folder(out: str | None) -> Path | None:
-    """The --out folder, made now, so a bad one is named before any work is done."""
+    """The --out folder, looked at now, so a bad one is named before any work is done (and made
+    only once there is a report to write: a refused command leaves nothing behind)."""
     if out is None:
         return None
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out {out}: is a file, not a folder (give a folder for "
                          "progress.png and report.html)")
+    return path
+
+
+def _make(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"--out {out}: cannot make the folder ({e.strerror})") from None
+        raise UsageError(f"--out {path}: cannot make the folder ({e.strerror})") from None
     return path
 
 
@@ -49,7 +54,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         logged = export_study(study, args.mlflow)
         print(f"mlflow: {logged} new run(s) in experiment "
               f"{experiment_name(study.task_name, study.tag)!r} at {args.mlflow}")
-    page = write_report(study, out)
+    page = write_report(study, _make(out))
     print(title(study))  # as status says it: the baseline is an experiment, not an improvement
     print(f"plot:   {out / 'progress.png'}")
     print(f"report: {page}")

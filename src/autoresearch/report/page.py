@@ -240,7 +240,7 @@ def table(study: Study) -> str:
                         t.tokens_in + t.tokens_out, "n"),
                   _cell(f"${t.cost:.4f}" if t.cost else "", f"{t.cost:.6f}", "n"),
                   _cell(f"<code>{escape(t.short)}</code>", t.short)]
-        why = plain(t.reason).strip()
+        why = plain(t.why).strip()  # (not an agent error's reason again: its description says it)
         desc = escape(clean_text(t.description, 300))
         if why and not ok:
             desc += f'<br><span class="why">{escape(clean_text(why, 300))}</span>'
