@@ -293,3 +293,80 @@ def test_data_that_setup_wrote_in_tmp_is_named_when_a_sandboxed_baseline_misses_
         assert "under --sandbox each experiment has a /tmp (and /dev/shm) of its own" in r.stderr, r.stderr
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+
+
+IPC_AND_SOCKET = """\
+import ctypes, os, socket
+libc = ctypes.CDLL(None)
+libc.shmat.restype = ctypes.c_void_p
+segment = libc.shmget(KEY, 4096, 0o1666)
+if segment >= 0:
+    at = libc.shmat(segment, None, 0)
+    print("left by an earlier trial:", ctypes.string_at(at, 64).split(b"\\\\0")[0].decode())
+    ctypes.memmove(at, f"trial {os.environ['AUTORESEARCH_TRIAL']} was here\\\\0".encode(), 64)
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(SOCKET)
+    s.sendall(b"out of the sandbox")
+    print("connected")
+except OSError as e:
+    print("no socket:", e)
+"""
+
+
+@needs_bwrap
+def test_no_unix_socket_and_no_shared_memory_across_the_sandbox(tmp_path: Path) -> None:
+    """The network namespace stops TCP, not a connect() to a Unix socket in the filesystem (a
+    daemon's: docker's, the session bus), which a read-only mount does not stop either; and
+    System V shared memory, kept by the host, carried what one trial left to the next."""
+    import ctypes
+    import uuid
+
+    folder = Path.home() / ".cache" / f"autoresearch-test-{uuid.uuid4().hex[:8]}"  # (not under /tmp: hidden anyway)
+    folder.mkdir(parents=True)
+    path = folder / "daemon.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+    server.settimeout(0.2)
+    got: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            got.append(conn.recv(64))
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    key = 0x41520000 + os.getpid() % 0xFFFF
+    code = f"KEY = {key}\nSOCKET = {str(path)!r}\n" + IPC_AND_SOCKET
+    try:
+        root = task(tmp_path)
+        (tmp_path / "probe.py").write_text(code)
+        agent = script_agent(tmp_path / "agent.sh", f"cat {tmp_path / 'probe.py'} >> exp.py\n"
+                             "sed -i \"s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/\" exp.py\necho probe\n")
+        sandboxed_run(root, agent, "--trials", "2")
+        logs = [(root / ".autoresearch" / "t" / "logs" / f"{n}.log").read_text() for n in (1, 2)]
+        assert all("no socket:" in log and "connected" not in log for log in logs), logs
+        assert got == []
+        assert "trial 1 was here" not in logs[1], logs[1]  # nothing carried from one trial to the next
+        assert ctypes.CDLL(None).shmget(key, 0, 0) == -1  # nor left on the host
+        # the control: outside the sandbox the same code reaches the socket
+        r = cli("run", str(root), "--tag", "open", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+        assert r.returncode == 0, r.stderr
+        time.sleep(0.5)
+        assert got == [b"out of the sandbox"]
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        libc = ctypes.CDLL(None)
+        segment = libc.shmget(key, 0, 0)
+        if segment >= 0:
+            libc.shmctl(segment, 0, None)  # IPC_RMID

@@ -1,7 +1,9 @@
 """Bubblewrap wrappers: the experiment sandbox (`--sandbox`) and the seal of the ledger.
 
 The experiment sandbox (`experiment_prefix`) gives a command no network (its own network
-namespace: only a loopback nobody listens on), no capabilities (root included: a root process
+namespace: only a loopback nobody listens on; every Unix socket bound in the filesystem covered
+by an empty file, since a read-only mount does not stop a connect()), its own System V IPC
+namespace (no shared memory left for the next trial), no capabilities (root included: a root process
 with CAP_SYS_ADMIN could otherwise remount `/` read-write), its own PID namespace (nothing it
 starts outlives it, and it cannot reach the harness through /proc/<pid>/root) and this view of
 the filesystem:
@@ -32,6 +34,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -130,11 +133,39 @@ def _under(path: Path, roots: Iterable[Path]) -> bool:
 
 
 def _mounts(ops: list[tuple[Path, str]]) -> list[str]:
-    """bwrap mount options, parents before children (bwrap applies them in order)."""
+    """bwrap mount options, parents before children (bwrap applies them in order); "null": an
+    empty file bound over the path."""
     out: list[str] = []
     for path, op in sorted(ops, key=lambda o: len(o[0].parts)):  # stable: same depth keeps order
-        out += [op, str(path)] if op == "--tmpfs" else [op, str(path), str(path)]
+        if op == "null":
+            out += ["--ro-bind", "/dev/null", str(path)]
+        else:
+            out += [op, str(path)] if op == "--tmpfs" else [op, str(path), str(path)]
     return out
+
+
+def host_sockets(skip: Iterable[Path] = ()) -> list[Path]:
+    """The Unix sockets bound in this machine's filesystem (/proc/net/unix), but those under
+    `skip`: a read-only mount does not stop a connect(), and a daemon's socket (docker's, the
+    session bus, an ssh agent) is a way out of any sandbox. Abstract sockets are the network
+    namespace's, and so already out of reach."""
+    try:
+        lines = Path("/proc/net/unix").read_text(errors="replace").splitlines()[1:]
+    except OSError:
+        return []
+    skip = list(skip)
+    found: set[Path] = set()
+    for line in lines:
+        fields = line.split(None, 7)
+        if len(fields) < 8 or not fields[7].startswith("/"):
+            continue
+        path = Path(os.path.realpath(fields[7]))  # (/var/run/x.sock is /run/x.sock)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode) and not _under(path, skip):
+                found.add(path)
+        except OSError:  # (gone since)
+            continue
+    return sorted(found)
 
 
 def experiment_prefix(workdir: Path, run_dir: Path, *, hidden: Iterable[Path] = (),
@@ -160,7 +191,8 @@ def experiment_prefix(workdir: Path, run_dir: Path, *, hidden: Iterable[Path] = 
         f = workdir / rel
         if f.is_file() and not f.is_symlink():
             ops.append((f, "--ro-bind"))
-    argv = [bwrap, "--unshare-net", "--unshare-pid", "--die-with-parent", "--cap-drop", "ALL",
+    ops += [(sock, "null") for sock in host_sockets(skip=[*masked, *writable, Path("/dev"), Path("/proc")])]
+    argv = [bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--cap-drop", "ALL",
             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for d in gpu_devices() if devices is None else devices:
         argv += ["--dev-bind", str(d), str(d)]
