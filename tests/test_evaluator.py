@@ -343,10 +343,16 @@ def test_the_harness_own_variables_reach_the_experiment_and_secrets_do_not(tmp_p
     AUTORESEARCH_* setting such as AUTORESEARCH_EVAL_TOKENS is the task's own and passes."""
     exp = ("import os\nprint('loss: 1.0')\n"
            "print('eval tokens', os.environ.get('AUTORESEARCH_EVAL_TOKENS'))\n"
-           "print('key', os.environ.get('SOME_API_KEY'), os.environ.get('GH_TOKEN'))\n")
+           "print('key', os.environ.get('SOME_API_KEY'), os.environ.get('GH_TOKEN'))\n"
+           "print('more', sorted(k for k in os.environ if k.startswith('T_')))\n")
     root = make_task(tmp_path / "task", experiment=exp, toml_extra=METRIC)
+    # (secrets the first rule let through: a PAT, a *_KEY, a private key, credentials, a URL with a
+    # password, the ssh agent; and a setting it took for one: T_MAX_TOKENS)
+    more = {"T_GITHUB_PAT": "ghp_y", "T_OPENAI_KEY": "sk-y", "T_PRIVATE_KEY_PEM": "-----BEGIN", "T_MY_CREDENTIALS": "c",
+            "T_DATABASE_URL": "postgres://u:hunter2@h/d", "T_MAX_TOKENS": "512", "T_REPO_URL": "https://github.com/x/y"}
     r = cli("run", str(root), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "0",
-            env={"AUTORESEARCH_EVAL_TOKENS": "1048576", "SOME_API_KEY": "sk-x", "GH_TOKEN": "ghp_x"})
+            env={"AUTORESEARCH_EVAL_TOKENS": "1048576", "SOME_API_KEY": "sk-x", "GH_TOKEN": "ghp_x", **more})
     assert r.returncode == 0, r.stderr
     log = (root / ".autoresearch/t/logs/0.log").read_text()
     assert "eval tokens 1048576" in log and "key None None" in log
+    assert "more ['T_MAX_TOKENS', 'T_REPO_URL']" in log, log

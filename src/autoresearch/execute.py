@@ -29,7 +29,12 @@ from autoresearch.metrics import redact
 from autoresearch.objects import object_name
 from autoresearch.process import ProcResult, read_tail, run_command, trim_log
 
-SECRET_ENV = re.compile(r"(API_KEY|_TOKEN|SECRET|PASSWORD|ACCESS_KEY)", re.IGNORECASE)
+# the names of secrets: *_API_KEY, *_KEY, *_TOKEN, *_PAT, anything with SECRET, PASSWORD,
+# PASSWD, CREDENTIAL or PRIVATE_KEY, and the ssh agent (not MAX_TOKENS: _TOKEN only at the end)
+SECRET_ENV = re.compile(r"(API_?KEY|_KEY$|^KEY$|_TOKEN$|^TOKEN$|_PAT$|SECRET|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY"
+                        r"|PRIVATE_KEY|^SSH_AUTH_SOCK$)", re.IGNORECASE)
+# a value with credentials in it: DATABASE_URL=postgres://user:password@host/db
+SECRET_VALUE = re.compile(r"://[^\s/@:]+:[^\s/@]+@")
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,8 @@ class ExecResult:
 def experiment_env(base: dict[str, str], extra: dict[str, str], bin_dir: Path | None) -> dict[str, str]:
     """The environment of an experiment: ours minus anything that looks like a secret, plus
     the AUTORESEARCH_* variables, with `python` on PATH being this interpreter."""
-    env = {k: v for k, v in base.items() if k.startswith("AUTORESEARCH_") or not SECRET_ENV.search(k)}
+    env = {k: v for k, v in base.items()
+           if k.startswith("AUTORESEARCH_") or not (SECRET_ENV.search(k) or SECRET_VALUE.search(v))}
     env.update(extra)
     if bin_dir is not None:
         env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
