@@ -262,3 +262,56 @@ def test_aider_with_no_model_and_no_key_is_refused_before_it_waits_on_a_browser_
     (tmp_path / "home" / ".aider.conf.yml").write_text("model: openai/x\n")
     r = cli("run", str(repo), "--tag", "t", "--agent", "aider", "--trials", "1", env=env, cwd=tmp_path)
     assert "finds none of the keys" not in r.stderr, r.stderr
+
+
+CODEX_SPENT = "\n".join(json.dumps(e) for e in [
+    {"type": "thread.started", "thread_id": "t"}, {"type": "turn.started"},
+    {"type": "item.completed", "item": {"type": "agent_message", "text": "Looked, changed nothing."}},
+    {"type": "turn.completed", "usage": {"input_tokens": 200_000, "output_tokens": 20_000}}]) + "\n"
+
+
+def test_max_cost_counts_a_tool_that_reports_tokens_but_no_cost(tmp_path: Path) -> None:
+    """codex (and gemini, opencode) report tokens, not dollars: each trial was recorded at $0, and
+    --max-cost never stopped the loop. The tokens are priced at the --model's price now; an agent
+    whose spending cannot be seen is said to be at start."""
+    repo = make_task(tmp_path / "task")
+    env = fake_tool(tmp_path, "codex", CODEX_SPENT, 0)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "codex", "--model", "openai/gpt-4.1", "--max-cost", "1",
+            "--trials", "5", env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert len(t) == 3 and t[1].cost == pytest.approx(0.56), t  # 0.2 M x $2 + 0.02 M x $8
+    assert "--max-cost $1 reached ($1.12)" in r.stdout + r.stderr
+    r = cli("run", str(repo), "--tag", "u", "--agent", "codex", "--model", "openai/no-such-price", "--max-cost", "1",
+            "--trials", "1", env=env, timeout=120)
+    assert "--agent codex reports no cost and --model openai/no-such-price has no price in the table" in r.stderr
+    r = cli("run", str(repo), "--tag", "v", "--agent-cmd", "true", "--max-cost", "1", "--trials", "1")
+    assert "--agent cli reports no spending: it counts as $0 against --max-cost" in r.stderr
+
+
+def test_proposals_prepared_ahead_do_not_run_past_a_cap_the_trials_before_them_reached(tmp_path: Path) -> None:
+    """Three proposals made at once (--agent-concurrency 3) spent $1.50 against --max-cost 1, and
+    all three ran. The third, proposed once the two before it had spent the $1, is not run (as a
+    proposal prepared ahead is not run past --hours)."""
+    repo = make_task(tmp_path / "task")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    said = json.dumps({"type": "result", "subtype": "success", "is_error": False, "result": "X moved",
+                       "total_cost_usd": 0.5, "usage": {"input_tokens": 10, "output_tokens": 10}})
+    (bindir / "claude").write_text(f"""#!{sys.executable}
+import os, re, sys, time
+time.sleep(1.0)
+text = open("exp.py").read()
+open("exp.py", "w").write(re.sub(r"(?m)^X = .*$", "X = 2." + os.environ["AUTORESEARCH_TRIAL"], text))
+print({said!r})
+""")
+    (bindir / "claude").chmod(0o755)
+    env = {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "IS_SANDBOX": "1"}
+    r = cli("run", str(repo), "--tag", "t", "--agent", "claude", "--agent-concurrency", "3", "--max-cost", "1",
+            "--trials", "6", env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert len(t) >= 4 and all(x.cost == 0.5 for x in t[1:]), t  # (a fourth may be opened before the third's spend is in)
+    assert all(x.status in (Status.KEEP, Status.DISCARD) for x in t[1:3]), t  # measured (in the order they came)
+    for x in t[3:]:  # $1 spent by the trials before each of these
+        assert x.status is Status.INTERRUPTED and x.reason == "not run: --max-cost $1 was reached before its experiment", x

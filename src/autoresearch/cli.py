@@ -250,7 +250,7 @@ def _backend(args: argparse.Namespace, task, gpus: tuple[str, ...], tag: str):  
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from autoresearch.agents.registry import agent_options, build_agent, options_record
+    from autoresearch.agents.registry import agent_options, build_agent, options_record, unpriced
     from autoresearch.agents.search import NoConstants, NothingToSearch
     from autoresearch.ledger import check_tag
     from autoresearch.loop import Loop, Options
@@ -274,6 +274,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.trials != 0:
         for warning in getattr(agent, "preflight", list)():  # a refused API key: exit 2 now, not after the baseline
             print(f"autoresearch: warning: {warning}", file=sys.stderr, flush=True)
+    if args.max_cost is not None and (blind := unpriced(agent)):
+        print(f"autoresearch: warning: {blind}", file=sys.stderr, flush=True)
     originals = {s: signal.getsignal(s) for s in stop_signals()}
     for s in originals:  # until the loop's own handler: SIGTERM or SIGHUP while Ray connects, say
         if s != signal.SIGINT:

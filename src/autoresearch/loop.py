@@ -384,9 +384,10 @@ class Loop:
             return t.with_(status=Status.INTERRUPTED, reason="stopped before the experiment")
         if self.failure:  # (a failure that stops the loop, not what is in flight: a proposal ahead waits)
             return t.with_(status=Status.INTERRUPTED, reason="not run: the loop was stopping")
-        if self.ahead and time.monotonic() >= self.deadline:  # prepared ahead: no experiment starts past the deadline
-            return t.with_(status=Status.INTERRUPTED, reason=f"not run: --hours {self.opt.hours:g} was reached "
-                           "before its experiment")
+        cap = self.opt.max_cost  # prepared ahead: no experiment starts past the deadline, or a cap the trials before it reached
+        if self.ahead and (past := f"--hours {self.opt.hours:g}" if time.monotonic() >= self.deadline else f"--max-cost ${cap:g}"
+                           if cap is not None and sum(x.cost for x in self.s.ledger.trials() if x.number < t.number) >= cap else ""):
+            return t.with_(status=Status.INTERRUPTED, reason=f"not run: {past} was reached before its experiment")
         m = self.measure.repeats(at, t, commit, 1, first_seed=self.opt.seed)
         if self.cancel.is_set() and m.status is not Status.INTERRUPTED:
             # stopped while it ran (a remote one may finish as its cancel lands): recorded as stopped

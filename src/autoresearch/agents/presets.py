@@ -442,8 +442,36 @@ class PresetAgent(CommandAgent):
             failed = cli.exit_error(returncode, redact(printed), text)
             raise AgentError(redact(self.hinted(str(failed), output)), fatal=failed.fatal, model=self.model)
         description = description_from(text, info.get("text", "")) or description_from(None, printed)
-        return Proposal(redact(description), model=self.model, tokens_in=info.get("tokens_in", 0),
-                        tokens_out=info.get("tokens_out", 0), cost=info.get("cost", 0.0))
+        tin, tout = info.get("tokens_in", 0), info.get("tokens_out", 0)
+        return Proposal(redact(description), model=self.model, tokens_in=tin, tokens_out=tout,
+                        cost=info.get("cost") or self.priced(tin, tout))
+
+    def priced(self, tokens_in: int, tokens_out: int) -> float:
+        """What the tokens of a tool that reports no cost (codex, gemini, opencode) came to, at
+        the price table's price for the --model (0 when it names none, or one not in the table)."""
+        from autoresearch.agents.prices import cost
+
+        return cost(self._price(), tokens_in, tokens_out) if tokens_in or tokens_out else 0.0
+
+    def _price(self) -> tuple[float, float] | None:
+        from autoresearch.agents.prices import PRICES, load_overrides, price_of
+
+        if not self.model:
+            return None
+        try:
+            table = {**PRICES, **load_overrides()}
+        except ValueError:  # (a bad AUTORESEARCH_PRICES file: said where the llm agent reads it)
+            table = dict(PRICES)
+        return price_of(self.model, table)
+
+    def unpriced(self) -> str:
+        """Why --max-cost cannot see this agent's spending ('' when it can: the tool reports its
+        cost, as claude does, or the --model has a price in the table)."""
+        if self.preset.name == "claude" or self._price() is not None:
+            return ""
+        named = f"--model {self.model} has no price in the table" if self.model else "no --model names its price"
+        return (f"--agent {self.preset.name} reports no cost and {named} (AUTORESEARCH_PRICES adds one): "
+                "its spending counts as $0 against --max-cost, which is then never reached")
 
     def report(self, output: str) -> dict[str, Any]:
         """What the tool reported: its text, tokens and cost; AgentError for an error it reported

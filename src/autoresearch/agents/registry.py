@@ -169,3 +169,19 @@ def build_agent(opts: AgentOptions, task: Task) -> Agent:
     close = difflib.get_close_matches(name, known, n=1)
     raise UsageError(f"--agent {name!r} is not an agent{f' (did you mean {close[0]!r}?)' if close else ''}: "
                      f"{', '.join(known)} (see `autoresearch agents`)")
+
+
+def unpriced(agent: Agent) -> str:
+    """Why --max-cost cannot see what `agent` spends ('' when it can, or it spends nothing it
+    could count: the llm agents price their own calls, and say so of a model with no price)."""
+    from autoresearch.agents.cli import CommandAgent
+    from autoresearch.agents.presets import PresetAgent
+
+    if isinstance(agent, PresetAgent):
+        return agent.unpriced()
+    if isinstance(agent, CommandAgent):
+        return ("--agent cli reports no spending: it counts as $0 against --max-cost, which is then never reached "
+                "(a preset's command, which autoresearch reads, does report it)")
+    if getattr(agent, "name", "") == "search":
+        return "--agent search spends nothing: --max-cost has nothing to count"
+    return ""
