@@ -209,6 +209,7 @@ FLAG_CASES: list[tuple[str, list[str], str, Callable[[Path], Path]]] = [
     ("show a word", ["show", "abc", "{repo}"], "show", _repo),
     ("trial without -m", ["trial", "{repo}"], "-m/--message", _repo),
     ("init into a non-empty folder", ["init", "{repo}"], "already exists and is not empty", _repo),
+    ("init onto a file", ["init", "{repo}/exp.py"], "exp.py is a file: give a new folder", _repo),
     ("init --data that is not a folder", ["init", "{repo}/new", "--data", "/nonexistent"], "--data '/nonexistent' is not a folder", _repo),
 ]
 

@@ -274,7 +274,7 @@ def test_the_report_of_a_run_stopped_before_any_trial_says_why(tmp_path: Path) -
     r = cli("report", str(repo), "--tag", "z", "--out", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     html = (tmp_path / "out" / "report.html").read_text()
-    assert "No trial has finished: the last run ended with" in html and "exit 3" in html, html[:3000]
+    assert "No trial has finished. How the last run ended:" in html and "exit 3" in html, html[:3000]
 
 
 def test_a_refused_report_leaves_no_out_folder(tmp_path: Path) -> None:

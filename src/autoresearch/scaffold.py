@@ -45,7 +45,9 @@ def init(directory: str | os.PathLike[str], template: str = "blank", data: str |
     """Create a task repository in `directory` (new or empty) from `template`, committed."""
     src = template_dir(template)
     dest = Path(directory).resolve()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"{dest} is a file: give a new folder (or an empty one) for the task")
+    if dest.exists() and any(dest.iterdir()):
         raise UsageError(f"{dest} already exists and is not empty: choose a new folder (for a project of "
                          "your own, write an autoresearch.toml in it instead: see the README's task file)")
     if data is not None:

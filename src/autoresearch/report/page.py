@@ -305,7 +305,7 @@ def _no_keeps(study: Study) -> str:
                    else "to it yet: the running loop measures it again." if study.looping
                    else "to it: run the loop again."))
     if study.baseline is None and study.ended and not study.running:
-        return f"No trial has finished: the last run ended with {clean_text(study.ended, 600)}"
+        return f"No trial has finished. How the last run ended: {clean_text(study.ended, 600)}"
     if study.baseline is None:
         return "No trial has finished yet."
     return "No trial has beaten the baseline yet."

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 import warnings
 from typing import Any
 
@@ -142,7 +143,8 @@ def _nothing_measured(ax: Any, study: Study) -> None:
     failed = study.failed_baseline
     text = (f"no figure: the baseline (trial {failed.number}) {outcome(failed)}"
             if failed is not None else "no trial has finished" + (
-                f":\n{_literal(clean_text(study.ended, 70))}" if study.ended and not study.running else " yet"))
+                f":\n{_literal(textwrap.fill(clean_text(study.ended, 600), 70, max_lines=3, placeholder=' ...'))}"
+                if study.ended and not study.running else " yet"))
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=12,
             color="#666666")
 
