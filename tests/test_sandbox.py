@@ -3,6 +3,7 @@ listener on 127.0.0.1, real writes attempted; skipped with the reason where bwra
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,13 +78,13 @@ def test_a_normal_experiment_and_its_evaluation_work_in_the_sandbox(tmp_path: Pa
 
 
 @needs_bwrap
-def test_no_network_in_the_sandbox(tmp_path: Path) -> None:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
+@contextlib.contextmanager
+def listening(server: socket.socket) -> Iterator[list[bytes]]:
+    """`server` accepting in a thread while the block runs: what each connection sent, in order
+    (the first 64 bytes); closed at the end."""
     server.listen()
     server.settimeout(0.2)
-    port = server.getsockname()[1]
-    accepted: list[object] = []
+    got: list[bytes] = []
     stop = threading.Event()
 
     def serve() -> None:
@@ -91,14 +93,30 @@ def test_no_network_in_the_sandbox(tmp_path: Path) -> None:
                 conn, _ = server.accept()
             except OSError:
                 continue
-            accepted.append(conn)
-            conn.close()
+            with conn:
+                conn.settimeout(3)
+                try:
+                    got.append(conn.recv(64))
+                except OSError:
+                    got.append(b"")
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
+    try:
+        yield got
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+
+
+def test_no_network_in_the_sandbox(tmp_path: Path) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
     connect = (f"import socket\\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\\n"
                "print('connected')\\n")
-    try:
+    with listening(server) as accepted:
         root = task(tmp_path)
         agent = script_agent(tmp_path / "agent.sh", f"printf \"{connect}\" >> exp.py\necho 'phone home'\n")
         sandboxed_run(root, agent)
@@ -108,11 +126,8 @@ def test_no_network_in_the_sandbox(tmp_path: Path) -> None:
         # the control: the same experiment outside the sandbox reaches the listener
         r = cli("run", str(root), "--tag", "open", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
         assert r.returncode == 0, r.stderr
+        time.sleep(0.5)
         assert len(accepted) == 1
-    finally:
-        stop.set()
-        thread.join()
-        server.close()
 
 
 WRITER = """
@@ -327,44 +342,26 @@ def test_no_unix_socket_and_no_shared_memory_across_the_sandbox(tmp_path: Path) 
     path = folder / "daemon.sock"
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(path))
-    server.listen()
-    server.settimeout(0.2)
-    got: list[bytes] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            got.append(conn.recv(64))
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
     key = 0x41520000 + os.getpid() % 0xFFFF
     code = f"KEY = {key}\nSOCKET = {str(path)!r}\n" + IPC_AND_SOCKET
     try:
-        root = task(tmp_path)
-        (tmp_path / "probe.py").write_text(code)
-        agent = script_agent(tmp_path / "agent.sh", f"cat {tmp_path / 'probe.py'} >> exp.py\n"
-                             "sed -i \"s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/\" exp.py\necho probe\n")
-        sandboxed_run(root, agent, "--trials", "2")
-        logs = [(root / ".autoresearch" / "t" / "logs" / f"{n}.log").read_text() for n in (1, 2)]
-        assert all("no socket:" in log and "connected" not in log for log in logs), logs
-        assert got == []
-        assert "trial 1 was here" not in logs[1], logs[1]  # nothing carried from one trial to the next
-        assert ctypes.CDLL(None).shmget(key, 0, 0) == -1  # nor left on the host
-        # the control: outside the sandbox the same code reaches the socket
-        r = cli("run", str(root), "--tag", "open", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
-        assert r.returncode == 0, r.stderr
-        time.sleep(0.5)
-        assert got == [b"out of the sandbox"]
+        with listening(server) as got:
+            root = task(tmp_path)
+            (tmp_path / "probe.py").write_text(code)
+            agent = script_agent(tmp_path / "agent.sh", f"cat {tmp_path / 'probe.py'} >> exp.py\n"
+                                 "sed -i \"s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/\" exp.py\necho probe\n")
+            sandboxed_run(root, agent, "--trials", "2")
+            logs = [(root / ".autoresearch" / "t" / "logs" / f"{n}.log").read_text() for n in (1, 2)]
+            assert all("no socket:" in log and "connected" not in log for log in logs), logs
+            assert got == []
+            assert "trial 1 was here" not in logs[1], logs[1]  # nothing carried from one trial to the next
+            assert ctypes.CDLL(None).shmget(key, 0, 0) == -1  # nor left on the host
+            # the control: outside the sandbox the same code reaches the socket
+            r = cli("run", str(root), "--tag", "open", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+            assert r.returncode == 0, r.stderr
+            time.sleep(0.5)
+            assert got == [b"out of the sandbox"]
     finally:
-        stop.set()
-        thread.join()
-        server.close()
         shutil.rmtree(folder, ignore_errors=True)
         libc = ctypes.CDLL(None)
         segment = libc.shmget(key, 0, 0)
