@@ -359,13 +359,15 @@ class Git:
         self._known[ws.path] = (commit, files | {rel.rsplit("/", i)[0] for rel in files
                                                  for i in range(1, rel.count("/") + 1)})
 
-    def touched(self, ws: Workspace, entries: dict[str, tuple[bool, int]]) -> list[str]:
-        """The regular files written since the harness last left the worktree (a ctime no
-        process can set back): every one, when it has not left it yet."""
+    def touched(self, ws: Workspace, stamps: dict[str, tuple[int, int]]) -> list[str]:
+        """Of the regular files and their `stamps` (filetree.ctimes, now), those written since
+        the harness last left the worktree (a ctime no process can set back): every one, when
+        it has not left it yet."""
         seen = self._indexes.get(ws.index, ("", {}))[1]
-        return [rel for rel, stamp in ctimes(ws.path, entries).items() if seen.get(rel) != stamp]
+        return [rel for rel, stamp in stamps.items() if seen.get(rel) != stamp]
 
-    def index_untouched(self, ws: Workspace, left: bool = False, entries: dict[str, tuple[bool, int]] | None = None) -> bool:
+    def index_untouched(self, ws: Workspace, left: bool = False, entries: dict[str, tuple[bool, int]] | None = None,
+                        stamps: dict[str, tuple[int, int]] | None = None) -> bool:
         """Whether git's stats in the private index can be trusted: it is as the harness's git
         left it (`left`: it is, now), and no file changed in the second git saw it (git compares
         whole seconds; the ctime's nanoseconds, which no process can set, tell)."""
@@ -373,7 +375,7 @@ class Git:
             sha, written = hashlib.sha256(ws.index.read_bytes()).hexdigest(), int(ws.index.stat().st_mtime)
         except OSError:  # (gone: nothing to trust)
             sha, written = "", 0
-        now = ctimes(ws.path, entries)
+        now = ctimes(ws.path, entries) if stamps is None else stamps  # (stamps: the caller just took them)
         if left:
             self._indexes[ws.index] = (sha, now)
         held, seen = self._indexes.get(ws.index, ("", {}))  # (a file with an mtime of the index's second or later,

@@ -12,7 +12,7 @@ import os
 import stat
 
 from autoresearch.agents.secrets import key_values, keys_in
-from autoresearch.filetree import SPECIAL, read_regular, walk
+from autoresearch.filetree import SPECIAL, ctimes, read_regular, walk
 from autoresearch.gitrepo import (
     MAX_FILE_BYTES,
     REFUSED_PATHS,
@@ -46,10 +46,11 @@ def take(git: Git, ws: Workspace, parent: str, message: str,
     special = sorted(rel for rel, (_, size) in entries.items() if size == SPECIAL)
     if special:
         raise Refused(f"{special[0]}: not a file, a folder or a link (a FIFO, a socket, a device): git cannot commit it")
-    _no_keys(git, ws, parent, entries, max_file_bytes)
+    stamps = ctimes(ws.path, entries)  # (what the agent wrote: read once for the keys and the index)
+    _no_keys(git, ws, parent, entries, stamps, max_file_bytes)
     big, skip, nested = _left_out(git, ws, entries, max_file_bytes)
     head_before = _head_state(ws)
-    if not git.index_untouched(ws, entries=entries):  # the agent wrote it (a flag like assume-unchanged, a stat
+    if not git.index_untouched(ws, entries=entries, stamps=stamps):  # the agent wrote it (a flag like assume-unchanged, a stat
         # forged to match): `add` would keep old content for a file that changed; rebuilt
         # from the parent with no stat, every file is read again
         git.run("read-tree", parent, env=env, cwd=ws.path)
@@ -84,14 +85,15 @@ def take(git: Git, ws: Workspace, parent: str, message: str,
     return commit, changes, tree
 
 
-def _no_keys(git: Git, ws: Workspace, parent: str, entries: dict[str, tuple[bool, int]], limit: int) -> None:
+def _no_keys(git: Git, ws: Workspace, parent: str, entries: dict[str, tuple[bool, int]],
+             stamps: dict[str, tuple[int, int]], limit: int) -> None:
     """Refuse, before git stores anything, a file written since the last reset that holds more
     API keys from the environment than the parent's (a key an agent copied from its own
     environment into the code): the trial's commit, kept under its ref, would hold it."""
     keys = key_values()
     if not keys:
         return
-    for rel in git.touched(ws, entries):
+    for rel in git.touched(ws, stamps):
         if entries[rel][1] > limit:  # (stored as a stand-in, not as it is)
             continue
         try:
