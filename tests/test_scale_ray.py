@@ -296,11 +296,16 @@ json.dump({"loss": out["x"] * 2}, open(os.path.join(os.environ["AUTORESEARCH_RUN
 
 
 @pytest.mark.slow  # (CI runs the slow tests too)
-def test_an_evaluator_and_a_metric_file_work_on_ray(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("where", ["run-folder", "working-folder"])
+def test_an_evaluator_and_a_metric_file_work_on_ray(ray_head, tmp_path: Path, where: str) -> None:  # noqa: ANN001
+    """The evaluator may write the metric file in the run folder or in its working folder, as on
+    the local backend; on a Ray worker the working folder was not looked in: every trial crashed."""
     address, env = ray_head
     experiment = EXPERIMENT.replace('print(f"loss: {X}")', 'import json\n'
                                     'json.dump({"x": X}, open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "out.json"), "w"))')
-    root = make_task(tmp_path / "task", experiment=experiment, files={"evaluate.py": EVALUATE},
+    evaluate = EVALUATE if where == "run-folder" else EVALUATE.replace(
+        'open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "metrics.json"), "w")', 'open("metrics.json", "w")')
+    root = make_task(tmp_path / "task", experiment=experiment, files={"evaluate.py": evaluate},
                      toml_extra='evaluate = "python evaluate.py"\n[metric]\nname = "loss"\ngoal = "minimize"\n'
                                 'file = "metrics.json"\n')
     agent = script_agent(tmp_path / "agent.sh", AGENT)
@@ -310,7 +315,8 @@ def test_an_evaluator_and_a_metric_file_work_on_ray(ray_head, tmp_path: Path) ->
     rows = check_ledger_and_git(root, "evl", 2)
     assert [t.metric for t in rows] == [20.0, 38.0, 36.0]
     runs = root / ".autoresearch" / "evl" / "runs"
-    assert json.loads((runs / "0" / "metrics.json").read_text()) == {"loss": 20.0}  # the best's
+    if where == "run-folder":
+        assert json.loads((runs / "0" / "metrics.json").read_text()) == {"loss": 20.0}  # the best's
     log = (root / ".autoresearch" / "evl" / "logs" / "1.log").read_text()
     assert "=== evaluate" in log
     assert (root / ".autoresearch" / "evl" / "sealed" / "1.eval.log").exists()  # back, sealed
@@ -508,3 +514,34 @@ def test_what_setup_makes_and_shared_paths_reach_every_trial_on_ray(ray_head, tm
             "--ray-address", address, *(["--sandbox"] if sandbox else []), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert [t.metric for t in _rows(root, "su")] == [14.0, 12.5, 13.5, 14.5]
+
+
+def test_a_stale_task_folder_is_swept_and_its_pid_file_goes_last(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A worker killed in the middle of removing its folder left one without its pid file,
+    which no sweep took for one of ours again (a run folder may hold checkpoints): the pid file
+    is removed last now. Swept: a folder whose worker is gone; kept: one whose worker lives."""
+    import subprocess
+
+    from autoresearch.backends import rayworker
+
+    monkeypatch.setattr(rayworker.tempfile, "gettempdir", lambda: str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    folders = {}
+    for name, pid in (("gone", gone.pid), ("alive", os.getpid())):
+        folder = tmp_path / f"autoresearch-1-{name}"
+        (folder / "run" / "ckpt").mkdir(parents=True)
+        (folder / "run" / "ckpt" / "weights.bin").write_bytes(b"x" * 1000)
+        (folder / "pid").write_text(f"{rayworker.platform.node()} {pid}")
+        folders[name] = folder
+    removed: list[str] = []
+    unlink = Path.unlink
+
+    def noting(self: Path, missing_ok: bool = False) -> None:
+        removed.append(self.name)
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", noting)
+    rayworker.sweep_stale()
+    assert not folders["gone"].exists() and (folders["alive"] / "run" / "ckpt" / "weights.bin").exists()
+    assert removed[-1] == "pid", removed  # (the files before it went with their folders)

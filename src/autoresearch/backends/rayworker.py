@@ -4,6 +4,7 @@ what comes back to the driver (backends/ray.py, which sends it)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import json
@@ -127,7 +128,18 @@ def sweep_stale() -> None:
             continue  # not one of ours, or one being made now
         # (a /tmp shared by containers: another one's pids are not ours to look up)
         if host == platform.node() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(folder, ignore_errors=True)
+            remove(folder)
+
+
+def remove(folder: Path) -> None:
+    """A task's folder removed, its pid file last: a worker killed halfway through leaves a
+    folder that the next sweep still knows for one of ours (a run folder may hold checkpoints)."""
+    with contextlib.suppress(OSError):
+        for item in folder.iterdir():
+            if item.name != "pid":
+                shutil.rmtree(item, ignore_errors=True) if item.is_dir() and not item.is_symlink() else item.unlink()
+    (folder / "pid").unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: str,
@@ -171,7 +183,7 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
                 kill_owned(spec.owner)
                 raise
         metric = None
-        for base in (local.run_dir,) + (() if spec.evaluate else (workdir,)):
+        for base in (local.run_dir, workdir):  # (with `evaluate`, execute removed the run's own first)
             if metric_file and (base / metric_file).is_file():
                 metric = (base / metric_file).read_bytes()
                 break
@@ -179,6 +191,6 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
         return Returned(result, _tail_bytes(local.log_path),
                         _tail_bytes(eval_log) if eval_log.exists() else None, metric, platform.node())
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        remove(root)
 
 
