@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoresearch import guard
+from autoresearch.agents.secrets import URL_CREDENTIALS
 from autoresearch.metrics import redact
 from autoresearch.objects import object_name
 from autoresearch.process import ProcResult, read_tail, run_command, trim_log
@@ -33,8 +34,6 @@ from autoresearch.process import ProcResult, read_tail, run_command, trim_log
 # PASSWD, CREDENTIAL or PRIVATE_KEY, and the ssh agent (not MAX_TOKENS: _TOKEN only at the end)
 SECRET_ENV = re.compile(r"(API_?KEY|_KEY$|^KEY$|_TOKEN$|^TOKEN$|_PAT$|SECRET|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY"
                         r"|PRIVATE_KEY|^SSH_AUTH_SOCK$)", re.IGNORECASE)
-# a value with credentials in it: DATABASE_URL=postgres://user:password@host/db
-SECRET_VALUE = re.compile(r"://[^\s/@:]+:[^\s/@]+@")
 
 
 @dataclass(frozen=True)
@@ -78,8 +77,8 @@ class ExecResult:
 def experiment_env(base: dict[str, str], extra: dict[str, str], bin_dir: Path | None) -> dict[str, str]:
     """The environment of an experiment: ours minus anything that looks like a secret, plus
     the AUTORESEARCH_* variables, with `python` on PATH being this interpreter."""
-    env = {k: v for k, v in base.items()
-           if k.startswith("AUTORESEARCH_") or not (SECRET_ENV.search(k) or SECRET_VALUE.search(v))}
+    env = {k: v for k, v in base.items()  # (a value with a URL's credentials: DATABASE_URL=postgres://u:pw@h/db)
+           if k.startswith("AUTORESEARCH_") or not (SECRET_ENV.search(k) or URL_CREDENTIALS.search(v))}
     env.update(extra)
     if bin_dir is not None:
         env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
