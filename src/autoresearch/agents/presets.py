@@ -80,8 +80,10 @@ def claude_command(model: str | None, base_url: str | None, task: Task | None) -
         perms = "--dangerously-skip-permissions"
     name = _strip(model, "anthropic", "claude")
     env["DISABLE_AUTOUPDATER"] = "1"
-    if base_url:  # Claude Code adds /v1/messages itself (the llm agent takes the URL with /v1 or without)
-        env["ANTHROPIC_BASE_URL"] = re.sub(r"/v1/?$", "", base_url.rstrip("/")) or base_url
+    if base_url:
+        from autoresearch.agents.providers import anthropic_root
+
+        env["ANTHROPIC_BASE_URL"] = anthropic_root(base_url) or base_url
     cmd = f"claude -p --output-format json {perms}" + (f" --model {shlex.quote(name)}" if name else "")
     return cmd + " < {prompt_file}", env, note
 

@@ -74,6 +74,12 @@ class Endpoint:
         return f"{self.provider}/{self.name}"
 
 
+def anthropic_root(base_url: str) -> str:
+    """An Anthropic server's URL without a trailing /v1: the Anthropic SDK and Claude Code add
+    /v1/messages themselves (a --base-url may be given with /v1 or without)."""
+    return re.sub(r"/v1/?$", "", base_url.rstrip("/"))
+
+
 def resolve(model: str | None, base_url: str | None, env: Mapping[str, str] | None = None) -> Endpoint:
     """`--model PROVIDER/NAME [--base-url URL]` -> an Endpoint with its key from the environment."""
     env = os.environ if env is None else env
@@ -101,8 +107,8 @@ def resolve(model: str | None, base_url: str | None, env: Mapping[str, str] | No
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"--base-url {base_url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
         base_url = base_url.strip()
-        if p.sdk == "anthropic":  # the Anthropic SDK adds /v1/messages itself
-            base_url = re.sub(r"/v1/?$", "", base_url.rstrip("/"))
+        if p.sdk == "anthropic":
+            base_url = anthropic_root(base_url)
     url = base_url or p.base_url
     key = env.get(p.key_env, "").strip() if p.key_env else ""
     if p.key_env and not key:
