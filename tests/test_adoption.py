@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import cli, git, make_task, script_agent, trials
 
 from autoresearch.records import Status
@@ -77,6 +78,7 @@ def test_an_activated_virtualenv_is_the_python_of_experiments(tmp_path: Path) ->
     assert f"prefix {sys.prefix}" in (root / ".autoresearch/u/logs/0.log").read_text()
 
 
+@pytest.mark.extended  # (an activated one runs by default)
 def test_the_virtualenv_autoresearch_runs_in_is_the_python_of_experiments(tmp_path: Path) -> None:
     """Installed in a virtualenv (activated, or its python named): experiments import what is
     installed there (a link to its python would lose the virtualenv: no pyvenv.cfg beside it)."""
@@ -165,7 +167,8 @@ def test_an_agent_that_pops_the_users_stash_is_rejected_and_told_how_to_restore_
 def test_a_package_setup_installs_or_you_install_meanwhile_is_left_alone(tmp_path: Path) -> None:
     """A `.pth` that comes with a *.dist-info (what `pip install -e` writes) is a package
     installed, by setup or by you while the loop runs: kept, and noted on the trial running then.
-    One that comes alone (planted) is removed and its trial rejected."""
+    One that comes alone (planted) is taken out and its trial rejected; it is moved to the tag's
+    quarantine folder, not deleted (on a shared interpreter it may be another process's file)."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next((venv / "lib").glob("python3*/site-packages"))
@@ -190,9 +193,12 @@ def test_a_package_setup_installs_or_you_install_meanwhile_is_left_alone(tmp_pat
     assert ts[2].status is not Status.REJECTED and any("pip install" in f for f in ts[2].flags), ts[2].flags
     assert ts[3].status is Status.REJECTED and "planted.pth" in ts[3].reason
     assert not (site / "planted.pth").exists()
+    kept = root / ".autoresearch" / "t" / "quarantine" / "planted.pth"
+    assert kept.read_text() == f"{lib}\n" and str(kept.parent) in ts[3].reason, ts[3].reason
     assert ts[4].status is not Status.REJECTED
 
 
+@pytest.mark.extended
 def test_a_resumed_tag_goes_on_with_its_agent_unless_run_names_one(tmp_path: Path) -> None:
     """An overnight run with a CLI agent, stopped (a reboot) and resumed with `run --tag T`: it
     used to go on with the search agent. A flag still chooses; an empty --agent-cmd is an error."""

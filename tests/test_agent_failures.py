@@ -288,7 +288,8 @@ def test_a_duplicate_of_a_trial_in_flight_waits_for_its_figures(tmp_path: Path) 
     assert "same code as trial 1, in flight: waiting for its figures" in r.stdout
 
 
-@pytest.mark.parametrize("legacy", [False, True], ids=["as-recorded", "a-duplicate-recorded-by-an-older-version"])
+@pytest.mark.parametrize("legacy", [False, pytest.param(True, marks=pytest.mark.extended)],
+                         ids=["as-recorded", "a-duplicate-recorded-by-an-older-version"])
 def test_the_repeat_of_a_trial_stopped_in_flight_is_run_after_a_resume(tmp_path: Path, legacy: bool) -> None:
     """Stopped while the trial it repeats ran, a repeat is interrupted too, and the code is run
     on resume. A ledger of an older version holds such a repeat as a duplicate with no figures;

@@ -291,7 +291,7 @@ def test_a_gain_equal_to_min_delta_is_not_more_than_it(tmp_path: Path, goal: str
     assert [x.status for x in t] == [Status.KEEP, Status.DISCARD], t[1].reason
 
 
-@pytest.mark.parametrize("sandboxed", [False, True], ids=["plain", "sandbox"])
+@pytest.mark.parametrize("sandboxed", [False, pytest.param(True, marks=pytest.mark.extended)], ids=["plain", "sandbox"])
 def test_what_setup_writes_in_the_repository_reaches_every_trial_and_the_evaluator(tmp_path: Path, sandboxed: bool) -> None:
     """setup writes data/ (git-ignored) inside the repository: every trial's experiment and
     evaluation find it, not only the baseline; a trial that does not touch it is not rejected

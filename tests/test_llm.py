@@ -87,7 +87,7 @@ def test_the_prompt_shows_no_file_through_a_link_out_of_the_repository(tmp_path:
 
 @pytest.mark.parametrize("limit,env,spent", [
     ("step limit (3)", {"AUTORESEARCH_LLM_STEPS": "3"}, 3000),
-    ("token limit (3500)", {"AUTORESEARCH_LLM_MAX_TOKENS": "3500"}, 4000),
+    pytest.param("token limit (3500)", {"AUTORESEARCH_LLM_MAX_TOKENS": "3500"}, 4000, marks=pytest.mark.extended),
 ])
 def test_proposal_limits(tmp_path: Path, limit: str, env: dict[str, str], spent: int) -> None:
     repo = make_task(tmp_path / "task")
@@ -421,7 +421,7 @@ def test_text_only_replies_from_a_model_that_has_used_tools_are_not_fatal(tmp_pa
     assert all("did not change any file" in x.reason for x in t[2:])
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("kind", ["openai", pytest.param("anthropic", marks=pytest.mark.extended)])
 def test_a_big_write_is_not_sent_again_on_every_step(tmp_path: Path, kind: str) -> None:
     """A whole file the model wrote rides in its own tool call, which every later request
     repeats; past the context budget an old call's big argument is stubbed, as old tool

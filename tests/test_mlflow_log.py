@@ -25,6 +25,7 @@ def mlflow_runs(store: Path, experiment: str) -> dict[str, object]:
     return {r.data.tags["autoresearch.trial"]: (client, r) for r in client.search_runs([exp.experiment_id])}
 
 
+@pytest.mark.extended
 def test_mlflow_run_and_report_log_every_trial_to_a_local_file_store(tmp_path: Path) -> None:
     pytest.importorskip("mlflow")
     repo = new_task(tmp_path / "task")

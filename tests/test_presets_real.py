@@ -58,6 +58,7 @@ needs_aider = pytest.mark.skipif(shutil.which("aider") is None, reason="aider is
 
 
 @needs_aider
+@pytest.mark.extended  # (aider takes seconds to start; the preset's flags are checked by default)
 def test_real_aider_through_the_preset(tmp_path: Path) -> None:
     """A real coding agent: aider, driven by the `aider` preset, talks to the fake OpenAI server;
     its whole-file edit is evaluated by the loop and kept."""

@@ -62,7 +62,7 @@ def test_a_reply_that_trickles_in_is_given_up_at_the_request_timeout(tmp_path: P
     assert "no whole reply in 2 s" in log, log
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("kind", ["openai", pytest.param("anthropic", marks=pytest.mark.extended)])
 def test_tool_arguments_off_the_spec_are_read_not_thrown_away(tmp_path: Path, kind: str) -> None:
     """OpenAI-compatible servers that send a call's arguments as an object (not a JSON string),
     or an Anthropic input sent as a JSON string: the whole billed reply was thrown away as

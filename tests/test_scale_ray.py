@@ -164,6 +164,7 @@ def test_trials_run_as_ray_tasks_on_a_cluster_address(ray_head, tmp_path: Path) 
     assert (Path(env["AR_SPOT"]) / "setup-addr").read_text() == "x\n"  # once on the node
 
 
+@pytest.mark.extended
 def test_a_killed_ray_worker_is_recorded_and_the_trial_requeued_once(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
     address, env = ray_head
     root, agent = _task(tmp_path)

@@ -238,6 +238,7 @@ def test_search_improves_a_noisy_task_and_describes_each_change(tmp_path):
             assert re.match(r"-[A-Z_]+ = \S+(  # search: .*)?$", line)
 
 
+@pytest.mark.extended
 def test_resume_learns_from_every_trial_in_the_ledger(tmp_path):
     repo = noisy_task(tmp_path / "t")
     agent = script_agent(tmp_path / "agent.sh", """\
@@ -443,6 +444,7 @@ def test_demo_into_a_folder_of_other_things_is_one_line_and_exit_2(tmp_path: Pat
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.extended
 def test_tpe_on_a_small_space_keeps_finding_untried_changes(tmp_path):
     """TPE keeps asking for the best's own values once it has a favourite; after a few such
     asks the free constants are drawn at random, so a space far from used up never ends the

@@ -6,7 +6,8 @@ the evaluation without a line in its diff, so the loop looks at them after every
 every experiment (one listing of each site folder: about a millisecond).
 
 Put back: the python links autoresearch made, and the startup files (a `.pth`, sitecustomize,
-usercustomize) as they were. Reported and not undone: any other change in a site folder (a
+usercustomize) as they were; what was found in their place is moved to the tag's `quarantine/`
+folder, not deleted (on a shared interpreter it may be another process's). Reported and not undone: any other change in a site folder (a
 package installed or removed), which may be the user's own `pip install`.
 """
 
@@ -47,8 +48,9 @@ def site_dirs(bin_dir: Path, env: dict[str, str]) -> list[Path]:
 
 
 class EnvGuard:
-    def __init__(self, bin_dir: Path, shim: bool, dirs: list[Path]) -> None:
+    def __init__(self, bin_dir: Path, shim: bool, dirs: list[Path], keep: Path | None = None) -> None:
         self.bin_dir = bin_dir
+        self.keep = keep  # where a startup file taken out is kept
         self.shim = shim  # bin_dir is autoresearch's own (links to this interpreter)
         self.dirs = dirs
         self._saved = self._read()
@@ -92,6 +94,16 @@ class EnvGuard:
                 return True
         return False
 
+    def _keep(self, path: Path, data: bytes) -> Path:
+        """A copy of `data`, found at `path`, in the keep folder: a name not used yet."""
+        assert self.keep is not None
+        self.keep.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while (dest := self.keep / (path.name if n == 1 else f"{path.name}.{n}")).exists():
+            n += 1
+        dest.write_bytes(data)
+        return dest
+
     def refresh(self) -> None:
         """Take the site folders as they are now for the starting point (after setup, which may
         `pip install -e .`)."""
@@ -111,10 +123,12 @@ class EnvGuard:
             changed = sorted(p for p in set(now) | set(self._saved) if now.get(p) != self._saved.get(p))
             installs = {str(Path(p).parent) for p in changed if p.endswith((".dist-info", ".egg-info", ".egg-link"))}
             hooks = [p for p in changed if _startup(Path(p).name) and str(Path(p).parent) not in installs]
-            failed = []
+            failed, kept = [], []
             for p in hooks:
                 old = self._saved.get(p)
                 try:
+                    if self.keep is not None and (found := now.get(p)) is not None and found[0] == "file":
+                        kept.append(self._keep(Path(p), found[1]))  # type: ignore[arg-type]
                     if old is None:
                         Path(p).unlink(missing_ok=True)
                     elif old[0] == "file":
@@ -124,7 +138,9 @@ class EnvGuard:
             if hooks:
                 problems.append(f"changed Python startup files ({', '.join(Path(p).name for p in hooks[:3])} "
                                 f"in {Path(hooks[0]).parent}); "
-                                + (f"could not restore ({'; '.join(failed)})" if failed else "restored"))
+                                + (f"could not restore ({'; '.join(failed)})" if failed else "restored")
+                                + (f" (what was found is kept in {kept[0].parent}: if a process of yours wrote it, put it back)"
+                                   if kept else ""))
             others = [p for p in changed if p not in hooks]
             if others:
                 notes.append(f"the Python packages experiments import changed ({', '.join(Path(p).name for p in others[:3])}"

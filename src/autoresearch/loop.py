@@ -42,7 +42,7 @@ from autoresearch.ledger import clean_text
 from autoresearch.measure import Measurer
 from autoresearch.metrics import unrecorded, unsealed_mention
 from autoresearch.options import Options
-from autoresearch.pool import Place, pipeline, together
+from autoresearch.pool import Place, past_the_end, pipeline, together
 from autoresearch.process import adopt_orphans, log_digests, read_tail
 from autoresearch.prompt import visible
 from autoresearch.records import AUDITED, UNMEASURED, Status, Trial, finite
@@ -76,6 +76,7 @@ class Loop:
         ahead = self.opt.agent_concurrency
         self.ahead = ahead if ahead is not None else (0 if len(self.slots) == 1 else 1)
         self.lock = threading.RLock()  # the best, the trees, the count: one decision at a time
+        self.begun: set[int] = set()  # trials whose experiment started (prepared ahead: for --max-cost)
         self.agent_lock: contextlib.AbstractContextManager[object] = (
             contextlib.nullcontext() if getattr(agent, "concurrent", False) else threading.Lock())
         self.untold: list[Trial] = []  # finished trials the agent is yet to observe
@@ -384,9 +385,7 @@ class Loop:
             return t.with_(status=Status.INTERRUPTED, reason="stopped before the experiment")
         if self.failure:  # (a failure that stops the loop, not what is in flight: a proposal ahead waits)
             return t.with_(status=Status.INTERRUPTED, reason="not run: the loop was stopping")
-        cap = self.opt.max_cost  # prepared ahead: no experiment starts past the deadline, or a cap the trials before it reached
-        if self.ahead and (past := f"--hours {self.opt.hours:g}" if time.monotonic() >= self.deadline else f"--max-cost ${cap:g}"
-                           if cap is not None and sum(x.cost for x in self.s.ledger.trials() if x.number < t.number) >= cap else ""):
+        if self.ahead and (past := past_the_end(self, t)):
             return t.with_(status=Status.INTERRUPTED, reason=f"not run: {past} was reached before its experiment")
         m = self.measure.repeats(at, t, commit, 1, first_seed=self.opt.seed)
         if self.cancel.is_set() and m.status is not Status.INTERRUPTED:

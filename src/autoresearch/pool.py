@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -138,3 +139,16 @@ def together(jobs: list[Callable[[], None]], cancel: threading.Event) -> None:
         th.join()
     if errors:
         raise errors[0]
+
+
+def past_the_end(loop: Loop, t: Trial) -> str:
+    """Why a proposal prepared ahead must not run its experiment, or "": past the deadline, or
+    once the trials that came before it (settled, or measured first: the order they came, not
+    their numbers) spent the --max-cost cap. One that may run counts as measured from now on."""
+    cap = loop.opt.max_cost
+    with loop.lock:
+        if cap is not None and sum(x.cost for x in loop.s.ledger.trials()
+                                   if x.number != t.number and (x.status.finished or x.number in loop.begun)) >= cap:
+            return f"--max-cost ${cap:g}"
+        loop.begun.add(t.number)
+    return f"--hours {loop.opt.hours:g}" if time.monotonic() >= loop.deadline else ""

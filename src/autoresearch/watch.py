@@ -33,7 +33,7 @@ class Watch:
             extra=(session.git.config_file,))
         session.ledger.watch()  # the record: the loop is its only writer
         self.objects = objects.ObjectWatch(session.git)  # the best code's git objects
-        self.env = EnvGuard(bin_dir, shim, site)
+        self.env = EnvGuard(bin_dir, shim, site, keep=session.dir / "quarantine")
         self.setup = TreeWatch(None)  # what setup made, once it ran
         self.pending: list[str] = []  # notes for the next trial noted
 

@@ -119,6 +119,7 @@ def test_evaluate_reports_val_and_test_bpb(trained):
     assert REJECT not in result.stdout
 
 
+@pytest.mark.extended  # (the nanochat template's twin runs by default)
 def test_a_run_over_the_time_budget_is_rejected(trained, tmp_path):
     """The evaluator holds the run to the budget: training longer than train.py was given (as
     it reports), or an experiment whose wall time (the harness's measure) is far over it."""
@@ -210,7 +211,8 @@ def test_a_model_that_reads_ahead_is_rejected(trained, tmp_path):
 @pytest.mark.parametrize("patch", [
     # train.py's module-level code reaches into the evaluator that imports it (red team, round 2)
     'setattr(sys.modules["__main__"], "evaluate_" + "bpb", lambda *a, **k: 0.5)',
-    'import torch.nn.functional as _F\n_F.cross_entropy = lambda *a, **k: _F.mse_loss(a[0][:, :1], a[0][:, :1])',
+    pytest.param('import torch.nn.functional as _F\n_F.cross_entropy = lambda *a, **k: _F.mse_loss(a[0][:, :1], a[0][:, :1])',
+                 marks=pytest.mark.extended),
 ])
 def test_train_py_that_replaces_the_evaluators_code_is_rejected(trained, tmp_path, patch):
     result = evaluate_with(trained, tmp_path, "import sys\n" + patch)
@@ -220,7 +222,7 @@ def test_train_py_that_replaces_the_evaluators_code_is_rejected(trained, tmp_pat
 
 
 @pytest.mark.parametrize("patch", [
-    'import atexit\natexit.register(lambda: print("val_bpb:          0.100000"))',
+    pytest.param('import atexit\natexit.register(lambda: print("val_bpb:          0.100000"))', marks=pytest.mark.extended),
     pytest.param('import threading, time\nthreading.Thread(target=lambda: (time.sleep(3), print("val_bpb: 0.1")), '
                  'daemon=False).start()', marks=pytest.mark.slow),
     pytest.param('class _W:\n    def __init__(self, s): self.s = s\n    def write(self, t): return self.s.write(t.replace('
@@ -244,15 +246,16 @@ FORGED = 'os.write(1, b"---\\nval_bpb:          0.100000\\ntest_bpb:         0.1
 @pytest.mark.parametrize("patch,needle", [
     # red team, round 4: figures of its own printed, then the real ones sent nowhere or not made
     # (posix._exit and execv, twins of os._exit, run with the slow tests)
-    (FORGED + "_null = os.open(os.devnull, os.O_WRONLY)\nos.dup2(_null, 1)\nos.dup2(_null, 2)",
-     "redirected the evaluator's output"),
+    pytest.param(FORGED + "_null = os.open(os.devnull, os.O_WRONLY)\nos.dup2(_null, 1)\nos.dup2(_null, 2)",
+                 "redirected the evaluator's output", marks=pytest.mark.extended),
     (FORGED + "os._exit(0)", "end, fork or replace its process"),
     pytest.param(FORGED + "import posix\nposix._exit(0)", "end, fork or replace its process", marks=pytest.mark.slow),
     pytest.param(FORGED + "os.execv('/bin/true', ['true'])", "end, fork or replace its process", marks=pytest.mark.slow),
     (FORGED + "sys.exit(0)", "ended the evaluation early"),
     # round 5: what the verdict itself runs, replaced by attribute (builtins, os, the evaluator)
-    (FORGED + "os.write = lambda fd, data: len(data)\n"
-     "setattr(sys.modules['__main__'], 'evaluate_' + 'bpb', lambda *a, **k: 0.1)", "replaced what the evaluation runs"),
+    pytest.param(FORGED + "os.write = lambda fd, data: len(data)\n"
+                 "setattr(sys.modules['__main__'], 'evaluate_' + 'bpb', lambda *a, **k: 0.1)",
+                 "replaced what the evaluation runs", marks=pytest.mark.extended),
 ])
 def test_train_py_that_prints_figures_and_hides_the_real_ones_fails(trained, tmp_path, patch, needle):
     result = evaluate_with(trained, tmp_path, "import os, sys\n" + patch)
@@ -266,7 +269,8 @@ PEEKS_WHEN = {  # red team, round 5: a model that tells the probe from the scori
 }
 
 
-@pytest.mark.parametrize("when", PEEKS_WHEN)
+@pytest.mark.parametrize("when", [w if i == 0 else pytest.param(w, marks=pytest.mark.extended)
+                                  for i, w in enumerate(PEEKS_WHEN)])
 def test_a_model_that_peeks_only_when_it_thinks_it_is_scored_is_rejected(trained, tmp_path, when):
     """The fixed probe runs first, on batches of its own shape: a few scored batches, drawn at
     random, are probed again with a call of the same shape."""
@@ -303,7 +307,8 @@ ROUND_6 = {  # red team, round 6: what reached the figures past the guard of rou
 }
 
 
-@pytest.mark.parametrize("what", ROUND_6)
+@pytest.mark.parametrize("what", [w if i == 2 else pytest.param(w, marks=pytest.mark.extended)
+                                  for i, w in enumerate(ROUND_6)])
 def test_what_reached_the_figures_past_the_guard_is_refused(trained, tmp_path, what):
     patch, needle = ROUND_6[what]
     result = evaluate_with(trained, tmp_path, patch)
@@ -311,6 +316,7 @@ def test_what_reached_the_figures_past_the_guard_is_refused(trained, tmp_path, w
     assert "val_bpb: 0.123456" not in result.stdout and (result.returncode != 0 or "autoresearch_reject" in result.stdout)
 
 
+@pytest.mark.extended
 def test_an_honest_train_py_that_loads_torch_compile_is_scored_as_it_was(trained, tmp_path):
     """torch._dynamo's first import rebinds torch.manual_seed: loaded by an honest train.py's
     torch.compile after the guard's snapshot, it was taken for train.py replacing it. And the
@@ -332,6 +338,7 @@ GPT.forward = _through_base
     assert figures(based.stdout)["val_bpb"] == honest["val_bpb"], based.stdout + based.stderr
 
 
+@pytest.mark.extended
 def test_a_model_that_returns_a_tensor_subclass_is_refused(trained, tmp_path):
     """A subclass's __torch_function__ could halve the loss the evaluator computes."""
     result = evaluate_with(trained, tmp_path, """

@@ -129,7 +129,8 @@ CHEATS = {
 }
 
 
-@pytest.mark.parametrize("cheat", CHEATS)
+@pytest.mark.parametrize("cheat", [c if i in (0, 3) else pytest.param(c, marks=pytest.mark.extended)
+                                   for i, c in enumerate(CHEATS)])
 def test_a_model_that_sees_the_answers_is_rejected(smoke, tmp_path, cheat):
     out = score_embedding_model(
         smoke[2], tmp_path, "CALLS = []", f"logits = self.emb(idx)\n        return {CHEATS[cheat]}"
@@ -162,7 +163,8 @@ def test_a_run_whose_wall_time_is_far_over_the_budget_is_rejected(smoke, tmp_pat
     assert "autoresearch_reject: the experiment ran 300 s, more than the 10 s time budget allows" in out, out
 
 
-@pytest.mark.parametrize("what", REPLACED)
+@pytest.mark.parametrize("what", [w if i < 2 else pytest.param(w, marks=pytest.mark.extended)
+                                  for i, w in enumerate(REPLACED)])
 def test_a_train_py_that_replaces_what_the_evaluation_runs_is_rejected(smoke, tmp_path, what):
     """Its module-level code runs in the evaluator's process (the model is needed there)."""
     patch, name = REPLACED[what]
@@ -179,7 +181,8 @@ def test_a_train_py_that_replaces_what_the_evaluation_runs_is_rejected(smoke, tm
             "_null = os.open(os.devnull, os.O_WRONLY)\nos.dup2(_null, 1)",
             "redirected the evaluator's output",
         ),
-        ("os._exit(0)", "end, fork or replace its process"),
+        pytest.param("os._exit(0)", "end, fork or replace its process",  # (cpu-gpt's runs by default)
+                     marks=pytest.mark.extended),
     ],
 )
 def test_a_train_py_that_prints_figures_and_hides_the_real_ones_fails(

@@ -361,10 +361,10 @@ def make_llm(opts: Any, role: str = "") -> LLMAgent:
     model, the key, the SDK or the price file is wrong."""
     try:
         endpoint = resolve(opts.model, opts.base_url)
-        chat = make_chat(endpoint)
         prices = load_overrides()
         limits = Limits.from_env()
         policy = RetryPolicy.from_env()
+        chat = make_chat(endpoint)  # (last: importing an SDK takes seconds, a bad setting none)
     except (ConfigError, ValueError) as e:
         raise UsageError(redact(str(e))) from None
     if opts.timeout:

@@ -26,11 +26,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from autoresearch.errors import UsageError
-from autoresearch.ledger import LedgerNotReady, list_tags
+from autoresearch.ledger import LedgerNotReady, list_tags, tag_dir
 from autoresearch.records import Trial
 from autoresearch.report.study import Study, load_study
 
 WAITING = "waiting"
+REREAD = 20.0  # seconds a ledger whose files have not moved is not read again
 
 
 def _phase(folder: Path, t: Trial) -> str:
@@ -59,6 +60,7 @@ class LiveReport:
         self._lock = threading.Lock()
         self._diffs: dict[tuple[str, str], str] = {}
         self._built: tuple[str, bytes, bytes] | None = None  # version, page, png
+        self._read: dict[bool, tuple[object, float, Study]] = {}  # details -> (stamp, when, study)
 
     def _study(self, details: bool) -> Study | None:
         if self.tag is None or self.follow:
@@ -70,12 +72,30 @@ class LiveReport:
                 return None
             if self.tag is None or new:  # (not the most recently written: two loops would flip it)
                 self.tag = last_used(self.root, new or tags)
+        # a page polls every two seconds: the ledger is read again only once its files moved (or,
+        # in case two writes left the same size and time stamp, after REREAD seconds)
+        stamp, now = self._stamp(), time.monotonic()
+        if (seen := self._read.get(details)) and seen[0] == stamp and now - seen[1] < REREAD:
+            return seen[2]
         try:
-            return load_study(self.root, self.tag, details=details, diff_cache=self._diffs)
+            study = load_study(self.root, self.tag, details=details, diff_cache=self._diffs)
+            self._read[details] = (stamp, now, study)
+            return study
         except UsageError:  # the loop has not created the tag yet
             return None
         except (sqlite3.Error, LedgerNotReady):  # the loop is creating the ledger right now
             return None
+
+    def _stamp(self) -> object:
+        """The tag's ledger files' sizes and times: they move with every write."""
+        out: list[object] = [self.tag]
+        for name in ("ledger.sqlite", "ledger.sqlite-wal"):
+            try:
+                st = (tag_dir(self.root, self.tag or "") / name).stat()
+                out.append((st.st_size, st.st_mtime_ns, st.st_ino))
+            except (OSError, ValueError, UsageError):
+                out.append(None)
+        return tuple(out)
 
     def state(self) -> dict[str, object]:
         with self._lock:
