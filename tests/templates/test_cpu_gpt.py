@@ -147,6 +147,28 @@ def test_a_run_over_the_time_budget_is_rejected(trained, tmp_path):
     assert "autoresearch_reject" not in fine.stdout and "val_bpb:" in fine.stdout
 
 
+def test_training_time_is_not_taken_from_a_wall_clock_that_steps(trained, tmp_path):
+    """A fresh machine's clock set by NTP, or a suspend, steps time.time(): a run of nanochat's
+    smoke budget reported 40.7 s of training in a 20 s process, and its evaluator rejected it.
+    Training is timed on a clock that only moves forward at its pace (time.perf_counter), in
+    both templates (nanochat's is run the same way only on a GPU machine: bench/nanochat_gpu.py)."""
+    assert all("time.time()" not in (TEMPLATE.parent / t / "train.py").read_text() for t in ("cpu-gpt", "nanochat"))
+    task, env, root, _, _ = trained
+    copy = tmp_path / "task"
+    shutil.copytree(task, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    stepping = ("import runpy, sys, time\n_real, _calls = time.time, []\n"  # train.py's 3rd call on: an hour ahead
+                "def _stepped():\n"
+                "    if sys._getframe(1).f_code.co_filename.endswith('train.py'):\n"
+                "        _calls.append(1)\n"
+                "    return _real() + 3600 * (len(_calls) > 2)\n"
+                "time.time = _stepped\n"
+                "sys.argv = ['train.py']\nrunpy.run_path('train.py', run_name='__main__')\n")
+    r = run(copy, {**env, "AUTORESEARCH_TIME_BUDGET": "1", "AUTORESEARCH_RUN_DIR": str(tmp_path / "run")},
+            "-c", stepping)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert figures(r.stdout)["training_seconds"] < 30, r.stdout[-2000:]
+
+
 def test_the_data_folder_of_the_setup_line_is_the_one_used(tmp_path):
     """`autoresearch init --data "a folder with spaces"`: setup, training and the evaluation all
     read that folder (from the task file's setup line), not the standard library."""

@@ -385,7 +385,7 @@ def evaluate(data_dir: str | None = None) -> int:
     """The figures of record, from the checkpoint in AUTORESEARCH_RUN_DIR (default ./run)."""
     import torch
 
-    t0 = time.time()
+    t0 = time.perf_counter()
     run_dir = Path(os.environ.get("AUTORESEARCH_RUN_DIR") or "run")
     weights, config_path = run_dir / "model.safetensors", run_dir / "model_config.json"
     for path in (weights, config_path):
@@ -403,7 +403,7 @@ def evaluate(data_dir: str | None = None) -> int:
         if e.code not in (0, None):
             raise  # an error (a changed cache, ...): the evaluation fails
         lines = [EARLY]
-    lines.append(f"eval_seconds:     {time.time() - t0:.1f}")
+    lines.append(f"eval_seconds:     {time.perf_counter() - t0:.1f}")
     verdict(lines)
 
 

@@ -220,7 +220,7 @@ def peak_memory_mb(device: str) -> float:
 
 
 def main() -> None:
-    t_start = time.time()
+    t_start = time.perf_counter()
     budget = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or 60)
     seed = int(os.environ.get("AUTORESEARCH_SEED") or 0)
     run_dir = Path(os.environ.get("AUTORESEARCH_RUN_DIR") or "run")
@@ -251,7 +251,7 @@ def main() -> None:
     # the budget counts training steps only: startup, data loading and evaluation are outside
     training_time, step, next_log = 0.0, 0, 0.0
     while training_time < budget:
-        t0 = time.time()
+        t0 = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_multiplier(training_time / budget)
         x, y = get_batch(train_data, rng, device)
@@ -265,7 +265,7 @@ def main() -> None:
         if not math.isfinite(loss_value):
             print(f"step {step}: loss is {loss_value}, stopping")
             sys.exit(1)
-        training_time += time.time() - t0
+        training_time += time.perf_counter() - t0
         step += 1
         if training_time >= next_log:
             tokens_per_second = step * BATCH_SIZE * SEQ_LEN / training_time
@@ -282,7 +282,7 @@ def main() -> None:
     summary = {
         "val_bpb": val_bpb,
         "training_seconds": training_time,
-        "total_seconds": time.time() - t_start,
+        "total_seconds": time.perf_counter() - t_start,
         "peak_vram_mb": peak_memory_mb(device),
         "num_steps": step,
         "num_params_M": num_params / 1e6,

@@ -408,7 +408,7 @@ def save_checkpoint(model: GPT, config: dict, summary: dict) -> None:
 
 
 def main() -> None:
-    t_start = time.time()
+    t_start = time.perf_counter()
     torch.manual_seed(SEED)
     device = default_device()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -435,7 +435,7 @@ def main() -> None:
     step, timed_steps, training_time = 0, 0, 0.0
     x, y = next(batches)
     while True:
-        t0 = time.time()
+        t0 = time.perf_counter()
         progress = min(training_time / TIME_BUDGET, 1.0)
         set_schedule(optimizers, progress, step)
         for _ in range(accumulation):
@@ -448,7 +448,7 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
         loss_value = loss.item()
         synchronize(device)  # the clock below must see finished work
-        dt = time.time() - t0
+        dt = time.perf_counter() - t0
         step += 1
         if step == 1:  # what compiling made is kept for good: no collector pause in timed steps
             gc.collect()
@@ -486,7 +486,7 @@ def main() -> None:
     }
     save_checkpoint(model, config, summary)
     val_bpb = evaluate_bpb(model, "val", DEVICE_BATCH_SIZE)
-    summary.update(val_bpb=val_bpb, total_seconds=time.time() - t_start)
+    summary.update(val_bpb=val_bpb, total_seconds=time.perf_counter() - t_start)
     write_json(RUN_DIR / "summary.json", summary)
 
     print("---")  # the summary block autoresearch reads: `name: value`, one a line
