@@ -7,8 +7,9 @@ every experiment (one listing of each site folder: about a millisecond).
 
 Put back: the python links autoresearch made, and the startup files (a `.pth`, sitecustomize,
 usercustomize) as they were; what was found in their place is moved to the tag's `quarantine/`
-folder, not deleted (on a shared interpreter it may be another process's). Reported and not undone: any other change in a site folder (a
-package installed or removed), which may be the user's own `pip install`.
+folder, not deleted (on a shared interpreter it may be another process's). Reported and not
+undone: any other change in a site folder (a package installed or removed), which may be the
+user's own `pip install`.
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ class EnvGuard:
                 problems.append(f"changed Python startup files ({', '.join(Path(p).name for p in hooks[:3])} "
                                 f"in {Path(hooks[0]).parent}); "
                                 + (f"could not restore ({'; '.join(failed)})" if failed else "restored")
-                                + (f" (what was found is kept in {kept[0].parent}: if a process of yours wrote it, put it back)"
-                                   if kept else ""))
+                                + (f" (what was found is kept in {kept[0].parent}: if a process of yours "
+                                   "wrote it, put it back)" if kept else ""))
             others = [p for p in changed if p not in hooks]
             if others:
                 notes.append(f"the Python packages experiments import changed ({', '.join(Path(p).name for p in others[:3])}"
