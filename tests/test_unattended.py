@@ -3,6 +3,7 @@ what its log says, and that experiments do not outlive a loop killed with SIGKIL
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -173,3 +174,28 @@ def test_status_gives_the_error_that_stopped_a_run_that_left_a_trial_in_flight(t
     assert "last run: ended" in out and "stopped: git worktree add --detach --force failed" in out, out
     assert "(trial 2 left in flight: `autoresearch run --tag t` records it as interrupted)" in out, out
     assert "without a word" not in out
+
+
+def test_the_status_of_a_long_tag_says_its_first_lines_again_under_the_table(tmp_path: Path) -> None:
+    """At 2,000 trials `status` printed 2,000 rows: the trial count and how the last run ended
+    scrolled away. Past 40 rows they are said again under the table, before the best."""
+    from autoresearch.ledger import Ledger
+    from autoresearch.records import Status, Trial
+    from autoresearch.views import status_text
+
+    root = make_task(tmp_path / "task")
+    led = Ledger.open(root, "t", "loss")
+    led.set_meta("goal", "minimize")
+    led.set_meta("last_run", json.dumps({"ended": time.time(), "trials": 45, "why": "--trials 45 done"}))
+    for i in range(46):
+        t = Trial(i, Status.RUNNING, "baseline" if i == 0 else f"try {i}", started=time.time())
+        led.begin(t)
+        led.finish(t.with_(status=Status.KEEP if i in (0, 7) else Status.DISCARD, metric=5.0 - (i == 7),
+                           figures={"loss": 5.0 - (i == 7)}))
+    led.close()
+    lines = status_text(root, "t").splitlines()
+    assert lines[0] == "tag t: 46 trials (the baseline included), 1 kept improvement"
+    assert lines[1].startswith("last run: ended") and lines[1].endswith("--trials 45 done")
+    assert lines[-3:-1] == lines[:2] and lines[-1].startswith("best: trial 7 ")
+    short = status_text(root, "t", 10).splitlines()
+    assert short.count(lines[0]) == 1 and short[-1].startswith("best: trial 7 ")

@@ -91,6 +91,9 @@ def clip(text: str, limit: int) -> str:
     return text[:head].rstrip() + " ... " + text[len(text) - (limit - head - 5):].lstrip()
 
 
+LONG_TABLE = 40  # rows of `status` past which its first lines are said again under the table
+
+
 def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     tag = pick_tag(root, tag)
     led = Ledger.read(root, tag)
@@ -137,8 +140,11 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
                  f"`autoresearch run --tag {tag}` resumes")
     if ended:
         lines.append(ended)
+    head = list(lines)
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:n], widths, strict=True)) + "  " + r[n])
+    if len(shown) > LONG_TABLE:  # (what scrolled away above it: the count, a loop running, the last run)
+        lines += head
     noise = noise_text(trials, metric, min_delta)
     if noise:
         lines.append(noise)
