@@ -71,6 +71,14 @@ def test_a_task_file_below_the_git_root_is_refused_with_the_layout_that_works(tm
     assert f"move it to {repo}" in r.stderr
     assert 'editable = ["sub/exp.py"]' in r.stderr and 'command = "cd sub && python exp.py"' in r.stderr
     assert r.stderr.count("\n") == 1
+    # a task file there that does not load on its own (no program.md beside it) is told the same
+    (repo / "sub" / "program.md").unlink()
+    (repo / "sub" / "autoresearch.toml").write_text('program = "program.md"\n' + (repo / "sub" / "autoresearch.toml").read_text())
+    for command in (["run", str(repo / "sub"), "--tag", "t", "--trials", "1"], ["status", str(repo / "sub")]):
+        r = cli(*command)
+        assert r.returncode == 2 and f"{repo / 'sub'} is not the root of its git repository" in r.stderr, r.stderr
+        assert 'editable = ["sub/exp.py"]' in r.stderr and 'command = "cd sub && python exp.py"' in r.stderr
+    git(repo, "checkout", "-q", "--", "sub")
 
     # what it says, done, works
     toml = (repo / "sub" / "autoresearch.toml").read_text()

@@ -106,6 +106,18 @@ def find_task_dir(start: Path | None = None) -> Path:
     return here
 
 
+def below_root(folder: Path) -> None:
+    """Raise the error that explains a task file in a subfolder of its repository, if it is one."""
+    from autoresearch.gitrepo import Git
+
+    if (folder / TASK_FILE).is_file():
+        try:
+            Git.open(folder)
+        except UsageError as e:
+            if NOT_ROOT.fullmatch(str(e)):
+                raise
+
+
 def explain(error: AutoresearchError) -> str:
     """The error's line, with what to do where that is not plain from it."""
     m = NOT_ROOT.fullmatch(str(error))
@@ -114,12 +126,14 @@ def explain(error: AutoresearchError) -> str:
     sub = Path(os.path.relpath(m["dir"], m["top"])).as_posix()
     editable, command = "train.py", "python train.py"
     try:
-        from autoresearch.task import load_task
+        from autoresearch.task import load_task, tomllib
 
         task = load_task(m["dir"])
         editable, command = task.editable[0], task.command
-    except AutoresearchError:
-        pass
+    except AutoresearchError:  # (a task file that does not load there: its own words, as they are)
+        with contextlib.suppress(OSError, ValueError, TypeError, IndexError, KeyError):
+            raw = tomllib.loads((Path(m["dir"]) / TASK_FILE).read_text())  # (task.py's, 3.10 or not)
+            editable, command = str(raw.get("editable", [editable])[0]), str(raw.get("command", command))
     cd = f"cd {shlex.quote(sub)} && {command}"
     return (f"{error}; {TASK_FILE} belongs at the repository's root: move it to {m['top']} with its "
             f"paths written from there (editable = [{json.dumps(f'{sub}/{editable}', ensure_ascii=False)}], "
@@ -421,7 +435,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(f"--{flag} is empty: give a {'tag' if flag == 'tag' else 'path'}")
         if args.command in TASK_COMMANDS and args.dir is None:
             args.dir = str(find_task_dir())
-        return COMMANDS[args.command](args)
+        try:
+            return COMMANDS[args.command](args)
+        except UsageError:  # (the task file read first: its program, say, not found in a subfolder)
+            if args.command in TASK_COMMANDS:
+                below_root(Path(args.dir))
+            raise
     except AutoresearchError as e:
         print(f"autoresearch: error: {explain(e)}", file=sys.stderr)
         return e.exit_code
