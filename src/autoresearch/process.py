@@ -246,6 +246,16 @@ def kill_owned(token: str, sig: int = signal.SIGKILL, first_pid: int | None = No
     return count
 
 
+def kill_all_owned(tokens: list[str], passes: int = 50) -> None:
+    """kill_owned for each token, again until a pass finds none (at most `passes`, 0.1 s apart):
+    what a marked process forked while a pass went by (a Ray raylet starting a worker) is not in
+    that pass's listing. For a loop's end, not for each experiment."""
+    for _ in range(passes):
+        if not sum(kill_owned(token) for token in tokens):
+            return
+        time.sleep(0.1)
+
+
 class ExitWaiter:
     """wait(seconds) -> whether the process has exited (and is reaped). Through a pidfd where
     Linux has one, which wakes the moment the process ends: Popen.wait(timeout) polls with

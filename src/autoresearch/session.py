@@ -23,7 +23,7 @@ from autoresearch.errors import UsageError
 from autoresearch.filetree import remove_path
 from autoresearch.gitrepo import Git, GitError, Workspace
 from autoresearch.ledger import LEDGER_DIR, Ledger, tag_dir
-from autoresearch.process import kill_owned
+from autoresearch.process import kill_all_owned
 from autoresearch.records import Status, Trial
 from autoresearch.task import PINNED_ENV, SMOKE, TASK_FILE, Task
 from autoresearch.watchdog import start as start_watchdog
@@ -66,8 +66,7 @@ class Session:
     def close(self) -> None:
         """Stop what the loop started and take its worktrees away (every trial is a commit: a
         worktree holds nothing else once the loop is over)."""
-        kill_owned(self.owner)
-        kill_owned(f"agent:{self.owner}")
+        kill_all_owned([self.owner, f"agent:{self.owner}"])
         try:
             shutil.rmtree(self.dir / "worktrees", ignore_errors=True)
             self.git.run("worktree", "prune", check=False)
@@ -345,8 +344,7 @@ def missing_refs(tag: str, trials: list[Trial], existing: dict[str, str]) -> dic
 
 def repair(s: Session) -> list[Trial]:
     """Make a killed loop's leftovers consistent; returns the trials marked interrupted."""
-    kill_owned(s.owner)
-    kill_owned(f"agent:{s.owner}")  # the agents' processes carry agent:<ledger dir>:<n>
+    kill_all_owned([s.owner, f"agent:{s.owner}"])  # the agents' processes carry agent:<ledger dir>:<n>
     refs_dir = s.git.common_dir / "refs" / "autoresearch" / s.tag
     for stale in [*refs_dir.rglob("*.lock"), s.git.common_dir / "refs" / "heads" / "autoresearch" / f"{s.tag}.lock"]:
         remove_path(stale)

@@ -15,11 +15,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
-from autoresearch.process import kill_owned, undebuggable
-
-PASSES = 50  # kill passes at most, 0.1 s apart
+from autoresearch.process import kill_all_owned, undebuggable
 
 
 def start(tokens: list[str]) -> tuple[subprocess.Popen[bytes], int]:
@@ -48,12 +45,7 @@ def main(tokens: list[str]) -> int:
             continue
         except OSError:
             break
-    # again until a pass finds none: what a marked process forked while the first pass went by
-    # (a Ray raylet starting a worker) is not in its listing
-    for _ in range(PASSES):
-        if not sum(kill_owned(token) for token in tokens):
-            break
-        time.sleep(0.1)
+    kill_all_owned(tokens)
     return 0
 
 
