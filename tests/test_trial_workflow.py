@@ -168,6 +168,29 @@ def test_a_new_file_of_a_rejected_no_rewind_trial_is_judged_again(tmp_path: Path
     assert "trial 2:" in out and "nothing to judge" not in out, out
 
 
+def test_a_trial_rejected_for_a_change_outside_the_editable_files_leaves_the_editable_change(tmp_path: Path) -> None:
+    """A protected file edited beside exp.py: the trial is rejected before anything runs, and
+    exp.py's edit (never measured) stays in your tree; undo the stray edit and the next trial
+    judges it. Rejected for the editable change itself (a link), it is rewound as before."""
+    repo = make_task(tmp_path / "task")
+    set_line(repo / "exp.py", "X = 3.0", "X = 2.0")
+    with open(repo / "prepare.py", "a") as f:
+        f.write("# edited\n")
+    out = trial(repo, "X to 2.0")
+    assert "trial 1: rejected" in out and "was rewound" not in out, out
+    assert "left as it is too" in out, out
+    assert "X = 2.0" in (repo / "exp.py").read_text()
+    git(repo, "checkout", "--", "prepare.py")
+    out = trial(repo, "X to 2.0")
+    assert "trial 2: keep" in out, out
+    with open(repo / "prepare.py", "a") as f:  # only a stray edit: nothing editable to speak of
+        f.write("# edited\n")
+    set_line(repo / "exp.py", "X = 2.0", "X = 1.0")
+    git(repo, "checkout", "--", "exp.py")
+    out = trial(repo, "stray only")
+    assert "trial 3: rejected" in out and "left as it is too" not in out, out
+
+
 def test_a_rewind_replaces_a_link_in_your_tree_and_never_writes_through_it(tmp_path: Path) -> None:
     """exp.py made a link (to a file of yours outside, or to the protected file) or a hard link:
     the trial is rejected and exp.py becomes the best code again, a file of its own; what the

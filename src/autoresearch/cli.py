@@ -342,7 +342,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
-    from autoresearch.drive import changed_outside, run_working_tree_trial, touched_editable
+    from autoresearch.drive import (
+        as_left,
+        changed_outside,
+        run_working_tree_trial,
+        touched_editable,
+        working_changes,
+    )
+    from autoresearch.gitrepo import Git
     from autoresearch.ledger import check_tag, list_tags
     from autoresearch.records import Status
     from autoresearch.task import load_task
@@ -357,7 +364,8 @@ def cmd_trial(args: argparse.Namespace) -> int:
     figs = "  ".join(f"{k}: {v:.6g}" for k, v in trial.figures.items() if k != task.metric.holdout)
     print(f"trial {trial.number}: {trial.status.value}" + (f" ({trial.reason})" if trial.reason else ""))
     rewound = not args.no_rewind and trial.commit and trial.status not in (
-        Status.KEEP, Status.AGENT_ERROR, Status.INTERRUPTED)
+        Status.KEEP, Status.AGENT_ERROR, Status.INTERRUPTED) and not (
+        trial.status is Status.REJECTED and changed_outside(task))  # (then left: see drive)
     if rewound and trial.commit and trial.parent and touched_editable(task, trial.commit, trial.parent):
         print(f"(your change to the editable files was rewound; it is kept in trial {trial.number}'s commit: "
               f"`git checkout refs/autoresearch/{tag}/trials/{trial.number} -- FILE` brings a file back)")
@@ -365,8 +373,13 @@ def cmd_trial(args: argparse.Namespace) -> int:
         left = changed_outside(task)
         if left:
             shown = " ".join(shlex.quote(p) for p in left)
+            git = Git(task.root)
+            mine = [p for p in working_changes(git, task) if task.is_editable(p)
+                    and not (best.commit and as_left(git, task.root, p, best.commit))]
             print(f"(left as it is in your working tree, outside the editable files: {', '.join(left)}; "
-                  f"every trial is rejected until it is undone: `git checkout -- {shown}`)")
+                  f"every trial is rejected until it is undone: `git checkout -- {shown}`"
+                  + ("; your change to the editable files was not measured and is left as it is too, "
+                     "for the next `trial`)" if mine else ")"))
     if figs:
         print(figs)
     print(f"best: trial {best.number}, {metric} {best.metric:.6g} (tag {tag})")

@@ -5,7 +5,8 @@ repository, runs `autoresearch trial -m "what I changed"`, and reads the verdict
 laid over the tag's best commit in the harness's own worktree and judged like any trial. The
 changed editable files are then set to the best code in the user's working tree (so a discarded
 change is rewound and a kept one stays), unless rewind=False; changes outside the editable scope
-(which make the trial rejected) are left as they are.
+(which make the trial rejected) are left as they are, and so is the editable change beside them
+(it was not measured).
 """
 
 from __future__ import annotations
@@ -219,6 +220,10 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         # a change that was never judged (it conflicted, or the trial was stopped) stays as it is:
         # no commit holds it; a judged one is in the trial's commit, and is rewound to the best
         judged = trial.status not in (Status.AGENT_ERROR, Status.INTERRUPTED)
+        # rejected for your change outside the editable files: the editable part was never
+        # measured, so it stays for the next `trial`, once the change outside is undone
+        if trial.status is Status.REJECTED and any(not task.is_editable(p) for p in paths):
+            rewind = False
         if rewind and best.commit and judged:
             done = rewind_to(session.git, task, best.commit, paths)
             write_left(note, head, {**left, **{rel: best.commit for rel in done}})
