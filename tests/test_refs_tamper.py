@@ -89,11 +89,14 @@ def test_the_trials_folder_linked_outside_the_repository_is_put_back(tmp_path: P
     ': > "$GD/refs/autoresearch/t/trials/4.lock"',  # for no ref: planted, however new
     'mkdir "$GD/refs/autoresearch/t/trials/4.lock"',  # a folder
     pytest.param(': > "$GD/refs/autoresearch/t/trials/1.lock"\n  sleep 3', marks=pytest.mark.slow),  # beside a ref: once seconds old
+    ': > "$GD/refs/autoresearch/t/trials/1.lock"\n  touch -d "+1 hour" "$GD/refs/autoresearch/t/trials/1.lock"',  # dated ahead
+    ': > "$GD/refs/heads/autoresearch/t.lock"',  # beside the tag's branch, fresh: still there seconds on
 ])
 def test_a_lock_planted_for_the_loops_refs_neither_stops_the_loop_nor_goes_unnoticed(tmp_path: Path, deed: str) -> None:
     repo, r = run_with(tmp_path, "  " + deed)
     assert_caught(repo, r, "made refs where only the loop writes")
     assert not list((repo / ".git/refs/autoresearch/t/trials").glob("*.lock"))
+    assert not (repo / ".git/refs/heads/autoresearch/t.lock").exists()
 
 
 def test_the_loops_refs_folder_linked_to_your_branches_is_cleared_and_your_branches_stay(tmp_path: Path) -> None:

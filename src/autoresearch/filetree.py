@@ -5,6 +5,7 @@ process on every trial."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import stat
@@ -127,6 +128,63 @@ def read_regular(path: Path, limit: int, follow: bool = False) -> tuple[bytes, i
         if not stat.S_ISREG(st.st_mode):
             raise NotRegular(f"{path} is not a regular file")
         return f.read(limit), st.st_size
+
+
+def hash_regular(path: Path) -> str:
+    """The sha256 of the regular file at `path` (a link is not followed), read without waiting:
+    NotRegular for a FIFO, a device or a socket, OSError for all else."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise NotRegular(f"{path} is not a regular file")
+        h = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+        return h.hexdigest()
+
+
+def endless(path: str) -> bool:
+    """Whether reading `path` could wait or go on forever: a FIFO, a socket or a device, or a
+    link to one (a file, a folder, a dangling link and nothing at all are not)."""
+    try:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def remove_endless(git_dir: Path) -> list[str]:
+    """Remove the FIFOs, sockets and devices (and links to them) under a repository's .git,
+    where git would wait forever on their read (git makes none), and say which (relative). The
+    loose objects are not searched, only objects/info and objects/pack: git reads an object
+    file only where a ref leads it, and a FIFO there is no object git wrote."""
+    found = []
+    for start, deep in [(git_dir, True), (git_dir / "objects" / "info", False), (git_dir / "objects" / "pack", False)]:
+        for top, dirs, files in os.walk(start):
+            for name in dirs + files:
+                path = os.path.join(top, name)
+                if endless(path):
+                    found.append(os.path.relpath(path, git_dir))
+                    remove_path(Path(path))
+            dirs[:] = [d for d in dirs if d not in ("objects", "lfs")] if deep else []
+    return found
+
+
+NOT_REGULAR = b"\0(not a regular file)\0"  # what slurp reads of a FIFO, a device, a socket
+BIG = 1 << 34  # read to the end
+
+
+def slurp(path: Path) -> bytes | None:
+    """A file's content (a link followed), never waited on: NOT_REGULAR for a FIFO or a device
+    (or a link to one), None where there is no file."""
+    try:
+        return read_regular(path, BIG, follow=True)[0]
+    except NotRegular:
+        return NOT_REGULAR
+    except OSError:
+        return None
 
 
 def read_plain(path: Path, limit: int = 1 << 16) -> str | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoresearch.errors import AutoresearchError, UsageError
-from autoresearch.filetree import ctimes, remove_specials, remove_unknown, writable
+from autoresearch.filetree import ctimes, remove_path, remove_specials, remove_unknown, writable
 from autoresearch.gitconfig import kept_config, private_file
 from autoresearch.gitstatus import Change, packed_refs, status_entries
 from autoresearch.process import run_harness
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from autoresearch.objects import BlobReader
 
 SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "gc.auto=0",
-        "-c", "core.quotePath=false", "-c", "advice.detachedHead=false"]
+        "-c", "core.quotePath=false", "-c", "advice.detachedHead=false",
+        "-c", "core.commitGraph=false"]  # (objects/info/commit-graph is a cache an agent can forge)
 IDENTITY = {"GIT_AUTHOR_NAME": "autoresearch", "GIT_AUTHOR_EMAIL": "autoresearch@localhost",
             "GIT_COMMITTER_NAME": "autoresearch", "GIT_COMMITTER_EMAIL": "autoresearch@localhost"}
 
@@ -251,6 +252,9 @@ class Git:
         # locked ("initializing"), and a locked, missing worktree blocks every later add.
         self.remove_worktree(path)
         self._known.pop(path, None)
+        folder = self.common_dir / "worktrees"  # (a file or a link an agent put there: no add works)
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            remove_path(folder)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.run("worktree", "add", "--detach", "--force", str(path), commit)
         pointer = (path / ".git").read_text().strip()

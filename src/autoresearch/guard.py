@@ -15,7 +15,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from autoresearch.filetree import remove_path
+from autoresearch.filetree import (
+    BIG,
+    NOT_REGULAR,
+    NotRegular,
+    hash_regular,
+    read_regular,
+    remove_endless,
+    remove_path,
+    slurp,
+)
 from autoresearch.gitrepo import MAX_FILE_BYTES, SAFE
 from autoresearch.gitstatus import Change, packed_refs
 from autoresearch.shadow import shadowing
@@ -62,7 +71,8 @@ def ignored_editable(task: Task, ignored: list[str]) -> str:
 
 
 def hash_files(root: Path, paths: list[str]) -> dict[str, str]:
-    """sha256 of each path under root ('missing' or 'symlink' where it is not a plain file)."""
+    """sha256 of each path under root ('missing', 'symlink' or 'not a regular file' where it is
+    not a plain file: a FIFO put in a protected file's place is not waited on)."""
     out: dict[str, str] = {}
     for rel in paths:
         p = root / rel
@@ -70,7 +80,9 @@ def hash_files(root: Path, paths: list[str]) -> dict[str, str]:
             out[rel] = "symlink"
             continue
         try:
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+            out[rel] = hash_regular(p)
+        except NotRegular:
+            out[rel] = "not a regular file"
         except OSError:
             out[rel] = "missing"
     return out
@@ -85,11 +97,17 @@ def changed_files(expected: dict[str, str], root: Path) -> list[str]:
 LOCK_AGE = 2.0  # seconds: a lock file older than this under the loop's refs is no git's at work
 
 
-def _age(path: str) -> float:
-    try:
-        return time.time() - os.lstat(path).st_mtime
-    except OSError:
-        return 0.0
+def _lingers(path: str) -> bool:
+    """Whether the lock file at `path` is no git's at work: LOCK_AGE old (or dated ahead), or
+    still there LOCK_AGE on (a git holds one for milliseconds)."""
+    deadline = time.monotonic() + LOCK_AGE
+    while True:
+        try:
+            if abs(time.time() - os.lstat(path).st_mtime) > LOCK_AGE or time.monotonic() > deadline:
+                return True
+        except OSError:
+            return False
+        time.sleep(0.05)
 
 
 def _loose_refs(path: str, name: str) -> Iterator[tuple[str, str]]:
@@ -136,7 +154,7 @@ class GitGuard:
     says what changed since the last look, and the loop notes it on the trial running then."""
 
     METADATA = ("config", "config.worktree", "info/attributes", "info/exclude", "info/grafts",
-                "info/sparse-checkout", "objects/info/alternates")
+                "info/sparse-checkout", "objects/info/alternates", "shallow")
 
     def __init__(self, common_dir: Path, tag: str | None = None, checkout: Path | None = None,
                  checkout_files: list[str] | None = None, extra: tuple[Path, ...] = ()) -> None:
@@ -148,6 +166,7 @@ class GitGuard:
         self._loose: dict[str, tuple[tuple[int, int, int], str]] = {}  # path -> (stat key, value)
         self._packed_cache: tuple[tuple[int, int, int] | None, dict[str, str]] = (None, {})
         self._saved = self._read()
+        self._common_head = slurp(common_dir / "HEAD")
         self._refs = self._read_refs()
         self._user = self._read_user_refs()
         self._replace = self._scan(("refs/replace/",), ())  # the user's own are left alone
@@ -166,10 +185,7 @@ class GitGuard:
     def _read(self) -> dict[Path, bytes | None]:
         out: dict[Path, bytes | None] = {}
         for f in self._files():
-            try:
-                out[f] = f.read_bytes()
-            except OSError:
-                out[f] = None
+            out[f] = slurp(f)
         return out
 
     def _git(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -196,7 +212,7 @@ class GitGuard:
         if branch_lock.exists() or branch_lock.is_symlink():
             locks.append((str(branch_lock), f"{self.branch}.lock"))
         refs.update((name, "lock") for path, name in locks
-                    if name[:-5] not in refs or _age(path) > LOCK_AGE or os.path.isdir(path))
+                    if name[:-5] not in refs or os.path.isdir(path) or _lingers(path))
         return refs
 
     USER = ("refs/heads/", "refs/tags/", "refs/stash", "refs/notes/")
@@ -208,10 +224,9 @@ class GitGuard:
         if not self.own:
             return {}
         refs = self._scan(self.USER, self.NOT_USER)
-        try:
-            refs["logs/refs/stash"] = hashlib.sha1((self.common_dir / "logs/refs/stash").read_bytes()).hexdigest()
-        except OSError:
-            pass
+        stash = slurp(self.common_dir / "logs/refs/stash")
+        if stash is not None:
+            refs["logs/refs/stash"] = hashlib.sha1(stash).hexdigest()
         return refs
 
     def _scan(self, prefixes: tuple[str, ...], skip: tuple[str, ...]) -> dict[str, str]:
@@ -236,9 +251,8 @@ class GitGuard:
                     cached = self._loose.get(path)
                     if cached and cached[0] == key:
                         value = cached[1]
-                    else:
-                        with open(path, errors="replace") as fh:
-                            value = fh.read().strip()
+                    else:  # (a FIFO there is skipped: NotRegular; check_and_restore removes it)
+                        value = read_regular(Path(path), 4096, follow=True)[0].decode(errors="replace").strip()
                         self._loose[path] = (key, value)
                 except OSError:
                     continue
@@ -256,7 +270,7 @@ class GitGuard:
             st = os.stat(path)
             key = (st.st_ino, st.st_ctime_ns, st.st_size)
             if self._packed_cache[0] != key:
-                self._packed_cache = (key, packed_refs(path.read_text(errors="replace")))
+                self._packed_cache = (key, packed_refs(read_regular(path, BIG, follow=True)[0].decode(errors="replace")))
         except OSError:
             self._packed_cache = (None, {})
         return self._packed_cache[1]
@@ -273,10 +287,9 @@ class GitGuard:
 
     def _checkout_head(self) -> str:
         """What the user's checkout has checked out (its HEAD file: a branch, or a commit)."""
-        try:
-            return (self.checkout / ".git" / "HEAD").read_text(errors="replace").strip() if self.checkout else ""
-        except OSError:  # (a checkout that is itself a linked worktree: .git is a file)
-            return ""
+        head = slurp(self.checkout / ".git" / "HEAD") if self.checkout else None
+        # (None: a checkout that is itself a linked worktree: .git is a file)
+        return "" if head is None or head == NOT_REGULAR else head.decode(errors="replace").strip()
 
     def user_changes(self) -> list[str]:
         """What changed in the user's refs and checkout since the last look, one line each;
@@ -325,8 +338,26 @@ class GitGuard:
                 out.append(f"moved {name} from {old[:7]} to {new[:7]}")
         return out
 
+    def _remove_endless(self) -> list[str]:
+        """FIFOs and devices put in .git (see filetree.remove_endless): removed, HEAD put back."""
+        found = remove_endless(self.common_dir)
+        folder = self.common_dir / "worktrees"  # (a file there: no `git worktree add` works)
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            remove_path(folder)
+            found.append("worktrees (a file, not a folder)")
+        if "HEAD" in found and self._common_head:
+            (self.common_dir / "HEAD").write_bytes(self._common_head)
+        head = slurp(self.common_dir / "HEAD")
+        if head not in (None, NOT_REGULAR):
+            self._common_head = head
+        return found
+
     def check_and_restore(self) -> str | None:
         problems = []
+        endless_ = self._remove_endless()
+        if endless_:
+            problems.append(f"put in the repository's .git what is not a regular file, which git would wait on "
+                            f"or trip over ({', '.join(sorted(endless_)[:5])}); removed")
         files = self._restore_files()
         if files:
             problems.append(f"modified the repository's git metadata ({', '.join(files)}); restored")
@@ -395,7 +426,9 @@ class GitGuard:
             old = self._saved.get(path)
             if old is None:
                 path.unlink(missing_ok=True)
-            elif now.get(path) != old:
+            elif now.get(path) != old and old != NOT_REGULAR:
+                if now.get(path) == NOT_REGULAR:  # (not written through: a FIFO would wait)
+                    remove_path(path)
                 path.write_bytes(old)
         return changed
 

@@ -289,7 +289,7 @@ class Loop:
             return self._agent_failed(t, error, fatal)
         self.streak.ok()
         with self.lock:
-            reason = guard.check_changes(self.task, changes, ws.path) or tamper
+            reason = "; ".join(w for w in (guard.check_changes(self.task, changes, ws.path), tamper) if w)
             t = self.watch.note(t, "agent")
             if not reason and getattr(self.agent, "runs_commands", True) and any("refs/stash" in f for f in t.flags):
                 reason = ("git's stash changed while the agent ran: it is shared with your repository and "

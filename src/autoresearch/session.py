@@ -15,12 +15,13 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import UsageError
-from autoresearch.filetree import remove_path
+from autoresearch.filetree import remove_endless, remove_path
 from autoresearch.gitrepo import Git, GitError, Workspace
 from autoresearch.ledger import LEDGER_DIR, Ledger, tag_dir
 from autoresearch.process import kill_all_owned
@@ -85,6 +86,11 @@ class Session:
 
 def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
     """Create or resume the tag's branch and ledger and take the tag's lock."""
+    if (task.root / ".git").is_dir():  # a FIFO an agent left in .git (a loop killed before its
+        left = remove_endless(task.root / ".git")  # guard looked) would hang every git command
+        if left:
+            sys.stderr.write(f"autoresearch: warning: removed from .git what git would wait on forever "
+                             f"(a FIFO or a device, which git never makes): {', '.join(left[:5])}\n")
     git = Git.open(task.root)
     if not git.has_commits():
         raise UsageError(f"{task.root} has no commits yet: commit the task first")

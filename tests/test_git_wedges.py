@@ -1,0 +1,84 @@
+"""An agent or an experiment that leaves, in the repository's .git or in the worktree, something
+a plain read waits on forever: a FIFO (a named pipe: its open waits for a writer), or a link to
+/dev/zero (its read never ends). Each stood in the harness's way in a red team's hands (the
+loop hung on its next look at git's metadata). Each is caught on the trial that did it
+(rejected), removed or put back, and the loop goes on to its last trial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import cli, git, make_task, script_agent, trials
+
+from autoresearch.records import Status
+
+AGENT = """\
+sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
+GD=$(git rev-parse --git-common-dir)
+if [ "$AUTORESEARCH_TRIAL" = 2 ]; then
+{deed}
+fi
+echo "X to 2.$((9 - AUTORESEARCH_TRIAL))"
+"""
+
+DEEDS = {
+    "info/exclude": 'rm -f "$GD/info/exclude"; mkfifo "$GD/info/exclude"',
+    "a hook": 'mkdir -p "$GD/hooks"; mkfifo "$GD/hooks/post-commit"',
+    "the stash's list": 'mkdir -p "$GD/logs/refs"; mkfifo "$GD/logs/refs/stash"',
+    "a branch of yours": 'mkfifo "$GD/refs/heads/wedge"',
+    "packed-refs": 'git pack-refs --all; rm -f "$GD/packed-refs"; mkfifo "$GD/packed-refs"',
+    "HEAD": 'rm -f "$GD/HEAD"; ln -s /dev/zero "$GD/HEAD"',
+    "config": 'cp "$GD/config" "$GD/config.real"; rm -f "$GD/config"; mkfifo "$GD/config"',
+}
+
+
+@pytest.mark.parametrize("where", list(DEEDS))
+def test_a_fifo_or_endless_file_left_in_git_metadata_is_caught_and_removed(tmp_path: Path, where: str) -> None:
+    repo = make_task(tmp_path / "task")
+    head = git(repo, "symbolic-ref", "HEAD")
+    agent = script_agent(tmp_path / "a.sh", AGENT.replace("{deed}", DEEDS[where]))
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "4", timeout=120)
+    assert r.returncode == 0, r.stderr
+    done = trials(repo)
+    assert [t.status for t in done] == [Status.KEEP, Status.KEEP, Status.REJECTED, Status.KEEP, Status.KEEP], \
+        [(t.status.value, t.reason) for t in done]
+    assert "not a regular file" in done[2].reason, done[2].reason
+    assert git(repo, "symbolic-ref", "HEAD") == head  # your repository works as it did
+    assert git(repo, "rev-parse", "autoresearch/t") == done[-1].commit
+    gd = repo / ".git"
+    assert not any(p.is_fifo() or (p.is_symlink() and p.resolve() == Path("/dev/zero"))
+                   for p in gd.rglob("*") if "objects" not in p.parts)
+
+
+def test_a_protected_file_made_a_fifo_by_the_experiment_is_tampering(tmp_path: Path) -> None:
+    """The experiment swaps the protected prepare.py for a FIFO: hashing it must not wait."""
+    repo = make_task(tmp_path / "task")
+    deed = r"""printf 'import os\nos.remove("prepare.py"); os.mkfifo("prepare.py")\n' >> exp.py"""
+    agent = script_agent(tmp_path / "a.sh", AGENT.replace("{deed}", deed))
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "4", timeout=120)
+    assert r.returncode == 0, r.stderr
+    done = trials(repo)
+    assert done[2].status is not Status.KEEP, [(t.status.value, t.reason) for t in done]
+    assert "prepare.py" in done[2].reason, done[2].reason
+    assert [t.status for t in done[3:]] == [Status.KEEP, Status.KEEP], [(t.status.value, t.reason) for t in done]
+
+
+@pytest.mark.parametrize(("deed", "why"), [
+    ('rm -rf "$GD/worktrees"; echo x > "$GD/worktrees"', "worktrees (a file, not a folder)"),
+    ('git rev-parse HEAD > "$GD/shallow"', "modified the repository's git metadata (shallow)"),
+])
+def test_git_metadata_that_breaks_later_trials_is_caught_and_put_right(tmp_path: Path, deed: str, why: str) -> None:
+    """.git/worktrees made a file (no `git worktree add` would work again: every later trial,
+    and every resume, failed); a `shallow` file that cuts your history short at a commit."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", AGENT.replace("{deed}", deed))
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "4", timeout=120)
+    assert r.returncode == 0, r.stderr
+    done = trials(repo)
+    assert [t.status for t in done] == [Status.KEEP, Status.KEEP, Status.REJECTED, Status.KEEP, Status.KEEP], \
+        [(t.status.value, t.reason) for t in done]
+    assert why in done[2].reason, done[2].reason
+    assert (repo / ".git/worktrees").is_dir() or not (repo / ".git/worktrees").exists()
+    assert not (repo / ".git/shallow").exists()
+    assert git(repo, "rev-list", "--count", "main") == "1"
