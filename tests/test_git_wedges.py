@@ -6,6 +6,7 @@ loop hung on its next look at git's metadata). Each is caught on the trial that 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,23 @@ def test_git_metadata_that_breaks_later_trials_is_caught_and_put_right(tmp_path:
     assert (repo / ".git/worktrees").is_dir() or not (repo / ".git/worktrees").exists()
     assert not (repo / ".git/shallow").exists()
     assert git(repo, "rev-list", "--count", "main") == "1"
+
+
+def test_a_git_planted_early_on_path_mid_loop_is_never_run_by_the_harness(tmp_path: Path) -> None:
+    """A folder on PATH before the system's (a venv's bin) that the agent can write: a `git` put
+    there would run as the harness (and could, say, forge what `cat-file` shows). The harness
+    runs the git it found as it started."""
+    import shutil
+
+    repo = make_task(tmp_path / "task")
+    bindir, mark = tmp_path / "bin", tmp_path / "planted-git-ran"
+    bindir.mkdir()
+    deed = f"""printf '#!/bin/sh\\necho "$*" >> {mark}\\nexec {shutil.which("git")} "$@"\\n' > {bindir}/git
+chmod +x {bindir}/git"""
+    agent = script_agent(tmp_path / "a.sh", AGENT.replace("{deed}", deed))
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "4", env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (bindir / "git").exists() and mark.exists()  # (the agents' own git calls ran it)
+    assert "core.hooksPath" not in mark.read_text(), mark.read_text()  # (the harness's carry SAFE)
+    assert [t.status for t in trials(repo)][-1] is Status.KEEP

@@ -8,6 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from autoresearch.programs import GIT
+
 # What the harness's git keeps of the user's global and system configuration, read once when a
 # loop starts (includes followed): git-lfs's filter, the repositories marked safe, line endings
 # and the global ignore file. Nothing else (no other filter driver, no global attributes file):
@@ -26,7 +28,7 @@ def kept_config(env: dict[str, str]) -> str:
     """The KEPT_CONFIG entries of the system and global config, as a config file's text."""
     lines = ["[core]", f"\tattributesFile = {_quote(os.devnull)}"]
     for scope in ("--system", "--global"):
-        out = subprocess.run(["git", "config", scope, "--includes", "-z", "--get-regexp", KEPT_CONFIG], env=env,
+        out = subprocess.run([GIT, "config", scope, "--includes", "-z", "--get-regexp", KEPT_CONFIG], env=env,
                              capture_output=True, text=True, errors="surrogateescape", start_new_session=True)
         for item in out.stdout.split("\0"):
             key, sep, value = item.partition("\n")

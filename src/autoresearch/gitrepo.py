@@ -24,6 +24,7 @@ from autoresearch.filetree import ctimes, remove_path, remove_specials, remove_u
 from autoresearch.gitconfig import kept_config, private_file
 from autoresearch.gitstatus import Change, packed_refs, status_entries
 from autoresearch.process import run_harness
+from autoresearch.programs import GIT
 
 if TYPE_CHECKING:
     from autoresearch.objects import BlobReader
@@ -88,7 +89,7 @@ class Git:
     def open(cls, root: Path) -> Git:
         root = Path(root).resolve()
         try:
-            top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root,
+            top = subprocess.run([GIT, "rev-parse", "--show-toplevel"], cwd=root,
                                  capture_output=True, text=True, check=True).stdout.strip()
         except FileNotFoundError:
             raise UsageError("git is not installed (it is needed for every trial)") from None
@@ -106,7 +107,7 @@ class Git:
         # its own session: a Ctrl-C at the terminal goes to the loop, which stops cleanly, not
         # to the git command it is running (which would fail the run with exit 1)
         spawn = run_harness if args and args[0] in FILTERING else subprocess.run
-        proc = spawn(["git", *SAFE, *args], cwd=cwd or self.root, env=full_env,
+        proc = spawn([GIT, *SAFE, *args], cwd=cwd or self.root, env=full_env,
                      input=input, capture_output=True, text=True,
                      errors="surrogateescape", start_new_session=True)
         if (proc.returncode != 0 and "smudge filter lfs failed" in proc.stderr
@@ -220,7 +221,7 @@ class Git:
     def show_bytes(self, commit: str, path: str) -> bytes | None:
         """`path` as `commit` (or, with commit "", the index) holds it, byte for byte: no newline
         translation, no decoding (a Latin-1 byte or a CRLF must come back as it was)."""
-        out = subprocess.run(["git", *SAFE, "cat-file", "blob", f"{commit}:{path}"], cwd=self.root,
+        out = subprocess.run([GIT, *SAFE, "cat-file", "blob", f"{commit}:{path}"], cwd=self.root,
                              env=self._env, capture_output=True, start_new_session=True)
         return out.stdout if out.returncode == 0 else None
 

@@ -27,6 +27,7 @@ from autoresearch.filetree import (
 )
 from autoresearch.gitrepo import MAX_FILE_BYTES, SAFE
 from autoresearch.gitstatus import Change, packed_refs
+from autoresearch.programs import GIT
 from autoresearch.shadow import shadowing
 from autoresearch.task import Task
 
@@ -191,7 +192,7 @@ class GitGuard:
     def _git(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
         env["GIT_NO_REPLACE_OBJECTS"] = "1"
-        return subprocess.run(["git", *SAFE, f"--git-dir={self.common_dir}", *args], env=env,
+        return subprocess.run([GIT, *SAFE, f"--git-dir={self.common_dir}", *args], env=env,
                               input=input, capture_output=True, text=True, errors="surrogateescape",
                               start_new_session=True)
 
@@ -399,7 +400,7 @@ class GitGuard:
             return False
 
         def entries(text: bytes) -> list[str] | None:
-            out = subprocess.run(["git", "config", "--file", "-", "--list", "-z"], input=text, capture_output=True,
+            out = subprocess.run([GIT, "config", "--file", "-", "--list", "-z"], input=text, capture_output=True,
                                  start_new_session=True)
             return out.stdout.decode("utf-8", "replace").split("\0") if out.returncode == 0 else None
 

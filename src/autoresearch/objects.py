@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from autoresearch.gitrepo import MAX_FILE_BYTES, SAFE, Git
+from autoresearch.programs import GIT
 
 
 def tree_blobs(git: Git, commit: str, check: bool = True) -> list[tuple[str, str, str, int]]:
@@ -39,7 +40,7 @@ def task_blobs(git: Git, commit: str, wanted: Callable[[str], bool]) -> list[tup
              if size <= MAX_FILE_BYTES and wanted(path)]  # (a big data file in git is not held in memory for this)
     if not names:
         return []
-    out = subprocess.run(["git", *SAFE, "cat-file", "--batch"], cwd=git.root, env=git._env,
+    out = subprocess.run([GIT, *SAFE, "cat-file", "--batch"], cwd=git.root, env=git._env,
                          input="".join(f"{sha}\n" for _, sha in names).encode(), capture_output=True,
                          start_new_session=True).stdout
     blobs, pos = [], 0
@@ -100,7 +101,7 @@ class ObjectWatch:
             return None  # packed (or gone)
 
     def _git_has(self, sha: str) -> bool:
-        return subprocess.run(["git", *SAFE, f"--git-dir={self.common_dir}", "cat-file", "-e", sha], env=self._env,
+        return subprocess.run([GIT, *SAFE, f"--git-dir={self.common_dir}", "cat-file", "-e", sha], env=self._env,
                               capture_output=True, start_new_session=True).returncode == 0
 
     def remember(self, blobs: list[tuple[str, str, bytes]]) -> None:
@@ -128,7 +129,7 @@ class ObjectWatch:
             idx = self.common_dir / "objects" / "pack" / name
             try:
                 with open(idx, "rb") as f:
-                    listed = subprocess.run(["git", "show-index"], stdin=f, capture_output=True, env=self._env,
+                    listed = subprocess.run([GIT, "show-index"], stdin=f, capture_output=True, env=self._env,
                                             text=True, start_new_session=True).stdout
             except OSError:
                 continue
@@ -189,7 +190,7 @@ def _read_packed(pack: Path, sha: str, env: dict[str, str]) -> bytes | None:
                 os.symlink(pack.with_suffix(suffix), alone / "objects" / "pack" / pack.with_suffix(suffix).name)
             except OSError:
                 return None
-        out = subprocess.run(["git", f"--git-dir={alone}", "cat-file", "blob", sha], capture_output=True, env=env,
+        out = subprocess.run([GIT, f"--git-dir={alone}", "cat-file", "blob", sha], capture_output=True, env=env,
                              start_new_session=True)
         return out.stdout if out.returncode == 0 else None
 
@@ -201,7 +202,7 @@ class BlobReader:
     def __init__(self, git: Git) -> None:
         self.git = git
         self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            ["git", *SAFE, "cat-file", "--batch"], cwd=git.root, env=git._env, stdin=subprocess.PIPE,
+            [GIT, *SAFE, "cat-file", "--batch"], cwd=git.root, env=git._env, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def read(self, commit: str, path: str) -> bytes | None:

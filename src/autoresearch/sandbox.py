@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -42,13 +41,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from autoresearch.errors import UsageError
+from autoresearch.programs import BWRAP
 
 INSTALL_HINT = ("install bubblewrap: `apt-get install bubblewrap` (Debian/Ubuntu), "
                 "`dnf install bubblewrap` (Fedora), `pacman -S bubblewrap` (Arch)")
 
 
 def bwrap_path() -> str | None:
-    return shutil.which("bwrap")
+    return BWRAP  # (found as the harness started: see programs.py)
 
 
 @functools.lru_cache(maxsize=1)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.gitrepo import IDENTITY
+from autoresearch.programs import GIT
 
 TEMPLATES = ("cpu-gpt", "nanochat", "blank")
 
@@ -34,7 +35,7 @@ def enclosing_repository(directory: str | os.PathLike[str]) -> Path | None:
         here = here.parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, env=env,
+        out = subprocess.run([GIT, "rev-parse", "--show-toplevel"], cwd=here, env=env,
                              capture_output=True, text=True)
     except FileNotFoundError:  # no git: `init` says so
         return None
@@ -107,7 +108,7 @@ def _fill(dest: Path, src: Path, template: str, data_dir: Path | None) -> None:
     unsigned = ["-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main", "-c", "core.hooksPath=/dev/null"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", f"autoresearch init --template {template}"]):
         try:
-            subprocess.run(["git", *unsigned, *args], cwd=dest, env=env, check=True, capture_output=True, text=True)
+            subprocess.run([GIT, *unsigned, *args], cwd=dest, env=env, check=True, capture_output=True, text=True)
         except FileNotFoundError:
             raise UsageError("git is not installed (a task is a git repository)") from None
         except subprocess.CalledProcessError as e:

@@ -2,7 +2,8 @@
 
 One `Watch` per loop holds the guards: git's metadata and the loop's refs (guard.GitGuard), the
 record (Ledger.check_and_restore), the python experiments run (envguard.EnvGuard), the best
-code's git objects (objects.ObjectWatch) and what setup made (envguard.TreeWatch). `tampering`
+code's git objects (objects.ObjectWatch), what setup made (envguard.TreeWatch) and
+autoresearch's own code (selfwatch.OwnCode). `tampering`
 asks every one of them, puts back what can be put back and says why the trial is rejected;
 what may be the user's own doing (a commit, a `pip install`) is kept for `note`, which puts it
 on the trial as a flag for a human. The loop calls both under its decision lock.
@@ -16,6 +17,7 @@ from autoresearch import guard, objects
 from autoresearch.envguard import EnvGuard, TreeWatch
 from autoresearch.events import Events
 from autoresearch.records import Trial
+from autoresearch.selfwatch import OwnCode
 from autoresearch.session import Session
 from autoresearch.setupstep import SetupOutput
 
@@ -36,6 +38,7 @@ class Watch:
         self.env = EnvGuard(bin_dir, shim, site, keep=session.dir / "quarantine")
         self.setup = TreeWatch(None)  # what setup made, once it ran
         self.pending: list[str] = []  # notes for the next trial noted
+        self.own = OwnCode()  # autoresearch's own code (every module imported now)
 
     def after_setup(self, setup: SetupOutput) -> None:
         self.setup = TreeWatch(setup.store if setup.entries else None)
@@ -59,7 +62,8 @@ class Watch:
         git objects), put back where it can be; None when nothing was. Every guard looks,
         whatever the others found. What may be the user's doing is kept for `note`."""
         env_problem, env_note = self.env.check_and_restore()
-        found = [why for why in (self.git.check_and_restore(), env_problem, self.objects.check_and_restore(),
+        found = [why for why in (self.git.check_and_restore(), self.own.check_and_restore(), env_problem,
+                                 self.objects.check_and_restore(),
                                  "; ".join(self.s.ledger.check_and_restore()) or None) if why]
         self.pending += [n for n in (env_note, self.setup.check()) if n]
         if not found:
