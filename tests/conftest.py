@@ -99,6 +99,28 @@ def script_agent(path: Path, body: str) -> str:
     return str(path)
 
 
+# a scripted agent for red-team deeds: each trial lowers X a little (an honest change); trial 2
+# also does the deed (shell lines; $GD is the repository's common .git folder)
+DEED_AGENT = """\
+sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
+GD=$(git rev-parse --git-common-dir)
+if [ "$AUTORESEARCH_TRIAL" = 2 ]; then
+{deed}
+fi
+echo "X to 2.$((9 - AUTORESEARCH_TRIAL))"
+"""
+
+
+def run_deed(tmp_path: Path, deed: str, trials_: int = 4, env: dict[str, str] | None = None,
+             timeout: float = 300) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """A new task repository, and `run` on it of `trials_` trials of DEED_AGENT doing `deed`."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", DEED_AGENT.replace("{deed}", deed))
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", str(trials_),
+            env=env, timeout=timeout)
+    return repo, r
+
+
 @pytest.fixture
 def task_repo(tmp_path: Path) -> Path:
     return make_task(tmp_path / "task")

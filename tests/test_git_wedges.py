@@ -10,18 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import cli, git, make_task, script_agent, trials
+from conftest import git, run_deed, trials
 
 from autoresearch.records import Status
-
-AGENT = """\
-sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
-GD=$(git rev-parse --git-common-dir)
-if [ "$AUTORESEARCH_TRIAL" = 2 ]; then
-{deed}
-fi
-echo "X to 2.$((9 - AUTORESEARCH_TRIAL))"
-"""
 
 DEEDS = {
     "info/exclude": 'rm -f "$GD/info/exclude"; mkfifo "$GD/info/exclude"',
@@ -36,10 +27,8 @@ DEEDS = {
 
 @pytest.mark.parametrize("where", list(DEEDS))
 def test_a_fifo_or_endless_file_left_in_git_metadata_is_caught_and_removed(tmp_path: Path, where: str) -> None:
-    repo = make_task(tmp_path / "task")
-    head = git(repo, "symbolic-ref", "HEAD")
-    agent = script_agent(tmp_path / "a.sh", AGENT.replace("{deed}", DEEDS[where]))
-    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "4", timeout=120)
+    repo, r = run_deed(tmp_path, DEEDS[where], timeout=120)
+    head = "refs/heads/main"  # (make_task's branch)
     assert r.returncode == 0, r.stderr
     done = trials(repo)
     assert [t.status for t in done] == [Status.KEEP, Status.KEEP, Status.REJECTED, Status.KEEP, Status.KEEP], \
@@ -54,10 +43,8 @@ def test_a_fifo_or_endless_file_left_in_git_metadata_is_caught_and_removed(tmp_p
 
 def test_a_protected_file_made_a_fifo_by_the_experiment_is_tampering(tmp_path: Path) -> None:
     """The experiment swaps the protected prepare.py for a FIFO: hashing it must not wait."""
-    repo = make_task(tmp_path / "task")
     deed = r"""printf 'import os\nos.remove("prepare.py"); os.mkfifo("prepare.py")\n' >> exp.py"""
-    agent = script_agent(tmp_path / "a.sh", AGENT.replace("{deed}", deed))
-    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "4", timeout=120)
+    repo, r = run_deed(tmp_path, deed, timeout=120)
     assert r.returncode == 0, r.stderr
     done = trials(repo)
     assert done[2].status is not Status.KEEP, [(t.status.value, t.reason) for t in done]
@@ -72,9 +59,7 @@ def test_a_protected_file_made_a_fifo_by_the_experiment_is_tampering(tmp_path: P
 def test_git_metadata_that_breaks_later_trials_is_caught_and_put_right(tmp_path: Path, deed: str, why: str) -> None:
     """.git/worktrees made a file (no `git worktree add` would work again: every later trial,
     and every resume, failed); a `shallow` file that cuts your history short at a commit."""
-    repo = make_task(tmp_path / "task")
-    agent = script_agent(tmp_path / "a.sh", AGENT.replace("{deed}", deed))
-    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "4", timeout=120)
+    repo, r = run_deed(tmp_path, deed, timeout=120)
     assert r.returncode == 0, r.stderr
     done = trials(repo)
     assert [t.status for t in done] == [Status.KEEP, Status.KEEP, Status.REJECTED, Status.KEEP, Status.KEEP], \
@@ -91,14 +76,11 @@ def test_a_git_planted_early_on_path_mid_loop_is_never_run_by_the_harness(tmp_pa
     runs the git it found as it started."""
     import shutil
 
-    repo = make_task(tmp_path / "task")
     bindir, mark = tmp_path / "bin", tmp_path / "planted-git-ran"
     bindir.mkdir()
     deed = f"""printf '#!/bin/sh\\necho "$*" >> {mark}\\nexec {shutil.which("git")} "$@"\\n' > {bindir}/git
 chmod +x {bindir}/git"""
-    agent = script_agent(tmp_path / "a.sh", AGENT.replace("{deed}", deed))
-    env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
-    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "4", env=env, timeout=120)
+    repo, r = run_deed(tmp_path, deed, env={"PATH": f"{bindir}:{os.environ['PATH']}"}, timeout=120)
     assert r.returncode == 0, r.stderr
     assert (bindir / "git").exists() and mark.exists()  # (the agents' own git calls ran it)
     assert "core.hooksPath" not in mark.read_text(), mark.read_text()  # (the harness's carry SAFE)

@@ -10,27 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import cli, git, make_task, script_agent, trials
+from conftest import DEED_AGENT, cli, git, make_task, run_deed, script_agent, trials
 
 from autoresearch.ledger import Ledger
 from autoresearch.records import Status, Trial
-
-# each trial lowers X a little (an honest change); trial 2 also does the deed
-AGENT = """\
-sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
-GD=$(git rev-parse --git-common-dir)
-if [ "$AUTORESEARCH_TRIAL" = 2 ]; then
-{deed}
-fi
-echo "X to 2.$((9 - AUTORESEARCH_TRIAL))"
-"""
-
-
-def run_with(tmp_path: Path, deed: str, trials_: int = 4) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    repo = make_task(tmp_path / "task")
-    agent = script_agent(tmp_path / "a.sh", AGENT.replace("{deed}", deed))
-    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", str(trials_))
-    return repo, r
 
 
 def assert_caught(repo: Path, r: subprocess.CompletedProcess[str], why: str) -> None:
@@ -59,7 +42,7 @@ lines.insert(at, f"{fake} refs/autoresearch/t/trials/1\\n")
 open(path, "w").write("".join(lines))
 PY
 """
-    repo, r = run_with(tmp_path, deed)
+    repo, r = run_deed(tmp_path, deed)
     assert_caught(repo, r, "deleted or moved the loop's refs")
 
 
@@ -69,7 +52,7 @@ def test_the_trials_folder_replaced_by_a_file_is_put_back(tmp_path: Path) -> Non
   mkdir -p "$GD/refs/autoresearch/t"
   git rev-parse HEAD > "$GD/refs/autoresearch/t/trials"
 """
-    repo, r = run_with(tmp_path, deed)
+    repo, r = run_deed(tmp_path, deed)
     assert_caught(repo, r, "made refs where only the loop writes (refs/autoresearch/t/trials)")
 
 
@@ -80,7 +63,7 @@ def test_the_trials_folder_linked_outside_the_repository_is_put_back(tmp_path: P
   rm -rf "$GD/refs/autoresearch/t/trials"
   ln -s {outside} "$GD/refs/autoresearch/t/trials"
 """
-    repo, r = run_with(tmp_path, deed)
+    repo, r = run_deed(tmp_path, deed)
     assert_caught(repo, r, "deleted or moved the loop's refs")
     assert not (repo / ".git/refs/autoresearch/t/trials").is_symlink()
 
@@ -93,7 +76,7 @@ def test_the_trials_folder_linked_outside_the_repository_is_put_back(tmp_path: P
     ': > "$GD/refs/heads/autoresearch/t.lock"',  # beside the tag's branch, fresh: still there seconds on
 ])
 def test_a_lock_planted_for_the_loops_refs_neither_stops_the_loop_nor_goes_unnoticed(tmp_path: Path, deed: str) -> None:
-    repo, r = run_with(tmp_path, "  " + deed)
+    repo, r = run_deed(tmp_path, "  " + deed)
     assert_caught(repo, r, "made refs where only the loop writes")
     assert not list((repo / ".git/refs/autoresearch/t/trials").glob("*.lock"))
     assert not (repo / ".git/refs/heads/autoresearch/t.lock").exists()
@@ -109,7 +92,7 @@ def test_the_loops_refs_folder_linked_to_your_branches_is_cleared_and_your_branc
 """
     repo = make_task(tmp_path / "task")
     git(repo, "branch", "t/feature")
-    agent = script_agent(tmp_path / "a.sh", AGENT.replace("{deed}", deed))
+    agent = script_agent(tmp_path / "a.sh", DEED_AGENT.replace("{deed}", deed))
     r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "4")
     assert_caught(repo, r, "deleted or moved the loop's refs")
     assert git(repo, "rev-parse", "t/feature") == git(repo, "rev-parse", "main")
@@ -128,7 +111,7 @@ def test_a_swapped_entry_in_the_stash_list_is_held_against_a_cli_agent(tmp_path:
   FAKE=$(git commit-tree -p "$REAL^1" -p "$REAL^2" -m "WIP forged" "$REAL^{tree}")
   sed -i "s/^\\([0-9a-f]*\\) $REAL/\\1 $FAKE/" "$GD/logs/refs/stash"
 """
-    agent = script_agent(tmp_path / "a.sh", AGENT.replace("{deed}", deed))
+    agent = script_agent(tmp_path / "a.sh", DEED_AGENT.replace("{deed}", deed))
     r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "3")
     assert r.returncode == 0, r.stderr
     done = trials(repo)
@@ -141,7 +124,7 @@ def test_a_swapped_entry_in_the_stash_list_is_held_against_a_cli_agent(tmp_path:
 def test_a_ref_planted_for_a_trial_a_kill_left_in_flight_is_not_taken_as_its_commit(tmp_path: Path) -> None:
     """The loop writes a trial's ref only once the ledger holds its commit: a ref for a trial in
     flight without one (planted by its agent, then the loop killed) is not the trial's."""
-    repo, r = run_with(tmp_path, "  true", trials_=1)
+    repo, r = run_deed(tmp_path, "  true", trials_=1)
     assert r.returncode == 0, r.stderr
     best = git(repo, "rev-parse", "autoresearch/t")
     forged = git(repo, "commit-tree", "-p", best, "-m", "forged", f"{best}^{{tree}}")
@@ -169,7 +152,7 @@ def test_an_mlflow_path_with_a_line_break_is_refused(tmp_path: Path) -> None:
 def test_a_trial_ref_listed_twice_while_no_loop_watched_is_warned_of_and_repaired(tmp_path: Path) -> None:
     """Another tag's agent (a loop watches only its own tag) lists trial 1 twice in packed-refs:
     `status` warns, and `run --trials 0` writes the ref again, so git resolves the ledger's commit."""
-    repo, r = run_with(tmp_path, "  true", trials_=2)
+    repo, r = run_deed(tmp_path, "  true", trials_=2)
     assert r.returncode == 0, r.stderr
     real = trials(repo)[1].commit
     forged = git(repo, "commit-tree", "-p", real, "-m", "forged", f"{real}^{{tree}}")

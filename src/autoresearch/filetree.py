@@ -130,10 +130,10 @@ def read_regular(path: Path, limit: int, follow: bool = False) -> tuple[bytes, i
         return f.read(limit), st.st_size
 
 
-def hash_regular(path: Path) -> str:
-    """The sha256 of the regular file at `path` (a link is not followed), read without waiting:
-    NotRegular for a FIFO, a device or a socket, OSError for all else."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+def hash_regular(path: Path, follow: bool = False) -> str:
+    """The sha256 of the regular file at `path` (a link followed only if `follow`), read without
+    waiting: NotRegular for a FIFO, a device or a socket, OSError for all else."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW))
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise NotRegular(f"{path} is not a regular file")
@@ -209,6 +209,15 @@ def writable(root: Path) -> None:
                 need = stat.S_IRUSR | stat.S_IWUSR | (stat.S_IXUSR if stat.S_ISDIR(st.st_mode) else 0)
                 if not stat.S_ISLNK(st.st_mode) and st.st_mode & need != need:
                     os.chmod(path, st.st_mode | need)
+
+
+def clear_for_folder(path: Path) -> bool:
+    """Remove a file or a link standing at `path`, where a folder belongs (git would fail there,
+    or write through the link); whether there was one."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+        return True
+    return False
 
 
 def remove_path(path: Path) -> None:

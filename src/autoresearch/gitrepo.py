@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoresearch.errors import AutoresearchError, UsageError
-from autoresearch.filetree import ctimes, remove_path, remove_specials, remove_unknown, writable
+from autoresearch.filetree import (
+    clear_for_folder,
+    ctimes,
+    remove_specials,
+    remove_unknown,
+    writable,
+)
 from autoresearch.gitconfig import kept_config, private_file
 from autoresearch.gitstatus import Change, packed_refs, status_entries
 from autoresearch.process import run_harness
@@ -253,9 +259,7 @@ class Git:
         # locked ("initializing"), and a locked, missing worktree blocks every later add.
         self.remove_worktree(path)
         self._known.pop(path, None)
-        folder = self.common_dir / "worktrees"  # (a file or a link an agent put there: no add works)
-        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-            remove_path(folder)
+        clear_for_folder(self.common_dir / "worktrees")  # (a file an agent put there: no add works)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.run("worktree", "add", "--detach", "--force", str(path), commit)
         pointer = (path / ".git").read_text().strip()

@@ -19,6 +19,7 @@ from autoresearch.filetree import (
     BIG,
     NOT_REGULAR,
     NotRegular,
+    clear_for_folder,
     hash_regular,
     read_regular,
     remove_endless,
@@ -342,9 +343,7 @@ class GitGuard:
     def _remove_endless(self) -> list[str]:
         """FIFOs and devices put in .git (see filetree.remove_endless): removed, HEAD put back."""
         found = remove_endless(self.common_dir)
-        folder = self.common_dir / "worktrees"  # (a file there: no `git worktree add` works)
-        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-            remove_path(folder)
+        if clear_for_folder(self.common_dir / "worktrees"):  # (a file there: no `git worktree add` works)
             found.append("worktrees (a file, not a folder)")
         if "HEAD" in found and self._common_head:
             (self.common_dir / "HEAD").write_bytes(self._common_head)
@@ -465,9 +464,7 @@ class GitGuard:
         start = 2 if ref.startswith("refs/autoresearch/") else 3 if ref.startswith("refs/heads/autoresearch/") \
             else len(parts)
         for i in range(start, len(parts)):
-            folder = self.common_dir.joinpath(*parts[:i])
-            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-                folder.unlink()
+            clear_for_folder(self.common_dir.joinpath(*parts[:i]))
 
     def _restore_refs(self) -> tuple[list[str], list[str]]:
         """(the loop's refs deleted or moved, restored; refs made in its place, removed)."""

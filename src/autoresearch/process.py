@@ -403,16 +403,12 @@ def last_lines(text: str, n: int = 30) -> str:
 def log_digests(*paths: Path) -> dict[str, str]:
     """sha256 of each log that is there, by file name: kept in the record, so that a log
     changed afterwards (by an agent of a later trial, say) shows as changed."""
-    import hashlib
+    from autoresearch.filetree import hash_regular
 
     out = {}
     for path in paths:
-        digest = hashlib.sha256()
-        try:
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
+        try:  # (a FIFO put in a log's place is skipped, not waited on)
+            out[path.name] = hash_regular(path, follow=True)
         except OSError:
             continue
-        out[path.name] = digest.hexdigest()
     return out
