@@ -281,7 +281,7 @@ def test_max_cost_counts_a_tool_that_reports_tokens_but_no_cost(tmp_path: Path) 
     assert r.returncode == 0, r.stderr
     t = ledger(repo)
     assert len(t) == 3 and t[1].cost == pytest.approx(0.56), t  # 0.2 M x $2 + 0.02 M x $8
-    assert "--max-cost $1 reached ($1.12)" in r.stdout + r.stderr
+    assert "--max-cost $1 reached ($1.12 spent)" in r.stdout + r.stderr
     r = cli("run", str(repo), "--tag", "u", "--agent", "codex", "--model", "openai/no-such-price", "--max-cost", "1",
             "--trials", "1", env=env, timeout=120)
     assert "--agent codex reports no cost and --model openai/no-such-price has no price in the table" in r.stderr

@@ -72,6 +72,12 @@ class Steady:
         return getattr(self.inner, name)
 
 
+def dollars(amount: float) -> str:
+    """A cost as people read it: cents under a dollar kept to four places ($0.0042: a cheap model's
+    spend, and a `--max-cost 0.01` reached, are not shown as $0.00), cents above."""
+    return f"${amount:,.2f}" if amount >= 1 or amount <= 0 else f"${amount:.4f}"
+
+
 def gain_text(best: Trial, baseline: Trial | None, minimize: bool) -> str:
     if baseline is None or baseline.metric is None or best.metric is None or baseline.number == best.number:
         return ""
@@ -127,7 +133,7 @@ class PlainEvents:
         self._running.pop(trial.number, None)
         why = f" - {trial.why}" if trial.why else ""
         self._best = f"; {self._best_of(best)}"
-        money = f"; cost ${cost:.2f}" if cost else ""
+        money = f"; cost {dollars(cost)}" if cost else ""
         shown = trial.metric if trial.status.shows_figure else None  # as `status` shows it
         self._print(f"[trial {trial.number}] {trial.status.value} {self.metric}={fmt(shown)} "
                     f"in {trial.run_seconds:.1f}s: {trial.description}{why}\n"

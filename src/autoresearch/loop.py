@@ -34,7 +34,7 @@ from autoresearch.backends import Backend
 from autoresearch.backends.local import LocalBackend
 from autoresearch.envguard import site_dirs
 from autoresearch.errors import AutoresearchError
-from autoresearch.events import Events, NullEvents
+from autoresearch.events import Events, NullEvents, dollars
 from autoresearch.execute import python_bin
 from autoresearch.gitrepo import GitError, Refused, Workspace
 from autoresearch.judge import Measurement
@@ -185,7 +185,7 @@ class Loop:
             self.events.message(f"{self.ended}: stopping")
             return True
         if self.opt.max_cost is not None and self.total_cost() >= self.opt.max_cost:
-            self.ended = f"--max-cost ${self.opt.max_cost:g} reached (${self.total_cost():.2f})"
+            self.ended = f"--max-cost ${self.opt.max_cost:g} reached ({dollars(self.total_cost())} spent)"
             self.events.message(f"{self.ended}: stopping")
             return True
         return False
@@ -412,7 +412,7 @@ class Loop:
             if busy := stop == DONE and self._in_flight(t.number):  # one may yet be kept, and the best
                 self.streak.hold()  # it makes have changes untried: asked again once they end
             elif stop == DONE and not self.ended:  # a finished search: the loop ends as it would at --trials
-                self.ended = f"the agent has nothing left to propose ({FATAL_REPEATS} times in a row): {error[:300]}"
+                self.ended = f"the agent has nothing left to propose: {error[:300]}"
                 self.events.message(f"autoresearch: stopping: {self.ended}")
             if stop == FATAL:
                 self._fail(f"the agent failed {FATAL_REPEATS} times in a row with an error that will not "

@@ -3,8 +3,9 @@ out thousands of trials overnight:
 
 - a failure that will recur (a bad key, an unknown model, a command that is not there:
   `AgentError(fatal=True)`) FATAL_REPEATS times in a row stops the loop (exit 1);
-- an agent with nothing left to propose (a search space tried through: `AgentError(done=True)`)
-  FATAL_REPEATS times in a row ends the loop as finished (exit 0);
+- an agent with nothing left to propose (a search space tried through: `AgentError(done=True)`,
+  said after the agent's own many asks) ends the loop as finished (exit 0) the first time, once
+  no trial in flight could still open something new;
 - from the fourth failure in a row, any other waits 0.5, 1, 2 ... up to 60 s before the next
   proposal, so that a network outage overnight makes a few dozen failed trials an hour.
 """
@@ -30,7 +31,7 @@ class Streak:
         self.kind = RECOVERABLE
 
     def failed(self, kind: str) -> str:
-        """Count a failure of `kind`: FATAL or DONE when that kind has now come FATAL_REPEATS
+        """Count a failure of `kind`: DONE at once, FATAL when it has now come FATAL_REPEATS
         times in a row (the loop is to stop), else RECOVERABLE."""
         self.errors += 1
         if kind == RECOVERABLE:
@@ -38,7 +39,7 @@ class Streak:
         else:
             self.same = self.same + 1 if kind == self.kind else 1
         self.kind = kind
-        return kind if self.same >= FATAL_REPEATS else RECOVERABLE
+        return kind if kind == DONE or self.same >= FATAL_REPEATS else RECOVERABLE
 
     def hold(self) -> None:
         """The failure just counted is not one of the row yet (it may not recur: asked again)."""

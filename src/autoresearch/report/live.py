@@ -22,7 +22,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from autoresearch.events import TIMED, Events, PlainEvents, gain_text, phase_kind
+from autoresearch.events import TIMED, Events, PlainEvents, dollars, gain_text, phase_kind
 from autoresearch.ledger import clean_text
 from autoresearch.prompt import fmt
 from autoresearch.records import Status, Trial
@@ -172,7 +172,7 @@ class LiveEvents:
         if self._baseline is not None and self._baseline.number != best.number:
             line.append(f" · baseline {fmt(self._baseline.metric)}")
         line.append(f" · {self._kept} kept of {self._done} finished")
-        line.append(f" · cost ${self._cost:.2f}" if self._cost else " · cost $0")
+        line.append(f" · cost {dollars(self._cost)}")
         return line
 
     def _recent_table(self) -> Table:

@@ -10,6 +10,7 @@ import time
 from html import escape
 
 from autoresearch.decide import noise_groups
+from autoresearch.events import dollars
 from autoresearch.ledger import clean_text
 from autoresearch.records import Status, Trial
 from autoresearch.report.plot import title
@@ -159,7 +160,7 @@ def summary(study: Study) -> str:
     cards += _wall_time(study)
     tin, tout = study.tokens
     if study.cost or tin or tout:
-        cards.append(_card("cost", escape(f"${study.cost:.2f}"), escape(f"{tin:,} tokens in, {tout:,} out")))
+        cards.append(_card("cost", escape(dollars(study.cost)), escape(f"{tin:,} tokens in, {tout:,} out")))
     agents = sorted({t.agent + (f" ({t.model})" if t.model else "") for t in fin if t.agent and t.agent != "baseline"})
     if agents:
         cards.append(_card("agents", escape(", ".join(agents))))
