@@ -466,6 +466,23 @@ def test_keys_an_agent_prints_are_kept_out_of_its_log(tmp_path: Path) -> None:
     assert rows(repo)[1][3] == "tried [redacted]"
 
 
+def test_a_key_an_agent_writes_in_its_description_file_is_left_in_no_file(tmp_path: Path) -> None:
+    """The description was redacted in the ledger and the commit, but the agent's own
+    agent/N/description kept the raw key in the ledger folder."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", """\
+        sed -i 's/^X = .*/X = 2.0/' exp.py
+        echo "X up, with $HF_TOKEN" > "$AUTORESEARCH_DESCRIPTION_FILE"
+        """)
+    secret = "hf_AuditSecret789abcdefgh"
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "1", env={"HF_TOKEN": secret})
+    assert r.returncode == 0, r.stderr
+    assert rows(repo)[1][3] == "X up, with [redacted]"
+    kept = [p for p in (repo / ".autoresearch").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert kept == [], kept
+    assert (repo / ".autoresearch/t/agent/1/description").read_text().strip() == "X up, with [redacted]"
+
+
 def test_an_agent_command_of_spaces_in_the_task_file_is_a_usage_error(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task", toml_extra='[agent]\nkind = "cli"\ncmd = "  "\n')
     r = cli("run", str(repo), "--tag", "t", "--trials", "1")

@@ -14,6 +14,7 @@ without a working bwrap it runs as it is (the loop warns that the holdout is not
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -36,6 +37,19 @@ def own_dir(ctx: Context) -> Path:
     """The agent's own folder for trial n, `agent/<n>/`: its prompt.md and the description file
     (the only place a sealed agent may write outside its worktree)."""
     return ctx.log_path.parent / str(ctx.number)
+
+
+def read_description(path: Path) -> str | None:
+    """The description file the agent wrote (None when there is no regular file), with every key
+    redacted, in the file too: a key an agent wrote there (its environment has them) is not left
+    in the ledger folder."""
+    text = read_plain(path)
+    if text is not None and (clean := redact(text)) != text:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            write_new(path, clean)
+        return clean
+    return text
 
 
 def description_from(desc_file_text: str | None, output: str) -> str:
@@ -168,7 +182,7 @@ class CommandAgent(BaseAgent):
 
     def propose(self, ctx: Context) -> Proposal:
         printed, returncode = self.execute(ctx)
-        text = read_plain(own_dir(ctx) / "description")
+        text = read_description(own_dir(ctx) / "description")
         if returncode != 0:
             raise exit_error(returncode, printed, text)
         return Proposal(description=redact(description_from(text, printed)))
@@ -204,9 +218,9 @@ class CommandAgent(BaseAgent):
         redact_log(ctx.log_path, min(start, ctx.log_path.stat().st_size if ctx.log_path.exists() else 0))
         printed = read_tail(ctx.log_path).split("$ " + command, 1)[-1]
         if result.cancelled:
-            raise AgentError(described("stopped while the agent ran", read_plain(desc_file)))
+            raise AgentError(described("stopped while the agent ran", read_description(desc_file)))
         if result.timed_out:  # what it said it tried, if it wrote it, stays the trial's description
-            raise AgentError(described(f"the agent command timed out after {timeout:g} s", read_plain(desc_file)))
+            raise AgentError(described(f"the agent command timed out after {timeout:g} s", read_description(desc_file)))
         if result.escaped:
             raise AgentError("processes the agent started outlived the process that supervises it, which "
                              f"something killed (they were killed): {'; '.join(result.escaped)[:300]}")

@@ -47,7 +47,6 @@ from autoresearch.agents.toolreports import (  # noqa: F401 - tool_error and the
     tool_error,
 )
 from autoresearch.errors import UsageError
-from autoresearch.filetree import read_plain
 from autoresearch.task import Task, list_files
 
 CLAUDE_FILE_TOOLS = "Read,Edit,MultiEdit,Write,Glob,Grep,LS"
@@ -243,7 +242,7 @@ class PresetAgent(CommandAgent):
         except AgentError as e:  # stopped, or timed out
             raise AgentError(redact(self.hinted(str(e), cli.read_from(ctx.log_path, start))), model=self.model) from None
         output = cli.read_from(ctx.log_path, start)  # (execute redacted the keys in it)
-        text = read_plain(own_dir(ctx) / "description")
+        text = cli.read_description(own_dir(ctx) / "description")
         try:  # the tool's own error report, whatever its exit code: the clearest reason there is
             info = self.report(output)
         except AgentError as e:
