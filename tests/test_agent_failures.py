@@ -483,6 +483,30 @@ def test_a_key_an_agent_writes_in_its_description_file_is_left_in_no_file(tmp_pa
     assert (repo / ".autoresearch/t/agent/1/description").read_text().strip() == "X up, with [redacted]"
 
 
+def test_the_description_is_the_last_line_on_stdout_not_a_warning_on_stderr(tmp_path: Path) -> None:
+    """stdout and stderr went to one file, and a warning a tool wrote on stderr after its last
+    line became the trial's description. The log still holds both, in the order they came."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", """\
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then
+          sed -i 's/^X = .*/X = 2.0/' exp.py
+          echo "first"; echo "oops on stderr" >&2; echo "raised X to 2.0"; sleep 0.2
+          echo "DeprecationWarning: something old" >&2
+        else
+          sed -i 's/^X = .*/X = 1.5/' exp.py
+          echo "lowered X to 1.5 (said on stderr only)" >&2
+        fi
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    assert [row[3] for row in rows(repo)[1:]] == ["raised X to 2.0", "lowered X to 1.5 (said on stderr only)"]
+    log = (repo / ".autoresearch" / "t" / "agent" / "1.log").read_text()
+    lines = [line for line in log.splitlines() if line in ("first", "oops on stderr", "raised X to 2.0",
+                                                          "DeprecationWarning: something old")]
+    assert lines[-1] == "DeprecationWarning: something old" and len(lines) == 4, log
+    assert set(lines[:3]) == {"first", "oops on stderr", "raised X to 2.0"}
+
+
 def test_an_agent_command_of_spaces_in_the_task_file_is_a_usage_error(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task", toml_extra='[agent]\nkind = "cli"\ncmd = "  "\n')
     r = cli("run", str(repo), "--tag", "t", "--trials", "1")

@@ -17,6 +17,7 @@ the mark is killed and named (ProcResult.escaped): the trial is not trusted.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import itertools
@@ -61,6 +62,55 @@ class ProcResult:
     timed_out: bool = False
     cancelled: bool = False
     escaped: tuple[str, ...] = ()  # processes that outlived a killed reaper (see sweep_escaped)
+    stdout: str = ""  # the end of what it wrote on stdout alone (with split_stdout)
+
+
+class StdoutCopy:
+    """A command's stdout and stderr through pipes of their own: each piece is written on to its
+    log as it comes (one reader for both, so the log keeps them in the order they came), and the
+    last KEEP bytes of stdout are kept apart, so that what it printed can be told from its
+    warnings."""
+
+    KEEP = 1 << 16
+
+    def __init__(self, log_path: Path) -> None:
+        self.out_fd, self.out_end = os.pipe()
+        self.err_fd, self.err_end = os.pipe()
+        self.log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+        self.tail = bytearray()
+        self.stop_at = float("inf")
+        self.thread = threading.Thread(target=self._copy, name="output-copy", daemon=True)
+
+    def started(self) -> None:
+        """The command has its ends of the pipes: ours are closed, so the pipes end with it."""
+        for fd in (self.out_end, self.err_end):
+            os.close(fd)
+        self.thread.start()
+
+    def _copy(self) -> None:
+        open_fds = [self.out_fd, self.err_fd]
+        while open_fds and time.monotonic() < self.stop_at:
+            for fd in select.select(open_fds, [], [], 0.2)[0]:
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    open_fds.remove(fd)
+                    continue
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.log_fd, view):]
+                if fd == self.out_fd:
+                    self.tail += data
+                    del self.tail[:-self.KEEP]
+
+    def finish(self, grace: float = 2.0) -> str:
+        """The end of what came on stdout, once the pipes ended, or `grace` seconds on when
+        something that outlived the command still holds one."""
+        self.stop_at = time.monotonic() + grace
+        self.thread.join(grace + 1.0)
+        for fd in (self.out_fd, self.err_fd, self.log_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return bytes(self.tail).decode("utf-8", errors="replace")
 
 
 try:
@@ -291,12 +341,14 @@ class ExitWaiter:
 
 def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeout: float,
                 log_path: Path, cancel: threading.Event | None = None,
-                append: bool = False, owner: str = "") -> ProcResult:
+                append: bool = False, owner: str = "", split_stdout: bool = False) -> ProcResult:
     """Run `command` (a shell string or an argv list) with output to `log_path`.
 
     The command gets its own session; at `timeout` seconds (or when `cancel` is set) its group
     gets SIGTERM, then SIGKILL after a grace period, and any process carrying `owner` in its
     environment is killed too. Children left behind by a command that exited are killed as well.
+    With `split_stdout` its stdout also comes back apart (ProcResult.stdout), the log still
+    holding both.
     """
     env = dict(env)
     if owner:
@@ -310,10 +362,20 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
         _issued = next(_numbers)
         mark = MARK - _issued
     with open(log_path, "ab" if append else "wb") as log, _LIVE_LOCK:
-        proc = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=functools.partial(_die_with_parent, mark),
-        )
+        copy = StdoutCopy(log_path) if split_stdout else None
+        try:
+            proc = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=copy.out_end if copy else log,
+                stderr=copy.err_end if copy else subprocess.STDOUT,
+                start_new_session=True, preexec_fn=functools.partial(_die_with_parent, mark),
+            )
+        except BaseException:
+            if copy is not None:
+                copy.started()
+                copy.finish(0.0)
+            raise
+        if copy is not None:
+            copy.started()
         _LIVE.add(proc.pid)
     exited = ExitWaiter(proc)
     try:
@@ -334,7 +396,8 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
         # have seen the pids wrap around, and a full look costs little beside it)
         kill_owned(owner, first_pid=proc.pid if time.monotonic() - start < SHORT_SECONDS else None)
     return ProcResult(returncode=proc.returncode, seconds=time.monotonic() - start,
-                      timed_out=how == "timeout", cancelled=how == "cancelled", escaped=tuple(escaped))
+                      timed_out=how == "timeout", cancelled=how == "cancelled", escaped=tuple(escaped),
+                      stdout=copy.finish() if copy is not None else "")
 
 
 def _wait_or_stop(proc: subprocess.Popen[bytes], exited: ExitWaiter, deadline: float,

@@ -4,7 +4,8 @@ The command template may use {prompt_file}, {description_file}, {workdir} and {t
 quoted for where they stand (plain, in quotes of their own, inside a longer string or a "$(...)");
 any other brace is the shell's (`${HOME}`, awk's '{print}'). The environment carries AUTORESEARCH_PROMPT_FILE, AUTORESEARCH_TRIAL
 and AUTORESEARCH_DESCRIPTION_FILE. The description is the description file's content if the
-agent wrote one, else the last non-empty line of its output, cut to 200 characters. A command
+agent wrote one, else the last non-empty line of its output (stdout: a warning it wrote on
+stderr after is not its description), cut to 200 characters. A command
 that fails keeps the description it wrote in its error (the trial's commit message).
 
 When the task has a sealed holdout, the command runs under bubblewrap with every ledger folder
@@ -181,15 +182,18 @@ class CommandAgent(BaseAgent):
                   file=sys.stderr, flush=True)
 
     def propose(self, ctx: Context) -> Proposal:
-        printed, returncode = self.execute(ctx)
+        printed, stdout, returncode = self.execute(ctx)
         text = read_description(own_dir(ctx) / "description")
         if returncode != 0:
             raise exit_error(returncode, printed, text)
-        return Proposal(description=redact(description_from(text, printed)))
+        # (an agent that printed only on stderr is described by its last line there)
+        return Proposal(description=redact(description_from(text, stdout) or description_from(None, printed)))
 
-    def execute(self, ctx: Context) -> tuple[str, int]:
-        """Run the command for trial ctx.number: what it printed and its exit code. Raises
-        AgentError when it was stopped or timed out."""
+    def execute(self, ctx: Context) -> tuple[str, str, int]:
+        """Run the command for trial ctx.number: what it printed (stdout and stderr, as in its
+        log), the end of its stdout alone (where its last line is its description: a warning on
+        stderr after it is not) and its exit code. Raises AgentError when it was stopped or
+        timed out."""
         own = fresh_dir(own_dir(ctx))  # made anew: nothing an earlier agent planted there
         prompt_file, desc_file = own / "prompt.md", own / "description"
         tag = ctx.ledger_dir.name
@@ -211,7 +215,7 @@ class CommandAgent(BaseAgent):
         ctx.log(f"$ {command}")
         prefix = seal_agent(ctx.task, ctx.workdir, ctx.ledger_dir, own, ctx.beside)
         argv: str | list[str] = [*prefix, "/bin/bash", "-c", command] if prefix else command
-        result = run_command(argv, ctx.workdir, env, timeout, ctx.log_path, append=True,
+        result = run_command(argv, ctx.workdir, env, timeout, ctx.log_path, append=True, split_stdout=True,
                              owner=f"agent:{ctx.ledger_dir}:{ctx.number}", cancel=ctx.cancel)
         trim_log(ctx.log_path)  # a chatty agent's log keeps its start and its end, as an experiment's does
         # keys the agent printed (its environment has them: `env`, a tool's config dump) go no further
@@ -224,7 +228,7 @@ class CommandAgent(BaseAgent):
         if result.escaped:
             raise AgentError("processes the agent started outlived the process that supervises it, which "
                              f"something killed (they were killed): {'; '.join(result.escaped)[:300]}")
-        return printed, -1 if result.returncode is None else result.returncode
+        return printed, result.stdout, -1 if result.returncode is None else result.returncode
 
 
 def redact_log(path: Path, offset: int) -> None:

@@ -238,7 +238,7 @@ class PresetAgent(CommandAgent):
     def propose(self, ctx: Context) -> Proposal:
         start = ctx.log_path.stat().st_size if ctx.log_path.exists() else 0
         try:
-            printed, returncode = self.execute(ctx)
+            printed, stdout, returncode = self.execute(ctx)
         except AgentError as e:  # stopped, or timed out
             raise AgentError(redact(self.hinted(str(e), cli.read_from(ctx.log_path, start))), model=self.model) from None
         output = cli.read_from(ctx.log_path, start)  # (execute redacted the keys in it)
@@ -251,7 +251,8 @@ class PresetAgent(CommandAgent):
         if returncode != 0:
             failed = cli.exit_error(returncode, redact(printed), text)
             raise AgentError(redact(self.hinted(str(failed), output)), fatal=failed.fatal, model=self.model)
-        description = description_from(text, info.get("text", "")) or description_from(None, printed)
+        description = (description_from(text, info.get("text", "")) or description_from(None, stdout)
+                       or description_from(None, printed))
         tin, tout = info.get("tokens_in", 0), info.get("tokens_out", 0)
         return Proposal(redact(description), model=self.model, tokens_in=tin, tokens_out=tout,
                         cost=info.get("cost") or self.priced(tin, tout))
