@@ -82,6 +82,33 @@ def test_a_lock_planted_for_the_loops_refs_neither_stops_the_loop_nor_goes_unnot
     assert not (repo / ".git/refs/heads/autoresearch/t.lock").exists()
 
 
+@pytest.mark.parametrize("deed", [
+    'for f in HEAD config packed-refs; do echo x > "$GD/$f.lock"; touch -d "-1 hour" "$GD/$f.lock"; done',  # stale
+    ': > "$GD/index.lock"',  # fresh: still there seconds on
+    ': > "$GD/refs/heads/main.lock"',  # beside your branch
+])
+def test_a_git_lock_left_in_git_is_taken_away_and_held_against_the_trial(tmp_path: Path, deed: str) -> None:
+    """HEAD.lock, config.lock, packed-refs.lock, index.lock or main.lock left by an agent: the
+    loop went on, and in the morning every `git commit` of yours failed ("File exists")."""
+    repo, r = run_deed(tmp_path, "  " + deed)
+    assert_caught(repo, r, "left git lock files in the repository's .git")
+    assert not list((repo / ".git").glob("*.lock")) and not (repo / ".git/refs/heads/main.lock").exists()
+    (repo / "notes.txt").write_text("mine\n")
+    git(repo, "add", "notes.txt")
+    git(repo, "commit", "-q", "-m", "a commit of yours the morning after")
+    git(repo, "config", "user.note", "x")
+
+
+def test_a_lock_of_yours_there_before_the_loop_started_is_left_alone(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    (repo / ".git/config.lock").write_text("a git of yours that crashed\n")
+    agent = script_agent(tmp_path / "a.sh", DEED_AGENT.replace("{deed}", "  true"))
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    assert [t.status for t in trials(repo)] == [Status.KEEP] * 3
+    assert (repo / ".git/config.lock").read_text() == "a git of yours that crashed\n"
+
+
 def test_the_loops_refs_folder_linked_to_your_branches_is_cleared_and_your_branches_stay(tmp_path: Path) -> None:
     """refs/autoresearch made a link to refs/heads: the loop's refs would be written as your
     branches, and your branches read as refs the loop did not make (and removed)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from autoresearch.filetree import (
     remove_path,
     slurp,
 )
+from autoresearch.gitlocks import StaleLocks, lingers
 from autoresearch.gitrepo import MAX_FILE_BYTES, SAFE
 from autoresearch.gitstatus import Change, packed_refs
 from autoresearch.programs import GIT
@@ -96,22 +96,6 @@ def changed_files(expected: dict[str, str], root: Path) -> list[str]:
     return [p for p, h in expected.items() if now.get(p) != h]
 
 
-LOCK_AGE = 2.0  # seconds: a lock file older than this under the loop's refs is no git's at work
-
-
-def _lingers(path: str) -> bool:
-    """Whether the lock file at `path` is no git's at work: LOCK_AGE old (or dated ahead), or
-    still there LOCK_AGE on (a git holds one for milliseconds)."""
-    deadline = time.monotonic() + LOCK_AGE
-    while True:
-        try:
-            if abs(time.time() - os.lstat(path).st_mtime) > LOCK_AGE or time.monotonic() > deadline:
-                return True
-        except OSError:
-            return False
-        time.sleep(0.05)
-
-
 def _loose_refs(path: str, name: str) -> Iterator[tuple[str, str]]:
     """(file, ref name) of each loose ref at or under `path` (the ref `name`)."""
     try:
@@ -169,6 +153,7 @@ class GitGuard:
         self._packed_cache: tuple[tuple[int, int, int] | None, dict[str, str]] = (None, {})
         self._saved = self._read()
         self._common_head = slurp(common_dir / "HEAD")
+        self._locks = StaleLocks(common_dir)
         self._refs = self._read_refs()
         self._user = self._read_user_refs()
         self._replace = self._scan(("refs/replace/",), ())  # the user's own are left alone
@@ -214,7 +199,7 @@ class GitGuard:
         if branch_lock.exists() or branch_lock.is_symlink():
             locks.append((str(branch_lock), f"{self.branch}.lock"))
         refs.update((name, "lock") for path, name in locks
-                    if name[:-5] not in refs or os.path.isdir(path) or _lingers(path))
+                    if name[:-5] not in refs or os.path.isdir(path) or lingers(path))
         return refs
 
     USER = ("refs/heads/", "refs/tags/", "refs/stash", "refs/notes/")
@@ -358,6 +343,10 @@ class GitGuard:
         if endless_:
             problems.append(f"put in the repository's .git what is not a regular file, which git would wait on "
                             f"or trip over ({', '.join(sorted(endless_)[:5])}); removed")
+        locks = self._locks.take_away()
+        if locks:
+            problems.append(f"left git lock files in the repository's .git ({', '.join(sorted(locks)[:5])}), which "
+                            "stop git's next write there (your commits, git config); removed")
         files = self._restore_files()
         if files:
             problems.append(f"modified the repository's git metadata ({', '.join(files)}); restored")
