@@ -88,12 +88,16 @@ class StdoutCopy:
         self.thread.start()
 
     def _copy(self) -> None:
-        open_fds = [self.out_fd, self.err_fd]
+        poller = select.poll()  # (select.select cannot watch a descriptor past 1023)
+        open_fds = {self.out_fd, self.err_fd}
+        for fd in open_fds:
+            poller.register(fd, select.POLLIN)
         while open_fds and time.monotonic() < self.stop_at:
-            for fd in select.select(open_fds, [], [], 0.2)[0]:
+            for fd, _ in poller.poll(200):
                 data = os.read(fd, 1 << 16)
-                if not data:
-                    open_fds.remove(fd)
+                if not data:  # (POLLHUP with nothing left to read: that end is closed)
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
                     continue
                 view = memoryview(data)
                 while view:
