@@ -184,19 +184,22 @@ def test_max_cost_stops_the_loop(tmp_path: Path) -> None:
 
 
 def test_a_small_spend_is_shown_to_the_tenth_of_a_cent(tmp_path: Path) -> None:
-    """A cheap model's --max-cost 0.002 reached said "($0.00)": the spend is shown as $0.0022."""
+    """A cheap model's --max-cost 0.005 reached said "($0.01)", its trials "cost $0.00": the
+    spend is shown as $0.0066."""
     repo = make_task(tmp_path / "task")
     prices = tmp_path / "prices.json"
     prices.write_text(json.dumps({"fake-model": [1.0, 1.0]}))  # $0.0011 per 1000+100 tokens
     script = good_edit("2.0") + good_edit("1.5", old="2.0") + good_edit("1.0", old="1.5")
     with FakeLLM("openai", script) as fake:
-        r = run_llm(repo, fake, "--max-cost", "0.002", trials=5, model="openai/fake-model",
+        r = run_llm(repo, fake, "--max-cost", "0.005", trials=5, model="openai/fake-model",
                     env={"AUTORESEARCH_PRICES": str(prices)})
     assert r.returncode == 0, r.stderr
-    assert len(ledger(repo)) == 3
+    t = ledger(repo)
+    assert len(t) == 3  # baseline + 2 trials: $0.0033 after one, $0.0066 after two >= $0.005
+    assert [x.cost for x in t[1:]] == [pytest.approx(0.0033), pytest.approx(0.0033)]
     out = r.stdout + r.stderr
-    assert "--max-cost $0.002 reached ($0.0022 spent)" in out, out
-    assert "cost $0.0011" in out and "$0.00;" not in out and "$0.00)" not in out
+    assert "--max-cost $0.005 reached ($0.0066 spent)" in out, out
+    assert "cost $0.0033" in out and "$0.00;" not in out and "$0.01)" not in out
 
 
 def test_unknown_price_is_said_and_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str],
