@@ -41,7 +41,8 @@ def test_a_closed_terminal_stops_the_loop_cleanly_and_nohup_keeps_it(tmp_path: P
     marker = tmp_path / "running"
     exp = f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(3)\nX = 3.0\nprint(f'loss: {{X}}')\n"
     root = make_task(tmp_path / "task", experiment=exp)
-    proc = _start(root, "--agent", "search", "--trials", "1")
+    hangup = lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL)  # noqa: E731 - a terminal's (the tests may run under nohup)
+    proc = _start(root, "--agent", "search", "--trials", "1", preexec=hangup)
     wait_for(marker, 30)
     proc.send_signal(signal.SIGHUP)
     out, _ = proc.communicate(timeout=30)
