@@ -131,11 +131,6 @@ def test_a_baseline_killed_and_retried_leaves_duplicates_matched_to_their_own_co
         ("interrupted", None), ("keep", 9.0), ("keep", 7.0), ("keep", 5.0), ("duplicate", 7.0), ("discard", 6.0),
         ("duplicate", 6.0)]
     assert [rows[4].reason, rows[6].reason] == ["same code as trial 2", "same code as trial 5"]
-    # results.tsv leaves the interrupted baseline out (it was a first row "0.000000 crash
-    # baseline", read as the baseline by tools written for autoresearch's results.tsv)
-    tsv = [line.split("\t") for line in (repo / ".autoresearch/t/results.tsv").read_text().splitlines()[1:]]
-    assert [(r[1], r[3], r[4]) for r in tsv][:2] == [("9.000000", "keep", "baseline"), ("7.000000", "keep", "VALUE to 3")]
-    assert len(tsv) == 6 and all(r[0] == t.commit[:7] for r, t in zip(tsv, rows[1:], strict=True))
 
 
 def trials_of(repo: Path) -> list:
