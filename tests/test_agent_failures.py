@@ -507,6 +507,13 @@ def test_the_description_is_the_last_line_on_stdout_not_a_warning_on_stderr(tmp_
     assert set(lines[:3]) == {"first", "oops on stderr", "raised X to 2.0"}
 
 
+def test_a_trial_with_an_empty_message_is_a_usage_error(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task")
+    (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = ", "X = 0 + ", 1))
+    r = cli("trial", str(repo), "-m", "  ")
+    assert r.returncode == 2 and "-m/--message is empty" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_an_agent_command_of_spaces_in_the_task_file_is_a_usage_error(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task", toml_extra='[agent]\nkind = "cli"\ncmd = "  "\n')
     r = cli("run", str(repo), "--tag", "t", "--trials", "1")

@@ -355,6 +355,8 @@ def cmd_trial(args: argparse.Namespace) -> int:
     from autoresearch.task import load_task
     from autoresearch.views import last_used
 
+    if not args.message.strip():
+        raise UsageError("-m/--message is empty: say what the change is (it is the trial's description)")
     task = load_task(args.dir)
     tags = list_tags(task.root)
     tag = check_tag(args.tag if args.tag is not None else (last_used(task.root, tags) if tags else default_tag()))
