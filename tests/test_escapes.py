@@ -119,3 +119,15 @@ def test_a_timeout_is_a_timeout_whatever_its_reaper_had_no_time_to_kill(tmp_path
     left = subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout.split()
     assert left == []
 
+
+
+def test_an_agent_whose_log_cannot_be_written_is_not_left_waiting_on_a_full_pipe(tmp_path: Path) -> None:
+    """With its output read through pipes (split_stdout, as for a CLI agent), a log on a full
+    disk stopped the thread that reads them, and the command waited on a full pipe until its
+    timeout (30 min by default). What it prints is now read and dropped."""
+    began = time.monotonic()
+    result = process.run_command("head -c 20000000 /dev/zero; echo done", tmp_path, dict(os.environ), 30,
+                                 Path("/dev/full"), split_stdout=True)
+    assert result.returncode == 0 and not result.timed_out
+    assert time.monotonic() - began < 15
+    assert result.stdout.rstrip().endswith("done")

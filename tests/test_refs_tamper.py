@@ -6,11 +6,14 @@ trial that did it (rejected), put back, and the loop goes on."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import DEED_AGENT, cli, git, make_task, run_deed, script_agent, trials
+from conftest import DEED_AGENT, GIT_ENV, cli, git, make_task, run_deed, script_agent, trials
 
 from autoresearch.ledger import Ledger
 from autoresearch.records import Status, Trial
@@ -84,19 +87,73 @@ def test_a_lock_planted_for_the_loops_refs_neither_stops_the_loop_nor_goes_unnot
 
 @pytest.mark.parametrize("deed", [
     'for f in HEAD config packed-refs; do echo x > "$GD/$f.lock"; touch -d "-1 hour" "$GD/$f.lock"; done',  # stale
-    ': > "$GD/index.lock"',  # fresh: still there seconds on
+    ': > "$GD/ORIG_HEAD.lock"',  # fresh: still there seconds on
     ': > "$GD/refs/heads/main.lock"',  # beside your branch
+    'mkdir -p "$GD/refs/remotes/origin"; : > "$GD/refs/remotes/origin/main.lock"; : > "$GD/refs/stash.lock"',
+    # many, dated one after another in the coming seconds: all taken away, in one wait of at
+    # most 2 s for all of them (not one each)
+    'for i in $(seq 20); do : > "$GD/refs/tags/t$i.lock"; touch -d "+$((2 * i - 1)) seconds" "$GD/refs/tags/t$i.lock"; done',
 ])
 def test_a_git_lock_left_in_git_is_taken_away_and_held_against_the_trial(tmp_path: Path, deed: str) -> None:
-    """HEAD.lock, config.lock, packed-refs.lock, index.lock or main.lock left by an agent: the
-    loop went on, and in the morning every `git commit` of yours failed ("File exists")."""
+    """HEAD.lock, config.lock, packed-refs.lock or a ref's lock left by an agent: the loop went
+    on, and in the morning every `git commit` (`git fetch`, `git stash`) of yours failed."""
+    began = time.monotonic()
     repo, r = run_deed(tmp_path, "  " + deed)
+    assert time.monotonic() - began < 30
     assert_caught(repo, r, "left git lock files in the repository's .git")
-    assert not list((repo / ".git").glob("*.lock")) and not (repo / ".git/refs/heads/main.lock").exists()
+    assert not list((repo / ".git").glob("*.lock")) and not list((repo / ".git/refs").rglob("*.lock"))
     (repo / "notes.txt").write_text("mine\n")
     git(repo, "add", "notes.txt")
     git(repo, "commit", "-q", "-m", "a commit of yours the morning after")
     git(repo, "config", "user.note", "x")
+
+
+def _loop_with_slow_trials(tmp_path: Path, trials_: int) -> tuple[Path, Path, subprocess.Popen[str]]:
+    marker = tmp_path / "running"
+    exp = f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(1)\nX = 3.0\nprint(f'loss: {{X}}')\n"
+    repo = make_task(tmp_path / "task", experiment=exp)
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t", "--agent", "search",
+                             "--trials", str(trials_)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return repo, marker, proc
+
+
+def test_your_commit_with_its_editor_open_while_the_loop_runs_is_not_broken(tmp_path: Path) -> None:
+    """`git commit -a` holds index.lock while its editor is open: taken away as stale after 2 s,
+    your commit failed ("unable to write new_index file") and the trial was rejected."""
+    repo, _, proc = _loop_with_slow_trials(tmp_path, 4)
+    (repo / "notes.txt").write_text("mine\n")
+    git(repo, "add", "notes.txt")
+    (repo / "notes.txt").write_text("mine, edited\n")
+    done = subprocess.run(["git", "commit", "-a", "-q", "-e", "-m", "my notes"], cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, **GIT_ENV, "GIT_EDITOR": "sleep 5; true"})
+    out, _ = proc.communicate(timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert proc.returncode == 0, out
+    assert Status.REJECTED not in [t.status for t in trials(repo)], out
+    assert git(repo, "log", "-1", "--format=%s") == "my notes" and git(repo, "status", "--porcelain") == ""
+
+
+def test_your_shallow_fetch_while_the_loop_runs_is_kept(tmp_path: Path) -> None:
+    """`git fetch --depth 1` writes .git/shallow: the guard put it back to none (the trial
+    rejected), and the repository was left broken ("Failed to traverse parents")."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    git(remote, "init", "-q", "-b", "main")
+    for i in range(3):
+        (remote / "f.txt").write_text(f"{i}\n")
+        git(remote, "add", "f.txt")
+        git(remote, "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q", "-m", f"r{i}")
+    repo, _, proc = _loop_with_slow_trials(tmp_path, 3)
+    git(repo, "fetch", "-q", "--depth", "1", f"file://{remote}", "main:refs/remotes/origin/main")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert Status.REJECTED not in [t.status for t in trials(repo)], out
+    assert (repo / ".git/shallow").exists()
+    assert git(repo, "log", "--format=%s", "origin/main") == "r2"
+    subprocess.run(["git", "fsck", "--no-progress"], cwd=repo, check=True, capture_output=True)
 
 
 def test_a_lock_of_yours_there_before_the_loop_started_is_left_alone(tmp_path: Path) -> None:

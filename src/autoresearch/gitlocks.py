@@ -1,11 +1,14 @@
 """Lock files in a repository's .git that no git is holding.
 
-Git writes HEAD, config, packed-refs, the index or a branch by creating `<name>.lock`
-exclusively and renaming it over the file: a git holds one for milliseconds. One left there
-stops every later write of that file (`git commit` in your checkout: "Unable to create
-'.git/index.lock': File exists"), so an agent or an experiment that leaves one behind, on
-purpose or by a git it killed, would break your repository for the morning while the loop went
-on. The guard takes them away (see GitGuard.check_and_restore) and holds them against the trial.
+Git writes HEAD, config, packed-refs or a ref by creating `<name>.lock` exclusively and
+renaming it over the file: a git holds one for milliseconds. One left there stops every later
+write of that file (`git commit` in your checkout: "Unable to create '.git/HEAD.lock': File
+exists"), so an agent or an experiment that leaves one behind, on purpose or by a git it
+killed, would break your repository for the morning while the loop went on. The guard takes
+them away (see GitGuard.check_and_restore) and holds them against the trial.
+
+Not watched: `index.lock` and `shallow.lock`, which a git of yours holds for as long as its
+editor is open, a hook runs or a fetch lasts (taking them away broke your commit).
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from autoresearch.filetree import remove_path
 
 LOCK_AGE = 2.0  # seconds: a lock file older than this is no git's at work
 
-# the locks of the files every git command of yours may write: HEAD, the config, packed-refs
-# (which deleting a ref takes), the checkout's index, shallow
-TOP = ("HEAD.lock", "config.lock", "packed-refs.lock", "index.lock", "shallow.lock")
+# the locks of files git writes in a moment: HEAD, ORIG_HEAD, the config, packed-refs (which
+# deleting a ref takes); and every ref's (refs/ but the loops' own, which the guard checks)
+TOP = ("HEAD.lock", "ORIG_HEAD.lock", "config.lock", "packed-refs.lock")
 
 
 def lingers(path: str) -> bool:
@@ -44,18 +47,20 @@ def _key(path: Path) -> tuple[int, int] | None:
     return st.st_ino, st.st_mtime_ns
 
 
-def lock_files(common_dir: Path) -> dict[str, tuple[int, int] | None]:
-    """The lock files there are now among TOP and beside your branches and tags (the loops'
-    own refs are the guard's to check): name relative to .git -> (inode, mtime)."""
+def lock_files(common_dir: Path) -> dict[str, tuple[int, int]]:
+    """The lock files there are now among TOP and beside the refs (not the loops' own):
+    name relative to .git -> (inode, mtime)."""
     found = {name: _key(common_dir / name) for name in TOP}
-    for sub in ("refs/heads", "refs/tags"):
-        for top, dirs, files in os.walk(common_dir / sub):
-            if top == str(common_dir / "refs/heads"):
-                dirs[:] = [d for d in dirs if d != "autoresearch"]
-            for n in dirs + files:
-                if n.endswith(".lock"):
-                    path = Path(top) / n
-                    found[str(path.relative_to(common_dir))] = _key(path)
+    refs = common_dir / "refs"
+    for top, dirs, files in os.walk(refs):
+        if top == str(refs):
+            dirs[:] = [d for d in dirs if d != "autoresearch"]
+        elif top == str(refs / "heads"):
+            dirs[:] = [d for d in dirs if d != "autoresearch"]
+        for n in dirs + files:
+            if n.endswith(".lock"):
+                path = Path(top) / n
+                found[str(path.relative_to(common_dir))] = _key(path)
     return {name: key for name, key in found.items() if key is not None}
 
 
@@ -68,14 +73,25 @@ class StaleLocks:
         self.known = lock_files(common_dir)
 
     def take_away(self) -> list[str]:
-        """The lock files new since the start (or the last look) that no git holds: removed."""
-        removed = []
-        for name, key in lock_files(self.common_dir).items():
-            if self.known.get(name) == key:
-                continue
-            path = self.common_dir / name
-            if path.is_dir() or path.is_symlink() or lingers(str(path)):
-                remove_path(path)
-                removed.append(name)
+        """The lock files new since the start (or the last look) that no git holds: removed.
+        All are watched at once, LOCK_AGE at most (however many an agent left); one is stale
+        when the same file (inode and time) is still there then, or was already LOCK_AGE old
+        or dated ahead."""
+        new = {n: k for n, k in lock_files(self.common_dir).items() if self.known.get(n) != k}
+        deadline = time.monotonic() + LOCK_AGE
+        stale: set[str] = set()
+        while new:
+            for name, key in list(new.items()):
+                path = self.common_dir / name
+                if _key(path) != key:  # gone, or another file: a git at work
+                    del new[name]
+                elif path.is_dir() or path.is_symlink() or abs(time.time() - key[1] / 1e9) > LOCK_AGE \
+                        or time.monotonic() > deadline:
+                    stale.add(name)
+                    del new[name]
+            if new:
+                time.sleep(0.05)
+        for name in stale:
+            remove_path(self.common_dir / name)
         self.known = {n: k for n, k in self.known.items() if _key(self.common_dir / n) == k}
-        return removed
+        return sorted(stale)

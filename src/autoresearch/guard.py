@@ -399,15 +399,27 @@ class GitGuard:
         keys = {e.partition("\n")[0].lower() for e in diff if e}
         return all(k.startswith(cls.BENIGN) and not k.endswith((".uploadpack", ".receivepack")) for k in keys)
 
+    def _fetched_shallow(self, text: bytes | None) -> bool:
+        """Whether a new `shallow` cuts no history of the loop's (a fetch with --depth of yours
+        writes one for the commits it fetched; one that names a commit the loop's branch reaches
+        would hide its history from git, and is put back)."""
+        if text is None or text == NOT_REGULAR or not self.branch:
+            return False
+        cuts = {line.strip() for line in text.decode(errors="replace").splitlines() if line.strip()}
+        reached = self._git("rev-list", self.branch, "--").stdout.split()
+        return bool(reached) and not cuts & set(reached)
+
     def _restore_files(self) -> list[str]:
         now = self._read()
         if now == self._saved:
             return []
-        config = self.common_dir / "config"
+        config, shallow = self.common_dir / "config", self.common_dir / "shallow"
         if now.get(config) != self._saved.get(config) and self._benign(self._saved.get(config), now.get(config)):
             self._saved[config] = now[config]  # (yours, most likely; nothing of the harness reads it)
-            if now == self._saved:
-                return []
+        if now.get(shallow) != self._saved.get(shallow) and self._fetched_shallow(now.get(shallow)):
+            self._saved[shallow] = now[shallow]  # (your `git fetch --depth`: put back, it broke the repository)
+        if now == self._saved:
+            return []
         changed = sorted((str(p.relative_to(self.common_dir)) if p.is_relative_to(self.common_dir) else p.name)
                          for p in set(now) | set(self._saved)
                          if now.get(p) != self._saved.get(p))

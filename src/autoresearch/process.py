@@ -67,7 +67,8 @@ class ProcResult:
 
 class StdoutCopy:
     """A command's stdout and stderr through pipes of their own: each piece is written on to its
-    log as it comes (one reader for both, so the log keeps them in the order they came), and the
+    log as it comes (one reader for both, so the log keeps them in the order they came, but for
+    lines that come within the same moment on both), and the
     last KEEP bytes of stdout are kept apart, so that what it printed can be told from its
     warnings."""
 
@@ -100,8 +101,11 @@ class StdoutCopy:
                     open_fds.discard(fd)
                     continue
                 view = memoryview(data)
-                while view:
-                    view = view[os.write(self.log_fd, view):]
+                try:
+                    while view:
+                        view = view[os.write(self.log_fd, view):]
+                except OSError:  # (a full disk: what it prints is lost, but it is still read, so
+                    pass  # the command never waits on a full pipe until its timeout)
                 if fd == self.out_fd:
                     self.tail += data
                     del self.tail[:-self.KEEP]
