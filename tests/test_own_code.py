@@ -41,3 +41,9 @@ def test_the_harness_code_edited_by_an_agent_is_put_back_before_it_runs(tmp_path
     assert (pkg / "reaper.py").read_bytes() == reaper
     assert not (pkg / "planted.py").exists()
     assert not mark.exists(), mark.read_text()  # the edited reaper never ran
+    # what was found there is kept (an edit of yours to an editable checkout, made while a loop
+    # ran, was lost when it was put back)
+    kept = list((repo / ".autoresearch/t/quarantine/own-code").glob("*/autoresearch/reaper.py"))
+    assert len(kept) == 1 and kept[0].read_bytes().startswith(reaper) and b"the agent" in kept[0].read_bytes()
+    assert len(list((repo / ".autoresearch/t/quarantine/own-code").glob("*/autoresearch/planted.py"))) == 1
+    assert "copied under" in done[2].reason

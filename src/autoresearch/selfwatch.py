@@ -19,10 +19,11 @@ import importlib.util
 import os
 import pkgutil
 import py_compile
+import time
 from pathlib import Path
 
 import autoresearch
-from autoresearch.filetree import NOT_REGULAR, remove_path, slurp
+from autoresearch.filetree import BIG, NOT_REGULAR, read_regular, remove_path, slurp
 
 SKIP = ("autoresearch.templates", "autoresearch.__main__")  # (templates: files for `init`, not code the loop runs)
 
@@ -48,9 +49,10 @@ def _stat(path: str) -> tuple[int, int, int, int, int]:
 
 
 class OwnCode:
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, keep: Path | None = None) -> None:
         import_all()  # (first: it may write the .pyc files, which are then held too)
         self.root = root or Path(autoresearch.__file__).parent
+        self.keep = keep  # where what was found in a file's place is copied before it is put back
         self.skip = str(self.root / "templates")
         self._saved: dict[str, tuple[tuple[int, int, int, int, int], bytes | None]] = {}
         for path in self._files():
@@ -63,12 +65,25 @@ class OwnCode:
             out += [os.path.join(top, name) for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]]
         return out
 
+    def _keep(self, path: str) -> None:
+        """A copy of what is at `path` in the keep folder (quarantine/own-code/<when>/...), so
+        that an edit of yours made while a loop ran (an editable checkout) is not lost."""
+        if self.keep is None:
+            return
+        with contextlib.suppress(OSError):
+            data = read_regular(Path(path), BIG)[0]
+            copy = self.keep / "own-code" / time.strftime("%Y%m%d-%H%M%S") / os.path.relpath(path, self.root.parent)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(data)
+
     def check_and_restore(self) -> str | None:
-        """Why the package's files are not as they were (each put back), or None."""
+        """Why the package's files are not as they were (each put back, what was there kept in
+        the keep folder), or None."""
         changed = []
         now = set(self._files())
         for path in now - set(self._saved):  # made since: a module, a .pyc Python would take
             changed.append(path)
+            self._keep(path)
             remove_path(Path(path))
         for path, (key, content) in self._saved.items():
             try:
@@ -82,6 +97,7 @@ class OwnCode:
             changed.append(path)
             if content is None or content == NOT_REGULAR:
                 continue
+            self._keep(path)
             remove_path(Path(path))  # (a new file: the one there may be a link, or read-only)
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_bytes(content)
@@ -89,5 +105,6 @@ class OwnCode:
         if not changed:
             return None
         names = sorted(os.path.relpath(p, self.root.parent) for p in changed)
+        kept = f" (what was there is copied under {self.keep / 'own-code'})" if self.keep is not None else ""
         return (f"changed autoresearch's own code ({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}), "
-                "which would run as the harness; put back")
+                f"which would run as the harness; put back{kept}")

@@ -38,7 +38,7 @@ class Watch:
         self.env = EnvGuard(bin_dir, shim, site, keep=session.dir / "quarantine")
         self.setup = TreeWatch(None)  # what setup made, once it ran
         self.pending: list[str] = []  # notes for the next trial noted
-        self.own = OwnCode()  # autoresearch's own code (every module imported now)
+        self.own = OwnCode(keep=session.dir / "quarantine")  # autoresearch's own code (every module imported now)
 
     def after_setup(self, setup: SetupOutput) -> None:
         self.setup = TreeWatch(setup.store if setup.entries else None)
