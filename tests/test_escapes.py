@@ -131,3 +131,19 @@ def test_an_agent_whose_log_cannot_be_written_is_not_left_waiting_on_a_full_pipe
     assert result.returncode == 0 and not result.timed_out
     assert time.monotonic() - began < 15
     assert result.stdout.rstrip().endswith("done")
+
+
+def test_a_flood_of_agent_output_is_held_to_its_end_while_it_comes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runaway agent printing for its whole timeout (30 min by default) wrote every byte to its
+    log, which was trimmed only once it ended: hundreds of GB. Past 2 x LOG_LIMIT written only
+    the last LOG_LIMIT bytes are held, and the log says how much was left out."""
+    monkeypatch.setattr(process, "LOG_LIMIT", 1 << 20)
+    log = tmp_path / "agent.log"
+    result = process.run_command("for i in $(seq 400); do head -c 50000 /dev/zero | tr '\\0' x; echo \" $i\"; done; echo last",
+                                 tmp_path, dict(os.environ), 60, log, split_stdout=True)
+    assert result.returncode == 0
+    size = log.stat().st_size
+    assert 3 * (1 << 20) <= size <= 3 * (1 << 20) + 200_000, size  # 20 MB came
+    text = log.read_bytes()
+    assert b"bytes of output left out here" in text and text.rstrip().endswith(b" 400\nlast")
+    assert result.stdout.rstrip().endswith("last")

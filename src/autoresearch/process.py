@@ -17,6 +17,7 @@ the mark is killed and named (ProcResult.escaped): the trial is not trusted.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import functools
@@ -79,6 +80,11 @@ class StdoutCopy:
         self.err_fd, self.err_end = os.pipe()
         self.log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
         self.tail = bytearray()
+        # past 2 x LOG_LIMIT written (a runaway agent printing for its whole timeout filled the
+        # disk before the log was trimmed), only the last LOG_LIMIT bytes are held, written at the end
+        self.written = 0
+        self.end: collections.deque[bytes] = collections.deque()
+        self.end_size = self.dropped = 0
         self.stop_at = float("inf")
         self.thread = threading.Thread(target=self._copy, name="output-copy", daemon=True)
 
@@ -100,21 +106,38 @@ class StdoutCopy:
                     poller.unregister(fd)
                     open_fds.discard(fd)
                     continue
-                view = memoryview(data)
-                try:
-                    while view:
-                        view = view[os.write(self.log_fd, view):]
-                except OSError:  # (a full disk: what it prints is lost, but it is still read, so
-                    pass  # the command never waits on a full pipe until its timeout)
+                if self.written >= 2 * LOG_LIMIT:
+                    self.end.append(data)
+                    self.end_size += len(data)
+                    while self.end_size - len(self.end[0]) >= LOG_LIMIT:
+                        self.end_size -= len(first := self.end.popleft())
+                        self.dropped += len(first)
+                else:
+                    self._write(data)
                 if fd == self.out_fd:
                     self.tail += data
                     del self.tail[:-self.KEEP]
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self.log_fd, view)
+                self.written += n
+                view = view[n:]
+        except OSError:  # (a full disk: what it prints is lost, but it is still read, so
+            pass  # the command never waits on a full pipe until its timeout)
 
     def finish(self, grace: float = 2.0) -> str:
         """The end of what came on stdout, once the pipes ended, or `grace` seconds on when
         something that outlived the command still holds one."""
         self.stop_at = time.monotonic() + grace
         self.thread.join(grace + 1.0)
+        if self.dropped:
+            self._write(f"\n=== autoresearch: {self.dropped} bytes of output left out here (more than "
+                        f"{2 * LOG_LIMIT // 2**20} MB came) ===\n".encode())
+        while self.end:
+            self._write(self.end.popleft())
         for fd in (self.out_fd, self.err_fd, self.log_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
