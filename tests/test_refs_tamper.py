@@ -7,6 +7,7 @@ trial that did it (rejected), put back, and the loop goes on."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -249,3 +250,27 @@ def test_a_trial_ref_listed_twice_while_no_loop_watched_is_warned_of_and_repaire
     assert cli("run", str(repo), "--tag", "t", "--trials", "0").returncode == 0
     assert git(repo, "rev-parse", "refs/autoresearch/t/trials/1") == real
     assert "warning" not in cli("status", str(repo), "--tag", "t").stdout
+
+
+def test_a_lock_an_agent_left_as_the_loop_was_killed_is_taken_away_on_resume(tmp_path: Path) -> None:
+    """Locks left by the trial in flight when the loop was killed were there when it started
+    again, so they passed for yours: left, and your commits failed from then on."""
+    mark = tmp_path / "planted"
+    deed = f'  : > "$GD/HEAD.lock"; : > "$GD/refs/heads/main.lock"; touch {mark}; sleep 60'
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", DEED_AGENT.replace("{deed}", deed))
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t", "--agent-cmd", agent,
+                             "--trials", "3"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert (repo / ".git/HEAD.lock").exists()
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", "true", "--trials", "0")
+    assert r.returncode == 0, r.stderr
+    assert "removed git lock files left in .git while the loop was killed" in r.stderr, r.stderr
+    assert not (repo / ".git/HEAD.lock").exists() and not (repo / ".git/refs/heads/main.lock").exists()
+    (repo / "notes.txt").write_text("mine\n")
+    git(repo, "add", "notes.txt")
+    git(repo, "commit", "-q", "-m", "a commit of yours")

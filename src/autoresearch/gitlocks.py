@@ -64,6 +64,16 @@ def lock_files(common_dir: Path) -> dict[str, tuple[int, int]]:
     return {name: key for name, key in found.items() if key is not None}
 
 
+def stale_since(common_dir: Path, since: float) -> list[str]:
+    """The lock files made at `since` (a time) or later that no git holds (LOCK_AGE old, or
+    still there LOCK_AGE on): removed."""
+    young = [n for n, key in lock_files(common_dir).items() if key[1] / 1e9 >= since]
+    stale = [n for n in young if lingers(str(common_dir / n))]
+    for name in stale:
+        remove_path(common_dir / name)
+    return sorted(stale)
+
+
 class StaleLocks:
     """Lock files left in .git since the last look: the ones there when the loop started are
     yours (a git of yours that crashed) and left alone."""

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from autoresearch.errors import UsageError
 from autoresearch.filetree import remove_endless, remove_path
+from autoresearch.gitlocks import stale_since
 from autoresearch.gitrepo import Git, GitError, Workspace
 from autoresearch.ledger import LEDGER_DIR, Ledger, tag_dir
 from autoresearch.process import kill_all_owned
@@ -368,6 +369,13 @@ def repair(s: Session) -> list[Trial]:
     existing = s.git.refs(f"refs/autoresearch/{s.tag}/")
     interrupted = []
     running = s.ledger.running()
+    if began := [t.started for t in running if t.started > 0]:  # git locks made since the first
+        # trial in flight began (an agent's, left as the loop was killed) would pass for yours
+        # once the loop starts again: taken away now
+        left = stale_since(s.git.common_dir, min(began) - 1)
+        if left:
+            sys.stderr.write(f"autoresearch: warning: removed git lock files left in .git while the loop was "
+                             f"killed (by a trial in flight): {', '.join(left[:5])}\n")
     runs = s.dir / "runs"
     for t in running:  # first, as they may be what filled the disk: the in-flight run folders
         for path in [*runs.glob(str(t.number)), *runs.glob(f"{t.number}.*")]:
