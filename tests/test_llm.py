@@ -12,6 +12,7 @@ user would: the ledger, git refs, the files, the exit code and the output.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -168,15 +169,22 @@ def test_a_model_that_never_calls_a_tool_stops_the_loop(tmp_path: Path) -> None:
 # cost and --max-cost
 
 
-def test_max_cost_stops_the_loop(tmp_path: Path) -> None:
+def run_priced(tmp_path: Path, price: float, max_cost: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """A run of up to 5 LLM trials of 1000+100 tokens a call, at `price` $ per million tokens
+    in and out, stopped by --max-cost `max_cost`."""
     repo = make_task(tmp_path / "task")
     prices = tmp_path / "prices.json"
-    prices.write_text(json.dumps({"fake-model": [1000.0, 1000.0]}))  # $1.1 per 1000+100 tokens
+    prices.write_text(json.dumps({"fake-model": [price, price]}))
     script = good_edit("2.0") + good_edit("1.5", old="2.0") + good_edit("1.0", old="1.5")
     with FakeLLM("openai", script) as fake:
-        r = run_llm(repo, fake, "--max-cost", "5", trials=5, model="openai/fake-model",
+        r = run_llm(repo, fake, "--max-cost", max_cost, trials=5, model="openai/fake-model",
                     env={"AUTORESEARCH_PRICES": str(prices)})
     assert r.returncode == 0, r.stderr
+    return repo, r
+
+
+def test_max_cost_stops_the_loop(tmp_path: Path) -> None:
+    repo, r = run_priced(tmp_path, 1000.0, "5")  # $1.1 per 1000+100 tokens
     t = ledger(repo)
     assert len(t) == 3  # baseline + 2 trials: $3.3 after one, $6.6 after two >= $5
     assert [x.cost for x in t[1:]] == [pytest.approx(3.3), pytest.approx(3.3)]
@@ -186,14 +194,7 @@ def test_max_cost_stops_the_loop(tmp_path: Path) -> None:
 def test_a_small_spend_is_shown_to_the_tenth_of_a_cent(tmp_path: Path) -> None:
     """A cheap model's --max-cost 0.005 reached said "($0.01)", its trials "cost $0.00": the
     spend is shown as $0.0066."""
-    repo = make_task(tmp_path / "task")
-    prices = tmp_path / "prices.json"
-    prices.write_text(json.dumps({"fake-model": [1.0, 1.0]}))  # $0.0011 per 1000+100 tokens
-    script = good_edit("2.0") + good_edit("1.5", old="2.0") + good_edit("1.0", old="1.5")
-    with FakeLLM("openai", script) as fake:
-        r = run_llm(repo, fake, "--max-cost", "0.005", trials=5, model="openai/fake-model",
-                    env={"AUTORESEARCH_PRICES": str(prices)})
-    assert r.returncode == 0, r.stderr
+    repo, r = run_priced(tmp_path, 1.0, "0.005")  # $0.0011 per 1000+100 tokens
     t = ledger(repo)
     assert len(t) == 3  # baseline + 2 trials: $0.0033 after one, $0.0066 after two >= $0.005
     assert [x.cost for x in t[1:]] == [pytest.approx(0.0033), pytest.approx(0.0033)]

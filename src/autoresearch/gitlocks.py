@@ -53,9 +53,7 @@ def lock_files(common_dir: Path) -> dict[str, tuple[int, int]]:
     found = {name: _key(common_dir / name) for name in TOP}
     refs = common_dir / "refs"
     for top, dirs, files in os.walk(refs):
-        if top == str(refs):
-            dirs[:] = [d for d in dirs if d != "autoresearch"]
-        elif top == str(refs / "heads"):
+        if top in (str(refs), str(refs / "heads")):  # (refs/autoresearch, refs/heads/autoresearch)
             dirs[:] = [d for d in dirs if d != "autoresearch"]
         for n in dirs + files:
             if n.endswith(".lock"):
@@ -64,14 +62,32 @@ def lock_files(common_dir: Path) -> dict[str, tuple[int, int]]:
     return {name: key for name, key in found.items() if key is not None}
 
 
-def stale_since(common_dir: Path, since: float) -> list[str]:
-    """The lock files made at `since` (a time) or later that no git holds (LOCK_AGE old, or
-    still there LOCK_AGE on): removed."""
-    young = [n for n, key in lock_files(common_dir).items() if key[1] / 1e9 >= since]
-    stale = [n for n in young if lingers(str(common_dir / n))]
+def remove_stale(common_dir: Path, locks: dict[str, tuple[int, int]]) -> list[str]:
+    """Of `locks` (name -> inode and mtime, as lock_files gives them), those no git holds,
+    removed: all watched at once, LOCK_AGE at most (however many there are); one is stale when
+    the same file (inode and time) is still there then, or was already LOCK_AGE old or dated
+    ahead, or is a folder or a link."""
+    new, stale = dict(locks), []
+    deadline = time.monotonic() + LOCK_AGE
+    while new:
+        for name, key in list(new.items()):
+            path = common_dir / name
+            if _key(path) != key:  # gone, or another file: a git at work
+                del new[name]
+            elif path.is_dir() or path.is_symlink() or abs(time.time() - key[1] / 1e9) > LOCK_AGE \
+                    or time.monotonic() > deadline:
+                stale.append(name)
+                del new[name]
+        if new:
+            time.sleep(0.05)
     for name in stale:
         remove_path(common_dir / name)
     return sorted(stale)
+
+
+def stale_since(common_dir: Path, since: float) -> list[str]:
+    """The lock files made at `since` (a time) or later that no git holds: removed."""
+    return remove_stale(common_dir, {n: key for n, key in lock_files(common_dir).items() if key[1] / 1e9 >= since})
 
 
 class StaleLocks:
@@ -83,25 +99,8 @@ class StaleLocks:
         self.known = lock_files(common_dir)
 
     def take_away(self) -> list[str]:
-        """The lock files new since the start (or the last look) that no git holds: removed.
-        All are watched at once, LOCK_AGE at most (however many an agent left); one is stale
-        when the same file (inode and time) is still there then, or was already LOCK_AGE old
-        or dated ahead."""
-        new = {n: k for n, k in lock_files(self.common_dir).items() if self.known.get(n) != k}
-        deadline = time.monotonic() + LOCK_AGE
-        stale: set[str] = set()
-        while new:
-            for name, key in list(new.items()):
-                path = self.common_dir / name
-                if _key(path) != key:  # gone, or another file: a git at work
-                    del new[name]
-                elif path.is_dir() or path.is_symlink() or abs(time.time() - key[1] / 1e9) > LOCK_AGE \
-                        or time.monotonic() > deadline:
-                    stale.add(name)
-                    del new[name]
-            if new:
-                time.sleep(0.05)
-        for name in stale:
-            remove_path(self.common_dir / name)
+        """The lock files new since the start (or the last look) that no git holds: removed."""
+        stale = remove_stale(self.common_dir, {n: k for n, k in lock_files(self.common_dir).items()
+                                               if self.known.get(n) != k})
         self.known = {n: k for n, k in self.known.items() if _key(self.common_dir / n) == k}
-        return sorted(stale)
+        return stale
