@@ -345,7 +345,7 @@ class GitGuard:
                             f"or trip over ({', '.join(sorted(endless_)[:5])}); removed")
         locks = self._locks.take_away()
         if locks:
-            problems.append(f"left git lock files in the repository's .git ({', '.join(sorted(locks)[:5])}), which "
+            problems.append(f"left git lock files in the repository's .git ({', '.join(locks[:5])}), which "
                             "stop git's next write there (your commits, git config); removed")
         files = self._restore_files()
         if files:
@@ -417,7 +417,7 @@ class GitGuard:
         if now.get(config) != self._saved.get(config) and self._benign(self._saved.get(config), now.get(config)):
             self._saved[config] = now[config]  # (yours, most likely; nothing of the harness reads it)
         if now.get(shallow) != self._saved.get(shallow) and self._fetched_shallow(now.get(shallow)):
-            self._saved[shallow] = now[shallow]  # (your `git fetch --depth`: put back, it broke the repository)
+            self._saved[shallow] = now[shallow]  # (your `git fetch --depth`: kept; putting it back broke the repository)
         if now == self._saved:
             return []
         changed = sorted((str(p.relative_to(self.common_dir)) if p.is_relative_to(self.common_dir) else p.name)
