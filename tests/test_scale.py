@@ -151,7 +151,9 @@ def test_a_stale_trial_that_beats_the_later_best_is_kept_whole(tmp_path: Path, a
 
 
 def test_four_workers_keep_every_number_and_ref(tmp_path: Path) -> None:
-    table = {n: f"{(n * 7) % 11 + 1}.0 0.3" for n in range(1, 15)}
+    # each experiment lasts 1.2 s: longer than the harness's own work per trial on a loaded
+    # 2-core machine, so that several run at once (at 0.3 s they did not, under load)
+    table = {n: f"{(n * 7) % 11 + 1}.0 1.2" for n in range(1, 15)}
     table[5] = table[10] = ""  # no change: rejected, still a trial
     root, agent, env = setup_run(tmp_path, table)
     r = cli("run", str(root), "--tag", "w4", "--agent", "cli", "--agent-cmd", agent, "--trials", "14",
