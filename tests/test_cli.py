@@ -233,11 +233,31 @@ def test_trial_knows_the_best_code_it_left_and_the_one_its_advice_stages(tmp_pat
     exp.write_text(exp.read_text().replace("X = 1.0\nW = 2", "X = 1.25"))
     r = cli("trial", "-m", "X to 1.25", str(repo), "--tag", "t")
     assert "trial 4: agent_error" in r.stdout and "conflicts" in r.stdout, r.stdout
+    # the record still says what was tried: -m before the error (it held the error alone)
+    assert (repo / ".autoresearch/t/results.tsv").read_text().splitlines()[-1].split("\t")[4].startswith(
+        "agent error: X to 1.25 (your change to exp.py conflicts"), r.stdout
     git(repo, "checkout", "autoresearch/t", "--", "exp.py")
     exp.write_text(exp.read_text().replace("X = 1.0\nW = 2", "X = 1.25"))
     r = cli("trial", "-m", "X to 1.25", str(repo), "--tag", "t")
     assert "trial 5: discard" in r.stdout, r.stdout + r.stderr
     assert "W = 2" not in git(repo, "show", "refs/autoresearch/t/trials/5:exp.py")
+
+
+def test_trial_judges_taking_away_a_file_a_kept_trial_added(tmp_path: Path) -> None:
+    """`git rm` of a file that a kept `trial` added (and left staged) leaves it as HEAD has it:
+    `trial` said there was nothing to judge, while the best code still held the file."""
+    experiment = "import os\nprint('loss:', 1.0 if os.path.exists('extra.py') else 2.0)\n"
+    repo = make_task(tmp_path / "task", experiment=experiment,
+                     toml='name = "t"\neditable = ["*.py"]\ncommand = "python exp.py"\n'
+                     '[metric]\nname = "loss"\ngoal = "minimize"\n')
+    (repo / "extra.py").write_text("E = 1\n")
+    r = cli("trial", "-m", "add extra", str(repo), "--tag", "t")
+    assert "trial 1: keep" in r.stdout, r.stdout + r.stderr
+    git(repo, "rm", "-qf", "extra.py")
+    r = cli("trial", "-m", "take extra away", str(repo), "--tag", "t")
+    assert "trial 2: duplicate (same code as trial 0)" in r.stdout, r.stdout + r.stderr  # judged
+    assert git(repo, "ls-tree", "--name-only", "refs/autoresearch/t/trials/2") == "autoresearch.toml\nexp.py\nprepare.py\nprogram.md"
+    assert (repo / "extra.py").read_text() == "E = 1\n"  # discarded: the best code is back
 
 
 def test_trial_refuses_an_uncommitted_task_file_and_names_what_it_leaves(tmp_path: Path) -> None:

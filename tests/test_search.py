@@ -486,6 +486,22 @@ def test_space_names_what_it_cannot_search_and_values_off_their_range(tmp_path):
     assert "LR" in table and "note: m.py:5" not in table
 
 
+def test_run_warns_of_a_search_comment_it_cannot_use(tmp_path):
+    """A typo in a `# search:` comment left the constant out of the search without a word at
+    `run` (only `autoresearch space` said it): the constant meant to be tuned never was."""
+    repo = make_task(tmp_path / "t", experiment="LR = 0.5  # search: 0..1 log\nDEPTH = 5  # search: 10..1\n"
+                                                "BS = 8  # search: off\nNAME = 'x'\nX = 1.0\nprint(f'loss: {X + LR}')\n")
+    r = cli("run", str(repo), "--tag", "s", "--trials", "1")
+    assert r.returncode == 0, r.stderr + r.stdout
+    warned = [line for line in r.stderr.splitlines() if "not searched" in line]
+    assert warned == [
+        "autoresearch: warning: not searched: exp.py:1 LR: bad `# search:` comment: a log range must be positive, "
+        "got 0..1; it keeps its value (see `autoresearch space`)",
+        "autoresearch: warning: not searched: exp.py:2 DEPTH: bad `# search:` comment: the range 10..1 is empty "
+        "(LOW must be < HIGH); it keeps its value (see `autoresearch space`)"], r.stderr  # not BS (off), NAME
+    assert Ledger.read(repo, "s").trials()[1].description.startswith("X 1.0 -> ")
+
+
 AFTER_CODE = b'''"""A script whose constants are not all at the top."""
 import os
 try:

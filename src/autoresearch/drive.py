@@ -115,7 +115,10 @@ class WorkingTreeAgent(BaseAgent):
         git = Git(self.root)
         for rel in self.paths:
             src, dst = self.root / rel, ctx.workdir / rel
-            merged = self._laid_over(git, rel, src, dst, ctx.best.commit or "")
+            try:
+                merged = self._laid_over(git, rel, src, dst, ctx.best.commit or "")
+            except AgentError as e:  # (the record still says what you tried: `-m` before the error)
+                raise AgentError(f"{self.description} ({e})") from None
             folder = src.is_dir() and not src.is_symlink()  # a file made a folder: its files are paths of their own
             if merged is not None:
                 dst.write_bytes(merged)
@@ -186,6 +189,12 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         raise UsageError(f"you have autoresearch/{tag} checked out, and a kept trial moves it under your "
                          "working tree: check out another branch first (e.g. `git checkout main`)")
     changed = working_changes(git, task)
+    # a file the last `trial` left (a kept trial's new file, staged) that you have since taken
+    # away (`git rm`) is as HEAD has it, so `git status` does not show it: still a change
+    left_there = read_left(task.root / ".autoresearch" / tag / LEFT_NOTE, git.rev("HEAD"))
+    changed += sorted(p for p, commit in left_there.items() if p not in changed and task.is_editable(p)
+                      and not (task.root / p).exists() and not (task.root / p).is_symlink()
+                      and not as_left(git, task.root, p, commit))
     if not changed:  # judged, it would be an empty change in the ledger: say it, record nothing
         raise UsageError("nothing to judge: your working tree has no uncommitted change (a change you "
                          "committed can be uncommitted with `git reset --soft HEAD~1`)")

@@ -70,7 +70,8 @@ class HybridAgent(BaseAgent):
 
     def preflight(self) -> list[str]:
         check = getattr(self.llm, "preflight", None)
-        return check() if check and self.share > 0 else []  # (--llm-share 0: the LLM is never asked)
+        llm = check() if check and self.share > 0 else []  # (--llm-share 0: the LLM is never asked)
+        return self.search.preflight() + llm
 
 
 def _tagged(p: Proposal, who: str) -> Proposal:

@@ -189,6 +189,11 @@ class SearchAgent(BaseAgent):
         self.asks = self.refused = 0  # the sampler's asks, and those that gave no untried change
         self.widened = 0  # proposals with a step widened past MIN_MOVE
 
+    def preflight(self) -> list[str]:
+        """A `# search:` comment that could not be used: the constant is left as it is."""
+        return [f"not searched: {where} {why}; it keeps its value (see `autoresearch space`)"
+                for where, why in self.space.broken]
+
     # -- the study ----------------------------------------------------------------------------
 
     def _resume(self, number: int, x0: dict[str, Any]) -> None:

@@ -384,6 +384,9 @@ def make_param(const: Constant, key: str) -> Param:
 class Space:
     params: list[Param] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file:line, why)
+    # of those, the constants whose `# search:` comment could not be used (a typo there leaves
+    # the constant you meant to tune as it is: said when a run starts)
+    broken: list[tuple[str, str]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
 
     def get(self, key: str) -> Param:
@@ -420,6 +423,9 @@ class Space:
                 except ValueError as e:
                     if c.value is not NotLiteral or re.search(r"\bsearch\b", c.comment, re.I):
                         self.skipped.append((f"{c.path}:{c.line}", f"{c.name}: {e}"))
+                    if str(e).startswith("bad `# search:` comment") or (
+                            re.search(r"\bsearch\s*:", c.comment, re.I) and str(e) != "`# search: off`"):
+                        self.broken.append((f"{c.path}:{c.line}", f"{c.name}: {e}"))
                     continue
                 self.params.append(p)
                 keys.add(key)
