@@ -71,7 +71,7 @@ class HybridAgent(BaseAgent):
     def preflight(self) -> list[str]:
         check = getattr(self.llm, "preflight", None)
         llm = check() if check and self.share > 0 else []  # (--llm-share 0: the LLM is never asked)
-        return self.search.preflight() + llm
+        return list(getattr(self.search, "preflight", list)()) + llm
 
 
 def _tagged(p: Proposal, who: str) -> Proposal:
