@@ -260,13 +260,18 @@ def test_a_failed_repeat_of_the_baseline_names_its_own_run_and_log(tmp_path: Pat
     assert r.stderr.rstrip().split("; see ")[1].startswith(str(root / ".autoresearch" / "t" / "logs" / "0.1.log"))
 
 
-def test_a_tag_whose_agent_command_held_a_key_asks_for_it_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("assign", [
+    "MY_KEY=sk-proj-" + "a1b2c3d4" * 5,  # shaped like a key
+    # not shaped like one, but given to a key's name (they were recorded and shown as they were)
+    "MISTRAL_API_KEY=Zx9FAKEmistralKEY0123456789abcdEF", "export HF_TOKEN='FAKEhuggingface0123456789abcd';"])
+def test_a_tag_whose_agent_command_held_a_key_asks_for_it_again(tmp_path: Path, assign: str) -> None:
     root = make_task(tmp_path / "task")
     agent = script_agent(tmp_path / "agent.sh", LOWER_X)
-    key = "sk-proj-" + "a1b2c3d4" * 5
-    r = cli("run", str(root), "--tag", "t", "--agent-cmd", f"MY_KEY={key} {agent}", "--trials", "1")
+    key = assign.split("=", 1)[1].strip("';")
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", f"{assign} {agent}", "--trials", "1", env={"MISTRAL_API_KEY": "", "HF_TOKEN": ""})
     assert r.returncode == 0, r.stderr
-    assert key not in (root / ".autoresearch" / "t" / "ledger.sqlite").read_bytes().decode("latin-1")
+    for path in (root / ".autoresearch").rglob("*"):
+        assert not path.is_file() or key not in path.read_bytes().decode("latin-1"), path
     r = cli("run", str(root), "--tag", "t", "--trials", "1")
     assert r.returncode == 2 and "holds a key, which is never recorded: give the agent's flags again" in r.stderr
     r = cli("run", str(root), "--tag", "t", "--trials", "1", "--agent-timeout", "60")  # not the agent's flags

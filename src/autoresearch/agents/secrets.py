@@ -2,7 +2,8 @@
 
 `redact()` scrubs the keys in the environment (every provider's key variable, every *_API_KEY,
 *_TOKEN and *SECRET value of 8+ characters, the key an agent was given), anything shaped like
-a key and the credentials in a URL (http://user:password@host); `keys_in()` counts the keys in a text an agent is about to write, also wrapped over lines,
+a key, a long value given to a key-like name inline (`HF_TOKEN=...`, `--api-key ...`) and the
+credentials in a URL (http://user:password@host); `keys_in()` counts the keys in a text an agent is about to write, also wrapped over lines,
 cut short or pieced together from quoted parts.
 """
 
@@ -14,8 +15,17 @@ from collections.abc import Mapping
 
 KEY_SHAPES = re.compile(
     r"(sk-ant-[A-Za-z0-9_\-*.]{6,}|sk-(?:proj-|or-v1-)?[A-Za-z0-9_\-*.]{6,}|AIza[0-9A-Za-z_\-]{20,}"
-    r"|gsk_[A-Za-z0-9]{10,}|xai-[A-Za-z0-9]{10,}|(?i:bearer)\s+[A-Za-z0-9_\-.=]{8,})")
+    r"|gsk_[A-Za-z0-9]{10,}|xai-[A-Za-z0-9]{10,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_\-]{20,}|(?i:bearer)\s+[A-Za-z0-9_\-.=]{8,})")
 KEY_ENV = re.compile(r"(API_KEY|_TOKEN|SECRET)$")
+# a key given inline, in a command or a line of output: `HF_TOKEN=hf_...`, `export X_API_KEY="..."`,
+# `--anthropic-api-key ...`; the value is taken for a key when it is long and holds letters and
+# digits both (`BOS_TOKEN = 50256` in an experiment's code is not one)
+INLINE_KEY = re.compile(
+    r"""(?P<name>\b[A-Za-z0-9_]*(?:API_?KEY|(?:ACCESS|SECRET|PRIVATE|AUTH)_?KEY|_TOKEN|SECRET|PASSWORD|PASSWD)\s*[=:]\s*"""
+    r"""|--[A-Za-z0-9-]*(?:api-key|token|secret|password)(?:\s+|=)(?:[A-Za-z0-9_-]+=)?)"""
+    r"""(?P<q>["']?)(?P<value>(?=[^\s"']*[0-9])(?=[^\s"']*[A-Za-z])[A-Za-z0-9_\-.+/=]{16,})(?P=q)""",
+    re.IGNORECASE)
 # http://user:password@host, https://<token>@host (not ssh://git@host: a user name alone)
 URL_CREDENTIALS = re.compile(r"(?<=://)(?:[^\s/@?#:]+:[^\s/@?#]+|[^\s/@?#:]{16,})(?=@)")
 
@@ -105,4 +115,5 @@ def redact(text: str, extra: tuple[str, ...] = ()) -> str:
     for value in values:
         if len(value) >= 2 * PIECE:
             text = _without_pieces(text, value)
+    text = INLINE_KEY.sub(lambda m: f"{m['name']}{m['q']}[redacted]{m['q']}", text)
     return URL_CREDENTIALS.sub("[redacted]", KEY_SHAPES.sub("[redacted]", text))
