@@ -223,6 +223,26 @@ def test_the_agent_prepares_the_next_trial_while_one_runs(tmp_path: Path, ahead:
         assert not during and not early
 
 
+def test_an_agent_beside_a_trial_in_flight_is_told_of_it(tmp_path: Path) -> None:
+    """With two workers, trial 2 is proposed while trial 1 runs: its prompt listed finished
+    trials only, so the agent proposed trial 1's change again (a duplicate, half of a night's
+    trials in an audit). The trial in flight is in the history, as running."""
+    root, agent, env = setup_run(tmp_path, {1: "5.0 2.5", 2: "4.0 0.2", 3: "3.0 0.2"})
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    wrapper = script_agent(tmp_path / "wrapper.sh", f'cp "$AUTORESEARCH_PROMPT_FILE" {prompts}/$AUTORESEARCH_TRIAL.md\n'
+                                                    f"exec {agent}\n")
+    r = cli("run", str(root), "--tag", "f", "--agent", "cli", "--agent-cmd", wrapper, "--trials", "3",
+            "--workers", "2", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    rows = check_ledger_and_git(root, "f", 3)
+    assert rows[2].started < rows[1].ended  # (proposed while trial 1 ran)
+    second = (prompts / "2.md").read_text()
+    assert "#1 running     loss=(not measured yet)  X S = 5.0 2.5" in second, second
+    first = (prompts / "1.md").read_text().split("# Every trial so far")[1].split("\n", 1)[1].split("# Now")[0]
+    assert "#0 keep" in first and "running" not in first, first  # (nothing in flight beside trial 1)
+
+
 def test_no_experiment_starts_past_hours_not_even_one_prepared_ahead(tmp_path: Path) -> None:
     """--hours with proposals prepared ahead: every proposal queued by the deadline was run after
     it (2.8 x the limit with --agent-concurrency 6 on 2 workers)."""

@@ -27,11 +27,15 @@ def fmt(value: float | None) -> str:
 
 
 def history_lines(trials: tuple[Trial, ...] | list[Trial], metric: str, limit_chars: int = 12000) -> list[str]:
-    """A compact line per finished trial, newest last. When the lines outgrow `limit_chars`,
-    the kept trials and the 40 most recent stay and the rest are counted."""
+    """A compact line per finished trial, newest last, and one per trial in flight (proposed,
+    not measured yet: with several workers, the agent that proposes beside it must not propose
+    the same). When the lines outgrow `limit_chars`, the kept trials and the 40 most recent stay
+    and the rest are counted."""
     pairs = []
     for t in trials:
         if not t.status.finished:
+            if t.description:  # (the trial being proposed now has none yet)
+                pairs.append((t, f"#{t.number} {'running':<11} {metric}=(not measured yet)  {t.description}"))
             continue
         figs = ", ".join(f"{k}={fmt(v)}" for k, v in t.figures.items() if k != metric)
         why = f" [{t.reason[:160]}]" if t.reason and t.status is not Status.KEEP else ""
@@ -67,7 +71,7 @@ def build_prompt(ctx: Context, history: list[str] | None = None) -> str:
         f"# The best result so far: trial #{best.number}, {m.name} = {fmt(best.metric)}"
         f" ({best.description})",
         "The working directory holds that code.\n",
-        "# Every trial so far (number, status, metric, description)",
+        "# Every trial so far (number, status, metric, description; `running`: in flight now)",
         *(history if history is not None else history_lines(ctx.history, m.name)),
         "",
         f"# Now: trial #{ctx.number}",
