@@ -122,9 +122,17 @@ def format_value(value: Any, template: str = "") -> str:
         return f"{value:_}" if "_" in template and not template.lstrip("-+").startswith("0x") else str(value)
     if isinstance(value, float):
         return format_float(value, sci="e" in template.lower() and "**" not in template)
-    if isinstance(value, str) and template.strip().startswith('"') and '"' not in value and "\\" not in value:
-        return f'"{value}"'
+    quote = re.match(r"\s*[rRuU]*(['\"])", template) if isinstance(value, str) else None
+    if quote:  # in the original's quotes (repr picks its own: 'sgd' where "adamw" was)
+        return quote_string(value, quote.group(1))
     return repr(value)
+
+
+def quote_string(value: str, quote: str) -> str:
+    """`value` as a string literal between `quote`s, escaped as repr escapes it (a backslash, a
+    newline), the quote too."""
+    return quote + "".join("\\" + ch if ch == quote else ch if ch in "'\"" else repr(ch)[1:-1]
+                           for ch in value) + quote
 
 
 def short(value: Any, digits: int = 4) -> str:

@@ -219,8 +219,9 @@ class Param:
         """The file value and source text for a sampled value `x`."""
         if self.kind == "bool":
             return bool(x), repr(bool(x))
-        if self.kind == "choice":
-            return value_of_text(x), str(x)
+        if self.kind == "choice":  # a string in the original's quotes, whichever the choice has
+            value = value_of_text(x)
+            return value, format_value(value, template) if isinstance(value, str) else str(x)
         if self.kind == "int":
             n = int(x)
             if self.base is not None:
