@@ -3,10 +3,13 @@ original's quotes, and the ranges `autoresearch space --tag` shows."""
 
 from __future__ import annotations
 
-from conftest import cli, git, make_task
+from conftest import cli, git, make_task, script_agent
 
+from autoresearch.agents.search import SearchAgent
 from autoresearch.agents.space import space_of
 from autoresearch.ledger import Ledger
+from autoresearch.records import Status
+from autoresearch.task import load_task
 
 
 def test_a_string_choice_is_written_in_the_originals_quotes(tmp_path):
@@ -24,3 +27,30 @@ def test_a_string_choice_is_written_in_the_originals_quotes(tmp_path):
                      for opt in ('"adamw"', '"sgd"') for who in ("'a'", r"'it\'s'")}
     p = space_of({"m.py": b'Q = "a"  # search: a | \'say "hi"\'\n'}).params[0]
     assert p.render(p.choices[1], p.text) == ('say "hi"', r'"say \"hi\""')
+
+
+def test_space_with_a_tag_shows_the_ranges_the_search_has_not_ones_from_the_best_code(tmp_path):
+    repo = make_task(tmp_path / "t", experiment=(
+        "LR = 0.1\nprint('loss:', abs(LR - 0.03) + globals().get('WD', 1.0))\n"))
+    agent = script_agent(tmp_path / "a.sh", """\
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then sed -i 's/^LR = .*/LR = 0.05\\nWD = 0.2/' exp.py
+        else sed -i 's/^WD = .*/WD = 0.01/' exp.py; fi
+        echo "step $AUTORESEARCH_TRIAL"
+        """)
+    r = cli("run", str(repo), "--tag", "s", "--agent", "cli", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr + r.stdout
+    led = Ledger.read(repo, "s")
+    trials = led.trials()
+    led.close()
+    assert [t.status for t in trials] == [Status.KEEP] * 3
+    r = cli("space", str(repo), "--tag", "s")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[2:4]}
+    # LR's range from the baseline's 0.1 (0.05 gives 0.0125..0.2), WD's from its first value,
+    # 0.2 at trial 1 (the best's 0.01 gives 0.0025..0.04)
+    assert rows["LR"][:5] == ["LR", "exp.py:1", "0.05", "0.1", "0.025..0.4"]
+    assert rows["WD"][:5] == ["WD", "exp.py:2", "0.01", "(new)", "0.05..0.6"]
+    search = SearchAgent(load_task(repo))  # as the search agent has them, read from the ledger
+    for t in trials:
+        search.observe(t)
+    assert [search.space.get(k).range_text for k in ("LR", "WD")] == ["0.025..0.4", "0.05..0.6"]

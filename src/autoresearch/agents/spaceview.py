@@ -1,15 +1,22 @@
 """`autoresearch space`: the table of the search space a task's editable files give the search
 agent (`space.space_of`), with notes where the search knows a value otherwise than the file has
-it; with `--tag T`, the constants of the run's best code beside its baseline's."""
+it; with `--tag T`, the constants of the run's best code beside its baseline's, in the ranges the
+search gives them (fixed from the baseline's code, not worked out again from the best's)."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from autoresearch.agents.constants import short
-from autoresearch.agents.space import Param, Space, editable_sources, space_of
+from autoresearch.agents.constants import FileScan, short
+from autoresearch.agents.space import Param, Space, editable_sources, scan_files, space_of
 from autoresearch.errors import UsageError
 from autoresearch.task import Task, load_task
+
+if TYPE_CHECKING:
+    from autoresearch.gitrepo import Git
+    from autoresearch.records import Trial
 
 
 def space_table(space: Space, baseline: dict[str, str] | None = None) -> str:
@@ -74,7 +81,8 @@ def cmd_space(args: argparse.Namespace) -> int:
 
 
 def _tag_space(task: Task, tag: str) -> int:
-    """`space --tag T`: the constants of the tag's best code, beside its baseline's."""
+    """`space --tag T`: the constants of the tag's best code, beside its baseline's, in the
+    search's ranges."""
     from autoresearch.gitrepo import Git
     from autoresearch.ledger import Ledger, list_tags
     from autoresearch.objects import task_blobs
@@ -85,6 +93,7 @@ def _tag_space(task: Task, tag: str) -> int:
     led = Ledger.read(task.root, tag)
     try:
         best, base = led.best(), led.get(0)
+        trials = led.trials()
     finally:
         led.close()
     if best is None or not best.commit or base is None or not base.commit:
@@ -95,14 +104,49 @@ def _tag_space(task: Task, tag: str) -> int:
         wanted = lambda p: p.endswith(".py") and task.is_editable(p)  # noqa: E731
         return {path: data for path, _, data in task_blobs(git, commit, wanted)}
 
-    space = space_of(files(best.commit))
+    base_files, best_files = files(base.commit), files(best.commit)
+    searched = space_of(base_files)
+    baseline = {p.key: " ".join(p.text.split())[:24] for p in searched.params}
+    best_scan = scan_files(best_files)
+    _add_later(searched, best_scan, git, [t for t in trials if 0 < t.number < best.number],
+               sorted({*base_files, *best_files}))
+    space = _in_best_code(searched, best_scan)
     if not space.params:
         raise UsageError(f"no constants to search in the editable Python files of the best "
                                 f"code of tag {tag} (trial {best.number}, {best.commit[:7]})")
-    baseline = {p.key: " ".join(p.text.split())[:24] for p in space_of(files(base.commit)).params}
     moved = sum(1 for p in space.params if baseline.get(p.key) != " ".join(p.text.split())[:24])
     print(f"tag {tag}: the best code (trial {best.number}, {best.commit[:7]}, {led.metric_name} "
-          f"{best.metric:.6g}) beside its baseline (trial 0, {base.commit[:7]}); '=' unchanged")
+          f"{best.metric:.6g}) beside its baseline (trial 0, {base.commit[:7]}); '=' unchanged; "
+          "ranges as the search has them, from the baseline's code")
     print(space_table(space, baseline))
     print(f"{len(space.params)} constant{'s' * (len(space.params) != 1)} in {', '.join(space.searched_files)}, {moved} moved from the baseline")
     return 0
+
+
+def _add_later(searched: Space, best_scan: dict[str, FileScan], git: Git, trials: list[Trial],
+               paths: list[str]) -> None:
+    """The constants the search adds after the baseline's, as it adds them (`SearchAgent.observe`):
+    each with the range of its value in the first trial that has it, then the best code's."""
+    if any(searched.find(c.path, c.name) is None for scan in best_scan.values() for c in scan.constants):
+        # (only then: the best code has a constant the baseline's code has not)
+        reader = git.blob_reader()  # (one `git cat-file` for every trial's files)
+        try:
+            for t in trials:
+                if t.commit:
+                    at = {path: reader.read(t.commit, path) for path in paths}
+                    searched.add(scan_files({path: data for path, data in at.items() if data is not None}))
+        finally:
+            reader.close()
+    searched.add(best_scan)
+
+
+def _in_best_code(searched: Space, best_scan: dict[str, FileScan]) -> Space:
+    """The searched constants the best code has, with its values and lines; what it has that the
+    search leaves out, with the reason."""
+    shown = [replace(p, line=c.line, value=c.value, text=c.text)
+             for path, scan in best_scan.items() for c in scan.constants
+             if (p := searched.find(path, c.name)) is not None]
+    own = Space()
+    own.add(best_scan)
+    at = {f"{p.path}:{p.line}" for p in shown}
+    return Space(params=shown, skipped=[s for s in own.skipped if s[0] not in at], files=list(best_scan))
