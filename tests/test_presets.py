@@ -42,7 +42,8 @@ def test_agents_lists_everything() -> None:
 FAKE_CLAUDE = """\
 #!{python}
 # A stand-in for Claude Code: refuses to skip permissions as root without IS_SANDBOX=1 (as the
-# real one does), records its argv, reads the prompt from stdin, edits exp.py, prints a JSON result.
+# real one does), records its argv, reads the prompt from stdin, edits exp.py, prints a JSON result
+# (with the fields of $CLAUDE_REPORTS in it, a JSON object).
 import json, os, sys
 argv = sys.argv[1:]
 open(os.environ["CLAUDE_ARGV_FILE"], "a").write(json.dumps(argv) + "\\n")
@@ -56,7 +57,8 @@ src = open("exp.py").read().replace("X = 3.0", "X = 1.0")
 open("exp.py", "w").write(src)
 print(json.dumps({{"type": "result", "subtype": "success", "is_error": False,
                   "result": "I looked at exp.py.\\nSet X to 1.0, the minimum of the loss.",
-                  "total_cost_usd": 0.0123, "usage": {{"input_tokens": 1500, "output_tokens": 200}}}}))
+                  "total_cost_usd": 0.0123, "usage": {{"input_tokens": 1500, "output_tokens": 200}},
+                  **json.loads(os.environ.get("CLAUDE_REPORTS") or "{{}}")}}))
 """
 
 
@@ -106,6 +108,25 @@ def test_a_presets_command_copied_into_agent_cli_keeps_what_the_preset_reads(tmp
     t = ledger(repo)
     assert t[1].description == "Set X to 1.0, the minimum of the loss."
     assert (t[1].tokens_in, t[1].tokens_out, t[1].cost) == (1500, 200, pytest.approx(0.0123))
+
+
+def test_claude_tokens_are_those_of_every_model_its_cost_covers(tmp_path: Path) -> None:
+    """Claude Code's `usage` counts its main model's tokens; `modelUsage` has every model it
+    asked (a small one for a title too), as `total_cost_usd` does: the ledger has their sum."""
+    repo = make_task(tmp_path / "task")
+    cached = {"inputTokens": 3000, "outputTokens": 300, "cacheReadInputTokens": 20000,
+              "cacheCreationInputTokens": 1000, "webSearchRequests": 0, "costUSD": 0.0441}
+    small = {"inputTokens": 1000, "outputTokens": 100, "cacheReadInputTokens": 0,
+             "cacheCreationInputTokens": 0, "webSearchRequests": 0, "costUSD": 0.0012}
+    reports = {"total_cost_usd": 0.0453,
+               "usage": {"input_tokens": 3000, "output_tokens": 300, "cache_read_input_tokens": 20000,
+                         "cache_creation_input_tokens": 1000, "service_tier": "standard"},
+               "modelUsage": {"claude-sonnet-4-5": cached, "claude-haiku-4-5": small}}
+    env = {**fake_claude(tmp_path), "IS_SANDBOX": "1", "CLAUDE_REPORTS": json.dumps(reports)}
+    r = cli("run", str(repo), "--tag", "t", "--agent", "claude", "--trials", "1", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    t = ledger(repo)
+    assert (t[1].tokens_in, t[1].tokens_out, t[1].cost) == (25000, 400, pytest.approx(0.0453))
 
 
 def test_aider_description_is_the_prose_not_a_file_name() -> None:

@@ -45,15 +45,30 @@ def claude_result(output: str) -> dict[str, Any]:
                 continue
             if not isinstance(data, dict):
                 continue
-            u = data.get("usage") or {}
-            tin = sum(int(u.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens",
-                                                   "cache_creation_input_tokens"))
-            spent = {"tokens_in": tin, "tokens_out": int(u.get("output_tokens") or 0),
+            tin, tout = claude_tokens(data)
+            spent = {"tokens_in": tin, "tokens_out": tout,
                      "cost": float(data.get("total_cost_usd") or data.get("cost_usd") or 0.0)}
             if data.get("is_error"):
                 raise tool_error("claude", data.get("result") or data.get("subtype"), data.get("api_error_status"), **spent)
             return {"text": str(data.get("result") or ""), **spent}
     return {}
+
+
+def claude_tokens(data: dict[str, Any]) -> tuple[int, int]:
+    """The tokens in (cache reads and writes among them) and out of a Claude Code result: the
+    sum over `modelUsage`, every model it asked, where there is one. `usage` counts the main
+    model's alone, while the cost (`total_cost_usd`) covers every model, a small one asked for a
+    title too."""
+    per_model = data.get("modelUsage")
+    models = [m for m in per_model.values() if isinstance(m, dict)] if isinstance(per_model, dict) else []
+    if models:
+        keys = ("inputTokens", "cacheReadInputTokens", "cacheCreationInputTokens")
+        return (sum(int(m.get(k) or 0) for m in models for k in keys),
+                sum(int(m.get("outputTokens") or 0) for m in models))
+    u = data.get("usage") or {}
+    return (sum(int(u.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens",
+                                             "cache_creation_input_tokens")),
+            int(u.get("output_tokens") or 0))
 
 
 def json_events(output: str) -> Iterator[dict[str, Any]]:
