@@ -193,9 +193,12 @@ def test_a_kill_while_git_packs_the_refs_leaves_no_lock_after_resume(task_repo: 
     r = cli("run", str(task_repo), "--tag", "t", "--trials", "0")
     assert r.returncode == 0, r.stderr
     lock, mark = task_repo / ".git/packed-refs.lock", task_repo / ".autoresearch/t/packing"
-    now = time.time()
-    # (the mark's time, the lock's time, whether the lock stays)
-    for marked, made, kept in ((now - 60, now - 60, False), (now - 60, now - 30, True), (now, now, True)):
+    # (how long ago the mark and the lock were made, whether the lock stays); "now" is taken at
+    # each step: the runs before the last took over 5 s on a loaded machine, and its "just now"
+    # lock was then old enough to go
+    for marked_ago, made_ago, kept in ((60, 60, False), (60, 30, True), (0, 0, True)):
+        now = time.time()
+        marked, made = now - marked_ago, now - made_ago
         mark.write_text("stopped while packing\n")
         lock.write_text("")
         os.utime(mark, (marked, marked))
