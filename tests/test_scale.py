@@ -414,6 +414,20 @@ def test_ctrl_c_stops_every_trial_in_flight_and_resume_goes_on(tmp_path: Path) -
     assert rows[-1].status is Status.DISCARD
 
 
+def test_ctrl_c_after_the_last_trial_opened_is_recorded_as_the_signal(tmp_path: Path) -> None:
+    """Both trials of --trials 2 in flight when Ctrl-C comes: the run ended by the signal; its
+    record said "--trials 2 done" (set when the loop found no more trials to open)."""
+    root, agent, env = setup_run(tmp_path, {1: "21.0 60", 2: "22.0 60"})
+    proc = _popen_run(root, agent, env, "--trials", "2", "--workers", "2")
+    _wait_for_starts(env, 2)
+    time.sleep(0.5)  # (both workers have looked for a third trial by now)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    last = next(line for line in cli("status", str(root), "--tag", "x").stdout.splitlines() if line.startswith("last run"))
+    assert "stopped by a signal" in last and "done" not in last, last
+
+
 def test_a_killed_loop_with_trials_in_flight_resumes(tmp_path: Path) -> None:
     table = {n: f"{20 + n}.0 60" for n in range(1, 4)}
     table.update({n: f"{20 + n}.0 0.1" for n in range(4, 9)})

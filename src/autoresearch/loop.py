@@ -162,7 +162,8 @@ class Loop:
     def record_end(self, why: str = "") -> None:
         """Keep in the ledger how this run ended (when, why, how many trials), for `status`."""
         stopped = "stopped by a signal (Ctrl-C, SIGTERM or SIGHUP)" if self.cancel.is_set() else ""
-        why = why or self.failure or self.ended or stopped or "ended"
+        why = why or self.failure or stopped or self.ended or "ended"  # (a signal after the last trial
+        # was opened ended the run, not "--trials N done")
         with contextlib.suppress(Exception):  # (a full disk must not hide the real error)
             self.s.ledger.set_meta("last_run", json.dumps({"ended": time.time(), "why": why, "trials": self.done}))
 
