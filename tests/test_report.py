@@ -188,6 +188,25 @@ def test_report_after_an_interrupted_baseline_says_what_the_title_says(tmp_path:
     assert "No trial has beaten the baseline" not in page
 
 
+def test_the_demo_counts_the_trials_after_a_baseline_run_again(tmp_path: Path) -> None:
+    """A demo stopped in its baseline and run again: the baseline's second run (trial 1) was
+    counted among the trials, and as a kept one ("2 kept of 2 trials" after one new trial)."""
+    from autoresearch.demo import summary
+    from autoresearch.ledger import Ledger
+    from autoresearch.records import Status, Trial
+
+    repo = new_task(tmp_path / "task")
+    led = Ledger.open(repo, "demo", "loss")
+    for n, status, metric, agent in ((0, "interrupted", None, "baseline"), (1, "keep", 3.0, "baseline"),
+                                     (2, "keep", 2.5, "search"), (3, "discard", 2.9, "search")):
+        t = Trial(n, Status.RUNNING, "baseline" if agent == "baseline" else f"try {n}", agent=agent, started=1e9 + n)
+        led.begin(t)
+        led.finish(t.with_(status=Status(status), metric=metric, figures={} if metric is None else {"loss": metric}))
+    led.close()
+    r = summary(repo, "demo", interrupted=False)
+    assert (r.baseline, r.best, r.trials, r.kept) == (3.0, 2.5, 2, 1)
+
+
 def test_a_crashed_baseline_is_named_on_the_page_not_waited_on(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task", experiment="raise SystemExit('boom before training')\n")
     run = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "2")

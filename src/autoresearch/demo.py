@@ -95,11 +95,14 @@ def summary(root: Path, tag: str, interrupted: bool) -> DemoResult:
     finally:
         led.close()
     base = measured_baseline(trials)
+    # the trials proposed after the baseline: a baseline run again (its first run was stopped)
+    # is not one of them, nor a kept improvement
+    after = [t for t in trials if t.number > (base.number if base else 0)]
     return DemoResult(
         root=root, tag=tag, baseline=base.metric if base else None,
         best=best.metric if best else None, best_number=best.number if best else 0,
-        best_description=best.description if best else "", trials=max(0, len(trials) - 1),
-        kept=sum(t.status is Status.KEEP for t in trials[1:]), interrupted=interrupted)
+        best_description=best.description if best else "", trials=len(after),
+        kept=sum(t.status is Status.KEEP for t in after), interrupted=interrupted)
 
 
 def report(root: Path, tag: str) -> str:
