@@ -474,6 +474,31 @@ def test_a_ray_address_nothing_answers_at_is_refused_at_once(tmp_path: Path) -> 
     assert time.monotonic() - began < 30
 
 
+def test_a_ray_address_where_a_web_server_answers_is_refused_at_once(tmp_path: Path) -> None:
+    """The dashboard's address (8265, which `ray start` prints too) or any web server: Ray tried
+    it for over 8 minutes, printing its own warnings, then exited 1."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        repo = make_task(tmp_path / "task")
+        began = time.monotonic()
+        r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "1",
+                "--ray-address", f"127.0.0.1:{port}", timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip() == (f"autoresearch: error: --ray-address 127.0.0.1:{port}: a web server answers "
+                                    f"at 127.0.0.1:{port}, not a Ray cluster's head (Ray's dashboard is at 8265): "
+                                    "give the address `ray start --head` printed for `ray.init` (HOST:6379), or "
+                                    "ray://HOST:10001"), r.stderr
+        assert time.monotonic() - began < 30
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.slow  # (a local Ray instance: about 15 s)
 def test_a_cluster_gone_without_ray_stop_is_passed_by(tmp_path: Path) -> None:
     """A head that died without `ray stop` leaves its address in ray_current_cluster, where

@@ -108,10 +108,25 @@ def reachable(address: str, timeout: float = 5.0, given: str = "--ray-address") 
     if not sep or not port.isdigit():
         raise UsageError(f"{given} {address!r} is not HOST:PORT (e.g. 127.0.0.1:6379, or ray://HOST:10001)")
     try:
-        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+        conn = socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout)
     except OSError as e:
         raise UsageError(f"{given} {address}: nothing answers at {host}:{port} "
                          f"({e.strerror or e}); is the cluster up (`ray status`)?") from None
+    # Ray's head (its GCS, or the ray:// client server) speaks gRPC: asked in HTTP/1, it answers
+    # with HTTP/2 frames. A web server (the dashboard, at 8265, which `ray start` also prints)
+    # answers "HTTP/1.1 ...", and Ray would try it for minutes
+    try:
+        conn.settimeout(min(timeout, 2.0))
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        said = conn.recv(16)
+    except OSError:
+        said = b""  # (no answer in time: left to Ray)
+    finally:
+        conn.close()
+    if said.startswith(b"HTTP/"):
+        raise UsageError(f"{given} {address}: a web server answers at {host}:{port}, not a Ray cluster's "
+                         "head (Ray's dashboard is at 8265): give the address `ray start --head` printed "
+                         "for `ray.init` (HOST:6379), or ray://HOST:10001")
 
 
 def default_address() -> str | None:
