@@ -369,9 +369,11 @@ def over_budget(summary: dict) -> str | None:
     budget = TIME_BUDGET
     claimed = summary.get("training_seconds")
     steps = summary.get("num_steps")
-    # training stops at the first step that ends past the budget: one (mean) step over is allowed
+    # training stops at the first step that ends past the budget: one step over is allowed, and
+    # on a busy machine that last step can take twice the mean (an honest 10 s demo trial that
+    # trained 12.3 s in steps of 2-3 s was rejected at one mean step)
     step = claimed / steps if isinstance(claimed, (int, float)) and isinstance(steps, int) and steps > 0 else 0.0
-    if isinstance(claimed, (int, float)) and claimed > budget * 1.05 + 1 + step:
+    if isinstance(claimed, (int, float)) and claimed > budget * 1.05 + 1 + 2 * step:
         return f"trained {claimed:.1f} s, over the {budget:g} s time budget"
     wall, allowed = EXPERIMENT_SECONDS, budget * 1.5 + 60  # (start-up and train.py's own evaluation
     # take 10-40 s on 2 busy cores: a short budget must not make an honest run a reject)
