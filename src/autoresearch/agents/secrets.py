@@ -22,7 +22,7 @@ KEY_ENV = re.compile(r"(API_KEY|_TOKEN|SECRET)$")
 # `--anthropic-api-key ...`; the value is taken for a key when it is long and holds letters and
 # digits both (`BOS_TOKEN = 50256` in an experiment's code is not one)
 INLINE_KEY = re.compile(
-    r"""(?P<name>\b[A-Za-z0-9_]*(?:API_?KEY|(?:ACCESS|SECRET|PRIVATE|AUTH)_?KEY|_TOKEN|SECRET|PASSWORD|PASSWD)\s*[=:]\s*"""
+    r"""(?P<name>(?:API_?KEY|(?:ACCESS|SECRET|PRIVATE|AUTH)_?KEY|_TOKEN|SECRET|PASSWORD|PASSWD)\s*[=:]\s*"""
     r"""|--[A-Za-z0-9-]*(?:api-key|token|secret|password)(?:\s+|=)(?:[A-Za-z0-9_-]+=)?)"""
     r"""(?P<q>["']?)(?P<value>(?=[^\s"']*[0-9])(?=[^\s"']*[A-Za-z])[A-Za-z0-9_\-.+/=]{16,})(?P=q)""",
     re.IGNORECASE)
