@@ -15,9 +15,8 @@ from pathlib import Path
 class StdoutCopy:
     """A command's stdout and stderr through pipes of their own: each piece is written on to its
     log as it comes (one reader for both, so the log keeps them in the order they came, but for
-    lines that come within the same moment on both), and the
-    last KEEP bytes of stdout are kept apart, so that what it printed can be told from its
-    warnings."""
+    lines that come within the same moment on both), and the last KEEP bytes of stdout are kept
+    apart, so that what it printed can be told from its warnings."""
 
     KEEP = 1 << 16
 

@@ -120,10 +120,10 @@ def condensed_history(trials: tuple[Trial, ...] | list[Trial], metric: str, budg
     for t in done:
         counts[t.status.value] = counts.get(t.status.value, 0) + 1
     head = f"{len(done)} trials so far: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    flight = [t for t in trials if not t.status.finished and t.description]  # (always shown)
     for recent, kept_n in ((20, 20), (10, 10), (5, 5), (3, 3)):
         kept = [t for t in done if t.status is Status.KEEP][-kept_n:]
         tail = done[-recent:]
-        flight = [t for t in trials if not t.status.finished and t.description]
         chosen = sorted({t.number: t for t in kept + tail + flight}.values(), key=lambda t: t.number)
         body = history_lines(chosen, metric, limit_chars=10**9)
         out = [head, f"(shown: the last {len(kept)} kept and the {len(tail)} most recent; "

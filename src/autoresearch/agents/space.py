@@ -359,17 +359,29 @@ def from_annotation(const: Constant, ann: Annotation) -> dict[str, Any]:
     return {"kind": kind, "low": low, "high": high, "log": bool(ann.log), "step": step}
 
 
+class BadAnnotation(ValueError):
+    """A `# search:` comment that asks for a search the constant cannot have (a typo there leaves
+    the constant you meant to tune as it is)."""
+
+
 def make_param(const: Constant, key: str) -> Param:
-    """The parameter for a constant; raises ValueError (the reason) when it is not searched."""
+    """The parameter for a constant; raises ValueError (the reason) when it is not searched,
+    BadAnnotation when its `# search:` comment cannot be used."""
     try:
         ann = parse_annotation(const.comment)
     except ValueError as e:
-        raise ValueError(f"bad `# search:` comment: {e}") from None
+        raise BadAnnotation(f"bad `# search:` comment: {e}") from None
     if ann is not None and ann.off:
         raise ValueError("`# search: off`")
     if ann is None and (const.name == "SEED" or const.name.endswith("_SEED")):
         raise ValueError("a seed: tuning it fits the noise (annotate it to search it anyway)")
-    spec = from_annotation(const, ann) if ann is not None else infer(const)
+    if ann is None:
+        spec = infer(const)
+    else:
+        try:
+            spec = from_annotation(const, ann)
+        except ValueError as e:
+            raise BadAnnotation(str(e)) from None
     p = Param(key=key, name=const.name, path=const.path, line=const.line, annotated=ann is not None,
               value=const.value, text=const.text, **spec)
     if p.kind == "float":
@@ -385,8 +397,8 @@ def make_param(const: Constant, key: str) -> Param:
 class Space:
     params: list[Param] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file:line, why)
-    # of those, the constants whose `# search:` comment could not be used (a typo there leaves
-    # the constant you meant to tune as it is: said when a run starts)
+    # of those, the constants whose `# search:` comment could not be used (BadAnnotation: said
+    # when a run starts)
     broken: list[tuple[str, str]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
 
@@ -424,8 +436,7 @@ class Space:
                 except ValueError as e:
                     if c.value is not NotLiteral or re.search(r"\bsearch\b", c.comment, re.I):
                         self.skipped.append((f"{c.path}:{c.line}", f"{c.name}: {e}"))
-                    if str(e).startswith("bad `# search:` comment") or (
-                            re.search(r"\bsearch\s*:", c.comment, re.I) and str(e) != "`# search: off`"):
+                    if isinstance(e, BadAnnotation):
                         self.broken.append((f"{c.path}:{c.line}", f"{c.name}: {e}"))
                     continue
                 self.params.append(p)
