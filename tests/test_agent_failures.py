@@ -521,6 +521,7 @@ def test_an_agent_command_of_spaces_in_the_task_file_is_a_usage_error(tmp_path: 
     assert r.stderr.strip() == "autoresearch: error: the agent command is empty (--agent-cmd, or [agent] cmd in autoresearch.toml)"
 
 
+@pytest.mark.extended  # (writes and cuts a log of megabytes)
 def test_a_chatty_agent_log_is_cut_to_its_start_and_end(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task")
     agent = script_agent(tmp_path / "a.sh", """\

@@ -24,7 +24,8 @@ from autoresearch.records import Status
     ("openai", Fault("429", retry_after=0.3)), ("openai", Fault("500")),
     pytest.param("openai", Fault("hang", seconds=3), marks=pytest.mark.slow),
     ("openai", Fault("malformed")), pytest.param("openai", Fault("bad-shape"), marks=pytest.mark.slow),
-    ("anthropic", Fault("429", retry_after=0.3)), pytest.param("anthropic", Fault("malformed"), marks=pytest.mark.slow),
+    pytest.param("anthropic", Fault("429", retry_after=0.3), marks=pytest.mark.extended),
+    pytest.param("anthropic", Fault("malformed"), marks=pytest.mark.slow),
 ])
 def test_faults_are_retried_then_recorded(tmp_path: Path, kind: str, fault: Fault) -> None:
     repo = make_task(tmp_path / "task")
@@ -129,7 +130,7 @@ def test_permanent_errors_are_not_retried(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind,status,message", [
     ("openai", "400", "registry.ollama.ai/library/gemma:2b does not support tools"),
     ("openai", "422", "nosuch/model is not a valid model ID"),
-    ("anthropic", "400", "prompt is too long: 250000 tokens > 200000 maximum"),
+    pytest.param("anthropic", "400", "prompt is too long: 250000 tokens > 200000 maximum", marks=pytest.mark.extended),
 ])
 def test_a_refused_request_is_fatal_and_quoted(tmp_path: Path, kind: str, status: str, message: str) -> None:
     """A 400 or 422 will recur: not retried, and three in a row stop the loop (exit 1) with
@@ -147,8 +148,9 @@ def test_a_refused_request_is_fatal_and_quoted(tmp_path: Path, kind: str, status
 
 @pytest.mark.parametrize("kind,fault", [
     ("openai", Fault("429", code="insufficient_quota", message="You exceeded your current quota")),
-    ("openai", Fault("402", message="Insufficient Balance")),
-    ("anthropic", Fault("400", message="Your credit balance is too low to access the Anthropic API")),
+    pytest.param("openai", Fault("402", message="Insufficient Balance"), marks=pytest.mark.extended),
+    pytest.param("anthropic", Fault("400", message="Your credit balance is too low to access the Anthropic API"),
+                 marks=pytest.mark.extended),
 ])
 def test_an_account_out_of_credit_stops_the_loop(tmp_path: Path, kind: str, fault: Fault) -> None:
     """OpenAI's 429 insufficient_quota, a 402 and Anthropic's 400 about the credit balance will

@@ -225,6 +225,7 @@ def test_a_ref_planted_for_a_trial_a_kill_left_in_flight_is_not_taken_as_its_com
     assert git(repo, "rev-parse", f"{t.commit}^{{tree}}") == git(repo, "rev-parse", f"{best}^{{tree}}")
 
 
+@pytest.mark.extended  # (importing mlflow takes seconds)
 def test_an_mlflow_path_with_a_line_break_is_refused(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task")
     r = cli("run", "--tag", "t", "--trials", "0", "--mlflow", "mlruns\nexp.py", cwd=repo)
