@@ -280,6 +280,19 @@ def test_token_bytes_count_raw_bytes_not_replacement_characters():
     assert counts[tok.encode(sample).ids].sum() == len(sample.encode())
 
 
+def test_the_text_of_the_bos_token_inside_a_document_is_text_with_its_bytes():
+    """A document that holds the text `<|bos|>` (a page about tokenizers, a folder of code) was
+    tokenized with BOS there: a document boundary in mid-text, and 7 bytes that bits per byte
+    neither counted nor scored."""
+    corpus = load_prepare("corpus")
+    text = "tokens like <|bos|> start documents; naïve 🙂 text around them. " * 20
+    tok = corpus.train_tokenizer([text], vocab_size=300)
+    counts = corpus.token_byte_counts(tok, 300)
+    stream = corpus.tokenize(tok, [text, "a <|bos|> b"])
+    assert (stream == tok.token_to_id(corpus.BOS)).sum() == 2  # one before each document
+    assert counts[stream].sum() == len(text.encode()) + len(b"a <|bos|> b")
+
+
 def _is_utf8(raw: bytes) -> bool:
     try:
         raw.decode("utf-8")

@@ -263,8 +263,10 @@ def batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
 
 
 def tokenize(tok: HFTokenizer, docs: Iterable[str], limit: int | None = None) -> np.ndarray:
-    """One uint16 stream, each document preceded by BOS; stops once `limit` tokens are in."""
+    """One uint16 stream, each document preceded by BOS; stops once `limit` tokens are in. The
+    text `<|bos|>` inside a document is its 7 bytes, not BOS: BOS counts no bytes in bits per byte."""
     bos = tok.token_to_id(BOS)
+    tok.encode_special_tokens = True  # (not saved in tokenizer.json: set wherever text is encoded)
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # fast: no offsets kept
     chunks, total = [], 0
     for batch in batched(docs, 1024):  # the Rust side spreads a batch over every core

@@ -257,6 +257,7 @@ class Tokenizer:
 
     def __init__(self, data_dir: Path = DATA_DIR):
         self.hf = HFTokenizer.from_file(str(data_dir / "tokenizer.json"))
+        self.hf.encode_special_tokens = True  # the text "<|bos|>" is text, as in the token streams
         self.bos_id = self.hf.token_to_id(BOS)
         self.vocab_size = VOCAB_SIZE
 
