@@ -193,6 +193,14 @@ def test_a_train_py_that_prints_figures_and_hides_the_real_ones_fails(
     assert needle in out, out
 
 
+def test_steps_run_off_the_clock_only_where_they_compile(monkeypatch):
+    """Ten steps ran off the clock on CPU and MPS too, where nothing is compiled: with the CPU
+    settings of program.md (seconds a step) that was minutes of training outside the budget,
+    more the larger the batch, so a search there favoured large batches."""
+    monkeypatch.delenv("AUTORESEARCH_SMOKE", raising=False)
+    assert load_prepare().UNTIMED_STEPS == (10 if torch.cuda.is_available() else 1)
+
+
 @pytest.mark.parametrize(
     "name, tflops",
     [

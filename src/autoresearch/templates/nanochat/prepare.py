@@ -60,6 +60,8 @@ TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or (10 if SMOKE e
 if SMOKE:  # the smoke model is tiny: 10 s trains it, whatever budget the task file gives the real one
     TIME_BUDGET = min(TIME_BUDGET, 10.0)
 UNTIMED_STEPS = 2 if SMOKE else 10  # the first steps compile kernels: they run off the clock
+if not torch.cuda.is_available():  # nothing is compiled on CPU or MPS: one warm-up step, no more
+    UNTIMED_STEPS = 1
 # the experiment's wall time, which the harness gives the evaluator: read when this file is loaded,
 # before train.py's code (imported to rebuild the model) can change the environment
 EXPERIMENT_SECONDS = float(os.environ["AUTORESEARCH_EXPERIMENT_SECONDS"]) if os.environ.get(
