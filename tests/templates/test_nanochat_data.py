@@ -209,6 +209,24 @@ def test_prepare_from_a_local_folder_follows_the_task_file(tmp_path):
     assert_nothing_pickled(tmp_path / "cache")
 
 
+def test_a_corpus_folder_of_the_task_is_found_from_every_worktree(tmp_path, monkeypatch):
+    """`setup = "python prepare.py --data corpus"`, a folder committed in the task: setup ran in
+    one worktree and each worker's trials in their own, where the relative folder named another
+    cache (by its absolute path), so with --workers 2 every trial of the second worker crashed
+    on 'no prepared data'."""
+    for worktree in ("w0", "w1"):
+        (tmp_path / worktree / "corpus").mkdir(parents=True)
+        for i in range(20):
+            write_shard(tmp_path / worktree / "corpus" / f"part_{i:02d}.parquet", i, docs=60)
+        (tmp_path / worktree / "autoresearch.toml").write_text('setup = "python prepare.py --data corpus"\n')
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("AUTORESEARCH_SMOKE", raising=False)
+    monkeypatch.chdir(tmp_path / "w0")
+    load_prepare().prepare(Path("corpus"))  # setup, in the first worktree
+    monkeypatch.chdir(tmp_path / "w1")
+    assert len(load_prepare().load_split("val")) > 2048  # a trial of the second worker
+
+
 def test_local_parquet_files_are_read_alone_or_beside_text(tmp_path):
     corpus = load_prepare("corpus")
     only, mixed = tmp_path / "only", tmp_path / "mixed"

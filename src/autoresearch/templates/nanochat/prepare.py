@@ -94,8 +94,17 @@ def data_dir_for(data: Path | None) -> Path:
         return CACHE / "nanochat" / "smoke"
     if data is None:
         return CACHE / "nanochat" / "prepared"
-    digest = hashlib.sha1(str(data.resolve()).encode()).hexdigest()[:12]
+    # a folder of the task (a relative path) lies elsewhere in each worktree: named by its files
+    named = "".join(f"{p.relative_to(data)}\t{p.stat().st_size}\n" for p in local_files(data)) if (
+        not data.is_absolute()) else str(data.resolve())
+    digest = hashlib.sha1(named.encode()).hexdigest()[:12]
     return CACHE / "nanochat" / f"local-{digest}"
+
+
+def local_files(data: Path) -> list[Path]:
+    """What corpus.local_documents reads from: every file not hidden, in name order."""
+    return sorted(p for p in data.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(data).parts))
 
 
 def task_data(task_file: Path = Path("autoresearch.toml")) -> Path | None:
@@ -159,13 +168,9 @@ def source_key(data: Path | None, num_shards: int) -> str:
         return "smoke"
     if data is None:
         return f"{BASE_URL} x {num_shards}"
-    files = [  # (what corpus.local_documents reads: every file not hidden)
-        p.stat()
-        for p in data.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(data).parts)
-    ]
-    size, latest = sum(s.st_size for s in files), max((s.st_mtime for s in files), default=0)
-    return f"{data.resolve()} ({len(files)} files, {size} bytes, {latest:.0f})"
+    files = [p.stat() for p in local_files(data)]
+    latest = max((s.st_mtime for s in files), default=0)
+    return f"{data.resolve()} ({len(files)} files, {sum(s.st_size for s in files)} bytes, {latest:.0f})"
 
 
 def prepare(data: Path | None = None, num_shards: int = NUM_TRAIN_SHARDS, workers: int = 8) -> None:
