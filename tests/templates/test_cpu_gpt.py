@@ -423,3 +423,25 @@ def test_one_big_file_trains_and_the_small_ones_are_held_out(tmp_path, monkeypat
     splits = prepare.assign_splits(prepare.list_files(tmp_path))
     assert [rel for rel, _ in splits["train"]] == ["big.txt"]
     assert splits["val"] and splits["test"]
+
+
+def test_a_corpus_folder_of_the_task_is_found_from_every_worktree(tmp_path, monkeypatch):
+    """`setup = "python prepare.py --data corpus"`, a folder committed in the task: setup ran in
+    one worktree and each worker's trials in their own, where the folder's absolute path named
+    another cache, so with --workers 2 every trial of the second worker found no prepared data."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(TEMPLATE))  # prepare.py imports evalguard.py beside it
+    spec = importlib.util.spec_from_file_location("cpu_gpt_prepare", TEMPLATE / "prepare.py")
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    for worktree in ("w0", "w1"):
+        (tmp_path / worktree / "corpus").mkdir(parents=True)
+        write_corpus(tmp_path / worktree / "corpus")
+        (tmp_path / worktree / "autoresearch.toml").write_text('setup = "python prepare.py --data corpus"\n')
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("AUTORESEARCH_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path / "w0")
+    prepare.prepare()  # setup, in the first worktree
+    monkeypatch.chdir(tmp_path / "w1")
+    assert len(prepare.load_split("val")) > prepare.CONTEXT_LEN  # a trial of the second worker

@@ -14,7 +14,8 @@ after it was built is an error, never a silently different benchmark.
 
 The cache lives outside the repository, because trials run in other git worktrees of it:
 ${AUTORESEARCH_CACHE:-~/.cache/autoresearch}/cpu-gpt/<source>/, one folder per data source (the
-Python version for the stdlib, the absolute path for a folder). Every step finds the source the
+Python version for the stdlib, the absolute path for a folder, its files for a folder of the task
+itself, which each worktree holds at another place). Every step finds the source the
 same way: --data DIR, else the environment variable AUTORESEARCH_DATA_DIR, else the stdlib. To
 run the loop on your own text, export AUTORESEARCH_DATA_DIR=/absolute/path before starting it,
 so that setup, train.py and --evaluate all see it.
@@ -124,7 +125,9 @@ def cache_dir(source: Path | None) -> Path:
         key = f"stdlib-{platform.python_version()}-{_sha256(stdlib.encode())[:12]}"
     else:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", source.name)[:40] or "data"
-        key = f"data-{name}-{_sha256(str(source).encode())[:12]}"
+        # a folder of the task itself lies elsewhere in each trial's worktree: named by its files
+        inside = source.is_relative_to(Path.cwd().resolve())
+        key = f"data-{name}-{_sha256((fingerprint(list_files(source)) if inside else str(source)).encode())[:12]}"
     return Path(root).expanduser() / "cpu-gpt" / key
 
 
