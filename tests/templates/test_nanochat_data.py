@@ -361,6 +361,16 @@ def test_local_data_of_any_text_kind_and_a_parquet_file_without_text_said_clearl
         corpus.local_documents(folder)
 
 
+def test_text_files_that_are_not_utf8_are_named(tmp_path, capsys):
+    """A Latin-1 file's accented letters became U+FFFD without a word: the model trained on, and
+    was scored on, text the user never wrote."""
+    corpus = load_prepare("corpus")
+    (tmp_path / "a.txt").write_text("plain words\n")
+    (tmp_path / "b.txt").write_bytes("données naïves\n".encode("latin-1"))
+    assert corpus.local_documents(tmp_path)[1] == "donn\ufffdes na\ufffdves\n"
+    assert f"1 of the text files are not UTF-8 (the first: {tmp_path / 'b.txt'})" in capsys.readouterr().out
+
+
 def test_held_out_splits_too_small_to_score_are_refused_at_setup(tmp_path):
     """Setup accepted val and test splits shorter than one sequence (a note only); every trial
     then trained for its whole budget and crashed in evaluation. Now setup fails, and says why."""

@@ -137,6 +137,16 @@ def is_text(path: Path) -> bool:
         return b"\0" not in f.read(8192)
 
 
+def read_text(path: Path, damaged: list[Path]) -> str:
+    """The file's text; one that is not UTF-8 (Latin-1, say) is added to `damaged`."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        damaged.append(path)
+        return raw.decode("utf-8", "replace")
+
+
 def local_documents(root: Path, piece: int | None = None) -> list[str]:
     """Every .parquet file and every text file (.txt, .md, source code: any file with no NUL
     byte) under `root`, in name order, hidden ones left out, long texts cut at line ends into
@@ -146,10 +156,13 @@ def local_documents(root: Path, piece: int | None = None) -> list[str]:
                    and (p.suffix == ".parquet" and p.is_file() or p.suffix != ".parquet" and is_text(p)))
     if not files:
         raise PrepareError(f"--data {root}: no text or .parquet files found")
+    damaged: list[Path] = []
     all_texts = [  # lists, not iterators: the total below reads them once before the real pass
-        list(parquet_documents(f)) if f.suffix == ".parquet" else [f.read_text("utf-8", "replace")]
-        for f in files
+        list(parquet_documents(f)) if f.suffix == ".parquet" else [read_text(f, damaged)] for f in files
     ]
+    if damaged:
+        print(f"note: {len(damaged)} of the text files are not UTF-8 (the first: {damaged[0]}); "
+              "their undecodable bytes are read as U+FFFD, 3 bytes each", flush=True)
     if piece is None:
         total = sum(len(t) for texts in all_texts for t in texts)
         piece = max(10_000, min(1_000_000, total // 100))
