@@ -421,7 +421,7 @@ def test_one_big_file_trains_and_the_small_ones_are_held_out(tmp_path, monkeypat
     for i in range(9):
         (tmp_path / f"small{i}.txt").write_text("b" * 11_000)
     splits = prepare.assign_splits(prepare.list_files(tmp_path))
-    assert [rel for rel, _ in splits["train"]] == ["big.txt"]
+    assert [rel for rel, *_ in splits["train"]] == ["big.txt"]
     assert splits["val"] and splits["test"]
 
 
@@ -445,3 +445,24 @@ def test_a_corpus_folder_of_the_task_is_found_from_every_worktree(tmp_path, monk
     prepare.prepare()  # setup, in the first worktree
     monkeypatch.chdir(tmp_path / "w1")
     assert len(prepare.load_split("val")) > prepare.CONTEXT_LEN  # a trial of the second worker
+
+
+def test_a_folder_of_one_text_file_is_cut_into_the_three_splits(tmp_path, monkeypatch):
+    """tiny-shakespeare's one input.txt was refused ('at least 3 text files are needed'): a
+    file is now cut at line ends, its start trains and its end is held out, with no overlap."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(TEMPLATE))
+    spec = importlib.util.spec_from_file_location("cpu_gpt_prepare", TEMPLATE / "prepare.py")
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    (tmp_path / "one").mkdir()
+    text = "".join(f"LINE {i}: to be, or not to be, that is the question.\n" for i in range(20_000))
+    (tmp_path / "one" / "input.txt").write_text(text)
+    prepare.build(tmp_path / "one", tmp_path / "cache")
+    manifest = prepare.read_manifest(tmp_path / "cache")
+    parts = [(tmp_path / "cache" / f"{name}.bin").read_bytes() for name in prepare.SPLITS]
+    assert b"".join(parts) == text.encode()
+    assert [round(len(p) / len(text), 2) for p in parts] == [0.8, 0.1, 0.1]
+    assert all(p.endswith(b"\n") for p in parts)  # cut at line ends
+    assert {manifest["splits"][name]["bytes"] for name in ("val", "test")} == {len(parts[1]), len(parts[2])}

@@ -8,7 +8,9 @@ Data and evaluation for the cpu-gpt task. This file is protected: agents do not 
 The corpus is the source code of the Python standard library that runs this file (or the text
 files under DIR, also taken from AUTORESEARCH_DATA_DIR). Files are split BY FILE into train, val
 and test by a hash of their relative path, so the split does not depend on the order the disk
-lists them in, and no file is seen in two splits. Each split is one raw uint8 array on disk next
+lists them in, and no file is seen in two splits (a folder of one or two files, such as
+tiny-shakespeare's input.txt, is cut instead: each file's first 80% trains, at a line end, the
+next 10% is val, the last 10% test). Each split is one raw uint8 array on disk next
 to a JSON manifest holding its sha256; every load checks the hash, so a cache that was changed
 after it was built is an error, never a silently different benchmark.
 
@@ -162,11 +164,36 @@ def fingerprint(files: list[tuple[str, Path]]) -> str:
 # Building the cache (setup)
 
 
-def assign_splits(files: list[tuple[str, Path]]) -> dict[str, list[tuple[str, Path]]]:
+Piece = tuple[str, Path, int, int]  # (relative path, path, first byte, end byte) of a split's member
+
+
+def _line_end(path: Path, at: int) -> int:
+    """The offset just past the first line end at or after `at` (within 4 KB, else `at`)."""
+    with open(path, "rb") as f:
+        f.seek(at)
+        nl = f.read(4096).find(b"\n")
+    return at + nl + 1 if nl >= 0 else at
+
+
+def _cut(files: list[tuple[str, Path]]) -> dict[str, list[Piece]]:
+    """Too few files to split by file: each is cut at line ends into train, val and test."""
+    splits: dict[str, list[Piece]] = {name: [] for name in SPLITS}
+    for rel, path in files:
+        size = path.stat().st_size
+        a = _line_end(path, int(size * (1 - 2 * HELDOUT_FRACTION)))
+        b = max(a, _line_end(path, int(size * (1 - HELDOUT_FRACTION))))
+        for name, lo, hi in (("train", 0, a), ("val", a, b), ("test", b, size)):
+            splits[name].append((rel, path, lo, hi))
+    return splits
+
+
+def assign_splits(files: list[tuple[str, Path]]) -> dict[str, list[Piece]]:
     """Deterministic split by file: walk the files in the order of the hash of their relative
     path; the first ones go to test until it holds HELDOUT_FRACTION of the bytes, the next to
     val likewise, the rest (and any file over twice that share) to train. Unlike a hash threshold, this gives non-empty held-out
-    splits even for a folder of a handful of files."""
+    splits even for a folder of a handful of files. Fewer than three files are cut instead."""
+    if len(files) < 3:
+        return _cut(files)
     sizes = {rel: path.stat().st_size for rel, path in files}
     target = max(HELDOUT_FRACTION * sum(sizes.values()), CONTEXT_LEN + 1)
     splits: dict[str, list[tuple[str, Path]]] = {name: [] for name in SPLITS}
@@ -184,16 +211,21 @@ def assign_splits(files: list[tuple[str, Path]]) -> dict[str, list[tuple[str, Pa
             smallest = min(splits[donor], key=lambda f: sizes[f[0]])
             splits[donor].remove(smallest)
             splits[name].append(smallest)
-    for name in SPLITS:
-        splits[name].sort()
-    return splits
+    return {name: [(rel, path, 0, sizes[rel]) for rel, path in sorted(splits[name])] for name in SPLITS}
+
+
+def _read(piece: Piece) -> bytes:
+    _, path, lo, hi = piece
+    with open(path, "rb") as f:
+        f.seek(lo)
+        return f.read(hi - lo)
 
 
 def build(source: Path | None, out: Path) -> None:
     files = list_files(source)
     where = source or "the standard library"
-    if len(files) < 3:
-        raise SystemExit(f"error: {where} has {len(files)} text files; at least 3 are needed")
+    if not files:
+        raise SystemExit(f"error: {where} has no text files")
     manifest: dict = {
         "format": FORMAT_VERSION,
         "source": str(source) if source else f"stdlib {platform.python_version()}",
@@ -203,7 +235,7 @@ def build(source: Path | None, out: Path) -> None:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
     try:
         for name, members in assign_splits(files).items():
-            data = b"".join(path.read_bytes() for _, path in members)
+            data = b"".join(_read(piece) for piece in members)
             if len(data) < CONTEXT_LEN + 1:
                 raise SystemExit(
                     f"error: the {name} split of {where} has {len(data)} bytes; "
