@@ -383,3 +383,16 @@ def test_held_out_splits_too_small_to_score_are_refused_at_setup(tmp_path):
     out = run(["prepare.py", "--data", str(corpus)], task, task_env(tmp_path), timeout=300, ok=False)
     assert "scoring needs more than MAX_SEQ_LEN (2048) in each: add more text" in out, out
     assert not list((tmp_path / "cache").rglob("meta.json"))  # not taken for prepared next time
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--num-shards", "1822"], "--num-shards must be 1 to 1821, not 1822"),  # would train on the test shard
+    (["--num-shards", "0"], "--num-shards must be 1 to 1821, not 0"),  # nothing to train on
+    (["--workers", "0"], "--workers must be 1 or more, not 0"),
+])
+def test_shard_and_worker_counts_out_of_range_are_refused_before_any_download(tmp_path, args, needle):
+    env = task_env(tmp_path, AUTORESEARCH_DATA_URL="http://127.0.0.1:9/")
+    r = subprocess.run([sys.executable, str(TEMPLATE / "prepare.py"), *args], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert not (tmp_path / "cache" / "nanochat").exists()

@@ -469,17 +469,17 @@ def score(train, run_dir: Path, config: dict) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Data and scoring of the nanochat task.")
-    parser.add_argument(
-        "--evaluate", action="store_true", help="score the checkpoint in AUTORESEARCH_RUN_DIR"
-    )
+    parser.add_argument("--evaluate", action="store_true", help="score the checkpoint in AUTORESEARCH_RUN_DIR")
     parser.add_argument(
         "--data", type=Path, help="local text files (.txt, .md, ...) or .parquet; default: the setup line's --data"
     )
-    parser.add_argument(
-        "--num-shards", type=int, default=NUM_TRAIN_SHARDS, help="training shards to download"
-    )
+    parser.add_argument("--num-shards", type=int, default=NUM_TRAIN_SHARDS, help="training shards to download")
     parser.add_argument("--workers", type=int, default=8, help="parallel downloads")
     args = parser.parse_args()
+    if not 1 <= args.num_shards <= TEST_SHARD:  # (the held-out shards are the last two: never trained on)
+        parser.error(f"--num-shards must be 1 to {TEST_SHARD}, not {args.num_shards}")
+    if args.workers < 1:
+        parser.error(f"--workers must be 1 or more, not {args.workers}")
     data = args.data
     if SMOKE and data is not None:
         print(f"prepare.py: smoke mode makes its own data; --data {data} is ignored", file=sys.stderr)
