@@ -66,6 +66,7 @@ def test_smoke_run_prints_the_summary_and_evaluates_the_checkpoint(smoke):
     got = figures(summary)
     assert list(got) == SUMMARY_KEYS
     assert got["num_steps"] > 10 and got["depth"] == 2
+    assert got["peak_vram_mb"] > 100  # on the CPU, the peak resident memory (torch alone is more)
 
     scored = run(["prepare.py", "--evaluate"], task, env)
     got_eval = figures(scored)

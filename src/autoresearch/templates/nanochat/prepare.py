@@ -325,6 +325,18 @@ def peak_flops(device: torch.device) -> tuple[float | None, str]:
     return None, name
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA's peak allocated memory; elsewhere (CPU, MPS) the process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes there, KiB here
+
+
 # ----------------------------------------------------------------------------
 # Scoring: bits per byte on held-out text, and a check that the model cannot peek
 

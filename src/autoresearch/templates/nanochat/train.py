@@ -32,6 +32,7 @@ from prepare import (
     default_device,
     evaluate_bpb,
     peak_flops,
+    peak_memory_mb,
     train_batches,
 )
 from safetensors.torch import save_file
@@ -477,7 +478,7 @@ def main() -> None:
               "(set AUTORESEARCH_PEAK_TFLOPS to give it)")
     summary = {
         "training_seconds": training_time,
-        "peak_vram_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0,
+        "peak_vram_mb": peak_memory_mb(device),  # on CPU and MPS: the peak resident memory
         "mfu_percent": 100 * flops / training_time / peak if peak else 0.0,
         "total_tokens_M": step * tokens_per_step / 1e6,
         "num_steps": step,
