@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli, git, make_task, script_agent
+from conftest import cli, git, make_task, run_deed, script_agent, trials
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from adversarial import Outcome, behaviours, run_catalogue, tally  # noqa: E402
@@ -207,3 +207,27 @@ def test_a_kill_while_git_packs_the_refs_leaves_no_lock_after_resume(task_repo: 
         assert r.returncode == 0, r.stderr
         assert lock.exists() is kept and not mark.exists()
         lock.unlink(missing_ok=True)
+
+
+def test_a_fifo_or_a_link_put_in_place_of_a_log_neither_stalls_the_loop_nor_is_written_through(tmp_path: Path) -> None:
+    """Unsealed (no holdout, one worker), an agent can write in the ledger folder. A FIFO put
+    where the harness will open a log (its own trial's experiment log, the next agent's log)
+    waited for a reader forever, with Ctrl-C and SIGTERM retried into the same wait; a link
+    there had the harness write the log into the file it names. Each is now removed and the log
+    made anew, and an experiment that swaps its own log for a FIFO leaves nothing to wait on."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file\n")
+    deed = f"""\
+L=$(dirname "$(dirname "$(dirname "$AUTORESEARCH_PROMPT_FILE")")")
+rm -f "$L/logs/2.log"; mkfifo "$L/logs/2.log"; mkfifo "$L/agent/3.log"; ln -s {victim} "$L/logs/3.log"
+printf 'import os\\nL = os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "..", "..", "logs", "4.log")\\n' >> exp.py
+printf 'if os.environ["AUTORESEARCH_TRIAL"] == "4":\\n    os.unlink(L); os.mkfifo(L)\\n' >> exp.py
+"""
+    repo, r = run_deed(tmp_path, deed, trials_=4, timeout=30)
+    assert r.returncode == 0, r.stderr
+    statuses = [t.status.value for t in trials(repo)]
+    assert statuses == ["keep"] * 4 + ["crash"], statuses  # (trial 4's experiment took its own output away)
+    assert victim.read_text() == "the user's file\n"
+    logs = repo / ".autoresearch" / "t"
+    for log in (logs / "logs" / "2.log", logs / "logs" / "3.log", logs / "agent" / "3.log"):
+        assert log.is_file() and not log.is_symlink(), log

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from autoresearch import guard
 from autoresearch.agents.secrets import URL_CREDENTIALS
+from autoresearch.filetree import open_log
 from autoresearch.metrics import redact
 from autoresearch.objects import object_name
 from autoresearch.process import ProcResult, read_tail, run_command, trim_log
@@ -225,9 +226,9 @@ def _evaluate(spec: ExecSpec, command: str, env: dict[str, str], proc: ProcResul
                      cancel=cancel, owner=spec.owner)
     trim_log(eval_log)
     eval_output = read_tail(eval_log)
-    with open(spec.log_path, "a", encoding="utf-8", errors="replace") as log:
-        log.write(f"\n=== evaluate: {command} (exit {ev.returncode}, {ev.seconds:.1f}s) ===\n")
-        log.write(redact(eval_output, spec.holdout))
+    with open_log(spec.log_path, append=True) as log:  # (what the experiment put in its place: not followed)
+        log.write(f"\n=== evaluate: {command} (exit {ev.returncode}, {ev.seconds:.1f}s) ===\n"
+                  f"{redact(eval_output, spec.holdout)}".encode("utf-8", errors="replace"))
     if ev.cancelled:
         return ExecResult("cancelled", ev.returncode, proc.seconds, output, eval_output, ev.seconds)
     if ev.escaped and not ev.timed_out:

@@ -11,6 +11,7 @@ import shutil
 import stat
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 SPECIAL = -1  # walk()'s size of what is neither a file, a folder nor a link
 
@@ -111,6 +112,47 @@ def write_new(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def open_log(path: Path, append: bool = False) -> BinaryIO:
+    """`path` opened for the harness to write a log into. A link, a FIFO or a socket put in its
+    place (an agent or an experiment that runs unsealed can write in the ledger folder) is
+    removed first: a FIFO's open waits for a reader forever (a signal only restarts the wait),
+    and a link has the log written into the file it names. The open never waits and never
+    follows a link: one put there meanwhile fails it (OSError)."""
+    with contextlib.suppress(OSError):
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            path.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o644)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "ab" if append else "wb")
+
+
+def write_log(path: Path, data: bytes, append: bool = False) -> None:
+    """`data` written to the log at `path` as open_log opens it."""
+    with open_log(path, append) as f:
+        f.write(data)
+
+
+def read_log(path: Path, max_bytes: int) -> bytes:
+    """The last `max_bytes` of the log at `path`, b"" when it is not a regular file (a FIFO
+    there is not waited on, a link not followed) or cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return b""
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return b""
+        if st.st_size > max_bytes:
+            f.seek(st.st_size - max_bytes)
+        try:
+            return f.read()
+        except OSError:
+            return b""
 
 
 class NotRegular(OSError):

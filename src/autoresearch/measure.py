@@ -19,6 +19,7 @@ from pathlib import Path
 from autoresearch.backends import Backend
 from autoresearch.events import Events
 from autoresearch.execute import ExecResult, ExecSpec, experiment_env
+from autoresearch.filetree import open_log
 from autoresearch.judge import Measurement, judge, mean_figures
 from autoresearch.objects import tree_blobs
 from autoresearch.pool import Place
@@ -142,9 +143,9 @@ class Measurer:
             first = result.output  # recorded, run once more
             self._note_lost(t, first)
             result = self.backend.run(spec, restore, self.cancel)
-            with open(spec.log_path, "a", encoding="utf-8") as log:
+            with open_log(spec.log_path, append=True) as log:
                 log.write(f"\n=== autoresearch: second attempt; the worker of the first was lost: "
-                          f"{first[:200]} ===\n")
+                          f"{first[:200]} ===\n".encode("utf-8", errors="replace"))
             if result.outcome == "lost" and self._head_gone():
                 return Measurement(Status.INTERRUPTED, reason=HEAD_GONE, seconds=result.seconds)
             with self._lost_lock:  # a cluster whose nodes are gone loses every trial in a second:

@@ -25,6 +25,7 @@ import resource
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoresearch.filetree import open_log, read_log
 from autoresearch.outputcopy import StdoutCopy
 from autoresearch.reaper import freeze_and_kill, parents
 
@@ -313,7 +315,7 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
     with _LIVE_LOCK:
         _issued = next(_numbers)
         mark = MARK - _issued
-    with open(log_path, "ab" if append else "wb") as log, _LIVE_LOCK:
+    with open_log(log_path, append) as log, _LIVE_LOCK:
         copy = StdoutCopy(log_path, LOG_LIMIT) if split_stdout else None
         try:
             proc = subprocess.Popen(
@@ -380,15 +382,16 @@ def trim_log(path: Path, limit: int = LOG_LIMIT, head: int = LOG_HEAD) -> int:
     was left out, and its last bytes; returns the bytes left out (0: nothing done). The metric
     lines are at the end, where the summary is printed."""
     try:
-        size = path.stat().st_size
+        st = os.lstat(path)
     except OSError:
         return 0
-    if size <= limit:
+    size = st.st_size
+    if size <= limit or not stat.S_ISREG(st.st_mode):  # (a FIFO put in its place is not waited on)
         return 0
     tail = limit - head
     dropped = size - head - tail
     tmp = path.with_name(path.name + ".trim")
-    with open(path, "rb") as src, open(tmp, "wb") as out:
+    with open(path, "rb") as src, open_log(tmp) as out:
         out.write(src.read(head))
         out.write(f"\n=== autoresearch: {dropped} bytes of output left out here (a log keeps "
                   f"{limit // 2**20} MB: its first {head // 2**20} MB and its end) ===\n".encode())
@@ -399,16 +402,9 @@ def trim_log(path: Path, limit: int = LOG_LIMIT, head: int = LOG_HEAD) -> int:
 
 
 def read_tail(path: Path, max_bytes: int = 32 * 1024 * 1024) -> str:
-    """The end of a log (all of it when small), decoded leniently."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            if size > max_bytes:
-                f.seek(size - max_bytes)
-            data = f.read()
-    except OSError:
-        return ""
-    return data.decode("utf-8", errors="replace")
+    """The end of a log (all of it when small), decoded leniently; "" when it is not a regular
+    file (a FIFO put in its place would wait for a writer forever)."""
+    return read_log(path, max_bytes).decode("utf-8", errors="replace")
 
 
 def last_lines(text: str, n: int = 30) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from autoresearch.filetree import open_log
 from autoresearch.records import Trial
 from autoresearch.task import Task
 
@@ -47,8 +48,8 @@ class Context:
     beside: bool = False  # other trials run beside this one (a CLI agent is sealed from their worktrees)
 
     def log(self, text: str) -> None:
-        with open(self.log_path, "a", encoding="utf-8", errors="replace") as f:
-            f.write(text if text.endswith("\n") else text + "\n")
+        with open_log(self.log_path, append=True) as f:  # (a FIFO put in its place is not waited on)
+            f.write((text if text.endswith("\n") else text + "\n").encode("utf-8", errors="replace"))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import contextlib
 import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -244,9 +245,14 @@ def redact_log(path: Path, offset: int) -> None:
 
 
 def read_from(path: Path, offset: int) -> str:
+    """The agent's log from `offset` ("" when it is not a regular file: the agent may have put a
+    FIFO, which would wait for a writer forever, or a link in its place)."""
     try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read().decode("utf-8", errors="replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return ""
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        f.seek(offset)
+        return f.read().decode("utf-8", errors="replace")

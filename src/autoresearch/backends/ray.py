@@ -36,6 +36,7 @@ from typing import Any
 from autoresearch.backends.rayworker import Returned, eval_log_path, measure_remote, pack
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.execute import ExecResult, ExecSpec
+from autoresearch.filetree import write_log
 from autoresearch.process import (
     GRACE_SECONDS,
     OWNER_VAR,
@@ -265,7 +266,7 @@ class RayBackend:
 
     def run(self, spec: ExecSpec, restore: Callable[[], None], cancel: threading.Event) -> ExecResult:
         if self.gone:  # (a call to Ray would wait for the head until Ray ends this process)
-            spec.log_path.write_text(f"not sent to Ray: {self.gone}\n")
+            write_log(spec.log_path, f"not sent to Ray: {self.gone}\n".encode())
             return ExecResult("lost", None, 0.0, self.gone)
         restore()
         code = pack(spec.workdir)
@@ -288,10 +289,10 @@ class RayBackend:
         finally:
             with self._lock:
                 self._inflight.discard(ref)
-        spec.log_path.write_bytes(back.log)
+        write_log(spec.log_path, back.log)
         if back.eval_log is not None:  # the evaluator's whole output: sealed on the driver too
             eval_log_path(spec).parent.mkdir(parents=True, exist_ok=True)
-            eval_log_path(spec).write_bytes(back.eval_log)
+            write_log(eval_log_path(spec), back.eval_log)
         shutil.rmtree(spec.run_dir, ignore_errors=True)
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         if back.metric is not None and self.metric_file:
@@ -303,11 +304,11 @@ class RayBackend:
 
     def _failed(self, spec: ExecSpec, e: Exception, cancel: threading.Event, seconds: float) -> ExecResult:
         if cancel.is_set():
-            with open(spec.log_path, "a", encoding="utf-8") as log:
-                log.write("=== autoresearch: stopped on the Ray worker; its output did not come back ===\n")
+            write_log(spec.log_path, b"=== autoresearch: stopped on the Ray worker; its output did not come back ===\n",
+                      append=True)
             return ExecResult("cancelled", None, seconds, "")
         why = f"{type(e).__name__}: {last_lines(str(e), 2)}"[:400]
-        spec.log_path.write_text(f"the Ray task did not complete: {why}\n")
+        write_log(spec.log_path, f"the Ray task did not complete: {why}\n".encode())
         if type(e).__name__ in LOST:
             return ExecResult("lost", None, seconds, self._head_gone() or why)
         return ExecResult("crash", None, seconds, f"the Ray task failed: {why}")
