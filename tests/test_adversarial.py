@@ -231,3 +231,20 @@ printf 'if os.environ["AUTORESEARCH_TRIAL"] == "4":\\n    os.unlink(L); os.mkfif
     logs = repo / ".autoresearch" / "t"
     for log in (logs / "logs" / "2.log", logs / "logs" / "3.log", logs / "agent" / "3.log"):
         assert log.is_file() and not log.is_symlink(), log
+
+
+@pytest.mark.parametrize("deed", ["mkfifo", "ln -s /dev/zero"])
+def test_results_tsv_made_a_fifo_or_a_link_is_put_back_without_a_wait(tmp_path: Path, deed: str) -> None:
+    """The guard compares results.tsv with what the loop wrote after every agent call; an agent
+    that put a FIFO (or a link to /dev/zero) in its place had that read wait forever. It is now
+    seen as a changed results.tsv: rejected, written anew, and the loop goes on."""
+    repo, r = run_deed(tmp_path, f"""\
+L=$(dirname "$(dirname "$(dirname "$AUTORESEARCH_PROMPT_FILE")")")
+rm -f "$L/results.tsv"; {deed} "$L/results.tsv"
+""", trials_=3, timeout=30)
+    assert r.returncode == 0, r.stderr
+    done = trials(repo)
+    assert [t.status.value for t in done] == ["keep", "keep", "rejected", "keep"], [(t.status, t.reason) for t in done]
+    assert "changed results.tsv" in done[2].reason
+    tsv = repo / ".autoresearch" / "t" / "results.tsv"
+    assert tsv.is_file() and not tsv.is_symlink() and len(tsv.read_text().splitlines()) == 5

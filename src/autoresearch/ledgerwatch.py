@@ -15,6 +15,7 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.filetree import BIG, read_regular
 
 if TYPE_CHECKING:
     from autoresearch.ledger import Ledger
@@ -28,9 +29,15 @@ class Watched:
         self.meta: dict[str, str] = {k: v for k, v in db.execute("SELECT key, value FROM meta")}
         self.file_id = self._identity()
         self.version = ledger._data_version()  # it moves only on other connections' writes
-        self.tsv: bytes | None = None
-        with contextlib.suppress(OSError):
-            self.tsv = (ledger.dir / "results.tsv").read_bytes()
+        self.tsv: bytes | None = self._read_tsv()
+
+    def _read_tsv(self) -> bytes | None:
+        """results.tsv's content; None where it is not a regular file (a FIFO put in its place
+        would have the read wait forever, a link to /dev/zero never end) or cannot be read."""
+        try:
+            return read_regular(self.led.dir / "results.tsv", BIG)[0]
+        except OSError:
+            return None
 
     def _identity(self) -> tuple[int, int] | None:
         try:
@@ -64,10 +71,7 @@ class Watched:
         if changed or keys:
             self._put_back(changed, keys)
         self.version = led._data_version()
-        try:
-            tsv = (led.dir / "results.tsv").read_bytes()
-        except OSError:
-            tsv = None
+        tsv = self._read_tsv()
         if self.tsv is not None and (changed or tsv != self.tsv):
             if tsv != self.tsv:
                 found.append("changed results.tsv")
