@@ -136,7 +136,8 @@ def together(jobs: list[Callable[[], None]], cancel: threading.Event) -> None:
     for th in threads:
         th.start()
     for th in threads:
-        th.join()
+        while th.is_alive():  # timed: a SIGTERM the kernel gave to another thread is handled only
+            th.join(0.25)  # once this, the main thread, runs again (an untimed join: never)
     if errors:
         raise errors[0]
 
