@@ -171,3 +171,21 @@ def test_a_name_added_to_setup_json_is_not_linked_into_trials(tmp_path: Path) ->
     assert r.returncode == 0, r.stderr
     log = (tag / "logs" / "1.log").read_text()
     assert "loss: 0.000001" not in log and "worktrees" not in log.split("json from:")[1].split("\n")[0], log
+
+
+def test_setup_json_made_a_fifo_does_not_stall_a_resume(tmp_path: Path) -> None:
+    """A ledger of an older version (setup's output listed in setup.json alone) whose setup.json
+    an unsealed agent made a FIFO: the next run read it and waited for a writer forever."""
+    import os
+    import sqlite3
+
+    root = make_task(tmp_path / "task", files={".gitignore": "data/\n"},
+                     toml_extra='setup = "mkdir -p data && echo 1 > data/x"\n')
+    assert cli("run", str(root), "--tag", "t", "--trials", "0").returncode == 0
+    tag = root / ".autoresearch" / "t"
+    with sqlite3.connect(tag / "ledger.sqlite") as db:
+        db.execute("DELETE FROM meta WHERE key='setup_entries'")
+    (tag / "setup.json").unlink()
+    os.mkfifo(tag / "setup.json")
+    r = cli("run", str(root), "--tag", "t", "--trials", "0", timeout=60)
+    assert r.returncode == 0, r.stderr

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.filetree import read_regular
 from autoresearch.gitrepo import Workspace
 from autoresearch.gitstatus import status_entries
 from autoresearch.ledger import LEDGER_DIR
@@ -106,7 +107,7 @@ def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | 
         # The list is the ledger's (watched while a loop runs: an agent that adds a name to
         # setup.json, its copy for people, gets nothing of its own linked into every trial)
         recorded = s.ledger.get_meta("setup_entries")
-        before = [str(e) for e in json.loads(recorded if recorded is not None else manifest.read_text())]
+        before = [str(e) for e in json.loads(recorded if recorded is not None else read_regular(manifest, 1 << 24)[0])]
     except (OSError, ValueError, TypeError):
         before = []
     for rel in before:
