@@ -226,3 +226,18 @@ def test_bad_flag_or_repository(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 def test_at_least_thirty_new_cases() -> None:
     assert len(TASK_CASES) + len(FLAG_CASES) >= 30
+
+
+def test_a_ledger_that_is_not_a_database_is_one_line_for_run_and_trial(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # (status and show said so in one line; run and trial ended in sqlite3's traceback)
+    repo = make_task(tmp_path / "r")
+    (repo / ".autoresearch" / "x").mkdir(parents=True)
+    (repo / ".autoresearch" / "x" / "ledger.sqlite").write_text("not a database\n")
+    for argv in ([*RUN, "--tag", "x", "--trials", "0"], ["trial", "{repo}", "--tag", "x", "-m", "m"]):
+        if argv[0] == "trial":
+            (repo / "exp.py").write_text("X = 4.0\nprint(f'loss: {X}')\n")
+        code, err = answer([a.replace("{repo}", str(repo)) for a in argv], capsys)
+        assert code == 1, err
+        assert "Traceback" not in err and err.count("\n") == 1, err
+        assert "ledger" in err and "not a database" in err, err

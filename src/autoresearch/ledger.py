@@ -137,7 +137,7 @@ class Ledger:
         try:
             directory.mkdir(parents=True, exist_ok=True)
             return cls(directory, metric_name)
-        except (OSError, sqlite3.OperationalError) as e:
+        except (OSError, sqlite3.DatabaseError) as e:  # (a ledger.sqlite that is not one, too)
             raise AutoresearchError(f"cannot open the ledger in {directory}: {e}") from None
 
     @classmethod
