@@ -210,6 +210,11 @@ FLAG_CASES: list[tuple[str, list[str], str, Callable[[Path], Path]]] = [
     ("trial without -m", ["trial", "{repo}"], "-m/--message", _repo),
     ("init into a non-empty folder", ["init", "{repo}"], "already exists and is not empty", _repo),
     ("init onto a file", ["init", "{repo}/exp.py"], "exp.py is a file: give a new folder", _repo),
+    ("--ray-address empty (it ran on this machine, not the cluster)", [*RUN, "--trials", "0", "--ray-address", ""],
+     "--ray-address is empty", _repo),
+    ("--mlflow empty (nothing was logged, silently)", [*RUN, "--trials", "0", "--mlflow", ""], "--mlflow is empty", _repo),
+    ("--trial-resources blank", [*RUN, "--trials", "0", "--trial-resources", " "], "--trial-resources is empty", _repo),
+    ("init --data empty (the default corpus was taken)", ["init", "{repo}/new", "--data", ""], "--data is empty", _repo),
     ("init --data that is not a folder", ["init", "{repo}/new", "--data", "/nonexistent"], "--data '/nonexistent' is not a folder", _repo),
 ]
 

@@ -422,6 +422,10 @@ def _optional(module: str, func: str):  # noqa: ANN202
         raise AutoresearchError(f"this command is not available in this build ({e})") from None
 
 
+# string flags whose empty value would otherwise read as the flag not given
+NON_EMPTY = {"tag": "a tag", "out": "a path", "results": "a path", "data": "a folder",
+             "mlflow": "a tracking URI (e.g. ./mlruns)", "ray_address": "the cluster's address (e.g. 10.0.0.1:6379)",
+             "trial_resources": "what each trial asks for (e.g. gpu=1,cpu=8)"}
 TASK_COMMANDS = {"run", "trial", "status", "show", "report", "space", "serve"}
 COMMANDS = {
     "run": cmd_run, "trial": cmd_trial, "status": cmd_status, "show": cmd_show, "init": cmd_init,
@@ -445,9 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.dir, extra = extra[0], []  # `show 3 --tag T DIR`: argparse takes DIR with N or not at all
         if extra:  # (argparse leaves them to the top parser, which does not know the command)
             raise UsageError(f"{args.command}: unrecognized arguments: {' '.join(extra)}")
-        for flag in ("tag", "out", "results"):  # an empty value is no value: not "the latest tag", not "here"
-            if getattr(args, flag, None) == "":
-                raise UsageError(f"--{flag} is empty: give a {'tag' if flag == 'tag' else 'path'}")
+        for flag, what in NON_EMPTY.items():  # an empty value is no value: not "the latest tag", not "here",
+            value = getattr(args, flag, None)  # not "no cluster" (a `--ray-address "$ADDR"` unset ran locally)
+            if isinstance(value, str) and not value.strip():
+                raise UsageError(f"--{flag.replace('_', '-')} is empty: give {what}")
         if args.command in TASK_COMMANDS and args.dir is None:
             args.dir = str(find_task_dir())
         try:
