@@ -116,6 +116,22 @@ def test_a_wide_editable_glob_leaves_the_protected_files_out(tmp_path: Path, glo
     assert ts[2].status is Status.REJECTED and "prepare.py" in ts[2].reason
 
 
+@pytest.mark.parametrize("folder", ["src", "src/", "./src"])
+def test_an_editable_folder_leaves_the_protected_files_in_it_out(tmp_path: Path, folder: str) -> None:
+    """A folder stands for everything under it, as `src/**` does: a protected file in it was
+    "both editable and protected", though only the folder was named."""
+    root = make_task(tmp_path / "r", files={"src/model.py": "A = 1\n", "src/eval.py": "B = 2\n"},
+                     toml=GOOD.replace('editable = ["exp.py"]', f'editable = ["{folder}"]')
+                     .replace('protected = ["prepare.py"]', 'protected = ["prepare.py", "src/eval.py"]'))
+    task = load_task(root)
+    assert task.is_editable("src/model.py") and task.is_editable("src/new.py")
+    assert not task.is_editable("src/eval.py") and task.is_protected("src/eval.py")
+    only = make_task(tmp_path / "o", files={"src/eval.py": "B = 2\n"}, toml=GOOD.replace(
+        'editable = ["exp.py"]', f'editable = ["{folder}"]').replace('protected = ["prepare.py"]', 'protected = ["src/eval.py"]'))
+    with pytest.raises(TaskError, match="matches only protected files"):
+        load_task(only)
+
+
 def test_missing_task_file(tmp_path: Path) -> None:
     r = cli("run", str(tmp_path), "--tag", "x")
     assert r.returncode == 2 and "no autoresearch.toml" in r.stderr

@@ -428,13 +428,16 @@ def _check_paths(task: Task) -> None:
         wild = any(c in glob for c in "*?[")  # a wildcard may name files yet to be made, not all of them
         if not matched and (not wild or len(task.editable) == 1):
             raise TaskError(f"{TASK_FILE}: 'editable' glob {glob!r} matches no file")
-        if wild:  # `*.py` beside `protected = ["prepare.py"]`: the protected files are left out of it
-            if matched and len(task.editable) == 1 and all(task.is_protected(f) for f in matched):
+        # `*.py` or a folder `src` beside `protected = ["prepare.py"]` (or "src/eval.py"): the
+        # protected files are left out of it; a file named in both is an error
+        named = [] if wild else [f for f in matched if fnmatch.fnmatchcase(f, glob.strip().removeprefix("./"))]
+        if matched and not named:
+            if len(task.editable) == 1 and all(task.is_protected(f) for f in matched):
                 raise TaskError(f"{TASK_FILE}: 'editable' glob {glob!r} matches only protected files "
                                 f"({', '.join(matched[:3])}{', ...' if len(matched) > 3 else ''}; the task file and "
                                 "the program are always protected)")
             continue
-        for f in matched:
+        for f in named:
             if f in task.always_protected:
                 raise TaskError(f"{TASK_FILE}: {f!r} is matched by 'editable' but is always protected")
             if any(glob_match(f, p) for p in task.protected):
