@@ -246,3 +246,13 @@ def test_a_ledger_that_is_not_a_database_is_one_line_for_run_and_trial(
         assert code == 1, err
         assert "Traceback" not in err and err.count("\n") == 1, err
         assert "ledger" in err and "not a database" in err, err
+
+
+@pytest.mark.parametrize("flags,needle", [(["--gpus", "x"], "--gpus takes GPU ids"),
+                                          (["--gpus-per-trial", "2"], "--gpus-per-trial 2 needs --gpus")])
+def test_a_bad_scale_flag_on_a_resumed_tag_is_the_only_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            flags: list[str], needle: str) -> None:
+    # (the note "tag x goes on with the agent it ran with" came first, then the error)
+    repo = make_task(tmp_path / "r")
+    assert main(["run", str(repo), "--tag", "x", "--trials", "0"]) == 0
+    assert_clear(*answer(["run", str(repo), "--tag", "x", "--trials", "1", *flags], capsys), needle)

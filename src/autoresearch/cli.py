@@ -242,20 +242,32 @@ def _gpu_ids(text: str | None) -> tuple[str, ...]:
     return gpus
 
 
-def _backend(args: argparse.Namespace, task, gpus: tuple[str, ...], tag: str):  # noqa: ANN001, ANN202
-    """The backend `run`'s flags ask for, checked (a bad flag is exit 2 before anything is made)."""
+def _scale_flags(args: argparse.Namespace) -> tuple[str, tuple[str, ...], dict[str, float] | None]:
+    """`run`'s backend, GPUs and trial resources, checked before anything is said or made (a
+    resumed tag's note on its agent came before the error of a bad --gpus)."""
+    from autoresearch.backends.local import gpu_groups
+    from autoresearch.backends.ray import parse_resources  # (Ray itself is imported as it connects)
+
+    gpus = _gpu_ids(args.gpus)
+    resources = None if args.trial_resources is None else parse_resources(args.trial_resources)
+    if args.ray_address and args.backend == "local":
+        raise UsageError("--ray-address is for --backend ray, not --backend local")
+    kind = "ray" if args.ray_address else (args.backend or "local")
+    if kind == "local" and not resources:  # (open_backend says so of these; Ray's are checked as it connects)
+        gpu_groups(gpus, args.gpus_per_trial, args.workers)
+    elif kind == "local":
+        raise UsageError("--trial-resources is for --backend ray; locally use --gpus and --gpus-per-trial")
+    return kind, gpus, resources
+
+
+def _backend(args: argparse.Namespace, task, tag: str, kind: str, gpus: tuple[str, ...],  # noqa: ANN001, ANN202
+             resources: dict[str, float] | None):
+    """The backend `run`'s flags ask for (as `_scale_flags` checked them)."""
     from autoresearch.backends import open_backend
     from autoresearch.backends.local import gpu_warnings
     from autoresearch.ledger import tag_dir
 
-    resources = None
-    if args.trial_resources is not None:
-        from autoresearch.backends.ray import parse_resources
-
-        resources = parse_resources(args.trial_resources)
-    if args.ray_address and args.backend == "local":
-        raise UsageError("--ray-address is for --backend ray, not --backend local")
-    backend = open_backend(task, "ray" if args.ray_address else (args.backend or "local"), gpus=gpus,
+    backend = open_backend(task, kind, gpus=gpus,
                            gpus_per_trial=args.gpus_per_trial, workers=args.workers,
                            ray_address=args.ray_address, resources=resources, owner=str(tag_dir(task.root, tag)))
     for note in gpu_warnings(gpus, args.gpus_per_trial, args.workers) if backend.name == "local" else []:
@@ -277,6 +289,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from autoresearch.sandbox import require
 
         require()
+    where = _scale_flags(args)  # (the backend, the GPUs, the resources of a trial)
     opts = agent_options(args, task, tag)
     try:
         agent = build_agent(opts, task)
@@ -284,7 +297,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.trials != 0:
             raise
         agent = NothingToSearch()  # --trials 0: the baseline alone, which no agent proposes
-    gpus = _gpu_ids(args.gpus)
     if args.trials != 0:
         for warning in getattr(agent, "preflight", list)():  # a refused API key: exit 2 now, not after the baseline
             print(f"autoresearch: warning: {warning}", file=sys.stderr, flush=True)
@@ -294,7 +306,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for s in originals:  # until the loop's own handler: SIGTERM or SIGHUP while Ray connects, say
         if s != signal.SIGINT:
             signal.signal(s, raise_interrupt)
-    backend = _backend(args, task, gpus, tag)
+    backend = _backend(args, task, tag, *where)
     try:
         events = events_for(task)
         if args.mlflow:  # each finished trial also becomes an MLflow run (checked before the tag is made)
@@ -307,7 +319,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend.close()
         raise
     loop = Loop(session, agent, Options(trials=args.trials, hours=args.hours, seed=args.seed,
-                                        agent_timeout=args.agent_timeout, gpus=gpus,
+                                        agent_timeout=args.agent_timeout, gpus=where[1],
                                         sandbox=args.sandbox, keep_runs=args.keep_runs,
                                         max_cost=args.max_cost, workers=args.workers,
                                         gpus_per_trial=args.gpus_per_trial,
