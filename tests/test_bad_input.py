@@ -215,6 +215,8 @@ FLAG_CASES: list[tuple[str, list[str], str, Callable[[Path], Path]]] = [
     ("--mlflow empty (nothing was logged, silently)", [*RUN, "--trials", "0", "--mlflow", ""], "--mlflow is empty", _repo),
     ("--trial-resources blank", [*RUN, "--trials", "0", "--trial-resources", " "], "--trial-resources is empty", _repo),
     ("init --data empty (the default corpus was taken)", ["init", "{repo}/new", "--data", ""], "--data is empty", _repo),
+    ("demo --budget inf (its task file did not load, and the folder was left so)",
+     ["demo", "{repo}/new", "--budget", "inf", "--trials", "0"], "--budget: must be a finite number > 0", _repo),
     ("init --data that is not a folder", ["init", "{repo}/new", "--data", "/nonexistent"], "--data '/nonexistent' is not a folder", _repo),
 ]
 

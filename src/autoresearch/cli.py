@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import shlex
@@ -69,13 +70,13 @@ def _share(text: str) -> float:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _positive_float(text: str, finite: bool = False) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not value > 0 or finite and math.isinf(value):  # (inf hours: no limit; an inf budget: no task file)
+        raise argparse.ArgumentTypeError(f"must be {'a finite number ' if finite else ''}> 0, got {text}")
     return value
 
 
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a new folder for the task (default: ./autoresearch-demo-TIME); a demo's folder resumes it")
     p.add_argument("--trials", type=_positive_int, default=None,
                    help=f"trials after the baseline (default {demo.DEFAULT_TRIALS})")
-    p.add_argument("--budget", type=_positive_float, default=None,
+    p.add_argument("--budget", type=lambda t: _positive_float(t, finite=True), default=None,
                    help=f"seconds of training per trial (default {demo.DEFAULT_BUDGET:g})")
     _add_agent_args(p)
 
