@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import cli, git, make_task, script_agent
+from conftest import cli, git, make_task, script_agent, trials
 
 from autoresearch.errors import TaskError
 from autoresearch.ledger import Ledger
@@ -151,3 +151,19 @@ def test_bad_flags(task_repo: Path, args: list[str], needle: str) -> None:
     r = cli(*args, cwd=task_repo)
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_large_time_budget_reaches_the_experiment_as_a_whole_number(tmp_path: Path) -> None:
+    """`int(os.environ["AUTORESEARCH_TIME_BUDGET"])` failed on a budget of 1234567 s, exported
+    with %g as 1.23457e+06; a fraction is exported whole too."""
+    exp = "import os\nprint('loss:', int(os.environ['AUTORESEARCH_TIME_BUDGET']))\n"
+    root = make_task(tmp_path / "task", experiment=exp)
+    toml = root / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace("time_budget = 5\ntimeout = 10\n", "time_budget = 1234567\n"))
+    git(root, "commit", "-qam", "a long budget")
+    r = cli("run", str(root), "--tag", "t", "--trials", "0")
+    assert r.returncode == 0, r.stderr
+    assert trials(root)[0].metric == 1234567
+    budgets = [load_task(make_task(tmp_path / f"b{i}", toml=GOOD.replace("time_budget = 5", f"time_budget = {v}")))
+               for i, v in enumerate(("0.25", "1e-7"))]
+    assert [t.budget_env for t in budgets] == ["0.25", "1e-07"]

@@ -67,7 +67,7 @@ class Measurer:
         return self.s.dir / "logs" / f"{number}{suffix}.log"
 
     def env(self, number: int, seed: int, gpus: tuple[str, ...] = (), commit: str = "") -> dict[str, str]:
-        extra = {"AUTORESEARCH_TIME_BUDGET": f"{self.task.time_budget:g}",
+        extra = {"AUTORESEARCH_TIME_BUDGET": self.task.budget_env,
                  "AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_TRIAL": str(number),
                  "AUTORESEARCH_TAG": self.s.tag}
         if commit:  # (on Ray the code travels without .git: this is how a run there knows it)

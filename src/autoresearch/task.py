@@ -103,6 +103,11 @@ class Task:
                 # the templates' smoke mode (tiny data and model): its figures are no real run's
                 SMOKE: smoke(), **{k: os.environ.get(k, "").strip() for k in PINNED_ENV}}
 
+    @property
+    def budget_env(self) -> str:
+        """time_budget as AUTORESEARCH_TIME_BUDGET holds it: 1234567, not %g's 1.23457e+06."""
+        return str(int(self.time_budget)) if self.time_budget == int(self.time_budget) else repr(self.time_budget)
+
     def is_editable(self, path: str) -> bool:
         return any(glob_match(path, g) for g in self.editable) and not self.is_protected(path)
 

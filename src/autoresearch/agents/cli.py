@@ -210,7 +210,7 @@ class CommandAgent(BaseAgent):
         env = {**os.environ, **self.extra_env, "AUTORESEARCH_PROMPT_FILE": str(prompt_file),
                "AUTORESEARCH_TRIAL": str(ctx.number),
                "AUTORESEARCH_DESCRIPTION_FILE": str(desc_file),
-               "AUTORESEARCH_TIME_BUDGET": f"{ctx.task.time_budget:g}"}
+               "AUTORESEARCH_TIME_BUDGET": ctx.task.budget_env}
         timeout = min(self.timeout, ctx.time_limit or self.timeout)
         start = ctx.log_path.stat().st_size if ctx.log_path.exists() else 0
         ctx.log(f"$ {command}")
