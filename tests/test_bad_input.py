@@ -196,6 +196,8 @@ FLAG_CASES: list[tuple[str, list[str], str, Callable[[Path], Path]]] = [
     ("a misspelt flag", [*RUN, "--trails", "3"], "unrecognized arguments: --trails", _repo),
     ("--agent cli with an empty --agent-cmd", ["run", "{repo}", "--agent", "cli", "--agent-cmd", ""], "--agent-cmd", _repo),
     ("DIR does not exist", ["run", "{repo}/nope", "--tag", "x"], "no such folder", _repo),
+    ("status of a DIR that does not exist", ["status", "{repo}/nope"], "no such folder", _repo),
+    ("serve a DIR that does not exist", ["serve", "{repo}/nope"], "no such folder", _repo),
     ("DIR is not a git repository", [*RUN, "--tag", "x"], "not a git repository", _no_git),
     ("DIR is a subfolder of the repository", [*RUN, "--tag", "x"], "not the root of its git repository", _subfolder),
     ("repository without commits", [*RUN, "--tag", "x"], "no commits yet", _no_commits),

@@ -23,6 +23,8 @@ def pick_tag(root: Path, tag: str | None) -> str:
     """The tag asked for, or the most recently used one."""
     if tag:
         return tag
+    if not root.is_dir():
+        raise UsageError(f"no such folder: {root}")
     tags = list_tags(root)
     if not tags and not (root / "autoresearch.toml").is_file():
         raise UsageError(f"no autoresearch.toml in {root} or a folder above it in its git repository, "

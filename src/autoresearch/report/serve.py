@@ -201,6 +201,8 @@ def make_server(root: str | Path, tag: str | None, port: int = 8765) -> Server:
     from autoresearch.views import pick_tag
 
     root = Path(root).resolve()
+    if not root.is_dir():
+        raise UsageError(f"no such folder: {root}")
     if not (root / "autoresearch.toml").is_file():
         raise UsageError(f"{root} has no autoresearch.toml: give the task repository the loop runs in")
     given = bool(tag)
