@@ -93,6 +93,30 @@ def test_a_reply_cut_at_the_token_limit_is_named_not_taken_for_a_model_without_t
     assert any("cut" in str(m.get("content")) for m in told)  # the model is told why
 
 
+def test_a_reply_of_whitespace_is_not_sent_back_to_anthropic_as_a_text_block(tmp_path: Path) -> None:
+    """Claude's "\n\n" before a tool call (or a blank reply) went back as a text block of
+    whitespace only, which the messages API refuses (400: "text content blocks must contain
+    non-whitespace text"): the proposal failed as a fatal refusal, and three stopped the loop."""
+    from autoresearch.agents.base import Context
+    from autoresearch.agents.llm import LLMAgent
+    from autoresearch.agents.providers import make_chat, resolve
+    from autoresearch.agents.retry import RetryPolicy
+    from autoresearch.records import Trial
+    from autoresearch.task import load_task
+
+    repo = make_task(tmp_path / "task")
+    best = Trial(number=0, status=Status.KEEP, description="baseline", metric=6.0)
+    ctx = Context(task=load_task(repo), workdir=repo, number=1, best=best, history=(best,),
+                  log_path=tmp_path / "agent.log", ledger_dir=tmp_path)
+    script = [Say("\n\n", [("read_file", {"path": "exp.py"})]), Say(" \n"), *good_edit()[1:]]
+    with FakeLLM("anthropic", script) as fake:
+        endpoint = resolve("anthropic/claude-sonnet-4-5", fake.url, {"ANTHROPIC_API_KEY": KEY})
+        proposal = LLMAgent(endpoint, make_chat(endpoint), policy=RetryPolicy(attempts=1)).propose(ctx)
+    assert fake.invalid == []
+    assert proposal.description == "set X to 1.0 to bring the loss down"
+    assert "X = 1.0" in (repo / "exp.py").read_text()
+
+
 def test_a_reply_with_no_choices_is_retried_and_its_tokens_counted(tmp_path: Path) -> None:
     """A router's reply with no choices but a usage block (an upstream failure, billed all the
     same) is retried, and the tokens it reports count toward the trial's spend and --max-cost."""

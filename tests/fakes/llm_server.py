@@ -331,6 +331,9 @@ def check_anthropic(body: dict[str, Any]) -> str:
             pending = {b["id"] for b in blocks if b.get("type") == "tool_use"}
             if any(b.get("type") == "text" and not b.get("text") for b in blocks):
                 return f"messages[{i}]: text content blocks must be non-empty"
+            texts = [str(b.get("text")) for b in blocks if b.get("type") == "text"]
+            if texts and not any(x.strip() for x in texts):
+                return f"messages[{i}]: text content blocks must contain non-whitespace text"
         expect = "assistant" if expect == "user" else "user"
     return "" if expect == "assistant" else "the last message must be from the user"
 

@@ -279,8 +279,9 @@ def _anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if i == 0:  # the big first message (program, history, code) is cached between steps
                 block["cache_control"] = {"type": "ephemeral"}
             add("user", [block])
-        elif m["role"] == "assistant":
-            content: list[dict[str, Any]] = [{"type": "text", "text": m["content"]}] if m.get("content") else []
+        elif m["role"] == "assistant":  # (a text of only whitespace, "\n\n" before a tool call, the API refuses)
+            text = m.get("content") or ""
+            content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text.strip() else []
             content += [{"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}
                         for c in m.get("tool_calls") or []]
             add("assistant", content or [{"type": "text", "text": "."}])
