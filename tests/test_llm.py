@@ -462,3 +462,32 @@ def test_a_big_write_is_not_sent_again_on_every_step(tmp_path: Path, kind: str) 
     assert len(sizes) == 6, sizes
     assert sizes[1] > 64_000  # the next step still shows the model its own call
     assert max(sizes[4:]) < 40_000, sizes  # later ones no longer carry it
+
+
+def test_many_tool_calls_at_once_stay_within_the_context_budget(tmp_path: Path) -> None:
+    """Each tool's output was cut to 16 000 characters on its own, but one reply may call a
+    tool dozens of times, and the last two steps are sent whole: 60 reads at once made the next
+    requests a million characters (a context-length refusal, fatal). One step's outputs are now
+    cut, together, to half the context budget; the calls themselves all run."""
+    from autoresearch.agents.base import Context
+    from autoresearch.agents.llm import Limits, LLMAgent
+    from autoresearch.agents.providers import make_chat, resolve
+    from autoresearch.agents.retry import RetryPolicy
+    from autoresearch.task import load_task
+
+    repo = make_task(tmp_path / "task", files={f"data/f{i}.txt": "a line of data\n" * 2000 for i in range(20)})
+    best = Trial(number=0, status=Status.KEEP, description="baseline", metric=6.0)
+    ctx = Context(task=load_task(repo), workdir=repo, number=1, best=best, history=(best,),
+                  log_path=tmp_path / "agent.log", ledger_dir=tmp_path)
+    reads = [("read_file", {"path": f"data/f{i}.txt"}) for i in range(20)]
+    edit = ("edit_file", {"path": "exp.py", "search": "X = 3.0", "replace": "X = 1.0"})
+    script = [Say("", [*reads, edit]), Say("", [("finish", {"description": "set X to 1.0"})])]
+    with FakeLLM("openai", script) as fake:
+        endpoint = resolve("openai/gpt-4.1", fake.url, {"OPENAI_API_KEY": KEY})
+        agent = LLMAgent(endpoint, make_chat(endpoint), Limits(context_chars=20_000), RetryPolicy(attempts=1))
+        proposal = agent.propose(ctx)
+    assert proposal.description == "set X to 1.0" and "X = 1.0" in (repo / "exp.py").read_text()
+    results = [m["content"] for m in fake.requests[1]["body"]["messages"] if m["role"] == "tool"]
+    assert len(results) == 21 and results[-1] == "edited exp.py"  # every call answered, the edit made
+    assert sum(map(len, results)) < 20_000, [len(x) for x in results]
+    assert "ask for less at once" in results[1]

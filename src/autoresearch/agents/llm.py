@@ -67,6 +67,8 @@ time budget; change only editable files."""
 LOG_CHARS = 8000  # of one message in agent/<n>.log (the model's text; the first prompt is bounded by the context)
 
 
+STEP_FLOOR = 300  # characters of a tool's output always kept (an error, "edited exp.py"), however many calls
+
 CUT = ("length", "max_tokens")  # a reply's stop reason when it reached the reply's token limit
 
 
@@ -278,7 +280,7 @@ class LLMAgent(BaseAgent):
             messages.append({"role": "assistant", "content": reply.text, "tool_calls": reply.tool_calls})
             self.tools_seen = self.tools_seen or bool(reply.tool_calls)
             if reply.tool_calls:
-                messages.append({"role": "tool", "results": [self._run(tools, c, log) for c in reply.tool_calls]})
+                messages.append({"role": "tool", "results": self._results(tools, reply.tool_calls, log)})
             if tools.finished is not None and (tools.changed or nudges >= 2):
                 return tools.finished
             if tools.changed and not reply.tool_calls:  # it edited, then said what it did
@@ -305,6 +307,22 @@ class LLMAgent(BaseAgent):
             if time.monotonic() >= deadline:
                 raise AgentError(f"{out_of_time} before finish")
         raise AgentError(f"the step limit ({self.limits.steps}) was reached before finish")
+
+    def _results(self, tools: Tools, calls: list[Any], log: Callable[[str], None]) -> list[dict[str, str]]:
+        """Every call run; their outputs together cut to half the context budget (each tool's
+        output is cut on its own, but a reply may hold dozens of calls, and the last steps are
+        sent whole on every request: 60 reads at once made a request of a million characters)."""
+        share = max(STEP_FLOOR, self.limits.context_chars // 2)
+        room, out = share, []
+        for call in calls:
+            result = self._run(tools, call, log)
+            text, keep = result["content"], max(room, STEP_FLOOR)
+            if len(text) > keep:
+                result["content"] = (text[:keep] + f"\n[... {len(text) - keep} more characters cut: the outputs of one "
+                                     f"step may hold about {share} characters in all; ask for less at once]")
+            room -= len(result["content"])
+            out.append(result)
+        return out
 
     def _run(self, tools: Tools, call: Any, log: Callable[[str], None]) -> dict[str, str]:
         out = f"error: {call.error}" if call.error else tools.call(call.name, call.arguments)
