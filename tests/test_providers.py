@@ -117,6 +117,38 @@ def test_a_reply_of_whitespace_is_not_sent_back_to_anthropic_as_a_text_block(tmp
     assert "X = 1.0" in (repo / "exp.py").read_text()
 
 
+@pytest.mark.parametrize("model", ["mistral/mistral-large-latest", "openai/some-server-model"])
+def test_a_server_that_refuses_max_completion_tokens_is_given_max_tokens(tmp_path: Path, model: str) -> None:
+    """Mistral's API refuses OpenAI's `max_completion_tokens` (422, "Extra inputs are not
+    permitted"): every proposal of --model mistral/... was a fatal refusal, and three stopped the
+    loop. Mistral is sent `max_tokens`; another server that refuses the name is asked again with it."""
+    from autoresearch.agents.base import Context
+    from autoresearch.agents.llm import LLMAgent
+    from autoresearch.agents.providers import make_chat, resolve
+    from autoresearch.agents.retry import RetryPolicy
+    from autoresearch.records import Trial
+    from autoresearch.task import load_task
+
+    repo = make_task(tmp_path / "task")
+    best = Trial(number=0, status=Status.KEEP, description="baseline", metric=6.0)
+    ctx = Context(task=load_task(repo), workdir=repo, number=1, best=best, history=(best,),
+                  log_path=tmp_path / "agent.log", ledger_dir=tmp_path)
+    steps = iter(good_edit())
+    refusal = ('[{"type":"extra_forbidden","loc":["body","max_completion_tokens"],'
+               '"msg":"Extra inputs are not permitted","input":8192}]')
+
+    def strict(body: dict) -> Say | Fault:
+        return Fault("422", message=refusal) if "max_completion_tokens" in body else next(steps)
+
+    with FakeLLM("openai", default=strict) as fake:
+        endpoint = resolve(model, fake.url, {"MISTRAL_API_KEY": KEY, "OPENAI_API_KEY": KEY})
+        proposal = LLMAgent(endpoint, make_chat(endpoint), policy=RetryPolicy(attempts=1)).propose(ctx)
+        sent = [q["body"] for q in fake.requests]
+    assert proposal.description == "set X to 1.0 to bring the loss down"
+    assert all(b["max_tokens"] == 8192 for b in sent if "max_completion_tokens" not in b)
+    assert len(sent) == (3 if model.startswith("mistral") else 4)  # (asked once with the other name)
+
+
 def test_a_reply_with_no_choices_is_retried_and_its_tokens_counted(tmp_path: Path) -> None:
     """A router's reply with no choices but a usage block (an upstream failure, billed all the
     same) is retried, and the tokens it reports count toward the trial's spend and --max-cost."""

@@ -233,14 +233,27 @@ class OpenAIChat:
 
         self.model = endpoint.name
         self.client = openai.OpenAI(api_key=endpoint.key, base_url=endpoint.base_url, max_retries=0)
+        # OpenAI's name for the reply's token limit (its reasoning models refuse `max_tokens`);
+        # Mistral's API refuses it (422, "extra inputs are not permitted"), as may other
+        # servers: they are given `max_tokens`, the older name every compatible server knows
+        mistral = endpoint.provider == "mistral" or "api.mistral.ai" in (endpoint.base_url or "")
+        self.limit_name = "max_tokens" if mistral else "max_completion_tokens"
 
     def complete(self, system: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
                  max_tokens: int, timeout: float) -> Reply:
         specs = [{"type": "function", "function": {"name": t["name"], "description": t["description"],
                                                    "parameters": t["parameters"]}} for t in tools]
-        r = self.client.chat.completions.create(
-            model=self.model, messages=_openai_messages(system, messages), tools=specs,  # type: ignore[arg-type]
-            max_completion_tokens=max_tokens, timeout=timeout)
+        request: dict[str, Any] = {"model": self.model, "messages": _openai_messages(system, messages),
+                                   "tools": specs, "timeout": timeout, self.limit_name: max_tokens}
+        try:
+            r = self.client.chat.completions.create(**request)
+        except Exception as e:
+            if not (self.limit_name == "max_completion_tokens" and getattr(e, "status_code", None) in (400, 422)
+                    and "max_completion_tokens" in f"{getattr(e, 'message', '')} {getattr(e, 'body', '')}"):
+                raise
+            self.limit_name = "max_tokens"  # (this server's name for it, from now on)
+            request["max_tokens"] = request.pop("max_completion_tokens")
+            r = self.client.chat.completions.create(**request)
         if isinstance(r, (str, bytes)) or not getattr(r, "choices", None):
             u = None if isinstance(r, (str, bytes)) else getattr(r, "usage", None)  # (billed all the same)
             raise Transient("malformed reply from the API (no choices)",
