@@ -1,8 +1,9 @@
 """The llm agent's tools (agents/tools.py): they stay inside the worktree and the editable files
 (no path, link or .git gets out; protected files are never written), the holdout is sealed from
 the logs and the history they show, a wrong argument or an unexpected failure is an error text
-for the model (never the end of the proposal), and no API key is written into a file. Called
-directly on a task repository, and through the loop against a fake OpenAI server.
+for the model (never the end of the proposal), no API key is written into a file, and the
+best code shown first stays within the context budget. Called directly on a task repository,
+and through the loop against a fake OpenAI server.
 """
 
 from __future__ import annotations
@@ -211,3 +212,26 @@ def test_a_pattern_that_backtracks_without_end_is_an_error_not_a_frozen_loop(tmp
     (ctx.workdir / "re.py").write_text("raise SystemExit('the worktree was imported')\n")
     monkeypatch.setenv("PYTHONPATH", str(ctx.workdir))
     assert tools.call("grep", {"pattern": "hello"}) == "sub/notes.txt:1: hello"
+
+
+# ---------------------------------------------------------------------------
+# what the model is shown first stays within the context budget
+
+
+def test_thousands_of_editable_files_do_not_outgrow_the_first_message(tmp_path: Path) -> None:
+    """The best code is shown as far as half the budget goes and the rest named, but every
+    name was listed: an editable glob matching 3000 files made a first message half as long
+    again as the whole budget, sent on every request. The names now go as far as a tenth of it."""
+    from autoresearch.agents.llm import first_message
+
+    files = {f"pkg/module_{i:04d}/implementation.py": "x = 1\n" * 300 for i in range(3000)}
+    repo = make_task(tmp_path / "task", files=files,
+                     toml='name = "t"\neditable = ["exp.py", "pkg/**/*.py"]\ncommand = "python exp.py"\n'
+                          'time_budget = 5\ntimeout = 10\n[metric]\nname = "loss"\ngoal = "minimize"\n')
+    best = Trial(number=0, status=Status.KEEP, description="baseline", metric=6.0)
+    ctx = Context(task=load_task(repo), workdir=repo, number=1, best=best, history=(best,),
+                  log_path=tmp_path / "agent.log", ledger_dir=tmp_path)
+    message = first_message(ctx, 120_000)
+    assert len(message) < 100_000
+    assert "pkg/module_2999/implementation.py" not in message and "more (list_files names them)" in message
+    assert "X = 3.0" in message  # the small file is still shown whole

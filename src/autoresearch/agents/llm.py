@@ -151,8 +151,15 @@ def best_code(ctx: Context, budget: int) -> str:
             continue
         parts.append(f"## {f}\n```\n{text}\n```")
         left -= len(text) + 100
-    if skipped:
-        parts.append("Not shown (too long; use read_file): " + ", ".join(skipped))
+    if skipped:  # named as far as a tenth of the budget goes (an editable glob may match thousands)
+        named, room = [], max(500, budget // 10)
+        for f in skipped:
+            room -= len(f) + 2
+            if room < 0:
+                break
+            named.append(f)
+        more = f", and {len(skipped) - len(named)} more (list_files names them)" if len(named) < len(skipped) else ""
+        parts.append("Not shown (too long; use read_file): " + ", ".join(named) + more)
     return "\n\n".join(parts) if parts else "(no editable file exists yet)"
 
 
