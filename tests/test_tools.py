@@ -214,6 +214,21 @@ def test_a_pattern_that_backtracks_without_end_is_an_error_not_a_frozen_loop(tmp
     assert tools.call("grep", {"pattern": "hello"}) == "sub/notes.txt:1: hello"
 
 
+def test_an_edit_keeps_a_crlf_files_line_ends(tmp_path: Path) -> None:
+    """A file with CRLF line ends is read and matched with "\n" ends; a one-line edit (or a
+    whole write of it) wrote it back with "\n" ends: a commit whose diff changed every line."""
+    ctx = _ctx(tmp_path)
+    exp = ctx.workdir / "exp.py"
+    exp.write_bytes(exp.read_bytes().replace(b"\n", b"\r\n"))
+    git(ctx.workdir, "commit", "-qam", "crlf")
+    tools = Tools(ctx)
+    assert tools.call("edit_file", {"path": "exp.py", "search": "X = 3.0\nY = 2", "replace": "X = 1.0\nY = 2"}) == "edited exp.py"
+    assert git(ctx.workdir, "diff", "--numstat") == "1\t1\texp.py"
+    text = exp.read_bytes().decode()
+    assert tools.call("write_file", {"path": "exp.py", "content": text.replace("\r\n", "\n").replace("Y = 2", "Y = 3")})
+    assert git(ctx.workdir, "diff", "--numstat") == "2\t2\texp.py" and exp.read_bytes().count(b"\r\n") == 7
+
+
 # ---------------------------------------------------------------------------
 # what the model is shown first stays within the context budget
 

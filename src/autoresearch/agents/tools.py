@@ -298,6 +298,20 @@ class Tools:
         except UnicodeEncodeError as e:
             raise ToolError(f"the text cannot be written as UTF-8 ({e.reason} at character {e.start})") from None
 
+    @staticmethod
+    def _line_ends(real: Path, text: str) -> str:
+        """`text` with the line ends of the file it replaces: CRLF when that file's are all CRLF
+        (read, shown and matched as "\n", an edit of one line wrote the whole file back with "\n"
+        ends: a diff of every line)."""
+        try:
+            raw = real.read_bytes() if real.is_file() else b""
+        except OSError:
+            return text
+        crlf = raw.count(b"\r\n")
+        if crlf and crlf == raw.count(b"\n") == raw.count(b"\r") and "\r" not in text:
+            return text.replace("\n", "\r\n")
+        return text
+
     def edit_file(self, path: str, search: str, replace: str) -> str:
         real, rel = self._writable(path)
         if not real.exists():
@@ -315,7 +329,7 @@ class Tools:
                             "surrounding lines so that it occurs once")
         after = text.replace(search, replace, 1)
         self._no_key(rel, text, after)
-        real.write_bytes(self._encoded(after))
+        real.write_bytes(self._encoded(self._line_ends(real, after)))
         self.changed.add(rel)
         return f"edited {rel}"
 
@@ -326,7 +340,7 @@ class Tools:
         except OSError:
             before = ""
         self._no_key(rel, before, content)
-        data = self._encoded(content)
+        data = self._encoded(self._line_ends(real, content))
         real.parent.mkdir(parents=True, exist_ok=True)
         real.write_bytes(data)
         self.changed.add(rel)
