@@ -149,6 +149,29 @@ def test_a_server_that_refuses_max_completion_tokens_is_given_max_tokens(tmp_pat
     assert len(sent) == (3 if model.startswith("mistral") else 4)  # (asked once with the other name)
 
 
+def test_an_empty_reply_is_not_sent_back_as_an_assistant_message_of_null(tmp_path: Path) -> None:
+    """A reasoning model cut at the reply's limit answers nothing (no text, no call); it went back
+    as {"role": "assistant", "content": null}, which OpenAI refuses (400: "expected a string, got
+    null"): the nudge the docs promise became a fatal refusal, and three stopped the loop."""
+    from autoresearch.agents.base import Context
+    from autoresearch.agents.llm import LLMAgent
+    from autoresearch.agents.providers import make_chat, resolve
+    from autoresearch.agents.retry import RetryPolicy
+    from autoresearch.records import Trial
+    from autoresearch.task import load_task
+
+    repo = make_task(tmp_path / "task")
+    best = Trial(number=0, status=Status.KEEP, description="baseline", metric=6.0)
+    ctx = Context(task=load_task(repo), workdir=repo, number=1, best=best, history=(best,),
+                  log_path=tmp_path / "agent.log", ledger_dir=tmp_path)
+    with FakeLLM("openai", [Say("", stop="length"), *good_edit()]) as fake:
+        endpoint = resolve("openai/o3", fake.url, {"OPENAI_API_KEY": KEY})
+        proposal = LLMAgent(endpoint, make_chat(endpoint), policy=RetryPolicy(attempts=1)).propose(ctx)
+        told = fake.requests[1]["body"]["messages"][-1]["content"]
+    assert fake.invalid == [] and proposal.description == "set X to 1.0 to bring the loss down"
+    assert "cut at the token limit" in told  # the model is told why
+
+
 def test_a_reply_with_no_choices_is_retried_and_its_tokens_counted(tmp_path: Path) -> None:
     """A router's reply with no choices but a usage block (an upstream failure, billed all the
     same) is retried, and the tokens it reports count toward the trial's spend and --max-cost."""

@@ -306,6 +306,8 @@ def check_openai(body: dict[str, Any]) -> str:
             return f"messages[{i}]: bad role {role!r}"
         if role == "assistant":
             pending = {c["id"] for c in m.get("tool_calls") or []}
+            if m.get("content") is None and not pending:
+                return f"messages[{i}]: Invalid value for 'content': expected a string, got null."
     return ""
 
 

@@ -215,6 +215,8 @@ def _openai_messages(system: str, messages: list[dict[str, Any]]) -> list[dict[s
         if m["role"] == "user":
             out.append({"role": "user", "content": m["content"]})
         elif m["role"] == "assistant":
+            if not m.get("content") and not m.get("tool_calls"):
+                continue  # an empty reply (cut while reasoning): content null with no call, the API refuses
             msg: dict[str, Any] = {"role": "assistant", "content": m.get("content") or None}
             if m.get("tool_calls"):
                 msg["tool_calls"] = [{"id": c.id, "type": "function",
