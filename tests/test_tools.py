@@ -250,3 +250,24 @@ def test_thousands_of_editable_files_do_not_outgrow_the_first_message(tmp_path: 
     assert len(message) < 100_000
     assert "pkg/module_2999/implementation.py" not in message and "more (list_files names them)" in message
     assert "X = 3.0" in message  # the small file is still shown whole
+
+
+def test_read_file_of_a_huge_file_reads_only_its_start(tmp_path: Path) -> None:
+    """A data file of gigabytes in the worktree was read whole (50 MB took the process to 280 MB):
+    read_file reads its first READ_BYTES, in whole lines, and says so."""
+    import tracemalloc
+
+    ctx = _ctx(tmp_path)
+    with open(ctx.workdir / "data.txt", "w") as f:
+        for i in range(400_000):  # 40 MB of lines of 100 bytes
+            f.write(f"{i:06d}" + "x" * 93 + "\n")
+    tools = Tools(ctx)
+    tracemalloc.start()
+    try:
+        out = tools.call("read_file", {"path": "data.txt", "start": 2, "end": 3})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 30 * 2**20, peak
+    assert out.startswith("data.txt (lines 2-3 of the first 41943 (of its first 4 MB; it holds 40000000 bytes))"), out[:200]
+    assert "none in" in tools.call("read_file", {"path": "data.txt", "start": 50_000})

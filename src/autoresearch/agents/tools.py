@@ -32,6 +32,7 @@ from autoresearch.prompt import history_lines
 from autoresearch.task import SKIP_DIRS
 
 MAX_OUTPUT = 16000
+READ_BYTES = 1 << 22  # what read_file reads of a file at most: one of gigabytes must not fill memory
 HIDDEN = {".git", ".autoresearch"}
 GREP_SECONDS = 10.0
 GREP_HITS = 100
@@ -247,14 +248,20 @@ class Tools:
         real, rel = self.resolve(path)
         if real.is_dir():
             raise ToolError(f"{path} is a folder; use list_files")
-        text = real.read_text(errors="replace")
-        lines = text.splitlines()
+        size = real.stat().st_size
+        with open(real, "rb") as f:
+            data = f.read(READ_BYTES)
+        if size > len(data):  # whole lines of the file's start only
+            data = data[: data.rfind(b"\n") + 1] or data
+        lines = data.decode(errors="replace").splitlines()
+        of = f"the first {len(lines)} (of its first {READ_BYTES >> 20} MB; it holds {size} bytes)" if (
+            size > READ_BYTES) else str(len(lines))
         a = max(1, start or 1)
         b = min(len(lines), end or len(lines))
         if a > b:
-            return f"{rel} has {len(lines)} lines: none in {a}..{end or len(lines)}"
+            return f"{rel} has {of} lines: none in {a}..{end or len(lines)}"
         body = "\n".join(f"{i:5d}  {lines[i - 1]}" for i in range(a, b + 1))
-        return f"{rel} (lines {a}-{b} of {len(lines)})\n{body}"
+        return f"{rel} (lines {a}-{b} of {of})\n{body}"
 
     def grep(self, pattern: str, path: str = ".") -> str:
         try:
