@@ -207,7 +207,6 @@ FLAG_CASES: list[tuple[str, list[str], str, Callable[[Path], Path]]] = [
     ("the tag's ledger deleted, its refs left", [*RUN, "--tag", "x"], "holds no ledger", _refs_without_ledger),
     ("status of an unknown tag", ["status", "{repo}", "--tag", "nope"], "no tag 'nope'", _repo),
     ("status with no runs", ["status", "{repo}"], "no autoresearch runs", _repo),
-    ("status --last 0", ["status", "{repo}", "--last", "0"], "--last", _repo),  # (it printed an empty table)
     ("show a negative trial", ["show", "-1", "{repo}"], "show", _repo),
     ("show a word", ["show", "abc", "{repo}"], "show", _repo),
     ("trial without -m", ["trial", "{repo}"], "-m/--message", _repo),

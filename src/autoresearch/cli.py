@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="table of trials and the best so far")
     p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
     p.add_argument("--tag", default=None, help=TAG_HELP)
-    p.add_argument("--last", type=_at_least_one, default=None, help="only the last N trials")
+    p.add_argument("--last", type=_positive_int, default=None, help="only the last N trials (0: the summary alone)")
 
     p = sub.add_parser("show", help="one trial: description, figures, diff, log tail")
     p.add_argument("number", type=_positive_int)
