@@ -40,21 +40,19 @@ GREP_HITS = 100
 GREP = """
 import json, re, sys
 job = json.load(sys.stdin)
-regex, hits = re.compile(job["pattern"]), []
+regex, found = re.compile(job["pattern"]), 0
 for f in job["files"]:
     try:
         with open(job["root"] + "/" + f, encoding="utf-8") as fh:
-            text = fh.read()
+            text = fh.read(job["chars"])
     except (UnicodeDecodeError, OSError):
         continue
     for i, line in enumerate(text.splitlines(), 1):
         if regex.search(line):
-            hits.append(f"{f}:{i}: {line[:300]}")
-            if len(hits) > job["most"]:
-                break
-    if len(hits) > job["most"]:
-        break
-json.dump(hits, sys.stdout)
+            print(json.dumps(f"{f}:{i}: {line[:300]}"), flush=True)  # one by one: a timeout keeps them
+            found += 1
+            if found > job["most"]:
+                sys.exit()
 """
 
 
@@ -270,18 +268,26 @@ class Tools:
             raise ToolError(f"bad regular expression: {e}") from None
         real, _ = self.resolve(path)
         files = self.walk(real) if real.is_dir() else [real.relative_to(self.root).as_posix()]
-        job = json.dumps({"pattern": regex.pattern, "root": str(self.root), "files": files, "most": GREP_HITS})
+        job = json.dumps({"pattern": regex.pattern, "root": str(self.root), "files": files, "most": GREP_HITS,
+                          "chars": READ_BYTES})  # (of each file, what read_file would show)
+        late = ""
         try:
             done = subprocess.run([sys.executable, "-I", "-c", GREP], input=job, capture_output=True,
                                   text=True, timeout=GREP_SECONDS, cwd="/")
-            hits = [str(h) for h in json.loads(done.stdout)]
-        except subprocess.TimeoutExpired:
-            raise ToolError(f"the pattern took more than {GREP_SECONDS:g} s over {len(files)} file(s): nested "
-                            "repeats such as (x+)+ backtrack without end; try a simpler one") from None
+            out, err = done.stdout, done.stderr if done.returncode else ""
+        except subprocess.TimeoutExpired as e:
+            out, err = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""), ""
+            late = (f"\n[the search stopped at {GREP_SECONDS:g} s, over {len(files)} file(s): the matches above "
+                    "are those found by then; a narrower path, or a pattern without nested repeats such as "
+                    "(x+)+, which backtrack without end]")
+        try:
+            hits = [str(json.loads(line)) for line in out.splitlines()[: GREP_HITS + 1]]
         except ValueError:
-            raise ToolError(f"grep failed: {done.stderr.strip()[-300:]}") from None
+            hits = []
+        if err:
+            raise ToolError(f"grep failed: {err.strip()[-300:]}")
         more = "\n[... more matches cut]" if len(hits) > GREP_HITS else ""
-        return "\n".join(hits[:GREP_HITS]) + more if hits else "no matches"
+        return ("\n".join(hits[:GREP_HITS]) + more if hits else "no matches") + late
 
     def _writable(self, path: str) -> tuple[Path, str]:
         real, rel = self.resolve(path, must_exist=False)
