@@ -112,6 +112,9 @@ def test_serve_refuses_a_port_in_use(ran) -> None:
 
 def test_serve_refuses_a_folder_that_is_not_a_task(tmp_path: Path) -> None:
     result = cli("serve", str(tmp_path / "nowhere"), "--tag", "t", "--port", "0", timeout=30)
+    assert result.returncode == 2 and "no such folder" in result.stderr
+    (tmp_path / "empty").mkdir()
+    result = cli("serve", str(tmp_path / "empty"), "--tag", "t", "--port", "0", timeout=30)
     assert result.returncode == 2 and "no autoresearch.toml" in result.stderr
 
 
