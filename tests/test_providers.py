@@ -7,6 +7,7 @@ AUTORESEARCH_LLM_* settings are one line and exit 2; a key of spaces is no key.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -359,3 +360,53 @@ def test_a_listed_model_is_found_under_its_aliases() -> None:
     assert listed("qwen2.5-coder", ["qwen2.5-coder:latest"])  # Ollama's tags
     assert not listed("gpt-4.1-mnii", ["gpt-4.1-mini", "gpt-4.1"])
     assert not listed("llama3", ["llama3.1:8b"])
+
+
+def _propose(tmp_path: Path, fake: FakeLLM, limits=None):  # noqa: ANN001, ANN202
+    """One proposal of the built-in agent against `fake` (claude-sonnet-5-5), and its task."""
+    from autoresearch.agents.base import Context
+    from autoresearch.agents.llm import LLMAgent
+    from autoresearch.agents.providers import make_chat, resolve
+    from autoresearch.agents.retry import RetryPolicy
+    from autoresearch.records import Trial
+    from autoresearch.task import load_task
+
+    repo = make_task(tmp_path / "task", files={"notes.txt": "a long note to read. " * 40})
+    best = Trial(number=0, status=Status.KEEP, description="baseline", metric=6.0)
+    ctx = Context(task=load_task(repo), workdir=repo, number=1, best=best, history=(best,),
+                  log_path=tmp_path / "agent.log", ledger_dir=tmp_path)
+    endpoint = resolve("anthropic/claude-sonnet-5-5", fake.url, {"ANTHROPIC_API_KEY": KEY})
+    return LLMAgent(endpoint, make_chat(endpoint), limits, policy=RetryPolicy(attempts=1)).propose(ctx), repo
+
+
+def test_a_model_that_thinks_is_sent_its_thinking_back_with_the_tool_results(tmp_path: Path) -> None:
+    """Claude's 5 models think by default, and the messages API wants a turn's thinking blocks
+    back, signed and unchanged, with its tool results; the agent rebuilt each turn from its
+    text and tool calls, so every later step went without the reasoning that chose its call."""
+    from fakes.llm_server import thinking_signature
+
+    with FakeLLM("anthropic", good_edit(), thinking=True) as fake:
+        proposal, repo = _propose(tmp_path, fake)
+    assert fake.invalid == [] and proposal.description == "set X to 1.0 to bring the loss down"
+    first, second = fake.requests[0]["body"], fake.requests[1]["body"]
+    turn = second["messages"][1]
+    assert turn["role"] == "assistant" and turn["content"][0] == {
+        "type": "thinking", "thinking": "step 1", "signature": thinking_signature(first, 1)}
+    assert [b["type"] for b in turn["content"]] == ["thinking", "text", "tool_use"]
+
+
+def test_thinking_is_let_go_when_old_tool_outputs_are_elided(tmp_path: Path) -> None:
+    """Thinking is signed for the conversation before it: once old tool outputs are elided to
+    save context, a block sent back would be refused ('bound to a different conversation'), so
+    the conversation goes on without any."""
+    from autoresearch.agents.llm import Limits
+
+    reads = [Say("", [("read_file", {"path": "notes.txt"})]) for _ in range(4)]
+    with FakeLLM("anthropic", reads + good_edit()[1:], thinking=True) as fake:
+        proposal, repo = _propose(tmp_path, fake, Limits(context_chars=4000))
+    assert fake.invalid == [], fake.invalid
+    assert "X = 1.0" in (repo / "exp.py").read_text()
+    last = fake.requests[-1]["body"]["messages"]
+    assert "elided" in json.dumps(last)
+    assert [b["type"] for b in last[1]["content"]] == ["tool_use"]  # its thinking let go; later turns' kept
+    assert any(b.get("type") == "thinking" for b in last[-2]["content"])

@@ -29,6 +29,7 @@ as the key it sent. With `key`, any request with another key gets a 401, as the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -66,8 +67,11 @@ Step = Say | Fault | Callable[[dict[str, Any]], "Say | Fault"]
 class FakeLLM:
     def __init__(self, kind: str = "openai", script: list[Step] | None = None,
                  default: Step | None = None, model: str = "fake-model", key: str | None = None,
-                 listed: list[str] | None = None, list_fault: Fault | None = None) -> None:
+                 listed: list[str] | None = None, list_fault: Fault | None = None, thinking: bool = False) -> None:
         self.kind = kind
+        # an Anthropic model that thinks (adaptive thinking, on by default from Claude's 5 models):
+        # each reply starts with a thinking block signed for the conversation before it
+        self.thinking = thinking
         self.script = list(script or [])
         self.default = default
         self.model = model
@@ -151,7 +155,7 @@ class FakeLLM:
                     return self._fault(Fault("401"))
                 if fake.kind == "gemini" and path.endswith(":countTokens"):  # not a model turn
                     return self._send(200, {"totalTokens": len(raw) // 4})
-                problem = CHECKS[fake.kind](body)
+                problem = CHECKS[fake.kind](body) or (check_thinking(body) if fake.thinking else "")
                 if problem and path.endswith(("/chat/completions", "/messages", "/responses",
                                               ":generateContent", ":streamGenerateContent")):
                     fake.invalid.append(problem)
@@ -162,7 +166,11 @@ class FakeLLM:
                 if fake.kind == "anthropic":
                     if body.get("stream"):
                         return self._raw(200, anthropic_stream(step, fake.model), "text/event-stream")
-                    return self._send(200, anthropic_reply(step, fake.model))
+                    reply = anthropic_reply(step, fake.model)
+                    if fake.thinking:
+                        reply["content"].insert(0, {"type": "thinking", "thinking": f"step {len(body['messages'])}",
+                                                    "signature": thinking_signature(body, len(body["messages"]))})
+                    return self._send(200, reply)
                 if fake.kind == "responses":
                     if body.get("stream"):
                         return self._raw(200, responses_stream(step, body.get("model") or fake.model),
@@ -338,6 +346,39 @@ def check_anthropic(body: dict[str, Any]) -> str:
                 return f"messages[{i}]: text content blocks must contain non-whitespace text"
         expect = "assistant" if expect == "user" else "user"
     return "" if expect == "assistant" else "the last message must be from the user"
+
+
+def _uncached(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _uncached(v) for k, v in value.items() if k != "cache_control"}
+    return [_uncached(v) for v in value] if isinstance(value, list) else value
+
+
+def thinking_signature(body: dict[str, Any], at: int) -> str:
+    """The signature of a thinking block at messages[at]: bound, as the API binds it, to the
+    system prompt, the tools and every message before it (cache_control markers aside)."""
+    prefix = {"system": body.get("system"), "tools": body.get("tools"), "messages": body["messages"][:at]}
+    return hashlib.sha256(json.dumps(_uncached(prefix), sort_keys=True).encode()).hexdigest()
+
+
+def check_thinking(body: dict[str, Any]) -> str:
+    """Why the messages API would refuse this request to a model that thinks: a thinking block
+    whose conversation before it changed, or one left out of the turn the tool results answer
+    while others were sent (a turn echoed without its thinking, all of it gone, is taken)."""
+    msgs = body.get("messages") or []
+    turns = [i for i, m in enumerate(msgs) if m.get("role") == "assistant" and isinstance(m.get("content"), list)]
+    seen = False
+    for i in turns:
+        for j, b in enumerate(msgs[i]["content"]):
+            if b.get("type") == "thinking":
+                seen = True
+                if b.get("signature") != thinking_signature(body, i):
+                    return (f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block. The block is "
+                            "bound to a different conversation.")
+    if seen and turns and msgs[turns[-1]]["content"][0].get("type") != "thinking":
+        first = msgs[turns[-1]]["content"][0].get("type")
+        return f"messages.{turns[-1]}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{first}`"
+    return ""
 
 
 def anthropic_stream(step: Say, model: str) -> bytes:

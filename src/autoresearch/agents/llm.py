@@ -173,27 +173,42 @@ def first_message(ctx: Context, budget: int, role: str = "") -> str:
             + "\n\nMake your change with the tools, then call finish.")
 
 
-def elide(messages: list[dict[str, Any]], budget: int) -> None:
+def elide(messages: list[dict[str, Any]], budget: int) -> bool:
     """While the conversation is over `budget` chars, replace old tool outputs with a stub, then
     the long arguments of old tool calls (a whole file written, which every request repeats);
-    the last two of each are kept whole."""
+    the last two of each are kept whole. Whether anything was replaced: then the turns' thinking
+    (Reply.blocks) is let go, all of it, since it is signed for the conversation as it was and
+    the API refuses a thinking block whose conversation before it changed."""
+    changed = _elide(messages, budget)
+    if changed:
+        for m in messages:
+            m.pop("blocks", None)
+    return changed
+
+
+def _elide(messages: list[dict[str, Any]], budget: int) -> bool:
     def size() -> int:
         return sum(len(str(m.get("content", ""))) + sum(len(r["content"]) for r in m.get("results", []))
                    + sum(len(str(v)) for c in m.get("tool_calls") or [] for v in c.arguments.values())
+                   + sum(len(str(b.get("thinking") or b.get("data") or "")) for b in m.get("blocks", []))
                    for m in messages)
+    changed = False
     for m in [m for m in messages if m["role"] == "tool"][:-2]:
         for r in m["results"]:
             if size() <= budget:
-                return
+                return changed
             if len(r["content"]) > 200:
                 r["content"] = f"[output elided to save context ({len(r['content'])} chars); call the tool again if needed]"
+                changed = True
     for m in [m for m in messages if m.get("tool_calls")][:-2]:
         for c in m["tool_calls"]:
             for k, v in c.arguments.items():
                 if size() <= budget:
-                    return
+                    return changed
                 if isinstance(v, str) and len(v) > 200:
                     c.arguments[k] = f"[elided to save context ({len(v)} chars)]"
+                    changed = True
+    return changed
 
 
 # ---------------------------------------------------------------------------
@@ -284,7 +299,8 @@ class LLMAgent(BaseAgent):
                 print(f"autoresearch: warning: {said}", file=sys.stderr, flush=True)
             log(f"## step {step} (tokens in {reply.tokens_in}, out {reply.tokens_out}; "
                 f"total ${spend.cost:.4f})" + (f"\n{log_cut(reply.text)}" if reply.text else ""))
-            messages.append({"role": "assistant", "content": reply.text, "tool_calls": reply.tool_calls})
+            messages.append({"role": "assistant", "content": reply.text, "tool_calls": reply.tool_calls,
+                             **({"blocks": reply.blocks} if reply.blocks else {})})
             self.tools_seen = self.tools_seen or bool(reply.tool_calls)
             if reply.tool_calls:
                 messages.append({"role": "tool", "results": self._results(tools, reply.tool_calls, log)})

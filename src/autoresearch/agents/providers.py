@@ -143,6 +143,10 @@ class Reply:
     cache_read: int = 0
     cache_write: int = 0
     stop: str = ""
+    # Anthropic: the reply's content blocks as received, when it holds thinking. A model that
+    # thinks (adaptive thinking is on by default from Claude's 5 models) must be sent its
+    # thinking back, signed and unchanged, with the tool results: the API refuses a rebuilt turn
+    blocks: list[dict[str, Any]] = field(default_factory=list)
 
 
 class LLMError(Exception):
@@ -294,6 +298,8 @@ def _anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if i == 0:  # the big first message (program, history, code) is cached between steps
                 block["cache_control"] = {"type": "ephemeral"}
             add("user", [block])
+        elif m.get("blocks"):  # a turn with thinking: as it came (see Reply.blocks)
+            add("assistant", [dict(b) for b in m["blocks"]])
         elif m["role"] == "assistant":  # (a text of only whitespace, "\n\n" before a tool call, the API refuses)
             text = m.get("content") or ""
             content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text.strip() else []
@@ -330,9 +336,12 @@ class AnthropicChat:
             text = "".join(str(getattr(b, "text", "")) for b in r.content if getattr(b, "type", "") == "text")
             calls = [ToolCall(str(getattr(b, "id", "")), str(getattr(b, "name", "")), *arguments(getattr(b, "input", None)))
                      for b in r.content if getattr(b, "type", "") == "tool_use"]
+            thinks = any(getattr(b, "type", "") in ("thinking", "redacted_thinking") for b in r.content)
+            blocks = [b.model_dump(mode="json", exclude_none=True) for b in r.content] if thinks else []
         except (AttributeError, TypeError, ValueError) as e:
             raise malformed(e, spent) from None
-        return Reply(text, calls, *spent, cache_read=read, cache_write=write, stop=str(r.stop_reason or ""))
+        return Reply(text, calls, *spent, cache_read=read, cache_write=write, stop=str(r.stop_reason or ""),
+                     blocks=blocks)
 
 
 def make_chat(endpoint: Endpoint) -> Chat:
