@@ -248,6 +248,8 @@ def test_local_providers_are_priced_by_your_table_and_pro_models_by_their_own() 
     assert price("vllm/my-local", {"vllm/my-local": (0.5, 1.5)}) == (0.5, 1.5)  # the full spec too
     assert price("openai/o3-pro") == (20.0, 80.0) and price("openai/o3-pro-2025-06-10") == (20.0, 80.0)
     assert price("openai/o3") == (2.0, 8.0) and price("openai/gpt-5-pro") == (15.0, 120.0)
+    # Claude's later models are not their family's first price by prefix (claude-opus-4: $15 / $75)
+    assert price("openai/claude-opus-4.6") == (5.0, 25.0) and price("openai/claude-opus-4-1") == (15.0, 75.0)
 
 
 def test_a_model_served_on_this_machine_costs_nothing_unsaid(tmp_path: Path) -> None:

@@ -25,8 +25,11 @@ PRICES: dict[str, tuple[float, float]] = {
     "o3": (2.0, 8.0), "o3-mini": (1.10, 4.40), "o4-mini": (1.10, 4.40), "o1": (15.0, 60.0),
     # the -pro models are priced apart (10x and more): never their family's price by prefix
     "o1-pro": (150.0, 600.0), "o3-pro": (20.0, 80.0), "gpt-5-pro": (15.0, 120.0),
-    # Anthropic
-    "claude-opus-4-5": (5.0, 25.0), "claude-opus-4-1": (15.0, 75.0), "claude-opus-4": (15.0, 75.0),
+    # Anthropic (claude-haiku-5-5 is priced by effort, "from $0.10 / $0.50": name it in AUTORESEARCH_PRICES)
+    "claude-fable-5-2": (8.0, 40.0), "claude-fable-5-1": (10.0, 50.0),
+    "claude-opus-5-5": (4.0, 20.0), "claude-opus-5": (5.0, 25.0), "claude-sonnet-5": (2.0, 10.0),
+    "claude-opus-4-8": (5.0, 25.0), "claude-opus-4-7": (5.0, 25.0), "claude-opus-4-6": (5.0, 25.0),
+    "claude-sonnet-4-6": (3.0, 15.0), "claude-opus-4-5": (5.0, 25.0), "claude-opus-4-1": (15.0, 75.0), "claude-opus-4": (15.0, 75.0),
     "claude-sonnet-4-5": (3.0, 15.0), "claude-sonnet-4": (3.0, 15.0), "claude-3-7-sonnet": (3.0, 15.0),
     "claude-3-5-sonnet": (3.0, 15.0), "claude-haiku-4-5": (1.0, 5.0), "claude-3-5-haiku": (0.80, 4.0),
     # Google, DeepSeek, others reached through OpenAI-compatible endpoints
