@@ -250,6 +250,7 @@ def test_local_providers_are_priced_by_your_table_and_pro_models_by_their_own() 
     assert price("openai/o3") == (2.0, 8.0) and price("openai/gpt-5-pro") == (15.0, 120.0)
     # Claude's later models are not their family's first price by prefix (claude-opus-4: $15 / $75)
     assert price("openai/claude-opus-4.6") == (5.0, 25.0) and price("openai/claude-opus-4-1") == (15.0, 75.0)
+    assert price("openai/gpt-5.5-2026-04-23") == (5.0, 30.0) and price("openai/gpt-5.5-pro") == (30.0, 180.0)
 
 
 def test_a_model_served_on_this_machine_costs_nothing_unsaid(tmp_path: Path) -> None:

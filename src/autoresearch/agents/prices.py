@@ -18,13 +18,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 PRICES: dict[str, tuple[float, float]] = {
-    # OpenAI
+    # OpenAI (gpt-5.5 is four times gpt-5's price: never gpt-5's by prefix)
+    "gpt-5.5": (5.0, 30.0), "gpt-5.4": (2.50, 15.0), "gpt-5.4-mini": (0.75, 4.50), "gpt-5.4-nano": (0.20, 1.25),
     "gpt-5": (1.25, 10.0), "gpt-5-mini": (0.25, 2.0), "gpt-5-nano": (0.05, 0.40),
     "gpt-4.1": (2.0, 8.0), "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1-nano": (0.10, 0.40),
     "gpt-4o": (2.50, 10.0), "gpt-4o-mini": (0.15, 0.60),
     "o3": (2.0, 8.0), "o3-mini": (1.10, 4.40), "o4-mini": (1.10, 4.40), "o1": (15.0, 60.0),
     # the -pro models are priced apart (10x and more): never their family's price by prefix
     "o1-pro": (150.0, 600.0), "o3-pro": (20.0, 80.0), "gpt-5-pro": (15.0, 120.0),
+    "gpt-5.5-pro": (30.0, 180.0), "gpt-5.4-pro": (30.0, 180.0),
     # Anthropic (claude-haiku-5-5 is priced by effort, "from $0.10 / $0.50": name it in AUTORESEARCH_PRICES)
     "claude-fable-5-2": (8.0, 40.0), "claude-fable-5-1": (10.0, 50.0),
     "claude-opus-5-5": (4.0, 20.0), "claude-opus-5": (5.0, 25.0), "claude-sonnet-5": (2.0, 10.0),
