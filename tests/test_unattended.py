@@ -154,7 +154,7 @@ def test_status_keeps_the_end_of_a_long_reason_and_last_0_shows_no_trial(tmp_pat
     assert " ... " in ended and len(ended) < 600
     brief = cli("status", str(root), "--tag", "t", "--last", "0").stdout
     assert "tag t: 1 trial" in brief
-    assert not any(line.startswith("0 ") for line in brief.splitlines()), brief
+    assert not any(line.startswith(("0 ", "#")) for line in brief.splitlines()), brief
 
 
 def test_status_gives_the_error_that_stopped_a_run_that_left_a_trial_in_flight(tmp_path: Path) -> None:

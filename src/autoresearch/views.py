@@ -143,7 +143,7 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     if ended:
         lines.append(ended)
     head = list(lines)
-    for r in rows:
+    for r in rows if shown else []:  # (--last 0: the summary alone, no empty table's header)
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:n], widths, strict=True)) + "  " + r[n])
     if len(shown) > LONG_TABLE:  # (what scrolled away above it: the count, a loop running, the last run)
         lines += head
