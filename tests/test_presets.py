@@ -140,6 +140,31 @@ def test_aider_description_is_the_prose_not_a_file_name() -> None:
     assert aider_result(out.replace("Raise X to 1.0, the minimum.\n", ""))["text"] == ""
 
 
+IGNORED_AT_EXIT = """Exception ignored in: <function BaseEventLoop.__del__ at 0x7fc21fd11f80>
+Traceback (most recent call last):
+  File "/usr/lib/python3.11/asyncio/base_events.py", line 694, in __del__
+    self.close()
+  File "/usr/lib/python3.11/selectors.py", line 42, in _fileobj_to_fd
+    raise ValueError("Invalid file descriptor: {}".format(fd))
+ValueError: Invalid file descriptor: -1
+"""
+
+
+def test_an_error_python_ignored_at_exit_is_not_the_description() -> None:
+    """aider (0.86, in CI) sometimes ends on a traceback Python prints at exit for an error it
+    ignored (an asyncio loop closed late): its last line, 'ValueError: Invalid file descriptor:
+    -1', became the kept trial's description. A last line printed after it still counts."""
+    from autoresearch.agents.cli import description_from
+    from autoresearch.agents.presets import aider_result
+
+    out = "Added exp.py to the chat.\nSet X to 1.0, where the loss is lowest.\n\nTokens: 1.2k sent, 80 received.\n"
+    assert aider_result(out + IGNORED_AT_EXIT)["text"] == "Set X to 1.0, where the loss is lowest."
+    assert description_from(None, "lowered X\n" + IGNORED_AT_EXIT + IGNORED_AT_EXIT) == "lowered X"
+    assert description_from(None, "lowered X\n" + IGNORED_AT_EXIT + "then raised Y\n") == "then raised Y"
+    assert description_from(None, "Exception ignored in: <_io.TextIOWrapper name='<stdout>'>\n"
+                                  "BrokenPipeError: [Errno 32] Broken pipe\n") == ""
+
+
 def test_codex_and_gemini_reports_are_read() -> None:
     """What `codex exec --json` and `gemini --output-format json` print (as codex 0.171 and
     gemini 0.61 print it, stderr lines mixed in): the last message, the tokens, and failures."""

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
 from autoresearch.agents.secrets import redact
+from autoresearch.agents.toolreports import without_ignored_errors
 from autoresearch.errors import UsageError
 from autoresearch.filetree import fresh_dir, read_plain, write_new
 from autoresearch.process import read_tail, run_command, trim_log
@@ -57,7 +58,7 @@ def read_description(path: Path) -> str | None:
 def description_from(desc_file_text: str | None, output: str) -> str:
     if desc_file_text and desc_file_text.strip():
         return " ".join(desc_file_text.split())[:200]
-    for line in reversed(output.splitlines()):
+    for line in reversed(without_ignored_errors(output).splitlines()):
         if line.strip():
             return line.strip()[:200]
     return ""

@@ -197,6 +197,22 @@ def _count(num: str, suffix: str) -> int:
 BARE_FILE = re.compile(r"[\w.\-/]+\.\w{1,10}")  # `train.py`, `configs/base.yaml`: no description
 
 
+def without_ignored_errors(output: str) -> str:
+    """`output` without the errors Python reports at the end as ignored (`Exception ignored in:
+    ...`, with its traceback): noise of a tool's teardown (an asyncio loop closed late, a pipe
+    gone at exit), printed after what the tool had to say, which must not be taken for it."""
+    lines = output.splitlines()
+    while True:
+        at = max((i for i, line in enumerate(lines) if line.startswith("Exception ignored in")), default=None)
+        if at is None:
+            return "\n".join(lines)
+        # after it only a traceback: its header, indented frames, and the exception's one line
+        tail = [line for line in lines[at + 1:] if line.strip() and not line.startswith((" ", "\t"))]
+        if len([line for line in tail if not line.startswith("Traceback (most recent call last)")]) > 1:
+            return "\n".join(lines)  # something was printed after it
+        lines = lines[:at]
+
+
 def aider_result(output: str) -> dict[str, Any]:
     """aider prints `Tokens: 1.2k sent, 310 received. Cost: $0.01 message, $0.02 session.` per
     call; the description is the last line of prose outside code blocks and aider's own notes."""
@@ -209,7 +225,7 @@ def aider_result(output: str) -> dict[str, Any]:
     sessions = re.findall(r"\$([\d.]+) session", output)
     if sessions:
         cost = float(sessions[-1])
-    lines = [line.strip() for line in output.splitlines()]
+    lines = [line.strip() for line in without_ignored_errors(output).splitlines()]
     following, nxt = [""] * len(lines), ""  # each line's next non-blank one (aider puts a blank line between)
     for i in range(len(lines) - 1, -1, -1):
         following[i] = nxt
