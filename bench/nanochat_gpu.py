@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "src" / "autoresearch" / "templates" / "nanochat"
-UNTIMED_STEPS = re.compile(r"^UNTIMED_STEPS\s*=\s*(?:\d+\s+if\s+SMOKE\s+else\s+)?(\d+)", re.M)
 FLEX_LINE = "flex = idx.is_cuda and torch.compiler.is_compiling()"
 SETUP_ALLOWANCE = 150.0  # seconds beyond the budget a training run needs: start, compile, eval
 EVALUATE_ALLOWANCE = 50.0
@@ -190,11 +189,12 @@ def main() -> int:
     shutil.rmtree(task, ignore_errors=True)
     shutil.rmtree(work / "run", ignore_errors=True)
     shutil.copytree(TEMPLATE, task, ignore=shutil.ignore_patterns("__pycache__"))
-    found = UNTIMED_STEPS.search((task / "prepare.py").read_text())
     smoke = os.environ.get("AUTORESEARCH_SMOKE") == "1"
-    untimed = 2 if smoke else int(found[1]) if found else 10  # steps run off the clock
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "AUTORESEARCH_CACHE": str(work / "cache"),
            "AUTORESEARCH_RUN_DIR": str(work / "run"), "AUTORESEARCH_SEED": "0"}
+    untimed = int(subprocess.run(  # the steps run off the clock, as prepare.py counts them on this machine
+        [sys.executable, "-c", "import prepare; print(prepare.UNTIMED_STEPS)"], cwd=task, env=env,
+        capture_output=True, text=True, check=True).stdout)
     try:
         if smoke:
             prepare_args = ["prepare.py"]

@@ -93,7 +93,7 @@ def score_embedding_model(
     table (512 x 512) with `forward` as the body of its forward(idx), `preamble` above it."""
     task = tmp_path / "task"
     task.mkdir()
-    for protected in ("prepare.py", "corpus.py", "evalguard.py"):
+    for protected in ("prepare.py", "corpus.py", "hardware.py", "evalguard.py"):
         shutil.copy(TEMPLATE / protected, task)
     (task / "train.py").write_text(f"""
 import torch.nn as nn
@@ -226,10 +226,10 @@ def test_the_peak_of_each_gpu_name(
 ) -> None:
     """MFU is against the detected GPU's own peak; an unknown one has none (MFU 0, with a note),
     not the H100's."""
-    prepare = load_prepare()
+    hardware = load_prepare("hardware")
     monkeypatch.delenv("AUTORESEARCH_PEAK_TFLOPS", raising=False)
-    monkeypatch.setattr(prepare.torch.cuda, "get_device_name", lambda device: name)
-    peak, seen = prepare.peak_flops(torch.device("cuda", 0))
+    monkeypatch.setattr(hardware.torch.cuda, "get_device_name", lambda device: name)
+    peak, seen = hardware.peak_flops(torch.device("cuda", 0))
     assert seen == name
     assert (None if peak is None else round(peak / 1e12)) == tflops
 
@@ -275,7 +275,7 @@ def test_the_evaluators_guard_is_one_file_in_both_templates_and_protected(tmp_pa
         listed = subprocess.run(["git", "ls-files", "-s", "evalguard.py"], cwd=made.parent,
                                 capture_output=True, text=True, check=True).stdout
         assert listed.startswith("100644 "), listed  # committed as a file, not a link
-    for folder, modules in ((TEMPLATE, ["prepare.py", "corpus.py", "evalguard.py"]),
+    for folder, modules in ((TEMPLATE, ["prepare.py", "corpus.py", "hardware.py", "evalguard.py"]),
                             (cpu_gpt, ["prepare.py", "evalguard.py"])):
         task_file = task_toml.loads((folder / "autoresearch.toml").read_text())
         assert task_file["protected"] == modules

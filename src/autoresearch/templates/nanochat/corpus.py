@@ -147,13 +147,18 @@ def read_text(path: Path, damaged: list[Path]) -> str:
         return raw.decode("utf-8", "replace")
 
 
+def visible_files(root: Path) -> list[Path]:
+    """Every file under `root` that is not hidden (nor in a hidden folder), in name order."""
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
 def local_documents(root: Path, piece: int | None = None) -> list[str]:
     """Every .parquet file and every text file (.txt, .md, source code: any file with no NUL
     byte) under `root`, in name order, hidden ones left out, long texts cut at line ends into
     pieces of about a hundredth of all the text (10 KB to 1 MB), so that the held-out tenths
     come out near a tenth each even from one big file."""
-    files = sorted(p for p in root.rglob("*") if not any(part.startswith(".") for part in p.relative_to(root).parts)
-                   and (p.suffix == ".parquet" and p.is_file() or p.suffix != ".parquet" and is_text(p)))
+    files = [p for p in visible_files(root) if p.suffix == ".parquet" or is_text(p)]
     if not files:
         raise PrepareError(f"--data {root}: no text or .parquet files found")
     damaged: list[Path] = []

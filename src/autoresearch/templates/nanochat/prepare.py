@@ -1,7 +1,8 @@
 """
 Data, tokenizer, clock and scoring of the nanochat task. Protected: the agent never edits it,
-nor the two modules it runs, corpus.py (download, documents, tokenizer training) and evalguard.py
-(what keeps train.py's code, imported here to rebuild the model, from writing the figures).
+nor the modules it runs: corpus.py (download, documents, tokenizer training), hardware.py (device,
+peak FLOP/s and memory) and evalguard.py (what keeps train.py's code, imported here to rebuild the
+model, from writing the figures).
 
     python prepare.py                 download the shards, train the tokenizer, tokenize (idempotent)
     python prepare.py --data DIR      the same from local text files or .parquet (a `text` column);
@@ -16,7 +17,6 @@ score is computed here, from the checkpoint, by code the agent cannot change.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import math
@@ -43,8 +43,10 @@ from corpus import (
     token_byte_counts,
     tokenize,
     train_tokenizer,
+    visible_files,
 )
 from evalguard import EARLY, Peeked, check_causal, import_train, probe_points
+from hardware import autocast, default_device
 from safetensors.torch import load_model
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -59,9 +61,8 @@ EVAL_TOKENS = int(os.environ.get("AUTORESEARCH_EVAL_TOKENS") or (8192 if SMOKE e
 TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or (10 if SMOKE else 300))
 if SMOKE:  # the smoke model is tiny: 10 s trains it, whatever budget the task file gives the real one
     TIME_BUDGET = min(TIME_BUDGET, 10.0)
-UNTIMED_STEPS = 2 if SMOKE else 10  # the first steps compile kernels: they run off the clock
-if not torch.cuda.is_available():  # nothing is compiled on CPU or MPS: one warm-up step, no more
-    UNTIMED_STEPS = 1
+# the first steps compile kernels (on CUDA: nothing is compiled on CPU or MPS, one warm-up step)
+UNTIMED_STEPS = (2 if SMOKE else 10) if torch.cuda.is_available() else 1
 # the experiment's wall time, which the harness gives the evaluator: read when this file is loaded,
 # before train.py's code (imported to rebuild the model) can change the environment
 EXPERIMENT_SECONDS = float(os.environ["AUTORESEARCH_EXPERIMENT_SECONDS"]) if os.environ.get(
@@ -95,16 +96,10 @@ def data_dir_for(data: Path | None) -> Path:
     if data is None:
         return CACHE / "nanochat" / "prepared"
     # a folder of the task (a relative path) lies elsewhere in each worktree: named by its files
-    named = "".join(f"{p.relative_to(data)}\t{p.stat().st_size}\n" for p in local_files(data)) if (
+    named = "".join(f"{p.relative_to(data)}\t{p.stat().st_size}\n" for p in visible_files(data)) if (
         not data.is_absolute()) else str(data.resolve())
     digest = hashlib.sha1(named.encode()).hexdigest()[:12]
     return CACHE / "nanochat" / f"local-{digest}"
-
-
-def local_files(data: Path) -> list[Path]:
-    """What corpus.local_documents reads from: every file not hidden, in name order."""
-    return sorted(p for p in data.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(data).parts))
 
 
 def task_data(task_file: Path = Path("autoresearch.toml")) -> Path | None:
@@ -168,7 +163,7 @@ def source_key(data: Path | None, num_shards: int) -> str:
         return "smoke"
     if data is None:
         return f"{BASE_URL} x {num_shards}"
-    files = [p.stat() for p in local_files(data)]
+    files = [p.stat() for p in visible_files(data)]
     latest = max((s.st_mtime for s in files), default=0)
     return f"{data.resolve()} ({len(files)} files, {sum(s.st_size for s in files)} bytes, {latest:.0f})"
 
@@ -273,68 +268,6 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=False)
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def autocast(device: torch.device):
-    """bf16 matmuls on CUDA; elsewhere float32, which CPUs and MPS run at least as well."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-# Dense bf16 tensor-core FLOP/s with fp32 accumulation, from the vendors' data sheets (the
-# sparsity figures are twice these). First match on the device name wins.
-GPU_PEAK_FLOPS = [
-    (r"\bH200\b.*\bNVL\b", 835e12),
-    (r"\bG?H200\b", 989e12),
-    (r"\bH100\b.*\bNVL\b", 835e12),
-    (r"\bH100\b.*\bPCIe\b", 756e12),
-    (r"\bH100\b", 989e12),
-    (r"\bB200\b", 2250e12),
-    (r"\bA100\b", 312e12),
-    (r"\bA10\b", 125e12),
-    (r"\bA40\b", 150e12),
-    (r"\bL40S\b", 362e12),
-    (r"\bL40\b", 181e12),
-    (r"\bL4\b", 121e12),
-    (r"RTX 5090", 209e12),
-    (r"RTX 4090", 165e12),
-    (r"RTX 3090 Ti", 80e12),
-    (r"RTX 3090", 71e12),
-    (r"RTX 6000 Ada", 364e12),
-    (r"RTX A6000", 155e12),
-]
-
-
-def peak_flops(device: torch.device) -> tuple[float | None, str]:
-    """(peak FLOP/s or None when unknown, the device's name); AUTORESEARCH_PEAK_TFLOPS overrides."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    if os.environ.get("AUTORESEARCH_PEAK_TFLOPS"):
-        return float(os.environ["AUTORESEARCH_PEAK_TFLOPS"]) * 1e12, name
-    for pattern, flops in GPU_PEAK_FLOPS if device.type == "cuda" else []:
-        if re.search(pattern, name):
-            return flops, name
-    return None, name
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA's peak allocated memory; elsewhere (CPU, MPS) the process's peak resident memory."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        import resource
-    except ImportError:  # Windows
-        return 0.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes there, KiB here
 
 
 # ----------------------------------------------------------------------------

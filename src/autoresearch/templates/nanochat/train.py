@@ -21,6 +21,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from hardware import autocast, default_device, peak_flops, peak_memory_mb
 from prepare import (
     MAX_SEQ_LEN,
     RUN_DIR,
@@ -28,11 +29,7 @@ from prepare import (
     TIME_BUDGET,
     UNTIMED_STEPS,
     VOCAB_SIZE,
-    autocast,
-    default_device,
     evaluate_bpb,
-    peak_flops,
-    peak_memory_mb,
     train_batches,
 )
 from safetensors.torch import save_file
