@@ -140,45 +140,40 @@ def read_log(path: Path, max_bytes: int) -> bytes:
     """The last `max_bytes` of the log at `path`, b"" when it is not a regular file (a FIFO
     there is not waited on, a link not followed) or cannot be read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                f.seek(size - max_bytes)
+            return f.read()
     except OSError:
         return b""
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return b""
-        if st.st_size > max_bytes:
-            f.seek(st.st_size - max_bytes)
-        try:
-            return f.read()
-        except OSError:
-            return b""
 
 
 class NotRegular(OSError):
     """What read_regular found at the path is a FIFO, a device, a socket or a folder."""
 
 
+def open_regular(path: Path, follow: bool = False) -> BinaryIO:
+    """The regular file at `path` opened for reading without waiting (a FIFO would wait for a
+    writer forever) and, unless `follow`, without following a link (ELOOP); anything but a
+    regular file raises NotRegular, before any read (/dev/zero never ends). OSError for all
+    else, FileNotFoundError where nothing is there."""
+    f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)), "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise NotRegular(f"{path} is not a regular file")
+    return f
+
+
 def read_regular(path: Path, limit: int, follow: bool = False) -> tuple[bytes, int]:
-    """The first `limit` bytes of the regular file at `path`, and its size. It is opened without
-    waiting (a FIFO would wait for a writer forever) and, unless `follow`, without following a
-    link (ELOOP); anything but a regular file raises NotRegular, without a read (/dev/zero never
-    ends). OSError for all else, FileNotFoundError where nothing is there."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW))
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise NotRegular(f"{path} is not a regular file")
-        return f.read(limit), st.st_size
+    """The first `limit` bytes of the regular file at `path` (see open_regular), and its size."""
+    with open_regular(path, follow) as f:
+        return f.read(limit), os.fstat(f.fileno()).st_size
 
 
 def hash_regular(path: Path, follow: bool = False) -> str:
-    """The sha256 of the regular file at `path` (a link followed only if `follow`), read without
-    waiting: NotRegular for a FIFO, a device or a socket, OSError for all else."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW))
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise NotRegular(f"{path} is not a regular file")
+    """The sha256 of the regular file at `path` (see open_regular)."""
+    with open_regular(path, follow) as f:
         h = hashlib.sha256()
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)

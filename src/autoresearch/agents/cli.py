@@ -19,7 +19,6 @@ import contextlib
 import os
 import re
 import shlex
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
 from autoresearch.agents.secrets import redact
 from autoresearch.agents.toolreports import without_ignored_errors
 from autoresearch.errors import UsageError
-from autoresearch.filetree import fresh_dir, read_plain, write_new
+from autoresearch.filetree import fresh_dir, open_regular, read_plain, write_new
 from autoresearch.process import read_tail, run_command, trim_log
 from autoresearch.prompt import build_prompt
 from autoresearch.sandbox import seal_agent
@@ -249,11 +248,9 @@ def read_from(path: Path, offset: int) -> str:
     """The agent's log from `offset` ("" when it is not a regular file: the agent may have put a
     FIFO, which would wait for a writer forever, or a link in its place)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        f = open_regular(path)
     except OSError:
         return ""
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ""
+    with f:
         f.seek(offset)
         return f.read().decode("utf-8", errors="replace")
