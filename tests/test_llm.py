@@ -253,6 +253,26 @@ def test_local_providers_are_priced_by_your_table_and_pro_models_by_their_own() 
     assert price("openai/gpt-5.5-2026-04-23") == (5.0, 30.0) and price("openai/gpt-5.5-pro") == (30.0, 180.0)
 
 
+def test_a_tiered_model_is_priced_call_by_call_at_its_prompt_size(tmp_path: Path) -> None:
+    """claude-haiku-5-5 costs $0.10 / $0.50 a million tokens for a prompt of up to 100,000 tokens
+    and $0.50 / $2.50 above: it had no price (recorded as $0, so --max-cost never stopped it).
+    One call of a 150,000-token prompt is priced at the upper tier, the two small ones below."""
+    repo = make_task(tmp_path / "task")
+    read, edit, finish = good_edit()
+    script = [Say(read.text, read.calls, tokens_in=150_000, tokens_out=1_000), edit, finish]
+    with FakeLLM("anthropic", script) as fake:
+        r = run_llm(repo, fake, model="anthropic/claude-haiku-5-5")
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert t[1].tokens_in == 152_000 and t[1].tokens_out == 1_200
+    upper = (0.50 * 150_000 + 2.50 * 1_000) / 1e6
+    lower = 2 * (0.10 * 1_000 + 0.50 * 100) / 1e6
+    assert t[1].cost == pytest.approx(upper + lower)
+    # a CLI tool's totals (many calls summed) are priced at the first tier
+    from autoresearch.agents.prices import PRICES, cost
+    assert cost(PRICES["claude-haiku-5-5"], 150_000, 1_000, one_call=False) == pytest.approx(0.0155)
+
+
 def test_a_model_served_on_this_machine_costs_nothing_unsaid(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task")
     with FakeLLM("openai", good_edit()) as fake:

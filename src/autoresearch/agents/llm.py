@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
-from autoresearch.agents.prices import PRICES, cost, load_overrides, price_of
+from autoresearch.agents.prices import PRICES, Price, cost, load_overrides, price_of
 from autoresearch.agents.providers import (
     Chat,
     ConfigError,
@@ -100,7 +100,7 @@ class Spend:
     tokens_out: int = 0
     cost: float = 0.0
 
-    def add(self, reply: Reply, price: tuple[float, float] | None) -> None:
+    def add(self, reply: Reply, price: Price | None) -> None:
         self.tokens_in += reply.tokens_in
         self.tokens_out += reply.tokens_out
         self.cost += cost(price, reply.tokens_in, reply.tokens_out, reply.cache_read, reply.cache_write)
@@ -221,7 +221,7 @@ class LLMAgent(BaseAgent):
     name = "llm"
 
     def __init__(self, endpoint: Endpoint, chat: Chat, limits: Limits | None = None,
-                 policy: RetryPolicy | None = None, prices: dict[str, tuple[float, float]] | None = None,
+                 policy: RetryPolicy | None = None, prices: dict[str, Price] | None = None,
                  role: str = "") -> None:
         self.endpoint = endpoint
         self.chat = chat

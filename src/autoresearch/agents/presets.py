@@ -35,6 +35,7 @@ from typing import Any
 from autoresearch.agents import cli
 from autoresearch.agents.base import AgentError, Context, Proposal
 from autoresearch.agents.cli import DEFAULT_TIMEOUT, CommandAgent, description_from, own_dir
+from autoresearch.agents.prices import Price
 from autoresearch.agents.secrets import redact
 from autoresearch.agents.toolreports import (  # noqa: F401 - tool_error and the readers, as presets give them
     CODEX_HELPER_HINT,
@@ -262,9 +263,9 @@ class PresetAgent(CommandAgent):
         the price table's price for the --model (0 when it names none, or one not in the table)."""
         from autoresearch.agents.prices import cost
 
-        return cost(self._price(), tokens_in, tokens_out) if tokens_in or tokens_out else 0.0
+        return cost(self._price(), tokens_in, tokens_out, one_call=False) if tokens_in or tokens_out else 0.0
 
-    def _price(self) -> tuple[float, float] | None:
+    def _price(self) -> Price | None:
         from autoresearch.agents.prices import PRICES, load_overrides, price_of
 
         if not self.model:
