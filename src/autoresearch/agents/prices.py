@@ -9,7 +9,7 @@ names the model; another provider's model at a base URL on this machine, unless 
 An unknown model costs 0 and says so.
 
 A few models cost more per token once a request's prompt passes a size (claude-haiku-5-5 past
-100,000 tokens, gemini-2.5-pro past 200,000): their entry is (input, output, above, input_above,
+100,000 tokens, the gemini pro models past 200,000): their entry is (input, output, above, input_above,
 output_above), and each call is priced by its own prompt's size.
 """
 
@@ -44,6 +44,7 @@ PRICES: dict[str, Price] = {
     "claude-sonnet-4-5": (3.0, 15.0), "claude-sonnet-4": (3.0, 15.0), "claude-3-7-sonnet": (3.0, 15.0),
     "claude-3-5-sonnet": (3.0, 15.0), "claude-haiku-4-5": (1.0, 5.0), "claude-3-5-haiku": (0.80, 4.0),
     # Google, DeepSeek, others reached through OpenAI-compatible endpoints
+    "gemini-3.1-pro": (2.0, 12.0, 200_000, 4.0, 18.0), "gemini-3-pro": (2.0, 12.0, 200_000, 4.0, 18.0),
     "gemini-2.5-pro": (1.25, 10.0, 200_000, 2.50, 15.0), "gemini-2.5-flash": (0.30, 2.50), "gemini-2.0-flash": (0.10, 0.40),
     "deepseek-chat": (0.27, 1.10), "deepseek-reasoner": (0.55, 2.19),
     "grok-4": (3.0, 15.0), "mistral-large": (2.0, 6.0), "codestral": (0.30, 0.90),
