@@ -151,6 +151,20 @@ def test_values_written_back_compactly():
     assert param("NEG").sampled(0.5) is None and param("MODE").sampled("medium") is None
 
 
+def test_a_value_rounded_for_writing_stays_inside_its_range():
+    """A float is written with few digits, but never rounded past an end of its range: near
+    `0.9999` three digits make 1.0, a dropout that drops everything or an Adam beta2 that
+    divides by zero."""
+    s = space_of({"m.py": b"BETA2 = 0.999  # search: 0.99..0.9999 log\nDROPOUT = 0.5  # search: 0.001..0.9999\n"
+                          b"STEPS = 500.0  # search: 100..999.9 log\n"})
+    for p in s.params:
+        for x in (p.low, p.high, p.high * (1 - 1e-5), p.low * (1 + 1e-5)):
+            value, text = p.render(x, p.text)
+            assert p.low <= value <= p.high and float(text) == value, (p.name, x, text)
+    assert s.get("BETA2").render(0.99986)[1] == "0.9999"
+    assert s.get("DROPOUT").render(0.5004)[1] == "0.5"  # inside: as few digits as before
+
+
 def test_rewriting_changes_only_the_literals():
     data = ('# -*- coding: utf-8 -*-\r\n'
             'LR   =   3e-4    # search: 1e-5..1e-2 log  — the learning rate (é)\r\n'

@@ -237,7 +237,10 @@ class Param:
         sci = "e" in template.lower() and "**" not in template
         digits = self.digits
         text = format_float(f, digits, sci)
-        while self.step and abs(float(text) - f) > self.step * 1e-3 and digits < 15:
+        # more digits while the text is off the step's grid, or rounded past an end of the range
+        # (0.99995 to three digits is 1.0, out of `0.99..0.9999`: a beta or a dropout of 1)
+        while digits < 17 and (self.step and abs(float(text) - f) > self.step * 1e-3
+                               or not self.low <= self.sign * float(text) <= self.high):
             digits += 1
             text = format_float(f, digits, sci)
         return float(text), text
