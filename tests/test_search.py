@@ -136,6 +136,18 @@ def test_text_may_follow_the_last_choice_as_it_may_follow_a_range():
     assert "BAD" not in p
 
 
+def test_a_first_choice_that_is_an_off_word_is_a_choice():
+    """`none | layer | rms` lists choices (`None` among them is a value: no clipping); only
+    `off` and its synonyms alone, or followed by free text, leave a constant out."""
+    s = space_of({"m.py": b'GRAD_CLIP = 1.0  # search: None | 0.5 | 1.0\nNORM = "layer"  # search: none | layer | rms\n'
+                          b'SCHEDULE = "cosine"  # search: fixed | cosine\nA = 3  # search: off (tried 2 | 4)\n'
+                          b'B = 3  # search: no, the data fixes it\n'})
+    p = {x.name: x for x in s.params}
+    assert p["GRAD_CLIP"].choices == ("None", "0.5", "1.0") and p["GRAD_CLIP"].render("None") == (None, "None")
+    assert p["NORM"].choices == ("'none'", "'layer'", "'rms'") and p["SCHEDULE"].choices == ("'fixed'", "'cosine'")
+    assert sorted(why for _, why in s.skipped) == ["A: `# search: off`", "B: `# search: off`"]
+
+
 def test_values_written_back_compactly():
     assert param("LR").render(0.0523417)[1] == "0.0523"
     assert param("TUNED").render(4.4567e-4, "3e-3")[1] == "4.46e-4"  # the style of the original

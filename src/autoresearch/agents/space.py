@@ -74,10 +74,11 @@ def parse_annotation(comment: str) -> Annotation | None:
         return None
     spec = m.group(1).strip()
     word = spec.split(maxsplit=1)[0].lower() if spec else ""
+    first = spec.split("|", 1)[0].strip()
+    if "|" in spec and ".." not in first and (word.rstrip(".,;") not in OFF_WORDS or first.lower() == word):
+        return Annotation(choices=_choices(spec))  # (`none | layer | rms`: a choice, not `off`)
     if word.rstrip(".,;") in OFF_WORDS:
         return Annotation(off=True)
-    if "|" in spec and ".." not in spec.split("|", 1)[0]:
-        return Annotation(choices=_choices(spec))
     r = re.match(r"(?P<lo>\S+?)\s*\.\.\s*(?P<hi>[^\s]+)(?P<rest>.*)$", spec)
     if not r:
         raise ValueError(f"expected `search: LOW..HIGH [log] [int] [step S]` or `search: A | B`, got {spec!r}")
