@@ -128,6 +128,16 @@ def test_annotated_ranges():
     assert param("MODE").choices == ("'fast'", "'slow'")
 
 
+def test_the_usual_names_of_a_log_scale_mean_log():
+    """`loguniform` (Optuna's and Ray Tune's word), `log-uniform`, `logscale`: a log scale, not
+    free text after a range searched on a linear scale."""
+    words = ["log", "LOG", "logarithmic", "loguniform", "log-uniform", "log_uniform", "logscale", "log-scale"]
+    s = space_of({"m.py": "".join(f"LR_{i} = 1e-3  # search: 1e-5..1e-1 {w}, as usual\n"
+                                  for i, w in enumerate(words)).encode()
+                          + b"LIN = 1e-3  # search: 1e-5..1e-1 uniform\n"})
+    assert [(p.name, p.log) for p in s.params] == [(f"LR_{i}", True) for i in range(len(words))] + [("LIN", False)]
+
+
 def test_text_may_follow_the_last_choice_as_it_may_follow_a_range():
     s = space_of({"m.py": b'OPT = "adamw"   # search: adamw | sgd     (strings only with choices)\n'
                           b'NAME = "a b"  # search: "a b" | "c d"  why\nBAD = 1  # search: 1 | (2, \n'})

@@ -42,6 +42,10 @@ from autoresearch.task import Task, list_files
 
 OFF_WORDS = {"off", "no", "skip", "fixed", "none"}
 OPTIONS = ["log", "linear", "int", "float", "step"]
+# what ML code calls a log scale (Optuna's and Ray Tune's `loguniform` among them): any other word
+# there is free text, so a synonym left out here would search the range on a linear scale
+LOG_WORDS = {"log", "logarithmic", "log-scale", "logscale", "log_scale", "loguniform", "log-uniform",
+             "log_uniform"}
 # `# search 1..10`, `# search= a | b`, `# search off`: meant as an annotation, the colon missing
 MALFORMED = re.compile(r"#\s*search\b\s*[=\-;,.]?\s*(?=\S+\s*(?:\.\.|\|)|(?:off|no|skip|fixed|none)\b)",
                        re.IGNORECASE)
@@ -99,8 +103,8 @@ def parse_annotation(comment: str) -> Annotation | None:
         w = words[i].lower().rstrip(",;")
         if not w[:1].isalpha():
             break  # free text after the options
-        if w in ("log", "linear", "logarithmic", "log-scale", "lin"):
-            log = w.startswith("log")
+        if w in LOG_WORDS or w in ("linear", "lin", "uniform"):
+            log = w in LOG_WORDS
         elif w in ("int", "float"):
             kind = w
         elif w == "step" and i + 1 < len(words):
