@@ -364,6 +364,8 @@ def from_annotation(const: Constant, ann: Annotation) -> dict[str, Any]:
             raise ValueError(f"no two whole numbers in {ann.low:g}..{ann.high:g}")
     if step:
         high = low + math.floor((high - low) / step + 1e-9) * step
+        if not low < high:  # (the search would only ever write LOW)
+            raise ValueError(f"`step {ann.step:g}` leaves one value in {ann.low:g}..{ann.high:g}")
     return {"kind": kind, "low": low, "high": high, "log": bool(ann.log), "step": step}
 
 
