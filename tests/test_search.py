@@ -157,6 +157,15 @@ def test_text_may_follow_the_last_choice_as_it_may_follow_a_range():
     assert "BAD" not in p
 
 
+def test_a_choice_given_twice_is_one_choice():
+    """`2 | 4 | 8 | 8` drew 8 twice as often as the others; `adamw | "adamw"` is one string."""
+    s = space_of({"m.py": b'N = 4  # search: 2 | 4 | 8 | 8\nOPT = "adamw"  # search: adamw | "adamw" | sgd\n'
+                          b"SAME = 1  # search: 1 | 1\n"})
+    assert s.get("N").choices == ("2", "4", "8") and s.get("OPT").choices == ("'adamw'", "'sgd'")
+    assert s.get("N").distribution().choices == ("2", "4", "8")
+    assert s.broken == [("m.py:3", "SAME: bad `# search:` comment: give at least two different choices, got '1 | 1'")]
+
+
 def test_a_first_choice_that_is_an_off_word_is_a_choice():
     """`none | layer | rms` lists choices (`None` among them is a value: no clipping); only
     `off` and its synonyms alone, or followed by free text, leave a constant out."""

@@ -151,9 +151,14 @@ def _choices(spec: str) -> tuple[str, ...]:
         if choice is None:
             raise ValueError(f"the choice {text!r} is not a Python literal")
         out.append(choice)
-    if len(set(out)) < 2:
+    # one of each value (`4 | 8 | 8`, `adamw | "adamw"`): a value given twice would be drawn twice as often
+    seen: dict[tuple[str, str], str] = {}
+    for choice in out:
+        value = value_of_text(choice)
+        seen.setdefault((type(value).__name__, repr(value)), choice)
+    if len(seen) < 2:
         raise ValueError(f"give at least two different choices, got {spec!r}")
-    return tuple(out)
+    return tuple(seen.values())
 
 
 # ---------------------------------------------------------------------------------------------
