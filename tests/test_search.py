@@ -6,11 +6,14 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+import signal
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import cli, git, make_task, script_agent
+from conftest import cli, git, make_task, script_agent, wait_for
 
 from autoresearch.agents.constants import apply_edits, scan_file
 from autoresearch.agents.search import SearchAgent
@@ -681,6 +684,36 @@ def test_widen_keeps_to_the_range_and_the_grid():
     logs = Param(key="L", name="L", path="e.py", line=1, kind="float", low=1e-4, high=1e-2, log=True)
     moves = [math.log10(y / 1e-3) / 2 for y in draws(logs, 1e-3, 1.01e-3)]  # shares of the log range
     assert 0.1 - 1e-9 <= min(moves) and max(moves) <= 0.2 + 1e-9
+
+
+def test_a_proposal_stopped_before_it_was_measured_may_be_made_again(tmp_path):
+    """Ctrl-C during trial 1 leaves its code unmeasured (interrupted): the resumed search may
+    propose it again. It was counted as tried, so in a space of two booleans one of the four
+    codes was never measured and the search said it had nothing left to propose."""
+    marker = tmp_path / "running"
+    repo = make_task(tmp_path / "t", toml_extra="", experiment=textwrap.dedent(f"""\
+        import os, time
+        A = False
+        B = False
+        if os.environ["AUTORESEARCH_TRIAL"] == "1":
+            open({str(marker)!r}, "w").close()
+            time.sleep(60)
+        print(f"loss: {{3 - A - 0.5 * B}}")
+        """))
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "s", "--trials", "5"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(marker)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        proc.kill()
+    r = cli("run", str(repo), "--tag", "s", "--trials", "5")
+    assert r.returncode == 0, r.stderr + r.stdout
+    trials = Ledger.read(repo, "s").trials()
+    assert trials[1].status is Status.INTERRUPTED
+    measured = {git(repo, "rev-parse", f"{t.commit}^{{tree}}") for t in trials if t.status in (Status.KEEP, Status.DISCARD)}
+    assert len(measured) == 4 and git(repo, "rev-parse", f"{trials[1].commit}^{{tree}}") in measured
 
 
 def test_an_exhausted_space_waits_for_the_trials_in_flight_before_it_ends_the_loop(tmp_path):

@@ -30,7 +30,8 @@ where a number was, a sign change) is left out of that trial.
 
 The ranges are fixed once, from the baseline's code (the first trial the agent is shown), so
 they do not drift with the best; constants that appear later are added with ranges inferred
-from their first value. Proposals never repeat the code of an earlier trial.
+from their first value. Proposals never repeat the code of an earlier trial (but of one
+interrupted before it was measured).
 """
 
 from __future__ import annotations
@@ -180,7 +181,8 @@ class SearchAgent(BaseAgent):
                              f"(see `autoresearch space {task.root}`)")
         self.study: Any = None
         self.pending: dict[int, Any] = {}  # loop trial number -> the Optuna trial it ran
-        self.seen: set[str] = set()  # digests of the editable files of every trial
+        self.seen: set[str] = set()  # digests of the editable files of every trial that ran
+        self._digests: dict[str, str] = {}  # commit -> the digest of its editable files
         self.worst: float | None = None
         self._values: dict[str, dict[str, Any]] = {}  # commit -> its constants, as sampled
         self._lock = threading.Lock()
@@ -252,6 +254,8 @@ class SearchAgent(BaseAgent):
                 if baseline.params:
                     self.space = baseline
             values = self._values_at(trial.commit)
+            if trial.status is not Status.INTERRUPTED:  # (stopped before it was measured: its code
+                self.seen.add(self._digests[trial.commit])  # is untried, a proposal may make it again)
             if value is None:
                 return
             if trial.parent and not self.record_all:
@@ -278,7 +282,7 @@ class SearchAgent(BaseAgent):
         """The searched constants at a commit, in the sampler's terms (clipped to the ranges)."""
         if commit not in self._values:
             files = self._files_at(commit)
-            self.seen.add(digest(files))
+            self._digests[commit] = digest(files)
             scans = scan_files(files)
             self.space.add(scans)
             values = {}
