@@ -533,6 +533,19 @@ def test_a_resumed_run_does_not_replay_the_first_runs_proposals(tmp_path):
     assert "tried already" not in logs
 
 
+def test_a_run_resumed_with_a_large_seed_proposes(tmp_path):
+    """A resumed run draws from a stream seeded by --seed and its first trial's number: from
+    --seed 4295 on, that seed was past what Optuna's samplers take, and the first trial of every
+    resumed run was an agent error (ValueError: Seed must be between 0 and 2**32 - 1)."""
+    repo = noisy_task(tmp_path / "t")
+    for _ in range(2):
+        r = cli("run", str(repo), "--tag", "s", "--trials", "2", "--seed", str(2**32 - 1))
+        assert r.returncode == 0, r.stderr[-2000:]
+    trials = Ledger.read(repo, "s").trials()
+    assert len(trials) == 5 and all(t.status in (Status.KEEP, Status.DISCARD) for t in trials), \
+        [(t.number, t.status, t.reason) for t in trials]
+
+
 def test_space_names_what_it_cannot_search_and_values_off_their_range(tmp_path):
     from autoresearch.agents.spaceview import space_table
 

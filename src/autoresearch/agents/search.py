@@ -205,7 +205,7 @@ class SearchAgent(BaseAgent):
         self._resumed = True
         if number <= 1:
             return
-        seed = self.seed * 1_000_003 + number
+        seed = (self.seed * 1_000_003 + number) % 2**32  # (Optuna's samplers take a seed below 2**32)
         self.rng = random.Random(seed)
         self._study().sampler = make_sampler(self.sampler, seed, {k: x for k, x in x0.items()
                                                                    if x is not None and not isinstance(x, (bool, str))})
