@@ -196,6 +196,22 @@ def test_values_written_back_compactly():
     assert param("NEG").sampled(0.5) is None and param("MODE").sampled("medium") is None
 
 
+def test_an_int_written_in_hex_octal_or_binary_keeps_its_base():
+    """`0x100` was written back as `512`: the style of the original, as `1_000` keeps its
+    underscores and `3e-3` its exponent."""
+    data = b"BUCKET = 0x100\nMASK_BITS = 0xFF  # search: 1..0x1ff\nMODE = 0o17\nFLAGS = -0b1010\nN = 3_000\n"
+    s = space_of({"m.py": data})
+    assert s.get("BUCKET").render(9, "0x100") == (512, "0x200")  # powers of two, as numbers
+    assert s.get("MASK_BITS").render(171, "0xFF")[1] == "0xAB"
+    assert s.get("MODE").render(9, "0o17")[1] == "0o11" and s.get("FLAGS").render(5, "-0b1010")[1] == "-0b101"
+    assert s.get("N").render(4500, "3_000")[1] == "4_500"
+    consts = {c.name: c for c in scan_file(data, "m.py").constants}
+    edits = [(consts[n].start, consts[n].end, s.get(n).render(x, consts[n].text)[1])
+             for n, x in (("BUCKET", 9), ("MASK_BITS", 171), ("MODE", 9), ("FLAGS", 5))]
+    assert {c.name: c.value for c in scan_file(apply_edits(data, edits), "m.py").constants} == \
+        {"BUCKET": 512, "MASK_BITS": 171, "MODE": 9, "FLAGS": -5, "N": 3000}
+
+
 def test_a_value_rounded_for_writing_stays_inside_its_range():
     """A float is written with few digits, but never rounded past an end of its range: near
     `0.9999` three digits make 1.0, a dropout that drops everything or an Adam beta2 that

@@ -119,7 +119,12 @@ def format_value(value: Any, template: str = "") -> str:
     if isinstance(value, bool):
         return repr(value)
     if isinstance(value, int):
-        return f"{value:_}" if "_" in template and not template.lstrip("-+").startswith("0x") else str(value)
+        radix = re.match(r"\s*[-+]?\s*0([xXoObB])", template)
+        if radix:  # 0x10 stays hexadecimal (0xFF in capitals: 0xAB), 0o17 octal, 0b1010 binary
+            digits = format(abs(value), radix.group(1).lower())
+            digits = digits.upper() if any(ch.isupper() for ch in template[radix.end():]) else digits
+            return ("-" if value < 0 else "") + "0" + radix.group(1) + digits
+        return f"{value:_}" if "_" in template else str(value)
     if isinstance(value, float):
         return format_float(value, sci="e" in template.lower() and "**" not in template)
     quote = re.match(r"\s*[rRuU]*(['\"])", template) if isinstance(value, str) else None
