@@ -590,6 +590,20 @@ def test_run_warns_of_a_search_comment_it_cannot_use(tmp_path):
     assert Ledger.read(repo, "s").trials()[1].description.startswith("X 1.0 -> ")
 
 
+def test_a_search_comment_on_the_line_above_its_constant_is_named_not_dropped(tmp_path):
+    """Only a comment at the end of a constant's line is read: one on the line above (where many
+    put their comments) left LR searched over the inferred range, and nothing said so."""
+    repo = make_task(tmp_path / "t", experiment="import os\n# the learning rate\n# search: 1e-4..1e-2 log\nLR = 3e-4\n"
+                                                "# search: off\nDEPTH = 4  # search: 2..8\n# Search: 0.1..0.9\n\nX = 0.5\n"
+                                                "print(f'loss: {X + LR}')\n")
+    note = "exp.py:3 the `# search:` comment above LR is not read (only one at the end of its line is): move it there"
+    r = cli("space", str(repo))
+    assert r.returncode == 0 and f"note: {note}" in r.stdout.splitlines(), r.stdout
+    assert "DEPTH" not in r.stdout.split("note:", 1)[1] and "exp.py:7" not in r.stdout  # its own comment is read; X's is not right above it
+    r = cli("run", str(repo), "--tag", "s", "--trials", "1")
+    assert r.returncode == 0 and f"autoresearch: warning: {note}" in r.stderr.splitlines(), r.stderr
+
+
 AFTER_CODE = b'''"""A script whose constants are not all at the top."""
 import os
 try:

@@ -171,6 +171,9 @@ class Constant:
 class FileScan:
     constants: list[Constant] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, why)
+    # `# search:` comments on a line of their own just above a constant (file:line, the constant):
+    # only a comment at the end of the constant's line is read, so it is searched as if unannotated
+    above: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _comments(data: bytes) -> dict[int, str]:
@@ -223,7 +226,7 @@ def scan_file(data: bytes, path: str) -> FileScan:
     for line in data[bom:].splitlines(keepends=True):
         starts.append(starts[-1] + len(line))
     seen: dict[str, int] = {}
-    found: list[tuple[str, ast.expr, bool]] = []  # (name, value, after the last code)
+    found: list[tuple[str, ast.expr, bool, int]] = []  # (name, value, after the last code, line)
     last = max((i for i, stmt in enumerate(tree.body) if runs_code(stmt)), default=len(tree.body))
     for i, stmt in enumerate(tree.body):
         targets: list[ast.expr] = []
@@ -237,14 +240,14 @@ def scan_file(data: bytes, path: str) -> FileScan:
         if (isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None
                 and len(targets) == 1 and isinstance(targets[0], ast.Name)
                 and NAME_RE.match(targets[0].id)):
-            found.append((targets[0].id, stmt.value, i > last))
+            found.append((targets[0].id, stmt.value, i > last, stmt.lineno))
         elif isinstance(stmt, ast.Assign) and any(NAME_RE.match(n) for n in names):
             shown = ", ".join(n for n in names if NAME_RE.match(n))
             how = "unpacked together" if any(isinstance(t, (ast.Tuple, ast.List)) for t in targets) else "chained"
             scan.skipped.append((f"{path}:{stmt.lineno}", f"{shown}: {how} (write one constant per line "
                                                            "to search it)"))
     code_line = tree.body[last].lineno if last < len(tree.body) else 0
-    for name, node, after in found:
+    for name, node, after, first in found:
         where = f"{path}:{node.lineno}"
         if seen[name] > 1:
             scan.skipped.append((where, f"{name}: assigned more than once"))
@@ -266,7 +269,22 @@ def scan_file(data: bytes, path: str) -> FileScan:
             name=name, path=path, line=node.lineno, start=start, end=end,
             text=data[start:end].decode("utf-8"), value=value,
             comment=comment, power_base=power_form(node)))
+        if not ANNOTATION.search(comment):
+            scan.above += [(f"{path}:{n}", name) for n in _comment_block(data, starts, comments, first)
+                           if ANNOTATION.match(comments[n])]
     return scan
+
+
+ANNOTATION = re.compile(r"#\s*search\s*:", re.IGNORECASE)
+
+
+def _comment_block(data: bytes, starts: list[int], comments: dict[int, str], line: int) -> list[int]:
+    """The lines of the comments on lines of their own right above `line` (1-based)."""
+    out = []
+    while line > 1 and (line - 1) in comments and data[starts[line - 2]:starts[line - 1]].lstrip().startswith(b"#"):
+        line -= 1
+        out.append(line)
+    return out
 
 
 def apply_edits(data: bytes, edits: list[tuple[int, int, str]]) -> bytes:

@@ -46,7 +46,7 @@ from typing import Any
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
 from autoresearch.agents.constants import Constant, apply_edits, short
-from autoresearch.agents.space import Param, editable_sources, scan_files, space_of
+from autoresearch.agents.space import Param, above_note, editable_sources, scan_files, space_of
 from autoresearch.errors import UsageError
 from autoresearch.records import Status, Trial
 from autoresearch.task import Task
@@ -192,9 +192,10 @@ class SearchAgent(BaseAgent):
         self.widened = 0  # proposals with a step widened past MIN_MOVE
 
     def preflight(self) -> list[str]:
-        """A `# search:` comment that could not be used: the constant is left as it is."""
+        """A `# search:` comment that could not be used (the constant is left as it is), or that is
+        not read (on the line above its constant)."""
         return [f"not searched: {where} {why}; it keeps its value (see `autoresearch space`)"
-                for where, why in self.space.broken]
+                for where, why in self.space.broken] + [f"{where} {above_note(name)}" for where, name in self.space.above]
 
     # -- the study ----------------------------------------------------------------------------
 

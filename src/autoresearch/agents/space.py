@@ -415,6 +415,7 @@ class Space:
     # of those, the constants whose `# search:` comment could not be used (BadAnnotation: said
     # when a run starts)
     broken: list[tuple[str, str]] = field(default_factory=list)
+    above: list[tuple[str, str]] = field(default_factory=list)  # FileScan.above's
     files: list[str] = field(default_factory=list)
 
     def get(self, key: str) -> Param:
@@ -458,7 +459,13 @@ class Space:
                 keys.add(key)
                 new.append(p)
             self.skipped.extend(s for s in scan.skipped if s not in self.skipped)
+            self.above.extend(a for a in scan.above if a not in self.above)
         return new
+
+
+def above_note(name: str) -> str:
+    """What `space` and `run` say of a `# search:` comment on the line above constant `name`."""
+    return f"the `# search:` comment above {name} is not read (only one at the end of its line is): move it there"
 
 
 def editable_sources(root: Path, task: Task) -> dict[str, bytes]:

@@ -10,7 +10,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from autoresearch.agents.constants import FileScan, short
-from autoresearch.agents.space import Param, Space, editable_sources, scan_files, space_of
+from autoresearch.agents.space import (
+    Param,
+    Space,
+    above_note,
+    editable_sources,
+    scan_files,
+    space_of,
+)
 from autoresearch.errors import UsageError
 from autoresearch.task import Task, load_task
 
@@ -38,6 +45,7 @@ def space_table(space: Space, baseline: dict[str, str] | None = None) -> str:
         note = _note(p)
         if note:
             lines.append(f"note: {p.path}:{p.line} {p.name} = {' '.join(p.text.split())[:24]} is {note}")
+    lines += [f"note: {where} {above_note(name)}" for where, name in space.above]
     return "\n".join(lines)
 
 
