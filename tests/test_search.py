@@ -108,7 +108,8 @@ def test_inferred_ranges_keep_what_ml_constants_mean():
     """A momentum or beta near 1 moves by its distance to 1; a rate or a fraction stays below
     1; a width that is a power of two stays one; a seed is not tuned unless annotated."""
     s = space_of({"m.py": b"MOMENTUM = 0.9\nBETA2 = 0.999\nDROPOUT = 0.5\nN_EMBD = 128\nN_HEAD = 4\n"
-                          b"SEED = 1337\nDATA_SEED = 3  # search: 1..9\nLR = 3e-4  # SEARCH: 1e-4..1e-3 logarithmic\n"})
+                          b"SEED = 1337\nDATA_SEED = 3  # search: 1..9\nLR = 3e-4  # SEARCH: 1e-4..1e-3 logarithmic\n"
+                          b"RANDOM_STATE = 42\nSPLIT_RANDOM_STATE = 0\n"})
     p = {x.name: x for x in s.params}
     assert (round(p["MOMENTUM"].low, 6), round(p["MOMENTUM"].high, 6), p["MOMENTUM"].log) == (0.6, 0.975, False)
     assert (round(p["BETA2"].low, 6), round(p["BETA2"].high, 6)) == (0.996, 0.99975)
@@ -118,6 +119,7 @@ def test_inferred_ranges_keep_what_ml_constants_mean():
     assert (p["N_HEAD"].low, p["N_HEAD"].high) == (2, 8)
     assert "SEED" not in p and "DATA_SEED" in p
     assert any("SEED: a seed" in f"{w} {why}" for w, why in s.skipped)
+    assert "RANDOM_STATE" not in p and "SPLIT_RANDOM_STATE" not in p  # scikit-learn's name for a seed
     assert (p["LR"].low, p["LR"].high, p["LR"].log, p["LR"].annotated) == (1e-4, 1e-3, True, True)
 
 

@@ -12,7 +12,8 @@ comment gives their choices. The range comes from a trailing comment:
     SEED = 42        # search: off
 
 and is otherwise inferred from the value (`infer`; the rules, with examples, are in
-docs/search.md); a seed (`SEED`, `*_SEED`) is searched only when annotated.
+docs/search.md); a seed (`SEED`, `*_SEED`, scikit-learn's `RANDOM_STATE`) is searched only when
+annotated.
 
 Nothing here imports Optuna except `Param.distribution`. Reading and writing the constants'
 text is `autoresearch.agents.constants`'s.
@@ -388,7 +389,7 @@ def make_param(const: Constant, key: str) -> Param:
         raise BadAnnotation(f"bad `# search:` comment: {e}") from None
     if ann is not None and ann.off:
         raise ValueError("`# search: off`")
-    if ann is None and (const.name == "SEED" or const.name.endswith("_SEED")):
+    if ann is None and (const.name in ("SEED", "RANDOM_STATE") or const.name.endswith(("_SEED", "_RANDOM_STATE"))):
         raise ValueError("a seed: tuning it fits the noise (annotate it to search it anyway)")
     if ann is None:
         spec = infer(const)
