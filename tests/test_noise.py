@@ -76,6 +76,20 @@ def test_repeats_noise_and_confirm_end_to_end(tmp_path: Path) -> None:
     assert sorted(p.name for p in (root / ".autoresearch" / "t" / "runs").iterdir()) == ["2"]
 
 
+def test_repeats_of_the_largest_seed_stay_below_2_to_the_32(tmp_path: Path) -> None:
+    """--seed takes what numpy takes (below 2**32); the baseline's repeats and a candidate's
+    confirmation runs went on past it (seed 2**32 for the second run), where np.random.seed()
+    raises and the baseline failed."""
+    root = make_task(tmp_path / "task", experiment=(
+        "import os\nSEED = int(os.environ['AUTORESEARCH_SEED'])\nassert 0 <= SEED < 2**32, SEED  # as numpy checks\n"
+        "X = 1.0\nprint(f'loss: {X + SEED % 7 / 1000}')\nprint(f'seed_seen: {SEED}')\n"),
+        toml_extra='[acceptance]\nbaseline_runs = 3\n' + METRIC + 'record = ["seed_seen"]\n')
+    r = cli("run", str(root), "--tag", "t", "--trials", "0", "--seed", str(2**32 - 1))
+    assert r.returncode == 0, r.stderr
+    (base,) = trials(root)
+    assert [x["seed_seen"] for x in base.repeats] == [2**32 - 1, 0, 1]
+
+
 WILD = """\
 import os
 SEED = int(os.environ["AUTORESEARCH_SEED"])

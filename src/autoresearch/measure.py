@@ -78,21 +78,23 @@ class Measurer:
 
     def repeats(self, at: Place, t: Trial, commit: str, runs: int, first_seed: int,
                 offset: int = 0) -> Measurement:
-        """Run the experiment `runs` times (seeds first_seed, first_seed+1, ...); figures are the
-        means, each run's own in `repeats`. Stops at the first run that fails."""
+        """Run the experiment `runs` times (seeds first_seed, first_seed+1, ... below 2**32, as
+        --seed is: what numpy takes); figures are the means, each run's own in `repeats`. Stops
+        at the first run that fails."""
         repeats: list[dict[str, float]] = []
         seconds = 0.0
         for i in range(runs):
-            which = f" (run {offset + i + 1} of {offset + runs}, seed {first_seed + i})" if runs > 1 or offset else ""
+            seed = (first_seed + i) % 2**32
+            which = f" (run {offset + i + 1} of {offset + runs}, seed {seed})" if runs > 1 or offset else ""
             self.events.phase(t.number, f"running{which}", self.task.time_budget)
-            m = self.once(at, t, commit, first_seed + i, offset + i)
+            m = self.once(at, t, commit, seed, offset + i)
             seconds += m.seconds
             if m.status is not None:
                 m.seconds = seconds
                 if runs > 1 or offset:  # which of them, and its own log
                     index = offset + i
                     m.log = str(self.log(t.number, f".{index}" if index else ""))
-                    m.reason = f"run {i + 1} of {runs} (seed {first_seed + i}, log {Path(m.log).name}): {m.reason}"
+                    m.reason = f"run {i + 1} of {runs} (seed {seed}, log {Path(m.log).name}): {m.reason}"
                 return m
             repeats.append(m.figures)
         return Measurement(None, mean_figures(repeats), "", seconds, repeats)
