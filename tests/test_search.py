@@ -140,8 +140,8 @@ def test_a_step_that_leaves_one_value_in_the_range_is_a_bad_comment():
                           b"C = 7  # search: 1..10 int step 9\nD = 0.5  # search: 0..1 step 1\n"})
     assert [p.name for p in s.params] == ["C", "D"]  # 1 and 10; 0.0 and 1.0
     assert (s.get("C").low, s.get("C").high, s.get("D").high) == (1, 10, 1.0)
-    assert s.broken == [("m.py:1", "A: `step 20` leaves one value in 1..10"),
-                        ("m.py:2", "B: `step 2` leaves one value in 0..1")]
+    assert s.broken == [("m.py:1", "A: bad `# search:` comment: `step 20` leaves one value in 1..10"),
+                        ("m.py:2", "B: bad `# search:` comment: `step 2` leaves one value in 0..1")]
 
 
 def test_the_usual_names_of_a_log_scale_mean_log():

@@ -397,7 +397,7 @@ def make_param(const: Constant, key: str) -> Param:
         try:
             spec = from_annotation(const, ann)
         except ValueError as e:
-            raise BadAnnotation(str(e)) from None
+            raise BadAnnotation(f"bad `# search:` comment: {e}") from None
     p = Param(key=key, name=const.name, path=const.path, line=const.line, annotated=ann is not None,
               value=const.value, text=const.text, **spec)
     if p.kind == "float":
