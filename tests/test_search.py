@@ -592,6 +592,21 @@ def test_run_warns_of_a_search_comment_it_cannot_use(tmp_path):
     assert Ledger.read(repo, "s").trials()[1].description.startswith("X 1.0 -> ")
 
 
+def test_run_warns_of_an_annotated_constant_it_leaves_out(tmp_path):
+    """A constant with a `# search:` comment is meant to be tuned: assigned twice (`LR = LR *
+    BATCH / 256` below it), unpacked, or after the last code, it was left out with a word from
+    `space` only, none at `run`. One whose comment turns it off is not warned of."""
+    repo = make_task(tmp_path / "t", experiment="LR = 3e-4  # search: 1e-4..1e-3 log\nBATCH = 64\nLR = LR * BATCH / 256\n"
+                                                "A, B = 1, 2  # search: 1..4\nWD = 0.1  # search: off\nWD = 0.2\nX = 1.0\n"
+                                                "print(f'loss: {X + LR}')\nLATE = 3  # search: 1..9\nLATER = 3  # search off\n")
+    r = cli("run", str(repo), "--tag", "s", "--trials", "1")
+    assert r.returncode == 0, r.stderr + r.stdout
+    warned = [line.split(" not searched: ")[1].split(";")[0] for line in r.stderr.splitlines() if "not searched" in line]
+    assert warned == ["exp.py:4 A, B: unpacked together (write one constant per line to search it)",
+                      "exp.py:1 LR: assigned more than once",
+                      "exp.py:9 LATE: after the last statement that runs code (line 8)"], r.stderr
+
+
 def test_a_search_comment_on_the_line_above_its_constant_is_named_not_dropped(tmp_path):
     """Only a comment at the end of a constant's line is read: one on the line above (where many
     put their comments) left LR searched over the inferred range, and nothing said so."""

@@ -174,6 +174,13 @@ class FileScan:
     # `# search:` comments on a line of their own just above a constant (file:line, the constant):
     # only a comment at the end of the constant's line is read, so it is searched as if unannotated
     above: list[tuple[str, str]] = field(default_factory=list)
+    # of `skipped`, those whose line has a `# search` comment: (where, why, the comment)
+    annotated: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def skip(self, where: str, why: str, comment: str = "") -> None:
+        self.skipped.append((where, why))
+        if re.search(r"\bsearch\b", comment, re.IGNORECASE):
+            self.annotated.append((where, why, comment))
 
 
 def _comments(data: bytes) -> dict[int, str]:
@@ -244,26 +251,26 @@ def scan_file(data: bytes, path: str) -> FileScan:
         elif isinstance(stmt, ast.Assign) and any(NAME_RE.match(n) for n in names):
             shown = ", ".join(n for n in names if NAME_RE.match(n))
             how = "unpacked together" if any(isinstance(t, (ast.Tuple, ast.List)) for t in targets) else "chained"
-            scan.skipped.append((f"{path}:{stmt.lineno}", f"{shown}: {how} (write one constant per line "
-                                                           "to search it)"))
+            scan.skip(f"{path}:{stmt.lineno}", f"{shown}: {how} (write one constant per line to search it)",
+                      comments.get(stmt.end_lineno or stmt.lineno, ""))
     code_line = tree.body[last].lineno if last < len(tree.body) else 0
     for name, node, after, first in found:
         where = f"{path}:{node.lineno}"
-        if seen[name] > 1:
-            scan.skipped.append((where, f"{name}: assigned more than once"))
-            continue
         end_line = node.end_lineno or node.lineno
+        comment = comments.get(end_line, "")
+        if seen[name] > 1:
+            scan.skip(where, f"{name}: assigned more than once", comment)
+            continue
         start = starts[node.lineno - 1] + node.col_offset
         end = starts[end_line - 1] + (node.end_col_offset or 0)
         try:
             value = value_of(node)
         except NotLiteral:
             value = NotLiteral
-        comment = comments.get(end_line, "")
         if after:
             if value is not NotLiteral or re.search(r"\bsearch\b", comment, re.IGNORECASE):
-                scan.skipped.append((where, f"{name}: after the last statement that runs code "
-                                            f"(line {code_line}); move it up to search it"))
+                scan.skip(where, f"{name}: after the last statement that runs code (line {code_line}); move "
+                          "it up to search it", comment)
             continue
         scan.constants.append(Constant(
             name=name, path=path, line=node.lineno, start=start, end=end,

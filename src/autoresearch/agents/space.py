@@ -460,8 +460,18 @@ class Space:
                 keys.add(key)
                 new.append(p)
             self.skipped.extend(s for s in scan.skipped if s not in self.skipped)
+            for where, why, comment in scan.annotated:  # meant to be searched: said at run too
+                if not _off(comment) and (where, why) not in self.broken:
+                    self.broken.append((where, why))
             self.above.extend(a for a in scan.above if a not in self.above)
         return new
+
+
+def _off(comment: str) -> bool:
+    try:
+        return (ann := parse_annotation(comment)) is None or ann.off
+    except ValueError:  # (`# search off`: the colon missing, but off)
+        return bool(re.search(rf"search\W*(?:{'|'.join(OFF_WORDS)})\b", comment, re.IGNORECASE))
 
 
 def above_note(name: str) -> str:
