@@ -256,6 +256,14 @@ def test_long_descriptions_fit_the_ledger():
     assert re.search(r"\(\+\d+ more\)$", text)
 
 
+def test_a_type_declared_before_the_value_is_no_second_assignment():
+    """`LR: float` alone declares a type; `LR = 0.01` below it was taken for a second
+    assignment, and LR was not searched. `M += 1` still is one."""
+    s = space_of({"m.py": b"LR: float\nLR = 0.01\nN: int\nN = 4  # search: 2..8\nM: int = 3\nM += 1\nprint(LR)\n"})
+    assert [p.name for p in s.params] == ["LR", "N"] and s.get("N").high == 8
+    assert s.skipped == [("m.py:5", "M: assigned more than once")]
+
+
 def test_same_name_in_two_files_is_kept_apart():
     s = space_of({"a.py": b"LR = 0.1\n", "b.py": b"LR = 0.2\nWD = 0.1\n"})
     assert sorted(p.key for p in s.params) == ["WD", "a.py:LR", "b.py:LR"]

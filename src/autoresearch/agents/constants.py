@@ -239,8 +239,8 @@ def scan_file(data: bytes, path: str) -> FileScan:
         targets: list[ast.expr] = []
         if isinstance(stmt, ast.Assign):
             targets = stmt.targets
-        elif isinstance(stmt, (ast.AnnAssign, ast.AugAssign)):
-            targets = [stmt.target]
+        elif isinstance(stmt, ast.AugAssign) or (isinstance(stmt, ast.AnnAssign) and stmt.value is not None):
+            targets = [stmt.target]  # (`LR: float` alone declares a type: no assignment)
         names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
         for n in names:
             seen[n] = seen.get(n, 0) + 1
