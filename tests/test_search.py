@@ -226,6 +226,9 @@ def test_a_value_rounded_for_writing_stays_inside_its_range():
             assert p.low <= value <= p.high and float(text) == value, (p.name, x, text)
     assert s.get("BETA2").render(0.99986)[1] == "0.9999"
     assert s.get("DROPOUT").render(0.5004)[1] == "0.5"  # inside: as few digits as before
+    # an end that is itself rounded (3 * 0.3 is 0.8999999999999999) is written as the grid has it
+    grid = space_of({"m.py": b"X = 0.3  # search: 0..1 step 0.3\n"}).get("X")
+    assert grid.high == 3 * 0.3 and grid.render(grid.high, "0.3") == (0.9, "0.9")
 
 
 def test_rewriting_changes_only_the_literals():

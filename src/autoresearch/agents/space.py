@@ -248,10 +248,11 @@ class Param:
         sci = "e" in template.lower() and "**" not in template
         digits = self.digits
         text = format_float(f, digits, sci)
-        # more digits while the text is off the step's grid, or rounded past an end of the range
-        # (0.99995 to three digits is 1.0, out of `0.99..0.9999`: a beta or a dropout of 1)
+        # more digits while off the step's grid, or rounded past an end of the range (0.99986 is 1.0,
+        # out of `0.99..0.9999`) by more than the end's own rounding (`0..1 step 0.3`: 0.8999999999999999)
+        slack = 1e-9 * (self.high - self.low)
         while digits < 17 and (self.step and abs(float(text) - f) > self.step * 1e-3
-                               or not self.low <= self.sign * float(text) <= self.high):
+                               or not self.low - slack <= self.sign * float(text) <= self.high + slack):
             digits += 1
             text = format_float(f, digits, sci)
         return float(text), text
