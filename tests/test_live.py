@@ -33,6 +33,22 @@ def test_live_view_prints_plain_lines_when_not_a_terminal(ran) -> None:
     assert "best loss 2.25 (trial 4)" in out
 
 
+def test_plain_lines_carry_no_terminal_escape_from_a_file_name_an_agent_chose(tmp_path: Path) -> None:
+    """A reason names the file an agent created outside the editable scope; in a `nohup` log
+    read with `tail -f`, escapes in that name would set the window title and clear the screen."""
+    repo = new_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "agent.sh", """\
+        sed -i 's/^X = .*/X = 2.0/' exp.py
+        echo x > $'\\e]0;PWNED\\a\\e[2Jplanted.txt'
+        echo lower X
+        """)
+    r = subprocess.run([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t", "--agent", "cli",
+                        "--agent-cmd", agent, "--trials", "1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "[trial 1] rejected" in r.stdout and "planted.txt, outside the editable scope" in r.stdout
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout, r.stdout
+
+
 def test_make_events_picks_plain_lines_off_a_terminal(ran) -> None:
     from autoresearch.events import PlainEvents
     from autoresearch.report.live import make_events

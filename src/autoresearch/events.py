@@ -9,7 +9,7 @@ import time
 from typing import Protocol, TextIO
 
 from autoresearch.prompt import fmt
-from autoresearch.records import Trial
+from autoresearch.records import Trial, printable
 
 TIMED = ("running", "evaluating", "confirming")  # the phases an experiment's time runs in
 
@@ -107,10 +107,12 @@ class PlainEvents:
 
     def _print(self, text: str) -> None:
         """One event, stamped with the time of day (a night's log read in the morning). A
-        terminal that went away (SIGHUP, a closed pipe) is not a reason to fail the loop."""
+        terminal that went away (SIGHUP, a closed pipe) is not a reason to fail the loop. Terminal
+        escapes are taken out: a reason or warning may name a file an agent created, and the log
+        may be read with `tail -f` (a name could set the window title or clear the screen)."""
         with self._lock:
             try:
-                print(time.strftime("%H:%M:%S ") + text, file=self.out, flush=True)
+                print(time.strftime("%H:%M:%S ") + printable(text), file=self.out, flush=True)
             except (OSError, ValueError):
                 pass
 
