@@ -230,3 +230,49 @@ def test_a_poll_reads_the_ledger_again_only_once_it_was_written(ran, monkeypatch
     with contextlib.closing(sqlite3.connect(tag_dir(repo, "t") / "ledger.sqlite")) as db, db:
         db.execute("UPDATE trials SET status = 'discard' WHERE number = 1")  # (as a loop writes: WAL)
     assert live.state()["version"] != first["version"] and len(reads) == 2
+
+
+def test_serve_says_when_the_loop_was_killed_with_its_trial_in_flight(tmp_path: Path) -> None:
+    """A loop killed with SIGKILL (the OOM killer, overnight) leaves its trial `running` in the
+    ledger and writes nothing more: the page said "in flight: trial 1: agent thinking for 9000 s"
+    for ever (status said the loop was gone). It now says no loop is running, and reloads."""
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    repo = new_task(tmp_path / "task")
+    server = subprocess.Popen([sys.executable, "-m", "autoresearch", "serve", str(repo), "--tag", "t", "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    loop = None
+    try:
+        base = re.search(r"http://127\.0\.0\.1:\d+/[\w-]{16}/", server.stdout.readline()).group(0)  # type: ignore[union-attr]
+        agent = script_agent(tmp_path / "slow.sh", 'if [ "$AUTORESEARCH_TRIAL" = 1 ]; then sleep 60; fi\n' + AGENT)
+        loop = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "t", "--agent", "cli",
+                                 "--agent-cmd", agent, "--trials", "1"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env={**os.environ, "NASTY": NASTY})
+        deadline = time.monotonic() + 60
+        state = json.loads(get(base + "state.json")[1])
+        while [r["number"] for r in state["running"]] != [1] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            state = json.loads(get(base + "state.json")[1])
+        assert [r["phase"] for r in state["running"]] == ["agent thinking"] and not state.get("left"), state
+        with Browser(binary, loopback=True) as browser:
+            browser.open(base)
+            time.sleep(2.5)  # a poll
+            browser.settle()
+            live = "document.getElementById('live').textContent"
+            assert "in flight: trial 1: agent thinking" in browser.eval(live)
+            loop.kill()
+            loop.wait(timeout=10)
+            state = json.loads(get(base + "state.json")[1])
+            assert state["running"][0]["phase"] == "left running by a loop that is gone (killed?)", state
+            assert state["left"]
+            time.sleep(5)  # the page reloads (its version changed) and polls again
+            browser.settle()
+            said = browser.eval(live)
+            assert "no loop is running: trial 1 left running" in said and "agent thinking" not in said, said
+            assert browser.eval("document.body.dataset.version") == state["version"]
+    finally:
+        if loop is not None and loop.poll() is None:
+            loop.kill()
+        server.terminate()
+        server.wait(timeout=10)

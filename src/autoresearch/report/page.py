@@ -81,9 +81,11 @@ LIVE_JS = """
     fetch('state.json', {cache: 'no-store'}).then(function(r){ return r.json(); }).then(function(s){
       if (s.version !== version) { location.reload(); return; }
       var parts = s.running.map(function(t){
-        return 'trial ' + t.number + ': ' + t.phase + ' for ' + Math.round(s.now - t.started) + ' s';
+        return 'trial ' + t.number + (s.left ? '' : ': ' + t.phase + ' for ' + Math.round(s.now - t.started) + ' s');
       });
-      say((parts.length ? 'in flight: ' + parts.join('; ') : 'no trial in flight') +
+      say((s.left ? 'no loop is running: ' + parts.join(', ') + ' left running by a loop that is gone (killed?); ' +
+                    '`autoresearch run` on this tag records it as interrupted'
+           : parts.length ? 'in flight: ' + parts.join('; ') : 'no trial in flight') +
           ' \\u00b7 updated ' + new Date(s.now * 1000).toLocaleTimeString());
       setTimeout(poll, 2000);
     }).catch(function(){ say('the server is not answering; retrying'); setTimeout(poll, 5000); });
@@ -339,7 +341,8 @@ def render(study: Study, png: bytes, live: bool = False) -> str:
     image = base64.b64encode(png).decode("ascii")
     generated = time.strftime("%Y-%m-%d %H:%M:%S")
     goal = "lower is better" if study.minimize else "higher is better"
-    running = "".join(f"<li>trial {t.number} in flight</li>" for t in study.running)
+    gone = "left running by a loop that is gone (killed?): `autoresearch run` on this tag records it as interrupted"
+    running = "".join(f"<li>trial {t.number} {'in flight' if study.looping else gone}</li>" for t in study.running)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{csp}">

@@ -26,11 +26,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from autoresearch.errors import UsageError
-from autoresearch.ledger import LedgerNotReady, list_tags, tag_dir
+from autoresearch.ledger import Ledger, LedgerNotReady, list_tags, tag_dir
 from autoresearch.records import Trial
 from autoresearch.report.study import Study, load_study
 
 WAITING = "waiting"
+LEFT = "left running by a loop that is gone (killed?)"  # the phase of a running trial no loop holds
 REREAD = 20.0  # seconds a ledger whose files have not moved is not read again
 
 
@@ -87,14 +88,20 @@ class LiveReport:
             return None
 
     def _stamp(self) -> object:
-        """The tag's ledger files' sizes and times: they move with every write."""
+        """The tag's ledger files' sizes and times: they move with every write; and whether a
+        loop holds the tag (one killed with SIGKILL writes nothing, and leaves its trial running)."""
         out: list[object] = [self.tag]
+        try:
+            folder = tag_dir(self.root, self.tag or "")
+        except (ValueError, UsageError):
+            return (self.tag, None)
         for name in ("ledger.sqlite", "ledger.sqlite-wal"):
             try:
-                st = (tag_dir(self.root, self.tag or "") / name).stat()
+                st = (folder / name).stat()
                 out.append((st.st_size, st.st_mtime_ns, st.st_ino))
-            except (OSError, ValueError, UsageError):
+            except OSError:
                 out.append(None)
+        out.append(Ledger.loop_running(folder))
         return tuple(out)
 
     def state(self) -> dict[str, object]:
@@ -104,11 +111,14 @@ class LiveReport:
         if study is None:
             return {"version": WAITING, "now": now, "running": [], "trials": 0}
         best = study.best
+        # trials the ledger holds as running while no loop holds the tag: its loop was killed
+        # (status says so too); they are no longer in flight
+        left = bool(study.running) and not study.looping
         return {"version": study.version(), "now": now, "trials": len(study.finished),
-                "kept": len(study.kept), "metric": study.metric,
+                "kept": len(study.kept), "metric": study.metric, "left": left,
                 "best": None if best is None else {"number": best.number, "value": best.metric},
-                "running": [{"number": t.number, "started": t.started, "phase": _phase(Path(study.source), t)}
-                            for t in study.running]}
+                "running": [{"number": t.number, "started": t.started,
+                             "phase": LEFT if left else _phase(Path(study.source), t)} for t in study.running]}
 
     def build(self) -> tuple[str, bytes, bytes]:
         from autoresearch.report.page import render, waiting_page

@@ -132,12 +132,13 @@ class Study:
         return sum(t.tokens_in for t in self.trials), sum(t.tokens_out for t in self.trials)
 
     def version(self) -> str:
-        """Changes whenever a trial starts or finishes (for live pages)."""
+        """Changes whenever a trial starts or finishes, or the loop running one is gone (for
+        live pages)."""
         import hashlib
 
         # not the phase of a running trial: the page shows that from state.json, no reload
         key = repr([(t.number, t.status.value, t.metric) for t in self.trials])
-        return hashlib.sha1(f"{self.tag}{key}{self.noise}".encode()).hexdigest()[:16]
+        return hashlib.sha1(f"{self.tag}{key}{self.noise}{self.looping}".encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------
