@@ -314,3 +314,15 @@ def test_an_agent_errors_reason_is_shown_once(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     row = next(x for x in (tmp_path / "r" / "report.html").read_text().split("<tr ") if x.startswith('class="row-agent_error"'))
     assert row.count("the model is tired today") == 1, row
+
+
+def test_a_gain_against_a_figure_of_zero_has_no_percentage(tmp_path: Path) -> None:
+    """A score that starts at 0 (a reward, a signed error): the page said a gain of 0.5 over
+    the baseline was "+0.00%", which reads as no gain at all; the terminal says no percentage."""
+    repo = new_task(tmp_path / "task")
+    write_trials(repo, "t", [("keep", 0.0), ("keep", -0.5), ("keep", -1.0)]).close()
+    r = cli("report", str(repo), "--tag", "t", "--out", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "0.00%" not in page
+    assert re.search(r'<b>gain over the baseline</b><span><span class="good">-1</span>', page), page

@@ -110,7 +110,7 @@ def gain_html(study: Study, t: Trial, ref: Trial | None) -> str:
         return ""
     delta, pct = g
     cls = "good" if study.improved(delta) else "bad" if delta else ""
-    return f'<span class="{cls}">{delta:+.6g} ({pct:+.2f}%)</span>'
+    return f'<span class="{cls}">{delta:+.6g}' + ("" if pct is None else f" ({pct:+.2f}%)") + "</span>"
 
 
 def figure_names(study: Study) -> list[str]:

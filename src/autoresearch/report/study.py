@@ -98,12 +98,13 @@ class Study:
         return next((p for p in self.finished if p.commit == t.parent and p.status is Status.KEEP
                      and p.number != t.number), None)
 
-    def gain(self, t: Trial, ref: Trial | None) -> tuple[float, float] | None:
-        """`t`'s change of the metric against `ref`: (delta, percent); None when unknown."""
+    def gain(self, t: Trial, ref: Trial | None) -> tuple[float, float | None] | None:
+        """`t`'s change of the metric against `ref`: (delta, percent; None against a figure of
+        0, where a percentage means nothing); None when unknown."""
         if ref is None or t.metric is None or ref.metric is None or ref is t:
             return None
         delta = t.metric - ref.metric
-        return delta, (100 * delta / abs(ref.metric) if ref.metric else 0.0)
+        return delta, (100 * delta / abs(ref.metric) if ref.metric else None)
 
     def tally(self) -> tuple[int, int, int]:
         """(experiments, kept improvements, interrupted): the finished trials but the
