@@ -326,3 +326,22 @@ def test_a_gain_against_a_figure_of_zero_has_no_percentage(tmp_path: Path) -> No
     page = (tmp_path / "r" / "report.html").read_text()
     assert "0.00%" not in page
     assert re.search(r'<b>gain over the baseline</b><span><span class="good">-1</span>', page), page
+
+
+def test_a_gain_of_many_decades_is_said_in_a_few_figures(tmp_path: Path) -> None:
+    """A metric that blew up (a reward gamed to 1e300, a loss to -1e300): every line of `run`,
+    `status` and the page printed the gain in percent as a number of 300 digits."""
+    repo = make_task(tmp_path / "task")
+    agent = tmp_path / "a.sh"
+    agent.write_text("#!/bin/sh\nsed -i 's/^print(f\"loss: {loss}\")/print(\"loss: -1e300\")/' exp.py\necho gamed\n")
+    agent.chmod(0o755)
+    run = cli("run", str(repo), "--tag", "t", "--agent-cmd", str(agent), "--trials", "1")
+    assert run.returncode == 0, run.stderr
+    assert "-1e+300, -1.67e+301% vs baseline" in run.stdout, run.stdout
+    status = cli("status", str(repo), "--tag", "t").stdout
+    r = cli("report", str(repo), "--tag", "t", "--out", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "-1e+300 (-1.67e+301%)" in page
+    for text in (run.stdout, status, page):
+        assert not re.search(r"\d{20}", text), text

@@ -78,13 +78,19 @@ def dollars(amount: float) -> str:
     return f"${amount:,.2f}" if amount >= 1 or amount <= 0 else f"${amount:.4f}"
 
 
+def percent(value: float) -> str:
+    """A gain in percent: two decimals, or three figures past a million percent (a metric that
+    blew up to 1e300 printed a number of 300 digits in every line)."""
+    return f"{value:+.2f}%" if abs(value) < 1e6 else f"{value:+.3g}%"
+
+
 def gain_text(best: Trial, baseline: Trial | None, minimize: bool) -> str:
     if baseline is None or baseline.metric is None or best.metric is None or baseline.number == best.number:
         return ""
     delta = best.metric - baseline.metric
     if not baseline.metric:  # a percentage of 0 means nothing
         return f" ({delta:+.6g} vs baseline)"
-    return f" ({delta:+.6g}, {100 * delta / abs(baseline.metric):+.2f}% vs baseline)"
+    return f" ({delta:+.6g}, {percent(100 * delta / abs(baseline.metric))} vs baseline)"
 
 
 class PlainEvents:

@@ -10,7 +10,7 @@ import time
 from html import escape
 
 from autoresearch.decide import noise_groups
-from autoresearch.events import dollars
+from autoresearch.events import dollars, percent
 from autoresearch.ledger import clean_text
 from autoresearch.records import Status, Trial
 from autoresearch.report.plot import title
@@ -110,7 +110,7 @@ def gain_html(study: Study, t: Trial, ref: Trial | None) -> str:
         return ""
     delta, pct = g
     cls = "good" if study.improved(delta) else "bad" if delta else ""
-    return f'<span class="{cls}">{delta:+.6g}' + ("" if pct is None else f" ({pct:+.2f}%)") + "</span>"
+    return f'<span class="{cls}">{delta:+.6g}' + ("" if pct is None else f" ({percent(pct)})") + "</span>"
 
 
 def figure_names(study: Study) -> list[str]:
