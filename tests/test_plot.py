@@ -265,3 +265,31 @@ def test_no_discard_in_range_is_drawn_beyond_the_pins_of_those_off_the_scale(tmp
              ("discarded", "discarded (off the scale)")}
     assert len(drawn) == 2, drawn.keys()
     assert max(drawn["discarded"]) < min(drawn["discarded (off the scale)"]) <= ax.get_ylim()[1]
+
+
+@pytest.mark.parametrize("rows, minimize", [
+    ([("keep", 5.8), ("keep", 1e-300)], True),      # a loss gamed to nothing: 10**a was 0
+    ([("keep", 5.8), ("keep", 1e300)], False),      # a reward gamed to 1e300: 10**b overflowed
+    ([("keep", 5.8), ("keep", -1.7e308)], True),    # near float's end: the limits were -inf
+    ([("keep", 1.7e308), ("keep", -1.7e308)], True),
+])
+def test_a_metric_gamed_to_the_end_of_float_still_gets_a_report(tmp_path: Path, rows, minimize: bool) -> None:
+    """The trials a user most needs to look at (the audit flags them) made `report` fail with a
+    traceback (OverflowError, ZeroDivisionError, 'Axis limits cannot be NaN or Inf'), and the
+    page of `serve` answer 503 for the rest of the night."""
+    import math
+    import warnings
+
+    from autoresearch.report.plot import progress_figure
+    from autoresearch.report.study import load_study
+
+    repo = new_task(tmp_path / "task")
+    write_trials(repo, "t", rows, minimize=minimize).close()
+    r = cli("report", str(repo), "--tag", "t", "--out", str(tmp_path / "r"))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert "2 experiments, 1 kept improvement" in r.stdout
+    assert_not_blank(tmp_path / "r" / "progress.png", 1000, 500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = progress_figure(load_study(repo, "t", details=False)).axes[0].get_ylim()
+    assert math.isfinite(lo) and math.isfinite(hi) and lo < hi

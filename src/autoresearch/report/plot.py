@@ -35,6 +35,7 @@ STOPPED = "#b26a00"
 LABEL_CHARS = 40
 MAX_LABELS = 16
 LOG_DECADES = 1.5
+FAR, DECADES = 1e306, 300.0  # the y range at most, linear and in decades: float's end is near
 FONT = 8  # points, of the labels
 # a description in a script the font lacks (CJK, ...) is drawn as boxes, and matplotlib warns once
 # per character; the report is right all the same, so those warnings are noise on the terminal
@@ -73,7 +74,7 @@ def _limits(study: Study, values: list[float], log: bool) -> tuple[float, float]
     noise = 0.0 if log else study.noise
     if lo == hi == min(seen) == max(seen):  # one value (the baseline alone): centred, ±5%
         half = abs(hi) * 0.05 or 0.5
-        return hi - half - noise, hi + half + noise
+        return _drawable(hi - half - noise, hi + half + noise, log)
     span = (hi - lo) or abs(hi) * 0.05 or 1.0
     worse = 0.3 if log else 0.8  # a decade of discards above the baseline says nothing more
     # room for labels on the better side; on the worse side no further than the data go
@@ -82,7 +83,20 @@ def _limits(study: Study, values: list[float], log: bool) -> tuple[float, float]
     else:
         a, b = max(lo - worse * span - noise, min(seen)), hi + 0.3 * span + noise
     pad = (b - a) * 0.06 or 0.5
-    a, b = a - pad, b + pad
+    return _drawable(a - pad, b + pad, log)
+
+
+def _drawable(a: float, b: float, log: bool) -> tuple[float, float]:
+    """The range a..b (in decades on a log axis) held to where the arithmetic of the plot stays
+    finite: a metric gamed to 1e300 or -1.7e308 made its limits overflow (inf, or 0 on a log
+    axis) and the report failed; what lies beyond is pinned to the edge like any far discard."""
+    top = DECADES if log else FAR
+    a, b = min(max(a, -top), top), min(max(b, -top), top)
+    if not a < b:  # (every figure beyond one edge: a range just inside it)
+        if a >= top:
+            a, b = (top - 1, top) if log else (top * 0.9, top)
+        else:
+            a, b = (-top, 1 - top) if log else (-top, -top * 0.9)
     return (10 ** a, 10 ** b) if log else (a, b)
 
 
@@ -90,6 +104,9 @@ def progress_png(study: Study, dpi: int = 110) -> bytes:
     """The progress plot as PNG bytes."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=MISSING_GLYPH, category=UserWarning)
+        # a figure near float's end (a gamed metric) overflows matplotlib's autoscaling before
+        # our limits replace it: the plot is right, the warning is noise
+        warnings.filterwarnings("ignore", message="overflow encountered", category=RuntimeWarning)
         fig = progress_figure(study, dpi)
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
