@@ -180,3 +180,32 @@ def test_task_file_errors(tmp_path: Path, extra: str, message: str) -> None:
     r = cli("run", str(root), "--tag", "t", "--trials", "1")
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+BLOWN = """\
+import os
+SEED = int(os.environ["AUTORESEARCH_SEED"])
+BLOW = 0.0
+BONUS = 0.0
+loss = 1.0 + {0: 0.0, 1: 0.01, 2: -0.01}.get(SEED, 0.0) - BONUS
+loss += BLOW if SEED % 2 else -BLOW  # 1e200 at one seed, -1e200 at the next
+print(f"loss: {loss}")
+"""
+
+
+def test_runs_whose_spread_is_past_floats_end_stop_nothing(tmp_path: Path) -> None:
+    """Runs of -1e200, 1e200, -1e200 (kept: their mean beats the best): their variance is past
+    float's end, and statistics raised OverflowError in the next trial's bar (the loop stopped
+    with a traceback), and in every `status`, `show` and `report` of the tag after it."""
+    root = run_edits(tmp_path, BLOWN, [("BLOW", "1e200"), ("BONUS", "0.1")])
+    base, blown, next_ = trials(root)
+    assert blown.status is Status.KEEP and len(blown.repeats) == 3
+    assert next_.status is Status.DISCARD and "better by no more than the bar 1.63e+200" in next_.reason, next_.reason
+    status = cli("status", str(root))
+    assert status.returncode == 0 and "-3.33333e+199 ± 1.2e+200" in status.stdout, status.stderr
+    assert "noise: sd 8.16e+199 of loss, pooled over 6 repeated runs; min_delta auto: bar 1.63e+200" in status.stdout
+    show = cli("show", "1", str(root))
+    assert show.returncode == 0 and "loss: -3.33333e+199 ± 1.2e+200 (mean ± sd of 3 runs)" in show.stdout, show.stderr
+    report = cli("report", str(root), "--out", str(tmp_path / "r"))
+    assert report.returncode == 0 and report.stderr == "", report.stderr
+    assert "<span>8.16e+199</span>" in (tmp_path / "r" / "report.html").read_text()

@@ -6,7 +6,7 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 
-from autoresearch.records import Status, Trial
+from autoresearch.records import Status, Trial, stdev
 
 
 def better(value: float, best: float, minimize: bool, min_delta: float = 0.0) -> bool:
@@ -29,7 +29,7 @@ def why_not(value: float, best: float, bar: float, minimize: bool) -> str:
 
 def noise(values: Sequence[float]) -> float:
     """Run-to-run noise of a metric: the sample standard deviation of repeated runs (0 if one)."""
-    return statistics.stdev(values) if len(values) >= 2 else 0.0
+    return stdev(list(values)) if len(values) >= 2 else 0.0
 
 
 def pooled_noise(groups: Sequence[Sequence[float]]) -> float:
@@ -41,7 +41,14 @@ def pooled_noise(groups: Sequence[Sequence[float]]) -> float:
     dof = sum(len(g) - 1 for g in used)
     if dof == 0:
         return 0.0
-    return math.sqrt(sum((len(g) - 1) * statistics.variance(g) for g in used) / dof)
+    try:
+        return math.sqrt(sum((len(g) - 1) * statistics.variance(g) for g in used) / dof)
+    except OverflowError:  # (variances past float's end: pooled scaled to the largest deviation)
+        devs = [stdev(list(g)) for g in used]
+        top = max(devs)
+        if not math.isfinite(top):
+            return top
+        return top * math.sqrt(sum((len(g) - 1) * (d / top) ** 2 for g, d in zip(used, devs, strict=True)) / dof)
 
 
 def threshold(min_delta: float | str, measured_noise: float) -> float:

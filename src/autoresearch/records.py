@@ -93,7 +93,20 @@ class Trial:
         values = [r[name] for r in self.repeats if name in r]
         if len(values) < 2:
             return None
+        return stdev(values)
+
+
+def stdev(values: list[float]) -> float:
+    """The sample standard deviation of two or more figures. statistics.stdev computes it
+    exactly and raises OverflowError when the variance is past float's end (runs of 1e200 and
+    -1e200): an experiment printing such figures at two seeds stopped the loop, and every
+    `status`, `report` and `serve` of its tag. Then it is computed scaled to the largest figure
+    (inf when the deviation itself is past float's end)."""
+    try:
         return statistics.stdev(values)
+    except OverflowError:
+        top = max(abs(v) for v in values)
+        return statistics.stdev([v / top for v in values]) * top
 
 
 # code that was never measured (rejected, agent error, stopped) may be proposed again
