@@ -209,3 +209,25 @@ def test_runs_whose_spread_is_past_floats_end_stop_nothing(tmp_path: Path) -> No
     report = cli("report", str(root), "--out", str(tmp_path / "r"))
     assert report.returncode == 0 and report.stderr == "", report.stderr
     assert "<span>8.16e+199</span>" in (tmp_path / "r" / "report.html").read_text()
+
+
+ODD = """\
+import os
+SEED = int(os.environ["AUTORESEARCH_SEED"])
+BONUS = 0.0
+print(f"loss: {1.0 + {0: 0.0, 1: 0.01, 2: -0.01}.get(SEED, 0.0) - BONUS}")
+print(f"odd: {'nan' if SEED % 2 else 'inf'}")  # a recorded figure that is not a number at every seed
+"""
+
+
+def test_a_recorded_figure_that_is_nan_or_inf_over_repeats_is_shown(tmp_path: Path) -> None:
+    """A recorded figure is kept as printed, NaN and inf included; over repeated runs its
+    spread made statistics raise AttributeError, and `show` and `report` failed with a traceback."""
+    root = run_edits(tmp_path, ODD, [("BONUS", "0.1")], 'record = ["odd"]\n')
+    _, kept = trials(root)
+    assert kept.status is Status.KEEP and len(kept.repeats) == 3
+    show = cli("show", "1", str(root))
+    assert show.returncode == 0 and "odd: nan ± nan" in show.stdout, show.stderr
+    report = cli("report", str(root), "--out", str(tmp_path / "r"))
+    assert report.returncode == 0 and report.stderr == "", report.stderr
+    assert "nan ± nan" in (tmp_path / "r" / "report.html").read_text()

@@ -101,7 +101,10 @@ def stdev(values: list[float]) -> float:
     exactly and raises OverflowError when the variance is past float's end (runs of 1e200 and
     -1e200): an experiment printing such figures at two seeds stopped the loop, and every
     `status`, `report` and `serve` of its tag. Then it is computed scaled to the largest figure
-    (inf when the deviation itself is past float's end)."""
+    (inf when the deviation itself is past float's end). NaN when a figure is NaN or infinite
+    (a recorded figure may be: statistics raised AttributeError on it)."""
+    if not all(math.isfinite(v) for v in values):
+        return math.nan
     try:
         return statistics.stdev(values)
     except OverflowError:
