@@ -191,6 +191,26 @@ def test_a_trial_rejected_for_a_change_outside_the_editable_files_leaves_the_edi
     assert "trial 3: rejected" in out and "left as it is too" not in out, out
 
 
+def test_a_stray_file_named_with_terminal_escapes_is_named_without_them(tmp_path: Path) -> None:
+    """`trial` names the files outside the editable scope and the command that undoes them: a
+    name holding escapes (set the window title, clear the screen) went to the terminal as it
+    was. Now the list is printed without them, and the command spells them out as bash reads them."""
+    import subprocess
+
+    repo = make_task(tmp_path / "task")
+    set_line(repo / "exp.py", "X = 3.0", "X = 2.0")
+    name = "\x1b]0;PWNED\x07\x1b[2Jstray.txt"
+    (repo / name).write_text("x\n")
+    git(repo, "add", "--", name)
+    out = trial(repo, "X to 2.0")
+    assert "trial 1: rejected" in out and "outside the editable files: stray.txt;" in out, out
+    assert "\x1b" not in out and "\x07" not in out, out
+    word = out.split("`git checkout -- ", 1)[1].split("`", 1)[0]
+    assert word == "$'\\x1b]0;PWNED\\x07\\x1b[2Jstray.txt'", word
+    listed = subprocess.run(["bash", "-c", f"ls -- {word}"], cwd=repo, capture_output=True, text=True)
+    assert listed.returncode == 0 and listed.stdout == name + "\n", listed  # the word is the file's name
+
+
 def test_a_rewind_replaces_a_link_in_your_tree_and_never_writes_through_it(tmp_path: Path) -> None:
     """exp.py made a link (to a file of yours outside, or to the protected file) or a hard link:
     the trial is rejected and exp.py becomes the best code again, a file of its own; what the

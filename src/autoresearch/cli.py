@@ -359,12 +359,13 @@ def cmd_trial(args: argparse.Namespace) -> int:
         as_left,
         changed_outside,
         run_working_tree_trial,
+        shell_word,
         touched_editable,
         working_changes,
     )
     from autoresearch.gitrepo import Git
     from autoresearch.ledger import check_tag, list_tags
-    from autoresearch.records import Status
+    from autoresearch.records import Status, printable
     from autoresearch.task import load_task
     from autoresearch.views import last_used
 
@@ -387,11 +388,11 @@ def cmd_trial(args: argparse.Namespace) -> int:
     if trial.status is Status.REJECTED:
         left = changed_outside(task)
         if left:
-            shown = " ".join(shlex.quote(p) for p in left)
+            shown = " ".join(shell_word(p) for p in left)
             git = Git(task.root)
             mine = [p for p in working_changes(git, task) if task.is_editable(p)
                     and not (best.commit and as_left(git, task.root, p, best.commit))]
-            print(f"(left as it is in your working tree, outside the editable files: {', '.join(left)}; "
+            print(f"(left as it is in your working tree, outside the editable files: {printable(', '.join(left))}; "
                   f"every trial is rejected until it is undone: `git checkout -- {shown}`"
                   + ("; your change to the editable files was not measured and is left as it is too, "
                      "for the next `trial`)" if mine else ")"))

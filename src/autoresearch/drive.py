@@ -59,6 +59,16 @@ def changed_outside(task: Task) -> list[str]:
     return [p for p in working_changes(Git(task.root), task) if not task.is_editable(p)]
 
 
+def shell_word(path: str) -> str:
+    """`path` as one word a shell reads back, safe to print: shlex's quoting, or for a name with
+    control characters (terminal escapes an agent put in it) bash's $'...' with them spelt out."""
+    if all(ch.isprintable() for ch in path):
+        return shlex.quote(path)
+    spelt = ("\\" + ch if ch in "\\'" else ch if ch.isprintable()
+             else f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\U{ord(ch):08x}" for ch in path)
+    return "$'" + "".join(spelt) + "'"
+
+
 def distance(a: str, b: str) -> int:
     """How many lines differ between two texts (replaced, added or removed)."""
     x, y = a.splitlines(), b.splitlines()
