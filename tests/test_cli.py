@@ -610,3 +610,14 @@ def test_init_with_a_git_config_that_signs_commits_and_a_git_that_fails(tmp_path
         assert "git commit failed" in r.stderr and "disk on fire" in r.stderr
         assert (folder.exists() and not any(folder.iterdir())) if folder.name == "empty" else not folder.exists()
         assert cli("init", str(folder), "--template", "blank", env={"HOME": str(home)}).returncode == 0  # the retry
+
+
+def test_an_error_naming_a_file_prints_no_terminal_escape(tmp_path: Path) -> None:
+    """An agent that is not sealed can write into your checkout (its worktree lies inside it):
+    a file named with escapes made the next `run`'s one-line refusal set the window title and
+    clear the screen. Errors are printed without them."""
+    repo = make_task(tmp_path / "task")
+    (repo / "\x1b]0;PWNED\x07\x1b[2Jplanted.txt").write_text("x\n")
+    r = cli("run", str(repo), "--tag", "t", "--trials", "0")
+    assert r.returncode == 2 and "uncommitted changes (planted.txt)" in r.stderr, r.stderr
+    assert "\x1b" not in r.stderr and "\x07" not in r.stderr

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from autoresearch.records import printable
+
 
 class AutoresearchError(Exception):
-    """A failure the user should read as one line (exit code 1)."""
+    """A failure the user should read as one line (exit code 1). Its text has no terminal
+    escapes: it may name a file an agent made (`run` on a repository it left dirty)."""
 
     exit_code = 1
+
+    def __str__(self) -> str:
+        return printable(super().__str__())
 
 
 class UsageError(AutoresearchError):
