@@ -225,7 +225,7 @@ def table(study: Study) -> str:
     rows = []
     for t in study.trials:
         ok = t.status is Status.KEEP
-        parent = study.parent(t)
+        parent = study.parent(t) if ok else None  # (only a keep's gain is shown)
         delta = study.gain(t, parent) if ok else None
         cells = [_cell(str(t.number), t.number, "n"),
                  _cell(f'<span class="st {t.status.value}">{t.status.value}</span>', t.status.value),

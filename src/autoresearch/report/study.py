@@ -56,6 +56,7 @@ class Study:
     root: str | None = None  # the git repository holding the trials' commits, when known
     looping: bool = False  # a loop holds the tag now (its lock is taken)
     ended: str = ""  # why the last run ended, as it recorded it ('' when it did not)
+    _keeps: dict[str, list[Trial]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def finished(self) -> list[Trial]:
@@ -95,8 +96,12 @@ class Study:
         """The kept trial `t` started from (None for the baseline or an unknown parent)."""
         if not t.parent:
             return None
-        return next((p for p in self.finished if p.commit == t.parent and p.status is Status.KEEP
-                     and p.number != t.number), None)
+        if self._keeps is None:  # (asked for every keep: a search of the trials each time took minutes)
+            self._keeps = {}
+            for p in self.trials:
+                if p.status is Status.KEEP and p.commit:
+                    self._keeps.setdefault(p.commit, []).append(p)
+        return next((p for p in self._keeps.get(t.parent, []) if p.number != t.number), None)
 
     def gain(self, t: Trial, ref: Trial | None) -> tuple[float, float | None] | None:
         """`t`'s change of the metric against `ref`: (delta, percent; None against a figure of
