@@ -366,3 +366,14 @@ def test_a_report_of_tens_of_thousands_of_trials_is_made_in_seconds(tmp_path: Pa
     page = (tmp_path / "r" / "report.html").read_text()
     assert page.count('<tr class="row-') == 30_000
     assert '<span class="good">-0.001 (-0.01%)</span> against trial 29800' in page  # (parents found)
+
+
+def test_a_folder_where_report_html_goes_is_named_and_nothing_is_left(ran, tmp_path: Path) -> None:
+    """A folder named report.html in --out: the error named a temporary file
+    ('Is a directory: .../.report.html.tmp'), and that file and progress.png were left there."""
+    repo, _ = ran
+    out = tmp_path / "r"
+    (out / "report.html").mkdir(parents=True)
+    r = cli("report", str(repo), "--tag", "t", "--out", str(out))
+    assert r.returncode == 2 and f"{out / 'report.html'} is a folder" in r.stderr, r.stderr
+    assert ".tmp" not in r.stderr and sorted(p.name for p in out.iterdir()) == ["report.html"]

@@ -25,6 +25,10 @@ def _make(path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {path}: cannot make the folder ({e.strerror})") from None
+    for name in ("progress.png", "report.html"):  # (a folder there: the error named a temporary file)
+        if (path / name).is_dir():
+            raise UsageError(f"{path / name} is a folder, where the report's file goes: move it, "
+                             "or give another --out")
     return path
 
 
