@@ -172,6 +172,30 @@ def test_report_results_rejects_a_bad_file_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+
+def test_report_results_reads_rows_as_csv_readers_do(tmp_path: Path) -> None:
+    """A description holding a form feed, U+2028 or U+0085 (an agent's words: csv and pandas
+    read them as part of the field) was cut there, and the file refused ("line 4 has 1
+    columns"); an error's line number did not count the blank lines before it."""
+    import csv
+
+    tsv = tmp_path / "results.tsv"
+    tsv.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+                   "a1b2c3d\t0.997900\t44.0\tkeep\tbaseline\n"
+                   "b2c3d4e\t0.993200\t44.2\tkeep\tincrease LR\u2028to 0.04\r\n"
+                   "c3d4e5f\t1.005000\t44.0\tdiscard\tswitch\x0cto\x85GeLU\n")
+    with open(tsv, newline="") as f:
+        assert len(list(csv.reader(f, delimiter="\t"))) == 4
+    r = cli("report", "--results", str(tsv), "--out", str(tmp_path / "r"))
+    assert r.returncode == 0 and "3 experiments, 1 kept improvement" in r.stdout, r.stderr
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "increase LR to 0.04" in page and "switch to GeLU" in page
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n\n\nabc\t1.0\t2.0\tmaybe\tx\n")
+    r = cli("report", "--results", str(bad), "--out", str(tmp_path))
+    assert r.returncode == 2 and "line 4: status 'maybe'" in r.stderr, r.stderr
+
+
 # ---------------------------------------------------------------------------
 # the page's summary, report's flags
 

@@ -244,18 +244,21 @@ def infer_minimize(trials: list[Trial]) -> bool | None:
 def parse_results(text: str, where: str) -> tuple[str, list[Trial]]:
     """The metric name and the trials of a results.tsv (commit, metric, memory_gb, status,
     description); a bad file raises UsageError naming the line."""
-    lines = [line for line in text.splitlines() if line.strip()]
+    # rows end at \n, \r\n or \r, as csv readers and pandas read them: splitlines() also cut a
+    # description at a form feed, U+2028 or U+0085, and the file was refused for that row
+    lines = [(i, line) for i, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1) if line.strip()]
     if not lines:
         raise UsageError(f"{where} is empty: expected autoresearch's results.tsv")
-    head = lines[0].split("\t")
+    first, top = lines[0]
+    head = top.split("\t")
     if len(head) < 5 or head[0].strip() != "commit" or head[2].strip() != "memory_gb" \
             or head[3].strip() != "status":
-        raise UsageError(f"{where}: line 1 is not autoresearch's header "
+        raise UsageError(f"{where}: line {first} is not autoresearch's header "
                          "(commit, <metric>, memory_gb, status, description, tab-separated)")
     metric = clean_text(head[1]) or "metric"
     trials: list[Trial] = []
     best_commit: str | None = None
-    for i, line in enumerate(lines[1:], start=2):
+    for i, line in lines[1:]:
         cells = line.split("\t", 4)
         if len(cells) < 4:
             raise UsageError(f"{where}: line {i} has {len(cells)} columns, expected 5 "
