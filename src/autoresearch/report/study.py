@@ -174,7 +174,8 @@ def _git(root: Path):  # noqa: ANN202
 def load_study(root: str | Path, tag: str | None, details: bool = True,
                diff_cache: dict[tuple[str, str], str] | None = None) -> Study:
     """The study of a tag from its ledger (read-only). With `details`, the diffs of kept trials
-    against their parents and the log tails of crashed trials are read too."""
+    against their parents and the log tails of crashed trials are read too, each once with a
+    `diff_cache` kept from call to call (neither changes once its trial has finished)."""
     from autoresearch.views import pick_tag
 
     root = Path(root).resolve()
@@ -211,10 +212,12 @@ def _add_details(study: Study, root: Path, cache: dict[tuple[str, str], str] | N
             if key not in cache:
                 cache[key] = git.diff(t.parent, t.commit)
             study.diffs[t.number] = cache[key]
-        if t.status in FAILED and t.log_path:
-            tail = last_lines(read_tail(Path(t.log_path), 256 * 1024), 30)
-            if tail:
-                study.tails[t.number] = plain(tail)
+        if t.status in FAILED and t.log_path:  # (read once too: serve rebuilt its page twice a trial,
+            key = ("tail", t.log_path)          # reading 256 KB of every crashed trial's log each time)
+            if key not in cache:
+                cache[key] = plain(last_lines(read_tail(Path(t.log_path), 256 * 1024), 30))
+            if cache[key]:
+                study.tails[t.number] = cache[key]
 
 
 # ---------------------------------------------------------------------------
