@@ -164,6 +164,44 @@ def test_an_agent_that_pops_the_users_stash_is_rejected_and_told_how_to_restore_
     assert git(root, "stash", "list")  # the user's work is back
 
 
+@pytest.mark.parametrize("planted", ["a link in place of a .pth", "a package named sitecustomize"])
+def test_a_startup_file_made_a_link_or_a_package_is_taken_out_not_written_through(tmp_path: Path, planted: str) -> None:
+    """A `.pth` that was there, replaced by a link to a file of the agent's, was put back by
+    writing through the link (into the agent's file) and the link stayed: the agent's next write
+    to its file ran at every start of the evaluator, unseen, and faked the metric of a trial
+    kept. A folder `sitecustomize/` (a package, imported as the module would be) could not be
+    put back at all and ran at every start from then on. Both are taken out on the trial that
+    planted them (what was there kept in the quarantine), and the next trial gains nothing."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "distutils-precedence.pth").write_text("import os\n")  # (setuptools writes one)
+    mine = tmp_path / "mine.pth"
+    mine.write_text("")
+    cheat = "import atexit; atexit.register(print, 'loss: -100')"
+    plant = (f'rm {site}/distutils-precedence.pth; ln -s {mine} {site}/distutils-precedence.pth'
+             if planted.startswith("a link") else f'mkdir {site}/sitecustomize; echo "{cheat}" > {site}/sitecustomize/__init__.py')
+    later = f'echo "{cheat}" > {mine}' if planted.startswith("a link") else ""
+    root = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "agent.sh", f"""\
+        sed -i "s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/" exp.py
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then {plant}; fi
+        if [ "$AUTORESEARCH_TRIAL" = 2 ]; then {later or ":"}; fi
+        echo lower X
+        """)
+    env = {"VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "2", env=env)
+    assert r.returncode == 0, r.stderr
+    ts = trials(root)
+    assert ts[1].status is Status.REJECTED and "changed Python startup files" in ts[1].reason, ts[1].reason
+    assert ts[2].metric is not None and ts[2].metric > 0, (ts[2].status, ts[2].metric)
+    pth = site / "distutils-precedence.pth"
+    assert not pth.is_symlink() and pth.read_text() == "import os\n"
+    assert not (site / "sitecustomize").exists()
+    assert mine.read_text() in ("", f"{cheat}\n")  # (nothing of the harness's written into it)
+    assert any((root / ".autoresearch/t/quarantine").iterdir())
+
+
 def test_a_package_setup_installs_or_you_install_meanwhile_is_left_alone(tmp_path: Path) -> None:
     """A `.pth` that comes with a *.dist-info (what `pip install -e` writes) is a package
     installed, by setup or by you while the loop runs: kept, and noted on the trial running then.

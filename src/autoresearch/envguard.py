@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from autoresearch.execute import python_shim
+from autoresearch.filetree import NOT_REGULAR, remove_path, slurp
 
 _SITE_DIRS = ("import json, os, site, sys, sysconfig; "
               "print(json.dumps([*site.getsitepackages(), site.getusersitepackages(), "
@@ -29,6 +31,12 @@ _SITE_DIRS = ("import json, os, site, sys, sysconfig; "
 
 def _startup(name: str) -> bool:
     return name.endswith(".pth") or name.split(".")[0] in ("sitecustomize", "usercustomize")
+
+
+def _content(entry: tuple[object, ...]) -> bytes | None:
+    """What a startup file read as (None: no file's content to write back or keep)."""
+    data = entry[1] if entry[0] == "file" else None
+    return data if isinstance(data, bytes) and data != NOT_REGULAR else None
 
 
 def site_dirs(bin_dir: Path, env: dict[str, str]) -> list[Path]:
@@ -57,9 +65,10 @@ class EnvGuard:
         self._saved = self._read()
 
     def _read(self) -> dict[str, tuple[object, ...]]:
-        """Each site folder's entries: a startup file by its content, another file by its size
-        and mtime, a folder by its being there (its mtime moves when Python first writes its
-        __pycache__); a site folder that is not there as one entry."""
+        """Each site folder's entries: a startup file by its content (through a link: what
+        Python runs), another file by its size and mtime, a folder by its being there (its mtime
+        moves when Python first writes its __pycache__); a site folder that is not there as one
+        entry."""
         out: dict[str, tuple[object, ...]] = {}
         for d in self.dirs:
             if d.is_file():  # the interpreter
@@ -75,8 +84,8 @@ class EnvGuard:
                 if e.name == "__pycache__":
                     continue
                 try:
-                    if _startup(e.name) and e.is_file(follow_symlinks=False):
-                        out[e.path] = ("file", Path(e.path).read_bytes())
+                    if _startup(e.name) and not e.is_dir(follow_symlinks=False):
+                        out[e.path] = ("file", slurp(Path(e.path)))
                     elif e.is_dir(follow_symlinks=False):
                         out[e.path] = ("dir",)
                     else:
@@ -95,14 +104,18 @@ class EnvGuard:
                 return True
         return False
 
-    def _keep(self, path: Path, data: bytes) -> Path:
-        """A copy of `data`, found at `path`, in the keep folder: a name not used yet."""
+    def _keep(self, path: Path, data: bytes | None) -> Path:
+        """A copy of `data` (or of the folder), found at `path`, in the keep folder: a name not
+        used yet."""
         assert self.keep is not None
         self.keep.mkdir(parents=True, exist_ok=True)
         n = 1
         while (dest := self.keep / (path.name if n == 1 else f"{path.name}.{n}")).exists():
             n += 1
-        dest.write_bytes(data)
+        if isinstance(data, bytes):
+            dest.write_bytes(data)
+        else:  # (a package named sitecustomize: imported as the module would be)
+            shutil.copytree(path, dest, symlinks=True)
         return dest
 
     def refresh(self) -> None:
@@ -128,12 +141,12 @@ class EnvGuard:
             for p in hooks:
                 old = self._saved.get(p)
                 try:
-                    if self.keep is not None and (found := now.get(p)) is not None and found[0] == "file":
-                        kept.append(self._keep(Path(p), found[1]))  # type: ignore[arg-type]
-                    if old is None:
-                        Path(p).unlink(missing_ok=True)
-                    elif old[0] == "file":
-                        Path(p).write_bytes(old[1])  # type: ignore[arg-type]
+                    found = now.get(p)
+                    if self.keep is not None and found is not None and (found[0] == "dir" or _content(found) is not None):
+                        kept.append(self._keep(Path(p), _content(found)))
+                    remove_path(Path(p))  # (a link or a folder put in its place: replaced, never written through)
+                    if old is not None and (content := _content(old)) is not None:
+                        Path(p).write_bytes(content)
                 except OSError as e:
                     failed.append(f"{Path(p).name}: {e.strerror}")
             if hooks:
