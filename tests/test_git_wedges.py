@@ -85,3 +85,19 @@ chmod +x {bindir}/git"""
     assert (bindir / "git").exists() and mark.exists()  # (the agents' own git calls ran it)
     assert "core.hooksPath" not in mark.read_text(), mark.read_text()  # (the harness's carry SAFE)
     assert [t.status for t in trials(repo)][-1] is Status.KEEP
+
+
+def test_git_metadata_made_a_link_is_put_back_in_its_place_not_written_through(tmp_path: Path) -> None:
+    """info/exclude replaced by a link to another file (a sealed agent can name a file in the
+    ledger folder it cannot see): putting it back wrote the old content into that file (the
+    harness runs outside any seal) and left the link, so git went on reading the other file."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    repo, r = run_deed(tmp_path, f'rm -f "$GD/info/exclude"; ln -s {victim} "$GD/info/exclude"', timeout=120)
+    assert r.returncode == 0, r.stderr
+    done = trials(repo)
+    assert done[2].status.value == "rejected" and "info/exclude" in done[2].reason, done[2].reason
+    assert victim.read_text() == "precious\n"
+    exclude = repo / ".git/info/exclude"
+    assert not exclude.is_symlink() and "/.autoresearch/" in exclude.read_text()
+    assert git(repo, "status", "--porcelain") == ""

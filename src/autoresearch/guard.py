@@ -428,8 +428,8 @@ class GitGuard:
             if old is None:
                 path.unlink(missing_ok=True)
             elif now.get(path) != old and old != NOT_REGULAR:
-                if now.get(path) == NOT_REGULAR:  # (not written through: a FIFO would wait)
-                    remove_path(path)
+                if now.get(path) == NOT_REGULAR or path.is_symlink():  # (not written through: a FIFO
+                    remove_path(path)  # would wait, and a link would have the harness write where it points)
                 path.write_bytes(old)
         return changed
 
