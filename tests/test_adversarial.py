@@ -248,3 +248,38 @@ rm -f "$L/results.tsv"; {deed} "$L/results.tsv"
     assert "changed results.tsv" in done[2].reason
     tsv = repo / ".autoresearch" / "t" / "results.tsv"
     assert tsv.is_file() and not tsv.is_symlink() and len(tsv.read_text().splitlines()) == 5
+
+
+
+@pytest.mark.parametrize("deed", ["a figure patched", "the WAL cut short"])
+def test_the_ledgers_files_written_around_sqlite_are_caught_and_put_back(tmp_path: Path, deed: str) -> None:
+    """An agent that writes the bytes of the ledger's WAL (or database file) itself, not through
+    SQLite, moves no `PRAGMA data_version`: the loop's connection went on reading its cache and
+    saw nothing. A patched figure became the record at the checkpoint as the loop closed (trial
+    1's loss 0.001, better than every trial after it, for `status`, `show` and a resume); a WAL
+    cut to nothing left no database at all. Both are caught, and the record is written anew
+    from what the loop wrote (what stood there is kept as ledger.sqlite.replaced)."""
+    root = make_task(tmp_path / "task")
+    patch = ("import os, struct, sys\n"
+             "old, new = struct.pack('>d', (2.9 - 1.0) ** 2 + 2), struct.pack('>d', 0.001)\n"
+             "for name in ('ledger.sqlite', 'ledger.sqlite-wal'):\n"
+             "    path = os.path.join(sys.argv[1], name)\n"
+             "    data = open(path, 'rb').read()\n"
+             "    if old in data:\n"
+             "        open(path, 'r+b').write(data.replace(old, new))\n")
+    (tmp_path / "patch.py").write_text(patch)
+    ledger = root / ".autoresearch" / "t"
+    act = f"python {tmp_path / 'patch.py'} {ledger}" if deed == "a figure patched" else f": > {ledger}/ledger.sqlite-wal"
+    agent = script_agent(tmp_path / "agent.sh", f"""\
+        n=$AUTORESEARCH_TRIAL
+        if [ "$n" = 1 ]; then sed -i 's/^X = .*/X = 2.9/' exp.py; else sed -i "s/^X = .*/X = 3.$n/" exp.py; fi
+        if [ "$n" = 9 ]; then {act}; fi
+        printf 'trial %s: %0200d' "$n" 0 > "$AUTORESEARCH_DESCRIPTION_FILE"
+        """)
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "10", timeout=600)
+    assert r.returncode == 0, r.stderr
+    done = trials(root)
+    assert len(done) == 11 and done[1].metric == (2.9 - 1.0) ** 2 + 2, done[1].metric
+    assert done[9].status.value == "rejected" and "changed the ledger's record of trial" in done[9].reason, \
+        (done[9].status, done[9].reason)
+    assert done[10].status.value == "discard"

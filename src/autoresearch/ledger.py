@@ -216,6 +216,7 @@ class Ledger:
                 self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
                 if self._watched is not None:
                     self._watched.meta[key] = value
+                    self._watched.took()
             except sqlite3.OperationalError as e:
                 raise AutoresearchError(f"cannot write the ledger {self.dir / 'ledger.sqlite'}: {e}") from None
 
@@ -276,6 +277,8 @@ class Ledger:
                         self._watched.rows[trial.number] = tuple(row)
                     if self._all is not None:
                         self._all[trial.number] = self._trial(row)
+                if self._watched is not None:
+                    self._watched.took()
             except sqlite3.IntegrityError:
                 self._forget()  # (whether the write itself or the read after it failed)
                 raise AutoresearchError(f"trial {trial.number} is already in the ledger") from None

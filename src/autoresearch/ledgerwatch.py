@@ -3,8 +3,8 @@
 The loop is the only writer of a tag it holds, but the code of a trial and a CLI agent run as
 the same user, beside the ledger. From `Ledger.watch` on, `Watched` remembers every row, meta
 value and results.tsv the loop wrote; `check_and_restore` finds any other change (rows, meta,
-results.tsv, the database file itself removed or replaced), names it, and puts back what the
-loop wrote. The caller holds the ledger's lock.
+results.tsv, the database file itself removed or replaced, its bytes or its WAL's written
+around SQLite), names it, and puts back what the loop wrote. The caller holds the ledger's lock.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ class Watched:
         self.led = ledger
         db = ledger._db
         self.rows: dict[int, tuple[object, ...]] = {r["number"]: tuple(r) for r in db.execute("SELECT * FROM trials")}
+        self.cols = [d[0] for d in db.execute("SELECT * FROM trials LIMIT 0").description]
         self.meta: dict[str, str] = {k: v for k, v in db.execute("SELECT key, value FROM meta")}
         self.file_id = self._identity()
         self.version = ledger._data_version()  # it moves only on other connections' writes
+        self.files = self._files()  # ... and not on a write to the files that goes around SQLite
         self.tsv: bytes | None = self._read_tsv()
 
     def _read_tsv(self) -> bytes | None:
@@ -46,6 +48,39 @@ class Watched:
             return None
         return st.st_dev, st.st_ino
 
+    def _files(self) -> tuple[tuple[int, int, int, int] | None, ...]:
+        """The database's file and its WAL by inode, size, mtime and ctime (no process can set a
+        ctime): a page patched in either, which SQLite's data_version never shows (the loop's
+        connection goes on reading its cache) and a checkpoint then makes the record."""
+        out: list[tuple[int, int, int, int] | None] = []
+        for name in ("ledger.sqlite", "ledger.sqlite-wal"):
+            try:
+                st = os.stat(self.led.dir / name)
+            except OSError:
+                out.append(None)
+                continue
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return tuple(out)
+
+    def took(self) -> None:
+        """The loop wrote: its database's files as they stand now are its own."""
+        self.files = self._files()
+
+    def _on_disk(self) -> tuple[dict[int, tuple[object, ...]], dict[str, str]]:
+        """The rows and meta as a new connection reads them from the files (none where it cannot
+        read them: every row is then put back)."""
+        try:
+            db = sqlite3.connect(f"file:{self.led.dir / 'ledger.sqlite'}?mode=ro", uri=True, timeout=30)
+        except sqlite3.Error:
+            return {}, {}
+        try:
+            rows = {r[0]: tuple(r) for r in db.execute("SELECT * FROM trials")}
+            return rows, {k: v for k, v in db.execute("SELECT key, value FROM meta")}
+        except sqlite3.Error:
+            return {}, {}
+        finally:
+            db.close()
+
     def check_and_restore(self) -> list[str]:
         """What was changed in the record since the watch began by anyone but the loop (one
         phrase each; empty when nothing was), put back as the loop wrote it: the database file
@@ -56,21 +91,27 @@ class Watched:
         if self._identity() != self.file_id:
             found.append("removed or replaced ledger.sqlite")
             self._reinstate()
-        changed: list[int] = []
-        keys: list[str] = []
-        if found or led._data_version() != self.version:  # another connection wrote
+        around = not found and self._files() != self.files  # written around SQLite: what the files hold
+        if around:
+            rows, meta = self._on_disk()
+        elif found or led._data_version() != self.version:  # another connection wrote
             rows = {r["number"]: tuple(r) for r in led._db.execute("SELECT * FROM trials")}
             meta = {k: v for k, v in led._db.execute("SELECT key, value FROM meta")}
-            changed = sorted(n for n in set(rows) | set(self.rows) if rows.get(n) != self.rows.get(n))
-            keys = sorted(k for k in set(meta) | set(self.meta) if meta.get(k) != self.meta.get(k))
+        else:
+            rows, meta = self.rows, self.meta
+        changed = sorted(n for n in set(rows) | set(self.rows) if rows.get(n) != self.rows.get(n))
+        keys = sorted(k for k in set(meta) | set(self.meta) if meta.get(k) != self.meta.get(k))
         if changed:
             shown = ", ".join(map(str, changed[:8])) + (" ..." if len(changed) > 8 else "")
             found.append(f"changed the ledger's record of trial{'s' if len(changed) > 1 else ''} {shown}")
         if keys:
             found.append(f"changed the ledger's settings ({', '.join(keys[:5])})")
-        if changed or keys:
+        if around and (changed or keys):
+            self._reinstate(from_memory=True)
+        elif changed or keys:
             self._put_back(changed, keys)
         self.version = led._data_version()
+        self.took()
         tsv = self._read_tsv()
         if self.tsv is not None and (changed or tsv != self.tsv):
             if tsv != self.tsv:
@@ -100,11 +141,13 @@ class Watched:
                 db.execute("ROLLBACK")
             raise AutoresearchError(f"cannot restore the ledger {self.led.dir / 'ledger.sqlite'}: {e}") from None
 
-    def _reinstate(self) -> None:
+    def _reinstate(self, from_memory: bool = False) -> None:
         """ledger.sqlite removed or replaced under the loop: its open connection still reads
         the loop's database; copy that to a new file, keep what was put in its place beside it
-        (ledger.sqlite.replaced), and go on with the copy."""
-        from autoresearch.ledger import connect
+        (ledger.sqlite.replaced), and go on with the copy. `from_memory`: its files were written
+        around SQLite, and the connection would read what was written there too (a page not in
+        its cache, a WAL cut short): the new file is written from the rows the loop remembers."""
+        from autoresearch.ledger import SCHEMA, connect
 
         led = self.led
         path = led.dir / "ledger.sqlite"
@@ -113,8 +156,15 @@ class Watched:
         fresh.unlink(missing_ok=True)
         try:
             copy = sqlite3.connect(fresh)
-            with copy:
-                led._db.backup(copy)
+            if from_memory:
+                copy.executescript(SCHEMA)
+                with copy:
+                    copy.executemany(f"INSERT INTO trials ({', '.join(self.cols)}) VALUES "
+                                     f"({', '.join('?' * len(self.cols))})", self.rows.values())
+                    copy.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", self.meta.items())
+            else:
+                with copy:
+                    led._db.backup(copy)
             copy.close()
             led._db.close()  # (its -wal and -shm, still under their names, go with it)
             for suffix in ("", "-wal", "-shm"):  # what stands there now is not the loop's
