@@ -6,7 +6,10 @@ adds `json.py` beside a protected `prepare.py` therefore has the evaluator, whic
 protected files, import the agent's code as `json`: the figures of record would be the agent's.
 Such a file is refused when the trial's change adds it, in the task's root or in the folder of
 a protected Python file, under the name of a standard-library module or of a module a protected
-file imports. A file already there at the baseline is the task author's, and stays.
+file imports, or of a protected module itself: Python takes a package folder (`data/__init__.py`)
+or an extension (`data.abi3.so`) before the `data.py` beside it, so an agent's `model/data/`
+would stand in for a protected `model/data.py` however it is imported (`from .data import`,
+`from model.data import`). A file already there at the baseline is the task author's, and stays.
 """
 
 from __future__ import annotations
@@ -63,10 +66,13 @@ def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
     python = [p for p in task.protected_files(workdir) if p.endswith(".py")]
     folders = {""} | {p.rpartition("/")[0] for p in python}
     used = imported(workdir, python)
+    own = {m: p for p in python if (m := module_of(p)) is not None}
     for path, (folder, name) in added:
         if folder not in folders:
             continue
-        if name in sys.stdlib_module_names:
+        if (folder, name) in own and own[(folder, name)] != path:
+            whose = f"the protected {own[(folder, name)]}"
+        elif name in sys.stdlib_module_names:
             whose = f"Python's own {name}"
         elif name in used:
             whose = f"the {name} the protected files import"
