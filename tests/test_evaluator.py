@@ -180,13 +180,18 @@ def test_a_module_the_agent_commits_cannot_stand_in_for_one_the_evaluator_import
 
 
 
-@pytest.mark.parametrize("planted", ["model/data/__init__.py", "model/data.abi3.so"])
+PYC = f"model/__pycache__/data.cpython-{sys.version_info[0]}{sys.version_info[1]}.pyc"
+
+
+@pytest.mark.parametrize("planted", ["model/data/__init__.py", "model/data.abi3.so", PYC])
 def test_a_package_the_agent_commits_cannot_stand_in_for_a_protected_module(tmp_path: Path, planted: str) -> None:
     """The evaluator imports a protected module of a package (`model/data.py`) beside editable
-    ones (`model/*.py`, which crosses folders). An agent committed `model/data/__init__.py`:
-    Python takes a package before the module of the same name (an extension too), and nothing
-    of the protected file was changed, so the agent's `answer` gave the figure of record (-100,
-    kept). A new file named as a protected module beside it is rejected."""
+    ones (`model/`). An agent committed `model/data/__init__.py`: Python takes a package before
+    the module of the same name (an extension too), and nothing of the protected file was
+    changed, so the agent's `answer` gave the figure of record (-100, kept); so did a bytecode
+    cache of data.py made from other source (an unchecked hash-based .pyc: Python does not look
+    at the source). A new file named as a protected module beside it, or a cache of one, is
+    rejected."""
     evaluator = ("import os\nfrom model.data import answer\n"
                  "x = float(open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'x.txt')).read())\n"
                  "print(f'loss: {answer(x)}')\n")
@@ -196,18 +201,22 @@ def test_a_package_the_agent_commits_cannot_stand_in_for_a_protected_module(tmp_
     root = make_task(tmp_path / "task", experiment=experiment, files=files,
                      toml_extra='evaluate = "python prepare.py"\n' + METRIC)
     toml = root / "autoresearch.toml"
-    toml.write_text(toml.read_text().replace('editable = ["exp.py"]', 'editable = ["exp.py", "model/*.py", "model/*.so"]')
+    toml.write_text(toml.read_text().replace('editable = ["exp.py"]', 'editable = ["exp.py", "model/"]')
                     .replace('protected = ["prepare.py"]', 'protected = ["prepare.py", "model/__init__.py", "model/data.py"]'))
     git(root, "commit", "-q", "-am", "a package, part editable")
     agent = script_agent(tmp_path / "agent.sh", f"""\
         sed -i 's/^X = .*/X = 2.9/' model/net.py
-        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then mkdir -p model/data; printf 'def answer(x):\\n    return -100.0\\n' > {planted}; fi
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then
+            mkdir -p model/data model/__pycache__; printf 'def answer(x):\\n    return -100.0\\n' > {tmp_path / "fake.py"}
+            python -c "import py_compile as c, shutil, sys; (c.compile(sys.argv[1], cfile=sys.argv[2], invalidation_mode=c.PycInvalidationMode.UNCHECKED_HASH) if sys.argv[2].endswith('.pyc') else shutil.copy(*sys.argv[1:]))" {tmp_path / "fake.py"} {planted}
+            rmdir model/data 2>/dev/null || true
+        fi
         echo "smaller X"
         """)
     run(root, agent, 2)
     one, two = trials(root)[1:]
-    assert one.status is Status.REJECTED and f"added {planted}, which Python would import in place of the protected " \
-        "model/data.py" in one.reason, (one.status, one.metric, one.reason)
+    assert one.status is Status.REJECTED and f"added {planted}, " in one.reason and "the protected model/data.py" \
+        in one.reason, (one.status, one.metric, one.reason)
     assert two.status is Status.KEEP and two.metric == pytest.approx(5.61), two  # measured, honestly
 
 def test_kill_owned_matches_a_trial_not_its_namesakes() -> None:

@@ -10,6 +10,9 @@ file imports, or of a protected module itself: Python takes a package folder (`d
 or an extension (`data.abi3.so`) before the `data.py` beside it, so an agent's `model/data/`
 would stand in for a protected `model/data.py` however it is imported (`from .data import`,
 `from model.data import`). A file already there at the baseline is the task author's, and stays.
+So is a bytecode cache of a protected file (`model/__pycache__/data.cpython-311.pyc`), in any
+change: Python runs it in place of its source when its check of the source passes, and that
+check can be forged (the source's mtime and size) or left out (an unchecked hash-based .pyc).
 """
 
 from __future__ import annotations
@@ -58,8 +61,22 @@ def imported(root: Path, files: list[str]) -> set[str]:
     return names
 
 
+def cached_source(path: str) -> str | None:
+    """The source file a bytecode cache stands for (`m/__pycache__/data.cpython-311.pyc` is
+    m/data.py's), or None."""
+    folder, _, name = path.rpartition("/")
+    parent, _, cache = folder.rpartition("/")
+    if cache != "__pycache__" or not name.endswith(".pyc"):
+        return None
+    return f"{parent}/{name.split('.')[0]}.py".lstrip("/")
+
+
 def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
     """Why a file the change adds would be imported in place of another module, or None."""
+    for c in changes:
+        if c.status != "D" and (source := cached_source(c.path)) and task.is_protected(source):
+            return (f"{'added' if c.status == 'A' else 'changed'} {c.path}, Python's bytecode for the protected "
+                    f"{source}, which Python would run in place of that file")
     added = [(c.path, m) for c in changes if c.status == "A" and (m := module_of(c.path))]
     if not added:
         return None
