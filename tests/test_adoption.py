@@ -164,6 +164,35 @@ def test_an_agent_that_pops_the_users_stash_is_rejected_and_told_how_to_restore_
     assert git(root, "stash", "list")  # the user's work is back
 
 
+def test_the_python_of_an_active_environment_replaced_by_the_agent_is_put_back(tmp_path: Path) -> None:
+    """Experiments and the evaluator run the `python` of the user's active virtualenv (or of the
+    one autoresearch runs in), not autoresearch's own links. An agent replaced it by a script
+    that prints a better figure when it runs the evaluator, and that was the figure of record
+    (-100, kept): only autoresearch's own links were watched. It is put back and the trial
+    rejected; the next trial is measured by the real interpreter."""
+    from trust_helpers import eval_task
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    root = eval_task(tmp_path, holdout=False)
+    python = venv / "bin" / "python"
+    agent = script_agent(tmp_path / "agent.sh", f"""\
+        sed -i "s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/" exp.py
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then
+            real=$(readlink -f {python}); rm {python}
+            printf '#!/bin/sh\\n[ "$1" = prepare.py ] && {{ echo "loss: -100"; exit 0; }}\\nexec %s "$@"\\n' "$real" > {python}
+            chmod +x {python}
+        fi
+        echo lower X
+        """)
+    env = {"VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "2", env=env)
+    assert r.returncode == 0, r.stderr
+    ts = trials(root)
+    assert ts[1].status is Status.REJECTED and "changed the experiments' python" in ts[1].reason, (ts[1].metric, ts[1].reason)
+    assert python.is_symlink() and ts[2].metric == pytest.approx(1.44), ts[2].metric
+
+
 @pytest.mark.parametrize("planted", ["a link in place of a .pth", "a package named sitecustomize"])
 def test_a_startup_file_made_a_link_or_a_package_is_taken_out_not_written_through(tmp_path: Path, planted: str) -> None:
     """A `.pth` that was there, replaced by a link to a file of the agent's, was put back by

@@ -5,7 +5,8 @@ every start (the evaluator's too). An agent that plants one there fakes
 the evaluation without a line in its diff, so the loop looks at them after every agent call and
 every experiment (one listing of each site folder: about a millisecond).
 
-Put back: the python links autoresearch made, and the startup files (a `.pth`, sitecustomize,
+Put back: the python links autoresearch made (or, where experiments run the python of a
+virtualenv, its `python*` entries and its pyvenv.cfg), the interpreter itself, and the startup files (a `.pth`, sitecustomize,
 usercustomize) as they were; what was found in their place is moved to the tag's `quarantine/`
 folder, not deleted (on a shared interpreter it may be another process's). Reported and not
 undone: any other change in a site folder (a package installed or removed), which may be the
@@ -14,9 +15,11 @@ user's own `pip install`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -56,13 +59,46 @@ def site_dirs(bin_dir: Path, env: dict[str, str]) -> list[Path]:
                                   sysconfig.get_paths()["stdlib"], os.path.realpath(sys.executable)]]
 
 
+def _launchers(bin_dir: Path) -> list[Path]:
+    """What `python` on the experiments' PATH is when bin_dir is a virtualenv's or conda's (the
+    user's, or the one autoresearch runs in): its `python*` entries, and the pyvenv.cfg whose
+    `home` says where the standard library is."""
+    try:
+        names = sorted(e.name for e in os.scandir(bin_dir) if e.name.startswith("python"))
+    except OSError:
+        names = []
+    return [bin_dir / n for n in names] + [bin_dir.parent / "pyvenv.cfg"]
+
+
+def _stamp(path: Path) -> tuple[object, ...]:
+    """A launcher by what replacing or writing it changes (no process can set a ctime)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return ("missing",)
+    if stat.S_ISLNK(st.st_mode):
+        return ("link", os.readlink(path))
+    return ("entry", st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class EnvGuard:
     def __init__(self, bin_dir: Path, shim: bool, dirs: list[Path], keep: Path | None = None) -> None:
         self.bin_dir = bin_dir
         self.keep = keep  # where a startup file taken out is kept
         self.shim = shim  # bin_dir is autoresearch's own (links to this interpreter)
         self.dirs = dirs
+        self.interpreter = [d for d in dirs if d.is_file()]  # (the binary `python` runs)
         self._saved = self._read()
+        # the interpreter, and (not autoresearch's own links) the user's environment's bin or
+        # the virtualenv autoresearch runs in: a `python` written there (a script that prints a
+        # figure) would run as the evaluator
+        self._launchers = self._take_launchers()
+
+    def _take_launchers(self) -> dict[Path, tuple[tuple[object, ...], bytes | None]]:
+        return {p: (_stamp(p), slurp(p) if p.is_file() and not p.is_symlink() else None) for p in self._launcher_paths()}
+
+    def _launcher_paths(self) -> list[Path]:
+        return self.interpreter + ([] if self.shim else _launchers(self.bin_dir))
 
     def _read(self) -> dict[str, tuple[object, ...]]:
         """Each site folder's entries: a startup file by its content (through a link: what
@@ -71,9 +107,7 @@ class EnvGuard:
         entry."""
         out: dict[str, tuple[object, ...]] = {}
         for d in self.dirs:
-            if d.is_file():  # the interpreter
-                st = d.stat()
-                out[str(d)] = ("entry", st.st_mode, st.st_size, st.st_mtime_ns)
+            if d in self.interpreter:  # (a launcher: see _launchers_changed)
                 continue
             try:
                 entries = list(os.scandir(d))
@@ -94,6 +128,25 @@ class EnvGuard:
                 except OSError:
                     continue
         return out
+
+    def _launchers_changed(self) -> list[str]:
+        """The launchers written, replaced or made since the start; each put back (one that was
+        not there removed)."""
+        changed = []
+        for path in sorted(set(self._launcher_paths()) | set(self._launchers)):
+            stamp, content = self._launchers.get(path, (("missing",), None))
+            if _stamp(path) == stamp:
+                continue
+            changed.append(path.name)
+            with contextlib.suppress(OSError):
+                remove_path(path)
+                if stamp[0] == "link":
+                    path.symlink_to(str(stamp[1]))
+                elif content is not None and content != NOT_REGULAR:
+                    path.write_bytes(content)
+                    os.chmod(path, int(stamp[2]))  # type: ignore[call-overload]
+            self._launchers[path] = (_stamp(path), content)
+        return changed
 
     def _shim_broken(self) -> bool:
         if not self.shim:
@@ -122,6 +175,7 @@ class EnvGuard:
         """Take the site folders as they are now for the starting point (after setup, which may
         `pip install -e .`)."""
         self._saved = self._read()
+        self._launchers = self._take_launchers()
 
     def check_and_restore(self) -> tuple[str | None, str | None]:
         """What changed since the last look: (why the trial is rejected, a note for it); None
@@ -132,6 +186,8 @@ class EnvGuard:
         if self._shim_broken():
             python_shim(self.bin_dir)
             problems.append(f"changed the experiments' python ({self.bin_dir / 'python'}); restored")
+        if launchers := self._launchers_changed():
+            problems.append(f"changed the experiments' python ({', '.join(launchers[:3])} in {self.bin_dir}); restored")
         now = self._read()
         if now != self._saved:
             changed = sorted(p for p in set(now) | set(self._saved) if now.get(p) != self._saved.get(p))
