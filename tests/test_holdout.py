@@ -158,3 +158,42 @@ def test_code_an_agent_writes_cannot_read_the_holdout_either(tmp_path: Path) -> 
     for t in ts:
         for s in holdout_strings(t):
             assert s not in logs, s
+
+
+MLFLOW_PEEK = """\
+root=$(dirname "$(git rev-parse --path-format=absolute --git-common-dir)")
+cat $(find "$root/mlruns" -path '*metrics/test_loss') > {out}/agent-$AUTORESEARCH_TRIAL 2>&1 || true
+cat >> exp.py <<PY
+import glob
+for path in glob.glob("$root/mlruns/*/*/metrics/test_loss"):
+    print("peek", open(path).read())
+PY
+sed -i "s/^X = .*/X = $((3 - AUTORESEARCH_TRIAL)).0/" exp.py
+echo "read the MLflow store"
+"""
+
+
+def test_an_mlflow_store_in_the_repository_is_sealed_as_the_ledger_is(tmp_path: Path) -> None:
+    """`--mlflow ./mlruns` (the flag's own example) logs every trial's figures, the holdout's
+    included, into the task's repository: a sealed agent read every earlier trial's holdout
+    there (`find mlruns -path '*metrics/test_loss'`), and so could the code it wrote. The local
+    store is hidden from both, as the ledgers are; the figures are still logged."""
+    from autoresearch import sandbox
+
+    if sandbox.problem():
+        pytest.skip(f"the seal needs bubblewrap: {sandbox.problem()}")
+    pytest.importorskip("mlflow")
+    root = eval_task(tmp_path)
+    out = tmp_path / "seen"
+    out.mkdir()
+    r = cli("run", str(root), "--tag", "t", "--agent", "cli", "--trials", "2", "--mlflow", "./mlruns",
+            "--agent-cmd", script_agent(tmp_path / "agent.sh", MLFLOW_PEEK.format(out=out)), cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ts = trials(root)
+    assert [t.status for t in ts] == [Status.KEEP] * 3
+    assert list((root / "mlruns").glob("*/*/metrics/test_loss"))  # logged...
+    seen = "\n".join(p.read_text() for p in out.iterdir())
+    seen += "\n".join(p.read_text() for p in (root / ".autoresearch" / "t" / "logs").iterdir())
+    for t in ts[:2]:
+        for s in holdout_strings(t):
+            assert s not in seen, s  # ...where neither the agent nor its code could look

@@ -311,10 +311,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         events = events_for(task)
         if args.mlflow:  # each finished trial also becomes an MLflow run (checked before the tag is made)
-            from autoresearch.report.mlflow_log import mlflow_events
+            from autoresearch.report.mlflow_log import mlflow_events, sealed_stores
 
             events = mlflow_events(events, args.mlflow, task, tag)
         session = open_session(task, tag)
+        session.sealed = sealed_stores(args.mlflow) if args.mlflow else ()  # (they hold the holdout figures)
         session.ledger.set_meta("agent_options", options_record(opts))
     except BaseException:
         backend.close()

@@ -274,7 +274,8 @@ class Loop:
             ctx = Context(task=self.task, workdir=ws.path, number=t.number,
                           best=visible(parent, self.task.metric.holdout), history=history,
                           log_path=self.s.dir / "agent" / f"{t.number}.log", ledger_dir=self.s.dir,
-                          time_limit=self.opt.agent_timeout, cancel=self.cancel, beside=self.measure.beside)
+                          time_limit=self.opt.agent_timeout, cancel=self.cancel, beside=self.measure.beside,
+                          sealed=self.s.sealed)
             t, error, fatal = self._ask_agent(ctx, t)
         with self.lock:  # before git reads the worktree: a filter driver, a hook put in place is gone
             tamper = self.watch.tampering(t.number, "agent")

@@ -109,7 +109,7 @@ class Measurer:
             evaluate=self.task.evaluate, owner=f"{self.s.owner}:{n}", sandbox=self.sandbox,
             seal=bool(self.task.metric.holdout) or (self.beside and not self.backend.remote),  # (sealed from
             # the other worktrees; a Ray worker's are elsewhere)
-            hidden=(self.s.dir.parent,),
+            hidden=(self.s.dir.parent, *self.s.sealed),
             readable=(self.task.root, self.bin_dir, self.setup.store, *(p.resolve() for _, p in self.setup.shared)),
             holdout=self.task.metric.holdout, eval_file=self.task.metric.file,
             eval_log=self.s.dir / "sealed" / f"{n}{suffix}.eval.log",

@@ -128,6 +128,12 @@ def _stdlib_read_only() -> list[tuple[Path, str]]:
     return [(p, "--ro-bind") for p in sorted(std)] + [(p, "--bind") for p in sorted(site) if _under(p, std)]
 
 
+def _hiding(hidden: list[Path]) -> list[tuple[Path, str]]:
+    """A hidden folder under an empty tmpfs, a hidden file (an MLflow store's database) under
+    an empty file; one that is not there is left (bwrap cannot mount over nothing)."""
+    return [(h, "--tmpfs" if h.is_dir() else "null") for h in hidden if h.exists()]
+
+
 def _under(path: Path, roots: Iterable[Path]) -> bool:
     return any(path == r or r in path.parents for r in roots)
 
@@ -185,7 +191,7 @@ def experiment_prefix(workdir: Path, run_dir: Path, *, hidden: Iterable[Path] = 
         p = p.resolve()
         if p.exists() and _under(p, masked) and not _under(p, writable):
             ops.append((p, "--ro-bind"))
-    ops += [(h, "--tmpfs") for h in hidden]
+    ops += _hiding(hidden)
     ops += [(workdir, "--bind"), (run_dir, "--bind")]
     for rel in protected:
         f = workdir / rel
@@ -198,7 +204,7 @@ def experiment_prefix(workdir: Path, run_dir: Path, *, hidden: Iterable[Path] = 
         argv += ["--dev-bind", str(d), str(d)]
     argv += _mounts(ops)
     for h in hidden:
-        argv += ["--remount-ro", str(h)]
+        argv += ["--remount-ro", str(h)] if h.is_dir() else []
     argv += ["--setenv", "TMPDIR", "/tmp", "--chdir", str(workdir)]
     if "TRITON_CACHE_DIR" not in os.environ:  # its default (~/.triton) is read-only here
         argv += ["--setenv", "TRITON_CACHE_DIR", "/tmp/triton-cache"]
@@ -215,25 +221,26 @@ def seal_prefix(workdir: Path, *, hidden: Iterable[Path], writable: Iterable[Pat
     its worktree and `writable` folders (read-write) and `readable` paths (read-only)."""
     workdir = workdir.resolve()
     hidden = [h.resolve() for h in hidden]
-    ops: list[tuple[Path, str]] = [(h, "--tmpfs") for h in hidden] + _stdlib_read_only()
+    ops: list[tuple[Path, str]] = _hiding(hidden) + _stdlib_read_only()
     ops += [(workdir, "--bind")] + [(p.resolve(), "--bind") for p in writable if p.exists()]
     ops += [(p.resolve(), "--ro-bind") for p in readable if p.exists()]
     argv = [bwrap, "--die-with-parent", "--unshare-pid", "--cap-drop", "ALL",
             "--bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc"]
     argv += _mounts(ops)
     for h in hidden:
-        argv += ["--remount-ro", str(h)]
+        argv += ["--remount-ro", str(h)] if h.is_dir() else []
     return argv + ["--chdir", str(workdir)]
 
 
-def seal_agent(task: object, workdir: Path, ledger_dir: Path, own_dir: Path, beside: bool = False) -> list[str]:
+def seal_agent(task: object, workdir: Path, ledger_dir: Path, own_dir: Path, beside: bool = False,
+               also: Iterable[Path] = ()) -> list[str]:
     """The prefix for a CLI agent of `task`: every ledger hidden from it but its worktree, its
     own prompt folder and the agent-visible logs and results.tsv (so, with trials `beside` it,
     the worktrees of the others too). Empty when the task has no holdout to seal and no trial
     runs beside it, or bubblewrap cannot run here (see `seal_warning`)."""
     if not (task.metric.holdout or beside) or problem():  # type: ignore[attr-defined]
         return []
-    return seal_prefix(workdir, hidden=[ledger_dir.parent], writable=[own_dir],
+    return seal_prefix(workdir, hidden=[ledger_dir.parent, *also], writable=[own_dir],
                        readable=[ledger_dir / "logs", ledger_dir / "results.tsv"],
                        bwrap=bwrap_path() or "bwrap")
 

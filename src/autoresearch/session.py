@@ -53,6 +53,7 @@ class Session:
     watchdog: subprocess.Popen[bytes] | None = None
     lifeline: int | None = None  # the watchdog's pipe: closed when the loop ends (or dies)
     restarted: bool = False  # a tag with no trial yet, started again from HEAD
+    sealed: tuple[Path, ...] = ()  # what every seal hides besides the ledgers (a local MLflow store: the holdout)
 
     @property
     def dir(self) -> Path:

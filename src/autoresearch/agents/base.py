@@ -46,6 +46,7 @@ class Context:
     time_limit: float | None = None  # seconds this proposal may take
     cancel: threading.Event | None = None  # set when the loop is stopping: give up at once
     beside: bool = False  # other trials run beside this one (a CLI agent is sealed from their worktrees)
+    sealed: tuple[Path, ...] = ()  # hidden from a sealed agent besides the ledgers (Session.sealed)
 
     def log(self, text: str) -> None:
         with open_log(self.log_path, append=True) as f:  # (a FIFO put in its place is not waited on)

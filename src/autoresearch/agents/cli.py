@@ -214,7 +214,7 @@ class CommandAgent(BaseAgent):
         timeout = min(self.timeout, ctx.time_limit or self.timeout)
         start = ctx.log_path.stat().st_size if ctx.log_path.exists() else 0
         ctx.log(f"$ {command}")
-        prefix = seal_agent(ctx.task, ctx.workdir, ctx.ledger_dir, own, ctx.beside)
+        prefix = seal_agent(ctx.task, ctx.workdir, ctx.ledger_dir, own, ctx.beside, also=ctx.sealed)
         argv: str | list[str] = [*prefix, "/bin/bash", "-c", command] if prefix else command
         result = run_command(argv, ctx.workdir, env, timeout, ctx.log_path, append=True, split_stdout=True,
                              owner=f"agent:{ctx.ledger_dir}:{ctx.number}", cancel=ctx.cancel)

@@ -50,6 +50,13 @@ def local_stores(uri: str) -> list[Path]:
     return []
 
 
+def sealed_stores(uri: str) -> tuple[Path, ...]:
+    """The local store's files and folders, which hold every trial's figures, the sealed holdout
+    included: hidden from sealed agents and experiments as the ledgers are (a store a server
+    keeps, on this machine or another, is out of the seal's reach: its network stays open)."""
+    return tuple(Path(os.path.abspath(p)) for p in local_stores(uri))
+
+
 def keep_out_of_git(uri: str, root: Path | str | None) -> None:
     """A store inside the task's repository is ignored through .git/info/exclude: made there, it
     would leave the repository dirty, and the next `run` would refuse to start."""
