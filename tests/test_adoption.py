@@ -193,6 +193,36 @@ def test_the_python_of_an_active_environment_replaced_by_the_agent_is_put_back(t
     assert python.is_symlink() and ts[2].metric == pytest.approx(1.44), ts[2].metric
 
 
+@pytest.mark.parametrize("planted", ["sitecustomize.py", "json.py"])
+def test_what_an_agent_plants_in_a_pythonpath_folder_is_taken_out(tmp_path: Path, planted: str) -> None:
+    """Experiments and the evaluator get the user's PYTHONPATH, whose folders Python searches
+    before the standard library and the site folders. An agent put a sitecustomize.py there (it
+    runs at every start: the evaluator printed its figure, -100, kept) or a json.py (every
+    `import json`, the experiment's and the evaluator's, ran it): only the site folders and the
+    standard library were watched. Either is taken out (kept in the quarantine) and its trial
+    rejected."""
+    from trust_helpers import eval_task
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    cheat = ("import atexit, os, sys\nif sys.argv[:1] == ['prepare.py']:\n    sys.stdout.write('loss: -100\\n')\n"
+             "    sys.stdout.flush()\n    os._exit(0)\n")
+    (tmp_path / "cheat.py").write_text(cheat)
+    root = eval_task(tmp_path, holdout=False)
+    agent = script_agent(tmp_path / "agent.sh", f"""\
+        sed -i "s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/" exp.py
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then cp {tmp_path / "cheat.py"} {folder / planted}; fi
+        echo lower X
+        """)
+    r = cli("run", str(root), "--tag", "t", "--agent-cmd", agent, "--trials", "2",
+            env={"PYTHONPATH": f"{folder}{os.pathsep}{os.environ['PYTHONPATH']}"})
+    assert r.returncode == 0, r.stderr
+    ts = trials(root)
+    assert ts[1].status is Status.REJECTED and planted in ts[1].reason, (ts[1].metric, ts[1].reason)
+    assert not (folder / planted).exists() and (root / ".autoresearch/t/quarantine" / planted).exists()
+    assert ts[2].metric == pytest.approx(1.44), ts[2].metric
+
+
 @pytest.mark.parametrize("planted", ["a link in place of a .pth", "a package named sitecustomize"])
 def test_a_startup_file_made_a_link_or_a_package_is_taken_out_not_written_through(tmp_path: Path, planted: str) -> None:
     """A `.pth` that was there, replaced by a link to a file of the agent's, was put back by

@@ -42,6 +42,18 @@ def _content(entry: tuple[object, ...]) -> bytes | None:
     return data if isinstance(data, bytes) and data != NOT_REGULAR else None
 
 
+def path_dirs() -> list[Path]:
+    """The folders of PYTHONPATH (experiments get ours), which Python searches before the
+    standard library and the site folders: a sitecustomize there runs at every start, and a
+    json.py there is every `import json`."""
+    return [Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(p) and os.path.isdir(p)]
+
+
+def _stdlib_name(name: str) -> bool:
+    """Whether an entry of a folder would be imported as a standard-library module."""
+    return name.split(".")[0] in sys.stdlib_module_names and name.split(".")[-1] in ("py", "pyc", "so", name)
+
+
 def site_dirs(bin_dir: Path, env: dict[str, str]) -> list[Path]:
     """The site folders of the `python` in `bin_dir` and its standard library's folder (a
     sitecustomize there runs at every start too), then the interpreter itself; this
@@ -86,7 +98,8 @@ class EnvGuard:
         self.bin_dir = bin_dir
         self.keep = keep  # where a startup file taken out is kept
         self.shim = shim  # bin_dir is autoresearch's own (links to this interpreter)
-        self.dirs = dirs
+        self.first = path_dirs()  # (before the standard library on sys.path: a json.py there is `import json`)
+        self.dirs = dirs + [d for d in self.first if d not in dirs]
         self.interpreter = [d for d in dirs if d.is_file()]  # (the binary `python` runs)
         self._saved = self._read()
         # the interpreter, and (not autoresearch's own links) the user's environment's bin or
@@ -167,8 +180,10 @@ class EnvGuard:
             n += 1
         if isinstance(data, bytes):
             dest.write_bytes(data)
-        else:  # (a package named sitecustomize: imported as the module would be)
+        elif path.is_dir() and not path.is_symlink():  # (a package named sitecustomize or json)
             shutil.copytree(path, dest, symlinks=True)
+        else:
+            shutil.copyfile(path, dest, follow_symlinks=False)
         return dest
 
     def refresh(self) -> None:
@@ -192,13 +207,14 @@ class EnvGuard:
         if now != self._saved:
             changed = sorted(p for p in set(now) | set(self._saved) if now.get(p) != self._saved.get(p))
             installs = {str(Path(p).parent) for p in changed if p.endswith((".dist-info", ".egg-info", ".egg-link"))}
-            hooks = [p for p in changed if _startup(Path(p).name) and str(Path(p).parent) not in installs]
+            hooks = [p for p in changed if _startup(Path(p).name) and str(Path(p).parent) not in installs
+                     or p not in self._saved and Path(p).parent in self.first and _stdlib_name(Path(p).name)]
             failed, kept = [], []
             for p in hooks:
                 old = self._saved.get(p)
                 try:
                     found = now.get(p)
-                    if self.keep is not None and found is not None and (found[0] == "dir" or _content(found) is not None):
+                    if self.keep is not None and found is not None and (found[0] != "file" or _content(found) is not None):
                         kept.append(self._keep(Path(p), _content(found)))
                     remove_path(Path(p))  # (a link or a folder put in its place: replaced, never written through)
                     if old is not None and (content := _content(old)) is not None:
