@@ -71,15 +71,16 @@ def site_dirs(bin_dir: Path, env: dict[str, str]) -> list[Path]:
                                   sysconfig.get_paths()["stdlib"], os.path.realpath(sys.executable)]]
 
 
-def _launchers(bin_dir: Path) -> list[Path]:
-    """What `python` on the experiments' PATH is when bin_dir is a virtualenv's or conda's (the
-    user's, or the one autoresearch runs in): its `python*` entries, and the pyvenv.cfg whose
-    `home` says where the standard library is."""
-    try:
-        names = sorted(e.name for e in os.scandir(bin_dir) if e.name.startswith("python"))
-    except OSError:
-        names = []
-    return [bin_dir / n for n in names] + [bin_dir.parent / "pyvenv.cfg"]
+def _launchers(bin_dir: Path, shim: bool) -> list[Path]:
+    """What `python` on the experiments' PATH is: the pyvenv.cfg Python looks for beside it and
+    one folder up (one put beside autoresearch's own links made them a virtualenv, with site
+    folders of the agent's), and, when bin_dir is a virtualenv's or conda's (the user's, or the
+    one autoresearch runs in), its `python*` entries."""
+    names = []
+    if not shim:
+        with contextlib.suppress(OSError):
+            names = sorted(e.name for e in os.scandir(bin_dir) if e.name.startswith("python"))
+    return [bin_dir / n for n in names] + [bin_dir / "pyvenv.cfg", bin_dir.parent / "pyvenv.cfg"]
 
 
 def _stamp(path: Path) -> tuple[object, ...]:
@@ -102,16 +103,16 @@ class EnvGuard:
         self.dirs = dirs + [d for d in self.first if d not in dirs]
         self.interpreter = [d for d in dirs if d.is_file()]  # (the binary `python` runs)
         self._saved = self._read()
-        # the interpreter, and (not autoresearch's own links) the user's environment's bin or
-        # the virtualenv autoresearch runs in: a `python` written there (a script that prints a
-        # figure) would run as the evaluator
+        # the interpreter, a pyvenv.cfg beside `python`, and (not autoresearch's own links) the
+        # user's environment's bin or the virtualenv autoresearch runs in: a `python` written
+        # there (a script that prints a figure) would run as the evaluator
         self._launchers = self._take_launchers()
 
     def _take_launchers(self) -> dict[Path, tuple[tuple[object, ...], bytes | None]]:
         return {p: (_stamp(p), slurp(p) if p.is_file() and not p.is_symlink() else None) for p in self._launcher_paths()}
 
     def _launcher_paths(self) -> list[Path]:
-        return self.interpreter + ([] if self.shim else _launchers(self.bin_dir))
+        return self.interpreter + _launchers(self.bin_dir, self.shim)
 
     def _read(self) -> dict[str, tuple[object, ...]]:
         """Each site folder's entries: a startup file by its content (through a link: what
