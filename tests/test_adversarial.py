@@ -251,6 +251,25 @@ rm -f "$L/results.tsv"; {deed} "$L/results.tsv"
 
 
 
+def test_results_tsv_or_sqlites_shm_made_a_folder_is_set_aside_and_the_tag_goes_on(tmp_path: Path) -> None:
+    """A folder put in results.tsv's place stopped the loop ("cannot write results.tsv: Is a
+    directory"), and every later run of the tag with it; one put where SQLite keeps its -shm
+    had every later run refused ("attempt to write a readonly database"). Each is set aside
+    (results.tsv.replaced.*, ledger.sqlite-shm.replaced.*), the trial that made the first is
+    rejected, and the tag goes on and resumes."""
+    repo, r = run_deed(tmp_path, """\
+L=$(dirname "$(dirname "$(dirname "$AUTORESEARCH_PROMPT_FILE")")")
+rm -f "$L/results.tsv" "$L/ledger.sqlite-shm"; mkdir -p "$L/results.tsv/x" "$L/ledger.sqlite-shm"
+""", trials_=3, timeout=60)
+    assert r.returncode == 0, r.stderr
+    done = trials(repo)
+    assert [t.status.value for t in done] == ["keep", "keep", "rejected", "keep"], [(t.status, t.reason) for t in done]
+    assert "changed results.tsv" in done[2].reason
+    again = cli("run", str(repo), "--tag", "t", "--agent", "search", "--trials", "1")
+    assert again.returncode == 0, again.stderr
+    tsv = repo / ".autoresearch" / "t" / "results.tsv"
+    assert tsv.is_file() and len(tsv.read_text().splitlines()) == 6 and len(trials(repo)) == 5
+
 @pytest.mark.parametrize("deed", ["a figure patched", "the WAL cut short"])
 def test_the_ledgers_files_written_around_sqlite_are_caught_and_put_back(tmp_path: Path, deed: str) -> None:
     """An agent that writes the bytes of the ledger's WAL (or database file) itself, not through

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,7 +61,14 @@ COLUMNS = ["number", "status", "description", "parent", "commit_sha", "metric", 
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """A connection that writes: WAL, and every commit synced to disk."""
+    """A connection that writes: WAL, and every commit synced to disk. A folder (or another
+    thing that is not a file) put where SQLite keeps its -wal or -shm is set aside first: SQLite
+    would take the database for read-only, and every later run of the tag would fail."""
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        with contextlib.suppress(OSError):
+            if not stat.S_ISREG(os.lstat(side).st_mode):
+                os.replace(side, side.with_name(f"{side.name}.replaced.{time.time_ns()}"))
     db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
@@ -404,6 +412,8 @@ class Ledger:
             tmp = path.with_name(f"results.tsv.{os.getpid()}.tmp")
             data = self.tsv_text().encode()
             try:
+                if path.is_dir() and not path.is_symlink():  # (put there: no file could replace it, ever)
+                    os.replace(path, path.with_name(f"results.tsv.replaced.{time.time_ns()}"))
                 with open(tmp, "wb") as f:
                     f.write(data)
                     f.flush()
