@@ -266,15 +266,16 @@ rm -f "$L/results.tsv"; {deed} "$L/results.tsv"
 
 
 
-def test_results_tsv_or_sqlites_shm_made_a_folder_is_set_aside_and_the_tag_goes_on(tmp_path: Path) -> None:
-    """A folder put in results.tsv's place stopped the loop ("cannot write results.tsv: Is a
-    directory"), and every later run of the tag with it; one put where SQLite keeps its -shm
-    had every later run refused ("attempt to write a readonly database"). Each is set aside
-    (results.tsv.replaced.*, ledger.sqlite-shm.replaced.*), the trial that made the first is
-    rejected, and the tag goes on and resumes."""
+def test_the_ledgers_files_made_folders_are_set_aside_and_the_tag_goes_on(tmp_path: Path) -> None:
+    """A folder put in results.tsv's place (or results.lock's) stopped the loop ("cannot write
+    results.tsv: Is a directory"), and every later run of the tag with it; one put where SQLite
+    keeps its -shm had every later run refused ("attempt to write a readonly database"), and so
+    did one in the lock's place. Each is set aside (<name>.replaced.<time>), the trial that made
+    them is rejected, and the tag goes on and resumes."""
     repo, r = run_deed(tmp_path, """\
 L=$(dirname "$(dirname "$(dirname "$AUTORESEARCH_PROMPT_FILE")")")
-rm -f "$L/results.tsv" "$L/ledger.sqlite-shm"; mkdir -p "$L/results.tsv/x" "$L/ledger.sqlite-shm"
+rm -f "$L/results.tsv" "$L/ledger.sqlite-shm" "$L/lock" "$L/results.lock"
+mkdir -p "$L/results.tsv/x" "$L/ledger.sqlite-shm" "$L/lock/x" "$L/results.lock/x"
 """, trials_=3, timeout=60)
     assert r.returncode == 0, r.stderr
     done = trials(repo)

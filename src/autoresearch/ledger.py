@@ -65,14 +65,19 @@ def connect(path: Path) -> sqlite3.Connection:
     thing that is not a file) put where SQLite keeps its -wal or -shm is set aside first: SQLite
     would take the database for read-only, and every later run of the tag would fail."""
     for suffix in ("-wal", "-shm"):
-        side = path.with_name(path.name + suffix)
-        with contextlib.suppress(OSError):
-            if not stat.S_ISREG(os.lstat(side).st_mode):
-                os.replace(side, side.with_name(f"{side.name}.replaced.{time.time_ns()}"))
+        set_aside(path.with_name(path.name + suffix))
     db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     return db
+
+
+def set_aside(path: Path) -> None:
+    """What is at `path` and is not a regular file (a folder an agent made where the ledger keeps
+    a file) renamed to `<name>.replaced.<time>`: nothing else could ever be opened there."""
+    with contextlib.suppress(OSError):
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            os.replace(path, path.with_name(f"{path.name}.replaced.{time.time_ns()}"))
 
 
 class LedgerNotReady(AutoresearchError):
@@ -187,6 +192,7 @@ class Ledger:
         return False
 
     def acquire(self) -> None:
+        set_aside(self.dir / "lock")
         try:
             fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -393,6 +399,7 @@ class Ledger:
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[None]:
+        set_aside(self.dir / "results.lock")
         try:
             turn = open(self.dir / "results.lock", "a+b")
         except OSError as e:
@@ -413,7 +420,7 @@ class Ledger:
             data = self.tsv_text().encode()
             try:
                 if path.is_dir() and not path.is_symlink():  # (put there: no file could replace it, ever)
-                    os.replace(path, path.with_name(f"results.tsv.replaced.{time.time_ns()}"))
+                    set_aside(path)
                 with open(tmp, "wb") as f:
                     f.write(data)
                     f.flush()
