@@ -248,6 +248,21 @@ mkdir -p "$L/agent/3.log/x" "$L/logs/4.log/x"
     for log in (logs / "agent" / "3.log", logs / "logs" / "4.log"):
         assert log.is_file(), log
 
+def test_the_folder_of_the_experiments_python_made_a_file_is_made_anew(tmp_path: Path) -> None:
+    """autoresearch's own `python` links live in .autoresearch/bin/<id>/; an agent that put a
+    file in that folder's place stopped the loop ("File exists", as the links were made
+    again) and every later run. The folder is made anew, and the trial rejected."""
+    if sys.prefix != sys.base_prefix:
+        pytest.skip("experiments run the python of the virtualenv autoresearch runs in here, not its own links")
+    repo, r = run_deed(tmp_path, """\
+B="$(dirname "$GD")/.autoresearch/bin"
+for id in $(ls "$B"); do rm -rf "${B:?}/$id"; echo x > "$B/$id"; done
+""", trials_=3, timeout=60)
+    assert r.returncode == 0, r.stderr
+    done = trials(repo)
+    assert [t.status.value for t in done] == ["keep", "keep", "rejected", "keep"], [(t.status, t.reason) for t in done]
+    assert "changed the experiments' python" in done[2].reason
+
 @pytest.mark.parametrize("deed", ["mkfifo", "ln -s /dev/zero"])
 def test_results_tsv_made_a_fifo_or_a_link_is_put_back_without_a_wait(tmp_path: Path, deed: str) -> None:
     """The guard compares results.tsv with what the loop wrote after every agent call; an agent

@@ -165,6 +165,8 @@ class EnvGuard:
     def _shim_broken(self) -> bool:
         if not self.shim:
             return False
+        if self.bin_dir.is_symlink() or not self.bin_dir.is_dir():
+            return True
         for name in ("python", "python3"):
             link = self.bin_dir / name
             if not (link.is_symlink() and os.readlink(link) == sys.executable):

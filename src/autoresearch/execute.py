@@ -124,6 +124,8 @@ def python_bin(shim: Path) -> tuple[Path, str]:
 def python_shim(directory: Path) -> Path:
     """A folder holding `python` and `python3` pointing at this interpreter."""
     target = sys.executable
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):  # (an agent's: mkdir
+        directory.unlink()  # would fail on it, and the loop with it; a link would point at other links)
     directory.mkdir(parents=True, exist_ok=True)
     for name in ("python", "python3"):
         link = directory / name
