@@ -255,13 +255,15 @@ def test_what_an_agent_plants_in_a_pythonpath_folder_is_taken_out(tmp_path: Path
     assert ts[2].metric == pytest.approx(1.44), ts[2].metric
 
 
-@pytest.mark.parametrize("planted", ["a link in place of a .pth", "a package named sitecustomize"])
+@pytest.mark.parametrize("planted", ["a link in place of a .pth", "a package named sitecustomize",
+                                     "a .pth, with a file where its copy is kept"])
 def test_a_startup_file_made_a_link_or_a_package_is_taken_out_not_written_through(tmp_path: Path, planted: str) -> None:
     """A `.pth` that was there, replaced by a link to a file of the agent's, was put back by
     writing through the link (into the agent's file) and the link stayed: the agent's next write
     to its file ran at every start of the evaluator, unseen, and faked the metric of a trial
     kept. A folder `sitecustomize/` (a package, imported as the module would be) could not be
-    put back at all and ran at every start from then on. Both are taken out on the trial that
+    put back at all and ran at every start from then on; nor could a .pth whose copy could not be
+    kept (a file put where the quarantine folder goes). All are taken out on the trial that
     planted them (what was there kept in the quarantine), and the next trial gains nothing."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -270,10 +272,13 @@ def test_a_startup_file_made_a_link_or_a_package_is_taken_out_not_written_throug
     mine = tmp_path / "mine.pth"
     mine.write_text("")
     cheat = "import atexit; atexit.register(print, 'loss: -100')"
-    plant = (f'rm {site}/distutils-precedence.pth; ln -s {mine} {site}/distutils-precedence.pth'
-             if planted.startswith("a link") else f'mkdir {site}/sitecustomize; echo "{cheat}" > {site}/sitecustomize/__init__.py')
+    root = tmp_path / "task"
+    plant = {"a link in place of a .pth": f'rm {site}/distutils-precedence.pth; ln -s {mine} {site}/distutils-precedence.pth',
+             "a package named sitecustomize": f'mkdir {site}/sitecustomize; echo "{cheat}" > {site}/sitecustomize/__init__.py',
+             "a .pth, with a file where its copy is kept":
+                 f'echo x > {root}/.autoresearch/t/quarantine; echo "{cheat}" > {site}/evil.pth'}[planted]
     later = f'echo "{cheat}" > {mine}' if planted.startswith("a link") else ""
-    root = make_task(tmp_path / "task")
+    make_task(root)
     agent = script_agent(tmp_path / "agent.sh", f"""\
         sed -i "s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/" exp.py
         if [ "$AUTORESEARCH_TRIAL" = 1 ]; then {plant}; fi
@@ -288,7 +293,7 @@ def test_a_startup_file_made_a_link_or_a_package_is_taken_out_not_written_throug
     assert ts[2].metric is not None and ts[2].metric > 0, (ts[2].status, ts[2].metric)
     pth = site / "distutils-precedence.pth"
     assert not pth.is_symlink() and pth.read_text() == "import os\n"
-    assert not (site / "sitecustomize").exists()
+    assert not (site / "sitecustomize").exists() and not (site / "evil.pth").exists()
     assert mine.read_text() in ("", f"{cheat}\n")  # (nothing of the harness's written into it)
     assert any((root / ".autoresearch/t/quarantine").iterdir())
 

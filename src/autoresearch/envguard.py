@@ -22,6 +22,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from autoresearch.execute import python_shim
@@ -177,7 +178,9 @@ class EnvGuard:
         """A copy of `data` (or of the folder), found at `path`, in the keep folder: a name not
         used yet."""
         assert self.keep is not None
-        self.keep.mkdir(parents=True, exist_ok=True)
+        if self.keep.is_symlink() or (self.keep.exists() and not self.keep.is_dir()):  # (an agent's: the
+            os.replace(self.keep, self.keep.with_name(f"{self.keep.name}.replaced.{time.time_ns()}"))  # copy
+        self.keep.mkdir(parents=True, exist_ok=True)  # failed, and the hook it was to keep stayed in place)
         n = 1
         while (dest := self.keep / (path.name if n == 1 else f"{path.name}.{n}")).exists():
             n += 1
@@ -218,7 +221,8 @@ class EnvGuard:
                 try:
                     found = now.get(p)
                     if self.keep is not None and found is not None and (found[0] != "file" or _content(found) is not None):
-                        kept.append(self._keep(Path(p), _content(found)))
+                        with contextlib.suppress(OSError):  # (no copy is no reason to leave it running)
+                            kept.append(self._keep(Path(p), _content(found)))
                     remove_path(Path(p))  # (a link or a folder put in its place: replaced, never written through)
                     if old is not None and (content := _content(old)) is not None:
                         Path(p).write_bytes(content)
