@@ -263,6 +263,21 @@ for id in $(ls "$B"); do rm -rf "${B:?}/$id"; echo x > "$B/$id"; done
     assert [t.status.value for t in done] == ["keep", "keep", "rejected", "keep"], [(t.status, t.reason) for t in done]
     assert "changed the experiments' python" in done[2].reason
 
+@pytest.mark.parametrize("folder", ["logs", "agent"])
+def test_a_ledger_folder_made_a_file_is_set_aside_and_its_trial_rejected(tmp_path: Path, folder: str) -> None:
+    """An agent that put a file in the place of the ledger's logs/ (or agent/, sealed/) folder
+    had every later trial crash on it ("Not a directory": the harness could not write its log),
+    or the loop stop, and the trial that did it went unnamed. The file is set aside, the folder
+    made anew, that trial rejected, and the later trials run as before."""
+    repo, r = run_deed(tmp_path, f"""\
+L=$(dirname "$(dirname "$(dirname "$AUTORESEARCH_PROMPT_FILE")")")
+rm -rf "$L/{folder}"; echo x > "$L/{folder}"
+""", trials_=4, timeout=60)
+    assert r.returncode == 0, r.stderr
+    done = trials(repo)
+    assert [t.status.value for t in done] == ["keep", "keep", "rejected", "keep", "keep"], [(t.status, t.reason) for t in done]
+    assert f"the ledger's {folder} folder (set aside)" in done[2].reason
+
 @pytest.mark.parametrize("deed", ["mkfifo", "ln -s /dev/zero"])
 def test_results_tsv_made_a_fifo_or_a_link_is_put_back_without_a_wait(tmp_path: Path, deed: str) -> None:
     """The guard compares results.tsv with what the loop wrote after every agent call; an agent

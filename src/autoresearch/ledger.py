@@ -140,9 +140,18 @@ class Ledger:
             self._db.executescript(SCHEMA)
         self._db.row_factory = sqlite3.Row
 
-    def make_folders(self) -> None:
-        for sub in ("logs", "agent", "runs"):
-            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+    def make_folders(self) -> list[str]:
+        """Make the ledger's folders, setting aside first any of them (sealed/ too) that is a file
+        or a link (an agent's: every later trial failed on it); returns the names set aside."""
+        aside = []
+        for sub in ("logs", "agent", "runs", "sealed"):
+            folder = self.dir / sub
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                os.replace(folder, folder.with_name(f"{sub}.replaced.{time.time_ns()}"))
+                aside.append(sub)
+            if sub != "sealed":  # (made by the first evaluator)
+                folder.mkdir(parents=True, exist_ok=True)
+        return aside
 
     @classmethod
     def open(cls, root: Path, tag: str, metric_name: str) -> Ledger:

@@ -88,6 +88,9 @@ class Watched:
         trials' rows and the meta, and results.tsv."""
         led = self.led
         found: list[str] = []
+        with contextlib.suppress(OSError):
+            if aside := led.make_folders():
+                found.append(f"put a file or a link in the place of the ledger's {', '.join(aside)} folder (set aside)")
         if self._identity() != self.file_id:
             found.append("removed or replaced ledger.sqlite")
             self._reinstate()
