@@ -395,6 +395,18 @@ def test_a_request_no_node_can_meet_is_one_line_and_exit_2(ray_head, tmp_path: P
                                              "the Ray cluster has that much (nodes: GPU 2, CPU 4)"]
     assert not (root / ".autoresearch" / "big").exists()
 
+@pytest.mark.parametrize("asked, workers", [("gpu=0", 4), ("cpu=0", 4)])
+def test_a_request_of_no_gpu_or_no_cpu_runs_on_every_cpu(ray_head, tmp_path: Path, asked: str, workers: int) -> None:  # noqa: ANN001
+    address, env = ray_head
+    root, agent = _task(tmp_path)
+    r = cli("run", str(root), "--tag", "none", "--agent", "cli", "--agent-cmd", agent, "--trials", "1",
+            "--ray-address", address, "--trial-resources", asked, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{workers} workers, backend ray" in r.stdout  # the cluster's CPUs: 4
+    log = (root / ".autoresearch" / "none" / "logs" / "1.log").read_text()
+    assert _figure(log, "gpus") == ""  # granted none, it sees none
+
+
 @pytest.mark.slow
 def test_ray_init_without_an_address_starts_a_local_instance(tmp_path: Path) -> None:
     root, agent = _task(tmp_path)

@@ -246,7 +246,9 @@ class RayBackend:
         self._watched: set[int] = set()
 
     def _need(self) -> dict[str, float]:
-        return {RAY_NAMES.get(k, k): v for k, v in self.request.items() if v > 0}
+        """What each task takes from a node: the CPU a Ray task takes unless told otherwise too."""
+        asked = {**self.request, "cpu": self.request.get("cpu", 1.0)}
+        return {RAY_NAMES.get(k, k): v for k, v in asked.items() if v > 0}
 
     def _check_fits(self) -> None:
         nodes = [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
@@ -261,7 +263,8 @@ class RayBackend:
         """`workers` trials in flight; by default as many as the cluster holds at once."""
         if workers is None:
             totals = self.ray.cluster_resources()
-            workers = max(1, min(int(totals.get(k, 0) // v) for k, v in self._need().items()))
+            workers = max(1, min((int(totals.get(k, 0) // v) for k, v in self._need().items()),
+                                 default=int(totals.get("CPU", 1))))  # (cpu=0 alone: one per CPU)
         return [()] * workers
 
     def run(self, spec: ExecSpec, restore: Callable[[], None], cancel: threading.Event) -> ExecResult:
