@@ -407,6 +407,18 @@ def test_a_request_of_no_gpu_or_no_cpu_runs_on_every_cpu(ray_head, tmp_path: Pat
     assert _figure(log, "gpus") == ""  # granted none, it sees none
 
 
+def test_a_log_comes_back_byte_for_byte(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    address, env = ray_head
+    experiment = 'import sys\nX = 3.0\nsys.stdout.buffer.write(b"bytes: \\xff\\xfe\\x00caf\\xe9\\n")\nprint(f"loss: {X}")\n'
+    root = make_task(tmp_path / "task", experiment=experiment)
+    r = cli("run", str(root), "--tag", "bin", "--agent", "search", "--trials", "0", "--ray-address", address,
+            "--trial-resources", "cpu=1", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = (root / ".autoresearch" / "bin" / "logs" / "0.log").read_bytes()
+    assert b"bytes: \xff\xfe\x00caf\xe9\n" in log  # as the experiment wrote them (Latin-1, say), as locally
+    assert _rows(root, "bin")[0].metric == 3.0
+
+
 @pytest.mark.slow
 def test_ray_init_without_an_address_starts_a_local_instance(tmp_path: Path) -> None:
     root, agent = _task(tmp_path)

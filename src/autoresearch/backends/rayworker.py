@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from autoresearch.execute import ExecResult, ExecSpec, execute, experiment_env, python_shim
+from autoresearch.filetree import read_log
 from autoresearch.process import kill_owned, last_lines, read_tail, run_command
 
 MAX_LOG_BYTES = 64 * 2**20
@@ -59,7 +60,8 @@ def eval_log_path(spec: ExecSpec) -> Path:
 
 
 def _tail_bytes(path: Path) -> bytes:
-    return read_tail(path, MAX_LOG_BYTES).encode() if path.exists() else b""
+    """The log's bytes as the experiment wrote them (binary, Latin-1), as the local backend keeps them."""
+    return read_log(path, MAX_LOG_BYTES)
 
 
 def _setup_once(setup: str, key: str, spec: ExecSpec, code: bytes) -> tuple[ExecResult | None, Path, list[str]]:
