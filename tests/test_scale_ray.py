@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import cli, make_task, script_agent
+from conftest import cli, git, make_task, script_agent
 from test_scale import check_ledger_and_git
 
 from autoresearch.ledger import Ledger
@@ -564,6 +564,25 @@ def test_what_setup_makes_and_shared_paths_reach_every_trial_on_ray(ray_head, tm
             "--ray-address", address, *(["--sandbox"] if sandbox else []), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert [t.metric for t in _rows(root, "su")] == [14.0, 12.5, 13.5, 14.5]
+
+
+def test_a_tag_whose_setup_script_changed_sets_up_anew_on_ray(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    """A node keeps what setup made for the next runs; a new tag after a fix of the (protected)
+    script that setup runs must get what the new script makes, as locally, not the old data."""
+    address, env = ray_head
+    exp = "X = 3.0\nfrom pathlib import Path\nprint(f'loss: {X + float(Path(\"data/v.txt\").read_text())}')\n"
+    prepare = "import os\nV = {}\nos.makedirs('data', exist_ok=True)\nopen('data/v.txt', 'w').write(str(V))\n"
+    root = make_task(tmp_path / "task", experiment=exp, files={".gitignore": "data/\n", "prepare.py": prepare.format(1)},
+                     toml_extra="setup = 'python prepare.py'\n")
+    for tag, v in (("one", 1), ("two", 20)):
+        (root / "prepare.py").write_text(prepare.format(v))
+        git(root, "commit", "-qam", f"data {v}", "--allow-empty")
+        r = cli("run", str(root), "--tag", tag, "--agent", "search", "--trials", "0", "--ray-address", address,
+                "--trial-resources", "cpu=1", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert _rows(root, tag)[0].metric == 3.0 + v
+    r = cli("run", str(root), "--tag", "local", "--agent", "search", "--trials", "0")
+    assert r.returncode == 0 and _rows(root, "local")[0].metric == 23.0, r.stdout + r.stderr
 
 
 def test_a_stale_task_folder_is_swept_and_its_pid_file_goes_last(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001

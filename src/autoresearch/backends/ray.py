@@ -42,7 +42,7 @@ from autoresearch.process import (
     OWNER_VAR,
     last_lines,
 )
-from autoresearch.task import Task
+from autoresearch.task import Task, list_files
 
 INSTALL_HINT = "pip install -e '.[ray]' (in the autoresearch checkout)"
 # Errors that mean the worker or its node died under the task, not that the trial failed.
@@ -63,6 +63,23 @@ def head_address(address: str | None, gcs: str) -> str:
     if address and address.startswith("ray://"):
         return address.split("://", 1)[1].rstrip("/")
     return gcs
+
+
+def setup_key(task: Task, workdir: Path) -> str:
+    """What a node's setup folder is known by: the task, its setup command and the code that
+    no agent changes (the files a setup script reads). A tag whose prepare.py changed sets up
+    anew on every node, as `run` does locally, rather than reuse what the old one made."""
+    digest = hashlib.sha256(f"{task.root}\0{task.setup}".encode())
+    for rel in sorted(list_files(workdir)):
+        if task.is_editable(rel):
+            continue
+        path = workdir / rel
+        try:
+            body = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+        except OSError:
+            body = b""
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(body).digest())
+    return digest.hexdigest()[:16]
 
 
 def import_ray() -> Any:
@@ -181,7 +198,8 @@ class RayBackend:
         ray = import_ray()
         self.ray = ray
         self.setup = task.setup
-        self.setup_key = hashlib.sha256(f"{task.root}\0{task.setup}".encode()).hexdigest()[:16]
+        self.task = task
+        self.setup_key = ""  # (of the code setup runs with: made at the first trial)
         self.metric_file = task.metric.file
         self.shared = tuple((rel, str(task.root / rel)) for rel in task.shared)  # linked where a node has them
         self.started = False
@@ -272,6 +290,8 @@ class RayBackend:
             write_log(spec.log_path, f"not sent to Ray: {self.gone}\n".encode())
             return ExecResult("lost", None, 0.0, self.gone)
         restore()
+        if self.setup and not self.setup_key:
+            self.setup_key = setup_key(self.task, spec.workdir)
         code = pack(spec.workdir)
         # only our variables travel: the worker's own environment is the experiment's base
         spec = replace(spec, env={k: v for k, v in spec.env.items() if k.startswith("AUTORESEARCH_")})
