@@ -498,6 +498,23 @@ def test_a_ray_address_nothing_answers_at_is_refused_at_once(tmp_path: Path) -> 
     assert time.monotonic() - began < 30
 
 
+def test_a_head_address_written_as_a_url_is_refused_or_taken(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    """`http://HOST:PORT` of the head's own port: Ray refused it with a line torn from a list of
+    its advice (exit 1); `HOST:PORT/` and a stray space, which Ray cannot parse, are the address."""
+    address, env = ray_head
+    repo = make_task(tmp_path / "task")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "search", "--trials", "0", "--ray-address",
+            f"http://{address}", env=env, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (f"autoresearch: error: --ray-address http://{address}: an http:// address is for "
+                                "Ray's job submission, not for a driver: give the address `ray start --head` "
+                                "printed for `ray.init` (HOST:6379), or ray://HOST:10001")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "search", "--trials", "0", "--ray-address",
+            f" {address}/", "--trial-resources", "cpu=1", env=env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _rows(repo, "t")[0].status is Status.KEEP
+
+
 def test_a_ray_address_where_a_web_server_answers_is_refused_at_once(tmp_path: Path) -> None:
     """The dashboard's address (8265, which `ray start` prints too) or any web server: Ray tried
     it for over 8 minutes, printing its own warnings, then exited 1."""

@@ -121,6 +121,10 @@ def reachable(address: str, timeout: float = 5.0, given: str = "--ray-address") 
     deaf to Ctrl-C. `given`: where the address came from, for the message."""
     if address in ("auto", "local"):
         return
+    if address.split("://", 1)[0].lower() in ("http", "https") and "://" in address:
+        raise UsageError(f"{given} {address}: an http:// address is for Ray's job submission, not for a "
+                         "driver: give the address `ray start --head` printed for `ray.init` (HOST:6379), "
+                         "or ray://HOST:10001")
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
@@ -209,6 +213,7 @@ class RayBackend:
         if not ray.is_initialized():
             import autoresearch
 
+            address = (address or "").strip().rstrip("/") or None  # (Ray takes no `HOST:PORT/`)
             if address:
                 reachable(address)
             else:
