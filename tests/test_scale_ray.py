@@ -602,6 +602,23 @@ def test_a_tag_whose_setup_script_changed_sets_up_anew_on_ray(ray_head, tmp_path
     assert r.returncode == 0 and _rows(root, "local")[0].metric == 23.0, r.stdout + r.stderr
 
 
+def test_a_committed_link_to_a_data_set_reaches_the_code_on_ray(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    """A repository that commits `data -> /datasets/x` (a shared file system): the tarball of the
+    code unpacked with the "data" filter refused the link, and every trial crashed on Ray."""
+    address, env = ray_head
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "base.txt").write_text("7\n")
+    exp = "X = 3.0\nfrom pathlib import Path\nprint(f'loss: {X + float(Path(\"data/base.txt\").read_text())}')\n"
+    root = make_task(tmp_path / "task", experiment=exp)
+    (root / "data").symlink_to(tmp_path / "datasets")
+    git(root, "add", "data")
+    git(root, "commit", "-qm", "data")
+    for tag, flags in (("local", []), ("ray", ["--ray-address", address, "--trial-resources", "cpu=1"])):
+        r = cli("run", str(root), "--tag", tag, "--agent", "search", "--trials", "0", *flags, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert _rows(root, tag)[0].metric == 10.0
+
+
 def test_a_stale_task_folder_is_swept_and_its_pid_file_goes_last(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     """A worker killed in the middle of removing its folder left one without its pid file,
     which no sweep took for one of ours again (a run folder may hold checkpoints): the pid file

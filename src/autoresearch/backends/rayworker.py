@@ -45,12 +45,14 @@ def pack(workdir: Path) -> bytes:
 
 
 def unpack(code: bytes, workdir: Path) -> None:
-    """Make `workdir` exactly the tarball's content."""
+    """Make `workdir` exactly the tarball's content. Links stay as the commit holds them (one to
+    a data set at an absolute path, as in a worktree): the "tar" filter, not "data", which
+    refuses them; no member lands outside `workdir` all the same."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     with tarfile.open(fileobj=io.BytesIO(code), mode="r:gz") as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(workdir, filter="data")
+        if hasattr(tarfile, "tar_filter"):
+            tar.extractall(workdir, filter="tar")
         else:  # pragma: no cover - Python < 3.10.12
             tar.extractall(workdir)
 
