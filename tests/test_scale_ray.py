@@ -602,6 +602,19 @@ def test_a_tag_whose_setup_script_changed_sets_up_anew_on_ray(ray_head, tmp_path
     assert r.returncode == 0 and _rows(root, "local")[0].metric == 23.0, r.stdout + r.stderr
 
 
+def test_what_setup_printed_on_a_node_comes_back_to_the_setup_log(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    """Locally logs/setup.log holds setup's output; on Ray the trial's log that followed replaced
+    it, and a setup that worked left no trace of what it said."""
+    address, env = ray_head
+    root = make_task(tmp_path / "task", toml_extra=f"setup = 'echo downloaded {tmp_path.name} shards'\n")
+    r = cli("run", str(root), "--tag", "su", "--agent", "search", "--trials", "1", "--ray-address", address,
+            "--trial-resources", "cpu=1", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = (root / ".autoresearch" / "su" / "logs" / "setup.log").read_text()
+    assert log.count(f"downloaded {tmp_path.name} shards\n") == 1  # once on the node: one part
+    assert log.startswith("=== autoresearch: setup on ") and "before trial 0 ===\n" in log
+
+
 def test_a_committed_link_to_a_data_set_reaches_the_code_on_ray(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
     """A repository that commits `data -> /datasets/x` (a shared file system): the tarball of the
     code unpacked with the "data" filter refused the link, and every trial crashed on Ray."""

@@ -318,6 +318,9 @@ class RayBackend:
             with self._lock:
                 self._inflight.discard(ref)
         write_log(spec.log_path, back.log)
+        if back.setup_log is not None:  # (locally logs/setup.log; here one part per node)
+            write_log(spec.log_path.with_name("setup.log"), f"=== autoresearch: setup on {back.node}, before "
+                      f"trial {spec.number} ===\n".encode() + back.setup_log, append=True)
         if back.eval_log is not None:  # the evaluator's whole output: sealed on the driver too
             eval_log_path(spec).parent.mkdir(parents=True, exist_ok=True)
             write_log(eval_log_path(spec), back.eval_log)

@@ -32,6 +32,7 @@ class Returned:
     eval_log: bytes | None
     metric: bytes | None
     node: str
+    setup_log: bytes | None = None  # the setup's output, when it ran on the node for this task
 
 
 def pack(workdir: Path) -> bytes:
@@ -168,10 +169,12 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
                         eval_log=root / "sealed" / eval_log_path(spec).name,
                         hidden=tuple(h for h in spec.hidden if h.exists()),
                         readable=(root / "bin", *(p for p in spec.readable if p.exists())))
-        result, links = None, [(rel, Path(path)) for rel, path in shared]
+        result, links, setup_log = None, [(rel, Path(path)) for rel, path in shared], None
         if setup:
             result, home, made = _setup_once(setup, setup_key, local, code)
             links = [(rel, home / rel) for rel in made] + links
+            if result is None and local.log_path.exists():  # it ran now: its output, which the
+                setup_log = _tail_bytes(local.log_path)  # experiment's log would replace
         _link(workdir, links)
         # what the links point to stays visible under --sandbox (its /tmp is a private one)
         local = replace(local, readable=(*local.readable, *(target for _, target in links if target.exists())))
@@ -193,7 +196,7 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
                 break
         eval_log = eval_log_path(local)
         return Returned(result, _tail_bytes(local.log_path),
-                        _tail_bytes(eval_log) if eval_log.exists() else None, metric, platform.node())
+                        _tail_bytes(eval_log) if eval_log.exists() else None, metric, platform.node(), setup_log)
     finally:
         remove(root)
 
