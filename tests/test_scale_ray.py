@@ -613,6 +613,10 @@ def test_what_setup_printed_on_a_node_comes_back_to_the_setup_log(ray_head, tmp_
     log = (root / ".autoresearch" / "su" / "logs" / "setup.log").read_text()
     assert log.count(f"downloaded {tmp_path.name} shards\n") == 1  # once on the node: one part
     assert log.startswith("=== autoresearch: setup on ") and "before trial 0 ===\n" in log
+    r = cli("run", str(root), "--tag", "again", "--agent", "search", "--trials", "0", "--ray-address", address,
+            "--trial-resources", "cpu=1", env=env)  # the same code in another tag: what the node made serves
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (root / ".autoresearch" / "again" / "logs" / "setup.log").exists()
 
 
 def test_a_committed_link_to_a_data_set_reaches_the_code_on_ray(ray_head, tmp_path: Path) -> None:  # noqa: ANN001

@@ -71,7 +71,7 @@ def setup_key(task: Task, workdir: Path) -> str:
     anew on every node, as `run` does locally, rather than reuse what the old one made."""
     digest = hashlib.sha256(f"{task.root}\0{task.setup}".encode())
     for rel in sorted(list_files(workdir)):
-        if task.is_editable(rel):
+        if task.is_editable(rel) or rel == ".git":  # (a worktree's pointer: which one ran first)
             continue
         path = workdir / rel
         try:
