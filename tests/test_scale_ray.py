@@ -513,6 +513,10 @@ def test_a_head_address_written_as_a_url_is_refused_or_taken(ray_head, tmp_path:
             f" {address}/", "--trial-resources", "cpu=1", env=env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert _rows(repo, "t")[0].status is Status.KEEP
+    r = cli("run", str(repo), "--tag", "env", "--agent", "search", "--trials", "0", "--backend", "ray",
+            "--trial-resources", "cpu=1", env={**env, "RAY_ADDRESS": f"{address}/ "}, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _rows(repo, "env")[0].status is Status.KEEP
 
 
 def test_a_ray_address_where_a_web_server_answers_is_refused_at_once(tmp_path: Path) -> None:

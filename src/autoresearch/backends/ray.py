@@ -155,8 +155,9 @@ def default_address() -> str | None:
     """What `ray.init()` with no address would use: RAY_ADDRESS (checked: exit 2 when nothing
     answers), else the cluster `ray start` last made on this machine; "local" (a new instance)
     when that one is gone without `ray stop` (Ray would try it for minutes), else None."""
-    if (env := os.environ.get("RAY_ADDRESS", "").strip()) and env != "auto":
+    if (env := os.environ.get("RAY_ADDRESS", "").strip().rstrip("/")) and env != "auto":
         reachable(env, given="RAY_ADDRESS")
+        os.environ["RAY_ADDRESS"] = env  # (as the flag's: Ray takes no `HOST:PORT/`)
         return None
     linux = os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None  # (where Ray looks)
     try:
