@@ -194,6 +194,7 @@ def test_gpus_are_pinned_per_trial_in_flight(tmp_path: Path) -> None:
     (["--workers", "0"], "--workers"),
     (["--trial-resources", "gpu=1"], "--trial-resources"),
     (["--backend", "ray", "--trial-resources", "gpu=lots"], "--trial-resources"),
+    (["--backend", "ray", "--trial-resources", "cpu=1,GPU=1,gpu=2"], "--trial-resources names gpu twice"),
 ])
 def test_bad_scale_flags_are_one_line_and_exit_2(tmp_path: Path, flags: list[str], needle: str) -> None:
     root = make_task(tmp_path / "task")

@@ -108,6 +108,8 @@ def parse_resources(text: str) -> dict[str, float]:
             amount = -1.0
         if not sep or not name or not amount >= 0:
             raise UsageError(f"--trial-resources: expected NAME=AMOUNT, got {item!r} (e.g. gpu=1,cpu=8)")
+        if name in out:  # (which one was meant: the last silently won)
+            raise UsageError(f"--trial-resources names {name} twice: {text.strip()!r}")
         out[name] = amount
     return out
 
