@@ -519,6 +519,21 @@ def test_a_head_address_written_as_a_url_is_refused_or_taken(ray_head, tmp_path:
     assert _rows(repo, "env")[0].status is Status.KEEP
 
 
+@pytest.mark.extended  # (Ray's client waits 30 s)
+def test_ray_client_address_at_the_heads_own_port_names_the_client_port(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    """ray://HOST:6379 (the head's port, where no Ray Client server is): the line named token
+    authentication, which had nothing to do with it."""
+    address, env = ray_head
+    repo = make_task(tmp_path / "task")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "search", "--trials", "0", "--ray-address",
+            f"ray://{address}", env=env, timeout=180)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == (f"autoresearch: error: cannot connect to Ray at ray://{address}: ray client "
+                                "connection timeout (ray:// is for the head's Ray Client server, port 10001 unless "
+                                "`ray start` was given --ray-client-server-port; the address `ray start --head` "
+                                "printed, HOST:6379, goes without ray://)"), r.stderr
+
+
 def test_a_ray_address_where_a_web_server_answers_is_refused_at_once(tmp_path: Path) -> None:
     """The dashboard's address (8265, which `ray start` prints too) or any web server: Ray tried
     it for over 8 minutes, printing its own warnings, then exited 1."""

@@ -229,16 +229,23 @@ class RayBackend:
                 # no dashboard for a local instance started here (ignored for a cluster); Ray's
                 # notice about its future GPU default is moot: a trial granted none sees none
                 warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", category=FutureWarning)
+                # (a ray:// address its client cannot reach: the line below says so, and where to look)
+                warnings.filterwarnings("ignore", message="Ray Client connection timed out", category=UserWarning)
                 # a local instance started here carries the loop's mark, so that the watchdog
                 # stops it if the loop is SIGKILLed (Ray's own agents outlive their driver)
                 with _marked(f"ray:{owner}" if owner else ""):
                     ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                              include_dashboard=False, runtime_env={"py_modules": [package]})
             except Exception as e:  # noqa: BLE001 - Ray raises many kinds; one line for the user
+                said = last_lines(str(e), 1)[:300]
                 hint = (" (a cluster with token authentication also needs RAY_AUTH_MODE=token and its token "
                         "here: RAY_AUTH_TOKEN, or ~/.ray/auth_token from `ray get-auth-token`)") if address else ""
+                if (address or "").startswith("ray://") and "client connection timeout" in said:
+                    hint = (" (ray:// is for the head's Ray Client server, port 10001 unless `ray start` was "
+                            "given --ray-client-server-port; the address `ray start --head` printed, HOST:6379, "
+                            "goes without ray://)")
                 raise AutoresearchError(f"cannot connect to Ray at {address or 'the default address'}: "
-                                        f"{last_lines(str(e), 1)[:300]}{hint}") from None
+                                        f"{said}{hint}") from None
             self.started = True
         try:
             gcs = "" if (address or "").startswith("ray://") else ray.get_runtime_context().gcs_address
