@@ -314,8 +314,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             from autoresearch.report.mlflow_log import mlflow_events, sealed_stores
 
             events = mlflow_events(events, args.mlflow, task, tag)
-        session = open_session(task, tag)
-        session.sealed = sealed_stores(args.mlflow) if args.mlflow else ()  # (they hold the holdout figures)
+        (session := open_session(task, tag)).sealed = sealed_stores(args.mlflow) if args.mlflow else ()  # (holdouts)
         session.ledger.set_meta("agent_options", options_record(opts))
     except BaseException:
         backend.close()
