@@ -22,11 +22,10 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from autoresearch.execute import python_shim
-from autoresearch.filetree import NOT_REGULAR, remove_path, slurp
+from autoresearch.filetree import NOT_REGULAR, remove_path, set_aside, slurp
 
 _SITE_DIRS = ("import json, os, site, sys, sysconfig; "
               "print(json.dumps([*site.getsitepackages(), site.getusersitepackages(), "
@@ -178,9 +177,8 @@ class EnvGuard:
         """A copy of `data` (or of the folder), found at `path`, in the keep folder: a name not
         used yet."""
         assert self.keep is not None
-        if self.keep.is_symlink() or (self.keep.exists() and not self.keep.is_dir()):  # (an agent's: the
-            os.replace(self.keep, self.keep.with_name(f"{self.keep.name}.replaced.{time.time_ns()}"))  # copy
-        self.keep.mkdir(parents=True, exist_ok=True)  # failed, and the hook it was to keep stayed in place)
+        set_aside(self.keep, stat.S_ISDIR)  # (an agent's file there: the copy failed, and the hook it
+        self.keep.mkdir(parents=True, exist_ok=True)  # was to keep stayed in place)
         n = 1
         while (dest := self.keep / (path.name if n == 1 else f"{path.name}.{n}")).exists():
             n += 1

@@ -10,6 +10,8 @@ import os
 import shutil
 import stat
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -255,6 +257,20 @@ def clear_for_folder(path: Path) -> bool:
         path.unlink()
         return True
     return False
+
+
+def set_aside(path: Path, belongs: Callable[[int], bool] = stat.S_ISREG) -> bool:
+    """What stands at `path` and is not what belongs there (by its mode: a regular file unless
+    told, `stat.S_ISDIR` for a folder; a link never) renamed to `<name>.replaced.<time>`, kept
+    and out of the way (an agent's, where the harness keeps a file or a folder: nothing could be
+    made there again). True when something was."""
+    try:
+        if belongs(os.lstat(path).st_mode):
+            return False
+        os.replace(path, path.with_name(f"{path.name}.replaced.{time.time_ns()}"))
+    except OSError:
+        return False
+    return True
 
 
 def remove_path(path: Path) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoresearch.errors import AutoresearchError, LoopBusy, UsageError
+from autoresearch.filetree import set_aside
 from autoresearch.records import Status, Trial, clean_text, tsv_row
 
 if TYPE_CHECKING:
@@ -70,14 +71,6 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     return db
-
-
-def set_aside(path: Path) -> None:
-    """What is at `path` and is not a regular file (a folder an agent made where the ledger keeps
-    a file) renamed to `<name>.replaced.<time>`: nothing else could ever be opened there."""
-    with contextlib.suppress(OSError):
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            os.replace(path, path.with_name(f"{path.name}.replaced.{time.time_ns()}"))
 
 
 class LedgerNotReady(AutoresearchError):
@@ -146,8 +139,7 @@ class Ledger:
         aside = []
         for sub in ("logs", "agent", "runs", "sealed"):
             folder = self.dir / sub
-            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-                os.replace(folder, folder.with_name(f"{sub}.replaced.{time.time_ns()}"))
+            if set_aside(folder, stat.S_ISDIR):
                 aside.append(sub)
             if sub != "sealed":  # (made by the first evaluator)
                 folder.mkdir(parents=True, exist_ok=True)
