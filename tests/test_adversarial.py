@@ -233,6 +233,23 @@ printf 'if os.environ["AUTORESEARCH_TRIAL"] == "4":\\n    os.unlink(L); os.mkfif
         assert log.is_file() and not log.is_symlink(), log
 
 
+def test_a_folder_made_where_a_later_trials_log_goes_is_set_aside(tmp_path: Path) -> None:
+    """A folder made ahead where the harness will write a later trial's log (the agent's, the
+    experiment's) stopped the loop ("Is a directory"), and every later run of the tag at that
+    number. It is set aside, kept, and the log made in its place."""
+    deed = """\
+L=$(dirname "$(dirname "$(dirname "$AUTORESEARCH_PROMPT_FILE")")")
+mkdir -p "$L/agent/3.log/x" "$L/logs/4.log/x"
+"""
+    repo, r = run_deed(tmp_path, deed, trials_=4, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert [t.status.value for t in trials(repo)] == ["keep"] * 5
+    ledger = repo / ".autoresearch" / "t"
+    for log in (ledger / "agent" / "3.log", ledger / "logs" / "4.log"):
+        assert log.is_file(), log
+        assert [p.name for p in log.parent.glob(log.name + ".replaced.*/x")] == ["x"], log
+
+
 def test_the_folder_of_the_experiments_python_made_a_file_is_made_anew(tmp_path: Path) -> None:
     """autoresearch's own `python` links live in .autoresearch/bin/<id>/; an agent that put a
     file in that folder's place stopped the loop ("File exists", as the links were made

@@ -12,6 +12,7 @@ user would: the ledger, git refs, the files, the exit code and the output.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -378,14 +379,14 @@ def test_bad_llm_usage_is_one_line_exit_2(tmp_path: Path, args: list[str], needl
 
 def test_an_unexpected_failure_keeps_the_spend(tmp_path: Path) -> None:
     """A proposal that fails with an exception nobody planned for (here: its agent log cannot be
-    written any more, as on a full disk) is an agent_error that still records the model, the
+    written any more: its folder is gone) is an agent_error that still records the model, the
     tokens and the cost spent; the loop goes on."""
     repo = make_task(tmp_path / "task")
-    log = repo / ".autoresearch" / "t" / "agent" / "1.log"
+    folder = repo / ".autoresearch" / "t" / "agent"
 
     def break_the_log(body: dict) -> Say:
-        log.unlink()
-        log.mkdir()  # appending to it now fails (IsADirectoryError)
+        shutil.rmtree(folder)
+        folder.write_text("")  # appending to agent/1.log now fails (NotADirectoryError)
         return Say("", [("list_files", {})])
 
     script = [Say("", [("read_file", {"path": "exp.py"})]), break_the_log, *good_edit()]
@@ -394,7 +395,7 @@ def test_an_unexpected_failure_keeps_the_spend(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     t = ledger(repo)
     assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP], t[1].reason
-    assert "IsADirectoryError" in t[1].reason
+    assert "NotADirectoryError" in t[1].reason
     assert (t[1].model, t[1].tokens_in, t[1].tokens_out) == ("openai/gpt-4.1", 2000, 200)
     assert t[1].cost == pytest.approx(2000 * 2 / 1e6 + 200 * 8 / 1e6)
 

@@ -119,13 +119,16 @@ def write_new(path: Path, text: str) -> None:
 def open_log(path: Path, append: bool = False) -> BinaryIO:
     """`path` opened for the harness to write a log into. A link, a FIFO or a socket put in its
     place (an agent or an experiment that runs unsealed can write in the ledger folder) is
-    removed first: a FIFO's open waits for a reader forever (a signal only restarts the wait),
+    removed first, a folder set aside (it would stop the loop at that trial, and every run of
+    the tag after it): a FIFO's open waits for a reader forever (a signal only restarts the wait),
     and a link has the log written into the file it names. The open never waits and never
     follows a link: one put there meanwhile fails it (OSError)."""
     with contextlib.suppress(OSError):
         mode = os.lstat(path).st_mode
         if stat.S_ISLNK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
             path.unlink()
+        elif stat.S_ISDIR(mode):  # (one made ahead for a later trial's log: kept, out of the way)
+            set_aside(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_APPEND if append else os.O_TRUNC)
     fd = os.open(path, flags, 0o644)
     os.set_blocking(fd, True)
