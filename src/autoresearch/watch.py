@@ -1,7 +1,8 @@
 """Everything an agent or an experiment must not change, looked at after each of them runs.
 
 One `Watch` per loop holds the guards: git's metadata and the loop's refs (guard.GitGuard), the
-record (Ledger.check_and_restore), the python experiments run (envguard.EnvGuard), the best
+record (Ledger.check_and_restore), the python experiments run (envguard.EnvGuard) and the
+other programs the task's commands name (pathwatch.PathWatch), the best
 code's git objects (objects.ObjectWatch), what setup made (envguard.TreeWatch) and
 autoresearch's own code (selfwatch.OwnCode). `tampering`
 asks every one of them, puts back what can be put back and says why the trial is rejected;
@@ -11,11 +12,13 @@ on the trial as a flag for a human. The loop calls both under its decision lock.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from autoresearch import guard, objects
 from autoresearch.envguard import EnvGuard, TreeWatch
 from autoresearch.events import Events
+from autoresearch.pathwatch import PathWatch
 from autoresearch.records import Trial
 from autoresearch.selfwatch import OwnCode
 from autoresearch.session import Session
@@ -36,6 +39,10 @@ class Watch:
         session.ledger.watch()  # the record: the loop is its only writer
         self.objects = objects.ObjectWatch(session.git)  # the best code's git objects
         self.env = EnvGuard(bin_dir, shim, site, keep=session.dir / "quarantine")
+        self.path = PathWatch(  # the other programs the task's commands run (python is envguard's)
+            [c for c in (self.task.command, self.task.evaluate) if c], f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            keep=session.dir / "quarantine" / "path",
+            skip=(lambda n: n in ("python", "python3")) if shim else (lambda n: n.startswith("python")))
         self.setup = TreeWatch(None)  # what setup made, once it ran
         self.pending: list[str] = []  # notes for the next trial noted
         self.own = OwnCode(keep=session.dir / "quarantine")  # autoresearch's own code (every module imported now)
@@ -43,6 +50,7 @@ class Watch:
     def after_setup(self, setup: SetupOutput) -> None:
         self.setup = TreeWatch(setup.store if setup.entries else None)
         self.env.refresh()  # (setup may have installed the task's package)
+        self.path.refresh()
 
     def forged(self, commit: str) -> str:
         """Why `commit`'s task files cannot be trusted ('' when they can): an object of theirs in
@@ -63,7 +71,7 @@ class Watch:
         whatever the others found. What may be the user's doing is kept for `note`."""
         env_problem, env_note = self.env.check_and_restore()
         found = [why for why in (self.git.check_and_restore(), self.own.check_and_restore(), env_problem,
-                                 self.objects.check_and_restore(),
+                                 self.path.check_and_restore(), self.objects.check_and_restore(),
                                  "; ".join(self.s.ledger.check_and_restore()) or None) if why]
         self.pending += [n for n in (env_note, self.setup.check()) if n]
         if not found:
