@@ -887,3 +887,28 @@ def test_an_agent_that_fails_to_take_in_a_trial_does_not_end_the_loop(tmp_path: 
     finally:
         led.close()
     assert sum("the agent could not take in trial" in m and "RuntimeError: cannot learn" in m for m in said) == 1, said
+
+
+def test_an_int_constant_is_searched_over_whole_numbers_whatever_its_ranges_ends() -> None:
+    """`N = 3  # search: 1.5..6.5` was searched as a float: the search wrote `N = 4.37` into a
+    count (`range(N)` fails), and most trials crashed. An int constant is searched over the whole
+    numbers of its range (`float` asks for fractions); one with none there says what to write."""
+    s = space_of({"m.py": b"N = 3  # search: 1.5..6.5\nWD = 0  # search: 0..0.1\nLR = 1  # search: 0.1..10 log float\n"
+                          b"K = 4  # search: 1...10\n"})
+    p = {x.name: x for x in s.params}
+    assert (p["N"].kind, p["N"].low, p["N"].high, p["N"].range_text) == ("int", 2, 6, "2..6")
+    assert all(isinstance(p["N"].render(x)[0], int) for x in (2.2, 4.7, 6))
+    assert (p["LR"].kind, p["LR"].low, p["LR"].high) == ("float", 0.1, 10)
+    skipped = dict(s.skipped)
+    assert skipped["m.py:2"].endswith("no two whole numbers in 0..0.1 (the value is an int: add `float` to search fractions)")
+    # (`1...10` was read as 1 to .10: "the range is empty")
+    assert skipped["m.py:4"].endswith("`1...10`: a range is written with two dots, LOW..HIGH")
+
+
+def test_a_power_of_two_written_as_a_shift_is_searched_and_stays_a_shift() -> None:
+    """`BATCH = 1 << 19` was not a literal to the search: neither searched nor listed."""
+    p = {x.name: x for x in space_of({"m.py": b"BATCH = 1 << 19\nODD = 3 << 2\nBIG = 1 << 999\n"}).params}
+    assert (p["BATCH"].value, p["BATCH"].scale_text, p["BATCH"].range_text) == (2**19, "powers of 2 int", "131072..2097152")
+    assert p["BATCH"].render(p["BATCH"].sampled(2**18), p["BATCH"].text)[1] == "1 << 18"
+    assert p["ODD"].value == 12 and p["ODD"].render(24, p["ODD"].text)[1] == "24"
+    assert "BIG" not in p

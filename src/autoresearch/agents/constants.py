@@ -32,11 +32,11 @@ class NotLiteral(ValueError):
 
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
-           ast.Pow: operator.pow}
+           ast.Pow: operator.pow, ast.LShift: operator.lshift}
 
 
 def number_of(node: ast.AST) -> int | float:
-    """The value of a numeric literal expression (`3`, `-1e-3`, `2**19`, `3e-4 * 2`)."""
+    """The value of a numeric literal expression (`3`, `-1e-3`, `2**19`, `1 << 19`, `3e-4 * 2`)."""
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
             and not isinstance(node.value, bool):
         return node.value
@@ -47,6 +47,8 @@ def number_of(node: ast.AST) -> int | float:
         left, right = number_of(node.left), number_of(node.right)
         if isinstance(node.op, ast.Pow) and (abs(right) > 256 or abs(left) > 1e6):
             raise NotLiteral("too large a power")
+        if isinstance(node.op, ast.LShift) and not (type(left) is int and type(right) is int and 0 <= right <= 256):
+            raise NotLiteral("a shift of whole numbers by 0 to 256 bits only")
         try:
             result = _BINOPS[type(node.op)](left, right)
         except (ArithmeticError, ValueError) as e:
@@ -124,6 +126,9 @@ def format_value(value: Any, template: str = "") -> str:
             digits = format(abs(value), radix.group(1).lower())
             digits = digits.upper() if any(ch.isupper() for ch in template[radix.end():]) else digits
             return ("-" if value < 0 else "") + "0" + radix.group(1) + digits
+        shift = re.fullmatch(r"\s*1\s*<<\s*\d+\s*", template)
+        if shift and value > 0 and value & (value - 1) == 0:  # 1 << 19 stays a shift: 1 << 18
+            return f"1 << {value.bit_length() - 1}"
         return f"{value:_}" if "_" in template else str(value)
     if isinstance(value, float):
         return format_float(value, sci="e" in template.lower() and "**" not in template)

@@ -93,8 +93,9 @@ def parse_annotation(comment: str) -> Annotation | None:
         raise ValueError(f"the range {r.group('lo')}..{r.group('hi')} is not two numbers") from None
     if not (math.isfinite(low) and math.isfinite(high)) or max(abs(low), abs(high)) >= 1e300:
         raise ValueError(f"the range {r.group('lo')}..{r.group('hi')} is not finite")
-    if not low < high:
-        raise ValueError(f"the range {r.group('lo')}..{r.group('hi')} is empty (LOW must be < HIGH)")
+    if not low < high or r.group("hi").startswith("."):  # (`1...10`: 1 to .10)
+        raise ValueError(f"`{r.group('lo')}..{r.group('hi')}`: a range is written with two dots, LOW..HIGH"
+                         if r.group("hi").startswith(".") else f"the range {r.group('lo')}..{r.group('hi')} is empty (LOW must be < HIGH)")
     log: bool | None = None
     kind = None
     step = None
@@ -361,14 +362,14 @@ def from_annotation(const: Constant, ann: Annotation) -> dict[str, Any]:
     if v is NotLiteral or isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError("a range needs a number (give choices with `# search: A | B`)")
     assert ann.low is not None and ann.high is not None
-    kind = ann.kind or ("int" if isinstance(v, int) and ann.low == int(ann.low)
-                        and ann.high == int(ann.high) else "float")
+    kind = ann.kind or ("int" if isinstance(v, int) else "float")  # (`N = 3  # search: 1.5..6.5`: 2..6)
     low, high, step = ann.low, ann.high, ann.step
     if kind == "int":
         low, high = float(math.ceil(low)), float(math.floor(high))
         step = float(max(1, round(step))) if step else None
         if not low < high:
-            raise ValueError(f"no two whole numbers in {ann.low:g}..{ann.high:g}")
+            raise ValueError(f"no two whole numbers in {ann.low:g}..{ann.high:g}"
+                             + ("" if ann.kind else " (the value is an int: add `float` to search fractions)"))
     if step:
         high = low + math.floor((high - low) / step + 1e-9) * step
         if not low < high:  # (the search would only ever write LOW)
