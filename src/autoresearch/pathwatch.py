@@ -76,8 +76,8 @@ class PathWatch:
         if found is None:
             return None, ("missing",), None
         data = None
-        with contextlib.suppress(OSError):
-            if os.path.getsize(found) <= COPY_LIMIT:
+        with contextlib.suppress(OSError):  # (the system's own is never written back: no copy)
+            if os.path.getsize(found) <= COPY_LIMIT and not os.path.realpath(found).startswith(SYSTEM):
                 data = slurp(Path(os.path.realpath(found)))
         return found, _stamp(found), data
 
