@@ -912,3 +912,15 @@ def test_a_power_of_two_written_as_a_shift_is_searched_and_stays_a_shift() -> No
     assert p["BATCH"].render(p["BATCH"].sampled(2**18), p["BATCH"].text)[1] == "1 << 18"
     assert p["ODD"].value == 12 and p["ODD"].render(24, p["ODD"].text)[1] == "24"
     assert "BIG" not in p
+
+
+def test_a_file_with_lone_cr_line_ends_keeps_each_comment_on_its_own_constant() -> None:
+    """Python ends a line at a lone CR (old Mac line ends); the comments were read as one line,
+    so A took B's `# search:` comment and B none."""
+    from autoresearch.agents.constants import apply_edits, scan_file
+
+    data = b"A = 3  # search: 1..9\rB = 0.5  # search: 0.1..0.9\rprint(A)\r"
+    p = {x.name: x for x in space_of({"m.py": data}).params}
+    assert (p["A"].range_text, p["B"].range_text, p["B"].annotated) == ("1..9", "0.1..0.9", True)
+    a = next(c for c in scan_file(data, "m.py").constants if c.name == "A")
+    assert apply_edits(data, [(a.start, a.end, "5")]) == data.replace(b"A = 3", b"A = 5")

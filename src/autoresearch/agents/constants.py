@@ -189,8 +189,9 @@ class FileScan:
 
 
 def _comments(data: bytes) -> dict[int, str]:
+    """Each comment by its line, counted as `ast` counts them (a lone CR ends a line too)."""
     out: dict[int, str] = {}
-    for tok in tokenize.tokenize(io.BytesIO(data).readline):
+    for tok in tokenize.tokenize(io.BytesIO(data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")).readline):
         if tok.type == tokenize.COMMENT:
             out[tok.start[0]] = tok.string
     return out
