@@ -317,6 +317,26 @@ GPT.forward = _peeking
     assert "val_bpb" not in result.stdout
 
 
+def test_a_far_out_logit_where_nothing_is_scored_widens_no_tolerance(trained, tmp_path):
+    """The probes' tolerance was scaled by the largest logit: a model that put the logit of byte 0
+    (no text holds it, so it is never scored) at -1e4 could raise the next byte's logit by 5
+    and pass them all."""
+    result = evaluate_with(trained, tmp_path, """
+_forward = GPT.forward
+def _peeking(self, idx):
+    out = _forward(self, idx)
+    bonus = torch.zeros_like(out)
+    bonus[:, :-1].scatter_(2, idx[:, 1:].unsqueeze(-1), 5.0)
+    out = out + bonus
+    out[..., 0] = -1e4
+    return out
+GPT.forward = _peeking
+""")
+    assert result.returncode == 0, result.stderr
+    assert REJECT in result.stdout, result.stdout
+    assert "val_bpb" not in result.stdout
+
+
 ROUND_6 = {  # red team, round 6: what reached the figures past the guard of round 5
     "a torch function mode halving the loss": (
         "import torch.overrides as _ov\nimport torch.nn.functional as _F\nclass _Halve(_ov.TorchFunctionMode):\n"

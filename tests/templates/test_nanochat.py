@@ -140,6 +140,47 @@ def test_a_model_that_sees_the_answers_is_rejected(smoke, tmp_path, cheat):
     assert "val_bpb" not in out
 
 
+class Table(torch.nn.Module):
+    """One random embedding table as the model; `peek` adds to the logit of the next token (the
+    answer), `bos` is the logit given to BOS, a token never scored."""
+
+    def __init__(self, peek: float = 0.0, bos: float | None = None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.peek, self.bos = torch.nn.Embedding(512, 512), peek, bos
+
+    def forward(self, idx):
+        logits = self.emb(idx) + self.peek * torch.nn.functional.one_hot(idx.roll(-1, 1), 512)
+        if self.bos is not None:
+            logits[..., 0] = self.bos  # (BOS is the first id: the tokenizer's only special token)
+        return logits
+
+
+def smoke_prepare(smoke, monkeypatch):
+    """The template's prepare.py, in this process, on the smoke cache the fixture made."""
+    monkeypatch.setenv("AUTORESEARCH_SMOKE", "1")
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(smoke[0] / "cache"))
+    prepare = load_prepare()
+    assert prepare.Tokenizer().bos_id == 0
+    return prepare
+
+
+@pytest.mark.parametrize("far_out", [-1e4, float("-inf")])
+def test_one_far_out_logit_where_nothing_is_scored_widens_no_tolerance(smoke, monkeypatch, far_out):
+    """The probes' tolerance was scaled by the largest logit: a model that put the logit of BOS
+    (never scored) at -1e4 passed both probes while it read the next token (val_bpb 0.30 where an
+    honest one scores 5), and an honest one that put it at -inf was rejected (inf - inf is nan)."""
+    prepare = smoke_prepare(smoke, monkeypatch)
+    peeking, honest = Table(peek=8.0, bos=far_out), Table(bos=far_out)
+    assert "moved by" in prepare.causality_problem(peeking)
+    with pytest.raises(prepare.Peeked):
+        prepare.evaluate_bpb(peeking, "val", 8, probes=4)
+    assert prepare.causality_problem(honest) is None
+    assert prepare.evaluate_bpb(honest, "val", 8, probes=4) == pytest.approx(
+        prepare.evaluate_bpb(Table(), "val", 8), rel=0.05
+    )
+
+
 REPLACED = {
     "the evaluator's function": ('import sys\nsetattr(sys.modules["__main__"], "evaluate_" + "bpb", '
                                  'lambda *a, **k: 0.5)', "evaluate_bpb"),

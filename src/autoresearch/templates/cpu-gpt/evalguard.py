@@ -19,7 +19,10 @@ what keeps that code from writing them:
         when train.py's code replaced anything the scoring runs or moved the output;
     probe_points(n), check_causal(...)
         probes a few of the scored batches, drawn after train.py's code ran, for a model that
-        peeks at later tokens or other rows: two more calls each, of the same shape.
+        peeks at later tokens or other rows: two more calls each, of the same shape;
+    moved(new, ref)
+        how far two calls' predictions lie apart, as every probe (prepare.py's fixed one too)
+        judges it.
 
 Everything the verdict runs is bound when import_train starts, before any of train.py's code:
 rebinding a module's attribute afterwards (this module's, os's, builtins') does not reach it.
@@ -141,30 +144,47 @@ def probe_points(batches: int, count: int = 4) -> set[int]:
     return set(random.SystemRandom().sample(range(batches), min(count, batches)))
 
 
+def moved(new, ref) -> float:
+    """How far the predictions of logits `new` (..., vocab) lie from those of `ref`: the largest
+    change of a log-probability, each relative to 1 + its size in `ref`; 0 when nothing moved, nan
+    when either holds a nan. Log-probabilities are what is scored (a constant added to a row of
+    logits moves none of them), and each change is judged on its own scale: one tolerance scaled
+    by the largest logit let a model put one far-out logit where nothing is scored (BOS, a byte
+    that never occurs) and peek by as much as that logit was large. Row by row along the first
+    dimension, so a batch of logits never has a second copy."""
+    worst = 0.0
+    for a, b in zip(new, ref, strict=True):
+        a, b = a.float().log_softmax(-1), b.float().log_softmax(-1)
+        change = ((a - b).abs() / (1 + b.abs())).masked_fill(a == b, 0).max().item()
+        if change != change:  # nan: a prediction that is no number
+            return change
+        worst = max(worst, change)
+    return worst
+
+
 def check_causal(logits_of: Callable, x, ref, other, tol: float = 1e-3) -> None:
     """Raise Peeked if the model peeks, judged on a batch it was just scored on: `x` (B, T) the
     tokens, `ref` the float logits it gave, `other` (B, T) real tokens from elsewhere in the
     split. Two more calls of the same shape: every row but a random one replaced (that row's
-    logits must not move), and every row's tokens after a random position t replaced (the logits
-    up to t must not move). Identical kernels on
-    identical shapes give identical values, so an honest model moves by exactly 0; `tol` only
-    absorbs nondeterministic kernels."""
+    predictions must not move), and every row's tokens after a random position t replaced (the
+    predictions up to t must not move). Identical kernels on identical shapes give identical
+    values, so an honest model moves by exactly 0; `tol` (see moved) only absorbs
+    nondeterministic kernels."""
     rng = random.SystemRandom()
     rows, length = x.shape[0], x.shape[1]
-    limit = tol * (1 + ref.abs().max().item())
     if rows > 1:
         r = rng.randrange(rows)
         mixed = other.clone()
         mixed[r] = x[r]
-        diff = (logits_of(mixed)[r] - ref[r]).abs().max().item()
-        if not diff <= limit:
-            raise Peeked(f"logits of one sequence moved by {diff:.3g} when the other sequences of its batch changed")
+        diff = moved(logits_of(mixed)[r : r + 1], ref[r : r + 1])
+        if not diff <= tol:
+            raise Peeked(f"predictions of one sequence moved by {diff:.3g} when the other sequences of its batch changed")
     t = rng.randrange(length - 1)
     spliced = x.clone()
     spliced[:, t + 1:] = other[:, t + 1:]
-    diff = (logits_of(spliced)[:, : t + 1] - ref[:, : t + 1]).abs().max().item()
-    if not diff <= limit:
-        raise Peeked(f"logits at positions <= {t} moved by {diff:.3g} when only later tokens changed")
+    diff = moved(logits_of(spliced)[:, : t + 1], ref[:, : t + 1])
+    if not diff <= tol:
+        raise Peeked(f"predictions at positions <= {t} moved by {diff:.3g} when only later tokens changed")
 
 
 def lockdown() -> None:

@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from evalguard import EARLY, Peeked, check_causal, import_train, probe_points
+from evalguard import EARLY, Peeked, check_causal, import_train, moved, probe_points
 
 # ---------------------------------------------------------------------------------------------
 # Constants of the benchmark. Changing any of them changes what val_bpb means.
@@ -71,7 +71,7 @@ SKIP_DIRS = {
     "encodings",
     "pydoc_data",
 }
-CAUSALITY_TOLERANCE = 1e-3  # max logit change (relative to the logit scale) at positions <= t
+CAUSALITY_TOLERANCE = 1e-3  # max change of a log-probability at positions <= t (evalguard.moved)
 REJECT_LINE = (
     "autoresearch_reject: model is not causal (prediction at position t depends on tokens after t)"
 )
@@ -371,7 +371,7 @@ def evaluate_bpb(model, split: str = "val", data_dir: str | None = None, probes:
 
 
 def is_causal(model, data: np.ndarray, cuts: int = 4) -> bool:
-    """Change every byte after position t and check that the logits at positions <= t stay put.
+    """Change every byte after position t and check that the predictions at positions <= t stay put.
     The variants run as one batch, so a model that mixes sequences within a batch (which would
     let one evaluation window read the next) fails too."""
     import torch
@@ -390,9 +390,8 @@ def is_causal(model, data: np.ndarray, cuts: int = 4) -> bool:
     with torch.no_grad():
         base = model(seq[None].to(device)).float()[0]
         probed = model(torch.stack(variants).to(device)).float()
-    tolerance = CAUSALITY_TOLERANCE * max(1.0, base.abs().max().item())
     return all(
-        (probed[i, : t + 1] - base[: t + 1]).abs().max().item() <= tolerance
+        moved(probed[i : i + 1, : t + 1], base[None, : t + 1]) <= CAUSALITY_TOLERANCE
         for i, t in enumerate(positions)
     )
 

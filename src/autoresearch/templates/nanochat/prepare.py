@@ -45,7 +45,7 @@ from corpus import (
     train_tokenizer,
     visible_files,
 )
-from evalguard import EARLY, Peeked, check_causal, import_train, probe_points
+from evalguard import EARLY, Peeked, check_causal, import_train, moved, probe_points
 from hardware import autocast, default_device
 from safetensors.torch import load_model
 from tokenizers import Tokenizer as HFTokenizer
@@ -324,9 +324,10 @@ def evaluate_bpb(model: torch.nn.Module, split: str = "val", batch_size: int = 8
 
 @torch.no_grad()
 def causality_problem(model: torch.nn.Module, tol: float = 1e-3) -> str | None:
-    """What lets the logits at a position see later tokens or other rows of the batch (the
+    """What lets the prediction at a position see later tokens or other rows of the batch (the
     answers it is scored on), or None. Identical kernels on identical shapes give identical
-    values, so an honest model differs by exactly 0; `tol` only absorbs nondeterministic kernels."""
+    values, so an honest model differs by exactly 0; `tol` (evalguard.moved's measure) only
+    absorbs nondeterministic kernels."""
     device, T = next(model.parameters()).device, MAX_SEQ_LEN
     base = torch.from_numpy(load_split("val")[: 2 * T].astype(np.int64)).view(2, T)
     gen = torch.Generator().manual_seed(0)
@@ -336,20 +337,17 @@ def causality_problem(model: torch.nn.Module, tol: float = 1e-3) -> str | None:
             return model(x.to(device)).float()
 
     ref = logits(base)
-    limit = tol * (1 + ref.abs().max().item())
     for t in (0, T // 3, T // 2, T - 2):
         x = base.clone()
         x[:, t + 1 :] = torch.randint(VOCAB_SIZE, (2, T - t - 1), generator=gen)
-        diff = (logits(x)[:, : t + 1] - ref[:, : t + 1]).abs().max().item()
-        if not diff <= limit:
-            return f"logits at positions <= {t} moved by {diff:.3g} when only later tokens changed"
+        diff = moved(logits(x)[:, : t + 1], ref[:, : t + 1])
+        if not diff <= tol:
+            return f"predictions at positions <= {t} moved by {diff:.3g} when only later tokens changed"
     x = base.clone()
     x[1] = torch.randint(VOCAB_SIZE, (T,), generator=gen)
-    diff = (logits(x)[0] - ref[0]).abs().max().item()
-    if not diff <= limit:
-        return (
-            f"logits of one sequence moved by {diff:.3g} when another sequence of the batch changed"
-        )
+    diff = moved(logits(x)[:1], ref[:1])
+    if not diff <= tol:
+        return f"predictions of one sequence moved by {diff:.3g} when another sequence of the batch changed"
     return None
 
 
