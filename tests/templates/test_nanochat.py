@@ -181,6 +181,17 @@ def test_one_far_out_logit_where_nothing_is_scored_widens_no_tolerance(smoke, mo
     )
 
 
+def test_positions_that_predict_bos_are_left_out_whatever_their_loss(smoke, monkeypatch):
+    """A model that never predicts BOS (its logit -inf: BOS is never scored) has an infinite loss
+    where BOS is next; left out as 0 x inf that was nan, and val_bpb with it."""
+    prepare = smoke_prepare(smoke, monkeypatch)
+    monkeypatch.setattr(prepare, "EVAL_TOKENS", 10**9)  # the whole split: documents start in it
+    rows = (len(prepare.load_split("val")) - 1) // prepare.MAX_SEQ_LEN
+    assert (prepare.load_split("val")[1 : rows * prepare.MAX_SEQ_LEN + 1] == 0).sum() >= 2
+    never = prepare.evaluate_bpb(Table(bos=float("-inf")), "val", 8)
+    assert never == pytest.approx(prepare.evaluate_bpb(Table(bos=-1e4), "val", 8), rel=1e-6)
+
+
 REPLACED = {
     "the evaluator's function": ('import sys\nsetattr(sys.modules["__main__"], "evaluate_" + "bpb", '
                                  'lambda *a, **k: 0.5)', "evaluate_bpb"),

@@ -313,7 +313,7 @@ def evaluate_bpb(model: torch.nn.Module, split: str = "val", batch_size: int = 8
             )
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
         counted = token_bytes[y.flatten()]
-        nats += (loss * (counted > 0)).sum().item()
+        nats += loss.masked_fill(counted == 0, 0.0).sum().item()  # (inf x 0 would be nan)
         nbytes += counted.sum().item()
         if row in probed:  # as many rows from the other half of the split: real text, the same shape
             other = (row + rows // 2) % max(1, rows - n + 1)
