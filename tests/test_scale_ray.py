@@ -184,6 +184,9 @@ def test_a_killed_ray_worker_is_recorded_and_the_trial_requeued_once(ray_head, t
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, out
     assert "its worker was lost" in out and "re-queued once" in out
+    # what Ray prints of it on the driver ("(raylet) A worker died ...") is plain text, as the
+    # loop's own lines are: its colour codes ended up in nohup logs
+    assert "A worker died" in out and "\x1b" not in out, out
     rows = check_ledger_and_git(root, "lost", 2)
     one = rows[1]
     assert one.status is Status.DISCARD and one.metric == 19.0
@@ -284,6 +287,7 @@ def test_workers_lost_trial_after_trial_stop_the_loop(ray_head, tmp_path: Path) 
                        timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "the Ray workers of 3 runs in a row were lost, each run twice" in r.stderr, r.stdout + r.stderr
+    assert "\x1b" not in r.stdout + r.stderr, r.stdout + r.stderr  # (Ray's "(raylet) A worker died" lines too)
     rows = _rows(root, "dead")
     assert [t.status for t in rows] == [Status.KEEP] + [Status.CRASH] * 3, [(t.status, t.reason) for t in rows]
     assert all(len(t.extra["lost_workers"]) == 1 for t in rows[1:])

@@ -42,6 +42,7 @@ from autoresearch.process import (
     OWNER_VAR,
     last_lines,
 )
+from autoresearch.records import printable
 from autoresearch.task import Task, list_files
 
 INSTALL_HINT = "pip install -e '.[ray]' (in the autoresearch checkout)"
@@ -83,6 +84,11 @@ def setup_key(task: Task, workdir: Path) -> str:
 
 
 def import_ray() -> Any:
+    # What Ray prints on the driver ("(raylet) A worker died ...") in plain text, as the loop's
+    # own lines are: its colour codes ended up in nohup logs and pipes. Its deduplication (read
+    # as Ray is imported) adds a coloured "[repeated Nx across cluster]" to a line it had printed
+    os.environ["RAY_COLOR_PREFIX"] = "0"
+    os.environ["RAY_DEDUP_LOGS"] = "0"
     try:
         import ray
     except ImportError:
@@ -348,7 +354,9 @@ class RayBackend:
             write_log(spec.log_path, b"=== autoresearch: stopped on the Ray worker; its output did not come back ===\n",
                       append=True)
             return ExecResult("cancelled", None, seconds, "")
-        why = f"{type(e).__name__}: {last_lines(str(e), 2)}"[:400]
+        # (a RayTaskError's text starts with a coloured `ray::measure_remote()`: no escape codes in
+        # the log, the trial's record or the loop's lines)
+        why = f"{type(e).__name__}: {last_lines(printable(str(e)), 2)}"[:400]
         write_log(spec.log_path, f"the Ray task did not complete: {why}\n".encode())
         if type(e).__name__ in LOST:
             return ExecResult("lost", None, seconds, self._head_gone() or why)
