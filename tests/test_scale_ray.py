@@ -293,6 +293,39 @@ def test_workers_lost_trial_after_trial_stop_the_loop(ray_head, tmp_path: Path) 
     assert all(len(t.extra["lost_workers"]) == 1 for t in rows[1:])
 
 
+def test_a_trial_waiting_in_rays_queue_is_shown_queued_not_running(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    """Two trials in flight on a cluster that holds one at a time (cpu=4 of the head's 4): the
+    second waits in Ray's queue for the first to end, and was shown `running` all the while
+    (its time against the budget ticking, the live page saying "experiment running"). Now it is
+    `queued` until a node starts it, on the terminal and on the page."""
+    from autoresearch.report.serve import LiveReport
+
+    address, env = ray_head
+    root, agent = _task(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(root), "--tag", "wait", "--agent", "cli",
+                             "--agent-cmd", agent, "--trials", "2", "--ray-address", address, "--workers", "2",
+                             "--trial-resources", "cpu=4"], env={**os.environ, **env, "AR_S": "3"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    page: set[tuple[int, str]] = set()
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # (the tag's ledger not made yet)
+            page |= {(r["number"], r["phase"]) for r in LiveReport(root, "wait").state()["running"]}
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    check_ledger_and_git(root, "wait", 2)
+    said = {n: time.strptime(line[:8], "%H:%M:%S") for line in out.splitlines()
+            for n in (1, 2) if line[9:].startswith(f"[trial {n}] running")}
+    first, second = sorted(said, key=lambda n: said[n])
+    # the second started when the first's 3 s experiment had ended, not when it was sent
+    assert time.mktime(said[second]) - time.mktime(said[first]) >= 2, out
+    assert f"[trial {second}] queued (in Ray" in out, out
+    assert (second, "queued, waiting to start") in page and (second, "experiment running") in page, page
+    log = (root / ".autoresearch" / "wait" / "logs" / f"{second}.log").read_text()
+    assert _figure(log, "loss") == f"{20 - second}.0"  # (the log that came back replaced the driver's line)
+
+
 EVALUATE = """\
 import json, os
 out = json.load(open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "out.json")))

@@ -14,6 +14,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from autoresearch.backends import Backend
@@ -31,6 +32,7 @@ from autoresearch.setupstep import SetupOutput, shared_links
 
 LOST_REPEATS = 3  # trials in a row that lost their worker twice: the loop stops
 HEAD_GONE = "the Ray cluster's head went away while it ran"
+QUEUED = "queued (in Ray, until a node has the resources it asks for free)"  # a remote trial not started yet
 
 
 class Measurer:
@@ -86,8 +88,8 @@ class Measurer:
         for i in range(runs):
             seed = (first_seed + i) % 2**32
             which = f" (run {offset + i + 1} of {offset + runs}, seed {seed})" if runs > 1 or offset else ""
-            self.events.phase(t.number, f"running{which}", self.task.time_budget)
-            m = self.once(at, t, commit, seed, offset + i)
+            running = partial(self.events.phase, t.number, f"running{which}", self.task.time_budget)
+            m = self.once(at, t, commit, seed, offset + i, running)
             seconds += m.seconds
             if m.status is not None:
                 m.seconds = seconds
@@ -99,7 +101,10 @@ class Measurer:
             repeats.append(m.figures)
         return Measurement(None, mean_figures(repeats), "", seconds, repeats)
 
-    def once(self, at: Place, t: Trial, commit: str, seed: int, index: int) -> Measurement:
+    def once(self, at: Place, t: Trial, commit: str, seed: int, index: int,
+             running: Callable[[], None] | None = None) -> Measurement:
+        """One run of the experiment; `running()` when it starts (a remote backend's trial is
+        queued until a node takes it)."""
         n = t.number
         suffix = "" if index == 0 else f".{index}"
         spec = ExecSpec(
@@ -118,8 +123,8 @@ class Measurer:
         )
 
         def restore() -> None:  # the committed tree, and what setup made, for the evaluator
-            if self.task.evaluate:  # (no budget: the evaluator has its own timeout)
-                self.events.phase(n, "evaluating")
+            if self.task.evaluate and not self.backend.remote:  # (no budget: the evaluator has its
+                self.events.phase(n, "evaluating")  # own timeout; a remote backend restores to send the code)
             self.s.git.reset_worktree(at.ws, commit)
             if not self.backend.remote:  # (a remote node links its own: the code travels without links)
                 self.setup.link_into(at.ws.path)
@@ -136,7 +141,9 @@ class Measurer:
                 self.s.git.reset_worktree(at.ws, commit)
             self.setup.link_into(at.ws.path)
         try:
-            result = self.backend.run(spec, restore, self.cancel)
+            if self.backend.remote:
+                self.events.phase(n, QUEUED)
+            result = self.backend.run(spec, restore, self.cancel, running)
         except OSError as e:  # what the experiment left defeats the harness (a folder where its log
             if e.errno in (errno.ENOSPC, errno.EDQUOT):  # or metric file goes): the trial's fault, not
                 raise  # the loop's; a full disk stops the loop (docs/reliability.md)
@@ -144,7 +151,8 @@ class Measurer:
         if result.outcome == "lost" and not self._head_gone():  # a remote worker died under it:
             first = result.output  # recorded, run once more
             self._note_lost(t, first)
-            result = self.backend.run(spec, restore, self.cancel)
+            self.events.phase(n, QUEUED)
+            result = self.backend.run(spec, restore, self.cancel, running)
             with open_log(spec.log_path, append=True) as log:
                 log.write(f"\n=== autoresearch: second attempt; the worker of the first was lost: "
                           f"{first[:200]} ===\n".encode("utf-8", errors="replace"))

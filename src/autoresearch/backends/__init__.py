@@ -27,8 +27,11 @@ class Backend(Protocol):
         """One entry per trial in flight: the GPU ids pinned for it (empty: none pinned)."""
         ...
 
-    def run(self, spec: ExecSpec, restore: Callable[[], None], cancel: threading.Event) -> ExecResult:
-        """Measure once. `restore()` makes spec.workdir exactly the trial's commit."""
+    def run(self, spec: ExecSpec, restore: Callable[[], None], cancel: threading.Event,
+            started: Callable[[], None] | None = None) -> ExecResult:
+        """Measure once. `restore()` makes spec.workdir exactly the trial's commit; `started()`
+        is called when the experiment starts (on a cluster, once a node has taken it: until
+        then the trial is queued)."""
         ...
 
     def close(self) -> None: ...

@@ -83,7 +83,10 @@ class LocalBackend:
     def slots(self, workers: int | None) -> list[tuple[str, ...]]:
         return gpu_groups(self.gpus, self.gpus_per_trial, workers)
 
-    def run(self, spec: ExecSpec, restore: Callable[[], None], cancel: threading.Event) -> ExecResult:
+    def run(self, spec: ExecSpec, restore: Callable[[], None], cancel: threading.Event,
+            started: Callable[[], None] | None = None) -> ExecResult:
+        if started is not None:
+            started()
         return execute(spec, restore=restore, cancel=cancel)
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from autoresearch.backends.rayworker import Returned, eval_log_path, measure_remote, pack
+from autoresearch.backends.rayworker import Returned, eval_log_path, measure_stream, pack
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.execute import ExecResult, ExecSpec
 from autoresearch.filetree import write_log
@@ -279,7 +279,9 @@ class RayBackend:
         custom = {k: v for k, v in self.request.items() if k not in RAY_NAMES}
         if custom:
             options["resources"] = custom
-        self._task = ray.remote(max_calls=0)(measure_remote).options(**options)
+        # a streaming generator: its first item says when a node has started it (until then the
+        # trial is queued in Ray, waiting for a node with the resources free), its second is the result
+        self._task = ray.remote(max_calls=0)(measure_stream).options(num_returns="streaming", **options)
         self._lock = threading.Lock()
         self._inflight: set[Any] = set()
         self._watched: set[int] = set()
@@ -306,7 +308,8 @@ class RayBackend:
                                  default=int(totals.get("CPU", 1))))  # (cpu=0 alone: one per CPU)
         return [()] * workers
 
-    def run(self, spec: ExecSpec, restore: Callable[[], None], cancel: threading.Event) -> ExecResult:
+    def run(self, spec: ExecSpec, restore: Callable[[], None], cancel: threading.Event,
+            started: Callable[[], None] | None = None) -> ExecResult:
         if self.gone:  # (a call to Ray would wait for the head until Ray ends this process)
             write_log(spec.log_path, f"not sent to Ray: {self.gone}\n".encode())
             return ExecResult("lost", None, 0.0, self.gone)
@@ -324,10 +327,13 @@ class RayBackend:
         if cancel.is_set():
             self.ray.cancel(ref, force=True)
         try:
-            while not self.ray.wait([ref], timeout=HEARTBEAT)[0]:  # Ray would wait for a head that
-                if self._head_gone(until_it_answers=True):  # is gone until it ends this process
-                    raise HeadGone(self.gone)
-            back: Returned = self.ray.get(ref)
+            node = self._next(ref)  # a node started it (it waited in Ray's queue until then)
+            with contextlib.suppress(OSError):  # (a note for the while: its output replaces it)
+                write_log(spec.log_path, f"=== autoresearch: running on the Ray node {node} since "
+                          f"{time.strftime('%H:%M:%S')}; its output comes back when it ends ===\n".encode())
+            if started is not None:
+                started()
+            back: Returned = self._next(ref)
         except Exception as e:  # noqa: BLE001 - sorted below: cancelled, lost, or failed
             return self._failed(spec, e, cancel, time.monotonic() - start)
         finally:
@@ -349,12 +355,20 @@ class RayBackend:
             (spec.workdir / back.result.stale).unlink(missing_ok=True)
         return back.result
 
+    def _next(self, stream: Any) -> Any:
+        """The task's next item, or its error. Ray would wait for a head that is gone until it
+        ends this process: the head is asked every HEARTBEAT seconds meanwhile."""
+        while not self.ray.wait([stream], timeout=HEARTBEAT)[0]:
+            if self._head_gone(until_it_answers=True):
+                raise HeadGone(self.gone)
+        return self.ray.get(next(stream))
+
     def _failed(self, spec: ExecSpec, e: Exception, cancel: threading.Event, seconds: float) -> ExecResult:
         if cancel.is_set():
             write_log(spec.log_path, b"=== autoresearch: stopped on the Ray worker; its output did not come back ===\n",
                       append=True)
             return ExecResult("cancelled", None, seconds, "")
-        # (a RayTaskError's text starts with a coloured `ray::measure_remote()`: no escape codes in
+        # (a RayTaskError's text starts with a coloured `ray::measure_stream()`: no escape codes in
         # the log, the trial's record or the loop's lines)
         why = f"{type(e).__name__}: {last_lines(printable(str(e)), 2)}"[:400]
         write_log(spec.log_path, f"the Ray task did not complete: {why}\n".encode())

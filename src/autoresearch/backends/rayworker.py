@@ -14,6 +14,7 @@ import shutil
 import tarfile
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -201,3 +202,12 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
         remove(root)
 
 
+
+
+def measure_stream(spec: ExecSpec, code: bytes, setup: str | None, setup_key: str, metric_file: str | None,
+                   shared: tuple[tuple[str, str], ...] = ()) -> Iterator[str | Returned]:
+    """The Ray task (a streaming generator): first the name of the node it started on, the
+    moment Ray starts it (until then it waits in Ray's queue for a node with the resources
+    free), then what measure_remote returns."""
+    yield platform.node()
+    yield measure_remote(spec, code, setup, setup_key, metric_file, shared)

@@ -27,7 +27,7 @@ from autoresearch.ledger import clean_text
 from autoresearch.prompt import fmt
 from autoresearch.records import Status, Trial
 
-PHASES = {"agent": "agent thinking", "queued": "proposed, waiting for a slot", "running": "experiment running",
+PHASES = {"agent": "agent thinking", "queued": "queued, waiting to start", "running": "experiment running",
           "evaluating": "evaluating", "confirming": "confirming (re-run)"}
 STYLES = {Status.KEEP: "bold green", Status.DISCARD: "dim", Status.DUPLICATE: "dim",
           Status.CRASH: "bold red", Status.TIMEOUT: "bold red", Status.REJECTED: "yellow",

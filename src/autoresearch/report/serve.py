@@ -31,19 +31,23 @@ from autoresearch.records import Trial
 from autoresearch.report.study import Study, load_study
 
 WAITING = "waiting"
+QUEUED = "queued, waiting to start"
 LEFT = "left running by a loop that is gone (killed?)"  # the phase of a running trial no loop holds
 REREAD = 20.0  # seconds a ledger whose files have not moved is not read again
 
 
 def _phase(folder: Path, t: Trial) -> str:
     """What a running trial is doing, as the loop's files show it (this page runs in another
-    process): no commit yet, its agent; an evaluator's log newer than the run's, its evaluation."""
+    process): no commit yet, its agent; a commit but no log yet, queued (waiting for a slot, or
+    on Ray for a node to start it); an evaluator's log newer than the run's, its evaluation."""
     if not t.commit:
         return "agent thinking"
 
     def newest(pattern: str) -> float:
         return max((p.stat().st_mtime for p in folder.glob(pattern) if p.is_file()), default=0.0)
 
+    if not max(newest(f"logs/{t.number}.log"), newest(f"logs/{t.number}.*.log")):
+        return QUEUED
     evaluated = max(newest(f"sealed/{t.number}.eval.log"), newest(f"sealed/{t.number}.*.eval.log"))
     if evaluated and evaluated >= max(newest(f"logs/{t.number}.log"), newest(f"logs/{t.number}.*.log")):
         return "evaluating"
