@@ -658,6 +658,48 @@ def test_a_tag_whose_setup_script_changed_sets_up_anew_on_ray(ray_head, tmp_path
     assert r.returncode == 0 and _rows(root, "local")[0].metric == 23.0, r.stdout + r.stderr
 
 
+def test_setup_folders_no_trial_used_for_a_week_are_pruned_on_the_node(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
+    """Every task, and every change of the files its setup reads, made a setup folder on each node
+    that lasted for ever (a data set each, say). A trial on the node now removes those no trial
+    has used for a week; a recent one, one being set up (its lock held) and the run's own stay."""
+    import fcntl
+
+    address, env = ray_head
+    marks = Path(tempfile.gettempdir()) / "autoresearch-setup"  # (the workers' too: the same machine)
+    marks.mkdir(exist_ok=True)
+    planted = {name: secrets.token_hex(8) for name in ("old", "recent", "busy")}
+    week = 7 * 86400
+    for name, key in planted.items():
+        (marks / key / "data").mkdir(parents=True)
+        (marks / key / "data" / "shard.bin").write_bytes(b"x" * 1000)
+        (marks / f"{key}.made").write_text('["data"]')
+        for mark in (".done", ".lock"):
+            (marks / f"{key}{mark}").touch()
+        age = week - 86400 if name == "recent" else week + 86400
+        for path in (marks / key, marks / f"{key}.made", marks / f"{key}.done", marks / f"{key}.lock"):
+            os.utime(path, (time.time() - age, time.time() - age))
+    root = make_task(tmp_path / "task", toml_extra="setup = 'mkdir -p data && echo 1 > data/base.txt'\n")
+    try:
+        with open(marks / f"{planted['busy']}.lock") as busy:
+            fcntl.flock(busy, fcntl.LOCK_EX)  # (being set up on the node now)
+            r = cli("run", str(root), "--tag", "prune", "--agent", "search", "--trials", "1", "--ray-address", address,
+                    "--trial-resources", "cpu=1", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        left = {name: (marks / key).exists() or (marks / f"{key}.lock").exists() for name, key in planted.items()}
+        assert left == {"old": False, "recent": True, "busy": True}, left
+        assert not list(marks.glob(f"{planted['old']}*"))  # its marks too
+        log = (root / ".autoresearch" / "prune" / "logs" / "setup.log").read_text()
+        r = cli("run", str(root), "--tag", "prune", "--agent", "search", "--trials", "1", "--ray-address", address,
+                "--trial-resources", "cpu=1", env=env)  # resumed: what the node set up for it serves
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (root / ".autoresearch" / "prune" / "logs" / "setup.log").read_text() == log
+    finally:
+        for key in planted.values():
+            shutil.rmtree(marks / key, ignore_errors=True)
+            for mark in (".made", ".done", ".lock"):
+                (marks / f"{key}{mark}").unlink(missing_ok=True)
+
+
 def test_what_setup_printed_on_a_node_comes_back_to_the_setup_log(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
     """Locally logs/setup.log holds setup's output; on Ray the trial's log that followed replaced
     it, and a setup that worked left no trace of what it said."""
@@ -721,3 +763,39 @@ def test_a_stale_task_folder_is_swept_and_its_pid_file_goes_last(tmp_path: Path,
     rayworker.sweep_stale()
     assert not folders["gone"].exists() and (folders["alive"] / "run" / "ckpt" / "weights.bin").exists()
     assert removed[-1] == "pid", removed  # (the files before it went with their folders)
+
+
+def test_a_trial_waiting_on_a_setup_lock_the_pruner_removed_takes_the_new_one(tmp_path: Path) -> None:
+    """The pruner removes a setup folder's lock file while it holds it: a trial that waited on
+    that lock meanwhile would hold a lock on a removed file, beside one taking the new file's
+    (two setups at once in one folder). It takes the lock again on the file now there."""
+    import fcntl
+    import threading
+
+    from autoresearch.backends import rayworker
+
+    path = tmp_path / "0123456789abcdef.lock"
+    seen: list[bool] = []
+    with open(path, "a") as pruner:
+        fcntl.flock(pruner, fcntl.LOCK_EX)
+
+        def trial() -> None:
+            with rayworker._held(path), open(path) as other:  # nobody else can take the file's lock now
+                seen.append(not _try_lock(other))
+
+        waiter = threading.Thread(target=trial)
+        waiter.start()
+        time.sleep(0.3)  # (the trial waits on the lock)
+        path.unlink()
+    waiter.join(timeout=10)
+    assert seen == [True] and path.exists()
+
+
+def _try_lock(f) -> bool:  # noqa: ANN001
+    import fcntl
+
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

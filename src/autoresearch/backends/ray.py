@@ -4,10 +4,11 @@ The trial's code travels as a gzipped tarball of its worktree at the trial's com
 worker it is unpacked into a temporary folder and measured by `autoresearch.execute` (the
 evaluator's restore re-extracts it); `--sandbox` and the holdout's seal are built there, by
 execute, with the worker's bubblewrap. The task's `setup` runs once per node before the first
-experiment there. The experiment's environment is the worker's own (secrets removed) plus the
-AUTORESEARCH_* variables; CUDA_VISIBLE_DEVICES is the GPUs Ray granted (empty for none). The log, the
-evaluator's log and the metric file (when the task names one) come back and are written where
-the local backend would have written them; other artifacts of the run stay on the worker and are
+experiment there (its folder is kept for the next runs, and removed once no trial has used it for
+a week: rayworker.prune_setups). The experiment's environment is the worker's own (secrets
+removed) plus the AUTORESEARCH_* variables; CUDA_VISIBLE_DEVICES is the GPUs Ray granted (empty
+for none). The log, the evaluator's log and the metric file (when the task names one) come back
+and are written where the local backend would have written them; other artifacts of the run stay on the worker and are
 deleted there.
 
 A worker or node that dies under a task comes back as outcome "lost" (the loop records it and

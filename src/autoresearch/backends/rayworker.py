@@ -10,10 +10,12 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +26,8 @@ from autoresearch.process import kill_owned, last_lines, read_tail, run_command
 
 MAX_LOG_BYTES = 64 * 2**20
 SETUP_TIMEOUT = 6 * 3600.0
+SETUP_KEEP = 7 * 86400.0  # seconds a node keeps a setup folder that no trial has used
+SETUP_KEY = re.compile(r"[0-9a-f]{16}")
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,11 @@ def _setup_once(setup: str, key: str, spec: ExecSpec, code: bytes) -> tuple[Exec
     that lasts (the code unpacked there, as locally in the loop's first worktree): returns a
     failure as a crash (or None), that folder and what the setup made in it, to be linked into
     every trial's code on this node as the local backend links it into every worktree."""
-    marks = Path(tempfile.gettempdir()) / "autoresearch-setup"
+    marks = setup_marks()
     marks.mkdir(exist_ok=True)
     home, made_file = marks / key, marks / f"{key}.made"
-    with open(marks / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two trials starting on one node: one setup
+    with _held(marks / f"{key}.lock"):  # two trials starting on one node: one setup
+        os.utime(marks / f"{key}.lock")  # (its last use: see prune_setups)
         try:  # (a /tmp cleaner may have taken the folder: then set up again)
             made = json.loads(made_file.read_text()) if (marks / f"{key}.done").exists() and home.is_dir() else None
         except (OSError, ValueError):
@@ -97,6 +101,70 @@ def _setup_once(setup: str, key: str, spec: ExecSpec, code: bytes) -> tuple[Exec
     out = read_tail(spec.log_path)
     return ExecResult("crash", r.returncode, r.seconds,
                       f"setup `{setup}` failed on {platform.node()}:\n{last_lines(out, 10)}"), home, []
+
+
+def setup_marks() -> Path:
+    """Where a node keeps its setup folders (<key>/) and their marks (<key>.made, .done, .lock)."""
+    return Path(tempfile.gettempdir()) / "autoresearch-setup"
+
+
+@contextlib.contextmanager
+def _held(path: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive lock on the file at `path` (made if missing); with `wait` False, False at
+    once when another holds it. prune_setups removes a lock file it holds: one who waited on it
+    meanwhile takes the lock again on the file now there, not on the removed one."""
+    while True:
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+            except OSError:
+                same = False
+            if same:
+                yield True
+                return
+
+
+def _last_use(marks: Path, key: str) -> float:
+    """When a trial last used (or set up) the setup folder `key`: its lock file's time, which
+    each trial sets (or, for a folder made before that, the newest of its files)."""
+    times = []
+    for name in (key, f"{key}.lock", f"{key}.done", f"{key}.made"):
+        with contextlib.suppress(OSError):
+            times.append((marks / name).lstat().st_mtime)
+    return max(times, default=0.0)
+
+
+def prune_setups(keep: float = SETUP_KEEP) -> list[str]:
+    """Remove this node's setup folders that no trial has used for `keep` seconds (each new
+    change of the files setup reads makes a folder of its own, and each task another; a tag
+    resumed after that long sets up anew: setup is idempotent). One being set up, or being
+    looked up by a trial starting, is kept. Returns the keys removed."""
+    marks, gone = setup_marks(), list[str]()
+    cutoff = time.time() - keep
+    try:
+        keys = {p.name.split(".", 1)[0] for p in marks.iterdir()}
+    except OSError:
+        return gone
+    for key in sorted(k for k in keys if SETUP_KEY.fullmatch(k)):
+        if _last_use(marks, key) > cutoff:
+            continue
+        try:
+            with _held(marks / f"{key}.lock", wait=False) as held:
+                if not held or _last_use(marks, key) > cutoff:  # (in use, or used just now)
+                    continue
+                (marks / f"{key}.done").unlink(missing_ok=True)  # first: no trial takes it for set up
+                shutil.rmtree(marks / key, ignore_errors=True)
+                for suffix in (".made", ".lock"):
+                    (marks / f"{key}{suffix}").unlink(missing_ok=True)
+                gone.append(key)
+        except OSError:
+            continue  # (another user's folder, say: not ours to remove)
+    return gone
 
 
 def _paths(folder: Path) -> list[str]:
@@ -176,6 +244,7 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
             links = [(rel, home / rel) for rel in made] + links
             if result is None and local.log_path.exists():  # it ran now: its output, which the
                 setup_log = _tail_bytes(local.log_path)  # experiment's log would replace
+        prune_setups()  # (after this task's own was marked used)
         _link(workdir, links)
         # what the links point to stays visible under --sandbox (its /tmp is a private one)
         local = replace(local, readable=(*local.readable, *(target for _, target in links if target.exists())))
