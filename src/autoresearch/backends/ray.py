@@ -87,9 +87,10 @@ def setup_key(task: Task, workdir: Path) -> str:
 def import_ray() -> Any:
     # What Ray prints on the driver ("(raylet) A worker died ...") in plain text, as the loop's
     # own lines are: its colour codes ended up in nohup logs and pipes. Its deduplication (read
-    # as Ray is imported) adds a coloured "[repeated Nx across cluster]" to a line it had printed
-    os.environ["RAY_COLOR_PREFIX"] = "0"
-    os.environ["RAY_DEDUP_LOGS"] = "0"
+    # as Ray is imported) adds a coloured "[repeated Nx across cluster]" to a line it had printed.
+    # (Set in your environment, either is yours.)
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         import ray
     except ImportError:
