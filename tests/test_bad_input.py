@@ -181,7 +181,8 @@ FLAG_CASES: list[tuple[str, list[str], str, Callable[[Path], Path]]] = [
     ("--gpus not ids", [*RUN, "--gpus", "0,x"], "--gpus", _repo),
     ("--tag empty", [*RUN, "--tag", ""], "--tag", _repo),
     ("--gpus-per-trial without --gpus", [*RUN, "--gpus-per-trial", "2"], "--gpus-per-trial 2 needs --gpus", _repo),
-    ("--gpus not a multiple of --gpus-per-trial", [*RUN, "--gpus", "0,1,2", "--gpus-per-trial", "2"], "would stay idle", _repo),
+    ("--gpus not a multiple of --gpus-per-trial", [*RUN, "--gpus", "0,1,2", "--gpus-per-trial", "2"],
+     "GPU 2 would stay idle", _repo),  # (the id left idle, not a count of them)
     ("--ray-address with --backend local", [*RUN, "--backend", "local", "--ray-address", "127.0.0.1:1"], "--ray-address", _repo),
     ("--backend unknown", [*RUN, "--backend", "slurm"], "--backend", _repo),
     ("--sampler unknown", [*RUN, "--sampler", "grid"], "--sampler", _repo),

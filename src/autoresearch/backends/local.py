@@ -31,8 +31,9 @@ def gpu_groups(gpus: Sequence[str], per_trial: int = 1, workers: int | None = No
     if not groups:
         raise UsageError(f"--gpus-per-trial {per_trial} is more than the {len(gpus)} GPU(s) of --gpus")
     if len(gpus) % per_trial:
+        left = gpus[len(groups) * per_trial:]  # (ids: "GPU 2", never a bare "2" read as a count)
         raise UsageError(f"--gpus lists {len(gpus)} GPUs, not a multiple of --gpus-per-trial {per_trial}: "
-                         f"{','.join(gpus[len(groups) * per_trial:])} would stay idle")
+                         f"GPU{'s' if len(left) > 1 else ''} {','.join(left)} would stay idle")
     if workers is None:
         return groups
     if workers > len(groups):
