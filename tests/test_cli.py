@@ -135,6 +135,22 @@ def test_trial_conflict_names_the_tag(tmp_path: Path) -> None:
     assert (repo / "exp.py").read_text() == edited  # never judged: left as it is, nothing lost
 
 
+def test_a_long_trial_message_leaves_the_conflict_advice_whole(tmp_path: Path) -> None:
+    """A `-m` of a few hundred characters (as an LLM agent writes one) went before the conflict's
+    advice, and the reason, cut to 500 characters, lost the advice: `trial` printed the message
+    and nothing of what to do."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", "sed -i 's/^X = .*/X = 2.0/; s/^Y = .*/Y = 1/' exp.py\necho 'X and Y'\n")
+    assert cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "1").returncode == 0
+    (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = 3.0", "X = 9.0") + "# an hour of work\n")
+    message = "X to 9, because " + "the loss falls when X grows " * 15
+    r = cli("trial", "-m", message, str(repo), "--tag", "t")
+    assert r.returncode == 1 and "conflicts with the tag's best code" in r.stdout, r.stdout
+    assert "then make the change again" in r.stdout, r.stdout
+    reason = trials(repo, "t")[-1].reason
+    assert reason.startswith("X to 9, because") and reason.endswith("then make the change again)"), reason
+
+
 def test_trial_unstages_what_it_rewinds_and_refuses_the_tag_branch_checked_out(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task")
     (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = 3.0", "X = 9.0"))

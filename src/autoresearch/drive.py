@@ -127,8 +127,10 @@ class WorkingTreeAgent(BaseAgent):
             src, dst = self.root / rel, ctx.workdir / rel
             try:
                 merged = self._laid_over(git, rel, src, dst, ctx.best.commit or "")
-            except AgentError as e:  # (the record still says what you tried: `-m` before the error)
-                raise AgentError(f"{self.description} ({e})") from None
+            except AgentError as e:  # (the record still says what you tried: `-m` before the error,
+                said = " ".join(self.description.split())  # cut so that the reason, 500 characters,
+                said = said if len(said) <= 100 else said[:99].rstrip() + "…"  # keeps the advice)
+                raise AgentError(f"{said} ({e})") from None
             folder = src.is_dir() and not src.is_symlink()  # a file made a folder: its files are paths of their own
             if merged is not None:
                 dst.write_bytes(merged)
