@@ -573,8 +573,8 @@ def test_gpus_left_idle_by_fewer_workers_are_named() -> None:
     from autoresearch.backends.local import gpu_warnings
 
     (idle, *_) = gpu_warnings(("0", "1", "2"), 1, 2)
-    assert "uses 2 of its 3 GPUs; 2 stay idle" in idle
-    assert "stay idle" in gpu_warnings(("0", "1", "2", "3"), 2, 1)[0]
+    assert "uses 2 of its 3 GPUs; GPU 2 stays idle" in idle  # (the id: "2 stay idle" read as two)
+    assert "GPUs 2,3 stay idle" in gpu_warnings(("0", "1", "2", "3"), 2, 1)[0]
     assert not [n for n in gpu_warnings(("0", "1", "2", "3"), 2, None) if "idle" in n]
     assert not [n for n in gpu_warnings(("0", "1"), 1, 2) if "idle" in n]
 

@@ -65,8 +65,10 @@ def gpu_warnings(gpus: Sequence[str], per_trial: int = 1, workers: int | None = 
     notes = []
     used = sum(map(len, gpu_groups(gpus, per_trial, workers)))
     if used < len(gpus):
+        idle = gpus[used:]  # (ids: "GPU 2 stays idle", never "2 stay idle", read as a count)
         notes.append(f"--workers {workers} with --gpus {','.join(gpus)} uses {used} of its {len(gpus)} GPUs; "
-                     f"{','.join(gpus[used:])} stay idle (drop --workers to use them all)")
+                     + (f"GPUs {','.join(idle)} stay" if len(idle) > 1 else f"GPU {idle[0]} stays")
+                     + " idle (drop --workers to use them all)")
     if not visible:
         notes.append(f"--gpus {','.join(gpus)}, but no NVIDIA GPU is visible on this machine "
                      "(CUDA_VISIBLE_DEVICES is set for each trial all the same)")
