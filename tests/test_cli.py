@@ -151,6 +151,23 @@ def test_a_long_trial_message_leaves_the_conflict_advice_whole(tmp_path: Path) -
     assert reason.startswith("X to 9, because") and reason.endswith("then make the change again)"), reason
 
 
+def test_a_task_file_not_yet_committed_is_asked_to_be_committed_not_stashed(tmp_path: Path) -> None:
+    """A user who writes autoresearch.toml in a repository (README: the task file) and runs `run`
+    was told to commit or stash it, `git stash -u` first: that took the task file away."""
+    repo = make_task(tmp_path / "task")
+    toml = (repo / "autoresearch.toml").read_text()
+    git(repo, "rm", "-q", "--cached", "autoresearch.toml")
+    git(repo, "commit", "-qm", "the task file, not committed yet")
+    (repo / "autoresearch.toml").write_text(toml)
+    r = cli("run", str(repo), "--tag", "t", "--trials", "0")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "autoresearch.toml is not committed" in r.stderr and "git add autoresearch.toml" in r.stderr, r.stderr
+    assert "stash" not in r.stderr, r.stderr
+    git(repo, "add", "autoresearch.toml")
+    git(repo, "commit", "-qm", "the task")
+    assert cli("run", str(repo), "--tag", "t", "--trials", "0").returncode == 0
+
+
 def test_trial_unstages_what_it_rewinds_and_refuses_the_tag_branch_checked_out(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task")
     (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = 3.0", "X = 9.0"))

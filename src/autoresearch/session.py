@@ -146,6 +146,12 @@ def _check_checkout(git: Git, tag: str, exists: bool, allow_dirty: bool) -> None
 
 def _refuse_dirty(git: Git, allow_dirty: bool) -> None:
     dirty = [p for p in git.dirty_paths() if not p.startswith(f"{LEDGER_DIR}/")]
+    if TASK_FILE in dirty and not allow_dirty:  # (a task file just written: stashed, as the
+        others = [p for p in dirty if p != TASK_FILE]  # line below says, it would be gone)
+        also = f" (so are {', '.join(others[:5])}{' ...' if len(others) > 5 else ''})" if others else ""
+        raise UsageError(f"{TASK_FILE} is not committed as it stands{also}: a new tag starts from your "
+                         f"HEAD, its trials run the committed code and task file; commit it first "
+                         f"(`git add {TASK_FILE} && git commit -m 'the autoresearch task'`)")
     if dirty and not allow_dirty:
         shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
         raise UsageError(f"the repository has uncommitted changes ({shown}): commit or stash them first "
