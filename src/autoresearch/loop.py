@@ -95,7 +95,7 @@ class Loop:
         self.measure.fail = partial(self._fail, at_once=False)
         self.accept = Acceptance(self.task, session.ledger, self.measure, self.events)
         if unsealed := "" if self.opt.sandbox else seal_warning(self.task, self.measure.beside and not self.backend.remote):
-            self.events.message(unsealed)
+            self.events.message(f"autoresearch: {unsealed}")  # (as every warning of the loop's)
         root_files = list_files(self.task.root)
         for warning in task_warnings(self.task, root_files, {r for r, _ in self.measure.setup.shared}, self.backend.remote):
             self.events.message(f"autoresearch: warning: {warning}")
