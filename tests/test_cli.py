@@ -168,6 +168,20 @@ def test_a_task_file_not_yet_committed_is_asked_to_be_committed_not_stashed(tmp_
     assert cli("run", str(repo), "--tag", "t", "--trials", "0").returncode == 0
 
 
+def test_show_of_a_trial_the_last_tag_lacks_names_the_other_tags(tmp_path: Path) -> None:
+    """`show 3` without --tag reads the tag used last (a `run --trials 0` of another tag, say):
+    'no trial 3 in tag 'b'' left the user to guess why a trial they had just seen was gone."""
+    repo = make_task(tmp_path / "task")
+    assert cli("run", str(repo), "--tag", "a", "--trials", "3").returncode == 0
+    assert cli("run", str(repo), "--tag", "b", "--trials", "0").returncode == 0
+    r = cli("show", "3", str(repo))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "no trial 3 in tag 'b' (the tag used last; the others here: a: give --tag)" in r.stderr, r.stderr
+    r = cli("show", "3", str(repo), "--tag", "b")  # a tag given: nothing to guess
+    assert r.returncode == 2 and r.stderr.strip() == "autoresearch: error: no trial 3 in tag 'b'", r.stderr
+    assert cli("show", "3", str(repo), "--tag", "a").returncode == 0
+
+
 def test_trial_unstages_what_it_rewinds_and_refuses_the_tag_branch_checked_out(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task")
     (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = 3.0", "X = 9.0"))

@@ -193,9 +193,11 @@ def refs_warnings(root: Path, tag: str, trials: list[Trial], best: Trial | None)
 
 
 def show_text(root: Path, number: int, tag: str | None) -> str:
-    tag = pick_tag(root, tag)
+    given, tag = tag, pick_tag(root, tag)
+    others = [] if given else [x for x in list_tags(root) if x != tag]
+    hint = f" (the tag used last; the others here: {', '.join(others[:10])}: give --tag)" if others else ""
     if not 0 <= number < 2 ** 63:  # (sqlite's integers)
-        raise UsageError(f"no trial {number} in tag {tag!r}")
+        raise UsageError(f"no trial {number} in tag {tag!r}{hint}")
     led = Ledger.read(root, tag)
     try:
         t = led.get(number)
@@ -203,7 +205,7 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
     finally:
         led.close()
     if t is None:
-        raise UsageError(f"no trial {number} in tag {tag!r}")
+        raise UsageError(f"no trial {number} in tag {tag!r}{hint}")
     metric = led.metric_name
     runs = f" (mean ± sd of {len(t.repeats)} runs)" if len(t.repeats) > 1 else ""
     stale = t.status.value == "running" and not Ledger.loop_running(tag_dir(root, tag))
