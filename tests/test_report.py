@@ -243,6 +243,12 @@ def test_a_crashed_baseline_is_named_on_the_page_not_waited_on(tmp_path: Path) -
     assert "No trial has beaten the baseline" not in page
     assert "boom before training" in page  # its log tail
     assert re.search(r"<b>baseline loss</b><span>none</span><small>trial 0 crashed", page)
+    # run again, the baseline is tried again as trial 1: the page names that attempt, the latest
+    run = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "true", "--trials", "2")
+    assert run.returncode != 0 and "the baseline (trial 1) failed" in run.stderr, run.stderr
+    assert cli("report", str(repo), "--out", str(tmp_path / "r")).returncode == 0
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "The baseline (trial 1) crashed before it gave a figure" in page, page
 
 
 def test_wall_time_runs_from_the_first_start_to_the_last_end_or_says_running(tmp_path: Path, report: Path) -> None:

@@ -73,10 +73,11 @@ class Study:
     @property
     def failed_baseline(self) -> Trial | None:
         """The baseline when it ended without a figure (crashed, timed out, interrupted):
-        then no trial is kept and nothing can be compared to it."""
+        then no trial is kept and nothing can be compared to it. Its latest attempt: a baseline
+        that failed is tried again as the next number by the next run."""
         if self.baseline is not None or not self.finished:
             return None
-        return min(self.finished, key=lambda t: t.number)
+        return max(self.finished, key=lambda t: t.number)
 
     @property
     def kept(self) -> list[Trial]:
