@@ -56,6 +56,17 @@ def test_mlflow_run_and_report_log_every_trial_to_a_local_file_store(tmp_path: P
 
 
 @pytest.mark.slow
+def test_a_new_sqlite_store_prints_none_of_mlflows_own_lines(ran, tmp_path: Path) -> None:
+    """MLflow logs INFO lines as it makes a database's tables ("Creating initial MLflow database
+    tables..."): they came among report's (and a loop's) own output."""
+    pytest.importorskip("mlflow")
+    repo, _ = ran
+    r = cli("report", str(repo), "--mlflow", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "r"))
+    assert r.returncode == 0 and "5 new run(s)" in r.stdout, r.stderr
+    assert "INFO" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+@pytest.mark.slow
 def test_report_mlflow_logs_a_finished_tag_after_the_fact(ran, tmp_path: Path) -> None:
     pytest.importorskip("mlflow")
     repo, _ = ran

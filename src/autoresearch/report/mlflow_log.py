@@ -11,6 +11,7 @@ mlflow is imported lazily (`pip install -e '.[mlflow]' (in the autoresearch chec
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -99,6 +100,8 @@ class MlflowSink:
         except ImportError:
             raise UsageError("--mlflow needs mlflow: pip install -e '.[mlflow]' (in the autoresearch checkout) "
                              "(mlflow-skinny suffices)") from None
+        for name in ("mlflow", "alembic"):  # (its INFO lines as it makes a database's tables: not
+            logging.getLogger(name).setLevel(logging.WARNING)  # ours to print among the loop's)
         keep_out_of_git(uri, root)
         self.uri = uri
         self._lock = threading.Lock()
