@@ -548,3 +548,20 @@ def test_paths_git_refuses_trial_after_trial_do_not_stop_the_loop(tmp_path: Path
     r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "4")
     assert r.returncode == 0, r.stderr
     assert [x[1] for x in rows(repo)][1:] == ["rejected"] * 4
+
+
+def test_an_agent_whose_proposals_are_never_measured_is_slowed_down(tmp_path: Path) -> None:
+    """An agent that changes nothing (a command that prints its help and exits 0) had each
+    trial rejected in an instant: some 10,000 trials, commits and refs in ten minutes. From the
+    tenth proposal in a row that is not measured (rejected, or code already tried) the loop waits
+    before the next, 0.5 s doubling; a measured one starts the count again."""
+    repo = make_task(tmp_path / "task")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", "echo 'usage: tool [options]'",
+            "--trials", "12", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [s for _, s, *_ in rows(repo)] == ["keep"] + ["rejected"] * 12
+    out = r.stdout + r.stderr
+    assert "last 10 proposals were not measured (rejected, or code already tried): waiting 0.5 s" in out, out
+    assert "last 11 proposals were not measured (rejected, or code already tried): waiting 1 s" in out, out
+    assert "last 9 proposals were not measured" not in out
+    assert "last 12 proposals were not measured" not in out  # the last trial: no next proposal to wait for

@@ -61,7 +61,8 @@ def test_a_new_sqlite_store_prints_none_of_mlflows_own_lines(ran, tmp_path: Path
     tables..."): they came among report's (and a loop's) own output."""
     pytest.importorskip("mlflow")
     repo, _ = ran
-    r = cli("report", str(repo), "--mlflow", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "r"))
+    r = cli("report", str(repo), "--mlflow", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "r"),
+            cwd=tmp_path)  # (a sqlite store keeps its artifacts in ./mlruns)
     assert r.returncode == 0 and "5 new run(s)" in r.stdout, r.stderr
     assert "INFO" not in r.stdout + r.stderr, r.stdout + r.stderr
 

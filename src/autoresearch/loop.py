@@ -300,10 +300,11 @@ class Loop:
             if not reason and same is None:
                 self.trees[tree] = t.number
         if reason:
-            return self._finish(t.with_(status=Status.REJECTED, reason=reason))
-        if same is not None:
-            return self._repeat(t, tree, same)
-        return t
+            t = self._finish(t.with_(status=Status.REJECTED, reason=reason))
+        elif same is not None:
+            t = self._repeat(t, tree, same)
+        last = self.opt.trials is not None and self.done >= self.opt.trials  # (no next proposal to wait for)
+        return self.streak.pace(t, self.events, self.cancel, last)
 
     def _repeat(self, t: Trial, tree: str, same: int) -> Trial:
         """`t` is the same code as trial `same`: a duplicate with its figures, not run again.

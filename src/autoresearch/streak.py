@@ -7,14 +7,26 @@ out thousands of trials overnight:
   said after the agent's own many asks) ends the loop as finished (exit 0) the first time, once
   no trial in flight could still open something new;
 - from the fourth failure in a row, any other waits 0.5, 1, 2 ... up to 60 s before the next
-  proposal, so that a network outage overnight makes a few dozen failed trials an hour.
+  proposal, so that a network outage overnight makes a few dozen failed trials an hour;
+- an agent whose proposals are not measured (rejected: an empty change, one out of scope; or
+  the same code as an earlier trial), each in an instant, waits so too from the IDLE_FROM-th in
+  a row: one that only prints its help made some 10,000 trials, commits and refs in ten minutes.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from autoresearch.records import Status
+
+if TYPE_CHECKING:
+    from autoresearch.events import Events
+    from autoresearch.records import Trial
 
 FATAL_REPEATS = 3
+IDLE_FROM = 10  # proposals not measured in a row before the loop slows down
 
 # what an agent's failure says of the next proposal
 RECOVERABLE, FATAL, DONE = "", "fatal", "done"
@@ -25,6 +37,7 @@ class Streak:
     errors: int = 0  # agent errors in a row
     same: int = 0  # failures of one unrecoverable kind (FATAL or DONE) in a row
     kind: str = RECOVERABLE
+    idle: int = 0  # proposals in a row that were not measured (rejected, duplicates)
 
     def ok(self) -> None:
         self.errors = self.same = 0
@@ -48,3 +61,15 @@ class Streak:
     def wait(self) -> float:
         """Seconds to wait before the next proposal."""
         return min(0.5 * 2.0 ** (self.errors - 4), 60.0) if self.errors >= 4 and self.kind == RECOVERABLE else 0.0
+
+    def pace(self, t: Trial, events: Events, cancel: threading.Event, last: bool) -> Trial:
+        """Count proposal `t` as measured (still running: to be measured) or not (rejected, a
+        duplicate); from the IDLE_FROM-th not measured in a row, wait before the next one (none
+        when `last`), 0.5 s doubling up to 60 s. Returns `t`."""
+        self.idle = self.idle + 1 if t.status in (Status.REJECTED, Status.DUPLICATE) else 0
+        if self.idle >= IDLE_FROM and not last:
+            wait = min(0.5 * 2.0 ** (self.idle - IDLE_FROM), 60.0)
+            events.message(f"autoresearch: the agent's last {self.idle} proposals were not measured (rejected, or "
+                           f"code already tried): waiting {wait:g} s before the next")
+            cancel.wait(wait)
+        return t
