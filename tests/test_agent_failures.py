@@ -565,3 +565,22 @@ def test_an_agent_whose_proposals_are_never_measured_is_slowed_down(tmp_path: Pa
     assert "last 11 proposals were not measured (rejected, or code already tried): waiting 1 s" in out, out
     assert "last 9 proposals were not measured" not in out
     assert "last 12 proposals were not measured" not in out  # the last trial: no next proposal to wait for
+
+
+def test_a_duplicates_log_is_the_one_of_the_run_its_figures_come_from(tmp_path: Path) -> None:
+    """A duplicate is not run: its record named logs/<n>.log, which does not exist; it names the
+    log of the trial it repeats, which `show` tails."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", "sed -i 's/^Y = .*/Y = 5/' exp.py\necho 'Y to 5'\n")
+    assert cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2").returncode == 0
+    from autoresearch.ledger import Ledger
+
+    led = Ledger.read(repo, "t")
+    try:
+        first, again = led.get(1), led.get(2)
+    finally:
+        led.close()
+    assert first is not None and again is not None and again.status.value == "duplicate"
+    assert again.log_path == first.log_path and Path(again.log_path).is_file()
+    shown = cli("show", "2", str(repo))
+    assert shown.returncode == 0 and "logs/1.log" in shown.stdout and "loss:" in shown.stdout, shown.stdout

@@ -303,8 +303,7 @@ class Loop:
             t = self._finish(t.with_(status=Status.REJECTED, reason=reason))
         elif same is not None:
             t = self._repeat(t, tree, same)
-        last = self.opt.trials is not None and self.done >= self.opt.trials  # (no next proposal to wait for)
-        return self.streak.pace(t, self.events, self.cancel, last)
+        return self.streak.pace(t, self.events, self.cancel, last=self.opt.trials is not None and self.done >= self.opt.trials)
 
     def _repeat(self, t: Trial, tree: str, same: int) -> Trial:
         """`t` is the same code as trial `same`: a duplicate with its figures, not run again.
@@ -325,7 +324,8 @@ class Loop:
                 same = self.trees[tree]  # another proposal took the code meanwhile
             return self._repeat(t, tree, same)
         copied = {"metric": first.metric, "figures": dict(first.figures)} if first.metric is not None else {}
-        return self._finish(t.with_(status=Status.DUPLICATE, reason=f"same code as trial {same}", **copied))
+        return self._finish(t.with_(status=Status.DUPLICATE, reason=f"same code as trial {same}", log_path=first.log_path,
+                                    **copied))  # (not run: its log is the one of the run its figures come from)
 
     def _commit(self, ws: Workspace, t: Trial, parent: str, tamper: str | None, error: str,
                 fatal: str) -> tuple[Trial, list | None, str]:
