@@ -32,6 +32,12 @@ IDLE_FROM = 10  # proposals not measured in a row before the loop slows down
 RECOVERABLE, FATAL, DONE = "", "fatal", "done"
 
 
+def backoff(count: int, start: int) -> float:
+    """Seconds to wait after the `count`-th failure in a row: none before the `start`-th, then
+    0.5 s doubling up to 60 s."""
+    return min(0.5 * 2.0 ** (count - start), 60.0) if count >= start else 0.0
+
+
 @dataclass
 class Streak:
     errors: int = 0  # agent errors in a row
@@ -60,15 +66,14 @@ class Streak:
 
     def wait(self) -> float:
         """Seconds to wait before the next proposal."""
-        return min(0.5 * 2.0 ** (self.errors - 4), 60.0) if self.errors >= 4 and self.kind == RECOVERABLE else 0.0
+        return backoff(self.errors, 4) if self.kind == RECOVERABLE else 0.0
 
     def pace(self, t: Trial, events: Events, cancel: threading.Event, last: bool) -> Trial:
         """Count proposal `t` as measured (still running: to be measured) or not (rejected, a
         duplicate); from the IDLE_FROM-th not measured in a row, wait before the next one (none
         when `last`), 0.5 s doubling up to 60 s. Returns `t`."""
         self.idle = self.idle + 1 if t.status in (Status.REJECTED, Status.DUPLICATE) else 0
-        if self.idle >= IDLE_FROM and not last:
-            wait = min(0.5 * 2.0 ** (self.idle - IDLE_FROM), 60.0)
+        if (wait := backoff(self.idle, IDLE_FROM)) and not last:
             events.message(f"autoresearch: the agent's last {self.idle} proposals were not measured (rejected, or "
                            f"code already tried): waiting {wait:g} s before the next")
             cancel.wait(wait)
