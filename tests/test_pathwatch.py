@@ -133,3 +133,19 @@ def test_an_agent_that_puts_its_own_program_in_the_place_of_the_tasks_is_rejecte
 def test_a_command_that_names_no_program_on_path_watches_nothing(tmp_path: Path, words: str) -> None:
     watch = PathWatch([f"python {words}"], str(tmp_path), keep=tmp_path / "keep", skip=lambda n: n.startswith("python"))
     assert watch.names == [] and watch.check_and_restore() is None
+
+
+def test_a_link_to_a_program_without_a_copy_is_pointed_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A link to the system's own program (no copy taken) retargeted at the agent's file is
+    pointed back, and said restored (it was 'could not restore': the new link's own inode)."""
+    monkeypatch.setattr(pathwatch, "SYSTEM", (str(tmp_path / "usr") + "/",))
+    real = tool(tmp_path / "usr" / "bin", "runexp", RUNNER)
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "runexp").symlink_to(real)
+    watch = PathWatch(["runexp"], str(tools), keep=tmp_path / "keep", skip=lambda n: False)
+    (tools / "runexp").unlink()
+    (tools / "runexp").symlink_to(tool(tmp_path / "agent", "x", FAKE))
+    why = watch.check_and_restore() or ""
+    assert "restored" in why and "could not" not in why, why
+    assert os.readlink(tools / "runexp") == str(real) and watch.check_and_restore() is None

@@ -53,8 +53,9 @@ def _stamp(path: str) -> tuple[object, ...]:
         st, target = os.lstat(path), os.stat(path)
     except OSError:
         return ("missing",)
-    link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
-    return (link, st.st_ino, st.st_mode, target.st_ino, target.st_size, target.st_mtime_ns, target.st_ctime_ns)
+    link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None  # (a link by where it points: one put back
+    return (link, 0 if link else st.st_ino, st.st_mode, target.st_ino, target.st_size, target.st_mtime_ns,
+            target.st_ctime_ns)  # is another inode)
 
 
 class PathWatch:
