@@ -65,14 +65,20 @@ def test_a_program_put_before_rewritten_or_made_a_link_is_taken_away_or_put_back
     assert watch.check_and_restore() is None
 
 
-def test_a_program_that_is_a_link_has_its_link_and_its_file_put_back(tmp_path: Path) -> None:
-    real = tool(tmp_path / "opt", "runexp-1.0", RUNNER)
+def linked_then_retargeted(tmp_path: Path, real: Path) -> tuple[Path, PathWatch]:
+    """tools/runexp, a link to `real`, watched; then pointed at the agent's fake program."""
     tools = tmp_path / "tools"
     tools.mkdir()
     (tools / "runexp").symlink_to(real)
     watch = PathWatch(["runexp"], str(tools), keep=tmp_path / "keep", skip=lambda n: False)
     (tools / "runexp").unlink()
     (tools / "runexp").symlink_to(tool(tmp_path / "agent", "x", FAKE))
+    return tools, watch
+
+
+def test_a_program_that_is_a_link_has_its_link_and_its_file_put_back(tmp_path: Path) -> None:
+    real = tool(tmp_path / "opt", "runexp-1.0", RUNNER)
+    tools, watch = linked_then_retargeted(tmp_path, real)
     assert "restored" in (watch.check_and_restore() or "")
     assert os.readlink(tools / "runexp") == str(real) and real.read_text() == RUNNER
     real.write_text(FAKE)
@@ -140,12 +146,7 @@ def test_a_link_to_a_program_without_a_copy_is_pointed_back(tmp_path: Path, monk
     pointed back, and said restored (it was 'could not restore': the new link's own inode)."""
     monkeypatch.setattr(pathwatch, "SYSTEM", (str(tmp_path / "usr") + "/",))
     real = tool(tmp_path / "usr" / "bin", "runexp", RUNNER)
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    (tools / "runexp").symlink_to(real)
-    watch = PathWatch(["runexp"], str(tools), keep=tmp_path / "keep", skip=lambda n: False)
-    (tools / "runexp").unlink()
-    (tools / "runexp").symlink_to(tool(tmp_path / "agent", "x", FAKE))
+    tools, watch = linked_then_retargeted(tmp_path, real)
     why = watch.check_and_restore() or ""
     assert "restored" in why and "could not" not in why, why
     assert os.readlink(tools / "runexp") == str(real) and watch.check_and_restore() is None

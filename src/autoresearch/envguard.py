@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from autoresearch.execute import python_shim
-from autoresearch.filetree import NOT_REGULAR, remove_path, set_aside, slurp
+from autoresearch.filetree import NOT_REGULAR, free_name, remove_path, slurp
 
 _SITE_DIRS = ("import json, os, site, sys, sysconfig; "
               "print(json.dumps([*site.getsitepackages(), site.getusersitepackages(), "
@@ -176,12 +176,8 @@ class EnvGuard:
     def _keep(self, path: Path, data: bytes | None) -> Path:
         """A copy of `data` (or of the folder), found at `path`, in the keep folder: a name not
         used yet."""
-        assert self.keep is not None
-        set_aside(self.keep, stat.S_ISDIR)  # (an agent's file there: the copy failed, and the hook it
-        self.keep.mkdir(parents=True, exist_ok=True)  # was to keep stayed in place)
-        n = 1
-        while (dest := self.keep / (path.name if n == 1 else f"{path.name}.{n}")).exists():
-            n += 1
+        assert self.keep is not None  # (an agent's file at keep/ is set aside: the copy failed on it,
+        dest = free_name(self.keep, path.name)  # and the hook it was to keep stayed in place)
         if isinstance(data, bytes):
             dest.write_bytes(data)
         elif path.is_dir() and not path.is_symlink():  # (a package named sitecustomize or json)

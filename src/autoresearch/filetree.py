@@ -276,6 +276,17 @@ def set_aside(path: Path, belongs: Callable[[int], bool] = stat.S_ISREG) -> bool
     return True
 
 
+def free_name(folder: Path, name: str) -> Path:
+    """A path for `name` in `folder` (made, and set aside first when something else stands
+    there: an agent's file) that nothing uses yet: `name`, else `name.2`, `name.3` ..."""
+    set_aside(folder, stat.S_ISDIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while (dest := folder / (name if n == 1 else f"{name}.{n}")).exists():
+        n += 1
+    return dest
+
+
 def remove_path(path: Path) -> None:
     """Remove a file, a link or a folder, whichever stands at `path` (nothing if none does)."""
     if path.is_dir() and not path.is_symlink():

@@ -24,7 +24,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from autoresearch.filetree import remove_path, set_aside, slurp
+from autoresearch.filetree import free_name, remove_path, slurp
 
 COPY_LIMIT = 16 << 20
 SYSTEM = ("/usr/", "/bin/", "/sbin/", "/lib", "/etc/")  # (the package manager's to update)
@@ -86,11 +86,7 @@ class PathWatch:
         """The program at `found` moved to the keep folder (a name not used yet); None when it
         could not be: removed then."""
         try:
-            set_aside(self.keep, stat.S_ISDIR)
-            self.keep.mkdir(parents=True, exist_ok=True)
-            n = 1
-            while (dest := self.keep / (Path(found).name if n == 1 else f"{Path(found).name}.{n}")).exists():
-                n += 1
+            dest = free_name(self.keep, Path(found).name)
             shutil.move(found, dest)
             return dest
         except OSError:

@@ -46,10 +46,11 @@ def _phase(folder: Path, t: Trial) -> str:
     def newest(pattern: str) -> float:
         return max((p.stat().st_mtime for p in folder.glob(pattern) if p.is_file()), default=0.0)
 
-    if not max(newest(f"logs/{t.number}.log"), newest(f"logs/{t.number}.*.log")):
+    ran = max(newest(f"logs/{t.number}.log"), newest(f"logs/{t.number}.*.log"))
+    if not ran:
         return QUEUED
     evaluated = max(newest(f"sealed/{t.number}.eval.log"), newest(f"sealed/{t.number}.*.eval.log"))
-    if evaluated and evaluated >= max(newest(f"logs/{t.number}.log"), newest(f"logs/{t.number}.*.log")):
+    if evaluated and evaluated >= ran:
         return "evaluating"
     return "experiment running"
 
