@@ -29,8 +29,8 @@ def fmt(value: float | None) -> str:
 def history_lines(trials: tuple[Trial, ...] | list[Trial], metric: str, limit_chars: int = 12000) -> list[str]:
     """A compact line per finished trial, newest last, and one per trial in flight (proposed,
     not measured yet: with several workers, the agent that proposes beside it must not propose
-    the same). When the lines outgrow `limit_chars`, the kept trials and the 40 most recent stay
-    and the rest are counted."""
+    the same). When the lines outgrow `limit_chars`, the 40 most recent stay, and the kept
+    trials before them as far as the limit goes (the latest first); the rest are counted."""
     pairs = []
     for t in trials:
         if not t.status.finished:
@@ -44,8 +44,16 @@ def history_lines(trials: tuple[Trial, ...] | list[Trial], metric: str, limit_ch
     if sum(len(line) + 1 for _, line in pairs) <= limit_chars:
         return [line for _, line in pairs]
     old, recent = pairs[:-40], pairs[-40:]
-    kept = [line for t, line in old if t.status is Status.KEEP]
-    return kept + [f"... {len(old) - len(kept)} older trials omitted ..."] + [line for _, line in recent]
+    # (a run that keeps often has hundreds of keeps after two days: all of them outgrew any limit)
+    room = limit_chars - sum(len(line) + 1 for _, line in recent) - 200
+    kept: list[str] = []
+    for t, line in reversed(old):
+        if t.status is Status.KEEP:
+            room -= len(line) + 1
+            if room < 0:
+                break
+            kept.append(line)
+    return kept[::-1] + [f"... {len(old) - len(kept)} older trials omitted ..."] + [line for _, line in recent]
 
 
 def build_prompt(ctx: Context, history: list[str] | None = None) -> str:

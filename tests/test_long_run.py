@@ -1,0 +1,59 @@
+"""A two-day run of one tag (700 trials and more): what an agent is shown stays bounded, and
+still reaches every trial. The history is a tag's worth of trial records; the agents are the
+real CLI agent (a script run in a task repository) and the LLM agent's tools.
+
+bench/longrun.py measures the rest as the trial count grows (overhead, memory, disk, commands).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import make_task, script_agent
+
+from autoresearch.agents.base import Context
+from autoresearch.agents.cli import CommandAgent
+from autoresearch.records import Status, Trial
+from autoresearch.task import load_task
+
+
+def two_days(n: int = 700, keep_every: int = 3) -> tuple[Trial, ...]:
+    """`n` finished trials after the baseline, one in `keep_every` kept (a metric that keeps
+    improving), with descriptions and figures as long as an LLM agent's on cpu-gpt."""
+    trials = [Trial(number=0, status=Status.KEEP, description="baseline", metric=2.0,
+                    figures={"val_bpb": 2.0, "training_seconds": 60.0, "peak_vram_mb": 0.0, "num_steps": 900})]
+    for n_ in range(1, n + 1):
+        kept = n_ % keep_every == 0
+        trials.append(Trial(
+            number=n_, status=Status.KEEP if kept else Status.DISCARD, metric=2.0 - n_ / 10_000,
+            description=f"trial {n_}: raise the learning rate warmup and lower weight decay so the "
+                        "early steps do not overshoot, keeping depth and width as in the best",
+            figures={"val_bpb": 2.0 - n_ / 10_000, "training_seconds": 60.1, "peak_vram_mb": 0.0, "num_steps": 912},
+            reason="" if kept else f"{2.0 - n_ / 10_000:.6f}, worse than the best"))
+    return tuple(trials)
+
+
+def cli_prompt(tmp_path: Path, history: tuple[Trial, ...]) -> str:
+    """The prompt file the CLI agent is given for the next trial (a script copies it)."""
+    repo = make_task(tmp_path / "task")
+    ledger_dir = tmp_path / "ledger"
+    (ledger_dir / "agent").mkdir(parents=True)
+    seen = tmp_path / "seen.md"
+    agent = CommandAgent(script_agent(tmp_path / "a.sh", f'cp "$AUTORESEARCH_PROMPT_FILE" {seen}\n'
+                                      "sed -i 's/^X = 3.0/X = 2.0/' exp.py\necho 'X to 2'\n"))
+    number = history[-1].number + 1
+    ctx = Context(task=load_task(repo), workdir=repo, number=number, best=history[-1], history=history,
+                  log_path=ledger_dir / "agent" / f"{number}.log", ledger_dir=ledger_dir)
+    assert agent.propose(ctx).description == "X to 2"
+    return seen.read_text()
+
+
+def test_the_cli_prompt_stays_bounded_when_hundreds_of_trials_were_kept(tmp_path: Path) -> None:
+    """Every keep was in the prompt: after 700 trials, a third of them kept, its history was
+    three times its 12,000-character limit and grew by a line a keep (now the latest keeps as
+    far as the limit goes, and the 40 most recent trials)."""
+    prompt = cli_prompt(tmp_path, two_days())
+    history = prompt.split("# Every trial so far", 1)[1].split("# Now: trial", 1)[0]
+    assert len(history) < 13_000, len(history)
+    assert "#699 keep" in history and "#700 discard" in history and "#661 discard" in history
+    assert "older trials omitted" in history
