@@ -7,12 +7,15 @@ bench/longrun.py measures the rest as the trial count grows (overhead, memory, d
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from conftest import make_task, script_agent
 
 from autoresearch.agents.base import Context
 from autoresearch.agents.cli import CommandAgent
+from autoresearch.agents.llm import Limits, first_message
+from autoresearch.agents.tools import Tools
 from autoresearch.records import Status, Trial
 from autoresearch.task import load_task
 
@@ -57,3 +60,32 @@ def test_the_cli_prompt_stays_bounded_when_hundreds_of_trials_were_kept(tmp_path
     assert len(history) < 13_000, len(history)
     assert "#699 keep" in history and "#700 discard" in history and "#661 discard" in history
     assert "older trials omitted" in history
+
+
+def test_the_cli_prompt_says_where_the_omitted_trials_are(tmp_path: Path) -> None:
+    """Past ~80 trials the prompt omits the older ones ('... 600 older trials omitted ...',
+    nothing more): a coding agent had no word of where to find them, and repeated them."""
+    prompt = cli_prompt(tmp_path, two_days())
+    line = next(x for x in prompt.splitlines() if "older trials omitted" in x)
+    assert str(tmp_path / "ledger" / "results.tsv") in line
+
+
+def test_the_llm_agent_can_page_back_through_every_trial(tmp_path: Path) -> None:
+    """read_history showed the kept trials and the 40 most recent, the rest counted: with 700
+    trials the model could not see what trials 1 to 660 tried (only a later `last` window), so
+    it repeated them. Now the count names `before=N`, and paging back reaches every trial."""
+    repo = make_task(tmp_path / "task")
+    history = two_days(keep_every=50)
+    ctx = Context(task=load_task(repo), workdir=repo, number=701, best=history[-1], history=history,
+                  log_path=tmp_path / "agent.log", ledger_dir=tmp_path)
+    first = first_message(ctx, Limits().context_chars)
+    assert "read_history with before=" in first
+    tools, seen, args = Tools(ctx), set(), {}
+    for _ in range(100):
+        out = tools.call("read_history", args)
+        assert not out.startswith("error") and len(out) <= 16_000, out[:300]
+        seen |= {int(m) for m in re.findall(r"^#(\d+) ", out, re.M)}
+        if not (m := re.search(r"read_history with before=(\d+)", out)):
+            break
+        args = {"before": int(m.group(1))}
+    assert seen == set(range(701))

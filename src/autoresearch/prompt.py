@@ -26,11 +26,13 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.6g}"
 
 
-def history_lines(trials: tuple[Trial, ...] | list[Trial], metric: str, limit_chars: int = 12000) -> list[str]:
+def history_lines(trials: tuple[Trial, ...] | list[Trial], metric: str, limit_chars: int = 12000,
+                  more: str = "") -> list[str]:
     """A compact line per finished trial, newest last, and one per trial in flight (proposed,
     not measured yet: with several workers, the agent that proposes beside it must not propose
     the same). When the lines outgrow `limit_chars`, the 40 most recent stay, and the kept
-    trials before them as far as the limit goes (the latest first); the rest are counted."""
+    trials before them as far as the limit goes (the latest first); the rest are counted, and
+    `more` says where to read them ({before}: the number of the first of the recent)."""
     pairs = []
     for t in trials:
         if not t.status.finished:
@@ -53,7 +55,8 @@ def history_lines(trials: tuple[Trial, ...] | list[Trial], metric: str, limit_ch
             if room < 0:
                 break
             kept.append(line)
-    return kept[::-1] + [f"... {len(old) - len(kept)} older trials omitted ..."] + [line for _, line in recent]
+    note = more.replace("{before}", str(recent[0][0].number))
+    return kept[::-1] + [f"... {len(old) - len(kept)} older trials omitted{note} ..."] + [line for _, line in recent]
 
 
 def build_prompt(ctx: Context, history: list[str] | None = None) -> str:

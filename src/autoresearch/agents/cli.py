@@ -29,7 +29,7 @@ from autoresearch.agents.toolreports import without_ignored_errors
 from autoresearch.errors import UsageError
 from autoresearch.filetree import fresh_dir, open_regular, read_plain, write_new
 from autoresearch.process import read_tail, run_command, trim_log
-from autoresearch.prompt import build_prompt
+from autoresearch.prompt import build_prompt, history_lines
 from autoresearch.sandbox import seal_agent
 
 DEFAULT_TIMEOUT = 1800.0
@@ -198,7 +198,9 @@ class CommandAgent(BaseAgent):
         own = fresh_dir(own_dir(ctx))  # made anew: nothing an earlier agent planted there
         prompt_file, desc_file = own / "prompt.md", own / "description"
         tag = ctx.ledger_dir.name
-        write_new(prompt_file, build_prompt(ctx) + (
+        every = f" (every trial, a row each in order: {ctx.ledger_dir / 'results.tsv'})"
+        history = history_lines(ctx.history, ctx.task.metric.name, more=every)
+        write_new(prompt_file, build_prompt(ctx, history) + (
             "\n\n# How to finish\n"
             "- Write one line saying what you changed and why into the file named by "
             "$AUTORESEARCH_DESCRIPTION_FILE (else your last line of output is taken).\n"

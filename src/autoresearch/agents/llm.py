@@ -46,7 +46,7 @@ from autoresearch.agents.providers import (
 )
 from autoresearch.agents.retry import RetryPolicy, call_with_retries, setting
 from autoresearch.agents.secrets import key_values, redact
-from autoresearch.agents.tools import SPECS, Tools, sealed
+from autoresearch.agents.tools import PAGE_BACK, SPECS, Tools, sealed
 from autoresearch.errors import UsageError
 from autoresearch.prompt import build_prompt, history_lines
 from autoresearch.records import Status, Trial
@@ -114,7 +114,7 @@ def condensed_history(trials: tuple[Trial, ...] | list[Trial], metric: str, budg
     """history_lines, shrunk until it fits `budget` characters: all the trials when they fit;
     else the kept ones and the 40 most recent; else a count by status, the last kept ones and
     fewer recent ones."""
-    lines = history_lines(trials, metric, limit_chars=budget)
+    lines = history_lines(trials, metric, limit_chars=budget, more=PAGE_BACK)
     if sum(len(x) + 1 for x in lines) <= budget:
         return lines
     done = [t for t in trials if t.status.finished]
@@ -128,8 +128,8 @@ def condensed_history(trials: tuple[Trial, ...] | list[Trial], metric: str, budg
         tail = done[-recent:]
         chosen = sorted({t.number: t for t in kept + tail + flight}.values(), key=lambda t: t.number)
         body = history_lines(chosen, metric, limit_chars=10**9)
-        out = [head, f"(shown: the last {len(kept)} kept and the {len(tail)} most recent; "
-               "read_history for more)", *body]
+        out = [head, f"(shown: the last {len(kept)} kept and the {len(tail)} most recent; read_history "
+               f"with before={tail[0].number if tail else 0} lists the others)", *body]
         if sum(len(x) + 1 for x in out) <= budget:
             return out
     return [head, *[line[:200] for line in body[-3:]]]

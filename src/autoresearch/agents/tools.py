@@ -32,6 +32,7 @@ from autoresearch.prompt import history_lines
 from autoresearch.task import SKIP_DIRS
 
 MAX_OUTPUT = 16000
+PAGE_BACK = " (read_history with before={before} lists them)"
 READ_BYTES = 1 << 22  # what read_file reads of a file at most: one of gigabytes must not fill memory
 HIDDEN = {".git", ".autoresearch"}
 GREP_SECONDS = 10.0
@@ -84,8 +85,9 @@ SPECS: list[dict[str, Any]] = [
     {"name": "write_file", "description": "Write a whole editable file (creates or replaces it).",
      "parameters": _schema({"path": _S, "content": _S}, ["path", "content"])},
     {"name": "read_history", "description": "The trials so far: number, status, metric, "
-     "description, other figures and why failed ones failed. `last` limits to the most recent.",
-     "parameters": _schema({"last": _I}, [])},
+     "description, other figures and why failed ones failed. `last` limits to the most recent; "
+     "`before` to those numbered below it (to page back through a long history).",
+     "parameters": _schema({"last": _I, "before": _I}, [])},
     {"name": "read_log", "description": "The last lines of a past trial's experiment output "
      "(e.g. to see why it crashed).",
      "parameters": _schema({"trial": _I, "lines": _I}, ["trial"])},
@@ -359,13 +361,13 @@ class Tools:
         self.changed.add(rel)
         return f"wrote {rel} ({len(content.splitlines())} lines)"
 
-    def read_history(self, last: int | None = None) -> str:
-        trials = list(self.ctx.history)
+    def read_history(self, last: int | None = None, before: int | None = None) -> str:
+        trials = [t for t in self.ctx.history if before is None or t.number < before]
         if last is not None:
             if last < 1:
                 raise ToolError(f"`last` must be 1 or more, got {last}")
             trials = trials[-last:]
-        lines = history_lines(trials, self.ctx.task.metric.name, limit_chars=MAX_OUTPUT)
+        lines = history_lines(trials, self.ctx.task.metric.name, limit_chars=MAX_OUTPUT - 200, more=PAGE_BACK)
         return sealed("\n".join(lines), self.holdout) or "no finished trials yet"
 
     def read_log(self, trial: int, lines: int = 60) -> str:
