@@ -19,6 +19,7 @@ side by side per checkpoint:
 
     python bench/longrun.py                           # 10,100,300,700 in /tmp
     python bench/longrun.py --checkpoints 10,50 --dir /tmp/lr
+    python bench/longrun.py --continuous llm          # one run of 700 LLM trials, serve beside it
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import sqlite3
 import statistics
@@ -44,6 +46,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fakes.llm_server import FakeLLM, Say  # noqa: E402
 
 TAG = "long"
+RANDOM = random.Random(0)
 ENV = {**os.environ, "PYTHONPATH": str(SRC), "OPENAI_API_KEY": "dummy", "AUTORESEARCH_LLM_RETRIES": "1"}
 
 AGENT = r'''import os, random, re, sys
@@ -52,9 +55,10 @@ prompt = Path(os.environ["AUTORESEARCH_PROMPT_FILE"])
 with open(sys.argv[1], "a") as log:
     log.write(f"{os.environ['AUTORESEARCH_TRIAL']} {prompt.stat().st_size}\n")
 path = Path("experiment.py")
-value = random.Random().randint(10, 400)
-path.write_text(re.sub(r"^STEPS = \d+", f"STEPS = {value}", path.read_text(), flags=re.M))
-Path(os.environ["AUTORESEARCH_DESCRIPTION_FILE"]).write_text(f"STEPS = {value}, picked by the scripted agent")
+steps, warmup = random.randint(10, 400), random.randint(0, 50)  # (few values: most would be duplicates)
+text = re.sub(r"^STEPS = \d+", f"STEPS = {steps}", path.read_text(), flags=re.M)
+path.write_text(re.sub(r"^WARMUP = \d+", f"WARMUP = {warmup}", text, flags=re.M))
+Path(os.environ["AUTORESEARCH_DESCRIPTION_FILE"]).write_text(f"STEPS = {steps}, WARMUP = {warmup}, by the scripted agent")
 '''
 
 
@@ -135,10 +139,11 @@ def llm_step(body: dict) -> Say:
     messages = body.get("messages", [])
     if any(m.get("role") == "tool" for m in messages):
         return Say("", [("finish", {"description": "STEPS changed by the fake model"})])
-    text = json.dumps(messages)
-    m = re.search(r"STEPS = (\d+)", text)
+    text = "\n".join(str(m.get("content")) for m in messages)
+    m = re.search(r"^STEPS = \d+  # search.*\nWARMUP = \d+", text, re.M)  # (in the best code shown)
     old = m.group(0) if m else "STEPS = 50"
-    new = f"STEPS = {int(m.group(1)) % 390 + 11 if m else 51}"
+    new = re.sub(r"STEPS = \d+", f"STEPS = {RANDOM.randint(10, 400)}", old)  # (the same change again
+    new = re.sub(r"WARMUP = \d+", f"WARMUP = {RANDOM.randint(0, 50)}", new)  # is a duplicate, paced)
     return Say("", [("edit_file", {"path": "experiment.py", "search": old, "replace": new})])
 
 
@@ -215,14 +220,106 @@ def checkpoint(repo: Path, scratch: Path, fake: FakeLLM, seg: dict[str, float]) 
     }
 
 
+class Browser(threading.Thread):
+    """A browser left open on serve's page: state.json every 2 s, the page again when its
+    version changes (as the page's script does). `pages`: (trials, seconds, bytes) per reload."""
+
+    def __init__(self, server: subprocess.Popen[str]) -> None:
+        super().__init__(daemon=True)
+        self.server, self.stop, self.pages = server, threading.Event(), []  # type: ignore[var-annotated]
+        self.start()
+
+    def run(self) -> None:
+        url = ""
+        for line in self.server.stdout or []:
+            if m := re.search(r"http://127\.0\.0\.1:\d+\S*", line):
+                url = m.group(0).rstrip("/") + "/"
+                break
+        version = None
+        while url and not self.stop.wait(2):
+            try:
+                with urllib.request.urlopen(url + "state.json", timeout=60) as r:
+                    state = json.load(r)
+                if state["version"] != version:
+                    version = state["version"]
+                    t0 = time.perf_counter()
+                    with urllib.request.urlopen(url, timeout=300) as r:
+                        size = len(r.read())
+                    self.pages.append((state["trials"], time.perf_counter() - t0, size))
+            except OSError:
+                continue
+
+
+def continuous(scratch: Path, agent: str, marks: list[int]) -> None:
+    """One `run --trials max(marks)` of `agent`, with `serve` following it: the RSS of both and
+    the harness time per trial as the trial count passes each mark."""
+    repo = scratch / f"blank-{agent}"
+    _, p = cli("init", str(repo), "--template", "blank")
+    if p.returncode:
+        sys.exit(p.stdout + p.stderr)
+    (scratch / "agent.py").write_text(AGENT)
+    prompts = scratch / f"prompts-{agent}.txt"
+    prompts.write_text("")
+    with FakeLLM("openai", default=llm_step, model="x", listed=["x"]) as fake:
+        args = {"search": ["--agent", "search"],
+                "cli": ["--agent", "cli", "--agent-cmd", f"{sys.executable} {scratch / 'agent.py'} {prompts}"],
+                "llm": ["--agent", "llm", "--model", "openai/x", "--base-url", fake.url]}[agent]
+        loop = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", TAG,
+                                 "--trials", str(max(marks) + 3), *args], env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        server = subprocess.Popen([sys.executable, "-m", "autoresearch", "serve", str(repo), "--tag", TAG,
+                                   "--port", "0"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        browser = Browser(server)
+        seen: dict[int, tuple[float, float, int]] = {}
+        try:
+            while loop.poll() is None:
+                time.sleep(0.5)
+                try:
+                    n = len(rows(repo)) - 1
+                except sqlite3.Error:
+                    continue
+                for mark in marks:
+                    if n >= mark and mark not in seen:
+                        seen[mark] = (rss_mb(loop.pid), rss_mb(server.pid), max(first_requests(fake)[-3:], default=0))
+                fake.requests[:] = fake.requests[-50:]  # (the fake keeps every request otherwise)
+        finally:
+            browser.stop.set()
+            server.terminate()
+            server.wait(10)
+            if loop.poll() is None:
+                loop.terminate()
+                loop.wait(60)
+        if loop.returncode:
+            sys.exit(f"run failed ({loop.returncode})")
+        rs = [r for r in rows(repo) if r["ended"]]
+        sizes = {int(a): int(b) for a, b in (x.split() for x in prompts.read_text().splitlines())}
+        print(f"\n{agent} agent, one run of {max(marks)} trials, serve following it ({repo})")
+        print(f"{'trials':>8}{'loop RSS MB':>13}{'serve RSS MB':>14}{'harness ms':>12}{'prompt chars':>14}"
+              f"{'page s':>8}{'page KB':>9}")
+        for mark in marks:
+            window = [(b["ended"] - a["ended"] - b["run_seconds"]) * 1000
+                      for a, b in zip(rs, rs[1:], strict=False) if mark - 10 < b["number"] <= mark]
+            loop_rss, serve_rss, request = seen.get(mark, (0.0, 0.0, 0))
+            pages = [(secs, size) for n, secs, size in browser.pages if mark - 20 < n <= mark + 5]
+            page_s = statistics.median(x for x, _ in pages) if pages else float("nan")
+            page_kb = max((y for _, y in pages), default=0) / 1e3
+            print(f"{mark:>8}{loop_rss:>13.1f}{serve_rss:>14.1f}{statistics.median(window) if window else 0:>12.1f}"
+                  f"{sizes.get(mark, request):>14}{page_s:>8.2f}{page_kb:>9.0f}")
+        print(f"(the page, as a browser left open: {len(browser.pages)} reloads)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkpoints", default="10,100,300,700")
     parser.add_argument("--dir", default="")
+    parser.add_argument("--continuous", choices=["search", "cli", "llm"],
+                        help="instead: one run of this agent to the last checkpoint, serve beside it")
     args = parser.parse_args()
     marks = [int(x) for x in args.checkpoints.split(",")]
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="longrun-"))
     scratch.mkdir(parents=True, exist_ok=True)
+    if args.continuous:
+        return continuous(scratch, args.continuous, marks)
     repo = scratch / "blank"
     _, p = cli("init", str(repo), "--template", "blank")
     if p.returncode:
