@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from conftest import make_task, script_agent
 
 from autoresearch.agents.base import Context
@@ -20,18 +21,21 @@ from autoresearch.records import Status, Trial
 from autoresearch.task import load_task
 
 
-def two_days(n: int = 700, keep_every: int = 3) -> tuple[Trial, ...]:
+def two_days(n: int = 700, keep_every: int = 3, figures: int = 0) -> tuple[Trial, ...]:
     """`n` finished trials after the baseline, one in `keep_every` kept (a metric that keeps
-    improving), with descriptions and figures as long as an LLM agent's on cpu-gpt."""
+    improving), with descriptions and figures as long as an LLM agent's on cpu-gpt (and
+    `figures` more recorded figures)."""
+    more = {f"recorded_figure_{i}": 1234.5678 for i in range(figures)}
     trials = [Trial(number=0, status=Status.KEEP, description="baseline", metric=2.0,
-                    figures={"val_bpb": 2.0, "training_seconds": 60.0, "peak_vram_mb": 0.0, "num_steps": 900})]
+                    figures={"val_bpb": 2.0, "training_seconds": 60.0, "peak_vram_mb": 0.0, "num_steps": 900, **more})]
     for n_ in range(1, n + 1):
         kept = n_ % keep_every == 0
         trials.append(Trial(
             number=n_, status=Status.KEEP if kept else Status.DISCARD, metric=2.0 - n_ / 10_000,
             description=f"trial {n_}: raise the learning rate warmup and lower weight decay so the "
                         "early steps do not overshoot, keeping depth and width as in the best",
-            figures={"val_bpb": 2.0 - n_ / 10_000, "training_seconds": 60.1, "peak_vram_mb": 0.0, "num_steps": 912},
+            figures={"val_bpb": 2.0 - n_ / 10_000, "training_seconds": 60.1, "peak_vram_mb": 0.0, "num_steps": 912,
+                     **more},
             reason="" if kept else f"{2.0 - n_ / 10_000:.6f}, worse than the best"))
     return tuple(trials)
 
@@ -70,12 +74,15 @@ def test_the_cli_prompt_says_where_the_omitted_trials_are(tmp_path: Path) -> Non
     assert str(tmp_path / "ledger" / "results.tsv") in line
 
 
-def test_the_llm_agent_can_page_back_through_every_trial(tmp_path: Path) -> None:
+@pytest.mark.parametrize("figures", [0, 16])
+def test_the_llm_agent_can_page_back_through_every_trial(tmp_path: Path, figures: int) -> None:
     """read_history showed the kept trials and the 40 most recent, the rest counted: with 700
     trials the model could not see what trials 1 to 660 tried (only a later `last` window), so
-    it repeated them. Now the count names `before=N`, and paging back reaches every trial."""
+    it repeated them. Now the count names `before=N`, and paging back reaches every trial, also
+    when 40 trials' lines (many recorded figures) outgrow a tool's output: the newest of each
+    page were cut off the end, never to be seen."""
     repo = make_task(tmp_path / "task")
-    history = two_days(keep_every=50)
+    history = two_days(keep_every=50, figures=figures)
     ctx = Context(task=load_task(repo), workdir=repo, number=701, best=history[-1], history=history,
                   log_path=tmp_path / "agent.log", ledger_dir=tmp_path)
     first = first_message(ctx, Limits().context_chars)
@@ -83,7 +90,7 @@ def test_the_llm_agent_can_page_back_through_every_trial(tmp_path: Path) -> None
     tools, seen, args = Tools(ctx), set(), {}
     for _ in range(100):
         out = tools.call("read_history", args)
-        assert not out.startswith("error") and len(out) <= 16_000, out[:300]
+        assert not out.startswith("error") and "characters cut" not in out, out[-300:]
         seen |= {int(m) for m in re.findall(r"^#(\d+) ", out, re.M)}
         if not (m := re.search(r"read_history with before=(\d+)", out)):
             break

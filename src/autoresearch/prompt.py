@@ -27,12 +27,13 @@ def fmt(value: float | None) -> str:
 
 
 def history_lines(trials: tuple[Trial, ...] | list[Trial], metric: str, limit_chars: int = 12000,
-                  more: str = "") -> list[str]:
+                  more: str = "", squeeze: bool = True) -> list[str]:
     """A compact line per finished trial, newest last, and one per trial in flight (proposed,
     not measured yet: with several workers, the agent that proposes beside it must not propose
-    the same). When the lines outgrow `limit_chars`, the 40 most recent stay, and the kept
-    trials before them as far as the limit goes (the latest first); the rest are counted, and
-    `more` says where to read them ({before}: the number of the first of the recent)."""
+    the same). When the lines outgrow `limit_chars`, the 40 most recent stay (as many as fit,
+    unless not `squeeze`), and the kept trials before them as far as the limit goes (the latest
+    first); the rest are counted, and `more` says where to read them ({before}: the number of
+    the first of the recent)."""
     pairs = []
     for t in trials:
         if not t.status.finished:
@@ -45,9 +46,14 @@ def history_lines(trials: tuple[Trial, ...] | list[Trial], metric: str, limit_ch
                       + (f"  ({figs})" if figs else "") + why))
     if sum(len(line) + 1 for _, line in pairs) <= limit_chars:
         return [line for _, line in pairs]
-    old, recent = pairs[:-40], pairs[-40:]
+    shown = size = 0  # the 40 most recent, as many as fit (40 lines of many figures may not)
+    for _, line in reversed(pairs[-40:]):
+        if shown and squeeze and size + len(line) + 1 > limit_chars - 200:
+            break
+        shown, size = shown + 1, size + len(line) + 1
+    old, recent = pairs[:-shown], pairs[-shown:]
     # (a run that keeps often has hundreds of keeps after two days: all of them outgrew any limit)
-    room = limit_chars - sum(len(line) + 1 for _, line in recent) - 200
+    room = limit_chars - size - 200
     kept: list[str] = []
     for t, line in reversed(old):
         if t.status is Status.KEEP:

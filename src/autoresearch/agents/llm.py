@@ -114,7 +114,7 @@ def condensed_history(trials: tuple[Trial, ...] | list[Trial], metric: str, budg
     """history_lines, shrunk until it fits `budget` characters: all the trials when they fit;
     else the kept ones and the 40 most recent; else a count by status, the last kept ones and
     fewer recent ones."""
-    lines = history_lines(trials, metric, limit_chars=budget, more=PAGE_BACK)
+    lines = history_lines(trials, metric, limit_chars=budget, more=PAGE_BACK, squeeze=False)
     if sum(len(x) + 1 for x in lines) <= budget:
         return lines
     done = [t for t in trials if t.status.finished]
