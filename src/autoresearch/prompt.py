@@ -27,11 +27,11 @@ def fmt(value: float | None) -> str:
 
 
 def history_lines(trials: tuple[Trial, ...] | list[Trial], metric: str, limit_chars: int = 12000,
-                  more: str = "", squeeze: bool = True) -> list[str]:
+                  more: str = "", squeeze: bool = True, recent: int = 40) -> list[str]:
     """A compact line per finished trial, newest last, and one per trial in flight (proposed,
     not measured yet: with several workers, the agent that proposes beside it must not propose
-    the same). When the lines outgrow `limit_chars`, the 40 most recent stay (as many as fit,
-    unless not `squeeze`), and the kept trials before them as far as the limit goes (the latest
+    the same). When the lines outgrow `limit_chars`, the `recent` most recent stay (as many as
+    fit, unless not `squeeze`), and the kept trials before them as far as the limit goes (the latest
     first); the rest are counted, and `more` says where to read them ({before}: the number of
     the first of the recent)."""
     pairs = []
@@ -46,12 +46,12 @@ def history_lines(trials: tuple[Trial, ...] | list[Trial], metric: str, limit_ch
                       + (f"  ({figs})" if figs else "") + why))
     if sum(len(line) + 1 for _, line in pairs) <= limit_chars:
         return [line for _, line in pairs]
-    shown = size = 0  # the 40 most recent, as many as fit (40 lines of many figures may not)
-    for _, line in reversed(pairs[-40:]):
+    shown = size = 0  # (40 lines of many figures may not fit)
+    for _, line in reversed(pairs[-recent:]):
         if shown and squeeze and size + len(line) + 1 > limit_chars - 200:
             break
         shown, size = shown + 1, size + len(line) + 1
-    old, recent = pairs[:-shown], pairs[-shown:]
+    old, last = pairs[:-shown], pairs[-shown:]
     # (a run that keeps often has hundreds of keeps after two days: all of them outgrew any limit)
     room = limit_chars - size - 200
     kept: list[str] = []
@@ -61,8 +61,8 @@ def history_lines(trials: tuple[Trial, ...] | list[Trial], metric: str, limit_ch
             if room < 0:
                 break
             kept.append(line)
-    note = more.replace("{before}", str(recent[0][0].number))
-    return kept[::-1] + [f"... {len(old) - len(kept)} older trials omitted{note} ..."] + [line for _, line in recent]
+    note = more.replace("{before}", str(last[0][0].number))
+    return kept[::-1] + [f"... {len(old) - len(kept)} older trials omitted{note} ..."] + [line for _, line in last]
 
 
 def build_prompt(ctx: Context, history: list[str] | None = None) -> str:

@@ -367,7 +367,8 @@ class Tools:
             if last < 1:
                 raise ToolError(f"`last` must be 1 or more, got {last}")
             trials = trials[-last:]
-        lines = history_lines(trials, self.ctx.task.metric.name, limit_chars=MAX_OUTPUT - 200, more=PAGE_BACK)
+        lines = history_lines(trials, self.ctx.task.metric.name, limit_chars=MAX_OUTPUT - 200, more=PAGE_BACK,
+                              recent=40 if before is None else len(trials))  # (a page back: as many as fit)
         return sealed("\n".join(lines), self.holdout) or "no finished trials yet"
 
     def read_log(self, trial: int, lines: int = 60) -> str:
