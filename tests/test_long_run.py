@@ -49,7 +49,8 @@ def cli_prompt(tmp_path: Path, history: tuple[Trial, ...]) -> str:
     agent = CommandAgent(script_agent(tmp_path / "a.sh", f'cp "$AUTORESEARCH_PROMPT_FILE" {seen}\n'
                                       "sed -i 's/^X = 3.0/X = 2.0/' exp.py\necho 'X to 2'\n"))
     number = history[-1].number + 1
-    ctx = Context(task=load_task(repo), workdir=repo, number=number, best=history[-1], history=history,
+    best = [t for t in history if t.status is Status.KEEP][-1]
+    ctx = Context(task=load_task(repo), workdir=repo, number=number, best=best, history=history,
                   log_path=ledger_dir / "agent" / f"{number}.log", ledger_dir=ledger_dir)
     assert agent.propose(ctx).description == "X to 2"
     return seen.read_text()
@@ -98,3 +99,16 @@ def test_the_llm_agent_can_page_back_through_every_trial(tmp_path: Path, figures
         args = {"before": int(m.group(1))}
     assert seen == set(range(701))
     assert figures or calls < 700 // 40, calls  # (a page back holds as many as fit, not 40)
+
+
+def test_an_outage_of_the_agent_does_not_fill_the_history(tmp_path: Path) -> None:
+    """An LLM API down overnight makes a few dozen agent errors an hour, each the same line of
+    ~300 characters: the 40 most recent trials of the history were all that error, and the
+    agent, back, saw nothing of what it had tried last. Errors alike in a row are one line."""
+    error = "agent error: the API call failed after 6 attempt(s): APIConnectionError: Connection error."
+    history = two_days(650) + tuple(
+        Trial(number=n, status=Status.AGENT_ERROR, description=error, reason=error[13:] + " (http://x/v1)")
+        for n in range(651, 751))
+    prompt = cli_prompt(tmp_path, history)
+    assert "#651-#750 agent_error (100 in a row, alike)" in prompt
+    assert "#649 discard" in prompt and prompt.count("APIConnectionError") == 2

@@ -34,12 +34,20 @@ def history_lines(trials: tuple[Trial, ...] | list[Trial], metric: str, limit_ch
     fit, unless not `squeeze`), and the kept trials before them as far as the limit goes (the latest
     first); the rest are counted, and `more` says where to read them ({before}: the number of
     the first of the recent)."""
-    pairs = []
-    for t in trials:
+    pairs: list[tuple[Trial, str]] = []
+    alike = 0  # agent errors alike in a row (an API down overnight makes hundreds): one line, its
+    for t in trials:  # pair holding the first of them (a page back starts before it)
         if not t.status.finished:
             if t.description:  # (the trial being proposed now has none yet)
                 pairs.append((t, f"#{t.number} {'running':<11} {metric}=(not measured yet)  {t.description}"))
             continue
+        if t.status is Status.AGENT_ERROR and pairs and (prev := pairs[-1][0]).status is Status.AGENT_ERROR \
+                and (prev.reason, prev.description) == (t.reason, t.description):
+            alike = alike + 1 if alike else 2
+            pairs[-1] = (prev, f"#{prev.number}-#{t.number} agent_error ({alike} in a row, alike)  "
+                               f"{t.description} [{t.reason[:160]}]")
+            continue
+        alike = 0
         figs = ", ".join(f"{k}={fmt(v)}" for k, v in t.figures.items() if k != metric)
         why = f" [{t.reason[:160]}]" if t.reason and t.status is not Status.KEEP else ""
         pairs.append((t, f"#{t.number} {t.status.value:<11} {metric}={fmt(t.metric)}  {t.description}"
