@@ -453,8 +453,8 @@ class Loop:
         t = t.with_(extra={**t.extra, "log_sha256": seal})  # ("": there was none; hashed before the lock)
         with self.lock:  # one decision at a time: a keep must beat the best of this moment
             t = self.accept.still_better(t, self.best).with_(ended=time.time())
-            if t.status is Status.KEEP and t.parent and t.commit:  # (a baseline is checked in run())
-                forged = self.watch.forged(t.commit)
+            if t.status in AUDITED and t.parent and t.commit:  # (a baseline is checked in run())
+                forged = self.watch.forged(t.commit, t.status is Status.KEEP, t.parent)
                 if forged:
                     t = t.with_(status=Status.REJECTED, reason=forged)
             lost = self.measure.take_lost(t.number)

@@ -23,6 +23,7 @@ from autoresearch.gitrepo import (
     publish,
 )
 from autoresearch.gitstatus import Change, parse_raw, parse_status_v2
+from autoresearch.treecheck import untrue
 
 
 def take(git: Git, ws: Workspace, parent: str, message: str,
@@ -72,6 +73,10 @@ def take(git: Git, ws: Workspace, parent: str, message: str,
         git.run("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env, cwd=ws.path)
     tree = git.run("write-tree", env=env, cwd=ws.path)
     commit = git.run("commit-tree", tree, "-p", parent, "-F", "-", env=env, cwd=ws.path, input=message)
+    if lies := untrue(git, commit, parent):  # (objects planted under the names git was to write)
+        raise Refused(f"the git object store was altered: {', '.join(lies[:5])} of the trial's commit held "
+                      "other content than its object name says (planted in .git/objects before git wrote it; "
+                      "removed), so the record would not show the code that runs")
     if ignored or out is None:  # the tree was reset and cleaned before the agent: only it made these
         git.run("clean", "-q", "-ffdX", env=env, cwd=ws.path)
     git.remember(ws, commit, None if ignored or out is None else entries)

@@ -23,6 +23,7 @@ from autoresearch.records import Trial
 from autoresearch.selfwatch import OwnCode
 from autoresearch.session import Session
 from autoresearch.setupstep import SetupOutput
+from autoresearch.treecheck import untrue
 
 
 class Watch:
@@ -52,16 +53,23 @@ class Watch:
         self.env.refresh()  # (setup may have installed the task's package)
         self.path.refresh()
 
-    def forged(self, commit: str) -> str:
+    def forged(self, commit: str, best: bool = True, parent: str | None = None) -> str:
         """Why `commit`'s task files cannot be trusted ('' when they can): an object of theirs in
-        .git/objects does not hold what its name says (see objects.forged_blobs). When they can,
-        they are the objects watched from now on (the best code's)."""
+        .git/objects does not hold what its name says (see objects.forged_blobs). When they can
+        and `commit` is the new `best`, they are the objects watched from now on. Every trial whose
+        code ran is checked, not only a kept one: an object planted before `git add` (which then
+        keeps it, the name being taken) would have the diff, `show` and the audit read other code
+        than ran, and a discarded trial's audit is how code that probed the holdout is seen."""
+        if lies := untrue(self.s.git, commit, parent):  # (trees and the commit too: rewritten after the snapshot)
+            return (f"the git object store was altered: {', '.join(lies[:5])} of commit {commit[:7]} do not hold "
+                    f"what their object names say (an object file in .git/objects was rewritten; removed)")
         blobs = objects.task_blobs(self.s.git, commit, lambda p: self.task.is_editable(p) or self.task.is_protected(p))
         forged = objects.forged_blobs(self.s.git.common_dir, blobs)
         if forged:
             return (f"the git object store was altered: {', '.join(forged[:5])} in commit {commit[:7]} do not hold "
                     f"what their object names say (an object file in .git/objects was rewritten; removed)")
-        self.objects.remember(blobs)
+        if best:
+            self.objects.remember(blobs)
         return ""
 
     def tampering(self, number: int, phase: str) -> str | None:

@@ -1,0 +1,91 @@
+"""Whether a trial's commit holds what its object names say, trees and the commit included.
+
+Git does not rewrite an object it already has: `add`, `write-tree` and `commit-tree` keep a file
+already in .git/objects under the name the new content hashes to. So an agent that computes
+those names first (its own `git write-tree` of the worktree, a commit of the next seconds) and
+plants a file under each with other content has the trial's commit name the code that ran while
+every git command reads other code: the diff, `show`, the audit, the branch of a kept trial and
+the worktree of the next trial, reset to it. Nor does git check when it reads (a root tree is
+checked where it is parsed, a subtree or a blob never; a mismatch then fails the command, and a
+loop with it). So the objects a commit adds to its parent's are read here and hashed: the commit,
+every tree and blob it does not share with its parent. A lying loose object is removed (the same
+content, added again, is written anew).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+
+from autoresearch.gitrepo import SAFE, Git
+from autoresearch.objects import _loose
+from autoresearch.programs import GIT
+
+
+def _listing(git: Git, tree: str) -> dict[str, tuple[str, str]] | None:
+    """Object name -> (type, path) of every tree and blob under `tree` (None: git cannot list it)."""
+    out = subprocess.run([GIT, *SAFE, "ls-tree", "-r", "-t", "-z", "--full-tree", tree], cwd=git.root,
+                         env=git._env, capture_output=True, start_new_session=True)
+    if out.returncode != 0:
+        return None
+    found: dict[str, tuple[str, str]] = {}
+    for item in out.stdout.split(b"\0"):
+        meta, _, path = item.partition(b"\t")
+        fields = meta.split()
+        if len(fields) == 3 and fields[1] in (b"tree", b"blob"):
+            found[fields[2].decode()] = (fields[1].decode(), path.decode("utf-8", "surrogateescape"))
+    return found
+
+
+def _read(git: Git, names: list[str]) -> dict[str, tuple[str, bytes]]:
+    """Object name -> (type, content) as git reads them (one `cat-file --batch`)."""
+    if not names:
+        return {}
+    out = subprocess.run([GIT, *SAFE, "cat-file", "--batch"], cwd=git.root, env=git._env,
+                         input="".join(f"{n}\n" for n in names).encode(), capture_output=True,
+                         start_new_session=True).stdout
+    read, pos = {}, 0
+    for name in names:
+        end = out.find(b"\n", pos)
+        header = out[pos:end].split()
+        pos = end + 1
+        if len(header) != 3:  # missing
+            continue
+        size = int(header[2])
+        read[name] = (header[1].decode(), out[pos:pos + size])
+        pos += size + 1
+    return read
+
+
+def _true(name: str, kind: str, content: bytes) -> bool:
+    algo = "sha1" if len(name) == 40 else "sha256"
+    return hashlib.new(algo, b"%s %d\0" % (kind.encode(), len(content)) + content).hexdigest() == name
+
+
+def untrue(git: Git, commit: str, parent: str | None) -> list[str]:
+    """What in `commit` does not hold what its object name says (the commit itself, its root
+    tree, or the paths of trees and blobs it does not share with `parent`); each such loose
+    object is removed. [] when all is true."""
+    head = _read(git, [commit]).get(commit)
+    if head is None or head[0] != "commit" or not _true(commit, "commit", head[1]):
+        _loose(git.common_dir, commit).unlink(missing_ok=True)
+        return ["the commit"]
+    tree = head[1].split(b"\n", 1)[0].removeprefix(b"tree ").decode()
+    shared = (_listing(git, f"{parent}^{{tree}}") or {}) if parent else {}
+    root = _read(git, [tree]).get(tree)
+    if root is None or not _true(tree, "tree", root[1]):
+        _loose(git.common_dir, tree).unlink(missing_ok=True)
+        return ["the root tree"]
+    listed = _listing(git, tree)
+    if listed is None:
+        return ["the tree"]
+    fresh = [name for name in listed if name not in shared]
+    read = _read(git, fresh)
+    bad = []
+    for name in fresh:
+        kind, path = listed[name]
+        got = read.get(name)
+        if got is not None and not (got[0] == kind and _true(name, kind, got[1])):
+            bad.append(path or "/")
+            _loose(git.common_dir, name).unlink(missing_ok=True)
+    return sorted(bad)
