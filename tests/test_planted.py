@@ -4,6 +4,7 @@ record shows other code than ran), a module named as one the evaluator's package
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from conftest import cli, make_task, script_agent, trials
@@ -119,3 +120,37 @@ def test_an_experiment_that_rewrites_its_own_object_is_caught_when_discarded_too
     assert "peek" in (repo / ".autoresearch" / "t" / "logs" / "1.log").read_text()  # it ran
     assert t.status.value == "rejected", (t.status, t.reason)  # (before: discarded, its audit blind)
     assert "object store was altered" in t.reason
+
+
+# trial 1 changes lib/ honestly (kept); trial 2 rewrites the file of the best code's lib/ tree
+# to name a lib/util.py of its own (a worktree made anew from the branch would run it, and no
+# diff would show it: the tree keeps its name)
+REWRITE_BEST_TREE = """\
+case $AUTORESEARCH_TRIAL in
+1) echo "HELP = 0.5" > lib/util.py; echo "honest lib";;
+2) T=$(mktemp -d)
+   echo "HELP = -100" > "$T/cheat.py"; cheat=$(git hash-object -w "$T/cheat.py")
+   best=$(git rev-parse HEAD:lib)
+   export GIT_INDEX_FILE="$T/index"; git read-tree HEAD; git update-index --cacheinfo "100644,$cheat,lib/util.py"
+   lie=$(git rev-parse "$(git write-tree):lib"); unset GIT_INDEX_FILE
+   obj="$(git rev-parse --path-format=absolute --git-common-dir)/objects/${best:0:2}/${best:2}"
+   chmod u+w "$obj"
+   python3 -c 'import subprocess, sys, zlib; raw = subprocess.run(["git", "cat-file", "tree", sys.argv[1]], capture_output=True).stdout; open(sys.argv[2], "wb").write(zlib.compress(b"tree %d\\0" % len(raw) + raw))' "$lie" "$obj"
+   echo "# note" >> exp.py; echo "a comment";;
+esac
+"""
+
+
+def test_the_best_codes_trees_rewritten_are_put_back_and_held_against_the_trial(tmp_path: Path) -> None:
+    experiment = "from lib.util import HELP\nprint(f'loss: {4 + HELP}')\n"
+    repo = make_task(tmp_path / "task", experiment=experiment, toml=LIB_TASK,
+                     files={"lib/__init__.py": "", "lib/util.py": "HELP = 1\n"})
+    agent = script_agent(tmp_path / "a.sh", REWRITE_BEST_TREE)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = trials(repo)
+    assert rows[1].status.value == "keep", (rows[1].status, rows[1].reason)
+    assert rows[2].status.value == "rejected", (rows[2].status, rows[2].reason)
+    assert "tree lib" in rows[2].reason
+    shown = subprocess.run(["git", "show", "autoresearch/t:lib/util.py"], cwd=repo, capture_output=True, text=True)
+    assert shown.stdout == "HELP = 0.5\n", shown.stdout + shown.stderr  # (before: HELP = -100)

@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from autoresearch.gitrepo import MAX_FILE_BYTES, SAFE, Git
@@ -84,13 +84,14 @@ def forged_blobs(common_dir: Path, blobs: list[tuple[str, str, bytes]]) -> list[
 
 
 class ObjectWatch:
-    """The objects of the best code's task files, by the identity of their loose files (a
-    rewrite changes its ctime), with their content: one rewritten is written back."""
+    """The objects of the best code's task files, and its commit and trees (a tree rewritten
+    names other files for every path under it), by the identity of their loose files (a rewrite
+    changes its ctime), with their content: one rewritten is written back."""
 
     def __init__(self, git: Git) -> None:
         self.common_dir = git.common_dir
         self._env = git._env  # (the harness's: no replace refs, no user config)
-        self._saved: dict[str, tuple[str, bytes, tuple[int, int] | None]] = {}
+        self._saved: dict[str, tuple[str, bytes, tuple[int, int] | None]] = {}  # name -> (path, raw, stat)
         self._packs: dict[str, tuple[int, int]] = {}
 
     def _stat(self, sha: str) -> tuple[int, int] | None:
@@ -104,8 +105,10 @@ class ObjectWatch:
         return subprocess.run([GIT, *SAFE, f"--git-dir={self.common_dir}", "cat-file", "-e", sha], env=self._env,
                               capture_output=True, start_new_session=True).returncode == 0
 
-    def remember(self, blobs: list[tuple[str, str, bytes]]) -> None:
-        self._saved = {sha: (path, content, self._stat(sha)) for path, sha, content in blobs}
+    def remember(self, blobs: list[tuple[str, str, bytes]], others: Sequence[tuple[str, str, bytes]] = ()) -> None:
+        """`blobs`: (path, name, content); `others`: (what it is, name, the raw object, its header included)."""
+        self._saved = {sha: (path, _raw(content), self._stat(sha)) for path, sha, content in blobs}
+        self._saved.update({sha: (what, raw, self._stat(sha)) for what, sha, raw in others})
         self._packs = self._pack_files()
 
     def _pack_files(self) -> dict[str, tuple[int, int]]:
@@ -135,9 +138,10 @@ class ObjectWatch:
                 continue
             held = {line.split()[1] for line in listed.splitlines() if len(line.split()) >= 2}
             for sha in held & set(self._saved):
-                path, content, _ = self._saved[sha]
-                packed = _read_packed(idx.with_suffix(".pack"), sha, self._env)
-                if packed is not None and packed != content:
+                path, raw, _ = self._saved[sha]
+                kind = raw.split(b" ", 1)[0].decode()
+                packed = _read_packed(idx.with_suffix(".pack"), sha, self._env, kind)
+                if packed is not None and b"%s %d\0" % (kind.encode(), len(packed)) + packed != raw:
                     forged.append(path)
                     for suffix in (".idx", ".pack", ".rev", ".bitmap", ".keep"):
                         idx.with_suffix(suffix).unlink(missing_ok=True)
@@ -149,25 +153,25 @@ class ObjectWatch:
         import zlib
 
         rewritten = []
-        for sha, (path, content, seen) in self._saved.items():
+        for sha, (path, raw, seen) in self._saved.items():
             now = self._stat(sha)
             if now == seen:
                 continue
             obj = _loose(self.common_dir, sha)
             if now is None and self._git_has(sha):  # packed (`git gc`, by you or your IDE)
-                self._saved[sha] = (path, content, None)
+                self._saved[sha] = (path, raw, None)
                 continue
             try:
                 data = zlib.decompress(obj.read_bytes()) if now is not None else None
             except (OSError, zlib.error):
                 data = None
-            if data != _raw(content):
+            if data != raw:
                 rewritten.append(path)
                 obj.parent.mkdir(parents=True, exist_ok=True)
                 tmp = obj.with_name(obj.name + ".restore")
-                tmp.write_bytes(zlib.compress(_raw(content)))
+                tmp.write_bytes(zlib.compress(raw))
                 os.replace(tmp, obj)
-            self._saved[sha] = (path, content, self._stat(sha))
+            self._saved[sha] = (path, raw, self._stat(sha))
         packed = self._forged_packs()
         if packed:
             rewritten += [f"{p} (in a pack, removed)" for p in packed]
@@ -175,7 +179,7 @@ class ObjectWatch:
                 "restored") if rewritten else None
 
 
-def _read_packed(pack: Path, sha: str, env: dict[str, str]) -> bytes | None:
+def _read_packed(pack: Path, sha: str, env: dict[str, str], kind: str = "blob") -> bytes | None:
     """The content a pack file gives object `sha`, read from that pack alone (a repository of
     its own pointing at it), None when it cannot be read."""
     import tempfile
@@ -190,7 +194,7 @@ def _read_packed(pack: Path, sha: str, env: dict[str, str]) -> bytes | None:
                 os.symlink(pack.with_suffix(suffix), alone / "objects" / "pack" / pack.with_suffix(suffix).name)
             except OSError:
                 return None
-        out = subprocess.run([GIT, f"--git-dir={alone}", "cat-file", "blob", sha], capture_output=True, env=env,
+        out = subprocess.run([GIT, f"--git-dir={alone}", "cat-file", kind, sha], capture_output=True, env=env,
                              start_new_session=True)
         return out.stdout if out.returncode == 0 else None
 

@@ -89,3 +89,16 @@ def untrue(git: Git, commit: str, parent: str | None) -> list[str]:
             bad.append(path or "/")
             _loose(git.common_dir, name).unlink(missing_ok=True)
     return sorted(bad)
+
+
+def structure(git: Git, commit: str) -> list[tuple[str, str, bytes]]:
+    """The commit's own object and its trees, as ObjectWatch keeps them: (what it is, name, the
+    raw object). Read after `untrue` found them true."""
+    head = _read(git, [commit]).get(commit)
+    if head is None:
+        return []
+    tree = head[1].split(b"\n", 1)[0].removeprefix(b"tree ").decode()
+    trees = {tree: "/", **{name: path for name, (kind, path) in (_listing(git, tree) or {}).items() if kind == "tree"}}
+    read = {commit: head, **_read(git, list(trees))}
+    return [(f"commit {commit[:7]}" if name == commit else f"tree {trees[name]}", name,
+             b"%s %d\0" % (kind.encode(), len(content)) + content) for name, (kind, content) in read.items()]

@@ -23,7 +23,7 @@ from autoresearch.records import Trial
 from autoresearch.selfwatch import OwnCode
 from autoresearch.session import Session
 from autoresearch.setupstep import SetupOutput
-from autoresearch.treecheck import untrue
+from autoresearch.treecheck import structure, untrue
 
 
 class Watch:
@@ -69,7 +69,7 @@ class Watch:
             return (f"the git object store was altered: {', '.join(forged[:5])} in commit {commit[:7]} do not hold "
                     f"what their object names say (an object file in .git/objects was rewritten; removed)")
         if best:
-            self.objects.remember(blobs)
+            self.objects.remember(blobs, structure(self.s.git, commit))
         return ""
 
     def tampering(self, number: int, phase: str) -> str | None:
