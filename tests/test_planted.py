@@ -154,3 +154,33 @@ def test_the_best_codes_trees_rewritten_are_put_back_and_held_against_the_trial(
     assert "tree lib" in rows[2].reason
     shown = subprocess.run(["git", "show", "autoresearch/t:lib/util.py"], cwd=repo, capture_output=True, text=True)
     assert shown.stdout == "HELP = 0.5\n", shown.stdout + shown.stderr  # (before: HELP = -100)
+
+
+def test_a_module_named_as_one_an_installed_package_imports_is_refused(tmp_path: Path) -> None:
+    """The evaluator imports a package (here `outer`, on PYTHONPATH), which imports `inner`:
+    an `inner.py` the agent adds beside the evaluator is what `outer` gets, and its code runs
+    in the evaluator's process (before: kept at loss -5, the evaluator's figure replaced)."""
+    import os
+
+    site = tmp_path / "site"
+    (site / "outer").mkdir(parents=True)
+    (site / "outer" / "__init__.py").write_text("import inner\n")
+    (site / "inner.py").write_text("VALUE = 0\n")
+    evaluator = ("import json, os\nimport outer\nrun = os.environ['AUTORESEARCH_RUN_DIR']\n"
+                 "print(f\"loss: {json.load(open(os.path.join(run, 'r.json')))['loss']}\")\n")
+    experiment = ("import json, os\nX = 3.0\njson.dump({'loss': (X - 1) ** 2}, "
+                  "open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json'), 'w'))\n")
+    toml = LIB_TASK.replace('["exp.py", "lib/*.py"]', '["*.py"]').replace(
+        'command = "python exp.py"', 'command = "python exp.py"\nevaluate = "python prepare.py"')
+    repo = make_task(tmp_path / "task", experiment=experiment, toml=toml, files={"prepare.py": evaluator})
+    agent = script_agent(tmp_path / "a.sh", """\
+        printf 'import atexit\\natexit.register(lambda: print("loss: -5"))\\nVALUE = 0\\n' > inner.py
+        echo "a helper"
+        """)
+    path = f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1",
+            env={"PYTHONPATH": path})
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = trials(repo)[1]
+    assert t.status.value == "rejected", (t.status, t.metric, t.reason)
+    assert "inner.py" in t.reason and "installed inner" in t.reason

@@ -9,7 +9,9 @@ a protected Python file, under the name of a standard-library module or of a mod
 file imports, or of a protected module itself: Python takes a package folder (`data/__init__.py`)
 or an extension (`data.abi3.so`) before the `data.py` beside it, so an agent's `model/data/`
 would stand in for a protected `model/data.py` however it is imported (`from .data import`,
-`from model.data import`). A file already there at the baseline is the task author's, and stays.
+`from model.data import`), nor under the name of an installed package's module (`markupsafe.py`:
+an evaluator that imports jinja2 has jinja2 import markupsafe from the first folder that holds
+one, this one). A file already there at the baseline is the task author's, and stays.
 So is a bytecode cache of a protected file (`model/__pycache__/data.cpython-311.pyc`), in any
 change: Python runs it in place of its source when its check of the source passes, and that
 check can be forged (the source's mtime and size) or left out (an unchecked hash-based .pyc).
@@ -18,7 +20,10 @@ check can be forged (the source's mtime and size) or left out (an unchecked hash
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.machinery
+import os
+import pkgutil
 import sys
 from pathlib import Path
 
@@ -61,6 +66,27 @@ def imported(root: Path, files: list[str]) -> set[str]:
     return names
 
 
+@functools.lru_cache(maxsize=1)
+def installed() -> frozenset[str]:
+    """The top-level names an import finds outside the task: the modules and packages (a
+    namespace package's folder included) of this interpreter's path (its site folders, what their
+    .pth files add, PYTHONPATH) and of the user's active environment, where experiments may run."""
+    from autoresearch.execute import active_environment
+
+    here = os.path.realpath(os.getcwd())
+    dirs = [p for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p) and os.path.realpath(p) != here]
+    if (env := active_environment()) is not None:
+        dirs += [str(d) for d in (env / "lib").glob("python*/site-packages")]
+    names = {m.name for m in pkgutil.iter_modules(dirs)}
+    for d in dirs:
+        try:
+            names.update(e.name for e in os.scandir(d) if e.name.isidentifier() and not e.name.startswith("__")
+                         and e.is_dir())
+        except OSError:
+            continue
+    return frozenset(names)
+
+
 def cached_source(path: str) -> str | None:
     """The source file a bytecode cache stands for (`m/__pycache__/data.cpython-311.pyc` is
     m/data.py's), or None."""
@@ -93,6 +119,8 @@ def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
             whose = f"Python's own {name}"
         elif name in used:
             whose = f"the {name} the protected files import"
+        elif name in installed():  # (one the packages they import may import in turn)
+            whose = f"the installed {name}"
         else:
             continue
         return (f"added {path}, which Python would import in place of {whose} (the protected code and "
