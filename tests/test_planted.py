@@ -184,3 +184,64 @@ def test_a_module_named_as_one_an_installed_package_imports_is_refused(tmp_path:
     t = trials(repo)[1]
     assert t.status.value == "rejected", (t.status, t.metric, t.reason)
     assert "inner.py" in t.reason and "installed inner" in t.reason
+
+
+# setup makes gen/consts.py (ignored by git, kept in the tag's setup/ folder, linked into every
+# trial); the protected evaluator imports it
+SETUP_TASK = '''name = "t"
+editable = ["exp.py"]
+protected = ["prepare.py", "prep.py"]
+setup = "python prep.py"
+command = "python exp.py"
+evaluate = "python prepare.py"
+time_budget = 5
+timeout = 10
+
+[metric]
+name = "loss"
+goal = "minimize"
+'''
+PREP = ("import os\nos.makedirs('gen', exist_ok=True)\nopen('gen/__init__.py', 'w').write('')\n"
+        "open('gen/consts.py', 'w').write('TARGET = 1.0\\n')\n")
+SETUP_EVALUATOR = ("import json, os\nfrom gen.consts import TARGET\n"
+                   "x = json.load(open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json')))['x']\n"
+                   "print(f'loss: {(x - TARGET) ** 2}')\n")
+SETUP_EXPERIMENT = ("import json, os\nX = 3.0\n"
+                    "json.dump({'x': X}, open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json'), 'w'))\n")
+PLANT_PYC = """\
+cat >> exp.py <<'PY'
+import importlib.util, py_compile, tempfile
+src = os.path.join(tempfile.mkdtemp(), "consts.py")
+open(src, "w").write("TARGET = 3.0\\n")
+py_compile.compile(src, cfile=importlib.util.cache_from_source(os.path.realpath("gen/consts.py")),
+                   invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+PY
+echo "a cache"
+"""
+PLANT_PACKAGE = """\
+cat >> exp.py <<'PY'
+os.makedirs("gen/consts", exist_ok=True)
+open("gen/consts/__init__.py", "w").write("TARGET = 3.0\\n")
+PY
+echo "a package"
+"""
+
+
+def setup_task(tmp_path: Path, deed: str) -> tuple[Path, object]:
+    repo = make_task(tmp_path / "task", experiment=SETUP_EXPERIMENT, toml=SETUP_TASK,
+                     files={"prepare.py": SETUP_EVALUATOR, "prep.py": PREP, ".gitignore": "gen/\n"})
+    agent = script_agent(tmp_path / "a.sh", deed)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return repo, trials(repo)[1]
+
+
+def test_a_bytecode_cache_planted_beside_a_module_setup_made_never_reaches_the_evaluator(tmp_path: Path) -> None:
+    repo, t = setup_task(tmp_path, PLANT_PYC)
+    # (before: kept at 0, the evaluator's TARGET the planted 3.0, and nothing noted)
+    assert t.status.value == "discard" and t.metric == 4.0, (t.status, t.metric, t.flags)
+
+
+def test_a_package_planted_beside_a_module_setup_made_is_noted(tmp_path: Path) -> None:
+    repo, t = setup_task(tmp_path, PLANT_PACKAGE)
+    assert any("gen/consts/__init__.py" in f for f in t.flags), (t.status, t.metric, t.flags)

@@ -16,6 +16,7 @@ user's own `pip install`.
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
 import json
 import os
 import shutil
@@ -236,6 +237,9 @@ class EnvGuard:
         return "; ".join(problems) or None, "; ".join(notes) or None
 
 
+MODULE_SUFFIXES = tuple(importlib.machinery.all_suffixes())  # what an import takes: .py, .pyc, .so ...
+
+
 class TreeWatch:
     """The files under a folder by their size, mtime and inode (what setup made: the data the
     evaluator reads). Nothing is put back: there is no copy. A file changed or removed means the
@@ -269,11 +273,14 @@ class TreeWatch:
         return out
 
     def check(self) -> str | None:
-        """What was changed or removed of the files there at the start (files added since, such
-        as a cache an experiment makes next to its data, are not looked at)."""
+        """What was changed or removed of the files there at the start, and a Python module
+        added (a `consts/__init__.py` or an extension beside setup's `consts.py` is imported in
+        its place); other files added since, such as a cache an experiment makes next to its
+        data, are not looked at."""
         now = self._read()
         changed = sorted(p for p in self._saved if now.get(p) != self._saved[p])
+        changed += sorted(p for p in now if p not in self._saved and p.endswith(MODULE_SUFFIXES))
         if not changed:
             return None
-        self._saved = {p: now[p] for p in self._saved if p in now}
+        self._saved = {p: now[p] for p in {*self._saved, *changed} if p in now}
         return f"changed what setup made ({', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} in {self.root})"

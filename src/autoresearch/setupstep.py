@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.filetree import read_regular
+from autoresearch.filetree import read_regular, remove_path
 from autoresearch.gitrepo import Workspace
 from autoresearch.gitstatus import status_entries
 from autoresearch.ledger import LEDGER_DIR
@@ -52,6 +52,17 @@ class SetupOutput:
                 os.symlink(target, link)
             except OSError:
                 continue
+
+
+def clear_bytecode(store: Path) -> None:
+    """Remove Python's bytecode caches (`__pycache__`, a link in its place too) from what setup
+    made, before an evaluator runs: one an experiment wrote there (an unchecked hash-based .pyc,
+    whose source Python never looks at) would run in place of a module setup made, with no file
+    of setup's changed. Python writes them again from the sources."""
+    for folder, dirs, _ in os.walk(store):  # (links are not followed)
+        if "__pycache__" in dirs:
+            remove_path(Path(folder) / "__pycache__")
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
 
 
 def shared_links(task: Task) -> tuple[tuple[str, Path], ...]:
