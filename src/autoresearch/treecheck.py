@@ -64,8 +64,8 @@ def _true(name: str, kind: str, content: bytes) -> bool:
 
 def untrue(git: Git, commit: str, parent: str | None) -> list[str]:
     """What in `commit` does not hold what its object name says (the commit itself, its root
-    tree, or the paths of trees and blobs it does not share with `parent`); each such loose
-    object is removed. [] when all is true."""
+    tree, or the paths of trees and blobs it does not share with `parent`; with no parent, of
+    every tree); each such loose object is removed. [] when all is true."""
     head = _read(git, [commit]).get(commit)
     if head is None or head[0] != "commit" or not _true(commit, "commit", head[1]):
         _loose(git.common_dir, commit).unlink(missing_ok=True)
@@ -79,7 +79,9 @@ def untrue(git: Git, commit: str, parent: str | None) -> list[str]:
     listed = _listing(git, tree)
     if listed is None:
         return ["the tree"]
-    fresh = [name for name in listed if name not in shared]
+    # (with no parent, the code a loop starts from: its trees only, a big file in git is not read
+    # for this; its task files are checked by their content as the best code's are)
+    fresh = [name for name, (kind, _) in listed.items() if name not in shared and (parent or kind == "tree")]
     read = _read(git, fresh)
     bad = []
     for name in fresh:
