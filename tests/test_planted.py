@@ -245,3 +245,39 @@ def test_a_bytecode_cache_planted_beside_a_module_setup_made_never_reaches_the_e
 def test_a_package_planted_beside_a_module_setup_made_is_noted(tmp_path: Path) -> None:
     repo, t = setup_task(tmp_path, PLANT_PACKAGE)
     assert any("gen/consts/__init__.py" in f for f in t.flags), (t.status, t.metric, t.flags)
+
+
+REWRITE_GIT = """\
+if [ "$AUTORESEARCH_TRIAL" = 1 ]; then
+  g=$(command -v git)
+  cp "$g" "$W/git.real"
+  printf '#!/bin/sh\\n[ -n "$AUTORESEARCH_TRIAL" ] || touch "%s/harness-ran-it"\\nexec "%s/git.real" "$@"\\n' "$W" "$W" > "$g.new"
+  chmod +x "$g.new"; mv "$g.new" "$g"
+fi
+sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
+echo "lower X"
+"""
+
+
+def test_the_git_the_harness_runs_rewritten_in_place_is_put_back_before_it_runs(tmp_path: Path) -> None:
+    """A git in a folder the user can write (a conda environment's bin, Linuxbrew) rewritten by
+    an agent would run as the harness, outside any seal (before: 50 times, the trial kept)."""
+    import os
+    import shutil
+
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    real = shutil.which("git")
+    assert real is not None
+    shutil.copy2(real, tools / "git")
+    (tmp_path / "w").mkdir()
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", REWRITE_GIT)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2",
+            env={"PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "W": str(tmp_path / "w")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = trials(repo)
+    assert not (tmp_path / "w" / "harness-ran-it").exists()
+    assert rows[1].status.value == "rejected" and "a program the harness itself runs" in rows[1].reason, rows[1].reason
+    assert (tools / "git").read_bytes() == Path(real).read_bytes()
+    assert rows[2].status.value == "keep"

@@ -23,6 +23,7 @@ from autoresearch.records import Trial
 from autoresearch.selfwatch import OwnCode
 from autoresearch.session import Session
 from autoresearch.setupstep import SetupOutput
+from autoresearch.toolwatch import ToolWatch
 from autoresearch.treecheck import structure, untrue
 
 
@@ -46,6 +47,7 @@ class Watch:
             skip=(lambda n: n in ("python", "python3")) if shim else (lambda n: n.startswith("python")))
         self.setup = TreeWatch(None)  # what setup made, once it ran
         self.pending: list[str] = []  # notes for the next trial noted
+        self.tools = ToolWatch()  # the git and bwrap the harness runs
         self.own = OwnCode(keep=session.dir / "quarantine")  # autoresearch's own code (every module imported now)
 
     def after_setup(self, setup: SetupOutput) -> None:
@@ -77,8 +79,9 @@ class Watch:
         metadata and the loop's refs, the record, the python experiments run, the best code's
         git objects), put back where it can be; None when nothing was. Every guard looks,
         whatever the others found. What may be the user's doing is kept for `note`."""
+        tools = self.tools.check_and_restore()  # (first: the guards below run git)
         env_problem, env_note = self.env.check_and_restore()
-        found = [why for why in (self.git.check_and_restore(), self.own.check_and_restore(), env_problem,
+        found = [why for why in (tools, self.git.check_and_restore(), self.own.check_and_restore(), env_problem,
                                  self.path.check_and_restore(), self.objects.check_and_restore(),
                                  "; ".join(self.s.ledger.check_and_restore()) or None) if why]
         self.pending += [n for n in (env_note, self.setup.check()) if n]
