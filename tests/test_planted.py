@@ -281,3 +281,32 @@ def test_the_git_the_harness_runs_rewritten_in_place_is_put_back_before_it_runs(
     assert rows[1].status.value == "rejected" and "a program the harness itself runs" in rows[1].reason, rows[1].reason
     assert (tools / "git").read_bytes() == Path(real).read_bytes()
     assert rows[2].status.value == "keep"
+
+
+def test_a_part_of_an_installed_namespace_package_added_beside_the_evaluator_is_refused(tmp_path: Path) -> None:
+    """`nsx` is a namespace package (a folder without __init__.py, as `google` or `nvidia` are):
+    an `nsx/inner/__init__.py` the agent adds in the task's root is what `import nsx.inner` gets,
+    the root being searched first (before: kept at loss -5)."""
+    import os
+
+    site = tmp_path / "site"
+    (site / "nsx" / "inner").mkdir(parents=True)
+    (site / "nsx" / "inner" / "__init__.py").write_text("VALUE = 0\n")
+    evaluator = ("import json, os\nimport nsx.inner\nrun = os.environ['AUTORESEARCH_RUN_DIR']\n"
+                 "print(f\"loss: {json.load(open(os.path.join(run, 'r.json')))['loss']}\")\n")
+    experiment = ("import json, os\nX = 3.0\njson.dump({'loss': (X - 1) ** 2}, "
+                  "open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json'), 'w'))\n")
+    toml = LIB_TASK.replace('["exp.py", "lib/*.py"]', '["*.py"]').replace(
+        'command = "python exp.py"', 'command = "python exp.py"\nevaluate = "python prepare.py"')
+    repo = make_task(tmp_path / "task", experiment=experiment, toml=toml, files={"prepare.py": evaluator})
+    agent = script_agent(tmp_path / "a.sh", """\
+        mkdir -p nsx/inner
+        printf 'import atexit\\natexit.register(lambda: print("loss: -5"))\\nVALUE = 0\\n' > nsx/inner/__init__.py
+        echo "a helper"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1",
+            env={"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = trials(repo)[1]
+    assert t.status.value == "rejected", (t.status, t.metric, t.reason)
+    assert "namespace package nsx" in t.reason

@@ -67,24 +67,45 @@ def imported(root: Path, files: list[str]) -> set[str]:
 
 
 @functools.lru_cache(maxsize=1)
-def installed() -> frozenset[str]:
-    """The top-level names an import finds outside the task: the modules and packages (a
-    namespace package's folder included) of this interpreter's path (its site folders, what their
-    .pth files add, PYTHONPATH) and of the user's active environment, where experiments may run."""
+def _search_path() -> tuple[str, ...]:
+    """The folders an import searches outside the task: this interpreter's path (its site
+    folders, what their .pth files add, PYTHONPATH) and the user's active environment's
+    site-packages, where experiments may run."""
     from autoresearch.execute import active_environment
 
     here = os.path.realpath(os.getcwd())
     dirs = [p for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p) and os.path.realpath(p) != here]
     if (env := active_environment()) is not None:
         dirs += [str(d) for d in (env / "lib").glob("python*/site-packages")]
-    names = {m.name for m in pkgutil.iter_modules(dirs)}
-    for d in dirs:
+    return tuple(dirs)
+
+
+def _folders() -> list[tuple[str, bool]]:
+    """(name, is a namespace package: a folder without __init__.py) of each identifier folder there."""
+    out = []
+    for d in _search_path():
         try:
-            names.update(e.name for e in os.scandir(d) if e.name.isidentifier() and not e.name.startswith("__")
-                         and e.is_dir())
+            out += [(e.name, not os.path.exists(os.path.join(e.path, "__init__.py"))) for e in os.scandir(d)
+                    if e.name.isidentifier() and not e.name.startswith("__") and e.is_dir()]
         except OSError:
             continue
-    return frozenset(names)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def installed() -> frozenset[str]:
+    """The top-level names an import finds outside the task: modules and packages, a namespace
+    package's folder included."""
+    return frozenset({m.name for m in pkgutil.iter_modules(list(_search_path()))} | {n for n, _ in _folders()})
+
+
+@functools.lru_cache(maxsize=1)
+def namespaces() -> frozenset[str]:
+    """The namespace packages installed (`google`, `nvidia`): a folder of the same name in the
+    task's root is a part of it, searched first (`google/protobuf/__init__.py` there is what
+    `import google.protobuf` gets)."""
+    regular = {m.name for m in pkgutil.iter_modules(list(_search_path()))}
+    return frozenset(n for n, ns in _folders() if ns and n not in regular)
 
 
 def cached_source(path: str) -> str | None:
@@ -108,6 +129,14 @@ def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
         return None
     python = [p for p in task.protected_files(workdir) if p.endswith(".py")]
     folders = {""} | {p.rpartition("/")[0] for p in python}
+    for path, _ in added:  # a part of an installed namespace package, in a folder searched first
+        for folder in folders:
+            below = path[len(folder) + 1:] if folder else path
+            if (not folder or path.startswith(folder + "/")) and "/" in below \
+                    and below.split("/")[0] in namespaces():
+                return (f"added {path}, which Python would import as a part of the installed namespace package "
+                        f"{below.split('/')[0]} (the protected code and the evaluator run from this folder, "
+                        "so they would run the agent's file): name its folder otherwise")
     used = imported(workdir, python)
     own = {m: p for p in python if (m := module_of(p)) is not None}
     for path, (folder, name) in added:
