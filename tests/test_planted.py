@@ -310,3 +310,34 @@ def test_a_part_of_an_installed_namespace_package_added_beside_the_evaluator_is_
     t = trials(repo)[1]
     assert t.status.value == "rejected", (t.status, t.metric, t.reason)
     assert "namespace package nsx" in t.reason
+
+
+def test_the_systems_attributes_file_does_not_reach_the_harness_git(tmp_path: Path) -> None:
+    """An `ident` (or `eol`, `working-tree-encoding`) in $(prefix)/etc/gitattributes, which a
+    git installed where the user can write has there too, would have the harness's `add` store
+    other bytes than the ones that run. Seen here in a bubblewrap view of /etc with one added."""
+    import os
+    import shutil
+    import sys
+
+    import pytest
+
+    bwrap = shutil.which("bwrap")
+    if bwrap is None or subprocess.run([bwrap, "--bind", "/", "/", "true"], capture_output=True).returncode:
+        pytest.skip("bubblewrap cannot run here")
+    if os.path.lexists("/etc/gitattributes"):
+        pytest.skip("this machine has a system attributes file of its own")
+    repo = make_task(tmp_path / "task")
+    attributes = tmp_path / "gitattributes"
+    attributes.write_text("*.py ident\n")
+    view = [bwrap, "--bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc", "--tmpfs", "/etc"]
+    for entry in sorted(os.listdir("/etc")):
+        path = os.path.join("/etc", entry)
+        view += ["--symlink", os.readlink(path), path] if os.path.islink(path) else ["--ro-bind", path, path]
+    view += ["--ro-bind", str(attributes), "/etc/gitattributes"]
+    probe = ("import sys\nfrom pathlib import Path\nfrom autoresearch.gitrepo import Git\n"
+             "print(Git(Path(sys.argv[1])).run('check-attr', 'ident', '--', 'exp.py'))\n")
+    plain = subprocess.run([*view, "git", "check-attr", "ident", "--", "exp.py"], cwd=repo, capture_output=True, text=True)
+    assert plain.stdout.strip() == "exp.py: ident: set", plain.stdout + plain.stderr  # (git reads it)
+    out = subprocess.run([*view, sys.executable, "-c", probe, str(repo)], capture_output=True, text=True)
+    assert out.stdout.strip() == "exp.py: ident: unspecified", out.stdout + out.stderr

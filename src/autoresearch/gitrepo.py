@@ -81,6 +81,10 @@ class Git:
         # attributes file) run in the harness's `git add`, outside any seal
         self.config_file = private_file(kept_config(self._env), "autoresearch-gitconfig-")  # read now,
         self._env.update(GIT_CONFIG_GLOBAL=str(self.config_file), GIT_CONFIG_NOSYSTEM="1")  # before any agent ran
+        # nor the system's attributes file ($(prefix)/etc/gitattributes, which a git installed in a
+        # folder the user can write, a conda environment, has there too): an `ident`, `eol` or
+        # `working-tree-encoding` in it would have `add` store other bytes than the ones that run
+        self._env["GIT_ATTR_NOSYSTEM"] = "1"
         self._known: dict[Path, tuple[str, set[str]]] = {}  # worktree -> (commit, what it held then)
         self._indexes: dict[Path, tuple[str, dict[str, tuple[int, int]]]] = {}  # index -> (sha256, files' c/mtime ns)
         self.ignored: dict[Path, list[str]] = {}  # worktree -> the ignored files its last snapshot found
