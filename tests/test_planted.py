@@ -341,3 +341,23 @@ def test_the_systems_attributes_file_does_not_reach_the_harness_git(tmp_path: Pa
     assert plain.stdout.strip() == "exp.py: ident: set", plain.stdout + plain.stderr  # (git reads it)
     out = subprocess.run([*view, sys.executable, "-c", probe, str(repo)], capture_output=True, text=True)
     assert out.stdout.strip() == "exp.py: ident: unspecified", out.stdout + out.stderr
+
+
+def test_show_says_when_a_trials_objects_were_rewritten_after_it_was_recorded(tmp_path: Path) -> None:
+    """A later agent that rewrites the object of an earlier, discarded trial's file (to hide what
+    its code did) makes `show` print another diff; it says so (before: silent)."""
+    import zlib
+
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", "echo '# probe' >> exp.py\necho probe\n")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = trials(repo)[1]
+    sha = subprocess.run(["git", "rev-parse", f"{t.commit}:exp.py"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    obj = repo / ".git" / "objects" / sha[:2] / sha[2:]
+    fake = (repo / "exp.py").read_bytes() + b"# tidy\n"
+    obj.chmod(0o644)
+    obj.write_bytes(zlib.compress(b"blob %d\0" % len(fake) + fake))
+    shown = cli("show", "1", str(repo), "--tag", "t").stdout
+    assert "do not hold what their names say" in shown, shown
+    assert obj.exists()  # (show only looks)

@@ -62,19 +62,20 @@ def _true(name: str, kind: str, content: bytes) -> bool:
     return hashlib.new(algo, b"%s %d\0" % (kind.encode(), len(content)) + content).hexdigest() == name
 
 
-def untrue(git: Git, commit: str, parent: str | None) -> list[str]:
+def untrue(git: Git, commit: str, parent: str | None, remove: bool = True) -> list[str]:
     """What in `commit` does not hold what its object name says (the commit itself, its root
     tree, or the paths of trees and blobs it does not share with `parent`; with no parent, of
-    every tree); each such loose object is removed. [] when all is true."""
+    every tree); each such loose object is removed (with `remove`). [] when all is true."""
     head = _read(git, [commit]).get(commit)
+    drop = (lambda name: _loose(git.common_dir, name).unlink(missing_ok=True)) if remove else (lambda name: None)
     if head is None or head[0] != "commit" or not _true(commit, "commit", head[1]):
-        _loose(git.common_dir, commit).unlink(missing_ok=True)
+        drop(commit)
         return ["the commit"]
     tree = head[1].split(b"\n", 1)[0].removeprefix(b"tree ").decode()
     shared = (_listing(git, f"{parent}^{{tree}}") or {}) if parent else {}
     root = _read(git, [tree]).get(tree)
     if root is None or not _true(tree, "tree", root[1]):
-        _loose(git.common_dir, tree).unlink(missing_ok=True)
+        drop(tree)
         return ["the root tree"]
     listed = _listing(git, tree)
     if listed is None:
@@ -89,7 +90,7 @@ def untrue(git: Git, commit: str, parent: str | None) -> list[str]:
         got = read.get(name)
         if got is not None and not (got[0] == kind and _true(name, kind, got[1])):
             bad.append(path or "/")
-            _loose(git.common_dir, name).unlink(missing_ok=True)
+            drop(name)
     return sorted(bad)
 
 

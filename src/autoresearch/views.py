@@ -15,6 +15,7 @@ from autoresearch.ledger import Ledger, list_tags, tag_dir
 from autoresearch.process import last_lines, log_digests, read_tail
 from autoresearch.prompt import fmt
 from autoresearch.records import Trial, measured_baseline, printable
+from autoresearch.treecheck import untrue
 
 STALE = "  [no loop is running: `run --tag` records it as interrupted and goes on]"  # a trial left running
 
@@ -227,7 +228,11 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
     for lost in t.extra.get("lost_workers", []):
         lines.append(f"lost worker (the trial was run again): {lost}")
     if t.commit and t.parent:
-        lines += ["", "diff against its parent:", Git(root).diff(t.parent, t.commit).rstrip() or "(no change)"]
+        git = Git(root)
+        if lies := untrue(git, t.commit, t.parent, remove=False):  # (an object file rewritten since)
+            lines.append(f"warning: the git objects of this trial ({', '.join(lies[:5])}) do not hold what their "
+                         "names say: rewritten after it was recorded, so the diff below is not the code that ran")
+        lines += ["", "diff against its parent:", git.diff(t.parent, t.commit).rstrip() or "(no change)"]
     log = Path(t.log_path) if t.log_path else None
     if log and not log.exists() and t.status.value in ("keep", "discard", "crash", "timeout"):
         lines += ["", f"log: {log} is missing (removed after the trial was recorded?)"]
