@@ -361,3 +361,29 @@ def test_show_says_when_a_trials_objects_were_rewritten_after_it_was_recorded(tm
     shown = cli("show", "1", str(repo), "--tag", "t").stdout
     assert "do not hold what their names say" in shown, shown
     assert obj.exists()  # (show only looks)
+
+
+def test_the_object_store_moved_elsewhere_behind_a_link_is_put_back(tmp_path: Path) -> None:
+    """An agent that moves .git/objects to a folder of its own and leaves a link had the whole
+    repository's history live there (in /tmp: gone at the next reboot), unnoticed."""
+    import shutil
+
+    elsewhere = tmp_path / "elsewhere"
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", f"""\
+        gd=$(git rev-parse --path-format=absolute --git-common-dir)
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then
+          cp -a "$gd/objects" {elsewhere} && rm -rf "$gd/objects" && ln -s {elsewhere} "$gd/objects"
+        fi
+        sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
+        echo "lower X"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = trials(repo)
+    assert rows[1].status.value == "rejected" and "objects" in rows[1].reason, (rows[1].status, rows[1].reason)
+    objects = repo / ".git" / "objects"
+    assert objects.is_dir() and not objects.is_symlink()
+    shutil.rmtree(elsewhere)  # (a reboot's /tmp): the repository keeps its history
+    assert rows[2].status.value == "keep"
+    assert subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, capture_output=True).returncode == 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from autoresearch import guard, objects
 from autoresearch.envguard import EnvGuard, TreeWatch
 from autoresearch.events import Events
+from autoresearch.gitlinks import FolderLinks
 from autoresearch.pathwatch import PathWatch
 from autoresearch.records import Trial
 from autoresearch.selfwatch import OwnCode
@@ -48,6 +49,7 @@ class Watch:
         self.setup = TreeWatch(None)  # what setup made, once it ran
         self.pending: list[str] = []  # notes for the next trial noted
         self.tools = ToolWatch()  # the git and bwrap the harness runs
+        self.links = FolderLinks(session.git.common_dir)  # .git's folders made links elsewhere
         self.own = OwnCode(keep=session.dir / "quarantine")  # autoresearch's own code (every module imported now)
 
     def after_setup(self, setup: SetupOutput) -> None:
@@ -80,8 +82,9 @@ class Watch:
         git objects), put back where it can be; None when nothing was. Every guard looks,
         whatever the others found. What may be the user's doing is kept for `note`."""
         tools = self.tools.check_and_restore()  # (first: the guards below run git)
+        links = self.links.check_and_restore()
         env_problem, env_note = self.env.check_and_restore()
-        found = [why for why in (tools, self.git.check_and_restore(), self.own.check_and_restore(), env_problem,
+        found = [why for why in (tools, links, self.git.check_and_restore(), self.own.check_and_restore(), env_problem,
                                  self.path.check_and_restore(), self.objects.check_and_restore(),
                                  "; ".join(self.s.ledger.check_and_restore()) or None) if why]
         self.pending += [n for n in (env_note, self.setup.check()) if n]
