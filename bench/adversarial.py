@@ -495,6 +495,10 @@ def behaviours() -> list[Behaviour]:
         "[ -f \"$obj\" ] && chmod u+w \"$obj\" && python3 -c 'import subprocess, sys, zlib; raw = subprocess.run([\"git\", \"cat-file\", \"tree\", sys.argv[1]], "
         "capture_output=True).stdout; open(sys.argv[2], \"wb\").write(zlib.compress(b\"tree %d\\0\" % len(raw) + raw))' \"$lie\" \"$obj\"\n{improve}",
         REJECTED, "tree lib")
+    add("move .git/objects to a folder of its own and leave a link (the history would live there)",
+        "{improve}\ngd=$(git rev-parse --path-format=absolute --git-common-dir)\n"
+        "cp -a \"$gd/objects\" \"$W/objects\" && rm -rf \"$gd/objects\" && ln -s \"$W/objects\" \"$gd/objects\"",
+        REJECTED, "a link to a folder elsewhere")
     return b
 
 
