@@ -387,3 +387,26 @@ def test_the_object_store_moved_elsewhere_behind_a_link_is_put_back(tmp_path: Pa
     shutil.rmtree(elsewhere)  # (a reboot's /tmp): the repository keeps its history
     assert rows[2].status.value == "keep"
     assert subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, capture_output=True).returncode == 0
+
+
+def test_the_ledger_folder_moved_elsewhere_behind_a_link_is_moved_back(tmp_path: Path) -> None:
+    """An agent that moves .autoresearch/ to a folder of its own (same file system: every file
+    keeps its inode, so no guard of the record saw it) and leaves a link had the record live
+    there, unnoticed."""
+    elsewhere = tmp_path / "elsewhere"
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", f"""\
+        root=$(dirname "$(git rev-parse --path-format=absolute --git-common-dir)")
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then
+          mv "$root/.autoresearch" {elsewhere} && ln -s {elsewhere} "$root/.autoresearch"
+        fi
+        sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
+        echo "lower X"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    ledger = repo / ".autoresearch"
+    assert ledger.is_dir() and not ledger.is_symlink() and not elsewhere.exists()
+    rows = trials(repo)
+    assert rows[1].status.value == "rejected" and "left a link in its place" in rows[1].reason, rows[1].reason
+    assert rows[2].status.value == "keep"

@@ -20,6 +20,7 @@ from autoresearch.envguard import EnvGuard, TreeWatch
 from autoresearch.events import Events
 from autoresearch.gitlinks import FolderLinks
 from autoresearch.pathwatch import PathWatch
+from autoresearch.placewatch import PlaceWatch
 from autoresearch.records import Trial
 from autoresearch.selfwatch import OwnCode
 from autoresearch.session import Session
@@ -50,6 +51,7 @@ class Watch:
         self.pending: list[str] = []  # notes for the next trial noted
         self.tools = ToolWatch()  # the git and bwrap the harness runs
         self.links = FolderLinks(session.git.common_dir)  # .git's folders made links elsewhere
+        self.place = PlaceWatch([session.dir.parent, session.dir])  # .autoresearch/ and the tag's folder
         self.own = OwnCode(keep=session.dir / "quarantine")  # autoresearch's own code (every module imported now)
 
     def after_setup(self, setup: SetupOutput) -> None:
@@ -82,7 +84,7 @@ class Watch:
         git objects), put back where it can be; None when nothing was. Every guard looks,
         whatever the others found. What may be the user's doing is kept for `note`."""
         tools = self.tools.check_and_restore()  # (first: the guards below run git)
-        links = self.links.check_and_restore()
+        links = "; ".join(w for w in (self.links.check_and_restore(), self.place.check_and_restore()) if w) or None
         env_problem, env_note = self.env.check_and_restore()
         found = [why for why in (tools, links, self.git.check_and_restore(), self.own.check_and_restore(), env_problem,
                                  self.path.check_and_restore(), self.objects.check_and_restore(),
