@@ -410,3 +410,36 @@ def test_the_ledger_folder_moved_elsewhere_behind_a_link_is_moved_back(tmp_path:
     rows = trials(repo)
     assert rows[1].status.value == "rejected" and "left a link in its place" in rows[1].reason, rows[1].reason
     assert rows[2].status.value == "keep"
+
+
+def test_a_bytecode_cache_planted_under_pycache_prefix_never_reaches_the_evaluator(tmp_path: Path) -> None:
+    """With PYTHONPYCACHEPREFIX set, the .pyc of the worktree's protected scoring.py lives
+    outside the worktree, under the prefix: an unchecked one the experiment wrote there ran in
+    the evaluator in place of the protected module (before: kept at loss -5)."""
+    prefix = tmp_path / "pycache"
+    evaluator = ("import json, os\nfrom scoring import score\nrun = os.environ['AUTORESEARCH_RUN_DIR']\n"
+                 "print(f\"loss: {score(json.load(open(os.path.join(run, 'r.json')))['x'])}\")\n")
+    experiment = """\
+import importlib.util, json, os, py_compile, tempfile
+X = 3.0
+json.dump({'x': X}, open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json'), 'w'))
+"""
+    toml = LIB_TASK.replace('["exp.py", "lib/*.py"]', '["exp.py"]').replace(
+        'protected = ["prepare.py"]', 'protected = ["prepare.py", "scoring.py"]').replace(
+        'command = "python exp.py"', 'command = "python exp.py"\nevaluate = "python prepare.py"')
+    repo = make_task(tmp_path / "task", experiment=experiment, toml=toml,
+                     files={"prepare.py": evaluator, "scoring.py": "def score(x):\n    return (x - 1) ** 2\n"})
+    agent = script_agent(tmp_path / "a.sh", """\
+        cat >> exp.py <<'PY'
+src = os.path.join(tempfile.mkdtemp(), "scoring.py")
+open(src, "w").write("def score(x):\\n    return -5.0\\n")
+py_compile.compile(src, cfile=importlib.util.cache_from_source(os.path.realpath("scoring.py")),
+                   invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+PY
+        echo "a cache"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1",
+            env={"PYTHONPYCACHEPREFIX": str(prefix)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = trials(repo)[1]
+    assert t.status.value == "discard" and t.metric == 4.0, (t.status, t.metric, t.reason)

@@ -28,7 +28,7 @@ from autoresearch.process import MARK, sweep_escaped
 from autoresearch.records import Status, Trial
 from autoresearch.sandbox import problem as sandbox_problem
 from autoresearch.session import Session
-from autoresearch.setupstep import SetupOutput, clear_bytecode, shared_links
+from autoresearch.setupstep import SetupOutput, clear_bytecode, clear_cache_prefix, shared_links
 
 LOST_REPEATS = 3  # trials in a row that lost their worker twice: the loop stops
 HEAD_GONE = "the Ray cluster's head went away while it ran"
@@ -129,6 +129,7 @@ class Measurer:
             if not self.backend.remote:  # (a remote node links its own: the code travels without links)
                 self.setup.link_into(at.ws.path)
                 clear_bytecode(self.setup.store)  # (a .pyc the experiment planted beside a module setup made)
+                clear_cache_prefix(at.ws.path, self.setup.store)  # (or under PYTHONPYCACHEPREFIX)
 
         if not self.backend.remote:
             # what came back to the loop meanwhile (a driver git ran, planted by an experiment

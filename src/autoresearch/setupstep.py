@@ -65,6 +65,18 @@ def clear_bytecode(store: Path) -> None:
         dirs[:] = [d for d in dirs if d != "__pycache__"]
 
 
+def clear_cache_prefix(*folders: Path) -> None:
+    """With PYTHONPYCACHEPREFIX set (an absolute folder; experiments get ours), Python keeps the
+    bytecode of every source in that one folder, under the source's own path: outside the
+    worktree its reset cleans, so a .pyc an experiment put there for a protected module (or one
+    setup made) would run in its place. Removed for `folders` before an evaluator runs."""
+    prefix = os.environ.get("PYTHONPYCACHEPREFIX", "")
+    if not os.path.isabs(prefix):  # (a relative one lies in the working folder: cleaned with it)
+        return
+    for folder in folders:
+        remove_path(Path(prefix) / os.path.realpath(folder).lstrip(os.sep))
+
+
 def shared_links(task: Task) -> tuple[tuple[str, Path], ...]:
     """The task's `shared` paths that exist in the user's checkout."""
     return tuple((rel, task.root / rel) for rel in task.shared if os.path.lexists(task.root / rel))
