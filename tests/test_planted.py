@@ -443,3 +443,36 @@ PY
     assert r.returncode == 0, r.stderr[-2000:]
     t = trials(repo)[1]
     assert t.status.value == "discard" and t.metric == 4.0, (t.status, t.metric, t.reason)
+
+
+def test_a_data_file_rewritten_in_the_object_store_for_the_evaluator_is_caught(tmp_path: Path) -> None:
+    """data/target.txt is tracked, not protected, and read by the evaluator. The experiment
+    rewrites its object in .git/objects and touches the file: the reset before the evaluator
+    writes the lie back into the worktree (before: kept at 0; only the task files' objects were
+    watched)."""
+    evaluator = ("import json, os\nrun = os.environ['AUTORESEARCH_RUN_DIR']\nx = json.load(open(os.path.join(run, 'r.json')))['x']\n"
+                 "print(f\"loss: {(x - float(open('data/target.txt').read())) ** 2}\")\n")
+    experiment = ("import json, os\nX = 3.0\njson.dump({'x': X}, "
+                  "open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json'), 'w'))\n")
+    toml = LIB_TASK.replace('["exp.py", "lib/*.py"]', '["exp.py"]').replace(
+        'command = "python exp.py"', 'command = "python exp.py"\nevaluate = "python prepare.py"')
+    repo = make_task(tmp_path / "task", experiment=experiment, toml=toml,
+                     files={"prepare.py": evaluator, "data/target.txt": "1.0\n"})
+    agent = script_agent(tmp_path / "a.sh", """\
+        cat >> exp.py <<'PY'
+import subprocess, zlib
+sha = subprocess.run(["git", "hash-object", "data/target.txt"], capture_output=True, text=True).stdout.strip()
+gd = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
+                    capture_output=True, text=True).stdout.strip()
+obj = os.path.join(gd, "objects", sha[:2], sha[2:])
+os.chmod(obj, 0o644)
+open(obj, "wb").write(zlib.compress(b"blob 4\\0" + b"3.0\\n"))
+open("data/target.txt", "a").write("\\n")
+PY
+        echo "a tweak"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = trials(repo)[1]
+    assert t.status.value == "rejected", (t.status, t.metric, t.reason)
+    assert "data/target.txt" in t.reason

@@ -91,7 +91,7 @@ class ObjectWatch:
     def __init__(self, git: Git) -> None:
         self.common_dir = git.common_dir
         self._env = git._env  # (the harness's: no replace refs, no user config)
-        self._saved: dict[str, tuple[str, bytes, tuple[int, int] | None]] = {}  # name -> (path, raw, stat)
+        self._saved: dict[str, tuple[str, bytes | None, tuple[int, int] | None]] = {}  # name -> (path, raw, stat)
         self._packs: dict[str, tuple[int, int]] = {}
 
     def _stat(self, sha: str) -> tuple[int, int] | None:
@@ -105,9 +105,13 @@ class ObjectWatch:
         return subprocess.run([GIT, *SAFE, f"--git-dir={self.common_dir}", "cat-file", "-e", sha], env=self._env,
                               capture_output=True, start_new_session=True).returncode == 0
 
-    def remember(self, blobs: list[tuple[str, str, bytes]], others: Sequence[tuple[str, str, bytes]] = ()) -> None:
-        """`blobs`: (path, name, content); `others`: (what it is, name, the raw object, its header included)."""
-        self._saved = {sha: (path, _raw(content), self._stat(sha)) for path, sha, content in blobs}
+    def remember(self, blobs: list[tuple[str, str, bytes]], others: Sequence[tuple[str, str, bytes]] = (),
+                 names: Sequence[tuple[str, str]] = ()) -> None:
+        """`blobs`: (path, name, content); `others`: (what it is, name, the raw object, its header
+        included); `names`: (path, name) of the other files, whose content is not held (a data
+        file the evaluator reads, maybe big): one rewritten is found by its hash, not put back."""
+        self._saved = {sha: (path, None, self._stat(sha)) for path, sha in names}
+        self._saved.update({sha: (path, _raw(content), self._stat(sha)) for path, sha, content in blobs})
         self._saved.update({sha: (what, raw, self._stat(sha)) for what, sha, raw in others})
         self._packs = self._pack_files()
 
@@ -139,9 +143,10 @@ class ObjectWatch:
             held = {line.split()[1] for line in listed.splitlines() if len(line.split()) >= 2}
             for sha in held & set(self._saved):
                 path, raw, _ = self._saved[sha]
-                kind = raw.split(b" ", 1)[0].decode()
+                kind = raw.split(b" ", 1)[0].decode() if raw is not None else "blob"
                 packed = _read_packed(idx.with_suffix(".pack"), sha, self._env, kind)
-                if packed is not None and b"%s %d\0" % (kind.encode(), len(packed)) + packed != raw:
+                given = None if packed is None else b"%s %d\0" % (kind.encode(), len(packed)) + packed
+                if given is not None and (given != raw if raw is not None else not _names(sha, given)):
                     forged.append(path)
                     for suffix in (".idx", ".pack", ".rev", ".bitmap", ".keep"):
                         idx.with_suffix(suffix).unlink(missing_ok=True)
@@ -152,7 +157,7 @@ class ObjectWatch:
     def check_and_restore(self) -> str | None:
         import zlib
 
-        rewritten = []
+        rewritten, lost = [], []
         for sha, (path, raw, seen) in self._saved.items():
             now = self._stat(sha)
             if now == seen:
@@ -165,7 +170,11 @@ class ObjectWatch:
                 data = zlib.decompress(obj.read_bytes()) if now is not None else None
             except (OSError, zlib.error):
                 data = None
-            if data != raw:
+            if raw is None:  # (not held: true when it hashes to its name; a lie is removed, not put back)
+                if data is None or not _names(sha, data):
+                    lost.append(path)
+                    obj.unlink(missing_ok=True)
+            elif data != raw:
                 rewritten.append(path)
                 obj.parent.mkdir(parents=True, exist_ok=True)
                 tmp = obj.with_name(obj.name + ".restore")
@@ -175,8 +184,17 @@ class ObjectWatch:
         packed = self._forged_packs()
         if packed:
             rewritten += [f"{p} (in a pack, removed)" for p in packed]
-        return (f"rewrote the git objects of the best code's {', '.join(rewritten[:3])} in .git/objects; "
-                "restored") if rewritten else None
+        said = [f"rewrote the git objects of the best code's {', '.join(rewritten[:3])} in .git/objects; restored"
+                ] if rewritten else []
+        said += [f"rewrote the git objects of the best code's {', '.join(lost[:3])} in .git/objects (what a reset "
+                 "writes for the evaluator); removed, not put back: their content was not held (your checkout "
+                 "may have it)"] if lost else []
+        return "; ".join(said) or None
+
+
+def _names(sha: str, raw: bytes) -> bool:
+    """Whether the raw object (its header included) is the one named `sha`."""
+    return hashlib.new("sha1" if len(sha) == 40 else "sha256", raw).hexdigest() == sha
 
 
 def _read_packed(pack: Path, sha: str, env: dict[str, str], kind: str = "blob") -> bytes | None:

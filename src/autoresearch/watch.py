@@ -28,6 +28,8 @@ from autoresearch.setupstep import SetupOutput
 from autoresearch.toolwatch import ToolWatch
 from autoresearch.treecheck import structure, untrue
 
+OTHER_FILES = 100_000  # of the best code, watched by name beyond its task files (a stat each, per look)
+
 
 class Watch:
     def __init__(self, session: Session, events: Events, root_files: list[str], bin_dir: Path, shim: bool,
@@ -75,7 +77,10 @@ class Watch:
             return (f"the git object store was altered: {', '.join(forged[:5])} in commit {commit[:7]} do not hold "
                     f"what their object names say (an object file in .git/objects was rewritten; removed)")
         if best:
-            self.objects.remember(blobs, structure(self.s.git, commit))
+            held = {path for path, _, _ in blobs}  # (the other files too, by their names: a data file
+            rest = [(path, sha) for path, mode, sha, _ in objects.tree_blobs(self.s.git, commit)  # the evaluator
+                    if path not in held and mode != "160000"][:OTHER_FILES]  # reads, which a reset writes)
+            self.objects.remember(blobs, structure(self.s.git, commit), rest)
         return ""
 
     def tampering(self, number: int, phase: str) -> str | None:
