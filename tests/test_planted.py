@@ -471,8 +471,9 @@ open("data/target.txt", "a").write("\\n")
 PY
         echo "a tweak"
         """)
-    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2")
     assert r.returncode == 0, r.stderr[-2000:]
     t = trials(repo)[1]
     assert t.status.value == "rejected", (t.status, t.metric, t.reason)
     assert "data/target.txt" in t.reason
+    assert subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, capture_output=True).returncode == 0

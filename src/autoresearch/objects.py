@@ -90,6 +90,7 @@ class ObjectWatch:
 
     def __init__(self, git: Git) -> None:
         self.common_dir = git.common_dir
+        self.root = git.root  # (the user's checkout: a copy of a file whose content is not held here)
         self._env = git._env  # (the harness's: no replace refs, no user config)
         self._saved: dict[str, tuple[str, bytes | None, tuple[int, int] | None]] = {}  # name -> (path, raw, stat)
         self._packs: dict[str, tuple[int, int]] = {}
@@ -100,6 +101,16 @@ class ObjectWatch:
             return st.st_ino, st.st_ctime_ns
         except OSError:
             return None  # packed (or gone)
+
+    def _from_checkout(self, path: str, sha: str) -> bytes | None:
+        """The raw object `sha` from the user's copy of `path`, when that copy is it."""
+        from autoresearch.filetree import read_regular
+
+        try:
+            raw = _raw(read_regular(self.root / path, 1 << 31)[0])
+        except OSError:
+            return None
+        return raw if _names(sha, raw) else None
 
     def _git_has(self, sha: str) -> bool:
         return subprocess.run([GIT, *SAFE, f"--git-dir={self.common_dir}", "cat-file", "-e", sha], env=self._env,
@@ -170,16 +181,19 @@ class ObjectWatch:
                 data = zlib.decompress(obj.read_bytes()) if now is not None else None
             except (OSError, zlib.error):
                 data = None
-            if raw is None:  # (not held: true when it hashes to its name; a lie is removed, not put back)
-                if data is None or not _names(sha, data):
-                    lost.append(path)
-                    obj.unlink(missing_ok=True)
+            if raw is None:  # (not held: true when it hashes to its name; a lie is put back from your
+                if data is None or not _names(sha, data):  # checkout when its copy is that file, else removed)
+                    raw = self._from_checkout(path, sha)
+                    if raw is None:
+                        lost.append(path)
+                        obj.unlink(missing_ok=True)
+                    else:
+                        rewritten.append(path)
+                        _write_back(obj, raw)
+                        raw = None
             elif data != raw:
                 rewritten.append(path)
-                obj.parent.mkdir(parents=True, exist_ok=True)
-                tmp = obj.with_name(obj.name + ".restore")
-                tmp.write_bytes(zlib.compress(raw))
-                os.replace(tmp, obj)
+                _write_back(obj, raw)
             self._saved[sha] = (path, raw, self._stat(sha))
         packed = self._forged_packs()
         if packed:
@@ -187,9 +201,18 @@ class ObjectWatch:
         said = [f"rewrote the git objects of the best code's {', '.join(rewritten[:3])} in .git/objects; restored"
                 ] if rewritten else []
         said += [f"rewrote the git objects of the best code's {', '.join(lost[:3])} in .git/objects (what a reset "
-                 "writes for the evaluator); removed, not put back: their content was not held (your checkout "
-                 "may have it)"] if lost else []
+                 "writes for the evaluator); removed, not put back: their content was not held, nor is it in "
+                 "your checkout"] if lost else []
         return "; ".join(said) or None
+
+
+def _write_back(obj: Path, raw: bytes) -> None:
+    import zlib
+
+    obj.parent.mkdir(parents=True, exist_ok=True)
+    tmp = obj.with_name(obj.name + ".restore")
+    tmp.write_bytes(zlib.compress(raw))
+    os.replace(tmp, obj)
 
 
 def _names(sha: str, raw: bytes) -> bool:
