@@ -477,3 +477,22 @@ PY
     assert t.status.value == "rejected", (t.status, t.metric, t.reason)
     assert "data/target.txt" in t.reason
     assert subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, capture_output=True).returncode == 0
+
+
+def test_the_repositorys_git_folder_moved_elsewhere_behind_a_link_is_moved_back(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", f"""\
+        root=$(dirname "$(git rev-parse --path-format=absolute --git-common-dir)")
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then
+          mv "$root/.git" {elsewhere} && ln -s {elsewhere} "$root/.git"
+        fi
+        sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
+        echo "lower X"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (repo / ".git").is_dir() and not (repo / ".git").is_symlink() and not elsewhere.exists()
+    rows = trials(repo)
+    assert rows[1].status.value == "rejected" and "left a link in its place" in rows[1].reason, rows[1].reason
+    assert rows[2].status.value == "keep"

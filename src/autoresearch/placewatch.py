@@ -1,7 +1,7 @@
 """The loop's own folders, kept where they are.
 
-`.autoresearch/` and the tag's folder in it hold the record (ledger.sqlite, results.tsv, the
-logs) and the trials' worktrees. An agent or an experiment that runs unsealed can move either to
+The repository's `.git` holds its history; `.autoresearch/` and the tag's folder in it hold the
+record (ledger.sqlite, results.tsv, the logs) and the trials' worktrees. An agent or an experiment that runs unsealed can move either to
 a folder of its choosing (/tmp, gone at the next reboot) and leave a link in its place: the loop
 writes on through the link, and the files keep their inodes, so no guard of the record sees a
 change. So the folders are known by their device and inode as the loop starts and looked at

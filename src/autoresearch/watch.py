@@ -53,7 +53,7 @@ class Watch:
         self.pending: list[str] = []  # notes for the next trial noted
         self.tools = ToolWatch()  # the git and bwrap the harness runs
         self.links = FolderLinks(session.git.common_dir)  # .git's folders made links elsewhere
-        self.place = PlaceWatch([session.dir.parent, session.dir])  # .autoresearch/ and the tag's folder
+        self.place = PlaceWatch([session.git.common_dir, session.dir.parent, session.dir])  # .git, .autoresearch/, the tag's
         self.own = OwnCode(keep=session.dir / "quarantine")  # autoresearch's own code (every module imported now)
 
     def after_setup(self, setup: SetupOutput) -> None:
