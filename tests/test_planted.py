@@ -496,3 +496,31 @@ def test_the_repositorys_git_folder_moved_elsewhere_behind_a_link_is_moved_back(
     rows = trials(repo)
     assert rows[1].status.value == "rejected" and "left a link in its place" in rows[1].reason, rows[1].reason
     assert rows[2].status.value == "keep"
+
+
+def test_a_makefile_that_make_takes_before_the_protected_one_is_refused(tmp_path: Path) -> None:
+    """evaluate = "make -s score" with a protected Makefile: GNU make reads a GNUmakefile first,
+    and editable = ["*"] lets the agent add one (before: kept at loss -5)."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    evaluator = ("import json, os\nrun = os.environ['AUTORESEARCH_RUN_DIR']\n"
+                 "print(f\"loss: {json.load(open(os.path.join(run, 'r.json')))['loss']}\")\n")
+    experiment = ("import json, os\nX = 3.0\njson.dump({'loss': (X - 1) ** 2}, "
+                  "open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json'), 'w'))\n")
+    toml = LIB_TASK.replace('["exp.py", "lib/*.py"]', '["*"]').replace(
+        'protected = ["prepare.py"]', 'protected = ["prepare.py", "Makefile"]').replace(
+        'command = "python exp.py"', 'command = "python exp.py"\nevaluate = "make -s score"')
+    repo = make_task(tmp_path / "task", experiment=experiment, toml=toml,
+                     files={"prepare.py": evaluator, "Makefile": "score:\n\t@python prepare.py\n"})
+    agent = script_agent(tmp_path / "a.sh", """\
+        printf 'score:\\n\\t@echo loss: -5\\n' > GNUmakefile
+        echo "a makefile"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = trials(repo)[1]
+    assert t.status.value == "rejected" and "GNUmakefile" in t.reason, (t.status, t.metric, t.reason)

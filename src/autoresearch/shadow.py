@@ -118,8 +118,24 @@ def cached_source(path: str) -> str | None:
     return f"{parent}/{name.split('.')[0]}.py".lstrip("/")
 
 
+# files a program reads on its own from its working folder, which an evaluator's `make`, `pytest`,
+# `tox` or `pip` would take up (GNU make reads GNUmakefile, then makefile, before Makefile)
+IMPLICIT = {"GNUmakefile", "makefile", "Makefile", "conftest.py", "pytest.ini", ".pytest.ini", "tox.ini",
+            "setup.cfg", "pyproject.toml", ".env"}
+
+
 def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
-    """Why a file the change adds would be imported in place of another module, or None."""
+    """Why a file the change adds would be imported in place of another module (or read by the
+    evaluator's program as its own), or None."""
+    implicit = [c.path for c in changes if c.status == "A" and c.path.rpartition("/")[2] in IMPLICIT]
+    if task.evaluate and implicit:  # (in the root, or beside a protected file: where it may run from)
+        folders = {""} | {p.rpartition("/")[0] for p in task.protected_files(workdir)}
+        for path in implicit:
+            if path.rpartition("/")[0] not in folders:
+                continue
+            return (f"added {path}, which the evaluator's program would read on its own from its folder "
+                    "(make takes a GNUmakefile or makefile before the Makefile; pytest a conftest.py or an ini "
+                    "file): name it otherwise")
     for c in changes:
         if c.status != "D" and (source := cached_source(c.path)) and task.is_protected(source):
             return (f"{'added' if c.status == 'A' else 'changed'} {c.path}, Python's bytecode for the protected "
