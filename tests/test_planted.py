@@ -524,3 +524,20 @@ def test_a_makefile_that_make_takes_before_the_protected_one_is_refused(tmp_path
     assert r.returncode == 0, r.stderr[-2000:]
     t = trials(repo)[1]
     assert t.status.value == "rejected" and "GNUmakefile" in t.reason, (t.status, t.metric, t.reason)
+
+
+def test_a_git_gc_while_the_loop_runs_is_not_taken_for_a_forged_pack(tmp_path: Path) -> None:
+    """Every object of the best code is watched by its name; `git gc` (yours, or your IDE's, in
+    your checkout while the loop runs) packs them all at once. Its pack holds the same content:
+    no trial is rejected for it, and the branch ends at the honest best."""
+    repo = make_task(tmp_path / "task", files={f"data/d{i}.txt": f"row {i}\n" for i in range(40)})
+    agent = script_agent(tmp_path / "a.sh", f"""\
+        sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
+        (cd {repo} && git gc -q)
+        echo "lower X"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    done = trials(repo)[1:]
+    assert [t.status.value for t in done] == ["keep"] * 3, [(t.status, t.reason) for t in done]
+    assert list((repo / ".git" / "objects" / "pack").glob("*.pack"))  # (the gc did pack them)

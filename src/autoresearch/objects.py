@@ -112,9 +112,15 @@ class ObjectWatch:
             return None
         return raw if _names(sha, raw) else None
 
-    def _git_has(self, sha: str) -> bool:
-        return subprocess.run([GIT, *SAFE, f"--git-dir={self.common_dir}", "cat-file", "-e", sha], env=self._env,
-                              capture_output=True, start_new_session=True).returncode == 0
+    def _git_has(self, names: list[str]) -> set[str]:
+        """Those of `names` git has (one `cat-file --batch-check` for all: a `git gc` packs every
+        watched object at once)."""
+        if not names:
+            return set()
+        out = subprocess.run([GIT, *SAFE, f"--git-dir={self.common_dir}", "cat-file", "--batch-check"],
+                             input="".join(f"{n}\n" for n in names), env=self._env, capture_output=True, text=True,
+                             start_new_session=True).stdout
+        return {line.split()[0] for line in out.splitlines() if line.split()[-1:] != ["missing"]}
 
     def remember(self, blobs: list[tuple[str, str, bytes]], others: Sequence[tuple[str, str, bytes]] = (),
                  names: Sequence[tuple[str, str]] = ()) -> None:
@@ -145,6 +151,8 @@ class ObjectWatch:
         forged = []
         for name in fresh:
             idx = self.common_dir / "objects" / "pack" / name
+            if self._verified(idx):  # every object in it hashes to its name: nothing there lies
+                continue
             try:
                 with open(idx, "rb") as f:
                     listed = subprocess.run([GIT, "show-index"], stdin=f, capture_output=True, env=self._env,
@@ -165,16 +173,23 @@ class ObjectWatch:
         self._packs = self._pack_files()
         return forged
 
+    def _verified(self, idx: Path) -> bool:
+        """Whether git, indexing the pack anew from its content, finds the names its index gives
+        (one process over the pack: a `git gc` of yours, which packs every file the loop watches,
+        costs that, not a read of each object)."""
+        return subprocess.run([GIT, *SAFE, f"--git-dir={self.common_dir}", "verify-pack", str(idx)], env=self._env,
+                              capture_output=True, start_new_session=True).returncode == 0
+
     def check_and_restore(self) -> str | None:
         import zlib
 
         rewritten, lost = [], []
-        for sha, (path, raw, seen) in self._saved.items():
-            now = self._stat(sha)
-            if now == seen:
-                continue
+        moved = {sha: now for sha, (_, _, seen) in self._saved.items() if (now := self._stat(sha)) != seen}
+        packed = self._git_has([sha for sha, now in moved.items() if now is None])
+        for sha, now in moved.items():
+            path, raw, _ = self._saved[sha]
             obj = _loose(self.common_dir, sha)
-            if now is None and self._git_has(sha):  # packed (`git gc`, by you or your IDE)
+            if sha in packed:  # packed (`git gc`, by you or your IDE)
                 self._saved[sha] = (path, raw, None)
                 continue
             try:
@@ -195,9 +210,8 @@ class ObjectWatch:
                 rewritten.append(path)
                 _write_back(obj, raw)
             self._saved[sha] = (path, raw, self._stat(sha))
-        packed = self._forged_packs()
-        if packed:
-            rewritten += [f"{p} (in a pack, removed)" for p in packed]
+        if forged := self._forged_packs():
+            rewritten += [f"{p} (in a pack, removed)" for p in forged]
         said = [f"rewrote the git objects of the best code's {', '.join(rewritten[:3])} in .git/objects; restored"
                 ] if rewritten else []
         said += [f"rewrote the git objects of the best code's {', '.join(lost[:3])} in .git/objects (what a reset "
