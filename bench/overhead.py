@@ -4,7 +4,9 @@ An instant in-process agent (it rewrites one constant) and a no-op experiment (`
 real git repository, through the real loop. The bench wraps a few functions with timers to
 split the gap into git, ledger, agent and the rest; nothing is faked.
 
-    python bench/overhead.py --trials 50
+    python bench/overhead.py --trials 50 [--files 20000]
+
+--files N adds N tracked files the agent never edits (a repository with its data in git).
 """
 
 from __future__ import annotations
@@ -90,9 +92,13 @@ class Clock:
         execute_mod.run_command = timed
 
 
-def make_repo(root: Path) -> Path:
+def make_repo(root: Path, files: int = 0) -> Path:
     root.mkdir(parents=True)
     (root / "exp.py").write_text("X = 0\n")
+    for i in range(files):  # tracked files the agent does not edit (data, configs): watched by name
+        folder = root / "data" / f"d{i // 100}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{i}.txt").write_text(f"row {i}\n")
     (root / "program.md").write_text("noop\n")
     (root / "autoresearch.toml").write_text(TOML)
     env = {**gitrepo.IDENTITY, "PATH": "/usr/bin:/bin"}
@@ -104,6 +110,7 @@ def make_repo(root: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--files", type=int, default=0, help="tracked files besides exp.py (in folders of 100)")
     args = parser.parse_args()
     clock = Clock()
     clock.wrap(gitrepo.Git, "run", "git")
@@ -112,7 +119,7 @@ def main() -> None:
     clock.wrap(InstantAgent, "propose", "agent")
     clock.wrap_experiment()
     with tempfile.TemporaryDirectory() as tmp:
-        repo = make_repo(Path(tmp) / "repo")
+        repo = make_repo(Path(tmp) / "repo", args.files)
         task = load_task(repo)
         session = open_session(task, "bench")
         loop = Loop(session, InstantAgent(), Options(trials=args.trials))
@@ -122,7 +129,8 @@ def main() -> None:
     parts = clock.buckets[2:]  # buckets[i] is the gap before experiment i; skip the baseline's
     exp = [e - s for s, e in clock.spans]
     ms = lambda x: f"{1000 * x:7.2f} ms"  # noqa: E731
-    print(f"trials: {args.trials} (+ baseline), instant agent, no-op experiment `echo`")
+    print(f"trials: {args.trials} (+ baseline), instant agent, no-op experiment `echo`, "
+          f"{args.files} other tracked files")
     print(f"harness overhead per trial (experiment end -> next start): median {ms(statistics.median(gaps))}, "
           f"p90 {ms(sorted(gaps)[int(0.9 * len(gaps))])}")
     if len(gaps) >= 400:  # growth with the trial count: the first hundred against the last
