@@ -22,20 +22,20 @@ def walk(root: Path) -> dict[str, tuple[bool, int]]:
     """Everything under `root` but .git, worktree-relative: path -> (a folder, size). Links are
     entries, never followed. The worktree holds the commit and what was made there: a few files."""
     found: dict[str, tuple[bool, int]] = {}
-    stack = [root]
+    stack = [(str(root), "")]  # (a folder, its path from root with a / at the end; "" for root)
     while stack:
-        folder = stack.pop()
+        folder, prefix = stack.pop()
         try:
             entries = list(os.scandir(folder))
         except OSError:
             continue
         for entry in entries:
-            if folder == root and entry.name == ".git":
+            if not prefix and entry.name == ".git":
                 continue
-            rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
+            rel = prefix + entry.name  # (worktree-relative by its folder's: no relpath per file)
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
+                    stack.append((entry.path, rel + "/"))
                     found[rel] = (True, 0)
                 elif entry.is_file(follow_symlinks=False):
                     found[rel] = (False, entry.stat(follow_symlinks=False).st_size)
@@ -79,10 +79,11 @@ def ctimes(root: Path, entries: dict[str, tuple[bool, int]] | None = None) -> di
     """The ctime and mtime, in nanoseconds, of every regular file walk() finds under `root`
     (`entries`: what it found, when the caller has just walked there)."""
     out = {}
+    top = str(root)
     for rel, (is_dir, size) in (walk(root) if entries is None else entries).items():
         if not is_dir and size != SPECIAL:
             with contextlib.suppress(OSError):
-                st = os.lstat(root / rel)
+                st = os.lstat(f"{top}/{rel}")
                 if stat.S_ISREG(st.st_mode):  # (not a link)
                     out[rel] = (st.st_ctime_ns, st.st_mtime_ns)
     return out

@@ -96,8 +96,8 @@ class ObjectWatch:
         self._packs: dict[str, tuple[int, int]] = {}
 
     def _stat(self, sha: str) -> tuple[int, int] | None:
-        try:
-            st = os.stat(_loose(self.common_dir, sha))
+        try:  # (a string, not a Path: a look stats every file of the best code)
+            st = os.stat(f"{self.common_dir}/objects/{sha[:2]}/{sha[2:]}")
             return st.st_ino, st.st_ctime_ns
         except OSError:
             return None  # packed (or gone)
