@@ -37,6 +37,24 @@ def _listing(git: Git, tree: str) -> dict[str, tuple[str, str]] | None:
     return found
 
 
+def _added(git: Git, parent: str, tree: str) -> dict[str, tuple[str, str]] | None:
+    """Object name -> (type, path) of the trees and blobs of `tree` where `parent`'s tree has
+    other ones (`git diff-tree`: a subtree of the same name is not gone into, so a trial's check
+    costs what it changed, not the size of the repository). None: git cannot compare them."""
+    out = subprocess.run([GIT, *SAFE, "diff-tree", "-r", "-t", "-z", "--no-renames", f"{parent}^{{tree}}", tree],
+                         cwd=git.root, env=git._env, capture_output=True, start_new_session=True)
+    if out.returncode != 0:
+        return None
+    found: dict[str, tuple[str, str]] = {}
+    items = out.stdout.split(b"\0")
+    for meta, path in zip(items[::2], items[1::2], strict=False):  # `:old-mode new-mode old new X`, path
+        fields = meta.split()
+        if len(fields) == 5 and fields[1] != b"160000" and fields[3].strip(b"0"):  # (not a submodule, not gone)
+            found[fields[3].decode()] = ("tree" if fields[1] == b"040000" else "blob",
+                                         path.decode("utf-8", "surrogateescape"))
+    return found
+
+
 def _read(git: Git, names: list[str]) -> dict[str, tuple[str, bytes]]:
     """Object name -> (type, content) as git reads them (one `cat-file --batch`)."""
     if not names:
@@ -72,17 +90,16 @@ def untrue(git: Git, commit: str, parent: str | None, remove: bool = True) -> li
         drop(commit)
         return ["the commit"]
     tree = head[1].split(b"\n", 1)[0].removeprefix(b"tree ").decode()
-    shared = (_listing(git, f"{parent}^{{tree}}") or {}) if parent else {}
     root = _read(git, [tree]).get(tree)
     if root is None or not _true(tree, "tree", root[1]):
         drop(tree)
         return ["the root tree"]
-    listed = _listing(git, tree)
+    listed = _added(git, parent, tree) if parent else _listing(git, tree)
     if listed is None:
         return ["the tree"]
     # (with no parent, the code a loop starts from: its trees only, a big file in git is not read
     # for this; its task files are checked by their content as the best code's are)
-    fresh = [name for name, (kind, _) in listed.items() if name not in shared and (parent or kind == "tree")]
+    fresh = [name for name, (kind, _) in listed.items() if parent or kind == "tree"]
     read = _read(git, fresh)
     bad = []
     for name in fresh:
