@@ -129,15 +129,23 @@ class PathWatch:
                 problems.append(f"put a `{name}` on the experiments' PATH before the one the task's commands run "
                                 f"({now}, before {path}); " + (f"moved to {kept}" if kept else "removed"))
             if _stamp(path) != stamp:
-                what = f"changed `{name}` ({path}), which the task's commands run"
-                if os.path.realpath(path).startswith(SYSTEM):
-                    problems.append(f"{what}; not put back (the system's own: a package update?)")
+                said, system = mend(path, stamp, data, f"changed `{name}` ({path}), which the task's commands run",
+                                    ": later trials run it as it is")
+                problems.append(said)
+                if system:
                     self._saved[name] = self._take(name)
                     continue
-                try:
-                    self._put_back(path, stamp, data)
-                    problems.append(f"{what}; restored")
-                except OSError as e:
-                    problems.append(f"{what}; could not restore it ({e.strerror or e}): later trials run it as it is")
             self._saved[name] = (path, _stamp(path), data)
         return "; ".join(problems) or None
+
+
+def mend(path: str, stamp: tuple[object, ...], data: bytes | None, what: str, after: str = "") -> tuple[str, bool]:
+    """What to say of program `path`, found changed (`what`), once it is put back as `stamp` from
+    its copy `data`; and whether it is the system's own, left as it is (to be stamped anew)."""
+    if os.path.realpath(path).startswith(SYSTEM):
+        return f"{what}; not put back (the system's own: a package update?)", True
+    try:
+        PathWatch._put_back(path, stamp, data)
+        return f"{what}; restored", False
+    except OSError as e:
+        return f"{what}; could not restore it ({e.strerror or e}){after}", False

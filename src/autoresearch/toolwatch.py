@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from autoresearch.filetree import slurp
-from autoresearch.pathwatch import COPY_LIMIT, SYSTEM, PathWatch, _stamp
+from autoresearch.pathwatch import COPY_LIMIT, SYSTEM, _stamp, mend
 from autoresearch.programs import BWRAP, GIT
 
 
@@ -40,15 +40,7 @@ class ToolWatch:
         for path, (stamp, data) in self._saved.items():
             if _stamp(path) == stamp:
                 continue
-            what = f"changed {path}, a program the harness itself runs"
-            if os.path.realpath(path).startswith(SYSTEM):
-                problems.append(f"{what}; not put back (the system's own: a package update?)")
-                self._saved[path] = self._take(path)
-                continue
-            try:
-                PathWatch._put_back(path, stamp, data)
-                problems.append(f"{what}; restored")
-            except OSError as e:
-                problems.append(f"{what}; could not restore it ({e.strerror or e})")
-            self._saved[path] = (_stamp(path), data)
+            said, system = mend(path, stamp, data, f"changed {path}, a program the harness itself runs")
+            problems.append(said)
+            self._saved[path] = self._take(path) if system else (_stamp(path), data)
         return "; ".join(problems) or None
