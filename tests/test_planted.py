@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import cli, make_task, script_agent, trials
 
 # the code that runs reaches for the ledger (the audit flags that); the object planted under its
@@ -320,8 +321,6 @@ def test_the_systems_attributes_file_does_not_reach_the_harness_git(tmp_path: Pa
     import shutil
     import sys
 
-    import pytest
-
     bwrap = shutil.which("bwrap")
     if bwrap is None or subprocess.run([bwrap, "--bind", "/", "/", "true"], capture_output=True).returncode:
         pytest.skip("bubblewrap cannot run here")
@@ -389,24 +388,24 @@ def test_the_object_store_moved_elsewhere_behind_a_link_is_put_back(tmp_path: Pa
     assert subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, capture_output=True).returncode == 0
 
 
-def test_the_ledger_folder_moved_elsewhere_behind_a_link_is_moved_back(tmp_path: Path) -> None:
-    """An agent that moves .autoresearch/ to a folder of its own (same file system: every file
-    keeps its inode, so no guard of the record saw it) and leaves a link had the record live
-    there, unnoticed."""
+@pytest.mark.parametrize("folder", [".autoresearch", ".git"])
+def test_the_loops_folder_moved_elsewhere_behind_a_link_is_moved_back(tmp_path: Path, folder: str) -> None:
+    """An agent that moves .autoresearch/ (or the repository's .git) to a folder of its own (same
+    file system: every file keeps its inode, so no guard of the record saw it) and leaves a link
+    had the record (the history) live there, unnoticed."""
     elsewhere = tmp_path / "elsewhere"
     repo = make_task(tmp_path / "task")
     agent = script_agent(tmp_path / "a.sh", f"""\
         root=$(dirname "$(git rev-parse --path-format=absolute --git-common-dir)")
         if [ "$AUTORESEARCH_TRIAL" = 1 ]; then
-          mv "$root/.autoresearch" {elsewhere} && ln -s {elsewhere} "$root/.autoresearch"
+          mv "$root/{folder}" {elsewhere} && ln -s {elsewhere} "$root/{folder}"
         fi
         sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
         echo "lower X"
         """)
     r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2")
     assert r.returncode == 0, r.stderr[-2000:]
-    ledger = repo / ".autoresearch"
-    assert ledger.is_dir() and not ledger.is_symlink() and not elsewhere.exists()
+    assert (repo / folder).is_dir() and not (repo / folder).is_symlink() and not elsewhere.exists()
     rows = trials(repo)
     assert rows[1].status.value == "rejected" and "left a link in its place" in rows[1].reason, rows[1].reason
     assert rows[2].status.value == "keep"
@@ -477,25 +476,6 @@ PY
     assert t.status.value == "rejected", (t.status, t.metric, t.reason)
     assert "data/target.txt" in t.reason
     assert subprocess.run(["git", "fsck", "--no-dangling"], cwd=repo, capture_output=True).returncode == 0
-
-
-def test_the_repositorys_git_folder_moved_elsewhere_behind_a_link_is_moved_back(tmp_path: Path) -> None:
-    elsewhere = tmp_path / "elsewhere"
-    repo = make_task(tmp_path / "task")
-    agent = script_agent(tmp_path / "a.sh", f"""\
-        root=$(dirname "$(git rev-parse --path-format=absolute --git-common-dir)")
-        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then
-          mv "$root/.git" {elsewhere} && ln -s {elsewhere} "$root/.git"
-        fi
-        sed -i "s/^X = .*/X = 2.$((9 - AUTORESEARCH_TRIAL))/" exp.py
-        echo "lower X"
-        """)
-    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert (repo / ".git").is_dir() and not (repo / ".git").is_symlink() and not elsewhere.exists()
-    rows = trials(repo)
-    assert rows[1].status.value == "rejected" and "left a link in its place" in rows[1].reason, rows[1].reason
-    assert rows[2].status.value == "keep"
 
 
 def test_a_makefile_that_make_takes_before_the_protected_one_is_refused(tmp_path: Path) -> None:
