@@ -80,6 +80,24 @@ name = "loss"
 goal = "minimize"
 '''
 
+# the tasks with an evaluator: the experiment leaves its X in the run folder, and the protected
+# prepare.py prints the figure of record, `score` (an expression of that x)
+RUN_X = ("import json, os\nX = 3.0\n"
+         "json.dump({'x': X}, open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json'), 'w'))\n")
+
+
+def scorer(score: str, imports: str = "") -> str:
+    return ("import json, os\n" + imports
+            + "x = json.load(open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json')))['x']\n"
+            + f"print(f\"loss: {{{score}}}\")\n")
+
+
+def evaluated(editable: str, protected: str = '["prepare.py"]', evaluate: str = "python prepare.py") -> str:
+    """LIB_TASK with these editable and protected globs, and an `evaluate` command."""
+    return (LIB_TASK.replace('["exp.py", "lib/*.py"]', editable)
+            .replace('protected = ["prepare.py"]', f"protected = {protected}")
+            .replace('command = "python exp.py"', f'command = "python exp.py"\nevaluate = "{evaluate}"'))
+
 
 def test_a_tree_planted_under_the_name_of_the_changes_is_refused_not_kept(tmp_path: Path) -> None:
     experiment = "from lib.util import HELP\nprint(f'loss: {4 + HELP}')\n"
@@ -167,13 +185,8 @@ def test_a_module_named_as_one_an_installed_package_imports_is_refused(tmp_path:
     (site / "outer").mkdir(parents=True)
     (site / "outer" / "__init__.py").write_text("import inner\n")
     (site / "inner.py").write_text("VALUE = 0\n")
-    evaluator = ("import json, os\nimport outer\nrun = os.environ['AUTORESEARCH_RUN_DIR']\n"
-                 "print(f\"loss: {json.load(open(os.path.join(run, 'r.json')))['loss']}\")\n")
-    experiment = ("import json, os\nX = 3.0\njson.dump({'loss': (X - 1) ** 2}, "
-                  "open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json'), 'w'))\n")
-    toml = LIB_TASK.replace('["exp.py", "lib/*.py"]', '["*.py"]').replace(
-        'command = "python exp.py"', 'command = "python exp.py"\nevaluate = "python prepare.py"')
-    repo = make_task(tmp_path / "task", experiment=experiment, toml=toml, files={"prepare.py": evaluator})
+    repo = make_task(tmp_path / "task", experiment=RUN_X, toml=evaluated('["*.py"]'),
+                     files={"prepare.py": scorer("(x - 1) ** 2", "import outer\n")})
     agent = script_agent(tmp_path / "a.sh", """\
         printf 'import atexit\\natexit.register(lambda: print("loss: -5"))\\nVALUE = 0\\n' > inner.py
         echo "a helper"
@@ -189,26 +202,11 @@ def test_a_module_named_as_one_an_installed_package_imports_is_refused(tmp_path:
 
 # setup makes gen/consts.py (ignored by git, kept in the tag's setup/ folder, linked into every
 # trial); the protected evaluator imports it
-SETUP_TASK = '''name = "t"
-editable = ["exp.py"]
-protected = ["prepare.py", "prep.py"]
-setup = "python prep.py"
-command = "python exp.py"
-evaluate = "python prepare.py"
-time_budget = 5
-timeout = 10
-
-[metric]
-name = "loss"
-goal = "minimize"
-'''
+SETUP_TASK = evaluated('["exp.py"]', '["prepare.py", "prep.py"]').replace(
+    'command = "python exp.py"', 'setup = "python prep.py"\ncommand = "python exp.py"')
 PREP = ("import os\nos.makedirs('gen', exist_ok=True)\nopen('gen/__init__.py', 'w').write('')\n"
         "open('gen/consts.py', 'w').write('TARGET = 1.0\\n')\n")
-SETUP_EVALUATOR = ("import json, os\nfrom gen.consts import TARGET\n"
-                   "x = json.load(open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json')))['x']\n"
-                   "print(f'loss: {(x - TARGET) ** 2}')\n")
-SETUP_EXPERIMENT = ("import json, os\nX = 3.0\n"
-                    "json.dump({'x': X}, open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json'), 'w'))\n")
+SETUP_EVALUATOR = scorer("(x - TARGET) ** 2", "from gen.consts import TARGET\n")
 PLANT_PYC = """\
 cat >> exp.py <<'PY'
 import importlib.util, py_compile, tempfile
@@ -229,7 +227,7 @@ echo "a package"
 
 
 def setup_task(tmp_path: Path, deed: str) -> tuple[Path, object]:
-    repo = make_task(tmp_path / "task", experiment=SETUP_EXPERIMENT, toml=SETUP_TASK,
+    repo = make_task(tmp_path / "task", experiment=RUN_X, toml=SETUP_TASK,
                      files={"prepare.py": SETUP_EVALUATOR, "prep.py": PREP, ".gitignore": "gen/\n"})
     agent = script_agent(tmp_path / "a.sh", deed)
     r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
@@ -293,13 +291,8 @@ def test_a_part_of_an_installed_namespace_package_added_beside_the_evaluator_is_
     site = tmp_path / "site"
     (site / "nsx" / "inner").mkdir(parents=True)
     (site / "nsx" / "inner" / "__init__.py").write_text("VALUE = 0\n")
-    evaluator = ("import json, os\nimport nsx.inner\nrun = os.environ['AUTORESEARCH_RUN_DIR']\n"
-                 "print(f\"loss: {json.load(open(os.path.join(run, 'r.json')))['loss']}\")\n")
-    experiment = ("import json, os\nX = 3.0\njson.dump({'loss': (X - 1) ** 2}, "
-                  "open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json'), 'w'))\n")
-    toml = LIB_TASK.replace('["exp.py", "lib/*.py"]', '["*.py"]').replace(
-        'command = "python exp.py"', 'command = "python exp.py"\nevaluate = "python prepare.py"')
-    repo = make_task(tmp_path / "task", experiment=experiment, toml=toml, files={"prepare.py": evaluator})
+    repo = make_task(tmp_path / "task", experiment=RUN_X, toml=evaluated('["*.py"]'),
+                     files={"prepare.py": scorer("(x - 1) ** 2", "import nsx.inner\n")})
     agent = script_agent(tmp_path / "a.sh", """\
         mkdir -p nsx/inner
         printf 'import atexit\\natexit.register(lambda: print("loss: -5"))\\nVALUE = 0\\n' > nsx/inner/__init__.py
@@ -416,18 +409,10 @@ def test_a_bytecode_cache_planted_under_pycache_prefix_never_reaches_the_evaluat
     outside the worktree, under the prefix: an unchecked one the experiment wrote there ran in
     the evaluator in place of the protected module (before: kept at loss -5)."""
     prefix = tmp_path / "pycache"
-    evaluator = ("import json, os\nfrom scoring import score\nrun = os.environ['AUTORESEARCH_RUN_DIR']\n"
-                 "print(f\"loss: {score(json.load(open(os.path.join(run, 'r.json')))['x'])}\")\n")
-    experiment = """\
-import importlib.util, json, os, py_compile, tempfile
-X = 3.0
-json.dump({'x': X}, open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json'), 'w'))
-"""
-    toml = LIB_TASK.replace('["exp.py", "lib/*.py"]', '["exp.py"]').replace(
-        'protected = ["prepare.py"]', 'protected = ["prepare.py", "scoring.py"]').replace(
-        'command = "python exp.py"', 'command = "python exp.py"\nevaluate = "python prepare.py"')
-    repo = make_task(tmp_path / "task", experiment=experiment, toml=toml,
-                     files={"prepare.py": evaluator, "scoring.py": "def score(x):\n    return (x - 1) ** 2\n"})
+    repo = make_task(tmp_path / "task", experiment="import importlib.util, py_compile, tempfile\n" + RUN_X,
+                     toml=evaluated('["exp.py"]', '["prepare.py", "scoring.py"]'),
+                     files={"prepare.py": scorer("score(x)", "from scoring import score\n"),
+                            "scoring.py": "def score(x):\n    return (x - 1) ** 2\n"})
     agent = script_agent(tmp_path / "a.sh", """\
         cat >> exp.py <<'PY'
 src = os.path.join(tempfile.mkdtemp(), "scoring.py")
@@ -449,14 +434,9 @@ def test_a_data_file_rewritten_in_the_object_store_for_the_evaluator_is_caught(t
     rewrites its object in .git/objects and touches the file: the reset before the evaluator
     writes the lie back into the worktree (before: kept at 0; only the task files' objects were
     watched)."""
-    evaluator = ("import json, os\nrun = os.environ['AUTORESEARCH_RUN_DIR']\nx = json.load(open(os.path.join(run, 'r.json')))['x']\n"
-                 "print(f\"loss: {(x - float(open('data/target.txt').read())) ** 2}\")\n")
-    experiment = ("import json, os\nX = 3.0\njson.dump({'x': X}, "
-                  "open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json'), 'w'))\n")
-    toml = LIB_TASK.replace('["exp.py", "lib/*.py"]', '["exp.py"]').replace(
-        'command = "python exp.py"', 'command = "python exp.py"\nevaluate = "python prepare.py"')
-    repo = make_task(tmp_path / "task", experiment=experiment, toml=toml,
-                     files={"prepare.py": evaluator, "data/target.txt": "1.0\n"})
+    repo = make_task(tmp_path / "task", experiment=RUN_X, toml=evaluated('["exp.py"]'),
+                     files={"prepare.py": scorer("(x - float(open('data/target.txt').read())) ** 2"),
+                            "data/target.txt": "1.0\n"})
     agent = script_agent(tmp_path / "a.sh", """\
         cat >> exp.py <<'PY'
 import subprocess, zlib
@@ -487,15 +467,9 @@ def test_a_makefile_that_make_takes_before_the_protected_one_is_refused(tmp_path
 
     if shutil.which("make") is None:
         pytest.skip("no make here")
-    evaluator = ("import json, os\nrun = os.environ['AUTORESEARCH_RUN_DIR']\n"
-                 "print(f\"loss: {json.load(open(os.path.join(run, 'r.json')))['loss']}\")\n")
-    experiment = ("import json, os\nX = 3.0\njson.dump({'loss': (X - 1) ** 2}, "
-                  "open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'r.json'), 'w'))\n")
-    toml = LIB_TASK.replace('["exp.py", "lib/*.py"]', '["*"]').replace(
-        'protected = ["prepare.py"]', 'protected = ["prepare.py", "Makefile"]').replace(
-        'command = "python exp.py"', 'command = "python exp.py"\nevaluate = "make -s score"')
-    repo = make_task(tmp_path / "task", experiment=experiment, toml=toml,
-                     files={"prepare.py": evaluator, "Makefile": "score:\n\t@python prepare.py\n"})
+    repo = make_task(tmp_path / "task", experiment=RUN_X,
+                     toml=evaluated('["*"]', '["prepare.py", "Makefile"]', "make -s score"),
+                     files={"prepare.py": scorer("(x - 1) ** 2"), "Makefile": "score:\n\t@python prepare.py\n"})
     agent = script_agent(tmp_path / "a.sh", """\
         printf 'score:\\n\\t@echo loss: -5\\n' > GNUmakefile
         echo "a makefile"
