@@ -33,27 +33,35 @@ def tree_blobs(git: Git, commit: str, check: bool = True) -> list[tuple[str, str
     return out
 
 
-def task_blobs(git: Git, commit: str, wanted: Callable[[str], bool]) -> list[tuple[str, str, bytes]]:
-    """The files of `commit` that are `wanted`, as (path, object name, content) read from the
-    object store (one `ls-tree` and one `cat-file --batch`)."""
-    names = [(path, sha) for path, _, sha, size in tree_blobs(git, commit)
-             if size <= MAX_FILE_BYTES and wanted(path)]  # (a big data file in git is not held in memory for this)
+def read_objects(git: Git, names: list[str]) -> dict[str, tuple[str, bytes]]:
+    """Object name -> (type, content) as git reads them (one `cat-file --batch`); a missing one
+    is left out."""
     if not names:
-        return []
+        return {}
     out = subprocess.run([GIT, *SAFE, "cat-file", "--batch"], cwd=git.root, env=git._env,
-                         input="".join(f"{sha}\n" for _, sha in names).encode(), capture_output=True,
+                         input="".join(f"{n}\n" for n in names).encode(), capture_output=True,
                          start_new_session=True).stdout
-    blobs, pos = [], 0
-    for path, sha in names:
+    read, pos = {}, 0
+    for name in names:
         end = out.find(b"\n", pos)
         header = out[pos:end].split()
+        pos = end + 1
         if len(header) != 3:  # missing: nothing to read
-            pos = end + 1
             continue
         size = int(header[2])
-        blobs.append((path, sha, out[end + 1:end + 1 + size]))
-        pos = end + 1 + size + 1
-    return blobs
+        read[name] = (header[1].decode(), out[pos:pos + size])
+        pos += size + 1
+    return read
+
+
+def task_blobs(git: Git, commit: str, wanted: Callable[[str], bool],
+               listing: list[tuple[str, str, str, int]] | None = None) -> list[tuple[str, str, bytes]]:
+    """The files of `commit` that are `wanted`, as (path, object name, content) read from the
+    object store (one `ls-tree`, unless `listing` is its tree_blobs already, and one `cat-file --batch`)."""
+    names = [(path, sha) for path, _, sha, size in (tree_blobs(git, commit) if listing is None else listing)
+             if size <= MAX_FILE_BYTES and wanted(path)]  # (a big data file in git is not held in memory for this)
+    read = read_objects(git, [sha for _, sha in names])
+    return [(path, sha, read[sha][1]) for path, sha in names if sha in read]
 
 
 def _raw(content: bytes) -> bytes:

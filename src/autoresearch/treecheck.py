@@ -14,11 +14,10 @@ content, added again, is written anew).
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 
 from autoresearch.gitrepo import SAFE, Git
-from autoresearch.objects import _loose
+from autoresearch.objects import _loose, _names, read_objects
 from autoresearch.programs import GIT
 
 
@@ -55,42 +54,21 @@ def _added(git: Git, parent: str, tree: str) -> dict[str, tuple[str, str]] | Non
     return found
 
 
-def _read(git: Git, names: list[str]) -> dict[str, tuple[str, bytes]]:
-    """Object name -> (type, content) as git reads them (one `cat-file --batch`)."""
-    if not names:
-        return {}
-    out = subprocess.run([GIT, *SAFE, "cat-file", "--batch"], cwd=git.root, env=git._env,
-                         input="".join(f"{n}\n" for n in names).encode(), capture_output=True,
-                         start_new_session=True).stdout
-    read, pos = {}, 0
-    for name in names:
-        end = out.find(b"\n", pos)
-        header = out[pos:end].split()
-        pos = end + 1
-        if len(header) != 3:  # missing
-            continue
-        size = int(header[2])
-        read[name] = (header[1].decode(), out[pos:pos + size])
-        pos += size + 1
-    return read
-
-
 def _true(name: str, kind: str, content: bytes) -> bool:
-    algo = "sha1" if len(name) == 40 else "sha256"
-    return hashlib.new(algo, b"%s %d\0" % (kind.encode(), len(content)) + content).hexdigest() == name
+    return _names(name, b"%s %d\0" % (kind.encode(), len(content)) + content)
 
 
 def untrue(git: Git, commit: str, parent: str | None, remove: bool = True) -> list[str]:
     """What in `commit` does not hold what its object name says (the commit itself, its root
     tree, or the paths of trees and blobs it does not share with `parent`; with no parent, of
     every tree); each such loose object is removed (with `remove`). [] when all is true."""
-    head = _read(git, [commit]).get(commit)
+    head = read_objects(git, [commit]).get(commit)
     drop = (lambda name: _loose(git.common_dir, name).unlink(missing_ok=True)) if remove else (lambda name: None)
     if head is None or head[0] != "commit" or not _true(commit, "commit", head[1]):
         drop(commit)
         return ["the commit"]
     tree = head[1].split(b"\n", 1)[0].removeprefix(b"tree ").decode()
-    root = _read(git, [tree]).get(tree)
+    root = read_objects(git, [tree]).get(tree)
     if root is None or not _true(tree, "tree", root[1]):
         drop(tree)
         return ["the root tree"]
@@ -100,7 +78,7 @@ def untrue(git: Git, commit: str, parent: str | None, remove: bool = True) -> li
     # (with no parent, the code a loop starts from: its trees only, a big file in git is not read
     # for this; its task files are checked by their content as the best code's are)
     fresh = [name for name, (kind, _) in listed.items() if parent or kind == "tree"]
-    read = _read(git, fresh)
+    read = read_objects(git, fresh)
     bad = []
     for name in fresh:
         kind, path = listed[name]
@@ -114,11 +92,11 @@ def untrue(git: Git, commit: str, parent: str | None, remove: bool = True) -> li
 def structure(git: Git, commit: str) -> list[tuple[str, str, bytes]]:
     """The commit's own object and its trees, as ObjectWatch keeps them: (what it is, name, the
     raw object). Read after `untrue` found them true."""
-    head = _read(git, [commit]).get(commit)
+    head = read_objects(git, [commit]).get(commit)
     if head is None:
         return []
     tree = head[1].split(b"\n", 1)[0].removeprefix(b"tree ").decode()
     trees = {tree: "/", **{name: path for name, (kind, path) in (_listing(git, tree) or {}).items() if kind == "tree"}}
-    read = {commit: head, **_read(git, list(trees))}
+    read = {commit: head, **read_objects(git, list(trees))}
     return [(f"commit {commit[:7]}" if name == commit else f"tree {trees[name]}", name,
              b"%s %d\0" % (kind.encode(), len(content)) + content) for name, (kind, content) in read.items()]

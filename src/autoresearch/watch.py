@@ -71,14 +71,16 @@ class Watch:
         if lies := untrue(self.s.git, commit, parent):  # (trees and the commit too: rewritten after the snapshot)
             return (f"the git object store was altered: {', '.join(lies[:5])} of commit {commit[:7]} do not hold "
                     f"what their object names say (an object file in .git/objects was rewritten; removed)")
-        blobs = objects.task_blobs(self.s.git, commit, lambda p: self.task.is_editable(p) or self.task.is_protected(p))
+        listing = objects.tree_blobs(self.s.git, commit)
+        blobs = objects.task_blobs(self.s.git, commit, lambda p: self.task.is_editable(p) or self.task.is_protected(p),
+                                   listing)
         forged = objects.forged_blobs(self.s.git.common_dir, blobs)
         if forged:
             return (f"the git object store was altered: {', '.join(forged[:5])} in commit {commit[:7]} do not hold "
                     f"what their object names say (an object file in .git/objects was rewritten; removed)")
         if best:
             held = {path for path, _, _ in blobs}  # (the other files too, by their names: a data file
-            rest = [(path, sha) for path, mode, sha, _ in objects.tree_blobs(self.s.git, commit)  # the evaluator
+            rest = [(path, sha) for path, mode, sha, _ in listing  # the evaluator
                     if path not in held and mode != "160000"][:OTHER_FILES]  # reads, which a reset writes)
             self.objects.remember(blobs, structure(self.s.git, commit), rest)
         return ""
