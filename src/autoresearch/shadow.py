@@ -80,23 +80,26 @@ def _search_path() -> tuple[str, ...]:
     return tuple(dirs)
 
 
-def _folders() -> list[tuple[str, bool]]:
-    """(name, is a namespace package: a folder without __init__.py) of each identifier folder there."""
-    out = []
+@functools.lru_cache(maxsize=1)
+def _scan() -> tuple[frozenset[str], frozenset[str]]:
+    """(the modules and regular packages there, the identifier folders without __init__.py)."""
+    regular = frozenset(m.name for m in pkgutil.iter_modules(list(_search_path())))
+    bare: set[str] = set()
     for d in _search_path():
         try:
-            out += [(e.name, not os.path.exists(os.path.join(e.path, "__init__.py"))) for e in os.scandir(d)
-                    if e.name.isidentifier() and not e.name.startswith("__") and e.is_dir()]
+            bare.update(e.name for e in os.scandir(d) if e.name.isidentifier() and not e.name.startswith("__")
+                        and e.is_dir() and not os.path.exists(os.path.join(e.path, "__init__.py")))
         except OSError:
             continue
-    return out
+    return regular, frozenset(bare)
 
 
 @functools.lru_cache(maxsize=1)
 def installed() -> frozenset[str]:
     """The top-level names an import finds outside the task: modules and packages, a namespace
     package's folder included."""
-    return frozenset({m.name for m in pkgutil.iter_modules(list(_search_path()))} | {n for n, _ in _folders()})
+    regular, bare = _scan()
+    return regular | bare
 
 
 @functools.lru_cache(maxsize=1)
@@ -104,8 +107,8 @@ def namespaces() -> frozenset[str]:
     """The namespace packages installed (`google`, `nvidia`): a folder of the same name in the
     task's root is a part of it, searched first (`google/protobuf/__init__.py` there is what
     `import google.protobuf` gets)."""
-    regular = {m.name for m in pkgutil.iter_modules(list(_search_path()))}
-    return frozenset(n for n, ns in _folders() if ns and n not in regular)
+    regular, bare = _scan()
+    return bare - regular
 
 
 def cached_source(path: str) -> str | None:
