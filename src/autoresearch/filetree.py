@@ -294,3 +294,17 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def copy_over_link(path: Path) -> Path:
+    """Put a copy of the folder the link `path` points to in its place (an empty folder when it
+    points to none): the link's target stays where it is. Returns that target."""
+    target = Path(os.path.realpath(path))
+    fresh = path.with_name(f".{path.name}.autoresearch-{os.getpid()}-{time.monotonic_ns()}")
+    if target.is_dir():
+        shutil.copytree(target, fresh, symlinks=True)
+    else:
+        fresh.mkdir()
+    os.unlink(path)
+    os.rename(fresh, path)
+    return target

@@ -14,9 +14,9 @@ there meanwhile included) and the trial is rejected. A link that was there as th
 from __future__ import annotations
 
 import os
-import shutil
-import time
 from pathlib import Path
+
+from autoresearch.filetree import copy_over_link
 
 WATCHED = ("objects", "refs", "logs", "info", "hooks", "worktrees", "objects/pack", "objects/info",
            "refs/heads", "refs/tags", "refs/remotes", "logs/refs")
@@ -46,14 +46,7 @@ class FolderLinks:
             if rel in self._users or not path.is_symlink():
                 continue
             made.append(rel)
-            target = Path(os.path.realpath(path))
-            fresh = path.with_name(f".{path.name}.autoresearch-{os.getpid()}-{time.monotonic_ns()}")
-            if target.is_dir():
-                shutil.copytree(target, fresh, symlinks=True)
-            else:
-                fresh.mkdir()
-            os.unlink(path)
-            os.rename(fresh, path)
+            copy_over_link(path)
         if not made:
             return None
         return (f"made {', '.join(made[:5])} in the repository's .git a link to a folder elsewhere, where git "

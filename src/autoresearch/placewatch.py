@@ -12,10 +12,10 @@ same file system; else copied back) and the trial is rejected.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import time
 from pathlib import Path
+
+from autoresearch.filetree import copy_over_link
 
 
 class PlaceWatch:
@@ -40,15 +40,11 @@ class PlaceWatch:
                 st = os.stat(target)
             except OSError:
                 st = None
-            os.unlink(path)
             if st is not None and (st.st_dev, st.st_ino) == ident:
+                os.unlink(path)
                 os.rename(target, path)  # the same folder, back in its place
-            elif target.is_dir():
-                fresh = path.with_name(f".{path.name}.autoresearch-{os.getpid()}-{time.monotonic_ns()}")
-                shutil.copytree(target, fresh, symlinks=True)
-                os.rename(fresh, path)
             else:
-                path.mkdir()
+                copy_over_link(path)
             moved.append(f"{path} (to {target})")
         if not moved:
             return None
