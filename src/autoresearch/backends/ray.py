@@ -200,6 +200,44 @@ def _marked(token: str) -> Iterator[None]:
             os.environ[OWNER_VAR] = old
 
 
+def _connect(ray: Any, address: str | None, owner: str) -> str | None:
+    """Start or join the Ray instance at `address` (the default one: a local instance started
+    here, or the cluster this machine belongs to); the address it was reached at."""
+    import autoresearch
+
+    address = (address or "").strip().rstrip("/") or None  # (Ray takes no `HOST:PORT/`)
+    if address:
+        reachable(address)
+    else:
+        address = default_address()
+    if os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_MODE"):
+        os.environ["RAY_AUTH_MODE"] = "token"  # a token given is a token to use (Ray >= 2.59)
+
+    package = str(Path(autoresearch.__file__).parent)
+    try:
+        # no dashboard for a local instance started here (ignored for a cluster); Ray's
+        # notice about its future GPU default is moot: a trial granted none sees none
+        warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", category=FutureWarning)
+        # (a ray:// address its client cannot reach: the line below says so, and where to look)
+        warnings.filterwarnings("ignore", message="Ray Client connection timed out", category=UserWarning)
+        # a local instance started here carries the loop's mark, so that the watchdog
+        # stops it if the loop is SIGKILLed (Ray's own agents outlive their driver)
+        with _marked(f"ray:{owner}" if owner else ""):
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                     include_dashboard=False, runtime_env={"py_modules": [package]})
+    except Exception as e:  # noqa: BLE001 - Ray raises many kinds; one line for the user
+        said = last_lines(str(e), 1)[:300]
+        hint = (" (a cluster with token authentication also needs RAY_AUTH_MODE=token and its token "
+                "here: RAY_AUTH_TOKEN, or ~/.ray/auth_token from `ray get-auth-token`)") if address else ""
+        if (address or "").startswith("ray://") and "client connection timeout" in said:
+            hint = (" (ray:// is for the head's Ray Client server, port 10001 unless `ray start` was "
+                    "given --ray-client-server-port; the address `ray start --head` printed, HOST:6379, "
+                    "goes without ray://)")
+        raise AutoresearchError(f"cannot connect to Ray at {address or 'the default address'}: "
+                                f"{said}{hint}") from None
+    return address
+
+
 class RayBackend:
     """Trials as Ray tasks. `address` None: `ray.init()` (RAY_ADDRESS, the cluster `ray start`
     made on this machine, or a new local instance); `resources` None: one GPU per trial
@@ -222,38 +260,7 @@ class RayBackend:
         self._watchers: list[threading.Thread] = []
         self._closing = threading.Event()
         if not ray.is_initialized():
-            import autoresearch
-
-            address = (address or "").strip().rstrip("/") or None  # (Ray takes no `HOST:PORT/`)
-            if address:
-                reachable(address)
-            else:
-                address = default_address()
-            if os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_MODE"):
-                os.environ["RAY_AUTH_MODE"] = "token"  # a token given is a token to use (Ray >= 2.59)
-
-            package = str(Path(autoresearch.__file__).parent)
-            try:
-                # no dashboard for a local instance started here (ignored for a cluster); Ray's
-                # notice about its future GPU default is moot: a trial granted none sees none
-                warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", category=FutureWarning)
-                # (a ray:// address its client cannot reach: the line below says so, and where to look)
-                warnings.filterwarnings("ignore", message="Ray Client connection timed out", category=UserWarning)
-                # a local instance started here carries the loop's mark, so that the watchdog
-                # stops it if the loop is SIGKILLed (Ray's own agents outlive their driver)
-                with _marked(f"ray:{owner}" if owner else ""):
-                    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                             include_dashboard=False, runtime_env={"py_modules": [package]})
-            except Exception as e:  # noqa: BLE001 - Ray raises many kinds; one line for the user
-                said = last_lines(str(e), 1)[:300]
-                hint = (" (a cluster with token authentication also needs RAY_AUTH_MODE=token and its token "
-                        "here: RAY_AUTH_TOKEN, or ~/.ray/auth_token from `ray get-auth-token`)") if address else ""
-                if (address or "").startswith("ray://") and "client connection timeout" in said:
-                    hint = (" (ray:// is for the head's Ray Client server, port 10001 unless `ray start` was "
-                            "given --ray-client-server-port; the address `ray start --head` printed, HOST:6379, "
-                            "goes without ray://)")
-                raise AutoresearchError(f"cannot connect to Ray at {address or 'the default address'}: "
-                                        f"{said}{hint}") from None
+            address = _connect(ray, address, owner)
             self.started = True
         try:
             gcs = "" if (address or "").startswith("ray://") else ray.get_runtime_context().gcs_address
@@ -272,7 +279,17 @@ class RayBackend:
             self.close()
             raise
         # max_calls=0: keep workers across GPU tasks (Ray restarts them by default); the GPU
-        # memory belongs to the experiment's process, which has exited by then.
+        # memory belongs to the experiment's process, which has exited by then. A streaming
+        # generator: its first item says when a node has started it (until then the trial is
+        # queued in Ray, waiting for a node with the resources free), its second is the result
+        self._task = ray.remote(max_calls=0)(measure_stream).options(num_returns="streaming", **self._options())
+        self._lock = threading.Lock()
+        self._inflight: set[Any] = set()
+        self._watched: set[int] = set()
+
+    def _options(self) -> dict[str, Any]:
+        """Ray's options for a trial's task: what `self.request` asks of a node, and no retry
+        (a trial that failed is recorded as it failed, not run again behind the loop's back)."""
         options: dict[str, Any] = {"num_cpus": self.request.get("cpu", 1.0),
                                    "num_gpus": self.request.get("gpu", 0.0),
                                    "max_retries": 0, "retry_exceptions": False}
@@ -281,12 +298,7 @@ class RayBackend:
         custom = {k: v for k, v in self.request.items() if k not in RAY_NAMES}
         if custom:
             options["resources"] = custom
-        # a streaming generator: its first item says when a node has started it (until then the
-        # trial is queued in Ray, waiting for a node with the resources free), its second is the result
-        self._task = ray.remote(max_calls=0)(measure_stream).options(num_returns="streaming", **options)
-        self._lock = threading.Lock()
-        self._inflight: set[Any] = set()
-        self._watched: set[int] = set()
+        return options
 
     def _need(self) -> dict[str, float]:
         """What each task takes from a node: the CPU a Ray task takes unless told otherwise too."""
