@@ -263,8 +263,8 @@ def _read_packed(pack: Path, sha: str, env: dict[str, str], kind: str = "blob") 
 
 
 class BlobReader:
-    """Files of many commits through one `git cat-file --batch` process (a resumed search reads
-    the editable files of every earlier trial: one `git show` each took seconds)."""
+    """Files of many commits, or objects, through one `git cat-file --batch` process (a resumed
+    search reads the editable files of every earlier trial: one `git show` each took seconds)."""
 
     def __init__(self, git: Git) -> None:
         self.git = git
@@ -276,19 +276,27 @@ class BlobReader:
         """The file `path` at `commit`, or None when the commit has no such file."""
         if self.proc is None or "\n" in path:
             return self.git.show_bytes(commit, path)
+        got = self.object(f"{commit}:{path}")
+        return got[1] if got is not None and got[0] == "blob" else None
+
+    def object(self, name: str) -> tuple[str, bytes] | None:
+        """(type, content) of the object `name` (or a `commit:path`) as git reads it; None when
+        missing."""
+        if self.proc is None:
+            return read_objects(self.git, [name]).get(name) if "\n" not in name else None
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
-            self.proc.stdin.write(f"{commit}:{path}\n".encode())
+            self.proc.stdin.write(f"{name}\n".encode())
             self.proc.stdin.flush()
             header = self.proc.stdout.readline().split()
             if len(header) != 3:  # "<name> missing" (or ambiguous)
                 return None
             data = self.proc.stdout.read(int(header[2]))
             self.proc.stdout.read(1)  # the newline after the content
-        except (OSError, ValueError):  # the reader died: one `git show` a file from now on
+        except (OSError, ValueError):  # the reader died: one `git cat-file` an object from now on
             self.close()
-            return self.read(commit, path)
-        return data if header[1] == b"blob" else None
+            return self.object(name)
+        return header[1].decode(), data
 
     def close(self) -> None:
         if self.proc is not None:

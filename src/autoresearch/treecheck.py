@@ -14,10 +14,12 @@ content, added again, is written anew).
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Callable
 
 from autoresearch.gitrepo import SAFE, Git
-from autoresearch.objects import _loose, _names, read_objects
+from autoresearch.objects import BlobReader, _loose, _names, read_objects
 from autoresearch.programs import GIT
 
 
@@ -62,13 +64,18 @@ def untrue(git: Git, commit: str, parent: str | None, remove: bool = True) -> li
     """What in `commit` does not hold what its object name says (the commit itself, its root
     tree, or the paths of trees and blobs it does not share with `parent`; with no parent, of
     every tree); each such loose object is removed (with `remove`). [] when all is true."""
-    head = read_objects(git, [commit]).get(commit)
-    drop = (lambda name: _loose(git.common_dir, name).unlink(missing_ok=True)) if remove else (lambda name: None)
+    with contextlib.closing(BlobReader(git)) as reader:  # (one `cat-file` for all: this runs twice a trial)
+        return _untrue(git, reader, commit, parent,
+                       (lambda name: _loose(git.common_dir, name).unlink(missing_ok=True)) if remove else (lambda name: None))
+
+
+def _untrue(git: Git, reader: BlobReader, commit: str, parent: str | None, drop: Callable[[str], None]) -> list[str]:
+    head = reader.object(commit)
     if head is None or head[0] != "commit" or not _true(commit, "commit", head[1]):
         drop(commit)
         return ["the commit"]
     tree = head[1].split(b"\n", 1)[0].removeprefix(b"tree ").decode()
-    root = read_objects(git, [tree]).get(tree)
+    root = reader.object(tree)
     if root is None or not _true(tree, "tree", root[1]):
         drop(tree)
         return ["the root tree"]
@@ -77,15 +84,13 @@ def untrue(git: Git, commit: str, parent: str | None, remove: bool = True) -> li
         return ["the tree"]
     # (with no parent, the code a loop starts from: its trees only, a big file in git is not read
     # for this; its task files are checked by their content as the best code's are)
-    fresh = [name for name, (kind, _) in listed.items() if parent or kind == "tree"]
-    read = read_objects(git, fresh)
     bad = []
-    for name in fresh:
-        kind, path = listed[name]
-        got = read.get(name)
-        if got is not None and not (got[0] == kind and _true(name, kind, got[1])):
-            bad.append(path or "/")
-            drop(name)
+    for name, (kind, path) in listed.items():
+        if parent or kind == "tree":
+            got = reader.object(name)
+            if got is not None and not (got[0] == kind and _true(name, kind, got[1])):
+                bad.append(path or "/")
+                drop(name)
     return sorted(bad)
 
 
