@@ -41,26 +41,9 @@ def judge(task: Task, r: ExecResult, run_dir: Path, workdir: Path) -> Measuremen
     # printed live: no escapes, one line; paths in the trial's worktree relative (a traceback's
     # `File "/.../.autoresearch/T/worktrees/w0/train.py"` would leave no room for the error)
     tail = clean_text(last_lines(r.output, 5).replace(f"{workdir}{os.sep}", ""), 1000) or "(no output)"
-    if r.outcome == "cancelled":
-        return Measurement(Status.INTERRUPTED, reason="stopped while the experiment ran", seconds=r.seconds)
-    if r.outcome == "lost":
-        return Measurement(Status.CRASH, reason=f"its worker was lost twice: {r.output[-300:]}", seconds=r.seconds)
-    if r.outcome == "escaped":
-        return Measurement(Status.REJECTED, reason="processes it started outlived the process that supervises "
-                           f"it, which something killed; they were killed, and no figure of this run is "
-                           f"trusted: {'; '.join(r.escaped)[:300]}", seconds=r.seconds)
-    if r.outcome == "tampered":
-        return Measurement(Status.REJECTED, reason=f"the experiment changed protected file(s): "
-                           f"{', '.join(r.tampered)}", seconds=r.seconds)
-    if r.outcome == "drifted":
-        return Measurement(Status.REJECTED, reason=f"the trial's code changed while it ran ({', '.join(r.tampered)[:300]}): "
-                           "by its own experiment, or by a trial running beside it (its agent or experiment); "
-                           "the figures are not of the trial's commit", seconds=r.seconds)
-    if r.outcome == "timeout":
-        return Measurement(Status.TIMEOUT, reason=f"killed after the {task.timeout:g} s timeout; "
-                           f"last output: {tail[-300:]}", seconds=r.seconds)
-    if r.outcome == "crash":
-        return Measurement(Status.CRASH, reason=f"exit code {r.returncode}: {tail[-400:]}", seconds=r.seconds)
+    failed = _run_failed(task, r, tail)
+    if failed is not None:
+        return failed
     if r.eval_output is not None:  # what the verdict rests on: the evaluator's output
         tail = clean_text(redact(last_lines(r.eval_output, 5), spec.holdout).replace(f"{workdir}{os.sep}", ""),
                           1000) or "(no output)"
@@ -94,6 +77,32 @@ def judge(task: Task, r: ExecResult, run_dir: Path, workdir: Path) -> Measuremen
     if problem:
         return Measurement(Status.CRASH, figures, f"{problem}; last output: {tail[-300:]}", r.seconds)
     return Measurement(None, figures, "", r.seconds)
+
+
+def _run_failed(task: Task, r: ExecResult, tail: str) -> Measurement | None:
+    """The status and reason of an experiment that gave no result to read (stopped, lost,
+    rejected for what it did, timed out, crashed); None when it exited cleanly."""
+    if r.outcome == "cancelled":
+        return Measurement(Status.INTERRUPTED, reason="stopped while the experiment ran", seconds=r.seconds)
+    if r.outcome == "lost":
+        return Measurement(Status.CRASH, reason=f"its worker was lost twice: {r.output[-300:]}", seconds=r.seconds)
+    if r.outcome == "escaped":
+        return Measurement(Status.REJECTED, reason="processes it started outlived the process that supervises "
+                           f"it, which something killed; they were killed, and no figure of this run is "
+                           f"trusted: {'; '.join(r.escaped)[:300]}", seconds=r.seconds)
+    if r.outcome == "tampered":
+        return Measurement(Status.REJECTED, reason=f"the experiment changed protected file(s): "
+                           f"{', '.join(r.tampered)}", seconds=r.seconds)
+    if r.outcome == "drifted":
+        return Measurement(Status.REJECTED, reason=f"the trial's code changed while it ran ({', '.join(r.tampered)[:300]}): "
+                           "by its own experiment, or by a trial running beside it (its agent or experiment); "
+                           "the figures are not of the trial's commit", seconds=r.seconds)
+    if r.outcome == "timeout":
+        return Measurement(Status.TIMEOUT, reason=f"killed after the {task.timeout:g} s timeout; "
+                           f"last output: {tail[-300:]}", seconds=r.seconds)
+    if r.outcome == "crash":
+        return Measurement(Status.CRASH, reason=f"exit code {r.returncode}: {tail[-400:]}", seconds=r.seconds)
+    return None
 
 
 def mean_figures(repeats: list[dict[str, float]]) -> dict[str, float]:
