@@ -142,6 +142,24 @@ def test_model_that_talks_instead_of_editing_is_nudged(tmp_path: Path, kind: str
     assert "No file has changed yet" in json.dumps(fake.requests[-1]["body"])
 
 
+def test_a_finish_with_no_description_is_asked_again(tmp_path: Path) -> None:
+    """finish("") becomes the commit message: the model is asked once for a line saying what it
+    changed (the ledger had "(no description)"); a second empty one is taken as it is."""
+    repo = make_task(tmp_path / "task")
+    edit = Say("", [("edit_file", {"path": "exp.py", "search": "X = 3.0", "replace": "X = 1.0"})])
+    again = [Say("", [("finish", {"description": " "})]), Say("", [("finish", {"description": "X to 1.0"})])]
+    edit2 = Say("", [("edit_file", {"path": "exp.py", "search": "X = 1.0", "replace": "X = 0.5"})])
+    twice = [Say("", [("finish", {"description": ""})])] * 2
+    with FakeLLM("openai", [edit, *again, edit2, *twice]) as fake:
+        r = run_llm(repo, fake, trials=2)
+    assert r.returncode == 0, r.stderr
+    assert fake.invalid == []
+    t = ledger(repo)
+    assert [x.description for x in t[1:]] == ["X to 1.0", "(no description)"]
+    assert "the description is empty" in json.dumps(fake.requests[2]["body"])
+    assert len(fake.requests) == 6
+
+
 def test_model_that_never_edits_is_an_agent_error(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task")
     look = Say("Let me look.", [("read_file", {"path": "exp.py"})])

@@ -173,6 +173,7 @@ class Tools:
     log: Callable[[str], None] | None = None  # where an unexpected failure is told (default: ctx.log)
     changed: set[str] = field(default_factory=set)
     finished: str | None = None
+    asked_for_words: bool = False  # a finish with no description was sent back once
 
     def __post_init__(self) -> None:
         self.keys = key_values(self.keys)
@@ -384,5 +385,10 @@ class Tools:
         return seal(tail, self.holdout)
 
     def finish(self, description: str) -> str:
-        self.finished = " ".join(description.split())[:200] or "(no description)"
+        words = " ".join(description.split())[:200]
+        if not words and not self.asked_for_words:  # (it becomes the commit message and the ledger's line)
+            self.asked_for_words = True
+            raise ToolError("the description is empty: call finish again with one line saying what you "
+                            "changed and why")
+        self.finished = words or "(no description)"
         return "finished"
