@@ -49,6 +49,20 @@ def test_faults_are_retried_then_recorded(tmp_path: Path, kind: str, fault: Faul
         assert times[5] - times[4] >= 0.3  # retry-after respected
 
 
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_server_error_that_outlives_its_retries_is_told_in_the_servers_words(tmp_path: Path, kind: str) -> None:
+    """Anthropic's SDK puts the whole error body, a Python dict's repr, in its message: the
+    reason quotes the server's message, as it does for a refusal."""
+    repo = make_task(tmp_path / "task")
+    with FakeLLM(kind, default=Fault("529", message="Overloaded")) as fake:
+        r = run_llm(repo, fake)
+    assert r.returncode == 0, r.stderr
+    reason = ledger(repo)[1].reason
+    assert "after 3 attempt(s): HTTP 529" in reason and reason.endswith(": Overloaded"), reason
+    assert "Error code" not in reason and "{" not in reason, reason
+    assert "Overloaded" in (repo / ".autoresearch" / "t" / "agent" / "1.log").read_text()
+
+
 @pytest.mark.parametrize("kind", ["openai", pytest.param("anthropic", marks=pytest.mark.slow)])
 def test_a_reply_that_trickles_in_is_given_up_at_the_request_timeout(tmp_path: Path, kind: str) -> None:
     """A 200 whose body comes a byte at a time (a keep-alive proxy) passed every limit: each

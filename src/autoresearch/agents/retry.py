@@ -63,7 +63,8 @@ def classify(e: Exception, endpoint: Endpoint | None = None) -> Exception:
         return LLMError(f"HTTP {status}: the account is out of credit or quota: {said!r} (it will fail the "
                         "same way until the account is topped up)", fatal=True)
     if status in (408, 409, 425, 429) or status >= 500:
-        return Transient(f"HTTP {status}: {text}", retry_after(getattr(response, "headers", None)))
+        # (the server's words: Anthropic's SDK message is the whole body, a dict's repr)
+        return Transient(f"HTTP {status}: {name}: {said}", retry_after(getattr(response, "headers", None)))
     if status in (400, 422):  # the request itself is refused: the next one will be too
         return LLMError(f"HTTP {status}: the server refused the request: {said!r} (it would refuse it "
                         "again: check the model name, that the model supports tool calls, and its context "
