@@ -273,3 +273,15 @@ def test_read_file_of_a_huge_file_reads_only_its_start(tmp_path: Path) -> None:
     assert peak < 30 * 2**20, peak
     assert out.startswith("data.txt (lines 2-3 of the first 41943 (of its first 4 MB; it holds 40000000 bytes))"), out[:200]
     assert "none in" in tools.call("read_file", {"path": "data.txt", "start": 50_000})
+
+
+def test_read_file_of_a_binary_file_says_so_instead_of_sending_its_bytes(tmp_path: Path) -> None:
+    """A checkpoint or a data shard in the worktree was sent to the model as 16,000 characters of
+    replacement characters and control bytes; a text file with a stray byte still reads."""
+    ctx = _ctx(tmp_path)
+    (ctx.workdir / "model.pt").write_bytes(bytes(range(256)) * 40)
+    (ctx.workdir / "latin.txt").write_bytes(b"caf\xe9\nline two\n")
+    tools = Tools(ctx)
+    out = tools.call("read_file", {"path": "model.pt"})
+    assert out == "model.pt is a binary file (10240 bytes): not shown", out
+    assert "line two" in tools.call("read_file", {"path": "latin.txt"})

@@ -252,6 +252,8 @@ class Tools:
         size = real.stat().st_size
         with open(real, "rb") as f:
             data = f.read(READ_BYTES)
+        if b"\0" in data[:8192]:  # (a checkpoint, a data shard: no text to show, only noise to pay for)
+            return f"{rel} is a binary file ({size} bytes): not shown"
         if size > len(data):  # whole lines of the file's start only
             data = data[: data.rfind(b"\n") + 1] or data
         lines = data.decode(errors="replace").splitlines()
