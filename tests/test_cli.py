@@ -231,6 +231,8 @@ def test_a_cli_agent_gets_the_time_budget_and_how_to_finish(tmp_path: Path) -> N
     text = seen.read_text()
     assert "budget=5" in text and "AUTORESEARCH_DESCRIPTION_FILE" in text
     assert "git show refs/autoresearch/t/trials/N" in text
+    # (it was also told "Do not run git commands", which forbade that very `git show`)
+    assert "Do not run git commands" not in text and "change no git state" in text
     out = cli("status", str(repo), "--tag", "t").stdout
     assert "exited with 3: boom" in out, out  # the agent's own words first, not its command line
 

@@ -90,7 +90,8 @@ def build_prompt(ctx: Context, history: list[str] | None = None) -> str:
         f"- The experiment command: `{task.command}`, run by the harness with a time budget of "
         f"{task.time_budget:g} s (AUTORESEARCH_TIME_BUDGET); hard timeout {task.timeout:g} s.",
         f"- The metric: {m.name} ({direction}).",
-        "- Do not run git commands, do not commit: the harness commits, runs, measures and decides.",
+        "- Do not commit, and change no git state (no checkout, reset, stash or branch): the harness "
+        "commits, runs, measures and decides.",
         "- Finish by stating, in one line, what you changed and why.",
         "",
         f"# The best result so far: trial #{best.number}, {m.name} = {fmt(best.metric)}"
