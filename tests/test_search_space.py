@@ -54,3 +54,23 @@ def test_space_with_a_tag_shows_the_ranges_the_search_has_not_ones_from_the_best
     for t in trials:
         search.observe(t)
     assert [search.space.get(k).range_text for k in ("LR", "WD")] == ["0.025..0.4", "0.05..0.6"]
+
+
+def test_a_search_comment_on_a_name_the_search_cannot_tune_says_why(tmp_path):
+    """`lr = 3e-4  # search: ...` and a class attribute with a range were left out without a
+    word (the search tunes UPPER_CASE module-level constants), and `space` then said it tunes
+    "constants with a `# search:` comment"; now each is a `not searched:` line naming the fix."""
+    repo = make_task(tmp_path / "t", experiment=(
+        "lr = 3e-4  # search: 1e-4..1e-2 log\n"
+        "plain = 5\n"
+        "class Config:\n"
+        "    DEPTH = 4  # search: 2..8\n"
+        "def main():\n"
+        "    WIDTH = 8  # search: 4..16\n"
+        "print('loss:', lr)\n"))
+    r = cli("space", str(repo))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "exp.py:1 lr: not UPPER_CASE (name it LR to search it)" in r.stdout, r.stdout
+    assert "exp.py:4 DEPTH: inside class Config" in r.stdout and "exp.py:6 WIDTH: inside function main" in r.stdout
+    assert "plain" not in r.stdout  # (a lower-case name with no comment is no candidate)
+    assert "constants with a `# search:` comment" not in r.stderr, r.stderr

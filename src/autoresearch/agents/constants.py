@@ -254,11 +254,16 @@ def scan_file(data: bytes, path: str) -> FileScan:
                 and len(targets) == 1 and isinstance(targets[0], ast.Name)
                 and NAME_RE.match(targets[0].id)):
             found.append((targets[0].id, stmt.value, i > last, stmt.lineno))
+        elif (len(targets) == 1 and isinstance(targets[0], ast.Name) and not isinstance(stmt, ast.AugAssign)
+              and ANNOTATION.search(note := comments.get(stmt.end_lineno or stmt.lineno, ""))):
+            scan.skip(f"{path}:{stmt.lineno}", f"{names[0]}: not UPPER_CASE (name it "
+                      f"{names[0].upper().lstrip('_') or 'X'} to search it)", note)
         elif isinstance(stmt, ast.Assign) and any(NAME_RE.match(n) for n in names):
             shown = ", ".join(n for n in names if NAME_RE.match(n))
             how = "unpacked together" if any(isinstance(t, (ast.Tuple, ast.List)) for t in targets) else "chained"
             scan.skip(f"{path}:{stmt.lineno}", f"{shown}: {how} (write one constant per line to search it)",
                       comments.get(stmt.end_lineno or stmt.lineno, ""))
+    _nested(tree, path, comments, scan)
     code_line = tree.body[last].lineno if last < len(tree.body) else 0
     for name, node, after, first in found:
         where = f"{path}:{node.lineno}"
@@ -289,6 +294,24 @@ def scan_file(data: bytes, path: str) -> FileScan:
 
 
 ANNOTATION = re.compile(r"#\s*search\s*:", re.IGNORECASE)
+
+
+def _nested(tree: ast.Module, path: str, comments: dict[int, str], scan: FileScan) -> None:
+    """A `# search:` range on an assignment inside a class or a function: skipped with the
+    reason (it was meant to be searched; the search tunes module-level constants only)."""
+    for top in tree.body:
+        if not isinstance(top, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        kind = "class" if isinstance(top, ast.ClassDef) else "function"
+        for node in ast.walk(top):
+            if not isinstance(node, (ast.Assign, ast.AnnAssign)):
+                continue
+            target = node.target if isinstance(node, ast.AnnAssign) else (
+                node.targets[0] if len(node.targets) == 1 else None)
+            comment = comments.get(node.end_lineno or node.lineno, "")
+            if isinstance(target, ast.Name) and ANNOTATION.search(comment):
+                scan.skip(f"{path}:{node.lineno}", f"{target.id}: inside {kind} {top.name} (the search tunes "
+                          "module-level constants: move it to the top of the file)", comment)
 
 
 def _comment_block(data: bytes, starts: list[int], comments: dict[int, str], line: int) -> list[int]:

@@ -81,7 +81,7 @@ def cmd_space(args: argparse.Namespace) -> int:
             print(f"not searched: {where} {why}")
         raise UsageError(f"no constants to search in the editable Python files of {task.root} "
                                 f"({files}): the search agent tunes module-level UPPER_CASE numbers "
-                                "and booleans, or constants with a `# search:` comment")
+                                "and booleans, and strings or tuples given choices (`# search: A | B`)")
     print(space_table(space))
     print(f"{len(space.params)} constant{'s' * (len(space.params) != 1)} in {', '.join(space.searched_files)}; set a range with "
           "`# search: LOW..HIGH [log] [int]`, leave one out with `# search: off`")
