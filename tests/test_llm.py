@@ -188,6 +188,20 @@ def test_a_model_that_never_calls_a_tool_stops_the_loop(tmp_path: Path) -> None:
 # cost and --max-cost
 
 
+def test_status_says_what_the_agent_spent(tmp_path: Path) -> None:
+    """The tokens and cost were in the ledger, `show N` and the report, but neither `status` nor
+    the table `run` ends with said what the night cost."""
+    repo = make_task(tmp_path / "task")
+    with FakeLLM("openai", good_edit()) as fake:
+        r = run_llm(repo, fake)
+    assert r.returncode == 0, r.stderr
+    line = "agent spend: $0.0084 (3,000 tokens in, 300 out, over 1 proposal)"
+    assert line in r.stdout, r.stdout
+    assert line in cli("status", str(repo), "--tag", "t").stdout
+    r = cli("run", str(repo), "--tag", "u", "--agent-cmd", "echo nothing", "--trials", "1")
+    assert "agent spend" not in r.stdout + cli("status", str(repo), "--tag", "u").stdout  # (nothing to say)
+
+
 def run_priced(tmp_path: Path, price: float, max_cost: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """A run of up to 5 LLM trials of 1000+100 tokens a call, at `price` $ per million tokens
     in and out, stopped by --max-cost `max_cost`."""

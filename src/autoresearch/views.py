@@ -151,6 +151,9 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     noise = noise_text(trials, metric, min_delta)
     if noise:
         lines.append(noise)
+    spend = spend_text(trials)
+    if spend:
+        lines.append(spend)
     if best is not None:
         base = measured_baseline(trials)
         sealed = f", {holdout} = {with_spread(best, holdout, best.figures.get(holdout))}" if holdout else ""
@@ -162,6 +165,16 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
         lines.append(f"audit: trial{'s' if len(flagged) > 1 else ''} {', '.join(map(str, flagged))} "
                      "flagged (see `autoresearch show N`)")
     return "\n".join(lines + refs_warnings(root, tag, trials, best))
+
+
+def spend_text(trials: list[Trial]) -> str:
+    """What the agents spent over the tag (every proposal, failed ones too), '' when nothing."""
+    spent = [t for t in trials if t.tokens_in or t.tokens_out or t.cost]
+    if not spent:
+        return ""
+    tokens_in, tokens_out = sum(t.tokens_in for t in spent), sum(t.tokens_out for t in spent)
+    return (f"agent spend: ${sum(t.cost for t in spent):.4f} ({tokens_in:,} tokens in, {tokens_out:,} out, "
+            f"over {len(spent)} proposal{'s' * (len(spent) != 1)})")
 
 
 def refs_warnings(root: Path, tag: str, trials: list[Trial], best: Trial | None) -> list[str]:
