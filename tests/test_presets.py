@@ -59,6 +59,7 @@ print(json.dumps({{"type": "result", "subtype": "success", "is_error": False,
                   "result": "I looked at exp.py.\\nSet X to 1.0, the minimum of the loss.",
                   "total_cost_usd": 0.0123, "usage": {{"input_tokens": 1500, "output_tokens": 200}},
                   **json.loads(os.environ.get("CLAUDE_REPORTS") or "{{}}")}}))
+sys.exit(int(os.environ.get("CLAUDE_EXIT") or 0))
 """
 
 
@@ -127,6 +128,18 @@ def test_claude_tokens_are_those_of_every_model_its_cost_covers(tmp_path: Path) 
     assert r.returncode == 0, r.stderr + r.stdout
     t = ledger(repo)
     assert (t[1].tokens_in, t[1].tokens_out, t[1].cost) == (25000, 400, pytest.approx(0.0453))
+
+
+def test_a_tool_that_exits_non_zero_after_reporting_its_spend_has_it_recorded(tmp_path: Path) -> None:
+    """Claude Code's report said what it spent, then the tool exited 3: the trial is an
+    agent_error, and its tokens and cost are in the ledger (they were 0), so --max-cost counts them."""
+    repo = make_task(tmp_path / "task")
+    env = {**fake_claude(tmp_path), "IS_SANDBOX": "1", "CLAUDE_EXIT": "3"}
+    r = cli("run", str(repo), "--tag", "t", "--agent", "claude", "--trials", "1", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    t = ledger(repo)
+    assert t[1].status is Status.AGENT_ERROR and "exited with 3" in t[1].reason, t[1].reason
+    assert (t[1].tokens_in, t[1].tokens_out, t[1].cost) == (1500, 200, pytest.approx(0.0123))
 
 
 def test_aider_description_is_the_prose_not_a_file_name() -> None:

@@ -251,7 +251,9 @@ class PresetAgent(CommandAgent):
                              tokens_in=e.tokens_in, tokens_out=e.tokens_out, cost=e.cost) from None
         if returncode != 0:
             failed = cli.exit_error(returncode, redact(printed), text)
-            raise AgentError(redact(self.hinted(str(failed), output)), fatal=failed.fatal, model=self.model)
+            tin, tout = info.get("tokens_in", 0), info.get("tokens_out", 0)  # (what it reported it spent)
+            raise AgentError(redact(self.hinted(str(failed), output)), fatal=failed.fatal, model=self.model,
+                             tokens_in=tin, tokens_out=tout, cost=info.get("cost") or self.priced(tin, tout))
         description = (description_from(text, info.get("text", "")) or description_from(None, stdout)
                        or description_from(None, printed))
         tin, tout = info.get("tokens_in", 0), info.get("tokens_out", 0)
