@@ -348,6 +348,21 @@ def test_max_cost_counts_a_tool_that_reports_tokens_but_no_cost(tmp_path: Path) 
     assert "--agent cli reports no spending: it counts as $0 against --max-cost" in r.stderr
 
 
+def test_a_tool_stopped_at_its_time_limit_has_the_spend_it_reported_recorded(tmp_path: Path) -> None:
+    """codex reports each turn's tokens as it goes: one killed at --agent-timeout had spent them
+    all the same (they were recorded as 0)."""
+    repo = make_task(tmp_path / "task")
+    env = fake_tool(tmp_path, "codex", CODEX_SPENT, 0)
+    tool = tmp_path / "bin" / "codex"
+    tool.write_text(tool.read_text().replace("sys.exit(0)", "sys.stdout.flush()\nimport time\ntime.sleep(60)"))
+    r = cli("run", str(repo), "--tag", "t", "--agent", "codex", "--model", "openai/gpt-4.1", "--agent-timeout", "3",
+            "--trials", "1", env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert t[1].status is Status.AGENT_ERROR and "timed out" in t[1].reason, t[1].reason
+    assert (t[1].tokens_in, t[1].tokens_out, t[1].cost) == (200_000, 20_000, pytest.approx(0.56))
+
+
 def test_proposals_prepared_ahead_do_not_run_past_a_cap_the_trials_before_them_reached(tmp_path: Path) -> None:
     """Three proposals made at once (--agent-concurrency 3) spent $1.50 against --max-cost 1, and
     all three ran. The third ready, once the two measured before it had spent the $1, is not run (as

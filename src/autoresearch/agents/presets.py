@@ -240,8 +240,9 @@ class PresetAgent(CommandAgent):
         start = ctx.log_path.stat().st_size if ctx.log_path.exists() else 0
         try:
             printed, stdout, returncode = self.execute(ctx)
-        except AgentError as e:  # stopped, or timed out
-            raise AgentError(redact(self.hinted(str(e), cli.read_from(ctx.log_path, start))), model=self.model) from None
+        except AgentError as e:  # stopped, or timed out: what it reported spending so far still counts
+            output = cli.read_from(ctx.log_path, start)
+            raise AgentError(redact(self.hinted(str(e), output)), model=self.model, **self.spent(output)) from None
         output = cli.read_from(ctx.log_path, start)  # (execute redacted the keys in it)
         text = cli.read_description(own_dir(ctx) / "description")
         try:  # the tool's own error report, whatever its exit code: the clearest reason there is
@@ -251,14 +252,24 @@ class PresetAgent(CommandAgent):
                              tokens_in=e.tokens_in, tokens_out=e.tokens_out, cost=e.cost) from None
         if returncode != 0:
             failed = cli.exit_error(returncode, redact(printed), text)
-            tin, tout = info.get("tokens_in", 0), info.get("tokens_out", 0)  # (what it reported it spent)
             raise AgentError(redact(self.hinted(str(failed), output)), fatal=failed.fatal, model=self.model,
-                             tokens_in=tin, tokens_out=tout, cost=info.get("cost") or self.priced(tin, tout))
+                             **self.spent(output))  # (what it reported it spent)
         description = (description_from(text, info.get("text", "")) or description_from(None, stdout)
                        or description_from(None, printed))
         tin, tout = info.get("tokens_in", 0), info.get("tokens_out", 0)
         return Proposal(redact(description), model=self.model, tokens_in=tin, tokens_out=tout,
                         cost=info.get("cost") or self.priced(tin, tout))
+
+    def spent(self, output: str) -> dict[str, Any]:
+        """The tokens and cost in the report of a tool that did not finish (its events so far)."""
+        try:
+            info = self.report(output)
+        except AgentError as e:
+            return {"tokens_in": e.tokens_in, "tokens_out": e.tokens_out, "cost": e.cost}
+        except Exception:  # noqa: BLE001 - a report cut short is no spend to read
+            return {}
+        tin, tout = info.get("tokens_in", 0), info.get("tokens_out", 0)
+        return {"tokens_in": tin, "tokens_out": tout, "cost": info.get("cost") or self.priced(tin, tout)}
 
     def priced(self, tokens_in: int, tokens_out: int) -> float:
         """What the tokens of a tool that reports no cost (codex, gemini, opencode) came to, at
