@@ -507,6 +507,19 @@ def test_the_description_is_the_last_line_on_stdout_not_a_warning_on_stderr(tmp_
     assert set(lines[:3]) == {"first", "oops on stderr", "raised X to 2.0"}
 
 
+def test_a_last_line_of_terminal_codes_alone_is_not_the_description(tmp_path: Path) -> None:
+    """A CLI tool with a spinner shows the cursor again as it exits (ESC [?25h on a line of its
+    own): that invisible line was the last non-empty one, and the trial read "(no description)"."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", r"""
+        sed -i 's/^X = .*/X = 2.0/' exp.py
+        printf 'raised X to 2.0\n\033[0m\n\033[?25h\n'
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert [row[3] for row in rows(repo)[1:]] == ["raised X to 2.0"]
+
+
 def test_a_trial_with_an_empty_message_is_a_usage_error(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task")
     (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = ", "X = 0 + ", 1))

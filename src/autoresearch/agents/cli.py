@@ -30,6 +30,7 @@ from autoresearch.errors import UsageError
 from autoresearch.filetree import fresh_dir, open_regular, read_plain, write_new
 from autoresearch.process import read_tail, run_command, trim_log
 from autoresearch.prompt import build_prompt, history_lines
+from autoresearch.records import clean_text
 from autoresearch.sandbox import seal_agent
 
 DEFAULT_TIMEOUT = 1800.0
@@ -58,8 +59,8 @@ def description_from(desc_file_text: str | None, output: str) -> str:
     if desc_file_text and desc_file_text.strip():
         return " ".join(desc_file_text.split())[:200]
     for line in reversed(without_ignored_errors(output).splitlines()):
-        if line.strip():
-            return line.strip()[:200]
+        if shown := clean_text(line):  # (a line of terminal codes alone, ESC [?25h at exit, says nothing)
+            return shown
     return ""
 
 
