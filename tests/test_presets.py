@@ -303,6 +303,18 @@ def test_a_passing_failure_reported_by_a_preset_tool_does_not_stop_the_loop(tmp_
     assert "will not go away by itself" not in r.stderr
 
 
+def test_opencode_with_a_model_without_its_provider_is_refused_at_start(tmp_path: Path) -> None:
+    """opencode 1.18 reads `-m gpt-4.1` as provider `gpt-4.1` with no model; its JSON error says
+    only "Unexpected server error. Check server logs for details.", every trial, and that is no
+    error that stops the loop. Now the run is refused at once (exit 2, one line)."""
+    repo = make_task(tmp_path / "task")
+    env = fake_tool(tmp_path, "opencode", "", 0)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "opencode", "--model", "gpt-4.1", "--trials", "1", env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--agent opencode takes --model PROVIDER/MODEL (e.g. openai/gpt-4.1), not 'gpt-4.1'" in r.stderr, r.stderr
+    assert not (repo / ".autoresearch").exists()
+
+
 def test_aider_with_no_model_and_no_key_is_refused_before_it_waits_on_a_browser_login(tmp_path: Path) -> None:
     """aider, given no model and finding no key, offers an OpenRouter login in a browser; the
     preset's --yes-always took the offer, and each trial waited five minutes for it to fail.

@@ -177,6 +177,9 @@ def opencode_command(model: str | None, base_url: str | None, task: Task | None)
             "npm": "@ai-sdk/openai-compatible", "name": "autoresearch --base-url",
             "options": {"baseURL": base_url, "apiKey": "{env:OPENAI_API_KEY}"}, "models": {name: {}}}}})
         model = f"autoresearch/{name}"
+    elif model and "/" not in model:  # (opencode reads `gpt-4.1` as a provider with no model, and says
+        # only "Unexpected server error" about it, every trial)
+        raise UsageError(f"--agent opencode takes --model PROVIDER/MODEL (e.g. openai/{model}), not {model!r}")
     cmd = "opencode run --format json" + (f" -m {shlex.quote(model)}" if model else "")
     # the prompt on stdin (opencode reads it as the message): an argument is capped at 128 KiB
     return cmd + " < {prompt_file}", env, ""
