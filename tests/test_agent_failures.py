@@ -520,6 +520,28 @@ def test_a_last_line_of_terminal_codes_alone_is_not_the_description(tmp_path: Pa
     assert [row[3] for row in rows(repo)[1:]] == ["raised X to 2.0"]
 
 
+def test_the_history_keeps_the_end_of_a_crashs_reason_where_the_error_is(tmp_path: Path) -> None:
+    """A crash's reason is its log's tail, traceback first; the agents' history cut it to its
+    first 160 characters, so the next agent read "Traceback (most recent call last): File ..."
+    and never the error. The history keeps its start and its end, as `status` does."""
+    repo = make_task(tmp_path / "task")
+    seen = tmp_path / "prompt2.md"
+    agent = script_agent(tmp_path / "a.sh", f"""
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then
+          printf 'def deep():\n    raise ValueError("the learning rate is negative")\n' >> exp.py
+          for i in 1 2 3 4; do printf 'def f%s():\n    deep()\n' $i >> exp.py; done
+          printf 'f1()\n' >> exp.py
+        else
+          cp "$AUTORESEARCH_PROMPT_FILE" {seen}; sed -i 's/^X = .*/X = 2.0/' exp.py
+        fi
+        echo "trial $AUTORESEARCH_TRIAL"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in seen.read_text().splitlines() if x.startswith("#1 crash"))
+    assert "ValueError: the learning rate is negative" in line and " ... " in line, line
+
+
 def test_a_trial_with_an_empty_message_is_a_usage_error(tmp_path: Path) -> None:
     repo = make_task(tmp_path / "task")
     (repo / "exp.py").write_text((repo / "exp.py").read_text().replace("X = ", "X = 0 + ", 1))

@@ -26,7 +26,7 @@ def events_for(task):  # noqa: ANN001, ANN201
 def ended_by(error: BaseException) -> str:
     """Why a run that raised `error` ended, in a few words for `status` (a long reason is cut in
     the middle: its end names the log and what to do)."""
-    from autoresearch.views import clip
+    from autoresearch.records import clip
 
     if isinstance(error, KeyboardInterrupt):
         return "stopped by a signal"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from autoresearch.agents.base import Context
-from autoresearch.records import Status, Trial
+from autoresearch.records import Status, Trial, clip
 
 
 def visible(trial: Trial, holdout: str | None) -> Trial:
@@ -45,11 +45,12 @@ def history_lines(trials: tuple[Trial, ...] | list[Trial], metric: str, limit_ch
                 and (prev.reason, prev.description) == (t.reason, t.description):
             alike = alike + 1 if alike else 2
             pairs[-1] = (prev, f"#{prev.number}-#{t.number} agent_error ({alike} in a row, alike)  "
-                               f"{t.description} [{t.reason[:160]}]")
+                               f"{t.description} [{clip(t.reason, 160)}]")
             continue
         alike = 0
         figs = ", ".join(f"{k}={fmt(v)}" for k, v in t.figures.items() if k != metric)
-        why = f" [{t.reason[:160]}]" if t.reason and t.status is not Status.KEEP else ""
+        # (a crash's reason is its log's tail: its end has the error)
+        why = f" [{clip(t.reason, 160)}]" if t.reason and t.status is not Status.KEEP else ""
         pairs.append((t, f"#{t.number} {t.status.value:<11} {metric}={fmt(t.metric)}  {t.description}"
                       + (f"  ({figs})" if figs else "") + why))
     if sum(len(line) + 1 for _, line in pairs) <= limit_chars:

@@ -131,6 +131,15 @@ def clean_text(text: str, limit: int = 200) -> str:
     return " ".join(text.split())[:limit].rstrip()
 
 
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters in the middle: its start (the description) and its end
+    (where a crash's reason has the error) stay."""
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 5
+    return text[:head].rstrip() + " ... " + text[len(text) - (limit - head - 5):].lstrip()
+
+
 def printable(text: str) -> str:
     """Text for a terminal, its lines kept: terminal escapes removed (an experiment's or an
     agent's output could set the window title, clear the screen or write the clipboard),

@@ -14,7 +14,7 @@ from autoresearch.gitrepo import Git
 from autoresearch.ledger import Ledger, list_tags, tag_dir
 from autoresearch.process import last_lines, log_digests, read_tail
 from autoresearch.prompt import fmt
-from autoresearch.records import Trial, measured_baseline, printable
+from autoresearch.records import Trial, clip, measured_baseline, printable
 from autoresearch.treecheck import untrue
 
 STALE = "  [no loop is running: `run --tag` records it as interrupted and goes on]"  # a trial left running
@@ -83,15 +83,6 @@ def ended_at(raw: str | None) -> float:
         return float(json.loads(raw or "")["ended"])
     except (ValueError, TypeError, KeyError):
         return 0.0
-
-
-def clip(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters in the middle: its start (the description) and its end
-    (where a crash's reason has the error) stay."""
-    if len(text) <= limit:
-        return text
-    head = limit * 2 // 5
-    return text[:head].rstrip() + " ... " + text[len(text) - (limit - head - 5):].lstrip()
 
 
 LONG_TABLE = 40  # rows of `status` past which its first lines are said again under the table
