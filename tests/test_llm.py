@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, git, make_task
+from conftest import EXPERIMENT, cli, git, make_task
 from fakes.llm_server import FakeLLM, Fault, Say
 from llm_helpers import KEY, branch_file, good_edit, ledger, run_llm
 
@@ -547,3 +549,32 @@ def test_many_tool_calls_at_once_stay_within_the_context_budget(tmp_path: Path) 
     assert len(results) == 21 and results[-1] == "edited exp.py"  # every call answered, the edit made
     assert sum(map(len, results)) < 20_000, [len(x) for x in results]
     assert "ask for less at once" in results[1]
+
+
+def test_proposals_are_made_side_by_side_with_agent_concurrency(tmp_path: Path) -> None:
+    """--agent-concurrency 2 with --workers 2: two conversations with the model at once (a slow
+    model keeps both workers busy), each proposal its own edit, description and spend."""
+    repo = make_task(tmp_path / "task")
+    lock, state = threading.Lock(), {"now": 0, "most": 0, "n": 0}
+
+    def slow(body: dict) -> Say:
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.6)  # (a model thinking: the experiment takes far less)
+        with lock:
+            state["now"] -= 1
+            if '"role": "tool"' in json.dumps(body["messages"]):
+                return Say("", [("finish", {"description": "set X anew"})])
+            state["n"] += 1
+            value = 1.0 + state["n"] / 10
+        return Say("", [("write_file", {"path": "exp.py", "content": EXPERIMENT.replace("X = 3.0", f"X = {value}")})])
+
+    with FakeLLM("openai", default=slow) as fake:
+        r = run_llm(repo, fake, "--workers", "2", "--agent-concurrency", "2", trials=4,
+                    env={"AUTORESEARCH_LLM_TIMEOUT": "20"})
+    assert r.returncode == 0, r.stderr + r.stdout
+    t = ledger(repo)
+    assert len(t) == 5 and all(x.status in (Status.KEEP, Status.DISCARD) for x in t), [(x.status, x.reason) for x in t]
+    assert all(x.tokens_in == 2000 and x.description == "set X anew" for x in t[1:])
+    assert state["most"] == 2  # (one at a time, as before, made it 1)

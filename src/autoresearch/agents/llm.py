@@ -219,6 +219,9 @@ class LLMAgent(BaseAgent):
     """Proposes changes by a tool-using conversation with an LLM."""
 
     name = "llm"
+    # each proposal is its own conversation, tools and spend on its own worktree; the SDKs'
+    # clients are safe in several threads (what the instance keeps, two flags, only ever turns on)
+    concurrent = True
 
     def __init__(self, endpoint: Endpoint, chat: Chat, limits: Limits | None = None,
                  policy: RetryPolicy | None = None, prices: dict[str, Price] | None = None,
