@@ -99,6 +99,29 @@ def test_live_view_on_a_terminal_shows_flights_best_and_last_trials(tmp_path: Pa
     assert "kept of" in text and "raise X to 5" in text
 
 
+def test_a_run_with_hours_shows_the_time_gone_against_them_in_plain_lines_and_on_a_terminal(tmp_path: Path) -> None:
+    """`run --hours 8` said `(12) started` for hours on end: neither the plain lines nor the live
+    view said how much of the hours had gone, so a loop left for the night gave no idea of when
+    it would stop."""
+    from report_helpers import run_loop
+
+    repo = new_task(tmp_path / "task")
+    r = run_loop(repo, 2, "--hours", "1")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"\[trial 1\] \(1/2, 0:0\d of 1:00:00\) started", r.stdout), r.stdout
+    r = subprocess.run([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "u",
+                        "--agent", "cli", "--agent-cmd", script_agent(tmp_path / "a.sh", AGENT),
+                                    "--hours", "0.5", "--trials", "1"], capture_output=True, text=True,
+                                   timeout=120, env={**os.environ, "NASTY": NASTY})
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"\[trial 1\] \(1/1, 0:0\d of 30:00\) started", r.stdout), r.stdout
+    code, out = run_in_terminal([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "v",
+                                 "--agent", "cli", "--agent-cmd", script_agent(tmp_path / "b.sh", AGENT),
+                                 "--hours", "2", "--trials", "1"], {"NASTY": NASTY})
+    assert code == 0, out
+    assert re.search(r"trial 1 of 1 · 0:0\d elapsed of 2:00:00", ANSI.sub("", out)), out
+
+
 def test_a_resumed_tag_shows_its_best_before_the_first_new_trial_ends(tmp_path: Path) -> None:
     """On resume the view showed no best (nor baseline) until a new trial finished: minutes, on
     a real budget."""

@@ -309,7 +309,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             signal.signal(s, raise_interrupt)
     backend = _backend(args, task, tag, *where)
     try:
-        events = events_for(task)
+        events = events_for(task, args.hours)
         if args.mlflow:  # each finished trial also becomes an MLflow run (checked before the tag is made)
             from autoresearch.report.mlflow_log import mlflow_events, sealed_stores
 

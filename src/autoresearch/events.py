@@ -93,11 +93,28 @@ def gain_text(best: Trial, baseline: Trial | None, minimize: bool) -> str:
     return f" ({delta:+.6g}, {percent(100 * delta / abs(baseline.metric))} vs baseline)"
 
 
+def clock(seconds: float) -> str:
+    """A duration as a clock shows it: 1:02:03, or 2:03 under an hour."""
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def of_hours(start: float, hours: float | None) -> str:
+    """', 1:02:03 of 8:00:00': the time since `start` (monotonic) against `--hours`, or ''."""
+    return f", {clock(time.monotonic() - start)} of {clock(hours * 3600)}" if hours else ""
+
+
 class PlainEvents:
     """Plain lines; while an experiment runs, an agent works or the task's setup runs, a line
-    every `tick` seconds with the elapsed time (against the budget, for an experiment)."""
+    every `tick` seconds with the elapsed time (against the budget, for an experiment). With
+    `hours` (`run --hours`), each trial's first line also says how much of them has gone."""
 
-    def __init__(self, metric: str, minimize: bool, out: TextIO | None = None, tick: float = 30.0) -> None:
+    def __init__(self, metric: str, minimize: bool, out: TextIO | None = None, tick: float = 30.0,
+                 hours: float | None = None) -> None:
+        self.hours = hours
+        self._t0 = time.monotonic()
         self.metric = metric
         self.minimize = minimize
         self.out = out or sys.stdout
@@ -128,7 +145,7 @@ class PlainEvents:
     def trial_started(self, number: int, index: int, total: int | None) -> None:
         label = "baseline" if number == 0 and index == 0 else f"{index}/{total}" if total else f"{index}"
         self._labels[number] = label
-        self._print(f"[trial {number}] ({label}) started{self._best}")
+        self._print(f"[trial {number}] ({label}{of_hours(self._t0, self.hours)}) started{self._best}")
 
     def phase(self, number: int, phase: str, budget: float | None = None) -> None:
         if phase_kind(phase) in (*TIMED, "agent"):

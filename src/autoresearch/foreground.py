@@ -12,15 +12,16 @@ from autoresearch.errors import AutoresearchError
 EXIT_INTERRUPTED = 130
 
 
-def events_for(task):  # noqa: ANN001, ANN201
-    """The events a loop in a terminal reports to: the live view, else plain lines."""
+def events_for(task, hours: float | None = None):  # noqa: ANN001, ANN201
+    """The events a loop in a terminal reports to: the live view, else plain lines; `hours`:
+    `run --hours`, shown against the time gone."""
     from autoresearch.events import PlainEvents, Steady
 
     try:
         from autoresearch.report.live import make_events
     except ImportError:
-        return Steady(PlainEvents(task.metric.name, task.metric.minimize))
-    return Steady(make_events(task))
+        return Steady(PlainEvents(task.metric.name, task.metric.minimize, hours=hours))
+    return Steady(make_events(task, hours))
 
 
 def ended_by(error: BaseException) -> str:

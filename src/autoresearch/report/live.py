@@ -22,7 +22,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from autoresearch.events import TIMED, Events, PlainEvents, dollars, gain_text, phase_kind
+from autoresearch.events import TIMED, Events, PlainEvents, clock, dollars, gain_text, phase_kind
 from autoresearch.ledger import clean_text
 from autoresearch.prompt import fmt
 from autoresearch.records import Status, Trial
@@ -34,11 +34,11 @@ STYLES = {Status.KEEP: "bold green", Status.DISCARD: "dim", Status.DUPLICATE: "d
           Status.AGENT_ERROR: "yellow", Status.INTERRUPTED: "yellow"}
 
 
-def make_events(task) -> Events:  # noqa: ANN001 - a Task
-    """The rich live view on a terminal, plain lines anywhere else."""
+def make_events(task, hours: float | None = None) -> Events:  # noqa: ANN001 - a Task
+    """The rich live view on a terminal, plain lines anywhere else; `hours`: `run --hours`."""
     if not sys.stdout.isatty() or os.environ.get("TERM") == "dumb":
-        return PlainEvents(task.metric.name, task.metric.minimize)
-    return LiveEvents(task.name, task.metric.name, task.metric.minimize, holdout=task.metric.holdout)
+        return PlainEvents(task.metric.name, task.metric.minimize, hours=hours)
+    return LiveEvents(task.name, task.metric.name, task.metric.minimize, holdout=task.metric.holdout, hours=hours)
 
 
 @dataclass
@@ -54,8 +54,10 @@ class LiveEvents:
     """A rich Live display fed by the loop's events."""
 
     def __init__(self, task_name: str, metric: str, minimize: bool, holdout: str | None = None,
-                 console: Console | None = None, last: int = 8, refresh: float = 1.0) -> None:
+                 console: Console | None = None, last: int = 8, refresh: float = 1.0,
+                 hours: float | None = None) -> None:
         self.task_name = task_name
+        self.hours = hours
         self.metric = metric
         self.minimize = minimize
         self.holdout = holdout
@@ -144,7 +146,8 @@ class LiveEvents:
         of = f" of {self._total}" if self._total else ""
         goal = "lower" if self.minimize else "higher"
         text = Text.assemble(("autoresearch", "bold"), f" · {self.task_name} · {self.metric} ({goal} is better)"
-                             f" · trial {self._index}{of} · {_clock(time.monotonic() - self._t0)} elapsed")
+                             f" · trial {self._index}{of} · {clock(time.monotonic() - self._t0)} elapsed"
+                             + (f" of {clock(self.hours * 3600)}" if self.hours else ""))
         return text
 
     def _flights(self) -> Table:
@@ -192,10 +195,3 @@ class LiveEvents:
                           f"{t.run_seconds:.1f}",
                           Text(clean_text(t.description, 120) + why, overflow="ellipsis", no_wrap=True))
         return table
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
