@@ -5,6 +5,7 @@ file below the root, with `init` inside another repository; and the words of a f
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -670,3 +671,19 @@ def test_an_error_naming_a_file_prints_no_terminal_escape(tmp_path: Path) -> Non
     r = cli("run", str(repo), "--tag", "t", "--trials", "0")
     assert r.returncode == 2 and "uncommitted changes (planted.txt)" in r.stderr, r.stderr
     assert "\x1b" not in r.stderr and "\x07" not in r.stderr
+
+
+def test_every_argument_of_every_command_says_in_its_help_what_it_is() -> None:
+    """`autoresearch init --help` listed `dir` and `show --help` listed `number` with no word on
+    what they take (a new folder? the trial's number as status shows it?)."""
+    import argparse
+
+    from autoresearch.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [f"{name} {action.dest}" for name, sub in commands.choices.items() for action in sub._actions
+            if not action.help and not isinstance(action, argparse._HelpAction)]
+    assert bare == [], bare
+    show = cli("show", "--help")
+    assert re.search(r"\n  N +the trial.s number", show.stdout), show.stdout

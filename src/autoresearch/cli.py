@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("init", help="scaffold a task repository from a template")
-    p.add_argument("dir")
+    p.add_argument("dir", help="a new folder (or an empty one) for the task repository")
     p.add_argument("--template", default="blank", help="blank (the default), cpu-gpt or nanochat")
     p.add_argument("--data", default=None, help="a folder of data instead of the default corpus: text files (cpu-gpt, nanochat) or parquet files with a 'text' column (nanochat)")
 
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last", type=_positive_int, default=None, help="only the last N trials (0: the summary alone)")
 
     p = sub.add_parser("show", help="one trial: description, figures, diff, log tail")
-    p.add_argument("number", type=_positive_int)
+    p.add_argument("number", type=_positive_int, metavar="N", help="the trial's number, as `status` lists it (0: the baseline)")
     p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
     p.add_argument("--tag", default=None, help=TAG_HELP)
 
