@@ -293,3 +293,23 @@ def test_a_metric_gamed_to_the_end_of_float_still_gets_a_report(tmp_path: Path, 
         warnings.simplefilter("ignore", RuntimeWarning)
         lo, hi = progress_figure(load_study(repo, "t", details=False)).axes[0].get_ylim()
     assert math.isfinite(lo) and math.isfinite(hi) and lo < hi
+
+
+@pytest.mark.parametrize("minimize", [True, False])
+def test_before_any_keep_the_better_half_of_the_discards_is_on_the_scale(tmp_path: Path, minimize: bool) -> None:
+    """A run where nothing beat the baseline (the demo's first minutes, a hard night) drew every
+    discard as an 'off the scale' pin: the range was the baseline ±5%, so trials 5% worse than it
+    were pinned and the plot showed no trial but the baseline."""
+    from autoresearch.report.plot import progress_figure
+    from autoresearch.report.study import load_study
+
+    repo = new_task(tmp_path / "task")
+    sign = 1 if minimize else -1
+    worse = [2.94 + sign * d for d in (0.15, 0.28, 0.4, 9.0, 30.0)]
+    write_trials(repo, "t", [("keep", 2.94), *[("discard", v) for v in worse]], minimize=minimize).close()
+    ax = progress_figure(load_study(repo, "t", details=False)).axes[0]
+    drawn = {c.get_label(): sorted(abs(y - 2.94) for y in c.get_offsets()[:, 1]) for c in ax.collections}
+    assert drawn["discarded"] == pytest.approx([0.15, 0.28, 0.4]), drawn  # the better half, and the median
+    assert len(drawn["discarded (off the scale)"]) == 2  # the far ones still pinned: no flattened plot
+    lo, hi = sorted(ax.get_ylim())
+    assert hi - lo < 1.5

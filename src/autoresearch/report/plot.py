@@ -4,8 +4,9 @@ they ran: not a verdict on the change) as ticks beside them, outside the title's
 
 Readable at any length of run:
 - the y axis is logarithmic when the kept figures are all positive and span more than
-  LOG_DECADES decades (a loss from 5.8 to 0.0012); otherwise linear, cropped to the kept trials,
-  with discards far off pinned to the edge as triangles;
+  LOG_DECADES decades (a loss from 5.8 to 0.0012); otherwise linear, cropped to the kept trials
+  (before any trial beat the baseline: to the better half of the others), with discards far off
+  pinned to the edge as triangles;
 - at most MAX_LABELS kept trials are labelled: the best, the baseline, then the biggest steps of
   the running best; each label goes to the first free spot near its point (the better side of
   the step line first, where no trial can be) and is left out when none is free, so no two
@@ -77,6 +78,9 @@ def _limits(study: Study, values: list[float], log: bool) -> tuple[float, float]
         return _drawable(hi - half - noise, hi + half + noise, log)
     span = (hi - lo) or abs(hi) * 0.05 or 1.0
     worse = 0.3 if log else 0.8  # a decade of discards above the baseline says nothing more
+    if lo == hi:  # nothing beat the baseline yet: the better half of the others sets the scale
+        off = sorted(abs(v - hi) for v in seen if (v > hi) == study.minimize and v != hi)
+        span = max(span, off[(len(off) - 1) // 2] / worse if off else 0.0)
     # room for labels on the better side; on the worse side no further than the data go
     if study.minimize:
         a, b = lo - 0.3 * span - noise, min(hi + worse * span + noise, max(seen))
