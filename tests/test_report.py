@@ -11,6 +11,7 @@ or is written to a real ledger the way the loop writes it.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 from browser import Browser, find_chromium
 from conftest import cli, make_task
-from report_helpers import assert_not_blank, new_task, write_trials
+from report_helpers import NASTY, assert_not_blank, new_task, run_loop, write_trials
 
 pytest_plugins = ["report_helpers"]  # the `ran` fixture
 
@@ -407,3 +408,33 @@ def test_a_folder_where_report_html_goes_is_named_and_nothing_is_left(ran, tmp_p
     r = cli("report", str(repo), "--tag", "t", "--out", str(out))
     assert r.returncode == 2 and f"{out / 'report.html'} is a folder" in r.stderr, r.stderr
     assert ".tmp" not in r.stderr and sorted(p.name for p in out.iterdir()) == ["report.html"]
+
+
+def test_a_report_written_inside_the_repository_leaves_the_next_run_free_to_start(tmp_path: Path) -> None:
+    """`report --out report` from the task's folder left report/ untracked, and the next `run`
+    refused the repository as dirty; while a loop runs (it watches .git/info/exclude) the report
+    is written and a note says what to do instead."""
+    import fcntl
+
+    from conftest import git
+
+    repo = new_task(tmp_path / "task")
+    assert run_loop(repo, 1).returncode == 0
+    r = cli("report", "--tag", "t", "--out", "my report", cwd=repo)
+    assert r.returncode == 0 and (repo / "my report" / "report.html").is_file(), r.stderr
+    assert r.stderr == "" and git(repo, "status", "--porcelain") == ""
+    (repo / "notes.txt").write_text("a file of mine\n")  # (the user's own untracked files are not hidden)
+    assert git(repo, "status", "--porcelain") == "?? notes.txt"
+    (repo / "notes.txt").unlink()
+    again = cli("run", str(repo), "--tag", "t2", "--trials", "0", env={"NASTY": NASTY})
+    assert again.returncode == 0, again.stderr
+    fd = os.open(repo / ".autoresearch" / "t" / "lock", os.O_RDONLY)  # a loop holding the tag
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        exclude = (repo / ".git" / "info" / "exclude").read_text()
+        r = cli("report", "--tag", "t", "--out", "busy", cwd=repo)
+    finally:
+        os.close(fd)
+    assert r.returncode == 0, r.stderr
+    assert (repo / ".git" / "info" / "exclude").read_text() == exclude
+    assert "busy is inside the repository" in r.stderr and "add it to .gitignore" in r.stderr

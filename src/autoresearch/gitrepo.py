@@ -255,6 +255,11 @@ class Git:
             with path.open("a") as f:
                 f.write(("" if text.endswith("\n") or not text else "\n") + pattern + "\n")
 
+    def exclude_path(self, rel: str) -> None:
+        """Ignore the one path `rel` (from the root, '/'-separated) through .git/info/exclude:
+        anchored, gitignore's special characters escaped."""
+        self.exclude("/" + "".join("\\" + c if c in "\\*?[]!# " else c for c in rel))
+
     # -- worktrees ----------------------------------------------------------------------
 
     def add_worktree(self, path: Path, commit: str) -> Workspace:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from autoresearch.errors import UsageError
@@ -30,6 +31,32 @@ def _make(path: Path) -> Path:
             raise UsageError(f"{path / name} is a folder, where the report's file goes: move it, "
                              "or give another --out")
     return path
+
+
+def _keep_out_of_git(root: Path, out: Path) -> str:
+    """A report written inside the task's repository, where git sees its files as untracked (and
+    a new `run` then refuses the repository as dirty), is ignored through .git/info/exclude as
+    the ledger is. Not while a loop runs in the repository: it watches that file (a change there
+    is put back and the trial in flight rejected); a note says what to do instead, as it does
+    for a path gitignore cannot name. Returns the note, or ''."""
+    from autoresearch.gitrepo import Git
+    from autoresearch.ledger import Ledger, list_tags, tag_dir
+
+    try:
+        git = Git.open(root)
+        rel = out.resolve().relative_to(git.root.resolve())
+    except (UsageError, ValueError):  # (not a repository's root; a report outside it)
+        return ""
+    paths = [(rel / name).as_posix() for name in ("progress.png", "report.html")]
+    status = git.run("status", "--porcelain", "--untracked-files=all", "--", *paths, check=False)
+    if not any(line.startswith("??") for line in status.splitlines()):
+        return ""  # (ignored already, as under .autoresearch/, or tracked: the user's to commit)
+    if "\n" in str(rel) or "\r" in str(rel) or any(Ledger.loop_running(tag_dir(root, t)) for t in list_tags(root)):
+        return (f"note: {out} is inside the repository and git sees the report as untracked: "
+                "a new `run` refuses that, so add it to .gitignore (or write the report elsewhere)")
+    for path in paths:
+        git.exclude_path(path)
+    return ""
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -62,4 +89,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(title(study))  # as status says it: the baseline is an experiment, not an improvement
     print(f"plot:   {out / 'progress.png'}")
     print(f"report: {page}")
+    if note := _keep_out_of_git(root, out):
+        print(f"autoresearch: {note}", file=sys.stderr)
     return 0

@@ -73,7 +73,7 @@ def keep_out_of_git(uri: str, root: Path | str | None) -> None:
         if any(c in str(rel) for c in "\n\r"):
             raise UsageError(f"--mlflow {uri!r}: a path with a line break cannot be kept out of git: choose another")
         if rel.parts and rel.parts[0] != ".git":  # (a literal path: gitignore's special characters escaped)
-            git.exclude("/" + re.sub(r"([\\*?\[\]!# ])", r"\\\1", rel.as_posix()))
+            git.exclude_path(rel.as_posix())
 
 
 def _metric_name(name: str) -> str:
