@@ -126,3 +126,31 @@ def test_every_local_store_kind_is_kept_out_of_git_literally(tmp_path: Path, mon
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text("x")
     assert sorted(git(repo, "status", "--porcelain", "-uall").splitlines()) == ['?? "st 1/kept"', "?? databricks/kept"]
+
+
+def test_a_store_kept_out_of_git_leaves_the_exclude_file_alone_while_a_loop_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`report --mlflow ./mlruns` (or `run --mlflow` on another tag) beside a running loop wrote
+    .git/info/exclude, which the loop watches: it put the file back and rejected its trial in
+    flight. Now the file is left alone and a note says to add the store to .gitignore."""
+    import fcntl
+
+    from conftest import make_task
+
+    from autoresearch.report.mlflow_log import keep_out_of_git
+
+    repo = make_task(tmp_path / "task")
+    assert cli("run", str(repo), "--tag", "t", "--trials", "0").returncode == 0
+    monkeypatch.chdir(repo)
+    exclude = repo / ".git" / "info" / "exclude"
+    before = exclude.read_text()
+    fd = os.open(repo / ".autoresearch" / "t" / "lock", os.O_RDONLY)  # a loop holding its tag
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        keep_out_of_git("./mlruns", repo)
+    finally:
+        os.close(fd)
+    assert exclude.read_text() == before
+    assert "the MLflow store" in capsys.readouterr().err
+    keep_out_of_git("./mlruns", repo)  # no loop: excluded, and said nothing
+    assert exclude.read_text() == before + "/mlruns\n" and capsys.readouterr().err == ""

@@ -255,10 +255,17 @@ class Git:
             with path.open("a") as f:
                 f.write(("" if text.endswith("\n") or not text else "\n") + pattern + "\n")
 
-    def exclude_path(self, rel: str) -> None:
+    def exclude_path(self, rel: str, write: bool = True) -> bool:
         """Ignore the one path `rel` (from the root, '/'-separated) through .git/info/exclude:
-        anchored, gitignore's special characters escaped."""
-        self.exclude("/" + "".join("\\" + c if c in "\\*?[]!# " else c for c in rel))
+        anchored, gitignore's special characters escaped. With `write` False, only whether the
+        file says so already."""
+        pattern = "/" + "".join("\\" + c if c in "\\*?[]!# " else c for c in rel)
+        path = self.common_dir / "info" / "exclude"
+        if pattern in (path.read_text().splitlines() if path.is_file() else []):
+            return True
+        if write:
+            self.exclude(pattern)
+        return write
 
     # -- worktrees ----------------------------------------------------------------------
 

@@ -96,6 +96,12 @@ def list_tags(root: Path) -> list[str]:
     return sorted(p.name for p in base.iterdir() if (p / "ledger.sqlite").exists())
 
 
+def loops_running(root: Path) -> bool:
+    """Whether a loop runs on any tag of the repository at `root` now (it watches the git
+    metadata, .git/info/exclude included: a change there is put back, its trial rejected)."""
+    return any(Ledger.loop_running(tag_dir(root, t)) for t in list_tags(root))
+
+
 def _row_to_trial(row: sqlite3.Row) -> Trial:
     return Trial(
         number=row["number"], status=Status(row["status"]), description=row["description"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -60,11 +61,16 @@ def sealed_stores(uri: str) -> tuple[Path, ...]:
 
 def keep_out_of_git(uri: str, root: Path | str | None) -> None:
     """A store inside the task's repository is ignored through .git/info/exclude: made there, it
-    would leave the repository dirty, and the next `run` would refuse to start."""
+    would leave the repository dirty, and the next `run` would refuse to start. Not while a loop
+    runs there (a change to that file is put back and the loop's trial in flight rejected): a
+    note says what to do instead."""
     paths = local_stores(uri)
     git = _git(root) if paths and root is not None else None
     if git is None:
         return
+    from autoresearch.ledger import loops_running
+
+    busy = loops_running(git.root)
     for path in paths:
         try:
             rel = (Path.cwd() / path).resolve().relative_to(git.root.resolve())
@@ -72,8 +78,9 @@ def keep_out_of_git(uri: str, root: Path | str | None) -> None:
             continue
         if any(c in str(rel) for c in "\n\r"):
             raise UsageError(f"--mlflow {uri!r}: a path with a line break cannot be kept out of git: choose another")
-        if rel.parts and rel.parts[0] != ".git":  # (a literal path: gitignore's special characters escaped)
-            git.exclude_path(rel.as_posix())
+        if rel.parts and rel.parts[0] != ".git" and not git.exclude_path(rel.as_posix(), write=not busy):
+            print(f"autoresearch: note: the MLflow store {path} is inside the repository, where a loop runs "
+                  "now: add it to .gitignore, or a new `run` refuses the repository as dirty", file=sys.stderr)
 
 
 def _metric_name(name: str) -> str:
