@@ -208,3 +208,21 @@ def test_plain_lines_tick_through_the_setup_and_the_agent_and_name_each_repeated
     runs = [line for line in lines if line.startswith("[trial 0] running") and line.endswith("(budget 5 s)")]
     assert runs == [f"[trial 0] running (run {i + 1} of 3, seed {i}) (budget 5 s)" for i in range(3)], runs
     assert "[trial 1] running (budget 5 s)" in lines  # one run: no count
+
+
+def test_the_live_view_says_there_is_no_best_yet_as_the_plain_lines_do() -> None:
+    """A baseline that crashed or was stopped left the view saying `best loss - (trial 0)`, a best
+    with no figure, where the plain lines say there is none yet."""
+    from rich.console import Console
+
+    from autoresearch.records import Status, Trial
+    from autoresearch.report.live import LiveEvents
+
+    buf = io.StringIO()
+    events = LiveEvents("demo", "loss", True, console=Console(file=buf, force_terminal=True, width=120))
+    base = Trial(0, Status.INTERRUPTED, "baseline", metric=None)
+    events.trial_started(0, 0, 2)
+    events.trial_finished(base, base, None, 0.0)
+    events.close()
+    text = ANSI.sub("", buf.getvalue())
+    assert "no best loss yet (trial 0 has none)" in text and "best loss -" not in text, text

@@ -169,9 +169,12 @@ class LiveEvents:
     def _best_line(self) -> Text:
         best = self._best
         assert best is not None
-        line = Text.assemble("best ", (f"{self.metric} {fmt(best.metric)}", "bold green"),
-                             f" (trial {best.number})",
-                             (gain_text(best, self._baseline, self.minimize), "green"))
+        if best.metric is None:  # (a baseline that crashed or was stopped: nothing to beat yet)
+            line = Text(f"no best {self.metric} yet (trial {best.number} has none)")
+        else:
+            line = Text.assemble("best ", (f"{self.metric} {fmt(best.metric)}", "bold green"),
+                                 f" (trial {best.number})",
+                                 (gain_text(best, self._baseline, self.minimize), "green"))
         if self._baseline is not None and self._baseline.number != best.number:
             line.append(f" · baseline {fmt(self._baseline.metric)}")
         line.append(f" · {self._kept} kept of {self._done} finished")
