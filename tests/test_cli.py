@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -687,3 +688,24 @@ def test_every_argument_of_every_command_says_in_its_help_what_it_is() -> None:
     assert bare == [], bare
     show = cli("show", "--help")
     assert re.search(r"\n  N +the trial.s number", show.stdout), show.stdout
+
+
+def test_a_loop_whose_output_goes_to_a_file_in_the_repository_is_not_refused_for_it(tmp_path: Path) -> None:
+    """`nohup autoresearch run --tag t > loop.log 2>&1 &` from the task's folder: the shell made
+    loop.log before the loop started, and the loop refused the repository as dirty because of its
+    own log (written into that log, read in the morning). The next run is not refused for the last
+    one's log either; a file of the user's still is."""
+    repo = make_task(tmp_path / "task")
+
+    def run_to(tag: str, log: str) -> int:
+        cmd = f"{shlex.quote(sys.executable)} -m autoresearch run --tag {tag} --trials 0 > {log} 2>&1"
+        return subprocess.run(["sh", "-c", cmd], cwd=repo, timeout=120).returncode
+
+    assert run_to("a", "loop.log") == 0, (repo / "loop.log").read_text()
+    assert "best: trial 0" in (repo / "loop.log").read_text()
+    assert run_to("b", "'second log.txt'") == 0, (repo / "second log.txt").read_text()
+    assert git(repo, "status", "--porcelain") == ""
+    (repo / "notes.txt").write_text("mine\n")
+    assert run_to("c", "third.log") == 2
+    said = (repo / "third.log").read_text()
+    assert "uncommitted changes (notes.txt)" in said, said

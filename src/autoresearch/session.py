@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from autoresearch.errors import UsageError
 from autoresearch.filetree import remove_endless, remove_path
 from autoresearch.gitlocks import stale_since
 from autoresearch.gitrepo import Git, GitError, Workspace
-from autoresearch.ledger import LEDGER_DIR, Ledger, tag_dir
+from autoresearch.ledger import LEDGER_DIR, Ledger, loops_running, tag_dir
 from autoresearch.process import kill_all_owned
 from autoresearch.records import Status, Trial
 from autoresearch.task import PINNED_ENV, SMOKE, TASK_FILE, Task
@@ -144,8 +145,35 @@ def _check_checkout(git: Git, tag: str, exists: bool, allow_dirty: bool) -> None
                          f"or undo them (`git -C {shlex.quote(str(git.root))} checkout -- {TASK_FILE}`)")
 
 
+def _own_output(git: Git, paths: list[str]) -> list[str]:
+    """Of `paths`, the files this process's stdout or stderr write to: `autoresearch run >
+    loop.log` (or nohup's nohup.out) from the task's folder, made by the shell before the loop
+    started. They are not the user's uncommitted work: git-ignored through .git/info/exclude as
+    the ledger is (not while a loop runs there, which watches that file), so the next run is
+    not refused for the last one's log either."""
+    mine = set()
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode):
+                mine.add((st.st_dev, st.st_ino))
+    own = []
+    for path in paths if mine else []:
+        with contextlib.suppress(OSError):
+            st = os.lstat(git.root / path)
+            if (st.st_dev, st.st_ino) in mine:
+                own.append(path)
+    busy = bool(own) and loops_running(git.root)
+    for path in own:
+        git.exclude_path(path, write=not busy and "\n" not in path and "\r" not in path)
+    return own
+
+
 def _refuse_dirty(git: Git, allow_dirty: bool) -> None:
     dirty = [p for p in git.dirty_paths() if not p.startswith(f"{LEDGER_DIR}/")]
+    if dirty and not allow_dirty:
+        own = _own_output(git, dirty)
+        dirty = [p for p in dirty if p not in own]
     if TASK_FILE in dirty and not allow_dirty:  # (a task file just written: stashed, as the
         others = [p for p in dirty if p != TASK_FILE]  # line below says, it would be gone)
         also = f" (so are {', '.join(others[:5])}{' ...' if len(others) > 5 else ''})" if others else ""
