@@ -576,9 +576,10 @@ def test_show_keeps_terminal_escapes_of_the_log_and_the_diff_off_the_terminal(tm
     assert r.returncode == 2 and "no trial 99999999999999999999" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_status_while_a_loop_runs_says_so_not_how_the_last_run_ended(tmp_path: Path) -> None:
+def test_status_while_a_loop_runs_says_so_and_how_long_its_trial_has_run(tmp_path: Path) -> None:
     """`status` beside a running loop gave the previous invocation's end ("last run: ended ...
-    --trials 1 done") as if nothing ran, and counted the trial in flight as one of the trials."""
+    --trials 1 done") as if nothing ran, counted the trial in flight as one of the trials, and
+    gave it 0.0 seconds."""
     import os
     import subprocess
     import sys
@@ -599,9 +600,13 @@ def test_status_while_a_loop_runs_says_so_not_how_the_last_run_ended(tmp_path: P
         deadline = time.monotonic() + 30
         while not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
+        time.sleep(0.8)
         out = cli("status", str(repo)).stdout
         assert "tag t: 1 trial (the baseline included), 0 kept improvements, 1 in flight" in out, out
         assert "a loop is running on this tag now (trial 1 in flight)" in out and "last run" not in out, out
+        row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["1"])
+        assert row[2] == "running" and float(row[4]) >= 0.8, out  # how long it has run (it said 0.0)
+        assert " s so far, seed " in cli("show", "1", str(repo)).stdout
     finally:
         assert loop.wait(timeout=60) == 0
     out = cli("status", str(repo)).stdout

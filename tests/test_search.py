@@ -465,7 +465,7 @@ def test_space_command_with_a_tag_shows_the_best_code_beside_its_baseline(tmp_pa
     plain = cli("space", str(repo)).stdout.splitlines()
     assert plain[1].split()[:3] == ["X", "exp.py:1", "5"]
     r = cli("space", str(repo), "--tag", "nope")
-    assert r.returncode == 2 and "--tag nope" in r.stderr and "s" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "no tag 'nope'" in r.stderr and "(tags: s)" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_space_command_on_the_blank_template(tmp_path):

@@ -114,7 +114,7 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
         held = [with_spread(t, holdout, t.figures.get(holdout))] if holdout else []
         rows.append((str(t.number), t.short or "-", t.status.value,
                      with_spread(t, metric, t.metric) if t.status.shows_figure else "-",
-                     *held, f"{t.run_seconds:.1f}", clip(t.description + note, 160)))
+                     *held, seconds_text(t, alive), clip(t.description + note, 160)))
     n = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
     kept = max(0, sum(t.status.value == "keep" for t in trials) - 1)  # the first keep is the baseline
@@ -156,6 +156,14 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
         lines.append(f"audit: trial{'s' if len(flagged) > 1 else ''} {', '.join(map(str, flagged))} "
                      "flagged (see `autoresearch show N`)")
     return "\n".join(lines + refs_warnings(root, tag, trials, best))
+
+
+def seconds_text(t: Trial, alive: bool) -> str:
+    """A trial's seconds as `status` shows them: a trial still running (its loop alive), the time
+    since it started (proposal included); a finished one, its experiment's."""
+    if t.status.value == "running" and alive and t.started:
+        return f"{max(0.0, time.time() - t.started):.1f}"
+    return f"{t.run_seconds:.1f}"
 
 
 def spend_text(trials: list[Trial]) -> str:
@@ -225,7 +233,7 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
         lines.append(f"reason: {t.reason}")
     lines.append(f"agent: {t.agent}" + (f" ({t.model})" if t.model else "")
                  + (f", tokens {t.tokens_in}+{t.tokens_out}, cost ${t.cost:.4f}" if t.tokens_in else ""))
-    lines.append(f"run: {t.run_seconds:.1f} s, seed {t.seed}")
+    lines.append(f"run: {seconds_text(t, not stale)} s{' so far' if t.status.value == 'running' and not stale else ''}, seed {t.seed}")
     if t.flags:
         lines.append(f"audit: {len(t.flags)} flag(s), for a human to look at:")
         lines += [f"  {f}" for f in t.flags]

@@ -97,7 +97,7 @@ def _tag_space(task: Task, tag: str) -> int:
 
     if tag not in list_tags(task.root):
         known = ", ".join(list_tags(task.root)) or "none"
-        raise UsageError(f"--tag {tag}: no such run in {task.root} (tags: {known})")
+        raise UsageError(f"no tag {tag!r} in {task.root} (tags: {known})")
     led = Ledger.read(task.root, tag)
     try:
         best, base = led.best(), led.get(0)
