@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from autoresearch.records import printable
 
 
@@ -30,3 +32,8 @@ class LoopBusy(UsageError):
 
 class TaskError(UsageError):
     """The task file is invalid; the message names the key."""
+
+
+def no_folder(path: Path) -> str:
+    """What is wrong with a DIR that is not a folder: it is missing, or it is a file."""
+    return f"not a folder: {path}" if path.exists() else f"no such folder: {path}"

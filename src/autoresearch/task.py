@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoresearch.errors import TaskError
+from autoresearch.errors import TaskError, no_folder
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -334,7 +334,7 @@ def load_task(root: str | os.PathLike[str]) -> Task:
     root = Path(root).resolve()
     path = root / TASK_FILE
     if not root.is_dir():
-        raise TaskError(f"no such folder: {root}")
+        raise TaskError(no_folder(root))
     if not path.is_file():
         raise TaskError(f"no {TASK_FILE} in {root} (create one with `autoresearch init`)")
     try:

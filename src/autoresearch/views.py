@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from autoresearch.decide import noise_groups, pooled_noise
-from autoresearch.errors import UsageError
+from autoresearch.errors import UsageError, no_folder
 from autoresearch.events import gain_text
 from autoresearch.gitrepo import Git
 from autoresearch.ledger import Ledger, list_tags, tag_dir
@@ -25,7 +25,7 @@ def pick_tag(root: Path, tag: str | None) -> str:
     if tag:
         return tag
     if not root.is_dir():
-        raise UsageError(f"no such folder: {root}")
+        raise UsageError(no_folder(root))
     tags = list_tags(root)
     if not tags and not (root / "autoresearch.toml").is_file():
         raise UsageError(f"no autoresearch.toml in {root} or a folder above it in its git repository, "

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from autoresearch.errors import UsageError
+from autoresearch.errors import UsageError, no_folder
 
 
 def _out_folder(out: str | None) -> Path | None:
@@ -71,7 +71,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if getattr(args, "goal", None) and not args.results:
         raise UsageError("--goal is for --results only (a tag's ledger records its goal)")
     if not root.is_dir():
-        raise UsageError(f"no such folder: {root}")
+        raise UsageError(no_folder(root))
     out = _out_folder(args.out)
     if args.results:
         study = load_results(args.results, root, getattr(args, "goal", None))

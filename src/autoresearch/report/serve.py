@@ -25,7 +25,7 @@ import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from autoresearch.errors import UsageError
+from autoresearch.errors import UsageError, no_folder
 from autoresearch.ledger import Ledger, LedgerNotReady, list_tags, tag_dir
 from autoresearch.records import Trial
 from autoresearch.report.study import Study, load_study
@@ -217,7 +217,7 @@ def make_server(root: str | Path, tag: str | None, port: int = 8765) -> Server:
 
     root = Path(root).resolve()
     if not root.is_dir():
-        raise UsageError(f"no such folder: {root}")
+        raise UsageError(no_folder(root))
     if not (root / "autoresearch.toml").is_file():
         raise UsageError(f"{root} has no autoresearch.toml: give the task repository the loop runs in")
     given = bool(tag)

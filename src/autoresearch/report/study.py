@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoresearch.decide import noise_groups, pooled_noise
-from autoresearch.errors import UsageError
+from autoresearch.errors import UsageError, no_folder
 from autoresearch.ledger import Ledger, clean_text
 from autoresearch.process import last_lines, read_tail
 from autoresearch.records import Status, Trial
@@ -181,7 +181,7 @@ def load_study(root: str | Path, tag: str | None, details: bool = True,
 
     root = Path(root).resolve()
     if not root.is_dir():
-        raise UsageError(f"no such folder: {root}")
+        raise UsageError(no_folder(root))
     tag = pick_tag(root, tag)
     led = Ledger.read(root, tag)
     try:
