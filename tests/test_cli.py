@@ -714,3 +714,14 @@ def test_a_loop_whose_output_goes_to_a_file_in_the_repository_is_not_refused_for
     assert run_to("c", "third.log") == 2
     said = (repo / "third.log").read_text()
     assert "uncommitted changes (notes.txt)" in said, said
+
+
+def test_a_loop_piped_to_tee_a_file_in_the_repository_is_not_refused_for_it(tmp_path: Path) -> None:
+    """`autoresearch run --tag t 2>&1 | tee run.log` from the task's folder: tee made run.log
+    before the loop looked at the repository, and the loop refused it as dirty."""
+    repo = make_task(tmp_path / "task")
+    cmd = f"{shlex.quote(sys.executable)} -m autoresearch run --tag a --trials 0 2>&1 | tee run.log; exit ${{PIPESTATUS[0]}}"
+    r = subprocess.run(["bash", "-c", cmd], cwd=repo, timeout=120, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+    assert "best: trial 0" in (repo / "run.log").read_text() and "best: trial 0" in r.stdout
+    assert git(repo, "status", "--porcelain") == ""

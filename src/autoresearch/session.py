@@ -145,13 +145,36 @@ def _check_checkout(git: Git, tag: str, exists: bool, allow_dirty: bool) -> None
                          f"or undo them (`git -C {shlex.quote(str(git.root))} checkout -- {TASK_FILE}`)")
 
 
+def _teed() -> set[tuple[int, int]]:
+    """(device, inode) of the files written by the programs that read this process's stdout or
+    stderr through a pipe, in its process group: `autoresearch run | tee loop.log` (Linux's /proc;
+    elsewhere, none)."""
+    pipes = set()
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(f"/proc/self/fd/{fd}")).startswith("pipe:"):
+                pipes.add(target)
+    files: set[tuple[int, int]] = set()
+    for pid in os.listdir("/proc") if pipes else []:
+        with contextlib.suppress(OSError, ValueError):
+            if not pid.isdigit() or int(pid) == os.getpid() or os.getpgid(int(pid)) != os.getpgrp():
+                continue
+            if os.readlink(f"/proc/{pid}/fd/0") in pipes:  # (tee: what it writes besides its stdout)
+                for held in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        st = os.stat(f"/proc/{pid}/fd/{held}")
+                        if stat.S_ISREG(st.st_mode):
+                            files.add((st.st_dev, st.st_ino))
+    return files
+
+
 def _own_output(git: Git, paths: list[str]) -> list[str]:
     """Of `paths`, the files this process's stdout or stderr write to: `autoresearch run >
-    loop.log` (or nohup's nohup.out) from the task's folder, made by the shell before the loop
-    started. They are not the user's uncommitted work: git-ignored through .git/info/exclude as
+    loop.log` (or nohup's nohup.out, or `| tee loop.log`) from the task's folder, made before
+    the loop started. They are not the user's uncommitted work: git-ignored through .git/info/exclude as
     the ledger is (not while a loop runs there, which watches that file), so the next run is
     not refused for the last one's log either."""
-    mine = set()
+    mine = _teed()
     for fd in (1, 2):
         with contextlib.suppress(OSError):
             st = os.fstat(fd)
