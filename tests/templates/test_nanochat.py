@@ -87,12 +87,13 @@ def test_smoke_run_prints_the_summary_and_evaluates_the_checkpoint(smoke):
 
 
 def score_embedding_model(
-    env: dict, tmp_path: Path, preamble: str, forward: str, ok: bool = True
+    env: dict, tmp_path: Path, preamble: str, forward: str, ok: bool = True, summary: dict | None = None
 ) -> str:
     """What `prepare.py --evaluate` prints for a train.py whose model is one random embedding
-    table (512 x 512) with `forward` as the body of its forward(idx), `preamble` above it."""
+    table (512 x 512) with `forward` as the body of its forward(idx), `preamble` above it, and
+    `summary` as the summary.json train.py left."""
     task = tmp_path / "task"
-    task.mkdir()
+    task.mkdir(parents=True)
     for protected in ("prepare.py", "corpus.py", "hardware.py", "evalguard.py"):
         shutil.copy(TEMPLATE / protected, task)
     (task / "train.py").write_text(f"""
@@ -114,6 +115,8 @@ def build_model(config):
     run_dir.mkdir()
     save_file({"emb.weight": torch.randn(512, 512)}, str(run_dir / "model.safetensors"))
     (run_dir / "model_config.json").write_text(json.dumps({"vocab_size": 512}))
+    if summary is not None:
+        (run_dir / "summary.json").write_text(json.dumps(summary))
     return run(
         ["prepare.py", "--evaluate"], task, {**env, "AUTORESEARCH_RUN_DIR": str(run_dir)}, ok=ok
     )
@@ -214,6 +217,19 @@ def test_a_run_whose_wall_time_is_far_over_the_budget_is_rejected(smoke, tmp_pat
     hide = 'import os\nos.environ.pop("AUTORESEARCH" + "_EXPERIMENT_SECONDS", None)'
     out = score_embedding_model(env, tmp_path, hide, "return self.emb(idx)")
     assert "autoresearch_reject: the experiment ran 300 s, more than the 10 s time budget allows" in out, out
+
+
+def test_a_run_one_slow_step_past_the_budget_is_scored_and_a_longer_one_rejected(smoke, tmp_path):
+    """Training stops at the first step that ends past the budget: on a CPU or a Mac with
+    program.md's settings a step takes seconds, so an honest run ends up to a step over. One
+    step (twice the mean, for a busy machine) is allowed, as in cpu-gpt; more is not."""
+    env = smoke[2]  # smoke: a 10 s budget, one untimed step on the CPU
+    honest = score_embedding_model(env, tmp_path / "honest", "", "return self.emb(idx)",
+                                   summary={"training_seconds": 13.5, "num_steps": 5})
+    assert "autoresearch_reject" not in honest and "val_bpb:" in honest, honest
+    over = score_embedding_model(env, tmp_path / "over", "", "return self.emb(idx)",
+                                 summary={"training_seconds": 13.5, "num_steps": 300})
+    assert "autoresearch_reject: trained 13.5 s, over the 10 s time budget" in over, over
 
 
 @pytest.mark.parametrize("what", [w if i < 2 else pytest.param(w, marks=pytest.mark.extended)

@@ -388,8 +388,12 @@ def score(train, run_dir: Path, config: dict) -> list[str]:
     model.to(default_device())
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    claimed = summary.get("training_seconds")
-    if isinstance(claimed, (int, float)) and claimed > TIME_BUDGET * 1.05 + 1:
+    claimed, steps = summary.get("training_seconds"), summary.get("num_steps")
+    # training stops at the first step that ends past the budget: one step over (twice the mean,
+    # for a busy machine) is honest, and on a CPU or a Mac a step takes seconds
+    step = claimed / max(1, steps - UNTIMED_STEPS) if isinstance(claimed, (int, float)) and isinstance(
+        steps, int) and steps > 0 else 0.0
+    if isinstance(claimed, (int, float)) and claimed > TIME_BUDGET * 1.05 + 1 + 2 * step:
         return [f"autoresearch_reject: trained {claimed:.1f} s, over the {TIME_BUDGET:g} s time budget"]
     allowed = TIME_BUDGET * 1.25 + 150  # + start-up, the untimed compiling steps, the final evaluation
     if EXPERIMENT_SECONDS is not None and EXPERIMENT_SECONDS > allowed:
