@@ -330,6 +330,24 @@ def test_the_small_machine_settings_lie_inside_the_ranges_program_md_gives(tmp_p
             assert re.search(rf"^{name}\s+train\.py:\d+\s+\S+\s+{lo}\.\.{hi}\s", listed, re.M), name
 
 
+def test_every_total_batch_size_the_search_may_pick_is_at_least_one_device_pass():
+    """train.py accumulates round(TOTAL_BATCH_SIZE / (DEVICE_BATCH_SIZE x 2048)) passes, at least
+    one: a range starting below one pass made every value there the same step (65536 to 393215
+    all gave 262144 tokens on the 80 GB defaults), trials a search spent on one configuration
+    under many names. The defaults and each row of program.md's table start at one pass."""
+    source = (TEMPLATE / "train.py").read_text()
+    device_batch = int(re.search(r"^DEVICE_BATCH_SIZE = (\d+)", source, re.M)[1])
+    low = int(re.search(r"^TOTAL_BATCH_SIZE = \d+\s+# search: (\d+)\.\.", source, re.M)[1])
+    machines = [(device_batch, low)]
+    for settings, ranges in re.findall(r"^\| .+? \| (.+?) \| (.+?) \|$", (TEMPLATE / "program.md").read_text(), re.M):
+        if "DEVICE_BATCH_SIZE = " in settings:
+            machines.append((int(re.search(r"DEVICE_BATCH_SIZE = (\d+)", settings)[1]),
+                             int(re.search(r"`TOTAL_BATCH_SIZE` (\d+)\.\.", ranges)[1])))
+    assert len(machines) == 4
+    for device_batch, low in machines:
+        assert low >= device_batch * 2048, (device_batch, low)
+
+
 def test_the_evaluators_guard_is_one_file_in_both_templates_and_protected(tmp_path):
     """evalguard.py keeps train.py's code from writing the figures; both ML templates ship the
     same file (one source: nanochat's is a link to cpu-gpt's), a new task gets it as a file of

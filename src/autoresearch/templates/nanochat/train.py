@@ -56,7 +56,7 @@ SHORT_WINDOW = 1024  # search: 128..2048 log int
 LOGIT_SOFTCAP = 15.0  # search: 5..50 log
 
 # tokens per optimizer step, reached by accumulating gradients over device batches
-TOTAL_BATCH_SIZE = 524288  # search: 65536..2097152 log int
+TOTAL_BATCH_SIZE = 524288  # search: 262144..2097152 log int
 # learning rates: Muon for matrices; AdamW for the rest, given for width 768 and scaled by
 # 1/sqrt(width / 768) because wider embeddings need smaller steps
 MATRIX_LR = 0.04  # search: 0.005..0.2 log
