@@ -486,3 +486,17 @@ def test_a_folder_of_one_text_file_is_cut_into_the_three_splits(tmp_path, monkey
     assert [round(len(p) / len(text), 2) for p in parts] == [0.8, 0.1, 0.1]
     assert all(p.endswith(b"\n") for p in parts)  # cut at line ends
     assert {manifest["splits"][name]["bytes"] for name in ("val", "test")} == {len(parts[1]), len(parts[2])}
+
+
+@pytest.mark.parametrize("spelling", ["--data {}", "--data={}", "--data /elsewhere --data {}"])
+def test_the_setup_lines_data_is_found_however_argparse_would_read_it(tmp_path, spelling):
+    """`setup = "python prepare.py --data=DIR"` (argparse's other spelling): setup built DIR's
+    cache, but training and the evaluation read the standard library's, with no word said."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(TEMPLATE / "prepare.py", tmp_path)
+    shutil.copy(TEMPLATE / "evalguard.py", tmp_path)
+    (tmp_path / "autoresearch.toml").write_text(f'setup = "python prepare.py {spelling.format(data)}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
+    probe = run(tmp_path, env, "-c", "import prepare; print(prepare.data_source())")
+    assert probe.stdout.strip() == str(data.resolve()), probe.stderr

@@ -396,3 +396,13 @@ def test_shard_and_worker_counts_out_of_range_are_refused_before_any_download(tm
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and needle in r.stderr, r.stderr
     assert not (tmp_path / "cache" / "nanochat").exists()
+
+
+@pytest.mark.parametrize("spelling", ["--data {}", "--data={}", "--data /elsewhere --data {}"])
+def test_the_setup_lines_data_is_found_however_argparse_would_read_it(tmp_path, monkeypatch, spelling):
+    """`setup = "python prepare.py --data=DIR"` (argparse's other spelling): setup prepared DIR,
+    but training and the evaluation read the default shards' folder, another text or none."""
+    corpus = tmp_path / "corpus"
+    (tmp_path / "autoresearch.toml").write_text(f'setup = "python prepare.py {spelling.format(corpus)}"\n')
+    monkeypatch.chdir(tmp_path)
+    assert load_prepare().task_data() == corpus

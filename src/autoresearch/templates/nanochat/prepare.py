@@ -119,7 +119,10 @@ def task_data(task_file: Path = Path("autoresearch.toml")) -> Path | None:
         words = shlex.split(str(setup))
     except ValueError:
         return None
-    return Path(words[words.index("--data") + 1]) if "--data" in words[:-1] else None
+    found = None  # as argparse reads it: `--data DIR` or `--data=DIR`, the last one given
+    for word, after in zip(words, [*words[1:], None], strict=True):
+        found = after if word == "--data" and after is not None else word[7:] if word.startswith("--data=") else found
+    return Path(found) if found else None
 
 
 DATA_DIR = data_dir_for(task_data())
