@@ -86,6 +86,24 @@ def test_smoke_run_prints_the_summary_and_evaluates_the_checkpoint(smoke):
     assert_nothing_pickled(root / "run")
 
 
+def test_a_crash_in_the_final_evaluation_loses_no_training(smoke, tmp_path):
+    """The checkpoint is written before train.py scores it: when that scoring fails (here a
+    stand-in that raises), the weights, config and training figures are in the run folder and
+    the evaluation of record scores them."""
+    _, task, env = smoke
+    env = {**env, "AUTORESEARCH_TIME_BUDGET": "2", "AUTORESEARCH_RUN_DIR": str(tmp_path / "run")}
+    crashing = ("import runpy, sys, prepare\n"
+                "def boom(*a, **k):\n    raise MemoryError('out of memory in the evaluation')\n"
+                "prepare.evaluate_bpb = boom\nsys.argv = ['train.py']\n"
+                "runpy.run_path('train.py', run_name='__main__')\n")
+    out = run(["-c", crashing], task, env, ok=False)
+    assert "out of memory in the evaluation" in out and "val_bpb:" not in out, out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["num_steps"] > 1 and summary["training_seconds"] >= 2
+    scored = figures(run(["prepare.py", "--evaluate"], task, env))
+    assert scored["val_bpb"] > 0 and scored["num_steps"] == summary["num_steps"]
+
+
 def score_embedding_model(
     env: dict, tmp_path: Path, preamble: str, forward: str, ok: bool = True, summary: dict | None = None
 ) -> str:
