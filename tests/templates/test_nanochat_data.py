@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -187,7 +188,7 @@ def test_prepare_from_a_local_folder_follows_the_task_file(tmp_path):
     corpus = tmp_path / "corpus"
     (corpus / "more").mkdir(parents=True)
     for i in range(3):
-        (corpus / f"notes_{i}.txt").write_text(f"Plain text number {i}, naïve and über.\n" * 400)
+        (corpus / f"notes_{i}.txt").write_text("".join(f"Plain text {i}.{j}, naïve and über.\n" for j in range(400)))
     write_shard(corpus / "more" / "docs.parquet", 7, docs=200)
     task = tmp_path / "task"
     shutil.copytree(TEMPLATE, task)
@@ -371,17 +372,23 @@ def test_text_files_that_are_not_utf8_are_named(tmp_path, capsys):
     assert f"1 of the text files are not UTF-8 (the first: {tmp_path / 'b.txt'})" in capsys.readouterr().out
 
 
-def test_held_out_splits_too_small_to_score_are_refused_at_setup(tmp_path):
+@pytest.mark.parametrize("lines", [0, 80])
+def test_held_out_splits_too_small_to_score_are_refused_at_setup(tmp_path, lines):
     """Setup accepted val and test splits shorter than one sequence (a note only); every trial
-    then trained for its whole budget and crashed in evaluation. Now setup fails, and says why."""
+    then trained for its whole budget and crashed in evaluation. Now setup fails, and says why.
+    So it does for splits of one sequence but not two (80 lines a file: about 2,200 val tokens),
+    which the causality probe, two sequences of val, failed on with a traceback."""
     corpus = tmp_path / "small"
     corpus.mkdir()
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron".split()
     for i in range(30):
-        (corpus / f"f{i:02d}.txt").write_text(f"Note {i}: a short text, not enough to score on.\n" * 40)
+        rng = random.Random(i)
+        text = "".join(" ".join(rng.choice(words) for _ in range(8)) + "\n" for _ in range(lines))
+        (corpus / f"f{i:02d}.txt").write_text(text or f"Note {i}: a short text, not enough to score on.\n" * 40)
     task = tmp_path / "task"
     shutil.copytree(TEMPLATE, task)
     out = run(["prepare.py", "--data", str(corpus)], task, task_env(tmp_path), timeout=300, ok=False)
-    assert "scoring needs more than MAX_SEQ_LEN (2048) in each: add more text" in out, out
+    assert "scoring needs at least 2 x MAX_SEQ_LEN (4096) in each: add more text" in out, out
     assert not list((tmp_path / "cache").rglob("meta.json"))  # not taken for prepared next time
 
 

@@ -202,10 +202,11 @@ def prepare(data: Path | None = None, num_shards: int = NUM_TRAIN_SHARDS, worker
     for name, part in (("val", val), ("test", test)):
         save_array(out / f"{name}.npy", stream := tokenize(tok, documents(part), HOLDOUT_TOKENS))
         counts[name] = len(stream)
-    if min(counts["val"], counts["test"]) <= MAX_SEQ_LEN:  # (not marked prepared: a retry builds again)
+    # a scored row is MAX_SEQ_LEN + 1 tokens; the causality probe reads two rows of val
+    if min(counts["val"], counts["test"]) < 2 * MAX_SEQ_LEN:  # (not marked prepared: a retry builds again)
         raise PrepareError(
             f"the held-out splits hold {counts['val']} (val) and {counts['test']} (test) tokens; "
-            f"scoring needs more than MAX_SEQ_LEN ({MAX_SEQ_LEN}) in each: add more text"
+            f"scoring needs at least 2 x MAX_SEQ_LEN ({2 * MAX_SEQ_LEN}) in each: add more text"
         )
     meta = {"source": key, "vocab_size": VOCAB_SIZE, "seq_len": MAX_SEQ_LEN, "tokens": counts}
     (out / "meta.json.tmp").write_text(json.dumps(meta, indent=1))
