@@ -36,7 +36,8 @@ from safetensors.torch import save_file
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 # ----------------------------------------------------------------------------
-# Hyperparameters, sized for one 80 GB+ card (H100, H200): ~50M parameters, ~45 GB peak.
+# Hyperparameters, sized for one 80 GB+ card (H100, H200): ~50M parameters, ~45 GB peak; the
+# top of the size ranges (activations ~ DEPTH^2 x ASPECT_RATIO) about 1.6 times that.
 # Smaller machines, as a user would set them:
 #   24 GB card (RTX 4090 / 3090, A10, L4): DEPTH = 6, DEVICE_BATCH_SIZE = 32, TOTAL_BATCH_SIZE = 262144
 #   8 GB card:                             DEPTH = 4, DEVICE_BATCH_SIZE = 8, TOTAL_BATCH_SIZE = 65536
@@ -45,9 +46,9 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 # and narrow the `# search:` ranges below to the ones program.md gives for that machine
 
 # the one size dial: width, heads and parameter count follow from it
-DEPTH = 8  # search: 2..16 int
+DEPTH = 8  # search: 2..10 int
 # width = DEPTH * ASPECT_RATIO, rounded up to whole heads
-ASPECT_RATIO = 64  # search: 32..128 int
+ASPECT_RATIO = 64  # search: 32..64 int
 # one letter per layer, repeated: S sees the last SHORT_WINDOW tokens, L the whole sequence.
 # Short windows cost less; the last layer is always L so every token can reach the start.
 WINDOW_PATTERN = "SSSL"
