@@ -247,3 +247,21 @@ def test_a_sigterm_the_kernel_gives_to_a_worker_thread_stops_the_loop(tmp_path: 
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130 and "autoresearch: stopping" in out, out[-2000:]
+
+
+def test_sigterm_stops_repeated_baseline_runs_of_a_quick_experiment(tmp_path: Path) -> None:
+    """baseline_runs (or confirm) of an experiment that ends in a few milliseconds: a SIGTERM
+    between two runs stops the loop there, not after the thousands of runs left."""
+    marker = tmp_path / "ran"
+    toml = ('name = "t"\neditable = ["exp.sh"]\ncommand = "sh exp.sh"\ntime_budget = 5\n'
+            '[metric]\nname = "loss"\ngoal = "minimize"\n[acceptance]\nbaseline_runs = 20000\n')
+    root = make_task(tmp_path / "task", toml=toml, files={"exp.sh": f"touch {marker}\necho 'loss: 1.0'\n"})
+    proc = _start(root, "--agent", "cli", "--agent-cmd", "true", "--trials", "1")
+    wait_for(marker, 30)
+    time.sleep(0.5)
+    began = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=900)
+    assert time.monotonic() - began < 10, out
+    assert proc.returncode == 130, out
+    assert [t.status for t in trials(root)] == [Status.INTERRUPTED]

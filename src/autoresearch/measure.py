@@ -86,6 +86,9 @@ class Measurer:
         repeats: list[dict[str, float]] = []
         seconds = 0.0
         for i in range(runs):
+            if i and self.cancel.is_set():  # (a run of a few ms ends before its wait looks at the stop)
+                return Measurement(Status.INTERRUPTED, reason=f"stopped before run {offset + i + 1} of "
+                                   f"{offset + runs}", seconds=seconds)
             seed = (first_seed + i) % 2**32
             which = f" (run {offset + i + 1} of {offset + runs}, seed {seed})" if runs > 1 or offset else ""
             running = partial(self.events.phase, t.number, f"running{which}", self.task.time_budget)
