@@ -264,3 +264,18 @@ def test_a_bad_scale_flag_on_a_resumed_tag_is_the_only_line(tmp_path: Path, caps
     repo = make_task(tmp_path / "r")
     assert main(["run", str(repo), "--tag", "x", "--trials", "0"]) == 0
     assert_clear(*answer(["run", str(repo), "--tag", "x", "--trials", "1", *flags], capsys), needle)
+
+
+@pytest.mark.parametrize("table,needle,flag", [
+    ('model = "gpt-4o"', "autoresearch.toml: 'agent.model' = 'gpt-4o' must be PROVIDER/NAME", "--model"),
+    ('model = "foo/x"', "autoresearch.toml: 'agent.model' = 'foo/x': unknown provider 'foo'", "--model"),
+    ('model = "openai/x"\nbase_url = "notaurl"', "autoresearch.toml: 'agent.base_url' = 'notaurl' is not an http(s) URL",
+     "--base-url"),
+])
+def test_a_bad_agent_model_in_the_task_file_is_named_as_its_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 table: str, needle: str, flag: str) -> None:
+    """The user gave no --model: the line names the task file's key, not a flag."""
+    repo = make_task(tmp_path / "r", toml_extra=f'\n[metric]\nname = "loss"\ngoal = "minimize"\n[agent]\n{table}\n')
+    assert_clear(*answer(["run", str(repo), "--tag", "x", "--trials", "1"], capsys), needle)
+    code, err = answer(["run", str(repo), "--tag", "x", "--trials", "1", flag, "nope"], capsys)
+    assert code == 2 and f"{flag} 'nope'" in err, err  # (given as a flag, named as one)

@@ -411,7 +411,8 @@ def make_llm(opts: Any, role: str = "") -> LLMAgent:
         policy = RetryPolicy.from_env()
         chat = make_chat(endpoint)  # (last: importing an SDK takes seconds, a bad setting none)
     except (ConfigError, ValueError) as e:
-        raise UsageError(redact(str(e))) from None
+        named = getattr(opts, "named", str)  # (the task file's key, when it gave the value)
+        raise UsageError(redact(named(str(e)))) from None
     if opts.timeout:
         limits.seconds = float(opts.timeout)
     agent = LLMAgent(endpoint, chat, limits, policy, prices, role)

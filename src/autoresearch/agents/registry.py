@@ -23,6 +23,16 @@ class AgentOptions:
     seed: int = 0
     llm_share: float = 0.3
     extra: dict[str, Any] = field(default_factory=dict)
+    from_file: tuple[str, ...] = ()  # of model and base_url, those the task's [agent] table gave
+
+    def named(self, message: str) -> str:
+        """`message` (one naming --model or --base-url) naming the task file's key instead,
+        when the value came from there."""
+        for key in self.from_file:
+            flag = "--" + key.replace("_", "-") + " "
+            if message.startswith(flag):
+                return f"autoresearch.toml: 'agent.{key}' = " + message[len(flag):]
+        return message
 
 
 AGENTS = ("search", "llm", "hybrid", "cli")
@@ -70,6 +80,7 @@ def agent_options(args: Any, task: Task, tag: str | None = None) -> AgentOptions
         base_url=args.base_url or cfg.get("base_url"), sampler=args.sampler or cfg.get("sampler", "tpe"),
         seed=getattr(args, "seed", 0),
         llm_share=args.llm_share if args.llm_share is not None else cfg.get("llm_share", 0.3),
+        from_file=tuple(k for k in ("model", "base_url") if getattr(args, k, None) is None and cfg.get(k)),
     )
 
 
