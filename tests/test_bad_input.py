@@ -142,6 +142,16 @@ def _dirty(tmp: Path) -> Path:
     return repo
 
 
+def _editable_ignored(tmp: Path) -> Path:
+    """The editable file is in the checkout but git ignores it: no trial's commit could hold it."""
+    repo = make_task(tmp / "ign", files={".gitignore": "conf.py\n"})
+    toml = repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('editable = ["exp.py"]', 'editable = ["exp.py", "conf.py"]'))
+    (repo / "conf.py").write_text("LR = 0.1\n")
+    git(repo, "commit", "-qam", "conf.py editable")
+    return repo
+
+
 def _branch_without_ledger(tmp: Path) -> Path:
     repo = make_task(tmp / "b")
     git(repo, "branch", "autoresearch/x")
@@ -206,6 +216,8 @@ FLAG_CASES: list[tuple[str, list[str], str, Callable[[Path], Path]]] = [
     ("DIR is a subfolder of the repository", [*RUN, "--tag", "x"], "not the root of its git repository", _subfolder),
     ("repository without commits", [*RUN, "--tag", "x"], "no commits yet", _no_commits),
     ("repository with uncommitted changes", [*RUN, "--tag", "x"], "uncommitted changes (exp.py)", _dirty),
+    ("an editable file git ignores (the baseline failed, and its advice, `shared`, is refused for an editable file)",
+     [*RUN, "--tag", "x", "--trials", "0"], "'editable' names 'conf.py', which git ignores", _editable_ignored),
     ("a branch of the tag's name made by the user", [*RUN, "--tag", "x"], "a branch autoresearch/x already exists",
      _branch_without_ledger),
     ("the tag's ledger deleted, its refs left", [*RUN, "--tag", "x"], "holds no ledger", _refs_without_ledger),

@@ -103,6 +103,7 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
     _check_checkout(git, tag, exists, allow_dirty)
     if not exists:
         _refuse_dirty(git, allow_dirty)
+        _refuse_ignored_editable(git, task)
         _check_new_tag(git, task, tag)
     ledger = Ledger.open(task.root, tag, task.metric.name)
     ledger.acquire()
@@ -114,6 +115,7 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
         if not exists or ledger.get_meta("base") is None or restarted:
             if restarted:
                 _refuse_dirty(git, allow_dirty)  # (a fix not committed would be left out)
+                _refuse_ignored_editable(git, task)
             _start_tag(git, ledger, task, tag, exists)
         base = ledger.get_meta("base") or git.head()
         session = Session(task=task, git=git, ledger=ledger, tag=tag, base=base, resumed=exists,
@@ -208,6 +210,29 @@ def _refuse_dirty(git: Git, allow_dirty: bool) -> None:
         raise UsageError(f"the repository has uncommitted changes ({shown}): commit or stash them first "
                          "(`git stash -u` takes untracked files too; trials run the committed code; output "
                          "folders belong in .gitignore)")
+
+
+def _refuse_ignored_editable(git: Git, task: Task) -> None:
+    """An editable file that git ignores and does not hold is in no trial's commit: the agent's
+    change to it could never be kept (and `shared`, which the baseline's failure would suggest,
+    may not hold an editable file)."""
+    from autoresearch.task import glob_match, list_files
+
+    tracked = set(git.run("ls-files", "-z", strip=False).split("\0"))
+    files = list_files(task.root)
+    for glob in task.editable:
+        if any(c in glob for c in "*?[") and len(task.editable) > 1:  # (may name files yet to be made)
+            continue
+        on_disk = [f for f in files if glob_match(f, glob) and not task.is_protected(f)]
+        if not on_disk or any(f in tracked for f in on_disk):
+            continue
+        said = git.run("check-ignore", "-z", "--stdin", input="\0".join(on_disk) + "\0", check=False,
+                       strip=False).split("\0")
+        hit = next((f for f in on_disk if f in said), None)
+        if hit is not None:
+            raise UsageError(f"{TASK_FILE}: 'editable' names {hit!r}, which git ignores and does not hold: trials "
+                             f"run the committed code, so an agent's change to it could never be kept; commit it "
+                             f"(`git add -f {shlex.quote(hit)}`, or take it out of .gitignore)")
 
 
 def _check_new_tag(git: Git, task: Task, tag: str) -> None:
