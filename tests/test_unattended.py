@@ -36,6 +36,21 @@ def test_sigterm_during_setup_stops_at_once(tmp_path: Path) -> None:
     assert not trials(root)  # no baseline ran
 
 
+def test_a_setup_that_hangs_is_stopped_at_its_time_limit_and_said_so(tmp_path: Path) -> None:
+    """It was said as `failed (exit -15)`; the limit (6 hours) is AUTORESEARCH_SETUP_TIMEOUT's to change."""
+    root = make_task(tmp_path / "task", toml_extra='setup = "echo fetching; sleep 60"\n')
+    began = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "autoresearch", "run", str(root), "--tag", "t", "--trials", "1"],
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "AUTORESEARCH_SETUP_TIMEOUT": "1"})
+    assert r.returncode == 1 and time.monotonic() - began < 30, r.stderr
+    assert "was killed at setup's time limit, 1 s (AUTORESEARCH_SETUP_TIMEOUT)" in r.stderr and "fetching" in r.stderr, r.stderr
+    assert not trials(root)
+    r = subprocess.run([sys.executable, "-m", "autoresearch", "run", str(root), "--tag", "u", "--trials", "1"],
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "AUTORESEARCH_SETUP_TIMEOUT": "soon"})
+    assert r.returncode == 2 and "AUTORESEARCH_SETUP_TIMEOUT must be a number of seconds above 0, got 'soon'" in r.stderr
+    assert subprocess.run(["git", "-C", str(root), "rev-parse", "--verify", "-q", "autoresearch/u"]).returncode != 0  # nothing made
+
+
 @pytest.mark.slow  # (CI runs the slow tests too)
 def test_a_closed_terminal_stops_the_loop_cleanly_and_nohup_keeps_it(tmp_path: Path) -> None:
     marker = tmp_path / "running"

@@ -89,6 +89,9 @@ class Session:
 
 def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
     """Create or resume the tag's branch and ledger and take the tag's lock."""
+    if task.setup:  # (a bad AUTORESEARCH_SETUP_TIMEOUT: said before anything is made)
+        from autoresearch.setupstep import setup_timeout
+        setup_timeout()
     if (task.root / ".git").is_dir():  # a FIFO an agent left in .git (a loop killed before its
         left = remove_endless(task.root / ".git")  # guard looked) would hang every git command
         if left:

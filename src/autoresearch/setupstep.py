@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoresearch.errors import AutoresearchError
+from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.filetree import read_regular, remove_path
 from autoresearch.gitrepo import Workspace
 from autoresearch.gitstatus import status_entries
@@ -22,6 +22,22 @@ from autoresearch.ledger import LEDGER_DIR
 from autoresearch.process import last_lines, read_tail, run_command
 from autoresearch.session import Session
 from autoresearch.task import TASK_FILE, Task
+
+# seconds: a download of a dataset's shards or a tokenizer's training may take hours; a setup
+# that hangs is stopped (AUTORESEARCH_SETUP_TIMEOUT sets another limit)
+SETUP_TIMEOUT = 6 * 3600.0
+
+
+def setup_timeout() -> float:
+    """Setup's time limit in seconds: AUTORESEARCH_SETUP_TIMEOUT, or SETUP_TIMEOUT."""
+    raw = os.environ.get("AUTORESEARCH_SETUP_TIMEOUT", "").strip()
+    try:
+        limit = float(raw) if raw else SETUP_TIMEOUT
+    except ValueError:
+        limit = -1.0
+    if not limit > 0 or limit == float("inf"):
+        raise UsageError(f"AUTORESEARCH_SETUP_TIMEOUT must be a number of seconds above 0, got {raw!r}")
+    return limit
 
 
 @dataclass(frozen=True)
@@ -140,9 +156,13 @@ def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | 
     SetupOutput(store, shared=shared).link_into(ws.path)
     log = s.dir / "logs" / "setup.log"
     command: str | list[str] = [*wrap, "/bin/bash", "-c", s.task.setup] if wrap else s.task.setup
-    result = run_command(command, ws.path, env, 6 * 3600, log, owner=s.owner, cancel=cancel)
+    limit = setup_timeout()
+    result = run_command(command, ws.path, env, limit, log, owner=s.owner, cancel=cancel)
     if result.cancelled:  # Ctrl-C or SIGTERM while it ran: stop now, not after it and a baseline
         raise KeyboardInterrupt
+    if result.timed_out:
+        raise AutoresearchError(f"setup command `{s.task.setup}` was killed at setup's time limit, {limit:g} s "
+                                f"(AUTORESEARCH_SETUP_TIMEOUT); log {log}:\n{last_lines(read_tail(log), 15)}")
     if result.returncode != 0:
         tail = last_lines(read_tail(log), 15)
         raise AutoresearchError(f"setup command `{s.task.setup}` failed (exit {result.returncode}); "
