@@ -168,6 +168,21 @@ def _repo(tmp: Path) -> Path:
     return make_task(tmp / "repo")
 
 
+def _on_the_tags_branch(tmp: Path) -> Path:
+    """A repository whose own branch is master, with the tag's branch checked out."""
+    repo = make_task(tmp / "repo")
+    git(repo, "branch", "-m", "main", "master")
+    git(repo, "branch", "autoresearch/x")
+    git(repo, "checkout", "-q", "autoresearch/x")
+    return repo
+
+
+def _task_file_a_folder(tmp: Path) -> Path:
+    repo = tmp / "repo"
+    (repo / "autoresearch.toml").mkdir(parents=True)
+    return repo
+
+
 RUN = ["run", "{repo}", "--agent", "cli", "--agent-cmd", "true"]
 FLAG_CASES: list[tuple[str, list[str], str, Callable[[Path], Path]]] = [
     ("--trials not whole", [*RUN, "--trials", "1.5"], "--trials", _repo),
@@ -213,6 +228,9 @@ FLAG_CASES: list[tuple[str, list[str], str, Callable[[Path], Path]]] = [
     ("status with DIR a file", ["status", "{repo}/exp.py"], "not a folder:", _repo),
     ("report with DIR a file", ["report", "{repo}/exp.py"], "not a folder:", _repo),
     ("DIR is not a git repository", [*RUN, "--tag", "x"], "not a git repository", _no_git),
+    ("the tag's branch checked out", [*RUN, "--tag", "x"], "check out another branch first (e.g. `git checkout master`)",
+     _on_the_tags_branch),
+    ("the task file a folder", [*RUN, "--tag", "x"], "autoresearch.toml is not a file (a folder?)", _task_file_a_folder),
     ("DIR is a subfolder of the repository", [*RUN, "--tag", "x"], "not the root of its git repository", _subfolder),
     ("repository without commits", [*RUN, "--tag", "x"], "no commits yet", _no_commits),
     ("repository with uncommitted changes", [*RUN, "--tag", "x"], "uncommitted changes (exp.py)", _dirty),

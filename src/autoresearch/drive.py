@@ -199,7 +199,7 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
     git = Git.open(task.root)
     if git.run("symbolic-ref", "-q", "HEAD", check=False).strip() == f"refs/heads/autoresearch/{tag}":
         raise UsageError(f"you have autoresearch/{tag} checked out, and a kept trial moves it under your "
-                         "working tree: check out another branch first (e.g. `git checkout main`)")
+                         f"working tree: check out another branch first (e.g. {git.away_hint()})")
     changed = working_changes(git, task)
     # a file the last `trial` left (a kept trial's new file, staged) that you have since taken
     # away (`git rm`) is as HEAD has it, so `git status` does not show it: still a change

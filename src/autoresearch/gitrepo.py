@@ -149,6 +149,14 @@ class Git:
         out = self.run("symbolic-ref", "-q", "--short", "HEAD", check=False).strip()
         return out or None
 
+    def away_hint(self) -> str:
+        """How to leave an autoresearch branch for one of the user's: `git checkout main` (or
+        master, or the first other local branch), for a message."""
+        names = [ref.removeprefix("refs/heads/") for ref in self.refs("refs/heads/")]
+        mine = [n for n in names if not n.startswith("autoresearch/")]
+        name = next((n for n in ("main", "master") if n in mine), mine[0] if mine else "")
+        return f"`git checkout {name}`" if name else "`git checkout -b work`"
+
     def dirty_paths(self) -> list[str]:
         out = self.run("status", "--porcelain", "-z", "-unormal", strip=False)  # ' M path': keep the space
         return [path for _code, path in status_entries(out)]

@@ -142,7 +142,7 @@ def _check_checkout(git: Git, tag: str, exists: bool, allow_dirty: bool) -> None
         return
     if git.run("symbolic-ref", "-q", "HEAD", check=False).strip() == branch_ref(tag):
         raise UsageError(f"you have autoresearch/{tag} checked out, and the loop moves it: check out "
-                         "another branch first (e.g. `git checkout main`)")
+                         f"another branch first (e.g. {git.away_hint()})")
     # the task file is read from your checkout: what a resumed run measures by must be what is
     # committed (an agent that widened `editable` there is noticed)
     if exists and TASK_FILE in git.dirty_paths():

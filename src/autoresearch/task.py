@@ -335,6 +335,8 @@ def load_task(root: str | os.PathLike[str]) -> Task:
     path = root / TASK_FILE
     if not root.is_dir():
         raise TaskError(no_folder(root))
+    if path.exists() and not path.is_file():
+        raise TaskError(f"{path} is not a file (a folder?): the task file must be one")
     if not path.is_file():
         raise TaskError(f"no {TASK_FILE} in {root} (create one with `autoresearch init`)")
     try:
