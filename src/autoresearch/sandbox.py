@@ -254,5 +254,6 @@ def seal_warning(task: object, beside: bool = False) -> str:
     what = [*(["the holdout is not sealed: agents and the code they write could read the ledger"]
               if task.metric.holdout else []),  # type: ignore[attr-defined]
             *(["trials side by side are not sealed from each other: an agent or experiment could write into "
-               "another trial's worktree (a change to its editable files while it runs rejects it)"] if beside else [])]
+               "another trial's worktree (a change to its editable files while it runs rejects it) or append "
+               "to its log, whose last metric line is its figure (not caught: use --workers 1)"] if beside else [])]
     return f"warning: {'; '.join(what)} ({why})"
