@@ -11,7 +11,10 @@ or an extension (`data.abi3.so`) before the `data.py` beside it, so an agent's `
 would stand in for a protected `model/data.py` however it is imported (`from .data import`,
 `from model.data import`), nor under the name of an installed package's module (`markupsafe.py`:
 an evaluator that imports jinja2 has jinja2 import markupsafe from the first folder that holds
-one, this one). A file already there at the baseline is the task author's, and stays.
+one, this one). The folders a relative PYTHONPATH entry names (`PYTHONPATH=src`, or an empty
+entry: the root) are searched first too, at Python's start as well: there a `sitecustomize.py` or
+`usercustomize.py` is refused besides, as `site` runs it before the evaluator's own code. A file
+already there at the baseline is the task author's, and stays.
 So is a bytecode cache of a protected file (`model/__pycache__/data.cpython-311.pyc`), in any
 change: Python runs it in place of its source when its check of the source passes, and that
 check can be forged (the source's mtime and size) or left out (an unchecked hash-based .pyc).
@@ -127,6 +130,26 @@ IMPLICIT = {"GNUmakefile", "makefile", "Makefile", "conftest.py", "pytest.ini", 
             "setup.cfg", "pyproject.toml", ".env"}
 
 
+# modules `site` imports at every start of Python from the first folder of its path that holds one
+STARTUP = frozenset({"sitecustomize", "usercustomize"})
+
+
+def python_path_folders(environ: dict[str, str] | None = None) -> set[str]:
+    """The task's folders a relative PYTHONPATH entry names (`src`; an empty entry or `.` its
+    root), from the root: Python run there searches them first, at its start too (a
+    `sitecustomize.py` in one runs in the evaluator before its own code)."""
+    raw = (os.environ if environ is None else environ).get("PYTHONPATH", "")
+    out: set[str] = set()
+    for entry in raw.split(os.pathsep) if raw else []:
+        if os.path.isabs(entry):
+            continue
+        norm = os.path.normpath(entry or ".").replace(os.sep, "/")
+        if norm == ".." or norm.startswith("../"):
+            continue
+        out.add("" if norm == "." else norm)
+    return out
+
+
 def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
     """Why a file the change adds would be imported in place of another module (or read by the
     evaluator's program as its own), or None."""
@@ -147,7 +170,8 @@ def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
     if not added:
         return None
     python = [p for p in task.protected_files(workdir) if p.endswith(".py")]
-    folders = {""} | {p.rpartition("/")[0] for p in python}
+    early = python_path_folders()
+    folders = {""} | {p.rpartition("/")[0] for p in python} | early
     for path, _ in added:  # a part of an installed namespace package, in a folder searched first
         for folder in folders:
             below = path[len(folder) + 1:] if folder else path
@@ -161,7 +185,9 @@ def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
     for path, (folder, name) in added:
         if folder not in folders:
             continue
-        if (folder, name) in own and own[(folder, name)] != path:
+        if name in STARTUP and folder in early:
+            whose = f"Python's {name} (the folder is on PYTHONPATH: it would run at every start of the evaluator)"
+        elif (folder, name) in own and own[(folder, name)] != path:
             whose = f"the protected {own[(folder, name)]}"
         elif name in sys.stdlib_module_names:
             whose = f"Python's own {name}"
