@@ -67,3 +67,28 @@ def test_a_sitecustomize_in_the_root_with_an_empty_pythonpath_entry(tmp_path: Pa
     assert r.returncode == 0, r.stderr[-2000:]
     t = trials(repo)[1]
     assert t.status.value == "rejected", (t.status, t.metric, t.reason)
+
+
+# a relative PATH entry: the evaluator's `sh eval.sh` ran the agent's bin/sh
+PLANT_PROGRAM = """\
+sed -i 's/^X = .*/X = 9.0/' exp.py
+printf '#!/bin/bash\\necho "loss: -100"\\n' > bin/sh
+chmod +x bin/sh
+echo "X to 9"
+"""
+
+
+def test_a_program_in_a_folder_on_path_is_refused(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task", experiment=EXPERIMENT, toml_extra='evaluate = "sh eval.sh"\n',
+                     files={"prepare.py": EVALUATOR, "eval.sh": "python prepare.py\n", "bin/helper": "#!/bin/sh\n"})
+    toml = (repo / "autoresearch.toml").read_text()
+    toml = toml.replace('editable = ["exp.py"]', 'editable = ["exp.py", "bin/*"]')
+    (repo / "autoresearch.toml").write_text(toml.replace('protected = ["prepare.py"]', 'protected = ["prepare.py", "eval.sh"]'))
+    git(repo, "commit", "-qam", "bin editable")
+    agent = script_agent(tmp_path / "a.sh", PLANT_PROGRAM)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1",
+            env={"PATH": f"bin{os.pathsep}{os.environ['PATH']}"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = trials(repo)[1]
+    assert t.status.value == "rejected", (t.status, t.metric, t.reason)
+    assert "bin/sh" in t.reason and "PATH" in t.reason, t.reason

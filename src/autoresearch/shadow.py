@@ -27,6 +27,7 @@ import functools
 import importlib.machinery
 import os
 import pkgutil
+import shutil
 import sys
 from pathlib import Path
 
@@ -134,11 +135,12 @@ IMPLICIT = {"GNUmakefile", "makefile", "Makefile", "conftest.py", "pytest.ini", 
 STARTUP = frozenset({"sitecustomize", "usercustomize"})
 
 
-def python_path_folders(environ: dict[str, str] | None = None) -> set[str]:
-    """The task's folders a relative PYTHONPATH entry names (`src`; an empty entry or `.` its
-    root), from the root: Python run there searches them first, at its start too (a
-    `sitecustomize.py` in one runs in the evaluator before its own code)."""
-    raw = (os.environ if environ is None else environ).get("PYTHONPATH", "")
+def relative_folders(var: str = "PYTHONPATH", environ: dict[str, str] | None = None) -> set[str]:
+    """The task's folders a relative entry of PYTHONPATH (or PATH) names (`src`; an empty entry
+    or `.` its root), from the root: Python run there searches them first, at its start too (a
+    `sitecustomize.py` in one runs in the evaluator before its own code), and a shell takes a
+    program from them before the system's."""
+    raw = (os.environ if environ is None else environ).get(var, "")
     out: set[str] = set()
     for entry in raw.split(os.pathsep) if raw else []:
         if os.path.isabs(entry):
@@ -162,6 +164,8 @@ def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
             return (f"added {path}, which the evaluator's program would read on its own from its folder "
                     "(make takes a GNUmakefile or makefile before the Makefile; pytest a conftest.py or an ini "
                     "file): name it otherwise")
+    if program := _program(task, changes):
+        return program
     for c in changes:
         if c.status != "D" and (source := cached_source(c.path)) and task.is_protected(source):
             return (f"{'added' if c.status == 'A' else 'changed'} {c.path}, Python's bytecode for the protected "
@@ -170,7 +174,7 @@ def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
     if not added:
         return None
     python = [p for p in task.protected_files(workdir) if p.endswith(".py")]
-    early = python_path_folders()
+    early = relative_folders()
     folders = {""} | {p.rpartition("/")[0] for p in python} | early
     for path, _ in added:  # a part of an installed namespace package, in a folder searched first
         for folder in folders:
@@ -199,4 +203,20 @@ def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
             continue
         return (f"added {path}, which Python would import in place of {whose} (the protected code and "
                 "the evaluator run from this folder, so they would run the agent's file): name it otherwise")
+    return None
+
+
+def _program(task: Task, changes: list[Change]) -> str | None:
+    """Why a file the change adds would be run in place of a program (a folder of the task on
+    PATH, by a relative entry: `bin`, or an empty one, the root), or None."""
+    if not task.evaluate or not (early := relative_folders("PATH")):
+        return None
+    system = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if os.path.isabs(p))
+    named = set(f"{task.command} {task.evaluate}".split())
+    for c in changes:
+        folder, _, name = c.path.rpartition("/")
+        made = c.status == "A" or (c.new_mode == "100755" and c.old_mode != "100755")  # (made executable)
+        if made and folder in early and (name in named or shutil.which(name, path=system)):
+            return (f"added {c.path}, which the evaluator's shell would run in place of the program {name} "
+                    f"(the folder is on PATH): name it otherwise")
     return None
