@@ -92,3 +92,19 @@ def test_a_program_in_a_folder_on_path_is_refused(tmp_path: Path) -> None:
     t = trials(repo)[1]
     assert t.status.value == "rejected", (t.status, t.metric, t.reason)
     assert "bin/sh" in t.reason and "PATH" in t.reason, t.reason
+
+
+def test_a_python_version_file_in_the_root_is_refused(tmp_path: Path) -> None:
+    """A pyenv or asdf shim on PATH (`pytest`, `torchrun`, `python3.12`) runs the interpreter
+    `.python-version` (or `.tool-versions`) names from the working folder up: one an agent adds
+    names a version folder it made under ~/.pyenv/versions, whose programs run as the evaluator."""
+    repo = make_task(tmp_path / "task", experiment=EXPERIMENT, toml_extra='evaluate = "python prepare.py"\n',
+                     files={"prepare.py": EVALUATOR})
+    toml = (repo / "autoresearch.toml").read_text()
+    (repo / "autoresearch.toml").write_text(toml.replace('editable = ["exp.py"]', 'editable = ["*"]'))
+    git(repo, "commit", "-qam", "all editable")
+    agent = script_agent(tmp_path / "a.sh", "echo evil > .python-version\necho 'pin python'\n")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = trials(repo)[1]
+    assert t.status.value == "rejected" and ".python-version" in t.reason, (t.status, t.metric, t.reason)

@@ -126,9 +126,11 @@ def cached_source(path: str) -> str | None:
 
 
 # files a program reads on its own from its working folder, which an evaluator's `make`, `pytest`,
-# `tox` or `pip` would take up (GNU make reads GNUmakefile, then makefile, before Makefile)
+# `tox` or `pip` would take up (GNU make reads GNUmakefile, then makefile, before Makefile), or
+# which choose the interpreter a pyenv or asdf shim (`pytest`, `torchrun`, `python3.12`) or `uv run`
+# runs: one of a version folder the agent made
 IMPLICIT = {"GNUmakefile", "makefile", "Makefile", "conftest.py", "pytest.ini", ".pytest.ini", "tox.ini",
-            "setup.cfg", "pyproject.toml", ".env"}
+            "setup.cfg", "pyproject.toml", ".env", ".python-version", ".tool-versions", "uv.toml"}
 
 
 # modules `site` imports at every start of Python from the first folder of its path that holds one
