@@ -19,6 +19,7 @@ import contextlib
 import importlib.machinery
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -104,6 +105,7 @@ class EnvGuard:
         self.dirs = dirs + [d for d in self.first if d not in dirs]
         self.interpreter = [d for d in dirs if d.is_file()]  # (the binary `python` runs)
         self._saved = self._read()
+        self._strangers()  # (one a trial of a killed loop left: never autoresearch's)
         # the interpreter, a pyvenv.cfg beside `python`, and (not autoresearch's own links) the
         # user's environment's bin or the virtualenv autoresearch runs in: a `python` written
         # there (a script that prints a figure) would run as the evaluator
@@ -174,6 +176,29 @@ class EnvGuard:
                 return True
         return False
 
+    def _strangers(self) -> list[str]:
+        """Take out what is in autoresearch's own links folder besides its links (it comes first on
+        the experiments' PATH: a `tail` put there runs in place of the system's inside an
+        evaluator's script); each kept in the keep folder. Their names."""
+        if not self.shim:
+            return []
+        try:
+            names = sorted(e.name for e in os.scandir(self.bin_dir))
+        except OSError:
+            return []
+        out = []
+        for name in names:  # (`.python.<pid>`: another loop's link on its way in, python_shim)
+            if name in ("python", "python3") or re.fullmatch(r"\.python3?\.\d+", name):
+                continue
+            path = self.bin_dir / name
+            with contextlib.suppress(OSError):
+                if self.keep is not None:
+                    with contextlib.suppress(OSError):
+                        self._keep(path, None)
+                remove_path(path)
+                out.append(name)
+        return out
+
     def _keep(self, path: Path, data: bytes | None) -> Path:
         """A copy of `data` (or of the folder), found at `path`, in the keep folder: a name not
         used yet."""
@@ -204,6 +229,9 @@ class EnvGuard:
             problems.append(f"changed the experiments' python ({self.bin_dir / 'python'}); restored")
         if launchers := self._launchers_changed():
             problems.append(f"changed the experiments' python ({', '.join(launchers[:3])} in {self.bin_dir}); restored")
+        if strangers := self._strangers():
+            problems.append(f"put {', '.join(strangers[:3])} in {self.bin_dir}, the folder first on the "
+                            "experiments' PATH, which holds only autoresearch's python links; taken out")
         now = self._read()
         if now != self._saved:
             changed = sorted(p for p in set(now) | set(self._saved) if now.get(p) != self._saved.get(p))

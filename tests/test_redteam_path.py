@@ -1,0 +1,52 @@
+"""Red team: the folder of autoresearch's `python` links (`.autoresearch/bin/<id>/`) comes first
+on the experiments' PATH. An experiment that put a `tail` there had it run inside the evaluator's
+script (`python prepare.py | tail -n 5`): a worse change was kept with the figure it printed, and
+every later trial was measured through it. Only the python links belong there: anything else is
+taken out and rejects the trial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import cli, git, make_task, script_agent, trials
+
+EVALUATOR = """\
+import json, os
+run = os.environ["AUTORESEARCH_RUN_DIR"]
+print(f"loss: {json.load(open(os.path.join(run, 'result.json')))['loss']}")
+"""
+
+EXPERIMENT = """\
+import json, os
+X = 3.0
+loss = (X - 1.0) ** 2
+json.dump({"loss": loss}, open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "result.json"), "w"))
+"""
+
+PLANT = """\
+sed -i "s/^X = .*/X = $((8 + AUTORESEARCH_TRIAL)).0/" exp.py
+if [ "$AUTORESEARCH_TRIAL" = 1 ]; then
+cat >> exp.py <<'PY'
+import shutil
+p = os.path.join(os.path.dirname(shutil.which("python")), "tail")
+open(p, "w").write("#!/bin/sh\\necho 'loss: -100'\\n")
+os.chmod(p, 0o755)
+PY
+fi
+echo "X up"
+"""
+
+
+def test_a_program_put_beside_the_python_links_is_taken_out(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task", experiment=EXPERIMENT, toml_extra='evaluate = "sh eval.sh"\n',
+                     files={"prepare.py": EVALUATOR, "eval.sh": "python prepare.py | tail -n 5\n"})
+    toml = (repo / "autoresearch.toml").read_text()
+    (repo / "autoresearch.toml").write_text(toml.replace('protected = ["prepare.py"]', 'protected = ["prepare.py", "eval.sh"]'))
+    git(repo, "commit", "-qam", "eval.sh")
+    agent = script_agent(tmp_path / "a.sh", PLANT)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    t1, t2 = trials(repo)[1:]
+    assert t1.status.value == "rejected" and "tail" in t1.reason, (t1.status, t1.metric, t1.reason)
+    assert (t2.status.value, t2.metric) == ("discard", 81.0), (t2.status, t2.metric, t2.reason)  # measured honestly
+    assert not list((repo / ".autoresearch" / "bin").glob("*/tail"))
