@@ -6,6 +6,7 @@ taken out and rejects the trial."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from conftest import cli, git, make_task, script_agent, trials
@@ -50,3 +51,27 @@ def test_a_program_put_beside_the_python_links_is_taken_out(tmp_path: Path) -> N
     assert t1.status.value == "rejected" and "tail" in t1.reason, (t1.status, t1.metric, t1.reason)
     assert (t2.status.value, t2.metric) == ("discard", 81.0), (t2.status, t2.metric, t2.reason)  # measured honestly
     assert not list((repo / ".autoresearch" / "bin").glob("*/tail"))
+
+
+# the same program put in a user's folder early on PATH (~/.local/bin, a virtualenv's bin)
+PLANT_USER = PLANT.replace('os.path.dirname(shutil.which("python"))', 'os.environ["UBIN"]')
+
+
+def test_a_program_put_in_a_users_folder_early_on_path_is_taken_out(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task", experiment=EXPERIMENT, toml_extra='evaluate = "sh eval.sh"\n',
+                     files={"prepare.py": EVALUATOR, "eval.sh": "python prepare.py | tail -n 5\n"})
+    toml = (repo / "autoresearch.toml").read_text()
+    (repo / "autoresearch.toml").write_text(toml.replace('protected = ["prepare.py"]', 'protected = ["prepare.py", "eval.sh"]'))
+    git(repo, "commit", "-qam", "eval.sh")
+    ubin = tmp_path / "ubin"
+    ubin.mkdir()
+    (ubin / "mine").write_text("#!/bin/sh\n")  # (the user's own, there from the start: left alone)
+    (ubin / "mine").chmod(0o755)
+    agent = script_agent(tmp_path / "a.sh", PLANT_USER)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2",
+            env={"UBIN": str(ubin), "PATH": f"{ubin}{os.pathsep}{os.environ['PATH']}"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    t1, t2 = trials(repo)[1:]
+    assert t1.status.value == "rejected" and "tail" in t1.reason, (t1.status, t1.metric, t1.reason)
+    assert (t2.status.value, t2.metric) == ("discard", 81.0), (t2.status, t2.metric, t2.reason)
+    assert sorted(p.name for p in ubin.iterdir()) == ["mine"]

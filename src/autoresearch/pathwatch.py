@@ -70,6 +70,36 @@ class PathWatch:
         may install one)."""
         self.names = [n for n in self.candidates if shutil.which(n, path=self.path)]
         self._saved = {n: self._take(n) for n in self.names}
+        self._listed = self._listing()
+
+    def _listing(self) -> dict[str, set[str]]:
+        """The names in each folder of PATH that is not the system's (a user's: `~/.local/bin`, a
+        virtualenv's `bin`), where a program put would run in place of one found later on PATH by
+        a script the task's commands run (`tail` in an evaluator's `... | tail`), not only by them."""
+        out: dict[str, set[str]] = {}
+        for folder in self.path.split(os.pathsep):
+            if os.path.isabs(folder) and not (folder.rstrip("/") + "/").startswith(SYSTEM) and folder not in out:
+                with contextlib.suppress(OSError):
+                    out[folder] = {e.name for e in os.scandir(folder)}
+        return out
+
+    def _shadows(self) -> list[str]:
+        """Programs put since the last look in a user's folder on PATH under the name of one found
+        after it there: each moved to the keep folder; what to say of them."""
+        now, said = self._listing(), []
+        folders = self.path.split(os.pathsep)
+        for folder, names in now.items():
+            later = os.pathsep.join(folders[folders.index(folder) + 1:])
+            for name in sorted(names - self._listed.get(folder, set())):
+                found = os.path.join(folder, name)
+                if name in self.names or not os.access(found, os.X_OK) or os.path.isdir(found) \
+                        or not shutil.which(name, path=later):
+                    continue  # (a program the commands name: check_and_restore's)
+                kept = self._move_away(found)
+                said.append(f"put a `{name}` on the experiments' PATH before the one found after it ({found}, "
+                            f"before {shutil.which(name, path=later)}); " + (f"moved to {kept}" if kept else "removed"))
+        self._listed = self._listing()
+        return said
 
     def _take(self, name: str) -> tuple[str | None, tuple[object, ...], bytes | None]:
         """Where PATH finds `name`, its stamp, and a copy of what it runs (None: too big)."""
@@ -117,7 +147,7 @@ class PathWatch:
         """Why the trial is rejected (None: every program is the one found at the start): a
         program found before it on PATH now is moved away, one rewritten, replaced or removed
         is put back."""
-        problems = []
+        problems = self._shadows()
         for name in self.names:
             path, stamp, data = self._saved[name]
             assert path is not None
