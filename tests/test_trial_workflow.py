@@ -273,3 +273,18 @@ def test_trials_in_a_checkout_with_crlf_line_ends_go_on(tmp_path: Path) -> None:
         out = trial(repo, f"{old} -> {new}")
         assert f"trial {n}: keep" in out, out
     assert git(repo, "show", "autoresearch/t:exp.py").splitlines()[:2] == ["X = 1.0", "Y = 1.0"]
+
+
+def test_a_baseline_run_again_is_labelled_the_baseline_not_trial_0_of_n(tmp_path: Path) -> None:
+    """A baseline that failed for want of a file runs again as trial 1: its start line said
+    `[trial 1] (0/1) started`, a count that reads as a trial of the run, where the live view
+    and a first baseline say `(baseline)`."""
+    data = tmp_path / "offset.txt"
+    repo = make_task(tmp_path / "task", experiment=f"X = 3.0\nprint('loss:', X + float(open({str(data)!r}).read()))\n")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "search", "--trials", "1")
+    assert r.returncode == 1 and "[trial 0] (baseline) started" in r.stdout, r.stdout + r.stderr
+    data.write_text("1\n")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "search", "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert "[trial 1] (baseline) started" in r.stdout, r.stdout
+    assert "[trial 2] (1/1) started" in r.stdout, r.stdout

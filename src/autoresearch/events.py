@@ -143,7 +143,7 @@ class PlainEvents:
         self._print(text)
 
     def trial_started(self, number: int, index: int, total: int | None) -> None:
-        label = "baseline" if number == 0 and index == 0 else f"{index}/{total}" if total else f"{index}"
+        label = "baseline" if index == 0 else f"{index}/{total}" if total else f"{index}"
         self._labels[number] = label
         self._print(f"[trial {number}] ({label}{of_hours(self._t0, self.hours)}) started{self._best}")
 
