@@ -288,3 +288,37 @@ def test_a_baseline_run_again_is_labelled_the_baseline_not_trial_0_of_n(tmp_path
     assert r.returncode == 0, r.stderr
     assert "[trial 1] (baseline) started" in r.stdout, r.stdout
     assert "[trial 2] (1/1) started" in r.stdout, r.stdout
+
+
+def test_a_loop_on_the_tag_trial_took_by_default_is_named_as_the_default(tmp_path: Path) -> None:
+    """You judge changes on tag a; a `run` loop starts on tag b beside it; your next `trial`
+    without --tag takes b (written last) and is refused: the refusal said only that a loop runs
+    on 'b', a tag you never named; it says the tag was the default and how to give another."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import wait_for
+
+    marker = tmp_path / "running"
+    exp = (f"import os, pathlib, time\nX = 3.0\nif os.environ['AUTORESEARCH_TAG'] == 'b':\n"
+           f"    pathlib.Path({str(marker)!r}).touch()\n    time.sleep(30)\nprint(f'loss: {{X}}')\n")
+    repo = make_task(tmp_path / "task", experiment=exp)
+    set_line(repo / "exp.py", "X = 3.0", "X = 2.0")
+    assert "trial 1: keep" in trial(repo, "X to 2")
+    git(repo, "reset", "-q")
+    git(repo, "checkout", "-q", "--", "exp.py")  # a clean checkout: `run` on a new tag needs one
+    loop = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", str(repo), "--tag", "b", "--trials", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    try:
+        wait_for(marker, 30)
+        set_line(repo / "exp.py", "X = 3.0", "X = 1.5")
+        r = cli("trial", "-m", "X to 1.5", str(repo))
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "another autoresearch loop is running on tag 'b'" in r.stderr, r.stderr
+        assert "no --tag was given" in r.stderr and "one of t" in r.stderr, r.stderr
+        r = cli("trial", "-m", "X to 1.5", str(repo), "--tag", "b")  # named: the plain refusal
+        assert r.returncode == 2 and r.stderr.strip().endswith("running on tag 'b'"), r.stderr
+    finally:
+        loop.send_signal(signal.SIGINT)
+        loop.wait(timeout=60)

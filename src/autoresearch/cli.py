@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trial", help="judge the working tree's uncommitted change as the next trial")
     p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
     p.add_argument("-m", "--message", required=True, help="what the change is")
-    p.add_argument("--tag", default=None, help=TAG_HELP)
+    p.add_argument("--tag", default=None, help=TAG_HELP[:-1] + ", or today's date when there is none yet)")
     p.add_argument("--no-rewind", action="store_true", help="leave the working tree as it is after the verdict")
 
     p = sub.add_parser("status", help="table of trials and the best so far")
@@ -355,18 +355,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
-    from autoresearch.drive import (
-        as_left,
-        changed_outside,
-        run_working_tree_trial,
-        shell_word,
-        touched_editable,
-        working_changes,
-    )
-    from autoresearch.gitrepo import Git
+    from autoresearch.drive import run_working_tree_trial
+    from autoresearch.errors import LoopBusy
     from autoresearch.ledger import check_tag, list_tags
-    from autoresearch.records import Status, printable
     from autoresearch.task import load_task
+    from autoresearch.verdict import busy_default, print_verdict
     from autoresearch.views import last_used
 
     if not args.message.strip():
@@ -374,35 +367,12 @@ def cmd_trial(args: argparse.Namespace) -> int:
     task = load_task(args.dir)
     tags = list_tags(task.root)
     tag = check_tag(args.tag if args.tag is not None else (last_used(task.root, tags) if tags else default_tag()))
-    trial, best = run_working_tree_trial(task, tag, args.message, rewind=not args.no_rewind,
-                                         events=events_for(task), runner=run_until_stopped)
-    metric = task.metric.name
-    figs = "  ".join(f"{k}: {v:.6g}" for k, v in trial.figures.items() if k != task.metric.holdout)
-    print(f"trial {trial.number}: {trial.status.value}" + (f" ({trial.reason})" if trial.reason else ""))
-    rewound = not args.no_rewind and trial.commit and trial.status not in (
-        Status.KEEP, Status.AGENT_ERROR, Status.INTERRUPTED) and not (
-        trial.status is Status.REJECTED and changed_outside(task))  # (then left: see drive)
-    if rewound and trial.commit and trial.parent and touched_editable(task, trial.commit, trial.parent):
-        print(f"(your change to the editable files was rewound; it is kept in trial {trial.number}'s commit: "
-              f"`git checkout refs/autoresearch/{tag}/trials/{trial.number} -- FILE` brings a file back)")
-    if trial.status is Status.REJECTED:
-        left = changed_outside(task)
-        if left:
-            shown = " ".join(shell_word(p) for p in left)
-            git = Git(task.root)
-            mine = [p for p in working_changes(git, task) if task.is_editable(p)
-                    and not (best.commit and as_left(git, task.root, p, best.commit))]
-            print(f"(left as it is in your working tree, outside the editable files: {printable(', '.join(left))}; "
-                  f"every trial is rejected until it is undone: `git checkout -- {shown}`"
-                  + ("; your change to the editable files was not measured and is left as it is too, "
-                     "for the next `trial`)" if mine else ")"))
-    if figs:
-        print(figs)
-    print(f"best: trial {best.number}, {metric} {best.metric:.6g} (tag {tag})")
-    # (a duplicate of a crash is a crash: results.tsv says so, and so does the exit code)
-    measured = trial.status in (Status.KEEP, Status.DISCARD) or (trial.status is Status.DUPLICATE
-                                                                and trial.metric is not None)
-    return 0 if measured else EXIT_INTERRUPTED if trial.status is Status.INTERRUPTED else 1
+    try:
+        trial, best = run_working_tree_trial(task, tag, args.message, rewind=not args.no_rewind,
+                                             events=events_for(task), runner=run_until_stopped)
+    except LoopBusy as e:
+        raise (e if args.tag is not None else busy_default(e, sorted(tags))) from None
+    return print_verdict(task, tag, trial, best, rewind=not args.no_rewind)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

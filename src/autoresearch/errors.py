@@ -28,6 +28,7 @@ class LoopBusy(UsageError):
 
     def __init__(self, tag: str) -> None:
         super().__init__(f"another autoresearch loop is running on tag {tag!r}")
+        self.tag = tag
 
 
 class TaskError(UsageError):
