@@ -725,3 +725,20 @@ def test_a_loop_piped_to_tee_a_file_in_the_repository_is_not_refused_for_it(tmp_
     assert r.returncode == 0, r.stdout
     assert "best: trial 0" in (repo / "run.log").read_text() and "best: trial 0" in r.stdout
     assert git(repo, "status", "--porcelain") == ""
+
+
+def test_a_subfolder_given_as_dir_names_the_task_above_it(tmp_path: Path) -> None:
+    """`autoresearch trial -m x .` (or `status .`) from a subfolder of the task: a DIR given is
+    used as it is, and the error told the user to create a task with `init`, one they have;
+    it names the folder that holds it. Past the git repository's root nothing is named."""
+    repo = make_task(tmp_path / "task")
+    (repo / "sub").mkdir()
+    r = cli("trial", "-m", "x", ".", cwd=repo / "sub")
+    assert r.returncode == 2, r.stderr
+    assert f"the task's is in {repo}: give that folder, or leave DIR out" in r.stderr, r.stderr
+    assert "autoresearch init" not in r.stderr
+    other = repo / "sub" / "other"
+    other.mkdir()
+    git(other, "init", "-q")  # a repository of its own: the task above is not its task
+    r = cli("status", str(other))
+    assert r.returncode == 2 and str(repo) + ":" not in r.stderr, r.stderr

@@ -329,6 +329,16 @@ def _load_acceptance(data: dict[str, Any]) -> Acceptance:
     return acceptance
 
 
+def _task_above(folder: Path) -> Path | None:
+    """The nearest folder above `folder`, within its git repository, that holds a task file."""
+    for f in folder.parents if not (folder / ".git").exists() else ():
+        if (f / TASK_FILE).is_file():
+            return f
+        if (f / ".git").exists():
+            break
+    return None
+
+
 def load_task(root: str | os.PathLike[str]) -> Task:
     """Read and validate `<root>/autoresearch.toml`."""
     root = Path(root).resolve()
@@ -338,7 +348,10 @@ def load_task(root: str | os.PathLike[str]) -> Task:
     if path.exists() and not path.is_file():
         raise TaskError(f"{path} is not a file (a folder?): the task file must be one")
     if not path.is_file():
-        raise TaskError(f"no {TASK_FILE} in {root} (create one with `autoresearch init`)")
+        above = _task_above(root)
+        raise TaskError(f"no {TASK_FILE} in {root} " + (
+            f"(the task's is in {above}: give that folder, or leave DIR out)" if above is not None
+            else "(create one with `autoresearch init`)"))
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is fine
     except tomllib.TOMLDecodeError as e:
