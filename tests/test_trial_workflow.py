@@ -322,3 +322,29 @@ def test_a_loop_on_the_tag_trial_took_by_default_is_named_as_the_default(tmp_pat
     finally:
         loop.send_signal(signal.SIGINT)
         loop.wait(timeout=60)
+
+
+def test_no_edit_after_the_loop_moved_on_is_nothing_to_judge_and_says_how_to_take_the_best(tmp_path: Path) -> None:
+    """A kept `trial` leaves its best in your tree; a `run` loop then keeps another change. A
+    `trial` with no edit said the files are "the best code" (they are an older one); after
+    `git checkout autoresearch/t -- exp.py` (the way to take the best) it judged the best
+    against itself: an empty change recorded as `rejected`, exit 1. Both are nothing to judge."""
+    from conftest import trials
+
+    repo = make_task(tmp_path / "task")
+    set_line(repo / "exp.py", "X = 3.0", "X = 2.0")
+    assert "trial 1: keep" in trial(repo, "X to 2.0")
+    agent = script_agent(tmp_path / "a.sh", 'sed -i "s/^Y = .*/Y = 1/" exp.py\necho Y to 1\n')
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert [t.status.value for t in trials(repo)] == ["keep", "keep", "keep"]
+    r = cli("trial", "-m", "no edit", str(repo), "--tag", "t")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "the tag's best has moved on since: `git checkout autoresearch/t -- exp.py` takes it" in r.stderr, r.stderr
+    git(repo, "checkout", "autoresearch/t", "--", "exp.py")
+    r = cli("trial", "-m", "no edit", str(repo), "--tag", "t")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "nothing to judge: your editable files are the tag's best code (autoresearch/t)" in r.stderr, r.stderr
+    assert len(trials(repo)) == 3  # nothing recorded
+    set_line(repo / "exp.py", "X = 2.0", "X = 1.0")  # an edit of it is judged as usual
+    assert "trial 3: keep" in trial(repo, "X to 1.0")

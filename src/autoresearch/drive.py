@@ -224,9 +224,16 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
         note = session.dir / LEFT_NOTE
         head = session.git.rev("HEAD")
         left = read_left(note, head)
+        best_now = session.git.rev(f"refs/heads/autoresearch/{tag}")
+        if best_now and all(task.is_editable(p) and as_left(session.git, task.root, p, best_now) for p in paths):
+            raise UsageError(f"nothing to judge: your editable files are the tag's best code (autoresearch/{tag}); "
+                             "trial judges an uncommitted change to them")
         if all(task.is_editable(p) and p in left and as_left(session.git, task.root, p, left[p]) for p in paths):
-            raise UsageError("nothing to judge: your editable files are the best code, as the last `trial` "
-                             "left them; trial judges an uncommitted change to them")
+            stale = [p for p in paths if best_now and not as_left(session.git, task.root, p, best_now)]
+            raise UsageError("nothing to judge: your editable files are the best code, as the last `trial` left "
+                             + ("them; trial judges an uncommitted change to them" if not stale else
+                                "them, and the tag's best has moved on since: `git checkout autoresearch/"
+                                f"{tag} -- {' '.join(shlex.quote(p) for p in stale)}` takes it; then make a change"))
         agent = WorkingTreeAgent(task.root, paths, description, tag, left)
         loop = Loop(session, agent, Options(trials=1, seed=seed), events)
         if ahead := ahead_of_tag(session):  # (a commit of yours since the tag began: not in its trials)
