@@ -156,7 +156,7 @@ class PlainEvents:
 
     def trial_finished(self, trial: Trial, best: Trial, baseline: Trial | None, cost: float) -> None:
         self._running.pop(trial.number, None)
-        why = f" - {trial.why}" if trial.why else ""
+        why = f"  [{trial.why}]" if trial.why else ""  # (as `status` shows it; " - " read "- -5.4" of a negative figure)
         self._best = f"; {self._best_of(best)}"
         money = f"; cost {dollars(cost)}" if cost else ""
         shown = trial.metric if trial.status.shows_figure else None  # as `status` shows it
