@@ -78,6 +78,45 @@ def test_a_normal_experiment_and_its_evaluation_work_in_the_sandbox(tmp_path: Pa
     assert (t.status, t.metric) == (Status.KEEP, 1.0)
 
 
+
+@needs_bwrap
+def test_a_resumed_tag_keeps_its_sandbox_and_trial_judges_under_it(tmp_path: Path) -> None:
+    """A loop started with --sandbox and resumed with `run --tag T` (after a kill, overnight)
+    stays sandboxed, and says so; so does `autoresearch trial` of that tag; --no-sandbox is the
+    way out, and a tag started without it resumes without it."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    connect = (f"import socket\\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\\n"
+               "print('connected')\\n")
+    with listening(server) as accepted:
+        root = task(tmp_path)
+        r = cli("run", str(root), "--tag", "t", "--trials", "0", "--sandbox")
+        assert r.returncode == 0, r.stderr
+        agent = script_agent(tmp_path / "agent.sh", f"printf \"{connect}\" >> exp.py\necho 'phone home'\n")
+        r = cli("run", str(root), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+        assert r.returncode == 0, r.stderr
+        assert "tag t goes on under --sandbox, as its last run did (--no-sandbox to run without it)" in r.stderr
+        assert trials(root)[1].status is Status.CRASH and "Connection refused" in trials(root)[1].reason
+        # `trial` judges the user's change under the tag's sandbox too
+        with open(root / "exp.py", "a") as f:
+            f.write("# by hand\n" + connect.replace("\\n", "\n"))
+        r = cli("trial", "-m", "phone home by hand", str(root), "--tag", "t")
+        assert "the trial runs under --sandbox, as tag t's last run did" in r.stderr, r.stderr
+        assert trials(root)[2].status is Status.CRASH and "Connection refused" in trials(root)[2].reason
+        assert accepted == []
+        git(root, "checkout", "--", "exp.py")
+        # --no-sandbox: out of it, and recorded so (the next resume is unsandboxed too)
+        agent = script_agent(tmp_path / "agent.sh", f"printf \"# $AUTORESEARCH_TRIAL\\n{connect}\" >> exp.py\necho 'phone home'\n")
+        r = cli("run", str(root), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1", "--no-sandbox")
+        assert r.returncode == 0 and "--sandbox" not in r.stderr, r.stderr
+        assert trials(root)[3].status is Status.DISCARD  # (measured: it connected; the loss is the same)
+        r = cli("run", str(root), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+        assert r.returncode == 0 and "--sandbox" not in r.stderr, r.stderr
+        time.sleep(0.5)
+    assert len(accepted) == 2
+
+
 @needs_bwrap
 @contextlib.contextmanager
 def listening(server: socket.socket) -> Iterator[list[bytes]]:

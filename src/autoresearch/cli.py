@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default=None, choices=["local", "ray"], help="where experiments run: this machine (default), or Ray tasks on a cluster")
     p.add_argument("--ray-address", default=None, help="the Ray cluster, e.g. 10.0.0.1:6379 (implies --backend ray; default: RAY_ADDRESS, the local `ray start` cluster, or a new local instance)")
     p.add_argument("--trial-resources", default=None, help="for --backend ray: what each trial asks for, e.g. gpu=1,cpu=8,memory=32G (default: gpu=1 when the cluster has GPUs, else cpu=1)")
-    p.add_argument("--sandbox", action="store_true", help="run experiments with no network and writes confined to the trial's folders (bubblewrap)")
+    p.add_argument("--sandbox", action=argparse.BooleanOptionalAction, default=None, help="run experiments with no network and writes confined to the trial's folders (bubblewrap; a resumed tag keeps its last run's choice)")
     p.add_argument("--seed", type=_seed, default=0, help="seeds the search agent's sampler, and is AUTORESEARCH_SEED of a trial's first run (default 0)")
     p.add_argument("--keep-runs", action="store_true", help="keep every trial's run folder (default: only the best's)")
     p.add_argument("--mlflow", default=None, help="log each trial to MLflow at this tracking URI")
@@ -281,15 +281,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from autoresearch.agents.search import NoConstants, NothingToSearch
     from autoresearch.ledger import check_tag
     from autoresearch.loop import Loop, Options
+    from autoresearch.sandbox import for_tag as sandbox_for_tag
     from autoresearch.session import ahead_of_tag, open_session
     from autoresearch.task import load_task, smoke
 
     task = load_task(args.dir)
     tag = check_tag(default_tag() if args.tag is None else args.tag)
-    if args.sandbox:  # before the tag's branch and ledger are made
-        from autoresearch.sandbox import require
-
-        require()
+    args.sandbox = sandbox_for_tag(task.root, tag, args.sandbox)  # (before the tag's branch and ledger are made)
     where = _scale_flags(args)  # (the backend, the GPUs, the resources of a trial)
     opts = agent_options(args, task, tag)
     try:
@@ -316,6 +314,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             events = mlflow_events(events, args.mlflow, task, tag)
         (session := open_session(task, tag)).sealed = sealed_stores(args.mlflow) if args.mlflow else ()  # (holdouts)
         session.ledger.set_meta("agent_options", options_record(opts))
+        session.ledger.set_meta("sandbox", "1" if args.sandbox else "0")
     except BaseException:
         backend.close()
         raise

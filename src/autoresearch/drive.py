@@ -22,6 +22,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from autoresearch import sandbox
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
 from autoresearch.errors import UsageError
 from autoresearch.events import Events
@@ -218,6 +219,7 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
                          f"(`git add {shown} && git commit -m 'add {' '.join(new)}' -- {shown}`)"
                          + (", then start a new --tag, whose baseline is your HEAD"
                             if (task.root / ".autoresearch" / tag / "ledger.sqlite").exists() else ""))
+    sandboxed = sandbox.for_tag(task.root, tag, None, trial=True)  # (as `run` of the tag last ran)
     session = open_session(task, tag, allow_dirty=True)
     try:
         paths = changed
@@ -235,7 +237,7 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
                                 "them, and the tag's best has moved on since: `git checkout autoresearch/"
                                 f"{tag} -- {' '.join(shlex.quote(p) for p in stale)}` takes it; then make a change"))
         agent = WorkingTreeAgent(task.root, paths, description, tag, left)
-        loop = Loop(session, agent, Options(trials=1, seed=seed), events)
+        loop = Loop(session, agent, Options(trials=1, seed=seed, sandbox=sandboxed), events)
         if ahead := ahead_of_tag(session):  # (a commit of yours since the tag began: not in its trials)
             loop.events.message(ahead)
         number = session.ledger.next_number()

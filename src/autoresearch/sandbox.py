@@ -257,3 +257,36 @@ def seal_warning(task: object, beside: bool = False) -> str:
                "another trial's worktree (a change to its editable files while it runs rejects it) or append "
                "to its log, whose last metric line is its figure (not caught: use --workers 1)"] if beside else [])]
     return f"warning: {'; '.join(what)} ({why})"
+
+
+# ---------------------------------------------------------------------------
+# a tag's choice, kept across runs
+
+
+def for_tag(root: Path, tag: str, flag: bool | None, *, trial: bool = False) -> bool:
+    """Whether `run` (or `trial`) of `tag` runs its experiments sandboxed: `flag` when given
+    (`--sandbox`, `--no-sandbox`), else as the tag's last run did (recorded in its ledger), so a
+    loop resumed with `run --tag T` after a kill does not quietly lose its sandbox. Sandboxed,
+    bubblewrap must work here (`require`)."""
+    on = flag
+    if on is None:
+        from autoresearch.errors import AutoresearchError
+        from autoresearch.ledger import Ledger, tag_dir
+
+        on = False
+        if (tag_dir(root, tag) / "ledger.sqlite").exists():
+            try:
+                led = Ledger.read(root, tag)
+                try:
+                    on = led.get_meta("sandbox") == "1"
+                finally:
+                    led.close()
+            except AutoresearchError:
+                on = False
+        if on:
+            print(f"autoresearch: the trial runs under --sandbox, as tag {tag}'s last run did" if trial else
+                  f"autoresearch: tag {tag} goes on under --sandbox, as its last run did "
+                  "(--no-sandbox to run without it)", file=sys.stderr, flush=True)
+    if on:
+        require()
+    return on
