@@ -191,7 +191,12 @@ def test_a_killed_ray_worker_is_recorded_and_the_trial_requeued_once(ray_head, t
     one = rows[1]
     assert one.status is Status.DISCARD and one.metric == 19.0
     assert len(one.extra["lost_workers"]) == 1 and "WorkerCrashedError" in one.extra["lost_workers"][0]
-    assert "second attempt" in (root / ".autoresearch" / "lost" / "logs" / "1.log").read_text()
+    # the note heads the log, the second attempt's output after it (it came last, under an
+    # empty "second attempt" section, as if that attempt had printed nothing)
+    log = (root / ".autoresearch" / "lost" / "logs" / "1.log").read_text()
+    assert log.startswith("=== autoresearch: second attempt, whose output follows; the worker of the first "
+                          "was lost: WorkerCrashedError"), log
+    assert "loss: 19" in log.split("===", 2)[2], log
     shown = cli("show", "1", str(root), "--tag", "lost").stdout
     assert "lost worker (the trial was run again): WorkerCrashedError" in shown
     assert len(list(spot.glob("1.*.pid"))) == 2  # it ran twice, trial 2 once

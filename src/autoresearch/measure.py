@@ -158,9 +158,13 @@ class Measurer:
             self._note_lost(t, first)
             self.events.phase(n, QUEUED)
             result = self.backend.run(spec, restore, self.cancel, running)
-            with open_log(spec.log_path, append=True) as log:
-                log.write(f"\n=== autoresearch: second attempt; the worker of the first was lost: "
-                          f"{first[:200]} ===\n".encode("utf-8", errors="replace"))
+            try:  # (the note heads the log: what follows it is the second attempt's output)
+                second = spec.log_path.read_bytes()
+            except OSError:
+                second = b""
+            with open_log(spec.log_path) as log:
+                log.write(f"=== autoresearch: second attempt, whose output follows; the worker of the first was "
+                          f"lost: {first[:200]} ===\n".encode("utf-8", errors="replace") + second)
             if result.outcome == "lost" and self._head_gone():
                 return Measurement(Status.INTERRUPTED, reason=HEAD_GONE, seconds=result.seconds)
             with self._lost_lock:  # a cluster whose nodes are gone loses every trial in a second:
