@@ -579,6 +579,29 @@ def test_gpus_left_idle_by_fewer_workers_are_named() -> None:
     assert not [n for n in gpu_warnings(("0", "1"), 1, 2) if "idle" in n]
 
 
+def test_gpus_outside_the_cuda_visible_devices_the_loop_was_given_are_said(tmp_path: Path) -> None:
+    """On a shared machine the user is given GPUs 2,3 (CUDA_VISIBLE_DEVICES=2,3) and says --gpus
+    0,1: each trial's CUDA_VISIBLE_DEVICES replaces the inherited one, so the trials would run
+    on the machine's GPUs 0 and 1, someone else's. Said at start, with the ids to give."""
+    from autoresearch.backends.local import gpu_warnings
+
+    root, agent, env = setup_run(tmp_path, {1: "1.0 0"})
+    r = cli("run", str(root), "--tag", "g", "--agent", "cli", "--agent-cmd", agent, "--trials", "1",
+            "--gpus", "0,1", env={**env, "CUDA_VISIBLE_DEVICES": "2,3"})
+    assert r.returncode == 0, r.stderr
+    assert ("--gpus 0,1 names GPUs 0,1, outside this environment's CUDA_VISIBLE_DEVICES=2,3: each trial's "
+            "CUDA_VISIBLE_DEVICES is set to the ids of --gpus, which are the machine's (give --gpus 2,3 to "
+            "stay on the GPUs you were given)") in r.stderr, r.stderr
+    exps, _ = read_stamps(env)
+    assert {e[2] for e in exps.values()} <= {"0", "1"}  # (as documented: the ids as given)
+    assert not [n for n in gpu_warnings(("3",), 1, 1, visible=8, inherited="2,3") if "outside" in n]
+    assert not [n for n in gpu_warnings(("0",), 1, 1, visible=8, inherited="") if "outside" in n]
+    assert not [n for n in gpu_warnings(("0",), 1, 1, visible=8, inherited="GPU-9a1c") if "outside" in n]
+    # without --gpus, the advice to share them out names the GPUs this environment was given
+    (shared,) = gpu_warnings((), 1, 4, visible=8, inherited="4,5,6,7")
+    assert "share this machine's 4 GPUs" in shared and "give --gpus 4,5,6,7 for one each" in shared, shared
+
+
 def test_several_workers_without_gpus_on_a_gpu_machine_are_told_to_share_them_out() -> None:
     """`--workers 4` alone on a machine with 4 GPUs would put all four trials on GPU 0."""
     from autoresearch.backends.local import gpu_warnings

@@ -6,6 +6,7 @@ ids, exported as CUDA_VISIBLE_DEVICES to that slot's experiments only.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,16 +49,22 @@ def visible_gpus() -> int:
 
 
 def gpu_warnings(gpus: Sequence[str], per_trial: int = 1, workers: int | None = None,
-                 visible: int | None = None) -> list[str]:
+                 visible: int | None = None, inherited: str | None = None) -> list[str]:
     """What a user may not have meant by `--gpus`: GPUs it lists that no slot uses (with fewer
-    `--workers` than groups), or none visible on this machine (ids are passed on all the same);
-    or, without it, several trials in flight on a machine with GPUs: each sees them all, and
-    PyTorch puts every one of them on the first."""
+    `--workers` than groups), or none visible on this machine (ids are passed on all the same),
+    or outside the CUDA_VISIBLE_DEVICES the loop was given (`inherited`: each trial's replaces
+    it, so `--gpus 0` is the machine's GPU 0 whatever it held); or, without it, several trials in
+    flight on a machine with GPUs: each sees them all, and PyTorch puts every one of them on the
+    first."""
     visible = visible_gpus() if visible is None else visible
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES", "") if inherited is None else inherited
+    given = [g.strip() for g in inherited.split(",") if g.strip()]
     if not gpus:
         if (workers or 1) > 1 and visible:
+            visible = len(given) or visible  # (the GPUs this environment was given, when it says)
             n = min(workers or 1, visible)
-            fix = f"--gpus {','.join(map(str, range(n)))}" + (f" --workers {n}" if n < (workers or 1) else "")
+            ids = given[:n] or list(map(str, range(n)))
+            fix = f"--gpus {','.join(ids)}" + (f" --workers {n}" if n < (workers or 1) else "")
             return [f"--workers {workers} without --gpus: the {workers} trials in flight share this machine's "
                     f"{visible} GPU{'s' if visible > 1 else ''} (each sees every one, and PyTorch puts each "
                     f"on the first); give {fix} for one each"]
@@ -72,6 +79,12 @@ def gpu_warnings(gpus: Sequence[str], per_trial: int = 1, workers: int | None = 
     if not visible:
         notes.append(f"--gpus {','.join(gpus)}, but no NVIDIA GPU is visible on this machine "
                      "(CUDA_VISIBLE_DEVICES is set for each trial all the same)")
+    same_kind = all(g.isdigit() for g in given) == all(g.isdigit() for g in gpus)  # (indices, or UUIDs)
+    if given and same_kind and (outside := [g for g in gpus if g not in given]):
+        notes.append(f"--gpus {','.join(gpus)} names {'GPUs' if len(outside) > 1 else 'GPU'} {','.join(outside)}, "
+                     f"outside this environment's CUDA_VISIBLE_DEVICES={inherited}: each trial's "
+                     "CUDA_VISIBLE_DEVICES is set to the ids of --gpus, which are the machine's (give "
+                     f"--gpus {','.join(given)} to stay on the GPUs you were given)")
     return notes
 
 
