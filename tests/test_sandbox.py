@@ -117,7 +117,6 @@ def test_a_resumed_tag_keeps_its_sandbox_and_trial_judges_under_it(tmp_path: Pat
     assert len(accepted) == 2
 
 
-@needs_bwrap
 @contextlib.contextmanager
 def listening(server: socket.socket) -> Iterator[list[bytes]]:
     """`server` accepting in a thread while the block runs: what each connection sent, in order
@@ -150,6 +149,7 @@ def listening(server: socket.socket) -> Iterator[list[bytes]]:
         server.close()
 
 
+@needs_bwrap
 def test_no_network_in_the_sandbox(tmp_path: Path) -> None:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
