@@ -195,6 +195,11 @@ def test_gpus_are_pinned_per_trial_in_flight(tmp_path: Path) -> None:
     (["--trial-resources", "gpu=1"], "--trial-resources"),
     (["--backend", "ray", "--trial-resources", "gpu=lots"], "--trial-resources"),
     (["--backend", "ray", "--trial-resources", "cpu=1,GPU=1,gpu=2"], "--trial-resources names gpu twice"),
+    (["--backend", "ray", "--trial-resources", "memory=lots"],
+     "got 'memory=lots' (e.g. gpu=1,cpu=8; memory in bytes or with K, M, G, T: memory=32G)"),
+    # memory as people write it (32GB, 32GiB) is taken: the address is the next thing refused
+    (["--ray-address", "127.0.0.1:1", "--trial-resources", "cpu=1,memory=32GB"], "127.0.0.1:1: nothing answers"),
+    (["--ray-address", "127.0.0.1:1", "--trial-resources", "memory=1.5GiB"], "127.0.0.1:1: nothing answers"),
 ])
 def test_bad_scale_flags_are_one_line_and_exit_2(tmp_path: Path, flags: list[str], needle: str) -> None:
     root = make_task(tmp_path / "task")

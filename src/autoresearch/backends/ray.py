@@ -107,15 +107,17 @@ def parse_resources(text: str) -> dict[str, float]:
             continue
         name, sep, value = (s.strip() for s in item.partition("="))
         name = name.lower() if name.lower() in RAY_NAMES else name
-        scale = 1
-        if name == "memory" and value[-1:].lower() in UNITS:
-            scale, value = UNITS[value[-1].lower()], value[:-1]
+        scale, unit = 1, value.lower()
+        unit = unit[:-2] if unit.endswith("ib") else unit[:-1] if unit[-2:-1] in UNITS and unit.endswith("b") else unit
+        if name == "memory" and unit[-1:] in UNITS:  # (32G, 32GB and 32GiB alike: 32 x 2**30 bytes)
+            scale, value = UNITS[unit[-1]], unit[:-1]
         try:
             amount = float(value) * scale
         except ValueError:
             amount = -1.0
         if not sep or not name or not amount >= 0:
-            raise UsageError(f"--trial-resources: expected NAME=AMOUNT, got {item!r} (e.g. gpu=1,cpu=8)")
+            raise UsageError(f"--trial-resources: expected NAME=AMOUNT, got {item!r} (e.g. gpu=1,cpu=8"
+                             + ("; memory in bytes or with K, M, G, T: memory=32G)" if name == "memory" else ")"))
         if name in out:  # (which one was meant: the last silently won)
             raise UsageError(f"--trial-resources names {name} twice: {text.strip()!r}")
         out[name] = amount
