@@ -117,6 +117,40 @@ def test_a_resumed_tag_keeps_its_sandbox_and_trial_judges_under_it(tmp_path: Pat
     assert len(accepted) == 2
 
 
+
+PROBE_HOME = ("import pathlib\n"
+              "for f in ('.ssh/id_ed25519', '.netrc', 'notes.txt'):\n"
+              "    try:\n"
+              "        print('read', f, repr((pathlib.Path.home() / f).read_text().strip()))\n"
+              "    except OSError as e:\n"
+              "        print('read', f, 'refused', type(e).__name__)\n")
+
+
+@needs_bwrap
+def test_the_keys_and_logins_of_the_home_are_out_of_a_sandboxed_experiments_sight(tmp_path: Path) -> None:
+    """The filesystem is readable in the sandbox, but not ~/.ssh, ~/.aws, ~/.netrc and the like:
+    with no network an experiment cannot use them, but what it reads it can print to its log,
+    which the agent reads and sends to its LLM provider."""
+    root = make_task(tmp_path / "task", experiment=EXPERIMENT.replace('print("trained")', PROBE_HOME + 'print("trained")'),
+                     toml_extra=EVALUATED, files={"prepare.py": EVALUATOR})
+    home = root / "home"  # (inside the checkout, which stays readable: the sandbox's /tmp is its own)
+    with open(root / ".git" / "info" / "exclude", "a") as f:
+        f.write("home/\n")
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    (home / ".netrc").write_text("machine x login me password hunter2\n")
+    (home / "notes.txt").write_text("plain notes\n")
+    for flag in ("--sandbox", "--no-sandbox"):
+        r = cli("run", str(root), "--tag", flag.strip("-"), "--trials", "0", flag, env={"HOME": str(home)})
+        assert r.returncode == 0, r.stderr
+    shut = (root / ".autoresearch" / "sandbox" / "logs" / "0.log").read_text()
+    assert "PRIVATE KEY" not in shut and "hunter2" not in shut, shut
+    assert "read notes.txt 'plain notes'" in shut, shut  # (the rest of the home stays readable)
+    assert "read .ssh/id_ed25519 refused" in shut and re.search(r"read \.netrc (refused|'')", shut), shut
+    # the control: without the sandbox they are there (the experiment runs as you)
+    assert "hunter2" in (root / ".autoresearch" / "no-sandbox" / "logs" / "0.log").read_text()
+
+
 @contextlib.contextmanager
 def listening(server: socket.socket) -> Iterator[list[bytes]]:
     """`server` accepting in a thread while the block runs: what each connection sent, in order

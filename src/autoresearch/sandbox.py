@@ -11,7 +11,8 @@ the filesystem:
 - everything read-only, the interpreter and site-packages included;
 - a private, empty, writable /tmp;
 - the ledger folders (`.autoresearch/`) hidden: an experiment cannot read the holdout figures
-  or the evaluator's logs, nor write the ledger;
+  or the evaluator's logs, nor write the ledger; so are the keys and logins of the home
+  (`HOME_SECRETS`: ~/.ssh, ~/.aws, ~/.netrc, ...);
 - writable: the trial's worktree and its run folder only; the protected files inside the
   worktree read-only even to root;
 - /proc of its own, a minimal /dev, and the GPU device nodes (/dev/nvidia*) when present.
@@ -174,6 +175,22 @@ def host_sockets(skip: Iterable[Path] = ()) -> list[Path]:
     return sorted(found)
 
 
+# where a home keeps its keys and logins: covered in the sandbox (an experiment has no network to
+# use them, but what it reads it can print to the log an agent reads and sends to its provider)
+HOME_SECRETS = (".ssh", ".gnupg", ".aws", ".azure", ".kube", ".docker/config.json", ".netrc", ".git-credentials",
+                ".pypirc", ".config/gcloud", ".config/gh", ".huggingface/token", ".cache/huggingface/token",
+                ".ray/auth_token")
+
+
+def home_secrets(home: Path | None = None) -> list[Path]:
+    """The key and login files and folders of `home` (the user's) that are there."""
+    try:
+        home = Path(home or Path.home()).resolve()
+    except (OSError, RuntimeError):  # (no home)
+        return []
+    return [(home / rel).resolve() for rel in HOME_SECRETS if (home / rel).exists()]
+
+
 def experiment_prefix(workdir: Path, run_dir: Path, *, hidden: Iterable[Path] = (),
                       readable: Iterable[Path] = (), protected: Iterable[str] = (),
                       devices: Iterable[Path] | None = None, bwrap: str = "bwrap") -> list[str]:
@@ -183,8 +200,8 @@ def experiment_prefix(workdir: Path, run_dir: Path, *, hidden: Iterable[Path] = 
     that stay readable even when they lie under /tmp or a hidden folder (the task's checkout,
     the python shim); `protected`: worktree-relative files bound read-only."""
     workdir, run_dir = workdir.resolve(), run_dir.resolve()
-    hidden = [h.resolve() for h in hidden]
     writable = [workdir, run_dir]
+    hidden = [h.resolve() for h in hidden] + [s for s in home_secrets() if not _under(workdir, [s])]
     masked = [Path("/tmp"), *hidden]
     ops: list[tuple[Path, str]] = []
     for p in readable:
