@@ -73,7 +73,7 @@ def test_git_metadata_that_breaks_later_trials_is_caught_and_put_right(tmp_path:
 def test_a_git_planted_early_on_path_mid_loop_is_never_run_by_the_harness(tmp_path: Path) -> None:
     """A folder on PATH before the system's (a venv's bin) that the agent can write: a `git` put
     there would run as the harness (and could, say, forge what `cat-file` shows). The harness
-    runs the git it found as it started."""
+    runs the git it found as it started, and takes the planted one out (rejecting its trial)."""
     import shutil
 
     bindir, mark = tmp_path / "bin", tmp_path / "planted-git-ran"
@@ -82,9 +82,12 @@ def test_a_git_planted_early_on_path_mid_loop_is_never_run_by_the_harness(tmp_pa
 chmod +x {bindir}/git"""
     repo, r = run_deed(tmp_path, deed, env={"PATH": f"{bindir}:{os.environ['PATH']}"}, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert (bindir / "git").exists() and mark.exists()  # (the agents' own git calls ran it)
-    assert "core.hooksPath" not in mark.read_text(), mark.read_text()  # (the harness's carry SAFE)
-    assert [t.status for t in trials(repo)][-1] is Status.KEEP
+    # it is taken out (a program put before the one found later on PATH), its trial rejected
+    done = trials(repo)
+    assert done[2].status is Status.REJECTED and "put a `git` on the experiments' PATH" in done[2].reason, done[2].reason
+    assert not (bindir / "git").exists()
+    assert "core.hooksPath" not in (mark.read_text() if mark.exists() else ""), mark.read_text()  # (never the harness's)
+    assert [t.status for t in done][-1] is Status.KEEP
 
 
 def test_git_metadata_made_a_link_is_put_back_in_its_place_not_written_through(tmp_path: Path) -> None:
