@@ -5,13 +5,11 @@ is forged; where it does not, the loop's warning says so (not caught there: docs
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from conftest import cli, make_task, script_agent, trials
-
-from autoresearch.sandbox import problem as sandbox_problem
+from redteam_helpers import bwrap_env
 
 # trial 1 writes `loss: -100` into logs/2.log for 6 s; trial 2 is worse (X = 9: loss 66) and slow
 FORGER = """\
@@ -37,15 +35,7 @@ fi
 
 @pytest.mark.parametrize("bwrap", ["working", "broken"])
 def test_a_metric_line_written_into_a_sibling_trials_log(tmp_path: Path, bwrap: str) -> None:
-    if bwrap == "working" and sandbox_problem():
-        pytest.skip(f"bubblewrap cannot run here: {sandbox_problem()}")
-    env = {}
-    if bwrap == "broken":  # as where user namespaces are not allowed
-        fake = tmp_path / "fakebin"
-        fake.mkdir()
-        (fake / "bwrap").write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
-        (fake / "bwrap").chmod(0o755)
-        env["PATH"] = f"{fake}{os.pathsep}{os.environ['PATH']}"
+    env = bwrap_env(tmp_path, bwrap)
     repo = make_task(tmp_path / "task")
     agent = script_agent(tmp_path / "a.sh", FORGER)
     r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2",

@@ -10,19 +10,7 @@ import os
 from pathlib import Path
 
 from conftest import cli, git, make_task, script_agent, trials
-
-EVALUATOR = """\
-import json, os
-run = os.environ["AUTORESEARCH_RUN_DIR"]
-print(f"loss: {json.load(open(os.path.join(run, 'result.json')))['loss']}")
-"""
-
-EXPERIMENT = """\
-import json, os
-X = 3.0
-loss = (X - 1.0) ** 2
-json.dump({"loss": loss}, open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "result.json"), "w"))
-"""
+from redteam_helpers import EVALUATOR, EXPERIMENT
 
 PLANT = """\
 sed -i "s/^X = .*/X = $((8 + AUTORESEARCH_TRIAL)).0/" exp.py

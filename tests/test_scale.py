@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli, git, make_task, script_agent
+from redteam_helpers import bwrap_env
 
 from autoresearch.agents.base import BaseAgent, Context, Proposal
 from autoresearch.decide import better
@@ -517,15 +518,7 @@ def test_code_written_by_a_trial_beside_it_while_it_runs_is_not_measured(tmp_pat
     scores worse than the baseline). Where bubblewrap works, agents and experiments side by
     side are sealed from each other's worktrees, and nothing is forged; where it does not, a
     change to a trial's editable files while it runs rejects the trial."""
-    if bwrap == "working" and sandbox_problem():
-        pytest.skip(f"bubblewrap cannot run here: {sandbox_problem()}")
-    env = {}
-    if bwrap == "broken":  # as where user namespaces are not allowed
-        fake = tmp_path / "fakebin"
-        fake.mkdir()
-        (fake / "bwrap").write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
-        (fake / "bwrap").chmod(0o755)
-        env["PATH"] = f"{fake}{os.pathsep}{os.environ['PATH']}"
+    env = bwrap_env(tmp_path, bwrap)
     root = make_task(tmp_path / "task", experiment=SIBLING_EXPERIMENT, files={"helper.py": "B = 0.0\n"},
                      toml_extra='\n[metric]\nname = "loss"\ngoal = "minimize"\n')
     toml = (root / "autoresearch.toml").read_text().replace('editable = ["exp.py"]', 'editable = ["exp.py", "helper.py"]')
