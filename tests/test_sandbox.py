@@ -78,17 +78,22 @@ def test_a_normal_experiment_and_its_evaluation_work_in_the_sandbox(tmp_path: Pa
     assert (t.status, t.metric) == (Status.KEEP, 1.0)
 
 
+def loopback_server() -> tuple[socket.socket, str]:
+    """A socket bound on 127.0.0.1 (not listening yet: `listening`), and the lines an experiment
+    adds to connect to it, printf-escaped."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    return server, (f"import socket\\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\\n"
+                    "print('connected')\\n")
+
 
 @needs_bwrap
 def test_a_resumed_tag_keeps_its_sandbox_and_trial_judges_under_it(tmp_path: Path) -> None:
     """A loop started with --sandbox and resumed with `run --tag T` (after a kill, overnight)
     stays sandboxed, and says so; so does `autoresearch trial` of that tag; --no-sandbox is the
     way out, and a tag started without it resumes without it."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-    connect = (f"import socket\\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\\n"
-               "print('connected')\\n")
+    server, connect = loopback_server()
     with listening(server) as accepted:
         root = task(tmp_path)
         r = cli("run", str(root), "--tag", "t", "--trials", "0", "--sandbox")
@@ -185,11 +190,7 @@ def listening(server: socket.socket) -> Iterator[list[bytes]]:
 
 @needs_bwrap
 def test_no_network_in_the_sandbox(tmp_path: Path) -> None:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-    connect = (f"import socket\\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\\n"
-               "print('connected')\\n")
+    server, connect = loopback_server()
     with listening(server) as accepted:
         root = task(tmp_path)
         agent = script_agent(tmp_path / "agent.sh", f"printf \"{connect}\" >> exp.py\necho 'phone home'\n")
