@@ -49,7 +49,7 @@ def test_faults_are_retried_then_recorded(tmp_path: Path, kind: str, fault: Faul
         assert times[5] - times[4] >= 0.3  # retry-after respected
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("kind", [pytest.param("openai", marks=pytest.mark.extended), "anthropic"])  # (Anthropic's was a dict repr)
 def test_a_server_error_that_outlives_its_retries_is_told_in_the_servers_words(tmp_path: Path, kind: str) -> None:
     """Anthropic's SDK puts the whole error body, a Python dict's repr, in its message: the
     reason quotes the server's message, as it does for a refusal."""
