@@ -26,12 +26,18 @@ echo "X up"
 """
 
 
-def test_a_program_put_beside_the_python_links_is_taken_out(tmp_path: Path) -> None:
+def tail_task(tmp_path: Path) -> Path:
+    """A task whose protected evaluator script runs `python prepare.py | tail -n 5`."""
     repo = make_task(tmp_path / "task", experiment=EXPERIMENT, toml_extra='evaluate = "sh eval.sh"\n',
                      files={"prepare.py": EVALUATOR, "eval.sh": "python prepare.py | tail -n 5\n"})
     toml = (repo / "autoresearch.toml").read_text()
     (repo / "autoresearch.toml").write_text(toml.replace('protected = ["prepare.py"]', 'protected = ["prepare.py", "eval.sh"]'))
     git(repo, "commit", "-qam", "eval.sh")
+    return repo
+
+
+def test_a_program_put_beside_the_python_links_is_taken_out(tmp_path: Path) -> None:
+    repo = tail_task(tmp_path)
     agent = script_agent(tmp_path / "a.sh", PLANT)
     r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -46,11 +52,7 @@ PLANT_USER = PLANT.replace('os.path.dirname(shutil.which("python"))', 'os.enviro
 
 
 def test_a_program_put_in_a_users_folder_early_on_path_is_taken_out(tmp_path: Path) -> None:
-    repo = make_task(tmp_path / "task", experiment=EXPERIMENT, toml_extra='evaluate = "sh eval.sh"\n',
-                     files={"prepare.py": EVALUATOR, "eval.sh": "python prepare.py | tail -n 5\n"})
-    toml = (repo / "autoresearch.toml").read_text()
-    (repo / "autoresearch.toml").write_text(toml.replace('protected = ["prepare.py"]', 'protected = ["prepare.py", "eval.sh"]'))
-    git(repo, "commit", "-qam", "eval.sh")
+    repo = tail_task(tmp_path)
     ubin = tmp_path / "ubin"
     ubin.mkdir()
     (ubin / "mine").write_text("#!/bin/sh\n")  # (the user's own, there from the start: left alone)
