@@ -34,6 +34,7 @@ from autoresearch.filetree import set_aside
 from autoresearch.records import Status, Trial, clean_text, tsv_row
 
 if TYPE_CHECKING:
+    from autoresearch.gitrepo import Git
     from autoresearch.ledgerwatch import Watched
 
 LEDGER_DIR = ".autoresearch"
@@ -100,6 +101,26 @@ def loops_running(root: Path) -> bool:
     """Whether a loop runs on any tag of the repository at `root` now (it watches the git
     metadata, .git/info/exclude included: a change there is put back, its trial rejected)."""
     return any(Ledger.loop_running(tag_dir(root, t)) for t in list_tags(root))
+
+
+def ignore_in_git(git: Git, rels: list[str]) -> list[str]:
+    """Have git ignore each path of `rels` (from the root, '/'-separated) through
+    .git/info/exclude, as the ledger is: a report, an MLflow store or a loop's own log made in
+    the repository would leave it dirty, and the next `run` refuse it. Not while a loop runs in
+    the repository (it watches that file), nor for a path with a line break (no pattern names
+    it). Returns those git does not ignore through it: a note is owed for them."""
+    busy: bool | None = None
+    left = []
+    for rel in rels:
+        if git.exclude_path(rel, write=False):
+            continue
+        if busy is None:
+            busy = loops_running(git.root)
+        if busy or "\n" in rel or "\r" in rel:
+            left.append(rel)
+        else:
+            git.exclude_path(rel)
+    return left
 
 
 def _row_to_trial(row: sqlite3.Row) -> Trial:

@@ -25,7 +25,7 @@ from autoresearch.errors import UsageError
 from autoresearch.filetree import remove_endless, remove_path
 from autoresearch.gitlocks import stale_since
 from autoresearch.gitrepo import Git, GitError, Workspace
-from autoresearch.ledger import LEDGER_DIR, Ledger, loops_running, tag_dir
+from autoresearch.ledger import LEDGER_DIR, Ledger, ignore_in_git, tag_dir
 from autoresearch.process import kill_all_owned
 from autoresearch.records import Status, Trial
 from autoresearch.task import PINNED_ENV, SMOKE, TASK_FILE, Task
@@ -191,9 +191,7 @@ def _own_output(git: Git, paths: list[str]) -> list[str]:
             st = os.lstat(git.root / path)
             if (st.st_dev, st.st_ino) in mine:
                 own.append(path)
-    busy = bool(own) and loops_running(git.root)
-    for path in own:
-        git.exclude_path(path, write=not busy and "\n" not in path and "\r" not in path)
+    ignore_in_git(git, own)
     return own
 
 

@@ -40,7 +40,7 @@ def _keep_out_of_git(root: Path, out: Path) -> str:
     is put back and the trial in flight rejected); a note says what to do instead, as it does
     for a path gitignore cannot name. Returns the note, or ''."""
     from autoresearch.gitrepo import Git
-    from autoresearch.ledger import loops_running
+    from autoresearch.ledger import ignore_in_git
 
     try:
         git = Git.open(root)
@@ -51,11 +51,9 @@ def _keep_out_of_git(root: Path, out: Path) -> str:
     status = git.run("status", "--porcelain", "--untracked-files=all", "--", *paths, check=False)
     if not any(line.startswith("??") for line in status.splitlines()):
         return ""  # (ignored already, as under .autoresearch/, or tracked: the user's to commit)
-    if "\n" in str(rel) or "\r" in str(rel) or loops_running(root):
+    if ignore_in_git(git, paths):
         return (f"note: {out} is inside the repository and git sees the report as untracked: "
                 "a new `run` refuses that, so add it to .gitignore (or write the report elsewhere)")
-    for path in paths:
-        git.exclude_path(path)
     return ""
 
 

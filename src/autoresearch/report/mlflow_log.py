@@ -68,9 +68,8 @@ def keep_out_of_git(uri: str, root: Path | str | None) -> None:
     git = _git(root) if paths and root is not None else None
     if git is None:
         return
-    from autoresearch.ledger import loops_running
+    from autoresearch.ledger import ignore_in_git
 
-    busy = loops_running(git.root)
     for path in paths:
         try:
             rel = (Path.cwd() / path).resolve().relative_to(git.root.resolve())
@@ -78,7 +77,7 @@ def keep_out_of_git(uri: str, root: Path | str | None) -> None:
             continue
         if any(c in str(rel) for c in "\n\r"):
             raise UsageError(f"--mlflow {uri!r}: a path with a line break cannot be kept out of git: choose another")
-        if rel.parts and rel.parts[0] != ".git" and not git.exclude_path(rel.as_posix(), write=not busy):
+        if rel.parts and rel.parts[0] != ".git" and ignore_in_git(git, [rel.as_posix()]):
             print(f"autoresearch: note: the MLflow store {path} is inside the repository, where a loop runs "
                   "now: add it to .gitignore, or a new `run` refuses the repository as dirty", file=sys.stderr)
 
