@@ -30,7 +30,7 @@ from autoresearch.gitrepo import Git
 from autoresearch.gitstatus import status_entries
 from autoresearch.loop import Loop, Options
 from autoresearch.records import Status, Trial
-from autoresearch.session import ahead_of_tag, differing_paths, open_session
+from autoresearch.session import ahead_of_tag, differing_paths, open_session, refuse_tag_checked_out
 from autoresearch.task import Task
 
 
@@ -198,9 +198,7 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
     """Judge the working tree's change; returns (the trial, the best after it). `runner` runs
     the loop (the command line's stops it cleanly on Ctrl-C, recording the trial as interrupted)."""
     git = Git.open(task.root)
-    if git.run("symbolic-ref", "-q", "HEAD", check=False).strip() == f"refs/heads/autoresearch/{tag}":
-        raise UsageError(f"you have autoresearch/{tag} checked out, and a kept trial moves it under your "
-                         f"working tree: check out another branch first (e.g. {git.away_hint()})")
+    refuse_tag_checked_out(git, tag, "a kept trial moves it under your working tree")
     changed = working_changes(git, task)
     # a file the last `trial` left (a kept trial's new file, staged) that you have since taken
     # away (`git rm`) is as HEAD has it, so `git status` does not show it: still a change

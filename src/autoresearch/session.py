@@ -136,13 +136,18 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
     return session
 
 
+def refuse_tag_checked_out(git: Git, tag: str, why: str) -> None:
+    """A loop (or a trial) moves the tag's branch: refused while it is the checked-out one."""
+    if git.run("symbolic-ref", "-q", "HEAD", check=False).strip() == branch_ref(tag):
+        raise UsageError(f"you have autoresearch/{tag} checked out, and {why}: check out another branch "
+                         f"first (e.g. {git.away_hint()})")
+
+
 def _check_checkout(git: Git, tag: str, exists: bool, allow_dirty: bool) -> None:
     """The tag's branch is not checked out, and a resumed tag's task file is the committed one."""
     if allow_dirty:
         return
-    if git.run("symbolic-ref", "-q", "HEAD", check=False).strip() == branch_ref(tag):
-        raise UsageError(f"you have autoresearch/{tag} checked out, and the loop moves it: check out "
-                         f"another branch first (e.g. {git.away_hint()})")
+    refuse_tag_checked_out(git, tag, "the loop moves it")
     # the task file is read from your checkout: what a resumed run measures by must be what is
     # committed (an agent that widened `editable` there is noticed)
     if exists and TASK_FILE in git.dirty_paths():
