@@ -315,6 +315,21 @@ def test_memory_gb_comes_from_peak_vram_mb_without_record(tmp_path: Path) -> Non
     assert row[1:4] == ["2.000000", "43.9", "keep"]
 
 
+def test_an_absurd_peak_vram_mb_is_no_memory_gb_of_dozens_of_digits(tmp_path: Path) -> None:
+    """A broken counter's peak_vram_mb (1e30, 1e300, inf, negative) is written as memory_gb 0.0,
+    none, as tools read it: 1e30 / 1024 to one decimal was a 27-digit field, 1e300 a 301-digit one.
+    `show` still gives the figure as printed."""
+    exp = ("import os\nn = int(os.environ['AUTORESEARCH_TRIAL'])\n"
+           "print('loss:', 2.0 - n / 10)\nprint('peak_vram_mb:', ['1e30', '1e300', 'inf', '-5', '2048'][n])\n")
+    root = make_task(tmp_path / "task", experiment=exp, toml_extra=METRIC)
+    agent = script_agent(tmp_path / "agent.sh", 'echo "# $AUTORESEARCH_TRIAL" >> exp.py\necho "next"\n')
+    run(root, agent, 4)
+    rows = [r.split("\t") for r in (root / ".autoresearch/t/results.tsv").read_text().splitlines()[1:]]
+    assert [r[2] for r in rows] == ["0.0", "0.0", "0.0", "0.0", "2.0"], rows
+    assert [r[3] for r in rows] == ["keep"] * 5
+    assert "peak_vram_mb: 1e+30" in cli("show", "0", str(root), "--tag", "t").stdout
+
+
 @pytest.mark.parametrize("goal, old, new", [("maximize", 0.3, 0.4), ("maximize", 0.4, 0.5),
                                            ("minimize", 0.5, 0.4), ("minimize", 0.4, 0.3)])
 def test_a_gain_equal_to_min_delta_is_not_more_than_it(tmp_path: Path, goal: str, old: float, new: float) -> None:

@@ -152,6 +152,7 @@ def test_a_tsv_row_is_always_five_clean_fields(t: Trial) -> None:
     assert whole.isdigit() and len(decimals) == 6 and decimals.isdigit(), metric
     whole, _, decimals = memory.partition(".")
     assert whole.isdigit() and len(decimals) == 1 and decimals.isdigit(), memory
+    assert len(whole) <= 7, memory  # up to a petabyte: beyond is no memory figure (0.0)
     assert description and description == description.strip() and "  " not in description
     assert '"' not in description  # a leading quote makes csv/pandas swallow the rows after it
     assert len(description) <= 200

@@ -114,6 +114,9 @@ def stdev(values: list[float]) -> float:
 
 # code that was never measured (rejected, agent error, stopped) may be proposed again
 UNMEASURED = (Status.REJECTED, Status.AGENT_ERROR, Status.INTERRUPTED, Status.RUNNING)
+# results.tsv's memory_gb above this (a petabyte) is no measurement: a unit slip or a broken
+# counter, written as 0.0 (none) rather than a figure of dozens of digits
+MAX_MEMORY_GB = 1e6
 AUDITED = (Status.KEEP, Status.DISCARD, Status.CRASH, Status.TIMEOUT)  # the trials whose code ran
 
 
@@ -154,8 +157,8 @@ def tsv_row(t: Trial) -> str:
     if metric is not None and not math.isfinite(metric):
         metric = None
     peak = t.figures.get("peak_vram_mb")
-    memory = 0.0
-    if isinstance(peak, (int, float)) and not isinstance(peak, bool) and math.isfinite(peak) and peak > 0 \
+    memory = 0.0  # none, or no memory figure: inf, nan, negative, or past MAX_MEMORY_GB (a 300-digit field)
+    if isinstance(peak, (int, float)) and not isinstance(peak, bool) and 0 < peak <= MAX_MEMORY_GB * 1024 \
             and metric is not None:
         memory = peak / 1024
     # No double quote: csv readers (pandas' read_csv too) take a field that starts with one for a
