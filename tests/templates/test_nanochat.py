@@ -320,6 +320,38 @@ def test_the_peak_of_each_gpu_name(
     assert (None if peak is None else round(peak / 1e12)) == tflops
 
 
+@pytest.mark.parametrize(
+    "name, sms, tflops",
+    [
+        ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", 14, 312 * 14 / 108),
+        ("NVIDIA A100-SXM4-80GB MIG 3g.40gb", 42, 312 * 42 / 108),
+        ("NVIDIA A100-SXM4-40GB MIG 7g.40gb", 98, 312 * 98 / 108),
+        ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", 16, 989 * 16 / 132),
+        ("NVIDIA H100 PCIe MIG 2g.20gb", 28, 756 * 28 / 114),
+        ("NVIDIA A30 MIG 1g.6gb", 14, 165 * 14 / 56),
+        ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", None, None),  # its SMs unknown: not the card's peak
+        ("Some Future GPU MIG 1g.10gb", 16, None),
+        ("NVIDIA A100-SXM4-40GB", 108, 312),  # the whole card
+    ],
+)
+def test_a_mig_slice_has_its_share_of_the_cards_peak(name, sms, tflops):
+    """On a MIG slice the device name is the card's plus the profile, and MFU against the whole
+    card's peak read 1/7 of the truth on a 1g slice: the slice's SMs over the card's scale it."""
+    hardware = load_prepare("hardware")
+    peak = hardware.gpu_peak(name, sms)
+    assert (None if peak is None else peak / 1e12) == (None if tflops is None else pytest.approx(tflops))
+
+
+def test_a_mig_slice_is_told_by_its_name_and_its_sms_read_from_the_device(monkeypatch):
+    hardware = load_prepare("hardware")
+    monkeypatch.delenv("AUTORESEARCH_PEAK_TFLOPS", raising=False)
+    monkeypatch.setattr(hardware.torch.cuda, "get_device_name", lambda device: "NVIDIA A100-SXM4-40GB MIG 2g.10gb")
+    monkeypatch.setattr(hardware.torch.cuda, "get_device_properties",
+                        lambda device: type("Props", (), {"multi_processor_count": 28})())
+    peak, seen = hardware.peak_flops(torch.device("cuda", 0))
+    assert seen == "NVIDIA A100-SXM4-40GB MIG 2g.10gb" and peak == pytest.approx(312e12 * 28 / 108)
+
+
 def test_the_small_machine_settings_lie_inside_the_ranges_program_md_gives(tmp_path):
     """Each row of program.md's table, applied to train.py as a user would (values and `# search:`
     ranges): `autoresearch space` lists those ranges and finds no value outside them."""

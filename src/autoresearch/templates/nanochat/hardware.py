@@ -30,27 +30,41 @@ def autocast(device: torch.device):
 
 
 # Dense bf16 tensor-core FLOP/s with fp32 accumulation, from the vendors' data sheets (the
-# sparsity figures are twice these). First match on the device name wins.
+# sparsity figures are twice these), and, for the cards that split into MIG slices, the whole
+# card's SMs. First match on the device name wins.
 GPU_PEAK_FLOPS = [
-    (r"\bH200\b.*\bNVL\b", 835e12),
-    (r"\bG?H200\b", 989e12),
-    (r"\bH100\b.*\bNVL\b", 835e12),
-    (r"\bH100\b.*\bPCIe\b", 756e12),
-    (r"\bH100\b", 989e12),
-    (r"\bB200\b", 2250e12),
-    (r"\bA100\b", 312e12),
-    (r"\bA10\b", 125e12),
-    (r"\bA40\b", 150e12),
-    (r"\bL40S\b", 362e12),
-    (r"\bL40\b", 181e12),
-    (r"\bL4\b", 121e12),
-    (r"RTX 5090", 209e12),
-    (r"RTX 4090", 165e12),
-    (r"RTX 3090 Ti", 80e12),
-    (r"RTX 3090", 71e12),
-    (r"RTX 6000 Ada", 364e12),
-    (r"RTX A6000", 155e12),
+    (r"\bH200\b.*\bNVL\b", 835e12, 132),
+    (r"\bG?H200\b", 989e12, 132),
+    (r"\bH100\b.*\bNVL\b", 835e12, 132),
+    (r"\bH100\b.*\bPCIe\b", 756e12, 114),
+    (r"\bH100\b", 989e12, 132),
+    (r"\bB200\b", 2250e12, 148),
+    (r"\bA100\b", 312e12, 108),
+    (r"\bA30\b", 165e12, 56),
+    (r"\bA10\b", 125e12, None),
+    (r"\bA40\b", 150e12, None),
+    (r"\bL40S\b", 362e12, None),
+    (r"\bL40\b", 181e12, None),
+    (r"\bL4\b", 121e12, None),
+    (r"RTX 5090", 209e12, None),
+    (r"RTX 4090", 165e12, None),
+    (r"RTX 3090 Ti", 80e12, None),
+    (r"RTX 3090", 71e12, None),
+    (r"RTX 6000 Ada", 364e12, None),
+    (r"RTX A6000", 155e12, None),
 ]
+
+
+def gpu_peak(name: str, sms: int | None = None) -> float | None:
+    """The peak FLOP/s of the GPU called `name` (None: not in the table). A MIG slice ("NVIDIA
+    A100-SXM4-40GB MIG 1g.5gb") has the share of its card's peak that its `sms` are of the
+    card's SMs; without that count it is unknown, not the whole card's."""
+    for pattern, flops, card_sms in GPU_PEAK_FLOPS:
+        if re.search(pattern, name):
+            if not re.search(r"\bMIG\b", name):
+                return flops
+            return flops * min(sms, card_sms) / card_sms if sms and card_sms else None
+    return None
 
 
 def peak_flops(device: torch.device) -> tuple[float | None, str]:
@@ -58,10 +72,10 @@ def peak_flops(device: torch.device) -> tuple[float | None, str]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     if os.environ.get("AUTORESEARCH_PEAK_TFLOPS"):
         return float(os.environ["AUTORESEARCH_PEAK_TFLOPS"]) * 1e12, name
-    for pattern, flops in GPU_PEAK_FLOPS if device.type == "cuda" else []:
-        if re.search(pattern, name):
-            return flops, name
-    return None, name
+    if device.type != "cuda":
+        return None, name
+    mig = re.search(r"\bMIG\b", name)  # a slice: its own SMs, not the card's
+    return gpu_peak(name, torch.cuda.get_device_properties(device).multi_processor_count if mig else None), name
 
 
 def peak_memory_mb(device: torch.device) -> float:
