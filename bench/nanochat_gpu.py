@@ -191,7 +191,8 @@ def main() -> int:
     shutil.copytree(TEMPLATE, task, ignore=shutil.ignore_patterns("__pycache__"))
     smoke = os.environ.get("AUTORESEARCH_SMOKE") == "1"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "AUTORESEARCH_CACHE": str(work / "cache"),
-           "AUTORESEARCH_RUN_DIR": str(work / "run"), "AUTORESEARCH_SEED": "0"}
+           "AUTORESEARCH_RUN_DIR": str(work / "run"), "AUTORESEARCH_SEED": "0",
+           "AUTORESEARCH_EVALUATE": "python prepare.py --evaluate"}  # scored once, by that stage, as in a loop
     untimed = int(subprocess.run(  # the steps run off the clock, as prepare.py counts them on this machine
         [sys.executable, "-c", "import prepare; print(prepare.UNTIMED_STEPS)"], cwd=task, env=env,
         capture_output=True, text=True, check=True).stdout)

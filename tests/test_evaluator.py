@@ -411,3 +411,16 @@ def test_the_harness_own_variables_reach_the_experiment_and_secrets_do_not(tmp_p
     log = (root / ".autoresearch/t/logs/0.log").read_text()
     assert "eval tokens 1048576" in log and "key None None" in log
     assert "more ['T_MAX_TOKENS', 'T_REPO_URL']" in log, log
+
+
+def test_an_experiment_is_told_when_an_evaluate_step_scores_it_next(tmp_path: Path) -> None:
+    """AUTORESEARCH_EVALUATE holds the task's `evaluate` command in the experiment's environment
+    (it may leave the scoring to it, as nanochat's train.py does), and is absent without one, even
+    when the user's shell exports it."""
+    exp = EXPERIMENT + "print('told', repr(os.environ.get('AUTORESEARCH_EVALUATE')))\n"
+    evaluated = eval_task(tmp_path / "a", experiment=exp, holdout=False)
+    plain = make_task(tmp_path / "b" / "task", experiment=exp, toml_extra=METRIC)
+    for root, told in ((evaluated, "'python prepare.py'"), (plain, "None")):
+        r = cli("run", str(root), "--tag", "t", "--trials", "0", env={"AUTORESEARCH_EVALUATE": "echo mine"})
+        assert r.returncode == 0, r.stderr
+        assert f"told {told}\n" in (root / ".autoresearch/t/logs/0.log").read_text()

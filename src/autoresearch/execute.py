@@ -168,7 +168,10 @@ def execute(spec: ExecSpec, restore: Callable[[], None] | None = None,
     if spec.run_dir.exists():
         shutil.rmtree(spec.run_dir, ignore_errors=True)
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    env = {**spec.env, "AUTORESEARCH_RUN_DIR": str(spec.run_dir)}
+    env = {k: v for k, v in spec.env.items() if k != "AUTORESEARCH_EVALUATE"}  # (the user's own is not the task's)
+    env["AUTORESEARCH_RUN_DIR"] = str(spec.run_dir)
+    if spec.evaluate:  # an experiment may leave the scoring to it (the nanochat template's train.py does)
+        env["AUTORESEARCH_EVALUATE"] = spec.evaluate
     protected = list(spec.protected)
     # without an evaluator, the metric file in the working folder counts only when this run wrote
     # it: one the commit has (or an earlier step left) is not this code's result

@@ -72,10 +72,22 @@ def peak_flops(device: torch.device) -> tuple[float | None, str]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     if os.environ.get("AUTORESEARCH_PEAK_TFLOPS"):
         return float(os.environ["AUTORESEARCH_PEAK_TFLOPS"]) * 1e12, name
-    if device.type != "cuda":
-        return None, name
-    mig = re.search(r"\bMIG\b", name)  # a slice: its own SMs, not the card's
-    return gpu_peak(name, torch.cuda.get_device_properties(device).multi_processor_count if mig else None), name
+    peak = None
+    if device.type == "cuda":
+        mig = re.search(r"\bMIG\b", name)  # a slice: its own SMs, not the card's
+        peak = gpu_peak(name, torch.cuda.get_device_properties(device).multi_processor_count if mig else None)
+    if peak is None:
+        print(f"note: peak FLOP/s of {name} unknown, mfu_percent reported as 0 "
+              "(set AUTORESEARCH_PEAK_TFLOPS to give it)", flush=True)
+    return peak, name
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work: a clock read after it sees finished steps."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -17,11 +17,12 @@ import math
 import os
 import sys
 import time
+import traceback
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hardware import autocast, default_device, peak_flops, peak_memory_mb
+from hardware import autocast, default_device, peak_flops, peak_memory_mb, synchronize
 from prepare import (
     MAX_SEQ_LEN,
     RUN_DIR,
@@ -383,13 +384,6 @@ def set_schedule(optimizers: list[torch.optim.Optimizer], progress: float, step:
 # Training
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def write_json(path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
@@ -471,9 +465,6 @@ def main() -> None:
             break
 
     flops = model.flops_per_token() * tokens_per_step * timed_steps
-    if peak is None:
-        print(f"note: peak FLOP/s of {device_name} unknown, mfu_percent reported as 0 "
-              "(set AUTORESEARCH_PEAK_TFLOPS to give it)")
     summary = {
         "training_seconds": training_time,
         "peak_vram_mb": peak_memory_mb(device),  # on CPU and MPS: the peak resident memory
@@ -484,15 +475,23 @@ def main() -> None:
         "depth": DEPTH,
     }
     save_checkpoint(model, config, summary)
-    val_bpb = evaluate_bpb(model, "val", DEVICE_BATCH_SIZE)
-    summary.update(val_bpb=val_bpb, total_seconds=time.perf_counter() - t_start)
+    if os.environ.get("AUTORESEARCH_EVALUATE"):  # autoresearch scores the checkpoint next: val is read once
+        print(f"note: val_bpb is left to `{os.environ['AUTORESEARCH_EVALUATE']}`")
+    else:
+        try:  # a failure here loses no training: the checkpoint is saved
+            summary["val_bpb"] = evaluate_bpb(model, "val", DEVICE_BATCH_SIZE)
+        except Exception:
+            traceback.print_exc()
+            print(f"note: the evaluation failed; `python prepare.py --evaluate` scores the checkpoint in {RUN_DIR}")
+    summary["total_seconds"] = time.perf_counter() - t_start
     write_json(RUN_DIR / "summary.json", summary)
 
-    print("---")  # the summary block autoresearch reads: `name: value`, one a line
+    print("---")  # the summary block: `name: value`, one a line, as autoresearch reads them
     for name, fmt in (("val_bpb", ".6f"), ("training_seconds", ".1f"), ("total_seconds", ".1f"),
                       ("peak_vram_mb", ".1f"), ("mfu_percent", ".2f"), ("total_tokens_M", ".1f"),
                       ("num_steps", "d"), ("num_params_M", ".1f"), ("depth", "d")):
-        print(f"{name + ':':<18}{summary[name]:{fmt}}")
+        if name in summary:
+            print(f"{name + ':':<18}{summary[name]:{fmt}}")
 
 
 if __name__ == "__main__":
