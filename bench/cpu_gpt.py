@@ -55,6 +55,7 @@ def main() -> None:
             AUTORESEARCH_TIME_BUDGET=str(args.budget),
             AUTORESEARCH_SEED=str(args.seed),
             AUTORESEARCH_RUN_DIR=str(Path(tmp) / "run"),
+            AUTORESEARCH_EVALUATE="python prepare.py --evaluate",  # as the harness: scored once
         )
         if args.data:
             env["AUTORESEARCH_DATA_DIR"] = str(Path(args.data).resolve())
@@ -74,7 +75,6 @@ def main() -> None:
         ("num_params_M", f"{trained['num_params_M']:.2f}"),
         ("peak_vram_mb", f"{trained['peak_vram_mb']:.0f} (peak RSS on the CPU)"),
         ("val_bpb (evaluate)", f"{evaluated['val_bpb']:.6f}"),
-        ("val_bpb (train.py)", f"{trained['val_bpb']:.6f}"),
         ("test_bpb", f"{evaluated['test_bpb']:.6f}"),
         ("training_seconds", f"{training_s:.1f}"),
         ("total_seconds", f"{trained['total_seconds']:.1f} (train.py's own clock)"),

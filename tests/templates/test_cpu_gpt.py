@@ -189,6 +189,33 @@ def test_the_data_folder_of_the_setup_line_is_the_one_used(tmp_path):
     assert probe.stdout.strip() == str(data.resolve()), probe.stderr
 
 
+@pytest.mark.extended  # (the nanochat template's twins run by default)
+@pytest.mark.parametrize("harness", [False, True])
+def test_train_py_own_scoring_loses_no_training_and_is_left_to_the_evaluator(trained, tmp_path, harness):
+    """By hand, a failure of train.py's own scoring (a stand-in that raises) still ends the run
+    well, with the training figures saved and the evaluator scoring the checkpoint (it made the
+    trial a crash). Under autoresearch (AUTORESEARCH_EVALUATE) train.py does not score at all:
+    the validation split is read once a trial, by the evaluator."""
+    task, env, _, _, _ = trained
+    env = {**env, "AUTORESEARCH_TIME_BUDGET": "1", "AUTORESEARCH_RUN_DIR": str(tmp_path / "run")}
+    if harness:
+        env["AUTORESEARCH_EVALUATE"] = "python prepare.py --evaluate"
+    stand_in = ("import runpy, sys, prepare\n"
+                "def boom(*a, **k):\n    print('SCORED')\n    raise MemoryError('out of memory in the evaluation')\n"
+                "prepare.evaluate_bpb = boom\nsys.argv = ['train.py']\n"
+                "runpy.run_path('train.py', run_name='__main__')\n")
+    proc = run(task, env, "-c", stand_in)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ("SCORED" in proc.stdout) is not harness
+    note = "note: val_bpb is left to" if harness else "`python prepare.py --evaluate` scores the checkpoint"
+    assert note in proc.stdout, proc.stdout
+    assert list(figures(proc.stdout[proc.stdout.index("\n---\n"):])) == SUMMARY_KEYS[1:] + ["tokens_per_second"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["num_steps"] >= 1 and "val_bpb" not in summary
+    scored = figures(run(task, env, "prepare.py", "--evaluate").stdout)
+    assert scored["val_bpb"] > 0 and scored["num_steps"] == summary["num_steps"]
+
+
 def test_a_missing_checkpoint_is_an_error(trained, tmp_path):
     task, env, _, _, _ = trained
     result = run(task, {**env, "AUTORESEARCH_RUN_DIR": str(tmp_path)}, "prepare.py", "--evaluate")
