@@ -47,8 +47,10 @@ def _content(entry: tuple[object, ...]) -> bytes | None:
 def path_dirs() -> list[Path]:
     """The folders of PYTHONPATH (experiments get ours), which Python searches before the
     standard library and the site folders: a sitecustomize there runs at every start, and a
-    json.py there is every `import json`."""
-    return [Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(p) and os.path.isdir(p)]
+    json.py there is every `import json`. One not made yet is watched too: an experiment could
+    make it."""
+    return [Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if os.path.isabs(p) and (os.path.isdir(p) or not os.path.lexists(p))]
 
 
 def _stdlib_name(name: str) -> bool:

@@ -29,6 +29,7 @@ import os
 import pkgutil
 import shutil
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
 from autoresearch.gitstatus import Change
@@ -152,6 +153,28 @@ def relative_folders(var: str = "PYTHONPATH", environ: dict[str, str] | None = N
             continue
         out.add("" if norm == "." else norm)
     return out
+
+
+def anchor_upward(root: Path, environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """Make each PYTHONPATH or PATH entry that points upward (`..`, `../lib`) absolute, from the
+    task's root, in our environment (which experiments, agents and the evaluator get): run from a
+    trial's worktree it would name a folder of the harness (`.autoresearch/T/worktrees/lib`), never
+    the one you meant, where an experiment could plant a `sitecustomize.py` (or a `tail`) for the
+    evaluator to run, unwatched; from the root it names yours, watched as an absolute entry is.
+    The entries changed, as `../lib -> /abs/lib`."""
+    env = os.environ if environ is None else environ
+    said = []
+    for var in ("PYTHONPATH", "PATH"):
+        entries = env.get(var, "").split(os.pathsep) if env.get(var) else []
+        up = [i for i, e in enumerate(entries) if e and not os.path.isabs(e)
+              and (os.path.normpath(e) == ".." or os.path.normpath(e).startswith("../"))]
+        for i in up:
+            absolute = os.path.normpath(os.path.join(root.resolve(), entries[i]))
+            said.append(f"{var} {entries[i]} -> {absolute}")
+            entries[i] = absolute
+        if up:
+            env[var] = os.pathsep.join(entries)
+    return said
 
 
 def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from autoresearch import guard, objects
+from autoresearch import guard, objects, shadow
 from autoresearch.envguard import EnvGuard, TreeWatch
 from autoresearch.events import Events
 from autoresearch.gitlinks import FolderLinks
@@ -35,6 +35,7 @@ class Watch:
     def __init__(self, session: Session, events: Events, root_files: list[str], bin_dir: Path, shim: bool,
                  site: list[Path], several: bool) -> None:
         self.s = session
+        shadow.anchor_upward(session.task.root)  # (`../lib` from a worktree: a folder of ours, unwatched)
         self.task = session.task
         self.events = events
         self.several = several  # trials run side by side: a finding may be a neighbour's doing
