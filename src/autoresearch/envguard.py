@@ -75,6 +75,23 @@ def site_dirs(bin_dir: Path, env: dict[str, str]) -> list[Path]:
                                   sysconfig.get_paths()["stdlib"], os.path.realpath(sys.executable)]]
 
 
+def shared_environments(root: Path, shared: list[str] | tuple[str, ...]) -> list[Path]:
+    """What to watch of each virtual (or conda) environment among the task's `shared` paths,
+    linked into every trial (`.venv`, which `.venv/bin/python prepare.py` or `uv run` runs): its
+    site folders and standard library (site_dirs), its `python*` entries and its pyvenv.cfg. An
+    unsandboxed experiment writes through the link into your copy: a `.pth` or a `python` put
+    there would run as the evaluator."""
+    out: list[Path] = []
+    for rel in shared:
+        env = root / rel
+        if not ((env / "pyvenv.cfg").is_file() or (env / "conda-meta").is_dir()) or not (env / "bin" / "python").exists():
+            continue
+        with contextlib.suppress(OSError):
+            out += sorted(env / "bin" / e.name for e in os.scandir(env / "bin") if e.name.startswith("python"))
+        out += [env / "pyvenv.cfg", *site_dirs(env / "bin", dict(os.environ))]
+    return out
+
+
 def _launchers(bin_dir: Path, shim: bool) -> list[Path]:
     """What `python` on the experiments' PATH is: the pyvenv.cfg Python looks for beside it and
     one folder up (one put beside autoresearch's own links made them a virtualenv, with site

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from autoresearch import guard, objects, shadow
-from autoresearch.envguard import EnvGuard, TreeWatch
+from autoresearch.envguard import EnvGuard, TreeWatch, shared_environments
 from autoresearch.events import Events
 from autoresearch.gitlinks import FolderLinks
 from autoresearch.pathwatch import PathWatch
@@ -45,6 +45,8 @@ class Watch:
             extra=(session.git.config_file,))
         session.ledger.watch()  # the record: the loop is its only writer
         self.objects = objects.ObjectWatch(session.git)  # the best code's git objects
+        if site:  # (none on a remote backend: the environments a node runs are its own)
+            site += [p for p in shared_environments(self.task.root, self.task.shared) if p not in site]
         self.env = EnvGuard(bin_dir, shim, site, keep=session.dir / "quarantine")
         self.path = PathWatch(  # the other programs the task's commands run (python is envguard's)
             [c for c in (self.task.command, self.task.evaluate) if c], f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
