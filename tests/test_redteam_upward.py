@@ -47,3 +47,27 @@ def test_an_upward_entry_cannot_carry_a_planted_file_into_the_evaluator(tmp_path
     assert t0.metric == 4.0, (t0.status, t0.metric, t0.reason)
     assert t1.status.value == "rejected", (t1.status, t1.metric, t1.reason)
     assert (t2.status.value, t2.metric) == ("discard", 81.0), (t2.status, t2.metric, t2.reason)  # measured honestly
+
+
+# the folder on PYTHONPATH or PATH is a `shared` path, linked into each trial: written through
+PLANT_SHARED = PLANT.replace('for base in (os.getcwd(), os.environ["REPO"]):', 'for base in (os.getcwd(),):')
+
+
+@pytest.mark.parametrize(("var", "entry"), [("PYTHONPATH", "lib"), ("PATH", "lib")])
+def test_a_shared_folder_on_the_path_cannot_carry_a_planted_file_into_the_evaluator(
+        tmp_path: Path, var: str, entry: str) -> None:
+    repo = make_task(tmp_path / "task", experiment=EXPERIMENT,
+                     toml_extra='evaluate = "sh eval.sh"\nshared = ["lib"]\n',
+                     files={"prepare.py": EVALUATOR, "eval.sh": "python prepare.py | tail -n 5\n",
+                            ".gitignore": "lib/\n"})
+    (repo / "lib").mkdir()
+    (repo / "lib" / "mine.py").write_text("A = 1\n")
+    agent = script_agent(tmp_path / "a.sh", PLANT_SHARED)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2",
+            env={"VAR": var, "UP": entry, "REPO": str(repo), var: f"{entry}{os.pathsep}{os.environ[var]}"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    t0, t1, t2 = trials(repo)
+    assert t0.metric == 4.0, (t0.status, t0.metric, t0.reason)
+    assert t1.status.value == "rejected", (t1.status, t1.metric, t1.reason)
+    assert (t2.status.value, t2.metric) == ("discard", 81.0), (t2.status, t2.metric, t2.reason)
+    assert sorted(p.name for p in (repo / "lib").iterdir()) == ["mine.py"]  # (yours, as it was)

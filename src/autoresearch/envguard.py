@@ -44,13 +44,13 @@ def _content(entry: tuple[object, ...]) -> bytes | None:
     return data if isinstance(data, bytes) and data != NOT_REGULAR else None
 
 
-def path_dirs() -> list[Path]:
-    """The folders of PYTHONPATH (experiments get ours), which Python searches before the
-    standard library and the site folders: a sitecustomize there runs at every start, and a
-    json.py there is every `import json`. One not made yet is watched too: an experiment could
-    make it."""
-    return [Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-            if os.path.isabs(p) and (os.path.isdir(p) or not os.path.lexists(p))]
+def path_dirs(value: str | None = None) -> list[Path]:
+    """The folders of PYTHONPATH (experiments get ours; `value`: as the loop reads it), which
+    Python searches before the standard library and the site folders: a sitecustomize there runs
+    at every start, and a json.py there is every `import json`. One not made yet is watched too:
+    an experiment could make it."""
+    value = os.environ.get("PYTHONPATH", "") if value is None else value
+    return [Path(p) for p in value.split(os.pathsep) if os.path.isabs(p) and (os.path.isdir(p) or not os.path.lexists(p))]
 
 
 def _stdlib_name(name: str) -> bool:
@@ -116,11 +116,12 @@ def _stamp(path: Path) -> tuple[object, ...]:
 
 
 class EnvGuard:
-    def __init__(self, bin_dir: Path, shim: bool, dirs: list[Path], keep: Path | None = None) -> None:
+    def __init__(self, bin_dir: Path, shim: bool, dirs: list[Path], keep: Path | None = None,
+                 pythonpath: str | None = None) -> None:
         self.bin_dir = bin_dir
         self.keep = keep  # where a startup file taken out is kept
         self.shim = shim  # bin_dir is autoresearch's own (links to this interpreter)
-        self.first = path_dirs()  # (before the standard library on sys.path: a json.py there is `import json`)
+        self.first = path_dirs(pythonpath)  # (before the standard library on sys.path: a json.py there is `import json`)
         self.dirs = dirs + [d for d in self.first if d not in dirs]
         self.interpreter = [d for d in dirs if d.is_file()]  # (the binary `python` runs)
         self._saved = self._read()

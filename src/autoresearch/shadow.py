@@ -177,6 +177,18 @@ def anchor_upward(root: Path, environ: MutableMapping[str, str] | None = None) -
     return said
 
 
+def through_shared(task: Task, value: str) -> str:
+    """`value` (PATH or PYTHONPATH) with each relative entry that names a `shared` path, or a
+    folder in one, made absolute from the task's root: in a trial it is a link to your copy, which
+    an unsandboxed experiment writes through (a `sitecustomize.py`, a `tail` the evaluator would
+    run), so it is watched there as an absolute entry is."""
+    def rooted(entry: str) -> str:
+        norm = os.path.normpath(entry).replace(os.sep, "/") if entry and not os.path.isabs(entry) else ""
+        shared = norm and any(norm == s or norm.startswith(s.rstrip("/") + "/") for s in task.shared)
+        return str(task.root / norm) if shared else entry
+    return os.pathsep.join(rooted(e) for e in value.split(os.pathsep)) if value else value
+
+
 def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
     """Why a file the change adds would be imported in place of another module (or read by the
     evaluator's program as its own), or None."""

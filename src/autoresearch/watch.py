@@ -47,9 +47,11 @@ class Watch:
         self.objects = objects.ObjectWatch(session.git)  # the best code's git objects
         if site:  # (none on a remote backend: the environments a node runs are its own)
             site += [p for p in shared_environments(self.task.root, self.task.shared) if p not in site]
-        self.env = EnvGuard(bin_dir, shim, site, keep=session.dir / "quarantine")
+        self.env = EnvGuard(bin_dir, shim, site, keep=session.dir / "quarantine",
+                            pythonpath=shadow.through_shared(self.task, os.environ.get("PYTHONPATH", "")))
+        path = shadow.through_shared(self.task, os.environ.get("PATH", ""))
         self.path = PathWatch(  # the other programs the task's commands run (python is envguard's)
-            [c for c in (self.task.command, self.task.evaluate) if c], f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            [c for c in (self.task.command, self.task.evaluate) if c], f"{bin_dir}{os.pathsep}{path}",
             keep=session.dir / "quarantine" / "path",
             skip=(lambda n: n in ("python", "python3")) if shim else (lambda n: n.startswith("python")))
         self.setup = TreeWatch(None)  # what setup made, once it ran
