@@ -54,3 +54,31 @@ def test_a_shared_virtualenv_the_evaluator_runs_is_watched(tmp_path: Path, deed:
     assert t1.status.value == "rejected", (t1.status, t1.metric, t1.reason)
     assert ("startup files" if deed == "startup" else "changed the experiments' python") in t1.reason, t1.reason
     assert (t2.status.value, t2.metric) == ("discard", 81.0), (t2.status, t2.metric, t2.reason)  # measured honestly
+
+
+# `uv run` (here a script that does as it does: the project's .venv when there is one) runs a
+# `.venv` the trial's change adds, where the editable globs let it (`editable = ["*"]`)
+UV_LIKE = "if [ -x .venv/bin/python ]; then exec .venv/bin/python prepare.py; else exec python prepare.py; fi\n"
+PLANT_VENV = """\
+sed -i 's/^X = .*/X = 9.0/' exp.py
+mkdir -p .venv/bin
+printf 'home = /usr/bin\\n' > .venv/pyvenv.cfg
+printf '#!/bin/sh\\necho "loss: -100"\\n' > .venv/bin/python
+chmod +x .venv/bin/python
+echo "X to 9"
+"""
+
+
+def test_a_virtualenv_the_change_adds_is_refused(tmp_path: Path) -> None:
+    repo = make_task(tmp_path / "task", experiment=EXPERIMENT, toml_extra='evaluate = "sh eval.sh"\n',
+                     files={"prepare.py": EVALUATOR, "eval.sh": UV_LIKE})
+    text = (repo / "autoresearch.toml").read_text().replace('editable = ["exp.py"]', 'editable = ["*"]')
+    (repo / "autoresearch.toml").write_text(text.replace('protected = ["prepare.py"]', 'protected = ["prepare.py", "eval.sh"]'))
+    subprocess.run(["git", "commit", "-qam", "all editable"], cwd=repo, check=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"})
+    agent = script_agent(tmp_path / "a.sh", PLANT_VENV)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = trials(repo)[1]
+    assert t.status.value == "rejected" and ".venv" in t.reason, (t.status, t.metric, t.reason)

@@ -203,6 +203,8 @@ def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
                     "file): name it otherwise")
     if program := _program(task, changes):
         return program
+    if task.evaluate and (venv := _virtualenv(task, changes, workdir)):
+        return venv
     for c in changes:
         if c.status != "D" and (source := cached_source(c.path)) and task.is_protected(source):
             return (f"{'added' if c.status == 'A' else 'changed'} {c.path}, Python's bytecode for the protected "
@@ -240,6 +242,23 @@ def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
             continue
         return (f"added {path}, which Python would import in place of {whose} (the protected code and "
                 "the evaluator run from this folder, so they would run the agent's file): name it otherwise")
+    return None
+
+
+def _virtualenv(task: Task, changes: list[Change], workdir: Path) -> str | None:
+    """Why a file the change adds or changes would make a virtual environment the evaluator may
+    run (`uv run` takes the project's `.venv`; `.venv/bin/python prepare.py` names it), or None:
+    a file in a `.venv` folder in the root or beside a protected file, or a `pyvenv.cfg` anywhere
+    (it makes a virtualenv of the folder it is in, with site folders of the agent's)."""
+    folders = {""} | {p.rpartition("/")[0] for p in task.protected_files(workdir)}
+    for c in changes:
+        if c.status == "D":
+            continue
+        parts = c.path.split("/")
+        if parts[-1] == "pyvenv.cfg" or any(p == ".venv" and "/".join(parts[:i]) in folders for i, p in enumerate(parts)):
+            return (f"{'added' if c.status == 'A' else 'changed'} {c.path}, part of a virtual environment (a `.venv`, "
+                    "a pyvenv.cfg) whose python `uv run` or the task's commands would run as the evaluator: "
+                    "a trial does not change the environment it is measured in")
     return None
 
 
