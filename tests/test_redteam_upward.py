@@ -2,7 +2,8 @@
 a trial's worktree (where experiments and the evaluator run), a folder outside it: the harness's
 own `.autoresearch/T/worktrees/` or one beside it. An unsandboxed experiment (the agent's code)
 wrote a `sitecustomize.py` there, which the evaluator then ran at its start: a worse change was
-kept with a forged figure, and every later trial was measured through it."""
+kept with a forged figure, and every later trial was measured through it. The same through a
+relative entry that names a `shared` path, a link in the trial to the user's copy."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ echo "X up"
 """
 
 
-@pytest.mark.parametrize(("var", "up"), [("PYTHONPATH", "../lib"), ("PYTHONPATH", ".."), ("PATH", "../bin")])
+@pytest.mark.parametrize(("var", "up"), [("PYTHONPATH", "../lib"), pytest.param("PYTHONPATH", "..", marks=pytest.mark.extended),
+                                          ("PATH", "../bin")])
 def test_an_upward_entry_cannot_carry_a_planted_file_into_the_evaluator(tmp_path: Path, var: str, up: str) -> None:
     repo = make_task(tmp_path / "task", experiment=EXPERIMENT, toml_extra='evaluate = "sh eval.sh"\n',
                      files={"prepare.py": EVALUATOR, "eval.sh": "python prepare.py | tail -n 5\n"})
@@ -53,7 +55,7 @@ def test_an_upward_entry_cannot_carry_a_planted_file_into_the_evaluator(tmp_path
 PLANT_SHARED = PLANT.replace('for base in (os.getcwd(), os.environ["REPO"]):', 'for base in (os.getcwd(),):')
 
 
-@pytest.mark.parametrize(("var", "entry"), [("PYTHONPATH", "lib"), ("PATH", "lib")])
+@pytest.mark.parametrize(("var", "entry"), [("PYTHONPATH", "lib"), pytest.param("PATH", "lib", marks=pytest.mark.extended)])
 def test_a_shared_folder_on_the_path_cannot_carry_a_planted_file_into_the_evaluator(
         tmp_path: Path, var: str, entry: str) -> None:
     repo = make_task(tmp_path / "task", experiment=EXPERIMENT,

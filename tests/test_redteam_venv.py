@@ -34,7 +34,7 @@ echo "X up"
 """
 
 
-@pytest.mark.parametrize("deed", ["startup", "launcher"])
+@pytest.mark.parametrize("deed", ["startup", pytest.param("launcher", marks=pytest.mark.extended)])
 def test_a_shared_virtualenv_the_evaluator_runs_is_watched(tmp_path: Path, deed: str) -> None:
     toml = 'shared = [".venv"]\nevaluate = ".venv/bin/python prepare.py"\n'
     repo = make_task(tmp_path / "task", experiment=EXPERIMENT, toml_extra=toml,
