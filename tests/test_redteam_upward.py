@@ -73,3 +73,53 @@ def test_a_shared_folder_on_the_path_cannot_carry_a_planted_file_into_the_evalua
     assert t1.status.value == "rejected", (t1.status, t1.metric, t1.reason)
     assert (t2.status.value, t2.metric) == ("discard", 81.0), (t2.status, t2.metric, t2.reason)
     assert sorted(p.name for p in (repo / "lib").iterdir()) == ["mine.py"]  # (yours, as it was)
+
+
+# a src layout on PYTHONPATH by its absolute path, your checkout's (as `pip install -e .` leaves it)
+SRC_TOML = """\
+name = "t"
+editable = ["src/mypkg/train.py"]
+protected = ["src/mypkg/score.py"]
+command = "python -m mypkg.train"
+evaluate = "python -m mypkg.score"
+time_budget = 5
+timeout = 10
+[metric]
+name = "loss"
+goal = "minimize"
+"""
+SRC_TRAIN = """\
+import json, os
+X = 3.0
+json.dump({"loss": (X - 1.0) ** 2}, open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "result.json"), "w"))
+"""
+SCORER = """\
+import json, os
+print(f"loss: {json.load(open(os.path.join(os.environ['AUTORESEARCH_RUN_DIR'], 'result.json')))['loss']}")
+"""
+# trial 1 improves; trial 2 is worse and rewrites your checkout's copy of the protected scorer
+SRC_AGENT = """\
+if [ "$AUTORESEARCH_TRIAL" = 1 ]; then
+sed -i 's/^X = .*/X = 1.5/' src/mypkg/train.py
+else
+sed -i 's/^X = .*/X = 9.0/' src/mypkg/train.py
+printf 'open(os.environ["SCORER"], "w").write("print(\\\\"loss: -100\\\\")\\\\n")\\n' >> src/mypkg/train.py
+fi
+echo "X moved"
+"""
+
+
+def test_an_absolute_entry_inside_the_checkout_names_the_trials_own_folder(tmp_path: Path) -> None:
+    """Before: every trial imported your checkout's src, never its own code (trial 1's change was
+    measured 'equal to the best'), and the evaluator your checkout's protected scorer, which an
+    experiment can rewrite there. Now the entry is `src`: the trial's own, its scorer reset."""
+    repo = make_task(tmp_path / "task", toml=SRC_TOML, files={
+        "src/mypkg/__init__.py": "", "src/mypkg/train.py": SRC_TRAIN, "src/mypkg/score.py": SCORER})
+    agent = script_agent(tmp_path / "a.sh", SRC_AGENT)
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2",
+            env={"SCORER": str(repo / "src" / "mypkg" / "score.py"),
+                 "PYTHONPATH": f"{repo / 'src'}{os.pathsep}{os.environ['PYTHONPATH']}"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    t0, t1, t2 = trials(repo)
+    assert (t0.metric, t1.status.value, t1.metric) == (4.0, "keep", 0.25), (t1.status, t1.metric, t1.reason)
+    assert (t2.status.value, t2.metric) == ("discard", 64.0), (t2.status, t2.metric, t2.reason)

@@ -29,10 +29,11 @@ import os
 import pkgutil
 import shutil
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 
 from autoresearch.gitstatus import Change
+from autoresearch.ledger import LEDGER_DIR
 from autoresearch.task import Task
 
 # what an import finds in a folder: a.py, a.pyc, a.cpython-311-x86_64-linux-gnu.so, a.abi3.so, a.so
@@ -155,24 +156,37 @@ def relative_folders(var: str = "PYTHONPATH", environ: dict[str, str] | None = N
     return out
 
 
-def anchor_upward(root: Path, environ: MutableMapping[str, str] | None = None) -> list[str]:
-    """Make each PYTHONPATH or PATH entry that points upward (`..`, `../lib`) absolute, from the
-    task's root, in our environment (which experiments, agents and the evaluator get): run from a
-    trial's worktree it would name a folder of the harness (`.autoresearch/T/worktrees/lib`), never
-    the one you meant, where an experiment could plant a `sitecustomize.py` (or a `tail`) for the
-    evaluator to run, unwatched; from the root it names yours, watched as an absolute entry is.
+def anchor_paths(root: Path, tracked: Callable[[str], bool], environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """Make each PYTHONPATH or PATH entry name, from a trial's worktree, the folder you meant, in
+    our environment (which experiments, agents and the evaluator get). One that points upward
+    (`..`, `../lib`) is made absolute from the task's root: from a worktree it would name a folder
+    of the harness (`.autoresearch/T/worktrees/lib`), where an experiment could plant a
+    `sitecustomize.py` (or a `tail`) for the evaluator to run, unwatched; from the root it names
+    yours, watched as an absolute entry is. An absolute one inside your checkout that holds files
+    of git's (`/home/you/task/src`, a src layout) is made relative (`src`): else every trial would
+    import your checkout's code, never the trial's own (a change the agent made measured as no
+    change), and an evaluator your checkout's protected files, which an experiment could rewrite.
     The entries changed, as `../lib -> /abs/lib`."""
     env = os.environ if environ is None else environ
+    here = os.path.realpath(root)
     said = []
     for var in ("PYTHONPATH", "PATH"):
         entries = env.get(var, "").split(os.pathsep) if env.get(var) else []
-        up = [i for i, e in enumerate(entries) if e and not os.path.isabs(e)
-              and (os.path.normpath(e) == ".." or os.path.normpath(e).startswith("../"))]
-        for i in up:
-            absolute = os.path.normpath(os.path.join(root.resolve(), entries[i]))
-            said.append(f"{var} {entries[i]} -> {absolute}")
-            entries[i] = absolute
-        if up:
+        changed = False
+        for i, entry in enumerate(entries):
+            if not entry:
+                continue
+            if not os.path.isabs(entry):
+                norm = os.path.normpath(entry)
+                new = os.path.normpath(os.path.join(here, norm)) if norm == ".." or norm.startswith("../") else entry
+            else:
+                rel = os.path.relpath(os.path.realpath(entry), here).replace(os.sep, "/")
+                inside = rel != ".." and not rel.startswith("../") and rel.split("/")[0] != LEDGER_DIR
+                new = rel if inside and tracked(rel) else entry
+            if new != entry:
+                said.append(f"{var} {entry} -> {new}")
+                entries[i], changed = new, True
+        if changed:
             env[var] = os.pathsep.join(entries)
     return said
 

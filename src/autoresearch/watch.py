@@ -35,7 +35,8 @@ class Watch:
     def __init__(self, session: Session, events: Events, root_files: list[str], bin_dir: Path, shim: bool,
                  site: list[Path], several: bool) -> None:
         self.s = session
-        shadow.anchor_upward(session.task.root)  # (`../lib` from a worktree: a folder of ours, unwatched)
+        shadow.anchor_paths(session.task.root, lambda rel: bool(session.git.run(  # (`../lib` from a worktree: a
+            "ls-files", "--", rel, cwd=session.task.root, check=False)))  # folder of ours; /abs/task/src: yours)
         self.task = session.task
         self.events = events
         self.several = several  # trials run side by side: a finding may be a neighbour's doing
