@@ -8,6 +8,8 @@ relative entry that names a `shared` path, a link in the trial to the user's cop
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,19 @@ def test_an_absolute_entry_inside_the_checkout_names_the_trials_own_folder(tmp_p
     t0, t1, t2 = trials(repo)
     assert (t0.metric, t1.status.value, t1.metric) == (4.0, "keep", 0.25), (t1.status, t1.metric, t1.reason)
     assert (t2.status.value, t2.metric) == ("discard", 64.0), (t2.status, t2.metric, t2.reason)
+
+
+def test_a_package_installed_from_the_checkout_is_warned_of(tmp_path: Path) -> None:
+    """`pip install -e .` of a src layout leaves a .pth naming your checkout's `src` in the
+    experiments' site-packages: every trial imports your checkout's code, never its own, and the
+    loop measures no change at all overnight. Said as the loop starts."""
+    repo = make_task(tmp_path / "task", toml=SRC_TOML, files={
+        "src/mypkg/__init__.py": "", "src/mypkg/train.py": SRC_TRAIN, "src/mypkg/score.py": SCORER})
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "__editable__.mypkg-0.1.pth").write_text(f"{repo / 'src'}\n")
+    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", script_agent(tmp_path / "a.sh", SRC_AGENT),
+            "--trials", "0", env={"VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "imports mypkg" in r.stdout + r.stderr and "from your checkout" in r.stdout + r.stderr, r.stdout[-2000:]

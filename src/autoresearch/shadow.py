@@ -25,9 +25,11 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.machinery
+import json
 import os
 import pkgutil
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
@@ -290,3 +292,39 @@ def _program(task: Task, changes: list[Change]) -> str | None:
             return (f"added {c.path}, which the evaluator's shell would run in place of the program {name} "
                     f"(the folder is on PATH): name it otherwise")
     return None
+
+
+_FIND = ("import importlib.util, json, sys\nout = {}\nfor n in json.loads(sys.argv[1]):\n"
+         "    try:\n        s = importlib.util.find_spec(n)\n    except Exception:\n        continue\n"
+         "    where = s and (s.origin if s.origin not in (None, 'namespace') else next(iter(s.submodule_search_locations or []), None))\n"
+         "    if where:\n        out[n] = where\nprint(json.dumps(out))\n")
+
+
+def checkout_imports(root: Path, files: list[str], python: Path, env: dict[str, str],
+                     shared: tuple[str, ...] = ()) -> list[str]:
+    """The task's modules that the experiments' `python` imports from your checkout, outside any
+    trial's worktree, as `name (path)`: a `pip install -e .` of a src layout (its .pth or finder
+    names your `src`) has every trial run your checkout's code, never its own. Looked up from
+    outside the checkout (`find_spec`, which runs none of their code)."""
+    names: set[str] = set()
+    for rel in files:
+        if rel.endswith(".py") and rel.split("/")[0] != LEDGER_DIR:
+            parts = rel[:-3].split("/")
+            names.update(p for p in parts if p.isidentifier() and p != "__init__")
+    if not names:
+        return []
+    try:
+        out = subprocess.run([str(python), "-c", _FIND, json.dumps(sorted(names)[:2000])], cwd="/", env=env,
+                             capture_output=True, text=True, timeout=60, start_new_session=True)
+        found = json.loads(out.stdout)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return []
+    here = os.path.realpath(root)
+    said = []
+    for name, where in sorted(found.items()):
+        rel = os.path.relpath(os.path.realpath(where), here)
+        rel = rel.replace(os.sep, "/")
+        if not rel.startswith("..") and rel.split("/")[0] != LEDGER_DIR \
+                and not any(rel == s or rel.startswith(s.rstrip("/") + "/") for s in shared):  # (linked: yours)
+            said.append(f"{name} ({where})")
+    return said

@@ -18,6 +18,7 @@ from pathlib import Path
 from autoresearch import guard, objects, shadow
 from autoresearch.envguard import EnvGuard, TreeWatch, shared_environments
 from autoresearch.events import Events
+from autoresearch.execute import experiment_env
 from autoresearch.gitlinks import FolderLinks
 from autoresearch.pathwatch import PathWatch
 from autoresearch.placewatch import PlaceWatch
@@ -48,6 +49,12 @@ class Watch:
         self.objects = objects.ObjectWatch(session.git)  # the best code's git objects
         if site:  # (none on a remote backend: the environments a node runs are its own)
             site += [p for p in shared_environments(self.task.root, self.task.shared) if p not in site]
+            if mine := shadow.checkout_imports(self.task.root, root_files, bin_dir / "python",
+                                               experiment_env(dict(os.environ), {}, bin_dir), self.task.shared):
+                events.message(f"autoresearch: warning: the experiments' python imports {', '.join(mine[:3])} from your "
+                               "checkout, not from the trial's worktree, so every trial would run your checkout's code, "
+                               "never its own (a `pip install -e .` or a PYTHONPATH entry names it): install it without "
+                               "-e, or put its folder on PYTHONPATH relative (`PYTHONPATH=src`), which comes first")
         self.env = EnvGuard(bin_dir, shim, site, keep=session.dir / "quarantine",
                             pythonpath=shadow.through_shared(self.task, os.environ.get("PYTHONPATH", "")))
         path = shadow.through_shared(self.task, os.environ.get("PATH", ""))
