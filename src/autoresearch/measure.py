@@ -108,9 +108,27 @@ class Measurer:
              running: Callable[[], None] | None = None) -> Measurement:
         """One run of the experiment; `running()` when it starts (a remote backend's trial is
         queued until a node takes it)."""
-        n = t.number
+        spec = self._spec(at, t.number, commit, seed, index)
+        restore = partial(self._restore, at, t.number, commit)
+        if not self.backend.remote:
+            self._fresh_worktree(at, t.number, commit, index)
+        result = self._run(spec, restore, running)
+        if result.outcome == "lost" and not self._head_gone():  # a remote worker died under it:
+            result = self._second_attempt(t, spec, restore, running, result.output)  # recorded, run once more
+            if result.outcome == "lost" and self._head_gone():
+                return Measurement(Status.INTERRUPTED, reason=HEAD_GONE, seconds=result.seconds)
+            self._count_lost_twice(result)
+        elif result.outcome == "lost":  # (and the head is gone)
+            return Measurement(Status.INTERRUPTED, reason=HEAD_GONE, seconds=result.seconds)
+        elif not self.cancel.is_set():
+            with self._lost_lock:
+                self.lost_twice = 0
+        return judge(self.task, result, spec.run_dir, at.ws.path)
+
+    def _spec(self, at: Place, n: int, commit: str, seed: int, index: int) -> ExecSpec:
+        """What the backend needs to run trial `n`'s `index`-th run (its log, run folder, env)."""
         suffix = "" if index == 0 else f".{index}"
-        spec = ExecSpec(
+        return ExecSpec(
             number=n, workdir=at.ws.path, run_dir=self.s.dir / "runs" / f"{n}{suffix}",
             log_path=self.log(n, suffix), command=self.task.command,
             timeout=self.task.timeout, env=self.env(n, seed, at.gpus, commit), protected=self.protected,
@@ -125,60 +143,64 @@ class Measurer:
             and sandbox_problem() is not None else {},  # (unsealed: what is left is to see a write)
         )
 
-        def restore() -> None:  # the committed tree, and what setup made, for the evaluator
-            if self.task.evaluate and not self.backend.remote:  # (no budget: the evaluator has its
-                self.events.phase(n, "evaluating")  # own timeout; a remote backend restores to send the code)
-            self.s.git.reset_worktree(at.ws, commit)
-            if not self.backend.remote:  # (a remote node links its own: the code travels without links)
-                self.setup.link_into(at.ws.path)
-                clear_bytecode(self.setup.store)  # (a .pyc the experiment planted beside a module setup made)
-                clear_cache_prefix(at.ws.path, self.setup.store)  # (or under PYTHONPYCACHEPREFIX)
-
-        if not self.backend.remote:
-            # what came back to the loop meanwhile (a driver git ran, planted by an experiment
-            # beside this one) goes first; then the worktree is made the commit again: a repeat
-            # must not find what the first run left, nor any run what a process beside it wrote
-            stray = sweep_escaped(MARK)  # (the harness's git's, and unnamed ones)
-            if stray:
-                self.events.message(f"autoresearch: warning: killed before trial {n} ran, left running by "
-                                    f"another command: {'; '.join(stray)[:300]}")
-            if index or stray or self.beside:  # (alone, the worktree is the commit the snapshot made)
-                self.s.git.reset_worktree(at.ws, commit)
+    def _restore(self, at: Place, n: int, commit: str) -> None:
+        """The committed tree, and what setup made, for the evaluator."""
+        if self.task.evaluate and not self.backend.remote:  # (no budget: the evaluator has its
+            self.events.phase(n, "evaluating")  # own timeout; a remote backend restores to send the code)
+        self.s.git.reset_worktree(at.ws, commit)
+        if not self.backend.remote:  # (a remote node links its own: the code travels without links)
             self.setup.link_into(at.ws.path)
+            clear_bytecode(self.setup.store)  # (a .pyc the experiment planted beside a module setup made)
+            clear_cache_prefix(at.ws.path, self.setup.store)  # (or under PYTHONPYCACHEPREFIX)
+
+    def _fresh_worktree(self, at: Place, n: int, commit: str, index: int) -> None:
+        """What came back to the loop meanwhile (a driver git ran, planted by an experiment beside
+        this one) goes first; then the worktree is made the commit again: a repeat must not find
+        what the first run left, nor any run what a process beside it wrote."""
+        stray = sweep_escaped(MARK)  # (the harness's git's, and unnamed ones)
+        if stray:
+            self.events.message(f"autoresearch: warning: killed before trial {n} ran, left running by "
+                                f"another command: {'; '.join(stray)[:300]}")
+        if index or stray or self.beside:  # (alone, the worktree is the commit the snapshot made)
+            self.s.git.reset_worktree(at.ws, commit)
+        self.setup.link_into(at.ws.path)
+
+    def _run(self, spec: ExecSpec, restore: Callable[[], None],
+             running: Callable[[], None] | None) -> ExecResult:
         try:
             if self.backend.remote:
-                self.events.phase(n, QUEUED)
-            result = self.backend.run(spec, restore, self.cancel, running)
+                self.events.phase(spec.number, QUEUED)
+            return self.backend.run(spec, restore, self.cancel, running)
         except OSError as e:  # what the experiment left defeats the harness (a folder where its log
             if e.errno in (errno.ENOSPC, errno.EDQUOT):  # or metric file goes): the trial's fault, not
                 raise  # the loop's; a full disk stops the loop (docs/reliability.md)
-            result = ExecResult("crash", None, 0.0, f"the harness could not handle what the experiment left: {e}")
-        if result.outcome == "lost" and not self._head_gone():  # a remote worker died under it:
-            first = result.output  # recorded, run once more
-            self._note_lost(t, first)
-            self.events.phase(n, QUEUED)
-            result = self.backend.run(spec, restore, self.cancel, running)
-            try:  # (the note heads the log: what follows it is the second attempt's output)
-                second = spec.log_path.read_bytes()
-            except OSError:
-                second = b""
-            with open_log(spec.log_path) as log:
-                log.write(f"=== autoresearch: second attempt, whose output follows; the worker of the first was "
-                          f"lost: {first[:200]} ===\n".encode("utf-8", errors="replace") + second)
-            if result.outcome == "lost" and self._head_gone():
-                return Measurement(Status.INTERRUPTED, reason=HEAD_GONE, seconds=result.seconds)
-            with self._lost_lock:  # a cluster whose nodes are gone loses every trial in a second:
-                self.lost_twice = self.lost_twice + 1 if result.outcome == "lost" else 0  # (not all night)
-                n = self.lost_twice
-            if n >= LOST_REPEATS:  # (outside the lock: the loop's, taken in there, is held around take_lost)
-                self.fail(f"the Ray workers of {n} runs in a row were lost, each run twice: has the "
-                          f"cluster lost its nodes (`ray status`)? The last: {result.output[:200]}")
-        elif result.outcome == "lost":  # (and the head is gone)
-            return Measurement(Status.INTERRUPTED, reason=HEAD_GONE, seconds=result.seconds)
-        elif not self.cancel.is_set():
-            with self._lost_lock:
-                self.lost_twice = 0
-        return judge(self.task, result, spec.run_dir, at.ws.path)
+            return ExecResult("crash", None, 0.0, f"the harness could not handle what the experiment left: {e}")
+
+    def _second_attempt(self, t: Trial, spec: ExecSpec, restore: Callable[[], None],
+                        running: Callable[[], None] | None, first: str) -> ExecResult:
+        """Run a trial whose remote worker was lost (`first` says how) once more, the loss noted
+        in its record and at the head of its log."""
+        self._note_lost(t, first)
+        self.events.phase(t.number, QUEUED)
+        result = self.backend.run(spec, restore, self.cancel, running)
+        try:  # (the note heads the log: what follows it is the second attempt's output)
+            second = spec.log_path.read_bytes()
+        except OSError:
+            second = b""
+        with open_log(spec.log_path) as log:
+            log.write(f"=== autoresearch: second attempt, whose output follows; the worker of the first was "
+                      f"lost: {first[:200]} ===\n".encode("utf-8", errors="replace") + second)
+        return result
+
+    def _count_lost_twice(self, result: ExecResult) -> None:
+        """A cluster whose nodes are gone loses every trial in a second: the loop stops after
+        LOST_REPEATS such trials in a row (not all night)."""
+        with self._lost_lock:
+            self.lost_twice = self.lost_twice + 1 if result.outcome == "lost" else 0
+            n = self.lost_twice
+        if n >= LOST_REPEATS:  # (outside the lock: the loop's, taken in there, is held around take_lost)
+            self.fail(f"the Ray workers of {n} runs in a row were lost, each run twice: has the "
+                      f"cluster lost its nodes (`ray status`)? The last: {result.output[:200]}")
 
     def _head_gone(self) -> bool:
         """Whether the remote cluster's head is gone (the backend says why): the loop stops."""
