@@ -40,70 +40,88 @@ class Place:
 def pipeline(loop: Loop, trees: list[Workspace]) -> None:
     """`loop.ahead` proposers and one thread per slot; the last proposer to stop closes the
     queue of ready trials."""
-    free: queue.Queue[Workspace] = queue.Queue()
-    for w in trees:
-        free.put(w)
-    ready: queue.Queue[tuple[Trial, Workspace] | None] = queue.Queue()
-    proposers = [loop.ahead]
+    _Pipeline(loop, trees).run()
 
-    def propose() -> None:
+
+class _Pipeline:
+    """The queues between the threads: free worktrees -> proposers -> ready trials -> slots ->
+    decided trials -> the one recorder, which frees the worktrees again."""
+
+    def __init__(self, loop: Loop, trees: list[Workspace]) -> None:
+        self.loop = loop
+        self.free: queue.Queue[Workspace] = queue.Queue()
+        for w in trees:
+            self.free.put(w)
+        self.ready: queue.Queue[tuple[Trial, Workspace] | None] = queue.Queue()
+        self.done: queue.Queue[tuple[Trial, Workspace] | None] = queue.Queue()
+        self.proposers = loop.ahead  # still running (under loop.lock): the last closes `ready`
+        self.servers = len(loop.slots)  # ... and the last of these closes `done`
+
+    def run(self) -> None:
+        loop = self.loop
         try:
-            while (ws := take(free, loop.cancel)) is not None:
+            together([self.propose] * loop.ahead + [partial(self.serve, g) for g in loop.slots] + [self.record],
+                     loop.cancel)
+        finally:  # a thread failed: record what it left, decided or not
+            self.record_left()
+
+    def propose(self) -> None:
+        loop = self.loop
+        try:
+            while (ws := take(self.free, loop.cancel)) is not None:
                 try:
                     t = loop._prepare(ws)
                 except BaseException:
-                    free.put(ws)
+                    self.free.put(ws)
                     raise
                 if t is None or t.status.finished:
-                    free.put(ws)
+                    self.free.put(ws)
                 if t is None:
                     return
                 if not t.status.finished:
                     loop.events.phase(t.number, "queued")  # proposed; waits for a free slot
-                    ready.put((t, ws))
+                    self.ready.put((t, ws))
         finally:
             with loop.lock:
-                proposers[0] -= 1
-                if proposers[0] == 0:
+                self.proposers -= 1
+                if self.proposers == 0:
                     for _ in loop.slots:
-                        ready.put(None)
+                        self.ready.put(None)
 
-    def serve(gpus: tuple[str, ...]) -> None:
+    def serve(self, gpus: tuple[str, ...]) -> None:
+        loop = self.loop
         try:
-            while (item := ready.get()) is not None:
+            while (item := self.ready.get()) is not None:
                 try:
                     verdict = loop._verdict(Place(item[1], gpus), item[0])
                 except BaseException:
-                    free.put(item[1])
+                    self.free.put(item[1])
                     raise
-                done.put((verdict, item[1]))  # recorded by `record`; this slot goes on at once
+                self.done.put((verdict, item[1]))  # recorded by `record`; this slot goes on at once
         finally:
             with loop.lock:
-                servers[0] -= 1
-                if servers[0] == 0:
-                    done.put(None)
+                self.servers -= 1
+                if self.servers == 0:
+                    self.done.put(None)
 
-    def record() -> None:
+    def record(self) -> None:
         """One thread writes the verdicts (ledger, refs, branch) in the order trials ended; the
         worktree is freed after, so that the next proposal starts from the best it made."""
-        while (item := done.get()) is not None:
+        while (item := self.done.get()) is not None:
             try:
-                loop._finish(item[0])
+                self.loop._finish(item[0])
             finally:
-                free.put(item[1])
+                self.free.put(item[1])
 
-    done: queue.Queue[tuple[Trial, Workspace] | None] = queue.Queue()
-    servers = [len(loop.slots)]
-    try:
-        together([propose] * loop.ahead + [partial(serve, g) for g in loop.slots] + [record], loop.cancel)
-    finally:  # a thread failed: record what it left, decided or not
-        for left in (done, ready):
+    def record_left(self) -> None:
+        """Finish every trial a failed thread left decided or ready (the latter as interrupted)."""
+        for left in (self.done, self.ready):
             while not left.empty():
                 item = left.get_nowait()
                 if item is not None:
                     t = item[0] if item[0].status.finished else item[0].with_(
                         status=Status.INTERRUPTED, reason="the loop stopped before it ran")
-                    loop._finish(t)
+                    self.loop._finish(t)
 
 
 def take(free: queue.Queue[Workspace], cancel: threading.Event) -> Workspace | None:
