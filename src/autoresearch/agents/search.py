@@ -303,9 +303,26 @@ class SearchAgent(BaseAgent):
             return self._propose(ctx)
 
     def _propose(self, ctx: Context) -> Proposal:
-        import optuna
-
         files = editable_sources(ctx.workdir, self.task)
+        current = self._current(ctx, files)
+        study = self._study()
+        if not self._resumed:
+            self._resume(ctx.number, {k: p.sampled(c.value) for k, (p, c) in current.items()})
+        otrial, changes, new_files, key = self._untried(ctx, study, files, current)
+        for path, data in new_files.items():
+            if data != files[path]:
+                (ctx.workdir / path).write_bytes(data)
+        self.seen.add(key)
+        self.pending[ctx.number] = otrial
+        description = describe([(p.key, _old_text(c), text) for p, c, text in changes])
+        ctx.log(f"{self.sampler} (optuna trial {otrial.number}): "
+                + ", ".join(f"{p.key} {_old_text(c)} -> {text}" for p, c, text in changes))
+        return Proposal(description=description, model=f"optuna-{self.sampler}",
+                        extra={"search": {p.key: text for p, _, text in changes}})
+
+    def _current(self, ctx: Context, files: dict[str, bytes]) -> dict[str, tuple[Param, Constant]]:
+        """The searched constants in the best code (key -> its parameter and the constant as
+        written); constants new to the space are added to it first."""
         scans = scan_files(files)
         new = self.space.add(scans)
         if new:
@@ -318,57 +335,62 @@ class SearchAgent(BaseAgent):
                     current[p.key] = (p, c)
         if not current:
             raise AgentError("none of the searched constants is in the best code any more", fatal=True)
-        study = self._study()
-        if not self._resumed:
-            self._resume(ctx.number, {k: p.sampled(c.value) for k, (p, c) in current.items()})
+        return current
+
+    def _untried(self, ctx: Context, study: Any, files: dict[str, bytes],
+                 current: dict[str, tuple[Param, Constant]]
+                 ) -> tuple[Any, list[tuple[Param, Constant, str]], dict[str, bytes], str]:
+        """Ask the sampler until it gives a change whose code no trial had: the Optuna trial,
+        the constants it changes, the new files and their digest."""
+        import optuna
+
         for attempt in range(1, TRIES + 1):
-            free = self._choose([p for p, _ in current.values()])
-            if attempt > 3 * STALLED:  # the best's neighbours are all tried: draw from the whole space
-                free = set(current)
-            fixed = {}
-            if self.record_all:  # the others enter the trial at their current values
-                fixed = {k: p.sampled(c.value) for k, (p, c) in current.items() if k not in free}
-                fixed = {k: x for k, x in fixed.items() if x is not None}
-            if attempt > STALLED:  # the sampler keeps to what is tried (the best's own values, often)
-                fixed.update({k: draw(current[k][0].distribution(), self.rng) for k in sorted(free)})
-            if fixed:
-                study.enqueue_trial(fixed)
-            otrial = study.ask({k: p.distribution() for k, (p, _) in current.items()
-                                if k in free or k in fixed})
-            self.asks += 1
+            otrial, free = self._ask(study, current, attempt)
             edits, changes, widened = self._edits(otrial.params, current, free)
             new_files = {path: apply_edits(data, edits.get(path, [])) for path, data in files.items()}
             key = digest(new_files)
             if changes and key not in self.seen:
-                moved = {p.key for p, _, _ in changes}
-                if not self.record_all and (widened or set(otrial.params) - moved):
-                    # the study is told what was written: only the constants that moved (one the
-                    # sampler left where it was is no sample of it), at their widened values
-                    asked = otrial.distributions
-                    study.tell(otrial, state=optuna.trial.TrialState.FAIL)
-                    study.enqueue_trial({k: widened.get(k, otrial.params[k]) for k in moved})
-                    otrial = study.ask({k: asked[k] for k in moved})
-                if widened:
-                    self.widened += 1
-                    ctx.log(f"widened to {MIN_MOVE:.0%}-{WIDEN * MIN_MOVE:.0%} of the range (the sampler's "
-                            f"step was too small to measure): {', '.join(sorted(widened))}")
-                break
+                return self._as_written(ctx, study, otrial, changes, widened), changes, new_files, key
             study.tell(otrial, state=optuna.trial.TrialState.FAIL)
             self.refused += 1
             ctx.log(f"try {attempt}: {'nothing changed' if not changes else 'tried already'}, asking again")
-        else:
-            raise AgentError(f"the {self.sampler} sampler found no untried change in {TRIES} tries "
-                             "(the space may be exhausted; widen it with `# search:` comments)", done=True)
-        for path, data in new_files.items():
-            if data != files[path]:
-                (ctx.workdir / path).write_bytes(data)
-        self.seen.add(key)
-        self.pending[ctx.number] = otrial
-        description = describe([(p.key, _old_text(c), text) for p, c, text in changes])
-        ctx.log(f"{self.sampler} (optuna trial {otrial.number}): "
-                + ", ".join(f"{p.key} {_old_text(c)} -> {text}" for p, c, text in changes))
-        return Proposal(description=description, model=f"optuna-{self.sampler}",
-                        extra={"search": {p.key: text for p, _, text in changes}})
+        raise AgentError(f"the {self.sampler} sampler found no untried change in {TRIES} tries "
+                         "(the space may be exhausted; widen it with `# search:` comments)", done=True)
+
+    def _ask(self, study: Any, current: dict[str, tuple[Param, Constant]], attempt: int) -> tuple[Any, set[str]]:
+        """One Optuna trial, and the constants it may change (the `attempt`-th ask of a proposal)."""
+        free = self._choose([p for p, _ in current.values()])
+        if attempt > 3 * STALLED:  # the best's neighbours are all tried: draw from the whole space
+            free = set(current)
+        fixed = {}
+        if self.record_all:  # the others enter the trial at their current values
+            fixed = {k: p.sampled(c.value) for k, (p, c) in current.items() if k not in free}
+            fixed = {k: x for k, x in fixed.items() if x is not None}
+        if attempt > STALLED:  # the sampler keeps to what is tried (the best's own values, often)
+            fixed.update({k: draw(current[k][0].distribution(), self.rng) for k in sorted(free)})
+        if fixed:
+            study.enqueue_trial(fixed)
+        otrial = study.ask({k: p.distribution() for k, (p, _) in current.items() if k in free or k in fixed})
+        self.asks += 1
+        return otrial, free
+
+    def _as_written(self, ctx: Context, study: Any, otrial: Any, changes: list[tuple[Param, Constant, str]],
+                    widened: dict[str, Any]) -> Any:
+        """The Optuna trial that holds what is written: only the constants that moved (one the
+        sampler left where it was is no sample of it), at their widened values."""
+        import optuna
+
+        moved = {p.key for p, _, _ in changes}
+        if not self.record_all and (widened or set(otrial.params) - moved):
+            asked = otrial.distributions
+            study.tell(otrial, state=optuna.trial.TrialState.FAIL)
+            study.enqueue_trial({k: widened.get(k, otrial.params[k]) for k in moved})
+            otrial = study.ask({k: asked[k] for k in moved})
+        if widened:
+            self.widened += 1
+            ctx.log(f"widened to {MIN_MOVE:.0%}-{WIDEN * MIN_MOVE:.0%} of the range (the sampler's "
+                    f"step was too small to measure): {', '.join(sorted(widened))}")
+        return otrial
 
     def _choose(self, params: list[Param]) -> set[str]:
         """The constants this proposal may change."""
