@@ -227,20 +227,41 @@ def scan_file(data: bytes, path: str) -> FileScan:
     the reason."""
     scan = FileScan()
     try:
-        text = data.decode("utf-8")
+        data.decode("utf-8")
         tree = ast.parse(data)
         comments = _comments(data)
     except (UnicodeDecodeError, SyntaxError, tokenize.TokenError, ValueError) as e:
         scan.skipped.append((path, f"cannot parse the file: {e}"))
         return scan
-    del text
-    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # (a Windows editor's): ast's offsets leave it out
-    starts = [bom]
-    for line in data[bom:].splitlines(keepends=True):
-        starts.append(starts[-1] + len(line))
-    seen: dict[str, int] = {}
-    found: list[tuple[str, ast.expr, bool, int]] = []  # (name, value, after the last code, line)
     last = max((i for i, stmt in enumerate(tree.body) if runs_code(stmt)), default=len(tree.body))
+    seen, found = _assignments(tree, last, path, comments, scan)
+    _nested(tree, path, comments, scan)
+    code_line = tree.body[last].lineno if last < len(tree.body) else 0
+    starts = _line_starts(data)
+    for name, node, after, first in found:
+        where = f"{path}:{node.lineno}"
+        comment = comments.get(node.end_lineno or node.lineno, "")
+        if seen[name] > 1:
+            scan.skip(where, f"{name}: assigned more than once", comment)
+        elif after:
+            if _value(node) is not NotLiteral or re.search(r"\bsearch\b", comment, re.IGNORECASE):
+                scan.skip(where, f"{name}: after the last statement that runs code (line {code_line}); move "
+                          "it up to search it", comment)
+        else:
+            scan.constants.append(_constant(data, starts, path, name, node, comment))
+            if not ANNOTATION.search(comment):
+                scan.above += [(f"{path}:{n}", name) for n in _comment_block(data, starts, comments, first)
+                               if ANNOTATION.match(comments[n])]
+    return scan
+
+
+def _assignments(tree: ast.Module, last: int, path: str, comments: dict[int, str],
+                 scan: FileScan) -> tuple[dict[str, int], list[tuple[str, ast.expr, bool, int]]]:
+    """How often each module-level name is assigned, and the UPPER_CASE constants assigned
+    one to a line (name, value, whether after statement `last`, line); an annotated name that
+    is not UPPER_CASE, and constants unpacked or chained together, are skipped with the reason."""
+    seen: dict[str, int] = {}
+    found: list[tuple[str, ast.expr, bool, int]] = []
     for i, stmt in enumerate(tree.body):
         targets: list[ast.expr] = []
         if isinstance(stmt, ast.Assign):
@@ -263,34 +284,32 @@ def scan_file(data: bytes, path: str) -> FileScan:
             how = "unpacked together" if any(isinstance(t, (ast.Tuple, ast.List)) for t in targets) else "chained"
             scan.skip(f"{path}:{stmt.lineno}", f"{shown}: {how} (write one constant per line to search it)",
                       comments.get(stmt.end_lineno or stmt.lineno, ""))
-    _nested(tree, path, comments, scan)
-    code_line = tree.body[last].lineno if last < len(tree.body) else 0
-    for name, node, after, first in found:
-        where = f"{path}:{node.lineno}"
-        end_line = node.end_lineno or node.lineno
-        comment = comments.get(end_line, "")
-        if seen[name] > 1:
-            scan.skip(where, f"{name}: assigned more than once", comment)
-            continue
-        start = starts[node.lineno - 1] + node.col_offset
-        end = starts[end_line - 1] + (node.end_col_offset or 0)
-        try:
-            value = value_of(node)
-        except NotLiteral:
-            value = NotLiteral
-        if after:
-            if value is not NotLiteral or re.search(r"\bsearch\b", comment, re.IGNORECASE):
-                scan.skip(where, f"{name}: after the last statement that runs code (line {code_line}); move "
-                          "it up to search it", comment)
-            continue
-        scan.constants.append(Constant(
-            name=name, path=path, line=node.lineno, start=start, end=end,
-            text=data[start:end].decode("utf-8"), value=value,
-            comment=comment, power_base=power_form(node)))
-        if not ANNOTATION.search(comment):
-            scan.above += [(f"{path}:{n}", name) for n in _comment_block(data, starts, comments, first)
-                           if ANNOTATION.match(comments[n])]
-    return scan
+    return seen, found
+
+
+def _line_starts(data: bytes) -> list[int]:
+    """The byte offset of each line's start, in ast's terms (a leading BOM is left out)."""
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # (a Windows editor's): ast's offsets leave it out
+    starts = [bom]
+    for line in data[bom:].splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    return starts
+
+
+def _value(node: ast.expr) -> Any:
+    """The literal value of `node`, or the class NotLiteral when it has none."""
+    try:
+        return value_of(node)
+    except NotLiteral:
+        return NotLiteral
+
+
+def _constant(data: bytes, starts: list[int], path: str, name: str, node: ast.expr, comment: str) -> Constant:
+    start = starts[node.lineno - 1] + node.col_offset
+    end = starts[(node.end_lineno or node.lineno) - 1] + (node.end_col_offset or 0)
+    return Constant(name=name, path=path, line=node.lineno, start=start, end=end,
+                    text=data[start:end].decode("utf-8"), value=_value(node),
+                    comment=comment, power_base=power_form(node))
 
 
 ANNOTATION = re.compile(r"#\s*search\s*:", re.IGNORECASE)
