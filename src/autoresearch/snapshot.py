@@ -42,41 +42,17 @@ def take(git: Git, ws: Workspace, parent: str, message: str,
     meanwhile; otherwise (an agent moved HEAD) `diff-tree` says it."""
     git.ensure_worktree(ws, parent)
     env = git.wt_env(ws)
-    entries = walk(ws.path)
-    _same_attributes(git, parent, ws, entries)
-    special = sorted(rel for rel, (_, size) in entries.items() if size == SPECIAL)
-    if special:
-        raise Refused(f"{special[0]}: not a file, a folder or a link (a FIFO, a socket, a device): git cannot commit it")
+    entries = _entries(git, ws, parent)
     stamps = ctimes(ws.path, entries)  # (what the agent wrote: read once for the keys and the index)
     _no_keys(git, ws, parent, entries, stamps, max_file_bytes)
     big, skip, nested = _left_out(git, ws, entries, max_file_bytes)
     head_before = _head_state(ws)
-    if not git.index_untouched(ws, entries=entries, stamps=stamps):  # the agent wrote it (a flag like assume-unchanged, a stat
-        # forged to match): `add` would keep old content for a file that changed; rebuilt
-        # from the parent with no stat, every file is read again
-        git.run("read-tree", parent, env=env, cwd=ws.path)
-    try:
-        git.run("add", "-A", "--", ".", *[f":(exclude,literal){p}" for p in skip], env=env, cwd=ws.path)
-    except GitError as e:
-        if any(m in str(e) for m in REFUSED_PATHS):  # the change's own doing, not the disk's
-            raise Refused(f"git could not commit the change, so it was not run: {str(e)[:300]}") from None
-        raise
-    try:
-        out = git.run("status", "--porcelain=v2", "-z", "-uall", "--ignored=matching", "--no-renames",
-                      env=env, cwd=ws.path, strip=False)
-    except GitError:
-        out = None
+    _stage(git, ws, env, parent, entries, stamps, skip)
+    out = _status(git, ws, env)
     changes, left_out, ignored = parse_status_v2(out or "", set(big))
-    for path in left_out:
-        note = f"autoresearch: {path} was {big[path]} bytes, over the {max_file_bytes}-byte limit; not stored\n"
-        blob = git.run("hash-object", "-w", "--stdin", input=note)
-        git.run("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env, cwd=ws.path)
+    _stand_ins(git, ws, env, [(path, big[path]) for path in left_out], max_file_bytes)
     tree = git.run("write-tree", env=env, cwd=ws.path)
-    commit = git.run("commit-tree", tree, "-p", parent, "-F", "-", env=env, cwd=ws.path, input=message)
-    if lies := untrue(git, commit, parent):  # (objects planted under the names git was to write)
-        raise Refused(f"the git object store was altered: {', '.join(lies[:5])} of the trial's commit held "
-                      "other content than its object name says (planted in .git/objects before git wrote it; "
-                      "removed), so the record would not show the code that runs")
+    commit = _commit_tree(git, ws, env, tree, parent, message)
     if ignored or out is None:  # the tree was reset and cleaned before the agent: only it made these
         git.run("clean", "-q", "-ffdX", env=env, cwd=ws.path)
     git.remember(ws, commit, None if ignored or out is None else entries)
@@ -88,6 +64,60 @@ def take(git: Git, ws: Workspace, parent: str, message: str,
     git.index_untouched(ws, left=True)
     publish(ws, commit)
     return commit, changes, tree
+
+
+def _entries(git: Git, ws: Workspace, parent: str) -> dict[str, tuple[bool, int]]:
+    """What the worktree holds (path -> (is a link, size)), refused when git cannot commit it
+    as it would run: a .gitattributes the parent does not hold, a FIFO, a socket, a device."""
+    entries = walk(ws.path)
+    _same_attributes(git, parent, ws, entries)
+    special = sorted(rel for rel, (_, size) in entries.items() if size == SPECIAL)
+    if special:
+        raise Refused(f"{special[0]}: not a file, a folder or a link (a FIFO, a socket, a device): git cannot commit it")
+    return entries
+
+
+def _stage(git: Git, ws: Workspace, env: dict[str, str], parent: str, entries: dict[str, tuple[bool, int]],
+           stamps: dict[str, tuple[int, int]], skip: list[str]) -> None:
+    """`git add` every change but the paths in `skip`, into an index the agent did not touch."""
+    if not git.index_untouched(ws, entries=entries, stamps=stamps):  # the agent wrote it (a flag like assume-unchanged, a stat
+        # forged to match): `add` would keep old content for a file that changed; rebuilt
+        # from the parent with no stat, every file is read again
+        git.run("read-tree", parent, env=env, cwd=ws.path)
+    try:
+        git.run("add", "-A", "--", ".", *[f":(exclude,literal){p}" for p in skip], env=env, cwd=ws.path)
+    except GitError as e:
+        if any(m in str(e) for m in REFUSED_PATHS):  # the change's own doing, not the disk's
+            raise Refused(f"git could not commit the change, so it was not run: {str(e)[:300]}") from None
+        raise
+
+
+def _status(git: Git, ws: Workspace, env: dict[str, str]) -> str | None:
+    """`git status` of the staged worktree (changed, ignored, left out), or None if it failed."""
+    try:
+        return git.run("status", "--porcelain=v2", "-z", "-uall", "--ignored=matching", "--no-renames",
+                       env=env, cwd=ws.path, strip=False)
+    except GitError:
+        return None
+
+
+def _stand_ins(git: Git, ws: Workspace, env: dict[str, str], left_out: list[tuple[str, int]],
+               max_file_bytes: int) -> None:
+    """Stage a short note in place of each file too big to store (path, its size)."""
+    for path, size in left_out:
+        note = f"autoresearch: {path} was {size} bytes, over the {max_file_bytes}-byte limit; not stored\n"
+        blob = git.run("hash-object", "-w", "--stdin", input=note)
+        git.run("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env, cwd=ws.path)
+
+
+def _commit_tree(git: Git, ws: Workspace, env: dict[str, str], tree: str, parent: str, message: str) -> str:
+    """The commit of `tree` on `parent`, refused if the object store lies about it."""
+    commit = git.run("commit-tree", tree, "-p", parent, "-F", "-", env=env, cwd=ws.path, input=message)
+    if lies := untrue(git, commit, parent):  # (objects planted under the names git was to write)
+        raise Refused(f"the git object store was altered: {', '.join(lies[:5])} of the trial's commit held "
+                      "other content than its object name says (planted in .git/objects before git wrote it; "
+                      "removed), so the record would not show the code that runs")
+    return commit
 
 
 def _no_keys(git: Git, ws: Workspace, parent: str, entries: dict[str, tuple[bool, int]],
