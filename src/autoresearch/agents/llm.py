@@ -275,7 +275,6 @@ class LLMAgent(BaseAgent):
     def _converse(self, ctx: Context, spend: Spend, seconds: float, log: Callable[[str], None]) -> str:
         """Model calls and tool runs until the model finishes; returns the description."""
         deadline = time.monotonic() + seconds
-        out_of_time = f"the agent's time limit (--agent-timeout {seconds:g} s) was reached"
         tools = Tools(ctx, keys=key_values((self.endpoint.key,)), log=log)
         messages: list[dict[str, Any]] = [
             {"role": "user", "content": first_message(ctx, self.limits.context_chars, self.role)}]
@@ -283,23 +282,7 @@ class LLMAgent(BaseAgent):
         nudges, was_cut = 0, False
         for step in range(1, self.limits.steps + 1):
             elide(messages, self.limits.context_chars)
-            try:
-                reply = call_with_retries(
-                    lambda timeout: self.chat.complete(SYSTEM, messages, SPECS, self.limits.reply_tokens, timeout),
-                    self.policy, deadline, log, ctx.cancel, self.endpoint,
-                    spent=lambda i, o: spend.add(Reply("", [], i, o), self.price))
-            except OutOfTime as e:
-                if e.retry_in is not None:
-                    raise AgentError(f"the server asked to wait {e.retry_in:.1f} s, past the agent's time limit "
-                                     f"(--agent-timeout {seconds:g} s) ({e})") from None
-                raise AgentError(f"{out_of_time} while waiting for the model ({e})") from None
-            spend.add(reply, self.price)
-            if reply.tokens_in == 0 and reply.tokens_out == 0 and not self.no_usage:
-                self.no_usage = True  # said once per loop: the ledger's tokens and cost are 0 from here
-                said = (f"{self.endpoint.label} reported no token usage: tokens and cost are "
-                        "recorded as 0, and --max-cost cannot stop the loop")
-                log(f"[usage] {said}")
-                print(f"autoresearch: warning: {said}", file=sys.stderr, flush=True)
+            reply = self._reply(ctx, messages, spend, deadline, seconds, log)
             log(f"## step {step} (tokens in {reply.tokens_in}, out {reply.tokens_out}; "
                 f"total ${spend.cost:.4f})" + (f"\n{log_cut(reply.text)}" if reply.text else ""))
             messages.append({"role": "assistant", "content": reply.text, "tool_calls": reply.tool_calls,
@@ -313,26 +296,57 @@ class LLMAgent(BaseAgent):
                 return last_line(reply.text) or "(no description)"
             if tools.finished is not None or not reply.tool_calls:  # talk, or finish, with no edit
                 nudges += 1
-                cut = reply.stop in CUT and not reply.tool_calls
-                was_cut = was_cut or cut
-                if nudges > 2 and was_cut:  # (not a model without tools: one that thinks at length)
-                    raise AgentError(f"the model changed no file, and its replies were cut at the reply's token limit "
-                                     f"({self.limits.reply_tokens}; AUTORESEARCH_LLM_REPLY_TOKENS)")
-                if nudges > 2 and not self.tools_seen:  # never a tool call from this model: will recur
-                    raise AgentError("the model answered in text only and never called a tool: does it support "
-                                     "tool calls? (vLLM needs --enable-auto-tool-choice and a --tool-call-parser; "
-                                     "Ollama a model that lists tools)", fatal=True)
-                if nudges > 2:
-                    raise AgentError("the model did not change any file")
-                tools.finished = None
-                messages.append({"role": "user", "content": ("Your reply was cut at the token limit: think "
-                                 "less aloud. " if cut else "No file has changed yet. ") + "Use "
-                                 "edit_file or write_file to make your change, then call finish."})
+                was_cut = self._nudge(reply, tools, messages, nudges, was_cut)
             if spend.tokens_in + spend.tokens_out >= self.limits.tokens:
                 raise AgentError(f"the token limit ({self.limits.tokens}) was reached before finish")
             if time.monotonic() >= deadline:
-                raise AgentError(f"{out_of_time} before finish")
+                raise AgentError(f"the agent's time limit (--agent-timeout {seconds:g} s) was reached before finish")
         raise AgentError(f"the step limit ({self.limits.steps}) was reached before finish")
+
+    def _reply(self, ctx: Context, messages: list[dict[str, Any]], spend: Spend, deadline: float,
+               seconds: float, log: Callable[[str], None]) -> Reply:
+        """The model's next reply (retried as the policy says, until the deadline), its tokens
+        and cost added to `spend`."""
+        try:
+            reply = call_with_retries(
+                lambda timeout: self.chat.complete(SYSTEM, messages, SPECS, self.limits.reply_tokens, timeout),
+                self.policy, deadline, log, ctx.cancel, self.endpoint,
+                spent=lambda i, o: spend.add(Reply("", [], i, o), self.price))
+        except OutOfTime as e:
+            if e.retry_in is not None:
+                raise AgentError(f"the server asked to wait {e.retry_in:.1f} s, past the agent's time limit "
+                                 f"(--agent-timeout {seconds:g} s) ({e})") from None
+            raise AgentError(f"the agent's time limit (--agent-timeout {seconds:g} s) was reached while waiting "
+                             f"for the model ({e})") from None
+        spend.add(reply, self.price)
+        if reply.tokens_in == 0 and reply.tokens_out == 0 and not self.no_usage:
+            self.no_usage = True  # said once per loop: the ledger's tokens and cost are 0 from here
+            said = (f"{self.endpoint.label} reported no token usage: tokens and cost are "
+                    "recorded as 0, and --max-cost cannot stop the loop")
+            log(f"[usage] {said}")
+            print(f"autoresearch: warning: {said}", file=sys.stderr, flush=True)
+        return reply
+
+    def _nudge(self, reply: Reply, tools: Tools, messages: list[dict[str, Any]], nudges: int, was_cut: bool) -> bool:
+        """The `nudges`-th reply that changed no file: asked again to edit (the third such
+        reply fails the proposal, saying why it likely will recur). Returns whether any of
+        them was cut at the reply's token limit."""
+        cut = reply.stop in CUT and not reply.tool_calls
+        was_cut = was_cut or cut
+        if nudges > 2 and was_cut:  # (not a model without tools: one that thinks at length)
+            raise AgentError(f"the model changed no file, and its replies were cut at the reply's token limit "
+                             f"({self.limits.reply_tokens}; AUTORESEARCH_LLM_REPLY_TOKENS)")
+        if nudges > 2 and not self.tools_seen:  # never a tool call from this model: will recur
+            raise AgentError("the model answered in text only and never called a tool: does it support "
+                             "tool calls? (vLLM needs --enable-auto-tool-choice and a --tool-call-parser; "
+                             "Ollama a model that lists tools)", fatal=True)
+        if nudges > 2:
+            raise AgentError("the model did not change any file")
+        tools.finished = None
+        messages.append({"role": "user", "content": ("Your reply was cut at the token limit: think "
+                         "less aloud. " if cut else "No file has changed yet. ") + "Use "
+                         "edit_file or write_file to make your change, then call finish."})
+        return was_cut
 
     def _results(self, tools: Tools, calls: list[Any], log: Callable[[str], None]) -> list[dict[str, str]]:
         """Every call run; their outputs together cut to half the context budget (each tool's
