@@ -610,3 +610,30 @@ def test_several_workers_without_gpus_on_a_gpu_machine_are_told_to_share_them_ou
     assert gpu_warnings((), 1, 4, visible=0) == []  # a CPU machine: nothing to share out
     assert gpu_warnings((), 1, 1, visible=8) == gpu_warnings((), 1, None, visible=8) == []
     assert not [n for n in gpu_warnings(("0", "1"), 1, 2, visible=8) if "without --gpus" in n]
+
+
+def test_a_resumed_tag_goes_on_with_its_workers_and_gpus(tmp_path: Path) -> None:
+    """`run --tag T` after a kill goes on as wide as T was started (not one worker with no GPU
+    pinning, 4x slower and silent), says so in one line; a flag given again replaces its group."""
+    root, agent, env = setup_run(tmp_path, {n: f"{n}.0 0.1" for n in range(1, 9)})
+    base = ("run", str(root), "--tag", "w", "--agent", "cli", "--agent-cmd", agent, "--trials", "2")
+    r = cli(*base, "--workers", "2", "--gpus", "0,1", "--agent-concurrency", "2", env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "goes on with" not in r.stderr
+    r = cli(*base, env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert ("autoresearch: tag w goes on with --workers 2 --gpus 0,1 --agent-concurrency 2, as its last run "
+            "did (give them again to change them)") in r.stderr
+    assert "(resumed), agent cli, 2 workers," in r.stdout
+    exps, _ = read_stamps(env)
+    assert {exps[n][2] for n in (3, 4)} <= {"0", "1"}
+    r = cli(*base, "--workers", "1", env=env)  # the group given: the tag's GPUs go with its workers
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "tag w goes on with --agent-concurrency 2, as its last run did" in r.stderr
+    assert "2 workers" not in r.stdout
+    exps, _ = read_stamps(env)
+    assert {exps[n][2] for n in (5, 6)} == {"-"}
+    r = cli(*base, env=env)  # and the next resume goes on with what the last run was given
+    assert "tag w goes on with --workers 1 --agent-concurrency 2," in r.stderr
+    exps, _ = read_stamps(env)
+    assert {exps[n][2] for n in (7, 8)} == {"-"}

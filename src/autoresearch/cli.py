@@ -171,9 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default=None, help="the run's name (branch autoresearch/TAG); default: today's date, e.g. nov26")
     p.add_argument("--trials", type=_positive_int, default=None, help="new trials in this invocation (the baseline not counted)")
     p.add_argument("--hours", type=_positive_float, default=None, help="stop starting trials after this many hours")
-    p.add_argument("--workers", type=_at_least_one, default=None, help="trials in flight at once (default: one per GPU group of --gpus; on Ray, what the cluster holds; else 1)")
+    p.add_argument("--workers", type=_at_least_one, default=None, help="trials in flight at once (default: a resumed tag's last run's, with its --gpus; else one per GPU group of --gpus; on Ray, what the cluster holds; else 1)")
     p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3 (each trial in flight gets its own, via CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--gpus-per-trial", type=_at_least_one, default=1, help="GPUs pinned for each trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=_at_least_one, default=None, help="GPUs pinned for each trial (default 1)")
     p.add_argument("--agent-concurrency", type=_positive_int, default=None, help="proposals the agent prepares while trials run (0: ask only when a worker is free; default 0 for one worker, 1 for more)")
     p.add_argument("--backend", default=None, choices=["local", "ray"], help="where experiments run: this machine (default), or Ray tasks on a cluster")
     p.add_argument("--ray-address", default=None, help="the Ray cluster, e.g. 10.0.0.1:6379 (implies --backend ray; default: RAY_ADDRESS, the local `ray start` cluster, or a new local instance)")
@@ -282,12 +282,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from autoresearch.ledger import check_tag
     from autoresearch.loop import Loop, Options
     from autoresearch.sandbox import for_tag as sandbox_for_tag
+    from autoresearch.scaleflags import META_KEY as SCALE_KEY
+    from autoresearch.scaleflags import for_tag as scale_for_tag
     from autoresearch.session import ahead_of_tag, open_session
     from autoresearch.task import load_task, smoke
 
     task = load_task(args.dir)
     tag = check_tag(default_tag() if args.tag is None else args.tag)
     args.sandbox = sandbox_for_tag(task.root, tag, args.sandbox)  # (before the tag's branch and ledger are made)
+    scale = scale_for_tag(task.root, tag, args)  # --workers, --gpus, --backend ... not given: as the tag's last run
+    args.gpus_per_trial = args.gpus_per_trial or 1
     where = _scale_flags(args)  # (the backend, the GPUs, the resources of a trial)
     opts = agent_options(args, task, tag)
     try:
@@ -315,6 +319,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         (session := open_session(task, tag)).sealed = sealed_stores(args.mlflow) if args.mlflow else ()  # (holdouts)
         session.ledger.set_meta("agent_options", options_record(opts))
         session.ledger.set_meta("sandbox", "1" if args.sandbox else "0")
+        session.ledger.set_meta(SCALE_KEY, scale)
     except BaseException:
         backend.close()
         raise
