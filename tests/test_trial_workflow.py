@@ -348,3 +348,28 @@ def test_no_edit_after_the_loop_moved_on_is_nothing_to_judge_and_says_how_to_tak
     assert len(trials(repo)) == 3  # nothing recorded
     set_line(repo / "exp.py", "X = 2.0", "X = 1.0")  # an edit of it is judged as usual
     assert "trial 3: keep" in trial(repo, "X to 1.0")
+
+
+def test_trial_names_the_tag_it_starts_and_refuses_a_changed_task_file_before_saying_how_it_goes_on(
+        tmp_path: Path) -> None:
+    """`trial` taking today's date as a new tag said so only in its last line; and `run` of a tag
+    whose task file changed said the tag goes on (its agent, its workers), then refused it."""
+    repo = make_task(tmp_path / "task")
+    set_line(repo / "exp.py", "X = 3.0", "X = 2.0")
+    r = cli("trial", "-m", "X to 2", str(repo), "--tag", "t")
+    assert r.returncode == 0, r.stderr
+    assert "autoresearch: new tag t on branch autoresearch/t" in r.stdout.splitlines()[0], r.stdout
+    set_line(repo / "exp.py", "X = 2.0", "X = 1.5")
+    assert "new tag" not in trial(repo, "X to 1.5")
+    agent = script_agent(tmp_path / "a.sh", "sed -i 's/^Y = .*/Y = 1/' exp.py\necho 'Y to 1'\n")
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "1", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    set_line(repo / "autoresearch.toml", "time_budget = ", "time_budget = 1")
+    git(repo, "commit", "-qam", "a longer budget")
+    for args in (["run", str(repo), "--tag", "t", "--trials", "1"], ["trial", "-m", "X to 1", str(repo), "--tag", "t"]):
+        if args[0] == "trial":
+            set_line(repo / "exp.py", "X = 1.5", "X = 1.0")
+        r = cli(*args)
+        assert r.returncode == 2 and r.stdout == "", r.stdout
+        assert r.stderr.startswith("autoresearch: error: autoresearch.toml changed since tag t started (time_budget:")
+        assert len(r.stderr.splitlines()) == 1, r.stderr

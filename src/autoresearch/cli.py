@@ -281,6 +281,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from autoresearch.agents.search import NoConstants, NothingToSearch
     from autoresearch.ledger import check_tag
     from autoresearch.loop import Loop, Options
+    from autoresearch.pin import check_before
     from autoresearch.sandbox import for_tag as sandbox_for_tag
     from autoresearch.scaleflags import META_KEY as SCALE_KEY
     from autoresearch.scaleflags import for_tag as scale_for_tag
@@ -289,6 +290,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     task = load_task(args.dir)
     tag = check_tag(default_tag() if args.tag is None else args.tag)
+    check_before(task, tag)  # a changed task file: refused before the lines on how the tag goes on
     args.sandbox = sandbox_for_tag(task.root, tag, args.sandbox)  # (before the tag's branch and ledger are made)
     scale = scale_for_tag(task.root, tag, args)  # --workers, --gpus, --backend ... not given: as the tag's last run
     args.gpus_per_trial = args.gpus_per_trial or 1

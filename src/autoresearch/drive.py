@@ -29,6 +29,7 @@ from autoresearch.events import Events
 from autoresearch.gitrepo import Git
 from autoresearch.gitstatus import status_entries
 from autoresearch.loop import Loop, Options
+from autoresearch.pin import check_before
 from autoresearch.records import Status, Trial
 from autoresearch.session import ahead_of_tag, differing_paths, open_session, refuse_tag_checked_out
 from autoresearch.task import Task
@@ -217,6 +218,7 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
                          f"(`git add {shown} && git commit -m 'add {' '.join(new)}' -- {shown}`)"
                          + (", then start a new --tag, whose baseline is your HEAD"
                             if (task.root / ".autoresearch" / tag / "ledger.sqlite").exists() else ""))
+    check_before(task, tag)  # (refused before the line on the tag's sandbox)
     sandboxed = sandbox.for_tag(task.root, tag, None, trial=True)  # (as `run` of the tag last ran)
     session = open_session(task, tag, allow_dirty=True)
     try:
@@ -236,6 +238,9 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
                                 f"{tag} -- {' '.join(shlex.quote(p) for p in stale)}` takes it; then make a change"))
         agent = WorkingTreeAgent(task.root, paths, description, tag, left)
         loop = Loop(session, agent, Options(trials=1, seed=seed, sandbox=sandboxed), events)
+        if not session.resumed or session.restarted:  # (the tag was taken by default: today's date, say)
+            loop.events.message(f"autoresearch: new tag {tag} on branch autoresearch/{tag}, ledger {session.dir}: "
+                                "its baseline (trial 0: your HEAD's code) is measured first, then your change")
         if ahead := ahead_of_tag(session):  # (a commit of yours since the tag began: not in its trials)
             loop.events.message(ahead)
         number = session.ledger.next_number()

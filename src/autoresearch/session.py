@@ -26,9 +26,10 @@ from autoresearch.filetree import remove_endless, remove_path
 from autoresearch.gitlocks import stale_since
 from autoresearch.gitrepo import Git, GitError, Workspace
 from autoresearch.ledger import LEDGER_DIR, Ledger, ignore_in_git, tag_dir
+from autoresearch.pin import check_measurement
 from autoresearch.process import kill_all_owned
 from autoresearch.records import Status, Trial
-from autoresearch.task import PINNED_ENV, SMOKE, TASK_FILE, Task
+from autoresearch.task import TASK_FILE, Task
 from autoresearch.watchdog import start as start_watchdog
 
 PACK_EVERY = 100  # trials between packings of the refs (write_refs)
@@ -400,36 +401,6 @@ def shield(git: Git, folder: Path) -> None:
     if not (folder / ".git").exists():
         folder.mkdir(parents=True, exist_ok=True)
         git.run("init", "-q", "--template=", str(folder), check=False)
-
-
-def check_measurement(ledger: Ledger, task: Task, tag: str) -> None:
-    """Refuse to resume a tag whose task file now measures trials differently (another goal,
-    metric, command, budget...): its new trials would be compared with old ones as equals."""
-    try:
-        pinned = json.loads(ledger.get_meta("measurement") or "{}")
-    except ValueError:
-        pinned = {}
-    if not pinned:  # a ledger from before the pin: what it did record
-        pinned = {k: v for k, v in (("metric.name", ledger.get_meta("metric_name")),
-                                    ("metric.goal", ledger.get_meta("goal"))) if v}
-    now = task.measurement()
-    if SMOKE in pinned and pinned[SMOKE] != now[SMOKE]:
-        was, now_ = (f"{SMOKE}={v}" if v else f"without {SMOKE}" for v in (pinned[SMOKE], now[SMOKE]))
-        raise UsageError(f"tag {tag} was started {was} (the templates' smoke mode: tiny data and model) and "
-                         f"this run is {now_}: their figures cannot be compared; start a new --tag")
-    for k in PINNED_ENV:
-        if k in pinned and pinned[k] != now[k]:
-            was, now_ = (f"{k}={v}" if v else f"{k} unset" for v in (pinned[k], now[k]))
-            raise UsageError(f"tag {tag} was started with {was} and this run has {now_}: the templates read it to "
-                             f"choose what is scored, so the figures cannot be compared; set it as it was, or "
-                             "start a new --tag")
-    changed = [f"{k}: {pinned[k]!r} -> {now.get(k)!r}" for k in sorted(pinned)
-               if k in now and pinned[k] != now[k] and k not in PINNED_ENV]
-    if changed:
-        shown = "; ".join(changed[:3]) + (" ..." if len(changed) > 3 else "")
-        raise UsageError(f"{TASK_FILE} changed since tag {tag} started ({shown}): a tag's trials are compared "
-                         "with each other, so they must be measured alike; start a new --tag, or put the "
-                         "task file back")
 
 
 def missing_refs(tag: str, trials: list[Trial], existing: dict[str, str]) -> dict[str, str]:
