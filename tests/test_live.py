@@ -226,3 +226,27 @@ def test_the_live_view_says_there_is_no_best_yet_as_the_plain_lines_do() -> None
     events.close()
     text = ANSI.sub("", buf.getvalue())
     assert "no best loss yet (trial 0 has none)" in text and "best loss -" not in text, text
+
+
+def test_the_live_views_top_line_fits_an_80_column_terminal() -> None:
+    """`... trial 12 of 100 · 1:02:03 elapsed of 8:00:00` wrapped its end onto a second line at 80
+    columns; the top line now takes a terse form, and a long task name gives way, not the figures."""
+    from rich.console import Console
+
+    from autoresearch.report.live import LiveEvents
+
+    for name, width, top in [
+            ("cpu-gpt", 80, "autoresearch · cpu-gpt · val_bpb (min) · trial 100/100 · 0:00 / 8:00:00"),
+            ("cpu-gpt", 120, "autoresearch · cpu-gpt · val_bpb (lower is better) · trial 100 of 100 · 0:00 elapsed "
+                             "of 8:00:00"),
+            ("the-long-name-of-a-research-project", 80, "autoresearch · the-long-name-o… · val_bpb (min) · "
+                                                        "trial 100/100 · 0:00 / 8:00:00")]:
+        buf = io.StringIO()
+        events = LiveEvents(name, "val_bpb", True, console=Console(file=buf, force_terminal=True, width=width),
+                            hours=8)
+        events.trial_started(100, 100, 100)
+        events.phase(100, "running", 60.0)
+        events.close()
+        lines = ANSI.sub("", buf.getvalue()).splitlines()
+        assert lines[-2].rstrip() == top, lines
+        assert lines[-1].startswith("▶ trial 100"), lines  # (the next line is the trial in flight)

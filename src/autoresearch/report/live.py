@@ -16,6 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from rich.cells import cell_len, set_cell_size
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -143,11 +144,24 @@ class LiveEvents:
             return Group(*parts)
 
     def _header(self) -> Text:
-        of = f" of {self._total}" if self._total else ""
-        goal = "lower" if self.minimize else "higher"
-        text = Text.assemble(("autoresearch", "bold"), f" · {self.task_name} · {self.metric} ({goal} is better)"
-                             f" · trial {self._index}{of} · {clock(time.monotonic() - self._t0)} elapsed"
-                             + (f" of {clock(self.hours * 3600)}" if self.hours else ""))
+        """One line at any width: the words give way to a terse form, then the task's name is cut
+        (an 80-column terminal wrapped `... elapsed of 8:00:00` onto a second line)."""
+        elapsed, i, total = clock(time.monotonic() - self._t0), self._index, self._total
+        limit = clock(self.hours * 3600) if self.hours else ""
+        wordy = [f" · {self.metric} ({'lower' if self.minimize else 'higher'} is better)",
+                 f" · trial {i}" + (f" of {total}" if total else ""),
+                 f" · {elapsed} elapsed" + (f" of {limit}" if limit else "")]
+        terse = [f" · {self.metric} ({'min' if self.minimize else 'max'})",
+                 f" · trial {i}" + (f"/{total}" if total else ""), f" · {elapsed}" + (f" / {limit}" if limit else "")]
+        width, name = self.console.width, f" · {self.task_name}"
+        for parts in (wordy, terse):
+            if cell_len("autoresearch" + name + "".join(parts)) <= width:
+                break
+        else:  # (still too long: the task's name gives way, then the end of the line)
+            room = width - cell_len("autoresearch" + "".join(parts))
+            name = "" if room < 6 else set_cell_size(name, room - 1) + "…" if cell_len(name) > room else name
+        text = Text.assemble(("autoresearch", "bold"), name, *parts)
+        text.no_wrap, text.overflow = True, "ellipsis"
         return text
 
     def _flights(self) -> Table:
