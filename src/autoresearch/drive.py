@@ -193,6 +193,27 @@ class WorkingTreeAgent(BaseAgent):
                          "file: keep a copy of your edit first), then make the change again")
 
 
+def refuse_conflicts(agent: WorkingTreeAgent, best: str) -> None:
+    """Lay each of the agent's files over `best` as `propose` will (in a scratch folder holding
+    the best's versions), and refuse a change that conflicts with it: it would be judged as
+    nothing, an agent_error row in the ledger (a crash in results.tsv) that never ran."""
+    import tempfile
+
+    git = Git(agent.root)
+    with tempfile.TemporaryDirectory(prefix="autoresearch-merge-") as scratch:
+        for rel in agent.paths:
+            content = git.show_bytes(best, rel)
+            if content is None:
+                continue
+            dst = Path(scratch) / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(content)
+            try:
+                agent._laid_over(git, rel, agent.root / rel, dst, best)
+            except AgentError as e:
+                raise UsageError(f"nothing was run or recorded: {e}") from None
+
+
 def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool = True,
                            events: Events | None = None, seed: int = 0,
                            runner: Callable[[Loop], Trial] = Loop.run) -> tuple[Trial, Trial]:
@@ -236,6 +257,8 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
                              + ("them; trial judges an uncommitted change to them" if not stale else
                                 "them, and the tag's best has moved on since: `git checkout autoresearch/"
                                 f"{tag} -- {' '.join(shlex.quote(p) for p in stale)}` takes it; then make a change"))
+        if best_now:  # a conflict with the best is refused now, before a number or a row is spent on it
+            refuse_conflicts(WorkingTreeAgent(task.root, paths, description, tag, left), best_now)
         agent = WorkingTreeAgent(task.root, paths, description, tag, left)
         loop = Loop(session, agent, Options(trials=1, seed=seed, sandbox=sandboxed), events)
         if not session.resumed or session.restarted:  # (the tag was taken by default: today's date, say)
