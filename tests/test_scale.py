@@ -637,3 +637,20 @@ def test_a_resumed_tag_goes_on_with_its_workers_and_gpus(tmp_path: Path) -> None
     assert "tag w goes on with --workers 1 --agent-concurrency 2," in r.stderr
     exps, _ = read_stamps(env)
     assert {exps[n][2] for n in (7, 8)} == {"-"}
+
+
+def test_a_tag_that_ran_on_local_gpus_moved_to_ray_leaves_its_gpus_behind(tmp_path: Path) -> None:
+    """`--backend ray` given to a tag that ran with --gpus: its GPUs (local ids) are not taken,
+    which refused the run with `--gpus is for --backend local`, a flag the user had not given."""
+    root = make_task(tmp_path / "task")
+    r = cli("run", str(root), "--tag", "r", "--agent", "cli", "--agent-cmd", "true", "--trials", "0", "--gpus", "0")
+    assert r.returncode == 0, r.stderr
+    shadow = tmp_path / "no-ray" / "ray"  # a `ray` that cannot be imported: the next thing refused
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
+    env = {"PYTHONPATH": f"{tmp_path / 'no-ray'}{os.pathsep}{os.environ['PYTHONPATH']}"}
+    r = cli("run", str(root), "--tag", "r", "--backend", "ray", "--trials", "0", env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == ("autoresearch: error: --backend ray needs Ray, which is not "
+                                                 "installed: pip install -e '.[ray]' (in the autoresearch checkout)")
+    assert "--gpus" not in r.stderr

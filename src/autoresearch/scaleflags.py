@@ -37,6 +37,14 @@ def _saved(root: Path, tag: str) -> dict[str, Any]:
     return {k: v for k, v in saved.items() if k in FLAGS} if isinstance(saved, dict) else {}
 
 
+def on_ray(args: Any, saved: dict[str, Any]) -> bool:
+    """Whether this run goes to Ray, where the tag's local --gpus do not apply (`--backend ray`
+    given to a tag that ran on this machine's GPUs)."""
+    given = args.backend is not None or args.ray_address is not None
+    backend, address = (args.backend, args.ray_address) if given else (saved.get("backend"), saved.get("ray_address"))
+    return bool(address) or backend == "ray"
+
+
 def for_tag(root: Path, tag: str, args: Any) -> str:
     """Fill `run`'s scale flags not given (None) from `tag`'s last run, a group at a time, and
     say which were taken; return them all as the tag's ledger keeps them (meta META_KEY). Before
@@ -49,7 +57,7 @@ def for_tag(root: Path, tag: str, args: Any) -> str:
         if any(getattr(args, f) is not None for f in group):
             continue
         for flag in group:
-            if saved.get(flag) is not None:
+            if saved.get(flag) is not None and not (flag == "gpus" and on_ray(args, saved)):
                 setattr(args, flag, saved[flag])
                 taken.append(f"--{flag.replace('_', '-')} {saved[flag]}")
     if taken and not Ledger.loop_running(tag_dir(root, tag)):  # (busy: that refusal is the only line)
