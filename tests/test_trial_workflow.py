@@ -373,3 +373,9 @@ def test_trial_names_the_tag_it_starts_and_refuses_a_changed_task_file_before_sa
         assert r.returncode == 2 and r.stdout == "", r.stdout
         assert r.stderr.startswith("autoresearch: error: autoresearch.toml changed since tag t started (time_budget:")
         assert len(r.stderr.splitlines()) == 1, r.stderr
+    set_line(repo / "autoresearch.toml", "time_budget = 1", "time_budget = ")
+    git(repo, "commit", "-qam", "the budget as it was")
+    (repo / "autoresearch.toml").write_text((repo / "autoresearch.toml").read_text() + "# a note\n")
+    r = cli("run", str(repo), "--tag", "t", "--trials", "1")  # (not committed: refused, and only that said)
+    assert r.returncode == 2 and r.stderr.startswith("autoresearch: error: autoresearch.toml has uncommitted changes")
+    assert len(r.stderr.splitlines()) == 1, r.stderr

@@ -290,7 +290,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     task = load_task(args.dir)
     tag = check_tag(default_tag() if args.tag is None else args.tag)
-    check_before(task, tag)  # a changed task file: refused before the lines on how the tag goes on
+    check_before(task, tag, checkout=True)  # a changed task file: refused before the lines on how the tag goes on
     args.sandbox = sandbox_for_tag(task.root, tag, args.sandbox)  # (before the tag's branch and ledger are made)
     scale = scale_for_tag(task.root, tag, args)  # --workers, --gpus, --backend ... not given: as the tag's last run
     args.gpus_per_trial = args.gpus_per_trial or 1

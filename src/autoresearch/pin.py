@@ -10,12 +10,19 @@ from autoresearch.ledger import Ledger, tag_dir
 from autoresearch.task import PINNED_ENV, SMOKE, TASK_FILE, Task
 
 
-def check_before(task: Task, tag: str) -> None:
+def check_before(task: Task, tag: str, checkout: bool = False) -> None:
     """`check_measurement` from the tag's ledger as it is, read only: before `run` or `trial`
     says how the tag goes on (its agent, its sandbox, its workers), so that a refusal is not
-    read after a line saying it goes on. A tag with no trial yet takes the task file as it is."""
+    read after a line saying it goes on. A tag with no trial yet takes the task file as it is.
+    `checkout` (run's): also the refusals of the checkout (the tag's branch checked out, the task
+    file of a resumed tag not committed)."""
     if not (tag_dir(task.root, tag) / "ledger.sqlite").exists():
         return
+    if checkout:
+        from autoresearch.gitrepo import Git
+        from autoresearch.session import check_checkout
+
+        check_checkout(Git.open(task.root), tag, exists=True, allow_dirty=False)
     try:
         led = Ledger.read(task.root, tag)
     except AutoresearchError:  # (one still being made, or unreadable: open_session says so)

@@ -104,7 +104,7 @@ def open_session(task: Task, tag: str, allow_dirty: bool = False) -> Session:
     git.exclude(f"/{LEDGER_DIR}/")
     shield(git, task.root / LEDGER_DIR)
     exists = (tag_dir(task.root, tag) / "ledger.sqlite").exists()
-    _check_checkout(git, tag, exists, allow_dirty)
+    check_checkout(git, tag, exists, allow_dirty)
     if not exists:
         _refuse_dirty(git, allow_dirty)
         _refuse_ignored_editable(git, task)
@@ -144,7 +144,7 @@ def refuse_tag_checked_out(git: Git, tag: str, why: str) -> None:
                          f"first (e.g. {git.away_hint()})")
 
 
-def _check_checkout(git: Git, tag: str, exists: bool, allow_dirty: bool) -> None:
+def check_checkout(git: Git, tag: str, exists: bool, allow_dirty: bool) -> None:
     """The tag's branch is not checked out, and a resumed tag's task file is the committed one."""
     if allow_dirty:
         return
