@@ -924,3 +924,34 @@ def test_a_file_with_lone_cr_line_ends_keeps_each_comment_on_its_own_constant() 
     assert (p["A"].range_text, p["B"].range_text, p["B"].annotated) == ("1..9", "0.1..0.9", True)
     a = next(c for c in scan_file(data, "m.py").constants if c.name == "A")
     assert apply_edits(data, [(a.start, a.end, "5")]) == data.replace(b"A = 3", b"A = 5")
+
+
+def test_a_resume_learns_each_search_trial_from_its_record_even_with_its_code_gone(tmp_path):
+    """A trial the search agent proposed records the constants it moved (`extra["search"]`);
+    a resumed search learns them from there (parsing every trial's file again took seconds at
+    thousands of trials), so it learns them as well where only the kept trials' commits are
+    left (the branch pushed and the tag's folder carried to another clone, say)."""
+    repo = noisy_task(tmp_path / "t")
+    r = cli("run", str(repo), "--tag", "s", "--trials", "8", "--seed", "5")
+    assert r.returncode == 0, r.stderr + r.stdout
+    task = load_task(repo)
+    led = Ledger.read(repo, "s")
+    trials = [t for t in led.trials() if t.status.finished]
+    led.close()
+
+    def learnt() -> list[tuple[dict[str, object], float | None]]:
+        agent = SearchAgent(task, seed=1)
+        for t in trials:
+            agent.observe(t)
+        return [(s.params, s.value) for s in agent.study.trials]
+
+    before = learnt()
+    assert len(before) == 9 and all(p for p, _ in before)  # the baseline and every search trial
+    gone = [t for t in trials if t.status is not Status.KEEP]
+    assert gone  # (a discard or a crash in 8 trials of a noisy bowl)
+    for t in gone:  # their refs and commits gone: only the branch's trials are left
+        git(repo, "update-ref", "-d", f"refs/autoresearch/s/trials/{t.number}")
+    git(repo, "reflog", "expire", "--expire=now", "--all")
+    git(repo, "gc", "-q", "--prune=now")
+    assert all(subprocess.run(["git", "cat-file", "-e", t.commit], cwd=repo).returncode != 0 for t in gone)
+    assert learnt() == before

@@ -25,7 +25,10 @@ The study lives in memory and is rebuilt whenever the loop starts: the loop show
 every finished trial, and for each one this agent did not propose itself it reads the
 constants at the trial's commit (and its parent's) and adds them as a completed trial. So a
 resumed loop, or a search that follows an LLM agent or a person, learns from every earlier
-trial. A value outside its range is clipped to it; one that cannot be represented (a string
+trial. A trial a search agent proposed records the constants it moved (`extra["search"]`):
+a resumed search reads them from the record, not by parsing the file at the trial's commit
+again (a resume of thousands of trials spent seconds parsing). A value outside its range is
+clipped to it; one that cannot be represented (a string
 where a number was, a sign change) is left out of that trial.
 
 The ranges are fixed once, from the baseline's code (the first trial the agent is shown), so
@@ -45,7 +48,14 @@ from collections.abc import Callable
 from typing import Any
 
 from autoresearch.agents.base import AgentError, BaseAgent, Context, Proposal
-from autoresearch.agents.constants import Constant, apply_edits, short
+from autoresearch.agents.constants import (
+    Constant,
+    FileScan,
+    NotLiteral,
+    apply_edits,
+    short,
+    value_of_text,
+)
 from autoresearch.agents.space import Param, above_note, editable_sources, scan_files, space_of
 from autoresearch.errors import UsageError
 from autoresearch.records import Status, Trial
@@ -185,6 +195,7 @@ class SearchAgent(BaseAgent):
         self._digests: dict[str, str] = {}  # commit -> the digest of its editable files
         self.worst: float | None = None
         self._values: dict[str, dict[str, Any]] = {}  # commit -> its constants, as sampled
+        self._code: dict[str, tuple[dict[str, bytes], dict[str, FileScan]]] = {}  # a parent -> its files, scans
         self._lock = threading.Lock()
         self._git: Any = None
         self._resumed = False
@@ -254,18 +265,55 @@ class SearchAgent(BaseAgent):
                 baseline = space_of(self._files_at(trial.commit))  # ranges from the baseline's code
                 if baseline.params:
                     self.space = baseline
-            values = self._values_at(trial.commit)
+            moved = self._recorded(trial)
+            values = self._values_at(trial.commit) if moved is None else {}
             if trial.status is not Status.INTERRUPTED:  # (stopped before it was measured: its code
                 self.seen.add(self._digests[trial.commit])  # is untried, a proposal may make it again)
             if value is None:
                 return
-            if trial.parent and not self.record_all:
+            if moved is not None:  # (what the parse below would find, from the record)
+                before = self._values_at(trial.parent or "")
+                values = {k: x for k, x in moved.items() if before.get(k) != x}
+            elif trial.parent and not self.record_all:
                 before = self._values_at(trial.parent)
                 values = {k: x for k, x in values.items() if before.get(k) != x}
             if values:
                 dists = {k: self.space.get(k).distribution() for k in values}
                 self._study().add_trial(optuna.trial.create_trial(params=values, distributions=dists,
                                                                   value=value))
+
+    def _recorded(self, trial: Trial) -> dict[str, Any] | None:
+        """The constants a search agent's proposal moved, in the sampler's terms, from its trial's
+        record (`extra["search"]`: each key's text as written into its parent's code, which is
+        read instead: the parents are the few kept trials); the digest of the code it wrote goes
+        in `_digests`. None where the record cannot stand for the code: no such record or no
+        parent, CMA-ES and GP (which learn whole configurations), a key not in the parent's code,
+        a text that does not parse."""
+        written = trial.extra.get("search")
+        if self.record_all or not trial.parent or not trial.commit or not isinstance(written, dict) or not written:
+            return None
+        self._values_at(trial.parent)  # (first: the space holds the parent's constants then)
+        if trial.parent not in self._code:
+            files = self._files_at(trial.parent)
+            self._code[trial.parent] = (files, scan_files(files))
+        files, scans = self._code[trial.parent]
+        keys = {p.key: p for p in self.space.params}
+        out: dict[str, Any] = {}
+        edits: dict[str, list[tuple[int, int, str]]] = {}
+        for key, text in written.items():
+            p = keys.get(key)
+            c = next((c for c in scans[p.path].constants if c.name == p.name), None) if p and p.path in scans else None
+            if p is None or c is None or not isinstance(text, str):
+                return None
+            try:
+                x = p.sampled(value_of_text(text))
+            except (NotLiteral, SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+                return None
+            if x is not None:  # (as the parse leaves out a value that cannot be represented)
+                out[key] = x
+            edits.setdefault(p.path, []).append((c.start, c.end, text))
+        self._digests[trial.commit] = digest({path: apply_edits(data, edits.get(path, [])) for path, data in files.items()})
+        return out
 
     def _files_at(self, commit: str) -> dict[str, bytes]:
         if self._git is None:
