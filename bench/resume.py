@@ -11,6 +11,10 @@ one process: "from the code" is the agent given the trials without their record 
 path before), "from the record" the trials as the ledger holds them; and checks that both
 learn the same study and the same set of tried code.
 
+It also times the loop's index of the code of every measured trial (`session.trees_of`), which
+gave git every commit on its command line (`rev-parse C^{tree} ...`: past some 38,000 trials,
+`Argument list too long`, and no resume) and now on its stdin (`cat-file --batch-check`).
+
     python bench/resume.py DIR --tag T        # a tag of yours (read-only)
     python bench/resume.py --trials 300       # a new tag of the blank task, made first (~2 min)
 """
@@ -18,6 +22,7 @@ learn the same study and the same set of tried code.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -28,8 +33,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from autoresearch.agents.search import SearchAgent  # noqa: E402
+from autoresearch.gitrepo import Git  # noqa: E402
 from autoresearch.ledger import Ledger  # noqa: E402
 from autoresearch.records import Trial  # noqa: E402
+from autoresearch.session import trees_of  # noqa: E402
 from autoresearch.task import load_task  # noqa: E402
 
 
@@ -72,6 +79,16 @@ def main() -> None:
                 took, study, seen = learn(root, trials, record)
                 times[record].append(took)
                 results[record] = (study, seen)
+        git = Git(root)
+        commits = list(dict.fromkeys(t.commit for t in trials if t.commit))
+        index: dict[str, list[float]] = {"argv": [], "stdin": []}
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            git.run("rev-parse", *(f"{c}^{{tree}}" for c in commits), check=False)  # (the old way)
+            index["argv"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            trees_of(git, trials)
+            index["stdin"].append(time.perf_counter() - t0)
     old, new = statistics.median(times[False]), statistics.median(times[True])
     print(f"{len(trials)} finished trials of tag {args.tag}; the search agent takes them in "
           f"(median of {args.repeat}, interleaved):")
@@ -80,6 +97,11 @@ def main() -> None:
     same = results[False] == results[True]
     print(f"  the same study and the same tried code: {'yes' if same else 'NO'}"
           f" ({len(results[True][0])} optuna trials)")
+    argv_bytes = sum(len(c) + len("^{tree}") + 9 for c in commits)  # (each argument, its NUL and pointer)
+    print(f"the code index of {len(commits)} commits: on git's command line (before) "
+          f"{1000 * statistics.median(index['argv']):.0f} ms, {argv_bytes / 1e6:.2f} MB of arguments "
+          f"(the limit: {os.sysconf('SC_ARG_MAX') / 1e6:.1f} MB); on its stdin (now) "
+          f"{1000 * statistics.median(index['stdin']):.0f} ms, no limit")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,15 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import make_task, script_agent
+from conftest import git, make_task, script_agent
 
 from autoresearch.agents.base import Context
 from autoresearch.agents.cli import CommandAgent
 from autoresearch.agents.llm import Limits, first_message
 from autoresearch.agents.tools import Tools
+from autoresearch.gitrepo import Git
 from autoresearch.records import Status, Trial
+from autoresearch.session import trees_of
 from autoresearch.task import load_task
 
 
@@ -112,3 +114,23 @@ def test_an_outage_of_the_agent_does_not_fill_the_history(tmp_path: Path) -> Non
     prompt = cli_prompt(tmp_path, history)
     assert "#651-#750 agent_error (100 in a row, alike)" in prompt
     assert "#649 discard" in prompt and prompt.count("APIConnectionError") == 2
+
+
+def test_the_code_of_every_trial_is_indexed_past_what_one_command_line_holds(tmp_path: Path) -> None:
+    """A resumed loop indexes the code (the tree) of every measured trial, to tell a proposal of
+    code it measured already; the commits went to git on its command line, which a tag of some
+    38,000 trials outgrew (no resume at all: `Argument list too long`). Cheap experiments (the
+    blank task runs seven a second) reach that in hours."""
+    repo = make_task(tmp_path / "t")
+    first = git(repo, "rev-parse", "HEAD").strip()
+    (repo / "exp.py").write_text("X = 2\n")
+    git(repo, "commit", "-qam", "two")
+    second = git(repo, "rev-parse", "HEAD").strip()
+    gone = [f"{n:040x}" for n in range(1, 40_001)]  # (pruned, or never there)
+    trials = [Trial(number=0, status=Status.KEEP, commit=first)]
+    trials += [Trial(number=n, status=Status.DISCARD, commit=c) for n, c in enumerate(gone, start=1)]
+    trials += [Trial(number=40_001, status=Status.DISCARD, commit=second),
+               Trial(number=40_002, status=Status.DISCARD, commit=first)]
+    found = trees_of(Git(repo), trials)
+    assert found == {git(repo, "rev-parse", f"{first}^{{tree}}").strip(): 0,
+                     git(repo, "rev-parse", f"{second}^{{tree}}").strip(): 40_001}

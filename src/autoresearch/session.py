@@ -382,12 +382,13 @@ def trees_of(git: Git, trials: list[Trial]) -> dict[str, int]:
     commits = list(dict.fromkeys(t.commit for t in trials if t.commit))  # once each, in order
     if not commits:
         return {}
-    # one line per argument, in order (a retried baseline shares its commit with the stopped
-    # one; pairing trials with a list of trees that skipped or merged one shifted every pair)
-    out = git.run("rev-parse", *(f"{c}^{{tree}}" for c in commits), check=False).split()
-    if len(out) != len(commits):  # a commit gone (pruned): look them up one by one
+    # one line per commit, in order, '<name> missing' for one gone (pruned); on git's stdin, not
+    # its command line, which a tag of some 38,000 trials outgrew (E2BIG: no resume at all)
+    out = git.run("cat-file", "--batch-check=%(objectname)", input="".join(f"{c}^{{tree}}\n" for c in commits),
+                  check=False, strip=False).splitlines()
+    if len(out) != len(commits):  # (git failed): look them up one by one
         out = [git.run("rev-parse", "-q", "--verify", f"{c}^{{tree}}", check=False).strip() for c in commits]
-    tree_of = dict(zip(commits, out, strict=True))
+    tree_of = dict(zip(commits, ("" if " " in line else line for line in out), strict=True))
     found: dict[str, int] = {}
     for t in trials:
         if tree_of.get(t.commit or ""):
