@@ -520,6 +520,22 @@ def test_a_last_line_of_terminal_codes_alone_is_not_the_description(tmp_path: Pa
     assert [row[3] for row in rows(repo)[1:]] == ["raised X to 2.0"]
 
 
+def test_a_description_file_of_terminal_codes_or_nuls_alone_falls_back_to_the_output(tmp_path: Path) -> None:
+    """A description file that holds nothing visible (a tool's colour reset, a NUL) counts as not
+    written, as a blank one does: the trial read "(no description)" though the agent said what it did."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", r"""
+        sed -i "s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/" exp.py
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then printf '\033[0m\033[?25h\n' > "$AUTORESEARCH_DESCRIPTION_FILE"
+        else printf '\0\0' > "$AUTORESEARCH_DESCRIPTION_FILE"; fi
+        echo "X to 2.$AUTORESEARCH_TRIAL"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    assert [row[3] for row in rows(repo)[1:]] == ["X to 2.1", "X to 2.2"]
+    assert git(repo, "log", "-1", "--format=%s", "refs/autoresearch/t/trials/2") == "X to 2.2"
+
+
 def test_the_history_keeps_the_end_of_a_crashs_reason_where_the_error_is(tmp_path: Path) -> None:
     """A crash's reason is its log's tail, traceback first; the agents' history cut it to its
     first 160 characters, so the next agent read "Traceback (most recent call last): File ..."

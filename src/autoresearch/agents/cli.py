@@ -56,7 +56,7 @@ def read_description(path: Path) -> str | None:
 
 
 def description_from(desc_file_text: str | None, output: str) -> str:
-    if desc_file_text and desc_file_text.strip():
+    if desc_file_text and clean_text(desc_file_text):  # (a file of terminal codes or NULs alone says nothing)
         return " ".join(desc_file_text.split())[:200]
     for line in reversed(without_ignored_errors(output).splitlines()):
         if shown := clean_text(line):  # (a line of terminal codes alone, ESC [?25h at exit, says nothing)
