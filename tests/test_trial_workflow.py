@@ -5,9 +5,10 @@ is laid over, so the loop's kept work is never put back by a stale copy in the w
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-from conftest import cli, git, make_task, script_agent
+from conftest import cli, git, make_task, script_agent, trials
 
 TWO_FILES = """\
 from helper import Y
@@ -379,3 +380,25 @@ def test_trial_names_the_tag_it_starts_and_refuses_a_changed_task_file_before_sa
     r = cli("run", str(repo), "--tag", "t", "--trials", "1")  # (not committed: refused, and only that said)
     assert r.returncode == 2 and r.stderr.startswith("autoresearch: error: autoresearch.toml has uncommitted changes")
     assert len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_trial_or_run_inside_a_loops_worktree_is_refused_and_the_loop_measures_the_change(tmp_path: Path) -> None:
+    """A CLI agent that follows program.md-style habits and calls `autoresearch trial` (or `run`)
+    in its worktree made a loop of its own there: its change was measured by it and rewound, the
+    loop's trial read "empty change", and refs of a tag with no ledger were left in the repository."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", f"""\
+        sed -i 's/^X = .*/X = 2.0/' exp.py
+        "{sys.executable}" -m autoresearch trial -m "X to 2" > "{tmp_path}/trial.out" 2>&1 || echo "$?" >> "{tmp_path}/trial.out"
+        "{sys.executable}" -m autoresearch run . --tag inner --trials 1 > "{tmp_path}/run.out" 2>&1 || echo "$?" >> "{tmp_path}/run.out"
+        echo "X to 2"
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr
+    for name in ("trial.out", "run.out"):
+        said = (tmp_path / name).read_text().splitlines()
+        assert said[-1] == "2" and "a trial's worktree of the loop of tag t" in said[0], said
+    got = trials(repo)
+    assert (got[1].status, got[1].description) == ("keep", "X to 2")
+    assert git(repo, "for-each-ref", "--format=%(refname)", "refs/autoresearch/", "refs/heads/").split() == [
+        "refs/autoresearch/t/trials/0", "refs/autoresearch/t/trials/1", "refs/heads/autoresearch/t", "refs/heads/main"]

@@ -26,7 +26,7 @@ from autoresearch.foreground import (
     run_until_stopped,
     stop_signals,
 )
-from autoresearch.task import TASK_FILE
+from autoresearch.task import TASK_FILE, loop_worktree
 
 TASK_DIR_HELP = (f"the task repository (default: the nearest folder holding {TASK_FILE}, from the "
                  "current one up to its git repository's root)")
@@ -445,6 +445,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(f"--{flag.replace('_', '-')} is empty: give {what}")
         if args.command in TASK_COMMANDS and args.dir is None:
             args.dir = str(find_task_dir())
+        if args.command in ("run", "trial") and (inside := loop_worktree(Path(args.dir))):
+            raise UsageError(f"{args.dir} is a trial's worktree of the loop of tag {inside[1]} (the task: {inside[0]}): "
+                             f"that loop commits, runs and measures what is changed here; leave the change and end "
+                             f"(`{args.command}` here would make a loop of its own and rewind the change)")
         try:
             return COMMANDS[args.command](args)
         except UsageError:  # (the task file read first: its program, say, not found in a subfolder)

@@ -339,6 +339,16 @@ def _task_above(folder: Path) -> Path | None:
     return None
 
 
+def loop_worktree(folder: Path) -> tuple[Path, str] | None:
+    """(the task's root, the tag) when `folder` is a trial worktree a loop made there,
+    `<root>/.autoresearch/<tag>/worktrees/<name>`, else None."""
+    parts = folder.resolve().parts
+    if len(parts) < 5 or parts[-2] != "worktrees" or parts[-4] != ".autoresearch" or not (folder / ".git").is_file():
+        return None
+    root = Path(*parts[:-4])
+    return (root, parts[-3]) if (root / TASK_FILE).is_file() else None
+
+
 def load_task(root: str | os.PathLike[str]) -> Task:
     """Read and validate `<root>/autoresearch.toml`."""
     root = Path(root).resolve()
