@@ -447,6 +447,21 @@ def test_an_agent_that_times_out_or_fails_keeps_what_it_said(tmp_path: Path) -> 
     assert got[2][1:3] == ("agent_error", "the agent command exited with 3: the last word")
 
 
+def test_an_agent_killed_by_a_signal_says_so(tmp_path: Path) -> None:
+    """An agent the kernel's out-of-memory killer ended read "the agent command exited with -9"."""
+    repo = make_task(tmp_path / "task")
+    agent = script_agent(tmp_path / "a.sh", """\
+        sed -i "s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/" exp.py
+        echo "thinking"
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then kill -9 $$; else bash -c 'kill -9 $$'; exit $?; fi
+        """)
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    got = rows(repo)
+    assert got[1][1:3] == ("agent_error", "the agent command was killed by signal 9 (SIGKILL: out of memory, or a kill -9): thinking")
+    assert got[2][2].startswith("the agent command exited with 137 (128 + signal 9, SIGKILL: out of memory, or a kill -9): ")
+
+
 def test_keys_an_agent_prints_are_kept_out_of_its_log(tmp_path: Path) -> None:
     """`env` in a plain --agent cli command wrote every key of the environment into agent/N.log
     (a preset's log was scrubbed, a plain command's was not)."""

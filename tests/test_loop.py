@@ -102,6 +102,8 @@ def test_a_change_back_to_the_baseline_code_is_a_duplicate_in_the_run_that_made_
 
 @pytest.mark.parametrize("body,status,needle", [
     ("echo 'raise SystemExit(1)' >> exp.py", "crash", "exit code 1"),
+    # (an experiment the kernel's out-of-memory killer ended read "exit code -9")
+    ("echo 'import os; os.kill(os.getpid(), 9)' >> exp.py", "crash", "killed by signal 9 (SIGKILL: out of memory, or a kill -9)"),
     ("sed -i 's/print(f\"loss: {loss}\")//' exp.py", "crash", "no 'loss' figure"),
     ("echo 'print(\"loss: nan\")' >> exp.py", "crash", "'loss' is nan"),
     ("echo 'print(\"loss: inf\")' >> exp.py", "crash", "'loss' is inf"),

@@ -19,7 +19,7 @@ from autoresearch.metrics import (
     redact,
     reject_reason,
 )
-from autoresearch.process import last_lines
+from autoresearch.process import exit_words, last_lines
 from autoresearch.records import Status
 from autoresearch.task import Task
 
@@ -101,7 +101,7 @@ def _run_failed(task: Task, r: ExecResult, tail: str) -> Measurement | None:
         return Measurement(Status.TIMEOUT, reason=f"killed after the {task.timeout:g} s timeout; "
                            f"last output: {tail[-300:]}", seconds=r.seconds)
     if r.outcome == "crash":
-        return Measurement(Status.CRASH, reason=f"exit code {r.returncode}: {tail[-400:]}", seconds=r.seconds)
+        return Measurement(Status.CRASH, reason=f"{exit_words(r.returncode)}: {tail[-400:]}", seconds=r.seconds)
     return None
 
 

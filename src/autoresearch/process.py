@@ -195,6 +195,21 @@ def sweep_escaped(mine: int | None = None, limit: float = 3.0) -> list[str]:
         return _FOUND.pop(mine, []) + unnamed if mine is not None else unnamed
 
 
+def exit_words(code: int | None) -> str:
+    """How a command ended, for a reason a person reads: `exit code 3`; a death by a signal
+    named (`killed by signal 9 (SIGKILL: out of memory, or a kill -9)`), also as a shell
+    reports it (`exit code 137 (128 + signal 9, ...)`)."""
+    number = 0 if code is None else -code if code < 0 else code - 128 if 128 < code < 128 + 65 else 0
+    try:
+        name = signal.Signals(number).name if number else ""
+    except ValueError:
+        name = ""
+    if not name or code is None:
+        return f"exit code {code}"
+    what = f"{name}: out of memory, or a kill -9" if number == signal.SIGKILL else name
+    return f"killed by signal {number} ({what})" if code < 0 else f"exit code {code} (128 + signal {number}, {what})"
+
+
 def _kill_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)

@@ -28,7 +28,7 @@ from autoresearch.agents.secrets import redact
 from autoresearch.agents.toolreports import without_ignored_errors
 from autoresearch.errors import UsageError
 from autoresearch.filetree import fresh_dir, open_regular, read_plain, write_new
-from autoresearch.process import read_tail, run_command, trim_log
+from autoresearch.process import exit_words, read_tail, run_command, trim_log
 from autoresearch.prompt import build_prompt, history_lines
 from autoresearch.records import clean_text
 from autoresearch.sandbox import seal_agent
@@ -141,7 +141,8 @@ def described(message: str, desc_file_text: str | None) -> str:
 def exit_error(returncode: int, printed: str, desc_file_text: str | None) -> AgentError:
     """A command that exited non-zero; 126/127 (the shell could not run it: not found, not
     executable) will fail the same way next time."""
-    message = f"the agent command exited with {returncode}: {description_from(None, printed)[:300] or '(no output)'}"
+    how = f"was {exit_words(returncode)}" if returncode < 0 else f"exited with {exit_words(returncode).removeprefix('exit code ')}"
+    message = f"the agent command {how}: {description_from(None, printed)[:300] or '(no output)'}"
     return AgentError(described(message, desc_file_text), fatal=returncode in (126, 127))
 
 
