@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, git, make_task, script_agent, wait_for
+from conftest import cli, git, make_task, script_agent, trials, wait_for
 from fakes.llm_server import FakeLLM, Fault, Say
 
 KEY = "sk-test-Q1w2E3r4T5y6U7i8O9p0"
@@ -99,6 +99,35 @@ def test_an_agent_that_checks_out_a_branch_does_not_move_it(tmp_path: Path) -> N
     best = [n for n, s, *_ in rows(repo) if s == "keep"][-1]
     assert git(repo, "rev-parse", "autoresearch/t") == git(repo, "rev-parse", f"refs/autoresearch/t/trials/{best}")
     assert "[autoresearch/t]" not in git(repo, "worktree", "list")
+
+
+def test_an_agent_that_commits_on_a_branch_of_yours_in_its_worktree_has_it_put_back(tmp_path: Path) -> None:
+    """An agent that checks out one of your branches in its worktree and commits there moved that
+    branch (noted, never undone): your `main` then held the agent's commits, your checkout read as
+    changed, and the next `run` was refused for uncommitted changes."""
+    repo = make_task(tmp_path / "task")
+    git(repo, "branch", "other")
+    agent = script_agent(tmp_path / "a.sh", """\
+        G="git -c user.name=a -c user.email=a@a"
+        if [ "$AUTORESEARCH_TRIAL" = 1 ]; then git checkout -q other; else git checkout -q --ignore-other-worktrees main; fi
+        sed -i "s/^X = .*/X = 2.$AUTORESEARCH_TRIAL/" exp.py
+        $G commit -qam "agent's own commit $AUTORESEARCH_TRIAL"
+        echo "X to 2.$AUTORESEARCH_TRIAL"
+        [ "$AUTORESEARCH_TRIAL" != 3 ] || exit 1
+        """)
+    base = git(repo, "rev-parse", "HEAD")
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    assert git(repo, "rev-parse", "main") == base and git(repo, "rev-parse", "other") == base
+    assert git(repo, "status", "--porcelain") == ""
+    got = trials(repo)
+    assert [t.status for t in got[1:]] == ["keep", "discard"], got
+    for n, name in ((1, "other"), (2, "main")):
+        assert any(f"the agent committed on your branch {name} in its worktree: put back to {base[:7]}" in f
+                   for f in got[n].flags), got[n].flags
+    again = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "1")  # (an agent that fails after)
+    assert again.returncode == 0, again.stderr
+    assert trials(repo)[3].status == "agent_error" and git(repo, "rev-parse", "main") == base
 
 
 def test_a_key_in_the_models_description_is_redacted(tmp_path: Path) -> None:

@@ -278,7 +278,7 @@ class Loop:
                           sealed=self.s.sealed)
             t, error, fatal = self._ask_agent(ctx, t)
         with self.lock:  # before git reads the worktree: a filter driver, a hook put in place is gone
-            tamper = self.watch.tampering(t.number, "agent")
+            tamper = self.watch.tampering(t.number, "agent", ws)
         t, changes, tree = self._commit(ws, t, parent_commit, tamper, error, fatal)
         if changes is None:  # finished: git could not commit the change
             return t

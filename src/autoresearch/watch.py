@@ -20,6 +20,7 @@ from autoresearch.envguard import EnvGuard, TreeWatch, shared_environments
 from autoresearch.events import Events
 from autoresearch.execute import experiment_env
 from autoresearch.gitlinks import FolderLinks
+from autoresearch.gitrepo import Workspace
 from autoresearch.pathwatch import PathWatch
 from autoresearch.placewatch import PlaceWatch
 from autoresearch.records import Trial
@@ -64,6 +65,7 @@ class Watch:
             skip=(lambda n: n in ("python", "python3")) if shim else (lambda n: n.startswith("python")))
         self.setup = TreeWatch(None)  # what setup made, once it ran
         self.pending: list[str] = []  # notes for the next trial noted
+        self.put_back: dict[int, str] = {}  # trial -> a branch of the user's its agent committed on, put back
         self.tools = ToolWatch()  # the git and bwrap the harness runs
         self.links = FolderLinks(session.git.common_dir)  # .git's folders made links elsewhere
         self.place = PlaceWatch([session.git.common_dir, session.dir.parent, session.dir])  # .git, .autoresearch/, the tag's
@@ -98,11 +100,15 @@ class Watch:
             self.objects.remember(blobs, structure(self.s.git, commit), rest)
         return ""
 
-    def tampering(self, number: int, phase: str) -> str | None:
+    def tampering(self, number: int, phase: str, ws: Workspace | None = None) -> str | None:
         """What trial `number`'s agent or experiment (`phase`) changed that it must not (git's
         metadata and the loop's refs, the record, the python experiments run, the best code's
         git objects), put back where it can be; None when nothing was. Every guard looks,
-        whatever the others found. What may be the user's doing is kept for `note`."""
+        whatever the others found. What may be the user's doing is kept for `note`; but a branch
+        of the user's that the agent left its worktree `ws` on and committed on is put back."""
+        if ws is not None and (branch := self.attached_branch(ws)):  # (the guard's last look: before the agent ran)
+            if said := self.committed_on(branch, self.git._user.get(branch, "")):
+                self.put_back[number] = said
         tools = self.tools.check_and_restore()  # (first: the guards below run git)
         links = "; ".join(w for w in (self.links.check_and_restore(), self.place.check_and_restore()) if w) or None
         env_problem, env_note = self.env.check_and_restore()
@@ -122,11 +128,32 @@ class Watch:
         """Note on the trial what changed in the user's refs and checkout while its `phase` ran
         (see GitGuard.note), and what changed in the Python packages or in what setup made: not
         undone, and not held against it (the loop holds a change of the stash against an agent that
-        runs programs of its own)."""
-        notes = [n for n in (self.git.note(phase),) if n] + \
+        runs programs of its own), and a branch of the user's that `tampering` put back."""
+        notes = [n for n in (self.git.note(phase), self.put_back.pop(t.number, "")) if n] + \
             [f"while its {phase} ran (or beside it): {n}" for n in self.pending]
         self.pending = []
         return t.with_(flags=[*t.flags, *notes]) if notes else t
+
+    def attached_branch(self, ws: Workspace) -> str | None:
+        """The user's branch the agent checked out in its worktree (`git checkout main`), if any:
+        not a loop's (the tag's own is put back by the guard; the reset detaches the worktree)."""
+        head = guard.slurp(ws.gitdir / "HEAD")
+        name = head.decode(errors="replace").strip().removeprefix("ref: ") if isinstance(head, bytes) else ""
+        return name if name.startswith("refs/heads/") and not name.startswith(guard.GitGuard.NOT_USER) else None
+
+    def committed_on(self, branch: str, before: str) -> str:
+        """Put `branch` back to `before` when what the agent did in its worktree, attached to it,
+        only added commits on top (the user's branch is never moved by a trial); say so."""
+        git = self.s.git
+        now = git.run("rev-parse", "-q", "--verify", branch, check=False).strip()
+        if not before or not now or now == before or git.run("rev-list", "--count", f"{now}..{before}", check=False).strip() != "0":
+            return ""
+        git.run("update-ref", "-m", "autoresearch: put back (an agent committed on it)", branch, before, now, check=False)
+        if git.run("rev-parse", "-q", "--verify", branch, check=False).strip() != before:
+            return ""
+        name = branch.removeprefix("refs/heads/")
+        return (f"the agent committed on your branch {name} in its worktree: put back to {before[:7]} "
+                f"(its commits: {before[:7]}..{now[:7]}; `git branch -f {name} {now[:12]}` takes them)")
 
     def at_end(self) -> None:
         """The best code's objects, once more as the loop ends."""
