@@ -137,6 +137,7 @@ def test_your_commit_with_its_editor_open_while_the_loop_runs_is_not_broken(tmp_
     assert git(repo, "log", "-1", "--format=%s") == "my notes" and git(repo, "status", "--porcelain") == ""
 
 
+@pytest.mark.extended  # (time: the default suite keeps its siblings)
 def test_your_shallow_fetch_while_the_loop_runs_is_kept(tmp_path: Path) -> None:
     """`git fetch --depth 1` writes .git/shallow: the guard put it back to none (the trial
     rejected), and the repository was left broken ("Failed to traverse parents")."""

@@ -298,6 +298,7 @@ def test_workers_lost_trial_after_trial_stop_the_loop(ray_head, tmp_path: Path) 
     assert all(len(t.extra["lost_workers"]) == 1 for t in rows[1:])
 
 
+@pytest.mark.extended  # (time: the default suite keeps its siblings)
 def test_a_trial_waiting_in_rays_queue_is_shown_queued_not_running(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
     """Two trials in flight on a cluster that holds one at a time (cpu=4 of the head's 4): the
     second waits in Ray's queue for the first to end, and was shown `running` all the while
@@ -540,6 +541,7 @@ def test_a_ray_address_nothing_answers_at_is_refused_at_once(tmp_path: Path) -> 
     assert time.monotonic() - began < 30
 
 
+@pytest.mark.extended  # (time: the default suite keeps its siblings)
 def test_a_head_address_written_as_a_url_is_refused_or_taken(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
     """`http://HOST:PORT` of the head's own port: Ray refused it with a line torn from a list of
     its advice (exit 1); `HOST:PORT/` and a stray space, which Ray cannot parse, are the address."""
@@ -644,6 +646,7 @@ def test_what_setup_makes_and_shared_paths_reach_every_trial_on_ray(ray_head, tm
     assert [t.metric for t in _rows(root, "su")] == [14.0, 12.5, 13.5, 14.5]
 
 
+@pytest.mark.extended  # (time: the default suite keeps its siblings)
 def test_a_tag_whose_setup_script_changed_sets_up_anew_on_ray(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
     """A node keeps what setup made for the next runs; a new tag after a fix of the (protected)
     script that setup runs must get what the new script makes, as locally, not the old data."""
@@ -663,6 +666,7 @@ def test_a_tag_whose_setup_script_changed_sets_up_anew_on_ray(ray_head, tmp_path
     assert r.returncode == 0 and _rows(root, "local")[0].metric == 23.0, r.stdout + r.stderr
 
 
+@pytest.mark.extended  # (time: the default suite keeps its siblings)
 def test_setup_folders_no_trial_used_for_a_week_are_pruned_on_the_node(ray_head, tmp_path: Path) -> None:  # noqa: ANN001
     """Every task, and every change of the files its setup reads, made a setup folder on each node
     that lasted for ever (a data set each, say). A trial on the node now removes those no trial

@@ -232,6 +232,7 @@ def test_a_poll_reads_the_ledger_again_only_once_it_was_written(ran, monkeypatch
     assert live.state()["version"] != first["version"] and len(reads) == 2
 
 
+@pytest.mark.extended  # (time: the default suite keeps its siblings)
 def test_serve_says_when_the_loop_was_killed_with_its_trial_in_flight(tmp_path: Path) -> None:
     """A loop killed with SIGKILL (the OOM killer, overnight) leaves its trial `running` in the
     ledger and writes nothing more: the page said "in flight: trial 1: agent thinking for 9000 s"
