@@ -16,6 +16,8 @@ import pytest
 from conftest import cli, git, make_task, script_agent, trials, wait_for
 from fakes.llm_server import FakeLLM, Fault, Say
 
+from autoresearch.streak import IDLE_FROM, OUTAGE_CAP, RECOVERABLE, Streak, backoff
+
 KEY = "sk-test-Q1w2E3r4T5y6U7i8O9p0"
 
 
@@ -679,3 +681,26 @@ def test_a_duplicates_log_is_the_one_of_the_run_its_figures_come_from(tmp_path: 
     assert again.log_path == first.log_path and Path(again.log_path).is_file()
     shown = cli("show", "2", str(repo))
     assert shown.returncode == 0 and "logs/1.log" in shown.stdout and "loss:" in shown.stdout, shown.stdout
+
+
+def test_an_outage_overnight_waits_up_to_minutes_between_failed_proposals() -> None:
+    """Failures that may pass (a provider down, a network gone) wait 0.5 s doubling from the
+    fourth in a row up to five minutes, so an outage of hours uses a dozen trials an hour, not
+    all of --trials (at 60 s, a 2-hour outage used 120); failures by the thousand (days of
+    rejected proposals) wait at the cap, not an OverflowError of 2.0 ** 1024."""
+    streak = Streak()
+    waits = []
+    for _ in range(20):
+        streak.failed(RECOVERABLE)
+        waits.append(streak.wait())
+    assert waits[:3] == [0.0, 0.0, 0.0] and waits[3:6] == [0.5, 1.0, 2.0]
+    assert max(waits) == OUTAGE_CAP == 300.0 and waits == sorted(waits)
+    outage, spent, used = 3 * 3600, 0.0, Streak()
+    while spent < outage:  # a 3-hour outage: failed trials (an instant each) and the waits between
+        used.failed(RECOVERABLE)
+        spent += used.wait()
+    assert used.errors < 50  # (at a 60 s cap: 189)
+    for _ in range(2000):
+        streak.failed(RECOVERABLE)
+    assert streak.wait() == OUTAGE_CAP
+    assert backoff(5000, IDLE_FROM) == 60.0  # (the pace of proposals not measured keeps its minute)

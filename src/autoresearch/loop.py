@@ -425,7 +425,7 @@ class Loop:
         while busy and self._in_flight(t.number) and not self.cancel.wait(0.5):
             continue
         last = self.opt.trials is not None and self.done >= self.opt.trials  # no next proposal to wait for
-        if (wait := self.streak.wait()) and not last:
+        if (wait := min(self.streak.wait(), max(0.0, self.deadline - time.monotonic()))) and not last:  # (--hours)
             self.events.message(f"the agent failed {n} times in a row: waiting {wait:g} s before the next proposal")
             self.cancel.wait(wait)
         return t

@@ -6,8 +6,9 @@ out thousands of trials overnight:
 - an agent with nothing left to propose (a search space tried through: `AgentError(done=True)`,
   said after the agent's own many asks) ends the loop as finished (exit 0) the first time, once
   no trial in flight could still open something new;
-- from the fourth failure in a row, any other waits 0.5, 1, 2 ... up to 60 s before the next
-  proposal, so that a network outage overnight makes a few dozen failed trials an hour;
+- from the fourth failure in a row, any other waits 0.5, 1, 2 ... up to 5 minutes before the
+  next proposal, so that a provider's outage overnight costs some 12 failed trials an hour, not
+  the whole of `--trials` (at a 60 s cap a 2-hour outage used up 120);
 - an agent whose proposals are not measured (rejected: an empty change, one out of scope; or
   the same code as an earlier trial), each in an instant, waits so too from the IDLE_FROM-th in
   a row: one that only prints its help made some 10,000 trials, commits and refs in ten minutes.
@@ -27,15 +28,16 @@ if TYPE_CHECKING:
 
 FATAL_REPEATS = 3
 IDLE_FROM = 10  # proposals not measured in a row before the loop slows down
+OUTAGE_CAP = 300.0  # seconds: the longest wait between failed proposals (an outage may last hours)
 
 # what an agent's failure says of the next proposal
 RECOVERABLE, FATAL, DONE = "", "fatal", "done"
 
 
-def backoff(count: int, start: int) -> float:
+def backoff(count: int, start: int, cap: float = 60.0) -> float:
     """Seconds to wait after the `count`-th failure in a row: none before the `start`-th, then
-    0.5 s doubling up to 60 s."""
-    return min(0.5 * 2.0 ** (count - start), 60.0) if count >= start else 0.0
+    0.5 s doubling up to `cap`."""
+    return min(0.5 * 2.0 ** min(count - start, 64), cap) if count >= start else 0.0
 
 
 @dataclass
@@ -66,7 +68,7 @@ class Streak:
 
     def wait(self) -> float:
         """Seconds to wait before the next proposal."""
-        return backoff(self.errors, 4) if self.kind == RECOVERABLE else 0.0
+        return backoff(self.errors, 4, OUTAGE_CAP) if self.kind == RECOVERABLE else 0.0
 
     def pace(self, t: Trial, events: Events, cancel: threading.Event, last: bool) -> Trial:
         """Count proposal `t` as measured (still running: to be measured) or not (rejected, a
