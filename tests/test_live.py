@@ -250,3 +250,34 @@ def test_the_live_views_top_line_fits_an_80_column_terminal() -> None:
         lines = ANSI.sub("", buf.getvalue()).splitlines()
         assert lines[-2].rstrip() == top, lines
         assert lines[-1].startswith("▶ trial 100"), lines  # (the next line is the trial in flight)
+
+
+def test_the_live_views_best_line_fits_an_80_column_terminal() -> None:
+    """`best val_bpb 1.23457 (trial 1234) (-0.123457, -9.09% vs baseline) · baseline 1.35802 ·
+    123 kept of 2000 finished · cost $12.34` wrapped onto a second line at 80 columns; it now
+    takes a terse form that keeps the figures (and is cut, never wrapped, past that)."""
+    from rich.console import Console
+
+    from autoresearch.records import Status, Trial
+    from autoresearch.report.live import LiveEvents
+
+    def best_line(width: int, metric: str = "val_bpb") -> list[str]:
+        buf = io.StringIO()
+        events = LiveEvents("cpu-gpt", metric, True, console=Console(file=buf, force_terminal=True, width=width))
+        base = Trial(0, Status.KEEP, "baseline", metric=1.3580247)
+        best = Trial(1234, Status.KEEP, "a deeper model", metric=1.2345678)
+        events.going_on(best, base, 12.34)
+        events._done, events._kept = 2000, 123
+        events.trial_started(2001, 2001, None)
+        events.close()
+        lines = ANSI.sub("", buf.getvalue()).splitlines()
+        return [line.rstrip() for line in lines if not line.startswith(("autoresearch", "▶"))][:1] + lines[-1:]
+
+    wide = best_line(160)[0]
+    assert wide == ("best val_bpb 1.23457 (trial 1234) (-0.123457, -9.09% vs baseline) · baseline 1.35802 · "
+                    "123 kept of 2000 finished · cost $12.34"), wide
+    narrow = best_line(80)
+    assert narrow[0] == "best val_bpb 1.23457 (#1234, -9.09%) · baseline 1.35802 · 123/2000 kept · $12.34"
+    assert len(narrow[0]) <= 80
+    cut = best_line(80, metric="validation_bits_per_byte_on_the_held_out_split")
+    assert len(cut[0]) <= 80 and cut[0].startswith("best validation_bits_per_byte") and cut[0].endswith("…"), cut

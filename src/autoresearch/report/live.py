@@ -181,18 +181,27 @@ class LiveEvents:
         return table
 
     def _best_line(self) -> Text:
-        best = self._best
+        """One line at any width, as the top line: a terse form keeps every figure, and past it
+        the end is cut (with a gain, a baseline and a cost it wrapped at 80 columns)."""
+        best, base = self._best, self._baseline
         assert best is not None
+        base = base if base is not None and base.number != best.number else None
         if best.metric is None:  # (a baseline that crashed or was stopped: nothing to beat yet)
-            line = Text(f"no best {self.metric} yet (trial {best.number} has none)")
+            heads = [Text(f"no best {self.metric} yet (trial {best.number} has none)")] * 2
         else:
-            line = Text.assemble("best ", (f"{self.metric} {fmt(best.metric)}", "bold green"),
-                                 f" (trial {best.number})",
-                                 (gain_text(best, self._baseline, self.minimize), "green"))
-        if self._baseline is not None and self._baseline.number != best.number:
-            line.append(f" · baseline {fmt(self._baseline.metric)}")
-        line.append(f" · {self._kept} kept of {self._done} finished")
-        line.append(f" · cost {dollars(self._cost)}")
+            figure = (f"{self.metric} {fmt(best.metric)}", "bold green")
+            gain = gain_text(best, base, self.minimize)  # ' (-0.123, -9.09% vs baseline)' or ''
+            short = gain[2:-1].split(", ")[-1].removesuffix(" vs baseline")  # '-9.09%' (or the delta)
+            heads = [Text.assemble("best ", figure, f" (trial {best.number})", (gain, "green")),
+                     Text.assemble("best ", figure, f" (#{best.number}", (f", {short}" if gain else "", "green"), ")")]
+        baseline = f" · baseline {fmt(base.metric)}" if base is not None else ""
+        tails = [f"{baseline} · {self._kept} kept of {self._done} finished · cost {dollars(self._cost)}",
+                 f"{baseline} · {self._kept}/{self._done} kept · {dollars(self._cost)}"]
+        for head, tail in zip(heads, tails, strict=True):
+            line = head + tail
+            if line.cell_len <= self.console.width:
+                break
+        line.no_wrap, line.overflow = True, "ellipsis"
         return line
 
     def _recent_table(self) -> Table:
