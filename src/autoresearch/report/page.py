@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import dataclass
 from html import escape
 
 from autoresearch.decide import noise_groups
@@ -49,50 +50,33 @@ pre .a{color:#116329;background:#e6ffec}pre .r{color:#82071e;background:#ffebe9}
 """
 
 SORT_JS = """
+function arSort(table, i, asc){
+  var body = table.tBodies[0];
+  var key = function(row){
+    var c = row.cells[i]; var v = c.hasAttribute('data-v') ? c.getAttribute('data-v') : c.textContent;
+    if (v === '') return null; var x = Number(v); return isNaN(x) ? v.toLowerCase() : x;
+  };
+  var rows = Array.prototype.slice.call(body.rows).map(function(r){ return [key(r), r]; });
+  rows.sort(function(a, b){
+    if (a[0] === null || b[0] === null) return (a[0] === null) - (b[0] === null);
+    var c = (typeof a[0] === typeof b[0]) ? (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)
+                                          : (typeof a[0] === 'number' ? -1 : 1);
+    return asc ? c : -c;
+  });
+  rows.forEach(function(p){ body.appendChild(p[1]); });
+}
 document.querySelectorAll('table.sortable').forEach(function(table){
   table.querySelectorAll('th').forEach(function(th, i){
     th.addEventListener('click', function(){
       var asc = th.dataset.dir !== 'asc';
       table.querySelectorAll('th').forEach(function(h){ delete h.dataset.dir; });
       th.dataset.dir = asc ? 'asc' : 'desc';
-      var body = table.tBodies[0];
-      var key = function(row){
-        var c = row.cells[i]; var v = c.hasAttribute('data-v') ? c.getAttribute('data-v') : c.textContent;
-        if (v === '') return null; var x = Number(v); return isNaN(x) ? v.toLowerCase() : x;
-      };
-      var rows = Array.prototype.slice.call(body.rows).map(function(r){ return [key(r), r]; });
-      rows.sort(function(a, b){
-        if (a[0] === null || b[0] === null) return (a[0] === null) - (b[0] === null);
-        var c = (typeof a[0] === typeof b[0]) ? (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)
-                                              : (typeof a[0] === 'number' ? -1 : 1);
-        return asc ? c : -c;
-      });
-      rows.forEach(function(p){ body.appendChild(p[1]); });
+      arSort(table, i, asc);
     });
   });
 });
 """
 
-LIVE_JS = """
-(function(){
-  var version = document.body.dataset.version, box = document.getElementById('live');
-  function say(text){ box.textContent = text; }
-  function poll(){
-    fetch('state.json', {cache: 'no-store'}).then(function(r){ return r.json(); }).then(function(s){
-      if (s.version !== version) { location.reload(); return; }
-      var parts = s.running.map(function(t){
-        return 'trial ' + t.number + (s.left ? '' : ': ' + t.phase + ' for ' + Math.round(s.now - t.started) + ' s');
-      });
-      say((s.left ? 'no loop is running: ' + parts.join(', ') + ' left running by a loop that is gone (killed?); ' +
-                    '`autoresearch run` on this tag records it as interrupted'
-           : parts.length ? 'in flight: ' + parts.join('; ') : 'no trial in flight') +
-          ' \\u00b7 updated ' + new Date(s.now * 1000).toLocaleTimeString());
-      setTimeout(poll, 2000);
-    }).catch(function(){ say('the server is not answering; retrying'); setTimeout(poll, 5000); });
-  }
-  poll();
-})();
-"""
 
 
 def num(value: float | None) -> str:
@@ -216,13 +200,18 @@ def _cell(text: str, sort: str | float | None = None, cls: str = "") -> str:
     return f"<td{attrs}>{text}</td>"
 
 
-def table(study: Study) -> str:
-    names = figure_names(study)
+def table_head(study: Study) -> str:
     heads = ["#", "status", study.metric]
     if study.holdout:
         heads.append(study.holdout + " (holdout)")
-    heads += ["Δ vs parent", *names, "seconds", "agent", "tokens", "cost", "commit", "description"]
-    rows = []
+    heads += ["Δ vs parent", *figure_names(study), "seconds", "agent", "tokens", "cost", "commit", "description"]
+    return "".join(f"<th>{escape(h)}</th>" for h in heads)
+
+
+def table_rows(study: Study) -> dict[str, str]:
+    """Each trial's row, by its element id (r-<n>: the live page replaces one that changed)."""
+    names = figure_names(study)
+    rows = {}
     for t in study.trials:
         ok = t.status is Status.KEEP
         parent = study.parent(t) if ok else None  # (only a keep's gain is shown)
@@ -250,10 +239,14 @@ def table(study: Study) -> str:
         for flag in t.flags:
             desc += f'<br><span class="flag">audit: {escape(clean_text(flag, 300))}</span>'
         cells.append(f'<td class="d">{desc}</td>')
-        rows.append(f'<tr class="row-{t.status.value}">{"".join(cells)}</tr>')
-    head = "".join(f"<th>{escape(h)}</th>" for h in heads)
-    return (f'<div class="scroll"><table id="trials" class="sortable"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></div>')
+        rows[f"r-{t.number}"] = f'<tr class="row-{t.status.value}" id="r-{t.number}">{"".join(cells)}</tr>'
+    return rows
+
+
+def table(study: Study, rows: dict[str, str] | None = None) -> str:
+    rows = table_rows(study) if rows is None else rows
+    return (f'<div class="scroll"><table id="trials" class="sortable"><thead><tr>{table_head(study)}</tr></thead>'
+            f'<tbody id="rows">{"".join(rows.values())}</tbody></table></div>')
 
 
 def diff_html(diff: str) -> str:
@@ -272,9 +265,14 @@ def diff_html(diff: str) -> str:
 
 
 def kept_section(study: Study) -> str:
+    return "".join(kept_items(study).values())
+
+
+def kept_items(study: Study) -> dict[str, str]:
+    """Each kept trial's section by its element id (or what stands in for none)."""
     if not study.kept:
-        return f"<p>{escape(_no_keeps(study))}</p>"
-    parts = []
+        return {"kept-none": f'<p id="kept-none">{escape(_no_keeps(study))}</p>'}
+    parts = {}
     base = study.baseline
     for t in study.kept:
         parent = study.parent(t)
@@ -286,7 +284,7 @@ def kept_section(study: Study) -> str:
         vs_base = (f" · {gain_html(study, t, base)} against the baseline"
                    if base is not None and parent is not base else "")
         diff = study.diffs.get(t.number)
-        parts.append(
+        parts[f"trial-{t.number}"] = (
             f'<section class="kept" id="trial-{t.number}"><h3>trial {t.number} · '
             f"<code>{escape(t.short)}</code> · {escape(clean_text(t.description, 300))}</h3>"
             f"<div>{escape(study.metric)} {escape(with_spread(t, study.metric, t.metric))}{holdout} · "
@@ -295,7 +293,7 @@ def kept_section(study: Study) -> str:
             + "".join(f'<div class="flag">audit: {escape(clean_text(f, 300))}</div>' for f in t.flags)
             + (diff_html(diff) if diff else '<div class="why">(no diff available)</div>')
             + "</section>")
-    return "".join(parts)
+    return parts
 
 
 def _no_keeps(study: Study) -> str:
@@ -315,55 +313,85 @@ def _no_keeps(study: Study) -> str:
 
 
 def crash_section(study: Study) -> str:
+    return "".join(crash_items(study).values())
+
+
+def crash_items(study: Study) -> dict[str, str]:
+    """The crashes' heading and the last TAILS_SHOWN crashed trials' log tails, by element id."""
     crashed = [t for t in study.finished if t.status in (Status.CRASH, Status.TIMEOUT)]
     if not crashed:
-        return ""
-    parts = []
-    for t in crashed[-TAILS_SHOWN:]:
-        tail = study.tails.get(t.number) or plain(t.reason)
-        parts.append(f'<section class="failed" id="trial-{t.number}"><h3>trial {t.number} · '
-                     f'<span class="st {t.status.value}">{t.status.value}</span> · '
-                     f"{escape(clean_text(t.description, 300))}</h3>"
-                     + (f"<pre>{escape(tail)}</pre>" if tail.strip() else "") + "</section>")
+        return {}
     more = len(crashed) - TAILS_SHOWN
     note = f"<p>(the last {TAILS_SHOWN} of {len(crashed)})</p>" if more > 0 else ""
-    return f"<h2>Crashes: log tails</h2>{note}{''.join(parts)}"
+    parts = {"crash-head": f'<div id="crash-head"><h2>Crashes: log tails</h2>{note}</div>'}
+    for t in crashed[-TAILS_SHOWN:]:
+        tail = study.tails.get(t.number) or plain(t.reason)
+        parts[f"trial-{t.number}"] = (
+            f'<section class="failed" id="trial-{t.number}"><h3>trial {t.number} · '
+            f'<span class="st {t.status.value}">{t.status.value}</span> · '
+            f"{escape(clean_text(t.description, 300))}</h3>"
+            + (f"<pre>{escape(tail)}</pre>" if tail.strip() else "") + "</section>")
+    return parts
 
 
 # ---------------------------------------------------------------------------
 # the page
 
 
-def render(study: Study, png: bytes, live: bool = False) -> str:
-    """The whole page. `live` adds a banner that polls state.json and reloads on change."""
-    csp = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
-           + ("; connect-src 'self'" if live else "") + "; base-uri 'none'; form-action 'none'")
-    image = base64.b64encode(png).decode("ascii")
-    generated = time.strftime("%Y-%m-%d %H:%M:%S")
+@dataclass
+class Parts:
+    """The pieces of the page that change as a loop runs: the live page asks the server for
+    those that changed (report/follow.py) instead of loading the whole page again."""
+
+    tag: str
+    version: str
+    name: str  # the study's name (task and tag)
+    title: str  # the plot's title: "N experiments, K kept improvements"
+    sub: str  # the line under the heading
+    summary: str
+    head: str  # the trials table's head: a new column and the page is loaded again
+    lists: dict[str, dict[str, str]]  # a container's id -> its elements' ids -> their html
+
+
+def page_parts(study: Study) -> Parts:
     goal = "lower is better" if study.minimize else "higher is better"
+    sub = f"{escape(study.source)} · {escape(study.metric)} ({goal}) · generated {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    return Parts(study.tag, study.version(), study.name, title(study), sub, summary(study), table_head(study),
+                 {"rows": table_rows(study), "kept": kept_items(study), "crashes": crash_items(study)})
+
+
+def render(study: Study, png: bytes, live: bool = False, parts: Parts | None = None) -> str:
+    """The whole page. `live` adds a banner that polls state.json and brings in what changed."""
+    from autoresearch.report.follow import LIVE_JS
+
+    p = parts or page_parts(study)
+    csp = ("default-src 'none'; img-src data:" + (" 'self'; connect-src 'self'" if live else "")
+           + "; style-src 'unsafe-inline'; script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'")
+    image = base64.b64encode(png).decode("ascii")
     gone = "left running by a loop that is gone (killed?): `autoresearch run` on this tag records it as interrupted"
     running = "".join(f"<li>trial {t.number} {'in flight' if study.looping else gone}</li>" for t in study.running)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{csp}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{escape(title(study))} · {escape(study.name)}</title>
+<link rel="icon" href="data:,">
+<title>{escape(p.title)} · {escape(study.name)}</title>
 <style>{CSS}</style></head>
-<body data-version="{escape(study.version())}"><main>
+<body data-version="{escape(p.version)}"><main>
 <h1>autoresearch · {escape(study.name)}</h1>
-<div class="sub">{escape(study.source)} · {escape(study.metric)} ({goal}) · generated {generated}</div>
+<div class="sub" id="sub">{p.sub}</div>
 {'<div id="live">connecting…</div>' if live else ''}
 <h2>Summary</h2>
-{summary(study)}
+<div id="summary">{p.summary}</div>
 {f'<ul>{running}</ul>' if running and not live else ''}
 <h2>Progress</h2>
-<img class="plot" id="progress" alt="{escape(title(study))}" src="data:image/png;base64,{image}">
+<img class="plot" id="progress" alt="{escape(p.title)}" src="data:image/png;base64,{image}">
 <h2>Trials</h2>
 <p class="sub">Click a column to sort.</p>
-{table(study)}
+{table(study, p.lists["rows"])}
 <h2>Kept trials: what changed and what it gained</h2>
-{kept_section(study)}
-{crash_section(study)}
+<div id="kept">{"".join(p.lists["kept"].values())}</div>
+<div id="crashes">{"".join(p.lists["crashes"].values())}</div>
 </main>
 <script>{SORT_JS}</script>
 {f'<script>{LIVE_JS}</script>' if live else ''}
@@ -373,6 +401,8 @@ def render(study: Study, png: bytes, live: bool = False) -> str:
 
 def waiting_page(tag: str | None) -> str:
     """The live page before the loop has created its tag (`tag` None: any first tag)."""
+    from autoresearch.report.follow import LIVE_JS
+
     csp = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"
     what = f"tag {escape(tag)}" if tag else "the first loop"
     return f"""<!DOCTYPE html>

@@ -1,10 +1,11 @@
 """`autoresearch serve`: the report as a live page on 127.0.0.1 that follows a running loop.
 
 The page polls `/state.json` (a few hundred bytes: a version string and the trials in flight)
-every two seconds and reloads itself when the version changes. The ledger is opened read-only
+every two seconds; when the version changes it asks `/update.json?v=<its version>` for what
+changed and puts it in place, and fetches the plot again at most every 30 s (report/follow.py). The ledger is opened read-only
 for every request, so the server never gets in the loop's way. A tag that does not exist yet is
 waited for; with no tag given, the most recent one is followed, and then each new tag a loop
-creates. Endpoints, under `/<key>/`: `` (the page), `state.json`, `progress.png`.
+creates. Endpoints, under `/<key>/`: `` (the page), `state.json`, `update.json`, `progress.png`.
 
 The page shows what no agent may see (the sealed holdout figures) and the code of every trial,
 on a port any process of this machine can reach, an agent's included: every address holds a
@@ -24,10 +25,12 @@ import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from autoresearch.errors import UsageError, no_folder
 from autoresearch.ledger import Ledger, LedgerNotReady, list_tags, tag_dir
 from autoresearch.records import Trial
+from autoresearch.report.follow import Versions
 from autoresearch.report.study import Study, load_study
 
 WAITING = "waiting"
@@ -65,7 +68,9 @@ class LiveReport:
         self.known = set(list_tags(root)) if root.is_dir() else set()
         self._lock = threading.Lock()
         self._diffs: dict[tuple[str, str], str] = {}
-        self._built: tuple[str, bytes, bytes] | None = None  # version, page, png
+        self._built: tuple[str, bytes] | None = None  # version, page
+        self._png: tuple[str, bytes] | None = None  # version, plot
+        self._versions = Versions()  # what a page showing an earlier version needs to catch up
         self._read: dict[bool, tuple[object, float, Study]] = {}  # details -> (stamp, when, study)
 
     def _study(self, details: bool) -> Study | None:
@@ -126,18 +131,38 @@ class LiveReport:
                              "phase": LEFT if left else _phase(Path(study.source), t)} for t in study.running]}
 
     def build(self) -> tuple[str, bytes, bytes]:
+        """The version, the whole page and its plot."""
         from autoresearch.report.page import render, waiting_page
-        from autoresearch.report.plot import progress_png
 
         with self._lock:
             study = self._study(details=True)
             if study is None:
                 return WAITING, waiting_page(self.tag).encode(), b""
-            version = study.version()
+            version, png = study.version(), self._plot(study)
             if self._built is None or self._built[0] != version:
-                png = progress_png(study)
-                self._built = (version, render(study, png, live=True).encode(), png)
-            return self._built
+                self._built = (version, render(study, png, live=True, parts=self._versions.parts(study)).encode())
+            return version, self._built[1], png
+
+    def update(self, since: str) -> dict[str, object]:
+        """What a page showing version `since` needs to show the ledger as it is now."""
+        with self._lock:
+            study = self._study(details=True)
+            if study is None:
+                return {"reload": True, "version": WAITING}
+            return self._versions.changes(since, self._versions.parts(study))
+
+    def plot(self) -> bytes:
+        with self._lock:
+            study = self._study(details=True)
+            return b"" if study is None else self._plot(study)
+
+    def _plot(self, study: Study) -> bytes:
+        from autoresearch.report.plot import progress_png
+
+        version = study.version()
+        if self._png is None or self._png[0] != version:
+            self._png = (version, progress_png(study))
+        return self._png[1]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -172,8 +197,11 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, "text/html; charset=utf-8", live.build()[1])
         elif path == "/state.json":
             self._send(200, "application/json", json.dumps(live.state()).encode())
+        elif path == "/update.json":
+            since = parse_qs(self.path.partition("?")[2]).get("v", [""])[0]
+            self._send(200, "application/json", json.dumps(live.update(since)).encode())
         elif path == "/progress.png":
-            png = live.build()[2]
+            png = live.plot()
             self._send(200 if png else 404, "image/png" if png else "text/plain",
                        png or b"no trials yet")
         else:
