@@ -281,3 +281,27 @@ def test_the_live_views_best_line_fits_an_80_column_terminal() -> None:
     assert len(narrow[0]) <= 80
     cut = best_line(80, metric="validation_bits_per_byte_on_the_held_out_split")
     assert len(cut[0]) <= 80 and cut[0].startswith("best validation_bits_per_byte") and cut[0].endswith("…"), cut
+
+
+def test_the_live_views_trials_in_flight_fit_an_80_column_terminal() -> None:
+    """At 80 columns `experiment running (run 2 of 3, seed 1)` and `0 s / 600 s budget` wrapped,
+    two or three lines a trial in flight: each now holds one line, its clock whole, the clocks in
+    line; the bar shrinks or gives way first, then the end of a long phase is cut."""
+    from rich.console import Console
+
+    from autoresearch.report.live import LiveEvents
+
+    for width, detail, bar in [(80, "", True), (80, " (run 2 of 3, seed 1)", False), (140, " (run 2 of 3, seed 1)", True)]:
+        buf = io.StringIO()
+        events = LiveEvents("cpu-gpt", "val_bpb", True, console=Console(file=buf, force_terminal=True, width=width))
+        for number, phase in [(1201, "running" + detail), (1202, "agent"), (1203, "queued"), (1204, "evaluating")]:
+            events.trial_started(number, number, 2000)
+            events.phase(number, phase, 600.0)
+        events.close()
+        lines = [line.rstrip() for line in ANSI.sub("", buf.getvalue()).splitlines()[-4:]]
+        assert [line[:12] for line in lines] == [f"▶ trial {n}" for n in (1201, 1202, 1203, 1204)], lines
+        assert all(len(line) <= width for line in lines), lines
+        assert [line.endswith(" s / 600 s budget") for line in lines] == [True, False, False, True], lines
+        assert len({line.index("  0 s") for line in lines}) == 1, lines  # (the clocks in line)
+        assert ("━" in lines[0]) is bar and "queued, waiting to start" in lines[2], lines
+        assert "experiment running" in lines[0] and ("seed 1)" in lines[0]) is (width > 80 and bool(detail)), lines

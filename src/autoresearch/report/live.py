@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from rich.cells import cell_len, set_cell_size
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
@@ -165,19 +164,36 @@ class LiveEvents:
         return text
 
     def _flights(self) -> Table:
-        table = Table.grid(padding=(0, 2))
-        now = time.monotonic()
+        """One line a trial at any width (at 80 columns `experiment running (run 2 of 3, seed 1)`
+        and `0 s / 600 s budget` wrapped): the bar shrinks, then gives way, then the phase is cut;
+        a phase with no bar may run on into the bar's place, and the clocks stay in line."""
+        now, rows = time.monotonic(), []
         for number, f in sorted(self._flight.items()):
-            elapsed = now - f.since
-            kind = phase_kind(f.phase)
-            name = PHASES.get(kind, kind) + f.phase[len(kind):]
-            if f.budget and kind in TIMED:
-                bar: RenderableType = ProgressBar(total=f.budget, completed=min(elapsed, f.budget), width=30)
-                clock = f"{elapsed:.0f} s / {f.budget:g} s budget" + (" (over)" if elapsed > f.budget else "")
-            else:
-                bar, clock = Text(""), f"{elapsed:.0f} s"
-            table.add_row(Text(f"▶ trial {number}", style="bold cyan"), Text(f"({f.label})", style="dim"),
-                          Text(name), bar, Text(clock))
+            elapsed, kind = now - f.since, phase_kind(f.phase)
+            budget = f.budget if f.budget and kind in TIMED else 0.0
+            clock = (f"{elapsed:.0f} s / {budget:g} s budget" + (" (over)" if elapsed > budget else "")
+                     if budget else f"{elapsed:.0f} s")
+            rows.append((f"▶ trial {number}", f"({f.label})", PHASES.get(kind, kind) + f.phase[len(kind):],
+                         min(elapsed / budget, 1.0) if budget else None, clock))
+        label_w, index_w, clock_w = (max(cell_len(str(r[i])) for r in rows) for i in (0, 1, 4))
+        room = self.console.width - label_w - index_w - clock_w - 6  # (three gaps of two)
+        timed = [cell_len(name) for _, _, name, done, _ in rows if done is not None]
+        bar = min(30, room - max(timed) - 2) if timed else 0
+        bar = bar if bar >= 8 else 0
+        phase_w = max(1, min(max(timed or [cell_len(r[2]) for r in rows]), room - (bar + 2 if bar else 0)))
+        span = phase_w + (bar + 2 if bar else 0)  # (a phase with no bar)
+        table = Table.grid(padding=(0, 2))
+        for _ in range(3):
+            table.add_column(no_wrap=True, overflow="ellipsis")
+        for label, index, name, done, clock in rows:
+            fit = phase_w if done is not None and bar else span
+            name = name if cell_len(name) <= fit else set_cell_size(name, fit - 1) + "…"
+            rest = Text(set_cell_size(name, fit) + "  ")
+            if done is not None and bar:
+                rest.append("━" * round(bar * done), "bar.complete")
+                rest.append("━" * (bar - round(bar * done)) + "  ", "bar.back")
+            rest.append(clock)
+            table.add_row(Text(label, style="bold cyan"), Text(index, style="dim"), rest)
         return table
 
     def _best_line(self) -> Text:
