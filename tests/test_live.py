@@ -305,3 +305,30 @@ def test_the_live_views_trials_in_flight_fit_an_80_column_terminal() -> None:
         assert len({line.index("  0 s") for line in lines}) == 1, lines  # (the clocks in line)
         assert ("━" in lines[0]) is bar and "queued, waiting to start" in lines[2], lines
         assert "experiment running" in lines[0] and ("seed 1)" in lines[0]) is (width > 80 and bool(detail)), lines
+
+
+def test_the_last_trials_descriptions_are_readable_at_80_columns() -> None:
+    """With cpu-gpt's three recorded figures the description column of the last trials was cut to
+    four characters at 80 columns ("a de…"): what was tried is what a user reads there. A figure
+    column now gives way first; a wide terminal shows all three."""
+    from rich.console import Console
+
+    from autoresearch.records import Status, Trial
+    from autoresearch.report.live import LiveEvents
+
+    figures = {"val_bpb": 1.2345, "peak_vram_mb": 12048.5, "training_seconds": 60.1, "num_steps": 123456}
+    for width, heads in [(80, ["peak_vram_mb"]), (140, ["peak_vram_mb", "training_seconds", "num_steps"])]:
+        buf = io.StringIO()
+        events = LiveEvents("cpu-gpt", "val_bpb", True, console=Console(file=buf, force_terminal=True, width=width))
+        base = Trial(0, Status.KEEP, "baseline", metric=1.3580247, figures=figures, run_seconds=62.3)
+        tried = Trial(1, Status.DISCARD, "a deeper model with a longer warmup and more heads", metric=1.2345,
+                      figures=figures, run_seconds=612.3)
+        events.trial_started(0, 0, 2)
+        events.trial_finished(base, base, None, 0.0)
+        events.trial_started(1, 1, 2)
+        events.trial_finished(tried, base, base, 0.0)
+        events.close()
+        lines = [line.rstrip() for line in ANSI.sub("", buf.getvalue()).splitlines()]
+        head = next(line for line in reversed(lines) if line.lstrip().startswith("#  status"))
+        assert head.split()[3:-2] == heads and all(len(line) <= width for line in lines[-3:]), lines[-3:]
+        assert "a deeper model with a longer" in lines[-1], lines[-3:]

@@ -27,6 +27,7 @@ from autoresearch.ledger import clean_text
 from autoresearch.prompt import fmt
 from autoresearch.records import Status, Trial
 
+DESCRIBED = 32  # columns the last trials' descriptions keep: a figure column gives way first
 PHASES = {"agent": "agent thinking", "queued": "queued, waiting to start", "running": "experiment running",
           "evaluating": "evaluating", "confirming": "confirming (re-run)"}
 STYLES = {Status.KEEP: "bold green", Status.DISCARD: "dim", Status.DUPLICATE: "dim",
@@ -225,6 +226,18 @@ class LiveEvents:
         for t in self._recent:
             names += [k for k in t.figures if k not in names and k not in (self.metric, self.holdout)]
         names = names[:3]
+
+        def width(head: str, cells: list[str]) -> int:  # (a column's and its gap's)
+            return max(cell_len(c) for c in [head, *cells]) + 2
+
+        recent = list(self._recent)
+        fixed = (width("#", [str(t.number) for t in recent]) + width("status", [t.status.value for t in recent])
+                 + width(self.metric, [fmt(t.metric) for t in recent])
+                 + width("s", [f"{t.run_seconds:.1f}" for t in recent]))
+        # the description keeps DESCRIBED columns: at 80 columns three figures left it 4 ("a de…")
+        while names and fixed + sum(width(n, [fmt(t.figures.get(n)) for t in recent]) for n in names) \
+                + DESCRIBED > self.console.width:
+            names.pop()
         table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold dim")
         for head, justify in [("#", "right"), ("status", "left"), (self.metric, "right"),
                               *((n, "right") for n in names), ("s", "right"), ("description", "left")]:
