@@ -333,12 +333,17 @@ def test_the_live_page_brings_in_a_new_trial_without_loading_itself_again(ran, t
             assert browser.eval(rows)[0] == "4 keep", browser.eval(rows)  # (sorted by number, highest first)
             trial = Trial(5, Status.RUNNING, "try a wider model <b>", agent="cli", started=time.time())
             led.begin(trial)
-            time.sleep(3.5)  # a poll
-            assert browser.eval(rows)[:2] == ["5 running", "4 keep"], browser.eval(rows)
+
+            def shown(expression: str, value: object) -> object:  # (within a poll or two)
+                deadline = time.monotonic() + 8
+                while (now := browser.eval(expression)) != value and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                return now
+
+            assert shown(f"({rows}).slice(0, 2)", ["5 running", "4 keep"]) == ["5 running", "4 keep"]
             led.finish(trial.with_(status=Status.DISCARD, metric=9.5, figures={"loss": 9.5}, ended=time.time()))
-            time.sleep(3.5)
+            assert shown(f"({rows}).slice(0, 2)", ["5 discard", "4 keep"]) == ["5 discard", "4 keep"]
             browser.settle()
-            assert browser.eval(rows)[:2] == ["5 discard", "4 keep"], browser.eval(rows)
             assert browser.eval("document.querySelector('#r-5 td.d').textContent") == "try a wider model <b>"
             assert browser.eval("document.getElementById('summary').textContent").startswith("trials6")
             assert browser.eval("window.firstLoad") == "still here"  # not loaded again
@@ -347,10 +352,20 @@ def test_the_live_page_brings_in_a_new_trial_without_loading_itself_again(ran, t
             assert browser.requests.count(base) == 1 and base + "update.json?v=" in " ".join(browser.requests)
             assert not [u for u in browser.requests if "progress.png" in u]  # (not before 30 s)
             assert "6 experiments" in browser.eval("document.title")
+            # with several workers trial 7 may be kept before trial 6: the page shows them in order
+            kept = "Array.from(document.querySelectorAll('#kept section')).map(s => s.id)"
+            for number in (6, 7):
+                led.begin(Trial(number, Status.RUNNING, f"try {number}", agent="cli", started=time.time()))
+            for number, loss in ((7, 1.2), (6, 1.1)):
+                led.finish(Trial(number, Status.KEEP, f"try {number}", agent="cli", metric=loss,
+                                 figures={"loss": loss}, started=time.time(), ended=time.time()))
+                want = ["trial-1", "trial-4", "trial-7"] if number == 7 else ["trial-1", "trial-4", "trial-6", "trial-7"]
+                assert shown(kept, want) == want
+            assert browser.eval("window.firstLoad") == "still here"
 
             browser.call("Emulation.setScriptExecutionDisabled", {"value": True}, session=True)
             browser.open(base)  # with JavaScript off: the whole page, as it is now
-            assert browser.eval("document.querySelectorAll('#trials tbody tr').length") == 6
+            assert browser.eval("document.querySelectorAll('#trials tbody tr').length") == 8
             assert browser.eval("document.getElementById('live').textContent") == "connecting…"
     finally:
         led.close()

@@ -49,7 +49,10 @@ LIVE_JS = """
       var list = document.getElementById(id), change = u.lists[id];
       var mine = function(k){ var e = document.getElementById(k); return e && e.parentNode === list ? e : null; };
       change.drop.forEach(function(k){ var e = mine(k); if (e) e.remove(); });
-      change.put.forEach(function(p){ var e = mine(p[0]), n = element(p[1]); if (e) e.replaceWith(n); else list.appendChild(n); });
+      change.put.slice().reverse().forEach(function(p){  // (from the last: the one after a new one is in place)
+        var e = mine(p[0]), n = element(p[1]), next = p[2] && mine(p[2]);
+        if (e) e.replaceWith(n); else if (next) list.insertBefore(n, next); else list.appendChild(n);
+      });
     });
     var table = document.getElementById('trials'), th = table && table.querySelector('th[data-dir]');
     if (th) arSort(table, Array.prototype.indexOf.call(th.parentNode.children, th), th.dataset.dir === 'asc');
@@ -117,7 +120,9 @@ class Versions:
         lists = {}
         for box, items in now.lists.items():
             was = old.lists.get(box, {})
-            put = [[k, html] for k, html in items.items() if was.get(k) is not html and was.get(k) != html]
+            order = list(items)  # (a new element goes before the one after it: with several workers
+            after = dict(zip(order, order[1:], strict=False))  # trial 12 may be kept after trial 13)
+            put = [[k, html, after.get(k)] for k, html in items.items() if was.get(k) != html]
             drop = [k for k in was if k not in items]
             if put or drop:
                 lists[box] = {"put": put, "drop": drop}
