@@ -130,11 +130,14 @@ def main() -> None:
             running = w.begin()
         else:
             w.finish(running)
-        body, took = get(new_base + f"update.json?v={version}")  # (the new page asks what changed)
+        # each page polls state.json, sees a new version, then: the new one asks what changed,
+        state, state_took = get(new_base + "state.json")
+        body, took = get(new_base + f"update.json?v={version}")
         assert b'"reload"' not in body, body  # (what changed, not "load the whole page")
-        new.append((len(body), took))
-        page, took = get(base)  # (the old page reloaded itself: the whole page, rebuilt)
-        old.append((len(page), took))
+        new.append((len(state) + len(body), state_took + took))
+        state, state_took = get(base + "state.json")
+        page, took = get(base)  # the old one reloaded itself: the whole page, rebuilt
+        old.append((len(state) + len(page), state_took + took))
         version = page.split(b'data-version="', 1)[1].split(b'"', 1)[0].decode()
     png, png_took = get(new_base + f"progress.png?v={version}")  # (drawn for this version)
     for server in servers:
@@ -146,11 +149,11 @@ def main() -> None:
                 f"{1000 * statistics.median(s for _, s in rows):>10.0f} {1000 * max(s for _, s in rows):>9.0f}")
 
     print(f"\n{2 * args.updates} updates at {args.trials} trials     bytes/update  median ms    max ms")
-    print(line("old: whole page reloaded", old))
-    print(line("new: update.json", new))
+    print(line("old: state.json + the whole page", old))
+    print(line("new: state.json + update.json", new))
     print(f"{'new: + progress.png (at most every':<34} {len(png):>12,} {1000 * png_took:>10.0f}   "
           f"(once per {PLOT_EVERY:.0f} s)")
-    print(f"bytes ratio old/new (json only): {statistics.mean(b for b, _ in old) / statistics.mean(b for b, _ in new):.0f}x")
+    print(f"bytes ratio old/new (without the plot): {statistics.mean(b for b, _ in old) / statistics.mean(b for b, _ in new):.0f}x")
 
 
 if __name__ == "__main__":

@@ -227,9 +227,14 @@ def test_a_poll_reads_the_ledger_again_only_once_it_was_written(ran, monkeypatch
     live = serve.LiveReport(repo, "t")
     first = live.state()
     assert [live.state() for _ in range(5)][-1]["version"] == first["version"] and len(reads) == 1
-    with contextlib.closing(sqlite3.connect(tag_dir(repo, "t") / "ledger.sqlite")) as db, db:
-        db.execute("UPDATE trials SET status = 'discard' WHERE number = 1")  # (as a loop writes: WAL)
-    assert live.state()["version"] != first["version"] and len(reads) == 2
+    assert live.build()[0] == first["version"] and len(reads) == 1  # (the page: from the same read)
+    with contextlib.closing(sqlite3.connect(tag_dir(repo, "t") / "ledger.sqlite")) as db:
+        with db:  # (as a loop writes: WAL, the loop's connection left open)
+            db.execute("UPDATE trials SET status = 'discard' WHERE number = 1")
+        assert live.state()["version"] != first["version"] and len(reads) == 2
+        # the page, seeing the new version, asks what changed: the ledger the poll just read serves
+        change = live.update(first["version"])
+        assert [p[0] for p in change["lists"]["rows"]["put"]] == ["r-1", "r-4"] and len(reads) == 2  # (4: its gain)
 
 
 @pytest.mark.extended  # (time: the default suite keeps its siblings)

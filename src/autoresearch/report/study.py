@@ -200,11 +200,12 @@ def load_study(root: str | Path, tag: str | None, details: bool = True,
     with contextlib.suppress(ValueError, TypeError, AttributeError):
         study.ended = str(json.loads(last_run or "{}").get("why") or "")
     if details:
-        _add_details(study, root, diff_cache)
+        add_details(study, root, diff_cache)
     return study
 
 
-def _add_details(study: Study, root: Path, cache: dict[tuple[str, str], str] | None) -> None:
+def add_details(study: Study, root: Path, cache: dict[tuple[str, str], str] | None) -> None:
+    """The diffs of kept trials and the log tails of crashed ones (each read once with `cache`)."""
     git = _git(root)
     cache = {} if cache is None else cache
     for t in study.finished:
