@@ -30,6 +30,7 @@ LIVE_JS = """
   var version = document.body.dataset.version, box = document.getElementById('live');
   var plotAt = Date.now(), plotWait = null, EVERY = @EVERY@;
   function say(text){ box.textContent = text; }
+  say('connecting\u2026');
   function plot(){  // at most every EVERY ms: the plot is the costly part to draw
     var img = document.getElementById('progress');
     if (!img || plotWait !== null) return;

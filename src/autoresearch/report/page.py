@@ -380,7 +380,8 @@ def render(study: Study, png: bytes, live: bool = False, parts: Parts | None = N
 <body data-version="{escape(p.version)}"><main>
 <h1>autoresearch · {escape(study.name)}</h1>
 <div class="sub" id="sub">{p.sub}</div>
-{'<div id="live">connecting…</div>' if live else ''}
+{'<div id="live"><noscript>JavaScript is off: this page does not follow the loop; reload it to see '
+ 'what is new</noscript></div>' if live else ''}
 <h2>Summary</h2>
 <div id="summary">{p.summary}</div>
 {f'<ul>{running}</ul>' if running and not live else ''}
@@ -410,6 +411,7 @@ def waiting_page(tag: str | None) -> str:
 <meta http-equiv="Content-Security-Policy" content="{csp}">
 <title>autoresearch · waiting for {what}</title><style>{CSS}</style></head>
 <body data-version="waiting"><main><h1>autoresearch · waiting for {what}</h1>
-<div id="live">connecting…</div><p>This page reloads itself when the loop has started.</p>
+<div id="live"><noscript>JavaScript is off: reload this page once the loop has started</noscript></div>
+<p>This page reloads itself when the loop has started.</p>
 </main><script>{LIVE_JS}</script></body></html>
 """
