@@ -10,7 +10,6 @@ import math
 import os
 import re
 import shlex
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,9 +21,7 @@ from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.foreground import (
     EXIT_INTERRUPTED,
     events_for,
-    raise_interrupt,
     run_until_stopped,
-    stop_signals,
 )
 from autoresearch.task import TASK_FILE, loop_worktree
 
@@ -235,129 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
 # commands
 
 
-def _gpu_ids(text: str | None) -> tuple[str, ...]:
-    gpus = tuple(g.strip() for g in (text or "").split(",") if g.strip())
-    bad = [g for g in gpus if not (g.isdigit() or g.startswith(("GPU-", "MIG-")))]
-    if bad or (text is not None and not gpus):
-        raise UsageError(f"--gpus takes GPU ids separated by commas (e.g. 0,1 or GPU-<uuid>), got {text!r}")
-    return gpus
-
-
-def _scale_flags(args: argparse.Namespace) -> tuple[str, tuple[str, ...], dict[str, float] | None]:
-    """`run`'s backend, GPUs and trial resources, checked before anything is said or made (a
-    resumed tag's note on its agent came before the error of a bad --gpus)."""
-    from autoresearch.backends.local import gpu_groups
-    from autoresearch.backends.ray import parse_resources  # (Ray itself is imported as it connects)
-
-    gpus = _gpu_ids(args.gpus)
-    resources = None if args.trial_resources is None else parse_resources(args.trial_resources)
-    if args.ray_address and args.backend == "local":
-        raise UsageError("--ray-address is for --backend ray, not --backend local")
-    kind = "ray" if args.ray_address else (args.backend or "local")
-    if kind == "local" and not resources:  # (open_backend says so of these; Ray's are checked as it connects)
-        gpu_groups(gpus, args.gpus_per_trial, args.workers)
-    elif kind == "local":
-        raise UsageError("--trial-resources is for --backend ray; locally use --gpus and --gpus-per-trial")
-    return kind, gpus, resources
-
-
-def _backend(args: argparse.Namespace, task, tag: str, kind: str, gpus: tuple[str, ...],  # noqa: ANN001, ANN202
-             resources: dict[str, float] | None):
-    """The backend `run`'s flags ask for (as `_scale_flags` checked them)."""
-    from autoresearch.backends import open_backend
-    from autoresearch.backends.local import gpu_warnings
-    from autoresearch.ledger import tag_dir
-
-    backend = open_backend(task, kind, gpus=gpus,
-                           gpus_per_trial=args.gpus_per_trial, workers=args.workers,
-                           ray_address=args.ray_address, resources=resources, owner=str(tag_dir(task.root, tag)))
-    for note in gpu_warnings(gpus, args.gpus_per_trial, args.workers) if backend.name == "local" else []:
-        print(f"autoresearch: warning: {note}", file=sys.stderr)
-    return backend
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from autoresearch.agents.registry import agent_options, build_agent, options_record, unpriced
-    from autoresearch.agents.search import NoConstants, NothingToSearch
+    from autoresearch.launch import run_tag
     from autoresearch.ledger import check_tag
-    from autoresearch.loop import Loop, Options
-    from autoresearch.pin import check_before
-    from autoresearch.sandbox import for_tag as sandbox_for_tag
-    from autoresearch.scaleflags import META_KEY as SCALE_KEY
-    from autoresearch.scaleflags import for_tag as scale_for_tag
-    from autoresearch.session import ahead_of_tag, open_session
-    from autoresearch.task import load_task, smoke
+    from autoresearch.task import load_task
+    from autoresearch.views import status_text
 
     task = load_task(args.dir)
     tag = check_tag(default_tag() if args.tag is None else args.tag)
-    check_before(task, tag, checkout=True)  # a changed task file: refused before the lines on how the tag goes on
-    args.sandbox = sandbox_for_tag(task.root, tag, args.sandbox)  # (before the tag's branch and ledger are made)
-    scale = scale_for_tag(task.root, tag, args)  # --workers, --gpus, --backend ... not given: as the tag's last run
-    args.gpus_per_trial = args.gpus_per_trial or 1
-    where = _scale_flags(args)  # (the backend, the GPUs, the resources of a trial)
-    opts = agent_options(args, task, tag)
-    try:
-        agent = build_agent(opts, task)
-    except NoConstants:
-        if args.trials != 0:
-            raise
-        agent = NothingToSearch()  # --trials 0: the baseline alone, which no agent proposes
-    if args.trials != 0:
-        for warning in getattr(agent, "preflight", list)():  # a refused API key: exit 2 now, not after the baseline
-            print(f"autoresearch: warning: {warning}", file=sys.stderr, flush=True)
-    if args.max_cost is not None and (blind := unpriced(agent)):
-        print(f"autoresearch: warning: {blind}", file=sys.stderr, flush=True)
-    originals = {s: signal.getsignal(s) for s in stop_signals()}
-    for s in originals:  # until the loop's own handler: SIGTERM or SIGHUP while Ray connects, say
-        if s != signal.SIGINT:
-            signal.signal(s, raise_interrupt)
-    backend = _backend(args, task, tag, *where)
-    try:
-        events = events_for(task, args.hours)
-        if args.mlflow:  # each finished trial also becomes an MLflow run (checked before the tag is made)
-            from autoresearch.report.mlflow_log import mlflow_events, sealed_stores
-
-            events = mlflow_events(events, args.mlflow, task, tag)
-        (session := open_session(task, tag)).sealed = sealed_stores(args.mlflow) if args.mlflow else ()  # (holdouts)
-        session.ledger.set_meta("agent_options", options_record(opts))
-        session.ledger.set_meta("sandbox", "1" if args.sandbox else "0")
-        session.ledger.set_meta(SCALE_KEY, scale)
-    except BaseException:
-        backend.close()
-        raise
-    loop = Loop(session, agent, Options(trials=args.trials, hours=args.hours, seed=args.seed,
-                                        agent_timeout=args.agent_timeout, gpus=where[1],
-                                        sandbox=args.sandbox, keep_runs=args.keep_runs,
-                                        max_cost=args.max_cost, workers=args.workers,
-                                        gpus_per_trial=args.gpus_per_trial,
-                                        agent_concurrency=args.agent_concurrency), events, backend)
-    try:
-        scale = (f", {len(loop.slots)} workers" if len(loop.slots) > 1 else "") + \
-            (f", backend {backend.name}" if backend.name != "local" else "")
-        state = ("started again from your HEAD: it had no trial" if session.restarted
-                 else "resumed" if session.resumed else "new")
-        events.message(f"autoresearch: tag {tag} on branch autoresearch/{tag} ({state}), agent {agent.name}{scale}, "
-                       f"ledger {session.dir}")
-        ahead = ahead_of_tag(session)
-        if ahead:
-            events.message(ahead)
-        if smoke():
-            events.message("autoresearch: AUTORESEARCH_SMOKE is set: a template runs in smoke mode (tiny data "
-                           "and model; it may override constants such as DEPTH, and nanochat trains 10 s "
-                           "whatever the budget shown), and the tag is pinned to it")
-        best = run_until_stopped(loop, originals)
-    finally:
-        events.close()
-        try:
-            backend.close()  # first: a Ray instance started here ends before the watchdog is let go
-        finally:
-            session.close()
-    from autoresearch.views import status_text
-
+    outcome = run_tag(task, tag, args)
     print(status_text(task.root, tag, limit=20))
-    print(f"best: trial {best.number} on branch autoresearch/{tag} ({best.short}); "
-          f"results: {session.dir / 'results.tsv'}")
-    return EXIT_INTERRUPTED if loop.cancel.is_set() else 0
+    print(f"best: trial {outcome.best.number} on branch autoresearch/{tag} ({outcome.best.short}); "
+          f"results: {outcome.results}")
+    return EXIT_INTERRUPTED if outcome.interrupted else 0
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
