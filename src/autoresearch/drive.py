@@ -214,13 +214,9 @@ def refuse_conflicts(agent: WorkingTreeAgent, best: str) -> None:
                 raise UsageError(f"nothing was run or recorded: {e}") from None
 
 
-def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool = True,
-                           events: Events | None = None, seed: int = 0,
-                           runner: Callable[[Loop], Trial] = Loop.run) -> tuple[Trial, Trial]:
-    """Judge the working tree's change; returns (the trial, the best after it). `runner` runs
-    the loop (the command line's stops it cleanly on Ctrl-C, recording the trial as interrupted)."""
-    git = Git.open(task.root)
-    refuse_tag_checked_out(git, tag, "a kept trial moves it under your working tree")
+def changed_paths(git: Git, task: Task, tag: str) -> list[str]:
+    """The paths of the user's change that `trial` judges; refused when there is none, or when
+    it adds a protected file that no commit holds."""
     changed = working_changes(git, task)
     # a file the last `trial` left (a kept trial's new file, staged) that you have since taken
     # away (`git rm`) is as HEAD has it, so `git status` does not show it: still a change
@@ -239,24 +235,65 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
                          f"(`git add {shown} && git commit -m 'add {' '.join(new)}' -- {shown}`)"
                          + (", then start a new --tag, whose baseline is your HEAD"
                             if (task.root / ".autoresearch" / tag / "ledger.sqlite").exists() else ""))
+    return changed
+
+
+def refuse_best_as_is(git: Git, task: Task, tag: str, paths: list[str], left: dict[str, str],
+                      best_now: str | None) -> None:
+    """Refuse a working tree whose editable files are the tag's best code, as it is or as the
+    last `trial` left it: nothing in it to judge."""
+    if best_now and all(task.is_editable(p) and as_left(git, task.root, p, best_now) for p in paths):
+        raise UsageError(f"nothing to judge: your editable files are the tag's best code (autoresearch/{tag}); "
+                         "trial judges an uncommitted change to them")
+    if all(task.is_editable(p) and p in left and as_left(git, task.root, p, left[p]) for p in paths):
+        stale = [p for p in paths if best_now and not as_left(git, task.root, p, best_now)]
+        raise UsageError("nothing to judge: your editable files are the best code, as the last `trial` left "
+                         + ("them; trial judges an uncommitted change to them" if not stale else
+                            "them, and the tag's best has moved on since: `git checkout autoresearch/"
+                            f"{tag} -- {' '.join(shlex.quote(p) for p in stale)}` takes it; then make a change"))
+
+
+def leave_working_tree(git: Git, task: Task, agent: WorkingTreeAgent, trial: Trial, best: Trial,
+                       rewind: bool, note: Path, head: str | None) -> None:
+    """After the verdict: the judged change rewound to the best code in the user's files (unless
+    `rewind` is off), and the note of what they now go on from written for the next `trial`."""
+    left = agent.left
+    # a change that was never judged (it conflicted, or the trial was stopped) stays as it is:
+    # no commit holds it; a judged one is in the trial's commit, and is rewound to the best
+    judged = trial.status not in (Status.AGENT_ERROR, Status.INTERRUPTED)
+    # rejected for your change outside the editable files: the editable part was never
+    # measured, so it stays for the next `trial`, once the change outside is undone
+    if trial.status is Status.REJECTED and any(not task.is_editable(p) for p in agent.paths):
+        rewind = False
+    if rewind and best.commit and judged:
+        done = rewind_to(git, task, best.commit, agent.paths)
+        write_left(note, head, {**left, **{rel: best.commit for rel in done}})
+    elif not rewind and trial.commit and judged:
+        # the next trial's merge needs what your files go on from: what they started from (a
+        # discarded change is yours to go on with); a file kept as it was, or new, is the trial's
+        kept = trial.status is Status.KEEP  # (a new file not kept: taken whole next time too)
+        started = {rel: trial.commit if kept and (not c or rel in agent.whole) else c
+                   for rel, c in agent.started.items() if task.is_editable(rel) and (c or kept)}
+        write_left(note, head, {**left, **started})
+
+
+def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool = True,
+                           events: Events | None = None, seed: int = 0,
+                           runner: Callable[[Loop], Trial] = Loop.run) -> tuple[Trial, Trial]:
+    """Judge the working tree's change; returns (the trial, the best after it). `runner` runs
+    the loop (the command line's stops it cleanly on Ctrl-C, recording the trial as interrupted)."""
+    git = Git.open(task.root)
+    refuse_tag_checked_out(git, tag, "a kept trial moves it under your working tree")
+    paths = changed_paths(git, task, tag)
     check_before(task, tag)  # (refused before the line on the tag's sandbox)
     sandboxed = sandbox.for_tag(task.root, tag, None, trial=True)  # (as `run` of the tag last ran)
     session = open_session(task, tag, allow_dirty=True)
     try:
-        paths = changed
         note = session.dir / LEFT_NOTE
         head = session.git.rev("HEAD")
         left = read_left(note, head)
         best_now = session.git.rev(f"refs/heads/autoresearch/{tag}")
-        if best_now and all(task.is_editable(p) and as_left(session.git, task.root, p, best_now) for p in paths):
-            raise UsageError(f"nothing to judge: your editable files are the tag's best code (autoresearch/{tag}); "
-                             "trial judges an uncommitted change to them")
-        if all(task.is_editable(p) and p in left and as_left(session.git, task.root, p, left[p]) for p in paths):
-            stale = [p for p in paths if best_now and not as_left(session.git, task.root, p, best_now)]
-            raise UsageError("nothing to judge: your editable files are the best code, as the last `trial` left "
-                             + ("them; trial judges an uncommitted change to them" if not stale else
-                                "them, and the tag's best has moved on since: `git checkout autoresearch/"
-                                f"{tag} -- {' '.join(shlex.quote(p) for p in stale)}` takes it; then make a change"))
+        refuse_best_as_is(session.git, task, tag, paths, left, best_now)
         if best_now:  # a conflict with the best is refused now, before a number or a row is spent on it
             refuse_conflicts(WorkingTreeAgent(task.root, paths, description, tag, left), best_now)
         agent = WorkingTreeAgent(task.root, paths, description, tag, left)
@@ -273,23 +310,7 @@ def run_working_tree_trial(task: Task, tag: str, description: str, rewind: bool 
             raise KeyboardInterrupt  # stopped before the trial was opened: nothing judged, nothing rewound
         if not loop.cancel.is_set():  # (for `status`: not "--trials 1 done")
             loop.record_end("an `autoresearch trial` call")
-        # a change that was never judged (it conflicted, or the trial was stopped) stays as it is:
-        # no commit holds it; a judged one is in the trial's commit, and is rewound to the best
-        judged = trial.status not in (Status.AGENT_ERROR, Status.INTERRUPTED)
-        # rejected for your change outside the editable files: the editable part was never
-        # measured, so it stays for the next `trial`, once the change outside is undone
-        if trial.status is Status.REJECTED and any(not task.is_editable(p) for p in paths):
-            rewind = False
-        if rewind and best.commit and judged:
-            done = rewind_to(session.git, task, best.commit, paths)
-            write_left(note, head, {**left, **{rel: best.commit for rel in done}})
-        elif not rewind and trial.commit and judged:
-            # the next trial's merge needs what your files go on from: what they started from (a
-            # discarded change is yours to go on with); a file kept as it was, or new, is the trial's
-            kept = trial.status is Status.KEEP  # (a new file not kept: taken whole next time too)
-            started = {rel: trial.commit if kept and (not c or rel in agent.whole) else c
-                       for rel, c in agent.started.items() if task.is_editable(rel) and (c or kept)}
-            write_left(note, head, {**left, **started})
+        leave_working_tree(session.git, task, agent, trial, best, rewind, note, head)
         return trial, best
     finally:
         session.close()
