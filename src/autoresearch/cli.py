@@ -163,23 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", default="blank", help="blank (the default), cpu-gpt or nanochat")
     p.add_argument("--data", default=None, help="a folder of data instead of the default corpus: text files (cpu-gpt, nanochat) or parquet files with a 'text' column (nanochat)")
 
-    p = sub.add_parser("run", help="the loop; resumes a tag that exists")
-    p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
-    p.add_argument("--tag", default=None, help="the run's name (branch autoresearch/TAG); default: today's date, e.g. nov26")
-    p.add_argument("--trials", type=_positive_int, default=None, help="new trials in this invocation (the baseline not counted)")
-    p.add_argument("--hours", type=_positive_float, default=None, help="stop starting trials after this many hours")
-    p.add_argument("--workers", type=_at_least_one, default=None, help="trials in flight at once (default: a resumed tag's last run's, with its --gpus; else one per GPU group of --gpus; on Ray, what the cluster holds; else 1)")
-    p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3 (each trial in flight gets its own, via CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--gpus-per-trial", type=_at_least_one, default=None, help="GPUs pinned for each trial (default 1)")
-    p.add_argument("--agent-concurrency", type=_positive_int, default=None, help="proposals the agent prepares while trials run (0: ask only when a worker is free; default 0 for one worker, 1 for more)")
-    p.add_argument("--backend", default=None, choices=["local", "ray"], help="where experiments run: this machine (default), or Ray tasks on a cluster")
-    p.add_argument("--ray-address", default=None, help="the Ray cluster, e.g. 10.0.0.1:6379 (implies --backend ray; default: RAY_ADDRESS, the local `ray start` cluster, or a new local instance)")
-    p.add_argument("--trial-resources", default=None, help="for --backend ray: what each trial asks for, e.g. gpu=1,cpu=8,memory=32G (default: gpu=1 when the cluster has GPUs, else cpu=1)")
-    p.add_argument("--sandbox", action=argparse.BooleanOptionalAction, default=None, help="run experiments with no network and writes confined to the trial's folders (bubblewrap; a resumed tag keeps its last run's choice)")
-    p.add_argument("--seed", type=_seed, default=0, help="seeds the search agent's sampler, and is AUTORESEARCH_SEED of a trial's first run (default 0)")
-    p.add_argument("--keep-runs", action="store_true", help="keep every trial's run folder (default: only the best's)")
-    p.add_argument("--mlflow", default=None, help="log each trial to MLflow at this tracking URI")
-    _add_agent_args(p)
+    _add_run(sub)
 
     p = sub.add_parser("trial", help="judge the working tree's uncommitted change as the next trial")
     p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
@@ -187,23 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default=None, help=TAG_HELP[:-1] + ", or today's date when there is none yet)")
     p.add_argument("--no-rewind", action="store_true", help="leave the working tree as it is after the verdict")
 
-    p = sub.add_parser("status", help="table of trials and the best so far")
-    p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
-    p.add_argument("--tag", default=None, help=TAG_HELP)
-    p.add_argument("--last", type=_positive_int, default=None, help="only the last N trials (0: the summary alone)")
-
-    p = sub.add_parser("show", help="one trial: description, figures, diff, log tail")
-    p.add_argument("number", type=_positive_int, metavar="N", help="the trial's number, as `status` lists it (0: the baseline)")
-    p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
-    p.add_argument("--tag", default=None, help=TAG_HELP)
-
-    p = sub.add_parser("report", help="progress.png and a self-contained report.html")
-    p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
-    p.add_argument("--tag", default=None, help=TAG_HELP)
-    p.add_argument("--out", default=None, help="the folder to write (default: DIR/.autoresearch/TAG/report)")
-    p.add_argument("--results", default=None, help="a results.tsv in autoresearch's format instead of a tag")
-    p.add_argument("--goal", default=None, choices=["minimize", "maximize"], help="with --results: the metric's goal (default: inferred from the kept rows)")
-    p.add_argument("--mlflow", default=None, help="also log each trial to MLflow at this tracking URI")
+    _add_views(sub)
 
     p = sub.add_parser("demo", help="the embedded default: a cpu-gpt task, its baseline and N trials, a report")
     p.add_argument("dir", nargs="?", default=None,
@@ -226,6 +194,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default=None, help="the tag to follow (default: the latest; one not started yet is waited for)")
     p.add_argument("--port", type=_port, default=8765, help="port on 127.0.0.1 (default 8765; 0 picks a free one)")
     return parser
+
+
+def _add_run(sub) -> None:  # noqa: ANN001
+    """`run` and its flags."""
+    p = sub.add_parser("run", help="the loop; resumes a tag that exists")
+    p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
+    p.add_argument("--tag", default=None, help="the run's name (branch autoresearch/TAG); default: today's date, e.g. nov26")
+    p.add_argument("--trials", type=_positive_int, default=None, help="new trials in this invocation (the baseline not counted)")
+    p.add_argument("--hours", type=_positive_float, default=None, help="stop starting trials after this many hours")
+    p.add_argument("--workers", type=_at_least_one, default=None, help="trials in flight at once (default: a resumed tag's last run's, with its --gpus; else one per GPU group of --gpus; on Ray, what the cluster holds; else 1)")
+    p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3 (each trial in flight gets its own, via CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--gpus-per-trial", type=_at_least_one, default=None, help="GPUs pinned for each trial (default 1)")
+    p.add_argument("--agent-concurrency", type=_positive_int, default=None, help="proposals the agent prepares while trials run (0: ask only when a worker is free; default 0 for one worker, 1 for more)")
+    p.add_argument("--backend", default=None, choices=["local", "ray"], help="where experiments run: this machine (default), or Ray tasks on a cluster")
+    p.add_argument("--ray-address", default=None, help="the Ray cluster, e.g. 10.0.0.1:6379 (implies --backend ray; default: RAY_ADDRESS, the local `ray start` cluster, or a new local instance)")
+    p.add_argument("--trial-resources", default=None, help="for --backend ray: what each trial asks for, e.g. gpu=1,cpu=8,memory=32G (default: gpu=1 when the cluster has GPUs, else cpu=1)")
+    p.add_argument("--sandbox", action=argparse.BooleanOptionalAction, default=None, help="run experiments with no network and writes confined to the trial's folders (bubblewrap; a resumed tag keeps its last run's choice)")
+    p.add_argument("--seed", type=_seed, default=0, help="seeds the search agent's sampler, and is AUTORESEARCH_SEED of a trial's first run (default 0)")
+    p.add_argument("--keep-runs", action="store_true", help="keep every trial's run folder (default: only the best's)")
+    p.add_argument("--mlflow", default=None, help="log each trial to MLflow at this tracking URI")
+    _add_agent_args(p)
+
+
+def _add_views(sub) -> None:  # noqa: ANN001
+    """The commands that read a tag: status, show, report."""
+    p = sub.add_parser("status", help="table of trials and the best so far")
+    p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
+    p.add_argument("--tag", default=None, help=TAG_HELP)
+    p.add_argument("--last", type=_positive_int, default=None, help="only the last N trials (0: the summary alone)")
+
+    p = sub.add_parser("show", help="one trial: description, figures, diff, log tail")
+    p.add_argument("number", type=_positive_int, metavar="N", help="the trial's number, as `status` lists it (0: the baseline)")
+    p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
+    p.add_argument("--tag", default=None, help=TAG_HELP)
+
+    p = sub.add_parser("report", help="progress.png and a self-contained report.html")
+    p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
+    p.add_argument("--tag", default=None, help=TAG_HELP)
+    p.add_argument("--out", default=None, help="the folder to write (default: DIR/.autoresearch/TAG/report)")
+    p.add_argument("--results", default=None, help="a results.tsv in autoresearch's format instead of a tag")
+    p.add_argument("--goal", default=None, choices=["minimize", "maximize"], help="with --results: the metric's goal (default: inferred from the kept rows)")
+    p.add_argument("--mlflow", default=None, help="also log each trial to MLflow at this tracking URI")
+
 
 
 # ---------------------------------------------------------------------------
