@@ -88,6 +88,55 @@ def ended_at(raw: str | None) -> float:
 LONG_TABLE = 40  # rows of `status` past which its first lines are said again under the table
 
 
+def _table_rows(trials: list, shown: list, metric: str, holdout: str, alive: bool) -> list[tuple[str, ...]]:
+    """`status`'s table: its header and a row for each trial of `shown`."""
+    rows = [("#", "commit", "status", metric, *([holdout] if holdout else []), "seconds", "description")]
+    for t in shown:
+        said = t.reason and t.description.startswith(f"agent error: {t.reason}"[:60])  # the reason is the description
+        note = f"  [{t.reason}]" if t.reason and t.status.value != "keep" and not said else ""
+        if t.status.value == "running" and not alive:
+            note += STALE
+        note += f"  [audit: {len(t.flags)} flag{'s' if len(t.flags) > 1 else ''}]" if t.flags else ""
+        held = [with_spread(t, holdout, t.figures.get(holdout))] if holdout else []
+        rows.append((str(t.number), t.short or "-", t.status.value,
+                     with_spread(t, metric, t.metric) if t.status.shows_figure else "-",
+                     *held, seconds_text(t, alive), clip(t.description + note, 160)))
+    return rows
+
+
+def _run_state(tag: str, trials: list, running: list[int], last_run: str | None, alive: bool) -> str:
+    """How the tag's last run ended, or that a loop runs on it now ("" when nothing is known)."""
+    ended = last_run_text(last_run)
+    flying = f"trial{'s' if len(running) > 1 else ''} {', '.join(map(str, running))}"
+    if alive:  # (the last run's end is an earlier invocation's)
+        ended = "a loop is running on this tag now" + (f" ({flying} in flight)" if running else "")
+    elif not running:
+        pass
+    elif ended_at(last_run) > max(t.started for t in trials if t.status.value == "running"):
+        ended += f" ({flying} left in flight: `autoresearch run --tag {tag}` records {'them' if len(running) > 1 else 'it'} as interrupted)"
+    else:  # (a SIGKILL, a machine that went down: nothing could record the end)
+        ended = (f"last run: stopped without a word (killed, or the machine went down) while {flying} ran; "
+                 f"`autoresearch run --tag {tag}` resumes")
+    return ended
+
+
+def _summary_lines(trials: list, best, metric: str, holdout: str, min_delta: str | None,  # noqa: ANN001
+                   goal: str) -> list[str]:
+    """Under `status`'s table: the noise, the spend, the best trial and the audit's flags."""
+    lines = [x for x in (noise_text(trials, metric, min_delta), spend_text(trials)) if x]
+    if best is not None:
+        base = measured_baseline(trials)
+        sealed = f", {holdout} = {with_spread(best, holdout, best.figures.get(holdout))}" if holdout else ""
+        lines.append(f"best: trial {best.number} ({best.short}) {metric} = "
+                     f"{with_spread(best, metric, best.metric)}{gain_text(best, base, goal == 'minimize')}"
+                     f"{sealed} — {best.description}")
+    flagged = [t.number for t in trials if t.flags]
+    if flagged:
+        lines.append(f"audit: trial{'s' if len(flagged) > 1 else ''} {', '.join(map(str, flagged))} "
+                     "flagged (see `autoresearch show N`)")
+    return lines
+
+
 def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
     tag = pick_tag(root, tag)
     led = Ledger.read(root, tag)
@@ -102,59 +151,23 @@ def status_text(root: Path, tag: str | None, limit: int | None = None) -> str:
         led.close()
     metric = led.metric_name
     shown = trials if limit is None else trials[len(trials) - limit:] if limit else []
-    rows = [("#", "commit", "status", metric, *([holdout] if holdout else []), "seconds", "description")]
     running = [t.number for t in trials if t.status.value == "running"]
     alive = Ledger.loop_running(tag_dir(root, tag))
-    for t in shown:
-        said = t.reason and t.description.startswith(f"agent error: {t.reason}"[:60])  # the reason is the description
-        note = f"  [{t.reason}]" if t.reason and t.status.value != "keep" and not said else ""
-        if t.status.value == "running" and not alive:
-            note += STALE
-        note += f"  [audit: {len(t.flags)} flag{'s' if len(t.flags) > 1 else ''}]" if t.flags else ""
-        held = [with_spread(t, holdout, t.figures.get(holdout))] if holdout else []
-        rows.append((str(t.number), t.short or "-", t.status.value,
-                     with_spread(t, metric, t.metric) if t.status.shows_figure else "-",
-                     *held, seconds_text(t, alive), clip(t.description + note, 160)))
+    rows = _table_rows(trials, shown, metric, holdout, alive)
     n = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
     kept = max(0, sum(t.status.value == "keep" for t in trials) - 1)  # the first keep is the baseline
     done = len(trials) - len(running)
     lines = [f"tag {tag}: {done} trial{'s' * (done != 1)} (the baseline included), "
              f"{kept} kept improvement{'s' * (kept != 1)}" + (f", {len(running)} in flight" if running else "")]
-    ended = last_run_text(last_run)
-    flying = f"trial{'s' if len(running) > 1 else ''} {', '.join(map(str, running))}"
-    if alive:  # (the last run's end is an earlier invocation's)
-        ended = "a loop is running on this tag now" + (f" ({flying} in flight)" if running else "")
-    elif not running:
-        pass
-    elif ended_at(last_run) > max(t.started for t in trials if t.status.value == "running"):
-        ended += f" ({flying} left in flight: `autoresearch run --tag {tag}` records {'them' if len(running) > 1 else 'it'} as interrupted)"
-    else:  # (a SIGKILL, a machine that went down: nothing could record the end)
-        ended = (f"last run: stopped without a word (killed, or the machine went down) while {flying} ran; "
-                 f"`autoresearch run --tag {tag}` resumes")
-    if ended:
+    if ended := _run_state(tag, trials, running, last_run, alive):
         lines.append(ended)
     head = list(lines)
     for r in rows if shown else []:  # (--last 0: the summary alone, no empty table's header)
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:n], widths, strict=True)) + "  " + r[n])
     if len(shown) > LONG_TABLE:  # (what scrolled away above it: the count, a loop running, the last run)
         lines += head
-    noise = noise_text(trials, metric, min_delta)
-    if noise:
-        lines.append(noise)
-    spend = spend_text(trials)
-    if spend:
-        lines.append(spend)
-    if best is not None:
-        base = measured_baseline(trials)
-        sealed = f", {holdout} = {with_spread(best, holdout, best.figures.get(holdout))}" if holdout else ""
-        lines.append(f"best: trial {best.number} ({best.short}) {metric} = "
-                     f"{with_spread(best, metric, best.metric)}{gain_text(best, base, goal == 'minimize')}"
-                     f"{sealed} — {best.description}")
-    flagged = [t.number for t in trials if t.flags]
-    if flagged:
-        lines.append(f"audit: trial{'s' if len(flagged) > 1 else ''} {', '.join(map(str, flagged))} "
-                     "flagged (see `autoresearch show N`)")
+    lines += _summary_lines(trials, best, metric, holdout, min_delta, goal)
     return "\n".join(lines + refs_warnings(root, tag, trials, best))
 
 
