@@ -322,10 +322,40 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
     env = dict(env)
     if owner:
         env[OWNER_VAR] = owner
-    argv = ["/bin/bash", "-c", command] if isinstance(command, str) else list(command)
-    if sys.platform.startswith("linux") and REAPER.exists() and sys.executable:  # nothing it starts outlives it
-        argv = [sys.executable, "-I", "-S", str(REAPER), *argv]
     start = time.monotonic()
+    proc, copy, mark = _spawn(_argv(command), cwd, env, log_path, append, split_stdout)
+    exited = ExitWaiter(proc)
+    try:
+        how = _wait_or_stop(proc, exited, start + timeout, cancel)
+    finally:
+        exited.close()
+        _end_group(proc)
+    escaped = sweep_escaped(mark)
+    if how != "exited":  # the reaper was stopped by us, its cleanup cut short: what it left is ours to kill
+        escaped = []
+    if owner:  # what escaped the group (setsid, double fork), whatever the exit status; after a
+        # short command only the pids handed out since it started can be its (a long one may
+        # have seen the pids wrap around, and a full look costs little beside it)
+        kill_owned(owner, first_pid=proc.pid if time.monotonic() - start < SHORT_SECONDS else None)
+    return ProcResult(returncode=proc.returncode, seconds=time.monotonic() - start,
+                      timed_out=how == "timeout", cancelled=how == "cancelled", escaped=tuple(escaped),
+                      stdout=copy.finish() if copy is not None else "")
+
+
+def _argv(command: str | list[str]) -> list[str]:
+    """The argv that runs `command` (a shell string or an argv list), under the reaper where
+    there is one: nothing it starts outlives it."""
+    argv = ["/bin/bash", "-c", command] if isinstance(command, str) else list(command)
+    if sys.platform.startswith("linux") and REAPER.exists() and sys.executable:
+        argv = [sys.executable, "-I", "-S", str(REAPER), *argv]
+    return argv
+
+
+def _spawn(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path, append: bool,
+           split_stdout: bool) -> tuple[subprocess.Popen[bytes], StdoutCopy | None, int]:
+    """Start `argv` in a session of its own with its output to `log_path` (and its stdout apart
+    too with `split_stdout`), marked so that what escapes it can be found; returns the process,
+    the stdout copy, and the mark."""
     global _issued
     with _LIVE_LOCK:
         _issued = next(_numbers)
@@ -346,27 +376,17 @@ def run_command(command: str | list[str], cwd: Path, env: dict[str, str], timeou
         if copy is not None:
             copy.started()
         _LIVE.add(proc.pid)
-    exited = ExitWaiter(proc)
-    try:
-        how = _wait_or_stop(proc, exited, start + timeout, cancel)
-    finally:
-        exited.close()
-        _kill_group(proc.pid, signal.SIGKILL)  # whatever is left of the group, always
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        with _LIVE_LOCK:
-            _LIVE.discard(proc.pid)
-    escaped = sweep_escaped(mark)
-    if how != "exited":  # the reaper was stopped by us, its cleanup cut short: what it left is ours to kill
-        escaped = []
-    if owner:  # what escaped the group (setsid, double fork), whatever the exit status; after a
-        # short command only the pids handed out since it started can be its (a long one may
-        # have seen the pids wrap around, and a full look costs little beside it)
-        kill_owned(owner, first_pid=proc.pid if time.monotonic() - start < SHORT_SECONDS else None)
-    return ProcResult(returncode=proc.returncode, seconds=time.monotonic() - start,
-                      timed_out=how == "timeout", cancelled=how == "cancelled", escaped=tuple(escaped),
-                      stdout=copy.finish() if copy is not None else "")
+    return proc, copy, mark
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill whatever is left of `proc`'s group, always, and reap `proc`."""
+    _kill_group(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    with _LIVE_LOCK:
+        _LIVE.discard(proc.pid)
 
 
 def _wait_or_stop(proc: subprocess.Popen[bytes], exited: ExitWaiter, deadline: float,
