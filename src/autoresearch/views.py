@@ -232,9 +232,14 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
         led.close()
     if t is None:
         raise UsageError(f"no trial {number} in tag {tag!r}{hint}")
-    metric = led.metric_name
-    runs = f" (mean ± sd of {len(t.repeats)} runs)" if len(t.repeats) > 1 else ""
     stale = t.status.value == "running" and not Ledger.loop_running(tag_dir(root, tag))
+    lines = _record_lines(t, tag, led.metric_name, holdout, stale) + _diff_lines(root, t) + _log_lines(root, tag, t)
+    return printable("\n".join(lines))  # (the diff and the logs are the agent's and its code's words)
+
+
+def _record_lines(t: Trial, tag: str, metric: str, holdout: str, stale: bool) -> list[str]:
+    """`show`'s head: the trial's status, description, commits, figures, agent, run and flags."""
+    runs = f" (mean ± sd of {len(t.repeats)} runs)" if len(t.repeats) > 1 else ""
     lines = [f"trial {t.number} of tag {tag}: {t.status.value}" + (STALE if stale else ""),
              f"description: {t.description}",
              f"commit: {t.commit or '-'}  parent: {t.parent or '-'}",
@@ -252,12 +257,25 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
         lines += [f"  {f}" for f in t.flags]
     for lost in t.extra.get("lost_workers", []):
         lines.append(f"lost worker (the trial was run again): {lost}")
-    if t.commit and t.parent:
-        git = Git(root)
-        if lies := untrue(git, t.commit, t.parent, remove=False):  # (an object file rewritten since)
-            lines.append(f"warning: the git objects of this trial ({', '.join(lies[:5])}) do not hold what their "
-                         "names say: rewritten after it was recorded, so the diff below is not the code that ran")
-        lines += ["", "diff against its parent:", git.diff(t.parent, t.commit).rstrip() or "(no change)"]
+    return lines
+
+
+def _diff_lines(root: Path, t: Trial) -> list[str]:
+    """The trial's diff against its parent, with a warning where its git objects were rewritten."""
+    if not (t.commit and t.parent):
+        return []
+    lines = []
+    git = Git(root)
+    if lies := untrue(git, t.commit, t.parent, remove=False):  # (an object file rewritten since)
+        lines.append(f"warning: the git objects of this trial ({', '.join(lies[:5])}) do not hold what their "
+                     "names say: rewritten after it was recorded, so the diff below is not the code that ran")
+    return lines + ["", "diff against its parent:", git.diff(t.parent, t.commit).rstrip() or "(no change)"]
+
+
+def _log_lines(root: Path, tag: str, t: Trial) -> list[str]:
+    """The tail of the experiment's log (said missing, or changed since, where it is), else of
+    the agent's when the trial never ran."""
+    lines: list[str] = []
     log = Path(t.log_path) if t.log_path else None
     if log and not log.exists() and t.status.value in ("keep", "discard", "crash", "timeout"):
         lines += ["", f"log: {log} is missing (removed after the trial was recorded?)"]
@@ -275,4 +293,4 @@ def show_text(root: Path, number: int, tag: str | None) -> str:
     agent_log = tag_dir(root, tag) / "agent" / f"{t.number}.log"
     if agent_log.exists() and not (log and log.exists()):  # not run: what the agent did is the story
         lines += ["", f"agent log tail ({agent_log}):", last_lines(read_tail(agent_log), 20).rstrip() or "(empty)"]
-    return printable("\n".join(lines))  # (the diff and the logs are the agent's and its code's words)
+    return lines
