@@ -127,6 +127,41 @@ def require_torch() -> None:
                          "pip install torch (the CPU build is enough)")
 
 
+def demo_root(folder: str | None, budget: float | None) -> tuple[Path, bool, bool]:
+    """The demo's task folder: `folder` (else a new one here), its task made there with the
+    budget unless it holds one already (then resumed, with the same budget); returns the folder,
+    whether it was made now, and whether the folder was there before."""
+    directory = Path(folder).resolve() if folder else default_dir()
+    created, existed = not (directory / "autoresearch.toml").is_file(), directory.exists()
+    if not created:
+        existing_budget(directory, budget)
+        print(f"autoresearch demo: going on in {directory} (tag {TAG})")
+        return directory, created, existed
+    if existed and (not directory.is_dir() or any(directory.iterdir())):
+        raise UsageError(f"{directory} already exists and holds no demo (no autoresearch.toml): "
+                         "choose a new folder, or an empty one")
+    print(f"autoresearch demo: creating the {TEMPLATE} task in {directory} ...", flush=True)
+    return create(directory, DEFAULT_BUDGET if budget is None else budget), created, existed
+
+
+def remove_made(root: Path, existed: bool) -> None:
+    """Take away the demo made in `root` just now (the folder itself, unless it was there before)."""
+    for child in ([root] if not existed else list(root.iterdir())):
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink()
+
+
+def plan_line(trials: int, budget: float, agent_name: str, resumed: bool) -> str:
+    """What the demo is about to do, and about how long it takes."""
+    minutes = (trials + (not resumed)) * (budget + OVERHEAD) / 60
+    what = f"{trials} more trial{'s' * (trials != 1)}" if resumed else \
+        f"the baseline and {trials} trial{'s' * (trials != 1)}"
+    return (f"{what} of {budget:g} s each with the {agent_name} agent: about {max(minutes, 1):.0f} min"
+            + ("" if resumed else " (plus building the corpus once)"))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from autoresearch.agents.registry import agent_options, build_agent, options_record
     from autoresearch.foreground import EXIT_INTERRUPTED, events_for, run_until_stopped
@@ -137,37 +172,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     require_torch()
     trials = DEFAULT_TRIALS if args.trials is None else args.trials
-    directory = Path(args.dir).resolve() if args.dir else default_dir()
-    created, existed = not (directory / "autoresearch.toml").is_file(), directory.exists()
-    if not created:
-        existing_budget(directory, args.budget)
-        root = directory
-        print(f"autoresearch demo: going on in {root} (tag {TAG})")
-    else:
-        budget = DEFAULT_BUDGET if args.budget is None else args.budget
-        if existed and (not directory.is_dir() or any(directory.iterdir())):
-            raise UsageError(f"{directory} already exists and holds no demo (no autoresearch.toml): "
-                             "choose a new folder, or an empty one")
-        print(f"autoresearch demo: creating the {TEMPLATE} task in {directory} ...", flush=True)
-        root = create(directory, budget)
+    root, created, existed = demo_root(args.dir, args.budget)
     task = load_task(root)
     try:
         opts = agent_options(args, task, TAG)
         agent = build_agent(opts, task)
     except UsageError:
         if created:  # a bad flag leaves no half-made demo behind
-            for child in ([root] if not existed else list(root.iterdir())):
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink()
+            remove_made(root, existed)
         raise
     resumed = (root / ".autoresearch" / TAG / "ledger.sqlite").exists()
-    minutes = (trials + (not resumed)) * (task.time_budget + OVERHEAD) / 60
-    what = f"{trials} more trial{'s' * (trials != 1)}" if resumed else \
-        f"the baseline and {trials} trial{'s' * (trials != 1)}"
-    print(f"{what} of {task.time_budget:g} s each with the {agent.name} agent: about {max(minutes, 1):.0f} min"
-          + ("" if resumed else " (plus building the corpus once)"), flush=True)
+    print(plan_line(trials, task.time_budget, agent.name, resumed), flush=True)
     session = open_session(task, TAG)
     session.ledger.set_meta("agent_options", options_record(opts))
     events = events_for(task)
