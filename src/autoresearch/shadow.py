@@ -208,15 +208,8 @@ def through_shared(task: Task, value: str) -> str:
 def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
     """Why a file the change adds would be imported in place of another module (or read by the
     evaluator's program as its own), or None."""
-    implicit = [c.path for c in changes if c.status == "A" and c.path.rpartition("/")[2] in IMPLICIT]
-    if task.evaluate and implicit:  # (in the root, or beside a protected file: where it may run from)
-        folders = {""} | {p.rpartition("/")[0] for p in task.protected_files(workdir)}
-        for path in implicit:
-            if path.rpartition("/")[0] not in folders:
-                continue
-            return (f"added {path}, which the evaluator's program would read on its own from its folder "
-                    "(make takes a GNUmakefile or makefile before the Makefile; pytest a conftest.py or an ini "
-                    "file): name it otherwise")
+    if task.evaluate and (implicit := _read_by_evaluator(task, changes, workdir)):
+        return implicit
     if program := _program(task, changes):
         return program
     if task.evaluate and (venv := _virtualenv(task, changes, workdir)):
@@ -225,20 +218,36 @@ def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
         if c.status != "D" and (source := cached_source(c.path)) and task.is_protected(source):
             return (f"{'added' if c.status == 'A' else 'changed'} {c.path}, Python's bytecode for the protected "
                     f"{source}, which Python would run in place of that file")
+    return _module_shadowing(task, changes, workdir)
+
+
+def _read_by_evaluator(task: Task, changes: list[Change], workdir: Path) -> str | None:
+    """An added file that the evaluator's program reads on its own from its folder (a makefile,
+    a conftest.py), in the root or beside a protected file, where it may run from."""
+    implicit = [c.path for c in changes if c.status == "A" and c.path.rpartition("/")[2] in IMPLICIT]
+    if not implicit:
+        return None
+    folders = {""} | {p.rpartition("/")[0] for p in task.protected_files(workdir)}
+    for path in implicit:
+        if path.rpartition("/")[0] in folders:
+            return (f"added {path}, which the evaluator's program would read on its own from its folder "
+                    "(make takes a GNUmakefile or makefile before the Makefile; pytest a conftest.py or an ini "
+                    "file): name it otherwise")
+    return None
+
+
+def _module_shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
+    """An added module, in a folder searched first, that Python would import in place of a
+    protected file's, the standard library's, or an installed one (or as a part of an
+    installed namespace package)."""
     added = [(c.path, m) for c in changes if c.status == "A" and (m := module_of(c.path))]
     if not added:
         return None
     python = [p for p in task.protected_files(workdir) if p.endswith(".py")]
     early = relative_folders()
     folders = {""} | {p.rpartition("/")[0] for p in python} | early
-    for path, _ in added:  # a part of an installed namespace package, in a folder searched first
-        for folder in folders:
-            below = path[len(folder) + 1:] if folder else path
-            if (not folder or path.startswith(folder + "/")) and "/" in below \
-                    and below.split("/")[0] in namespaces():
-                return (f"added {path}, which Python would import as a part of the installed namespace package "
-                        f"{below.split('/')[0]} (the protected code and the evaluator run from this folder, "
-                        "so they would run the agent's file): name its folder otherwise")
+    if part := _namespace_part([path for path, _ in added], folders):
+        return part
     used = imported(workdir, python)
     own = {m: p for p in python if (m := module_of(p)) is not None}
     for path, (folder, name) in added:
@@ -258,6 +267,19 @@ def shadowing(task: Task, changes: list[Change], workdir: Path) -> str | None:
             continue
         return (f"added {path}, which Python would import in place of {whose} (the protected code and "
                 "the evaluator run from this folder, so they would run the agent's file): name it otherwise")
+    return None
+
+
+def _namespace_part(paths: list[str], folders: set[str]) -> str | None:
+    """An added file that is a part of an installed namespace package, in a folder searched first."""
+    for path in paths:
+        for folder in folders:
+            below = path[len(folder) + 1:] if folder else path
+            if (not folder or path.startswith(folder + "/")) and "/" in below \
+                    and below.split("/")[0] in namespaces():
+                return (f"added {path}, which Python would import as a part of the installed namespace package "
+                        f"{below.split('/')[0]} (the protected code and the evaluator run from this folder, "
+                        "so they would run the agent's file): name its folder otherwise")
     return None
 
 
