@@ -142,8 +142,19 @@ def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | 
     shared = shared_links(s.task)
     if not s.task.setup:
         return SetupOutput(store, shared=shared)
-    try:  # an earlier run's output goes back in place first: an idempotent setup finds it made.
-        # The list is the ledger's (watched while a loop runs: an agent that adds a name to
+    _put_back(s, ws, store, manifest)
+    SetupOutput(store, shared=shared).link_into(ws.path)
+    _run_command(s, ws, s.task.setup, env, wrap, cancel)
+    for rel, _ in shared:  # the links are not setup's output
+        if os.path.islink(ws.path / rel):
+            os.unlink(ws.path / rel)
+    entries, changed = _keep_output(s, ws, store, manifest)
+    return SetupOutput(store, tuple(entries), tuple(changed), shared)
+
+
+def _put_back(s: Session, ws: Workspace, store: Path, manifest: Path) -> None:
+    """An earlier run's output back in place in the worktree: an idempotent setup finds it made."""
+    try:  # the list is the ledger's (watched while a loop runs: an agent that adds a name to
         # setup.json, its copy for people, gets nothing of its own linked into every trial)
         recorded = s.ledger.get_meta("setup_entries")
         before = [str(e) for e in json.loads(recorded if recorded is not None else read_regular(manifest, 1 << 24)[0])]
@@ -153,23 +164,30 @@ def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | 
         if (store / rel).exists() and not os.path.lexists(ws.path / rel) and ".." not in Path(rel).parts:
             (ws.path / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(store / rel), str(ws.path / rel))
-    SetupOutput(store, shared=shared).link_into(ws.path)
+
+
+def _run_command(s: Session, ws: Workspace, setup: str, env: dict[str, str], wrap: list[str] | None,
+                 cancel: threading.Event | None) -> None:
+    """The setup command (`setup`) run in the worktree (in `wrap`, the sandbox, where given);
+    raises when it fails, runs past its time limit, or is stopped."""
     log = s.dir / "logs" / "setup.log"
-    command: str | list[str] = [*wrap, "/bin/bash", "-c", s.task.setup] if wrap else s.task.setup
+    command: str | list[str] = [*wrap, "/bin/bash", "-c", setup] if wrap else setup
     limit = setup_timeout()
     result = run_command(command, ws.path, env, limit, log, owner=s.owner, cancel=cancel)
     if result.cancelled:  # Ctrl-C or SIGTERM while it ran: stop now, not after it and a baseline
         raise KeyboardInterrupt
     if result.timed_out:
-        raise AutoresearchError(f"setup command `{s.task.setup}` was killed at setup's time limit, {limit:g} s "
+        raise AutoresearchError(f"setup command `{setup}` was killed at setup's time limit, {limit:g} s "
                                 f"(AUTORESEARCH_SETUP_TIMEOUT); log {log}:\n{last_lines(read_tail(log), 15)}")
     if result.returncode != 0:
         tail = last_lines(read_tail(log), 15)
-        raise AutoresearchError(f"setup command `{s.task.setup}` failed (exit {result.returncode}); "
+        raise AutoresearchError(f"setup command `{setup}` failed (exit {result.returncode}); "
                                 f"log {log}:\n{tail}")
-    for rel, _ in shared:  # the links are not setup's output
-        if os.path.islink(ws.path / rel):
-            os.unlink(ws.path / rel)
+
+
+def _keep_output(s: Session, ws: Workspace, store: Path, manifest: Path) -> tuple[list[str], list[str]]:
+    """What setup wrote in the worktree (untracked or ignored files) moved to `store` and listed
+    in the ledger and `manifest`; returns those paths and the tracked ones it changed."""
     out = s.git.run("status", "--porcelain=v1", "-z", "--untracked-files=normal", "--ignored=traditional",
                     "--no-renames", env=s.git.wt_env(ws), cwd=ws.path, strip=False, check=False)
     entries: list[str] = []
@@ -184,4 +202,4 @@ def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | 
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text(json.dumps(entries))
     os.replace(tmp, manifest)
-    return SetupOutput(store, tuple(entries), tuple(changed), shared)
+    return entries, changed
