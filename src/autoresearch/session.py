@@ -413,6 +413,25 @@ def missing_refs(tag: str, trials: list[Trial], existing: dict[str, str]) -> dic
 def repair(s: Session) -> list[Trial]:
     """Make a killed loop's leftovers consistent; returns the trials marked interrupted."""
     kill_all_owned([s.owner, f"agent:{s.owner}"])  # the agents' processes carry agent:<ledger dir>:<n>
+    _remove_stale_locks(s)
+    existing = s.git.refs(f"refs/autoresearch/{s.tag}/")
+    running = s.ledger.running()
+    if began := [t.started for t in running if t.started > 0]:  # git locks made since the first
+        # trial in flight began (an agent's, left as the loop was killed) would pass for yours
+        # once the loop starts again: taken away now
+        left = stale_since(s.git.common_dir, min(began) - 1)
+        if left:
+            sys.stderr.write(f"autoresearch: warning: removed git lock files left in .git while the loop was "
+                             f"killed (by a trial in flight): {', '.join(left[:5])}\n")
+    interrupted = _mark_interrupted(s, running)
+    _restore_refs(s, existing)
+    shutil.rmtree(s.dir / "worktrees", ignore_errors=True)
+    s.git.run("worktree", "prune", check=False)
+    return interrupted
+
+
+def _remove_stale_locks(s: Session) -> None:
+    """The lock files of the tag's refs, and packed-refs' of a pack the loop was killed in."""
     refs_dir = s.git.common_dir / "refs" / "autoresearch" / s.tag
     for stale in [*refs_dir.rglob("*.lock"), s.git.common_dir / "refs" / "heads" / "autoresearch" / f"{s.tag}.lock"]:
         remove_path(stale)
@@ -427,20 +446,16 @@ def repair(s: Session) -> list[Trial]:
             if packing - 1 <= made <= packing + 2 and time.time() - made > 5:
                 lock.unlink()
         mark.unlink(missing_ok=True)
-    existing = s.git.refs(f"refs/autoresearch/{s.tag}/")
-    interrupted = []
-    running = s.ledger.running()
-    if began := [t.started for t in running if t.started > 0]:  # git locks made since the first
-        # trial in flight began (an agent's, left as the loop was killed) would pass for yours
-        # once the loop starts again: taken away now
-        left = stale_since(s.git.common_dir, min(began) - 1)
-        if left:
-            sys.stderr.write(f"autoresearch: warning: removed git lock files left in .git while the loop was "
-                             f"killed (by a trial in flight): {', '.join(left[:5])}\n")
+
+
+def _mark_interrupted(s: Session, running: list[Trial]) -> list[Trial]:
+    """The trials in flight when the loop was killed, recorded as interrupted (each with a
+    commit: a stand-in of its parent's where its change was never committed)."""
     runs = s.dir / "runs"
     for t in running:  # first, as they may be what filled the disk: the in-flight run folders
         for path in [*runs.glob(str(t.number)), *runs.glob(f"{t.number}.*")]:
             shutil.rmtree(path, ignore_errors=True)
+    interrupted = []
     for t in running:
         commit = t.commit  # (not its ref: the loop writes one only once the ledger has the commit)
         t = t.with_(description=t.description or "(stopped before the agent described its change)")
@@ -450,6 +465,12 @@ def repair(s: Session) -> list[Trial]:
                     reason=t.reason or "the loop stopped while this trial was in flight")
         s.ledger.finish(t)
         interrupted.append(t)
+    return interrupted
+
+
+def _restore_refs(s: Session, existing: dict[str, str]) -> None:
+    """Every trial's ref written back where it is missing (`existing`: the refs as they were
+    found), and the tag's branch on its best commit."""
     missing = missing_refs(s.tag, s.ledger.trials(), existing)
     if missing:  # (a commit pruned by someone running git gc cannot come back; it stays listed)
         for ref in [r for r in missing if existing.get(r) == ""] * 4:  # listed twice (forged): a
@@ -460,6 +481,3 @@ def repair(s: Session) -> list[Trial]:
     target = best.commit if best and best.commit else s.base
     if s.git.rev(branch_ref(s.tag)) != target:
         s.git.update_refs({branch_ref(s.tag): target})
-    shutil.rmtree(s.dir / "worktrees", ignore_errors=True)
-    s.git.run("worktree", "prune", check=False)
-    return interrupted
