@@ -226,18 +226,7 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
         workdir = root / "code"
         unpack(code, workdir)
         (root / "logs").mkdir()
-        env = experiment_env(dict(os.environ), spec.env, python_shim(root / "bin"))
-        import ray
-
-        if not ray.get_gpu_ids():  # granted no GPU: it sees none (whatever Ray's default becomes)
-            env["CUDA_VISIBLE_DEVICES"] = ""
-        # the driver's paths made local: the ledger folders are hidden where they exist (a
-        # worker on the driver's machine), the python shim stays readable under a sandbox
-        local = replace(spec, workdir=workdir, run_dir=root / "run", env=env,
-                        log_path=root / "logs" / spec.log_path.name,
-                        eval_log=root / "sealed" / eval_log_path(spec).name,
-                        hidden=tuple(h for h in spec.hidden if h.exists()),
-                        readable=(root / "bin", *(p for p in spec.readable if p.exists())))
+        local = _local_spec(spec, root, workdir)
         result, links, setup_log = None, [(rel, Path(path)) for rel, path in shared], None
         if setup:
             result, home, made = _setup_once(setup, setup_key, local, code)
@@ -248,27 +237,52 @@ def measure_remote(spec: ExecSpec, code: bytes, setup: str | None, setup_key: st
         _link(workdir, links)
         # what the links point to stays visible under --sandbox (its /tmp is a private one)
         local = replace(local, readable=(*local.readable, *(target for _, target in links if target.exists())))
-
-        def restore() -> None:
-            unpack(code, workdir)
-            _link(workdir, links)
-
         if result is None:
-            try:  # a cancel event makes execute poll, so that a polite ray.cancel lands at once
-                result = execute(local, restore=restore, cancel=threading.Event())
-            except KeyboardInterrupt:  # ray.cancel(force=False): take the experiment with us
-                kill_owned(spec.owner)
-                raise
-        metric = None
-        for base in (local.run_dir, workdir):  # (with `evaluate`, execute removed the run's own first)
-            if metric_file and (base / metric_file).is_file():
-                metric = (base / metric_file).read_bytes()
-                break
+            result = _execute_here(local, code, links)
+        metric = _metric_bytes(metric_file, local.run_dir, workdir)
         eval_log = eval_log_path(local)
         return Returned(result, _tail_bytes(local.log_path),
                         _tail_bytes(eval_log) if eval_log.exists() else None, metric, platform.node(), setup_log)
     finally:
         remove(root)
+
+
+def _local_spec(spec: ExecSpec, root: Path, workdir: Path) -> ExecSpec:
+    """The driver's spec with its paths made this node's, under `root`: the ledger folders are
+    hidden where they exist (a worker on the driver's machine), the python shim stays readable
+    under a sandbox."""
+    env = experiment_env(dict(os.environ), spec.env, python_shim(root / "bin"))
+    import ray
+
+    if not ray.get_gpu_ids():  # granted no GPU: it sees none (whatever Ray's default becomes)
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return replace(spec, workdir=workdir, run_dir=root / "run", env=env,
+                   log_path=root / "logs" / spec.log_path.name,
+                   eval_log=root / "sealed" / eval_log_path(spec).name,
+                   hidden=tuple(h for h in spec.hidden if h.exists()),
+                   readable=(root / "bin", *(p for p in spec.readable if p.exists())))
+
+
+def _metric_bytes(metric_file: str | None, *bases: Path) -> bytes | None:
+    """The metric file's bytes from the first of `bases` that holds it (with `evaluate`, execute
+    removed the run's own first), or None."""
+    for base in bases:
+        if metric_file and (base / metric_file).is_file():
+            return (base / metric_file).read_bytes()
+    return None
+
+
+def _execute_here(local: ExecSpec, code: bytes, links: list[tuple[str, Path]]) -> ExecResult:
+    """execute() on this node, its code unpacked and linked again where it must be restored."""
+    def restore() -> None:
+        unpack(code, local.workdir)
+        _link(local.workdir, links)
+
+    try:  # a cancel event makes execute poll, so that a polite ray.cancel lands at once
+        return execute(local, restore=restore, cancel=threading.Event())
+    except KeyboardInterrupt:  # ray.cancel(force=False): take the experiment with us
+        kill_owned(local.owner)
+        raise
 
 
 
