@@ -349,9 +349,8 @@ def loop_worktree(folder: Path) -> tuple[Path, str] | None:
     return (root, parts[-3]) if (root / TASK_FILE).is_file() else None
 
 
-def load_task(root: str | os.PathLike[str]) -> Task:
-    """Read and validate `<root>/autoresearch.toml`."""
-    root = Path(root).resolve()
+def _read_task_file(root: Path) -> dict:
+    """The TOML of `root`'s task file, refused in one line where there is none or it is not TOML."""
     path = root / TASK_FILE
     if not root.is_dir():
         raise TaskError(no_folder(root))
@@ -368,14 +367,27 @@ def load_task(root: str | os.PathLike[str]) -> Task:
         raise TaskError(f"{TASK_FILE}: invalid TOML: {e}") from None
     except UnicodeDecodeError:
         raise TaskError(f"{TASK_FILE}: not UTF-8 text") from None
-    _check_keys(data, TOP_KEYS, "")
-    command = _get_str(data, "command", "", required=True)
-    assert command is not None
+    return data
+
+
+def _program_path(data: dict, root: Path) -> str:
+    """The task's `program`, a path inside the repository (program.md when not named)."""
     program = _get_str(data, "program", "", default="program.md") or "program.md"
     if Path(program).is_absolute() or ".." in Path(program).parts:
         raise TaskError(f"{TASK_FILE}: 'program' must be a path inside the task repository, got {program!r}")
     if "program" in data and not (root / program).is_file():  # unnamed, program.md may be absent
         raise TaskError(f"{TASK_FILE}: 'program' file {program!r} not found in {root}")
+    return program
+
+
+def load_task(root: str | os.PathLike[str]) -> Task:
+    """Read and validate `<root>/autoresearch.toml`."""
+    root = Path(root).resolve()
+    data = _read_task_file(root)
+    _check_keys(data, TOP_KEYS, "")
+    command = _get_str(data, "command", "", required=True)
+    assert command is not None
+    program = _program_path(data, root)
     time_budget = _get_number(data, "time_budget", "", 300.0)
     timeout = _get_number(data, "timeout", "", 2 * time_budget + 60)
     metric = _load_metric(data)
