@@ -47,7 +47,7 @@ from autoresearch.process import adopt_orphans, log_digests, read_tail
 from autoresearch.prompt import visible
 from autoresearch.records import AUDITED, UNMEASURED, Status, Trial, finite
 from autoresearch.session import Session, hold_ref, stand_in, trees_of, trial_message, write_refs
-from autoresearch.setupstep import missing_hint, run_setup
+from autoresearch.setupstep import missing_hint, setup_in_view
 from autoresearch.streak import DONE, FATAL, FATAL_REPEATS, RECOVERABLE, Streak
 from autoresearch.task import list_files, task_warnings
 from autoresearch.watch import Watch
@@ -121,24 +121,9 @@ class Loop:
                 self._observe(visible(t, self.task.metric.holdout))
         self._index_trees(history)
         if not self.backend.remote:  # a remote backend sets up each node where the code runs
-            if self.task.setup:
-                self.events.message(f"setup: `{self.task.setup}` (its output: {self.s.dir / 'logs' / 'setup.log'})")
-            began = time.monotonic()
-            busy = getattr(self.events, "busy", None) if self.task.setup else None  # (a view may not tick)
-            if busy:
-                busy("setup")
-            try:
-                setup = run_setup(self.s, ws, self.measure.env(0, self.opt.seed, self.slots[0]), cancel=self.cancel)  # (no sandbox)
-            finally:
-                if busy:
-                    busy(None)
-            if self.task.setup:
-                self.events.message(f"setup done in {time.monotonic() - began:.1f} s")
-            self.watch.after_setup(setup)
-            self.measure.setup = setup
-            if setup.changed:
-                self.events.message(f"autoresearch: warning: setup changed tracked files ({', '.join(setup.changed[:5])}); "
-                                    "trials run the committed code, so those changes are not kept")
+            env = self.measure.env(0, self.opt.seed, self.slots[0])
+            self.measure.setup = setup_in_view(self.s, ws, env, self.events, self.cancel)  # (no sandbox)
+            self.watch.after_setup(self.measure.setup)
         if self.best is None:
             self.best = self._baseline(Place(ws, self.slots[0]))
         else:

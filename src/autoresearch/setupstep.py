@@ -11,10 +11,12 @@ import os
 import re
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.events import Events
 from autoresearch.filetree import read_regular, remove_path
 from autoresearch.gitrepo import Workspace
 from autoresearch.gitstatus import status_entries
@@ -150,6 +152,29 @@ def run_setup(s: Session, ws: Workspace, env: dict[str, str], wrap: list[str] | 
             os.unlink(ws.path / rel)
     entries, changed = _keep_output(s, ws, store, manifest)
     return SetupOutput(store, tuple(entries), tuple(changed), shared)
+
+
+def setup_in_view(s: Session, ws: Workspace, env: dict[str, str], events: Events,
+                  cancel: threading.Event | None = None) -> SetupOutput:
+    """run_setup() as the loop shows it: the command and its log, the view busy while it runs,
+    the time it took, and a warning where it changed tracked files."""
+    if s.task.setup:
+        events.message(f"setup: `{s.task.setup}` (its output: {s.dir / 'logs' / 'setup.log'})")
+    began = time.monotonic()
+    busy = getattr(events, "busy", None) if s.task.setup else None  # (a view may not tick)
+    if busy:
+        busy("setup")
+    try:
+        setup = run_setup(s, ws, env, cancel=cancel)
+    finally:
+        if busy:
+            busy(None)
+    if s.task.setup:
+        events.message(f"setup done in {time.monotonic() - began:.1f} s")
+    if setup.changed:
+        events.message(f"autoresearch: warning: setup changed tracked files ({', '.join(setup.changed[:5])}); "
+                       "trials run the committed code, so those changes are not kept")
+    return setup
 
 
 def _put_back(s: Session, ws: Workspace, store: Path, manifest: Path) -> None:
