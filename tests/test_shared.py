@@ -189,3 +189,16 @@ def test_setup_json_made_a_fifo_does_not_stall_a_resume(tmp_path: Path) -> None:
     os.mkfifo(tag / "setup.json")
     r = cli("run", str(root), "--tag", "t", "--trials", "0", timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_setup_that_changes_a_tracked_file_leaves_the_baseline_on_the_committed_code(tmp_path: Path) -> None:
+    """Setup's change to a tracked file is not kept (trials run the commit, as the warning says):
+    the baseline's worktree held it, so a change to a protected file rejected the baseline as
+    the experiment's doing, and the run failed."""
+    repo = make_task(tmp_path / "t", 'setup = "echo made > made.txt; echo >> prepare.py; echo >> exp.py"\n')
+    r = cli("run", str(repo), "--tag", "t", "--trials", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "setup changed tracked files (exp.py, prepare.py)" in r.stdout + r.stderr
+    rows = trials(repo)
+    assert [t.status for t in rows] == [Status.KEEP, rows[1].status] and rows[0].metric is not None
+    assert git(repo, "status", "--porcelain") == ""  # (your checkout: untouched)

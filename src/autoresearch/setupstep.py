@@ -212,13 +212,18 @@ def _run_command(s: Session, ws: Workspace, setup: str, env: dict[str, str], wra
 
 def _keep_output(s: Session, ws: Workspace, store: Path, manifest: Path) -> tuple[list[str], list[str]]:
     """What setup wrote in the worktree (untracked or ignored files) moved to `store` and listed
-    in the ledger and `manifest`; returns those paths and the tracked ones it changed."""
+    in the ledger and `manifest`, and the tracked files it changed put back as committed; returns
+    those paths and the tracked ones it changed."""
     out = s.git.run("status", "--porcelain=v1", "-z", "--untracked-files=normal", "--ignored=traditional",
                     "--no-renames", env=s.git.wt_env(ws), cwd=ws.path, strip=False, check=False)
     entries: list[str] = []
     changed: list[str] = []
     for code, path in status_entries(out):
         (entries if code in ("??", "!!") else changed).append(path.rstrip("/"))
+    if changed:  # trials run the commit: the baseline's worktree too (a protected file setup changed
+        # there read as the experiment's doing, and the baseline was rejected)
+        s.git.run("checkout", "-f", "HEAD", "--", *changed, env={**s.git.wt_env(ws), "GIT_LITERAL_PATHSPECS": "1"},
+                  cwd=ws.path, check=False)
     shutil.rmtree(store, ignore_errors=True)
     for rel in entries:
         store.joinpath(rel).parent.mkdir(parents=True, exist_ok=True)
