@@ -43,14 +43,19 @@ echo "X up"
 def test_an_upward_entry_cannot_carry_a_planted_file_into_the_evaluator(tmp_path: Path, var: str, up: str) -> None:
     repo = make_task(tmp_path / "task", experiment=EXPERIMENT, toml_extra='evaluate = "sh eval.sh"\n',
                      files={"prepare.py": EVALUATOR, "eval.sh": "python prepare.py | tail -n 5\n"})
-    agent = script_agent(tmp_path / "a.sh", PLANT)
+    planted_then_honest(repo, script_agent(tmp_path / "a.sh", PLANT), var, up)
+
+
+def planted_then_honest(repo: Path, agent: str, var: str, entry: str) -> None:
+    """Run the planting agent with `entry` first on `var`: the baseline scores 4, the planting
+    trial is rejected, and the worse change after it is measured honestly (81), not forged."""
     r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2",
-            env={"VAR": var, "UP": up, "REPO": str(repo), var: f"{up}{os.pathsep}{os.environ[var]}"})
+            env={"VAR": var, "UP": entry, "REPO": str(repo), var: f"{entry}{os.pathsep}{os.environ[var]}"})
     assert r.returncode == 0, r.stderr[-2000:]
     t0, t1, t2 = trials(repo)
     assert t0.metric == 4.0, (t0.status, t0.metric, t0.reason)
     assert t1.status.value == "rejected", (t1.status, t1.metric, t1.reason)
-    assert (t2.status.value, t2.metric) == ("discard", 81.0), (t2.status, t2.metric, t2.reason)  # measured honestly
+    assert (t2.status.value, t2.metric) == ("discard", 81.0), (t2.status, t2.metric, t2.reason)
 
 
 # the folder on PYTHONPATH or PATH is a `shared` path, linked into each trial: written through
@@ -66,14 +71,7 @@ def test_a_shared_folder_on_the_path_cannot_carry_a_planted_file_into_the_evalua
                             ".gitignore": "lib/\n"})
     (repo / "lib").mkdir()
     (repo / "lib" / "mine.py").write_text("A = 1\n")
-    agent = script_agent(tmp_path / "a.sh", PLANT_SHARED)
-    r = cli("run", str(repo), "--tag", "t", "--agent", "cli", "--agent-cmd", agent, "--trials", "2",
-            env={"VAR": var, "UP": entry, "REPO": str(repo), var: f"{entry}{os.pathsep}{os.environ[var]}"})
-    assert r.returncode == 0, r.stderr[-2000:]
-    t0, t1, t2 = trials(repo)
-    assert t0.metric == 4.0, (t0.status, t0.metric, t0.reason)
-    assert t1.status.value == "rejected", (t1.status, t1.metric, t1.reason)
-    assert (t2.status.value, t2.metric) == ("discard", 81.0), (t2.status, t2.metric, t2.reason)
+    planted_then_honest(repo, script_agent(tmp_path / "a.sh", PLANT_SHARED), var, entry)
     assert sorted(p.name for p in (repo / "lib").iterdir()) == ["mine.py"]  # (yours, as it was)
 
 
