@@ -157,13 +157,13 @@ def run_tag(task, tag: str, args: argparse.Namespace) -> RunOutcome:  # noqa: AN
             signal.signal(s, raise_interrupt)
     backend = open_backend_for(args, task, tag, kind, gpus, resources)
     session, events = open_run_session(args, task, tag, opts, scale, backend)
-    loop = Loop(session, agent, Options(trials=args.trials, hours=args.hours, seed=args.seed,
-                                        agent_timeout=args.agent_timeout, gpus=gpus,
-                                        sandbox=args.sandbox, keep_runs=args.keep_runs,
-                                        max_cost=args.max_cost, workers=args.workers,
-                                        gpus_per_trial=args.gpus_per_trial,
-                                        agent_concurrency=args.agent_concurrency), events, backend)
-    try:
+    try:  # (a Loop that cannot be built closes what was opened for it too)
+        loop = Loop(session, agent, Options(trials=args.trials, hours=args.hours, seed=args.seed,
+                                            agent_timeout=args.agent_timeout, gpus=gpus,
+                                            sandbox=args.sandbox, keep_runs=args.keep_runs,
+                                            max_cost=args.max_cost, workers=args.workers,
+                                            gpus_per_trial=args.gpus_per_trial,
+                                            agent_concurrency=args.agent_concurrency), events, backend)
         for line in start_lines(loop, tag):
             events.message(line)
         best = run_until_stopped(loop, originals)

@@ -28,7 +28,7 @@ def check_before(task: Task, tag: str, checkout: bool = False) -> None:
     except AutoresearchError:  # (one still being made, or unreadable: open_session says so)
         return
     try:
-        if led.trials():
+        if led.next_number():  # (a trial: what it was measured by is pinned)
             check_measurement(led, task, tag)
     finally:
         led.close()

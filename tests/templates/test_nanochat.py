@@ -337,6 +337,8 @@ def test_the_peak_of_each_gpu_name(
     hardware = load_prepare("hardware")
     monkeypatch.delenv("AUTORESEARCH_PEAK_TFLOPS", raising=False)
     monkeypatch.setattr(hardware.torch.cuda, "get_device_name", lambda device: name)
+    monkeypatch.setattr(hardware.torch.cuda, "get_device_properties",  # (a whole card's SMs: not read)
+                        lambda device: type("Props", (), {"multi_processor_count": 132})())
     peak, seen = hardware.peak_flops(torch.device("cuda", 0))
     assert seen == name
     assert (None if peak is None else round(peak / 1e12)) == tflops

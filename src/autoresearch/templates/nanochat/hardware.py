@@ -74,8 +74,7 @@ def peak_flops(device: torch.device) -> tuple[float | None, str]:
         return float(os.environ["AUTORESEARCH_PEAK_TFLOPS"]) * 1e12, name
     peak = None
     if device.type == "cuda":
-        mig = re.search(r"\bMIG\b", name)  # a slice: its own SMs, not the card's
-        peak = gpu_peak(name, torch.cuda.get_device_properties(device).multi_processor_count if mig else None)
+        peak = gpu_peak(name, torch.cuda.get_device_properties(device).multi_processor_count)
     if peak is None:
         print(f"note: peak FLOP/s of {name} unknown, mfu_percent reported as 0 "
               "(set AUTORESEARCH_PEAK_TFLOPS to give it)", flush=True)
