@@ -551,6 +551,38 @@ def test_many_tool_calls_at_once_stay_within_the_context_budget(tmp_path: Path) 
     assert "ask for less at once" in results[1]
 
 
+def test_a_model_that_reasons_aloud_stays_within_the_context_budget(tmp_path: Path) -> None:
+    """A model that writes a long text with each tool call (a reasoning model whose thinking
+    comes in its replies' content) had every one of them sent again on each request: the
+    requests grew by a reply each step, past the context budget and then any context window
+    (a context-length refusal, fatal). Old replies' long texts are now elided like old tool
+    outputs; the last two stay whole."""
+    from autoresearch.agents.base import Context
+    from autoresearch.agents.llm import Limits, LLMAgent
+    from autoresearch.agents.providers import make_chat, resolve
+    from autoresearch.agents.retry import RetryPolicy
+    from autoresearch.task import load_task
+
+    repo = make_task(tmp_path / "task")
+    best = Trial(number=0, status=Status.KEEP, description="baseline", metric=6.0)
+    ctx = Context(task=load_task(repo), workdir=repo, number=1, best=best, history=(best,),
+                  log_path=tmp_path / "agent.log", ledger_dir=tmp_path)
+    musing = "Perhaps X matters more than I thought; let me weigh it once more. " * 150  # ~10k chars
+    script = [*[Say(f"step {i}: {musing}", [("read_file", {"path": "prepare.py"})]) for i in range(8)],
+              Say("", [("edit_file", {"path": "exp.py", "search": "X = 3.0", "replace": "X = 1.0"})]),
+              Say("", [("finish", {"description": "set X to 1.0"})])]
+    with FakeLLM("openai", script) as fake:
+        endpoint = resolve("openai/gpt-4.1", fake.url, {"OPENAI_API_KEY": KEY})
+        agent = LLMAgent(endpoint, make_chat(endpoint), Limits(context_chars=20_000), RetryPolicy(attempts=1))
+        proposal = agent.propose(ctx)
+    assert proposal.description == "set X to 1.0" and "X = 1.0" in (repo / "exp.py").read_text()
+    sizes = [len(json.dumps(q["body"]["messages"])) for q in fake.requests if q["body"].get("messages")]
+    assert len(sizes) == 10, sizes
+    assert max(sizes) < 40_000, sizes  # (without the elision: 84 000 by the last)
+    last = [m.get("content") or "" for m in fake.requests[-1]["body"]["messages"] if m["role"] == "assistant"]
+    assert "step 0: Perhaps" in last[0] and "elided to save context" in last[0]  # its start kept, said cut
+
+
 def test_proposals_are_made_side_by_side_with_agent_concurrency(tmp_path: Path) -> None:
     """--agent-concurrency 2 with --workers 2: two conversations with the model at once (a slow
     model keeps both workers busy), each proposal its own edit, description and spend."""

@@ -16,8 +16,8 @@ Guarantees:
 - The conversation is written to agent/<n>.log with keys redacted (each message cut to
   LOG_CHARS); keys are never logged. The tools refuse an edit that would write a key.
 - The conversation stays under a context budget: the history is condensed to fit, and old tool
-  outputs, then the long arguments of old tool calls (a whole file written), are elided as the
-  conversation grows.
+  outputs, then the long arguments of old tool calls (a whole file written), then the long texts
+  of the model's old replies, are elided as the conversation grows.
 """
 
 from __future__ import annotations
@@ -175,8 +175,10 @@ def first_message(ctx: Context, budget: int, role: str = "") -> str:
 
 def elide(messages: list[dict[str, Any]], budget: int) -> bool:
     """While the conversation is over `budget` chars, replace old tool outputs with a stub, then
-    the long arguments of old tool calls (a whole file written, which every request repeats);
-    the last two of each are kept whole. Whether anything was replaced: then the turns' thinking
+    the long arguments of old tool calls (a whole file written, which every request repeats),
+    then the long texts of the model's old replies (a model that reasons aloud in its replies
+    sent every one of them again on each request, past any context window); the last two of
+    each are kept whole. Whether anything was replaced: then the turns' thinking
     (Reply.blocks) is let go, all of it, since it is signed for the conversation as it was and
     the API refuses a thinking block whose conversation before it changed."""
     changed = _elide(messages, budget)
@@ -208,6 +210,13 @@ def _elide(messages: list[dict[str, Any]], budget: int) -> bool:
                 if isinstance(v, str) and len(v) > 200:
                     c.arguments[k] = f"[elided to save context ({len(v)} chars)]"
                     changed = True
+    for m in [m for m in messages if m["role"] == "assistant"][:-2]:  # a model that thinks aloud at length
+        text = m.get("content") or ""
+        if size() <= budget:
+            return changed
+        if len(text) > 400:
+            m["content"] = text[:200] + f"\n[... the rest of this reply ({len(text) - 200} chars) elided to save context]"
+            changed = True
     return changed
 
 
