@@ -173,6 +173,27 @@ def test_model_that_never_edits_is_an_agent_error(tmp_path: Path) -> None:
     assert "did not change any file" in t[1].reason
 
 
+@pytest.mark.extended  # (a loop run: about 3.5 s)
+def test_a_model_whose_writes_were_refused_is_told_in_the_reason(tmp_path: Path) -> None:
+    """A model that tried to change the protected prepare.py and a path out of the repository,
+    each refused by the tools, then gave up talking: the trial's reason said only "the model
+    did not change any file", and a user reading `status` in the morning could not tell a model
+    that tampers from one that idles. The refused writes are named; the loop goes on."""
+    repo = make_task(tmp_path / "task")
+    tamper = Say("", [("write_file", {"path": "prepare.py", "content": "print('loss: 0')\n"}),
+                      ("edit_file", {"path": "../exp.py", "search": "X", "replace": "Y"})])
+    script = [tamper, Say("", [("finish", {"description": "made the loss zero"})]), *[Say("Done.")] * 2, *good_edit()]
+    with FakeLLM("openai", script) as fake:
+        r = run_llm(repo, fake, trials=2)
+    assert r.returncode == 0, r.stderr
+    t = ledger(repo)
+    assert [x.status for x in t] == [Status.KEEP, Status.AGENT_ERROR, Status.KEEP]
+    assert "did not change any file; its writes were refused" in t[1].reason
+    assert "prepare.py is not editable" in t[1].reason and "../exp.py: outside the repository" in t[1].reason
+    assert "prepare.py is not editable" in cli("status", str(repo), "--tag", "t").stdout
+    assert "loss: 0" not in (repo / "prepare.py").read_text()
+
+
 def test_a_model_that_never_calls_a_tool_stops_the_loop(tmp_path: Path) -> None:
     """Text only, no tool call ever (a server without tool calling): it will recur, so three
     trials in a row stop the loop and say what to check."""

@@ -349,8 +349,10 @@ class LLMAgent(BaseAgent):
             raise AgentError("the model answered in text only and never called a tool: does it support "
                              "tool calls? (vLLM needs --enable-auto-tool-choice and a --tool-call-parser; "
                              "Ollama a model that lists tools)", fatal=True)
-        if nudges > 2:
-            raise AgentError("the model did not change any file")
+        if nudges > 2:  # (its writes that were refused said: the trial's reason is all a user reads)
+            refused = sorted(set(tools.refused))
+            raise AgentError("the model did not change any file" + (
+                f"; its writes were refused: {'; '.join(refused[:3])}" if refused else ""))
         tools.finished = None
         messages.append({"role": "user", "content": ("Your reply was cut at the token limit: think "
                          "less aloud. " if cut else "No file has changed yet. ") + "Use "

@@ -174,6 +174,7 @@ class Tools:
     changed: set[str] = field(default_factory=set)
     finished: str | None = None
     asked_for_words: bool = False  # a finish with no description was sent back once
+    refused: list[str] = field(default_factory=list)  # writes refused for their path, said if nothing changed
 
     def __post_init__(self) -> None:
         self.keys = key_values(self.keys)
@@ -295,12 +296,16 @@ class Tools:
         return ("\n".join(hits[:GREP_HITS]) + more if hits else "no matches") + late
 
     def _writable(self, path: str) -> tuple[Path, str]:
-        real, rel = self.resolve(path, must_exist=False)
-        if (self.root / path).is_symlink() or real.is_dir():
-            raise ToolError(f"{path}: not a regular file")
-        if not self.ctx.task.is_editable(rel):
-            raise ToolError(f"{rel} is not editable; you may change only: "
-                            f"{', '.join(self.ctx.task.editable)} (never {', '.join(self.ctx.task.always_protected + self.ctx.task.protected)})")
+        try:
+            real, rel = self.resolve(path, must_exist=False)
+            if (self.root / path).is_symlink() or real.is_dir():
+                raise ToolError(f"{path}: not a regular file")
+            if not self.ctx.task.is_editable(rel):
+                raise ToolError(f"{rel} is not editable; you may change only: {', '.join(self.ctx.task.editable)} "
+                                f"(never {', '.join(self.ctx.task.always_protected + self.ctx.task.protected)})")
+        except ToolError as e:
+            self.refused.append(str(e).split(";")[0][:120])
+            raise
         return real, rel
 
     def _no_key(self, rel: str, old: str, new: str) -> None:
