@@ -604,6 +604,40 @@ def test_a_model_that_reasons_aloud_stays_within_the_context_budget(tmp_path: Pa
     assert "step 0: Perhaps" in last[0] and "elided to save context" in last[0]  # its start kept, said cut
 
 
+@pytest.mark.parametrize("kind", ["openai", pytest.param("anthropic", marks=pytest.mark.extended)])
+def test_a_tool_call_cut_at_the_reply_token_limit_is_not_run(tmp_path: Path, kind: str) -> None:
+    """A model writing a whole file in one call hits the reply's token limit inside it: the
+    call's arguments stop where the reply did (Anthropic's input, parsed, is a file cut in
+    half). It was run: the half file written, or the model told only "not valid JSON", and it
+    tried the same again. The cut call is not run, and the model is told why and what to do;
+    the calls before it in the reply are run."""
+    from autoresearch.agents.base import Context
+    from autoresearch.agents.llm import Limits, LLMAgent
+    from autoresearch.agents.providers import make_chat, resolve
+    from autoresearch.agents.retry import RetryPolicy
+    from autoresearch.task import load_task
+
+    repo = make_task(tmp_path / "task")
+    best = Trial(number=0, status=Status.KEEP, description="baseline", metric=6.0)
+    ctx = Context(task=load_task(repo), workdir=repo, number=1, best=best, history=(best,),
+                  log_path=tmp_path / "agent.log", ledger_dir=tmp_path)
+    half = EXPERIMENT.replace("X = 3.0", "X = 1.0")[:40]  # a write cut in the middle of the file
+    script = [Say("", [("read_file", {"path": "exp.py"}), ("write_file", {"path": "exp.py", "content": half})],
+                  stop="length" if kind == "openai" else "max_tokens"),
+              Say("", [("edit_file", {"path": "exp.py", "search": "X = 3.0", "replace": "X = 1.0"})]),
+              Say("", [("finish", {"description": "set X to 1.0"})])]
+    with FakeLLM(kind, script) as fake:
+        model = "openai/gpt-4.1" if kind == "openai" else "anthropic/claude-sonnet-4-5"
+        endpoint = resolve(model, fake.url, {"OPENAI_API_KEY": KEY, "ANTHROPIC_API_KEY": KEY})
+        agent = LLMAgent(endpoint, make_chat(endpoint), Limits(), RetryPolicy(attempts=1))
+        proposal = agent.propose(ctx)
+    assert proposal.description == "set X to 1.0"
+    assert (repo / "exp.py").read_text() == EXPERIMENT.replace("X = 3.0", "X = 1.0")  # whole, not the half
+    told = json.dumps(fake.requests[1]["body"])
+    assert "cut at the reply's token limit (8192 tokens) inside this call, so it was not run" in told
+    assert "exp.py (lines 1-" in told  # the read before it was run
+
+
 def test_proposals_are_made_side_by_side_with_agent_concurrency(tmp_path: Path) -> None:
     """--agent-concurrency 2 with --workers 2: two conversations with the model at once (a slow
     model keeps both workers busy), each proposal its own edit, description and spend."""

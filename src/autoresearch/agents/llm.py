@@ -298,7 +298,8 @@ class LLMAgent(BaseAgent):
                              **({"blocks": reply.blocks} if reply.blocks else {})})
             self.tools_seen = self.tools_seen or bool(reply.tool_calls)
             if reply.tool_calls:
-                messages.append({"role": "tool", "results": self._results(tools, reply.tool_calls, log)})
+                messages.append({"role": "tool", "results": self._results(tools, reply.tool_calls, log,
+                                                                          cut=reply.stop in CUT)})
             if tools.finished is not None and (tools.changed or nudges >= 2):
                 return tools.finished
             if tools.changed and not reply.tool_calls:  # it edited, then said what it did
@@ -359,13 +360,23 @@ class LLMAgent(BaseAgent):
                          "edit_file or write_file to make your change, then call finish."})
         return was_cut
 
-    def _results(self, tools: Tools, calls: list[Any], log: Callable[[str], None]) -> list[dict[str, str]]:
-        """Every call run; their outputs together cut to half the context budget (each tool's
-        output is cut on its own, but a reply may hold dozens of calls, and the last steps are
-        sent whole on every request: 60 reads at once made a request of a million characters)."""
+    def _results(self, tools: Tools, calls: list[Any], log: Callable[[str], None],
+                 cut: bool = False) -> list[dict[str, str]]:
+        """Every call run (but the last of a reply `cut` at the reply's token limit: its arguments
+        stop where the reply did, a whole file written half); their outputs together cut to half
+        the context budget (each tool's output is cut on its own, but a reply may hold dozens of
+        calls, and the last steps are sent whole on every request: 60 reads at once made a
+        request of a million characters)."""
         share = max(STEP_FLOOR, self.limits.context_chars // 2)
         room, out = share, []
-        for call in calls:
+        for i, call in enumerate(calls):
+            if cut and i == len(calls) - 1:
+                said = (f"error: your reply was cut at the reply's token limit ({self.limits.reply_tokens} tokens) "
+                        f"inside this call, so it was not run; make the change in smaller pieces (edit_file with "
+                        "a short search and replace, not a whole file)")
+                log(f"-> {call.name}(...) cut at the reply's token limit: not run")
+                out.append({"id": call.id, "content": said})
+                continue
             result = self._run(tools, call, log)
             text, keep = result["content"], max(room, STEP_FLOOR)
             if len(text) > keep:
