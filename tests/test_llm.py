@@ -364,13 +364,15 @@ def test_keys_appear_nowhere(tmp_path: Path) -> None:
     assert "[redacted]" in (repo / ".autoresearch" / "t" / "agent" / "1.log").read_text()
 
 
-def test_credentials_in_the_base_url_appear_nowhere(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["userinfo", pytest.param("query", marks=pytest.mark.extended)])
+def test_credentials_in_the_base_url_appear_nowhere(tmp_path: Path, where: str) -> None:
     """--base-url http://user:secret@host/v1: the secret was kept in the ledger (the options a
-    resume reuses) and written in the agent's log."""
+    resume reuses) and written in the agent's log. So was a key in the URL's query, as some
+    gateways take it (http://host/v1?key=secret)."""
     repo = make_task(tmp_path / "task")
     secret = "URLSECRETVALUE99"
     with FakeLLM("openai", good_edit()) as fake:
-        url = fake.url.replace("http://", f"http://tok:{secret}@")
+        url = fake.url.replace("http://", f"http://tok:{secret}@") if where == "userinfo" else f"{fake.url}?key={secret}"
         r = cli("run", str(repo), "--tag", "t", "--agent", "llm", "--model", "openai/gpt-4.1", "--base-url", url,
                 "--trials", "1", env={"OPENAI_API_KEY": KEY}, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -378,7 +380,8 @@ def test_credentials_in_the_base_url_appear_nowhere(tmp_path: Path) -> None:
     texts = [r.stdout + r.stderr, git(repo, "log", "--all", "-p")]
     texts += [p.read_bytes().decode("latin-1") for p in (repo / ".autoresearch").rglob("*") if p.is_file()]
     assert not [t for t in texts if secret in t]
-    assert "http://[redacted]@127.0.0.1" in (repo / ".autoresearch" / "t" / "agent" / "1.log").read_text()
+    said = "http://[redacted]@127.0.0.1" if where == "userinfo" else "?key=[redacted]"
+    assert said in (repo / ".autoresearch" / "t" / "agent" / "1.log").read_text()
     again = cli("run", str(repo), "--tag", "t", "--trials", "1")  # not resumed on a URL without them
     assert again.returncode == 2 and "give the agent's flags again" in again.stderr, again.stderr
 

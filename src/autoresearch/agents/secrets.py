@@ -3,8 +3,9 @@
 `redact()` scrubs the keys in the environment (every provider's key variable, every *_API_KEY,
 *_TOKEN and *SECRET value of 8+ characters, the key an agent was given), anything shaped like
 a key, a long value given to a key-like name inline (`HF_TOKEN=...`, `--api-key ...`) and the
-credentials in a URL (http://user:password@host); `keys_in()` counts the keys in a text an agent is about to write, also wrapped over lines,
-cut short or pieced together from quoted parts.
+credentials in a URL (http://user:password@host, ?key=... in its query); `keys_in()` counts the
+keys in a text an agent is about to write, also wrapped over lines, cut short or pieced together
+from quoted parts.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ INLINE_KEY = re.compile(
     re.IGNORECASE)
 # http://user:password@host, https://<token>@host (not ssh://git@host: a user name alone)
 URL_CREDENTIALS = re.compile(r"(?<=://)(?:[^\s/@?#:]+:[^\s/@?#]+|[^\s/@?#:]{16,})(?=@)")
+# a key in a URL's query, as some proxies and gateways take it: ?key=..., &access_token=...,
+# ?subscription-key=..., ?sig=... (the value, 6+ characters, whatever it looks like)
+URL_QUERY_KEY = re.compile(r"(?i)(?<=[?&;])(?P<name>[a-z0-9_.-]*(?:key|token|secret|password|passwd|auth|sig|"
+                           r"signature|credential))=(?P<value>[^&#\s\"'<>]{6,})")
 
 
 def secrets(env: Mapping[str, str] | None = None) -> list[str]:
@@ -116,4 +121,5 @@ def redact(text: str, extra: tuple[str, ...] = ()) -> str:
         if len(value) >= 2 * PIECE:
             text = _without_pieces(text, value)
     text = INLINE_KEY.sub(lambda m: f"{m['name']}{m['q']}[redacted]{m['q']}", text)
+    text = URL_QUERY_KEY.sub(lambda m: f"{m['name']}=[redacted]", text)
     return URL_CREDENTIALS.sub("[redacted]", KEY_SHAPES.sub("[redacted]", text))
