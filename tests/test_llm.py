@@ -641,6 +641,33 @@ def test_a_tool_call_cut_at_the_reply_token_limit_is_not_run(tmp_path: Path, kin
     assert "exp.py (lines 1-" in told  # the read before it was run
 
 
+def test_greps_past_the_time_limit_are_not_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grep whose pattern backtracks without end runs to its own limit (10 s); a reply holding
+    dozens of them ran every one, minutes past the agent's time limit. Past it, a grep is not
+    run (the other tools take an instant); the proposal ends at its time limit."""
+    from autoresearch.agents import tools as tools_module
+    from autoresearch.agents.base import AgentError, Context
+    from autoresearch.agents.llm import Limits, LLMAgent
+    from autoresearch.agents.providers import make_chat, resolve
+    from autoresearch.agents.retry import RetryPolicy
+    from autoresearch.task import load_task
+
+    monkeypatch.setattr(tools_module, "GREP_SECONDS", 0.5)
+    repo = make_task(tmp_path / "task", files={"sub/x.txt": "x" * 60 + "\n"})
+    best = Trial(number=0, status=Status.KEEP, description="baseline", metric=6.0)
+    ctx = Context(task=load_task(repo), workdir=repo, number=1, best=best, history=(best,),
+                  log_path=tmp_path / "agent.log", ledger_dir=tmp_path, time_limit=1.0)
+    greps = [("grep", {"pattern": "(x+x+)+y", "path": "sub"})] * 8
+    with FakeLLM("openai", [Say("", greps), Say("", [("finish", {"description": "none"})])]) as fake:
+        endpoint = resolve("openai/gpt-4.1", fake.url, {"OPENAI_API_KEY": KEY})
+        agent = LLMAgent(endpoint, make_chat(endpoint), Limits(), RetryPolicy(attempts=1))
+        with pytest.raises(AgentError, match=r"time limit \(--agent-timeout 1 s\)"):
+            agent.propose(ctx)
+    log = (tmp_path / "agent.log").read_text()
+    assert log.count("the search stopped at 0.5 s") <= 3, log  # (without the limit: all 8 ran, 4 s)
+    assert "grep(...) not run: the agent's time limit was reached" in log
+
+
 def test_proposals_are_made_side_by_side_with_agent_concurrency(tmp_path: Path) -> None:
     """--agent-concurrency 2 with --workers 2: two conversations with the model at once (a slow
     model keeps both workers busy), each proposal its own edit, description and spend."""

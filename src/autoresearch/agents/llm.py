@@ -23,6 +23,7 @@ Guarantees:
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import sys
 import time
@@ -299,7 +300,7 @@ class LLMAgent(BaseAgent):
             self.tools_seen = self.tools_seen or bool(reply.tool_calls)
             if reply.tool_calls:
                 messages.append({"role": "tool", "results": self._results(tools, reply.tool_calls, log,
-                                                                          cut=reply.stop in CUT)})
+                                                                          cut=reply.stop in CUT, deadline=deadline)})
             if tools.finished is not None and (tools.changed or nudges >= 2):
                 return tools.finished
             if tools.changed and not reply.tool_calls:  # it edited, then said what it did
@@ -361,15 +362,21 @@ class LLMAgent(BaseAgent):
         return was_cut
 
     def _results(self, tools: Tools, calls: list[Any], log: Callable[[str], None],
-                 cut: bool = False) -> list[dict[str, str]]:
+                 cut: bool = False, deadline: float = math.inf) -> list[dict[str, str]]:
         """Every call run (but the last of a reply `cut` at the reply's token limit: its arguments
-        stop where the reply did, a whole file written half); their outputs together cut to half
-        the context budget (each tool's output is cut on its own, but a reply may hold dozens of
-        calls, and the last steps are sent whole on every request: 60 reads at once made a
-        request of a million characters)."""
+        stop where the reply did, a whole file written half; and no grep past the `deadline`: a
+        reply's dozens of 10-second greps held the proposal minutes past its time limit, while
+        the other tools take an instant, and a change finished just in time is kept); their
+        outputs together cut to half the context budget (each tool's output is cut on its own,
+        but a reply may hold dozens of calls, and the last steps are sent whole on every
+        request: 60 reads at once made a request of a million characters)."""
         share = max(STEP_FLOOR, self.limits.context_chars // 2)
         room, out = share, []
         for i, call in enumerate(calls):
+            if call.name == "grep" and time.monotonic() >= deadline:
+                log(f"-> {call.name}(...) not run: the agent's time limit was reached")
+                out.append({"id": call.id, "content": "error: not run: the agent's time limit was reached"})
+                continue
             if cut and i == len(calls) - 1:
                 said = (f"error: your reply was cut at the reply's token limit ({self.limits.reply_tokens} tokens) "
                         f"inside this call, so it was not run; make the change in smaller pieces (edit_file with "
