@@ -10,11 +10,13 @@ the audit in test_audit.py.)
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
-from conftest import cli, script_agent, trials
-from trust_helpers import EVALUATOR, HOLDOUT, LOWER_X, eval_task, run
+from conftest import cli, make_task, script_agent, trials
+from trust_helpers import EVALUATOR, EXPERIMENT, HOLDOUT, LOWER_X, eval_task, run
 
 from autoresearch.loop import visible
 from autoresearch.records import Status, Trial
@@ -23,9 +25,9 @@ from autoresearch.records import Status, Trial
 # the sealed holdout
 
 
-def holdout_strings(t: Trial) -> list[str]:
+def holdout_strings(t: Trial, name: str = "test_loss") -> list[str]:
     """The ways the holdout of trial t could be written: repr and 6 significant digits."""
-    v = t.figures["test_loss"]
+    v = t.figures[name]
     return [repr(v), f"{v:.6g}", f"{v:.6f}"]
 
 
@@ -197,3 +199,29 @@ def test_an_mlflow_store_in_the_repository_is_sealed_as_the_ledger_is(tmp_path: 
     for t in ts[:2]:
         for s in holdout_strings(t):
             assert s not in seen, s  # ...where neither the agent nor its code could look
+
+
+@pytest.mark.extended
+def test_a_holdout_named_within_the_metrics_name_seals_only_itself(tmp_path: Path) -> None:
+    """A holdout `loss` beside a metric `val_loss`: the seal blanked every `val_loss` figure too,
+    so the LLM agent's history showed its own metric as `val_loss=[sealed]` for every trial."""
+    from fakes.llm_server import FakeLLM
+    from llm_helpers import good_edit, run_llm
+
+    evaluator = EVALUATOR.replace('print(f"loss: {loss}")', 'print(f"val_loss: {loss}")').replace(
+        'print(f"test_loss: ', 'print(f"loss: ')
+    toml = 'evaluate = "python prepare.py"\n\n[metric]\nname = "val_loss"\ngoal = "minimize"\nholdout = "loss"\n'
+    root = make_task(tmp_path / "task", experiment=EXPERIMENT.replace("print(f\"loss: {loss}\")\n", ""),
+                     toml_extra=toml, files={"prepare.py": evaluator})
+    with FakeLLM("openai", good_edit("2.0") + good_edit("1.5", old="2.0")) as fake:
+        r = run_llm(root, fake, trials=2)
+    assert r.returncode == 0, r.stderr + r.stdout
+    ts = trials(root)
+    assert [t.status for t in ts] == [Status.KEEP] * 3
+    assert ts[1].figures["loss"] == pytest.approx(1.0 + float(HOLDOUT))
+    prompt = json.dumps(fake.requests[3]["body"])  # trial 2's first request: the history of 0 and 1
+    assert re.search(r"val_loss\W+1(\.0*)?\b", prompt), prompt[:3000]  # the metric is shown
+    assert "val_loss=[sealed]" not in prompt and "val_loss: [sealed]" not in prompt
+    for t in ts[:2]:
+        for s in holdout_strings(t, "loss"):
+            assert s not in prompt, s  # and the holdout is not

@@ -11,12 +11,18 @@ from autoresearch.agents.base import Context
 from autoresearch.records import Status, Trial, clip
 
 
+def named(holdout: str) -> str:
+    """A regular expression of the figure `holdout` as a word of its own: a holdout `loss` is not
+    `val_loss` (blanking that would hide the metric from the agent)."""
+    return rf"(?<!\w){re.escape(holdout)}(?!\w)"
+
+
 def visible(trial: Trial, holdout: str | None) -> Trial:
     """The trial as an agent may see it: the sealed holdout figure removed, also from the
     reason (which can quote an evaluator's output)."""
     if not holdout:
         return trial
-    sealed = re.compile(rf"{re.escape(holdout)}\s*[:=]\s*\S+")
+    sealed = re.compile(rf"{named(holdout)}\s*[:=]\s*\S+")
     return trial.with_(figures={k: v for k, v in trial.figures.items() if k != holdout},
                        repeats=[{k: v for k, v in r.items() if k != holdout} for r in trial.repeats],
                        reason=sealed.sub(f"{holdout}: [sealed]", trial.reason))

@@ -28,7 +28,7 @@ from typing import Any
 from autoresearch.agents.base import Context
 from autoresearch.agents.secrets import key_values, keys_in, redact
 from autoresearch.process import read_tail
-from autoresearch.prompt import history_lines
+from autoresearch.prompt import history_lines, named
 from autoresearch.task import SKIP_DIRS
 
 MAX_OUTPUT = 16000
@@ -153,14 +153,15 @@ def sealed(text: str, holdout: str | None) -> str:
     """The holdout figure's values blanked out of a text (e.g. a crash reason in the history)."""
     if not holdout:
         return text
-    return re.sub(rf"(?i)({re.escape(holdout)}\s*[:=]?\s*)[-+0-9.eE]+(?:nan|inf)?", r"\1[sealed]", text)
+    return re.sub(rf"(?i)({named(holdout)}\s*[:=]?\s*)(?:[-+]?(?:nan|inf(?:inity)?)\b|[-+0-9.eE]+)",
+                  r"\1[sealed]", text)
 
 
 def seal(text: str, holdout: str | None) -> str:
     """Remove every line that mentions the sealed holdout figure (for logs)."""
     if not holdout:
         return text
-    pat = re.compile(re.escape(holdout), re.IGNORECASE)
+    pat = re.compile(named(holdout), re.IGNORECASE)
     return "\n".join(line for line in text.splitlines() if not pat.search(line))
 
 
