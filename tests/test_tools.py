@@ -16,7 +16,7 @@ from fakes.llm_server import FakeLLM, Say
 from llm_helpers import KEY, branch_file, good_edit, ledger, run_llm
 
 from autoresearch.agents.base import Context
-from autoresearch.agents.tools import Tools
+from autoresearch.agents.tools import Tools, seal, sealed
 from autoresearch.records import Status, Trial
 from autoresearch.task import load_task
 
@@ -285,3 +285,13 @@ def test_read_file_of_a_binary_file_says_so_instead_of_sending_its_bytes(tmp_pat
     out = tools.call("read_file", {"path": "model.pt"})
     assert out == "model.pt is a binary file (10240 bytes): not shown", out
     assert "line two" in tools.call("read_file", {"path": "latin.txt"})
+
+
+def test_the_seal_blanks_every_spelling_of_the_holdouts_value_and_nothing_else() -> None:
+    """A crash reason can quote the evaluator's output: the holdout's value is blanked whatever
+    it is (`nan` and `inf` were let through), and a figure whose name only contains the
+    holdout's (`val_loss` beside a holdout `loss`) is left as it is."""
+    text = "val_loss=1.25 loss: 2.5 LOSS=nan loss -inf loss=+Infinity metrics.loss=3e-2 loss_avg: 7"
+    assert sealed(text, "loss") == ("val_loss=1.25 loss: [sealed] LOSS=[sealed] loss [sealed] loss=[sealed] "
+                                    "metrics.loss=[sealed] loss_avg: 7")
+    assert seal("val_loss: 1.25\nloss: 2.5\nstep 3", "loss") == "val_loss: 1.25\nstep 3"
