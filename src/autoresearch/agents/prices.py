@@ -32,6 +32,8 @@ PRICES: dict[str, Price] = {
     "gpt-4.1": (2.0, 8.0), "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1-nano": (0.10, 0.40),
     "gpt-4o": (2.50, 10.0), "gpt-4o-mini": (0.15, 0.60),
     "o3": (2.0, 8.0), "o3-mini": (1.10, 4.40), "o4-mini": (1.10, 4.40), "o1": (15.0, 60.0),
+    "o1-mini": (1.10, 4.40),  # (a fourteenth of o1's: never o1's by prefix)
+    "o3-deep-research": (10.0, 40.0), "o4-mini-deep-research": (2.0, 8.0),
     # the -pro models are priced apart (10x and more): never their family's price by prefix
     "o1-pro": (150.0, 600.0), "o3-pro": (20.0, 80.0), "gpt-5-pro": (15.0, 120.0),
     "gpt-5.5-pro": (30.0, 180.0), "gpt-5.4-pro": (30.0, 180.0),
