@@ -474,7 +474,7 @@ def test_an_agent_that_times_out_or_fails_keeps_what_it_said(tmp_path: Path) -> 
     r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--agent-timeout", "2", "--trials", "2")
     assert r.returncode == 0, r.stderr
     got = rows(repo)
-    assert got[1][1:3] == ("agent_error", "slow: X up (the agent command timed out after 2 s)")
+    assert got[1][1:3] == ("agent_error", "slow: X up (the agent command timed out after 2 s: (no output))")
     assert got[2][1:3] == ("agent_error", "the agent command exited with 3: the last word")
 
 

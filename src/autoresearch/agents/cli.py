@@ -228,8 +228,11 @@ class CommandAgent(BaseAgent):
         printed = read_tail(ctx.log_path).split("$ " + command, 1)[-1]
         if result.cancelled:
             raise AgentError(described("stopped while the agent ran", read_description(desc_file)))
-        if result.timed_out:  # what it said it tried, if it wrote it, stays the trial's description
-            raise AgentError(described(f"the agent command timed out after {timeout:g} s", read_description(desc_file)))
+        if result.timed_out:  # what it said it tried, if it wrote it, stays the trial's description; and
+            # what it was doing (its last line), as for a command that fails: `show N` says where it hung
+            last = description_from(None, printed) or "(no output)"
+            raise AgentError(described(f"the agent command timed out after {timeout:g} s: {last}",
+                                       read_description(desc_file)))
         if result.escaped:
             raise AgentError("processes the agent started outlived the process that supervises it, which "
                              f"something killed (they were killed): {'; '.join(result.escaped)[:300]}")
