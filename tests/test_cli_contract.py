@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import cli, make_task, script_agent, trials
+from conftest import DEED_AGENT, cli, git, make_task, script_agent, trials
 
 from autoresearch.records import Status
 
@@ -28,3 +28,36 @@ def test_a_timed_out_agent_s_reason_quotes_its_last_line(tmp_path: Path) -> None
     assert t.reason.startswith("the agent command timed out after 1 s: running the tests yyy"), t.reason
     assert "\033" not in t.reason and "[1;31m" not in t.reason
     assert len(t.reason) < 300, len(t.reason)
+
+
+def test_worktrees_an_agent_adds_to_your_repository_are_unregistered_and_said(tmp_path: Path) -> None:
+    """`git worktree add` run by an agent in its worktree left a worktree registered in your
+    repository (in `git worktree list`, holding its branch: `git checkout other` failed) and its
+    folder, unnoted. Now each registration is removed; its folder too where it lies in the
+    ledger's folder, never one elsewhere (an empty folder of yours git checked out into stays)."""
+    elsewhere, yours = tmp_path / "elsewhere", tmp_path / "yours"
+    yours.mkdir()  # an empty folder of the user's: git checks out into it
+    deed = f"""\
+  git worktree add -q --detach {elsewhere} HEAD
+  git worktree add -q --detach {yours} HEAD
+  git worktree add -q ../x other
+"""
+    repo = make_task(tmp_path / "task")
+    git(repo, "branch", "other")
+    agent = script_agent(tmp_path / "a.sh", DEED_AGENT.replace("{deed}", deed))
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1  # the checkout alone
+    git(repo, "checkout", "-q", "other")  # no longer "used by worktree"
+    assert (elsewhere / "exp.py").is_file() and (yours / "exp.py").is_file()  # left where they are
+    assert not (repo / ".autoresearch/t/worktrees/x").exists()
+    done = trials(repo)
+    assert [t.status for t in done] == [Status.KEEP] * 3  # (the measurement is not touched by it)
+    notes = " ".join(done[2].flags)
+    for folder in (elsewhere, yours):
+        assert f"`git worktree add` made a worktree at {folder}: its registration is removed; its folder is " \
+               "left as it is" in notes, notes
+    assert "worktrees/x: its registration is removed, and its folder (in the ledger's folder) deleted" in notes
+    assert not done[1].flags
+    assert f"while trial 2's agent ran: `git worktree add` made a worktree at {elsewhere}" in r.stdout + r.stderr
+    assert f"made a worktree at {elsewhere}" in (repo / ".autoresearch/t/agent/2.log").read_text()

@@ -12,6 +12,7 @@ on the trial as a flag for a human. The loop calls both under its decision lock.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from autoresearch import guard, objects, shadow
 from autoresearch.envguard import EnvGuard, TreeWatch, shared_environments
 from autoresearch.events import Events
 from autoresearch.execute import experiment_env
+from autoresearch.filetree import open_log
 from autoresearch.gitlinks import FolderLinks
 from autoresearch.gitrepo import Workspace
 from autoresearch.pathwatch import PathWatch
@@ -29,6 +31,7 @@ from autoresearch.session import Session
 from autoresearch.setupstep import SetupOutput
 from autoresearch.toolwatch import ToolWatch
 from autoresearch.treecheck import structure, untrue
+from autoresearch.worktreewatch import WorktreeWatch
 
 OTHER_FILES = 100_000  # of the best code, watched by name beyond its task files (a stat each, per look)
 
@@ -69,6 +72,7 @@ class Watch:
         self.tools = ToolWatch()  # the git and bwrap the harness runs
         self.links = FolderLinks(session.git.common_dir)  # .git's folders made links elsewhere
         self.place = PlaceWatch([session.git.common_dir, session.dir.parent, session.dir])  # .git, .autoresearch/, the tag's
+        self.worktrees = WorktreeWatch(session.git.common_dir, session.dir.parent)  # `git worktree add` an agent ran
         self.own = OwnCode(keep=session.dir / "quarantine")  # autoresearch's own code (every module imported now)
 
     def after_setup(self, setup: SetupOutput) -> None:
@@ -116,6 +120,7 @@ class Watch:
                                  self.path.check_and_restore(), self.objects.check_and_restore(),
                                  "; ".join(self.s.ledger.check_and_restore()) or None) if why]
         self.pending += [n for n in (env_note, self.setup.check()) if n]
+        self._worktrees(number, phase)
         if not found:
             return None
         why = "; ".join(found)
@@ -123,6 +128,19 @@ class Watch:
             why += " (by this trial, or one running beside it)"
         self.events.message(f"autoresearch: warning: while trial {number}'s {phase} ran, something {why}")
         return why
+
+    def _worktrees(self, number: int, phase: str) -> None:
+        """Worktrees registered in the repository meanwhile, not a loop's (see worktreewatch): taken
+        away, noted on the trial, said on the loop's output and, after an agent, in its log."""
+        said = self.worktrees.check()
+        if not said:
+            return
+        self.pending += said
+        line = f"while trial {number}'s {phase} ran: {'; '.join(said)}"
+        self.events.message(f"autoresearch: warning: {line}")
+        if phase == "agent":
+            with contextlib.suppress(OSError), open_log(self.s.dir / "agent" / f"{number}.log", append=True) as f:
+                f.write(f"autoresearch: {line}\n".encode(errors="replace"))
 
     def note(self, t: Trial, phase: str) -> Trial:
         """Note on the trial what changed in the user's refs and checkout while its `phase` ran

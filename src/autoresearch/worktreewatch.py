@@ -1,0 +1,83 @@
+"""Worktrees registered in the user's repository by an agent or an experiment.
+
+A coding agent runs git in its trial's worktree, and `git worktree add ../x` (or `/tmp/x`) there
+registers a worktree in the user's repository: it stays in `git worktree list`, holds its branch
+(`git checkout BRANCH` in the user's checkout then fails, "already used by worktree"), and its
+folder stays where the agent put it. After each agent call and each experiment the loop looks at
+`.git/worktrees/`: a registration made since the last look that is not a loop's own (a loop's are
+`.autoresearch/<tag>/worktrees/w<n>`, this tag's or another loop's) is removed. Its folder is
+removed only when it lies in the ledger's folder `.autoresearch/` (the harness's own ground, which
+nothing of the user's is in) and is the checkout git made there (its `.git` file names the
+registration); a folder anywhere else is left as it is, named in the note: it may have been an
+empty folder of the user's that git checked out into, and nothing tells which. A registration of
+the user's that went is noted (a `git worktree remove` deletes the folder: nothing to put back).
+Nothing is held against the trial: the measurement is not touched by it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from autoresearch.filetree import read_plain, remove_path
+
+LOOP_WORKTREE = re.compile(r"[^/]+/worktrees/w\d+")  # under .autoresearch/: <tag>/worktrees/w<n>
+
+
+class WorktreeWatch:
+    def __init__(self, common_dir: Path, ledgers: Path) -> None:
+        self.admin = common_dir / "worktrees"
+        self.ledgers = os.path.realpath(ledgers)  # the task's `.autoresearch/`
+        self.known = self._read()
+
+    def _read(self) -> dict[str, str]:
+        """Registration name -> the folder of its worktree ('' when its `gitdir` file is not (yet)
+        readable: a git adding it now, which the next look sees whole)."""
+        try:
+            names = [e.name for e in os.scandir(self.admin)]
+        except OSError:
+            return {}
+        out = {}
+        for name in names:
+            pointer = read_plain(self.admin / name / "gitdir", 8192)
+            out[name] = os.path.dirname(pointer.strip()) if pointer and pointer.strip().endswith("/.git") else ""
+        return out
+
+    def _inside(self, folder: str) -> str:
+        """`folder` relative to the ledgers' folder ('' when it is not inside it)."""
+        rel = os.path.relpath(folder, self.ledgers)
+        return "" if rel.startswith("..") or os.path.isabs(rel) or rel == "." else rel
+
+    def loops(self, folder: str) -> bool:
+        return bool(LOOP_WORKTREE.fullmatch(self._inside(folder)))
+
+    def check(self) -> list[str]:
+        """What changed in the registrations since the last look, one line each; a new one not a
+        loop's is removed (and its folder, where that is safe: see the module's docstring)."""
+        now = self._read()
+        before, out = self.known, []
+        for name, folder in sorted(now.items()):
+            if name in before and before[name] == folder or not folder or self.loops(folder):
+                continue
+            out.append(self._remove(name, folder))
+            now.pop(name)
+        for name, folder in sorted(before.items()):
+            if name not in now and folder and not self.loops(folder):
+                out.append(f"the worktree {folder} (registered before) is no longer registered")
+        self.known = now
+        return out
+
+    def _remove(self, name: str, folder: str) -> str:
+        registration = self.admin / name
+        remove_path(registration)
+        what = f"`git worktree add` made a worktree at {folder}: its registration is removed"
+        rel = self._inside(folder)
+        own = read_plain(Path(folder) / ".git", 8192)
+        made = own is not None and os.path.realpath(own.strip().removeprefix("gitdir: ")) == os.path.realpath(registration)
+        loops = [f for f in [*self.known.values(), *self._read().values()] if self.loops(f)]
+        if rel.count(os.sep) >= 2 and made and not any(  # (not a tag's folder, nor one a loop's worktree is in)
+                (f + os.sep).startswith(folder + os.sep) for f in loops):
+            remove_path(Path(folder))
+            return what + ", and its folder (in the ledger's folder) deleted"
+        return what + ("; its folder is left as it is (remove it if it is not yours)" if os.path.isdir(folder) else "")
