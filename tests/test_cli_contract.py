@@ -61,3 +61,38 @@ def test_worktrees_an_agent_adds_to_your_repository_are_unregistered_and_said(tm
     assert not done[1].flags
     assert f"while trial 2's agent ran: `git worktree add` made a worktree at {elsewhere}" in r.stdout + r.stderr
     assert f"made a worktree at {elsewhere}" in (repo / ".autoresearch/t/agent/2.log").read_text()
+
+
+def test_refs_an_agent_makes_in_another_tag_s_namespace_are_put_back_and_noted(tmp_path: Path) -> None:
+    """An agent's refs in another tag's namespace went unseen: a trial ref planted ahead for tag o
+    (its next loop would take it for its own), o's refs and branch moved, a branch `autoresearch/foo`
+    of no tag; and refs outside branches and tags (remotes, refs/foo) too. With no loop on o, what
+    o's ledger records is put back, what it does not is removed, and the trial says so."""
+    repo = make_task(tmp_path / "task")
+    honest = script_agent(tmp_path / "h.sh", 'sed -i "s/^X = .*/X = 2.5/" exp.py\necho honest\n')
+    assert cli("run", str(repo), "--tag", "o", "--agent-cmd", honest, "--trials", "1").returncode == 0
+    o = {ref: git(repo, "rev-parse", ref) for ref in ("refs/autoresearch/o/trials/0", "refs/autoresearch/o/trials/1",
+                                                       "refs/heads/autoresearch/o")}
+    deed = """\
+  for ref in refs/autoresearch/o/trials/5 refs/autoresearch/new/trials/1 refs/autoresearch/o/trials/0 \\
+      refs/heads/autoresearch/o refs/heads/autoresearch/foo refs/remotes/origin/x refs/foo/bar; do
+    git update-ref $ref HEAD
+  done
+  git update-ref -d refs/autoresearch/o/trials/1
+"""
+    agent = script_agent(tmp_path / "a.sh", DEED_AGENT.replace("{deed}", deed))
+    r = cli("run", str(repo), "--tag", "t", "--agent-cmd", agent, "--trials", "2")
+    assert r.returncode == 0, r.stderr
+    assert {ref: git(repo, "rev-parse", ref) for ref in o} == o  # as o's ledger records
+    left = git(repo, "for-each-ref", "--format=%(refname)").split()
+    assert not {"refs/autoresearch/o/trials/5", "refs/autoresearch/new/trials/1", "refs/heads/autoresearch/foo"} & set(left)
+    assert "warning" not in cli("status", str(repo), "--tag", "o").stdout
+    done = trials(repo)
+    assert [t.status for t in done] == [Status.KEEP] * 3 and not done[1].flags
+    notes = " ".join(done[2].flags)
+    for said in ("made refs/autoresearch/o/trials/5 at", "made refs/autoresearch/new/trials/1 at",
+                 "made refs/heads/autoresearch/foo at", "moved refs/autoresearch/o/trials/0, tag o's, from",
+                 "deleted refs/autoresearch/o/trials/1, tag o's, from", "moved refs/heads/autoresearch/o, tag o's, from",
+                 "created refs/remotes/origin/x at", "created refs/foo/bar at"):
+        assert said in notes, (said, notes)
+    assert "made refs/autoresearch/o/trials/5" in r.stdout + r.stderr

@@ -96,8 +96,9 @@ def changed_files(expected: dict[str, str], root: Path) -> list[str]:
     return [p for p, h in expected.items() if now.get(p) != h]
 
 
-def _loose_refs(path: str, name: str) -> Iterator[tuple[str, str]]:
-    """(file, ref name) of each loose ref at or under `path` (the ref `name`)."""
+def _loose_refs(path: str, name: str, skip: tuple[str, ...] = ()) -> Iterator[tuple[str, str]]:
+    """(file, ref name) of each loose ref at or under `path` (the ref `name`), not in the folders
+    `skip` names (the loops' refs, thousands of them, when all the others are read)."""
     try:
         entries = os.scandir(path)
     except NotADirectoryError:
@@ -108,7 +109,8 @@ def _loose_refs(path: str, name: str) -> Iterator[tuple[str, str]]:
     with entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                yield from _loose_refs(entry.path, f"{name}/{entry.name}")
+                if f"{name}/{entry.name}/" not in skip:
+                    yield from _loose_refs(entry.path, f"{name}/{entry.name}", skip)
             else:
                 yield entry.path, f"{name}/{entry.name}"
 
@@ -134,7 +136,8 @@ class GitGuard:
     records a verdict, which tells the guard what it wrote (`took`). Any other change is put back:
     one deleted or moved is restored, one made (a trial ref planted ahead of its trial, which
     the loop would then have taken for its own) is removed. The user's own branches and tags
-    (refs/heads, refs/tags, refs/stash) are watched but never restored nor held against a trial: the user
+    (every ref outside the loops' namespaces and refs/replace/: refs/heads, refs/tags, refs/stash,
+    remotes) are watched but never restored nor held against a trial: the user
     may be committing or fetching while the loop runs. The user's own copies of the task's files
     (`checkout_files` under `checkout`) are watched the same way, by their stat. `user_changes`
     says what changed since the last look, and the loop notes it on the trial running then."""
@@ -202,8 +205,8 @@ class GitGuard:
                     if name[:-5] not in refs or os.path.isdir(path) or lingers(path))
         return refs
 
-    USER = ("refs/heads/", "refs/tags/", "refs/stash", "refs/notes/")
-    NOT_USER = ("refs/heads/autoresearch/",)  # the loops' branches, moved by the loops
+    USER = ("refs/",)  # branches, tags, stash, notes, remotes, and any other ref
+    NOT_USER = ("refs/heads/autoresearch/", "refs/autoresearch/", "refs/replace/")  # the loops' (otherrefs), replace refs
 
     def _read_user_refs(self) -> dict[str, str]:
         """The user's branches and tags (not the loops' own branches) and what they point to; and
@@ -229,7 +232,7 @@ class GitGuard:
         # between the two reads is in one of them; the other order could miss it
         loose: dict[str, str] = {}
         for prefix in prefixes:
-            for path, name in _loose_refs(str(self.common_dir / prefix), prefix.rstrip("/")):
+            for path, name in _loose_refs(str(self.common_dir / prefix), prefix.rstrip("/"), skip):
                 if path.endswith(".lock") or name.startswith(skip):
                     continue
                 try:  # a file whose inode, ctime and size are unchanged holds what it held

@@ -23,6 +23,7 @@ from autoresearch.execute import experiment_env
 from autoresearch.filetree import open_log
 from autoresearch.gitlinks import FolderLinks
 from autoresearch.gitrepo import Workspace
+from autoresearch.otherrefs import OtherTags
 from autoresearch.pathwatch import PathWatch
 from autoresearch.placewatch import PlaceWatch
 from autoresearch.records import Trial
@@ -73,6 +74,7 @@ class Watch:
         self.links = FolderLinks(session.git.common_dir)  # .git's folders made links elsewhere
         self.place = PlaceWatch([session.git.common_dir, session.dir.parent, session.dir])  # .git, .autoresearch/, the tag's
         self.worktrees = WorktreeWatch(session.git.common_dir, session.dir.parent)  # `git worktree add` an agent ran
+        self.others = OtherTags(self.task.root, session.dir.parent, session.tag, self.git._scan, self.git._git)  # other tags' refs
         self.own = OwnCode(keep=session.dir / "quarantine")  # autoresearch's own code (every module imported now)
 
     def after_setup(self, setup: SetupOutput) -> None:
@@ -120,7 +122,7 @@ class Watch:
                                  self.path.check_and_restore(), self.objects.check_and_restore(),
                                  "; ".join(self.s.ledger.check_and_restore()) or None) if why]
         self.pending += [n for n in (env_note, self.setup.check()) if n]
-        self._worktrees(number, phase)
+        self._strays(number, phase)
         if not found:
             return None
         why = "; ".join(found)
@@ -129,10 +131,11 @@ class Watch:
         self.events.message(f"autoresearch: warning: while trial {number}'s {phase} ran, something {why}")
         return why
 
-    def _worktrees(self, number: int, phase: str) -> None:
-        """Worktrees registered in the repository meanwhile, not a loop's (see worktreewatch): taken
-        away, noted on the trial, said on the loop's output and, after an agent, in its log."""
-        said = self.worktrees.check()
+    def _strays(self, number: int, phase: str) -> None:
+        """Worktrees registered in the repository meanwhile and refs made or moved in another tag's
+        namespace, not a loop's doing (see worktreewatch, otherrefs): taken away where that is safe,
+        noted on the trial, said on the loop's output and, after an agent, in its log."""
+        said = self.worktrees.check() + self.others.check()
         if not said:
             return
         self.pending += said
