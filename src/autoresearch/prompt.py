@@ -97,7 +97,7 @@ def build_prompt(ctx: Context, history: list[str] | None = None) -> str:
         f"- The experiment command: `{task.command}`, run by the harness with a time budget of "
         f"{task.time_budget:g} s (AUTORESEARCH_TIME_BUDGET); hard timeout {task.timeout:g} s.",
         f"- The metric: {m.name} ({direction}).",
-        "- Do not commit, and change no git state (no checkout, reset, stash or branch): the harness "
+        "- Do not commit, and change no git state (no checkout, reset, stash, branch, tag or worktree): the harness "
         "commits, runs, measures and decides.",
         "- Finish by stating, in one line, what you changed and why.",
         "",

@@ -41,7 +41,7 @@ class WorktreeWatch:
         out = {}
         for name in names:
             pointer = read_plain(self.admin / name / "gitdir", 8192)
-            out[name] = os.path.dirname(pointer.strip()) if pointer and pointer.strip().endswith("/.git") else ""
+            out[name] = os.path.normpath(os.path.dirname(pointer.strip())) if pointer and pointer.strip().endswith("/.git") else ""
         return out
 
     def _inside(self, folder: str) -> str:
@@ -72,12 +72,12 @@ class WorktreeWatch:
         registration = self.admin / name
         remove_path(registration)
         what = f"`git worktree add` made a worktree at {folder}: its registration is removed"
-        rel = self._inside(folder)
+        rel = self._inside(os.path.realpath(folder))  # (where it really is: not through a link planted on the way)
         own = read_plain(Path(folder) / ".git", 8192)
         made = own is not None and os.path.realpath(own.strip().removeprefix("gitdir: ")) == os.path.realpath(registration)
         loops = [f for f in [*self.known.values(), *self._read().values()] if self.loops(f)]
         if rel.count(os.sep) >= 2 and made and not any(  # (not a tag's folder, nor one a loop's worktree is in)
                 (f + os.sep).startswith(folder + os.sep) for f in loops):
-            remove_path(Path(folder))
+            remove_path(Path(os.path.realpath(folder)))
             return what + ", and its folder (in the ledger's folder) deleted"
         return what + ("; its folder is left as it is (remove it if it is not yours)" if os.path.isdir(folder) else "")
