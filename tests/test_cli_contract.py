@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import DEED_AGENT, cli, git, make_task, script_agent, trials
+from conftest import DEED_AGENT, cli, git, make_task, run_deed, script_agent, trials
 
 from autoresearch.records import Status
 
@@ -55,12 +55,12 @@ def test_worktrees_an_agent_adds_to_your_repository_are_unregistered_and_said(tm
     assert [t.status for t in done] == [Status.KEEP] * 3  # (the measurement is not touched by it)
     notes = " ".join(done[2].flags)
     for folder in (elsewhere, yours):
-        assert f"`git worktree add` made a worktree at {folder}: its registration is removed; its folder is " \
+        assert f"`git worktree add` (or `move`) put a worktree at {folder}: its registration is removed; its folder is " \
                "left as it is" in notes, notes
     assert "worktrees/x: its registration is removed, and its folder (in the ledger's folder) deleted" in notes
     assert not done[1].flags
-    assert f"while trial 2's agent ran: `git worktree add` made a worktree at {elsewhere}" in r.stdout + r.stderr
-    assert f"made a worktree at {elsewhere}" in (repo / ".autoresearch/t/agent/2.log").read_text()
+    assert f"while trial 2's agent ran: `git worktree add` (or `move`) put a worktree at {elsewhere}" in r.stdout + r.stderr
+    assert f"put a worktree at {elsewhere}" in (repo / ".autoresearch/t/agent/2.log").read_text()
 
 
 def test_refs_an_agent_makes_in_another_tag_s_namespace_are_put_back_and_noted(tmp_path: Path) -> None:
@@ -96,3 +96,11 @@ def test_refs_an_agent_makes_in_another_tag_s_namespace_are_put_back_and_noted(t
                  "created refs/remotes/origin/x at", "created refs/foo/bar at"):
         assert said in notes, (said, notes)
     assert "made refs/autoresearch/o/trials/5" in r.stdout + r.stderr
+
+
+def test_a_trial_worktree_the_agent_locked_is_not_left_registered(tmp_path: Path) -> None:
+    """`git worktree lock` in its worktree kept the loop's worktree registered after the loop
+    ended (prune skips a locked one): a stale entry in your `git worktree list` for good."""
+    repo, r = run_deed(tmp_path, '  git worktree lock "$PWD"', trials_=2)
+    assert r.returncode == 0, r.stderr
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1  # the checkout alone

@@ -31,6 +31,7 @@ from autoresearch.process import kill_all_owned
 from autoresearch.records import Status, Trial
 from autoresearch.task import TASK_FILE, Task
 from autoresearch.watchdog import start as start_watchdog
+from autoresearch.worktreewatch import unlock_under
 
 PACK_EVERY = 100  # trials between packings of the refs (write_refs)
 
@@ -74,6 +75,7 @@ class Session:
         kill_all_owned([self.owner, f"agent:{self.owner}"])
         try:
             shutil.rmtree(self.dir / "worktrees", ignore_errors=True)
+            unlock_under(self.git.common_dir, self.dir / "worktrees")  # (one an agent locked would stay listed)
             self.git.run("worktree", "prune", check=False)
         finally:
             self.stop_watchdog()  # before the tag's lock goes: it must not outlast it
@@ -426,6 +428,7 @@ def repair(s: Session) -> list[Trial]:
     interrupted = _mark_interrupted(s, running)
     _restore_refs(s, existing)
     shutil.rmtree(s.dir / "worktrees", ignore_errors=True)
+    unlock_under(s.git.common_dir, s.dir / "worktrees")
     s.git.run("worktree", "prune", check=False)
     return interrupted
 

@@ -71,7 +71,7 @@ class WorktreeWatch:
     def _remove(self, name: str, folder: str) -> str:
         registration = self.admin / name
         remove_path(registration)
-        what = f"`git worktree add` made a worktree at {folder}: its registration is removed"
+        what = f"`git worktree add` (or `move`) put a worktree at {folder}: its registration is removed"
         rel = self._inside(os.path.realpath(folder))  # (where it really is: not through a link planted on the way)
         own = read_plain(Path(folder) / ".git", 8192)
         made = own is not None and os.path.realpath(own.strip().removeprefix("gitdir: ")) == os.path.realpath(registration)
@@ -81,3 +81,18 @@ class WorktreeWatch:
             remove_path(Path(os.path.realpath(folder)))
             return what + ", and its folder (in the ledger's folder) deleted"
         return what + ("; its folder is left as it is (remove it if it is not yours)" if os.path.isdir(folder) else "")
+
+
+def unlock_under(common_dir: Path, folder: Path) -> None:
+    """Unlock the registrations of the worktrees in `folder` (a tag's worktrees, about to be
+    pruned): `git worktree lock`, which an agent can run in its worktree, keeps a registration
+    from `git worktree prune` when its folder is gone, and it would stay in `git worktree list`."""
+    inside = os.path.realpath(folder) + os.sep
+    try:
+        names = [e.name for e in os.scandir(common_dir / "worktrees")]
+    except OSError:
+        return
+    for name in names:
+        pointer = read_plain(common_dir / "worktrees" / name / "gitdir", 8192)
+        if pointer and os.path.realpath(pointer.strip()).startswith(inside):
+            remove_path(common_dir / "worktrees" / name / "locked")
