@@ -4,6 +4,7 @@ taken away; what the harness records of it tells a user what it did."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from conftest import DEED_AGENT, cli, git, make_task, run_deed, script_agent, trials
@@ -54,10 +55,14 @@ def test_worktrees_an_agent_adds_to_your_repository_are_unregistered_and_said(tm
     done = trials(repo)
     assert [t.status for t in done] == [Status.KEEP] * 3  # (the measurement is not touched by it)
     notes = " ".join(done[2].flags)
-    for folder in (elsewhere, yours):
-        assert f"`git worktree add` (or `move`) put a worktree at {folder}: its registration is removed; its folder is " \
-               "left as it is" in notes, notes
+    for folder in (elsewhere, yours):  # (it may be yours, added meanwhile: its registration is kept, to put back)
+        assert f"`git worktree add` (or `move`) put a worktree at {folder}: its registration is moved to " \
+               f"{repo / '.autoresearch/t/quarantine/worktrees'}/{folder.name}." in notes, notes
+        assert "puts it back); its folder is left as it is" in notes
     assert "worktrees/x: its registration is removed, and its folder (in the ledger's folder) deleted" in notes
+    put_back = next(f for f in done[2].flags if str(yours) in f).split("if the worktree is yours, `")[1].split("`")[0]
+    subprocess.run(put_back, shell=True, check=True)
+    assert f"worktree {yours}\n" in git(repo, "worktree", "list", "--porcelain")
     assert not done[1].flags
     assert f"while trial 2's agent ran: `git worktree add` (or `move`) put a worktree at {elsewhere}" in r.stdout + r.stderr
     assert f"put a worktree at {elsewhere}" in (repo / ".autoresearch/t/agent/2.log").read_text()

@@ -5,11 +5,13 @@ registers a worktree in the user's repository: it stays in `git worktree list`, 
 (`git checkout BRANCH` in the user's checkout then fails, "already used by worktree"), and its
 folder stays where the agent put it. After each agent call and each experiment the loop looks at
 `.git/worktrees/`: a registration made since the last look that is not a loop's own (a loop's are
-`.autoresearch/<tag>/worktrees/w<n>`, this tag's or another loop's) is removed. Its folder is
-removed only when it lies in the ledger's folder `.autoresearch/` (the harness's own ground, which
-nothing of the user's is in) and is the checkout git made there (its `.git` file names the
-registration); a folder anywhere else is left as it is, named in the note: it may have been an
-empty folder of the user's that git checked out into, and nothing tells which. A registration of
+`.autoresearch/<tag>/worktrees/w<n>`, this tag's or another loop's) is taken out of
+`.git/worktrees/`. Where its folder lies in the ledger's folder `.autoresearch/` (the harness's
+own ground, which nothing of the user's is in) and is the checkout git made there (its `.git` file
+names the registration), both are deleted. Anywhere else the worktree may be the user's, added
+while the loop ran (nothing tells whose git added it): the registration is moved into the tag's
+`quarantine/worktrees/`, and the note says how to put it back; the folder is left as it is (it may
+even be an empty folder of the user's that git checked out into). A registration of
 the user's that went is noted (a `git worktree remove` deletes the folder: nothing to put back).
 Nothing is held against the trial: the measurement is not touched by it.
 """
@@ -18,7 +20,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import time
 from pathlib import Path
+from shlex import quote
 
 from autoresearch.filetree import read_plain, remove_path
 
@@ -26,8 +31,9 @@ LOOP_WORKTREE = re.compile(r"[^/]+/worktrees/w\d+")  # under .autoresearch/: <ta
 
 
 class WorktreeWatch:
-    def __init__(self, common_dir: Path, ledgers: Path) -> None:
+    def __init__(self, common_dir: Path, ledgers: Path, keep: Path) -> None:
         self.admin = common_dir / "worktrees"
+        self.keep = keep  # where a registration of a worktree elsewhere is kept aside
         self.ledgers = os.path.realpath(ledgers)  # the task's `.autoresearch/`
         self.known = self._read()
 
@@ -70,17 +76,27 @@ class WorktreeWatch:
 
     def _remove(self, name: str, folder: str) -> str:
         registration = self.admin / name
-        remove_path(registration)
-        what = f"`git worktree add` (or `move`) put a worktree at {folder}: its registration is removed"
+        what = f"`git worktree add` (or `move`) put a worktree at {folder}: its registration"
         rel = self._inside(os.path.realpath(folder))  # (where it really is: not through a link planted on the way)
         own = read_plain(Path(folder) / ".git", 8192)
         made = own is not None and os.path.realpath(own.strip().removeprefix("gitdir: ")) == os.path.realpath(registration)
         loops = [f for f in [*self.known.values(), *self._read().values()] if self.loops(f)]
         if rel.count(os.sep) >= 2 and made and not any(  # (not a tag's folder, nor one a loop's worktree is in)
                 (f + os.sep).startswith(folder + os.sep) for f in loops):
+            remove_path(registration)
             remove_path(Path(os.path.realpath(folder)))
-            return what + ", and its folder (in the ledger's folder) deleted"
-        return what + ("; its folder is left as it is (remove it if it is not yours)" if os.path.isdir(folder) else "")
+            return what + " is removed, and its folder (in the ledger's folder) deleted"
+        # (elsewhere it may be yours, added while the loop ran: the registration is kept aside, to put back)
+        aside = self.keep / f"{name}.{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(registration, aside)
+        except OSError:
+            remove_path(registration)
+            return what + " is removed; its folder is left as it is"
+        return what + (f" is moved to {aside} (if the worktree is yours, `mkdir -p {quote(str(self.admin))} && mv {quote(str(aside))} {quote(str(registration))}` "
+                       "puts it back); "
+                       "its folder is left as it is")
 
 
 def unlock_under(common_dir: Path, folder: Path) -> None:
