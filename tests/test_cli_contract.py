@@ -71,7 +71,7 @@ def test_worktrees_an_agent_adds_to_your_repository_are_unregistered_and_said(tm
 def test_refs_an_agent_makes_in_another_tag_s_namespace_are_put_back_and_noted(tmp_path: Path) -> None:
     """An agent's refs in another tag's namespace went unseen: a trial ref planted ahead for tag o
     (its next loop would take it for its own), o's refs and branch moved, a branch `autoresearch/foo`
-    of no tag; and refs outside branches and tags (remotes, refs/foo) too. With no loop on o, what
+    of no tag; and refs outside branches and tags (refs/foo) too. With no loop on o, what
     o's ledger records is put back, what it does not is removed, and the trial says so."""
     repo = make_task(tmp_path / "task")
     honest = script_agent(tmp_path / "h.sh", 'sed -i "s/^X = .*/X = 2.5/" exp.py\necho honest\n')
@@ -98,7 +98,7 @@ def test_refs_an_agent_makes_in_another_tag_s_namespace_are_put_back_and_noted(t
     for said in ("made refs/autoresearch/o/trials/5 at", "made refs/autoresearch/new/trials/1 at",
                  "made refs/heads/autoresearch/foo at", "moved refs/autoresearch/o/trials/0, tag o's, from",
                  "deleted refs/autoresearch/o/trials/1, tag o's, from", "moved refs/heads/autoresearch/o, tag o's, from",
-                 "created refs/remotes/origin/x at", "created refs/foo/bar at"):
+                 "created refs/foo/bar at"):
         assert said in notes, (said, notes)
     assert "made refs/autoresearch/o/trials/5" in r.stdout + r.stderr
 

@@ -136,8 +136,8 @@ class GitGuard:
     records a verdict, which tells the guard what it wrote (`took`). Any other change is put back:
     one deleted or moved is restored, one made (a trial ref planted ahead of its trial, which
     the loop would then have taken for its own) is removed. The user's own branches and tags
-    (every ref outside the loops' namespaces and refs/replace/: refs/heads, refs/tags, refs/stash,
-    remotes) are watched but never restored nor held against a trial: the user
+    (every ref outside the loops' namespaces, refs/replace/ and what a fetch writes: refs/heads,
+    refs/tags, refs/stash, refs/notes ...) are watched but never restored nor held against a trial: the user
     may be committing or fetching while the loop runs. The user's own copies of the task's files
     (`checkout_files` under `checkout`) are watched the same way, by their stat. `user_changes`
     says what changed since the last look, and the loop notes it on the trial running then."""
@@ -205,8 +205,9 @@ class GitGuard:
                     if name[:-5] not in refs or os.path.isdir(path) or lingers(path))
         return refs
 
-    USER = ("refs/",)  # branches, tags, stash, notes, remotes, and any other ref
-    NOT_USER = ("refs/heads/autoresearch/", "refs/autoresearch/", "refs/replace/")  # the loops' (otherrefs), replace refs
+    USER = ("refs/",)  # branches, tags, stash, notes, and any other ref but these:
+    NOT_USER = ("refs/heads/autoresearch/", "refs/autoresearch/", "refs/replace/",  # the loops' (otherrefs), replace refs,
+                "refs/remotes/", "refs/prefetch/")  # and what an IDE's or `git maintenance`'s background fetch moves
 
     def _read_user_refs(self) -> dict[str, str]:
         """The user's branches and tags (not the loops' own branches) and what they point to; and
