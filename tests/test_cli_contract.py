@@ -95,9 +95,10 @@ def test_refs_an_agent_makes_in_another_tag_s_namespace_are_put_back_and_noted(t
     done = trials(repo)
     assert [t.status for t in done] == [Status.KEEP] * 3 and not done[1].flags
     notes = " ".join(done[2].flags)
-    for said in ("made refs/autoresearch/o/trials/5 at", "made refs/autoresearch/new/trials/1 at",
-                 "made refs/heads/autoresearch/foo at", "moved refs/autoresearch/o/trials/0, tag o's, from",
-                 "deleted refs/autoresearch/o/trials/1, tag o's, from", "moved refs/heads/autoresearch/o, tag o's, from",
+    for said in ("made refs/autoresearch/o/trials/5 (tag o's) at", "made refs/autoresearch/new/trials/1 (a loop's of tag new, "
+                 "which has no ledger here) at", "made refs/heads/autoresearch/foo (a loop's of tag foo, which has no ledger here) at",
+                 "moved refs/autoresearch/o/trials/0 (tag o's) from", "deleted refs/autoresearch/o/trials/1 (tag o's) from",
+                 "moved refs/heads/autoresearch/o (tag o's) from", ": put back to", "as its ledger records", ": removed (`git update-ref",
                  "created refs/foo/bar at"):
         assert said in notes, (said, notes)
     assert "made refs/autoresearch/o/trials/5" in r.stdout + r.stderr

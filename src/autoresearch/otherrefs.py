@@ -81,8 +81,9 @@ class OtherTags:
         return out
 
     def _said(self, ref: str, tag: str, old: str, new: str, recorded: dict[str, str]) -> str:
-        what = (f"{'moved' if new else 'deleted'} {ref}, tag {tag}'s, from {old[:7]}{f' to {new[:7]}' if new else ''}"
-                if old else f"made {ref} at {new[:7]}, in tag {tag}'s refs")
+        whose = f"tag {tag}'s" if (self.ledgers / tag / "ledger.sqlite").is_file() else f"a loop's of tag {tag}, which has no ledger here"
+        what = (f"{'moved' if new else 'deleted'} {ref} ({whose}) from {old[:7]}{f' to {new[:7]}' if new else ''}"
+                if old else f"made {ref} ({whose}) at {new[:7]}")
         if ref in recorded:  # (no loop on the tag: its ledger says what the ref holds, as `run --trials 0` would)
             if self.git("update-ref", "--no-deref", ref, recorded[ref]).returncode == 0:
                 return f"{what}: put back to {recorded[ref][:7]}, as its ledger records"
@@ -90,4 +91,4 @@ class OtherTags:
             return f"{what}: removed (`git update-ref {ref} {new[:12]}` makes it again)"
         elif not old:
             return f"{what} (could not be removed)"
-        return f"{what} ({f'`autoresearch run --tag {tag} --trials 0` puts the tag back' if recorded else f'no tag {tag} here'})"
+        return what + (f" (`autoresearch run --tag {tag} --trials 0` puts the tag back)" if recorded else "")
