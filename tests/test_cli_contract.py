@@ -110,3 +110,14 @@ def test_a_trial_worktree_the_agent_locked_is_not_left_registered(tmp_path: Path
     repo, r = run_deed(tmp_path, '  git worktree lock "$PWD"', trials_=2)
     assert r.returncode == 0, r.stderr
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1  # the checkout alone
+
+
+def test_an_agent_that_removes_its_worktree_is_told_apart_from_one_that_changed_nothing(tmp_path: Path) -> None:
+    """`rm -rf "$PWD"` (or `git worktree remove`) read as "empty change: the agent changed nothing"
+    and no more: the trial now says its worktree went, and the loop goes on."""
+    repo, r = run_deed(tmp_path, '  W=$PWD; cd /; rm -rf "$W"', trials_=3)
+    assert r.returncode == 0, r.stderr
+    done = trials(repo)
+    assert [t.status for t in done] == [Status.KEEP, Status.KEEP, Status.REJECTED, Status.KEEP]
+    assert any("its worktree" in f and "was removed or moved away, and is made anew from the best code" in f
+               for f in done[2].flags), done[2].flags

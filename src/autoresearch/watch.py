@@ -115,6 +115,10 @@ class Watch:
         if ws is not None and (branch := self.attached_branch(ws)):  # (the guard's last look: before the agent ran)
             if said := self.committed_on(branch, self.git._user.get(branch, "")):
                 self.put_back[number] = said
+        if ws is not None and not ws.path.is_dir():  # (`rm -rf "$PWD"`, `git worktree remove` or `move`: the
+            # snapshot makes it anew, and would read as "the agent changed nothing" and no more)
+            self.pending.append(f"its worktree {ws.path} was removed or moved away, and is made anew from "
+                                "the best code: what the agent changed there is not in the trial")
         tools = self.tools.check_and_restore()  # (first: the guards below run git)
         links = "; ".join(w for w in (self.links.check_and_restore(), self.place.check_and_restore()) if w) or None
         env_problem, env_note = self.env.check_and_restore()
