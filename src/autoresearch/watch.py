@@ -73,7 +73,7 @@ class Watch:
         self.tools = ToolWatch()  # the git and bwrap the harness runs
         self.links = FolderLinks(session.git.common_dir)  # .git's folders made links elsewhere
         self.place = PlaceWatch([session.git.common_dir, session.dir.parent, session.dir])  # .git, .autoresearch/, the tag's
-        self.worktrees = WorktreeWatch(session.git.common_dir, session.dir.parent, session.dir / "quarantine" / "worktrees")  # `git worktree add` an agent ran
+        self.worktrees = WorktreeWatch(session.git.common_dir, session.dir.parent)  # `git worktree add` an agent ran
         self.others = OtherTags(self.task.root, session.dir.parent, session.tag, self.git._scan, self.git._git)  # other tags' refs
         self.own = OwnCode(keep=session.dir / "quarantine")  # autoresearch's own code (every module imported now)
 

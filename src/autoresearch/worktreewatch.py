@@ -9,19 +9,17 @@ folder stays where the agent put it. After each agent call and each experiment t
 `.git/worktrees/`. Where its folder lies in the ledger's folder `.autoresearch/` (the harness's
 own ground, which nothing of the user's is in) and is the checkout git made there (its `.git` file
 names the registration), both are deleted. Anywhere else the worktree may be the user's, added
-while the loop ran (nothing tells whose git added it): the registration is moved into the tag's
-`quarantine/worktrees/`, and the note says how to put it back; the folder is left as it is (it may
-even be an empty folder of the user's that git checked out into). A registration of
-the user's that went is noted (a `git worktree remove` deletes the folder: nothing to put back).
-Nothing is held against the trial: the measurement is not touched by it.
+while the loop ran (nothing tells whose git added it, and a user working beside an overnight
+loop adds worktrees): it is left as it is, registration and folder, as the user's own branches
+are, and noted with the `git worktree remove` that takes it away if it is not the user's. A
+registration of the user's that went is noted. Nothing is held against the trial: the
+measurement is not touched by it.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import time
 from pathlib import Path
 from shlex import quote
 
@@ -31,9 +29,8 @@ LOOP_WORKTREE = re.compile(r"[^/]+/worktrees/w\d+")  # under .autoresearch/: <ta
 
 
 class WorktreeWatch:
-    def __init__(self, common_dir: Path, ledgers: Path, keep: Path) -> None:
+    def __init__(self, common_dir: Path, ledgers: Path) -> None:
         self.admin = common_dir / "worktrees"
-        self.keep = keep  # where a registration of a worktree elsewhere is kept aside
         self.ledgers = os.path.realpath(ledgers)  # the task's `.autoresearch/`
         self.known = self._read()
 
@@ -60,21 +57,24 @@ class WorktreeWatch:
 
     def check(self) -> list[str]:
         """What changed in the registrations since the last look, one line each; a new one not a
-        loop's is removed (and its folder, where that is safe: see the module's docstring)."""
+        loop's is removed with its folder where that is safe, else left (see the module's docstring)."""
         now = self._read()
         before, out = self.known, []
         for name, folder in sorted(now.items()):
             if name in before and before[name] == folder or not folder or self.loops(folder):
                 continue
-            out.append(self._remove(name, folder))
-            now.pop(name)
+            said, removed = self._remove(name, folder)
+            out.append(said)
+            if removed:
+                now.pop(name)
         for name, folder in sorted(before.items()):
             if name not in now and folder and not self.loops(folder):
                 out.append(f"the worktree {folder} (registered before) is no longer registered")
         self.known = now
         return out
 
-    def _remove(self, name: str, folder: str) -> str:
+    def _remove(self, name: str, folder: str) -> tuple[str, bool]:
+        """What is said of the worktree at `folder`, and whether it was taken away."""
         registration = self.admin / name
         what = f"`git worktree add` (or `move`) put a worktree at {folder}: its registration"
         rel = self._inside(os.path.realpath(folder))  # (where it really is: not through a link planted on the way)
@@ -85,18 +85,11 @@ class WorktreeWatch:
                 (f + os.sep).startswith(folder + os.sep) for f in loops):
             remove_path(registration)
             remove_path(Path(os.path.realpath(folder)))
-            return what + " is removed, and its folder (in the ledger's folder) deleted"
-        # (elsewhere it may be yours, added while the loop ran: the registration is kept aside, to put back)
-        aside = self.keep / f"{name}.{time.strftime('%Y%m%d-%H%M%S')}"
-        try:
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(registration, aside)
-        except OSError:
-            remove_path(registration)
-            return what + " is removed; its folder is left as it is"
-        return what + (f" is moved to {aside} (if the worktree is yours, `mkdir -p {quote(str(self.admin))} && mv {quote(str(aside))} {quote(str(registration))}` "
-                       "puts it back); "
-                       "its folder is left as it is")
+            return what + " is removed, and its folder (in the ledger's folder) deleted", True
+        # (elsewhere it may be yours, added while the loop ran: left as it is, as your branches are)
+        return (f"`git worktree add` (or `move`) put a worktree at {folder}, outside the loop's folders: left as it "
+                f"is, as it may be yours (if it is not: `git -C {quote(str(self.admin.parent.parent))} worktree remove --force "
+                f"{quote(folder)}`)"), False
 
 
 def unlock_under(common_dir: Path, folder: Path) -> None:
