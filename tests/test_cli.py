@@ -733,3 +733,15 @@ def test_a_subfolder_given_as_dir_names_the_task_above_it(tmp_path: Path) -> Non
     git(other, "init", "-q")  # a repository of its own: the task above is not its task
     r = cli("status", str(other))
     assert r.returncode == 2 and str(repo) + ":" not in r.stderr, r.stderr
+
+
+def test_the_views_given_a_subfolder_as_dir_name_the_task_above_it(tmp_path: Path) -> None:
+    """`autoresearch status sub` (and show, report, serve) answered "no autoresearch.toml in sub
+    or a folder above it", of a folder whose parent holds the task file: they name it, as
+    `run`, `trial` and `space` do."""
+    repo = make_task(tmp_path / "task")
+    (repo / "sub").mkdir()
+    for args in (["status"], ["show", "0"], ["report"], ["serve", "--port", "0"]):
+        r = cli(*args, str(repo / "sub"), timeout=60)
+        assert r.returncode == 2, (args, r.stderr)
+        assert f"the task's is in {repo}: give that folder, or leave DIR out" in r.stderr, (args, r.stderr)

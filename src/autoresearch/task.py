@@ -329,7 +329,7 @@ def _load_acceptance(data: dict[str, Any]) -> Acceptance:
     return acceptance
 
 
-def _task_above(folder: Path) -> Path | None:
+def task_above(folder: Path) -> Path | None:
     """The nearest folder above `folder`, within its git repository, that holds a task file."""
     for f in folder.parents if not (folder / ".git").exists() else ():
         if (f / TASK_FILE).is_file():
@@ -337,6 +337,11 @@ def _task_above(folder: Path) -> Path | None:
         if (f / ".git").exists():
             break
     return None
+
+
+def elsewhere(above: Path) -> str:
+    """What to do when the DIR given is below the folder that holds the task file."""
+    return f"(the task's is in {above}: give that folder, or leave DIR out)"
 
 
 def loop_worktree(folder: Path) -> tuple[Path, str] | None:
@@ -357,9 +362,9 @@ def _read_task_file(root: Path) -> dict:
     if path.exists() and not path.is_file():
         raise TaskError(f"{path} is not a file (a folder?): the task file must be one")
     if not path.is_file():
-        above = _task_above(root)
+        above = task_above(root)
         raise TaskError(f"no {TASK_FILE} in {root} " + (
-            f"(the task's is in {above}: give that folder, or leave DIR out)" if above is not None
+            elsewhere(above) if above is not None
             else "(create one with `autoresearch init`)"))
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is fine

@@ -15,6 +15,7 @@ from autoresearch.ledger import Ledger, list_tags, tag_dir
 from autoresearch.process import last_lines, log_digests, read_tail
 from autoresearch.prompt import fmt
 from autoresearch.records import Trial, clip, measured_baseline, printable
+from autoresearch.task import elsewhere, task_above
 from autoresearch.treecheck import untrue
 
 STALE = "  [no loop is running: `run --tag` records it as interrupted and goes on]"  # a trial left running
@@ -28,6 +29,8 @@ def pick_tag(root: Path, tag: str | None) -> str:
         raise UsageError(no_folder(root))
     tags = list_tags(root)
     if not tags and not (root / "autoresearch.toml").is_file():
+        if (above := task_above(root)) is not None:  # a DIR given below the task's folder
+            raise UsageError(f"no autoresearch.toml in {root} {elsewhere(above)}")
         raise UsageError(f"no autoresearch.toml in {root} or a folder above it in its git repository, "
                          "and no runs here (give the task's folder as DIR, e.g. `autoresearch status DIR`, "
                          "`autoresearch report DIR`)")

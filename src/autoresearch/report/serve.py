@@ -245,13 +245,16 @@ def make_server(root: str | Path, tag: str | None, port: int = 8765) -> Server:
     """A server (not yet serving) for `tag` in `root`; `tag` None: the most recent tag, or
     the first one a loop creates when there is none yet."""
     from autoresearch.ledger import check_tag
+    from autoresearch.task import elsewhere, task_above
     from autoresearch.views import pick_tag
 
     root = Path(root).resolve()
     if not root.is_dir():
         raise UsageError(no_folder(root))
     if not (root / "autoresearch.toml").is_file():
-        raise UsageError(f"{root} has no autoresearch.toml: give the task repository the loop runs in")
+        above = task_above(root)
+        raise UsageError(f"no autoresearch.toml in {root} {elsewhere(above)}" if above is not None
+                         else f"{root} has no autoresearch.toml: give the task repository the loop runs in")
     given = bool(tag)
     tag = check_tag(tag) if tag else (pick_tag(root, None) if list_tags(root) else None)
     if not 0 <= port <= 65535:
