@@ -209,7 +209,7 @@ def _add_run(sub) -> None:  # noqa: ANN001
     p.add_argument("--agent-concurrency", type=_positive_int, default=None, help="proposals the agent prepares while trials run (0: ask only when a worker is free; default 0 for one worker, 1 for more)")
     p.add_argument("--backend", default=None, choices=["local", "ray"], help="where experiments run: this machine (default), or Ray tasks on a cluster")
     p.add_argument("--ray-address", default=None, help="the Ray cluster, e.g. 10.0.0.1:6379 (implies --backend ray; default: RAY_ADDRESS, the local `ray start` cluster, or a new local instance)")
-    p.add_argument("--trial-resources", default=None, help="for --backend ray: what each trial asks for, e.g. gpu=1,cpu=8,memory=32G (default: gpu=1 when the cluster has GPUs, else cpu=1)")
+    p.add_argument("--trial-resources", default=None, help="for --backend ray: what each trial asks for, e.g. gpu=1,cpu=8,memory=32G (default: cpu=1, with --gpus-per-trial GPUs when the cluster has GPUs)")
     p.add_argument("--sandbox", action=argparse.BooleanOptionalAction, default=None, help="run experiments with no network and writes confined to the trial's folders (bubblewrap; a resumed tag keeps its last run's choice)")
     p.add_argument("--seed", type=_seed, default=0, help="seeds the search agent's sampler, and is AUTORESEARCH_SEED of a trial's first run (default 0)")
     p.add_argument("--keep-runs", action="store_true", help="keep every trial's run folder (default: only the best's)")
