@@ -519,6 +519,21 @@ def test_a_mistyped_agent_and_a_tag_git_refuses_say_what_to_write(tmp_path: Path
     assert not (repo / ".autoresearch").exists()
 
 
+def test_a_setup_that_fails_says_what_it_printed_or_that_it_printed_nothing(tmp_path: Path) -> None:
+    """A setup that failed without a word ended its error with `log .../setup.log:` and an
+    empty line, as if its output had gone missing: it says it printed nothing."""
+    repo = make_task(tmp_path / "task", toml_extra='setup = "exit 3"\n')
+    r = cli("run", str(repo), "--tag", "d", "--trials", "0")
+    log = repo / ".autoresearch" / "d" / "logs" / "setup.log"
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.rstrip("\n").endswith(f"failed (exit 3); it printed nothing (log {log})"), r.stderr
+    toml = repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('"exit 3"', '"echo no data here; exit 3"'))
+    git(repo, "commit", "-qam", "setup says why")
+    r = cli("run", str(repo), "--tag", "d", "--trials", "0")
+    assert r.returncode == 1 and r.stderr.rstrip("\n").endswith(f"failed (exit 3); log {log}:\nno data here"), r.stderr
+
+
 def test_a_tag_whose_setup_failed_before_any_trial_takes_the_fixed_task_file(tmp_path: Path) -> None:
     """A first run whose setup fails records no trial: nothing is measured yet, so the tag is
     resumed with the fixed task file (its setup pinned anew), not refused as a changed one, and

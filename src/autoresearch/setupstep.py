@@ -201,13 +201,13 @@ def _run_command(s: Session, ws: Workspace, setup: str, env: dict[str, str], wra
     result = run_command(command, ws.path, env, limit, log, owner=s.owner, cancel=cancel)
     if result.cancelled:  # Ctrl-C or SIGTERM while it ran: stop now, not after it and a baseline
         raise KeyboardInterrupt
+    tail = last_lines(read_tail(log), 15).strip("\n")
+    shown = f"log {log}:\n{tail}" if tail.strip() else f"it printed nothing (log {log})"
     if result.timed_out:
         raise AutoresearchError(f"setup command `{setup}` was killed at setup's time limit, {limit:g} s "
-                                f"(AUTORESEARCH_SETUP_TIMEOUT); log {log}:\n{last_lines(read_tail(log), 15)}")
+                                f"(AUTORESEARCH_SETUP_TIMEOUT); {shown}")
     if result.returncode != 0:
-        tail = last_lines(read_tail(log), 15)
-        raise AutoresearchError(f"setup command `{setup}` failed (exit {result.returncode}); "
-                                f"log {log}:\n{tail}")
+        raise AutoresearchError(f"setup command `{setup}` failed (exit {result.returncode}); {shown}")
 
 
 def _keep_output(s: Session, ws: Workspace, store: Path, manifest: Path) -> tuple[list[str], list[str]]:
