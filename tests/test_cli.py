@@ -760,3 +760,13 @@ def test_the_views_given_a_subfolder_as_dir_name_the_task_above_it(tmp_path: Pat
         r = cli(*args, str(repo / "sub"), timeout=60)
         assert r.returncode == 2, (args, r.stderr)
         assert f"the task's is in {repo}: give that folder, or leave DIR out" in r.stderr, (args, r.stderr)
+
+
+def test_the_help_says_what_the_exit_codes_mean() -> None:
+    """An agent driving itself reads `autoresearch trial --help`: the exit codes that tell it
+    whether its change was measured were in the README only."""
+    r = cli("trial", "--help", timeout=60)
+    said = " ".join(r.stdout.split())
+    assert r.returncode == 0 and "exit status: 0 the change was measured" in said and "1 it was not" in said, said
+    said = " ".join(cli("--help", timeout=60).stdout.split())
+    assert "exit status: 0 success, 1 the loop or trial failed, 2 bad usage or a bad task file, 130 stopped" in said, said

@@ -154,7 +154,8 @@ def _add_agent_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from autoresearch import demo
-    parser = Parser(prog="autoresearch", description="Autonomous experiment loops: an agent edits, the harness runs, measures, keeps or rewinds, and records.")
+    parser = Parser(prog="autoresearch", description="Autonomous experiment loops: an agent edits, the harness runs, measures, keeps or rewinds, and records.",
+                    epilog="exit status: 0 success, 1 the loop or trial failed, 2 bad usage or a bad task file, 130 stopped by a signal")
     parser.add_argument("--version", action="version", version=f"autoresearch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
@@ -165,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_run(sub)
 
-    p = sub.add_parser("trial", help="judge the working tree's uncommitted change as the next trial")
+    p = sub.add_parser("trial", help="judge the working tree's uncommitted change as the next trial",
+                       epilog="exit status: 0 the change was measured (keep, discard, or a duplicate of a measured trial), "
+                              "1 it was not (crash, timeout, rejected), 2 bad usage (no change to judge, a change that "
+                              "conflicts with the best code, a loop running on the tag), 130 stopped")
     p.add_argument("dir", nargs="?", default=None, help=TASK_DIR_HELP)
     p.add_argument("-m", "--message", required=True, help="what the change is")
     p.add_argument("--tag", default=None, help=TAG_HELP[:-1] + ", or today's date when there is none yet)")
