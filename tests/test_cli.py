@@ -372,6 +372,23 @@ def test_trial_after_the_user_took_heads_version_back_keeps_the_best(tmp_path: P
     assert "X = 1.0" in code and "Y = 1" in code
 
 
+def test_an_edit_of_heads_version_after_a_reset_is_not_taken_as_the_best_edited(tmp_path: Path) -> None:
+    """After a kept trial, `git reset` and `git checkout -- FILE` (the file back to HEAD's), an
+    edit of a line the best also changed conflicts with the best; the note of what `trial` left
+    made it "the best edited" instead: the file was taken whole, and the trial silently undid
+    every other change the tag had kept. It is refused as the conflict it is (exit 2)."""
+    repo = make_task(tmp_path / "task")
+    exp = repo / "exp.py"
+    exp.write_text(exp.read_text().replace("X = 3.0", "X = 1.0").replace("Y = 2", "Y = 1"))
+    assert "trial 1: keep" in cli("trial", "-m", "X to 1, Y to 1", str(repo), "--tag", "t").stdout
+    git(repo, "reset", "-q")
+    git(repo, "checkout", "--", "exp.py")  # HEAD's version: X = 3.0, Y = 2
+    exp.write_text(exp.read_text().replace("Y = 2", "Y = 0"))
+    r = cli("trial", "-m", "Y to 0", str(repo), "--tag", "t")
+    assert r.returncode == 2 and "your change to exp.py conflicts with the tag's best code" in r.stderr, r.stdout + r.stderr
+    assert len(trials(repo, "t")) == 2 and "Y = 0" in exp.read_text()  # nothing run, your edit as it was
+
+
 def test_demo_with_flags_that_cannot_go_together_leaves_nothing(tmp_path: Path) -> None:
     r = cli("demo", str(tmp_path / "d"), "--agent", "search", "--agent-cmd", "foo")
     assert r.returncode == 2 and not (tmp_path / "d").exists()

@@ -78,6 +78,18 @@ def distance(a: str, b: str) -> int:
                in difflib.SequenceMatcher(None, x, y, autojunk=False).get_opcodes() if tag != "equal")
 
 
+def keeps_none(head: str, best: str, working: str) -> bool:
+    """Whether `working` holds none of the lines `best` wrote over `head`: then it is HEAD's
+    version edited (`git checkout -- FILE` after a `git reset`), not the best code edited, and
+    taking it whole would undo all the tag kept."""
+    h, b, w = head.splitlines(), best.splitlines(), working.splitlines()
+    new = {j for tag, _, _, j1, j2 in difflib.SequenceMatcher(None, h, b, autojunk=False).get_opcodes()
+           if tag != "equal" for j in range(j1, j2)}
+    kept = {j for m in difflib.SequenceMatcher(None, b, w, autojunk=False).get_matching_blocks()
+            for j in range(m.a, m.a + m.size)}
+    return bool(new) and not new & kept
+
+
 def merge3(base: str, ours: str, theirs: str) -> str | None:
     """Both edits of `base` in one text, line by line: `ours` and `theirs` may change lines next
     to each other (the constants at the top of a file), not the same ones differently. None on a
@@ -179,9 +191,11 @@ class WorkingTreeAgent(BaseAgent):
                         key=lambda x: distance(working or "", x[0] or ""))
         if left is None:
             starts = starts[:1]
-        for start, commit in starts:
+        for n, (start, commit) in enumerate(starts):
             self.started[rel] = commit
             if start == best:
+                if n and keeps_none(head or "", best or "", working or ""):
+                    continue  # HEAD's version edited, which conflicts: not the best code edited
                 self.whole.add(rel)
                 return None  # the working file is the best code edited: as it is
             merged = merge3(start or "", best or "", working or "")
