@@ -118,6 +118,21 @@ def test_serve_refuses_a_folder_that_is_not_a_task(tmp_path: Path) -> None:
     assert result.returncode == 2 and "no autoresearch.toml" in result.stderr
 
 
+def test_serve_of_a_tag_not_there_says_it_waits_and_names_the_tags(tmp_path: Path) -> None:
+    """`serve --tag nov62` for nov26 said only "serving tag nov62", and its page waited all
+    night for a loop that would never start that tag: the line says so and names the tags."""
+    repo = new_task(tmp_path / "task")
+    assert run_loop(repo, 0).returncode == 0  # tag t
+    server = subprocess.Popen([sys.executable, "-m", "autoresearch", "serve", str(repo), "--tag", "tt", "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = server.stdout.readline()  # type: ignore[union-attr]
+        assert "serving tag tt" in line and "(no such tag yet: waiting for a loop to start it; the tags here: t;" in line, line
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_serve_without_a_tag_waits_for_the_first_loop(tmp_path: Path) -> None:
     repo = new_task(tmp_path / "task")
     server = subprocess.Popen([sys.executable, "-m", "autoresearch", "serve", str(repo), "--port", "0"],

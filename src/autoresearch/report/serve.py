@@ -272,6 +272,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if live.tag is None:
         print(f"serving {live.root} at {server.url} (no tag yet: waiting for the first loop to "
               "start; Ctrl-C to stop)", flush=True)
+    elif live.tag not in list_tags(live.root):  # (`--tag nov62` for nov26 would wait all night unsaid)
+        others = ", ".join(sorted(list_tags(live.root))) or "none"
+        print(f"serving tag {live.tag} of {live.root} at {server.url} (no such tag yet: waiting for a loop "
+              f"to start it; the tags here: {others}; Ctrl-C to stop)", flush=True)
     else:
         print(f"serving tag {live.tag} of {live.root} at {server.url} (Ctrl-C to stop)", flush=True)
     try:
