@@ -74,3 +74,30 @@ def test_a_search_comment_on_a_name_the_search_cannot_tune_says_why(tmp_path):
     assert "exp.py:4 DEPTH: inside class Config" in r.stdout and "exp.py:6 WIDTH: inside function main" in r.stdout
     assert "plain" not in r.stdout  # (a lower-case name with no comment is no candidate)
     assert "constants with a `# search:` comment" not in r.stderr, r.stderr
+
+
+def test_a_search_comment_inside_an_if_or_try_block_says_why_it_is_not_searched(tmp_path):
+    """`if ...:  X = 3  # search: 1..10` and the same in a `try`: a range on a constant the search
+    never tunes (it tunes the top level, outside any block) was dropped without a word by `space`
+    and `run` alike, as one inside a class or a function had been."""
+    repo = make_task(tmp_path / "t", experiment=(
+        "import sys\n"
+        "if sys.platform:\n"
+        "    IN_IF = 3  # search: 1..10\n"
+        "else:\n"
+        "    IN_IF = 4\n"
+        "try:\n"
+        "    TRY_C = 0.1  # search: 0.01..1 log\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "PLAIN = 2.0\n"
+        "print('loss:', PLAIN + IN_IF + TRY_C)\n"))
+    r = cli("space", str(repo))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "not searched: exp.py:3 IN_IF: inside the `if` block at line 2" in r.stdout, r.stdout
+    assert "not searched: exp.py:7 TRY_C: inside the `try` block at line 6" in r.stdout, r.stdout
+    assert "exp.py:5" not in r.stdout  # (the branch with no comment: never a candidate)
+    r = cli("run", str(repo), "--tag", "s", "--trials", "1")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "warning: not searched: exp.py:3 IN_IF: inside the `if` block at line 2" in r.stderr, r.stderr
+    assert "warning: not searched: exp.py:7 TRY_C: inside the `try` block at line 6" in r.stderr, r.stderr

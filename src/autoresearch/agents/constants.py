@@ -316,12 +316,18 @@ ANNOTATION = re.compile(r"#\s*search\s*:", re.IGNORECASE)
 
 
 def _nested(tree: ast.Module, path: str, comments: dict[int, str], scan: FileScan) -> None:
-    """A `# search:` range on an assignment inside a class or a function: skipped with the
-    reason (it was meant to be searched; the search tunes module-level constants only)."""
+    """A `# search:` range on an assignment inside a class, a function or a block (`if`, `try`,
+    `for`, `with`): skipped with the reason (it was meant to be searched; the search tunes the
+    constants assigned at the top level of the file only)."""
     for top in tree.body:
-        if not isinstance(top, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        if isinstance(top, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            where = f"{'class' if isinstance(top, ast.ClassDef) else 'function'} {top.name}"
+            fix = "module-level constants: move it to the top of the file"
+        elif not isinstance(top, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Expr)) and hasattr(top, "body"):
+            where = f"the `{_BLOCKS.get(type(top), 'block')}` block at line {top.lineno}"
+            fix = "constants assigned at the top level of the file, outside any block: move it out to search it"
+        else:
             continue
-        kind = "class" if isinstance(top, ast.ClassDef) else "function"
         for node in ast.walk(top):
             if not isinstance(node, (ast.Assign, ast.AnnAssign)):
                 continue
@@ -329,8 +335,11 @@ def _nested(tree: ast.Module, path: str, comments: dict[int, str], scan: FileSca
                 node.targets[0] if len(node.targets) == 1 else None)
             comment = comments.get(node.end_lineno or node.lineno, "")
             if isinstance(target, ast.Name) and ANNOTATION.search(comment):
-                scan.skip(f"{path}:{node.lineno}", f"{target.id}: inside {kind} {top.name} (the search tunes "
-                          "module-level constants: move it to the top of the file)", comment)
+                scan.skip(f"{path}:{node.lineno}", f"{target.id}: inside {where} (the search tunes {fix})", comment)
+
+
+_BLOCKS: dict[type, str] = {ast.If: "if", ast.Try: "try", ast.For: "for", ast.AsyncFor: "async for",
+                            ast.While: "while", ast.With: "with", ast.AsyncWith: "async with"}
 
 
 def _comment_block(data: bytes, starts: list[int], comments: dict[int, str], line: int) -> list[int]:
