@@ -101,3 +101,23 @@ def test_a_search_comment_inside_an_if_or_try_block_says_why_it_is_not_searched(
     assert r.returncode == 0, r.stderr + r.stdout
     assert "warning: not searched: exp.py:3 IN_IF: inside the `if` block at line 2" in r.stderr, r.stderr
     assert "warning: not searched: exp.py:7 TRY_C: inside the `try` block at line 6" in r.stderr, r.stderr
+
+
+def test_space_notes_a_searched_constant_set_again_inside_a_block():
+    """`LR = 3e-4` at the top and `if not SMOKE: LR = 1e-3` below it: the search tuned LR and every
+    value it wrote was replaced when the block ran, trials of noise without a word. Whether a
+    block runs is not known (nanochat's `if SMOKE:` sets its sizes for smoke runs only), so LR is
+    still searched, and `space` says where it is set again."""
+    from autoresearch.agents.spaceview import space_table
+
+    space = space_of({"m.py": (
+        b"import os\nLR = 3e-4  # search: 1e-4..1e-2 log\nBATCH = 64\nWD = 0.1\nSMOKE = bool(os.environ.get('S'))\n"
+        b"if not SMOKE:\n    LR = 1e-3\ntry:\n    import torch\n    BATCH = 128\nexcept ImportError:\n    pass\n"
+        b"def f():\n    WD = 0.2\n    return WD\nprint('loss:', LR + BATCH + WD)\n")})
+    assert [p.key for p in space.params] == ["LR", "BATCH", "WD"]
+    notes = [line for line in space_table(space).splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: m.py:2 LR is set again at line 7, under `if not SMOKE:` (line 6): when that runs, it replaces "
+        "the value the search writes",
+        "note: m.py:3 BATCH is set again at line 10, under `try:` (line 8): when that runs, it replaces the "
+        "value the search writes"]  # (WD in f is f's own)

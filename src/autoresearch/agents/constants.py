@@ -181,6 +181,9 @@ class FileScan:
     above: list[tuple[str, str]] = field(default_factory=list)
     # of `skipped`, those whose line has a `# search` comment: (where, why, the comment)
     annotated: list[tuple[str, str, str]] = field(default_factory=list)
+    # constants set again inside a block below (`if SMOKE: DEPTH = 2`): (where, name, what to say);
+    # still searched (whether the block runs is not known), and `space` says so
+    again: list[tuple[str, str, str]] = field(default_factory=list)
 
     def skip(self, where: str, why: str, comment: str = "") -> None:
         self.skipped.append((where, why))
@@ -238,6 +241,7 @@ def scan_file(data: bytes, path: str) -> FileScan:
     _nested(tree, path, comments, scan)
     code_line = tree.body[last].lineno if last < len(tree.body) else 0
     starts = _line_starts(data)
+    blocks = _set_in_blocks(tree)
     for name, node, after, first in found:
         where = f"{path}:{node.lineno}"
         comment = comments.get(node.end_lineno or node.lineno, "")
@@ -249,6 +253,9 @@ def scan_file(data: bytes, path: str) -> FileScan:
                           "it up to search it", comment)
         else:
             scan.constants.append(_constant(data, starts, path, name, node, comment))
+            scan.again += [(where, name, f"{name} is set again at line {line}, under `{head}` (line {block}): "
+                            "when that runs, it replaces the value the search writes")
+                           for line, block, head in blocks.get(name, [])]
             if not ANNOTATION.search(comment):
                 scan.above += [(f"{path}:{n}", name) for n in _comment_block(data, starts, comments, first)
                                if ANNOTATION.match(comments[n])]
@@ -338,6 +345,29 @@ def _nested(tree: ast.Module, path: str, comments: dict[int, str], scan: FileSca
                 scan.skip(f"{path}:{node.lineno}", f"{target.id}: inside {where} (the search tunes {fix})", comment)
 
 
+def _set_in_blocks(tree: ast.Module) -> dict[str, list[tuple[int, int, str]]]:
+    """The module-level names assigned inside a top-level block (`if`, `try`, `for`, `with`; not
+    in a function or class there): name -> (line, the block's line, its head: `if SMOKE:`, `try:`)."""
+    out: dict[str, list[tuple[int, int, str]]] = {}
+    for top in tree.body:
+        if type(top) not in _BLOCKS:
+            continue
+        head = _BLOCKS[type(top)] + (f" {ast.unparse(top.test)}"[:40] if isinstance(top, (ast.If, ast.While)) else "") + ":"
+        todo: list[ast.AST] = list(ast.iter_child_nodes(top))
+        while todo:
+            node = todo.pop()
+            if isinstance(node, _SCOPES):
+                continue  # (their names are their own)
+            todo.extend(ast.iter_child_nodes(node))
+            name = node.id if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) else (
+                node.name if isinstance(node, ast.ExceptHandler) else None)
+            if name and NAME_RE.match(name):
+                out.setdefault(name, []).append((getattr(node, "lineno", top.lineno), top.lineno, head))
+    return {name: sorted(set(where)) for name, where in out.items()}
+
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp, ast.SetComp,
+           ast.DictComp, ast.GeneratorExp)
 _BLOCKS: dict[type, str] = {ast.If: "if", ast.Try: "try", ast.For: "for", ast.AsyncFor: "async for",
                             ast.While: "while", ast.With: "with", ast.AsyncWith: "async with"}
 

@@ -297,6 +297,7 @@ class Space:
     # when a run starts)
     broken: list[tuple[str, str]] = field(default_factory=list)
     above: list[tuple[str, str]] = field(default_factory=list)  # FileScan.above's
+    again: list[tuple[str, str]] = field(default_factory=list)  # FileScan.again's, of searched constants: (where, note)
     files: list[str] = field(default_factory=list)
 
     def get(self, key: str) -> Param:
@@ -344,6 +345,8 @@ class Space:
                 if not _off(comment) and (where, why) not in self.broken:
                     self.broken.append((where, why))
             self.above.extend(a for a in scan.above if a not in self.above)
+            self.again.extend((where, note) for where, name, note in scan.again
+                              if self.find(path, name) is not None and (where, note) not in self.again)
         return new
 
 

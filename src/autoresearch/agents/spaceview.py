@@ -46,6 +46,7 @@ def space_table(space: Space, baseline: dict[str, str] | None = None) -> str:
         if note:
             lines.append(f"note: {p.path}:{p.line} {p.name} = {' '.join(p.text.split())[:24]} is {note}")
     lines += [f"note: {where} {above_note(name)}" for where, name in space.above]
+    lines += [f"note: {where} {note}" for where, note in space.again]
     return "\n".join(lines)
 
 
