@@ -111,13 +111,13 @@ def test_space_notes_a_searched_constant_set_again_inside_a_block():
     from autoresearch.agents.spaceview import space_table
 
     space = space_of({"m.py": (
-        b"import os\nLR = 3e-4  # search: 1e-4..1e-2 log\nBATCH = 64\nWD = 0.1\nSMOKE = bool(os.environ.get('S'))\n"
+        b"import os\nif os.name:\n    WD = 5.0\nLR = 3e-4  # search: 1e-4..1e-2 log\nBATCH = 64\nWD = 0.1\nSMOKE = bool(os.environ.get('S'))\n"
         b"if not SMOKE:\n    LR = 1e-3\ntry:\n    import torch\n    BATCH = 128\nexcept ImportError:\n    pass\n"
         b"def f():\n    WD = 0.2\n    return WD\nprint('loss:', LR + BATCH + WD)\n")})
     assert [p.key for p in space.params] == ["LR", "BATCH", "WD"]
     notes = [line for line in space_table(space).splitlines() if line.startswith("note:")]
     assert notes == [
-        "note: m.py:2 LR is set again at line 7, under `if not SMOKE:` (line 6): when that runs, it replaces "
+        "note: m.py:4 LR is set again at line 9, under `if not SMOKE:` (line 8): when that runs, it replaces "
         "the value the search writes",
-        "note: m.py:3 BATCH is set again at line 10, under `try:` (line 8): when that runs, it replaces the "
-        "value the search writes"]  # (WD in f is f's own)
+        "note: m.py:5 BATCH is set again at line 12, under `try:` (line 10): when that runs, it replaces the "
+        "value the search writes"]  # (WD in f is f's own; the one above WD = 0.1 is replaced by it)

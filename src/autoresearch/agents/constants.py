@@ -255,7 +255,7 @@ def scan_file(data: bytes, path: str) -> FileScan:
             scan.constants.append(_constant(data, starts, path, name, node, comment))
             scan.again += [(where, name, f"{name} is set again at line {line}, under `{head}` (line {block}): "
                             "when that runs, it replaces the value the search writes")
-                           for line, block, head in blocks.get(name, [])]
+                           for line, block, head in blocks.get(name, []) if block > node.lineno]  # (one above: the constant wins)
             if not ANNOTATION.search(comment):
                 scan.above += [(f"{path}:{n}", name) for n in _comment_block(data, starts, comments, first)
                                if ANNOTATION.match(comments[n])]
