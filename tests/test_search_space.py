@@ -121,3 +121,17 @@ def test_space_notes_a_searched_constant_set_again_inside_a_block():
         "the value the search writes",
         "note: m.py:5 BATCH is set again at line 12, under `try:` (line 10): when that runs, it replaces the "
         "value the search writes"]  # (WD in f is f's own; the one above WD = 0.1 is replaced by it)
+
+
+def test_a_search_with_nothing_to_tune_names_the_file_it_could_not_parse(tmp_path):
+    """An editable file with a syntax error: `run` said only "found no constants to tune" (the user
+    sees constants in the file), and `space` named the error with Python's `(<unknown>, line 2)`."""
+    repo = make_task(tmp_path / "t", experiment="LR = 3e-3\nprint('loss:', LR\n")
+    r = cli("space", str(repo))
+    assert r.returncode == 2
+    assert "not searched: exp.py cannot parse the file: '(' was never closed (line 2)\n" in r.stdout, r.stdout
+    r = cli("run", str(repo), "--tag", "s", "--trials", "2")
+    assert r.returncode == 2, r.stderr + r.stdout
+    assert "found no constants to tune in " in r.stderr
+    assert "(exp.py: cannot parse the file: '(' was never closed (line 2); see `autoresearch space " in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1  # one line, no traceback

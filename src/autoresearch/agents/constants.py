@@ -234,7 +234,8 @@ def scan_file(data: bytes, path: str) -> FileScan:
         tree = ast.parse(data)
         comments = _comments(data)
     except (UnicodeDecodeError, SyntaxError, tokenize.TokenError, ValueError) as e:
-        scan.skipped.append((path, f"cannot parse the file: {e}"))
+        why = f"{e.msg} (line {e.lineno})" if isinstance(e, SyntaxError) else str(e)  # (not `(<unknown>, line 2)`)
+        scan.skipped.append((path, f"cannot parse the file: {why}"))
         return scan
     last = max((i for i, stmt in enumerate(tree.body) if runs_code(stmt)), default=len(tree.body))
     seen, found = _assignments(tree, last, path, comments, scan)

@@ -187,8 +187,8 @@ class SearchAgent(BaseAgent):
         self.rng = random.Random(seed)
         self.space = space_of(editable_sources(task.root, task))
         if not self.space.params:
-            raise NoConstants(f"--agent search found no constants to tune in {task.root} "
-                             f"(see `autoresearch space {task.root}`)")
+            raise NoConstants(f"--agent search found no constants to tune in {task.root} ({self.space.unparsed()}"
+                              f"see `autoresearch space {task.root}`)")
         self.study: Any = None
         self.pending: dict[int, Any] = {}  # loop trial number -> the Optuna trial it ran
         self.seen: set[str] = set()  # digests of the editable files of every trial that ran

@@ -308,6 +308,12 @@ class Space:
         """The files that hold a searched constant (`files` is every file scanned)."""
         return [f for f in self.files if any(p.path == f for p in self.params)]
 
+    def unparsed(self) -> str:
+        """The files that could not be read as Python, and why (`a.py: cannot parse the file: invalid
+        syntax (line 2); `): said when there is nothing to tune, as their constants are not searched."""
+        return "".join(f"{where}: {why}; " for where, why in self.skipped
+                       if why.startswith("cannot parse the file"))
+
     def find(self, path: str, name: str) -> Param | None:
         for p in self.params:
             if p.path == path and p.name == name:
