@@ -135,3 +135,26 @@ def test_a_search_with_nothing_to_tune_names_the_file_it_could_not_parse(tmp_pat
     assert "found no constants to tune in " in r.stderr
     assert "(exp.py: cannot parse the file: '(' was never closed (line 2); see `autoresearch space " in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1  # one line, no traceback
+
+
+def test_a_constant_made_a_computed_value_by_a_kept_trial_is_left_alone(tmp_path):
+    """Another agent (or a person) turned `LR = 3e-3` into `LR = math.sqrt(1e-4)` and it was kept:
+    the search then wrote a literal over that code at every trial that moved LR (`LR math.sqrt(1e-4)
+    -> 2.51e-3`), undoing the change, where computed values are left alone."""
+    repo = make_task(tmp_path / "t", experiment=(
+        "import math\nLR = 3e-3\nDEPTH = 8\nprint('loss:', abs(LR - 0.01) * 100 + abs(DEPTH - 11))\n"))
+    agent = script_agent(tmp_path / "a.sh", """\
+        sed -i 's/^LR = .*/LR = math.sqrt(1e-4)/' exp.py
+        echo "LR computed"
+        """)
+    r = cli("run", str(repo), "--tag", "s", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
+    assert r.returncode == 0, r.stderr + r.stdout
+    r = cli("run", str(repo), "--tag", "s", "--agent", "search", "--trials", "2")
+    assert r.returncode == 0, r.stderr + r.stdout
+    led = Ledger.read(repo, "s")
+    trials = led.trials()
+    led.close()
+    assert [t.status for t in trials[:2]] == [Status.KEEP, Status.KEEP] and len(trials) == 4
+    for t in trials[2:]:
+        assert t.description.startswith("DEPTH 8 -> "), t.description
+        assert git(repo, "show", f"{t.commit}:exp.py").splitlines()[1] == "LR = math.sqrt(1e-4)"
