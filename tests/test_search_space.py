@@ -3,6 +3,7 @@ original's quotes, and the ranges `autoresearch space --tag` shows."""
 
 from __future__ import annotations
 
+import pytest
 from conftest import cli, git, make_task, script_agent
 
 from autoresearch.agents.search import SearchAgent
@@ -137,14 +138,16 @@ def test_a_search_with_nothing_to_tune_names_the_file_it_could_not_parse(tmp_pat
     assert r.stderr.count("\n") == 1  # one line, no traceback
 
 
+@pytest.mark.extended  # (two runs: 3 to 4 s)
 def test_a_constant_made_a_computed_value_by_a_kept_trial_is_left_alone(tmp_path):
-    """Another agent (or a person) turned `LR = 3e-3` into `LR = math.sqrt(1e-4)` and it was kept:
+    """Another agent (or a person) turned `LR = 3e-3` into `LR = math.sqrt(1e-4)` (and `ACT = 1`
+    into `ACT = "gelu"`) and it was kept:
     the search then wrote a literal over that code at every trial that moved LR (`LR math.sqrt(1e-4)
     -> 2.51e-3`), undoing the change, where computed values are left alone."""
     repo = make_task(tmp_path / "t", experiment=(
-        "import math\nLR = 3e-3\nDEPTH = 8\nprint('loss:', abs(LR - 0.01) * 100 + abs(DEPTH - 11))\n"))
+        "import math\nLR = 3e-3\nDEPTH = 8\nACT = 1\nprint('loss:', abs(LR - 0.01) * 100 + abs(DEPTH - 11))\n"))
     agent = script_agent(tmp_path / "a.sh", """\
-        sed -i 's/^LR = .*/LR = math.sqrt(1e-4)/' exp.py
+        sed -i 's/^LR = .*/LR = math.sqrt(1e-4)/; s/^ACT = .*/ACT = "gelu"/' exp.py
         echo "LR computed"
         """)
     r = cli("run", str(repo), "--tag", "s", "--agent", "cli", "--agent-cmd", agent, "--trials", "1")
@@ -157,4 +160,4 @@ def test_a_constant_made_a_computed_value_by_a_kept_trial_is_left_alone(tmp_path
     assert [t.status for t in trials[:2]] == [Status.KEEP, Status.KEEP] and len(trials) == 4
     for t in trials[2:]:
         assert t.description.startswith("DEPTH 8 -> "), t.description
-        assert git(repo, "show", f"{t.commit}:exp.py").splitlines()[1] == "LR = math.sqrt(1e-4)"
+        assert git(repo, "show", f"{t.commit}:exp.py").splitlines()[1:4:2] == ["LR = math.sqrt(1e-4)", 'ACT = "gelu"']

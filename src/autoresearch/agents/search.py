@@ -379,7 +379,7 @@ class SearchAgent(BaseAgent):
         for path, scan in scans.items():
             for c in scan.constants:
                 p = self.space.find(path, c.name)
-                if p is not None and c.value is not NotLiteral:  # (made a computed value since: left alone)
+                if p is not None and c.value is not NotLiteral and (p.kind == "choice" or isinstance(c.value, (int, float))):  # (one made computed or a string since: left alone)
                     current[p.key] = (p, c)
         if not current:
             raise AgentError("none of the searched constants is in the best code any more", fatal=True)
