@@ -161,3 +161,14 @@ def test_a_constant_made_a_computed_value_by_a_kept_trial_is_left_alone(tmp_path
     for t in trials[2:]:
         assert t.description.startswith("DEPTH 8 -> "), t.description
         assert git(repo, "show", f"{t.commit}:exp.py").splitlines()[1:4:2] == ["LR = math.sqrt(1e-4)", 'ACT = "gelu"']
+
+
+def test_a_comma_after_the_range_is_punctuation_not_part_of_the_high_end():
+    """`# search: 1..5, int` (as options are written in prose) was a bad comment, "the range 1..5,
+    is not two numbers", and the constant kept its value all run; a comma or semicolon after an
+    option was already read as punctuation."""
+    from autoresearch.agents.spaceview import space_table
+
+    space = space_of({"m.py": b"H = 3  # search: 1..5, int\nI = 0.01  # search: 1e-3..1e-1; log\nprint(H, I)\n"})
+    assert space_table(space).splitlines()[1:] == ["H     m.py:1  3      1..5        linear int",
+                                                    "I     m.py:2  0.01   0.001..0.1  log float"]

@@ -48,7 +48,7 @@ def parse_annotation(comment: str) -> Annotation | None:
         return Annotation(choices=_choices(spec))  # (`none | layer | rms`: a choice, not `off`)
     if word.rstrip(".,;") in OFF_WORDS:
         return Annotation(off=True)
-    r = re.match(r"(?P<lo>\S+?)\s*\.\.\s*(?P<hi>[^\s]+)(?P<rest>.*)$", spec)
+    r = re.match(r"(?P<lo>\S+?)\s*\.\.\s*(?P<hi>[^\s,;]+)[,;]?(?P<rest>.*)$", spec)  # (`1..5, int`)
     if not r:
         raise ValueError(f"expected `search: LOW..HIGH [log] [int] [step S]` or `search: A | B`, got {spec!r}")
     low, high = _range(r.group("lo"), r.group("hi"))
